@@ -1,0 +1,65 @@
+//! Where "now" comes from.
+//!
+//! New NanoPix ids, the 'Today' filters and every timestamp the sync writes read the time
+//! through [`Clock`], so tests can pin it. Both programs keep local time without a zone,
+//! so a clock answers in local naive time.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{Duration, NaiveDateTime};
+
+/// A source of the current local time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current local date and time.
+    fn now(&self) -> NaiveDateTime;
+}
+
+/// The computer's own clock, in local time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> NaiveDateTime {
+        chrono::Local::now().naive_local()
+    }
+}
+
+/// A clock that only moves when told to: for tests and replays.
+///
+/// # Example
+/// ```
+/// use chrono::NaiveDate;
+/// use nanopix_sync::{Clock, ManualClock};
+///
+/// let start = NaiveDate::from_ymd_opt(2025, 1, 21).unwrap().and_hms_opt(15, 26, 38).unwrap();
+/// let clock = ManualClock::new(start);
+/// clock.advance(chrono::Duration::seconds(2));
+/// assert_eq!(clock.now(), start + chrono::Duration::seconds(2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<NaiveDateTime>>,
+}
+
+impl ManualClock {
+    /// A clock stopped at `now`.
+    pub fn new(now: NaiveDateTime) -> Self {
+        Self { now: Arc::new(Mutex::new(now)) }
+    }
+
+    /// Moves the clock to `now`.
+    pub fn set(&self, now: NaiveDateTime) {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = now;
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> NaiveDateTime {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

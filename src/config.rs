@@ -1,0 +1,65 @@
+//! How a [`crate::NanoPixSync`] handle is set up.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Clock, SystemClock};
+
+/// How the live watcher notices changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    /// Native file events, falling back to polling when they fail or cannot work (network shares).
+    Auto,
+    /// Polling only, for example for a NanoPix folder on a network share.
+    Polling,
+}
+
+/// Settings for a sync handle. Start from [`Config::new`] and change the fields you need.
+///
+/// # Example
+/// ```
+/// use nanopix_sync::Config;
+/// let mut config = Config::new("C:/NanoPix/PatientData", "C:/Users/me/Documents/DentalTid/databases/dentaltid.db");
+/// config.auto_link = false;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// NanoPix's `PatientData` folder (it holds `database/NanoPix.db3`).
+    pub nanopix_root: PathBuf,
+    /// DentalTID's `dentaltid.db`.
+    pub dentaltid_db: PathBuf,
+    /// Link exact matches automatically (default: on). When off, they are imported and reported.
+    pub auto_link: bool,
+    /// Subfolders to create inside a new patient folder (default: none, as NanoPix itself does).
+    pub patient_subfolders: Vec<String>,
+    /// How the live watcher notices changes (default: [`WatchMode::Auto`]).
+    pub watch_mode: WatchMode,
+    /// How often to look for changes when polling (default: 2 s).
+    pub poll_interval: Duration,
+    /// How often to run a full reconcile while watching (default: hourly).
+    pub full_reconcile_interval: Duration,
+    /// How long to wait for a database another program has locked, per attempt (default: 5 s).
+    pub busy_timeout: Duration,
+    /// Where "now" comes from (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    /// Default settings for the given NanoPix folder and DentalTID database.
+    pub fn new(nanopix_root: impl Into<PathBuf>, dentaltid_db: impl Into<PathBuf>) -> Self {
+        Self {
+            nanopix_root: nanopix_root.into(),
+            dentaltid_db: dentaltid_db.into(),
+            auto_link: true,
+            patient_subfolders: Vec::new(),
+            watch_mode: WatchMode::Auto,
+            poll_interval: Duration::from_secs(2),
+            full_reconcile_interval: Duration::from_secs(3600),
+            busy_timeout: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}

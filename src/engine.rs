@@ -1,0 +1,472 @@
+//! The engine: reconcile, import, export and repair, run on the one thread that owns both
+//! database connections.
+//!
+//! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
+//! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
+use crate::events::{DuplicateCandidate, EventBus, EventKind, ReconcileReport};
+use crate::matching::{self, Decision};
+use crate::nanopix::{FolderScan, NanoPix};
+use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
+use crate::sync::SourceInfo;
+use crate::{Config, Error, NanoPixId, Result};
+
+/// How many imported patients are written per DentalTID transaction.
+const IMPORT_CHUNK: usize = 2_000;
+
+/// Owns both sides and does the work of every command.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    config: Config,
+    nanopix: NanoPix,
+    dentaltid: DentalTid,
+    bus: Arc<EventBus>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What both sides hold, read once at the start of a reconcile.
+struct Snapshot {
+    nanopix: Vec<NanoPixPatient>,
+    folders: FolderScan,
+    dentaltid: Vec<Patient>,
+    links: Vec<Link>,
+    pending: Vec<PendingExport>,
+}
+
+impl Engine {
+    /// Opens and checks both sides, migrates DentalTID, and repairs interrupted exports.
+    pub fn open(config: Config, bus: Arc<EventBus>, cancel: Arc<AtomicBool>) -> Result<Self> {
+        let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
+        let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
+        let mut engine = Self { config, nanopix, dentaltid, bus, cancel };
+        engine.repair_exports(&mut ReconcileReport::default())?;
+        Ok(engine)
+    }
+
+    /// The configuration the engine was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The event bus the engine reports to.
+    pub fn bus(&self) -> Arc<EventBus> {
+        self.bus.clone()
+    }
+
+    /// Full reconcile ("Sync Now"): repair, import, link, report removals, export.
+    pub fn reconcile(&mut self) -> Result<ReconcileReport> {
+        let started = Instant::now();
+        let mut report = ReconcileReport::default();
+        self.repair_exports(&mut report)?;
+        let snapshot = self.snapshot(&mut report)?;
+        let known = self.adopt_existing_links(&snapshot)?;
+        self.import_unlinked(&snapshot, &known, &mut report)?;
+        self.check_links(&snapshot, &mut report)?;
+        if self.dentaltid.live_sync()? {
+            self.export_new(&mut report)?;
+        }
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.bus.emit(EventKind::Reconciled(report.clone()));
+        Ok(report)
+    }
+
+    /// Whether Live Sync is on.
+    pub fn live_sync(&self) -> Result<bool> {
+        self.dentaltid.live_sync()
+    }
+
+    /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
+    pub fn set_live_sync(&mut self, enabled: bool) -> Result<bool> {
+        let changed = self.dentaltid.live_sync()? != enabled;
+        if changed {
+            self.dentaltid.set_live_sync(enabled)?;
+            self.bus.emit(EventKind::LiveSyncChanged { enabled });
+        }
+        Ok(changed)
+    }
+
+    /// Exports one DentalTID patient now, whatever Live Sync says.
+    pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
+        let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
+        if let Some(external_id) = &patient.external_id {
+            return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
+        }
+        self.export(&patient)
+    }
+
+    /// Exports every DentalTID patient that has no NanoPix link yet; returns how many.
+    pub fn export_existing(&mut self) -> Result<u64> {
+        let mut report = ReconcileReport::default();
+        let unlinked: Vec<Patient> =
+            self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();
+        self.export_each(&unlinked, &mut report);
+        Ok(report.exported)
+    }
+
+    /// New work after a hint from the watcher: NanoPix rows, folders or DentalTID rows changed.
+    pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
+        self.reconcile()
+    }
+
+    /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
+    pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
+        let id = NanoPixId::parse(external_id)?;
+        self.nanopix.delete_patient(id)
+    }
+
+    /// Patients for the patients screen.
+    pub fn patients(&self, filter: PatientFilter) -> Result<Vec<Patient>> {
+        self.dentaltid.patients(filter, self.config.clock.now().date())
+    }
+
+    /// Where a patient comes from and what NanoPix holds for it.
+    pub fn source_info(&self, patient_id: i64) -> Result<SourceInfo> {
+        let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
+        let link = self.dentaltid.link(patient_id)?;
+        let id = patient.external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
+        let nanopix_patient = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
+        let contents = id.map(|id| self.nanopix.contents(id)).transpose()?.unwrap_or_default();
+        Ok(SourceInfo {
+            patient_id,
+            source: patient.source,
+            external_id: patient.external_id,
+            folder: id.map(|id| self.nanopix.folder_path(id)),
+            nanopix_created: nanopix_patient.and_then(|p| p.created).map(crate::patient::nanopix_datetime),
+            synced_at: link.as_ref().map(|l| crate::patient::dart_timestamp(l.synced_at)),
+            link_state: link.map(|l| l.state),
+            image_count: contents.studies,
+        })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self, report: &mut ReconcileReport) -> Result<Snapshot> {
+        let rows = self.nanopix.read_patients()?;
+        for odd in rows.odd_rows {
+            report.errors += 1;
+            self.bus.emit(EventKind::SyncError {
+                code: "odd_row".into(),
+                message: format!("NanoPix patient row pk {} skipped: {}", odd.pk, odd.problem),
+                external_id: Some(odd.raw_id),
+                patient_id: None,
+                path: None,
+            });
+        }
+        Ok(Snapshot {
+            nanopix: rows.patients,
+            folders: self.nanopix.scan_folders()?,
+            dentaltid: self.dentaltid.all_patients()?,
+            links: self.dentaltid.links()?,
+            pending: self.dentaltid.pending_exports()?,
+        })
+    }
+
+    /// Records link rows for patients DentalTID already links, and returns every NanoPix id
+    /// the sync already knows (linked, recorded, or being exported).
+    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<HashSet<String>> {
+        let recorded: HashSet<i64> = snapshot.links.iter().map(|l| l.patient_id).collect();
+        let adopt: Vec<(i64, NanoPixId, LinkOrigin)> = snapshot
+            .dentaltid
+            .iter()
+            .filter(|p| !recorded.contains(&p.id))
+            .filter_map(|p| {
+                let id = NanoPixId::parse(p.external_id.as_deref()?).ok()?;
+                let origin = if p.source == Source::NanoPix { LinkOrigin::Imported } else { LinkOrigin::Matched };
+                Some((p.id, id, origin))
+            })
+            .collect();
+        if !adopt.is_empty() {
+            self.dentaltid.adopt_links(&adopt, self.config.clock.now())?;
+        }
+        let mut known: HashSet<String> = snapshot.dentaltid.iter().filter_map(|p| p.external_id.clone()).collect();
+        known.extend(snapshot.links.iter().map(|l| l.external_id.clone()));
+        known.extend(snapshot.pending.iter().map(|p| p.external_id.to_string()));
+        Ok(known)
+    }
+
+    fn import_unlinked(
+        &mut self,
+        snapshot: &Snapshot,
+        known: &HashSet<String>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let unlinked: Vec<NanoPixPatient> =
+            snapshot.nanopix.iter().filter(|p| !known.contains(&p.id.to_string())).cloned().collect();
+        if unlinked.is_empty() {
+            return Ok(());
+        }
+        let decisions = matching::decide(&unlinked, &snapshot.dentaltid, self.config.auto_link);
+        let by_id: HashMap<i64, &Patient> = snapshot.dentaltid.iter().map(|p| (p.id, p)).collect();
+        let mut imports = Vec::new();
+        for (patient, decision) in unlinked.iter().zip(decisions) {
+            match decision {
+                Decision::Link { patient_id } => self.link(patient, patient_id, &by_id, report),
+                Decision::Import { possible_duplicate } => imports.push((patient, possible_duplicate)),
+            }
+        }
+        for chunk in imports.chunks(IMPORT_CHUNK) {
+            if self.cancelled() {
+                break;
+            }
+            self.import_chunk(chunk, &by_id, report)?;
+        }
+        Ok(())
+    }
+
+    fn link(
+        &mut self,
+        patient: &NanoPixPatient,
+        patient_id: i64,
+        by_id: &HashMap<i64, &Patient>,
+        report: &mut ReconcileReport,
+    ) {
+        match self.dentaltid.link_existing(patient_id, patient.id, self.config.clock.now()) {
+            Ok(()) => {
+                report.linked += 1;
+                let existing = by_id.get(&patient_id);
+                self.bus.emit(EventKind::PatientLinked {
+                    patient_id,
+                    external_id: patient.id.to_string(),
+                    first_name: existing.map(|p| p.first_name.clone()).unwrap_or_default(),
+                    last_name: existing.map(|p| p.last_name.clone()).unwrap_or_default(),
+                });
+            }
+            Err(error) => self.report_error(&error, Some(patient.id.to_string()), Some(patient_id), report),
+        }
+    }
+
+    fn import_chunk(
+        &mut self,
+        chunk: &[(&NanoPixPatient, Option<(crate::DuplicateReason, Vec<i64>)>)],
+        by_id: &HashMap<i64, &Patient>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let now = self.config.clock.now();
+        let rows: Vec<NewDentalPatient> =
+            chunk.iter().map(|(patient, _)| NewDentalPatient::from_nanopix(patient, now.date())).collect();
+        let ids = self.dentaltid.import(&rows, now)?;
+        for ((row, (_, duplicate)), patient_id) in rows.into_iter().zip(chunk).zip(ids) {
+            report.imported += 1;
+            let external_id = row.external_id.to_string();
+            if let Some((reason, candidates)) = duplicate {
+                report.possible_duplicates += 1;
+                self.bus.emit(EventKind::PossibleDuplicate {
+                    external_id: external_id.clone(),
+                    patient_id: Some(patient_id),
+                    reason: *reason,
+                    candidates: candidates.iter().filter_map(|id| by_id.get(id)).map(|p| candidate(p)).collect(),
+                });
+            }
+            self.bus.emit(EventKind::PatientImported {
+                patient_id,
+                external_id,
+                first_name: row.first_name,
+                last_name: row.last_name,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
+    /// patient was deleted. Writes only on a change of state.
+    fn check_links(&mut self, snapshot: &Snapshot, report: &mut ReconcileReport) -> Result<()> {
+        let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().map(|p| p.id).collect();
+        let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
+        for link in &snapshot.links {
+            let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
+            let missing = match (rows.contains(&id), snapshot.folders.patient_folders.contains(&id)) {
+                (true, true) => None,
+                (false, true) => Some("row"),
+                (true, false) => Some("folder"),
+                (false, false) => Some("row_and_folder"),
+            };
+            self.check_link(link, patients.contains(&link.patient_id), missing, report)?;
+        }
+        Ok(())
+    }
+
+    fn check_link(
+        &mut self,
+        link: &Link,
+        patient_exists: bool,
+        missing: Option<&str>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let (patient_id, external_id) = (link.patient_id, link.external_id.clone());
+        let next = match (patient_exists, missing, link.state) {
+            (false, None, LinkState::Linked | LinkState::Missing) => {
+                self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
+                LinkState::DeleteRequested
+            }
+            (true, Some(missing), LinkState::Linked) => {
+                report.removed += 1;
+                self.bus.emit(EventKind::ExternalPatientRemoved { patient_id, external_id, missing: missing.into() });
+                LinkState::Missing
+            }
+            (true, None, LinkState::Missing) => {
+                self.bus.emit(EventKind::ExternalPatientRestored { patient_id, external_id });
+                LinkState::Linked
+            }
+            _ => return Ok(()),
+        };
+        self.dentaltid.set_link_state(patient_id, next)
+    }
+
+    /// Exports DentalTID patients added past the Live Sync cursor, then moves the cursor.
+    fn export_new(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
+        let added = self.dentaltid.patients_after(cursor)?;
+        let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
+        let pending: HashSet<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
+        let to_export: Vec<Patient> = added
+            .into_iter()
+            .filter(|p| p.source == Source::Internal && p.external_id.is_none() && !pending.contains(&p.id))
+            .collect();
+        self.export_each(&to_export, report);
+        if !self.cancelled() {
+            self.dentaltid.set_export_cursor(last)?;
+        }
+        Ok(())
+    }
+
+    fn export_each(&mut self, patients: &[Patient], report: &mut ReconcileReport) {
+        for patient in patients {
+            if self.cancelled() {
+                return;
+            }
+            match self.export(patient) {
+                Ok(_) => report.exported += 1,
+                Err(error) => self.report_error(&error, None, Some(patient.id), report),
+            }
+        }
+    }
+
+    /// Writes the journal row, then the NanoPix row, then the folder, then the link.
+    fn export(&mut self, patient: &Patient) -> Result<NanoPixId> {
+        let now = self.config.clock.now();
+        let id = self.free_id(now)?;
+        self.dentaltid.begin_export(patient.id, id, now)?;
+        crash_point("journal");
+        self.complete_export(patient, id)?;
+        Ok(id)
+    }
+
+    fn complete_export(&mut self, patient: &Patient, id: NanoPixId) -> Result<()> {
+        let now = self.config.clock.now();
+        if !self.nanopix.id_exists(id)? {
+            self.nanopix.insert_patient(&new_nanopix_row(patient, id, now))?;
+        }
+        crash_point("row");
+        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
+        crash_point("folder");
+        self.dentaltid.finish_export(patient.id, id, now)?;
+        self.bus.emit(EventKind::PatientExported {
+            patient_id: patient.id,
+            external_id: id.to_string(),
+            folder: folder.display().to_string(),
+        });
+        Ok(())
+    }
+
+    /// The first id from `now` on that is free in the database, on disk and in the journal.
+    fn free_id(&self, now: chrono::NaiveDateTime) -> Result<NanoPixId> {
+        let in_flight: HashSet<NanoPixId> =
+            self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect();
+        let mut lookup_error = None;
+        let id = NanoPixId::first_free(now, |id| {
+            in_flight.contains(&id)
+                || self.nanopix.folder_path(id).symlink_metadata().is_ok()
+                || self.nanopix.id_exists(id).unwrap_or_else(|error| {
+                    lookup_error.get_or_insert(error);
+                    true
+                })
+        });
+        match lookup_error {
+            Some(error) => Err(error),
+            None => id,
+        }
+    }
+
+    /// Finishes exports a crash interrupted, using the journal.
+    fn repair_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        for pending in self.dentaltid.pending_exports()? {
+            match self.repair_export(&pending) {
+                Ok(true) => report.repaired += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    self.report_error(&error, Some(pending.external_id.to_string()), Some(pending.patient_id), report)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
+        match self.dentaltid.patient(pending.patient_id)? {
+            Some(patient) if patient.external_id.is_none() => {
+                self.complete_export(&patient, pending.external_id)?;
+                Ok(true)
+            }
+            Some(_) => {
+                self.dentaltid.abandon_export(pending.patient_id)?;
+                Ok(false)
+            }
+            None if self.nanopix.id_exists(pending.external_id)? => {
+                self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now())?;
+                Ok(true)
+            }
+            None => {
+                self.dentaltid.abandon_export(pending.patient_id)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn report_error(
+        &self,
+        error: &Error,
+        external_id: Option<String>,
+        patient_id: Option<i64>,
+        report: &mut ReconcileReport,
+    ) {
+        report.errors += 1;
+        self.bus.error(error, external_id, patient_id);
+    }
+}
+
+fn candidate(patient: &Patient) -> DuplicateCandidate {
+    DuplicateCandidate {
+        patient_id: patient.id,
+        first_name: patient.first_name.clone(),
+        last_name: patient.last_name.clone(),
+        date_of_birth: patient.date_of_birth.map(crate::patient::nanopix_date),
+    }
+}
+
+fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: chrono::NaiveDateTime) -> NewNanoPixPatient {
+    NewNanoPixPatient {
+        id,
+        last_name: patient.last_name.trim().to_owned(),
+        first_name: patient.first_name.trim().to_owned(),
+        birth_date: patient.date_of_birth,
+        phone: Some(patient.phone.trim().to_owned()).filter(|phone| !phone.is_empty()),
+        created: now,
+    }
+}
+
+/// Stops the process at a named step of an export when `NANOPIX_SYNC_CRASH_AT` names it.
+///
+/// Only in debug builds: the crash-repair tests run an export in a child process and let it die here.
+fn crash_point(step: &str) {
+    if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
+        std::process::abort();
+    }
+}

@@ -1,0 +1,199 @@
+//! The crate's one error type.
+//!
+//! Every variant names what a caller can act on and keeps its context: the file, the
+//! patient id or the SQL step. Errors are never flattened into bare strings.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in nanopix-sync.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The NanoPix `PatientData` folder does not exist or is not a folder.
+    #[error("NanoPix data folder not found: {0}")]
+    NanoPixRootMissing(PathBuf),
+
+    /// `PatientData/database/NanoPix.db3` does not exist.
+    #[error("NanoPix database not found: {0}")]
+    NanoPixDatabaseMissing(PathBuf),
+
+    /// The DentalTID database file does not exist.
+    #[error("DentalTID database not found: {0}")]
+    DentalTidDatabaseMissing(PathBuf),
+
+    /// A table the sync needs is missing from a database.
+    #[error("table `{table}` is missing from {path}")]
+    MissingTable {
+        /// The database file.
+        path: PathBuf,
+        /// The table that was expected.
+        table: &'static str,
+    },
+
+    /// A column the sync needs is missing from a table.
+    #[error("column `{column}` is missing from table `{table}` in {path}")]
+    MissingColumn {
+        /// The database file.
+        path: PathBuf,
+        /// The table that was inspected.
+        table: &'static str,
+        /// The column that was expected.
+        column: &'static str,
+    },
+
+    /// A string is not a valid NanoPix patient id (`YYYYMMDD_HHMMSS`, a real date and time).
+    #[error("invalid NanoPix patient id {0:?}")]
+    InvalidNanoPixId(String),
+
+    /// No DentalTID patient has this id.
+    #[error("no DentalTID patient with id {0}")]
+    PatientNotFound(i64),
+
+    /// No NanoPix patient has this id.
+    #[error("no NanoPix patient with id {0}")]
+    NanoPixPatientNotFound(String),
+
+    /// The DentalTID patient is already linked to a NanoPix patient.
+    #[error("DentalTID patient {patient_id} is already linked to NanoPix patient {external_id}")]
+    AlreadyLinked {
+        /// The DentalTID patient.
+        patient_id: i64,
+        /// The NanoPix id it is linked to.
+        external_id: String,
+    },
+
+    /// NanoPix still holds images, studies or files for this patient, so it is not deleted.
+    #[error(
+        "NanoPix patient {external_id} still has {studies} studies, {reports} reports and {files} files: not deleted"
+    )]
+    NanoPixPatientNotEmpty {
+        /// The NanoPix id.
+        external_id: String,
+        /// Rows in `Study` for this patient.
+        studies: u64,
+        /// Rows in `Report` for this patient.
+        reports: u64,
+        /// Entries in the patient's folder.
+        files: u64,
+    },
+
+    /// A path built from data would leave the `PatientData` root or pass through a symlink.
+    #[error("refusing path outside the NanoPix data folder: {0}")]
+    UnsafePath(PathBuf),
+
+    /// No free NanoPix id was found for a new patient.
+    #[error("no free NanoPix id near {0}")]
+    NoFreeId(String),
+
+    /// A database stayed locked by another program for longer than the retries allow.
+    #[error("{path} stayed locked during {step}")]
+    Busy {
+        /// The database file.
+        path: PathBuf,
+        /// What the sync was doing.
+        step: &'static str,
+    },
+
+    /// An SQLite call failed.
+    #[error("{step} failed on {path}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What the sync was doing.
+        step: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A file or folder operation failed.
+    #[error("{step} failed on {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the sync was doing.
+        step: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file watcher could not be set up.
+    #[error("file watcher failed on {path}: {source}")]
+    Watcher {
+        /// The watched path.
+        path: PathBuf,
+        /// The watcher's error.
+        #[source]
+        source: notify::Error,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A bug stopped this call; the sync itself goes on.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// The handle is closed (or its engine thread stopped).
+    #[error("the sync handle is closed")]
+    Closed,
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A short, stable code for this kind of error, used in `sync_error` events and by the C API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NanoPixRootMissing(_) | Error::NanoPixDatabaseMissing(_) | Error::DentalTidDatabaseMissing(_) => {
+                "not_found"
+            }
+            Error::MissingTable { .. } | Error::MissingColumn { .. } => "schema",
+            Error::InvalidNanoPixId(_) => "invalid_id",
+            Error::PatientNotFound(_) | Error::NanoPixPatientNotFound(_) => "no_such_patient",
+            Error::AlreadyLinked { .. } => "already_linked",
+            Error::NanoPixPatientNotEmpty { .. } => "not_empty",
+            Error::UnsafePath(_) => "unsafe_path",
+            Error::NoFreeId(_) => "no_free_id",
+            Error::Busy { .. } => "busy",
+            Error::Database { .. } => "database",
+            Error::Io { .. } => "io",
+            Error::Watcher { .. } => "watcher",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::Internal(_) => "internal",
+            Error::Closed => "closed",
+        }
+    }
+
+    /// The file or folder this error is about, if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::NanoPixRootMissing(path)
+            | Error::NanoPixDatabaseMissing(path)
+            | Error::DentalTidDatabaseMissing(path)
+            | Error::UnsafePath(path)
+            | Error::MissingTable { path, .. }
+            | Error::MissingColumn { path, .. }
+            | Error::Busy { path, .. }
+            | Error::Database { path, .. }
+            | Error::Io { path, .. }
+            | Error::Watcher { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Wraps an SQLite error with the file and the step that failed.
+    pub(crate) fn db(path: &std::path::Path, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Database { path, step, source }
+    }
+
+    /// Wraps an I/O error with the path and the step that failed.
+    pub(crate) fn io(path: &std::path::Path, step: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, step, source }
+    }
+}

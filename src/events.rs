@@ -1,0 +1,314 @@
+//! Events: what the sync tells its host, as Rust values that serialise to one JSON vocabulary.
+//!
+//! Every event carries `type`, `seq` (increasing per handle, from 1) and `at` (local time,
+//! Dart's format). The [`EventBus`] stamps them and hands them to a bounded queue; it never
+//! blocks the sync and never grows without bound: when the host stops draining, events are
+//! counted and dropped, and an `events_dropped` event says how many once there is room again.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::Serialize;
+
+use crate::Clock;
+use crate::patient::dart_timestamp;
+
+/// How many events wait for the host before new ones are dropped.
+pub const EVENT_QUEUE_CAPACITY: usize = 65_536;
+
+/// One thing that happened, stamped with its sequence number and time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Increases by one for each event of a handle, starting at 1.
+    pub seq: u64,
+    /// When the event was made: local time, `2025-01-21T15:26:46.000`.
+    pub at: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The event as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|error| {
+            format!(r#"{{"type":"sync_error","seq":{},"code":"internal","message":"{error}"}}"#, self.seq)
+        })
+    }
+}
+
+/// What happened. Serialised with a `type` field in snake case.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A NanoPix patient was added to DentalTID.
+    PatientImported {
+        /// The new DentalTID `patients.id`.
+        patient_id: i64,
+        /// The NanoPix id.
+        external_id: String,
+        /// First name.
+        first_name: String,
+        /// Last name.
+        last_name: String,
+    },
+    /// A NanoPix patient was linked to the DentalTID patient that is the same person.
+    PatientLinked {
+        /// The existing DentalTID `patients.id`, which now has `external_id` set.
+        patient_id: i64,
+        /// The NanoPix id.
+        external_id: String,
+        /// First name, as in DentalTID.
+        first_name: String,
+        /// Last name, as in DentalTID.
+        last_name: String,
+    },
+    /// A NanoPix patient looks like one or more DentalTID patients but was not linked.
+    PossibleDuplicate {
+        /// The NanoPix id.
+        external_id: String,
+        /// The DentalTID patient made for it by the import, if it was imported.
+        patient_id: Option<i64>,
+        /// Why the patients look alike.
+        reason: DuplicateReason,
+        /// The DentalTID patients it looks like.
+        candidates: Vec<DuplicateCandidate>,
+    },
+    /// A DentalTID patient was written to NanoPix.
+    PatientExported {
+        /// The DentalTID `patients.id`.
+        patient_id: i64,
+        /// The new NanoPix id.
+        external_id: String,
+        /// The patient's NanoPix folder.
+        folder: String,
+    },
+    /// A linked NanoPix patient's row or folder is gone. Nothing was deleted in DentalTID.
+    ExternalPatientRemoved {
+        /// The DentalTID `patients.id`, kept.
+        patient_id: i64,
+        /// The NanoPix id that disappeared.
+        external_id: String,
+        /// What is missing: `row`, `folder` or `row_and_folder`.
+        missing: String,
+    },
+    /// A NanoPix patient reported as removed is back.
+    ExternalPatientRestored {
+        /// The DentalTID `patients.id`.
+        patient_id: i64,
+        /// The NanoPix id.
+        external_id: String,
+    },
+    /// A linked patient was deleted in DentalTID. The host may ask the user and call `delete_in_nanopix`.
+    DeleteRequested {
+        /// The DentalTID `patients.id` that was deleted.
+        patient_id: i64,
+        /// The NanoPix id that still exists.
+        external_id: String,
+    },
+    /// Something went wrong; the rest of the sync went on.
+    SyncError {
+        /// A stable short code: see the README.
+        code: String,
+        /// What went wrong, for people.
+        message: String,
+        /// The NanoPix id concerned, if any.
+        external_id: Option<String>,
+        /// The DentalTID patient concerned, if any.
+        patient_id: Option<i64>,
+        /// The file or folder concerned, if any.
+        path: Option<String>,
+    },
+    /// How the watcher notices changes now.
+    WatcherMode {
+        /// `native` or `polling`.
+        mode: String,
+        /// Why this mode.
+        reason: String,
+    },
+    /// A full reconcile finished.
+    Reconciled(ReconcileReport),
+    /// Live Sync was switched on or off.
+    LiveSyncChanged {
+        /// Whether Live Sync is now on.
+        enabled: bool,
+    },
+    /// The host did not drain events fast enough and some were dropped.
+    EventsDropped {
+        /// How many events were dropped.
+        count: u64,
+    },
+    /// The handle closed. This is always the last event.
+    Closed,
+}
+
+/// Why a NanoPix patient was reported as a possible duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateReason {
+    /// Same names and birth date, but auto-linking is off.
+    AutoLinkOff,
+    /// Same names and birth date, but more than one patient on a side.
+    SeveralCandidates,
+    /// Same names and birth date, but the DentalTID patient is already linked.
+    AlreadyLinked,
+    /// First and last name swapped, same birth date.
+    SwappedNames,
+    /// Names a small edit away, same birth date.
+    SimilarNames,
+    /// Same names, birth date missing on one side.
+    MissingBirthDate,
+}
+
+/// A DentalTID patient named in a `possible_duplicate` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DuplicateCandidate {
+    /// DentalTID `patients.id`.
+    pub patient_id: i64,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// Birth date, `YYYY-MM-DD`, if known.
+    pub date_of_birth: Option<String>,
+}
+
+/// What a reconcile did: the payload of the `reconciled` event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// NanoPix patients added to DentalTID.
+    pub imported: u64,
+    /// NanoPix patients linked to an existing DentalTID patient.
+    pub linked: u64,
+    /// DentalTID patients written to NanoPix.
+    pub exported: u64,
+    /// `possible_duplicate` events sent.
+    pub possible_duplicates: u64,
+    /// Linked NanoPix patients newly found missing.
+    pub removed: u64,
+    /// Interrupted exports completed.
+    pub repaired: u64,
+    /// `sync_error` events sent.
+    pub errors: u64,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Stamps events and queues them for the host.
+#[derive(Debug)]
+pub struct EventBus {
+    clock: Arc<dyn Clock>,
+    seq: AtomicU64,
+    sender: Sender<Event>,
+    dropped: AtomicU64,
+    listeners: Mutex<Vec<Sender<Event>>>,
+}
+
+impl EventBus {
+    /// A bus and the receiving end of its queue.
+    pub fn new(clock: Arc<dyn Clock>) -> (Self, Receiver<Event>) {
+        let (sender, receiver) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
+        let bus = Self {
+            clock,
+            seq: AtomicU64::new(0),
+            sender,
+            dropped: AtomicU64::new(0),
+            listeners: Mutex::new(Vec::new()),
+        };
+        (bus, receiver)
+    }
+
+    /// Adds a second queue that receives a copy of every later event, for a callback thread.
+    pub fn listen(&self) -> Receiver<Event> {
+        let (sender, receiver) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
+        self.listeners.lock().unwrap_or_else(PoisonError::into_inner).push(sender);
+        receiver
+    }
+
+    /// Stamps `kind` and queues it. Never blocks.
+    pub fn emit(&self, kind: EventKind) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 && self.sender.len() < EVENT_QUEUE_CAPACITY {
+            self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+            self.push(EventKind::EventsDropped { count: dropped });
+        }
+        self.push(kind);
+    }
+
+    /// Sends a `sync_error` event for `error`.
+    pub fn error(&self, error: &crate::Error, external_id: Option<String>, patient_id: Option<i64>) {
+        self.emit(EventKind::SyncError {
+            code: error.code().to_owned(),
+            message: error.to_string(),
+            external_id,
+            patient_id,
+            path: error.path().map(|p| p.display().to_string()),
+        });
+    }
+
+    fn push(&self, kind: EventKind) {
+        let event =
+            Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind };
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|listener| !matches!(listener.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
+        if let Err(TrySendError::Full(_)) = self.sender.try_send(event) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+    use chrono::NaiveDate;
+
+    fn bus() -> (EventBus, Receiver<Event>) {
+        let now = NaiveDate::from_ymd_opt(2025, 1, 21).unwrap().and_hms_opt(15, 26, 46).unwrap();
+        EventBus::new(Arc::new(ManualClock::new(now)))
+    }
+
+    #[test]
+    fn events_serialise_with_type_seq_and_at() {
+        let (bus, events) = bus();
+        bus.emit(EventKind::LiveSyncChanged { enabled: true });
+        bus.emit(EventKind::Closed);
+        let first: serde_json::Value = serde_json::from_str(&events.try_recv().unwrap().to_json()).unwrap();
+        assert_eq!(first["type"], "live_sync_changed");
+        assert_eq!(first["seq"], 1);
+        assert_eq!(first["at"], "2025-01-21T15:26:46.000");
+        assert_eq!(first["enabled"], true);
+        let second: serde_json::Value = serde_json::from_str(&events.try_recv().unwrap().to_json()).unwrap();
+        assert_eq!(second["type"], "closed");
+        assert_eq!(second["seq"], 2);
+    }
+
+    #[test]
+    fn reconciled_report_fields_sit_at_the_top_level() {
+        let (bus, events) = bus();
+        bus.emit(EventKind::Reconciled(ReconcileReport { imported: 3, ..Default::default() }));
+        let json: serde_json::Value = serde_json::from_str(&events.try_recv().unwrap().to_json()).unwrap();
+        assert_eq!(json["type"], "reconciled");
+        assert_eq!(json["imported"], 3);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_then_says_how_many() {
+        let (bus, events) = bus();
+        for _ in 0..EVENT_QUEUE_CAPACITY + 5 {
+            bus.emit(EventKind::Closed);
+        }
+        assert_eq!(events.len(), EVENT_QUEUE_CAPACITY);
+        while events.try_recv().is_ok() {}
+        bus.emit(EventKind::LiveSyncChanged { enabled: false });
+        let notice = events.try_recv().unwrap();
+        assert_eq!(notice.kind, EventKind::EventsDropped { count: 5 });
+        assert_eq!(events.try_recv().unwrap().kind, EventKind::LiveSyncChanged { enabled: false });
+    }
+}

@@ -1,0 +1,184 @@
+//! NanoPix patient ids: `YYYYMMDD_HHMMSS`, the local time at which the patient was created.
+//!
+//! A [`NanoPixId`] is the only way a string from a database or a folder name becomes a path
+//! under `PatientData`, so parsing is strict: fifteen ASCII characters, an underscore at
+//! position eight, and a real calendar date and time.
+
+use std::fmt;
+
+use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+
+use crate::{Error, Result};
+
+/// How far past the wanted second [`NanoPixId::first_free`] looks before giving up.
+const MAX_ID_PROBES: u32 = 86_400;
+
+/// A validated NanoPix patient id, such as `20250121_152638`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NanoPixId(NaiveDateTime);
+
+impl NanoPixId {
+    /// Parses and validates an id.
+    ///
+    /// # Failure
+    /// [`Error::InvalidNanoPixId`] unless `text` matches `^\d{8}_\d{6}$` and names a real date and time.
+    ///
+    /// # Example
+    /// ```
+    /// use nanopix_sync::NanoPixId;
+    /// assert!(NanoPixId::parse("20250121_152638").is_ok());
+    /// assert!(NanoPixId::parse("20250230_152638").is_err());
+    /// assert!(NanoPixId::parse("../../etc").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        Self::parse_strict(text).ok_or_else(|| Error::InvalidNanoPixId(text.to_owned()))
+    }
+
+    fn parse_strict(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        let shape_ok = bytes.len() == 15
+            && bytes[8] == b'_'
+            && bytes.iter().enumerate().all(|(i, b)| i == 8 || b.is_ascii_digit());
+        if !shape_ok {
+            return None;
+        }
+        let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().ok();
+        let date = NaiveDate::from_ymd_opt(number(0..4)? as i32, number(4..6)?, number(6..8)?)?;
+        let time = NaiveTime::from_hms_opt(number(9..11)?, number(11..13)?, number(13..15)?)?;
+        Some(Self(date.and_time(time)))
+    }
+
+    /// The id NanoPix would give a patient created at `at` (sub-second parts are dropped).
+    pub fn from_datetime(at: NaiveDateTime) -> Self {
+        Self(at.with_nanosecond(0).unwrap_or(at))
+    }
+
+    /// The local date and time the id names.
+    pub fn datetime(self) -> NaiveDateTime {
+        self.0
+    }
+
+    /// The id one second later.
+    pub fn next_second(self) -> Self {
+        Self(self.0 + Duration::seconds(1))
+    }
+
+    /// The first id at or after `at` for which `taken` is false.
+    ///
+    /// `taken` must check every place an id can be in use: the NanoPix database, the folders
+    /// on disk, and exports in flight.
+    ///
+    /// # Failure
+    /// [`Error::NoFreeId`] if a whole day of seconds is taken.
+    pub fn first_free(at: NaiveDateTime, mut taken: impl FnMut(Self) -> bool) -> Result<Self> {
+        let mut candidate = Self::from_datetime(at);
+        for _ in 0..MAX_ID_PROBES {
+            if !taken(candidate) {
+                return Ok(candidate);
+            }
+            candidate = candidate.next_second();
+        }
+        Err(Error::NoFreeId(Self::from_datetime(at).to_string()))
+    }
+}
+
+impl fmt::Display for NanoPixId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format("%Y%m%d_%H%M%S"))
+    }
+}
+
+impl std::str::FromStr for NanoPixId {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Self::parse(text)
+    }
+}
+
+impl serde::Serialize for NanoPixId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_the_real_fixture_id() {
+        let id = NanoPixId::parse("20250121_152638").expect("valid id");
+        assert_eq!(id.to_string(), "20250121_152638");
+    }
+
+    #[test]
+    fn rejects_odd_shapes_and_impossible_times() {
+        for bad in [
+            "",
+            "20250121152638",
+            "20250121-152638",
+            "2025012_1152638",
+            "20250121_15263",
+            "20250121_1526388",
+            "20251321_152638",
+            "20250230_152638",
+            "20250121_246000",
+            "20250121_235960",
+            "00000000_000000",
+            "+0250121_152638",
+            "２0250121_152638",
+            "../20250121_15",
+            "20250121_15263a",
+        ] {
+            assert!(NanoPixId::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn first_free_skips_taken_seconds() {
+        let start = NanoPixId::parse("20250121_235959").unwrap();
+        let taken = [start, start.next_second()];
+        let free = NanoPixId::first_free(start.datetime(), |id| taken.contains(&id)).unwrap();
+        assert_eq!(free.to_string(), "20250122_000001");
+    }
+
+    #[test]
+    fn first_free_gives_up_after_a_full_day() {
+        let start = NanoPixId::parse("20250121_000000").unwrap().datetime();
+        assert!(matches!(NanoPixId::first_free(start, |_| true), Err(Error::NoFreeId(_))));
+    }
+
+    fn any_datetime() -> impl Strategy<Value = NaiveDateTime> {
+        (1900i32..2200, 1u32..=12, 1u32..=31, 0u32..24, 0u32..60, 0u32..60)
+            .prop_filter_map("real date", |(y, mo, d, h, mi, s)| {
+                NaiveDate::from_ymd_opt(y, mo, d)?.and_hms_opt(h, mi, s)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn display_and_parse_round_trip(at in any_datetime()) {
+            let id = NanoPixId::from_datetime(at);
+            prop_assert_eq!(NanoPixId::parse(&id.to_string()).unwrap(), id);
+            prop_assert_eq!(id.datetime(), at);
+        }
+
+        #[test]
+        fn parse_never_panics_and_only_accepts_the_shape(text in "\\PC{0,20}") {
+            if let Ok(id) = NanoPixId::parse(&text) {
+                prop_assert_eq!(id.to_string(), text);
+            }
+        }
+
+        #[test]
+        fn first_free_is_never_taken(at in any_datetime(), taken_count in 0usize..50) {
+            let taken: std::collections::HashSet<NanoPixId> =
+                (0..taken_count as i64).map(|s| NanoPixId::from_datetime(at + Duration::seconds(s))).collect();
+            let free = NanoPixId::first_free(at, |id| taken.contains(&id)).unwrap();
+            prop_assert!(!taken.contains(&free));
+            prop_assert!(free.datetime() >= NanoPixId::from_datetime(at).datetime());
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Patients as each program keeps them, and the date and time formats of both sides.
+//!
+//! DentalTID writes local timestamps in Dart's `DateTime.toIso8601String()` form
+//! (`2025-01-21T15:26:46.000`). NanoPix writes dates as `YYYY-MM-DD` and datetimes as
+//! `YYYY-MM-DD HH:MM:SS`, also local. Parsing here is forgiving (odd values become `None`);
+//! formatting always produces exactly what the owning program writes.
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime};
+use serde::Serialize;
+
+use crate::NanoPixId;
+
+/// Where a DentalTID patient was created.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Created in DentalTID (`'internal'`, also what a NULL `source` means).
+    Internal,
+    /// Imported from NanoPix (`'nanopix'`).
+    #[serde(rename = "nanopix")]
+    NanoPix,
+    /// Any other value found in the `source` column, kept as it is.
+    Other(String),
+}
+
+impl Source {
+    /// Reads the `source` column.
+    pub fn from_column(value: Option<&str>) -> Self {
+        match value {
+            None | Some("internal") => Self::Internal,
+            Some("nanopix") => Self::NanoPix,
+            Some(other) => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The value stored in the `source` column.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Internal => "internal",
+            Self::NanoPix => "nanopix",
+            Self::Other(other) => other,
+        }
+    }
+}
+
+/// A row of DentalTID's `patients` table, as the patients screen shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Patient {
+    /// `patients.id`.
+    pub id: i64,
+    /// `patients.name`: the first name.
+    pub first_name: String,
+    /// `patients.familyName`: the last name.
+    pub last_name: String,
+    /// `patients.age`.
+    pub age: i64,
+    /// `patients.dateOfBirth`, when it holds a readable date.
+    pub date_of_birth: Option<NaiveDate>,
+    /// `patients.createdAt`, as stored (Dart's format).
+    pub created_at: String,
+    /// `patients.phoneNumber`.
+    pub phone: String,
+    /// `patients.source`.
+    pub source: Source,
+    /// `patients.external_id`: the linked NanoPix id, if any.
+    pub external_id: Option<String>,
+}
+
+/// A row of NanoPix's `Patient` table whose id is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NanoPixPatient {
+    /// `Patient.pk`.
+    pub pk: i64,
+    /// `Patient.id`.
+    pub id: NanoPixId,
+    /// `Patient.last_name` (empty when NULL).
+    pub last_name: String,
+    /// `Patient.first_name` (empty when NULL).
+    pub first_name: String,
+    /// `Patient.sex`, as NanoPix wrote it.
+    pub sex: Option<String>,
+    /// `Patient.birthdate`, when readable.
+    pub birth_date: Option<NaiveDate>,
+    /// `Patient.phone`.
+    pub phone: Option<String>,
+    /// `Patient.created_datetime`, when readable.
+    pub created: Option<NaiveDateTime>,
+}
+
+/// A new NanoPix row, as the sync writes it for an exported patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNanoPixPatient {
+    /// The new id.
+    pub id: NanoPixId,
+    /// `last_name`.
+    pub last_name: String,
+    /// `first_name`.
+    pub first_name: String,
+    /// `birthdate`, written as `YYYY-MM-DD`.
+    pub birth_date: Option<NaiveDate>,
+    /// `phone`.
+    pub phone: Option<String>,
+    /// `created_datetime` and `updated_datetime`.
+    pub created: NaiveDateTime,
+}
+
+/// A new DentalTID row for an imported NanoPix patient, with every value DentalTID needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDentalPatient {
+    /// `name`.
+    pub first_name: String,
+    /// `familyName`.
+    pub last_name: String,
+    /// `age`, computed from the birth date (0 when unknown).
+    pub age: i64,
+    /// `dateOfBirth`.
+    pub date_of_birth: Option<NaiveDate>,
+    /// `createdAt`: NanoPix's creation time.
+    pub created_at: NaiveDateTime,
+    /// `phoneNumber` (empty when unknown).
+    pub phone: String,
+    /// `external_id`.
+    pub external_id: NanoPixId,
+}
+
+impl NewDentalPatient {
+    /// The DentalTID row for a NanoPix patient, with `age` counted on `today`.
+    ///
+    /// `createdAt` is NanoPix's `created_datetime`, or the time in the id when that is missing.
+    pub fn from_nanopix(patient: &NanoPixPatient, today: NaiveDate) -> Self {
+        Self {
+            first_name: patient.first_name.trim().to_owned(),
+            last_name: patient.last_name.trim().to_owned(),
+            age: patient.birth_date.map_or(0, |born| age_on(born, today)),
+            date_of_birth: patient.birth_date,
+            created_at: patient.created.unwrap_or_else(|| patient.id.datetime()),
+            phone: patient.phone.clone().unwrap_or_default(),
+            external_id: patient.id,
+        }
+    }
+}
+
+/// Which patients [`crate::NanoPixSync::patients`] returns, as on DentalTID's patients screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatientFilter {
+    /// Every patient.
+    All,
+    /// Patients created today.
+    Today,
+    /// Patients imported from NanoPix and created today.
+    TodayByExternal,
+    /// Every patient imported from NanoPix.
+    AllByExternal,
+}
+
+/// Whole years from `born` to `today` (0 for a birth date in the future).
+pub fn age_on(born: NaiveDate, today: NaiveDate) -> i64 {
+    let mut years = i64::from(today.year() - born.year());
+    if (today.month(), today.day()) < (born.month(), born.day()) {
+        years -= 1;
+    }
+    years.max(0)
+}
+
+/// Formats a local time the way Dart's `DateTime.toIso8601String()` does: `2025-01-21T15:26:46.000`.
+pub fn dart_timestamp(at: NaiveDateTime) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+}
+
+/// Formats a date as a Dart midnight timestamp, DentalTID's `dateOfBirth`.
+pub fn dart_date(date: NaiveDate) -> String {
+    dart_timestamp(date.and_time(NaiveTime::MIN))
+}
+
+/// Reads a timestamp Dart's `DateTime.parse` would accept in the forms DentalTID stores.
+pub fn parse_dart_timestamp(text: &str) -> Option<NaiveDateTime> {
+    let text = text.trim();
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|d| d.and_time(NaiveTime::MIN)))
+}
+
+/// Reads DentalTID's `dateOfBirth` (a timestamp whose date part is the birth date).
+pub fn parse_dart_date(text: &str) -> Option<NaiveDate> {
+    parse_dart_timestamp(text).map(|at| at.date())
+}
+
+/// Formats a date the way NanoPix does: `2025-01-21`.
+pub fn nanopix_date(date: NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
+}
+
+/// Formats a datetime the way NanoPix does: `2025-01-21 15:26:46`.
+pub fn nanopix_datetime(at: NaiveDateTime) -> String {
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Reads NanoPix's `birthdate`; a datetime or ISO timestamp keeps its date part.
+pub fn parse_nanopix_date(text: &str) -> Option<NaiveDate> {
+    let text = text.trim();
+    let date_part = text.get(..10)?;
+    let date = NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok()?;
+    let rest_ok = text.len() == 10 || parse_nanopix_datetime(text).is_some();
+    (rest_ok && date.year() >= 1850).then_some(date)
+}
+
+/// Reads NanoPix's `created_datetime` and `updated_datetime`.
+pub fn parse_nanopix_datetime(text: &str) -> Option<NaiveDateTime> {
+    let at = parse_dart_timestamp(text)?;
+    (at.year() >= 1900).then_some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn dart_format_matches_to_iso8601_string() {
+        let at = date(2025, 1, 21).and_hms_opt(15, 26, 46).unwrap();
+        assert_eq!(dart_timestamp(at), "2025-01-21T15:26:46.000");
+        assert_eq!(dart_date(date(1980, 1, 1)), "1980-01-01T00:00:00.000");
+        assert_eq!(parse_dart_timestamp("2025-01-21T15:26:46.000"), Some(at));
+    }
+
+    #[test]
+    fn nanopix_formats_round_trip() {
+        let at = date(2025, 1, 21).and_hms_opt(15, 26, 46).unwrap();
+        assert_eq!(nanopix_datetime(at), "2025-01-21 15:26:46");
+        assert_eq!(parse_nanopix_datetime("2025-01-21 15:26:46"), Some(at));
+        assert_eq!(parse_nanopix_date("2025-01-21"), Some(date(2025, 1, 21)));
+    }
+
+    #[test]
+    fn odd_nanopix_dates_are_unreadable_not_fatal() {
+        for odd in ["", "0000-00-00", "21/01/2025", "2025-02-30", "yesterday", "2025-01-21xyz", "0001-01-01"] {
+            assert_eq!(parse_nanopix_date(odd), None, "{odd:?}");
+        }
+        assert_eq!(parse_nanopix_date("2025-01-21 00:00:00"), Some(date(2025, 1, 21)));
+    }
+
+    #[test]
+    fn age_counts_whole_years() {
+        assert_eq!(age_on(date(1985, 3, 12), date(2025, 3, 11)), 39);
+        assert_eq!(age_on(date(1985, 3, 12), date(2025, 3, 12)), 40);
+        assert_eq!(age_on(date(2030, 1, 1), date(2025, 1, 1)), 0);
+    }
+
+    #[test]
+    fn source_column_values() {
+        assert_eq!(Source::from_column(None), Source::Internal);
+        assert_eq!(Source::from_column(Some("nanopix")).as_str(), "nanopix");
+        assert_eq!(Source::from_column(Some("csv")), Source::Other("csv".into()));
+    }
+}

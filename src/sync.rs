@@ -1,0 +1,185 @@
+//! The [`NanoPixSync`] handle: one engine thread that owns both databases, fed with jobs over a
+//! channel, plus the watcher while Live Sync is on.
+//!
+//! Every public call is a job with its own reply channel, so writes are serial without locks.
+//! `close()` and `Drop` stop and join every thread; nothing here panics on a closed channel.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::events::{Event, EventBus, EventKind, ReconcileReport};
+use crate::patient::{Patient, PatientFilter, Source};
+use crate::{Config, Error, LinkState, NanoPixId, Result};
+
+type Job = Box<dyn FnOnce(&mut Engine) + Send>;
+
+/// Where a DentalTID patient comes from and what NanoPix holds for it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceInfo {
+    /// DentalTID `patients.id`.
+    pub patient_id: i64,
+    /// Where the patient was created.
+    pub source: Source,
+    /// The linked NanoPix id, if any.
+    pub external_id: Option<String>,
+    /// The patient's NanoPix folder, if linked.
+    pub folder: Option<PathBuf>,
+    /// NanoPix's `created_datetime`, `YYYY-MM-DD HH:MM:SS`, if NanoPix has the patient.
+    pub nanopix_created: Option<String>,
+    /// When the sync linked, imported or exported the patient (Dart's format).
+    pub synced_at: Option<String>,
+    /// The state of the link, if the sync recorded one.
+    pub link_state: Option<LinkState>,
+    /// How many images (NanoPix studies) the patient has.
+    pub image_count: u64,
+}
+
+/// A live sync between one NanoPix data folder and one DentalTID database.
+///
+/// `NanoPixSync` is `Send` and `Sync`: share it between threads behind an `Arc`.
+///
+/// # Example
+/// ```no_run
+/// use nanopix_sync::{Config, NanoPixSync, PatientFilter};
+///
+/// let sync = NanoPixSync::open(Config::new("PatientData", "dentaltid.db"))?;
+/// sync.set_live_sync(true)?;
+/// let today = sync.patients(PatientFilter::TodayByExternal)?;
+/// println!("{} patients came from NanoPix today", today.len());
+/// # Ok::<(), nanopix_sync::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct NanoPixSync {
+    jobs: Option<Sender<Job>>,
+    events: Receiver<Event>,
+    bus: Arc<EventBus>,
+    cancel: Arc<AtomicBool>,
+    engine: Option<JoinHandle<()>>,
+}
+
+impl NanoPixSync {
+    /// Opens both sides, checks them, migrates DentalTID, repairs interrupted exports, and
+    /// starts the engine thread (and the watcher, if Live Sync is on).
+    ///
+    /// # Failure
+    /// A missing folder or file, a missing table or column, or an unreadable database gives a
+    /// specific [`Error`]; nothing is written then.
+    pub fn open(config: Config) -> Result<Self> {
+        let (bus, events) = EventBus::new(config.clock.clone());
+        let bus = Arc::new(bus);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let engine = Engine::open(config, bus.clone(), cancel.clone())?;
+        let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("nanopix-sync-engine".into())
+            .spawn(move || run_engine(engine, job_queue))
+            .map_err(|source| Error::Io { path: PathBuf::new(), step: "starting the engine thread", source })?;
+        Ok(Self { jobs: Some(jobs), events, bus, cancel, engine: Some(thread) })
+    }
+
+    /// The queue of events. Every clone sees each event once (they share one queue).
+    pub fn events(&self) -> Receiver<Event> {
+        self.events.clone()
+    }
+
+    /// "Sync Now": a full reconcile of both sides.
+    pub fn reconcile(&self) -> Result<ReconcileReport> {
+        self.call(Engine::reconcile)
+    }
+
+    /// Switches Live Sync on or off. The setting is kept in DentalTID's file.
+    pub fn set_live_sync(&self, enabled: bool) -> Result<()> {
+        self.call(move |engine| engine.set_live_sync(enabled).map(drop))
+    }
+
+    /// Whether Live Sync is on.
+    pub fn live_sync(&self) -> Result<bool> {
+        self.call(|engine| engine.live_sync())
+    }
+
+    /// Exports one DentalTID patient to NanoPix now; returns its new NanoPix id.
+    pub fn export_patient(&self, patient_id: i64) -> Result<NanoPixId> {
+        self.call(move |engine| engine.export_patient(patient_id))
+    }
+
+    /// Exports every DentalTID patient that has no NanoPix link yet; returns how many were exported.
+    pub fn export_existing(&self) -> Result<u64> {
+        self.call(Engine::export_existing)
+    }
+
+    /// Deletes a NanoPix patient's row and empty folder, after the host asked the user.
+    ///
+    /// # Failure
+    /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report or file for it.
+    pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
+        let external_id = external_id.to_owned();
+        self.call(move |engine| engine.delete_in_nanopix(&external_id))
+    }
+
+    /// DentalTID patients, as the patients screen filters them.
+    pub fn patients(&self, filter: PatientFilter) -> Result<Vec<Patient>> {
+        self.call(move |engine| engine.patients(filter))
+    }
+
+    /// Where a patient comes from and what NanoPix holds for it.
+    pub fn source_info(&self, patient_id: i64) -> Result<SourceInfo> {
+        self.call(move |engine| engine.source_info(patient_id))
+    }
+
+    /// Stops and joins every thread; the last event is `closed`. Calling it again does nothing.
+    pub fn close(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        if let Some(engine) = self.engine.take() {
+            if engine.join().is_err() {
+                self.bus.error(&Error::Internal("the engine thread panicked".into()), None, None);
+            }
+            self.bus.emit(EventKind::Closed);
+        }
+    }
+
+    fn call<T: Send + 'static>(&self, job: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {
+        let jobs = self.jobs.as_ref().ok_or(Error::Closed)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let job: Job = Box::new(move |engine| {
+            // The caller may have gone away; then nobody needs the answer.
+            let _ = reply.send(job(engine));
+        });
+        jobs.send(job).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Internal("the call stopped before it answered".into()))?
+    }
+}
+
+impl Drop for NanoPixSync {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The engine thread: runs jobs until the handle closes. A panicking job becomes a `sync_error`.
+fn run_engine(mut engine: Engine, jobs: Receiver<Job>) {
+    let bus = engine.bus();
+    for job in jobs.iter() {
+        if catch_unwind(AssertUnwindSafe(|| job(&mut engine))).is_err() {
+            bus.error(&Error::Internal("a sync job panicked".into()), None, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<NanoPixSync>();
+    }
+}
