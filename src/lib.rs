@@ -22,6 +22,7 @@
 mod clock;
 mod config;
 mod dentaltid;
+mod dispatch;
 mod engine;
 mod error;
 mod events;
@@ -35,6 +36,7 @@ mod watcher;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, WatchMode};
 pub use dentaltid::{LinkOrigin, LinkState};
+pub use dispatch::EventCallback;
 pub use error::{Error, Result};
 pub use events::{DuplicateCandidate, DuplicateReason, Event, EventKind, ReconcileReport};
 pub use id::NanoPixId;

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
+use crate::dispatch::{Dispatcher, EventCallback};
 use crate::engine::Engine;
 use crate::events::{Event, EventBus, EventKind, ReconcileReport};
 use crate::patient::{Patient, PatientFilter, Source};
@@ -62,6 +63,7 @@ pub struct NanoPixSync {
     bus: Arc<EventBus>,
     cancel: Arc<AtomicBool>,
     engine: Option<JoinHandle<()>>,
+    dispatcher: Dispatcher,
 }
 
 impl NanoPixSync {
@@ -76,17 +78,29 @@ impl NanoPixSync {
         let bus = Arc::new(bus);
         let cancel = Arc::new(AtomicBool::new(false));
         let engine = Engine::open(config, bus.clone(), cancel.clone())?;
+        let dispatcher = Dispatcher::start(bus.listen()).map_err(|source| Error::Io {
+            path: PathBuf::new(),
+            step: "starting the event thread",
+            source,
+        })?;
         let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
         let thread = std::thread::Builder::new()
             .name("nanopix-sync-engine".into())
             .spawn(move || run_engine(engine, job_queue))
             .map_err(|source| Error::Io { path: PathBuf::new(), step: "starting the engine thread", source })?;
-        Ok(Self { jobs: Some(jobs), events, bus, cancel, engine: Some(thread) })
+        Ok(Self { jobs: Some(jobs), events, bus, cancel, engine: Some(thread), dispatcher })
     }
 
     /// The queue of events. Every clone sees each event once (they share one queue).
     pub fn events(&self) -> Receiver<Event> {
         self.events.clone()
+    }
+
+    /// Sets (or, with `None`, clears) a callback that receives every later event on a library
+    /// thread. Returns once no call of the previous callback is in flight. A slow callback delays
+    /// delivery, never the sync.
+    pub fn set_callback(&self, callback: Option<EventCallback>) {
+        self.dispatcher.set(callback);
     }
 
     /// "Sync Now": a full reconcile of both sides.
@@ -143,6 +157,7 @@ impl NanoPixSync {
             }
             self.bus.emit(EventKind::Closed);
         }
+        self.dispatcher.stop();
     }
 
     fn call<T: Send + 'static>(&self, job: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {
