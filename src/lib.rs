@@ -27,6 +27,7 @@ mod engine;
 mod error;
 mod events;
 mod id;
+mod live;
 mod matching;
 mod nanopix;
 mod patient;
