@@ -221,3 +221,86 @@ fn parent_folder(file: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, CreateKind, Flag, ModifyKind};
+
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            root: PathBuf::from("/clinic/PatientData"),
+            database: PathBuf::from("/clinic/PatientData/database"),
+            dentaltid_folder: PathBuf::from("/clinic/DentalTid"),
+            dentaltid_names: ["dentaltid.db-journal".into(), "dentaltid.db-wal".into(), "dentaltid.db".into()],
+        }
+    }
+
+    fn hints(events: Vec<notify::Result<Event>>) -> Hints {
+        let layout = layout();
+        let mut hints = Hints::default();
+        for event in events {
+            hints.note(event, &layout);
+        }
+        hints
+    }
+
+    fn event(kind: EventKind, path: &str) -> notify::Result<Event> {
+        Ok(Event::new(kind).add_path(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn a_folder_created_under_the_root_hints_at_patient_folders() {
+        let hints = hints(vec![event(EventKind::Create(CreateKind::Folder), "/clinic/PatientData/20250122_090000")]);
+        assert!(hints.patient_folders);
+        assert!(!hints.nanopix_db && !hints.dentaltid_db && hints.rescan.is_none());
+    }
+
+    #[test]
+    fn a_write_inside_a_patient_folder_is_not_a_folder_change() {
+        let hints = hints(vec![event(EventKind::Modify(ModifyKind::Any), "/clinic/PatientData/20250122_090000")]);
+        assert!(!hints.patient_folders);
+    }
+
+    #[test]
+    fn opening_a_database_hints_at_nothing() {
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        let hints = hints(vec![
+            event(open, "/clinic/PatientData/database/NanoPix.db3"),
+            event(open, "/clinic/DentalTid/dentaltid.db"),
+        ]);
+        assert!(!hints.nanopix_db && !hints.dentaltid_db);
+    }
+
+    #[test]
+    fn closing_a_written_database_hints_at_a_commit() {
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(hints(vec![event(closed, "/clinic/PatientData/database/NanoPix.db3")]).nanopix_db);
+    }
+
+    #[test]
+    fn only_dentaltid_files_count_in_its_folder() {
+        let journal = hints(vec![event(
+            EventKind::Remove(notify::event::RemoveKind::File),
+            "/clinic/DentalTid/dentaltid.db-journal",
+        )]);
+        assert!(journal.dentaltid_db);
+        let other = hints(vec![event(EventKind::Modify(ModifyKind::Any), "/clinic/DentalTid/settings.json")]);
+        assert!(!other.dentaltid_db);
+    }
+
+    #[test]
+    fn a_rescan_flag_or_a_watcher_error_asks_for_a_full_reconcile() {
+        let flagged = Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan));
+        assert!(hints(vec![flagged]).rescan.is_some());
+        let failed = Err(notify::Error::generic("queue overflow"));
+        assert!(hints(vec![failed]).rescan.is_some_and(|reason| reason.contains("queue overflow")));
+    }
+
+    #[test]
+    fn a_bare_file_name_lives_in_the_current_folder() {
+        assert_eq!(parent_folder(Path::new("dentaltid.db")), PathBuf::from("."));
+        assert_eq!(parent_folder(Path::new("/data/dentaltid.db")), PathBuf::from("/data"));
+    }
+}
