@@ -151,10 +151,9 @@ impl Context {
     fn session(&self, came_back: bool) -> End {
         let probes = Probes::open(&self.nanopix_db, &self.dentaltid_db);
         let native = self.native_or_why_not();
-        let mode = if native.is_ok() { "native" } else { "polling" };
-        let reason = match &native {
-            Ok(_) => "native file events".to_owned(),
-            Err(reason) => reason.clone(),
+        let (mode, reason) = match &native {
+            Ok(_) => ("native", "native file events".to_owned()),
+            Err(reason) => ("polling", reason.clone()),
         };
         self.bus.emit(EventKind::WatcherMode { mode: mode.to_owned(), reason });
         if came_back {

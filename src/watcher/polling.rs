@@ -5,16 +5,19 @@
 //! a few `stat` calls and two tiny queries: it never lists the patient folders.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::select;
 
 use super::probe::Probes;
 use super::{Context, End};
 
+/// The shortest pause between polls, whatever the configuration says.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Polls until stopped or the root vanishes.
 pub(super) fn run(context: &Context, mut probes: Probes) -> End {
-    let timer = crossbeam_channel::tick(context.poll_interval);
+    let timer = crossbeam_channel::tick(context.poll_interval.max(MIN_POLL_INTERVAL));
     let mut root_modified = modified(&context.root);
     loop {
         let step = select! {
