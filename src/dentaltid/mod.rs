@@ -79,18 +79,26 @@ impl LinkOrigin {
 /// A row of `nanopix_sync_links`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Link {
+    /// The DentalTID patient (`patients.id`); the patient may have been deleted since.
     pub patient_id: i64,
+    /// The NanoPix id, as stored.
     pub external_id: String,
+    /// How the link came to be.
     pub origin: LinkOrigin,
+    /// Whether both sides still exist.
     pub state: LinkState,
+    /// When the link was recorded (local time).
     pub synced_at: NaiveDateTime,
 }
 
 /// A row of the export journal, `nanopix_sync_exports`: an export that has not finished yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingExport {
+    /// The DentalTID patient being exported.
     pub patient_id: i64,
+    /// The NanoPix id reserved for it.
     pub external_id: NanoPixId,
+    /// When the export started (local time).
     pub started_at: NaiveDateTime,
 }
 

@@ -76,7 +76,6 @@ mod tests {
     use rusqlite::Connection;
 
     use super::super::testing::{at, new_patient, sample_database};
-    use super::*;
 
     #[test]
     fn live_sync_is_off_until_switched_on() {
