@@ -38,6 +38,18 @@ pub(crate) struct Engine {
     bus: Arc<EventBus>,
     signals: Arc<Signals>,
     automatic: bool,
+    cursor: Option<LiveCursor>,
+}
+
+/// How far the last pass read each side, so a live pass reads only what is new.
+#[derive(Debug, Clone, Copy)]
+struct LiveCursor {
+    /// The highest NanoPix `Patient.pk` read.
+    nanopix_pk: i64,
+    /// How many NanoPix rows there were up to that `pk`.
+    nanopix_rows: u64,
+    /// DentalTID's highest `patients.id` and row count, read together.
+    dentaltid: (i64, u64),
 }
 
 /// A NanoPix patient to import, with the look-alikes to report.
@@ -45,6 +57,8 @@ type PendingImport<'a> = (&'a NanoPixPatient, Option<(crate::DuplicateReason, Ve
 
 /// What both sides hold, read once at the start of a reconcile.
 struct Snapshot {
+    nanopix_pk: i64,
+    nanopix_rows: u64,
     nanopix: Vec<NanoPixPatient>,
     folders: FolderScan,
     dentaltid: Vec<Patient>,
@@ -58,7 +72,7 @@ impl Engine {
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
         signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
-        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false };
+        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false, cursor: None };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
     }
@@ -80,11 +94,18 @@ impl Engine {
         self.repair_exports(&mut report)?;
         let snapshot = self.snapshot(&mut report)?;
         let known = self.adopt_existing_links(&snapshot)?;
-        self.import_unlinked(&snapshot, &known, &mut report)?;
+        let unlinked: Vec<NanoPixPatient> =
+            snapshot.nanopix.iter().filter(|p| !known.contains(&p.id.to_string())).cloned().collect();
+        self.import_unlinked(&unlinked, &snapshot.dentaltid, &mut report)?;
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
+        self.cursor = Some(LiveCursor {
+            nanopix_pk: snapshot.nanopix_pk,
+            nanopix_rows: snapshot.nanopix_rows,
+            dentaltid: self.dentaltid.extent()?,
+        });
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
@@ -124,9 +145,62 @@ impl Engine {
         Ok(report.exported)
     }
 
-    /// New work after a hint from the watcher: NanoPix rows, folders or DentalTID rows changed.
+    /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
+    /// past the cursor. A row removed on either side leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
-        self.reconcile()
+        let Some(cursor) = self.cursor else { return self.reconcile() };
+        let mut report = ReconcileReport::default();
+        self.repair_exports(&mut report)?;
+        let rows = self.nanopix.patients_after(cursor.nanopix_pk)?;
+        let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
+        if self.nanopix.patient_count()? < cursor.nanopix_rows + read || self.dentaltid_lost_rows(cursor)? {
+            return self.reconcile();
+        }
+        let nanopix_pk = rows.patients.iter().map(|p| p.pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
+        self.report_odd_rows(rows.odd_rows, &mut report);
+        let unlinked = self.unknown(rows.patients)?;
+        if !unlinked.is_empty() {
+            let candidates = self.match_candidates(&unlinked)?;
+            self.import_unlinked(&unlinked, &candidates, &mut report)?;
+        }
+        if self.dentaltid.live_sync()? {
+            self.export_new(&mut report)?;
+        }
+        self.cursor = Some(LiveCursor {
+            nanopix_pk: nanopix_pk.unwrap_or(cursor.nanopix_pk).max(cursor.nanopix_pk),
+            nanopix_rows: cursor.nanopix_rows + read,
+            dentaltid: self.dentaltid.extent()?,
+        });
+        Ok(report)
+    }
+
+    /// Whether DentalTID has fewer rows than the cursor plus the rows added since.
+    fn dentaltid_lost_rows(&self, cursor: LiveCursor) -> Result<bool> {
+        let (max_id, rows) = cursor.dentaltid;
+        let added = self.dentaltid.patients_after(max_id)?.len() as u64;
+        Ok(self.dentaltid.extent()?.1 < rows + added)
+    }
+
+    /// The new NanoPix patients that no DentalTID patient and no export in flight holds yet.
+    fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
+        let in_flight: HashSet<NanoPixId> =
+            self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect();
+        let mut unknown = Vec::new();
+        for patient in patients {
+            if !in_flight.contains(&patient.id) && !self.dentaltid.holds_external_id(patient.id)? {
+                unknown.push(patient);
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// The DentalTID patients new NanoPix patients could match: by birth date, or all of them
+    /// when a NanoPix birth date is missing.
+    fn match_candidates(&self, unlinked: &[NanoPixPatient]) -> Result<Vec<Patient>> {
+        match unlinked.iter().map(|p| p.birth_date).collect::<Option<Vec<_>>>() {
+            Some(dates) => self.dentaltid.match_candidates(&dates),
+            None => self.dentaltid.all_patients(),
+        }
     }
 
     /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
@@ -174,19 +248,18 @@ impl Engine {
 
     fn snapshot(&self, report: &mut ReconcileReport) -> Result<Snapshot> {
         let rows = self.nanopix.read_patients()?;
-        for odd in rows.odd_rows {
-            report.errors += 1;
-            self.bus.emit(EventKind::SyncError {
-                code: "odd_row".into(),
-                message: format!("NanoPix patient row pk {} skipped: {}", odd.pk, odd.problem),
-                external_id: Some(odd.raw_id),
-                patient_id: None,
-                path: None,
-            });
+        let nanopix_pk = rows.patients.iter().map(|p| p.pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
+        let nanopix_rows = (rows.patients.len() + rows.odd_rows.len()) as u64;
+        self.report_odd_rows(rows.odd_rows, report);
+        let folders = self.nanopix.scan_folders()?;
+        for name in &folders.odd_names {
+            self.report_odd_folder(name, report);
         }
         Ok(Snapshot {
+            nanopix_pk: nanopix_pk.unwrap_or(0),
+            nanopix_rows,
             nanopix: rows.patients,
-            folders: self.nanopix.scan_folders()?,
+            folders,
             dentaltid: self.dentaltid.all_patients()?,
             links: self.dentaltid.links()?,
             pending: self.dentaltid.pending_exports()?,
@@ -216,19 +289,44 @@ impl Engine {
         Ok(known)
     }
 
+    fn report_odd_rows(&self, odd_rows: Vec<crate::nanopix::OddRow>, report: &mut ReconcileReport) {
+        for odd in odd_rows {
+            report.errors += 1;
+            self.bus.emit(EventKind::SyncError {
+                code: "odd_row".into(),
+                message: format!("NanoPix patient row pk {} skipped: {}", odd.pk, odd.problem),
+                external_id: Some(odd.raw_id),
+                patient_id: None,
+                path: None,
+            });
+        }
+    }
+
+    fn report_odd_folder(&self, name: &std::ffi::OsStr, report: &mut ReconcileReport) {
+        report.errors += 1;
+        let path = self.nanopix.root().join(name);
+        self.bus.emit(EventKind::SyncError {
+            code: "odd_folder".into(),
+            message: format!("{} is not a NanoPix patient folder: skipped", path.display()),
+            external_id: None,
+            patient_id: None,
+            path: Some(path.display().to_string()),
+        });
+    }
+
+    /// Links or imports NanoPix patients no DentalTID patient holds yet; `dentaltid` holds at
+    /// least every patient they could match.
     fn import_unlinked(
         &mut self,
-        snapshot: &Snapshot,
-        known: &HashSet<String>,
+        unlinked: &[NanoPixPatient],
+        dentaltid: &[Patient],
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let unlinked: Vec<NanoPixPatient> =
-            snapshot.nanopix.iter().filter(|p| !known.contains(&p.id.to_string())).cloned().collect();
         if unlinked.is_empty() {
             return Ok(());
         }
-        let decisions = matching::decide(&unlinked, &snapshot.dentaltid, self.config.auto_link);
-        let by_id: HashMap<i64, &Patient> = snapshot.dentaltid.iter().map(|p| (p.id, p)).collect();
+        let decisions = matching::decide(unlinked, dentaltid, self.config.auto_link);
+        let by_id: HashMap<i64, &Patient> = dentaltid.iter().map(|p| (p.id, p)).collect();
         let mut imports = Vec::new();
         for (patient, decision) in unlinked.iter().zip(decisions) {
             match decision {

@@ -185,10 +185,11 @@ impl Error {
         }
     }
 
-    /// Wraps an SQLite error with the file and the step that failed.
+    /// Wraps an SQLite error with the file and the step that failed; a database that stayed
+    /// locked becomes [`Error::Busy`].
     pub(crate) fn db(path: &std::path::Path, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         let path = path.to_path_buf();
-        move |source| Error::Database { path, step, source }
+        move |source| if is_busy(&source) { Error::Busy { path, step } } else { Error::Database { path, step, source } }
     }
 
     /// Wraps an I/O error with the path and the step that failed.
@@ -196,4 +197,9 @@ impl Error {
         let path = path.to_path_buf();
         move |source| Error::Io { path, step, source }
     }
+}
+
+/// Whether SQLite gave up because another connection held a lock.
+pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }

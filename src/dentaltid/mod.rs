@@ -131,6 +131,7 @@ impl DentalTid {
     }
 
     /// The database file.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

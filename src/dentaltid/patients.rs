@@ -70,9 +70,36 @@ impl DentalTid {
         self.query_patients("reading new patients", "WHERE id > ?1 ORDER BY id", [cursor])
     }
 
-    /// The highest `patients.id` ever used (from `sqlite_sequence`, or `MAX(id)`), 0 if none.
-    pub fn max_patient_id(&self) -> Result<i64> {
-        highest_patient_id(&self.conn).map_err(Error::db(&self.path, "reading the highest patient id"))
+    /// The highest `patients.id` and the number of rows, read together.
+    pub fn extent(&self) -> Result<(i64, u64)> {
+        let read = |conn: &Connection| {
+            conn.query_row("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM patients", [], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?.unsigned_abs()))
+            })
+        };
+        read(&self.conn).map_err(Error::db(&self.path, "counting patients"))
+    }
+
+    /// The patients a NanoPix patient born on one of `dates` could match or resemble: those born
+    /// on these dates and those without a readable birth date.
+    pub fn match_candidates(&self, dates: &[NaiveDate]) -> Result<Vec<Patient>> {
+        let born_on: Vec<String> =
+            dates.iter().map(|date| format!("'{}'", crate::patient::nanopix_date(*date))).collect();
+        let tail = format!(
+            "WHERE substr(dateOfBirth, 1, 10) IN ({}) OR dateOfBirth IS NULL
+               OR dateOfBirth NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' ORDER BY id",
+            born_on.join(", ")
+        );
+        self.query_patients("reading match candidates", &tail, [])
+    }
+
+    /// Whether a patient already holds this NanoPix id.
+    pub fn holds_external_id(&self, external_id: NanoPixId) -> Result<bool> {
+        let holds = |conn: &Connection| {
+            conn.prepare_cached("SELECT 1 FROM patients WHERE external_id = ?1 LIMIT 1")?
+                .exists([external_id.to_string()])
+        };
+        holds(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
     }
 
     /// Inserts imported patients and their links in one transaction; returns their new ids in order.
@@ -278,11 +305,11 @@ mod tests {
     #[test]
     fn max_patient_id_remembers_deleted_ids() {
         let (_dir, dentaltid) = sample_database();
-        assert_eq!(dentaltid.max_patient_id().unwrap(), 6);
+        assert_eq!(highest_patient_id(&dentaltid.conn).unwrap(), 6);
         dentaltid.conn.execute_batch("DELETE FROM patients WHERE id >= 5").unwrap();
-        assert_eq!(dentaltid.max_patient_id().unwrap(), 6);
+        assert_eq!(highest_patient_id(&dentaltid.conn).unwrap(), 6);
         dentaltid.conn.execute_batch("DELETE FROM patients; DELETE FROM sqlite_sequence;").unwrap();
-        assert_eq!(dentaltid.max_patient_id().unwrap(), 0);
+        assert_eq!(highest_patient_id(&dentaltid.conn).unwrap(), 0);
     }
 
     #[test]

@@ -50,12 +50,6 @@ impl DentalTid {
         }
         self.write("moving the export cursor", |tx| put_state(tx, EXPORT_CURSOR, &cursor.to_string()))
     }
-
-    /// `PRAGMA data_version`: changes when another connection commits.
-    pub fn data_version(&self) -> Result<i64> {
-        let read = || self.conn.query_row("PRAGMA data_version", [], |row| row.get(0));
-        read().map_err(Error::db(&self.path, "reading the data version"))
-    }
 }
 
 /// The value stored under `key`, if any.
@@ -73,7 +67,6 @@ fn put_state(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::Connection;
 
     use super::super::testing::{at, new_patient, sample_database};
 
@@ -129,15 +122,5 @@ mod tests {
         let (_dir, dentaltid) = sample_database();
         dentaltid.conn.execute_batch("INSERT INTO nanopix_sync_state VALUES ('export_cursor', 'soon')").unwrap();
         assert_eq!(dentaltid.export_cursor().unwrap(), None);
-    }
-
-    #[test]
-    fn data_version_changes_when_another_connection_commits() {
-        let (_dir, dentaltid) = sample_database();
-        let before = dentaltid.data_version().unwrap();
-        assert_eq!(dentaltid.data_version().unwrap(), before);
-        let other = Connection::open(dentaltid.path()).unwrap();
-        other.execute_batch("UPDATE patients SET phoneNumber = '1' WHERE id = 1").unwrap();
-        assert_ne!(dentaltid.data_version().unwrap(), before);
     }
 }

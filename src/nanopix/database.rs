@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Transaction, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior, params_from_iter};
 
 use super::{OddRow, PatientRows};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient};
@@ -58,7 +58,7 @@ pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connecti
 
 /// The lower-cased column names of `Patient`, after checking that `id` and `last_name` exist.
 pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashSet<String>> {
-    let columns = table_columns(conn, "Patient").map_err(sql_error(db_path, "read Patient columns"))?;
+    let columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "read Patient columns"))?;
     if columns.is_empty() {
         return Err(Error::MissingTable { path: db_path.to_path_buf(), table: "Patient" });
     }
@@ -77,18 +77,6 @@ fn table_columns(conn: &Connection, table: &'static str) -> rusqlite::Result<Has
     names.map(|name| name.map(|name| name.to_lowercase())).collect()
 }
 
-/// Maps an SQLite error to [`Error::Busy`] when the database stayed locked, else to [`Error::Database`].
-pub(super) fn sql_error(db_path: &Path, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
-    let path = db_path.to_path_buf();
-    move |source| {
-        if is_busy(&source) { Error::Busy { path, step } } else { Error::Database { path, step, source } }
-    }
-}
-
-fn is_busy(error: &rusqlite::Error) -> bool {
-    matches!(error.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
-}
-
 /// Runs `work` in a short `BEGIN IMMEDIATE` transaction, retrying with a growing pause while
 /// the database is busy; gives [`Error::Busy`] once the attempts are used up.
 pub(super) fn write<T>(
@@ -100,12 +88,12 @@ pub(super) fn write<T>(
     let mut backoff = FIRST_BACKOFF;
     for _ in 1..WRITE_ATTEMPTS {
         match immediate(conn, &mut work) {
-            Err(error) if is_busy(&error) => thread::sleep(backoff),
-            result => return result.map_err(sql_error(db_path, step)),
+            Err(error) if crate::error::is_busy(&error) => thread::sleep(backoff),
+            result => return result.map_err(Error::db(db_path, step)),
         }
         backoff *= 2;
     }
-    immediate(conn, &mut work).map_err(sql_error(db_path, step))
+    immediate(conn, &mut work).map_err(Error::db(db_path, step))
 }
 
 /// One attempt: the transaction rolls back when dropped unless `work` and the commit succeed.
@@ -228,19 +216,33 @@ pub(super) fn insert_patient(
     Ok(())
 }
 
-/// Every column the sync may fill, with the value NanoPix itself would write.
-fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>); 8] {
+/// Every column the sync may fill, with the value NanoPix itself would write: its form saves
+/// an empty text, not NULL, for a field left blank (DentalTID has no sex, doctor, social id,
+/// e-mail, zip code or address).
+fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>); 13] {
     let created = patient::nanopix_datetime(patient.created);
+    let blank = || Some(String::new());
     [
         ("id", Some(patient.id.to_string())),
         ("last_name", Some(patient.last_name.clone())),
         ("first_name", Some(patient.first_name.clone())),
-        ("sex", None),
+        ("sex", blank()),
         ("birthdate", patient.birth_date.map(patient::nanopix_date)),
-        ("phone", patient.phone.clone()),
+        ("doctor", blank()),
+        ("social_id", blank()),
+        ("phone", Some(patient.phone.clone().unwrap_or_default())),
+        ("email", blank()),
+        ("zipcode", blank()),
+        ("address", blank()),
         ("created_datetime", Some(created.clone())),
         ("updated_datetime", Some(created)),
     ]
+}
+
+/// How many rows `Patient` holds.
+pub(super) fn patient_count(conn: &Connection) -> rusqlite::Result<u64> {
+    let count: i64 = conn.query_row("SELECT count(*) FROM Patient", [], |row| row.get(0))?;
+    Ok(count.unsigned_abs())
 }
 
 /// Rows of `table` (`Study` or `Report`) whose `patient_id` is `id`; 0 when the table or column is missing.
@@ -263,9 +265,4 @@ pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Resu
     }
     let deleted = conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
     Ok(if deleted == 0 { Deletion::Missing } else { Deletion::Deleted })
-}
-
-/// `PRAGMA data_version` (a read): changes when another connection commits.
-pub(super) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
 }

@@ -109,6 +109,11 @@ impl NanoPix {
         Ok(self.select(Selection::WithId(id))?.patients.into_iter().next())
     }
 
+    /// How many rows `Patient` holds.
+    pub fn patient_count(&self) -> Result<u64> {
+        database::patient_count(&self.conn).map_err(self.sql_error("count patients"))
+    }
+
     /// Whether a row with this id exists.
     pub fn id_exists(&self, id: NanoPixId) -> Result<bool> {
         database::id_exists(&self.conn, id).map_err(self.sql_error("look up patient id"))
@@ -124,11 +129,6 @@ impl NanoPix {
     /// The folder of a patient: `PatientData/<id>`.
     pub fn folder_path(&self, id: NanoPixId) -> PathBuf {
         folders::patient_folder(&self.root, id)
-    }
-
-    /// Whether the patient's folder exists as a real folder (not a symlink).
-    pub fn folder_exists(&self, id: NanoPixId) -> bool {
-        folders::is_real_dir(&self.folder_path(id))
     }
 
     /// Creates the patient's folder (and the configured subfolders) if missing; returns its path.
@@ -175,17 +175,12 @@ impl NanoPix {
         }
     }
 
-    /// `PRAGMA data_version` of the kept connection: changes when NanoPix commits.
-    pub fn data_version(&self) -> Result<i64> {
-        database::data_version(&self.conn).map_err(self.sql_error("read data_version"))
-    }
-
     fn select(&self, selection: Selection) -> Result<PatientRows> {
         database::read_patients(&self.conn, &self.patient_columns, selection).map_err(self.sql_error("read patients"))
     }
 
     fn sql_error(&self, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
-        database::sql_error(&self.db_path, step)
+        Error::db(&self.db_path, step)
     }
 }
 
@@ -406,13 +401,13 @@ pub(super) mod tests {
         use rusqlite::types::Value::{Integer, Null, Text};
         let text = |s: &str| Text(s.to_owned());
         let created = text("2025-03-01 09:30:07");
-        let common = [text("Benali"), text("Amina"), Null];
+        let common = [text("Benali"), text("Amina"), text("")];
         let mut first = vec![Integer(2), text("20250301_093000")];
         first.extend(common.clone());
-        first.extend([text("1985-03-12"), text("0555 12 34 56"), created.clone(), created.clone(), Null, text("text")]);
+        first.extend([text("1985-03-12"), text("0555 12 34 56"), created.clone(), created.clone(), text(""), text("text")]);
         let mut second = vec![Integer(3), text("20250301_093001")];
         second.extend(common);
-        second.extend([Null, Null, created.clone(), created, Null, text("text")]);
+        second.extend([Null, text(""), created.clone(), created, text(""), text("text")]);
         assert_eq!(rows, vec![first, second]);
     }
 
@@ -475,13 +470,13 @@ pub(super) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        assert!(!nanopix.folder_exists(new_id));
+        assert!(!folders::is_real_dir(&nanopix.folder_path(new_id)));
         let subfolders = vec!["images".to_owned()];
         let folder = nanopix.create_folder(new_id, &subfolders).unwrap();
         assert_eq!(folder, root.join("20250301_093000"));
         fs::write(folder.join("images/scan.jpg"), b"jpeg").unwrap();
         assert_eq!(nanopix.create_folder(new_id, &subfolders).unwrap(), folder);
-        assert!(nanopix.folder_exists(new_id));
+        assert!(folders::is_real_dir(&nanopix.folder_path(new_id)));
         assert_eq!(fs::read(folder.join("images/scan.jpg")).unwrap(), b"jpeg");
     }
 
@@ -520,7 +515,7 @@ pub(super) mod tests {
         for (text, target) in [("20250301_093000", &outside), ("20250301_093001", &temp.path().join("nowhere"))] {
             let result = nanopix.create_folder(id(text), &["images".to_owned()]);
             assert!(matches!(result, Err(Error::UnsafePath(_))), "{text}: {result:?}");
-            assert!(!nanopix.folder_exists(id(text)));
+            assert!(!folders::is_real_dir(&nanopix.folder_path(id(text))));
             assert!(!target.join("images").exists());
         }
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
@@ -628,18 +623,5 @@ pub(super) mod tests {
         holder.execute_batch("COMMIT").unwrap();
         nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
         assert!(nanopix.id_exists(id("20250301_093000")).unwrap());
-    }
-
-    #[test]
-    fn data_version_changes_when_another_connection_commits() {
-        let (_temp, root) = fixture_copy();
-        let nanopix = open(&root);
-        let before = nanopix.data_version().unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
-        assert_eq!(nanopix.data_version().unwrap(), before, "our own commit is not a NanoPix change");
-        other_connection(&root)
-            .execute("INSERT INTO Patient (id, last_name) VALUES ('20250301_093001', 'X')", [])
-            .unwrap();
-        assert_ne!(nanopix.data_version().unwrap(), before);
     }
 }
