@@ -253,13 +253,14 @@ impl EventBus {
     fn push(&self, kind: EventKind) {
         let event =
             Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind };
+        // The queue first: a listener's wakeup must find the event already queued.
+        if let Err(TrySendError::Full(_)) = self.sender.try_send(event.clone()) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
         self.listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|listener| !matches!(listener.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
-        if let Err(TrySendError::Full(_)) = self.sender.try_send(event) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
