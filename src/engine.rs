@@ -20,6 +20,15 @@ use crate::{Config, Error, NanoPixId, Result};
 /// How many imported patients are written per DentalTID transaction.
 const IMPORT_CHUNK: usize = 2_000;
 
+/// Flags the handle sets from other threads, read by the engine between steps.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    /// The handle is closing: stop as soon as the current step is done.
+    pub closing: AtomicBool,
+    /// Live Sync is on; cleared at once when the host switches it off, so automatic work stops.
+    pub live: AtomicBool,
+}
+
 /// Owns both sides and does the work of every command.
 #[derive(Debug)]
 pub(crate) struct Engine {
@@ -27,7 +36,8 @@ pub(crate) struct Engine {
     nanopix: NanoPix,
     dentaltid: DentalTid,
     bus: Arc<EventBus>,
-    cancel: Arc<AtomicBool>,
+    signals: Arc<Signals>,
+    automatic: bool,
 }
 
 /// What both sides hold, read once at the start of a reconcile.
@@ -41,10 +51,11 @@ struct Snapshot {
 
 impl Engine {
     /// Opens and checks both sides, migrates DentalTID, and repairs interrupted exports.
-    pub fn open(config: Config, bus: Arc<EventBus>, cancel: Arc<AtomicBool>) -> Result<Self> {
+    pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
-        let mut engine = Self { config, nanopix, dentaltid, bus, cancel };
+        signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
+        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
     }
@@ -84,6 +95,7 @@ impl Engine {
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<bool> {
         let changed = self.dentaltid.live_sync()? != enabled;
+        self.signals.live.store(enabled, Ordering::Relaxed);
         if changed {
             self.dentaltid.set_live_sync(enabled)?;
             self.bus.emit(EventKind::LiveSyncChanged { enabled });
@@ -144,8 +156,17 @@ impl Engine {
         })
     }
 
+    /// Runs `pass` as automatic work, which stops early when Live Sync is switched off.
+    pub fn automatically<T>(&mut self, pass: impl FnOnce(&mut Self) -> T) -> T {
+        self.automatic = true;
+        let result = pass(self);
+        self.automatic = false;
+        result
+    }
+
+    /// Whether the current work should stop: the handle is closing, or automatic work lost Live Sync.
     fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
+        self.signals.closing.load(Ordering::Relaxed) || (self.automatic && !self.signals.live.load(Ordering::Relaxed))
     }
 
     fn snapshot(&self, report: &mut ReconcileReport) -> Result<Snapshot> {

@@ -28,6 +28,7 @@ mod error;
 mod events;
 mod ffi;
 mod id;
+mod live;
 mod matching;
 mod nanopix;
 mod patient;

@@ -4,22 +4,20 @@
 //! Every public call is a job with its own reply channel, so writes are serial without locks.
 //! `close()` and `Drop` stop and join every thread; nothing here panics on a closed channel.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::dispatch::{Dispatcher, EventCallback};
-use crate::engine::Engine;
+use crate::engine::{Engine, Signals};
 use crate::events::{Event, EventBus, EventKind, ReconcileReport};
+use crate::live::{self, Job};
 use crate::patient::{Patient, PatientFilter, Source};
 use crate::{Config, Error, LinkState, NanoPixId, Result};
-
-type Job = Box<dyn FnOnce(&mut Engine) + Send>;
 
 /// Where a DentalTID patient comes from and what NanoPix holds for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -61,7 +59,7 @@ pub struct NanoPixSync {
     jobs: Option<Sender<Job>>,
     events: Receiver<Event>,
     bus: Arc<EventBus>,
-    cancel: Arc<AtomicBool>,
+    signals: Arc<Signals>,
     engine: Option<JoinHandle<()>>,
     dispatcher: Dispatcher,
 }
@@ -76,8 +74,8 @@ impl NanoPixSync {
     pub fn open(config: Config) -> Result<Self> {
         let (bus, events) = EventBus::new(config.clock.clone());
         let bus = Arc::new(bus);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let engine = Engine::open(config, bus.clone(), cancel.clone())?;
+        let signals = Arc::new(Signals::default());
+        let engine = Engine::open(config, bus.clone(), signals.clone())?;
         let dispatcher = Dispatcher::start(bus.listen()).map_err(|source| Error::Io {
             path: PathBuf::new(),
             step: "starting the event thread",
@@ -86,9 +84,9 @@ impl NanoPixSync {
         let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
         let thread = std::thread::Builder::new()
             .name("nanopix-sync-engine".into())
-            .spawn(move || run_engine(engine, job_queue))
+            .spawn(move || live::run(engine, job_queue))
             .map_err(|source| Error::Io { path: PathBuf::new(), step: "starting the engine thread", source })?;
-        Ok(Self { jobs: Some(jobs), events, bus, cancel, engine: Some(thread), dispatcher })
+        Ok(Self { jobs: Some(jobs), events, bus, engine: Some(thread), dispatcher, signals })
     }
 
     /// The queue of events. Every clone sees each event once (they share one queue).
@@ -110,6 +108,9 @@ impl NanoPixSync {
 
     /// Switches Live Sync on or off. The setting is kept in DentalTID's file.
     pub fn set_live_sync(&self, enabled: bool) -> Result<()> {
+        if !enabled {
+            self.signals.live.store(false, Ordering::Relaxed);
+        }
         self.call(move |engine| engine.set_live_sync(enabled).map(drop))
     }
 
@@ -149,7 +150,7 @@ impl NanoPixSync {
 
     /// Stops and joins every thread; the last event is `closed`. Calling it again does nothing.
     pub fn close(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
+        self.signals.closing.store(true, Ordering::Relaxed);
         self.jobs = None;
         if let Some(engine) = self.engine.take() {
             if engine.join().is_err() {
@@ -175,16 +176,6 @@ impl NanoPixSync {
 impl Drop for NanoPixSync {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-/// The engine thread: runs jobs until the handle closes. A panicking job becomes a `sync_error`.
-fn run_engine(mut engine: Engine, jobs: Receiver<Job>) {
-    let bus = engine.bus();
-    for job in jobs.iter() {
-        if catch_unwind(AssertUnwindSafe(|| job(&mut engine))).is_err() {
-            bus.error(&Error::Internal("a sync job panicked".into()), None, None);
-        }
     }
 }
 

@@ -1,0 +1,148 @@
+//! `demo`: the sync at work on a temporary copy of the fixtures, which are built into the binary.
+//!
+//! ```text
+//! cargo run --release --example demo
+//! ```
+//! It lays out a NanoPix `PatientData` folder and a DentalTID database (schema 24, so the
+//! migration runs), adds patients on both sides the way each program does, runs "Sync Now",
+//! and shows the result in both programs' terms. Nothing outside the temporary folder is touched.
+
+use std::error::Error;
+use std::path::Path;
+
+use nanopix_sync::{Config, EventKind, NanoPixSync, PatientFilter, Source};
+use rusqlite::Connection;
+
+const NANOPIX_DB: &[u8] = include_bytes!("../../shared/fixtures/nanopix/PatientData/database/NanoPix.db3");
+const THUMBNAIL: &[u8] =
+    include_bytes!("../../shared/fixtures/nanopix/PatientData/20250121_152638/20250121_153202_thumbnail.jpg");
+const DENTALTID_SCHEMA: &str = include_str!("../../shared/fixtures/dentaltid/schema_v24.sql");
+const DENTALTID_PATIENTS: &str = include_str!("../../shared/fixtures/dentaltid/sample_patients.sql");
+
+/// New NanoPix patients, as NanoPix's new-patient form saves them: id, last, first, sex, birthdate.
+const NANOPIX_NEW: [(&str, &str, &str, &str, &str); 3] = [
+    ("20250122_091500", "BENALI", "Amina", "Female", "1985-03-12"),
+    ("20250122_093000", "Zoe", "Lefevre", "Female", "1990-07-04"),
+    ("20250122_101000", "Mansouri", "Yacine", "Male", "2001-05-19"),
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let workspace = tempfile::tempdir()?;
+    let root = workspace.path().join("PatientData");
+    let dentaltid = workspace.path().join("dentaltid.db");
+    lay_out_fixtures(&root, &dentaltid)?;
+    add_nanopix_patients(&root)?;
+
+    println!("== NanoPix PatientData and DentalTID database in {}", workspace.path().display());
+    let mut sync = NanoPixSync::open(Config::new(&root, &dentaltid))?;
+    sync.set_live_sync(true)?;
+    add_dentaltid_patient(&dentaltid)?;
+    let report = sync.reconcile()?;
+    println!("\n== Sync Now: {report:?}\n");
+    for event in sync.events().try_iter() {
+        println!("{}", describe(&event.kind));
+    }
+    show_dentaltid(&sync)?;
+    show_nanopix(&root)?;
+    sync.close();
+    Ok(())
+}
+
+fn lay_out_fixtures(root: &Path, dentaltid: &Path) -> Result<(), Box<dyn Error>> {
+    std::fs::create_dir_all(root.join("database"))?;
+    std::fs::write(root.join("database/NanoPix.db3"), NANOPIX_DB)?;
+    std::fs::create_dir_all(root.join("20250121_152638"))?;
+    std::fs::write(root.join("20250121_152638/20250121_153202_thumbnail.jpg"), THUMBNAIL)?;
+    let conn = Connection::open(dentaltid)?;
+    conn.execute_batch(DENTALTID_SCHEMA)?;
+    conn.execute_batch(DENTALTID_PATIENTS)?;
+    Ok(())
+}
+
+fn add_nanopix_patients(root: &Path) -> Result<(), Box<dyn Error>> {
+    let conn = Connection::open(root.join("database/NanoPix.db3"))?;
+    for (id, last, first, sex, birthdate) in NANOPIX_NEW {
+        let created =
+            format!("{}-{}-{} {}:{}:{}", &id[0..4], &id[4..6], &id[6..8], &id[9..11], &id[11..13], &id[13..15]);
+        conn.execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            (id, last, first, sex, birthdate, &created),
+        )?;
+        std::fs::create_dir(root.join(id))?;
+    }
+    Ok(())
+}
+
+fn add_dentaltid_patient(dentaltid: &Path) -> Result<(), Box<dyn Error>> {
+    Connection::open(dentaltid)?.execute(
+        "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                              createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+         VALUES ('Nadia', 'Cherif', 33, '1992-02-14T00:00:00.000', '', '', '', 0.0,
+                 '2025-01-22T11:00:00.000', 0, 'EmergencySeverity.low', '', '0770112233', 0)",
+        (),
+    )?;
+    Ok(())
+}
+
+fn describe(kind: &EventKind) -> String {
+    match kind {
+        EventKind::PatientImported { external_id, first_name, last_name, .. } => {
+            format!("imported   NanoPix {external_id} -> DentalTID patient {first_name} {last_name}")
+        }
+        EventKind::PatientLinked { patient_id, external_id, .. } => {
+            format!("linked     NanoPix {external_id} = DentalTID #{patient_id} (same person)")
+        }
+        EventKind::PossibleDuplicate { external_id, reason, candidates, .. } => {
+            let ids: Vec<String> = candidates.iter().map(|c| format!("#{}", c.patient_id)).collect();
+            format!("duplicate? NanoPix {external_id} looks like DentalTID {} ({reason:?})", ids.join(", "))
+        }
+        EventKind::PatientExported { patient_id, external_id, .. } => {
+            format!("exported   DentalTID #{patient_id} -> NanoPix {external_id}")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn show_dentaltid(sync: &NanoPixSync) -> Result<(), Box<dyn Error>> {
+    println!("\n== DentalTID patients screen (rows from NanoPix would be tinted light purple)");
+    for patient in sync.patients(PatientFilter::All)? {
+        let tint = if patient.source == Source::NanoPix { "[NanoPix]" } else { "         " };
+        let link = patient.external_id.as_deref().unwrap_or("-");
+        println!(
+            "{tint} #{:<3} {:<10} {:<10} created {}  NanoPix id {link}",
+            patient.id,
+            patient.first_name.trim(),
+            patient.last_name.trim(),
+            patient.created_at
+        );
+    }
+    Ok(())
+}
+
+fn show_nanopix(root: &Path) -> Result<(), Box<dyn Error>> {
+    println!("\n== NanoPix patients (database row, folder)");
+    let conn = Connection::open(root.join("database/NanoPix.db3"))?;
+    let mut rows =
+        conn.prepare("SELECT id, last_name, first_name, birthdate, created_datetime FROM Patient ORDER BY pk")?;
+    let rows = rows.query_map((), |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Option<String>>(2)?,
+            row.get::<_, Option<String>>(3)?,
+            row.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, last, first, born, created) = row?;
+        let folder = if root.join(&id).is_dir() { "folder ok" } else { "NO FOLDER" };
+        println!(
+            "{id}  {last:<10} {:<10} born {:<10} created {:<19}  {folder}",
+            first.unwrap_or_default(),
+            born.unwrap_or_default(),
+            created.unwrap_or_default()
+        );
+    }
+    Ok(())
+}

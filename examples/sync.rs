@@ -1,0 +1,103 @@
+//! `sync`: the headless runner and diagnosis tool for clinic support staff.
+//!
+//! ```text
+//! cargo run --release --example sync -- --nanopix <PatientData> --dentaltid <dentaltid.db> <command>
+//! ```
+//! Commands: `once`, `watch`, `status`, `enable`, `disable`, `export-existing`. Events go to
+//! stdout as one JSON object per line, errors to stderr; the exit code is 0 on success and 1 on
+//! a fatal error, with a one-line reason.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nanopix_sync::{Config, NanoPixSync, PatientFilter};
+
+const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.db> \
+                     once|watch|status|enable|disable|export-existing";
+
+/// What the runner was asked to do.
+struct Invocation {
+    config: Config,
+    command: String,
+}
+
+fn main() -> ExitCode {
+    match parse_args(std::env::args().skip(1)).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("sync: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Invocation, String> {
+    let (mut nanopix, mut dentaltid, mut command) = (None, None, None);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nanopix" => nanopix = args.next(),
+            "--dentaltid" => dentaltid = args.next(),
+            "-h" | "--help" => return Err(USAGE.into()),
+            _ if command.is_none() && !arg.starts_with('-') => command = Some(arg),
+            _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
+        }
+    }
+    match (nanopix, dentaltid, command) {
+        (Some(nanopix), Some(dentaltid), Some(command)) => {
+            Ok(Invocation { config: Config::new(nanopix, dentaltid), command })
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
+fn run(invocation: Invocation) -> Result<(), String> {
+    let mut sync = NanoPixSync::open(invocation.config).map_err(|error| error.to_string())?;
+    let outcome = match invocation.command.as_str() {
+        "once" => sync.reconcile().map(drop).map_err(|e| e.to_string()),
+        "enable" => sync.set_live_sync(true).map_err(|e| e.to_string()),
+        "disable" => sync.set_live_sync(false).map_err(|e| e.to_string()),
+        "export-existing" => sync.export_existing().map(drop).map_err(|e| e.to_string()),
+        "status" => return print_status(&sync),
+        "watch" => watch(&sync),
+        other => Err(format!("unknown command {other:?}; {USAGE}")),
+    };
+    sync.close();
+    print_events(&sync);
+    outcome
+}
+
+fn print_events(sync: &NanoPixSync) {
+    for event in sync.events().try_iter() {
+        println!("{}", event.to_json());
+    }
+}
+
+/// Switches Live Sync on and prints events until SIGINT or SIGTERM.
+fn watch(sync: &NanoPixSync) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).map_err(|e| e.to_string())?;
+    sync.set_live_sync(true).map_err(|e| e.to_string())?;
+    let events = sync.events();
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(event) = events.recv_timeout(Duration::from_millis(100)) {
+            println!("{}", event.to_json());
+        }
+    }
+    Ok(())
+}
+
+fn print_status(sync: &NanoPixSync) -> Result<(), String> {
+    let count = |filter| sync.patients(filter).map(|patients| patients.len()).map_err(|e| e.to_string());
+    let status = serde_json::json!({
+        "live_sync": sync.live_sync().map_err(|e| e.to_string())?,
+        "patients": count(PatientFilter::All)?,
+        "from_nanopix": count(PatientFilter::AllByExternal)?,
+        "today": count(PatientFilter::Today)?,
+        "today_by_external": count(PatientFilter::TodayByExternal)?,
+    });
+    println!("{status}");
+    Ok(())
+}

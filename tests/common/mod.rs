@@ -1,0 +1,140 @@
+//! A clinic for tests: temporary copies of both programs' files, and helpers that write
+//! patients the way each program does.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, NaiveDateTime};
+use nanopix_sync::{Config, Event, EventKind, ManualClock, NanoPixSync};
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+/// The shared fixtures, read-only.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// 2025-01-22 10:00:00, the day after the fixture patient was created.
+pub fn clinic_morning() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2025, 1, 22).unwrap().and_hms_opt(10, 0, 0).unwrap()
+}
+
+/// Copies a folder tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            let mut permissions = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            permissions.set_readonly(false);
+            std::fs::set_permissions(&target, permissions).unwrap();
+        }
+    }
+}
+
+/// A temporary NanoPix `PatientData` folder and DentalTID database.
+pub struct Clinic {
+    pub dir: TempDir,
+    pub root: PathBuf,
+    pub dentaltid: PathBuf,
+    pub clock: ManualClock,
+}
+
+impl Clinic {
+    /// The real NanoPix folder and a DentalTID database at `schema` (`"v24"` or `"v29"`) with the sample patients.
+    pub fn new(schema: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("PatientData");
+        copy_tree(&fixtures().join("nanopix/PatientData"), &root);
+        let dentaltid = dir.path().join("dentaltid.db");
+        let conn = Connection::open(&dentaltid).unwrap();
+        let sql = |name: &str| std::fs::read_to_string(fixtures().join("dentaltid").join(name)).unwrap();
+        conn.execute_batch(&sql(&format!("schema_{schema}.sql"))).unwrap();
+        conn.execute_batch(&sql("sample_patients.sql")).unwrap();
+        Self { dir, root, dentaltid, clock: ManualClock::new(clinic_morning()) }
+    }
+
+    /// A config on this clinic with its manual clock.
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(&self.root, &self.dentaltid);
+        config.clock = Arc::new(self.clock.clone());
+        config.busy_timeout = Duration::from_millis(500);
+        config
+    }
+
+    pub fn open(&self) -> NanoPixSync {
+        NanoPixSync::open(self.config()).unwrap()
+    }
+
+    pub fn nanopix_db(&self) -> PathBuf {
+        self.root.join("database/NanoPix.db3")
+    }
+
+    /// Adds a NanoPix patient as NanoPix does: the row, then the folder.
+    pub fn add_nanopix(&self, id: &str, last: &str, first: &str, birthdate: Option<&str>) {
+        let conn = Connection::open(self.nanopix_db()).unwrap();
+        let created =
+            format!("{}-{}-{} {}:{}:{}", &id[0..4], &id[4..6], &id[6..8], &id[9..11], &id[11..13], &id[13..15]);
+        conn.execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, ?2, ?3, 'Female', ?4, ?5, ?5)",
+            (id, last, first, birthdate, &created),
+        )
+        .unwrap();
+        std::fs::create_dir(self.root.join(id)).unwrap();
+    }
+
+    /// Adds a DentalTID patient as DentalTID does; returns its id.
+    pub fn add_dentaltid(&self, first: &str, last: &str, birth: Option<&str>) -> i64 {
+        let conn = Connection::open(&self.dentaltid).unwrap();
+        conn.execute(
+            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                  createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+             VALUES (?1, ?2, 30, ?3, '', '', '', 0.0, '2025-01-22T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
+            (first, last, birth.map(|b| format!("{b}T00:00:00.000"))),
+        )
+        .unwrap();
+        conn.last_insert_rowid()
+    }
+
+    /// Runs a query on the DentalTID database.
+    pub fn dentaltid_rows<T>(&self, sql: &str, map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
+        let conn = Connection::open(&self.dentaltid).unwrap();
+        let mut statement = conn.prepare(sql).unwrap();
+        statement.query_map((), map).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Runs a query on the NanoPix database.
+    pub fn nanopix_rows<T>(&self, sql: &str, map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
+        let conn = Connection::open(self.nanopix_db()).unwrap();
+        let mut statement = conn.prepare(sql).unwrap();
+        statement.query_map((), map).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+}
+
+/// Every event queued so far.
+pub fn drain(sync: &NanoPixSync) -> Vec<Event> {
+    sync.events().try_iter().collect()
+}
+
+/// Waits up to `deadline` for an event that `wanted` accepts; panics with what arrived otherwise.
+pub fn wait_for(sync: &NanoPixSync, deadline: Duration, mut wanted: impl FnMut(&EventKind) -> bool) -> Event {
+    let until = Instant::now() + deadline;
+    let events = sync.events();
+    let mut seen = Vec::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(event) if wanted(&event.kind) => return event,
+            Ok(event) => seen.push(event.kind),
+            Err(_) => break,
+        }
+    }
+    panic!("no matching event within {deadline:?}; saw {seen:#?}");
+}

@@ -1,0 +1,73 @@
+//! `open` checks both sides and fails with a specific error, leaving files untouched.
+
+mod common;
+
+use common::Clinic;
+use nanopix_sync::{Error, NanoPixSync};
+
+fn open_error(clinic: &Clinic) -> Error {
+    NanoPixSync::open(clinic.config()).unwrap_err()
+}
+
+#[test]
+fn a_missing_nanopix_folder_is_named() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_dir_all(&clinic.root).unwrap();
+    assert!(matches!(open_error(&clinic), Error::NanoPixRootMissing(path) if path == clinic.root));
+}
+
+#[test]
+fn a_missing_nanopix_database_is_named() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_file(clinic.nanopix_db()).unwrap();
+    assert!(matches!(open_error(&clinic), Error::NanoPixDatabaseMissing(_)));
+    assert!(!clinic.nanopix_db().exists(), "open never creates NanoPix.db3");
+}
+
+#[test]
+fn a_nanopix_database_without_last_name_is_refused() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_file(clinic.nanopix_db()).unwrap();
+    rusqlite::Connection::open(clinic.nanopix_db())
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250) NOT NULL UNIQUE, first_name TEXT);",
+        )
+        .unwrap();
+    assert!(matches!(open_error(&clinic), Error::MissingColumn { column: "last_name", .. }));
+}
+
+#[test]
+fn a_dentaltid_file_without_patients_is_refused_and_left_byte_for_byte() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    rusqlite::Connection::open(&clinic.dentaltid)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 29; CREATE TABLE other(x);")
+        .unwrap();
+    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    assert!(matches!(open_error(&clinic), Error::MissingTable { table: "patients", .. }));
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before);
+}
+
+#[test]
+fn a_missing_dentaltid_file_is_not_created() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    assert!(matches!(open_error(&clinic), Error::DentalTidDatabaseMissing(_)));
+    assert!(!clinic.dentaltid.exists());
+}
+
+#[test]
+fn duplicate_external_ids_from_older_versions_survive_the_migration() {
+    let clinic = Clinic::new("v29");
+    rusqlite::Connection::open(&clinic.dentaltid)
+        .unwrap()
+        .execute_batch("UPDATE patients SET external_id = '20250121_152638' WHERE id IN (1, 2);")
+        .unwrap();
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 0, "the NanoPix patient is already known");
+    let rows: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
+    assert_eq!(rows, vec![6], "no row lost, none added");
+}

@@ -1,0 +1,268 @@
+//! "Sync Now" end to end, on temporary copies of the real fixtures.
+
+mod common;
+
+use common::{Clinic, drain};
+use nanopix_sync::{DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
+
+type DentalRow = (i64, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<String>);
+
+fn nanopix_rows_in_dentaltid(clinic: &Clinic) -> Vec<DentalRow> {
+    clinic.dentaltid_rows(
+        "SELECT id, name, familyName, age, createdAt, source, external_id FROM patients WHERE source = 'nanopix'",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+    )
+}
+
+#[test]
+fn the_real_nanopix_patient_arrives_as_dentaltid_writes_patients() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.linked, report.errors), (1, 0, 0));
+
+    let rows = nanopix_rows_in_dentaltid(&clinic);
+    assert_eq!(rows.len(), 1);
+    let (_, name, family, age, created, source, external) = rows[0].clone();
+    assert_eq!(name.as_deref(), Some("FSFFS"));
+    assert_eq!(family.as_deref(), Some("DSSSSFSFS"));
+    assert_eq!(age, Some(0), "born 2025-01-21, synced 2025-01-22");
+    assert_eq!(created.as_deref(), Some("2025-01-21T15:26:46.000"), "NanoPix's created_datetime in Dart's format");
+    assert_eq!(source.as_deref(), Some("nanopix"));
+    assert_eq!(external.as_deref(), Some("20250121_152638"));
+
+    let non_null: Vec<i64> = clinic.dentaltid_rows(
+        "SELECT COUNT(*) FROM patients WHERE source = 'nanopix' AND name IS NOT NULL AND familyName IS NOT NULL
+           AND age IS NOT NULL AND healthState IS NOT NULL AND diagnosis IS NOT NULL AND treatment IS NOT NULL
+           AND createdAt IS NOT NULL AND severity = 'EmergencySeverity.low' AND isEmergency = 0
+           AND isBlacklisted = 0 AND dateOfBirth = '2025-01-21T00:00:00.000'",
+        |r| r.get(0),
+    );
+    assert_eq!(non_null, vec![1], "every column Patient.fromJson reads is filled");
+    let imported = drain(&sync).into_iter().find(|e| matches!(e.kind, EventKind::PatientImported { .. }));
+    assert!(imported.is_some());
+}
+
+#[test]
+fn both_schemas_migrate_and_keep_user_version() {
+    for (schema, version) in [("v24", 24), ("v29", 29)] {
+        let clinic = Clinic::new(schema);
+        clinic.open().reconcile().unwrap();
+        let user_version: Vec<i64> = clinic.dentaltid_rows("PRAGMA user_version", |r| r.get(0));
+        assert_eq!(user_version, vec![version]);
+        let internal: Vec<i64> =
+            clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE source = 'internal'", |r| r.get(0));
+        assert_eq!(internal, vec![6], "schema {schema}: the six sample patients are kept as internal");
+    }
+}
+
+#[test]
+fn pragmas_and_user_db_never_change() {
+    let clinic = Clinic::new("v24");
+    let user_db = std::fs::read(clinic.root.join("database/User.db3")).unwrap();
+    let sync = clinic.open();
+    sync.set_live_sync(true).unwrap();
+    clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    sync.reconcile().unwrap();
+    drop(sync);
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, vec![2], "the fixture patient and the exported one");
+
+    let pragmas: Vec<(String, i64, i64, String)> = clinic.nanopix_rows(
+        "SELECT (SELECT journal_mode FROM pragma_journal_mode), (SELECT user_version FROM pragma_user_version),
+                (SELECT page_size FROM pragma_page_size), (SELECT encoding FROM pragma_encoding)",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
+    assert_eq!(pragmas, vec![("delete".to_owned(), 1, 4096, "UTF-8".to_owned())]);
+    let dental: Vec<(String, i64)> = clinic.dentaltid_rows(
+        "SELECT (SELECT journal_mode FROM pragma_journal_mode), (SELECT user_version FROM pragma_user_version)",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(dental, vec![("delete".to_owned(), 24)]);
+    assert_eq!(std::fs::read(clinic.root.join("database/User.db3")).unwrap(), user_db);
+}
+
+#[test]
+fn a_second_reconcile_writes_nothing() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_093000", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open();
+    sync.set_live_sync(true).unwrap();
+    clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    sync.reconcile().unwrap();
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, vec![4], "three NanoPix patients and the exported one");
+    let linked: Vec<i64> =
+        clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE external_id IS NOT NULL", |r| r.get(0));
+    assert_eq!(linked, vec![4], "two imported, one linked, one exported");
+
+    let nanopix_before = std::fs::read(clinic.nanopix_db()).unwrap();
+    let dentaltid_before = std::fs::read(&clinic.dentaltid).unwrap();
+    let second = sync.reconcile().unwrap();
+    assert_eq!((second.imported, second.linked, second.exported, second.removed, second.errors), (0, 0, 0, 0, 0));
+    assert_eq!(std::fs::read(clinic.nanopix_db()).unwrap(), nanopix_before, "NanoPix.db3 is byte-identical");
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), dentaltid_before, "dentaltid.db is byte-identical");
+}
+
+fn reconcile_with(clinic: &Clinic) -> (NanoPixSync, Vec<EventKind>) {
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let events = drain(&sync).into_iter().map(|e| e.kind).collect();
+    (sync, events)
+}
+
+fn linked_to(events: &[EventKind], external: &str) -> Option<i64> {
+    events.iter().find_map(|kind| match kind {
+        EventKind::PatientLinked { patient_id, external_id, .. } if external_id == external => Some(*patient_id),
+        _ => None,
+    })
+}
+
+fn duplicate_reason(events: &[EventKind], external: &str) -> Option<(DuplicateReason, Vec<i64>)> {
+    events.iter().find_map(|kind| match kind {
+        EventKind::PossibleDuplicate { external_id, reason, candidates, .. } if external_id == external => {
+            Some((*reason, candidates.iter().map(|c| c.patient_id).collect()))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn exact_accented_and_arabic_names_link_to_the_existing_patient() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "BENALI", "amina", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091600", "LEFEVRE", "Zoe", Some("1990-07-04"));
+    clinic.add_nanopix("20250122_091700", "بن عليّ", "مُحَمَّد", Some("1977-11-30"));
+    clinic.add_nanopix("20250122_091800", "Doe", "John", Some("1980-01-01"));
+    let (sync, events) = reconcile_with(&clinic);
+
+    for (external, patient_id) in
+        [("20250122_091500", 1), ("20250122_091600", 2), ("20250122_091700", 3), ("20250122_091800", 4)]
+    {
+        assert_eq!(linked_to(&events, external), Some(patient_id), "{external}");
+        let info = sync.source_info(patient_id).unwrap();
+        assert_eq!(info.external_id.as_deref(), Some(external));
+        assert_eq!(info.source, Source::Internal, "a linked patient keeps its source");
+        assert_eq!(info.link_state, Some(LinkState::Linked));
+    }
+    let total: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
+    assert_eq!(total, vec![7], "six samples plus the fixture patient: no second row for a linked patient");
+}
+
+#[test]
+fn near_misses_are_imported_and_reported() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091600", "Haddad", "Karim", Some("1970-06-01"));
+    clinic.add_nanopix("20250122_091700", "O'Brien", "Sean", None);
+    let (_sync, events) = reconcile_with(&clinic);
+
+    assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::SwappedNames, vec![1])));
+    assert_eq!(duplicate_reason(&events, "20250122_091600"), Some((DuplicateReason::MissingBirthDate, vec![6])));
+    assert_eq!(duplicate_reason(&events, "20250122_091700"), Some((DuplicateReason::MissingBirthDate, vec![5])));
+    let imported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
+    assert_eq!(imported, vec![4], "three near misses and the fixture patient are imported");
+    assert!(events.iter().all(|e| !matches!(e, EventKind::PatientLinked { .. })));
+}
+
+#[test]
+fn auto_link_off_imports_and_reports_exact_matches() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+    let mut config = clinic.config();
+    config.auto_link = false;
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::AutoLinkOff, vec![1])));
+}
+
+#[test]
+fn a_vanished_nanopix_patient_is_reported_and_kept() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    drain(&sync);
+
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.removed, report.imported), (1, 0));
+    let removed = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::ExternalPatientRemoved { patient_id, missing, .. } => Some((patient_id, missing)),
+        _ => None,
+    });
+    assert_eq!(removed, Some((patient_id, "folder".to_owned())));
+    assert_eq!(sync.source_info(patient_id).unwrap().link_state, Some(LinkState::Missing));
+    assert_eq!(sync.patients(PatientFilter::AllByExternal).unwrap().len(), 1, "the DentalTID patient stays");
+    assert_eq!(sync.reconcile().unwrap().removed, 0, "reported once");
+}
+
+#[test]
+fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    rusqlite::Connection::open(&clinic.dentaltid)
+        .unwrap()
+        .execute("DELETE FROM patients WHERE id = ?1", [patient_id])
+        .unwrap();
+    drain(&sync);
+
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 0, "the NanoPix patient is not imported again");
+    let asked = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
+        _ => None,
+    });
+    assert_eq!(asked, Some((patient_id, "20250121_152638".to_owned())));
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, vec![1], "NanoPix keeps the patient");
+    let error = sync.delete_in_nanopix("20250121_152638").unwrap_err();
+    assert_eq!(error.code(), "not_empty", "it holds an image");
+}
+
+#[test]
+fn today_filters_follow_the_clock_and_createdat() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let names = |filter| -> Vec<String> { sync.patients(filter).unwrap().into_iter().map(|p| p.first_name).collect() };
+    assert_eq!(names(PatientFilter::TodayByExternal), vec!["Yacine"], "the fixture patient was created yesterday");
+    assert_eq!(names(PatientFilter::AllByExternal).len(), 2);
+    assert_eq!(names(PatientFilter::Today), vec!["Yacine"]);
+    assert_eq!(names(PatientFilter::All).len(), 8);
+    clinic.clock.advance(chrono::Duration::days(1));
+    assert!(names(PatientFilter::Today).is_empty());
+}
+
+#[test]
+fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch(
+        "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES
+           ('../../escape', 'Evil', 'Path', '1990-01-01', '2025-01-22 09:00:00'),
+           ('20251399_000000', 'Bad', 'Date', NULL, NULL),
+           ('20250122_080000', '', NULL, '31/12/1990', 'yesterday'),
+           ('20250122_081000', 'Good', 'Row', '1990-01-01', '2025-01-22 08:10:05');",
+    )
+    .unwrap();
+    std::fs::create_dir(clinic.root.join("20250122_080000")).unwrap();
+    std::fs::create_dir(clinic.root.join("20250122_081000")).unwrap();
+    drop(conn);
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 3, "the fixture, the odd-but-valid row and the good row");
+    assert_eq!(report.errors, 2, "the two rows with invalid ids");
+    let created: Vec<String> = clinic.dentaltid_rows(
+        "SELECT createdAt FROM patients WHERE external_id = '20250122_080000' AND age = 0 AND dateOfBirth IS NULL",
+        |r| r.get(0),
+    );
+    assert_eq!(created, vec!["2025-01-22T08:00:00.000"], "an unreadable created_datetime falls back to the id's time");
+    assert!(!clinic.dir.path().join("escape").exists());
+}
