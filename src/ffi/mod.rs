@@ -393,3 +393,71 @@ unsafe fn json_call<T: Serialize, E: Into<FfiError>>(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_header_matches_the_generated_one() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/nanopix_sync.h"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/include/nanopix_sync.h");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            generated == checked_in,
+            "include/nanopix_sync.h is out of date with src/ffi: regenerate it with \
+             `NANOPIX_SYNC_WRITE_HEADER=1 cargo build` and commit the result"
+        );
+    }
+
+    #[test]
+    fn version_is_the_crate_version() {
+        let version = unsafe { CStr::from_ptr(nps_version()) };
+        assert_eq!(version.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn every_filter_number_is_known_and_others_are_refused() {
+        assert_eq!(patient_filter(NPS_FILTER_ALL).unwrap(), PatientFilter::All);
+        assert_eq!(patient_filter(NPS_FILTER_TODAY).unwrap(), PatientFilter::Today);
+        assert_eq!(patient_filter(NPS_FILTER_TODAY_BY_EXTERNAL).unwrap(), PatientFilter::TodayByExternal);
+        assert_eq!(patient_filter(NPS_FILTER_ALL_BY_EXTERNAL).unwrap(), PatientFilter::AllByExternal);
+        assert_eq!(patient_filter(4).unwrap_err().code, NPS_INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn null_and_bad_arguments_give_codes_not_crashes() {
+        let mut handle = std::ptr::null_mut();
+        assert_eq!(unsafe { nps_open(std::ptr::null(), &mut handle) }, NPS_NULL_ARGUMENT);
+        assert_eq!(unsafe { nps_open(c"{".as_ptr(), &mut handle) }, NPS_INVALID_JSON);
+        assert_eq!(unsafe { nps_open(c"\xff".as_ptr(), &mut handle) }, NPS_INVALID_UTF8);
+        assert_eq!(unsafe { nps_open(c"{}".as_ptr(), std::ptr::null_mut()) }, NPS_NULL_ARGUMENT);
+        assert!(handle.is_null(), "no out-parameter is written on failure");
+        let mut json = std::ptr::null_mut();
+        assert_eq!(unsafe { nps_reconcile(std::ptr::null_mut(), &mut json) }, NPS_NULL_ARGUMENT);
+        assert_eq!(unsafe { nps_next_event(std::ptr::null(), 0, &mut json) }, NPS_NULL_ARGUMENT);
+        assert_eq!(unsafe { nps_close(std::ptr::null_mut()) }, NPS_NULL_ARGUMENT);
+        assert!(json.is_null());
+        let message = nps_last_error_message();
+        assert_eq!(unsafe { CStr::from_ptr(message) }.to_str().unwrap(), "`handle` is NULL");
+        unsafe { nps_string_free(message) };
+        unsafe { nps_free(std::ptr::null_mut()) };
+        unsafe { nps_string_free(std::ptr::null_mut()) };
+    }
+
+    #[test]
+    fn a_missing_folder_is_reported_by_code_and_message() {
+        let folder = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "nanopix_root": folder.path().join("absent"),
+            "dentaltid_db": folder.path().join("dentaltid.db"),
+        });
+        let config = std::ffi::CString::new(config.to_string()).unwrap();
+        let mut handle = std::ptr::null_mut();
+        assert_eq!(unsafe { nps_open(config.as_ptr(), &mut handle) }, NPS_NOT_FOUND);
+        assert!(handle.is_null());
+        let message = nps_last_error_message();
+        assert!(unsafe { CStr::from_ptr(message) }.to_str().unwrap().contains("absent"));
+        unsafe { nps_string_free(message) };
+    }
+}
