@@ -12,10 +12,14 @@ use common::Clinic;
 const HEADER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include/nanopix_sync.h");
 const STRICT_C: [&str; 5] = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"];
 
-/// `target/<profile>`, where cargo put the cdylib next to this test's `deps` folder.
+/// The folder holding the freshest `libnanopix_sync.so`: this test's `deps` folder (where
+/// `cargo test` builds the cdylib) or its parent `target/<profile>` (where `cargo build` puts it).
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile> folder").to_path_buf()
+    let deps = exe.parent().expect("deps folder").to_path_buf();
+    let profile = deps.parent().expect("target/<profile> folder").to_path_buf();
+    let modified = |dir: &Path| std::fs::metadata(dir.join("libnanopix_sync.so")).and_then(|m| m.modified()).ok();
+    [deps, profile].into_iter().max_by_key(|dir| modified(dir)).expect("two candidates")
 }
 
 fn cdylib() -> PathBuf {
@@ -26,7 +30,8 @@ fn cdylib() -> PathBuf {
 
 /// Runs a tool that must be installed, failing clearly (never skipping) when it is not.
 fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).output().unwrap_or_else(|error| {
+    // The library this test chose, not whatever cargo's own LD_LIBRARY_PATH finds first.
+    Command::new(program).args(args).env("LD_LIBRARY_PATH", library_dir()).output().unwrap_or_else(|error| {
         panic!("`{program}` is needed by this test and could not be run ({error}); install it (gcc, g++, binutils, python3)")
     })
 }
