@@ -26,6 +26,7 @@ mod dispatch;
 mod engine;
 mod error;
 mod events;
+mod ffi;
 mod id;
 mod live;
 mod matching;

@@ -1,0 +1,91 @@
+//! The JSON configuration `nps_open` takes, turned into a [`Config`].
+//!
+//! Only the two paths are required; unknown fields are refused so a typo never goes unnoticed.
+//! This module must never accept a setting silently that it cannot honour.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ffi::error::{FfiError, NPS_INVALID_CONFIG, NPS_INVALID_JSON};
+use crate::{Config, WatchMode};
+
+/// The fields of the configuration JSON, as documented in `docs/c-api.md`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostConfig {
+    nanopix_root: String,
+    dentaltid_db: String,
+    auto_link: Option<bool>,
+    patient_subfolders: Option<Vec<String>>,
+    watch_mode: Option<WatchMode>,
+    poll_interval_ms: Option<u64>,
+    full_reconcile_interval_ms: Option<u64>,
+    busy_timeout_ms: Option<u64>,
+}
+
+/// Parses the configuration JSON: malformed JSON gives `NPS_INVALID_JSON`, wrong or unknown
+/// fields give `NPS_INVALID_CONFIG`.
+pub(crate) fn parse_config(json: &str) -> Result<Config, FfiError> {
+    let host: HostConfig = serde_json::from_str(json).map_err(|error| {
+        let code = if error.is_data() { NPS_INVALID_CONFIG } else { NPS_INVALID_JSON };
+        FfiError::new(code, format!("configuration JSON: {error}"))
+    })?;
+    let mut config = Config::new(host.nanopix_root, host.dentaltid_db);
+    config.auto_link = host.auto_link.unwrap_or(config.auto_link);
+    config.patient_subfolders = host.patient_subfolders.unwrap_or_default();
+    config.watch_mode = host.watch_mode.unwrap_or(config.watch_mode);
+    config.poll_interval = interval(host.poll_interval_ms, "poll_interval_ms")?.unwrap_or(config.poll_interval);
+    config.full_reconcile_interval = interval(host.full_reconcile_interval_ms, "full_reconcile_interval_ms")?
+        .unwrap_or(config.full_reconcile_interval);
+    config.busy_timeout = host.busy_timeout_ms.map_or(config.busy_timeout, Duration::from_millis);
+    Ok(config)
+}
+
+fn interval(millis: Option<u64>, name: &str) -> Result<Option<Duration>, FfiError> {
+    match millis {
+        Some(0) => Err(FfiError::new(NPS_INVALID_CONFIG, format!("configuration JSON: `{name}` must be at least 1"))),
+        other => Ok(other.map(Duration::from_millis)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_paths_are_required() {
+        let config = parse_config(r#"{"nanopix_root": "P", "dentaltid_db": "d.db"}"#).unwrap();
+        assert_eq!(config.nanopix_root, std::path::PathBuf::from("P"));
+        assert!(config.auto_link);
+        assert_eq!(config.watch_mode, WatchMode::Auto);
+        assert_eq!(config.poll_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let json = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "auto_link": false,
+            "patient_subfolders": ["xrays"], "watch_mode": "polling", "poll_interval_ms": 250,
+            "full_reconcile_interval_ms": 60000, "busy_timeout_ms": 100}"#;
+        let config = parse_config(json).unwrap();
+        assert!(!config.auto_link);
+        assert_eq!(config.patient_subfolders, vec!["xrays".to_owned()]);
+        assert_eq!(config.watch_mode, WatchMode::Polling);
+        assert_eq!(config.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.full_reconcile_interval, Duration::from_secs(60));
+        assert_eq!(config.busy_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn bad_json_and_bad_fields_have_their_own_codes() {
+        assert_eq!(parse_config("{").unwrap_err().code, NPS_INVALID_JSON);
+        assert_eq!(parse_config("not json").unwrap_err().code, NPS_INVALID_JSON);
+        let unknown = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "autolink": true}"#;
+        assert_eq!(parse_config(unknown).unwrap_err().code, NPS_INVALID_CONFIG);
+        assert_eq!(parse_config(r#"{"nanopix_root": "P"}"#).unwrap_err().code, NPS_INVALID_CONFIG);
+        let mode = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "watch_mode": "native"}"#;
+        assert_eq!(parse_config(mode).unwrap_err().code, NPS_INVALID_CONFIG);
+        let zero = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "poll_interval_ms": 0}"#;
+        assert_eq!(parse_config(zero).unwrap_err().code, NPS_INVALID_CONFIG);
+    }
+}

@@ -1,0 +1,145 @@
+//! `NpsHandle`, the opaque handle C hosts hold, and the registry of handles not yet freed.
+//!
+//! Each call borrows the sync by cloning an `Arc` out of the slot, so no lock is held during a
+//! call. `close` empties the slot first (later calls get `NPS_CLOSED` at once, never wait), then
+//! waits until the calls in flight have finished, and only then stops the threads. A closed handle
+//! stays valid memory until `nps_free`. This module must never free a handle the host may still
+//! use: only `nps_free` does that.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::events::Event;
+use crate::ffi::error::{FfiError, NPS_CLOSED};
+use crate::ffi::events::{HostCallbacks, NpsEventCallback, NpsWakeupCallback, next_event};
+use crate::{Config, NanoPixSync};
+
+/// An open sync, as C hosts see it: an opaque pointer from `nps_open`, released by `nps_free`.
+pub struct NpsHandle {
+    sync: Mutex<Option<Arc<NanoPixSync>>>,
+    call_ended: Condvar,
+    events: Receiver<Event>,
+    closed: Receiver<()>,
+    close_signal: Mutex<Option<Sender<()>>>,
+    callbacks: Mutex<HostCallbacks>,
+}
+
+/// Addresses of the handles `nps_open` made and `nps_free` has not released yet.
+static LIVE_HANDLES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+impl NpsHandle {
+    /// Opens a sync and registers the new handle; the host owns the returned box.
+    pub fn open(config: Config) -> Result<Box<Self>, FfiError> {
+        let sync = NanoPixSync::open(config)?;
+        let (close_signal, closed) = crossbeam_channel::bounded(0);
+        let handle = Box::new(Self {
+            events: sync.events(),
+            sync: Mutex::new(Some(Arc::new(sync))),
+            call_ended: Condvar::new(),
+            closed,
+            close_signal: Mutex::new(Some(close_signal)),
+            callbacks: Mutex::new(HostCallbacks::default()),
+        });
+        live_handles().push(handle.address());
+        Ok(handle)
+    }
+
+    /// Runs `call` on the open sync, or fails with `NPS_CLOSED`.
+    pub fn with_sync<T, E: Into<FfiError>>(
+        &self,
+        call: impl FnOnce(&NanoPixSync) -> Result<T, E>,
+    ) -> Result<T, FfiError> {
+        let sync = self.slot().clone().ok_or_else(|| FfiError::new(NPS_CLOSED, "the sync handle is closed"))?;
+        let result = call(&sync);
+        drop(sync);
+        // Taking the lock orders this wake-up after `close` has started waiting.
+        let _slot = self.slot();
+        self.call_ended.notify_all();
+        result.map_err(Into::into)
+    }
+
+    /// Stops and joins every thread and wakes every waiter. Calling it again does nothing; a
+    /// second `close` racing the first returns once the first has finished.
+    ///
+    /// Waits for the calls in flight on other threads; never call it from inside a callback.
+    pub fn close(&self) {
+        let mut close_signal = self.close_signal.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut sync) = self.take_when_idle() {
+            sync.close();
+        }
+        close_signal.take();
+    }
+
+    /// Empties the slot, then waits until no call holds the sync any more.
+    fn take_when_idle(&self) -> Option<NanoPixSync> {
+        let mut slot = self.slot();
+        let mut shared = slot.take()?;
+        loop {
+            match Arc::try_unwrap(shared) {
+                Ok(sync) => return Some(sync),
+                Err(still_shared) => shared = still_shared,
+            }
+            slot = self.call_ended.wait(slot).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Arc<NanoPixSync>>> {
+        self.sync.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next event, waiting at most `timeout`; `NPS_TIMEOUT` or `NPS_CLOSED` otherwise.
+    pub fn next_event(&self, timeout: Duration) -> Result<Event, FfiError> {
+        next_event(&self.events, &self.closed, timeout)
+    }
+
+    /// Replaces the event callback; returns once no call of the old one is in flight.
+    pub fn set_event_callback(
+        &self,
+        callback: NpsEventCallback,
+        userdata: *mut std::ffi::c_void,
+    ) -> Result<(), FfiError> {
+        self.update_callbacks(|callbacks| callbacks.set_event(callback, userdata))
+    }
+
+    /// Replaces the wakeup callback; returns once no call of the old one is in flight.
+    pub fn set_wakeup_callback(
+        &self,
+        callback: NpsWakeupCallback,
+        userdata: *mut std::ffi::c_void,
+    ) -> Result<(), FfiError> {
+        self.update_callbacks(|callbacks| callbacks.set_wakeup(callback, userdata))
+    }
+
+    fn update_callbacks(&self, change: impl FnOnce(&mut HostCallbacks)) -> Result<(), FfiError> {
+        let mut callbacks = self.callbacks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut updated = *callbacks;
+        change(&mut updated);
+        self.with_sync(|sync| {
+            updated.install(sync);
+            Ok::<_, FfiError>(())
+        })?;
+        *callbacks = updated;
+        Ok(())
+    }
+
+    /// Closes the handle and removes it from the registry, before the host's box is dropped.
+    pub fn retire(&self) {
+        self.close();
+        live_handles().retain(|&address| address != self.address());
+    }
+
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+}
+
+/// A handle that `nps_open` made and `nps_free` has not released yet, if any.
+pub(crate) fn any_live_handle() -> Option<*mut NpsHandle> {
+    live_handles().last().map(|&address| address as *mut NpsHandle)
+}
+
+fn live_handles() -> std::sync::MutexGuard<'static, Vec<usize>> {
+    LIVE_HANDLES.lock().unwrap_or_else(PoisonError::into_inner)
+}

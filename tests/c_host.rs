@@ -1,0 +1,140 @@
+//! The C API from real C and from Python: the header compiles as C11 and C++, matches the
+//! symbols the cdylib exports, and a C host and a ctypes smoke test run against the library.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::Clinic;
+
+const HEADER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include/nanopix_sync.h");
+const STRICT_C: [&str; 5] = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"];
+
+/// The folder holding the freshest `libnanopix_sync.so`: this test's `deps` folder (where
+/// `cargo test` builds the cdylib) or its parent `target/<profile>` (where `cargo build` puts it).
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps folder").to_path_buf();
+    let profile = deps.parent().expect("target/<profile> folder").to_path_buf();
+    let modified = |dir: &Path| std::fs::metadata(dir.join("libnanopix_sync.so")).and_then(|m| m.modified()).ok();
+    [deps, profile].into_iter().max_by_key(|dir| modified(dir)).expect("two candidates")
+}
+
+fn cdylib() -> PathBuf {
+    let library = library_dir().join("libnanopix_sync.so");
+    assert!(library.exists(), "{} is missing: build the cdylib with `cargo build` first", library.display());
+    library
+}
+
+/// Runs a tool that must be installed, failing clearly (never skipping) when it is not.
+fn run(program: &str, args: &[&str]) -> Output {
+    // The library this test chose, not whatever cargo's own LD_LIBRARY_PATH finds first.
+    Command::new(program).args(args).env("LD_LIBRARY_PATH", library_dir()).output().unwrap_or_else(|error| {
+        panic!("`{program}` is needed by this test and could not be run ({error}); install it (gcc, g++, binutils, python3)")
+    })
+}
+
+fn assert_success(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn header_compiles_as_strict_c11_and_as_cpp() {
+    let c = run("gcc", &[&STRICT_C[..], &["-fsyntax-only", "-x", "c", HEADER]].concat());
+    assert_success("gcc on the header", &c);
+    let cpp = run("g++", &["-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++", HEADER]);
+    assert_success("g++ on the header", &cpp);
+}
+
+fn exported_symbols() -> BTreeSet<String> {
+    let library = cdylib();
+    let output = run("nm", &["-D", "--defined-only", &library.to_string_lossy()]);
+    assert_success("nm", &output);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .filter(|symbol| symbol.starts_with("nps_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn declared_functions() -> BTreeSet<String> {
+    let header = std::fs::read_to_string(HEADER).expect("include/nanopix_sync.h");
+    header
+        .lines()
+        .filter(|line| !line.starts_with(' ') && !line.starts_with('*') && !line.starts_with('/'))
+        .filter_map(|line| line.split('(').next())
+        .filter_map(|head| head.split([' ', '*']).next_back())
+        .filter(|name| name.starts_with("nps_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_exported_symbol_is_declared_and_the_other_way_round() {
+    let exported = exported_symbols();
+    let declared = declared_functions();
+    assert!(declared.contains("nps_open") && declared.contains("nps_string_free"), "{declared:?}");
+    assert_eq!(exported, declared, "the cdylib's nps_ symbols and the header's declarations differ");
+}
+
+fn build_host(out_dir: &Path) -> PathBuf {
+    let host = out_dir.join("host");
+    let library_dir = library_dir();
+    let (library_dir, host_path) = (library_dir.to_string_lossy(), host.to_string_lossy());
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/c/host.c");
+    let rpath = format!("-Wl,-rpath,{library_dir}");
+    let library_flag = format!("-L{library_dir}");
+    let include_flag = format!("-I{include}");
+    let args = [&STRICT_C[..], &[&include_flag, source, &library_flag, "-lnanopix_sync", &rpath, "-o", &host_path]];
+    assert_success("building examples/c/host.c", &run("gcc", &args.concat()));
+    host
+}
+
+fn valgrind_wanted() -> bool {
+    std::env::var("NPS_VALGRIND").as_deref() == Ok("1")
+}
+
+#[test]
+fn the_c_host_exports_a_patient_and_closes_cleanly() {
+    cdylib();
+    let clinic = Clinic::new("v29");
+    let host = build_host(clinic.dir.path());
+    let (root, db) = (clinic.root.to_string_lossy(), clinic.dentaltid.to_string_lossy());
+    let host = host.to_string_lossy();
+    let output = if valgrind_wanted() {
+        let check = ["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite"];
+        run("valgrind", &[&check[..], &[&host, &root, &db]].concat())
+    } else {
+        run(&host, &[&root, &db])
+    };
+    assert_success("examples/c/host.c", &output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("\"type\":\"patient_exported\""), "{stdout}");
+    assert!(stdout.contains("\"type\":\"closed\""), "{stdout}");
+    let exported =
+        std::fs::read_dir(&clinic.root).unwrap().filter(|entry| entry.as_ref().unwrap().path().is_dir()).count();
+    assert_eq!(exported, 3, "database/, the fixture patient's folder and the exported patient's folder");
+}
+
+#[test]
+fn the_python_ctypes_smoke_test_passes() {
+    let library = cdylib();
+    let clinic = Clinic::new("v29");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/smoke.py");
+    let args =
+        [script, &library.to_string_lossy(), &clinic.root.to_string_lossy(), &clinic.dentaltid.to_string_lossy()];
+    let output = run("python3", &args);
+    assert_success("tests/python/smoke.py", &output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.lines().any(|line| line.ends_with(" passed, 0 failed")), "{stdout}");
+}
