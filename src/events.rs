@@ -251,16 +251,15 @@ impl EventBus {
     }
 
     fn push(&self, kind: EventKind) {
+        // Stamping and queueing under one lock keeps `seq` in queue order across threads.
+        let mut listeners = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
         let event =
             Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind };
         // The queue first: a listener's wakeup must find the event already queued.
         if let Err(TrySendError::Full(_)) = self.sender.try_send(event.clone()) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|listener| !matches!(listener.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
+        listeners.retain(|listener| !matches!(listener.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
     }
 }
 

@@ -404,7 +404,14 @@ pub(super) mod tests {
         let common = [text("Benali"), text("Amina"), text("")];
         let mut first = vec![Integer(2), text("20250301_093000")];
         first.extend(common.clone());
-        first.extend([text("1985-03-12"), text("0555 12 34 56"), created.clone(), created.clone(), text(""), text("text")]);
+        first.extend([
+            text("1985-03-12"),
+            text("0555 12 34 56"),
+            created.clone(),
+            created.clone(),
+            text(""),
+            text("text"),
+        ]);
         let mut second = vec![Integer(3), text("20250301_093001")];
         second.extend(common);
         second.extend([Null, text(""), created.clone(), created, text(""), text("text")]);
