@@ -191,7 +191,7 @@ fn not_empty(id: NanoPixId, contents: PatientContents) -> Error {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::fs;
 
     use chrono::{NaiveDate, NaiveDateTime};

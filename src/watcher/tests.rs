@@ -28,9 +28,7 @@ struct Clinic {
 
 impl Clinic {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("PatientData");
-        copy_folder(&Path::new(FIXTURES).join("nanopix/PatientData"), &root);
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
         let dentaltid_folder = dir.path().join("DentalTid");
         fs::create_dir(&dentaltid_folder).unwrap();
         let dentaltid_db = dentaltid_folder.join("dentaltid.db");
@@ -62,19 +60,6 @@ impl Clinic {
                 [],
             )
             .unwrap();
-    }
-}
-
-fn copy_folder(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_folder(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
