@@ -175,3 +175,53 @@ fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
     let last = events.try_iter().last().expect("events after close");
     assert_eq!(last.kind, EventKind::Closed);
 }
+
+#[test]
+fn switching_live_sync_off_mid_pass_returns_promptly() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..20_000 {
+        let id = format!(
+            "2024{:02}{:02}_{:02}{:02}{:02}",
+            1 + i / 2000 % 12,
+            1 + i / 80 % 25,
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        );
+        conn.execute(
+            "INSERT OR IGNORE INTO Patient(id, last_name, first_name) VALUES (?1, 'Many', ?2)",
+            (&id, i.to_string()),
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    let sync = clinic.open();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { .. }));
+    let started = Instant::now();
+    sync.set_live_sync(false).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "switching off took {took:?}");
+    let imported = sync.patients(PatientFilter::AllByExternal).unwrap().len();
+    assert!(imported < 20_000, "the automatic pass stopped early ({imported} imported)");
+}
+
+#[test]
+fn a_rust_callback_receives_events_until_it_is_cleared() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let (seen, received) = crossbeam_channel::unbounded();
+    sync.set_callback(Some(Box::new(move |event| {
+        let _ = seen.send(event.kind.clone());
+    })));
+    sync.reconcile().unwrap();
+    let first = received.recv_timeout(DEADLINE).unwrap();
+    assert!(matches!(first, EventKind::PatientImported { .. }), "{first:?}");
+    sync.set_callback(None);
+    while received.try_recv().is_ok() {}
+    sync.set_live_sync(true).unwrap();
+    drop(sync);
+    assert!(received.try_recv().is_err(), "a cleared callback is never called again, even for `closed`");
+}
