@@ -101,11 +101,16 @@ impl Engine {
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
-        self.cursor = Some(LiveCursor {
-            nanopix_pk: snapshot.nanopix_pk,
-            nanopix_rows: snapshot.nanopix_rows,
-            dentaltid: self.dentaltid.extent()?,
-        });
+        // A pass stopped early leaves no cursor, so the next live pass reconciles fully.
+        self.cursor = if self.cancelled() {
+            None
+        } else {
+            Some(LiveCursor {
+                nanopix_pk: snapshot.nanopix_pk,
+                nanopix_rows: snapshot.nanopix_rows,
+                dentaltid: self.dentaltid.extent()?,
+            })
+        };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
@@ -165,6 +170,10 @@ impl Engine {
         }
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
+        }
+        if self.cancelled() {
+            self.cursor = None;
+            return Ok(report);
         }
         self.cursor = Some(LiveCursor {
             nanopix_pk: nanopix_pk.unwrap_or(cursor.nanopix_pk).max(cursor.nanopix_pk),
