@@ -1,0 +1,107 @@
+//! Name normalisation for matching: the one place that decides when two spellings of a name
+//! are the same.
+//!
+//! Pure text work: it never fails, never panics and never looks at anything but the name.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+/// The Arabic tatweel (kashida), a stretching stroke with no meaning of its own.
+const TATWEEL: char = '\u{0640}';
+
+/// Normalises a name for matching: compatibility decomposition, combining marks (and Arabic
+/// harakat) dropped, tatweel removed, case-folded, trimmed, inner whitespace collapsed.
+///
+/// Invisible formatting characters that copy-pasted right-to-left names often carry
+/// (direction marks, zero-width spaces and joiners, soft hyphens) are dropped as well.
+///
+/// # Example
+/// ```
+/// use nanopix_sync::normalise_name;
+/// assert_eq!(normalise_name("  Zoé  LEFÈVRE "), "zoe lefevre");
+/// assert_eq!(normalise_name("مُحَمَّد"), "محمد");
+/// ```
+pub fn normalise_name(name: &str) -> String {
+    let folded: String = name.nfkd().flat_map(char::to_lowercase).nfkd().filter(|&c| is_kept(c)).collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether a decomposed, lower-cased character carries meaning for matching.
+fn is_kept(c: char) -> bool {
+    !is_combining_mark(c) && c != TATWEEL && !is_invisible_format(c)
+}
+
+/// Invisible formatting characters: soft hyphen, Arabic letter mark, zero-width spaces and
+/// joiners, direction marks, embeddings and isolates, word joiner, byte order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn latin_accents_case_and_spaces() {
+        assert_eq!(normalise_name("  Zoé  LEFÈVRE "), "zoe lefevre");
+        assert_eq!(normalise_name("DOE "), "doe");
+        assert_eq!(normalise_name("Seán"), "sean");
+        assert_eq!(normalise_name("François\t\u{00A0}\u{3000}Pérez"), "francois perez");
+        assert_eq!(normalise_name("İlknur"), "ilknur");
+    }
+
+    #[test]
+    fn fullwidth_letters_fold_to_ascii() {
+        assert_eq!(normalise_name("ＺＯＥ　Ｄｏｅ"), "zoe doe");
+    }
+
+    #[test]
+    fn arabic_harakat_and_tatweel_are_dropped() {
+        assert_eq!(normalise_name("مُحَمَّد"), "محمد");
+        assert_eq!(normalise_name("محـــمد"), "محمد");
+        assert_eq!(normalise_name("\u{200F}فاطِمة الزَّهراء\u{200F} "), "فاطمة الزهراء");
+    }
+
+    #[test]
+    fn every_arabic_haraka_is_a_combining_mark() {
+        let harakat = ('\u{064B}'..='\u{065F}').chain(['\u{0670}']);
+        for haraka in harakat {
+            assert!(is_combining_mark(haraka), "U+{:04X}", u32::from(haraka));
+            assert_eq!(normalise_name(&format!("ب{haraka}ب")), "بب", "U+{:04X}", u32::from(haraka));
+        }
+    }
+
+    #[test]
+    fn blank_names_normalise_to_empty() {
+        for blank in ["", "   ", "\u{0640}\u{0640}", "\u{064E} \u{200B}", "\u{0301}"] {
+            assert_eq!(normalise_name(blank), "", "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn idempotent_on_every_assigned_plane_character() {
+        let planes = (0..=0x3_FFFF).chain(0xE_0000..=0xE_0FFF);
+        for c in planes.filter_map(char::from_u32) {
+            let once = normalise_name(&c.to_string());
+            assert_eq!(normalise_name(&once), once, "U+{:04X}", u32::from(c));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn normalise_is_idempotent(name in any::<String>()) {
+            let once = normalise_name(&name);
+            prop_assert_eq!(normalise_name(&once), once);
+        }
+
+        #[test]
+        fn output_has_no_stray_spaces(name in "(\\PC|\\s){0,40}") {
+            let out = normalise_name(&name);
+            prop_assert_eq!(out.trim(), out.as_str());
+            prop_assert!(!out.contains("  "));
+            prop_assert!(out.chars().all(|c| c == ' ' || !c.is_whitespace()));
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Live Sync with the real watcher on real folders: both directions, bursts, the toggle,
+//! polling, a vanishing root, no echo, and shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Clinic, drain, wait_for};
+use nanopix_sync::{EventKind, NanoPixSync, PatientFilter, WatchMode};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn live(clinic: &Clinic) -> NanoPixSync {
+    let sync = clinic.open();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    sync
+}
+
+fn imported(sync: &NanoPixSync, external: &str) -> i64 {
+    let event = wait_for(
+        sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::PatientImported { external_id, .. } if external_id == external),
+    );
+    match event.kind {
+        EventKind::PatientImported { patient_id, .. } => patient_id,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_nanopix_patient_arrives_without_a_host_call() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let patient_id = imported(&sync, "20250122_091500");
+    assert_eq!(sync.source_info(patient_id).unwrap().external_id.as_deref(), Some("20250122_091500"));
+}
+
+#[test]
+fn a_dentaltid_patient_reaches_nanopix_without_a_host_call() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let patient_id = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let event = wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == patient_id),
+    );
+    let EventKind::PatientExported { external_id, .. } = event.kind else { unreachable!() };
+    assert!(clinic.root.join(&external_id).is_dir());
+    let rows: Vec<String> =
+        clinic.nanopix_rows(&format!("SELECT last_name FROM Patient WHERE id = '{external_id}'"), |r| r.get(0));
+    assert_eq!(rows, vec!["Cherif"]);
+}
+
+#[test]
+fn a_burst_of_500_arrives_once_each_in_few_passes() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    drain(&sync);
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    let ids: Vec<String> =
+        (0..500).map(|i| format!("20250123_{:02}{:02}{:02}", i / 3600, (i / 60) % 60, i % 60)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, 'Burst', '1990-01-01', '2025-01-23 08:00:00')",
+            (id, format!("Patient{i}")),
+        )
+        .unwrap();
+        std::fs::create_dir(clinic.root.join(id)).unwrap();
+    }
+    let until = Instant::now() + DEADLINE * 3;
+    while sync.patients(PatientFilter::AllByExternal).unwrap().len() < 501 && Instant::now() < until {
+        let _ = sync.events().recv_timeout(Duration::from_millis(50));
+    }
+    let external: Vec<String> =
+        sync.patients(PatientFilter::AllByExternal).unwrap().into_iter().filter_map(|p| p.external_id).collect();
+    assert_eq!(external.len(), 501, "500 new and the fixture patient, no duplicates");
+    let distinct: std::collections::HashSet<&String> = external.iter().collect();
+    assert_eq!(distinct.len(), 501);
+}
+
+#[test]
+fn switching_live_sync_off_stops_automatic_work_and_on_resumes_it() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    sync.set_live_sync(false).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::LiveSyncChanged { enabled: false }));
+    assert!(!sync.live_sync().unwrap());
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    // Proof that nothing happens while off: a manual call made after the change is the first to see it.
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 1, "the off switch left the new patient for the manual sync");
+
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::LiveSyncChanged { enabled: true }));
+    clinic.add_nanopix("20250122_091600", "Haddad", "Sami", Some("1999-09-09"));
+    imported(&sync, "20250122_091600");
+    drop(sync);
+    assert!(clinic.open().live_sync().unwrap(), "the toggle is kept across restarts");
+}
+
+#[test]
+fn polling_mode_is_announced_and_syncs() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config();
+    config.watch_mode = WatchMode::Polling;
+    config.poll_interval = Duration::from_millis(50);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { mode, .. } if mode == "polling"));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+}
+
+#[test]
+fn a_vanished_root_is_reported_and_recovered_without_restart() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let away = clinic.dir.path().join("unplugged");
+    std::fs::rename(&clinic.root, &away).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
+    std::fs::rename(&away, &clinic.root).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+}
+
+#[test]
+fn exports_and_imports_never_echo() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let patient_id = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == patient_id));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.exported, report.linked), (0, 0, 0));
+    let nanopix: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    let dentaltid: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
+    assert_eq!((nanopix, dentaltid), (vec![3], vec![9]));
+}
+
+#[test]
+fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..20_000 {
+        let id = format!(
+            "2024{:02}{:02}_{:02}{:02}{:02}",
+            1 + i / 2000 % 12,
+            1 + i / 80 % 25,
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        );
+        conn.execute(
+            "INSERT OR IGNORE INTO Patient(id, last_name, first_name) VALUES (?1, 'Many', ?2)",
+            (&id, i.to_string()),
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    let mut sync = clinic.open();
+    let events = sync.events();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { .. }));
+    let started = Instant::now();
+    sync.close();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "close took {took:?}");
+    let last = events.try_iter().last().expect("events after close");
+    assert_eq!(last.kind, EventKind::Closed);
+}

@@ -1,0 +1,90 @@
+//! The `sync` runner as support staff use it: JSON lines out, a clean stop on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::Clinic;
+
+/// `target/<profile>/examples/sync`, built by `cargo test` alongside the tests.
+fn sync_binary() -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    deps.parent().unwrap().join("examples").join(format!("sync{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn runner(clinic: &Clinic, command: &str) -> Command {
+    let mut runner = Command::new(sync_binary());
+    runner.arg("--nanopix").arg(&clinic.root).arg("--dentaltid").arg(&clinic.dentaltid).arg(command);
+    runner
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
+}
+
+#[test]
+fn once_prints_events_as_json_lines_and_ends_with_closed() {
+    let clinic = Clinic::new("v29");
+    let output = runner(&clinic, "once").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let events = json_lines(&output.stdout);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["patient_imported", "reconciled", "closed"]);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[test]
+fn status_prints_one_object() {
+    let clinic = Clinic::new("v29");
+    let output = runner(&clinic, "status").output().unwrap();
+    assert!(output.status.success());
+    let lines = json_lines(&output.stdout);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["live_sync"], false);
+    assert_eq!(lines[0]["patients"], 6);
+}
+
+#[test]
+fn a_fatal_error_gives_one_line_and_a_non_zero_exit() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_dir_all(&clinic.root).unwrap();
+    let output = runner(&clinic, "once").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("NanoPix data folder not found"), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn watch_runs_until_sigterm_then_closes_cleanly() {
+    let clinic = Clinic::new("v29");
+    let mut child = runner(&clinic, "watch").stdout(Stdio::piped()).spawn().unwrap();
+    let (lines, received) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for_type = |wanted: &str| loop {
+        let line = received.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {wanted} event"));
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["type"] == wanted {
+            return event;
+        }
+    };
+    wait_for_type("reconciled");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    assert_eq!(wait_for_type("patient_imported")["external_id"], "20250122_091500");
+
+    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    wait_for_type("closed");
+    assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
+}
