@@ -40,6 +40,9 @@ pub(crate) struct Engine {
     automatic: bool,
 }
 
+/// A NanoPix patient to import, with the look-alikes to report.
+type PendingImport<'a> = (&'a NanoPixPatient, Option<(crate::DuplicateReason, Vec<i64>)>);
+
 /// What both sides hold, read once at the start of a reconcile.
 struct Snapshot {
     nanopix: Vec<NanoPixPatient>,
@@ -266,7 +269,7 @@ impl Engine {
 
     fn import_chunk(
         &mut self,
-        chunk: &[(&NanoPixPatient, Option<(crate::DuplicateReason, Vec<i64>)>)],
+        chunk: &[PendingImport<'_>],
         by_id: &HashMap<i64, &Patient>,
         report: &mut ReconcileReport,
     ) -> Result<()> {

@@ -7,11 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{NaiveDate, NaiveDateTime};
-use rusqlite::Connection;
+use chrono::NaiveDateTime;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::patient::{NewDentalPatient, Patient, PatientFilter};
-use crate::{NanoPixId, Result};
+use crate::{Error, NanoPixId, Result};
+
+mod links;
+mod migration;
+mod patients;
+mod state;
+#[cfg(test)]
+mod testing;
+mod values;
 
 /// The state of a link between a DentalTID patient and a NanoPix patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -23,6 +30,22 @@ pub enum LinkState {
     Missing,
     /// The DentalTID patient was deleted; a `delete_requested` event was sent.
     DeleteRequested,
+}
+
+impl LinkState {
+    /// The value stored in `nanopix_sync_links.state`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Linked => "linked",
+            Self::Missing => "missing",
+            Self::DeleteRequested => "delete_requested",
+        }
+    }
+
+    /// Reads `nanopix_sync_links.state`; `None` for a value this library never writes.
+    fn from_column(text: &str) -> Option<Self> {
+        [Self::Linked, Self::Missing, Self::DeleteRequested].into_iter().find(|state| state.as_str() == text)
+    }
 }
 
 /// How a link came to be.
@@ -37,21 +60,45 @@ pub enum LinkOrigin {
     Exported,
 }
 
+impl LinkOrigin {
+    /// The value stored in `nanopix_sync_links.origin`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Imported => "imported",
+            Self::Matched => "matched",
+            Self::Exported => "exported",
+        }
+    }
+
+    /// Reads `nanopix_sync_links.origin`; `None` for a value this library never writes.
+    fn from_column(text: &str) -> Option<Self> {
+        [Self::Imported, Self::Matched, Self::Exported].into_iter().find(|origin| origin.as_str() == text)
+    }
+}
+
 /// A row of `nanopix_sync_links`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Link {
+    /// The DentalTID patient (`patients.id`); the patient may have been deleted since.
     pub patient_id: i64,
+    /// The NanoPix id, as stored.
     pub external_id: String,
+    /// How the link came to be.
     pub origin: LinkOrigin,
+    /// Whether both sides still exist.
     pub state: LinkState,
+    /// When the link was recorded (local time).
     pub synced_at: NaiveDateTime,
 }
 
 /// A row of the export journal, `nanopix_sync_exports`: an export that has not finished yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingExport {
+    /// The DentalTID patient being exported.
     pub patient_id: i64,
+    /// The NanoPix id reserved for it.
     pub external_id: NanoPixId,
+    /// When the export started (local time).
     pub started_at: NaiveDateTime,
 }
 
@@ -62,12 +109,25 @@ pub(crate) struct DentalTid {
     path: PathBuf,
 }
 
-#[allow(unused_variables, dead_code)]
 impl DentalTid {
     /// Opens an existing `dentaltid.db`, checks it has a `patients` table (before writing
     /// anything), and runs the additive migration.
+    ///
+    /// # Failure
+    /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
+    /// [`Error::MissingTable`] or [`Error::MissingColumn`] if `patients` is not DentalTID's table
+    /// (the file is then left untouched).
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self> {
-        todo!()
+        if !path.is_file() {
+            return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
+        conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
+        let mut dentaltid = Self { conn, path: path.to_path_buf() };
+        dentaltid.check_patients_table()?;
+        dentaltid.migrate()?;
+        Ok(dentaltid)
     }
 
     /// The database file.
@@ -75,103 +135,16 @@ impl DentalTid {
         &self.path
     }
 
-    /// Patients for the patients screen, newest first, with 'today' being `today`.
-    pub fn patients(&self, filter: PatientFilter, today: NaiveDate) -> Result<Vec<Patient>> {
-        todo!()
-    }
-
-    /// One patient, if it exists.
-    pub fn patient(&self, id: i64) -> Result<Option<Patient>> {
-        todo!()
-    }
-
-    /// Every patient, in id order (for a full reconcile).
-    pub fn all_patients(&self) -> Result<Vec<Patient>> {
-        todo!()
-    }
-
-    /// Patients whose id is greater than `cursor`, in id order.
-    pub fn patients_after(&self, cursor: i64) -> Result<Vec<Patient>> {
-        todo!()
-    }
-
-    /// The highest `patients.id` ever used (from `sqlite_sequence`, or `MAX(id)`), 0 if none.
-    pub fn max_patient_id(&self) -> Result<i64> {
-        todo!()
-    }
-
-    /// Every link.
-    pub fn links(&self) -> Result<Vec<Link>> {
-        todo!()
-    }
-
-    /// The link of one patient, if any.
-    pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
-        todo!()
-    }
-
-    /// Inserts imported patients and their links in one transaction; returns their new ids in order.
-    pub fn import(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
-        todo!()
-    }
-
-    /// Links an existing patient: sets `external_id` (only if it is still NULL) and records the link.
-    pub fn link_existing(&mut self, patient_id: i64, external_id: NanoPixId, synced_at: NaiveDateTime) -> Result<()> {
-        todo!()
-    }
-
-    /// Records links DentalTID already had (an `external_id` set without a link row), in one transaction.
-    pub fn adopt_links(&mut self, links: &[(i64, NanoPixId, LinkOrigin)], synced_at: NaiveDateTime) -> Result<()> {
-        todo!()
-    }
-
-    /// Changes the state of a link.
-    pub fn set_link_state(&mut self, patient_id: i64, state: LinkState) -> Result<()> {
-        todo!()
-    }
-
-    /// Unfinished exports, oldest first.
-    pub fn pending_exports(&self) -> Result<Vec<PendingExport>> {
-        todo!()
-    }
-
-    /// Records the intent to export `patient_id` as `external_id`, before NanoPix is touched.
-    pub fn begin_export(&mut self, patient_id: i64, external_id: NanoPixId, at: NaiveDateTime) -> Result<()> {
-        todo!()
-    }
-
-    /// Finishes an export in one transaction: sets `external_id`, records the link, clears the journal row.
-    pub fn finish_export(&mut self, patient_id: i64, external_id: NanoPixId, synced_at: NaiveDateTime) -> Result<()> {
-        todo!()
-    }
-
-    /// Drops a journal row whose export cannot go on (the patient was deleted before NanoPix was written).
-    pub fn abandon_export(&mut self, patient_id: i64) -> Result<()> {
-        todo!()
-    }
-
-    /// Whether Live Sync is on (off when never set).
-    pub fn live_sync(&self) -> Result<bool> {
-        todo!()
-    }
-
-    /// Switches Live Sync; switching it on sets the export cursor to the highest id used so far.
-    pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
-        todo!()
-    }
-
-    /// The export cursor: patients with a higher id were added while Live Sync was on.
-    pub fn export_cursor(&self) -> Result<Option<i64>> {
-        todo!()
-    }
-
-    /// Moves the export cursor (writes only when it changes).
-    pub fn set_export_cursor(&mut self, cursor: i64) -> Result<()> {
-        todo!()
-    }
-
-    /// `PRAGMA data_version`: changes when another connection commits.
-    pub fn data_version(&self) -> Result<i64> {
-        todo!()
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction and commits it; rolls back on any error.
+    fn write<T>(
+        &mut self,
+        step: &'static str,
+        work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::db(&self.path, step))?;
+        let value = work(&tx).map_err(Error::db(&self.path, step))?;
+        tx.commit().map_err(Error::db(&self.path, step))?;
+        Ok(value)
     }
 }

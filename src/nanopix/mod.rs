@@ -13,35 +13,54 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::patient::{NanoPixPatient, NewNanoPixPatient};
-use crate::{NanoPixId, Result};
+use crate::{Error, NanoPixId, Result};
+use database::{Deletion, Selection};
+
+mod database;
+mod folders;
+
+/// The folder under `PatientData` that holds NanoPix's databases: never a patient folder.
+const DATABASE_FOLDER: &str = "database";
+/// NanoPix's patient database inside [`DATABASE_FOLDER`] (its neighbour `User.db3` is never opened).
+const DATABASE_FILE: &str = "NanoPix.db3";
 
 /// A `Patient` row that could not be read as a patient (for example an invalid id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OddRow {
+    /// `Patient.pk` (0 if even that is not an integer).
     pub pk: i64,
+    /// The stored id as text (empty for NULL, invalid UTF-8 replaced).
     pub raw_id: String,
+    /// Why the row is not a patient.
     pub problem: String,
 }
 
 /// The patients read from `NanoPix.db3`, and the rows that could not be read.
 #[derive(Debug, Default)]
 pub(crate) struct PatientRows {
+    /// Rows with a valid id, in `pk` order.
     pub patients: Vec<NanoPixPatient>,
+    /// Rows skipped, in `pk` order.
     pub odd_rows: Vec<OddRow>,
 }
 
 /// The patient folders found under `PatientData`.
 #[derive(Debug, Default)]
 pub(crate) struct FolderScan {
+    /// Real folders named by a valid id.
     pub patient_folders: HashSet<NanoPixId>,
+    /// Every other name in the root except `database`: files, symlinks, other or non-UTF-8 names.
     pub odd_names: Vec<OsString>,
 }
 
 /// What NanoPix holds for one patient.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PatientContents {
+    /// `Study` rows (images) for the patient.
     pub studies: u64,
+    /// `Report` rows for the patient.
     pub reports: u64,
+    /// Entries in the patient's folder.
     pub files: u64,
 }
 
@@ -52,15 +71,22 @@ pub(crate) struct NanoPix {
     db_path: PathBuf,
     conn: Connection,
     patient_columns: HashSet<String>,
-    busy_timeout: Duration,
 }
 
-#[allow(unused_variables, dead_code)]
 impl NanoPix {
     /// Opens `root` (`PatientData`), checks `database/NanoPix.db3` and its `Patient` table
     /// (`id` and `last_name` must exist), without writing anything.
     pub fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
-        todo!()
+        if !root.is_dir() {
+            return Err(Error::NanoPixRootMissing(root.to_path_buf()));
+        }
+        let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
+        if !db_path.is_file() {
+            return Err(Error::NanoPixDatabaseMissing(db_path));
+        }
+        let conn = database::connect(&db_path, busy_timeout)?;
+        let patient_columns = database::patient_columns(&conn, &db_path)?;
+        Ok(Self { root: root.to_path_buf(), db_path, conn, patient_columns })
     }
 
     /// The `PatientData` folder.
@@ -70,61 +96,550 @@ impl NanoPix {
 
     /// Every patient row, in `pk` order.
     pub fn read_patients(&self) -> Result<PatientRows> {
-        todo!()
+        self.select(Selection::All)
     }
 
     /// Patient rows with `pk` greater than `pk`, in `pk` order.
     pub fn patients_after(&self, pk: i64) -> Result<PatientRows> {
-        todo!()
+        self.select(Selection::AfterPk(pk))
     }
 
     /// The row with this id, if it exists and is readable.
     pub fn patient(&self, id: NanoPixId) -> Result<Option<NanoPixPatient>> {
-        todo!()
+        Ok(self.select(Selection::WithId(id))?.patients.into_iter().next())
     }
 
     /// Whether a row with this id exists.
     pub fn id_exists(&self, id: NanoPixId) -> Result<bool> {
-        todo!()
+        database::id_exists(&self.conn, id).map_err(self.sql_error("look up patient id"))
     }
 
     /// Inserts a patient row, unless a row with its id already exists (so repair can repeat it).
     pub fn insert_patient(&self, patient: &NewNanoPixPatient) -> Result<()> {
-        todo!()
+        database::write(&self.conn, &self.db_path, "insert patient", |conn| {
+            database::insert_patient(conn, &self.patient_columns, patient)
+        })
     }
 
     /// The folder of a patient: `PatientData/<id>`.
     pub fn folder_path(&self, id: NanoPixId) -> PathBuf {
-        todo!()
+        folders::patient_folder(&self.root, id)
     }
 
     /// Whether the patient's folder exists as a real folder (not a symlink).
     pub fn folder_exists(&self, id: NanoPixId) -> bool {
-        todo!()
+        folders::is_real_dir(&self.folder_path(id))
     }
 
     /// Creates the patient's folder (and the configured subfolders) if missing; returns its path.
+    ///
+    /// # Failure
+    /// [`Error::UnsafePath`] if a symlink or a file sits where a folder belongs, and
+    /// [`Error::InvalidConfig`] for a subfolder name that is not one plain folder name.
     pub fn create_folder(&self, id: NanoPixId, subfolders: &[String]) -> Result<PathBuf> {
-        todo!()
+        folders::create_patient_folder(&self.root, id, subfolders)
     }
 
     /// Lists the patient folders (names that are valid ids) and the other names found.
     pub fn scan_folders(&self) -> Result<FolderScan> {
-        todo!()
+        folders::scan(&self.root)
     }
 
     /// Counts the studies, reports and files NanoPix holds for a patient.
     pub fn contents(&self, id: NanoPixId) -> Result<PatientContents> {
-        todo!()
+        let studies = database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("count studies"))?;
+        let reports = database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("count reports"))?;
+        let files = folders::count_entries(&self.folder_path(id))?;
+        Ok(PatientContents { studies, reports, files })
     }
 
     /// Deletes the patient's row and its empty folder; refuses if it holds anything.
+    ///
+    /// # Failure
+    /// [`Error::NanoPixPatientNotFound`] without a row, [`Error::NanoPixPatientNotEmpty`] while
+    /// any study, report or file is left (studies and reports are counted again under the write
+    /// lock). The folder is removed after the commit; if that fails (say a file appeared in
+    /// between) the error is [`Error::Io`] and the row stays deleted.
     pub fn delete_patient(&self, id: NanoPixId) -> Result<()> {
-        todo!()
+        if !self.id_exists(id)? {
+            return Err(Error::NanoPixPatientNotFound(id.to_string()));
+        }
+        let contents = self.contents(id)?;
+        if contents != PatientContents::default() {
+            return Err(not_empty(id, contents));
+        }
+        match database::write(&self.conn, &self.db_path, "delete patient", |conn| database::delete_patient(conn, id))? {
+            Deletion::Deleted => folders::remove_empty_folder(&self.folder_path(id)),
+            Deletion::Missing => Err(Error::NanoPixPatientNotFound(id.to_string())),
+            Deletion::Holds { studies, reports } => Err(not_empty(id, PatientContents { studies, reports, files: 0 })),
+        }
     }
 
     /// `PRAGMA data_version` of the kept connection: changes when NanoPix commits.
     pub fn data_version(&self) -> Result<i64> {
-        todo!()
+        database::data_version(&self.conn).map_err(self.sql_error("read data_version"))
+    }
+
+    fn select(&self, selection: Selection) -> Result<PatientRows> {
+        database::read_patients(&self.conn, &self.patient_columns, selection).map_err(self.sql_error("read patients"))
+    }
+
+    fn sql_error(&self, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+        database::sql_error(&self.db_path, step)
+    }
+}
+
+/// The refusal to delete a patient NanoPix still holds something for.
+fn not_empty(id: NanoPixId, contents: PatientContents) -> Error {
+    let PatientContents { studies, reports, files } = contents;
+    Error::NanoPixPatientNotEmpty { external_id: id.to_string(), studies, reports, files }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::fs;
+
+    use chrono::{NaiveDate, NaiveDateTime};
+    use tempfile::TempDir;
+
+    use super::*;
+
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/nanopix/PatientData");
+    const FIXTURE_ID: &str = "20250121_152638";
+
+    /// A writable copy of the fixture `PatientData`, as `(temp dir, root)`.
+    pub(crate) fn fixture_copy() -> (TempDir, PathBuf) {
+        let temp = TempDir::new().unwrap();
+        let root = temp.path().join("PatientData");
+        copy_tree(Path::new(FIXTURE), &root);
+        (temp, root)
+    }
+
+    /// Copies contents, not permissions: the fixture files are read-only.
+    fn copy_tree(from: &Path, to: &Path) {
+        fs::create_dir(to).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                fs::write(&target, fs::read(entry.path()).unwrap()).unwrap();
+            }
+        }
+    }
+
+    /// A `PatientData` whose `NanoPix.db3` holds only `schema`.
+    fn root_with_schema(schema: &str) -> (TempDir, PathBuf) {
+        let temp = TempDir::new().unwrap();
+        let root = temp.path().join("PatientData");
+        fs::create_dir_all(root.join(DATABASE_FOLDER)).unwrap();
+        other_connection(&root).execute_batch(schema).unwrap();
+        (temp, root)
+    }
+
+    fn open(root: &Path) -> NanoPix {
+        NanoPix::open(root, Duration::from_secs(2)).unwrap()
+    }
+
+    /// A second connection, standing in for NanoPix itself.
+    fn other_connection(root: &Path) -> Connection {
+        Connection::open(root.join(DATABASE_FOLDER).join(DATABASE_FILE)).unwrap()
+    }
+
+    fn id(text: &str) -> NanoPixId {
+        NanoPixId::parse(text).unwrap()
+    }
+
+    fn at(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    fn new_patient(id_text: &str) -> NewNanoPixPatient {
+        NewNanoPixPatient {
+            id: id(id_text),
+            last_name: "Benali".into(),
+            first_name: "Amina".into(),
+            birth_date: NaiveDate::from_ymd_opt(1985, 3, 12),
+            phone: Some("0555 12 34 56".into()),
+            created: at("2025-03-01 09:30:07"),
+        }
+    }
+
+    fn row_count(root: &Path) -> i64 {
+        other_connection(root).query_row("SELECT count(*) FROM Patient", [], |row| row.get(0)).unwrap()
+    }
+
+    #[test]
+    fn open_refuses_a_missing_root() {
+        let temp = TempDir::new().unwrap();
+        let missing = temp.path().join("PatientData");
+        assert!(matches!(NanoPix::open(&missing, Duration::ZERO), Err(Error::NanoPixRootMissing(p)) if p == missing));
+        fs::write(&missing, "not a folder").unwrap();
+        assert!(matches!(NanoPix::open(&missing, Duration::ZERO), Err(Error::NanoPixRootMissing(_))));
+    }
+
+    #[test]
+    fn open_refuses_a_root_without_database_and_creates_none() {
+        let temp = TempDir::new().unwrap();
+        let db_path = temp.path().join(DATABASE_FOLDER).join(DATABASE_FILE);
+        fs::create_dir(temp.path().join(DATABASE_FOLDER)).unwrap();
+        let result = NanoPix::open(temp.path(), Duration::ZERO);
+        assert!(matches!(result, Err(Error::NanoPixDatabaseMissing(p)) if p == db_path));
+        assert!(!db_path.exists());
+    }
+
+    #[test]
+    fn open_refuses_a_database_without_patient_table() {
+        let (_temp, root) = root_with_schema("CREATE TABLE Study (pk INTEGER PRIMARY KEY, patient_id VARCHAR);");
+        let result = NanoPix::open(&root, Duration::ZERO);
+        assert!(matches!(result, Err(Error::MissingTable { table: "Patient", .. })), "{result:?}");
+    }
+
+    #[test]
+    fn open_refuses_a_patient_table_without_id_or_last_name() {
+        let (_temp, root) = root_with_schema("CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250));");
+        let result = NanoPix::open(&root, Duration::ZERO);
+        assert!(matches!(result, Err(Error::MissingColumn { table: "Patient", column: "last_name", .. })));
+        let (_temp, root) = root_with_schema("CREATE TABLE Patient (pk INTEGER PRIMARY KEY, last_name VARCHAR(250));");
+        let result = NanoPix::open(&root, Duration::ZERO);
+        assert!(matches!(result, Err(Error::MissingColumn { column: "id", .. })));
+    }
+
+    #[test]
+    fn reads_the_fixture_patient_exactly() {
+        let (_temp, root) = fixture_copy();
+        let rows = open(&root).read_patients().unwrap();
+        assert!(rows.odd_rows.is_empty());
+        let expected = NanoPixPatient {
+            pk: 1,
+            id: id(FIXTURE_ID),
+            last_name: "DSSSSFSFS".into(),
+            first_name: "FSFFS".into(),
+            sex: Some("Male".into()),
+            birth_date: NaiveDate::from_ymd_opt(2025, 1, 21),
+            phone: Some(String::new()),
+            created: Some(at("2025-01-21 15:26:46")),
+        };
+        assert_eq!(rows.patients, vec![expected.clone()]);
+        let nanopix = open(&root);
+        assert_eq!(nanopix.patient(id(FIXTURE_ID)).unwrap(), Some(expected));
+        assert!(nanopix.id_exists(id(FIXTURE_ID)).unwrap());
+        assert_eq!(nanopix.patient(id("20250121_152639")).unwrap(), None);
+        assert!(!nanopix.id_exists(id("20250121_152639")).unwrap());
+    }
+
+    #[test]
+    fn odd_rows_never_fail_the_read() {
+        let (_temp, root) = fixture_copy();
+        other_connection(&root)
+            .execute_batch(
+                "INSERT INTO Patient (pk, id, last_name, first_name, birthdate, created_datetime) VALUES
+                   (2, '20250301_101010', 'Nofirst', NULL, '0000-00-00', 'yesterday'),
+                   (3, '20250302_101010', 'Garbage', 'G', '', ''),
+                   (4, '../evil', 'Evil', 'E', '2025-01-01', '2025-01-01 10:00:00'),
+                   (5, '20251340_000000', 'Month13', 'M', NULL, NULL),
+                   (6, '20250303_101010 ', 'Space', 'S', NULL, NULL),
+                   (7, '20250304_101010', '', NULL, '2025-02-30', '2025-01-01 25:00:00');",
+            )
+            .unwrap();
+        let rows = open(&root).read_patients().unwrap();
+        let read: Vec<_> =
+            rows.patients.iter().map(|p| (p.pk, p.first_name.as_str(), p.birth_date, p.created)).collect();
+        let fixture = (1, "FSFFS", NaiveDate::from_ymd_opt(2025, 1, 21), Some(at("2025-01-21 15:26:46")));
+        assert_eq!(read, vec![fixture, (2, "", None, None), (3, "G", None, None), (7, "", None, None)]);
+        let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str())).collect();
+        assert_eq!(odd, vec![(4, "../evil"), (5, "20251340_000000"), (6, "20250303_101010 ")]);
+        assert!(rows.odd_rows.iter().all(|o| o.problem.contains("not a valid NanoPix id")));
+    }
+
+    #[test]
+    fn reads_untyped_ids_nulls_and_bad_utf8_from_a_minimal_table() {
+        let (_temp, root) = root_with_schema(
+            "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id, last_name);
+             INSERT INTO Patient VALUES (1, 20250101, 'Integer'), (2, NULL, 'Null'),
+               (3, CAST('20250121_152638' AS BLOB), 'Blob'), (4, '20250122_000000', NULL),
+               (5, '20250123_000000', CAST(x'4dfc6c6c6572' AS TEXT)), (6, 20250124.5, 'Real');",
+        );
+        let rows = open(&root).read_patients().unwrap();
+        let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str(), o.problem.as_str())).collect();
+        assert_eq!(odd[0], (1, "20250101", "id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"));
+        assert_eq!(odd[1], (2, "", "id is NULL"));
+        assert_eq!(odd[2], (3, FIXTURE_ID, "id is stored as a blob"));
+        assert_eq!(odd[3].0, 6);
+        let names: Vec<_> = rows.patients.iter().map(|p| (p.pk, p.last_name.as_str(), p.sex.clone())).collect();
+        assert_eq!(names, vec![(4, "", None), (5, "M\u{FFFD}ller", None)]);
+    }
+
+    #[test]
+    fn patients_after_returns_only_later_rows() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093001")).unwrap();
+        let pks = |rows: PatientRows| rows.patients.iter().map(|p| p.pk).collect::<Vec<_>>();
+        assert_eq!(pks(nanopix.patients_after(0).unwrap()), vec![1, 2, 3]);
+        assert_eq!(pks(nanopix.patients_after(1).unwrap()), vec![2, 3]);
+        assert_eq!(pks(nanopix.patients_after(3).unwrap()), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn insert_writes_exactly_nanopix_formats() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        let mut bare = new_patient("20250301_093001");
+        (bare.birth_date, bare.phone) = (None, None);
+        nanopix.insert_patient(&bare).unwrap();
+        let conn = other_connection(&root);
+        let mut statement = conn
+            .prepare(
+                "SELECT pk, id, last_name, first_name, sex, birthdate, phone, created_datetime, updated_datetime,
+                        doctor, typeof(id) FROM Patient WHERE pk > 1 ORDER BY pk",
+            )
+            .unwrap();
+        let rows: Vec<Vec<rusqlite::types::Value>> = statement
+            .query_map([], |row| (0..11).map(|i| row.get(i)).collect())
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        use rusqlite::types::Value::{Integer, Null, Text};
+        let text = |s: &str| Text(s.to_owned());
+        let created = text("2025-03-01 09:30:07");
+        let common = [text("Benali"), text("Amina"), Null];
+        let mut first = vec![Integer(2), text("20250301_093000")];
+        first.extend(common.clone());
+        first.extend([text("1985-03-12"), text("0555 12 34 56"), created.clone(), created.clone(), Null, text("text")]);
+        let mut second = vec![Integer(3), text("20250301_093001")];
+        second.extend(common);
+        second.extend([Null, Null, created.clone(), created, Null, text("text")]);
+        assert_eq!(rows, vec![first, second]);
+    }
+
+    #[test]
+    fn repeated_insert_is_a_no_op() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        let mut renamed = new_patient("20250301_093000");
+        renamed.last_name = "Other".into();
+        nanopix.insert_patient(&renamed).unwrap();
+        assert_eq!(row_count(&root), 2);
+        assert_eq!(nanopix.patient(id("20250301_093000")).unwrap().unwrap().last_name, "Benali");
+    }
+
+    #[test]
+    fn insert_names_only_existing_columns() {
+        let (_temp, root) = root_with_schema(
+            "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250) NOT NULL UNIQUE,
+                                   last_name VARCHAR(250) NOT NULL, first_name VARCHAR(250), created_datetime DATETIME);",
+        );
+        let nanopix = open(&root);
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        let patient = nanopix.patient(id("20250301_093000")).unwrap().unwrap();
+        assert_eq!((patient.pk, patient.last_name.as_str(), patient.first_name.as_str()), (1, "Benali", "Amina"));
+        assert_eq!((patient.birth_date, patient.phone, patient.sex), (None, None, None));
+        assert_eq!(patient.created, Some(at("2025-03-01 09:30:07")));
+    }
+
+    fn file_settings(root: &Path) -> (String, i64, i64, Vec<String>) {
+        let conn = other_connection(root);
+        let pragma = |name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0)).unwrap();
+        let journal: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+        let mut statement = conn.prepare("SELECT ifnull(sql, name) FROM sqlite_master ORDER BY name").unwrap();
+        let schema = statement.query_map([], |row| row.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        (journal, pragma("user_version"), pragma("page_size"), schema)
+    }
+
+    #[test]
+    fn writes_keep_nanopix_file_settings_and_never_touch_user_db() {
+        let (_temp, root) = fixture_copy();
+        let schema_before = file_settings(&root).3;
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.create_folder(new_id, &[]).unwrap();
+        nanopix.delete_patient(new_id).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093001")).unwrap();
+        drop(nanopix);
+        let (journal, user_version, page_size, schema) = file_settings(&root);
+        assert_eq!((journal.as_str(), user_version, page_size), ("delete", 1, 4096));
+        assert_eq!(schema, schema_before);
+        assert!(!root.join(DATABASE_FOLDER).join("NanoPix.db3-journal").exists());
+        let user_db = fs::read(root.join(DATABASE_FOLDER).join("User.db3")).unwrap();
+        assert_eq!(user_db, fs::read(Path::new(FIXTURE).join("database/User.db3")).unwrap());
+    }
+
+    #[test]
+    fn create_folder_is_idempotent_and_keeps_contents() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        assert!(!nanopix.folder_exists(new_id));
+        let subfolders = vec!["images".to_owned()];
+        let folder = nanopix.create_folder(new_id, &subfolders).unwrap();
+        assert_eq!(folder, root.join("20250301_093000"));
+        fs::write(folder.join("images/scan.jpg"), b"jpeg").unwrap();
+        assert_eq!(nanopix.create_folder(new_id, &subfolders).unwrap(), folder);
+        assert!(nanopix.folder_exists(new_id));
+        assert_eq!(fs::read(folder.join("images/scan.jpg")).unwrap(), b"jpeg");
+    }
+
+    #[test]
+    fn create_folder_refuses_bad_subfolder_names_before_creating_anything() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        for bad in ["..", "../escape", "", "a/b", "/tmp"] {
+            let result = nanopix.create_folder(new_id, &["ok".to_owned(), bad.to_owned()]);
+            assert!(matches!(result, Err(Error::InvalidConfig(_))), "{bad:?}: {result:?}");
+        }
+        assert!(!nanopix.folder_path(new_id).exists());
+        assert!(!root.join("escape").exists());
+    }
+
+    #[test]
+    fn create_folder_refuses_a_file_in_its_place() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        fs::write(root.join("20250301_093000"), b"not a folder").unwrap();
+        let result = nanopix.create_folder(id("20250301_093000"), &[]);
+        assert!(matches!(result, Err(Error::UnsafePath(p)) if p == root.join("20250301_093000")));
+        assert_eq!(fs::read(root.join("20250301_093000")).unwrap(), b"not a folder");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn create_folder_refuses_a_symlink_in_its_place() {
+        let (temp, root) = fixture_copy();
+        let outside = temp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("20250301_093000")).unwrap();
+        std::os::unix::fs::symlink(temp.path().join("nowhere"), root.join("20250301_093001")).unwrap();
+        let nanopix = open(&root);
+        for (text, target) in [("20250301_093000", &outside), ("20250301_093001", &temp.path().join("nowhere"))] {
+            let result = nanopix.create_folder(id(text), &["images".to_owned()]);
+            assert!(matches!(result, Err(Error::UnsafePath(_))), "{text}: {result:?}");
+            assert!(!nanopix.folder_exists(id(text)));
+            assert!(!target.join("images").exists());
+        }
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(!temp.path().join("nowhere").exists());
+    }
+
+    #[test]
+    fn scan_folders_sorts_out_patient_folders_and_odd_names() {
+        let (_temp, root) = fixture_copy();
+        for folder in ["20250301_093000", "20251340_000000", "notes"] {
+            fs::create_dir(root.join(folder)).unwrap();
+        }
+        fs::write(root.join("20250302_093000"), b"a file named like an id").unwrap();
+        fs::write(root.join("readme.txt"), b"").unwrap();
+        let scan = open(&root).scan_folders().unwrap();
+        let expected: HashSet<NanoPixId> = [id(FIXTURE_ID), id("20250301_093000")].into();
+        assert_eq!(scan.patient_folders, expected);
+        let mut odd = scan.odd_names.clone();
+        odd.sort();
+        assert_eq!(odd, ["20250302_093000", "20251340_000000", "notes", "readme.txt"].map(OsString::from));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn scan_folders_reports_symlinks_and_non_utf8_names_as_odd() {
+        use std::os::unix::ffi::OsStrExt;
+        let (temp, root) = fixture_copy();
+        let non_utf8 = std::ffi::OsStr::from_bytes(b"pat\xffient");
+        fs::create_dir(root.join(non_utf8)).unwrap();
+        fs::create_dir(temp.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(temp.path().join("outside"), root.join("20250303_093000")).unwrap();
+        let scan = open(&root).scan_folders().unwrap();
+        assert_eq!(scan.patient_folders, [id(FIXTURE_ID)].into());
+        let mut odd = scan.odd_names.clone();
+        odd.sort();
+        assert_eq!(odd, vec![OsString::from("20250303_093000"), non_utf8.to_owned()]);
+    }
+
+    #[test]
+    fn delete_refuses_the_fixture_patient_with_its_study_and_thumbnail() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let fixture_id = id(FIXTURE_ID);
+        assert_eq!(nanopix.contents(fixture_id).unwrap(), PatientContents { studies: 1, reports: 0, files: 1 });
+        let result = nanopix.delete_patient(fixture_id);
+        assert!(matches!(
+            result,
+            Err(Error::NanoPixPatientNotEmpty { ref external_id, studies: 1, reports: 0, files: 1 }) if external_id == FIXTURE_ID
+        ));
+        assert!(nanopix.id_exists(fixture_id).unwrap());
+        assert!(root.join(FIXTURE_ID).join("20250121_153202_thumbnail.jpg").is_file());
+        let studies: i64 = other_connection(&root).query_row("SELECT count(*) FROM Study", [], |r| r.get(0)).unwrap();
+        assert_eq!(studies, 1);
+    }
+
+    #[test]
+    fn delete_removes_an_empty_exported_patient_and_its_folder() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        let folder = nanopix.create_folder(new_id, &[]).unwrap();
+        assert_eq!(nanopix.contents(new_id).unwrap(), PatientContents::default());
+        nanopix.delete_patient(new_id).unwrap();
+        assert!(!nanopix.id_exists(new_id).unwrap());
+        assert!(!folder.exists());
+        assert_eq!(row_count(&root), 1);
+        assert!(
+            matches!(nanopix.delete_patient(new_id), Err(Error::NanoPixPatientNotFound(t)) if t == "20250301_093000")
+        );
+    }
+
+    #[test]
+    fn delete_refuses_a_patient_with_a_file_or_a_report() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        let folder = nanopix.create_folder(new_id, &[]).unwrap();
+        fs::write(folder.join("20250301_094000_thumbnail.jpg"), b"jpeg").unwrap();
+        assert!(matches!(nanopix.delete_patient(new_id), Err(Error::NanoPixPatientNotEmpty { files: 1, .. })));
+        fs::remove_file(folder.join("20250301_094000_thumbnail.jpg")).unwrap();
+        other_connection(&root)
+            .execute("INSERT INTO Report (patient_id, project_name) VALUES ('20250301_093000', 'x')", [])
+            .unwrap();
+        let result = nanopix.delete_patient(new_id);
+        assert!(matches!(result, Err(Error::NanoPixPatientNotEmpty { studies: 0, reports: 1, files: 0, .. })));
+        assert!(nanopix.id_exists(new_id).unwrap());
+        assert!(folder.is_dir());
+    }
+
+    #[test]
+    fn a_write_while_nanopix_holds_the_lock_is_busy_until_released() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = NanoPix::open(&root, Duration::from_millis(20)).unwrap();
+        let holder = other_connection(&root);
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let result = nanopix.insert_patient(&new_patient("20250301_093000"));
+        let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
+        assert!(
+            matches!(result, Err(Error::Busy { ref path, step: "insert patient" }) if *path == db_path),
+            "{result:?}"
+        );
+        assert_eq!(nanopix.read_patients().unwrap().patients.len(), 1);
+        holder.execute_batch("COMMIT").unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        assert!(nanopix.id_exists(id("20250301_093000")).unwrap());
+    }
+
+    #[test]
+    fn data_version_changes_when_another_connection_commits() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let before = nanopix.data_version().unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        assert_eq!(nanopix.data_version().unwrap(), before, "our own commit is not a NanoPix change");
+        other_connection(&root)
+            .execute("INSERT INTO Patient (id, last_name) VALUES ('20250301_093001', 'X')", [])
+            .unwrap();
+        assert_ne!(nanopix.data_version().unwrap(), before);
     }
 }

@@ -1,0 +1,266 @@
+//! Checking and migrating `dentaltid.db`: the `patients` table must be DentalTID's, then the
+//! sync's two columns, its index and its own `nanopix_sync_*` tables are added if missing.
+//!
+//! The checks never write. The migration is additive and idempotent, runs in one `BEGIN
+//! IMMEDIATE` transaction, and writes nothing at all when everything already exists. It never
+//! changes `PRAGMA user_version`, the journal mode or the page size, never creates DentalTID's
+//! own tables, never adds a UNIQUE constraint DentalTID's existing rows could break, and never
+//! removes a row.
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::DentalTid;
+use super::values::text_at;
+use crate::{Error, Result};
+
+/// The `patients` columns the sync reads or writes (DentalTID's `Patient.toJson`, plus `id`).
+const REQUIRED_COLUMNS: [&str; 15] = [
+    "id",
+    "name",
+    "familyName",
+    "age",
+    "dateOfBirth",
+    "healthState",
+    "diagnosis",
+    "treatment",
+    "payment",
+    "createdAt",
+    "isEmergency",
+    "severity",
+    "healthAlerts",
+    "phoneNumber",
+    "isBlacklisted",
+];
+
+/// DentalTID's own definition of `source` (its migration to version 25).
+const ADD_SOURCE: &str = "ALTER TABLE patients ADD COLUMN source TEXT DEFAULT 'internal'";
+
+/// DentalTID's own definition of `external_id` (its migration to version 25).
+const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT";
+
+/// The sync's index and tables. The index is not UNIQUE: older versions may have written
+/// duplicate `external_id`s, and every row must be kept.
+const OWN_SCHEMA: &str = "
+    CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
+    CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS nanopix_sync_links(
+        patient_id INTEGER PRIMARY KEY,
+        external_id TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        synced_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS nanopix_sync_exports(
+        patient_id INTEGER PRIMARY KEY,
+        external_id TEXT NOT NULL UNIQUE,
+        started_at TEXT NOT NULL
+    );
+";
+
+/// The schema objects [`OWN_SCHEMA`] creates, as `(type, name)` in `sqlite_master`.
+const OWN_OBJECTS: [(&str, &str); 4] = [
+    ("index", "nanopix_sync_patients_external_id"),
+    ("table", "nanopix_sync_state"),
+    ("table", "nanopix_sync_links"),
+    ("table", "nanopix_sync_exports"),
+];
+
+impl DentalTid {
+    /// Checks, without writing, that `patients` exists and has every column the sync uses.
+    pub(super) fn check_patients_table(&self) -> Result<()> {
+        let step = "checking the patients table";
+        if !schema_object_exists(&self.conn, "table", "patients").map_err(Error::db(&self.path, step))? {
+            return Err(Error::MissingTable { path: self.path.clone(), table: "patients" });
+        }
+        let columns = patient_columns(&self.conn).map_err(Error::db(&self.path, step))?;
+        match REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
+            Some(column) => Err(Error::MissingColumn { path: self.path.clone(), table: "patients", column }),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds what is missing; does not write at all when nothing is.
+    pub(super) fn migrate(&mut self) -> Result<()> {
+        let up_to_date = is_migrated(&self.conn).map_err(Error::db(&self.path, "checking the migration"))?;
+        if up_to_date {
+            return Ok(());
+        }
+        self.write("migrating the database", |tx| {
+            let columns = patient_columns(tx)?;
+            if !columns.contains("source") {
+                tx.execute_batch(ADD_SOURCE)?;
+            }
+            if !columns.contains("external_id") {
+                tx.execute_batch(ADD_EXTERNAL_ID)?;
+            }
+            tx.execute_batch(OWN_SCHEMA)
+        })
+    }
+}
+
+/// Whether both columns and every object of [`OWN_SCHEMA`] exist.
+fn is_migrated(conn: &Connection) -> rusqlite::Result<bool> {
+    let columns = patient_columns(conn)?;
+    if !columns.contains("source") || !columns.contains("external_id") {
+        return Ok(false);
+    }
+    for (kind, name) in OWN_OBJECTS {
+        if !schema_object_exists(conn, kind, name)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `sqlite_master` lists a `kind` object called `name` (names compare as SQLite does).
+pub(super) fn schema_object_exists(conn: &Connection, kind: &str, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2 COLLATE NOCASE LIMIT 1",
+        [kind, name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+/// The column names of `patients`, lower-cased (SQLite compares them without case).
+fn patient_columns(conn: &Connection) -> rusqlite::Result<HashSet<String>> {
+    let mut statement = conn.prepare("SELECT name FROM pragma_table_info('patients')")?;
+    let names = statement.query_map([], |row| text_at(row, 0))?;
+    names.filter_map(|name| name.transpose()).map(|name| name.map(|name| name.to_lowercase())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use rusqlite::Connection;
+    use tempfile::TempDir;
+
+    use super::super::testing::{SCHEMA_V24, SCHEMA_V29, build_database, open};
+    use super::*;
+    use crate::patient::{PatientFilter, Source};
+
+    fn pragma(path: &Path, name: &str) -> String {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row(&format!("PRAGMA {name}"), [], |row| text_at(row, 0)).unwrap().unwrap()
+    }
+
+    fn today() -> chrono::NaiveDate {
+        chrono::NaiveDate::from_ymd_opt(2025, 1, 21).unwrap()
+    }
+
+    #[test]
+    fn both_schemas_migrate_and_keep_the_sample_patients() {
+        for (schema, version) in [(SCHEMA_V24, "24"), (SCHEMA_V29, "29")] {
+            let dir = TempDir::new().unwrap();
+            let path = build_database(&dir, schema, true);
+            let (journal, page_size) = (pragma(&path, "journal_mode"), pragma(&path, "page_size"));
+            let dentaltid = open(&path);
+            let patients = dentaltid.patients(PatientFilter::All, today()).unwrap();
+            assert_eq!(patients.len(), 6, "{schema}");
+            assert!(patients.iter().all(|p| p.source == Source::Internal && p.external_id.is_none()), "{schema}");
+            drop(dentaltid);
+            assert_eq!(pragma(&path, "user_version"), version);
+            assert_eq!(pragma(&path, "journal_mode"), journal);
+            assert_eq!(pragma(&path, "page_size"), page_size);
+            let conn = Connection::open(&path).unwrap();
+            assert!(is_migrated(&conn).unwrap(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn reopening_a_migrated_file_leaves_its_bytes_identical() {
+        for schema in [SCHEMA_V24, SCHEMA_V29] {
+            let dir = TempDir::new().unwrap();
+            let path = build_database(&dir, schema, true);
+            let before_migration = std::fs::read(&path).unwrap();
+            drop(open(&path));
+            let migrated = std::fs::read(&path).unwrap();
+            assert_ne!(before_migration, migrated, "the first open must migrate {schema}");
+            drop(open(&path));
+            assert_eq!(std::fs::read(&path).unwrap(), migrated, "{schema}");
+        }
+    }
+
+    #[test]
+    fn opening_a_migrated_file_takes_no_write_lock() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V29, true);
+        drop(open(&path));
+        let writer = Connection::open(&path).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let reopened = DentalTid::open(&path, Duration::from_millis(50));
+        assert!(reopened.is_ok(), "{reopened:?}");
+        writer.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[test]
+    fn a_file_without_patients_is_refused_and_left_untouched() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("dentaltid.db");
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 29; CREATE TABLE other(x);").unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(error, Error::MissingTable { table: "patients", .. }), "{error:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_patients_table_without_created_at_is_refused_and_left_untouched() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("dentaltid.db");
+        let sql = "CREATE TABLE patients(id INTEGER PRIMARY KEY, name TEXT, familyName TEXT, age INTEGER);";
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(error, Error::MissingColumn { column: "dateOfBirth", .. }), "{error:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_and_not_created() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("dentaltid.db");
+        let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(&error, Error::DentalTidDatabaseMissing(missing) if missing == &path), "{error:?}");
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn duplicate_external_ids_survive_the_migration() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V29, true);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("UPDATE patients SET external_id = '20250121_152638' WHERE id IN (1, 2, 3)").unwrap();
+        drop(conn);
+        let dentaltid = open(&path);
+        let patients = dentaltid.all_patients().unwrap();
+        assert_eq!(patients.len(), 6);
+        let linked = patients.iter().filter(|p| p.external_id.as_deref() == Some("20250121_152638")).count();
+        assert_eq!(linked, 3);
+        let index_sql: String = dentaltid
+            .conn
+            .query_row("SELECT sql FROM sqlite_master WHERE name = 'nanopix_sync_patients_external_id'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(!index_sql.to_uppercase().contains("UNIQUE"), "{index_sql}");
+    }
+
+    #[test]
+    fn a_v24_file_gets_dentaltids_own_column_definitions() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V24, true);
+        drop(open(&path));
+        let conn = Connection::open(&path).unwrap();
+        let sql = "SELECT type, dflt_value FROM pragma_table_info('patients') WHERE name = ?1";
+        let read = |column: &str| conn.query_row(sql, [column], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(read("source"), ("TEXT".to_owned(), Some("'internal'".to_owned())));
+        assert_eq!(read("external_id"), ("TEXT".to_owned(), None::<String>));
+    }
+}

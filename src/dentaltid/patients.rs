@@ -1,0 +1,313 @@
+//! DentalTID's `patients` table: reading rows as the patients screen shows them, filtering them
+//! as DentalTID does, and writing imported patients exactly as DentalTID writes one.
+//!
+//! Reading is lenient: NULLs and odd values become defaults, never a failed query. Writing fills
+//! every column `Patient.fromJson` needs, so a row the sync writes never breaks DentalTID's
+//! screen. Nothing here deletes a patient or changes a patient's `source`.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
+
+use super::values::{integer_at, text_at};
+use super::{DentalTid, LinkOrigin, LinkState};
+use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
+use crate::{Error, NanoPixId, Result};
+
+/// The columns [`patient_from_row`] reads, in its order.
+const PATIENT_COLUMNS: &str = "id, name, familyName, age, dateOfBirth, createdAt, phoneNumber, source, external_id";
+
+/// Newest first, as DentalTID's patients screen lists them.
+const NEWEST_FIRST: &str = "ORDER BY createdAt DESC, id DESC";
+
+/// Rows created on one day: `createdAt` compared as text, as DentalTID compares it.
+const ON_DAY: &str = "createdAt >= ?1 AND createdAt < ?2";
+
+/// Every column DentalTID's `Patient.toJson` writes, with its defaults for a new patient.
+const INSERT_IMPORTED: &str = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis,
+        treatment, payment, createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted, source,
+        external_id)
+    VALUES (?1, ?2, ?3, ?4, '', '', '', 0.0, ?5, 0, 'EmergencySeverity.low', '', ?6, 0, 'nanopix', ?7)";
+
+/// Sets `external_id` only on a patient that has none yet.
+pub(super) const SET_EXTERNAL_ID: &str =
+    "UPDATE patients SET external_id = ?1 WHERE id = ?2 AND (external_id IS NULL OR trim(external_id) = '')";
+
+/// Records (or replaces) the link of one patient.
+pub(super) const UPSERT_LINK: &str = "INSERT INTO nanopix_sync_links(patient_id, external_id, origin, state, synced_at)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT(patient_id) DO UPDATE SET external_id = excluded.external_id, origin = excluded.origin,
+        state = excluded.state, synced_at = excluded.synced_at";
+
+impl DentalTid {
+    /// Patients for the patients screen, newest first, with 'today' being `today`.
+    pub fn patients(&self, filter: PatientFilter, today: NaiveDate) -> Result<Vec<Patient>> {
+        let step = "listing patients";
+        let day = (dart_date(today), dart_date(today.succ_opt().unwrap_or(NaiveDate::MAX)));
+        match filter {
+            PatientFilter::All => self.query_patients(step, NEWEST_FIRST, []),
+            PatientFilter::Today => self.query_patients(step, &format!("WHERE {ON_DAY} {NEWEST_FIRST}"), day),
+            PatientFilter::TodayByExternal => {
+                self.query_patients(step, &format!("WHERE {ON_DAY} AND source = 'nanopix' {NEWEST_FIRST}"), day)
+            }
+            PatientFilter::AllByExternal => {
+                self.query_patients(step, &format!("WHERE source = 'nanopix' {NEWEST_FIRST}"), [])
+            }
+        }
+    }
+
+    /// One patient, if it exists.
+    pub fn patient(&self, id: i64) -> Result<Option<Patient>> {
+        Ok(self.query_patients("reading a patient", "WHERE id = ?1", [id])?.pop())
+    }
+
+    /// Every patient, in id order (for a full reconcile).
+    pub fn all_patients(&self) -> Result<Vec<Patient>> {
+        self.query_patients("reading every patient", "ORDER BY id", [])
+    }
+
+    /// Patients whose id is greater than `cursor`, in id order.
+    pub fn patients_after(&self, cursor: i64) -> Result<Vec<Patient>> {
+        self.query_patients("reading new patients", "WHERE id > ?1 ORDER BY id", [cursor])
+    }
+
+    /// The highest `patients.id` ever used (from `sqlite_sequence`, or `MAX(id)`), 0 if none.
+    pub fn max_patient_id(&self) -> Result<i64> {
+        highest_patient_id(&self.conn).map_err(Error::db(&self.path, "reading the highest patient id"))
+    }
+
+    /// Inserts imported patients and their links in one transaction; returns their new ids in order.
+    pub fn import(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
+        let synced_at = dart_timestamp(synced_at);
+        self.write("importing patients", |tx| {
+            let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
+            let mut link = tx.prepare_cached(UPSERT_LINK)?;
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in rows {
+                let external_id = row.external_id.to_string();
+                let id = insert.insert(params![
+                    row.first_name,
+                    row.last_name,
+                    row.age,
+                    row.date_of_birth.map(dart_date),
+                    dart_timestamp(row.created_at),
+                    row.phone,
+                    external_id,
+                ])?;
+                let (origin, state) = (LinkOrigin::Imported.as_str(), LinkState::Linked.as_str());
+                link.execute(params![id, external_id, origin, state, synced_at])?;
+                ids.push(id);
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Links an existing patient: sets `external_id` (only if it is still NULL) and records the link.
+    ///
+    /// # Failure
+    /// [`Error::PatientNotFound`] if there is no such patient, [`Error::AlreadyLinked`] if it
+    /// already has an `external_id`. Either way nothing is written.
+    pub fn link_existing(&mut self, patient_id: i64, external_id: NanoPixId, synced_at: NaiveDateTime) -> Result<()> {
+        let (external_id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
+        self.write("linking a patient", |tx| {
+            if tx.execute(SET_EXTERNAL_ID, params![external_id, patient_id])? == 0 {
+                return refusal(tx, patient_id).map(Err);
+            }
+            let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());
+            tx.execute(UPSERT_LINK, params![patient_id, external_id, origin, state, synced_at])?;
+            Ok(Ok(()))
+        })?
+    }
+
+    /// Runs `SELECT <patient columns> FROM patients <tail>` and reads every row whose id is an integer.
+    fn query_patients(&self, step: &'static str, tail: &str, params: impl Params) -> Result<Vec<Patient>> {
+        let read = || {
+            let mut statement = self.conn.prepare_cached(&format!("SELECT {PATIENT_COLUMNS} FROM patients {tail}"))?;
+            let rows = statement.query_map(params, patient_from_row)?;
+            rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
+        };
+        read().map_err(Error::db(&self.path, step))
+    }
+}
+
+/// Reads a row of [`PATIENT_COLUMNS`] leniently; `None` only when `id` is not an integer.
+fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Patient>> {
+    let Some(id) = integer_at(row, 0)? else { return Ok(None) };
+    Ok(Some(Patient {
+        id,
+        first_name: text_at(row, 1)?.unwrap_or_default(),
+        last_name: text_at(row, 2)?.unwrap_or_default(),
+        age: integer_at(row, 3)?.unwrap_or(0),
+        date_of_birth: text_at(row, 4)?.as_deref().and_then(parse_dart_date),
+        created_at: text_at(row, 5)?.unwrap_or_default(),
+        phone: text_at(row, 6)?.unwrap_or_default(),
+        source: Source::from_column(text_at(row, 7)?.as_deref()),
+        external_id: text_at(row, 8)?.filter(|id| !id.trim().is_empty()),
+    }))
+}
+
+/// Why [`SET_EXTERNAL_ID`] changed no row: the patient is gone or already linked.
+fn refusal(conn: &Connection, patient_id: i64) -> rusqlite::Result<Error> {
+    let existing = conn
+        .query_row("SELECT external_id FROM patients WHERE id = ?1", [patient_id], |row| text_at(row, 0))
+        .optional()?;
+    Ok(match existing {
+        None => Error::PatientNotFound(patient_id),
+        Some(external_id) => Error::AlreadyLinked { patient_id, external_id: external_id.unwrap_or_default() },
+    })
+}
+
+/// The larger of `sqlite_sequence`'s counter for `patients` (when there is one) and `MAX(id)`.
+pub(super) fn highest_patient_id(conn: &Connection) -> rusqlite::Result<i64> {
+    let max_id = conn.query_row("SELECT MAX(id) FROM patients", [], |row| integer_at(row, 0))?;
+    let sequence = if super::migration::schema_object_exists(conn, "table", "sqlite_sequence")? {
+        let sql = "SELECT seq FROM sqlite_sequence WHERE name = 'patients'";
+        conn.query_row(sql, [], |row| integer_at(row, 0)).optional()?.flatten()
+    } else {
+        None
+    };
+    Ok(max_id.into_iter().chain(sequence).max().unwrap_or(0).max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{at, nanopix_id, new_patient, sample_database};
+    use super::*;
+
+    fn names(patients: &[Patient]) -> Vec<&str> {
+        patients.iter().map(|p| p.first_name.as_str()).collect()
+    }
+
+    #[test]
+    fn import_writes_every_column_dentaltid_reads() {
+        let (_dir, mut dentaltid) = sample_database();
+        let created = at(2024, 6, 3, 9, 5);
+        let ids = dentaltid.import(&[new_patient("Lina", created, "20240603_090500")], at(2025, 1, 21, 12, 0)).unwrap();
+        assert_eq!(ids, vec![7]);
+        let value = |expression: &str| {
+            let sql = format!("SELECT {expression} FROM patients WHERE id = 7");
+            dentaltid.conn.query_row(&sql, [], |row| text_at(row, 0)).unwrap().unwrap_or_default()
+        };
+        let needed = ["name", "familyName", "age", "healthState", "diagnosis", "treatment", "createdAt"];
+        for column in needed {
+            assert_eq!(value(&format!("{column} IS NOT NULL")), "1", "{column}");
+        }
+        assert_eq!(value("createdAt"), "2024-06-03T09:05:00.000");
+        assert_eq!(value("dateOfBirth"), "1985-03-12T00:00:00.000");
+        assert_eq!(value("severity || ' ' || isEmergency || ' ' || isBlacklisted"), "EmergencySeverity.low 0 0");
+        assert_eq!(value("typeof(payment) || ' ' || payment"), "real 0.0");
+        assert_eq!(value("source || ' ' || external_id || ' ' || age"), "nanopix 20240603_090500 40");
+        let link = dentaltid.link(7).unwrap().unwrap();
+        assert_eq!((link.origin, link.state), (LinkOrigin::Imported, LinkState::Linked));
+        assert_eq!((link.external_id.as_str(), link.synced_at), ("20240603_090500", at(2025, 1, 21, 12, 0)));
+    }
+
+    #[test]
+    fn import_returns_ids_in_order_and_a_missing_birth_date_stays_null() {
+        let (_dir, mut dentaltid) = sample_database();
+        let mut unborn = new_patient("B", at(2025, 1, 2, 0, 0), "20250102_000000");
+        unborn.date_of_birth = None;
+        let rows = [new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000"), unborn];
+        let ids = dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap();
+        assert_eq!(ids, vec![7, 8]);
+        let b = dentaltid.patient(8).unwrap().unwrap();
+        assert_eq!((b.first_name.as_str(), b.date_of_birth, b.source), ("B", None, Source::NanoPix));
+        let null_birth: bool = dentaltid
+            .conn
+            .query_row("SELECT dateOfBirth IS NULL FROM patients WHERE id = 8", [], |r| r.get(0))
+            .unwrap();
+        assert!(null_birth);
+    }
+
+    #[test]
+    fn filters_compare_created_at_like_dentaltid() {
+        let (_dir, mut dentaltid) = sample_database();
+        let rows = [
+            new_patient("Early", at(2025, 1, 21, 0, 0), "20250121_000000"),
+            new_patient("Old", at(2019, 5, 5, 10, 0), "20190505_100000"),
+            new_patient("Tomorrow", at(2025, 1, 22, 0, 0), "20250122_000000"),
+        ];
+        dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap();
+        let today = chrono::NaiveDate::from_ymd_opt(2025, 1, 21).unwrap();
+        let list = |filter| dentaltid.patients(filter, today).unwrap();
+        assert_eq!(names(&list(PatientFilter::Today)), ["Karim", "Early"]);
+        assert_eq!(names(&list(PatientFilter::TodayByExternal)), ["Early"]);
+        assert_eq!(names(&list(PatientFilter::AllByExternal)), ["Tomorrow", "Early", "Old"]);
+        let all = list(PatientFilter::All);
+        assert_eq!(all.len(), 9);
+        assert_eq!(names(&all[..3]), ["Tomorrow", "Karim", "Early"]);
+        assert_eq!(all.last().map(|p| p.first_name.as_str()), Some("Old"));
+    }
+
+    #[test]
+    fn equal_created_at_lists_the_newest_id_first() {
+        let (_dir, mut dentaltid) = sample_database();
+        let same = at(2025, 1, 21, 8, 30);
+        dentaltid.import(&[new_patient("Twin", same, "20250121_083000")], same).unwrap();
+        let today = chrono::NaiveDate::from_ymd_opt(2025, 1, 21).unwrap();
+        let ids: Vec<i64> = dentaltid.patients(PatientFilter::Today, today).unwrap().iter().map(|p| p.id).collect();
+        assert_eq!(ids, [7, 6]);
+    }
+
+    #[test]
+    fn odd_values_read_without_error() {
+        let (_dir, dentaltid) = sample_database();
+        let sql =
+            "INSERT INTO patients(id, name, familyName, age, dateOfBirth, createdAt, phoneNumber, source, external_id)
+            VALUES (50, NULL, CAST(X'4FFF' AS TEXT), 'forty', 'garbage', NULL, 555123, 'csv', '  '),
+                   (51, 'Ok', 'Ok', 33.0, 12345, 20250101, NULL, NULL, 20250121)";
+        dentaltid.conn.execute_batch(sql).unwrap();
+        let odd = dentaltid.patient(50).unwrap().unwrap();
+        assert_eq!((odd.first_name.as_str(), odd.last_name.as_str(), odd.age), ("", "O\u{FFFD}", 0));
+        assert_eq!((odd.date_of_birth, odd.created_at.as_str(), odd.phone.as_str()), (None, "", "555123"));
+        assert_eq!((odd.source, odd.external_id), (Source::Other("csv".into()), None));
+        let numeric = dentaltid.patient(51).unwrap().unwrap();
+        assert_eq!((numeric.age, numeric.date_of_birth, numeric.created_at.as_str()), (33, None, "20250101"));
+        assert_eq!((numeric.source, numeric.external_id.as_deref()), (Source::Internal, Some("20250121")));
+        assert_eq!(dentaltid.all_patients().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn patients_after_a_cursor_come_in_id_order() {
+        let (_dir, dentaltid) = sample_database();
+        let ids: Vec<i64> = dentaltid.patients_after(3).unwrap().iter().map(|p| p.id).collect();
+        assert_eq!(ids, [4, 5, 6]);
+        assert!(dentaltid.patients_after(6).unwrap().is_empty());
+        assert_eq!(dentaltid.patient(99).unwrap(), None);
+    }
+
+    #[test]
+    fn max_patient_id_remembers_deleted_ids() {
+        let (_dir, dentaltid) = sample_database();
+        assert_eq!(dentaltid.max_patient_id().unwrap(), 6);
+        dentaltid.conn.execute_batch("DELETE FROM patients WHERE id >= 5").unwrap();
+        assert_eq!(dentaltid.max_patient_id().unwrap(), 6);
+        dentaltid.conn.execute_batch("DELETE FROM patients; DELETE FROM sqlite_sequence;").unwrap();
+        assert_eq!(dentaltid.max_patient_id().unwrap(), 0);
+    }
+
+    #[test]
+    fn link_existing_sets_the_id_and_keeps_the_source() {
+        let (_dir, mut dentaltid) = sample_database();
+        dentaltid.link_existing(1, nanopix_id("20250121_152638"), at(2025, 1, 21, 12, 0)).unwrap();
+        let amina = dentaltid.patient(1).unwrap().unwrap();
+        assert_eq!((amina.source, amina.external_id.as_deref()), (Source::Internal, Some("20250121_152638")));
+        let link = dentaltid.link(1).unwrap().unwrap();
+        assert_eq!((link.origin, link.state), (LinkOrigin::Matched, LinkState::Linked));
+    }
+
+    #[test]
+    fn link_existing_refuses_a_linked_or_missing_patient() {
+        let (_dir, mut dentaltid) = sample_database();
+        dentaltid.link_existing(2, nanopix_id("20250121_152638"), at(2025, 1, 21, 12, 0)).unwrap();
+        let error = dentaltid.link_existing(2, nanopix_id("20250122_101010"), at(2025, 1, 22, 12, 0)).unwrap_err();
+        assert!(
+            matches!(&error, Error::AlreadyLinked { patient_id: 2, external_id } if external_id == "20250121_152638"),
+            "{error:?}"
+        );
+        assert_eq!(dentaltid.patient(2).unwrap().unwrap().external_id.as_deref(), Some("20250121_152638"));
+        assert_eq!(dentaltid.link(2).unwrap().unwrap().synced_at, at(2025, 1, 21, 12, 0));
+        let error = dentaltid.link_existing(42, nanopix_id("20250122_101010"), at(2025, 1, 22, 12, 0)).unwrap_err();
+        assert!(matches!(error, Error::PatientNotFound(42)), "{error:?}");
+        assert_eq!(dentaltid.link(42).unwrap(), None);
+    }
+}

@@ -1,0 +1,74 @@
+//! Test databases for the DentalTID side, built in a `TempDir` from the read-only SQL fixtures.
+//!
+//! Fixtures are only read here, never opened as databases in place.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+use super::DentalTid;
+
+/// DentalTID's schema at version 24 (no `source` or `external_id`).
+pub(super) const SCHEMA_V24: &str = "schema_v24.sql";
+
+/// DentalTID's schema at version 29.
+pub(super) const SCHEMA_V29: &str = "schema_v29.sql";
+
+/// The text of a file in the DentalTID fixtures folder.
+fn fixture_sql(name: &str) -> String {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/dentaltid")).join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+}
+
+/// Builds `dentaltid.db` in `dir` from `schema`, with the six sample patients when `samples`.
+pub(super) fn build_database(dir: &TempDir, schema: &str, samples: bool) -> PathBuf {
+    let path = dir.path().join("dentaltid.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(&fixture_sql(schema)).unwrap();
+    if samples {
+        conn.execute_batch(&fixture_sql("sample_patients.sql")).unwrap();
+    }
+    path
+}
+
+/// Opens (and migrates) a test database.
+pub(super) fn open(path: &Path) -> DentalTid {
+    DentalTid::open(path, Duration::from_secs(5)).unwrap()
+}
+
+/// A migrated v29 database with the sample patients.
+pub(super) fn sample_database() -> (TempDir, DentalTid) {
+    let dir = TempDir::new().unwrap();
+    let path = build_database(&dir, SCHEMA_V29, true);
+    let dentaltid = open(&path);
+    (dir, dentaltid)
+}
+
+/// A local date and time.
+pub(super) fn at(y: i32, m: u32, d: u32, hour: u32, minute: u32) -> chrono::NaiveDateTime {
+    chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(hour, minute, 0).unwrap()
+}
+
+/// A NanoPix id.
+pub(super) fn nanopix_id(text: &str) -> crate::NanoPixId {
+    crate::NanoPixId::parse(text).unwrap()
+}
+
+/// An imported patient as the engine would build it.
+pub(super) fn new_patient(
+    first_name: &str,
+    created_at: chrono::NaiveDateTime,
+    id: &str,
+) -> crate::patient::NewDentalPatient {
+    crate::patient::NewDentalPatient {
+        first_name: first_name.to_owned(),
+        last_name: "Nanopix".to_owned(),
+        age: 40,
+        date_of_birth: chrono::NaiveDate::from_ymd_opt(1985, 3, 12),
+        created_at,
+        phone: "0550000000".to_owned(),
+        external_id: nanopix_id(id),
+    }
+}

@@ -1,0 +1,69 @@
+//! Lenient reading of column values: whatever type SQLite holds in a cell, reading it never
+//! fails a whole query.
+//!
+//! DentalTID's columns have no strict types, so a TEXT column may hold an INTEGER, a blob or
+//! bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
+//! `None` for the rest. They never panic and never write.
+
+use rusqlite::Row;
+use rusqlite::types::ValueRef;
+
+/// The cell at `index` as text: numbers are written out, invalid UTF-8 is replaced, NULL is `None`.
+pub(super) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Null => None,
+        ValueRef::Integer(number) => Some(number.to_string()),
+        ValueRef::Real(number) => Some(number.to_string()),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+    })
+}
+
+/// The cell at `index` as a whole number, when it holds one (as an integer, a whole real or
+/// digits in text); `None` otherwise.
+pub(super) fn integer_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<i64>> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Integer(number) => Some(number),
+        ValueRef::Real(number) => whole_number(number),
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().and_then(|text| text.trim().parse().ok()),
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
+
+/// `number` as an `i64` when it is whole and fits exactly.
+fn whole_number(number: f64) -> Option<i64> {
+    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
+    (number.fract() == 0.0 && number.abs() <= EXACT_LIMIT).then_some(number as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn read<T>(sql: &str, reader: fn(&Row<'_>, usize) -> rusqlite::Result<T>) -> T {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.query_row(sql, [], |row| reader(row, 0)).unwrap()
+    }
+
+    #[test]
+    fn text_accepts_every_storage_class() {
+        assert_eq!(read("SELECT NULL", text_at), None);
+        assert_eq!(read("SELECT 42", text_at).as_deref(), Some("42"));
+        assert_eq!(read("SELECT 'Zoé'", text_at).as_deref(), Some("Zoé"));
+        assert_eq!(read("SELECT CAST(X'41FF42' AS TEXT)", text_at).as_deref(), Some("A\u{FFFD}B"));
+        assert_eq!(read("SELECT X'4142'", text_at).as_deref(), Some("AB"));
+    }
+
+    #[test]
+    fn integer_keeps_only_whole_numbers() {
+        assert_eq!(read("SELECT 39", integer_at), Some(39));
+        assert_eq!(read("SELECT 39.0", integer_at), Some(39));
+        assert_eq!(read("SELECT ' 41 '", integer_at), Some(41));
+        assert_eq!(read("SELECT 39.5", integer_at), None);
+        assert_eq!(read("SELECT 'forty'", integer_at), None);
+        assert_eq!(read("SELECT 1e300", integer_at), None);
+        assert_eq!(read("SELECT NULL", integer_at), None);
+        assert_eq!(read("SELECT X'01'", integer_at), None);
+    }
+}

@@ -1,0 +1,271 @@
+//! SQL on `NanoPix.db3`: opening it, reading `Patient` rows leniently, and short
+//! `BEGIN IMMEDIATE` writes retried while another program holds the lock.
+//!
+//! This module never writes a PRAGMA (the busy timeout is set through the connection API),
+//! never touches the schema, never names a column `PRAGMA table_info` did not list, and never
+//! does file I/O inside a transaction.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Transaction, TransactionBehavior, params_from_iter};
+
+use super::{OddRow, PatientRows};
+use crate::patient::{self, NanoPixPatient, NewNanoPixPatient};
+use crate::{Error, NanoPixId, Result};
+
+/// How many times a write is tried before it gives [`Error::Busy`].
+const WRITE_ATTEMPTS: u32 = 4;
+/// The pause after the first busy attempt; it doubles after each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The columns read from `Patient`, in the order [`patient_from_row`] expects them.
+const READ_COLUMNS: [&str; 8] =
+    ["pk", "id", "last_name", "first_name", "sex", "birthdate", "phone", "created_datetime"];
+
+/// Which `Patient` rows to read.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Selection {
+    /// Every row.
+    All,
+    /// Rows whose `pk` is greater than this one.
+    AfterPk(i64),
+    /// The row with this id.
+    WithId(NanoPixId),
+}
+
+/// What the delete transaction found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deletion {
+    /// The row was deleted.
+    Deleted,
+    /// No row had the id.
+    Missing,
+    /// Studies or reports still point at the patient; nothing was deleted.
+    Holds { studies: u64, reports: u64 },
+}
+
+/// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout.
+pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db_path, flags).map_err(Error::db(db_path, "open NanoPix database"))?;
+    conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, "set busy timeout"))?;
+    Ok(conn)
+}
+
+/// The lower-cased column names of `Patient`, after checking that `id` and `last_name` exist.
+pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashSet<String>> {
+    let columns = table_columns(conn, "Patient").map_err(sql_error(db_path, "read Patient columns"))?;
+    if columns.is_empty() {
+        return Err(Error::MissingTable { path: db_path.to_path_buf(), table: "Patient" });
+    }
+    for column in ["id", "last_name"] {
+        if !columns.contains(column) {
+            return Err(Error::MissingColumn { path: db_path.to_path_buf(), table: "Patient", column });
+        }
+    }
+    Ok(columns)
+}
+
+/// The lower-cased column names of `table` (a constant of this module); empty if it does not exist.
+fn table_columns(conn: &Connection, table: &'static str) -> rusqlite::Result<HashSet<String>> {
+    let mut statement = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = statement.query_map([], |row| row.get::<_, String>(1))?;
+    names.map(|name| name.map(|name| name.to_lowercase())).collect()
+}
+
+/// Maps an SQLite error to [`Error::Busy`] when the database stayed locked, else to [`Error::Database`].
+pub(super) fn sql_error(db_path: &Path, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    let path = db_path.to_path_buf();
+    move |source| {
+        if is_busy(&source) { Error::Busy { path, step } } else { Error::Database { path, step, source } }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(error.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+/// Runs `work` in a short `BEGIN IMMEDIATE` transaction, retrying with a growing pause while
+/// the database is busy; gives [`Error::Busy`] once the attempts are used up.
+pub(super) fn write<T>(
+    conn: &Connection,
+    db_path: &Path,
+    step: &'static str,
+    mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+) -> Result<T> {
+    let mut backoff = FIRST_BACKOFF;
+    for _ in 1..WRITE_ATTEMPTS {
+        match immediate(conn, &mut work) {
+            Err(error) if is_busy(&error) => thread::sleep(backoff),
+            result => return result.map_err(sql_error(db_path, step)),
+        }
+        backoff *= 2;
+    }
+    immediate(conn, &mut work).map_err(sql_error(db_path, step))
+}
+
+/// One attempt: the transaction rolls back when dropped unless `work` and the commit succeed.
+fn immediate<T>(conn: &Connection, work: &mut impl FnMut(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let transaction = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let value = work(&transaction)?;
+    transaction.commit()?;
+    Ok(value)
+}
+
+/// Reads the selected `Patient` rows in `pk` order; a row that is not a patient becomes an [`OddRow`].
+pub(super) fn read_patients(
+    conn: &Connection,
+    columns: &HashSet<String>,
+    selection: Selection,
+) -> rusqlite::Result<PatientRows> {
+    let pk = pk_column(columns);
+    let (condition, parameter) = match selection {
+        Selection::All => (String::new(), None),
+        Selection::AfterPk(after) => (format!("WHERE {pk} > ?1"), Some(Value::Integer(after))),
+        Selection::WithId(id) => ("WHERE id = ?1".to_owned(), Some(Value::Text(id.to_string()))),
+    };
+    let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();
+    let sql = format!("SELECT {} FROM Patient {condition} ORDER BY {pk}", select.join(", "));
+    let mut statement = conn.prepare(&sql)?;
+    let mut rows = statement.query(params_from_iter(parameter))?;
+    let mut found = PatientRows::default();
+    while let Some(row) = rows.next()? {
+        match patient_from_row(row)? {
+            Ok(patient) => found.patients.push(patient),
+            Err(odd) => found.odd_rows.push(odd),
+        }
+    }
+    Ok(found)
+}
+
+/// `pk`, or `rowid` for a table without one.
+fn pk_column(columns: &HashSet<String>) -> &'static str {
+    if columns.contains("pk") { "pk" } else { "rowid" }
+}
+
+/// The expression that reads `column`: itself when it exists, else `NULL` (`rowid` for `pk`).
+fn selected(columns: &HashSet<String>, column: &'static str) -> &'static str {
+    match column {
+        "pk" => pk_column(columns),
+        _ if columns.contains(column) => column,
+        _ => "NULL",
+    }
+}
+
+/// Reads one row of [`READ_COLUMNS`]; only a failure to reach a column is an error.
+fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Result<NanoPixPatient, OddRow>> {
+    let raw_id = row.get_ref(1)?;
+    let odd = |pk: i64, problem: &str| OddRow {
+        pk,
+        raw_id: lossy_text(raw_id).unwrap_or_default(),
+        problem: problem.to_owned(),
+    };
+    let ValueRef::Integer(pk) = row.get_ref(0)? else {
+        return Ok(Err(odd(0, "pk is not an integer")));
+    };
+    let id = match parse_id(raw_id) {
+        Ok(id) => id,
+        Err(problem) => return Ok(Err(odd(pk, problem))),
+    };
+    let text = |index: usize| row.get_ref(index).map(lossy_text);
+    Ok(Ok(NanoPixPatient {
+        pk,
+        id,
+        last_name: text(2)?.unwrap_or_default(),
+        first_name: text(3)?.unwrap_or_default(),
+        sex: text(4)?,
+        birth_date: text(5)?.as_deref().and_then(patient::parse_nanopix_date),
+        phone: text(6)?,
+        created: text(7)?.as_deref().and_then(patient::parse_nanopix_datetime),
+    }))
+}
+
+/// The id of a row, exactly as stored: text or a number that must parse as a [`NanoPixId`].
+fn parse_id(value: ValueRef<'_>) -> Result<NanoPixId, &'static str> {
+    match value {
+        ValueRef::Null => Err("id is NULL"),
+        ValueRef::Blob(_) => Err("id is stored as a blob"),
+        other => lossy_text(other)
+            .and_then(|text| NanoPixId::parse(&text).ok())
+            .ok_or("id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"),
+    }
+}
+
+/// Any stored value as text (invalid UTF-8 replaced); `None` for NULL.
+fn lossy_text(value: ValueRef<'_>) -> Option<String> {
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Integer(number) => Some(number.to_string()),
+        ValueRef::Real(number) => Some(number.to_string()),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+/// Whether a `Patient` row has this id.
+pub(super) fn id_exists(conn: &Connection, id: NanoPixId) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM Patient WHERE id = ?1)", [id.to_string()], |row| row.get(0))
+}
+
+/// Inserts the row unless its id exists; only columns in `columns` are named, `pk` never is.
+/// Meant to run inside [`write`].
+pub(super) fn insert_patient(
+    conn: &Connection,
+    columns: &HashSet<String>,
+    patient: &NewNanoPixPatient,
+) -> rusqlite::Result<()> {
+    if id_exists(conn, patient.id)? {
+        return Ok(());
+    }
+    let (names, values): (Vec<&str>, Vec<Option<String>>) =
+        insert_values(patient).into_iter().filter(|(name, _)| columns.contains(*name)).unzip();
+    let placeholders: Vec<String> = (1..=names.len()).map(|index| format!("?{index}")).collect();
+    let sql = format!("INSERT INTO Patient ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
+    conn.execute(&sql, params_from_iter(values))?;
+    Ok(())
+}
+
+/// Every column the sync may fill, with the value NanoPix itself would write.
+fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>); 8] {
+    let created = patient::nanopix_datetime(patient.created);
+    [
+        ("id", Some(patient.id.to_string())),
+        ("last_name", Some(patient.last_name.clone())),
+        ("first_name", Some(patient.first_name.clone())),
+        ("sex", None),
+        ("birthdate", patient.birth_date.map(patient::nanopix_date)),
+        ("phone", patient.phone.clone()),
+        ("created_datetime", Some(created.clone())),
+        ("updated_datetime", Some(created)),
+    ]
+}
+
+/// Rows of `table` (`Study` or `Report`) whose `patient_id` is `id`; 0 when the table or column is missing.
+pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: NanoPixId) -> rusqlite::Result<u64> {
+    if !table_columns(conn, table)?.contains("patient_id") {
+        return Ok(0);
+    }
+    let sql = format!("SELECT count(*) FROM {table} WHERE patient_id = ?1");
+    let count: i64 = conn.query_row(&sql, [id.to_string()], |row| row.get(0))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Deletes the row if no study or report points at it, checked again under the write lock
+/// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write`].
+pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {
+    let studies = count_for_patient(conn, "Study", id)?;
+    let reports = count_for_patient(conn, "Report", id)?;
+    if studies + reports > 0 {
+        return Ok(Deletion::Holds { studies, reports });
+    }
+    let deleted = conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
+    Ok(if deleted == 0 { Deletion::Missing } else { Deletion::Deleted })
+}
+
+/// `PRAGMA data_version` (a read): changes when another connection commits.
+pub(super) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+}

@@ -1,0 +1,129 @@
+//! Patient folders under `PatientData`: creating, scanning, counting and removing them.
+//!
+//! A folder path is only ever `root/<NanoPixId>` (plus configured subfolder names that are one
+//! plain path component). This module never creates anything above or outside the root, never
+//! uses `create_dir_all`, never follows a symlink, and never removes a folder that is not empty.
+
+use std::ffi::OsStr;
+use std::fs::{self, DirEntry};
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+
+use super::{DATABASE_FOLDER, FolderScan};
+use crate::{Error, NanoPixId, Result};
+
+/// Characters refused in a subfolder name besides path separators: Windows drive and stream
+/// markers, and NUL.
+const FORBIDDEN_NAME_CHARS: [char; 4] = ['/', '\\', ':', '\0'];
+
+/// `root/<id>`.
+pub(super) fn patient_folder(root: &Path, id: NanoPixId) -> PathBuf {
+    root.join(id.to_string())
+}
+
+/// Whether `path` is a real folder: a symlink to a folder is not one.
+pub(super) fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
+}
+
+/// Creates `root/<id>` and its `subfolders` where missing; returns the patient folder.
+pub(super) fn create_patient_folder(root: &Path, id: NanoPixId, subfolders: &[String]) -> Result<PathBuf> {
+    for name in subfolders {
+        check_subfolder_name(name)?;
+    }
+    let folder = patient_folder(root, id);
+    ensure_real_dir(&folder)?;
+    for name in subfolders {
+        ensure_real_dir(&folder.join(name))?;
+    }
+    Ok(folder)
+}
+
+/// Accepts only one plain folder name: not empty, no separator, not `.` or `..`, not absolute.
+fn check_subfolder_name(name: &str) -> Result<()> {
+    let mut components = Path::new(name).components();
+    let single_plain = matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(part)), None) if part == OsStr::new(name)
+    );
+    if single_plain && !name.contains(FORBIDDEN_NAME_CHARS) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!("patient subfolder {name:?} must be one plain folder name")))
+    }
+}
+
+/// Makes `path` a real folder: creates it (only its last component) or accepts an existing
+/// real folder; anything else there (a symlink, a file) is refused.
+fn ensure_real_dir(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+            if is_real_dir(path) {
+                Ok(())
+            } else {
+                Err(Error::UnsafePath(path.to_path_buf()))
+            }
+        }
+        Err(error) => Err(Error::io(path, "create patient folder")(error)),
+    }
+}
+
+/// Lists `root` once, sorting names into patient folders and odd names (the database folder
+/// is neither). Entries the system cannot list are skipped.
+pub(super) fn scan(root: &Path) -> Result<FolderScan> {
+    let entries = fs::read_dir(root).map_err(Error::io(root, "list patient folders"))?;
+    let mut found = FolderScan::default();
+    for entry in entries.flatten() {
+        sort_entry(&entry, &mut found);
+    }
+    Ok(found)
+}
+
+/// A real folder named by a valid id is a patient folder; any other name is odd.
+fn sort_entry(entry: &DirEntry, found: &mut FolderScan) {
+    let name = entry.file_name();
+    if name == DATABASE_FOLDER {
+        return;
+    }
+    let is_dir = entry.file_type().is_ok_and(|file_type| file_type.is_dir());
+    match name.to_str().and_then(|text| NanoPixId::parse(text).ok()) {
+        Some(id) if is_dir => {
+            found.patient_folders.insert(id);
+        }
+        _ => found.odd_names.push(name),
+    }
+}
+
+/// Entries in a real folder (0 when it is missing or not a real folder); an entry that
+/// cannot be read still counts.
+pub(super) fn count_entries(folder: &Path) -> Result<u64> {
+    if !is_real_dir(folder) {
+        return Ok(0);
+    }
+    let entries = fs::read_dir(folder).map_err(Error::io(folder, "list patient folder"))?;
+    Ok(entries.count() as u64)
+}
+
+/// Removes the folder if it is a real, empty folder; a missing folder or a symlink is left alone.
+pub(super) fn remove_empty_folder(folder: &Path) -> Result<()> {
+    if !is_real_dir(folder) {
+        return Ok(());
+    }
+    fs::remove_dir(folder).map_err(Error::io(folder, "remove patient folder"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subfolder_names_must_be_one_plain_component() {
+        for good in ["images", "Radios 2025", "a.b", "..."] {
+            assert!(check_subfolder_name(good).is_ok(), "{good:?} must be accepted");
+        }
+        for bad in ["", ".", "..", "a/b", "a\\b", "/abs", "images/", "C:x", "a\0b", "./a"] {
+            assert!(matches!(check_subfolder_name(bad), Err(Error::InvalidConfig(_))), "{bad:?} must be refused");
+        }
+    }
+}
