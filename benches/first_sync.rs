@@ -78,9 +78,7 @@ fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
     group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(60));
     group.bench_function("library_open_reconcile", |b| {
-        b.iter_custom(|iters| {
-            time_on_copies(clinic, &library, iters, |path| open_and_reconcile(clinic, path))
-        })
+        b.iter_custom(|iters| time_on_copies(clinic, &library, iters, |path| open_and_reconcile(clinic, path)))
     });
     group.bench_function("baseline_rusqlite_copy", |b| {
         b.iter_custom(|iters| {

@@ -91,11 +91,16 @@ impl Clinic {
     /// A sync config on this clinic's NanoPix folder and the given DentalTID file, reading the
     /// time from `clock`.
     pub fn config(&self, dentaltid: &Path, clock: &ManualClock) -> Config {
-        let mut config = Config::new(&self.root, dentaltid);
-        config.clock = Arc::new(clock.clone());
-        config.busy_timeout = Duration::from_secs(5);
-        config
+        config_for(&self.root, dentaltid, clock)
     }
+}
+
+/// A sync config on the given NanoPix folder and DentalTID file, reading the time from `clock`.
+pub fn config_for(root: &Path, dentaltid: &Path, clock: &ManualClock) -> Config {
+    let mut config = Config::new(root, dentaltid);
+    config.clock = Arc::new(clock.clone());
+    config.busy_timeout = Duration::from_secs(5);
+    config
 }
 
 /// A copy of a database file beside the original, removed (with its journals) when dropped.
@@ -253,7 +258,8 @@ pub fn baseline_copy(nanopix_db: &Path, dentaltid: &Path) -> usize {
             let first: Option<String> = row.get(2).expect("first name");
             let birth: Option<String> = row.get(3).expect("birthdate");
             let created: Option<String> = row.get(4).expect("created");
-            let age = birth.as_deref().and_then(|b| b.get(0..4)).and_then(|y| y.parse::<i64>().ok()).map_or(0, |y| 2025 - y);
+            let age =
+                birth.as_deref().and_then(|b| b.get(0..4)).and_then(|y| y.parse::<i64>().ok()).map_or(0, |y| 2025 - y);
             let birth = birth.map(|b| format!("{b}T00:00:00.000"));
             let created = created.map(|c| format!("{}.000", c.replacen(' ', "T", 1)));
             insert.execute((first.unwrap_or_default(), last, age, birth, created, id)).expect("insert");
@@ -273,7 +279,10 @@ pub fn baseline_read(root: &Path, dentaltid: &Path) -> usize {
         "SELECT pk, id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime FROM Patient",
     );
     let dentaltid = Connection::open(dentaltid).expect("open DentalTID");
-    seen += count_rows(&dentaltid, "SELECT id, name, familyName, dateOfBirth, createdAt, source, external_id FROM patients");
+    seen += count_rows(
+        &dentaltid,
+        "SELECT id, name, familyName, dateOfBirth, createdAt, source, external_id FROM patients",
+    );
     let entries = std::fs::read_dir(root).expect("list root");
     seen + entries.filter_map(|entry| entry.ok()).map(|entry| std::hint::black_box(entry.file_name())).count()
 }
