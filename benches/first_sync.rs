@@ -76,7 +76,7 @@ fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
     let (library, baseline) = (Timings::default(), Timings::default());
     let mut group = criterion.benchmark_group("first_sync_100k");
     group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
-    group.warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(60));
+    group.warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(30));
     group.bench_function("library_open_reconcile", |b| {
         b.iter_custom(|iters| time_on_copies(clinic, &library, iters, |path| open_and_reconcile(clinic, path)))
     });
@@ -120,7 +120,7 @@ fn steady_reconcile(criterion: &mut Criterion, clinic: &Clinic, synced: &FileCop
     let (library, baseline) = (Timings::default(), Timings::default());
     let changes = RefCell::new(ReconcileReport::default());
     let mut group = criterion.benchmark_group("steady_reconcile_100k");
-    group.sample_size(SAMPLES).measurement_time(Duration::from_secs(20));
+    group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(10));
     group.bench_function("library_reconcile", |b| {
         b.iter_custom(|iters| timed_reconciles(&sync, &library, iters, &changes))
     });
@@ -201,7 +201,8 @@ fn unlinked_patients(dentaltid: &Path, count: usize) -> Vec<i64> {
     statement.query_map([count as i64], |row| row.get(0)).expect("query").collect::<Result<_, _>>().expect("ids")
 }
 
-/// 1,000 bare NanoPix inserts (each its own commit) plus a `create_dir`, on copies.
+/// 1,000 bare NanoPix inserts (each its own commit) plus a `create_dir`, on copies, with ids a
+/// day after the library's exports.
 fn baseline_exports(clinic: &Clinic) -> Vec<Duration> {
     let nanopix = FileCopy::of(&clinic.nanopix_db());
     let folders = clinic.dir.path().join("baseline_root");
@@ -209,7 +210,7 @@ fn baseline_exports(clinic: &Clinic) -> Vec<Duration> {
     let conn = Connection::open(&nanopix.path).expect("open NanoPix copy");
     let mut durations = Vec::with_capacity(EXPORTS);
     for n in 0..EXPORTS {
-        let when = clinic_now() + chrono::Duration::seconds(n as i64 + 1);
+        let when = clinic_now() + chrono::Duration::days(1) + chrono::Duration::seconds(n as i64);
         let id = when.format("%Y%m%d_%H%M%S").to_string();
         let stamp = when.format("%Y-%m-%d %H:%M:%S").to_string();
         let start = Instant::now();
