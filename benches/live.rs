@@ -3,7 +3,8 @@
 //! steady reconcile and a live import scale from 1,000 to 100,000 patients. Each latency is set
 //! against a bare notify watcher's latency for the same file operation, measured in this run.
 //!
-//! Run with `cargo bench --bench live` (add `-- latency`, `-- idle` or `-- scaling` for one part).
+//! Run with `cargo bench --bench live` (add `-- import_latency`, `-- export_latency`,
+//! `-- latency`, `-- idle` or `-- scaling` for one part).
 
 mod clinic;
 
@@ -223,9 +224,9 @@ fn export_latency(clinic: &Clinic) {
         library.push(committed.elapsed());
         check_exported(clinic, &event);
     }
-    let dentaltid = live.dentaltid.path.clone();
-    drop(live);
-    let mut bare = notify_dentaltid_latencies(&conn, &dentaltid);
+    let LiveSync { sync, dentaltid, .. } = live;
+    drop(sync);
+    let mut bare = notify_dentaltid_latencies(&conn, &dentaltid.path);
     print_latency("live export (DentalTID insert to patient_exported), 1k/1k clinic", &mut library, &mut bare, "");
 }
 
@@ -376,10 +377,15 @@ fn print_scaling(rows: &mut [ScaleRow]) {
 }
 
 fn main() {
-    if clinic::filter_allows("latency") {
+    let (imports, exports) = (clinic::filter_allows("import_latency"), clinic::filter_allows("export_latency"));
+    if imports || exports {
         let clinic = Clinic::generate(1_000, 1_000);
-        import_latency(&clinic);
-        export_latency(&clinic);
+        if imports {
+            import_latency(&clinic);
+        }
+        if exports {
+            export_latency(&clinic);
+        }
     }
     let (scaling, idle_wanted) = (clinic::filter_allows("scaling"), clinic::filter_allows("idle"));
     let scales: &[usize] = if scaling { &[1_000, 10_000, 100_000] } else { &[100_000] };
