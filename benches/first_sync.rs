@@ -1,0 +1,261 @@
+//! First sync, steady-state reconcile and one-by-one exports at clinic scale (100,000 patients on
+//! each side), each against a bare-rusqlite baseline measured in the same run.
+//!
+//! The generated clinic is made once; every run that writes gets its own copy of the DentalTID
+//! file (copying is not measured). Run with `cargo bench --bench first_sync`.
+
+mod clinic;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode};
+use nanopix_sync::{ManualClock, NanoPixSync, ReconcileReport};
+use rusqlite::Connection;
+
+use clinic::{Clinic, FileCopy, clinic_now, ms, percentile};
+
+/// Patients on each side.
+const SCALE: usize = 100_000;
+/// Patients exported one by one.
+const EXPORTS: usize = 1_000;
+/// Criterion's smallest sample count; each sample of the first sync is a single run.
+const SAMPLES: usize = 10;
+
+/// The duration of every timed run of one bench function, grouped by criterion call, so the
+/// warm-up calls can be left out.
+#[derive(Default)]
+struct Timings(RefCell<Vec<Vec<Duration>>>);
+
+impl Timings {
+    /// Starts a criterion call.
+    fn call(&self) {
+        self.0.borrow_mut().push(Vec::new());
+    }
+
+    /// Records one timed run.
+    fn record(&self, duration: Duration) -> Duration {
+        if let Some(call) = self.0.borrow_mut().last_mut() {
+            call.push(duration);
+        }
+        duration
+    }
+
+    /// The runs of the last `SAMPLES` calls: criterion's measured samples, without warm-up.
+    fn measured(&self) -> Vec<Duration> {
+        let calls = self.0.borrow();
+        calls.iter().skip(calls.len().saturating_sub(SAMPLES)).flatten().copied().collect()
+    }
+}
+
+/// Opens the sync on `dentaltid` and reconciles; returns the handle (to close unmeasured) and the report.
+fn open_and_reconcile(clinic: &Clinic, dentaltid: &Path) -> (NanoPixSync, ReconcileReport) {
+    let sync = NanoPixSync::open(clinic.config(dentaltid, &ManualClock::new(clinic_now()))).expect("open");
+    let report = sync.reconcile().expect("reconcile");
+    (sync, report)
+}
+
+/// Runs `iters` times `run` on a fresh copy of the DentalTID file, timing only `run`: making
+/// the copy and dropping what `run` returns (for example closing a handle) are not measured.
+fn time_on_copies<T>(clinic: &Clinic, timings: &Timings, iters: u64, run: impl Fn(&Path) -> T) -> Duration {
+    timings.call();
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let copy = clinic.copy_dentaltid();
+        let start = Instant::now();
+        let output = run(&copy.path);
+        total += timings.record(start.elapsed());
+        drop(output);
+    }
+    total
+}
+
+/// (a) A first sync of 100,000 NanoPix patients into a DentalTID file holding 100,000.
+fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
+    let (library, baseline) = (Timings::default(), Timings::default());
+    let mut group = criterion.benchmark_group("first_sync_100k");
+    group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(30));
+    group.bench_function("library_open_reconcile", |b| {
+        b.iter_custom(|iters| time_on_copies(clinic, &library, iters, |path| open_and_reconcile(clinic, path)))
+    });
+    group.bench_function("baseline_rusqlite_copy", |b| {
+        b.iter_custom(|iters| {
+            time_on_copies(clinic, &baseline, iters, |path| clinic::baseline_copy(&clinic.nanopix_db(), path))
+        })
+    });
+    group.finish();
+    report_ratio("first sync 100k/100k", &library, &baseline, 1.5);
+}
+
+/// Prints the median ratio of library to baseline and whether it is within `budget` times.
+fn report_ratio(name: &str, library: &Timings, baseline: &Timings, budget: f64) {
+    let (library, baseline) = (library.measured(), baseline.measured());
+    if library.is_empty() || baseline.is_empty() {
+        return;
+    }
+    let ratio = clinic::median(&library).as_secs_f64() / clinic::median(&baseline).as_secs_f64();
+    let verdict = if ratio <= budget { "met" } else { "NOT met" };
+    println!("{}", clinic::ratio_line(name, &library, &baseline, &format!("budget {budget}x: {verdict}")));
+}
+
+/// The DentalTID and NanoPix files' sizes and modification times, to show a run wrote nothing.
+fn fingerprint(paths: &[&Path]) -> Vec<(u64, std::time::SystemTime)> {
+    paths
+        .iter()
+        .map(|path| {
+            let metadata = std::fs::metadata(path).expect("metadata");
+            (metadata.len(), metadata.modified().expect("mtime"))
+        })
+        .collect()
+}
+
+/// (b) A steady-state reconcile at 100,000/100,000 after a first sync; it must write nothing.
+fn steady_reconcile(criterion: &mut Criterion, clinic: &Clinic, synced: &FileCopy) {
+    let (sync, first) = open_and_reconcile(clinic, &synced.path);
+    println!("first sync before the steady runs: {first:?}");
+    let nanopix_db = clinic.nanopix_db();
+    let before = fingerprint(&[&synced.path, &nanopix_db]);
+    let (library, baseline) = (Timings::default(), Timings::default());
+    let changes = RefCell::new(ReconcileReport::default());
+    let mut group = criterion.benchmark_group("steady_reconcile_100k");
+    group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(10));
+    group.bench_function("library_reconcile", |b| {
+        b.iter_custom(|iters| timed_reconciles(&sync, &library, iters, &changes))
+    });
+    group.bench_function("baseline_read_both_and_list_root", |b| {
+        b.iter_custom(|iters| {
+            baseline.call();
+            (0..iters)
+                .map(|_| {
+                    let start = Instant::now();
+                    std::hint::black_box(clinic::baseline_read(&clinic.root, &synced.path));
+                    baseline.record(start.elapsed())
+                })
+                .sum()
+        })
+    });
+    group.finish();
+    drop(sync);
+    let wrote_nothing = before == fingerprint(&[&synced.path, &nanopix_db]);
+    println!("steady reconcile: changes summed over all runs {:?}; files untouched: {wrote_nothing}", changes.borrow());
+    report_steady(&library, &baseline);
+}
+
+/// Times `iters` reconciles on an open handle, adding up whatever they changed.
+fn timed_reconciles(sync: &NanoPixSync, timings: &Timings, iters: u64, changes: &RefCell<ReconcileReport>) -> Duration {
+    timings.call();
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let report = sync.reconcile().expect("reconcile");
+        total += timings.record(start.elapsed());
+        let mut sum = changes.borrow_mut();
+        sum.imported += report.imported;
+        sum.linked += report.linked;
+        sum.exported += report.exported;
+        sum.removed += report.removed;
+        sum.repaired += report.repaired;
+        sum.errors += report.errors;
+        sum.possible_duplicates += report.possible_duplicates;
+    }
+    total
+}
+
+/// Prints the steady reconcile's ratio, its p99 and whether it stayed under 300 ms.
+fn report_steady(library: &Timings, baseline: &Timings) {
+    let (mut measured, base) = (library.measured(), baseline.measured());
+    if measured.is_empty() || base.is_empty() {
+        return;
+    }
+    measured.sort();
+    let worst = measured.last().copied().unwrap_or_default();
+    let verdict = if worst < Duration::from_millis(300) { "met" } else { "NOT met" };
+    let budget = format!("slowest run {}, budget < 300 ms: {verdict}", ms(worst));
+    println!("{}", clinic::ratio_line("steady reconcile 100k/100k", &measured, &base, &budget));
+}
+
+/// (c) Exports 1,000 DentalTID patients one by one; prints p50/p99 against bare inserts.
+fn exports(clinic: &Clinic, synced: &FileCopy) {
+    let unlinked = unlinked_patients(&synced.path, EXPORTS);
+    let clock = ManualClock::new(clinic_now());
+    let sync = NanoPixSync::open(clinic.config(&synced.path, &clock)).expect("open");
+    let mut library = Vec::with_capacity(EXPORTS);
+    for patient_id in unlinked {
+        clock.advance(chrono::Duration::seconds(1));
+        let start = Instant::now();
+        sync.export_patient(patient_id).expect("export");
+        library.push(start.elapsed());
+    }
+    drop(sync);
+    let baseline = baseline_exports(clinic);
+    print_percentiles("export_patient x1000 at 100k", library, baseline);
+}
+
+/// The first `count` DentalTID patients without a NanoPix link.
+fn unlinked_patients(dentaltid: &Path, count: usize) -> Vec<i64> {
+    let conn = Connection::open(dentaltid).expect("open DentalTID");
+    let mut statement =
+        conn.prepare("SELECT id FROM patients WHERE external_id IS NULL ORDER BY id LIMIT ?1").expect("prepare");
+    statement.query_map([count as i64], |row| row.get(0)).expect("query").collect::<Result<_, _>>().expect("ids")
+}
+
+/// 1,000 bare NanoPix inserts (each its own commit) plus a `create_dir`, on copies, with ids a
+/// day after the library's exports.
+fn baseline_exports(clinic: &Clinic) -> Vec<Duration> {
+    let nanopix = FileCopy::of(&clinic.nanopix_db());
+    let folders = clinic.dir.path().join("baseline_root");
+    std::fs::create_dir_all(&folders).expect("baseline root");
+    let conn = Connection::open(&nanopix.path).expect("open NanoPix copy");
+    let mut durations = Vec::with_capacity(EXPORTS);
+    for n in 0..EXPORTS {
+        let when = clinic_now() + chrono::Duration::days(1) + chrono::Duration::seconds(n as i64);
+        let id = when.format("%Y%m%d_%H%M%S").to_string();
+        let stamp = when.format("%Y-%m-%d %H:%M:%S").to_string();
+        let start = Instant::now();
+        conn.prepare_cached(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Lefèvre', 'Zoé', 'Female', '1990-07-04', ?2, ?2)",
+        )
+        .and_then(|mut insert| insert.execute((&id, &stamp)))
+        .expect("insert");
+        std::fs::create_dir(folders.join(&id)).expect("folder");
+        durations.push(start.elapsed());
+    }
+    durations
+}
+
+/// Prints p50 and p99 of both sets and whether the library's p99 is under 20 ms.
+fn print_percentiles(name: &str, mut library: Vec<Duration>, mut baseline: Vec<Duration>) {
+    library.sort();
+    baseline.sort();
+    let (p50, p99) = (percentile(&library, 50.0), percentile(&library, 99.0));
+    let (b50, b99) = (percentile(&baseline, 50.0), percentile(&baseline, 99.0));
+    let verdict = if p99 < Duration::from_millis(20) { "met" } else { "NOT met" };
+    println!(
+        "{name}: library p50 {} p99 {} (n={}); baseline p50 {} p99 {} (n={}); ratio p50 {:.2}x p99 {:.2}x; budget p99 < 20 ms: {verdict}",
+        ms(p50),
+        ms(p99),
+        library.len(),
+        ms(b50),
+        ms(b99),
+        baseline.len(),
+        p50.as_secs_f64() / b50.as_secs_f64(),
+        p99.as_secs_f64() / b99.as_secs_f64(),
+    );
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    let started = Instant::now();
+    let clinic = Clinic::generate(SCALE, SCALE);
+    println!("generated {SCALE}/{SCALE} clinic in {:?}: {:?}", started.elapsed(), clinic.mix);
+    first_sync(&mut criterion, &clinic);
+    let synced = clinic.copy_dentaltid();
+    steady_reconcile(&mut criterion, &clinic, &synced);
+    if clinic::filter_allows("export_patient") {
+        exports(&clinic, &synced);
+    }
+    criterion.final_summary();
+}

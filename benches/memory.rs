@@ -1,0 +1,86 @@
+//! Peak memory (`VmHWM`) of a first sync at 100,000/100,000 against a bare-rusqlite copy of
+//! the same rows, each measured in a child process of this executable so that generating the
+//! clinic does not count. Run with `cargo bench --bench memory` (Linux: reads /proc).
+
+mod clinic;
+
+use std::path::Path;
+use std::process::Command;
+
+use clinic::{Clinic, clinic_now};
+use nanopix_sync::{ManualClock, NanoPixSync};
+
+/// Patients on each side.
+const SCALE: usize = 100_000;
+/// Tells a child what to run: `sync`, `baseline` or `idle`.
+const ROLE: &str = "NANOPIX_SYNC_BENCH_MEMORY_ROLE";
+/// The child's NanoPix `PatientData` folder.
+const ROOT: &str = "NANOPIX_SYNC_BENCH_MEMORY_ROOT";
+/// The child's own copy of the DentalTID database.
+const DENTALTID: &str = "NANOPIX_SYNC_BENCH_MEMORY_DENTALTID";
+/// The budget for the first sync's peak.
+const BUDGET_KIB: u64 = 64 * 1024;
+
+/// This process's peak resident set, in KiB, from /proc/self/status.
+fn peak_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The child: runs one role on the clinic named by the environment and prints its peak.
+fn child(role: &str) {
+    let root = std::env::var_os(ROOT).expect("root given");
+    let dentaltid = std::env::var_os(DENTALTID).expect("DentalTID given");
+    let (root, dentaltid) = (Path::new(&root), Path::new(&dentaltid));
+    match role {
+        "sync" => {
+            let config = clinic::config_for(root, dentaltid, &ManualClock::new(clinic_now()));
+            let mut sync = NanoPixSync::open(config).expect("open");
+            let report = sync.reconcile().expect("reconcile");
+            sync.close();
+            eprintln!("child sync report: {report:?}");
+        }
+        "baseline" => {
+            let copied = clinic::baseline_copy(&root.join("database/NanoPix.db3"), dentaltid);
+            eprintln!("child baseline copied {copied} rows");
+        }
+        _ => {}
+    }
+    println!("VmHWM {}", peak_kib().expect("VmHWM readable"));
+}
+
+/// Runs this executable as a child in `role` on a fresh DentalTID copy; returns its peak in KiB.
+fn measure(clinic: &Clinic, role: &str) -> u64 {
+    let copy = clinic.copy_dentaltid();
+    let exe = std::env::current_exe().expect("own executable");
+    let output = Command::new(exe)
+        .env(ROLE, role)
+        .env(ROOT, &clinic.root)
+        .env(DENTALTID, &copy.path)
+        .output()
+        .expect("run child");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "child {role} failed: {}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let peak = stdout.lines().find_map(|line| line.strip_prefix("VmHWM "));
+    peak.and_then(|kib| kib.trim().parse().ok()).expect("child printed its peak")
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        child(&role);
+        return;
+    }
+    let clinic = Clinic::generate(SCALE, SCALE);
+    println!("generated {SCALE}/{SCALE} clinic: {:?}", clinic.mix);
+    let idle = measure(&clinic, "idle");
+    let baseline = measure(&clinic, "baseline");
+    let sync = measure(&clinic, "sync");
+    let verdict = if sync < BUDGET_KIB { "met" } else { "NOT met" };
+    println!("peak memory (VmHWM), first sync {SCALE}/{SCALE}:");
+    println!("  process that only starts: {idle} KiB ({:.1} MiB)", idle as f64 / 1024.0);
+    println!("  baseline rusqlite copy:   {baseline} KiB ({:.1} MiB)", baseline as f64 / 1024.0);
+    println!("  library open + reconcile: {sync} KiB ({:.1} MiB)", sync as f64 / 1024.0);
+    println!("  ratio to baseline {:.2}x; budget < 64 MiB: {verdict}", sync as f64 / baseline as f64);
+}
