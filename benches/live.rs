@@ -329,7 +329,13 @@ fn scale_row(clinic: &Clinic, scale: usize) -> ScaleRow {
     let sync = NanoPixSync::open(clinic.config(&dentaltid.path, &clock)).expect("open");
     sync.reconcile().expect("first sync");
     let first_sync = start.elapsed();
-    let steady = (0..SCALING_RECONCILES).map(|_| timed(|| drop(sync.reconcile().expect("reconcile")))).collect();
+    let steady = (0..SCALING_RECONCILES)
+        .map(|_| {
+            timed(|| {
+                sync.reconcile().expect("reconcile");
+            })
+        })
+        .collect();
     let baseline_read = (0..SCALING_RECONCILES)
         .map(|_| {
             timed(|| {

@@ -24,7 +24,7 @@ use self::names::Person;
 use self::rng::Rng;
 
 /// The seed every clinic is generated from.
-const SEED: u64 = 0x5EED_0F_C11_1C;
+const SEED: u64 = 0x05EE_D0FC_111C;
 
 /// The day the benches pretend it is: 2025-06-02 10:00:00, after every generated patient.
 pub fn clinic_now() -> NaiveDateTime {
@@ -284,7 +284,7 @@ pub fn baseline_read(root: &Path, dentaltid: &Path) -> usize {
         "SELECT id, name, familyName, dateOfBirth, createdAt, source, external_id FROM patients",
     );
     let entries = std::fs::read_dir(root).expect("list root");
-    seen + entries.filter_map(|entry| entry.ok()).map(|entry| std::hint::black_box(entry.file_name())).count()
+    seen + entries.filter_map(|entry| entry.ok()).inspect(|entry| drop(std::hint::black_box(entry.file_name()))).count()
 }
 
 /// Reads every column of every row of `sql` as text-or-null; returns the row count.
