@@ -10,7 +10,7 @@ use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::events::Event;
+use crate::events::{EVENT_QUEUE_CAPACITY, Event, EventBus};
 
 /// A host callback for events.
 pub type EventCallback = Box<dyn Fn(&Event) + Send + Sync>;
@@ -23,6 +23,8 @@ struct Slot {
 
 /// The callback thread and the slot holding the current callback.
 pub(crate) struct Dispatcher {
+    bus: Arc<EventBus>,
+    feed: Sender<Event>,
     slot: Arc<Slot>,
     done: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -35,20 +37,28 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the callback thread on a copy of the event stream.
-    pub fn start(events: Receiver<Event>) -> std::io::Result<Self> {
+    /// Starts the callback thread; it receives copies of `bus`'s events while a callback is set.
+    pub fn start(bus: Arc<EventBus>) -> std::io::Result<Self> {
+        let (feed, events) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
         let slot = Arc::new(Slot::default());
         let (done, done_signal) = crossbeam_channel::bounded(0);
         let thread_slot = slot.clone();
         let thread = std::thread::Builder::new()
             .name("nanopix-sync-events".into())
             .spawn(move || deliver(&thread_slot, &events, &done_signal))?;
-        Ok(Self { slot, done: Some(done), thread: Some(thread) })
+        Ok(Self { bus, feed, slot, done: Some(done), thread: Some(thread) })
     }
 
     /// Sets or clears the callback; returns once no call of the previous one is in flight.
     pub fn set(&self, callback: Option<EventCallback>) {
+        let listening = callback.is_some();
+        if !listening {
+            self.bus.set_listener(None);
+        }
         *self.slot.callback.lock().unwrap_or_else(PoisonError::into_inner) = callback.map(Arc::new);
+        if listening {
+            self.bus.set_listener(Some(self.feed.clone()));
+        }
         if self.thread_id() != Some(std::thread::current().id()) {
             drop(self.slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
         }
@@ -56,6 +66,7 @@ impl Dispatcher {
 
     /// Delivers the events already queued, then stops and joins the thread.
     pub fn stop(&mut self) {
+        self.bus.set_listener(None);
         self.done = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

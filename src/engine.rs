@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
+use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
 use crate::events::{DuplicateCandidate, EventBus, EventKind, ReconcileReport};
 use crate::matching::{self, Decision};
 use crate::nanopix::{FolderScan, NanoPix};
@@ -18,7 +18,11 @@ use crate::sync::SourceInfo;
 use crate::{Config, Error, NanoPixId, Result};
 
 /// How many imported patients are written per DentalTID transaction.
-const IMPORT_CHUNK: usize = 2_000;
+const IMPORT_CHUNK: usize = 10_000;
+
+/// Up to how many distinct birth dates the candidates for matching are read by date; beyond it
+/// reading every DentalTID patient is cheaper.
+const MAX_CANDIDATE_DATES: usize = 500;
 
 /// Flags the handle sets from other threads, read by the engine between steps.
 #[derive(Debug, Default)]
@@ -59,9 +63,9 @@ type PendingImport<'a> = (&'a NanoPixPatient, Option<(crate::DuplicateReason, Ve
 struct Snapshot {
     nanopix_pk: i64,
     nanopix_rows: u64,
-    nanopix: Vec<NanoPixPatient>,
+    nanopix: Vec<NanoPixId>,
     folders: FolderScan,
-    dentaltid: Vec<Patient>,
+    dentaltid: Vec<PatientRef>,
     links: Vec<Link>,
     pending: Vec<PendingExport>,
 }
@@ -94,9 +98,13 @@ impl Engine {
         self.repair_exports(&mut report)?;
         let snapshot = self.snapshot(&mut report)?;
         let known = self.adopt_existing_links(&snapshot)?;
-        let unlinked: Vec<NanoPixPatient> =
-            snapshot.nanopix.iter().filter(|p| !known.contains(&p.id.to_string())).cloned().collect();
-        self.import_unlinked(&unlinked, &snapshot.dentaltid, &mut report)?;
+        let unlinked: HashSet<NanoPixId> = snapshot.nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
+        if !unlinked.is_empty() {
+            let patients = self.nanopix.read_patients()?.patients;
+            let unlinked: Vec<NanoPixPatient> = patients.into_iter().filter(|p| unlinked.contains(&p.id)).collect();
+            let candidates = self.match_candidates(&unlinked)?;
+            self.import_unlinked(&unlinked, &candidates, &mut report)?;
+        }
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
@@ -203,12 +211,15 @@ impl Engine {
         Ok(unknown)
     }
 
-    /// The DentalTID patients new NanoPix patients could match: by birth date, or all of them
-    /// when a NanoPix birth date is missing.
+    /// The DentalTID patients unlinked NanoPix patients could match: those born on their birth
+    /// dates, or all of them when a NanoPix birth date is missing or there are many to match.
     fn match_candidates(&self, unlinked: &[NanoPixPatient]) -> Result<Vec<Patient>> {
-        match unlinked.iter().map(|p| p.birth_date).collect::<Option<Vec<_>>>() {
-            Some(dates) => self.dentaltid.match_candidates(&dates),
-            None => self.dentaltid.all_patients(),
+        let dates: Option<HashSet<_>> = unlinked.iter().map(|p| p.birth_date).collect();
+        match dates {
+            Some(dates) if dates.len() <= MAX_CANDIDATE_DATES => {
+                self.dentaltid.match_candidates(&dates.into_iter().collect::<Vec<_>>())
+            }
+            _ => self.dentaltid.all_patients(),
         }
     }
 
@@ -256,9 +267,9 @@ impl Engine {
     }
 
     fn snapshot(&self, report: &mut ReconcileReport) -> Result<Snapshot> {
-        let rows = self.nanopix.read_patients()?;
-        let nanopix_pk = rows.patients.iter().map(|p| p.pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
-        let nanopix_rows = (rows.patients.len() + rows.odd_rows.len()) as u64;
+        let rows = self.nanopix.patient_ids()?;
+        let nanopix_pk = rows.ids.iter().map(|(pk, _)| *pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
+        let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
         self.report_odd_rows(rows.odd_rows, report);
         let folders = self.nanopix.scan_folders()?;
         for name in &folders.odd_names {
@@ -267,9 +278,9 @@ impl Engine {
         Ok(Snapshot {
             nanopix_pk: nanopix_pk.unwrap_or(0),
             nanopix_rows,
-            nanopix: rows.patients,
+            nanopix: rows.ids.into_iter().map(|(_, id)| id).collect(),
             folders,
-            dentaltid: self.dentaltid.all_patients()?,
+            dentaltid: self.dentaltid.patient_refs()?,
             links: self.dentaltid.links()?,
             pending: self.dentaltid.pending_exports()?,
         })
@@ -277,14 +288,14 @@ impl Engine {
 
     /// Records link rows for patients DentalTID already links, and returns every NanoPix id
     /// the sync already knows (linked, recorded, or being exported).
-    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<HashSet<String>> {
+    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<HashSet<NanoPixId>> {
         let recorded: HashSet<i64> = snapshot.links.iter().map(|l| l.patient_id).collect();
         let adopt: Vec<(i64, NanoPixId, LinkOrigin)> = snapshot
             .dentaltid
             .iter()
             .filter(|p| !recorded.contains(&p.id))
             .filter_map(|p| {
-                let id = NanoPixId::parse(p.external_id.as_deref()?).ok()?;
+                let id = p.external_id?;
                 let origin = if p.source == Source::NanoPix { LinkOrigin::Imported } else { LinkOrigin::Matched };
                 Some((p.id, id, origin))
             })
@@ -292,9 +303,10 @@ impl Engine {
         if !adopt.is_empty() {
             self.dentaltid.adopt_links(&adopt, self.config.clock.now())?;
         }
-        let mut known: HashSet<String> = snapshot.dentaltid.iter().filter_map(|p| p.external_id.clone()).collect();
-        known.extend(snapshot.links.iter().map(|l| l.external_id.clone()));
-        known.extend(snapshot.pending.iter().map(|p| p.external_id.to_string()));
+        let recorded = snapshot.links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok());
+        let mut known: HashSet<NanoPixId> = snapshot.dentaltid.iter().filter_map(|p| p.external_id).collect();
+        known.extend(recorded);
+        known.extend(snapshot.pending.iter().map(|p| p.external_id));
         Ok(known)
     }
 
@@ -336,13 +348,15 @@ impl Engine {
         }
         let decisions = matching::decide(unlinked, dentaltid, self.config.auto_link);
         let by_id: HashMap<i64, &Patient> = dentaltid.iter().map(|p| (p.id, p)).collect();
+        let mut links = Vec::new();
         let mut imports = Vec::new();
         for (patient, decision) in unlinked.iter().zip(decisions) {
             match decision {
-                Decision::Link { patient_id } => self.link(patient, patient_id, &by_id, report),
+                Decision::Link { patient_id } => links.push((patient_id, patient.id)),
                 Decision::Import { possible_duplicate } => imports.push((patient, possible_duplicate)),
             }
         }
+        self.link_all(&links, &by_id, report)?;
         for chunk in imports.chunks(IMPORT_CHUNK) {
             if self.cancelled() {
                 break;
@@ -352,26 +366,33 @@ impl Engine {
         Ok(())
     }
 
-    fn link(
+    /// Links NanoPix patients to the DentalTID patients they match, in one transaction.
+    fn link_all(
         &mut self,
-        patient: &NanoPixPatient,
-        patient_id: i64,
+        links: &[(i64, NanoPixId)],
         by_id: &HashMap<i64, &Patient>,
         report: &mut ReconcileReport,
-    ) {
-        match self.dentaltid.link_existing(patient_id, patient.id, self.config.clock.now()) {
-            Ok(()) => {
-                report.linked += 1;
-                let existing = by_id.get(&patient_id);
-                self.bus.emit(EventKind::PatientLinked {
-                    patient_id,
-                    external_id: patient.id.to_string(),
-                    first_name: existing.map(|p| p.first_name.clone()).unwrap_or_default(),
-                    last_name: existing.map(|p| p.last_name.clone()).unwrap_or_default(),
-                });
-            }
-            Err(error) => self.report_error(&error, Some(patient.id.to_string()), Some(patient_id), report),
+    ) -> Result<()> {
+        if links.is_empty() {
+            return Ok(());
         }
+        let outcomes = self.dentaltid.link_all(links, self.config.clock.now())?;
+        for (&(patient_id, external_id), outcome) in links.iter().zip(outcomes) {
+            let external_id = external_id.to_string();
+            if let Err(error) = outcome {
+                self.report_error(&error, Some(external_id), Some(patient_id), report);
+                continue;
+            }
+            report.linked += 1;
+            let existing = by_id.get(&patient_id);
+            self.bus.emit(EventKind::PatientLinked {
+                patient_id,
+                external_id,
+                first_name: existing.map(|p| p.first_name.clone()).unwrap_or_default(),
+                last_name: existing.map(|p| p.last_name.clone()).unwrap_or_default(),
+            });
+        }
+        Ok(())
     }
 
     fn import_chunk(
@@ -409,7 +430,7 @@ impl Engine {
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
     /// patient was deleted. Writes only on a change of state.
     fn check_links(&mut self, snapshot: &Snapshot, report: &mut ReconcileReport) -> Result<()> {
-        let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().map(|p| p.id).collect();
+        let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };

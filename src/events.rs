@@ -205,28 +205,22 @@ pub struct EventBus {
     seq: AtomicU64,
     sender: Sender<Event>,
     dropped: AtomicU64,
-    listeners: Mutex<Vec<Sender<Event>>>,
+    listener: Mutex<Option<Sender<Event>>>,
 }
 
 impl EventBus {
     /// A bus and the receiving end of its queue.
     pub fn new(clock: Arc<dyn Clock>) -> (Self, Receiver<Event>) {
         let (sender, receiver) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
-        let bus = Self {
-            clock,
-            seq: AtomicU64::new(0),
-            sender,
-            dropped: AtomicU64::new(0),
-            listeners: Mutex::new(Vec::new()),
-        };
+        let bus =
+            Self { clock, seq: AtomicU64::new(0), sender, dropped: AtomicU64::new(0), listener: Mutex::new(None) };
         (bus, receiver)
     }
 
-    /// Adds a second queue that receives a copy of every later event, for a callback thread.
-    pub fn listen(&self) -> Receiver<Event> {
-        let (sender, receiver) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
-        self.listeners.lock().unwrap_or_else(PoisonError::into_inner).push(sender);
-        receiver
+    /// Sets (or, with `None`, removes) a second queue that receives a copy of every later
+    /// event: the callback thread's, while a callback is set.
+    pub fn set_listener(&self, listener: Option<Sender<Event>>) {
+        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) = listener;
     }
 
     /// Stamps `kind` and queues it. Never blocks.
@@ -252,14 +246,18 @@ impl EventBus {
 
     fn push(&self, kind: EventKind) {
         // Stamping and queueing under one lock keeps `seq` in queue order across threads.
-        let mut listeners = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
         let event =
             Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind };
+        let copy = listener.as_ref().map(|_| event.clone());
         // The queue first: a listener's wakeup must find the event already queued.
-        if let Err(TrySendError::Full(_)) = self.sender.try_send(event.clone()) {
+        if let Err(TrySendError::Full(_)) = self.sender.try_send(event) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        listeners.retain(|listener| !matches!(listener.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
+        if let (Some(listener), Some(copy)) = (listener.as_ref(), copy) {
+            // A full callback queue drops the copy; the main queue still holds the event.
+            let _ = listener.try_send(copy);
+        }
     }
 }
 

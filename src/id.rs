@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
 use crate::{Error, Result};
 
@@ -84,7 +84,9 @@ impl NanoPixId {
 
 impl fmt::Display for NanoPixId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.format("%Y%m%d_%H%M%S"))
+        let (date, time) = (self.0.date(), self.0.time());
+        write!(f, "{:04}{:02}{:02}_", date.year(), date.month(), date.day())?;
+        write!(f, "{:02}{:02}{:02}", time.hour(), time.minute(), time.second())
     }
 }
 

@@ -5,7 +5,7 @@
 //! `YYYY-MM-DD HH:MM:SS`, also local. Parsing here is forgiving (odd values become `None`);
 //! formatting always produces exactly what the owning program writes.
 
-use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use serde::Serialize;
 
 use crate::NanoPixId;
@@ -165,7 +165,13 @@ pub fn age_on(born: NaiveDate, today: NaiveDate) -> i64 {
 
 /// Formats a local time the way Dart's `DateTime.toIso8601String()` does: `2025-01-21T15:26:46.000`.
 pub fn dart_timestamp(at: NaiveDateTime) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+    let mut text = String::with_capacity(23);
+    push_date(&mut text, at.date());
+    text.push('T');
+    push_clock_time(&mut text, at);
+    text.push('.');
+    push_digits(&mut text, at.and_utc().timestamp_subsec_millis().min(999), 3);
+    text
 }
 
 /// Formats a date as a Dart midnight timestamp, DentalTID's `dateOfBirth`.
@@ -176,6 +182,39 @@ pub fn dart_date(date: NaiveDate) -> String {
 /// Reads a timestamp Dart's `DateTime.parse` would accept in the forms DentalTID stores.
 pub fn parse_dart_timestamp(text: &str) -> Option<NaiveDateTime> {
     let text = text.trim();
+    parse_usual_timestamp(text).or_else(|| parse_other_timestamp(text))
+}
+
+/// The forms both programs write, read without chrono's format machinery (the hot path of a
+/// full reconcile): `YYYY-MM-DD`, then optionally `T` or a space and `HH:MM:SS`, then
+/// optionally `.` and up to nine digits.
+fn parse_usual_timestamp(text: &str) -> Option<NaiveDateTime> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = bytes.get(range)?;
+        digits.iter().try_fold(0u32, |n, &b| b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0')))
+    };
+    let dashes = bytes.get(4) == Some(&b'-') && bytes.get(7) == Some(&b'-');
+    let date = NaiveDate::from_ymd_opt(i32::try_from(number(0..4)?).ok()?, number(5..7)?, number(8..10)?)
+        .filter(|_| dashes)?;
+    if bytes.len() == 10 {
+        return Some(date.and_time(NaiveTime::MIN));
+    }
+    let shape =
+        matches!(bytes.get(10), Some(b'T' | b' ')) && bytes.get(13) == Some(&b':') && bytes.get(16) == Some(&b':');
+    let time = NaiveTime::from_hms_opt(number(11..13)?, number(14..16)?, number(17..19)?).filter(|_| shape)?;
+    let nanos = match bytes.get(19..) {
+        Some([]) => 0,
+        Some([b'.', fraction @ ..]) if (1..=9).contains(&fraction.len()) => {
+            number(20..bytes.len())? * 10u32.pow(9 - u32::try_from(fraction.len()).ok()?)
+        }
+        _ => return None,
+    };
+    Some(date.and_time(time.with_nanosecond(nanos)?))
+}
+
+/// The rarer forms DentalTID may hold (minutes only), read with chrono.
+fn parse_other_timestamp(text: &str) -> Option<NaiveDateTime> {
     ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
         .iter()
         .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
@@ -189,12 +228,45 @@ pub fn parse_dart_date(text: &str) -> Option<NaiveDate> {
 
 /// Formats a date the way NanoPix does: `2025-01-21`.
 pub fn nanopix_date(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
+    let mut text = String::with_capacity(10);
+    push_date(&mut text, date);
+    text
 }
 
 /// Formats a datetime the way NanoPix does: `2025-01-21 15:26:46`.
 pub fn nanopix_datetime(at: NaiveDateTime) -> String {
-    at.format("%Y-%m-%d %H:%M:%S").to_string()
+    let mut text = String::with_capacity(19);
+    push_date(&mut text, at.date());
+    text.push(' ');
+    push_clock_time(&mut text, at);
+    text
+}
+
+/// Appends `YYYY-MM-DD`. Written digit by digit: this runs for every event and every row, and
+/// chrono's format strings are parsed anew on each call.
+fn push_date(text: &mut String, date: NaiveDate) {
+    push_digits(text, u32::try_from(date.year()).unwrap_or(0), 4);
+    text.push('-');
+    push_digits(text, date.month(), 2);
+    text.push('-');
+    push_digits(text, date.day(), 2);
+}
+
+/// Appends `HH:MM:SS` (a leap second shows as :59).
+fn push_clock_time(text: &mut String, at: NaiveDateTime) {
+    push_digits(text, at.hour(), 2);
+    text.push(':');
+    push_digits(text, at.minute(), 2);
+    text.push(':');
+    push_digits(text, at.second().min(59), 2);
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(text: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10u32.pow(place) % 10;
+        text.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+    }
 }
 
 /// Reads NanoPix's `birthdate`; a datetime or ISO timestamp keeps its date part.
@@ -242,6 +314,20 @@ mod tests {
             assert_eq!(parse_nanopix_date(odd), None, "{odd:?}");
         }
         assert_eq!(parse_nanopix_date("2025-01-21 00:00:00"), Some(date(2025, 1, 21)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_timestamp_reader_agrees_with_chrono(text in "[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?)?") {
+            proptest::prop_assert_eq!(parse_usual_timestamp(&text), parse_other_timestamp(&text));
+        }
+
+        #[test]
+        fn the_fast_timestamp_reader_never_panics(text in "\\PC{0,30}") {
+            if let Some(at) = parse_usual_timestamp(&text) {
+                proptest::prop_assert_eq!(Some(at), parse_other_timestamp(&text));
+            }
+        }
     }
 
     #[test]

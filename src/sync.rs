@@ -76,7 +76,7 @@ impl NanoPixSync {
         let bus = Arc::new(bus);
         let signals = Arc::new(Signals::default());
         let engine = Engine::open(config, bus.clone(), signals.clone())?;
-        let dispatcher = Dispatcher::start(bus.listen()).map_err(|source| Error::Io {
+        let dispatcher = Dispatcher::start(bus.clone()).map_err(|source| Error::Io {
             path: PathBuf::new(),
             step: "starting the event thread",
             source,

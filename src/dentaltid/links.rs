@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use rusqlite::{Row, params};
 
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
-use super::values::{integer_at, text_at};
+use super::values::{integer_at, read_text, text_at};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{dart_timestamp, parse_dart_timestamp};
 use crate::{Error, NanoPixId, Result};
@@ -110,9 +110,9 @@ impl DentalTid {
 /// Reads a row of [`LINK_COLUMNS`]; `None` when a value is not one this library writes.
 fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Link>> {
     let (Some(patient_id), Some(external_id)) = (integer_at(row, 0)?, text_at(row, 1)?) else { return Ok(None) };
-    let origin = text_at(row, 2)?.as_deref().and_then(LinkOrigin::from_column);
-    let state = text_at(row, 3)?.as_deref().and_then(LinkState::from_column);
-    let synced_at = text_at(row, 4)?.as_deref().and_then(parse_dart_timestamp);
+    let origin = read_text(row, 2, |text| text.and_then(LinkOrigin::from_column))?;
+    let state = read_text(row, 3, |text| text.and_then(LinkState::from_column))?;
+    let synced_at = read_text(row, 4, |text| text.and_then(parse_dart_timestamp))?;
     let (Some(origin), Some(state), Some(synced_at)) = (origin, state, synced_at) else { return Ok(None) };
     Ok(Some(Link { patient_id, external_id, origin, state, synced_at }))
 }
@@ -128,7 +128,7 @@ fn pending_export_from_row(row: &Row<'_>) -> rusqlite::Result<Option<PendingExpo
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{at, nanopix_id, sample_database};
+    use super::super::testing::{at, link_one, nanopix_id, sample_database};
     use super::*;
 
     #[test]
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn adopted_links_never_replace_recorded_ones() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.link_existing(1, nanopix_id("20250121_152638"), at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
         let adopt = [
             (1, nanopix_id("20250101_000000"), LinkOrigin::Imported),
             (2, nanopix_id("20250102_000000"), LinkOrigin::Imported),
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn link_state_changes_only_existing_links() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.link_existing(1, nanopix_id("20250121_152638"), at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
         dentaltid.set_link_state(1, LinkState::Missing).unwrap();
         assert_eq!(dentaltid.link(1).unwrap().unwrap().state, LinkState::Missing);
         dentaltid.set_link_state(1, LinkState::DeleteRequested).unwrap();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::patient::Source;
 use crate::{Error, NanoPixId, Result};
 
 mod links;
@@ -19,6 +20,9 @@ mod state;
 #[cfg(test)]
 mod testing;
 mod values;
+
+/// The page cache of the sync's DentalTID connection, in KiB (SQLite takes a negative number).
+const CACHE_KIB: i64 = -8192;
 
 /// The state of a link between a DentalTID patient and a NanoPix patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -76,6 +80,18 @@ impl LinkOrigin {
     }
 }
 
+/// What a reconcile needs of every DentalTID patient when nothing changed: its id, where it came
+/// from and its NanoPix id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PatientRef {
+    /// `patients.id`.
+    pub id: i64,
+    /// `patients.source`.
+    pub source: Source,
+    /// `patients.external_id`, if it holds a valid NanoPix id.
+    pub external_id: Option<NanoPixId>,
+}
+
 /// A row of `nanopix_sync_links`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Link {
@@ -124,6 +140,9 @@ impl DentalTid {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
         conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
+        // Our connection's page cache only (never stored in the file): a first sync of 100,000
+        // patients touches more pages than SQLite's default 2 MB holds.
+        conn.pragma_update(None, "cache_size", CACHE_KIB).map_err(Error::db(path, "sizing the page cache"))?;
         let mut dentaltid = Self { conn, path: path.to_path_buf() };
         dentaltid.check_patients_table()?;
         dentaltid.migrate()?;

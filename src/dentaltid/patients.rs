@@ -8,8 +8,8 @@
 use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::values::{integer_at, text_at};
-use super::{DentalTid, LinkOrigin, LinkState};
+use super::values::{integer_at, read_text, text_at};
+use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
 use crate::{Error, NanoPixId, Result};
 
@@ -128,21 +128,45 @@ impl DentalTid {
         })
     }
 
-    /// Links an existing patient: sets `external_id` (only if it is still NULL) and records the link.
+    /// Links existing patients to NanoPix ids in one transaction: sets `external_id` (only where
+    /// it is still NULL) and records each link. Returns one outcome per link, in order.
     ///
     /// # Failure
-    /// [`Error::PatientNotFound`] if there is no such patient, [`Error::AlreadyLinked`] if it
-    /// already has an `external_id`. Either way nothing is written.
-    pub fn link_existing(&mut self, patient_id: i64, external_id: NanoPixId, synced_at: NaiveDateTime) -> Result<()> {
-        let (external_id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
-        self.write("linking a patient", |tx| {
-            if tx.execute(SET_EXTERNAL_ID, params![external_id, patient_id])? == 0 {
-                return refusal(tx, patient_id).map(Err);
-            }
+    /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient and
+    /// [`Error::AlreadyLinked`] if it already has an `external_id`; nothing is written for it.
+    pub fn link_all(&mut self, links: &[(i64, NanoPixId)], synced_at: NaiveDateTime) -> Result<Vec<Result<()>>> {
+        let synced_at = dart_timestamp(synced_at);
+        self.write("linking patients", |tx| {
+            let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
+            let mut record = tx.prepare_cached(UPSERT_LINK)?;
             let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());
-            tx.execute(UPSERT_LINK, params![patient_id, external_id, origin, state, synced_at])?;
-            Ok(Ok(()))
-        })?
+            let mut outcomes = Vec::with_capacity(links.len());
+            for (patient_id, external_id) in links {
+                let external_id = external_id.to_string();
+                if set_external_id.execute(params![external_id, patient_id])? == 0 {
+                    outcomes.push(Err(refusal(tx, *patient_id)?));
+                    continue;
+                }
+                record.execute(params![patient_id, external_id, origin, state, synced_at])?;
+                outcomes.push(Ok(()));
+            }
+            Ok(outcomes)
+        })
+    }
+
+    /// The id, source and NanoPix id of every patient, in id order.
+    pub fn patient_refs(&self) -> Result<Vec<PatientRef>> {
+        let read = || {
+            let mut statement = self.conn.prepare_cached("SELECT id, source, external_id FROM patients ORDER BY id")?;
+            let rows = statement.query_map([], |row| {
+                let Some(id) = integer_at(row, 0)? else { return Ok(None) };
+                let source = read_text(row, 1, Source::from_column)?;
+                let external_id = read_text(row, 2, |text| text.and_then(|text| NanoPixId::parse(text.trim()).ok()))?;
+                Ok(Some(PatientRef { id, source, external_id }))
+            })?;
+            rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
+        };
+        read().map_err(Error::db(&self.path, "reading patient links"))
     }
 
     /// Runs `SELECT <patient columns> FROM patients <tail>` and reads every row whose id is an integer.
@@ -167,8 +191,8 @@ fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Patient>> {
         date_of_birth: text_at(row, 4)?.as_deref().and_then(parse_dart_date),
         created_at: text_at(row, 5)?.unwrap_or_default(),
         phone: text_at(row, 6)?.unwrap_or_default(),
-        source: Source::from_column(text_at(row, 7)?.as_deref()),
-        external_id: text_at(row, 8)?.filter(|id| !id.trim().is_empty()),
+        source: read_text(row, 7, Source::from_column)?,
+        external_id: external_id_at(row, 8)?,
     }))
 }
 
@@ -181,6 +205,11 @@ fn refusal(conn: &Connection, patient_id: i64) -> rusqlite::Result<Error> {
         None => Error::PatientNotFound(patient_id),
         Some(external_id) => Error::AlreadyLinked { patient_id, external_id: external_id.unwrap_or_default() },
     })
+}
+
+/// An `external_id` cell: blank counts as unset.
+fn external_id_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(text_at(row, index)?.filter(|id| !id.trim().is_empty()))
 }
 
 /// The larger of `sqlite_sequence`'s counter for `patients` (when there is one) and `MAX(id)`.
@@ -197,7 +226,7 @@ pub(super) fn highest_patient_id(conn: &Connection) -> rusqlite::Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{at, nanopix_id, new_patient, sample_database};
+    use super::super::testing::{at, link_one, new_patient, sample_database};
     use super::*;
 
     fn names(patients: &[Patient]) -> Vec<&str> {
@@ -315,7 +344,7 @@ mod tests {
     #[test]
     fn link_existing_sets_the_id_and_keeps_the_source() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.link_existing(1, nanopix_id("20250121_152638"), at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
         let amina = dentaltid.patient(1).unwrap().unwrap();
         assert_eq!((amina.source, amina.external_id.as_deref()), (Source::Internal, Some("20250121_152638")));
         let link = dentaltid.link(1).unwrap().unwrap();
@@ -325,15 +354,15 @@ mod tests {
     #[test]
     fn link_existing_refuses_a_linked_or_missing_patient() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.link_existing(2, nanopix_id("20250121_152638"), at(2025, 1, 21, 12, 0)).unwrap();
-        let error = dentaltid.link_existing(2, nanopix_id("20250122_101010"), at(2025, 1, 22, 12, 0)).unwrap_err();
+        link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
+        let error = link_one(&mut dentaltid, 2, "20250122_101010", at(2025, 1, 22, 12, 0)).unwrap_err();
         assert!(
             matches!(&error, Error::AlreadyLinked { patient_id: 2, external_id } if external_id == "20250121_152638"),
             "{error:?}"
         );
         assert_eq!(dentaltid.patient(2).unwrap().unwrap().external_id.as_deref(), Some("20250121_152638"));
         assert_eq!(dentaltid.link(2).unwrap().unwrap().synced_at, at(2025, 1, 21, 12, 0));
-        let error = dentaltid.link_existing(42, nanopix_id("20250122_101010"), at(2025, 1, 22, 12, 0)).unwrap_err();
+        let error = link_one(&mut dentaltid, 42, "20250122_101010", at(2025, 1, 22, 12, 0)).unwrap_err();
         assert!(matches!(error, Error::PatientNotFound(42)), "{error:?}");
         assert_eq!(dentaltid.link(42).unwrap(), None);
     }

@@ -72,3 +72,14 @@ pub(super) fn new_patient(
         external_id: nanopix_id(id),
     }
 }
+
+/// Links one patient through [`DentalTid::link_all`] and returns its outcome.
+pub(super) fn link_one(
+    dentaltid: &mut DentalTid,
+    patient_id: i64,
+    external_id: &str,
+    synced_at: chrono::NaiveDateTime,
+) -> crate::Result<()> {
+    let mut outcomes = dentaltid.link_all(&[(patient_id, nanopix_id(external_id))], synced_at)?;
+    outcomes.pop().unwrap_or(Ok(()))
+}

@@ -22,8 +22,24 @@ const TATWEEL: char = '\u{0640}';
 /// assert_eq!(normalise_name("مُحَمَّد"), "محمد");
 /// ```
 pub fn normalise_name(name: &str) -> String {
+    if name.is_ascii() {
+        // Nothing to decompose: only case and spaces to fold (most names, at clinic scale).
+        return join_words(name.split_whitespace(), |word, out| out.push_str(&word.to_ascii_lowercase()));
+    }
     let folded: String = name.nfkd().flat_map(char::to_lowercase).nfkd().filter(|&c| is_kept(c)).collect();
-    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+    join_words(folded.split_whitespace(), |word, out| out.push_str(word))
+}
+
+/// Joins words with single spaces, writing each through `push`.
+fn join_words<'a>(words: impl Iterator<Item = &'a str>, push: impl Fn(&str, &mut String)) -> String {
+    let mut out = String::new();
+    for word in words {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        push(word, &mut out);
+    }
+    out
 }
 
 /// Whether a decomposed, lower-cased character carries meaning for matching.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior, params_from_iter};
 
-use super::{OddRow, PatientRows};
+use super::{IdRows, OddRow, PatientRows};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient};
 use crate::{Error, NanoPixId, Result};
 
@@ -144,8 +144,23 @@ fn selected(columns: &HashSet<String>, column: &'static str) -> &'static str {
     }
 }
 
-/// Reads one row of [`READ_COLUMNS`]; only a failure to reach a column is an error.
-fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Result<NanoPixPatient, OddRow>> {
+/// Every row's `pk` and id, in `pk` order; a row that is not a patient becomes an [`OddRow`].
+pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite::Result<IdRows> {
+    let sql = format!("SELECT {pk}, id FROM Patient ORDER BY {pk}", pk = pk_column(columns));
+    let mut statement = conn.prepare(&sql)?;
+    let mut rows = statement.query([])?;
+    let mut found = IdRows::default();
+    while let Some(row) = rows.next()? {
+        match row_key(row)? {
+            Ok(key) => found.ids.push(key),
+            Err(odd) => found.odd_rows.push(odd),
+        }
+    }
+    Ok(found)
+}
+
+/// The `pk` and id of a row whose first two columns are `pk` and `id`, or why it is odd.
+fn row_key(row: &Row<'_>) -> rusqlite::Result<Result<(i64, NanoPixId), OddRow>> {
     let raw_id = row.get_ref(1)?;
     let odd = |pk: i64, problem: &str| OddRow {
         pk,
@@ -155,9 +170,14 @@ fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Result<NanoPixPatient, Od
     let ValueRef::Integer(pk) = row.get_ref(0)? else {
         return Ok(Err(odd(0, "pk is not an integer")));
     };
-    let id = match parse_id(raw_id) {
-        Ok(id) => id,
-        Err(problem) => return Ok(Err(odd(pk, problem))),
+    Ok(parse_id(raw_id).map(|id| (pk, id)).map_err(|problem| odd(pk, problem)))
+}
+
+/// Reads one row of [`READ_COLUMNS`]; only a failure to reach a column is an error.
+fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Result<NanoPixPatient, OddRow>> {
+    let (pk, id) = match row_key(row)? {
+        Ok(key) => key,
+        Err(odd) => return Ok(Err(odd)),
     };
     let text = |index: usize| row.get_ref(index).map(lossy_text);
     Ok(Ok(NanoPixPatient {
@@ -177,6 +197,10 @@ fn parse_id(value: ValueRef<'_>) -> Result<NanoPixId, &'static str> {
     match value {
         ValueRef::Null => Err("id is NULL"),
         ValueRef::Blob(_) => Err("id is stored as a blob"),
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| NanoPixId::parse(text).ok())
+            .ok_or("id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"),
         other => lossy_text(other)
             .and_then(|text| NanoPixId::parse(&text).ok())
             .ok_or("id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"),

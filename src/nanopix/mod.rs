@@ -44,6 +44,15 @@ pub(crate) struct PatientRows {
     pub odd_rows: Vec<OddRow>,
 }
 
+/// The `pk` and id of every `Patient` row, and the rows that could not be read.
+#[derive(Debug, Default)]
+pub(crate) struct IdRows {
+    /// `(pk, id)` of each readable row, in `pk` order.
+    pub ids: Vec<(i64, NanoPixId)>,
+    /// The rows whose id (or `pk`) could not be read.
+    pub odd_rows: Vec<OddRow>,
+}
+
 /// The patient folders found under `PatientData`.
 #[derive(Debug, Default)]
 pub(crate) struct FolderScan {
@@ -97,6 +106,11 @@ impl NanoPix {
     /// Every patient row, in `pk` order.
     pub fn read_patients(&self) -> Result<PatientRows> {
         self.select(Selection::All)
+    }
+
+    /// The `pk` and id of every row, in `pk` order: what a reconcile needs when nothing changed.
+    pub fn patient_ids(&self) -> Result<IdRows> {
+        database::read_ids(&self.conn, &self.patient_columns).map_err(self.sql_error("read patient ids"))
     }
 
     /// Patient rows with `pk` greater than `pk`, in `pk` order.
