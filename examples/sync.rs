@@ -8,9 +8,6 @@
 //! a fatal error, with a one-line reason.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use nanopix_sync::{Config, NanoPixSync, PatientFilter};
 
@@ -76,17 +73,22 @@ fn print_events(sync: &NanoPixSync) {
 
 /// Switches Live Sync on and prints events until SIGINT or SIGTERM.
 fn watch(sync: &NanoPixSync) -> Result<(), String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).map_err(|e| e.to_string())?;
+    let (stop, stopped) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = stop.try_send(());
+    })
+    .map_err(|e| e.to_string())?;
     sync.set_live_sync(true).map_err(|e| e.to_string())?;
     let events = sync.events();
-    while !stop.load(Ordering::SeqCst) {
-        if let Ok(event) = events.recv_timeout(Duration::from_millis(100)) {
-            println!("{}", event.to_json());
+    loop {
+        crossbeam_channel::select! {
+            recv(events) -> event => match event {
+                Ok(event) => println!("{}", event.to_json()),
+                Err(_) => return Ok(()),
+            },
+            recv(stopped) -> _ => return Ok(()),
         }
     }
-    Ok(())
 }
 
 fn print_status(sync: &NanoPixSync) -> Result<(), String> {
