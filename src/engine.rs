@@ -18,7 +18,7 @@ use crate::sync::SourceInfo;
 use crate::{Config, Error, NanoPixId, Result};
 
 /// How many imported patients are written per DentalTID transaction.
-const IMPORT_CHUNK: usize = 10_000;
+const IMPORT_CHUNK: usize = 5_000;
 
 /// Up to how many distinct birth dates the candidates for matching are read by date; beyond it
 /// reading every DentalTID patient is cheaper.

@@ -143,12 +143,11 @@ fn exports_and_imports_never_echo() {
     assert_eq!((nanopix, dentaltid), (vec![3], vec![9]));
 }
 
-#[test]
-fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
-    let clinic = Clinic::new("v29");
+/// Adds `count` NanoPix rows in one transaction, enough for a pass that takes a while.
+fn add_many_nanopix_rows(clinic: &Clinic, count: u32) {
     let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     conn.execute_batch("BEGIN").unwrap();
-    for i in 0..20_000 {
+    for i in 0..count {
         let id = format!(
             "2024{:02}{:02}_{:02}{:02}{:02}",
             1 + i / 2000 % 12,
@@ -164,6 +163,12 @@ fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
         .unwrap();
     }
     conn.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
+    let clinic = Clinic::new("v29");
+    add_many_nanopix_rows(&clinic, 20_000);
     let mut sync = clinic.open();
     let events = sync.events();
     sync.set_live_sync(true).unwrap();
@@ -179,24 +184,7 @@ fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
 #[test]
 fn switching_live_sync_off_mid_pass_returns_promptly() {
     let clinic = Clinic::new("v29");
-    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    conn.execute_batch("BEGIN").unwrap();
-    for i in 0..20_000 {
-        let id = format!(
-            "2024{:02}{:02}_{:02}{:02}{:02}",
-            1 + i / 2000 % 12,
-            1 + i / 80 % 25,
-            i / 3600 % 24,
-            i / 60 % 60,
-            i % 60
-        );
-        conn.execute(
-            "INSERT OR IGNORE INTO Patient(id, last_name, first_name) VALUES (?1, 'Many', ?2)",
-            (&id, i.to_string()),
-        )
-        .unwrap();
-    }
-    conn.execute_batch("COMMIT").unwrap();
+    add_many_nanopix_rows(&clinic, 20_000);
     let sync = clinic.open();
     sync.set_live_sync(true).unwrap();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { .. }));
