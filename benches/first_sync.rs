@@ -14,7 +14,7 @@ use criterion::{Criterion, SamplingMode};
 use nanopix_sync::{ManualClock, NanoPixSync, ReconcileReport};
 use rusqlite::Connection;
 
-use clinic::{Clinic, FileCopy, clinic_now, ms, percentile};
+use clinic::{Clinic, FileCopy, clinic_now, ms, percentile, percentile_line};
 
 /// Patients on each side.
 const SCALE: usize = 100_000;
@@ -190,7 +190,18 @@ fn exports(clinic: &Clinic, synced: &FileCopy) {
     }
     drop(sync);
     let baseline = baseline_exports(clinic);
-    print_percentiles("export_patient x1000 at 100k", library, baseline);
+    let (mut library, mut baseline) = (library, baseline);
+    library.sort();
+    let verdict = if percentile(&library, 99.0) < Duration::from_millis(20) { "met" } else { "NOT met" };
+    println!(
+        "{}",
+        percentile_line(
+            "export_patient x1000 at 100k",
+            &mut library,
+            &mut baseline,
+            &format!("; budget p99 < 20 ms: {verdict}")
+        )
+    );
 }
 
 /// The first `count` DentalTID patients without a NanoPix link.
@@ -224,26 +235,6 @@ fn baseline_exports(clinic: &Clinic) -> Vec<Duration> {
         durations.push(start.elapsed());
     }
     durations
-}
-
-/// Prints p50 and p99 of both sets and whether the library's p99 is under 20 ms.
-fn print_percentiles(name: &str, mut library: Vec<Duration>, mut baseline: Vec<Duration>) {
-    library.sort();
-    baseline.sort();
-    let (p50, p99) = (percentile(&library, 50.0), percentile(&library, 99.0));
-    let (b50, b99) = (percentile(&baseline, 50.0), percentile(&baseline, 99.0));
-    let verdict = if p99 < Duration::from_millis(20) { "met" } else { "NOT met" };
-    println!(
-        "{name}: library p50 {} p99 {} (n={}); baseline p50 {} p99 {} (n={}); ratio p50 {:.2}x p99 {:.2}x; budget p99 < 20 ms: {verdict}",
-        ms(p50),
-        ms(p99),
-        library.len(),
-        ms(b50),
-        ms(b99),
-        baseline.len(),
-        p50.as_secs_f64() / b50.as_secs_f64(),
-        p99.as_secs_f64() / b99.as_secs_f64(),
-    );
 }
 
 fn main() {

@@ -18,7 +18,7 @@ use nanopix_sync::{Event, EventKind, ManualClock, NanoPixSync, WatchMode};
 use notify::{RecursiveMode, Watcher};
 use rusqlite::Connection;
 
-use clinic::{Clinic, FileCopy, clinic_now, ms, percentile};
+use clinic::{Clinic, FileCopy, clinic_now, ms, percentile, percentile_line};
 
 /// Patients the latency runs add one at a time.
 const LATENCY_PATIENTS: usize = 500;
@@ -153,25 +153,6 @@ fn wait_for_path(events: &mpsc::Receiver<notify::Result<notify::Event>>, path: &
     None
 }
 
-/// Prints p50/p99 of the library and the baseline, and their ratios.
-fn print_latency(name: &str, library: &mut [Duration], baseline: &mut [Duration], budget: &str) {
-    library.sort();
-    baseline.sort();
-    let (p50, p99) = (percentile(library, 50.0), percentile(library, 99.0));
-    let (b50, b99) = (percentile(baseline, 50.0), percentile(baseline, 99.0));
-    println!(
-        "{name}: library p50 {} p99 {} (n={}); bare notify p50 {} p99 {} (n={}); ratio p50 {:.1}x p99 {:.1}x{budget}",
-        ms(p50),
-        ms(p99),
-        library.len(),
-        ms(b50),
-        ms(b99),
-        baseline.len(),
-        p50.as_secs_f64() / b50.as_secs_f64(),
-        p99.as_secs_f64() / b99.as_secs_f64(),
-    );
-}
-
 /// NanoPix → DentalTID latency with native events and with 100 ms polling, each against notify.
 fn import_latency(clinic: &Clinic) {
     let start = clinic_now() - chrono::Duration::hours(1);
@@ -183,7 +164,7 @@ fn import_latency(clinic: &Clinic) {
     let mut watcher = notify::recommended_watcher(sender).expect("notify watcher");
     let mut bare = notify_import_latencies(&mut watcher, &events, &mut writer);
     drop(watcher);
-    print_latency("live import, native events, 1k/1k clinic", &mut native, &mut bare, "");
+    println!("{}", percentile_line("live import, native events, 1k/1k clinic", &mut native, &mut bare, ""));
 
     let live = LiveSync::start(clinic, WatchMode::Polling, Duration::from_millis(100));
     let mut polling = import_latencies(&live, &mut writer, LATENCY_PATIENTS);
@@ -192,7 +173,7 @@ fn import_latency(clinic: &Clinic) {
     let config = notify::Config::default().with_poll_interval(Duration::from_millis(100));
     let mut watcher = notify::PollWatcher::new(sender, config).expect("poll watcher");
     let mut bare = notify_import_latencies(&mut watcher, &events, &mut writer);
-    print_latency("live import, polling 100 ms, 1k/1k clinic", &mut polling, &mut bare, "");
+    println!("{}", percentile_line("live import, polling 100 ms, 1k/1k clinic", &mut polling, &mut bare, ""));
 }
 
 /// Adds a DentalTID patient the way DentalTID does, from its own connection; returns its id
@@ -227,7 +208,15 @@ fn export_latency(clinic: &Clinic) {
     let LiveSync { sync, dentaltid, .. } = live;
     drop(sync);
     let mut bare = notify_dentaltid_latencies(&conn, &dentaltid.path);
-    print_latency("live export (DentalTID insert to patient_exported), 1k/1k clinic", &mut library, &mut bare, "");
+    println!(
+        "{}",
+        percentile_line(
+            "live export (DentalTID insert to patient_exported), 1k/1k clinic",
+            &mut library,
+            &mut bare,
+            ""
+        )
+    );
 }
 
 /// Checks that an exported patient's NanoPix folder and row exist.

@@ -318,6 +318,26 @@ pub fn ratio_line(name: &str, library: &[Duration], baseline: &[Duration], budge
     format!("{name}: library median {}, baseline median {}, ratio {ratio:.2}x ({budget})", ms(library), ms(baseline))
 }
 
+/// p50 and p99 of the library and the baseline, and their ratios, as one line for the bench output.
+pub fn percentile_line(name: &str, library: &mut [Duration], baseline: &mut [Duration], budget: &str) -> String {
+    library.sort();
+    baseline.sort();
+    let (p50, p99) = (percentile(library, 50.0), percentile(library, 99.0));
+    let (b50, b99) = (percentile(baseline, 50.0), percentile(baseline, 99.0));
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(f64::MIN_POSITIVE);
+    format!(
+        "{name}: library p50 {} p99 {} (n={}); baseline p50 {} p99 {} (n={}); ratio p50 {:.2}x p99 {:.2}x{budget}",
+        ms(p50),
+        ms(p99),
+        library.len(),
+        ms(b50),
+        ms(b99),
+        baseline.len(),
+        ratio(p50, b50),
+        ratio(p99, b99),
+    )
+}
+
 /// The median of unsorted durations.
 pub fn median(durations: &[Duration]) -> Duration {
     let mut sorted = durations.to_vec();
