@@ -213,3 +213,20 @@ fn a_rust_callback_receives_events_until_it_is_cleared() {
     drop(sync);
     assert!(received.try_recv().is_err(), "a cleared callback is never called again, even for `closed`");
 }
+
+#[test]
+fn a_live_pass_links_exact_matches_and_reports_near_misses() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_091500", "BENALI", "Amina", Some("1985-03-12"));
+    let linked = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientLinked { .. }));
+    assert!(
+        matches!(linked.kind, EventKind::PatientLinked { patient_id: 1, ref external_id, .. } if external_id == "20250122_091500")
+    );
+
+    clinic.add_nanopix("20250122_091600", "Haddad", "Karim", Some("1970-06-01"));
+    let reported = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PossibleDuplicate { .. }));
+    let EventKind::PossibleDuplicate { reason, candidates, .. } = reported.kind else { unreachable!() };
+    assert_eq!(reason, nanopix_sync::DuplicateReason::MissingBirthDate, "Karim has no birth date in DentalTID");
+    assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), vec![6]);
+}

@@ -40,10 +40,12 @@ const ADD_SOURCE: &str = "ALTER TABLE patients ADD COLUMN source TEXT DEFAULT 'i
 /// DentalTID's own definition of `external_id` (its migration to version 25).
 const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT";
 
-/// The sync's index and tables. The index is not UNIQUE: older versions may have written
-/// duplicate `external_id`s, and every row must be kept.
+/// The sync's indexes and tables. The `external_id` index is not UNIQUE: older versions may have
+/// written duplicate `external_id`s, and every row must be kept. The `dateOfBirth` index lets a
+/// live pass find the few patients a new NanoPix patient could match without a full scan.
 const OWN_SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
+    CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
     CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS nanopix_sync_links(
         patient_id INTEGER PRIMARY KEY,
@@ -60,8 +62,9 @@ const OWN_SCHEMA: &str = "
 ";
 
 /// The schema objects [`OWN_SCHEMA`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 4] = [
+const OWN_OBJECTS: [(&str, &str); 5] = [
     ("index", "nanopix_sync_patients_external_id"),
+    ("index", "nanopix_sync_patients_date_of_birth"),
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
