@@ -20,6 +20,10 @@ use crate::{Config, Error, NanoPixId, Result};
 /// How many imported patients are written per DentalTID transaction.
 const IMPORT_CHUNK: usize = 5_000;
 
+/// From how many patients an import is a bulk import, written without the sync's own indexes,
+/// which are built again at the end.
+const BULK_IMPORT: usize = 10_000;
+
 /// Up to how many distinct birth dates the candidates for matching are read by date; beyond it
 /// reading every DentalTID patient is cheaper.
 const MAX_CANDIDATE_DATES: usize = 500;
@@ -357,11 +361,26 @@ impl Engine {
             }
         }
         self.link_all(&links, &by_id, report)?;
+        if imports.len() < BULK_IMPORT {
+            return self.import_chunks(&imports, &by_id, report);
+        }
+        self.dentaltid.drop_own_indexes()?;
+        let imported = self.import_chunks(&imports, &by_id, report);
+        self.dentaltid.build_own_indexes()?;
+        imported
+    }
+
+    fn import_chunks(
+        &mut self,
+        imports: &[PendingImport<'_>],
+        by_id: &HashMap<i64, &Patient>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
         for chunk in imports.chunks(IMPORT_CHUNK) {
             if self.cancelled() {
                 break;
             }
-            self.import_chunk(chunk, &by_id, report)?;
+            self.import_chunk(chunk, by_id, report)?;
         }
         Ok(())
     }

@@ -266,3 +266,30 @@ fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
     assert_eq!(created, vec!["2025-01-22T08:00:00.000"], "an unreadable created_datetime falls back to the id's time");
     assert!(!clinic.dir.path().join("escape").exists());
 }
+
+#[test]
+fn a_bulk_import_keeps_every_patient_and_rebuilds_the_sync_indexes() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..12_000 {
+        let id = format!(
+            "2024{:02}{:02}_{:02}{:02}{:02}",
+            1 + i / 1000,
+            1 + i / 40 % 25,
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        );
+        conn.execute("INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', ?2)", (&id, i.to_string()))
+            .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    let report = clinic.open().reconcile().unwrap();
+    assert_eq!(report.imported, 12_001);
+    let indexes: Vec<String> = clinic.dentaltid_rows(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_%' ORDER BY name",
+        |r| r.get(0),
+    );
+    assert_eq!(indexes, ["nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"]);
+}

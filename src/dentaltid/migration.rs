@@ -40,12 +40,22 @@ const ADD_SOURCE: &str = "ALTER TABLE patients ADD COLUMN source TEXT DEFAULT 'i
 /// DentalTID's own definition of `external_id` (its migration to version 25).
 const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT";
 
-/// The sync's indexes and tables. The `external_id` index is not UNIQUE: older versions may have
-/// written duplicate `external_id`s, and every row must be kept. The `dateOfBirth` index lets a
-/// live pass find the few patients a new NanoPix patient could match without a full scan.
-const OWN_SCHEMA: &str = "
+/// The sync's indexes on `patients`. The `external_id` index is not UNIQUE: older versions may
+/// have written duplicate `external_id`s, and every row must be kept. The `dateOfBirth` index lets
+/// a live pass find the few patients a new NanoPix patient could match without a full scan.
+const OWN_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
+";
+
+/// Drops [`OWN_INDEXES`] (and nothing else) for a bulk import.
+const DROP_OWN_INDEXES: &str = "
+    DROP INDEX IF EXISTS nanopix_sync_patients_external_id;
+    DROP INDEX IF EXISTS nanopix_sync_patients_date_of_birth;
+";
+
+/// The sync's own tables.
+const OWN_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS nanopix_sync_links(
         patient_id INTEGER PRIMARY KEY,
@@ -61,7 +71,7 @@ const OWN_SCHEMA: &str = "
     );
 ";
 
-/// The schema objects [`OWN_SCHEMA`] creates, as `(type, name)` in `sqlite_master`.
+/// The schema objects [`OWN_INDEXES`] and [`OWN_TABLES`] create, as `(type, name)` in `sqlite_master`.
 const OWN_OBJECTS: [(&str, &str); 5] = [
     ("index", "nanopix_sync_patients_external_id"),
     ("index", "nanopix_sync_patients_date_of_birth"),
@@ -98,12 +108,25 @@ impl DentalTid {
             if !columns.contains("external_id") {
                 tx.execute_batch(ADD_EXTERNAL_ID)?;
             }
-            tx.execute_batch(OWN_SCHEMA)
+            tx.execute_batch(OWN_INDEXES)?;
+            tx.execute_batch(OWN_TABLES)
         })
+    }
+
+    /// Drops the sync's own indexes before a bulk import: building them once afterwards is far
+    /// cheaper than keeping them up to date row by row. [`DentalTid::build_own_indexes`] puts
+    /// them back; after a crash in between, the next `open` does.
+    pub fn drop_own_indexes(&mut self) -> Result<()> {
+        self.write("dropping the sync's indexes for a bulk import", |tx| tx.execute_batch(DROP_OWN_INDEXES))
+    }
+
+    /// Builds the sync's own indexes again after a bulk import.
+    pub fn build_own_indexes(&mut self) -> Result<()> {
+        self.write("building the sync's indexes", |tx| tx.execute_batch(OWN_INDEXES))
     }
 }
 
-/// Whether both columns and every object of [`OWN_SCHEMA`] exist.
+/// Whether both columns and every object of [`OWN_INDEXES`] and [`OWN_TABLES`] exist.
 fn is_migrated(conn: &Connection) -> rusqlite::Result<bool> {
     let columns = patient_columns(conn)?;
     if !columns.contains("source") || !columns.contains("external_id") {
