@@ -89,7 +89,8 @@ impl NanoPixSync {
         Ok(Self { jobs: Some(jobs), events, bus, engine: Some(thread), dispatcher, signals })
     }
 
-    /// The queue of events. Every clone sees each event once (they share one queue).
+    /// The queue of events. Clones share one queue: each event is received once, by whichever
+    /// clone takes it first.
     pub fn events(&self) -> Receiver<Event> {
         self.events.clone()
     }
