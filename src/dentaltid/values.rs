@@ -21,12 +21,13 @@ pub(super) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<St
 /// Applies `read` to the cell at `index` as text, without copying it when it already is UTF-8
 /// text (the usual case, on the hot path of a reconcile); other cells go through [`text_at`].
 pub(super) fn read_text<T>(row: &Row<'_>, index: usize, read: impl FnOnce(Option<&str>) -> T) -> rusqlite::Result<T> {
-    if let ValueRef::Text(bytes) = row.get_ref(index)?
-        && let Ok(text) = std::str::from_utf8(bytes)
-    {
-        return Ok(read(Some(text)));
+    match row.get_ref(index)? {
+        ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(read(Some(text))),
+            Err(_) => Ok(read(Some(&String::from_utf8_lossy(bytes)))),
+        },
+        _ => Ok(read(text_at(row, index)?.as_deref())),
     }
-    Ok(read(text_at(row, index)?.as_deref()))
 }
 
 /// The cell at `index` as a whole number, when it holds one (as an integer, a whole real or
