@@ -134,14 +134,13 @@ impl Engine {
     }
 
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
-    pub fn set_live_sync(&mut self, enabled: bool) -> Result<bool> {
-        let changed = self.dentaltid.live_sync()? != enabled;
+    pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
         self.signals.live.store(enabled, Ordering::Relaxed);
-        if changed {
+        if self.dentaltid.live_sync()? != enabled {
             self.dentaltid.set_live_sync(enabled)?;
             self.bus.emit(EventKind::LiveSyncChanged { enabled });
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// Exports one DentalTID patient now, whatever Live Sync says.
@@ -195,11 +194,11 @@ impl Engine {
         Ok(report)
     }
 
-    /// Whether DentalTID has fewer rows than the cursor plus the rows added since.
+    /// Whether DentalTID lost a row the cursor counted (ids never come back, so fewer rows up to
+    /// the cursor's highest id means one was deleted).
     fn dentaltid_lost_rows(&self, cursor: LiveCursor) -> Result<bool> {
         let (max_id, rows) = cursor.dentaltid;
-        let added = self.dentaltid.patients_after(max_id)?.len() as u64;
-        Ok(self.dentaltid.extent()?.1 < rows + added)
+        Ok(self.dentaltid.rows_up_to(max_id)? < rows)
     }
 
     /// The new NanoPix patients that no DentalTID patient and no export in flight holds yet.

@@ -112,7 +112,7 @@ impl NanoPixSync {
         if !enabled {
             self.signals.live.store(false, Ordering::Relaxed);
         }
-        self.call(move |engine| engine.set_live_sync(enabled).map(drop))
+        self.call(move |engine| engine.set_live_sync(enabled))
     }
 
     /// Whether Live Sync is on.

@@ -230,3 +230,16 @@ fn a_live_pass_links_exact_matches_and_reports_near_misses() {
     assert_eq!(reason, nanopix_sync::DuplicateReason::MissingBirthDate, "Karim has no birth date in DentalTID");
     assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), vec![6]);
 }
+
+#[test]
+fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    rusqlite::Connection::open(&clinic.dentaltid)
+        .unwrap()
+        .execute("DELETE FROM patients WHERE id = ?1", [patient_id])
+        .unwrap();
+    let asked = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
+    assert_eq!(asked.kind, EventKind::DeleteRequested { patient_id, external_id: "20250121_152638".into() });
+}

@@ -72,6 +72,15 @@ impl DentalTid {
         self.query_patients("reading new patients", "WHERE id > ?1 ORDER BY id", [cursor])
     }
 
+    /// How many rows have an id up to `max_id`.
+    pub fn rows_up_to(&self, max_id: i64) -> Result<u64> {
+        let count = |conn: &Connection| {
+            conn.prepare_cached("SELECT COUNT(*) FROM patients WHERE id <= ?1")?
+                .query_row([max_id], |row| row.get::<_, i64>(0))
+        };
+        count(&self.conn).map(i64::unsigned_abs).map_err(Error::db(&self.path, "counting patients"))
+    }
+
     /// The highest `patients.id` and the number of rows, read together.
     pub fn extent(&self) -> Result<(i64, u64)> {
         let read = |conn: &Connection| {
