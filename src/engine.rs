@@ -47,6 +47,8 @@ pub(crate) struct Engine {
     signals: Arc<Signals>,
     automatic: bool,
     cursor: Option<LiveCursor>,
+    /// Whether DentalTID holds the sync's indexes, which live passes need.
+    indexed: bool,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -79,8 +81,13 @@ impl Engine {
     pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
-        signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
-        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false, cursor: None };
+        let indexed = dentaltid.has_own_indexes()?;
+        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false, cursor: None, indexed };
+        let live = engine.dentaltid.live_sync()?;
+        engine.signals.live.store(live, Ordering::Relaxed);
+        if live {
+            engine.ensure_indexes()?;
+        }
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
     }
@@ -135,6 +142,9 @@ impl Engine {
 
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
+        if enabled {
+            self.ensure_indexes()?;
+        }
         self.signals.live.store(enabled, Ordering::Relaxed);
         if self.dentaltid.live_sync()? != enabled {
             self.dentaltid.set_live_sync(enabled)?;
@@ -164,6 +174,7 @@ impl Engine {
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
     /// past the cursor. A row removed on either side leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
+        self.ensure_indexes()?;
         let Some(cursor) = self.cursor else { return self.reconcile() };
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
@@ -194,6 +205,15 @@ impl Engine {
         Ok(report)
     }
 
+    /// Adds the indexes live passes need, once.
+    fn ensure_indexes(&mut self) -> Result<()> {
+        if !self.indexed {
+            self.dentaltid.ensure_own_indexes()?;
+            self.indexed = true;
+        }
+        Ok(())
+    }
+
     /// Whether DentalTID lost a row the cursor counted (ids never come back, so fewer rows up to
     /// the cursor's highest id means one was deleted).
     fn dentaltid_lost_rows(&self, cursor: LiveCursor) -> Result<bool> {
@@ -215,11 +235,12 @@ impl Engine {
     }
 
     /// The DentalTID patients unlinked NanoPix patients could match: those born on their birth
-    /// dates, or all of them when a NanoPix birth date is missing or there are many to match.
+    /// dates, or all of them when a NanoPix birth date is missing, there are many to match or
+    /// there is no index to find them by.
     fn match_candidates(&self, unlinked: &[NanoPixPatient]) -> Result<Vec<Patient>> {
         let dates: Option<HashSet<_>> = unlinked.iter().map(|p| p.birth_date).collect();
         match dates {
-            Some(dates) if dates.len() <= MAX_CANDIDATE_DATES => {
+            Some(dates) if self.indexed && dates.len() <= MAX_CANDIDATE_DATES => {
                 self.dentaltid.match_candidates(&dates.into_iter().collect::<Vec<_>>())
             }
             _ => self.dentaltid.all_patients(),
@@ -360,7 +381,7 @@ impl Engine {
             }
         }
         self.link_all(&links, &by_id, report)?;
-        if imports.len() < BULK_IMPORT {
+        if imports.len() < BULK_IMPORT || !self.indexed {
             return self.import_chunks(&imports, &by_id, report);
         }
         self.dentaltid.drop_own_indexes()?;

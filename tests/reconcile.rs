@@ -268,8 +268,22 @@ fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
 }
 
 #[test]
-fn a_bulk_import_keeps_every_patient_and_rebuilds_the_sync_indexes() {
+fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     let clinic = Clinic::new("v29");
+    let indexes = || -> Vec<String> {
+        clinic.dentaltid_rows(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_%' ORDER BY name",
+            |r| r.get(0),
+        )
+    };
+    let both = ["nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"];
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().imported, 1, "the fixture's patient");
+    assert!(indexes().is_empty(), "a sync on demand needs no index");
+    sync.set_live_sync(true).unwrap();
+    sync.set_live_sync(false).unwrap();
+    drop(sync);
+    assert_eq!(indexes(), both);
     let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     conn.execute_batch("BEGIN").unwrap();
     for i in 0..12_000 {
@@ -286,10 +300,6 @@ fn a_bulk_import_keeps_every_patient_and_rebuilds_the_sync_indexes() {
     }
     conn.execute_batch("COMMIT").unwrap();
     let report = clinic.open().reconcile().unwrap();
-    assert_eq!(report.imported, 12_001);
-    let indexes: Vec<String> = clinic.dentaltid_rows(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_%' ORDER BY name",
-        |r| r.get(0),
-    );
-    assert_eq!(indexes, ["nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"]);
+    assert_eq!(report.imported, 12_000);
+    assert_eq!(indexes(), both);
 }

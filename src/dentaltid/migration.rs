@@ -1,5 +1,6 @@
 //! Checking and migrating `dentaltid.db`: the `patients` table must be DentalTID's, then the
-//! sync's two columns, its index and its own `nanopix_sync_*` tables are added if missing.
+//! sync's two columns and its own `nanopix_sync_*` tables are added if missing. The sync's two
+//! indexes on `patients` serve live passes, so they are added when Live Sync is on.
 //!
 //! The checks never write. The migration is additive and idempotent, runs in one `BEGIN
 //! IMMEDIATE` transaction, and writes nothing at all when everything already exists. It never
@@ -43,6 +44,9 @@ const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT"
 /// The sync's indexes on `patients`. The `external_id` index is not UNIQUE: older versions may
 /// have written duplicate `external_id`s, and every row must be kept. The `dateOfBirth` index lets
 /// a live pass find the few patients a new NanoPix patient could match without a full scan.
+///
+/// A full reconcile reads every patient and needs neither, so they exist only from the moment
+/// Live Sync is on: a clinic that only ever syncs on demand does not pay for keeping them.
 const OWN_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
@@ -71,10 +75,12 @@ const OWN_TABLES: &str = "
     );
 ";
 
-/// The schema objects [`OWN_INDEXES`] and [`OWN_TABLES`] create, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 5] = [
-    ("index", "nanopix_sync_patients_external_id"),
-    ("index", "nanopix_sync_patients_date_of_birth"),
+/// The indexes [`OWN_INDEXES`] creates, as `(type, name)` in `sqlite_master`.
+const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
+    [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
+
+/// The tables [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
+const OWN_OBJECTS: [(&str, &str); 3] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
@@ -108,9 +114,21 @@ impl DentalTid {
             if !columns.contains("external_id") {
                 tx.execute_batch(ADD_EXTERNAL_ID)?;
             }
-            tx.execute_batch(OWN_INDEXES)?;
             tx.execute_batch(OWN_TABLES)
         })
+    }
+
+    /// Whether the sync's indexes on `patients` exist.
+    pub fn has_own_indexes(&self) -> Result<bool> {
+        all_exist(&self.conn, &OWN_INDEX_OBJECTS).map_err(Error::db(&self.path, "looking for the sync's indexes"))
+    }
+
+    /// Adds the sync's indexes on `patients` if either is missing; writes nothing otherwise.
+    pub fn ensure_own_indexes(&mut self) -> Result<()> {
+        if self.has_own_indexes()? {
+            return Ok(());
+        }
+        self.build_own_indexes()
     }
 
     /// Drops the sync's own indexes before a bulk import: building them once afterwards is far
@@ -120,19 +138,21 @@ impl DentalTid {
         self.write("dropping the sync's indexes for a bulk import", |tx| tx.execute_batch(DROP_OWN_INDEXES))
     }
 
-    /// Builds the sync's own indexes again after a bulk import.
+    /// Builds the sync's own indexes (again, after a bulk import).
     pub fn build_own_indexes(&mut self) -> Result<()> {
         self.write("building the sync's indexes", |tx| tx.execute_batch(OWN_INDEXES))
     }
 }
 
-/// Whether both columns and every object of [`OWN_INDEXES`] and [`OWN_TABLES`] exist.
+/// Whether both columns and every table of [`OWN_TABLES`] exist.
 fn is_migrated(conn: &Connection) -> rusqlite::Result<bool> {
     let columns = patient_columns(conn)?;
-    if !columns.contains("source") || !columns.contains("external_id") {
-        return Ok(false);
-    }
-    for (kind, name) in OWN_OBJECTS {
+    Ok(columns.contains("source") && columns.contains("external_id") && all_exist(conn, &OWN_OBJECTS)?)
+}
+
+/// Whether every `(type, name)` of `objects` is in `sqlite_master`.
+fn all_exist(conn: &Connection, objects: &[(&str, &str)]) -> rusqlite::Result<bool> {
+    for (kind, name) in objects {
         if !schema_object_exists(conn, kind, name)? {
             return Ok(false);
         }
@@ -264,7 +284,8 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("UPDATE patients SET external_id = '20250121_152638' WHERE id IN (1, 2, 3)").unwrap();
         drop(conn);
-        let dentaltid = open(&path);
+        let mut dentaltid = open(&path);
+        dentaltid.ensure_own_indexes().unwrap();
         let patients = dentaltid.all_patients().unwrap();
         assert_eq!(patients.len(), 6);
         let linked = patients.iter().filter(|p| p.external_id.as_deref() == Some("20250121_152638")).count();
