@@ -4,21 +4,22 @@
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
-use crate::events::{DuplicateCandidate, EventBus, EventKind, ReconcileReport};
-use crate::matching::{self, Decision};
+use crate::events::{EventBus, EventKind, ReconcileReport};
+use crate::matching::{DentalIndex, Import, MatchedLink, Matcher};
 use crate::nanopix::{FolderScan, NanoPix};
 use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
 use crate::{Config, Error, NanoPixId, Result};
 
-/// How many imported patients are written per DentalTID transaction.
-const IMPORT_CHUNK: usize = 5_000;
+/// How many NanoPix rows one read takes; the patients imported from them are written in one
+/// DentalTID transaction.
+const PAGE: u32 = 5_000;
 
 /// From how many patients an import is a bulk import, written without the sync's own indexes,
 /// which are built again at the end.
@@ -61,9 +62,6 @@ struct LiveCursor {
     /// DentalTID's highest `patients.id` and row count, read together.
     dentaltid: (i64, u64),
 }
-
-/// A NanoPix patient to import, with the look-alikes to report.
-type PendingImport<'a> = (&'a NanoPixPatient, Option<(crate::DuplicateReason, Vec<i64>)>);
 
 /// What both sides hold, read once at the start of a reconcile.
 struct Snapshot {
@@ -109,12 +107,9 @@ impl Engine {
         self.repair_exports(&mut report)?;
         let snapshot = self.snapshot(&mut report)?;
         let known = self.adopt_existing_links(&snapshot)?;
-        let unlinked: HashSet<NanoPixId> = snapshot.nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
-        if !unlinked.is_empty() {
-            let patients = self.nanopix.read_patients()?.patients;
-            let unlinked: Vec<NanoPixPatient> = patients.into_iter().filter(|p| unlinked.contains(&p.id)).collect();
-            let candidates = self.match_candidates(&unlinked)?;
-            self.import_unlinked(&unlinked, &candidates, &mut report)?;
+        let unknown = snapshot.nanopix.iter().filter(|id| !known.contains(id)).count();
+        if unknown > 0 {
+            self.import_unknown_rows(&known, unknown, &mut report)?;
         }
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
@@ -178,17 +173,18 @@ impl Engine {
         let Some(cursor) = self.cursor else { return self.reconcile() };
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
-        let rows = self.nanopix.patients_after(cursor.nanopix_pk)?;
+        let rows = self.nanopix.patients_after(cursor.nanopix_pk, u32::MAX)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if self.nanopix.patient_count()? < cursor.nanopix_rows + read || self.dentaltid_lost_rows(cursor)? {
             return self.reconcile();
         }
         let nanopix_pk = rows.patients.iter().map(|p| p.pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
         self.report_odd_rows(rows.odd_rows, &mut report);
-        let unlinked = self.unknown(rows.patients)?;
-        if !unlinked.is_empty() {
-            let candidates = self.match_candidates(&unlinked)?;
-            self.import_unlinked(&unlinked, &candidates, &mut report)?;
+        let unknown = self.unknown(rows.patients)?;
+        if !unknown.is_empty() {
+            let mut matcher = self.matcher(Some(&unknown))?;
+            self.decide_and_import(&mut matcher, unknown, &mut report)?;
+            self.link_held(matcher, &mut report)?;
         }
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
@@ -234,17 +230,19 @@ impl Engine {
         Ok(unknown)
     }
 
-    /// The DentalTID patients unlinked NanoPix patients could match: those born on their birth
-    /// dates, or all of them when a NanoPix birth date is missing, there are many to match or
-    /// there is no index to find them by.
-    fn match_candidates(&self, unlinked: &[NanoPixPatient]) -> Result<Vec<Patient>> {
-        let dates: Option<HashSet<_>> = unlinked.iter().map(|p| p.birth_date).collect();
+    /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those
+    /// born on their birth dates, or all of them when a NanoPix birth date is missing, there are
+    /// many dates, there is no index to find them by, or `unknown` is not known in advance.
+    fn matcher(&self, unknown: Option<&[NanoPixPatient]>) -> Result<Matcher> {
+        let mut index = DentalIndex::default();
+        let dates: Option<HashSet<_>> = unknown.and_then(|unknown| unknown.iter().map(|p| p.birth_date).collect());
         match dates {
             Some(dates) if self.indexed && dates.len() <= MAX_CANDIDATE_DATES => {
-                self.dentaltid.match_candidates(&dates.into_iter().collect::<Vec<_>>())
+                self.dentaltid.add_candidates_born_on(&dates.into_iter().collect::<Vec<_>>(), &mut index)?
             }
-            _ => self.dentaltid.all_patients(),
+            _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
+        Ok(Matcher::new(index, self.config.auto_link))
     }
 
     /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
@@ -359,101 +357,113 @@ impl Engine {
         });
     }
 
-    /// Links or imports NanoPix patients no DentalTID patient holds yet; `dentaltid` holds at
-    /// least every patient they could match.
-    fn import_unlinked(
+    /// Reads NanoPix page by page and links or imports the `unknown` patients no DentalTID
+    /// patient, link or export holds yet. A bulk import is written without the sync's indexes,
+    /// which are built again at the end.
+    fn import_unknown_rows(
         &mut self,
-        unlinked: &[NanoPixPatient],
-        dentaltid: &[Patient],
+        known: &HashSet<NanoPixId>,
+        unknown: usize,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        if unlinked.is_empty() {
-            return Ok(());
+        let bulk = self.indexed && unknown >= BULK_IMPORT;
+        if bulk {
+            self.dentaltid.drop_own_indexes()?;
         }
-        let decisions = matching::decide(unlinked, dentaltid, self.config.auto_link);
-        let by_id: HashMap<i64, &Patient> = dentaltid.iter().map(|p| (p.id, p)).collect();
-        let mut links = Vec::new();
-        let mut imports = Vec::new();
-        for (patient, decision) in unlinked.iter().zip(decisions) {
-            match decision {
-                Decision::Link { patient_id } => links.push((patient_id, patient.id)),
-                Decision::Import { possible_duplicate } => imports.push((patient, possible_duplicate)),
-            }
+        let imported = self.import_pages(known, report);
+        if bulk {
+            self.dentaltid.build_own_indexes()?;
         }
-        self.link_all(&links, &by_id, report)?;
-        if imports.len() < BULK_IMPORT || !self.indexed {
-            return self.import_chunks(&imports, &by_id, report);
-        }
-        self.dentaltid.drop_own_indexes()?;
-        let imported = self.import_chunks(&imports, &by_id, report);
-        self.dentaltid.build_own_indexes()?;
         imported
     }
 
-    fn import_chunks(
+    fn import_pages(&mut self, known: &HashSet<NanoPixId>, report: &mut ReconcileReport) -> Result<()> {
+        let mut matcher = None;
+        let mut after = i64::MIN;
+        while !self.cancelled() {
+            let page = self.nanopix.patients_after(after, PAGE)?;
+            let pks = page.patients.iter().map(|p| p.pk).chain(page.odd_rows.iter().map(|o| o.pk));
+            let Some(last) = pks.filter(|&pk| pk > after).max() else { break };
+            after = last;
+            let unknown: Vec<NanoPixPatient> = page.patients.into_iter().filter(|p| !known.contains(&p.id)).collect();
+            if unknown.is_empty() {
+                continue;
+            }
+            let matcher = match &mut matcher {
+                Some(matcher) => matcher,
+                None => matcher.insert(self.matcher(None)?),
+            };
+            self.decide_and_import(matcher, unknown, report)?;
+        }
+        match matcher {
+            Some(matcher) => self.link_held(matcher, report),
+            None => Ok(()),
+        }
+    }
+
+    /// Offers `patients` to `matcher` and imports, in one transaction, those it says to import.
+    fn decide_and_import(
         &mut self,
-        imports: &[PendingImport<'_>],
-        by_id: &HashMap<i64, &Patient>,
+        matcher: &mut Matcher,
+        patients: Vec<NanoPixPatient>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        for chunk in imports.chunks(IMPORT_CHUNK) {
-            if self.cancelled() {
-                break;
-            }
-            self.import_chunk(chunk, by_id, report)?;
+        let mut imports = Vec::with_capacity(patients.len());
+        for patient in patients {
+            matcher.offer(patient, &mut imports);
         }
-        Ok(())
+        self.import_all(imports, report)
+    }
+
+    /// Writes the links `matcher` holds, once every NanoPix patient was offered to it. A pass
+    /// stopped early writes none: a NanoPix patient not read yet could have contested one.
+    fn link_held(&mut self, matcher: Matcher, report: &mut ReconcileReport) -> Result<()> {
+        if self.cancelled() {
+            return Ok(());
+        }
+        self.link_all(matcher.finish(), report)
     }
 
     /// Links NanoPix patients to the DentalTID patients they match, in one transaction.
-    fn link_all(
-        &mut self,
-        links: &[(i64, NanoPixId)],
-        by_id: &HashMap<i64, &Patient>,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn link_all(&mut self, links: Vec<MatchedLink>, report: &mut ReconcileReport) -> Result<()> {
         if links.is_empty() {
             return Ok(());
         }
-        let outcomes = self.dentaltid.link_all(links, self.config.clock.now())?;
-        for (&(patient_id, external_id), outcome) in links.iter().zip(outcomes) {
-            let external_id = external_id.to_string();
+        let pairs: Vec<(i64, NanoPixId)> = links.iter().map(|link| (link.patient_id, link.external_id)).collect();
+        let outcomes = self.dentaltid.link_all(&pairs, self.config.clock.now())?;
+        for (link, outcome) in links.into_iter().zip(outcomes) {
+            let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
             if let Err(error) = outcome {
                 self.report_error(&error, Some(external_id), Some(patient_id), report);
                 continue;
             }
             report.linked += 1;
-            let existing = by_id.get(&patient_id);
-            self.bus.emit(EventKind::PatientLinked {
-                patient_id,
-                external_id,
-                first_name: existing.map(|p| p.first_name.clone()).unwrap_or_default(),
-                last_name: existing.map(|p| p.last_name.clone()).unwrap_or_default(),
-            });
+            let (first_name, last_name) = (link.first_name, link.last_name);
+            self.bus.emit(EventKind::PatientLinked { patient_id, external_id, first_name, last_name });
         }
         Ok(())
     }
 
-    fn import_chunk(
-        &mut self,
-        chunk: &[PendingImport<'_>],
-        by_id: &HashMap<i64, &Patient>,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    /// Imports NanoPix patients as new DentalTID patients, in one transaction, reporting the
+    /// possible duplicates.
+    fn import_all(&mut self, imports: Vec<Import>, report: &mut ReconcileReport) -> Result<()> {
+        if imports.is_empty() {
+            return Ok(());
+        }
         let now = self.config.clock.now();
         let rows: Vec<NewDentalPatient> =
-            chunk.iter().map(|(patient, _)| NewDentalPatient::from_nanopix(patient, now.date())).collect();
+            imports.iter().map(|import| NewDentalPatient::from_nanopix(&import.patient, now.date())).collect();
         let ids = self.dentaltid.import(&rows, now)?;
-        for ((row, (_, duplicate)), patient_id) in rows.into_iter().zip(chunk).zip(ids) {
+        for ((row, import), patient_id) in rows.into_iter().zip(imports).zip(ids) {
             report.imported += 1;
             let external_id = row.external_id.to_string();
-            if let Some((reason, candidates)) = duplicate {
+            if let Some(duplicate) = import.possible_duplicate {
                 report.possible_duplicates += 1;
                 self.bus.emit(EventKind::PossibleDuplicate {
                     external_id: external_id.clone(),
                     patient_id: Some(patient_id),
-                    reason: *reason,
-                    candidates: candidates.iter().filter_map(|id| by_id.get(id)).map(|p| candidate(p)).collect(),
+                    reason: duplicate.reason,
+                    candidates: duplicate.candidates,
                 });
             }
             self.bus.emit(EventKind::PatientImported {
@@ -630,15 +640,6 @@ impl Engine {
     ) {
         report.errors += 1;
         self.bus.error(error, external_id, patient_id);
-    }
-}
-
-fn candidate(patient: &Patient) -> DuplicateCandidate {
-    DuplicateCandidate {
-        patient_id: patient.id,
-        first_name: patient.first_name.clone(),
-        last_name: patient.last_name.clone(),
-        date_of_birth: patient.date_of_birth.map(crate::patient::nanopix_date),
     }
 }
 

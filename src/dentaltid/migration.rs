@@ -80,11 +80,8 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 3] = [
-    ("table", "nanopix_sync_state"),
-    ("table", "nanopix_sync_links"),
-    ("table", "nanopix_sync_exports"),
-];
+const OWN_OBJECTS: [(&str, &str); 3] =
+    [("table", "nanopix_sync_state"), ("table", "nanopix_sync_links"), ("table", "nanopix_sync_exports")];
 
 impl DentalTid {
     /// Checks, without writing, that `patients` exists and has every column the sync uses.

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::patient::Source;
 use crate::{Error, NanoPixId, Result};
 
+mod candidates;
 mod links;
 mod migration;
 mod patients;

@@ -10,9 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 use super::values::{integer_at, read_text, text_at};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
-use crate::patient::{
-    NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, nanopix_date, parse_dart_date,
-};
+use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`patient_from_row`] reads, in its order.
@@ -89,27 +87,6 @@ impl DentalTid {
             })
         };
         read(&self.conn).map_err(Error::db(&self.path, "counting patients"))
-    }
-
-    /// The patients a NanoPix patient born on one of `dates` could match or resemble: those born
-    /// on these dates and those without a birth date. Each date is an index range, so this reads
-    /// only those rows; a `dateOfBirth` in a form DentalTID never writes is not looked at.
-    pub fn match_candidates(&self, dates: &[NaiveDate]) -> Result<Vec<Patient>> {
-        let mut candidates = self.query_patients(
-            "reading patients without a birth date",
-            "WHERE dateOfBirth IS NULL OR dateOfBirth = ''",
-            [],
-        )?;
-        for date in dates {
-            let next = date.succ_opt().unwrap_or(NaiveDate::MAX);
-            let range = (nanopix_date(*date), nanopix_date(next));
-            candidates.extend(self.query_patients(
-                "reading match candidates",
-                "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2",
-                range,
-            )?);
-        }
-        Ok(candidates)
     }
 
     /// Whether a patient already holds this NanoPix id.

@@ -5,6 +5,8 @@
 //! bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
 //! `None` for the rest. They never panic and never write.
 
+use std::borrow::Cow;
+
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
@@ -21,13 +23,16 @@ pub(super) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<St
 /// Applies `read` to the cell at `index` as text, without copying it when it already is UTF-8
 /// text (the usual case, on the hot path of a reconcile); other cells go through [`text_at`].
 pub(super) fn read_text<T>(row: &Row<'_>, index: usize, read: impl FnOnce(Option<&str>) -> T) -> rusqlite::Result<T> {
-    match row.get_ref(index)? {
-        ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Ok(read(Some(text))),
-            Err(_) => Ok(read(Some(&String::from_utf8_lossy(bytes)))),
-        },
-        _ => Ok(read(text_at(row, index)?.as_deref())),
-    }
+    Ok(read(text_ref(row, index)?.as_deref()))
+}
+
+/// The cell at `index` as text, borrowed from the row when it already is UTF-8 text; converted
+/// as [`text_at`] converts it otherwise.
+pub(super) fn text_ref<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<Option<Cow<'r, str>>> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes)),
+        _ => text_at(row, index)?.map(Cow::Owned),
+    })
 }
 
 /// The cell at `index` as a whole number, when it holds one (as an integer, a whole real or

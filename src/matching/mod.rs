@@ -1,8 +1,11 @@
 //! Duplicate matching: name normalisation, the exact-match index and near-miss detection.
 //!
 //! Pure decisions on plain values: no SQL and no I/O. Matching is linear in the number of
-//! patients: every lookup goes through a hash index, never a comparison of every pair.
+//! patients: every lookup goes through a hash index, never a comparison of every pair. NanoPix
+//! patients are decided one at a time, so a caller can stream them; only the few that would
+//! link are held until no other NanoPix patient can claim the same DentalTID patient.
 
+mod index;
 mod normalise;
 mod similar;
 
@@ -10,190 +13,199 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 
+pub(crate) use self::index::DentalIndex;
+use self::index::Person;
 pub use self::normalise::normalise_name;
-use self::similar::BirthDateIndex;
-use crate::events::DuplicateReason;
-use crate::patient::{NanoPixPatient, Patient};
+use crate::NanoPixId;
+use crate::events::{DuplicateCandidate, DuplicateReason};
+use crate::patient::NanoPixPatient;
 
 /// Most DentalTID patients named in one possible duplicate.
 const MAX_CANDIDATES: usize = 20;
 
-/// What to do with one unlinked NanoPix patient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Link it to this existing DentalTID patient.
-    Link { patient_id: i64 },
-    /// Import it as a new DentalTID patient, reporting these look-alikes if any.
-    Import { possible_duplicate: Option<(DuplicateReason, Vec<i64>)> },
+/// A DentalTID patient as matching reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DentalCandidate<'a> {
+    /// `patients.id`.
+    pub id: i64,
+    /// First name, as stored.
+    pub first_name: &'a str,
+    /// Last name, as stored.
+    pub last_name: &'a str,
+    /// Birth date, when readable.
+    pub date_of_birth: Option<NaiveDate>,
+    /// Whether the patient already has a NanoPix id.
+    pub linked: bool,
 }
 
-/// Decides, for each unlinked NanoPix patient in `nanopix` (same order), whether to link or
-/// import it. `dentaltid` is every DentalTID patient; those with an `external_id` are linked.
+/// Look-alikes reported with an imported NanoPix patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PossibleDuplicate {
+    /// Why they look alike.
+    pub reason: DuplicateReason,
+    /// The DentalTID patients, by id, at most [`MAX_CANDIDATES`].
+    pub candidates: Vec<DuplicateCandidate>,
+}
+
+/// A NanoPix patient to import as a new DentalTID patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Import {
+    /// The NanoPix patient.
+    pub patient: NanoPixPatient,
+    /// The look-alikes to report, if any.
+    pub possible_duplicate: Option<PossibleDuplicate>,
+}
+
+/// A NanoPix patient to link to an existing DentalTID patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MatchedLink {
+    /// The NanoPix id.
+    pub external_id: NanoPixId,
+    /// The DentalTID patient.
+    pub patient_id: i64,
+    /// The DentalTID patient's first name, as stored.
+    pub first_name: String,
+    /// The DentalTID patient's last name, as stored.
+    pub last_name: String,
+}
+
+/// What the index says of one NanoPix patient.
+enum Verdict {
+    /// Its key matches exactly one unlinked DentalTID patient (an entry of the index).
+    Link(usize),
+    /// Import it, reporting these entries if any.
+    Import(Option<(DuplicateReason, Vec<usize>)>),
+}
+
+/// How far NanoPix patients went in claiming a DentalTID patient for a link.
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    /// One NanoPix patient (held at this position) claims it so far.
+    Held(usize),
+    /// Several did: none of them links.
+    Contested,
+}
+
+/// Decides, one NanoPix patient at a time, whether to link or import.
 ///
 /// A patient links only on an exact match of normalised names and birth date, with auto-linking
 /// on, one candidate on each side and the DentalTID patient not linked yet. Everything else is
 /// imported, with the look-alikes found reported as a possible duplicate.
-pub(crate) fn decide(nanopix: &[NanoPixPatient], dentaltid: &[Patient], auto_link: bool) -> Vec<Decision> {
-    let dental_people: Vec<Option<Person>> =
-        dentaltid.iter().map(|p| Person::new(&p.first_name, &p.last_name, p.date_of_birth)).collect();
-    let nanopix_people: Vec<Option<Person>> =
-        nanopix.iter().map(|p| Person::new(&p.first_name, &p.last_name, p.birth_date)).collect();
-    let matcher = Matcher::new(dentaltid, &dental_people, &nanopix_people, auto_link);
-    nanopix_people.iter().map(|person| person.as_ref().map_or(Decision::import(None), |p| matcher.decide(p))).collect()
-}
-
-impl Decision {
-    /// An import, with or without a possible duplicate.
-    fn import(possible_duplicate: Option<(DuplicateReason, Vec<i64>)>) -> Self {
-        Self::Import { possible_duplicate }
-    }
-}
-
-/// A patient's matching key: normalised first and last name (both non-empty) and birth date.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Person {
-    first: String,
-    last: String,
-    born: Option<NaiveDate>,
-    /// Characters in first and last name together.
-    chars: usize,
-}
-
-/// Normalised names, ignoring the birth date.
-type NameKey<'a> = (&'a str, &'a str);
-
-/// Normalised names and a known birth date.
-type ExactKey<'a> = (&'a str, &'a str, NaiveDate);
-
-impl Person {
-    /// The key of a patient, or `None` when either normalised name is empty.
-    fn new(first: &str, last: &str, born: Option<NaiveDate>) -> Option<Self> {
-        let (first, last) = (normalise_name(first), normalise_name(last));
-        let chars = first.chars().count() + last.chars().count();
-        (!first.is_empty() && !last.is_empty()).then_some(Self { first, last, born, chars })
-    }
-
-    /// The names alone, for look-ups that ignore the birth date.
-    fn names(&self) -> NameKey<'_> {
-        (&self.first, &self.last)
-    }
-
-    /// The exact key; a missing birth date has none.
-    fn exact(&self) -> Option<ExactKey<'_>> {
-        Some((&self.first, &self.last, self.born?))
-    }
-
-    /// The exact key with first and last name swapped.
-    fn swapped(&self) -> Option<ExactKey<'_>> {
-        Some((&self.last, &self.first, self.born?))
-    }
-}
-
-/// A DentalTID patient with its matching key.
-#[derive(Debug, Clone, Copy)]
-struct Entry<'a> {
-    patient: &'a Patient,
-    person: &'a Person,
-}
-
-/// The indexes built once per call to [`decide`].
-struct Matcher<'a> {
-    by_exact: HashMap<ExactKey<'a>, Vec<Entry<'a>>>,
-    by_names: HashMap<NameKey<'a>, Vec<Entry<'a>>>,
-    by_birth_date: BirthDateIndex<'a>,
-    /// How many NanoPix patients being decided have each exact key.
-    nanopix_keys: HashMap<ExactKey<'a>, usize>,
+#[derive(Debug)]
+pub(crate) struct Matcher {
+    dentaltid: DentalIndex,
     auto_link: bool,
+    claims: HashMap<usize, Claim>,
+    held: Vec<Option<NanoPixPatient>>,
 }
 
-impl<'a> Matcher<'a> {
-    fn new(
-        dentaltid: &'a [Patient],
-        dental_people: &'a [Option<Person>],
-        nanopix_people: &'a [Option<Person>],
-        auto_link: bool,
-    ) -> Self {
-        let entries: Vec<Entry<'a>> = dentaltid
-            .iter()
-            .zip(dental_people)
-            .filter_map(|(patient, person)| Some(Entry { patient, person: person.as_ref()? }))
-            .collect();
-        let mut nanopix_keys = HashMap::new();
-        for key in nanopix_people.iter().flatten().filter_map(Person::exact) {
-            *nanopix_keys.entry(key).or_insert(0) += 1;
-        }
-        Self {
-            by_exact: group(&entries, |person| person.exact()),
-            by_names: group(&entries, |person| Some(person.names())),
-            by_birth_date: BirthDateIndex::build(entries.iter().copied()),
-            nanopix_keys,
-            auto_link,
+impl Matcher {
+    /// A matcher against `dentaltid`, which holds at least every patient the NanoPix patients
+    /// to decide could match.
+    pub fn new(dentaltid: DentalIndex, auto_link: bool) -> Self {
+        Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new() }
+    }
+
+    /// Decides one NanoPix patient. Those known to need importing (it, or a held patient it
+    /// contests) are pushed to `imports`; a patient that would link is held until [`Matcher::finish`].
+    pub fn offer(&mut self, patient: NanoPixPatient, imports: &mut Vec<Import>) {
+        let (first, last) = (normalise_name(&patient.first_name), normalise_name(&patient.last_name));
+        let verdict = match Person::new(&first, &last, patient.birth_date) {
+            Some(person) => self.verdict(&person),
+            None => Verdict::Import(None),
+        };
+        match verdict {
+            Verdict::Link(entry) => self.claim(entry, patient, imports),
+            Verdict::Import(found) => imports.push(self.import(patient, found)),
         }
     }
 
-    /// The decision for one NanoPix patient with a usable key.
-    fn decide(&self, person: &Person) -> Decision {
-        self.exact_match(person).unwrap_or_else(|| Decision::import(self.near_miss(person)))
+    /// The links of every held patient nobody contested.
+    pub fn finish(self) -> Vec<MatchedLink> {
+        let mut links = Vec::new();
+        for (entry, claim) in &self.claims {
+            let Claim::Held(position) = *claim else { continue };
+            let (Some(Some(patient)), Some(dental)) = (self.held.get(position), self.dentaltid.candidate(*entry))
+            else {
+                continue;
+            };
+            links.push(MatchedLink {
+                external_id: patient.id,
+                patient_id: dental.patient_id,
+                first_name: dental.first_name,
+                last_name: dental.last_name,
+            });
+        }
+        links.sort_by_key(|link| link.external_id);
+        links
     }
 
-    /// Step one: an exact key match links, or is reported when linking is not safe.
-    fn exact_match(&self, person: &Person) -> Option<Decision> {
-        let key = person.exact()?;
-        let found = self.by_exact.get(&key)?;
-        let several_nanopix = self.nanopix_keys.get(&key).is_some_and(|&count| count > 1);
+    /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
+    /// same key: then none of them links and all are imported as several candidates.
+    fn claim(&mut self, entry: usize, patient: NanoPixPatient, imports: &mut Vec<Import>) {
+        let several = Some((DuplicateReason::SeveralCandidates, vec![entry]));
+        match self.claims.get(&entry).copied() {
+            None => {
+                self.claims.insert(entry, Claim::Held(self.held.len()));
+                self.held.push(Some(patient));
+            }
+            Some(Claim::Held(position)) => {
+                self.claims.insert(entry, Claim::Contested);
+                if let Some(first) = self.held.get_mut(position).and_then(Option::take) {
+                    imports.push(self.import(first, several.clone()));
+                }
+                imports.push(self.import(patient, several));
+            }
+            Some(Claim::Contested) => imports.push(self.import(patient, several)),
+        }
+    }
+
+    fn import(&self, patient: NanoPixPatient, found: Option<(DuplicateReason, Vec<usize>)>) -> Import {
+        let possible_duplicate =
+            found.map(|(reason, entries)| PossibleDuplicate { reason, candidates: self.candidates(entries) });
+        Import { patient, possible_duplicate }
+    }
+
+    /// The DentalTID patients of `entries`: by id, without repeats, at most [`MAX_CANDIDATES`].
+    fn candidates(&self, entries: Vec<usize>) -> Vec<DuplicateCandidate> {
+        let mut candidates: Vec<DuplicateCandidate> =
+            entries.into_iter().filter_map(|entry| self.dentaltid.candidate(entry)).collect();
+        candidates.sort_by_key(|candidate| candidate.patient_id);
+        candidates.dedup_by_key(|candidate| candidate.patient_id);
+        candidates.truncate(MAX_CANDIDATES);
+        candidates
+    }
+
+    /// Step one, an exact key match, else step two, the first near miss that applies.
+    fn verdict(&self, person: &Person<'_>) -> Verdict {
+        self.exact_match(person).unwrap_or_else(|| Verdict::Import(self.near_miss(person)))
+    }
+
+    /// An exact key match links, or is reported when linking is not safe.
+    fn exact_match(&self, person: &Person<'_>) -> Option<Verdict> {
+        let found = self.dentaltid.exact(person.first, person.last, person.born?);
         let reason = match found.as_slice() {
+            [] => return None,
             _ if !self.auto_link => DuplicateReason::AutoLinkOff,
-            [_] if several_nanopix => DuplicateReason::SeveralCandidates,
-            [only] if only.patient.external_id.is_some() => DuplicateReason::AlreadyLinked,
-            [only] => return Some(Decision::Link { patient_id: only.patient.id }),
+            [only] if self.dentaltid.is_linked(*only) => DuplicateReason::AlreadyLinked,
+            [only] => return Some(Verdict::Link(*only)),
             _ => DuplicateReason::SeveralCandidates,
         };
-        Some(Decision::import(Some((reason, candidate_ids(found)))))
+        Some(Verdict::Import(Some((reason, found))))
     }
 
-    /// Step two: the first near miss that applies, if any.
-    fn near_miss(&self, person: &Person) -> Option<(DuplicateReason, Vec<i64>)> {
-        let swapped = person.swapped().and_then(|key| self.by_exact.get(&key)).map(Vec::as_slice).unwrap_or_default();
-        let similar = self.by_birth_date.similar(person);
-        let missing_birth_date = self.missing_birth_date(person);
-        [
-            (DuplicateReason::SwappedNames, swapped),
-            (DuplicateReason::SimilarNames, similar.as_slice()),
-            (DuplicateReason::MissingBirthDate, missing_birth_date.as_slice()),
-        ]
-        .into_iter()
-        .find(|(_, found)| !found.is_empty())
-        .map(|(reason, found)| (reason, candidate_ids(found)))
-    }
-
-    /// DentalTID patients with the same names where one side's birth date is missing.
-    fn missing_birth_date(&self, person: &Person) -> Vec<Entry<'a>> {
-        let same_names = self.by_names.get(&person.names()).map(Vec::as_slice).unwrap_or_default();
-        same_names.iter().filter(|entry| person.born.is_none() || entry.person.born.is_none()).copied().collect()
-    }
-}
-
-/// Groups entries by a key their person may have.
-fn group<'a, K: std::hash::Hash + Eq>(
-    entries: &[Entry<'a>],
-    key: impl Fn(&'a Person) -> Option<K>,
-) -> HashMap<K, Vec<Entry<'a>>> {
-    let mut groups: HashMap<K, Vec<Entry<'a>>> = HashMap::new();
-    for entry in entries {
-        if let Some(key) = key(entry.person) {
-            groups.entry(key).or_default().push(*entry);
+    fn near_miss(&self, person: &Person<'_>) -> Option<(DuplicateReason, Vec<usize>)> {
+        let swapped = person.born.map(|born| self.dentaltid.exact(person.last, person.first, born)).unwrap_or_default();
+        if !swapped.is_empty() {
+            return Some((DuplicateReason::SwappedNames, swapped));
         }
+        let similar = similar::similar(&self.dentaltid, person);
+        if !similar.is_empty() {
+            return Some((DuplicateReason::SimilarNames, similar));
+        }
+        let missing_birth_date = self.dentaltid.same_names_one_unborn(person);
+        (!missing_birth_date.is_empty()).then_some((DuplicateReason::MissingBirthDate, missing_birth_date))
     }
-    groups
-}
-
-/// The DentalTID ids of a possible duplicate: sorted, without repeats, at most [`MAX_CANDIDATES`].
-fn candidate_ids(found: &[Entry<'_>]) -> Vec<i64> {
-    let mut ids: Vec<i64> = found.iter().map(|entry| entry.patient.id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.truncate(MAX_CANDIDATES);
-    ids
 }
 
 #[cfg(test)]
@@ -202,8 +214,47 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::NanoPixId;
-    use crate::patient::Source;
+    use crate::patient::{Patient, Source};
+
+    /// What became of one NanoPix patient, with candidates by id.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Decision {
+        Link { patient_id: i64 },
+        Import { possible_duplicate: Option<(DuplicateReason, Vec<i64>)> },
+    }
+
+    impl Decision {
+        fn import(possible_duplicate: Option<(DuplicateReason, Vec<i64>)>) -> Self {
+            Self::Import { possible_duplicate }
+        }
+    }
+
+    /// Offers every NanoPix patient, in order, to a matcher over `dentaltid`, and says what
+    /// became of each; every patient must come out exactly once.
+    fn decide(nanopix: &[NanoPixPatient], dentaltid: &[Patient], auto_link: bool) -> Vec<Decision> {
+        let mut index = DentalIndex::default();
+        for p in dentaltid {
+            let linked = p.external_id.is_some();
+            let (first_name, last_name) = (p.first_name.as_str(), p.last_name.as_str());
+            index.add(DentalCandidate { id: p.id, first_name, last_name, date_of_birth: p.date_of_birth, linked });
+        }
+        let mut matcher = Matcher::new(index, auto_link);
+        let mut imports = Vec::new();
+        for patient in nanopix {
+            matcher.offer(patient.clone(), &mut imports);
+        }
+        let links = matcher.finish();
+        assert_eq!(imports.len() + links.len(), nanopix.len());
+        let decision = |patient: &NanoPixPatient| {
+            if let Some(link) = links.iter().find(|link| link.external_id == patient.id) {
+                return Decision::Link { patient_id: link.patient_id };
+            }
+            let import = imports.iter().find(|import| import.patient.pk == patient.pk).unwrap();
+            let by_id = |d: &PossibleDuplicate| (d.reason, d.candidates.iter().map(|c| c.patient_id).collect());
+            Decision::import(import.possible_duplicate.as_ref().map(by_id))
+        };
+        nanopix.iter().map(decision).collect()
+    }
 
     fn born(y: i32, m: u32, d: u32) -> Option<NaiveDate> {
         NaiveDate::from_ymd_opt(y, m, d)

@@ -29,10 +29,8 @@ const READ_COLUMNS: [&str; 8] =
 /// Which `Patient` rows to read.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Selection {
-    /// Every row.
-    All,
-    /// Rows whose `pk` is greater than this one.
-    AfterPk(i64),
+    /// Up to `limit` rows whose `pk` is greater than `after`.
+    AfterPk { after: i64, limit: u32 },
     /// The row with this id.
     WithId(NanoPixId),
 }
@@ -111,13 +109,14 @@ pub(super) fn read_patients(
     selection: Selection,
 ) -> rusqlite::Result<PatientRows> {
     let pk = pk_column(columns);
-    let (condition, parameter) = match selection {
-        Selection::All => (String::new(), None),
-        Selection::AfterPk(after) => (format!("WHERE {pk} > ?1"), Some(Value::Integer(after))),
-        Selection::WithId(id) => ("WHERE id = ?1".to_owned(), Some(Value::Text(id.to_string()))),
+    let (tail, parameter) = match selection {
+        Selection::AfterPk { after, limit } => {
+            (format!("WHERE {pk} > ?1 ORDER BY {pk} LIMIT {limit}"), Some(Value::Integer(after)))
+        }
+        Selection::WithId(id) => (format!("WHERE id = ?1 ORDER BY {pk}"), Some(Value::Text(id.to_string()))),
     };
     let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();
-    let sql = format!("SELECT {} FROM Patient {condition} ORDER BY {pk}", select.join(", "));
+    let sql = format!("SELECT {} FROM Patient {tail}", select.join(", "));
     let mut statement = conn.prepare(&sql)?;
     let mut rows = statement.query(params_from_iter(parameter))?;
     let mut found = PatientRows::default();
