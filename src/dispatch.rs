@@ -10,7 +10,7 @@ use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::events::{EVENT_QUEUE_CAPACITY, Event, EventBus};
+use crate::events::{Event, EventBus};
 
 /// A host callback for events.
 pub type EventCallback = Box<dyn Fn(&Event) + Send + Sync>;
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// Starts the callback thread; it receives copies of `bus`'s events while a callback is set.
     pub fn start(bus: Arc<EventBus>) -> std::io::Result<Self> {
-        let (feed, events) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
+        let (feed, events) = crossbeam_channel::unbounded();
         let slot = Arc::new(Slot::default());
         let (done, done_signal) = crossbeam_channel::bounded(0);
         let thread_slot = slot.clone();

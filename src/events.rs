@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::Clock;
@@ -211,7 +211,9 @@ pub struct EventBus {
 impl EventBus {
     /// A bus and the receiving end of its queue.
     pub fn new(clock: Arc<dyn Clock>) -> (Self, Receiver<Event>) {
-        let (sender, receiver) = crossbeam_channel::bounded(EVENT_QUEUE_CAPACITY);
+        // Unbounded in the channel's terms, bounded by `push`: the memory follows the events
+        // actually waiting instead of being set aside for a full queue up front.
+        let (sender, receiver) = crossbeam_channel::unbounded();
         let bus =
             Self { clock, seq: AtomicU64::new(0), sender, dropped: AtomicU64::new(0), listener: Mutex::new(None) };
         (bus, receiver)
@@ -250,15 +252,21 @@ impl EventBus {
         let event =
             Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind };
         let copy = listener.as_ref().map(|_| event.clone());
-        // The queue first: a listener's wakeup must find the event already queued.
-        if let Err(TrySendError::Full(_)) = self.sender.try_send(event) {
+        // The queue first: a listener's wakeup must find the event already queued. Every push
+        // holds the lock, so no other push can fill the queue between the check and the send.
+        if !send_within_capacity(&self.sender, event) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if let (Some(listener), Some(copy)) = (listener.as_ref(), copy) {
             // A full callback queue drops the copy; the main queue still holds the event.
-            let _ = listener.try_send(copy);
+            send_within_capacity(listener, copy);
         }
     }
+}
+
+/// Queues `event` unless [`EVENT_QUEUE_CAPACITY`] events already wait; says whether it did.
+fn send_within_capacity(queue: &Sender<Event>, event: Event) -> bool {
+    queue.len() < EVENT_QUEUE_CAPACITY && queue.send(event).is_ok()
 }
 
 #[cfg(test)]

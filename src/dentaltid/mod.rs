@@ -22,9 +22,6 @@ mod state;
 mod testing;
 mod values;
 
-/// The page cache of the sync's DentalTID connection, in KiB (SQLite takes a negative number).
-const CACHE_KIB: i64 = -8192;
-
 /// The state of a link between a DentalTID patient and a NanoPix patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,9 +138,6 @@ impl DentalTid {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
         conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
-        // Our connection's page cache only (never stored in the file): a first sync of 100,000
-        // patients touches more pages than SQLite's default 2 MB holds.
-        conn.pragma_update(None, "cache_size", CACHE_KIB).map_err(Error::db(path, "sizing the page cache"))?;
         let mut dentaltid = Self { conn, path: path.to_path_buf() };
         dentaltid.check_patients_table()?;
         dentaltid.migrate()?;

@@ -3,8 +3,7 @@
 //!
 //! Pure text work: it never fails, never panics and never looks at anything but the name.
 
-use unicode_normalization::UnicodeNormalization;
-use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 
 /// The Arabic tatweel (kashida), a stretching stroke with no meaning of its own.
 const TATWEEL: char = '\u{0640}';
@@ -26,8 +25,39 @@ pub fn normalise_name(name: &str) -> String {
         // Nothing to decompose: only case and spaces to fold (most names, at clinic scale).
         return join_words(name.split_whitespace(), |word, out| out.push_str(&word.to_ascii_lowercase()));
     }
-    let folded: String = name.nfkd().flat_map(char::to_lowercase).nfkd().filter(|&c| is_kept(c)).collect();
-    join_words(folded.split_whitespace(), |word, out| out.push_str(word))
+    let mut words = Words::with_capacity(name.len());
+    for c in name.chars() {
+        decompose_compatible(c, |part| {
+            for lower in part.to_lowercase() {
+                decompose_compatible(lower, |folded| words.push(folded));
+            }
+        });
+    }
+    words.out
+}
+
+/// Text being built from single characters: marks and invisible characters dropped, runs of
+/// whitespace written as one space, none at either end.
+struct Words {
+    out: String,
+    space_pending: bool,
+}
+
+impl Words {
+    fn with_capacity(capacity: usize) -> Self {
+        Self { out: String::with_capacity(capacity), space_pending: false }
+    }
+
+    fn push(&mut self, c: char) {
+        if c.is_whitespace() {
+            self.space_pending = !self.out.is_empty();
+        } else if is_kept(c) {
+            if std::mem::take(&mut self.space_pending) {
+                self.out.push(' ');
+            }
+            self.out.push(c);
+        }
+    }
 }
 
 /// Joins words with single spaces, writing each through `push`.
@@ -56,8 +86,25 @@ fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use unicode_normalization::UnicodeNormalization;
 
     use super::*;
+
+    /// The definition, step by step over the whole name: decompose, lower-case, decompose what
+    /// lower-casing composed, drop, then collapse whitespace.
+    fn by_definition(name: &str) -> String {
+        let folded: String = name.nfkd().flat_map(char::to_lowercase).nfkd().filter(|&c| is_kept(c)).collect();
+        folded.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn every_character_folds_as_the_definition_says() {
+        let planes = (0..=0x3_FFFF).chain(0xE_0000..=0xE_0FFF);
+        for c in planes.filter_map(char::from_u32) {
+            let name = format!("a{c}\u{301}b {c}");
+            assert_eq!(normalise_name(&name), by_definition(&name), "U+{:04X}", u32::from(c));
+        }
+    }
 
     #[test]
     fn latin_accents_case_and_spaces() {
@@ -106,6 +153,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn names_fold_as_the_definition_says(name in any::<String>()) {
+            prop_assert_eq!(normalise_name(&name), by_definition(&name));
+        }
+
         #[test]
         fn normalise_is_idempotent(name in any::<String>()) {
             let once = normalise_name(&name);
