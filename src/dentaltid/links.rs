@@ -1,12 +1,20 @@
-//! The sync's own record of links (`nanopix_sync_links`) and the export journal
-//! (`nanopix_sync_exports`).
+//! The sync's own record of links and the export journal (`nanopix_sync_exports`).
+//!
+//! A link is stored in one of two ways. Patients written by one [`DentalTid::import`] have
+//! their links in `nanopix_sync_imports`, one row per run of consecutive patient ids holding
+//! their NanoPix ids end to end (15 characters each): patient `first_patient_id + k` is linked,
+//! as imported, to the k-th id. Every other link, and every change of state of an imported one,
+//! is a row of `nanopix_sync_links`; a readable row there overrides a batch entry for the same
+//! patient. Of batch rows that overlap, the one starting last covers the patients from its start.
 //!
 //! The journal row is written before NanoPix is touched and removed in the same transaction
-//! that stores the new id on the patient, so a crash in between can be repaired. Rows this
-//! library cannot read back are skipped, never fatal. Nothing here deletes a patient.
+//! that stores the new id on the patient, so a crash in between can be repaired. Rows and batch
+//! entries this library cannot read back are skipped, never fatal. Nothing here deletes a patient.
+
+use std::fmt::Write;
 
 use chrono::NaiveDateTime;
-use rusqlite::{Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
 use super::values::{integer_at, read_text, text_at};
@@ -17,27 +25,60 @@ use crate::{Error, NanoPixId, Result};
 /// The columns [`link_from_row`] reads, in its order.
 const LINK_COLUMNS: &str = "patient_id, external_id, origin, state, synced_at";
 
-/// Records a link DentalTID already had, unless the patient already has a link row.
+/// Records a link row, unless the patient already has one.
 const ADOPT_LINK: &str = "INSERT INTO nanopix_sync_links(patient_id, external_id, origin, state, synced_at)
     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(patient_id) DO NOTHING";
 
+/// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
+const ID_LEN: usize = 15;
+
+/// The columns [`read_batch`] reads, in its order (`external_ids` last, so a row rejected on
+/// its range is never read in full).
+const BATCH_COLUMNS: &str = "first_patient_id, last_patient_id, synced_at, external_ids";
+
+/// Records the links of one run of consecutive imported patients.
+const INSERT_BATCH: &str =
+    "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids)
+    VALUES (?1, ?2, ?3, ?4)";
+
+/// Selects the batch row that covers patient `?1`, if any: the one starting last at or before it.
+const COVERING_BATCH: &str =
+    "WHERE first_patient_id = (SELECT MAX(first_patient_id) FROM nanopix_sync_imports WHERE first_patient_id <= ?1)
+        AND last_patient_id >= ?1";
+
+/// Whether any patient of `?1 ..= ?2` already has a link, in a link row or a batch row.
+const RANGE_LINKED: &str = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE patient_id BETWEEN ?1 AND ?2)
+    OR EXISTS(SELECT 1 FROM nanopix_sync_imports WHERE first_patient_id BETWEEN ?1 AND ?2)
+    OR EXISTS(SELECT 1 FROM nanopix_sync_imports
+        WHERE first_patient_id = (SELECT MAX(first_patient_id) FROM nanopix_sync_imports WHERE first_patient_id < ?1)
+            AND last_patient_id >= ?1)";
+
 impl DentalTid {
-    /// Every link, in patient id order.
+    /// Every link, in patient id order: link rows and the links of imported batches.
     pub fn links(&self) -> Result<Vec<Link>> {
-        self.query_links("reading links", "ORDER BY patient_id", [])
+        let recorded = self.query_links("reading links", "ORDER BY patient_id", [])?;
+        let imported = self.batch_links().map_err(Error::db(&self.path, "reading the links of imports"))?;
+        Ok(merge_links(recorded, imported))
     }
 
-    /// The link of one patient, if any.
+    /// The link of one patient, if any: its link row, or else its batch entry.
     pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
-        Ok(self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?.pop())
+        match self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?.pop() {
+            Some(link) => Ok(Some(link)),
+            None => batch_link(&self.conn, patient_id).map_err(Error::db(&self.path, "reading the link of an import")),
+        }
     }
 
-    /// Records links DentalTID already had (an `external_id` set without a link row), in one transaction.
+    /// Records links DentalTID already had (an `external_id` set without a link), in one
+    /// transaction. A patient whose link a batch row already records is left as it is.
     pub fn adopt_links(&mut self, links: &[(i64, NanoPixId, LinkOrigin)], synced_at: NaiveDateTime) -> Result<()> {
         let synced_at = dart_timestamp(synced_at);
         self.write("recording existing links", |tx| {
             let mut adopt = tx.prepare_cached(ADOPT_LINK)?;
             for (patient_id, external_id, origin) in links {
+                if batch_link(tx, *patient_id)?.is_some() {
+                    continue;
+                }
                 let state = LinkState::Linked.as_str();
                 adopt.execute(params![patient_id, external_id.to_string(), origin.as_str(), state, synced_at])?;
             }
@@ -45,11 +86,18 @@ impl DentalTid {
         })
     }
 
-    /// Changes the state of an existing link (a patient without a link row is left alone).
+    /// Changes the state of an existing link: updates its link row, or writes one from its batch
+    /// entry (a patient without a link is left alone).
     pub fn set_link_state(&mut self, patient_id: i64, state: LinkState) -> Result<()> {
         self.write("changing a link state", |tx| {
             let sql = "UPDATE nanopix_sync_links SET state = ?1 WHERE patient_id = ?2";
-            tx.execute(sql, params![state.as_str(), patient_id]).map(drop)
+            if tx.execute(sql, params![state.as_str(), patient_id])? > 0 {
+                return Ok(());
+            }
+            let Some(link) = batch_link(tx, patient_id)? else { return Ok(()) };
+            let (origin, synced_at) = (link.origin.as_str(), dart_timestamp(link.synced_at));
+            let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
+            tx.prepare_cached(ADOPT_LINK)?.execute(values).map(drop)
         })
     }
 
@@ -105,6 +153,133 @@ impl DentalTid {
         };
         read().map_err(Error::db(&self.path, step))
     }
+
+    /// The links batch rows record, in patient id order. A row covers the patients from its
+    /// first id on, so it replaces what rows starting earlier gave for them.
+    fn batch_links(&self) -> rusqlite::Result<Vec<Link>> {
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports ORDER BY first_patient_id");
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let mut rows = statement.query([])?;
+        let mut links = Vec::new();
+        while let Some(row) = rows.next()? {
+            if let Some(first) = integer_at(row, 0)? {
+                links.truncate(links.partition_point(|link: &Link| link.patient_id < first));
+            }
+            read_batch(row, |batch| batch.expand_into(&mut links))?;
+        }
+        Ok(links)
+    }
+}
+
+/// Records the links of the patients one [`DentalTid::import`] wrote, given as `(patient id,
+/// NanoPix id)` in the order written: one batch row per run of consecutive patient ids.
+pub(super) fn record_imported_links(
+    tx: &Transaction<'_>,
+    imported: &[(i64, NanoPixId)],
+    synced_at: &str,
+) -> rusqlite::Result<()> {
+    for run in imported.chunk_by(|(previous, _), (next, _)| previous.checked_add(1) == Some(*next)) {
+        record_run(tx, run, synced_at)?;
+    }
+    Ok(())
+}
+
+/// Records one run of consecutive patient ids as a batch row. When one of its ids already has a
+/// link (an id used again after a delete, which a `patients` table without AUTOINCREMENT allows),
+/// the run gets link rows instead, which replace what is recorded for those ids.
+fn record_run(tx: &Transaction<'_>, run: &[(i64, NanoPixId)], synced_at: &str) -> rusqlite::Result<()> {
+    let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else { return Ok(()) };
+    if tx.prepare_cached(RANGE_LINKED)?.query_row([first, last], |row| row.get::<_, bool>(0))? {
+        return replace_links(tx, run, synced_at);
+    }
+    let mut external_ids = String::with_capacity(run.len().saturating_mul(ID_LEN));
+    for (_, external_id) in run {
+        write!(external_ids, "{external_id}").map_err(|error| rusqlite::Error::ToSqlConversionFailure(error.into()))?;
+    }
+    tx.prepare_cached(INSERT_BATCH)?.execute(params![first, last, synced_at, external_ids]).map(drop)
+}
+
+/// Records each imported link of `run` as a link row, replacing the patient's link row if any.
+fn replace_links(tx: &Transaction<'_>, run: &[(i64, NanoPixId)], synced_at: &str) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(UPSERT_LINK)?;
+    let (origin, state) = (LinkOrigin::Imported.as_str(), LinkState::Linked.as_str());
+    for (patient_id, external_id) in run {
+        upsert.execute(params![patient_id, external_id.to_string(), origin, state, synced_at])?;
+    }
+    Ok(())
+}
+
+/// The link the batch row covering `patient_id` records for it, if any.
+fn batch_link(conn: &Connection, patient_id: i64) -> rusqlite::Result<Option<Link>> {
+    let mut statement =
+        conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports {COVERING_BATCH}"))?;
+    let link = statement.query_row([patient_id], |row| read_batch(row, |batch| batch.link(patient_id))).optional()?;
+    Ok(link.flatten().flatten())
+}
+
+/// Link rows and batch links, each in patient id order, merged in that order; a link row wins
+/// over the batch entry of the same patient.
+fn merge_links(recorded: Vec<Link>, imported: Vec<Link>) -> Vec<Link> {
+    let mut merged = Vec::with_capacity(recorded.len() + imported.len());
+    let mut imported = imported.into_iter().peekable();
+    for link in recorded {
+        merged.extend(std::iter::from_fn(|| imported.next_if(|entry| entry.patient_id < link.patient_id)));
+        imported.next_if(|entry| entry.patient_id == link.patient_id);
+        merged.push(link);
+    }
+    merged.extend(imported);
+    merged
+}
+
+/// A row of `nanopix_sync_imports` whose ids fit its range of patients, borrowing its ids.
+struct Batch<'row> {
+    /// The patient of the first id.
+    first: i64,
+    /// The patient of the last id.
+    last: i64,
+    /// When the batch was imported (local time).
+    synced_at: NaiveDateTime,
+    /// The NanoPix ids, [`ID_LEN`] bytes each, one per patient of `first ..= last`.
+    external_ids: &'row [u8],
+}
+
+impl<'row> Batch<'row> {
+    /// A batch, when `external_ids` holds exactly one id's length per patient of `first ..= last`.
+    fn new(first: i64, last: i64, synced_at: NaiveDateTime, external_ids: &'row str) -> Option<Self> {
+        let patients = usize::try_from(last.checked_sub(first)?.checked_add(1)?).ok()?;
+        let fits = patients.checked_mul(ID_LEN)? == external_ids.len();
+        fits.then_some(Self { first, last, synced_at, external_ids: external_ids.as_bytes() })
+    }
+
+    /// The link of `patient_id`, when the batch covers it with a valid NanoPix id.
+    fn link(&self, patient_id: i64) -> Option<Link> {
+        let start = usize::try_from(patient_id.checked_sub(self.first)?).ok()?.checked_mul(ID_LEN)?;
+        let entry = self.external_ids.get(start..start.checked_add(ID_LEN)?)?;
+        self.entry_link(patient_id, entry)
+    }
+
+    /// Appends the link of every entry that holds a valid NanoPix id, in patient id order.
+    fn expand_into(&self, links: &mut Vec<Link>) {
+        links.reserve(self.external_ids.len() / ID_LEN);
+        let entries = (self.first..=self.last).zip(self.external_ids.chunks_exact(ID_LEN));
+        links.extend(entries.filter_map(|(patient_id, entry)| self.entry_link(patient_id, entry)));
+    }
+
+    /// The imported link of one entry; `None` unless the entry is a valid NanoPix id.
+    fn entry_link(&self, patient_id: i64, entry: &[u8]) -> Option<Link> {
+        let external_id = std::str::from_utf8(entry).ok()?;
+        NanoPixId::parse(external_id).ok()?;
+        let (origin, state, synced_at) = (LinkOrigin::Imported, LinkState::Linked, self.synced_at);
+        Some(Link { patient_id, external_id: external_id.to_owned(), origin, state, synced_at })
+    }
+}
+
+/// Reads a row of [`BATCH_COLUMNS`] and hands it to `use_batch`; `None`, without calling it,
+/// when the row is not one this library writes.
+fn read_batch<T>(row: &Row<'_>, use_batch: impl FnOnce(Batch<'_>) -> T) -> rusqlite::Result<Option<T>> {
+    let (Some(first), Some(last)) = (integer_at(row, 0)?, integer_at(row, 1)?) else { return Ok(None) };
+    let Some(synced_at) = read_text(row, 2, |text| text.and_then(parse_dart_timestamp))? else { return Ok(None) };
+    read_text(row, 3, |text| text.and_then(|ids| Batch::new(first, last, synced_at, ids)).map(use_batch))
 }
 
 /// Reads a row of [`LINK_COLUMNS`]; `None` when a value is not one this library writes.
@@ -128,8 +303,44 @@ fn pending_export_from_row(row: &Row<'_>) -> rusqlite::Result<Option<PendingExpo
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{at, link_one, nanopix_id, sample_database};
+    use super::super::testing::{at, link_one, nanopix_id, new_patient, sample_database};
     use super::*;
+
+    /// Imports one patient per NanoPix id, all synced at 2025-01-21 12:00; returns their ids.
+    fn import_ids(dentaltid: &mut DentalTid, external_ids: &[&str]) -> Vec<i64> {
+        let rows: Vec<_> = external_ids.iter().map(|id| new_patient("Imported", at(2024, 6, 3, 9, 5), id)).collect();
+        dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap()
+    }
+
+    /// The link an import at 2025-01-21 12:00 gives `patient_id`.
+    fn imported(patient_id: i64, external_id: &str) -> Link {
+        let (origin, state, synced_at) = (LinkOrigin::Imported, LinkState::Linked, at(2025, 1, 21, 12, 0));
+        Link { patient_id, external_id: external_id.to_owned(), origin, state, synced_at }
+    }
+
+    /// The number of rows of `table`.
+    fn count(dentaltid: &DentalTid, table: &str) -> i64 {
+        dentaltid.conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).unwrap()
+    }
+
+    /// `(first, last, external_ids)` of every batch row, in order.
+    fn batch_rows(dentaltid: &DentalTid) -> Vec<(i64, i64, String)> {
+        let sql = "SELECT first_patient_id, last_patient_id, external_ids FROM nanopix_sync_imports ORDER BY 1";
+        let mut statement = dentaltid.conn.prepare(sql).unwrap();
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// Checks that `link` gives, for every patient of `patient_ids`, what `links` lists for it,
+    /// and that `links` lists each patient once, in order.
+    fn assert_link_agrees_with_links(dentaltid: &DentalTid, patient_ids: std::ops::RangeInclusive<i64>) {
+        let links = dentaltid.links().unwrap();
+        assert!(links.windows(2).all(|pair| pair[0].patient_id < pair[1].patient_id), "{links:?}");
+        for patient_id in patient_ids {
+            let listed = links.iter().find(|link| link.patient_id == patient_id);
+            assert_eq!(dentaltid.link(patient_id).unwrap().as_ref(), listed, "patient {patient_id}");
+        }
+    }
 
     #[test]
     fn an_export_is_journaled_then_finished() {
@@ -235,5 +446,160 @@ mod tests {
         dentaltid.conn.execute_batch(sql).unwrap();
         let ids: Vec<i64> = dentaltid.links().unwrap().iter().map(|l| l.patient_id).collect();
         assert_eq!(ids, [1]);
+    }
+
+    #[test]
+    fn an_import_writes_one_batch_row_and_no_link_rows() {
+        let (_dir, mut dentaltid) = sample_database();
+        let ids = import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240101_000000"]);
+        assert_eq!(ids, [7, 8, 9]);
+        assert_eq!(count(&dentaltid, "nanopix_sync_links"), 0);
+        assert_eq!(batch_rows(&dentaltid), [(7, 9, "20240603_09050020240603_09050120240101_000000".to_owned())]);
+        let synced_at: String =
+            dentaltid.conn.query_row("SELECT synced_at FROM nanopix_sync_imports", [], |row| row.get(0)).unwrap();
+        assert_eq!(synced_at, "2025-01-21T12:00:00.000");
+    }
+
+    #[test]
+    fn imported_links_read_as_link_rows_did() {
+        let (_dir, mut dentaltid) = sample_database();
+        link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
+        import_ids(&mut dentaltid, &["20240101_000000"]);
+        let matched = Link { origin: LinkOrigin::Matched, ..imported(2, "20250121_152638") };
+        let expected =
+            [matched, imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(9, "20240101_000000")];
+        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_eq!(dentaltid.link(8).unwrap(), Some(imported(8, "20240603_090501")));
+        assert_eq!(dentaltid.link(9).unwrap(), Some(imported(9, "20240101_000000")));
+        assert_eq!(dentaltid.link(10).unwrap(), None);
+        assert_eq!(dentaltid.link(1).unwrap(), None);
+        assert_link_agrees_with_links(&dentaltid, 0..=11);
+    }
+
+    #[test]
+    fn a_gap_in_ids_splits_the_batch() {
+        let (_dir, mut dentaltid) = sample_database();
+        let skip_ids = "CREATE TRIGGER skip_ids AFTER INSERT ON patients WHEN NEW.external_id = '20240603_090501'
+            BEGIN
+                INSERT INTO patients(id, name) VALUES (NEW.id + 10, 'placeholder');
+                DELETE FROM patients WHERE id = NEW.id + 10;
+            END";
+        dentaltid.conn.execute_batch(skip_ids).unwrap();
+        let ids = import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502"]);
+        assert_eq!(ids, [7, 8, 19]);
+        let batches = [(7, 8, "20240603_09050020240603_090501".to_owned()), (19, 19, "20240603_090502".to_owned())];
+        assert_eq!(batch_rows(&dentaltid), batches);
+        let expected =
+            [imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(19, "20240603_090502")];
+        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_link_agrees_with_links(&dentaltid, 6..=20);
+    }
+
+    #[test]
+    fn a_state_change_of_an_imported_link_is_written_as_a_link_row() {
+        let (_dir, mut dentaltid) = sample_database();
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502"]);
+        dentaltid.set_link_state(8, LinkState::Missing).unwrap();
+        let missing = Link { state: LinkState::Missing, ..imported(8, "20240603_090501") };
+        assert_eq!(dentaltid.link(8).unwrap(), Some(missing.clone()));
+        let expected = [imported(7, "20240603_090500"), missing, imported(9, "20240603_090502")];
+        assert_eq!(dentaltid.links().unwrap(), expected);
+        dentaltid.set_link_state(8, LinkState::DeleteRequested).unwrap();
+        assert_eq!(dentaltid.link(8).unwrap().map(|link| link.state), Some(LinkState::DeleteRequested));
+        assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
+        dentaltid.set_link_state(10, LinkState::Missing).unwrap();
+        assert_eq!(dentaltid.link(10).unwrap(), None);
+        assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
+        assert_link_agrees_with_links(&dentaltid, 6..=11);
+    }
+
+    #[test]
+    fn a_link_row_overrides_the_batch_entry() {
+        let (_dir, mut dentaltid) = sample_database();
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
+        let sql = "INSERT INTO nanopix_sync_links VALUES
+            (7, '20230303_030303', 'matched', 'missing', '2025-02-01T08:00:00.000')";
+        dentaltid.conn.execute_batch(sql).unwrap();
+        let (origin, state, synced_at) = (LinkOrigin::Matched, LinkState::Missing, at(2025, 2, 1, 8, 0));
+        let recorded = Link { patient_id: 7, external_id: "20230303_030303".to_owned(), origin, state, synced_at };
+        assert_eq!(dentaltid.link(7).unwrap(), Some(recorded.clone()));
+        assert_eq!(dentaltid.links().unwrap(), [recorded, imported(8, "20240603_090501")]);
+    }
+
+    #[test]
+    fn unreadable_batch_rows_and_entries_are_skipped() {
+        let (_dir, dentaltid) = sample_database();
+        let sql = "INSERT INTO nanopix_sync_imports VALUES
+            (10, 12, '2025-01-21T12:00:00.000', '20240101_000000../../etc/passw20240101_000002'),
+            (20, 22, '2025-01-21T12:00:00.000', '20240101_00000020240101_000001'),
+            (30, 29, '2025-01-21T12:00:00.000', ''),
+            (40, 9223372036854775807, '2025-01-21T12:00:00.000', '20240101_000000'),
+            (50, 'fifty', '2025-01-21T12:00:00.000', '20240101_000000'),
+            (60, 60, 'someday', '20240101_000000'),
+            (70, 71, '2025-01-21T12:00:00.000', '20240101_000000202401é1_00000'),
+            (80, 80, '2025-01-21T12:00:00.000', X'3230323430313031' || '_000000')";
+        dentaltid.conn.execute_batch(sql).unwrap();
+        let expected =
+            [imported(10, "20240101_000000"), imported(12, "20240101_000002"), imported(70, "20240101_000000")];
+        assert_eq!(dentaltid.links().unwrap()[..3], expected);
+        let listed: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
+        assert_eq!(listed, [10, 12, 70, 80]);
+        assert_link_agrees_with_links(&dentaltid, 0..=90);
+    }
+
+    #[test]
+    fn a_batch_row_starting_later_covers_the_patients_from_its_start() {
+        let (_dir, dentaltid) = sample_database();
+        let sql = "INSERT INTO nanopix_sync_imports VALUES
+            (10, 13, '2025-01-21T12:00:00.000', '20240101_00001020240101_00001120240101_00001220240101_000013'),
+            (11, 11, '2025-01-21T12:00:00.000', '20240202_000011')";
+        dentaltid.conn.execute_batch(sql).unwrap();
+        let listed: Vec<(i64, String)> =
+            dentaltid.links().unwrap().into_iter().map(|link| (link.patient_id, link.external_id)).collect();
+        assert_eq!(listed, [(10, "20240101_000010".to_owned()), (11, "20240202_000011".to_owned())]);
+        assert_link_agrees_with_links(&dentaltid, 9..=14);
+    }
+
+    #[test]
+    fn a_deleted_patient_keeps_its_imported_link() {
+        let (_dir, mut dentaltid) = sample_database();
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502"]);
+        dentaltid.conn.execute_batch("DELETE FROM patients WHERE id = 8").unwrap();
+        assert_eq!(dentaltid.patient(8).unwrap(), None);
+        assert_eq!(dentaltid.link(8).unwrap(), Some(imported(8, "20240603_090501")));
+        let listed: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
+        assert_eq!(listed, [7, 8, 9]);
+    }
+
+    #[test]
+    fn adopting_skips_patients_a_batch_already_links() {
+        let (_dir, mut dentaltid) = sample_database();
+        import_ids(&mut dentaltid, &["20240603_090500"]);
+        let adopt = [
+            (7, nanopix_id("20240603_090500"), LinkOrigin::Imported),
+            (2, nanopix_id("20250102_000000"), LinkOrigin::Matched),
+        ];
+        dentaltid.adopt_links(&adopt, at(2025, 1, 22, 8, 0)).unwrap();
+        let recorded: String = dentaltid
+            .conn
+            .query_row("SELECT group_concat(patient_id) FROM nanopix_sync_links", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(recorded, "2");
+        assert_eq!(dentaltid.link(7).unwrap(), Some(imported(7, "20240603_090500")));
+    }
+
+    #[test]
+    fn an_import_over_ids_used_before_replaces_their_links() {
+        let (_dir, mut dentaltid) = sample_database();
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
+        link_one(&mut dentaltid, 6, "20230303_030303", at(2025, 1, 21, 12, 0)).unwrap();
+        let forget = "DELETE FROM patients WHERE id >= 6; DELETE FROM sqlite_sequence WHERE name = 'patients'";
+        dentaltid.conn.execute_batch(forget).unwrap();
+        let ids = import_ids(&mut dentaltid, &["20250505_050505", "20250505_050506", "20250505_050507"]);
+        assert_eq!(ids, [6, 7, 8]);
+        let expected = [imported(6, "20250505_050505"), imported(7, "20250505_050506"), imported(8, "20250505_050507")];
+        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_link_agrees_with_links(&dentaltid, 5..=9);
     }
 }

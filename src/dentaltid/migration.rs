@@ -73,6 +73,12 @@ const OWN_TABLES: &str = "
         external_id TEXT NOT NULL UNIQUE,
         started_at TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS nanopix_sync_imports(
+        first_patient_id INTEGER PRIMARY KEY,
+        last_patient_id INTEGER NOT NULL,
+        synced_at TEXT NOT NULL,
+        external_ids TEXT NOT NULL
+    );
 ";
 
 /// The indexes [`OWN_INDEXES`] creates, as `(type, name)` in `sqlite_master`.
@@ -80,8 +86,12 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 3] =
-    [("table", "nanopix_sync_state"), ("table", "nanopix_sync_links"), ("table", "nanopix_sync_exports")];
+const OWN_OBJECTS: [(&str, &str); 4] = [
+    ("table", "nanopix_sync_state"),
+    ("table", "nanopix_sync_links"),
+    ("table", "nanopix_sync_exports"),
+    ("table", "nanopix_sync_imports"),
+];
 
 impl DentalTid {
     /// Checks, without writing, that `patients` exists and has every column the sync uses.
@@ -294,6 +304,24 @@ mod tests {
             })
             .unwrap();
         assert!(!index_sql.to_uppercase().contains("UNIQUE"), "{index_sql}");
+    }
+
+    #[test]
+    fn a_file_migrated_without_the_imports_table_gains_it_and_keeps_its_links() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V29, true);
+        drop(open(&path));
+        let conn = Connection::open(&path).unwrap();
+        let older = "DROP TABLE nanopix_sync_imports; INSERT INTO nanopix_sync_links
+            VALUES (1, '20250121_152638', 'matched', 'linked', '2025-01-21T12:00:00.000')";
+        conn.execute_batch(older).unwrap();
+        assert!(!is_migrated(&conn).unwrap());
+        drop(conn);
+        let dentaltid = open(&path);
+        assert!(schema_object_exists(&dentaltid.conn, "table", "nanopix_sync_imports").unwrap());
+        assert!(is_migrated(&dentaltid.conn).unwrap());
+        let links: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
+        assert_eq!(links, [1]);
     }
 
     #[test]

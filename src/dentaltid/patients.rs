@@ -8,6 +8,7 @@
 use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
+use super::links::record_imported_links;
 use super::values::{integer_at, read_text, text_at};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
@@ -98,15 +99,14 @@ impl DentalTid {
         holds(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
     }
 
-    /// Inserts imported patients and their links in one transaction; returns their new ids in order.
+    /// Inserts imported patients and records their links (as batches, see [`super::links`]) in
+    /// one transaction; returns their new ids in order.
     pub fn import(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
         let synced_at = dart_timestamp(synced_at);
         self.write("importing patients", |tx| {
             let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
-            let mut link = tx.prepare_cached(UPSERT_LINK)?;
-            let mut ids = Vec::with_capacity(rows.len());
+            let mut imported = Vec::with_capacity(rows.len());
             for row in rows {
-                let external_id = row.external_id.to_string();
                 let id = insert.insert(params![
                     row.first_name,
                     row.last_name,
@@ -114,13 +114,12 @@ impl DentalTid {
                     row.date_of_birth.map(dart_date),
                     dart_timestamp(row.created_at),
                     row.phone,
-                    external_id,
+                    row.external_id.to_string(),
                 ])?;
-                let (origin, state) = (LinkOrigin::Imported.as_str(), LinkState::Linked.as_str());
-                link.execute(params![id, external_id, origin, state, synced_at])?;
-                ids.push(id);
+                imported.push((id, row.external_id));
             }
-            Ok(ids)
+            record_imported_links(tx, &imported, &synced_at)?;
+            Ok(imported.into_iter().map(|(id, _)| id).collect())
         })
     }
 
