@@ -90,7 +90,7 @@ pub(crate) struct PatientRef {
     pub external_id: Option<NanoPixId>,
 }
 
-/// A row of `nanopix_sync_links`.
+/// A link, as `nanopix_sync_links` or an import batch of `nanopix_sync_imports` records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Link {
     /// The DentalTID patient (`patients.id`); the patient may have been deleted since.
