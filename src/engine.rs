@@ -4,7 +4,7 @@
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -74,6 +74,14 @@ struct Snapshot {
     pending: Vec<PendingExport>,
 }
 
+impl Snapshot {
+    /// DentalTID's highest `patients.id` and row count when the snapshot was read.
+    fn dentaltid_extent(&self) -> (i64, u64) {
+        let highest = self.dentaltid.iter().map(|p| p.id).max().unwrap_or(0);
+        (highest, self.dentaltid.len() as u64)
+    }
+}
+
 impl Engine {
     /// Opens and checks both sides, migrates DentalTID, and repairs interrupted exports.
     pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
@@ -115,15 +123,13 @@ impl Engine {
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
-        // A pass stopped early leaves no cursor, so the next live pass reconciles fully.
+        // A pass stopped early leaves no cursor, so the next live pass reconciles fully. Without
+        // imports, the snapshot's DentalTID extent is still good and saves counting every row.
         self.cursor = if self.cancelled() {
             None
         } else {
-            Some(LiveCursor {
-                nanopix_pk: snapshot.nanopix_pk,
-                nanopix_rows: snapshot.nanopix_rows,
-                dentaltid: self.dentaltid.extent()?,
-            })
+            let dentaltid = if report.imported > 0 { self.dentaltid.extent()? } else { snapshot.dentaltid_extent() };
+            Some(LiveCursor { nanopix_pk: snapshot.nanopix_pk, nanopix_rows: snapshot.nanopix_rows, dentaltid })
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.bus.emit(EventKind::Reconciled(report.clone()));
@@ -288,12 +294,21 @@ impl Engine {
         self.signals.closing.load(Ordering::Relaxed) || (self.automatic && !self.signals.live.load(Ordering::Relaxed))
     }
 
-    fn snapshot(&self, report: &mut ReconcileReport) -> Result<Snapshot> {
-        let rows = self.nanopix.patient_ids()?;
+    /// Reads both sides at once: NanoPix's ids and folders on a second thread, DentalTID's
+    /// patients, links and journal on this one.
+    fn snapshot(&mut self, report: &mut ReconcileReport) -> Result<Snapshot> {
+        let (nanopix, dentaltid) = (&mut self.nanopix, &self.dentaltid);
+        let (nanopix_side, dentaltid_side) = std::thread::scope(|scope| {
+            let nanopix_side = scope.spawn(move || Ok::<_, Error>((nanopix.patient_ids()?, nanopix.scan_folders()?)));
+            let dentaltid_side =
+                (|| Ok::<_, Error>((dentaltid.patient_refs()?, dentaltid.links()?, dentaltid.pending_exports()?)))();
+            (nanopix_side.join(), dentaltid_side)
+        });
+        let (rows, folders) = nanopix_side.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
+        let (patients, links, pending) = dentaltid_side?;
         let nanopix_pk = rows.ids.iter().map(|(pk, _)| *pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
         let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
         self.report_odd_rows(rows.odd_rows, report);
-        let folders = self.nanopix.scan_folders()?;
         for name in &folders.odd_names {
             self.report_odd_folder(name, report);
         }
@@ -302,9 +317,9 @@ impl Engine {
             nanopix_rows,
             nanopix: rows.ids.into_iter().map(|(_, id)| id).collect(),
             folders,
-            dentaltid: self.dentaltid.patient_refs()?,
-            links: self.dentaltid.links()?,
-            pending: self.dentaltid.pending_exports()?,
+            dentaltid: patients,
+            links,
+            pending,
         })
     }
 

@@ -57,7 +57,7 @@ pub(crate) struct IdRows {
 #[derive(Debug, Default)]
 pub(crate) struct FolderScan {
     /// Real folders named by a valid id.
-    pub patient_folders: HashSet<NanoPixId>,
+    pub patient_folders: foldhash::HashSet<NanoPixId>,
     /// Every other name in the root except `database`: files, symlinks, other or non-UTF-8 names.
     pub odd_names: Vec<OsString>,
 }
@@ -549,7 +549,7 @@ pub(crate) mod tests {
         fs::write(root.join("20250302_093000"), b"a file named like an id").unwrap();
         fs::write(root.join("readme.txt"), b"").unwrap();
         let scan = open(&root).scan_folders().unwrap();
-        let expected: HashSet<NanoPixId> = [id(FIXTURE_ID), id("20250301_093000")].into();
+        let expected: foldhash::HashSet<NanoPixId> = [id(FIXTURE_ID), id("20250301_093000")].into_iter().collect();
         assert_eq!(scan.patient_folders, expected);
         let mut odd = scan.odd_names.clone();
         odd.sort();
@@ -566,7 +566,7 @@ pub(crate) mod tests {
         fs::create_dir(temp.path().join("outside")).unwrap();
         std::os::unix::fs::symlink(temp.path().join("outside"), root.join("20250303_093000")).unwrap();
         let scan = open(&root).scan_folders().unwrap();
-        assert_eq!(scan.patient_folders, [id(FIXTURE_ID)].into());
+        assert_eq!(scan.patient_folders, [id(FIXTURE_ID)].into_iter().collect());
         let mut odd = scan.odd_names.clone();
         odd.sort();
         assert_eq!(odd, vec![OsString::from("20250303_093000"), non_utf8.to_owned()]);
