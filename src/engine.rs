@@ -1,13 +1,17 @@
 //! The engine: reconcile, import, export and repair, run on the one thread that owns both
-//! database connections.
+//! database connections. A reconcile lends the NanoPix connection to a scoped helper thread, so
+//! NanoPix is read (and matched) while DentalTID is read (or written) on the two cores.
 //!
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
 
-use foldhash::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+use chrono::NaiveDateTime;
+use crossbeam_channel::Sender;
+use foldhash::HashSet;
 
 use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
 use crate::events::{EventBus, EventKind, ReconcileReport};
@@ -79,6 +83,14 @@ impl Snapshot {
     fn dentaltid_extent(&self) -> (i64, u64) {
         let highest = self.dentaltid.iter().map(|p| p.id).max().unwrap_or(0);
         (highest, self.dentaltid.len() as u64)
+    }
+}
+
+impl Signals {
+    /// Whether work should stop: the handle is closing, or it is automatic work and Live Sync
+    /// was switched off.
+    fn stop(&self, automatic: bool) -> bool {
+        self.closing.load(Ordering::Relaxed) || (automatic && !self.live.load(Ordering::Relaxed))
     }
 }
 
@@ -291,7 +303,7 @@ impl Engine {
 
     /// Whether the current work should stop: the handle is closing, or automatic work lost Live Sync.
     fn cancelled(&self) -> bool {
-        self.signals.closing.load(Ordering::Relaxed) || (self.automatic && !self.signals.live.load(Ordering::Relaxed))
+        self.signals.stop(self.automatic)
     }
 
     /// Reads both sides at once: NanoPix's ids and folders on a second thread, DentalTID's
@@ -392,28 +404,24 @@ impl Engine {
         imported
     }
 
+    /// Reads NanoPix page by page and decides every patient on a second thread, while this one
+    /// writes the imports of the pages already decided: reading and matching overlap writing.
+    /// At most one decided page waits, so memory stays a few pages whatever the clinic's size.
     fn import_pages(&mut self, known: &HashSet<NanoPixId>, report: &mut ReconcileReport) -> Result<()> {
-        let mut matcher = None;
-        let mut after = i64::MIN;
-        while !self.cancelled() {
-            let page = self.nanopix.patients_after(after, PAGE)?;
-            let pks = page.patients.iter().map(|p| p.pk).chain(page.odd_rows.iter().map(|o| o.pk));
-            let Some(last) = pks.filter(|&pk| pk > after).max() else { break };
-            after = last;
-            let unknown: Vec<NanoPixPatient> = page.patients.into_iter().filter(|p| !known.contains(&p.id)).collect();
-            if unknown.is_empty() {
-                continue;
-            }
-            let matcher = match &mut matcher {
-                Some(matcher) => matcher,
-                None => matcher.insert(self.matcher(None)?),
-            };
-            self.decide_and_import(matcher, unknown, report)?;
-        }
-        match matcher {
-            Some(matcher) => self.link_held(matcher, report),
-            None => Ok(()),
-        }
+        let matcher = self.matcher(None)?;
+        let (signals, automatic) = (self.signals.clone(), self.automatic);
+        let (nanopix, dentaltid, bus, clock) = (&mut self.nanopix, &mut self.dentaltid, &self.bus, &self.config.clock);
+        let (decided, pages) = crossbeam_channel::bounded(1);
+        let (matcher, written) = std::thread::scope(|scope| {
+            let stop = move || signals.stop(automatic);
+            let reader = scope.spawn(move || decide_pages(nanopix, matcher, known, stop, &decided));
+            let written = pages.iter().try_for_each(|imports| import_all(dentaltid, bus, clock.now(), imports, report));
+            drop(pages);
+            (reader.join(), written)
+        });
+        let matcher = matcher.map_err(|_| Error::Internal("matching NanoPix patients panicked".into()))??;
+        written?;
+        self.link_held(matcher, report)
     }
 
     /// Offers `patients` to `matcher` and imports, in one transaction, those it says to import.
@@ -427,7 +435,7 @@ impl Engine {
         for patient in patients {
             matcher.offer(patient, &mut imports);
         }
-        self.import_all(imports, report)
+        import_all(&mut self.dentaltid, &self.bus, self.config.clock.now(), imports, report)
     }
 
     /// Writes the links `matcher` holds, once every NanoPix patient was offered to it. A pass
@@ -455,38 +463,6 @@ impl Engine {
             report.linked += 1;
             let (first_name, last_name) = (link.first_name, link.last_name);
             self.bus.emit(EventKind::PatientLinked { patient_id, external_id, first_name, last_name });
-        }
-        Ok(())
-    }
-
-    /// Imports NanoPix patients as new DentalTID patients, in one transaction, reporting the
-    /// possible duplicates.
-    fn import_all(&mut self, imports: Vec<Import>, report: &mut ReconcileReport) -> Result<()> {
-        if imports.is_empty() {
-            return Ok(());
-        }
-        let now = self.config.clock.now();
-        let rows: Vec<NewDentalPatient> =
-            imports.iter().map(|import| NewDentalPatient::from_nanopix(&import.patient, now.date())).collect();
-        let ids = self.dentaltid.import(&rows, now)?;
-        for ((row, import), patient_id) in rows.into_iter().zip(imports).zip(ids) {
-            report.imported += 1;
-            let external_id = row.external_id.to_string();
-            if let Some(duplicate) = import.possible_duplicate {
-                report.possible_duplicates += 1;
-                self.bus.emit(EventKind::PossibleDuplicate {
-                    external_id: external_id.clone(),
-                    patient_id: Some(patient_id),
-                    reason: duplicate.reason,
-                    candidates: duplicate.candidates,
-                });
-            }
-            self.bus.emit(EventKind::PatientImported {
-                patient_id,
-                external_id,
-                first_name: row.first_name,
-                last_name: row.last_name,
-            });
         }
         Ok(())
     }
@@ -593,7 +569,7 @@ impl Engine {
     }
 
     /// The first id from `now` on that is free in the database, on disk and in the journal.
-    fn free_id(&self, now: chrono::NaiveDateTime) -> Result<NanoPixId> {
+    fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
         let in_flight: HashSet<NanoPixId> =
             self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect();
         let mut lookup_error = None;
@@ -658,7 +634,72 @@ impl Engine {
     }
 }
 
-fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: chrono::NaiveDateTime) -> NewNanoPixPatient {
+/// Imports NanoPix patients as new DentalTID patients, in one transaction, reporting the
+/// possible duplicates.
+fn import_all(
+    dentaltid: &mut DentalTid,
+    bus: &EventBus,
+    now: NaiveDateTime,
+    imports: Vec<Import>,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    if imports.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<NewDentalPatient> =
+        imports.iter().map(|import| NewDentalPatient::from_nanopix(&import.patient, now.date())).collect();
+    let ids = dentaltid.import(&rows, now)?;
+    for ((row, import), patient_id) in rows.into_iter().zip(imports).zip(ids) {
+        report.imported += 1;
+        let external_id = row.external_id.to_string();
+        if let Some(duplicate) = import.possible_duplicate {
+            report.possible_duplicates += 1;
+            bus.emit(EventKind::PossibleDuplicate {
+                external_id: external_id.clone(),
+                patient_id: Some(patient_id),
+                reason: duplicate.reason,
+                candidates: duplicate.candidates,
+            });
+        }
+        bus.emit(EventKind::PatientImported {
+            patient_id,
+            external_id,
+            first_name: row.first_name,
+            last_name: row.last_name,
+        });
+    }
+    Ok(())
+}
+
+/// Reads NanoPix page by page from the start and offers every patient not in `known` to
+/// `matcher`, sending each page's imports to `decided`, until the last page or `stop` says so.
+/// Returns the matcher with the links it holds.
+fn decide_pages(
+    nanopix: &mut NanoPix,
+    mut matcher: Matcher,
+    known: &HashSet<NanoPixId>,
+    stop: impl Fn() -> bool,
+    decided: &Sender<Vec<Import>>,
+) -> Result<Matcher> {
+    let mut after = i64::MIN;
+    while !stop() {
+        let page = nanopix.patients_after(after, PAGE)?;
+        let pks = page.patients.iter().map(|p| p.pk).chain(page.odd_rows.iter().map(|o| o.pk));
+        let Some(last) = pks.filter(|&pk| pk > after).max() else { break };
+        after = last;
+        let mut imports = Vec::new();
+        for patient in page.patients.into_iter().filter(|p| !known.contains(&p.id)) {
+            matcher.offer(patient, &mut imports);
+        }
+        // The writer hung up only when it failed; it reports why.
+        if !imports.is_empty() && decided.send(imports).is_err() {
+            break;
+        }
+    }
+    Ok(matcher)
+}
+
+fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewNanoPixPatient {
     NewNanoPixPatient {
         id,
         last_name: patient.last_name.trim().to_owned(),
