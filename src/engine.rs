@@ -468,10 +468,12 @@ impl Engine {
     }
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
-    /// patient was deleted. Writes only on a change of state.
+    /// patient was deleted. Writes only on a change of state, all changes in one transaction,
+    /// and reports them once they are written.
     fn check_links(&mut self, snapshot: &Snapshot, report: &mut ReconcileReport) -> Result<()> {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
+        let mut changes = Vec::new();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
             let missing = match (rows.contains(&id), snapshot.folders.patient_folders.contains(&id)) {
@@ -480,36 +482,21 @@ impl Engine {
                 (true, false) => Some("folder"),
                 (false, false) => Some("row_and_folder"),
             };
-            self.check_link(link, patients.contains(&link.patient_id), missing, report)?;
+            changes.extend(link_change(link, patients.contains(&link.patient_id), missing));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let states: Vec<(i64, LinkState)> =
+            changes.iter().map(|(patient_id, state, _)| (*patient_id, *state)).collect();
+        self.dentaltid.set_link_states(&states)?;
+        for (_, _, event) in changes {
+            if matches!(event, EventKind::ExternalPatientRemoved { .. }) {
+                report.removed += 1;
+            }
+            self.bus.emit(event);
         }
         Ok(())
-    }
-
-    fn check_link(
-        &mut self,
-        link: &Link,
-        patient_exists: bool,
-        missing: Option<&str>,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
-        let (patient_id, external_id) = (link.patient_id, link.external_id.clone());
-        let next = match (patient_exists, missing, link.state) {
-            (false, None, LinkState::Linked | LinkState::Missing) => {
-                self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
-                LinkState::DeleteRequested
-            }
-            (true, Some(missing), LinkState::Linked) => {
-                report.removed += 1;
-                self.bus.emit(EventKind::ExternalPatientRemoved { patient_id, external_id, missing: missing.into() });
-                LinkState::Missing
-            }
-            (true, None, LinkState::Missing) => {
-                self.bus.emit(EventKind::ExternalPatientRestored { patient_id, external_id });
-                LinkState::Linked
-            }
-            _ => return Ok(()),
-        };
-        self.dentaltid.set_link_state(patient_id, next)
     }
 
     /// Exports DentalTID patients added past the Live Sync cursor, then moves the cursor.
@@ -697,6 +684,25 @@ fn decide_pages(
         }
     }
     Ok(matcher)
+}
+
+/// The new state of `link` and the event that says so, when its sides changed.
+fn link_change(link: &Link, patient_exists: bool, missing: Option<&str>) -> Option<(i64, LinkState, EventKind)> {
+    let (patient_id, external_id) = (link.patient_id, link.external_id.clone());
+    let (state, event) = match (patient_exists, missing, link.state) {
+        (false, None, LinkState::Linked | LinkState::Missing) => {
+            (LinkState::DeleteRequested, EventKind::DeleteRequested { patient_id, external_id })
+        }
+        (true, Some(missing), LinkState::Linked) => {
+            let missing = missing.into();
+            (LinkState::Missing, EventKind::ExternalPatientRemoved { patient_id, external_id, missing })
+        }
+        (true, None, LinkState::Missing) => {
+            (LinkState::Linked, EventKind::ExternalPatientRestored { patient_id, external_id })
+        }
+        _ => return None,
+    };
+    Some((patient_id, state, event))
 }
 
 fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewNanoPixPatient {

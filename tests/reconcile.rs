@@ -284,22 +284,54 @@ fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     sync.set_live_sync(false).unwrap();
     drop(sync);
     assert_eq!(indexes(), both);
+    add_bulk_nanopix(&clinic, 12_000);
+    let report = clinic.open().reconcile().unwrap();
+    assert_eq!(report.imported, 12_000);
+    assert_eq!(indexes(), both);
+}
+
+/// Adds `count` NanoPix patients in one transaction, one second apart from 2024-01-01 00:00:00
+/// (rows only: a folder is not needed for an import).
+fn add_bulk_nanopix(clinic: &Clinic, count: i64) {
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).unwrap();
     let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     conn.execute_batch("BEGIN").unwrap();
-    for i in 0..12_000 {
-        let id = format!(
-            "2024{:02}{:02}_{:02}{:02}{:02}",
-            1 + i / 1000,
-            1 + i / 40 % 25,
-            i / 3600 % 24,
-            i / 60 % 60,
-            i % 60
-        );
+    for i in 0..count {
+        let id = (start + chrono::Duration::seconds(i)).format("%Y%m%d_%H%M%S").to_string();
         conn.execute("INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', ?2)", (&id, i.to_string()))
             .unwrap();
     }
     conn.execute_batch("COMMIT").unwrap();
-    let report = clinic.open().reconcile().unwrap();
-    assert_eq!(report.imported, 12_000);
-    assert_eq!(indexes(), both);
+}
+
+#[test]
+fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once() {
+    let clinic = Clinic::new("v29");
+    add_bulk_nanopix(&clinic, 15_000);
+    let sync = clinic.open();
+    let events = sync.events();
+    let dentaltid = clinic.dentaltid.clone();
+    // Once the first page of imports is committed, another program takes DentalTID's write
+    // lock and keeps it until the reconcile gave up.
+    let locker = std::thread::spawn(move || {
+        let imported = events.iter().find(|event| matches!(event.kind, EventKind::PatientImported { .. }));
+        assert!(imported.is_some(), "the first page was imported");
+        let conn = rusqlite::Connection::open(dentaltid).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        conn
+    });
+    let cut_off = sync.reconcile();
+    drop(locker.join().unwrap());
+    assert!(matches!(cut_off, Err(nanopix_sync::Error::Busy { .. })), "{cut_off:?}");
+    let imported_before: i64 =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0))[0];
+    assert!(imported_before > 0 && imported_before < 15_001, "{imported_before} imported before the cut");
+    let rest = sync.reconcile().unwrap();
+    assert_eq!(imported_before + rest.imported as i64, 15_001, "the fixture's patient and the bulk");
+    let (rows, distinct): (i64, i64) = clinic
+        .dentaltid_rows("SELECT count(*), count(DISTINCT external_id) FROM patients WHERE source = 'nanopix'", |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })[0];
+    assert_eq!((rows, distinct), (15_001, 15_001));
 }

@@ -86,18 +86,21 @@ impl DentalTid {
         })
     }
 
-    /// Changes the state of an existing link: updates its link row, or writes one from its batch
-    /// entry (a patient without a link is left alone).
-    pub fn set_link_state(&mut self, patient_id: i64, state: LinkState) -> Result<()> {
-        self.write("changing a link state", |tx| {
-            let sql = "UPDATE nanopix_sync_links SET state = ?1 WHERE patient_id = ?2";
-            if tx.execute(sql, params![state.as_str(), patient_id])? > 0 {
-                return Ok(());
+    /// Changes the state of existing links, in one transaction: updates each link row, or writes
+    /// one from its batch entry (a patient without a link is left alone).
+    pub fn set_link_states(&mut self, changes: &[(i64, LinkState)]) -> Result<()> {
+        self.write("changing link states", |tx| {
+            let mut update = tx.prepare_cached("UPDATE nanopix_sync_links SET state = ?1 WHERE patient_id = ?2")?;
+            for &(patient_id, state) in changes {
+                if update.execute(params![state.as_str(), patient_id])? > 0 {
+                    continue;
+                }
+                let Some(link) = batch_link(tx, patient_id)? else { continue };
+                let (origin, synced_at) = (link.origin.as_str(), dart_timestamp(link.synced_at));
+                let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
+                tx.prepare_cached(ADOPT_LINK)?.execute(values)?;
             }
-            let Some(link) = batch_link(tx, patient_id)? else { return Ok(()) };
-            let (origin, synced_at) = (link.origin.as_str(), dart_timestamp(link.synced_at));
-            let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
-            tx.prepare_cached(ADOPT_LINK)?.execute(values).map(drop)
+            Ok(())
         })
     }
 
@@ -428,11 +431,11 @@ mod tests {
     fn link_state_changes_only_existing_links() {
         let (_dir, mut dentaltid) = sample_database();
         link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
-        dentaltid.set_link_state(1, LinkState::Missing).unwrap();
+        dentaltid.set_link_states(&[(1, LinkState::Missing)]).unwrap();
         assert_eq!(dentaltid.link(1).unwrap().unwrap().state, LinkState::Missing);
-        dentaltid.set_link_state(1, LinkState::DeleteRequested).unwrap();
+        dentaltid.set_link_states(&[(1, LinkState::DeleteRequested)]).unwrap();
         assert_eq!(dentaltid.link(1).unwrap().unwrap().state, LinkState::DeleteRequested);
-        dentaltid.set_link_state(2, LinkState::Missing).unwrap();
+        dentaltid.set_link_states(&[(2, LinkState::Missing)]).unwrap();
         assert_eq!(dentaltid.link(2).unwrap(), None);
     }
 
@@ -500,15 +503,15 @@ mod tests {
     fn a_state_change_of_an_imported_link_is_written_as_a_link_row() {
         let (_dir, mut dentaltid) = sample_database();
         import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502"]);
-        dentaltid.set_link_state(8, LinkState::Missing).unwrap();
+        dentaltid.set_link_states(&[(8, LinkState::Missing)]).unwrap();
         let missing = Link { state: LinkState::Missing, ..imported(8, "20240603_090501") };
         assert_eq!(dentaltid.link(8).unwrap(), Some(missing.clone()));
         let expected = [imported(7, "20240603_090500"), missing, imported(9, "20240603_090502")];
         assert_eq!(dentaltid.links().unwrap(), expected);
-        dentaltid.set_link_state(8, LinkState::DeleteRequested).unwrap();
+        dentaltid.set_link_states(&[(8, LinkState::DeleteRequested)]).unwrap();
         assert_eq!(dentaltid.link(8).unwrap().map(|link| link.state), Some(LinkState::DeleteRequested));
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
-        dentaltid.set_link_state(10, LinkState::Missing).unwrap();
+        dentaltid.set_link_states(&[(10, LinkState::Missing)]).unwrap();
         assert_eq!(dentaltid.link(10).unwrap(), None);
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
         assert_link_agrees_with_links(&dentaltid, 6..=11);
