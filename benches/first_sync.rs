@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
-use nanopix_sync::{ManualClock, NanoPixSync, ReconcileReport};
+use nanopix_sync::{EventKind, ManualClock, NanoPixSync, ReconcileReport};
 use rusqlite::Connection;
 
 use clinic::{Clinic, FileCopy, clinic_now, ms, percentile, percentile_line};
@@ -56,6 +56,17 @@ fn open_and_reconcile(clinic: &Clinic, dentaltid: &Path) -> (NanoPixSync, Reconc
     (sync, report)
 }
 
+/// Opens the sync on `dentaltid`, switches Live Sync on and waits for the full reconcile that
+/// follows (the sync's indexes are built first, and the bulk import drops and rebuilds them).
+fn open_live_and_wait(clinic: &Clinic, dentaltid: &Path) -> NanoPixSync {
+    let sync = NanoPixSync::open(clinic.config(dentaltid, &ManualClock::new(clinic_now()))).expect("open");
+    let events = sync.events();
+    sync.set_live_sync(true).expect("live sync on");
+    let reconciled = events.iter().find(|event| matches!(event.kind, EventKind::Reconciled(_)));
+    assert!(reconciled.is_some(), "the first live reconcile ends");
+    sync
+}
+
 /// Runs `iters` times `run` on a fresh copy of the DentalTID file, timing only `run`: making
 /// the copy and dropping what `run` returns (for example closing a handle) are not measured.
 fn time_on_copies<T>(clinic: &Clinic, timings: &Timings, iters: u64, run: impl Fn(&Path) -> T) -> Duration {
@@ -71,14 +82,18 @@ fn time_on_copies<T>(clinic: &Clinic, timings: &Timings, iters: u64, run: impl F
     total
 }
 
-/// (a) A first sync of 100,000 NanoPix patients into a DentalTID file holding 100,000.
+/// (a) A first sync of 100,000 NanoPix patients into a DentalTID file holding 100,000, on demand
+/// and with Live Sync switched on at once.
 fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
-    let (library, baseline) = (Timings::default(), Timings::default());
+    let (library, live, baseline) = (Timings::default(), Timings::default(), Timings::default());
     let mut group = criterion.benchmark_group("first_sync_100k");
     group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(30));
     group.bench_function("library_open_reconcile", |b| {
         b.iter_custom(|iters| time_on_copies(clinic, &library, iters, |path| open_and_reconcile(clinic, path)))
+    });
+    group.bench_function("library_open_live_sync_on", |b| {
+        b.iter_custom(|iters| time_on_copies(clinic, &live, iters, |path| open_live_and_wait(clinic, path)))
     });
     group.bench_function("baseline_rusqlite_copy", |b| {
         b.iter_custom(|iters| {
@@ -87,6 +102,7 @@ fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
     });
     group.finish();
     report_ratio("first sync 100k/100k", &library, &baseline, 1.5);
+    report_ratio("first sync 100k/100k with Live Sync switched on", &live, &baseline, 1.5);
 }
 
 /// Prints the median ratio of library to baseline and whether it is within `budget` times.

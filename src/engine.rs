@@ -99,13 +99,9 @@ impl Engine {
     pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
+        signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
         let indexed = dentaltid.has_own_indexes()?;
         let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false, cursor: None, indexed };
-        let live = engine.dentaltid.live_sync()?;
-        engine.signals.live.store(live, Ordering::Relaxed);
-        if live {
-            engine.ensure_indexes()?;
-        }
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
     }
@@ -134,6 +130,10 @@ impl Engine {
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
+            // Built after the imports, so a first sync builds them once, on every row.
+            if !self.cancelled() {
+                self.ensure_indexes()?;
+            }
         }
         // A pass stopped early leaves no cursor, so the next live pass reconciles fully. Without
         // imports, the snapshot's DentalTID extent is still good and saves counting every row.
@@ -155,9 +155,6 @@ impl Engine {
 
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
-        if enabled {
-            self.ensure_indexes()?;
-        }
         self.signals.live.store(enabled, Ordering::Relaxed);
         if self.dentaltid.live_sync()? != enabled {
             self.dentaltid.set_live_sync(enabled)?;
@@ -219,7 +216,8 @@ impl Engine {
         Ok(report)
     }
 
-    /// Adds the indexes live passes need, once.
+    /// Adds the indexes live passes need, once: at the end of the first full reconcile with Live
+    /// Sync on (the live loop starts with one), or before a live pass that finds them missing.
     fn ensure_indexes(&mut self) -> Result<()> {
         if !self.indexed {
             self.dentaltid.ensure_own_indexes()?;

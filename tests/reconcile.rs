@@ -280,10 +280,14 @@ fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     let sync = clinic.open();
     assert_eq!(sync.reconcile().unwrap().imported, 1, "the fixture's patient");
     assert!(indexes().is_empty(), "a sync on demand needs no index");
+    drain(&sync);
+    let events = sync.events();
     sync.set_live_sync(true).unwrap();
+    let first_live_reconcile = events.iter().find(|event| matches!(event.kind, EventKind::Reconciled(_)));
+    assert!(first_live_reconcile.is_some());
     sync.set_live_sync(false).unwrap();
     drop(sync);
-    assert_eq!(indexes(), both);
+    assert_eq!(indexes(), both, "the first reconcile with Live Sync on builds them");
     add_bulk_nanopix(&clinic, 12_000);
     let report = clinic.open().reconcile().unwrap();
     assert_eq!(report.imported, 12_000);
