@@ -1,6 +1,6 @@
 //! Checking and migrating `dentaltid.db`: the `patients` table must be DentalTID's, then the
 //! sync's two columns and its own `nanopix_sync_*` tables are added if missing. The sync's two
-//! indexes on `patients` serve live passes, so they are added when Live Sync is on.
+//! indexes on `patients` serve live passes, so they are added once Live Sync is on.
 //!
 //! The checks never write. The migration is additive and idempotent, runs in one `BEGIN
 //! IMMEDIATE` transaction, and writes nothing at all when everything already exists. It never
@@ -46,7 +46,8 @@ const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT"
 /// a live pass find the few patients a new NanoPix patient could match without a full scan.
 ///
 /// A full reconcile reads every patient and needs neither, so they exist only from the moment
-/// Live Sync is on: a clinic that only ever syncs on demand does not pay for keeping them.
+/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on): a clinic
+/// that only ever syncs on demand does not pay for keeping them.
 const OWN_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
