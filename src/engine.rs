@@ -123,9 +123,11 @@ impl Engine {
         self.repair_exports(&mut report)?;
         let snapshot = self.snapshot(&mut report)?;
         let known = self.adopt_existing_links(&snapshot)?;
-        let unknown = snapshot.nanopix.iter().filter(|id| !known.contains(id)).count();
-        if unknown > 0 {
-            self.import_unknown_rows(&known, unknown, &mut report)?;
+        let unknown: Vec<NanoPixId> = snapshot.nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
+        if unknown.len() >= PAGE as usize {
+            self.import_unknown_rows(&known, unknown.len(), &mut report)?;
+        } else if !unknown.is_empty() {
+            self.import_few(&unknown, &mut report)?;
         }
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
@@ -196,11 +198,7 @@ impl Engine {
         let nanopix_pk = rows.patients.iter().map(|p| p.pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
         self.report_odd_rows(rows.odd_rows, &mut report);
         let unknown = self.unknown(rows.patients)?;
-        if !unknown.is_empty() {
-            let mut matcher = self.matcher(Some(&unknown))?;
-            self.decide_and_import(&mut matcher, unknown, &mut report)?;
-            self.link_held(matcher, &mut report)?;
-        }
+        self.link_or_import(unknown, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
@@ -380,6 +378,26 @@ impl Engine {
             patient_id: None,
             path: Some(path.display().to_string()),
         });
+    }
+
+    /// Links or imports a few NanoPix patients no DentalTID patient, link or export holds yet,
+    /// reading each by its id instead of reading every page.
+    fn import_few(&mut self, ids: &[NanoPixId], report: &mut ReconcileReport) -> Result<()> {
+        let mut patients = Vec::with_capacity(ids.len());
+        for &id in ids {
+            patients.extend(self.nanopix.patient(id)?);
+        }
+        self.link_or_import(patients, report)
+    }
+
+    /// Links or imports `patients`, matched against the DentalTID patients they could match.
+    fn link_or_import(&mut self, patients: Vec<NanoPixPatient>, report: &mut ReconcileReport) -> Result<()> {
+        if patients.is_empty() {
+            return Ok(());
+        }
+        let mut matcher = self.matcher(Some(&patients))?;
+        self.decide_and_import(&mut matcher, patients, report)?;
+        self.link_held(matcher, report)
     }
 
     /// Reads NanoPix page by page and links or imports the `unknown` patients no DentalTID
