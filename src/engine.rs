@@ -25,6 +25,9 @@ use crate::{Config, Error, NanoPixId, Result};
 /// DentalTID transaction.
 const PAGE: u32 = 5_000;
 
+/// Reading a NanoPix row by its id costs about as much as reading this many rows page by page.
+const ROWS_PER_LOOKUP: usize = 10;
+
 /// From how many patients an import is a bulk import, written without the sync's own indexes,
 /// which are built again at the end.
 const BULK_IMPORT: usize = 10_000;
@@ -124,10 +127,10 @@ impl Engine {
         let snapshot = self.snapshot(&mut report)?;
         let known = self.adopt_existing_links(&snapshot)?;
         let unknown: Vec<NanoPixId> = snapshot.nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
-        if unknown.len() >= PAGE as usize {
-            self.import_unknown_rows(&known, unknown.len(), &mut report)?;
-        } else if !unknown.is_empty() {
+        if is_few(unknown.len(), snapshot.nanopix.len()) {
             self.import_few(&unknown, &mut report)?;
+        } else if !unknown.is_empty() {
+            self.import_unknown_rows(&known, unknown.len(), &mut report)?;
         }
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
@@ -672,6 +675,12 @@ fn import_all(
         });
     }
     Ok(())
+}
+
+/// Whether `unknown` NanoPix patients among `rows` are few enough to read one by one by id
+/// rather than reading every page.
+fn is_few(unknown: usize, rows: usize) -> bool {
+    unknown < PAGE as usize && unknown.saturating_mul(ROWS_PER_LOOKUP) < rows
 }
 
 /// Reads NanoPix page by page from the start and offers every patient not in `known` to

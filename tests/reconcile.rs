@@ -339,3 +339,25 @@ fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once()
         })[0];
     assert_eq!((rows, distinct), (15_001, 15_001));
 }
+
+#[test]
+fn a_sync_now_after_a_few_new_nanopix_patients_links_or_imports_just_those() {
+    let clinic = Clinic::new("v29");
+    add_bulk_nanopix(&clinic, 200);
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().imported, 201);
+    let sara = clinic.add_dentaltid("Sara", "Amrani", Some("1985-02-03"));
+    clinic.add_nanopix("20250301_093000", "AMRANI", "Sara", Some("1985-02-03"));
+    clinic.add_nanopix("20250301_094500", "Doe", "Zoe", Some("1990-05-06"));
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.linked), (1, 1));
+    let holders: Vec<(Option<String>, i64)> = clinic.dentaltid_rows(
+        "SELECT external_id, count(*) FROM patients WHERE external_id IN ('20250301_093000', '20250301_094500')
+         GROUP BY external_id ORDER BY external_id",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(holders, [(Some("20250301_093000".into()), 1), (Some("20250301_094500".into()), 1)]);
+    let linked: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250301_093000'", |r| r.get(0));
+    assert_eq!(linked, [sara]);
+}
