@@ -198,7 +198,7 @@ impl Engine {
         if self.nanopix.patient_count()? < cursor.nanopix_rows + read || self.dentaltid_lost_rows(cursor)? {
             return self.reconcile();
         }
-        let nanopix_pk = rows.patients.iter().map(|p| p.pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
+        let nanopix_pk = rows.last_pk();
         self.report_odd_rows(rows.odd_rows, &mut report);
         let unknown = self.unknown(rows.patients)?;
         self.link_or_import(unknown, &mut report)?;
@@ -696,8 +696,7 @@ fn decide_pages(
     let mut after = i64::MIN;
     while !stop() {
         let page = nanopix.patients_after(after, PAGE)?;
-        let pks = page.patients.iter().map(|p| p.pk).chain(page.odd_rows.iter().map(|o| o.pk));
-        let Some(last) = pks.filter(|&pk| pk > after).max() else { break };
+        let Some(last) = page.last_pk().filter(|&pk| pk > after) else { break };
         after = last;
         let mut imports = Vec::new();
         for patient in page.patients.into_iter().filter(|p| !known.contains(&p.id)) {

@@ -44,6 +44,13 @@ pub(crate) struct PatientRows {
     pub odd_rows: Vec<OddRow>,
 }
 
+impl PatientRows {
+    /// The highest `pk` read, odd rows included.
+    pub fn last_pk(&self) -> Option<i64> {
+        self.patients.iter().map(|p| p.pk).chain(self.odd_rows.iter().map(|o| o.pk)).max()
+    }
+}
+
 /// The `pk` and id of every `Patient` row, and the rows that could not be read.
 #[derive(Debug, Default)]
 pub(crate) struct IdRows {
