@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::HashSet;
 
-use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
+use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchedLink, Matcher};
 use crate::nanopix::{FolderScan, NanoPix};
 use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
-use crate::{Config, Error, NanoPixId, Result};
+use crate::{Clock, Config, Error, NanoPixId, Result};
 
 /// How many NanoPix rows one read takes; the patients imported from them are written in one
 /// DentalTID transaction.
@@ -130,7 +130,7 @@ impl Engine {
         if is_few(unknown.len(), snapshot.nanopix.len()) {
             self.import_few(&unknown, &mut report)?;
         } else if !unknown.is_empty() {
-            self.import_unknown_rows(&known, unknown.len(), &mut report)?;
+            self.import_unknown_rows(&known, unknown.len(), snapshot.dentaltid.len(), &mut report)?;
         }
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
@@ -249,16 +249,23 @@ impl Engine {
 
     /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those
     /// born on their birth dates, or all of them when a NanoPix birth date is missing, there are
-    /// many dates, there is no index to find them by, or `unknown` is not known in advance.
-    fn matcher(&self, unknown: Option<&[NanoPixPatient]>) -> Result<Matcher> {
+    /// many dates, or there is no index to find them by.
+    fn matcher(&self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
         let mut index = DentalIndex::default();
-        let dates: Option<HashSet<_>> = unknown.and_then(|unknown| unknown.iter().map(|p| p.birth_date).collect());
+        let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date).collect();
         match dates {
             Some(dates) if self.indexed && dates.len() <= MAX_CANDIDATE_DATES => {
                 self.dentaltid.add_candidates_born_on(&dates.into_iter().collect::<Vec<_>>(), &mut index)?
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
+        Ok(Matcher::new(index, self.config.auto_link))
+    }
+
+    /// A matcher over every DentalTID patient, of which there are about `patients`.
+    fn matcher_over_all(&self, patients: usize) -> Result<Matcher> {
+        let mut index = DentalIndex::with_capacity(patients);
+        self.dentaltid.add_all_candidates(&mut index)?;
         Ok(Matcher::new(index, self.config.auto_link))
     }
 
@@ -398,25 +405,26 @@ impl Engine {
         if patients.is_empty() {
             return Ok(());
         }
-        let mut matcher = self.matcher(Some(&patients))?;
+        let mut matcher = self.matcher(&patients)?;
         self.decide_and_import(&mut matcher, patients, report)?;
         self.link_held(matcher, report)
     }
 
     /// Reads NanoPix page by page and links or imports the `unknown` patients no DentalTID
-    /// patient, link or export holds yet. A bulk import is written without the sync's indexes,
-    /// which are built again at the end.
+    /// patient (of about `patients`), link or export holds yet. A bulk import is written without
+    /// the sync's indexes, which are built again at the end.
     fn import_unknown_rows(
         &mut self,
         known: &HashSet<NanoPixId>,
         unknown: usize,
+        patients: usize,
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let bulk = self.indexed && unknown >= BULK_IMPORT;
         if bulk {
             self.dentaltid.drop_own_indexes()?;
         }
-        let imported = self.import_pages(known, report);
+        let imported = self.import_pages(known, patients, report);
         if bulk {
             self.dentaltid.build_own_indexes()?;
         }
@@ -426,15 +434,20 @@ impl Engine {
     /// Reads NanoPix page by page and decides every patient on a second thread, while this one
     /// writes the imports of the pages already decided: reading and matching overlap writing.
     /// At most one decided page waits, so memory stays a few pages whatever the clinic's size.
-    fn import_pages(&mut self, known: &HashSet<NanoPixId>, report: &mut ReconcileReport) -> Result<()> {
-        let matcher = self.matcher(None)?;
-        let (signals, automatic) = (self.signals.clone(), self.automatic);
+    fn import_pages(
+        &mut self,
+        known: &HashSet<NanoPixId>,
+        patients: usize,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let matcher = self.matcher_over_all(patients)?;
+        let (signals, automatic) = (&*self.signals, self.automatic);
+        let stop = move || signals.stop(automatic);
         let (nanopix, dentaltid, bus, clock) = (&mut self.nanopix, &mut self.dentaltid, &self.bus, &self.config.clock);
         let (decided, pages) = crossbeam_channel::bounded(1);
         let (matcher, written) = std::thread::scope(|scope| {
-            let stop = move || signals.stop(automatic);
             let reader = scope.spawn(move || decide_pages(nanopix, matcher, known, stop, &decided));
-            let written = pages.iter().try_for_each(|imports| import_all(dentaltid, bus, clock.now(), imports, report));
+            let written = write_pages(dentaltid, bus, clock.as_ref(), &pages, stop, report);
             drop(pages);
             (reader.join(), written)
         });
@@ -640,8 +653,7 @@ impl Engine {
     }
 }
 
-/// Imports NanoPix patients as new DentalTID patients, in one transaction, reporting the
-/// possible duplicates.
+/// Imports NanoPix patients as new DentalTID patients, in one transaction, and reports them.
 fn import_all(
     dentaltid: &mut DentalTid,
     bus: &EventBus,
@@ -649,32 +661,80 @@ fn import_all(
     imports: Vec<Import>,
     report: &mut ReconcileReport,
 ) -> Result<()> {
-    if imports.is_empty() {
-        return Ok(());
+    let mut importing = dentaltid.importing();
+    let written = insert_page(&mut importing, now, imports)?;
+    importing.commit()?;
+    report_imported(bus, [written], report);
+    Ok(())
+}
+
+/// Writes the pages of imports `pages` brings until it hangs up or `stop` says so. Pages share
+/// a transaction until it is due, or until no page came by then (so DentalTID's lock never
+/// waits on NanoPix); each transaction's patients are reported once it is committed.
+fn write_pages(
+    dentaltid: &mut DentalTid,
+    bus: &EventBus,
+    clock: &dyn Clock,
+    pages: &Receiver<Vec<Import>>,
+    stop: impl Fn() -> bool,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    let mut importing = dentaltid.importing();
+    let mut written = Vec::new();
+    while !stop() {
+        let page = match importing.due() {
+            Some(due) if Instant::now() >= due => Err(RecvTimeoutError::Timeout),
+            Some(due) => pages.recv_deadline(due),
+            None => pages.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match page {
+            Ok(imports) => written.push(insert_page(&mut importing, clock.now(), imports)?),
+            Err(RecvTimeoutError::Timeout) => {
+                importing.commit()?;
+                report_imported(bus, written.drain(..), report);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
     }
+    importing.commit()?;
+    report_imported(bus, written, report);
+    Ok(())
+}
+
+/// Imports inserted in DentalTID: the rows, what matching said of each, and their new ids.
+type Written = (Vec<NewDentalPatient>, Vec<Import>, Vec<i64>);
+
+/// Inserts a page of imports in the open import transaction.
+fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, imports: Vec<Import>) -> Result<Written> {
     let rows: Vec<NewDentalPatient> =
         imports.iter().map(|import| NewDentalPatient::from_nanopix(&import.patient, now.date())).collect();
-    let ids = dentaltid.import(&rows, now)?;
-    for ((row, import), patient_id) in rows.into_iter().zip(imports).zip(ids) {
-        report.imported += 1;
-        let external_id = row.external_id.to_string();
-        if let Some(duplicate) = import.possible_duplicate {
-            report.possible_duplicates += 1;
-            bus.emit(EventKind::PossibleDuplicate {
-                external_id: external_id.clone(),
-                patient_id: Some(patient_id),
-                reason: duplicate.reason,
-                candidates: duplicate.candidates,
+    let ids = importing.insert(&rows, now)?;
+    Ok((rows, imports, ids))
+}
+
+/// Reports committed imports, and the possible duplicates among them.
+fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, report: &mut ReconcileReport) {
+    for (rows, imports, ids) in written {
+        for ((row, import), patient_id) in rows.into_iter().zip(imports).zip(ids) {
+            report.imported += 1;
+            let external_id = row.external_id.to_string();
+            if let Some(duplicate) = import.possible_duplicate {
+                report.possible_duplicates += 1;
+                bus.emit(EventKind::PossibleDuplicate {
+                    external_id: external_id.clone(),
+                    patient_id: Some(patient_id),
+                    reason: duplicate.reason,
+                    candidates: duplicate.candidates,
+                });
+            }
+            bus.emit(EventKind::PatientImported {
+                patient_id,
+                external_id,
+                first_name: row.first_name,
+                last_name: row.last_name,
             });
         }
-        bus.emit(EventKind::PatientImported {
-            patient_id,
-            external_id,
-            first_name: row.first_name,
-            last_name: row.last_name,
-        });
     }
-    Ok(())
 }
 
 /// Whether `unknown` NanoPix patients among `rows` are few enough to read one by one by id

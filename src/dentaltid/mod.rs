@@ -22,6 +22,8 @@ mod state;
 mod testing;
 mod values;
 
+pub use patients::Importing;
+
 /// The state of a link between a DentalTID patient and a NanoPix patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

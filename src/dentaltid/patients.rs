@@ -5,8 +5,10 @@
 //! every column `Patient.fromJson` needs, so a row the sync writes never breaks DentalTID's
 //! screen. Nothing here deletes a patient or changes a patient's `source`.
 
+use std::time::{Duration, Instant};
+
 use chrono::{NaiveDate, NaiveDateTime};
-use rusqlite::{Connection, OptionalExtension, Params, Row, params};
+use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params};
 
 use super::links::record_imported_links;
 use super::values::{integer_at, read_text, text_at};
@@ -29,6 +31,10 @@ const INSERT_IMPORTED: &str = "INSERT INTO patients(name, familyName, age, dateO
         external_id)
     VALUES (?1, ?2, ?3, ?4, '', '', '', 0.0, ?5, 0, 'EmergencySeverity.low', '', ?6, 0, 'nanopix', ?7)";
 
+/// How long one import transaction may hold DentalTID's write lock before it is due to be
+/// committed, so DentalTID itself waits at most about this long to save a patient.
+const IMPORT_LOCK_HOLD: Duration = Duration::from_millis(100);
+
 /// Sets `external_id` only on a patient that has none yet.
 pub(super) const SET_EXTERNAL_ID: &str =
     "UPDATE patients SET external_id = ?1 WHERE id = ?2 AND (external_id IS NULL OR trim(external_id) = '')";
@@ -38,6 +44,67 @@ pub(super) const UPSERT_LINK: &str = "INSERT INTO nanopix_sync_links(patient_id,
     VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT(patient_id) DO UPDATE SET external_id = excluded.external_id, origin = excluded.origin,
         state = excluded.state, synced_at = excluded.synced_at";
+
+/// Imported patients being written: pages of rows share a `BEGIN IMMEDIATE` transaction until
+/// the caller commits it, which it should do once [`Importing::due`] has passed. Dropping it
+/// rolls back whatever was not committed.
+pub struct Importing<'a> {
+    dentaltid: &'a DentalTid,
+    /// The open transaction and when it took the write lock.
+    open: Option<(Transaction<'a>, Instant)>,
+}
+
+impl Importing<'_> {
+    /// Inserts `rows` and records their links in the open transaction, beginning one if none is
+    /// open; returns their new ids in order.
+    pub fn insert(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = &self.dentaltid.path;
+        let tx = match &mut self.open {
+            Some((tx, _)) => tx,
+            open @ None => {
+                let tx = Transaction::new_unchecked(&self.dentaltid.conn, TransactionBehavior::Immediate)
+                    .map_err(Error::db(path, "importing patients"))?;
+                &open.insert((tx, Instant::now())).0
+            }
+        };
+        insert_imported(tx, rows, &dart_timestamp(synced_at)).map_err(Error::db(path, "importing patients"))
+    }
+
+    /// When the open transaction is due to be committed; `None` when none is open.
+    pub fn due(&self) -> Option<Instant> {
+        self.open.as_ref().map(|(_, began)| *began + IMPORT_LOCK_HOLD)
+    }
+
+    /// Commits the open transaction, if any: every row inserted so far is then written.
+    pub fn commit(&mut self) -> Result<()> {
+        let Some((tx, _)) = self.open.take() else { return Ok(()) };
+        tx.commit().map_err(Error::db(&self.dentaltid.path, "importing patients"))
+    }
+}
+
+/// Inserts `rows` and records their links (as batches, see [`super::links`]); returns their
+/// new ids in order.
+fn insert_imported(tx: &Transaction<'_>, rows: &[NewDentalPatient], synced_at: &str) -> rusqlite::Result<Vec<i64>> {
+    let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
+    let mut imported = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = insert.insert(params![
+            row.first_name,
+            row.last_name,
+            row.age,
+            row.date_of_birth.map(dart_date),
+            dart_timestamp(row.created_at),
+            row.phone,
+            row.external_id.to_string(),
+        ])?;
+        imported.push((id, row.external_id));
+    }
+    record_imported_links(tx, &imported, synced_at)?;
+    Ok(imported.into_iter().map(|(id, _)| id).collect())
+}
 
 impl DentalTid {
     /// Patients for the patients screen, newest first, with 'today' being `today`.
@@ -102,28 +169,20 @@ impl DentalTid {
         holds(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
     }
 
-    /// Inserts imported patients and records their links (as batches, see [`super::links`]) in
-    /// one transaction; returns their new ids in order.
+    /// Inserts imported patients and records their links in one transaction; returns their new
+    /// ids in order.
+    #[cfg(test)]
     pub fn import(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
-        let synced_at = dart_timestamp(synced_at);
-        self.write("importing patients", |tx| {
-            let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
-            let mut imported = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id = insert.insert(params![
-                    row.first_name,
-                    row.last_name,
-                    row.age,
-                    row.date_of_birth.map(dart_date),
-                    dart_timestamp(row.created_at),
-                    row.phone,
-                    row.external_id.to_string(),
-                ])?;
-                imported.push((id, row.external_id));
-            }
-            record_imported_links(tx, &imported, &synced_at)?;
-            Ok(imported.into_iter().map(|(id, _)| id).collect())
-        })
+        let mut importing = self.importing();
+        let ids = importing.insert(rows, synced_at)?;
+        importing.commit()?;
+        Ok(ids)
+    }
+
+    /// Starts importing patients over one or more transactions; nothing is written until the
+    /// first [`Importing::insert`], and nothing stays written without [`Importing::commit`].
+    pub fn importing(&mut self) -> Importing<'_> {
+        Importing { dentaltid: self, open: None }
     }
 
     /// Links existing patients to NanoPix ids in one transaction: sets `external_id` (only where
@@ -270,6 +329,28 @@ mod tests {
             .query_row("SELECT dateOfBirth IS NULL FROM patients WHERE id = 8", [], |r| r.get(0))
             .unwrap();
         assert!(null_birth);
+    }
+
+    #[test]
+    fn pages_of_an_import_share_a_transaction_until_it_is_committed() {
+        let (_dir, mut dentaltid) = sample_database();
+        let path = dentaltid.path().to_path_buf();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let count = |conn: &Connection| conn.query_row("SELECT count(*) FROM patients", [], |r| r.get::<_, i64>(0));
+        let synced_at = at(2025, 1, 21, 12, 0);
+        let mut importing = dentaltid.importing();
+        assert_eq!(importing.due(), None, "nothing is locked before the first insert");
+        importing.insert(&[new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000")], synced_at).unwrap();
+        let due = importing.due().expect("the first insert took the write lock");
+        importing.insert(&[new_patient("B", at(2025, 1, 2, 0, 0), "20250102_000000")], synced_at).unwrap();
+        assert_eq!(importing.due(), Some(due), "the second page joined the open transaction");
+        assert!(other.execute_batch("BEGIN IMMEDIATE").is_err(), "DentalTID waits for the commit");
+        importing.commit().unwrap();
+        assert_eq!((importing.due(), count(&other).unwrap()), (None, 8));
+        importing.insert(&[new_patient("C", at(2025, 1, 3, 0, 0), "20250103_000000")], synced_at).unwrap();
+        drop(importing);
+        assert_eq!(count(&other).unwrap(), 8, "an import dropped before its commit is rolled back");
     }
 
     #[test]

@@ -11,13 +11,17 @@ use std::hash::BuildHasher;
 use chrono::NaiveDate;
 use foldhash::fast::RandomState;
 
-use super::similar::Block;
-use super::{DentalCandidate, normalise_name};
+use super::DentalCandidate;
+use super::normalise::normalise_into;
+use super::similar::{Block, SMALL_BUCKET, blocks_of};
 use crate::events::DuplicateCandidate;
 use crate::patient::nanopix_date;
 
 /// Marks the end of a chain in [`Groups`].
 const END: usize = usize::MAX;
+
+/// Bytes of names (normalised and as typed) to set aside per patient.
+const TEXT_PER_PATIENT: usize = 48;
 
 /// A person's matching key: normalised first and last name (both non-empty) and birth date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,30 +54,63 @@ struct Entry {
     linked: bool,
 }
 
-/// Entries grouped by a hashed key: the last entry added with each key, and from every entry
-/// the one added before it with the same key.
+/// Entries grouped by a hashed key: for each key the last entry filed and how many were, and
+/// from every entry the one filed before it with the same key.
 #[derive(Debug, Default)]
 struct Groups {
-    heads: HashMap<u64, usize, RandomState>,
+    heads: HashMap<u64, Head, RandomState>,
     previous: Vec<usize>,
 }
 
+/// The newest entry of a group and the group's size.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    entry: usize,
+    size: usize,
+}
+
 impl Groups {
+    /// Groups with room for `keys` keys, filing entries as they are added (see [`Groups::push`]).
+    fn with_capacity(keys: usize, hasher: RandomState) -> Self {
+        Self { heads: HashMap::with_capacity_and_hasher(keys, hasher), previous: Vec::with_capacity(keys) }
+    }
+
+    /// Groups for filing only some of `entries` entries (see [`Groups::file`]).
+    fn sparse(entries: usize, hasher: RandomState) -> Self {
+        Self { heads: HashMap::with_hasher(hasher), previous: vec![END; entries] }
+    }
+
     /// Files entry number `previous.len()` under `key`, or under no key.
     fn push(&mut self, key: Option<u64>) {
-        let entry = self.previous.len();
-        let previous = key.and_then(|key| self.heads.insert(key, entry)).unwrap_or(END);
-        self.previous.push(previous);
+        self.previous.push(END);
+        if let Some(key) = key {
+            self.file(self.previous.len() - 1, key);
+        }
+    }
+
+    /// Files `entry` under `key`, as the group's newest.
+    fn file(&mut self, entry: usize, key: u64) {
+        let Some(previous) = self.previous.get_mut(entry) else { return };
+        let head = self.heads.entry(key).or_insert(Head { entry: END, size: 0 });
+        *previous = head.entry;
+        *head = Head { entry, size: head.size + 1 };
     }
 
     /// The entries filed under `key`, newest first.
     fn get(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
-        let head = self.heads.get(&key).copied().unwrap_or(END);
-        std::iter::successors(Some(head), |&entry| self.previous.get(entry).copied()).take_while(|&entry| entry != END)
+        self.chain(self.heads.get(&key).map_or(END, |head| head.entry))
+    }
+
+    /// `entry` and the entries filed before it under the same key, newest first.
+    fn chain(&self, entry: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::successors(Some(entry), |&entry| self.previous.get(entry).copied()).take_while(|&entry| entry != END)
     }
 }
 
 /// Every DentalTID patient a NanoPix patient could match, with the indexes matching looks them up by.
+///
+/// Patients are [added](DentalIndex::add) one by one, filed by names and by birth date; once all
+/// are in, [`DentalIndex::block_big_buckets`] files the patients of crowded birth dates by block.
 #[derive(Debug, Default)]
 pub(crate) struct DentalIndex {
     text: String,
@@ -84,18 +121,32 @@ pub(crate) struct DentalIndex {
     /// Like `by_names`, for entries without a birth date only.
     unborn_by_names: Groups,
     by_birth_date: Groups,
-    by_last_initial: Groups,
-    by_first_initial: Groups,
-    /// How many entries share each birth date.
-    bucket_sizes: HashMap<NaiveDate, usize, RandomState>,
+    /// Patients of birth dates shared by more than [`SMALL_BUCKET`] patients, by last-name
+    /// block, then by first-name block.
+    by_block: [Groups; 2],
 }
 
 impl DentalIndex {
+    /// An empty index with room for `patients` patients.
+    pub fn with_capacity(patients: usize) -> Self {
+        let hasher = RandomState::default();
+        Self {
+            text: String::with_capacity(patients * TEXT_PER_PATIENT),
+            entries: Vec::with_capacity(patients),
+            by_exact: Groups::with_capacity(patients, hasher),
+            by_names: Groups::with_capacity(patients, hasher),
+            unborn_by_names: Groups::with_capacity(0, hasher),
+            by_birth_date: Groups::with_capacity(patients, hasher),
+            by_block: Default::default(),
+            hasher,
+        }
+    }
+
     /// Adds a patient; one without a usable first and last name is never a candidate.
     pub fn add(&mut self, candidate: DentalCandidate<'_>) {
         let start = self.text.len();
         let ends = [candidate.first_name, candidate.last_name].map(|name| {
-            self.text.push_str(&normalise_name(name));
+            normalise_into(name, &mut self.text);
             self.text.len()
         });
         let shown = [candidate.first_name, candidate.last_name].map(|name| {
@@ -107,55 +158,47 @@ impl DentalIndex {
             self.text.truncate(start);
             return;
         };
-        let keys = self.keys(&person);
+        let (names, chars) = (self.names_key(person.first, person.last), person.chars);
+        self.by_exact.push(born.map(|born| self.exact_key(person.first, person.last, born)));
+        self.by_names.push(Some(names));
+        self.unborn_by_names.push(born.is_none().then_some(names));
+        self.by_birth_date.push(born.map(|born| self.hasher.hash_one(born)));
         self.entries.push(Entry {
             id: candidate.id,
             start,
             ends: [ends[0], ends[1], shown[0], shown[1]],
             born,
-            chars: person.chars,
+            chars,
             linked: candidate.linked,
         });
-        self.file(keys, born);
     }
 
-    /// The hashed keys of a person in each group, in the order [`DentalIndex::file`] takes them.
-    fn keys(&self, person: &Person<'_>) -> [Option<u64>; 6] {
-        let blocks = super::similar::blocks_of(person, person.chars);
-        let names = self.names_key(person);
-        [
-            person.born.map(|born| self.exact_key(person.first, person.last, born)),
-            Some(names),
-            person.born.is_none().then_some(names),
-            person.born.map(|born| self.hasher.hash_one(born)),
-            person.born.zip(blocks[0]).map(|(born, block)| self.block_key(born, block)),
-            person.born.zip(blocks[1]).map(|(born, block)| self.block_key(born, block)),
-        ]
-    }
-
-    fn file(&mut self, keys: [Option<u64>; 6], born: Option<NaiveDate>) {
-        let groups = [
-            &mut self.by_exact,
-            &mut self.by_names,
-            &mut self.unborn_by_names,
-            &mut self.by_birth_date,
-            &mut self.by_last_initial,
-            &mut self.by_first_initial,
-        ];
-        for (group, key) in groups.into_iter().zip(keys) {
-            group.push(key);
+    /// Files the patients of every birth date shared by more than [`SMALL_BUCKET`] patients by
+    /// block, oldest first so each block lists the newest first. Call it once all are added.
+    pub fn block_big_buckets(&mut self) {
+        let mut by_block = [0, 1].map(|_| Groups::sparse(self.entries.len(), self.hasher));
+        let big = self.by_birth_date.heads.values().filter(|head| head.size > SMALL_BUCKET);
+        for head in big {
+            let bucket: Vec<usize> = self.by_birth_date.chain(head.entry).collect();
+            for entry in bucket.into_iter().rev() {
+                let Some(person) = self.person(entry) else { continue };
+                let Some(born) = person.born else { continue };
+                for (groups, block) in by_block.iter_mut().zip(blocks_of(&person, person.chars)) {
+                    if let Some(block) = block {
+                        groups.file(entry, self.block_key(born, block));
+                    }
+                }
+            }
         }
-        if let Some(born) = born {
-            *self.bucket_sizes.entry(born).or_insert(0) += 1;
-        }
+        self.by_block = by_block;
     }
 
     fn exact_key(&self, first: &str, last: &str, born: NaiveDate) -> u64 {
         self.hasher.hash_one((first, last, born))
     }
 
-    fn names_key(&self, person: &Person<'_>) -> u64 {
-        self.hasher.hash_one((person.first, person.last))
+    fn names_key(&self, first: &str, last: &str) -> u64 {
+        self.hasher.hash_one((first, last))
     }
 
     fn block_key(&self, born: NaiveDate, block: Block) -> u64 {
@@ -183,12 +226,12 @@ impl DentalIndex {
         let group = if person.born.is_some() { &self.unborn_by_names } else { &self.by_names };
         let same =
             |entry: &usize| self.person(*entry).is_some_and(|p| p.first == person.first && p.last == person.last);
-        group.get(self.names_key(person)).filter(same).collect()
+        group.get(self.names_key(person.first, person.last)).filter(same).collect()
     }
 
-    /// How many entries were born on `born`.
+    /// How many entries were born on `born` (or on a date whose key is the same).
     pub(super) fn bucket_size(&self, born: NaiveDate) -> usize {
-        self.bucket_sizes.get(&born).copied().unwrap_or(0)
+        self.by_birth_date.heads.get(&self.hasher.hash_one(born)).map_or(0, |head| head.size)
     }
 
     /// The entries born on `born`.
@@ -199,8 +242,8 @@ impl DentalIndex {
     /// The entries born on `born` that sit in `block`.
     pub(super) fn in_block(&self, born: NaiveDate, block: Block) -> impl Iterator<Item = usize> + '_ {
         let group = match block {
-            Block::LastInitial(..) => &self.by_last_initial,
-            Block::FirstInitial(..) => &self.by_first_initial,
+            Block::LastInitial(..) => &self.by_block[0],
+            Block::FirstInitial(..) => &self.by_block[1],
         };
         group.get(self.block_key(born, block)).filter(move |&entry| self.born(entry) == Some(born))
     }

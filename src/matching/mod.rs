@@ -15,6 +15,7 @@ use chrono::NaiveDate;
 
 pub(crate) use self::index::DentalIndex;
 use self::index::Person;
+use self::normalise::normalise_into;
 pub use self::normalise::normalise_name;
 use crate::NanoPixId;
 use crate::events::{DuplicateCandidate, DuplicateReason};
@@ -97,23 +98,32 @@ pub(crate) struct Matcher {
     auto_link: bool,
     claims: HashMap<usize, Claim>,
     held: Vec<Option<NanoPixPatient>>,
+    /// The normalised names of the patient being decided, kept to reuse its memory.
+    names: String,
 }
 
 impl Matcher {
     /// A matcher against `dentaltid`, which holds at least every patient the NanoPix patients
     /// to decide could match.
-    pub fn new(dentaltid: DentalIndex, auto_link: bool) -> Self {
-        Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new() }
+    pub fn new(mut dentaltid: DentalIndex, auto_link: bool) -> Self {
+        dentaltid.block_big_buckets();
+        Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new(), names: String::new() }
     }
 
     /// Decides one NanoPix patient. Those known to need importing (it, or a held patient it
     /// contests) are pushed to `imports`; a patient that would link is held until [`Matcher::finish`].
     pub fn offer(&mut self, patient: NanoPixPatient, imports: &mut Vec<Import>) {
-        let (first, last) = (normalise_name(&patient.first_name), normalise_name(&patient.last_name));
-        let verdict = match Person::new(&first, &last, patient.birth_date) {
+        let mut names = std::mem::take(&mut self.names);
+        names.clear();
+        normalise_into(&patient.first_name, &mut names);
+        let first_end = names.len();
+        normalise_into(&patient.last_name, &mut names);
+        let (first, last) = names.split_at(first_end);
+        let verdict = match Person::new(first, last, patient.birth_date) {
             Some(person) => self.verdict(&person),
             None => Verdict::Import(None),
         };
+        self.names = names;
         match verdict {
             Verdict::Link(entry) => self.claim(entry, patient, imports),
             Verdict::Import(found) => imports.push(self.import(patient, found)),

@@ -21,11 +21,21 @@ const TATWEEL: char = '\u{0640}';
 /// assert_eq!(normalise_name("مُحَمَّد"), "محمد");
 /// ```
 pub fn normalise_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    normalise_into(name, &mut out);
+    out
+}
+
+/// Appends `name`, normalised as [`normalise_name`] says, to `out`.
+pub(crate) fn normalise_into(name: &str, out: &mut String) {
+    let mut words = Words { start: out.len(), out, space_pending: false };
     if name.is_ascii() {
         // Nothing to decompose: only case and spaces to fold (most names, at clinic scale).
-        return join_words(name.split_whitespace(), |word, out| out.push_str(&word.to_ascii_lowercase()));
+        for c in name.chars() {
+            words.push_plain(c.to_ascii_lowercase());
+        }
+        return;
     }
-    let mut words = Words::with_capacity(name.len());
     for c in name.chars() {
         decompose_compatible(c, |part| {
             for lower in part.to_lowercase() {
@@ -33,43 +43,35 @@ pub fn normalise_name(name: &str) -> String {
             }
         });
     }
-    words.out
 }
 
-/// Text being built from single characters: marks and invisible characters dropped, runs of
-/// whitespace written as one space, none at either end.
-struct Words {
-    out: String,
+/// Text being appended from single characters: marks and invisible characters dropped, runs
+/// of whitespace written as one space, none at either end.
+struct Words<'a> {
+    out: &'a mut String,
+    /// Where this text starts in `out`.
+    start: usize,
     space_pending: bool,
 }
 
-impl Words {
-    fn with_capacity(capacity: usize) -> Self {
-        Self { out: String::with_capacity(capacity), space_pending: false }
+impl Words<'_> {
+    fn push(&mut self, c: char) {
+        if c.is_whitespace() || is_kept(c) {
+            self.push_plain(c);
+        }
     }
 
-    fn push(&mut self, c: char) {
+    /// Pushes a whitespace or kept character.
+    fn push_plain(&mut self, c: char) {
         if c.is_whitespace() {
-            self.space_pending = !self.out.is_empty();
-        } else if is_kept(c) {
+            self.space_pending = self.out.len() > self.start;
+        } else {
             if std::mem::take(&mut self.space_pending) {
                 self.out.push(' ');
             }
             self.out.push(c);
         }
     }
-}
-
-/// Joins words with single spaces, writing each through `push`.
-fn join_words<'a>(words: impl Iterator<Item = &'a str>, push: impl Fn(&str, &mut String)) -> String {
-    let mut out = String::new();
-    for word in words {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        push(word, &mut out);
-    }
-    out
 }
 
 /// Whether a decomposed, lower-cased character carries meaning for matching.

@@ -17,7 +17,7 @@ const MAX_EDITS: usize = 2;
 const MIN_COMBINED_CHARS: usize = 6;
 
 /// Buckets up to this size are scanned whole; bigger ones are looked up by block.
-const SMALL_BUCKET: usize = 32;
+pub(super) const SMALL_BUCKET: usize = 32;
 
 /// Most DentalTID patients one lookup compares names with.
 const MAX_COMPARISONS: usize = 256;
@@ -61,8 +61,10 @@ pub(super) fn blocks_of(person: &Person<'_>, chars: usize) -> [Option<Block>; 2]
 
 /// Whether two people's names differ, but by at most [`MAX_EDITS`] edits in total.
 fn is_similar(a: &Person<'_>, b: &Person<'_>) -> bool {
-    let same = a.first == b.first && a.last == b.last;
-    if same || a.chars.max(b.chars) < MIN_COMBINED_CHARS || a.chars.abs_diff(b.chars) > MAX_EDITS {
+    if a.chars.abs_diff(b.chars) > MAX_EDITS || a.chars.max(b.chars) < MIN_COMBINED_CHARS {
+        return false;
+    }
+    if a.first == b.first && a.last == b.last {
         return false;
     }
     let first_edits = strsim::levenshtein(a.first, b.first);
