@@ -16,7 +16,7 @@ use foldhash::HashSet;
 use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchedLink, Matcher};
-use crate::nanopix::{FolderScan, NanoPix};
+use crate::nanopix::{FolderScan, IdRows, NanoPix, OddRow};
 use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
@@ -70,7 +70,7 @@ struct LiveCursor {
     dentaltid: (i64, u64),
 }
 
-/// What both sides hold, read once at the start of a reconcile.
+/// What both sides hold, read once at the start of a reconcile, and what follows from it.
 struct Snapshot {
     nanopix_pk: i64,
     nanopix_rows: u64,
@@ -78,7 +78,13 @@ struct Snapshot {
     folders: FolderScan,
     dentaltid: Vec<PatientRef>,
     links: Vec<Link>,
-    pending: Vec<PendingExport>,
+    /// Every NanoPix id the sync already knows: linked, recorded, or being exported.
+    known: HashSet<NanoPixId>,
+    /// The NanoPix ids in none of those.
+    unknown: Vec<NanoPixId>,
+    /// When too many are unknown to read one by one: the matcher to decide them as every page
+    /// of NanoPix is read.
+    matcher: Option<Matcher>,
 }
 
 impl Snapshot {
@@ -124,13 +130,11 @@ impl Engine {
         let started = Instant::now();
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
-        let snapshot = self.snapshot(&mut report)?;
-        let known = self.adopt_existing_links(&snapshot)?;
-        let unknown: Vec<NanoPixId> = snapshot.nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
-        if is_few(unknown.len(), snapshot.nanopix.len()) {
-            self.import_few(&unknown, &mut report)?;
-        } else if !unknown.is_empty() {
-            self.import_unknown_rows(&known, unknown.len(), snapshot.dentaltid.len(), &mut report)?;
+        let mut snapshot = self.snapshot(&mut report)?;
+        self.adopt_existing_links(&snapshot)?;
+        match snapshot.matcher.take() {
+            Some(matcher) => self.import_unknown_rows(&snapshot, matcher, &mut report)?,
+            None => self.import_few(&snapshot.unknown, &mut report)?,
         }
         self.check_links(&snapshot, &mut report)?;
         if self.dentaltid.live_sync()? {
@@ -262,13 +266,6 @@ impl Engine {
         Ok(Matcher::new(index, self.config.auto_link))
     }
 
-    /// A matcher over every DentalTID patient, of which there are about `patients`.
-    fn matcher_over_all(&self, patients: usize) -> Result<Matcher> {
-        let mut index = DentalIndex::with_capacity(patients);
-        self.dentaltid.add_all_candidates(&mut index)?;
-        Ok(Matcher::new(index, self.config.auto_link))
-    }
-
     /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
@@ -312,38 +309,33 @@ impl Engine {
         self.signals.stop(self.automatic)
     }
 
-    /// Reads both sides at once: NanoPix's ids and folders on a second thread, DentalTID's
-    /// patients, links and journal on this one.
+    /// Reads both sides at once: NanoPix's ids, then its folders, on a second thread; DentalTID's
+    /// patients, links and journal on this one, which then, while the folders are listed, builds
+    /// the matcher if many NanoPix patients are unknown.
     fn snapshot(&mut self, report: &mut ReconcileReport) -> Result<Snapshot> {
-        let (nanopix, dentaltid) = (&mut self.nanopix, &self.dentaltid);
-        let (nanopix_side, dentaltid_side) = std::thread::scope(|scope| {
-            let nanopix_side = scope.spawn(move || Ok::<_, Error>((nanopix.patient_ids()?, nanopix.scan_folders()?)));
-            let dentaltid_side =
-                (|| Ok::<_, Error>((dentaltid.patient_refs()?, dentaltid.links()?, dentaltid.pending_exports()?)))();
-            (nanopix_side.join(), dentaltid_side)
+        let (nanopix, dentaltid, auto_link) = (&mut self.nanopix, &self.dentaltid, self.config.auto_link);
+        let (send_rows, rows) = crossbeam_channel::bounded(1);
+        let (folders, snapshot) = std::thread::scope(|scope| {
+            let folders = scope.spawn(move || {
+                // If this fails, the channel closes and the error is this thread's to report.
+                let _ = send_rows.send(nanopix.patient_ids()?);
+                nanopix.scan_folders()
+            });
+            let snapshot = read_dentaltid(dentaltid, &rows, auto_link);
+            (folders.join(), snapshot)
         });
-        let (rows, folders) = nanopix_side.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
-        let (patients, links, pending) = dentaltid_side?;
-        let nanopix_pk = rows.ids.iter().map(|(pk, _)| *pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
-        let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
-        self.report_odd_rows(rows.odd_rows, report);
+        let folders = folders.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
+        let (mut snapshot, odd_rows) = snapshot?;
+        self.report_odd_rows(odd_rows, report);
         for name in &folders.odd_names {
             self.report_odd_folder(name, report);
         }
-        Ok(Snapshot {
-            nanopix_pk: nanopix_pk.unwrap_or(0),
-            nanopix_rows,
-            nanopix: rows.ids.into_iter().map(|(_, id)| id).collect(),
-            folders,
-            dentaltid: patients,
-            links,
-            pending,
-        })
+        snapshot.folders = folders;
+        Ok(snapshot)
     }
 
-    /// Records link rows for patients DentalTID already links, and returns every NanoPix id
-    /// the sync already knows (linked, recorded, or being exported).
-    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<HashSet<NanoPixId>> {
+    /// Records link rows for patients DentalTID already links.
+    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<()> {
         let recorded: HashSet<i64> = snapshot.links.iter().map(|l| l.patient_id).collect();
         let adopt: Vec<(i64, NanoPixId, LinkOrigin)> = snapshot
             .dentaltid
@@ -358,14 +350,10 @@ impl Engine {
         if !adopt.is_empty() {
             self.dentaltid.adopt_links(&adopt, self.config.clock.now())?;
         }
-        let recorded = snapshot.links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok());
-        let mut known: HashSet<NanoPixId> = snapshot.dentaltid.iter().filter_map(|p| p.external_id).collect();
-        known.extend(recorded);
-        known.extend(snapshot.pending.iter().map(|p| p.external_id));
-        Ok(known)
+        Ok(())
     }
 
-    fn report_odd_rows(&self, odd_rows: Vec<crate::nanopix::OddRow>, report: &mut ReconcileReport) {
+    fn report_odd_rows(&self, odd_rows: Vec<OddRow>, report: &mut ReconcileReport) {
         for odd in odd_rows {
             report.errors += 1;
             self.bus.emit(EventKind::SyncError {
@@ -410,21 +398,19 @@ impl Engine {
         self.link_held(matcher, report)
     }
 
-    /// Reads NanoPix page by page and links or imports the `unknown` patients no DentalTID
-    /// patient (of about `patients`), link or export holds yet. A bulk import is written without
-    /// the sync's indexes, which are built again at the end.
+    /// Reads NanoPix page by page and has `matcher` decide the patients the snapshot does not
+    /// know. A bulk import is written without the sync's indexes, which are built again at the end.
     fn import_unknown_rows(
         &mut self,
-        known: &HashSet<NanoPixId>,
-        unknown: usize,
-        patients: usize,
+        snapshot: &Snapshot,
+        matcher: Matcher,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let bulk = self.indexed && unknown >= BULK_IMPORT;
+        let bulk = self.indexed && snapshot.unknown.len() >= BULK_IMPORT;
         if bulk {
             self.dentaltid.drop_own_indexes()?;
         }
-        let imported = self.import_pages(known, patients, report);
+        let imported = self.import_pages(&snapshot.known, matcher, report);
         if bulk {
             self.dentaltid.build_own_indexes()?;
         }
@@ -437,21 +423,24 @@ impl Engine {
     fn import_pages(
         &mut self,
         known: &HashSet<NanoPixId>,
-        patients: usize,
+        matcher: Matcher,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        let matcher = self.matcher_over_all(patients)?;
         let (signals, automatic) = (&*self.signals, self.automatic);
         let stop = move || signals.stop(automatic);
         let (nanopix, dentaltid, bus, clock) = (&mut self.nanopix, &mut self.dentaltid, &self.bus, &self.config.clock);
-        let (decided, pages) = crossbeam_channel::bounded(1);
-        let (matcher, written) = std::thread::scope(|scope| {
-            let reader = scope.spawn(move || decide_pages(nanopix, matcher, known, stop, &decided));
-            let written = write_pages(dentaltid, bus, clock.as_ref(), &pages, stop, report);
-            drop(pages);
-            (reader.join(), written)
+        let (read, pages) = crossbeam_channel::bounded(1);
+        let (decided, imports) = crossbeam_channel::bounded(1);
+        let (all_read, matcher, written) = std::thread::scope(|scope| {
+            let reader = scope.spawn(move || read_pages(nanopix, known, stop, &read));
+            let decider = scope.spawn(move || decide_pages(matcher, &pages, &decided));
+            let written = write_pages(dentaltid, bus, clock.as_ref(), &imports, stop, report);
+            drop(imports);
+            (reader.join(), decider.join(), written)
         });
-        let matcher = matcher.map_err(|_| Error::Internal("matching NanoPix patients panicked".into()))??;
+        let panicked = |_| Error::Internal("reading or matching NanoPix patients panicked".into());
+        all_read.map_err(panicked)??;
+        let matcher = matcher.map_err(panicked)?;
         written?;
         self.link_held(matcher, report)
     }
@@ -737,37 +726,80 @@ fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, r
     }
 }
 
+/// DentalTID's side of a snapshot, completed once `rows` brings NanoPix's: what the sync
+/// knows, what it does not, and the matcher when the unknown are many. Also returns NanoPix's
+/// odd rows, to report.
+fn read_dentaltid(dentaltid: &DentalTid, rows: &Receiver<IdRows>, auto_link: bool) -> Result<(Snapshot, Vec<OddRow>)> {
+    let (patients, links, pending) = (dentaltid.patient_refs()?, dentaltid.links()?, dentaltid.pending_exports()?);
+    let mut known: HashSet<NanoPixId> = patients.iter().filter_map(|p| p.external_id).collect();
+    known.extend(links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok()));
+    known.extend(pending.iter().map(|p| p.external_id));
+    let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
+    let nanopix_pk = rows.ids.iter().map(|(pk, _)| *pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
+    let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
+    let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
+    let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
+    let matcher = if unknown.is_empty() || is_few(unknown.len(), nanopix.len()) {
+        None
+    } else {
+        let mut index = DentalIndex::with_capacity(patients.len());
+        dentaltid.add_all_candidates(&mut index)?;
+        Some(Matcher::new(index, auto_link))
+    };
+    let snapshot = Snapshot {
+        nanopix_pk: nanopix_pk.unwrap_or(0),
+        nanopix_rows,
+        nanopix,
+        folders: FolderScan::default(),
+        dentaltid: patients,
+        links,
+        known,
+        unknown,
+        matcher,
+    };
+    Ok((snapshot, rows.odd_rows))
+}
+
 /// Whether `unknown` NanoPix patients among `rows` are few enough to read one by one by id
 /// rather than reading every page.
 fn is_few(unknown: usize, rows: usize) -> bool {
     unknown < PAGE as usize && unknown.saturating_mul(ROWS_PER_LOOKUP) < rows
 }
 
-/// Reads NanoPix page by page from the start and offers every patient not in `known` to
-/// `matcher`, sending each page's imports to `decided`, until the last page or `stop` says so.
-/// Returns the matcher with the links it holds.
-fn decide_pages(
+/// Reads NanoPix page by page from the start and sends the patients not in `known` to `read`,
+/// until the last page, `stop` says so, or the receiver hangs up (it failed: it reports why).
+fn read_pages(
     nanopix: &mut NanoPix,
-    mut matcher: Matcher,
     known: &HashSet<NanoPixId>,
     stop: impl Fn() -> bool,
-    decided: &Sender<Vec<Import>>,
-) -> Result<Matcher> {
+    read: &Sender<Vec<NanoPixPatient>>,
+) -> Result<()> {
     let mut after = i64::MIN;
     while !stop() {
         let page = nanopix.patients_after(after, PAGE)?;
         let Some(last) = page.last_pk().filter(|&pk| pk > after) else { break };
         after = last;
-        let mut imports = Vec::new();
-        for patient in page.patients.into_iter().filter(|p| !known.contains(&p.id)) {
+        let unknown: Vec<NanoPixPatient> = page.patients.into_iter().filter(|p| !known.contains(&p.id)).collect();
+        if !unknown.is_empty() && read.send(unknown).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Offers every page of patients `pages` brings to `matcher` and sends each page's imports to
+/// `decided`; returns the matcher with the links it holds.
+fn decide_pages(mut matcher: Matcher, pages: &Receiver<Vec<NanoPixPatient>>, decided: &Sender<Vec<Import>>) -> Matcher {
+    for page in pages {
+        let mut imports = Vec::with_capacity(page.len());
+        for patient in page {
             matcher.offer(patient, &mut imports);
         }
-        // The writer hung up only when it failed; it reports why.
         if !imports.is_empty() && decided.send(imports).is_err() {
             break;
         }
     }
-    Ok(matcher)
+    matcher
 }
 
 /// The new state of `link` and the event that says so, when its sides changed.
