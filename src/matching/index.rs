@@ -5,8 +5,10 @@
 //! every lookup compares the real names before it trusts an entry. Nothing here allocates per
 //! patient, so 100,000 DentalTID patients take a few MiB.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::ops::Range;
 
 use chrono::NaiveDate;
 use foldhash::fast::RandomState;
@@ -58,15 +60,8 @@ struct Entry {
 /// from every entry the one filed before it with the same key.
 #[derive(Debug, Default)]
 struct Groups {
-    heads: HashMap<u64, Head, RandomState>,
+    heads: HashMap<u64, usize, RandomState>,
     previous: Vec<usize>,
-}
-
-/// The newest entry of a group and the group's size.
-#[derive(Debug, Clone, Copy)]
-struct Head {
-    entry: usize,
-    size: usize,
 }
 
 impl Groups {
@@ -90,27 +85,63 @@ impl Groups {
 
     /// Files `entry` under `key`, as the group's newest.
     fn file(&mut self, entry: usize, key: u64) {
-        let Some(previous) = self.previous.get_mut(entry) else { return };
-        let head = self.heads.entry(key).or_insert(Head { entry: END, size: 0 });
-        *previous = head.entry;
-        *head = Head { entry, size: head.size + 1 };
+        if let Some(previous) = self.previous.get_mut(entry) {
+            *previous = self.heads.insert(key, entry).unwrap_or(END);
+        }
     }
 
     /// The entries filed under `key`, newest first.
     fn get(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
-        self.chain(self.heads.get(&key).map_or(END, |head| head.entry))
+        let head = self.heads.get(&key).copied().unwrap_or(END);
+        std::iter::successors(Some(head), |&entry| self.previous.get(entry).copied()).take_while(|&entry| entry != END)
+    }
+}
+
+/// A DentalTID patient with a birth date, as the bucket of its birth date lists it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Member {
+    /// Its entry.
+    pub entry: usize,
+    /// Characters in its normalised first and last name together.
+    pub chars: usize,
+}
+
+/// The entries with a birth date, grouped by it: the members of each date side by side,
+/// newest first, so a bucket is read in one sweep.
+#[derive(Debug, Default)]
+struct Buckets {
+    /// Where the members of each birth date sit in `members`.
+    ranges: HashMap<NaiveDate, Range<usize>, RandomState>,
+    members: Vec<Member>,
+}
+
+impl Buckets {
+    /// The buckets of `entries`.
+    fn of(entries: &[Entry], hasher: RandomState) -> Self {
+        let mut born: Vec<(NaiveDate, Reverse<usize>, usize)> =
+            entries.iter().enumerate().filter_map(|(entry, e)| Some((e.born?, Reverse(entry), e.chars))).collect();
+        born.sort_unstable();
+        let mut ranges = HashMap::with_hasher(hasher);
+        let mut start = 0;
+        for bucket in born.chunk_by(|a, b| a.0 == b.0) {
+            ranges.insert(bucket[0].0, start..start + bucket.len());
+            start += bucket.len();
+        }
+        let members = born.into_iter().map(|(_, Reverse(entry), chars)| Member { entry, chars }).collect();
+        Self { ranges, members }
     }
 
-    /// `entry` and the entries filed before it under the same key, newest first.
-    fn chain(&self, entry: usize) -> impl Iterator<Item = usize> + '_ {
-        std::iter::successors(Some(entry), |&entry| self.previous.get(entry).copied()).take_while(|&entry| entry != END)
+    /// The members born on `born`, newest first.
+    fn get(&self, born: NaiveDate) -> &[Member] {
+        self.ranges.get(&born).and_then(|range| self.members.get(range.clone())).unwrap_or_default()
     }
 }
 
 /// Every DentalTID patient a NanoPix patient could match, with the indexes matching looks them up by.
 ///
-/// Patients are [added](DentalIndex::add) one by one, filed by names and by birth date; once all
-/// are in, [`DentalIndex::block_big_buckets`] files the patients of crowded birth dates by block.
+/// Patients are [added](DentalIndex::add) one by one, filed by names; once all are in,
+/// [`DentalIndex::group_by_birth_date`] groups them by birth date, and the patients of crowded
+/// birth dates by block.
 #[derive(Debug, Default)]
 pub(crate) struct DentalIndex {
     text: String,
@@ -120,7 +151,7 @@ pub(crate) struct DentalIndex {
     by_names: Groups,
     /// Like `by_names`, for entries without a birth date only.
     unborn_by_names: Groups,
-    by_birth_date: Groups,
+    by_birth_date: Buckets,
     /// Patients of birth dates shared by more than [`SMALL_BUCKET`] patients, by last-name
     /// block, then by first-name block.
     by_block: [Groups; 2],
@@ -136,7 +167,7 @@ impl DentalIndex {
             by_exact: Groups::with_capacity(patients, hasher),
             by_names: Groups::with_capacity(patients, hasher),
             unborn_by_names: Groups::with_capacity(0, hasher),
-            by_birth_date: Groups::with_capacity(patients, hasher),
+            by_birth_date: Buckets::default(),
             by_block: Default::default(),
             hasher,
         }
@@ -162,7 +193,6 @@ impl DentalIndex {
         self.by_exact.push(born.map(|born| self.exact_key(person.first, person.last, born)));
         self.by_names.push(Some(names));
         self.unborn_by_names.push(born.is_none().then_some(names));
-        self.by_birth_date.push(born.map(|born| self.hasher.hash_one(born)));
         self.entries.push(Entry {
             id: candidate.id,
             start,
@@ -173,14 +203,16 @@ impl DentalIndex {
         });
     }
 
-    /// Files the patients of every birth date shared by more than [`SMALL_BUCKET`] patients by
-    /// block, oldest first so each block lists the newest first. Call it once all are added.
-    pub fn block_big_buckets(&mut self) {
+    /// Groups the patients by birth date, and files those of every birth date shared by more
+    /// than [`SMALL_BUCKET`] patients by block (oldest first, so each block lists the newest
+    /// first). Call it once all patients are added.
+    pub fn group_by_birth_date(&mut self) {
+        self.by_birth_date = Buckets::of(&self.entries, self.hasher);
         let mut by_block = [0, 1].map(|_| Groups::sparse(self.entries.len(), self.hasher));
-        let big = self.by_birth_date.heads.values().filter(|head| head.size > SMALL_BUCKET);
-        for head in big {
-            let bucket: Vec<usize> = self.by_birth_date.chain(head.entry).collect();
-            for entry in bucket.into_iter().rev() {
+        let big = self.by_birth_date.ranges.values().filter(|range| range.len() > SMALL_BUCKET);
+        for range in big {
+            let bucket = self.by_birth_date.members.get(range.clone()).unwrap_or_default();
+            for entry in bucket.iter().rev().map(|member| member.entry) {
                 let Some(person) = self.person(entry) else { continue };
                 let Some(born) = person.born else { continue };
                 for (groups, block) in by_block.iter_mut().zip(blocks_of(&person, person.chars)) {
@@ -229,14 +261,9 @@ impl DentalIndex {
         group.get(self.names_key(person.first, person.last)).filter(same).collect()
     }
 
-    /// How many entries were born on `born` (or on a date whose key is the same).
-    pub(super) fn bucket_size(&self, born: NaiveDate) -> usize {
-        self.by_birth_date.heads.get(&self.hasher.hash_one(born)).map_or(0, |head| head.size)
-    }
-
-    /// The entries born on `born`.
-    pub(super) fn born_on(&self, born: NaiveDate) -> impl Iterator<Item = usize> + '_ {
-        self.by_birth_date.get(self.hasher.hash_one(born)).filter(move |&entry| self.born(entry) == Some(born))
+    /// The patients born on `born`, newest first.
+    pub(super) fn born_on(&self, born: NaiveDate) -> &[Member] {
+        self.by_birth_date.get(born)
     }
 
     /// The entries born on `born` that sit in `block`.

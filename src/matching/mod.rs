@@ -106,7 +106,7 @@ impl Matcher {
     /// A matcher against `dentaltid`, which holds at least every patient the NanoPix patients
     /// to decide could match.
     pub fn new(mut dentaltid: DentalIndex, auto_link: bool) -> Self {
-        dentaltid.block_big_buckets();
+        dentaltid.group_by_birth_date();
         Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new(), names: String::new() }
     }
 

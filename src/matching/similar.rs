@@ -36,8 +36,11 @@ pub(super) enum Block {
 pub(super) fn similar(index: &DentalIndex, person: &Person<'_>) -> Vec<usize> {
     let Some(born) = person.born else { return Vec::new() };
     let similar_entry = |entry: &usize| index.person(*entry).is_some_and(|other| is_similar(person, &other));
-    if index.bucket_size(born) <= SMALL_BUCKET {
-        return index.born_on(born).take(MAX_COMPARISONS).filter(similar_entry).collect();
+    let bucket = index.born_on(born);
+    if bucket.len() <= SMALL_BUCKET {
+        // Lengths sit in the bucket: names are only read for members within reach.
+        let in_reach = bucket.iter().filter(|member| within_reach(person.chars, member.chars));
+        return in_reach.map(|member| member.entry).filter(similar_entry).collect();
     }
     lookup_blocks(index, person, born).take(MAX_COMPARISONS).filter(similar_entry).collect()
 }
@@ -59,9 +62,15 @@ pub(super) fn blocks_of(person: &Person<'_>, chars: usize) -> [Option<Block>; 2]
     ]
 }
 
+/// Whether names of `a` and `b` characters in all are long enough, and close enough in length,
+/// to be [`MAX_EDITS`] edits apart.
+fn within_reach(a: usize, b: usize) -> bool {
+    a.abs_diff(b) <= MAX_EDITS && a.max(b) >= MIN_COMBINED_CHARS
+}
+
 /// Whether two people's names differ, but by at most [`MAX_EDITS`] edits in total.
 fn is_similar(a: &Person<'_>, b: &Person<'_>) -> bool {
-    if a.chars.abs_diff(b.chars) > MAX_EDITS || a.chars.max(b.chars) < MIN_COMBINED_CHARS {
+    if !within_reach(a.chars, b.chars) {
         return false;
     }
     if a.first == b.first && a.last == b.last {
