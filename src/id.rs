@@ -85,8 +85,33 @@ impl NanoPixId {
 impl fmt::Display for NanoPixId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (date, time) = (self.0.date(), self.0.time());
-        write!(f, "{:04}{:02}{:02}_", date.year(), date.month(), date.day())?;
-        write!(f, "{:02}{:02}{:02}", time.hour(), time.minute(), time.second())
+        let year = u32::try_from(date.year()).ok().filter(|year| *year <= 9999);
+        let Some(year) = year else {
+            write!(f, "{:04}{:02}{:02}_", date.year(), date.month(), date.day())?;
+            return write!(f, "{:02}{:02}{:02}", time.hour(), time.minute(), time.second());
+        };
+        // Written digit by digit: an id is written several times per imported patient.
+        let mut text = *b"00000000_000000";
+        let fields = [
+            (0..4, year),
+            (4..6, date.month()),
+            (6..8, date.day()),
+            (9..11, time.hour()),
+            (11..13, time.minute()),
+            (13..15, time.second()),
+        ];
+        for (range, value) in fields {
+            fill_digits(&mut text[range], value);
+        }
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Writes the last `digits.len()` decimal digits of `value` into `digits`.
+fn fill_digits(digits: &mut [u8], mut value: u32) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
@@ -165,6 +190,17 @@ mod tests {
             let id = NanoPixId::from_datetime(at);
             prop_assert_eq!(NanoPixId::parse(&id.to_string()).unwrap(), id);
             prop_assert_eq!(id.datetime(), at);
+        }
+
+        #[test]
+        fn display_writes_every_field_zero_padded(y in -262_000i32..262_000, day in 0u32..366, second in 0u32..86_400) {
+            let date = NaiveDate::from_yo_opt(y, 1).unwrap() + Duration::days(i64::from(day));
+            let at = date.and_hms_opt(second / 3600, second / 60 % 60, second % 60).unwrap();
+            let expected = format!(
+                "{:04}{:02}{:02}_{:02}{:02}{:02}",
+                at.year(), at.month(), at.day(), at.hour(), at.minute(), at.second()
+            );
+            prop_assert_eq!(NanoPixId::from_datetime(at).to_string(), expected);
         }
 
         #[test]
