@@ -273,7 +273,8 @@ fn push_digits(text: &mut String, value: u32, width: u32) {
 pub fn parse_nanopix_date(text: &str) -> Option<NaiveDate> {
     let text = text.trim();
     let date_part = text.get(..10)?;
-    let date = NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok()?;
+    let usual = || parse_usual_timestamp(date_part).map(|at| at.date());
+    let date = usual().or_else(|| NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok())?;
     let rest_ok = text.len() == 10 || parse_nanopix_datetime(text).is_some();
     (rest_ok && date.year() >= 1850).then_some(date)
 }

@@ -28,14 +28,19 @@ pub fn normalise_name(name: &str) -> String {
 
 /// Appends `name`, normalised as [`normalise_name`] says, to `out`.
 pub(crate) fn normalise_into(name: &str, out: &mut String) {
-    let mut words = Words { start: out.len(), out, space_pending: false };
     if name.is_ascii() {
         // Nothing to decompose: only case and spaces to fold (most names, at clinic scale).
-        for c in name.chars() {
-            words.push_plain(c.to_ascii_lowercase());
+        let start = out.len();
+        for word in name.split(char::is_whitespace).filter(|word| !word.is_empty()) {
+            if out.len() > start {
+                out.push(' ');
+            }
+            out.push_str(word);
         }
+        out[start..].make_ascii_lowercase();
         return;
     }
+    let mut words = Words { start: out.len(), out, space_pending: false };
     for c in name.chars() {
         decompose_compatible(c, |part| {
             for lower in part.to_lowercase() {
@@ -56,16 +61,9 @@ struct Words<'a> {
 
 impl Words<'_> {
     fn push(&mut self, c: char) {
-        if c.is_whitespace() || is_kept(c) {
-            self.push_plain(c);
-        }
-    }
-
-    /// Pushes a whitespace or kept character.
-    fn push_plain(&mut self, c: char) {
         if c.is_whitespace() {
             self.space_pending = self.out.len() > self.start;
-        } else {
+        } else if is_kept(c) {
             if std::mem::take(&mut self.space_pending) {
                 self.out.push(' ');
             }
