@@ -25,6 +25,10 @@ use crate::{Clock, Config, Error, NanoPixId, Result};
 /// DentalTID transaction.
 const PAGE: u32 = 5_000;
 
+/// Most imports a first sync holds, written but not committed, before it commits them: they
+/// wait in memory to be reported.
+const MAX_UNREPORTED: usize = 2 * PAGE as usize;
+
 /// Reading a NanoPix row by its id costs about as much as reading this many rows page by page.
 const ROWS_PER_LOOKUP: usize = 10;
 
@@ -658,8 +662,9 @@ fn import_all(
 }
 
 /// Writes the pages of imports `pages` brings until it hangs up or `stop` says so. Pages share
-/// a transaction until it is due, or until no page came by then (so DentalTID's lock never
-/// waits on NanoPix); each transaction's patients are reported once it is committed.
+/// a transaction until it is due or holds [`MAX_UNREPORTED`] imports, or until no page came by
+/// then (so DentalTID's lock never waits on NanoPix); each transaction's patients are reported
+/// once it is committed.
 fn write_pages(
     dentaltid: &mut DentalTid,
     bus: &EventBus,
@@ -672,7 +677,9 @@ fn write_pages(
     let mut written = Vec::new();
     while !stop() {
         let page = match importing.due() {
-            Some(due) if Instant::now() >= due => Err(RecvTimeoutError::Timeout),
+            Some(due) if Instant::now() >= due || unreported(&written) >= MAX_UNREPORTED => {
+                Err(RecvTimeoutError::Timeout)
+            }
             Some(due) => pages.recv_deadline(due),
             None => pages.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -692,6 +699,11 @@ fn write_pages(
 
 /// Imports inserted in DentalTID: the rows, what matching said of each, and their new ids.
 type Written = (Vec<NewDentalPatient>, Vec<Import>, Vec<i64>);
+
+/// How many imports are waiting for their transaction to commit before they are reported.
+fn unreported(written: &[Written]) -> usize {
+    written.iter().map(|(rows, _, _)| rows.len()).sum()
+}
 
 /// Inserts a page of imports in the open import transaction.
 fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, imports: Vec<Import>) -> Result<Written> {

@@ -23,7 +23,7 @@ use crate::patient::nanopix_date;
 const END: usize = usize::MAX;
 
 /// Bytes of names (normalised and as typed) to set aside per patient.
-const TEXT_PER_PATIENT: usize = 48;
+const TEXT_PER_PATIENT: usize = 32;
 
 /// A person's matching key: normalised first and last name (both non-empty) and birth date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
