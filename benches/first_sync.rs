@@ -86,6 +86,7 @@ fn time_on_copies<T>(clinic: &Clinic, timings: &Timings, iters: u64, run: impl F
 /// and with Live Sync switched on at once.
 fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
     let (library, live, baseline) = (Timings::default(), Timings::default(), Timings::default());
+    let (floor, links) = (Timings::default(), first_sync_links(clinic));
     let mut group = criterion.benchmark_group("first_sync_100k");
     group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(30));
@@ -100,9 +101,42 @@ fn first_sync(criterion: &mut Criterion, clinic: &Clinic) {
             time_on_copies(clinic, &baseline, iters, |path| clinic::baseline_copy(&clinic.nanopix_db(), path))
         })
     });
+    group.bench_function("floor_rusqlite_read_copy_and_link", |b| {
+        b.iter_custom(|iters| {
+            time_on_copies(clinic, &floor, iters, |path| {
+                (clinic::read_dentaltid_names(path), clinic::copy_and_link(&clinic.nanopix_db(), path, &links))
+            })
+        })
+    });
     group.finish();
     report_ratio("first sync 100k/100k", &library, &baseline, 1.5);
     report_ratio("first sync 100k/100k with Live Sync switched on", &live, &baseline, 1.5);
+    report_floor(&floor, &baseline);
+}
+
+/// Prints the floor's median and its ratio to the baseline: what any first sync must do in
+/// order, as bare SQL: read DentalTID's names before the first import, then copy the imported
+/// rows and update the linked ones; no matching, no events.
+fn report_floor(floor: &Timings, baseline: &Timings) {
+    let (floor, baseline) = (floor.measured(), baseline.measured());
+    if floor.is_empty() || baseline.is_empty() {
+        return;
+    }
+    let (floor, baseline) = (clinic::median(&floor), clinic::median(&baseline));
+    let ratio = floor.as_secs_f64() / baseline.as_secs_f64();
+    println!(
+        "first sync floor (bare read of DentalTID, then copy of the imported rows and the link updates): median {}, {ratio:.2}x the baseline",
+        ms(floor)
+    );
+}
+
+/// The links a first sync of the clinic makes, from one untimed run on a copy.
+fn first_sync_links(clinic: &Clinic) -> Vec<(i64, String)> {
+    let copy = clinic.copy_dentaltid();
+    drop(open_and_reconcile(clinic, &copy.path));
+    let links = clinic::matched_links(&copy.path);
+    println!("first sync links {} existing DentalTID patients", links.len());
+    links
 }
 
 /// Prints the median ratio of library to baseline and whether it is within `budget` times.

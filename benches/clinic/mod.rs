@@ -235,6 +235,34 @@ fn dentaltid_person(nanopix: Option<&Person>, rng: &mut Rng, mix: &mut Mix) -> P
 /// each into `dentaltid`'s patients table with every column, in one transaction with a
 /// prepared statement. Returns how many rows were copied.
 pub fn baseline_copy(nanopix_db: &Path, dentaltid: &Path) -> usize {
+    copy_and_link(nanopix_db, dentaltid, &[])
+}
+
+/// The links between existing patients and NanoPix that a first sync wrote into `dentaltid`:
+/// `(patients.id, external_id)` of every patient that has a NanoPix id but was not imported.
+pub fn matched_links(dentaltid: &Path) -> Vec<(i64, String)> {
+    let conn = Connection::open(dentaltid).expect("open DentalTID");
+    let mut select = conn
+        .prepare(
+            "SELECT id, external_id FROM patients WHERE source <> 'nanopix' AND external_id IS NOT NULL ORDER BY id",
+        )
+        .expect("prepare links");
+    let links = select.query_map((), |row| Ok((row.get(0)?, row.get(1)?))).expect("query links");
+    links.collect::<Result<_, _>>().expect("read links")
+}
+
+/// Reads every DentalTID patient's id, names, birth date and NanoPix id with bare rusqlite, as
+/// matching must before the first import; returns the row count.
+pub fn read_dentaltid_names(dentaltid: &Path) -> usize {
+    let conn = Connection::open(dentaltid).expect("open DentalTID");
+    count_rows(&conn, "SELECT id, name, familyName, dateOfBirth, external_id FROM patients")
+}
+
+/// The writes a first sync cannot avoid, as bare SQL in one transaction: [`baseline_copy`] of
+/// every NanoPix patient `links` does not name, then `external_id` set on each linked patient.
+/// Returns how many rows were copied.
+pub fn copy_and_link(nanopix_db: &Path, dentaltid: &Path, links: &[(i64, String)]) -> usize {
+    let linked: std::collections::HashSet<&str> = links.iter().map(|(_, id)| id.as_str()).collect();
     let source = Connection::open(nanopix_db).expect("open NanoPix");
     let mut select = source
         .prepare("SELECT id, last_name, first_name, birthdate, created_datetime FROM Patient")
@@ -254,6 +282,9 @@ pub fn baseline_copy(nanopix_db: &Path, dentaltid: &Path) -> usize {
             .expect("prepare insert");
         while let Some(row) = rows.next().expect("row") {
             let id: String = row.get(0).expect("id");
+            if linked.contains(id.as_str()) {
+                continue;
+            }
             let last: String = row.get(1).expect("last name");
             let first: Option<String> = row.get(2).expect("first name");
             let birth: Option<String> = row.get(3).expect("birthdate");
@@ -264,6 +295,10 @@ pub fn baseline_copy(nanopix_db: &Path, dentaltid: &Path) -> usize {
             let created = created.map(|c| format!("{}.000", c.replacen(' ', "T", 1)));
             insert.execute((first.unwrap_or_default(), last, age, birth, created, id)).expect("insert");
             copied += 1;
+        }
+        let mut link = tx.prepare("UPDATE patients SET external_id = ?1 WHERE id = ?2").expect("prepare update");
+        for (patient_id, external_id) in links {
+            link.execute((external_id, patient_id)).expect("link");
         }
     }
     tx.commit().expect("commit");
