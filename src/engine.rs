@@ -754,9 +754,7 @@ fn read_dentaltid(dentaltid: &DentalTid, rows: &Receiver<IdRows>, auto_link: boo
     let matcher = if unknown.is_empty() || is_few(unknown.len(), nanopix.len()) {
         None
     } else {
-        let mut index = DentalIndex::with_capacity(patients.len());
-        dentaltid.add_all_candidates(&mut index)?;
-        Some(Matcher::new(index, auto_link))
+        Some(Matcher::new(dentaltid.index_all_candidates(patients.len())?, auto_link))
     };
     let snapshot = Snapshot {
         nanopix_pk: nanopix_pk.unwrap_or(0),

@@ -1,10 +1,12 @@
 //! Reading DentalTID patients straight into the matching index: only the columns matching
-//! needs, borrowed from each row, so no patient is held twice.
+//! needs, borrowed from each row, so no patient is held twice. Indexing every patient takes
+//! two threads: this one reads rows in batches while a second normalises and files them.
 //!
 //! Reading is lenient like the rest of this module: a row without an integer id is skipped, an
 //! unreadable birth date counts as missing.
 
 use chrono::NaiveDate;
+use crossbeam_channel::Sender;
 use rusqlite::{Params, Row};
 
 use super::DentalTid;
@@ -13,13 +15,53 @@ use crate::matching::{DentalCandidate, DentalIndex};
 use crate::patient::{nanopix_date, parse_dart_date};
 use crate::{Error, Result};
 
-/// The columns [`add_row`] reads, in its order.
+/// The columns [`read_candidate`] reads, in its order.
 const CANDIDATE_COLUMNS: &str = "id, name, familyName, dateOfBirth, external_id";
+
+/// Rows per batch handed to the indexing thread.
+const BATCH_ROWS: usize = 4_096;
 
 impl DentalTid {
     /// Adds every patient to `index`.
     pub fn add_all_candidates(&self, index: &mut DentalIndex) -> Result<()> {
         self.add_candidates("reading patients for matching", "", [], index)
+    }
+
+    /// Every patient, in an index with room for about `patients`: this thread reads the rows in
+    /// batches while a second one normalises and files them.
+    pub fn index_all_candidates(&self, patients: usize) -> Result<DentalIndex> {
+        let (send, batches) = crossbeam_channel::bounded::<Batch>(2);
+        std::thread::scope(|scope| {
+            let indexer = scope.spawn(move || {
+                let mut index = DentalIndex::with_capacity(patients);
+                batches.iter().for_each(|batch| batch.add_to(&mut index));
+                index
+            });
+            let read = self.read_batches(&send);
+            drop(send);
+            let index = indexer.join().map_err(|_| Error::Internal("indexing DentalTID patients panicked".into()))?;
+            read.map(|()| index)
+        })
+    }
+
+    /// Reads every patient and sends them to `send` in batches, until the last or until the
+    /// receiver hangs up.
+    fn read_batches(&self, send: &Sender<Batch>) -> Result<()> {
+        let read = || {
+            let sql = format!("SELECT {CANDIDATE_COLUMNS} FROM patients");
+            let mut statement = self.conn.prepare_cached(&sql)?;
+            let mut rows = statement.query([])?;
+            let mut batch = Batch::default();
+            while let Some(row) = rows.next()? {
+                read_candidate(row, |candidate| batch.push(candidate))?;
+                if batch.rows.len() == BATCH_ROWS && send.send(std::mem::take(&mut batch)).is_err() {
+                    return Ok(());
+                }
+            }
+            let _ = send.send(batch);
+            Ok(())
+        };
+        read().map_err(Error::db(&self.path, "reading patients for matching"))
     }
 
     /// Adds to `index` the patients a NanoPix patient born on one of `dates` could match or
@@ -51,7 +93,7 @@ impl DentalTid {
             let mut statement = self.conn.prepare_cached(&sql)?;
             let mut rows = statement.query(params)?;
             while let Some(row) = rows.next()? {
-                add_row(row, index)?;
+                read_candidate(row, |candidate| index.add(candidate))?;
             }
             Ok(())
         };
@@ -59,13 +101,13 @@ impl DentalTid {
     }
 }
 
-/// Adds one row of [`CANDIDATE_COLUMNS`] to `index`.
-fn add_row(row: &Row<'_>, index: &mut DentalIndex) -> rusqlite::Result<()> {
+/// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an integer.
+fn read_candidate(row: &Row<'_>, take: impl FnOnce(DentalCandidate<'_>)) -> rusqlite::Result<()> {
     let Some(id) = integer_at(row, 0)? else { return Ok(()) };
     let (first_name, last_name) = (text_ref(row, 1)?, text_ref(row, 2)?);
     let date_of_birth = text_ref(row, 3)?.as_deref().and_then(parse_dart_date);
     let linked = text_ref(row, 4)?.is_some_and(|external_id| !external_id.trim().is_empty());
-    index.add(DentalCandidate {
+    take(DentalCandidate {
         id,
         first_name: first_name.as_deref().unwrap_or_default(),
         last_name: last_name.as_deref().unwrap_or_default(),
@@ -73,4 +115,70 @@ fn add_row(row: &Row<'_>, index: &mut DentalIndex) -> rusqlite::Result<()> {
         linked,
     });
     Ok(())
+}
+
+/// Patients read for matching, on their way to the indexing thread: every name in one text,
+/// and for each patient where its names end.
+#[derive(Debug, Default)]
+struct Batch {
+    text: String,
+    rows: Vec<BatchRow>,
+}
+
+/// One patient of a [`Batch`]; its names run from where the previous row's end to `ends`.
+#[derive(Debug)]
+struct BatchRow {
+    id: i64,
+    ends: [usize; 2],
+    date_of_birth: Option<NaiveDate>,
+    linked: bool,
+}
+
+impl Batch {
+    fn push(&mut self, candidate: DentalCandidate<'_>) {
+        let ends = [candidate.first_name, candidate.last_name].map(|name| {
+            self.text.push_str(name);
+            self.text.len()
+        });
+        let (id, date_of_birth, linked) = (candidate.id, candidate.date_of_birth, candidate.linked);
+        self.rows.push(BatchRow { id, ends, date_of_birth, linked });
+    }
+
+    fn add_to(&self, index: &mut DentalIndex) {
+        let mut start = 0;
+        for row in &self.rows {
+            let [first_end, last_end] = row.ends;
+            index.add(DentalCandidate {
+                id: row.id,
+                first_name: self.text.get(start..first_end).unwrap_or_default(),
+                last_name: self.text.get(first_end..last_end).unwrap_or_default(),
+                date_of_birth: row.date_of_birth,
+                linked: row.linked,
+            });
+            start = last_end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::sample_database;
+    use super::*;
+
+    #[test]
+    fn indexing_on_two_threads_reads_every_patient_as_one_thread_does() {
+        let (_dir, dentaltid) = sample_database();
+        let rows = BATCH_ROWS * 2 + 7;
+        let insert = "INSERT INTO patients(name, familyName, age, dateOfBirth, createdAt)
+            SELECT 'Zoé ' || value, 'Lefèvre', 40, CASE WHEN value % 3 = 0 THEN NULL ELSE '1985-03-12T00:00:00.000' END,
+                   '2025-01-21T15:26:46.000'
+            FROM (WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n WHERE value < ?1)
+                  SELECT value FROM n)";
+        dentaltid.conn.execute(insert, [rows]).unwrap();
+        let mut one_thread = DentalIndex::default();
+        dentaltid.add_all_candidates(&mut one_thread).unwrap();
+        let two_threads = dentaltid.index_all_candidates(10).unwrap();
+        assert!(one_thread.candidates().len() > rows, "the sample patients and every inserted one");
+        assert_eq!(two_threads.candidates(), one_thread.candidates());
+    }
 }

@@ -284,6 +284,12 @@ impl DentalIndex {
         self.entries.get(entry).is_some_and(|entry| entry.linked)
     }
 
+    /// Every entry as a possible duplicate names it, in the order added.
+    #[cfg(test)]
+    pub(crate) fn candidates(&self) -> Vec<DuplicateCandidate> {
+        (0..self.entries.len()).filter_map(|entry| self.candidate(entry)).collect()
+    }
+
     /// Entry `entry` as a possible duplicate names it: id, names as typed and birth date.
     pub(super) fn candidate(&self, entry: usize) -> Option<DuplicateCandidate> {
         let entry = self.entries.get(entry)?;
