@@ -155,6 +155,9 @@ impl Context {
             Ok(_) => ("native", "native file events".to_owned()),
             Err(reason) => ("polling", reason.clone()),
         };
+        // Both ways of watching take their first look before saying which runs, so a change
+        // made once `watcher_mode` is out is always noticed.
+        let root_modified = polling::modified(&self.root);
         self.bus.emit(EventKind::WatcherMode { mode: mode.to_owned(), reason });
         if came_back {
             if let Err(end) = self.send(Trigger::FullReconcile { reason: "root came back".into() }) {
@@ -163,7 +166,7 @@ impl Context {
         }
         match native {
             Ok(watch) => native::run(self, watch, probes),
-            Err(_) => polling::run(self, probes),
+            Err(_) => polling::run(self, probes, root_modified),
         }
     }
 

@@ -79,9 +79,10 @@ pub(super) fn run(context: &Context, watch: NativeWatch, mut probes: Probes) -> 
 /// The native watcher's queue closed: say so, reconcile fully, and poll from now on.
 fn events_lost(context: &Context, probes: Probes) -> End {
     let reason = "native file events stopped".to_owned();
+    let root_modified = polling::modified(&context.root);
     context.bus.emit(BusEvent::WatcherMode { mode: "polling".into(), reason: reason.clone() });
     match context.send(Trigger::FullReconcile { reason }) {
-        Ok(()) => polling::run(context, probes),
+        Ok(()) => polling::run(context, probes, root_modified),
         Err(end) => end,
     }
 }

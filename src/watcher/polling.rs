@@ -15,10 +15,10 @@ use super::{Context, End};
 /// The shortest pause between polls, whatever the configuration says.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Polls until stopped or the root vanishes.
-pub(super) fn run(context: &Context, mut probes: Probes) -> End {
+/// Polls until stopped or the root vanishes, starting from the root's modification time
+/// `root_modified` read before.
+pub(super) fn run(context: &Context, mut probes: Probes, mut root_modified: Option<SystemTime>) -> End {
     let timer = crossbeam_channel::tick(context.poll_interval.max(MIN_POLL_INTERVAL));
-    let mut root_modified = modified(&context.root);
     loop {
         let step = select! {
             recv(context.stop) -> _ => Err(End::Stopped),
@@ -40,6 +40,6 @@ fn poll(context: &Context, probes: &mut Probes, root_modified: &mut Option<Syste
 }
 
 /// When `folder` last changed, if the filesystem says.
-fn modified(folder: &Path) -> Option<SystemTime> {
+pub(super) fn modified(folder: &Path) -> Option<SystemTime> {
     std::fs::metadata(folder).and_then(|metadata| metadata.modified()).ok()
 }
