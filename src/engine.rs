@@ -1,5 +1,5 @@
 //! The engine: reconcile, import, export and repair, run on the one thread that owns both
-//! database connections. A reconcile lends the NanoPix connection to a scoped helper thread, so
+//! database connections. A reconcile lends the NanoPix connection to scoped helper threads, so
 //! NanoPix is read (and matched) while DentalTID is read (or written) on the two cores.
 //!
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
@@ -21,8 +21,7 @@ use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patien
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
 
-/// How many NanoPix rows one read takes; the patients imported from them are written in one
-/// DentalTID transaction.
+/// How many NanoPix rows one read takes.
 const PAGE: u32 = 5_000;
 
 /// Most imports a first sync holds, written but not committed, before it commits them: they
@@ -421,9 +420,9 @@ impl Engine {
         imported
     }
 
-    /// Reads NanoPix page by page and decides every patient on a second thread, while this one
-    /// writes the imports of the pages already decided: reading and matching overlap writing.
-    /// At most one decided page waits, so memory stays a few pages whatever the clinic's size.
+    /// Reads NanoPix page by page on one thread and decides every patient on a second, while
+    /// this one writes the imports of the pages already decided: reading, matching and writing
+    /// overlap. Each channel holds one page, so memory stays a few pages whatever the clinic's size.
     fn import_pages(
         &mut self,
         known: &HashSet<NanoPixId>,
