@@ -117,7 +117,7 @@ pub(super) fn read_patients(
     };
     let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();
     let sql = format!("SELECT {} FROM Patient {tail}", select.join(", "));
-    let mut statement = conn.prepare(&sql)?;
+    let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query(params_from_iter(parameter))?;
     let mut found = PatientRows::default();
     while let Some(row) = rows.next()? {
