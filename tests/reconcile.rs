@@ -341,6 +341,39 @@ fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once()
 }
 
 #[test]
+fn every_imported_patient_is_written_before_it_is_reported() {
+    let clinic = Clinic::new("v29");
+    add_bulk_nanopix(&clinic, 12_000);
+    let sync = clinic.open();
+    let events = sync.events();
+    let dentaltid = clinic.dentaltid.clone();
+    // Another program looks each reported patient up as soon as the event arrives: pages share
+    // a transaction, so a patient reported before its commit would not be there yet.
+    let checker = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(dentaltid).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let mut lookup = conn.prepare("SELECT count(*) FROM patients WHERE id = ?1 AND external_id = ?2").unwrap();
+        let (mut reported, mut missing) = (0, Vec::new());
+        for event in events.iter() {
+            match event.kind {
+                EventKind::PatientImported { patient_id, external_id, .. } => {
+                    reported += 1;
+                    if lookup.query_row((patient_id, &external_id), |r| r.get::<_, i64>(0)).unwrap() != 1 {
+                        missing.push(external_id);
+                    }
+                }
+                EventKind::Reconciled(_) => break,
+                _ => {}
+            }
+        }
+        (reported, missing)
+    });
+    assert_eq!(sync.reconcile().unwrap().imported, 12_001);
+    let (reported, missing) = checker.join().unwrap();
+    assert_eq!((reported, missing), (12_001, Vec::<String>::new()));
+}
+
+#[test]
 fn a_sync_now_after_a_few_new_nanopix_patients_links_or_imports_just_those() {
     let clinic = Clinic::new("v29");
     add_bulk_nanopix(&clinic, 200);
