@@ -56,8 +56,8 @@ struct Entry {
     linked: bool,
 }
 
-/// Entries grouped by a hashed key: for each key the last entry filed and how many were, and
-/// from every entry the one filed before it with the same key.
+/// Entries grouped by a hashed key: for each key the last entry filed, and from every entry the
+/// one filed before it with the same key.
 #[derive(Debug, Default)]
 struct Groups {
     heads: HashMap<u64, usize, RandomState>,
@@ -124,7 +124,9 @@ impl Buckets {
         let mut ranges = HashMap::with_hasher(hasher);
         let mut start = 0;
         for bucket in born.chunk_by(|a, b| a.0 == b.0) {
-            ranges.insert(bucket[0].0, start..start + bucket.len());
+            if let Some(&(date, ..)) = bucket.first() {
+                ranges.insert(date, start..start + bucket.len());
+            }
             start += bucket.len();
         }
         let members = born.into_iter().map(|(_, Reverse(entry), chars)| Member { entry, chars }).collect();
