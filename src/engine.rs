@@ -15,7 +15,7 @@ use foldhash::HashSet;
 
 use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
 use crate::events::{EventBus, EventKind, ReconcileReport};
-use crate::matching::{DentalIndex, Import, MatchedLink, Matcher};
+use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::{FolderScan, IdRows, NanoPix, OddRow};
 use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
@@ -696,8 +696,9 @@ fn write_pages(
     Ok(())
 }
 
-/// Imports inserted in DentalTID: the rows, what matching said of each, and their new ids.
-type Written = (Vec<NewDentalPatient>, Vec<Import>, Vec<i64>);
+/// Imports inserted in DentalTID: the rows, the possible duplicate each may be, and their new
+/// ids. The NanoPix patients themselves are dropped once their rows are made.
+type Written = (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>, Vec<i64>);
 
 /// How many imports are waiting for their transaction to commit before they are reported.
 fn unreported(written: &[Written]) -> usize {
@@ -706,19 +707,21 @@ fn unreported(written: &[Written]) -> usize {
 
 /// Inserts a page of imports in the open import transaction.
 fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, imports: Vec<Import>) -> Result<Written> {
-    let rows: Vec<NewDentalPatient> =
-        imports.iter().map(|import| NewDentalPatient::from_nanopix(&import.patient, now.date())).collect();
+    let (rows, duplicates): (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>) = imports
+        .into_iter()
+        .map(|import| (NewDentalPatient::from_nanopix(&import.patient, now.date()), import.possible_duplicate))
+        .unzip();
     let ids = importing.insert(&rows, now)?;
-    Ok((rows, imports, ids))
+    Ok((rows, duplicates, ids))
 }
 
 /// Reports committed imports, and the possible duplicates among them.
 fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, report: &mut ReconcileReport) {
-    for (rows, imports, ids) in written {
-        for ((row, import), patient_id) in rows.into_iter().zip(imports).zip(ids) {
+    for (rows, duplicates, ids) in written {
+        for ((row, duplicate), patient_id) in rows.into_iter().zip(duplicates).zip(ids) {
             report.imported += 1;
             let external_id = row.external_id.to_string();
-            if let Some(duplicate) = import.possible_duplicate {
+            if let Some(duplicate) = duplicate {
                 report.possible_duplicates += 1;
                 bus.emit(EventKind::PossibleDuplicate {
                     external_id: external_id.clone(),
