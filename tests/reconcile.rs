@@ -308,6 +308,13 @@ fn add_bulk_nanopix(clinic: &Clinic, count: i64) {
     conn.execute_batch("COMMIT").unwrap();
 }
 
+/// A connection to `dentaltid` as another program opens one: it waits up to 10 s for a lock.
+fn another_program(dentaltid: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dentaltid).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    conn
+}
+
 #[test]
 fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once() {
     let clinic = Clinic::new("v29");
@@ -320,8 +327,7 @@ fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once()
     let locker = std::thread::spawn(move || {
         let imported = events.iter().find(|event| matches!(event.kind, EventKind::PatientImported { .. }));
         assert!(imported.is_some(), "the first page was imported");
-        let conn = rusqlite::Connection::open(dentaltid).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let conn = another_program(&dentaltid);
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         conn
     });
@@ -350,8 +356,7 @@ fn every_imported_patient_is_written_before_it_is_reported() {
     // Another program looks each reported patient up as soon as the event arrives: pages share
     // a transaction, so a patient reported before its commit would not be there yet.
     let checker = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(dentaltid).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let conn = another_program(&dentaltid);
         let mut lookup = conn.prepare("SELECT count(*) FROM patients WHERE id = ?1 AND external_id = ?2").unwrap();
         let (mut reported, mut missing) = (0, Vec::new());
         for event in events.iter() {
