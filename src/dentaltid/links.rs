@@ -1,6 +1,6 @@
 //! The sync's own record of links and the export journal (`nanopix_sync_exports`).
 //!
-//! A link is stored in one of two ways. Patients written by one [`DentalTid::import`] have
+//! A link is stored in one of two ways. Patients written by one [`super::Importing::insert`] have
 //! their links in `nanopix_sync_imports`, one row per run of consecutive patient ids holding
 //! their NanoPix ids end to end (15 characters each): patient `first_patient_id + k` is linked,
 //! as imported, to the k-th id. Every other link, and every change of state of an imported one,
@@ -174,7 +174,7 @@ impl DentalTid {
     }
 }
 
-/// Records the links of the patients one [`DentalTid::import`] wrote, given as `(patient id,
+/// Records the links of the patients one [`super::Importing::insert`] wrote, given as `(patient id,
 /// NanoPix id)` in the order written: one batch row per run of consecutive patient ids.
 pub(super) fn record_imported_links(
     tx: &Transaction<'_>,

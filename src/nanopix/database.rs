@@ -222,7 +222,7 @@ pub(super) fn id_exists(conn: &Connection, id: NanoPixId) -> rusqlite::Result<bo
 }
 
 /// Inserts the row unless its id exists; only columns in `columns` are named, `pk` never is.
-/// Meant to run inside [`write`].
+/// Meant to run inside [`write()`].
 pub(super) fn insert_patient(
     conn: &Connection,
     columns: &HashSet<String>,
@@ -279,7 +279,7 @@ pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: Nano
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write`].
+/// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write()`].
 pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {
     let studies = count_for_patient(conn, "Study", id)?;
     let reports = count_for_patient(conn, "Report", id)?;
