@@ -16,7 +16,7 @@ use foldhash::HashSet;
 use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate};
-use crate::nanopix::{FolderScan, IdRows, NanoPix, OddRow};
+use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
 use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
@@ -78,7 +78,11 @@ struct Snapshot {
     nanopix_pk: i64,
     nanopix_rows: u64,
     nanopix: Vec<NanoPixId>,
-    folders: FolderScan,
+    /// The patient folders, once their listing has started. It starts with the snapshot, unless
+    /// no link is recorded yet: a first sync, which usually imports many patients, starts it once
+    /// they are written, so it runs while the links are written instead of competing with
+    /// building the matcher and with the import.
+    folders: Option<FolderListing>,
     dentaltid: Vec<PatientRef>,
     links: Vec<Link>,
     /// Every NanoPix id the sync already knows: linked, recorded, or being exported.
@@ -136,10 +140,11 @@ impl Engine {
         let mut snapshot = self.snapshot(&mut report)?;
         self.adopt_existing_links(&snapshot)?;
         match snapshot.matcher.take() {
-            Some(matcher) => self.import_unknown_rows(&snapshot, matcher, &mut report)?,
+            Some(matcher) => self.import_unknown_rows(&mut snapshot, matcher, &mut report)?,
             None => self.import_few(&snapshot.unknown, &mut report)?,
         }
-        self.check_links(&snapshot, &mut report)?;
+        let folders = self.folders(&mut snapshot, &mut report)?;
+        self.check_links(&snapshot, &folders, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
             // Built after the imports, so a first sync builds them once, on every row.
@@ -312,29 +317,36 @@ impl Engine {
         self.signals.stop(self.automatic)
     }
 
-    /// Reads both sides at once: NanoPix's ids, then its folders, on a second thread; DentalTID's
-    /// patients, links and journal on this one, which then, while the folders are listed, builds
-    /// the matcher if many NanoPix patients are unknown.
+    /// Reads both sides at once: NanoPix's ids on a second thread, its folders on a third (see
+    /// [`Snapshot::folders`]); DentalTID's patients, links and journal on this one, which then
+    /// builds the matcher if many NanoPix patients are unknown.
     fn snapshot(&mut self, report: &mut ReconcileReport) -> Result<Snapshot> {
+        let first_sync = !self.dentaltid.has_links()?;
+        let folders = (!first_sync).then(|| FolderListing::start(self.nanopix.root()));
         let (nanopix, dentaltid, auto_link) = (&mut self.nanopix, &self.dentaltid, self.config.auto_link);
         let (send_rows, rows) = crossbeam_channel::bounded(1);
-        let (folders, snapshot) = std::thread::scope(|scope| {
-            let folders = scope.spawn(move || {
-                // If this fails, the channel closes and the error is this thread's to report.
-                let _ = send_rows.send(nanopix.patient_ids()?);
-                nanopix.scan_folders()
-            });
-            let snapshot = read_dentaltid(dentaltid, &rows, auto_link);
-            (folders.join(), snapshot)
+        let (ids, snapshot) = std::thread::scope(|scope| {
+            // If reading fails, the channel closes and the error is this thread's to report.
+            let ids = scope.spawn(move || nanopix.patient_ids().map(|ids| drop(send_rows.send(ids))));
+            let snapshot = read_dentaltid(dentaltid, &rows, first_sync, auto_link);
+            (ids.join(), snapshot)
         });
-        let folders = folders.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
+        ids.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
         let (mut snapshot, odd_rows) = snapshot?;
         self.report_odd_rows(odd_rows, report);
+        snapshot.folders = folders;
+        Ok(snapshot)
+    }
+
+    /// The patient folders of `snapshot`, listed if their listing has not started yet; reports
+    /// the odd names found among them.
+    fn folders(&self, snapshot: &mut Snapshot, report: &mut ReconcileReport) -> Result<FolderScan> {
+        let listing = snapshot.folders.take().unwrap_or_else(|| FolderListing::start(self.nanopix.root()));
+        let folders = listing.finish()?;
         for name in &folders.odd_names {
             self.report_odd_folder(name, report);
         }
-        snapshot.folders = folders;
-        Ok(snapshot)
+        Ok(folders)
     }
 
     /// Records link rows for patients DentalTID already links.
@@ -405,7 +417,7 @@ impl Engine {
     /// know. A bulk import is written without the sync's indexes, which are built again at the end.
     fn import_unknown_rows(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &mut Snapshot,
         matcher: Matcher,
         report: &mut ReconcileReport,
     ) -> Result<()> {
@@ -414,21 +426,26 @@ impl Engine {
             self.dentaltid.drop_own_indexes()?;
         }
         let imported = self.import_pages(&snapshot.known, matcher, report);
+        let linked = imported.and_then(|matcher| {
+            snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
+            self.link_held(matcher, report)
+        });
         if bulk {
             self.dentaltid.build_own_indexes()?;
         }
-        imported
+        linked
     }
 
     /// Reads NanoPix page by page on one thread and decides every patient on a second, while
     /// this one writes the imports of the pages already decided: reading, matching and writing
     /// overlap. Each channel holds one page, so memory stays a few pages whatever the clinic's size.
+    /// Returns the matcher with the links it holds.
     fn import_pages(
         &mut self,
         known: &HashSet<NanoPixId>,
         matcher: Matcher,
         report: &mut ReconcileReport,
-    ) -> Result<()> {
+    ) -> Result<Matcher> {
         let (signals, automatic) = (&*self.signals, self.automatic);
         let stop = move || signals.stop(automatic);
         let (nanopix, dentaltid, bus, clock) = (&mut self.nanopix, &mut self.dentaltid, &self.bus, &self.config.clock);
@@ -444,8 +461,7 @@ impl Engine {
         let panicked = |_| Error::Internal("reading or matching NanoPix patients panicked".into());
         all_read.map_err(panicked)??;
         let matcher = matcher.map_err(panicked)?;
-        written?;
-        self.link_held(matcher, report)
+        written.map(|()| matcher)
     }
 
     /// Offers `patients` to `matcher` and imports, in one transaction, those it says to import.
@@ -494,13 +510,13 @@ impl Engine {
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
     /// patient was deleted. Writes only on a change of state, all changes in one transaction,
     /// and reports them once they are written.
-    fn check_links(&mut self, snapshot: &Snapshot, report: &mut ReconcileReport) -> Result<()> {
+    fn check_links(&mut self, snapshot: &Snapshot, folders: &FolderScan, report: &mut ReconcileReport) -> Result<()> {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
         let mut changes = Vec::new();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            let missing = match (rows.contains(&id), snapshot.folders.patient_folders.contains(&id)) {
+            let missing = match (rows.contains(&id), folders.patient_folders.contains(&id)) {
                 (true, true) => None,
                 (false, true) => Some("row"),
                 (true, false) => Some("folder"),
@@ -743,8 +759,22 @@ fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, r
 /// DentalTID's side of a snapshot, completed once `rows` brings NanoPix's: what the sync
 /// knows, what it does not, and the matcher when the unknown are many. Also returns NanoPix's
 /// odd rows, to report.
-fn read_dentaltid(dentaltid: &DentalTid, rows: &Receiver<IdRows>, auto_link: bool) -> Result<(Snapshot, Vec<OddRow>)> {
-    let (patients, links, pending) = (dentaltid.patient_refs()?, dentaltid.links()?, dentaltid.pending_exports()?);
+///
+/// A first sync usually imports many patients, so it reads DentalTID's patients once, into
+/// their references and the matching index together, before knowing whether it needs the index.
+fn read_dentaltid(
+    dentaltid: &DentalTid,
+    rows: &Receiver<IdRows>,
+    first_sync: bool,
+    auto_link: bool,
+) -> Result<(Snapshot, Vec<OddRow>)> {
+    let (patients, index) = if first_sync {
+        let (patients, index) = dentaltid.index_all_candidates()?;
+        (patients, Some(index))
+    } else {
+        (dentaltid.patient_refs()?, None)
+    };
+    let (links, pending) = (dentaltid.links()?, dentaltid.pending_exports()?);
     let mut known: HashSet<NanoPixId> = patients.iter().filter_map(|p| p.external_id).collect();
     known.extend(links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok()));
     known.extend(pending.iter().map(|p| p.external_id));
@@ -756,13 +786,17 @@ fn read_dentaltid(dentaltid: &DentalTid, rows: &Receiver<IdRows>, auto_link: boo
     let matcher = if unknown.is_empty() || is_few(unknown.len(), nanopix.len()) {
         None
     } else {
-        Some(Matcher::new(dentaltid.index_all_candidates(patients.len())?, auto_link))
+        let index = match index {
+            Some(index) => index,
+            None => dentaltid.index_all_candidates()?.1,
+        };
+        Some(Matcher::new(index, auto_link))
     };
     let snapshot = Snapshot {
         nanopix_pk: nanopix_pk.unwrap_or(0),
         nanopix_rows,
         nanopix,
-        folders: FolderScan::default(),
+        folders: None,
         dentaltid: patients,
         links,
         known,

@@ -1,6 +1,7 @@
 //! Reading DentalTID patients straight into the matching index: only the columns matching
 //! needs, borrowed from each row, so no patient is held twice. Indexing every patient takes
-//! two threads: this one reads rows in batches while a second normalises and files them.
+//! two threads: this one reads rows in batches (and each patient's [`PatientRef`] on the way)
+//! while a second normalises and files them.
 //!
 //! Reading is lenient like the rest of this module: a row without an integer id is skipped, an
 //! unreadable birth date counts as missing.
@@ -9,14 +10,22 @@ use chrono::NaiveDate;
 use crossbeam_channel::Sender;
 use rusqlite::{Params, Row};
 
-use super::DentalTid;
+use super::patients::patient_ref_at;
 use super::values::{integer_at, text_ref};
+use super::{DentalTid, PatientRef};
 use crate::matching::{DentalCandidate, DentalIndex};
 use crate::patient::{nanopix_date, parse_dart_date};
 use crate::{Error, Result};
 
 /// The columns [`read_candidate`] reads, in its order.
 const CANDIDATE_COLUMNS: &str = "id, name, familyName, dateOfBirth, external_id";
+
+/// The columns [`DentalTid::index_all_candidates`] reads: those of [`read_candidate`], then
+/// `source` for each patient's [`PatientRef`].
+const INDEXED_COLUMNS: &str = "id, name, familyName, dateOfBirth, external_id, source";
+
+/// Where [`INDEXED_COLUMNS`] has a patient's id, source and NanoPix id.
+const REF_COLUMNS: [usize; 3] = [0, 5, 4];
 
 /// Rows per batch handed to the indexing thread.
 const BATCH_ROWS: usize = 4_096;
@@ -27,39 +36,40 @@ impl DentalTid {
         self.add_candidates("reading patients for matching", "", [], index)
     }
 
-    /// Every patient, in an index with room for about `patients`: this thread reads the rows in
-    /// batches while a second one normalises and files them.
-    pub fn index_all_candidates(&self, patients: usize) -> Result<DentalIndex> {
+    /// Every patient, as a [`PatientRef`] in id order and in an index: this thread reads the
+    /// rows in batches while a second one normalises and files them.
+    pub fn index_all_candidates(&self) -> Result<(Vec<PatientRef>, DentalIndex)> {
         let (send, batches) = crossbeam_channel::bounded::<Batch>(2);
         std::thread::scope(|scope| {
             let indexer = scope.spawn(move || {
-                let mut index = DentalIndex::with_capacity(patients);
+                let mut index = DentalIndex::default();
                 batches.iter().for_each(|batch| batch.add_to(&mut index));
                 index
             });
-            let read = self.read_batches(&send);
+            let refs = self.read_batches(&send);
             drop(send);
             let index = indexer.join().map_err(|_| Error::Internal("indexing DentalTID patients panicked".into()))?;
-            read.map(|()| index)
+            refs.map(|refs| (refs, index))
         })
     }
 
-    /// Reads every patient and sends them to `send` in batches, until the last or until the
-    /// receiver hangs up.
-    fn read_batches(&self, send: &Sender<Batch>) -> Result<()> {
+    /// Reads every patient in id order, sends them to `send` in batches until the last or until
+    /// the receiver hangs up, and returns the references of those read.
+    fn read_batches(&self, send: &Sender<Batch>) -> Result<Vec<PatientRef>> {
         let read = || {
-            let sql = format!("SELECT {CANDIDATE_COLUMNS} FROM patients");
+            let sql = format!("SELECT {INDEXED_COLUMNS} FROM patients ORDER BY id");
             let mut statement = self.conn.prepare_cached(&sql)?;
             let mut rows = statement.query([])?;
-            let mut batch = Batch::default();
+            let (mut refs, mut batch) = (Vec::new(), Batch::default());
             while let Some(row) = rows.next()? {
                 read_candidate(row, |candidate| batch.push(candidate))?;
+                refs.extend(patient_ref_at(row, REF_COLUMNS)?);
                 if batch.rows.len() == BATCH_ROWS && send.send(std::mem::take(&mut batch)).is_err() {
-                    return Ok(());
+                    return Ok(refs);
                 }
             }
             let _ = send.send(batch);
-            Ok(())
+            Ok(refs)
         };
         read().map_err(Error::db(&self.path, "reading patients for matching"))
     }
@@ -177,8 +187,9 @@ mod tests {
         dentaltid.conn.execute(insert, [rows]).unwrap();
         let mut one_thread = DentalIndex::default();
         dentaltid.add_all_candidates(&mut one_thread).unwrap();
-        let two_threads = dentaltid.index_all_candidates(10).unwrap();
+        let (refs, two_threads) = dentaltid.index_all_candidates().unwrap();
         assert!(one_thread.candidates().len() > rows, "the sample patients and every inserted one");
         assert_eq!(two_threads.candidates(), one_thread.candidates());
+        assert_eq!(refs, dentaltid.patient_refs().unwrap());
     }
 }

@@ -61,6 +61,12 @@ impl DentalTid {
         Ok(merge_links(recorded, imported))
     }
 
+    /// Whether any link is recorded, in a link row or a batch row.
+    pub fn has_links(&self) -> Result<bool> {
+        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links) OR EXISTS(SELECT 1 FROM nanopix_sync_imports)";
+        self.conn.query_row(sql, [], |row| row.get(0)).map_err(Error::db(&self.path, "looking for links"))
+    }
+
     /// The link of one patient, if any: its link row, or else its batch entry.
     pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
         match self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?.pop() {

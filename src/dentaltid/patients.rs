@@ -215,12 +215,7 @@ impl DentalTid {
     pub fn patient_refs(&self) -> Result<Vec<PatientRef>> {
         let read = || {
             let mut statement = self.conn.prepare_cached("SELECT id, source, external_id FROM patients ORDER BY id")?;
-            let rows = statement.query_map([], |row| {
-                let Some(id) = integer_at(row, 0)? else { return Ok(None) };
-                let source = read_text(row, 1, Source::from_column)?;
-                let external_id = read_text(row, 2, |text| text.and_then(|text| NanoPixId::parse(text.trim()).ok()))?;
-                Ok(Some(PatientRef { id, source, external_id }))
-            })?;
+            let rows = statement.query_map([], |row| patient_ref_at(row, [0, 1, 2]))?;
             rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
         };
         read().map_err(Error::db(&self.path, "reading patient links"))
@@ -235,6 +230,18 @@ impl DentalTid {
         };
         read().map_err(Error::db(&self.path, step))
     }
+}
+
+/// Reads a patient's id, source and NanoPix id from the columns at `[id, source, external_id]`
+/// leniently; `None` only when `id` is not an integer.
+pub(super) fn patient_ref_at(
+    row: &Row<'_>,
+    [id, source, external_id]: [usize; 3],
+) -> rusqlite::Result<Option<PatientRef>> {
+    let Some(id) = integer_at(row, id)? else { return Ok(None) };
+    let source = read_text(row, source, Source::from_column)?;
+    let external_id = read_text(row, external_id, |text| text.and_then(|text| NanoPixId::parse(text.trim()).ok()))?;
+    Ok(Some(PatientRef { id, source, external_id }))
 }
 
 /// Reads a row of [`PATIENT_COLUMNS`] leniently; `None` only when `id` is not an integer.

@@ -22,9 +22,6 @@ use crate::patient::nanopix_date;
 /// Marks the end of a chain in [`Groups`].
 const END: usize = usize::MAX;
 
-/// Bytes of names (normalised and as typed) to set aside per patient.
-const TEXT_PER_PATIENT: usize = 32;
-
 /// A person's matching key: normalised first and last name (both non-empty) and birth date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Person<'a> {
@@ -65,11 +62,6 @@ struct Groups {
 }
 
 impl Groups {
-    /// Groups with room for `keys` keys, filing entries as they are added (see [`Groups::push`]).
-    fn with_capacity(keys: usize, hasher: RandomState) -> Self {
-        Self { heads: HashMap::with_capacity_and_hasher(keys, hasher), previous: Vec::with_capacity(keys) }
-    }
-
     /// Groups for filing only some of `entries` entries (see [`Groups::file`]).
     fn sparse(entries: usize, hasher: RandomState) -> Self {
         Self { heads: HashMap::with_hasher(hasher), previous: vec![END; entries] }
@@ -160,21 +152,6 @@ pub(crate) struct DentalIndex {
 }
 
 impl DentalIndex {
-    /// An empty index with room for `patients` patients.
-    pub fn with_capacity(patients: usize) -> Self {
-        let hasher = RandomState::default();
-        Self {
-            text: String::with_capacity(patients * TEXT_PER_PATIENT),
-            entries: Vec::with_capacity(patients),
-            by_exact: Groups::with_capacity(patients, hasher),
-            by_names: Groups::with_capacity(patients, hasher),
-            unborn_by_names: Groups::with_capacity(0, hasher),
-            by_birth_date: Buckets::default(),
-            by_block: Default::default(),
-            hasher,
-        }
-    }
-
     /// Adds a patient; one without a usable first and last name is never a candidate.
     pub fn add(&mut self, candidate: DentalCandidate<'_>) {
         let start = self.text.len();

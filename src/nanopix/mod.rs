@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -67,6 +68,38 @@ pub(crate) struct FolderScan {
     pub patient_folders: foldhash::HashSet<NanoPixId>,
     /// Every other name in the root except `database`: files, symlinks, other or non-UTF-8 names.
     pub odd_names: Vec<OsString>,
+}
+
+/// The patient folders being listed on a thread of their own, so the engine goes on meanwhile.
+#[derive(Debug)]
+pub(crate) enum FolderListing {
+    /// The listing thread is running.
+    Running(JoinHandle<Result<FolderScan>>),
+    /// No thread could be started, so the folders were listed at once.
+    Listed(Result<FolderScan>),
+}
+
+impl FolderListing {
+    /// Starts listing the patient folders (names that are valid ids) and the other names found
+    /// under `root`, on a thread of its own; lists them at once if no thread can be started.
+    pub fn start(root: &Path) -> Self {
+        let owned = root.to_path_buf();
+        let thread = std::thread::Builder::new().name("nanopix-sync-folders".into());
+        match thread.spawn(move || folders::scan(&owned)) {
+            Ok(running) => Self::Running(running),
+            Err(_) => Self::Listed(folders::scan(root)),
+        }
+    }
+
+    /// Waits for the listing to end and returns what it found.
+    pub fn finish(self) -> Result<FolderScan> {
+        match self {
+            Self::Running(thread) => {
+                thread.join().map_err(|_| Error::Internal("listing NanoPix's folders panicked".into()))?
+            }
+            Self::Listed(scan) => scan,
+        }
+    }
 }
 
 /// What NanoPix holds for one patient.
@@ -155,11 +188,6 @@ impl NanoPix {
     /// [`Error::InvalidConfig`] for a subfolder name that is not one plain folder name.
     pub fn create_folder(&self, id: NanoPixId, subfolders: &[String]) -> Result<PathBuf> {
         folders::create_patient_folder(&self.root, id, subfolders)
-    }
-
-    /// Lists the patient folders (names that are valid ids) and the other names found.
-    pub fn scan_folders(&self) -> Result<FolderScan> {
-        folders::scan(&self.root)
     }
 
     /// Counts the studies, reports and files NanoPix holds for a patient.
@@ -548,14 +576,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn scan_folders_sorts_out_patient_folders_and_odd_names() {
+    fn folder_listing_sorts_out_patient_folders_and_odd_names() {
         let (_temp, root) = fixture_copy();
         for folder in ["20250301_093000", "20251340_000000", "notes"] {
             fs::create_dir(root.join(folder)).unwrap();
         }
         fs::write(root.join("20250302_093000"), b"a file named like an id").unwrap();
         fs::write(root.join("readme.txt"), b"").unwrap();
-        let scan = open(&root).scan_folders().unwrap();
+        let scan = FolderListing::start(&root).finish().unwrap();
         let expected: foldhash::HashSet<NanoPixId> = [id(FIXTURE_ID), id("20250301_093000")].into_iter().collect();
         assert_eq!(scan.patient_folders, expected);
         let mut odd = scan.odd_names.clone();
@@ -565,14 +593,14 @@ pub(crate) mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn scan_folders_reports_symlinks_and_non_utf8_names_as_odd() {
+    fn folder_listing_reports_symlinks_and_non_utf8_names_as_odd() {
         use std::os::unix::ffi::OsStrExt;
         let (temp, root) = fixture_copy();
         let non_utf8 = std::ffi::OsStr::from_bytes(b"pat\xffient");
         fs::create_dir(root.join(non_utf8)).unwrap();
         fs::create_dir(temp.path().join("outside")).unwrap();
         std::os::unix::fs::symlink(temp.path().join("outside"), root.join("20250303_093000")).unwrap();
-        let scan = open(&root).scan_folders().unwrap();
+        let scan = FolderListing::start(&root).finish().unwrap();
         assert_eq!(scan.patient_folders, [id(FIXTURE_ID)].into_iter().collect());
         let mut odd = scan.odd_names.clone();
         odd.sort();
