@@ -21,6 +21,9 @@ use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patien
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
 
+/// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
+const EXPORT_ATTEMPTS: usize = 3;
+
 /// How many NanoPix rows one read takes.
 const PAGE: u32 = 5_000;
 
@@ -246,13 +249,16 @@ impl Engine {
         Ok(self.dentaltid.rows_up_to(max_id)? < rows)
     }
 
-    /// The new NanoPix patients that no DentalTID patient and no export in flight holds yet.
+    /// The new NanoPix patients that no DentalTID patient, no export in flight and no link row
+    /// holds yet.
     fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
-        let in_flight: HashSet<NanoPixId> =
-            self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect();
+        let in_flight = self.in_flight_ids()?;
         let mut unknown = Vec::new();
         for patient in patients {
-            if !in_flight.contains(&patient.id) && !self.dentaltid.holds_external_id(patient.id)? {
+            if !in_flight.contains(&patient.id)
+                && !self.dentaltid.holds_external_id(patient.id)?
+                && !self.dentaltid.has_link_row(patient.id)?
+            {
                 unknown.push(patient);
             }
         }
@@ -539,7 +545,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Exports DentalTID patients added past the Live Sync cursor, then moves the cursor.
+    /// Exports DentalTID patients added past the Live Sync cursor, then moves the cursor past
+    /// them, or up to the first whose export failed, so the next pass tries it again.
     fn export_new(&mut self, report: &mut ReconcileReport) -> Result<()> {
         let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
         let added = self.dentaltid.patients_after(cursor)?;
@@ -549,39 +556,56 @@ impl Engine {
             .into_iter()
             .filter(|p| p.source == Source::Internal && p.external_id.is_none() && !pending.contains(&p.id))
             .collect();
-        self.export_each(&to_export, report);
+        let failed = self.export_each(&to_export, report);
         if !self.cancelled() {
-            self.dentaltid.set_export_cursor(last)?;
+            let cursor = failed.map_or(last, |patient_id| patient_id.saturating_sub(1));
+            self.dentaltid.set_export_cursor(cursor)?;
         }
         Ok(())
     }
 
-    fn export_each(&mut self, patients: &[Patient], report: &mut ReconcileReport) {
+    /// Exports `patients` in order, reporting each failure; returns the id of the first that failed.
+    fn export_each(&mut self, patients: &[Patient], report: &mut ReconcileReport) -> Option<i64> {
+        let mut first_failed = None;
         for patient in patients {
             if self.cancelled() {
-                return;
+                break;
             }
             match self.export(patient) {
                 Ok(_) => report.exported += 1,
-                Err(error) => self.report_error(&error, None, Some(patient.id), report),
+                Err(error) => {
+                    first_failed.get_or_insert(patient.id);
+                    self.report_error(&error, None, Some(patient.id), report);
+                }
             }
         }
+        first_failed
     }
 
-    /// Writes the journal row, then the NanoPix row, then the folder, then the link.
+    /// Writes the journal row, then the NanoPix row, then the folder, then the link. When another
+    /// NanoPix patient takes the id first, the export starts again with a new id.
     fn export(&mut self, patient: &Patient) -> Result<NanoPixId> {
-        let now = self.config.clock.now();
-        let id = self.free_id(now)?;
-        self.dentaltid.begin_export(patient.id, id, now)?;
-        crash_point("journal");
-        self.complete_export(patient, id)?;
-        Ok(id)
+        for _ in 0..EXPORT_ATTEMPTS {
+            let now = self.config.clock.now();
+            let id = self.free_id(now)?;
+            self.dentaltid.begin_export(patient.id, id, now)?;
+            crash_point("journal");
+            if self.complete_export(patient, id)? {
+                return Ok(id);
+            }
+            self.dentaltid.abandon_export(patient.id)?;
+        }
+        Err(Error::NoFreeId(NanoPixId::from_datetime(self.config.clock.now()).to_string()))
     }
 
-    fn complete_export(&mut self, patient: &Patient, id: NanoPixId) -> Result<()> {
+    /// Writes the NanoPix row with `id` (unless it is there already, from an earlier attempt),
+    /// then the folder, then the link. Returns `false`, having written nothing, when the row with
+    /// `id` is another NanoPix patient's: the export must not link to it.
+    fn complete_export(&mut self, patient: &Patient, id: NanoPixId) -> Result<bool> {
         let now = self.config.clock.now();
-        if !self.nanopix.id_exists(id)? {
-            self.nanopix.insert_patient(&new_nanopix_row(patient, id, now))?;
+        let row = new_nanopix_row(patient, id, now);
+        if !self.nanopix.insert_patient(&row)? && !self.is_exported_row(&row)? {
+            return Ok(false);
         }
         crash_point("row");
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
@@ -592,26 +616,33 @@ impl Engine {
             external_id: id.to_string(),
             folder: folder.display().to_string(),
         });
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether NanoPix's row with `row`'s id is the patient `row` describes (same names and
+    /// birth date), as an earlier attempt of the same export wrote it.
+    fn is_exported_row(&self, row: &NewNanoPixPatient) -> Result<bool> {
+        let stored = self.nanopix.patient(row.id)?;
+        Ok(stored.is_some_and(|stored| {
+            stored.last_name.trim() == row.last_name
+                && stored.first_name.trim() == row.first_name
+                && stored.birth_date == row.birth_date
+        }))
     }
 
     /// The first id from `now` on that is free in the database, on disk and in the journal.
     fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
-        let in_flight: HashSet<NanoPixId> =
-            self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect();
-        let mut lookup_error = None;
-        let id = NanoPixId::first_free(now, |id| {
-            in_flight.contains(&id)
+        let in_flight = self.in_flight_ids()?;
+        NanoPixId::first_free(now, |id| {
+            Ok(in_flight.contains(&id)
                 || self.nanopix.folder_path(id).symlink_metadata().is_ok()
-                || self.nanopix.id_exists(id).unwrap_or_else(|error| {
-                    lookup_error.get_or_insert(error);
-                    true
-                })
-        });
-        match lookup_error {
-            Some(error) => Err(error),
-            None => id,
-        }
+                || self.nanopix.id_exists(id)?)
+        })
+    }
+
+    /// The NanoPix ids of exports in flight (in the journal).
+    fn in_flight_ids(&self) -> Result<HashSet<NanoPixId>> {
+        Ok(self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect())
     }
 
     /// Finishes exports a crash interrupted, using the journal.
@@ -631,7 +662,10 @@ impl Engine {
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
-                self.complete_export(&patient, pending.external_id)?;
+                if !self.complete_export(&patient, pending.external_id)? {
+                    self.dentaltid.abandon_export(patient.id)?;
+                    self.export(&patient)?;
+                }
                 Ok(true)
             }
             Some(_) => {

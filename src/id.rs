@@ -63,17 +63,17 @@ impl NanoPixId {
         Self(self.0 + Duration::seconds(1))
     }
 
-    /// The first id at or after `at` for which `taken` is false.
+    /// The first id at or after `at` for which `taken` says `false`.
     ///
     /// `taken` must check every place an id can be in use: the NanoPix database, the folders
     /// on disk, and exports in flight.
     ///
     /// # Failure
-    /// [`Error::NoFreeId`] if a whole day of seconds is taken.
-    pub fn first_free(at: NaiveDateTime, mut taken: impl FnMut(Self) -> bool) -> Result<Self> {
+    /// [`Error::NoFreeId`] if a whole day of seconds is taken, or the first error of `taken`.
+    pub fn first_free(at: NaiveDateTime, mut taken: impl FnMut(Self) -> Result<bool>) -> Result<Self> {
         let mut candidate = Self::from_datetime(at);
         for _ in 0..MAX_ID_PROBES {
-            if !taken(candidate) {
+            if !taken(candidate)? {
                 return Ok(candidate);
             }
             candidate = candidate.next_second();
@@ -167,14 +167,26 @@ mod tests {
     fn first_free_skips_taken_seconds() {
         let start = NanoPixId::parse("20250121_235959").unwrap();
         let taken = [start, start.next_second()];
-        let free = NanoPixId::first_free(start.datetime(), |id| taken.contains(&id)).unwrap();
+        let free = NanoPixId::first_free(start.datetime(), |id| Ok(taken.contains(&id))).unwrap();
         assert_eq!(free.to_string(), "20250122_000001");
     }
 
     #[test]
     fn first_free_gives_up_after_a_full_day() {
         let start = NanoPixId::parse("20250121_000000").unwrap().datetime();
-        assert!(matches!(NanoPixId::first_free(start, |_| true), Err(Error::NoFreeId(_))));
+        assert!(matches!(NanoPixId::first_free(start, |_| Ok(true)), Err(Error::NoFreeId(_))));
+    }
+
+    #[test]
+    fn first_free_stops_at_the_first_failed_lookup() {
+        let start = NanoPixId::parse("20250121_000000").unwrap();
+        let mut lookups = 0;
+        let found = NanoPixId::first_free(start.datetime(), |_| {
+            lookups += 1;
+            Err(Error::Closed)
+        });
+        assert!(matches!(found, Err(Error::Closed)));
+        assert_eq!(lookups, 1);
     }
 
     fn any_datetime() -> impl Strategy<Value = NaiveDateTime> {
@@ -214,7 +226,7 @@ mod tests {
         fn first_free_is_never_taken(at in any_datetime(), taken_count in 0usize..50) {
             let taken: std::collections::HashSet<NanoPixId> =
                 (0..taken_count as i64).map(|s| NanoPixId::from_datetime(at + Duration::seconds(s))).collect();
-            let free = NanoPixId::first_free(at, |id| taken.contains(&id)).unwrap();
+            let free = NanoPixId::first_free(at, |id| Ok(taken.contains(&id))).unwrap();
             prop_assert!(!taken.contains(&free));
             prop_assert!(free.datetime() >= NanoPixId::from_datetime(at).datetime());
         }

@@ -131,3 +131,27 @@ fn an_export_interrupted_after_each_step_is_repaired() {
         assert_eq!(rows, vec![2], "{step}: the fixture and the one export");
     }
 }
+
+#[test]
+fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id() {
+    let clinic = Clinic::new("v29");
+    crash_export_after(&clinic, "journal");
+    let reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    let [reserved] = reserved.as_slice() else { panic!("one export in the journal: {reserved:?}") };
+    clinic.add_nanopix(reserved, "Stranger", "Someone", Some("1970-01-01"));
+
+    let sync = clinic.open();
+    let external = sync.source_info(1).unwrap().external_id.expect("exported again at open");
+    assert_ne!(&external, reserved, "never linked to the other patient's row");
+    let stranger = nanopix_row(&clinic, reserved);
+    assert_eq!((stranger[0].1.as_str(), stranger[0].2.as_deref()), ("Stranger", Some("Someone")), "left as it was");
+    assert_eq!(nanopix_row(&clinic, &external)[0].1, "Benali", "the export has its own row");
+    assert!(clinic.root.join(&external).is_dir());
+
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.exported), (2, 0), "the fixture and the other patient, each imported once");
+    let strangers: Vec<i64> =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{reserved}'"), |r| r.get(0));
+    assert_eq!(strangers.len(), 1);
+    assert_ne!(strangers[0], 1);
+}

@@ -67,6 +67,17 @@ impl DentalTid {
         self.conn.query_row(sql, [], |row| row.get(0)).map_err(Error::db(&self.path, "looking for links"))
     }
 
+    /// Whether a link row records this NanoPix id, whatever became of its patient: exports and
+    /// matches are recorded there, so a patient deleted while its export finished still counts.
+    pub fn has_link_row(&self, external_id: NanoPixId) -> Result<bool> {
+        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)";
+        let found = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut select| select.query_row([external_id.to_string()], |row| row.get(0)));
+        found.map_err(Error::db(&self.path, "looking up a link"))
+    }
+
     /// The link of one patient, if any: its link row, or else its batch entry.
     pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
         match self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?.pop() {
@@ -379,6 +390,9 @@ mod tests {
         assert!(dentaltid.pending_exports().unwrap().is_empty());
         assert_eq!(dentaltid.link(4).unwrap().map(|l| l.external_id), Some("20250121_152638".to_owned()));
         assert_eq!(dentaltid.all_patients().unwrap().len(), 5);
+        assert!(!dentaltid.holds_external_id(id).unwrap(), "no patient holds the id");
+        assert!(dentaltid.has_link_row(id).unwrap(), "the link row still knows it, so it is never imported back");
+        assert!(!dentaltid.has_link_row(nanopix_id("20250121_152639")).unwrap());
     }
 
     #[test]

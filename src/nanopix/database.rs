@@ -221,22 +221,22 @@ pub(super) fn id_exists(conn: &Connection, id: NanoPixId) -> rusqlite::Result<bo
     conn.query_row("SELECT EXISTS (SELECT 1 FROM Patient WHERE id = ?1)", [id.to_string()], |row| row.get(0))
 }
 
-/// Inserts the row unless its id exists; only columns in `columns` are named, `pk` never is.
-/// Meant to run inside [`write()`].
+/// Inserts the row unless its id exists (then returns `false`); only columns in `columns` are
+/// named, `pk` never is. Meant to run inside [`write()`].
 pub(super) fn insert_patient(
     conn: &Connection,
     columns: &HashSet<String>,
     patient: &NewNanoPixPatient,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
     if id_exists(conn, patient.id)? {
-        return Ok(());
+        return Ok(false);
     }
     let (names, values): (Vec<&str>, Vec<Option<String>>) =
         insert_values(patient).into_iter().filter(|(name, _)| columns.contains(*name)).unzip();
     let placeholders: Vec<String> = (1..=names.len()).map(|index| format!("?{index}")).collect();
     let sql = format!("INSERT INTO Patient ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
     conn.execute(&sql, params_from_iter(values))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Every column the sync may fill, with the value NanoPix itself would write: its form saves

@@ -170,7 +170,8 @@ impl NanoPix {
     }
 
     /// Inserts a patient row, unless a row with its id already exists (so repair can repeat it).
-    pub fn insert_patient(&self, patient: &NewNanoPixPatient) -> Result<()> {
+    /// Returns `false` when a row with its id was there already, and nothing was written.
+    pub fn insert_patient(&self, patient: &NewNanoPixPatient) -> Result<bool> {
         database::write(&self.conn, &self.db_path, "insert patient", |conn| {
             database::insert_patient(conn, &self.patient_columns, patient)
         })
