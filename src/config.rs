@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Clock, SystemClock};
+use crate::nanopix::check_subfolder_name;
+use crate::{Clock, Error, Result, SystemClock};
+
+/// The longest busy timeout SQLite takes: `i32::MAX` milliseconds, about 24.8 days.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// How the live watcher notices changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -61,5 +65,19 @@ impl Config {
             busy_timeout: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Checks the settings that need neither side: the busy timeout and the subfolder names.
+    ///
+    /// # Failure
+    /// [`Error::InvalidConfig`] for a busy timeout over about 24.8 days, which SQLite cannot
+    /// take, or a patient subfolder that is not one plain folder name.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.busy_timeout > MAX_BUSY_TIMEOUT {
+            let message =
+                format!("busy timeout {:?} is longer than SQLite takes ({MAX_BUSY_TIMEOUT:?})", self.busy_timeout);
+            return Err(Error::InvalidConfig(message));
+        }
+        self.patient_subfolders.iter().try_for_each(|name| check_subfolder_name(name))
     }
 }

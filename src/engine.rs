@@ -5,6 +5,7 @@
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -116,6 +117,7 @@ impl Signals {
 impl Engine {
     /// Opens and checks both sides, migrates DentalTID, and repairs interrupted exports.
     pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
+        config.check()?;
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
         signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
@@ -171,6 +173,14 @@ impl Engine {
     /// Whether Live Sync is on.
     pub fn live_sync(&self) -> Result<bool> {
         self.dentaltid.live_sync()
+    }
+
+    /// Whether Live Sync is on, as the DentalTID file says now; the flag automatic work checks is
+    /// set to match, so a switch made by another program (the `sync` example) is followed.
+    pub fn refresh_live_sync(&self) -> Result<bool> {
+        let enabled = self.dentaltid.live_sync()?;
+        self.signals.live.store(enabled, Ordering::Relaxed);
+        Ok(enabled)
     }
 
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
@@ -281,8 +291,11 @@ impl Engine {
     }
 
     /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
+    /// The live cursor is dropped: NanoPix may give the deleted row's `pk` to its next patient,
+    /// which a read past the cursor would miss, so the next live pass reconciles fully.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
+        self.cursor = None;
         self.nanopix.delete_patient(id)
     }
 
@@ -310,12 +323,13 @@ impl Engine {
         })
     }
 
-    /// Runs `pass` as automatic work, which stops early when Live Sync is switched off.
+    /// Runs `pass` as automatic work, which stops early when Live Sync is switched off. Work
+    /// after it is not automatic, even when `pass` panics.
     pub fn automatically<T>(&mut self, pass: impl FnOnce(&mut Self) -> T) -> T {
         self.automatic = true;
-        let result = pass(self);
+        let result = catch_unwind(AssertUnwindSafe(|| pass(self)));
         self.automatic = false;
-        result
+        result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     /// Whether the current work should stop: the handle is closing, or automatic work lost Live Sync.
@@ -430,6 +444,7 @@ impl Engine {
         let bulk = self.indexed && snapshot.unknown.len() >= BULK_IMPORT;
         if bulk {
             self.dentaltid.drop_own_indexes()?;
+            self.indexed = false;
         }
         let imported = self.import_pages(&snapshot.known, matcher, report);
         let linked = imported.and_then(|matcher| {
@@ -438,6 +453,7 @@ impl Engine {
         });
         if bulk {
             self.dentaltid.build_own_indexes()?;
+            self.indexed = true;
         }
         linked
     }

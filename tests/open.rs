@@ -71,3 +71,18 @@ fn duplicate_external_ids_from_older_versions_survive_the_migration() {
     let rows: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
     assert_eq!(rows, vec![6], "no row lost, none added");
 }
+
+#[test]
+fn settings_sqlite_or_a_folder_cannot_take_are_refused_before_anything_is_opened() {
+    let clinic = Clinic::new("v29");
+    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    let mut config = clinic.config();
+    config.busy_timeout = std::time::Duration::from_secs(30 * 24 * 3600);
+    assert!(
+        matches!(NanoPixSync::open(config), Err(Error::InvalidConfig(message)) if message.contains("busy timeout"))
+    );
+    let mut config = clinic.config();
+    config.patient_subfolders = vec!["images/../..".to_owned()];
+    assert!(matches!(NanoPixSync::open(config), Err(Error::InvalidConfig(message)) if message.contains("subfolder")));
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before, "not even migrated");
+}

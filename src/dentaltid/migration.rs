@@ -141,7 +141,8 @@ impl DentalTid {
 
     /// Drops the sync's own indexes before a bulk import: building them once afterwards is far
     /// cheaper than keeping them up to date row by row. [`DentalTid::build_own_indexes`] puts
-    /// them back; after a crash in between, the next `open` does.
+    /// them back; after a crash in between, [`DentalTid::ensure_own_indexes`] does, before the
+    /// next live pass or at the end of the next reconcile with Live Sync on.
     pub fn drop_own_indexes(&mut self) -> Result<()> {
         self.write("dropping the sync's indexes for a bulk import", |tx| tx.execute_batch(DROP_OWN_INDEXES))
     }

@@ -40,7 +40,7 @@ pub(super) fn create_patient_folder(root: &Path, id: NanoPixId, subfolders: &[St
 }
 
 /// Accepts only one plain folder name: not empty, no separator, not `.` or `..`, not absolute.
-fn check_subfolder_name(name: &str) -> Result<()> {
+pub(crate) fn check_subfolder_name(name: &str) -> Result<()> {
     let mut components = Path::new(name).components();
     let single_plain = matches!(
         (components.next(), components.next()),

@@ -20,6 +20,8 @@ use database::{Deletion, Selection};
 mod database;
 mod folders;
 
+pub(crate) use folders::check_subfolder_name;
+
 /// The folder under `PatientData` that holds NanoPix's databases: never a patient folder.
 const DATABASE_FOLDER: &str = "database";
 /// NanoPix's patient database inside [`DATABASE_FOLDER`] (its neighbour `User.db3` is never opened).
