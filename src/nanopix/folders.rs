@@ -70,23 +70,25 @@ fn ensure_real_dir(path: &Path) -> Result<()> {
 }
 
 /// Lists `root` once, sorting names into patient folders and odd names (the database folder
-/// is neither). Entries the system cannot list are skipped.
+/// is neither). A listing that fails part of the way (a network share going away) fails as a
+/// whole, so that no patient folder is ever taken for a missing one.
 pub(super) fn scan(root: &Path) -> Result<FolderScan> {
-    let entries = fs::read_dir(root).map_err(Error::io(root, "list patient folders"))?;
+    let failed = || Error::io(root, "list patient folders");
     let mut found = FolderScan::default();
-    for entry in entries.flatten() {
-        sort_entry(&entry, &mut found);
+    for entry in fs::read_dir(root).map_err(failed())? {
+        let entry = entry.map_err(failed())?;
+        let is_dir = entry.file_type().map_err(failed())?.is_dir();
+        sort_entry(&entry, is_dir, &mut found);
     }
     Ok(found)
 }
 
 /// A real folder named by a valid id is a patient folder; any other name is odd.
-fn sort_entry(entry: &DirEntry, found: &mut FolderScan) {
+fn sort_entry(entry: &DirEntry, is_dir: bool, found: &mut FolderScan) {
     let name = entry.file_name();
     if name == DATABASE_FOLDER {
         return;
     }
-    let is_dir = entry.file_type().is_ok_and(|file_type| file_type.is_dir());
     match name.to_str().and_then(|text| NanoPixId::parse(text).ok()) {
         Some(id) if is_dir => {
             found.patient_folders.insert(id);
