@@ -206,13 +206,14 @@ uint32_t nps_open(const char *config_json, NpsHandle **handle_out);
 uint32_t nps_close(NpsHandle *handle);
 
 /**
- * Closes the handle if needed and releases it; NULL is ignored.
+ * Closes the handle if needed and releases it. NULL, a handle already freed and any pointer
+ * `nps_open` did not return are ignored, so freeing twice is harmless.
  *
  * After this call the pointer is invalid: no other thread may still use it. Called from inside
  * one of the handle's callbacks it does nothing and sets the last error.
  *
  * # Safety
- * `handle` is NULL or a handle from `nps_open` that was not freed.
+ * No other thread uses `handle` during or after this call.
  */
 void nps_free(NpsHandle *handle);
 

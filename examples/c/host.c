@@ -144,5 +144,9 @@ int main(int argc, char **argv) {
     if (!open_sync(argv[1], argv[2], &handle)) return 1;
     int ok = run(handle);
     nps_free(handle);
+    nps_free(handle); /* a second free is ignored */
+    NpsHandle *found = NULL;
+    int code = nps_find_open_handle(&found);
+    if (code != NPS_NO_HANDLE) ok = failed("nps_find_open_handle after nps_free", code);
     return ok ? 0 : 1;
 }

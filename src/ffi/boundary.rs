@@ -40,12 +40,7 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 }
 
 fn panic_error(payload: &(dyn Any + Send)) -> FfiError {
-    let detail = payload
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown cause".to_owned());
-    FfiError::new(NPS_PANIC, format!("internal error (panic): {detail}"))
+    FfiError::new(NPS_PANIC, format!("internal error (panic): {}", crate::error::panic_message(payload)))
 }
 
 /// A shared reference to the object behind a pointer argument named `name`.

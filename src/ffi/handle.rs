@@ -6,6 +6,7 @@
 //! stays valid memory until `nps_free`. This module must never free a handle the host may still
 //! use: only `nps_free` does that.
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,18 +47,19 @@ impl NpsHandle {
         Ok(handle)
     }
 
-    /// Runs `call` on the open sync, or fails with `NPS_CLOSED`.
+    /// Runs `call` on the open sync, or fails with `NPS_CLOSED`. A `close` waiting for the call
+    /// is woken when it ends, even by a panic.
     pub fn with_sync<T, E: Into<FfiError>>(
         &self,
         call: impl FnOnce(&NanoPixSync) -> Result<T, E>,
     ) -> Result<T, FfiError> {
         let sync = self.slot().clone().ok_or_else(|| FfiError::new(NPS_CLOSED, "the sync handle is closed"))?;
-        let result = call(&sync);
+        let result = catch_unwind(AssertUnwindSafe(|| call(&sync)));
         drop(sync);
         // Taking the lock orders this wake-up after `close` has started waiting.
         let _slot = self.slot();
         self.call_ended.notify_all();
-        result.map_err(Into::into)
+        result.unwrap_or_else(|panic| resume_unwind(panic)).map_err(Into::into)
     }
 
     /// Stops and joins every thread and wakes every waiter. Calling it again does nothing; a
@@ -124,15 +126,18 @@ impl NpsHandle {
         Ok(())
     }
 
-    /// Closes the handle and removes it from the registry, before the host's box is dropped.
-    pub fn retire(&self) {
-        self.close();
-        live_handles().retain(|&address| address != self.address());
-    }
-
     fn address(&self) -> usize {
         std::ptr::from_ref(self) as usize
     }
+}
+
+/// Removes `handle` from the registry; returns whether it was there (made by `nps_open` and not
+/// released yet).
+pub(crate) fn unregister(handle: *mut NpsHandle) -> bool {
+    let mut live = live_handles();
+    let registered = live.len();
+    live.retain(|&address| address != handle as usize);
+    live.len() < registered
 }
 
 /// A handle that `nps_open` made and `nps_free` has not released yet, if any.

@@ -89,21 +89,23 @@ pub unsafe extern "C" fn nps_close(handle: *mut NpsHandle) -> u32 {
     })
 }
 
-/// Closes the handle if needed and releases it; NULL is ignored.
+/// Closes the handle if needed and releases it. NULL, a handle already freed and any pointer
+/// `nps_open` did not return are ignored, so freeing twice is harmless.
 ///
 /// After this call the pointer is invalid: no other thread may still use it. Called from inside
 /// one of the handle's callbacks it does nothing and sets the last error.
 ///
 /// # Safety
-/// `handle` is NULL or a handle from `nps_open` that was not freed.
+/// No other thread uses `handle` during or after this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nps_free(handle: *mut NpsHandle) {
     guard(|| {
         not_in_callback("nps_free")?;
-        if !handle.is_null() {
-            // SAFETY: the caller hands back a live handle made by `Box::into_raw` in `nps_open`.
+        if handle::unregister(handle) {
+            // SAFETY: `nps_open` made this registered handle by `Box::into_raw`, and unregistering
+            // it here makes this the only call that releases it.
             let handle = unsafe { Box::from_raw(handle) };
-            handle.retire();
+            handle.close();
         }
         Ok(())
     });
