@@ -35,7 +35,9 @@ impl Event {
     /// The event as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|error| {
-            format!(r#"{{"type":"sync_error","seq":{},"code":"internal","message":"{error}"}}"#, self.seq)
+            let message = error.to_string();
+            serde_json::json!({"type": "sync_error", "seq": self.seq, "code": "internal", "message": message})
+                .to_string()
         })
     }
 }
@@ -227,10 +229,12 @@ impl EventBus {
 
     /// Stamps `kind` and queues it. Never blocks.
     pub fn emit(&self, kind: EventKind) {
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        if dropped > 0 && self.sender.len() < EVENT_QUEUE_CAPACITY {
-            self.dropped.fetch_sub(dropped, Ordering::Relaxed);
-            self.push(EventKind::EventsDropped { count: dropped });
+        if self.dropped.load(Ordering::Relaxed) > 0 && self.sender.len() < EVENT_QUEUE_CAPACITY {
+            // Taken whole, so two threads never report the same drops.
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                self.push(EventKind::EventsDropped { count: dropped });
+            }
         }
         self.push(kind);
     }

@@ -18,7 +18,6 @@ mod probe;
 #[cfg(test)]
 mod tests;
 
-use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -224,18 +223,7 @@ impl Context {
 /// Runs `body`; a panic in it becomes a `sync_error` event (code `internal`).
 fn guarded(bus: &EventBus, body: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
-        let message = format!("the watcher stopped: {}", panic_message(payload.as_ref()));
+        let message = format!("the watcher stopped: {}", crate::error::panic_message(payload.as_ref()));
         bus.error(&Error::Internal(message), None, None);
-    }
-}
-
-/// The text of a panic, when it has one.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text
-    } else {
-        "a panic without a message"
     }
 }
