@@ -5,8 +5,10 @@
 //! ```
 //! Commands: `once`, `watch`, `status`, `enable`, `disable`, `export-existing`. Events go to
 //! stdout as one JSON object per line, errors to stderr; the exit code is 0 on success and 1 on
-//! a fatal error, with a one-line reason.
+//! a fatal error, with a one-line reason. When stdout is closed (`sync watch | head`), the output
+//! ends there and the runner closes the sync as usual.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use nanopix_sync::{Config, NanoPixSync, PatientFilter};
@@ -67,8 +69,15 @@ fn run(invocation: Invocation) -> Result<(), String> {
 
 fn print_events(sync: &NanoPixSync) {
     for event in sync.events().try_iter() {
-        println!("{}", event.to_json());
+        if !print_line(&event.to_json()) {
+            return;
+        }
     }
+}
+
+/// Writes one line to stdout; `false` when stdout is closed or broken.
+fn print_line(line: &str) -> bool {
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
 }
 
 /// Switches Live Sync on and prints events until SIGINT or SIGTERM.
@@ -83,8 +92,8 @@ fn watch(sync: &NanoPixSync) -> Result<(), String> {
     loop {
         crossbeam_channel::select! {
             recv(events) -> event => match event {
-                Ok(event) => println!("{}", event.to_json()),
-                Err(_) => return Ok(()),
+                Ok(event) if print_line(&event.to_json()) => {}
+                _ => return Ok(()),
             },
             recv(stopped) -> _ => return Ok(()),
         }
@@ -100,6 +109,5 @@ fn print_status(sync: &NanoPixSync) -> Result<(), String> {
         "today": count(PatientFilter::Today)?,
         "today_by_external": count(PatientFilter::TodayByExternal)?,
     });
-    println!("{status}");
-    Ok(())
+    if print_line(&status.to_string()) { Ok(()) } else { Err("stdout is closed".into()) }
 }

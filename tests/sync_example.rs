@@ -88,3 +88,17 @@ fn watch_runs_until_sigterm_then_closes_cleanly() {
     wait_for_type("closed");
     assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
 }
+
+#[test]
+fn a_closed_stdout_ends_the_output_without_a_panic() {
+    let clinic = Clinic::new("v29");
+    let mut child = runner(&clinic, "once").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let imported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
+    assert_eq!(imported, vec![1], "the sync itself ran to the end");
+}
