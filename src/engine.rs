@@ -175,14 +175,6 @@ impl Engine {
         self.dentaltid.live_sync()
     }
 
-    /// Whether Live Sync is on, as the DentalTID file says now; the flag automatic work checks is
-    /// set to match, so a switch made by another program (the `sync` example) is followed.
-    pub fn refresh_live_sync(&self) -> Result<bool> {
-        let enabled = self.dentaltid.live_sync()?;
-        self.signals.live.store(enabled, Ordering::Relaxed);
-        Ok(enabled)
-    }
-
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
         self.signals.live.store(enabled, Ordering::Relaxed);

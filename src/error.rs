@@ -128,6 +128,11 @@ pub enum Error {
         source: notify::Error,
     },
 
+    /// Another sync handle, in this process or another one, already syncs this DentalTID
+    /// database: two at once could import the same NanoPix patient twice.
+    #[error("another nanopix-sync already syncs {0}: close it first")]
+    InUse(PathBuf),
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -163,6 +168,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Watcher { .. } => "watcher",
             Error::InvalidConfig(_) => "invalid_config",
+            Error::InUse(_) => "in_use",
             Error::Internal(_) => "internal",
             Error::Closed => "closed",
         }
@@ -175,6 +181,7 @@ impl Error {
             | Error::NanoPixDatabaseMissing(path)
             | Error::DentalTidDatabaseMissing(path)
             | Error::UnsafePath(path)
+            | Error::InUse(path)
             | Error::MissingTable { path, .. }
             | Error::MissingColumn { path, .. }
             | Error::Busy { path, .. }

@@ -67,7 +67,7 @@ impl LiveLoop {
     /// Starts or stops the watcher to match the Live Sync setting; a start reconciles fully.
     /// When the setting cannot be read, the watcher stays as it is.
     fn follow_live_sync(&mut self) {
-        let enabled = self.engine.refresh_live_sync().unwrap_or_else(|error| {
+        let enabled = self.engine.live_sync().unwrap_or_else(|error| {
             self.bus.error(&error, None, None);
             self.watcher.is_some()
         });

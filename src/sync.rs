@@ -68,9 +68,13 @@ impl NanoPixSync {
     /// Opens both sides, checks them, migrates DentalTID, repairs interrupted exports, and
     /// starts the engine thread (and the watcher, if Live Sync is on).
     ///
+    /// Only one handle at a time syncs a DentalTID database, in this process or any other: the
+    /// handle holds a lock on it until it is closed.
+    ///
     /// # Failure
     /// A missing folder or file, a missing table or column, or an unreadable database gives a
-    /// specific [`Error`]; nothing is written then.
+    /// specific [`Error`]; nothing is written then. [`Error::InUse`] while another handle syncs
+    /// the same DentalTID database.
     pub fn open(config: Config) -> Result<Self> {
         let (bus, events) = EventBus::new(config.clock.clone());
         let bus = Arc::new(bus);

@@ -243,15 +243,3 @@ fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
     let asked = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
     assert_eq!(asked.kind, EventKind::DeleteRequested { patient_id, external_id: "20250121_152638".into() });
 }
-
-#[test]
-fn live_sync_switched_on_by_another_program_is_followed_at_the_next_call() {
-    let clinic = Clinic::new("v29");
-    let sync = clinic.open();
-    let other = clinic.open();
-    other.set_live_sync(true).unwrap();
-    drop(other);
-    sync.reconcile().unwrap();
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    imported(&sync, "20250122_091500");
-}

@@ -86,3 +86,13 @@ fn settings_sqlite_or_a_folder_cannot_take_are_refused_before_anything_is_opened
     assert!(matches!(NanoPixSync::open(config), Err(Error::InvalidConfig(message)) if message.contains("subfolder")));
     assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before, "not even migrated");
 }
+
+#[test]
+fn a_second_sync_on_the_same_dentaltid_database_waits_for_the_first_to_close() {
+    let clinic = Clinic::new("v29");
+    let first = clinic.open();
+    assert!(matches!(NanoPixSync::open(clinic.config()), Err(Error::InUse(path)) if path == clinic.dentaltid));
+    drop(first);
+    let second = clinic.open();
+    assert_eq!(second.reconcile().unwrap().imported, 1);
+}

@@ -102,3 +102,14 @@ fn a_closed_stdout_ends_the_output_without_a_panic() {
         clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
     assert_eq!(imported, vec![1], "the sync itself ran to the end");
 }
+
+#[test]
+fn the_runner_refuses_a_database_another_sync_has_open() {
+    let clinic = Clinic::new("v29");
+    let app = clinic.open();
+    let output = runner(&clinic, "once").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another nanopix-sync already syncs"), "{stderr}");
+    assert_eq!(app.reconcile().unwrap().imported, 1, "the fixture patient is imported once, by the app");
+}

@@ -4,6 +4,7 @@
 //! This module never changes `PRAGMA user_version`, never creates DentalTID's own tables, and
 //! never deletes a patient. All SQL about DentalTID lives here.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,24 +124,28 @@ pub(crate) struct PendingExport {
 pub(crate) struct DentalTid {
     conn: Connection,
     path: PathBuf,
+    /// The lock file beside the database, locked while this is open (see [`take_sync_lock`]).
+    _lock: File,
 }
 
 impl DentalTid {
-    /// Opens an existing `dentaltid.db`, checks it has a `patients` table (before writing
-    /// anything), and runs the additive migration.
+    /// Opens an existing `dentaltid.db`, takes the sync's lock on it, checks it has a `patients`
+    /// table (before writing anything), and runs the additive migration.
     ///
     /// # Failure
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
-    /// [`Error::MissingTable`] or [`Error::MissingColumn`] if `patients` is not DentalTID's table
-    /// (the file is then left untouched).
+    /// [`Error::InUse`] if another sync handle has it open, [`Error::MissingTable`] or
+    /// [`Error::MissingColumn`] if `patients` is not DentalTID's table (the file is then left
+    /// untouched).
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
         }
+        let lock = take_sync_lock(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
         conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
-        let mut dentaltid = Self { conn, path: path.to_path_buf() };
+        let mut dentaltid = Self { conn, path: path.to_path_buf(), _lock: lock };
         dentaltid.check_patients_table()?;
         dentaltid.migrate()?;
         Ok(dentaltid)
@@ -163,5 +168,27 @@ impl DentalTid {
         let value = work(&tx).map_err(Error::db(&self.path, step))?;
         tx.commit().map_err(Error::db(&self.path, step))?;
         Ok(value)
+    }
+}
+
+/// Locks `<database>.nanopix-sync.lock`, created beside the database if missing, for as long as
+/// the returned file stays open: the operating system lets only one handle hold it at a time,
+/// and frees it when the holder closes it or dies. Two syncs on one database could both import
+/// the same new NanoPix patient. The file is never removed: another process may be about to lock
+/// it, and removing it could then let two holders in.
+fn take_sync_lock(database: &Path) -> Result<File> {
+    let mut name = database.file_name().unwrap_or_default().to_os_string();
+    name.push(".nanopix-sync.lock");
+    let path = database.with_file_name(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(&path, "opening the sync's lock file"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::InUse(database.to_path_buf())),
+        Err(TryLockError::Error(error)) => Err(Error::io(&path, "locking the sync's lock file")(error)),
     }
 }

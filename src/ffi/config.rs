@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::ffi::error::{FfiError, NPS_INVALID_CONFIG, NPS_INVALID_JSON};
 use crate::{Config, WatchMode};
 
-/// The fields of the configuration JSON, as documented in `docs/c-api.md`.
+/// The fields of the configuration JSON, as the README's C API section documents them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HostConfig {

@@ -58,6 +58,8 @@ pub const NPS_WATCHER: u32 = 111;
 pub const NPS_INVALID_CONFIG: u32 = 112;
 /// An internal error stopped the call (`internal`).
 pub const NPS_INTERNAL: u32 = 113;
+/// Another sync handle already syncs this DentalTID database (`in_use`).
+pub const NPS_IN_USE: u32 = 114;
 
 /// A failed C call: its result code and a message for people.
 #[derive(Debug)]
@@ -98,6 +100,7 @@ fn code_of(kind: &str) -> u32 {
         "watcher" => NPS_WATCHER,
         "invalid_config" => NPS_INVALID_CONFIG,
         "closed" => NPS_CLOSED,
+        "in_use" => NPS_IN_USE,
         _ => NPS_INTERNAL,
     }
 }
@@ -143,6 +146,7 @@ mod tests {
             Error::Io { path: path.clone(), step: "x", source: std::io::Error::other("x") },
             Error::Watcher { path, source: notify::Error::generic("x") },
             Error::InvalidConfig("x".into()),
+            Error::InUse(PathBuf::from("x")),
             Error::Internal("x".into()),
             Error::Closed,
         ]

@@ -2,7 +2,7 @@
 //!
 //! Every function here is a thin wrapper: it runs inside the panic boundary, checks its pointers,
 //! calls the Rust API and writes its out-parameters only on success. Conventions are written down
-//! in `docs/c-api.md`. Nothing here may panic across the boundary, keep a pointer from C after
+//! in the README's C API section. Nothing here may panic across the boundary, keep a pointer from C after
 //! the call returns (except a callback's userdata), or free memory the library did not allocate.
 
 mod boundary;
@@ -49,11 +49,11 @@ pub extern "C" fn nps_version() -> *const c_char {
 /// Opens a sync between a NanoPix `PatientData` folder and a DentalTID database.
 ///
 /// `config_json` is a UTF-8 JSON object; only `nanopix_root` and `dentaltid_db` are required
-/// (see docs/c-api.md for every field). The caller keeps ownership of `config_json`.
+/// (the README's C API section lists every field). The caller keeps ownership of `config_json`.
 /// On success writes a new handle to `*handle_out`; the caller owns it and releases it with
 /// `nps_free`. Returns NPS_OK, NPS_NULL_ARGUMENT, NPS_INVALID_UTF8, NPS_INVALID_JSON,
-/// NPS_INVALID_CONFIG or the code of the error that stopped the open (NPS_NOT_FOUND, ...).
-/// Any thread may call it.
+/// NPS_INVALID_CONFIG or the code of the error that stopped the open (NPS_NOT_FOUND,
+/// NPS_IN_USE while another handle syncs the same DentalTID database, ...). Any thread may call it.
 ///
 /// # Safety
 /// `config_json` is NULL or a NUL-terminated string; `handle_out` is NULL or writable.

@@ -158,10 +158,8 @@ impl Context {
         // made once `watcher_mode` is out is always noticed.
         let root_modified = polling::modified(&self.root);
         self.bus.emit(EventKind::WatcherMode { mode: mode.to_owned(), reason });
-        if came_back {
-            if let Err(end) = self.send(Trigger::FullReconcile { reason: "root came back".into() }) {
-                return end;
-            }
+        if came_back && let Err(end) = self.send(Trigger::FullReconcile { reason: "root came back".into() }) {
+            return end;
         }
         match native {
             Ok(watch) => native::run(self, watch, probes),
