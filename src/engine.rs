@@ -821,7 +821,7 @@ fn read_dentaltid(
     known.extend(links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok()));
     known.extend(pending.iter().map(|p| p.external_id));
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
-    let nanopix_pk = rows.ids.iter().map(|(pk, _)| *pk).chain(rows.odd_rows.iter().map(|o| o.pk)).max();
+    let nanopix_pk = rows.last_pk();
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
     let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();

@@ -33,6 +33,7 @@ mod matching;
 mod nanopix;
 mod patient;
 mod sync;
+mod values;
 mod watcher;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -11,10 +11,10 @@ use crossbeam_channel::Sender;
 use rusqlite::{Params, Row};
 
 use super::patients::patient_ref_at;
-use super::values::{integer_at, text_ref};
 use super::{DentalTid, PatientRef};
 use crate::matching::{DentalCandidate, DentalIndex};
 use crate::patient::{nanopix_date, parse_dart_date};
+use crate::values::{integer_at, text_ref};
 use crate::{Error, Result};
 
 /// The columns [`read_candidate`] reads, in its order.

@@ -17,9 +17,9 @@ use chrono::NaiveDateTime;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
-use super::values::{integer_at, read_text, text_at};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{dart_timestamp, parse_dart_timestamp};
+use crate::values::{integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`link_from_row`] reads, in its order.
@@ -124,7 +124,7 @@ impl DentalTid {
     /// Unfinished exports, oldest first. Rows whose id is not a valid NanoPix id are skipped.
     pub fn pending_exports(&self) -> Result<Vec<PendingExport>> {
         let read = || {
-            let sql = "SELECT patient_id, external_id, started_at FROM nanopix_sync_exports
+            let sql = "SELECT patient_id, external_id FROM nanopix_sync_exports
                 ORDER BY started_at, patient_id";
             let mut statement = self.conn.prepare_cached(sql)?;
             let rows = statement.query_map([], pending_export_from_row)?;
@@ -312,13 +312,11 @@ fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Link>> {
     Ok(Some(Link { patient_id, external_id, origin, state, synced_at }))
 }
 
-/// Reads a journal row; `None` when its id is no valid NanoPix id. An unreadable `started_at`
-/// falls back to the time the id names (ids are made from the export's start time).
+/// Reads a journal row; `None` when its id is no valid NanoPix id.
 fn pending_export_from_row(row: &Row<'_>) -> rusqlite::Result<Option<PendingExport>> {
     let Some(patient_id) = integer_at(row, 0)? else { return Ok(None) };
     let Some(external_id) = text_at(row, 1)?.and_then(|text| NanoPixId::parse(&text).ok()) else { return Ok(None) };
-    let started_at = text_at(row, 2)?.as_deref().and_then(parse_dart_timestamp).unwrap_or(external_id.datetime());
-    Ok(Some(PendingExport { patient_id, external_id, started_at }))
+    Ok(Some(PendingExport { patient_id, external_id }))
 }
 
 #[cfg(test)]
@@ -368,7 +366,7 @@ mod tests {
         let id = nanopix_id("20250121_152638");
         dentaltid.begin_export(3, id, at(2025, 1, 21, 15, 26)).unwrap();
         let pending = dentaltid.pending_exports().unwrap();
-        assert_eq!(pending, [PendingExport { patient_id: 3, external_id: id, started_at: at(2025, 1, 21, 15, 26) }]);
+        assert_eq!(pending, [PendingExport { patient_id: 3, external_id: id }]);
         assert_eq!(dentaltid.patient(3).unwrap().unwrap().external_id, None);
         dentaltid.finish_export(3, id, at(2025, 1, 21, 15, 27)).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
@@ -414,8 +412,8 @@ mod tests {
             (4, '20250121_070000', 'whenever')";
         dentaltid.conn.execute_batch(sql).unwrap();
         let pending = dentaltid.pending_exports().unwrap();
-        let order: Vec<(i64, NaiveDateTime)> = pending.iter().map(|p| (p.patient_id, p.started_at)).collect();
-        assert_eq!(order, [(1, at(2025, 1, 21, 9, 0)), (2, at(2025, 1, 21, 10, 1)), (4, at(2025, 1, 21, 7, 0))]);
+        let order: Vec<i64> = pending.iter().map(|p| p.patient_id).collect();
+        assert_eq!(order, [1, 2, 4], "by start time; a start time that cannot be read sorts last");
     }
 
     #[test]

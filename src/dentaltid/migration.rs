@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::DentalTid;
-use super::values::text_at;
+use crate::values::text_at;
 use crate::{Error, Result};
 
 /// The `patients` columns the sync reads or writes (DentalTID's `Patient.toJson`, plus `id`).

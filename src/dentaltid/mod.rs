@@ -21,7 +21,6 @@ mod patients;
 mod state;
 #[cfg(test)]
 mod testing;
-mod values;
 
 pub use patients::Importing;
 
@@ -115,8 +114,6 @@ pub(crate) struct PendingExport {
     pub patient_id: i64,
     /// The NanoPix id reserved for it.
     pub external_id: NanoPixId,
-    /// When the export started (local time).
-    pub started_at: NaiveDateTime,
 }
 
 /// An open, migrated DentalTID database.

@@ -11,9 +11,9 @@ use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params};
 
 use super::links::record_imported_links;
-use super::values::{integer_at, read_text, text_at};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
+use crate::values::{integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`patient_from_row`] reads, in its order.

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::DentalTid;
 use super::patients::highest_patient_id;
-use super::values::text_at;
+use crate::values::text_at;
 use crate::{Error, Result};
 
 /// The key of the Live Sync switch (`'1'` on, `'0'` off).

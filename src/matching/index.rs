@@ -25,8 +25,11 @@ const END: usize = usize::MAX;
 /// A person's matching key: normalised first and last name (both non-empty) and birth date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Person<'a> {
+    /// Normalised first name.
     pub first: &'a str,
+    /// Normalised last name.
     pub last: &'a str,
+    /// Birth date, when known.
     pub born: Option<NaiveDate>,
     /// Characters in first and last name together.
     pub chars: usize,

@@ -15,6 +15,7 @@ use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior, par
 
 use super::{IdRows, OddRow, PatientRows};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient};
+use crate::values::lossy_text;
 use crate::{Error, NanoPixId, Result};
 
 /// How many times a write is tried before it gives [`Error::Busy`].
@@ -203,16 +204,6 @@ fn parse_id(value: ValueRef<'_>) -> Result<NanoPixId, &'static str> {
         other => lossy_text(other)
             .and_then(|text| NanoPixId::parse(&text).ok())
             .ok_or("id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"),
-    }
-}
-
-/// Any stored value as text (invalid UTF-8 replaced); `None` for NULL.
-fn lossy_text(value: ValueRef<'_>) -> Option<String> {
-    match value {
-        ValueRef::Null => None,
-        ValueRef::Integer(number) => Some(number.to_string()),
-        ValueRef::Real(number) => Some(number.to_string()),
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
     }
 }
 

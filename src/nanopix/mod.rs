@@ -50,7 +50,7 @@ pub(crate) struct PatientRows {
 impl PatientRows {
     /// The highest `pk` read, odd rows included.
     pub fn last_pk(&self) -> Option<i64> {
-        self.patients.iter().map(|p| p.pk).chain(self.odd_rows.iter().map(|o| o.pk)).max()
+        highest_pk(self.patients.iter().map(|p| p.pk), &self.odd_rows)
     }
 }
 
@@ -61,6 +61,18 @@ pub(crate) struct IdRows {
     pub ids: Vec<(i64, NanoPixId)>,
     /// The rows whose id (or `pk`) could not be read.
     pub odd_rows: Vec<OddRow>,
+}
+
+impl IdRows {
+    /// The highest `pk` read, odd rows included.
+    pub fn last_pk(&self) -> Option<i64> {
+        highest_pk(self.ids.iter().map(|(pk, _)| *pk), &self.odd_rows)
+    }
+}
+
+/// The highest of `pks` and of the odd rows' `pk`s.
+fn highest_pk(pks: impl Iterator<Item = i64>, odd_rows: &[OddRow]) -> Option<i64> {
+    pks.chain(odd_rows.iter().map(|odd| odd.pk)).max()
 }
 
 /// The patient folders found under `PatientData`.

@@ -1,8 +1,8 @@
-//! Lenient reading of column values: whatever type SQLite holds in a cell, reading it never
-//! fails a whole query.
+//! Lenient reading of column values, in both programs' databases: whatever type SQLite holds in
+//! a cell, reading it never fails a whole query.
 //!
-//! DentalTID's columns have no strict types, so a TEXT column may hold an INTEGER, a blob or
-//! bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
+//! Neither DentalTID's nor NanoPix's columns have strict types, so a TEXT column may hold an
+//! INTEGER, a blob or bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
 //! `None` for the rest. They never panic and never write.
 
 use std::borrow::Cow;
@@ -11,24 +11,29 @@ use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
 /// The cell at `index` as text: numbers are written out, invalid UTF-8 is replaced, NULL is `None`.
-pub(super) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
-    Ok(match row.get_ref(index)? {
+pub(crate) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(lossy_text(row.get_ref(index)?))
+}
+
+/// A stored value as text, as [`text_at`] reads it.
+pub(crate) fn lossy_text(value: ValueRef<'_>) -> Option<String> {
+    match value {
         ValueRef::Null => None,
         ValueRef::Integer(number) => Some(number.to_string()),
         ValueRef::Real(number) => Some(number.to_string()),
         ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-    })
+    }
 }
 
 /// Applies `read` to the cell at `index` as text, without copying it when it already is UTF-8
 /// text (the usual case, on the hot path of a reconcile); other cells go through [`text_at`].
-pub(super) fn read_text<T>(row: &Row<'_>, index: usize, read: impl FnOnce(Option<&str>) -> T) -> rusqlite::Result<T> {
+pub(crate) fn read_text<T>(row: &Row<'_>, index: usize, read: impl FnOnce(Option<&str>) -> T) -> rusqlite::Result<T> {
     Ok(read(text_ref(row, index)?.as_deref()))
 }
 
 /// The cell at `index` as text, borrowed from the row when it already is UTF-8 text; converted
 /// as [`text_at`] converts it otherwise.
-pub(super) fn text_ref<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<Option<Cow<'r, str>>> {
+pub(crate) fn text_ref<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<Option<Cow<'r, str>>> {
     Ok(match row.get_ref(index)? {
         ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes)),
         _ => text_at(row, index)?.map(Cow::Owned),
@@ -37,7 +42,7 @@ pub(super) fn text_ref<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<O
 
 /// The cell at `index` as a whole number, when it holds one (as an integer, a whole real or
 /// digits in text); `None` otherwise.
-pub(super) fn integer_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<i64>> {
+pub(crate) fn integer_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<i64>> {
     Ok(match row.get_ref(index)? {
         ValueRef::Integer(number) => Some(number),
         ValueRef::Real(number) => whole_number(number),
