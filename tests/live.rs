@@ -243,3 +243,13 @@ fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
     let asked = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
     assert_eq!(asked.kind, EventKind::DeleteRequested { patient_id, external_id: "20250121_152638".into() });
 }
+
+#[test]
+fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_hourly_reconcile() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
+    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
+    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+}

@@ -114,6 +114,11 @@ fn act(context: &Context, probes: &mut Probes, hints: Hints) -> Result<(), End> 
     if let Some(reason) = hints.rescan {
         return context.send(Trigger::FullReconcile { reason });
     }
+    if hints.entry_gone {
+        // Only a full reconcile looks at the folders of linked patients.
+        let reason = "an entry under the NanoPix root was removed or renamed".to_owned();
+        return context.send(Trigger::FullReconcile { reason });
+    }
     let committed = hints.nanopix_db && probes.nanopix.check() != Change::Same;
     if hints.patient_folders || committed {
         context.send(Trigger::NanoPixChanged)?;
@@ -158,6 +163,8 @@ struct Hints {
     nanopix_db: bool,
     /// An entry directly under the root was created, removed or renamed.
     patient_folders: bool,
+    /// An entry directly under the root was removed or renamed: a patient folder may be gone.
+    entry_gone: bool,
     /// DentalTID's database, journal or WAL changed: check its data version.
     dentaltid_db: bool,
     /// Events were lost: why.
@@ -186,6 +193,8 @@ impl Hints {
         }
         if parent == layout.root && adds_or_removes(kind) {
             self.patient_folders = true;
+            self.entry_gone |=
+                matches!(kind, EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)));
         }
         if parent == layout.dentaltid_folder
             && path.file_name().is_some_and(|name| layout.dentaltid_names.iter().any(|known| known == name))
@@ -256,6 +265,17 @@ mod tests {
         let hints = hints(vec![event(EventKind::Create(CreateKind::Folder), "/clinic/PatientData/20250122_090000")]);
         assert!(hints.patient_folders);
         assert!(!hints.nanopix_db && !hints.dentaltid_db && hints.rescan.is_none());
+    }
+
+    #[test]
+    fn a_folder_removed_or_renamed_under_the_root_is_an_entry_gone() {
+        let folder = "/clinic/PatientData/20250122_090000";
+        assert!(hints(vec![event(EventKind::Remove(notify::event::RemoveKind::Folder), folder)]).entry_gone);
+        let renamed = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::From));
+        assert!(hints(vec![event(renamed, folder)]).entry_gone);
+        assert!(!hints(vec![event(EventKind::Create(CreateKind::Folder), folder)]).entry_gone);
+        let inside = "/clinic/PatientData/20250122_090000/image.jpg";
+        assert!(!hints(vec![event(EventKind::Remove(notify::event::RemoveKind::File), inside)]).entry_gone);
     }
 
     #[test]
