@@ -204,15 +204,20 @@ impl Engine {
     }
 
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
-    /// past the cursor. A row removed on either side leads to a full reconcile instead.
+    /// past the cursor. A row removed on either side, or a whole page of new NanoPix rows (a
+    /// bulk import, which a full reconcile writes in short transactions), leads to a full
+    /// reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
         let Some(cursor) = self.cursor else { return self.reconcile() };
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
-        let rows = self.nanopix.patients_after(cursor.nanopix_pk, u32::MAX)?;
+        let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
-        if self.nanopix.patient_count()? < cursor.nanopix_rows + read || self.dentaltid_lost_rows(cursor)? {
+        if read >= u64::from(PAGE)
+            || self.nanopix.patient_count()? < cursor.nanopix_rows + read
+            || self.dentaltid_lost_rows(cursor)?
+        {
             return self.reconcile();
         }
         let nanopix_pk = rows.last_pk();

@@ -253,3 +253,18 @@ fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_h
     let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
     assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
 }
+
+#[test]
+fn a_page_or_more_of_new_nanopix_patients_while_watching_is_synced_by_a_full_reconcile() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    add_many_nanopix_rows(&clinic, 6_000);
+    let reconciled = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(report) if report.imported > 0));
+    let EventKind::Reconciled(report) = reconciled.kind else { unreachable!() };
+    assert_eq!(report.imported, 6_000, "all of them, in the full reconcile's short transactions");
+    assert_eq!(
+        sync.patients(PatientFilter::AllByExternal).unwrap().len(),
+        6_001,
+        "the fixture patient and each new one once"
+    );
+}
