@@ -25,6 +25,9 @@ use crate::{Clock, Config, Error, NanoPixId, Result};
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
 const EXPORT_ATTEMPTS: usize = 3;
 
+/// Most links one transaction writes or changes, so DentalTID never waits long to save a patient.
+const LINKS_PER_TRANSACTION: usize = 2_000;
+
 /// How many NanoPix rows one read takes.
 const PAGE: u32 = 5_000;
 
@@ -379,8 +382,8 @@ impl Engine {
                 Some((p.id, id, origin))
             })
             .collect();
-        if !adopt.is_empty() {
-            self.dentaltid.adopt_links(&adopt, self.config.clock.now())?;
+        for chunk in adopt.chunks(LINKS_PER_TRANSACTION) {
+            self.dentaltid.adopt_links(chunk, self.config.clock.now())?;
         }
         Ok(())
     }
@@ -507,28 +510,31 @@ impl Engine {
     }
 
     /// Links NanoPix patients to the DentalTID patients they match, in one transaction.
-    fn link_all(&mut self, links: Vec<MatchedLink>, report: &mut ReconcileReport) -> Result<()> {
-        if links.is_empty() {
-            return Ok(());
-        }
-        let pairs: Vec<(i64, NanoPixId)> = links.iter().map(|link| (link.patient_id, link.external_id)).collect();
-        let outcomes = self.dentaltid.link_all(&pairs, self.config.clock.now())?;
-        for (link, outcome) in links.into_iter().zip(outcomes) {
-            let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
-            if let Err(error) = outcome {
-                self.report_error(&error, Some(external_id), Some(patient_id), report);
-                continue;
+    /// Links NanoPix patients to the DentalTID patients they match, [`LINKS_PER_TRANSACTION`]
+    /// at a time in patient order (so each transaction keeps to one stretch of the table), and
+    /// reports each transaction's links once it is committed.
+    fn link_all(&mut self, mut links: Vec<MatchedLink>, report: &mut ReconcileReport) -> Result<()> {
+        links.sort_by_key(|link| link.patient_id);
+        for chunk in links.chunks(LINKS_PER_TRANSACTION) {
+            let pairs: Vec<(i64, NanoPixId)> = chunk.iter().map(|link| (link.patient_id, link.external_id)).collect();
+            let outcomes = self.dentaltid.link_all(&pairs, self.config.clock.now())?;
+            for (link, outcome) in chunk.iter().zip(outcomes) {
+                let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
+                if let Err(error) = outcome {
+                    self.report_error(&error, Some(external_id), Some(patient_id), report);
+                    continue;
+                }
+                report.linked += 1;
+                let (first_name, last_name) = (link.first_name.clone(), link.last_name.clone());
+                self.bus.emit(EventKind::PatientLinked { patient_id, external_id, first_name, last_name });
             }
-            report.linked += 1;
-            let (first_name, last_name) = (link.first_name, link.last_name);
-            self.bus.emit(EventKind::PatientLinked { patient_id, external_id, first_name, last_name });
         }
         Ok(())
     }
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
-    /// patient was deleted. Writes only on a change of state, all changes in one transaction,
-    /// and reports them once they are written.
+    /// patient was deleted. Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes
+    /// per transaction, and reports them once they are written.
     fn check_links(&mut self, snapshot: &Snapshot, folders: &FolderScan, report: &mut ReconcileReport) -> Result<()> {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
@@ -543,17 +549,16 @@ impl Engine {
             };
             changes.extend(link_change(link, patients.contains(&link.patient_id), missing));
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let states: Vec<(i64, LinkState)> =
-            changes.iter().map(|(patient_id, state, _)| (*patient_id, *state)).collect();
-        self.dentaltid.set_link_states(&states)?;
-        for (_, _, event) in changes {
-            if matches!(event, EventKind::ExternalPatientRemoved { .. }) {
-                report.removed += 1;
+        for chunk in changes.chunks(LINKS_PER_TRANSACTION) {
+            let states: Vec<(i64, LinkState)> =
+                chunk.iter().map(|(patient_id, state, _)| (*patient_id, *state)).collect();
+            self.dentaltid.set_link_states(&states)?;
+            for (_, _, event) in chunk {
+                if matches!(event, EventKind::ExternalPatientRemoved { .. }) {
+                    report.removed += 1;
+                }
+                self.bus.emit(event.clone());
             }
-            self.bus.emit(event);
         }
         Ok(())
     }
