@@ -399,3 +399,54 @@ fn a_sync_now_after_a_few_new_nanopix_patients_links_or_imports_just_those() {
         clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250301_093000'", |r| r.get(0));
     assert_eq!(linked, [sara]);
 }
+
+#[test]
+fn thousands_of_links_are_written_and_reported_each_once() {
+    let clinic = Clinic::new("v29");
+    let count = 4_321;
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    nanopix.execute_batch("BEGIN").unwrap();
+    dentaltid.execute_batch("BEGIN").unwrap();
+    for i in 0..count {
+        let id = format!(
+            "2024{:02}{:02}_{:02}{:02}{:02}",
+            1 + i / 3000 % 12,
+            1 + i / 100 % 28,
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        );
+        let (first, last) = (format!("Given{i}"), format!("Family{i}"));
+        nanopix
+            .execute(
+                "INSERT INTO Patient(id, last_name, first_name, birthdate) VALUES (?1, ?2, ?3, '1980-05-17')",
+                (&id, &last, &first),
+            )
+            .unwrap();
+        std::fs::create_dir(clinic.root.join(&id)).unwrap();
+        dentaltid
+            .execute(
+                "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                      createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+                 VALUES (?1, ?2, 45, '1980-05-17T00:00:00.000', '', '', '', 0.0, '2025-01-22T09:00:00.000', 0,
+                         'EmergencySeverity.low', '', '', 0)",
+                (&first, &last),
+            )
+            .unwrap();
+    }
+    nanopix.execute_batch("COMMIT").unwrap();
+    dentaltid.execute_batch("COMMIT").unwrap();
+
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.linked, report.imported, report.errors), (count, 1, 0), "the fixture patient is new");
+    let linked_events = drain(&sync).iter().filter(|e| matches!(e.kind, EventKind::PatientLinked { .. })).count();
+    assert_eq!(linked_events, count as usize);
+    let linked: Vec<i64> = clinic.dentaltid_rows(
+        "SELECT COUNT(DISTINCT external_id) FROM patients WHERE source = 'internal' AND external_id IS NOT NULL",
+        |r| r.get(0),
+    );
+    assert_eq!(linked, vec![i64::try_from(count).unwrap()]);
+    assert_eq!(sync.reconcile().unwrap().linked, 0, "nothing left to link");
+}
