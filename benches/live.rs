@@ -356,6 +356,15 @@ fn print_scaling(rows: &mut [ScaleRow]) {
     for row in rows {
         row.steady.sort();
         row.baseline_read.sort();
+        if let Some((slowest, took)) = row.imports.iter().enumerate().max_by_key(|(_, took)| **took) {
+            println!(
+                "at {}: the slowest live import was number {} of {}, {}",
+                row.scale,
+                slowest + 1,
+                row.imports.len(),
+                ms(*took)
+            );
+        }
         row.imports.sort();
         let (steady, read) = (percentile(&row.steady, 50.0), percentile(&row.baseline_read, 50.0));
         println!(
