@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Clinic, drain, wait_for};
+use common::{Clinic, drain, numbered_nanopix_id, wait_for};
 use nanopix_sync::{EventKind, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -148,14 +148,7 @@ fn add_many_nanopix_rows(clinic: &Clinic, count: u32) {
     let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     conn.execute_batch("BEGIN").unwrap();
     for i in 0..count {
-        let id = format!(
-            "2024{:02}{:02}_{:02}{:02}{:02}",
-            1 + i / 2000 % 12,
-            1 + i / 80 % 25,
-            i / 3600 % 24,
-            i / 60 % 60,
-            i % 60
-        );
+        let id = numbered_nanopix_id(i);
         conn.execute(
             "INSERT OR IGNORE INTO Patient(id, last_name, first_name) VALUES (?1, 'Many', ?2)",
             (&id, i.to_string()),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Clinic, drain};
+use common::{Clinic, drain, numbered_nanopix_id};
 use nanopix_sync::{DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
 
 type DentalRow = (i64, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<String>);
@@ -403,20 +403,13 @@ fn a_sync_now_after_a_few_new_nanopix_patients_links_or_imports_just_those() {
 #[test]
 fn thousands_of_links_are_written_and_reported_each_once() {
     let clinic = Clinic::new("v29");
-    let count = 4_321;
+    let count: u32 = 4_321;
     let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
     nanopix.execute_batch("BEGIN").unwrap();
     dentaltid.execute_batch("BEGIN").unwrap();
     for i in 0..count {
-        let id = format!(
-            "2024{:02}{:02}_{:02}{:02}{:02}",
-            1 + i / 3000 % 12,
-            1 + i / 100 % 28,
-            i / 3600 % 24,
-            i / 60 % 60,
-            i % 60
-        );
+        let id = numbered_nanopix_id(i);
         let (first, last) = (format!("Given{i}"), format!("Family{i}"));
         nanopix
             .execute(
@@ -440,13 +433,13 @@ fn thousands_of_links_are_written_and_reported_each_once() {
 
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
-    assert_eq!((report.linked, report.imported, report.errors), (count, 1, 0), "the fixture patient is new");
+    assert_eq!((report.linked, report.imported, report.errors), (u64::from(count), 1, 0), "the fixture patient is new");
     let linked_events = drain(&sync).iter().filter(|e| matches!(e.kind, EventKind::PatientLinked { .. })).count();
-    assert_eq!(linked_events, count as usize);
+    assert_eq!(linked_events, usize::try_from(count).unwrap());
     let linked: Vec<i64> = clinic.dentaltid_rows(
         "SELECT COUNT(DISTINCT external_id) FROM patients WHERE source = 'internal' AND external_id IS NOT NULL",
         |r| r.get(0),
     );
-    assert_eq!(linked, vec![i64::try_from(count).unwrap()]);
+    assert_eq!(linked, vec![i64::from(count)]);
     assert_eq!(sync.reconcile().unwrap().linked, 0, "nothing left to link");
 }

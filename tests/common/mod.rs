@@ -21,6 +21,11 @@ pub fn clinic_morning() -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2025, 1, 22).unwrap().and_hms_opt(10, 0, 0).unwrap()
 }
 
+/// The `i`-th of a run of distinct, valid NanoPix ids in 2024 (distinct for `i` below 86,400).
+pub fn numbered_nanopix_id(i: u32) -> String {
+    format!("2024{:02}{:02}_{:02}{:02}{:02}", 1 + i / 2000 % 12, 1 + i / 80 % 25, i / 3600 % 24, i / 60 % 60, i % 60)
+}
+
 /// Copies a folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
