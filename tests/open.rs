@@ -45,9 +45,18 @@ fn a_dentaltid_file_without_patients_is_refused_and_left_byte_for_byte() {
         .unwrap()
         .execute_batch("PRAGMA user_version = 29; CREATE TABLE other(x);")
         .unwrap();
-    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    let folder = || {
+        let mut names: Vec<_> = std::fs::read_dir(clinic.dentaltid.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let (before, before_folder) = (std::fs::read(&clinic.dentaltid).unwrap(), folder());
     assert!(matches!(open_error(&clinic), Error::MissingTable { table: "patients", .. }));
     assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before);
+    assert_eq!(folder(), before_folder, "nothing is added beside it either");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! removes a row.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -95,19 +96,6 @@ const OWN_OBJECTS: [(&str, &str); 4] = [
 ];
 
 impl DentalTid {
-    /// Checks, without writing, that `patients` exists and has every column the sync uses.
-    pub(super) fn check_patients_table(&self) -> Result<()> {
-        let step = "checking the patients table";
-        if !schema_object_exists(&self.conn, "table", "patients").map_err(Error::db(&self.path, step))? {
-            return Err(Error::MissingTable { path: self.path.clone(), table: "patients" });
-        }
-        let columns = patient_columns(&self.conn).map_err(Error::db(&self.path, step))?;
-        match REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
-            Some(column) => Err(Error::MissingColumn { path: self.path.clone(), table: "patients", column }),
-            None => Ok(()),
-        }
-    }
-
     /// Adds what is missing; does not write at all when nothing is.
     pub(super) fn migrate(&mut self) -> Result<()> {
         let up_to_date = is_migrated(&self.conn).map_err(Error::db(&self.path, "checking the migration"))?;
@@ -150,6 +138,20 @@ impl DentalTid {
     /// Builds the sync's own indexes (again, after a bulk import).
     pub fn build_own_indexes(&mut self) -> Result<()> {
         self.write("building the sync's indexes", |tx| tx.execute_batch(OWN_INDEXES))
+    }
+}
+
+/// Checks, without writing, that the database at `path` has a `patients` table with every
+/// column the sync uses.
+pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()> {
+    let step = "checking the patients table";
+    if !schema_object_exists(conn, "table", "patients").map_err(Error::db(path, step))? {
+        return Err(Error::MissingTable { path: path.to_path_buf(), table: "patients" });
+    }
+    let columns = patient_columns(conn).map_err(Error::db(path, step))?;
+    match REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
+        Some(column) => Err(Error::MissingColumn { path: path.to_path_buf(), table: "patients", column }),
+        None => Ok(()),
     }
 }
 

@@ -126,24 +126,23 @@ pub(crate) struct DentalTid {
 }
 
 impl DentalTid {
-    /// Opens an existing `dentaltid.db`, takes the sync's lock on it, checks it has a `patients`
-    /// table (before writing anything), and runs the additive migration.
+    /// Opens an existing `dentaltid.db`, checks it has a `patients` table (before writing
+    /// anything), takes the sync's lock on it, and runs the additive migration.
     ///
     /// # Failure
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
-    /// [`Error::InUse`] if another sync handle has it open, [`Error::MissingTable`] or
-    /// [`Error::MissingColumn`] if `patients` is not DentalTID's table (the file is then left
-    /// untouched).
+    /// [`Error::MissingTable`] or [`Error::MissingColumn`] if `patients` is not DentalTID's table
+    /// (the file and its folder are then left untouched), [`Error::InUse`] if another sync handle
+    /// has it open.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
         }
-        let lock = take_sync_lock(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
         conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
-        let mut dentaltid = Self { conn, path: path.to_path_buf(), _lock: lock };
-        dentaltid.check_patients_table()?;
+        migration::check_patients_table(&conn, path)?;
+        let mut dentaltid = Self { conn, path: path.to_path_buf(), _lock: take_sync_lock(path)? };
         dentaltid.migrate()?;
         Ok(dentaltid)
     }
