@@ -96,8 +96,10 @@ struct Snapshot {
     known: HashSet<NanoPixId>,
     /// The NanoPix ids in none of those.
     unknown: Vec<NanoPixId>,
-    /// When too many are unknown to read one by one: the matcher to decide them as every page
-    /// of NanoPix is read.
+    /// Whether the unknown are too many to read one by one, so every page of NanoPix is read.
+    many_unknown: bool,
+    /// The matcher to decide the unknown: built when they are many, or when a first sync read
+    /// DentalTID into the index anyway.
     matcher: Option<Matcher>,
 }
 
@@ -148,8 +150,8 @@ impl Engine {
         let mut snapshot = self.snapshot(&mut report)?;
         self.adopt_existing_links(&snapshot)?;
         match snapshot.matcher.take() {
-            Some(matcher) => self.import_unknown_rows(&mut snapshot, matcher, &mut report)?,
-            None => self.import_few(&snapshot.unknown, &mut report)?,
+            Some(matcher) if snapshot.many_unknown => self.import_unknown_rows(&mut snapshot, matcher, &mut report)?,
+            matcher => self.import_few(&snapshot.unknown, matcher, &mut report)?,
         }
         let folders = self.folders(&mut snapshot, &mut report)?;
         self.check_links(&snapshot, &folders, &mut report)?;
@@ -226,7 +228,7 @@ impl Engine {
         let nanopix_pk = rows.last_pk();
         self.report_odd_rows(rows.odd_rows, &mut report);
         let unknown = self.unknown(rows.patients)?;
-        self.link_or_import(unknown, &mut report)?;
+        self.link_or_import(unknown, None, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
@@ -415,20 +417,29 @@ impl Engine {
 
     /// Links or imports a few NanoPix patients no DentalTID patient, link or export holds yet,
     /// reading each by its id instead of reading every page.
-    fn import_few(&mut self, ids: &[NanoPixId], report: &mut ReconcileReport) -> Result<()> {
+    fn import_few(&mut self, ids: &[NanoPixId], matcher: Option<Matcher>, report: &mut ReconcileReport) -> Result<()> {
         let mut patients = Vec::with_capacity(ids.len());
         for &id in ids {
             patients.extend(self.nanopix.patient(id)?);
         }
-        self.link_or_import(patients, report)
+        self.link_or_import(patients, matcher, report)
     }
 
-    /// Links or imports `patients`, matched against the DentalTID patients they could match.
-    fn link_or_import(&mut self, patients: Vec<NanoPixPatient>, report: &mut ReconcileReport) -> Result<()> {
+    /// Links or imports `patients`, matched by `matcher`, or else against the DentalTID patients
+    /// they could match.
+    fn link_or_import(
+        &mut self,
+        patients: Vec<NanoPixPatient>,
+        matcher: Option<Matcher>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
         if patients.is_empty() {
             return Ok(());
         }
-        let mut matcher = self.matcher(&patients)?;
+        let mut matcher = match matcher {
+            Some(matcher) => matcher,
+            None => self.matcher(&patients)?,
+        };
         self.decide_and_import(&mut matcher, patients, report)?;
         self.link_held(matcher, report)
     }
@@ -835,15 +846,12 @@ fn read_dentaltid(
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
     let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
-    let matcher = if unknown.is_empty() || is_few(unknown.len(), nanopix.len()) {
-        None
-    } else {
-        let index = match index {
-            Some(index) => index,
-            None => dentaltid.index_all_candidates()?.1,
-        };
-        Some(Matcher::new(index, auto_link))
+    let many_unknown = !unknown.is_empty() && !is_few(unknown.len(), nanopix.len());
+    let index = match index {
+        None if many_unknown => Some(dentaltid.index_all_candidates()?.1),
+        index => index.filter(|_| !unknown.is_empty()),
     };
+    let matcher = index.map(|index| Matcher::new(index, auto_link));
     let snapshot = Snapshot {
         nanopix_pk: nanopix_pk.unwrap_or(0),
         nanopix_rows,
@@ -853,6 +861,7 @@ fn read_dentaltid(
         links,
         known,
         unknown,
+        many_unknown,
         matcher,
     };
     Ok((snapshot, rows.odd_rows))

@@ -443,3 +443,33 @@ fn thousands_of_links_are_written_and_reported_each_once() {
     assert_eq!(linked, vec![i64::from(count)]);
     assert_eq!(sync.reconcile().unwrap().linked, 0, "nothing left to link");
 }
+
+#[test]
+fn links_dentaltid_made_itself_are_kept_and_the_few_new_patients_matched_on_a_first_sync() {
+    let clinic = Clinic::new("v29");
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    for i in 0..30 {
+        let id = numbered_nanopix_id(i);
+        clinic.add_nanopix(&id, &format!("Family{i}"), &format!("Given{i}"), Some("1980-05-17"));
+        let patient_id = clinic.add_dentaltid(&format!("Given{i}"), &format!("Family{i}"), Some("1980-05-17"));
+        dentaltid.execute("UPDATE patients SET external_id = ?1 WHERE id = ?2", (&id, patient_id)).unwrap();
+    }
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    clinic.add_nanopix("20250122_091500", "Cherif", "Nadia", Some("1992-02-14"));
+
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(
+        (report.linked, report.imported, report.errors),
+        (1, 1, 0),
+        "Nadia linked, the fixture patient imported"
+    );
+    assert_eq!(sync.source_info(nadia).unwrap().external_id.as_deref(), Some("20250122_091500"));
+    let kept: Vec<i64> = clinic.dentaltid_rows(
+        "SELECT COUNT(*) FROM patients p JOIN nanopix_sync_links l ON l.patient_id = p.id WHERE l.external_id = p.external_id",
+        |r| r.get(0),
+    );
+    assert_eq!(kept, vec![31], "DentalTID's own 30 links are recorded as they are, and Nadia's");
+    let again = sync.reconcile().unwrap();
+    assert_eq!((again.linked, again.imported), (0, 0));
+}
