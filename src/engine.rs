@@ -289,6 +289,8 @@ impl Engine {
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
+        let exporting: Vec<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
+        index.mark_linked(&exporting);
         Ok(Matcher::new(index, self.config.auto_link))
     }
 
@@ -851,7 +853,11 @@ fn read_dentaltid(
         None if many_unknown => Some(dentaltid.index_all_candidates()?.1),
         index => index.filter(|_| !unknown.is_empty()),
     };
-    let matcher = index.map(|index| Matcher::new(index, auto_link));
+    let exporting: Vec<i64> = pending.iter().map(|p| p.patient_id).collect();
+    let matcher = index.map(|mut index| {
+        index.mark_linked(&exporting);
+        Matcher::new(index, auto_link)
+    });
     let snapshot = Snapshot {
         nanopix_pk: nanopix_pk.unwrap_or(0),
         nanopix_rows,

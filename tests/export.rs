@@ -155,3 +155,27 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
     assert_eq!(strangers.len(), 1);
     assert_ne!(strangers[0], 1);
 }
+
+#[test]
+fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    crash_export_after(&clinic, "journal");
+    let reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    let [reserved] = reserved.as_slice() else { panic!("one export in the journal: {reserved:?}") };
+    std::fs::write(clinic.root.join(reserved), b"a file where the folder goes, so the repair fails").unwrap();
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.linked, 0, "patient 1 is being exported: nobody else links to it");
+    assert_eq!(sync.source_info(1).unwrap().external_id, None);
+    let same_person: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
+    assert_eq!(same_person.len(), 1, "imported, and reported as a possible duplicate");
+    assert_ne!(same_person[0], 1);
+
+    std::fs::remove_file(clinic.root.join(reserved)).unwrap();
+    let repaired = sync.reconcile().unwrap();
+    assert_eq!((repaired.repaired, repaired.imported), (1, 0), "the export ends, and its row is not imported");
+    assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved.as_str()));
+}

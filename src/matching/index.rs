@@ -155,6 +155,17 @@ pub(crate) struct DentalIndex {
 }
 
 impl DentalIndex {
+    /// Counts the patients `patient_ids` names as linked: their export to NanoPix is in flight,
+    /// so no NanoPix patient may link to them meanwhile.
+    pub fn mark_linked(&mut self, patient_ids: &[i64]) {
+        if patient_ids.is_empty() {
+            return;
+        }
+        for entry in &mut self.entries {
+            entry.linked |= patient_ids.contains(&entry.id);
+        }
+    }
+
     /// Adds a patient; one without a usable first and last name is never a candidate.
     pub fn add(&mut self, candidate: DentalCandidate<'_>) {
         let start = self.text.len();
