@@ -132,12 +132,18 @@ fn an_export_interrupted_after_each_step_is_repaired() {
     }
 }
 
+/// Crashes an export of patient 1 right after its journal row; returns the id it reserved.
+fn reserved_by_a_crashed_export(clinic: &Clinic) -> String {
+    crash_export_after(clinic, "journal");
+    let mut reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    assert_eq!(reserved.len(), 1, "one export in the journal: {reserved:?}");
+    reserved.remove(0)
+}
+
 #[test]
 fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id() {
     let clinic = Clinic::new("v29");
-    crash_export_after(&clinic, "journal");
-    let reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
-    let [reserved] = reserved.as_slice() else { panic!("one export in the journal: {reserved:?}") };
+    let reserved = &reserved_by_a_crashed_export(&clinic);
     clinic.add_nanopix(reserved, "Stranger", "Someone", Some("1970-01-01"));
 
     let sync = clinic.open();
@@ -159,9 +165,7 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
 #[test]
 fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_patient() {
     let clinic = Clinic::new("v29");
-    crash_export_after(&clinic, "journal");
-    let reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
-    let [reserved] = reserved.as_slice() else { panic!("one export in the journal: {reserved:?}") };
+    let reserved = &reserved_by_a_crashed_export(&clinic);
     std::fs::write(clinic.root.join(reserved), b"a file where the folder goes, so the repair fails").unwrap();
     clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
 
