@@ -290,8 +290,7 @@ impl Engine {
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
         let exporting: Vec<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
-        index.mark_linked(&exporting);
-        Ok(Matcher::new(index, self.config.auto_link))
+        Ok(Matcher::new(index, &exporting, self.config.auto_link))
     }
 
     /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
@@ -854,10 +853,7 @@ fn read_dentaltid(
         index => index.filter(|_| !unknown.is_empty()),
     };
     let exporting: Vec<i64> = pending.iter().map(|p| p.patient_id).collect();
-    let matcher = index.map(|mut index| {
-        index.mark_linked(&exporting);
-        Matcher::new(index, auto_link)
-    });
+    let matcher = index.map(|index| Matcher::new(index, &exporting, auto_link));
     let snapshot = Snapshot {
         nanopix_pk: nanopix_pk.unwrap_or(0),
         nanopix_rows,

@@ -155,9 +155,8 @@ pub(crate) struct DentalIndex {
 }
 
 impl DentalIndex {
-    /// Counts the patients `patient_ids` names as linked: their export to NanoPix is in flight,
-    /// so no NanoPix patient may link to them meanwhile.
-    pub fn mark_linked(&mut self, patient_ids: &[i64]) {
+    /// Counts the patients `patient_ids` names as linked.
+    pub(super) fn mark_linked(&mut self, patient_ids: &[i64]) {
         if patient_ids.is_empty() {
             return;
         }

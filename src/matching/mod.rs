@@ -104,8 +104,10 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     /// A matcher against `dentaltid`, which holds at least every patient the NanoPix patients
-    /// to decide could match.
-    pub fn new(mut dentaltid: DentalIndex, auto_link: bool) -> Self {
+    /// to decide could match. The patients `exporting` names (their export is in flight) count
+    /// as linked, so no NanoPix patient links to them meanwhile.
+    pub fn new(mut dentaltid: DentalIndex, exporting: &[i64], auto_link: bool) -> Self {
+        dentaltid.mark_linked(exporting);
         dentaltid.group_by_birth_date();
         Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new(), names: String::new() }
     }
@@ -248,7 +250,7 @@ mod tests {
             let (first_name, last_name) = (p.first_name.as_str(), p.last_name.as_str());
             index.add(DentalCandidate { id: p.id, first_name, last_name, date_of_birth: p.date_of_birth, linked });
         }
-        let mut matcher = Matcher::new(index, auto_link);
+        let mut matcher = Matcher::new(index, &[], auto_link);
         let mut imports = Vec::new();
         for patient in nanopix {
             matcher.offer(patient.clone(), &mut imports);
