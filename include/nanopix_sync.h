@@ -157,6 +157,12 @@
 #define NPS_IN_USE 114
 
 /**
+ * `nps_delete_in_nanopix` was called for a patient whose deletion DentalTID did not request
+ * (`delete_not_requested`).
+ */
+#define NPS_DELETE_NOT_REQUESTED 115
+
+/**
  * An open sync, as C hosts see it: an opaque pointer from `nps_open`, released by `nps_free`.
  */
 typedef struct NpsHandle NpsHandle;
@@ -285,8 +291,10 @@ uint32_t nps_export_patient(NpsHandle *handle, int64_t patient_id, char **extern
 uint32_t nps_export_existing(NpsHandle *handle, uint64_t *exported);
 
 /**
- * Deletes NanoPix patient `external_id` (its row and empty folder), after the host asked the
- * user. Refuses with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it.
+ * Deletes NanoPix patient `external_id` (its row and empty folder), after a delete_requested
+ * event and after the host asked the user. Refuses with NPS_DELETE_NOT_REQUESTED unless that
+ * event was sent and no DentalTID patient holds the id again, and with NPS_NOT_EMPTY if NanoPix
+ * holds any image, study, report or file for it.
  * The caller keeps ownership of `external_id`. Any thread may call it.
  *
  * # Safety

@@ -293,11 +293,14 @@ impl Engine {
         Ok(Matcher::new(index, &exporting, self.config.auto_link))
     }
 
-    /// Deletes a linked patient's NanoPix row and empty folder, after the host asked the user.
-    /// The live cursor is dropped: NanoPix may give the deleted row's `pk` to its next patient,
+    /// Deletes a NanoPix patient's row and empty folder once DentalTID asked for it: a
+    /// `delete_requested` was sent and no DentalTID patient holds the id again. The live cursor is dropped: NanoPix may give the deleted row's `pk` to its next patient,
     /// which a read past the cursor would miss, so the next live pass reconciles fully.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
+        if !self.dentaltid.delete_requested(id)? {
+            return Err(Error::DeleteNotRequested(id.to_string()));
+        }
         self.cursor = None;
         self.nanopix.delete_patient(id)
     }

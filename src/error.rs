@@ -77,6 +77,13 @@ pub enum Error {
         files: u64,
     },
 
+    /// `delete_in_nanopix` was asked for a NanoPix patient whose deletion DentalTID did not
+    /// request: its DentalTID patient still exists, or the sync never linked it.
+    #[error(
+        "NanoPix patient {0} not deleted: no delete_requested was sent for it (its DentalTID patient still exists, or it was never linked)"
+    )]
+    DeleteNotRequested(String),
+
     /// A path built from data would leave the `PatientData` root or pass through a symlink.
     #[error("refusing path outside the NanoPix data folder: {0}")]
     UnsafePath(PathBuf),
@@ -161,6 +168,7 @@ impl Error {
             Error::PatientNotFound(_) | Error::NanoPixPatientNotFound(_) => "no_such_patient",
             Error::AlreadyLinked { .. } => "already_linked",
             Error::NanoPixPatientNotEmpty { .. } => "not_empty",
+            Error::DeleteNotRequested(_) => "delete_not_requested",
             Error::UnsafePath(_) => "unsafe_path",
             Error::NoFreeId(_) => "no_free_id",
             Error::Busy { .. } => "busy",

@@ -134,10 +134,13 @@ impl NanoPixSync {
         self.call(Engine::export_existing)
     }
 
-    /// Deletes a NanoPix patient's row and empty folder, after the host asked the user.
+    /// Deletes a NanoPix patient's row and empty folder, after a `delete_requested` event and
+    /// after the host asked the user.
     ///
     /// # Failure
-    /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report or file for it.
+    /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient
+    /// and no DentalTID patient holds its id again; [`Error::NanoPixPatientNotEmpty`] if NanoPix
+    /// holds any image, study, report or file for it.
     pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.delete_in_nanopix(&external_id))

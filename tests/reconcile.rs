@@ -226,6 +226,34 @@ fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
 }
 
 #[test]
+fn delete_in_nanopix_deletes_only_what_dentaltid_asked_for() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    clinic.add_nanopix("20250122_101500", "Haddad", "Rym", None);
+    let refusal = |id: &str| sync.delete_in_nanopix(id).map_err(|error| error.code());
+    assert_eq!(refusal("20250122_091500"), Err("delete_not_requested"), "its DentalTID patient still exists");
+    assert_eq!(refusal("20250122_101500"), Err("delete_not_requested"), "the sync never linked it");
+
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE external_id = '20250122_091500'", []).unwrap();
+    sync.reconcile().unwrap();
+    let asked = drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. }));
+    assert!(asked, "the deletion in DentalTID is reported");
+    let restored = clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19"));
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id = ?1", [restored]).unwrap();
+    assert_eq!(refusal("20250122_091500"), Err("delete_not_requested"), "a DentalTID patient holds it again");
+
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [restored]).unwrap();
+    assert_eq!(refusal("20250122_091500"), Ok(()));
+    let left: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+    assert_eq!(left, vec!["20250121_152638", "20250122_101500"]);
+    assert!(!clinic.root.join("20250122_091500").exists(), "the empty folder is removed");
+    assert!(clinic.root.join("20250122_101500").is_dir());
+}
+
+#[test]
 fn today_filters_follow_the_clock_and_createdat() {
     let clinic = Clinic::new("v29");
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));

@@ -78,6 +78,16 @@ impl DentalTid {
         found.map_err(Error::db(&self.path, "looking up a link"))
     }
 
+    /// Whether a `delete_requested` link records this NanoPix id and no DentalTID patient holds
+    /// it any more: only then may the NanoPix patient be deleted.
+    pub fn delete_requested(&self, external_id: NanoPixId) -> Result<bool> {
+        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)
+                   AND NOT EXISTS(SELECT 1 FROM patients WHERE external_id = ?1)";
+        let requested = LinkState::DeleteRequested.as_str();
+        let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
+        found.map_err(Error::db(&self.path, "looking up a delete request"))
+    }
+
     /// The link of one patient, if any: its link row, or else its batch entry.
     pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
         match self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?.pop() {

@@ -60,6 +60,9 @@ pub const NPS_INVALID_CONFIG: u32 = 112;
 pub const NPS_INTERNAL: u32 = 113;
 /// Another sync handle already syncs this DentalTID database (`in_use`).
 pub const NPS_IN_USE: u32 = 114;
+/// `nps_delete_in_nanopix` was called for a patient whose deletion DentalTID did not request
+/// (`delete_not_requested`).
+pub const NPS_DELETE_NOT_REQUESTED: u32 = 115;
 
 /// A failed C call: its result code and a message for people.
 #[derive(Debug)]
@@ -101,6 +104,7 @@ fn code_of(kind: &str) -> u32 {
         "invalid_config" => NPS_INVALID_CONFIG,
         "closed" => NPS_CLOSED,
         "in_use" => NPS_IN_USE,
+        "delete_not_requested" => NPS_DELETE_NOT_REQUESTED,
         _ => NPS_INTERNAL,
     }
 }
@@ -139,6 +143,7 @@ mod tests {
             Error::PatientNotFound(1),
             Error::AlreadyLinked { patient_id: 1, external_id: "x".into() },
             Error::NanoPixPatientNotEmpty { external_id: "x".into(), studies: 1, reports: 0, files: 0 },
+            Error::DeleteNotRequested("x".into()),
             Error::UnsafePath(path.clone()),
             Error::NoFreeId("x".into()),
             Error::Busy { path: path.clone(), step: "x" },

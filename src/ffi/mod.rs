@@ -201,8 +201,10 @@ pub unsafe extern "C" fn nps_export_existing(handle: *mut NpsHandle, exported: *
     unsafe { value_call(handle, exported, "exported", |sync| sync.export_existing()) }
 }
 
-/// Deletes NanoPix patient `external_id` (its row and empty folder), after the host asked the
-/// user. Refuses with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it.
+/// Deletes NanoPix patient `external_id` (its row and empty folder), after a delete_requested
+/// event and after the host asked the user. Refuses with NPS_DELETE_NOT_REQUESTED unless that
+/// event was sent and no DentalTID patient holds the id again, and with NPS_NOT_EMPTY if NanoPix
+/// holds any image, study, report or file for it.
 /// The caller keeps ownership of `external_id`. Any thread may call it.
 ///
 /// # Safety
