@@ -261,15 +261,15 @@ impl Engine {
         Ok(self.dentaltid.rows_up_to(max_id)? < rows)
     }
 
-    /// The new NanoPix patients that no DentalTID patient, no export in flight and no link row
-    /// holds yet.
+    /// The new NanoPix patients that no DentalTID patient holds, no export in flight reserved
+    /// and no recorded link (a link row or an import batch) names.
     fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
         let in_flight = self.in_flight_ids()?;
         let mut unknown = Vec::new();
         for patient in patients {
             if !in_flight.contains(&patient.id)
                 && !self.dentaltid.holds_external_id(patient.id)?
-                && !self.dentaltid.has_link_row(patient.id)?
+                && !self.dentaltid.has_recorded_link(patient.id)?
             {
                 unknown.push(patient);
             }

@@ -67,10 +67,15 @@ impl DentalTid {
         self.conn.query_row(sql, [], |row| row.get(0)).map_err(Error::db(&self.path, "looking for links"))
     }
 
-    /// Whether a link row records this NanoPix id, whatever became of its patient: exports and
-    /// matches are recorded there, so a patient deleted while its export finished still counts.
-    pub fn has_link_row(&self, external_id: NanoPixId) -> Result<bool> {
-        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)";
+    /// Whether the sync recorded a link to this NanoPix id, in a link row or an import batch,
+    /// whatever became of its patient: a patient deleted in DentalTID after its import, or while
+    /// its export finished, still counts, so its NanoPix patient is never imported back.
+    ///
+    /// A batch holds ids end to end, and every id has its one `_` at the same offset, so an id
+    /// found anywhere in a batch is one of its entries.
+    pub fn has_recorded_link(&self, external_id: NanoPixId) -> Result<bool> {
+        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)
+                   OR EXISTS(SELECT 1 FROM nanopix_sync_imports WHERE instr(external_ids, ?1) > 0)";
         let found = self
             .conn
             .prepare_cached(sql)
@@ -399,8 +404,23 @@ mod tests {
         assert_eq!(dentaltid.link(4).unwrap().map(|l| l.external_id), Some("20250121_152638".to_owned()));
         assert_eq!(dentaltid.all_patients().unwrap().len(), 5);
         assert!(!dentaltid.holds_external_id(id).unwrap(), "no patient holds the id");
-        assert!(dentaltid.has_link_row(id).unwrap(), "the link row still knows it, so it is never imported back");
-        assert!(!dentaltid.has_link_row(nanopix_id("20250121_152639")).unwrap());
+        assert!(dentaltid.has_recorded_link(id).unwrap(), "the link row still knows it, so it is never imported back");
+        assert!(!dentaltid.has_recorded_link(nanopix_id("20250121_152639")).unwrap());
+    }
+
+    #[test]
+    fn an_imported_patient_deleted_in_dentaltid_is_still_recorded_by_its_batch() {
+        let (_dir, mut dentaltid) = sample_database();
+        let rows = [
+            new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000"),
+            new_patient("B", at(2025, 1, 2, 0, 0), "20250102_000000"),
+        ];
+        let ids = dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap();
+        dentaltid.conn.execute("DELETE FROM patients WHERE id = ?1", [ids[1]]).unwrap();
+        assert!(!dentaltid.holds_external_id(nanopix_id("20250102_000000")).unwrap());
+        assert!(dentaltid.has_recorded_link(nanopix_id("20250102_000000")).unwrap(), "never imported back");
+        assert!(dentaltid.has_recorded_link(nanopix_id("20250101_000000")).unwrap());
+        assert!(!dentaltid.has_recorded_link(nanopix_id("20250101_000001")).unwrap());
     }
 
     #[test]
