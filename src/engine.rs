@@ -70,10 +70,14 @@ pub(crate) struct Engine {
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct LiveCursor {
     /// The highest NanoPix `Patient.pk` read.
     nanopix_pk: i64,
+    /// The id stored in the row at `nanopix_pk` when it was read (`None` without one). NanoPix
+    /// gives the `pk` of a deleted last row to its next patient, so another id there means rows
+    /// changed behind the cursor.
+    nanopix_id: Option<String>,
     /// How many NanoPix rows there were up to that `pk`.
     nanopix_rows: u64,
     /// DentalTID's highest `patients.id` and row count, read together.
@@ -83,6 +87,7 @@ struct LiveCursor {
 /// What both sides hold, read once at the start of a reconcile, and what follows from it.
 struct Snapshot {
     nanopix_pk: i64,
+    nanopix_id: Option<String>,
     nanopix_rows: u64,
     nanopix: Vec<NanoPixId>,
     /// The patient folders, once their listing has started. It starts with the snapshot, unless
@@ -168,7 +173,12 @@ impl Engine {
             None
         } else {
             let dentaltid = if report.imported > 0 { self.dentaltid.extent()? } else { snapshot.dentaltid_extent() };
-            Some(LiveCursor { nanopix_pk: snapshot.nanopix_pk, nanopix_rows: snapshot.nanopix_rows, dentaltid })
+            Some(LiveCursor {
+                nanopix_pk: snapshot.nanopix_pk,
+                nanopix_id: snapshot.nanopix_id.take(),
+                nanopix_rows: snapshot.nanopix_rows,
+                dentaltid,
+            })
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.bus.emit(EventKind::Reconciled(report.clone()));
@@ -209,23 +219,28 @@ impl Engine {
     }
 
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
-    /// past the cursor. A row removed on either side, or a whole page of new NanoPix rows (a
-    /// bulk import, which a full reconcile writes in short transactions), leads to a full
+    /// past the cursor. A row removed on either side, another id in NanoPix's row at the cursor
+    /// (NanoPix gave a deleted last row's `pk` to a new patient), or a whole page of new NanoPix
+    /// rows (a bulk import, which a full reconcile writes in short transactions) leads to a full
     /// reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
-        let Some(cursor) = self.cursor else { return self.reconcile() };
+        let Some(cursor) = self.cursor.clone() else { return self.reconcile() };
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
         let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if read >= u64::from(PAGE)
             || self.nanopix.patient_count()? < cursor.nanopix_rows + read
-            || self.dentaltid_lost_rows(cursor)?
+            || self.nanopix.id_at(cursor.nanopix_pk)? != cursor.nanopix_id
+            || self.dentaltid_lost_rows(&cursor)?
         {
             return self.reconcile();
         }
-        let nanopix_pk = rows.last_pk();
+        let (nanopix_pk, nanopix_id) = match rows.last_row() {
+            Some((pk, id)) if pk > cursor.nanopix_pk => (pk, Some(id)),
+            _ => (cursor.nanopix_pk, cursor.nanopix_id),
+        };
         self.report_odd_rows(rows.odd_rows, &mut report);
         let unknown = self.unknown(rows.patients)?;
         self.link_or_import(unknown, None, &mut report)?;
@@ -237,7 +252,8 @@ impl Engine {
             return Ok(report);
         }
         self.cursor = Some(LiveCursor {
-            nanopix_pk: nanopix_pk.unwrap_or(cursor.nanopix_pk).max(cursor.nanopix_pk),
+            nanopix_pk,
+            nanopix_id,
             nanopix_rows: cursor.nanopix_rows + read,
             dentaltid: self.dentaltid.extent()?,
         });
@@ -256,7 +272,7 @@ impl Engine {
 
     /// Whether DentalTID lost a row the cursor counted (ids never come back, so fewer rows up to
     /// the cursor's highest id means one was deleted).
-    fn dentaltid_lost_rows(&self, cursor: LiveCursor) -> Result<bool> {
+    fn dentaltid_lost_rows(&self, cursor: &LiveCursor) -> Result<bool> {
         let (max_id, rows) = cursor.dentaltid;
         Ok(self.dentaltid.rows_up_to(max_id)? < rows)
     }
@@ -846,7 +862,7 @@ fn read_dentaltid(
     known.extend(links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok()));
     known.extend(pending.iter().map(|p| p.external_id));
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
-    let nanopix_pk = rows.last_pk();
+    let (nanopix_pk, nanopix_id) = rows.last_row().map_or((0, None), |(pk, id)| (pk, Some(id)));
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
     let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
@@ -858,7 +874,8 @@ fn read_dentaltid(
     let exporting: Vec<i64> = pending.iter().map(|p| p.patient_id).collect();
     let matcher = index.map(|index| Matcher::new(index, &exporting, auto_link));
     let snapshot = Snapshot {
-        nanopix_pk: nanopix_pk.unwrap_or(0),
+        nanopix_pk,
+        nanopix_id,
         nanopix_rows,
         nanopix,
         folders: None,

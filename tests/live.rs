@@ -103,6 +103,28 @@ fn switching_live_sync_off_stops_automatic_work_and_on_resumes_it() {
 }
 
 #[test]
+fn a_new_patient_on_the_pk_of_nanopix_s_deleted_last_patient_is_imported() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let pk_of = |id: &str| clinic.nanopix_rows(&format!("SELECT pk FROM Patient WHERE id = '{id}'"), |r| r.get(0));
+    let old_pk: Vec<i64> = pk_of("20250121_152638");
+    let mut conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    let replace = conn.transaction().unwrap();
+    replace.execute("DELETE FROM Patient WHERE id = '20250121_152638'", []).unwrap();
+    replace
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+             VALUES ('20250122_091500', 'Mansouri', 'Yacine', '2001-05-19', '2025-01-22 09:15:08')",
+            [],
+        )
+        .unwrap();
+    replace.commit().unwrap();
+    std::fs::create_dir(clinic.root.join("20250122_091500")).unwrap();
+    assert_eq!(pk_of("20250122_091500"), old_pk, "NanoPix gave the new patient the deleted row's pk");
+    imported(&sync, "20250122_091500");
+}
+
+#[test]
 fn polling_mode_is_announced_and_syncs() {
     let clinic = Clinic::new("v29");
     let mut config = clinic.config();

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params_from_iter};
 
 use super::{IdRows, OddRow, PatientRows};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient};
@@ -205,6 +205,13 @@ fn parse_id(value: ValueRef<'_>) -> Result<NanoPixId, &'static str> {
             .and_then(|text| NanoPixId::parse(&text).ok())
             .ok_or("id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"),
     }
+}
+
+/// The id stored in the row with this `pk`, as text (empty for NULL), if there is such a row.
+pub(super) fn id_at(conn: &Connection, columns: &HashSet<String>, pk: i64) -> rusqlite::Result<Option<String>> {
+    let sql = format!("SELECT id FROM Patient WHERE {} = ?1", pk_column(columns));
+    let mut statement = conn.prepare_cached(&sql)?;
+    statement.query_row([pk], |row| Ok(lossy_text(row.get_ref(0)?).unwrap_or_default())).optional()
 }
 
 /// Whether a `Patient` row has this id.

@@ -52,6 +52,11 @@ impl PatientRows {
     pub fn last_pk(&self) -> Option<i64> {
         highest_pk(self.patients.iter().map(|p| p.pk), &self.odd_rows)
     }
+
+    /// The `pk` and stored id of the row with the highest `pk`, odd rows included.
+    pub fn last_row(&self) -> Option<(i64, String)> {
+        highest_row(self.patients.iter().map(|p| (p.pk, p.id)), &self.odd_rows)
+    }
 }
 
 /// The `pk` and id of every `Patient` row, and the rows that could not be read.
@@ -64,15 +69,23 @@ pub(crate) struct IdRows {
 }
 
 impl IdRows {
-    /// The highest `pk` read, odd rows included.
-    pub fn last_pk(&self) -> Option<i64> {
-        highest_pk(self.ids.iter().map(|(pk, _)| *pk), &self.odd_rows)
+    /// The `pk` and stored id of the row with the highest `pk`, odd rows included.
+    pub fn last_row(&self) -> Option<(i64, String)> {
+        highest_row(self.ids.iter().copied(), &self.odd_rows)
     }
 }
 
 /// The highest of `pks` and of the odd rows' `pk`s.
 fn highest_pk(pks: impl Iterator<Item = i64>, odd_rows: &[OddRow]) -> Option<i64> {
     pks.chain(odd_rows.iter().map(|odd| odd.pk)).max()
+}
+
+/// The `pk` and id (as stored, so as text) of the row with the highest `pk` among `rows` and
+/// the odd rows.
+fn highest_row(rows: impl Iterator<Item = (i64, NanoPixId)>, odd_rows: &[OddRow]) -> Option<(i64, String)> {
+    let readable = rows.max_by_key(|(pk, _)| *pk).map(|(pk, id)| (pk, id.to_string()));
+    let odd = odd_rows.iter().max_by_key(|odd| odd.pk).map(|odd| (odd.pk, odd.raw_id.clone()));
+    readable.into_iter().chain(odd).max_by_key(|(pk, _)| *pk)
 }
 
 /// The patient folders found under `PatientData`.
@@ -171,6 +184,11 @@ impl NanoPix {
     /// The row with this id, if it exists and is readable.
     pub fn patient(&self, id: NanoPixId) -> Result<Option<NanoPixPatient>> {
         Ok(self.select(Selection::WithId(id))?.patients.into_iter().next())
+    }
+
+    /// The id stored in the row with this `pk` (see [`IdRows::last_row`]), if there is such a row.
+    pub fn id_at(&self, pk: i64) -> Result<Option<String>> {
+        database::id_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("read a patient id"))
     }
 
     /// How many rows `Patient` holds.
