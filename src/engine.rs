@@ -190,9 +190,20 @@ impl Engine {
         self.dentaltid.live_sync()
     }
 
-    /// Switches Live Sync and says so with a `live_sync_changed` event when it changed.
+    /// Switches Live Sync and says so with a `live_sync_changed` event when it changed. When
+    /// the setting cannot be stored, automatic work follows the setting still stored.
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
         self.signals.live.store(enabled, Ordering::Relaxed);
+        let switched = self.switch_live_sync(enabled);
+        if switched.is_err()
+            && let Ok(stored) = self.dentaltid.live_sync()
+        {
+            self.signals.live.store(stored, Ordering::Relaxed);
+        }
+        switched
+    }
+
+    fn switch_live_sync(&mut self, enabled: bool) -> Result<()> {
         if self.dentaltid.live_sync()? != enabled {
             self.dentaltid.set_live_sync(enabled)?;
             self.bus.emit(EventKind::LiveSyncChanged { enabled });

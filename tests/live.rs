@@ -103,6 +103,20 @@ fn switching_live_sync_off_stops_automatic_work_and_on_resumes_it() {
 }
 
 #[test]
+fn a_switch_off_that_cannot_be_stored_leaves_live_sync_working() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let holder = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let switched = sync.set_live_sync(false);
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(switched.map_err(|error| error.code()), Err("busy"));
+    assert!(sync.live_sync().unwrap(), "the setting stayed on");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+}
+
+#[test]
 fn a_new_patient_on_the_pk_of_nanopix_s_deleted_last_patient_is_imported() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
