@@ -148,8 +148,12 @@ impl Engine {
     }
 
     /// Full reconcile ("Sync Now"): repair, import, link, report removals, export.
+    ///
+    /// NanoPix is opened afresh first: its folder may have come back as other files (a drive
+    /// plugged in again, a share mounted again, a restore), which the old connection cannot see.
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
         let started = Instant::now();
+        self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;

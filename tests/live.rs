@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Clinic, drain, numbered_nanopix_id, wait_for};
+use common::{Clinic, copy_tree, drain, numbered_nanopix_id, wait_for};
 use nanopix_sync::{EventKind, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -162,6 +162,29 @@ fn a_vanished_root_is_reported_and_recovered_without_restart() {
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     imported(&sync, "20250122_091500");
+}
+
+#[test]
+fn a_root_that_comes_back_as_another_copy_is_synced_from_that_copy() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let away = clinic.dir.path().join("unplugged");
+    std::fs::rename(&clinic.root, &away).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
+    copy_tree(&away, &clinic.root);
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+    let patient_id = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let exported = wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == patient_id),
+    );
+    let EventKind::PatientExported { external_id, .. } = exported.kind else { unreachable!() };
+    let rows: Vec<String> =
+        clinic.nanopix_rows(&format!("SELECT last_name FROM Patient WHERE id = '{external_id}'"), |r| r.get(0));
+    assert_eq!(rows, vec!["Cherif"], "the export went into the copy NanoPix now uses");
 }
 
 #[test]
