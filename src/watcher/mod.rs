@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
 
 use crate::events::{EventBus, EventKind};
 use crate::{Config, Error, Result, WatchMode};
@@ -178,10 +178,17 @@ impl Context {
         native::NativeWatch::start(self).map_err(|error| format!("native file events failed: {error}"))
     }
 
-    /// Sends `trigger` without blocking. A full queue already holds a pass that covers it.
+    /// Sends `trigger`. A change never waits: a full queue already holds a pass that covers it.
+    /// A full reconcile is covered by no live pass, so it waits for room, unless the watcher is
+    /// stopped first.
     fn send(&self, trigger: Trigger) -> Result<(), End> {
         match self.triggers.try_send(trigger) {
-            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(trigger @ Trigger::FullReconcile { .. })) => select! {
+                send(self.triggers, trigger) -> sent => sent.map_err(|_| End::Stopped),
+                recv(self.stop) -> _ => Err(End::Stopped),
+            },
+            Err(TrySendError::Full(_)) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(End::Stopped),
         }
     }

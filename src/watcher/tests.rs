@@ -368,3 +368,28 @@ fn the_thread_has_its_name() {
     assert_eq!(running.watcher.thread.thread().name(), Some(THREAD_NAME));
     running.watcher.stop();
 }
+
+#[test]
+fn a_full_reconcile_waits_for_room_in_a_full_queue_and_a_change_does_not() {
+    let clinic = Clinic::new();
+    let (bus, _events) = EventBus::new(Arc::new(SystemClock));
+    let (sender, triggers) = crossbeam_channel::bounded(1);
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let context = Context::new(&clinic.config(WatchMode::Auto, Duration::from_secs(1)), sender, Arc::new(bus), stopped);
+    context.send(Trigger::NanoPixChanged).unwrap();
+    assert!(context.send(Trigger::DentalTidChanged).is_ok(), "a change is covered by the pass already queued");
+    std::thread::scope(|scope| {
+        let full = scope.spawn(|| context.send(Trigger::FullReconcile { reason: "overflow".into() }));
+        assert_eq!(triggers.recv_timeout(PATIENCE), Ok(Trigger::NanoPixChanged));
+        let reason = "overflow".to_owned();
+        assert_eq!(triggers.recv_timeout(PATIENCE), Ok(Trigger::FullReconcile { reason }));
+        assert!(full.join().unwrap().is_ok());
+    });
+    context.send(Trigger::NanoPixChanged).unwrap();
+    let waiting = std::thread::scope(|scope| {
+        let full = scope.spawn(|| context.send(Trigger::FullReconcile { reason: "rescan".into() }));
+        drop(stop);
+        full.join().unwrap()
+    });
+    assert!(matches!(waiting, Err(End::Stopped)), "a stopped watcher stops waiting");
+}
