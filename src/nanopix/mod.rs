@@ -99,10 +99,14 @@ pub(crate) struct FolderScan {
 
 /// The patient folders being listed on a thread of their own, so the engine goes on meanwhile.
 #[derive(Debug)]
-pub(crate) enum FolderListing {
+pub(crate) struct FolderListing(Listing);
+
+/// Where a [`FolderListing`] stands.
+#[derive(Debug)]
+enum Listing {
     /// The listing thread is running.
     Running(JoinHandle<Result<FolderScan>>),
-    /// No thread could be started, so the folders were listed at once.
+    /// No thread could be started, so the folders were listed at once (or the listing was taken).
     Listed(Result<FolderScan>),
 }
 
@@ -113,18 +117,33 @@ impl FolderListing {
         let owned = root.to_path_buf();
         let thread = std::thread::Builder::new().name("nanopix-sync-folders".into());
         match thread.spawn(move || folders::scan(&owned)) {
-            Ok(running) => Self::Running(running),
-            Err(_) => Self::Listed(folders::scan(root)),
+            Ok(running) => Self(Listing::Running(running)),
+            Err(_) => Self(Listing::Listed(folders::scan(root))),
         }
     }
 
     /// Waits for the listing to end and returns what it found.
-    pub fn finish(self) -> Result<FolderScan> {
-        match self {
-            Self::Running(thread) => {
+    pub fn finish(mut self) -> Result<FolderScan> {
+        match self.take() {
+            Listing::Running(thread) => {
                 thread.join().map_err(|_| Error::Internal("listing NanoPix's folders panicked".into()))?
             }
-            Self::Listed(scan) => scan,
+            Listing::Listed(scan) => scan,
+        }
+    }
+
+    /// Takes the listing out, leaving an empty one in its place.
+    fn take(&mut self) -> Listing {
+        std::mem::replace(&mut self.0, Listing::Listed(Ok(FolderScan::default())))
+    }
+}
+
+impl Drop for FolderListing {
+    /// A listing left unfinished (its reconcile failed first) is still waited for, so its
+    /// thread never outlives the handle.
+    fn drop(&mut self) {
+        if let Listing::Running(thread) = self.take() {
+            let _ = thread.join();
         }
     }
 }
