@@ -39,6 +39,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The first wait before looking for a vanished root again (unless polling is faster).
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The longest [`Watcher::start`] waits for the thread's first look at both databases and the
+/// root (a hung network share should not hold the engine forever).
+const FIRST_LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Something the engine should look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Trigger {
@@ -65,14 +69,19 @@ pub(crate) struct Watcher {
 
 impl Watcher {
     /// Starts watching the folders of `config`, sending triggers to `triggers` and
-    /// `watcher_mode` / `sync_error` events to `bus`.
+    /// `watcher_mode` / `sync_error` events to `bus`. Returns once the thread took its first
+    /// look (or found the root missing), so every change made after this returns is noticed:
+    /// a full reconcile started then misses nothing.
     pub fn start(config: &Config, triggers: Sender<Trigger>, bus: Arc<EventBus>) -> Result<Self> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
-        let context = Context::new(config, triggers, bus, stopped);
+        let (looked, first_look) = crossbeam_channel::bounded(1);
+        let context = Context::new(config, triggers, bus, stopped, looked);
         let thread = std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || context.run_guarded())
             .map_err(Error::io(&config.nanopix_root, "start the watcher thread"))?;
+        // A thread that ends early drops its sender, which ends the wait as well.
+        let _ = first_look.recv_timeout(FIRST_LOOK_TIMEOUT);
         Ok(Self { stop, thread })
     }
 
@@ -105,10 +114,18 @@ struct Context {
     triggers: Sender<Trigger>,
     bus: Arc<EventBus>,
     stop: Receiver<()>,
+    /// Told once the first session took its first look, or the root was found missing.
+    looked: Sender<()>,
 }
 
 impl Context {
-    fn new(config: &Config, triggers: Sender<Trigger>, bus: Arc<EventBus>, stop: Receiver<()>) -> Self {
+    fn new(
+        config: &Config,
+        triggers: Sender<Trigger>,
+        bus: Arc<EventBus>,
+        stop: Receiver<()>,
+        looked: Sender<()>,
+    ) -> Self {
         Self {
             root: config.nanopix_root.clone(),
             nanopix_db: config.nanopix_root.join("database").join("NanoPix.db3"),
@@ -118,6 +135,7 @@ impl Context {
             triggers,
             bus,
             stop,
+            looked,
         }
     }
 
@@ -137,7 +155,10 @@ impl Context {
             };
             match end {
                 End::Stopped => return,
-                End::RootMissing(error) => self.bus.error(&error, None, None),
+                End::RootMissing(error) => {
+                    self.bus.error(&error, None, None);
+                    let _ = self.looked.try_send(());
+                }
             }
             if self.wait_for_root().is_err() {
                 return;
@@ -158,6 +179,7 @@ impl Context {
         // made once `watcher_mode` is out is always noticed.
         let root_modified = polling::modified(&self.root);
         self.bus.emit(EventKind::WatcherMode { mode: mode.to_owned(), reason });
+        let _ = self.looked.try_send(());
         if came_back && let Err(end) = self.send(Trigger::FullReconcile { reason: "root came back".into() }) {
             return end;
         }

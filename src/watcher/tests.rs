@@ -375,7 +375,9 @@ fn a_full_reconcile_waits_for_room_in_a_full_queue_and_a_change_does_not() {
     let (bus, _events) = EventBus::new(Arc::new(SystemClock));
     let (sender, triggers) = crossbeam_channel::bounded(1);
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-    let context = Context::new(&clinic.config(WatchMode::Auto, Duration::from_secs(1)), sender, Arc::new(bus), stopped);
+    let (looked, _first_look) = crossbeam_channel::bounded(1);
+    let config = clinic.config(WatchMode::Auto, Duration::from_secs(1));
+    let context = Context::new(&config, sender, Arc::new(bus), stopped, looked);
     context.send(Trigger::NanoPixChanged).unwrap();
     assert!(context.send(Trigger::DentalTidChanged).is_ok(), "a change is covered by the pass already queued");
     std::thread::scope(|scope| {
@@ -392,4 +394,15 @@ fn a_full_reconcile_waits_for_room_in_a_full_queue_and_a_change_does_not() {
         full.join().unwrap()
     });
     assert!(matches!(waiting, Err(End::Stopped)), "a stopped watcher stops waiting");
+}
+
+#[test]
+fn start_returns_once_the_watcher_took_its_first_look() {
+    let clinic = Clinic::new();
+    for mode in [WatchMode::Auto, WatchMode::Polling] {
+        let running = start(&clinic.config(mode, Duration::from_secs(3600)));
+        let first = running.events.try_recv().map(|event| event.kind);
+        assert!(matches!(first, Ok(EventKind::WatcherMode { .. })), "{mode:?}: {first:?}");
+        running.watcher.stop();
+    }
 }
