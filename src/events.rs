@@ -139,7 +139,8 @@ pub enum EventKind {
         /// Whether Live Sync is now on.
         enabled: bool,
     },
-    /// The host did not drain events fast enough and some were dropped.
+    /// The host did not drain events fast enough and some were dropped. A callback that fell
+    /// 65,536 events behind gets one of its own, which the queue never sees.
     EventsDropped {
         /// How many events were dropped.
         count: u64,
@@ -208,6 +209,8 @@ pub struct EventBus {
     sender: Sender<Event>,
     dropped: AtomicU64,
     listener: Mutex<Option<Sender<Event>>>,
+    /// Copies the listener had no room for since it last heard of drops.
+    listener_dropped: AtomicU64,
 }
 
 impl EventBus {
@@ -216,15 +219,23 @@ impl EventBus {
         // Unbounded in the channel's terms, bounded by `push`: the memory follows the events
         // actually waiting instead of being set aside for a full queue up front.
         let (sender, receiver) = crossbeam_channel::unbounded();
-        let bus =
-            Self { clock, seq: AtomicU64::new(0), sender, dropped: AtomicU64::new(0), listener: Mutex::new(None) };
+        let bus = Self {
+            clock,
+            seq: AtomicU64::new(0),
+            sender,
+            dropped: AtomicU64::new(0),
+            listener: Mutex::new(None),
+            listener_dropped: AtomicU64::new(0),
+        };
         (bus, receiver)
     }
 
     /// Sets (or, with `None`, removes) a second queue that receives a copy of every later
     /// event: the callback thread's, while a callback is set.
     pub fn set_listener(&self, listener: Option<Sender<Event>>) {
-        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) = listener;
+        let mut current = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = listener;
+        self.listener_dropped.store(0, Ordering::Relaxed);
     }
 
     /// Stamps `kind` and queues it. Never blocks.
@@ -233,10 +244,13 @@ impl EventBus {
             // Taken whole, so two threads never report the same drops.
             let dropped = self.dropped.swap(0, Ordering::Relaxed);
             if dropped > 0 {
-                self.push(EventKind::EventsDropped { count: dropped });
+                self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue);
             }
         }
-        self.push(kind);
+        if self.listener_dropped.load(Ordering::Relaxed) > 0 {
+            self.report_listener_drops();
+        }
+        self.push(kind, Audience::Everyone);
     }
 
     /// Sends a `sync_error` event for `error`.
@@ -250,22 +264,49 @@ impl EventBus {
         });
     }
 
-    fn push(&self, kind: EventKind) {
+    /// Stamps `kind` and queues it for `audience`.
+    fn push(&self, kind: EventKind, audience: Audience) {
         // Stamping and queueing under one lock keeps `seq` in queue order across threads.
         let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        let event =
-            Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind };
-        let copy = listener.as_ref().map(|_| event.clone());
+        let listener = listener.as_ref().filter(|_| audience == Audience::Everyone);
+        let event = self.stamp(kind);
+        let copy = listener.map(|_| event.clone());
         // The queue first: a listener's wakeup must find the event already queued. Every push
         // holds the lock, so no other push can fill the queue between the check and the send.
         if !send_within_capacity(&self.sender, event) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        if let (Some(listener), Some(copy)) = (listener.as_ref(), copy) {
-            // A full callback queue drops the copy; the main queue still holds the event.
-            send_within_capacity(listener, copy);
+        if let (Some(listener), Some(copy)) = (listener, copy)
+            && !send_within_capacity(listener, copy)
+        {
+            self.listener_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Tells the listener alone, once it has room again, how many copies it had no room for
+    /// (the queue skips this event's `seq`; it has an `events_dropped` of its own).
+    fn report_listener_drops(&self) {
+        let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(listener) = listener.as_ref().filter(|queue| queue.len() < EVENT_QUEUE_CAPACITY) else { return };
+        let count = self.listener_dropped.swap(0, Ordering::Relaxed);
+        if count > 0 {
+            let _ = listener.send(self.stamp(EventKind::EventsDropped { count }));
+        }
+    }
+
+    /// The next event: `kind` with the next `seq` and the clock's time.
+    fn stamp(&self, kind: EventKind) -> Event {
+        Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind }
+    }
+}
+
+/// Who receives an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The queue and, while one is set, the listener.
+    Everyone,
+    /// The queue alone: the `events_dropped` event about the queue's own losses.
+    Queue,
 }
 
 /// Queues `event` unless [`EVENT_QUEUE_CAPACITY`] events already wait; says whether it did.
@@ -320,5 +361,27 @@ mod tests {
         let notice = events.try_recv().unwrap();
         assert_eq!(notice.kind, EventKind::EventsDropped { count: 5 });
         assert_eq!(events.try_recv().unwrap().kind, EventKind::LiveSyncChanged { enabled: false });
+    }
+
+    #[test]
+    fn a_full_listener_drops_copies_and_then_tells_the_listener_alone() {
+        let (bus, events) = bus();
+        let (listener, copies) = crossbeam_channel::unbounded();
+        bus.set_listener(Some(listener));
+        for _ in 0..EVENT_QUEUE_CAPACITY + 3 {
+            bus.emit(EventKind::Closed);
+        }
+        assert_eq!(copies.len(), EVENT_QUEUE_CAPACITY);
+        while copies.try_recv().is_ok() {}
+        while events.try_recv().is_ok() {}
+        bus.emit(EventKind::LiveSyncChanged { enabled: true });
+        let notice = copies.try_recv().unwrap();
+        assert_eq!(notice.kind, EventKind::EventsDropped { count: 3 });
+        let copy = copies.try_recv().unwrap();
+        assert_eq!(copy.kind, EventKind::LiveSyncChanged { enabled: true });
+        assert!(notice.seq < copy.seq);
+        assert!(copies.try_recv().is_err(), "the queue's own notice is not copied");
+        let queued: Vec<EventKind> = events.try_iter().map(|event| event.kind).collect();
+        assert_eq!(queued, vec![EventKind::EventsDropped { count: 3 }, EventKind::LiveSyncChanged { enabled: true }]);
     }
 }
