@@ -171,12 +171,13 @@ impl Engine {
                 self.ensure_indexes()?;
             }
         }
-        // A pass stopped early leaves no cursor, so the next live pass reconciles fully. Without
-        // imports, the snapshot's DentalTID extent is still good and saves counting every row.
+        // A pass stopped early leaves no cursor, so the next live pass reconciles fully. The
+        // DentalTID extent is the snapshot's moved past the rows added since, so a patient
+        // deleted during the pass is still found gone by the next live pass.
         self.cursor = if self.cancelled() {
             None
         } else {
-            let dentaltid = if report.imported > 0 { self.dentaltid.extent()? } else { snapshot.dentaltid_extent() };
+            let dentaltid = self.dentaltid.extent_after(snapshot.dentaltid_extent())?;
             Some(LiveCursor {
                 nanopix_pk: snapshot.nanopix_pk,
                 nanopix_id: snapshot.nanopix_id.take(),
@@ -270,7 +271,7 @@ impl Engine {
             nanopix_pk,
             nanopix_id,
             nanopix_rows: cursor.nanopix_rows + read,
-            dentaltid: self.dentaltid.extent()?,
+            dentaltid: self.dentaltid.extent_after(cursor.dentaltid)?,
         });
         Ok(report)
     }

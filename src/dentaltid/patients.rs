@@ -150,14 +150,17 @@ impl DentalTid {
         count(&self.conn).map(i64::unsigned_abs).map_err(Error::db(&self.path, "counting patients"))
     }
 
-    /// The highest `patients.id` and the number of rows, read together (as two subqueries, so
-    /// each takes SQLite's shortcut: the highest rowid, and the count from the smallest index).
-    pub fn extent(&self) -> Result<(i64, u64)> {
+    /// `previous`, a highest `patients.id` and the number of rows up to it, moved on past the
+    /// rows added since: the new highest id, and the number plus those rows. Rows deleted
+    /// meanwhile are not taken off, so [`DentalTid::rows_up_to`] still finds them gone. Reads
+    /// only the new rows.
+    pub fn extent_after(&self, (max_id, rows): (i64, u64)) -> Result<(i64, u64)> {
         let read = |conn: &Connection| {
-            let sql = "SELECT (SELECT COALESCE(MAX(id), 0) FROM patients), (SELECT COUNT(*) FROM patients)";
-            conn.query_row(sql, [], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?.unsigned_abs())))
+            let sql = "SELECT MAX(id), COUNT(*) FROM patients WHERE id > ?1";
+            conn.prepare_cached(sql)?.query_row([max_id], |row| Ok((integer_at(row, 0)?, integer_at(row, 1)?)))
         };
-        read(&self.conn).map_err(Error::db(&self.path, "counting patients"))
+        let (highest, added) = read(&self.conn).map_err(Error::db(&self.path, "counting new patients"))?;
+        Ok((highest.map_or(max_id, |id| id.max(max_id)), rows + added.unwrap_or(0).unsigned_abs()))
     }
 
     /// Whether a patient already holds this NanoPix id.
@@ -319,6 +322,17 @@ mod tests {
         let link = dentaltid.link(7).unwrap().unwrap();
         assert_eq!((link.origin, link.state), (LinkOrigin::Imported, LinkState::Linked));
         assert_eq!((link.external_id.as_str(), link.synced_at), ("20240603_090500", at(2025, 1, 21, 12, 0)));
+    }
+
+    #[test]
+    fn the_extent_moves_past_new_rows_and_keeps_counting_deleted_ones() {
+        let (_dir, mut dentaltid) = sample_database();
+        assert_eq!(dentaltid.extent_after((6, 6)).unwrap(), (6, 6));
+        let rows = [new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000")];
+        dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap();
+        dentaltid.conn.execute("DELETE FROM patients WHERE id = 3", []).unwrap();
+        assert_eq!(dentaltid.extent_after((6, 6)).unwrap(), (7, 7), "the deleted row is still counted");
+        assert_eq!(dentaltid.rows_up_to(7).unwrap(), 6, "so the next look finds it gone");
     }
 
     #[test]
