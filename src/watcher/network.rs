@@ -2,8 +2,8 @@
 //! watcher polls instead.
 //!
 //! Linux reads `/proc/mounts` (the mount with the longest matching mount point wins); Windows
-//! treats a UNC path (`\\server\share`) as network. This module only reads; it never mounts,
-//! resolves names or touches the share.
+//! treats a UNC path (`\\server\share`) as network, and so a mapped drive, which resolves to
+//! one. This module only reads; it never mounts, resolves names or touches the share.
 
 use std::path::Path;
 
@@ -23,7 +23,9 @@ pub(super) fn network_filesystem(root: &Path) -> Option<String> {
 #[cfg(windows)]
 pub(super) fn network_filesystem(root: &Path) -> Option<String> {
     use std::path::{Component, Prefix};
-    match root.components().next() {
+    // A mapped drive (`Z:\PatientData`) resolves to the share behind it (`\\?\UNC\server\share`).
+    let resolved = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    match resolved.components().next() {
         Some(Component::Prefix(prefix)) if matches!(prefix.kind(), Prefix::UNC(..) | Prefix::VerbatimUNC(..)) => {
             Some("UNC share".into())
         }
