@@ -16,6 +16,11 @@ const MAX_EDITS: usize = 2;
 /// Fewest characters the longer combined name needs before edits are allowed at all.
 const MIN_COMBINED_CHARS: usize = 6;
 
+/// Most characters a combined name may have to be compared by edits: no person's name is
+/// longer, and the edit distance takes time in the product of both lengths, so an odd row
+/// holding a huge text never stalls the sync.
+const MAX_COMBINED_CHARS: usize = 128;
+
 /// Buckets up to this size are scanned whole; bigger ones are looked up by block.
 pub(super) const SMALL_BUCKET: usize = 32;
 
@@ -62,10 +67,10 @@ pub(super) fn blocks_of(person: &Person<'_>, chars: usize) -> [Option<Block>; 2]
     ]
 }
 
-/// Whether names of `a` and `b` characters in all are long enough, and close enough in length,
-/// to be [`MAX_EDITS`] edits apart.
+/// Whether names of `a` and `b` characters in all are long enough, short enough, and close
+/// enough in length to be compared by edits, which are at most [`MAX_EDITS`].
 fn within_reach(a: usize, b: usize) -> bool {
-    a.abs_diff(b) <= MAX_EDITS && a.max(b) >= MIN_COMBINED_CHARS
+    a.abs_diff(b) <= MAX_EDITS && (MIN_COMBINED_CHARS..=MAX_COMBINED_CHARS).contains(&a.max(b))
 }
 
 /// Whether two people's names differ, but by at most [`MAX_EDITS`] edits in total.
@@ -104,5 +109,14 @@ mod tests {
         assert!(!is_similar(("Al", "Bo"), ("Al", "Bu")));
         assert!(!is_similar(("Ali", "Bo"), ("Ali", "Bu")));
         assert!(is_similar(("Ali", "Ben"), ("Ali", "Bin")));
+    }
+
+    #[test]
+    fn a_huge_text_is_not_compared_by_edits() {
+        let huge = "a".repeat(100_000);
+        let other = format!("{huge}b");
+        assert!(!is_similar(("Ali", &huge), ("Ali", &other)));
+        let longest = "a".repeat(MAX_COMBINED_CHARS - 3);
+        assert!(is_similar(("Ali", &longest), ("Alo", &longest)));
     }
 }
