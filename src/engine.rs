@@ -620,41 +620,70 @@ impl Engine {
     fn export(&mut self, patient: &Patient) -> Result<NanoPixId> {
         for _ in 0..EXPORT_ATTEMPTS {
             let now = self.config.clock.now();
-            let id = self.free_id(now)?;
-            self.dentaltid.begin_export(patient.id, id, now)?;
+            let row = new_nanopix_row(patient, self.free_id(now)?, now);
+            self.dentaltid.begin_export(patient.id, &row, now)?;
             crash_point("journal");
-            if self.complete_export(patient, id)? {
-                return Ok(id);
+            if self.complete_export(patient.id, &row)? {
+                return Ok(row.id);
             }
             self.dentaltid.abandon_export(patient.id)?;
         }
         Err(Error::NoFreeId(NanoPixId::from_datetime(self.config.clock.now()).to_string()))
     }
 
-    /// Writes the NanoPix row with `id` (unless it is there already, from an earlier attempt),
-    /// then the folder, then the link. Returns `false`, having written nothing, when the row with
-    /// `id` is another NanoPix patient's: the export must not link to it.
-    fn complete_export(&mut self, patient: &Patient, id: NanoPixId) -> Result<bool> {
-        let now = self.config.clock.now();
-        let row = new_nanopix_row(patient, id, now);
-        if !self.nanopix.insert_patient(&row)? && !self.is_exported_row(&row)? {
+    /// Writes `row`, which the journal records, to NanoPix (unless it is there already, from an
+    /// earlier attempt), then the folder, then the link. Returns `false`, having written
+    /// nothing, when the row with its id is another NanoPix patient's: the export must not link
+    /// to it.
+    fn complete_export(&mut self, patient_id: i64, row: &NewNanoPixPatient) -> Result<bool> {
+        if !self.nanopix.insert_patient(row)? && !self.nanopix.holds_written_row(row.id, &row.written())? {
             return Ok(false);
         }
         crash_point("row");
-        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
-        crash_point("folder");
-        self.dentaltid.finish_export(patient.id, id, now)?;
-        self.bus.emit(EventKind::PatientExported {
-            patient_id: patient.id,
-            external_id: id.to_string(),
-            folder: folder.display().to_string(),
-        });
+        self.link_export(patient_id, row.id)?;
         Ok(true)
     }
 
-    /// Whether NanoPix's row with `row`'s id is the patient `row` describes (same names and
-    /// birth date), as an earlier attempt of the same export wrote it.
-    fn is_exported_row(&self, row: &NewNanoPixPatient) -> Result<bool> {
+    /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
+    /// and reports the export.
+    fn link_export(&mut self, patient_id: i64, id: NanoPixId) -> Result<()> {
+        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
+        crash_point("folder");
+        self.dentaltid.finish_export(patient_id, id, self.config.clock.now())?;
+        let (external_id, folder) = (id.to_string(), folder.display().to_string());
+        self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
+        Ok(())
+    }
+
+    /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
+    /// when it is the row the export wrote; else, with no row there, by writing one (the journal
+    /// records its values first); else, another NanoPix patient holding the id, by exporting the
+    /// patient again under a new id.
+    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
+        let id = pending.external_id;
+        if self.is_our_row(pending, patient)? {
+            self.link_export(patient.id, id)?;
+            return Ok(id);
+        }
+        if !self.nanopix.id_exists(id)? {
+            let row = new_nanopix_row(patient, id, self.config.clock.now());
+            self.dentaltid.replan_export(patient.id, &row)?;
+            if self.complete_export(patient.id, &row)? {
+                return Ok(id);
+            }
+        }
+        self.dentaltid.abandon_export(patient.id)?;
+        self.export(patient)
+    }
+
+    /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
+    /// the values the journal recorded. A journal row of an older version records none; its row
+    /// is then compared with the patient as it is now (same names and birth date).
+    fn is_our_row(&self, pending: &PendingExport, patient: &Patient) -> Result<bool> {
+        if let Some(written) = &pending.written {
+            return self.nanopix.holds_written_row(pending.external_id, written);
+        }
+        let row = new_nanopix_row(patient, pending.external_id, self.config.clock.now());
         let stored = self.nanopix.patient(row.id)?;
         Ok(stored.is_some_and(|stored| {
             stored.last_name.trim() == row.last_name
@@ -695,10 +724,7 @@ impl Engine {
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
-                if !self.complete_export(&patient, pending.external_id)? {
-                    self.dentaltid.abandon_export(patient.id)?;
-                    self.export(&patient)?;
-                }
+                self.resume_export(&patient, pending)?;
                 Ok(true)
             }
             Some(_) => {

@@ -132,9 +132,9 @@ fn an_export_interrupted_after_each_step_is_repaired() {
     }
 }
 
-/// Crashes an export of patient 1 right after its journal row; returns the id it reserved.
-fn reserved_by_a_crashed_export(clinic: &Clinic) -> String {
-    crash_export_after(clinic, "journal");
+/// Crashes an export of patient 1 right after `step`; returns the id it reserved.
+fn reserved_by_an_export_crashed_after(clinic: &Clinic, step: &str) -> String {
+    crash_export_after(clinic, step);
     let mut reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
     assert_eq!(reserved.len(), 1, "one export in the journal: {reserved:?}");
     reserved.remove(0)
@@ -143,7 +143,7 @@ fn reserved_by_a_crashed_export(clinic: &Clinic) -> String {
 #[test]
 fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id() {
     let clinic = Clinic::new("v29");
-    let reserved = &reserved_by_a_crashed_export(&clinic);
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
     clinic.add_nanopix(reserved, "Stranger", "Someone", Some("1970-01-01"));
 
     let sync = clinic.open();
@@ -165,7 +165,7 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
 #[test]
 fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_patient() {
     let clinic = Clinic::new("v29");
-    let reserved = &reserved_by_a_crashed_export(&clinic);
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
     std::fs::write(clinic.root.join(reserved), b"a file where the folder goes, so the repair fails").unwrap();
     clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
 
@@ -182,4 +182,64 @@ fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_pa
     let repaired = sync.reconcile().unwrap();
     assert_eq!((repaired.repaired, repaired.imported), (1, 0), "the export ends, and its row is not imported");
     assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved.as_str()));
+}
+
+/// Runs SQL on the DentalTID database, as DentalTID itself would.
+fn edit_dentaltid(clinic: &Clinic, sql: &str) {
+    rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute_batch(sql).unwrap();
+}
+
+/// Opens and reconciles; checks that the export of patient 1 ended on the row it wrote at
+/// `reserved`: one NanoPix row and folder, no second export, nothing imported back.
+fn assert_export_ended_on(clinic: &Clinic, reserved: &str) {
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved));
+    assert_eq!((report.imported, report.exported), (1, 0), "only the fixture is imported: {report:?}");
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, vec![2], "the fixture and the one export");
+    assert!(clinic.root.join(reserved).is_dir());
+    let patients: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
+    assert_eq!(patients, vec![7], "the six samples and the fixture");
+}
+
+#[test]
+fn a_name_corrected_before_the_repair_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    edit_dentaltid(&clinic, "UPDATE patients SET familyName = 'Benalli', name = 'Aminah' WHERE id = 1");
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_birth_date_nanopix_reads_as_unknown_still_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    edit_dentaltid(&clinic, "UPDATE patients SET dateOfBirth = '1800-03-12T00:00:00.000' WHERE id = 1");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    let written = nanopix_row(&clinic, &reserved);
+    assert_eq!(written[0].3.as_deref(), Some("1800-03-12"));
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_nanopix_without_first_name_or_birthdate_still_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("ALTER TABLE Patient DROP COLUMN first_name; ALTER TABLE Patient DROP COLUMN birthdate")
+        .unwrap();
+    drop(conn);
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_journal_row_of_an_older_version_still_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    edit_dentaltid(
+        &clinic,
+        "UPDATE nanopix_sync_exports
+         SET written_last_name = NULL, written_first_name = NULL, written_birthdate = NULL, written_created = NULL",
+    );
+    assert_export_ended_on(&clinic, &reserved);
 }
