@@ -661,7 +661,7 @@ impl Engine {
     /// patient again under a new id.
     fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
         let id = pending.external_id;
-        if self.is_our_row(pending, patient)? {
+        if self.is_our_row(pending, Some(patient))? {
             self.link_export(patient.id, id)?;
             return Ok(id);
         }
@@ -678,12 +678,19 @@ impl Engine {
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
     /// the values the journal recorded. A journal row of an older version records none; its row
-    /// is then compared with the patient as it is now (same names and birth date).
-    fn is_our_row(&self, pending: &PendingExport, patient: &Patient) -> Result<bool> {
-        if let Some(written) = &pending.written {
-            return self.nanopix.holds_written_row(pending.external_id, written);
+    /// is then compared with `patient` as it is now (same names and birth date), and without the
+    /// patient it cannot be told from another's.
+    fn is_our_row(&self, pending: &PendingExport, patient: Option<&Patient>) -> Result<bool> {
+        match (&pending.written, patient) {
+            (Some(written), _) => self.nanopix.holds_written_row(pending.external_id, written),
+            (None, Some(patient)) => self.describes(pending.external_id, patient),
+            (None, None) => Ok(false),
         }
-        let row = new_nanopix_row(patient, pending.external_id, self.config.clock.now());
+    }
+
+    /// Whether NanoPix's row with `id` has the names and birth date of `patient`.
+    fn describes(&self, id: NanoPixId, patient: &Patient) -> Result<bool> {
+        let row = new_nanopix_row(patient, id, self.config.clock.now());
         let stored = self.nanopix.patient(row.id)?;
         Ok(stored.is_some_and(|stored| {
             stored.last_name.trim() == row.last_name
@@ -721,6 +728,10 @@ impl Engine {
         Ok(())
     }
 
+    /// Completes or drops one interrupted export; returns whether it was completed. With the
+    /// DentalTID patient deleted meanwhile, the export is completed only on a NanoPix row it
+    /// provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
+    /// imported.
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
@@ -731,7 +742,7 @@ impl Engine {
                 self.dentaltid.abandon_export(pending.patient_id)?;
                 Ok(false)
             }
-            None if self.nanopix.id_exists(pending.external_id)? => {
+            None if self.is_our_row(pending, None)? => {
                 self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now())?;
                 Ok(true)
             }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use common::Clinic;
-use nanopix_sync::{Error, NanoPixId, NanoPixSync};
+use nanopix_sync::{Error, EventKind, NanoPixId, NanoPixSync};
 
 type NanoPixRow = (String, String, Option<String>, Option<String>, Option<String>, Option<String>);
 
@@ -242,4 +242,25 @@ fn a_journal_row_of_an_older_version_still_ends_the_export_on_its_first_row() {
          SET written_last_name = NULL, written_first_name = NULL, written_birthdate = NULL, written_created = NULL",
     );
     assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_nanopix_patient_at_the_id_of_a_deleted_patients_export_is_imported_and_never_deleted() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    clinic.add_nanopix(&reserved, "Stranger", "Someone", Some("1970-01-01"));
+
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.repaired), (2, 0), "the fixture and the other patient: {report:?}");
+    let imported: Vec<(String, String)> = clinic
+        .dentaltid_rows(&format!("SELECT familyName, source FROM patients WHERE external_id = '{reserved}'"), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
+    assert_eq!(imported, [("Stranger".to_owned(), "nanopix".to_owned())]);
+    assert!(common::drain(&sync).iter().all(|e| !matches!(e.kind, EventKind::DeleteRequested { .. })));
+    let refused = sync.delete_in_nanopix(&reserved);
+    assert!(matches!(refused, Err(Error::DeleteNotRequested(ref id)) if *id == reserved), "{refused:?}");
+    assert_eq!(nanopix_row(&clinic, &reserved).len(), 1, "the other patient is left in NanoPix");
 }
