@@ -556,13 +556,8 @@ impl Engine {
         let mut changes = Vec::new();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            let missing = match (rows.contains(&id), folders.patient_folders.contains(&id)) {
-                (true, true) => None,
-                (false, true) => Some("row"),
-                (true, false) => Some("folder"),
-                (false, false) => Some("row_and_folder"),
-            };
-            changes.extend(link_change(link, patients.contains(&link.patient_id), missing));
+            let nanopix = NanoPixSide { row: rows.contains(&id), folder: folders.patient_folders.contains(&id) };
+            changes.extend(link_change(link, patients.contains(&link.patient_id), nanopix));
         }
         for chunk in changes.chunks(LINKS_PER_TRANSACTION) {
             let states: Vec<(i64, LinkState)> =
@@ -731,7 +726,8 @@ impl Engine {
     /// Completes or drops one interrupted export; returns whether it was completed. With the
     /// DentalTID patient deleted meanwhile, the export is completed only on a NanoPix row it
     /// provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
-    /// imported.
+    /// imported. Its folder is created first, so NanoPix's files are whole, and the link's
+    /// `delete_requested` then lets the host remove both.
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
@@ -743,6 +739,7 @@ impl Engine {
                 Ok(false)
             }
             None if self.is_our_row(pending, None)? => {
+                self.nanopix.create_folder(pending.external_id, &self.config.patient_subfolders)?;
                 self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now())?;
                 Ok(true)
             }
@@ -951,11 +948,35 @@ fn decide_pages(mut matcher: Matcher, pages: &Receiver<Vec<NanoPixPatient>>, dec
     matcher
 }
 
-/// The new state of `link` and the event that says so, when its sides changed.
-fn link_change(link: &Link, patient_exists: bool, missing: Option<&str>) -> Option<(i64, LinkState, EventKind)> {
+/// What NanoPix still holds of a linked patient.
+#[derive(Debug, Clone, Copy)]
+struct NanoPixSide {
+    /// Its `Patient` row.
+    row: bool,
+    /// Its folder.
+    folder: bool,
+}
+
+impl NanoPixSide {
+    /// What is gone, as the `missing` field of `external_patient_removed` says it; `None` when
+    /// nothing is.
+    fn missing(self) -> Option<&'static str> {
+        match (self.row, self.folder) {
+            (true, true) => None,
+            (false, true) => Some("row"),
+            (true, false) => Some("folder"),
+            (false, false) => Some("row_and_folder"),
+        }
+    }
+}
+
+/// The new state of `link` and the event that says so, when its sides changed. A DentalTID
+/// patient deleted while NanoPix still holds its row asks for a delete, whatever the folder
+/// says; with the row gone too there is nothing left to delete.
+fn link_change(link: &Link, patient_exists: bool, nanopix: NanoPixSide) -> Option<(i64, LinkState, EventKind)> {
     let (patient_id, external_id) = (link.patient_id, link.external_id.clone());
-    let (state, event) = match (patient_exists, missing, link.state) {
-        (false, None, LinkState::Linked | LinkState::Missing) => {
+    let (state, event) = match (patient_exists, nanopix.missing(), link.state) {
+        (false, _, LinkState::Linked | LinkState::Missing) if nanopix.row => {
             (LinkState::DeleteRequested, EventKind::DeleteRequested { patient_id, external_id })
         }
         (true, Some(missing), LinkState::Linked) => {
@@ -987,5 +1008,43 @@ fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewN
 fn crash_point(step: &str) {
     if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(state: LinkState) -> Link {
+        let (patient_id, external_id) = (7, "20250122_100000".to_owned());
+        let synced_at = chrono::NaiveDate::from_ymd_opt(2025, 1, 22).and_then(|d| d.and_hms_opt(10, 0, 1)).unwrap();
+        Link { patient_id, external_id, origin: LinkOrigin::Exported, state, synced_at }
+    }
+
+    /// The state `link_change` moves a link in `state` to, if any.
+    fn next_state(patient_exists: bool, row: bool, folder: bool, state: LinkState) -> Option<LinkState> {
+        link_change(&link(state), patient_exists, NanoPixSide { row, folder }).map(|(_, state, _)| state)
+    }
+
+    #[test]
+    fn a_patient_deleted_in_dentaltid_asks_for_a_delete_while_nanopix_holds_its_row() {
+        use LinkState::{DeleteRequested, Linked, Missing};
+        for state in [Linked, Missing] {
+            assert_eq!(next_state(false, true, true, state), Some(DeleteRequested), "{state:?}, whole");
+            assert_eq!(next_state(false, true, false, state), Some(DeleteRequested), "{state:?}, no folder");
+            assert_eq!(next_state(false, false, true, state), None, "{state:?}, no row");
+            assert_eq!(next_state(false, false, false, state), None, "{state:?}, nothing left");
+        }
+        assert_eq!(next_state(false, true, false, DeleteRequested), None, "asked once");
+    }
+
+    #[test]
+    fn a_nanopix_patient_that_vanishes_or_comes_back_changes_its_link() {
+        use LinkState::{Linked, Missing};
+        assert_eq!(next_state(true, true, false, Linked), Some(Missing));
+        assert_eq!(next_state(true, false, true, Linked), Some(Missing));
+        assert_eq!(next_state(true, true, true, Missing), Some(Linked));
+        assert_eq!(next_state(true, true, true, Linked), None);
+        assert_eq!(next_state(true, false, false, Missing), None);
     }
 }

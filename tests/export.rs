@@ -264,3 +264,42 @@ fn a_nanopix_patient_at_the_id_of_a_deleted_patients_export_is_imported_and_neve
     assert!(matches!(refused, Err(Error::DeleteNotRequested(ref id)) if *id == reserved), "{refused:?}");
     assert_eq!(nanopix_row(&clinic, &reserved).len(), 1, "the other patient is left in NanoPix");
 }
+
+/// Opens and reconciles; checks that a `delete_requested` is sent for patient 1 at `external_id`
+/// and that `delete_in_nanopix` then removes its row and folder.
+fn assert_deletion_asked_and_done(clinic: &Clinic, external_id: &str) {
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let asked = common::drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
+        _ => None,
+    });
+    assert_eq!(asked, Some((1, external_id.to_owned())));
+    sync.delete_in_nanopix(external_id).unwrap();
+    assert!(nanopix_row(clinic, external_id).is_empty());
+    assert!(!clinic.root.join(external_id).exists());
+}
+
+#[test]
+fn a_patient_deleted_after_a_crash_after_the_row_gets_its_folder_and_a_delete_request() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    let sync = clinic.open();
+    assert!(clinic.root.join(&reserved).is_dir(), "NanoPix's files are whole again");
+    assert!(clinic.dentaltid_rows("SELECT 1 FROM nanopix_sync_exports", |r| r.get::<_, i64>(0)).is_empty());
+    drop(sync);
+    assert_deletion_asked_and_done(&clinic, &reserved);
+}
+
+#[test]
+fn a_patient_deleted_while_its_nanopix_folder_is_missing_gets_a_delete_request() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let external_id = sync.export_patient(1).unwrap().to_string();
+    std::fs::remove_dir(clinic.root.join(&external_id)).unwrap();
+    assert_eq!(sync.reconcile().unwrap().removed, 1);
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    drop(sync);
+    assert_deletion_asked_and_done(&clinic, &external_id);
+}
