@@ -610,18 +610,32 @@ impl Engine {
         first_failed
     }
 
-    /// Writes the journal row, then the NanoPix row, then the folder, then the link. When another
-    /// NanoPix patient takes the id first, the export starts again with a new id.
+    /// Writes the journal row, then the NanoPix row, then the folder, then the link.
     fn export(&mut self, patient: &Patient) -> Result<NanoPixId> {
-        for _ in 0..EXPORT_ATTEMPTS {
-            let now = self.config.clock.now();
-            let row = new_nanopix_row(patient, self.free_id(now)?, now);
-            self.dentaltid.begin_export(patient.id, &row, now)?;
-            crash_point("journal");
+        let row = self.planned_row(patient)?;
+        self.dentaltid.begin_export(patient.id, &row, row.created)?;
+        crash_point("journal");
+        self.write_export(patient, row)
+    }
+
+    /// The row an export of `patient` would write now, at the first free id.
+    fn planned_row(&self, patient: &Patient) -> Result<NewNanoPixPatient> {
+        let now = self.config.clock.now();
+        Ok(new_nanopix_row(patient, self.free_id(now)?, now))
+    }
+
+    /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
+    /// patient takes the id first, the journal row moves to a new free id and the export goes on
+    /// there, up to [`EXPORT_ATTEMPTS`] ids; the journal row stays, so the export is never lost.
+    fn write_export(&mut self, patient: &Patient, mut row: NewNanoPixPatient) -> Result<NanoPixId> {
+        for attempt in 1..=EXPORT_ATTEMPTS {
             if self.complete_export(patient.id, &row)? {
                 return Ok(row.id);
             }
-            self.dentaltid.abandon_export(patient.id)?;
+            if attempt < EXPORT_ATTEMPTS {
+                row = self.planned_row(patient)?;
+                self.dentaltid.replan_export(patient.id, &row)?;
+            }
         }
         Err(Error::NoFreeId(NanoPixId::from_datetime(self.config.clock.now()).to_string()))
     }
@@ -651,24 +665,22 @@ impl Engine {
     }
 
     /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
-    /// when it is the row the export wrote; else, with no row there, by writing one (the journal
-    /// records its values first); else, another NanoPix patient holding the id, by exporting the
-    /// patient again under a new id.
+    /// when it is the row the export wrote; else by writing the patient as it is now, at the
+    /// reserved id when no row holds it, or else at a new free id. The journal records the row
+    /// first, in the one transaction that moves it to its new id if need be.
     fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
             self.link_export(patient.id, id)?;
             return Ok(id);
         }
-        if !self.nanopix.id_exists(id)? {
-            let row = new_nanopix_row(patient, id, self.config.clock.now());
-            self.dentaltid.replan_export(patient.id, &row)?;
-            if self.complete_export(patient.id, &row)? {
-                return Ok(id);
-            }
-        }
-        self.dentaltid.abandon_export(patient.id)?;
-        self.export(patient)
+        let row = if self.nanopix.id_exists(id)? {
+            self.planned_row(patient)?
+        } else {
+            new_nanopix_row(patient, id, self.config.clock.now())
+        };
+        self.dentaltid.replan_export(patient.id, &row)?;
+        self.write_export(patient, row)
     }
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds

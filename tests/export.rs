@@ -303,3 +303,34 @@ fn a_patient_deleted_while_its_nanopix_folder_is_missing_gets_a_delete_request()
     drop(sync);
     assert_deletion_asked_and_done(&clinic, &external_id);
 }
+
+/// Gives NanoPix a patient at every second of the 24 hours from the clinic clock's time, so no
+/// id is free for an export.
+fn take_a_day_of_ids(clinic: &Clinic) {
+    let sql = "WITH RECURSIVE second(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM second WHERE n < 86399)
+        INSERT INTO Patient(id, last_name)
+        SELECT strftime('%Y%m%d_%H%M%S', '2025-01-22 10:00:00', '+' || n || ' seconds'), 'Filler' FROM second";
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(sql).unwrap();
+}
+
+#[test]
+fn a_repair_that_finds_no_new_id_keeps_the_export_in_the_journal() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+    clinic.add_nanopix(&reserved, "Stranger", "Someone", Some("1970-01-01"));
+    take_a_day_of_ids(&clinic);
+    let sync = clinic.open();
+    let failed = common::drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::SyncError { .. }));
+    assert!(failed, "the repair reports that it found no free id");
+    drop(sync);
+    let journal: Vec<(i64, String)> = clinic
+        .dentaltid_rows("SELECT patient_id, external_id FROM nanopix_sync_exports", |r| Ok((r.get(0)?, r.get(1)?)));
+    assert_eq!(journal, [(1, reserved.clone())], "the export is still due");
+
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("DELETE FROM Patient WHERE last_name = 'Filler'").unwrap();
+    let sync = clinic.open();
+    let external = sync.source_info(1).unwrap().external_id.expect("exported once an id is free");
+    assert_eq!(external, "20250122_100000");
+    assert_eq!(nanopix_row(&clinic, &external)[0].1, "Benali");
+}
