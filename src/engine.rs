@@ -706,13 +706,16 @@ impl Engine {
         }))
     }
 
-    /// The first id from `now` on that is free in the database, on disk and in the journal.
+    /// The first id from `now` on that is free in the database, on disk, in the journal, and in
+    /// DentalTID: a patient or a link row may still hold an id whose row and folder NanoPix lost.
     fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
         let in_flight = self.in_flight_ids()?;
         NanoPixId::first_free(now, |id| {
             Ok(in_flight.contains(&id)
                 || self.nanopix.folder_path(id).symlink_metadata().is_ok()
-                || self.nanopix.id_exists(id)?)
+                || self.nanopix.id_exists(id)?
+                || self.dentaltid.holds_external_id(id)?
+                || self.dentaltid.has_link_row(id)?)
         })
     }
 

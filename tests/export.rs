@@ -334,3 +334,28 @@ fn a_repair_that_finds_no_new_id_keeps_the_export_in_the_journal() {
     assert_eq!(external, "20250122_100000");
     assert_eq!(nanopix_row(&clinic, &external)[0].1, "Benali");
 }
+
+/// Removes a NanoPix patient's row and empty folder, as a NanoPix user deleting it would.
+fn remove_from_nanopix(clinic: &Clinic, id: &str) {
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir(clinic.root.join(id)).unwrap();
+}
+
+#[test]
+fn an_id_dentaltid_still_holds_is_never_given_again() {
+    let clinic = Clinic::new("v29");
+    let first = clinic.open().export_patient(1).unwrap().to_string();
+    remove_from_nanopix(&clinic, &first);
+    let second = clinic.open().export_patient(2).unwrap().to_string();
+    assert_ne!(second, first, "patient 1 still holds it");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    let third = clinic.open().export_patient(3).unwrap().to_string();
+    assert_ne!(third, first, "the link row of deleted patient 1 still holds it");
+    assert_ne!(third, second);
+    let holders: Vec<i64> = clinic.dentaltid_rows(
+        &format!("SELECT COUNT(*) FROM patients WHERE external_id IN ('{first}', '{second}', '{third}')"),
+        |r| r.get(0),
+    );
+    assert_eq!(holders, [2], "patients 2 and 3, one id each");
+}
