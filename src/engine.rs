@@ -67,6 +67,9 @@ pub(crate) struct Engine {
     cursor: Option<LiveCursor>,
     /// Whether DentalTID holds the sync's indexes, which live passes need.
     indexed: bool,
+    /// The last id an export was given: the next one is looked for from the second after it,
+    /// so exports in a row do not probe again every id the earlier ones took.
+    last_issued: Option<NanoPixId>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -127,7 +130,17 @@ impl Engine {
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
         signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
         let indexed = dentaltid.has_own_indexes()?;
-        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false, cursor: None, indexed };
+        let mut engine = Self {
+            config,
+            nanopix,
+            dentaltid,
+            bus,
+            signals,
+            automatic: false,
+            cursor: None,
+            indexed,
+            last_issued: None,
+        };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
     }
@@ -619,9 +632,11 @@ impl Engine {
     }
 
     /// The row an export of `patient` would write now, at the first free id.
-    fn planned_row(&self, patient: &Patient) -> Result<NewNanoPixPatient> {
+    fn planned_row(&mut self, patient: &Patient) -> Result<NewNanoPixPatient> {
         let now = self.config.clock.now();
-        Ok(new_nanopix_row(patient, self.free_id(now)?, now))
+        let id = self.free_id(now)?;
+        self.last_issued = Some(id);
+        Ok(new_nanopix_row(patient, id, now))
     }
 
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
@@ -706,11 +721,13 @@ impl Engine {
         }))
     }
 
-    /// The first id from `now` on that is free in the database, on disk, in the journal, and in
-    /// DentalTID: a patient or a link row may still hold an id whose row and folder NanoPix lost.
+    /// The first id from `now` on, and after the last id issued, that is free in the database,
+    /// on disk, in the journal, and in DentalTID: a patient or a link row may still hold an id
+    /// whose row and folder NanoPix lost.
     fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
         let in_flight = self.in_flight_ids()?;
-        NanoPixId::first_free(now, |id| {
+        let from = self.last_issued.map_or(now, |last| now.max(last.next_second().datetime()));
+        NanoPixId::first_free(from, |id| {
             Ok(in_flight.contains(&id)
                 || self.nanopix.folder_path(id).symlink_metadata().is_ok()
                 || self.nanopix.id_exists(id)?

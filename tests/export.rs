@@ -28,6 +28,7 @@ fn export_existing_gives_valid_distinct_ids_rows_and_folders() {
         clinic.dentaltid_rows("SELECT external_id FROM patients WHERE source = 'internal' ORDER BY id", |r| r.get(0));
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 6);
+    assert!(ids.is_sorted(), "given in patient order, each after the last: {ids:?}");
     assert!(!ids.contains(&"20250122_100001".to_owned()), "a folder already on disk takes its id");
     for id in &ids {
         assert!(NanoPixId::parse(id).is_ok(), "{id}");
@@ -358,4 +359,16 @@ fn an_id_dentaltid_still_holds_is_never_given_again() {
         |r| r.get(0),
     );
     assert_eq!(holders, [2], "patients 2 and 3, one id each");
+}
+
+#[test]
+fn one_handle_gives_each_export_an_id_after_the_last_it_gave() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100000");
+    assert_eq!(sync.export_patient(2).unwrap().to_string(), "20250122_100001", "the clock did not move");
+    clinic.clock.set(common::clinic_morning() - chrono::Duration::hours(1));
+    assert_eq!(sync.export_patient(3).unwrap().to_string(), "20250122_100002", "the clock went back an hour");
+    clinic.clock.set(common::clinic_morning() + chrono::Duration::minutes(5));
+    assert_eq!(sync.export_patient(4).unwrap().to_string(), "20250122_100500", "from now again");
 }

@@ -209,7 +209,8 @@ fn parse_id(value: ValueRef<'_>) -> Result<NanoPixId, &'static str> {
 
 /// Whether a `Patient` row has this id.
 pub(super) fn id_exists(conn: &Connection, id: NanoPixId) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT EXISTS (SELECT 1 FROM Patient WHERE id = ?1)", [id.to_string()], |row| row.get(0))
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM Patient WHERE id = ?1)")?
+        .query_row([id.to_string()], |row| row.get(0))
 }
 
 /// Inserts the row unless its id exists (then returns `false`); only columns in `columns` are
