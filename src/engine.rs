@@ -257,8 +257,9 @@ impl Engine {
         Ok(report)
     }
 
-    /// Adds the indexes live passes need, once: at the end of the first full reconcile with Live
-    /// Sync on (the live loop starts with one), or before a live pass that finds them missing.
+    /// Adds the indexes live passes and exports need, once: at the end of the first full
+    /// reconcile with Live Sync on (the live loop starts with one), or before a live pass or an
+    /// export that finds them missing.
     fn ensure_indexes(&mut self) -> Result<()> {
         if !self.indexed {
             self.dentaltid.ensure_own_indexes()?;
@@ -631,8 +632,10 @@ impl Engine {
         self.write_export(patient, row)
     }
 
-    /// The row an export of `patient` would write now, at the first free id.
+    /// The row an export of `patient` would write now, at the first free id. The sync's indexes
+    /// are built first if missing: every id tried is looked up among DentalTID's patients.
     fn planned_row(&mut self, patient: &Patient) -> Result<NewNanoPixPatient> {
+        self.ensure_indexes()?;
         let now = self.config.clock.now();
         let id = self.free_id(now)?;
         self.last_issued = Some(id);

@@ -372,3 +372,25 @@ fn one_handle_gives_each_export_an_id_after_the_last_it_gave() {
     clinic.clock.set(common::clinic_morning() + chrono::Duration::minutes(5));
     assert_eq!(sync.export_patient(4).unwrap().to_string(), "20250122_100500", "from now again");
 }
+
+#[test]
+fn an_export_looks_new_ids_up_in_dentaltid_by_index() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let indexes = || {
+        clinic.dentaltid_rows(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_%' ORDER BY name",
+            |r| r.get::<_, String>(0),
+        )
+    };
+    assert_eq!(indexes(), ["nanopix_sync_links_external_id"], "Live Sync is off and nothing was exported yet");
+    sync.export_patient(1).unwrap();
+    let expected =
+        ["nanopix_sync_links_external_id", "nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"];
+    assert_eq!(indexes(), expected);
+    let plans: Vec<String> = clinic.dentaltid_rows(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM patients WHERE external_id = '20250122_100000' LIMIT 1",
+        |r| r.get(3),
+    );
+    assert!(plans.iter().any(|plan| plan.contains("nanopix_sync_patients_external_id")), "{plans:?}");
+}

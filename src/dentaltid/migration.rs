@@ -47,8 +47,9 @@ const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT"
 /// a live pass find the few patients a new NanoPix patient could match without a full scan.
 ///
 /// A full reconcile reads every patient and needs neither, so they exist only from the moment
-/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on): a clinic
-/// that only ever syncs on demand does not pay for keeping them.
+/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on) or the
+/// first export (a new NanoPix id is looked up by `external_id`): a clinic that only ever
+/// imports on demand does not pay for keeping them.
 const OWN_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
@@ -60,7 +61,8 @@ const DROP_OWN_INDEXES: &str = "
     DROP INDEX IF EXISTS nanopix_sync_patients_date_of_birth;
 ";
 
-/// The sync's own tables.
+/// The sync's own tables, and the index that finds a link row by its NanoPix id (every new
+/// NanoPix id is looked up there).
 const OWN_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS nanopix_sync_links(
@@ -85,6 +87,7 @@ const OWN_TABLES: &str = "
         synced_at TEXT NOT NULL,
         external_ids TEXT NOT NULL
     );
+    CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
 ";
 
 /// The export journal's columns that its first version lacked, each with the statement that
@@ -101,12 +104,13 @@ const EXPORT_JOURNAL_COLUMNS: [(&str, &str); 4] = [
 const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
-/// The tables [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 4] = [
+/// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
+const OWN_OBJECTS: [(&str, &str); 5] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
     ("table", "nanopix_sync_imports"),
+    ("index", "nanopix_sync_links_external_id"),
 ];
 
 impl DentalTid {
