@@ -209,7 +209,7 @@ impl Engine {
         if let Some(external_id) = &patient.external_id {
             return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
         }
-        self.export(&patient)
+        self.export_or_resume(&patient)
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many.
@@ -613,7 +613,7 @@ impl Engine {
             if self.cancelled() {
                 break;
             }
-            match self.export(patient) {
+            match self.export_or_resume(patient) {
                 Ok(_) => report.exported += 1,
                 Err(error) => {
                     first_failed.get_or_insert(patient.id);
@@ -622,6 +622,15 @@ impl Engine {
             }
         }
         first_failed
+    }
+
+    /// Exports `patient`, or ends its export the journal already holds (one a crash or an
+    /// earlier error interrupted), as a repair would.
+    fn export_or_resume(&mut self, patient: &Patient) -> Result<NanoPixId> {
+        match self.dentaltid.pending_export(patient.id)? {
+            Some(pending) => self.resume_export(patient, &pending),
+            None => self.export(patient),
+        }
     }
 
     /// Writes the journal row, then the NanoPix row, then the folder, then the link.

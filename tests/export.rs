@@ -394,3 +394,23 @@ fn an_export_looks_new_ids_up_in_dentaltid_by_index() {
     );
     assert!(plans.iter().any(|plan| plan.contains("nanopix_sync_patients_external_id")), "{plans:?}");
 }
+
+#[test]
+fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
+    for all_at_once in [false, true] {
+        let clinic = Clinic::new("v29");
+        let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+        std::fs::write(clinic.root.join(&reserved), b"a file where the folder goes, so the repair fails").unwrap();
+        let sync = clinic.open();
+        std::fs::remove_file(clinic.root.join(&reserved)).unwrap();
+        if all_at_once {
+            assert_eq!(sync.export_existing().unwrap(), 6);
+        } else {
+            assert_eq!(sync.export_patient(1).unwrap().to_string(), reserved);
+        }
+        assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved.as_str()), "{all_at_once}");
+        assert!(clinic.root.join(&reserved).is_dir());
+        assert_eq!(nanopix_row(&clinic, &reserved).len(), 1);
+        assert!(clinic.dentaltid_rows("SELECT 1 FROM nanopix_sync_exports", |r| r.get::<_, i64>(0)).is_empty());
+    }
+}

@@ -156,6 +156,15 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "reading the export journal"))
     }
 
+    /// The unfinished export of one patient, if the journal holds one with a valid NanoPix id.
+    pub fn pending_export(&self, patient_id: i64) -> Result<Option<PendingExport>> {
+        let read = || {
+            let sql = format!("SELECT {JOURNAL_COLUMNS} FROM nanopix_sync_exports WHERE patient_id = ?1");
+            self.conn.prepare_cached(&sql)?.query_row([patient_id], pending_export_from_row).optional()
+        };
+        read().map(Option::flatten).map_err(Error::db(&self.path, "reading the export journal"))
+    }
+
     /// Records the intent to export `patient_id` as `row`, before NanoPix is touched: the id
     /// reserved and the values written.
     pub fn begin_export(&mut self, patient_id: i64, row: &NewNanoPixPatient, at: NaiveDateTime) -> Result<()> {
@@ -434,6 +443,8 @@ mod tests {
         dentaltid.begin_export(3, &row, at(2025, 1, 21, 15, 26)).unwrap();
         let pending = dentaltid.pending_exports().unwrap();
         assert_eq!(pending, [PendingExport { patient_id: 3, external_id: id, written: Some(row.written()) }]);
+        assert_eq!(dentaltid.pending_export(3).unwrap().as_ref(), pending.first());
+        assert_eq!(dentaltid.pending_export(2).unwrap(), None);
         assert_eq!(dentaltid.patient(3).unwrap().unwrap().external_id, None);
         dentaltid.finish_export(3, id, at(2025, 1, 21, 15, 27)).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
