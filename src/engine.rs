@@ -67,6 +67,9 @@ pub(crate) struct Engine {
     cursor: Option<LiveCursor>,
     /// Whether DentalTID holds the sync's indexes, which live passes need.
     indexed: bool,
+    /// The last id an export was given: the next one is looked for from the second after it,
+    /// so exports in a row do not probe again every id the earlier ones took.
+    last_issued: Option<NanoPixId>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -132,7 +135,17 @@ impl Engine {
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
         signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
         let indexed = dentaltid.has_own_indexes()?;
-        let mut engine = Self { config, nanopix, dentaltid, bus, signals, automatic: false, cursor: None, indexed };
+        let mut engine = Self {
+            config,
+            nanopix,
+            dentaltid,
+            bus,
+            signals,
+            automatic: false,
+            cursor: None,
+            indexed,
+            last_issued: None,
+        };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
     }
@@ -222,7 +235,7 @@ impl Engine {
         if let Some(external_id) = &patient.external_id {
             return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
         }
-        self.export(&patient)
+        self.export_or_resume(&patient)
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many.
@@ -276,8 +289,9 @@ impl Engine {
         Ok(report)
     }
 
-    /// Adds the indexes live passes need, once: at the end of the first full reconcile with Live
-    /// Sync on (the live loop starts with one), or before a live pass that finds them missing.
+    /// Adds the indexes live passes and exports need, once: at the end of the first full
+    /// reconcile with Live Sync on (the live loop starts with one), or before a live pass or an
+    /// export that finds them missing.
     fn ensure_indexes(&mut self) -> Result<()> {
         if !self.indexed {
             self.dentaltid.ensure_own_indexes()?;
@@ -588,13 +602,8 @@ impl Engine {
         let mut changes = Vec::new();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            let missing = match (rows.contains(&id), folders.patient_folders.contains(&id)) {
-                (true, true) => None,
-                (false, true) => Some("row"),
-                (true, false) => Some("folder"),
-                (false, false) => Some("row_and_folder"),
-            };
-            changes.extend(link_change(link, patients.contains(&link.patient_id), missing));
+            let nanopix = NanoPixSide { row: rows.contains(&id), folder: folders.patient_folders.contains(&id) };
+            changes.extend(link_change(link, patients.contains(&link.patient_id), nanopix));
         }
         for chunk in changes.chunks(LINKS_PER_TRANSACTION) {
             let states: Vec<(i64, LinkState)> =
@@ -636,7 +645,7 @@ impl Engine {
             if self.cancelled() {
                 break;
             }
-            match self.export(patient) {
+            match self.export_or_resume(patient) {
                 Ok(_) => report.exported += 1,
                 Err(error) => {
                     first_failed.get_or_insert(patient.id);
@@ -647,46 +656,107 @@ impl Engine {
         first_failed
     }
 
-    /// Writes the journal row, then the NanoPix row, then the folder, then the link. When another
-    /// NanoPix patient takes the id first, the export starts again with a new id.
+    /// Exports `patient`, or ends its export the journal already holds (one a crash or an
+    /// earlier error interrupted), as a repair would.
+    fn export_or_resume(&mut self, patient: &Patient) -> Result<NanoPixId> {
+        match self.dentaltid.pending_export(patient.id)? {
+            Some(pending) => self.resume_export(patient, &pending),
+            None => self.export(patient),
+        }
+    }
+
+    /// Writes the journal row, then the NanoPix row, then the folder, then the link.
     fn export(&mut self, patient: &Patient) -> Result<NanoPixId> {
-        for _ in 0..EXPORT_ATTEMPTS {
-            let now = self.config.clock.now();
-            let id = self.free_id(now)?;
-            self.dentaltid.begin_export(patient.id, id, now)?;
-            crash_point("journal");
-            if self.complete_export(patient, id)? {
-                return Ok(id);
+        let row = self.planned_row(patient)?;
+        self.dentaltid.begin_export(patient.id, &row, row.created)?;
+        crash_point("journal");
+        self.write_export(patient, row)
+    }
+
+    /// The row an export of `patient` would write now, at the first free id. The sync's indexes
+    /// are built first if missing: every id tried is looked up among DentalTID's patients.
+    fn planned_row(&mut self, patient: &Patient) -> Result<NewNanoPixPatient> {
+        self.ensure_indexes()?;
+        let now = self.config.clock.now();
+        let id = self.free_id(now)?;
+        self.last_issued = Some(id);
+        Ok(new_nanopix_row(patient, id, now))
+    }
+
+    /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
+    /// patient takes the id first, the journal row moves to a new free id and the export goes on
+    /// there, up to [`EXPORT_ATTEMPTS`] ids; the journal row stays, so the export is never lost.
+    fn write_export(&mut self, patient: &Patient, mut row: NewNanoPixPatient) -> Result<NanoPixId> {
+        for attempt in 1..=EXPORT_ATTEMPTS {
+            if self.complete_export(patient.id, &row)? {
+                return Ok(row.id);
             }
-            self.dentaltid.abandon_export(patient.id)?;
+            if attempt < EXPORT_ATTEMPTS {
+                row = self.planned_row(patient)?;
+                self.dentaltid.replan_export(patient.id, &row)?;
+            }
         }
         Err(Error::NoFreeId(NanoPixId::from_datetime(self.config.clock.now()).to_string()))
     }
 
-    /// Writes the NanoPix row with `id` (unless it is there already, from an earlier attempt),
-    /// then the folder, then the link. Returns `false`, having written nothing, when the row with
-    /// `id` is another NanoPix patient's: the export must not link to it.
-    fn complete_export(&mut self, patient: &Patient, id: NanoPixId) -> Result<bool> {
-        let now = self.config.clock.now();
-        let row = new_nanopix_row(patient, id, now);
-        if !self.nanopix.insert_patient(&row)? && !self.is_exported_row(&row)? {
+    /// Writes `row`, which the journal records, to NanoPix (unless it is there already, from an
+    /// earlier attempt), then the folder, then the link. Returns `false`, having written
+    /// nothing, when the row with its id is another NanoPix patient's: the export must not link
+    /// to it.
+    fn complete_export(&mut self, patient_id: i64, row: &NewNanoPixPatient) -> Result<bool> {
+        if !self.nanopix.insert_patient(row)? && !self.nanopix.holds_written_row(row.id, &row.written())? {
             return Ok(false);
         }
         crash_point("row");
-        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
-        crash_point("folder");
-        self.dentaltid.finish_export(patient.id, id, now)?;
-        self.bus.emit(EventKind::PatientExported {
-            patient_id: patient.id,
-            external_id: id.to_string(),
-            folder: folder.display().to_string(),
-        });
+        self.link_export(patient_id, row.id)?;
         Ok(true)
     }
 
-    /// Whether NanoPix's row with `row`'s id is the patient `row` describes (same names and
-    /// birth date), as an earlier attempt of the same export wrote it.
-    fn is_exported_row(&self, row: &NewNanoPixPatient) -> Result<bool> {
+    /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
+    /// and reports the export.
+    fn link_export(&mut self, patient_id: i64, id: NanoPixId) -> Result<()> {
+        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
+        crash_point("folder");
+        self.dentaltid.finish_export(patient_id, id, self.config.clock.now())?;
+        let (external_id, folder) = (id.to_string(), folder.display().to_string());
+        self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
+        Ok(())
+    }
+
+    /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
+    /// when it is the row the export wrote; else by writing the patient as it is now, at the
+    /// reserved id when no row holds it, or else at a new free id. The journal records the row
+    /// first, in the one transaction that moves it to its new id if need be.
+    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
+        let id = pending.external_id;
+        if self.is_our_row(pending, Some(patient))? {
+            self.link_export(patient.id, id)?;
+            return Ok(id);
+        }
+        let row = if self.nanopix.id_exists(id)? {
+            self.planned_row(patient)?
+        } else {
+            new_nanopix_row(patient, id, self.config.clock.now())
+        };
+        self.dentaltid.replan_export(patient.id, &row)?;
+        self.write_export(patient, row)
+    }
+
+    /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
+    /// the values the journal recorded. A journal row of an older version records none; its row
+    /// is then compared with `patient` as it is now (same names and birth date), and without the
+    /// patient it cannot be told from another's.
+    fn is_our_row(&self, pending: &PendingExport, patient: Option<&Patient>) -> Result<bool> {
+        match (&pending.written, patient) {
+            (Some(written), _) => self.nanopix.holds_written_row(pending.external_id, written),
+            (None, Some(patient)) => self.describes(pending.external_id, patient),
+            (None, None) => Ok(false),
+        }
+    }
+
+    /// Whether NanoPix's row with `id` has the names and birth date of `patient`.
+    fn describes(&self, id: NanoPixId, patient: &Patient) -> Result<bool> {
+        let row = new_nanopix_row(patient, id, self.config.clock.now());
         let stored = self.nanopix.patient(row.id)?;
         Ok(stored.is_some_and(|stored| {
             stored.last_name.trim() == row.last_name
@@ -695,13 +765,18 @@ impl Engine {
         }))
     }
 
-    /// The first id from `now` on that is free in the database, on disk and in the journal.
+    /// The first id from `now` on, and after the last id issued, that is free in the database,
+    /// on disk, in the journal, and in DentalTID: a patient or a recorded link may still hold an
+    /// id whose row and folder NanoPix lost.
     fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
         let in_flight = self.in_flight_ids()?;
-        NanoPixId::first_free(now, |id| {
+        let from = self.last_issued.map_or(now, |last| now.max(last.next_second().datetime()));
+        NanoPixId::first_free(from, |id| {
             Ok(in_flight.contains(&id)
                 || self.nanopix.folder_path(id).symlink_metadata().is_ok()
-                || self.nanopix.id_exists(id)?)
+                || self.nanopix.id_exists(id)?
+                || self.dentaltid.holds_external_id(id)?
+                || self.dentaltid.has_recorded_link(id)?)
         })
     }
 
@@ -724,20 +799,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Completes or drops one interrupted export; returns whether it was completed. With the
+    /// DentalTID patient deleted meanwhile, the export is completed only on a NanoPix row it
+    /// provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
+    /// imported. Its folder is created first, so NanoPix's files are whole, and the link's
+    /// `delete_requested` then lets the host remove both.
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
-                if !self.complete_export(&patient, pending.external_id)? {
-                    self.dentaltid.abandon_export(patient.id)?;
-                    self.export(&patient)?;
-                }
+                self.resume_export(&patient, pending)?;
                 Ok(true)
             }
             Some(_) => {
                 self.dentaltid.abandon_export(pending.patient_id)?;
                 Ok(false)
             }
-            None if self.nanopix.id_exists(pending.external_id)? => {
+            None if self.is_our_row(pending, None)? => {
+                self.nanopix.create_folder(pending.external_id, &self.config.patient_subfolders)?;
                 self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now())?;
                 Ok(true)
             }
@@ -947,11 +1025,35 @@ fn decide_pages(mut matcher: Matcher, pages: &Receiver<Vec<NanoPixPatient>>, dec
     matcher
 }
 
-/// The new state of `link` and the event that says so, when its sides changed.
-fn link_change(link: &Link, patient_exists: bool, missing: Option<&str>) -> Option<(i64, LinkState, EventKind)> {
+/// What NanoPix still holds of a linked patient.
+#[derive(Debug, Clone, Copy)]
+struct NanoPixSide {
+    /// Its `Patient` row.
+    row: bool,
+    /// Its folder.
+    folder: bool,
+}
+
+impl NanoPixSide {
+    /// What is gone, as the `missing` field of `external_patient_removed` says it; `None` when
+    /// nothing is.
+    fn missing(self) -> Option<&'static str> {
+        match (self.row, self.folder) {
+            (true, true) => None,
+            (false, true) => Some("row"),
+            (true, false) => Some("folder"),
+            (false, false) => Some("row_and_folder"),
+        }
+    }
+}
+
+/// The new state of `link` and the event that says so, when its sides changed. A DentalTID
+/// patient deleted while NanoPix still holds its row asks for a delete, whatever the folder
+/// says; with the row gone too there is nothing left to delete.
+fn link_change(link: &Link, patient_exists: bool, nanopix: NanoPixSide) -> Option<(i64, LinkState, EventKind)> {
     let (patient_id, external_id) = (link.patient_id, link.external_id.clone());
-    let (state, event) = match (patient_exists, missing, link.state) {
-        (false, None, LinkState::Linked | LinkState::Missing) => {
+    let (state, event) = match (patient_exists, nanopix.missing(), link.state) {
+        (false, _, LinkState::Linked | LinkState::Missing) if nanopix.row => {
             (LinkState::DeleteRequested, EventKind::DeleteRequested { patient_id, external_id })
         }
         (true, Some(missing), LinkState::Linked) => {
@@ -983,5 +1085,43 @@ fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewN
 fn crash_point(step: &str) {
     if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(state: LinkState) -> Link {
+        let (patient_id, external_id) = (7, "20250122_100000".to_owned());
+        let synced_at = chrono::NaiveDate::from_ymd_opt(2025, 1, 22).and_then(|d| d.and_hms_opt(10, 0, 1)).unwrap();
+        Link { patient_id, external_id, origin: LinkOrigin::Exported, state, synced_at }
+    }
+
+    /// The state `link_change` moves a link in `state` to, if any.
+    fn next_state(patient_exists: bool, row: bool, folder: bool, state: LinkState) -> Option<LinkState> {
+        link_change(&link(state), patient_exists, NanoPixSide { row, folder }).map(|(_, state, _)| state)
+    }
+
+    #[test]
+    fn a_patient_deleted_in_dentaltid_asks_for_a_delete_while_nanopix_holds_its_row() {
+        use LinkState::{DeleteRequested, Linked, Missing};
+        for state in [Linked, Missing] {
+            assert_eq!(next_state(false, true, true, state), Some(DeleteRequested), "{state:?}, whole");
+            assert_eq!(next_state(false, true, false, state), Some(DeleteRequested), "{state:?}, no folder");
+            assert_eq!(next_state(false, false, true, state), None, "{state:?}, no row");
+            assert_eq!(next_state(false, false, false, state), None, "{state:?}, nothing left");
+        }
+        assert_eq!(next_state(false, true, false, DeleteRequested), None, "asked once");
+    }
+
+    #[test]
+    fn a_nanopix_patient_that_vanishes_or_comes_back_changes_its_link() {
+        use LinkState::{Linked, Missing};
+        assert_eq!(next_state(true, true, false, Linked), Some(Missing));
+        assert_eq!(next_state(true, false, true, Linked), Some(Missing));
+        assert_eq!(next_state(true, true, true, Missing), Some(Linked));
+        assert_eq!(next_state(true, true, true, Linked), None);
+        assert_eq!(next_state(true, false, false, Missing), None);
     }
 }

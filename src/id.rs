@@ -66,7 +66,7 @@ impl NanoPixId {
     /// The first id at or after `at` for which `taken` says `false`.
     ///
     /// `taken` must check every place an id can be in use: the NanoPix database, the folders
-    /// on disk, and exports in flight.
+    /// on disk, exports in flight, and the DentalTID patients and links that still hold one.
     ///
     /// # Failure
     /// [`Error::NoFreeId`] if a whole day of seconds is taken, or the first error of `taken`.

@@ -104,6 +104,33 @@ pub struct NewNanoPixPatient {
     pub created: NaiveDateTime,
 }
 
+impl NewNanoPixPatient {
+    /// The values that tell this row apart from other NanoPix rows, exactly as they are written.
+    pub fn written(&self) -> WrittenRow {
+        WrittenRow {
+            last_name: self.last_name.clone(),
+            first_name: self.first_name.clone(),
+            birthdate: self.birth_date.map(nanopix_date),
+            created: nanopix_datetime(self.created),
+        }
+    }
+}
+
+/// The values of a row the sync writes to NanoPix that tell it apart from other rows, each
+/// exactly as the text written. The export journal keeps them, so a repair recognises the row
+/// it wrote by them alone, whatever became of the DentalTID patient since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenRow {
+    /// `last_name`.
+    pub last_name: String,
+    /// `first_name`.
+    pub first_name: String,
+    /// `birthdate` as `YYYY-MM-DD`, or `None` when it was written as NULL.
+    pub birthdate: Option<String>,
+    /// `created_datetime` (and `updated_datetime`) as `YYYY-MM-DD HH:MM:SS`.
+    pub created: String,
+}
+
 /// A new DentalTID row for an imported NanoPix patient, with every value DentalTID needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDentalPatient {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use common::Clinic;
-use nanopix_sync::{Error, NanoPixId, NanoPixSync};
+use nanopix_sync::{Error, EventKind, NanoPixId, NanoPixSync};
 
 type NanoPixRow = (String, String, Option<String>, Option<String>, Option<String>, Option<String>);
 
@@ -28,6 +28,7 @@ fn export_existing_gives_valid_distinct_ids_rows_and_folders() {
         clinic.dentaltid_rows("SELECT external_id FROM patients WHERE source = 'internal' ORDER BY id", |r| r.get(0));
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 6);
+    assert!(ids.is_sorted(), "given in patient order, each after the last: {ids:?}");
     assert!(!ids.contains(&"20250122_100001".to_owned()), "a folder already on disk takes its id");
     for id in &ids {
         assert!(NanoPixId::parse(id).is_ok(), "{id}");
@@ -132,9 +133,9 @@ fn an_export_interrupted_after_each_step_is_repaired() {
     }
 }
 
-/// Crashes an export of patient 1 right after its journal row; returns the id it reserved.
-fn reserved_by_a_crashed_export(clinic: &Clinic) -> String {
-    crash_export_after(clinic, "journal");
+/// Crashes an export of patient 1 right after `step`; returns the id it reserved.
+fn reserved_by_an_export_crashed_after(clinic: &Clinic, step: &str) -> String {
+    crash_export_after(clinic, step);
     let mut reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
     assert_eq!(reserved.len(), 1, "one export in the journal: {reserved:?}");
     reserved.remove(0)
@@ -143,7 +144,7 @@ fn reserved_by_a_crashed_export(clinic: &Clinic) -> String {
 #[test]
 fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id() {
     let clinic = Clinic::new("v29");
-    let reserved = &reserved_by_a_crashed_export(&clinic);
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
     clinic.add_nanopix(reserved, "Stranger", "Someone", Some("1970-01-01"));
 
     let sync = clinic.open();
@@ -165,7 +166,7 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
 #[test]
 fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_patient() {
     let clinic = Clinic::new("v29");
-    let reserved = &reserved_by_a_crashed_export(&clinic);
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
     std::fs::write(clinic.root.join(reserved), b"a file where the folder goes, so the repair fails").unwrap();
     clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
 
@@ -182,4 +183,234 @@ fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_pa
     let repaired = sync.reconcile().unwrap();
     assert_eq!((repaired.repaired, repaired.imported), (1, 0), "the export ends, and its row is not imported");
     assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved.as_str()));
+}
+
+/// Runs SQL on the DentalTID database, as DentalTID itself would.
+fn edit_dentaltid(clinic: &Clinic, sql: &str) {
+    rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute_batch(sql).unwrap();
+}
+
+/// Opens and reconciles; checks that the export of patient 1 ended on the row it wrote at
+/// `reserved`: one NanoPix row and folder, no second export, nothing imported back.
+fn assert_export_ended_on(clinic: &Clinic, reserved: &str) {
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved));
+    assert_eq!((report.imported, report.exported), (1, 0), "only the fixture is imported: {report:?}");
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, vec![2], "the fixture and the one export");
+    assert!(clinic.root.join(reserved).is_dir());
+    let patients: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
+    assert_eq!(patients, vec![7], "the six samples and the fixture");
+}
+
+#[test]
+fn a_name_corrected_before_the_repair_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    edit_dentaltid(&clinic, "UPDATE patients SET familyName = 'Benalli', name = 'Aminah' WHERE id = 1");
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_birth_date_nanopix_reads_as_unknown_still_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    edit_dentaltid(&clinic, "UPDATE patients SET dateOfBirth = '1800-03-12T00:00:00.000' WHERE id = 1");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    let written = nanopix_row(&clinic, &reserved);
+    assert_eq!(written[0].3.as_deref(), Some("1800-03-12"));
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_nanopix_without_first_name_or_birthdate_still_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("ALTER TABLE Patient DROP COLUMN first_name; ALTER TABLE Patient DROP COLUMN birthdate")
+        .unwrap();
+    drop(conn);
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_journal_row_of_an_older_version_still_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    edit_dentaltid(
+        &clinic,
+        "UPDATE nanopix_sync_exports
+         SET written_last_name = NULL, written_first_name = NULL, written_birthdate = NULL, written_created = NULL",
+    );
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
+fn a_nanopix_patient_at_the_id_of_a_deleted_patients_export_is_imported_and_never_deleted() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    clinic.add_nanopix(&reserved, "Stranger", "Someone", Some("1970-01-01"));
+
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.repaired), (2, 0), "the fixture and the other patient: {report:?}");
+    let imported: Vec<(String, String)> = clinic
+        .dentaltid_rows(&format!("SELECT familyName, source FROM patients WHERE external_id = '{reserved}'"), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
+    assert_eq!(imported, [("Stranger".to_owned(), "nanopix".to_owned())]);
+    assert!(common::drain(&sync).iter().all(|e| !matches!(e.kind, EventKind::DeleteRequested { .. })));
+    let refused = sync.delete_in_nanopix(&reserved);
+    assert!(matches!(refused, Err(Error::DeleteNotRequested(ref id)) if *id == reserved), "{refused:?}");
+    assert_eq!(nanopix_row(&clinic, &reserved).len(), 1, "the other patient is left in NanoPix");
+}
+
+/// Opens and reconciles; checks that a `delete_requested` is sent for patient 1 at `external_id`
+/// and that `delete_in_nanopix` then removes its row and folder.
+fn assert_deletion_asked_and_done(clinic: &Clinic, external_id: &str) {
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let asked = common::drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
+        _ => None,
+    });
+    assert_eq!(asked, Some((1, external_id.to_owned())));
+    sync.delete_in_nanopix(external_id).unwrap();
+    assert!(nanopix_row(clinic, external_id).is_empty());
+    assert!(!clinic.root.join(external_id).exists());
+}
+
+#[test]
+fn a_patient_deleted_after_a_crash_after_the_row_gets_its_folder_and_a_delete_request() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    let sync = clinic.open();
+    assert!(clinic.root.join(&reserved).is_dir(), "NanoPix's files are whole again");
+    assert!(clinic.dentaltid_rows("SELECT 1 FROM nanopix_sync_exports", |r| r.get::<_, i64>(0)).is_empty());
+    drop(sync);
+    assert_deletion_asked_and_done(&clinic, &reserved);
+}
+
+#[test]
+fn a_patient_deleted_while_its_nanopix_folder_is_missing_gets_a_delete_request() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let external_id = sync.export_patient(1).unwrap().to_string();
+    std::fs::remove_dir(clinic.root.join(&external_id)).unwrap();
+    assert_eq!(sync.reconcile().unwrap().removed, 1);
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    drop(sync);
+    assert_deletion_asked_and_done(&clinic, &external_id);
+}
+
+/// Gives NanoPix a patient at every second of the 24 hours from the clinic clock's time, so no
+/// id is free for an export.
+fn take_a_day_of_ids(clinic: &Clinic) {
+    let sql = "WITH RECURSIVE second(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM second WHERE n < 86399)
+        INSERT INTO Patient(id, last_name)
+        SELECT strftime('%Y%m%d_%H%M%S', '2025-01-22 10:00:00', '+' || n || ' seconds'), 'Filler' FROM second";
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(sql).unwrap();
+}
+
+#[test]
+fn a_repair_that_finds_no_new_id_keeps_the_export_in_the_journal() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+    clinic.add_nanopix(&reserved, "Stranger", "Someone", Some("1970-01-01"));
+    take_a_day_of_ids(&clinic);
+    let sync = clinic.open();
+    let failed = common::drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::SyncError { .. }));
+    assert!(failed, "the repair reports that it found no free id");
+    drop(sync);
+    let journal: Vec<(i64, String)> = clinic
+        .dentaltid_rows("SELECT patient_id, external_id FROM nanopix_sync_exports", |r| Ok((r.get(0)?, r.get(1)?)));
+    assert_eq!(journal, [(1, reserved.clone())], "the export is still due");
+
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch("DELETE FROM Patient WHERE last_name = 'Filler'").unwrap();
+    let sync = clinic.open();
+    let external = sync.source_info(1).unwrap().external_id.expect("exported once an id is free");
+    assert_eq!(external, "20250122_100000");
+    assert_eq!(nanopix_row(&clinic, &external)[0].1, "Benali");
+}
+
+/// Removes a NanoPix patient's row and empty folder, as a NanoPix user deleting it would.
+fn remove_from_nanopix(clinic: &Clinic, id: &str) {
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir(clinic.root.join(id)).unwrap();
+}
+
+#[test]
+fn an_id_dentaltid_still_holds_is_never_given_again() {
+    let clinic = Clinic::new("v29");
+    let first = clinic.open().export_patient(1).unwrap().to_string();
+    remove_from_nanopix(&clinic, &first);
+    let second = clinic.open().export_patient(2).unwrap().to_string();
+    assert_ne!(second, first, "patient 1 still holds it");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    let third = clinic.open().export_patient(3).unwrap().to_string();
+    assert_ne!(third, first, "the link row of deleted patient 1 still holds it");
+    assert_ne!(third, second);
+    let holders: Vec<i64> = clinic.dentaltid_rows(
+        &format!("SELECT COUNT(*) FROM patients WHERE external_id IN ('{first}', '{second}', '{third}')"),
+        |r| r.get(0),
+    );
+    assert_eq!(holders, [2], "patients 2 and 3, one id each");
+}
+
+#[test]
+fn one_handle_gives_each_export_an_id_after_the_last_it_gave() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100000");
+    assert_eq!(sync.export_patient(2).unwrap().to_string(), "20250122_100001", "the clock did not move");
+    clinic.clock.set(common::clinic_morning() - chrono::Duration::hours(1));
+    assert_eq!(sync.export_patient(3).unwrap().to_string(), "20250122_100002", "the clock went back an hour");
+    clinic.clock.set(common::clinic_morning() + chrono::Duration::minutes(5));
+    assert_eq!(sync.export_patient(4).unwrap().to_string(), "20250122_100500", "from now again");
+}
+
+#[test]
+fn an_export_looks_new_ids_up_in_dentaltid_by_index() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let indexes = || {
+        clinic.dentaltid_rows(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_%' ORDER BY name",
+            |r| r.get::<_, String>(0),
+        )
+    };
+    assert_eq!(indexes(), ["nanopix_sync_links_external_id"], "Live Sync is off and nothing was exported yet");
+    sync.export_patient(1).unwrap();
+    let expected =
+        ["nanopix_sync_links_external_id", "nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"];
+    assert_eq!(indexes(), expected);
+    let plans: Vec<String> = clinic.dentaltid_rows(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM patients WHERE external_id = '20250122_100000' LIMIT 1",
+        |r| r.get(3),
+    );
+    assert!(plans.iter().any(|plan| plan.contains("nanopix_sync_patients_external_id")), "{plans:?}");
+}
+
+#[test]
+fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
+    for all_at_once in [false, true] {
+        let clinic = Clinic::new("v29");
+        let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+        std::fs::write(clinic.root.join(&reserved), b"a file where the folder goes, so the repair fails").unwrap();
+        let sync = clinic.open();
+        std::fs::remove_file(clinic.root.join(&reserved)).unwrap();
+        if all_at_once {
+            assert_eq!(sync.export_existing().unwrap(), 6);
+        } else {
+            assert_eq!(sync.export_patient(1).unwrap().to_string(), reserved);
+        }
+        assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved.as_str()), "{all_at_once}");
+        assert!(clinic.root.join(&reserved).is_dir());
+        assert_eq!(nanopix_row(&clinic, &reserved).len(), 1);
+        assert!(clinic.dentaltid_rows("SELECT 1 FROM nanopix_sync_exports", |r| r.get::<_, i64>(0)).is_empty());
+    }
 }

@@ -300,7 +300,8 @@ fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     let clinic = Clinic::new("v29");
     let indexes = || -> Vec<String> {
         clinic.dentaltid_rows(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_%' ORDER BY name",
+            "SELECT name FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = 'patients' AND name LIKE 'nanopix_sync_%' ORDER BY name",
             |r| r.get(0),
         )
     };

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
-use crate::patient::{dart_timestamp, parse_dart_timestamp};
+use crate::patient::{NewNanoPixPatient, WrittenRow, dart_timestamp, parse_dart_timestamp};
 use crate::values::{integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
@@ -28,6 +28,20 @@ const LINK_COLUMNS: &str = "patient_id, external_id, origin, state, synced_at";
 /// Records a link row, unless the patient already has one.
 const ADOPT_LINK: &str = "INSERT INTO nanopix_sync_links(patient_id, external_id, origin, state, synced_at)
     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(patient_id) DO NOTHING";
+
+/// The columns [`pending_export_from_row`] reads, in its order.
+const JOURNAL_COLUMNS: &str =
+    "patient_id, external_id, written_last_name, written_first_name, written_birthdate, written_created";
+
+/// Records an export about to start.
+const BEGIN_EXPORT: &str = "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at,
+        written_last_name, written_first_name, written_birthdate, written_created)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Gives an export in flight a new id and new values to write; its start time stays.
+const REPLAN_EXPORT: &str = "UPDATE nanopix_sync_exports SET external_id = ?2,
+        written_last_name = ?3, written_first_name = ?4, written_birthdate = ?5, written_created = ?6
+    WHERE patient_id = ?1";
 
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
 const ID_LEN: usize = 15;
@@ -139,21 +153,61 @@ impl DentalTid {
     /// Unfinished exports, oldest first. Rows whose id is not a valid NanoPix id are skipped.
     pub fn pending_exports(&self) -> Result<Vec<PendingExport>> {
         let read = || {
-            let sql = "SELECT patient_id, external_id FROM nanopix_sync_exports
-                ORDER BY started_at, patient_id";
-            let mut statement = self.conn.prepare_cached(sql)?;
+            let sql = format!("SELECT {JOURNAL_COLUMNS} FROM nanopix_sync_exports ORDER BY started_at, patient_id");
+            let mut statement = self.conn.prepare_cached(&sql)?;
             let rows = statement.query_map([], pending_export_from_row)?;
             rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
         };
         read().map_err(Error::db(&self.path, "reading the export journal"))
     }
 
-    /// Records the intent to export `patient_id` as `external_id`, before NanoPix is touched.
-    pub fn begin_export(&mut self, patient_id: i64, external_id: NanoPixId, at: NaiveDateTime) -> Result<()> {
-        let (external_id, at) = (external_id.to_string(), dart_timestamp(at));
+    /// The unfinished export of one patient, if the journal holds one with a valid NanoPix id.
+    pub fn pending_export(&self, patient_id: i64) -> Result<Option<PendingExport>> {
+        let read = || {
+            let sql = format!("SELECT {JOURNAL_COLUMNS} FROM nanopix_sync_exports WHERE patient_id = ?1");
+            self.conn.prepare_cached(&sql)?.query_row([patient_id], pending_export_from_row).optional()
+        };
+        read().map(Option::flatten).map_err(Error::db(&self.path, "reading the export journal"))
+    }
+
+    /// Records the intent to export `patient_id` as `row`, before NanoPix is touched: the id
+    /// reserved and the values written.
+    pub fn begin_export(&mut self, patient_id: i64, row: &NewNanoPixPatient, at: NaiveDateTime) -> Result<()> {
+        let (external_id, at, written) = (row.id.to_string(), dart_timestamp(at), row.written());
         self.write("recording an export", |tx| {
-            let sql = "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at) VALUES (?1, ?2, ?3)";
-            tx.execute(sql, params![patient_id, external_id, at]).map(drop)
+            let values = params![
+                patient_id,
+                external_id,
+                at,
+                written.last_name,
+                written.first_name,
+                written.birthdate,
+                written.created
+            ];
+            tx.execute(BEGIN_EXPORT, values).map(drop)
+        })
+    }
+
+    /// Records that the export of `patient_id` now writes `row` instead: its reserved id and
+    /// the values written, before NanoPix is touched again.
+    ///
+    /// # Failure
+    /// [`Error::Database`] when no export of `patient_id` is in the journal.
+    pub fn replan_export(&mut self, patient_id: i64, row: &NewNanoPixPatient) -> Result<()> {
+        let (external_id, written) = (row.id.to_string(), row.written());
+        self.write("changing an export", |tx| {
+            let values = params![
+                patient_id,
+                external_id,
+                written.last_name,
+                written.first_name,
+                written.birthdate,
+                written.created
+            ];
+            match tx.execute(REPLAN_EXPORT, values)? {
+                0 => Err(rusqlite::Error::QueryReturnedNoRows),
+                _ => Ok(()),
+            }
         })
     }
 
@@ -327,16 +381,28 @@ fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Link>> {
     Ok(Some(Link { patient_id, external_id, origin, state, synced_at }))
 }
 
-/// Reads a journal row; `None` when its id is no valid NanoPix id.
+/// Reads a journal row of [`JOURNAL_COLUMNS`]; `None` when its id is no valid NanoPix id.
 fn pending_export_from_row(row: &Row<'_>) -> rusqlite::Result<Option<PendingExport>> {
     let Some(patient_id) = integer_at(row, 0)? else { return Ok(None) };
     let Some(external_id) = text_at(row, 1)?.and_then(|text| NanoPixId::parse(&text).ok()) else { return Ok(None) };
-    Ok(Some(PendingExport { patient_id, external_id }))
+    Ok(Some(PendingExport { patient_id, external_id, written: written_from_row(row)? }))
+}
+
+/// The values a journal row of [`JOURNAL_COLUMNS`] records as written; `None` when it records
+/// none (written by an older version: `written_created` is never NULL otherwise).
+fn written_from_row(row: &Row<'_>) -> rusqlite::Result<Option<WrittenRow>> {
+    let Some(created) = text_at(row, 5)? else { return Ok(None) };
+    Ok(Some(WrittenRow {
+        last_name: text_at(row, 2)?.unwrap_or_default(),
+        first_name: text_at(row, 3)?.unwrap_or_default(),
+        birthdate: text_at(row, 4)?,
+        created,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{at, link_one, nanopix_id, new_patient, sample_database};
+    use super::super::testing::{at, exported_row, link_one, nanopix_id, new_patient, sample_database};
     use super::*;
 
     /// Imports one patient per NanoPix id, all synced at 2025-01-21 12:00; returns their ids.
@@ -378,10 +444,12 @@ mod tests {
     #[test]
     fn an_export_is_journaled_then_finished() {
         let (_dir, mut dentaltid) = sample_database();
-        let id = nanopix_id("20250121_152638");
-        dentaltid.begin_export(3, id, at(2025, 1, 21, 15, 26)).unwrap();
+        let (id, row) = (nanopix_id("20250121_152638"), exported_row("20250121_152638"));
+        dentaltid.begin_export(3, &row, at(2025, 1, 21, 15, 26)).unwrap();
         let pending = dentaltid.pending_exports().unwrap();
-        assert_eq!(pending, [PendingExport { patient_id: 3, external_id: id }]);
+        assert_eq!(pending, [PendingExport { patient_id: 3, external_id: id, written: Some(row.written()) }]);
+        assert_eq!(dentaltid.pending_export(3).unwrap().as_ref(), pending.first());
+        assert_eq!(dentaltid.pending_export(2).unwrap(), None);
         assert_eq!(dentaltid.patient(3).unwrap().unwrap().external_id, None);
         dentaltid.finish_export(3, id, at(2025, 1, 21, 15, 27)).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
@@ -397,7 +465,7 @@ mod tests {
     fn finishing_the_export_of_a_deleted_patient_still_records_the_link() {
         let (_dir, mut dentaltid) = sample_database();
         let id = nanopix_id("20250121_152638");
-        dentaltid.begin_export(4, id, at(2025, 1, 21, 15, 26)).unwrap();
+        dentaltid.begin_export(4, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
         dentaltid.conn.execute_batch("DELETE FROM patients WHERE id = 4").unwrap();
         dentaltid.finish_export(4, id, at(2025, 1, 21, 15, 27)).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
@@ -426,7 +494,7 @@ mod tests {
     #[test]
     fn an_abandoned_export_leaves_the_patient_alone() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.begin_export(5, nanopix_id("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
+        dentaltid.begin_export(5, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
         dentaltid.abandon_export(5).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
         assert_eq!(dentaltid.patient(5).unwrap().unwrap().external_id, None);
@@ -436,10 +504,10 @@ mod tests {
     #[test]
     fn pending_exports_come_oldest_first_and_skip_unreadable_ids() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.begin_export(2, nanopix_id("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
-        dentaltid.begin_export(1, nanopix_id("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
-        let sql = "INSERT INTO nanopix_sync_exports VALUES (3, '../../etc', '2025-01-21T08:00:00.000'),
-            (4, '20250121_070000', 'whenever')";
+        dentaltid.begin_export(2, &exported_row("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
+        dentaltid.begin_export(1, &exported_row("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
+        let sql = "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at)
+            VALUES (3, '../../etc', '2025-01-21T08:00:00.000'), (4, '20250121_070000', 'whenever')";
         dentaltid.conn.execute_batch(sql).unwrap();
         let pending = dentaltid.pending_exports().unwrap();
         let order: Vec<i64> = pending.iter().map(|p| p.patient_id).collect();
@@ -447,11 +515,27 @@ mod tests {
     }
 
     #[test]
+    fn a_replanned_export_keeps_its_start_and_records_its_new_id_and_values() {
+        let (_dir, mut dentaltid) = sample_database();
+        dentaltid.begin_export(2, &exported_row("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
+        dentaltid.begin_export(1, &exported_row("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
+        let mut moved = exported_row("20250121_090005");
+        (moved.last_name, moved.birth_date) = ("Benalli".into(), None);
+        dentaltid.replan_export(1, &moved).unwrap();
+        let pending = dentaltid.pending_exports().unwrap();
+        let expected = PendingExport { patient_id: 1, external_id: moved.id, written: Some(moved.written()) };
+        assert_eq!(pending[0], expected, "still the oldest");
+        assert_eq!(pending.len(), 2);
+        let error = dentaltid.replan_export(3, &exported_row("20250121_090006")).unwrap_err();
+        assert!(matches!(error, Error::Database { step: "changing an export", .. }), "{error:?}");
+    }
+
+    #[test]
     fn the_journal_refuses_the_same_id_twice() {
         let (_dir, mut dentaltid) = sample_database();
-        let id = nanopix_id("20250121_152638");
-        dentaltid.begin_export(1, id, at(2025, 1, 21, 15, 26)).unwrap();
-        let error = dentaltid.begin_export(2, id, at(2025, 1, 21, 15, 26)).unwrap_err();
+        let row = exported_row("20250121_152638");
+        dentaltid.begin_export(1, &row, at(2025, 1, 21, 15, 26)).unwrap();
+        let error = dentaltid.begin_export(2, &row, at(2025, 1, 21, 15, 26)).unwrap_err();
         assert!(matches!(error, Error::Database { step: "recording an export", .. }), "{error:?}");
         assert_eq!(dentaltid.pending_exports().unwrap().len(), 1);
     }

@@ -47,8 +47,9 @@ const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT"
 /// a live pass find the few patients a new NanoPix patient could match without a full scan.
 ///
 /// A full reconcile reads every patient and needs neither, so they exist only from the moment
-/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on): a clinic
-/// that only ever syncs on demand does not pay for keeping them.
+/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on) or the
+/// first export (a new NanoPix id is looked up by `external_id`): a clinic that only ever
+/// imports on demand does not pay for keeping them.
 const OWN_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
@@ -60,7 +61,8 @@ const DROP_OWN_INDEXES: &str = "
     DROP INDEX IF EXISTS nanopix_sync_patients_date_of_birth;
 ";
 
-/// The sync's own tables.
+/// The sync's own tables, and the index that finds a link row by its NanoPix id (every new
+/// NanoPix id is looked up there).
 const OWN_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS nanopix_sync_links(
@@ -73,7 +75,11 @@ const OWN_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS nanopix_sync_exports(
         patient_id INTEGER PRIMARY KEY,
         external_id TEXT NOT NULL UNIQUE,
-        started_at TEXT NOT NULL
+        started_at TEXT NOT NULL,
+        written_last_name TEXT,
+        written_first_name TEXT,
+        written_birthdate TEXT,
+        written_created TEXT
     );
     CREATE TABLE IF NOT EXISTS nanopix_sync_imports(
         first_patient_id INTEGER PRIMARY KEY,
@@ -81,18 +87,30 @@ const OWN_TABLES: &str = "
         synced_at TEXT NOT NULL,
         external_ids TEXT NOT NULL
     );
+    CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
 ";
+
+/// The export journal's columns that its first version lacked, each with the statement that
+/// adds it: the values an export writes to NanoPix, by which a repair recognises its own row.
+/// Journal rows written before they existed hold NULL there.
+const EXPORT_JOURNAL_COLUMNS: [(&str, &str); 4] = [
+    ("written_last_name", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_last_name TEXT"),
+    ("written_first_name", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_first_name TEXT"),
+    ("written_birthdate", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_birthdate TEXT"),
+    ("written_created", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_created TEXT"),
+];
 
 /// The indexes [`OWN_INDEXES`] creates, as `(type, name)` in `sqlite_master`.
 const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
-/// The tables [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 4] = [
+/// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
+const OWN_OBJECTS: [(&str, &str); 5] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
     ("table", "nanopix_sync_imports"),
+    ("index", "nanopix_sync_links_external_id"),
 ];
 
 impl DentalTid {
@@ -103,14 +121,19 @@ impl DentalTid {
             return Ok(());
         }
         self.write("migrating the database", |tx| {
-            let columns = patient_columns(tx)?;
+            let columns = table_columns(tx, "patients")?;
             if !columns.contains("source") {
                 tx.execute_batch(ADD_SOURCE)?;
             }
             if !columns.contains("external_id") {
                 tx.execute_batch(ADD_EXTERNAL_ID)?;
             }
-            tx.execute_batch(OWN_TABLES)
+            tx.execute_batch(OWN_TABLES)?;
+            let journal = table_columns(tx, "nanopix_sync_exports")?;
+            for (_, add) in EXPORT_JOURNAL_COLUMNS.iter().filter(|(column, _)| !journal.contains(*column)) {
+                tx.execute_batch(add)?;
+            }
+            Ok(())
         })
     }
 
@@ -148,17 +171,22 @@ pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()>
     if !schema_object_exists(conn, "table", "patients").map_err(Error::db(path, step))? {
         return Err(Error::MissingTable { path: path.to_path_buf(), table: "patients" });
     }
-    let columns = patient_columns(conn).map_err(Error::db(path, step))?;
+    let columns = table_columns(conn, "patients").map_err(Error::db(path, step))?;
     match REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
         Some(column) => Err(Error::MissingColumn { path: path.to_path_buf(), table: "patients", column }),
         None => Ok(()),
     }
 }
 
-/// Whether both columns and every table of [`OWN_TABLES`] exist.
+/// Whether both columns, every table of [`OWN_TABLES`] and every column of
+/// [`EXPORT_JOURNAL_COLUMNS`] exist.
 fn is_migrated(conn: &Connection) -> rusqlite::Result<bool> {
-    let columns = patient_columns(conn)?;
-    Ok(columns.contains("source") && columns.contains("external_id") && all_exist(conn, &OWN_OBJECTS)?)
+    let columns = table_columns(conn, "patients")?;
+    if !(columns.contains("source") && columns.contains("external_id") && all_exist(conn, &OWN_OBJECTS)?) {
+        return Ok(false);
+    }
+    let journal = table_columns(conn, "nanopix_sync_exports")?;
+    Ok(EXPORT_JOURNAL_COLUMNS.iter().all(|(column, _)| journal.contains(*column)))
 }
 
 /// Whether every `(type, name)` of `objects` is in `sqlite_master`.
@@ -182,10 +210,11 @@ pub(super) fn schema_object_exists(conn: &Connection, kind: &str, name: &str) ->
     .map(|found| found.is_some())
 }
 
-/// The column names of `patients`, lower-cased (SQLite compares them without case).
-fn patient_columns(conn: &Connection) -> rusqlite::Result<HashSet<String>> {
-    let mut statement = conn.prepare("SELECT name FROM pragma_table_info('patients')")?;
-    let names = statement.query_map([], |row| text_at(row, 0))?;
+/// The column names of `table`, lower-cased (SQLite compares them without case); none when the
+/// table does not exist.
+fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<HashSet<String>> {
+    let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = statement.query_map([table], |row| text_at(row, 0))?;
     names.filter_map(|name| name.transpose()).map(|name| name.map(|name| name.to_lowercase())).collect()
 }
 
@@ -326,6 +355,30 @@ mod tests {
         assert!(is_migrated(&dentaltid.conn).unwrap());
         let links: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
         assert_eq!(links, [1]);
+    }
+
+    #[test]
+    fn an_export_journal_of_an_older_version_gains_its_columns_and_keeps_its_rows() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V29, true);
+        drop(open(&path));
+        let conn = Connection::open(&path).unwrap();
+        let older = "DROP TABLE nanopix_sync_exports;
+            CREATE TABLE nanopix_sync_exports(
+                patient_id INTEGER PRIMARY KEY, external_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL);
+            INSERT INTO nanopix_sync_exports VALUES (1, '20250122_100000', '2025-01-22T10:00:00.000')";
+        conn.execute_batch(older).unwrap();
+        assert!(!is_migrated(&conn).unwrap());
+        drop(conn);
+        let dentaltid = open(&path);
+        assert!(is_migrated(&dentaltid.conn).unwrap());
+        let external_id = crate::NanoPixId::parse("20250122_100000").unwrap();
+        let pending = dentaltid.pending_exports().unwrap();
+        assert_eq!(pending, [super::super::PendingExport { patient_id: 1, external_id, written: None }]);
+        drop(dentaltid);
+        let migrated = std::fs::read(&path).unwrap();
+        drop(open(&path));
+        assert_eq!(std::fs::read(&path).unwrap(), migrated, "a second open writes nothing");
     }
 
     #[test]

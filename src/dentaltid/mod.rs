@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::patient::Source;
+use crate::patient::{Source, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 
 mod candidates;
@@ -114,6 +114,9 @@ pub(crate) struct PendingExport {
     pub patient_id: i64,
     /// The NanoPix id reserved for it.
     pub external_id: NanoPixId,
+    /// What the export writes to NanoPix's row, by which its row is recognised; `None` in a
+    /// journal row written by a version that did not record it.
+    pub written: Option<WrittenRow>,
 }
 
 /// An open, migrated DentalTID database.

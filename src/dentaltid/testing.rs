@@ -73,6 +73,18 @@ pub(super) fn new_patient(
     }
 }
 
+/// A NanoPix row as an export of Amina Benali, born 1985-03-12, writes it with `id`.
+pub(super) fn exported_row(id: &str) -> crate::patient::NewNanoPixPatient {
+    crate::patient::NewNanoPixPatient {
+        id: nanopix_id(id),
+        last_name: "Benali".to_owned(),
+        first_name: "Amina".to_owned(),
+        birth_date: chrono::NaiveDate::from_ymd_opt(1985, 3, 12),
+        phone: None,
+        created: at(2025, 1, 21, 15, 26),
+    }
+}
+
 /// Links one patient through [`DentalTid::link_all`] and returns its outcome.
 pub(super) fn link_one(
     dentaltid: &mut DentalTid,

@@ -14,7 +14,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params_from_iter};
 
 use super::{IdRows, OddRow, PatientRows};
-use crate::patient::{self, NanoPixPatient, NewNanoPixPatient};
+use crate::patient::{self, NanoPixPatient, NewNanoPixPatient, WrittenRow};
 use crate::values::lossy_text;
 use crate::{Error, NanoPixId, Result};
 
@@ -216,7 +216,8 @@ pub(super) fn id_at(conn: &Connection, columns: &HashSet<String>, pk: i64) -> ru
 
 /// Whether a `Patient` row has this id.
 pub(super) fn id_exists(conn: &Connection, id: NanoPixId) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT EXISTS (SELECT 1 FROM Patient WHERE id = ?1)", [id.to_string()], |row| row.get(0))
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM Patient WHERE id = ?1)")?
+        .query_row([id.to_string()], |row| row.get(0))
 }
 
 /// Inserts the row unless its id exists (then returns `false`); only columns in `columns` are
@@ -241,14 +242,14 @@ pub(super) fn insert_patient(
 /// an empty text, not NULL, for a field left blank (DentalTID has no sex, doctor, social id,
 /// e-mail, zip code or address).
 fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>); 13] {
-    let created = patient::nanopix_datetime(patient.created);
+    let WrittenRow { last_name, first_name, birthdate, created } = patient.written();
     let blank = || Some(String::new());
     [
         ("id", Some(patient.id.to_string())),
-        ("last_name", Some(patient.last_name.clone())),
-        ("first_name", Some(patient.first_name.clone())),
+        ("last_name", Some(last_name)),
+        ("first_name", Some(first_name)),
         ("sex", blank()),
-        ("birthdate", patient.birth_date.map(patient::nanopix_date)),
+        ("birthdate", birthdate),
         ("doctor", blank()),
         ("social_id", blank()),
         ("phone", Some(patient.phone.clone().unwrap_or_default())),
@@ -258,6 +259,46 @@ fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>)
         ("created_datetime", Some(created.clone())),
         ("updated_datetime", Some(created)),
     ]
+}
+
+/// Whether a row with `id` holds `written`'s values, compared as stored text, in each of
+/// `last_name`, `first_name`, `birthdate` and `created_datetime` that exist in `columns`.
+/// `updated_datetime` is not compared: NanoPix rewrites it when its user edits the patient.
+pub(super) fn holds_written_row(
+    conn: &Connection,
+    columns: &HashSet<String>,
+    id: NanoPixId,
+    written: &WrittenRow,
+) -> rusqlite::Result<bool> {
+    let compared: Vec<(&str, Option<&str>)> = [
+        ("last_name", Some(written.last_name.as_str())),
+        ("first_name", Some(written.first_name.as_str())),
+        ("birthdate", written.birthdate.as_deref()),
+        ("created_datetime", Some(written.created.as_str())),
+    ]
+    .into_iter()
+    .filter(|(name, _)| columns.contains(*name))
+    .collect();
+    let names: Vec<&str> = compared.iter().map(|(name, _)| *name).collect();
+    let sql = format!("SELECT {} FROM Patient WHERE id = ?1", names.join(", "));
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([id.to_string()])?;
+    while let Some(row) = rows.next()? {
+        if row_holds(row, &compared)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether each column of `row` holds, as text, the value `expected` gives in its place.
+fn row_holds(row: &Row<'_>, expected: &[(&str, Option<&str>)]) -> rusqlite::Result<bool> {
+    for (index, (_, value)) in expected.iter().enumerate() {
+        if lossy_text(row.get_ref(index)?).as_deref() != *value {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// How many rows `Patient` holds.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::patient::{NanoPixPatient, NewNanoPixPatient};
+use crate::patient::{NanoPixPatient, NewNanoPixPatient, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 use database::{Deletion, Selection};
 
@@ -226,6 +226,13 @@ impl NanoPix {
         database::write(&self.conn, &self.db_path, "insert patient", |conn| {
             database::insert_patient(conn, &self.patient_columns, patient)
         })
+    }
+
+    /// Whether the row with this id is one the sync wrote with `written`'s values: each of the
+    /// columns that identify it and that exist holds exactly the text written.
+    pub fn holds_written_row(&self, id: NanoPixId, written: &WrittenRow) -> Result<bool> {
+        database::holds_written_row(&self.conn, &self.patient_columns, id, written)
+            .map_err(self.sql_error("compare a patient row with the one written"))
     }
 
     /// The folder of a patient: `PatientData/<id>`.
@@ -540,6 +547,41 @@ pub(crate) mod tests {
         assert_eq!((patient.pk, patient.last_name.as_str(), patient.first_name.as_str()), (1, "Benali", "Amina"));
         assert_eq!((patient.birth_date, patient.phone, patient.sex), (None, None, None));
         assert_eq!(patient.created, Some(at("2025-03-01 09:30:07")));
+    }
+
+    #[test]
+    fn a_written_row_is_recognised_by_its_stored_text_alone() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let mut old = new_patient("20250301_093000");
+        old.birth_date = NaiveDate::from_ymd_opt(1800, 3, 12);
+        nanopix.insert_patient(&old).unwrap();
+        assert_eq!(nanopix.patient(old.id).unwrap().unwrap().birth_date, None, "read back as unknown");
+        assert!(nanopix.holds_written_row(old.id, &old.written()).unwrap());
+        other_connection(&root).execute_batch("UPDATE Patient SET updated_datetime = '2025-03-02 08:00:00'").unwrap();
+        assert!(nanopix.holds_written_row(old.id, &old.written()).unwrap(), "NanoPix edited it: still ours");
+        let mut other = old.clone();
+        other.first_name = "Samira".into();
+        assert!(!nanopix.holds_written_row(old.id, &other.written()).unwrap());
+        other = old.clone();
+        other.created = at("2025-03-01 09:30:08");
+        assert!(!nanopix.holds_written_row(old.id, &other.written()).unwrap());
+        assert!(!nanopix.holds_written_row(id("20250301_093001"), &old.written()).unwrap());
+    }
+
+    #[test]
+    fn a_written_row_is_compared_only_on_existing_columns() {
+        let (_temp, root) = root_with_schema(
+            "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250) NOT NULL UNIQUE,
+                                   last_name VARCHAR(250) NOT NULL, created_datetime DATETIME);",
+        );
+        let nanopix = open(&root);
+        let written = new_patient("20250301_093000");
+        nanopix.insert_patient(&written).unwrap();
+        assert!(nanopix.holds_written_row(written.id, &written.written()).unwrap());
+        let mut other = written.clone();
+        other.last_name = "Other".into();
+        assert!(!nanopix.holds_written_row(written.id, &other.written()).unwrap());
     }
 
     fn file_settings(root: &Path) -> (String, i64, i64, Vec<String>) {
