@@ -221,9 +221,13 @@ impl Engine {
         switched
     }
 
+    /// Stores the switch. Switching off keeps the patients whose export is still due, since
+    /// switching on again moves the export cursor past every patient.
     fn switch_live_sync(&mut self, enabled: bool) -> Result<()> {
         if self.dentaltid.live_sync()? != enabled {
-            self.dentaltid.set_live_sync(enabled)?;
+            let due: Vec<i64> =
+                if enabled { Vec::new() } else { self.due_after_cursor()?.iter().map(|p| p.id).collect() };
+            self.dentaltid.set_live_sync(enabled, &due)?;
             self.bus.emit(EventKind::LiveSyncChanged { enabled });
         }
         Ok(())
@@ -619,23 +623,56 @@ impl Engine {
         Ok(())
     }
 
-    /// Exports DentalTID patients added past the Live Sync cursor, then moves the cursor past
-    /// them, or up to the first whose export failed, so the next pass tries it again.
+    /// Exports the patients still due from before Live Sync was last switched off, then those
+    /// added past the Live Sync cursor, and moves the cursor past them, or up to the first whose
+    /// export failed, so the next pass tries it again.
     fn export_new(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        self.export_due(report)?;
         let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
         let added = self.dentaltid.patients_after(cursor)?;
         let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
-        let pending: HashSet<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
-        let to_export: Vec<Patient> = added
-            .into_iter()
-            .filter(|p| p.source == Source::Internal && p.external_id.is_none() && !pending.contains(&p.id))
-            .collect();
+        let to_export = self.awaiting_export(added)?;
         let failed = self.export_each(&to_export, report);
         if !self.cancelled() {
             let cursor = failed.map_or(last, |patient_id| patient_id.saturating_sub(1));
             self.dentaltid.set_export_cursor(cursor)?;
         }
         Ok(())
+    }
+
+    /// Exports the patients [`DentalTid::exports_due`] names, and keeps there those still due.
+    fn export_due(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let due = self.dentaltid.exports_due()?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut patients = Vec::with_capacity(due.len());
+        for id in due {
+            patients.extend(self.dentaltid.patient(id)?);
+        }
+        let patients = self.awaiting_export(patients)?;
+        self.export_each(&patients, report);
+        let mut still_due = Vec::new();
+        for patient in patients {
+            still_due.extend(self.dentaltid.patient(patient.id)?.filter(|p| p.external_id.is_none()).map(|p| p.id));
+        }
+        self.dentaltid.set_exports_due(&still_due)
+    }
+
+    /// Patients added past the export cursor that still wait for their export.
+    fn due_after_cursor(&self) -> Result<Vec<Patient>> {
+        let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
+        self.awaiting_export(self.dentaltid.patients_after(cursor)?)
+    }
+
+    /// Those of `patients` an export should write: created in DentalTID, with no NanoPix id,
+    /// and not in the journal (a repair ends those).
+    fn awaiting_export(&self, patients: Vec<Patient>) -> Result<Vec<Patient>> {
+        let pending: HashSet<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
+        Ok(patients
+            .into_iter()
+            .filter(|p| p.source == Source::Internal && p.external_id.is_none() && !pending.contains(&p.id))
+            .collect())
     }
 
     /// Exports `patients` in order, reporting each failure; returns the id of the first that failed.

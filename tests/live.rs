@@ -117,6 +117,26 @@ fn a_switch_off_that_cannot_be_stored_leaves_live_sync_working() {
 }
 
 #[test]
+fn an_export_still_due_when_live_sync_goes_off_is_done_when_it_comes_back_on() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    let block =
+        "CREATE TRIGGER block_exports BEFORE INSERT ON nanopix_sync_exports BEGIN SELECT RAISE(ABORT, 'blocked'); END";
+    dentaltid.execute_batch(block).unwrap();
+    let due = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { patient_id: Some(p), .. } if *p == due));
+    sync.set_live_sync(false).unwrap();
+    dentaltid.execute_batch("DROP TRIGGER block_exports").unwrap();
+    let while_off = clinic.add_dentaltid("Added", "WhileOff", None);
+
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == due));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    assert_eq!(sync.source_info(while_off).unwrap().external_id, None, "added while Live Sync was off");
+}
+
+#[test]
 fn a_new_patient_on_the_pk_of_nanopix_s_deleted_last_patient_is_imported() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);

@@ -1,5 +1,5 @@
 //! The sync's own settings, kept in DentalTID's file in `nanopix_sync_state`: whether Live Sync
-//! is on and the export cursor. Also `PRAGMA data_version`, to notice other writers.
+//! is on, the export cursor, and the exports still due when it was switched off.
 //!
 //! Values are written only when they change, and never anywhere but `nanopix_sync_state`.
 
@@ -16,6 +16,11 @@ const LIVE_SYNC: &str = "live_sync";
 /// The key of the export cursor: the highest patient id already considered for export.
 const EXPORT_CURSOR: &str = "export_cursor";
 
+/// The key of the patients added while Live Sync was on whose export had not succeeded when it
+/// was switched off (their ids, comma-separated): switching it on again moves the cursor past
+/// them, so they are kept here until exported.
+const EXPORTS_DUE: &str = "exports_due";
+
 impl DentalTid {
     /// Whether Live Sync is on (off when never set).
     pub fn live_sync(&self) -> Result<bool> {
@@ -24,14 +29,34 @@ impl DentalTid {
     }
 
     /// Switches Live Sync; switching it on sets the export cursor to the highest id used so far.
-    pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
+    /// `due` (when switching off) are patients whose export is still due: they join
+    /// [`DentalTid::exports_due`] in the same transaction.
+    pub fn set_live_sync(&mut self, enabled: bool, due: &[i64]) -> Result<()> {
         self.write("switching Live Sync", |tx| {
             put_state(tx, LIVE_SYNC, if enabled { "1" } else { "0" })?;
             if enabled {
                 put_state(tx, EXPORT_CURSOR, &highest_patient_id(tx)?.to_string())?;
             }
+            if !due.is_empty() {
+                let mut all = due_ids(tx)?;
+                all.extend_from_slice(due);
+                put_state(tx, EXPORTS_DUE, &join_ids(all))?;
+            }
             Ok(())
         })
+    }
+
+    /// Patients whose export was still due when Live Sync was last switched off, in id order.
+    pub fn exports_due(&self) -> Result<Vec<i64>> {
+        due_ids(&self.conn).map_err(Error::db(&self.path, "reading the exports due"))
+    }
+
+    /// Keeps only `due` as the exports still due (writes only when that changes).
+    pub fn set_exports_due(&mut self, due: &[i64]) -> Result<()> {
+        if self.exports_due()? == due {
+            return Ok(());
+        }
+        self.write("recording the exports due", |tx| put_state(tx, EXPORTS_DUE, &join_ids(due.to_vec())))
     }
 
     /// The export cursor: patients with a higher id were added while Live Sync was on.
@@ -58,6 +83,19 @@ fn state_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>>
     Ok(conn.query_row(sql, [key], |row| text_at(row, 0)).optional()?.flatten())
 }
 
+/// The ids stored under [`EXPORTS_DUE`], in order; a part that is not a number is skipped.
+fn due_ids(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+    let value = state_value(conn, EXPORTS_DUE)?.unwrap_or_default();
+    Ok(value.split(',').filter_map(|id| id.trim().parse().ok()).collect())
+}
+
+/// `ids` sorted, without repeats, comma-separated.
+fn join_ids(mut ids: Vec<i64>) -> String {
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Stores `value` under `key`.
 fn put_state(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     let sql = "INSERT INTO nanopix_sync_state(key, value) VALUES (?1, ?2)
@@ -75,10 +113,10 @@ mod tests {
         let (_dir, mut dentaltid) = sample_database();
         assert!(!dentaltid.live_sync().unwrap());
         assert_eq!(dentaltid.export_cursor().unwrap(), None);
-        dentaltid.set_live_sync(true).unwrap();
+        dentaltid.set_live_sync(true, &[]).unwrap();
         assert!(dentaltid.live_sync().unwrap());
         assert_eq!(dentaltid.export_cursor().unwrap(), Some(6));
-        dentaltid.set_live_sync(false).unwrap();
+        dentaltid.set_live_sync(false, &[]).unwrap();
         assert!(!dentaltid.live_sync().unwrap());
         assert_eq!(dentaltid.export_cursor().unwrap(), Some(6));
     }
@@ -90,14 +128,14 @@ mod tests {
             .import(&[new_patient("New", at(2025, 1, 22, 9, 0), "20250122_090000")], at(2025, 1, 22, 9, 0))
             .unwrap();
         dentaltid.conn.execute_batch("DELETE FROM patients WHERE id = 7").unwrap();
-        dentaltid.set_live_sync(true).unwrap();
+        dentaltid.set_live_sync(true, &[]).unwrap();
         assert_eq!(dentaltid.export_cursor().unwrap(), Some(7));
     }
 
     #[test]
     fn live_sync_survives_a_reopen() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.set_live_sync(true).unwrap();
+        dentaltid.set_live_sync(true, &[]).unwrap();
         let path = dentaltid.path().to_path_buf();
         drop(dentaltid);
         let reopened = super::super::testing::open(&path);
@@ -122,5 +160,22 @@ mod tests {
         let (_dir, dentaltid) = sample_database();
         dentaltid.conn.execute_batch("INSERT INTO nanopix_sync_state VALUES ('export_cursor', 'soon')").unwrap();
         assert_eq!(dentaltid.export_cursor().unwrap(), None);
+    }
+
+    #[test]
+    fn exports_due_at_switch_off_are_kept_until_set_again() {
+        let (_dir, mut dentaltid) = sample_database();
+        assert_eq!(dentaltid.exports_due().unwrap(), Vec::<i64>::new());
+        dentaltid.set_live_sync(true, &[]).unwrap();
+        dentaltid.set_live_sync(false, &[5, 3]).unwrap();
+        dentaltid.set_live_sync(true, &[]).unwrap();
+        assert_eq!(dentaltid.exports_due().unwrap(), [3, 5], "switching on keeps them");
+        dentaltid.set_live_sync(false, &[6, 3]).unwrap();
+        assert_eq!(dentaltid.exports_due().unwrap(), [3, 5, 6]);
+        let bytes = std::fs::read(dentaltid.path()).unwrap();
+        dentaltid.set_exports_due(&[3, 5, 6]).unwrap();
+        assert_eq!(std::fs::read(dentaltid.path()).unwrap(), bytes, "unchanged, so not written");
+        dentaltid.set_exports_due(&[]).unwrap();
+        assert_eq!(dentaltid.exports_due().unwrap(), Vec::<i64>::new());
     }
 }
