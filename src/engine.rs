@@ -315,16 +315,15 @@ impl Engine {
     /// and no recorded link (a link row or an import batch) names.
     fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
         let in_flight = self.in_flight_ids()?;
-        let mut unknown = Vec::new();
+        let mut unheld = Vec::new();
         for patient in patients {
-            if !in_flight.contains(&patient.id)
-                && !self.dentaltid.holds_external_id(patient.id)?
-                && !self.dentaltid.has_recorded_link(patient.id)?
-            {
-                unknown.push(patient);
+            if !in_flight.contains(&patient.id) && !self.dentaltid.holds_external_id(patient.id)? {
+                unheld.push(patient);
             }
         }
-        Ok(unknown)
+        let ids: Vec<NanoPixId> = unheld.iter().map(|patient| patient.id).collect();
+        let recorded = self.dentaltid.recorded_links(&ids)?;
+        Ok(unheld.into_iter().filter(|patient| !recorded.contains(&patient.id)).collect())
     }
 
     /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those

@@ -14,6 +14,8 @@
 use std::fmt::Write;
 
 use chrono::NaiveDateTime;
+use foldhash::{HashMap, HashSet};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
@@ -81,20 +83,52 @@ impl DentalTid {
         self.conn.query_row(sql, [], |row| row.get(0)).map_err(Error::db(&self.path, "looking for links"))
     }
 
-    /// Whether the sync recorded a link to this NanoPix id, in a link row or an import batch,
-    /// whatever became of its patient: a patient deleted in DentalTID after its import, or while
-    /// its export finished, still counts, so its NanoPix patient is never imported back.
-    ///
-    /// A batch holds ids end to end, and every id has its one `_` at the same offset, so an id
-    /// found anywhere in a batch is one of its entries.
+    /// Whether the sync recorded a link to this NanoPix id: see [`DentalTid::recorded_links`].
     pub fn has_recorded_link(&self, external_id: NanoPixId) -> Result<bool> {
-        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)
-                   OR EXISTS(SELECT 1 FROM nanopix_sync_imports WHERE instr(external_ids, ?1) > 0)";
-        let found = self
-            .conn
-            .prepare_cached(sql)
-            .and_then(|mut select| select.query_row([external_id.to_string()], |row| row.get(0)));
-        found.map_err(Error::db(&self.path, "looking up a link"))
+        Ok(self.recorded_links(&[external_id])?.contains(&external_id))
+    }
+
+    /// Those of `ids` the sync recorded a link to, in a link row or an import batch, whatever
+    /// became of the patient: a patient deleted in DentalTID after its import, or while its
+    /// export finished, still counts, so its NanoPix patient is never imported back and its id
+    /// never given again. Link rows are found by index; the batches are read once for all `ids`.
+    pub fn recorded_links(&self, ids: &[NanoPixId]) -> Result<HashSet<NanoPixId>> {
+        let wanted: HashMap<String, NanoPixId> = ids.iter().map(|id| (id.to_string(), *id)).collect();
+        let read = || {
+            let mut found = HashSet::default();
+            let mut in_rows =
+                self.conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)")?;
+            for (text, id) in &wanted {
+                if in_rows.query_row([text], |row| row.get(0))? {
+                    found.insert(*id);
+                }
+            }
+            if found.len() < wanted.len() {
+                self.find_in_batches(&wanted, &mut found)?;
+            }
+            Ok(found)
+        };
+        read().map_err(Error::db(&self.path, "looking up links"))
+    }
+
+    /// Adds to `found` the ids of `wanted` that an import batch holds. A batch holds its ids
+    /// end to end, so each sits at a multiple of [`ID_LEN`].
+    fn find_in_batches(
+        &self,
+        wanted: &HashMap<String, NanoPixId>,
+        found: &mut HashSet<NanoPixId>,
+    ) -> rusqlite::Result<()> {
+        let mut batches = self.conn.prepare_cached("SELECT external_ids FROM nanopix_sync_imports")?;
+        let mut rows = batches.query([])?;
+        while let Some(row) = rows.next()? {
+            let ValueRef::Text(ids) = row.get_ref(0)? else { continue };
+            let held = ids.chunks_exact(ID_LEN).filter_map(|id| std::str::from_utf8(id).ok());
+            found.extend(held.filter_map(|id| wanted.get(id)).copied());
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Whether a `delete_requested` link records this NanoPix id and no DentalTID patient holds
@@ -489,6 +523,9 @@ mod tests {
         assert!(dentaltid.has_recorded_link(nanopix_id("20250102_000000")).unwrap(), "never imported back");
         assert!(dentaltid.has_recorded_link(nanopix_id("20250101_000000")).unwrap());
         assert!(!dentaltid.has_recorded_link(nanopix_id("20250101_000001")).unwrap());
+        let asked = ["20250102_000000", "20250101_000001", "20250101_000000"].map(nanopix_id);
+        let recorded = dentaltid.recorded_links(&asked).unwrap();
+        assert_eq!(recorded, [asked[0], asked[2]].into_iter().collect(), "read once for all");
     }
 
     #[test]
