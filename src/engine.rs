@@ -70,6 +70,9 @@ pub(crate) struct Engine {
     /// The last id an export was given: the next one is looked for from the second after it,
     /// so exports in a row do not probe again every id the earlier ones took.
     last_issued: Option<NanoPixId>,
+    /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
+    /// automatic work follows when a switch can be neither stored nor read back.
+    live_stored: bool,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -133,7 +136,8 @@ impl Engine {
         config.check()?;
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
-        signals.live.store(dentaltid.live_sync()?, Ordering::Relaxed);
+        let live_stored = dentaltid.live_sync()?;
+        signals.live.store(live_stored, Ordering::Relaxed);
         let indexed = dentaltid.has_own_indexes()?;
         let mut engine = Self {
             config,
@@ -145,6 +149,7 @@ impl Engine {
             cursor: None,
             indexed,
             last_issued: None,
+            live_stored,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -167,6 +172,8 @@ impl Engine {
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
         let started = Instant::now();
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
+        // The cursor described the file opened before; only a whole reconcile gives a new one.
+        self.cursor = None;
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
@@ -213,10 +220,9 @@ impl Engine {
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {
         self.signals.live.store(enabled, Ordering::Relaxed);
         let switched = self.switch_live_sync(enabled);
-        if switched.is_err()
-            && let Ok(stored) = self.dentaltid.live_sync()
-        {
-            self.signals.live.store(stored, Ordering::Relaxed);
+        if switched.is_err() {
+            self.live_stored = self.dentaltid.live_sync().unwrap_or(self.live_stored);
+            self.signals.live.store(self.live_stored, Ordering::Relaxed);
         }
         switched
     }
@@ -224,10 +230,12 @@ impl Engine {
     /// Stores the switch. Switching off keeps the patients whose export is still due, since
     /// switching on again moves the export cursor past every patient.
     fn switch_live_sync(&mut self, enabled: bool) -> Result<()> {
-        if self.dentaltid.live_sync()? != enabled {
+        self.live_stored = self.dentaltid.live_sync()?;
+        if self.live_stored != enabled {
             let due: Vec<i64> =
                 if enabled { Vec::new() } else { self.due_after_cursor()?.iter().map(|p| p.id).collect() };
             self.dentaltid.set_live_sync(enabled, &due)?;
+            self.live_stored = enabled;
             self.bus.emit(EventKind::LiveSyncChanged { enabled });
         }
         Ok(())

@@ -107,13 +107,15 @@ fn a_switch_off_that_cannot_be_stored_leaves_live_sync_working() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
     let holder = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let switched = sync.set_live_sync(false);
-    holder.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(switched.map_err(|error| error.code()), Err("busy"));
-    assert!(sync.live_sync().unwrap(), "the setting stayed on");
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    imported(&sync, "20250122_091500");
+    for (lock, patient) in [("IMMEDIATE", "20250122_091500"), ("EXCLUSIVE", "20250122_091600")] {
+        holder.execute_batch(&format!("BEGIN {lock}")).unwrap();
+        let switched = sync.set_live_sync(false);
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(switched.map_err(|error| error.code()), Err("busy"), "{lock}");
+        assert!(sync.live_sync().unwrap(), "the setting stayed on");
+        clinic.add_nanopix(patient, "Mansouri", "Yacine", Some("2001-05-19"));
+        imported(&sync, patient);
+    }
 }
 
 #[test]

@@ -93,38 +93,47 @@ impl DentalTid {
     /// export finished, still counts, so its NanoPix patient is never imported back and its id
     /// never given again. Link rows are found by index; the batches are read once for all `ids`.
     pub fn recorded_links(&self, ids: &[NanoPixId]) -> Result<HashSet<NanoPixId>> {
-        let wanted: HashMap<String, NanoPixId> = ids.iter().map(|id| (id.to_string(), *id)).collect();
         let read = || {
-            let mut found = HashSet::default();
             let mut in_rows =
                 self.conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)")?;
-            for (text, id) in &wanted {
-                if in_rows.query_row([text], |row| row.get(0))? {
-                    found.insert(*id);
+            let mut found = HashSet::default();
+            let mut rest = HashMap::default();
+            for &id in ids {
+                let text = id.to_string();
+                if in_rows.query_row([&text], |row| row.get(0))? {
+                    found.insert(id);
+                } else if let Ok(bytes) = <[u8; ID_LEN]>::try_from(text.as_bytes()) {
+                    rest.insert(bytes, id);
                 }
             }
-            if found.len() < wanted.len() {
-                self.find_in_batches(&wanted, &mut found)?;
+            if !rest.is_empty() {
+                self.find_in_batches(&rest, &mut found)?;
             }
             Ok(found)
         };
         read().map_err(Error::db(&self.path, "looking up links"))
     }
 
-    /// Adds to `found` the ids of `wanted` that an import batch holds. A batch holds its ids
-    /// end to end, so each sits at a multiple of [`ID_LEN`].
+    /// Adds to `found` the ids of `wanted` (keyed by their text) that an import batch holds. A
+    /// batch holds its ids end to end, so each sits at a multiple of [`ID_LEN`].
     fn find_in_batches(
         &self,
-        wanted: &HashMap<String, NanoPixId>,
+        wanted: &HashMap<[u8; ID_LEN], NanoPixId>,
         found: &mut HashSet<NanoPixId>,
     ) -> rusqlite::Result<()> {
         let mut batches = self.conn.prepare_cached("SELECT external_ids FROM nanopix_sync_imports")?;
         let mut rows = batches.query([])?;
+        let mut left = wanted.len();
         while let Some(row) = rows.next()? {
             let ValueRef::Text(ids) = row.get_ref(0)? else { continue };
-            let held = ids.chunks_exact(ID_LEN).filter_map(|id| std::str::from_utf8(id).ok());
-            found.extend(held.filter_map(|id| wanted.get(id)).copied());
-            if found.len() == wanted.len() {
+            for id in ids.chunks_exact(ID_LEN).filter_map(|held| <[u8; ID_LEN]>::try_from(held).ok()) {
+                if let Some(&id) = wanted.get(&id)
+                    && found.insert(id)
+                {
+                    left -= 1;
+                }
+            }
+            if left == 0 {
                 break;
             }
         }
