@@ -769,7 +769,7 @@ impl Engine {
 
     /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
     /// when it is the row the export wrote; else by writing the patient as it is now, at the
-    /// reserved id when no row holds it, or else at a new free id. The journal records the row
+    /// reserved id when nothing else uses it (no row, no folder), or else at a new free id. The journal records the row
     /// first, in the one transaction that moves it to its new id if need be.
     fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
         let id = pending.external_id;
@@ -777,7 +777,9 @@ impl Engine {
             self.link_export(patient.id, id)?;
             return Ok(id);
         }
-        let row = if self.nanopix.id_exists(id)? {
+        let mut others = self.in_flight_ids()?;
+        others.remove(&id);
+        let row = if self.id_taken(id, &others)? {
             self.planned_row(patient)?
         } else {
             new_nanopix_row(patient, id, self.config.clock.now())
@@ -815,13 +817,17 @@ impl Engine {
     fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
         let in_flight = self.in_flight_ids()?;
         let from = self.last_issued.map_or(now, |last| now.max(last.next_second().datetime()));
-        NanoPixId::first_free(from, |id| {
-            Ok(in_flight.contains(&id)
-                || self.nanopix.folder_path(id).symlink_metadata().is_ok()
-                || self.nanopix.id_exists(id)?
-                || self.dentaltid.holds_external_id(id)?
-                || self.dentaltid.has_recorded_link(id)?)
-        })
+        NanoPixId::first_free(from, |id| self.id_taken(id, &in_flight))
+    }
+
+    /// Whether `id` is in use: by an export in `in_flight`, on disk, in NanoPix's database, or
+    /// in DentalTID.
+    fn id_taken(&self, id: NanoPixId, in_flight: &HashSet<NanoPixId>) -> Result<bool> {
+        Ok(in_flight.contains(&id)
+            || self.nanopix.folder_path(id).symlink_metadata().is_ok()
+            || self.nanopix.id_exists(id)?
+            || self.dentaltid.holds_external_id(id)?
+            || self.dentaltid.has_recorded_link(id)?)
     }
 
     /// The NanoPix ids of exports in flight (in the journal).

@@ -167,8 +167,8 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
 fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_patient() {
     let clinic = Clinic::new("v29");
     let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
-    std::fs::write(clinic.root.join(reserved), b"a file where the folder goes, so the repair fails").unwrap();
     clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+    block_nanopix_inserts(&clinic, true);
 
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
@@ -179,10 +179,21 @@ fn a_patient_whose_export_is_still_pending_is_never_linked_to_another_nanopix_pa
     assert_eq!(same_person.len(), 1, "imported, and reported as a possible duplicate");
     assert_ne!(same_person[0], 1);
 
-    std::fs::remove_file(clinic.root.join(reserved)).unwrap();
+    block_nanopix_inserts(&clinic, false);
     let repaired = sync.reconcile().unwrap();
     assert_eq!((repaired.repaired, repaired.imported), (1, 0), "the export ends, and its row is not imported");
     assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved.as_str()));
+}
+
+/// Makes every insert into NanoPix's `Patient` table fail, or lets them through again, so an
+/// export's repair fails until told otherwise.
+fn block_nanopix_inserts(clinic: &Clinic, blocked: bool) {
+    let sql = if blocked {
+        "CREATE TRIGGER block_inserts BEFORE INSERT ON Patient BEGIN SELECT RAISE(ABORT, 'blocked'); END"
+    } else {
+        "DROP TRIGGER block_inserts"
+    };
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(sql).unwrap();
 }
 
 /// Runs SQL on the DentalTID database, as DentalTID itself would.
@@ -400,9 +411,9 @@ fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
     for all_at_once in [false, true] {
         let clinic = Clinic::new("v29");
         let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
-        std::fs::write(clinic.root.join(&reserved), b"a file where the folder goes, so the repair fails").unwrap();
+        block_nanopix_inserts(&clinic, true);
         let sync = clinic.open();
-        std::fs::remove_file(clinic.root.join(&reserved)).unwrap();
+        block_nanopix_inserts(&clinic, false);
         if all_at_once {
             assert_eq!(sync.export_existing().unwrap(), 6);
         } else {
@@ -413,4 +424,33 @@ fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
         assert_eq!(nanopix_row(&clinic, &reserved).len(), 1);
         assert!(clinic.dentaltid_rows("SELECT 1 FROM nanopix_sync_exports", |r| r.get::<_, i64>(0)).is_empty());
     }
+}
+
+#[test]
+fn a_row_a_nanopix_user_corrected_before_the_repair_is_still_the_exports_own() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute("UPDATE Patient SET first_name = 'Aminah' WHERE id = ?1", [&reserved]).unwrap();
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 1, "only the fixture patient");
+    let benalis: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Benali'", |r| r.get(0));
+    assert_eq!(benalis, std::slice::from_ref(&reserved), "one NanoPix row for Amina Benali");
+    assert_eq!(sync.source_info(1).unwrap().external_id, Some(reserved.clone()));
+    assert!(clinic.root.join(&reserved).is_dir());
+}
+
+#[test]
+fn a_reserved_id_whose_folder_appeared_meanwhile_is_not_used() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+    let folder = clinic.root.join(&reserved);
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("20250121_153202_thumbnail.jpg"), b"another patient's image").unwrap();
+    let sync = clinic.open();
+    let linked = sync.source_info(1).unwrap().external_id.expect("exported at another id");
+    assert_ne!(linked, reserved);
+    assert!(clinic.root.join(&linked).is_dir());
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1, "the other folder is left alone");
 }

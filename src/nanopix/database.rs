@@ -261,8 +261,12 @@ fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>)
     ]
 }
 
-/// Whether a row with `id` holds `written`'s values, compared as stored text, in each of
-/// `last_name`, `first_name`, `birthdate` and `created_datetime` that exist in `columns`.
+/// Whether a row with `id` is the one the sync wrote with `written`'s values, compared as
+/// stored text. With a `created_datetime` column, it must hold the second the export ran (which
+/// NanoPix never rewrites, and which its own patients, saved after the second of their id, do
+/// not share) and at least one of `last_name`, `first_name` and `birthdate` that exist must
+/// still hold what was written: a NanoPix user correcting the others before the repair does
+/// not make the row a stranger's. Without `created_datetime`, every one of them must.
 /// `updated_datetime` is not compared: NanoPix rewrites it when its user edits the patient.
 pub(super) fn holds_written_row(
     conn: &Connection,
@@ -291,14 +295,23 @@ pub(super) fn holds_written_row(
     Ok(false)
 }
 
-/// Whether each column of `row` holds, as text, the value `expected` gives in its place.
+/// Whether `row` holds the values `expected` gives, column by column, as
+/// [`holds_written_row`] decides.
 fn row_holds(row: &Row<'_>, expected: &[(&str, Option<&str>)]) -> rusqlite::Result<bool> {
-    for (index, (_, value)) in expected.iter().enumerate() {
-        if lossy_text(row.get_ref(index)?).as_deref() != *value {
-            return Ok(false);
+    let mut created = None;
+    let mut fields = Vec::with_capacity(expected.len());
+    for (index, (name, value)) in expected.iter().enumerate() {
+        let holds = lossy_text(row.get_ref(index)?).as_deref() == *value;
+        if *name == "created_datetime" {
+            created = Some(holds);
+        } else {
+            fields.push(holds);
         }
     }
-    Ok(true)
+    Ok(match created {
+        Some(created) => created && (fields.is_empty() || fields.contains(&true)),
+        None => !fields.contains(&false),
+    })
 }
 
 /// How many rows `Patient` holds.

@@ -562,7 +562,9 @@ pub(crate) mod tests {
         assert!(nanopix.holds_written_row(old.id, &old.written()).unwrap(), "NanoPix edited it: still ours");
         let mut other = old.clone();
         other.first_name = "Samira".into();
-        assert!(!nanopix.holds_written_row(old.id, &other.written()).unwrap());
+        assert!(nanopix.holds_written_row(old.id, &other.written()).unwrap(), "one field corrected: still ours");
+        (other.last_name, other.birth_date) = ("Haddad".into(), None);
+        assert!(!nanopix.holds_written_row(old.id, &other.written()).unwrap(), "every field differs");
         other = old.clone();
         other.created = at("2025-03-01 09:30:08");
         assert!(!nanopix.holds_written_row(old.id, &other.written()).unwrap());
