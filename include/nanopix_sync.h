@@ -271,9 +271,10 @@ uint32_t nps_set_live_sync(NpsHandle *handle, bool enabled);
 uint32_t nps_live_sync(const NpsHandle *handle, bool *enabled);
 
 /**
- * Exports the DentalTID patient `patient_id` to NanoPix now.
+ * Exports the DentalTID patient `patient_id` to NanoPix now. NanoPix patients the sync has not
+ * seen yet are imported or linked first; when one of them is this patient, it is linked instead.
  *
- * On success writes its new NanoPix id (`YYYYMMDD_HHMMSS`) as a library-owned string to
+ * On success writes its NanoPix id (`YYYYMMDD_HHMMSS`) as a library-owned string to
  * `*external_id`; free it with `nps_string_free`. Any thread may call it.
  *
  * # Safety

@@ -241,17 +241,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Exports one DentalTID patient now, whatever Live Sync says.
+    /// Exports one DentalTID patient now, whatever Live Sync says. NanoPix patients the sync has
+    /// not seen yet are imported or linked first: when one of them is this patient, it is linked
+    /// to it instead, and its id is returned.
     pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         if let Some(external_id) = &patient.external_id {
             return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
         }
-        self.export_or_resume(&patient)
+        self.sync_changes()?;
+        let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
+        match patient.external_id.as_deref().map(NanoPixId::parse) {
+            Some(linked) => linked,
+            None => self.export_or_resume(&patient),
+        }
     }
 
-    /// Exports every DentalTID patient that has no NanoPix link yet; returns how many.
+    /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix
+    /// patients the sync has not seen yet are imported or linked first, so a patient both
+    /// programs hold is linked, not exported a second time.
     pub fn export_existing(&mut self) -> Result<u64> {
+        self.sync_changes()?;
         let mut report = ReconcileReport::default();
         let unlinked: Vec<Patient> =
             self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();

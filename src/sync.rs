@@ -124,14 +124,17 @@ impl NanoPixSync {
         self.call(|engine| engine.live_sync())
     }
 
-    /// Exports one DentalTID patient to NanoPix now; returns its new NanoPix id. When an earlier
-    /// export of the patient was interrupted (a crash or an error), that export is ended instead.
+    /// Exports one DentalTID patient to NanoPix now; returns its new NanoPix id. NanoPix patients
+    /// the sync has not seen yet are imported or linked first: when one of them is this patient,
+    /// it is linked to it instead, and that id is returned. When an earlier export of the patient
+    /// was interrupted (a crash or an error), that export is ended instead.
     pub fn export_patient(&self, patient_id: i64) -> Result<NanoPixId> {
         self.call(move |engine| engine.export_patient(patient_id))
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many were exported.
-    /// An interrupted export of one of them is ended, as [`NanoPixSync::export_patient`] does.
+    /// NanoPix patients the sync has not seen yet are imported or linked first, and an interrupted
+    /// export of one of them is ended, as [`NanoPixSync::export_patient`] does.
     pub fn export_existing(&self) -> Result<u64> {
         self.call(Engine::export_existing)
     }

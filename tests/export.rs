@@ -56,7 +56,7 @@ fn exports_never_come_back_as_imports() {
     let sync = clinic.open();
     sync.export_existing().unwrap();
     let report = sync.reconcile().unwrap();
-    assert_eq!((report.imported, report.linked, report.possible_duplicates), (1, 0, 0), "only the fixture patient");
+    assert_eq!((report.imported, report.linked, report.possible_duplicates), (0, 0, 0), "nothing comes back");
     let rows: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
     assert_eq!(rows, vec![7]);
 }
@@ -91,7 +91,9 @@ fn only_patients_added_while_live_sync_is_on_are_exported() {
     assert!(sync.source_info(while_closed).unwrap().external_id.is_some(), "found by the cursor after a restart");
 }
 
-/// Runs an export in a child process that aborts right after `step`.
+/// Runs an export of patient 1 in a child process that aborts right after `step`. The export
+/// first imports the NanoPix patients the sync has not seen (the fixture patient), so a later
+/// reconcile imports nothing unless the test adds a NanoPix patient.
 fn crash_export_after(clinic: &Clinic, step: &str) {
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crashing_export_child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -127,7 +129,7 @@ fn an_export_interrupted_after_each_step_is_repaired() {
         assert!(clinic.root.join(&external).is_dir(), "{step}: folder");
         assert_eq!(nanopix_row(&clinic, &external).len(), 1, "{step}: exactly one row");
         let report = sync.reconcile().unwrap();
-        assert_eq!((report.imported, report.exported), (1, 0), "{step}: no echo, no second export");
+        assert_eq!((report.imported, report.exported), (0, 0), "{step}: no echo, no second export");
         let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
         assert_eq!(rows, vec![2], "{step}: the fixture and the one export");
     }
@@ -156,7 +158,7 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
     assert!(clinic.root.join(&external).is_dir());
 
     let report = sync.reconcile().unwrap();
-    assert_eq!((report.imported, report.exported), (2, 0), "the fixture and the other patient, each imported once");
+    assert_eq!((report.imported, report.exported), (1, 0), "the other patient, imported once");
     let strangers: Vec<i64> =
         clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{reserved}'"), |r| r.get(0));
     assert_eq!(strangers.len(), 1);
@@ -207,7 +209,7 @@ fn assert_export_ended_on(clinic: &Clinic, reserved: &str) {
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
     assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some(reserved));
-    assert_eq!((report.imported, report.exported), (1, 0), "only the fixture is imported: {report:?}");
+    assert_eq!((report.imported, report.exported), (0, 0), "nothing imported back: {report:?}");
     let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
     assert_eq!(rows, vec![2], "the fixture and the one export");
     assert!(clinic.root.join(reserved).is_dir());
@@ -265,7 +267,7 @@ fn a_nanopix_patient_at_the_id_of_a_deleted_patients_export_is_imported_and_neve
 
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
-    assert_eq!((report.imported, report.repaired), (2, 0), "the fixture and the other patient: {report:?}");
+    assert_eq!((report.imported, report.repaired), (1, 0), "the other patient: {report:?}");
     let imported: Vec<(String, String)> = clinic
         .dentaltid_rows(&format!("SELECT familyName, source FROM patients WHERE external_id = '{reserved}'"), |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -415,7 +417,7 @@ fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
         let sync = clinic.open();
         block_nanopix_inserts(&clinic, false);
         if all_at_once {
-            assert_eq!(sync.export_existing().unwrap(), 6);
+            assert_eq!(sync.export_existing().unwrap(), 5, "the repair that runs first ends patient 1's export");
         } else {
             assert_eq!(sync.export_patient(1).unwrap().to_string(), reserved);
         }
@@ -434,7 +436,7 @@ fn a_row_a_nanopix_user_corrected_before_the_repair_is_still_the_exports_own() {
     nanopix.execute("UPDATE Patient SET first_name = 'Aminah' WHERE id = ?1", [&reserved]).unwrap();
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
-    assert_eq!(report.imported, 1, "only the fixture patient");
+    assert_eq!(report.imported, 0, "nothing imported back");
     let benalis: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Benali'", |r| r.get(0));
     assert_eq!(benalis, std::slice::from_ref(&reserved), "one NanoPix row for Amina Benali");
     assert_eq!(sync.source_info(1).unwrap().external_id, Some(reserved.clone()));
@@ -453,4 +455,26 @@ fn a_reserved_id_whose_folder_appeared_meanwhile_is_not_used() {
     assert_ne!(linked, reserved);
     assert!(clinic.root.join(&linked).is_dir());
     assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1, "the other folder is left alone");
+}
+
+#[test]
+fn exporting_a_patient_nanopix_already_holds_links_it_instead() {
+    for all_at_once in [false, true] {
+        let clinic = Clinic::new("v29");
+        let patient_id = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+        let sync = clinic.open();
+        if all_at_once {
+            assert_eq!(sync.export_existing().unwrap(), 6, "the six sample patients");
+        } else {
+            assert_eq!(sync.export_patient(patient_id).unwrap().to_string(), "20250121_152638");
+        }
+        sync.reconcile().unwrap();
+        let nanopix: Vec<String> =
+            clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'DSSSSFSFS'", |r| r.get(0));
+        assert_eq!(nanopix, ["20250121_152638"], "{all_at_once}: one NanoPix row");
+        let dentaltid: Vec<i64> =
+            clinic.dentaltid_rows("SELECT id FROM patients WHERE familyName = 'DSSSSFSFS'", |r| r.get(0));
+        assert_eq!(dentaltid, [patient_id], "{all_at_once}: one DentalTID patient");
+        assert_eq!(sync.source_info(patient_id).unwrap().external_id.as_deref(), Some("20250121_152638"));
+    }
 }
