@@ -10,17 +10,22 @@ use serde::Serialize;
 
 use crate::NanoPixId;
 
-/// Where a DentalTID patient was created.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Where a DentalTID patient was created. It serialises as the text of the `source` column
+/// (`"internal"`, `"nanopix"`, or any other value as stored), so JSON readers always get a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
     /// Created in DentalTID (`'internal'`, also what a NULL `source` means).
     Internal,
     /// Imported from NanoPix (`'nanopix'`).
-    #[serde(rename = "nanopix")]
     NanoPix,
     /// Any other value found in the `source` column, kept as it is.
     Other(String),
+}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Source {
@@ -318,6 +323,15 @@ mod tests {
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn a_source_serialises_as_the_text_of_its_column() {
+        for text in ["internal", "nanopix", "csv"] {
+            let json = serde_json::to_value(Source::from_column(Some(text))).unwrap();
+            assert_eq!(json, serde_json::Value::from(text));
+        }
+        assert_eq!(serde_json::to_value(Source::from_column(None)).unwrap(), "internal");
     }
 
     #[test]
