@@ -244,13 +244,24 @@ impl EventBus {
             // Taken whole, so two threads never report the same drops.
             let dropped = self.dropped.swap(0, Ordering::Relaxed);
             if dropped > 0 {
-                self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue);
+                self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue, Room::Bounded);
             }
         }
         if self.listener_dropped.load(Ordering::Relaxed) > 0 {
             self.report_listener_drops();
         }
-        self.push(kind, Audience::Everyone);
+        self.push(kind, Audience::Everyone, Room::Bounded);
+    }
+
+    /// Stamps `kind` and queues it even past the queue's capacity, after an `events_dropped`
+    /// for the drops not reported yet. For `closed`, the last event: a host that never drained
+    /// the queue still learns that the handle closed, and how many events it missed.
+    pub fn emit_last(&self, kind: EventKind) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue, Room::Unbounded);
+        }
+        self.push(kind, Audience::Everyone, Room::Unbounded);
     }
 
     /// Sends a `sync_error` event for `error`.
@@ -264,8 +275,8 @@ impl EventBus {
         });
     }
 
-    /// Stamps `kind` and queues it for `audience`.
-    fn push(&self, kind: EventKind, audience: Audience) {
+    /// Stamps `kind` and queues it for `audience`, within `room`.
+    fn push(&self, kind: EventKind, audience: Audience, room: Room) {
         // Stamping and queueing under one lock keeps `seq` in queue order across threads.
         let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
         let listener = listener.as_ref().filter(|_| audience == Audience::Everyone);
@@ -273,11 +284,11 @@ impl EventBus {
         let copy = listener.map(|_| event.clone());
         // The queue first: a listener's wakeup must find the event already queued. Every push
         // holds the lock, so no other push can fill the queue between the check and the send.
-        if !send_within_capacity(&self.sender, event) {
+        if !room.send(&self.sender, event) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if let (Some(listener), Some(copy)) = (listener, copy)
-            && !send_within_capacity(listener, copy)
+            && !room.send(listener, copy)
         {
             self.listener_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -309,9 +320,20 @@ enum Audience {
     Queue,
 }
 
-/// Queues `event` unless [`EVENT_QUEUE_CAPACITY`] events already wait; says whether it did.
-fn send_within_capacity(queue: &Sender<Event>, event: Event) -> bool {
-    queue.len() < EVENT_QUEUE_CAPACITY && queue.send(event).is_ok()
+/// How many events a queue may hold for an event to join it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Fewer than [`EVENT_QUEUE_CAPACITY`].
+    Bounded,
+    /// Any number: for the last event of a handle only.
+    Unbounded,
+}
+
+impl Room {
+    /// Queues `event` if `queue` has room for it; says whether it did.
+    fn send(self, queue: &Sender<Event>, event: Event) -> bool {
+        (self == Self::Unbounded || queue.len() < EVENT_QUEUE_CAPACITY) && queue.send(event).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -383,5 +405,16 @@ mod tests {
         assert!(copies.try_recv().is_err(), "the queue's own notice is not copied");
         let queued: Vec<EventKind> = events.try_iter().map(|event| event.kind).collect();
         assert_eq!(queued, vec![EventKind::EventsDropped { count: 3 }, EventKind::LiveSyncChanged { enabled: true }]);
+    }
+
+    #[test]
+    fn the_last_event_joins_a_full_queue_after_saying_what_was_dropped() {
+        let (bus, events) = bus();
+        for _ in 0..EVENT_QUEUE_CAPACITY + 2 {
+            bus.emit(EventKind::LiveSyncChanged { enabled: true });
+        }
+        bus.emit_last(EventKind::Closed);
+        let tail: Vec<EventKind> = events.try_iter().skip(EVENT_QUEUE_CAPACITY).map(|event| event.kind).collect();
+        assert_eq!(tail, [EventKind::EventsDropped { count: 2 }, EventKind::Closed]);
     }
 }

@@ -169,7 +169,7 @@ impl NanoPixSync {
             if engine.join().is_err() {
                 self.bus.error(&Error::Internal("the engine thread panicked".into()), None, None);
             }
-            self.bus.emit(EventKind::Closed);
+            self.bus.emit_last(EventKind::Closed);
         }
         self.dispatcher.stop();
     }
