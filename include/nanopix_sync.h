@@ -220,8 +220,10 @@ uint32_t nps_close(NpsHandle *handle);
  * Closes the handle if needed and releases it. NULL, a handle already freed and any pointer
  * `nps_open` did not return are ignored, so freeing twice is harmless.
  *
- * After this call the pointer is invalid: no other thread may still use it. Called from inside
- * one of the handle's callbacks it does nothing and sets the last error.
+ * The handle's memory (a few kilobytes) is kept for the life of the process, so its address is
+ * never given to a later handle: a stale copy of the pointer gets NPS_CLOSED from every call, and
+ * a second nps_free of it never reaches another handle. Called from inside one of the handle's
+ * callbacks it does nothing and sets the last error.
  *
  * # Safety
  * No other thread uses `handle` during or after this call.

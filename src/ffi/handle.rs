@@ -3,8 +3,9 @@
 //! Each call borrows the sync by cloning an `Arc` out of the slot, so no lock is held during a
 //! call. `close` empties the slot first (later calls get `NPS_CLOSED` at once, never wait), then
 //! waits until the calls in flight have finished, and only then stops the threads. A closed handle
-//! stays valid memory until `nps_free`. This module must never free a handle the host may still
-//! use: only `nps_free` does that.
+//! stays valid memory, even after `nps_free`: freeing empties it but keeps its memory for the life
+//! of the process, so its address is never given to another handle and a stale copy of the pointer
+//! only ever reaches a closed, empty handle.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -29,6 +30,9 @@ pub struct NpsHandle {
 
 /// Addresses of the handles `nps_open` made and `nps_free` has not released yet.
 static LIVE_HANDLES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// The handles `nps_free` released: closed and emptied, kept so their addresses stay taken.
+static RETIRED_HANDLES: Mutex<Vec<&'static NpsHandle>> = Mutex::new(Vec::new());
 
 impl NpsHandle {
     /// Opens a sync and registers the new handle; the host owns the returned box.
@@ -128,6 +132,15 @@ impl NpsHandle {
 
     fn address(&self) -> usize {
         std::ptr::from_ref(self) as usize
+    }
+
+    /// Closes the handle, drops the events still queued and the host's callbacks, and keeps
+    /// its memory for good (a few kilobytes), among the retired handles.
+    pub fn retire(&'static self) {
+        self.close();
+        self.events.try_iter().for_each(drop);
+        *self.callbacks.lock().unwrap_or_else(PoisonError::into_inner) = HostCallbacks::default();
+        RETIRED_HANDLES.lock().unwrap_or_else(PoisonError::into_inner).push(self);
     }
 }
 

@@ -92,8 +92,10 @@ pub unsafe extern "C" fn nps_close(handle: *mut NpsHandle) -> u32 {
 /// Closes the handle if needed and releases it. NULL, a handle already freed and any pointer
 /// `nps_open` did not return are ignored, so freeing twice is harmless.
 ///
-/// After this call the pointer is invalid: no other thread may still use it. Called from inside
-/// one of the handle's callbacks it does nothing and sets the last error.
+/// The handle's memory (a few kilobytes) is kept for the life of the process, so its address is
+/// never given to a later handle: a stale copy of the pointer gets NPS_CLOSED from every call, and
+/// a second nps_free of it never reaches another handle. Called from inside one of the handle's
+/// callbacks it does nothing and sets the last error.
 ///
 /// # Safety
 /// No other thread uses `handle` during or after this call.
@@ -102,10 +104,10 @@ pub unsafe extern "C" fn nps_free(handle: *mut NpsHandle) {
     guard(|| {
         not_in_callback("nps_free")?;
         if handle::unregister(handle) {
-            // SAFETY: `nps_open` made this registered handle by `Box::into_raw`, and unregistering
-            // it here makes this the only call that releases it.
-            let handle = unsafe { Box::from_raw(handle) };
-            handle.close();
+            // SAFETY: `nps_open` made this registered handle by `Box::into_raw` and nothing ever
+            // frees its memory, so it lives for the rest of the process.
+            let handle: &'static NpsHandle = unsafe { &*handle };
+            handle.retire();
         }
         Ok(())
     });
@@ -448,6 +450,33 @@ mod tests {
         unsafe { nps_string_free(message) };
         unsafe { nps_free(std::ptr::null_mut()) };
         unsafe { nps_string_free(std::ptr::null_mut()) };
+    }
+
+    #[test]
+    fn a_stale_pointer_never_reaches_a_newer_handle() {
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
+        let db = dir.path().join("dentaltid.db");
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/dentaltid/schema_v29.sql");
+        rusqlite::Connection::open(&db).unwrap().execute_batch(&std::fs::read_to_string(schema).unwrap()).unwrap();
+        let config = serde_json::json!({ "nanopix_root": root, "dentaltid_db": db }).to_string();
+        let config = std::ffi::CString::new(config).unwrap();
+        let open = || {
+            let mut handle = std::ptr::null_mut();
+            assert_eq!(unsafe { nps_open(config.as_ptr(), &mut handle) }, NPS_OK);
+            handle
+        };
+        let mut addresses = std::collections::HashSet::new();
+        for _ in 0..32 {
+            let old = open();
+            unsafe { nps_free(old) };
+            let new = open();
+            assert!(addresses.insert(old as usize) && addresses.insert(new as usize), "an address came back");
+            unsafe { nps_free(old) };
+            let mut enabled = true;
+            assert_eq!(unsafe { nps_live_sync(new, &mut enabled) }, NPS_OK, "the newer handle is still open");
+            assert_eq!(unsafe { nps_live_sync(old, &mut enabled) }, NPS_CLOSED, "the stale one is closed");
+            unsafe { nps_free(new) };
+        }
     }
 
     #[test]
