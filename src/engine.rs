@@ -25,6 +25,10 @@ use crate::{Clock, Config, Error, NanoPixId, Result};
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
 const EXPORT_ATTEMPTS: usize = 3;
 
+/// How far back from now ids stay clear of a bulk export: NanoPix names a new patient after the
+/// second its form was opened, and a form may stay open a while before it is saved.
+const RECENT_IDS: chrono::Duration = chrono::Duration::hours(1);
+
 /// Most links one transaction writes or changes, so DentalTID never waits long to save a patient.
 const LINKS_PER_TRANSACTION: usize = 2_000;
 
@@ -70,9 +74,24 @@ pub(crate) struct Engine {
     /// The last id an export was given: the next one is looked for from the second after it,
     /// so exports in a row do not probe again every id the earlier ones took.
     last_issued: Option<NanoPixId>,
+    /// The last id given from a patient's creation time ([`IdsFrom::Creation`]), for the same
+    /// reason.
+    last_past_issued: Option<NanoPixId>,
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
     live_stored: bool,
+}
+
+/// Where an export starts looking for a free NanoPix id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdsFrom {
+    /// The current second, then the next ones: a patient just added gets the id of its time.
+    Now,
+    /// The second the patient was created in DentalTID, when that is over [`RECENT_IDS`] ago,
+    /// then the next ones up to then (else as [`IdsFrom::Now`]): `export_existing` writes many
+    /// patients at once, and ids from now on would take, for hours ahead, the ids NanoPix gives
+    /// its own new patients.
+    Creation,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -149,6 +168,7 @@ impl Engine {
             cursor: None,
             indexed,
             last_issued: None,
+            last_past_issued: None,
             live_stored,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
@@ -253,7 +273,7 @@ impl Engine {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         match patient.external_id.as_deref().map(NanoPixId::parse) {
             Some(linked) => linked,
-            None => self.export_or_resume(&patient),
+            None => self.export_or_resume(&patient, IdsFrom::Now),
         }
     }
 
@@ -265,7 +285,7 @@ impl Engine {
         let mut report = ReconcileReport::default();
         let unlinked: Vec<Patient> =
             self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();
-        self.export_each(&unlinked, &mut report);
+        self.export_each(&unlinked, IdsFrom::Creation, &mut report);
         Ok(report.exported)
     }
 
@@ -649,7 +669,7 @@ impl Engine {
         let added = self.dentaltid.patients_after(cursor)?;
         let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
         let to_export = self.awaiting_export(added)?;
-        let failed = self.export_each(&to_export, report);
+        let failed = self.export_each(&to_export, IdsFrom::Now, report);
         if !self.cancelled() {
             let cursor = failed.map_or(last, |patient_id| patient_id.saturating_sub(1));
             self.dentaltid.set_export_cursor(cursor)?;
@@ -668,7 +688,7 @@ impl Engine {
             patients.extend(self.dentaltid.patient(id)?);
         }
         let patients = self.awaiting_export(patients)?;
-        self.export_each(&patients, report);
+        self.export_each(&patients, IdsFrom::Now, report);
         let mut still_due = Vec::new();
         for patient in patients {
             still_due.extend(self.dentaltid.patient(patient.id)?.filter(|p| p.external_id.is_none()).map(|p| p.id));
@@ -692,14 +712,15 @@ impl Engine {
             .collect())
     }
 
-    /// Exports `patients` in order, reporting each failure; returns the id of the first that failed.
-    fn export_each(&mut self, patients: &[Patient], report: &mut ReconcileReport) -> Option<i64> {
+    /// Exports `patients` in order, with ids `from`, reporting each failure; returns the id of
+    /// the first that failed.
+    fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
         let mut first_failed = None;
         for patient in patients {
             if self.cancelled() {
                 break;
             }
-            match self.export_or_resume(patient) {
+            match self.export_or_resume(patient, from) {
                 Ok(_) => report.exported += 1,
                 Err(error) => {
                     first_failed.get_or_insert(patient.id);
@@ -712,29 +733,54 @@ impl Engine {
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
     /// earlier error interrupted), as a repair would.
-    fn export_or_resume(&mut self, patient: &Patient) -> Result<NanoPixId> {
+    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<NanoPixId> {
         match self.dentaltid.pending_export(patient.id)? {
             Some(pending) => self.resume_export(patient, &pending),
-            None => self.export(patient),
+            None => self.export(patient, from),
         }
     }
 
     /// Writes the journal row, then the NanoPix row, then the folder, then the link.
-    fn export(&mut self, patient: &Patient) -> Result<NanoPixId> {
-        let row = self.planned_row(patient)?;
+    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<NanoPixId> {
+        let row = self.planned_row(patient, from)?;
         self.dentaltid.begin_export(patient.id, &row, row.created)?;
         crash_point("journal");
         self.write_export(patient, row)
     }
 
-    /// The row an export of `patient` would write now, at the first free id. The sync's indexes
-    /// are built first if missing: every id tried is looked up among DentalTID's patients.
-    fn planned_row(&mut self, patient: &Patient) -> Result<NewNanoPixPatient> {
+    /// The row an export of `patient` would write now, at the first free id `from` where it
+    /// says. The sync's indexes are built first if missing: every id tried is looked up among
+    /// DentalTID's patients.
+    fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
         self.ensure_indexes()?;
         let now = self.config.clock.now();
-        let id = self.free_id(now)?;
-        self.last_issued = Some(id);
+        let past = match from {
+            IdsFrom::Creation => self.free_past_id(patient, now)?,
+            IdsFrom::Now => None,
+        };
+        let id = match past {
+            Some(id) => {
+                self.last_past_issued = Some(id);
+                id
+            }
+            None => {
+                let id = self.free_id(now)?;
+                self.last_issued = Some(id);
+                id
+            }
+        };
         Ok(new_nanopix_row(patient, id, now))
+    }
+
+    /// A free id from the second `patient` was created in DentalTID (or after the last such id
+    /// issued, when that is later) up to an hour ago: `None` when the patient was created
+    /// within the hour, its `createdAt` cannot be read, or no id is free before then.
+    fn free_past_id(&self, patient: &Patient, now: NaiveDateTime) -> Result<Option<NanoPixId>> {
+        let Some(created) = crate::patient::parse_dart_timestamp(&patient.created_at) else { return Ok(None) };
+        let after_last = self.last_past_issued.map(|last| last.next_second().datetime());
+        let from = after_last.map_or(created, |next| created.max(next));
+        let in_flight = self.in_flight_ids()?;
+        NanoPixId::first_free_before(from, now - RECENT_IDS, |id| self.id_taken(id, &in_flight))
     }
 
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
@@ -746,7 +792,7 @@ impl Engine {
                 return Ok(row.id);
             }
             if attempt < EXPORT_ATTEMPTS {
-                row = self.planned_row(patient)?;
+                row = self.planned_row(patient, IdsFrom::Now)?;
                 self.dentaltid.replan_export(patient.id, &row)?;
             }
         }
@@ -790,7 +836,7 @@ impl Engine {
         let mut others = self.in_flight_ids()?;
         others.remove(&id);
         let row = if self.id_taken(id, &others)? {
-            self.planned_row(patient)?
+            self.planned_row(patient, IdsFrom::Now)?
         } else {
             new_nanopix_row(patient, id, self.config.clock.now())
         };

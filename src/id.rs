@@ -70,15 +70,30 @@ impl NanoPixId {
     ///
     /// # Failure
     /// [`Error::NoFreeId`] if a whole day of seconds is taken, or the first error of `taken`.
-    pub fn first_free(at: NaiveDateTime, mut taken: impl FnMut(Self) -> Result<bool>) -> Result<Self> {
+    pub fn first_free(at: NaiveDateTime, taken: impl FnMut(Self) -> Result<bool>) -> Result<Self> {
+        let day_later = at + Duration::seconds(i64::from(MAX_ID_PROBES));
+        Self::first_free_before(at, day_later, taken)?
+            .ok_or_else(|| Error::NoFreeId(Self::from_datetime(at).to_string()))
+    }
+
+    /// The first id at or after `at`, and before `end`, for which `taken` says `false`; `None`
+    /// when every one of them is taken.
+    ///
+    /// # Failure
+    /// The first error of `taken`.
+    pub fn first_free_before(
+        at: NaiveDateTime,
+        end: NaiveDateTime,
+        mut taken: impl FnMut(Self) -> Result<bool>,
+    ) -> Result<Option<Self>> {
         let mut candidate = Self::from_datetime(at);
-        for _ in 0..MAX_ID_PROBES {
+        while candidate.0 < end {
             if !taken(candidate)? {
-                return Ok(candidate);
+                return Ok(Some(candidate));
             }
             candidate = candidate.next_second();
         }
-        Err(Error::NoFreeId(Self::from_datetime(at).to_string()))
+        Ok(None)
     }
 }
 
@@ -175,6 +190,16 @@ mod tests {
     fn first_free_gives_up_after_a_full_day() {
         let start = NanoPixId::parse("20250121_000000").unwrap().datetime();
         assert!(matches!(NanoPixId::first_free(start, |_| Ok(true)), Err(Error::NoFreeId(_))));
+    }
+
+    #[test]
+    fn first_free_before_stops_short_of_its_end() {
+        let start = NanoPixId::parse("20250121_100000").unwrap();
+        let end = start.datetime() + Duration::seconds(2);
+        let taken = [start];
+        let free = NanoPixId::first_free_before(start.datetime(), end, |id| Ok(taken.contains(&id))).unwrap();
+        assert_eq!(free.map(|id| id.to_string()).as_deref(), Some("20250121_100001"));
+        assert_eq!(NanoPixId::first_free_before(start.datetime(), end, |_| Ok(true)).unwrap(), None);
     }
 
     #[test]

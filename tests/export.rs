@@ -20,32 +20,41 @@ fn nanopix_row(clinic: &Clinic, id: &str) -> Vec<NanoPixRow> {
 #[test]
 fn export_existing_gives_valid_distinct_ids_rows_and_folders() {
     let clinic = Clinic::new("v29");
-    std::fs::create_dir(clinic.root.join("20250122_100001")).unwrap();
+    std::fs::create_dir(clinic.root.join("20250110_091500")).unwrap();
+    let added_within_the_hour = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
     let sync = clinic.open();
-    assert_eq!(sync.export_existing().unwrap(), 6);
+    assert_eq!(sync.export_existing().unwrap(), 7);
 
     let ids: Vec<String> =
         clinic.dentaltid_rows("SELECT external_id FROM patients WHERE source = 'internal' ORDER BY id", |r| r.get(0));
     let distinct: HashSet<&String> = ids.iter().collect();
-    assert_eq!(distinct.len(), 6);
-    assert!(ids.is_sorted(), "given in patient order, each after the last: {ids:?}");
-    assert!(!ids.contains(&"20250122_100001".to_owned()), "a folder already on disk takes its id");
+    assert_eq!(distinct.len(), 7);
     for id in &ids {
         assert!(NanoPixId::parse(id).is_ok(), "{id}");
         assert!(clinic.root.join(id).is_dir(), "folder {id}");
         assert_eq!(std::fs::read_dir(clinic.root.join(id)).unwrap().count(), 0, "no subfolders by default");
     }
-    assert_eq!(ids[0], "20250122_100000", "the clinic clock's second");
+    let expected = [
+        "20250110_091501", // Amina, created 2025-01-10 09:15:00, whose second a folder on disk takes
+        "20250112_140231",
+        "20250115_104012",
+        "20250118_162000",
+        "20250120_110000",
+        "20250121_083000",
+        "20250122_100000", // created within the hour: the clinic clock's second, as a new patient
+    ];
+    assert_eq!(ids, expected, "each from its DentalTID creation time, never in the hour before now or later");
+    assert_eq!(sync.source_info(added_within_the_hour).unwrap().external_id.as_deref(), Some(expected[6]));
     let amina = nanopix_row(&clinic, &ids[0]);
-    let expected = (
-        "20250122_100000".to_owned(),
+    let written = (
+        "20250110_091501".to_owned(),
         "Benali".to_owned(),
         Some("Amina".to_owned()),
         Some("1985-03-12".to_owned()),
         Some("2025-01-22 10:00:00".to_owned()),
         Some("2025-01-22 10:00:00".to_owned()),
     );
-    assert_eq!(amina, vec![expected]);
+    assert_eq!(amina, vec![written], "written now, under an id of its past");
     let karim = nanopix_row(&clinic, &ids[5]);
     assert_eq!(karim[0].3, None, "no birth date stays NULL");
 }
