@@ -105,6 +105,9 @@ struct LiveCursor {
     nanopix_id: Option<String>,
     /// How many NanoPix rows there were up to that `pk`.
     nanopix_rows: u64,
+    /// NanoPix's data version before the pass read it: while it stays the same, nobody else
+    /// wrote to NanoPix, so it holds no patient the sync has not seen.
+    nanopix_version: i64,
     /// DentalTID's highest `patients.id` and row count, read together.
     dentaltid: (i64, u64),
 }
@@ -194,6 +197,7 @@ impl Engine {
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         self.cursor = None;
+        let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
@@ -222,6 +226,7 @@ impl Engine {
                 nanopix_pk: snapshot.nanopix_pk,
                 nanopix_id: snapshot.nanopix_id.take(),
                 nanopix_rows: snapshot.nanopix_rows,
+                nanopix_version,
                 dentaltid,
             })
         };
@@ -269,7 +274,7 @@ impl Engine {
         if let Some(external_id) = &patient.external_id {
             return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
         }
-        self.sync_changes()?;
+        self.catch_up_with_nanopix()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         match patient.external_id.as_deref().map(NanoPixId::parse) {
             Some(linked) => linked,
@@ -281,12 +286,22 @@ impl Engine {
     /// patients the sync has not seen yet are imported or linked first, so a patient both
     /// programs hold is linked, not exported a second time.
     pub fn export_existing(&mut self) -> Result<u64> {
-        self.sync_changes()?;
+        self.catch_up_with_nanopix()?;
         let mut report = ReconcileReport::default();
         let unlinked: Vec<Patient> =
             self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();
         self.export_each(&unlinked, IdsFrom::Creation, &mut report);
         Ok(report.exported)
+    }
+
+    /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
+    /// version shows that nobody else wrote to it since the cursor was set.
+    fn catch_up_with_nanopix(&mut self) -> Result<()> {
+        let unchanged = match &self.cursor {
+            Some(cursor) => self.nanopix.data_version()? == cursor.nanopix_version,
+            None => false,
+        };
+        if unchanged { Ok(()) } else { self.sync_changes().map(drop) }
     }
 
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
@@ -297,6 +312,7 @@ impl Engine {
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
         let Some(cursor) = self.cursor.clone() else { return self.reconcile() };
+        let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
         let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
@@ -326,6 +342,7 @@ impl Engine {
             nanopix_pk,
             nanopix_id,
             nanopix_rows: cursor.nanopix_rows + read,
+            nanopix_version,
             dentaltid: self.dentaltid.extent_after(cursor.dentaltid)?,
         });
         Ok(report)

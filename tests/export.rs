@@ -467,6 +467,19 @@ fn a_reserved_id_whose_folder_appeared_meanwhile_is_not_used() {
 }
 
 #[test]
+fn exporting_a_patient_nanopix_gained_since_the_last_sync_links_it_instead() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let patient_id = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100000", "nothing new in NanoPix");
+    clinic.add_nanopix("20250122_093000", "Cherif", "Nadia", Some("1992-02-14"));
+    assert_eq!(sync.export_patient(patient_id).unwrap().to_string(), "20250122_093000");
+    let nanopix: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Cherif'", |r| r.get(0));
+    assert_eq!(nanopix, ["20250122_093000"], "one NanoPix row for Nadia Cherif");
+}
+
+#[test]
 fn exporting_a_patient_nanopix_already_holds_links_it_instead() {
     for all_at_once in [false, true] {
         let clinic = Clinic::new("v29");

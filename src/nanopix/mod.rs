@@ -210,6 +210,12 @@ impl NanoPix {
         database::id_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("read a patient id"))
     }
 
+    /// A number that changes whenever another program (NanoPix) commits to `NanoPix.db3`, and
+    /// never for this connection's own writes.
+    pub fn data_version(&self) -> Result<i64> {
+        database::data_version(&self.conn).map_err(self.sql_error("read the data version"))
+    }
+
     /// How many rows `Patient` holds.
     pub fn patient_count(&self) -> Result<u64> {
         database::patient_count(&self.conn).map_err(self.sql_error("count patients"))
