@@ -4,6 +4,7 @@
 //!
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
+//! Exports, the ids they get and their repair are in [`exports`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
@@ -14,20 +15,15 @@ use chrono::NaiveDateTime;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::HashSet;
 
-use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef, PendingExport};
+use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
-use crate::patient::{NanoPixPatient, NewDentalPatient, NewNanoPixPatient, Patient, PatientFilter, Source};
+use crate::patient::{NanoPixPatient, NewDentalPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
 
-/// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
-const EXPORT_ATTEMPTS: usize = 3;
-
-/// How far back from now ids stay clear of a bulk export: NanoPix names a new patient after the
-/// second its form was opened, and a form may stay open a while before it is saved.
-const RECENT_IDS: chrono::Duration = chrono::Duration::hours(1);
+mod exports;
 
 /// Most links one transaction writes or changes, so DentalTID never waits long to save a patient.
 const LINKS_PER_TRANSACTION: usize = 2_000;
@@ -80,18 +76,6 @@ pub(crate) struct Engine {
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
     live_stored: bool,
-}
-
-/// Where an export starts looking for a free NanoPix id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IdsFrom {
-    /// The current second, then the next ones: a patient just added gets the id of its time.
-    Now,
-    /// The second the patient was created in DentalTID, when that is over [`RECENT_IDS`] ago,
-    /// then the next ones up to then (else as [`IdsFrom::Now`]): `export_existing` writes many
-    /// patients at once, and ids from now on would take, for hours ahead, the ids NanoPix gives
-    /// its own new patients.
-    Creation,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -264,44 +248,6 @@ impl Engine {
             self.bus.emit(EventKind::LiveSyncChanged { enabled });
         }
         Ok(())
-    }
-
-    /// Exports one DentalTID patient now, whatever Live Sync says. NanoPix patients the sync has
-    /// not seen yet are imported or linked first: when one of them is this patient, it is linked
-    /// to it instead, and its id is returned.
-    pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
-        let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
-        if let Some(external_id) = &patient.external_id {
-            return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
-        }
-        self.catch_up_with_nanopix()?;
-        let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
-        match patient.external_id.as_deref().map(NanoPixId::parse) {
-            Some(linked) => linked,
-            None => self.export_or_resume(&patient, IdsFrom::Now),
-        }
-    }
-
-    /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix
-    /// patients the sync has not seen yet are imported or linked first, so a patient both
-    /// programs hold is linked, not exported a second time.
-    pub fn export_existing(&mut self) -> Result<u64> {
-        self.catch_up_with_nanopix()?;
-        let mut report = ReconcileReport::default();
-        let unlinked: Vec<Patient> =
-            self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();
-        self.export_each(&unlinked, IdsFrom::Creation, &mut report);
-        Ok(report.exported)
-    }
-
-    /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
-    /// version shows that nobody else wrote to it since the cursor was set.
-    fn catch_up_with_nanopix(&mut self) -> Result<()> {
-        let unchanged = match &self.cursor {
-            Some(cursor) => self.nanopix.data_version()? == cursor.nanopix_version,
-            None => false,
-        };
-        if unchanged { Ok(()) } else { self.sync_changes().map(drop) }
     }
 
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
@@ -677,278 +623,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Exports the patients still due from before Live Sync was last switched off, then those
-    /// added past the Live Sync cursor, and moves the cursor past them, or up to the first whose
-    /// export failed, so the next pass tries it again.
-    fn export_new(&mut self, report: &mut ReconcileReport) -> Result<()> {
-        self.export_due(report)?;
-        let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
-        let added = self.dentaltid.patients_after(cursor)?;
-        let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
-        let to_export = self.awaiting_export(added)?;
-        let failed = self.export_each(&to_export, IdsFrom::Now, report);
-        if !self.cancelled() {
-            let cursor = failed.map_or(last, |patient_id| patient_id.saturating_sub(1));
-            self.dentaltid.set_export_cursor(cursor)?;
-        }
-        Ok(())
-    }
-
-    /// Exports the patients [`DentalTid::exports_due`] names, and keeps there those still due.
-    fn export_due(&mut self, report: &mut ReconcileReport) -> Result<()> {
-        let due = self.dentaltid.exports_due()?;
-        if due.is_empty() {
-            return Ok(());
-        }
-        let mut patients = Vec::with_capacity(due.len());
-        for id in due {
-            patients.extend(self.dentaltid.patient(id)?);
-        }
-        let patients = self.awaiting_export(patients)?;
-        self.export_each(&patients, IdsFrom::Now, report);
-        let mut still_due = Vec::new();
-        for patient in patients {
-            still_due.extend(self.dentaltid.patient(patient.id)?.filter(|p| p.external_id.is_none()).map(|p| p.id));
-        }
-        self.dentaltid.set_exports_due(&still_due)
-    }
-
-    /// Patients added past the export cursor that still wait for their export.
-    fn due_after_cursor(&self) -> Result<Vec<Patient>> {
-        let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
-        self.awaiting_export(self.dentaltid.patients_after(cursor)?)
-    }
-
-    /// Those of `patients` an export should write: created in DentalTID, with no NanoPix id,
-    /// and not in the journal (a repair ends those).
-    fn awaiting_export(&self, patients: Vec<Patient>) -> Result<Vec<Patient>> {
-        let pending: HashSet<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
-        Ok(patients
-            .into_iter()
-            .filter(|p| p.source == Source::Internal && p.external_id.is_none() && !pending.contains(&p.id))
-            .collect())
-    }
-
-    /// Exports `patients` in order, with ids `from`, reporting each failure; returns the id of
-    /// the first that failed.
-    fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
-        let mut first_failed = None;
-        for patient in patients {
-            if self.cancelled() {
-                break;
-            }
-            match self.export_or_resume(patient, from) {
-                Ok(_) => report.exported += 1,
-                Err(error) => {
-                    first_failed.get_or_insert(patient.id);
-                    self.report_error(&error, None, Some(patient.id), report);
-                }
-            }
-        }
-        first_failed
-    }
-
-    /// Exports `patient`, or ends its export the journal already holds (one a crash or an
-    /// earlier error interrupted), as a repair would.
-    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<NanoPixId> {
-        match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => self.resume_export(patient, &pending),
-            None => self.export(patient, from),
-        }
-    }
-
-    /// Writes the journal row, then the NanoPix row, then the folder, then the link.
-    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<NanoPixId> {
-        let row = self.planned_row(patient, from)?;
-        self.dentaltid.begin_export(patient.id, &row, row.created)?;
-        crash_point("journal");
-        self.write_export(patient, row)
-    }
-
-    /// The row an export of `patient` would write now, at the first free id `from` where it
-    /// says. The sync's indexes are built first if missing: every id tried is looked up among
-    /// DentalTID's patients.
-    fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
-        self.ensure_indexes()?;
-        let now = self.config.clock.now();
-        let past = match from {
-            IdsFrom::Creation => self.free_past_id(patient, now)?,
-            IdsFrom::Now => None,
-        };
-        let id = match past {
-            Some(id) => {
-                self.last_past_issued = Some(id);
-                id
-            }
-            None => {
-                let id = self.free_id(now)?;
-                self.last_issued = Some(id);
-                id
-            }
-        };
-        Ok(new_nanopix_row(patient, id, now))
-    }
-
-    /// A free id from the second `patient` was created in DentalTID (or after the last such id
-    /// issued, when that is later) up to an hour ago: `None` when the patient was created
-    /// within the hour, its `createdAt` cannot be read, or no id is free before then.
-    fn free_past_id(&self, patient: &Patient, now: NaiveDateTime) -> Result<Option<NanoPixId>> {
-        let Some(created) = crate::patient::parse_dart_timestamp(&patient.created_at) else { return Ok(None) };
-        let after_last = self.last_past_issued.map(|last| last.next_second().datetime());
-        let from = after_last.map_or(created, |next| created.max(next));
-        let in_flight = self.in_flight_ids()?;
-        NanoPixId::first_free_before(from, now - RECENT_IDS, |id| self.id_taken(id, &in_flight))
-    }
-
-    /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
-    /// patient takes the id first, the journal row moves to a new free id and the export goes on
-    /// there, up to [`EXPORT_ATTEMPTS`] ids; the journal row stays, so the export is never lost.
-    fn write_export(&mut self, patient: &Patient, mut row: NewNanoPixPatient) -> Result<NanoPixId> {
-        for attempt in 1..=EXPORT_ATTEMPTS {
-            if self.complete_export(patient.id, &row)? {
-                return Ok(row.id);
-            }
-            if attempt < EXPORT_ATTEMPTS {
-                row = self.planned_row(patient, IdsFrom::Now)?;
-                self.dentaltid.replan_export(patient.id, &row)?;
-            }
-        }
-        Err(Error::NoFreeId(NanoPixId::from_datetime(self.config.clock.now()).to_string()))
-    }
-
-    /// Writes `row`, which the journal records, to NanoPix (unless it is there already, from an
-    /// earlier attempt), then the folder, then the link. Returns `false`, having written
-    /// nothing, when the row with its id is another NanoPix patient's: the export must not link
-    /// to it.
-    fn complete_export(&mut self, patient_id: i64, row: &NewNanoPixPatient) -> Result<bool> {
-        if !self.nanopix.insert_patient(row)? && !self.nanopix.holds_written_row(row.id, &row.written())? {
-            return Ok(false);
-        }
-        crash_point("row");
-        self.link_export(patient_id, row.id)?;
-        Ok(true)
-    }
-
-    /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
-    /// and reports the export.
-    fn link_export(&mut self, patient_id: i64, id: NanoPixId) -> Result<()> {
-        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
-        crash_point("folder");
-        self.dentaltid.finish_export(patient_id, id, self.config.clock.now())?;
-        let (external_id, folder) = (id.to_string(), folder.display().to_string());
-        self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
-        Ok(())
-    }
-
-    /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
-    /// when it is the row the export wrote; else by writing the patient as it is now, at the
-    /// reserved id when nothing else uses it (no row, no folder), or else at a new free id. The journal records the row
-    /// first, in the one transaction that moves it to its new id if need be.
-    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
-        let id = pending.external_id;
-        if self.is_our_row(pending, Some(patient))? {
-            self.link_export(patient.id, id)?;
-            return Ok(id);
-        }
-        let mut others = self.in_flight_ids()?;
-        others.remove(&id);
-        let row = if self.id_taken(id, &others)? {
-            self.planned_row(patient, IdsFrom::Now)?
-        } else {
-            new_nanopix_row(patient, id, self.config.clock.now())
-        };
-        self.dentaltid.replan_export(patient.id, &row)?;
-        self.write_export(patient, row)
-    }
-
-    /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
-    /// the values the journal recorded. A journal row of an older version records none; its row
-    /// is then compared with `patient` as it is now (same names and birth date), and without the
-    /// patient it cannot be told from another's.
-    fn is_our_row(&self, pending: &PendingExport, patient: Option<&Patient>) -> Result<bool> {
-        match (&pending.written, patient) {
-            (Some(written), _) => self.nanopix.holds_written_row(pending.external_id, written),
-            (None, Some(patient)) => self.describes(pending.external_id, patient),
-            (None, None) => Ok(false),
-        }
-    }
-
-    /// Whether NanoPix's row with `id` has the names and birth date of `patient`.
-    fn describes(&self, id: NanoPixId, patient: &Patient) -> Result<bool> {
-        let row = new_nanopix_row(patient, id, self.config.clock.now());
-        let stored = self.nanopix.patient(row.id)?;
-        Ok(stored.is_some_and(|stored| {
-            stored.last_name.trim() == row.last_name
-                && stored.first_name.trim() == row.first_name
-                && stored.birth_date == row.birth_date
-        }))
-    }
-
-    /// The first id from `now` on, and after the last id issued, that is free in the database,
-    /// on disk, in the journal, and in DentalTID: a patient or a recorded link may still hold an
-    /// id whose row and folder NanoPix lost.
-    fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
-        let in_flight = self.in_flight_ids()?;
-        let from = self.last_issued.map_or(now, |last| now.max(last.next_second().datetime()));
-        NanoPixId::first_free(from, |id| self.id_taken(id, &in_flight))
-    }
-
-    /// Whether `id` is in use: by an export in `in_flight`, on disk, in NanoPix's database, or
-    /// in DentalTID.
-    fn id_taken(&self, id: NanoPixId, in_flight: &HashSet<NanoPixId>) -> Result<bool> {
-        Ok(in_flight.contains(&id)
-            || self.nanopix.folder_path(id).symlink_metadata().is_ok()
-            || self.nanopix.id_exists(id)?
-            || self.dentaltid.holds_external_id(id)?
-            || self.dentaltid.has_recorded_link(id)?)
-    }
-
-    /// The NanoPix ids of exports in flight (in the journal).
-    fn in_flight_ids(&self) -> Result<HashSet<NanoPixId>> {
-        Ok(self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect())
-    }
-
-    /// Finishes exports a crash interrupted, using the journal.
-    fn repair_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
-        for pending in self.dentaltid.pending_exports()? {
-            match self.repair_export(&pending) {
-                Ok(true) => report.repaired += 1,
-                Ok(false) => {}
-                Err(error) => {
-                    self.report_error(&error, Some(pending.external_id.to_string()), Some(pending.patient_id), report)
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Completes or drops one interrupted export; returns whether it was completed. With the
-    /// DentalTID patient deleted meanwhile, the export is completed only on a NanoPix row it
-    /// provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
-    /// imported. Its folder is created first, so NanoPix's files are whole, and the link's
-    /// `delete_requested` then lets the host remove both.
-    fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
-        match self.dentaltid.patient(pending.patient_id)? {
-            Some(patient) if patient.external_id.is_none() => {
-                self.resume_export(&patient, pending)?;
-                Ok(true)
-            }
-            Some(_) => {
-                self.dentaltid.abandon_export(pending.patient_id)?;
-                Ok(false)
-            }
-            None if self.is_our_row(pending, None)? => {
-                self.nanopix.create_folder(pending.external_id, &self.config.patient_subfolders)?;
-                self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now())?;
-                Ok(true)
-            }
-            None => {
-                self.dentaltid.abandon_export(pending.patient_id)?;
-                Ok(false)
-            }
-        }
-    }
-
     fn report_error(
         &self,
         error: &Error,
@@ -1189,26 +863,6 @@ fn link_change(link: &Link, patient_exists: bool, nanopix: NanoPixSide) -> Optio
         _ => return None,
     };
     Some((patient_id, state, event))
-}
-
-fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewNanoPixPatient {
-    NewNanoPixPatient {
-        id,
-        last_name: patient.last_name.trim().to_owned(),
-        first_name: patient.first_name.trim().to_owned(),
-        birth_date: patient.date_of_birth,
-        phone: Some(patient.phone.trim().to_owned()).filter(|phone| !phone.is_empty()),
-        created: now,
-    }
-}
-
-/// Stops the process at a named step of an export when `NANOPIX_SYNC_CRASH_AT` names it.
-///
-/// Only in debug builds: the crash-repair tests run an export in a child process and let it die here.
-fn crash_point(step: &str) {
-    if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
-        std::process::abort();
-    }
 }
 
 #[cfg(test)]
