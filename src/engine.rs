@@ -70,7 +70,7 @@ pub(crate) struct Engine {
     /// The last id an export was given: the next one is looked for from the second after it,
     /// so exports in a row do not probe again every id the earlier ones took.
     last_issued: Option<NanoPixId>,
-    /// The last id given from a patient's creation time ([`IdsFrom::Creation`]), for the same
+    /// The last id given from a patient's creation time (by `export_existing`), for the same
     /// reason.
     last_past_issued: Option<NanoPixId>,
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
