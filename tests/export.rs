@@ -500,3 +500,25 @@ fn exporting_a_patient_nanopix_already_holds_links_it_instead() {
         assert_eq!(sync.source_info(patient_id).unwrap().external_id.as_deref(), Some("20250121_152638"));
     }
 }
+
+#[test]
+fn export_existing_never_takes_the_id_of_images_left_behind_nor_a_bogus_creation_time() {
+    let clinic = Clinic::new("v29");
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    // Images left behind by a patient NanoPix deleted without them (its own foreign keys off).
+    nanopix.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Study(patient_id, modality, image_name, image_type)
+             VALUES ('20250110_091500', 'IO', '20250110_092000', 'IOSB')",
+            [],
+        )
+        .unwrap();
+    edit_dentaltid(&clinic, "UPDATE patients SET createdAt = '0000-01-01T00:00:00.000' WHERE id = 2");
+    let sync = clinic.open();
+    sync.export_existing().unwrap();
+    let id_of = |patient| sync.source_info(patient).unwrap().external_id.unwrap();
+    assert_eq!(id_of(1), "20250110_091501", "the second a deleted patient's images still name is taken");
+    assert_eq!(sync.source_info(1).unwrap().image_count, 0);
+    assert_eq!(id_of(2), "20250122_100000", "a creation time before 2000 is no real one: an id from now");
+}

@@ -15,8 +15,16 @@ use crate::{Error, NanoPixId, Result};
 const EXPORT_ATTEMPTS: usize = 3;
 
 /// How far back from now ids stay clear of a bulk export: NanoPix names a new patient after the
-/// second its form was opened, and a form may stay open a while before it is saved.
-const RECENT_IDS: chrono::Duration = chrono::Duration::hours(1);
+/// second its form was opened, and a form may stay open a while before it is saved. An hour,
+/// and one more for the hour a change to summer time skips on the local clock.
+const RECENT_IDS: chrono::Duration = chrono::Duration::hours(2);
+
+/// The earliest creation time a bulk export takes an id from: an older `createdAt` is not a
+/// real one (a default or a bad import), and the patient gets an id from now instead.
+const EARLIEST_CREATION: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(2000, 1, 1) {
+    Some(date) => date.and_time(chrono::NaiveTime::MIN),
+    None => NaiveDateTime::MIN,
+};
 
 /// Where an export starts looking for a free NanoPix id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +56,8 @@ impl Engine {
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix
-    /// patients the sync has not seen yet are imported or linked first, so a patient both
-    /// programs hold is linked, not exported a second time.
+    /// patients the sync has not seen yet are imported or linked first, so a patient the matching
+    /// links exactly is linked, not exported a second time.
     pub fn export_existing(&mut self) -> Result<u64> {
         self.catch_up_with_nanopix()?;
         let mut report = ReconcileReport::default();
@@ -182,14 +190,20 @@ impl Engine {
     }
 
     /// A free id from the second `patient` was created in DentalTID (or after the last such id
-    /// issued, when that is later) up to an hour ago: `None` when the patient was created
-    /// within the hour, its `createdAt` cannot be read, or no id is free before then.
+    /// issued, when that is later) up to [`RECENT_IDS`] ago. Besides what [`Engine::id_taken`]
+    /// checks, an id some `Study` or `Report` row still names is taken: a past id may be one of a
+    /// patient NanoPix deleted without its images. `None` when the patient was created within
+    /// that time or before [`EARLIEST_CREATION`], its `createdAt` cannot be read, or no id is
+    /// free before then.
     fn free_past_id(&self, patient: &Patient, now: NaiveDateTime) -> Result<Option<NanoPixId>> {
-        let Some(created) = crate::patient::parse_dart_timestamp(&patient.created_at) else { return Ok(None) };
+        let created = crate::patient::parse_dart_timestamp(&patient.created_at);
+        let Some(created) = created.filter(|created| *created >= EARLIEST_CREATION) else { return Ok(None) };
         let after_last = self.last_past_issued.map(|last| last.next_second().datetime());
         let from = after_last.map_or(created, |next| created.max(next));
         let in_flight = self.in_flight_ids()?;
-        NanoPixId::first_free_before(from, now - RECENT_IDS, |id| self.id_taken(id, &in_flight))
+        NanoPixId::first_free_before(from, now - RECENT_IDS, |id| {
+            Ok(self.id_taken(id, &in_flight)? || self.nanopix.has_records(id)?)
+        })
     }
 
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix

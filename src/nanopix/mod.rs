@@ -263,6 +263,17 @@ impl NanoPix {
         Ok(PatientContents { studies, reports, files })
     }
 
+    /// Whether `Study` or `Report` rows name this id, with or without a `Patient` row: images
+    /// of a patient NanoPix deleted without them still point at it.
+    pub fn has_records(&self, id: NanoPixId) -> Result<bool> {
+        let studies = database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("count studies"))?;
+        if studies > 0 {
+            return Ok(true);
+        }
+        let reports = database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("count reports"))?;
+        Ok(reports > 0)
+    }
+
     /// Deletes the patient's row and its empty folder; refuses if it holds anything.
     ///
     /// # Failure
