@@ -226,7 +226,8 @@ uint32_t nps_close(NpsHandle *handle);
  * callbacks it does nothing and sets the last error.
  *
  * # Safety
- * No other thread uses `handle` during or after this call.
+ * `handle` is NULL, a pointer `nps_open` returned (freed or not), or any other value that is
+ * never dereferenced: only registered handles are touched.
  */
 void nps_free(NpsHandle *handle);
 
@@ -274,7 +275,8 @@ uint32_t nps_live_sync(const NpsHandle *handle, bool *enabled);
 
 /**
  * Exports the DentalTID patient `patient_id` to NanoPix now. NanoPix patients the sync has not
- * seen yet are imported or linked first; when one of them is this patient, it is linked instead.
+ * seen yet are imported or linked first; when the matching links one of them to this patient,
+ * that id is written and nothing is exported.
  *
  * On success writes its NanoPix id (`YYYYMMDD_HHMMSS`) as a library-owned string to
  * `*external_id`; free it with `nps_string_free`. Any thread may call it.

@@ -248,7 +248,7 @@ impl EventBus {
             }
         }
         if self.listener_dropped.load(Ordering::Relaxed) > 0 {
-            self.report_listener_drops();
+            self.report_listener_drops(Room::Bounded);
         }
         self.push(kind, Audience::Everyone, Room::Bounded);
     }
@@ -261,6 +261,7 @@ impl EventBus {
         if dropped > 0 {
             self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue, Room::Unbounded);
         }
+        self.report_listener_drops(Room::Unbounded);
         self.push(kind, Audience::Everyone, Room::Unbounded);
     }
 
@@ -294,14 +295,17 @@ impl EventBus {
         }
     }
 
-    /// Tells the listener alone, once it has room again, how many copies it had no room for
-    /// (the queue skips this event's `seq`; it has an `events_dropped` of its own).
-    fn report_listener_drops(&self) {
+    /// Tells the listener alone, when it has `room`, how many copies it had no room for (the
+    /// queue skips this event's `seq`; it has an `events_dropped` of its own).
+    fn report_listener_drops(&self, room: Room) {
         let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(listener) = listener.as_ref().filter(|queue| queue.len() < EVENT_QUEUE_CAPACITY) else { return };
+        let Some(listener) = listener.as_ref() else { return };
+        if room == Room::Bounded && listener.len() >= EVENT_QUEUE_CAPACITY {
+            return;
+        }
         let count = self.listener_dropped.swap(0, Ordering::Relaxed);
         if count > 0 {
-            let _ = listener.send(self.stamp(EventKind::EventsDropped { count }));
+            room.send(listener, self.stamp(EventKind::EventsDropped { count }));
         }
     }
 
@@ -410,11 +414,15 @@ mod tests {
     #[test]
     fn the_last_event_joins_a_full_queue_after_saying_what_was_dropped() {
         let (bus, events) = bus();
+        let (listener, copies) = crossbeam_channel::unbounded();
+        bus.set_listener(Some(listener));
         for _ in 0..EVENT_QUEUE_CAPACITY + 2 {
             bus.emit(EventKind::LiveSyncChanged { enabled: true });
         }
         bus.emit_last(EventKind::Closed);
         let tail: Vec<EventKind> = events.try_iter().skip(EVENT_QUEUE_CAPACITY).map(|event| event.kind).collect();
         assert_eq!(tail, [EventKind::EventsDropped { count: 2 }, EventKind::Closed]);
+        let copies = copies.try_iter().skip(EVENT_QUEUE_CAPACITY).map(|event| event.kind).collect::<Vec<_>>();
+        assert_eq!(copies, [EventKind::EventsDropped { count: 2 }, EventKind::Closed], "the listener too");
     }
 }

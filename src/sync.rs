@@ -125,8 +125,8 @@ impl NanoPixSync {
     }
 
     /// Exports one DentalTID patient to NanoPix now; returns its new NanoPix id. NanoPix patients
-    /// the sync has not seen yet are imported or linked first: when one of them is this patient,
-    /// it is linked to it instead, and that id is returned. When an earlier export of the patient
+    /// the sync has not seen yet are imported or linked first: when the matching links one of them
+    /// to this patient (an exact match, with auto-linking on), that id is returned. When an earlier export of the patient
     /// was interrupted (a crash or an error), that export is ended instead.
     pub fn export_patient(&self, patient_id: i64) -> Result<NanoPixId> {
         self.call(move |engine| engine.export_patient(patient_id))

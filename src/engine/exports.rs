@@ -40,8 +40,8 @@ enum IdsFrom {
 
 impl Engine {
     /// Exports one DentalTID patient now, whatever Live Sync says. NanoPix patients the sync has
-    /// not seen yet are imported or linked first: when one of them is this patient, it is linked
-    /// to it instead, and its id is returned.
+    /// not seen yet are imported or linked first: when the matching links one of them to this
+    /// patient, its id is returned and nothing is exported.
     pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         if let Some(external_id) = &patient.external_id {
