@@ -94,7 +94,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Exports the patients [`crate::dentaltid::DentalTid::exports_due`] names, and keeps there those still due.
+    /// Exports the patients [`crate::dentaltid::DentalTid::exports_due`] names, and keeps there
+    /// those still due.
     fn export_due(&mut self, report: &mut ReconcileReport) -> Result<()> {
         let due = self.dentaltid.exports_due()?;
         if due.is_empty() {

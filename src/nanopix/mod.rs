@@ -257,8 +257,7 @@ impl NanoPix {
 
     /// Counts the studies, reports and files NanoPix holds for a patient.
     pub fn contents(&self, id: NanoPixId) -> Result<PatientContents> {
-        let studies = database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("count studies"))?;
-        let reports = database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("count reports"))?;
+        let (studies, reports) = self.records(id)?;
         let files = folders::count_entries(&self.folder_path(id))?;
         Ok(PatientContents { studies, reports, files })
     }
@@ -266,12 +265,14 @@ impl NanoPix {
     /// Whether `Study` or `Report` rows name this id, with or without a `Patient` row: images
     /// of a patient NanoPix deleted without them still point at it.
     pub fn has_records(&self, id: NanoPixId) -> Result<bool> {
+        Ok(self.records(id)? != (0, 0))
+    }
+
+    /// The `Study` and `Report` rows that name this id.
+    fn records(&self, id: NanoPixId) -> Result<(u64, u64)> {
         let studies = database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("count studies"))?;
-        if studies > 0 {
-            return Ok(true);
-        }
         let reports = database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("count reports"))?;
-        Ok(reports > 0)
+        Ok((studies, reports))
     }
 
     /// Deletes the patient's row and its empty folder; refuses if it holds anything.
