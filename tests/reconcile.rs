@@ -317,24 +317,10 @@ fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     sync.set_live_sync(false).unwrap();
     drop(sync);
     assert_eq!(indexes(), both, "the first reconcile with Live Sync on builds them");
-    add_bulk_nanopix(&clinic, 12_000);
+    clinic.add_bulk_nanopix(12_000);
     let report = clinic.open().reconcile().unwrap();
     assert_eq!(report.imported, 12_000);
     assert_eq!(indexes(), both);
-}
-
-/// Adds `count` NanoPix patients in one transaction, one second apart from 2024-01-01 00:00:00
-/// (rows only: a folder is not needed for an import).
-fn add_bulk_nanopix(clinic: &Clinic, count: i64) {
-    let start = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).unwrap();
-    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    conn.execute_batch("BEGIN").unwrap();
-    for i in 0..count {
-        let id = (start + chrono::Duration::seconds(i)).format("%Y%m%d_%H%M%S").to_string();
-        conn.execute("INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', ?2)", (&id, i.to_string()))
-            .unwrap();
-    }
-    conn.execute_batch("COMMIT").unwrap();
 }
 
 /// A connection to `dentaltid` as another program opens one: it waits up to 10 s for a lock.
@@ -347,7 +333,7 @@ fn another_program(dentaltid: &std::path::Path) -> rusqlite::Connection {
 #[test]
 fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once() {
     let clinic = Clinic::new("v29");
-    add_bulk_nanopix(&clinic, 15_000);
+    clinic.add_bulk_nanopix(15_000);
     let sync = clinic.open();
     let events = sync.events();
     let dentaltid = clinic.dentaltid.clone();
@@ -378,7 +364,7 @@ fn a_reconcile_cut_off_from_dentaltid_midway_leaves_each_patient_imported_once()
 #[test]
 fn every_imported_patient_is_written_before_it_is_reported() {
     let clinic = Clinic::new("v29");
-    add_bulk_nanopix(&clinic, 12_000);
+    clinic.add_bulk_nanopix(12_000);
     let sync = clinic.open();
     let events = sync.events();
     let dentaltid = clinic.dentaltid.clone();
@@ -410,7 +396,7 @@ fn every_imported_patient_is_written_before_it_is_reported() {
 #[test]
 fn a_sync_now_after_a_few_new_nanopix_patients_links_or_imports_just_those() {
     let clinic = Clinic::new("v29");
-    add_bulk_nanopix(&clinic, 200);
+    clinic.add_bulk_nanopix(200);
     let sync = clinic.open();
     assert_eq!(sync.reconcile().unwrap().imported, 201);
     let sara = clinic.add_dentaltid("Sara", "Amrani", Some("1985-02-03"));
@@ -433,33 +419,7 @@ fn a_sync_now_after_a_few_new_nanopix_patients_links_or_imports_just_those() {
 fn thousands_of_links_are_written_and_reported_each_once() {
     let clinic = Clinic::new("v29");
     let count: u32 = 4_321;
-    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    nanopix.execute_batch("BEGIN").unwrap();
-    dentaltid.execute_batch("BEGIN").unwrap();
-    for i in 0..count {
-        let id = numbered_nanopix_id(i);
-        let (first, last) = (format!("Given{i}"), format!("Family{i}"));
-        nanopix
-            .execute(
-                "INSERT INTO Patient(id, last_name, first_name, birthdate) VALUES (?1, ?2, ?3, '1980-05-17')",
-                (&id, &last, &first),
-            )
-            .unwrap();
-        std::fs::create_dir(clinic.root.join(&id)).unwrap();
-        dentaltid
-            .execute(
-                "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
-                                      createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
-                 VALUES (?1, ?2, 45, '1980-05-17T00:00:00.000', '', '', '', 0.0, '2025-01-22T09:00:00.000', 0,
-                         'EmergencySeverity.low', '', '', 0)",
-                (&first, &last),
-            )
-            .unwrap();
-    }
-    nanopix.execute_batch("COMMIT").unwrap();
-    dentaltid.execute_batch("COMMIT").unwrap();
-
+    clinic.add_linkable_pairs(count);
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
     assert_eq!((report.linked, report.imported, report.errors), (u64::from(count), 1, 0), "the fixture patient is new");

@@ -109,6 +109,55 @@ impl Clinic {
         conn.last_insert_rowid()
     }
 
+    /// Adds `count` NanoPix patients in one transaction, one second apart from 2023-01-01 00:00:00,
+    /// so never on an id of [`numbered_nanopix_id`] (rows only: a folder is not needed for an import).
+    pub fn add_bulk_nanopix(&self, count: i64) {
+        let start = NaiveDate::from_ymd_opt(2023, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).unwrap();
+        let conn = Connection::open(self.nanopix_db()).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        for i in 0..count {
+            let id = (start + chrono::Duration::seconds(i)).format("%Y%m%d_%H%M%S").to_string();
+            conn.execute(
+                "INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', ?2)",
+                (&id, i.to_string()),
+            )
+            .unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+
+    /// Adds `count` patients to both programs, each pair an exact match that a sync links: a
+    /// NanoPix patient (row and folder) with a [`numbered_nanopix_id`], and a DentalTID patient.
+    pub fn add_linkable_pairs(&self, count: u32) {
+        let nanopix = Connection::open(self.nanopix_db()).unwrap();
+        let dentaltid = Connection::open(&self.dentaltid).unwrap();
+        nanopix.execute_batch("BEGIN").unwrap();
+        dentaltid.execute_batch("BEGIN").unwrap();
+        for i in 0..count {
+            let id = numbered_nanopix_id(i);
+            let (first, last) = (format!("Given{i}"), format!("Family{i}"));
+            nanopix
+                .execute(
+                    "INSERT INTO Patient(id, last_name, first_name, birthdate) VALUES (?1, ?2, ?3, '1980-05-17')",
+                    (&id, &last, &first),
+                )
+                .unwrap();
+            std::fs::create_dir(self.root.join(&id)).unwrap();
+            dentaltid
+                .execute(
+                    "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,
+                                          payment, createdAt, isEmergency, severity, healthAlerts, phoneNumber,
+                                          isBlacklisted)
+                     VALUES (?1, ?2, 45, '1980-05-17T00:00:00.000', '', '', '', 0.0, '2025-01-22T09:00:00.000', 0,
+                             'EmergencySeverity.low', '', '', 0)",
+                    (&first, &last),
+                )
+                .unwrap();
+        }
+        nanopix.execute_batch("COMMIT").unwrap();
+        dentaltid.execute_batch("COMMIT").unwrap();
+    }
+
     /// Runs a query on the DentalTID database.
     pub fn dentaltid_rows<T>(&self, sql: &str, map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
         let conn = Connection::open(&self.dentaltid).unwrap();

@@ -1,0 +1,157 @@
+//! A sync killed outright (no unwinding, no cleanup) in the middle of its work: the next sync
+//! leaves every patient in each program exactly once, and both files sound.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::Clinic;
+use nanopix_sync::NanoPixSync;
+use rusqlite::Connection;
+
+/// NanoPix patients new to DentalTID in the first-sync test.
+const NEW: i64 = 12_000;
+/// NanoPix patients that match a DentalTID patient exactly in the first-sync test: more than one
+/// transaction of links.
+const LINKABLE: u32 = 4_500;
+/// DentalTID patients exported in the export test.
+const EXPORTS: usize = 300;
+
+/// Starts this test binary's child, which opens the sync on `clinic` and does `work` there.
+fn start_child(clinic: &Clinic, work: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "killed_sync_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("NPS_TEST_CLINIC", clinic.dir.path())
+        .env("NPS_TEST_WORK", work)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "the child process of the crash tests"]
+fn killed_sync_child() {
+    let dir = std::path::PathBuf::from(std::env::var("NPS_TEST_CLINIC").unwrap());
+    let config = nanopix_sync::Config::new(dir.join("PatientData"), dir.join("dentaltid.db"));
+    let sync = NanoPixSync::open(config).unwrap();
+    match std::env::var("NPS_TEST_WORK").unwrap().as_str() {
+        "reconcile" => drop(sync.reconcile().unwrap()),
+        "export_existing" => drop(sync.export_existing().unwrap()),
+        work => panic!("unknown work {work}"),
+    }
+    // Only the kill ends this process, so the test knows its work was cut short.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Reads one number from `database` as another program would, waiting out the sync's locks;
+/// a table the sync has not made yet reads as 0.
+fn count(database: &Path, sql: &str) -> i64 {
+    let conn = Connection::open(database).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.query_row(sql, [], |row| row.get(0)).unwrap_or(0)
+}
+
+/// Waits up to a minute until `sql` on `database` counts more than `above`, then kills `child`
+/// at once; the child must not have ended on its own.
+fn kill_once(mut child: Child, database: &Path, sql: &str, above: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(database, sql) <= above {
+        assert!(Instant::now() < deadline, "`{sql}` never went past {above}");
+        assert!(child.try_wait().unwrap().is_none(), "the child ended before the kill");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "killed, not ended: {status:?}");
+    }
+    #[cfg(not(unix))]
+    assert!(!status.success());
+}
+
+/// Asserts that `database` passes SQLite's integrity check.
+fn assert_sound(database: &Path) {
+    let conn = Connection::open(database).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(check, "ok", "{}", database.display());
+}
+
+/// Every NanoPix id and how many DentalTID patients hold it, for the ids held other than once.
+fn ids_not_held_once(clinic: &Clinic) -> Vec<(String, i64)> {
+    let dentaltid = clinic.dentaltid.display().to_string();
+    let conn = Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute("ATTACH ?1 AS dentaltid", [&dentaltid]).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT Patient.id, coalesce(holders.n, 0) FROM Patient
+             LEFT JOIN (SELECT external_id, count(*) AS n FROM dentaltid.patients GROUP BY external_id) AS holders
+               ON holders.external_id = Patient.id
+             WHERE coalesce(holders.n, 0) <> 1",
+        )
+        .unwrap();
+    statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn a_first_sync_killed_mid_import_or_mid_link_leaves_each_patient_once_after_the_next_sync() {
+    let imported = "SELECT count(*) FROM patients WHERE source = 'nanopix'";
+    let linked = "SELECT count(*) FROM nanopix_sync_links WHERE origin = 'matched'";
+    for (stage, sql, all) in [("import", imported, NEW + 1), ("link", linked, i64::from(LINKABLE))] {
+        let clinic = Clinic::new("v29");
+        clinic.add_bulk_nanopix(NEW);
+        clinic.add_linkable_pairs(LINKABLE);
+        let dentaltid_before = count(&clinic.dentaltid, "SELECT count(*) FROM patients");
+        kill_once(start_child(&clinic, "reconcile"), &clinic.dentaltid, sql, 0);
+        let done = count(&clinic.dentaltid, sql);
+        assert!(done < all, "{stage}: killed midway, with {done} of {all} done");
+
+        let report = clinic.open().reconcile().unwrap();
+        assert_eq!(report.errors, 0, "{stage}");
+        assert_eq!(ids_not_held_once(&clinic), [], "{stage}: every NanoPix patient held once");
+        let after = (count(&clinic.dentaltid, "SELECT count(*) FROM patients"), count(&clinic.dentaltid, imported));
+        assert_eq!(after, (dentaltid_before + NEW + 1, NEW + 1), "{stage}: the bulk and the fixture imported, no more");
+        assert_eq!(count(&clinic.dentaltid, linked), i64::from(LINKABLE), "{stage}: every pair linked");
+        assert_sound(&clinic.dentaltid);
+        assert_sound(&clinic.nanopix_db());
+    }
+}
+
+#[test]
+fn export_existing_killed_midway_exports_each_patient_once_after_the_next_sync() {
+    let clinic = Clinic::new("v29");
+    let added: Vec<i64> =
+        (0..EXPORTS).map(|i| clinic.add_dentaltid(&format!("Given{i}"), "Exported", Some("1990-05-06"))).collect();
+    let nanopix_before = count(&clinic.nanopix_db(), "SELECT count(*) FROM Patient");
+    let exported = i64::try_from(EXPORTS / 3).unwrap();
+    kill_once(
+        start_child(&clinic, "export_existing"),
+        &clinic.nanopix_db(),
+        "SELECT count(*) FROM Patient",
+        nanopix_before + exported,
+    );
+    let nanopix_cut = count(&clinic.nanopix_db(), "SELECT count(*) FROM Patient");
+    assert!(nanopix_cut < nanopix_before + i64::try_from(EXPORTS).unwrap(), "killed midway at {nanopix_cut} rows");
+
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    sync.export_existing().unwrap();
+    assert_eq!(ids_not_held_once(&clinic), [], "every NanoPix patient held once");
+    for patient in added {
+        let external_id = sync.source_info(patient).unwrap().external_id;
+        let external_id = external_id.unwrap_or_else(|| panic!("patient {patient} exported"));
+        assert!(clinic.root.join(&external_id).is_dir(), "{external_id}: folder");
+    }
+    let dentaltid_patients = count(&clinic.dentaltid, "SELECT count(*) FROM patients");
+    let nanopix_after = count(&clinic.nanopix_db(), "SELECT count(*) FROM Patient");
+    assert_eq!(
+        nanopix_after, dentaltid_patients,
+        "each DentalTID patient once in NanoPix, each NanoPix patient once in DentalTID"
+    );
+    assert_sound(&clinic.dentaltid);
+    assert_sound(&clinic.nanopix_db());
+}
