@@ -109,6 +109,12 @@ impl Clinic {
         conn.last_insert_rowid()
     }
 
+    /// Replaces `NanoPix.db3` with a database that `sql` makes.
+    pub fn replace_nanopix(&self, sql: &str) {
+        std::fs::remove_file(self.nanopix_db()).unwrap();
+        Connection::open(self.nanopix_db()).unwrap().execute_batch(sql).unwrap();
+    }
+
     /// Adds `count` NanoPix patients in one transaction, one second apart from 2023-01-01 00:00:00,
     /// so never on an id of [`numbered_nanopix_id`] (rows only: a folder is not needed for an import).
     pub fn add_bulk_nanopix(&self, count: i64) {
