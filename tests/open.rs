@@ -27,14 +27,32 @@ fn a_missing_nanopix_database_is_named() {
 #[test]
 fn a_nanopix_database_without_last_name_is_refused() {
     let clinic = Clinic::new("v29");
-    std::fs::remove_file(clinic.nanopix_db()).unwrap();
-    rusqlite::Connection::open(clinic.nanopix_db())
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250) NOT NULL UNIQUE, first_name TEXT);",
-        )
-        .unwrap();
+    clinic.replace_nanopix(
+        "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250) NOT NULL UNIQUE, first_name TEXT);",
+    );
     assert!(matches!(open_error(&clinic), Error::MissingColumn { column: "last_name", .. }));
+}
+
+#[test]
+fn a_patient_table_without_pk_or_rowid_is_refused() {
+    let clinic = Clinic::new("v29");
+    clinic.replace_nanopix(
+        "CREATE TABLE Patient (id TEXT PRIMARY KEY, last_name TEXT NOT NULL) WITHOUT ROWID;
+         INSERT INTO Patient(id, last_name) VALUES ('20250121_152638', 'DSSSSFSFS');",
+    );
+    assert!(matches!(open_error(&clinic), Error::MissingColumn { column: "pk", .. }));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_database_folder_linked_from_outside_the_root_is_refused() {
+    let clinic = Clinic::new("v29");
+    let outside = clinic.dir.path().join("elsewhere");
+    std::fs::rename(clinic.root.join("database"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, clinic.root.join("database")).unwrap();
+    let before = std::fs::read(outside.join("NanoPix.db3")).unwrap();
+    assert!(matches!(open_error(&clinic), Error::UnsafePath(path) if path == clinic.nanopix_db()));
+    assert_eq!(std::fs::read(outside.join("NanoPix.db3")).unwrap(), before);
 }
 
 #[test]

@@ -66,6 +66,11 @@ pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashS
             return Err(Error::MissingColumn { path: db_path.to_path_buf(), table: "Patient", column });
         }
     }
+    // Rows are read in `pk` order, or `rowid` order in a table without `pk`; a table without
+    // either (WITHOUT ROWID, or a view) cannot be read page by page.
+    if !columns.contains("pk") && conn.prepare("SELECT rowid FROM Patient LIMIT 0").is_err() {
+        return Err(Error::MissingColumn { path: db_path.to_path_buf(), table: "Patient", column: "pk" });
+    }
     Ok(columns)
 }
 

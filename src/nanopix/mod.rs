@@ -159,6 +159,13 @@ pub(crate) struct PatientContents {
     pub files: u64,
 }
 
+/// Refuses `path` with [`Error::UnsafePath`] unless it resolves, through any symlinks, to a
+/// place inside `root`.
+fn ensure_inside(root: &Path, path: &Path) -> Result<()> {
+    let resolve = |path: &Path| std::fs::canonicalize(path).map_err(Error::io(path, "resolve the path"));
+    if resolve(path)?.starts_with(resolve(root)?) { Ok(()) } else { Err(Error::UnsafePath(path.to_path_buf())) }
+}
+
 /// An open NanoPix data folder.
 #[derive(Debug)]
 pub(crate) struct NanoPix {
@@ -179,6 +186,7 @@ impl NanoPix {
         if !db_path.is_file() {
             return Err(Error::NanoPixDatabaseMissing(db_path));
         }
+        ensure_inside(root, &db_path)?;
         let conn = database::connect(&db_path, busy_timeout)?;
         let patient_columns = database::patient_columns(&conn, &db_path)?;
         Ok(Self { root: root.to_path_buf(), db_path, conn, patient_columns })
