@@ -251,10 +251,11 @@ impl Engine {
     }
 
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
-    /// past the cursor. A row removed on either side, another id in NanoPix's row at the cursor
-    /// (NanoPix gave a deleted last row's `pk` to a new patient), or a whole page of new NanoPix
-    /// rows (a bulk import, which a full reconcile writes in short transactions) leads to a full
-    /// reconcile instead.
+    /// past the cursor. A row removed on either side, a NanoPix row added below the cursor
+    /// (SQLite picks a random `pk` once the largest is taken), another id in NanoPix's row at
+    /// the cursor (NanoPix gave a deleted last row's `pk` to a new patient), or a whole page of
+    /// new NanoPix rows (a bulk import, which a full reconcile writes in short transactions)
+    /// leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
         let Some(cursor) = self.cursor.clone() else { return self.reconcile() };
@@ -264,7 +265,7 @@ impl Engine {
         let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if read >= u64::from(PAGE)
-            || self.nanopix.patient_count()? < cursor.nanopix_rows + read
+            || self.nanopix.patient_count()? != cursor.nanopix_rows + read
             || self.nanopix.id_at(cursor.nanopix_pk)? != cursor.nanopix_id
             || self.dentaltid_lost_rows(&cursor)?
         {

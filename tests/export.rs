@@ -480,6 +480,20 @@ fn exporting_a_patient_nanopix_gained_since_the_last_sync_links_it_instead() {
 }
 
 #[test]
+fn exporting_a_patient_nanopix_added_below_the_last_pk_links_it_instead() {
+    let clinic = Clinic::new("v29");
+    // Once a row holds the largest `pk`, SQLite gives new rows random, smaller ones.
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute_batch("UPDATE Patient SET pk = 9223372036854775807").unwrap();
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().imported, 1);
+    clinic.add_nanopix("20250122_093000", "Benali", "Amina", Some("1985-03-12"));
+    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_093000", "Amina Benali is patient 1");
+    let nanopix: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Benali'", |r| r.get(0));
+    assert_eq!(nanopix, ["20250122_093000"], "one NanoPix row for Amina Benali");
+}
+
+#[test]
 fn exporting_a_patient_nanopix_already_holds_links_it_instead() {
     for all_at_once in [false, true] {
         let clinic = Clinic::new("v29");
