@@ -113,6 +113,9 @@ struct Snapshot {
     known: HashSet<NanoPixId>,
     /// The NanoPix ids in none of those.
     unknown: Vec<NanoPixId>,
+    /// The `pk`s of the NanoPix rows read as odd (reported already), such as a second row with
+    /// an id an earlier row has: reading pages of patients skips them.
+    odd_pks: HashSet<i64>,
     /// Whether the unknown are too many to read one by one, so every page of NanoPix is read.
     many_unknown: bool,
     /// The matcher to decide the unknown: built when they are many, or when a first sync read
@@ -318,8 +321,13 @@ impl Engine {
     fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
         let in_flight = self.in_flight_ids()?;
         let mut unheld = Vec::new();
+        let mut seen = HashSet::default();
         for patient in patients {
-            if !in_flight.contains(&patient.id) && !self.dentaltid.holds_external_id(patient.id)? {
+            // A second new row with the same id is skipped: the next full reconcile reports it.
+            if seen.insert(patient.id)
+                && !in_flight.contains(&patient.id)
+                && !self.dentaltid.holds_external_id(patient.id)?
+            {
                 unheld.push(patient);
             }
         }
@@ -512,7 +520,7 @@ impl Engine {
             self.dentaltid.drop_own_indexes()?;
             self.indexed = false;
         }
-        let imported = self.import_pages(&snapshot.known, matcher, report);
+        let imported = self.import_pages(&snapshot.known, &snapshot.odd_pks, matcher, report);
         let linked = imported.and_then(|matcher| {
             snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
             self.link_held(matcher, report)
@@ -531,6 +539,7 @@ impl Engine {
     fn import_pages(
         &mut self,
         known: &HashSet<NanoPixId>,
+        odd_pks: &HashSet<i64>,
         matcher: Matcher,
         report: &mut ReconcileReport,
     ) -> Result<Matcher> {
@@ -540,7 +549,7 @@ impl Engine {
         let (read, pages) = crossbeam_channel::bounded(1);
         let (decided, imports) = crossbeam_channel::bounded(1);
         let (all_read, matcher, written) = std::thread::scope(|scope| {
-            let reader = scope.spawn(move || read_pages(nanopix, known, stop, &read));
+            let reader = scope.spawn(move || read_pages(nanopix, (known, odd_pks), stop, &read));
             let decider = scope.spawn(move || decide_pages(matcher, &pages, &decided));
             let written = write_pages(dentaltid, bus, clock.as_ref(), &imports, stop, report);
             drop(imports);
@@ -756,6 +765,7 @@ fn read_dentaltid(
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
     let (nanopix_pk, nanopix_id) = rows.last_row().map_or((0, None), |(pk, id)| (pk, Some(id)));
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
+    let odd_pks = rows.odd_rows.iter().map(|odd| odd.pk).collect();
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
     let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
     let many_unknown = !unknown.is_empty() && !is_few(unknown.len(), nanopix.len());
@@ -775,6 +785,7 @@ fn read_dentaltid(
         links,
         known,
         unknown,
+        odd_pks,
         many_unknown,
         matcher,
     };
@@ -787,11 +798,12 @@ fn is_few(unknown: usize, rows: usize) -> bool {
     unknown < PAGE as usize && unknown.saturating_mul(ROWS_PER_LOOKUP) < rows
 }
 
-/// Reads NanoPix page by page from the start and sends the patients not in `known` to `read`,
-/// until the last page, `stop` says so, or the receiver hangs up (it failed: it reports why).
+/// Reads NanoPix page by page from the start and sends the patients not in `known` (nor in a
+/// row of `odd_pks`) to `read`, until the last page, `stop` says so, or the receiver hangs up
+/// (it failed: it reports why).
 fn read_pages(
     nanopix: &mut NanoPix,
-    known: &HashSet<NanoPixId>,
+    (known, odd_pks): (&HashSet<NanoPixId>, &HashSet<i64>),
     stop: impl Fn() -> bool,
     read: &Sender<Vec<NanoPixPatient>>,
 ) -> Result<()> {
@@ -800,7 +812,8 @@ fn read_pages(
         let page = nanopix.patients_after(after, PAGE)?;
         let Some(last) = page.last_pk().filter(|&pk| pk > after) else { break };
         after = last;
-        let unknown: Vec<NanoPixPatient> = page.patients.into_iter().filter(|p| !known.contains(&p.id)).collect();
+        let unknown: Vec<NanoPixPatient> =
+            page.patients.into_iter().filter(|p| !known.contains(&p.id) && !odd_pks.contains(&p.pk)).collect();
         if !unknown.is_empty() && read.send(unknown).is_err() {
             break;
         }

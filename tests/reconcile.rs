@@ -295,6 +295,63 @@ fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
     assert!(!clinic.dir.path().join("escape").exists());
 }
 
+/// A `Patient` table whose `id` is not UNIQUE, holding the fixture patient and a second row
+/// with its id.
+const REPEATED_ID: &str = "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250), last_name VARCHAR(250),
+                                                 first_name VARCHAR(250), birthdate DATE, created_datetime DATETIME);
+    INSERT INTO Patient(pk, id, last_name, first_name) VALUES (1, '20250121_152638', 'DSSSSFSFS', 'FSFFS');
+    INSERT INTO Patient(pk, id, last_name, first_name) VALUES (2, '20250121_152638', 'Other', 'Person');
+    INSERT INTO Patient(pk, id, last_name, first_name) VALUES (3, '20250301_100000', 'Plain', 'Patient');";
+
+/// `(external_id, holders)` of every NanoPix id DentalTID holds.
+fn holders_per_external_id(clinic: &Clinic) -> Vec<(String, i64)> {
+    clinic.dentaltid_rows(
+        "SELECT external_id, count(*) FROM patients WHERE external_id IS NOT NULL GROUP BY external_id ORDER BY 1",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+#[test]
+fn a_second_nanopix_row_with_an_id_already_used_is_reported_and_never_imported() {
+    let clinic = Clinic::new("v29");
+    clinic.replace_nanopix(REPEATED_ID);
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (2, 1));
+    let odd = drain(&sync).into_iter().find_map(|event| match event.kind {
+        EventKind::SyncError { code, message, .. } if code == "odd_row" => Some(message),
+        _ => None,
+    });
+    assert!(odd.is_some_and(|message| message.contains("pk 2") && message.contains("pk 1")), "the second row named");
+    let kept: Vec<String> =
+        clinic.dentaltid_rows("SELECT familyName FROM patients WHERE external_id = '20250121_152638'", |r| r.get(0));
+    assert_eq!(kept, ["DSSSSFSFS"], "the first row is the patient");
+    let rows = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    rows.execute("INSERT INTO Patient(pk, id, last_name) VALUES (4, '20250301_100000', 'Again')", []).unwrap();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (0, 2), "both repeats reported, none imported");
+    assert_eq!(holders_per_external_id(&clinic), [("20250121_152638".into(), 1), ("20250301_100000".into(), 1)]);
+}
+
+#[test]
+fn two_new_nanopix_rows_with_one_id_in_a_live_pass_give_one_patient() {
+    let clinic = Clinic::new("v29");
+    clinic.replace_nanopix(REPEATED_ID);
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let rows = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    rows.execute_batch(
+        "INSERT INTO Patient(pk, id, last_name, first_name) VALUES (4, '20250302_100000', 'New', 'One');
+         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (5, '20250302_100000', 'New', 'Two');",
+    )
+    .unwrap();
+    // An export first catches up with NanoPix's new rows in a live pass.
+    sync.export_patient(1).unwrap();
+    let new: Vec<String> =
+        clinic.dentaltid_rows("SELECT name FROM patients WHERE external_id = '20250302_100000'", |r| r.get(0));
+    assert_eq!(new, ["One"]);
+}
+
 #[test]
 fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     let clinic = Clinic::new("v29");

@@ -5,7 +5,8 @@
 //! never touches the schema, never names a column `PRAGMA table_info` did not list, and never
 //! does file I/O inside a transaction.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
@@ -155,9 +156,20 @@ pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite
     let mut statement = conn.prepare(&sql)?;
     let mut rows = statement.query([])?;
     let mut found = IdRows::default();
+    let mut first_pks = HashMap::new();
     while let Some(row) = rows.next()? {
         match row_key(row)? {
-            Ok(key) => found.ids.push(key),
+            Ok((pk, id)) => match first_pks.entry(id) {
+                Entry::Vacant(first) => {
+                    first.insert(pk);
+                    found.ids.push((pk, id));
+                }
+                Entry::Occupied(first) => found.odd_rows.push(OddRow {
+                    pk,
+                    raw_id: id.to_string(),
+                    problem: format!("its id is already the patient of row pk {}", first.get()),
+                }),
+            },
             Err(odd) => found.odd_rows.push(odd),
         }
     }
