@@ -536,3 +536,45 @@ fn export_existing_never_takes_the_id_of_images_left_behind_nor_a_bogus_creation
     assert_eq!(sync.source_info(1).unwrap().image_count, 0);
     assert_eq!(id_of(2), "20250122_100000", "a creation time before 2000 is no real one: an id from now");
 }
+
+/// Waits up to 10 s until the export journal holds a row; returns the id it reserved.
+fn wait_for_journal(clinic: &Clinic) -> String {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let reserved = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+        if let Some(reserved) = reserved.into_iter().next() {
+            return reserved;
+        }
+        assert!(std::time::Instant::now() < until, "no export started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn an_export_never_links_to_a_patient_nanopix_saved_at_its_id_meanwhile() {
+    let clinic = Clinic::new("v29");
+    let patient = clinic.add_dentaltid("Nadia", "Cherif", None);
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    // NanoPix is busy writing while the export reserves its id, then saves a patient of its own
+    // at that id, in the same second and also without a birth date.
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (exported, reserved) = std::thread::scope(|scope| {
+        let export = scope.spawn(|| sync.export_patient(patient));
+        let reserved = wait_for_journal(&clinic);
+        nanopix
+            .execute(
+                "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+                 VALUES (?1, 'Stranger', 'Someone', 'Male', NULL, '2025-01-22 10:00:00', '2025-01-22 10:00:00')",
+                [&reserved],
+            )
+            .unwrap();
+        nanopix.execute_batch("COMMIT").unwrap();
+        (export.join().unwrap().unwrap().to_string(), reserved)
+    });
+    assert_ne!(exported, reserved, "never linked to the other patient's row");
+    let cherif: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Cherif'", |r| r.get(0));
+    assert_eq!(cherif, [exported], "Nadia Cherif has a row of her own");
+    assert_eq!(nanopix_row(&clinic, &reserved)[0].1, "Stranger", "the other patient is left as it was");
+}
