@@ -578,3 +578,22 @@ fn an_export_never_links_to_a_patient_nanopix_saved_at_its_id_meanwhile() {
     assert_eq!(cherif, [exported], "Nadia Cherif has a row of her own");
     assert_eq!(nanopix_row(&clinic, &reserved)[0].1, "Stranger", "the other patient is left as it was");
 }
+
+#[cfg(unix)]
+#[test]
+fn delete_in_nanopix_refuses_a_patient_whose_folder_is_a_link() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    let external_id = sync.export_patient(1).unwrap().to_string();
+    let moved = clinic.dir.path().join("moved-images");
+    std::fs::create_dir(&moved).unwrap();
+    std::fs::write(moved.join("20250122_110000.iosb"), b"an image").unwrap();
+    std::fs::remove_dir(clinic.root.join(&external_id)).unwrap();
+    std::os::unix::fs::symlink(&moved, clinic.root.join(&external_id)).unwrap();
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    sync.reconcile().unwrap();
+    let refused = sync.delete_in_nanopix(&external_id);
+    assert!(matches!(refused, Err(Error::NanoPixPatientNotEmpty { files: 1, .. })), "{refused:?}");
+    assert_eq!(nanopix_row(&clinic, &external_id).len(), 1, "the row stays");
+    assert!(moved.join("20250122_110000.iosb").is_file());
+}

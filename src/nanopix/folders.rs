@@ -97,11 +97,12 @@ fn sort_entry(entry: &DirEntry, is_dir: bool, found: &mut FolderScan) {
     }
 }
 
-/// Entries in a real folder (0 when it is missing or not a real folder); an entry that
-/// cannot be read still counts.
+/// Entries in a real folder (0 when it is missing); an entry that cannot be read still counts.
+/// Anything else in the folder's place (a symlink, a file) counts as one entry: what it holds
+/// is not looked into, so it is never taken for empty.
 pub(super) fn count_entries(folder: &Path) -> Result<u64> {
     if !is_real_dir(folder) {
-        return Ok(0);
+        return Ok(u64::from(fs::symlink_metadata(folder).is_ok()));
     }
     let entries = fs::read_dir(folder).map_err(Error::io(folder, "list patient folder"))?;
     Ok(entries.count() as u64)
