@@ -70,8 +70,8 @@ pub(crate) struct Engine {
     /// The last id an export was given: the next one is looked for from the second after it,
     /// so exports in a row do not probe again every id the earlier ones took.
     last_issued: Option<NanoPixId>,
-    /// The last id given from a patient's creation time (by `export_existing`), for the same
-    /// reason.
+    /// The last id given from a patient's creation time by the running `export_existing`,
+    /// which takes patients in that order, for the same reason.
     last_past_issued: Option<NanoPixId>,
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.

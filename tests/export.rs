@@ -534,7 +534,52 @@ fn export_existing_never_takes_the_id_of_images_left_behind_nor_a_bogus_creation
     let id_of = |patient| sync.source_info(patient).unwrap().external_id.unwrap();
     assert_eq!(id_of(1), "20250110_091501", "the second a deleted patient's images still name is taken");
     assert_eq!(sync.source_info(1).unwrap().image_count, 0);
-    assert_eq!(id_of(2), "20250122_100000", "a creation time before 2000 is no real one: an id from now");
+    let undated = "a creation time before 2000 is no real one: the first free second a day before the last two hours";
+    assert_eq!(id_of(2), "20250121_080000", "{undated}");
+}
+
+/// Adds a DentalTID patient named `last`, created at `created` (as DentalTID stores it).
+fn add_created(clinic: &Clinic, last: &str, created: &str) {
+    let sql = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                    createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+               VALUES ('P', ?1, 0, NULL, '', '', '', 0.0, ?2, 0, 'EmergencySeverity.low', '', '', 0)";
+    rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute(sql, (last, created)).unwrap();
+}
+
+/// The NanoPix ids DentalTID patients whose family name is like `pattern` were given, in order.
+fn ids_given(clinic: &Clinic, pattern: &str) -> Vec<String> {
+    let sql = "SELECT external_id FROM patients WHERE familyName LIKE ?1 ORDER BY external_id";
+    let conn = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    let mut statement = conn.prepare(sql).unwrap();
+    statement.query_map([pattern], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn export_existing_gives_old_patients_past_ids_whatever_their_order() {
+    let clinic = Clinic::new("v29");
+    add_created(&clinic, "ThisMorning", "2025-01-22T07:59:30.000");
+    for i in 0..100 {
+        add_created(&clinic, &format!("FromPaper{i}"), "2024-06-01T09:00:00.000");
+    }
+    clinic.open().export_existing().unwrap();
+    let from_paper = ids_given(&clinic, "FromPaper%");
+    assert_eq!(from_paper.len(), 100);
+    assert_eq!((from_paper[0].as_str(), from_paper[99].as_str()), ("20240601_090000", "20240601_090139"));
+    assert_eq!(ids_given(&clinic, "ThisMorning"), ["20250122_075930"]);
+}
+
+#[test]
+fn a_burst_of_undated_exports_leaves_nanopix_the_ids_of_the_next_minutes() {
+    let clinic = Clinic::new("v29");
+    for i in 0..200 {
+        add_created(&clinic, &format!("Undated{i}"), "");
+    }
+    clinic.open().export_existing().unwrap();
+    let undated = ids_given(&clinic, "Undated%");
+    assert_eq!(undated.len(), 200);
+    assert!(undated.iter().all(|id| id.as_str() < "20250122_080000"), "all before the last two hours: {undated:?}");
+    // A NanoPix user opens the new-patient form two minutes later and saves it.
+    clinic.add_nanopix("20250122_100200", "Mansouri", "Yacine", None);
 }
 
 /// Waits up to 10 s until the export journal holds a row; returns the id it reserved.

@@ -20,21 +20,26 @@ const EXPORT_ATTEMPTS: usize = 3;
 const RECENT_IDS: chrono::Duration = chrono::Duration::hours(2);
 
 /// The earliest creation time a bulk export takes an id from: an older `createdAt` is not a
-/// real one (a default or a bad import), and the patient gets an id from now instead.
+/// real one (a default or a bad import), and the patient counts as undated.
 const EARLIEST_CREATION: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(2000, 1, 1) {
     Some(date) => date.and_time(chrono::NaiveTime::MIN),
     None => NaiveDateTime::MIN,
 };
+
+/// How far before the [`RECENT_IDS`] a bulk export starts looking for the ids of undated
+/// patients (no real `createdAt`): a day of seconds, free of NanoPix's own patients, instead
+/// of ids from now on.
+const UNDATED_IDS: chrono::Duration = chrono::Duration::days(1);
 
 /// Where an export starts looking for a free NanoPix id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IdsFrom {
     /// The current second, then the next ones: a patient just added gets the id of its time.
     Now,
-    /// The second the patient was created in DentalTID, when that is over [`RECENT_IDS`] ago,
-    /// then the next ones up to then (else as [`IdsFrom::Now`]): `export_existing` writes many
-    /// patients at once, and ids from now on would take, for hours ahead, the ids NanoPix gives
-    /// its own new patients.
+    /// The second the patient was created in DentalTID (see [`past_ids_from`]), when that is
+    /// over [`RECENT_IDS`] ago, then the next ones up to then (else as [`IdsFrom::Now`]):
+    /// `export_existing` writes many patients at once, and ids from now on would take, for hours
+    /// ahead, the ids NanoPix gives its own new patients.
     Creation,
 }
 
@@ -61,8 +66,12 @@ impl Engine {
     pub fn export_existing(&mut self) -> Result<u64> {
         self.catch_up_with_nanopix()?;
         let mut report = ReconcileReport::default();
-        let unlinked: Vec<Patient> =
+        let mut unlinked: Vec<Patient> =
             self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();
+        // In the order of the ids they are given, so each id is looked for after the last one.
+        let now = self.config.clock.now();
+        unlinked.sort_by_cached_key(|patient| past_ids_from(patient, now));
+        self.last_past_issued = None;
         self.export_each(&unlinked, IdsFrom::Creation, &mut report);
         Ok(report.exported)
     }
@@ -190,15 +199,13 @@ impl Engine {
         Ok(new_nanopix_row(patient, id, now))
     }
 
-    /// A free id from the second `patient` was created in DentalTID (or after the last such id
-    /// issued, when that is later) up to [`RECENT_IDS`] ago. Besides what [`Engine::id_taken`]
-    /// checks, an id some `Study` or `Report` row still names is taken: a past id may be one of a
-    /// patient NanoPix deleted without its images. `None` when the patient was created within
-    /// that time or before [`EARLIEST_CREATION`], its `createdAt` cannot be read, or no id is
-    /// free before then.
+    /// A free id from [`past_ids_from`] `patient` (or after the last such id issued, when that
+    /// is later) up to [`RECENT_IDS`] ago. Besides what [`Engine::id_taken`] checks, an id some
+    /// `Study` or `Report` row still names is taken: a past id may be one of a patient NanoPix
+    /// deleted without its images. `None` when the patient was created within that time or no
+    /// id is free before then.
     fn free_past_id(&self, patient: &Patient, now: NaiveDateTime) -> Result<Option<NanoPixId>> {
-        let created = crate::patient::parse_dart_timestamp(&patient.created_at);
-        let Some(created) = created.filter(|created| *created >= EARLIEST_CREATION) else { return Ok(None) };
+        let created = past_ids_from(patient, now);
         let after_last = self.last_past_issued.map(|last| last.next_second().datetime());
         let from = after_last.map_or(created, |next| created.max(next));
         let in_flight = self.in_flight_ids()?;
@@ -355,6 +362,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// Where a bulk export at `now` looks for a past id for `patient`: the second it was created in
+/// DentalTID, or [`UNDATED_IDS`] before the [`RECENT_IDS`] when its `createdAt` cannot be read
+/// or is before [`EARLIEST_CREATION`].
+fn past_ids_from(patient: &Patient, now: NaiveDateTime) -> NaiveDateTime {
+    crate::patient::parse_dart_timestamp(&patient.created_at)
+        .filter(|created| *created >= EARLIEST_CREATION)
+        .unwrap_or(now - RECENT_IDS - UNDATED_IDS)
 }
 
 /// The NanoPix row an export of `patient` writes with `id`, created `now`.
