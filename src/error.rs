@@ -84,7 +84,8 @@ pub enum Error {
     )]
     DeleteNotRequested(String),
 
-    /// A path built from data would leave the `PatientData` root or pass through a symlink.
+    /// A path built from data would leave the `PatientData` root or pass through a symlink, or
+    /// `NanoPix.db3` resolves (through a symlink) to a place outside the root.
     #[error("refusing path outside the NanoPix data folder: {0}")]
     UnsafePath(PathBuf),
 
