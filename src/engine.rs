@@ -361,7 +361,7 @@ impl Engine {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         self.cursor = None;
-        self.nanopix.delete_patient(id)
+        self.nanopix.delete_patient(id, &self.config.patient_subfolders)
     }
 
     /// Patients for the patients screen.
@@ -375,7 +375,8 @@ impl Engine {
         let link = self.dentaltid.link(patient_id)?;
         let id = patient.external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
         let nanopix_patient = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
-        let contents = id.map(|id| self.nanopix.contents(id)).transpose()?.unwrap_or_default();
+        let subfolders = &self.config.patient_subfolders;
+        let contents = id.map(|id| self.nanopix.contents(id, subfolders)).transpose()?.unwrap_or_default();
         Ok(SourceInfo {
             patient_id,
             source: patient.source,

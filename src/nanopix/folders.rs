@@ -97,21 +97,36 @@ fn sort_entry(entry: &DirEntry, is_dir: bool, found: &mut FolderScan) {
     }
 }
 
-/// Entries in a real folder (0 when it is missing); an entry that cannot be read still counts.
-/// Anything else in the folder's place (a symlink, a file) counts as one entry: what it holds
-/// is not looked into, so it is never taken for empty.
-pub(super) fn count_entries(folder: &Path) -> Result<u64> {
+/// Entries in a real folder (0 when it is missing) besides the empty real `subfolders` the sync
+/// makes in every patient folder; an entry that cannot be read still counts. Anything else in
+/// the folder's place (a symlink, a file) counts as one entry: what it holds is not looked
+/// into, so it is never taken for empty.
+pub(super) fn count_entries(folder: &Path, subfolders: &[String]) -> Result<u64> {
     if !is_real_dir(folder) {
         return Ok(u64::from(fs::symlink_metadata(folder).is_ok()));
     }
     let entries = fs::read_dir(folder).map_err(Error::io(folder, "list patient folder"))?;
-    Ok(entries.count() as u64)
+    let ours = |entry: &DirEntry| {
+        subfolders.iter().any(|name| entry.file_name() == OsStr::new(name)) && is_empty_real_dir(&entry.path())
+    };
+    Ok(entries.filter(|entry| !entry.as_ref().is_ok_and(ours)).count() as u64)
 }
 
-/// Removes the folder if it is a real, empty folder; a missing folder or a symlink is left alone.
-pub(super) fn remove_empty_folder(folder: &Path) -> Result<()> {
+/// Whether `path` is a real folder with nothing in it.
+fn is_empty_real_dir(path: &Path) -> bool {
+    is_real_dir(path) && fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// Removes the folder, and the empty real `subfolders` in it, if it is then a real, empty
+/// folder; a missing folder or a symlink is left alone.
+pub(super) fn remove_empty_folder(folder: &Path, subfolders: &[String]) -> Result<()> {
     if !is_real_dir(folder) {
         return Ok(());
+    }
+    for subfolder in subfolders.iter().map(|name| folder.join(name)) {
+        if is_empty_real_dir(&subfolder) {
+            fs::remove_dir(&subfolder).map_err(Error::io(&subfolder, "remove patient subfolder"))?;
+        }
     }
     fs::remove_dir(folder).map_err(Error::io(folder, "remove patient folder"))
 }

@@ -263,10 +263,11 @@ impl NanoPix {
         folders::create_patient_folder(&self.root, id, subfolders)
     }
 
-    /// Counts the studies, reports and files NanoPix holds for a patient.
-    pub fn contents(&self, id: NanoPixId) -> Result<PatientContents> {
+    /// Counts the studies, reports and files NanoPix holds for a patient; the empty
+    /// `subfolders` an export made are not files.
+    pub fn contents(&self, id: NanoPixId, subfolders: &[String]) -> Result<PatientContents> {
         let (studies, reports) = self.records(id)?;
-        let files = folders::count_entries(&self.folder_path(id))?;
+        let files = folders::count_entries(&self.folder_path(id), subfolders)?;
         Ok(PatientContents { studies, reports, files })
     }
 
@@ -283,23 +284,24 @@ impl NanoPix {
         Ok((studies, reports))
     }
 
-    /// Deletes the patient's row and its empty folder; refuses if it holds anything.
+    /// Deletes the patient's row and its empty folder (with the empty `subfolders` an export
+    /// made in it); refuses if it holds anything.
     ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] without a row, [`Error::NanoPixPatientNotEmpty`] while
     /// any study, report or file is left (studies and reports are counted again under the write
     /// lock). The folder is removed after the commit; if that fails (say a file appeared in
     /// between) the error is [`Error::Io`] and the row stays deleted.
-    pub fn delete_patient(&self, id: NanoPixId) -> Result<()> {
+    pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
         if !self.id_exists(id)? {
             return Err(Error::NanoPixPatientNotFound(id.to_string()));
         }
-        let contents = self.contents(id)?;
+        let contents = self.contents(id, subfolders)?;
         if contents != PatientContents::default() {
             return Err(not_empty(id, contents));
         }
         match database::write(&self.conn, &self.db_path, "delete patient", |conn| database::delete_patient(conn, id))? {
-            Deletion::Deleted => folders::remove_empty_folder(&self.folder_path(id)),
+            Deletion::Deleted => folders::remove_empty_folder(&self.folder_path(id), subfolders),
             Deletion::Missing => Err(Error::NanoPixPatientNotFound(id.to_string())),
             Deletion::Holds { studies, reports } => Err(not_empty(id, PatientContents { studies, reports, files: 0 })),
         }
@@ -635,7 +637,7 @@ pub(crate) mod tests {
         let new_id = id("20250301_093000");
         nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
         nanopix.create_folder(new_id, &[]).unwrap();
-        nanopix.delete_patient(new_id).unwrap();
+        nanopix.delete_patient(new_id, &[]).unwrap();
         nanopix.insert_patient(&new_patient("20250301_093001")).unwrap();
         drop(nanopix);
         let (journal, user_version, page_size, schema) = file_settings(&root);
@@ -740,8 +742,8 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let fixture_id = id(FIXTURE_ID);
-        assert_eq!(nanopix.contents(fixture_id).unwrap(), PatientContents { studies: 1, reports: 0, files: 1 });
-        let result = nanopix.delete_patient(fixture_id);
+        assert_eq!(nanopix.contents(fixture_id, &[]).unwrap(), PatientContents { studies: 1, reports: 0, files: 1 });
+        let result = nanopix.delete_patient(fixture_id, &[]);
         assert!(matches!(
             result,
             Err(Error::NanoPixPatientNotEmpty { ref external_id, studies: 1, reports: 0, files: 1 }) if external_id == FIXTURE_ID
@@ -759,14 +761,33 @@ pub(crate) mod tests {
         let new_id = id("20250301_093000");
         nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
-        assert_eq!(nanopix.contents(new_id).unwrap(), PatientContents::default());
-        nanopix.delete_patient(new_id).unwrap();
+        assert_eq!(nanopix.contents(new_id, &[]).unwrap(), PatientContents::default());
+        nanopix.delete_patient(new_id, &[]).unwrap();
         assert!(!nanopix.id_exists(new_id).unwrap());
         assert!(!folder.exists());
         assert_eq!(row_count(&root), 1);
         assert!(
-            matches!(nanopix.delete_patient(new_id), Err(Error::NanoPixPatientNotFound(t)) if t == "20250301_093000")
+            matches!(nanopix.delete_patient(new_id, &[]), Err(Error::NanoPixPatientNotFound(t)) if t == "20250301_093000")
         );
+    }
+
+    #[test]
+    fn delete_removes_the_empty_subfolders_an_export_made_and_keeps_one_that_holds_a_file() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let subfolders = ["images".to_owned(), "reports".to_owned()];
+        let (kept, removed) = (id("20250301_093000"), id("20250301_093001"));
+        for patient in [kept, removed] {
+            nanopix.insert_patient(&new_patient(&patient.to_string())).unwrap();
+            nanopix.create_folder(patient, &subfolders).unwrap();
+        }
+        fs::write(nanopix.folder_path(kept).join("images/20250301_094000.iosb"), b"image").unwrap();
+        let refused = nanopix.delete_patient(kept, &subfolders);
+        assert!(matches!(refused, Err(Error::NanoPixPatientNotEmpty { files: 1, .. })), "{refused:?}");
+        assert!(nanopix.folder_path(kept).join("images/20250301_094000.iosb").is_file());
+        assert_eq!(nanopix.contents(removed, &subfolders).unwrap(), PatientContents::default());
+        nanopix.delete_patient(removed, &subfolders).unwrap();
+        assert!(!nanopix.folder_path(removed).exists());
     }
 
     #[test]
@@ -777,12 +798,12 @@ pub(crate) mod tests {
         nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         fs::write(folder.join("20250301_094000_thumbnail.jpg"), b"jpeg").unwrap();
-        assert!(matches!(nanopix.delete_patient(new_id), Err(Error::NanoPixPatientNotEmpty { files: 1, .. })));
+        assert!(matches!(nanopix.delete_patient(new_id, &[]), Err(Error::NanoPixPatientNotEmpty { files: 1, .. })));
         fs::remove_file(folder.join("20250301_094000_thumbnail.jpg")).unwrap();
         other_connection(&root)
             .execute("INSERT INTO Report (patient_id, project_name) VALUES ('20250301_093000', 'x')", [])
             .unwrap();
-        let result = nanopix.delete_patient(new_id);
+        let result = nanopix.delete_patient(new_id, &[]);
         assert!(matches!(result, Err(Error::NanoPixPatientNotEmpty { studies: 0, reports: 1, files: 0, .. })));
         assert!(nanopix.id_exists(new_id).unwrap());
         assert!(folder.is_dir());
