@@ -4,11 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::Clinic;
-use nanopix_sync::NanoPixSync;
 use rusqlite::Connection;
 
 /// NanoPix patients new to DentalTID in the first-sync test.
@@ -21,20 +20,13 @@ const EXPORTS: usize = 300;
 
 /// Starts this test binary's child, which opens the sync on `clinic` and does `work` there.
 fn start_child(clinic: &Clinic, work: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_sync_child", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("NPS_TEST_CLINIC", clinic.dir.path())
-        .env("NPS_TEST_WORK", work)
-        .spawn()
-        .unwrap()
+    common::child_process("killed_sync_child", clinic).env("NPS_TEST_WORK", work).spawn().unwrap()
 }
 
 #[test]
 #[ignore = "the child process of the crash tests"]
 fn killed_sync_child() {
-    let dir = std::path::PathBuf::from(std::env::var("NPS_TEST_CLINIC").unwrap());
-    let config = nanopix_sync::Config::new(dir.join("PatientData"), dir.join("dentaltid.db"));
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = common::open_parents_clinic();
     match std::env::var("NPS_TEST_WORK").unwrap().as_str() {
         "reconcile" => drop(sync.reconcile().unwrap()),
         "export_existing" => drop(sync.export_existing().unwrap()),

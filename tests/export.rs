@@ -3,10 +3,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use common::Clinic;
-use nanopix_sync::{Error, EventKind, NanoPixId, NanoPixSync};
+use nanopix_sync::{Error, EventKind, NanoPixId};
 
 type NanoPixRow = (String, String, Option<String>, Option<String>, Option<String>, Option<String>);
 
@@ -104,12 +103,8 @@ fn only_patients_added_while_live_sync_is_on_are_exported() {
 /// first imports the NanoPix patients the sync has not seen (the fixture patient), so a later
 /// reconcile imports nothing unless the test adds a NanoPix patient.
 fn crash_export_after(clinic: &Clinic, step: &str) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crashing_export_child", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("NANOPIX_SYNC_CRASH_AT", step)
-        .env("NPS_TEST_CLINIC", clinic.dir.path())
-        .status()
-        .unwrap();
+    let status =
+        common::child_process("crashing_export_child", clinic).env("NANOPIX_SYNC_CRASH_AT", step).status().unwrap();
     assert!(!status.success(), "the child must die at {step}");
     #[cfg(unix)]
     {
@@ -121,9 +116,7 @@ fn crash_export_after(clinic: &Clinic, step: &str) {
 #[test]
 #[ignore = "the child process of the crash-repair test"]
 fn crashing_export_child() {
-    let dir = std::path::PathBuf::from(std::env::var("NPS_TEST_CLINIC").unwrap());
-    let config = nanopix_sync::Config::new(dir.join("PatientData"), dir.join("dentaltid.db"));
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = common::open_parents_clinic();
     let _ = sync.export_patient(1);
     unreachable!("the export aborts the process");
 }

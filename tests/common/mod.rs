@@ -179,6 +179,22 @@ impl Clinic {
     }
 }
 
+/// This test binary run again as a child process that runs only the ignored test `child_test`,
+/// on `clinic` (see [`open_parents_clinic`]).
+pub fn child_process(child_test: &str, clinic: &Clinic) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", child_test, "--ignored", "--nocapture", "--test-threads=1"]);
+    command.env("NPS_TEST_CLINIC", clinic.dir.path());
+    command
+}
+
+/// In a child process of [`child_process`]: the sync opened on its parent's clinic, with the
+/// default configuration.
+pub fn open_parents_clinic() -> NanoPixSync {
+    let dir = PathBuf::from(std::env::var("NPS_TEST_CLINIC").unwrap());
+    NanoPixSync::open(Config::new(dir.join("PatientData"), dir.join("dentaltid.db"))).unwrap()
+}
+
 /// Every event queued so far.
 pub fn drain(sync: &NanoPixSync) -> Vec<Event> {
     sync.events().try_iter().collect()
