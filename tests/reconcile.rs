@@ -135,11 +135,12 @@ fn exact_accented_and_arabic_names_link_to_the_existing_patient() {
     clinic.add_nanopix("20250122_091600", "LEFEVRE", "Zoe", Some("1990-07-04"));
     clinic.add_nanopix("20250122_091700", "بن عليّ", "مُحَمَّد", Some("1977-11-30"));
     clinic.add_nanopix("20250122_091800", "Doe", "John", Some("1980-01-01"));
+    let strauss = clinic.add_dentaltid("Johann", "Strauß", Some("1975-10-25"));
+    clinic.add_nanopix("20250122_091900", "STRAUSS", "JOHANN", Some("1975-10-25"));
     let (sync, events) = reconcile_with(&clinic);
 
-    for (external, patient_id) in
-        [("20250122_091500", 1), ("20250122_091600", 2), ("20250122_091700", 3), ("20250122_091800", 4)]
-    {
+    let expected = [("20250122_091500", 1), ("20250122_091600", 2), ("20250122_091700", 3), ("20250122_091800", 4)];
+    for (external, patient_id) in expected.into_iter().chain([("20250122_091900", strauss)]) {
         assert_eq!(linked_to(&events, external), Some(patient_id), "{external}");
         let info = sync.source_info(patient_id).unwrap();
         assert_eq!(info.external_id.as_deref(), Some(external));
@@ -147,7 +148,7 @@ fn exact_accented_and_arabic_names_link_to_the_existing_patient() {
         assert_eq!(info.link_state, Some(LinkState::Linked));
     }
     let total: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM patients", |r| r.get(0));
-    assert_eq!(total, vec![7], "six samples plus the fixture patient: no second row for a linked patient");
+    assert_eq!(total, vec![8], "six samples, Strauß and the fixture patient: no second row for a linked patient");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //!
 //! Pure text work: it never fails, never panics and never looks at anything but the name.
 
+use caseless::Caseless;
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 
 /// The Arabic tatweel (kashida), a stretching stroke with no meaning of its own.
@@ -43,8 +44,8 @@ pub(crate) fn normalise_into(name: &str, out: &mut String) {
     let mut words = Words { start: out.len(), out, space_pending: false };
     for c in name.chars() {
         decompose_compatible(c, |part| {
-            for lower in part.to_lowercase() {
-                decompose_compatible(lower, |folded| words.push(folded));
+            for folded in std::iter::once(part).default_case_fold() {
+                decompose_compatible(folded, |part| words.push(part));
             }
         });
     }
@@ -72,7 +73,7 @@ impl Words<'_> {
     }
 }
 
-/// Whether a decomposed, lower-cased character carries meaning for matching.
+/// Whether a decomposed, case-folded character carries meaning for matching.
 fn is_kept(c: char) -> bool {
     !is_combining_mark(c) && c != TATWEEL && !is_invisible_format(c)
 }
@@ -90,10 +91,10 @@ mod tests {
 
     use super::*;
 
-    /// The definition, step by step over the whole name: decompose, lower-case, decompose what
-    /// lower-casing composed, drop, then collapse whitespace.
+    /// The definition, step by step over the whole name: decompose, case-fold, decompose what
+    /// folding composed, drop, then collapse whitespace.
     fn by_definition(name: &str) -> String {
-        let folded: String = name.nfkd().flat_map(char::to_lowercase).nfkd().filter(|&c| is_kept(c)).collect();
+        let folded: String = name.nfkd().default_case_fold().nfkd().filter(|&c| is_kept(c)).collect();
         folded.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
@@ -113,6 +114,13 @@ mod tests {
         assert_eq!(normalise_name("Seán"), "sean");
         assert_eq!(normalise_name("François\t\u{00A0}\u{3000}Pérez"), "francois perez");
         assert_eq!(normalise_name("İlknur"), "ilknur");
+    }
+
+    #[test]
+    fn case_folding_is_more_than_lower_case() {
+        assert_eq!(normalise_name("Strauß"), normalise_name("STRAUSS"));
+        assert_eq!(normalise_name("STRAUẞ"), "strauss");
+        assert_eq!(normalise_name("Παπαδόπουλος"), normalise_name("ΠΑΠΑΔΟΠΟΥΛΟΣ"));
     }
 
     #[test]
