@@ -8,7 +8,7 @@ use foldhash::HashSet;
 use super::Engine;
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
-use crate::patient::{NewNanoPixPatient, Patient, Source};
+use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
 
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
@@ -269,9 +269,14 @@ impl Engine {
         let row = if self.id_taken(id, &others)? {
             self.planned_row(patient, IdsFrom::Now)?
         } else {
-            new_nanopix_row(patient, id, self.config.clock.now())
+            // The creation time the journal recorded, if any: an export that fails the same way
+            // again then leaves the journal as it was, and a pass that changed nothing writes nothing.
+            let recorded = pending.written.as_ref().and_then(|written| parse_nanopix_datetime(&written.created));
+            new_nanopix_row(patient, id, recorded.unwrap_or_else(|| self.config.clock.now()))
         };
-        self.dentaltid.replan_export(patient.id, &row)?;
+        if pending.written.as_ref() != Some(&row.written()) || row.id != id {
+            self.dentaltid.replan_export(patient.id, &row)?;
+        }
         self.write_export(patient, row)
     }
 
