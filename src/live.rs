@@ -2,7 +2,8 @@
 //!
 //! While Live Sync is on, the watcher runs and its triggers lead to sync passes; bursts of
 //! triggers are drained together so they cost one pass. While it is off, only host calls do
-//! work. A panicking job or pass becomes a `sync_error` event, never a dead thread.
+//! work. A panicking job or pass becomes a `sync_error` event, never a dead thread, and a pass
+//! that failed is tried again after a pause that grows while it keeps failing.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -21,6 +22,21 @@ pub(crate) type Job = Box<dyn FnOnce(&mut Engine) + Send>;
 /// How many triggers may wait; more are dropped, since the queued pass covers them.
 const TRIGGER_CAPACITY: usize = 64;
 
+/// The pause before a failed automatic pass is tried again; it doubles with each failure in a
+/// row, up to [`LONGEST_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest pause between tries of a failing automatic pass.
+const LONGEST_RETRY_PAUSE: Duration = Duration::from_secs(60);
+
+/// The next try of an automatic pass that failed (a locked database, an unplugged share): the
+/// change that woke it may not come again.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    pause: Duration,
+}
+
 /// The engine plus the watcher it runs while Live Sync is on.
 struct LiveLoop {
     engine: Engine,
@@ -28,16 +44,17 @@ struct LiveLoop {
     trigger_sender: Sender<Trigger>,
     watcher: Option<Watcher>,
     next_full_reconcile: Option<Instant>,
+    retry: Option<Retry>,
 }
 
 /// Runs jobs and live passes until the handle drops its job sender.
 pub(crate) fn run(engine: Engine, jobs: Receiver<Job>) {
     let (trigger_sender, triggers) = crossbeam_channel::bounded(TRIGGER_CAPACITY);
     let bus = engine.bus();
-    let mut live = LiveLoop { engine, bus, trigger_sender, watcher: None, next_full_reconcile: None };
+    let mut live = LiveLoop { engine, bus, trigger_sender, watcher: None, next_full_reconcile: None, retry: None };
     live.follow_live_sync();
     loop {
-        let timeout = live.next_full_reconcile.map_or(Duration::MAX, |at| at.saturating_duration_since(Instant::now()));
+        let timeout = live.next_wake().map_or(Duration::MAX, |at| at.saturating_duration_since(Instant::now()));
         select! {
             recv(jobs) -> job => match job {
                 Ok(job) => live.run_job(job),
@@ -47,7 +64,7 @@ pub(crate) fn run(engine: Engine, jobs: Receiver<Job>) {
                 let batch: Vec<Trigger> = trigger.into_iter().chain(triggers.try_iter()).collect();
                 live.on_triggers(&batch);
             },
-            default(timeout) => live.full_reconcile(),
+            default(timeout) => live.on_timer(),
         }
     }
     if let Some(watcher) = live.watcher.take() {
@@ -74,7 +91,7 @@ impl LiveLoop {
         match (enabled, self.watcher.is_some()) {
             (true, false) => self.start_watching(),
             (false, true) => {
-                self.next_full_reconcile = None;
+                (self.next_full_reconcile, self.retry) = (None, None);
                 if let Some(watcher) = self.watcher.take() {
                     watcher.stop();
                 }
@@ -107,13 +124,35 @@ impl LiveLoop {
         self.next_full_reconcile = Instant::now().checked_add(interval);
     }
 
-    /// Runs a pass as automatic work; its error or panic becomes a `sync_error` event.
+    /// When the loop must wake without a job or a trigger: for the next full reconcile, or to
+    /// try a failed pass again.
+    fn next_wake(&self) -> Option<Instant> {
+        self.next_full_reconcile.into_iter().chain(self.retry.map(|retry| retry.at)).min()
+    }
+
+    /// Runs the full reconcile when it is due, else tries the failed pass again (a live pass:
+    /// after a failed full reconcile, it reconciles fully).
+    fn on_timer(&mut self) {
+        if self.next_full_reconcile.is_some_and(|at| at <= Instant::now()) {
+            self.full_reconcile();
+        } else {
+            self.automatic_pass(Engine::sync_changes);
+        }
+    }
+
+    /// Runs a pass as automatic work; its error or panic becomes a `sync_error` event, and the
+    /// pass is tried again after a pause that grows while it keeps failing.
     fn automatic_pass(&mut self, pass: fn(&mut Engine) -> crate::Result<ReconcileReport>) {
         let engine = &mut self.engine;
-        match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => self.bus.error(&error, None, None),
-            Err(_) => self.bus.error(&Error::Internal("a live sync pass panicked".into()), None, None),
-        }
+        let failure = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(Error::Internal("a live sync pass panicked".into())),
+        };
+        self.retry = failure.map(|error| {
+            self.bus.error(&error, None, None);
+            let pause = self.retry.map_or(FIRST_RETRY_PAUSE, |retry| (retry.pause * 2).min(LONGEST_RETRY_PAUSE));
+            Retry { at: Instant::now() + pause, pause }
+        });
     }
 }

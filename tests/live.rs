@@ -380,3 +380,16 @@ fn an_export_that_keeps_failing_is_not_retried_while_nothing_changes() {
     let retries = events_within(&sync, Duration::from_secs(3));
     assert!(retries.len() <= 2, "retried though nothing changed: {retries:#?}");
 }
+
+#[test]
+fn a_live_pass_that_failed_on_a_locked_dentaltid_is_tried_again_once_the_lock_is_gone() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    // DentalTID keeps a write transaction open past the sync's busy timeout, then rolls it back.
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
+    dentaltid.execute_batch("ROLLBACK").unwrap();
+    imported(&sync, "20250122_091500");
+}
