@@ -281,6 +281,7 @@ impl Engine {
         self.report_odd_rows(rows.odd_rows, &mut report);
         let unknown = self.unknown(rows.patients)?;
         self.link_or_import(unknown, None, &mut report)?;
+        self.restore_links(&mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
@@ -620,6 +621,27 @@ impl Engine {
             let nanopix = NanoPixSide { row: rows.contains(&id), folder: folders.patient_folders.contains(&id) };
             changes.extend(link_change(link, patients.contains(&link.patient_id), nanopix));
         }
+        self.change_links(&changes, report)
+    }
+
+    /// Restores the links marked missing whose NanoPix row and folder are both there again (a
+    /// row added back with its id, a folder put back), without waiting for a full reconcile.
+    /// Other changes (a DentalTID patient deleted meanwhile) are a full reconcile's to make.
+    fn restore_links(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let mut changes = Vec::new();
+        for link in self.dentaltid.missing_links()? {
+            let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
+            let nanopix = NanoPixSide { row: self.nanopix.id_exists(id)?, folder: self.nanopix.has_folder(id) };
+            let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();
+            let change = link_change(&link, patient_exists, nanopix);
+            changes.extend(change.filter(|(_, state, _)| *state == LinkState::Linked));
+        }
+        self.change_links(&changes, report)
+    }
+
+    /// Writes link state `changes`, [`LINKS_PER_TRANSACTION`] per transaction, and reports
+    /// each once it is written.
+    fn change_links(&mut self, changes: &[(i64, LinkState, EventKind)], report: &mut ReconcileReport) -> Result<()> {
         for chunk in changes.chunks(LINKS_PER_TRANSACTION) {
             let states: Vec<(i64, LinkState)> =
                 chunk.iter().map(|(patient_id, state, _)| (*patient_id, *state)).collect();

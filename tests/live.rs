@@ -393,3 +393,27 @@ fn a_live_pass_that_failed_on_a_locked_dentaltid_is_tried_again_once_the_lock_is
     dentaltid.execute_batch("ROLLBACK").unwrap();
     imported(&sync, "20250122_091500");
 }
+
+#[test]
+fn a_nanopix_row_or_folder_put_back_restores_its_link_without_waiting_for_the_hourly_reconcile() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+    let removed = |e: &EventKind| matches!(e, EventKind::ExternalPatientRemoved { external_id, .. } if external_id == "20250122_091500");
+    let restored = |e: &EventKind| matches!(e, EventKind::ExternalPatientRestored { external_id, .. } if external_id == "20250122_091500");
+    // The row, deleted, then added back with its id (it gets a new `pk`).
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute("DELETE FROM Patient WHERE id = '20250122_091500'", []).unwrap();
+    wait_for(&sync, DEADLINE, removed);
+    nanopix
+        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_091500', 'Mansouri', 'Yacine')", [])
+        .unwrap();
+    wait_for(&sync, DEADLINE, restored);
+    // The folder, moved away, then put back.
+    let away = clinic.dir.path().join("moved");
+    std::fs::rename(clinic.root.join("20250122_091500"), &away).unwrap();
+    wait_for(&sync, DEADLINE, removed);
+    std::fs::rename(&away, clinic.root.join("20250122_091500")).unwrap();
+    wait_for(&sync, DEADLINE, restored);
+}

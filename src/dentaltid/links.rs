@@ -77,6 +77,11 @@ impl DentalTid {
         Ok(merge_links(recorded, imported))
     }
 
+    /// The links marked missing, in patient id order.
+    pub fn missing_links(&self) -> Result<Vec<Link>> {
+        self.query_links("reading missing links", "WHERE state = 'missing' ORDER BY patient_id", [])
+    }
+
     /// Whether any link is recorded, in a link row or a batch row.
     pub fn has_links(&self) -> Result<bool> {
         let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links) OR EXISTS(SELECT 1 FROM nanopix_sync_imports)";

@@ -254,6 +254,11 @@ impl NanoPix {
         folders::patient_folder(&self.root, id)
     }
 
+    /// Whether the patient's folder is there (a real folder, not a symlink).
+    pub fn has_folder(&self, id: NanoPixId) -> bool {
+        folders::is_real_dir(&self.folder_path(id))
+    }
+
     /// Creates the patient's folder (and the configured subfolders) if missing; returns its path.
     ///
     /// # Failure
