@@ -27,6 +27,7 @@ mod engine;
 mod error;
 mod events;
 mod ffi;
+mod file_identity;
 mod id;
 mod live;
 mod matching;

@@ -417,3 +417,41 @@ fn a_nanopix_row_or_folder_put_back_restores_its_link_without_waiting_for_the_ho
     std::fs::rename(&away, clinic.root.join("20250122_091500")).unwrap();
     wait_for(&sync, DEADLINE, restored);
 }
+
+/// Replaces `NanoPix.db3` as a restore or a "save a copy, then rename it" does: a copy of the
+/// file with one more patient (`id`), renamed over it.
+fn replace_nanopix_db_by_rename(clinic: &Clinic, id: &str) {
+    let copy = clinic.root.join("database/NanoPix.db3.restore");
+    std::fs::copy(clinic.nanopix_db(), &copy).unwrap();
+    let sql = "INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Restored', 'Patient')";
+    rusqlite::Connection::open(&copy).unwrap().execute(sql, [id]).unwrap();
+    std::fs::rename(&copy, clinic.nanopix_db()).unwrap();
+    std::fs::create_dir(clinic.root.join(id)).unwrap();
+}
+
+#[test]
+fn a_nanopix_db_replaced_under_its_name_is_synced_from_the_new_file() {
+    for polling in [false, true] {
+        let clinic = Clinic::new("v29");
+        let mut config = clinic.config();
+        if polling {
+            (config.watch_mode, config.poll_interval) = (WatchMode::Polling, Duration::from_millis(50));
+        }
+        let sync = NanoPixSync::open(config).unwrap();
+        sync.set_live_sync(true).unwrap();
+        wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+        replace_nanopix_db_by_rename(&clinic, "20250122_091500");
+        imported(&sync, "20250122_091500");
+        clinic.add_nanopix("20250122_091600", "Haddad", "Sami", Some("1999-09-09"));
+        imported(&sync, "20250122_091600");
+        let patient_id = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+        wait_for(
+            &sync,
+            DEADLINE,
+            |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == patient_id),
+        );
+        let rows: Vec<String> =
+            clinic.nanopix_rows("SELECT last_name FROM Patient WHERE last_name = 'Cherif'", |r| r.get(0));
+        assert_eq!(rows, ["Cherif"], "polling {polling}: the export is in the file NanoPix uses");
+    }
+}

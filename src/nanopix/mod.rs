@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::file_identity::FileIdentity;
 use crate::patient::{NanoPixPatient, NewNanoPixPatient, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 use database::{Deletion, Selection};
@@ -171,6 +172,8 @@ fn ensure_inside(root: &Path, path: &Path) -> Result<()> {
 pub(crate) struct NanoPix {
     root: PathBuf,
     db_path: PathBuf,
+    /// The file `db_path` named when it was opened.
+    identity: Option<FileIdentity>,
     conn: Connection,
     patient_columns: HashSet<String>,
 }
@@ -187,9 +190,16 @@ impl NanoPix {
             return Err(Error::NanoPixDatabaseMissing(db_path));
         }
         ensure_inside(root, &db_path)?;
+        let identity = FileIdentity::of(&db_path);
         let conn = database::connect(&db_path, busy_timeout)?;
         let patient_columns = database::patient_columns(&conn, &db_path)?;
-        Ok(Self { root: root.to_path_buf(), db_path, conn, patient_columns })
+        Ok(Self { root: root.to_path_buf(), db_path, identity, conn, patient_columns })
+    }
+
+    /// Whether `NanoPix.db3` now names another file than the one opened (a restore, a copy
+    /// renamed over it), or none: the connection still reads the old one.
+    pub fn replaced(&self) -> bool {
+        FileIdentity::of(&self.db_path) != self.identity
     }
 
     /// The `PatientData` folder.

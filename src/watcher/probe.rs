@@ -3,7 +3,8 @@
 //! Each probe owns one read-only connection (no create, no busy wait) and only ever runs
 //! `PRAGMA data_version`, which changes when another connection commits. A probe never writes,
 //! never sets a PRAGMA, and never waits on a lock: a locked or unreadable file counts as
-//! "unknown", and the next successful read after a failure counts as a change.
+//! "unknown", and the next successful read after a failure counts as a change. A file replaced
+//! under its name (a restore, a copy renamed over it) is opened afresh and counts as a change.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{Context, End, Trigger};
+use crate::file_identity::FileIdentity;
 
 /// What a probe saw since its last look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +30,27 @@ pub(super) enum Change {
 pub(super) struct DataVersion {
     path: PathBuf,
     connection: Option<Connection>,
+    /// The file the connection opened.
+    identity: Option<FileIdentity>,
     last: Option<i64>,
 }
 
 impl DataVersion {
     /// Opens a probe on `path` and reads its first version; failures are retried on each check.
     pub(super) fn open(path: &Path) -> Self {
-        let mut probe = Self { path: path.to_path_buf(), connection: None, last: None };
-        probe.connection = connect(&probe.path);
+        let mut probe = Self { path: path.to_path_buf(), connection: None, identity: None, last: None };
+        probe.connect();
         probe.last = probe.read();
         probe
     }
 
     /// Reads the version now and compares it with the last one read.
     pub(super) fn check(&mut self) -> Change {
-        if self.connection.is_none() {
-            self.connection = connect(&self.path);
+        if FileIdentity::of(&self.path) != self.identity {
+            self.last = None;
+            self.connect();
+        } else if self.connection.is_none() {
+            self.connect();
         }
         match self.read() {
             Some(now) if self.last.replace(now) == Some(now) => Change::Same,
@@ -54,6 +61,12 @@ impl DataVersion {
                 Change::Unknown
             }
         }
+    }
+
+    /// Opens the file `path` names now.
+    fn connect(&mut self) {
+        self.identity = FileIdentity::of(&self.path);
+        self.connection = connect(&self.path);
     }
 
     fn read(&self) -> Option<i64> {
