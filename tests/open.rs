@@ -123,3 +123,16 @@ fn a_second_sync_on_the_same_dentaltid_database_waits_for_the_first_to_close() {
     let second = clinic.open();
     assert_eq!(second.reconcile().unwrap().imported, 1);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_second_sync_on_the_same_dentaltid_database_through_a_symlink_is_refused() {
+    let clinic = Clinic::new("v29");
+    let first = clinic.open();
+    let alias = clinic.dir.path().join("alias.db");
+    std::os::unix::fs::symlink(&clinic.dentaltid, &alias).unwrap();
+    let mut config = clinic.config();
+    config.dentaltid_db = alias;
+    assert!(matches!(NanoPixSync::open(config), Err(Error::InUse(_))));
+    drop(first);
+}

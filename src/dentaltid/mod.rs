@@ -170,15 +170,17 @@ impl DentalTid {
     }
 }
 
-/// Locks `<database>.nanopix-sync.lock`, created beside the database if missing, for as long as
+/// Locks `<database>.nanopix-sync.lock`, created beside the database file (its path resolved,
+/// so a symlink or another spelling of the path finds the same lock) if missing, for as long as
 /// the returned file stays open: the operating system lets only one handle hold it at a time,
 /// and frees it when the holder closes it or dies. Two syncs on one database could both import
 /// the same new NanoPix patient. The file is never removed: another process may be about to lock
 /// it, and removing it could then let two holders in.
 fn take_sync_lock(database: &Path) -> Result<File> {
-    let mut name = database.file_name().unwrap_or_default().to_os_string();
+    let resolved = std::fs::canonicalize(database).map_err(Error::io(database, "resolving the database path"))?;
+    let mut name = resolved.file_name().unwrap_or_default().to_os_string();
     name.push(".nanopix-sync.lock");
-    let path = database.with_file_name(name);
+    let path = resolved.with_file_name(name);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
