@@ -16,6 +16,9 @@ use nanopix_sync::{Config, NanoPixSync, PatientFilter};
 const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.db> \
                      once|watch|status|enable|disable|export-existing";
 
+/// The commands the runner knows.
+const COMMANDS: [&str; 6] = ["once", "watch", "status", "enable", "disable", "export-existing"];
+
 /// What the runner was asked to do.
 struct Invocation {
     config: Config,
@@ -44,8 +47,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Invocation, Stri
         }
     }
     match (nanopix, dentaltid, command) {
+        (Some(_), Some(_), Some(command)) if !COMMANDS.contains(&command.as_str()) => {
+            Err(format!("unknown command {command:?}; {USAGE}"))
+        }
         (Some(nanopix), Some(dentaltid), Some(command)) => {
-            Ok(Invocation { config: Config::new(nanopix, dentaltid), command })
+            let mut config = Config::new(nanopix, dentaltid);
+            // `status` only reads: with Live Sync on, it must not start a sync it would not report.
+            config.automatic_work = command != "status";
+            Ok(Invocation { config, command })
         }
         _ => Err(USAGE.into()),
     }
@@ -59,8 +68,8 @@ fn run(invocation: Invocation) -> Result<(), String> {
         "disable" => sync.set_live_sync(false).map_err(|e| e.to_string()),
         "export-existing" => sync.export_existing().map(drop).map_err(|e| e.to_string()),
         "status" => return print_status(&sync),
-        "watch" => watch(&sync),
-        other => Err(format!("unknown command {other:?}; {USAGE}")),
+        // `watch`: `parse_args` lets only the known commands through.
+        _ => watch(&sync),
     };
     sync.close();
     print_events(&sync);

@@ -45,6 +45,11 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How often to run a full reconcile while watching (default: hourly).
     pub full_reconcile_interval: Duration,
+    /// Run Live Sync's automatic work on this handle while Live Sync is on: the watcher, its
+    /// passes and the periodic full reconcile (default: yes). Turn it off for a handle that only
+    /// reads or acts when called, as the `sync` runner's `status` does; Live Sync's stored
+    /// setting is not changed by it.
+    pub automatic_work: bool,
     /// How long to wait for a database another program has locked, per attempt (default: 5 s).
     pub busy_timeout: Duration,
     /// Where "now" comes from (default: the system clock).
@@ -62,6 +67,7 @@ impl Config {
             watch_mode: WatchMode::Auto,
             poll_interval: Duration::from_secs(2),
             full_reconcile_interval: Duration::from_secs(3600),
+            automatic_work: true,
             busy_timeout: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
         }

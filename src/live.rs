@@ -82,8 +82,12 @@ impl LiveLoop {
     }
 
     /// Starts or stops the watcher to match the Live Sync setting; a start reconciles fully.
-    /// When the setting cannot be read, the watcher stays as it is.
+    /// When the setting cannot be read, the watcher stays as it is. A handle configured without
+    /// automatic work never starts it.
     fn follow_live_sync(&mut self) {
+        if !self.engine.config().automatic_work {
+            return;
+        }
         let enabled = self.engine.live_sync().unwrap_or_else(|error| {
             self.bus.error(&error, None, None);
             self.watcher.is_some()

@@ -50,6 +50,31 @@ fn status_prints_one_object() {
 }
 
 #[test]
+fn status_with_live_sync_on_reads_and_syncs_nothing() {
+    let clinic = Clinic::new("v29");
+    assert!(runner(&clinic, "enable").output().unwrap().status.success());
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let output = runner(&clinic, "status").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = json_lines(&output.stdout);
+    assert_eq!((lines.len(), &lines[0]["live_sync"]), (1, &serde_json::json!(true)));
+    let imported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
+    assert_eq!(imported, [0], "status started no sync it would not report");
+}
+
+#[test]
+fn an_unknown_command_is_refused_before_anything_is_opened() {
+    let clinic = Clinic::new("v24");
+    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    let output = runner(&clinic, "statsu").output().unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown command \"statsu\""));
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before, "not even migrated");
+}
+
+#[test]
 fn a_fatal_error_gives_one_line_and_a_non_zero_exit() {
     let clinic = Clinic::new("v29");
     std::fs::remove_dir_all(&clinic.root).unwrap();
