@@ -5,32 +5,44 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::ffi::error::{FfiError, NPS_INVALID_CONFIG, NPS_INVALID_JSON};
 use crate::{Config, WatchMode};
 
 /// The fields of the configuration JSON, as the README's C API section documents them.
+/// The optional ones may be left out, but not given as `null`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HostConfig {
     nanopix_root: String,
     dentaltid_db: String,
+    #[serde(default, deserialize_with = "not_null")]
     auto_link: Option<bool>,
+    #[serde(default, deserialize_with = "not_null")]
     patient_subfolders: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     watch_mode: Option<WatchMode>,
+    #[serde(default, deserialize_with = "not_null")]
     poll_interval_ms: Option<u64>,
+    #[serde(default, deserialize_with = "not_null")]
     full_reconcile_interval_ms: Option<u64>,
+    #[serde(default, deserialize_with = "not_null")]
     busy_timeout_ms: Option<u64>,
+}
+
+/// Reads an optional field that is present: `null` is a value of the wrong type, refused like
+/// any other.
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Parses the configuration JSON: malformed JSON gives `NPS_INVALID_JSON`, wrong or unknown
 /// fields give `NPS_INVALID_CONFIG`.
 pub(crate) fn parse_config(json: &str) -> Result<Config, FfiError> {
-    let host: HostConfig = serde_json::from_str(json).map_err(|error| {
-        let code = if error.is_data() { NPS_INVALID_CONFIG } else { NPS_INVALID_JSON };
-        FfiError::new(code, format!("configuration JSON: {error}"))
-    })?;
+    let failed = |code| move |error| FfiError::new(code, format!("configuration JSON: {error}"));
+    let value: serde_json::Value = serde_json::from_str(json).map_err(failed(NPS_INVALID_JSON))?;
+    let host: HostConfig = serde_json::from_value(value).map_err(failed(NPS_INVALID_CONFIG))?;
     let mut config = Config::new(host.nanopix_root, host.dentaltid_db);
     config.auto_link = host.auto_link.unwrap_or(config.auto_link);
     config.patient_subfolders = host.patient_subfolders.unwrap_or_default();
@@ -87,5 +99,11 @@ mod tests {
         assert_eq!(parse_config(mode).unwrap_err().code, NPS_INVALID_CONFIG);
         let zero = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "poll_interval_ms": 0}"#;
         assert_eq!(parse_config(zero).unwrap_err().code, NPS_INVALID_CONFIG);
+        let wrong_mode = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "watch_mode": 5}"#;
+        assert_eq!(parse_config(wrong_mode).unwrap_err().code, NPS_INVALID_CONFIG);
+        for field in ["auto_link", "patient_subfolders", "watch_mode", "poll_interval_ms", "busy_timeout_ms"] {
+            let null = format!(r#"{{"nanopix_root": "P", "dentaltid_db": "d.db", "{field}": null}}"#);
+            assert_eq!(parse_config(&null).unwrap_err().code, NPS_INVALID_CONFIG, "{field}");
+        }
     }
 }
