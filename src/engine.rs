@@ -218,6 +218,7 @@ impl Engine {
             })
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        report.stopped_early = self.cancelled();
         self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
     }

@@ -251,8 +251,13 @@ fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
     sync.close();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "close took {took:?}");
-    let last = events.try_iter().last().expect("events after close");
-    assert_eq!(last.kind, EventKind::Closed);
+    let after: Vec<EventKind> = events.try_iter().map(|event| event.kind).collect();
+    assert_eq!(after.last(), Some(&EventKind::Closed));
+    let cut_short = after.iter().find_map(|kind| match kind {
+        EventKind::Reconciled(report) => Some(report.stopped_early),
+        _ => None,
+    });
+    assert_eq!(cut_short, Some(true), "the reconcile says it stopped early");
 }
 
 #[test]
