@@ -460,3 +460,125 @@ fn a_nanopix_db_replaced_under_its_name_is_synced_from_the_new_file() {
         assert_eq!(rows, ["Cherif"], "polling {polling}: the export is in the file NanoPix uses");
     }
 }
+
+/// NanoPix as a busy clinic uses it: 15 transactions of 8 new patients, each row's folder a
+/// little later; now and then a name corrected, a row deleted and added back with its id.
+fn busy_nanopix(clinic: &Clinic) {
+    let mut conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    for batch in 0..15u32 {
+        let tx = conn.transaction().unwrap();
+        for i in 0..8u32 {
+            let sql = "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+                       VALUES (?1, ?2, 'Np', '1990-01-01', '2025-01-23 08:00:00')";
+            tx.execute(sql, (format!("20250123_{batch:02}{i:02}00"), format!("Batch{batch}x{i}"))).unwrap();
+        }
+        tx.commit().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        for i in 0..8u32 {
+            std::fs::create_dir(clinic.root.join(format!("20250123_{batch:02}{i:02}00"))).unwrap();
+        }
+        if batch % 3 == 1 {
+            let id = format!("20250123_{:02}0000", batch - 1);
+            conn.execute("UPDATE Patient SET last_name = 'Corrected' WHERE id = ?1", [&id]).unwrap();
+            conn.execute("DELETE FROM Patient WHERE id = ?1", [&id]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            let sql = "INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Readded', 'Np')";
+            conn.execute(sql, [&id]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+}
+
+/// DentalTID as a busy front desk uses it: 40 new patients, some edited, some deleted again.
+fn busy_dentaltid(clinic: &Clinic) {
+    let conn = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut added = Vec::new();
+    for i in 0..40 {
+        conn.execute(
+            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                  createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+             VALUES (?1, 'Dt', 30, NULL, '', '', '', 0.0, '2025-01-22T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
+            [format!("Dt{i}")],
+        )
+        .unwrap();
+        added.push(conn.last_insert_rowid());
+        if i % 5 == 0 {
+            conn.execute("UPDATE patients SET diagnosis = 'edited' WHERE id = ?1", [conn.last_insert_rowid()]).unwrap();
+        }
+        if i % 7 == 3 {
+            conn.execute("DELETE FROM patients WHERE id = ?1", [added[added.len() - 2]]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// How many `patient_imported`, `patient_linked` and `patient_exported` events name each NanoPix id.
+fn reports_per_external_id(events: &[nanopix_sync::Event]) -> std::collections::HashMap<String, usize> {
+    let mut reports = std::collections::HashMap::new();
+    for event in events {
+        if let EventKind::PatientImported { external_id, .. }
+        | EventKind::PatientLinked { external_id, .. }
+        | EventKind::PatientExported { external_id, .. } = &event.kind
+        {
+            *reports.entry(external_id.clone()).or_default() += 1;
+        }
+    }
+    reports
+}
+
+#[test]
+fn both_programs_writing_while_live_sync_is_switched_off_and_on_keep_each_patient_once() {
+    let clinic = Clinic::new("v29");
+    let mut sync = live(&clinic);
+    let (copies, called) = crossbeam_channel::unbounded();
+    sync.set_callback(Some(Box::new(move |event| drop(copies.send(event.clone())))));
+    let events = sync.events();
+    std::thread::scope(|scope| {
+        scope.spawn(|| busy_nanopix(&clinic));
+        scope.spawn(|| busy_dentaltid(&clinic));
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(120));
+            sync.set_live_sync(false).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            sync.set_live_sync(true).unwrap();
+        }
+    });
+    sync.reconcile().unwrap();
+    sync.close();
+    let queued: Vec<nanopix_sync::Event> = events.try_iter().collect();
+    assert_eq!(queued.last().map(|e| &e.kind), Some(&EventKind::Closed));
+    assert!(queued.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1), "seq goes up by one");
+    let called: Vec<u64> = called.try_iter().map(|event| event.seq).collect();
+    assert_eq!(queued.iter().map(|event| event.seq).collect::<Vec<_>>(), called, "the callback saw the same events");
+    assert!(queued.iter().all(|e| !matches!(e.kind, EventKind::SyncError { .. })), "no error");
+
+    let held: Vec<(String, i64)> = clinic.dentaltid_rows(
+        "SELECT external_id, count(*) FROM patients WHERE external_id IS NOT NULL GROUP BY external_id",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    let reports = reports_per_external_id(&queued);
+    for (external_id, holders) in &held {
+        assert_eq!(*holders, 1, "{external_id} is held once");
+        // The fixture patient was imported before the events were read here.
+        let reported = reports.get(external_id).copied().unwrap_or(0);
+        assert!(reported == 1 || external_id == "20250121_152638", "{external_id} reported {reported} times");
+    }
+    let nanopix: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient", |r| r.get(0));
+    let asked: Vec<String> = queued
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::DeleteRequested { external_id, .. } => Some(external_id.clone()),
+            _ => None,
+        })
+        .collect();
+    for id in nanopix {
+        assert!(held.iter().any(|(held, _)| *held == id) || asked.contains(&id), "{id} reached DentalTID");
+    }
+    let exported_twice: Vec<String> = clinic.nanopix_rows(
+        "SELECT first_name FROM Patient WHERE last_name = 'Dt' GROUP BY first_name HAVING count(*) > 1",
+        |r| r.get(0),
+    );
+    assert_eq!(exported_twice, Vec::<String>::new(), "no DentalTID patient exported twice");
+}
