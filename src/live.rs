@@ -31,10 +31,12 @@ const LONGEST_RETRY_PAUSE: Duration = Duration::from_secs(60);
 
 /// The next try of an automatic pass that failed (a locked database, an unplugged share): the
 /// change that woke it may not come again.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Retry {
     at: Instant,
     pause: Duration,
+    /// The failure, as reported: the same failure again is not reported again.
+    failure: String,
 }
 
 /// The engine plus the watcher it runs while Live Sync is on.
@@ -131,7 +133,7 @@ impl LiveLoop {
     /// When the loop must wake without a job or a trigger: for the next full reconcile, or to
     /// try a failed pass again.
     fn next_wake(&self) -> Option<Instant> {
-        self.next_full_reconcile.into_iter().chain(self.retry.map(|retry| retry.at)).min()
+        self.next_full_reconcile.into_iter().chain(self.retry.as_ref().map(|retry| retry.at)).min()
     }
 
     /// Runs the full reconcile when it is due, else tries the failed pass again (a live pass:
@@ -144,8 +146,9 @@ impl LiveLoop {
         }
     }
 
-    /// Runs a pass as automatic work; its error or panic becomes a `sync_error` event, and the
-    /// pass is tried again after a pause that grows while it keeps failing.
+    /// Runs a pass as automatic work; its error or panic becomes a `sync_error` event (once
+    /// while it fails the same way), and the pass is tried again after a pause that grows while
+    /// it keeps failing.
     fn automatic_pass(&mut self, pass: fn(&mut Engine) -> crate::Result<ReconcileReport>) {
         let engine = &mut self.engine;
         let failure = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
@@ -153,10 +156,14 @@ impl LiveLoop {
             Ok(Err(error)) => Some(error),
             Err(_) => Some(Error::Internal("a live sync pass panicked".into())),
         };
+        let previous = self.retry.take();
         self.retry = failure.map(|error| {
-            self.bus.error(&error, None, None);
-            let pause = self.retry.map_or(FIRST_RETRY_PAUSE, |retry| (retry.pause * 2).min(LONGEST_RETRY_PAUSE));
-            Retry { at: Instant::now() + pause, pause }
+            let failure = error.to_string();
+            if previous.as_ref().is_none_or(|retry| retry.failure != failure) {
+                self.bus.error(&error, None, None);
+            }
+            let pause = previous.map_or(FIRST_RETRY_PAUSE, |retry| (retry.pause * 2).min(LONGEST_RETRY_PAUSE));
+            Retry { at: Instant::now() + pause, pause, failure }
         });
     }
 }

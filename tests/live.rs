@@ -395,6 +395,9 @@ fn a_live_pass_that_failed_on_a_locked_dentaltid_is_tried_again_once_the_lock_is
     dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
+    // Tried again after 1 s and 2 s meanwhile, failing the same way: reported once.
+    let meanwhile = events_within(&sync, Duration::from_secs(3));
+    assert!(meanwhile.iter().all(|e| !matches!(e, EventKind::SyncError { .. })), "{meanwhile:#?}");
     dentaltid.execute_batch("ROLLBACK").unwrap();
     imported(&sync, "20250122_091500");
 }
