@@ -632,9 +632,12 @@ impl Engine {
         let mut changes = Vec::new();
         for link in self.dentaltid.missing_links()? {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            let nanopix = NanoPixSide { row: self.nanopix.id_exists(id)?, folder: self.nanopix.has_folder(id) };
+            // The folder first: one `stat`, where most patients NanoPix no longer has stop.
+            if !self.nanopix.has_folder(id) || !self.nanopix.id_exists(id)? {
+                continue;
+            }
             let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();
-            let change = link_change(&link, patient_exists, nanopix);
+            let change = link_change(&link, patient_exists, NanoPixSide { row: true, folder: true });
             changes.extend(change.filter(|(_, state, _)| *state == LinkState::Linked));
         }
         self.change_links(&changes, report)
