@@ -431,6 +431,17 @@ fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
 }
 
 #[test]
+fn a_row_without_birth_date_whose_names_a_nanopix_user_swapped_before_the_repair_is_still_the_exports_own() {
+    let clinic = Clinic::new("v29");
+    edit_dentaltid(&clinic, "UPDATE patients SET dateOfBirth = NULL WHERE id = 1");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    let swap = "UPDATE Patient SET last_name = first_name, first_name = last_name WHERE id = ?1";
+    assert_eq!(nanopix.execute(swap, [&reserved]).unwrap(), 1);
+    assert_export_ended_on(&clinic, &reserved);
+}
+
+#[test]
 fn a_row_a_nanopix_user_corrected_before_the_repair_is_still_the_exports_own() {
     let clinic = Clinic::new("v29");
     let reserved = reserved_by_an_export_crashed_after(&clinic, "row");

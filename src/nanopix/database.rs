@@ -281,10 +281,10 @@ fn insert_values(patient: &NewNanoPixPatient) -> [(&'static str, Option<String>)
 /// Whether a row with `id` is the one the sync wrote with `written`'s values, compared as
 /// stored text. With a `created_datetime` column, it must hold the second the export ran (which
 /// NanoPix never rewrites, and which its own patients, saved after the second of their id, do
-/// not share) and at least one of `last_name`, `first_name` and `birthdate` that exist and were
-/// written non-empty must still hold what was written: a NanoPix user correcting the others
-/// before the repair does not make the row a stranger's. Without `created_datetime`, every one
-/// of them must.
+/// not share) and at least one of `last_name`, `first_name` and `birthdate` that exist must
+/// still hold what was written: a NanoPix user correcting the others before the repair does
+/// not make the row a stranger's. Without `created_datetime`, every one of them must. Only a
+/// repair asks this: a fresh export never takes a row it finds at its id for its own.
 /// `updated_datetime` is not compared: NanoPix rewrites it when its user edits the patient.
 pub(super) fn holds_written_row(
     conn: &Connection,
@@ -315,8 +315,6 @@ pub(super) fn holds_written_row(
 
 /// Whether `row` holds the values `expected` gives, column by column, as
 /// [`holds_written_row`] decides.
-///
-/// A field written empty or NULL is no evidence either way: any other row may hold the same.
 fn row_holds(row: &Row<'_>, expected: &[(&str, Option<&str>)]) -> rusqlite::Result<bool> {
     let mut created = None;
     let mut fields = Vec::with_capacity(expected.len());
@@ -324,7 +322,7 @@ fn row_holds(row: &Row<'_>, expected: &[(&str, Option<&str>)]) -> rusqlite::Resu
         let holds = lossy_text(row.get_ref(index)?).as_deref() == *value;
         if *name == "created_datetime" {
             created = Some(holds);
-        } else if value.is_some_and(|value| !value.is_empty()) {
+        } else {
             fields.push(holds);
         }
     }

@@ -608,10 +608,10 @@ pub(crate) mod tests {
         assert!(nanopix.holds_written_row(old.id, &other.written()).unwrap(), "one field corrected: still ours");
         let unborn = NewNanoPixPatient { birth_date: None, ..new_patient("20250301_093002") };
         nanopix.insert_patient(&unborn).unwrap();
-        let mut stranger = unborn.clone();
-        (stranger.first_name, stranger.last_name) = ("Samira".into(), "Haddad".into());
-        let no_evidence = "a birth date missing on both sides is no evidence";
-        assert!(!nanopix.holds_written_row(unborn.id, &stranger.written()).unwrap(), "{no_evidence}");
+        let mut swapped = unborn.clone();
+        (swapped.first_name, swapped.last_name) = (unborn.last_name.clone(), unborn.first_name.clone());
+        let corrected = "names swapped by a NanoPix user, no birth date written: still ours";
+        assert!(nanopix.holds_written_row(unborn.id, &swapped.written()).unwrap(), "{corrected}");
         (other.last_name, other.birth_date) = ("Haddad".into(), None);
         assert!(!nanopix.holds_written_row(old.id, &other.written()).unwrap(), "every field differs");
         other = old.clone();
