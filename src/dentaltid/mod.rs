@@ -170,14 +170,15 @@ impl DentalTid {
     }
 }
 
-/// Locks `<database>.nanopix-sync.lock`, created beside the database file (its path resolved,
-/// so a symlink or another spelling of the path finds the same lock) if missing, for as long as
+/// Locks `<database>.nanopix-sync.lock`, created beside the database file (its path resolved
+/// where the system can, so a symlink or another spelling of the path finds the same lock) if
+/// missing, for as long as
 /// the returned file stays open: the operating system lets only one handle hold it at a time,
 /// and frees it when the holder closes it or dies. Two syncs on one database could both import
 /// the same new NanoPix patient. The file is never removed: another process may be about to lock
 /// it, and removing it could then let two holders in.
 fn take_sync_lock(database: &Path) -> Result<File> {
-    let resolved = std::fs::canonicalize(database).map_err(Error::io(database, "resolving the database path"))?;
+    let resolved = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_path_buf());
     let mut name = resolved.file_name().unwrap_or_default().to_os_string();
     name.push(".nanopix-sync.lock");
     let path = resolved.with_file_name(name);

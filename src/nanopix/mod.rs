@@ -160,11 +160,17 @@ pub(crate) struct PatientContents {
     pub files: u64,
 }
 
-/// Refuses `path` with [`Error::UnsafePath`] unless it resolves, through any symlinks, to a
-/// place inside `root`.
-fn ensure_inside(root: &Path, path: &Path) -> Result<()> {
-    let resolve = |path: &Path| std::fs::canonicalize(path).map_err(Error::io(path, "resolve the path"));
-    if resolve(path)?.starts_with(resolve(root)?) { Ok(()) } else { Err(Error::UnsafePath(path.to_path_buf())) }
+/// Refuses `root`'s `database/NanoPix.db3` with [`Error::UnsafePath`] unless it resolves,
+/// through any symlinks, to a place inside `root`. Where the system cannot resolve paths (some
+/// Windows drives), neither the folder nor the file may be a symlink.
+fn ensure_inside(root: &Path, db_path: &Path) -> Result<()> {
+    let inside = match (std::fs::canonicalize(db_path), std::fs::canonicalize(root)) {
+        (Ok(db_path), Ok(root)) => db_path.starts_with(root),
+        _ => [root.join(DATABASE_FOLDER), db_path.to_path_buf()]
+            .iter()
+            .all(|path| std::fs::symlink_metadata(path).is_ok_and(|metadata| !metadata.file_type().is_symlink())),
+    };
+    if inside { Ok(()) } else { Err(Error::UnsafePath(db_path.to_path_buf())) }
 }
 
 /// An open NanoPix data folder.
