@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
 use crate::ffi::error::{FfiError, NPS_INVALID_CONFIG, NPS_INVALID_JSON};
@@ -41,8 +42,8 @@ fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> 
 /// fields give `NPS_INVALID_CONFIG`.
 pub(crate) fn parse_config(json: &str) -> Result<Config, FfiError> {
     let failed = |code| move |error| FfiError::new(code, format!("configuration JSON: {error}"));
-    let value: serde_json::Value = serde_json::from_str(json).map_err(failed(NPS_INVALID_JSON))?;
-    let host: HostConfig = serde_json::from_value(value).map_err(failed(NPS_INVALID_CONFIG))?;
+    serde_json::from_str::<IgnoredAny>(json).map_err(failed(NPS_INVALID_JSON))?;
+    let host: HostConfig = serde_json::from_str(json).map_err(failed(NPS_INVALID_CONFIG))?;
     let mut config = Config::new(host.nanopix_root, host.dentaltid_db);
     config.auto_link = host.auto_link.unwrap_or(config.auto_link);
     config.patient_subfolders = host.patient_subfolders.unwrap_or_default();
@@ -99,6 +100,8 @@ mod tests {
         assert_eq!(parse_config(mode).unwrap_err().code, NPS_INVALID_CONFIG);
         let zero = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "poll_interval_ms": 0}"#;
         assert_eq!(parse_config(zero).unwrap_err().code, NPS_INVALID_CONFIG);
+        let twice = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "auto_link": true, "auto_link": false}"#;
+        assert_eq!(parse_config(twice).unwrap_err().code, NPS_INVALID_CONFIG);
         let wrong_mode = r#"{"nanopix_root": "P", "dentaltid_db": "d.db", "watch_mode": 5}"#;
         assert_eq!(parse_config(wrong_mode).unwrap_err().code, NPS_INVALID_CONFIG);
         for field in ["auto_link", "patient_subfolders", "watch_mode", "poll_interval_ms", "busy_timeout_ms"] {
