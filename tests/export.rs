@@ -646,3 +646,20 @@ fn delete_in_nanopix_refuses_a_patient_whose_folder_is_a_link() {
     assert_eq!(nanopix_row(&clinic, &external_id).len(), 1, "the row stays");
     assert!(moved.join("20250122_110000.iosb").is_file());
 }
+
+#[test]
+fn an_unreadable_export_cursor_is_reported_and_taken_again() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    edit_dentaltid(&clinic, "UPDATE nanopix_sync_state SET value = 'x' WHERE key = 'export_cursor'");
+    sync.reconcile().unwrap();
+    let reported = common::drain(&sync)
+        .into_iter()
+        .any(|e| matches!(e.kind, EventKind::SyncError { ref code, .. } if code == "export_cursor"));
+    assert!(reported, "the lost cursor is reported");
+    let added = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    assert_eq!(sync.reconcile().unwrap().exported, 1, "a patient added since is exported again");
+    assert!(sync.source_info(added).unwrap().external_id.is_some());
+}

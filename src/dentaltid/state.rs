@@ -68,6 +68,16 @@ impl DentalTid {
         Ok(value.and_then(|value| value.trim().parse().ok()))
     }
 
+    /// Sets the export cursor to the highest id used so far, as switching Live Sync on does, and
+    /// returns it.
+    pub fn retake_export_cursor(&mut self) -> Result<i64> {
+        self.write("taking the export cursor again", |tx| {
+            let highest = highest_patient_id(tx)?;
+            put_state(tx, EXPORT_CURSOR, &highest.to_string())?;
+            Ok(highest)
+        })
+    }
+
     /// Moves the export cursor (writes only when it changes).
     pub fn set_export_cursor(&mut self, cursor: i64) -> Result<()> {
         if self.export_cursor()? == Some(cursor) {

@@ -91,7 +91,7 @@ impl Engine {
     /// export failed, so the next pass tries it again.
     pub(super) fn export_new(&mut self, report: &mut ReconcileReport) -> Result<()> {
         self.export_due(report)?;
-        let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
+        let Some(cursor) = self.dentaltid.export_cursor()? else { return self.retake_export_cursor(report) };
         let added = self.dentaltid.patients_after(cursor)?;
         let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
         let to_export = self.awaiting_export(added)?;
@@ -100,6 +100,26 @@ impl Engine {
             let cursor = failed.map_or(last, |patient_id| patient_id.saturating_sub(1));
             self.dentaltid.set_export_cursor(cursor)?;
         }
+        Ok(())
+    }
+
+    /// Takes the export cursor again, at the newest patient, when Live Sync is on but the cursor
+    /// cannot be read (its state row lost or edited), so that patients added from now on are
+    /// exported again. Those added since it was lost cannot be told from older ones: a
+    /// `sync_error` says they wait for `export_existing` or `export_patient`.
+    fn retake_export_cursor(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let newest = self.dentaltid.retake_export_cursor()?;
+        report.errors += 1;
+        self.bus.emit(EventKind::SyncError {
+            code: "export_cursor".into(),
+            message: format!(
+                "Live Sync's export cursor could not be read; taken again after patient {newest}: \
+                 patients added before that are exported only by export_existing or export_patient"
+            ),
+            external_id: None,
+            patient_id: None,
+            path: None,
+        });
         Ok(())
     }
 
