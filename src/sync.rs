@@ -128,11 +128,16 @@ impl NanoPixSync {
     /// the sync has not seen yet are imported or linked first: when the matching links one of them
     /// to this patient (an exact match, with auto-linking on), that id is returned. When an earlier export of the patient
     /// was interrupted (a crash or an error), that export is ended instead.
+    ///
+    /// # Failure
+    /// [`Error::PatientNotFound`] without such a patient, [`Error::AlreadyLinked`] for a patient
+    /// with a NanoPix id, or with a recorded link (its `external_id` cleared by DentalTID).
     pub fn export_patient(&self, patient_id: i64) -> Result<NanoPixId> {
         self.call(move |engine| engine.export_patient(patient_id))
     }
 
-    /// Exports every DentalTID patient that has no NanoPix link yet; returns how many were exported.
+    /// Exports every DentalTID patient that has no NanoPix id and no recorded link yet; returns
+    /// how many were exported.
     /// NanoPix patients the sync has not seen yet are imported or linked first, and an interrupted
     /// export of one of them is ended, as [`NanoPixSync::export_patient`] does.
     pub fn export_existing(&self) -> Result<u64> {

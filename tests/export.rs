@@ -663,3 +663,24 @@ fn an_unreadable_export_cursor_is_reported_and_taken_again() {
     assert_eq!(sync.reconcile().unwrap().exported, 1, "a patient added since is exported again");
     assert!(sync.source_info(added).unwrap().external_id.is_some());
 }
+
+#[test]
+fn a_linked_patient_whose_external_id_dentaltid_cleared_is_never_exported_again() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().linked, 1);
+    edit_dentaltid(&clinic, "UPDATE patients SET external_id = NULL WHERE id = 1");
+    let refused = sync.export_patient(1);
+    assert!(
+        matches!(refused, Err(Error::AlreadyLinked { ref external_id, .. }) if external_id == "20250122_091500"),
+        "{refused:?}"
+    );
+    sync.export_existing().unwrap();
+    assert_eq!(sync.reconcile().unwrap().imported, 0, "its NanoPix patient is not imported back");
+    let benalis: Vec<i64> =
+        clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE last_name = 'Benali'", |r| r.get(0));
+    let aminas: Vec<i64> =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Benali'", |r| r.get(0));
+    assert_eq!((benalis, aminas), (vec![1], vec![1]), "one Amina Benali on each side");
+}

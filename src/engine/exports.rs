@@ -49,8 +49,9 @@ impl Engine {
     /// patient, its id is returned and nothing is exported.
     pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
-        if let Some(external_id) = &patient.external_id {
-            return Err(Error::AlreadyLinked { patient_id, external_id: external_id.clone() });
+        let recorded = self.dentaltid.link(patient_id)?.map(|link| link.external_id);
+        if let Some(external_id) = patient.external_id.clone().or(recorded) {
+            return Err(Error::AlreadyLinked { patient_id, external_id });
         }
         self.catch_up_with_nanopix()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
@@ -66,8 +67,7 @@ impl Engine {
     pub fn export_existing(&mut self) -> Result<u64> {
         self.catch_up_with_nanopix()?;
         let mut report = ReconcileReport::default();
-        let mut unlinked: Vec<Patient> =
-            self.dentaltid.all_patients()?.into_iter().filter(|p| p.external_id.is_none()).collect();
+        let mut unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
         // In the order of the ids they are given, so each id is looked for after the last one.
         let now = self.config.clock.now();
         unlinked.sort_by_cached_key(|patient| past_ids_from(patient, now));
@@ -149,14 +149,25 @@ impl Engine {
         self.awaiting_export(self.dentaltid.patients_after(cursor)?)
     }
 
-    /// Those of `patients` an export should write: created in DentalTID, with no NanoPix id,
-    /// and not in the journal (a repair ends those).
+    /// Those of `patients` an export should write: created in DentalTID, with no NanoPix id and
+    /// no recorded link, and not in the journal (a repair ends those).
     fn awaiting_export(&self, patients: Vec<Patient>) -> Result<Vec<Patient>> {
         let pending: HashSet<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
-        Ok(patients
-            .into_iter()
-            .filter(|p| p.source == Source::Internal && p.external_id.is_none() && !pending.contains(&p.id))
-            .collect())
+        let created_here = patients.into_iter().filter(|p| p.source == Source::Internal && !pending.contains(&p.id));
+        self.without_recorded_link(created_here.collect())
+    }
+
+    /// Those of `patients` with no NanoPix id and no recorded link. A patient whose
+    /// `external_id` DentalTID cleared keeps its link row: exporting it again would give the
+    /// person a second NanoPix patient, and the first would come back as an import.
+    fn without_recorded_link(&self, patients: Vec<Patient>) -> Result<Vec<Patient>> {
+        let mut unlinked = Vec::with_capacity(patients.len());
+        for patient in patients.into_iter().filter(|p| p.external_id.is_none()) {
+            if self.dentaltid.link(patient.id)?.is_none() {
+                unlinked.push(patient);
+            }
+        }
+        Ok(unlinked)
     }
 
     /// Exports `patients` in order, with ids `from`, reporting each failure; returns the id of
