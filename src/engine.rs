@@ -280,9 +280,9 @@ impl Engine {
             _ => (cursor.nanopix_pk, cursor.nanopix_id),
         };
         self.report_odd_rows(rows.odd_rows, &mut report);
+        self.restore_links(&rows.patients, &mut report)?;
         let unknown = self.unknown(rows.patients)?;
         self.link_or_import(unknown, None, &mut report)?;
-        self.restore_links(&mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
@@ -625,15 +625,15 @@ impl Engine {
         self.change_links(&changes, report)
     }
 
-    /// Restores the links marked missing whose NanoPix row and folder are both there again (a
-    /// row added back with its id, a folder put back), without waiting for a full reconcile.
-    /// Other changes (a DentalTID patient deleted meanwhile) are a full reconcile's to make.
-    fn restore_links(&mut self, report: &mut ReconcileReport) -> Result<()> {
+    /// Restores the links marked missing of NanoPix patients `read` past the cursor (a row added
+    /// back with its id) whose folder is there too, without waiting for a full reconcile: a live
+    /// pass looks only at the rows it read. Other changes (a folder put back, a DentalTID patient
+    /// deleted meanwhile) are a full reconcile's to find.
+    fn restore_links(&mut self, read: &[NanoPixPatient], report: &mut ReconcileReport) -> Result<()> {
         let mut changes = Vec::new();
-        for link in self.dentaltid.missing_links()? {
-            let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            // The folder first: one `stat`, where most patients NanoPix no longer has stop.
-            if !self.nanopix.has_folder(id) || !self.nanopix.id_exists(id)? {
+        for patient in read {
+            let Some(link) = self.dentaltid.missing_link(patient.id)? else { continue };
+            if !self.nanopix.has_folder(patient.id) {
                 continue;
             }
             let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();

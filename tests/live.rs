@@ -403,7 +403,7 @@ fn a_live_pass_that_failed_on_a_locked_dentaltid_is_tried_again_once_the_lock_is
 }
 
 #[test]
-fn a_nanopix_row_or_folder_put_back_restores_its_link_without_waiting_for_the_hourly_reconcile() {
+fn a_nanopix_row_added_back_restores_its_link_live_and_a_folder_put_back_at_the_next_reconcile() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
@@ -423,6 +423,7 @@ fn a_nanopix_row_or_folder_put_back_restores_its_link_without_waiting_for_the_ho
     std::fs::rename(clinic.root.join("20250122_091500"), &away).unwrap();
     wait_for(&sync, DEADLINE, removed);
     std::fs::rename(&away, clinic.root.join("20250122_091500")).unwrap();
+    assert_eq!(sync.reconcile().unwrap().removed, 0);
     wait_for(&sync, DEADLINE, restored);
 }
 

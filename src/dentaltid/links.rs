@@ -77,9 +77,10 @@ impl DentalTid {
         Ok(merge_links(recorded, imported))
     }
 
-    /// The links marked missing, in patient id order.
-    pub fn missing_links(&self) -> Result<Vec<Link>> {
-        self.query_links("reading missing links", "WHERE state = 'missing' ORDER BY patient_id", [])
+    /// The link to this NanoPix id, if it is marked missing.
+    pub fn missing_link(&self, external_id: NanoPixId) -> Result<Option<Link>> {
+        let tail = "WHERE external_id = ?1 AND state = 'missing'";
+        Ok(self.query_links("reading a missing link", tail, [external_id.to_string()])?.pop())
     }
 
     /// Whether any link is recorded, in a link row or a batch row.

@@ -61,9 +61,8 @@ const DROP_OWN_INDEXES: &str = "
     DROP INDEX IF EXISTS nanopix_sync_patients_date_of_birth;
 ";
 
-/// The sync's own tables, the index that finds a link row by its NanoPix id (every new NanoPix
-/// id is looked up there), and the one that lists the links marked missing (every live pass
-/// looks for those that came back).
+/// The sync's own tables, and the index that finds a link row by its NanoPix id (every new
+/// NanoPix id is looked up there).
 const OWN_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS nanopix_sync_links(
@@ -89,7 +88,6 @@ const OWN_TABLES: &str = "
         external_ids TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
-    CREATE INDEX IF NOT EXISTS nanopix_sync_links_missing ON nanopix_sync_links(patient_id) WHERE state = 'missing';
 ";
 
 /// The export journal's columns that its first version lacked, each with the statement that
