@@ -684,21 +684,3 @@ fn a_linked_patient_whose_external_id_dentaltid_cleared_is_never_exported_again(
         clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Benali'", |r| r.get(0));
     assert_eq!((benalis, aminas), (vec![1], vec![1]), "one Amina Benali on each side");
 }
-
-#[test]
-fn export_existing_stops_when_nanopix_refuses_every_new_patient_the_same_way() {
-    let clinic = Clinic::new("v29");
-    for i in 0..50 {
-        clinic.add_dentaltid(&format!("Given{i}"), "Refused", Some("1990-05-06"));
-    }
-    let sync = clinic.open();
-    sync.reconcile().unwrap();
-    block_nanopix_inserts(&clinic, true);
-    assert_eq!(sync.export_existing().unwrap(), 0);
-    let errors = common::drain(&sync).iter().filter(|e| matches!(e.kind, EventKind::SyncError { .. })).count();
-    let journal: Vec<i64> = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0));
-    assert_eq!((errors, journal[0]), (2, 2), "stopped at the second failure alike, with two exports to repair");
-    block_nanopix_inserts(&clinic, false);
-    assert_eq!(sync.reconcile().unwrap().repaired, 2);
-    assert_eq!(sync.export_existing().unwrap(), 54, "the rest, and the six samples");
-}

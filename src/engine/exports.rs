@@ -170,10 +170,10 @@ impl Engine {
         Ok(unlinked)
     }
 
-    /// Exports `patients` in order, with ids `from`, reporting each failure, until a failure
-    /// repeats the one before (see [`Repeats`]); returns the id of the first that failed.
+    /// Exports `patients` in order, with ids `from`, reporting each failure; returns the id of
+    /// the first that failed.
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
-        let (mut first_failed, mut repeats) = (None, Repeats::default());
+        let mut first_failed = None;
         for patient in patients {
             if self.cancelled() {
                 break;
@@ -183,9 +183,6 @@ impl Engine {
                 Err(error) => {
                     first_failed.get_or_insert(patient.id);
                     self.report_error(&error, None, Some(patient.id), report);
-                    if repeats.again(&error) {
-                        break;
-                    }
                 }
             }
         }
@@ -363,17 +360,12 @@ impl Engine {
 
     /// Finishes exports a crash interrupted, using the journal.
     pub(super) fn repair_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
-        let mut repeats = Repeats::default();
         for pending in self.dentaltid.pending_exports()? {
             match self.repair_export(&pending) {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
                 Err(error) => {
-                    let (external_id, patient_id) = (Some(pending.external_id.to_string()), Some(pending.patient_id));
-                    self.report_error(&error, external_id, patient_id, report);
-                    if repeats.again(&error) {
-                        break;
-                    }
+                    self.report_error(&error, Some(pending.external_id.to_string()), Some(pending.patient_id), report)
                 }
             }
         }
@@ -405,21 +397,6 @@ impl Engine {
                 Ok(false)
             }
         }
-    }
-}
-
-/// The last failure in a run of exports or repairs. A failure that repeats the one before ends
-/// the run, which the next pass takes up again: NanoPix refusing every new patient (a newer
-/// schema, a full disk) would otherwise be met once per patient, each failed export leaving a
-/// journal row that every later pass would try again.
-#[derive(Debug, Default)]
-struct Repeats(Option<String>);
-
-impl Repeats {
-    /// Whether `error` repeats the last failure; it becomes the last failure either way.
-    fn again(&mut self, error: &Error) -> bool {
-        let failure = error.to_string();
-        self.0.replace(failure.clone()).is_some_and(|last| last == failure)
     }
 }
 
