@@ -684,3 +684,43 @@ fn a_linked_patient_whose_external_id_dentaltid_cleared_is_never_exported_again(
         clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Benali'", |r| r.get(0));
     assert_eq!((benalis, aminas), (vec![1], vec![1]), "one Amina Benali on each side");
 }
+
+/// Makes NanoPix refuse new patients for which `condition` (on `NEW`) holds, as a trigger
+/// named `name` would, with a message that names no patient.
+fn refuse_nanopix_inserts_when(clinic: &Clinic, name: &str, condition: &str) {
+    let sql = format!(
+        "CREATE TRIGGER {name} BEFORE INSERT ON Patient WHEN {condition} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    );
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(&sql).unwrap();
+}
+
+#[test]
+fn patients_nanopix_refuses_one_by_one_never_keep_the_others_from_being_exported() {
+    let clinic = Clinic::new("v29");
+    refuse_nanopix_inserts_when(&clinic, "refuse_undated", "NEW.birthdate IS NULL");
+    let dated = clinic.add_dentaltid("Lina", "Saadi", Some("1991-02-03"));
+    clinic.add_dentaltid("Nour", "Brahimi", None);
+    let after_two_refusals = clinic.add_dentaltid("Yasmine", "Khelif", Some("1988-09-17"));
+    let sync = clinic.open();
+    sync.export_existing().unwrap();
+    assert!(sync.source_info(dated).unwrap().external_id.is_some());
+    assert!(sync.source_info(after_two_refusals).unwrap().external_id.is_some(), "tried despite the refusals before");
+}
+
+#[test]
+fn an_interrupted_export_behind_exports_nanopix_keeps_refusing_is_still_repaired() {
+    let clinic = Clinic::new("v29");
+    refuse_nanopix_inserts_when(&clinic, "refuse_undated", "NEW.birthdate IS NULL");
+    let sync = clinic.open();
+    sync.set_live_sync(true).unwrap();
+    clinic.add_dentaltid("Nour", "Brahimi", None);
+    clinic.add_dentaltid("Sami", "Ferhat", None);
+    sync.reconcile().unwrap();
+    refuse_nanopix_inserts_when(&clinic, "refuse_later", "NEW.last_name = 'Later'");
+    let later = clinic.add_dentaltid("Rania", "Later", Some("1990-05-06"));
+    sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(later).unwrap().external_id, None, "refused at first");
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch("DROP TRIGGER refuse_later").unwrap();
+    sync.reconcile().unwrap();
+    assert!(sync.source_info(later).unwrap().external_id.is_some(), "repaired behind the two still refused");
+}
