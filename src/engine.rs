@@ -76,6 +76,8 @@ pub(crate) struct Engine {
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
     live_stored: bool,
+    /// Where the next live pass takes up ending interrupted exports, in journal order.
+    next_repair: usize,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -160,6 +162,7 @@ impl Engine {
             last_issued: None,
             last_past_issued: None,
             live_stored,
+            next_repair: 0,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -265,7 +268,7 @@ impl Engine {
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
-        self.repair_exports(&mut report)?;
+        self.repair_some_exports(&mut report)?;
         let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if read >= u64::from(PAGE)

@@ -724,3 +724,40 @@ fn an_interrupted_export_behind_exports_nanopix_keeps_refusing_is_still_repaired
     sync.reconcile().unwrap();
     assert!(sync.source_info(later).unwrap().external_id.is_some(), "repaired behind the two still refused");
 }
+
+#[test]
+fn a_live_pass_tries_a_few_stuck_exports_in_turn_and_a_full_reconcile_tries_them_all() {
+    let clinic = Clinic::new("v29");
+    for i in 0..20 {
+        clinic.add_dentaltid(&format!("Given{i}"), "Stuck", Some("1990-05-06"));
+    }
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    block_nanopix_inserts(&clinic, true);
+    sync.export_existing().unwrap();
+    let stuck = || clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0))[0];
+    assert_eq!(stuck(), 26, "the twenty and the six samples, each left in the journal");
+    common::drain(&sync);
+    // NanoPix changes, so the next export first catches up in a live pass; twice.
+    let mut tried = Vec::new();
+    for phone in ["0555", "0556"] {
+        let change = format!("UPDATE Patient SET phone = '{phone}'");
+        rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(&change).unwrap();
+        assert!(sync.export_patient(1).is_err(), "NanoPix still refuses");
+        let pass: Vec<i64> = common::drain(&sync)
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::SyncError { patient_id, .. } => patient_id,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pass.len(), 8, "a live pass tries eight of the stuck exports");
+        tried.extend(pass);
+    }
+    tried.sort_unstable();
+    tried.dedup();
+    assert_eq!(tried.len(), 16, "the second pass takes up the next eight");
+    block_nanopix_inserts(&clinic, false);
+    assert_eq!(sync.reconcile().unwrap().repaired, 26, "a full reconcile ends them all");
+    assert_eq!(stuck(), 0);
+}

@@ -11,6 +11,9 @@ use crate::events::{EventKind, ReconcileReport};
 use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
 
+/// Most interrupted exports a live pass tries to end (in turns); a full reconcile tries them all.
+const REPAIRS_PER_LIVE_PASS: usize = 8;
+
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
 const EXPORT_ATTEMPTS: usize = 3;
 
@@ -358,9 +361,33 @@ impl Engine {
         Ok(self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect())
     }
 
-    /// Finishes exports a crash interrupted, using the journal.
+    /// Finishes exports a crash or an error interrupted, using the journal.
     pub(super) fn repair_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
-        for pending in self.dentaltid.pending_exports()? {
+        let pending = self.dentaltid.pending_exports()?;
+        self.repair_each(pending, report);
+        Ok(())
+    }
+
+    /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
+    /// live pass left off. A NanoPix that refuses every new patient (a newer schema, a full disk)
+    /// leaves one journal row per export tried, and each repair reads the whole journal: a live
+    /// pass takes them in turns, and a full reconcile tries them all.
+    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let mut pending = self.dentaltid.pending_exports()?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let start = self.next_repair % pending.len();
+        pending.rotate_left(start);
+        pending.truncate(REPAIRS_PER_LIVE_PASS);
+        self.next_repair = start + pending.len();
+        self.repair_each(pending, report);
+        Ok(())
+    }
+
+    /// Ends or drops each of the interrupted exports `pending` records, reporting each failure.
+    fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) {
+        for pending in pending {
             match self.repair_export(&pending) {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
@@ -369,7 +396,6 @@ impl Engine {
                 }
             }
         }
-        Ok(())
     }
 
     /// Completes or drops one interrupted export; returns whether it was completed. With the
