@@ -258,11 +258,11 @@ impl Engine {
     }
 
     /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
-    /// past the cursor. `NanoPix.db3` replaced by another file, a row removed on either side, a NanoPix row added below the cursor
-    /// (SQLite picks a random `pk` once the largest is taken), another id in NanoPix's row at
-    /// the cursor (NanoPix gave a deleted last row's `pk` to a new patient), or a whole page of
-    /// new NanoPix rows (a bulk import, which a full reconcile writes in short transactions)
-    /// leads to a full reconcile instead.
+    /// past the cursor. `NanoPix.db3` replaced by another file, a row removed on either side, a
+    /// NanoPix row added below the cursor (SQLite picks a random `pk` once the largest is taken),
+    /// another id in NanoPix's row at the cursor (NanoPix gave a deleted last row's `pk` to a new
+    /// patient), or a whole page of new NanoPix rows (a bulk import, which a full reconcile
+    /// writes in short transactions) leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
