@@ -535,7 +535,13 @@ fn reports_per_external_id(events: &[nanopix_sync::Event]) -> std::collections::
 #[test]
 fn both_programs_writing_while_live_sync_is_switched_off_and_on_keep_each_patient_once() {
     let clinic = Clinic::new("v29");
-    let mut sync = live(&clinic);
+    // Both writers wait up to 5 s for a lock, and so does the sync here: on a loaded machine a
+    // wait of the tests' usual half second can run out, which is a `busy` error, not a defect.
+    let mut config = clinic.config();
+    config.busy_timeout = Duration::from_secs(5);
+    let mut sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
     let (copies, called) = crossbeam_channel::unbounded();
     sync.set_callback(Some(Box::new(move |event| drop(copies.send(event.clone())))));
     let events = sync.events();
@@ -556,7 +562,9 @@ fn both_programs_writing_while_live_sync_is_switched_off_and_on_keep_each_patien
     assert!(queued.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1), "seq goes up by one");
     let called: Vec<u64> = called.try_iter().map(|event| event.seq).collect();
     assert_eq!(queued.iter().map(|event| event.seq).collect::<Vec<_>>(), called, "the callback saw the same events");
-    assert!(queued.iter().all(|e| !matches!(e.kind, EventKind::SyncError { .. })), "no error");
+    let errors: Vec<&EventKind> =
+        queued.iter().map(|e| &e.kind).filter(|k| matches!(k, EventKind::SyncError { .. })).collect();
+    assert!(errors.is_empty(), "no error: {errors:#?}");
 
     let held: Vec<(String, i64)> = clinic.dentaltid_rows(
         "SELECT external_id, count(*) FROM patients WHERE external_id IS NOT NULL GROUP BY external_id",
