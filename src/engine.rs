@@ -67,11 +67,9 @@ pub(crate) struct Engine {
     cursor: Option<LiveCursor>,
     /// Whether DentalTID holds the sync's indexes, which live passes need.
     indexed: bool,
-    /// The last id an export was given: the next one is looked for from the second after it,
-    /// so exports in a row do not probe again every id the earlier ones took.
-    last_issued: Option<NanoPixId>,
-    /// The last id given from a patient's creation time by the running `export_existing`,
-    /// which takes patients in that order, for the same reason.
+    /// The last past id an export was given: the next one is looked for from the second after
+    /// it first, so `export_existing`, which takes patients in the order of their creation, does
+    /// not probe again every id the earlier ones took.
     last_past_issued: Option<NanoPixId>,
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
@@ -159,7 +157,6 @@ impl Engine {
             automatic: false,
             cursor: None,
             indexed,
-            last_issued: None,
             last_past_issued: None,
             live_stored,
             next_repair: 0,

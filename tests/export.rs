@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::Clinic;
-use nanopix_sync::{Error, EventKind, NanoPixId};
+use nanopix_sync::{Error, EventKind, NanoPixId, NanoPixSync};
 
 type NanoPixRow = (String, String, Option<String>, Option<String>, Option<String>, Option<String>);
 
@@ -320,12 +320,12 @@ fn a_patient_deleted_while_its_nanopix_folder_is_missing_gets_a_delete_request()
     assert_deletion_asked_and_done(&clinic, &external_id);
 }
 
-/// Gives NanoPix a patient at every second of the 24 hours from the clinic clock's time, so no
-/// id is free for an export.
-fn take_a_day_of_ids(clinic: &Clinic) {
-    let sql = "WITH RECURSIVE second(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM second WHERE n < 86399)
-        INSERT INTO Patient(id, last_name)
-        SELECT strftime('%Y%m%d_%H%M%S', '2025-01-22 10:00:00', '+' || n || ' seconds'), 'Filler' FROM second";
+/// Gives NanoPix a patient at every second an export at the clinic clock's time may take: the
+/// day before the last two hours, those two hours, and the current second and the next two.
+fn take_every_id_an_export_may_take(clinic: &Clinic) {
+    let sql = "WITH RECURSIVE second(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM second WHERE n < 93602)
+        INSERT OR IGNORE INTO Patient(id, last_name)
+        SELECT strftime('%Y%m%d_%H%M%S', '2025-01-21 08:00:00', '+' || n || ' seconds'), 'Filler' FROM second";
     rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(sql).unwrap();
 }
 
@@ -334,7 +334,7 @@ fn a_repair_that_finds_no_new_id_keeps_the_export_in_the_journal() {
     let clinic = Clinic::new("v29");
     let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
     clinic.add_nanopix(&reserved, "Stranger", "Someone", Some("1970-01-01"));
-    take_a_day_of_ids(&clinic);
+    take_every_id_an_export_may_take(&clinic);
     let sync = clinic.open();
     let failed = common::drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::SyncError { .. }));
     assert!(failed, "the repair reports that it found no free id");
@@ -377,15 +377,38 @@ fn an_id_dentaltid_still_holds_is_never_given_again() {
 }
 
 #[test]
-fn one_handle_gives_each_export_an_id_after_the_last_it_gave() {
+fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();
-    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100000");
-    assert_eq!(sync.export_patient(2).unwrap().to_string(), "20250122_100001", "the clock did not move");
+    let ids: Vec<String> = (1..=4).map(|patient| sync.export_patient(patient).unwrap().to_string()).collect();
+    let past = "the next seconds are left to NanoPix's own new patients: the first free second a day before the last two hours";
+    assert_eq!(ids, ["20250122_100000", "20250122_100001", "20250122_100002", "20250121_080000"], "{past}");
     clinic.clock.set(common::clinic_morning() - chrono::Duration::hours(1));
-    assert_eq!(sync.export_patient(3).unwrap().to_string(), "20250122_100002", "the clock went back an hour");
+    assert_eq!(sync.export_patient(5).unwrap().to_string(), "20250122_090000", "the clock went back an hour");
     clinic.clock.set(common::clinic_morning() + chrono::Duration::minutes(5));
-    assert_eq!(sync.export_patient(4).unwrap().to_string(), "20250122_100500", "from now again");
+    assert_eq!(sync.export_patient(6).unwrap().to_string(), "20250122_100500", "the clock moved on");
+}
+
+#[test]
+fn an_export_now_never_takes_the_id_of_images_left_behind() {
+    let clinic = Clinic::new("v29");
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    // Images left behind, at the current second, by a patient NanoPix created and deleted in
+    // the first pass of an hour the clock then went back over (its own foreign keys off).
+    nanopix.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Study(patient_id, modality, image_name, image_type)
+             VALUES ('20250122_100000', 'IO', '20250122_100130', 'IOSB')",
+            [],
+        )
+        .unwrap();
+    let sync = clinic.open();
+    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100001");
+    assert_eq!(sync.source_info(1).unwrap().image_count, 0);
+    nanopix.execute("INSERT INTO Report(patient_id) VALUES ('20250122_100002')", []).unwrap();
+    let later = "images and reports added since the last export are seen too";
+    assert_eq!(sync.export_patient(2).unwrap().to_string(), "20250121_080000", "{later}");
 }
 
 #[test]
@@ -584,6 +607,49 @@ fn a_burst_of_undated_exports_leaves_nanopix_the_ids_of_the_next_minutes() {
     assert!(undated.iter().all(|id| id.as_str() < "20250122_080000"), "all before the last two hours: {undated:?}");
     // A NanoPix user opens the new-patient form two minutes later and saves it.
     clinic.add_nanopix("20250122_100200", "Mansouri", "Yacine", None);
+}
+
+#[test]
+fn export_existing_of_patients_created_this_morning_leaves_nanopix_the_ids_of_the_next_minutes() {
+    let clinic = Clinic::new("v29");
+    for i in 0..200 {
+        add_created(&clinic, &format!("ThisMorning{i}"), "2025-01-22T09:30:00.000");
+    }
+    clinic.open().export_existing().unwrap();
+    let given = ids_given(&clinic, "ThisMorning%");
+    assert_eq!(given.len(), 200);
+    let ahead: Vec<&String> = given.iter().filter(|id| id.as_str() > "20250122_100002").collect();
+    assert!(ahead.is_empty(), "ids NanoPix gives its own patients in the next minutes: {ahead:?}");
+    let near_now = given.iter().filter(|id| id.as_str() >= "20250122_100000").count();
+    assert_eq!(near_now, 3, "the current second and the next two, then past ids: {given:?}");
+    // A NanoPix user opens the new-patient form two minutes later and saves it.
+    clinic.add_nanopix("20250122_100200", "Mansouri", "Yacine", None);
+}
+
+#[test]
+fn live_sync_catching_up_on_patients_added_while_closed_gives_them_the_ids_of_their_creation() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config();
+    config.automatic_work = false;
+    let sync = NanoPixSync::open(config.clone()).unwrap();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    drop(sync);
+    // Yesterday, with the library not running, the clinic typed in two hundred patients.
+    let created = |i: usize| (9 + i / 60, i % 60);
+    for i in 0..200 {
+        let (hour, minute) = created(i);
+        add_created(&clinic, &format!("WhileClosed{i:03}"), &format!("2025-01-21T{hour:02}:{minute:02}:00.000"));
+    }
+    let report = NanoPixSync::open(config).unwrap().reconcile().unwrap();
+    assert_eq!(report.exported, 200);
+    let expected: Vec<String> = (0..200)
+        .map(|i| {
+            let (hour, minute) = created(i);
+            format!("20250121_{hour:02}{minute:02}00")
+        })
+        .collect();
+    assert_eq!(ids_given(&clinic, "WhileClosed%"), expected);
 }
 
 /// Waits up to 10 s until the export journal holds a row; returns the id it reserved.

@@ -29,20 +29,26 @@ const EARLIEST_CREATION: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(2
     None => NaiveDateTime::MIN,
 };
 
-/// How far before the [`RECENT_IDS`] a bulk export starts looking for the ids of undated
-/// patients (no real `createdAt`): a day of seconds, free of NanoPix's own patients, instead
-/// of ids from now on.
-const UNDATED_IDS: chrono::Duration = chrono::Duration::days(1);
+/// How far before the [`RECENT_IDS`] an export looks for an id when the patient has no real
+/// `createdAt`, or when no second near now is free: a day of seconds, clear of NanoPix's own new
+/// patients.
+const PAST_IDS: chrono::Duration = chrono::Duration::days(1);
 
-/// Where an export starts looking for a free NanoPix id.
+/// The seconds an export takes its id in when it takes the current time: the current second and
+/// the next two. Later ones are left to NanoPix's own new patients (named after the second their
+/// form is opened), so a run of exports goes on with past ids instead.
+const NOW_IDS: chrono::Duration = chrono::Duration::seconds(3);
+
+/// Where an export looks for a free NanoPix id first. When it finds none there, it takes one
+/// from the current second (within [`NOW_IDS`]), then from the [`PAST_IDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IdsFrom {
-    /// The current second, then the next ones: a patient just added gets the id of its time.
+    /// The current second: a patient exported now gets the id of its time.
     Now,
-    /// The second the patient was created in DentalTID (see [`past_ids_from`]), when that is
-    /// over [`RECENT_IDS`] ago, then the next ones up to then (else as [`IdsFrom::Now`]):
-    /// `export_existing` writes many patients at once, and ids from now on would take, for hours
-    /// ahead, the ids NanoPix gives its own new patients.
+    /// The second the patient was created in DentalTID (see [`past_ids_from`]) when that is
+    /// over [`RECENT_IDS`] ago, then the next ones up to then: many patients exported at once
+    /// (`export_existing`, or Live Sync catching up on patients added while the library was not
+    /// running) keep the ids of their own time, and leave NanoPix the seconds from now on.
     Creation,
 }
 
@@ -98,7 +104,7 @@ impl Engine {
         let added = self.dentaltid.patients_after(cursor)?;
         let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
         let to_export = self.awaiting_export(added)?;
-        let failed = self.export_each(&to_export, IdsFrom::Now, report);
+        let failed = self.export_each(&to_export, IdsFrom::Creation, report);
         if !self.cancelled() {
             let cursor = failed.map_or(last, |patient_id| patient_id.saturating_sub(1));
             self.dentaltid.set_export_cursor(cursor)?;
@@ -138,7 +144,7 @@ impl Engine {
             patients.extend(self.dentaltid.patient(id)?);
         }
         let patients = self.awaiting_export(patients)?;
-        self.export_each(&patients, IdsFrom::Now, report);
+        self.export_each(&patients, IdsFrom::Creation, report);
         let mut still_due = Vec::new();
         for patient in patients {
             still_due.extend(self.dentaltid.patient(patient.id)?.filter(|p| p.external_id.is_none()).map(|p| p.id));
@@ -206,58 +212,65 @@ impl Engine {
         let row = self.planned_row(patient, from)?;
         self.dentaltid.begin_export(patient.id, &row, row.created)?;
         crash_point("journal");
-        self.write_export(patient, row)
+        self.write_export(patient, row, from)
     }
 
-    /// The row an export of `patient` would write now, at the first free id `from` where it
-    /// says. The sync's indexes are built first if missing: every id tried is looked up among
-    /// DentalTID's patients.
+    /// The row an export of `patient` would write now, at the first free id looked for `from`
+    /// where it says, then in the seconds [`NOW_IDS`] names, then in the [`PAST_IDS`]. The sync's
+    /// indexes are built first if missing: every id tried is looked up among DentalTID's patients.
+    ///
+    /// # Failure
+    /// [`Error::NoFreeId`] when none of these seconds is free.
     fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
         self.ensure_indexes()?;
+        self.nanopix.read_new_records()?;
         let now = self.config.clock.now();
-        let past = match from {
-            IdsFrom::Creation => self.free_past_id(patient, now)?,
+        let in_flight = self.in_flight_ids()?;
+        let mut id = match from {
+            IdsFrom::Creation => self.free_past_id(past_ids_from(patient, now), now, &in_flight)?,
             IdsFrom::Now => None,
         };
-        let id = match past {
-            Some(id) => {
-                self.last_past_issued = Some(id);
-                id
-            }
-            None => {
-                let id = self.free_id(now)?;
-                self.last_issued = Some(id);
-                id
-            }
-        };
+        if id.is_none() {
+            id = self.free_now_id(now, &in_flight)?;
+        }
+        if id.is_none() {
+            id = self.free_past_id(now - RECENT_IDS - PAST_IDS, now, &in_flight)?;
+        }
+        let id = id.ok_or_else(|| Error::NoFreeId(NanoPixId::from_datetime(now).to_string()))?;
         Ok(new_nanopix_row(patient, id, now))
     }
 
-    /// A free id from [`past_ids_from`] `patient` (or after the last such id issued, when that
-    /// is later) up to [`RECENT_IDS`] ago. Besides what [`Engine::id_taken`] checks, an id some
-    /// `Study` or `Report` row still names is taken: a past id may be one of a patient NanoPix
-    /// deleted without its images. `None` when the patient was created within that time or no
-    /// id is free before then.
-    fn free_past_id(&self, patient: &Patient, now: NaiveDateTime) -> Result<Option<NanoPixId>> {
-        let created = past_ids_from(patient, now);
-        let after_last = self.last_past_issued.map(|last| last.next_second().datetime());
-        let from = after_last.map_or(created, |next| created.max(next));
-        let in_flight = self.in_flight_ids()?;
-        NanoPixId::first_free_before(from, now - RECENT_IDS, |id| {
-            Ok(self.id_taken(id, &in_flight)? || self.nanopix.has_records(id)?)
-        })
+    /// The first free id from `from` up to [`RECENT_IDS`] before `now`, looked for after the
+    /// last past id given first (`export_existing` takes patients in the order of their
+    /// creation, so it need not probe again the ids the earlier ones took). `None` when `from`
+    /// is within those hours or no id is free before then.
+    fn free_past_id(
+        &mut self,
+        from: NaiveDateTime,
+        now: NaiveDateTime,
+        in_flight: &HashSet<NanoPixId>,
+    ) -> Result<Option<NanoPixId>> {
+        let after_last = self.last_past_issued.map(|last| last.next_second().datetime()).filter(|next| *next > from);
+        for start in after_last.into_iter().chain([from]) {
+            let free = NanoPixId::first_free_before(start, now - RECENT_IDS, |id| self.id_taken(id, in_flight))?;
+            if free.is_some() {
+                self.last_past_issued = free;
+                return Ok(free);
+            }
+        }
+        Ok(None)
     }
 
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
     /// patient takes the id first, the journal row moves to a new free id and the export goes on
     /// there, up to [`EXPORT_ATTEMPTS`] ids; the journal row stays, so the export is never lost.
-    fn write_export(&mut self, patient: &Patient, mut row: NewNanoPixPatient) -> Result<NanoPixId> {
+    fn write_export(&mut self, patient: &Patient, mut row: NewNanoPixPatient, from: IdsFrom) -> Result<NanoPixId> {
         for attempt in 1..=EXPORT_ATTEMPTS {
             if self.complete_export(patient.id, &row)? {
                 return Ok(row.id);
             }
             if attempt < EXPORT_ATTEMPTS {
-                row = self.planned_row(patient, IdsFrom::Now)?;
+                row = self.planned_row(patient, from)?;
                 self.dentaltid.replan_export(patient.id, &row)?;
             }
         }
@@ -298,6 +311,7 @@ impl Engine {
             self.link_export(patient.id, id)?;
             return Ok(id);
         }
+        self.nanopix.read_new_records()?;
         let mut others = self.in_flight_ids()?;
         others.remove(&id);
         let row = if self.id_taken(id, &others)? {
@@ -311,7 +325,7 @@ impl Engine {
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
             self.dentaltid.replan_export(patient.id, &row)?;
         }
-        self.write_export(patient, row)
+        self.write_export(patient, row, IdsFrom::Now)
     }
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
@@ -337,20 +351,18 @@ impl Engine {
         }))
     }
 
-    /// The first id from `now` on, and after the last id issued, that is free in the database,
-    /// on disk, in the journal, and in DentalTID: a patient or a recorded link may still hold an
-    /// id whose row and folder NanoPix lost.
-    fn free_id(&self, now: NaiveDateTime) -> Result<NanoPixId> {
-        let in_flight = self.in_flight_ids()?;
-        let from = self.last_issued.map_or(now, |last| now.max(last.next_second().datetime()));
-        NanoPixId::first_free(from, |id| self.id_taken(id, &in_flight))
+    /// The first free id among the seconds [`NOW_IDS`] names.
+    fn free_now_id(&self, now: NaiveDateTime, in_flight: &HashSet<NanoPixId>) -> Result<Option<NanoPixId>> {
+        NanoPixId::first_free_before(now, now + NOW_IDS, |id| self.id_taken(id, in_flight))
     }
 
-    /// Whether `id` is in use: by an export in `in_flight`, on disk, in NanoPix's database, or
-    /// in DentalTID.
+    /// Whether `id` is in use: by an export in `in_flight`, on disk, in NanoPix's database (a
+    /// `Patient` row, or `Study` or `Report` rows as last read), or in DentalTID: a patient or a
+    /// recorded link may still hold an id whose row and folder NanoPix lost.
     fn id_taken(&self, id: NanoPixId, in_flight: &HashSet<NanoPixId>) -> Result<bool> {
         Ok(in_flight.contains(&id)
             || self.nanopix.folder_path(id).symlink_metadata().is_ok()
+            || self.nanopix.records_name(id)
             || self.nanopix.id_exists(id)?
             || self.dentaltid.holds_external_id(id)?
             || self.dentaltid.has_recorded_link(id)?)
@@ -427,12 +439,12 @@ impl Engine {
 }
 
 /// Where a bulk export at `now` looks for a past id for `patient`: the second it was created in
-/// DentalTID, or [`UNDATED_IDS`] before the [`RECENT_IDS`] when its `createdAt` cannot be read
+/// DentalTID, or [`PAST_IDS`] before the [`RECENT_IDS`] when its `createdAt` cannot be read
 /// or is before [`EARLIEST_CREATION`].
 fn past_ids_from(patient: &Patient, now: NaiveDateTime) -> NaiveDateTime {
     crate::patient::parse_dart_timestamp(&patient.created_at)
         .filter(|created| *created >= EARLIEST_CREATION)
-        .unwrap_or(now - RECENT_IDS - UNDATED_IDS)
+        .unwrap_or(now - RECENT_IDS - PAST_IDS)
 }
 
 /// The NanoPix row an export of `patient` writes with `id`, created `now`.

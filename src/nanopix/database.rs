@@ -354,6 +354,29 @@ pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: Nano
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// Adds to `ids` the NanoPix ids named by the rows of `table` (`Study` or `Report`) whose
+/// `rowid` is greater than `after`; returns the highest `rowid` read (`after` when none). A table
+/// or column that is missing names nothing, and a `patient_id` that is not a valid id is skipped.
+pub(super) fn record_ids_after(
+    conn: &Connection,
+    table: &'static str,
+    after: i64,
+    ids: &mut foldhash::HashSet<NanoPixId>,
+) -> rusqlite::Result<i64> {
+    if !table_columns(conn, table)?.contains("patient_id") {
+        return Ok(after);
+    }
+    let sql = format!("SELECT rowid, patient_id FROM {table} WHERE rowid > ?1 ORDER BY rowid");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([after])?;
+    let mut last = after;
+    while let Some(row) = rows.next()? {
+        last = last.max(row.get(0)?);
+        ids.extend(parse_id(row.get_ref(1)?).ok());
+    }
+    Ok(last)
+}
+
 /// Deletes the row if no study or report points at it, checked again under the write lock
 /// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write()`].
 pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {

@@ -173,6 +173,22 @@ fn ensure_inside(root: &Path, db_path: &Path) -> Result<()> {
     if inside { Ok(()) } else { Err(Error::UnsafePath(db_path.to_path_buf())) }
 }
 
+/// The NanoPix ids `Study` and `Report` rows name, read whole once and then only from the rows
+/// added since (by `rowid`).
+///
+/// A row written below the highest `rowid` read, or a `patient_id` changed, is not seen. NanoPix
+/// writes those only for a patient that has its `Patient` row, which an export checks by itself:
+/// what only these rows tell is the id of a patient NanoPix deleted without its images.
+#[derive(Debug, Default)]
+struct RecordIds {
+    ids: foldhash::HashSet<NanoPixId>,
+    /// The highest `rowid` read from `Study` and from `Report`; `None` before the first read.
+    read_up_to: Option<[i64; 2]>,
+}
+
+/// The tables whose rows name a patient by its NanoPix id.
+const RECORD_TABLES: [&str; 2] = ["Study", "Report"];
+
 /// An open NanoPix data folder.
 #[derive(Debug)]
 pub(crate) struct NanoPix {
@@ -182,6 +198,7 @@ pub(crate) struct NanoPix {
     identity: Option<FileIdentity>,
     conn: Connection,
     patient_columns: HashSet<String>,
+    records: RecordIds,
 }
 
 impl NanoPix {
@@ -199,7 +216,7 @@ impl NanoPix {
         let identity = FileIdentity::of(&db_path);
         let conn = database::connect(&db_path, busy_timeout)?;
         let patient_columns = database::patient_columns(&conn, &db_path)?;
-        Ok(Self { root: root.to_path_buf(), db_path, identity, conn, patient_columns })
+        Ok(Self { root: root.to_path_buf(), db_path, identity, conn, patient_columns, records: RecordIds::default() })
     }
 
     /// Whether `NanoPix.db3` now names another file than the one opened (a restore, a copy
@@ -292,10 +309,22 @@ impl NanoPix {
         Ok(PatientContents { studies, reports, files })
     }
 
-    /// Whether `Study` or `Report` rows name this id, with or without a `Patient` row: images
-    /// of a patient NanoPix deleted without them still point at it.
-    pub fn has_records(&self, id: NanoPixId) -> Result<bool> {
-        Ok(self.records(id)? != (0, 0))
+    /// Reads the `Study` and `Report` rows added since the last call (every row the first time),
+    /// for [`NanoPix::records_name`].
+    pub fn read_new_records(&mut self) -> Result<()> {
+        let mut read_up_to = self.records.read_up_to.unwrap_or([i64::MIN; 2]);
+        for (table, after) in RECORD_TABLES.into_iter().zip(&mut read_up_to) {
+            *after = database::record_ids_after(&self.conn, table, *after, &mut self.records.ids)
+                .map_err(self.sql_error("read the ids studies and reports name"))?;
+        }
+        self.records.read_up_to = Some(read_up_to);
+        Ok(())
+    }
+
+    /// Whether `Study` or `Report` rows read by [`NanoPix::read_new_records`] name this id, with
+    /// or without a `Patient` row: images of a patient NanoPix deleted without them still point at it.
+    pub fn records_name(&self, id: NanoPixId) -> bool {
+        self.records.ids.contains(&id)
     }
 
     /// The `Study` and `Report` rows that name this id.
