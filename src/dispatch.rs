@@ -15,9 +15,16 @@ use crate::events::{Event, EventBus};
 /// A host callback for events.
 pub type EventCallback = Box<dyn Fn(&Event) + Send + Sync>;
 
+/// The callback set, with the `seq` of the first event it may be given: copies of earlier
+/// events still on their way to the callback thread were made for the callback before it.
+struct Current {
+    callback: Arc<EventCallback>,
+    from_seq: u64,
+}
+
 #[derive(Default)]
 struct Slot {
-    callback: Mutex<Option<Arc<EventCallback>>>,
+    current: Mutex<Option<Current>>,
     in_flight: Mutex<()>,
 }
 
@@ -49,19 +56,23 @@ impl Dispatcher {
         Ok(Self { bus, feed, slot, done: Some(done), thread: Some(thread) })
     }
 
-    /// Sets or clears the callback; returns once no call of the previous one is in flight.
+    /// Sets or clears the callback; returns once no call of the previous one is in flight. A
+    /// new callback is given only the events made from then on.
     pub fn set(&self, callback: Option<EventCallback>) {
-        let listening = callback.is_some();
-        if !listening {
-            self.bus.set_listener(None);
-        }
-        *self.slot.callback.lock().unwrap_or_else(PoisonError::into_inner) = callback.map(Arc::new);
-        if listening {
-            self.bus.set_listener(Some(self.feed.clone()));
-        }
-        if self.thread_id() != Some(std::thread::current().id()) {
-            drop(self.slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
-        }
+        // No call is in flight while the callback changes (unless it changes from inside one).
+        let _in_flight = (self.thread_id() != Some(std::thread::current().id()))
+            .then(|| self.slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut current = self.slot.current.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = match callback {
+            Some(callback) => {
+                let from_seq = self.bus.set_listener(Some(self.feed.clone()));
+                Some(Current { callback: Arc::new(callback), from_seq })
+            }
+            None => {
+                self.bus.set_listener(None);
+                None
+            }
+        };
     }
 
     /// Delivers the events already queued, then stops and joins the thread.
@@ -101,7 +112,9 @@ fn deliver(slot: &Slot, events: &Receiver<Event>, done: &Receiver<()>) {
 
 fn call(slot: &Slot, event: &Event) {
     let _in_flight = slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-    let callback = slot.callback.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let current = slot.current.lock().unwrap_or_else(PoisonError::into_inner);
+    let callback = current.as_ref().filter(|current| event.seq >= current.from_seq).map(|c| c.callback.clone());
+    drop(current);
     if let Some(callback) = callback {
         // A panicking host callback loses this one delivery, never the thread.
         let _ = catch_unwind(AssertUnwindSafe(|| callback(event)));

@@ -234,11 +234,14 @@ impl EventBus {
     }
 
     /// Sets (or, with `None`, removes) a second queue that receives a copy of every later
-    /// event: the callback thread's, while a callback is set.
-    pub fn set_listener(&self, listener: Option<Sender<Event>>) {
+    /// event: the callback thread's, while a callback is set. Returns the `seq` of the first
+    /// event made after this call: copies with a lower one were made before it.
+    pub fn set_listener(&self, listener: Option<Sender<Event>>) -> u64 {
         let mut current = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
         *current = listener;
         self.listener_dropped.store(0, Ordering::Relaxed);
+        // Every event is stamped under this lock, so none can take a `seq` in between.
+        self.seq.load(Ordering::Relaxed) + 1
     }
 
     /// Stamps `kind` and queues it. Never blocks.

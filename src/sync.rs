@@ -168,6 +168,13 @@ impl NanoPixSync {
 
     /// Stops and joins every thread; the last event is `closed`. Calling it again does nothing.
     pub fn close(&mut self) {
+        self.stop_engine();
+        self.dispatcher.stop();
+    }
+
+    /// The first half of [`NanoPixSync::close`]: stops and joins the engine thread and queues
+    /// `closed`, the last event. The callback thread goes on delivering until `close`.
+    pub(crate) fn stop_engine(&mut self) {
         self.signals.closing.store(true, Ordering::Relaxed);
         self.jobs = None;
         if let Some(engine) = self.engine.take() {
@@ -176,7 +183,6 @@ impl NanoPixSync {
             }
             self.bus.emit_last(EventKind::Closed);
         }
-        self.dispatcher.stop();
     }
 
     fn call<T: Send + 'static>(&self, job: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {

@@ -1,5 +1,6 @@
 //! The C API from real C and from Python: the header compiles as C11 and C++, matches the
-//! symbols the cdylib exports, and a C host and a ctypes smoke test run against the library.
+//! symbols the cdylib exports, and a C host, the callback's promises around close and
+//! replacement (`tests/c/callbacks.c`) and a ctypes smoke test run against the library.
 
 mod common;
 
@@ -86,18 +87,25 @@ fn every_exported_symbol_is_declared_and_the_other_way_round() {
     assert_eq!(exported, declared, "the cdylib's nps_ symbols and the header's declarations differ");
 }
 
-fn build_host(out_dir: &Path) -> PathBuf {
-    let host = out_dir.join("host");
+/// Builds the C program `source` (relative to the crate) against the header and the cdylib, as
+/// strict C11 with threads, into `out_dir`.
+fn build_c(out_dir: &Path, source: &str) -> PathBuf {
+    let name = Path::new(source).file_stem().expect("a file name");
+    let program = out_dir.join(name);
     let library_dir = library_dir();
-    let (library_dir, host_path) = (library_dir.to_string_lossy(), host.to_string_lossy());
+    let (library_dir, program_path) = (library_dir.to_string_lossy(), program.to_string_lossy());
+    let source_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
     let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/c/host.c");
     let rpath = format!("-Wl,-rpath,{library_dir}");
     let library_flag = format!("-L{library_dir}");
     let include_flag = format!("-I{include}");
-    let args = [&STRICT_C[..], &[&include_flag, source, &library_flag, "-lnanopix_sync", &rpath, "-o", &host_path]];
-    assert_success("building examples/c/host.c", &run("gcc", &args.concat()));
-    host
+    let source_arg = source_path.to_string_lossy();
+    let args = [
+        &STRICT_C[..],
+        &["-pthread", &include_flag, &source_arg, &library_flag, "-lnanopix_sync", &rpath, "-o", &program_path],
+    ];
+    assert_success(&format!("building {source}"), &run("gcc", &args.concat()));
+    program
 }
 
 fn valgrind_wanted() -> bool {
@@ -108,7 +116,7 @@ fn valgrind_wanted() -> bool {
 fn the_c_host_exports_a_patient_and_closes_cleanly() {
     cdylib();
     let clinic = Clinic::new("v29");
-    let host = build_host(clinic.dir.path());
+    let host = build_c(clinic.dir.path(), "examples/c/host.c");
     let (root, db) = (clinic.root.to_string_lossy(), clinic.dentaltid.to_string_lossy());
     let host = host.to_string_lossy();
     let output = if valgrind_wanted() {
@@ -137,4 +145,30 @@ fn the_python_ctypes_smoke_test_passes() {
     assert_success("tests/python/smoke.py", &output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.lines().any(|line| line.ends_with(" passed, 0 failed")), "{stdout}");
+}
+
+/// Runs one scenario of `tests/c/callbacks.c` on a fresh clinic; it prints each promise it
+/// finds broken.
+fn assert_callback_scenario_holds(scenario: &str) {
+    cdylib();
+    let clinic = Clinic::new("v29");
+    let program = build_c(clinic.dir.path(), "tests/c/callbacks.c");
+    let (root, db) = (clinic.root.to_string_lossy(), clinic.dentaltid.to_string_lossy());
+    let output = run(&program.to_string_lossy(), &[scenario, &root, &db]);
+    assert_success(&format!("tests/c/callbacks.c {scenario}"), &output);
+}
+
+#[test]
+fn clearing_the_callback_while_another_thread_closes_returns_once_no_call_is_in_flight() {
+    assert_callback_scenario_holds("clear_during_close");
+}
+
+#[test]
+fn a_callback_draining_the_queue_at_close_gets_closed_at_once() {
+    assert_callback_scenario_holds("drain_during_close");
+}
+
+#[test]
+fn a_new_callback_is_given_only_events_made_after_it_was_set() {
+    assert_callback_scenario_holds("new_callback_gets_later_events");
 }

@@ -73,6 +73,10 @@ impl NpsHandle {
     pub fn close(&self) {
         let mut close_signal = self.close_signal.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(mut sync) = self.take_when_idle() {
+            sync.stop_engine();
+            // `closed` is queued: waiters, a callback draining the queue among them, need not
+            // wait for the callback thread to deliver the last events.
+            close_signal.take();
             sync.close();
         }
         close_signal.take();
@@ -122,10 +126,16 @@ impl NpsHandle {
         let mut callbacks = self.callbacks.lock().unwrap_or_else(PoisonError::into_inner);
         let mut updated = *callbacks;
         change(&mut updated);
-        self.with_sync(|sync| {
+        let installed = self.with_sync(|sync| {
             updated.install(sync);
             Ok::<_, FfiError>(())
-        })?;
+        });
+        if installed.is_err() {
+            // A close on another thread may still be delivering the last events to the old
+            // callbacks: it holds this lock until the callback thread is joined.
+            drop(self.close_signal.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        installed?;
         *callbacks = updated;
         Ok(())
     }

@@ -1,0 +1,228 @@
+/* The event callback's promises around close and replacement, from a real C host.
+ *
+ * Usage: callbacks <scenario> <PatientData> <dentaltid.db>, where the scenario is one of
+ * clear_during_close, drain_during_close or new_callback_gets_later_events. Prints one line per
+ * broken promise and exits 1 if any; exits 0 otherwise. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nanopix_sync.h"
+
+static int broken;
+
+static void expect(int holds, const char *promise) {
+    if (!holds) {
+        broken++;
+        printf("BROKEN: %s\n", promise);
+    }
+}
+
+static double seconds_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+static void pause_ms(long ms) {
+    struct timespec pause = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+}
+
+static int is_type(const char *json, const char *type) {
+    char field[64];
+    snprintf(field, sizeof field, "\"type\":\"%s\"", type);
+    return strstr(json, field) != NULL;
+}
+
+static long long seq_of(const char *json) {
+    const char *seq = strstr(json, "\"seq\":");
+    return seq ? strtoll(seq + 6, NULL, 10) : -1;
+}
+
+static NpsHandle *open_clinic(const char *root, const char *db) {
+    char config[4096];
+    snprintf(config, sizeof config,
+             "{\"nanopix_root\": \"%s\", \"dentaltid_db\": \"%s\", \"watch_mode\": \"polling\", \"poll_interval_ms\": 100}",
+             root, db);
+    NpsHandle *handle = NULL;
+    if (nps_open(config, &handle) != NPS_OK) {
+        char *message = nps_last_error_message();
+        printf("nps_open failed: %s\n", message ? message : "(no message)");
+        nps_string_free(message);
+        exit(2);
+    }
+    return handle;
+}
+
+/* A flag threads wait on, each wait with a deadline. */
+struct flag {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int raised;
+};
+
+static void raise_flag(struct flag *flag) {
+    pthread_mutex_lock(&flag->lock);
+    flag->raised = 1;
+    pthread_cond_broadcast(&flag->changed);
+    pthread_mutex_unlock(&flag->lock);
+}
+
+/* Whether the flag was raised within `ms` milliseconds. */
+static int wait_flag(struct flag *flag, long ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec += 1;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&flag->lock);
+    int result = 0;
+    while (!flag->raised && result != ETIMEDOUT) result = pthread_cond_timedwait(&flag->changed, &flag->lock, &until);
+    int raised = flag->raised;
+    pthread_mutex_unlock(&flag->lock);
+    return raised;
+}
+
+#define FLAG_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0}
+
+/* clear_during_close: clearing the callback while another thread closes the handle returns only
+ * once no call of the old callback is in flight, so the host may then release its userdata. */
+static struct flag closed_delivered = FLAG_INIT, callback_released = FLAG_INIT, clear_returned = FLAG_INIT;
+static atomic_int calls_in_flight;
+static NpsHandle *closing_handle;
+static uint32_t clear_code;
+static int in_flight_when_cleared;
+
+static void gated_callback(void *userdata, const char *json) {
+    (void)userdata;
+    atomic_fetch_add(&calls_in_flight, 1);
+    if (is_type(json, "closed")) {
+        raise_flag(&closed_delivered);
+        /* Stays in flight until the host thread lets it go. */
+        wait_flag(&callback_released, 10000);
+    }
+    atomic_fetch_sub(&calls_in_flight, 1);
+}
+
+static void *close_handle(void *handle) {
+    nps_close(handle);
+    return NULL;
+}
+
+static void *clear_callback(void *handle) {
+    clear_code = nps_set_event_callback(handle, NULL, NULL);
+    in_flight_when_cleared = atomic_load(&calls_in_flight);
+    raise_flag(&clear_returned);
+    return NULL;
+}
+
+static void clear_during_close(const char *root, const char *db) {
+    closing_handle = open_clinic(root, db);
+    expect(nps_set_event_callback(closing_handle, gated_callback, NULL) == NPS_OK, "the callback is set");
+    pthread_t closer, clearer;
+    pthread_create(&closer, NULL, close_handle, closing_handle);
+    expect(wait_flag(&closed_delivered, 10000), "the closing handle delivers `closed` to the callback");
+    pthread_create(&clearer, NULL, clear_callback, closing_handle);
+    /* A clear that returns while the call is held in flight has broken its promise; one that
+     * keeps waiting is let go after a second by ending the call. */
+    wait_flag(&clear_returned, 1000);
+    raise_flag(&callback_released);
+    pthread_join(clearer, NULL);
+    pthread_join(closer, NULL);
+    expect(clear_code == NPS_CLOSED, "clearing the callback of a closing handle gives NPS_CLOSED");
+    expect(in_flight_when_cleared == 0, "no call of the old callback is in flight once the clear returns");
+    nps_free(closing_handle);
+}
+
+/* drain_during_close: a callback that drains the queue when `closed` arrives gets NPS_CLOSED
+ * once it is empty, at once, and the close does not wait for its timeout. */
+static NpsHandle *draining_handle;
+static uint32_t last_drain_code;
+static double last_drain_wait;
+
+static void draining_callback(void *userdata, const char *json) {
+    (void)userdata;
+    if (!is_type(json, "closed")) return;
+    char *event = NULL;
+    double started = seconds_now();
+    while ((last_drain_code = nps_next_event(draining_handle, 6000, &event)) == NPS_OK) {
+        nps_string_free(event);
+        event = NULL;
+        started = seconds_now();
+    }
+    last_drain_wait = seconds_now() - started;
+}
+
+static void drain_during_close(const char *root, const char *db) {
+    draining_handle = open_clinic(root, db);
+    expect(nps_set_event_callback(draining_handle, draining_callback, NULL) == NPS_OK, "the callback is set");
+    expect(nps_close(draining_handle) == NPS_OK, "the handle closes");
+    printf("the callback's last wait took %.2f s\n", last_drain_wait);
+    expect(last_drain_code == NPS_CLOSED, "the emptied queue of a closed handle gives NPS_CLOSED");
+    expect(last_drain_wait < 3.0, "a closed handle's queue does not keep a waiter for its timeout");
+    nps_free(draining_handle);
+}
+
+/* new_callback_gets_later_events: a callback that replaces a slow one, which still had events
+ * to be given, is given only the events made after it was set. */
+static void slow_callback(void *userdata, const char *json) {
+    (void)userdata;
+    (void)json;
+    pause_ms(50);
+}
+
+static atomic_llong first_seq_seen = -1;
+
+static void recording_callback(void *userdata, const char *json) {
+    (void)userdata;
+    long long expected = -1;
+    atomic_compare_exchange_strong(&first_seq_seen, &expected, seq_of(json));
+}
+
+static void new_callback_gets_later_events(const char *root, const char *db) {
+    NpsHandle *handle = open_clinic(root, db);
+    expect(nps_set_event_callback(handle, slow_callback, NULL) == NPS_OK, "the slow callback is set");
+    for (int i = 0; i < 6; i++) expect(nps_set_live_sync(handle, i % 2 == 0) == NPS_OK, "Live Sync switches");
+    long long drained = 0;
+    char *event = NULL;
+    while (nps_next_event(handle, 0, &event) == NPS_OK) {
+        drained = seq_of(event);
+        nps_string_free(event);
+        event = NULL;
+    }
+    expect(nps_set_event_callback(handle, recording_callback, NULL) == NPS_OK, "the new callback replaces it");
+    expect(nps_set_live_sync(handle, true) == NPS_OK, "Live Sync switches on once more");
+    expect(nps_close(handle) == NPS_OK, "the handle closes");
+    long long first = atomic_load(&first_seq_seen);
+    printf("the queue was drained up to seq %lld; the new callback's first event is seq %lld\n", drained, first);
+    expect(first > drained, "the new callback is given no event made before it was set");
+    nps_free(handle);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
+        return 2;
+    }
+    const char *scenario = argv[1], *root = argv[2], *db = argv[3];
+    if (strcmp(scenario, "clear_during_close") == 0) {
+        clear_during_close(root, db);
+    } else if (strcmp(scenario, "drain_during_close") == 0) {
+        drain_during_close(root, db);
+    } else if (strcmp(scenario, "new_callback_gets_later_events") == 0) {
+        new_callback_gets_later_events(root, db);
+    } else {
+        fprintf(stderr, "unknown scenario %s\n", scenario);
+        return 2;
+    }
+    return broken == 0 ? 0 : 1;
+}
