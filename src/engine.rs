@@ -262,6 +262,7 @@ impl Engine {
     /// writes in short transactions) leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
+        self.nanopix.reconnect_if_read_only()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
@@ -363,6 +364,7 @@ impl Engine {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         self.cursor = None;
+        self.nanopix.reconnect_if_read_only()?;
         self.nanopix.delete_patient(id, &self.config.patient_subfolders)
     }
 

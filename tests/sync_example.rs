@@ -17,7 +17,12 @@ fn sync_binary() -> PathBuf {
 }
 
 fn runner(clinic: &Clinic, command: &str) -> Command {
-    let mut runner = Command::new(sync_binary());
+    runner_at(&sync_binary(), clinic, command)
+}
+
+/// The runner at `program`, a copy of [`sync_binary`], on `clinic`.
+fn runner_at(program: &std::path::Path, clinic: &Clinic, command: &str) -> Command {
+    let mut runner = Command::new(program);
     runner.arg("--nanopix").arg(&clinic.root).arg("--dentaltid").arg(&clinic.dentaltid).arg(command);
     runner
 }
@@ -137,4 +142,115 @@ fn the_runner_refuses_a_database_another_sync_has_open() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("another nanopix-sync already syncs"), "{stderr}");
     assert_eq!(app.reconcile().unwrap().imported, 1, "the fixture patient is imported once, by the app");
+}
+
+/// `sync watch` on a `NanoPix.db3` it may only read when it starts (a read-only attribute, a
+/// backup tool), with Live Sync on; the runner and its events, read on a thread.
+#[cfg(unix)]
+mod read_only_nanopix {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::Child;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// The user the runner runs as when the tests run as root, whom file modes do not stop.
+    const NOBODY: u32 = 65_534;
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Hands `path` and everything under it to [`NOBODY`].
+    fn give_to_nobody(path: &Path) {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                give_to_nobody(&entry.unwrap().path());
+            }
+        }
+    }
+
+    /// `sync watch`, as [`NOBODY`] when this test runs as root; stopped when dropped.
+    struct Watch {
+        child: Child,
+        events: mpsc::Receiver<serde_json::Value>,
+        /// Every event received so far.
+        seen: std::cell::RefCell<Vec<serde_json::Value>>,
+    }
+
+    impl Watch {
+        fn start(clinic: &Clinic) -> Self {
+            let mut runner = if std::fs::metadata(clinic.dir.path()).unwrap().uid() == 0 {
+                // A copy in the clinic's folder: the build folder may be one NOBODY cannot reach.
+                let program = clinic.dir.path().join("sync");
+                std::fs::copy(sync_binary(), &program).unwrap();
+                give_to_nobody(clinic.dir.path());
+                let mut runner = runner_at(&program, clinic, "watch");
+                runner.uid(NOBODY).gid(NOBODY);
+                runner
+            } else {
+                runner(clinic, "watch")
+            };
+            let mut child = runner.stdout(Stdio::piped()).spawn().unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let (send, events) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = send.send(serde_json::from_str(&line).expect(&line));
+                }
+            });
+            Self { child, events, seen: Default::default() }
+        }
+
+        /// Waits up to 30 s for an event `wanted` accepts, unless one came already.
+        fn wait_for(&self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) {
+            if self.seen.borrow().iter().any(&wanted) {
+                return;
+            }
+            let until = Instant::now() + Duration::from_secs(30);
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                let Ok(event) = self.events.recv_timeout(left) else { break };
+                let found = wanted(&event);
+                self.seen.borrow_mut().push(event);
+                if found {
+                    return;
+                }
+            }
+            panic!("{what}: not within 30 s; saw {:?}", self.seen.borrow());
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn about(patient: i64, kind: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+        move |event| event["type"] == kind && event["patient_id"] == patient
+    }
+
+    #[test]
+    fn exports_go_through_once_a_nanopix_database_read_only_at_start_is_writable_again() {
+        let clinic = Clinic::new("v29");
+        assert!(runner(&clinic, "enable").output().unwrap().status.success());
+        set_mode(&clinic.nanopix_db(), 0o444);
+        let watch = Watch::start(&clinic);
+        watch.wait_for("the first reconcile", |event| event["type"] == "reconciled");
+        let first = clinic.add_dentaltid("Amina", "ReadOnly", Some("1985-03-04"));
+        watch.wait_for("the export fails while NanoPix.db3 is read-only", about(first, "sync_error"));
+
+        set_mode(&clinic.nanopix_db(), 0o644);
+        let second = clinic.add_dentaltid("Karim", "ReadOnly", Some("1986-04-05"));
+        watch.wait_for("the second patient is exported", about(second, "patient_exported"));
+        watch.wait_for("the first patient is exported", about(first, "patient_exported"));
+        drop(watch);
+        let exported: Vec<i64> =
+            clinic.nanopix_rows("SELECT COUNT(*) FROM Patient WHERE last_name = 'ReadOnly'", |r| r.get(0));
+        assert_eq!(exported, [2], "each patient once");
+    }
 }

@@ -197,6 +197,7 @@ pub(crate) struct NanoPix {
     /// The file `db_path` named when it was opened.
     identity: Option<FileIdentity>,
     conn: Connection,
+    busy_timeout: Duration,
     patient_columns: HashSet<String>,
     records: RecordIds,
 }
@@ -216,13 +217,24 @@ impl NanoPix {
         let identity = FileIdentity::of(&db_path);
         let conn = database::connect(&db_path, busy_timeout)?;
         let patient_columns = database::patient_columns(&conn, &db_path)?;
-        Ok(Self { root: root.to_path_buf(), db_path, identity, conn, patient_columns, records: RecordIds::default() })
+        let records = RecordIds::default();
+        Ok(Self { root: root.to_path_buf(), db_path, identity, conn, busy_timeout, patient_columns, records })
     }
 
     /// Whether `NanoPix.db3` now names another file than the one opened (a restore, a copy
     /// renamed over it), or none: the connection still reads the old one.
     pub fn replaced(&self) -> bool {
         FileIdentity::of(&self.db_path) != self.identity
+    }
+
+    /// Connects again when this connection could only open the file read-only: SQLite falls
+    /// back to reading a file it may not write (a read-only attribute, a backup tool holding it)
+    /// and stays so, though the file may be writable by now.
+    pub fn reconnect_if_read_only(&mut self) -> Result<()> {
+        if self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            self.conn = database::connect(&self.db_path, self.busy_timeout)?;
+        }
+        Ok(())
     }
 
     /// The `PatientData` folder.
