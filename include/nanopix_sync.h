@@ -209,7 +209,7 @@ uint32_t nps_open(const char *config_json, NpsHandle **handle_out);
  * Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
  * NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
  * `nps_free`. Waits for calls in flight on other threads. Any thread may call it, except from
- * inside one of the handle's callbacks (NPS_WRONG_THREAD).
+ * inside a callback, this handle's or another's (NPS_WRONG_THREAD).
  *
  * # Safety
  * `handle` is NULL or a handle from `nps_open` that was not freed.
@@ -222,8 +222,8 @@ uint32_t nps_close(NpsHandle *handle);
  *
  * The handle's memory (a few kilobytes) is kept for the life of the process, so its address is
  * never given to a later handle: a stale copy of the pointer gets NPS_CLOSED from every call, and
- * a second nps_free of it never reaches another handle. Called from inside one of the handle's
- * callbacks it does nothing and sets the last error.
+ * a second nps_free of it never reaches another handle. Called from inside a callback, this
+ * handle's or another's, it does nothing and sets the last error.
  *
  * # Safety
  * `handle` is NULL, a pointer `nps_open` returned (freed or not), or any other value that is
@@ -338,8 +338,9 @@ uint32_t nps_source_info(const NpsHandle *handle, int64_t patient_id, char **sou
  * `callback(userdata, event_json)` is called on a library thread for every later event;
  * `event_json` is owned by the library and valid only during the call. The host must make
  * `callback` and `userdata` safe to use from that thread until the callback is replaced.
- * Returns once no call of the previous callback is in flight. Any thread may call it, except
- * from inside one of the handle's callbacks (NPS_WRONG_THREAD).
+ * Returns once no call of the previous callback is in flight, and the new callback is given only
+ * the events made from then on. Any thread may call it, except from inside a callback, this
+ * handle's or another's (NPS_WRONG_THREAD).
  *
  * # Safety
  * `handle` is NULL or a live handle; `callback` is NULL or a function of this type.
@@ -353,7 +354,7 @@ uint32_t nps_set_event_callback(NpsHandle *handle, NpsEventCallback callback, vo
  * `nps_next_event`; it carries no payload (made for Dart's `NativeCallable.listener`). The host
  * must make `callback` and `userdata` safe to use from that thread until the callback is
  * replaced. Returns once no call of the previous callback is in flight. Any thread may call it,
- * except from inside one of the handle's callbacks (NPS_WRONG_THREAD).
+ * except from inside a callback, this handle's or another's (NPS_WRONG_THREAD).
  *
  * # Safety
  * `handle` is NULL or a live handle; `callback` is NULL or a function of this type.

@@ -75,7 +75,7 @@ pub unsafe extern "C" fn nps_open(config_json: *const c_char, handle_out: *mut *
 /// Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
 /// NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
 /// `nps_free`. Waits for calls in flight on other threads. Any thread may call it, except from
-/// inside one of the handle's callbacks (NPS_WRONG_THREAD).
+/// inside a callback, this handle's or another's (NPS_WRONG_THREAD).
 ///
 /// # Safety
 /// `handle` is NULL or a handle from `nps_open` that was not freed.
@@ -94,8 +94,8 @@ pub unsafe extern "C" fn nps_close(handle: *mut NpsHandle) -> u32 {
 ///
 /// The handle's memory (a few kilobytes) is kept for the life of the process, so its address is
 /// never given to a later handle: a stale copy of the pointer gets NPS_CLOSED from every call, and
-/// a second nps_free of it never reaches another handle. Called from inside one of the handle's
-/// callbacks it does nothing and sets the last error.
+/// a second nps_free of it never reaches another handle. Called from inside a callback, this
+/// handle's or another's, it does nothing and sets the last error.
 ///
 /// # Safety
 /// `handle` is NULL, a pointer `nps_open` returned (freed or not), or any other value that is
@@ -265,8 +265,9 @@ pub unsafe extern "C" fn nps_source_info(
 /// `callback(userdata, event_json)` is called on a library thread for every later event;
 /// `event_json` is owned by the library and valid only during the call. The host must make
 /// `callback` and `userdata` safe to use from that thread until the callback is replaced.
-/// Returns once no call of the previous callback is in flight. Any thread may call it, except
-/// from inside one of the handle's callbacks (NPS_WRONG_THREAD).
+/// Returns once no call of the previous callback is in flight, and the new callback is given only
+/// the events made from then on. Any thread may call it, except from inside a callback, this
+/// handle's or another's (NPS_WRONG_THREAD).
 ///
 /// # Safety
 /// `handle` is NULL or a live handle; `callback` is NULL or a function of this type.
@@ -289,7 +290,7 @@ pub unsafe extern "C" fn nps_set_event_callback(
 /// `nps_next_event`; it carries no payload (made for Dart's `NativeCallable.listener`). The host
 /// must make `callback` and `userdata` safe to use from that thread until the callback is
 /// replaced. Returns once no call of the previous callback is in flight. Any thread may call it,
-/// except from inside one of the handle's callbacks (NPS_WRONG_THREAD).
+/// except from inside a callback, this handle's or another's (NPS_WRONG_THREAD).
 ///
 /// # Safety
 /// `handle` is NULL or a live handle; `callback` is NULL or a function of this type.
