@@ -344,9 +344,14 @@ pub(super) fn patient_count(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(count.unsigned_abs())
 }
 
+/// Whether `table` (`Study` or `Report`) exists with a `patient_id` column.
+pub(super) fn names_patients(conn: &Connection, table: &'static str) -> rusqlite::Result<bool> {
+    Ok(table_columns(conn, table)?.contains("patient_id"))
+}
+
 /// Rows of `table` (`Study` or `Report`) whose `patient_id` is `id`; 0 when the table or column is missing.
 pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: NanoPixId) -> rusqlite::Result<u64> {
-    if !table_columns(conn, table)?.contains("patient_id") {
+    if !names_patients(conn, table)? {
         return Ok(0);
     }
     let sql = format!("SELECT count(*) FROM {table} WHERE patient_id = ?1");
@@ -354,18 +359,15 @@ pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: Nano
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
-/// Adds to `ids` the NanoPix ids named by the rows of `table` (`Study` or `Report`) whose
-/// `rowid` is greater than `after`; returns the highest `rowid` read (`after` when none). A table
-/// or column that is missing names nothing, and a `patient_id` that is not a valid id is skipped.
+/// Adds to `ids` the NanoPix ids named by the rows of `table` (`Study` or `Report`, with a
+/// `patient_id` column) whose `rowid` is greater than `after`; returns the highest `rowid` read
+/// (`after` when none). A `patient_id` that is not a valid id is skipped.
 pub(super) fn record_ids_after(
     conn: &Connection,
     table: &'static str,
     after: i64,
     ids: &mut foldhash::HashSet<NanoPixId>,
 ) -> rusqlite::Result<i64> {
-    if !table_columns(conn, table)?.contains("patient_id") {
-        return Ok(after);
-    }
     let sql = format!("SELECT rowid, patient_id FROM {table} WHERE rowid > ?1 ORDER BY rowid");
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query([after])?;

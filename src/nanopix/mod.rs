@@ -182,8 +182,9 @@ fn ensure_inside(root: &Path, db_path: &Path) -> Result<()> {
 #[derive(Debug, Default)]
 struct RecordIds {
     ids: foldhash::HashSet<NanoPixId>,
-    /// The highest `rowid` read from `Study` and from `Report`; `None` before the first read.
-    read_up_to: Option<[i64; 2]>,
+    /// The tables read (those of `Study` and `Report` that have a `patient_id` column), each with
+    /// the highest `rowid` read from it; `None` before the first read.
+    read_up_to: Option<Vec<(&'static str, i64)>>,
 }
 
 /// The tables whose rows name a patient by its NanoPix id.
@@ -324,13 +325,28 @@ impl NanoPix {
     /// Reads the `Study` and `Report` rows added since the last call (every row the first time),
     /// for [`NanoPix::records_name`].
     pub fn read_new_records(&mut self) -> Result<()> {
-        let mut read_up_to = self.records.read_up_to.unwrap_or([i64::MIN; 2]);
-        for (table, after) in RECORD_TABLES.into_iter().zip(&mut read_up_to) {
+        let step = "read the ids studies and reports name";
+        let mut read_up_to = match self.records.read_up_to.take() {
+            Some(read_up_to) => read_up_to,
+            None => self.record_tables().map_err(self.sql_error(step))?,
+        };
+        for (table, after) in &mut read_up_to {
             *after = database::record_ids_after(&self.conn, table, *after, &mut self.records.ids)
-                .map_err(self.sql_error("read the ids studies and reports name"))?;
+                .map_err(self.sql_error(step))?;
         }
         self.records.read_up_to = Some(read_up_to);
         Ok(())
+    }
+
+    /// The tables of [`RECORD_TABLES`] that name patients, each with nothing read from it yet.
+    fn record_tables(&self) -> rusqlite::Result<Vec<(&'static str, i64)>> {
+        let mut tables = Vec::new();
+        for table in RECORD_TABLES {
+            if database::names_patients(&self.conn, table)? {
+                tables.push((table, i64::MIN));
+            }
+        }
+        Ok(tables)
     }
 
     /// Whether `Study` or `Report` rows read by [`NanoPix::read_new_records`] name this id, with
