@@ -133,9 +133,18 @@ impl DentalTid {
         self.query_patients("reading every patient", "ORDER BY id", [])
     }
 
-    /// Patients whose id is greater than `cursor`, in id order.
-    pub fn patients_after(&self, cursor: i64) -> Result<Vec<Patient>> {
-        self.query_patients("reading new patients", "WHERE id > ?1 ORDER BY id", [cursor])
+    /// The patients created in DentalTID (`source` NULL or `'internal'`) whose id is greater than
+    /// `cursor`, in id order, and the highest id past `cursor` of any patient: the imported
+    /// patients past it (a whole first import, say) are not read.
+    pub fn created_here_after(&self, cursor: i64) -> Result<(Vec<Patient>, Option<i64>)> {
+        let step = "reading new patients";
+        let tail = "WHERE id > ?1 AND (source IS NULL OR source = 'internal') ORDER BY id";
+        let created_here = self.query_patients(step, tail, [cursor])?;
+        let highest = |conn: &Connection| {
+            conn.prepare_cached("SELECT MAX(id) FROM patients WHERE id > ?1")?
+                .query_row([cursor], |row| integer_at(row, 0))
+        };
+        Ok((created_here, highest(&self.conn).map_err(Error::db(&self.path, step))?))
     }
 
     /// How many rows have an id up to `max_id`: all rows less the few past it, since SQLite
@@ -423,11 +432,17 @@ mod tests {
     }
 
     #[test]
-    fn patients_after_a_cursor_come_in_id_order() {
+    fn patients_created_here_after_a_cursor_come_in_id_order_with_the_highest_id() {
         let (_dir, dentaltid) = sample_database();
-        let ids: Vec<i64> = dentaltid.patients_after(3).unwrap().iter().map(|p| p.id).collect();
-        assert_eq!(ids, [4, 5, 6]);
-        assert!(dentaltid.patients_after(6).unwrap().is_empty());
+        dentaltid.conn.execute_batch("UPDATE patients SET source = 'nanopix' WHERE id = 5").unwrap();
+        dentaltid.conn.execute_batch("UPDATE patients SET source = NULL WHERE id = 6").unwrap();
+        let (patients, highest) = dentaltid.created_here_after(3).unwrap();
+        let ids: Vec<i64> = patients.iter().map(|p| p.id).collect();
+        assert_eq!((ids, highest), (vec![4, 6], Some(6)), "imported patient 5 is left out");
+        dentaltid.conn.execute_batch("UPDATE patients SET source = 'nanopix' WHERE id = 6").unwrap();
+        let (patients, highest) = dentaltid.created_here_after(4).unwrap();
+        assert_eq!((patients.len(), highest), (0, Some(6)), "the cursor moves past imported patients");
+        assert_eq!(dentaltid.created_here_after(6).unwrap(), (Vec::new(), None));
         assert_eq!(dentaltid.patient(99).unwrap(), None);
     }
 

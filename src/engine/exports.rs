@@ -102,8 +102,8 @@ impl Engine {
     pub(super) fn export_new(&mut self, report: &mut ReconcileReport) -> Result<()> {
         self.export_due(report)?;
         let Some(cursor) = self.dentaltid.export_cursor()? else { return self.retake_export_cursor(report) };
-        let added = self.dentaltid.patients_after(cursor)?;
-        let Some(last) = added.last().map(|p| p.id) else { return Ok(()) };
+        let (added, last) = self.dentaltid.created_here_after(cursor)?;
+        let Some(last) = last else { return Ok(()) };
         let to_export = self.awaiting_export(added)?;
         let failed = self.export_each(&to_export, IdsFrom::Creation, report);
         if !self.cancelled() {
@@ -156,7 +156,7 @@ impl Engine {
     /// Patients added past the export cursor that still wait for their export.
     pub(super) fn due_after_cursor(&self) -> Result<Vec<Patient>> {
         let cursor = self.dentaltid.export_cursor()?.unwrap_or(i64::MAX);
-        self.awaiting_export(self.dentaltid.patients_after(cursor)?)
+        self.awaiting_export(self.dentaltid.created_here_after(cursor)?.0)
     }
 
     /// Those of `patients` an export should write: created in DentalTID, with no NanoPix id and
