@@ -262,7 +262,7 @@ impl Engine {
     /// writes in short transactions) leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
-        self.nanopix.reconnect_if_read_only()?;
+        self.reconnect_nanopix_if_read_only()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
@@ -299,6 +299,16 @@ impl Engine {
             dentaltid: self.dentaltid.extent_after(cursor.dentaltid)?,
         });
         Ok(report)
+    }
+
+    /// Connects to `NanoPix.db3` again when the connection could only read it and the file is
+    /// writable now. The live cursor goes with the old connection: its data version means
+    /// nothing to the new one, so the next pass reconciles fully.
+    fn reconnect_nanopix_if_read_only(&mut self) -> Result<()> {
+        if self.nanopix.reconnect_if_read_only()? {
+            self.cursor = None;
+        }
+        Ok(())
     }
 
     /// Adds the indexes live passes and exports need, once: at the end of the first full
@@ -363,8 +373,8 @@ impl Engine {
         if !self.dentaltid.delete_requested(id)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
+        self.reconnect_nanopix_if_read_only()?;
         self.cursor = None;
-        self.nanopix.reconnect_if_read_only()?;
         self.nanopix.delete_patient(id, &self.config.patient_subfolders)
     }
 

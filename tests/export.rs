@@ -652,6 +652,75 @@ fn live_sync_catching_up_on_patients_added_while_closed_gives_them_the_ids_of_th
     assert_eq!(ids_given(&clinic, "WhileClosed%"), expected);
 }
 
+#[test]
+fn live_sync_catching_up_gives_each_patient_its_creation_second_whatever_the_row_order() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config();
+    config.automatic_work = false;
+    let sync = NanoPixSync::open(config.clone()).unwrap();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    drop(sync);
+    // Typed in while the library was not running, from paper records: the later one first.
+    add_created(&clinic, "Later", "2025-01-21T10:00:00.000");
+    add_created(&clinic, "Earlier", "2025-01-21T09:00:00.000");
+    assert_eq!(NanoPixSync::open(config).unwrap().reconcile().unwrap().exported, 2);
+    assert_eq!(ids_given(&clinic, "Later"), ["20250121_100000"]);
+    assert_eq!(ids_given(&clinic, "Earlier"), ["20250121_090000"], "its own creation second is free");
+}
+
+#[test]
+fn an_image_stored_at_the_row_of_a_deleted_one_still_keeps_exports_off_its_id() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config();
+    config.automatic_work = false;
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.export_patient(1).unwrap();
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    // The fixture's one image (Study pk 1) is deleted; a walk-in saved yesterday at 09:00 is
+    // X-rayed, and SQLite gives the new image the freed pk 1; then the walk-in is deleted
+    // without the image (NanoPix's foreign keys off).
+    nanopix
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             DELETE FROM Study WHERE pk = 1;
+             INSERT INTO Patient(id, last_name, first_name) VALUES ('20250121_090000', 'Walk-in', 'Sami');
+             INSERT INTO Study(patient_id, modality, image_name, image_type)
+                 VALUES ('20250121_090000', 'IO', '20250121_090010', 'IOSB');
+             DELETE FROM Patient WHERE id = '20250121_090000';",
+        )
+        .unwrap();
+    let pk: Vec<i64> = clinic.nanopix_rows("SELECT pk FROM Study", |r| r.get(0));
+    assert_eq!(pk, [1], "SQLite gave the new image the freed pk");
+    add_created(&clinic, "Yesterday", "2025-01-21T09:00:00.000");
+    sync.export_existing().unwrap();
+    assert_eq!(ids_given(&clinic, "Yesterday"), ["20250121_090001"], "the second the image names is taken");
+}
+
+/// A `NanoPix.db3` that the sync opened read-only and that became writable since: the next
+/// export still imports or links first the patients NanoPix gained meanwhile.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn an_export_after_nanopix_became_writable_links_the_patient_nanopix_gained_meanwhile() {
+    use std::os::unix::fs::PermissionsExt;
+    let clinic = Clinic::new("v29");
+    let set_mode = |mode| {
+        std::fs::set_permissions(clinic.nanopix_db(), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let patient = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    common::obey_file_modes_on_this_thread();
+    set_mode(0o444);
+    let mut config = clinic.config();
+    config.automatic_work = false;
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    set_mode(0o644);
+    clinic.add_nanopix("20250122_093000", "Cherif", "Nadia", Some("1992-02-14"));
+    assert_eq!(sync.export_patient(patient).unwrap().to_string(), "20250122_093000", "linked, not exported");
+    let rows: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Cherif'", |r| r.get(0));
+    assert_eq!(rows, ["20250122_093000"]);
+}
+
 /// Waits up to 10 s until the export journal holds a row; returns the id it reserved.
 fn wait_for_journal(clinic: &Clinic) -> String {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -76,11 +76,7 @@ impl Engine {
     pub fn export_existing(&mut self) -> Result<u64> {
         self.catch_up_with_nanopix()?;
         let mut report = ReconcileReport::default();
-        let mut unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
-        // In the order of the ids they are given, so each id is looked for after the last one.
-        let now = self.config.clock.now();
-        unlinked.sort_by_cached_key(|patient| past_ids_from(patient, now));
-        self.last_past_issued = None;
+        let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
         self.export_each(&unlinked, IdsFrom::Creation, &mut report);
         Ok(report.exported)
     }
@@ -88,7 +84,7 @@ impl Engine {
     /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
     /// version shows that nobody else wrote to it since the cursor was set (in the same file).
     fn catch_up_with_nanopix(&mut self) -> Result<()> {
-        self.nanopix.reconnect_if_read_only()?;
+        self.reconnect_nanopix_if_read_only()?;
         let unchanged = match &self.cursor {
             Some(cursor) => !self.nanopix.replaced() && self.nanopix.data_version()? == cursor.nanopix_version,
             None => false,
@@ -180,23 +176,30 @@ impl Engine {
         Ok(unlinked)
     }
 
-    /// Exports `patients` in order, with ids `from`, reporting each failure; returns the id of
-    /// the first that failed.
+    /// Exports `patients` with ids `from`, reporting each failure; returns the lowest patient id
+    /// among those that failed. With ids from their creation, patients are taken in that order,
+    /// so each id is looked for after the last one given; else in the order given.
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
-        let mut first_failed = None;
-        for patient in patients {
+        let mut ordered: Vec<&Patient> = patients.iter().collect();
+        if from == IdsFrom::Creation {
+            let now = self.config.clock.now();
+            ordered.sort_by_cached_key(|patient| past_ids_from(patient, now));
+            self.last_past_issued = None;
+        }
+        let mut lowest_failed: Option<i64> = None;
+        for patient in ordered {
             if self.cancelled() {
                 break;
             }
             match self.export_or_resume(patient, from) {
                 Ok(_) => report.exported += 1,
                 Err(error) => {
-                    first_failed.get_or_insert(patient.id);
+                    lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
                     self.report_error(&error, None, Some(patient.id), report);
                 }
             }
         }
-        first_failed
+        lowest_failed
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
@@ -224,7 +227,7 @@ impl Engine {
     /// [`Error::NoFreeId`] when none of these seconds is free.
     fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
         self.ensure_indexes()?;
-        self.nanopix.read_new_records()?;
+        self.nanopix.refresh_record_ids()?;
         let now = self.config.clock.now();
         let in_flight = self.in_flight_ids()?;
         let mut id = match from {
@@ -312,7 +315,7 @@ impl Engine {
             self.link_export(patient.id, id)?;
             return Ok(id);
         }
-        self.nanopix.read_new_records()?;
+        self.nanopix.refresh_record_ids()?;
         let mut others = self.in_flight_ids()?;
         others.remove(&id);
         let row = if self.id_taken(id, &others)? {

@@ -360,23 +360,18 @@ pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: Nano
 }
 
 /// Adds to `ids` the NanoPix ids named by the rows of `table` (`Study` or `Report`, with a
-/// `patient_id` column) whose `rowid` is greater than `after`; returns the highest `rowid` read
-/// (`after` when none). A `patient_id` that is not a valid id is skipped.
-pub(super) fn record_ids_after(
+/// `patient_id` column); a `patient_id` that is not a valid id is skipped.
+pub(super) fn record_ids(
     conn: &Connection,
     table: &'static str,
-    after: i64,
     ids: &mut foldhash::HashSet<NanoPixId>,
-) -> rusqlite::Result<i64> {
-    let sql = format!("SELECT rowid, patient_id FROM {table} WHERE rowid > ?1 ORDER BY rowid");
-    let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query([after])?;
-    let mut last = after;
+) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(&format!("SELECT patient_id FROM {table}"))?;
+    let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        last = last.max(row.get(0)?);
-        ids.extend(parse_id(row.get_ref(1)?).ok());
+        ids.extend(parse_id(row.get_ref(0)?).ok());
     }
-    Ok(last)
+    Ok(())
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock

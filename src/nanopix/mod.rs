@@ -160,6 +160,11 @@ pub(crate) struct PatientContents {
     pub files: u64,
 }
 
+/// Whether SQLite could open the database of `conn` only for reading.
+fn is_read_only(conn: &Connection) -> bool {
+    conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false)
+}
+
 /// Refuses `root`'s `database/NanoPix.db3` with [`Error::UnsafePath`] unless it resolves,
 /// through any symlinks, to a place inside `root`. Where the system cannot resolve paths (some
 /// Windows drives), neither the folder nor the file may be a symlink.
@@ -173,18 +178,14 @@ fn ensure_inside(root: &Path, db_path: &Path) -> Result<()> {
     if inside { Ok(()) } else { Err(Error::UnsafePath(db_path.to_path_buf())) }
 }
 
-/// The NanoPix ids `Study` and `Report` rows name, read whole once and then only from the rows
-/// added since (by `rowid`).
-///
-/// A row written below the highest `rowid` read, or a `patient_id` changed, is not seen. NanoPix
-/// writes those only for a patient that has its `Patient` row, which an export checks by itself:
-/// what only these rows tell is the id of a patient NanoPix deleted without its images.
+/// The NanoPix ids `Study` and `Report` rows name, as read when `NanoPix.db3`'s data version
+/// was `version`: read again whole once another program wrote to it (rows are not read by
+/// `rowid` from the last one: NanoPix's tables give a deleted last row's `rowid` to the next).
 #[derive(Debug, Default)]
 struct RecordIds {
     ids: foldhash::HashSet<NanoPixId>,
-    /// The tables read (those of `Study` and `Report` that have a `patient_id` column), each with
-    /// the highest `rowid` read from it; `None` before the first read.
-    read_up_to: Option<Vec<(&'static str, i64)>>,
+    /// The connection's data version when `ids` was read; `None` before the first read.
+    version: Option<i64>,
 }
 
 /// The tables whose rows name a patient by its NanoPix id.
@@ -231,11 +232,18 @@ impl NanoPix {
     /// Connects again when this connection could only open the file read-only: SQLite falls
     /// back to reading a file it may not write (a read-only attribute, a backup tool holding it)
     /// and stays so, though the file may be writable by now.
-    pub fn reconnect_if_read_only(&mut self) -> Result<()> {
-        if self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
-            self.conn = database::connect(&self.db_path, self.busy_timeout)?;
+    ///
+    /// Returns whether it connected again: the new connection's data versions then start anew.
+    pub fn reconnect_if_read_only(&mut self) -> Result<bool> {
+        if !is_read_only(&self.conn) {
+            return Ok(false);
         }
-        Ok(())
+        let conn = database::connect(&self.db_path, self.busy_timeout)?;
+        if is_read_only(&conn) {
+            return Ok(false);
+        }
+        (self.conn, self.records) = (conn, RecordIds::default());
+        Ok(true)
     }
 
     /// The `PatientData` folder.
@@ -322,34 +330,25 @@ impl NanoPix {
         Ok(PatientContents { studies, reports, files })
     }
 
-    /// Reads the `Study` and `Report` rows added since the last call (every row the first time),
-    /// for [`NanoPix::records_name`].
-    pub fn read_new_records(&mut self) -> Result<()> {
-        let step = "read the ids studies and reports name";
-        let mut read_up_to = match self.records.read_up_to.take() {
-            Some(read_up_to) => read_up_to,
-            None => self.record_tables().map_err(self.sql_error(step))?,
-        };
-        for (table, after) in &mut read_up_to {
-            *after = database::record_ids_after(&self.conn, table, *after, &mut self.records.ids)
-                .map_err(self.sql_error(step))?;
+    /// Reads the ids `Study` and `Report` rows name, for [`NanoPix::records_name`], unless they
+    /// were read since another program last wrote to `NanoPix.db3`. Without an index on those
+    /// rows' `patient_id`, a read goes through both tables.
+    pub fn refresh_record_ids(&mut self) -> Result<()> {
+        let version = self.data_version()?;
+        if self.records.version == Some(version) {
+            return Ok(());
         }
-        self.records.read_up_to = Some(read_up_to);
+        let mut ids = foldhash::HashSet::default();
+        for table in RECORD_TABLES {
+            let read = database::names_patients(&self.conn, table)
+                .and_then(|names| if names { database::record_ids(&self.conn, table, &mut ids) } else { Ok(()) });
+            read.map_err(self.sql_error("read the ids studies and reports name"))?;
+        }
+        self.records = RecordIds { ids, version: Some(version) };
         Ok(())
     }
 
-    /// The tables of [`RECORD_TABLES`] that name patients, each with nothing read from it yet.
-    fn record_tables(&self) -> rusqlite::Result<Vec<(&'static str, i64)>> {
-        let mut tables = Vec::new();
-        for table in RECORD_TABLES {
-            if database::names_patients(&self.conn, table)? {
-                tables.push((table, i64::MIN));
-            }
-        }
-        Ok(tables)
-    }
-
-    /// Whether `Study` or `Report` rows read by [`NanoPix::read_new_records`] name this id, with
+    /// Whether `Study` or `Report` rows read by [`NanoPix::refresh_record_ids`] name this id, with
     /// or without a `Patient` row: images of a patient NanoPix deleted without them still point at it.
     pub fn records_name(&self, id: NanoPixId) -> bool {
         self.records.ids.contains(&id)

@@ -214,3 +214,40 @@ pub fn wait_for(sync: &NanoPixSync, deadline: Duration, mut wanted: impl FnMut(&
     }
     panic!("no matching event within {deadline:?}; saw {seen:#?}");
 }
+
+/// Makes file modes bind this thread, and the threads it starts from now on, even when the tests
+/// run as root: drops from the thread's effective capabilities the two that let root read and
+/// write any file (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`). Other users are bound already.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn obey_file_modes_on_this_thread() {
+    /// `struct __user_cap_header_struct`.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    /// `struct __user_cap_data_struct`.
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    unsafe extern "C" {
+        fn syscall(number: std::ffi::c_long, ...) -> std::ffi::c_long;
+    }
+    const CAPGET: std::ffi::c_long = 125;
+    const CAPSET: std::ffi::c_long = 126;
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const DAC_OVERRIDE_AND_READ_SEARCH: u32 = (1 << 1) | (1 << 2);
+    // `pid` 0 is the calling thread; version 3 takes two data words.
+    let mut header = Header { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: both system calls get pointers to structs laid out as the kernel's, for this thread.
+    unsafe {
+        assert_eq!(syscall(CAPGET, &raw mut header, data.as_mut_ptr()), 0, "capget");
+        data[0].effective &= !DAC_OVERRIDE_AND_READ_SEARCH;
+        assert_eq!(syscall(CAPSET, &raw mut header, data.as_ptr()), 0, "capset");
+    }
+}
