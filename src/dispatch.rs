@@ -59,14 +59,26 @@ impl Dispatcher {
     /// Sets or clears the callback; returns once no call of the previous one is in flight. A
     /// new callback is given only the events made from then on.
     pub fn set(&self, callback: Option<EventCallback>) {
+        self.install(callback, false);
+    }
+
+    /// Sets the callback as the one before it carried on: it is also given the events already on
+    /// their way to the one before (it decides itself what to do with them). Returns once no call
+    /// of the one before is in flight.
+    pub fn carry_on(&self, callback: EventCallback) {
+        self.install(Some(callback), true);
+    }
+
+    fn install(&self, callback: Option<EventCallback>, carrying_on: bool) {
         // No call is in flight while the callback changes (unless it changes from inside one).
         let _in_flight = (self.thread_id() != Some(std::thread::current().id()))
             .then(|| self.slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
         let mut current = self.slot.current.lock().unwrap_or_else(PoisonError::into_inner);
         *current = match callback {
             Some(callback) => {
-                let from_seq = self.bus.set_listener(Some(self.feed.clone()));
-                Some(Current { callback: Arc::new(callback), from_seq })
+                let next = self.bus.set_listener(Some(self.feed.clone()));
+                let before = current.as_ref().filter(|_| carrying_on).map(|current| current.from_seq);
+                Some(Current { callback: Arc::new(callback), from_seq: before.unwrap_or(next) })
             }
             None => {
                 self.bus.set_listener(None);

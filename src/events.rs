@@ -244,6 +244,13 @@ impl EventBus {
         self.seq.load(Ordering::Relaxed) + 1
     }
 
+    /// The `seq` the next event will have.
+    pub fn next_seq(&self) -> u64 {
+        // Taken under the lock every event is stamped under, as `set_listener` does.
+        let _listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        self.seq.load(Ordering::Relaxed) + 1
+    }
+
     /// Stamps `kind` and queues it. Never blocks.
     pub fn emit(&self, kind: EventKind) {
         if self.dropped.load(Ordering::Relaxed) > 0 && self.sender.len() < EVENT_QUEUE_CAPACITY {

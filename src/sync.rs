@@ -106,6 +106,17 @@ impl NanoPixSync {
         self.dispatcher.set(callback);
     }
 
+    /// Sets a callback that carries on the one before it (see [`Dispatcher::carry_on`]): the C
+    /// API's, whose event and wakeup callbacks change one at a time.
+    pub(crate) fn carry_on_callback(&self, callback: EventCallback) {
+        self.dispatcher.carry_on(callback);
+    }
+
+    /// The `seq` the next event will have.
+    pub(crate) fn next_event_seq(&self) -> u64 {
+        self.bus.next_seq()
+    }
+
     /// "Sync Now": a full reconcile of both sides.
     pub fn reconcile(&self) -> Result<ReconcileReport> {
         self.call(Engine::reconcile)

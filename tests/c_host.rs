@@ -172,3 +172,8 @@ fn a_callback_draining_the_queue_at_close_gets_closed_at_once() {
 fn a_new_callback_is_given_only_events_made_after_it_was_set() {
     assert_callback_scenario_holds("new_callback_gets_later_events");
 }
+
+#[test]
+fn setting_the_wakeup_callback_takes_no_event_from_the_event_callback() {
+    assert_callback_scenario_holds("wakeup_leaves_event_callback_whole");
+}

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError, select};
 
+use crate::NanoPixSync;
 use crate::events::Event;
 use crate::ffi::boundary::in_callback;
 use crate::ffi::error::{FfiError, NPS_CLOSED, NPS_TIMEOUT};
 use crate::ffi::strings::to_c_string;
-use crate::{EventCallback, NanoPixSync};
 
 /// Receives one event as JSON; `event_json` is valid only during the call.
 pub type NpsEventCallback = Option<unsafe extern "C" fn(userdata: *mut c_void, event_json: *const c_char)>;
@@ -35,41 +35,67 @@ unsafe impl Send for Userdata {}
 // SAFETY: as above; the library never reads or writes through the pointer.
 unsafe impl Sync for Userdata {}
 
-/// The callbacks a C host has set on one handle.
+/// One callback a C host set, with its `userdata` and the `seq` of the first event it is given:
+/// the first made once it was set.
+#[derive(Debug, Clone, Copy)]
+struct HostCallback<F> {
+    function: F,
+    userdata: Userdata,
+    from_seq: u64,
+}
+
+impl<F: Copy> HostCallback<F> {
+    /// `callback` with `userdata`, given events from `from_seq` on; `None` for a NULL callback.
+    fn new(callback: Option<F>, userdata: *mut c_void, from_seq: u64) -> Option<Self> {
+        callback.map(|function| Self { function, userdata: Userdata(userdata), from_seq })
+    }
+
+    /// The function and its userdata, if `event` was made once it was set.
+    fn for_event(&self, event: &Event) -> Option<(F, *mut c_void)> {
+        (event.seq >= self.from_seq).then_some((self.function, self.userdata.0))
+    }
+}
+
+/// The callbacks a C host has set on one handle. Each is given the events made once it was set,
+/// whatever becomes of the other.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct HostCallbacks {
-    event: Option<(unsafe extern "C" fn(*mut c_void, *const c_char), Userdata)>,
-    wakeup: Option<(unsafe extern "C" fn(*mut c_void), Userdata)>,
+    event: Option<HostCallback<unsafe extern "C" fn(*mut c_void, *const c_char)>>,
+    wakeup: Option<HostCallback<unsafe extern "C" fn(*mut c_void)>>,
 }
 
 impl HostCallbacks {
-    /// Replaces the event callback (`None` clears it).
-    pub fn set_event(&mut self, callback: NpsEventCallback, userdata: *mut c_void) {
-        self.event = callback.map(|callback| (callback, Userdata(userdata)));
+    /// Replaces the event callback (`None` clears it); the new one is given events from `from_seq` on.
+    pub fn set_event(&mut self, callback: NpsEventCallback, userdata: *mut c_void, from_seq: u64) {
+        self.event = HostCallback::new(callback, userdata, from_seq);
     }
 
-    /// Replaces the wakeup callback (`None` clears it).
-    pub fn set_wakeup(&mut self, callback: NpsWakeupCallback, userdata: *mut c_void) {
-        self.wakeup = callback.map(|callback| (callback, Userdata(userdata)));
+    /// Replaces the wakeup callback (`None` clears it); the new one is given events from `from_seq` on.
+    pub fn set_wakeup(&mut self, callback: NpsWakeupCallback, userdata: *mut c_void, from_seq: u64) {
+        self.wakeup = HostCallback::new(callback, userdata, from_seq);
     }
 
     /// Installs these callbacks on `sync`; returns once no call of the previous ones is in flight.
+    /// Events already on their way to the previous ones go to these, each taking those made once
+    /// it was set: the callback that did not change misses none.
     pub fn install(self, sync: &NanoPixSync) {
-        let callback: Option<EventCallback> = (self.event.is_some() || self.wakeup.is_some())
-            .then(|| Box::new(move |event: &Event| self.deliver(event)) as _);
-        sync.set_callback(callback);
+        if self.event.is_none() && self.wakeup.is_none() {
+            sync.set_callback(None);
+        } else {
+            sync.carry_on_callback(Box::new(move |event: &Event| self.deliver(event)));
+        }
     }
 
     fn deliver(&self, event: &Event) {
         in_callback(|| {
-            if let Some((callback, userdata)) = self.event {
+            if let Some((callback, userdata)) = self.event.and_then(|callback| callback.for_event(event)) {
                 let json = to_c_string(event.to_json());
                 // SAFETY: the host gave this function pointer and userdata for exactly this call.
-                unsafe { callback(userdata.0, json.as_ptr()) };
+                unsafe { callback(userdata, json.as_ptr()) };
             }
-            if let Some((callback, userdata)) = self.wakeup {
+            if let Some((callback, userdata)) = self.wakeup.and_then(|callback| callback.for_event(event)) {
                 // SAFETY: as above.
-                unsafe { callback(userdata.0) };
+                unsafe { callback(userdata) };
             }
         });
     }

@@ -110,7 +110,7 @@ impl NpsHandle {
         callback: NpsEventCallback,
         userdata: *mut std::ffi::c_void,
     ) -> Result<(), FfiError> {
-        self.update_callbacks(|callbacks| callbacks.set_event(callback, userdata))
+        self.update_callbacks(|callbacks, from_seq| callbacks.set_event(callback, userdata, from_seq))
     }
 
     /// Replaces the wakeup callback; returns once no call of the old one is in flight.
@@ -119,14 +119,16 @@ impl NpsHandle {
         callback: NpsWakeupCallback,
         userdata: *mut std::ffi::c_void,
     ) -> Result<(), FfiError> {
-        self.update_callbacks(|callbacks| callbacks.set_wakeup(callback, userdata))
+        self.update_callbacks(|callbacks, from_seq| callbacks.set_wakeup(callback, userdata, from_seq))
     }
 
-    fn update_callbacks(&self, change: impl FnOnce(&mut HostCallbacks)) -> Result<(), FfiError> {
+    /// Applies `change` to the host's callbacks, giving it the `seq` of the next event, and
+    /// installs them.
+    fn update_callbacks(&self, change: impl FnOnce(&mut HostCallbacks, u64)) -> Result<(), FfiError> {
         let mut callbacks = self.callbacks.lock().unwrap_or_else(PoisonError::into_inner);
         let mut updated = *callbacks;
-        change(&mut updated);
         let installed = self.with_sync(|sync| {
+            change(&mut updated, sync.next_event_seq());
             updated.install(sync);
             Ok::<_, FfiError>(())
         });

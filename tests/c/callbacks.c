@@ -1,8 +1,9 @@
 /* The event callback's promises around close and replacement, from a real C host.
  *
  * Usage: callbacks <scenario> <PatientData> <dentaltid.db>, where the scenario is one of
- * clear_during_close, drain_during_close or new_callback_gets_later_events. Prints one line per
- * broken promise and exits 1 if any; exits 0 otherwise. */
+ * clear_during_close, drain_during_close, new_callback_gets_later_events or
+ * wakeup_leaves_event_callback_whole. Prints one line per broken promise and exits 1 if any;
+ * exits 0 otherwise. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <pthread.h>
@@ -208,6 +209,40 @@ static void new_callback_gets_later_events(const char *root, const char *db) {
     nps_free(handle);
 }
 
+/* wakeup_leaves_event_callback_whole: setting the wakeup callback while the event callback still
+ * has events on their way to it takes none of them from the event callback. */
+#define MAX_SEQS 4096
+static long long seqs_seen[MAX_SEQS];
+static int seqs_count;
+static atomic_int wakeups;
+
+static void slow_recording_callback(void *userdata, const char *json) {
+    (void)userdata;
+    if (seqs_count < MAX_SEQS) seqs_seen[seqs_count++] = seq_of(json);
+    pause_ms(20);
+}
+
+static void counting_wakeup(void *userdata) {
+    (void)userdata;
+    atomic_fetch_add(&wakeups, 1);
+}
+
+static void wakeup_leaves_event_callback_whole(const char *root, const char *db) {
+    NpsHandle *handle = open_clinic(root, db);
+    expect(nps_set_event_callback(handle, slow_recording_callback, NULL) == NPS_OK, "the event callback is set");
+    for (int i = 0; i < 4; i++) expect(nps_set_live_sync(handle, i % 2 == 0) == NPS_OK, "Live Sync switches");
+    expect(nps_set_wakeup_callback(handle, counting_wakeup, NULL) == NPS_OK, "the wakeup callback is set");
+    expect(nps_set_live_sync(handle, true) == NPS_OK, "Live Sync switches on once more");
+    expect(nps_close(handle) == NPS_OK, "the handle closes");
+    int gaps = 0;
+    for (int i = 1; i < seqs_count; i++) gaps += seqs_seen[i] != seqs_seen[i - 1] + 1;
+    printf("the event callback got %d events, seq %lld to %lld, with %d gaps; %d wakeups\n", seqs_count,
+           seqs_count ? seqs_seen[0] : -1, seqs_count ? seqs_seen[seqs_count - 1] : -1, gaps, atomic_load(&wakeups));
+    expect(seqs_count > 0 && gaps == 0, "the event callback is given every event from the first it got");
+    expect(atomic_load(&wakeups) > 0, "the wakeup callback is called for the events made after it was set");
+    nps_free(handle);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -220,6 +255,8 @@ int main(int argc, char **argv) {
         drain_during_close(root, db);
     } else if (strcmp(scenario, "new_callback_gets_later_events") == 0) {
         new_callback_gets_later_events(root, db);
+    } else if (strcmp(scenario, "wakeup_leaves_event_callback_whole") == 0) {
+        wakeup_leaves_event_callback_whole(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
