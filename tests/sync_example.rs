@@ -2,10 +2,13 @@
 
 mod common;
 
+#[cfg(unix)]
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+#[cfg(unix)]
 use std::sync::mpsc;
+#[cfg(unix)]
 use std::time::Duration;
 
 use common::Clinic;

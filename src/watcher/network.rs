@@ -8,7 +8,7 @@
 use std::path::Path;
 
 /// Filesystem types that live on another machine.
-#[cfg(any(target_os = "linux", test))]
+#[cfg(target_os = "linux")]
 const NETWORK_FILESYSTEMS: [&str; 7] = ["nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p"];
 
 /// The network filesystem type `root` sits on, or `None` for a local folder (or when unknown).
