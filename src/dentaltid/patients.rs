@@ -138,13 +138,19 @@ impl DentalTid {
     /// patients past it (a whole first import, say) are not read.
     pub fn created_here_after(&self, cursor: i64) -> Result<(Vec<Patient>, Option<i64>)> {
         let step = "reading new patients";
-        let tail = "WHERE id > ?1 AND (source IS NULL OR source = 'internal') ORDER BY id";
+        // Both reads in one read transaction: a patient DentalTID added between them would count
+        // in the highest id without being in the list, and a cursor moved there would pass it by.
+        let snapshot = self.conn.unchecked_transaction().map_err(Error::db(&self.path, step))?;
+        // `source` as text, as `Source::from_column` reads it (a BLOB 'internal' is internal).
+        let tail = "WHERE id > ?1 AND (source IS NULL OR CAST(source AS TEXT) = 'internal') ORDER BY id";
         let created_here = self.query_patients(step, tail, [cursor])?;
         let highest = |conn: &Connection| {
             conn.prepare_cached("SELECT MAX(id) FROM patients WHERE id > ?1")?
                 .query_row([cursor], |row| integer_at(row, 0))
         };
-        Ok((created_here, highest(&self.conn).map_err(Error::db(&self.path, step))?))
+        let highest = highest(&self.conn).map_err(Error::db(&self.path, step))?;
+        snapshot.commit().map_err(Error::db(&self.path, step))?;
+        Ok((created_here, highest))
     }
 
     /// How many rows have an id up to `max_id`: all rows less the few past it, since SQLite
@@ -436,9 +442,11 @@ mod tests {
         let (_dir, dentaltid) = sample_database();
         dentaltid.conn.execute_batch("UPDATE patients SET source = 'nanopix' WHERE id = 5").unwrap();
         dentaltid.conn.execute_batch("UPDATE patients SET source = NULL WHERE id = 6").unwrap();
+        dentaltid.conn.execute_batch("UPDATE patients SET source = CAST('internal' AS BLOB) WHERE id = 4").unwrap();
         let (patients, highest) = dentaltid.created_here_after(3).unwrap();
         let ids: Vec<i64> = patients.iter().map(|p| p.id).collect();
         assert_eq!((ids, highest), (vec![4, 6], Some(6)), "imported patient 5 is left out");
+        assert_eq!(patients[0].source, Source::Internal, "read as the list reads it");
         dentaltid.conn.execute_batch("UPDATE patients SET source = 'nanopix' WHERE id = 6").unwrap();
         let (patients, highest) = dentaltid.created_here_after(4).unwrap();
         assert_eq!((patients.len(), highest), (0, Some(6)), "the cursor moves past imported patients");
