@@ -37,7 +37,8 @@ pub struct Config {
     pub dentaltid_db: PathBuf,
     /// Link exact matches automatically (default: on). When off, they are imported and reported.
     pub auto_link: bool,
-    /// Subfolders to create inside a new patient folder (default: none, as NanoPix itself does).
+    /// Subfolders to create inside a new patient folder (default: none, as NanoPix itself does),
+    /// each one plain folder name that Windows can hold as given.
     pub patient_subfolders: Vec<String>,
     /// How the live watcher notices changes (default: [`WatchMode::Auto`]).
     pub watch_mode: WatchMode,
@@ -77,7 +78,7 @@ impl Config {
     ///
     /// # Failure
     /// [`Error::InvalidConfig`] for a busy timeout over about 24.8 days, which SQLite cannot
-    /// take, or a patient subfolder that is not one plain folder name.
+    /// take, or a patient subfolder that is not one plain folder name Windows can hold as given.
     pub(crate) fn check(&self) -> Result<()> {
         if self.busy_timeout > MAX_BUSY_TIMEOUT {
             let message =

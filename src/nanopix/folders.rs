@@ -12,9 +12,16 @@ use std::path::{Component, Path, PathBuf};
 use super::{DATABASE_FOLDER, FolderScan};
 use crate::{Error, NanoPixId, Result};
 
-/// Characters refused in a subfolder name besides path separators: Windows drive and stream
-/// markers, and NUL.
-const FORBIDDEN_NAME_CHARS: [char; 4] = ['/', '\\', ':', '\0'];
+/// Characters refused in a subfolder name: path separators, and those Windows does not allow in
+/// a name (control characters are refused as well).
+const FORBIDDEN_NAME_CHARS: [char; 9] = ['/', '\\', ':', '<', '>', '"', '|', '?', '*'];
+
+/// Names Windows keeps for devices, whatever their case and extension (`con`, `NUL.txt`).
+const WINDOWS_DEVICE_NAMES: [&str; 30] = [
+    "CON", "PRN", "AUX", "NUL", "COM0", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "COM¹",
+    "COM²", "COM³", "LPT0", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9", "LPT¹", "LPT²",
+    "LPT³",
+];
 
 /// `root/<id>`.
 pub(super) fn patient_folder(root: &Path, id: NanoPixId) -> PathBuf {
@@ -39,18 +46,34 @@ pub(super) fn create_patient_folder(root: &Path, id: NanoPixId, subfolders: &[St
     Ok(folder)
 }
 
-/// Accepts only one plain folder name: not empty, no separator, not `.` or `..`, not absolute.
+/// Accepts only one plain folder name that every system can hold as given: not empty, no
+/// separator, not `.` or `..`, not absolute, and none of what Windows refuses or changes (the
+/// characters of [`FORBIDDEN_NAME_CHARS`], control characters, a device name, a trailing dot or
+/// space, which Windows drops): the patient folders may be reached from Windows over a share.
 pub(crate) fn check_subfolder_name(name: &str) -> Result<()> {
     let mut components = Path::new(name).components();
     let single_plain = matches!(
         (components.next(), components.next()),
         (Some(Component::Normal(part)), None) if part == OsStr::new(name)
     );
-    if single_plain && !name.contains(FORBIDDEN_NAME_CHARS) {
+    let portable = !name.contains(FORBIDDEN_NAME_CHARS)
+        && !name.contains(char::is_control)
+        && !name.ends_with(['.', ' '])
+        && !is_windows_device_name(name);
+    if single_plain && portable {
         Ok(())
     } else {
-        Err(Error::InvalidConfig(format!("patient subfolder {name:?} must be one plain folder name")))
+        Err(Error::InvalidConfig(format!(
+            "patient subfolder {name:?} must be one plain folder name that Windows can hold as given"
+        )))
     }
+}
+
+/// Whether Windows takes `name` for a device: its part before the first dot, without trailing
+/// spaces, is one of [`WINDOWS_DEVICE_NAMES`] in any ASCII case.
+fn is_windows_device_name(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    WINDOWS_DEVICE_NAMES.iter().any(|device| device.eq_ignore_ascii_case(stem))
 }
 
 /// Makes `path` a real folder: creates it (only its last component) or accepts an existing
@@ -86,7 +109,7 @@ pub(super) fn scan(root: &Path) -> Result<FolderScan> {
 /// A real folder named by a valid id is a patient folder; any other name is odd.
 fn sort_entry(entry: &DirEntry, is_dir: bool, found: &mut FolderScan) {
     let name = entry.file_name();
-    if name == DATABASE_FOLDER {
+    if is_database_folder(&name) {
         return;
     }
     match name.to_str().and_then(|text| NanoPixId::parse(text).ok()) {
@@ -95,6 +118,12 @@ fn sort_entry(entry: &DirEntry, is_dir: bool, found: &mut FolderScan) {
         }
         _ => found.odd_names.push(name),
     }
+}
+
+/// Whether `name` is NanoPix's database folder: on Windows, whose names ignore case, also when
+/// spelled in another case (`Database`), since `NanoPix.db3` is found through it all the same.
+fn is_database_folder(name: &OsStr) -> bool {
+    if cfg!(windows) { name.eq_ignore_ascii_case(DATABASE_FOLDER) } else { name == DATABASE_FOLDER }
 }
 
 /// Entries in a real folder (0 when it is missing) besides the empty real `subfolders` the sync
@@ -137,10 +166,27 @@ mod tests {
 
     #[test]
     fn subfolder_names_must_be_one_plain_component() {
-        for good in ["images", "Radios 2025", "a.b", "..."] {
+        for good in ["images", "Radios 2025", "a.b", ".hidden", "Console", "COM10", "nul-files", "Zoé"] {
             assert!(check_subfolder_name(good).is_ok(), "{good:?} must be accepted");
         }
-        for bad in ["", ".", "..", "a/b", "a\\b", "/abs", "images/", "C:x", "a\0b", "./a"] {
+        for bad in ["", ".", "..", "...", "a/b", "a\\b", "/abs", "images/", "C:x", "a\0b", "./a"] {
+            assert!(matches!(check_subfolder_name(bad), Err(Error::InvalidConfig(_))), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn the_database_folder_is_known_by_its_name_in_the_case_the_system_gives_it() {
+        assert!(is_database_folder(OsStr::new("database")));
+        assert_eq!(is_database_folder(OsStr::new("Database")), cfg!(windows));
+        assert!(!is_database_folder(OsStr::new("databases")));
+    }
+
+    #[test]
+    fn subfolder_names_windows_cannot_hold_as_given_are_refused() {
+        let refused =
+            ["CON", "nul", "Aux.txt", "com1", "LPT9.log", "COM¹", "con .txt", "images.", "images ", "a<b", "a>b"];
+        let also = ["a\"b", "a|b", "a?b", "a*b", "a\tb", "a\u{1f}b"];
+        for bad in refused.into_iter().chain(also) {
             assert!(matches!(check_subfolder_name(bad), Err(Error::InvalidConfig(_))), "{bad:?} must be refused");
         }
     }
