@@ -1,6 +1,8 @@
 //! The C API from real C and from Python: the header compiles as C11 and C++, matches the
 //! symbols the cdylib exports, and a C host, the callback's promises around close and
-//! replacement (`tests/c/callbacks.c`) and a ctypes smoke test run against the library.
+//! replacement (`tests/c/callbacks.c`) and a ctypes smoke test run against the library. They
+//! build with gcc against `libnanopix_sync.so`, so they run on Unix only.
+#![cfg(unix)]
 
 mod common;
 
