@@ -389,23 +389,26 @@ fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     assert_eq!(sync.export_patient(6).unwrap().to_string(), "20250122_100500", "the clock moved on");
 }
 
+/// Adds an image of NanoPix patient `id` as NanoPix leaves it behind when it deletes the patient
+/// without it (its own foreign keys off): a `Study` row naming an id no `Patient` row has.
+fn leave_image_behind(clinic: &Clinic, id: &str) {
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    let sql = "INSERT INTO Study(patient_id, modality, image_name, image_type) VALUES (?1, 'IO', ?1, 'IOSB')";
+    nanopix.execute(sql, [id]).unwrap();
+}
+
 #[test]
 fn an_export_now_never_takes_the_id_of_images_left_behind() {
     let clinic = Clinic::new("v29");
-    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    // Images left behind, at the current second, by a patient NanoPix created and deleted in
-    // the first pass of an hour the clock then went back over (its own foreign keys off).
-    nanopix.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Study(patient_id, modality, image_name, image_type)
-             VALUES ('20250122_100000', 'IO', '20250122_100130', 'IOSB')",
-            [],
-        )
-        .unwrap();
+    // At the current second, by a patient NanoPix created and deleted in the first pass of an
+    // hour the clock then went back over.
+    leave_image_behind(&clinic, "20250122_100000");
     let sync = clinic.open();
     assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100001");
     assert_eq!(sync.source_info(1).unwrap().image_count, 0);
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
     nanopix.execute("INSERT INTO Report(patient_id) VALUES ('20250122_100002')", []).unwrap();
     let later = "images and reports added since the last export are seen too";
     assert_eq!(sync.export_patient(2).unwrap().to_string(), "20250121_080000", "{later}");
@@ -545,16 +548,7 @@ fn exporting_a_patient_nanopix_already_holds_links_it_instead() {
 #[test]
 fn export_existing_never_takes_the_id_of_images_left_behind_nor_a_bogus_creation_time() {
     let clinic = Clinic::new("v29");
-    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    // Images left behind by a patient NanoPix deleted without them (its own foreign keys off).
-    nanopix.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Study(patient_id, modality, image_name, image_type)
-             VALUES ('20250110_091500', 'IO', '20250110_092000', 'IOSB')",
-            [],
-        )
-        .unwrap();
+    leave_image_behind(&clinic, "20250110_091500");
     edit_dentaltid(&clinic, "UPDATE patients SET createdAt = '0000-01-01T00:00:00.000' WHERE id = 2");
     let sync = clinic.open();
     sync.export_existing().unwrap();
