@@ -16,6 +16,10 @@ use crate::{Error, NanoPixId, Result};
 /// a name (control characters are refused as well).
 const FORBIDDEN_NAME_CHARS: [char; 9] = ['/', '\\', ':', '<', '>', '"', '|', '?', '*'];
 
+/// The longest subfolder name, in UTF-8 bytes: what file systems hold in one name (255 bytes,
+/// and 255 UTF-16 units on Windows, which this never exceeds).
+const MAX_NAME_BYTES: usize = 255;
+
 /// Names Windows keeps for devices, whatever their case and extension (`con`, `NUL.txt`).
 const WINDOWS_DEVICE_NAMES: [&str; 30] = [
     "CON", "PRN", "AUX", "NUL", "COM0", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "COM¹",
@@ -47,16 +51,18 @@ pub(super) fn create_patient_folder(root: &Path, id: NanoPixId, subfolders: &[St
 }
 
 /// Accepts only one plain folder name that every system can hold as given: not empty, no
-/// separator, not `.` or `..`, not absolute, and none of what Windows refuses or changes (the
-/// characters of [`FORBIDDEN_NAME_CHARS`], control characters, a device name, a trailing dot or
-/// space, which Windows drops): the patient folders may be reached from Windows over a share.
+/// separator, not `.` or `..`, not absolute, at most [`MAX_NAME_BYTES`] long, and none of what
+/// Windows refuses or changes (the characters of [`FORBIDDEN_NAME_CHARS`], control characters, a
+/// device name, a trailing dot or space, which Windows drops): the patient folders may be reached
+/// from Windows over a share.
 pub(crate) fn check_subfolder_name(name: &str) -> Result<()> {
     let mut components = Path::new(name).components();
     let single_plain = matches!(
         (components.next(), components.next()),
         (Some(Component::Normal(part)), None) if part == OsStr::new(name)
     );
-    let portable = !name.contains(FORBIDDEN_NAME_CHARS)
+    let portable = name.len() <= MAX_NAME_BYTES
+        && !name.contains(FORBIDDEN_NAME_CHARS)
         && !name.contains(char::is_control)
         && !name.ends_with(['.', ' '])
         && !is_windows_device_name(name);
@@ -166,7 +172,8 @@ mod tests {
 
     #[test]
     fn subfolder_names_must_be_one_plain_component() {
-        for good in ["images", "Radios 2025", "a.b", ".hidden", "Console", "COM10", "nul-files", "Zoé"] {
+        let longest = "é".repeat(MAX_NAME_BYTES / 2);
+        for good in ["images", "Radios 2025", "a.b", ".hidden", "Console", "COM10", "nul-files", "Zoé", &longest] {
             assert!(check_subfolder_name(good).is_ok(), "{good:?} must be accepted");
         }
         for bad in ["", ".", "..", "...", "a/b", "a\\b", "/abs", "images/", "C:x", "a\0b", "./a"] {
@@ -182,11 +189,12 @@ mod tests {
     }
 
     #[test]
-    fn subfolder_names_windows_cannot_hold_as_given_are_refused() {
+    fn subfolder_names_systems_cannot_hold_as_given_are_refused() {
         let refused =
             ["CON", "nul", "Aux.txt", "com1", "LPT9.log", "COM¹", "con .txt", "images.", "images ", "a<b", "a>b"];
         let also = ["a\"b", "a|b", "a?b", "a*b", "a\tb", "a\u{1f}b"];
-        for bad in refused.into_iter().chain(also) {
+        let too_long = "a".repeat(MAX_NAME_BYTES + 1);
+        for bad in refused.into_iter().chain(also).chain([too_long.as_str()]) {
             assert!(matches!(check_subfolder_name(bad), Err(Error::InvalidConfig(_))), "{bad:?} must be refused");
         }
     }
