@@ -589,15 +589,22 @@ fn export_existing_gives_old_patients_past_ids_whatever_their_order() {
     assert_eq!(ids_given(&clinic, "ThisMorning"), ["20250122_075930"]);
 }
 
+/// Adds 200 DentalTID patients named `last` and a number, created at `created`, exports them
+/// with `export_existing`, and returns the NanoPix ids they were given, in order.
+fn export_existing_of_200_created(clinic: &Clinic, last: &str, created: &str) -> Vec<String> {
+    for i in 0..200 {
+        add_created(clinic, &format!("{last}{i}"), created);
+    }
+    clinic.open().export_existing().unwrap();
+    let given = ids_given(clinic, &format!("{last}%"));
+    assert_eq!(given.len(), 200);
+    given
+}
+
 #[test]
 fn a_burst_of_undated_exports_leaves_nanopix_the_ids_of_the_next_minutes() {
     let clinic = Clinic::new("v29");
-    for i in 0..200 {
-        add_created(&clinic, &format!("Undated{i}"), "");
-    }
-    clinic.open().export_existing().unwrap();
-    let undated = ids_given(&clinic, "Undated%");
-    assert_eq!(undated.len(), 200);
+    let undated = export_existing_of_200_created(&clinic, "Undated", "");
     assert!(undated.iter().all(|id| id.as_str() < "20250122_080000"), "all before the last two hours: {undated:?}");
     // A NanoPix user opens the new-patient form two minutes later and saves it.
     clinic.add_nanopix("20250122_100200", "Mansouri", "Yacine", None);
@@ -606,12 +613,7 @@ fn a_burst_of_undated_exports_leaves_nanopix_the_ids_of_the_next_minutes() {
 #[test]
 fn export_existing_of_patients_created_this_morning_leaves_nanopix_the_ids_of_the_next_minutes() {
     let clinic = Clinic::new("v29");
-    for i in 0..200 {
-        add_created(&clinic, &format!("ThisMorning{i}"), "2025-01-22T09:30:00.000");
-    }
-    clinic.open().export_existing().unwrap();
-    let given = ids_given(&clinic, "ThisMorning%");
-    assert_eq!(given.len(), 200);
+    let given = export_existing_of_200_created(&clinic, "ThisMorning", "2025-01-22T09:30:00.000");
     let ahead: Vec<&String> = given.iter().filter(|id| id.as_str() > "20250122_100002").collect();
     assert!(ahead.is_empty(), "ids NanoPix gives its own patients in the next minutes: {ahead:?}");
     let near_now = given.iter().filter(|id| id.as_str() >= "20250122_100000").count();
@@ -620,15 +622,21 @@ fn export_existing_of_patients_created_this_morning_leaves_nanopix_the_ids_of_th
     clinic.add_nanopix("20250122_100200", "Mansouri", "Yacine", None);
 }
 
-#[test]
-fn live_sync_catching_up_on_patients_added_while_closed_gives_them_the_ids_of_their_creation() {
-    let clinic = Clinic::new("v29");
+/// Switches Live Sync on and reconciles once, then closes; returns the configuration used, which
+/// runs no watcher, so only the reconciles a test calls do work.
+fn live_sync_switched_on_without_watcher(clinic: &Clinic) -> nanopix_sync::Config {
     let mut config = clinic.config();
     config.automatic_work = false;
     let sync = NanoPixSync::open(config.clone()).unwrap();
     sync.set_live_sync(true).unwrap();
     sync.reconcile().unwrap();
-    drop(sync);
+    config
+}
+
+#[test]
+fn live_sync_catching_up_on_patients_added_while_closed_gives_them_the_ids_of_their_creation() {
+    let clinic = Clinic::new("v29");
+    let config = live_sync_switched_on_without_watcher(&clinic);
     // Yesterday, with the library not running, the clinic typed in two hundred patients.
     let created = |i: usize| (9 + i / 60, i % 60);
     for i in 0..200 {
@@ -649,12 +657,7 @@ fn live_sync_catching_up_on_patients_added_while_closed_gives_them_the_ids_of_th
 #[test]
 fn live_sync_catching_up_gives_each_patient_its_creation_second_whatever_the_row_order() {
     let clinic = Clinic::new("v29");
-    let mut config = clinic.config();
-    config.automatic_work = false;
-    let sync = NanoPixSync::open(config.clone()).unwrap();
-    sync.set_live_sync(true).unwrap();
-    sync.reconcile().unwrap();
-    drop(sync);
+    let config = live_sync_switched_on_without_watcher(&clinic);
     // Typed in while the library was not running, from paper records: the later one first.
     add_created(&clinic, "Later", "2025-01-21T10:00:00.000");
     add_created(&clinic, "Earlier", "2025-01-21T09:00:00.000");
