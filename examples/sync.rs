@@ -8,6 +8,7 @@
 //! a fatal error, with a one-line reason. When stdout is closed (`sync watch | head`), the output
 //! ends there and the runner closes the sync as usual.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ struct Invocation {
 }
 
 fn main() -> ExitCode {
-    match parse_args(std::env::args().skip(1)).and_then(run) {
+    match parse_args(std::env::args_os().skip(1)).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             eprintln!("sync: {reason}");
@@ -35,14 +36,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Invocation, String> {
+/// Reads the arguments as the system gives them: the paths may be any path, not only UTF-8.
+fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Invocation, String> {
     let (mut nanopix, mut dentaltid, mut command) = (None, None, None);
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--nanopix" => nanopix = args.next(),
-            "--dentaltid" => dentaltid = args.next(),
-            "-h" | "--help" => return Err(USAGE.into()),
-            _ if command.is_none() && !arg.starts_with('-') => command = Some(arg),
+        match arg.to_str() {
+            Some("--nanopix") => nanopix = args.next(),
+            Some("--dentaltid") => dentaltid = args.next(),
+            Some("-h" | "--help") => return Err(USAGE.into()),
+            Some(name) if command.is_none() && !name.starts_with('-') => command = Some(name.to_owned()),
             _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
         }
     }

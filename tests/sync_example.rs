@@ -93,6 +93,54 @@ fn a_fatal_error_gives_one_line_and_a_non_zero_exit() {
     assert!(stderr.contains("NanoPix data folder not found"), "{stderr}");
 }
 
+/// A `PatientData` folder whose name is not UTF-8 (a Latin-1 name on a Linux box or a mounted
+/// share) is a good path like any other.
+#[cfg(unix)]
+#[test]
+fn once_syncs_a_patientdata_folder_whose_path_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let clinic = Clinic::new("v29");
+    // "Cabinet_Benaïssa" in ISO-8859-1: 0xEF is not UTF-8 on its own.
+    let latin1 = clinic.dir.path().join(std::ffi::OsStr::from_bytes(b"Cabinet_Bena\xefssa"));
+    std::fs::rename(&clinic.root, &latin1).unwrap();
+    let output = Command::new(sync_binary())
+        .arg("--nanopix")
+        .arg(&latin1)
+        .arg("--dentaltid")
+        .arg(&clinic.dentaltid)
+        .arg("once")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "the runner panicked: {stderr}");
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status.code());
+    let events = json_lines(&output.stdout);
+    let imported: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "patient_imported").collect();
+    assert_eq!(imported.len(), 1, "{events:?}");
+    assert_eq!(imported[0]["external_id"], "20250121_152638");
+}
+
+/// A command that is not UTF-8 is a usage error: one line on stderr and exit code 1.
+#[cfg(unix)]
+#[test]
+fn a_command_that_is_not_utf8_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let clinic = Clinic::new("v29");
+    let output = Command::new(sync_binary())
+        .arg("--nanopix")
+        .arg(&clinic.root)
+        .arg("--dentaltid")
+        .arg(&clinic.dentaltid)
+        .arg(std::ffi::OsStr::from_bytes(b"onc\xe9"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("usage: sync"), "{stderr}");
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+}
+
 #[cfg(unix)]
 #[test]
 fn watch_runs_until_sigterm_then_closes_cleanly() {
