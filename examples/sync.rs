@@ -4,15 +4,17 @@
 //! cargo run --release --example sync -- --nanopix <PatientData> --dentaltid <dentaltid.db> <command>
 //! ```
 //! Commands: `once`, `watch`, `status`, `enable`, `disable`, `export-existing`. Events go to
-//! stdout as one JSON object per line, errors to stderr; the exit code is 0 on success and 1 on
-//! a fatal error, with a one-line reason. When stdout is closed (`sync watch | head`), the output
-//! ends there and the runner closes the sync as usual.
+//! stdout as they come, one JSON object per line, `closed` last; errors go to stderr. The exit
+//! code is 0 on success and 1 on a fatal error, with a one-line reason. When stdout is closed
+//! (`sync watch | head`), the output ends there and the runner closes the sync as usual.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
+use std::thread::JoinHandle;
 
-use nanopix_sync::{Config, NanoPixSync, PatientFilter};
+use crossbeam_channel::Receiver;
+use nanopix_sync::{Config, Event, EventKind, NanoPixSync, PatientFilter};
 
 const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.db> \
                      once|watch|status|enable|disable|export-existing";
@@ -64,23 +66,66 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Invocation, St
 
 fn run(invocation: Invocation) -> Result<(), String> {
     let mut sync = NanoPixSync::open(invocation.config).map_err(|error| error.to_string())?;
-    let outcome = match invocation.command.as_str() {
+    if invocation.command == "status" {
+        return print_status(&sync);
+    }
+    let printer = EventPrinter::start(sync.events())?;
+    let outcome = perform(&sync, &invocation.command, &printer.stopped);
+    sync.close();
+    let printed = printer.finish();
+    outcome.and(printed)
+}
+
+/// Runs a command other than `status`, while the [`EventPrinter`] prints its events.
+fn perform(sync: &NanoPixSync, command: &str, printer_stopped: &Receiver<()>) -> Result<(), String> {
+    match command {
         "once" => sync.reconcile().map(drop).map_err(|e| e.to_string()),
         "enable" => sync.set_live_sync(true).map_err(|e| e.to_string()),
         "disable" => sync.set_live_sync(false).map_err(|e| e.to_string()),
         "export-existing" => sync.export_existing().map(drop).map_err(|e| e.to_string()),
-        "status" => return print_status(&sync),
         // `watch`: `parse_args` lets only the known commands through.
-        _ => watch(&sync),
-    };
-    sync.close();
-    print_events(&sync);
-    outcome
+        _ => watch(sync, printer_stopped),
+    }
 }
 
-fn print_events(sync: &NanoPixSync) {
-    for event in sync.events().try_iter() {
-        if !print_line(&event.to_json()) {
+/// The thread that prints every event while a command runs, each as it comes, so a long
+/// command (a first sync of a large clinic) never lets the event queue fill up.
+struct EventPrinter {
+    thread: JoinHandle<()>,
+    /// Disconnected once the printer has stopped: after `closed`, or when stdout is closed.
+    stopped: Receiver<()>,
+}
+
+impl EventPrinter {
+    fn start(events: Receiver<Event>) -> Result<Self, String> {
+        let (running, stopped) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::Builder::new()
+            .name("sync-events".into())
+            .spawn(move || {
+                let _running = running;
+                print_events(&events);
+            })
+            .map_err(|e| format!("cannot start printing events: {e}"))?;
+        Ok(Self { thread, stopped })
+    }
+
+    /// Waits until the printer has printed `closed`, the last event: call it after `close`.
+    fn finish(self) -> Result<(), String> {
+        self.thread.join().map_err(|_| "printing events failed".to_owned())
+    }
+}
+
+/// Prints events as they come until `closed`, the last one, or until stdout is closed. Lines
+/// are written in batches, flushed whenever the queue is empty.
+fn print_events(events: &Receiver<Event>) {
+    let mut stdout = BufWriter::new(std::io::stdout().lock());
+    for event in events {
+        let last = event.kind == EventKind::Closed;
+        let mut written = writeln!(stdout, "{}", event.to_json());
+        if last || events.is_empty() {
+            written = written.and_then(|()| stdout.flush());
+        }
+        if written.is_err() || last {
             return;
         }
     }
@@ -91,24 +136,20 @@ fn print_line(line: &str) -> bool {
     writeln!(std::io::stdout().lock(), "{line}").is_ok()
 }
 
-/// Switches Live Sync on and prints events until SIGINT or SIGTERM.
-fn watch(sync: &NanoPixSync) -> Result<(), String> {
+/// Switches Live Sync on and syncs live until SIGINT or SIGTERM, or until the printer stops
+/// because stdout is closed.
+fn watch(sync: &NanoPixSync, printer_stopped: &Receiver<()>) -> Result<(), String> {
     let (stop, stopped) = crossbeam_channel::bounded(1);
     ctrlc::set_handler(move || {
         let _ = stop.try_send(());
     })
     .map_err(|e| e.to_string())?;
     sync.set_live_sync(true).map_err(|e| e.to_string())?;
-    let events = sync.events();
-    loop {
-        crossbeam_channel::select! {
-            recv(events) -> event => match event {
-                Ok(event) if print_line(&event.to_json()) => {}
-                _ => return Ok(()),
-            },
-            recv(stopped) -> _ => return Ok(()),
-        }
+    crossbeam_channel::select! {
+        recv(stopped) -> _ => {}
+        recv(printer_stopped) -> _ => {}
     }
+    Ok(())
 }
 
 fn print_status(sync: &NanoPixSync) -> Result<(), String> {

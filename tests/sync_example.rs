@@ -46,6 +46,26 @@ fn once_prints_events_as_json_lines_and_ends_with_closed() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
 
+/// A first sync of a clinic larger than the event queue (65,536 events) still prints one
+/// `patient_imported` line per patient: the runner prints events while the reconcile runs.
+#[test]
+fn once_prints_every_event_of_a_first_sync_larger_than_the_event_queue() {
+    let clinic = Clinic::new("v29");
+    let count = 70_000;
+    clinic.add_bulk_nanopix(count);
+    let output = runner(&clinic, "once").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let events = json_lines(&output.stdout);
+    let imported = events.iter().filter(|e| e["type"] == "patient_imported").count();
+    let dropped: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "events_dropped").collect();
+    let in_dentaltid: Vec<i64> =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
+    assert_eq!(in_dentaltid, [count + 1], "the sync itself imported every patient");
+    assert!(dropped.is_empty(), "events were dropped: {dropped:?}");
+    assert_eq!(imported as i64, count + 1, "one patient_imported line per imported patient");
+    assert_eq!(events.last().map(|e| &e["type"]), Some(&serde_json::json!("closed")), "closed comes last");
+}
+
 #[test]
 fn status_prints_one_object() {
     let clinic = Clinic::new("v29");
