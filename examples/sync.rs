@@ -56,8 +56,9 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Invocation, St
         }
         (Some(nanopix), Some(dentaltid), Some(command)) => {
             let mut config = Config::new(nanopix, dentaltid);
-            // `status` only reads: with Live Sync on, it must not start a sync it would not report.
-            config.automatic_work = command != "status";
+            // Only `watch` syncs live: with Live Sync on, every other command still does just
+            // what it names, with no watcher and no automatic reconcile of its own.
+            config.automatic_work = command == "watch";
             Ok(Invocation { config, command })
         }
         _ => Err(USAGE.into()),

@@ -113,6 +113,38 @@ fn a_fatal_error_gives_one_line_and_a_non_zero_exit() {
     assert!(stderr.contains("NanoPix data folder not found"), "{stderr}");
 }
 
+/// With Live Sync on, `once` is still one full reconcile, exports included: no watcher and no
+/// automatic reconcile before its own, so its one `reconciled` line counts all it did.
+#[test]
+fn once_with_live_sync_on_runs_one_reconcile_and_no_watcher() {
+    let clinic = Clinic::new("v29");
+    let enabled = runner(&clinic, "enable").output().unwrap();
+    assert!(enabled.status.success(), "{}", String::from_utf8_lossy(&enabled.stderr));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let output = runner(&clinic, "once").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let events = json_lines(&output.stdout);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["patient_imported", "patient_imported", "patient_exported", "reconciled", "closed"]);
+    assert_eq!((&events[3]["imported"], &events[3]["exported"]), (&2.into(), &1.into()), "{:?}", events[3]);
+}
+
+/// `enable` only stores Live Sync on: it syncs nothing and starts no watcher.
+#[test]
+fn enable_stores_live_sync_on_and_syncs_nothing() {
+    let clinic = Clinic::new("v29");
+    let output = runner(&clinic, "enable").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let events = json_lines(&output.stdout);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["live_sync_changed", "closed"]);
+    assert_eq!(events[0]["enabled"], true);
+    let imported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
+    assert_eq!(imported, [0], "the fixture patient waits for `once` or `watch`");
+}
+
 /// A `PatientData` folder whose name is not UTF-8 (a Latin-1 name on a Linux box or a mounted
 /// share) is a good path like any other.
 #[cfg(unix)]
