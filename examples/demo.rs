@@ -4,11 +4,14 @@
 //! cargo run --release --example demo
 //! ```
 //! It lays out a NanoPix `PatientData` folder and a DentalTID database (schema 24, so the
-//! migration runs), adds patients on both sides the way each program does, runs "Sync Now",
-//! and shows the result in both programs' terms. Nothing outside the temporary folder is touched.
+//! migration runs), adds patients to NanoPix the way NanoPix does and runs "Sync Now", which
+//! imports or links them. Then it switches Live Sync on, adds a patient the way DentalTID does,
+//! and waits for Live Sync to export it to NanoPix. It shows the result in both programs' terms.
+//! Nothing outside the temporary folder is touched.
 
 use std::error::Error;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nanopix_sync::{Config, EventKind, NanoPixSync, PatientFilter, Source};
 use rusqlite::Connection;
@@ -26,6 +29,9 @@ const NANOPIX_NEW: [(&str, &str, &str, &str, &str); 3] = [
     ("20250122_101000", "Mansouri", "Yacine", "Male", "2001-05-19"),
 ];
 
+/// How long the demo waits for Live Sync to export the new DentalTID patient.
+const EXPORT_DEADLINE: Duration = Duration::from_secs(30);
+
 fn main() -> Result<(), Box<dyn Error>> {
     let workspace = tempfile::tempdir()?;
     let root = workspace.path().join("PatientData");
@@ -35,17 +41,40 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     println!("== NanoPix PatientData and DentalTID database in {}", workspace.path().display());
     let mut sync = NanoPixSync::open(Config::new(&root, &dentaltid))?;
-    sync.set_live_sync(true)?;
-    add_dentaltid_patient(&dentaltid)?;
-    let report = sync.reconcile()?;
-    println!("\n== Sync Now: {report:?}\n");
-    for event in sync.events().try_iter() {
-        println!("{}", describe(&event.kind));
-    }
+    sync_now(&sync)?;
+    live_sync_exports_a_new_patient(&sync, &dentaltid)?;
     show_dentaltid(&sync)?;
     show_nanopix(&root)?;
     sync.close();
     Ok(())
+}
+
+/// Runs "Sync Now" and prints its report and what it did (its `reconciled` event is the report).
+fn sync_now(sync: &NanoPixSync) -> Result<(), Box<dyn Error>> {
+    let report = sync.reconcile()?;
+    println!("\n== Sync Now: {report:?}\n");
+    for event in sync.events().try_iter().filter(|event| !matches!(event.kind, EventKind::Reconciled(_))) {
+        println!("{}", describe(&event.kind));
+    }
+    Ok(())
+}
+
+/// Switches Live Sync on, adds a DentalTID patient, and prints what Live Sync does until it
+/// has exported that patient to NanoPix.
+fn live_sync_exports_a_new_patient(sync: &NanoPixSync, dentaltid: &Path) -> Result<(), Box<dyn Error>> {
+    println!("\n== Live Sync on; Nadia Cherif is added in DentalTID\n");
+    sync.set_live_sync(true)?;
+    add_dentaltid_patient(dentaltid)?;
+    let until = Instant::now() + EXPORT_DEADLINE;
+    let events = sync.events();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let event = events.recv_timeout(left).map_err(|_| format!("no export within {EXPORT_DEADLINE:?}"))?;
+        println!("{}", describe(&event.kind));
+        if matches!(event.kind, EventKind::PatientExported { .. }) {
+            return Ok(());
+        }
+    }
 }
 
 fn lay_out_fixtures(root: &Path, dentaltid: &Path) -> Result<(), Box<dyn Error>> {
@@ -100,6 +129,9 @@ fn describe(kind: &EventKind) -> String {
         EventKind::PatientExported { patient_id, external_id, .. } => {
             format!("exported   DentalTID #{patient_id} -> NanoPix {external_id}")
         }
+        EventKind::LiveSyncChanged { enabled } => format!("Live Sync  {}", if *enabled { "on" } else { "off" }),
+        EventKind::WatcherMode { mode, reason } => format!("watching   {mode} ({reason})"),
+        EventKind::Reconciled(report) => format!("reconciled {report:?}"),
         other => format!("{other:?}"),
     }
 }

@@ -1,4 +1,5 @@
-//! The `sync` runner as support staff use it: JSON lines out, a clean stop on SIGTERM.
+//! The examples as people run them: the `sync` runner as support staff use it (JSON lines out, a
+//! clean stop on SIGTERM), and the demo.
 
 mod common;
 
@@ -356,4 +357,20 @@ mod read_only_nanopix {
             clinic.nanopix_rows("SELECT COUNT(*) FROM Patient WHERE last_name = 'ReadOnly'", |r| r.get(0));
         assert_eq!(exported, [2], "each patient once");
     }
+}
+
+/// The demo's "Sync Now" line reports what Sync Now did: the demo switches Live Sync on only
+/// afterwards, so no automatic reconcile does the work first. Live Sync then exports the
+/// patient the demo adds in DentalTID.
+#[test]
+fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
+    let demo = sync_binary().with_file_name(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    let output = Command::new(&demo).output().unwrap_or_else(|e| panic!("{}: {e}", demo.display()));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let sync_now = stdout.lines().find(|line| line.starts_with("== Sync Now")).expect("a Sync Now line");
+    assert!(sync_now.contains("imported: 3, linked: 1,"), "{sync_now}");
+    assert!(stdout.contains("imported   NanoPix 20250122_101000"), "the demo imports patients: {stdout}");
+    let (_, live) = stdout.split_once("== Live Sync on").expect("a Live Sync part");
+    assert!(live.contains("exported   DentalTID #10 -> NanoPix "), "Live Sync exports the new patient: {live}");
 }
