@@ -7,6 +7,7 @@
 //! stdout as they come, one JSON object per line, `closed` last; errors go to stderr. The exit
 //! code is 0 on success and 1 on a fatal error, with a one-line reason. When stdout is closed
 //! (`sync watch | head`), the output ends there and the runner closes the sync as usual.
+//! `-h` or `--help` prints the usage on stdout.
 
 use std::ffi::OsString;
 use std::io::{BufWriter, Write};
@@ -22,14 +23,25 @@ const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.
 /// The commands the runner knows.
 const COMMANDS: [&str; 6] = ["once", "watch", "status", "enable", "disable", "export-existing"];
 
-/// What the runner was asked to do.
+/// What the runner was asked for.
+enum Request {
+    /// `-h` or `--help`: the usage, on stdout.
+    Help,
+    Run(Invocation),
+}
+
+/// A command to run, on which files.
 struct Invocation {
     config: Config,
     command: String,
 }
 
 fn main() -> ExitCode {
-    match parse_args(std::env::args_os().skip(1)).and_then(run) {
+    let outcome = parse_args(std::env::args_os().skip(1)).and_then(|request| match request {
+        Request::Help => print_usage(),
+        Request::Run(invocation) => run(invocation),
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             eprintln!("sync: {reason}");
@@ -39,13 +51,13 @@ fn main() -> ExitCode {
 }
 
 /// Reads the arguments as the system gives them: the paths may be any path, not only UTF-8.
-fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Invocation, String> {
+fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Request, String> {
     let (mut nanopix, mut dentaltid, mut command) = (None, None, None);
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--nanopix") => nanopix = args.next(),
             Some("--dentaltid") => dentaltid = args.next(),
-            Some("-h" | "--help") => return Err(USAGE.into()),
+            Some("-h" | "--help") => return Ok(Request::Help),
             Some(name) if command.is_none() && !name.starts_with('-') => command = Some(name.to_owned()),
             _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
         }
@@ -59,10 +71,14 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Invocation, St
             // Only `watch` syncs live: with Live Sync on, every other command still does just
             // what it names, with no watcher and no automatic reconcile of its own.
             config.automatic_work = command == "watch";
-            Ok(Invocation { config, command })
+            Ok(Request::Run(Invocation { config, command }))
         }
         _ => Err(USAGE.into()),
     }
+}
+
+fn print_usage() -> Result<(), String> {
+    if print_line(USAGE) { Ok(()) } else { Err("stdout is closed".into()) }
 }
 
 fn run(invocation: Invocation) -> Result<(), String> {

@@ -92,6 +92,33 @@ fn status_with_live_sync_on_reads_and_syncs_nothing() {
     assert_eq!(imported, [0], "status started no sync it would not report");
 }
 
+/// `--help` and `-h` are asked for, not mistakes: the usage goes to stdout, and the exit code is 0.
+#[test]
+fn help_prints_the_usage_on_stdout_and_succeeds() {
+    for flag in ["--help", "-h"] {
+        let output = Command::new(sync_binary()).arg(flag).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{flag}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.stderr.is_empty(), "{flag}: {}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.starts_with("usage: sync --nanopix <PatientData> --dentaltid <dentaltid.db>"),
+            "{flag}: {stdout}"
+        );
+        assert!(stdout.contains("export-existing"), "{flag}: {stdout}");
+    }
+}
+
+/// Missing arguments are a usage error: the usage, one line on stderr, and exit code 1.
+#[test]
+fn missing_arguments_are_a_usage_error_on_stderr() {
+    let output = Command::new(sync_binary()).arg("once").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sync: usage: sync"), "{stderr}");
+}
+
 #[test]
 fn an_unknown_command_is_refused_before_anything_is_opened() {
     let clinic = Clinic::new("v24");
