@@ -361,8 +361,9 @@ impl Engine {
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
-        let exporting: Vec<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
-        Ok(Matcher::new(index, &exporting, self.config.auto_link))
+        let mut linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
+        linked.extend(self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id));
+        Ok(Matcher::new(index, &linked, self.config.auto_link))
     }
 
     /// Deletes a NanoPix patient's row and empty folder once DentalTID asked for it: a
@@ -812,8 +813,8 @@ fn read_dentaltid(
         None if many_unknown => Some(dentaltid.index_all_candidates()?.1),
         index => index.filter(|_| !unknown.is_empty()),
     };
-    let exporting: Vec<i64> = pending.iter().map(|p| p.patient_id).collect();
-    let matcher = index.map(|index| Matcher::new(index, &exporting, auto_link));
+    let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).chain(pending.iter().map(|p| p.patient_id)).collect();
+    let matcher = index.map(|index| Matcher::new(index, &linked, auto_link));
     let snapshot = Snapshot {
         nanopix_pk,
         nanopix_id,

@@ -896,3 +896,31 @@ fn a_live_pass_tries_a_few_stuck_exports_in_turn_and_a_full_reconcile_tries_them
     assert_eq!(sync.reconcile().unwrap().repaired, 26, "a full reconcile ends them all");
     assert_eq!(stuck(), 0);
 }
+
+#[test]
+fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let exported = sync.export_patient(nadia).unwrap().to_string();
+    edit_dentaltid(&clinic, &format!("UPDATE patients SET external_id = NULL WHERE id = {nadia}"));
+    common::drain(&sync);
+    // NanoPix staff register Nadia again; the host then exports another patient, which first
+    // catches up with NanoPix.
+    clinic.add_nanopix("20250122_080000", "Cherif", "Nadia", Some("1992-02-14"));
+    let other = clinic.add_dentaltid("Karim", "Haddad", Some("1980-01-01"));
+    sync.export_patient(other).unwrap();
+    sync.reconcile().unwrap();
+    let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    let linked = events.iter().any(|kind| matches!(kind, EventKind::PatientLinked { .. }));
+    let imported: Vec<&str> = events
+        .iter()
+        .filter_map(|kind| match kind {
+            EventKind::PatientImported { external_id, .. } => Some(external_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!linked, "Nadia keeps the link to her export: {events:?}");
+    assert_eq!(imported, ["20250122_080000"], "the second NanoPix Nadia is imported, the export {exported} is not");
+}

@@ -520,3 +520,56 @@ fn links_dentaltid_made_itself_are_kept_and_the_few_new_patients_matched_on_a_fi
     let again = sync.reconcile().unwrap();
     assert_eq!((again.linked, again.imported), (0, 0));
 }
+
+fn kinds(sync: &NanoPixSync) -> Vec<EventKind> {
+    drain(sync).into_iter().map(|e| e.kind).collect()
+}
+
+fn imported(events: &[EventKind], external: &str) -> bool {
+    events.iter().any(|kind| matches!(kind, EventKind::PatientImported { external_id, .. } if external_id == external))
+}
+
+#[test]
+fn a_patient_whose_external_id_dentaltid_cleared_is_never_linked_to_another_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    assert_eq!(linked_to(&kinds(&sync), "20250122_091500"), Some(1));
+    // DentalTID saves patient 1 from a stale model; then NanoPix registers Amina again.
+    another_program(&clinic.dentaltid).execute("UPDATE patients SET external_id = NULL WHERE id = 1", []).unwrap();
+    clinic.add_nanopix("20250122_093000", "BENALI", "Amina", Some("1985-03-12"));
+    sync.reconcile().unwrap();
+    let second = kinds(&sync);
+    sync.reconcile().unwrap();
+    let third = kinds(&sync);
+    assert_eq!(linked_to(&second, "20250122_093000"), None, "patient 1 keeps its link");
+    assert_eq!(duplicate_reason(&second, "20250122_093000"), Some((DuplicateReason::AlreadyLinked, vec![1])));
+    assert!(!imported(&third, "20250122_091500"), "the first NanoPix patient stays linked to patient 1");
+    let links = clinic
+        .dentaltid_rows("SELECT external_id FROM nanopix_sync_links WHERE patient_id = 1", |r| r.get::<_, String>(0));
+    assert_eq!(links, ["20250122_091500"]);
+    let aminas = clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE name = 'Amina'", |r| r.get::<_, i64>(0));
+    assert_eq!(aminas, [2], "patient 1 and the second NanoPix patient, imported");
+}
+
+#[test]
+fn an_imported_patient_whose_external_id_dentaltid_cleared_is_never_linked_to_another_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    drain(&sync);
+    let imported_id =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250121_152638'", |r| r.get::<_, i64>(0));
+    another_program(&clinic.dentaltid)
+        .execute("UPDATE patients SET external_id = NULL WHERE id = ?1", [imported_id[0]])
+        .unwrap();
+    // The fixture patient, registered again in NanoPix.
+    clinic.add_nanopix("20250122_093000", "DSSSSFSFS", "FSFFS", Some("2025-01-21"));
+    sync.reconcile().unwrap();
+    let events = kinds(&sync);
+    assert_eq!(linked_to(&events, "20250122_093000"), None, "{events:?}");
+    assert!(imported(&events, "20250122_093000"));
+    sync.reconcile().unwrap();
+    assert!(!imported(&kinds(&sync), "20250121_152638"), "the fixture patient is never imported again");
+}

@@ -45,6 +45,10 @@ const REPLAN_EXPORT: &str = "UPDATE nanopix_sync_exports SET external_id = ?2,
         written_last_name = ?3, written_first_name = ?4, written_birthdate = ?5, written_created = ?6
     WHERE patient_id = ?1";
 
+/// Above this many patients, [`DentalTid::linked_patients`] reads every link instead of looking
+/// each patient up.
+const FEW_PATIENTS: usize = 256;
+
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
 const ID_LEN: usize = 15;
 
@@ -154,6 +158,27 @@ impl DentalTid {
         let requested = LinkState::DeleteRequested.as_str();
         let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
         found.map_err(Error::db(&self.path, "looking up a delete request"))
+    }
+
+    /// Those of `patient_ids` the sync recorded a link for, whatever its state: a few are
+    /// looked up one by one, many among every link.
+    pub fn linked_patients(&self, patient_ids: &[i64]) -> Result<HashSet<i64>> {
+        if patient_ids.len() > FEW_PATIENTS {
+            let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
+            return Ok(self
+                .links()?
+                .into_iter()
+                .map(|link| link.patient_id)
+                .filter(|id| wanted.contains(id))
+                .collect());
+        }
+        let mut linked = HashSet::default();
+        for &patient_id in patient_ids {
+            if self.link(patient_id)?.is_some() {
+                linked.insert(patient_id);
+            }
+        }
+        Ok(linked)
     }
 
     /// The link of one patient, if any: its link row, or else its batch entry.

@@ -155,14 +155,19 @@ pub(crate) struct DentalIndex {
 }
 
 impl DentalIndex {
-    /// Counts the patients `patient_ids` names as linked.
-    pub(super) fn mark_linked(&mut self, patient_ids: &[i64]) {
+    /// Counts the patients `patient_ids` holds as linked.
+    pub(super) fn mark_linked(&mut self, patient_ids: &foldhash::HashSet<i64>) {
         if patient_ids.is_empty() {
             return;
         }
         for entry in &mut self.entries {
             entry.linked |= patient_ids.contains(&entry.id);
         }
+    }
+
+    /// The ids of the patients not counted as linked.
+    pub fn unlinked_ids(&self) -> Vec<i64> {
+        self.entries.iter().filter(|entry| !entry.linked).map(|entry| entry.id).collect()
     }
 
     /// Adds a patient; one without a usable first and last name is never a candidate.

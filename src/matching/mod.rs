@@ -104,10 +104,11 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     /// A matcher against `dentaltid`, which holds at least every patient the NanoPix patients
-    /// to decide could match. The patients `exporting` names (their export is in flight) count
-    /// as linked, so no NanoPix patient links to them meanwhile.
-    pub fn new(mut dentaltid: DentalIndex, exporting: &[i64], auto_link: bool) -> Self {
-        dentaltid.mark_linked(exporting);
+    /// to decide could match. The patients `linked` holds count as linked whatever their
+    /// `external_id` says: those the sync recorded a link for (DentalTID may have cleared the
+    /// column since), and those whose export is in flight.
+    pub fn new(mut dentaltid: DentalIndex, linked: &foldhash::HashSet<i64>, auto_link: bool) -> Self {
+        dentaltid.mark_linked(linked);
         dentaltid.group_by_birth_date();
         Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new(), names: String::new() }
     }
@@ -250,7 +251,7 @@ mod tests {
             let (first_name, last_name) = (p.first_name.as_str(), p.last_name.as_str());
             index.add(DentalCandidate { id: p.id, first_name, last_name, date_of_birth: p.date_of_birth, linked });
         }
-        let mut matcher = Matcher::new(index, &[], auto_link);
+        let mut matcher = Matcher::new(index, &foldhash::HashSet::default(), auto_link);
         let mut imports = Vec::new();
         for patient in nanopix {
             matcher.offer(patient.clone(), &mut imports);
