@@ -388,14 +388,19 @@ impl Engine {
     pub fn source_info(&self, patient_id: i64) -> Result<SourceInfo> {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let link = self.dentaltid.link(patient_id)?;
-        let id = patient.external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
+        // A link the sync recorded outlives an `external_id` DentalTID cleared.
+        let external_id = (patient.external_id.as_deref().map(str::trim))
+            .filter(|text| !text.is_empty())
+            .map(str::to_owned)
+            .or_else(|| link.as_ref().map(|link| link.external_id.clone()));
+        let id = external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
         let nanopix_patient = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
         let subfolders = &self.config.patient_subfolders;
         let contents = id.map(|id| self.nanopix.contents(id, subfolders)).transpose()?.unwrap_or_default();
         Ok(SourceInfo {
             patient_id,
             source: patient.source,
-            external_id: patient.external_id,
+            external_id,
             folder: id.map(|id| self.nanopix.folder_path(id)),
             nanopix_created: nanopix_patient.and_then(|p| p.created).map(crate::patient::nanopix_datetime),
             synced_at: link.as_ref().map(|l| crate::patient::dart_timestamp(l.synced_at)),

@@ -573,3 +573,21 @@ fn an_imported_patient_whose_external_id_dentaltid_cleared_is_never_linked_to_an
     sync.reconcile().unwrap();
     assert!(!imported(&kinds(&sync), "20250121_152638"), "the fixture patient is never imported again");
 }
+
+#[test]
+fn source_info_names_the_link_of_a_patient_whose_external_id_dentaltid_cleared() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let ids =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250121_152638'", |r| r.get::<_, i64>(0));
+    another_program(&clinic.dentaltid)
+        .execute("UPDATE patients SET external_id = NULL WHERE id = ?1", [ids[0]])
+        .unwrap();
+    let info = sync.source_info(ids[0]).unwrap();
+    assert_eq!(info.link_state, Some(LinkState::Linked));
+    assert_eq!(info.external_id.as_deref(), Some("20250121_152638"), "{info:?}");
+    assert_eq!(info.folder, Some(clinic.root.join("20250121_152638")));
+    assert_eq!(info.nanopix_created.as_deref(), Some("2025-01-21 15:26:46"));
+    assert_eq!(info.image_count, 1, "the fixture patient's one image");
+}
