@@ -742,8 +742,9 @@ fn write_pages(
 }
 
 /// Imports inserted in DentalTID: the rows, the possible duplicate each may be, and their new
-/// ids. The NanoPix patients themselves are dropped once their rows are made.
-type Written = (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>, Vec<i64>);
+/// ids (or why DentalTID refused them). The NanoPix patients themselves are dropped once their
+/// rows are made.
+type Written = (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>, Vec<Result<i64>>);
 
 /// How many imports are waiting for their transaction to commit before they are reported.
 fn unreported(written: &[Written]) -> usize {
@@ -760,12 +761,21 @@ fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, imports: Vec<I
     Ok((rows, duplicates, ids))
 }
 
-/// Reports committed imports, and the possible duplicates among them.
+/// Reports committed imports, and the possible duplicates among them; a patient DentalTID
+/// refused gets a `sync_error`, and is tried again at the next full reconcile.
 fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, report: &mut ReconcileReport) {
     for (rows, duplicates, ids) in written {
         for ((row, duplicate), patient_id) in rows.into_iter().zip(duplicates).zip(ids) {
-            report.imported += 1;
             let external_id = row.external_id.to_string();
+            let patient_id = match patient_id {
+                Ok(patient_id) => patient_id,
+                Err(refused) => {
+                    report.errors += 1;
+                    bus.error(&refused, Some(external_id), None);
+                    continue;
+                }
+            };
+            report.imported += 1;
             if let Some(duplicate) = duplicate {
                 report.possible_duplicates += 1;
                 bus.emit(EventKind::PossibleDuplicate {

@@ -591,3 +591,55 @@ fn source_info_names_the_link_of_a_patient_whose_external_id_dentaltid_cleared()
     assert_eq!(info.nanopix_created.as_deref(), Some("2025-01-21 15:26:46"));
     assert_eq!(info.image_count, 1, "the fixture patient's one image");
 }
+
+#[test]
+fn a_nanopix_patient_dentaltid_refuses_is_reported_and_never_keeps_the_others_out() {
+    let clinic = Clinic::new("v29");
+    another_program(&clinic.dentaltid)
+        .execute_batch(
+            "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
+             BEGIN SELECT RAISE(ABORT, 'a patient needs a name'); END",
+        )
+        .unwrap();
+    clinic.add_nanopix("20250122_091500", "Haddad", "", None);
+    clinic.add_nanopix("20250122_091600", "Saadi", "Lina", Some("1991-02-03"));
+    let sync = clinic.open();
+    for pass in 0..2 {
+        let report = sync.reconcile().unwrap();
+        assert_eq!((report.imported, report.errors), (if pass == 0 { 2 } else { 0 }, 1), "pass {pass}: {report:?}");
+        let refused: Vec<(String, Option<String>)> = kinds(&sync)
+            .into_iter()
+            .filter_map(|kind| match kind {
+                EventKind::SyncError { message, external_id, .. } => Some((message, external_id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].1.as_deref(), Some("20250122_091500"));
+        assert!(refused[0].0.contains("a patient needs a name"), "{refused:?}");
+    }
+    let held = holders_per_external_id(&clinic);
+    assert!(held.contains(&("20250122_091600".to_owned(), 1)) && held.contains(&("20250121_152638".to_owned(), 1)));
+    assert!(!held.iter().any(|(id, _)| id == "20250122_091500"), "{held:?}");
+}
+
+#[test]
+fn a_dentaltid_trigger_that_rolls_back_an_import_fails_the_pass_and_writes_nothing() {
+    let clinic = Clinic::new("v29");
+    another_program(&clinic.dentaltid)
+        .execute_batch(
+            "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
+             BEGIN SELECT RAISE(ROLLBACK, 'a patient needs a name'); END",
+        )
+        .unwrap();
+    clinic.add_nanopix("20250122_091600", "Saadi", "Lina", Some("1991-02-03"));
+    clinic.add_nanopix("20250122_091700", "Haddad", "", None);
+    let before = clinic.dentaltid_rows("SELECT count(*) FROM patients", |r| r.get::<_, i64>(0));
+    let sync = clinic.open();
+    for _ in 0..2 {
+        let failed = sync.reconcile();
+        assert!(matches!(failed, Err(nanopix_sync::Error::Database { .. })), "{failed:?}");
+        assert_eq!(clinic.dentaltid_rows("SELECT count(*) FROM patients", |r| r.get::<_, i64>(0)), before);
+        assert!(holders_per_external_id(&clinic).is_empty());
+    }
+}

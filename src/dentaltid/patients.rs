@@ -56,8 +56,9 @@ pub struct Importing<'a> {
 
 impl Importing<'_> {
     /// Inserts `rows` and records their links in the open transaction, beginning one if none is
-    /// open; returns their new ids in order.
-    pub fn insert(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
+    /// open; returns, in order, each row's new id or why DentalTID's table refused it (a
+    /// constraint or a trigger of its own): the other rows are written all the same.
+    pub fn insert(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<Result<i64>>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -70,7 +71,12 @@ impl Importing<'_> {
                 &open.insert((tx, Instant::now())).0
             }
         };
-        insert_imported(tx, rows, &dart_timestamp(synced_at)).map_err(Error::db(path, "importing patients"))
+        let inserted =
+            insert_imported(tx, rows, &dart_timestamp(synced_at)).map_err(Error::db(path, "importing patients"))?;
+        Ok(inserted
+            .into_iter()
+            .map(|id| id.map_err(Error::db(path, "importing a patient DentalTID refuses")))
+            .collect())
     }
 
     /// When the open transaction is due to be committed; `None` when none is open.
@@ -85,13 +91,17 @@ impl Importing<'_> {
     }
 }
 
-/// Inserts `rows` and records their links (as batches, see [`super::links`]); returns their
-/// new ids in order.
-fn insert_imported(tx: &Transaction<'_>, rows: &[NewDentalPatient], synced_at: &str) -> rusqlite::Result<Vec<i64>> {
+/// Inserts `rows` and records the links of those inserted (as batches, see [`super::links`]);
+/// returns each row's new id, or the error of a row the table refused.
+fn insert_imported(
+    tx: &Transaction<'_>,
+    rows: &[NewDentalPatient],
+    synced_at: &str,
+) -> rusqlite::Result<Vec<rusqlite::Result<i64>>> {
     let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
-    let mut imported = Vec::with_capacity(rows.len());
+    let (mut imported, mut outcomes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
     for row in rows {
-        let id = insert.insert(params![
+        let inserted = insert.insert(params![
             row.first_name,
             row.last_name,
             row.age,
@@ -99,11 +109,26 @@ fn insert_imported(tx: &Transaction<'_>, rows: &[NewDentalPatient], synced_at: &
             dart_timestamp(row.created_at),
             row.phone,
             row.external_id.to_string(),
-        ])?;
-        imported.push((id, row.external_id));
+        ]);
+        match inserted {
+            Ok(id) => imported.push((id, row.external_id)),
+            Err(error) if !is_refusal(&error) || tx.is_autocommit() => return Err(error),
+            Err(_) => {}
+        }
+        outcomes.push(inserted);
     }
     record_imported_links(tx, &imported, synced_at)?;
-    Ok(imported.into_iter().map(|(id, _)| id).collect())
+    Ok(outcomes)
+}
+
+/// Whether `error` is the table refusing one row (a constraint, a trigger's `RAISE`, a strict
+/// column's type), which leaves the transaction open: `tx.is_autocommit()` tells whether a
+/// trigger rolled it back instead.
+fn is_refusal(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ConstraintViolation | rusqlite::ErrorCode::TypeMismatch)
+    )
 }
 
 impl DentalTid {
@@ -192,7 +217,7 @@ impl DentalTid {
     #[cfg(test)]
     pub fn import(&mut self, rows: &[NewDentalPatient], synced_at: NaiveDateTime) -> Result<Vec<i64>> {
         let mut importing = self.importing();
-        let ids = importing.insert(rows, synced_at)?;
+        let ids = importing.insert(rows, synced_at)?.into_iter().collect::<Result<_>>()?;
         importing.commit()?;
         Ok(ids)
     }
