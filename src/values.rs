@@ -10,6 +10,10 @@ use std::borrow::Cow;
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
+/// Every character Rust's `str::trim` removes (Unicode's `White_Space`), for SQLite's
+/// `trim(X, Y)`: SQL then finds a value blank exactly when Rust does.
+pub(crate) const WHITESPACE: &str = "\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}";
+
 /// The cell at `index` as text: numbers are written out, invalid UTF-8 is replaced, NULL is `None`.
 pub(crate) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
     Ok(lossy_text(row.get_ref(index)?))
@@ -66,6 +70,22 @@ mod tests {
     fn read<T>(sql: &str, reader: fn(&Row<'_>, usize) -> rusqlite::Result<T>) -> T {
         let conn = Connection::open_in_memory().unwrap();
         conn.query_row(sql, [], |row| reader(row, 0)).unwrap()
+    }
+
+    #[test]
+    fn whitespace_is_every_character_rust_trims() {
+        let trimmed: String = (char::MIN..=char::MAX).filter(|c| c.is_whitespace()).collect();
+        assert_eq!(WHITESPACE, trimmed);
+    }
+
+    #[test]
+    fn sqlite_trims_whitespace_as_rust_does() {
+        let conn = Connection::open_in_memory().unwrap();
+        for blank in WHITESPACE.chars() {
+            let text = format!("{blank}20250122_091500{blank}");
+            let trimmed: String = conn.query_row("SELECT trim(?1, ?2)", (&text, WHITESPACE), |row| row.get(0)).unwrap();
+            assert_eq!(trimmed, text.trim(), "U+{:04X}", u32::from(blank));
+        }
     }
 
     #[test]

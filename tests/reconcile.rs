@@ -643,3 +643,21 @@ fn a_dentaltid_trigger_that_rolls_back_an_import_fails_the_pass_and_writes_nothi
         assert!(holders_per_external_id(&clinic).is_empty());
     }
 }
+
+#[test]
+fn an_external_id_of_whitespace_only_counts_as_blank_for_matching_and_linking_alike() {
+    let clinic = Clinic::new("v29");
+    // Patient 1 is Amina Benali, born 1985-03-12; its external_id holds a tab and a no-break space.
+    another_program(&clinic.dentaltid)
+        .execute("UPDATE patients SET external_id = char(9, 160) WHERE id = 1", [])
+        .unwrap();
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+    let sync = clinic.open();
+    for _ in 0..2 {
+        let report = sync.reconcile().unwrap();
+        assert_eq!(report.errors, 0, "{:?}", kinds(&sync));
+    }
+    let holders =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get::<_, i64>(0));
+    assert_eq!(holders, [1], "linked to patient 1");
+}

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{NewNanoPixPatient, WrittenRow, dart_timestamp, parse_dart_timestamp};
-use crate::values::{integer_at, read_text, text_at};
+use crate::values::{WHITESPACE, integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`link_from_row`] reads, in its order.
@@ -292,7 +292,7 @@ impl DentalTid {
     pub fn finish_export(&mut self, patient_id: i64, external_id: NanoPixId, synced_at: NaiveDateTime) -> Result<()> {
         let (external_id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
         self.write("finishing an export", |tx| {
-            tx.execute(SET_EXTERNAL_ID, params![external_id, patient_id])?;
+            tx.execute(SET_EXTERNAL_ID, params![external_id, patient_id, WHITESPACE])?;
             let (origin, state) = (LinkOrigin::Exported.as_str(), LinkState::Linked.as_str());
             tx.execute(UPSERT_LINK, params![patient_id, external_id, origin, state, synced_at])?;
             tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id]).map(drop)

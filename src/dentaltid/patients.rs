@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, Transact
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
-use crate::values::{integer_at, read_text, text_at};
+use crate::values::{WHITESPACE, integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`patient_from_row`] reads, in its order.
@@ -35,9 +35,10 @@ const INSERT_IMPORTED: &str = "INSERT INTO patients(name, familyName, age, dateO
 /// committed, so DentalTID itself waits at most about this long to save a patient.
 const IMPORT_LOCK_HOLD: Duration = Duration::from_millis(100);
 
-/// Sets `external_id` only on a patient that has none yet.
+/// Sets `external_id` only on a patient that has none yet (blank as Rust's `trim` sees it:
+/// bind [`WHITESPACE`] to `?3`).
 pub(super) const SET_EXTERNAL_ID: &str =
-    "UPDATE patients SET external_id = ?1 WHERE id = ?2 AND (external_id IS NULL OR trim(external_id) = '')";
+    "UPDATE patients SET external_id = ?1 WHERE id = ?2 AND (external_id IS NULL OR trim(external_id, ?3) = '')";
 
 /// Records (or replaces) the link of one patient.
 pub(super) const UPSERT_LINK: &str = "INSERT INTO nanopix_sync_links(patient_id, external_id, origin, state, synced_at)
@@ -243,7 +244,7 @@ impl DentalTid {
             let mut outcomes = Vec::with_capacity(links.len());
             for (patient_id, external_id) in links {
                 let external_id = external_id.to_string();
-                if set_external_id.execute(params![external_id, patient_id])? == 0 {
+                if set_external_id.execute(params![external_id, patient_id, WHITESPACE])? == 0 {
                     outcomes.push(Err(refusal(tx, *patient_id)?));
                     continue;
                 }
