@@ -253,6 +253,11 @@ fn parse_other_timestamp(text: &str) -> Option<NaiveDateTime> {
         .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|d| d.and_time(NaiveTime::MIN)))
 }
 
+/// Reads a date written exactly `YYYY-MM-DD`, nothing before or after.
+pub fn parse_plain_date(text: &str) -> Option<NaiveDate> {
+    (text.len() == 10).then(|| parse_usual_timestamp(text)).flatten().map(|at| at.date())
+}
+
 /// Reads DentalTID's `dateOfBirth` (a timestamp whose date part is the birth date).
 pub fn parse_dart_date(text: &str) -> Option<NaiveDate> {
     parse_dart_timestamp(text).map(|at| at.date())

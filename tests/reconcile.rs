@@ -661,3 +661,44 @@ fn an_external_id_of_whitespace_only_counts_as_blank_for_matching_and_linking_al
         clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get::<_, i64>(0));
     assert_eq!(holders, [1], "linked to patient 1");
 }
+
+/// What becomes of a NanoPix Lina Saidi born on `born` when DentalTID holds a Lina Saidi whose
+/// `dateOfBirth` is `stored`: linked to her, or the reason of the possible duplicate naming
+/// her. Decided by a full reconcile, or by the catch-up of `export_patient`, which reads only
+/// the DentalTID patients born on that date or without a birth date, as a live pass does.
+fn decision_on_birth_date(stored: &str, born: &str, full: bool) -> (bool, Option<DuplicateReason>) {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let lina = clinic.add_dentaltid("Lina", "Saidi", None);
+    another_program(&clinic.dentaltid)
+        .execute("UPDATE patients SET dateOfBirth = ?1 WHERE id = ?2", (stored, lina))
+        .unwrap();
+    drain(&sync);
+    clinic.add_nanopix("20250122_080000", "Saidi", "Lina", Some(born));
+    if full {
+        sync.reconcile().unwrap();
+    } else {
+        sync.export_patient(2).unwrap();
+    }
+    let events = kinds(&sync);
+    let duplicate = duplicate_reason(&events, "20250122_080000");
+    assert!(duplicate.as_ref().is_none_or(|(_, candidates)| candidates == &[lina]), "{duplicate:?}");
+    (linked_to(&events, "20250122_080000") == Some(lina), duplicate.map(|(reason, _)| reason))
+}
+
+#[test]
+fn a_live_pass_and_a_full_reconcile_read_every_dentaltid_birth_date_alike() {
+    let cases = [
+        ("1985-03-12T00:00:00.000", "1985-03-12", (true, None)),
+        ("9999-12-31T00:00:00.000", "9999-12-31", (true, None)),
+        (" 1985-03-12T00:00:00.000", "1985-03-12", (false, Some(DuplicateReason::MissingBirthDate))),
+        (" ", "1985-03-12", (false, Some(DuplicateReason::MissingBirthDate))),
+        ("12/03/1985", "1985-03-12", (false, None)),
+    ];
+    for (stored, born, expected) in cases {
+        for full in [true, false] {
+            assert_eq!(decision_on_birth_date(stored, born, full), expected, "{stored:?}, full reconcile: {full}");
+        }
+    }
+}

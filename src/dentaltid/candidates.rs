@@ -3,8 +3,9 @@
 //! two threads: this one reads rows in batches (and each patient's [`PatientRef`] on the way)
 //! while a second normalises and files them.
 //!
-//! Reading is lenient like the rest of this module: a row without an integer id is skipped, an
-//! unreadable birth date counts as missing.
+//! Reading is lenient like the rest of this module: a row without an integer id is skipped. A
+//! birth date is read the same way whether every patient is read or only those born on some
+//! dates: see [`BirthDate`].
 
 use chrono::NaiveDate;
 use crossbeam_channel::Sender;
@@ -13,7 +14,7 @@ use rusqlite::{Params, Row};
 use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
 use crate::matching::{DentalCandidate, DentalIndex};
-use crate::patient::{nanopix_date, parse_dart_date};
+use crate::patient::{nanopix_date, parse_plain_date};
 use crate::values::{integer_at, text_ref};
 use crate::{Error, Result};
 
@@ -79,13 +80,12 @@ impl DentalTid {
     /// index range, so this reads only those rows; a `dateOfBirth` in a form DentalTID never
     /// writes is not looked at.
     pub fn add_candidates_born_on(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
-        let unborn = "WHERE dateOfBirth IS NULL OR dateOfBirth = ''";
+        // Values that are not text sort before or after every text.
+        let unborn = "WHERE dateOfBirth IS NULL OR dateOfBirth < '0' OR dateOfBirth >= ':'";
         self.add_candidates("reading patients without a birth date", unborn, [], index)?;
         for date in dates {
-            let next = date.succ_opt().unwrap_or(NaiveDate::MAX);
-            let range = (nanopix_date(*date), nanopix_date(next));
             let born_on = "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2";
-            self.add_candidates("reading match candidates", born_on, range, index)?;
+            self.add_candidates("reading match candidates", born_on, starting_with(*date), index)?;
         }
         Ok(())
     }
@@ -111,11 +111,51 @@ impl DentalTid {
     }
 }
 
-/// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an integer.
+/// The bounds of the texts that start with `date` as `YYYY-MM-DD`: from it, to it with its last
+/// digit one higher.
+fn starting_with(date: NaiveDate) -> (String, String) {
+    let from = nanopix_date(date);
+    let mut to = from.clone();
+    if let Some(last) = to.pop() {
+        to.push(char::from_u32(u32::from(last) + 1).unwrap_or(last));
+    }
+    (from, to)
+}
+
+/// A DentalTID birth date as matching reads it, in every path alike: the texts a path that
+/// reads only some birth dates finds by index are exactly the born and the missing.
+#[derive(Debug, PartialEq)]
+enum BirthDate {
+    /// The text starts with this date, `YYYY-MM-DD` (DentalTID writes a timestamp after it).
+    Born(NaiveDate),
+    /// NULL, or a value whose text does not start with a digit (empty, blank, words).
+    Missing,
+    /// A text that starts with a digit but not with a real date: the patient is no candidate.
+    Unreadable,
+}
+
+impl BirthDate {
+    /// Reads the text of a `dateOfBirth` cell.
+    fn of(text: Option<&str>) -> Self {
+        match text {
+            Some(text) if text.starts_with(|c: char| c.is_ascii_digit()) => {
+                text.get(..10).and_then(parse_plain_date).map_or(Self::Unreadable, Self::Born)
+            }
+            _ => Self::Missing,
+        }
+    }
+}
+
+/// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an
+/// integer or its birth date is unreadable.
 fn read_candidate(row: &Row<'_>, take: impl FnOnce(DentalCandidate<'_>)) -> rusqlite::Result<()> {
     let Some(id) = integer_at(row, 0)? else { return Ok(()) };
     let (first_name, last_name) = (text_ref(row, 1)?, text_ref(row, 2)?);
-    let date_of_birth = text_ref(row, 3)?.as_deref().and_then(parse_dart_date);
+    let date_of_birth = match BirthDate::of(text_ref(row, 3)?.as_deref()) {
+        BirthDate::Born(date) => Some(date),
+        BirthDate::Missing => None,
+        BirthDate::Unreadable => return Ok(()),
+    };
     let linked = text_ref(row, 4)?.is_some_and(|external_id| !external_id.trim().is_empty());
     take(DentalCandidate {
         id,
@@ -191,5 +231,49 @@ mod tests {
         assert!(one_thread.candidates().len() > rows, "the sample patients and every inserted one");
         assert_eq!(two_threads.candidates(), one_thread.candidates());
         assert_eq!(refs, dentaltid.patient_refs().unwrap());
+    }
+
+    #[test]
+    fn reading_the_patients_born_on_some_dates_finds_those_reading_every_patient_finds() {
+        let (_dir, dentaltid) = sample_database();
+        let births = "(NULL), (''), (' '), (' 1985-03-12T00:00:00.000'), ('1985-03-12'), ('1985-03-12T00:00:00.000'),
+            ('1985-03-12T00:00:00.000Z'), ('1985-03-12 and more'), ('1985-3-12'), ('1985-03-1 '), ('12/03/1985'),
+            ('1985-02-30'), ('19850312'), (19850312), (-5), (1.5), (x'31393835'), (x'41'), ('abc'), ('éé'),
+            ('1985-03-11T23:59'), ('1985-03-13'), ('9999-12-31T00:00:00.000'), ('0000-01-01')";
+        let insert = format!(
+            "INSERT INTO patients(name, familyName, age, dateOfBirth, createdAt)
+             SELECT 'Zoé', 'Lefèvre', 40, column1, '2025-01-21T15:26:46.000' FROM (VALUES {births})"
+        );
+        dentaltid.conn.execute(&insert, []).unwrap();
+        let dates = ["1985-03-12", "9999-12-31", "1985-03-11"].map(|date| parse_plain_date(date).unwrap());
+        let mut born_on = DentalIndex::default();
+        dentaltid.add_candidates_born_on(&dates, &mut born_on).unwrap();
+        let mut every = DentalIndex::default();
+        dentaltid.add_all_candidates(&mut every).unwrap();
+        let as_dates = dates.map(nanopix_date);
+        let mut expected: Vec<_> = (every.candidates().into_iter())
+            .filter(|c| c.date_of_birth.as_ref().is_none_or(|born| as_dates.contains(born)))
+            .collect();
+        let mut found = born_on.candidates();
+        for candidates in [&mut expected, &mut found] {
+            candidates.sort_by_key(|candidate| candidate.patient_id);
+        }
+        assert_eq!(found, expected);
+        let born = |date: &str| expected.iter().filter(|c| c.date_of_birth.as_deref() == Some(date)).count();
+        // The sample's Amina Benali, and four of those above.
+        assert_eq!((born("1985-03-12"), born("1985-03-11"), born("9999-12-31")), (5, 1, 1));
+    }
+
+    #[test]
+    fn a_birth_date_is_the_real_date_its_text_starts_with() {
+        let born = |y, m, d| BirthDate::Born(NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        assert_eq!(BirthDate::of(Some("1985-03-12T00:00:00.000")), born(1985, 3, 12));
+        assert_eq!(BirthDate::of(Some("9999-12-31")), born(9999, 12, 31));
+        for missing in [None, Some(""), Some(" "), Some(" 1985-03-12"), Some("né le 12/03/1985"), Some("-5")] {
+            assert_eq!(BirthDate::of(missing), BirthDate::Missing, "{missing:?}");
+        }
+        for unreadable in ["1985-3-12", "1985-03-1 ", "12/03/1985", "1985-02-30", "19850312", "1985"] {
+            assert_eq!(BirthDate::of(Some(unreadable)), BirthDate::Unreadable, "{unreadable}");
+        }
     }
 }
