@@ -80,9 +80,11 @@ impl DentalTid {
     /// index range, so this reads only those rows; a `dateOfBirth` in a form DentalTID never
     /// writes is not looked at.
     pub fn add_candidates_born_on(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
-        // Values that are not text sort before or after every text.
-        let unborn = "WHERE dateOfBirth IS NULL OR dateOfBirth < '0' OR dateOfBirth >= ':'";
-        self.add_candidates("reading patients without a birth date", unborn, [], index)?;
+        // One statement each, so each is an index range. Values that are not text sort before
+        // or after every text.
+        for unborn in ["WHERE dateOfBirth IS NULL", "WHERE dateOfBirth < '0'", "WHERE dateOfBirth >= ':'"] {
+            self.add_candidates("reading patients without a birth date", unborn, [], index)?;
+        }
         for date in dates {
             let born_on = "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2";
             self.add_candidates("reading match candidates", born_on, starting_with(*date), index)?;
