@@ -204,7 +204,8 @@ const char *nps_version(void);
 uint32_t nps_open(const char *config_json, NpsHandle **handle_out);
 
 /**
- * Stops the sync and joins its threads; idempotent.
+ * Stops the sync and joins its threads. Closing a closed handle again returns NPS_OK; a
+ * handle already freed gets NPS_CLOSED, like every other call on it.
  *
  * Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
  * NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
@@ -212,7 +213,7 @@ uint32_t nps_open(const char *config_json, NpsHandle **handle_out);
  * inside a callback, this handle's or another's (NPS_WRONG_THREAD).
  *
  * # Safety
- * `handle` is NULL or a handle from `nps_open` that was not freed.
+ * `handle` is NULL or a handle from `nps_open`, freed or not.
  */
 uint32_t nps_close(NpsHandle *handle);
 
@@ -247,7 +248,8 @@ uint32_t nps_find_open_handle(NpsHandle **handle_out);
  * "Sync Now": reconciles both sides fully and waits until it is done.
  *
  * On success writes the report as a library-owned JSON object (`imported`, `linked`,
- * `exported`, `possible_duplicates`, `removed`, `repaired`, `errors`, `duration_ms`) to
+ * `exported`, `possible_duplicates`, `removed`, `repaired`, `errors`, `duration_ms`,
+ * `stopped_early`) to
  * `*report_json`; free it with `nps_string_free`. Any thread may call it.
  *
  * # Safety

@@ -165,6 +165,11 @@ pub(crate) fn unregister(handle: *mut NpsHandle) -> bool {
     live.len() < registered
 }
 
+/// Whether `handle` was made by `nps_open` and not released by `nps_free` yet.
+pub(crate) fn is_registered(handle: &NpsHandle) -> bool {
+    live_handles().contains(&handle.address())
+}
+
 /// A handle that `nps_open` made and `nps_free` has not released yet, if any.
 pub(crate) fn any_live_handle() -> Option<*mut NpsHandle> {
     live_handles().last().map(|&address| address as *mut NpsHandle)

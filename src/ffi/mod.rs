@@ -70,7 +70,8 @@ pub unsafe extern "C" fn nps_open(config_json: *const c_char, handle_out: *mut *
     })
 }
 
-/// Stops the sync and joins its threads; idempotent.
+/// Stops the sync and joins its threads. Closing a closed handle again returns NPS_OK; a
+/// handle already freed gets NPS_CLOSED, like every other call on it.
 ///
 /// Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
 /// NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
@@ -78,13 +79,17 @@ pub unsafe extern "C" fn nps_open(config_json: *const c_char, handle_out: *mut *
 /// inside a callback, this handle's or another's (NPS_WRONG_THREAD).
 ///
 /// # Safety
-/// `handle` is NULL or a handle from `nps_open` that was not freed.
+/// `handle` is NULL or a handle from `nps_open`, freed or not.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nps_close(handle: *mut NpsHandle) -> u32 {
     guard(|| {
         not_in_callback("nps_close")?;
-        // SAFETY: the caller promises a NULL or live handle.
-        unsafe { ref_arg(handle, "handle") }?.close();
+        // SAFETY: the caller promises a NULL handle or one `nps_open` made, whose memory is never freed.
+        let handle = unsafe { ref_arg(handle, "handle") }?;
+        if !handle::is_registered(handle) {
+            return Err(FfiError::new(NPS_CLOSED, "the sync handle was freed"));
+        }
+        handle.close();
         Ok(())
     })
 }
@@ -137,7 +142,8 @@ pub unsafe extern "C" fn nps_find_open_handle(handle_out: *mut *mut NpsHandle) -
 /// "Sync Now": reconciles both sides fully and waits until it is done.
 ///
 /// On success writes the report as a library-owned JSON object (`imported`, `linked`,
-/// `exported`, `possible_duplicates`, `removed`, `repaired`, `errors`, `duration_ms`) to
+/// `exported`, `possible_duplicates`, `removed`, `repaired`, `errors`, `duration_ms`,
+/// `stopped_early`) to
 /// `*report_json`; free it with `nps_string_free`. Any thread may call it.
 ///
 /// # Safety
@@ -478,6 +484,8 @@ mod tests {
             let mut enabled = true;
             assert_eq!(unsafe { nps_live_sync(new, &mut enabled) }, NPS_OK, "the newer handle is still open");
             assert_eq!(unsafe { nps_live_sync(old, &mut enabled) }, NPS_CLOSED, "the stale one is closed");
+            assert_eq!(unsafe { nps_close(old) }, NPS_CLOSED, "closing the stale one too");
+            assert_eq!((unsafe { nps_close(new) }, unsafe { nps_close(new) }), (NPS_OK, NPS_OK), "closing twice");
             unsafe { nps_free(new) };
         }
     }
