@@ -48,8 +48,8 @@ pub struct Config {
     pub full_reconcile_interval: Duration,
     /// Run Live Sync's automatic work on this handle while Live Sync is on: the watcher, its
     /// passes and the periodic full reconcile (default: yes). Turn it off for a handle that only
-    /// reads or acts when called, as the `sync` runner's `status` does; Live Sync's stored
-    /// setting is not changed by it.
+    /// reads or acts when called, as the `sync` runner does for every command but `watch`; Live
+    /// Sync's stored setting is not changed by it.
     pub automatic_work: bool,
     /// How long to wait for a database another program has locked, per attempt (default: 5 s).
     pub busy_timeout: Duration,
