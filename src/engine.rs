@@ -76,6 +76,10 @@ pub(crate) struct Engine {
     live_stored: bool,
     /// Where the next live pass takes up ending interrupted exports, in journal order.
     next_repair: usize,
+    /// The links marked missing whose NanoPix row is there but not their folder, as the last full
+    /// reconcile (or a live pass that found the row back) left them: a live pass restores those
+    /// whose folder is back.
+    missing_folders: Vec<Link>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -160,6 +164,7 @@ impl Engine {
             last_past_issued: None,
             live_stored,
             next_repair: 0,
+            missing_folders: Vec::new(),
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -188,13 +193,14 @@ impl Engine {
         let mut report = ReconcileReport::default();
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
-        self.adopt_existing_links(&snapshot)?;
+        let adopted = self.adopt_existing_links(&snapshot)?;
         match snapshot.matcher.take() {
             Some(matcher) if snapshot.many_unknown => self.import_unknown_rows(&mut snapshot, matcher, &mut report)?,
             matcher => self.import_few(&snapshot.unknown, matcher, &mut report)?,
         }
         let folders = self.folders(&mut snapshot, &mut report)?;
-        self.check_links(&snapshot, &folders, &mut report)?;
+        let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).collect();
+        self.check_links(&snapshot, &folders, &linked_now, &mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
             // Built after the imports, so a first sync builds them once, on every row.
@@ -283,7 +289,10 @@ impl Engine {
         self.report_odd_rows(rows.odd_rows, &mut report);
         self.restore_links(&rows.patients, &mut report)?;
         let unknown = self.unknown(rows.patients)?;
+        let new_ids: Vec<NanoPixId> = unknown.iter().map(|patient| patient.id).collect();
         self.link_or_import(unknown, None, &mut report)?;
+        self.await_folders(&new_ids)?;
+        self.restore_put_back_folders(&mut report)?;
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
         }
@@ -455,8 +464,8 @@ impl Engine {
         Ok(folders)
     }
 
-    /// Records link rows for patients DentalTID already links.
-    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<()> {
+    /// Records link rows for patients DentalTID already links; returns their NanoPix ids.
+    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<Vec<NanoPixId>> {
         let recorded: HashSet<i64> = snapshot.links.iter().map(|l| l.patient_id).collect();
         let adopt: Vec<(i64, NanoPixId, LinkOrigin)> = snapshot
             .dentaltid
@@ -471,7 +480,7 @@ impl Engine {
         for chunk in adopt.chunks(LINKS_PER_TRANSACTION) {
             self.dentaltid.adopt_links(chunk, self.config.clock.now())?;
         }
-        Ok(())
+        Ok(adopt.into_iter().map(|(_, id, _)| id).collect())
     }
 
     fn report_odd_rows(&self, odd_rows: Vec<OddRow>, report: &mut ReconcileReport) {
@@ -629,36 +638,105 @@ impl Engine {
     }
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
-    /// patient was deleted. Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes
-    /// per transaction, and reports them once they are written.
-    fn check_links(&mut self, snapshot: &Snapshot, folders: &FolderScan, report: &mut ReconcileReport) -> Result<()> {
+    /// patient was deleted; a folder NanoPix has not made yet (see [`Engine::awaited_folders`])
+    /// is not missing. `linked_now` are the NanoPix patients this reconcile linked or imported.
+    /// Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes per transaction, and
+    /// reports them once they are written. Keeps the links left missing only their folder for
+    /// live passes (see [`Engine::restore_put_back_folders`]).
+    fn check_links(
+        &mut self,
+        snapshot: &Snapshot,
+        folders: &FolderScan,
+        linked_now: &[NanoPixId],
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
+        let awaited = self.awaited_folders(&folders.patient_folders, linked_now)?;
         let mut changes = Vec::new();
+        self.missing_folders.clear();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            let nanopix = NanoPixSide { row: rows.contains(&id), folder: folders.patient_folders.contains(&id) };
-            changes.extend(link_change(link, patients.contains(&link.patient_id), nanopix));
+            let folder = folders.patient_folders.contains(&id) || awaited.contains(&id);
+            let nanopix = NanoPixSide { row: rows.contains(&id), folder };
+            let change = link_change(link, patients.contains(&link.patient_id), nanopix);
+            let state = change.as_ref().map_or(link.state, |(_, state, _)| *state);
+            if state == LinkState::Missing && nanopix.row && !nanopix.folder {
+                self.missing_folders.push(Link { state, ..link.clone() });
+            }
+            changes.extend(change);
         }
         self.change_links(&changes, report)
     }
 
+    /// The NanoPix ids whose folder the sync waits for: NanoPix saves a new patient's row first
+    /// and makes the folder later, so a linked patient whose folder the sync has never seen has
+    /// not lost it. These are the ids waited for before and those of `linked_now` without a
+    /// folder, less those in `folders` now; the changes are recorded.
+    fn awaited_folders(
+        &mut self,
+        folders: &HashSet<NanoPixId>,
+        linked_now: &[NanoPixId],
+    ) -> Result<HashSet<NanoPixId>> {
+        let mut awaited = self.dentaltid.awaited_folders()?;
+        let seen: Vec<NanoPixId> = awaited.iter().filter(|id| folders.contains(*id)).copied().collect();
+        let new: Vec<NanoPixId> =
+            linked_now.iter().filter(|id| !folders.contains(*id) && !awaited.contains(*id)).copied().collect();
+        self.dentaltid.update_awaited_folders(&new, &seen)?;
+        awaited.retain(|id| !folders.contains(id));
+        awaited.extend(new);
+        Ok(awaited)
+    }
+
+    /// Records that NanoPix has not made the folders of the patients a live pass `linked` (or
+    /// imported) yet, when it has not: see [`Engine::awaited_folders`].
+    fn await_folders(&mut self, linked: &[NanoPixId]) -> Result<()> {
+        let awaited: Vec<NanoPixId> = linked.iter().copied().filter(|&id| !self.nanopix.has_folder(id)).collect();
+        self.dentaltid.update_awaited_folders(&awaited, &[])
+    }
+
     /// Restores the links marked missing of NanoPix patients `read` past the cursor (a row added
     /// back with its id) whose folder is there too, without waiting for a full reconcile: a live
-    /// pass looks only at the rows it read. Other changes (a folder put back, a DentalTID patient
-    /// deleted meanwhile) are a full reconcile's to find.
+    /// pass looks only at the rows it read. A link whose folder is still missing waits for it
+    /// among [`Engine::missing_folders`]. Other changes (a DentalTID patient deleted meanwhile)
+    /// are a full reconcile's to find.
     fn restore_links(&mut self, read: &[NanoPixPatient], report: &mut ReconcileReport) -> Result<()> {
         let mut changes = Vec::new();
         for patient in read {
             let Some(link) = self.dentaltid.missing_link(patient.id)? else { continue };
-            if !self.nanopix.has_folder(patient.id) {
-                continue;
+            if self.nanopix.has_folder(patient.id) {
+                changes.extend(self.restoration(&link)?);
+            } else if !self.missing_folders.contains(&link) {
+                self.missing_folders.push(link);
             }
-            let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();
-            let change = link_change(&link, patient_exists, NanoPixSide { row: true, folder: true });
-            changes.extend(change.filter(|(_, state, _)| *state == LinkState::Linked));
         }
         self.change_links(&changes, report)
+    }
+
+    /// Restores the links of [`Engine::missing_folders`] whose folder is back while their row is
+    /// still there, without waiting for a full reconcile; the others stay on the list.
+    fn restore_put_back_folders(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let mut back = Vec::new();
+        for link in &self.missing_folders {
+            let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
+            if self.nanopix.has_folder(id) && self.nanopix.id_exists(id)? {
+                back.push(link.clone());
+            }
+        }
+        self.missing_folders.retain(|link| !back.contains(link));
+        let mut changes = Vec::new();
+        for link in &back {
+            changes.extend(self.restoration(link)?);
+        }
+        self.change_links(&changes, report)
+    }
+
+    /// The change that restores `link`, marked missing, now that NanoPix holds its row and folder
+    /// again; `None` when its DentalTID patient was deleted meanwhile (a full reconcile's to find).
+    fn restoration(&self, link: &Link) -> Result<Option<(i64, LinkState, EventKind)>> {
+        let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();
+        let change = link_change(link, patient_exists, NanoPixSide { row: true, folder: true });
+        Ok(change.filter(|(_, state, _)| *state == LinkState::Linked))
     }
 
     /// Writes link state `changes`, [`LINKS_PER_TRANSACTION`] per transaction, and reports

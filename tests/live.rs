@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Clinic, copy_tree, drain, numbered_nanopix_id, wait_for};
-use nanopix_sync::{EventKind, NanoPixSync, PatientFilter, WatchMode};
+use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -331,6 +331,66 @@ fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_h
     let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
     let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
     assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+}
+
+/// NanoPix saves a new patient's row first and makes the folder later: a full reconcile in
+/// between (the hourly one, "Sync Now", or one a folder removed elsewhere leads to) finds the row
+/// without its folder, which is not a removal.
+#[test]
+fn a_nanopix_patient_whose_folder_is_not_made_yet_is_not_reported_removed() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES ('20250122_091500', 'Mansouri', 'Yacine', 'Male', '2001-05-19', '2025-01-22 09:15:08',
+                     '2025-01-22 09:15:08')",
+            [],
+        )
+        .unwrap();
+    let patient_id = imported(&sync, "20250122_091500");
+    let report = sync.reconcile().unwrap();
+    // The reconcile's events are queued before it returns.
+    let removed: Vec<EventKind> = drain(&sync)
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|e| matches!(e, EventKind::ExternalPatientRemoved { .. }))
+        .collect();
+    let state = sync.source_info(patient_id).unwrap().link_state;
+    assert!(
+        report.removed == 0 && removed.is_empty() && state == Some(LinkState::Linked),
+        "a patient NanoPix just created (row saved, folder not yet made) is reported removed: \
+         report.removed = {}, events = {removed:#?}, link state = {state:?}",
+        report.removed
+    );
+}
+
+#[test]
+fn a_patient_folder_made_again_restores_its_link_without_waiting_for_the_hourly_reconcile() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let patient_id = imported(&sync, "20250122_091500");
+    // A full reconcile sees the folder: from then on, it can go missing.
+    sync.reconcile().unwrap();
+    std::fs::remove_dir(clinic.root.join("20250122_091500")).unwrap();
+    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
+    assert_eq!(
+        removed.kind,
+        EventKind::ExternalPatientRemoved {
+            patient_id,
+            external_id: "20250122_091500".into(),
+            missing: "folder".into()
+        }
+    );
+    std::fs::create_dir(clinic.root.join("20250122_091500")).unwrap();
+    wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::ExternalPatientRestored { patient_id: p, .. } if *p == patient_id),
+    );
+    assert_eq!(sync.source_info(patient_id).unwrap().link_state, Some(LinkState::Linked));
 }
 
 #[test]

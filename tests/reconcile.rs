@@ -202,6 +202,30 @@ fn a_vanished_nanopix_patient_is_reported_and_kept() {
 }
 
 #[test]
+fn a_folder_nanopix_has_not_made_yet_is_no_removal_until_it_was_there() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let folder = clinic.root.join("20250122_091500");
+    std::fs::remove_dir(&folder).unwrap();
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().imported, 2, "the fixture patient and the new one");
+    assert_eq!(sync.reconcile().unwrap().removed, 0, "the row saved, the folder not made yet");
+    drop(sync);
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().removed, 0, "still waited for after a restart");
+    std::fs::create_dir(&folder).unwrap();
+    assert_eq!(sync.reconcile().unwrap().removed, 0);
+    std::fs::remove_dir(&folder).unwrap();
+    let report = sync.reconcile().unwrap();
+    let removed = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::ExternalPatientRemoved { external_id, missing, .. } => Some((external_id, missing)),
+        _ => None,
+    });
+    assert_eq!(report.removed, 1, "a folder it had is gone");
+    assert_eq!(removed, Some(("20250122_091500".to_owned(), "folder".to_owned())));
+}
+
+#[test]
 fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();

@@ -87,6 +87,7 @@ const OWN_TABLES: &str = "
         synced_at TEXT NOT NULL,
         external_ids TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS nanopix_sync_awaited_folders(external_id TEXT PRIMARY KEY);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
 ";
 
@@ -105,11 +106,12 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 5] = [
+const OWN_OBJECTS: [(&str, &str); 6] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
     ("table", "nanopix_sync_imports"),
+    ("table", "nanopix_sync_awaited_folders"),
     ("index", "nanopix_sync_links_external_id"),
 ];
 

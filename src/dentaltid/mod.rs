@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::patient::{Source, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 
+mod awaited_folders;
 mod candidates;
 mod links;
 mod migration;
