@@ -80,6 +80,9 @@ pub(crate) struct Engine {
     /// reconcile (or a live pass that found the row back) left them: a live pass restores those
     /// whose folder is back.
     missing_folders: Vec<Link>,
+    /// Whether the current automatic pass reported work a database refused while locked past the
+    /// busy timeout (an export, say): the live loop tries the pass again soon, as a failed one.
+    refused_while_busy: bool,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -165,6 +168,7 @@ impl Engine {
             live_stored,
             next_repair: 0,
             missing_folders: Vec::new(),
+            refused_while_busy: false,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -422,9 +426,15 @@ impl Engine {
     /// after it is not automatic, even when `pass` panics.
     pub fn automatically<T>(&mut self, pass: impl FnOnce(&mut Self) -> T) -> T {
         self.automatic = true;
+        self.refused_while_busy = false;
         let result = catch_unwind(AssertUnwindSafe(|| pass(self)));
         self.automatic = false;
         result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Whether the last automatic pass reported work refused by a locked database; clears it.
+    pub fn take_refused_while_busy(&mut self) -> bool {
+        std::mem::take(&mut self.refused_while_busy)
     }
 
     /// Whether the current work should stop: the handle is closing, or automatic work lost Live Sync.
@@ -756,13 +766,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Reports `error`, met by the work on one patient; notes a locked database (see
+    /// [`Engine::take_refused_while_busy`]).
     fn report_error(
-        &self,
+        &mut self,
         error: &Error,
         external_id: Option<String>,
         patient_id: Option<i64>,
         report: &mut ReconcileReport,
     ) {
+        self.refused_while_busy |= matches!(error, Error::Busy { .. });
         report.errors += 1;
         self.bus.error(error, external_id, patient_id);
     }

@@ -3,7 +3,8 @@
 //! While Live Sync is on, the watcher runs and its triggers lead to sync passes; bursts of
 //! triggers are drained together so they cost one pass. While it is off, only host calls do
 //! work. A panicking job or pass becomes a `sync_error` event, never a dead thread, and a pass
-//! that failed is tried again after a pause that grows while it keeps failing.
+//! that failed (or whose work a locked database refused) is tried again after a pause that grows
+//! while it keeps failing.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -28,6 +29,9 @@ const FIRST_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// The longest pause between tries of a failing automatic pass.
 const LONGEST_RETRY_PAUSE: Duration = Duration::from_secs(60);
+
+/// The failure of a pass that ended, but whose work on a patient a locked database refused.
+const REFUSED_WHILE_BUSY: &str = "work refused by a locked database";
 
 /// The next try of an automatic pass that failed (a locked database, an unplugged share): the
 /// change that woke it may not come again.
@@ -148,7 +152,8 @@ impl LiveLoop {
 
     /// Runs a pass as automatic work; its error or panic becomes a `sync_error` event (once
     /// while it fails the same way), and the pass is tried again after a pause that grows while
-    /// it keeps failing.
+    /// it keeps failing. So is a pass whose work on a patient a locked database refused (its
+    /// `sync_error` names the patient): a lock released without a commit wakes no pass.
     fn automatic_pass(&mut self, pass: fn(&mut Engine) -> crate::Result<ReconcileReport>) {
         let engine = &mut self.engine;
         let failure = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
@@ -156,14 +161,27 @@ impl LiveLoop {
             Ok(Err(error)) => Some(error),
             Err(_) => Some(Error::Internal("a live sync pass panicked".into())),
         };
+        let refused = self.engine.take_refused_while_busy();
         let previous = self.retry.take();
-        self.retry = failure.map(|error| {
-            let failure = error.to_string();
-            if previous.as_ref().is_none_or(|retry| retry.failure != failure) {
-                self.bus.error(&error, None, None);
+        self.retry = match failure {
+            Some(error) => {
+                let failure = error.to_string();
+                if previous.as_ref().is_none_or(|retry| retry.failure != failure) {
+                    self.bus.error(&error, None, None);
+                }
+                Some(Retry::after(previous, failure))
             }
-            let pause = previous.map_or(FIRST_RETRY_PAUSE, |retry| (retry.pause * 2).min(LONGEST_RETRY_PAUSE));
-            Retry { at: Instant::now() + pause, pause, failure }
-        });
+            None if refused => Some(Retry::after(previous, REFUSED_WHILE_BUSY.into())),
+            None => None,
+        };
+    }
+}
+
+impl Retry {
+    /// The next try of a pass that failed with `failure`: after [`FIRST_RETRY_PAUSE`], or twice
+    /// the `previous` pause, up to [`LONGEST_RETRY_PAUSE`].
+    fn after(previous: Option<Retry>, failure: String) -> Self {
+        let pause = previous.map_or(FIRST_RETRY_PAUSE, |retry| (retry.pause * 2).min(LONGEST_RETRY_PAUSE));
+        Retry { at: Instant::now() + pause, pause, failure }
     }
 }

@@ -462,6 +462,37 @@ fn a_live_pass_that_failed_on_a_locked_dentaltid_is_tried_again_once_the_lock_is
     imported(&sync, "20250122_091500");
 }
 
+/// NanoPix holds its write lock past the sync's busy timeout while a DentalTID patient is added,
+/// then lets go without committing: no change wakes a pass, so the export is tried again on its own.
+#[test]
+fn an_export_refused_by_a_busy_nanopix_is_tried_again_once_the_lock_is_gone() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let patient_id = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::SyncError { code, patient_id: Some(p), .. } if code == "busy" && *p == patient_id),
+    );
+    // The passes the first attempt's own writes wake fail the same way while the lock is held:
+    // wait until 3 s pass without an event (each attempt takes about 2.4 s to give up).
+    loop {
+        let meanwhile = events_within(&sync, Duration::from_secs(3));
+        assert!(!meanwhile.iter().any(|e| matches!(e, EventKind::PatientExported { .. })), "{meanwhile:#?}");
+        if meanwhile.is_empty() {
+            break;
+        }
+    }
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    wait_for(
+        &sync,
+        Duration::from_secs(15),
+        |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == patient_id),
+    );
+}
+
 #[test]
 fn a_nanopix_row_added_back_restores_its_link_live_and_a_folder_put_back_at_the_next_reconcile() {
     let clinic = Clinic::new("v29");
