@@ -19,6 +19,7 @@ mod candidates;
 mod links;
 mod migration;
 mod patients;
+mod reused_ids;
 mod state;
 #[cfg(test)]
 mod testing;
