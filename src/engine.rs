@@ -415,11 +415,12 @@ impl Engine {
     pub fn source_info(&self, patient_id: i64) -> Result<SourceInfo> {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let link = self.dentaltid.link(patient_id)?;
-        // A link the sync recorded outlives an `external_id` DentalTID cleared.
-        let external_id = (patient.external_id.as_deref().map(str::trim))
-            .filter(|text| !text.is_empty())
-            .map(str::to_owned)
-            .or_else(|| link.as_ref().map(|link| link.external_id.clone()));
+        // A link the sync recorded outlives an `external_id` DentalTID cleared, while both sides
+        // exist: a missing link's id may be another patient's by now.
+        let recorded =
+            link.as_ref().filter(|link| link.state == LinkState::Linked).map(|link| link.external_id.clone());
+        let column = patient.external_id.as_deref().map(str::trim).filter(|text| !text.is_empty());
+        let external_id = column.map(str::to_owned).or(recorded);
         let id = external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
         let nanopix_patient = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
         let subfolders = &self.config.patient_subfolders;

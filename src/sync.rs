@@ -26,8 +26,8 @@ pub struct SourceInfo {
     pub patient_id: i64,
     /// Where the patient was created.
     pub source: Source,
-    /// The linked NanoPix id, if any: the patient's `external_id`, or the link the sync recorded
-    /// when DentalTID cleared that column.
+    /// The linked NanoPix id, if any: the patient's `external_id`, or, when DentalTID cleared
+    /// that column, the id of the link the sync recorded while both sides exist.
     pub external_id: Option<String>,
     /// The patient's NanoPix folder, if linked.
     pub folder: Option<PathBuf>,
