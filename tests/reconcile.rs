@@ -656,8 +656,8 @@ fn a_dentaltid_trigger_that_rolls_back_an_import_fails_the_pass_and_writes_nothi
              BEGIN SELECT RAISE(ROLLBACK, 'a patient needs a name'); END",
         )
         .unwrap();
-    clinic.add_nanopix("20250122_091600", "Saadi", "Lina", Some("1991-02-03"));
-    clinic.add_nanopix("20250122_091700", "Haddad", "", None);
+    clinic.add_nanopix("20250122_091600", "Haddad", "", None);
+    clinic.add_nanopix("20250122_091700", "Saadi", "Lina", Some("1991-02-03"));
     let before = clinic.dentaltid_rows("SELECT count(*) FROM patients", |r| r.get::<_, i64>(0));
     let sync = clinic.open();
     for _ in 0..2 {
@@ -768,4 +768,65 @@ fn another_person_saved_under_a_removed_patients_id_gets_the_id_and_the_old_pati
     sync.reconcile().unwrap();
     let asked = kinds(&sync).into_iter().any(|kind| matches!(kind, EventKind::DeleteRequested { .. }));
     assert!(!asked, "deleting Yacine never asks to delete Lina's NanoPix patient");
+}
+
+/// Reconciles a clinic whose DentalTID table has `trigger`, with a NanoPix patient without a
+/// first name and Lina; returns the report, the events and how many rows hold each of them.
+fn reconcile_past_a_trigger(trigger: &str) -> (nanopix_sync::ReconcileReport, Vec<EventKind>, [i64; 2]) {
+    let clinic = Clinic::new("v29");
+    another_program(&clinic.dentaltid).execute_batch(trigger).unwrap();
+    clinic.add_nanopix("20250122_091500", "Haddad", "", None);
+    clinic.add_nanopix("20250122_091600", "Saadi", "Lina", Some("1991-02-03"));
+    let sync = clinic.open();
+    let report = sync.reconcile().unwrap();
+    let held = ["20250122_091500", "20250122_091600"].map(|id| {
+        let sql = format!("SELECT count(*) FROM patients WHERE external_id = '{id}'");
+        clinic.dentaltid_rows(&sql, |r| r.get::<_, i64>(0))[0]
+    });
+    (report, kinds(&sync), held)
+}
+
+#[test]
+fn a_patient_a_trigger_drops_is_reported_and_one_a_trigger_fails_after_writing_is_imported() {
+    let ignore = "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
+        BEGIN SELECT RAISE(IGNORE); END";
+    let (report, events, held) = reconcile_past_a_trigger(ignore);
+    assert_eq!((report.imported, report.errors, held), (2, 1, [0, 1]), "{events:#?}");
+    assert!(!imported(&events, "20250122_091500"));
+    let fail_after = "CREATE TRIGGER patients_need_a_name AFTER INSERT ON patients WHEN trim(NEW.name) = ''
+        BEGIN SELECT RAISE(FAIL, 'a patient needs a name'); END";
+    let (report, events, held) = reconcile_past_a_trigger(fail_after);
+    assert_eq!((report.imported, report.errors, held), (3, 0, [1, 1]), "the row stays written: {events:#?}");
+    assert!(imported(&events, "20250122_091500"));
+}
+
+#[test]
+fn a_link_dentaltid_refuses_is_reported_and_never_keeps_the_other_links_out() {
+    for refusal in ["RAISE(ABORT, 'this patient may not be linked')", "RAISE(IGNORE)"] {
+        let clinic = Clinic::new("v29");
+        let trigger = format!(
+            "CREATE TRIGGER amina_stays_unlinked BEFORE UPDATE OF external_id ON patients WHEN NEW.name = 'Amina'
+             BEGIN SELECT {refusal}; END"
+        );
+        another_program(&clinic.dentaltid).execute_batch(&trigger).unwrap();
+        // Exact matches of patients 1 (Amina Benali) and 2 (Zoé Lefèvre).
+        clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+        clinic.add_nanopix("20250122_091600", "Lefèvre", "Zoé", Some("1990-07-04"));
+        let sync = clinic.open();
+        for _ in 0..2 {
+            let report = sync.reconcile().unwrap();
+            let events = kinds(&sync);
+            let refused = events.iter().filter(|kind| {
+                matches!(kind, EventKind::SyncError { code, external_id: Some(id), .. }
+                    if code == "database" && id == "20250122_091500")
+            });
+            assert_eq!(refused.count(), 1, "{refusal}: {events:#?}");
+            assert!(!imported(&events, "20250122_091500"), "never imported while it would link");
+            assert_eq!(report.errors, 1);
+        }
+        assert_eq!(
+            holders_per_external_id(&clinic),
+            [("20250121_152638".to_owned(), 1), ("20250122_091600".to_owned(), 1)]
+        );
+    }
 }

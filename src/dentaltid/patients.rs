@@ -5,6 +5,7 @@
 //! every column `Patient.fromJson` needs, so a row the sync writes never breaks DentalTID's
 //! screen. Nothing here deletes a patient or changes a patient's `source`.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
@@ -102,15 +103,21 @@ fn insert_imported(
     let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
     let (mut imported, mut outcomes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
     for row in rows {
-        let inserted = insert.insert(params![
+        let external_id = row.external_id.to_string();
+        let inserted = match insert.insert(params![
             row.first_name,
             row.last_name,
             row.age,
             row.date_of_birth.map(dart_date),
             dart_timestamp(row.created_at),
             row.phone,
-            row.external_id.to_string(),
-        ]);
+            external_id,
+        ]) {
+            Err(error) if is_refusal(&error) && !tx.is_autocommit() => {
+                newest_row_holding(tx, &external_id)?.ok_or(error)
+            }
+            inserted => inserted,
+        };
         match inserted {
             Ok(id) => imported.push((id, row.external_id)),
             Err(error) if !is_refusal(&error) || tx.is_autocommit() => return Err(error),
@@ -123,13 +130,21 @@ fn insert_imported(
 }
 
 /// Whether `error` is the table refusing one row (a constraint, a trigger's `RAISE`, a strict
-/// column's type), which leaves the transaction open: `tx.is_autocommit()` tells whether a
-/// trigger rolled it back instead.
+/// column's type, or a trigger's `RAISE(IGNORE)`, which changes no row), which leaves the
+/// transaction open: `tx.is_autocommit()` tells whether a trigger rolled it back instead.
 fn is_refusal(error: &rusqlite::Error) -> bool {
-    matches!(
-        error.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::ConstraintViolation | rusqlite::ErrorCode::TypeMismatch)
-    )
+    matches!(error, rusqlite::Error::StatementChangedRows(0))
+        || matches!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ConstraintViolation | rusqlite::ErrorCode::TypeMismatch)
+        )
+}
+
+/// The newest patient's id, if it holds `external_id`: a row a trigger refused after it was
+/// written (`RAISE(FAIL)` after the insert) stays written.
+fn newest_row_holding(tx: &Transaction<'_>, external_id: &str) -> rusqlite::Result<Option<i64>> {
+    let sql = "SELECT id FROM patients WHERE id = (SELECT MAX(id) FROM patients) AND external_id = ?1";
+    tx.prepare_cached(sql)?.query_row([external_id], |row| row.get(0)).optional()
 }
 
 impl DentalTid {
@@ -236,7 +251,7 @@ impl DentalTid {
     /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient and
     /// [`Error::AlreadyLinked`] if it already has an `external_id`; nothing is written for it.
     pub fn link_all(&mut self, links: &[(i64, NanoPixId)], synced_at: NaiveDateTime) -> Result<Vec<Result<()>>> {
-        let synced_at = dart_timestamp(synced_at);
+        let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
             let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
             let mut record = tx.prepare_cached(UPSERT_LINK)?;
@@ -244,8 +259,15 @@ impl DentalTid {
             let mut outcomes = Vec::with_capacity(links.len());
             for (patient_id, external_id) in links {
                 let external_id = external_id.to_string();
-                if set_external_id.execute(params![external_id, patient_id, WHITESPACE])? == 0 {
-                    outcomes.push(Err(refusal(tx, *patient_id)?));
+                let changed = match set_external_id.execute(params![external_id, patient_id, WHITESPACE]) {
+                    Err(error) if is_refusal(&error) && !tx.is_autocommit() => {
+                        outcomes.push(Err(Error::db(&path, "linking a patient DentalTID refuses")(error)));
+                        continue;
+                    }
+                    changed => changed?,
+                };
+                if changed == 0 {
+                    outcomes.push(Err(refusal(tx, *patient_id, &path)?));
                     continue;
                 }
                 record.execute(params![patient_id, external_id, origin, state, synced_at])?;
@@ -304,14 +326,16 @@ fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Patient>> {
     }))
 }
 
-/// Why [`SET_EXTERNAL_ID`] changed no row: the patient is gone or already linked.
-fn refusal(conn: &Connection, patient_id: i64) -> rusqlite::Result<Error> {
+/// Why [`SET_EXTERNAL_ID`] changed no row: the patient is gone or already linked, or else a
+/// trigger of DentalTID's table dropped the change (`RAISE(IGNORE)`).
+fn refusal(conn: &Connection, patient_id: i64, path: &Path) -> rusqlite::Result<Error> {
     let existing = conn
         .query_row("SELECT external_id FROM patients WHERE id = ?1", [patient_id], |row| text_at(row, 0))
         .optional()?;
     Ok(match existing {
         None => Error::PatientNotFound(patient_id),
-        Some(external_id) => Error::AlreadyLinked { patient_id, external_id: external_id.unwrap_or_default() },
+        Some(Some(external_id)) if !external_id.trim().is_empty() => Error::AlreadyLinked { patient_id, external_id },
+        Some(_) => Error::db(path, "linking a patient DentalTID refuses")(rusqlite::Error::StatementChangedRows(0)),
     })
 }
 
