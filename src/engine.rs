@@ -419,8 +419,7 @@ impl Engine {
         // exist: a missing link's id may be another patient's by now.
         let recorded =
             link.as_ref().filter(|link| link.state == LinkState::Linked).map(|link| link.external_id.clone());
-        let column = patient.external_id.as_deref().map(str::trim).filter(|text| !text.is_empty());
-        let external_id = column.map(str::to_owned).or(recorded);
+        let external_id = patient.external_id.clone().or(recorded);
         let id = external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
         let nanopix_patient = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
         let subfolders = &self.config.patient_subfolders;

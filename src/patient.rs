@@ -258,9 +258,38 @@ pub fn parse_plain_date(text: &str) -> Option<NaiveDate> {
     (text.len() == 10).then(|| parse_usual_timestamp(text)).flatten().map(|at| at.date())
 }
 
-/// Reads DentalTID's `dateOfBirth` (a timestamp whose date part is the birth date).
-pub fn parse_dart_date(text: &str) -> Option<NaiveDate> {
-    parse_dart_timestamp(text).map(|at| at.date())
+/// DentalTID's `dateOfBirth`, read alike everywhere: by matching, whether it reads every patient
+/// or only those an index range finds (exactly the born and the missing), and for exports and
+/// the patients screen.
+#[derive(Debug, PartialEq)]
+pub enum BirthDate {
+    /// The text starts with this date, `YYYY-MM-DD` (DentalTID writes a timestamp after it).
+    Born(NaiveDate),
+    /// NULL, or a value whose text does not start with a digit (empty, blank, words).
+    Missing,
+    /// A text that starts with a digit but not with a real date: no date for exports, and no
+    /// candidate for matching.
+    Unreadable,
+}
+
+impl BirthDate {
+    /// Reads the text of a `dateOfBirth` cell.
+    pub fn of(text: Option<&str>) -> Self {
+        match text {
+            Some(text) if text.starts_with(|c: char| c.is_ascii_digit()) => {
+                text.get(..10).and_then(parse_plain_date).map_or(Self::Unreadable, Self::Born)
+            }
+            _ => Self::Missing,
+        }
+    }
+
+    /// The date, when there is one.
+    pub fn date(&self) -> Option<NaiveDate> {
+        match self {
+            Self::Born(date) => Some(*date),
+            Self::Missing | Self::Unreadable => None,
+        }
+    }
 }
 
 /// Formats a date the way NanoPix does: `2025-01-21`.
@@ -399,5 +428,18 @@ mod tests {
         assert_eq!(Source::from_column(None), Source::Internal);
         assert_eq!(Source::from_column(Some("nanopix")).as_str(), "nanopix");
         assert_eq!(Source::from_column(Some("csv")), Source::Other("csv".into()));
+    }
+
+    #[test]
+    fn a_birth_date_is_the_real_date_its_text_starts_with() {
+        let born = |y, m, d| BirthDate::Born(NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        assert_eq!(BirthDate::of(Some("1985-03-12T00:00:00.000")), born(1985, 3, 12));
+        assert_eq!(BirthDate::of(Some("9999-12-31")), born(9999, 12, 31));
+        for missing in [None, Some(""), Some(" "), Some(" 1985-03-12"), Some("né le 12/03/1985"), Some("-5")] {
+            assert_eq!(BirthDate::of(missing), BirthDate::Missing, "{missing:?}");
+        }
+        for unreadable in ["1985-3-12", "1985-03-1 ", "12/03/1985", "1985-02-30", "19850312", "1985"] {
+            assert_eq!(BirthDate::of(Some(unreadable)), BirthDate::Unreadable, "{unreadable}");
+        }
     }
 }

@@ -924,3 +924,24 @@ fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import()
     assert!(!linked, "Nadia keeps the link to her export: {events:?}");
     assert_eq!(imported, ["20250122_080000"], "the second NanoPix Nadia is imported, the export {exported} is not");
 }
+
+#[test]
+fn an_export_writes_the_birth_date_matching_reads() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    // Dart writes a UTC date with a `Z`; a value that starts with a blank is no date for matching.
+    let births = [("1991-02-03T00:00:00.000Z", Some("1991-02-03")), (" 1985-03-12T00:00:00.000", None)];
+    for (stored, written) in births {
+        let lina = clinic.add_dentaltid("Lina", "Saidi", None);
+        edit_dentaltid(&clinic, &format!("UPDATE patients SET dateOfBirth = '{stored}' WHERE id = {lina}"));
+        let id = sync.export_patient(lina).unwrap();
+        let birthdate = clinic.nanopix_rows(&format!("SELECT birthdate FROM Patient WHERE id = '{id}'"), |r| {
+            r.get::<_, Option<String>>(0)
+        });
+        assert_eq!(birthdate, [written.map(str::to_owned)], "{stored:?}");
+        let listed = sync.patients(nanopix_sync::PatientFilter::All).unwrap();
+        let listed = listed.iter().find(|patient| patient.id == lina).and_then(|patient| patient.date_of_birth);
+        assert_eq!(listed.map(|date| date.to_string()).as_deref(), written, "{stored:?}");
+    }
+}

@@ -830,3 +830,29 @@ fn a_link_dentaltid_refuses_is_reported_and_never_keeps_the_other_links_out() {
         );
     }
 }
+
+#[test]
+fn a_live_pass_and_a_full_reconcile_read_a_padded_external_id_alike() {
+    for full in [true, false] {
+        let clinic = Clinic::new("v29");
+        let sync = clinic.open();
+        sync.reconcile().unwrap();
+        let sami = clinic.add_dentaltid("Sami", "Haddad", Some("1990-01-01"));
+        another_program(&clinic.dentaltid)
+            .execute("UPDATE patients SET external_id = '20250122_091500 ' WHERE id = ?1", [sami])
+            .unwrap();
+        clinic.add_nanopix("20250122_091500", "Haddad", "Sami", Some("1990-01-01"));
+        drain(&sync);
+        if full {
+            sync.reconcile().unwrap();
+        } else {
+            sync.export_patient(2).unwrap();
+        }
+        let events = kinds(&sync);
+        // A padded id is not the id: Sami counts as linked to something else, and the NanoPix
+        // patient comes in as a patient of its own, reported.
+        assert!(imported(&events, "20250122_091500"), "full reconcile {full}: {events:#?}");
+        let reported = duplicate_reason(&events, "20250122_091500");
+        assert_eq!(reported, Some((DuplicateReason::AlreadyLinked, vec![sami])), "full reconcile {full}");
+    }
+}

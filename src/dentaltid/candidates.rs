@@ -5,7 +5,7 @@
 //!
 //! Reading is lenient like the rest of this module: a row without an integer id is skipped. A
 //! birth date is read the same way whether every patient is read or only those born on some
-//! dates: see [`BirthDate`].
+//! dates: [`BirthDate`] finds exactly the patients the index ranges find.
 
 use chrono::NaiveDate;
 use crossbeam_channel::Sender;
@@ -14,7 +14,7 @@ use rusqlite::{Params, Row};
 use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
 use crate::matching::{DentalCandidate, DentalIndex};
-use crate::patient::{nanopix_date, parse_plain_date};
+use crate::patient::{BirthDate, nanopix_date};
 use crate::values::{integer_at, text_ref};
 use crate::{Error, Result};
 
@@ -124,30 +124,6 @@ fn starting_with(date: NaiveDate) -> (String, String) {
     (from, to)
 }
 
-/// A DentalTID birth date as matching reads it, in every path alike: the texts a path that
-/// reads only some birth dates finds by index are exactly the born and the missing.
-#[derive(Debug, PartialEq)]
-enum BirthDate {
-    /// The text starts with this date, `YYYY-MM-DD` (DentalTID writes a timestamp after it).
-    Born(NaiveDate),
-    /// NULL, or a value whose text does not start with a digit (empty, blank, words).
-    Missing,
-    /// A text that starts with a digit but not with a real date: the patient is no candidate.
-    Unreadable,
-}
-
-impl BirthDate {
-    /// Reads the text of a `dateOfBirth` cell.
-    fn of(text: Option<&str>) -> Self {
-        match text {
-            Some(text) if text.starts_with(|c: char| c.is_ascii_digit()) => {
-                text.get(..10).and_then(parse_plain_date).map_or(Self::Unreadable, Self::Born)
-            }
-            _ => Self::Missing,
-        }
-    }
-}
-
 /// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an
 /// integer or its birth date is unreadable.
 fn read_candidate(row: &Row<'_>, take: impl FnOnce(DentalCandidate<'_>)) -> rusqlite::Result<()> {
@@ -247,7 +223,8 @@ mod tests {
              SELECT 'Zoé', 'Lefèvre', 40, column1, '2025-01-21T15:26:46.000' FROM (VALUES {births})"
         );
         dentaltid.conn.execute(&insert, []).unwrap();
-        let dates = ["1985-03-12", "9999-12-31", "1985-03-11"].map(|date| parse_plain_date(date).unwrap());
+        let dates =
+            ["1985-03-12", "9999-12-31", "1985-03-11"].map(|date| crate::patient::parse_plain_date(date).unwrap());
         let mut born_on = DentalIndex::default();
         dentaltid.add_candidates_born_on(&dates, &mut born_on).unwrap();
         let mut every = DentalIndex::default();
@@ -264,18 +241,5 @@ mod tests {
         let born = |date: &str| expected.iter().filter(|c| c.date_of_birth.as_deref() == Some(date)).count();
         // The sample's Amina Benali, and four of those above.
         assert_eq!((born("1985-03-12"), born("1985-03-11"), born("9999-12-31")), (5, 1, 1));
-    }
-
-    #[test]
-    fn a_birth_date_is_the_real_date_its_text_starts_with() {
-        let born = |y, m, d| BirthDate::Born(NaiveDate::from_ymd_opt(y, m, d).unwrap());
-        assert_eq!(BirthDate::of(Some("1985-03-12T00:00:00.000")), born(1985, 3, 12));
-        assert_eq!(BirthDate::of(Some("9999-12-31")), born(9999, 12, 31));
-        for missing in [None, Some(""), Some(" "), Some(" 1985-03-12"), Some("né le 12/03/1985"), Some("-5")] {
-            assert_eq!(BirthDate::of(missing), BirthDate::Missing, "{missing:?}");
-        }
-        for unreadable in ["1985-3-12", "1985-03-1 ", "12/03/1985", "1985-02-30", "19850312", "1985"] {
-            assert_eq!(BirthDate::of(Some(unreadable)), BirthDate::Unreadable, "{unreadable}");
-        }
     }
 }

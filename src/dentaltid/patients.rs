@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, Transact
 
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
-use crate::patient::{NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp, parse_dart_date};
+use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
 use crate::values::{WHITESPACE, integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
@@ -306,7 +306,7 @@ pub(super) fn patient_ref_at(
 ) -> rusqlite::Result<Option<PatientRef>> {
     let Some(id) = integer_at(row, id)? else { return Ok(None) };
     let source = read_text(row, source, Source::from_column)?;
-    let external_id = read_text(row, external_id, |text| text.and_then(|text| NanoPixId::parse(text.trim()).ok()))?;
+    let external_id = read_text(row, external_id, |text| text.and_then(|text| NanoPixId::parse(text).ok()))?;
     Ok(Some(PatientRef { id, source, external_id }))
 }
 
@@ -318,7 +318,7 @@ fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Patient>> {
         first_name: text_at(row, 1)?.unwrap_or_default(),
         last_name: text_at(row, 2)?.unwrap_or_default(),
         age: integer_at(row, 3)?.unwrap_or(0),
-        date_of_birth: text_at(row, 4)?.as_deref().and_then(parse_dart_date),
+        date_of_birth: BirthDate::of(text_at(row, 4)?.as_deref()).date(),
         created_at: text_at(row, 5)?.unwrap_or_default(),
         phone: text_at(row, 6)?.unwrap_or_default(),
         source: read_text(row, 7, Source::from_column)?,
