@@ -161,21 +161,45 @@ impl DentalTid {
     }
 
     /// Those of `patient_ids` the sync recorded a link for, whatever its state: a few are
-    /// looked up one by one, many among every link.
+    /// looked up one by one, many among the patient ids of every link row and batch.
     pub fn linked_patients(&self, patient_ids: &[i64]) -> Result<HashSet<i64>> {
         if patient_ids.len() > FEW_PATIENTS {
-            let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
-            return Ok(self
-                .links()?
-                .into_iter()
-                .map(|link| link.patient_id)
-                .filter(|id| wanted.contains(id))
-                .collect());
+            return self.linked_among_all(patient_ids).map_err(Error::db(&self.path, "looking up links"));
         }
         let mut linked = HashSet::default();
         for &patient_id in patient_ids {
             if self.link(patient_id)?.is_some() {
                 linked.insert(patient_id);
+            }
+        }
+        Ok(linked)
+    }
+
+    /// Those of `patient_ids` that a link row names or a batch's range covers.
+    fn linked_among_all(&self, patient_ids: &[i64]) -> rusqlite::Result<HashSet<i64>> {
+        let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
+        let mut linked = HashSet::default();
+        let mut rows = self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            linked.extend(integer_at(row, 0)?.filter(|id| wanted.contains(id)));
+        }
+        let mut batches = self.conn.prepare_cached(
+            "SELECT first_patient_id, last_patient_id FROM nanopix_sync_imports ORDER BY first_patient_id",
+        )?;
+        let ranges = batches.query_map([], |row| Ok((integer_at(row, 0)?, integer_at(row, 1)?)))?;
+        // Each batch's first patient, and the furthest patient it or an earlier batch reaches.
+        let mut reaches: Vec<(i64, i64)> = Vec::new();
+        for range in ranges {
+            if let (Some(first), Some(last)) = range? {
+                let reach = reaches.last().map_or(last, |&(_, reach)| reach.max(last));
+                reaches.push((first, reach));
+            }
+        }
+        for &id in &wanted {
+            let starting_at_or_before = reaches.partition_point(|&(first, _)| first <= id);
+            if starting_at_or_before > 0 && reaches[starting_at_or_before - 1].1 >= id {
+                linked.insert(id);
             }
         }
         Ok(linked)
@@ -502,6 +526,27 @@ mod tests {
         let mut statement = dentaltid.conn.prepare(sql).unwrap();
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap();
         rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn many_patients_are_found_linked_as_a_few_are_one_by_one() {
+        let (_dir, mut dentaltid) = sample_database();
+        let ids: Vec<String> = (0..300).map(|i| format!("20240603_09{:02}{:02}", i / 60, i % 60)).collect();
+        let mut imported = Vec::new();
+        for batch in ids.chunks(100) {
+            imported.extend(import_ids(&mut dentaltid, &batch.iter().map(String::as_str).collect::<Vec<_>>()));
+        }
+        link_one(&mut dentaltid, 2, "20250122_091500", at(2025, 1, 22, 10, 0)).unwrap();
+        let everyone: Vec<i64> = (1..=imported.last().copied().unwrap() + 50).collect();
+        assert!(everyone.len() > FEW_PATIENTS);
+        let many = dentaltid.linked_patients(&everyone).unwrap();
+        let mut one_by_one = HashSet::default();
+        for few in everyone.chunks(FEW_PATIENTS) {
+            one_by_one.extend(dentaltid.linked_patients(few).unwrap());
+        }
+        assert_eq!(many, one_by_one);
+        let expected: HashSet<i64> = imported.into_iter().chain([2]).collect();
+        assert_eq!(many, expected);
     }
 
     /// Checks that `link` gives, for every patient of `patient_ids`, what `links` lists for it,
