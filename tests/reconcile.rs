@@ -616,17 +616,23 @@ fn source_info_names_the_link_of_a_patient_whose_external_id_dentaltid_cleared()
     assert_eq!(info.image_count, 1, "the fixture patient's one image");
 }
 
-#[test]
-fn a_nanopix_patient_dentaltid_refuses_is_reported_and_never_keeps_the_others_out() {
+/// A clinic whose DentalTID table runs `refusal` (a `RAISE`) `timing` (`BEFORE` or `AFTER`) the
+/// insert of a patient without a first name; NanoPix holds one such patient, then Lina.
+fn clinic_refusing_nameless_patients(timing: &str, refusal: &str) -> Clinic {
     let clinic = Clinic::new("v29");
-    another_program(&clinic.dentaltid)
-        .execute_batch(
-            "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
-             BEGIN SELECT RAISE(ABORT, 'a patient needs a name'); END",
-        )
-        .unwrap();
+    let trigger = format!(
+        "CREATE TRIGGER patients_need_a_name {timing} INSERT ON patients WHEN trim(NEW.name) = ''
+         BEGIN SELECT {refusal}; END"
+    );
+    another_program(&clinic.dentaltid).execute_batch(&trigger).unwrap();
     clinic.add_nanopix("20250122_091500", "Haddad", "", None);
     clinic.add_nanopix("20250122_091600", "Saadi", "Lina", Some("1991-02-03"));
+    clinic
+}
+
+#[test]
+fn a_nanopix_patient_dentaltid_refuses_is_reported_and_never_keeps_the_others_out() {
+    let clinic = clinic_refusing_nameless_patients("BEFORE", "RAISE(ABORT, 'a patient needs a name')");
     let sync = clinic.open();
     for pass in 0..2 {
         let report = sync.reconcile().unwrap();
@@ -649,15 +655,7 @@ fn a_nanopix_patient_dentaltid_refuses_is_reported_and_never_keeps_the_others_ou
 
 #[test]
 fn a_dentaltid_trigger_that_rolls_back_an_import_fails_the_pass_and_writes_nothing() {
-    let clinic = Clinic::new("v29");
-    another_program(&clinic.dentaltid)
-        .execute_batch(
-            "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
-             BEGIN SELECT RAISE(ROLLBACK, 'a patient needs a name'); END",
-        )
-        .unwrap();
-    clinic.add_nanopix("20250122_091600", "Haddad", "", None);
-    clinic.add_nanopix("20250122_091700", "Saadi", "Lina", Some("1991-02-03"));
+    let clinic = clinic_refusing_nameless_patients("BEFORE", "RAISE(ROLLBACK, 'a patient needs a name')");
     let before = clinic.dentaltid_rows("SELECT count(*) FROM patients", |r| r.get::<_, i64>(0));
     let sync = clinic.open();
     for _ in 0..2 {
@@ -770,13 +768,10 @@ fn another_person_saved_under_a_removed_patients_id_gets_the_id_and_the_old_pati
     assert!(!asked, "deleting Yacine never asks to delete Lina's NanoPix patient");
 }
 
-/// Reconciles a clinic whose DentalTID table has `trigger`, with a NanoPix patient without a
-/// first name and Lina; returns the report, the events and how many rows hold each of them.
-fn reconcile_past_a_trigger(trigger: &str) -> (nanopix_sync::ReconcileReport, Vec<EventKind>, [i64; 2]) {
-    let clinic = Clinic::new("v29");
-    another_program(&clinic.dentaltid).execute_batch(trigger).unwrap();
-    clinic.add_nanopix("20250122_091500", "Haddad", "", None);
-    clinic.add_nanopix("20250122_091600", "Saadi", "Lina", Some("1991-02-03"));
+/// Reconciles [`clinic_refusing_nameless_patients`]; returns the report, the events and how
+/// many rows hold each of its two NanoPix patients.
+fn reconcile_past_a_trigger(timing: &str, refusal: &str) -> (nanopix_sync::ReconcileReport, Vec<EventKind>, [i64; 2]) {
+    let clinic = clinic_refusing_nameless_patients(timing, refusal);
     let sync = clinic.open();
     let report = sync.reconcile().unwrap();
     let held = ["20250122_091500", "20250122_091600"].map(|id| {
@@ -788,14 +783,10 @@ fn reconcile_past_a_trigger(trigger: &str) -> (nanopix_sync::ReconcileReport, Ve
 
 #[test]
 fn a_patient_a_trigger_drops_is_reported_and_one_a_trigger_fails_after_writing_is_imported() {
-    let ignore = "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
-        BEGIN SELECT RAISE(IGNORE); END";
-    let (report, events, held) = reconcile_past_a_trigger(ignore);
+    let (report, events, held) = reconcile_past_a_trigger("BEFORE", "RAISE(IGNORE)");
     assert_eq!((report.imported, report.errors, held), (2, 1, [0, 1]), "{events:#?}");
     assert!(!imported(&events, "20250122_091500"));
-    let fail_after = "CREATE TRIGGER patients_need_a_name AFTER INSERT ON patients WHEN trim(NEW.name) = ''
-        BEGIN SELECT RAISE(FAIL, 'a patient needs a name'); END";
-    let (report, events, held) = reconcile_past_a_trigger(fail_after);
+    let (report, events, held) = reconcile_past_a_trigger("AFTER", "RAISE(FAIL, 'a patient needs a name')");
     assert_eq!((report.imported, report.errors, held), (3, 0, [1, 1]), "the row stays written: {events:#?}");
     assert!(imported(&events, "20250122_091500"));
 }
