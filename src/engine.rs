@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use chrono::NaiveDateTime;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use foldhash::{HashMap, HashSet};
+use foldhash::HashSet;
 
 use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef};
 use crate::events::{EventBus, EventKind, ReconcileReport};
-use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate, same_person};
+use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
 use crate::patient::{NanoPixPatient, NewDentalPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
@@ -283,7 +283,6 @@ impl Engine {
             || self.nanopix.patient_count()? != cursor.nanopix_rows + read
             || self.nanopix.id_at(cursor.nanopix_pk)? != cursor.nanopix_id
             || self.dentaltid_lost_rows(&cursor)?
-            || self.reuses_a_removed_id(&rows.patients)?
         {
             return self.reconcile();
         }
@@ -334,19 +333,6 @@ impl Engine {
             self.indexed = true;
         }
         Ok(())
-    }
-
-    /// Whether a NanoPix patient `read` past the cursor is not the DentalTID patient whose link
-    /// to its id is marked missing: NanoPix gave a removed patient's id to another person, which
-    /// a full reconcile sorts out (see [`Engine::hand_over_reused_ids`]).
-    fn reuses_a_removed_id(&self, read: &[NanoPixPatient]) -> Result<bool> {
-        for row in read {
-            let Some(link) = self.dentaltid.missing_link(row.id)? else { continue };
-            if self.dentaltid.patient(link.patient_id)?.is_some_and(|patient| !same_person(row, &patient)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Whether DentalTID lost a row the cursor counted (ids never come back, so fewer rows up to
@@ -520,24 +506,6 @@ impl Engine {
         }
     }
 
-    /// Reports that NanoPix gave the id of patient `patient_id`'s removed NanoPix patient to
-    /// `newcomer`, another person.
-    fn report_reused_id(&self, patient_id: i64, newcomer: &NanoPixPatient, report: &mut ReconcileReport) {
-        report.errors += 1;
-        let (id, first, last) = (newcomer.id, &newcomer.first_name, &newcomer.last_name);
-        self.bus.emit(EventKind::SyncError {
-            code: "id_reused".into(),
-            message: format!(
-                "NanoPix saved another person ({first} {last}) under id {id}, the id of DentalTID patient \
-                 {patient_id}'s removed NanoPix patient: patient {patient_id} gives the id up and keeps its \
-                 record, and the new person is synced as a patient of their own"
-            ),
-            external_id: Some(id.to_string()),
-            patient_id: Some(patient_id),
-            path: None,
-        });
-    }
-
     fn report_odd_folder(&self, name: &std::ffi::OsStr, report: &mut ReconcileReport) {
         report.errors += 1;
         let path = self.nanopix.root().join(name);
@@ -695,10 +663,9 @@ impl Engine {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
         let awaited = self.awaited_folders(&folders.patient_folders, linked_now)?;
-        let reused = self.reused_ids(snapshot, &rows, &patients)?;
         let mut changes = Vec::new();
         self.missing_folders.clear();
-        for link in snapshot.links.iter().filter(|link| !reused.left_alone.contains(&link.patient_id)) {
+        for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
             let folder = folders.patient_folders.contains(&id) || awaited.contains(&id);
             let nanopix = NanoPixSide { row: rows.contains(&id), folder };
@@ -709,53 +676,7 @@ impl Engine {
             }
             changes.extend(change);
         }
-        self.change_links(&changes, report)?;
-        self.hand_over_reused_ids(&reused.handed_over, report)
-    }
-
-    /// Sorts out the links marked missing whose NanoPix id a row holds again, but not for their
-    /// patient (see [`ReusedIds`]); the row is compared with a patient as [`Engine::describes`] does.
-    fn reused_ids(&self, snapshot: &Snapshot, rows: &HashSet<NanoPixId>, patients: &HashSet<i64>) -> Result<ReusedIds> {
-        let returned: Vec<(&Link, NanoPixId)> = snapshot
-            .links
-            .iter()
-            .filter(|link| link.state == LinkState::Missing)
-            .filter_map(|link| Some((link, NanoPixId::parse(&link.external_id).ok().filter(|id| rows.contains(id))?)))
-            .collect();
-        let holders = holders(snapshot, returned.iter().map(|(_, id)| *id).collect());
-        let mut reused = ReusedIds::default();
-        for (link, id) in returned {
-            if holders.get(&id).is_some_and(|held| held.iter().any(|&holder| holder != link.patient_id)) {
-                reused.left_alone.insert(link.patient_id);
-                continue;
-            }
-            let patient =
-                if patients.contains(&link.patient_id) { self.dentaltid.patient(link.patient_id)? } else { None };
-            if let Some(patient) = patient
-                && !self.describes(id, &patient)?
-            {
-                reused.left_alone.insert(link.patient_id);
-                reused.handed_over.push((link.patient_id, id));
-            }
-        }
-        Ok(reused)
-    }
-
-    /// Hands each NanoPix id of `reused` over from the DentalTID patient that lost it to the other
-    /// person NanoPix saved under it: the patient gives the id up (it keeps its record, and its
-    /// link marked missing), an `id_reused` error says so, and the newcomer is imported or linked
-    /// as any new NanoPix patient is.
-    fn hand_over_reused_ids(&mut self, reused: &[(i64, NanoPixId)], report: &mut ReconcileReport) -> Result<()> {
-        let mut newcomers = Vec::with_capacity(reused.len());
-        for &(patient_id, id) in reused {
-            let Some(newcomer) = self.nanopix.patient(id)? else { continue };
-            self.dentaltid.give_up_external_id(patient_id, id)?;
-            self.report_reused_id(patient_id, &newcomer, report);
-            newcomers.push(newcomer);
-        }
-        let ids: Vec<NanoPixId> = newcomers.iter().map(|newcomer| newcomer.id).collect();
-        self.link_or_import(newcomers, None, report)?;
-        self.await_folders(&ids)
+        self.change_links(&changes, report)
     }
 
     /// The NanoPix ids whose folder the sync waits for: NanoPix saves a new patient's row first
@@ -822,15 +743,9 @@ impl Engine {
 
     /// The change that restores `link`, marked missing, now that NanoPix holds its row and folder
     /// again; `None` when its DentalTID patient was deleted meanwhile (a full reconcile's to find).
-    /// Another person in the row is no restoration: a full reconcile hands the id over.
     fn restoration(&self, link: &Link) -> Result<Option<(i64, LinkState, EventKind)>> {
-        let patient = self.dentaltid.patient(link.patient_id)?;
-        if let (Some(patient), Ok(id)) = (&patient, NanoPixId::parse(&link.external_id))
-            && !self.describes(id, patient)?
-        {
-            return Ok(None);
-        }
-        let change = link_change(link, patient.is_some(), NanoPixSide { row: true, folder: true });
+        let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();
+        let change = link_change(link, patient_exists, NanoPixSide { row: true, folder: true });
         Ok(change.filter(|(_, state, _)| *state == LinkState::Linked))
     }
 
@@ -1065,32 +980,6 @@ fn decide_pages(mut matcher: Matcher, pages: &Receiver<Vec<NanoPixPatient>>, dec
         }
     }
     matcher
-}
-
-/// The links marked missing whose NanoPix id a row holds again, but not for their patient.
-#[derive(Debug, Default)]
-struct ReusedIds {
-    /// The patients of those links, whose link stays as it is: another DentalTID patient or link
-    /// holds the id now, or NanoPix gave it to another person.
-    left_alone: HashSet<i64>,
-    /// The links whose id NanoPix gave to another person, not synced yet: see
-    /// [`Engine::hand_over_reused_ids`].
-    handed_over: Vec<(i64, NanoPixId)>,
-}
-
-/// The DentalTID patients that hold each of `ids`, in `patients.external_id` or in a link.
-fn holders(snapshot: &Snapshot, ids: HashSet<NanoPixId>) -> HashMap<NanoPixId, Vec<i64>> {
-    let mut holders: HashMap<NanoPixId, Vec<i64>> = HashMap::default();
-    if ids.is_empty() {
-        return holders;
-    }
-    let in_patients = snapshot.dentaltid.iter().filter_map(|patient| Some((patient.external_id?, patient.id)));
-    let in_links =
-        snapshot.links.iter().filter_map(|link| Some((NanoPixId::parse(&link.external_id).ok()?, link.patient_id)));
-    for (id, patient_id) in in_patients.chain(in_links).filter(|(id, _)| ids.contains(id)) {
-        holders.entry(id).or_default().push(patient_id);
-    }
-    holders
 }
 
 /// What NanoPix still holds of a linked patient.

@@ -393,41 +393,6 @@ fn a_patient_folder_made_again_restores_its_link_without_waiting_for_the_hourly_
     assert_eq!(sync.source_info(patient_id).unwrap().link_state, Some(LinkState::Linked));
 }
 
-/// NanoPix deletes a patient, then a different person is saved under the same id (a restore of
-/// another installation's data, say): the old DentalTID patient must not get the newcomer's row,
-/// and with it the newcomer's X-rays; the newcomer reaches DentalTID as a patient of its own.
-#[test]
-fn a_different_person_saved_under_a_deleted_patients_id_is_not_restored_onto_the_old_patient() {
-    let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    let old = imported(&sync, "20250122_091500");
-    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    nanopix.execute("DELETE FROM Patient WHERE id = '20250122_091500'", []).unwrap();
-    std::fs::remove_dir(clinic.root.join("20250122_091500")).unwrap();
-    wait_for(
-        &sync,
-        DEADLINE,
-        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == old),
-    );
-    clinic.add_nanopix("20250122_091500", "Zerrouki", "Lina", Some("1985-03-12"));
-    let seen = wait_for(&sync, DEADLINE, |e| {
-        matches!(e, EventKind::ExternalPatientRestored { external_id, .. }
-                  | EventKind::PatientImported { external_id, .. }
-                  | EventKind::PossibleDuplicate { external_id, .. } if external_id == "20250122_091500")
-    });
-    sync.reconcile().unwrap();
-    let newcomer: Vec<i64> =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE familyName = 'Zerrouki'", |r| r.get(0));
-    let state = sync.source_info(old).unwrap();
-    assert!(
-        !newcomer.is_empty() && state.link_state != Some(LinkState::Linked),
-        "Lina Zerrouki never reached DentalTID, or NanoPix's row of her is linked to Yacine Mansouri \
-         (patient {old}): first event {:?}, source info {state:?}",
-        seen.kind
-    );
-}
-
 #[test]
 fn a_page_or_more_of_new_nanopix_patients_while_watching_is_synced_by_a_full_reconcile() {
     let clinic = Clinic::new("v29");
@@ -595,8 +560,7 @@ fn a_nanopix_db_replaced_under_its_name_is_synced_from_the_new_file() {
 }
 
 /// NanoPix as a busy clinic uses it: 15 transactions of 8 new patients, each row's folder a
-/// little later; now and then a name corrected, a row deleted and the same patient added back with
-/// its id (another person there would be handed the id, a change of its own).
+/// little later; now and then a name corrected, a row deleted and added back with its id.
 fn busy_nanopix(clinic: &Clinic) {
     let mut conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -617,8 +581,8 @@ fn busy_nanopix(clinic: &Clinic) {
             conn.execute("UPDATE Patient SET last_name = 'Corrected' WHERE id = ?1", [&id]).unwrap();
             conn.execute("DELETE FROM Patient WHERE id = ?1", [&id]).unwrap();
             std::thread::sleep(Duration::from_millis(20));
-            let sql = "INSERT INTO Patient(id, last_name, first_name) VALUES (?1, ?2, 'Np')";
-            conn.execute(sql, [&id, &format!("Batch{}x0", batch - 1)]).unwrap();
+            let sql = "INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Readded', 'Np')";
+            conn.execute(sql, [&id]).unwrap();
         }
         std::thread::sleep(Duration::from_millis(40));
     }

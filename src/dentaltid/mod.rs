@@ -19,7 +19,6 @@ mod candidates;
 mod links;
 mod migration;
 mod patients;
-mod reused_ids;
 mod state;
 #[cfg(test)]
 mod testing;

@@ -8,7 +8,6 @@ use foldhash::HashSet;
 use super::Engine;
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
-use crate::matching::same_person;
 use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
 
@@ -335,7 +334,7 @@ impl Engine {
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
     /// the values the journal recorded. A journal row of an older version records none; its row
-    /// is then compared with `patient` as it is now (see [`Engine::describes`]), and without the
+    /// is then compared with `patient` as it is now (same names and birth date), and without the
     /// patient it cannot be told from another's.
     fn is_our_row(&self, pending: &PendingExport, patient: Option<&Patient>) -> Result<bool> {
         match (&pending.written, patient) {
@@ -345,10 +344,15 @@ impl Engine {
         }
     }
 
-    /// Whether NanoPix's row with `id` is `patient`, as far as their names and birth dates tell
-    /// (see [`same_person`]).
-    pub(super) fn describes(&self, id: NanoPixId, patient: &Patient) -> Result<bool> {
-        Ok(self.nanopix.patient(id)?.is_some_and(|row| same_person(&row, patient)))
+    /// Whether NanoPix's row with `id` has the names and birth date of `patient`.
+    fn describes(&self, id: NanoPixId, patient: &Patient) -> Result<bool> {
+        let row = new_nanopix_row(patient, id, self.config.clock.now());
+        let stored = self.nanopix.patient(row.id)?;
+        Ok(stored.is_some_and(|stored| {
+            stored.last_name.trim() == row.last_name
+                && stored.first_name.trim() == row.first_name
+                && stored.birth_date == row.birth_date
+        }))
     }
 
     /// The first free id among the seconds [`NOW_IDS`] names.

@@ -19,7 +19,7 @@ use self::normalise::normalise_into;
 pub use self::normalise::normalise_name;
 use crate::NanoPixId;
 use crate::events::{DuplicateCandidate, DuplicateReason};
-use crate::patient::{NanoPixPatient, Patient};
+use crate::patient::NanoPixPatient;
 
 /// Most DentalTID patients named in one possible duplicate.
 const MAX_CANDIDATES: usize = 20;
@@ -221,24 +221,13 @@ impl Matcher {
     }
 }
 
-/// Whether a NanoPix row and a DentalTID patient are the same person, as far as their names and
-/// birth dates tell: the same first and last names once normalised, and the same birth date
-/// wherever both have one. A row the sync already linked to the patient is checked this way
-/// before it is taken for the patient again.
-pub(crate) fn same_person(row: &NanoPixPatient, patient: &Patient) -> bool {
-    let born_apart = matches!((row.birth_date, patient.date_of_birth), (Some(row), Some(patient)) if row != patient);
-    !born_apart
-        && normalise_name(&row.first_name) == normalise_name(&patient.first_name)
-        && normalise_name(&row.last_name) == normalise_name(&patient.last_name)
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::{Duration, NaiveDateTime};
     use proptest::prelude::*;
 
     use super::*;
-    use crate::patient::Source;
+    use crate::patient::{Patient, Source};
 
     /// What became of one NanoPix patient, with candidates by id.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,16 +314,6 @@ mod tests {
         let decisions = decide(&[patient], dentaltid, true);
         assert_eq!(decisions.len(), 1);
         decisions.into_iter().next().unwrap()
-    }
-
-    #[test]
-    fn the_same_person_has_the_same_names_and_no_other_birth_date() {
-        let patient = dental(1, "Zoé", "Lefèvre", born(1990, 5, 6));
-        assert!(same_person(&nanopix(1, " ZOE ", "lefevre", born(1990, 5, 6)), &patient));
-        assert!(same_person(&nanopix(2, "Zoe", "Lefevre", None), &patient), "a birth date missing on one side");
-        assert!(!same_person(&nanopix(3, "Zoe", "Lefevre", born(1990, 5, 7)), &patient), "another birth date");
-        assert!(!same_person(&nanopix(4, "Lina", "Lefevre", born(1990, 5, 6)), &patient), "another first name");
-        assert!(!same_person(&nanopix(5, "Lefevre", "Zoe", born(1990, 5, 6)), &patient), "names swapped");
     }
 
     #[test]
