@@ -699,10 +699,13 @@ impl Engine {
     }
 
     /// Records that NanoPix has not made the folders of the patients a live pass `linked` (or
-    /// imported) yet, when it has not: see [`Engine::awaited_folders`].
+    /// imported) yet, when it has not, and that it has made those awaited before: from then on,
+    /// their absence is a removal. See [`Engine::awaited_folders`].
     fn await_folders(&mut self, linked: &[NanoPixId]) -> Result<()> {
         let awaited: Vec<NanoPixId> = linked.iter().copied().filter(|&id| !self.nanopix.has_folder(id)).collect();
-        self.dentaltid.update_awaited_folders(&awaited, &[])
+        let made: Vec<NanoPixId> =
+            self.dentaltid.awaited_folders()?.into_iter().filter(|&id| self.nanopix.has_folder(id)).collect();
+        self.dentaltid.update_awaited_folders(&awaited, &made)
     }
 
     /// Restores the links marked missing of NanoPix patients `read` past the cursor (a row added

@@ -226,6 +226,33 @@ fn a_folder_nanopix_has_not_made_yet_is_no_removal_until_it_was_there() {
 }
 
 #[test]
+fn a_folder_a_live_pass_saw_made_is_a_removal_once_gone() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config();
+    config.automatic_work = false;
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    // NanoPix saves Yacine's row; the catch-up of an export (a live pass) imports him.
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let folder = clinic.root.join("20250122_091500");
+    std::fs::remove_dir(&folder).unwrap();
+    sync.export_patient(2).unwrap();
+    // NanoPix makes his folder; the next live pass (for Lina) is the last to see it.
+    std::fs::create_dir(&folder).unwrap();
+    clinic.add_nanopix("20250122_093000", "Zerrouki", "Lina", Some("1985-03-12"));
+    sync.export_patient(3).unwrap();
+    std::fs::remove_dir(&folder).unwrap();
+    drain(&sync);
+    let report = sync.reconcile().unwrap();
+    let removed = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::ExternalPatientRemoved { external_id, missing, .. } => Some((external_id, missing)),
+        _ => None,
+    });
+    assert_eq!((report.imported, report.removed), (0, 1), "{removed:?}");
+    assert_eq!(removed, Some(("20250122_091500".to_owned(), "folder".to_owned())));
+}
+
+#[test]
 fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();

@@ -1,6 +1,6 @@
 //! The NanoPix patients the sync linked before NanoPix made their folder, kept in
-//! `nanopix_sync_awaited_folders`. NanoPix saves a new patient's row first and makes the folder
-//! later (as it writes it, or with the first image), so until the sync has seen that folder, its
+//! `nanopix_sync_awaited_folders`. NanoPix may save a new patient's row before it makes the
+//! folder, so until the sync has seen that folder (in a full reconcile or a live pass), its
 //! absence is not a removal.
 //!
 //! Only that table is written here, and only when it changes. Rows this library cannot read back
