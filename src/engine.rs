@@ -184,6 +184,22 @@ impl Engine {
         self.bus.clone()
     }
 
+    /// Imports or links the unknown NanoPix patients of `snapshot`, then checks every link
+    /// against NanoPix's rows and folders; `linked_now` are the patients this reconcile links.
+    fn import_and_check_links(
+        &mut self,
+        snapshot: &mut Snapshot,
+        linked_now: &[NanoPixId],
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        match snapshot.matcher.take() {
+            Some(matcher) if snapshot.many_unknown => self.import_unknown_rows(snapshot, matcher, report)?,
+            matcher => self.import_few(&snapshot.unknown, matcher, report)?,
+        }
+        let folders = self.folders(snapshot, report)?;
+        self.check_links(snapshot, &folders, linked_now, report)
+    }
+
     /// Full reconcile ("Sync Now"): repair, import, link, report removals, export.
     ///
     /// NanoPix is opened afresh first: its folder may have come back as other files (a drive
@@ -198,13 +214,13 @@ impl Engine {
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
         let adopted = self.adopt_existing_links(&snapshot)?;
-        match snapshot.matcher.take() {
-            Some(matcher) if snapshot.many_unknown => self.import_unknown_rows(&mut snapshot, matcher, &mut report)?,
-            matcher => self.import_few(&snapshot.unknown, matcher, &mut report)?,
-        }
-        let folders = self.folders(&mut snapshot, &mut report)?;
         let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).collect();
-        self.check_links(&snapshot, &folders, &linked_now, &mut report)?;
+        if let Err(error) = self.import_and_check_links(&mut snapshot, &linked_now, &mut report) {
+            // What was imported before the error still waits for its folder, not a removal. The
+            // error to report is the first one.
+            let _ = self.await_folders(&linked_now);
+            return Err(error);
+        }
         if self.dentaltid.live_sync()? {
             self.export_new(&mut report)?;
             // Built after the imports, so a first sync builds them once, on every row.

@@ -252,6 +252,30 @@ fn a_folder_a_live_pass_saw_made_is_a_removal_once_gone() {
     assert_eq!(removed, Some(("20250122_091500".to_owned(), "folder".to_owned())));
 }
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_patient_imported_by_a_reconcile_that_failed_later_still_waits_for_its_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let clinic = Clinic::new("v29");
+    common::obey_file_modes_on_this_thread();
+    let mut config = clinic.config();
+    config.automatic_work = false;
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    std::fs::remove_dir(clinic.root.join("20250122_091500")).unwrap();
+    // The patient folders cannot be listed for a moment (a share dropping), after the imports.
+    let set_mode = |mode| std::fs::set_permissions(&clinic.root, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mode(0o333);
+    let failed = sync.reconcile();
+    set_mode(0o755);
+    assert!(failed.is_err(), "the folder listing failed: {failed:?}");
+    assert_eq!(holders_per_external_id(&clinic).len(), 2, "Yacine was imported before it failed");
+    drain(&sync);
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.removed, 0, "{:#?}", drain(&sync));
+}
+
 #[test]
 fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     let clinic = Clinic::new("v29");
