@@ -14,6 +14,16 @@ use rusqlite::types::ValueRef;
 /// `trim(X, Y)`: SQL then finds a value blank exactly when Rust does.
 pub(crate) const WHITESPACE: &str = "\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}";
 
+/// The bounds of the texts that start with `prefix` (ASCII digits and punctuation) in SQLite's
+/// order: from it, to it with its last character one higher.
+pub(crate) fn starting_with(prefix: String) -> (String, String) {
+    let mut to = prefix.clone();
+    if let Some(last) = to.pop() {
+        to.push(char::from_u32(u32::from(last) + 1).unwrap_or(last));
+    }
+    (prefix, to)
+}
+
 /// The cell at `index` as text: numbers are written out, invalid UTF-8 is replaced, NULL is `None`.
 pub(crate) fn text_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
     Ok(lossy_text(row.get_ref(index)?))

@@ -945,3 +945,19 @@ fn an_export_writes_the_birth_date_matching_reads() {
         assert_eq!(listed.map(|date| date.to_string()).as_deref(), written, "{stored:?}");
     }
 }
+
+#[test]
+fn an_export_never_takes_the_id_a_padded_external_id_shows() {
+    let clinic = Clinic::new("v29");
+    let sami = clinic.add_dentaltid("Sami", "Haddad", Some("1990-01-01"));
+    // Sami shows 20250122_100000 with blanks around it; NanoPix has no such patient.
+    for padded in ["20250122_100000 ", "\t20250122_100000", "\u{a0}20250122_100000\u{a0}"] {
+        let sql = format!("UPDATE patients SET external_id = '{padded}' WHERE id = {sami}");
+        edit_dentaltid(&clinic, &sql);
+        let sync = clinic.open();
+        sync.reconcile().unwrap();
+        let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+        let id = sync.export_patient(nadia).unwrap().to_string();
+        assert_ne!(id, "20250122_100000", "{padded:?}");
+    }
+}

@@ -277,6 +277,29 @@ fn a_patient_imported_by_a_reconcile_that_failed_later_still_waits_for_its_folde
 }
 
 #[test]
+fn delete_in_nanopix_refuses_while_a_patient_still_shows_the_id_padded() {
+    let clinic = Clinic::new("v29");
+    let sami = clinic.add_dentaltid("Sami", "Haddad", Some("1990-01-01"));
+    another_program(&clinic.dentaltid)
+        .execute("UPDATE patients SET external_id = '20250122_091500 ' WHERE id = ?1", [sami])
+        .unwrap();
+    clinic.add_nanopix("20250122_091500", "Haddad", "Sami", Some("1990-01-01"));
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    // The NanoPix patient came in as a patient of its own; DentalTID deletes that one.
+    let copy =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get::<_, i64>(0));
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [copy[0]]).unwrap();
+    sync.reconcile().unwrap();
+    let deleted = sync.delete_in_nanopix("20250122_091500");
+    assert!(matches!(deleted, Err(nanopix_sync::Error::DeleteNotRequested(_))), "{deleted:?}");
+    assert_eq!(
+        clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE id = '20250122_091500'", |r| r.get::<_, i64>(0)),
+        [1]
+    );
+}
+
+#[test]
 fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();

@@ -15,7 +15,7 @@ use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
 use crate::matching::{DentalCandidate, DentalIndex};
 use crate::patient::{BirthDate, nanopix_date};
-use crate::values::{integer_at, text_ref};
+use crate::values::{integer_at, starting_with, text_ref};
 use crate::{Error, Result};
 
 /// The columns [`read_candidate`] reads, in its order.
@@ -87,7 +87,7 @@ impl DentalTid {
         }
         for date in dates {
             let born_on = "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2";
-            self.add_candidates("reading match candidates", born_on, starting_with(*date), index)?;
+            self.add_candidates("reading match candidates", born_on, starting_with(nanopix_date(*date)), index)?;
         }
         Ok(())
     }
@@ -111,17 +111,6 @@ impl DentalTid {
         };
         read(index).map_err(Error::db(&self.path, step))
     }
-}
-
-/// The bounds of the texts that start with `date` as `YYYY-MM-DD`: from it, to it with its last
-/// digit one higher.
-fn starting_with(date: NaiveDate) -> (String, String) {
-    let from = nanopix_date(date);
-    let mut to = from.clone();
-    if let Some(last) = to.pop() {
-        to.push(char::from_u32(u32::from(last) + 1).unwrap_or(last));
-    }
-    (from, to)
 }
 
 /// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an

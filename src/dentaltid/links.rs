@@ -150,14 +150,14 @@ impl DentalTid {
         Ok(())
     }
 
-    /// Whether a `delete_requested` link records this NanoPix id and no DentalTID patient holds
-    /// it any more: only then may the NanoPix patient be deleted.
+    /// Whether a `delete_requested` link records this NanoPix id and no DentalTID patient shows
+    /// it any more ([`DentalTid::shows_external_id`]): only then may the NanoPix patient be deleted.
     pub fn delete_requested(&self, external_id: NanoPixId) -> Result<bool> {
-        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)
-                   AND NOT EXISTS(SELECT 1 FROM patients WHERE external_id = ?1)";
+        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)";
         let requested = LinkState::DeleteRequested.as_str();
         let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
-        found.map_err(Error::db(&self.path, "looking up a delete request"))
+        let found: bool = found.map_err(Error::db(&self.path, "looking up a delete request"))?;
+        Ok(found && !self.shows_external_id(external_id)?)
     }
 
     /// Those of `patient_ids` the sync recorded a link for, whatever its state: a few are
@@ -175,30 +175,29 @@ impl DentalTid {
         Ok(linked)
     }
 
-    /// Those of `patient_ids` that a link row names or a batch's range covers.
+    /// Those of `patient_ids` that [`DentalTid::link`] finds a link for: a readable link row, or
+    /// a readable batch row that covers it (the one starting last at or before it).
     fn linked_among_all(&self, patient_ids: &[i64]) -> rusqlite::Result<HashSet<i64>> {
         let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
+        let mut statement = self.conn.prepare_cached(&format!("SELECT {LINK_COLUMNS} FROM nanopix_sync_links"))?;
+        let rows = statement.query_map([], link_from_row)?;
         let mut linked = HashSet::default();
-        let mut rows = self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links")?;
-        let mut rows = rows.query([])?;
-        while let Some(row) = rows.next()? {
-            linked.extend(integer_at(row, 0)?.filter(|id| wanted.contains(id)));
+        for link in rows {
+            linked.extend(link?.map(|link| link.patient_id).filter(|id| wanted.contains(id)));
         }
-        let mut batches = self.conn.prepare_cached(
-            "SELECT first_patient_id, last_patient_id FROM nanopix_sync_imports ORDER BY first_patient_id",
-        )?;
-        let ranges = batches.query_map([], |row| Ok((integer_at(row, 0)?, integer_at(row, 1)?)))?;
-        // Each batch's first patient, and the furthest patient it or an earlier batch reaches.
-        let mut reaches: Vec<(i64, i64)> = Vec::new();
-        for range in ranges {
-            if let (Some(first), Some(last)) = range? {
-                let reach = reaches.last().map_or(last, |&(_, reach)| reach.max(last));
-                reaches.push((first, reach));
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports ORDER BY first_patient_id");
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let mut rows = statement.query([])?;
+        // Each batch row's first patient, and its last when this library can read the row.
+        let mut batches: Vec<(i64, Option<i64>)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            if let Some(first) = integer_at(row, 0)? {
+                batches.push((first, read_batch(row, |batch| batch.last)?));
             }
         }
         for &id in &wanted {
-            let starting_at_or_before = reaches.partition_point(|&(first, _)| first <= id);
-            if starting_at_or_before > 0 && reaches[starting_at_or_before - 1].1 >= id {
+            let started = batches.partition_point(|&(first, _)| first <= id);
+            if started > 0 && batches[started - 1].1.is_some_and(|last| last >= id) {
                 linked.insert(id);
             }
         }
@@ -537,16 +536,37 @@ mod tests {
             imported.extend(import_ids(&mut dentaltid, &batch.iter().map(String::as_str).collect::<Vec<_>>()));
         }
         link_one(&mut dentaltid, 2, "20250122_091500", at(2025, 1, 22, 10, 0)).unwrap();
-        let everyone: Vec<i64> = (1..=imported.last().copied().unwrap() + 50).collect();
+        let last = imported.last().copied().unwrap();
+        let everyone: Vec<i64> = (1..=last + 50).collect();
         assert!(everyone.len() > FEW_PATIENTS);
-        let many = dentaltid.linked_patients(&everyone).unwrap();
-        let mut one_by_one = HashSet::default();
-        for few in everyone.chunks(FEW_PATIENTS) {
-            one_by_one.extend(dentaltid.linked_patients(few).unwrap());
-        }
-        assert_eq!(many, one_by_one);
-        let expected: HashSet<i64> = imported.into_iter().chain([2]).collect();
-        assert_eq!(many, expected);
+        let found_alike = |dentaltid: &DentalTid| {
+            let many = dentaltid.linked_patients(&everyone).unwrap();
+            let mut one_by_one = HashSet::default();
+            for few in everyone.chunks(FEW_PATIENTS) {
+                one_by_one.extend(dentaltid.linked_patients(few).unwrap());
+            }
+            assert_eq!(many, one_by_one);
+            many
+        };
+        let expected: HashSet<i64> = imported.iter().copied().chain([2]).collect();
+        assert_eq!(found_alike(&dentaltid), expected);
+        // Rows this library would not write: a batch starting inside another (it covers from its
+        // start on), one whose ids do not fit its range, and a link row of unknown state.
+        let odd_rows = format!(
+            "INSERT INTO nanopix_sync_imports VALUES ({start}, {start}, '2025-01-21T12:00:00.000', '20240603_090000');
+             INSERT INTO nanopix_sync_imports VALUES ({odd}, {odd}, '2025-01-21T12:00:00.000', 'short');
+             INSERT INTO nanopix_sync_links VALUES ({unknown}, '20250122_091600', 'matched', 'odd', '2025-01-21T12:00:00.000');",
+            start = imported[10],
+            odd = imported[150],
+            unknown = last + 1,
+        );
+        dentaltid.conn.execute_batch(&odd_rows).unwrap();
+        let found = found_alike(&dentaltid);
+        assert!(
+            found.contains(&imported[10]) && !found.contains(&imported[11]),
+            "the later batch covers from its start"
+        );
+        assert!(!found.contains(&imported[150]) && !found.contains(&(last + 1)));
     }
 
     /// Checks that `link` gives, for every patient of `patient_ids`, what `links` lists for it,

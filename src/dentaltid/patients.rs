@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, Transact
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
-use crate::values::{WHITESPACE, integer_at, read_text, text_at};
+use crate::values::{WHITESPACE, integer_at, read_text, starting_with, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`patient_from_row`] reads, in its order.
@@ -219,7 +219,21 @@ impl DentalTid {
         Ok((highest.map_or(max_id, |id| id.max(max_id)), rows + added.unwrap_or(0).unsigned_abs()))
     }
 
-    /// Whether a patient already holds this NanoPix id.
+    /// Whether a patient's `external_id` shows this NanoPix id, even with blanks around it (a
+    /// folder path made of it on Windows drops trailing ones): no other patient may be given it,
+    /// nor its NanoPix patient be deleted. Read in three index ranges: texts that start with the
+    /// id, and those that start with anything but a digit.
+    pub fn shows_external_id(&self, external_id: NanoPixId) -> Result<bool> {
+        let sql = "SELECT EXISTS(SELECT 1 FROM patients WHERE external_id >= ?1 AND external_id < ?2
+                                  AND trim(external_id, ?3) = ?1)
+                   OR EXISTS(SELECT 1 FROM patients WHERE external_id < '0' AND trim(external_id, ?3) = ?1)
+                   OR EXISTS(SELECT 1 FROM patients WHERE external_id >= ':' AND trim(external_id, ?3) = ?1)";
+        let (id, next) = starting_with(external_id.to_string());
+        let shows = |conn: &Connection| conn.prepare_cached(sql)?.query_row((&id, &next, WHITESPACE), |row| row.get(0));
+        shows(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
+    }
+
+    /// Whether a patient holds exactly this NanoPix id.
     pub fn holds_external_id(&self, external_id: NanoPixId) -> Result<bool> {
         let holds = |conn: &Connection| {
             conn.prepare_cached("SELECT 1 FROM patients WHERE external_id = ?1 LIMIT 1")?

@@ -368,7 +368,7 @@ impl Engine {
             || self.nanopix.folder_path(id).symlink_metadata().is_ok()
             || self.nanopix.records_name(id)
             || self.nanopix.id_exists(id)?
-            || self.dentaltid.holds_external_id(id)?
+            || self.dentaltid.shows_external_id(id)?
             || self.dentaltid.has_recorded_link(id)?)
     }
 
