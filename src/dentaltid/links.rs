@@ -176,7 +176,8 @@ impl DentalTid {
     }
 
     /// Those of `patient_ids` that [`DentalTid::link`] finds a link for: a readable link row, or
-    /// a readable batch row that covers it (the one starting last at or before it).
+    /// a readable batch row that covers it (the one starting last at or before it). Only the
+    /// batch rows that cover one of them are read in full.
     fn linked_among_all(&self, patient_ids: &[i64]) -> rusqlite::Result<HashSet<i64>> {
         let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
         let mut statement = self.conn.prepare_cached(&format!("SELECT {LINK_COLUMNS} FROM nanopix_sync_links"))?;
@@ -185,20 +186,32 @@ impl DentalTid {
         for link in rows {
             linked.extend(link?.map(|link| link.patient_id).filter(|id| wanted.contains(id)));
         }
-        let sql = format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports ORDER BY first_patient_id");
-        let mut statement = self.conn.prepare_cached(&sql)?;
-        let mut rows = statement.query([])?;
-        // Each batch row's first patient, and its last when this library can read the row.
-        let mut batches: Vec<(i64, Option<i64>)> = Vec::new();
-        while let Some(row) = rows.next()? {
-            if let Some(first) = integer_at(row, 0)? {
-                batches.push((first, read_batch(row, |batch| batch.last)?));
+        let sql = "SELECT first_patient_id, last_patient_id FROM nanopix_sync_imports ORDER BY first_patient_id";
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let ranges = statement.query_map([], |row| Ok((integer_at(row, 0)?, integer_at(row, 1)?)))?;
+        let mut starts: Vec<(i64, Option<i64>)> = Vec::new();
+        for range in ranges {
+            if let (Some(first), last) = range? {
+                starts.push((first, last));
             }
         }
+        // The batch row starting last at or before each patient, when it reaches the patient;
+        // whether this library can read that row is looked at once per row.
+        let mut covered: HashMap<i64, Vec<i64>> = HashMap::default();
         for &id in &wanted {
-            let started = batches.partition_point(|&(first, _)| first <= id);
-            if started > 0 && batches[started - 1].1.is_some_and(|last| last >= id) {
-                linked.insert(id);
+            let started = starts.partition_point(|&(first, _)| first <= id);
+            if let Some(&(first, Some(last))) = started.checked_sub(1).and_then(|at| starts.get(at))
+                && last >= id
+            {
+                covered.entry(first).or_default().push(id);
+            }
+        }
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports WHERE first_patient_id = ?1");
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        for (first, ids) in covered {
+            let readable = statement.query_row([first], |row| read_batch(row, |_| ())).optional()?.flatten();
+            if readable.is_some() {
+                linked.extend(ids);
             }
         }
         Ok(linked)
