@@ -695,8 +695,8 @@ impl Engine {
         self.change_links(&changes, report)
     }
 
-    /// The NanoPix ids whose folder the sync waits for: NanoPix saves a new patient's row first
-    /// and makes the folder later, so a linked patient whose folder the sync has never seen has
+    /// The NanoPix ids whose folder the sync waits for: NanoPix may save a new patient's row
+    /// before it makes the folder, so a linked patient whose folder the sync has never seen has
     /// not lost it. These are the ids waited for before and those of `linked_now` without a
     /// folder, less those in `folders` now; the changes are recorded.
     fn awaited_folders(
