@@ -160,11 +160,12 @@ impl DentalTid {
         Ok(found && !self.shows_external_id(external_id)?)
     }
 
-    /// Those of `patient_ids` the sync recorded a link for, whatever its state: a few are
-    /// looked up one by one, many among the patient ids of every link row and batch.
+    /// Those of `patient_ids` the sync recorded a link for, whatever its state, as
+    /// [`DentalTid::link`] finds it: many are first narrowed to those a link row or an import
+    /// batch names.
     pub fn linked_patients(&self, patient_ids: &[i64]) -> Result<HashSet<i64>> {
         if patient_ids.len() > FEW_PATIENTS {
-            return self.linked_among_all(patient_ids).map_err(Error::db(&self.path, "looking up links"));
+            return self.linked_among_all(patient_ids);
         }
         let mut linked = HashSet::default();
         for &patient_id in patient_ids {
@@ -175,46 +176,52 @@ impl DentalTid {
         Ok(linked)
     }
 
-    /// Those of `patient_ids` that [`DentalTid::link`] finds a link for: a readable link row, or
-    /// a readable batch row that covers it (the one starting last at or before it). Only the
-    /// batch rows that cover one of them are read in full.
-    fn linked_among_all(&self, patient_ids: &[i64]) -> rusqlite::Result<HashSet<i64>> {
+    /// Those of `patient_ids` that [`DentalTid::link`] finds a link for. Only those a link row
+    /// names or a batch row's range holds can have one: those few are then looked up one by one.
+    fn linked_among_all(&self, patient_ids: &[i64]) -> Result<HashSet<i64>> {
         let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
-        let mut statement = self.conn.prepare_cached(&format!("SELECT {LINK_COLUMNS} FROM nanopix_sync_links"))?;
-        let rows = statement.query_map([], link_from_row)?;
+        let maybe = self.maybe_linked(&wanted).map_err(Error::db(&self.path, "looking up links"))?;
         let mut linked = HashSet::default();
-        for link in rows {
-            linked.extend(link?.map(|link| link.patient_id).filter(|id| wanted.contains(id)));
-        }
-        let sql = "SELECT first_patient_id, last_patient_id FROM nanopix_sync_imports ORDER BY first_patient_id";
-        let mut statement = self.conn.prepare_cached(sql)?;
-        let ranges = statement.query_map([], |row| Ok((integer_at(row, 0)?, integer_at(row, 1)?)))?;
-        let mut starts: Vec<(i64, Option<i64>)> = Vec::new();
-        for range in ranges {
-            if let (Some(first), last) = range? {
-                starts.push((first, last));
-            }
-        }
-        // The batch row starting last at or before each patient, when it reaches the patient;
-        // whether this library can read that row is looked at once per row.
-        let mut covered: HashMap<i64, Vec<i64>> = HashMap::default();
-        for &id in &wanted {
-            let started = starts.partition_point(|&(first, _)| first <= id);
-            if let Some(&(first, Some(last))) = started.checked_sub(1).and_then(|at| starts.get(at))
-                && last >= id
-            {
-                covered.entry(first).or_default().push(id);
-            }
-        }
-        let sql = format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports WHERE first_patient_id = ?1");
-        let mut statement = self.conn.prepare_cached(&sql)?;
-        for (first, ids) in covered {
-            let readable = statement.query_row([first], |row| read_batch(row, |_| ())).optional()?.flatten();
-            if readable.is_some() {
-                linked.extend(ids);
+        for id in maybe {
+            if self.link(id)?.is_some() {
+                linked.insert(id);
             }
         }
         Ok(linked)
+    }
+
+    /// Those of `wanted` that a link row names or that lie in the range of a batch row (read
+    /// loosely: a range that cannot be read reaches every patient after its start).
+    fn maybe_linked(&self, wanted: &HashSet<i64>) -> rusqlite::Result<HashSet<i64>> {
+        let mut maybe = HashSet::default();
+        let mut statement = self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links")?;
+        for id in statement.query_map([], |row| integer_at(row, 0))? {
+            maybe.extend(id?.filter(|id| wanted.contains(id)));
+        }
+        let sql = "SELECT first_patient_id, last_patient_id FROM nanopix_sync_imports";
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let mut ranges = Vec::new();
+        for range in statement.query_map([], |row| Ok((integer_at(row, 0)?, integer_at(row, 1)?)))? {
+            if let (Some(first), last) = range? {
+                ranges.push((first, last.unwrap_or(i64::MAX)));
+            }
+        }
+        ranges.sort_unstable();
+        // The furthest patient any range starting at or before each one reaches.
+        let reaches: Vec<(i64, i64)> = ranges
+            .iter()
+            .scan(i64::MIN, |reach, &(first, last)| {
+                *reach = (*reach).max(last);
+                Some((first, *reach))
+            })
+            .collect();
+        for &id in wanted {
+            let started = reaches.partition_point(|&(first, _)| first <= id);
+            if started.checked_sub(1).and_then(|at| reaches.get(at)).is_some_and(|&(_, reach)| reach >= id) {
+                maybe.insert(id);
+            }
+        }
+        Ok(maybe)
     }
 
     /// The link of one patient, if any: its link row, or else its batch entry.
@@ -538,6 +545,51 @@ mod tests {
         let mut statement = dentaltid.conn.prepare(sql).unwrap();
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap();
         rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// The patients among `ids` found linked all at once, and those [`DentalTid::link`] finds.
+    fn linked_at_once_and_one_by_one(dentaltid: &DentalTid, ids: std::ops::RangeInclusive<i64>) -> [Vec<i64>; 2] {
+        let everyone: Vec<i64> = ids.collect();
+        assert!(everyone.len() > FEW_PATIENTS);
+        let mut at_once: Vec<i64> = dentaltid.linked_patients(&everyone).unwrap().into_iter().collect();
+        at_once.sort_unstable();
+        let one_by_one = everyone.into_iter().filter(|&id| dentaltid.link(id).unwrap().is_some()).collect();
+        [at_once, one_by_one]
+    }
+
+    #[test]
+    fn odd_batch_rows_are_read_alike_for_many_patients_and_one_by_one() {
+        let (_dir, dentaltid) = sample_database();
+        // Entries that are no NanoPix id, in rows whose length fits their range.
+        dentaltid
+            .conn
+            .execute_batch(
+                "INSERT INTO nanopix_sync_imports VALUES
+                 (10, 12, '2025-01-21T12:00:00.000', '20240101_000000../../etc/passw20240101_000002'),
+                 (20, 20, '2025-01-21T12:00:00.000', 'not_a_nanopixid'),
+                 (30, 30, '2025-01-21T12:00:00.000', '20241399_000000')",
+            )
+            .unwrap();
+        let [at_once, one_by_one] = linked_at_once_and_one_by_one(&dentaltid, 1..=300);
+        assert_eq!((&at_once, one_by_one), (&vec![10, 12], vec![10, 12]));
+        // A table made before this library's, without its primary key: a text first id, and two
+        // rows starting at one patient.
+        dentaltid
+            .conn
+            .execute_batch(
+                "DROP TABLE nanopix_sync_imports;
+                 CREATE TABLE nanopix_sync_imports(first_patient_id INTEGER, last_patient_id INTEGER,
+                     synced_at TEXT, external_ids TEXT);
+                 INSERT INTO nanopix_sync_imports VALUES
+                 (200, 200, '2025-01-21T12:00:00.000', '20240101_000200'),
+                 (char(160) || '1', 2, '2025-01-21T12:00:00.000', '20240101_00000120240101_000002'),
+                 (250, 250, '2025-01-21T12:00:00.000', '20240101_000250'),
+                 (250, 252, '2025-01-21T12:00:00.000', 'too short')",
+            )
+            .unwrap();
+        let [at_once, one_by_one] = linked_at_once_and_one_by_one(&dentaltid, 1..=300);
+        assert_eq!(at_once, one_by_one);
+        assert!(at_once.contains(&200));
     }
 
     #[test]
