@@ -625,8 +625,7 @@ fn export_existing_of_patients_created_this_morning_leaves_nanopix_the_ids_of_th
 /// Switches Live Sync on and reconciles once, then closes; returns the configuration used, which
 /// runs no watcher, so only the reconciles a test calls do work.
 fn live_sync_switched_on_without_watcher(clinic: &Clinic) -> nanopix_sync::Config {
-    let mut config = clinic.config();
-    config.automatic_work = false;
+    let config = clinic.config_without_automatic_work();
     let sync = NanoPixSync::open(config.clone()).unwrap();
     sync.set_live_sync(true).unwrap();
     sync.reconcile().unwrap();
@@ -669,9 +668,7 @@ fn live_sync_catching_up_gives_each_patient_its_creation_second_whatever_the_row
 #[test]
 fn an_image_stored_at_the_row_of_a_deleted_one_still_keeps_exports_off_its_id() {
     let clinic = Clinic::new("v29");
-    let mut config = clinic.config();
-    config.automatic_work = false;
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = clinic.open_without_automatic_work();
     sync.export_patient(1).unwrap();
     let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     // The fixture's one image (Study pk 1) is deleted; a walk-in saved yesterday at 09:00 is
@@ -707,9 +704,7 @@ fn an_export_after_nanopix_became_writable_links_the_patient_nanopix_gained_mean
     let patient = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
     common::obey_file_modes_on_this_thread();
     set_mode(0o444);
-    let mut config = clinic.config();
-    config.automatic_work = false;
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
     set_mode(0o644);
     clinic.add_nanopix("20250122_093000", "Cherif", "Nadia", Some("1992-02-14"));
@@ -783,9 +778,7 @@ fn delete_in_nanopix_refuses_a_patient_whose_folder_is_a_link() {
 fn an_unreadable_export_cursor_is_reported_and_taken_again() {
     let clinic = Clinic::new("v29");
     // No watcher: the reconciles below, not a live pass, must meet the lost cursor and export.
-    let mut config = clinic.config();
-    config.automatic_work = false;
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = clinic.open_without_automatic_work();
     sync.set_live_sync(true).unwrap();
     sync.reconcile().unwrap();
     edit_dentaltid(&clinic, "UPDATE nanopix_sync_state SET value = 'x' WHERE key = 'export_cursor'");

@@ -228,9 +228,7 @@ fn a_folder_nanopix_has_not_made_yet_is_no_removal_until_it_was_there() {
 #[test]
 fn a_folder_a_live_pass_saw_made_is_a_removal_once_gone() {
     let clinic = Clinic::new("v29");
-    let mut config = clinic.config();
-    config.automatic_work = false;
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
     // NanoPix saves Yacine's row; the catch-up of an export (a live pass) imports him.
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
@@ -258,9 +256,7 @@ fn a_patient_imported_by_a_reconcile_that_failed_later_still_waits_for_its_folde
     use std::os::unix::fs::PermissionsExt;
     let clinic = Clinic::new("v29");
     common::obey_file_modes_on_this_thread();
-    let mut config = clinic.config();
-    config.automatic_work = false;
-    let sync = NanoPixSync::open(config).unwrap();
+    let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     std::fs::remove_dir(clinic.root.join("20250122_091500")).unwrap();

@@ -78,6 +78,19 @@ impl Clinic {
         NanoPixSync::open(self.config()).unwrap()
     }
 
+    /// [`Clinic::config`] without automatic work: no watcher, so only the calls a test makes
+    /// do work.
+    pub fn config_without_automatic_work(&self) -> Config {
+        let mut config = self.config();
+        config.automatic_work = false;
+        config
+    }
+
+    /// Opens the clinic with [`Clinic::config_without_automatic_work`].
+    pub fn open_without_automatic_work(&self) -> NanoPixSync {
+        NanoPixSync::open(self.config_without_automatic_work()).unwrap()
+    }
+
     pub fn nanopix_db(&self) -> PathBuf {
         self.root.join("database/NanoPix.db3")
     }
