@@ -333,7 +333,7 @@ fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_h
     assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
 }
 
-/// NanoPix saves a new patient's row first and makes the folder later: a full reconcile in
+/// NanoPix may save a new patient's row before it makes the folder: a full reconcile in
 /// between (the hourly one, "Sync Now", or one a folder removed elsewhere leads to) finds the row
 /// without its folder, which is not a removal.
 #[test]

@@ -45,8 +45,8 @@ const REPLAN_EXPORT: &str = "UPDATE nanopix_sync_exports SET external_id = ?2,
         written_last_name = ?3, written_first_name = ?4, written_birthdate = ?5, written_created = ?6
     WHERE patient_id = ?1";
 
-/// Above this many patients, [`DentalTid::linked_patients`] reads every link instead of looking
-/// each patient up.
+/// Above this many patients, [`DentalTid::linked_patients`] first narrows them to those a link
+/// row or an import batch names, then looks those up one by one.
 const FEW_PATIENTS: usize = 256;
 
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.

@@ -259,11 +259,12 @@ impl DentalTid {
     }
 
     /// Links existing patients to NanoPix ids in one transaction: sets `external_id` (only where
-    /// it is still NULL) and records each link. Returns one outcome per link, in order.
+    /// it is still NULL or blank) and records each link. Returns one outcome per link, in order.
     ///
     /// # Failure
-    /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient and
-    /// [`Error::AlreadyLinked`] if it already has an `external_id`; nothing is written for it.
+    /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient,
+    /// [`Error::AlreadyLinked`] if it already has an `external_id`, and [`Error::Database`] if
+    /// DentalTID's table refuses the change (a constraint or a trigger); nothing is written for it.
     pub fn link_all(&mut self, links: &[(i64, NanoPixId)], synced_at: NaiveDateTime) -> Result<Vec<Result<()>>> {
         let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
