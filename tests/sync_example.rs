@@ -35,13 +35,23 @@ fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
 }
 
+/// Runs `runner`, which must succeed, and returns the JSON lines it printed.
+fn printed(mut runner: Command) -> Vec<serde_json::Value> {
+    let output = runner.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    json_lines(&output.stdout)
+}
+
+/// The `type` of each event.
+fn types_of(events: &[serde_json::Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
 #[test]
 fn once_prints_events_as_json_lines_and_ends_with_closed() {
     let clinic = Clinic::new("v29");
-    let output = runner(&clinic, "once").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let events = json_lines(&output.stdout);
-    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let events = printed(runner(&clinic, "once"));
+    let types = types_of(&events);
     assert_eq!(types, ["patient_imported", "reconciled", "closed"]);
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
@@ -54,9 +64,7 @@ fn once_prints_every_event_of_a_first_sync_larger_than_the_event_queue() {
     let clinic = Clinic::new("v29");
     let count = 70_000;
     clinic.add_bulk_nanopix(count);
-    let output = runner(&clinic, "once").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let events = json_lines(&output.stdout);
+    let events = printed(runner(&clinic, "once"));
     let imported = events.iter().filter(|e| e["type"] == "patient_imported").count();
     let dropped: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "events_dropped").collect();
     let in_dentaltid: Vec<i64> =
@@ -83,9 +91,7 @@ fn status_with_live_sync_on_reads_and_syncs_nothing() {
     let clinic = Clinic::new("v29");
     assert!(runner(&clinic, "enable").output().unwrap().status.success());
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    let output = runner(&clinic, "status").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let lines = json_lines(&output.stdout);
+    let lines = printed(runner(&clinic, "status"));
     assert_eq!((lines.len(), &lines[0]["live_sync"]), (1, &serde_json::json!(true)));
     let imported: Vec<i64> =
         clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
@@ -150,10 +156,8 @@ fn once_with_live_sync_on_runs_one_reconcile_and_no_watcher() {
     assert!(enabled.status.success(), "{}", String::from_utf8_lossy(&enabled.stderr));
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
-    let output = runner(&clinic, "once").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let events = json_lines(&output.stdout);
-    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let events = printed(runner(&clinic, "once"));
+    let types = types_of(&events);
     assert_eq!(types, ["patient_imported", "patient_imported", "patient_exported", "reconciled", "closed"]);
     assert_eq!((&events[3]["imported"], &events[3]["exported"]), (&2.into(), &1.into()), "{:?}", events[3]);
 }
@@ -162,10 +166,8 @@ fn once_with_live_sync_on_runs_one_reconcile_and_no_watcher() {
 #[test]
 fn enable_stores_live_sync_on_and_syncs_nothing() {
     let clinic = Clinic::new("v29");
-    let output = runner(&clinic, "enable").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let events = json_lines(&output.stdout);
-    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let events = printed(runner(&clinic, "enable"));
+    let types = types_of(&events);
     assert_eq!(types, ["live_sync_changed", "closed"]);
     assert_eq!(events[0]["enabled"], true);
     let imported: Vec<i64> =
