@@ -10,6 +10,7 @@
 //! Nothing outside the temporary folder is touched.
 
 use std::error::Error;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -39,30 +40,37 @@ fn main() -> Result<(), Box<dyn Error>> {
     lay_out_fixtures(&root, &dentaltid)?;
     add_nanopix_patients(&root)?;
 
-    println!("== NanoPix PatientData and DentalTID database in {}", workspace.path().display());
+    // Written with `writeln!`, so a closed stdout (`demo | head`) ends the demo with an error
+    // instead of a panic.
+    let out = &mut std::io::stdout().lock();
+    writeln!(out, "== NanoPix PatientData and DentalTID database in {}", workspace.path().display())?;
     let mut sync = NanoPixSync::open(Config::new(&root, &dentaltid))?;
-    sync_now(&sync)?;
-    live_sync_exports_a_new_patient(&sync, &dentaltid)?;
-    show_dentaltid(&sync)?;
-    show_nanopix(&root)?;
+    sync_now(&sync, out)?;
+    live_sync_exports_a_new_patient(&sync, &dentaltid, out)?;
+    show_dentaltid(&sync, out)?;
+    show_nanopix(&root, out)?;
     sync.close();
     Ok(())
 }
 
 /// Runs "Sync Now" and prints its report and what it did (its `reconciled` event is the report).
-fn sync_now(sync: &NanoPixSync) -> Result<(), Box<dyn Error>> {
+fn sync_now(sync: &NanoPixSync, out: &mut impl Write) -> Result<(), Box<dyn Error>> {
     let report = sync.reconcile()?;
-    println!("\n== Sync Now: {report:?}\n");
+    writeln!(out, "\n== Sync Now: {report:?}\n")?;
     for event in sync.events().try_iter().filter(|event| !matches!(event.kind, EventKind::Reconciled(_))) {
-        println!("{}", describe(&event.kind));
+        writeln!(out, "{}", describe(&event.kind))?;
     }
     Ok(())
 }
 
 /// Switches Live Sync on, adds a DentalTID patient, and prints what Live Sync does until it
 /// has exported that patient to NanoPix.
-fn live_sync_exports_a_new_patient(sync: &NanoPixSync, dentaltid: &Path) -> Result<(), Box<dyn Error>> {
-    println!("\n== Live Sync on; Nadia Cherif is added in DentalTID\n");
+fn live_sync_exports_a_new_patient(
+    sync: &NanoPixSync,
+    dentaltid: &Path,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn Error>> {
+    writeln!(out, "\n== Live Sync on; Nadia Cherif is added in DentalTID\n")?;
     sync.set_live_sync(true)?;
     add_dentaltid_patient(dentaltid)?;
     let until = Instant::now() + EXPORT_DEADLINE;
@@ -70,7 +78,7 @@ fn live_sync_exports_a_new_patient(sync: &NanoPixSync, dentaltid: &Path) -> Resu
     loop {
         let left = until.saturating_duration_since(Instant::now());
         let event = events.recv_timeout(left).map_err(|_| format!("no export within {EXPORT_DEADLINE:?}"))?;
-        println!("{}", describe(&event.kind));
+        writeln!(out, "{}", describe(&event.kind))?;
         if matches!(event.kind, EventKind::PatientExported { .. }) {
             return Ok(());
         }
@@ -136,24 +144,25 @@ fn describe(kind: &EventKind) -> String {
     }
 }
 
-fn show_dentaltid(sync: &NanoPixSync) -> Result<(), Box<dyn Error>> {
-    println!("\n== DentalTID patients screen (rows from NanoPix would be tinted light purple)");
+fn show_dentaltid(sync: &NanoPixSync, out: &mut impl Write) -> Result<(), Box<dyn Error>> {
+    writeln!(out, "\n== DentalTID patients screen (rows from NanoPix would be tinted light purple)")?;
     for patient in sync.patients(PatientFilter::All)? {
         let tint = if patient.source == Source::NanoPix { "[NanoPix]" } else { "         " };
         let link = patient.external_id.as_deref().unwrap_or("-");
-        println!(
+        writeln!(
+            out,
             "{tint} #{:<3} {:<10} {:<10} created {}  NanoPix id {link}",
             patient.id,
             patient.first_name.trim(),
             patient.last_name.trim(),
             patient.created_at
-        );
+        )?;
     }
     Ok(())
 }
 
-fn show_nanopix(root: &Path) -> Result<(), Box<dyn Error>> {
-    println!("\n== NanoPix patients (database row, folder)");
+fn show_nanopix(root: &Path, out: &mut impl Write) -> Result<(), Box<dyn Error>> {
+    writeln!(out, "\n== NanoPix patients (database row, folder)")?;
     let conn = Connection::open(root.join("database/NanoPix.db3"))?;
     let mut rows =
         conn.prepare("SELECT id, last_name, first_name, birthdate, created_datetime FROM Patient ORDER BY pk")?;
@@ -169,12 +178,13 @@ fn show_nanopix(root: &Path) -> Result<(), Box<dyn Error>> {
     for row in rows {
         let (id, last, first, born, created) = row?;
         let folder = if root.join(&id).is_dir() { "folder ok" } else { "NO FOLDER" };
-        println!(
+        writeln!(
+            out,
             "{id}  {last:<10} {:<10} born {:<10} created {:<19}  {folder}",
             first.unwrap_or_default(),
             born.unwrap_or_default(),
             created.unwrap_or_default()
-        );
+        )?;
     }
     Ok(())
 }

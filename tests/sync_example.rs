@@ -388,12 +388,28 @@ mod read_only_nanopix {
     }
 }
 
+/// The demo's path, beside the runner's.
+fn demo_binary() -> PathBuf {
+    sync_binary().with_file_name(format!("demo{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A demo whose stdout is closed (`demo | head`) stops with an error, not a panic.
+#[test]
+fn the_demo_stops_without_a_panic_when_stdout_is_closed() {
+    let mut child = Command::new(demo_binary()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+}
+
 /// The demo's "Sync Now" line reports what Sync Now did: the demo switches Live Sync on only
 /// afterwards, so no automatic reconcile does the work first. Live Sync then exports the
 /// patient the demo adds in DentalTID.
 #[test]
 fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
-    let demo = sync_binary().with_file_name(format!("demo{}", std::env::consts::EXE_SUFFIX));
+    let demo = demo_binary();
     let output = Command::new(&demo).output().unwrap_or_else(|e| panic!("{}: {e}", demo.display()));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
