@@ -58,6 +58,11 @@ impl NanoPixId {
         self.0
     }
 
+    /// Whether the id is written `YYYYMMDD_HHMMSS`: its year has four digits.
+    fn is_writable(self) -> bool {
+        (0..=9999).contains(&self.0.year())
+    }
+
     /// The id one second later.
     pub fn next_second(self) -> Self {
         Self(self.0 + Duration::seconds(1))
@@ -77,7 +82,8 @@ impl NanoPixId {
     }
 
     /// The first id at or after `at`, and before `end`, for which `taken` says `false`; `None`
-    /// when every one of them is taken.
+    /// when every one of them is taken. Only ids of years 0 to 9999 are given: no other is
+    /// written `YYYYMMDD_HHMMSS`.
     ///
     /// # Failure
     /// The first error of `taken`.
@@ -87,8 +93,10 @@ impl NanoPixId {
         mut taken: impl FnMut(Self) -> Result<bool>,
     ) -> Result<Option<Self>> {
         let mut candidate = Self::from_datetime(at);
+        // An end inside a second leaves that second out.
+        let end = Self::from_datetime(end).0;
         while candidate.0 < end {
-            if !taken(candidate)? {
+            if candidate.is_writable() && !taken(candidate)? {
                 return Ok(Some(candidate));
             }
             candidate = candidate.next_second();

@@ -389,6 +389,30 @@ fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     assert_eq!(sync.export_patient(6).unwrap().to_string(), "20250122_100500", "the clock moved on");
 }
 
+/// The system clock is always inside a second: the three seconds an export may take run from
+/// the clock's second, not from the clock, so the fourth export still takes a past id.
+#[test]
+fn an_export_now_inside_a_second_still_takes_at_most_three_seconds() {
+    let clinic = Clinic::new("v29");
+    clinic.clock.set(common::clinic_morning() + chrono::Duration::milliseconds(500));
+    let sync = clinic.open();
+    let ids: Vec<String> = (1..=4).map(|patient| sync.export_patient(patient).unwrap().to_string()).collect();
+    assert_eq!(ids, ["20250122_100000", "20250122_100001", "20250122_100002", "20250121_080000"]);
+}
+
+/// An export never gives an id past 9999-12-31 23:59:59: the next second's would have a year of
+/// five digits, no NanoPix id, yet it would name a row, a folder and a DentalTID patient's link.
+#[test]
+fn an_export_at_the_end_of_year_9999_gives_only_valid_ids() {
+    let clinic = Clinic::new("v29");
+    let last_second = NanoPixId::parse("99991231_235959").unwrap().datetime();
+    clinic.clock.set(last_second - chrono::Duration::seconds(1));
+    let sync = clinic.open();
+    let ids: Vec<String> = (1..=3).map(|patient| sync.export_patient(patient).unwrap().to_string()).collect();
+    assert_eq!(ids[..2], ["99991231_235958", "99991231_235959"]);
+    assert!(NanoPixId::parse(&ids[2]).is_ok_and(|id| id.datetime() < last_second), "{ids:?}");
+}
+
 /// Adds an image of NanoPix patient `id` as NanoPix leaves it behind when it deletes the patient
 /// without it (its own foreign keys off): a `Study` row naming an id no `Patient` row has.
 fn leave_image_behind(clinic: &Clinic, id: &str) {
