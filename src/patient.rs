@@ -211,10 +211,12 @@ pub fn dart_date(date: NaiveDate) -> String {
     dart_timestamp(date.and_time(NaiveTime::MIN))
 }
 
-/// Reads a timestamp Dart's `DateTime.parse` would accept in the forms DentalTID stores.
+/// Reads a timestamp Dart's `DateTime.parse` would accept in the forms DentalTID stores, with a
+/// year of four digits: the only years written back as they were read.
 pub fn parse_dart_timestamp(text: &str) -> Option<NaiveDateTime> {
     let text = text.trim();
-    parse_usual_timestamp(text).or_else(|| parse_other_timestamp(text))
+    let at = parse_usual_timestamp(text).or_else(|| parse_other_timestamp(text))?;
+    (0..=9999).contains(&at.year()).then_some(at)
 }
 
 /// The forms both programs write, read without chrono's format machinery (the hot path of a

@@ -390,6 +390,27 @@ fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
     assert!(!clinic.dir.path().join("escape").exists());
 }
 
+/// A `created_datetime` whose year has more than four digits cannot be written in DentalTID's
+/// form: the patient gets the time of its id, never a year cut to its last four digits (which
+/// would put it in 'Today By External' here).
+#[test]
+fn a_nanopix_creation_time_past_year_9999_falls_back_to_the_ids_time() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute(
+        "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+         VALUES ('20240510_090000', 'Farfuture', 'Ann', '1990-04-04', '+12025-01-22 10:00:00')",
+        [],
+    )
+    .unwrap();
+    std::fs::create_dir(clinic.root.join("20240510_090000")).unwrap();
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let created: Vec<String> =
+        clinic.dentaltid_rows("SELECT createdAt FROM patients WHERE external_id = '20240510_090000'", |r| r.get(0));
+    assert_eq!(created, ["2024-05-10T09:00:00.000"]);
+}
+
 /// A `Patient` table whose `id` is not UNIQUE, holding the fixture patient and a second row
 /// with its id.
 const REPEATED_ID: &str = "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250), last_name VARCHAR(250),
