@@ -678,6 +678,8 @@ impl Engine {
     ) -> Result<()> {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
+        // Needed only for a link whose patient was deleted, which is rare.
+        let mut held = None;
         let awaited = self.awaited_folders(&folders.patient_folders, linked_now)?;
         let mut changes = Vec::new();
         self.missing_folders.clear();
@@ -685,7 +687,11 @@ impl Engine {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
             let folder = folders.patient_folders.contains(&id) || awaited.contains(&id);
             let nanopix = NanoPixSide { row: rows.contains(&id), folder };
-            let change = link_change(link, patients.contains(&link.patient_id), nanopix);
+            let patient_exists = patients.contains(&link.patient_id);
+            // A patient deleted while another still holds its NanoPix id asks for no delete.
+            let change = link_change(link, patient_exists, nanopix).filter(|_| {
+                patient_exists || !held.get_or_insert_with(|| held_by_patients(snapshot, &patients)).contains(&id)
+            });
             let state = change.as_ref().map_or(link.state, |(_, state, _)| *state);
             if state == LinkState::Missing && nanopix.row && !nanopix.folder {
                 self.missing_folders.push(Link { state, ..link.clone() });
@@ -999,6 +1005,14 @@ fn decide_pages(mut matcher: Matcher, pages: &Receiver<Vec<NanoPixPatient>>, dec
         }
     }
     matcher
+}
+
+/// The NanoPix ids DentalTID's patients in `patients` hold: in their `external_id`, or by a link
+/// that asks for no delete.
+fn held_by_patients(snapshot: &Snapshot, patients: &HashSet<i64>) -> HashSet<NanoPixId> {
+    let kept = |link: &&Link| link.state != LinkState::DeleteRequested && patients.contains(&link.patient_id);
+    let linked = snapshot.links.iter().filter(kept).filter_map(|link| NanoPixId::parse(&link.external_id).ok());
+    snapshot.dentaltid.iter().filter_map(|patient| patient.external_id).chain(linked).collect()
 }
 
 /// What NanoPix still holds of a linked patient.

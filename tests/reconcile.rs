@@ -295,6 +295,65 @@ fn delete_in_nanopix_refuses_while_a_patient_still_shows_the_id_padded() {
     );
 }
 
+/// A possible duplicate settled in DentalTID: the patient there already takes the NanoPix id and
+/// the imported copy is deleted, which asks for a delete. A later edit clears the patient's
+/// `external_id`; the link the sync recorded stays, so the NanoPix patient is still that
+/// patient's and the copy's old request deletes nothing.
+#[test]
+fn delete_in_nanopix_refuses_while_a_patient_keeps_a_link_to_the_id() {
+    let clinic = Clinic::new("v29");
+    let yacine = clinic.add_dentaltid("Yacine", "Mansouri", None);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let copy: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
+    assert_ne!(copy, [yacine], "imported as a patient of its own");
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id = ?1", [yacine]).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [copy[0]]).unwrap();
+    sync.reconcile().unwrap();
+    dentaltid.execute("UPDATE patients SET external_id = NULL WHERE id = ?1", [yacine]).unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(yacine).unwrap().link_state, Some(LinkState::Linked));
+    let deleted = sync.delete_in_nanopix("20250122_091500");
+    assert!(matches!(deleted, Err(nanopix_sync::Error::DeleteNotRequested(_))), "{deleted:?}");
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE id = '20250122_091500'", |r| r.get(0));
+    assert_eq!(rows, [1]);
+}
+
+/// Two DentalTID patients show one NanoPix id (an older version wrote such duplicates): deleting
+/// one of them asks for no delete while the other still holds the id.
+#[test]
+fn deleting_one_of_two_patients_holding_a_nanopix_id_asks_for_no_delete() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let holders = [(); 2].map(|()| clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19")));
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id IN (?1, ?2)", holders).unwrap();
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [holders[0]]).unwrap();
+    drain(&sync);
+    sync.reconcile().unwrap();
+    let asked: Vec<EventKind> = drain(&sync)
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|kind| matches!(kind, EventKind::DeleteRequested { .. }))
+        .collect();
+    assert_eq!(asked, []);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [holders[1]]).unwrap();
+    sync.reconcile().unwrap();
+    let asked: Vec<i64> = drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::DeleteRequested { patient_id, .. } => Some(patient_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, holders, "once neither holds it, both deletions ask");
+}
+
 #[test]
 fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     let clinic = Clinic::new("v29");

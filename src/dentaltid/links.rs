@@ -150,14 +150,53 @@ impl DentalTid {
         Ok(())
     }
 
-    /// Whether a `delete_requested` link records this NanoPix id and no DentalTID patient shows
-    /// it any more ([`DentalTid::shows_external_id`]): only then may the NanoPix patient be deleted.
+    /// Whether a `delete_requested` link records this NanoPix id, no DentalTID patient shows it
+    /// any more ([`DentalTid::shows_external_id`]) and no patient still there keeps a link to it
+    /// (one whose `external_id` DentalTID cleared): only then may the NanoPix patient be deleted.
     pub fn delete_requested(&self, external_id: NanoPixId) -> Result<bool> {
         let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)";
         let requested = LinkState::DeleteRequested.as_str();
         let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
         let found: bool = found.map_err(Error::db(&self.path, "looking up a delete request"))?;
-        Ok(found && !self.shows_external_id(external_id)?)
+        Ok(found && !self.shows_external_id(external_id)? && !self.kept_linked(external_id)?)
+    }
+
+    /// Whether a patient still there keeps a link to this NanoPix id that asks for no delete, as
+    /// [`DentalTid::link`] finds it: the patients a link row or an import batch names with it are
+    /// looked up one by one.
+    fn kept_linked(&self, external_id: NanoPixId) -> Result<bool> {
+        let text = external_id.to_string();
+        let named = || {
+            let mut rows =
+                self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links WHERE external_id = ?1")?;
+            let mut named: Vec<i64> = rows.query_map([&text], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+            self.batch_patients_named(&text, &mut named)?;
+            Ok(named)
+        };
+        let named: Vec<i64> = named().map_err(Error::db(&self.path, "looking up the links to an id"))?;
+        for patient_id in named {
+            let kept = self
+                .link(patient_id)?
+                .is_some_and(|link| link.external_id == text && link.state != LinkState::DeleteRequested);
+            if kept && self.patient(patient_id)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Adds to `named` the patients import batches give the NanoPix id `text` to: an id's place
+    /// in a batch, a multiple of [`ID_LEN`], says which patient of its range it belongs to.
+    fn batch_patients_named(&self, text: &str, named: &mut Vec<i64>) -> rusqlite::Result<()> {
+        let mut batches =
+            self.conn.prepare_cached("SELECT first_patient_id, external_ids FROM nanopix_sync_imports")?;
+        let mut rows = batches.query([])?;
+        while let Some(row) = rows.next()? {
+            let (Some(first), ValueRef::Text(ids)) = (integer_at(row, 0)?, row.get_ref(1)?) else { continue };
+            let places = ids.chunks_exact(ID_LEN).zip(0i64..).filter(|(id, _)| *id == text.as_bytes());
+            named.extend(places.filter_map(|(_, place)| first.checked_add(place)));
+        }
+        Ok(())
     }
 
     /// Those of `patient_ids` the sync recorded a link for, whatever its state, as
