@@ -730,7 +730,7 @@ impl Engine {
         self.dentaltid.update_awaited_folders(&awaited, &made)
     }
 
-    /// Restores the links marked missing of NanoPix patients `read` past the cursor (a row added
+    /// Restores every link marked missing of NanoPix patients `read` past the cursor (a row added
     /// back with its id) whose folder is there too, without waiting for a full reconcile: a live
     /// pass looks only at the rows it read. A link whose folder is still missing waits for it
     /// among [`Engine::missing_folders`]. Other changes (a DentalTID patient deleted meanwhile)
@@ -738,11 +738,12 @@ impl Engine {
     fn restore_links(&mut self, read: &[NanoPixPatient], report: &mut ReconcileReport) -> Result<()> {
         let mut changes = Vec::new();
         for patient in read {
-            let Some(link) = self.dentaltid.missing_link(patient.id)? else { continue };
-            if self.nanopix.has_folder(patient.id) {
-                changes.extend(self.restoration(&link)?);
-            } else if !self.missing_folders.contains(&link) {
-                self.missing_folders.push(link);
+            for link in self.dentaltid.missing_links(patient.id)? {
+                if self.nanopix.has_folder(patient.id) {
+                    changes.extend(self.restoration(&link)?);
+                } else if !self.missing_folders.contains(&link) {
+                    self.missing_folders.push(link);
+                }
             }
         }
         self.change_links(&changes, report)

@@ -393,6 +393,48 @@ fn a_patient_folder_made_again_restores_its_link_without_waiting_for_the_hourly_
     assert_eq!(sync.source_info(patient_id).unwrap().link_state, Some(LinkState::Linked));
 }
 
+/// Two DentalTID patients show one NanoPix id (an older version wrote such duplicates): when
+/// NanoPix deletes the row and adds it back, a live pass restores both links, not one.
+#[test]
+fn a_nanopix_row_added_back_restores_every_link_to_it_live() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let holders = [(); 2].map(|()| clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19")));
+    rusqlite::Connection::open(&clinic.dentaltid)
+        .unwrap()
+        .execute("UPDATE patients SET external_id = '20250122_091500' WHERE id IN (?1, ?2)", holders)
+        .unwrap();
+    let sync = live(&clinic);
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute("DELETE FROM Patient WHERE id = '20250122_091500'", []).unwrap();
+    let changed = |sync: &NanoPixSync, restored: bool| {
+        let mut patients: Vec<i64> = [(); 2]
+            .map(|()| {
+                let event = wait_for(sync, DEADLINE, |e| match e {
+                    EventKind::ExternalPatientRestored { .. } => restored,
+                    EventKind::ExternalPatientRemoved { .. } => !restored,
+                    _ => false,
+                });
+                match event.kind {
+                    EventKind::ExternalPatientRestored { patient_id, .. }
+                    | EventKind::ExternalPatientRemoved { patient_id, .. } => patient_id,
+                    _ => unreachable!("wait_for returns what was waited for"),
+                }
+            })
+            .into();
+        patients.sort_unstable();
+        patients
+    };
+    assert_eq!(changed(&sync, false), holders, "both are removed");
+    nanopix
+        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_091500', 'Mansouri', 'Yacine')", [])
+        .unwrap();
+    assert_eq!(changed(&sync, true), holders, "both are restored");
+    for patient in holders {
+        assert_eq!(sync.source_info(patient).unwrap().link_state, Some(LinkState::Linked));
+    }
+}
+
 #[test]
 fn a_page_or_more_of_new_nanopix_patients_while_watching_is_synced_by_a_full_reconcile() {
     let clinic = Clinic::new("v29");

@@ -81,10 +81,10 @@ impl DentalTid {
         Ok(merge_links(recorded, imported))
     }
 
-    /// The link to this NanoPix id, if it is marked missing.
-    pub fn missing_link(&self, external_id: NanoPixId) -> Result<Option<Link>> {
+    /// The links to this NanoPix id that are marked missing (DentalTID may hold it twice).
+    pub fn missing_links(&self, external_id: NanoPixId) -> Result<Vec<Link>> {
         let tail = "WHERE external_id = ?1 AND state = 'missing'";
-        Ok(self.query_links("reading a missing link", tail, [external_id.to_string()])?.pop())
+        self.query_links("reading missing links", tail, [external_id.to_string()])
     }
 
     /// Whether any link is recorded, in a link row or a batch row.
