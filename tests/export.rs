@@ -389,6 +389,44 @@ fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     assert_eq!(sync.export_patient(6).unwrap().to_string(), "20250122_100500", "the clock moved on");
 }
 
+/// A clinic whose only NanoPix patient, imported, was deleted in DentalTID: the delete is asked
+/// for, and NanoPix keeps the patient (it holds an image).
+fn clinic_with_a_patient_left_behind() -> (Clinic, NanoPixSync) {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE external_id = '20250121_152638'", []).unwrap();
+    sync.reconcile().unwrap();
+    (clinic, sync)
+}
+
+/// `export_patient` of a patient added again after its deletion links it to the NanoPix patient
+/// the deleted one left behind; a near miss is exported.
+#[test]
+fn export_patient_gives_a_patient_added_again_the_nanopix_patient_left_behind() {
+    let (clinic, sync) = clinic_with_a_patient_left_behind();
+    let near_miss = clinic.add_dentaltid("FSFFS", "DSSSFSFS", Some("2025-01-21"));
+    assert_ne!(sync.export_patient(near_miss).unwrap().to_string(), "20250121_152638");
+    let again = clinic.add_dentaltid(" fsffs", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    let linked = common::drain(&sync)
+        .into_iter()
+        .any(|e| matches!(e.kind, EventKind::PatientLinked { patient_id, .. } if patient_id == again));
+    assert!(linked);
+}
+
+/// Two patients added again alike could each be the deleted one: neither gets its NanoPix
+/// patient, and each is exported.
+#[test]
+fn export_patient_gives_the_nanopix_patient_left_behind_to_no_one_of_two_alike() {
+    let (clinic, sync) = clinic_with_a_patient_left_behind();
+    let twins = [(); 2].map(|()| clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21")));
+    for twin in twins {
+        assert_ne!(sync.export_patient(twin).unwrap().to_string(), "20250121_152638");
+    }
+}
+
 /// The system clock is always inside a second: the three seconds an export may take run from
 /// the clock's second, not from the clock, so the fourth export still takes a past id.
 #[test]

@@ -323,6 +323,35 @@ fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
     assert_eq!(asked.kind, EventKind::DeleteRequested { patient_id, external_id: "20250121_152638".into() });
 }
 
+/// A patient deleted by mistake in DentalTID, whose NanoPix patient holds an image so it stays,
+/// is added again exactly as before: Live Sync links the new patient to that NanoPix patient
+/// instead of exporting a second one.
+#[test]
+fn a_patient_added_again_after_its_deletion_gets_its_nanopix_patient_back() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let deleted = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    rusqlite::Connection::open(&clinic.dentaltid)
+        .unwrap()
+        .execute("DELETE FROM patients WHERE id = ?1", [deleted])
+        .unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
+    assert_eq!(sync.delete_in_nanopix("20250121_152638").map_err(|e| e.code()), Err("not_empty"));
+    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    let outcome = wait_for(&sync, DEADLINE, |e| match e {
+        EventKind::PatientExported { patient_id, .. } | EventKind::PatientLinked { patient_id, .. } => {
+            *patient_id == again
+        }
+        _ => false,
+    });
+    assert!(matches!(outcome.kind, EventKind::PatientLinked { .. }), "{:?}", outcome.kind);
+    let people: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient", |r| r.get(0));
+    assert_eq!(people, ["20250121_152638"]);
+    let info = sync.source_info(again).unwrap();
+    assert_eq!((info.external_id.as_deref(), info.image_count), (Some("20250121_152638"), 1));
+    assert_eq!(sync.delete_in_nanopix("20250121_152638").map_err(|e| e.code()), Err("delete_not_requested"));
+}
+
 #[test]
 fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_hourly_reconcile() {
     let clinic = Clinic::new("v29");

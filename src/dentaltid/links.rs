@@ -150,6 +150,18 @@ impl DentalTid {
         Ok(())
     }
 
+    /// The NanoPix ids of the links that ask for a delete: their DentalTID patient was deleted
+    /// while NanoPix still held its row.
+    pub fn delete_requests(&self) -> Result<Vec<NanoPixId>> {
+        let read = || {
+            let mut rows = self.conn.prepare_cached("SELECT external_id FROM nanopix_sync_links WHERE state = ?1")?;
+            let ids = rows.query_map([LinkState::DeleteRequested.as_str()], |row| text_at(row, 0))?;
+            ids.collect::<rusqlite::Result<Vec<_>>>()
+        };
+        let ids = read().map_err(Error::db(&self.path, "reading delete requests"))?;
+        Ok(ids.into_iter().flatten().filter_map(|id| NanoPixId::parse(&id).ok()).collect())
+    }
+
     /// Whether a `delete_requested` link records this NanoPix id, no DentalTID patient shows it
     /// any more ([`DentalTid::shows_external_id`]) and no patient still there keeps a link to it
     /// (one whose `external_id` DentalTID cleared): only then may the NanoPix patient be deleted.

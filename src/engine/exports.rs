@@ -3,11 +3,12 @@
 //! crash or an error interrupted.
 
 use chrono::NaiveDateTime;
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 
 use super::Engine;
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
+use crate::matching::MatchedLink;
 use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
 
@@ -54,8 +55,8 @@ enum IdsFrom {
 
 impl Engine {
     /// Exports one DentalTID patient now, whatever Live Sync says. NanoPix patients the sync has
-    /// not seen yet are imported or linked first: when the matching links one of them to this
-    /// patient, its id is returned and nothing is exported.
+    /// not seen yet are imported or linked first: when the matching links one of them, or one a
+    /// deleted patient left behind, to this patient, its id is returned and nothing is exported.
     pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let recorded = self.dentaltid.link(patient_id)?.map(|link| link.external_id);
@@ -64,10 +65,40 @@ impl Engine {
         }
         self.catch_up_with_nanopix()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
-        match patient.external_id.as_deref().map(NanoPixId::parse) {
-            Some(linked) => linked,
-            None => self.export_or_resume(&patient, IdsFrom::Now),
+        if let Some(linked) = patient.external_id.as_deref().map(NanoPixId::parse) {
+            return linked;
         }
+        if let Some(left) = self.left_behind_by_deleted_patients()?.remove(&patient_id) {
+            let external_id = left.external_id;
+            let mut report = ReconcileReport::default();
+            self.link_all(vec![left], &mut report)?;
+            if report.linked == 1 {
+                return Ok(external_id);
+            }
+        }
+        self.export_or_resume(&patient, IdsFrom::Now)
+    }
+
+    /// The NanoPix patients that patients deleted in DentalTID left behind (a delete asked for and
+    /// not done) and that the matching links, as a first sync would, to a DentalTID patient with
+    /// no link: by that patient's id. A person deleted by mistake and added again gets their
+    /// NanoPix patient, and its images, back instead of a second one. Only a NanoPix patient with
+    /// a birth date can link.
+    fn left_behind_by_deleted_patients(&mut self) -> Result<HashMap<i64, MatchedLink>> {
+        let mut left = Vec::new();
+        for id in self.dentaltid.delete_requests()? {
+            left.extend(self.nanopix.patient(id)?.filter(|patient| patient.birth_date.is_some()));
+        }
+        if left.is_empty() {
+            return Ok(HashMap::default());
+        }
+        self.ensure_indexes()?;
+        let mut matcher = self.matcher(&left)?;
+        let mut imports = Vec::new();
+        for patient in left {
+            matcher.offer(patient, &mut imports);
+        }
+        Ok(matcher.finish().into_iter().map(|link| (link.patient_id, link)).collect())
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix
@@ -178,8 +209,20 @@ impl Engine {
 
     /// Exports `patients` with ids `from`, reporting each failure; returns the lowest patient id
     /// among those that failed. With ids from their creation, patients are taken in that order,
-    /// so each id is looked for after the last one given; else in the order given.
+    /// so each id is looked for after the last one given; else in the order given. A patient the
+    /// matching links to a NanoPix patient a deleted one left behind is linked to it instead.
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
+        if patients.is_empty() {
+            return None;
+        }
+        let mut left_behind = match self.left_behind_by_deleted_patients() {
+            Ok(left_behind) => left_behind,
+            Err(error) => {
+                // Exporting now could give a person a second NanoPix patient: the next pass tries again.
+                self.report_error(&error, None, None, report);
+                return patients.iter().map(|patient| patient.id).min();
+            }
+        };
         let mut ordered: Vec<&Patient> = patients.iter().collect();
         if from == IdsFrom::Creation {
             let now = self.config.clock.now();
@@ -190,6 +233,15 @@ impl Engine {
         for patient in ordered {
             if self.cancelled() {
                 break;
+            }
+            if let Some(left) = left_behind.remove(&patient.id) {
+                let linked = report.linked;
+                if let Err(error) = self.link_all(vec![left], report) {
+                    self.report_error(&error, None, Some(patient.id), report);
+                }
+                if report.linked > linked {
+                    continue;
+                }
             }
             match self.export_or_resume(patient, from) {
                 Ok(_) => report.exported += 1,
