@@ -157,12 +157,14 @@ impl NanoPixSync {
     }
 
     /// Deletes a NanoPix patient's row and empty folder, after a `delete_requested` event and
-    /// after the host asked the user.
+    /// after the host asked the user. Called again after a delete cut short (the row deleted, the
+    /// folder not), it removes the folder.
     ///
     /// # Failure
     /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient
-    /// and no DentalTID patient holds its id again; [`Error::NanoPixPatientNotEmpty`] if NanoPix
-    /// holds any image, study, report or file for it.
+    /// and no DentalTID patient holds its id again (in its `external_id` or by a recorded link);
+    /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report or file for
+    /// it; [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.
     pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.delete_in_nanopix(&external_id))

@@ -407,6 +407,30 @@ fn delete_in_nanopix_deletes_only_what_dentaltid_asked_for() {
     assert!(clinic.root.join("20250122_101500").is_dir());
 }
 
+/// A `delete_in_nanopix` cut short after deleting the row (the process killed, or the folder
+/// held open by another program) leaves the folder: asked again, it removes the folder, if
+/// empty, instead of refusing for good.
+#[test]
+fn delete_in_nanopix_asked_again_ends_a_delete_cut_short_after_the_row() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    another_program(&clinic.dentaltid)
+        .execute("DELETE FROM patients WHERE external_id = '20250122_091500'", [])
+        .unwrap();
+    sync.reconcile().unwrap();
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute("DELETE FROM Patient WHERE id = '20250122_091500'", []).unwrap();
+    let folder = clinic.root.join("20250122_091500");
+    std::fs::write(folder.join("note.txt"), "kept").unwrap();
+    assert_eq!(sync.delete_in_nanopix("20250122_091500").map_err(|e| e.code()), Err("not_empty"));
+    std::fs::remove_file(folder.join("note.txt")).unwrap();
+    assert_eq!(sync.delete_in_nanopix("20250122_091500").map_err(|e| e.code()), Ok(()));
+    assert!(!folder.exists());
+    assert_eq!(sync.delete_in_nanopix("20250122_091500").map_err(|e| e.code()), Err("no_such_patient"));
+}
+
 #[test]
 fn today_filters_follow_the_clock_and_createdat() {
     let clinic = Clinic::new("v29");

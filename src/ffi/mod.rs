@@ -213,9 +213,10 @@ pub unsafe extern "C" fn nps_export_existing(handle: *mut NpsHandle, exported: *
 }
 
 /// Deletes NanoPix patient `external_id` (its row and empty folder), after a delete_requested
-/// event and after the host asked the user. Refuses with NPS_DELETE_NOT_REQUESTED unless that
-/// event was sent and no DentalTID patient holds the id again, and with NPS_NOT_EMPTY if NanoPix
-/// holds any image, study, report or file for it.
+/// event and after the host asked the user; called again after a delete cut short (the row
+/// deleted, the folder not), it removes the folder. Refuses with NPS_DELETE_NOT_REQUESTED unless
+/// that event was sent and no DentalTID patient holds the id again (in its external_id or by a
+/// recorded link), and with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it.
 /// The caller keeps ownership of `external_id`. Any thread may call it.
 ///
 /// # Safety

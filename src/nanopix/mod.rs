@@ -362,20 +362,27 @@ impl NanoPix {
     }
 
     /// Deletes the patient's row and its empty folder (with the empty `subfolders` an export
-    /// made in it); refuses if it holds anything.
+    /// made in it); refuses if it holds anything. Without a row, removes the folder alone, if
+    /// empty: a delete cut short after its commit (the process killed, the folder held open)
+    /// ends when asked again.
     ///
     /// # Failure
-    /// [`Error::NanoPixPatientNotFound`] without a row, [`Error::NanoPixPatientNotEmpty`] while
-    /// any study, report or file is left (studies and reports are counted again under the write
-    /// lock). The folder is removed after the commit; if that fails (say a file appeared in
-    /// between) the error is [`Error::Io`] and the row stays deleted.
+    /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
+    /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (studies and
+    /// reports are counted again under the write lock). The folder is removed after the commit;
+    /// if that fails (say a file appeared in between) the error is [`Error::Io`] and the row
+    /// stays deleted.
     pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
-        if !self.id_exists(id)? {
+        let row = self.id_exists(id)?;
+        if !row && !self.has_folder(id) {
             return Err(Error::NanoPixPatientNotFound(id.to_string()));
         }
         let contents = self.contents(id, subfolders)?;
         if contents != PatientContents::default() {
             return Err(not_empty(id, contents));
+        }
+        if !row {
+            return folders::remove_empty_folder(&self.folder_path(id), subfolders);
         }
         match database::write(&self.conn, &self.db_path, "delete patient", |conn| database::delete_patient(conn, id))? {
             Deletion::Deleted => folders::remove_empty_folder(&self.folder_path(id), subfolders),
