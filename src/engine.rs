@@ -196,6 +196,7 @@ impl Engine {
             Some(matcher) if snapshot.many_unknown => self.import_unknown_rows(snapshot, matcher, report)?,
             matcher => self.import_few(&snapshot.unknown, matcher, report)?,
         }
+        crash_point("imported");
         let folders = self.folders(snapshot, report)?;
         self.check_links(snapshot, &folders, linked_now, report)
     }
@@ -211,10 +212,15 @@ impl Engine {
         self.cursor = None;
         let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
+        // Left by a pass that crashed before it recorded the folders it awaits.
+        let unsettled_since = self.dentaltid.unsettled_links_since()?;
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
         let adopted = self.adopt_existing_links(&snapshot)?;
-        let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).collect();
+        let unsettled =
+            snapshot.links.iter().filter(|link| unsettled_since.is_some_and(|since| link.synced_at >= since));
+        let unsettled = unsettled.filter_map(|link| NanoPixId::parse(&link.external_id).ok());
+        let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).chain(unsettled).collect();
         if let Err(error) = self.import_and_check_links(&mut snapshot, &linked_now, &mut report) {
             // What was imported before the error still waits for its folder, not a removal. The
             // error to report is the first one.
@@ -1014,6 +1020,16 @@ fn held_by_patients(snapshot: &Snapshot, patients: &HashSet<i64>) -> HashSet<Nan
     let kept = |link: &&Link| link.state != LinkState::DeleteRequested && patients.contains(&link.patient_id);
     let linked = snapshot.links.iter().filter(kept).filter_map(|link| NanoPixId::parse(&link.external_id).ok());
     snapshot.dentaltid.iter().filter_map(|patient| patient.external_id).chain(linked).collect()
+}
+
+/// Stops the process at a named step (of an export, or of a reconcile) when
+/// `NANOPIX_SYNC_CRASH_AT` names it.
+///
+/// Only in debug builds: the crash-repair tests run the work in a child process and let it die here.
+fn crash_point(step: &str) {
+    if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
+        std::process::abort();
+    }
 }
 
 /// What NanoPix still holds of a linked patient.

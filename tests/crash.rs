@@ -147,3 +147,35 @@ fn export_existing_killed_midway_exports_each_patient_once_after_the_next_sync()
     assert_sound(&clinic.dentaltid);
     assert_sound(&clinic.nanopix_db());
 }
+
+/// A sync killed after committing its imports and links, before it recorded the folders it
+/// awaits (NanoPix saved the rows and has not made their folders yet): the next sync still
+/// awaits them, and reports no patient removed; a folder made, then removed, is.
+#[test]
+fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_afterwards() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(3);
+    clinic.add_linkable_pairs(2);
+    let status = common::child_process("killed_sync_child", &clinic)
+        .env("NPS_TEST_WORK", "reconcile")
+        .env("NANOPIX_SYNC_CRASH_AT", "imported")
+        .status()
+        .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "aborted at the crash point: {status:?}");
+    }
+    #[cfg(not(unix))]
+    assert!(!status.success());
+    let imported = "SELECT count(*) FROM patients WHERE source = 'nanopix'";
+    assert_eq!(count(&clinic.dentaltid, imported), 4, "the bulk and the fixture were imported before the kill");
+
+    let sync = clinic.open_without_automatic_work();
+    assert_eq!(sync.reconcile().unwrap().removed, 0);
+    let first = "20230101_000000";
+    std::fs::create_dir(clinic.root.join(first)).unwrap();
+    sync.reconcile().unwrap();
+    std::fs::remove_dir(clinic.root.join(first)).unwrap();
+    assert_eq!(sync.reconcile().unwrap().removed, 1);
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params};
 
+use super::awaited_folders::note_unsettled_links;
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
@@ -65,16 +66,17 @@ impl Importing<'_> {
             return Ok(Vec::new());
         }
         let path = &self.dentaltid.path;
+        let synced_at = dart_timestamp(synced_at);
         let tx = match &mut self.open {
             Some((tx, _)) => tx,
             open @ None => {
                 let tx = Transaction::new_unchecked(&self.dentaltid.conn, TransactionBehavior::Immediate)
+                    .and_then(|tx| note_unsettled_links(&tx, &synced_at).map(|()| tx))
                     .map_err(Error::db(path, "importing patients"))?;
                 &open.insert((tx, Instant::now())).0
             }
         };
-        let inserted =
-            insert_imported(tx, rows, &dart_timestamp(synced_at)).map_err(Error::db(path, "importing patients"))?;
+        let inserted = insert_imported(tx, rows, &synced_at).map_err(Error::db(path, "importing patients"))?;
         Ok(inserted
             .into_iter()
             .map(|id| id.map_err(Error::db(path, "importing a patient DentalTID refuses")))
@@ -268,6 +270,7 @@ impl DentalTid {
     pub fn link_all(&mut self, links: &[(i64, NanoPixId)], synced_at: NaiveDateTime) -> Result<Vec<Result<()>>> {
         let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
+            note_unsettled_links(tx, &synced_at)?;
             let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
             let mut record = tx.prepare_cached(UPSERT_LINK)?;
             let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());

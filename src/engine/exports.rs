@@ -5,7 +5,7 @@
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
 
-use super::Engine;
+use super::{Engine, crash_point};
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
 use crate::matching::MatchedLink;
@@ -512,14 +512,5 @@ fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewN
         birth_date: patient.date_of_birth,
         phone: Some(patient.phone.trim().to_owned()).filter(|phone| !phone.is_empty()),
         created: now,
-    }
-}
-
-/// Stops the process at a named step of an export when `NANOPIX_SYNC_CRASH_AT` names it.
-///
-/// Only in debug builds: the crash-repair tests run an export in a child process and let it die here.
-fn crash_point(step: &str) {
-    if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
-        std::process::abort();
     }
 }
