@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use chrono::NaiveDateTime;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 
 use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef};
 use crate::events::{EventBus, EventKind, ReconcileReport};
@@ -296,6 +296,10 @@ impl Engine {
         self.ensure_indexes()?;
         self.reconnect_nanopix_if_read_only()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
+        // A pass that failed after writing links left them unsettled: a full reconcile settles them.
+        if self.dentaltid.unsettled_links_since()?.is_some() {
+            return self.reconcile();
+        }
         let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
         self.repair_some_exports(&mut report)?;
@@ -643,18 +647,25 @@ impl Engine {
         if self.cancelled() {
             return Ok(());
         }
-        self.link_all(matcher.finish(), report)
+        self.link_all(matcher.finish(), true, report).map(drop)
     }
 
-    /// Links NanoPix patients to the DentalTID patients they match, in one transaction.
     /// Links NanoPix patients to the DentalTID patients they match, [`LINKS_PER_TRANSACTION`]
     /// at a time in patient order (so each transaction keeps to one stretch of the table), and
-    /// reports each transaction's links once it is committed.
-    fn link_all(&mut self, mut links: Vec<MatchedLink>, report: &mut ReconcileReport) -> Result<()> {
+    /// reports each transaction's links once it is committed; returns the links written, by
+    /// patient id. `new_to_sync` says the NanoPix patients are new to the sync (see
+    /// [`crate::dentaltid::DentalTid::link_all`]).
+    fn link_all(
+        &mut self,
+        mut links: Vec<MatchedLink>,
+        new_to_sync: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<HashMap<i64, NanoPixId>> {
         links.sort_by_key(|link| link.patient_id);
+        let mut linked = HashMap::default();
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
             let pairs: Vec<(i64, NanoPixId)> = chunk.iter().map(|link| (link.patient_id, link.external_id)).collect();
-            let outcomes = self.dentaltid.link_all(&pairs, self.config.clock.now())?;
+            let outcomes = self.dentaltid.link_all(&pairs, self.config.clock.now(), new_to_sync)?;
             for (link, outcome) in chunk.iter().zip(outcomes) {
                 let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
                 if let Err(error) = outcome {
@@ -662,11 +673,12 @@ impl Engine {
                     continue;
                 }
                 report.linked += 1;
+                linked.insert(patient_id, link.external_id);
                 let (first_name, last_name) = (link.first_name.clone(), link.last_name.clone());
                 self.bus.emit(EventKind::PatientLinked { patient_id, external_id, first_name, last_name });
             }
         }
-        Ok(())
+        Ok(linked)
     }
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID

@@ -179,3 +179,28 @@ fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_after
     std::fs::remove_dir(clinic.root.join(first)).unwrap();
     assert_eq!(sync.reconcile().unwrap().removed, 1);
 }
+
+/// DentalTID gave a patient a NanoPix id itself, for a NanoPix patient whose folder is not made
+/// yet; a reconcile adopts that link, imports, and is killed before it records the folders it
+/// awaits: the next reconcile still awaits that folder.
+#[test]
+fn a_sync_killed_after_adopting_a_link_reports_no_removal_afterwards() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(3);
+    let conn = Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_093000', 'Ray', 'Bob')", [])
+        .unwrap();
+    let bob = clinic.add_dentaltid("Bob", "Ray", None);
+    let dentaltid = Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_093000' WHERE id = ?1", [bob]).unwrap();
+    let status = common::child_process("killed_sync_child", &clinic)
+        .env("NPS_TEST_WORK", "reconcile")
+        .env("NANOPIX_SYNC_CRASH_AT", "imported")
+        .status()
+        .unwrap();
+    assert!(!status.success(), "killed at the crash point: {status:?}");
+    assert_eq!(count(&clinic.dentaltid, "SELECT count(*) FROM nanopix_sync_links"), 1, "the link was adopted");
+
+    let sync = clinic.open_without_automatic_work();
+    assert_eq!(sync.reconcile().unwrap().removed, 0);
+}

@@ -427,6 +427,48 @@ fn export_patient_gives_the_nanopix_patient_left_behind_to_no_one_of_two_alike()
     }
 }
 
+/// Deleted by mistake twice and added a third time: the NanoPix patient left behind is still
+/// given back, though two deletions asked for its delete.
+#[test]
+fn a_patient_deleted_twice_gets_the_nanopix_patient_left_behind_back_the_third_time() {
+    let (clinic, sync) = clinic_with_a_patient_left_behind();
+    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [again]).unwrap();
+    sync.reconcile().unwrap();
+    let third = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(third).unwrap().to_string(), "20250121_152638");
+    assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
+}
+
+/// A NanoPix patient left behind and given back is held again: another patient with its names,
+/// added later (the one given it back has had its name corrected since), is exported.
+#[test]
+fn a_nanopix_patient_left_behind_is_given_back_to_one_patient_only() {
+    let (clinic, sync) = clinic_with_a_patient_left_behind();
+    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("UPDATE patients SET name = 'Fsffs-Corrected' WHERE id = ?1", [again]).unwrap();
+    let other = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_ne!(sync.export_patient(other).unwrap().to_string(), "20250121_152638");
+}
+
+/// Giving a NanoPix patient back leaves nothing unsettled: a folder an export made afterwards,
+/// then removed, is reported by the next reconcile.
+#[test]
+fn giving_a_nanopix_patient_back_hides_no_later_folder_removal() {
+    let (clinic, sync) = clinic_with_a_patient_left_behind();
+    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    clinic.clock.advance(chrono::Duration::minutes(1));
+    let exported = sync.export_patient(1).unwrap().to_string();
+    std::fs::remove_dir(clinic.root.join(&exported)).unwrap();
+    common::drain(&sync);
+    assert_eq!(sync.reconcile().unwrap().removed, 1);
+}
+
 /// The system clock is always inside a second: the three seconds an export may take run from
 /// the clock's second, not from the clock, so the fourth export still takes a past id.
 #[test]
@@ -486,10 +528,10 @@ fn an_export_looks_new_ids_up_in_dentaltid_by_index() {
             |r| r.get::<_, String>(0),
         )
     };
-    assert_eq!(indexes(), ["nanopix_sync_links_external_id"], "Live Sync is off and nothing was exported yet");
+    let own = ["nanopix_sync_links_delete_requested", "nanopix_sync_links_external_id"];
+    assert_eq!(indexes(), own, "Live Sync is off and nothing was exported yet");
     sync.export_patient(1).unwrap();
-    let expected =
-        ["nanopix_sync_links_external_id", "nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"];
+    let expected = [own[0], own[1], "nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"];
     assert_eq!(indexes(), expected);
     let plans: Vec<String> = clinic.dentaltid_rows(
         "EXPLAIN QUERY PLAN SELECT 1 FROM patients WHERE external_id = '20250122_100000' LIMIT 1",

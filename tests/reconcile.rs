@@ -431,6 +431,33 @@ fn delete_in_nanopix_asked_again_ends_a_delete_cut_short_after_the_row() {
     assert_eq!(sync.delete_in_nanopix("20250122_091500").map_err(|e| e.code()), Err("no_such_patient"));
 }
 
+/// A pass that imported a NanoPix patient whose folder is not made yet, then failed (a link a
+/// DentalTID trigger rolls back), is tried again: the folder is still awaited, not removed.
+#[test]
+fn a_pass_that_failed_after_importing_still_awaits_the_folders_of_its_imports() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    clinic.add_dentaltid("Ann", "Lee", Some("1990-01-01"));
+    let eve = clinic.add_dentaltid("Eve", "Roe", Some("1970-01-01"));
+    rusqlite::Connection::open(clinic.nanopix_db())
+        .unwrap()
+        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_093000', 'Ray', 'Bob')", [])
+        .unwrap();
+    clinic.add_nanopix("20250122_093100", "Lee", "Ann", Some("1990-01-01"));
+    let dentaltid = another_program(&clinic.dentaltid);
+    let refuse =
+        "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients BEGIN SELECT RAISE(ROLLBACK, 'no'); END;";
+    dentaltid.execute_batch(refuse).unwrap();
+    assert!(sync.export_patient(eve).is_err(), "the pass fails on the link");
+    let bob: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_093000'", |r| r.get(0));
+    assert_eq!(bob.len(), 1, "Bob was imported before the failure");
+    dentaltid.execute_batch("DROP TRIGGER refuse_link").unwrap();
+    sync.export_patient(eve).unwrap();
+    assert_eq!(sync.reconcile().unwrap().removed, 0);
+}
+
 #[test]
 fn today_filters_follow_the_clock_and_createdat() {
     let clinic = Clinic::new("v29");

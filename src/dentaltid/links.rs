@@ -18,6 +18,7 @@ use foldhash::{HashMap, HashSet};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
+use super::awaited_folders::note_unsettled_links;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{NewNanoPixPatient, WrittenRow, dart_timestamp, parse_dart_timestamp};
@@ -150,12 +151,14 @@ impl DentalTid {
         Ok(())
     }
 
-    /// The NanoPix ids of the links that ask for a delete: their DentalTID patient was deleted
-    /// while NanoPix still held its row.
+    /// The NanoPix ids of the links that ask for a delete, each once: their DentalTID patient was
+    /// deleted while NanoPix still held its row. Found by a partial index (`state` is written out
+    /// in the statement so that SQLite uses it).
     pub fn delete_requests(&self) -> Result<Vec<NanoPixId>> {
         let read = || {
-            let mut rows = self.conn.prepare_cached("SELECT external_id FROM nanopix_sync_links WHERE state = ?1")?;
-            let ids = rows.query_map([LinkState::DeleteRequested.as_str()], |row| text_at(row, 0))?;
+            let sql = "SELECT DISTINCT external_id FROM nanopix_sync_links WHERE state = 'delete_requested'";
+            let mut rows = self.conn.prepare_cached(sql)?;
+            let ids = rows.query_map([], |row| text_at(row, 0))?;
             ids.collect::<rusqlite::Result<Vec<_>>>()
         };
         let ids = read().map_err(Error::db(&self.path, "reading delete requests"))?;
@@ -284,10 +287,13 @@ impl DentalTid {
     }
 
     /// Records links DentalTID already had (an `external_id` set without a link), in one
-    /// transaction. A patient whose link a batch row already records is left as it is.
+    /// transaction, noted unsettled until the caller records the folders it awaits (see
+    /// [`super::awaited_folders`]). A patient whose link a batch row already records is left as
+    /// it is.
     pub fn adopt_links(&mut self, links: &[(i64, NanoPixId, LinkOrigin)], synced_at: NaiveDateTime) -> Result<()> {
         let synced_at = dart_timestamp(synced_at);
         self.write("recording existing links", |tx| {
+            note_unsettled_links(tx, &synced_at)?;
             let mut adopt = tx.prepare_cached(ADOPT_LINK)?;
             for (patient_id, external_id, origin) in links {
                 if batch_link(tx, *patient_id)?.is_some() {

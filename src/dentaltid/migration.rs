@@ -61,8 +61,9 @@ const DROP_OWN_INDEXES: &str = "
     DROP INDEX IF EXISTS nanopix_sync_patients_date_of_birth;
 ";
 
-/// The sync's own tables, and the index that finds a link row by its NanoPix id (every new
-/// NanoPix id is looked up there).
+/// The sync's own tables, the index that finds a link row by its NanoPix id (every new NanoPix
+/// id is looked up there), and the one that finds the links asking for a delete (every export
+/// looks at them).
 const OWN_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS nanopix_sync_state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS nanopix_sync_links(
@@ -89,6 +90,8 @@ const OWN_TABLES: &str = "
     );
     CREATE TABLE IF NOT EXISTS nanopix_sync_awaited_folders(external_id TEXT PRIMARY KEY);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
+    CREATE INDEX IF NOT EXISTS nanopix_sync_links_delete_requested ON nanopix_sync_links(external_id)
+        WHERE state = 'delete_requested';
 ";
 
 /// The export journal's columns that its first version lacked, each with the statement that

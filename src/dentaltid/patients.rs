@@ -262,15 +262,25 @@ impl DentalTid {
 
     /// Links existing patients to NanoPix ids in one transaction: sets `external_id` (only where
     /// it is still NULL or blank) and records each link. Returns one outcome per link, in order.
+    /// `new_to_sync` says the NanoPix patients are new to the sync, so NanoPix may not have made
+    /// their folders yet: the note of unsettled links (see [`super::awaited_folders`]) is then
+    /// written with the links, for the caller to clear once it recorded the folders it awaits.
     ///
     /// # Failure
     /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient,
     /// [`Error::AlreadyLinked`] if it already has an `external_id`, and [`Error::Database`] if
     /// DentalTID's table refuses the change (a constraint or a trigger); nothing is written for it.
-    pub fn link_all(&mut self, links: &[(i64, NanoPixId)], synced_at: NaiveDateTime) -> Result<Vec<Result<()>>> {
+    pub fn link_all(
+        &mut self,
+        links: &[(i64, NanoPixId)],
+        synced_at: NaiveDateTime,
+        new_to_sync: bool,
+    ) -> Result<Vec<Result<()>>> {
         let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
-            note_unsettled_links(tx, &synced_at)?;
+            if new_to_sync {
+                note_unsettled_links(tx, &synced_at)?;
+            }
             let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
             let mut record = tx.prepare_cached(UPSERT_LINK)?;
             let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());

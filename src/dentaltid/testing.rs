@@ -92,6 +92,6 @@ pub(super) fn link_one(
     external_id: &str,
     synced_at: chrono::NaiveDateTime,
 ) -> crate::Result<()> {
-    let mut outcomes = dentaltid.link_all(&[(patient_id, nanopix_id(external_id))], synced_at)?;
+    let mut outcomes = dentaltid.link_all(&[(patient_id, nanopix_id(external_id))], synced_at, true)?;
     outcomes.pop().unwrap_or(Ok(()))
 }

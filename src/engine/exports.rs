@@ -2,7 +2,7 @@
 //! link), the ids they are given, the exports Live Sync owes, and the repair of exports that a
 //! crash or an error interrupted.
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
 use foldhash::{HashMap, HashSet};
 
 use super::{Engine, crash_point};
@@ -68,26 +68,30 @@ impl Engine {
         if let Some(linked) = patient.external_id.as_deref().map(NanoPixId::parse) {
             return linked;
         }
-        if let Some(left) = self.left_behind_by_deleted_patients()?.remove(&patient_id) {
-            let external_id = left.external_id;
-            let mut report = ReconcileReport::default();
-            self.link_all(vec![left], &mut report)?;
-            if report.linked == 1 {
-                return Ok(external_id);
-            }
+        let given_back = self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default())?;
+        match given_back.get(&patient_id) {
+            Some(&external_id) => Ok(external_id),
+            None => self.export_or_resume(&patient, IdsFrom::Now),
         }
-        self.export_or_resume(&patient, IdsFrom::Now)
     }
 
-    /// The NanoPix patients that patients deleted in DentalTID left behind (a delete asked for and
-    /// not done) and that the matching links, as a first sync would, to a DentalTID patient with
-    /// no link: by that patient's id. A person deleted by mistake and added again gets their
-    /// NanoPix patient, and its images, back instead of a second one. Only a NanoPix patient with
-    /// a birth date can link.
-    fn left_behind_by_deleted_patients(&mut self) -> Result<HashMap<i64, MatchedLink>> {
+    /// Links those of `exporting` that the matching links, as a first sync would, to a NanoPix
+    /// patient a patient deleted in DentalTID left behind: its delete asked for and not done, and
+    /// no patient holding its id again. A person deleted by mistake and added again gets their
+    /// NanoPix patient, and its images, back instead of a second one. Only those born on the
+    /// birth date of one of `exporting` are read. Returns the links written, by patient id.
+    fn give_back_left_behind(
+        &mut self,
+        exporting: &[Patient],
+        report: &mut ReconcileReport,
+    ) -> Result<HashMap<i64, NanoPixId>> {
+        let dates: HashSet<NaiveDate> = exporting.iter().filter_map(|patient| patient.date_of_birth).collect();
         let mut left = Vec::new();
         for id in self.dentaltid.delete_requests()? {
-            left.extend(self.nanopix.patient(id)?.filter(|patient| patient.birth_date.is_some()));
+            let Some(patient) = self.nanopix.patient(id)? else { continue };
+            if patient.birth_date.is_some_and(|born| dates.contains(&born)) && self.dentaltid.delete_requested(id)? {
+                left.push(patient);
+            }
         }
         if left.is_empty() {
             return Ok(HashMap::default());
@@ -98,7 +102,11 @@ impl Engine {
         for patient in left {
             matcher.offer(patient, &mut imports);
         }
-        Ok(matcher.finish().into_iter().map(|link| (link.patient_id, link)).collect())
+        let exporting: HashSet<i64> = exporting.iter().map(|patient| patient.id).collect();
+        let links: Vec<MatchedLink> =
+            matcher.finish().into_iter().filter(|link| exporting.contains(&link.patient_id)).collect();
+        // The sync knew these NanoPix patients, folders and all: none is awaited.
+        self.link_all(links, false, report)
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix
@@ -215,8 +223,8 @@ impl Engine {
         if patients.is_empty() {
             return None;
         }
-        let mut left_behind = match self.left_behind_by_deleted_patients() {
-            Ok(left_behind) => left_behind,
+        let given_back = match self.give_back_left_behind(patients, report) {
+            Ok(given_back) => given_back,
             Err(error) => {
                 // Exporting now could give a person a second NanoPix patient: the next pass tries again.
                 self.report_error(&error, None, None, report);
@@ -234,14 +242,8 @@ impl Engine {
             if self.cancelled() {
                 break;
             }
-            if let Some(left) = left_behind.remove(&patient.id) {
-                let linked = report.linked;
-                if let Err(error) = self.link_all(vec![left], report) {
-                    self.report_error(&error, None, Some(patient.id), report);
-                }
-                if report.linked > linked {
-                    continue;
-                }
+            if given_back.contains_key(&patient.id) {
+                continue;
             }
             match self.export_or_resume(patient, from) {
                 Ok(_) => report.exported += 1,
