@@ -17,8 +17,8 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use super::probe::{Change, Probes};
 use super::{Context, End, Trigger, polling};
-use crate::Error;
 use crate::events::EventKind as BusEvent;
+use crate::{Error, NanoPixId};
 
 /// How long a burst must stay quiet before its triggers are sent.
 const QUIET_WINDOW: Duration = Duration::from_millis(15);
@@ -193,8 +193,11 @@ impl Hints {
         }
         if parent == layout.root && adds_or_removes(kind) {
             self.patient_folders = true;
-            self.entry_gone |=
-                matches!(kind, EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)));
+            // Only a patient folder going matters: a stray file's does not call for a full reconcile.
+            let patient_folder =
+                path.file_name().and_then(|name| name.to_str()).is_some_and(|name| NanoPixId::parse(name).is_ok());
+            self.entry_gone |= patient_folder
+                && matches!(kind, EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)));
         }
         if parent == layout.dentaltid_folder
             && path.file_name().is_some_and(|name| layout.dentaltid_names.iter().any(|known| known == name))
@@ -276,6 +279,14 @@ mod tests {
         assert!(!hints(vec![event(EventKind::Create(CreateKind::Folder), folder)]).entry_gone);
         let inside = "/clinic/PatientData/20250122_090000/image.jpg";
         assert!(!hints(vec![event(EventKind::Remove(notify::event::RemoveKind::File), inside)]).entry_gone);
+    }
+
+    #[test]
+    fn a_stray_entry_removed_under_the_root_is_no_entry_gone() {
+        for stray in ["/clinic/PatientData/~backup.lock", "/clinic/PatientData/20250122_0900"] {
+            let hints = hints(vec![event(EventKind::Remove(notify::event::RemoveKind::Any), stray)]);
+            assert!(hints.patient_folders && !hints.entry_gone, "{stray}");
+        }
     }
 
     #[test]
