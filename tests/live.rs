@@ -186,6 +186,26 @@ fn a_vanished_root_is_reported_and_recovered_without_restart() {
     imported(&sync, "20250122_091500");
 }
 
+/// The root replaced by a copy under its name faster than the watcher looks (a restore, data
+/// moved back from another disk): the watcher starts watching the copy, so a patient folder
+/// removed from it is reported without waiting for the hourly reconcile.
+#[cfg(unix)]
+#[test]
+fn a_root_replaced_by_a_copy_under_its_name_is_watched_again() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let away = clinic.dir.path().join("PatientData.old");
+    std::fs::rename(&clinic.root, &away).unwrap();
+    copy_tree(&away, &clinic.root);
+    std::fs::remove_dir_all(&away).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
+    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
+    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+}
+
 #[test]
 fn a_root_that_comes_back_as_another_copy_is_synced_from_that_copy() {
     let clinic = Clinic::new("v29");

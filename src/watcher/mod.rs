@@ -9,7 +9,8 @@
 //! One thread runs a *session* at a time: it opens the probes, picks native events or polling
 //! (see [`native`] and [`polling`]), says which in a `watcher_mode` event, and watches until it
 //! is stopped or the root vanishes. A vanished root is reported once, awaited with backoff, and
-//! followed by a new session and a full reconcile.
+//! followed by a new session and a full reconcile. So is a root replaced under its name (a copy
+//! moved in its place), without the wait: native events still watch the folder moved away.
 
 mod native;
 mod network;
@@ -20,13 +21,14 @@ mod tests;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
 
 use crate::events::{EventBus, EventKind};
+use crate::file_identity::FileIdentity;
 use crate::{Config, Error, Result, WatchMode};
 use probe::Probes;
 
@@ -101,6 +103,8 @@ enum End {
     Stopped,
     /// The NanoPix root or its database vanished.
     RootMissing(Error),
+    /// Another folder is at the root's path than the one the session watches.
+    RootReplaced,
 }
 
 /// What the watcher thread knows and owns, apart from the probes and the native watcher.
@@ -116,6 +120,8 @@ struct Context {
     stop: Receiver<()>,
     /// Told once the first session took its first look, or the root was found missing.
     looked: Sender<()>,
+    /// The root folder the current session watches, where the system tells folders apart.
+    watched_root: Mutex<Option<FileIdentity>>,
 }
 
 impl Context {
@@ -136,6 +142,7 @@ impl Context {
             bus,
             stop,
             looked,
+            watched_root: Mutex::new(None),
         }
     }
 
@@ -149,7 +156,7 @@ impl Context {
     fn run(&self) {
         let mut came_back = false;
         loop {
-            let end = match self.check_root() {
+            let end = match self.root_present() {
                 Ok(()) => self.session(came_back),
                 Err(end) => end,
             };
@@ -158,10 +165,11 @@ impl Context {
                 End::RootMissing(error) => {
                     self.bus.error(&error, None, None);
                     let _ = self.looked.try_send(());
+                    if self.wait_for_root().is_err() {
+                        return;
+                    }
                 }
-            }
-            if self.wait_for_root().is_err() {
-                return;
+                End::RootReplaced => {}
             }
             came_back = true;
         }
@@ -169,6 +177,7 @@ impl Context {
 
     /// Opens the probes, picks the mode, says so, and watches until the session ends.
     fn session(&self, came_back: bool) -> End {
+        *self.watched_root.lock().unwrap_or_else(PoisonError::into_inner) = FileIdentity::of(&self.root);
         let probes = Probes::open(&self.nanopix_db, &self.dentaltid_db);
         let native = self.native_or_why_not();
         let (mode, reason) = match &native {
@@ -215,8 +224,17 @@ impl Context {
         }
     }
 
-    /// Whether the root folder and NanoPix's database are still there.
+    /// Whether the root folder the session watches and NanoPix's database are still there.
     fn check_root(&self) -> Result<(), End> {
+        self.root_present()?;
+        if FileIdentity::of(&self.root) != *self.watched_root.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(End::RootReplaced);
+        }
+        Ok(())
+    }
+
+    /// Whether a root folder and NanoPix's database are there.
+    fn root_present(&self) -> Result<(), End> {
         if !std::fs::metadata(&self.root).is_ok_and(|metadata| metadata.is_dir()) {
             return Err(End::RootMissing(Error::NanoPixRootMissing(self.root.clone())));
         }
@@ -231,7 +249,7 @@ impl Context {
         let mut pause = self.poll_interval.min(FIRST_BACKOFF).max(Duration::from_millis(1));
         loop {
             self.pause(pause)?;
-            if self.check_root().is_ok() {
+            if self.root_present().is_ok() {
                 return Ok(());
             }
             pause = (pause * 2).min(MAX_BACKOFF);
