@@ -87,7 +87,7 @@
 #define NPS_NOT_FOUND 100
 
 /**
- * A table or column is missing (`schema`).
+ * A table or column is missing, or not what the program's own schema makes it (`schema`).
  */
 #define NPS_SCHEMA 101
 

@@ -41,6 +41,19 @@ pub enum Error {
         column: &'static str,
     },
 
+    /// A column the sync needs is there, but not as the program's own schema makes it.
+    #[error("column `{column}` of table `{table}` in {path} must be {expected}")]
+    UnexpectedColumn {
+        /// The database file.
+        path: PathBuf,
+        /// The table that was inspected.
+        table: &'static str,
+        /// The column.
+        column: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+
     /// A string is not a valid NanoPix patient id (`YYYYMMDD_HHMMSS`, a real date and time).
     #[error("invalid NanoPix patient id {0:?}")]
     InvalidNanoPixId(String),
@@ -164,7 +177,7 @@ impl Error {
             Error::NanoPixRootMissing(_) | Error::NanoPixDatabaseMissing(_) | Error::DentalTidDatabaseMissing(_) => {
                 "not_found"
             }
-            Error::MissingTable { .. } | Error::MissingColumn { .. } => "schema",
+            Error::MissingTable { .. } | Error::MissingColumn { .. } | Error::UnexpectedColumn { .. } => "schema",
             Error::InvalidNanoPixId(_) => "invalid_id",
             Error::PatientNotFound(_) | Error::NanoPixPatientNotFound(_) => "no_such_patient",
             Error::AlreadyLinked { .. } => "already_linked",
@@ -193,6 +206,7 @@ impl Error {
             | Error::InUse(path)
             | Error::MissingTable { path, .. }
             | Error::MissingColumn { path, .. }
+            | Error::UnexpectedColumn { path, .. }
             | Error::Busy { path, .. }
             | Error::Database { path, .. }
             | Error::Io { path, .. }

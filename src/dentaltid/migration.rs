@@ -109,13 +109,14 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 6] = [
+const OWN_OBJECTS: [(&str, &str); 7] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
     ("table", "nanopix_sync_imports"),
     ("table", "nanopix_sync_awaited_folders"),
     ("index", "nanopix_sync_links_external_id"),
+    ("index", "nanopix_sync_links_delete_requested"),
 ];
 
 impl DentalTid {
@@ -177,10 +178,26 @@ pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()>
         return Err(Error::MissingTable { path: path.to_path_buf(), table: "patients" });
     }
     let columns = table_columns(conn, "patients").map_err(Error::db(path, step))?;
-    match REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
-        Some(column) => Err(Error::MissingColumn { path: path.to_path_buf(), table: "patients", column }),
-        None => Ok(()),
+    if let Some(column) = REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
+        return Err(Error::MissingColumn { path: path.to_path_buf(), table: "patients", column });
     }
+    if !id_is_rowid(conn).map_err(Error::db(path, step))? {
+        let expected = "the row id (`INTEGER PRIMARY KEY` in a table with row ids), as in DentalTID's schema";
+        return Err(Error::UnexpectedColumn { path: path.to_path_buf(), table: "patients", column: "id", expected });
+    }
+    Ok(())
+}
+
+/// Whether `patients.id` is the table's row id, as DentalTID declares it: links and imports are
+/// kept by that id, and SQLite gives it to every new row. Any other `id` (`INT PRIMARY KEY`,
+/// `INTEGER PRIMARY KEY DESC`, a table `WITHOUT ROWID`) is a column of its own, which an import
+/// would leave NULL.
+fn id_is_rowid(conn: &Connection) -> rusqlite::Result<bool> {
+    let sql = "SELECT (SELECT count(*) FROM pragma_table_info('patients') WHERE pk > 0) = 1
+        AND EXISTS(SELECT 1 FROM pragma_table_info('patients')
+                   WHERE pk = 1 AND name = 'id' COLLATE NOCASE AND upper(type) = 'INTEGER')
+        AND NOT EXISTS(SELECT 1 FROM pragma_index_list('patients') WHERE origin = 'pk')";
+    conn.query_row(sql, [], |row| row.get(0))
 }
 
 /// Whether both columns, every table of [`OWN_TABLES`] and every column of
@@ -310,6 +327,39 @@ mod tests {
         let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(error, Error::MissingColumn { column: "dateOfBirth", .. }), "{error:?}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_patients_table_whose_id_is_not_its_row_id_is_refused_and_left_untouched() {
+        let rest = REQUIRED_COLUMNS[1..].join(", ");
+        let tables = [
+            format!("CREATE TABLE patients(id INT PRIMARY KEY, {rest})"),
+            format!("CREATE TABLE patients(id INTEGER PRIMARY KEY DESC, {rest})"),
+            format!("CREATE TABLE patients(id INTEGER PRIMARY KEY, {rest}) WITHOUT ROWID"),
+            format!("CREATE TABLE patients(id INTEGER, {rest}, PRIMARY KEY(id, name))"),
+        ];
+        for sql in &tables {
+            let dir = TempDir::new().unwrap();
+            let path = dir.path().join("dentaltid.db");
+            Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+            let before = std::fs::read(&path).unwrap();
+            let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(error, Error::UnexpectedColumn { column: "id", .. }), "{sql}: {error:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), before, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_file_migrated_without_the_index_of_delete_requests_gains_it() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V29, true);
+        drop(open(&path));
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP INDEX nanopix_sync_links_delete_requested").unwrap();
+        assert!(!is_migrated(&conn).unwrap());
+        drop(conn);
+        let dentaltid = open(&path);
+        assert!(schema_object_exists(&dentaltid.conn, "index", "nanopix_sync_links_delete_requested").unwrap());
     }
 
     #[test]

@@ -135,9 +135,9 @@ impl DentalTid {
     ///
     /// # Failure
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
-    /// [`Error::MissingTable`] or [`Error::MissingColumn`] if `patients` is not DentalTID's table
-    /// (the file and its folder are then left untouched), [`Error::InUse`] if another sync handle
-    /// has it open.
+    /// [`Error::MissingTable`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
+    /// `patients` is not DentalTID's table (the file and its folder are then left untouched),
+    /// [`Error::InUse`] if another sync handle has it open.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
