@@ -208,6 +208,7 @@ impl Engine {
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
         let started = Instant::now();
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
+        self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)?;
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         self.cursor = None;
         let nanopix_version = self.nanopix.data_version()?;
@@ -275,6 +276,7 @@ impl Engine {
     /// Stores the switch. Switching off keeps the patients whose export is still due, since
     /// switching on again moves the export cursor past every patient.
     fn switch_live_sync(&mut self, enabled: bool) -> Result<()> {
+        self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)?;
         self.live_stored = self.dentaltid.live_sync()?;
         if self.live_stored != enabled {
             let due: Vec<i64> =
@@ -294,7 +296,7 @@ impl Engine {
     /// writes in short transactions) leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
         self.ensure_indexes()?;
-        self.reconnect_nanopix_if_read_only()?;
+        self.reconnect_if_read_only()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         // A pass that failed after writing links left them unsettled: a full reconcile settles them.
         if self.dentaltid.unsettled_links_since()?.is_some() {
@@ -340,14 +342,14 @@ impl Engine {
         Ok(report)
     }
 
-    /// Connects to `NanoPix.db3` again when the connection could only read it and the file is
-    /// writable now. The live cursor goes with the old connection: its data version means
-    /// nothing to the new one, so the next pass reconciles fully.
-    fn reconnect_nanopix_if_read_only(&mut self) -> Result<()> {
+    /// Connects to `NanoPix.db3`, and to DentalTID's database, again when the connection could
+    /// only read it and the file is writable now. NanoPix's live cursor goes with the old
+    /// connection: its data version means nothing to the new one, so the next pass reconciles fully.
+    fn reconnect_if_read_only(&mut self) -> Result<()> {
         if self.nanopix.reconnect_if_read_only()? {
             self.cursor = None;
         }
-        Ok(())
+        self.dentaltid.reconnect_if_read_only(self.config.busy_timeout).map(drop)
     }
 
     /// Adds the indexes live passes and exports need, once: at the end of the first full
@@ -413,7 +415,7 @@ impl Engine {
         if !self.dentaltid.delete_requested(id)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
-        self.reconnect_nanopix_if_read_only()?;
+        self.reconnect_if_read_only()?;
         self.cursor = None;
         self.nanopix.delete_patient(id, &self.config.patient_subfolders)
     }

@@ -250,6 +250,24 @@ fn a_folder_a_live_pass_saw_made_is_a_removal_once_gone() {
     assert_eq!(removed, Some(("20250122_091500".to_owned(), "folder".to_owned())));
 }
 
+/// A `dentaltid.db` the sync could only open read-only (a read-only attribute, a backup tool
+/// holding it): reconciles fail until it is writable again, then the next one syncs, without
+/// closing the handle.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_dentaltid_file_read_only_at_open_is_synced_once_it_is_writable_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let clinic = Clinic::new("v29");
+    drop(clinic.open_without_automatic_work());
+    let set_mode = |mode| std::fs::set_permissions(&clinic.dentaltid, std::fs::Permissions::from_mode(mode)).unwrap();
+    common::obey_file_modes_on_this_thread();
+    set_mode(0o444);
+    let sync = clinic.open_without_automatic_work();
+    assert!(sync.reconcile().is_err(), "a read-only file takes no import");
+    set_mode(0o644);
+    assert_eq!(sync.reconcile().unwrap().imported, 1);
+}
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn a_patient_imported_by_a_reconcile_that_failed_later_still_waits_for_its_folder() {

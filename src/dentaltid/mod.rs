@@ -142,13 +142,26 @@ impl DentalTid {
         if !path.is_file() {
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
-        conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
-        migration::check_patients_table(&conn, path)?;
+        let conn = connect(path, busy_timeout)?;
         let mut dentaltid = Self { conn, path: path.to_path_buf(), _lock: take_sync_lock(path)? };
         dentaltid.migrate()?;
         Ok(dentaltid)
+    }
+
+    /// Connects again when this connection could only open the file read-only (SQLite falls
+    /// back to reading a file it may not write: a read-only attribute, a backup tool holding it)
+    /// and the file is writable now; migrates it, if it was not yet. Returns whether it did.
+    pub fn reconnect_if_read_only(&mut self, busy_timeout: Duration) -> Result<bool> {
+        if !is_read_only(&self.conn) {
+            return Ok(false);
+        }
+        let conn = connect(&self.path, busy_timeout)?;
+        if is_read_only(&conn) {
+            return Ok(false);
+        }
+        self.conn = conn;
+        self.migrate()?;
+        Ok(true)
     }
 
     /// The database file.
@@ -169,6 +182,21 @@ impl DentalTid {
         tx.commit().map_err(Error::db(&self.path, step))?;
         Ok(value)
     }
+}
+
+/// Opens `path` for reading and writing (SQLite falls back to reading only when it may not
+/// write), with `busy_timeout`, and checks its `patients` table before anything is written.
+fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
+    conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
+    migration::check_patients_table(&conn, path)?;
+    Ok(conn)
+}
+
+/// Whether `conn` can only read its file.
+fn is_read_only(conn: &Connection) -> bool {
+    conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false)
 }
 
 /// Locks `<database>.nanopix-sync.lock`, created beside the database file (its path resolved

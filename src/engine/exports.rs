@@ -123,7 +123,7 @@ impl Engine {
     /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
     /// version shows that nobody else wrote to it since the cursor was set (in the same file).
     fn catch_up_with_nanopix(&mut self) -> Result<()> {
-        self.reconnect_nanopix_if_read_only()?;
+        self.reconnect_if_read_only()?;
         let unchanged = match &self.cursor {
             Some(cursor) => !self.nanopix.replaced() && self.nanopix.data_version()? == cursor.nanopix_version,
             None => false,
