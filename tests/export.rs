@@ -416,6 +416,20 @@ fn export_patient_gives_a_patient_added_again_the_nanopix_patient_left_behind() 
     assert!(linked);
 }
 
+/// Deleted and added again at once, with no reconcile between: `export_patient` still sees the
+/// deletion first, and gives the new patient the NanoPix patient left behind.
+#[test]
+fn export_patient_right_after_a_deletion_gives_the_nanopix_patient_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE external_id = '20250121_152638'", []).unwrap();
+    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
+}
+
 /// Two patients added again alike could each be the deleted one: neither gets its NanoPix
 /// patient, and each is exported.
 #[test]
