@@ -213,13 +213,12 @@ impl Engine {
         self.cursor = None;
         let nanopix_version = self.nanopix.data_version()?;
         let mut report = ReconcileReport::default();
-        // Left by a pass that crashed before it recorded the folders it awaits.
-        let unsettled_since = self.dentaltid.unsettled_links_since()?;
+        // Left by a pass that crashed or failed before it recorded the folders it awaits.
+        let unsettled = self.dentaltid.unsettled_links()?;
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
         let adopted = self.adopt_existing_links(&snapshot)?;
-        let unsettled =
-            snapshot.links.iter().filter(|link| unsettled_since.is_some_and(|since| link.synced_at >= since));
+        let unsettled = snapshot.links.iter().filter(|link| unsettled.contains(link.patient_id));
         let unsettled = unsettled.filter_map(|link| NanoPixId::parse(&link.external_id).ok());
         let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).chain(unsettled).collect();
         if let Err(error) = self.import_and_check_links(&mut snapshot, &linked_now, &mut report) {
@@ -299,7 +298,7 @@ impl Engine {
         self.reconnect_if_read_only()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         // A pass that failed after writing links left them unsettled: a full reconcile settles them.
-        if self.dentaltid.unsettled_links_since()?.is_some() {
+        if self.dentaltid.has_unsettled_links()? {
             return self.reconcile();
         }
         let nanopix_version = self.nanopix.data_version()?;

@@ -105,6 +105,22 @@ fn a_second_reconcile_writes_nothing() {
     assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), dentaltid_before, "dentaltid.db is byte-identical");
 }
 
+/// A link row this version cannot read back (a state a newer version wrote) is skipped, and
+/// adopting that patient's link again records nothing: a steady reconcile still writes nothing.
+#[test]
+fn a_reconcile_with_an_unreadable_link_row_writes_nothing() {
+    let clinic = Clinic::new("v29");
+    clinic.add_linkable_pairs(1);
+    let sync = clinic.open();
+    assert_eq!(sync.reconcile().unwrap().linked, 1);
+    let unreadable = "UPDATE nanopix_sync_links SET state = 'archived' WHERE origin = 'matched'";
+    assert_eq!(another_program(&clinic.dentaltid).execute(unreadable, []).unwrap(), 1);
+    sync.reconcile().unwrap();
+    let dentaltid_before = std::fs::read(&clinic.dentaltid).unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), dentaltid_before);
+}
+
 fn reconcile_with(clinic: &Clinic) -> (NanoPixSync, Vec<EventKind>) {
     let sync = clinic.open();
     sync.reconcile().unwrap();
@@ -474,6 +490,46 @@ fn a_pass_that_failed_after_importing_still_awaits_the_folders_of_its_imports() 
     dentaltid.execute_batch("DROP TRIGGER refuse_link").unwrap();
     sync.export_patient(eve).unwrap();
     assert_eq!(sync.reconcile().unwrap().removed, 0);
+}
+
+/// The clock ran an hour fast while Ann was linked (her folder there and seen), then was set
+/// back. A pass then imports Bob, whose folder NanoPix has not made yet, and fails on a link.
+/// Ann's folder is removed: the reconcile that settles the failed pass still reports it, and
+/// awaits only Bob's folder.
+#[test]
+fn a_clock_set_back_hides_no_folder_removal_of_a_link_made_before() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    clinic.clock.advance(chrono::Duration::hours(1));
+    let ann = clinic.add_dentaltid("Ann", "Lee", Some("1990-01-01"));
+    clinic.add_nanopix("20250122_093100", "Lee", "Ann", Some("1990-01-01"));
+    assert_eq!(sync.reconcile().unwrap().linked, 1);
+    clinic.clock.set(common::clinic_morning());
+    let eve = clinic.add_dentaltid("Eve", "Roe", Some("1970-01-01"));
+    clinic.add_dentaltid("Cy", "Moe", Some("1991-01-01"));
+    rusqlite::Connection::open(clinic.nanopix_db())
+        .unwrap()
+        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_093000', 'Ray', 'Bob')", [])
+        .unwrap();
+    clinic.add_nanopix("20250122_093200", "Moe", "Cy", Some("1991-01-01"));
+    let dentaltid = another_program(&clinic.dentaltid);
+    let refuse =
+        "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients BEGIN SELECT RAISE(ROLLBACK, 'no'); END;";
+    dentaltid.execute_batch(refuse).unwrap();
+    assert!(sync.export_patient(eve).is_err(), "the pass fails on Cy's link, after importing Bob");
+    dentaltid.execute_batch("DROP TRIGGER refuse_link").unwrap();
+    std::fs::remove_dir(clinic.root.join("20250122_093100")).unwrap();
+    drain(&sync);
+    assert_eq!(sync.reconcile().unwrap().removed, 1);
+    let removed: Vec<i64> = drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::ExternalPatientRemoved { patient_id, .. } => Some(patient_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, [ann]);
 }
 
 #[test]

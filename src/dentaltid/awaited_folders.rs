@@ -4,32 +4,51 @@
 //! absence is not a removal.
 //!
 //! A pass records the folders it awaits after it committed its links. So that a crash in
-//! between leaves no link unsettled without a trace, the first transaction of a pass that writes
-//! links also notes when it did, in `nanopix_sync_state`, and recording the awaited folders
-//! clears that note: a note found at the start of a reconcile names the links the crashed pass
-//! may have left unsettled.
+//! between leaves no link unsettled without a trace, every transaction that writes links of
+//! NanoPix patients new to the sync also notes which DentalTID patients it linked, as runs of ids
+//! in `nanopix_sync_unsettled_links`, and recording the awaited folders clears them: runs found
+//! at the start of a reconcile name the links a crashed or failed pass left unsettled.
 //!
-//! Only that table and that note are written here, and only when they change. Rows this library
-//! cannot read back as a NanoPix id are skipped, never fatal.
+//! Only those two tables are written here, and only when they change. Rows this library cannot
+//! read back are skipped, never fatal.
 
-use chrono::NaiveDateTime;
 use foldhash::HashSet;
+use rusqlite::Connection;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension};
 
 use super::DentalTid;
-use crate::patient::parse_dart_timestamp;
-use crate::values::text_at;
+use crate::values::integer_at;
 use crate::{Error, NanoPixId, Result};
 
-/// The `nanopix_sync_state` key of the note: when the links not settled yet were written.
-const UNSETTLED_SINCE: &str = "links_unsettled_since";
+/// Notes that the links of patients `first ..= last` are not settled yet.
+pub(super) fn note_unsettled_links(conn: &Connection, first: i64, last: i64) -> rusqlite::Result<()> {
+    let sql = "INSERT INTO nanopix_sync_unsettled_links(first_patient_id, last_patient_id) VALUES (?1, ?2)";
+    conn.prepare_cached(sql)?.execute([first, last]).map(drop)
+}
 
-/// Notes, unless a note is there already, that links written at `synced_at` (a Dart timestamp)
-/// are not settled yet; for the first transaction of a pass that writes links.
-pub(super) fn note_unsettled_links(conn: &Connection, synced_at: &str) -> rusqlite::Result<()> {
-    let sql = "INSERT OR IGNORE INTO nanopix_sync_state(key, value) VALUES (?1, ?2)";
-    conn.prepare_cached(sql)?.execute([UNSETTLED_SINCE, synced_at]).map(drop)
+/// Patient ids in runs, as `nanopix_sync_unsettled_links` notes them: sorted, and merged where
+/// they overlap, so a look-up is a binary search.
+#[derive(Debug, Default)]
+pub struct UnsettledLinks(Vec<(i64, i64)>);
+
+impl UnsettledLinks {
+    fn new(mut runs: Vec<(i64, i64)>) -> Self {
+        runs.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(runs.len());
+        for (first, last) in runs {
+            match merged.last_mut() {
+                Some((_, end)) if first <= end.saturating_add(1) => *end = (*end).max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        Self(merged)
+    }
+
+    /// Whether `patient_id` is in a run.
+    pub fn contains(&self, patient_id: i64) -> bool {
+        let after = self.0.partition_point(|&(first, _)| first <= patient_id);
+        after.checked_sub(1).and_then(|run| self.0.get(run)).is_some_and(|&(_, last)| patient_id <= last)
+    }
 }
 
 impl DentalTid {
@@ -51,24 +70,35 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "reading the awaited folders"))
     }
 
-    /// When the links a pass wrote without settling them were written, if a note says so (see
-    /// the module's doc); an unreadable note counts from the earliest time.
-    pub fn unsettled_links_since(&self) -> Result<Option<NaiveDateTime>> {
-        let sql = "SELECT value FROM nanopix_sync_state WHERE key = ?1";
-        let note = self.conn.query_row(sql, [UNSETTLED_SINCE], |row| text_at(row, 0)).optional();
-        let note = note.map_err(Error::db(&self.path, "reading the unsettled links"))?;
-        Ok(note.map(|text| text.as_deref().and_then(parse_dart_timestamp).unwrap_or(NaiveDateTime::MIN)))
+    /// The patients whose links a pass wrote without settling them (see the module's doc); a run
+    /// not made of two integers counts as every patient.
+    pub fn unsettled_links(&self) -> Result<UnsettledLinks> {
+        let read = || {
+            let sql = "SELECT first_patient_id, last_patient_id FROM nanopix_sync_unsettled_links";
+            let mut statement = self.conn.prepare_cached(sql)?;
+            let runs = statement.query_map([], |row| {
+                Ok((integer_at(row, 0)?.unwrap_or(i64::MIN), integer_at(row, 1)?.unwrap_or(i64::MAX)))
+            })?;
+            runs.collect::<rusqlite::Result<Vec<_>>>()
+        };
+        read().map(UnsettledLinks::new).map_err(Error::db(&self.path, "reading the unsettled links"))
+    }
+
+    /// Whether any link is noted unsettled.
+    pub fn has_unsettled_links(&self) -> Result<bool> {
+        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_unsettled_links)";
+        self.conn.query_row(sql, [], |row| row.get(0)).map_err(Error::db(&self.path, "reading the unsettled links"))
     }
 
     /// Records, in one transaction, that the folders of `awaited` are not made yet and that those
-    /// of `seen` are there, and clears the note of unsettled links; writes nothing when there is
-    /// nothing to change.
+    /// of `seen` are there, and clears the unsettled links; writes nothing when there is nothing
+    /// to change.
     pub fn update_awaited_folders(&mut self, awaited: &[NanoPixId], seen: &[NanoPixId]) -> Result<()> {
-        if awaited.is_empty() && seen.is_empty() && self.unsettled_links_since()?.is_none() {
+        if awaited.is_empty() && seen.is_empty() && !self.has_unsettled_links()? {
             return Ok(());
         }
         self.write("recording the awaited folders", |tx| {
-            tx.prepare_cached("DELETE FROM nanopix_sync_state WHERE key = ?1")?.execute([UNSETTLED_SINCE])?;
+            tx.prepare_cached("DELETE FROM nanopix_sync_unsettled_links")?.execute([])?;
             let mut add =
                 tx.prepare_cached("INSERT OR IGNORE INTO nanopix_sync_awaited_folders(external_id) VALUES (?1)")?;
             for id in awaited {
@@ -85,7 +115,7 @@ impl DentalTid {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{at, nanopix_id, sample_database};
+    use super::super::testing::{nanopix_id, sample_database};
 
     #[test]
     fn awaited_folders_are_kept_until_seen() {
@@ -98,14 +128,19 @@ mod tests {
     }
 
     #[test]
-    fn a_note_of_unsettled_links_keeps_its_first_time_until_the_awaited_folders_are_recorded() {
+    fn unsettled_links_are_kept_until_the_awaited_folders_are_recorded() {
         let (_dir, mut dentaltid) = sample_database();
-        assert_eq!(dentaltid.unsettled_links_since().unwrap(), None);
-        super::note_unsettled_links(&dentaltid.conn, "2025-01-22T10:00:00.000").unwrap();
-        super::note_unsettled_links(&dentaltid.conn, "2025-01-22T11:00:00.000").unwrap();
-        assert_eq!(dentaltid.unsettled_links_since().unwrap(), Some(at(2025, 1, 22, 10, 0)));
+        assert!(!dentaltid.has_unsettled_links().unwrap());
+        for (first, last) in [(10, 12), (3, 3), (11, 11), (12, 13), (20, 20)] {
+            super::note_unsettled_links(&dentaltid.conn, first, last).unwrap();
+        }
+        let unsettled = dentaltid.unsettled_links().unwrap();
+        let noted: Vec<i64> = (0..25).filter(|&id| unsettled.contains(id)).collect();
+        assert_eq!(noted, [3, 10, 11, 12, 13, 20]);
         dentaltid.update_awaited_folders(&[], &[]).unwrap();
-        assert_eq!(dentaltid.unsettled_links_since().unwrap(), None);
+        assert!(!dentaltid.has_unsettled_links().unwrap());
+        dentaltid.conn.execute_batch("INSERT INTO nanopix_sync_unsettled_links VALUES ('x', 5.5)").unwrap();
+        assert!(dentaltid.unsettled_links().unwrap().contains(7), "an unreadable run counts as every patient");
     }
 
     #[test]

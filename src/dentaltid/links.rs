@@ -287,20 +287,21 @@ impl DentalTid {
     }
 
     /// Records links DentalTID already had (an `external_id` set without a link), in one
-    /// transaction, noted unsettled until the caller records the folders it awaits (see
-    /// [`super::awaited_folders`]). A patient whose link a batch row already records is left as
-    /// it is.
+    /// transaction; each link recorded is noted unsettled until the caller records the folders it
+    /// awaits (see [`super::awaited_folders`]). A patient whose link a batch row already records
+    /// is left as it is.
     pub fn adopt_links(&mut self, links: &[(i64, NanoPixId, LinkOrigin)], synced_at: NaiveDateTime) -> Result<()> {
         let synced_at = dart_timestamp(synced_at);
         self.write("recording existing links", |tx| {
-            note_unsettled_links(tx, &synced_at)?;
             let mut adopt = tx.prepare_cached(ADOPT_LINK)?;
             for (patient_id, external_id, origin) in links {
                 if batch_link(tx, *patient_id)?.is_some() {
                     continue;
                 }
                 let state = LinkState::Linked.as_str();
-                adopt.execute(params![patient_id, external_id.to_string(), origin.as_str(), state, synced_at])?;
+                if adopt.execute(params![patient_id, external_id.to_string(), origin.as_str(), state, synced_at])? > 0 {
+                    note_unsettled_links(tx, *patient_id, *patient_id)?;
+                }
             }
             Ok(())
         })
@@ -443,6 +444,9 @@ pub(super) fn record_imported_links(
 ) -> rusqlite::Result<()> {
     for run in imported.chunk_by(|(previous, _), (next, _)| previous.checked_add(1) == Some(*next)) {
         record_run(tx, run, synced_at)?;
+        if let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) {
+            note_unsettled_links(tx, *first, *last)?;
+        }
     }
     Ok(())
 }

@@ -89,6 +89,10 @@ const OWN_TABLES: &str = "
         external_ids TEXT NOT NULL
     );
     CREATE TABLE IF NOT EXISTS nanopix_sync_awaited_folders(external_id TEXT PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS nanopix_sync_unsettled_links(
+        first_patient_id INTEGER NOT NULL,
+        last_patient_id INTEGER NOT NULL
+    );
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_delete_requested ON nanopix_sync_links(external_id)
         WHERE state = 'delete_requested';
@@ -109,12 +113,13 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 7] = [
+const OWN_OBJECTS: [(&str, &str); 8] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
     ("table", "nanopix_sync_imports"),
     ("table", "nanopix_sync_awaited_folders"),
+    ("table", "nanopix_sync_unsettled_links"),
     ("index", "nanopix_sync_links_external_id"),
     ("index", "nanopix_sync_links_delete_requested"),
 ];

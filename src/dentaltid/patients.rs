@@ -71,7 +71,6 @@ impl Importing<'_> {
             Some((tx, _)) => tx,
             open @ None => {
                 let tx = Transaction::new_unchecked(&self.dentaltid.conn, TransactionBehavior::Immediate)
-                    .and_then(|tx| note_unsettled_links(&tx, &synced_at).map(|()| tx))
                     .map_err(Error::db(path, "importing patients"))?;
                 &open.insert((tx, Instant::now())).0
             }
@@ -263,8 +262,8 @@ impl DentalTid {
     /// Links existing patients to NanoPix ids in one transaction: sets `external_id` (only where
     /// it is still NULL or blank) and records each link. Returns one outcome per link, in order.
     /// `new_to_sync` says the NanoPix patients are new to the sync, so NanoPix may not have made
-    /// their folders yet: the note of unsettled links (see [`super::awaited_folders`]) is then
-    /// written with the links, for the caller to clear once it recorded the folders it awaits.
+    /// their folders yet: each link is then noted unsettled (see [`super::awaited_folders`]), for
+    /// the caller to clear once it recorded the folders it awaits.
     ///
     /// # Failure
     /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient,
@@ -278,9 +277,6 @@ impl DentalTid {
     ) -> Result<Vec<Result<()>>> {
         let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
-            if new_to_sync {
-                note_unsettled_links(tx, &synced_at)?;
-            }
             let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
             let mut record = tx.prepare_cached(UPSERT_LINK)?;
             let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());
@@ -299,6 +295,9 @@ impl DentalTid {
                     continue;
                 }
                 record.execute(params![patient_id, external_id, origin, state, synced_at])?;
+                if new_to_sync {
+                    note_unsettled_links(tx, *patient_id, *patient_id)?;
+                }
                 outcomes.push(Ok(()));
             }
             Ok(outcomes)
