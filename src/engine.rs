@@ -101,6 +101,9 @@ struct LiveCursor {
     nanopix_version: i64,
     /// DentalTID's highest `patients.id` and row count, read together.
     dentaltid: (i64, u64),
+    /// DentalTID's data version before the pass read it: while it stays the same, nobody else
+    /// wrote to DentalTID, so no patient was deleted there.
+    dentaltid_version: i64,
 }
 
 /// What both sides hold, read once at the start of a reconcile, and what follows from it.
@@ -211,7 +214,7 @@ impl Engine {
         self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)?;
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         self.cursor = None;
-        let nanopix_version = self.nanopix.data_version()?;
+        let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         let mut report = ReconcileReport::default();
         // Left by a pass that crashed or failed before it recorded the folders it awaits.
         let unsettled = self.dentaltid.unsettled_links()?;
@@ -247,6 +250,7 @@ impl Engine {
                 nanopix_rows: snapshot.nanopix_rows,
                 nanopix_version,
                 dentaltid,
+                dentaltid_version,
             })
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -301,7 +305,7 @@ impl Engine {
         if self.dentaltid.has_unsettled_links()? {
             return self.reconcile();
         }
-        let nanopix_version = self.nanopix.data_version()?;
+        let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         let mut report = ReconcileReport::default();
         self.repair_some_exports(&mut report)?;
         let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
@@ -337,6 +341,7 @@ impl Engine {
             nanopix_rows: cursor.nanopix_rows + read,
             nanopix_version,
             dentaltid: self.dentaltid.extent_after(cursor.dentaltid)?,
+            dentaltid_version,
         });
         Ok(report)
     }

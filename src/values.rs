@@ -3,16 +3,23 @@
 //!
 //! Neither DentalTID's nor NanoPix's columns have strict types, so a TEXT column may hold an
 //! INTEGER, a blob or bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
-//! `None` for the rest. They never panic and never write.
+//! `None` for the rest. They never panic and never write. The data version, which every connection
+//! to either database reads to notice other programs' commits, is read here too.
 
 use std::borrow::Cow;
 
-use rusqlite::Row;
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Row};
 
 /// Every character Rust's `str::trim` removes (Unicode's `White_Space`), for SQLite's
 /// `trim(X, Y)`: SQL then finds a value blank exactly when Rust does.
 pub(crate) const WHITESPACE: &str = "\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}\u{2001}\u{2002}\u{2003}\u{2004}\u{2005}\u{2006}\u{2007}\u{2008}\u{2009}\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}";
+
+/// `PRAGMA data_version` on `conn`: it changes when another connection commits, never for the
+/// connection's own writes (a read; nothing here sets a PRAGMA).
+pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
 
 /// The bounds of the texts that start with `prefix` (ASCII digits and punctuation) in SQLite's
 /// order: from it, to it with its last character one higher.

@@ -148,6 +148,11 @@ impl DentalTid {
         Ok(dentaltid)
     }
 
+    /// `PRAGMA data_version` on this connection: it changes when another connection commits.
+    pub fn data_version(&self) -> Result<i64> {
+        crate::values::data_version(&self.conn).map_err(Error::db(&self.path, "reading the data version"))
+    }
+
     /// Connects again when this connection could only open the file read-only (SQLite falls
     /// back to reading a file it may not write: a read-only attribute, a backup tool holding it)
     /// and the file is writable now; migrates it, if it was not yet. Returns whether it did.

@@ -122,15 +122,17 @@ impl Engine {
 
     /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
     /// version shows that nobody else wrote to it since the cursor was set (in the same file)
-    /// and DentalTID lost no patient since: a patient just deleted there may have left a NanoPix
-    /// patient behind that the patient being exported should get back.
+    /// and DentalTID lost no patient since (counted only when another program wrote to it): a
+    /// patient just deleted there may have left a NanoPix patient behind that the patient being
+    /// exported should get back.
     fn catch_up_with_nanopix(&mut self) -> Result<()> {
         self.reconnect_if_read_only()?;
         let unchanged = match &self.cursor {
             Some(cursor) => {
                 !self.nanopix.replaced()
                     && self.nanopix.data_version()? == cursor.nanopix_version
-                    && !self.dentaltid_lost_rows(cursor)?
+                    && (self.dentaltid.data_version()? == cursor.dentaltid_version
+                        || !self.dentaltid_lost_rows(cursor)?)
             }
             None => false,
         };

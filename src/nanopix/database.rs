@@ -332,12 +332,6 @@ fn row_holds(row: &Row<'_>, expected: &[(&str, Option<&str>)]) -> rusqlite::Resu
     })
 }
 
-/// `PRAGMA data_version` on `conn`: it changes when another connection commits (a read; this
-/// module never sets a PRAGMA).
-pub(super) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
-}
-
 /// How many rows `Patient` holds.
 pub(super) fn patient_count(conn: &Connection) -> rusqlite::Result<u64> {
     let count: i64 = conn.query_row("SELECT count(*) FROM Patient", [], |row| row.get(0))?;

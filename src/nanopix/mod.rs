@@ -275,7 +275,7 @@ impl NanoPix {
     /// A number that changes whenever another program (NanoPix) commits to `NanoPix.db3`, and
     /// never for this connection's own writes.
     pub fn data_version(&self) -> Result<i64> {
-        database::data_version(&self.conn).map_err(self.sql_error("read the data version"))
+        crate::values::data_version(&self.conn).map_err(self.sql_error("read the data version"))
     }
 
     /// How many rows `Patient` holds.

@@ -71,7 +71,7 @@ impl DataVersion {
 
     fn read(&self) -> Option<i64> {
         let connection = self.connection.as_ref()?;
-        connection.query_row("PRAGMA data_version", [], |row| row.get(0)).ok()
+        crate::values::data_version(connection).ok()
     }
 }
 
