@@ -211,7 +211,7 @@ impl Engine {
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
         let started = Instant::now();
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
-        self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)?;
+        self.reconnect_if_read_only()?;
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         self.cursor = None;
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
@@ -279,7 +279,7 @@ impl Engine {
     /// Stores the switch. Switching off keeps the patients whose export is still due, since
     /// switching on again moves the export cursor past every patient.
     fn switch_live_sync(&mut self, enabled: bool) -> Result<()> {
-        self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)?;
+        self.reconnect_if_read_only()?;
         self.live_stored = self.dentaltid.live_sync()?;
         if self.live_stored != enabled {
             let due: Vec<i64> =
@@ -298,8 +298,8 @@ impl Engine {
     /// patient), or a whole page of new NanoPix rows (a bulk import, which a full reconcile
     /// writes in short transactions) leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
-        self.ensure_indexes()?;
         self.reconnect_if_read_only()?;
+        self.ensure_indexes()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         // A pass that failed after writing links left them unsettled: a full reconcile settles them.
         if self.dentaltid.has_unsettled_links()? {
@@ -347,13 +347,24 @@ impl Engine {
     }
 
     /// Connects to `NanoPix.db3`, and to DentalTID's database, again when the connection could
-    /// only read it and the file is writable now. NanoPix's live cursor goes with the old
-    /// connection: its data version means nothing to the new one, so the next pass reconciles fully.
+    /// only read it and the file is writable now. The live cursor goes with the old connection:
+    /// its data versions mean nothing to the new one, so the next pass reconciles fully.
     fn reconnect_if_read_only(&mut self) -> Result<()> {
-        if self.nanopix.reconnect_if_read_only()? {
+        let nanopix = self.nanopix.reconnect_if_read_only()?;
+        if self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)? || nanopix {
             self.cursor = None;
         }
-        self.dentaltid.reconnect_if_read_only(self.config.busy_timeout).map(drop)
+        Ok(())
+    }
+
+    /// Moves the live cursor's DentalTID extent past the rows added since, after an export made
+    /// outside a pass: a patient exported then deleted is then found gone by the next pass or
+    /// export, whose catch-up counts the rows up to the extent.
+    fn extend_cursor_past_exports(&mut self) -> Result<()> {
+        if let Some(cursor) = &mut self.cursor {
+            cursor.dentaltid = self.dentaltid.extent_after(cursor.dentaltid)?;
+        }
+        Ok(())
     }
 
     /// Adds the indexes live passes and exports need, once: at the end of the first full

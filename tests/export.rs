@@ -430,6 +430,23 @@ fn export_patient_right_after_a_deletion_gives_the_nanopix_patient_back() {
     assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
 }
 
+/// A patient exported by hand, deleted by mistake and added again at once: the export of the
+/// new patient still sees the deletion first and gives it its NanoPix patient back.
+#[test]
+fn a_patient_exported_by_hand_deleted_and_added_again_gets_its_nanopix_patient_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let first = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
+    let exported = sync.export_patient(first).unwrap().to_string();
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [first]).unwrap();
+    let again = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), exported);
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE last_name = 'Haddad'", |r| r.get(0));
+    assert_eq!(rows, [1]);
+}
+
 /// Two patients added again alike could each be the deleted one: neither gets its NanoPix
 /// patient, and each is exported.
 #[test]

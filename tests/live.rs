@@ -484,6 +484,33 @@ fn a_nanopix_row_added_back_restores_every_link_to_it_live() {
     }
 }
 
+/// Live Sync on, the sync's indexes gone (a crash in a bulk import) and `dentaltid.db` read-only
+/// when the handle opened: once it is writable, a live pass connects again before it builds the
+/// indexes, and a new NanoPix patient arrives without waiting for the hourly reconcile.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_live_pass_connects_again_to_a_dentaltid_made_writable_before_building_the_indexes() {
+    use std::os::unix::fs::PermissionsExt;
+    let clinic = Clinic::new("v29");
+    {
+        let sync = clinic.open_without_automatic_work();
+        sync.set_live_sync(true).unwrap();
+        sync.reconcile().unwrap();
+    }
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid
+        .execute_batch("DROP INDEX nanopix_sync_patients_external_id; DROP INDEX nanopix_sync_patients_date_of_birth;")
+        .unwrap();
+    let set_mode = |mode| std::fs::set_permissions(&clinic.dentaltid, std::fs::Permissions::from_mode(mode)).unwrap();
+    common::obey_file_modes_on_this_thread();
+    set_mode(0o444);
+    let sync = clinic.open();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
+    set_mode(0o644);
+    clinic.add_nanopix("20250122_094500", "Noor", "Lina", Some("1990-02-03"));
+    imported(&sync, "20250122_094500");
+}
+
 #[test]
 fn a_page_or_more_of_new_nanopix_patients_while_watching_is_synced_by_a_full_reconcile() {
     let clinic = Clinic::new("v29");

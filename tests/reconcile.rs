@@ -284,6 +284,29 @@ fn a_dentaltid_file_read_only_at_open_is_synced_once_it_is_writable_again() {
     assert_eq!(sync.reconcile().unwrap().imported, 1);
 }
 
+/// A handle that opened `dentaltid.db` read-only connects again once it is writable: the
+/// catch-up of an export then still finds a patient deleted and added again since, and gives
+/// it its NanoPix patient back.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn an_export_after_dentaltid_became_writable_still_sees_a_deletion() {
+    use std::os::unix::fs::PermissionsExt;
+    let clinic = Clinic::new("v29");
+    assert_eq!(clinic.open_without_automatic_work().reconcile().unwrap().imported, 1);
+    let set_mode = |mode| std::fs::set_permissions(&clinic.dentaltid, std::fs::Permissions::from_mode(mode)).unwrap();
+    common::obey_file_modes_on_this_thread();
+    set_mode(0o444);
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    set_mode(0o644);
+    another_program(&clinic.dentaltid)
+        .execute("DELETE FROM patients WHERE external_id = '20250121_152638'", [])
+        .unwrap();
+    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
+}
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn a_patient_imported_by_a_reconcile_that_failed_later_still_waits_for_its_folder() {

@@ -155,7 +155,8 @@ impl DentalTid {
 
     /// Connects again when this connection could only open the file read-only (SQLite falls
     /// back to reading a file it may not write: a read-only attribute, a backup tool holding it)
-    /// and the file is writable now; migrates it, if it was not yet. Returns whether it did.
+    /// and the file is writable now, checking it as `open` does (another program may have
+    /// replaced it meanwhile, with a backup, say). Returns whether it connected again.
     pub fn reconnect_if_read_only(&mut self, busy_timeout: Duration) -> Result<bool> {
         if !is_read_only(&self.conn) {
             return Ok(false);

@@ -69,10 +69,12 @@ impl Engine {
             return linked;
         }
         let given_back = self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default())?;
-        match given_back.get(&patient_id) {
+        let exported = match given_back.get(&patient_id) {
             Some(&external_id) => Ok(external_id),
             None => self.export_or_resume(&patient, IdsFrom::Now),
-        }
+        };
+        self.extend_cursor_past_exports()?;
+        exported
     }
 
     /// Links those of `exporting` that the matching links, as a first sync would, to a NanoPix
@@ -117,6 +119,7 @@ impl Engine {
         let mut report = ReconcileReport::default();
         let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
         self.export_each(&unlinked, IdsFrom::Creation, &mut report);
+        self.extend_cursor_past_exports()?;
         Ok(report.exported)
     }
 
