@@ -88,6 +88,9 @@ impl Engine {
         report: &mut ReconcileReport,
     ) -> Result<HashMap<i64, NanoPixId>> {
         let dates: HashSet<NaiveDate> = exporting.iter().filter_map(|patient| patient.date_of_birth).collect();
+        if dates.is_empty() {
+            return Ok(HashMap::default());
+        }
         let mut left = Vec::new();
         for id in self.dentaltid.delete_requests()? {
             let Some(patient) = self.nanopix.patient(id)? else { continue };
