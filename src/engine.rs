@@ -359,12 +359,14 @@ impl Engine {
 
     /// Moves the live cursor's DentalTID extent past the rows added since, after an export made
     /// outside a pass: a patient exported then deleted is then found gone by the next pass or
-    /// export, whose catch-up counts the rows up to the extent.
-    fn extend_cursor_past_exports(&mut self) -> Result<()> {
-        if let Some(cursor) = &mut self.cursor {
-            cursor.dentaltid = self.dentaltid.extent_after(cursor.dentaltid)?;
+    /// export, whose catch-up counts the rows up to the extent. When the rows cannot be counted,
+    /// the cursor goes, so the next pass reconciles fully; the export's own outcome stands.
+    fn extend_cursor_past_exports(&mut self) {
+        let Some(cursor) = &mut self.cursor else { return };
+        match self.dentaltid.extent_after(cursor.dentaltid) {
+            Ok(extent) => cursor.dentaltid = extent,
+            Err(_) => self.cursor = None,
         }
-        Ok(())
     }
 
     /// Adds the indexes live passes and exports need, once: at the end of the first full

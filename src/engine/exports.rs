@@ -73,7 +73,7 @@ impl Engine {
             Some(&external_id) => Ok(external_id),
             None => self.export_or_resume(&patient, IdsFrom::Now),
         };
-        self.extend_cursor_past_exports()?;
+        self.extend_cursor_past_exports();
         exported
     }
 
@@ -122,7 +122,7 @@ impl Engine {
         let mut report = ReconcileReport::default();
         let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
         self.export_each(&unlinked, IdsFrom::Creation, &mut report);
-        self.extend_cursor_past_exports()?;
+        self.extend_cursor_past_exports();
         Ok(report.exported)
     }
 
