@@ -488,6 +488,25 @@ fn delete_in_nanopix_asked_again_ends_a_delete_cut_short_after_the_row() {
     assert_eq!(sync.delete_in_nanopix("20250122_091500").map_err(|e| e.code()), Err("no_such_patient"));
 }
 
+/// Has NanoPix save Bob's row (its folder not made yet), then runs the pass that `export_patient`
+/// of `exporting` starts while a DentalTID trigger rolls back every link: the pass imports Bob,
+/// then fails on the link of a NanoPix patient the test added to match a DentalTID one.
+fn fail_a_pass_after_importing_bob(clinic: &Clinic, sync: &NanoPixSync, exporting: i64) {
+    rusqlite::Connection::open(clinic.nanopix_db())
+        .unwrap()
+        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_093000', 'Ray', 'Bob')", [])
+        .unwrap();
+    let dentaltid = another_program(&clinic.dentaltid);
+    let refuse =
+        "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients BEGIN SELECT RAISE(ROLLBACK, 'no'); END;";
+    dentaltid.execute_batch(refuse).unwrap();
+    assert!(sync.export_patient(exporting).is_err(), "the pass fails on the link");
+    let bob: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_093000'", |r| r.get(0));
+    assert_eq!(bob.len(), 1, "Bob was imported before the failure");
+    dentaltid.execute_batch("DROP TRIGGER refuse_link").unwrap();
+}
+
 /// A pass that imported a NanoPix patient whose folder is not made yet, then failed (a link a
 /// DentalTID trigger rolls back), is tried again: the folder is still awaited, not removed.
 #[test]
@@ -497,20 +516,8 @@ fn a_pass_that_failed_after_importing_still_awaits_the_folders_of_its_imports() 
     sync.reconcile().unwrap();
     clinic.add_dentaltid("Ann", "Lee", Some("1990-01-01"));
     let eve = clinic.add_dentaltid("Eve", "Roe", Some("1970-01-01"));
-    rusqlite::Connection::open(clinic.nanopix_db())
-        .unwrap()
-        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_093000', 'Ray', 'Bob')", [])
-        .unwrap();
     clinic.add_nanopix("20250122_093100", "Lee", "Ann", Some("1990-01-01"));
-    let dentaltid = another_program(&clinic.dentaltid);
-    let refuse =
-        "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients BEGIN SELECT RAISE(ROLLBACK, 'no'); END;";
-    dentaltid.execute_batch(refuse).unwrap();
-    assert!(sync.export_patient(eve).is_err(), "the pass fails on the link");
-    let bob: Vec<i64> =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_093000'", |r| r.get(0));
-    assert_eq!(bob.len(), 1, "Bob was imported before the failure");
-    dentaltid.execute_batch("DROP TRIGGER refuse_link").unwrap();
+    fail_a_pass_after_importing_bob(&clinic, &sync, eve);
     sync.export_patient(eve).unwrap();
     assert_eq!(sync.reconcile().unwrap().removed, 0);
 }
@@ -531,17 +538,8 @@ fn a_clock_set_back_hides_no_folder_removal_of_a_link_made_before() {
     clinic.clock.set(common::clinic_morning());
     let eve = clinic.add_dentaltid("Eve", "Roe", Some("1970-01-01"));
     clinic.add_dentaltid("Cy", "Moe", Some("1991-01-01"));
-    rusqlite::Connection::open(clinic.nanopix_db())
-        .unwrap()
-        .execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20250122_093000', 'Ray', 'Bob')", [])
-        .unwrap();
     clinic.add_nanopix("20250122_093200", "Moe", "Cy", Some("1991-01-01"));
-    let dentaltid = another_program(&clinic.dentaltid);
-    let refuse =
-        "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients BEGIN SELECT RAISE(ROLLBACK, 'no'); END;";
-    dentaltid.execute_batch(refuse).unwrap();
-    assert!(sync.export_patient(eve).is_err(), "the pass fails on Cy's link, after importing Bob");
-    dentaltid.execute_batch("DROP TRIGGER refuse_link").unwrap();
+    fail_a_pass_after_importing_bob(&clinic, &sync, eve);
     std::fs::remove_dir(clinic.root.join("20250122_093100")).unwrap();
     drain(&sync);
     assert_eq!(sync.reconcile().unwrap().removed, 1);
