@@ -389,16 +389,30 @@ fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     assert_eq!(sync.export_patient(6).unwrap().to_string(), "20250122_100500", "the clock moved on");
 }
 
+/// The fixture's one NanoPix patient, with an image: what a deletion in DentalTID leaves behind.
+const LEFT_BEHIND: &str = "20250121_152638";
+
 /// A clinic whose only NanoPix patient, imported, was deleted in DentalTID: the delete is asked
 /// for, and NanoPix keeps the patient (it holds an image).
 fn clinic_with_a_patient_left_behind() -> (Clinic, NanoPixSync) {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();
     sync.reconcile().unwrap();
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    dentaltid.execute("DELETE FROM patients WHERE external_id = '20250121_152638'", []).unwrap();
+    delete_the_imported_patient(&clinic);
     sync.reconcile().unwrap();
     (clinic, sync)
+}
+
+/// Deletes in DentalTID the patient the fixture's NanoPix patient, [`LEFT_BEHIND`], was imported as.
+fn delete_the_imported_patient(clinic: &Clinic) {
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE external_id = ?1", [LEFT_BEHIND]).unwrap();
+}
+
+/// Adds the fixture's NanoPix patient to DentalTID again, with the names and birth date it was
+/// imported with.
+fn add_the_deleted_patient_again(clinic: &Clinic) -> i64 {
+    clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"))
 }
 
 /// `export_patient` of a patient added again after its deletion links it to the NanoPix patient
@@ -407,9 +421,9 @@ fn clinic_with_a_patient_left_behind() -> (Clinic, NanoPixSync) {
 fn export_patient_gives_a_patient_added_again_the_nanopix_patient_left_behind() {
     let (clinic, sync) = clinic_with_a_patient_left_behind();
     let near_miss = clinic.add_dentaltid("FSFFS", "DSSSFSFS", Some("2025-01-21"));
-    assert_ne!(sync.export_patient(near_miss).unwrap().to_string(), "20250121_152638");
+    assert_ne!(sync.export_patient(near_miss).unwrap().to_string(), LEFT_BEHIND);
     let again = clinic.add_dentaltid(" fsffs", "DSSSSFSFS", Some("2025-01-21"));
-    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND);
     let linked = common::drain(&sync)
         .into_iter()
         .any(|e| matches!(e.kind, EventKind::PatientLinked { patient_id, .. } if patient_id == again));
@@ -423,10 +437,9 @@ fn export_patient_right_after_a_deletion_gives_the_nanopix_patient_back() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();
     sync.reconcile().unwrap();
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    dentaltid.execute("DELETE FROM patients WHERE external_id = '20250121_152638'", []).unwrap();
-    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    delete_the_imported_patient(&clinic);
+    let again = add_the_deleted_patient_again(&clinic);
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND);
     assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
 }
 
@@ -452,9 +465,9 @@ fn a_patient_exported_by_hand_deleted_and_added_again_gets_its_nanopix_patient_b
 #[test]
 fn export_patient_gives_the_nanopix_patient_left_behind_to_no_one_of_two_alike() {
     let (clinic, sync) = clinic_with_a_patient_left_behind();
-    let twins = [(); 2].map(|()| clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21")));
+    let twins = [(); 2].map(|()| add_the_deleted_patient_again(&clinic));
     for twin in twins {
-        assert_ne!(sync.export_patient(twin).unwrap().to_string(), "20250121_152638");
+        assert_ne!(sync.export_patient(twin).unwrap().to_string(), LEFT_BEHIND);
     }
 }
 
@@ -463,13 +476,13 @@ fn export_patient_gives_the_nanopix_patient_left_behind_to_no_one_of_two_alike()
 #[test]
 fn a_patient_deleted_twice_gets_the_nanopix_patient_left_behind_back_the_third_time() {
     let (clinic, sync) = clinic_with_a_patient_left_behind();
-    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    let again = add_the_deleted_patient_again(&clinic);
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND);
     let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
     dentaltid.execute("DELETE FROM patients WHERE id = ?1", [again]).unwrap();
     sync.reconcile().unwrap();
-    let third = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    assert_eq!(sync.export_patient(third).unwrap().to_string(), "20250121_152638");
+    let third = add_the_deleted_patient_again(&clinic);
+    assert_eq!(sync.export_patient(third).unwrap().to_string(), LEFT_BEHIND);
     assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
 }
 
@@ -478,12 +491,12 @@ fn a_patient_deleted_twice_gets_the_nanopix_patient_left_behind_back_the_third_t
 #[test]
 fn a_nanopix_patient_left_behind_is_given_back_to_one_patient_only() {
     let (clinic, sync) = clinic_with_a_patient_left_behind();
-    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    let again = add_the_deleted_patient_again(&clinic);
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND);
     let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
     dentaltid.execute("UPDATE patients SET name = 'Fsffs-Corrected' WHERE id = ?1", [again]).unwrap();
-    let other = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    assert_ne!(sync.export_patient(other).unwrap().to_string(), "20250121_152638");
+    let other = add_the_deleted_patient_again(&clinic);
+    assert_ne!(sync.export_patient(other).unwrap().to_string(), LEFT_BEHIND);
 }
 
 /// Giving a NanoPix patient back leaves nothing unsettled: a folder an export made afterwards,
@@ -491,8 +504,8 @@ fn a_nanopix_patient_left_behind_is_given_back_to_one_patient_only() {
 #[test]
 fn giving_a_nanopix_patient_back_hides_no_later_folder_removal() {
     let (clinic, sync) = clinic_with_a_patient_left_behind();
-    let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    assert_eq!(sync.export_patient(again).unwrap().to_string(), "20250121_152638");
+    let again = add_the_deleted_patient_again(&clinic);
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND);
     clinic.clock.advance(chrono::Duration::minutes(1));
     let exported = sync.export_patient(1).unwrap().to_string();
     std::fs::remove_dir(clinic.root.join(&exported)).unwrap();

@@ -330,15 +330,21 @@ fn a_live_pass_links_exact_matches_and_reports_near_misses() {
     assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), vec![6]);
 }
 
-#[test]
-fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
-    let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
+/// Deletes in DentalTID the patient the fixture's NanoPix patient was imported as; returns its id.
+fn delete_the_imported_patient(clinic: &Clinic, sync: &NanoPixSync) -> i64 {
     let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
     rusqlite::Connection::open(&clinic.dentaltid)
         .unwrap()
         .execute("DELETE FROM patients WHERE id = ?1", [patient_id])
         .unwrap();
+    patient_id
+}
+
+#[test]
+fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let patient_id = delete_the_imported_patient(&clinic, &sync);
     let asked = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
     assert_eq!(asked.kind, EventKind::DeleteRequested { patient_id, external_id: "20250121_152638".into() });
 }
@@ -350,11 +356,7 @@ fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
 fn a_patient_added_again_after_its_deletion_gets_its_nanopix_patient_back() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
-    let deleted = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    rusqlite::Connection::open(&clinic.dentaltid)
-        .unwrap()
-        .execute("DELETE FROM patients WHERE id = ?1", [deleted])
-        .unwrap();
+    delete_the_imported_patient(&clinic, &sync);
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
     assert_eq!(sync.delete_in_nanopix("20250121_152638").map_err(|e| e.code()), Err("not_empty"));
     let again = clinic.add_dentaltid("FSFFS", "DSSSSFSFS", Some("2025-01-21"));
