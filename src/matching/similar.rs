@@ -81,12 +81,60 @@ fn is_similar(a: &Person<'_>, b: &Person<'_>) -> bool {
     if a.first == b.first && a.last == b.last {
         return false;
     }
-    let first_edits = strsim::levenshtein(a.first, b.first);
-    first_edits <= MAX_EDITS && first_edits + strsim::levenshtein(a.last, b.last) <= MAX_EDITS
+    let Some(first_edits) = edits(a.first, b.first) else { return false };
+    edits(a.last, b.last).is_some_and(|last_edits| first_edits + last_edits <= MAX_EDITS)
+}
+
+/// The edit distance between `a` and `b` (characters inserted, deleted or replaced) when it is
+/// at most [`MAX_EDITS`]; `None` when it is more, or when a name is longer than any name
+/// within reach ([`MAX_COMBINED_CHARS`]), so that both fit on the stack.
+fn edits(a: &str, b: &str) -> Option<usize> {
+    let (mut a_chars, mut b_chars) = (['\0'; MAX_COMBINED_CHARS], ['\0'; MAX_COMBINED_CHARS]);
+    let (a, b) = (chars_into(a, &mut a_chars)?, chars_into(b, &mut b_chars)?);
+    // What both share at either end costs no edit.
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[prefix..], &b[prefix..]);
+    let suffix = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[..a.len() - suffix], &b[..b.len() - suffix]);
+    if a.len().abs_diff(b.len()) > MAX_EDITS {
+        return None;
+    }
+    // One row of the edit table at a time: `row[j]` is the distance from the part of `a` read
+    // so far to the first `j` characters of `b`. No row's least cell ever goes down again.
+    let mut row = [0; MAX_COMBINED_CHARS + 1];
+    for (j, cell) in row.iter_mut().enumerate().take(b.len() + 1) {
+        *cell = j;
+    }
+    for (i, &x) in a.iter().enumerate() {
+        let mut diagonal = std::mem::replace(&mut row[0], i + 1);
+        let mut least = row[0];
+        for (j, &y) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(x != y)).min(above + 1).min(row[j] + 1);
+            diagonal = above;
+            least = least.min(row[j + 1]);
+        }
+        if least > MAX_EDITS {
+            return None;
+        }
+    }
+    Some(row[b.len()]).filter(|&distance| distance <= MAX_EDITS)
+}
+
+/// The characters of `text`, written into `buffer`; `None` when there are more than it holds.
+fn chars_into<'b>(text: &str, buffer: &'b mut [char; MAX_COMBINED_CHARS]) -> Option<&'b [char]> {
+    let mut count = 0;
+    for c in text.chars() {
+        *buffer.get_mut(count)? = c;
+        count += 1;
+    }
+    buffer.get(..count)
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::super::normalise_name;
     use super::*;
 
@@ -109,6 +157,24 @@ mod tests {
         assert!(!is_similar(("Al", "Bo"), ("Al", "Bu")));
         assert!(!is_similar(("Ali", "Bo"), ("Ali", "Bu")));
         assert!(is_similar(("Ali", "Ben"), ("Ali", "Bin")));
+    }
+
+    proptest! {
+        #[test]
+        fn edits_are_the_edit_distance_up_to_the_most_allowed(
+            a in "[aé\u{0645}]{0,9}",
+            b in "[aé\u{0645}]{0,9}",
+        ) {
+            let distance = strsim::levenshtein(&a, &b);
+            prop_assert_eq!(edits(&a, &b), Some(distance).filter(|&d| d <= MAX_EDITS));
+        }
+    }
+
+    #[test]
+    fn names_longer_than_any_within_reach_have_no_edit_count() {
+        let longest = "a".repeat(MAX_COMBINED_CHARS);
+        assert_eq!(edits(&longest, &format!("{longest}b")), None);
+        assert_eq!(edits(&longest, &longest.replacen('a', "b", 1)), Some(1));
     }
 
     #[test]
