@@ -43,9 +43,14 @@ pub(crate) fn normalise_into(name: &str, out: &mut String) {
     }
     let mut words = Words { start: out.len(), out, space_pending: false };
     for c in name.chars() {
-        decompose_compatible(c, |part| {
-            for folded in std::iter::once(part).default_case_fold() {
-                decompose_compatible(folded, |part| words.push(part));
+        decompose_compatible(c, |part| match part {
+            // Folding ASCII only lowers it, and Arabic script has no case.
+            _ if part.is_ascii() => words.push(part.to_ascii_lowercase()),
+            '\u{0600}'..='\u{06FF}' => words.push(part),
+            _ => {
+                for folded in std::iter::once(part).default_case_fold() {
+                    decompose_compatible(folded, |part| words.push(part));
+                }
             }
         });
     }
