@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::{HashMap, HashSet};
 
@@ -635,7 +635,7 @@ impl Engine {
         let (decided, imports) = crossbeam_channel::bounded(1);
         let (all_read, matcher, written) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || read_pages(nanopix, (known, odd_pks), stop, &read));
-            let decider = scope.spawn(move || decide_pages(matcher, &pages, &decided));
+            let decider = scope.spawn(move || decide_pages(matcher, clock.as_ref(), &pages, &decided));
             let written = write_pages(dentaltid, bus, clock.as_ref(), &imports, stop, report);
             drop(imports);
             (reader.join(), decider.join(), written)
@@ -853,7 +853,7 @@ fn import_all(
     report: &mut ReconcileReport,
 ) -> Result<()> {
     let mut importing = dentaltid.importing();
-    let written = insert_page(&mut importing, now, imports)?;
+    let written = insert_page(&mut importing, now, import_page(imports, now.date()))?;
     importing.commit()?;
     report_imported(bus, [written], report);
     Ok(())
@@ -867,7 +867,7 @@ fn write_pages(
     dentaltid: &mut DentalTid,
     bus: &EventBus,
     clock: &dyn Clock,
-    pages: &Receiver<Vec<Import>>,
+    pages: &Receiver<ImportPage>,
     stop: impl Fn() -> bool,
     report: &mut ReconcileReport,
 ) -> Result<()> {
@@ -895,9 +895,12 @@ fn write_pages(
     Ok(())
 }
 
+/// Imports ready for DentalTID: the rows, and the possible duplicate each may be. The NanoPix
+/// patients themselves are dropped once their rows are made.
+type ImportPage = (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>);
+
 /// Imports inserted in DentalTID: the rows, the possible duplicate each may be, and their new
-/// ids (or why DentalTID refused them). The NanoPix patients themselves are dropped once their
-/// rows are made.
+/// ids (or why DentalTID refused them).
 type Written = (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>, Vec<Result<i64>>);
 
 /// How many imports are waiting for their transaction to commit before they are reported.
@@ -905,12 +908,16 @@ fn unreported(written: &[Written]) -> usize {
     written.iter().map(|(rows, _, _)| rows.len()).sum()
 }
 
-/// Inserts a page of imports in the open import transaction.
-fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, imports: Vec<Import>) -> Result<Written> {
-    let (rows, duplicates): (Vec<NewDentalPatient>, Vec<Option<PossibleDuplicate>>) = imports
+/// The DentalTID rows of `imports`, with ages counted on `today`.
+fn import_page(imports: Vec<Import>, today: NaiveDate) -> ImportPage {
+    imports
         .into_iter()
-        .map(|import| (NewDentalPatient::from_nanopix(&import.patient, now.date()), import.possible_duplicate))
-        .unzip();
+        .map(|import| (NewDentalPatient::from_nanopix(&import.patient, today), import.possible_duplicate))
+        .unzip()
+}
+
+/// Inserts a page of imports in the open import transaction, synced at `now`.
+fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, (rows, duplicates): ImportPage) -> Result<Written> {
     let ids = importing.insert(&rows, now)?;
     Ok((rows, duplicates, ids))
 }
@@ -1031,14 +1038,20 @@ fn read_pages(
 }
 
 /// Offers every page of patients `pages` brings to `matcher` and sends each page's imports to
-/// `decided`; returns the matcher with the links it holds.
-fn decide_pages(mut matcher: Matcher, pages: &Receiver<Vec<NanoPixPatient>>, decided: &Sender<Vec<Import>>) -> Matcher {
+/// `decided`, as DentalTID rows made on `clock`'s day; returns the matcher with the links it
+/// holds.
+fn decide_pages(
+    mut matcher: Matcher,
+    clock: &dyn Clock,
+    pages: &Receiver<Vec<NanoPixPatient>>,
+    decided: &Sender<ImportPage>,
+) -> Matcher {
     for page in pages {
         let mut imports = Vec::with_capacity(page.len());
         for patient in page {
             matcher.offer(patient, &mut imports);
         }
-        if !imports.is_empty() && decided.send(imports).is_err() {
+        if !imports.is_empty() && decided.send(import_page(imports, clock.now().date())).is_err() {
             break;
         }
     }

@@ -145,10 +145,10 @@ pub struct NewDentalPatient {
     pub last_name: String,
     /// `age`, computed from the birth date (0 when unknown).
     pub age: i64,
-    /// `dateOfBirth`.
-    pub date_of_birth: Option<NaiveDate>,
-    /// `createdAt`: NanoPix's creation time.
-    pub created_at: NaiveDateTime,
+    /// `dateOfBirth`, as DentalTID writes it.
+    pub date_of_birth: Option<String>,
+    /// `createdAt`, as DentalTID writes it: NanoPix's creation time.
+    pub created_at: String,
     /// `phoneNumber` (empty when unknown).
     pub phone: String,
     /// `external_id`.
@@ -164,8 +164,8 @@ impl NewDentalPatient {
             first_name: patient.first_name.trim().to_owned(),
             last_name: patient.last_name.trim().to_owned(),
             age: patient.birth_date.map_or(0, |born| age_on(born, today)),
-            date_of_birth: patient.birth_date,
-            created_at: patient.created.unwrap_or_else(|| patient.id.datetime()),
+            date_of_birth: patient.birth_date.map(dart_date),
+            created_at: dart_timestamp(patient.created.unwrap_or_else(|| patient.id.datetime())),
             phone: patient.phone.clone().unwrap_or_default(),
             external_id: patient.id,
         }

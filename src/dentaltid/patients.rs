@@ -109,8 +109,8 @@ fn insert_imported(
             row.first_name,
             row.last_name,
             row.age,
-            row.date_of_birth.map(dart_date),
-            dart_timestamp(row.created_at),
+            row.date_of_birth,
+            row.created_at,
             row.phone,
             external_id,
         ]) {

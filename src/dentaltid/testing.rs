@@ -66,8 +66,8 @@ pub(super) fn new_patient(
         first_name: first_name.to_owned(),
         last_name: "Nanopix".to_owned(),
         age: 40,
-        date_of_birth: chrono::NaiveDate::from_ymd_opt(1985, 3, 12),
-        created_at,
+        date_of_birth: Some("1985-03-12T00:00:00.000".to_owned()),
+        created_at: crate::patient::dart_timestamp(created_at),
         phone: "0550000000".to_owned(),
         external_id: nanopix_id(id),
     }
