@@ -119,9 +119,8 @@ struct Snapshot {
     folders: Option<FolderListing>,
     dentaltid: Vec<PatientRef>,
     links: Vec<Link>,
-    /// Every NanoPix id the sync already knows: linked, recorded, or being exported.
-    known: HashSet<NanoPixId>,
-    /// The NanoPix ids in none of those.
+    /// The NanoPix ids the sync does not know yet: neither linked, recorded, nor being exported.
+    /// A pass imports or links only these: a row NanoPix saves during the pass is the next one's.
     unknown: Vec<NanoPixId>,
     /// The `pk`s of the NanoPix rows read as odd (reported already), such as a second row with
     /// an id an earlier row has: reading pages of patients skips them.
@@ -605,7 +604,8 @@ impl Engine {
             self.dentaltid.drop_own_indexes()?;
             self.indexed = false;
         }
-        let imported = self.import_pages(&snapshot.known, &snapshot.odd_pks, matcher, report);
+        let unknown: HashSet<NanoPixId> = snapshot.unknown.iter().copied().collect();
+        let imported = self.import_pages(&unknown, &snapshot.odd_pks, matcher, report);
         let linked = imported.and_then(|matcher| {
             snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
             self.link_held(matcher, report)
@@ -623,7 +623,7 @@ impl Engine {
     /// Returns the matcher with the links it holds.
     fn import_pages(
         &mut self,
-        known: &HashSet<NanoPixId>,
+        unknown: &HashSet<NanoPixId>,
         odd_pks: &HashSet<i64>,
         matcher: Matcher,
         report: &mut ReconcileReport,
@@ -634,7 +634,7 @@ impl Engine {
         let (read, pages) = crossbeam_channel::bounded(1);
         let (decided, imports) = crossbeam_channel::bounded(1);
         let (all_read, matcher, written) = std::thread::scope(|scope| {
-            let reader = scope.spawn(move || read_pages(nanopix, (known, odd_pks), stop, &read));
+            let reader = scope.spawn(move || read_pages(nanopix, (unknown, odd_pks), stop, &read));
             let decider = scope.spawn(move || decide_pages(matcher, clock.as_ref(), &pages, &decided));
             let written = write_pages(dentaltid, bus, clock.as_ref(), &imports, stop, report);
             drop(imports);
@@ -999,7 +999,6 @@ fn read_dentaltid(
         folders: None,
         dentaltid: patients,
         links,
-        known,
         unknown,
         odd_pks,
         many_unknown,
@@ -1014,12 +1013,12 @@ fn is_few(unknown: usize, rows: usize) -> bool {
     unknown < PAGE as usize && unknown.saturating_mul(ROWS_PER_LOOKUP) < rows
 }
 
-/// Reads NanoPix page by page from the start and sends the patients not in `known` (nor in a
+/// Reads NanoPix page by page from the start and sends the patients in `unknown` (but not in a
 /// row of `odd_pks`) to `read`, until the last page, `stop` says so, or the receiver hangs up
 /// (it failed: it reports why).
 fn read_pages(
     nanopix: &mut NanoPix,
-    (known, odd_pks): (&HashSet<NanoPixId>, &HashSet<i64>),
+    (unknown, odd_pks): (&HashSet<NanoPixId>, &HashSet<i64>),
     stop: impl Fn() -> bool,
     read: &Sender<Vec<NanoPixPatient>>,
 ) -> Result<()> {
@@ -1029,7 +1028,7 @@ fn read_pages(
         let Some(last) = page.last_pk().filter(|&pk| pk > after) else { break };
         after = last;
         let unknown: Vec<NanoPixPatient> =
-            page.patients.into_iter().filter(|p| !known.contains(&p.id) && !odd_pks.contains(&p.pk)).collect();
+            page.patients.into_iter().filter(|p| unknown.contains(&p.id) && !odd_pks.contains(&p.pk)).collect();
         if !unknown.is_empty() && read.send(unknown).is_err() {
             break;
         }

@@ -1,0 +1,94 @@
+//! A busy clinic: DentalTID and NanoPix keep writing while the sync works.
+//!
+//! The other program is a second connection that holds the database's write lock (with its
+//! change made but not committed) while the sync reads, and commits once an event shows that the
+//! sync has read what it works from. Each test waits on events with deadlines, never on sleeps.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Clinic, wait_for};
+use nanopix_sync::{EventKind, NanoPixSync};
+use rusqlite::Connection;
+
+/// A connection to a database as another program opens one: it waits up to 30 s for a lock.
+fn another_program(path: &std::path::Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    conn
+}
+
+/// The clinic opened with a busy timeout long enough to wait for the other program's
+/// transaction, and without automatic work: only the calls a test makes do work.
+fn open_waiting_long(clinic: &Clinic) -> NanoPixSync {
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = Duration::from_secs(30);
+    NanoPixSync::open(config).unwrap()
+}
+
+/// Adds a NanoPix row the sync cannot read as a patient (its id is no real date). The sync
+/// reports it (`odd_row`) right after it has read both sides at the start of a reconcile: the
+/// tests use that event to know the sync has read what it matches against.
+fn add_odd_nanopix_row(clinic: &Clinic) {
+    let conn = Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute("INSERT INTO Patient(id, last_name, first_name) VALUES ('20251399_000000', 'Odd', 'Row')", [])
+        .unwrap();
+}
+
+fn is_odd_row(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::SyncError { code, .. } if code == "odd_row")
+}
+
+/// `(patient_id, external_id)` of every DentalTID patient holding `external_id`.
+fn holders(clinic: &Clinic, external_id: &str) -> Vec<(i64, String, String)> {
+    clinic.dentaltid_rows(
+        &format!("SELECT id, name, familyName FROM patients WHERE external_id = '{external_id}' ORDER BY id"),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+}
+
+/// NanoPix saves a new patient's row before it makes its folder. A patient NanoPix saves while a
+/// first sync of a large clinic reads NanoPix page by page is the next pass's to import (the
+/// sync imports what it found unknown when it began); like every patient it imports, its folder
+/// is then awaited, never reported removed.
+#[test]
+fn a_nanopix_patient_saved_while_a_first_sync_reads_its_pages_is_imported_next_and_not_reported_removed() {
+    let clinic = Clinic::new("v29");
+    // Eight pages of NanoPix patients: while DentalTID holds its lock, the sync's reader stops a
+    // few pages in, with the rest still to read.
+    clinic.add_bulk_nanopix(40_000);
+    add_odd_nanopix_row(&clinic);
+    let sync = open_waiting_long(&clinic);
+    let dentaltid = another_program(&clinic.dentaltid);
+    let nanopix = another_program(&clinic.nanopix_db());
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let first = std::thread::scope(|scope| {
+        let reconcile = scope.spawn(|| sync.reconcile());
+        wait_for(&sync, Duration::from_secs(120), is_odd_row);
+        // NanoPix saves the row of a new patient (its folder comes with the first image).
+        nanopix
+            .execute(
+                "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+                 VALUES ('20250301_093000', 'Saidi', 'Nadia', 'Female', '1982-04-09', '2025-03-01 09:30:08',
+                         '2025-03-01 09:30:08')",
+                [],
+            )
+            .unwrap();
+        dentaltid.execute_batch("COMMIT").unwrap();
+        reconcile.join().unwrap().unwrap()
+    });
+    assert_eq!(first.imported, 40_001, "the fixture and the bulk: {first:?}");
+    let _ = common::drain(&sync);
+    // "Sync Now" again, and once more, before NanoPix made the folder.
+    for _ in 0..2 {
+        let again = sync.reconcile().unwrap();
+        let removed: Vec<EventKind> = common::drain(&sync)
+            .into_iter()
+            .map(|event| event.kind)
+            .filter(|kind| matches!(kind, EventKind::ExternalPatientRemoved { .. }))
+            .collect();
+        assert_eq!((again.removed, removed), (0, vec![]), "a folder NanoPix has not made yet is no removal");
+        assert_eq!(holders(&clinic, "20250301_093000").len(), 1, "imported once: {again:?}");
+    }
+}
