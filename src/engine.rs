@@ -15,7 +15,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::{HashMap, HashSet};
 
-use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkState, PatientRef};
+use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkOutcome, LinkState, PatientRef};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
@@ -662,34 +662,81 @@ impl Engine {
 
     /// Writes the links `matcher` holds, once every NanoPix patient was offered to it. A pass
     /// stopped early writes none: a NanoPix patient not read yet could have contested one.
+    ///
+    /// DentalTID may have renamed, re-dated or deleted a matched patient since it was read: the
+    /// NanoPix patient of such a stale link is decided again, once, against DentalTID as it is
+    /// now. One whose new match went stale too is reported and left to the next reconcile.
     fn link_held(&mut self, matcher: Matcher, report: &mut ReconcileReport) -> Result<()> {
         if self.cancelled() {
             return Ok(());
         }
-        self.link_all(matcher.finish(), true, report).map(drop)
+        let (_, stale) = self.link_all(matcher.finish(), true, report)?;
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut patients = Vec::with_capacity(stale.len());
+        for link in &stale {
+            // A NanoPix id some patient shows now has its holder: importing it would make a second.
+            if !self.dentaltid.shows_external_id(link.external_id)? {
+                patients.extend(self.nanopix.patient(link.external_id)?);
+            }
+        }
+        if patients.is_empty() {
+            return Ok(());
+        }
+        let mut matcher = self.matcher(&patients)?;
+        self.decide_and_import(&mut matcher, patients, report)?;
+        let (_, stale) = self.link_all(matcher.finish(), true, report)?;
+        for link in stale {
+            self.report_stale_link(&link, report);
+        }
+        Ok(())
+    }
+
+    /// Reports a link left unwritten because DentalTID changed its patient while it was decided.
+    fn report_stale_link(&self, link: &MatchedLink, report: &mut ReconcileReport) {
+        report.errors += 1;
+        self.bus.emit(EventKind::SyncError {
+            code: "patient_changed".into(),
+            message: format!(
+                "DentalTID patient {} changed while it was being linked to NanoPix patient {}: \
+                 left to the next reconcile",
+                link.patient_id, link.external_id
+            ),
+            external_id: Some(link.external_id.to_string()),
+            patient_id: Some(link.patient_id),
+            path: None,
+        });
     }
 
     /// Links NanoPix patients to the DentalTID patients they match, [`LINKS_PER_TRANSACTION`]
     /// at a time in patient order (so each transaction keeps to one stretch of the table), and
-    /// reports each transaction's links once it is committed; returns the links written, by
-    /// patient id. `new_to_sync` says the NanoPix patients are new to the sync (see
-    /// [`crate::dentaltid::DentalTid::link_all`]).
+    /// reports each transaction's links once it is committed. Returns the links written, by
+    /// patient id, and the stale ones: those whose patient DentalTID changed or deleted since it
+    /// was matched, left for the caller. `new_to_sync` says the NanoPix patients are new to the
+    /// sync (see [`crate::dentaltid::DentalTid::link_all`]).
     fn link_all(
         &mut self,
         mut links: Vec<MatchedLink>,
         new_to_sync: bool,
         report: &mut ReconcileReport,
-    ) -> Result<HashMap<i64, NanoPixId>> {
+    ) -> Result<(HashMap<i64, NanoPixId>, Vec<MatchedLink>)> {
         links.sort_by_key(|link| link.patient_id);
-        let mut linked = HashMap::default();
+        let (mut linked, mut stale) = (HashMap::default(), Vec::new());
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
-            let pairs: Vec<(i64, NanoPixId)> = chunk.iter().map(|link| (link.patient_id, link.external_id)).collect();
-            let outcomes = self.dentaltid.link_all(&pairs, self.config.clock.now(), new_to_sync)?;
+            let outcomes = self.dentaltid.link_all(chunk, self.config.clock.now(), new_to_sync)?;
             for (link, outcome) in chunk.iter().zip(outcomes) {
                 let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
-                if let Err(error) = outcome {
-                    self.report_error(&error, Some(external_id), Some(patient_id), report);
-                    continue;
+                match outcome {
+                    LinkOutcome::Linked => {}
+                    LinkOutcome::Stale => {
+                        stale.push(link.clone());
+                        continue;
+                    }
+                    LinkOutcome::Refused(error) => {
+                        self.report_error(&error, Some(external_id), Some(patient_id), report);
+                        continue;
+                    }
                 }
                 report.linked += 1;
                 linked.insert(patient_id, link.external_id);
@@ -697,7 +744,7 @@ impl Engine {
                 self.bus.emit(EventKind::PatientLinked { patient_id, external_id, first_name, last_name });
             }
         }
-        Ok(linked)
+        Ok((linked, stale))
     }
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID

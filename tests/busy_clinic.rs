@@ -40,12 +40,107 @@ fn is_odd_row(kind: &EventKind) -> bool {
     matches!(kind, EventKind::SyncError { code, .. } if code == "odd_row")
 }
 
+/// Runs a first "Sync Now" while DentalTID (another program) runs `change` in a transaction that
+/// it began before the sync started and commits once the sync has read both sides: the change
+/// lands after the sync read its candidates for matching, and before it writes anything.
+fn first_sync_while_dentaltid_commits(
+    clinic: &Clinic,
+    sync: &NanoPixSync,
+    change: &str,
+) -> (nanopix_sync::Result<nanopix_sync::ReconcileReport>, Vec<EventKind>) {
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    dentaltid.execute_batch(change).unwrap();
+    let events = sync.events();
+    std::thread::scope(|scope| {
+        let reconcile = scope.spawn(|| sync.reconcile());
+        wait_for(sync, Duration::from_secs(60), is_odd_row);
+        dentaltid.execute_batch("COMMIT").unwrap();
+        let result = reconcile.join().unwrap();
+        (result, events.try_iter().map(|event| event.kind).collect())
+    })
+}
+
 /// `(patient_id, external_id)` of every DentalTID patient holding `external_id`.
 fn holders(clinic: &Clinic, external_id: &str) -> Vec<(i64, String, String)> {
     clinic.dentaltid_rows(
         &format!("SELECT id, name, familyName FROM patients WHERE external_id = '{external_id}' ORDER BY id"),
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
+}
+
+/// `PRAGMA integrity_check` of a database.
+fn integrity(path: &std::path::Path) -> String {
+    Connection::open(path).unwrap().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+}
+
+/// A DentalTID patient renamed (the receptionist corrects the name of another person typed
+/// into a record) after the first sync read it for matching, and before it wrote its links, is
+/// no longer the NanoPix patient's match: the sync must not write that NanoPix id into it.
+#[test]
+fn a_dentaltid_patient_renamed_during_a_first_sync_is_not_linked_to_the_nanopix_patient_it_no_longer_matches() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
+    add_odd_nanopix_row(&clinic);
+    let sync = open_waiting_long(&clinic);
+    let (report, events) = first_sync_while_dentaltid_commits(
+        &clinic,
+        &sync,
+        &format!("UPDATE patients SET name = 'Yasmine', familyName = 'Kaci' WHERE id = {nadia}"),
+    );
+    let report = report.unwrap();
+    let linked_to_yasmine = events.iter().any(|kind| {
+        matches!(kind, EventKind::PatientLinked { patient_id, external_id, .. }
+                 if *patient_id == nadia && external_id == "20250301_093000")
+    });
+    assert!(!linked_to_yasmine, "Yasmine Kaci linked to NanoPix's Nadia Saidi: {events:#?}");
+    assert_eq!(report.linked, 0, "{report:?}");
+    let held = holders(&clinic, "20250301_093000");
+    assert_eq!(held.len(), 1, "one DentalTID patient holds NanoPix's Nadia Saidi: {held:?}");
+    assert_ne!(held[0].0, nadia, "NanoPix's Nadia Saidi is held by Yasmine Kaci: {held:?}");
+    assert_eq!(integrity(&clinic.dentaltid), "ok");
+    assert_eq!(integrity(&clinic.nanopix_db()), "ok");
+}
+
+/// The same with the birth date corrected: a link needs the same birth date on both sides.
+#[test]
+fn a_dentaltid_patient_whose_birth_date_is_corrected_during_a_first_sync_is_not_linked_on_the_old_one() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
+    add_odd_nanopix_row(&clinic);
+    let sync = open_waiting_long(&clinic);
+    let (report, events) = first_sync_while_dentaltid_commits(
+        &clinic,
+        &sync,
+        &format!("UPDATE patients SET dateOfBirth = '1962-04-09T00:00:00.000', age = 62 WHERE id = {nadia}"),
+    );
+    let report = report.unwrap();
+    let held = holders(&clinic, "20250301_093000");
+    assert_eq!(held.len(), 1, "one DentalTID patient holds NanoPix's Nadia Saidi: {held:?}");
+    assert_ne!(
+        held[0].0, nadia,
+        "the Nadia Saidi born in 1962 is linked to NanoPix's born in 1982: {report:?} {events:#?}"
+    );
+}
+
+/// A DentalTID patient deleted after the first sync matched it, and before it linked it, leaves
+/// its NanoPix match a NanoPix patient like any other: it is imported by that sync, not left
+/// out of DentalTID with a `no_such_patient` error until some later reconcile.
+#[test]
+fn a_nanopix_patient_whose_dentaltid_match_is_deleted_during_a_first_sync_is_imported_by_it() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
+    add_odd_nanopix_row(&clinic);
+    let sync = open_waiting_long(&clinic);
+    let (report, events) =
+        first_sync_while_dentaltid_commits(&clinic, &sync, &format!("DELETE FROM patients WHERE id = {nadia}"));
+    let report = report.unwrap();
+    let held = holders(&clinic, "20250301_093000");
+    assert_eq!(held.len(), 1, "NanoPix's Nadia Saidi is in DentalTID once: {held:?}, {report:?}, {events:#?}");
+    assert_eq!(report.errors, 1, "only the odd row is an error: {report:?}");
 }
 
 /// NanoPix saves a new patient's row before it makes its folder. A patient NanoPix saves while a

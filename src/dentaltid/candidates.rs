@@ -9,11 +9,11 @@
 
 use chrono::NaiveDate;
 use crossbeam_channel::Sender;
-use rusqlite::{Params, Row};
+use rusqlite::{Connection, Params, Row};
 
 use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
-use crate::matching::{DentalCandidate, DentalIndex};
+use crate::matching::{DentalCandidate, DentalIndex, MatchKey};
 use crate::patient::{BirthDate, nanopix_date};
 use crate::values::{integer_at, starting_with, text_ref};
 use crate::{Error, Result};
@@ -111,6 +111,17 @@ impl DentalTid {
         };
         read(index).map_err(Error::db(&self.path, step))
     }
+}
+
+/// Whether patient `patient_id`, read as matching reads it, still has `key`; `None` when there
+/// is no such patient.
+pub(super) fn still_fits(conn: &Connection, patient_id: i64, key: &MatchKey) -> rusqlite::Result<Option<bool>> {
+    let mut statement = conn.prepare_cached(&format!("SELECT {CANDIDATE_COLUMNS} FROM patients WHERE id = ?1"))?;
+    let mut rows = statement.query([patient_id])?;
+    let Some(row) = rows.next()? else { return Ok(None) };
+    let mut fits = false;
+    read_candidate(row, |candidate| fits = key.fits(&candidate))?;
+    Ok(Some(fits))
 }
 
 /// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an

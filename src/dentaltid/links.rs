@@ -661,7 +661,7 @@ mod tests {
         for batch in ids.chunks(100) {
             imported.extend(import_ids(&mut dentaltid, &batch.iter().map(String::as_str).collect::<Vec<_>>()));
         }
-        link_one(&mut dentaltid, 2, "20250122_091500", at(2025, 1, 22, 10, 0)).unwrap();
+        link_one(&mut dentaltid, 2, "20250122_091500", at(2025, 1, 22, 10, 0));
         let last = imported.last().copied().unwrap();
         let everyone: Vec<i64> = (1..=last + 50).collect();
         assert!(everyone.len() > FEW_PATIENTS);
@@ -811,7 +811,7 @@ mod tests {
     #[test]
     fn adopted_links_never_replace_recorded_ones() {
         let (_dir, mut dentaltid) = sample_database();
-        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0));
         let adopt = [
             (1, nanopix_id("20250101_000000"), LinkOrigin::Imported),
             (2, nanopix_id("20250102_000000"), LinkOrigin::Imported),
@@ -830,7 +830,7 @@ mod tests {
     #[test]
     fn link_state_changes_only_existing_links() {
         let (_dir, mut dentaltid) = sample_database();
-        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0));
         dentaltid.set_link_states(&[(1, LinkState::Missing)]).unwrap();
         assert_eq!(dentaltid.link(1).unwrap().unwrap().state, LinkState::Missing);
         dentaltid.set_link_states(&[(1, LinkState::DeleteRequested)]).unwrap();
@@ -866,7 +866,7 @@ mod tests {
     #[test]
     fn imported_links_read_as_link_rows_did() {
         let (_dir, mut dentaltid) = sample_database();
-        link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0));
         import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
         import_ids(&mut dentaltid, &["20240101_000000"]);
         let matched = Link { origin: LinkOrigin::Matched, ..imported(2, "20250121_152638") };
@@ -996,7 +996,9 @@ mod tests {
     fn an_import_over_ids_used_before_replaces_their_links() {
         let (_dir, mut dentaltid) = sample_database();
         import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
-        link_one(&mut dentaltid, 6, "20230303_030303", at(2025, 1, 21, 12, 0)).unwrap();
+        // Only a patient with a birth date links.
+        dentaltid.conn.execute("UPDATE patients SET dateOfBirth = '1990-01-01T00:00:00.000' WHERE id = 6", []).unwrap();
+        link_one(&mut dentaltid, 6, "20230303_030303", at(2025, 1, 21, 12, 0));
         let forget = "DELETE FROM patients WHERE id >= 6; DELETE FROM sqlite_sequence WHERE name = 'patients'";
         dentaltid.conn.execute_batch(forget).unwrap();
         let ids = import_ids(&mut dentaltid, &["20250505_050505", "20250505_050506", "20250505_050507"]);

@@ -23,7 +23,7 @@ mod state;
 #[cfg(test)]
 mod testing;
 
-pub use patients::Importing;
+pub use patients::{Importing, LinkOutcome};
 
 /// The state of a link between a DentalTID patient and a NanoPix patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -12,8 +12,10 @@ use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params};
 
 use super::awaited_folders::note_unsettled_links;
+use super::candidates::still_fits;
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
+use crate::matching::MatchedLink;
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
 use crate::values::{WHITESPACE, integer_at, read_text, starting_with, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -259,46 +261,48 @@ impl DentalTid {
         Importing { dentaltid: self, open: None }
     }
 
-    /// Links existing patients to NanoPix ids in one transaction: sets `external_id` (only where
-    /// it is still NULL or blank) and records each link. Returns one outcome per link, in order.
-    /// `new_to_sync` says the NanoPix patients are new to the sync, so NanoPix may not have made
-    /// their folders yet: each link is then noted unsettled (see [`super::awaited_folders`]), for
-    /// the caller to clear once it recorded the folders it awaits.
-    ///
-    /// # Failure
-    /// A link's outcome is [`Error::PatientNotFound`] if there is no such patient,
-    /// [`Error::AlreadyLinked`] if it already has an `external_id`, and [`Error::Database`] if
-    /// DentalTID's table refuses the change (a constraint or a trigger); nothing is written for it.
+    /// Links existing patients to the NanoPix patients they matched, in one transaction: sets
+    /// `external_id` (only where it is still NULL or blank) and records each link, for each
+    /// patient that still has the names and birth date it was matched on. Returns one outcome
+    /// per link, in order. `new_to_sync` says the NanoPix patients are new to the sync, so
+    /// NanoPix may not have made their folders yet: each link is then noted unsettled (see
+    /// [`super::awaited_folders`]), for the caller to clear once it recorded the folders it awaits.
     pub fn link_all(
         &mut self,
-        links: &[(i64, NanoPixId)],
+        links: &[MatchedLink],
         synced_at: NaiveDateTime,
         new_to_sync: bool,
-    ) -> Result<Vec<Result<()>>> {
+    ) -> Result<Vec<LinkOutcome>> {
         let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
             let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
             let mut record = tx.prepare_cached(UPSERT_LINK)?;
             let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());
             let mut outcomes = Vec::with_capacity(links.len());
-            for (patient_id, external_id) in links {
-                let external_id = external_id.to_string();
+            for link in links {
+                let patient_id = link.patient_id;
+                if still_fits(tx, patient_id, &link.key)? != Some(true) {
+                    outcomes.push(LinkOutcome::Stale);
+                    continue;
+                }
+                let external_id = link.external_id.to_string();
                 let changed = match set_external_id.execute(params![external_id, patient_id, WHITESPACE]) {
                     Err(error) if is_refusal(&error) && !tx.is_autocommit() => {
-                        outcomes.push(Err(Error::db(&path, "linking a patient DentalTID refuses")(error)));
+                        let refused = Error::db(&path, "linking a patient DentalTID refuses")(error);
+                        outcomes.push(LinkOutcome::Refused(refused));
                         continue;
                     }
                     changed => changed?,
                 };
                 if changed == 0 {
-                    outcomes.push(Err(refusal(tx, *patient_id, &path)?));
+                    outcomes.push(LinkOutcome::Refused(refusal(tx, patient_id, &path)?));
                     continue;
                 }
                 record.execute(params![patient_id, external_id, origin, state, synced_at])?;
                 if new_to_sync {
-                    note_unsettled_links(tx, *patient_id, *patient_id)?;
+                    note_unsettled_links(tx, patient_id, patient_id)?;
                 }
-                outcomes.push(Ok(()));
+                outcomes.push(LinkOutcome::Linked);
             }
             Ok(outcomes)
         })
@@ -353,6 +357,19 @@ fn patient_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Patient>> {
     }))
 }
 
+/// What became of one link [`DentalTid::link_all`] was asked to write.
+#[derive(Debug)]
+pub enum LinkOutcome {
+    /// Written.
+    Linked,
+    /// Not written: the patient is gone, or no longer has the names and birth date it was
+    /// matched on (DentalTID changed it meanwhile).
+    Stale,
+    /// Not written: the patient is linked already ([`Error::AlreadyLinked`]), or DentalTID's
+    /// table refuses the change, by a constraint or a trigger ([`Error::Database`]).
+    Refused(Error),
+}
+
 /// Why [`SET_EXTERNAL_ID`] changed no row: the patient is gone or already linked, or else a
 /// trigger of DentalTID's table dropped the change (`RAISE(IGNORE)`).
 fn refusal(conn: &Connection, patient_id: i64, path: &Path) -> rusqlite::Result<Error> {
@@ -385,7 +402,7 @@ pub(super) fn highest_patient_id(conn: &Connection) -> rusqlite::Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{at, link_one, new_patient, sample_database};
+    use super::super::testing::{at, link_one, link_outcome, new_patient, sample_database};
     use super::*;
 
     fn names(patients: &[Patient]) -> Vec<&str> {
@@ -544,7 +561,7 @@ mod tests {
     #[test]
     fn link_existing_sets_the_id_and_keeps_the_source() {
         let (_dir, mut dentaltid) = sample_database();
-        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
+        link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0));
         let amina = dentaltid.patient(1).unwrap().unwrap();
         assert_eq!((amina.source, amina.external_id.as_deref()), (Source::Internal, Some("20250121_152638")));
         let link = dentaltid.link(1).unwrap().unwrap();
@@ -554,16 +571,16 @@ mod tests {
     #[test]
     fn link_existing_refuses_a_linked_or_missing_patient() {
         let (_dir, mut dentaltid) = sample_database();
-        link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0)).unwrap();
-        let error = link_one(&mut dentaltid, 2, "20250122_101010", at(2025, 1, 22, 12, 0)).unwrap_err();
+        link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0));
+        let outcome = link_outcome(&mut dentaltid, 2, "20250122_101010", at(2025, 1, 22, 12, 0));
         assert!(
-            matches!(&error, Error::AlreadyLinked { patient_id: 2, external_id } if external_id == "20250121_152638"),
-            "{error:?}"
+            matches!(&outcome, LinkOutcome::Refused(Error::AlreadyLinked { patient_id: 2, external_id }) if external_id == "20250121_152638"),
+            "{outcome:?}"
         );
         assert_eq!(dentaltid.patient(2).unwrap().unwrap().external_id.as_deref(), Some("20250121_152638"));
         assert_eq!(dentaltid.link(2).unwrap().unwrap().synced_at, at(2025, 1, 21, 12, 0));
-        let error = link_one(&mut dentaltid, 42, "20250122_101010", at(2025, 1, 22, 12, 0)).unwrap_err();
-        assert!(matches!(error, Error::PatientNotFound(42)), "{error:?}");
+        let outcome = link_outcome(&mut dentaltid, 42, "20250122_101010", at(2025, 1, 22, 12, 0));
+        assert!(matches!(outcome, LinkOutcome::Stale), "{outcome:?}");
         assert_eq!(dentaltid.link(42).unwrap(), None);
     }
 }

@@ -85,13 +85,32 @@ pub(super) fn exported_row(id: &str) -> crate::patient::NewNanoPixPatient {
     }
 }
 
-/// Links one patient through [`DentalTid::link_all`] and returns its outcome.
+/// Links one patient, as [`link_outcome`] does, and checks that it was linked.
 pub(super) fn link_one(
     dentaltid: &mut DentalTid,
     patient_id: i64,
     external_id: &str,
     synced_at: chrono::NaiveDateTime,
-) -> crate::Result<()> {
-    let mut outcomes = dentaltid.link_all(&[(patient_id, nanopix_id(external_id))], synced_at, true)?;
-    outcomes.pop().unwrap_or(Ok(()))
+) {
+    let outcome = link_outcome(dentaltid, patient_id, external_id, synced_at);
+    assert!(matches!(outcome, super::LinkOutcome::Linked), "{outcome:?}");
+}
+
+/// Links one patient, matched on the names and birth date it has (or on nothing that fits,
+/// when there is no such patient), through [`DentalTid::link_all`] and returns its outcome.
+pub(super) fn link_outcome(
+    dentaltid: &mut DentalTid,
+    patient_id: i64,
+    external_id: &str,
+    synced_at: chrono::NaiveDateTime,
+) -> super::LinkOutcome {
+    let patient = dentaltid.patient(patient_id).unwrap();
+    let (first_name, last_name, born) = patient.map_or_else(
+        || (String::new(), String::new(), chrono::NaiveDate::MIN),
+        |p| (p.first_name, p.last_name, p.date_of_birth.unwrap_or(chrono::NaiveDate::MIN)),
+    );
+    let key = crate::matching::MatchKey::of(&first_name, &last_name, born);
+    let link =
+        crate::matching::MatchedLink { external_id: nanopix_id(external_id), patient_id, first_name, last_name, key };
+    dentaltid.link_all(&[link], synced_at, true).unwrap().pop().unwrap()
 }

@@ -110,8 +110,9 @@ impl Engine {
         let exporting: HashSet<i64> = exporting.iter().map(|patient| patient.id).collect();
         let links: Vec<MatchedLink> =
             matcher.finish().into_iter().filter(|link| exporting.contains(&link.patient_id)).collect();
-        // The sync knew these NanoPix patients, folders and all: none is awaited.
-        self.link_all(links, false, report)
+        // The sync knew these NanoPix patients, folders and all: none is awaited. One whose
+        // patient DentalTID changed meanwhile stays behind, and the patient is exported.
+        self.link_all(links, false, report).map(|(linked, _)| linked)
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix

@@ -68,6 +68,30 @@ pub(crate) struct MatchedLink {
     pub first_name: String,
     /// The DentalTID patient's last name, as stored.
     pub last_name: String,
+    /// What both were matched on: the link stands only while the DentalTID patient has it.
+    pub key: MatchKey,
+}
+
+/// What a link is matched on: both names, normalised, and the birth date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MatchKey {
+    first: String,
+    last: String,
+    born: NaiveDate,
+}
+
+impl MatchKey {
+    /// The key of a person with these names, born on `born`.
+    pub fn of(first_name: &str, last_name: &str, born: NaiveDate) -> Self {
+        Self { first: normalise_name(first_name), last: normalise_name(last_name), born }
+    }
+
+    /// Whether a DentalTID patient, as matching reads it, still has this key: a patient renamed
+    /// or given another birth date since it was matched is no longer the same person's.
+    pub fn fits(&self, candidate: &DentalCandidate<'_>) -> bool {
+        candidate.date_of_birth == Some(self.born)
+            && *self == Self::of(candidate.first_name, candidate.last_name, self.born)
+    }
 }
 
 /// What the index says of one NanoPix patient.
@@ -142,11 +166,14 @@ impl Matcher {
             else {
                 continue;
             };
+            // A held patient matched exactly, birth date included.
+            let Some(born) = patient.birth_date else { continue };
             links.push(MatchedLink {
                 external_id: patient.id,
                 patient_id: dental.patient_id,
                 first_name: dental.first_name,
                 last_name: dental.last_name,
+                key: MatchKey::of(&patient.first_name, &patient.last_name, born),
             });
         }
         links.sort_by_key(|link| link.external_id);
