@@ -187,3 +187,96 @@ fn a_nanopix_patient_saved_while_a_first_sync_reads_its_pages_is_imported_next_a
         assert_eq!(holders(&clinic, "20250301_093000").len(), 1, "imported once: {again:?}");
     }
 }
+
+/// Waits up to `deadline` until `done` holds, looking every few milliseconds; panics otherwise.
+fn until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + deadline;
+    while !done() {
+        assert!(std::time::Instant::now() < end, "not within {deadline:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many exports the sync's journal holds (exports begun and not finished).
+fn exports_in_flight(clinic: &Clinic) -> i64 {
+    clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0]
+}
+
+/// Runs `export_existing` while NanoPix holds its write lock from before the call until the
+/// sync has begun its first export (its journal row is written), then lets DentalTID (another
+/// program) run `change` and NanoPix go on; returns what `export_existing` returned and its events.
+fn export_existing_while_dentaltid_changes(
+    clinic: &Clinic,
+    sync: &NanoPixSync,
+    change: &str,
+) -> (nanopix_sync::Result<u64>, Vec<EventKind>) {
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let events = sync.events();
+    std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_existing());
+        until(Duration::from_secs(30), "the first export is journaled", || exports_in_flight(clinic) > 0);
+        another_program(&clinic.dentaltid).execute_batch(change).unwrap();
+        nanopix.execute_batch("ROLLBACK").unwrap();
+        let result = exporting.join().unwrap();
+        (result, events.try_iter().map(|event| event.kind).collect())
+    })
+}
+
+/// A patient deleted in DentalTID while `export_existing` works through the clinic's patients,
+/// before its turn came, is not written to NanoPix: NanoPix would get a patient nobody has, and
+/// the next reconcile would ask the host to delete it again.
+#[test]
+fn a_patient_deleted_in_dentaltid_during_export_existing_is_not_written_to_nanopix() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let _ = common::drain(&sync);
+    let karim: i64 = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Karim'", |r| r.get(0))[0];
+    let (exported, events) =
+        export_existing_while_dentaltid_changes(&clinic, &sync, &format!("DELETE FROM patients WHERE id = {karim}"));
+    let exported_karim: Vec<&EventKind> = events
+        .iter()
+        .filter(|kind| matches!(kind, EventKind::PatientExported { patient_id, .. } if *patient_id == karim))
+        .collect();
+    let in_nanopix: Vec<String> =
+        clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Haddad'", |r| r.get(0));
+    assert_eq!(
+        (exported_karim, in_nanopix),
+        (vec![], vec![]),
+        "Karim Haddad, deleted before his turn, was exported to NanoPix ({exported:?})"
+    );
+    assert_eq!(exported.unwrap(), 5, "the five others that had no NanoPix patient");
+    let next = sync.reconcile().unwrap();
+    assert_eq!(next.errors, 0, "{next:?}: {:#?}", common::drain(&sync));
+    let asked: Vec<EventKind> = common::drain(&sync)
+        .into_iter()
+        .map(|event| event.kind)
+        .filter(|kind| matches!(kind, EventKind::DeleteRequested { .. }))
+        .collect();
+    assert_eq!(asked, vec![], "nothing to delete in NanoPix");
+}
+
+/// A patient whose name DentalTID corrected while `export_existing` works through the clinic's
+/// patients, before its turn came, is written to NanoPix with the name DentalTID holds then.
+#[test]
+fn a_patient_renamed_in_dentaltid_during_export_existing_is_exported_with_the_name_it_has_then() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let karim: i64 = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Karim'", |r| r.get(0))[0];
+    let (exported, _) = export_existing_while_dentaltid_changes(
+        &clinic,
+        &sync,
+        &format!("UPDATE patients SET name = 'Karima' WHERE id = {karim}"),
+    );
+    exported.unwrap();
+    let external_id: Vec<String> =
+        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {karim}"), |r| r.get(0));
+    let external_id = &external_id[0];
+    let names: Vec<(String, String)> = clinic
+        .nanopix_rows(&format!("SELECT first_name, last_name FROM Patient WHERE id = '{external_id}'"), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
+    assert_eq!(names, [("Karima".to_owned(), "Haddad".to_owned())]);
+}

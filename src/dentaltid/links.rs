@@ -19,9 +19,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::awaited_folders::note_unsettled_links;
-use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK};
+use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
-use crate::patient::{NewNanoPixPatient, WrittenRow, dart_timestamp, parse_dart_timestamp};
+use crate::patient::{NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, parse_dart_timestamp};
 use crate::values::{WHITESPACE, integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
@@ -345,13 +345,18 @@ impl DentalTid {
         read().map(Option::flatten).map_err(Error::db(&self.path, "reading the export journal"))
     }
 
-    /// Records the intent to export `patient_id` as `row`, before NanoPix is touched: the id
-    /// reserved and the values written.
-    pub fn begin_export(&mut self, patient_id: i64, row: &NewNanoPixPatient, at: NaiveDateTime) -> Result<()> {
+    /// Records the intent to export `patient` as `row`, before NanoPix is touched: the id
+    /// reserved and the values written. Records nothing and returns `false` when DentalTID no
+    /// longer holds `patient` as given: deleted, or changed since it was read, so `row` would
+    /// not be what the patient is now.
+    pub fn begin_export(&mut self, patient: &Patient, row: &NewNanoPixPatient, at: NaiveDateTime) -> Result<bool> {
         let (external_id, at, written) = (row.id.to_string(), dart_timestamp(at), row.written());
         self.write("recording an export", |tx| {
+            if patient_in(tx, patient.id)?.as_ref() != Some(patient) {
+                return Ok(false);
+            }
             let values = params![
-                patient_id,
+                patient.id,
                 external_id,
                 at,
                 written.last_name,
@@ -359,7 +364,7 @@ impl DentalTid {
                 written.birthdate,
                 written.created
             ];
-            tx.execute(BEGIN_EXPORT, values).map(drop)
+            tx.execute(BEGIN_EXPORT, values).map(|_| true)
         })
     }
 
@@ -695,6 +700,18 @@ mod tests {
         assert!(!found.contains(&imported[150]) && !found.contains(&(last + 1)));
     }
 
+    /// Journals the export of patient `patient_id`, as DentalTID holds it, as `row`; checks that
+    /// it was journaled.
+    fn begin_export(
+        dentaltid: &mut DentalTid,
+        patient_id: i64,
+        row: &NewNanoPixPatient,
+        at: NaiveDateTime,
+    ) -> crate::Result<()> {
+        let patient = dentaltid.patient(patient_id).unwrap().unwrap();
+        dentaltid.begin_export(&patient, row, at).map(|journaled| assert!(journaled, "patient {patient_id}"))
+    }
+
     /// Checks that `link` gives, for every patient of `patient_ids`, what `links` lists for it,
     /// and that `links` lists each patient once, in order.
     fn assert_link_agrees_with_links(dentaltid: &DentalTid, patient_ids: std::ops::RangeInclusive<i64>) {
@@ -710,7 +727,7 @@ mod tests {
     fn an_export_is_journaled_then_finished() {
         let (_dir, mut dentaltid) = sample_database();
         let (id, row) = (nanopix_id("20250121_152638"), exported_row("20250121_152638"));
-        dentaltid.begin_export(3, &row, at(2025, 1, 21, 15, 26)).unwrap();
+        begin_export(&mut dentaltid, 3, &row, at(2025, 1, 21, 15, 26)).unwrap();
         let pending = dentaltid.pending_exports().unwrap();
         assert_eq!(pending, [PendingExport { patient_id: 3, external_id: id, written: Some(row.written()) }]);
         assert_eq!(dentaltid.pending_export(3).unwrap().as_ref(), pending.first());
@@ -730,7 +747,7 @@ mod tests {
     fn finishing_the_export_of_a_deleted_patient_still_records_the_link() {
         let (_dir, mut dentaltid) = sample_database();
         let id = nanopix_id("20250121_152638");
-        dentaltid.begin_export(4, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
+        begin_export(&mut dentaltid, 4, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
         dentaltid.conn.execute_batch("DELETE FROM patients WHERE id = 4").unwrap();
         dentaltid.finish_export(4, id, at(2025, 1, 21, 15, 27)).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
@@ -762,7 +779,7 @@ mod tests {
     #[test]
     fn an_abandoned_export_leaves_the_patient_alone() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.begin_export(5, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
+        begin_export(&mut dentaltid, 5, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
         dentaltid.abandon_export(5).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
         assert_eq!(dentaltid.patient(5).unwrap().unwrap().external_id, None);
@@ -772,8 +789,8 @@ mod tests {
     #[test]
     fn pending_exports_come_oldest_first_and_skip_unreadable_ids() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.begin_export(2, &exported_row("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
-        dentaltid.begin_export(1, &exported_row("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
+        begin_export(&mut dentaltid, 2, &exported_row("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
+        begin_export(&mut dentaltid, 1, &exported_row("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
         let sql = "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at)
             VALUES (3, '../../etc', '2025-01-21T08:00:00.000'), (4, '20250121_070000', 'whenever')";
         dentaltid.conn.execute_batch(sql).unwrap();
@@ -785,8 +802,8 @@ mod tests {
     #[test]
     fn a_replanned_export_keeps_its_start_and_records_its_new_id_and_values() {
         let (_dir, mut dentaltid) = sample_database();
-        dentaltid.begin_export(2, &exported_row("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
-        dentaltid.begin_export(1, &exported_row("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
+        begin_export(&mut dentaltid, 2, &exported_row("20250121_100001"), at(2025, 1, 21, 10, 1)).unwrap();
+        begin_export(&mut dentaltid, 1, &exported_row("20250121_090000"), at(2025, 1, 21, 9, 0)).unwrap();
         let mut moved = exported_row("20250121_090005");
         (moved.last_name, moved.birth_date) = ("Benalli".into(), None);
         dentaltid.replan_export(1, &moved).unwrap();
@@ -802,8 +819,8 @@ mod tests {
     fn the_journal_refuses_the_same_id_twice() {
         let (_dir, mut dentaltid) = sample_database();
         let row = exported_row("20250121_152638");
-        dentaltid.begin_export(1, &row, at(2025, 1, 21, 15, 26)).unwrap();
-        let error = dentaltid.begin_export(2, &row, at(2025, 1, 21, 15, 26)).unwrap_err();
+        begin_export(&mut dentaltid, 1, &row, at(2025, 1, 21, 15, 26)).unwrap();
+        let error = begin_export(&mut dentaltid, 2, &row, at(2025, 1, 21, 15, 26)).unwrap_err();
         assert!(matches!(error, Error::Database { step: "recording an export", .. }), "{error:?}");
         assert_eq!(dentaltid.pending_exports().unwrap().len(), 1);
     }

@@ -320,13 +320,21 @@ impl DentalTid {
 
     /// Runs `SELECT <patient columns> FROM patients <tail>` and reads every row whose id is an integer.
     fn query_patients(&self, step: &'static str, tail: &str, params: impl Params) -> Result<Vec<Patient>> {
-        let read = || {
-            let mut statement = self.conn.prepare_cached(&format!("SELECT {PATIENT_COLUMNS} FROM patients {tail}"))?;
-            let rows = statement.query_map(params, patient_from_row)?;
-            rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
-        };
-        read().map_err(Error::db(&self.path, step))
+        patients_in(&self.conn, tail, params).map_err(Error::db(&self.path, step))
     }
+}
+
+/// Runs `SELECT <patient columns> FROM patients <tail>` on `conn` and reads every row whose id
+/// is an integer.
+fn patients_in(conn: &Connection, tail: &str, params: impl Params) -> rusqlite::Result<Vec<Patient>> {
+    let mut statement = conn.prepare_cached(&format!("SELECT {PATIENT_COLUMNS} FROM patients {tail}"))?;
+    let rows = statement.query_map(params, patient_from_row)?;
+    rows.filter_map(|row| row.transpose()).collect()
+}
+
+/// Patient `id` as `conn` reads it now (in a transaction: as it will stay until the commit).
+pub(super) fn patient_in(conn: &Connection, id: i64) -> rusqlite::Result<Option<Patient>> {
+    Ok(patients_in(conn, "WHERE id = ?1", [id])?.pop())
 }
 
 /// Reads a patient's id, source and NanoPix id from the columns at `[id, source, external_id]`

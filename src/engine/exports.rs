@@ -71,7 +71,9 @@ impl Engine {
         let given_back = self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default())?;
         let exported = match given_back.get(&patient_id) {
             Some(&external_id) => Ok(external_id),
-            None => self.export_or_resume(&patient, IdsFrom::Now),
+            None => self
+                .export_or_resume(&patient, IdsFrom::Now)
+                .and_then(|exported| exported.ok_or(Error::PatientNotFound(patient_id))),
         };
         self.extend_cursor_past_exports();
         exported
@@ -261,7 +263,8 @@ impl Engine {
                 continue;
             }
             match self.export_or_resume(patient, from) {
-                Ok(_) => report.exported += 1,
+                Ok(Some(_)) => report.exported += 1,
+                Ok(None) => {}
                 Err(error) => {
                     lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
                     self.report_error(&error, None, Some(patient.id), report);
@@ -272,20 +275,39 @@ impl Engine {
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
-    /// earlier error interrupted), as a repair would.
-    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<NanoPixId> {
+    /// earlier error interrupted), as a repair would. `None` when DentalTID deleted the patient
+    /// before its export began.
+    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<Option<NanoPixId>> {
         match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => self.resume_export(patient, &pending),
+            Some(pending) => self.resume_export(patient, &pending).map(Some),
             None => self.export(patient, from),
         }
     }
 
-    /// Writes the journal row, then the NanoPix row, then the folder, then the link.
-    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<NanoPixId> {
-        let row = self.planned_row(patient, from)?;
-        self.dentaltid.begin_export(patient.id, &row, row.created)?;
-        crash_point("journal");
-        self.write_export(patient, row, from)
+    /// Writes the journal row, then the NanoPix row, then the folder, then the link. The row
+    /// written is the patient as DentalTID holds it when the journal row is written: one DentalTID
+    /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times, and one
+    /// it deleted is not exported (`None`).
+    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<Option<NanoPixId>> {
+        let mut patient = patient.clone();
+        for _ in 0..EXPORT_ATTEMPTS {
+            let row = self.planned_row(&patient, from)?;
+            if self.dentaltid.begin_export(&patient, &row, row.created)? {
+                crash_point("journal");
+                return self.write_export(&patient, row, from).map(Some);
+            }
+            patient = match self.dentaltid.patient(patient.id)? {
+                None => return Ok(None),
+                Some(now) => match now.external_id {
+                    Some(external_id) => return Err(Error::AlreadyLinked { patient_id: now.id, external_id }),
+                    None => now,
+                },
+            };
+        }
+        Err(Error::Busy {
+            path: self.config.dentaltid_db.clone(),
+            step: "exporting a patient DentalTID keeps changing",
+        })
     }
 
     /// The row an export of `patient` would write now, at the first free id looked for `from`
