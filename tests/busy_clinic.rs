@@ -280,3 +280,77 @@ fn a_patient_renamed_in_dentaltid_during_export_existing_is_exported_with_the_na
         });
     assert_eq!(names, [("Karima".to_owned(), "Haddad".to_owned())]);
 }
+
+/// `delete_in_nanopix` refuses while NanoPix holds any file for the patient. NanoPix may save an
+/// image into the patient's folder while the call waits for NanoPix's lock (NanoPix is busy
+/// saving something else): the image must never be left in a folder whose patient row the call
+/// deleted, which NanoPix could no longer show or file.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    let _ = common::drain(&sync);
+    sync.reconcile().unwrap();
+    assert!(
+        common::drain(&sync).iter().any(|event| matches!(&event.kind, EventKind::DeleteRequested { external_id: asked, .. } if *asked == external_id)),
+        "the delete is asked for"
+    );
+    let folder = clinic.root.join(&external_id);
+    // Tells when the sync has looked into the folder for files: the folder closed after a read.
+    let looked_into = closed_after_reading(&folder);
+    // NanoPix is saving a change to another patient: it holds its write lock.
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    nanopix
+        .execute("UPDATE Patient SET updated_datetime = '2025-01-22 10:05:00' WHERE id = '20250121_152638'", [])
+        .unwrap();
+    let deleted = std::thread::scope(|scope| {
+        let deleting = scope.spawn(|| sync.delete_in_nanopix(&external_id));
+        looked_into.recv_timeout(Duration::from_secs(30)).expect("the sync looks into the folder");
+        // Meanwhile NanoPix saves an image of the patient into its folder (its Study row comes next).
+        std::fs::write(folder.join("20250122_100500.iosb"), b"image").unwrap();
+        std::fs::write(folder.join("20250122_100500_thumbnail.jpg"), b"thumbnail").unwrap();
+        nanopix.execute_batch("COMMIT").unwrap();
+        deleting.join().unwrap()
+    });
+    let rows: Vec<String> =
+        clinic.nanopix_rows(&format!("SELECT id FROM Patient WHERE id = '{external_id}'"), |r| r.get(0));
+    assert!(folder.join("20250122_100500.iosb").exists(), "the image is never deleted");
+    assert_eq!(rows, [external_id], "the patient whose image NanoPix holds keeps its row ({deleted:?})");
+    assert!(matches!(deleted, Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. })), "{deleted:?}");
+}
+
+/// Sends once `folder` itself is closed after it was opened for reading (listed), as inotify
+/// reports it (`IN_CLOSE_NOWRITE`), from now on.
+#[cfg(target_os = "linux")]
+fn closed_after_reading(folder: &std::path::Path) -> crossbeam_channel::Receiver<()> {
+    use std::ffi::{CString, c_char, c_int, c_void};
+    use std::os::unix::ffi::OsStrExt;
+    unsafe extern "C" {
+        fn inotify_init1(flags: c_int) -> c_int;
+        fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
+        fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    }
+    const IN_CLOSE_NOWRITE: u32 = 0x10;
+    const IN_CLOEXEC: c_int = 0o2_000_000;
+    let path = CString::new(folder.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain system calls on a fresh inotify descriptor and a NUL-terminated path.
+    let fd = unsafe { inotify_init1(IN_CLOEXEC) };
+    assert!(fd >= 0, "inotify_init1");
+    assert!(unsafe { inotify_add_watch(fd, path.as_ptr(), IN_CLOSE_NOWRITE) } >= 0, "inotify_add_watch");
+    let (closed, on_close) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        // SAFETY: reads into a buffer of the length given; blocks until an event comes.
+        let read = unsafe { read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if read > 0 {
+            let _ = closed.send(());
+        }
+    });
+    on_close
+}

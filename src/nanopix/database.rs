@@ -46,6 +46,8 @@ pub(super) enum Deletion {
     Missing,
     /// Studies or reports still point at the patient; nothing was deleted.
     Holds { studies: u64, reports: u64 },
+    /// The patient's folder could not be removed (NanoPix put a file in it); the row was not deleted.
+    FolderKept,
 }
 
 /// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout.
@@ -369,13 +371,26 @@ pub(super) fn record_ids(
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write()`].
-pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {
+/// (NanoPix's foreign keys would otherwise cascade), and if `remove_folder` removed the
+/// patient's folder first: NanoPix saves files under the same lock it saves their rows with, so
+/// a file it saved meanwhile keeps the folder, and the row. Meant to run inside [`write()`].
+pub(super) fn delete_patient(
+    conn: &Connection,
+    id: NanoPixId,
+    remove_folder: impl FnOnce() -> bool,
+) -> rusqlite::Result<Deletion> {
     let studies = count_for_patient(conn, "Study", id)?;
     let reports = count_for_patient(conn, "Report", id)?;
     if studies + reports > 0 {
         return Ok(Deletion::Holds { studies, reports });
     }
-    let deleted = conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
-    Ok(if deleted == 0 { Deletion::Missing } else { Deletion::Deleted })
+    let exists = conn.prepare_cached("SELECT 1 FROM Patient WHERE id = ?1")?.exists([id.to_string()])?;
+    if !exists {
+        return Ok(Deletion::Missing);
+    }
+    if !remove_folder() {
+        return Ok(Deletion::FolderKept);
+    }
+    conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
+    Ok(Deletion::Deleted)
 }

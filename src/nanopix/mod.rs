@@ -366,14 +366,16 @@ impl NanoPix {
     /// empty: a delete cut short after its commit (the process killed, the folder held open)
     /// ends when asked again.
     ///
+    /// The folder is removed under NanoPix's write lock, just before the row is deleted: a file
+    /// NanoPix saved while the delete waited for the lock keeps both. A folder removed for a
+    /// delete that then fails is made again, empty, with its subfolders.
+    ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
-    /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (studies and
-    /// reports are counted again under the write lock). The folder is removed after the commit;
-    /// if that fails (say a file appeared in between) the error is [`Error::Io`] and the row
-    /// stays deleted.
+    /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (counted again
+    /// under the write lock).
     pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
-        let row = self.id_exists(id)?;
+        let (row, folder) = (self.id_exists(id)?, self.folder_path(id));
         if !row && !self.has_folder(id) {
             return Err(Error::NanoPixPatientNotFound(id.to_string()));
         }
@@ -382,13 +384,40 @@ impl NanoPix {
             return Err(not_empty(id, contents));
         }
         if !row {
-            return folders::remove_empty_folder(&self.folder_path(id), subfolders);
+            return folders::remove_empty_folder(&folder, subfolders);
         }
-        match database::write(&self.conn, &self.db_path, "delete patient", |conn| database::delete_patient(conn, id))? {
-            Deletion::Deleted => folders::remove_empty_folder(&self.folder_path(id), subfolders),
-            Deletion::Missing => Err(Error::NanoPixPatientNotFound(id.to_string())),
-            Deletion::Holds { studies, reports } => Err(not_empty(id, PatientContents { studies, reports, files: 0 })),
+        let mut kept = None;
+        let deletion = database::write(&self.conn, &self.db_path, "delete patient", |conn| {
+            database::delete_patient(conn, id, || {
+                kept = folders::remove_empty_folder(&folder, subfolders).err();
+                kept.is_none()
+            })
+        });
+        match deletion {
+            Ok(Deletion::Deleted) => Ok(()),
+            Ok(Deletion::Missing) => Err(Error::NanoPixPatientNotFound(id.to_string())),
+            Ok(Deletion::Holds { studies, reports }) => {
+                Err(not_empty(id, PatientContents { studies, reports, files: 0 }))
+            }
+            Ok(Deletion::FolderKept) => {
+                self.restore_folder(id, subfolders);
+                let contents = self.contents(id, subfolders)?;
+                match kept {
+                    Some(error) if contents == PatientContents::default() => Err(error),
+                    _ => Err(not_empty(id, contents)),
+                }
+            }
+            Err(error) => {
+                self.restore_folder(id, subfolders);
+                Err(error)
+            }
         }
+    }
+
+    /// Makes again, empty, the folder and `subfolders` of a patient whose delete failed after
+    /// they were removed. Failing to is left to the next reconcile, which reports the folder missing.
+    fn restore_folder(&self, id: NanoPixId, subfolders: &[String]) {
+        let _ = folders::create_patient_folder(&self.root, id, subfolders);
     }
 
     fn select(&self, selection: Selection) -> Result<PatientRows> {
