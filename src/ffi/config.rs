@@ -38,11 +38,15 @@ fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> 
     T::deserialize(deserializer).map(Some)
 }
 
-/// Parses the configuration JSON: malformed JSON gives `NPS_INVALID_JSON`, wrong or unknown
-/// fields give `NPS_INVALID_CONFIG`.
+/// Parses the configuration JSON: malformed JSON gives `NPS_INVALID_JSON`; anything but an
+/// object, and wrong or unknown fields, give `NPS_INVALID_CONFIG`.
 pub(crate) fn parse_config(json: &str) -> Result<Config, FfiError> {
     let failed = |code| move |error| FfiError::new(code, format!("configuration JSON: {error}"));
     serde_json::from_str::<IgnoredAny>(json).map_err(failed(NPS_INVALID_JSON))?;
+    // Valid JSON that starts with a brace is an object; serde would also fill a struct from an array.
+    if !json.trim_start().starts_with('{') {
+        return Err(FfiError::new(NPS_INVALID_CONFIG, "configuration JSON: an object is expected"));
+    }
     let host: HostConfig = serde_json::from_str(json).map_err(failed(NPS_INVALID_CONFIG))?;
     let mut config = Config::new(host.nanopix_root, host.dentaltid_db);
     config.auto_link = host.auto_link.unwrap_or(config.auto_link);
@@ -87,6 +91,17 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.full_reconcile_interval, Duration::from_secs(60));
         assert_eq!(config.busy_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn only_an_object_is_a_configuration() {
+        for json in [r#"["P", "d.db", false]"#, r#""P""#, "42", "null", "true"] {
+            let error = parse_config(json).unwrap_err();
+            assert_eq!(
+                (error.code, error.message.as_str()),
+                (NPS_INVALID_CONFIG, "configuration JSON: an object is expected")
+            );
+        }
     }
 
     #[test]
