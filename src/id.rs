@@ -13,6 +13,9 @@ use crate::{Error, Result};
 /// How far past the wanted second [`NanoPixId::first_free`] looks before giving up.
 const MAX_ID_PROBES: u32 = 86_400;
 
+/// Most characters of a refused id an error repeats: twice an id's length.
+const SHOWN_CHARS: usize = 30;
+
 /// A validated NanoPix patient id, such as `20250121_152638`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NanoPixId(NaiveDateTime);
@@ -31,7 +34,7 @@ impl NanoPixId {
     /// assert!(NanoPixId::parse("../../etc").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self> {
-        Self::parse_strict(text).ok_or_else(|| Error::InvalidNanoPixId(text.to_owned()))
+        Self::parse_strict(text).ok_or_else(|| Error::InvalidNanoPixId(shown(text)))
     }
 
     fn parse_strict(text: &str) -> Option<Self> {
@@ -130,6 +133,15 @@ impl fmt::Display for NanoPixId {
     }
 }
 
+/// `text`, refused as an id, as an error shows it: its first [`SHOWN_CHARS`] characters, then an
+/// ellipsis if there is more, so that a huge argument makes no huge message.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// Writes the last `digits.len()` decimal digits of `value` into `digits`.
 fn fill_digits(digits: &mut [u8], mut value: u32) {
     for digit in digits.iter_mut().rev() {
@@ -161,6 +173,15 @@ mod tests {
     fn accepts_the_real_fixture_id() {
         let id = NanoPixId::parse("20250121_152638").expect("valid id");
         assert_eq!(id.to_string(), "20250121_152638");
+    }
+
+    #[test]
+    fn a_refused_id_is_shown_short() {
+        let huge = "1".repeat(1 << 20);
+        let message = NanoPixId::parse(&huge).unwrap_err().to_string();
+        assert_eq!(message, format!("invalid NanoPix patient id \"{}…\"", "1".repeat(SHOWN_CHARS)));
+        let short = "é".repeat(SHOWN_CHARS);
+        assert_eq!(NanoPixId::parse(&short).unwrap_err().to_string(), format!("invalid NanoPix patient id {short:?}"));
     }
 
     #[test]
