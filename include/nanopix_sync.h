@@ -209,7 +209,8 @@ uint32_t nps_open(const char *config_json, NpsHandle **handle_out);
  *
  * Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
  * NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
- * `nps_free`. Waits for calls in flight on other threads. Any thread may call it, except from
+ * `nps_free`. Calls in flight on other threads are cut short (a reconcile or an export stops
+ * between patients, reporting what it did) and waited for. Any thread may call it, except from
  * inside a callback, this handle's or another's (NPS_WRONG_THREAD).
  *
  * # Safety

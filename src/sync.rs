@@ -186,10 +186,16 @@ impl NanoPixSync {
         self.dispatcher.stop();
     }
 
+    /// Tells the work under way to stop early, as closing does: a reconcile or an export stops
+    /// between patients. For a C host closing while another of its threads waits on a call.
+    pub(crate) fn stop_early(&self) {
+        self.signals.closing.store(true, Ordering::Relaxed);
+    }
+
     /// The first half of [`NanoPixSync::close`]: stops and joins the engine thread and queues
     /// `closed`, the last event. The callback thread goes on delivering until `close`.
     pub(crate) fn stop_engine(&mut self) {
-        self.signals.closing.store(true, Ordering::Relaxed);
+        self.stop_early();
         self.jobs = None;
         if let Some(engine) = self.engine.take() {
             if engine.join().is_err() {

@@ -149,15 +149,18 @@ fn the_python_ctypes_smoke_test_passes() {
     assert!(stdout.lines().any(|line| line.ends_with(" passed, 0 failed")), "{stdout}");
 }
 
-/// Runs one scenario of `tests/c/callbacks.c` on a fresh clinic; it prints each promise it
-/// finds broken.
-fn assert_callback_scenario_holds(scenario: &str) {
+/// Runs one scenario of the C program `source` on `clinic`; it prints each promise it finds broken.
+fn assert_scenario_holds(source: &str, scenario: &str, clinic: &Clinic) {
     cdylib();
-    let clinic = Clinic::new("v29");
-    let program = build_c(clinic.dir.path(), "tests/c/callbacks.c");
+    let program = build_c(clinic.dir.path(), source);
     let (root, db) = (clinic.root.to_string_lossy(), clinic.dentaltid.to_string_lossy());
     let output = run(&program.to_string_lossy(), &[scenario, &root, &db]);
-    assert_success(&format!("tests/c/callbacks.c {scenario}"), &output);
+    assert_success(&format!("{source} {scenario}"), &output);
+}
+
+/// Runs one scenario of `tests/c/callbacks.c` on a fresh clinic.
+fn assert_callback_scenario_holds(scenario: &str) {
+    assert_scenario_holds("tests/c/callbacks.c", scenario, &Clinic::new("v29"));
 }
 
 #[test]
@@ -178,4 +181,23 @@ fn a_new_callback_is_given_only_events_made_after_it_was_set() {
 #[test]
 fn setting_the_wakeup_callback_takes_no_event_from_the_event_callback() {
     assert_callback_scenario_holds("wakeup_leaves_event_callback_whole");
+}
+
+/// Adds `count` DentalTID patients, none of them linked, as DentalTID writes them.
+fn add_unlinked_patients(clinic: &Clinic, count: u32) {
+    let insert = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,
+                                      payment, createdAt, isEmergency, severity, healthAlerts, phoneNumber,
+                                      isBlacklisted)
+        SELECT 'Given' || value, 'Family' || value, 30, '1995-01-01T00:00:00.000', '', '', '', 0.0,
+               '2025-01-22T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0
+        FROM (WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n WHERE value < ?1)
+              SELECT value FROM n)";
+    rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute(insert, [count]).unwrap();
+}
+
+#[test]
+fn closing_cuts_short_an_export_existing_in_flight_on_another_thread() {
+    let clinic = Clinic::new("v29");
+    add_unlinked_patients(&clinic, 3_000);
+    assert_scenario_holds("tests/c/contract.c", "close_cuts_short_export_existing", &clinic);
 }

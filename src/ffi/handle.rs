@@ -69,7 +69,8 @@ impl NpsHandle {
     /// Stops and joins every thread and wakes every waiter. Calling it again does nothing; a
     /// second `close` racing the first returns once the first has finished.
     ///
-    /// Waits for the calls in flight on other threads; never call it from inside a callback.
+    /// Cuts short the calls in flight on other threads and waits for them; never call it from
+    /// inside a callback.
     pub fn close(&self) {
         let mut close_signal = self.close_signal.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(mut sync) = self.take_when_idle() {
@@ -82,10 +83,12 @@ impl NpsHandle {
         close_signal.take();
     }
 
-    /// Empties the slot, then waits until no call holds the sync any more.
+    /// Empties the slot, tells the calls in flight to stop early, then waits until no call holds
+    /// the sync any more.
     fn take_when_idle(&self) -> Option<NanoPixSync> {
         let mut slot = self.slot();
         let mut shared = slot.take()?;
+        shared.stop_early();
         loop {
             match Arc::try_unwrap(shared) {
                 Ok(sync) => return Some(sync),

@@ -75,7 +75,8 @@ pub unsafe extern "C" fn nps_open(config_json: *const c_char, handle_out: *mut *
 ///
 /// Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
 /// NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
-/// `nps_free`. Waits for calls in flight on other threads. Any thread may call it, except from
+/// `nps_free`. Calls in flight on other threads are cut short (a reconcile or an export stops
+/// between patients, reporting what it did) and waited for. Any thread may call it, except from
 /// inside a callback, this handle's or another's (NPS_WRONG_THREAD).
 ///
 /// # Safety

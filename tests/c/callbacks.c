@@ -13,22 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "nanopix_sync.h"
-
-static int broken;
-
-static void expect(int holds, const char *promise) {
-    if (!holds) {
-        broken++;
-        printf("BROKEN: %s\n", promise);
-    }
-}
-
-static double seconds_now(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-}
+#include "scenario.h"
 
 static void pause_ms(long ms) {
     struct timespec pause = {ms / 1000, (ms % 1000) * 1000000L};
@@ -44,21 +29,6 @@ static int is_type(const char *json, const char *type) {
 static long long seq_of(const char *json) {
     const char *seq = strstr(json, "\"seq\":");
     return seq ? strtoll(seq + 6, NULL, 10) : -1;
-}
-
-static NpsHandle *open_clinic(const char *root, const char *db) {
-    char config[4096];
-    snprintf(config, sizeof config,
-             "{\"nanopix_root\": \"%s\", \"dentaltid_db\": \"%s\", \"watch_mode\": \"polling\", \"poll_interval_ms\": 100}",
-             root, db);
-    NpsHandle *handle = NULL;
-    if (nps_open(config, &handle) != NPS_OK) {
-        char *message = nps_last_error_message();
-        printf("nps_open failed: %s\n", message ? message : "(no message)");
-        nps_string_free(message);
-        exit(2);
-    }
-    return handle;
 }
 
 /* A flag threads wait on, each wait with a deadline. */
@@ -127,7 +97,7 @@ static void *clear_callback(void *handle) {
 }
 
 static void clear_during_close(const char *root, const char *db) {
-    closing_handle = open_clinic(root, db);
+    closing_handle = open_clinic(root, db, 100);
     expect(nps_set_event_callback(closing_handle, gated_callback, NULL) == NPS_OK, "the callback is set");
     pthread_t closer, clearer;
     pthread_create(&closer, NULL, close_handle, closing_handle);
@@ -164,7 +134,7 @@ static void draining_callback(void *userdata, const char *json) {
 }
 
 static void drain_during_close(const char *root, const char *db) {
-    draining_handle = open_clinic(root, db);
+    draining_handle = open_clinic(root, db, 100);
     expect(nps_set_event_callback(draining_handle, draining_callback, NULL) == NPS_OK, "the callback is set");
     expect(nps_close(draining_handle) == NPS_OK, "the handle closes");
     printf("the callback's last wait took %.2f s\n", last_drain_wait);
@@ -190,7 +160,7 @@ static void recording_callback(void *userdata, const char *json) {
 }
 
 static void new_callback_gets_later_events(const char *root, const char *db) {
-    NpsHandle *handle = open_clinic(root, db);
+    NpsHandle *handle = open_clinic(root, db, 100);
     expect(nps_set_event_callback(handle, slow_callback, NULL) == NPS_OK, "the slow callback is set");
     for (int i = 0; i < 6; i++) expect(nps_set_live_sync(handle, i % 2 == 0) == NPS_OK, "Live Sync switches");
     long long drained = 0;
@@ -228,7 +198,7 @@ static void counting_wakeup(void *userdata) {
 }
 
 static void wakeup_leaves_event_callback_whole(const char *root, const char *db) {
-    NpsHandle *handle = open_clinic(root, db);
+    NpsHandle *handle = open_clinic(root, db, 100);
     expect(nps_set_event_callback(handle, slow_recording_callback, NULL) == NPS_OK, "the event callback is set");
     for (int i = 0; i < 4; i++) expect(nps_set_live_sync(handle, i % 2 == 0) == NPS_OK, "Live Sync switches");
     expect(nps_set_wakeup_callback(handle, counting_wakeup, NULL) == NPS_OK, "the wakeup callback is set");
