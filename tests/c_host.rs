@@ -201,3 +201,14 @@ fn closing_cuts_short_an_export_existing_in_flight_on_another_thread() {
     add_unlinked_patients(&clinic, 3_000);
     assert_scenario_holds("tests/c/contract.c", "close_cuts_short_export_existing", &clinic);
 }
+
+/// DentalTID on Linux and macOS opens `dentaltid.db` through the system's SQLite (the Dart
+/// `sqlite3` package loads it) in the process that loaded this library. POSIX locks belong to
+/// the whole process, so two copies of SQLite in one process miss each other's locks and can
+/// corrupt the file: for such a host the library is built without its bundled SQLite
+/// (`--no-default-features`), and shares the system's. `.ci/run` runs this test so built.
+#[cfg(not(feature = "bundled"))]
+#[test]
+fn dentaltid_stays_intact_when_the_host_writes_through_the_same_sqlite_in_the_process() {
+    assert_scenario_holds("tests/c/contract.c", "host_sqlite_keeps_dentaltid_intact", &Clinic::new("v29"));
+}

@@ -1,11 +1,12 @@
-/* Promises of the C API to a host such as DentalTID (Dart FFI) about work in flight, checked
- * from a real C host.
+/* Promises of the C API to a host such as DentalTID (Dart FFI) about work in flight and the
+ * host's own SQLite, checked from a real C host.
  *
  * Usage: contract <scenario> <PatientData> <dentaltid.db>, where the scenario is
- * close_cuts_short_export_existing.
+ * close_cuts_short_export_existing or host_sqlite_keeps_dentaltid_intact.
  * Prints one line per broken promise and exits 1 if any; exits 0 otherwise; 2 when the
  * scenario could not be set up. */
 #define _POSIX_C_SOURCE 200809L
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,13 @@
 #include <time.h>
 
 #include "scenario.h"
+
+static void print_last_error(const char *what, uint32_t code) {
+    char *message = nps_last_error_message();
+    printf("%s: code %u, message %.200s%s\n", what, (unsigned)code, message ? message : "(none)",
+           message && strlen(message) > 200 ? "..." : "");
+    nps_string_free(message);
+}
 
 /* close_cuts_short_export_existing: "Export existing" runs on a worker thread (a Dart isolate)
  * over a clinic with thousands of unlinked patients; the user quits, and the app's UI thread
@@ -58,6 +66,128 @@ static void close_cuts_short_export_existing(const char *root, const char *db) {
     nps_free(exporting_handle);
 }
 
+/* host_sqlite_keeps_dentaltid_intact: DentalTID reaches dentaltid.db through its own SQLite (the
+ * Dart `sqlite3` package opens the system's libsqlite3, as this host does with dlopen), in the
+ * same process that loaded the library, while Live Sync runs. Patients DentalTID adds while the
+ * sync exports them must all be written, and the file must stay a sound database. */
+struct host_sqlite {
+    int (*open)(const char *, void **);
+    int (*busy_timeout)(void *, int);
+    int (*exec)(void *, const char *, void *, void *, char **);
+    const char *(*errmsg)(void *);
+    int (*prepare_v2)(void *, const char *, int, void **, const char **);
+    int (*step)(void *);
+    const unsigned char *(*column_text)(void *, int);
+    long long (*column_int64)(void *, int);
+    int (*finalize)(void *);
+    int (*close)(void *);
+};
+
+static void load_symbol(void *library, const char *name, void *slot) {
+    void *symbol = dlsym(library, name);
+    if (symbol == NULL) {
+        printf("libsqlite3 has no %s\n", name);
+        exit(2);
+    }
+    memcpy(slot, &symbol, sizeof symbol);
+}
+
+static struct host_sqlite load_host_sqlite(void) {
+    void *library = dlopen("libsqlite3.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (library == NULL) {
+        printf("the system's libsqlite3.so.0 could not be loaded: %s\n", dlerror());
+        exit(2);
+    }
+    struct host_sqlite sqlite;
+    load_symbol(library, "sqlite3_open", &sqlite.open);
+    load_symbol(library, "sqlite3_busy_timeout", &sqlite.busy_timeout);
+    load_symbol(library, "sqlite3_exec", &sqlite.exec);
+    load_symbol(library, "sqlite3_errmsg", &sqlite.errmsg);
+    load_symbol(library, "sqlite3_prepare_v2", &sqlite.prepare_v2);
+    load_symbol(library, "sqlite3_step", &sqlite.step);
+    load_symbol(library, "sqlite3_column_text", &sqlite.column_text);
+    load_symbol(library, "sqlite3_column_int64", &sqlite.column_int64);
+    load_symbol(library, "sqlite3_finalize", &sqlite.finalize);
+    load_symbol(library, "sqlite3_close", &sqlite.close);
+    return sqlite;
+}
+
+static long long count_patients(struct host_sqlite *sqlite, void *db) {
+    void *statement = NULL;
+    long long count = -1;
+    if (sqlite->prepare_v2(db, "SELECT count(*) FROM patients", -1, &statement, NULL) == 0 && sqlite->step(statement) == 100)
+        count = sqlite->column_int64(statement, 0);
+    sqlite->finalize(statement);
+    return count;
+}
+
+static void host_sqlite_keeps_dentaltid_intact(const char *root, const char *db_path) {
+    struct host_sqlite sqlite = load_host_sqlite();
+    /* Polling often: every poll reads dentaltid.db while the host writes it. */
+    NpsHandle *handle = open_clinic(root, db_path, 10);
+    uint32_t live_code = nps_set_live_sync(handle, true);
+    if (live_code != NPS_OK) {
+        print_last_error("switching Live Sync on", live_code);
+        exit(2);
+    }
+    /* Live Sync's first reconcile, with a deadline. */
+    char *event = NULL;
+    int reconciled = 0;
+    while (!reconciled && nps_next_event(handle, 10000, &event) == NPS_OK) {
+        reconciled = strstr(event, "\"type\":\"reconciled\"") != NULL;
+        nps_string_free(event);
+        event = NULL;
+    }
+    if (!reconciled) {
+        printf("Live Sync's first reconcile never came\n");
+        exit(2);
+    }
+    void *db = NULL;
+    if (sqlite.open(db_path, &db) != 0) {
+        printf("the host could not open %s\n", db_path);
+        exit(2);
+    }
+    sqlite.busy_timeout(db, 5000);
+    long long before = count_patients(&sqlite, db);
+    enum { ADDED = 200 };
+    int refused = 0;
+    for (int i = 0; i < ADDED; i++) {
+        const char *insert =
+            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,"
+            " createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)"
+            " VALUES ('Added', 'ByDentalTID', 30, NULL, '', '', '', 0.0, '2025-01-22T09:00:00.000', 0,"
+            " 'EmergencySeverity.low', '', '', 0)";
+        if (sqlite.exec(db, insert, NULL, NULL, NULL) != 0 && refused++ < 3)
+            printf("DentalTID's insert %d failed: %s\n", i, sqlite.errmsg(db));
+    }
+    /* "Sync Now", then every event the sync sent. */
+    char *report = NULL;
+    uint32_t reconcile_code = nps_reconcile(handle, &report);
+    nps_string_free(report);
+    int database_errors = 0;
+    while (nps_next_event(handle, 500, &event) == NPS_OK) {
+        if (strstr(event, "\"type\":\"sync_error\"") && database_errors++ < 3) printf("event: %.300s\n", event);
+        nps_string_free(event);
+        event = NULL;
+    }
+    nps_close(handle);
+    nps_free(handle);
+    long long after = count_patients(&sqlite, db);
+    void *statement = NULL;
+    char integrity[512] = "(could not run)";
+    if (sqlite.prepare_v2(db, "PRAGMA integrity_check", -1, &statement, NULL) == 0 && sqlite.step(statement) == 100)
+        snprintf(integrity, sizeof integrity, "%s", (const char *)sqlite.column_text(statement, 0));
+    sqlite.finalize(statement);
+    sqlite.close(db);
+    printf("DentalTID's inserts refused: %d of %d; patients before %lld, after %lld; nps_reconcile %u;"
+           " sync_error events %d; integrity_check: %.300s\n",
+           refused, ADDED, before, after, (unsigned)reconcile_code, database_errors, integrity);
+    expect(refused == 0, "every patient DentalTID adds through its own SQLite is written");
+    expect(after == before + ADDED, "dentaltid.db holds every patient DentalTID added");
+    expect(strcmp(integrity, "ok") == 0, "dentaltid.db passes PRAGMA integrity_check");
+    expect(reconcile_code == NPS_OK && database_errors == 0, "the sync reports no database error");
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -66,6 +196,8 @@ int main(int argc, char **argv) {
     const char *scenario = argv[1], *root = argv[2], *db = argv[3];
     if (strcmp(scenario, "close_cuts_short_export_existing") == 0) {
         close_cuts_short_export_existing(root, db);
+    } else if (strcmp(scenario, "host_sqlite_keeps_dentaltid_intact") == 0) {
+        host_sqlite_keeps_dentaltid_intact(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
