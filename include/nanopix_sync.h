@@ -303,8 +303,10 @@ uint32_t nps_export_existing(NpsHandle *handle, uint64_t *exported);
  * event and after the host asked the user; called again after a delete cut short (the row
  * deleted, the folder not), it removes the folder. Refuses with NPS_DELETE_NOT_REQUESTED unless
  * that event was sent and no DentalTID patient holds the id again (in its external_id or by a
- * recorded link), and with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it.
- * The caller keeps ownership of `external_id`. Any thread may call it.
+ * recorded link), with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it,
+ * with NPS_INVALID_ID if `external_id` is not a NanoPix id, and with NPS_NO_SUCH_PATIENT if
+ * NanoPix has neither its row nor its folder (deleted already). The caller keeps ownership of
+ * `external_id`. Any thread may call it.
  *
  * # Safety
  * `handle` is NULL or a live handle; `external_id` is NULL or a NUL-terminated string.
