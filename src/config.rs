@@ -74,12 +74,19 @@ impl Config {
         }
     }
 
-    /// Checks the settings that need neither side: the busy timeout and the subfolder names.
+    /// Checks the settings that need neither side: both paths given, the busy timeout and the
+    /// subfolder names.
     ///
     /// # Failure
-    /// [`Error::InvalidConfig`] for a busy timeout over about 24.8 days, which SQLite cannot
-    /// take, or a patient subfolder that is not one plain folder name Windows can hold as given.
+    /// [`Error::InvalidConfig`] for an empty path, a busy timeout over about 24.8 days, which
+    /// SQLite cannot take, or a patient subfolder that is not one plain folder name Windows can
+    /// hold as given.
     pub(crate) fn check(&self) -> Result<()> {
+        for (path, name) in [(&self.nanopix_root, "nanopix_root"), (&self.dentaltid_db, "dentaltid_db")] {
+            if path.as_os_str().is_empty() {
+                return Err(Error::InvalidConfig(format!("{name} is empty: it must name a path")));
+            }
+        }
         if self.busy_timeout > MAX_BUSY_TIMEOUT {
             let message =
                 format!("busy timeout {:?} is longer than SQLite takes ({MAX_BUSY_TIMEOUT:?})", self.busy_timeout);

@@ -111,6 +111,13 @@ fn settings_sqlite_or_a_folder_cannot_take_are_refused_before_anything_is_opened
     let mut config = clinic.config();
     config.patient_subfolders = vec!["images/../..".to_owned()];
     assert!(matches!(NanoPixSync::open(config), Err(Error::InvalidConfig(message)) if message.contains("subfolder")));
+    let mut config = clinic.config();
+    config.nanopix_root = std::path::PathBuf::new();
+    let refused = NanoPixSync::open(config);
+    assert!(
+        matches!(&refused, Err(Error::InvalidConfig(message)) if message == "nanopix_root is empty: it must name a path"),
+        "{refused:?}"
+    );
     assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before, "not even migrated");
 }
 
