@@ -8,16 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Clinic, wait_for};
+use common::{Clinic, another_program, until, wait_for};
 use nanopix_sync::{EventKind, NanoPixSync};
 use rusqlite::Connection;
-
-/// A connection to a database as another program opens one: it waits up to 30 s for a lock.
-fn another_program(path: &std::path::Path) -> Connection {
-    let conn = Connection::open(path).unwrap();
-    conn.busy_timeout(Duration::from_secs(30)).unwrap();
-    conn
-}
 
 /// The clinic opened with a busy timeout long enough to wait for the other program's
 /// transaction, and without automatic work: only the calls a test makes do work.
@@ -185,15 +178,6 @@ fn a_nanopix_patient_saved_while_a_first_sync_reads_its_pages_is_imported_next_a
             .collect();
         assert_eq!((again.removed, removed), (0, vec![]), "a folder NanoPix has not made yet is no removal");
         assert_eq!(holders(&clinic, "20250301_093000").len(), 1, "imported once: {again:?}");
-    }
-}
-
-/// Waits up to `deadline` until `done` holds, looking every few milliseconds; panics otherwise.
-fn until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + deadline;
-    while !done() {
-        assert!(std::time::Instant::now() < end, "not within {deadline:?}: {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -64,6 +64,10 @@ impl Engine {
             return Err(Error::AlreadyLinked { patient_id, external_id });
         }
         self.catch_up_with_nanopix()?;
+        // A catch-up cut short by closing may not have linked the patient to its NanoPix match.
+        if self.cancelled() {
+            return Err(Error::Closed);
+        }
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         if let Some(linked) = patient.external_id.as_deref().map(NanoPixId::parse) {
             return linked;

@@ -208,6 +208,22 @@ pub fn open_parents_clinic() -> NanoPixSync {
     NanoPixSync::open(Config::new(dir.join("PatientData"), dir.join("dentaltid.db"))).unwrap()
 }
 
+/// A connection to a database as another program opens one: it waits up to 30 s for a lock.
+pub fn another_program(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    conn
+}
+
+/// Waits up to `deadline` until `done` holds, looking every few milliseconds; panics otherwise.
+pub fn until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !done() {
+        assert!(Instant::now() < end, "not within {deadline:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Every event queued so far.
 pub fn drain(sync: &NanoPixSync) -> Vec<Event> {
     sync.events().try_iter().collect()
