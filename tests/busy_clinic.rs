@@ -285,6 +285,16 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_p
         "the delete is asked for"
     );
     let folder = clinic.root.join(&external_id);
+    let whole_row = |clinic: &Clinic| {
+        let sql = format!(
+            "SELECT pk, id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime
+                           FROM Patient WHERE id = '{external_id}'"
+        );
+        clinic.nanopix_rows(&sql, |r| {
+            (0..8).map(|i| r.get::<_, rusqlite::types::Value>(i)).collect::<Result<Vec<_>, _>>()
+        })
+    };
+    let before = whole_row(&clinic);
     // Tells when the sync has looked into the folder for files: the folder closed after a read.
     let looked_into = closed_after_reading(&folder);
     // NanoPix is saving a change to another patient: it holds its write lock.
@@ -302,10 +312,9 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_p
         nanopix.execute_batch("COMMIT").unwrap();
         deleting.join().unwrap()
     });
-    let rows: Vec<String> =
-        clinic.nanopix_rows(&format!("SELECT id FROM Patient WHERE id = '{external_id}'"), |r| r.get(0));
     assert!(folder.join("20250122_100500.iosb").exists(), "the image is never deleted");
-    assert_eq!(rows, [external_id], "the patient whose image NanoPix holds keeps its row ({deleted:?})");
+    assert_eq!(whole_row(&clinic), before, "the patient whose image NanoPix holds keeps its row ({deleted:?})");
+    assert_eq!(before.len(), 1);
     assert!(matches!(deleted, Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. })), "{deleted:?}");
 }
 
@@ -313,6 +322,18 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_p
 /// reports it (`IN_CLOSE_NOWRITE`), from now on.
 #[cfg(target_os = "linux")]
 fn closed_after_reading(folder: &std::path::Path) -> crossbeam_channel::Receiver<()> {
+    first_inotify_event(folder, 0x10)
+}
+
+/// Sends once an entry of `parent` is deleted, as inotify reports it (`IN_DELETE`), from now on.
+#[cfg(target_os = "linux")]
+fn deleted(parent: &std::path::Path) -> crossbeam_channel::Receiver<()> {
+    first_inotify_event(parent, 0x200)
+}
+
+/// Sends once inotify reports an event of `mask` on `path`, from now on.
+#[cfg(target_os = "linux")]
+fn first_inotify_event(path: &std::path::Path, mask: u32) -> crossbeam_channel::Receiver<()> {
     use std::ffi::{CString, c_char, c_int, c_void};
     use std::os::unix::ffi::OsStrExt;
     unsafe extern "C" {
@@ -320,21 +341,77 @@ fn closed_after_reading(folder: &std::path::Path) -> crossbeam_channel::Receiver
         fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
         fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
     }
-    const IN_CLOSE_NOWRITE: u32 = 0x10;
     const IN_CLOEXEC: c_int = 0o2_000_000;
-    let path = CString::new(folder.as_os_str().as_bytes()).unwrap();
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: plain system calls on a fresh inotify descriptor and a NUL-terminated path.
     let fd = unsafe { inotify_init1(IN_CLOEXEC) };
     assert!(fd >= 0, "inotify_init1");
-    assert!(unsafe { inotify_add_watch(fd, path.as_ptr(), IN_CLOSE_NOWRITE) } >= 0, "inotify_add_watch");
-    let (closed, on_close) = crossbeam_channel::bounded(1);
+    assert!(unsafe { inotify_add_watch(fd, path.as_ptr(), mask) } >= 0, "inotify_add_watch");
+    let (happened, first) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
         // SAFETY: reads into a buffer of the length given; blocks until an event comes.
         let read = unsafe { read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
         if read > 0 {
-            let _ = closed.send(());
+            let _ = happened.send(());
         }
     });
-    on_close
+    first
+}
+
+/// DESIGN.md's safety rules (not negotiable): every NanoPix write is a short `BEGIN IMMEDIATE`
+/// transaction, with "no file I/O while holding a write lock". NanoPix itself must be able to
+/// save an X-ray at any time; a folder operation on the share NanoPix's data often sits on can
+/// take seconds (or a minute, on an unplugged share), during which NanoPix could save nothing.
+///
+/// The test makes the delete's commit wait (NanoPix is reading, as it does all the time), and
+/// looks, the moment the folder is gone, whether anyone holds NanoPix's write lock.
+#[cfg(target_os = "linux")]
+#[test]
+fn delete_in_nanopix_removes_no_folder_while_it_holds_nanopixs_write_lock() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = Duration::from_secs(10);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    Connection::open(&clinic.dentaltid).unwrap().execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    sync.reconcile().unwrap();
+    // The only entry of PatientData the test removes is the patient's folder.
+    let gone = deleted(&clinic.root);
+    // NanoPix is in the middle of a read: the sync's commit waits for it (its busy timeout).
+    let reading = Connection::open(clinic.nanopix_db()).unwrap();
+    reading.execute_batch("BEGIN").unwrap();
+    let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+    let (deleted, locked) = std::thread::scope(|scope| {
+        let deleting = scope.spawn(|| sync.delete_in_nanopix(&external_id));
+        // A sync that removes the folder after its commit removes it once NanoPix's read is over.
+        let mut reading = Some(reading);
+        if gone.recv_timeout(Duration::from_secs(1)).is_err() {
+            reading.take().unwrap().execute_batch("COMMIT").unwrap();
+            gone.recv_timeout(Duration::from_secs(30)).expect("the sync removes the folder");
+        }
+        // NanoPix saving an image now: can it take its write lock?
+        let saving = Connection::open(clinic.nanopix_db()).unwrap();
+        saving.busy_timeout(Duration::ZERO).unwrap();
+        let locked = match saving.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                saving.execute_batch("ROLLBACK").unwrap();
+                false
+            }
+            Err(error) => {
+                assert_eq!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{error}");
+                true
+            }
+        };
+        if let Some(reading) = reading {
+            reading.execute_batch("COMMIT").unwrap();
+        }
+        (deleting.join().unwrap(), locked)
+    });
+    assert!(
+        !locked,
+        "the patient folder was removed while the sync held NanoPix's write lock (the delete then gave {deleted:?})"
+    );
 }

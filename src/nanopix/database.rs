@@ -38,17 +38,19 @@ pub(super) enum Selection {
 }
 
 /// What the delete transaction found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Deletion {
-    /// The row was deleted.
-    Deleted,
+    /// The rows with the id were deleted: here they are, to put back if need be.
+    Deleted(DeletedRows),
     /// No row had the id.
     Missing,
     /// Studies or reports still point at the patient; nothing was deleted.
     Holds { studies: u64, reports: u64 },
-    /// The patient's folder could not be removed (NanoPix put a file in it); the row was not deleted.
-    FolderKept,
 }
+
+/// Deleted `Patient` rows, every column as it was: names and values.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DeletedRows(Vec<Vec<(String, Value)>>);
 
 /// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout.
 pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connection> {
@@ -371,26 +373,38 @@ pub(super) fn record_ids(
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade), and if `remove_folder` removed the
-/// patient's folder first: NanoPix saves files under the same lock it saves their rows with, so
-/// a file it saved meanwhile keeps the folder, and the row. Meant to run inside [`write()`].
-pub(super) fn delete_patient(
-    conn: &Connection,
-    id: NanoPixId,
-    remove_folder: impl FnOnce() -> bool,
-) -> rusqlite::Result<Deletion> {
+/// (NanoPix's foreign keys would otherwise cascade), and returns it. Meant to run inside [`write()`].
+pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {
     let studies = count_for_patient(conn, "Study", id)?;
     let reports = count_for_patient(conn, "Report", id)?;
     if studies + reports > 0 {
         return Ok(Deletion::Holds { studies, reports });
     }
-    let exists = conn.prepare_cached("SELECT 1 FROM Patient WHERE id = ?1")?.exists([id.to_string()])?;
-    if !exists {
+    let rows = patient_rows(conn, id)?;
+    if rows.is_empty() {
         return Ok(Deletion::Missing);
     }
-    if !remove_folder() {
-        return Ok(Deletion::FolderKept);
-    }
     conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
-    Ok(Deletion::Deleted)
+    Ok(Deletion::Deleted(DeletedRows(rows)))
+}
+
+/// Every `Patient` row with this id, whole.
+fn patient_rows(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Vec<Vec<(String, Value)>>> {
+    let mut statement = conn.prepare("SELECT * FROM Patient WHERE id = ?1")?;
+    let names: Vec<String> = statement.column_names().into_iter().map(str::to_owned).collect();
+    let rows = statement.query_map([id.to_string()], |row| {
+        names.iter().enumerate().map(|(index, name)| Ok((name.clone(), row.get::<_, Value>(index)?))).collect()
+    })?;
+    rows.collect()
+}
+
+/// Writes `deleted` back as they were, primary key included. Meant to run inside [`write()`].
+pub(super) fn put_back(conn: &Connection, deleted: &DeletedRows) -> rusqlite::Result<()> {
+    for row in &deleted.0 {
+        let columns: Vec<String> = row.iter().map(|(name, _)| format!("\"{}\"", name.replace('"', "\"\""))).collect();
+        let slots: Vec<String> = (1..=row.len()).map(|slot| format!("?{slot}")).collect();
+        let sql = format!("INSERT INTO Patient({}) VALUES ({})", columns.join(", "), slots.join(", "));
+        conn.execute(&sql, params_from_iter(row.iter().map(|(_, value)| value)))?;
+    }
+    Ok(())
 }

@@ -153,17 +153,30 @@ fn is_empty_real_dir(path: &Path) -> bool {
 }
 
 /// Removes the folder, and the empty real `subfolders` in it, if it is then a real, empty
-/// folder; a missing folder or a symlink is left alone.
+/// folder; a missing folder or a symlink is left alone. A folder that cannot be removed (say
+/// a file appeared in it) gets back the subfolders removed from it.
 pub(super) fn remove_empty_folder(folder: &Path, subfolders: &[String]) -> Result<()> {
     if !is_real_dir(folder) {
         return Ok(());
     }
-    for subfolder in subfolders.iter().map(|name| folder.join(name)) {
-        if is_empty_real_dir(&subfolder) {
-            fs::remove_dir(&subfolder).map_err(Error::io(&subfolder, "remove patient subfolder"))?;
+    let mut removed = Vec::new();
+    let mut remove = || {
+        for subfolder in subfolders.iter().map(|name| folder.join(name)) {
+            if is_empty_real_dir(&subfolder) {
+                fs::remove_dir(&subfolder).map_err(Error::io(&subfolder, "remove patient subfolder"))?;
+                removed.push(subfolder);
+            }
+        }
+        fs::remove_dir(folder).map_err(Error::io(folder, "remove patient folder"))
+    };
+    let outcome = remove();
+    if outcome.is_err() {
+        // Empty folders only: making one again cannot lose anything, and failing to leaves less.
+        for subfolder in removed {
+            let _ = fs::create_dir(subfolder);
         }
     }
-    fs::remove_dir(folder).map_err(Error::io(folder, "remove patient folder"))
+    outcome
 }
 
 #[cfg(test)]
@@ -186,6 +199,22 @@ mod tests {
         assert!(is_database_folder(OsStr::new("database")));
         assert_eq!(is_database_folder(OsStr::new("Database")), cfg!(windows));
         assert!(!is_database_folder(OsStr::new("databases")));
+    }
+
+    #[test]
+    fn a_folder_that_cannot_go_gets_back_the_subfolders_removed_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("20250122_100000");
+        fs::create_dir_all(folder.join("xrays")).unwrap();
+        fs::write(folder.join("20250122_100500.iosb"), b"image").unwrap();
+        let subfolders = ["xrays".to_owned(), "reports".to_owned()];
+        assert!(matches!(remove_empty_folder(&folder, &subfolders), Err(Error::Io { .. })));
+        let mut left: Vec<_> = fs::read_dir(&folder).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["20250122_100500.iosb", "xrays"], "no subfolder made that was not there");
+        fs::remove_file(folder.join("20250122_100500.iosb")).unwrap();
+        remove_empty_folder(&folder, &subfolders).unwrap();
+        assert!(!folder.exists());
     }
 
     #[test]

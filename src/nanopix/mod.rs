@@ -366,16 +366,17 @@ impl NanoPix {
     /// empty: a delete cut short after its commit (the process killed, the folder held open)
     /// ends when asked again.
     ///
-    /// The folder is removed under NanoPix's write lock, just before the row is deleted: a file
-    /// NanoPix saved while the delete waited for the lock keeps both. A folder removed for a
-    /// delete that then fails is made again, empty, with its subfolders.
+    /// The folder is removed once the row's deletion is committed, never under NanoPix's write
+    /// lock. If NanoPix saved a file in it meanwhile (while the delete waited for the lock), the
+    /// row is put back as it was, and the delete refused.
     ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
-    /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (counted again
-    /// under the write lock).
+    /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (studies and
+    /// reports are counted again under the write lock). If the folder cannot be removed for
+    /// another reason, the error is [`Error::Io`] and the row stays deleted.
     pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
-        let (row, folder) = (self.id_exists(id)?, self.folder_path(id));
+        let row = self.id_exists(id)?;
         if !row && !self.has_folder(id) {
             return Err(Error::NanoPixPatientNotFound(id.to_string()));
         }
@@ -383,41 +384,35 @@ impl NanoPix {
         if contents != PatientContents::default() {
             return Err(not_empty(id, contents));
         }
+        let folder = self.folder_path(id);
         if !row {
             return folders::remove_empty_folder(&folder, subfolders);
         }
-        let mut kept = None;
-        let deletion = database::write(&self.conn, &self.db_path, "delete patient", |conn| {
-            database::delete_patient(conn, id, || {
-                kept = folders::remove_empty_folder(&folder, subfolders).err();
-                kept.is_none()
-            })
-        });
-        match deletion {
-            Ok(Deletion::Deleted) => Ok(()),
-            Ok(Deletion::Missing) => Err(Error::NanoPixPatientNotFound(id.to_string())),
-            Ok(Deletion::Holds { studies, reports }) => {
-                Err(not_empty(id, PatientContents { studies, reports, files: 0 }))
-            }
-            Ok(Deletion::FolderKept) => {
-                self.restore_folder(id, subfolders);
-                let contents = self.contents(id, subfolders)?;
-                match kept {
-                    Some(error) if contents == PatientContents::default() => Err(error),
-                    _ => Err(not_empty(id, contents)),
-                }
-            }
-            Err(error) => {
-                self.restore_folder(id, subfolders);
-                Err(error)
-            }
+        match database::write(&self.conn, &self.db_path, "delete patient", |conn| database::delete_patient(conn, id))? {
+            Deletion::Deleted(rows) => match folders::remove_empty_folder(&folder, subfolders) {
+                Err(error) => self.put_back_if_filled(id, subfolders, &rows, error),
+                removed => removed,
+            },
+            Deletion::Missing => Err(Error::NanoPixPatientNotFound(id.to_string())),
+            Deletion::Holds { studies, reports } => Err(not_empty(id, PatientContents { studies, reports, files: 0 })),
         }
     }
 
-    /// Makes again, empty, the folder and `subfolders` of a patient whose delete failed after
-    /// they were removed. Failing to is left to the next reconcile, which reports the folder missing.
-    fn restore_folder(&self, id: NanoPixId, subfolders: &[String]) {
-        let _ = folders::create_patient_folder(&self.root, id, subfolders);
+    /// After a deleted patient's folder could not be removed (`error`): puts its `rows` back if
+    /// NanoPix saved a file in the folder, and refuses the delete; else gives `error`.
+    fn put_back_if_filled(
+        &self,
+        id: NanoPixId,
+        subfolders: &[String],
+        rows: &database::DeletedRows,
+        error: Error,
+    ) -> Result<()> {
+        let contents = self.contents(id, subfolders)?;
+        if contents.files == 0 {
+            return Err(error);
+        }
+        database::write(&self.conn, &self.db_path, "put back a patient", |conn| database::put_back(conn, rows))?;
+        Err(not_empty(id, contents))
     }
 
     fn select(&self, selection: Selection) -> Result<PatientRows> {
