@@ -605,7 +605,7 @@ impl Engine {
             self.indexed = false;
         }
         let unknown: HashSet<NanoPixId> = snapshot.unknown.iter().copied().collect();
-        let imported = self.import_pages(&unknown, &snapshot.odd_pks, matcher, report);
+        let imported = self.import_pages(unknown, &snapshot.odd_pks, matcher, report);
         let linked = imported.and_then(|matcher| {
             snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
             self.link_held(matcher, report)
@@ -620,10 +620,10 @@ impl Engine {
     /// Reads NanoPix page by page on one thread and decides every patient on a second, while
     /// this one writes the imports of the pages already decided: reading, matching and writing
     /// overlap. Each channel holds one page, so memory stays a few pages whatever the clinic's size.
-    /// Returns the matcher with the links it holds.
+    /// Each NanoPix id of `unknown` is decided once. Returns the matcher with the links it holds.
     fn import_pages(
         &mut self,
-        unknown: &HashSet<NanoPixId>,
+        mut unknown: HashSet<NanoPixId>,
         odd_pks: &HashSet<i64>,
         matcher: Matcher,
         report: &mut ReconcileReport,
@@ -634,7 +634,7 @@ impl Engine {
         let (read, pages) = crossbeam_channel::bounded(1);
         let (decided, imports) = crossbeam_channel::bounded(1);
         let (all_read, matcher, written) = std::thread::scope(|scope| {
-            let reader = scope.spawn(move || read_pages(nanopix, (unknown, odd_pks), stop, &read));
+            let reader = scope.spawn(move || read_pages(nanopix, (&mut unknown, odd_pks), stop, &read));
             let decider = scope.spawn(move || decide_pages(matcher, clock.as_ref(), &pages, &decided));
             let written = write_pages(dentaltid, bus, clock.as_ref(), &imports, stop, report);
             drop(imports);
@@ -1062,10 +1062,11 @@ fn is_few(unknown: usize, rows: usize) -> bool {
 
 /// Reads NanoPix page by page from the start and sends the patients in `unknown` (but not in a
 /// row of `odd_pks`) to `read`, until the last page, `stop` says so, or the receiver hangs up
-/// (it failed: it reports why).
+/// (it failed: it reports why). Each id is taken out of `unknown` as it is sent: a patient
+/// NanoPix saved again meanwhile, under a `pk` the reader has yet to reach, is sent once.
 fn read_pages(
     nanopix: &mut NanoPix,
-    (unknown, odd_pks): (&HashSet<NanoPixId>, &HashSet<i64>),
+    (unknown, odd_pks): (&mut HashSet<NanoPixId>, &HashSet<i64>),
     stop: impl Fn() -> bool,
     read: &Sender<Vec<NanoPixPatient>>,
 ) -> Result<()> {
@@ -1075,7 +1076,7 @@ fn read_pages(
         let Some(last) = page.last_pk().filter(|&pk| pk > after) else { break };
         after = last;
         let unknown: Vec<NanoPixPatient> =
-            page.patients.into_iter().filter(|p| unknown.contains(&p.id) && !odd_pks.contains(&p.pk)).collect();
+            page.patients.into_iter().filter(|p| !odd_pks.contains(&p.pk) && unknown.remove(&p.id)).collect();
         if !unknown.is_empty() && read.send(unknown).is_err() {
             break;
         }

@@ -1,15 +1,18 @@
 //! A busy clinic: DentalTID and NanoPix keep writing while the sync works.
 //!
-//! The other program is a second connection that holds the database's write lock (with its
+//! The other program is a second connection. Mostly it holds the database's write lock (with its
 //! change made but not committed) while the sync reads, and commits once an event shows that the
-//! sync has read what it works from. Each test waits on events with deadlines, never on sleeps.
+//! sync has read what it works from; once, a clock the sync asks the time makes the change. Each
+//! test waits on events with deadlines, never on sleeps.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Clinic, another_program, until, wait_for};
-use nanopix_sync::{EventKind, NanoPixSync};
+use chrono::NaiveDateTime;
+use common::{Clinic, another_program, clinic_morning, until, wait_for};
+use nanopix_sync::{Clock, EventKind, NanoPixSync};
 use rusqlite::Connection;
 
 /// The clinic opened with a busy timeout long enough to wait for the other program's
@@ -179,6 +182,70 @@ fn a_nanopix_patient_saved_while_a_first_sync_reads_its_pages_is_imported_next_a
         assert_eq!((again.removed, removed), (0, vec![]), "a folder NanoPix has not made yet is no removal");
         assert_eq!(holders(&clinic, "20250301_093000").len(), 1, "imported once: {again:?}");
     }
+}
+
+/// What [`HookedClock`] runs once.
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// A clock that stands still, and runs `hook` once, the first time a thread without a name asks
+/// it the time: the thread that decides the pages of a first sync asks it once it has decided
+/// the first page, which the reader has read by then.
+#[derive(Clone)]
+struct HookedClock {
+    now: NaiveDateTime,
+    hook: Arc<Mutex<Option<Hook>>>,
+}
+
+impl std::fmt::Debug for HookedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedClock").field("now", &self.now).finish()
+    }
+}
+
+impl Clock for HookedClock {
+    fn now(&self) -> NaiveDateTime {
+        if std::thread::current().name().is_none() {
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        self.now
+    }
+}
+
+/// NanoPix's `Patient.id` is `UNIQUE`; a program that saves a patient with `INSERT OR REPLACE`
+/// (an edit, a re-import) deletes the row and writes it again under a new `pk`, past every other.
+/// A first sync of a large clinic reads NanoPix page by page, in `pk` order, one statement a
+/// page. A patient saved that way after the sync read its page, and before it reached the end, is
+/// read a second time. It is one NanoPix patient: DentalTID must get it once.
+#[test]
+fn a_nanopix_patient_saved_again_under_a_new_pk_while_a_first_sync_reads_its_pages_is_imported_once() {
+    let clinic = Clinic::new("v29");
+    // Four pages and more of NanoPix patients: when the first page is decided, the reader is at
+    // most three pages in.
+    clinic.add_bulk_nanopix(20_000);
+    let moved = "20230101_000009";
+    let nanopix_db = clinic.nanopix_db();
+    let hook: Hook = Box::new(move || {
+        // NanoPix saves patient `moved` (of the first page) again.
+        another_program(&nanopix_db)
+            .execute("INSERT OR REPLACE INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', '9')", [moved])
+            .unwrap();
+    });
+    let clock = HookedClock { now: clinic_morning(), hook: Arc::new(Mutex::new(Some(hook))) };
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = Arc::new(clock.clone());
+    config.busy_timeout = Duration::from_secs(30);
+    let sync = NanoPixSync::open(config).unwrap();
+    let report = sync.reconcile().unwrap();
+    assert!(clock.hook.lock().unwrap().is_none(), "the hook ran: NanoPix saved the patient during the pass");
+    let pks: Vec<i64> = clinic.nanopix_rows(&format!("SELECT pk FROM Patient WHERE id = '{moved}'"), |r| r.get(0));
+    assert!(pks[0] > 15_001, "the row moved past the pages read so far: {pks:?}");
+    let holders: Vec<i64> =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{moved}'"), |r| r.get(0));
+    assert_eq!(holders.len(), 1, "NanoPix patient {moved} is in DentalTID {} times ({report:?})", holders.len());
+    assert_eq!(report.imported, 20_001, "the fixture's patient and the bulk, each once");
 }
 
 /// How many exports the sync's journal holds (exports begun and not finished).
