@@ -36,25 +36,31 @@ fn is_odd_row(kind: &EventKind) -> bool {
     matches!(kind, EventKind::SyncError { code, .. } if code == "odd_row")
 }
 
-/// Runs a first "Sync Now" while DentalTID (another program) runs `change` in a transaction that
-/// it began before the sync started and commits once the sync has read both sides: the change
-/// lands after the sync read its candidates for matching, and before it writes anything.
-fn first_sync_while_dentaltid_commits(
-    clinic: &Clinic,
-    sync: &NanoPixSync,
-    change: &str,
-) -> (nanopix_sync::Result<nanopix_sync::ReconcileReport>, Vec<EventKind>) {
+/// Nadia Saidi, born 1982-04-09, in both programs, and the first "Sync Now" of the clinic,
+/// while DentalTID (another program) runs on her the `change` made of her DentalTID id, in a
+/// transaction it began before the sync started and commits once the sync has read both sides:
+/// the change lands after the sync read its candidates for matching, and before it writes
+/// anything. Returns the clinic, her DentalTID id, the reconcile's report and its events.
+fn first_sync_while_dentaltid_changes_nadia(
+    change: impl FnOnce(i64) -> String,
+) -> (Clinic, i64, nanopix_sync::ReconcileReport, Vec<EventKind>) {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
+    add_odd_nanopix_row(&clinic);
+    let sync = open_waiting_long(&clinic);
     let dentaltid = another_program(&clinic.dentaltid);
     dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
-    dentaltid.execute_batch(change).unwrap();
+    dentaltid.execute_batch(&change(nadia)).unwrap();
     let events = sync.events();
-    std::thread::scope(|scope| {
+    let report = std::thread::scope(|scope| {
         let reconcile = scope.spawn(|| sync.reconcile());
-        wait_for(sync, Duration::from_secs(60), is_odd_row);
+        wait_for(&sync, Duration::from_secs(60), is_odd_row);
         dentaltid.execute_batch("COMMIT").unwrap();
-        let result = reconcile.join().unwrap();
-        (result, events.try_iter().map(|event| event.kind).collect())
-    })
+        reconcile.join().unwrap().unwrap()
+    });
+    let events = events.try_iter().map(|event| event.kind).collect();
+    (clinic, nadia, report, events)
 }
 
 /// `(patient_id, external_id)` of every DentalTID patient holding `external_id`.
@@ -75,17 +81,9 @@ fn integrity(path: &std::path::Path) -> String {
 /// no longer the NanoPix patient's match: the sync must not write that NanoPix id into it.
 #[test]
 fn a_dentaltid_patient_renamed_during_a_first_sync_is_not_linked_to_the_nanopix_patient_it_no_longer_matches() {
-    let clinic = Clinic::new("v29");
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
-    add_odd_nanopix_row(&clinic);
-    let sync = open_waiting_long(&clinic);
-    let (report, events) = first_sync_while_dentaltid_commits(
-        &clinic,
-        &sync,
-        &format!("UPDATE patients SET name = 'Yasmine', familyName = 'Kaci' WHERE id = {nadia}"),
-    );
-    let report = report.unwrap();
+    let (clinic, nadia, report, events) = first_sync_while_dentaltid_changes_nadia(|nadia| {
+        format!("UPDATE patients SET name = 'Yasmine', familyName = 'Kaci' WHERE id = {nadia}")
+    });
     let linked_to_yasmine = events.iter().any(|kind| {
         matches!(kind, EventKind::PatientLinked { patient_id, external_id, .. }
                  if *patient_id == nadia && external_id == "20250301_093000")
@@ -102,17 +100,9 @@ fn a_dentaltid_patient_renamed_during_a_first_sync_is_not_linked_to_the_nanopix_
 /// The same with the birth date corrected: a link needs the same birth date on both sides.
 #[test]
 fn a_dentaltid_patient_whose_birth_date_is_corrected_during_a_first_sync_is_not_linked_on_the_old_one() {
-    let clinic = Clinic::new("v29");
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
-    add_odd_nanopix_row(&clinic);
-    let sync = open_waiting_long(&clinic);
-    let (report, events) = first_sync_while_dentaltid_commits(
-        &clinic,
-        &sync,
-        &format!("UPDATE patients SET dateOfBirth = '1962-04-09T00:00:00.000', age = 62 WHERE id = {nadia}"),
-    );
-    let report = report.unwrap();
+    let (clinic, nadia, report, events) = first_sync_while_dentaltid_changes_nadia(|nadia| {
+        format!("UPDATE patients SET dateOfBirth = '1962-04-09T00:00:00.000', age = 62 WHERE id = {nadia}")
+    });
     let held = holders(&clinic, "20250301_093000");
     assert_eq!(held.len(), 1, "one DentalTID patient holds NanoPix's Nadia Saidi: {held:?}");
     assert_ne!(
@@ -126,14 +116,8 @@ fn a_dentaltid_patient_whose_birth_date_is_corrected_during_a_first_sync_is_not_
 /// out of DentalTID with a `no_such_patient` error until some later reconcile.
 #[test]
 fn a_nanopix_patient_whose_dentaltid_match_is_deleted_during_a_first_sync_is_imported_by_it() {
-    let clinic = Clinic::new("v29");
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    clinic.add_nanopix("20250301_093000", "SAIDI", "Nadia", Some("1982-04-09"));
-    add_odd_nanopix_row(&clinic);
-    let sync = open_waiting_long(&clinic);
-    let (report, events) =
-        first_sync_while_dentaltid_commits(&clinic, &sync, &format!("DELETE FROM patients WHERE id = {nadia}"));
-    let report = report.unwrap();
+    let (clinic, _, report, events) =
+        first_sync_while_dentaltid_changes_nadia(|nadia| format!("DELETE FROM patients WHERE id = {nadia}"));
     let held = holders(&clinic, "20250301_093000");
     assert_eq!(held.len(), 1, "NanoPix's Nadia Saidi is in DentalTID once: {held:?}, {report:?}, {events:#?}");
     assert_eq!(report.errors, 1, "only the odd row is an error: {report:?}");
@@ -152,20 +136,12 @@ fn a_nanopix_patient_saved_while_a_first_sync_reads_its_pages_is_imported_next_a
     add_odd_nanopix_row(&clinic);
     let sync = open_waiting_long(&clinic);
     let dentaltid = another_program(&clinic.dentaltid);
-    let nanopix = another_program(&clinic.nanopix_db());
     dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
     let first = std::thread::scope(|scope| {
         let reconcile = scope.spawn(|| sync.reconcile());
         wait_for(&sync, Duration::from_secs(120), is_odd_row);
         // NanoPix saves the row of a new patient (its folder comes with the first image).
-        nanopix
-            .execute(
-                "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-                 VALUES ('20250301_093000', 'Saidi', 'Nadia', 'Female', '1982-04-09', '2025-03-01 09:30:08',
-                         '2025-03-01 09:30:08')",
-                [],
-            )
-            .unwrap();
+        clinic.add_nanopix_row("20250301_093000", "Saidi", "Nadia", Some("1982-04-09"));
         dentaltid.execute_batch("COMMIT").unwrap();
         reconcile.join().unwrap().unwrap()
     });

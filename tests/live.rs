@@ -391,15 +391,7 @@ fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_h
 fn a_nanopix_patient_whose_folder_is_not_made_yet_is_not_reported_removed() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
-    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES ('20250122_091500', 'Mansouri', 'Yacine', 'Male', '2001-05-19', '2025-01-22 09:15:08',
-                     '2025-01-22 09:15:08')",
-            [],
-        )
-        .unwrap();
+    clinic.add_nanopix_row("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     let patient_id = imported(&sync, "20250122_091500");
     let report = sync.reconcile().unwrap();
     // The reconcile's events are queued before it returns.

@@ -97,7 +97,14 @@ impl Clinic {
 
     /// Adds a NanoPix patient as NanoPix does: the row, then the folder.
     pub fn add_nanopix(&self, id: &str, last: &str, first: &str, birthdate: Option<&str>) {
+        self.add_nanopix_row(id, last, first, birthdate);
+        std::fs::create_dir(self.root.join(id)).unwrap();
+    }
+
+    /// Saves a NanoPix patient's row as NanoPix does, without its folder (NanoPix makes it later).
+    pub fn add_nanopix_row(&self, id: &str, last: &str, first: &str, birthdate: Option<&str>) {
         let conn = Connection::open(self.nanopix_db()).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
         let created =
             format!("{}-{}-{} {}:{}:{}", &id[0..4], &id[4..6], &id[6..8], &id[9..11], &id[11..13], &id[13..15]);
         conn.execute(
@@ -106,7 +113,6 @@ impl Clinic {
             (id, last, first, birthdate, &created),
         )
         .unwrap();
-        std::fs::create_dir(self.root.join(id)).unwrap();
     }
 
     /// Adds a DentalTID patient as DentalTID does; returns its id.
