@@ -12,6 +12,7 @@
 use std::error::Error;
 use std::io::Write;
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use nanopix_sync::{Config, EventKind, NanoPixSync, PatientFilter, Source};
@@ -33,7 +34,18 @@ const NANOPIX_NEW: [(&str, &str, &str, &str, &str); 3] = [
 /// How long the demo waits for Live Sync to export the new DentalTID patient.
 const EXPORT_DEADLINE: Duration = Duration::from_secs(30);
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    match demo() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("demo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lays out the clinic, syncs it and shows both programs' patients.
+fn demo() -> Result<(), Box<dyn Error>> {
     let workspace = tempfile::tempdir()?;
     let root = workspace.path().join("PatientData");
     let dentaltid = workspace.path().join("dentaltid.db");

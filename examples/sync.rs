@@ -5,17 +5,19 @@
 //! ```
 //! Commands: `once`, `watch`, `status`, `enable`, `disable`, `export-existing`. Events go to
 //! stdout as they come, one JSON object per line, `closed` last; errors go to stderr. The exit
-//! code is 0 on success and 1 on a fatal error, with a one-line reason. When stdout is closed
-//! (`sync watch | head`), the output ends there and the runner closes the sync as usual.
-//! `-h` or `--help` prints the usage on stdout.
+//! code is 0 on success and 1 on a fatal error, with a one-line reason: also when a patient's
+//! export failed in `export-existing`, when SIGINT or SIGTERM cut a command other than `watch`
+//! short, or when stdout cannot be written. When stdout is closed (`sync watch | head`), the
+//! output ends there and the runner closes the sync as usual. `-h` or `--help` prints the usage
+//! on stdout.
 
 use std::ffi::OsString;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, ErrorKind, Write};
 use std::process::ExitCode;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
-use nanopix_sync::{Config, Event, EventKind, NanoPixSync, PatientFilter};
+use nanopix_sync::{Config, Event, EventKind, NanoPixSync, PatientFilter, Stopper};
 
 const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.db> \
                      once|watch|status|enable|disable|export-existing";
@@ -55,14 +57,18 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Request, Strin
     let (mut nanopix, mut dentaltid, mut command) = (None, None, None);
     while let Some(arg) = args.next() {
         match arg.to_str() {
-            Some("--nanopix") => nanopix = args.next(),
-            Some("--dentaltid") => dentaltid = args.next(),
+            Some(option @ ("--nanopix" | "--dentaltid")) => {
+                let slot = if option == "--nanopix" { &mut nanopix } else { &mut dentaltid };
+                if slot.replace(args.next()).is_some() {
+                    return Err(format!("{option} is given twice; {USAGE}"));
+                }
+            }
             Some("-h" | "--help") => return Ok(Request::Help),
             Some(name) if command.is_none() && !name.starts_with('-') => command = Some(name.to_owned()),
             _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
         }
     }
-    match (nanopix, dentaltid, command) {
+    match (nanopix.flatten(), dentaltid.flatten(), command) {
         (Some(_), Some(_), Some(command)) if !COMMANDS.contains(&command.as_str()) => {
             Err(format!("unknown command {command:?}; {USAGE}"))
         }
@@ -78,7 +84,7 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Request, Strin
 }
 
 fn print_usage() -> Result<(), String> {
-    if print_line(USAGE) { Ok(()) } else { Err("stdout is closed".into()) }
+    print_line(USAGE)
 }
 
 fn run(invocation: Invocation) -> Result<(), String> {
@@ -86,30 +92,52 @@ fn run(invocation: Invocation) -> Result<(), String> {
     if invocation.command == "status" {
         return print_status(&sync);
     }
+    let signalled = stop_on_signal(sync.stopper())?;
     let printer = EventPrinter::start(sync.events())?;
-    let outcome = perform(&sync, &invocation.command, &printer.stopped);
+    let outcome = perform(&sync, &invocation.command, &printer.stopped, &signalled);
     sync.close();
-    let printed = printer.finish();
-    outcome.and(printed)
+    let printed = outcome.and(printer.finish())?;
+    // A signal is how `watch` ends; any other command it cuts short.
+    if invocation.command != "watch" && signalled.try_recv().is_ok() {
+        return Err("stopped by a signal before the end; the next run goes on from there".into());
+    }
+    printed.check(&invocation.command)
+}
+
+/// Cuts the sync's work short on SIGINT or SIGTERM (or Ctrl-C), and says so on the channel.
+fn stop_on_signal(stopper: Stopper) -> Result<Receiver<()>, String> {
+    let (stop, stopped) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        stopper.stop();
+        let _ = stop.try_send(());
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(stopped)
 }
 
 /// Runs a command other than `status`, while the [`EventPrinter`] prints its events.
-fn perform(sync: &NanoPixSync, command: &str, printer_stopped: &Receiver<()>) -> Result<(), String> {
+fn perform(
+    sync: &NanoPixSync,
+    command: &str,
+    printer_stopped: &Receiver<()>,
+    signalled: &Receiver<()>,
+) -> Result<(), String> {
     match command {
         "once" => sync.reconcile().map(drop).map_err(|e| e.to_string()),
         "enable" => sync.set_live_sync(true).map_err(|e| e.to_string()),
         "disable" => sync.set_live_sync(false).map_err(|e| e.to_string()),
         "export-existing" => sync.export_existing().map(drop).map_err(|e| e.to_string()),
         // `watch`: `parse_args` lets only the known commands through.
-        _ => watch(sync, printer_stopped),
+        _ => watch(sync, printer_stopped, signalled),
     }
 }
 
 /// The thread that prints every event while a command runs, each as it comes, so a long
 /// command (a first sync of a large clinic) never lets the event queue fill up.
 struct EventPrinter {
-    thread: JoinHandle<()>,
-    /// Disconnected once the printer has stopped: after `closed`, or when stdout is closed.
+    thread: JoinHandle<Result<Printed, String>>,
+    /// Disconnected once the printer has stopped: after `closed`, or when stdout is closed or
+    /// cannot be written.
     stopped: Receiver<()>,
 }
 
@@ -120,50 +148,79 @@ impl EventPrinter {
             .name("sync-events".into())
             .spawn(move || {
                 let _running = running;
-                print_events(&events);
+                print_events(&events)
             })
             .map_err(|e| format!("cannot start printing events: {e}"))?;
         Ok(Self { thread, stopped })
     }
 
     /// Waits until the printer has printed `closed`, the last event: call it after `close`.
-    fn finish(self) -> Result<(), String> {
-        self.thread.join().map_err(|_| "printing events failed".to_owned())
+    fn finish(self) -> Result<Printed, String> {
+        self.thread.join().map_err(|_| "printing events failed".to_owned())?
     }
 }
 
-/// Prints events as they come until `closed`, the last one, or until stdout is closed. Lines
+/// What the [`EventPrinter`] printed.
+struct Printed {
+    /// `sync_error` events about one DentalTID patient.
+    patient_errors: usize,
+}
+
+impl Printed {
+    /// Whether `command` did all it was asked: `export-existing` fails when a patient's export
+    /// did (the events say why), so scripts can tell from the exit code.
+    fn check(&self, command: &str) -> Result<(), String> {
+        match self.patient_errors {
+            errors @ 1.. if command == "export-existing" => {
+                Err(format!("{errors} patients met an error and may not be exported; the sync_error events say why"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Prints events as they come until `closed`, the last one, or until stdout is closed (the
+/// output ends there, which is no failure) or cannot be written (a full disk: a failure). Lines
 /// are written in batches, flushed whenever the queue is empty.
-fn print_events(events: &Receiver<Event>) {
+fn print_events(events: &Receiver<Event>) -> Result<Printed, String> {
     let mut stdout = BufWriter::new(std::io::stdout().lock());
+    let mut printed = Printed { patient_errors: 0 };
     for event in events {
         let last = event.kind == EventKind::Closed;
+        printed.patient_errors += usize::from(matches!(event.kind, EventKind::SyncError { patient_id: Some(_), .. }));
         let mut written = writeln!(stdout, "{}", event.to_json());
         if last || events.is_empty() {
             written = written.and_then(|()| stdout.flush());
         }
-        if written.is_err() || last {
-            return;
+        match written {
+            Err(error) => return stdout_failed(&error).map(|()| printed),
+            Ok(()) if last => break,
+            Ok(()) => {}
         }
+    }
+    Ok(printed)
+}
+
+/// Writes one line to stdout.
+fn print_line(line: &str) -> Result<(), String> {
+    writeln!(std::io::stdout().lock(), "{line}").or_else(|error| stdout_failed(&error))
+}
+
+/// What a failed write to stdout means: a closed pipe (`sync watch | head`) just ends the output;
+/// anything else (a full disk) loses it, which is a failure.
+fn stdout_failed(error: &std::io::Error) -> Result<(), String> {
+    match error.kind() {
+        ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(format!("writing the events to stdout failed: {error}")),
     }
 }
 
-/// Writes one line to stdout; `false` when stdout is closed or broken.
-fn print_line(line: &str) -> bool {
-    writeln!(std::io::stdout().lock(), "{line}").is_ok()
-}
-
-/// Switches Live Sync on and syncs live until SIGINT or SIGTERM, or until the printer stops
-/// because stdout is closed.
-fn watch(sync: &NanoPixSync, printer_stopped: &Receiver<()>) -> Result<(), String> {
-    let (stop, stopped) = crossbeam_channel::bounded(1);
-    ctrlc::set_handler(move || {
-        let _ = stop.try_send(());
-    })
-    .map_err(|e| e.to_string())?;
+/// Switches Live Sync on and syncs live until SIGINT or SIGTERM (`signalled`), or until the
+/// printer stops because stdout is closed.
+fn watch(sync: &NanoPixSync, printer_stopped: &Receiver<()>, signalled: &Receiver<()>) -> Result<(), String> {
     sync.set_live_sync(true).map_err(|e| e.to_string())?;
     crossbeam_channel::select! {
-        recv(stopped) -> _ => {}
+        recv(signalled) -> _ => {}
         recv(printer_stopped) -> _ => {}
     }
     Ok(())
@@ -178,5 +235,5 @@ fn print_status(sync: &NanoPixSync) -> Result<(), String> {
         "today": count(PatientFilter::Today)?,
         "today_by_external": count(PatientFilter::TodayByExternal)?,
     });
-    if print_line(&status.to_string()) { Ok(()) } else { Err("stdout is closed".into()) }
+    print_line(&status.to_string())
 }

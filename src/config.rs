@@ -94,4 +94,13 @@ impl Config {
         }
         self.patient_subfolders.iter().try_for_each(|name| check_subfolder_name(name))
     }
+
+    /// The configuration with both paths absolute, as the watcher's events name them: a relative
+    /// path is taken from the current folder once, here.
+    pub(crate) fn anchored(mut self) -> Result<Self> {
+        for path in [&mut self.nanopix_root, &mut self.dentaltid_db] {
+            *path = std::path::absolute(&*path).map_err(Error::io(path, "make the path absolute"))?;
+        }
+        Ok(self)
+    }
 }

@@ -152,6 +152,7 @@ impl Engine {
     /// Opens and checks both sides, migrates DentalTID, and repairs interrupted exports.
     pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
         config.check()?;
+        let config = config.anchored()?;
         let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
         let live_stored = dentaltid.live_sync()?;
@@ -208,6 +209,11 @@ impl Engine {
     /// NanoPix is opened afresh first: its folder may have come back as other files (a drive
     /// plugged in again, a share mounted again, a restore), which the old connection cannot see.
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
+        if self.cancelled() {
+            let report = ReconcileReport { stopped_early: true, ..ReconcileReport::default() };
+            self.bus.emit(EventKind::Reconciled(report.clone()));
+            return Ok(report);
+        }
         let started = Instant::now();
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.reconnect_if_read_only()?;
@@ -479,6 +485,11 @@ impl Engine {
     /// Whether the last automatic pass reported work refused by a locked database; clears it.
     pub fn take_refused_while_busy(&mut self) -> bool {
         std::mem::take(&mut self.refused_while_busy)
+    }
+
+    /// Whether the handle is closing, or its work was stopped (see [`crate::Stopper`]).
+    pub fn stopping(&self) -> bool {
+        self.signals.closing.load(Ordering::Relaxed)
     }
 
     /// Whether the current work should stop: the handle is closing, or automatic work lost Live Sync.

@@ -46,4 +46,4 @@ pub use events::{DuplicateCandidate, DuplicateReason, Event, EventKind, Reconcil
 pub use id::NanoPixId;
 pub use matching::normalise_name;
 pub use patient::{Patient, PatientFilter, Source};
-pub use sync::{NanoPixSync, SourceInfo};
+pub use sync::{NanoPixSync, SourceInfo, Stopper};

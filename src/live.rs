@@ -153,8 +153,12 @@ impl LiveLoop {
     /// Runs a pass as automatic work; its error or panic becomes a `sync_error` event (once
     /// while it fails the same way), and the pass is tried again after a pause that grows while
     /// it keeps failing. So is a pass whose work on a patient a locked database refused (its
-    /// `sync_error` names the patient): a lock released without a commit wakes no pass.
+    /// `sync_error` names the patient): a lock released without a commit wakes no pass. Once the
+    /// handle's work is stopped, no pass starts.
     fn automatic_pass(&mut self, pass: fn(&mut Engine) -> crate::Result<ReconcileReport>) {
+        if self.engine.stopping() {
+            return;
+        }
         let engine = &mut self.engine;
         let failure = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
             Ok(Ok(_)) => None,

@@ -41,6 +41,34 @@ pub struct SourceInfo {
     pub image_count: u64,
 }
 
+/// Cuts short the work of a [`NanoPixSync`] from any thread; see [`NanoPixSync::stopper`].
+///
+/// # Example
+/// ```no_run
+/// use nanopix_sync::{Config, NanoPixSync};
+///
+/// let mut sync = NanoPixSync::open(Config::new("PatientData", "dentaltid.db"))?;
+/// let stopper = sync.stopper();
+/// // On Ctrl-C, from the handler's thread: "Sync Now" stops at the next patient.
+/// std::thread::spawn(move || stopper.stop());
+/// let report = sync.reconcile()?;
+/// println!("stopped early: {}", report.stopped_early);
+/// sync.close();
+/// # Ok::<(), nanopix_sync::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<Signals>);
+
+impl Stopper {
+    /// Asks the handle's work to stop early, as closing does: a reconcile or an export stops at
+    /// the next patient (a reconcile then reports `stopped_early`), Live Sync's automatic work
+    /// stops, and so does the work of every later call. What was written stays written, and the next
+    /// reconcile goes on from there. Close the handle next.
+    pub fn stop(&self) {
+        self.0.closing.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A live sync between one NanoPix data folder and one DentalTID database.
 ///
 /// `NanoPixSync` is `Send` and `Sync`: share it between threads behind an `Arc`.
@@ -186,10 +214,16 @@ impl NanoPixSync {
         self.dispatcher.stop();
     }
 
-    /// Tells the work under way to stop early, as closing does: a reconcile or an export stops
-    /// between patients. For a C host closing while another of its threads waits on a call.
+    /// A [`Stopper`] for this handle: it cuts the handle's work short from another thread, such
+    /// as a signal handler, while a call is in flight.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.signals.clone())
+    }
+
+    /// Tells the work under way to stop early, as closing does (see [`Stopper::stop`]). For a C
+    /// host closing while another of its threads waits on a call.
     pub(crate) fn stop_early(&self) {
-        self.signals.closing.store(true, Ordering::Relaxed);
+        self.stopper().stop();
     }
 
     /// The first half of [`NanoPixSync::close`]: stops and joins the engine thread and queues

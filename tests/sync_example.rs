@@ -5,12 +5,16 @@ mod common;
 
 #[cfg(unix)]
 use std::io::{BufRead, BufReader};
+#[cfg(unix)]
+use std::path::Path;
 use std::path::PathBuf;
+#[cfg(unix)]
+use std::process::Child;
 use std::process::{Command, Stdio};
 #[cfg(unix)]
 use std::sync::mpsc;
 #[cfg(unix)]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Clinic;
 
@@ -45,6 +49,107 @@ fn printed(mut runner: Command) -> Vec<serde_json::Value> {
 /// The `type` of each event.
 fn types_of(events: &[serde_json::Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+/// A running `sync` command whose stdout lines are parsed on a thread; killed when dropped.
+#[cfg(unix)]
+struct Running {
+    child: Child,
+    events: mpsc::Receiver<serde_json::Value>,
+    /// Every event received so far.
+    seen: std::cell::RefCell<Vec<serde_json::Value>>,
+}
+
+#[cfg(unix)]
+impl Running {
+    fn start(mut runner: Command) -> Self {
+        let mut child = runner.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = send.send(serde_json::from_str(&line).expect(&line));
+            }
+        });
+        Self { child, events, seen: Default::default() }
+    }
+
+    /// Waits up to `deadline` for an event `wanted` accepts, unless one came already; panics
+    /// with what came otherwise.
+    fn wait_for(&self, what: &str, deadline: Duration, wanted: impl Fn(&serde_json::Value) -> bool) {
+        if self.seen.borrow().iter().any(&wanted) {
+            return;
+        }
+        let until = Instant::now() + deadline;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            let Ok(event) = self.events.recv_timeout(left) else { break };
+            let found = wanted(&event);
+            self.seen.borrow_mut().push(event);
+            if found {
+                return;
+            }
+        }
+        panic!("{what}: not within {deadline:?}; saw {:?}", types_of(&self.seen.borrow()));
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits for the command to end; its exit status and what it wrote on stderr.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An event of this type.
+#[cfg(unix)]
+fn of_type(kind: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |event| event["type"] == kind
+}
+
+/// The user the runner runs as when the tests run as root, whom file modes do not stop.
+#[cfg(unix)]
+const NOBODY: u32 = 65_534;
+
+/// Hands `path` and everything under it to [`NOBODY`].
+#[cfg(unix)]
+fn give_to_nobody(path: &Path) {
+    std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            give_to_nobody(&entry.unwrap().path());
+        }
+    }
+}
+
+/// The runner running `command` on `clinic` as [`NOBODY`], whom file modes bind, when this test
+/// runs as root (from a copy in the clinic's folder, which NOBODY can reach); else as it is.
+#[cfg(unix)]
+fn runner_bound_by_file_modes(clinic: &Clinic, command: &str) -> Command {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata(clinic.dir.path()).unwrap().uid() != 0 {
+        return runner(clinic, command);
+    }
+    let program = clinic.dir.path().join("sync");
+    std::fs::copy(sync_binary(), &program).unwrap();
+    give_to_nobody(clinic.dir.path());
+    let mut runner = runner_at(&program, clinic, command);
+    runner.uid(NOBODY).gid(NOBODY);
+    runner
 }
 
 #[test]
@@ -227,29 +332,139 @@ fn a_command_that_is_not_utf8_is_a_usage_error() {
 #[test]
 fn watch_runs_until_sigterm_then_closes_cleanly() {
     let clinic = Clinic::new("v29");
-    let mut child = runner(&clinic, "watch").stdout(Stdio::piped()).spawn().unwrap();
-    let (lines, received) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let wait_for_type = |wanted: &str| loop {
-        let line = received.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {wanted} event"));
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if event["type"] == wanted {
-            return event;
-        }
-    };
-    wait_for_type("reconciled");
+    let watch = Running::start(runner(&clinic, "watch"));
+    let deadline = Duration::from_secs(10);
+    watch.wait_for("the first reconcile", deadline, of_type("reconciled"));
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    assert_eq!(wait_for_type("patient_imported")["external_id"], "20250122_091500");
+    let imported =
+        |event: &serde_json::Value| event["type"] == "patient_imported" && event["external_id"] == "20250122_091500";
+    watch.wait_for("the live import", deadline, imported);
+    watch.signal("TERM");
+    watch.wait_for("closed", deadline, of_type("closed"));
+    assert!(watch.finish().0.success(), "exit 0 after SIGTERM");
+}
 
-    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(killed.success());
-    wait_for_type("closed");
-    assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
+/// Support staff `cd` into the clinic's folder and type the paths as they see them. A patient
+/// folder removed in NanoPix is then reported live, as it is with absolute paths.
+#[cfg(target_os = "linux")]
+#[test]
+fn watch_with_relative_paths_reports_a_patient_folder_removed_in_nanopix() {
+    let clinic = Clinic::new("v29");
+    printed(runner(&clinic, "once"));
+    let mut relative = Command::new(sync_binary());
+    relative.current_dir(clinic.dir.path());
+    relative.args(["--nanopix", "PatientData", "--dentaltid", "dentaltid.db", "watch"]);
+    let watch = Running::start(relative);
+    watch.wait_for("the first reconcile", Duration::from_secs(30), of_type("reconciled"));
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    // Within the 60 s before the watcher's own periodic check of the folder.
+    watch.wait_for("the removed folder", Duration::from_secs(20), |event| {
+        event["type"] == "external_patient_removed" && event["external_id"] == "20250121_152638"
+    });
+}
+
+/// A SIGTERM during the first reconcile of `watch` cuts that reconcile short, also when Live Sync
+/// was on already (after `enable`), so the runner opens the sync reconciling: the runner closes at
+/// the next patient, and the next run does the rest.
+#[cfg(unix)]
+#[test]
+fn watch_with_live_sync_already_on_stops_early_on_sigterm_during_its_first_reconcile() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(100_000);
+    printed(runner(&clinic, "enable"));
+    let watch = Running::start(runner(&clinic, "watch"));
+    let deadline = Duration::from_secs(60);
+    watch.wait_for("the first import", deadline, of_type("patient_imported"));
+    watch.signal("TERM");
+    watch.wait_for("closed", deadline, of_type("closed"));
+    let reconciled: Vec<serde_json::Value> =
+        watch.seen.borrow().iter().filter(|e| e["type"] == "reconciled").cloned().collect();
+    assert!(watch.finish().0.success(), "exit 0: a signal is how `watch` ends");
+    assert_eq!(reconciled.len(), 1, "{reconciled:?}");
+    assert_eq!(reconciled[0]["stopped_early"], true, "{}", reconciled[0]);
+}
+
+/// A SIGTERM (a service stopping, Ctrl-C) cuts `once` short at the next patient: `closed` is still
+/// printed last, and the runner says it stopped before the end.
+#[cfg(unix)]
+#[test]
+fn a_signal_cuts_once_short_with_closed_last_and_exit_1() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(100_000);
+    let once = Running::start(runner(&clinic, "once"));
+    let deadline = Duration::from_secs(60);
+    once.wait_for("the first import", deadline, of_type("patient_imported"));
+    once.signal("TERM");
+    once.wait_for("closed", deadline, of_type("closed"));
+    let reconciled = once.seen.borrow().iter().find(|e| e["type"] == "reconciled").cloned();
+    let (status, stderr) = once.finish();
+    assert_eq!(reconciled.map(|report| report["stopped_early"].clone()), Some(serde_json::Value::Bool(true)));
+    assert_eq!(status.code(), Some(1), "{stderr:?}");
+    assert_eq!(stderr, "sync: stopped by a signal before the end; the next run goes on from there\n");
+}
+
+/// `sync watch >> sync.log` on a full disk: the runner does not sync on in silence, nor stop with
+/// exit code 0 (a service manager would not restart it): it says why and exits with 1.
+#[cfg(target_os = "linux")]
+#[test]
+fn watch_with_stdout_on_a_full_disk_fails_with_exit_1_and_a_reason() {
+    let clinic = Clinic::new("v29");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = runner(&clinic, "watch").stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr:?}");
+    assert!(
+        stderr.starts_with("sync: writing the events to stdout failed: ") && stderr.lines().count() == 1,
+        "{stderr:?}"
+    );
+}
+
+/// `sync once > sync.log` on a full disk: the events are lost, so the runner says so.
+#[cfg(target_os = "linux")]
+#[test]
+fn once_with_stdout_on_a_full_disk_fails_with_exit_1_and_a_reason() {
+    let clinic = Clinic::new("v29");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = runner(&clinic, "once").stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr:?}");
+    assert!(
+        stderr.starts_with("sync: writing the events to stdout failed: ") && stderr.lines().count() == 1,
+        "{stderr:?}"
+    );
+}
+
+/// An option given twice (a script with a default and an override) is a usage error: the runner
+/// cannot know which database was meant, so it opens neither.
+#[test]
+fn a_repeated_option_is_a_usage_error_and_nothing_is_opened() {
+    let (meant, other) = (Clinic::new("v24"), Clinic::new("v24"));
+    let before = (std::fs::read(&meant.dentaltid).unwrap(), std::fs::read(&other.dentaltid).unwrap());
+    let mut twice = runner(&meant, "once");
+    twice.arg("--dentaltid").arg(&other.dentaltid);
+    let output = twice.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr:?}");
+    assert!(output.stdout.is_empty() && stderr.starts_with("sync: --dentaltid is given twice;"), "{stderr:?}");
+    let after = (std::fs::read(&meant.dentaltid).unwrap(), std::fs::read(&other.dentaltid).unwrap());
+    assert!(after == before, "a database was written");
+}
+
+/// A `--dentaltid` naming a folder (the one holding the database) is said to be a folder, not
+/// "not found", which would send support staff looking for a path that is there.
+#[test]
+fn a_dentaltid_path_that_is_a_folder_is_named_a_folder() {
+    let clinic = Clinic::new("v29");
+    let mut status = Command::new(sync_binary());
+    status.arg("--nanopix").arg(&clinic.root).arg("--dentaltid").arg(clinic.dir.path()).arg("status");
+    let output = status.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let named = format!(
+        "sync: invalid configuration: dentaltid_db names a folder, not the DentalTID database file: {}\n",
+        clinic.dir.path().display()
+    );
+    assert_eq!(stderr, named);
 }
 
 #[test]
@@ -278,89 +493,15 @@ fn the_runner_refuses_a_database_another_sync_has_open() {
 }
 
 /// `sync watch` on a `NanoPix.db3` it may only read when it starts (a read-only attribute, a
-/// backup tool), with Live Sync on; the runner and its events, read on a thread.
+/// backup tool), with Live Sync on.
 #[cfg(unix)]
 mod read_only_nanopix {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::os::unix::process::CommandExt;
-    use std::path::Path;
-    use std::process::Child;
-    use std::time::Instant;
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
-    /// The user the runner runs as when the tests run as root, whom file modes do not stop.
-    const NOBODY: u32 = 65_534;
-
     fn set_mode(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    /// Hands `path` and everything under it to [`NOBODY`].
-    fn give_to_nobody(path: &Path) {
-        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
-        if path.is_dir() {
-            for entry in std::fs::read_dir(path).unwrap() {
-                give_to_nobody(&entry.unwrap().path());
-            }
-        }
-    }
-
-    /// `sync watch`, as [`NOBODY`] when this test runs as root; stopped when dropped.
-    struct Watch {
-        child: Child,
-        events: mpsc::Receiver<serde_json::Value>,
-        /// Every event received so far.
-        seen: std::cell::RefCell<Vec<serde_json::Value>>,
-    }
-
-    impl Watch {
-        fn start(clinic: &Clinic) -> Self {
-            let mut runner = if std::fs::metadata(clinic.dir.path()).unwrap().uid() == 0 {
-                // A copy in the clinic's folder: the build folder may be one NOBODY cannot reach.
-                let program = clinic.dir.path().join("sync");
-                std::fs::copy(sync_binary(), &program).unwrap();
-                give_to_nobody(clinic.dir.path());
-                let mut runner = runner_at(&program, clinic, "watch");
-                runner.uid(NOBODY).gid(NOBODY);
-                runner
-            } else {
-                runner(clinic, "watch")
-            };
-            let mut child = runner.stdout(Stdio::piped()).spawn().unwrap();
-            let stdout = child.stdout.take().unwrap();
-            let (send, events) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let _ = send.send(serde_json::from_str(&line).expect(&line));
-                }
-            });
-            Self { child, events, seen: Default::default() }
-        }
-
-        /// Waits up to 30 s for an event `wanted` accepts, unless one came already.
-        fn wait_for(&self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) {
-            if self.seen.borrow().iter().any(&wanted) {
-                return;
-            }
-            let until = Instant::now() + Duration::from_secs(30);
-            while let Some(left) = until.checked_duration_since(Instant::now()) {
-                let Ok(event) = self.events.recv_timeout(left) else { break };
-                let found = wanted(&event);
-                self.seen.borrow_mut().push(event);
-                if found {
-                    return;
-                }
-            }
-            panic!("{what}: not within 30 s; saw {:?}", self.seen.borrow());
-        }
-    }
-
-    impl Drop for Watch {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 
     fn about(patient: i64, kind: &'static str) -> impl Fn(&serde_json::Value) -> bool {
@@ -372,19 +513,36 @@ mod read_only_nanopix {
         let clinic = Clinic::new("v29");
         assert!(runner(&clinic, "enable").output().unwrap().status.success());
         set_mode(&clinic.nanopix_db(), 0o444);
-        let watch = Watch::start(&clinic);
-        watch.wait_for("the first reconcile", |event| event["type"] == "reconciled");
+        let watch = Running::start(runner_bound_by_file_modes(&clinic, "watch"));
+        let deadline = Duration::from_secs(30);
+        watch.wait_for("the first reconcile", deadline, of_type("reconciled"));
         let first = clinic.add_dentaltid("Amina", "ReadOnly", Some("1985-03-04"));
-        watch.wait_for("the export fails while NanoPix.db3 is read-only", about(first, "sync_error"));
+        watch.wait_for("the export fails while NanoPix.db3 is read-only", deadline, about(first, "sync_error"));
 
         set_mode(&clinic.nanopix_db(), 0o644);
         let second = clinic.add_dentaltid("Karim", "ReadOnly", Some("1986-04-05"));
-        watch.wait_for("the second patient is exported", about(second, "patient_exported"));
-        watch.wait_for("the first patient is exported", about(first, "patient_exported"));
+        watch.wait_for("the second patient is exported", deadline, about(second, "patient_exported"));
+        watch.wait_for("the first patient is exported", deadline, about(first, "patient_exported"));
         drop(watch);
         let exported: Vec<i64> =
             clinic.nanopix_rows("SELECT COUNT(*) FROM Patient WHERE last_name = 'ReadOnly'", |r| r.get(0));
         assert_eq!(exported, [2], "each patient once");
+    }
+
+    /// `export-existing` that exported nobody, because every export failed (`NanoPix.db3`
+    /// read-only, say), is no success: support staff and their scripts read the exit code.
+    #[test]
+    fn export_existing_whose_exports_failed_exits_1_with_a_reason() {
+        let clinic = Clinic::new("v29");
+        set_mode(&clinic.nanopix_db(), 0o444);
+        let output = runner_bound_by_file_modes(&clinic, "export-existing").output().unwrap();
+        let events = json_lines(&output.stdout);
+        let exported = events.iter().filter(|e| e["type"] == "patient_exported").count();
+        let failed = events.iter().filter(|e| e["type"] == "sync_error").count();
+        assert_eq!((exported, failed), (0, 6), "every one of the six exports failed: {events:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "exit {:?} after 0 of 6 exports; stderr {stderr:?}", output.status);
+        assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     }
 }
 
@@ -407,6 +565,18 @@ fn the_demo_stops_without_a_panic_when_stdout_is_closed() {
 /// The demo's "Sync Now" line reports what Sync Now did: the demo switches Live Sync on only
 /// afterwards, so no automatic reconcile does the work first. Live Sync then exports the
 /// patient the demo adds in DentalTID.
+/// The demo on a PC whose TMPDIR names a folder that does not exist: one readable line, not a
+/// Rust debug dump.
+#[test]
+fn the_demo_reports_a_failure_in_one_readable_line() {
+    let missing = tempfile::tempdir().unwrap().path().join("gone");
+    let output = Command::new(demo_binary()).env("TMPDIR", &missing).env("TMP", &missing).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("demo: ") && stderr.lines().count() == 1, "{stderr:?}");
+    assert!(!stderr.contains("Custom {") && !stderr.contains("Os {"), "a debug dump: {stderr:?}");
+}
+
 #[test]
 fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
     let demo = demo_binary();

@@ -135,10 +135,14 @@ impl DentalTid {
     ///
     /// # Failure
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
-    /// [`Error::MissingTable`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
+    /// [`Error::InvalidConfig`] if the path names a folder, [`Error::MissingTable`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
     /// `patients` is not DentalTID's table (the file and its folder are then left untouched),
     /// [`Error::InUse`] if another sync handle has it open.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self> {
+        if path.is_dir() {
+            let named = format!("dentaltid_db names a folder, not the DentalTID database file: {}", path.display());
+            return Err(Error::InvalidConfig(named));
+        }
         if !path.is_file() {
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
         }

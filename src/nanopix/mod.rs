@@ -208,6 +208,10 @@ impl NanoPix {
     /// Opens `root` (`PatientData`), checks `database/NanoPix.db3` and its `Patient` table
     /// (`id` and `last_name` must exist), without writing anything.
     pub fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
+        if root.is_file() {
+            let named = format!("nanopix_root names a file, not the PatientData folder: {}", root.display());
+            return Err(Error::InvalidConfig(named));
+        }
         if !root.is_dir() {
             return Err(Error::NanoPixRootMissing(root.to_path_buf()));
         }
@@ -506,12 +510,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn open_refuses_a_missing_root() {
+    fn open_refuses_a_missing_root_and_names_a_file_given_as_one() {
         let temp = TempDir::new().unwrap();
         let missing = temp.path().join("PatientData");
         assert!(matches!(NanoPix::open(&missing, Duration::ZERO), Err(Error::NanoPixRootMissing(p)) if p == missing));
         fs::write(&missing, "not a folder").unwrap();
-        assert!(matches!(NanoPix::open(&missing, Duration::ZERO), Err(Error::NanoPixRootMissing(_))));
+        let named = format!("nanopix_root names a file, not the PatientData folder: {}", missing.display());
+        assert!(
+            matches!(NanoPix::open(&missing, Duration::ZERO), Err(Error::InvalidConfig(message)) if message == named)
+        );
     }
 
     #[test]
