@@ -9,7 +9,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params_from_iter};
@@ -38,19 +38,15 @@ pub(super) enum Selection {
 }
 
 /// What the delete transaction found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Deletion {
-    /// The rows with the id were deleted: here they are, to put back if need be.
-    Deleted(DeletedRows),
+    /// The row was deleted.
+    Deleted,
     /// No row had the id.
     Missing,
     /// Studies or reports still point at the patient; nothing was deleted.
     Holds { studies: u64, reports: u64 },
 }
-
-/// Deleted `Patient` rows, every column as it was: names and values.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct DeletedRows(Vec<Vec<(String, Value)>>);
 
 /// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout.
 pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connection> {
@@ -103,6 +99,41 @@ pub(super) fn write<T>(
         backoff *= 2;
     }
     immediate(conn, &mut work).map_err(Error::db(db_path, step))
+}
+
+/// Runs `work` in a `BEGIN IMMEDIATE` transaction taken only when the write lock is free at
+/// once, and only while `still` says so: `still` runs before each try, never under the lock,
+/// and the tries go on, with short pauses, for up to `busy_timeout`. `Ok(None)` when `still`
+/// said no; [`Error::Busy`] when the lock never came free. The commit waits for readers as any
+/// write does.
+pub(super) fn write_while<T>(
+    conn: &Connection,
+    (db_path, busy_timeout): (&Path, Duration),
+    step: &'static str,
+    mut still: impl FnMut() -> Result<bool>,
+    mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+) -> Result<Option<T>> {
+    let (deadline, mut pause) = (Instant::now() + busy_timeout, Duration::from_millis(1));
+    loop {
+        if !still()? {
+            return Ok(None);
+        }
+        conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
+        let begun = Transaction::new_unchecked(conn, TransactionBehavior::Immediate);
+        conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
+        match begun {
+            Err(error) if crate::error::is_busy(&error) && Instant::now() < deadline => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(FIRST_BACKOFF);
+            }
+            begun => {
+                let transaction = begun.map_err(Error::db(db_path, step))?;
+                let value = work(&transaction).map_err(Error::db(db_path, step))?;
+                transaction.commit().map_err(Error::db(db_path, step))?;
+                return Ok(Some(value));
+            }
+        }
+    }
 }
 
 /// One attempt: the transaction rolls back when dropped unless `work` and the commit succeed.
@@ -373,38 +404,13 @@ pub(super) fn record_ids(
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade), and returns it. Meant to run inside [`write()`].
+/// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write()`].
 pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {
     let studies = count_for_patient(conn, "Study", id)?;
     let reports = count_for_patient(conn, "Report", id)?;
     if studies + reports > 0 {
         return Ok(Deletion::Holds { studies, reports });
     }
-    let rows = patient_rows(conn, id)?;
-    if rows.is_empty() {
-        return Ok(Deletion::Missing);
-    }
-    conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
-    Ok(Deletion::Deleted(DeletedRows(rows)))
-}
-
-/// Every `Patient` row with this id, whole.
-fn patient_rows(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Vec<Vec<(String, Value)>>> {
-    let mut statement = conn.prepare("SELECT * FROM Patient WHERE id = ?1")?;
-    let names: Vec<String> = statement.column_names().into_iter().map(str::to_owned).collect();
-    let rows = statement.query_map([id.to_string()], |row| {
-        names.iter().enumerate().map(|(index, name)| Ok((name.clone(), row.get::<_, Value>(index)?))).collect()
-    })?;
-    rows.collect()
-}
-
-/// Writes `deleted` back as they were, primary key included. Meant to run inside [`write()`].
-pub(super) fn put_back(conn: &Connection, deleted: &DeletedRows) -> rusqlite::Result<()> {
-    for row in &deleted.0 {
-        let columns: Vec<String> = row.iter().map(|(name, _)| format!("\"{}\"", name.replace('"', "\"\""))).collect();
-        let slots: Vec<String> = (1..=row.len()).map(|slot| format!("?{slot}")).collect();
-        let sql = format!("INSERT INTO Patient({}) VALUES ({})", columns.join(", "), slots.join(", "));
-        conn.execute(&sql, params_from_iter(row.iter().map(|(_, value)| value)))?;
-    }
-    Ok(())
+    let deleted = conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
+    Ok(if deleted == 0 { Deletion::Missing } else { Deletion::Deleted })
 }

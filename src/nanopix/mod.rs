@@ -370,53 +370,41 @@ impl NanoPix {
     /// empty: a delete cut short after its commit (the process killed, the folder held open)
     /// ends when asked again.
     ///
-    /// The folder is removed once the row's deletion is committed, never under NanoPix's write
-    /// lock. If NanoPix saved a file in it meanwhile (while the delete waited for the lock), the
-    /// row is put back as it was, and the delete refused.
+    /// No file is touched under NanoPix's write lock: the folder is looked into before the lock
+    /// is taken, and again before each try while NanoPix holds it (NanoPix may save an image
+    /// meanwhile), and it is removed after the commit.
     ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
     /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (studies and
-    /// reports are counted again under the write lock). If the folder cannot be removed for
-    /// another reason, the error is [`Error::Io`] and the row stays deleted.
+    /// reports are counted again under the write lock). The folder is removed after the commit;
+    /// if that fails (a file saved in the moment between the last look and the lock) the error
+    /// is [`Error::Io`] and the row stays deleted.
     pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
         let row = self.id_exists(id)?;
         if !row && !self.has_folder(id) {
             return Err(Error::NanoPixPatientNotFound(id.to_string()));
         }
-        let contents = self.contents(id, subfolders)?;
-        if contents != PatientContents::default() {
-            return Err(not_empty(id, contents));
-        }
-        let folder = self.folder_path(id);
         if !row {
-            return folders::remove_empty_folder(&folder, subfolders);
+            let contents = self.contents(id, subfolders)?;
+            if contents != PatientContents::default() {
+                return Err(not_empty(id, contents));
+            }
+            return folders::remove_empty_folder(&self.folder_path(id), subfolders);
         }
-        match database::write(&self.conn, &self.db_path, "delete patient", |conn| database::delete_patient(conn, id))? {
-            Deletion::Deleted(rows) => match folders::remove_empty_folder(&folder, subfolders) {
-                Err(error) => self.put_back_if_filled(id, subfolders, &rows, error),
-                removed => removed,
-            },
-            Deletion::Missing => Err(Error::NanoPixPatientNotFound(id.to_string())),
-            Deletion::Holds { studies, reports } => Err(not_empty(id, PatientContents { studies, reports, files: 0 })),
+        let empty = || self.contents(id, subfolders).map(|contents| contents == PatientContents::default());
+        let deletion =
+            database::write_while(&self.conn, (&self.db_path, self.busy_timeout), "delete patient", empty, |conn| {
+                database::delete_patient(conn, id)
+            })?;
+        match deletion {
+            None => Err(not_empty(id, self.contents(id, subfolders)?)),
+            Some(Deletion::Deleted) => folders::remove_empty_folder(&self.folder_path(id), subfolders),
+            Some(Deletion::Missing) => Err(Error::NanoPixPatientNotFound(id.to_string())),
+            Some(Deletion::Holds { studies, reports }) => {
+                Err(not_empty(id, PatientContents { studies, reports, files: 0 }))
+            }
         }
-    }
-
-    /// After a deleted patient's folder could not be removed (`error`): puts its `rows` back if
-    /// NanoPix saved a file in the folder, and refuses the delete; else gives `error`.
-    fn put_back_if_filled(
-        &self,
-        id: NanoPixId,
-        subfolders: &[String],
-        rows: &database::DeletedRows,
-        error: Error,
-    ) -> Result<()> {
-        let contents = self.contents(id, subfolders)?;
-        if contents.files == 0 {
-            return Err(error);
-        }
-        database::write(&self.conn, &self.db_path, "put back a patient", |conn| database::put_back(conn, rows))?;
-        Err(not_empty(id, contents))
     }
 
     fn select(&self, selection: Selection) -> Result<PatientRows> {
@@ -884,6 +872,20 @@ pub(crate) mod tests {
         assert!(
             matches!(nanopix.delete_patient(new_id, &[]), Err(Error::NanoPixPatientNotFound(t)) if t == "20250301_093000")
         );
+    }
+
+    #[test]
+    fn a_delete_that_never_gets_the_write_lock_is_busy_and_deletes_nothing() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = NanoPix::open(&root, Duration::from_millis(100)).unwrap();
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        let folder = nanopix.create_folder(new_id, &[]).unwrap();
+        let saving = other_connection(&root);
+        saving.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(matches!(nanopix.delete_patient(new_id, &[]), Err(Error::Busy { .. })));
+        saving.execute_batch("ROLLBACK").unwrap();
+        assert!(nanopix.id_exists(new_id).unwrap() && folder.exists());
     }
 
     #[test]
