@@ -241,7 +241,9 @@ impl Engine {
     /// so each id is looked for after the last one given; else in the order given. A patient the
     /// matching links to a NanoPix patient a deleted one left behind is linked to it instead.
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
-        if patients.is_empty() {
+        // Work cut short may have skipped links the matching held: giving back or exporting now
+        // could give a person a second NanoPix patient.
+        if patients.is_empty() || self.cancelled() {
             return None;
         }
         let given_back = match self.give_back_left_behind(patients, report) {
