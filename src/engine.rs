@@ -615,7 +615,8 @@ impl Engine {
             self.dentaltid.drop_own_indexes()?;
             self.indexed = false;
         }
-        let unknown: HashSet<NanoPixId> = snapshot.unknown.iter().copied().collect();
+        // The pass needs the unknown ids only as this set from here on.
+        let unknown: HashSet<NanoPixId> = std::mem::take(&mut snapshot.unknown).into_iter().collect();
         let imported = self.import_pages(unknown, &snapshot.odd_pks, matcher, report);
         let linked = imported.and_then(|matcher| {
             snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
