@@ -179,7 +179,9 @@ pub unsafe extern "C" fn nps_live_sync(handle: *const NpsHandle, enabled: *mut b
 
 /// Exports the DentalTID patient `patient_id` to NanoPix now. NanoPix patients the sync has not
 /// seen yet are imported or linked first; when the matching links one of them to this patient,
-/// that id is written and nothing is exported.
+/// that id is written and nothing is exported. A patient linked already (Live Sync may have
+/// exported it first) gives NPS_ALREADY_LINKED; `nps_source_info` then tells its NanoPix id.
+/// Closing the handle meanwhile gives NPS_CLOSED, with nothing exported.
 ///
 /// On success writes its NanoPix id (`YYYYMMDD_HHMMSS`) as a library-owned string to
 /// `*external_id`; free it with `nps_string_free`. Any thread may call it.
