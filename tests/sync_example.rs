@@ -403,14 +403,13 @@ fn a_signal_cuts_once_short_with_closed_last_and_exit_1() {
     assert_eq!(stderr, "sync: stopped by a signal before the end; the next run goes on from there\n");
 }
 
-/// `sync watch >> sync.log` on a full disk: the runner does not sync on in silence, nor stop with
-/// exit code 0 (a service manager would not restart it): it says why and exits with 1.
+/// Runs `command` with its stdout on a full disk (`/dev/full`): the runner says it could not write
+/// the events, in one line, and exits with 1.
 #[cfg(target_os = "linux")]
-#[test]
-fn watch_with_stdout_on_a_full_disk_fails_with_exit_1_and_a_reason() {
+fn assert_a_full_disk_fails_with_a_reason(command: &str) {
     let clinic = Clinic::new("v29");
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let output = runner(&clinic, "watch").stdout(full).output().unwrap();
+    let output = runner(&clinic, command).stdout(full).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr:?}");
     assert!(
@@ -419,19 +418,19 @@ fn watch_with_stdout_on_a_full_disk_fails_with_exit_1_and_a_reason() {
     );
 }
 
+/// `sync watch >> sync.log` on a full disk: the runner does not sync on in silence, nor stop with
+/// exit code 0 (a service manager would not restart it): it says why and exits with 1.
+#[cfg(target_os = "linux")]
+#[test]
+fn watch_with_stdout_on_a_full_disk_fails_with_exit_1_and_a_reason() {
+    assert_a_full_disk_fails_with_a_reason("watch");
+}
+
 /// `sync once > sync.log` on a full disk: the events are lost, so the runner says so.
 #[cfg(target_os = "linux")]
 #[test]
 fn once_with_stdout_on_a_full_disk_fails_with_exit_1_and_a_reason() {
-    let clinic = Clinic::new("v29");
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let output = runner(&clinic, "once").stdout(full).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr:?}");
-    assert!(
-        stderr.starts_with("sync: writing the events to stdout failed: ") && stderr.lines().count() == 1,
-        "{stderr:?}"
-    );
+    assert_a_full_disk_fails_with_a_reason("once");
 }
 
 /// An option given twice (a script with a default and an override) is a usage error: the runner
