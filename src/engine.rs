@@ -65,6 +65,10 @@ pub(crate) struct Engine {
     signals: Arc<Signals>,
     automatic: bool,
     cursor: Option<LiveCursor>,
+    /// NanoPix's data version when the sync last began reading its rows (a reconcile or a live
+    /// pass). An export writes its row only while it is still so: a patient another program
+    /// saved in NanoPix since may be the same person, whom a pass must read, and link, first.
+    nanopix_read: Option<i64>,
     /// Whether DentalTID holds the sync's indexes, which live passes need.
     indexed: bool,
     /// The last past id an export was given: the next one is looked for from the second after
@@ -166,6 +170,7 @@ impl Engine {
             signals,
             automatic: false,
             cursor: None,
+            nanopix_read: None,
             indexed,
             last_past_issued: None,
             live_stored,
@@ -220,6 +225,7 @@ impl Engine {
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         self.cursor = None;
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
+        self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
         // Left by a pass that crashed or failed before it recorded the folders it awaits.
         let unsettled = self.dentaltid.unsettled_links()?;
@@ -311,6 +317,7 @@ impl Engine {
             return self.reconcile();
         }
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
+        self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
         self.repair_some_exports(&mut report)?;
         let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
@@ -356,6 +363,9 @@ impl Engine {
     /// its data versions mean nothing to the new one, so the next pass reconciles fully.
     fn reconnect_if_read_only(&mut self) -> Result<()> {
         let nanopix = self.nanopix.reconnect_if_read_only()?;
+        if nanopix {
+            self.nanopix_read = None;
+        }
         if self.dentaltid.reconnect_if_read_only(self.config.busy_timeout)? || nanopix {
             self.cursor = None;
         }

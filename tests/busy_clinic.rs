@@ -361,6 +361,102 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_p
     assert!(matches!(deleted, Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. })), "{deleted:?}");
 }
 
+/// The NanoPix ids of every NanoPix patient with these names.
+fn nanopix_ids_named(clinic: &Clinic, first: &str, last: &str) -> Vec<String> {
+    clinic.nanopix_rows(
+        &format!("SELECT id FROM Patient WHERE first_name = '{first}' AND last_name = '{last}' ORDER BY pk"),
+        |r| r.get(0),
+    )
+}
+
+/// `(id, external_id)` of every DentalTID patient with these names.
+fn dentaltid_named(clinic: &Clinic, first: &str, last: &str) -> Vec<(i64, Option<String>)> {
+    clinic.dentaltid_rows(
+        &format!("SELECT id, external_id FROM patients WHERE name = '{first}' AND familyName = '{last}' ORDER BY id"),
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// The receptionist types a new patient into DentalTID, and the X-ray assistant types the same
+/// person into NanoPix at the same moment. DentalTID asks for the export at once
+/// (`export_patient`), and NanoPix commits its row after the sync's catch-up read NanoPix, but
+/// before the export wrote to NanoPix (the export waits for NanoPix's write lock meanwhile).
+///
+/// When the export gets the lock, NanoPix already holds an exact match the sync has not seen:
+/// the person must end up with one NanoPix patient, linked to the DentalTID patient, not with
+/// two NanoPix patients (and, at the next reconcile, two DentalTID patients).
+#[test]
+fn the_same_person_saved_in_nanopix_while_her_export_waits_for_nanopixs_lock_gets_one_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    // NanoPix saves the same person: its transaction is open, the row written, not committed.
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES ('20250122_095950', 'Saidi', 'Nadia', 'Female', '1982-04-09',
+                     '2025-01-22 09:59:58', '2025-01-22 09:59:58')",
+            [],
+        )
+        .unwrap();
+    let exported = std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_patient(nadia));
+        until(Duration::from_secs(30), "the export is journaled", || exports_in_flight(&clinic) > 0);
+        nanopix.execute_batch("COMMIT").unwrap();
+        std::fs::create_dir(clinic.root.join("20250122_095950")).unwrap();
+        exporting.join().unwrap()
+    });
+    let next = sync.reconcile().unwrap();
+    let in_nanopix = nanopix_ids_named(&clinic, "Nadia", "Saidi");
+    let in_dentaltid = dentaltid_named(&clinic, "Nadia", "Saidi");
+    assert_eq!(
+        (in_nanopix.len(), in_dentaltid.len()),
+        (1, 1),
+        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} \
+         (export_patient gave {exported:?}, the next reconcile {next:?})"
+    );
+    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+    assert_eq!(integrity(&clinic.dentaltid), "ok");
+    assert_eq!(integrity(&clinic.nanopix_db()), "ok");
+}
+
+/// Live Sync is on (switched on before the clinic's first "Sync Now"), and the receptionist
+/// adds Nadia Saidi to DentalTID; the X-ray assistant saves the same Nadia Saidi in NanoPix
+/// while that first sync runs, after it read both sides (DentalTID, busy saving something
+/// else, keeps the sync from writing until then). NanoPix's row is committed long before the
+/// sync exports Nadia at the end of its pass: the export must not give her a second NanoPix
+/// patient (and, at the next pass, a second DentalTID patient).
+#[test]
+fn a_patient_nanopix_saves_during_a_full_reconcile_is_not_exported_again_by_that_reconcile() {
+    let clinic = Clinic::new("v29");
+    add_odd_nanopix_row(&clinic);
+    let sync = open_waiting_long(&clinic);
+    sync.set_live_sync(true).unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let first = std::thread::scope(|scope| {
+        let reconcile = scope.spawn(|| sync.reconcile());
+        common::wait_for(&sync, Duration::from_secs(60), is_odd_row);
+        clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
+        dentaltid.execute_batch("COMMIT").unwrap();
+        reconcile.join().unwrap().unwrap()
+    });
+    let next = sync.reconcile().unwrap();
+    let in_nanopix = nanopix_ids_named(&clinic, "Nadia", "Saidi");
+    let in_dentaltid = dentaltid_named(&clinic, "Nadia", "Saidi");
+    assert_eq!(
+        (in_nanopix.len(), in_dentaltid.len()),
+        (1, 1),
+        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} \
+         (the first sync {first:?}, the next {next:?})"
+    );
+    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}
+
 /// Sends once `folder` itself is closed after it was opened for reading (listed), as inotify
 /// reports it (`IN_CLOSE_NOWRITE`), from now on.
 #[cfg(target_os = "linux")]

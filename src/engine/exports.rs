@@ -9,6 +9,7 @@ use super::{Engine, crash_point};
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
 use crate::matching::MatchedLink;
+use crate::nanopix::Insertion;
 use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
 
@@ -53,6 +54,18 @@ enum IdsFrom {
     Creation,
 }
 
+/// What became of one patient's export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exported {
+    /// Written to NanoPix with this id.
+    Written(NanoPixId),
+    /// Not written: DentalTID deleted the patient before its export began.
+    Deleted,
+    /// Not written: another program wrote to NanoPix since the sync last read it, maybe the same
+    /// person. The export waits until the sync has read NanoPix again (and linked that person).
+    Deferred,
+}
+
 impl Engine {
     /// Exports one DentalTID patient now, whatever Live Sync says. NanoPix patients the sync has
     /// not seen yet are imported or linked first: when the matching links one of them, or one a
@@ -63,24 +76,37 @@ impl Engine {
         if let Some(external_id) = patient.external_id.clone().or(recorded) {
             return Err(Error::AlreadyLinked { patient_id, external_id });
         }
-        self.catch_up_with_nanopix()?;
-        // A catch-up cut short by closing may not have linked the patient to its NanoPix match.
-        if self.cancelled() {
-            return Err(Error::Closed);
-        }
-        let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
-        if let Some(linked) = patient.external_id.as_deref().map(NanoPixId::parse) {
-            return linked;
-        }
-        let given_back = self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default())?;
-        let exported = match given_back.get(&patient_id) {
-            Some(&external_id) => Ok(external_id),
-            None => self
-                .export_or_resume(&patient, IdsFrom::Now)
-                .and_then(|exported| exported.ok_or(Error::PatientNotFound(patient_id))),
-        };
+        let exported = self.export_once_caught_up(patient_id);
         self.extend_cursor_past_exports();
         exported
+    }
+
+    /// Catches up with NanoPix, then exports the patient, unless the catch-up linked it; again,
+    /// up to [`EXPORT_ATTEMPTS`] times, while NanoPix changes in between (a patient saved there
+    /// meanwhile may be this very person).
+    fn export_once_caught_up(&mut self, patient_id: i64) -> Result<NanoPixId> {
+        for _ in 0..EXPORT_ATTEMPTS {
+            self.catch_up_with_nanopix()?;
+            // A catch-up cut short by closing may not have linked the patient to its NanoPix match.
+            if self.cancelled() {
+                return Err(Error::Closed);
+            }
+            let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
+            if let Some(linked) = patient.external_id.as_deref().map(NanoPixId::parse) {
+                return linked;
+            }
+            let given_back =
+                self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default())?;
+            if let Some(&external_id) = given_back.get(&patient_id) {
+                return Ok(external_id);
+            }
+            match self.export_or_resume(&patient, IdsFrom::Now)? {
+                Exported::Written(external_id) => return Ok(external_id),
+                Exported::Deleted => return Err(Error::PatientNotFound(patient_id)),
+                Exported::Deferred => {}
+            }
+        }
+        Err(Error::Busy { path: self.config.nanopix_root.clone(), step: "exporting while NanoPix keeps changing" })
     }
 
     /// Links those of `exporting` that the matching links, as a first sync would, to a NanoPix
@@ -125,10 +151,16 @@ impl Engine {
     /// patients the sync has not seen yet are imported or linked first, so a patient the matching
     /// links exactly is linked, not exported a second time.
     pub fn export_existing(&mut self) -> Result<u64> {
-        self.catch_up_with_nanopix()?;
         let mut report = ReconcileReport::default();
-        let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
-        self.export_each(&unlinked, IdsFrom::Creation, &mut report);
+        for _ in 0..EXPORT_ATTEMPTS {
+            self.catch_up_with_nanopix()?;
+            let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
+            self.export_each(&unlinked, IdsFrom::Creation, &mut report);
+            // Exports held back because NanoPix changed are tried again once it is read again.
+            if self.cancelled() || Some(self.nanopix.data_version()?) == self.nanopix_read {
+                break;
+            }
+        }
         self.extend_cursor_past_exports();
         Ok(report.exported)
     }
@@ -237,7 +269,7 @@ impl Engine {
     }
 
     /// Exports `patients` with ids `from`, reporting each failure; returns the lowest patient id
-    /// among those that failed. With ids from their creation, patients are taken in that order,
+    /// among those that failed or were deferred (see [`Exported::Deferred`]). With ids from their creation, patients are taken in that order,
     /// so each id is looked for after the last one given; else in the order given. A patient the
     /// matching links to a NanoPix patient a deleted one left behind is linked to it instead.
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
@@ -268,42 +300,51 @@ impl Engine {
             if given_back.contains_key(&patient.id) {
                 continue;
             }
-            match self.export_or_resume(patient, from) {
-                Ok(Some(_)) => report.exported += 1,
-                Ok(None) => {}
-                Err(error) => {
-                    lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
-                    self.report_error(&error, None, Some(patient.id), report);
-                }
+            let exported = self.export_or_resume(patient, from);
+            if !matches!(exported, Ok(Exported::Written(_) | Exported::Deleted)) {
+                lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
+            }
+            match exported {
+                Ok(Exported::Written(_)) => report.exported += 1,
+                // A deferred export is the next pass's, once it has read NanoPix: no failure.
+                Ok(Exported::Deleted | Exported::Deferred) => {}
+                Err(error) => self.report_error(&error, None, Some(patient.id), report),
             }
         }
         lowest_failed
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
-    /// earlier error interrupted), as a repair would. `None` when DentalTID deleted the patient
-    /// before its export began.
-    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<Option<NanoPixId>> {
+    /// earlier error interrupted), as a repair would.
+    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<Exported> {
         match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => self.resume_export(patient, &pending).map(Some),
+            Some(pending) => self.resume_export(patient, &pending).map(Exported::Written),
             None => self.export(patient, from),
         }
     }
 
     /// Writes the journal row, then the NanoPix row, then the folder, then the link. The row
     /// written is the patient as DentalTID holds it when the journal row is written: one DentalTID
-    /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times, and one
-    /// it deleted is not exported (`None`).
-    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<Option<NanoPixId>> {
+    /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times. The NanoPix
+    /// row is written only if no other program wrote to NanoPix since the sync last read it;
+    /// else the journal row goes and the export is deferred.
+    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<Exported> {
+        let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
             let row = self.planned_row(&patient, from)?;
             if self.dentaltid.begin_export(&patient, &row, row.created)? {
                 crash_point("journal");
-                return self.write_export(&patient, row, from).map(Some);
+                return match self.write_export(&patient, row, from, Some(read))? {
+                    Some(external_id) => Ok(Exported::Written(external_id)),
+                    None => {
+                        self.dentaltid.abandon_export(patient.id)?;
+                        Ok(Exported::Deferred)
+                    }
+                };
             }
             patient = match self.dentaltid.patient(patient.id)? {
-                None => return Ok(None),
+                None => return Ok(Exported::Deleted),
                 Some(now) => match now.external_id {
                     Some(external_id) => return Err(Error::AlreadyLinked { patient_id: now.id, external_id }),
                     None => now,
@@ -365,30 +406,45 @@ impl Engine {
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
     /// patient takes the id first, the journal row moves to a new free id and the export goes on
     /// there, up to [`EXPORT_ATTEMPTS`] ids; the journal row stays, so the export is never lost.
-    fn write_export(&mut self, patient: &Patient, mut row: NewNanoPixPatient, from: IdsFrom) -> Result<NanoPixId> {
+    /// `None` when NanoPix changed since `unchanged_since` (see [`crate::nanopix::NanoPix::insert_patient`]).
+    fn write_export(
+        &mut self,
+        patient: &Patient,
+        mut row: NewNanoPixPatient,
+        from: IdsFrom,
+        unchanged_since: Option<i64>,
+    ) -> Result<Option<NanoPixId>> {
         for attempt in 1..=EXPORT_ATTEMPTS {
-            if self.complete_export(patient.id, &row)? {
-                return Ok(row.id);
-            }
-            if attempt < EXPORT_ATTEMPTS {
-                row = self.planned_row(patient, from)?;
-                self.dentaltid.replan_export(patient.id, &row)?;
+            match self.complete_export(patient.id, &row, unchanged_since)? {
+                Insertion::Inserted => return Ok(Some(row.id)),
+                Insertion::NanoPixChanged => return Ok(None),
+                Insertion::IdTaken if attempt < EXPORT_ATTEMPTS => {
+                    row = self.planned_row(patient, from)?;
+                    self.dentaltid.replan_export(patient.id, &row)?;
+                }
+                Insertion::IdTaken => {}
             }
         }
         Err(Error::NoFreeId(NanoPixId::from_datetime(self.config.clock.now()).to_string()))
     }
 
     /// Writes `row`, which the journal records, to NanoPix, then the folder, then the link.
-    /// Returns `false`, having written nothing, when a row with its id is there already: it is
-    /// another NanoPix patient's, saved since the id was found free (a repair recognises a row
-    /// the export wrote before this, see [`Engine::is_our_row`]), and the export must not link to it.
-    fn complete_export(&mut self, patient_id: i64, row: &NewNanoPixPatient) -> Result<bool> {
-        if !self.nanopix.insert_patient(row)? {
-            return Ok(false);
+    /// Writes nothing when a row with its id is there already: it is another NanoPix patient's,
+    /// saved since the id was found free (a repair recognises a row the export wrote before this,
+    /// see [`Engine::is_our_row`]), and the export must not link to it; nor when NanoPix changed
+    /// since `unchanged_since`.
+    fn complete_export(
+        &mut self,
+        patient_id: i64,
+        row: &NewNanoPixPatient,
+        unchanged_since: Option<i64>,
+    ) -> Result<Insertion> {
+        let inserted = self.nanopix.insert_patient(row, unchanged_since)?;
+        if inserted == Insertion::Inserted {
+            crash_point("row");
+            self.link_export(patient_id, row.id)?;
         }
-        crash_point("row");
-        self.link_export(patient_id, row.id)?;
-        Ok(true)
+        Ok(inserted)
     }
 
     /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
@@ -426,7 +482,9 @@ impl Engine {
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
             self.dentaltid.replan_export(patient.id, &row)?;
         }
-        self.write_export(patient, row, IdsFrom::Now)
+        // A repair ends what the journal began, whatever NanoPix did since.
+        let written = self.write_export(patient, row, IdsFrom::Now, None)?;
+        written.ok_or_else(|| Error::Internal("a repair was deferred".into()))
     }
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds

@@ -37,6 +37,17 @@ pub(super) enum Selection {
     WithId(NanoPixId),
 }
 
+/// What inserting an exported patient's row did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insertion {
+    /// The row was written.
+    Inserted,
+    /// A row with its id is there already; nothing was written.
+    IdTaken,
+    /// Another program wrote to NanoPix since the data version given; nothing was written.
+    NanoPixChanged,
+}
+
 /// What the delete transaction found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Deletion {
@@ -272,22 +283,29 @@ pub(super) fn id_exists(conn: &Connection, id: NanoPixId) -> rusqlite::Result<bo
         .query_row([id.to_string()], |row| row.get(0))
 }
 
-/// Inserts the row unless its id exists (then returns `false`); only columns in `columns` are
-/// named, `pk` never is. Meant to run inside [`write()`].
+/// Inserts the row unless its id exists, or unless another program wrote to NanoPix since its
+/// data version was `unchanged_since` (when given); only columns in `columns` are named, `pk`
+/// never is. Meant to run inside [`write()`], so the check and the insert share the write lock.
 pub(super) fn insert_patient(
     conn: &Connection,
     columns: &HashSet<String>,
     patient: &NewNanoPixPatient,
-) -> rusqlite::Result<bool> {
+    unchanged_since: Option<i64>,
+) -> rusqlite::Result<Insertion> {
+    if let Some(version) = unchanged_since
+        && crate::values::data_version(conn)? != version
+    {
+        return Ok(Insertion::NanoPixChanged);
+    }
     if id_exists(conn, patient.id)? {
-        return Ok(false);
+        return Ok(Insertion::IdTaken);
     }
     let (names, values): (Vec<&str>, Vec<Option<String>>) =
         insert_values(patient).into_iter().filter(|(name, _)| columns.contains(*name)).unzip();
     let placeholders: Vec<String> = (1..=names.len()).map(|index| format!("?{index}")).collect();
     let sql = format!("INSERT INTO Patient ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
     conn.execute(&sql, params_from_iter(values))?;
-    Ok(true)
+    Ok(Insertion::Inserted)
 }
 
 /// Every column the sync may fill, with the value NanoPix itself would write: its form saves

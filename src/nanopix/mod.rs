@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use crate::file_identity::FileIdentity;
 use crate::patient::{NanoPixPatient, NewNanoPixPatient, WrittenRow};
 use crate::{Error, NanoPixId, Result};
+pub use database::Insertion;
 use database::{Deletion, Selection};
 
 mod database;
@@ -292,11 +293,13 @@ impl NanoPix {
         database::id_exists(&self.conn, id).map_err(self.sql_error("look up patient id"))
     }
 
-    /// Inserts a patient row, unless a row with its id already exists (so repair can repeat it).
-    /// Returns `false` when a row with its id was there already, and nothing was written.
-    pub fn insert_patient(&self, patient: &NewNanoPixPatient) -> Result<bool> {
+    /// Inserts a patient row, unless a row with its id already exists (so repair can repeat it),
+    /// or unless another program wrote to NanoPix since [`NanoPix::data_version`] gave
+    /// `unchanged_since` (when given): it may have saved the same person, whom the sync must
+    /// read first.
+    pub fn insert_patient(&self, patient: &NewNanoPixPatient, unchanged_since: Option<i64>) -> Result<Insertion> {
         database::write(&self.conn, &self.db_path, "insert patient", |conn| {
-            database::insert_patient(conn, &self.patient_columns, patient)
+            database::insert_patient(conn, &self.patient_columns, patient, unchanged_since)
         })
     }
 
@@ -605,8 +608,8 @@ pub(crate) mod tests {
     fn patients_after_returns_only_later_rows() {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093001")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093001"), None).unwrap();
         let pks = |rows: PatientRows| rows.patients.iter().map(|p| p.pk).collect::<Vec<_>>();
         assert_eq!(pks(nanopix.patients_after(0, 10).unwrap()), vec![1, 2, 3]);
         assert_eq!(pks(nanopix.patients_after(1, 10).unwrap()), vec![2, 3]);
@@ -618,10 +621,10 @@ pub(crate) mod tests {
     fn insert_writes_exactly_nanopix_formats() {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         let mut bare = new_patient("20250301_093001");
         (bare.birth_date, bare.phone) = (None, None);
-        nanopix.insert_patient(&bare).unwrap();
+        nanopix.insert_patient(&bare, None).unwrap();
         let conn = other_connection(&root);
         let mut statement = conn
             .prepare(
@@ -658,10 +661,10 @@ pub(crate) mod tests {
     fn repeated_insert_is_a_no_op() {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         let mut renamed = new_patient("20250301_093000");
         renamed.last_name = "Other".into();
-        nanopix.insert_patient(&renamed).unwrap();
+        nanopix.insert_patient(&renamed, None).unwrap();
         assert_eq!(row_count(&root), 2);
         assert_eq!(nanopix.patient(id("20250301_093000")).unwrap().unwrap().last_name, "Benali");
     }
@@ -673,7 +676,7 @@ pub(crate) mod tests {
                                    last_name VARCHAR(250) NOT NULL, first_name VARCHAR(250), created_datetime DATETIME);",
         );
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         let patient = nanopix.patient(id("20250301_093000")).unwrap().unwrap();
         assert_eq!((patient.pk, patient.last_name.as_str(), patient.first_name.as_str()), (1, "Benali", "Amina"));
         assert_eq!((patient.birth_date, patient.phone, patient.sex), (None, None, None));
@@ -686,7 +689,7 @@ pub(crate) mod tests {
         let nanopix = open(&root);
         let mut old = new_patient("20250301_093000");
         old.birth_date = NaiveDate::from_ymd_opt(1800, 3, 12);
-        nanopix.insert_patient(&old).unwrap();
+        nanopix.insert_patient(&old, None).unwrap();
         assert_eq!(nanopix.patient(old.id).unwrap().unwrap().birth_date, None, "read back as unknown");
         assert!(nanopix.holds_written_row(old.id, &old.written()).unwrap());
         other_connection(&root).execute_batch("UPDATE Patient SET updated_datetime = '2025-03-02 08:00:00'").unwrap();
@@ -695,7 +698,7 @@ pub(crate) mod tests {
         other.first_name = "Samira".into();
         assert!(nanopix.holds_written_row(old.id, &other.written()).unwrap(), "one field corrected: still ours");
         let unborn = NewNanoPixPatient { birth_date: None, ..new_patient("20250301_093002") };
-        nanopix.insert_patient(&unborn).unwrap();
+        nanopix.insert_patient(&unborn, None).unwrap();
         let mut swapped = unborn.clone();
         (swapped.first_name, swapped.last_name) = (unborn.last_name.clone(), unborn.first_name.clone());
         let corrected = "names swapped by a NanoPix user, no birth date written: still ours";
@@ -716,7 +719,7 @@ pub(crate) mod tests {
         );
         let nanopix = open(&root);
         let written = new_patient("20250301_093000");
-        nanopix.insert_patient(&written).unwrap();
+        nanopix.insert_patient(&written, None).unwrap();
         assert!(nanopix.holds_written_row(written.id, &written.written()).unwrap());
         let mut other = written.clone();
         other.last_name = "Other".into();
@@ -738,10 +741,10 @@ pub(crate) mod tests {
         let schema_before = file_settings(&root).3;
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         nanopix.create_folder(new_id, &[]).unwrap();
         nanopix.delete_patient(new_id, &[]).unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093001")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093001"), None).unwrap();
         drop(nanopix);
         let (journal, user_version, page_size, schema) = file_settings(&root);
         assert_eq!((journal.as_str(), user_version, page_size), ("delete", 1, 4096));
@@ -862,7 +865,7 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         assert_eq!(nanopix.contents(new_id, &[]).unwrap(), PatientContents::default());
         nanopix.delete_patient(new_id, &[]).unwrap();
@@ -875,11 +878,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_insert_writes_nothing_once_another_program_changed_nanopix_since_the_version_given() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let read = nanopix.data_version().unwrap();
+        other_connection(&root).execute("UPDATE Patient SET updated_datetime = '2026-01-01 09:00:00'", []).unwrap();
+        let patient = new_patient("20250301_093000");
+        assert_eq!(nanopix.insert_patient(&patient, Some(read)).unwrap(), Insertion::NanoPixChanged);
+        assert!(!nanopix.id_exists(patient.id).unwrap());
+        let now = nanopix.data_version().unwrap();
+        assert_eq!(nanopix.insert_patient(&patient, Some(now)).unwrap(), Insertion::Inserted);
+        assert_eq!(nanopix.insert_patient(&patient, Some(now)).unwrap(), Insertion::IdTaken);
+    }
+
+    #[test]
     fn a_delete_that_never_gets_the_write_lock_is_busy_and_deletes_nothing() {
         let (_temp, root) = fixture_copy();
         let nanopix = NanoPix::open(&root, Duration::from_millis(100)).unwrap();
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         let saving = other_connection(&root);
         saving.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -895,7 +912,7 @@ pub(crate) mod tests {
         let subfolders = ["images".to_owned(), "reports".to_owned()];
         let (kept, removed) = (id("20250301_093000"), id("20250301_093001"));
         for patient in [kept, removed] {
-            nanopix.insert_patient(&new_patient(&patient.to_string())).unwrap();
+            nanopix.insert_patient(&new_patient(&patient.to_string()), None).unwrap();
             nanopix.create_folder(patient, &subfolders).unwrap();
         }
         fs::write(nanopix.folder_path(kept).join("images/20250301_094000.iosb"), b"image").unwrap();
@@ -912,7 +929,7 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         fs::write(folder.join("20250301_094000_thumbnail.jpg"), b"jpeg").unwrap();
         assert!(matches!(nanopix.delete_patient(new_id, &[]), Err(Error::NanoPixPatientNotEmpty { files: 1, .. })));
@@ -932,7 +949,7 @@ pub(crate) mod tests {
         let nanopix = NanoPix::open(&root, Duration::from_millis(20)).unwrap();
         let holder = other_connection(&root);
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let result = nanopix.insert_patient(&new_patient("20250301_093000"));
+        let result = nanopix.insert_patient(&new_patient("20250301_093000"), None);
         let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
         assert!(
             matches!(result, Err(Error::Busy { ref path, step: "insert patient" }) if *path == db_path),
@@ -940,7 +957,7 @@ pub(crate) mod tests {
         );
         assert_eq!(nanopix.patients_after(i64::MIN, u32::MAX).unwrap().patients.len(), 1);
         holder.execute_batch("COMMIT").unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093000")).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         assert!(nanopix.id_exists(id("20250301_093000")).unwrap());
     }
 }
