@@ -554,3 +554,89 @@ fn delete_in_nanopix_removes_no_folder_while_it_holds_nanopixs_write_lock() {
         "the patient folder was removed while the sync held NanoPix's write lock (the delete then gave {deleted:?})"
     );
 }
+
+/// NanoPix is reading (as it does all the time) when `delete_in_nanopix` has taken its write lock:
+/// the delete's commit waits for that read. Meanwhile NanoPix's acquisition saves an image of the
+/// patient into its folder (its `Study` row would come once the lock is free). The delete must not
+/// then commit away the row of a patient whose folder holds an image: NanoPix could no longer show
+/// or file it. Before f17323e the row was put back and the delete refused (`not_empty`).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_commit_keeps_its_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    sync.reconcile().unwrap();
+    let folder = clinic.root.join(&external_id);
+    let rows = |clinic: &Clinic| {
+        clinic.nanopix_rows(&format!("SELECT count(*) FROM Patient WHERE id = '{external_id}'"), |r| r.get::<_, i64>(0))
+            [0]
+    };
+    assert_eq!(rows(&clinic), 1);
+    // NanoPix is in the middle of a read: a commit must wait for it to end.
+    let reading = Connection::open(clinic.nanopix_db()).unwrap();
+    reading.execute_batch("BEGIN").unwrap();
+    let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+    // Tells whether someone holds NanoPix's write lock (a read holds none in rollback-journal mode).
+    let probe = Connection::open(clinic.nanopix_db()).unwrap();
+    probe.busy_timeout(Duration::ZERO).unwrap();
+    let write_lock_held = || match probe.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            probe.execute_batch("ROLLBACK").unwrap();
+            false
+        }
+        Err(error) => {
+            assert_eq!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{error}");
+            true
+        }
+    };
+    let deleted = std::thread::scope(|scope| {
+        let deleting = scope.spawn(|| sync.delete_in_nanopix(&external_id));
+        // The delete looked into the empty folder and took the lock: its commit now waits for the read.
+        until(Duration::from_secs(20), "the delete takes NanoPix's write lock", write_lock_held);
+        std::fs::write(folder.join("20250122_100500.iosb"), b"image").unwrap();
+        std::fs::write(folder.join("20250122_100500_thumbnail.jpg"), b"thumbnail").unwrap();
+        reading.execute_batch("COMMIT").unwrap();
+        deleting.join().unwrap()
+    });
+    assert!(folder.join("20250122_100500.iosb").exists(), "the image is never deleted");
+    assert_eq!(rows(&clinic), 1, "the patient whose folder holds an image keeps its row (the delete gave {deleted:?})");
+    assert!(matches!(deleted, Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. })), "{deleted:?}");
+}
+
+/// DESIGN.md: every NanoPix write is a short `BEGIN IMMEDIATE` transaction with a busy timeout,
+/// retried when busy. A NanoPix read that outlasts one busy timeout keeps the delete from
+/// committing for that long: the delete tries again, and gets through once the read ends.
+#[test]
+fn delete_in_nanopix_tries_again_when_a_read_outlasts_one_busy_timeout() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = Duration::from_millis(300);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    sync.reconcile().unwrap();
+    // NanoPix is in the middle of a long read: a delete cannot commit while it lasts.
+    let reading = Connection::open(clinic.nanopix_db()).unwrap();
+    reading.execute_batch("BEGIN").unwrap();
+    let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+    let deleted = std::thread::scope(|scope| {
+        let started = std::time::Instant::now();
+        let deleting = scope.spawn(|| sync.delete_in_nanopix(&external_id));
+        until(Duration::from_secs(5), "the read outlasts one busy timeout", || {
+            started.elapsed() > Duration::from_millis(450)
+        });
+        reading.execute_batch("COMMIT").unwrap();
+        deleting.join().unwrap()
+    });
+    let rows: i64 =
+        clinic.nanopix_rows(&format!("SELECT count(*) FROM Patient WHERE id = '{external_id}'"), |r| r.get(0))[0];
+    assert!(deleted.is_ok(), "the delete gave {deleted:?} once the read ended");
+    assert_eq!(rows, 0);
+    assert!(!clinic.root.join(&external_id).exists());
+}

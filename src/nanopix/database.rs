@@ -49,14 +49,22 @@ pub enum Insertion {
 }
 
 /// What the delete transaction found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Deletion {
-    /// The row was deleted.
-    Deleted,
+    /// The rows with the id were deleted: here they are, to put back if need be.
+    Deleted(DeletedRows),
     /// No row had the id.
     Missing,
     /// Studies or reports still point at the patient; nothing was deleted.
     Holds { studies: u64, reports: u64 },
+}
+
+/// Deleted `Patient` rows: the values of every column `PRAGMA table_info` shows but `pk`. A row
+/// put back gets a new `pk`, since NanoPix may have given the old one to a new patient meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DeletedRows {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
 }
 
 /// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout.
@@ -112,11 +120,12 @@ pub(super) fn write<T>(
     immediate(conn, &mut work).map_err(Error::db(db_path, step))
 }
 
-/// Runs `work` in a `BEGIN IMMEDIATE` transaction taken only when the write lock is free at
-/// once, and only while `still` says so: `still` runs before each try, never under the lock,
-/// and the tries go on, with short pauses, for up to `busy_timeout`. `Ok(None)` when `still`
-/// said no; [`Error::Busy`] when the lock never came free. The commit waits for readers as any
-/// write does.
+/// Runs `work` in a `BEGIN IMMEDIATE` transaction that never waits for a lock, and only while
+/// `still` says so: `still` runs before each try, never under the lock. A try that finds the
+/// database busy, taking the write lock or committing (while another program reads), rolls back;
+/// the tries go on, with short pauses, for as long as [`write()`] would wait in all
+/// (`busy_timeout` for each of its attempts). `Ok(None)` when `still` said no; [`Error::Busy`]
+/// when no try got through.
 pub(super) fn write_while<T>(
     conn: &Connection,
     (db_path, busy_timeout): (&Path, Duration),
@@ -124,25 +133,20 @@ pub(super) fn write_while<T>(
     mut still: impl FnMut() -> Result<bool>,
     mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
 ) -> Result<Option<T>> {
-    let (deadline, mut pause) = (Instant::now() + busy_timeout, Duration::from_millis(1));
+    let (deadline, mut pause) = (Instant::now() + busy_timeout * WRITE_ATTEMPTS, Duration::from_millis(1));
     loop {
         if !still()? {
             return Ok(None);
         }
         conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
-        let begun = Transaction::new_unchecked(conn, TransactionBehavior::Immediate);
+        let attempt = immediate(conn, &mut work);
         conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
-        match begun {
+        match attempt {
             Err(error) if crate::error::is_busy(&error) && Instant::now() < deadline => {
                 thread::sleep(pause);
                 pause = (pause * 2).min(FIRST_BACKOFF);
             }
-            begun => {
-                let transaction = begun.map_err(Error::db(db_path, step))?;
-                let value = work(&transaction).map_err(Error::db(db_path, step))?;
-                transaction.commit().map_err(Error::db(db_path, step))?;
-                return Ok(Some(value));
-            }
+            attempt => return attempt.map(Some).map_err(Error::db(db_path, step)),
         }
     }
 }
@@ -422,13 +426,49 @@ pub(super) fn record_ids(
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade). Meant to run inside [`write()`].
-pub(super) fn delete_patient(conn: &Connection, id: NanoPixId) -> rusqlite::Result<Deletion> {
+/// (NanoPix's foreign keys would otherwise cascade), and returns it. `columns` are `Patient`'s.
+/// Meant to run inside a write transaction.
+pub(super) fn delete_patient(
+    conn: &Connection,
+    columns: &HashSet<String>,
+    id: NanoPixId,
+) -> rusqlite::Result<Deletion> {
     let studies = count_for_patient(conn, "Study", id)?;
     let reports = count_for_patient(conn, "Report", id)?;
     if studies + reports > 0 {
         return Ok(Deletion::Holds { studies, reports });
     }
-    let deleted = conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
-    Ok(if deleted == 0 { Deletion::Missing } else { Deletion::Deleted })
+    let deleted = patient_rows(conn, columns, id)?;
+    if deleted.rows.is_empty() {
+        return Ok(Deletion::Missing);
+    }
+    conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
+    Ok(Deletion::Deleted(deleted))
+}
+
+/// Every `Patient` row with this id, as [`DeletedRows`] keeps them.
+fn patient_rows(conn: &Connection, columns: &HashSet<String>, id: NanoPixId) -> rusqlite::Result<DeletedRows> {
+    let mut columns: Vec<String> = columns.iter().filter(|column| *column != "pk").cloned().collect();
+    columns.sort();
+    let sql = format!("SELECT {} FROM Patient WHERE id = ?1", quoted(&columns));
+    let mut statement = conn.prepare(&sql)?;
+    let rows = statement.query_map([id.to_string()], |row| (0..columns.len()).map(|index| row.get(index)).collect())?;
+    let rows = rows.collect::<rusqlite::Result<_>>()?;
+    Ok(DeletedRows { columns, rows })
+}
+
+/// Writes `deleted` back, each with a new `pk`. Meant to run inside [`write()`].
+pub(super) fn put_back(conn: &Connection, deleted: &DeletedRows) -> rusqlite::Result<()> {
+    let slots: Vec<String> = (1..=deleted.columns.len()).map(|slot| format!("?{slot}")).collect();
+    let sql = format!("INSERT INTO Patient ({}) VALUES ({})", quoted(&deleted.columns), slots.join(", "));
+    for row in &deleted.rows {
+        conn.execute(&sql, params_from_iter(row))?;
+    }
+    Ok(())
+}
+
+/// Column names as SQL identifiers, quoted, separated by commas.
+fn quoted(columns: &[String]) -> String {
+    let quoted: Vec<String> = columns.iter().map(|name| format!("\"{}\"", name.replace('"', "\"\""))).collect();
+    quoted.join(", ")
 }

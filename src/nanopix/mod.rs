@@ -373,15 +373,18 @@ impl NanoPix {
     /// empty: a delete cut short after its commit (the process killed, the folder held open)
     /// ends when asked again.
     ///
-    /// No file is touched under NanoPix's write lock: the folder is looked into before the lock
-    /// is taken, and again before each try while NanoPix holds it (NanoPix may save an image
-    /// meanwhile), and it is removed after the commit.
+    /// No file is touched under NanoPix's write lock, and the lock is never waited for while
+    /// holding it: the folder is looked into before each try, a try that finds NanoPix busy
+    /// (saving, or reading when the delete commits) starts again, looking again (NanoPix may
+    /// save an image meanwhile), and the folder is removed after the commit.
     ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
     /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (studies and
-    /// reports are counted again under the write lock). The folder is removed after the commit;
-    /// if that fails (a file saved in the moment between the last look and the lock) the error
+    /// reports are counted again under the write lock), [`Error::Busy`] when no try got through
+    /// within the busy timeout. The folder is removed after the commit; if NanoPix saved a file
+    /// in it in the few milliseconds of the delete's own transaction, the row is put back (with
+    /// a new `pk`) and the delete refused; if it cannot be removed for another reason, the error
     /// is [`Error::Io`] and the row stays deleted.
     pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
         let row = self.id_exists(id)?;
@@ -398,16 +401,39 @@ impl NanoPix {
         let empty = || self.contents(id, subfolders).map(|contents| contents == PatientContents::default());
         let deletion =
             database::write_while(&self.conn, (&self.db_path, self.busy_timeout), "delete patient", empty, |conn| {
-                database::delete_patient(conn, id)
+                database::delete_patient(conn, &self.patient_columns, id)
             })?;
         match deletion {
             None => Err(not_empty(id, self.contents(id, subfolders)?)),
-            Some(Deletion::Deleted) => folders::remove_empty_folder(&self.folder_path(id), subfolders),
+            Some(Deletion::Deleted(rows)) => match folders::remove_empty_folder(&self.folder_path(id), subfolders) {
+                Err(error) => self.put_back_if_filled(id, subfolders, &rows, error),
+                removed => removed,
+            },
             Some(Deletion::Missing) => Err(Error::NanoPixPatientNotFound(id.to_string())),
             Some(Deletion::Holds { studies, reports }) => {
                 Err(not_empty(id, PatientContents { studies, reports, files: 0 }))
             }
         }
+    }
+
+    /// After the folder of a patient whose `rows` were deleted could not be removed (`error`):
+    /// puts the rows back if NanoPix saved a file in the folder during the delete's own
+    /// transaction, and refuses the delete; else gives `error` (the row stays deleted, and the
+    /// delete asked again removes the folder).
+    fn put_back_if_filled(
+        &self,
+        id: NanoPixId,
+        subfolders: &[String],
+        rows: &database::DeletedRows,
+        error: Error,
+    ) -> Result<()> {
+        let contents = self.contents(id, subfolders)?;
+        if contents.files == 0 {
+            return Err(error);
+        }
+        let step = "put back a patient NanoPix saved a file for while it was deleted";
+        database::write(&self.conn, &self.db_path, step, |conn| database::put_back(conn, rows))?;
+        Err(not_empty(id, contents))
     }
 
     fn select(&self, selection: Selection) -> Result<PatientRows> {
