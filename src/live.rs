@@ -157,6 +157,8 @@ impl LiveLoop {
     /// handle's work is stopped, no pass starts.
     fn automatic_pass(&mut self, pass: fn(&mut Engine) -> crate::Result<ReconcileReport>) {
         if self.engine.stopping() {
+            // Nothing left to wake for: a retry or a full reconcile due would never run.
+            (self.retry, self.next_full_reconcile) = (None, None);
             return;
         }
         let engine = &mut self.engine;
