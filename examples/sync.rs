@@ -5,15 +5,16 @@
 //! ```
 //! Commands: `once`, `watch`, `status`, `enable`, `disable`, `export-existing`. Events go to
 //! stdout as they come, one JSON object per line, `closed` last; errors go to stderr. The exit
-//! code is 0 on success and 1 on a fatal error, with a one-line reason: also when a patient's
-//! export failed in `export-existing`, when SIGINT or SIGTERM cut a command other than `watch`
-//! short, or when stdout cannot be written. When stdout is closed (`sync watch | head`), the
+//! code is 0 on success and 1 on a fatal error, with a one-line reason: also when an error may
+//! have held back an export in `export-existing`, when SIGINT or SIGTERM cut a command other than
+//! `watch` short, or when stdout cannot be written. When stdout is closed (`sync watch | head`), the
 //! output ends there and the runner closes the sync as usual. `-h` or `--help` prints the usage
 //! on stdout.
 
 use std::ffi::OsString;
 use std::io::{BufWriter, ErrorKind, Write};
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
@@ -88,31 +89,44 @@ fn print_usage() -> Result<(), String> {
 }
 
 fn run(invocation: Invocation) -> Result<(), String> {
+    let (signalled, stopper) = stop_on_signal()?;
     let mut sync = NanoPixSync::open(invocation.config).map_err(|error| error.to_string())?;
-    if invocation.command == "status" {
-        return print_status(&sync);
+    let _ = stopper.set(sync.stopper());
+    // A signal while the files were opened (a locked database makes that wait) stops all now.
+    if !signalled.is_empty() {
+        sync.stopper().stop();
     }
-    let signalled = stop_on_signal(sync.stopper())?;
+    if invocation.command == "status" {
+        return if signalled.is_empty() { print_status(&sync) } else { Err(STOPPED.into()) };
+    }
     let printer = EventPrinter::start(sync.events())?;
     let outcome = perform(&sync, &invocation.command, &printer.stopped, &signalled);
     sync.close();
     let printed = outcome.and(printer.finish())?;
     // A signal is how `watch` ends; any other command it cuts short.
     if invocation.command != "watch" && signalled.try_recv().is_ok() {
-        return Err("stopped by a signal before the end; the next run goes on from there".into());
+        return Err(STOPPED.into());
     }
     printed.check(&invocation.command)
 }
 
-/// Cuts the sync's work short on SIGINT or SIGTERM (or Ctrl-C), and says so on the channel.
-fn stop_on_signal(stopper: Stopper) -> Result<Receiver<()>, String> {
+/// Why a command a signal cut short failed.
+const STOPPED: &str = "stopped by a signal before the end; the next run goes on from there";
+
+/// From now on, SIGINT or SIGTERM (or Ctrl-C) is said on the channel, and cuts short the work of
+/// the sync whose [`Stopper`] is set in the slot, once there is one.
+fn stop_on_signal() -> Result<(Receiver<()>, Arc<OnceLock<Stopper>>), String> {
     let (stop, stopped) = crossbeam_channel::bounded(1);
+    let stopper = Arc::new(OnceLock::<Stopper>::new());
+    let slot = stopper.clone();
     ctrlc::set_handler(move || {
-        stopper.stop();
+        if let Some(stopper) = slot.get() {
+            stopper.stop();
+        }
         let _ = stop.try_send(());
     })
     .map_err(|e| e.to_string())?;
-    Ok(stopped)
+    Ok((stopped, stopper))
 }
 
 /// Runs a command other than `status`, while the [`EventPrinter`] prints its events.
@@ -162,17 +176,17 @@ impl EventPrinter {
 
 /// What the [`EventPrinter`] printed.
 struct Printed {
-    /// `sync_error` events about one DentalTID patient.
-    patient_errors: usize,
+    /// `sync_error` events but those about odd NanoPix rows and folders, which the sync skips.
+    errors: usize,
 }
 
 impl Printed {
-    /// Whether `command` did all it was asked: `export-existing` fails when a patient's export
-    /// did (the events say why), so scripts can tell from the exit code.
+    /// Whether `command` did all it was asked: `export-existing` fails when an error held back
+    /// an export (the events say why), so scripts can tell from the exit code.
     fn check(&self, command: &str) -> Result<(), String> {
-        match self.patient_errors {
+        match self.errors {
             errors @ 1.. if command == "export-existing" => {
-                Err(format!("{errors} patients met an error and may not be exported; the sync_error events say why"))
+                Err(format!("{errors} errors may have held back exports; the sync_error events say why"))
             }
             _ => Ok(()),
         }
@@ -184,10 +198,11 @@ impl Printed {
 /// are written in batches, flushed whenever the queue is empty.
 fn print_events(events: &Receiver<Event>) -> Result<Printed, String> {
     let mut stdout = BufWriter::new(std::io::stdout().lock());
-    let mut printed = Printed { patient_errors: 0 };
+    let mut printed = Printed { errors: 0 };
     for event in events {
         let last = event.kind == EventKind::Closed;
-        printed.patient_errors += usize::from(matches!(event.kind, EventKind::SyncError { patient_id: Some(_), .. }));
+        let odd = |code: &str| code == "odd_row" || code == "odd_folder";
+        printed.errors += usize::from(matches!(&event.kind, EventKind::SyncError { code, .. } if !odd(code)));
         let mut written = writeln!(stdout, "{}", event.to_json());
         if last || events.is_empty() {
             written = written.and_then(|()| stdout.flush());

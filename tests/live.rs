@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Clinic, copy_tree, drain, numbered_nanopix_id, until, wait_for};
+#[cfg(target_os = "linux")]
+use common::until;
+use common::{Clinic, copy_tree, drain, numbered_nanopix_id, wait_for};
 use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);

@@ -588,3 +588,65 @@ fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
     let (_, live) = stdout.split_once("== Live Sync on").expect("a Live Sync part");
     assert!(live.contains("exported   DentalTID #10 -> NanoPix "), "Live Sync exports the new patient: {live}");
 }
+
+/// README: `export-existing` fails (exit 1) "when a patient's export failed (its sync_error event
+/// says why)". Here no patient is exported at all: the export of every patient stops on an error
+/// (DentalTID, read by another program the whole time, cannot take the link that gives Nadia back
+/// the NanoPix patient she had before she was deleted and added again). Its `sync_error` names no
+/// patient, yet the patients it holds back were not exported: a script must not read exit 0.
+#[test]
+fn export_existing_that_exported_nothing_because_of_an_error_exits_1() {
+    let clinic = Clinic::new("v29");
+    let mut sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let left_behind = sync.export_patient(nadia).unwrap().to_string();
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    sync.reconcile().unwrap();
+    assert!(
+        common::drain(&sync).iter().any(|e| matches!(&e.kind,
+            nanopix_sync::EventKind::DeleteRequested { external_id, .. } if *external_id == left_behind)),
+        "the delete is asked for, and not done"
+    );
+    let again = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    sync.close();
+    let unexported = |clinic: &Clinic| {
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE external_id IS NULL", |r| r.get::<_, i64>(0))[0]
+    };
+    let before = unexported(&clinic);
+    assert!(before >= 2, "Nadia and sample patients wait for their export");
+    // DentalTID reads (its patients screen, a backup): the sync's writes cannot commit meanwhile.
+    let reading = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    reading.execute_batch("BEGIN").unwrap();
+    let _: i64 = reading.query_row("SELECT count(*) FROM patients", [], |r| r.get(0)).unwrap();
+    let output = runner(&clinic, "export-existing").output().unwrap();
+    reading.execute_batch("COMMIT").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let events = json_lines(&output.stdout);
+    let exported = events.iter().filter(|e| e["type"] == "patient_exported").count();
+    let errors: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "sync_error").collect();
+    assert_eq!(exported, 0, "{events:?}");
+    assert!(!errors.is_empty(), "the error is reported: {events:?}");
+    assert_eq!(unexported(&clinic), before, "nothing was exported, Nadia {again} included");
+    assert_eq!(output.status.code(), Some(1), "exit code with nothing exported; stderr {stderr:?}, errors {errors:?}");
+}
+
+/// README: "SIGINT or SIGTERM during any command but `watch`" is a failure: exit code 1 with a
+/// one-line reason. `once` on a DentalTID database another program holds locked waits in `open`
+/// (its busy timeout, 5 s) before it syncs: a SIGTERM then (a service stopped, Ctrl-C) must end
+/// it the way the README says, not kill it with no word on stderr and the signal's status.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_signal_while_the_runner_opens_the_databases_exits_1_with_a_reason() {
+    let clinic = Clinic::new("v29");
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let opening = common::first_inotify_event(&clinic.dentaltid, 0x20);
+    let once = Running::start(runner(&clinic, "once"));
+    opening.recv_timeout(Duration::from_secs(30)).expect("the runner opens dentaltid.db");
+    once.signal("TERM");
+    let (status, stderr) = once.finish();
+    dentaltid.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}, stderr {stderr:?}");
+    assert!(stderr.starts_with("sync: ") && stderr.lines().count() == 1, "{stderr:?}");
+}

@@ -286,3 +286,31 @@ pub fn obey_file_modes_on_this_thread() {
         assert_eq!(syscall(CAPSET, &raw mut header, data.as_ptr()), 0, "capset");
     }
 }
+
+/// Sends once inotify reports an event of `mask` on `path`, from now on.
+#[cfg(target_os = "linux")]
+pub fn first_inotify_event(path: &std::path::Path, mask: u32) -> crossbeam_channel::Receiver<()> {
+    use std::ffi::{CString, c_char, c_int, c_void};
+    use std::os::unix::ffi::OsStrExt;
+    unsafe extern "C" {
+        fn inotify_init1(flags: c_int) -> c_int;
+        fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
+        fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    }
+    const IN_CLOEXEC: c_int = 0o2_000_000;
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain system calls on a fresh inotify descriptor and a NUL-terminated path.
+    let fd = unsafe { inotify_init1(IN_CLOEXEC) };
+    assert!(fd >= 0, "inotify_init1");
+    assert!(unsafe { inotify_add_watch(fd, path.as_ptr(), mask) } >= 0, "inotify_add_watch");
+    let (happened, first) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        // SAFETY: reads into a buffer of the length given; blocks until an event comes.
+        let read = unsafe { read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if read > 0 {
+            let _ = happened.send(());
+        }
+    });
+    first
+}
