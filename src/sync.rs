@@ -62,7 +62,9 @@ pub struct Stopper(Arc<Signals>);
 impl Stopper {
     /// Asks the handle's work to stop early, as closing does: a reconcile or an export stops at
     /// the next patient (a reconcile then reports `stopped_early`), Live Sync's automatic work
-    /// stops, and so does the work of every later call. What was written stays written, and the next
+    /// stops, and later reconciles and exports stop at once (`export_patient` gives
+    /// [`crate::Error::Closed`]). Calls that sync nothing (`patients`, `set_live_sync`,
+    /// `delete_in_nanopix`) still do their work. What was written stays written, and the next
     /// reconcile goes on from there. Close the handle next.
     pub fn stop(&self) {
         self.0.closing.store(true, Ordering::Relaxed);
