@@ -17,9 +17,9 @@ use foldhash::{HashMap, HashSet};
 
 use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkOutcome, LinkState, PatientRef};
 use crate::events::{EventBus, EventKind, ReconcileReport};
-use crate::matching::{DentalIndex, Import, MatchedLink, Matcher, PossibleDuplicate};
+use crate::matching::{DentalIndex, Import, MatchKey, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
-use crate::patient::{NanoPixPatient, NewDentalPatient, Patient, PatientFilter, Source};
+use crate::patient::{BirthDate, NanoPixPatient, NewDentalPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
 
@@ -627,29 +627,41 @@ impl Engine {
         }
         // The pass needs the unknown ids only as this set from here on.
         let unknown: HashSet<NanoPixId> = std::mem::take(&mut snapshot.unknown).into_iter().collect();
-        let imported = self.import_pages(unknown, &snapshot.odd_pks, matcher, report);
-        let linked = imported.and_then(|matcher| {
+        let matched_up_to = snapshot.dentaltid_extent().0;
+        let imported = self.import_pages(unknown, &snapshot.odd_pks, matcher, matched_up_to, report);
+        let linked = imported.and_then(|(matcher, set_aside)| {
             snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
-            self.link_held(matcher, report)
+            self.link_held(matcher, report).map(|()| set_aside)
         });
         if bulk {
             self.dentaltid.build_own_indexes()?;
             self.indexed = true;
         }
-        linked
+        // Imports a DentalTID patient saved during the pass matches: decided again, knowing it.
+        if self.cancelled() {
+            return linked.map(drop);
+        }
+        for link in self.decide_again(linked?, report)? {
+            self.report_stale_link(&link, report);
+        }
+        Ok(())
     }
 
     /// Reads NanoPix page by page on one thread and decides every patient on a second, while
     /// this one writes the imports of the pages already decided: reading, matching and writing
     /// overlap. Each channel holds one page, so memory stays a few pages whatever the clinic's size.
-    /// Each NanoPix id of `unknown` is decided once. Returns the matcher with the links it holds.
+    /// Each NanoPix id of `unknown` is decided once. The matcher knows DentalTID's patients up
+    /// to id `matched_up_to`: an import that one saved since matches exactly is set aside (see
+    /// [`without_saved_meanwhile`]). Returns the matcher with the links it holds, and the NanoPix
+    /// ids set aside.
     fn import_pages(
         &mut self,
         mut unknown: HashSet<NanoPixId>,
         odd_pks: &HashSet<i64>,
         matcher: Matcher,
+        matched_up_to: i64,
         report: &mut ReconcileReport,
-    ) -> Result<Matcher> {
+    ) -> Result<(Matcher, Vec<NanoPixId>)> {
         let (signals, automatic) = (&*self.signals, self.automatic);
         let stop = move || signals.stop(automatic);
         let (nanopix, dentaltid, bus, clock) = (&mut self.nanopix, &mut self.dentaltid, &self.bus, &self.config.clock);
@@ -658,14 +670,14 @@ impl Engine {
         let (all_read, matcher, written) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || read_pages(nanopix, (&mut unknown, odd_pks), stop, &read));
             let decider = scope.spawn(move || decide_pages(matcher, clock.as_ref(), &pages, &decided));
-            let written = write_pages(dentaltid, bus, clock.as_ref(), &imports, stop, report);
+            let written = write_pages(dentaltid, (bus, clock.as_ref()), (&imports, matched_up_to), stop, report);
             drop(imports);
             (reader.join(), decider.join(), written)
         });
         let panicked = |_| Error::Internal("reading or matching NanoPix patients panicked".into());
         all_read.map_err(panicked)??;
         let matcher = matcher.map_err(panicked)?;
-        written.map(|()| matcher)
+        written.map(|set_aside| (matcher, set_aside))
     }
 
     /// Offers `patients` to `matcher` and imports, in one transaction, those it says to import.
@@ -693,26 +705,28 @@ impl Engine {
             return Ok(());
         }
         let (_, stale) = self.link_all(matcher.finish(), true, report)?;
-        if stale.is_empty() {
-            return Ok(());
-        }
-        let mut patients = Vec::with_capacity(stale.len());
-        for link in &stale {
-            // A NanoPix id some patient shows now has its holder: importing it would make a second.
-            if !self.dentaltid.shows_external_id(link.external_id)? {
-                patients.extend(self.nanopix.patient(link.external_id)?);
-            }
-        }
-        if patients.is_empty() {
-            return Ok(());
-        }
-        let mut matcher = self.matcher(&patients)?;
-        self.decide_and_import(&mut matcher, patients, report)?;
-        let (_, stale) = self.link_all(matcher.finish(), true, report)?;
-        for link in stale {
+        for link in self.decide_again(stale.iter().map(|link| link.external_id).collect(), report)? {
             self.report_stale_link(&link, report);
         }
         Ok(())
+    }
+
+    /// Decides the NanoPix patients `ids` again, against DentalTID as it is now; returns the
+    /// links of that decision whose patient DentalTID changed meanwhile too. An id some patient
+    /// shows now is left alone: it has its holder, and importing it would make a second.
+    fn decide_again(&mut self, ids: Vec<NanoPixId>, report: &mut ReconcileReport) -> Result<Vec<MatchedLink>> {
+        let mut patients = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !self.dentaltid.shows_external_id(id)? {
+                patients.extend(self.nanopix.patient(id)?);
+            }
+        }
+        if patients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut matcher = self.matcher(&patients)?;
+        self.decide_and_import(&mut matcher, patients, report)?;
+        Ok(self.link_all(matcher.finish(), true, report)?.1)
     }
 
     /// Reports a link left unwritten because DentalTID changed its patient while it was decided.
@@ -934,14 +948,13 @@ fn import_all(
 /// once it is committed.
 fn write_pages(
     dentaltid: &mut DentalTid,
-    bus: &EventBus,
-    clock: &dyn Clock,
-    pages: &Receiver<ImportPage>,
+    (bus, clock): (&EventBus, &dyn Clock),
+    (pages, matched_up_to): (&Receiver<ImportPage>, i64),
     stop: impl Fn() -> bool,
     report: &mut ReconcileReport,
-) -> Result<()> {
-    let mut importing = dentaltid.importing();
-    let mut written = Vec::new();
+) -> Result<Vec<NanoPixId>> {
+    let mut importing = dentaltid.importing().watching_saved_meanwhile(matched_up_to);
+    let (mut written, mut set_aside) = (Vec::new(), Vec::new());
     while !stop() {
         let page = match importing.due() {
             Some(due) if Instant::now() >= due || unreported(&written) >= MAX_UNREPORTED => {
@@ -951,7 +964,10 @@ fn write_pages(
             None => pages.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match page {
-            Ok(imports) => written.push(insert_page(&mut importing, clock.now(), imports)?),
+            Ok(imports) => {
+                let imports = without_saved_meanwhile(&mut importing, imports, &mut set_aside)?;
+                written.push(insert_page(&mut importing, clock.now(), imports)?);
+            }
             Err(RecvTimeoutError::Timeout) => {
                 importing.commit()?;
                 report_imported(bus, written.drain(..), report);
@@ -961,7 +977,32 @@ fn write_pages(
     }
     importing.commit()?;
     report_imported(bus, written, report);
-    Ok(())
+    Ok(set_aside)
+}
+
+/// `imports` less those a DentalTID patient other programs saved since the matching read
+/// DentalTID matches exactly (the same person typed into both programs at once); their NanoPix
+/// ids go to `set_aside`, to be decided again once the pass knows that patient.
+fn without_saved_meanwhile(
+    importing: &mut Importing<'_>,
+    (rows, duplicates): ImportPage,
+    set_aside: &mut Vec<NanoPixId>,
+) -> Result<ImportPage> {
+    let saved = importing.saved_meanwhile()?;
+    if saved.is_empty() {
+        return Ok((rows, duplicates));
+    }
+    let mut kept: ImportPage = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    for (row, duplicate) in rows.into_iter().zip(duplicates) {
+        let born = BirthDate::of(row.date_of_birth.as_deref()).date();
+        if born.is_some_and(|born| saved.contains(&MatchKey::of(&row.first_name, &row.last_name, born))) {
+            set_aside.push(row.external_id);
+        } else {
+            kept.0.push(row);
+            kept.1.push(duplicate);
+        }
+    }
+    Ok(kept)
 }
 
 /// Imports ready for DentalTID: the rows, and the possible duplicate each may be. The NanoPix

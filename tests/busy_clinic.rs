@@ -457,6 +457,42 @@ fn a_patient_nanopix_saves_during_a_full_reconcile_is_not_exported_again_by_that
     assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
 }
 
+/// The mirror of the export race: Live Sync is on and the X-ray assistant saved Nadia Saidi in
+/// NanoPix; the receptionist types the same Nadia Saidi into DentalTID while the clinic's first
+/// "Sync Now" runs. DentalTID commits her after the sync read DentalTID for matching, and before
+/// it wrote anything (its insert holds DentalTID's write lock until then). When the sync writes
+/// its import, DentalTID already holds her exact match: she must end up as one DentalTID
+/// patient linked to NanoPix's, not imported a second time and then exported as a second
+/// NanoPix patient.
+#[test]
+fn the_same_person_dentaltid_saves_during_a_first_sync_is_linked_not_imported_and_exported_again() {
+    let clinic = Clinic::new("v29");
+    add_odd_nanopix_row(&clinic);
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
+    let sync = open_waiting_long(&clinic);
+    sync.set_live_sync(true).unwrap();
+    // DentalTID saves Nadia: its transaction is open, the row written, not committed.
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let nadia = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Saidi", Some("1982-04-09"));
+    let first = std::thread::scope(|scope| {
+        let reconcile = scope.spawn(|| sync.reconcile());
+        common::wait_for(&sync, Duration::from_secs(60), is_odd_row);
+        dentaltid.execute_batch("COMMIT").unwrap();
+        reconcile.join().unwrap().unwrap()
+    });
+    let next = sync.reconcile().unwrap();
+    let in_nanopix = nanopix_ids_named(&clinic, "Nadia", "Saidi");
+    let in_dentaltid = dentaltid_named(&clinic, "Nadia", "Saidi");
+    assert_eq!(
+        (in_nanopix.len(), in_dentaltid.len()),
+        (1, 1),
+        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} \
+         (the first sync {first:?}, the next {next:?})"
+    );
+    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}
+
 /// Sends once `folder` itself is closed after it was opened for reading (listed), as inotify
 /// reports it (`IN_CLOSE_NOWRITE`), from now on.
 #[cfg(target_os = "linux")]

@@ -9,13 +9,13 @@
 
 use chrono::NaiveDate;
 use crossbeam_channel::Sender;
-use rusqlite::{Connection, Params, Row};
+use rusqlite::{Connection, Params, Row, params};
 
 use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
 use crate::matching::{DentalCandidate, DentalIndex, MatchKey};
 use crate::patient::{BirthDate, nanopix_date};
-use crate::values::{integer_at, starting_with, text_ref};
+use crate::values::{WHITESPACE, integer_at, starting_with, text_ref};
 use crate::{Error, Result};
 
 /// The columns [`read_candidate`] reads, in its order.
@@ -111,6 +111,26 @@ impl DentalTid {
         };
         read(index).map_err(Error::db(&self.path, step))
     }
+}
+
+/// The keys of the unlinked patients with an id past `after` and a birth date, read as matching
+/// reads them, and the highest id among them (`after` when there are none).
+pub(super) fn unlinked_keys_after(conn: &Connection, after: i64) -> rusqlite::Result<(Vec<MatchKey>, i64)> {
+    let sql = format!(
+        "SELECT {CANDIDATE_COLUMNS} FROM patients WHERE id > ?1 AND (external_id IS NULL OR trim(external_id, ?2) = '')"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params![after, WHITESPACE])?;
+    let (mut keys, mut highest) = (Vec::new(), after);
+    while let Some(row) = rows.next()? {
+        read_candidate(row, |candidate| {
+            highest = highest.max(candidate.id);
+            if let (false, Some(born)) = (candidate.linked, candidate.date_of_birth) {
+                keys.push(MatchKey::of(candidate.first_name, candidate.last_name, born));
+            }
+        })?;
+    }
+    Ok((keys, highest))
 }
 
 /// Whether patient `patient_id`, read as matching reads it, still has `key`; `None` when there

@@ -12,10 +12,10 @@ use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params};
 
 use super::awaited_folders::note_unsettled_links;
-use super::candidates::still_fits;
+use super::candidates::{still_fits, unlinked_keys_after};
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
-use crate::matching::MatchedLink;
+use crate::matching::{MatchKey, MatchedLink};
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
 use crate::values::{WHITESPACE, integer_at, read_text, starting_with, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -57,9 +57,32 @@ pub struct Importing<'a> {
     dentaltid: &'a DentalTid,
     /// The open transaction and when it took the write lock.
     open: Option<(Transaction<'a>, Instant)>,
+    /// When watched for (see [`Importing::watching_saved_meanwhile`]): the keys of the unlinked
+    /// patients other programs saved since, and the highest id read for them.
+    saved_meanwhile: Option<(Vec<MatchKey>, i64)>,
 }
 
 impl Importing<'_> {
+    /// Keeps track of the unlinked patients other programs save past patient `after` while the
+    /// import goes on: the NanoPix patients were matched against DentalTID up to it.
+    pub fn watching_saved_meanwhile(mut self, after: i64) -> Self {
+        self.saved_meanwhile = Some((Vec::new(), after));
+        self
+    }
+
+    /// The keys of the unlinked patients with a birth date that other programs saved since the
+    /// import began, when watched for; read in the open transaction (begun if none is open), so
+    /// none can be saved between this and the next [`Importing::insert`].
+    pub fn saved_meanwhile(&mut self) -> Result<&[MatchKey]> {
+        let path = &self.dentaltid.path;
+        let tx = Self::transaction(&mut self.open, &self.dentaltid.conn, path)?;
+        let Some((keys, after)) = &mut self.saved_meanwhile else { return Ok(&[]) };
+        let (fresh, highest) = unlinked_keys_after(tx, *after).map_err(Error::db(path, "reading new patients"))?;
+        keys.extend(fresh);
+        *after = highest;
+        Ok(keys)
+    }
+
     /// Inserts `rows` and records their links in the open transaction, beginning one if none is
     /// open; returns, in order, each row's new id or why DentalTID's table refused it (a
     /// constraint or a trigger of its own): the other rows are written all the same.
@@ -69,19 +92,32 @@ impl Importing<'_> {
         }
         let path = &self.dentaltid.path;
         let synced_at = dart_timestamp(synced_at);
-        let tx = match &mut self.open {
-            Some((tx, _)) => tx,
-            open @ None => {
-                let tx = Transaction::new_unchecked(&self.dentaltid.conn, TransactionBehavior::Immediate)
-                    .map_err(Error::db(path, "importing patients"))?;
-                &open.insert((tx, Instant::now())).0
-            }
-        };
+        let tx = Self::transaction(&mut self.open, &self.dentaltid.conn, path)?;
         let inserted = insert_imported(tx, rows, &synced_at).map_err(Error::db(path, "importing patients"))?;
+        // The next look for patients saved meanwhile starts past these.
+        if let Some((_, after)) = &mut self.saved_meanwhile {
+            *after = inserted.iter().flatten().fold(*after, |highest, &id| highest.max(id));
+        }
         Ok(inserted
             .into_iter()
             .map(|id| id.map_err(Error::db(path, "importing a patient DentalTID refuses")))
             .collect())
+    }
+
+    /// The open transaction, begun if none is open.
+    fn transaction<'t, 'c>(
+        open: &'t mut Option<(Transaction<'c>, Instant)>,
+        conn: &'c Connection,
+        path: &Path,
+    ) -> Result<&'t Transaction<'c>> {
+        Ok(match open {
+            Some((tx, _)) => tx,
+            None => {
+                let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+                    .map_err(Error::db(path, "importing patients"))?;
+                &open.insert((tx, Instant::now())).0
+            }
+        })
     }
 
     /// When the open transaction is due to be committed; `None` when none is open.
@@ -258,7 +294,7 @@ impl DentalTid {
     /// Starts importing patients over one or more transactions; nothing is written until the
     /// first [`Importing::insert`], and nothing stays written without [`Importing::commit`].
     pub fn importing(&mut self) -> Importing<'_> {
-        Importing { dentaltid: self, open: None }
+        Importing { dentaltid: self, open: None, saved_meanwhile: None }
     }
 
     /// Links existing patients to the NanoPix patients they matched, in one transaction: sets

@@ -117,15 +117,7 @@ impl Clinic {
 
     /// Adds a DentalTID patient as DentalTID does; returns its id.
     pub fn add_dentaltid(&self, first: &str, last: &str, birth: Option<&str>) -> i64 {
-        let conn = Connection::open(&self.dentaltid).unwrap();
-        conn.execute(
-            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
-                                  createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
-             VALUES (?1, ?2, 30, ?3, '', '', '', 0.0, '2025-01-22T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
-            (first, last, birth.map(|b| format!("{b}T00:00:00.000"))),
-        )
-        .unwrap();
-        conn.last_insert_rowid()
+        insert_dentaltid_patient(&Connection::open(&self.dentaltid).unwrap(), first, last, birth)
     }
 
     /// Replaces `NanoPix.db3` with a database that `sql` makes.
@@ -228,6 +220,19 @@ pub fn until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < end, "not within {deadline:?}: {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Inserts a patient as DentalTID does, on `conn` (DentalTID's connection, maybe in a
+/// transaction of its own); returns its id.
+pub fn insert_dentaltid_patient(conn: &Connection, first: &str, last: &str, birth: Option<&str>) -> i64 {
+    conn.execute(
+        "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                              createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+         VALUES (?1, ?2, 30, ?3, '', '', '', 0.0, '2025-01-22T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
+        (first, last, birth.map(|b| format!("{b}T00:00:00.000"))),
+    )
+    .unwrap();
+    conn.last_insert_rowid()
 }
 
 /// Every event queued so far.
