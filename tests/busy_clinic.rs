@@ -7,6 +7,9 @@
 
 mod common;
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -491,6 +494,86 @@ fn the_same_person_dentaltid_saves_during_a_first_sync_is_linked_not_imported_an
          (the first sync {first:?}, the next {next:?})"
     );
     assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}
+
+/// The clinic's clock, in a busy X-ray room: once `saving` is on, each time the sync asks the
+/// time (as it does to plan each export's id, after it read NanoPix and before it writes the row)
+/// NanoPix has just saved something (a short write transaction of another program, as saving an
+/// image's `Study` row is, that changes NanoPix's data version). A save that would have to wait
+/// for the sync's own lock is skipped.
+#[derive(Clone)]
+struct BusyXrayRoomClock {
+    now: NaiveDateTime,
+    nanopix_db: PathBuf,
+    saving: Arc<AtomicBool>,
+    saves: Arc<AtomicU32>,
+}
+
+impl std::fmt::Debug for BusyXrayRoomClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusyXrayRoomClock").field("now", &self.now).finish()
+    }
+}
+
+impl Clock for BusyXrayRoomClock {
+    fn now(&self) -> NaiveDateTime {
+        if self.saving.load(Ordering::SeqCst) {
+            let nanopix = Connection::open(&self.nanopix_db).unwrap();
+            nanopix.busy_timeout(Duration::ZERO).unwrap();
+            let saved = self.saves.load(Ordering::SeqCst) + 1;
+            let update = "UPDATE Patient SET updated_datetime = ?1 WHERE pk = 1";
+            if nanopix.execute(update, [format!("2025-01-22 10:{:02}:{:02}", saved / 60 % 60, saved % 60)]).is_ok() {
+                self.saves.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.now
+    }
+}
+
+/// `export_existing` ("export all my old patients to NanoPix") while NanoPix keeps saving
+/// (the X-ray room is busy): each export finds NanoPix changed since the sync last read it, and
+/// is deferred, on every one of the three rounds. When it then returns, every patient it did
+/// not export must be accounted for: an error (as `export_patient` gives `busy` after three
+/// rounds), or a `sync_error` naming the patient (the `sync export-existing` runner fails on
+/// those). Returning `Ok` with patients left unexported and nothing said leaves the clinic
+/// believing its old patients are all in NanoPix; Live Sync never exports them later (they are
+/// older than its cursor).
+#[test]
+fn export_existing_that_nanopix_keeps_deferring_reports_every_patient_it_did_not_export() {
+    let clinic = Clinic::new("v29");
+    let clock = BusyXrayRoomClock {
+        now: clinic_morning(),
+        nanopix_db: clinic.nanopix_db(),
+        saving: Arc::new(AtomicBool::new(false)),
+        saves: Arc::new(AtomicU32::new(0)),
+    };
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = Duration::from_secs(30);
+    config.clock = Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let events = sync.events();
+    let _ = events.try_iter().count();
+    clock.saving.store(true, Ordering::SeqCst);
+    let result = sync.export_existing();
+    clock.saving.store(false, Ordering::SeqCst);
+    let saves = clock.saves.load(Ordering::SeqCst);
+    let unexported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id IS NULL ORDER BY id", |r| r.get(0));
+    let kinds: Vec<EventKind> = events.try_iter().map(|event| event.kind).collect();
+    let reported: HashSet<i64> = kinds
+        .iter()
+        .filter_map(|kind| match kind {
+            EventKind::SyncError { patient_id, .. } => *patient_id,
+            _ => None,
+        })
+        .collect();
+    let silent: Vec<i64> = unexported.iter().copied().filter(|id| !reported.contains(id)).collect();
+    assert!(
+        result.is_err() || silent.is_empty(),
+        "export_existing gave {result:?} after NanoPix saved {saves} times, yet DentalTID patients {silent:?} \
+         have no NanoPix patient and no sync_error names them; events: {kinds:#?}"
+    );
 }
 
 /// Sends once `folder` itself is closed after it was opened for reading (listed), as inotify

@@ -204,3 +204,50 @@ fn a_sync_killed_after_adopting_a_link_reports_no_removal_afterwards() {
     let sync = clinic.open_without_automatic_work();
     assert_eq!(sync.reconcile().unwrap().removed, 0);
 }
+
+/// In a child process (see `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`):
+/// Nadia's export, killed right after its journal row (`NANOPIX_SYNC_CRASH_AT=journal`).
+#[test]
+#[ignore = "the child process of a crash test"]
+fn export_killed_after_its_journal_child() {
+    let sync = common::open_parents_clinic();
+    sync.reconcile().unwrap();
+    let nadia: i64 = std::env::var("NPS_TEST_PATIENT").unwrap().parse().unwrap();
+    let _ = sync.export_patient(nadia);
+    panic!("the export was not killed at its journal row");
+}
+
+/// DentalTID asks for Nadia Saidi's export; the sync is killed (power cut, task manager) once
+/// its journal row is written, before it wrote anything to NanoPix. Meanwhile the X-ray
+/// assistant saves the same Nadia Saidi in NanoPix. The next sync must read, and link, that
+/// patient before it writes Nadia's export: NanoPix holds no row of the
+/// interrupted export, so nothing forces the repair to write one blindly. Else Nadia gets two
+/// NanoPix patients, and the next reconcile gives her two DentalTID patients.
+#[test]
+fn an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let status = common::child_process("export_killed_after_its_journal_child", &clinic)
+        .env("NANOPIX_SYNC_CRASH_AT", "journal")
+        .env("NPS_TEST_PATIENT", nadia.to_string())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child is killed at its journal row");
+    let journaled: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    assert_eq!(journaled, 1, "the export was cut short after its journal row");
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let in_nanopix: Vec<String> =
+        clinic.nanopix_rows("SELECT id FROM Patient WHERE first_name = 'Nadia' AND last_name = 'Saidi'", |r| r.get(0));
+    let in_dentaltid: Vec<(i64, Option<String>)> = clinic.dentaltid_rows(
+        "SELECT id, external_id FROM patients WHERE name = 'Nadia' AND familyName = 'Saidi' ORDER BY id",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(
+        (in_nanopix.len(), in_dentaltid.len()),
+        (1, 1),
+        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} (reconcile {report:?})"
+    );
+    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}

@@ -8,7 +8,7 @@ use foldhash::{HashMap, HashSet};
 use super::{Engine, crash_point};
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
-use crate::matching::MatchedLink;
+use crate::matching::{MatchKey, MatchedLink};
 use crate::nanopix::Insertion;
 use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
@@ -18,6 +18,9 @@ const REPAIRS_PER_LIVE_PASS: usize = 8;
 
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
 const EXPORT_ATTEMPTS: usize = 3;
+
+/// NanoPix rows read at a time when a repair looks for a patient NanoPix saved itself.
+const TWIN_PAGE: u32 = 5_000;
 
 /// How far back from now ids stay clear of a bulk export: NanoPix names a new patient after the
 /// second its form was opened, and a form may stay open a while before it is saved. An hour,
@@ -158,11 +161,16 @@ impl Engine {
             self.export_each(&unlinked, IdsFrom::Creation, &mut report);
             // Exports held back because NanoPix changed are tried again once it is read again.
             if self.cancelled() || Some(self.nanopix.data_version()?) == self.nanopix_read {
-                break;
+                self.extend_cursor_past_exports();
+                return Ok(report.exported);
             }
         }
         self.extend_cursor_past_exports();
-        Ok(report.exported)
+        // Live Sync would never export them: they are older than its cursor.
+        Err(Error::Busy {
+            path: self.config.nanopix_root.clone(),
+            step: "exporting while NanoPix keeps changing: some patients are not exported yet",
+        })
     }
 
     /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
@@ -318,7 +326,7 @@ impl Engine {
     /// earlier error interrupted), as a repair would.
     fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<Exported> {
         match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => self.resume_export(patient, &pending).map(Exported::Written),
+            Some(pending) => self.resume_export(patient, &pending),
             None => self.export(patient, from),
         }
     }
@@ -461,12 +469,18 @@ impl Engine {
     /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
     /// when it is the row the export wrote; else by writing the patient as it is now, at the
     /// reserved id when nothing else uses it (no row, no folder), or else at a new free id. The journal records the row
-    /// first, in the one transaction that moves it to its new id if need be.
-    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<NanoPixId> {
+    /// first, in the one transaction that moves it to its new id if need be. An export that wrote
+    /// no row while NanoPix got one of its own with the patient's names and birth date (the same
+    /// person, saved meanwhile) is dropped instead, for a pass to link the two.
+    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<Exported> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
             self.link_export(patient.id, id)?;
-            return Ok(id);
+            return Ok(Exported::Written(id));
+        }
+        if self.unknown_twin_in_nanopix(patient)? {
+            self.dentaltid.abandon_export(patient.id)?;
+            return Ok(Exported::Deferred);
         }
         self.nanopix.refresh_record_ids()?;
         let mut others = self.in_flight_ids()?;
@@ -482,9 +496,32 @@ impl Engine {
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
             self.dentaltid.replan_export(patient.id, &row)?;
         }
-        // A repair ends what the journal began, whatever NanoPix did since.
+        // A repair ends what the journal began; no twin was there a moment ago.
         let written = self.write_export(patient, row, IdsFrom::Now, None)?;
-        written.ok_or_else(|| Error::Internal("a repair was deferred".into()))
+        written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
+    }
+
+    /// Whether NanoPix holds a patient with the names and birth date of `patient` that no
+    /// DentalTID patient shows and no export has reserved: one NanoPix saved itself, which the
+    /// sync has yet to link. Reads every NanoPix patient: for repairs, which are rare.
+    fn unknown_twin_in_nanopix(&self, patient: &Patient) -> Result<bool> {
+        let Some(born) = patient.date_of_birth else { return Ok(false) };
+        let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
+        let in_flight = self.in_flight_ids()?;
+        let mut after = i64::MIN;
+        loop {
+            let page = self.nanopix.patients_after(after, TWIN_PAGE)?;
+            let Some(last) = page.last_pk().filter(|&pk| pk > after) else { return Ok(false) };
+            after = last;
+            for other in page.patients.iter().filter(|other| other.birth_date == Some(born)) {
+                let twin = MatchKey::of(&other.first_name, &other.last_name, born) == key
+                    && !in_flight.contains(&other.id)
+                    && !self.dentaltid.shows_external_id(other.id)?;
+                if twin {
+                    return Ok(true);
+                }
+            }
+        }
     }
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
@@ -577,8 +614,7 @@ impl Engine {
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
-                self.resume_export(&patient, pending)?;
-                Ok(true)
+                Ok(matches!(self.resume_export(&patient, pending)?, Exported::Written(_)))
             }
             Some(_) => {
                 self.dentaltid.abandon_export(pending.patient_id)?;
