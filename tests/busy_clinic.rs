@@ -380,6 +380,19 @@ fn dentaltid_named(clinic: &Clinic, first: &str, last: &str) -> Vec<(i64, Option
     )
 }
 
+/// Checks that Nadia Saidi is in each program once: DentalTID's `nadia`, linked to NanoPix's
+/// `20250122_095950`; `what` says what ran, for the message.
+fn assert_nadia_once_on_each_side(clinic: &Clinic, nadia: i64, what: &str) {
+    let (in_nanopix, in_dentaltid) =
+        (nanopix_ids_named(clinic, "Nadia", "Saidi"), dentaltid_named(clinic, "Nadia", "Saidi"));
+    assert_eq!(
+        (in_nanopix.len(), in_dentaltid.len()),
+        (1, 1),
+        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} ({what})"
+    );
+    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}
+
 /// The receptionist types a new patient into DentalTID, and the X-ray assistant types the same
 /// person into NanoPix at the same moment. DentalTID asks for the export at once
 /// (`export_patient`), and NanoPix commits its row after the sync's catch-up read NanoPix, but
@@ -413,15 +426,11 @@ fn the_same_person_saved_in_nanopix_while_her_export_waits_for_nanopixs_lock_get
         exporting.join().unwrap()
     });
     let next = sync.reconcile().unwrap();
-    let in_nanopix = nanopix_ids_named(&clinic, "Nadia", "Saidi");
-    let in_dentaltid = dentaltid_named(&clinic, "Nadia", "Saidi");
-    assert_eq!(
-        (in_nanopix.len(), in_dentaltid.len()),
-        (1, 1),
-        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} \
-         (export_patient gave {exported:?}, the next reconcile {next:?})"
+    assert_nadia_once_on_each_side(
+        &clinic,
+        nadia,
+        &format!("export_patient gave {exported:?}, the next reconcile {next:?}"),
     );
-    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
     assert_eq!(integrity(&clinic.dentaltid), "ok");
     assert_eq!(integrity(&clinic.nanopix_db()), "ok");
 }
@@ -449,15 +458,7 @@ fn a_patient_nanopix_saves_during_a_full_reconcile_is_not_exported_again_by_that
         reconcile.join().unwrap().unwrap()
     });
     let next = sync.reconcile().unwrap();
-    let in_nanopix = nanopix_ids_named(&clinic, "Nadia", "Saidi");
-    let in_dentaltid = dentaltid_named(&clinic, "Nadia", "Saidi");
-    assert_eq!(
-        (in_nanopix.len(), in_dentaltid.len()),
-        (1, 1),
-        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} \
-         (the first sync {first:?}, the next {next:?})"
-    );
-    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+    assert_nadia_once_on_each_side(&clinic, nadia, &format!("the first sync {first:?}, the next {next:?}"));
 }
 
 /// The mirror of the export race: Live Sync is on and the X-ray assistant saved Nadia Saidi in
@@ -485,15 +486,7 @@ fn the_same_person_dentaltid_saves_during_a_first_sync_is_linked_not_imported_an
         reconcile.join().unwrap().unwrap()
     });
     let next = sync.reconcile().unwrap();
-    let in_nanopix = nanopix_ids_named(&clinic, "Nadia", "Saidi");
-    let in_dentaltid = dentaltid_named(&clinic, "Nadia", "Saidi");
-    assert_eq!(
-        (in_nanopix.len(), in_dentaltid.len()),
-        (1, 1),
-        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} \
-         (the first sync {first:?}, the next {next:?})"
-    );
-    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+    assert_nadia_once_on_each_side(&clinic, nadia, &format!("the first sync {first:?}, the next {next:?}"));
 }
 
 /// The clinic's clock, in a busy X-ray room: once `saving` is on, each time the sync asks the
