@@ -251,3 +251,78 @@ fn an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_i
     );
     assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
 }
+
+/// NanoPix's Nadia Saidi (`20240301_100000`) was imported, and the sync recorded her
+/// link; DentalTID then cleared that patient's `external_id` (the link row stays, as designed).
+/// A second DentalTID patient with the same names and birth date (a namesake) is exported with
+/// `export_patient`; the sync is killed right after the journal row. The repair at the next
+/// open finds NanoPix's Nadia, which no DentalTID patient *shows*, calls her an unknown twin and
+/// abandons the export: but the sync knows her by her recorded link, so no pass links her to
+/// the namesake, and the namesake is never exported (Live Sync off: nothing else exports her).
+#[test]
+fn a_repair_does_not_abandon_an_export_for_a_nanopix_patient_the_sync_knows_by_a_recorded_link() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20240301_100000", "Saidi", "Nadia", Some("1982-04-09"));
+    {
+        let sync = clinic.open_without_automatic_work();
+        sync.reconcile().unwrap();
+    }
+    let imported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20240301_100000'", |r| r.get(0));
+    assert_eq!(imported.len(), 1, "NanoPix's Nadia was imported");
+    let conn = Connection::open(&clinic.dentaltid).unwrap();
+    conn.execute("UPDATE patients SET external_id = NULL WHERE id = ?1", [imported[0]]).unwrap();
+    drop(conn);
+    let namesake = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let status = common::child_process("export_killed_after_its_journal_child", &clinic)
+        .env("NANOPIX_SYNC_CRASH_AT", "journal")
+        .env("NPS_TEST_PATIENT", namesake.to_string())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child is killed at its journal row");
+    let journaled: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    assert_eq!(journaled, 1, "the export was cut short after its journal row");
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    let namesake_id: Vec<Option<String>> =
+        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {namesake}"), |r| r.get(0));
+    assert!(
+        namesake_id[0].is_some() || pending == 1,
+        "the namesake's export requested by export_patient vanished: external_id {namesake_id:?}, \
+         journal rows {pending}, reconcile {report:?}"
+    );
+}
+
+/// As in `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`,
+/// but the clinic runs with `auto_link` off. The repair at open abandons the export because
+/// NanoPix's Nadia is an unknown twin "for the pass to link"; with `auto_link` off the pass
+/// never links, it imports her as a possible duplicate. The export the host asked for is then
+/// silently gone: the DentalTID patient is neither exported, linked, nor in the journal.
+#[test]
+fn a_repair_with_auto_link_off_does_not_drop_an_export_the_pass_will_not_link() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let status = common::child_process("export_killed_after_its_journal_child", &clinic)
+        .env("NANOPIX_SYNC_CRASH_AT", "journal")
+        .env("NPS_TEST_PATIENT", nadia.to_string())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child is killed at its journal row");
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
+    let mut config = clinic.config_without_automatic_work();
+    config.auto_link = false;
+    let sync = nanopix_sync::NanoPixSync::open(config).unwrap();
+    let report = sync.reconcile().unwrap();
+    let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    let linked: i64 = clinic
+        .dentaltid_rows(&format!("SELECT count(*) FROM nanopix_sync_links WHERE patient_id = {nadia}"), |r| r.get(0))
+        [0];
+    let external_id: Vec<Option<String>> =
+        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
+    assert!(
+        external_id[0].is_some() || linked == 1 || pending == 1,
+        "Nadia's export vanished: external_id {external_id:?}, links {linked}, journal rows {pending}, \
+         reconcile {report:?}"
+    );
+}

@@ -8,9 +8,9 @@ use foldhash::{HashMap, HashSet};
 use super::{Engine, crash_point};
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
-use crate::matching::{MatchKey, MatchedLink};
+use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher};
 use crate::nanopix::Insertion;
-use crate::patient::{NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
+use crate::patient::{NanoPixPatient, NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
 
 /// Most interrupted exports a live pass tries to end (in turns); a full reconcile tries them all.
@@ -478,7 +478,9 @@ impl Engine {
             self.link_export(patient.id, id)?;
             return Ok(Exported::Written(id));
         }
-        if self.unknown_twin_in_nanopix(patient)? {
+        if let Some(twin) = self.unknown_twin_in_nanopix(patient)?
+            && self.matching_links(patient, twin)?
+        {
             self.dentaltid.abandon_export(patient.id)?;
             return Ok(Exported::Deferred);
         }
@@ -501,27 +503,41 @@ impl Engine {
         written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
     }
 
-    /// Whether NanoPix holds a patient with the names and birth date of `patient` that no
-    /// DentalTID patient shows and no export has reserved: one NanoPix saved itself, which the
-    /// sync has yet to link. Reads every NanoPix patient: for repairs, which are rare.
-    fn unknown_twin_in_nanopix(&self, patient: &Patient) -> Result<bool> {
-        let Some(born) = patient.date_of_birth else { return Ok(false) };
+    /// A NanoPix patient with the names and birth date of `patient` that the sync does not know
+    /// (no DentalTID patient shows it, no link records it, no export reserved it): one NanoPix
+    /// saved itself. Reads every NanoPix patient: for repairs, which are rare.
+    fn unknown_twin_in_nanopix(&self, patient: &Patient) -> Result<Option<NanoPixPatient>> {
+        let Some(born) = patient.date_of_birth else { return Ok(None) };
         let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
         let in_flight = self.in_flight_ids()?;
         let mut after = i64::MIN;
         loop {
             let page = self.nanopix.patients_after(after, TWIN_PAGE)?;
-            let Some(last) = page.last_pk().filter(|&pk| pk > after) else { return Ok(false) };
+            let Some(last) = page.last_pk().filter(|&pk| pk > after) else { return Ok(None) };
             after = last;
-            for other in page.patients.iter().filter(|other| other.birth_date == Some(born)) {
+            for other in page.patients.into_iter().filter(|other| other.birth_date == Some(born)) {
                 let twin = MatchKey::of(&other.first_name, &other.last_name, born) == key
                     && !in_flight.contains(&other.id)
-                    && !self.dentaltid.shows_external_id(other.id)?;
+                    && !self.dentaltid.shows_external_id(other.id)?
+                    && !self.dentaltid.has_recorded_link(other.id)?;
                 if twin {
-                    return Ok(true);
+                    return Ok(Some(other));
                 }
             }
         }
+    }
+
+    /// Whether the matching links NanoPix patient `twin` to `patient`, whose export is in the
+    /// journal (which otherwise keeps `patient` from linking): auto-linking on, and one exact
+    /// match on each side.
+    fn matching_links(&self, patient: &Patient, twin: NanoPixPatient) -> Result<bool> {
+        let mut index = DentalIndex::default();
+        self.dentaltid.add_all_candidates(&mut index)?;
+        let mut linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
+        linked.extend(self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).filter(|&id| id != patient.id));
+        let mut matcher = Matcher::new(index, &linked, self.config.auto_link);
+        matcher.offer(twin, &mut Vec::new());
+        Ok(matcher.finish().iter().any(|link| link.patient_id == patient.id))
     }
 
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
