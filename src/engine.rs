@@ -202,7 +202,10 @@ impl Engine {
     ) -> Result<()> {
         match snapshot.matcher.take() {
             Some(matcher) if snapshot.many_unknown => self.import_unknown_rows(snapshot, matcher, report)?,
-            matcher => self.import_few(&snapshot.unknown, matcher, report)?,
+            matcher => {
+                let matched_up_to = snapshot.dentaltid_extent().0;
+                self.import_few(&snapshot.unknown, matcher.map(|matcher| (matcher, matched_up_to)), report)?
+            }
         }
         crash_point("imported");
         let folders = self.folders(snapshot, report)?;
@@ -585,7 +588,12 @@ impl Engine {
 
     /// Links or imports a few NanoPix patients no DentalTID patient, link or export holds yet,
     /// reading each by its id instead of reading every page.
-    fn import_few(&mut self, ids: &[NanoPixId], matcher: Option<Matcher>, report: &mut ReconcileReport) -> Result<()> {
+    fn import_few(
+        &mut self,
+        ids: &[NanoPixId],
+        matcher: Option<(Matcher, i64)>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
         let mut patients = Vec::with_capacity(ids.len());
         for &id in ids {
             patients.extend(self.nanopix.patient(id)?);
@@ -593,23 +601,34 @@ impl Engine {
         self.link_or_import(patients, matcher, report)
     }
 
-    /// Links or imports `patients`, matched by `matcher`, or else against the DentalTID patients
-    /// they could match.
+    /// Links or imports `patients`, matched by `matcher` (which knows DentalTID's patients up to
+    /// the id given with it), or else against the DentalTID patients they could match. Imports
+    /// that a DentalTID patient saved since matches exactly are decided again, knowing it.
     fn link_or_import(
         &mut self,
         patients: Vec<NanoPixPatient>,
-        matcher: Option<Matcher>,
+        matcher: Option<(Matcher, i64)>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
         if patients.is_empty() {
             return Ok(());
         }
-        let mut matcher = match matcher {
+        let (mut matcher, matched_up_to) = match matcher {
             Some(matcher) => matcher,
-            None => self.matcher(&patients)?,
+            None => {
+                let matched_up_to = self.dentaltid.highest_id()?;
+                (self.matcher(&patients)?, matched_up_to)
+            }
         };
-        self.decide_and_import(&mut matcher, patients, report)?;
-        self.link_held(matcher, report)
+        let set_aside = self.decide_and_import(&mut matcher, patients, Some(matched_up_to), report)?;
+        self.link_held(matcher, report)?;
+        if self.cancelled() {
+            return Ok(());
+        }
+        for link in self.decide_again(set_aside, report)? {
+            self.report_stale_link(&link, report);
+        }
+        Ok(())
     }
 
     /// Reads NanoPix page by page and has `matcher` decide the patients the snapshot does not
@@ -685,13 +704,14 @@ impl Engine {
         &mut self,
         matcher: &mut Matcher,
         patients: Vec<NanoPixPatient>,
+        matched_up_to: Option<i64>,
         report: &mut ReconcileReport,
-    ) -> Result<()> {
+    ) -> Result<Vec<NanoPixId>> {
         let mut imports = Vec::with_capacity(patients.len());
         for patient in patients {
             matcher.offer(patient, &mut imports);
         }
-        import_all(&mut self.dentaltid, &self.bus, self.config.clock.now(), imports, report)
+        import_all(&mut self.dentaltid, (&self.bus, self.config.clock.now()), imports, matched_up_to, report)
     }
 
     /// Writes the links `matcher` holds, once every NanoPix patient was offered to it. A pass
@@ -725,7 +745,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         let mut matcher = self.matcher(&patients)?;
-        self.decide_and_import(&mut matcher, patients, report)?;
+        // A second decision does not look for patients saved meanwhile again: it ends here.
+        self.decide_and_import(&mut matcher, patients, None, report)?;
         Ok(self.link_all(matcher.finish(), true, report)?.1)
     }
 
@@ -930,16 +951,22 @@ impl Engine {
 /// Imports NanoPix patients as new DentalTID patients, in one transaction, and reports them.
 fn import_all(
     dentaltid: &mut DentalTid,
-    bus: &EventBus,
-    now: NaiveDateTime,
+    (bus, now): (&EventBus, NaiveDateTime),
     imports: Vec<Import>,
+    matched_up_to: Option<i64>,
     report: &mut ReconcileReport,
-) -> Result<()> {
+) -> Result<Vec<NanoPixId>> {
     let mut importing = dentaltid.importing();
-    let written = insert_page(&mut importing, now, import_page(imports, now.date()))?;
+    let mut set_aside = Vec::new();
+    let mut page = import_page(imports, now.date());
+    if let Some(matched_up_to) = matched_up_to {
+        importing = importing.watching_saved_meanwhile(matched_up_to);
+        page = without_saved_meanwhile(&mut importing, page, &mut set_aside)?;
+    }
+    let written = insert_page(&mut importing, now, page)?;
     importing.commit()?;
     report_imported(bus, [written], report);
-    Ok(())
+    Ok(set_aside)
 }
 
 /// Writes the pages of imports `pages` brings until it hangs up or `stop` says so. Pages share

@@ -724,3 +724,32 @@ fn delete_in_nanopix_tries_again_when_a_read_outlasts_one_busy_timeout() {
     assert_eq!(rows, 0);
     assert!(!clinic.root.join(&external_id).exists());
 }
+
+/// The same race on a clinic already in sync, where NanoPix's new patients are few (the usual
+/// day): the receptionist types Nadia Saidi into DentalTID while "Sync Now" imports the Nadia
+/// Saidi the X-ray assistant saved in NanoPix. DentalTID commits her after the sync read its
+/// candidates, and before the sync's import takes DentalTID's write lock.
+#[test]
+fn the_same_person_dentaltid_saves_during_a_later_sync_with_few_new_nanopix_patients_is_linked() {
+    let clinic = Clinic::new("v29");
+    for i in 0..12 {
+        clinic.add_nanopix(&common::numbered_nanopix_id(i), &format!("Known{i}"), "Patient", Some("1970-01-01"));
+    }
+    let sync = open_waiting_long(&clinic);
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
+    add_odd_nanopix_row(&clinic);
+    let _ = common::drain(&sync);
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let nadia = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Saidi", Some("1982-04-09"));
+    let first = std::thread::scope(|scope| {
+        let reconcile = scope.spawn(|| sync.reconcile());
+        common::wait_for(&sync, Duration::from_secs(60), is_odd_row);
+        dentaltid.execute_batch("COMMIT").unwrap();
+        reconcile.join().unwrap().unwrap()
+    });
+    let next = sync.reconcile().unwrap();
+    assert_nadia_once_on_each_side(&clinic, nadia, &format!("the sync {first:?}, the next {next:?}"));
+}

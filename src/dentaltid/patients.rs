@@ -258,6 +258,12 @@ impl DentalTid {
         Ok((highest.map_or(max_id, |id| id.max(max_id)), rows + added.unwrap_or(0).unsigned_abs()))
     }
 
+    /// The highest `patients.id` there is (0 for none).
+    pub fn highest_id(&self) -> Result<i64> {
+        let read = |conn: &Connection| conn.query_row("SELECT MAX(id) FROM patients", [], |row| integer_at(row, 0));
+        read(&self.conn).map(Option::unwrap_or_default).map_err(Error::db(&self.path, "reading the highest patient id"))
+    }
+
     /// Whether a patient's `external_id` shows this NanoPix id, even with blanks around it (a
     /// folder path made of it on Windows drops trailing ones): no other patient may be given it,
     /// nor its NanoPix patient be deleted. Read in three index ranges: texts that start with the
