@@ -959,7 +959,7 @@ fn import_all(
     let mut importing = dentaltid.importing();
     let mut set_aside = Vec::new();
     let mut page = import_page(imports, now.date());
-    if let Some(matched_up_to) = matched_up_to {
+    if let Some(matched_up_to) = matched_up_to.filter(|_| !page.0.is_empty()) {
         importing = importing.watching_saved_meanwhile(matched_up_to);
         page = without_saved_meanwhile(&mut importing, page, &mut set_aside)?;
     }
