@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use common::{Clinic, another_program, clinic_morning, until, wait_for};
+use common::{Clinic, another_program, assert_nadia_once_on_each_side, clinic_morning, until, wait_for};
 use nanopix_sync::{Clock, EventKind, NanoPixSync};
 use rusqlite::Connection;
 
@@ -311,6 +311,19 @@ fn a_patient_renamed_in_dentaltid_during_export_existing_is_exported_with_the_na
     assert_eq!(names, [("Karima".to_owned(), "Haddad".to_owned())]);
 }
 
+/// Exports Nadia Saidi, then deletes her in DentalTID: the sync asks for her NanoPix patient's
+/// delete. Returns her NanoPix id.
+fn nadia_asked_to_delete(clinic: &Clinic, sync: &NanoPixSync) -> String {
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    let _ = common::drain(sync);
+    sync.reconcile().unwrap();
+    let asked = |event: &nanopix_sync::Event| matches!(&event.kind, EventKind::DeleteRequested { external_id: asked, .. } if *asked == external_id);
+    assert!(common::drain(sync).iter().any(asked), "the delete is asked for");
+    external_id
+}
+
 /// `delete_in_nanopix` refuses while NanoPix holds any file for the patient. NanoPix may save an
 /// image into the patient's folder while the call waits for NanoPix's lock (NanoPix is busy
 /// saving something else): the image must never be left in a folder whose patient row the call
@@ -321,15 +334,7 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_p
     let clinic = Clinic::new("v29");
     let sync = open_waiting_long(&clinic);
     sync.reconcile().unwrap();
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let external_id = sync.export_patient(nadia).unwrap().to_string();
-    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
-    let _ = common::drain(&sync);
-    sync.reconcile().unwrap();
-    assert!(
-        common::drain(&sync).iter().any(|event| matches!(&event.kind, EventKind::DeleteRequested { external_id: asked, .. } if *asked == external_id)),
-        "the delete is asked for"
-    );
+    let external_id = nadia_asked_to_delete(&clinic, &sync);
     let folder = clinic.root.join(&external_id);
     let whole_row = |clinic: &Clinic| {
         let sql = format!(
@@ -362,35 +367,6 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_lock_keeps_its_p
     assert_eq!(whole_row(&clinic), before, "the patient whose image NanoPix holds keeps its row ({deleted:?})");
     assert_eq!(before.len(), 1);
     assert!(matches!(deleted, Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. })), "{deleted:?}");
-}
-
-/// The NanoPix ids of every NanoPix patient with these names.
-fn nanopix_ids_named(clinic: &Clinic, first: &str, last: &str) -> Vec<String> {
-    clinic.nanopix_rows(
-        &format!("SELECT id FROM Patient WHERE first_name = '{first}' AND last_name = '{last}' ORDER BY pk"),
-        |r| r.get(0),
-    )
-}
-
-/// `(id, external_id)` of every DentalTID patient with these names.
-fn dentaltid_named(clinic: &Clinic, first: &str, last: &str) -> Vec<(i64, Option<String>)> {
-    clinic.dentaltid_rows(
-        &format!("SELECT id, external_id FROM patients WHERE name = '{first}' AND familyName = '{last}' ORDER BY id"),
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-}
-
-/// Checks that Nadia Saidi is in each program once: DentalTID's `nadia`, linked to NanoPix's
-/// `20250122_095950`; `what` says what ran, for the message.
-fn assert_nadia_once_on_each_side(clinic: &Clinic, nadia: i64, what: &str) {
-    let (in_nanopix, in_dentaltid) =
-        (nanopix_ids_named(clinic, "Nadia", "Saidi"), dentaltid_named(clinic, "Nadia", "Saidi"));
-    assert_eq!(
-        (in_nanopix.len(), in_dentaltid.len()),
-        (1, 1),
-        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} ({what})"
-    );
-    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
 }
 
 /// The receptionist types a new patient into DentalTID, and the X-ray assistant types the same
@@ -475,18 +451,7 @@ fn the_same_person_dentaltid_saves_during_a_first_sync_is_linked_not_imported_an
     clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
     let sync = open_waiting_long(&clinic);
     sync.set_live_sync(true).unwrap();
-    // DentalTID saves Nadia: its transaction is open, the row written, not committed.
-    let dentaltid = another_program(&clinic.dentaltid);
-    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let nadia = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Saidi", Some("1982-04-09"));
-    let first = std::thread::scope(|scope| {
-        let reconcile = scope.spawn(|| sync.reconcile());
-        common::wait_for(&sync, Duration::from_secs(60), is_odd_row);
-        dentaltid.execute_batch("COMMIT").unwrap();
-        reconcile.join().unwrap().unwrap()
-    });
-    let next = sync.reconcile().unwrap();
-    assert_nadia_once_on_each_side(&clinic, nadia, &format!("the first sync {first:?}, the next {next:?}"));
+    reconcile_while_dentaltid_saves_nadia(&clinic, &sync);
 }
 
 /// The clinic's clock, in a busy X-ray room: once `saving` is on, each time the sync asks the
@@ -643,17 +608,14 @@ fn delete_in_nanopix_removes_no_folder_while_it_holds_nanopixs_write_lock() {
 /// the delete's commit waits for that read. Meanwhile NanoPix's acquisition saves an image of the
 /// patient into its folder (its `Study` row would come once the lock is free). The delete must not
 /// then commit away the row of a patient whose folder holds an image: NanoPix could no longer show
-/// or file it. Before f17323e the row was put back and the delete refused (`not_empty`).
+/// or file it.
 #[cfg(target_os = "linux")]
 #[test]
 fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_commit_keeps_its_patient() {
     let clinic = Clinic::new("v29");
     let sync = open_waiting_long(&clinic);
     sync.reconcile().unwrap();
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let external_id = sync.export_patient(nadia).unwrap().to_string();
-    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
-    sync.reconcile().unwrap();
+    let external_id = nadia_asked_to_delete(&clinic, &sync);
     let folder = clinic.root.join(&external_id);
     let rows = |clinic: &Clinic| {
         clinic.nanopix_rows(&format!("SELECT count(*) FROM Patient WHERE id = '{external_id}'"), |r| r.get::<_, i64>(0))
@@ -701,10 +663,7 @@ fn delete_in_nanopix_tries_again_when_a_read_outlasts_one_busy_timeout() {
     config.busy_timeout = Duration::from_millis(300);
     let sync = NanoPixSync::open(config).unwrap();
     sync.reconcile().unwrap();
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let external_id = sync.export_patient(nadia).unwrap().to_string();
-    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
-    sync.reconcile().unwrap();
+    let external_id = nadia_asked_to_delete(&clinic, &sync);
     // NanoPix is in the middle of a long read: a delete cannot commit while it lasts.
     let reading = Connection::open(clinic.nanopix_db()).unwrap();
     reading.execute_batch("BEGIN").unwrap();
@@ -741,15 +700,23 @@ fn the_same_person_dentaltid_saves_during_a_later_sync_with_few_new_nanopix_pati
     clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
     add_odd_nanopix_row(&clinic);
     let _ = common::drain(&sync);
+    reconcile_while_dentaltid_saves_nadia(&clinic, &sync);
+}
+
+/// Runs "Sync Now" while DentalTID saves Nadia Saidi, born 1982-04-09, in a transaction it
+/// began before and commits once the sync has read both sides (its `odd_row` event); then
+/// checks, after one more "Sync Now", that she is in each program once, linked to NanoPix's
+/// `20250122_095950`.
+fn reconcile_while_dentaltid_saves_nadia(clinic: &Clinic, sync: &NanoPixSync) {
     let dentaltid = another_program(&clinic.dentaltid);
     dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
     let nadia = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Saidi", Some("1982-04-09"));
     let first = std::thread::scope(|scope| {
         let reconcile = scope.spawn(|| sync.reconcile());
-        common::wait_for(&sync, Duration::from_secs(60), is_odd_row);
+        common::wait_for(sync, Duration::from_secs(60), is_odd_row);
         dentaltid.execute_batch("COMMIT").unwrap();
         reconcile.join().unwrap().unwrap()
     });
     let next = sync.reconcile().unwrap();
-    assert_nadia_once_on_each_side(&clinic, nadia, &format!("the sync {first:?}, the next {next:?}"));
+    assert_nadia_once_on_each_side(clinic, nadia, &format!("the sync {first:?}, the next {next:?}"));
 }

@@ -217,6 +217,19 @@ fn export_killed_after_its_journal_child() {
     panic!("the export was not killed at its journal row");
 }
 
+/// Exports DentalTID patient `patient` in a child process killed right after the export's
+/// journal row; checks that the journal holds it.
+fn export_killed_after_its_journal(clinic: &Clinic, patient: i64) {
+    let status = common::child_process("export_killed_after_its_journal_child", clinic)
+        .env("NANOPIX_SYNC_CRASH_AT", "journal")
+        .env("NPS_TEST_PATIENT", patient.to_string())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child is killed at its journal row");
+    let journaled: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    assert_eq!(journaled, 1, "the export was cut short after its journal row");
+}
+
 /// DentalTID asks for Nadia Saidi's export; the sync is killed (power cut, task manager) once
 /// its journal row is written, before it wrote anything to NanoPix. Meanwhile the X-ray
 /// assistant saves the same Nadia Saidi in NanoPix. The next sync must read, and link, that
@@ -227,29 +240,11 @@ fn export_killed_after_its_journal_child() {
 fn an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile() {
     let clinic = Clinic::new("v29");
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let status = common::child_process("export_killed_after_its_journal_child", &clinic)
-        .env("NANOPIX_SYNC_CRASH_AT", "journal")
-        .env("NPS_TEST_PATIENT", nadia.to_string())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child is killed at its journal row");
-    let journaled: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
-    assert_eq!(journaled, 1, "the export was cut short after its journal row");
+    export_killed_after_its_journal(&clinic, nadia);
     clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
     let sync = clinic.open_without_automatic_work();
     let report = sync.reconcile().unwrap();
-    let in_nanopix: Vec<String> =
-        clinic.nanopix_rows("SELECT id FROM Patient WHERE first_name = 'Nadia' AND last_name = 'Saidi'", |r| r.get(0));
-    let in_dentaltid: Vec<(i64, Option<String>)> = clinic.dentaltid_rows(
-        "SELECT id, external_id FROM patients WHERE name = 'Nadia' AND familyName = 'Saidi' ORDER BY id",
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    );
-    assert_eq!(
-        (in_nanopix.len(), in_dentaltid.len()),
-        (1, 1),
-        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} (reconcile {report:?})"
-    );
-    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+    common::assert_nadia_once_on_each_side(&clinic, nadia, &format!("reconcile {report:?}"));
 }
 
 /// NanoPix's Nadia Saidi (`20240301_100000`) was imported, and the sync recorded her
@@ -274,14 +269,7 @@ fn a_repair_does_not_abandon_an_export_for_a_nanopix_patient_the_sync_knows_by_a
     conn.execute("UPDATE patients SET external_id = NULL WHERE id = ?1", [imported[0]]).unwrap();
     drop(conn);
     let namesake = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let status = common::child_process("export_killed_after_its_journal_child", &clinic)
-        .env("NANOPIX_SYNC_CRASH_AT", "journal")
-        .env("NPS_TEST_PATIENT", namesake.to_string())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child is killed at its journal row");
-    let journaled: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
-    assert_eq!(journaled, 1, "the export was cut short after its journal row");
+    export_killed_after_its_journal(&clinic, namesake);
     let sync = clinic.open_without_automatic_work();
     let report = sync.reconcile().unwrap();
     let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
@@ -303,12 +291,7 @@ fn a_repair_does_not_abandon_an_export_for_a_nanopix_patient_the_sync_knows_by_a
 fn a_repair_with_auto_link_off_does_not_drop_an_export_the_pass_will_not_link() {
     let clinic = Clinic::new("v29");
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let status = common::child_process("export_killed_after_its_journal_child", &clinic)
-        .env("NANOPIX_SYNC_CRASH_AT", "journal")
-        .env("NPS_TEST_PATIENT", nadia.to_string())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child is killed at its journal row");
+    export_killed_after_its_journal(&clinic, nadia);
     clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
     let mut config = clinic.config_without_automatic_work();
     config.auto_link = false;

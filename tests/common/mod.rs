@@ -235,6 +235,35 @@ pub fn insert_dentaltid_patient(conn: &Connection, first: &str, last: &str, birt
     conn.last_insert_rowid()
 }
 
+/// The NanoPix ids of every NanoPix patient with these names.
+pub fn nanopix_ids_named(clinic: &Clinic, first: &str, last: &str) -> Vec<String> {
+    clinic.nanopix_rows(
+        &format!("SELECT id FROM Patient WHERE first_name = '{first}' AND last_name = '{last}' ORDER BY pk"),
+        |r| r.get(0),
+    )
+}
+
+/// `(id, external_id)` of every DentalTID patient with these names.
+pub fn dentaltid_named(clinic: &Clinic, first: &str, last: &str) -> Vec<(i64, Option<String>)> {
+    clinic.dentaltid_rows(
+        &format!("SELECT id, external_id FROM patients WHERE name = '{first}' AND familyName = '{last}' ORDER BY id"),
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// Checks that Nadia Saidi is in each program once: DentalTID's `nadia`, linked to NanoPix's
+/// `20250122_095950`; `what` says what ran, for the message.
+pub fn assert_nadia_once_on_each_side(clinic: &Clinic, nadia: i64, what: &str) {
+    let (in_nanopix, in_dentaltid) =
+        (nanopix_ids_named(clinic, "Nadia", "Saidi"), dentaltid_named(clinic, "Nadia", "Saidi"));
+    assert_eq!(
+        (in_nanopix.len(), in_dentaltid.len()),
+        (1, 1),
+        "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} ({what})"
+    );
+    assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}
+
 /// Every event queued so far.
 pub fn drain(sync: &NanoPixSync) -> Vec<Event> {
     sync.events().try_iter().collect()
