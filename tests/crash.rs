@@ -309,3 +309,21 @@ fn a_repair_with_auto_link_off_does_not_drop_an_export_the_pass_will_not_link() 
          reconcile {report:?}"
     );
 }
+
+/// As in `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`,
+/// but NanoPix saved that person twice: the matching links neither of two candidates, so the
+/// repair must not drop the export the host asked for, which would then vanish.
+#[test]
+fn a_repair_does_not_drop_an_export_when_nanopix_saved_the_same_person_twice() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    export_killed_after_its_journal(&clinic, nadia);
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
+    clinic.add_nanopix("20250122_095951", "Saidi", "Nadia", Some("1982-04-09"));
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    let external_id: Vec<Option<String>> =
+        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
+    assert!(external_id[0].is_some() || pending == 1, "Nadia's export vanished: {external_id:?}, {report:?}");
+}

@@ -478,9 +478,8 @@ impl Engine {
             self.link_export(patient.id, id)?;
             return Ok(Exported::Written(id));
         }
-        if let Some(twin) = self.unknown_twin_in_nanopix(patient)?
-            && self.matching_links(patient, twin)?
-        {
+        let twins = self.unknown_twins_in_nanopix(patient)?;
+        if !twins.is_empty() && self.matching_links(patient, twins)? {
             self.dentaltid.abandon_export(patient.id)?;
             return Ok(Exported::Deferred);
         }
@@ -503,17 +502,17 @@ impl Engine {
         written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
     }
 
-    /// A NanoPix patient with the names and birth date of `patient` that the sync does not know
-    /// (no DentalTID patient shows it, no link records it, no export reserved it): one NanoPix
-    /// saved itself. Reads every NanoPix patient: for repairs, which are rare.
-    fn unknown_twin_in_nanopix(&self, patient: &Patient) -> Result<Option<NanoPixPatient>> {
-        let Some(born) = patient.date_of_birth else { return Ok(None) };
+    /// The NanoPix patients with the names and birth date of `patient` that the sync does not
+    /// know (no DentalTID patient shows them, no link records them, no export reserved them):
+    /// ones NanoPix saved itself. Reads every NanoPix patient: for repairs, which are rare.
+    fn unknown_twins_in_nanopix(&self, patient: &Patient) -> Result<Vec<NanoPixPatient>> {
+        let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
         let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
         let in_flight = self.in_flight_ids()?;
-        let mut after = i64::MIN;
+        let (mut twins, mut after) = (Vec::new(), i64::MIN);
         loop {
             let page = self.nanopix.patients_after(after, TWIN_PAGE)?;
-            let Some(last) = page.last_pk().filter(|&pk| pk > after) else { return Ok(None) };
+            let Some(last) = page.last_pk().filter(|&pk| pk > after) else { return Ok(twins) };
             after = last;
             for other in page.patients.into_iter().filter(|other| other.birth_date == Some(born)) {
                 let twin = MatchKey::of(&other.first_name, &other.last_name, born) == key
@@ -521,22 +520,24 @@ impl Engine {
                     && !self.dentaltid.shows_external_id(other.id)?
                     && !self.dentaltid.has_recorded_link(other.id)?;
                 if twin {
-                    return Ok(Some(other));
+                    twins.push(other);
                 }
             }
         }
     }
 
-    /// Whether the matching links NanoPix patient `twin` to `patient`, whose export is in the
-    /// journal (which otherwise keeps `patient` from linking): auto-linking on, and one exact
-    /// match on each side.
-    fn matching_links(&self, patient: &Patient, twin: NanoPixPatient) -> Result<bool> {
+    /// Whether the matching links one of NanoPix patients `twins` to `patient`, whose export is
+    /// in the journal (which otherwise keeps `patient` from linking): auto-linking on, and one
+    /// exact match on each side.
+    fn matching_links(&self, patient: &Patient, twins: Vec<NanoPixPatient>) -> Result<bool> {
         let mut index = DentalIndex::default();
         self.dentaltid.add_all_candidates(&mut index)?;
         let mut linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
         linked.extend(self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).filter(|&id| id != patient.id));
         let mut matcher = Matcher::new(index, &linked, self.config.auto_link);
-        matcher.offer(twin, &mut Vec::new());
+        for twin in twins {
+            matcher.offer(twin, &mut Vec::new());
+        }
         Ok(matcher.finish().iter().any(|link| link.patient_id == patient.id))
     }
 
