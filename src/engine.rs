@@ -87,6 +87,12 @@ pub(crate) struct Engine {
     /// Whether the current automatic pass reported work a database refused while locked past the
     /// busy timeout (an export, say): the live loop tries the pass again soon, as a failed one.
     refused_while_busy: bool,
+    /// Delete requests written but not announced yet, as patient and NanoPix id: the work that
+    /// found the deletion may still give the NanoPix patient back to a patient added again (see
+    /// [`Engine::announce_delete_requests`]).
+    unannounced_deletes: Vec<(i64, String)>,
+    /// Whether an export call is under way: it announces the delete requests once it is done.
+    holding_delete_requests: bool,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -177,6 +183,8 @@ impl Engine {
             next_repair: 0,
             missing_folders: Vec::new(),
             refused_while_busy: false,
+            unannounced_deletes: Vec::new(),
+            holding_delete_requests: false,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -269,6 +277,7 @@ impl Engine {
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report.stopped_early = self.cancelled();
+        self.announce_delete_requests();
         self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
     }
@@ -492,6 +501,32 @@ impl Engine {
         self.refused_while_busy = false;
         let result = catch_unwind(AssertUnwindSafe(|| pass(self)));
         self.automatic = false;
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Announces the delete requests written since the last announcement whose delete still
+    /// stands: a NanoPix patient given back meanwhile to a patient added again asks for none. One
+    /// whose standing cannot be read is announced: `delete_in_nanopix` checks it again. Does
+    /// nothing while an export call is under way (see [`Engine::holding_delete_requests`]).
+    pub fn announce_delete_requests(&mut self) {
+        if self.holding_delete_requests {
+            return;
+        }
+        for (patient_id, external_id) in std::mem::take(&mut self.unannounced_deletes) {
+            let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.dentaltid.delete_requested(id));
+            if stands.unwrap_or(true) {
+                self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
+            }
+        }
+    }
+
+    /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
+    /// finds until it has given NanoPix patients back; then announces them.
+    fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
+        let held = std::mem::replace(&mut self.holding_delete_requests, true);
+        let result = catch_unwind(AssertUnwindSafe(|| work(self)));
+        self.holding_delete_requests = held;
+        self.announce_delete_requests();
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
@@ -924,10 +959,16 @@ impl Engine {
                 chunk.iter().map(|(patient_id, state, _)| (*patient_id, *state)).collect();
             self.dentaltid.set_link_states(&states)?;
             for (_, _, event) in chunk {
-                if matches!(event, EventKind::ExternalPatientRemoved { .. }) {
-                    report.removed += 1;
+                match event {
+                    EventKind::DeleteRequested { patient_id, external_id } => {
+                        self.unannounced_deletes.push((*patient_id, external_id.clone()));
+                    }
+                    EventKind::ExternalPatientRemoved { .. } => {
+                        report.removed += 1;
+                        self.bus.emit(event.clone());
+                    }
+                    _ => self.bus.emit(event.clone()),
                 }
-                self.bus.emit(event.clone());
             }
         }
         Ok(())

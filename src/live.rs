@@ -84,6 +84,7 @@ impl LiveLoop {
         if catch_unwind(AssertUnwindSafe(|| job(engine))).is_err() {
             self.bus.error(&Error::Internal("a sync call panicked".into()), None, None);
         }
+        self.engine.announce_delete_requests();
         self.follow_live_sync();
     }
 
@@ -167,6 +168,7 @@ impl LiveLoop {
             Ok(Err(error)) => Some(error),
             Err(_) => Some(Error::Internal("a live sync pass panicked".into())),
         };
+        self.engine.announce_delete_requests();
         let refused = self.engine.take_refused_while_busy();
         let previous = self.retry.take();
         self.retry = match failure {

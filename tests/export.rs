@@ -444,6 +444,57 @@ fn export_patient_right_after_a_deletion_gives_the_nanopix_patient_back() {
     assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1]);
 }
 
+/// The delete requests among `events`.
+fn delete_requests(events: Vec<nanopix_sync::Event>) -> Vec<EventKind> {
+    events.into_iter().map(|e| e.kind).filter(|kind| matches!(kind, EventKind::DeleteRequested { .. })).collect()
+}
+
+/// Deleted and added again at once: the call that sees the deletion and gives the new patient
+/// the NanoPix patient back asks nobody to delete that NanoPix patient.
+#[test]
+fn export_patient_asks_for_no_delete_of_the_nanopix_patient_it_gives_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    delete_the_imported_patient(&clinic);
+    let again = add_the_deleted_patient_again(&clinic);
+    common::drain(&sync);
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND);
+    assert_eq!(delete_requests(common::drain(&sync)), []);
+}
+
+/// The same, found by a reconcile with Live Sync on: the patient added again is given its
+/// NanoPix patient back, and no delete of it is asked for.
+#[test]
+fn a_reconcile_asks_for_no_delete_of_the_nanopix_patient_it_gives_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    delete_the_imported_patient(&clinic);
+    let again = add_the_deleted_patient_again(&clinic);
+    common::drain(&sync);
+    sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(LEFT_BEHIND));
+    assert_eq!(delete_requests(common::drain(&sync)), []);
+}
+
+/// A deletion with nobody added again still asks for the delete, once.
+#[test]
+fn a_deletion_found_while_exporting_another_patient_still_asks_for_the_delete() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let patient_id =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250121_152638'", |r| r.get(0))[0];
+    delete_the_imported_patient(&clinic);
+    let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
+    common::drain(&sync);
+    assert_ne!(sync.export_patient(other).unwrap().to_string(), LEFT_BEHIND);
+    let external_id = LEFT_BEHIND.to_string();
+    assert_eq!(delete_requests(common::drain(&sync)), [EventKind::DeleteRequested { patient_id, external_id }]);
+}
+
 /// A patient exported by hand, deleted by mistake and added again at once: the export of the
 /// new patient still sees the deletion first and gives it its NanoPix patient back.
 #[test]

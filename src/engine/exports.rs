@@ -79,7 +79,7 @@ impl Engine {
         if let Some(external_id) = patient.external_id.clone().or(recorded) {
             return Err(Error::AlreadyLinked { patient_id, external_id });
         }
-        let exported = self.export_once_caught_up(patient_id);
+        let exported = self.holding_delete_requests(|engine| engine.export_once_caught_up(patient_id));
         self.extend_cursor_past_exports();
         exported
     }
@@ -154,6 +154,12 @@ impl Engine {
     /// patients the sync has not seen yet are imported or linked first, so a patient the matching
     /// links exactly is linked, not exported a second time.
     pub fn export_existing(&mut self) -> Result<u64> {
+        self.holding_delete_requests(Self::export_unlinked)
+    }
+
+    /// Exports every patient without a NanoPix link, catching up with NanoPix first, and again
+    /// while NanoPix changes meanwhile (see [`Engine::export_existing`]).
+    fn export_unlinked(&mut self) -> Result<u64> {
         let mut report = ReconcileReport::default();
         for _ in 0..EXPORT_ATTEMPTS {
             self.catch_up_with_nanopix()?;
