@@ -242,7 +242,7 @@ impl Engine {
         let unsettled = self.dentaltid.unsettled_links()?;
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
-        let adopted = self.adopt_existing_links(&snapshot)?;
+        let adopted = self.adopt_existing_links(&mut snapshot)?;
         let unsettled = snapshot.links.iter().filter(|link| unsettled.contains(link.patient_id));
         let unsettled = unsettled.filter_map(|link| NanoPixId::parse(&link.external_id).ok());
         let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).chain(unsettled).collect();
@@ -577,8 +577,10 @@ impl Engine {
         Ok(folders)
     }
 
-    /// Records link rows for patients DentalTID already links; returns their NanoPix ids.
-    fn adopt_existing_links(&mut self, snapshot: &Snapshot) -> Result<Vec<NanoPixId>> {
+    /// Records link rows for patients DentalTID already links, and adds them to the snapshot's
+    /// links, so this pass checks them too (a NanoPix patient gone already is reported now);
+    /// returns their NanoPix ids.
+    fn adopt_existing_links(&mut self, snapshot: &mut Snapshot) -> Result<Vec<NanoPixId>> {
         let recorded: HashSet<i64> = snapshot.links.iter().map(|l| l.patient_id).collect();
         let adopt: Vec<(i64, NanoPixId, LinkOrigin)> = snapshot
             .dentaltid
@@ -592,6 +594,9 @@ impl Engine {
             .collect();
         for chunk in adopt.chunks(LINKS_PER_TRANSACTION) {
             self.dentaltid.adopt_links(chunk, self.config.clock.now())?;
+        }
+        if !adopt.is_empty() {
+            snapshot.links = self.dentaltid.links()?;
         }
         Ok(adopt.into_iter().map(|(_, id, _)| id).collect())
     }
@@ -861,8 +866,10 @@ impl Engine {
         self.missing_folders.clear();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
-            let folder = folders.patient_folders.contains(&id) || awaited.contains(&id);
-            let nanopix = NanoPixSide { row: rows.contains(&id), folder };
+            // A folder is awaited only beside its row: with the row gone, no folder is coming.
+            let row = rows.contains(&id);
+            let folder = folders.patient_folders.contains(&id) || (row && awaited.contains(&id));
+            let nanopix = NanoPixSide { row, folder };
             let patient_exists = patients.contains(&link.patient_id);
             // A patient deleted while another still holds its NanoPix id asks for no delete.
             let change = link_change(link, patient_exists, nanopix).filter(|_| {

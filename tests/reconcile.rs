@@ -217,6 +217,27 @@ fn a_vanished_nanopix_patient_is_reported_and_kept() {
     assert_eq!(sync.reconcile().unwrap().removed, 0, "reported once");
 }
 
+/// DentalTID's own NanoPix integration left a patient linked to a NanoPix patient deleted since:
+/// the first reconcile, which records that link, reports the removal, and the next writes nothing.
+#[test]
+fn a_link_dentaltid_made_itself_to_a_vanished_nanopix_patient_is_reported_by_the_first_reconcile() {
+    let clinic = Clinic::new("v29");
+    let external_id = "20240101_101010";
+    common::another_program(&clinic.dentaltid)
+        .execute("UPDATE patients SET source = 'nanopix', external_id = ?1 WHERE id = 3", [external_id])
+        .unwrap();
+    let sync = clinic.open_without_automatic_work();
+    let first = sync.reconcile().unwrap();
+    let removed = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::ExternalPatientRemoved { patient_id, external_id, missing } => {
+            Some((patient_id, external_id, missing))
+        }
+        _ => None,
+    });
+    assert_eq!(removed, Some((3, external_id.to_owned(), "row_and_folder".to_owned())));
+    assert_eq!((first.removed, sync.reconcile().unwrap().removed), (1, 0));
+}
+
 #[test]
 fn a_folder_nanopix_has_not_made_yet_is_no_removal_until_it_was_there() {
     let clinic = Clinic::new("v29");
