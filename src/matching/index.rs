@@ -15,7 +15,7 @@ use foldhash::fast::RandomState;
 
 use super::DentalCandidate;
 use super::normalise::normalise_into;
-use super::similar::{Block, SMALL_BUCKET, blocks_of};
+use super::similar::{BLOCK_KINDS, Block, SMALL_BUCKET, blocks_of};
 use crate::events::DuplicateCandidate;
 use crate::patient::nanopix_date;
 
@@ -149,9 +149,9 @@ pub(crate) struct DentalIndex {
     /// Like `by_names`, for entries without a birth date only.
     unborn_by_names: Groups,
     by_birth_date: Buckets,
-    /// Patients of birth dates shared by more than [`SMALL_BUCKET`] patients, by last-name
-    /// block, then by first-name block.
-    by_block: [Groups; 2],
+    /// Patients of birth dates shared by more than [`SMALL_BUCKET`] patients, by each kind of
+    /// block (see [`Block::kind`]).
+    by_block: [Groups; BLOCK_KINDS],
 }
 
 impl DentalIndex {
@@ -205,7 +205,7 @@ impl DentalIndex {
     /// first). Call it once all patients are added.
     pub fn group_by_birth_date(&mut self) {
         self.by_birth_date = Buckets::of(&self.entries, self.hasher);
-        let mut by_block = [0, 1].map(|_| Groups::sparse(self.entries.len(), self.hasher));
+        let mut by_block = [(); BLOCK_KINDS].map(|()| Groups::sparse(self.entries.len(), self.hasher));
         let big = self.by_birth_date.ranges.values().filter(|range| range.len() > SMALL_BUCKET);
         for range in big {
             let bucket = self.by_birth_date.members.get(range.clone()).unwrap_or_default();
@@ -265,10 +265,7 @@ impl DentalIndex {
 
     /// The entries born on `born` that sit in `block`.
     pub(super) fn in_block(&self, born: NaiveDate, block: Block) -> impl Iterator<Item = usize> + '_ {
-        let group = match block {
-            Block::LastInitial(..) => &self.by_block[0],
-            Block::FirstInitial(..) => &self.by_block[1],
-        };
+        let group = &self.by_block[block.kind()];
         group.get(self.block_key(born, block)).filter(move |&entry| self.born(entry) == Some(born))
     }
 

@@ -460,6 +460,16 @@ mod tests {
         assert_eq!(decisions, vec![Decision::import(None); 5_000]);
     }
 
+    #[test]
+    fn a_near_miss_at_the_start_of_both_names_is_found_in_a_crowded_birth_date() {
+        let visit_day = born(2024, 3, 4);
+        let mut dentaltid: Vec<Patient> =
+            (0..40).map(|id| dental(id, &format!("first{id}"), &format!("last{id}"), visit_day)).collect();
+        dentaltid.push(dental(9_999, "Elias", "Haddad", visit_day));
+        let near_miss = decide_one(nanopix(1, "Ilias", "Addad", visit_day), &dentaltid);
+        assert_eq!(near_miss, duplicate(DuplicateReason::SimilarNames, &[9_999]));
+    }
+
     fn any_patients() -> impl Strategy<Value = (Vec<NanoPixPatient>, Vec<Patient>)> {
         let names = prop::sample::select(vec!["Zoe", "zoé ", "Doe", "DOE", "Dou", "Lefevre", "Lefebvre", "", " "]);
         let date = prop::option::of(prop::sample::select(vec![born(1990, 5, 6), born(1991, 1, 1)]));

@@ -2,7 +2,8 @@
 //! away from a NanoPix patient's.
 //!
 //! Comparisons happen only inside one birth-date bucket. Big buckets (NanoPix often stores the
-//! visit date as the birth date) are blocked further by initial and name length, and each
+//! visit date as the birth date) are blocked further by first or last letter of either name and
+//! by name length, and each
 //! lookup compares at most [`MAX_COMPARISONS`] patients, so the whole check stays linear. It
 //! never compares every pair.
 
@@ -27,13 +28,35 @@ pub(super) const SMALL_BUCKET: usize = 32;
 /// Most DentalTID patients one lookup compares names with.
 const MAX_COMPARISONS: usize = 256;
 
-/// A block inside a big bucket: an initial and the combined name length.
+/// A block inside a big bucket: the first or last letter of one name, and the combined name
+/// length. Two names at most [`MAX_EDITS`] edits apart share at least one of the four letters
+/// (each edit changes at most one of them, in names of two letters or more), so a lookup in all
+/// four blocks finds every similar name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Block {
     /// First character of the last name, combined length.
     LastInitial(char, usize),
     /// First character of the first name, combined length.
     FirstInitial(char, usize),
+    /// Last character of the last name, combined length.
+    LastFinal(char, usize),
+    /// Last character of the first name, combined length.
+    FirstFinal(char, usize),
+}
+
+/// How many kinds of [`Block`] there are: each patient of a big bucket sits in one of each.
+pub(super) const BLOCK_KINDS: usize = 4;
+
+impl Block {
+    /// The position of this block's kind among the [`BLOCK_KINDS`].
+    pub(super) fn kind(self) -> usize {
+        match self {
+            Self::LastInitial(..) => 0,
+            Self::FirstInitial(..) => 1,
+            Self::LastFinal(..) => 2,
+            Self::FirstFinal(..) => 3,
+        }
+    }
 }
 
 /// The entries of DentalTID patients born the same day as `person` whose names are similar
@@ -50,20 +73,22 @@ pub(super) fn similar(index: &DentalIndex, person: &Person<'_>) -> Vec<usize> {
     lookup_blocks(index, person, born).take(MAX_COMPARISONS).filter(similar_entry).collect()
 }
 
-/// The members of a big bucket worth comparing with `person`: the blocks that share an initial
-/// with it and whose length is within reach.
+/// The members of a big bucket worth comparing with `person`: the blocks that share a first or
+/// last letter with it and whose length is within reach.
 fn lookup_blocks<'i>(index: &'i DentalIndex, person: &Person<'_>, born: NaiveDate) -> impl Iterator<Item = usize> + 'i {
     let lengths = person.chars.saturating_sub(MAX_EDITS)..=person.chars + MAX_EDITS;
     let blocks: Vec<Block> = lengths.flat_map(|chars| blocks_of(person, chars)).flatten().collect();
     blocks.into_iter().flat_map(move |block| index.in_block(born, block))
 }
 
-/// The blocks, last-name initial then first-name initial, a person with these names would sit
-/// in if their combined length were `chars`.
-pub(super) fn blocks_of(person: &Person<'_>, chars: usize) -> [Option<Block>; 2] {
+/// The blocks, in the order of [`Block::kind`], a person with these names would sit in if their
+/// combined length were `chars`.
+pub(super) fn blocks_of(person: &Person<'_>, chars: usize) -> [Option<Block>; BLOCK_KINDS] {
     [
         person.last.chars().next().map(|initial| Block::LastInitial(initial, chars)),
         person.first.chars().next().map(|initial| Block::FirstInitial(initial, chars)),
+        person.last.chars().next_back().map(|last| Block::LastFinal(last, chars)),
+        person.first.chars().next_back().map(|last| Block::FirstFinal(last, chars)),
     ]
 }
 
