@@ -201,7 +201,7 @@ fn print_events(events: &Receiver<Event>) -> Result<Printed, String> {
     let mut printed = Printed { errors: 0 };
     for event in events {
         let last = event.kind == EventKind::Closed;
-        let odd = |code: &str| code == "odd_row" || code == "odd_folder";
+        let odd = |code: &str| ["odd_row", "odd_folder", "odd_name"].contains(&code);
         printed.errors += usize::from(matches!(&event.kind, EventKind::SyncError { code, .. } if !odd(code)));
         let mut written = writeln!(stdout, "{}", event.to_json());
         if last || events.is_empty() {

@@ -1131,14 +1131,35 @@ fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, r
                     candidates: duplicate.candidates,
                 });
             }
+            let unreadable_name = row.first_name.contains(char::REPLACEMENT_CHARACTER)
+                || row.last_name.contains(char::REPLACEMENT_CHARACTER);
             bus.emit(EventKind::PatientImported {
                 patient_id,
-                external_id,
+                external_id: external_id.clone(),
                 first_name: row.first_name,
                 last_name: row.last_name,
             });
+            if unreadable_name {
+                report_unreadable_name(bus, external_id, patient_id, report);
+            }
         }
     }
+}
+
+/// Reports an imported patient whose name NanoPix stored as bytes that are not UTF-8 text (in a
+/// Windows code page, say): it was imported with U+FFFD in place of each unreadable letter.
+fn report_unreadable_name(bus: &EventBus, external_id: String, patient_id: i64, report: &mut ReconcileReport) {
+    report.errors += 1;
+    bus.emit(EventKind::SyncError {
+        code: "odd_name".into(),
+        message: format!(
+            "NanoPix patient {external_id} has letters in its name that are not UTF-8 text: imported as \
+             DentalTID patient {patient_id} with \u{FFFD} in their place; correct the name in both programs"
+        ),
+        external_id: Some(external_id),
+        patient_id: Some(patient_id),
+        path: None,
+    });
 }
 
 /// DentalTID's side of a snapshot, completed once `rows` brings NanoPix's: what the sync

@@ -238,6 +238,32 @@ fn a_link_dentaltid_made_itself_to_a_vanished_nanopix_patient_is_reported_by_the
     assert_eq!((first.removed, sync.reconcile().unwrap().removed), (1, 0));
 }
 
+/// NanoPix wrote a name in a Windows code page (0xE8 for 'è') into its UTF-8 database: the
+/// patient is imported as well as it can be, and a `sync_error` names it.
+#[test]
+fn a_nanopix_name_that_is_not_utf8_is_imported_and_reported() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Lef", "Zoe", Some("1990-07-04"));
+    common::another_program(&clinic.nanopix_db())
+        .execute("UPDATE Patient SET last_name = CAST(X'4C6566E8767265' AS TEXT) WHERE id = '20250122_091500'", [])
+        .unwrap();
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let imported: Vec<(i64, String)> = clinic
+        .dentaltid_rows("SELECT id, familyName FROM patients WHERE external_id = '20250122_091500'", |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
+    assert_eq!(imported.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>(), ["Lef\u{FFFD}vre"]);
+    let reported = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::SyncError { code, external_id, patient_id, .. } if code == "odd_name" => {
+            Some((external_id, patient_id))
+        }
+        _ => None,
+    });
+    assert_eq!(reported, Some((Some("20250122_091500".to_owned()), Some(imported[0].0))));
+    assert_eq!((report.imported, report.errors), (2, 1));
+}
+
 #[test]
 fn a_folder_nanopix_has_not_made_yet_is_no_removal_until_it_was_there() {
     let clinic = Clinic::new("v29");
