@@ -439,7 +439,10 @@ impl Engine {
     /// many dates, or there is no index to find them by.
     fn matcher(&self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
         let mut index = DentalIndex::default();
-        let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date).collect();
+        // A birth date nobody may have typed is compared with every patient of the same names:
+        // all are read, as for a missing one.
+        let doubtful = |p: &NanoPixPatient| p.born_on_registration_day();
+        let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date.filter(|_| !doubtful(p))).collect();
         match dates {
             Some(dates) if self.indexed && dates.len() <= MAX_CANDIDATE_DATES => {
                 self.dentaltid.add_candidates_born_on(&dates.into_iter().collect::<Vec<_>>(), &mut index)?

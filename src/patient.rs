@@ -92,6 +92,18 @@ pub struct NanoPixPatient {
     pub created: Option<NaiveDateTime>,
 }
 
+impl NanoPixPatient {
+    /// Whether the birth date is the day NanoPix registered the patient (the day of its id, or
+    /// of `created_datetime`): NanoPix's form starts with that date, so it is most likely a birth
+    /// date nobody typed.
+    pub fn born_on_registration_day(&self) -> bool {
+        let registered = |born: NaiveDate| {
+            born == self.id.datetime().date() || self.created.is_some_and(|created| created.date() == born)
+        };
+        self.birth_date.is_some_and(registered)
+    }
+}
+
 /// A new NanoPix row, as the sync writes it for an exported patient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNanoPixPatient {

@@ -184,6 +184,35 @@ fn near_misses_are_imported_and_reported() {
     assert!(events.iter().all(|e| !matches!(e, EventKind::PatientLinked { .. })));
 }
 
+/// NanoPix's form starts with the day of registration as the birth date, and it is often left
+/// so: a NanoPix patient born on the day NanoPix registered it, with the names of a DentalTID
+/// patient born on another day, is imported and reported as a possible duplicate.
+#[test]
+fn a_nanopix_birth_date_left_at_the_registration_day_is_reported_as_missing() {
+    let clinic = Clinic::new("v29");
+    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091500", "Haddou", "Yasmine", Some("2025-01-22"));
+    let (_sync, events) = reconcile_with(&clinic);
+    assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::MissingBirthDate, vec![yasmine])));
+}
+
+/// The same, for a patient a later pass finds among a few new ones, with the sync's indexes built.
+#[test]
+fn a_later_pass_reports_a_birth_date_left_at_the_registration_day_too() {
+    let clinic = Clinic::new("v29");
+    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
+    // Enough NanoPix patients known that the pass looks up its few new ones by birth date.
+    clinic.add_bulk_nanopix(20);
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    clinic.add_nanopix("20250122_091500", "Haddou", "Yasmine", Some("2025-01-22"));
+    drain(&sync);
+    sync.reconcile().unwrap();
+    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::MissingBirthDate, vec![yasmine])));
+}
+
 #[test]
 fn auto_link_off_imports_and_reports_exact_matches() {
     let clinic = Clinic::new("v29");

@@ -250,9 +250,11 @@ impl DentalIndex {
         self.by_exact.get(self.exact_key(first, last, born)).filter(same).collect()
     }
 
-    /// The entries with the same names as `person` where one side's birth date is missing.
-    pub(super) fn same_names_one_unborn(&self, person: &Person<'_>) -> Vec<usize> {
-        let group = if person.born.is_some() { &self.unborn_by_names } else { &self.by_names };
+    /// The entries with the same names as `person` where one side's birth date is missing; all
+    /// of them when `person`'s birth date counts as missing too.
+    pub(super) fn same_names_one_unborn(&self, person: &Person<'_>, born_counts_as_missing: bool) -> Vec<usize> {
+        let group =
+            if person.born.is_some() && !born_counts_as_missing { &self.unborn_by_names } else { &self.by_names };
         let same =
             |entry: &usize| self.person(*entry).is_some_and(|p| p.first == person.first && p.last == person.last);
         group.get(self.names_key(person.first, person.last)).filter(same).collect()

@@ -147,7 +147,7 @@ impl Matcher {
         normalise_into(&patient.last_name, &mut names);
         let (first, last) = names.split_at(first_end);
         let verdict = match Person::new(first, last, patient.birth_date) {
-            Some(person) => self.verdict(&person),
+            Some(person) => self.verdict(&person, patient.born_on_registration_day()),
             None => Verdict::Import(None),
         };
         self.names = names;
@@ -217,8 +217,10 @@ impl Matcher {
     }
 
     /// Step one, an exact key match, else step two, the first near miss that applies.
-    fn verdict(&self, person: &Person<'_>) -> Verdict {
-        self.exact_match(person).unwrap_or_else(|| Verdict::Import(self.near_miss(person)))
+    /// `doubtful_birth_date` says the birth date may be one nobody typed (see
+    /// [`NanoPixPatient::born_on_registration_day`]).
+    fn verdict(&self, person: &Person<'_>, doubtful_birth_date: bool) -> Verdict {
+        self.exact_match(person).unwrap_or_else(|| Verdict::Import(self.near_miss(person, doubtful_birth_date)))
     }
 
     /// An exact key match links, or is reported when linking is not safe.
@@ -234,7 +236,9 @@ impl Matcher {
         Some(Verdict::Import(Some((reason, found))))
     }
 
-    fn near_miss(&self, person: &Person<'_>) -> Option<(DuplicateReason, Vec<usize>)> {
+    /// The first near miss that applies. A doubtful birth date counts as missing for the last
+    /// one: patients with the same names and any other birth date are reported.
+    fn near_miss(&self, person: &Person<'_>, doubtful_birth_date: bool) -> Option<(DuplicateReason, Vec<usize>)> {
         let swapped = person.born.map(|born| self.dentaltid.exact(person.last, person.first, born)).unwrap_or_default();
         if !swapped.is_empty() {
             return Some((DuplicateReason::SwappedNames, swapped));
@@ -243,7 +247,7 @@ impl Matcher {
         if !similar.is_empty() {
             return Some((DuplicateReason::SimilarNames, similar));
         }
-        let missing_birth_date = self.dentaltid.same_names_one_unborn(person);
+        let missing_birth_date = self.dentaltid.same_names_one_unborn(person, doubtful_birth_date);
         (!missing_birth_date.is_empty()).then_some((DuplicateReason::MissingBirthDate, missing_birth_date))
     }
 }
@@ -458,6 +462,21 @@ mod tests {
         assert_eq!(typo, duplicate(DuplicateReason::SimilarNames, &[9_999]));
         let decisions = decide(&crowd, &dentaltid, true);
         assert_eq!(decisions, vec![Decision::import(None); 5_000]);
+    }
+
+    #[test]
+    fn a_birth_date_on_the_registration_day_counts_as_missing_for_near_misses() {
+        let dentaltid = [dental(5, "Amina", "Benali", born(1985, 3, 12)), dental(6, "Amina", "Benali", None)];
+        let registered = born(2025, 1, 21);
+        let by_id = decide_one(nanopix(1, "Amina", "Benali", registered), &dentaltid);
+        assert_eq!(by_id, duplicate(DuplicateReason::MissingBirthDate, &[5, 6]));
+        let mut by_creation = nanopix(2, "Amina", "Benali", born(2025, 1, 24));
+        by_creation.created = born(2025, 1, 24).and_then(|day| day.and_hms_opt(9, 30, 0));
+        assert_eq!(decide_one(by_creation, &dentaltid), duplicate(DuplicateReason::MissingBirthDate, &[5, 6]));
+        let typed = decide_one(nanopix(3, "Amina", "Benali", born(1990, 1, 1)), &dentaltid);
+        assert_eq!(typed, duplicate(DuplicateReason::MissingBirthDate, &[6]), "a typed date: only the unborn one");
+        let same_day = [dental(7, "Amina", "Benali", registered)];
+        assert_eq!(decide_one(nanopix(4, "Amina", "Benali", registered), &same_day), Decision::Link { patient_id: 7 });
     }
 
     #[test]
