@@ -128,6 +128,9 @@ struct Snapshot {
     /// building the matcher and with the import.
     folders: Option<FolderListing>,
     dentaltid: Vec<PatientRef>,
+    /// The highest `patients.id` DentalTID had issued just before the snapshot read its
+    /// patients: a patient with a higher id was added since.
+    dentaltid_issued: i64,
     links: Vec<Link>,
     /// The NanoPix ids the sync does not know yet: neither linked, recorded, nor being exported.
     /// A pass imports or links only these: a row NanoPix saves during the pass is the next one's.
@@ -143,10 +146,11 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    /// DentalTID's highest `patients.id` and row count when the snapshot was read.
+    /// DentalTID's highest `patients.id` (or the highest it had issued before, when its last
+    /// patients were deleted) and row count when the snapshot was read.
     fn dentaltid_extent(&self) -> (i64, u64) {
         let highest = self.dentaltid.iter().map(|p| p.id).max().unwrap_or(0);
-        (highest, self.dentaltid.len() as u64)
+        (highest.max(self.dentaltid_issued), self.dentaltid.len() as u64)
     }
 }
 
@@ -262,18 +266,16 @@ impl Engine {
         // A pass stopped early leaves no cursor, so the next live pass reconciles fully. The
         // DentalTID extent is the snapshot's moved past the rows added since, so a patient
         // deleted during the pass is still found gone by the next live pass.
-        self.cursor = if self.cancelled() {
-            None
-        } else {
-            let dentaltid = self.dentaltid.extent_after(snapshot.dentaltid_extent())?;
-            Some(LiveCursor {
+        self.cursor = match self.cancelled() {
+            true => None,
+            false => self.extent_after(snapshot.dentaltid_extent())?.map(|dentaltid| LiveCursor {
                 nanopix_pk: snapshot.nanopix_pk,
                 nanopix_id: snapshot.nanopix_id.take(),
                 nanopix_rows: snapshot.nanopix_rows,
                 nanopix_version,
                 dentaltid,
                 dentaltid_version,
-            })
+            }),
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report.stopped_early = self.cancelled();
@@ -359,12 +361,12 @@ impl Engine {
             self.cursor = None;
             return Ok(report);
         }
-        self.cursor = Some(LiveCursor {
+        self.cursor = self.extent_after(cursor.dentaltid)?.map(|dentaltid| LiveCursor {
             nanopix_pk,
             nanopix_id,
             nanopix_rows: cursor.nanopix_rows + read,
             nanopix_version,
-            dentaltid: self.dentaltid.extent_after(cursor.dentaltid)?,
+            dentaltid,
             dentaltid_version,
         });
         Ok(report)
@@ -389,11 +391,20 @@ impl Engine {
     /// export, whose catch-up counts the rows up to the extent. When the rows cannot be counted,
     /// the cursor goes, so the next pass reconciles fully; the export's own outcome stands.
     fn extend_cursor_past_exports(&mut self) {
-        let Some(cursor) = &mut self.cursor else { return };
-        match self.dentaltid.extent_after(cursor.dentaltid) {
-            Ok(extent) => cursor.dentaltid = extent,
-            Err(_) => self.cursor = None,
+        let Some(previous) = self.cursor.as_ref().map(|cursor| cursor.dentaltid) else { return };
+        match self.extent_after(previous) {
+            Ok(Some(extent)) => self.cursor.iter_mut().for_each(|cursor| cursor.dentaltid = extent),
+            Ok(None) | Err(_) => self.cursor = None,
         }
+    }
+
+    /// DentalTID's extent `previous` moved past the rows added since (see
+    /// [`crate::dentaltid::DentalTid::extent_after`]); `None` when a patient the sync linked,
+    /// imported or exported since is gone already. The extent cannot count such a patient, so
+    /// only a full reconcile would find it deleted: the next pass is then one.
+    fn extent_after(&self, previous: (i64, u64)) -> Result<Option<(i64, u64)>> {
+        let extent = self.dentaltid.extent_after(previous)?;
+        Ok((!self.dentaltid.lost_linked_after(previous.0)?).then_some(extent))
     }
 
     /// Adds the indexes live passes and exports need, once: at the end of the first full
@@ -461,6 +472,11 @@ impl Engine {
         let id = NanoPixId::parse(external_id)?;
         if !self.dentaltid.delete_requested(id)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
+        }
+        // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to delete from.
+        if self.nanopix.replaced() {
+            self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
+            self.nanopix_read = None;
         }
         self.reconnect_if_read_only()?;
         self.cursor = None;
@@ -1177,6 +1193,7 @@ fn read_dentaltid(
     first_sync: bool,
     auto_link: bool,
 ) -> Result<(Snapshot, Vec<OddRow>)> {
+    let dentaltid_issued = dentaltid.highest_issued_id()?;
     let (patients, index) = if first_sync {
         let (patients, index) = dentaltid.index_all_candidates()?;
         (patients, Some(index))
@@ -1207,6 +1224,7 @@ fn read_dentaltid(
         nanopix,
         folders: None,
         dentaltid: patients,
+        dentaltid_issued,
         links,
         unknown,
         odd_pks,

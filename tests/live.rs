@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Clinic, copy_tree, drain, numbered_nanopix_id, wait_for};
+use common::{Clinic, another_program, copy_tree, drain, numbered_nanopix_id, until, wait_for};
 use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -799,4 +799,156 @@ fn both_programs_writing_while_live_sync_is_switched_off_and_on_keep_each_patien
         |r| r.get(0),
     );
     assert_eq!(exported_twice, Vec::<String>::new(), "no DentalTID patient exported twice");
+}
+
+/// NanoPix.db3 is replaced by a backup copy (renamed over it) while Live Sync polls, and the host
+/// then confirms a `delete_requested` (for an empty NanoPix patient): the delete must act on the
+/// NanoPix.db3 that is there now, as every reconcile and export opens it afresh.
+#[test]
+fn a_delete_confirmed_just_after_nanopix_db_was_restored_from_a_backup_deletes_the_patient() {
+    let clinic = Clinic::new("v29");
+    let id = "20250122_091500";
+    clinic.add_nanopix(id, "Mansouri", "Yacine", Some("2001-05-19"));
+    let mut config = clinic.config();
+    config.watch_mode = nanopix_sync::WatchMode::Polling;
+    config.poll_interval = Duration::from_secs(30);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    let imported =
+        wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { external_id, .. } if external_id == id));
+    let EventKind::PatientImported { patient_id, .. } = imported.kind else { unreachable!() };
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient_id]).unwrap();
+    sync.reconcile().unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id));
+    // Last night's backup of NanoPix.db3 (it holds the patient) is restored: a copy renamed over the file.
+    let backup = clinic.root.join("database/NanoPix.backup.db3");
+    std::fs::copy(clinic.nanopix_db(), &backup).unwrap();
+    std::fs::rename(&backup, clinic.nanopix_db()).unwrap();
+    let deleted = sync.delete_in_nanopix(id);
+    assert!(deleted.is_ok(), "delete_in_nanopix: {deleted:?}");
+    let rows = clinic.nanopix_rows(&format!("SELECT COUNT(*) FROM Patient WHERE id = '{id}'"), |r| r.get::<_, i64>(0));
+    assert_eq!(rows, vec![0]);
+    assert!(!clinic.root.join(id).exists());
+}
+
+/// A NanoPix patient is imported by the same live pass that exports a DentalTID patient, and the
+/// receptionist deletes the imported patient before that pass ends (here while the export waits
+/// for NanoPix's lock). NanoPix still holds the patient: `delete_requested` is due, as a full
+/// reconcile sends it.
+#[test]
+fn an_imported_patient_deleted_before_its_live_pass_ends_gets_a_delete_requested() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    drain(&sync);
+    let x = "20250122_091500";
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let nadia = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Cherif", Some("1992-02-14"));
+    clinic.add_nanopix(x, "Mansouri", "Yacine", Some("2001-05-19"));
+    let nanopix_lock = another_program(&clinic.nanopix_db());
+    nanopix_lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    dentaltid.execute_batch("COMMIT").unwrap();
+    let imported =
+        wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { external_id, .. } if external_id == x));
+    let EventKind::PatientImported { patient_id: yacine, .. } = imported.kind else { unreachable!() };
+    let journaled = "SELECT COUNT(*) FROM nanopix_sync_exports WHERE patient_id = ?1";
+    until(DEADLINE, "Nadia's export is journaled", || {
+        dentaltid.query_row(journaled, [nadia], |r| r.get::<_, i64>(0)).unwrap() == 1
+    });
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
+    nanopix_lock.execute_batch("ROLLBACK").unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == nadia));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == x));
+}
+
+/// Holds NanoPix's write lock (NanoPix saving a study in a long transaction, say) while
+/// DentalTID adds Nadia Cherif, and waits until Live Sync journaled her export, which then waits
+/// for that lock. Returns the lock holder (roll it back to let the export go on) and her id.
+fn export_waiting_for_nanopix(clinic: &Clinic) -> (rusqlite::Connection, i64) {
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let dentaltid = another_program(&clinic.dentaltid);
+    let patient = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let journaled = "SELECT COUNT(*) FROM nanopix_sync_exports WHERE patient_id = ?1";
+    until(DEADLINE, "the export is journaled", || {
+        dentaltid.query_row(journaled, [patient], |r| r.get::<_, i64>(0)).unwrap() == 1
+    });
+    (nanopix, patient)
+}
+
+/// DentalTID deletes a patient while Live Sync's export of it waits for NanoPix's lock. The
+/// export ends on the NanoPix row it writes (as documented), so NanoPix holds a patient whose
+/// DentalTID patient is gone: the host must get `delete_requested`, as a full reconcile gives it
+/// at once (`sync.reconcile()` here sends it), not an hour later.
+#[test]
+fn a_patient_deleted_while_its_live_export_waits_for_nanopix_gets_a_delete_requested() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    drain(&sync);
+    let (nanopix_lock, patient) = export_waiting_for_nanopix(&clinic);
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    nanopix_lock.execute_batch("ROLLBACK").unwrap();
+    let exported = wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == patient),
+    );
+    let EventKind::PatientExported { external_id, .. } = exported.kind else { unreachable!() };
+    let rows = clinic
+        .nanopix_rows(&format!("SELECT COUNT(*) FROM Patient WHERE id = '{external_id}'"), |r| r.get::<_, i64>(0));
+    assert_eq!(rows, vec![1], "NanoPix holds the exported row");
+    // The deletion's commit wakes a live pass; the hourly reconcile is far away.
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { patient_id, .. } if *patient_id == patient));
+}
+
+/// The same, and the receptionist adds her again at once with the same names and birth date.
+/// README: "A patient deleted by mistake and added again with the same names and birth date gets
+/// the NanoPix patient it left behind back when it is exported ... instead of a second one."
+#[test]
+fn a_patient_deleted_and_added_again_while_her_export_waits_gets_one_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    drain(&sync);
+    let (nanopix_lock, first) = export_waiting_for_nanopix(&clinic);
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [first]).unwrap();
+    let again = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Cherif", Some("1992-02-14"));
+    nanopix_lock.execute_batch("ROLLBACK").unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == first));
+    wait_for(&sync, DEADLINE, |e| {
+        matches!(e, EventKind::PatientExported { patient_id, .. } | EventKind::PatientLinked { patient_id, .. }
+            if *patient_id == again)
+    });
+    let in_nanopix = common::nanopix_ids_named(&clinic, "Nadia", "Cherif");
+    assert_eq!(in_nanopix.len(), 1, "Nadia Cherif is in NanoPix {in_nanopix:?}");
+}
+
+/// The newest DentalTID patient, imported, loses its NanoPix patient (row and folder) and is then
+/// deleted: nothing is left to delete. The passes after the full reconcile that finds it gone
+/// are live passes again, though the highest id left is below that patient's.
+#[test]
+fn a_deleted_newest_patient_whose_nanopix_patient_is_gone_does_not_make_every_pass_a_full_reconcile() {
+    let clinic = Clinic::new("v29");
+    let id = "20250121_152638";
+    let sync = live(&clinic);
+    let patient: i64 = clinic.dentaltid_rows("SELECT MAX(id) FROM patients", |r| r.get(0))[0];
+    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
+    wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == patient),
+    );
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    for (i, new) in ["20250122_091500", "20250122_091600"].into_iter().enumerate() {
+        clinic.add_nanopix(new, "Mansouri", &format!("Yacine{i}"), Some("2001-05-19"));
+        let mut seen = Vec::new();
+        wait_for(&sync, DEADLINE, |e| {
+            seen.push(e.clone());
+            matches!(e, EventKind::PatientImported { external_id, .. } if external_id == new)
+        });
+        assert!(!seen.iter().any(|e| matches!(e, EventKind::Reconciled(_))), "a full reconcile: {seen:?}");
+    }
 }

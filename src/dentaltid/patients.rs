@@ -35,6 +35,15 @@ const INSERT_IMPORTED: &str = "INSERT INTO patients(name, familyName, age, dateO
         external_id)
     VALUES (?1, ?2, ?3, ?4, '', '', '', 0.0, ?5, 0, 'EmergencySeverity.low', '', ?6, 0, 'nanopix', ?7)";
 
+/// Whether a link row, or an import batch's run of ids, past `?1` names a patient `patients`
+/// no longer holds. Only the part of a batch past `?1` is counted; a link whose delete was
+/// asked for is left out (its patient is gone by definition).
+const LOST_LINKED_AFTER: &str = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links l
+    WHERE l.patient_id > ?1 AND l.state != ?2 AND NOT EXISTS(SELECT 1 FROM patients p WHERE p.id = l.patient_id))
+    OR EXISTS(SELECT 1 FROM nanopix_sync_imports b WHERE b.last_patient_id > ?1
+        AND (SELECT COUNT(*) FROM patients p WHERE p.id BETWEEN max(b.first_patient_id, ?1 + 1) AND b.last_patient_id)
+            < b.last_patient_id - max(b.first_patient_id, ?1 + 1) + 1)";
+
 /// How long one import transaction may hold DentalTID's write lock before it is due to be
 /// committed, so DentalTID itself waits at most about this long to save a patient.
 const IMPORT_LOCK_HOLD: Duration = Duration::from_millis(100);
@@ -256,6 +265,24 @@ impl DentalTid {
         };
         let (highest, added) = read(&self.conn).map_err(Error::db(&self.path, "counting new patients"))?;
         Ok((highest.map_or(max_id, |id| id.max(max_id)), rows + added.unwrap_or(0).unsigned_abs()))
+    }
+
+    /// Whether a patient with an id past `after` that the sync linked, imported or exported is
+    /// gone: its link row, or the run of ids of its import batch, names it, and `patients` does
+    /// not hold it. Reads only the links and import batches past `after`.
+    pub fn lost_linked_after(&self, after: i64) -> Result<bool> {
+        let read = |conn: &Connection| {
+            conn.prepare_cached(LOST_LINKED_AFTER)?
+                .query_row(params![after, LinkState::DeleteRequested.as_str()], |row| row.get(0))
+        };
+        read(&self.conn).map_err(Error::db(&self.path, "looking for linked patients deleted meanwhile"))
+    }
+
+    /// The highest `patients.id` DentalTID has issued: the highest there is, or a higher one
+    /// `sqlite_sequence` remembers for a table with `AUTOINCREMENT` (as DentalTID's) whose last
+    /// patients were deleted. Ids it issues later are all higher.
+    pub fn highest_issued_id(&self) -> Result<i64> {
+        highest_patient_id(&self.conn).map_err(Error::db(&self.path, "reading the highest patient id issued"))
     }
 
     /// The highest `patients.id` there is (0 for none).
