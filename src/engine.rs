@@ -523,14 +523,19 @@ impl Engine {
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
+    /// Announces the delete requests written since the last announcement (see
+    /// [`Engine::announce_held_deletes`]), unless an export call is under way: it announces them
+    /// once it has given NanoPix patients back (see [`Engine::holding_delete_requests`]).
+    pub fn announce_delete_requests(&mut self) {
+        if !self.holding_delete_requests {
+            self.announce_held_deletes();
+        }
+    }
+
     /// Announces the delete requests written since the last announcement whose delete still
     /// stands: a NanoPix patient given back meanwhile to a patient added again asks for none. One
-    /// whose standing cannot be read is announced: `delete_in_nanopix` checks it again. Does
-    /// nothing while an export call is under way (see [`Engine::holding_delete_requests`]).
-    pub fn announce_delete_requests(&mut self) {
-        if self.holding_delete_requests {
-            return;
-        }
+    /// whose standing cannot be read is announced: `delete_in_nanopix` checks it again.
+    fn announce_held_deletes(&mut self) {
         for (patient_id, external_id) in std::mem::take(&mut self.unannounced_deletes) {
             let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.dentaltid.delete_requested(id));
             if stands.unwrap_or(true) {
@@ -540,7 +545,8 @@ impl Engine {
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
-    /// finds until it has given NanoPix patients back; then announces them.
+    /// finds until it has given NanoPix patients back (it announces them then, before it
+    /// exports: a crash during the exports must not lose them); then announces any left.
     fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
         let held = std::mem::replace(&mut self.holding_delete_requests, true);
         let result = catch_unwind(AssertUnwindSafe(|| work(self)));

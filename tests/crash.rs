@@ -327,3 +327,65 @@ fn a_repair_does_not_drop_an_export_when_nanopix_saved_the_same_person_twice() {
         clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
     assert!(external_id[0].is_some() || pending == 1, "Nadia's export vanished: {external_id:?}, {report:?}");
 }
+
+#[test]
+#[ignore = "the child process of the crash test of a held delete request"]
+fn export_crashing_after_a_deletion_child() {
+    let sync = common::open_parents_clinic();
+    // A host with a callback, as DentalTID's: every event as soon as it is sent.
+    sync.set_callback(Some(Box::new(|event: &nanopix_sync::Event| println!("EVENT {}", event.to_json()))));
+    let patient_id: i64 = std::env::var("NPS_TEST_EXPORT").unwrap().parse().unwrap();
+    // The crash point ends the process during the export.
+    drop(sync.export_patient(patient_id));
+}
+
+/// A patient deleted in DentalTID, found by the catch-up of an export of another patient that
+/// then crashes (power cut, process killed): the sync has recorded the delete request, so it
+/// never asks again; the host must have been told, before the crash or after the restart.
+#[test]
+fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
+    let left_behind = "20250121_152638";
+    let clinic = Clinic::new("v29");
+    let deleted = {
+        let sync = clinic.open_without_automatic_work();
+        sync.reconcile().unwrap();
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{left_behind}'"), |r| {
+            r.get::<_, i64>(0)
+        })[0]
+    };
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
+
+    let output = common::child_process("export_crashing_after_a_deletion_child", &clinic)
+        .env("NPS_TEST_EXPORT", other.to_string())
+        .env("NANOPIX_SYNC_CRASH_AT", "row")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child crashed at the crash point: {output:?}");
+    let before_crash: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once("EVENT ").map(|(_, json)| json.to_owned()))
+        .collect();
+    let recorded = clinic.dentaltid_rows(
+        &format!(
+            "SELECT count(*) FROM nanopix_sync_links WHERE external_id = '{left_behind}' AND state = 'delete_requested'"
+        ),
+        |r| r.get::<_, i64>(0),
+    );
+    assert_eq!(recorded, [1], "the sync recorded the delete request before the crash");
+
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    sync.export_existing().unwrap();
+    let after_restart: Vec<nanopix_sync::EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    let told_before =
+        before_crash.iter().any(|json| json.contains("\"delete_requested\"") && json.contains(left_behind));
+    let told_after = after_restart.iter().any(|kind| {
+        matches!(kind, nanopix_sync::EventKind::DeleteRequested { external_id, .. } if external_id == left_behind)
+    });
+    assert!(
+        told_before || told_after,
+        "no delete_requested for {left_behind} ever reached the host; before the crash: {before_crash:#?}; \
+         after the restart: {after_restart:#?}"
+    );
+}
