@@ -25,7 +25,9 @@ const MAX_COMBINED_CHARS: usize = 128;
 /// Buckets up to this size are scanned whole; bigger ones are looked up by block.
 pub(super) const SMALL_BUCKET: usize = 32;
 
-/// Most DentalTID patients one lookup compares names with.
+/// Most DentalTID patients one lookup compares names with, through the blocks of initials, and
+/// again through the blocks of last letters: a crowd sharing a last letter never keeps a lookup
+/// from the patients sharing an initial.
 const MAX_COMPARISONS: usize = 256;
 
 /// A block inside a big bucket: the first or last letter of one name, and the combined name
@@ -48,6 +50,11 @@ pub(super) enum Block {
 pub(super) const BLOCK_KINDS: usize = 4;
 
 impl Block {
+    /// Whether the block is one of an initial, not of a last letter.
+    fn is_initial(self) -> bool {
+        matches!(self, Self::LastInitial(..) | Self::FirstInitial(..))
+    }
+
     /// The position of this block's kind among the [`BLOCK_KINDS`].
     pub(super) fn kind(self) -> usize {
         match self {
@@ -70,14 +77,22 @@ pub(super) fn similar(index: &DentalIndex, person: &Person<'_>) -> Vec<usize> {
         let in_reach = bucket.iter().filter(|member| within_reach(person.chars, member.chars));
         return in_reach.map(|member| member.entry).filter(similar_entry).collect();
     }
-    lookup_blocks(index, person, born).take(MAX_COMPARISONS).filter(similar_entry).collect()
+    let by_initial = lookup_blocks(index, person, born, true).take(MAX_COMPARISONS);
+    let by_last_letter = lookup_blocks(index, person, born, false).take(MAX_COMPARISONS);
+    by_initial.chain(by_last_letter).filter(similar_entry).collect()
 }
 
-/// The members of a big bucket worth comparing with `person`: the blocks that share a first or
-/// last letter with it and whose length is within reach.
-fn lookup_blocks<'i>(index: &'i DentalIndex, person: &Person<'_>, born: NaiveDate) -> impl Iterator<Item = usize> + 'i {
+/// The members of a big bucket worth comparing with `person`: the blocks that share an initial
+/// (or, without `by_initial`, a last letter) with it and whose length is within reach.
+fn lookup_blocks<'i>(
+    index: &'i DentalIndex,
+    person: &Person<'_>,
+    born: NaiveDate,
+    by_initial: bool,
+) -> impl Iterator<Item = usize> + 'i {
     let lengths = person.chars.saturating_sub(MAX_EDITS)..=person.chars + MAX_EDITS;
-    let blocks: Vec<Block> = lengths.flat_map(|chars| blocks_of(person, chars)).flatten().collect();
+    let blocks = lengths.flat_map(|chars| blocks_of(person, chars)).flatten();
+    let blocks: Vec<Block> = blocks.filter(|block| block.is_initial() == by_initial).collect();
     blocks.into_iter().flat_map(move |block| index.in_block(born, block))
 }
 
