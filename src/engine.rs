@@ -15,7 +15,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::{HashMap, HashSet};
 
-use crate::dentaltid::{DentalTid, Importing, Link, LinkOrigin, LinkOutcome, LinkState, PatientRef};
+use crate::dentaltid::{DentalTid, Importing, LastNames, Link, LinkOrigin, LinkOutcome, LinkState, PatientRef};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchKey, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
@@ -93,6 +93,9 @@ pub(crate) struct Engine {
     unannounced_deletes: Vec<(i64, String)>,
     /// Whether an export call is under way: it announces the delete requests once it is done.
     holding_delete_requests: bool,
+    /// DentalTID's patients by last name, once a pass needed them; read again from scratch after
+    /// each full reconcile, so renamed patients are found under their new names.
+    last_names: Option<LastNames>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -189,6 +192,7 @@ impl Engine {
             refused_while_busy: false,
             unannounced_deletes: Vec::new(),
             holding_delete_requests: false,
+            last_names: None,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -239,6 +243,7 @@ impl Engine {
         self.reconnect_if_read_only()?;
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         self.cursor = None;
+        self.last_names = None;
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
@@ -448,21 +453,38 @@ impl Engine {
     /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those
     /// born on their birth dates, or all of them when a NanoPix birth date is missing, there are
     /// many dates, or there is no index to find them by.
-    fn matcher(&self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
+    fn matcher(&mut self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
         let mut index = DentalIndex::default();
-        // A birth date nobody may have typed is compared with every patient of the same names:
-        // all are read, as for a missing one.
-        let doubtful = |p: &NanoPixPatient| p.born_on_registration_day();
-        let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date.filter(|_| !doubtful(p))).collect();
+        let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date).collect();
         match dates {
             Some(dates) if self.indexed && dates.len() <= MAX_CANDIDATE_DATES => {
-                self.dentaltid.add_candidates_born_on(&dates.into_iter().collect::<Vec<_>>(), &mut index)?
+                self.dentaltid.add_candidates_born_on(&dates.iter().copied().collect::<Vec<_>>(), &mut index)?;
+                self.add_candidates_of_doubtful_birth_dates(unknown, &dates, &mut index)?;
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
         let mut linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
         linked.extend(self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id));
         Ok(Matcher::new(index, &linked, self.config.auto_link))
+    }
+
+    /// Adds to `index` the patients of the last names of those of `unknown` whose birth date may
+    /// be one nobody typed (see [`NanoPixPatient::born_on_registration_day`]), born on a day
+    /// not among `dates`: such a NanoPix patient is compared with every patient of its names.
+    fn add_candidates_of_doubtful_birth_dates(
+        &mut self,
+        unknown: &[NanoPixPatient],
+        dates: &HashSet<NaiveDate>,
+        index: &mut DentalIndex,
+    ) -> Result<()> {
+        let doubtful = unknown.iter().filter(|p| p.born_on_registration_day());
+        let last_names: HashSet<String> = doubtful.map(|p| crate::matching::normalise_name(&p.last_name)).collect();
+        if last_names.is_empty() {
+            return Ok(());
+        }
+        let names = self.last_names.get_or_insert_with(LastNames::default);
+        self.dentaltid.read_last_names(names)?;
+        self.dentaltid.add_candidates_named(names, &last_names, dates, index)
     }
 
     /// Deletes a NanoPix patient's row and empty folder once DentalTID asked for it: a

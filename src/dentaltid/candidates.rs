@@ -19,7 +19,7 @@ use crate::values::{WHITESPACE, integer_at, starting_with, text_ref};
 use crate::{Error, Result};
 
 /// The columns [`read_candidate`] reads, in its order.
-const CANDIDATE_COLUMNS: &str = "id, name, familyName, dateOfBirth, external_id";
+pub(super) const CANDIDATE_COLUMNS: &str = "id, name, familyName, dateOfBirth, external_id";
 
 /// The columns [`DentalTid::index_all_candidates`] reads: those of [`read_candidate`], then
 /// `source` for each patient's [`PatientRef`].
@@ -146,7 +146,7 @@ pub(super) fn still_fits(conn: &Connection, patient_id: i64, key: &MatchKey) -> 
 
 /// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an
 /// integer or its birth date is unreadable.
-fn read_candidate(row: &Row<'_>, take: impl FnOnce(DentalCandidate<'_>)) -> rusqlite::Result<()> {
+pub(super) fn read_candidate(row: &Row<'_>, take: impl FnOnce(DentalCandidate<'_>)) -> rusqlite::Result<()> {
     let Some(id) = integer_at(row, 0)? else { return Ok(()) };
     let (first_name, last_name) = (text_ref(row, 1)?, text_ref(row, 2)?);
     let date_of_birth = match BirthDate::of(text_ref(row, 3)?.as_deref()) {

@@ -16,6 +16,7 @@ use crate::{Error, NanoPixId, Result};
 
 mod awaited_folders;
 mod candidates;
+mod last_names;
 mod links;
 mod migration;
 mod patients;
@@ -23,6 +24,7 @@ mod state;
 #[cfg(test)]
 mod testing;
 
+pub use last_names::LastNames;
 pub use patients::{Importing, LinkOutcome};
 
 /// The state of a link between a DentalTID patient and a NanoPix patient.

@@ -15,7 +15,7 @@ use chrono::NaiveDate;
 
 pub(crate) use self::index::DentalIndex;
 use self::index::Person;
-use self::normalise::normalise_into;
+pub(crate) use self::normalise::normalise_into;
 pub use self::normalise::normalise_name;
 use crate::NanoPixId;
 use crate::events::{DuplicateCandidate, DuplicateReason};

@@ -1,0 +1,143 @@
+//! DentalTID's patients by normalised last name, kept between passes: a live pass that must
+//! find the patients of a few last names (see
+//! [`crate::patient::NanoPixPatient::born_on_registration_day`]) reads the rows added since
+//! the last pass, not every patient.
+//!
+//! A patient renamed in DentalTID after it was read is found under its old name until the
+//! engine reads every patient again (after a full reconcile). Each patient found is read again
+//! and kept only if its last name still matches.
+
+use std::hash::BuildHasher;
+
+use chrono::NaiveDate;
+use foldhash::HashSet;
+use foldhash::fast::RandomState;
+use rusqlite::Connection;
+
+use super::DentalTid;
+use super::candidates::{CANDIDATE_COLUMNS, read_candidate};
+use crate::matching::{DentalIndex, normalise_name};
+use crate::values::text_ref;
+use crate::{Error, Result};
+
+/// The hash of each patient's normalised last name, with its id.
+#[derive(Debug, Default)]
+pub struct LastNames {
+    /// The patients read at once, sorted by hash.
+    sorted: Vec<(u64, i64)>,
+    /// The patients added since, in id order.
+    added: Vec<(u64, i64)>,
+    /// The highest patient id read.
+    read_up_to: i64,
+    hasher: RandomState,
+}
+
+impl LastNames {
+    /// The ids of the patients whose normalised last name may be `normalised` (two names can
+    /// share a hash: the caller checks each patient's name).
+    fn ids_named(&self, normalised: &str) -> impl Iterator<Item = i64> + '_ {
+        let key = self.hasher.hash_one(normalised);
+        let start = self.sorted.partition_point(|(hash, _)| *hash < key);
+        let sorted = self.sorted.get(start..).unwrap_or_default().iter().take_while(move |(hash, _)| *hash == key);
+        let added = self.added.iter().filter(move |(hash, _)| *hash == key);
+        sorted.chain(added).map(|(_, id)| *id)
+    }
+}
+
+impl DentalTid {
+    /// Adds to `names` the patients added since it last read (every patient the first time).
+    pub fn read_last_names(&self, names: &mut LastNames) -> Result<()> {
+        let first = names.sorted.is_empty() && names.added.is_empty();
+        let read = |conn: &Connection, names: &mut LastNames| {
+            let mut statement = conn.prepare_cached("SELECT id, familyName FROM patients WHERE id > ?1 ORDER BY id")?;
+            let mut rows = statement.query([names.read_up_to])?;
+            let mut normalised = String::new();
+            while let Some(row) = rows.next()? {
+                let Ok(id) = row.get::<_, i64>(0) else { continue };
+                normalised.clear();
+                crate::matching::normalise_into(text_ref(row, 1)?.as_deref().unwrap_or_default(), &mut normalised);
+                let entry = (names.hasher.hash_one(normalised.as_str()), id);
+                if first {
+                    names.sorted.push(entry)
+                } else {
+                    names.added.push(entry)
+                }
+                names.read_up_to = names.read_up_to.max(id);
+            }
+            names.sorted.sort_unstable();
+            Ok(())
+        };
+        read(&self.conn, names).map_err(Error::db(&self.path, "reading patients' last names"))
+    }
+
+    /// Adds to `index` the patients `names` finds under one of `last_names` (normalised) that
+    /// still have that last name and were born on a day not among `dates`, which
+    /// [`DentalTid::add_candidates_born_on`] reads.
+    pub fn add_candidates_named(
+        &self,
+        names: &LastNames,
+        last_names: &HashSet<String>,
+        dates: &HashSet<NaiveDate>,
+        index: &mut DentalIndex,
+    ) -> Result<()> {
+        let read = |index: &mut DentalIndex| {
+            let sql = format!("SELECT {CANDIDATE_COLUMNS} FROM patients WHERE id = ?1");
+            let mut statement = self.conn.prepare_cached(&sql)?;
+            for last_name in last_names {
+                for id in names.ids_named(last_name) {
+                    let mut rows = statement.query([id])?;
+                    let Some(row) = rows.next()? else { continue };
+                    read_candidate(row, |candidate| {
+                        let born_elsewhen = candidate.date_of_birth.is_some_and(|born| !dates.contains(&born));
+                        if born_elsewhen && normalise_name(candidate.last_name) == *last_name {
+                            index.add(candidate);
+                        }
+                    })?;
+                }
+            }
+            Ok(())
+        };
+        read(index).map_err(Error::db(&self.path, "reading patients of the same last names"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::sample_database;
+    use super::*;
+
+    /// The ids of the patients the index holds.
+    fn indexed(index: &DentalIndex) -> Vec<i64> {
+        index.candidates().iter().map(|candidate| candidate.patient_id).collect()
+    }
+
+    #[test]
+    fn patients_are_found_by_normalised_last_name_once_read_and_as_added() {
+        let (_dir, dentaltid) = sample_database();
+        let add = |first: &str, last: &str, born: &str| {
+            let sql = "INSERT INTO patients(name, familyName, dateOfBirth) VALUES (?1, ?2, ?3)";
+            dentaltid.conn.execute(sql, (first, last, born)).unwrap();
+            dentaltid.conn.last_insert_rowid()
+        };
+        let yasmine = add("Yasmine", "Haddou", "1985-03-12T00:00:00.000");
+        let mut names = LastNames::default();
+        dentaltid.read_last_names(&mut names).unwrap();
+        let later = add("Sara", "HADDOU ", "1990-01-01T00:00:00.000");
+        let born_that_day = add("Lina", "Haddou", "2025-01-22T00:00:00.000");
+        dentaltid.read_last_names(&mut names).unwrap();
+        dentaltid.conn.execute("UPDATE patients SET familyName = 'Mansouri' WHERE id = ?1", [yasmine]).unwrap();
+
+        let mut index = DentalIndex::default();
+        let haddou = HashSet::from_iter(["haddou".to_owned()]);
+        dentaltid.add_candidates_named(&names, &haddou, &HashSet::default(), &mut index).unwrap();
+        assert_eq!(indexed(&index), [later, born_that_day], "one renamed since it was read is left out");
+        let mut index = DentalIndex::default();
+        let on_the_day = HashSet::from_iter([born(2025, 1, 22)]);
+        dentaltid.add_candidates_named(&names, &haddou, &on_the_day, &mut index).unwrap();
+        assert_eq!(indexed(&index), [later], "one born on a day read apart is left out");
+    }
+
+    fn born(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+}
