@@ -352,6 +352,10 @@ impl Engine {
             Some((pk, id)) if pk > cursor.nanopix_pk => (pk, Some(id)),
             _ => (cursor.nanopix_pk, cursor.nanopix_id),
         };
+        // A deleted patient's NanoPix patient given back asks for a delete: a full reconcile's to decide.
+        if self.gives_back_a_deleted_patient(&rows.patients)? {
+            return self.reconcile();
+        }
         self.report_odd_rows(rows.odd_rows, &mut report);
         self.restore_links(&rows.patients, &mut report)?;
         let unknown = self.unknown(rows.patients)?;
@@ -977,6 +981,19 @@ impl Engine {
             }
         }
         self.change_links(&changes, report)
+    }
+
+    /// Whether NanoPix gives back, among the rows `read` past the cursor, a patient marked missing
+    /// whose DentalTID patient was deleted meanwhile.
+    fn gives_back_a_deleted_patient(&self, read: &[NanoPixPatient]) -> Result<bool> {
+        for patient in read {
+            for link in self.dentaltid.missing_links(patient.id)? {
+                if self.dentaltid.patient(link.patient_id)?.is_none() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Restores the links of [`Engine::missing_folders`] whose folder is back while their row is

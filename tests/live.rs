@@ -952,3 +952,49 @@ fn a_deleted_newest_patient_whose_nanopix_patient_is_gone_does_not_make_every_pa
         assert!(!seen.iter().any(|e| matches!(e, EventKind::Reconciled(_))), "a full reconcile: {seen:?}");
     }
 }
+
+/// NanoPix loses an imported patient (row and folder: `external_patient_removed`), DentalTID then
+/// deletes her too, and NanoPix gets her back under the same id (a restore). A full reconcile
+/// then sends `delete_requested` for her; the live pass that reads her row back must decide the
+/// same, not leave it to the hourly reconcile.
+#[test]
+fn a_nanopix_patient_back_after_its_dentaltid_patient_was_deleted_is_decided_live_as_fully() {
+    let clinic = Clinic::new("v29");
+    let id = "20250121_152638";
+    let sync = live(&clinic);
+    let patient: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    let saved: Vec<(String, String, String)> = clinic
+        .nanopix_rows(&format!("SELECT last_name, first_name, birthdate FROM Patient WHERE id = '{id}'"), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        });
+    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
+    wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == patient),
+    );
+    // The end of that full reconcile; then the one DentalTID's deletion leads to.
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    // "Sync Now" after the deletion: NanoPix holds no row of hers, so nothing is asked.
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.removed, 0);
+    assert!(!drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. })));
+    let (last, first, birth) = &saved[0];
+    clinic.add_nanopix(id, last, first, Some(birth));
+    let asked = |e: &EventKind| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id);
+    let end = std::time::Instant::now() + DEADLINE;
+    let mut live = Vec::new();
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match sync.events().recv_timeout(left) {
+            Ok(event) if asked(&event.kind) => return,
+            Ok(event) => live.push(event.kind),
+            Err(_) => break,
+        }
+    }
+    sync.reconcile().unwrap();
+    let full: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    panic!("live passes within {DEADLINE:?} said {live:?}; a full reconcile then said {full:?}");
+}
