@@ -923,23 +923,32 @@ fn a_patient_deleted_and_added_again_while_her_export_waits_gets_one_nanopix_pat
     assert_eq!(in_nanopix.len(), 1, "Nadia Cherif is in NanoPix {in_nanopix:?}");
 }
 
+/// Removes the fixture's NanoPix patient, row and folder, from NanoPix, and waits for the end of
+/// the full reconcile that reports it; returns the DentalTID patient it was imported as.
+fn remove_the_nanopix_patient(clinic: &Clinic, sync: &NanoPixSync) -> i64 {
+    let id = "20250121_152638";
+    let patient: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
+    wait_for(
+        sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == patient),
+    );
+    wait_for(sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    patient
+}
+
 /// The newest DentalTID patient, imported, loses its NanoPix patient (row and folder) and is then
 /// deleted: nothing is left to delete. The passes after the full reconcile that finds it gone
 /// are live passes again, though the highest id left is below that patient's.
 #[test]
 fn a_deleted_newest_patient_whose_nanopix_patient_is_gone_does_not_make_every_pass_a_full_reconcile() {
     let clinic = Clinic::new("v29");
-    let id = "20250121_152638";
     let sync = live(&clinic);
-    let patient: i64 = clinic.dentaltid_rows("SELECT MAX(id) FROM patients", |r| r.get(0))[0];
-    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
-    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
-    wait_for(
-        &sync,
-        DEADLINE,
-        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == patient),
-    );
-    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    let patient = remove_the_nanopix_patient(&clinic, &sync);
+    assert_eq!(clinic.dentaltid_rows("SELECT MAX(id) FROM patients", |r| r.get::<_, i64>(0)), [patient]);
     another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
     for (i, new) in ["20250122_091500", "20250122_091600"].into_iter().enumerate() {
@@ -962,21 +971,11 @@ fn a_nanopix_patient_back_after_its_dentaltid_patient_was_deleted_is_decided_liv
     let clinic = Clinic::new("v29");
     let id = "20250121_152638";
     let sync = live(&clinic);
-    let patient: i64 =
-        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
     let saved: Vec<(String, String, String)> = clinic
         .nanopix_rows(&format!("SELECT last_name, first_name, birthdate FROM Patient WHERE id = '{id}'"), |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         });
-    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
-    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
-    wait_for(
-        &sync,
-        DEADLINE,
-        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == patient),
-    );
-    // The end of that full reconcile; then the one DentalTID's deletion leads to.
-    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    let patient = remove_the_nanopix_patient(&clinic, &sync);
     another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
     // "Sync Now" after the deletion: NanoPix holds no row of hers, so nothing is asked.
     let report = sync.reconcile().unwrap();
