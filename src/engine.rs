@@ -89,12 +89,13 @@ pub(crate) struct Engine {
     refused_while_busy: bool,
     /// Delete requests written but not announced yet, as patient and NanoPix id: the work that
     /// found the deletion may still give the NanoPix patient back to a patient added again (see
-    /// [`Engine::announce_delete_requests`]).
+    /// [`Engine::announce_delete_requests`]). DentalTID notes them too, so that a crash before
+    /// they are announced does not lose them: they are read back at `open`.
     unannounced_deletes: Vec<(i64, String)>,
-    /// Whether an export call is under way: it announces the delete requests once it is done.
+    /// Whether an export call is under way: the delete requests wait until it ends.
     holding_delete_requests: bool,
-    /// DentalTID's patients by last name, once a pass needed them; read again from scratch after
-    /// each full reconcile, so renamed patients are found under their new names.
+    /// DentalTID's patients by last name, once a pass needed them; dropped by each full
+    /// reconcile, so that the next read finds renamed patients under their new names.
     last_names: Option<LastNames>,
 }
 
@@ -114,6 +115,11 @@ struct LiveCursor {
     nanopix_version: i64,
     /// DentalTID's highest `patients.id` and row count, read together.
     dentaltid: (i64, u64),
+    /// The highest DentalTID patient id whose link a pass has checked: those a full reconcile
+    /// found in DentalTID's links, and those up to the extent of each pass since (a patient of
+    /// theirs deleted later is counted by the extent). A link or import past it that lost its
+    /// patient was written by a pass the patient was deleted during.
+    links_checked_up_to: i64,
     /// DentalTID's data version before the pass read it: while it stays the same, nobody else
     /// wrote to DentalTID, so no patient was deleted there.
     dentaltid_version: i64,
@@ -175,6 +181,7 @@ impl Engine {
         let live_stored = dentaltid.live_sync()?;
         signals.live.store(live_stored, Ordering::Relaxed);
         let indexed = dentaltid.has_own_indexes()?;
+        let unannounced_deletes = dentaltid.unannounced_deletes()?;
         let mut engine = Self {
             config,
             nanopix,
@@ -190,7 +197,7 @@ impl Engine {
             next_repair: 0,
             missing_folders: Vec::new(),
             refused_while_busy: false,
-            unannounced_deletes: Vec::new(),
+            unannounced_deletes,
             holding_delete_requests: false,
             last_names: None,
         };
@@ -273,14 +280,19 @@ impl Engine {
         // deleted during the pass is still found gone by the next live pass.
         self.cursor = match self.cancelled() {
             true => None,
-            false => self.extent_after(snapshot.dentaltid_extent())?.map(|dentaltid| LiveCursor {
-                nanopix_pk: snapshot.nanopix_pk,
-                nanopix_id: snapshot.nanopix_id.take(),
-                nanopix_rows: snapshot.nanopix_rows,
-                nanopix_version,
-                dentaltid,
-                dentaltid_version,
-            }),
+            false => {
+                let extent = snapshot.dentaltid_extent();
+                let checked = snapshot.links.iter().map(|link| link.patient_id).fold(extent.0, i64::max);
+                self.dentaltid_cursor_after(extent, checked)?.map(|(dentaltid, links_checked_up_to)| LiveCursor {
+                    nanopix_pk: snapshot.nanopix_pk,
+                    nanopix_id: snapshot.nanopix_id.take(),
+                    nanopix_rows: snapshot.nanopix_rows,
+                    nanopix_version,
+                    dentaltid,
+                    links_checked_up_to,
+                    dentaltid_version,
+                })
+            }
         };
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report.stopped_early = self.cancelled();
@@ -370,12 +382,14 @@ impl Engine {
             self.cursor = None;
             return Ok(report);
         }
-        self.cursor = self.extent_after(cursor.dentaltid)?.map(|dentaltid| LiveCursor {
+        let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
+        self.cursor = dentaltid.map(|(dentaltid, links_checked_up_to)| LiveCursor {
             nanopix_pk,
             nanopix_id,
             nanopix_rows: cursor.nanopix_rows + read,
             nanopix_version,
             dentaltid,
+            links_checked_up_to,
             dentaltid_version,
         });
         Ok(report)
@@ -400,20 +414,24 @@ impl Engine {
     /// export, whose catch-up counts the rows up to the extent. When the rows cannot be counted,
     /// the cursor goes, so the next pass reconciles fully; the export's own outcome stands.
     fn extend_cursor_past_exports(&mut self) {
-        let Some(previous) = self.cursor.as_ref().map(|cursor| cursor.dentaltid) else { return };
-        match self.extent_after(previous) {
-            Ok(Some(extent)) => self.cursor.iter_mut().for_each(|cursor| cursor.dentaltid = extent),
-            Ok(None) | Err(_) => self.cursor = None,
+        let Some(cursor) = &self.cursor else { return };
+        let moved = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to);
+        match (moved, &mut self.cursor) {
+            (Ok(Some((extent, checked))), Some(cursor)) => {
+                (cursor.dentaltid, cursor.links_checked_up_to) = (extent, checked)
+            }
+            _ => self.cursor = None,
         }
     }
 
-    /// DentalTID's extent `previous` moved past the rows added since (see
-    /// [`crate::dentaltid::DentalTid::extent_after`]); `None` when a patient the sync linked,
-    /// imported or exported since is gone already. The extent cannot count such a patient, so
-    /// only a full reconcile would find it deleted: the next pass is then one.
-    fn extent_after(&self, previous: (i64, u64)) -> Result<Option<(i64, u64)>> {
+    /// The live cursor's DentalTID side moved on: the extent `previous` past the rows added
+    /// since (see [`crate::dentaltid::DentalTid::extent_after`]), and the links checked up to
+    /// its new highest id. `None` when a patient the sync linked, imported or exported past
+    /// `checked` is gone already: the extent cannot count it, so only a full reconcile would
+    /// find it deleted, and the next pass is then one.
+    fn dentaltid_cursor_after(&self, previous: (i64, u64), checked: i64) -> Result<Option<((i64, u64), i64)>> {
         let extent = self.dentaltid.extent_after(previous)?;
-        Ok((!self.dentaltid.lost_linked_after(previous.0)?).then_some(extent))
+        Ok((!self.dentaltid.lost_linked_after(checked)?).then_some((extent, checked.max(extent.0))))
     }
 
     /// Adds the indexes live passes and exports need, once: at the end of the first full
@@ -551,7 +569,7 @@ impl Engine {
 
     /// Announces the delete requests written since the last announcement (see
     /// [`Engine::announce_held_deletes`]), unless an export call is under way: it announces them
-    /// once it has given NanoPix patients back (see [`Engine::holding_delete_requests`]).
+    /// once it ends, after it has given NanoPix patients back (see [`Engine::holding_delete_requests`]).
     pub fn announce_delete_requests(&mut self) {
         if !self.holding_delete_requests {
             self.announce_held_deletes();
@@ -560,19 +578,26 @@ impl Engine {
 
     /// Announces the delete requests written since the last announcement whose delete still
     /// stands: a NanoPix patient given back meanwhile to a patient added again asks for none. One
-    /// whose standing cannot be read is announced: `delete_in_nanopix` checks it again.
+    /// whose standing cannot be read is announced: `delete_in_nanopix` checks it again. Then
+    /// DentalTID notes them announced; if it cannot, they are announced again after the next
+    /// `open`, which is better than never.
     fn announce_held_deletes(&mut self) {
-        for (patient_id, external_id) in std::mem::take(&mut self.unannounced_deletes) {
+        let held = std::mem::take(&mut self.unannounced_deletes);
+        if held.is_empty() {
+            return;
+        }
+        let announced: Vec<i64> = held.iter().map(|(patient_id, _)| *patient_id).collect();
+        for (patient_id, external_id) in held {
             let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.dentaltid.delete_requested(id));
             if stands.unwrap_or(true) {
                 self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
             }
         }
+        let _ = self.dentaltid.delete_requests_announced(&announced);
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
-    /// finds until it has given NanoPix patients back (it announces them then, before it
-    /// exports: a crash during the exports must not lose them); then announces any left.
+    /// finds until it has given NanoPix patients back; then announces them.
     fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
         let held = std::mem::replace(&mut self.holding_delete_requests, true);
         let result = catch_unwind(AssertUnwindSafe(|| work(self)));

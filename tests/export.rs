@@ -1154,3 +1154,66 @@ fn an_export_never_takes_the_id_a_padded_external_id_shows() {
         assert_ne!(id, "20250122_100000", "{padded:?}");
     }
 }
+
+/// Nadia Cherif was added while Live Sync was on and Live Sync was switched off (and on again)
+/// before her export: her export is due. Yacine Mansouri (imported from NanoPix) is deleted by
+/// mistake and added again at once. README: "A `delete_requested` is held back until the pass
+/// or call that found the deletion has given NanoPix patients back to the patients it exports
+/// (a pass with Live Sync on, ...), so a patient deleted and added again before that gets her
+/// NanoPix patient back with no `delete_requested` for it."
+#[test]
+fn a_patient_added_again_gets_her_nanopix_patient_back_without_a_delete_requested_when_an_export_is_due() {
+    let clinic = Clinic::new("v29");
+    let yacine = "20250122_091500";
+    clinic.add_nanopix(yacine, "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let deleted: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{yacine}'"), |r| r.get(0))[0];
+    // Added while Live Sync is on; switched off and on again before any pass exported her.
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    sync.set_live_sync(false).unwrap();
+    sync.set_live_sync(true).unwrap();
+    common::drain(&sync);
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    let again = common::insert_dentaltid_patient(&dentaltid, "Yacine", "Mansouri", Some("2001-05-19"));
+    sync.reconcile().unwrap();
+    let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(common::dentaltid_named(&clinic, "Yacine", "Mansouri"), [(again, Some(yacine.to_owned()))]);
+    assert!(
+        events.iter().any(|e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == nadia)),
+        "Nadia's due export ran in this pass: {events:#?}"
+    );
+    let asked: Vec<&EventKind> = events.iter().filter(|e| matches!(e, EventKind::DeleteRequested { .. })).collect();
+    assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
+}
+
+/// The same early announcement through `export_existing` (as the `sync` runner's
+/// `export-existing` runs it: no automatic work). While Live Sync is off, Yacine Mansouri
+/// (imported) is deleted by mistake and added again. Live Sync is switched on (`sync enable`),
+/// the receptionist adds Nadia (past the export cursor), then `export_existing` runs. README:
+/// the `delete_requested` is held back until the call (`export_existing`) has given NanoPix
+/// patients back, so Yacine gets hers back with no `delete_requested` for it.
+#[test]
+fn export_existing_gives_a_patient_added_again_her_nanopix_patient_back_without_a_delete_requested() {
+    let clinic = Clinic::new("v29");
+    let yacine = "20250122_091500";
+    clinic.add_nanopix(yacine, "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let deleted: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{yacine}'"), |r| r.get(0))[0];
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    let again = common::insert_dentaltid_patient(&dentaltid, "Yacine", "Mansouri", Some("2001-05-19"));
+    sync.set_live_sync(true).unwrap();
+    clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    common::drain(&sync);
+    sync.export_existing().unwrap();
+    let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(common::dentaltid_named(&clinic, "Yacine", "Mansouri"), [(again, Some(yacine.to_owned()))]);
+    let asked: Vec<&EventKind> = events.iter().filter(|e| matches!(e, EventKind::DeleteRequested { .. })).collect();
+    assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
+}

@@ -997,3 +997,69 @@ fn a_nanopix_patient_back_after_its_dentaltid_patient_was_deleted_is_decided_liv
     let full: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
     panic!("live passes within {DEADLINE:?} said {live:?}; a full reconcile then said {full:?}");
 }
+
+/// Waits up to `deadline` for an event `wanted` accepts, keeping every event received in `seen`.
+fn record_until(sync: &NanoPixSync, seen: &mut Vec<EventKind>, mut wanted: impl FnMut(&EventKind) -> bool) {
+    let end = std::time::Instant::now() + DEADLINE;
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match sync.events().recv_timeout(left) {
+            Ok(event) => {
+                let done = wanted(&event.kind);
+                seen.push(event.kind);
+                if done {
+                    return;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no matching event within {DEADLINE:?}; saw {seen:#?}");
+}
+
+/// DentalTID's database rebuilt with a `patients` table declared without AUTOINCREMENT (the
+/// README allows it: the sync then takes a new patient for a deleted one), same sample patients.
+fn clinic_without_autoincrement() -> Clinic {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    let conn = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    let sql = |name: &str| std::fs::read_to_string(common::fixtures().join("dentaltid").join(name)).unwrap();
+    let schema = sql("schema_v29.sql").replacen("id INTEGER PRIMARY KEY AUTOINCREMENT", "id INTEGER PRIMARY KEY", 1);
+    conn.execute_batch(&schema).unwrap();
+    conn.execute_batch(&sql("sample_patients.sql")).unwrap();
+    clinic
+}
+
+/// The newest DentalTID patient (imported from NanoPix) is deleted; NanoPix keeps her, so a full
+/// reconcile sends `delete_requested`. After that, NanoPix patients that link to existing
+/// DentalTID patients (no DentalTID row is added) must be handled by live passes: counting the
+/// `reconciled` events (only full reconciles send one) until an explicit "Sync Now" shows
+/// whether each pass became a full reconcile.
+#[test]
+fn without_autoincrement_a_deleted_newest_imported_patient_makes_every_pass_a_full_reconcile() {
+    let clinic = clinic_without_autoincrement();
+    let sync = live(&clinic);
+    let id = "20250121_152638";
+    let patient: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    assert_eq!(patient, 7, "the imported fixture patient is the newest");
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    drain(&sync);
+    // Exact matches of sample patients Amina Benali and Zoé Lefèvre: each links, adds no row.
+    let pairs =
+        [("20250122_091500", "Benali", "Amina", "1985-03-12"), ("20250122_091600", "Lefèvre", "Zoé", "1990-07-04")];
+    let mut seen = Vec::new();
+    for (new, last, first, born) in pairs {
+        clinic.add_nanopix(new, last, first, Some(born));
+        record_until(
+            &sync,
+            &mut seen,
+            |e| matches!(e, EventKind::PatientLinked { external_id, .. } if external_id == new),
+        );
+    }
+    sync.reconcile().unwrap();
+    seen.extend(drain(&sync).into_iter().map(|e| e.kind));
+    let full = seen.iter().filter(|e| matches!(e, EventKind::Reconciled(_))).count();
+    assert_eq!(full, 1, "only the explicit Sync Now reconciles fully; events: {seen:#?}");
+}

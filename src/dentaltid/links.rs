@@ -48,6 +48,11 @@ const REPLAN_EXPORT: &str = "UPDATE nanopix_sync_exports SET external_id = ?2,
 
 /// Above this many patients, [`DentalTid::linked_patients`] first narrows them to those a link
 /// row or an import batch names, then looks those up one by one.
+/// Notes the delete request of a link, written in the same transaction as its state: it stays
+/// noted until it is announced, so a crash in between does not lose it.
+const NOTE_UNANNOUNCED_DELETE: &str = "INSERT OR REPLACE INTO nanopix_sync_unannounced_deletes(patient_id, external_id)
+    SELECT patient_id, external_id FROM nanopix_sync_links WHERE patient_id = ?1";
+
 const FEW_PATIENTS: usize = 256;
 
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
@@ -308,18 +313,43 @@ impl DentalTid {
     }
 
     /// Changes the state of existing links, in one transaction: updates each link row, or writes
-    /// one from its batch entry (a patient without a link is left alone).
+    /// one from its batch entry (a patient without a link is left alone). A delete request is
+    /// also noted as not announced yet (see [`DentalTid::unannounced_deletes`]).
     pub fn set_link_states(&mut self, changes: &[(i64, LinkState)]) -> Result<()> {
         self.write("changing link states", |tx| {
             let mut update = tx.prepare_cached("UPDATE nanopix_sync_links SET state = ?1 WHERE patient_id = ?2")?;
             for &(patient_id, state) in changes {
-                if update.execute(params![state.as_str(), patient_id])? > 0 {
-                    continue;
+                if update.execute(params![state.as_str(), patient_id])? == 0 {
+                    let Some(link) = batch_link(tx, patient_id)? else { continue };
+                    let (origin, synced_at) = (link.origin.as_str(), dart_timestamp(link.synced_at));
+                    let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
+                    tx.prepare_cached(ADOPT_LINK)?.execute(values)?;
                 }
-                let Some(link) = batch_link(tx, patient_id)? else { continue };
-                let (origin, synced_at) = (link.origin.as_str(), dart_timestamp(link.synced_at));
-                let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
-                tx.prepare_cached(ADOPT_LINK)?.execute(values)?;
+                if state == LinkState::DeleteRequested {
+                    tx.prepare_cached(NOTE_UNANNOUNCED_DELETE)?.execute([patient_id])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The delete requests written and not announced yet, as patient and NanoPix id, by patient.
+    pub fn unannounced_deletes(&self) -> Result<Vec<(i64, String)>> {
+        let read = || {
+            let sql = "SELECT patient_id, external_id FROM nanopix_sync_unannounced_deletes ORDER BY patient_id";
+            let mut statement = self.conn.prepare_cached(sql)?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, text_at(row, 1)?.unwrap_or_default())))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        };
+        read().map_err(Error::db(&self.path, "reading the delete requests not announced yet"))
+    }
+
+    /// Notes the delete requests of `patient_ids` announced.
+    pub fn delete_requests_announced(&mut self, patient_ids: &[i64]) -> Result<()> {
+        self.write("noting delete requests announced", |tx| {
+            let mut forget = tx.prepare_cached("DELETE FROM nanopix_sync_unannounced_deletes WHERE patient_id = ?1")?;
+            for patient_id in patient_ids {
+                forget.execute([patient_id])?;
             }
             Ok(())
         })

@@ -99,9 +99,7 @@ impl Engine {
                 return linked;
             }
             let given_back =
-                self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default());
-            self.announce_held_deletes();
-            let given_back = given_back?;
+                self.give_back_left_behind(std::slice::from_ref(&patient), &mut ReconcileReport::default())?;
             if let Some(&external_id) = given_back.get(&patient_id) {
                 return Ok(external_id);
             }
@@ -294,9 +292,7 @@ impl Engine {
         if patients.is_empty() || self.cancelled() {
             return None;
         }
-        let given_back = self.give_back_left_behind(patients, report);
-        self.announce_held_deletes();
-        let given_back = match given_back {
+        let given_back = match self.give_back_left_behind(patients, report) {
             Ok(given_back) => given_back,
             Err(error) => {
                 // Exporting now could give a person a second NanoPix patient: the next pass tries again.
