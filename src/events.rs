@@ -165,6 +165,9 @@ pub enum DuplicateReason {
     SimilarNames,
     /// Same names, birth date missing on one side.
     MissingBirthDate,
+    /// Same birth date; one side has only one name, which the other has as its first or last
+    /// name.
+    MissingName,
 }
 
 /// A DentalTID patient named in a `possible_duplicate` event.

@@ -196,6 +196,37 @@ fn a_nanopix_birth_date_left_at_the_registration_day_is_reported_as_missing() {
     assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::MissingBirthDate, vec![yasmine])));
 }
 
+/// A NanoPix patient saved with one name left out (empty, or NULL as an odd row has it), born the
+/// day a DentalTID patient with that name was born, is imported and reported: by a first sync,
+/// and by a later pass that looks its few new patients up by birth date.
+#[test]
+fn a_nanopix_patient_saved_without_a_first_name_is_reported_beside_the_patient_with_both() {
+    let clinic = Clinic::new("v29");
+    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091500", "Haddou", "", Some("1985-03-12"));
+    clinic.add_bulk_nanopix(20);
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    drain(&sync);
+    sync.reconcile().unwrap();
+    let first: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(duplicate_reason(&first, "20250122_091500"), Some((DuplicateReason::MissingName, vec![yasmine])));
+
+    clinic.add_nanopix("20250122_091600", "Haddou", "", Some("1985-03-12"));
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute("UPDATE Patient SET first_name = NULL WHERE id = '20250122_091600'", []).unwrap();
+    sync.reconcile().unwrap();
+    let later: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let imported = first.iter().find_map(|kind| match kind {
+        EventKind::PatientImported { patient_id, external_id, .. } if external_id == "20250122_091500" => {
+            Some(*patient_id)
+        }
+        _ => None,
+    });
+    let both = vec![yasmine, imported.expect("the first one was imported")];
+    assert_eq!(duplicate_reason(&later, "20250122_091600"), Some((DuplicateReason::MissingName, both)));
+}
+
 /// The same, for a patient a later pass finds among a few new ones, with the sync's indexes built.
 #[test]
 fn a_later_pass_reports_a_birth_date_left_at_the_registration_day_too() {

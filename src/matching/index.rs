@@ -22,6 +22,9 @@ use crate::patient::nanopix_date;
 /// Marks the end of a chain in [`Groups`].
 const END: usize = usize::MAX;
 
+/// Most patients of one birth date compared with a NanoPix patient who has only one name.
+const MAX_ONE_NAME_COMPARISONS: usize = 1_024;
+
 /// A person's matching key: normalised first and last name (both non-empty) and birth date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Person<'a> {
@@ -54,6 +57,14 @@ struct Entry {
     born: Option<NaiveDate>,
     chars: usize,
     linked: bool,
+}
+
+impl Entry {
+    /// Whether one of its names normalises to nothing: such a patient sits only in
+    /// [`DentalIndex`]'s `one_named`.
+    fn one_named(&self) -> bool {
+        self.start == self.ends[0] || self.ends[0] == self.ends[1]
+    }
 }
 
 /// Entries grouped by a hashed key: for each key the last entry filed, and from every entry the
@@ -113,8 +124,9 @@ struct Buckets {
 impl Buckets {
     /// The buckets of `entries`.
     fn of(entries: &[Entry], hasher: RandomState) -> Self {
+        let named = entries.iter().enumerate().filter(|(_, e)| !e.one_named());
         let mut born: Vec<(NaiveDate, Reverse<usize>, usize)> =
-            entries.iter().enumerate().filter_map(|(entry, e)| Some((e.born?, Reverse(entry), e.chars))).collect();
+            named.filter_map(|(entry, e)| Some((e.born?, Reverse(entry), e.chars))).collect();
         born.sort_unstable();
         let mut ranges = HashMap::with_hasher(hasher);
         let mut start = 0;
@@ -152,6 +164,9 @@ pub(crate) struct DentalIndex {
     /// Patients of birth dates shared by more than [`SMALL_BUCKET`] patients, by each kind of
     /// block (see [`Block::kind`]).
     by_block: [Groups; BLOCK_KINDS],
+    /// The patients with a birth date and only one name, by that name and birth date; they sit
+    /// in no other group.
+    one_named: HashMap<u64, Vec<usize>, RandomState>,
 }
 
 impl DentalIndex {
@@ -170,7 +185,8 @@ impl DentalIndex {
         self.entries.iter().filter(|entry| !entry.linked).map(|entry| entry.id).collect()
     }
 
-    /// Adds a patient; one without a usable first and last name is never a candidate.
+    /// Adds a patient. One with only one name is a candidate only for [`DentalIndex::one_named`];
+    /// one without a name, or with one name and no birth date, is never a candidate.
     pub fn add(&mut self, candidate: DentalCandidate<'_>) {
         let start = self.text.len();
         let ends = [candidate.first_name, candidate.last_name].map(|name| {
@@ -183,7 +199,7 @@ impl DentalIndex {
         });
         let born = candidate.date_of_birth;
         let Some(person) = Person::new(&self.text[start..ends[0]], &self.text[ends[0]..ends[1]], born) else {
-            self.text.truncate(start);
+            self.add_one_named(candidate, start, [ends[0], ends[1], shown[0], shown[1]]);
             return;
         };
         let (names, chars) = (self.names_key(person.first, person.last), person.chars);
@@ -198,6 +214,24 @@ impl DentalIndex {
             chars,
             linked: candidate.linked,
         });
+    }
+
+    /// Files a patient whose names (in the text buffer from `start` to `ends`) are not both
+    /// usable under its one name and birth date, or drops it.
+    fn add_one_named(&mut self, candidate: DentalCandidate<'_>, start: usize, ends: [usize; 4]) {
+        let (first, last) = (&self.text[start..ends[0]], &self.text[ends[0]..ends[1]]);
+        let name = if first.is_empty() { last } else { first };
+        let Some(born) = candidate.date_of_birth.filter(|_| !name.is_empty()) else {
+            self.text.truncate(start);
+            return;
+        };
+        let (key, chars) = (self.one_name_key(name, born), name.chars().count());
+        self.one_named.entry(key).or_default().push(self.entries.len());
+        for groups in [&mut self.by_exact, &mut self.by_names, &mut self.unborn_by_names] {
+            groups.push(None);
+        }
+        let (id, linked, born) = (candidate.id, candidate.linked, Some(born));
+        self.entries.push(Entry { id, start, ends, born, chars, linked });
     }
 
     /// Groups the patients by birth date, and files those of every birth date shared by more
@@ -230,6 +264,10 @@ impl DentalIndex {
         self.hasher.hash_one((first, last))
     }
 
+    fn one_name_key(&self, name: &str, born: NaiveDate) -> u64 {
+        self.hasher.hash_one((name, born))
+    }
+
     fn block_key(&self, born: NaiveDate, block: Block) -> u64 {
         self.hasher.hash_one((born, block))
     }
@@ -258,6 +296,24 @@ impl DentalIndex {
         let same =
             |entry: &usize| self.person(*entry).is_some_and(|p| p.first == person.first && p.last == person.last);
         group.get(self.names_key(person.first, person.last)).filter(same).collect()
+    }
+
+    /// The entries with only one name, `name` (as first or last name), born on `born`.
+    pub(super) fn one_named(&self, name: &str, born: NaiveDate) -> impl Iterator<Item = usize> {
+        let same = move |entry: &usize| {
+            let sole = self.person(*entry).map(|p| if p.first.is_empty() { p.last } else { p.first });
+            sole == Some(name) && self.born(*entry) == Some(born)
+        };
+        let group = self.one_named.get(&self.one_name_key(name, born));
+        group.into_iter().flatten().copied().filter(same)
+    }
+
+    /// The entries with both names born on `born` whose first or last name is `name`; of a
+    /// crowded birth date, only the newest [`MAX_ONE_NAME_COMPARISONS`] are compared.
+    pub(super) fn named_on(&self, name: &str, born: NaiveDate) -> impl Iterator<Item = usize> {
+        let bucket = self.born_on(born).iter().take(MAX_ONE_NAME_COMPARISONS);
+        let named = move |entry: &usize| self.person(*entry).is_some_and(|p| p.first == name || p.last == name);
+        bucket.map(|member| member.entry).filter(named)
     }
 
     /// The patients born on `born`, newest first.

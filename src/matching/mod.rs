@@ -146,9 +146,10 @@ impl Matcher {
         let first_end = names.len();
         normalise_into(&patient.last_name, &mut names);
         let (first, last) = names.split_at(first_end);
+        let doubtful_birth_date = patient.born_on_registration_day();
         let verdict = match Person::new(first, last, patient.birth_date) {
-            Some(person) => self.verdict(&person, patient.born_on_registration_day()),
-            None => Verdict::Import(None),
+            Some(person) => self.verdict(&person, doubtful_birth_date),
+            None => Verdict::Import(self.one_name_missing(first, last, patient.birth_date, doubtful_birth_date)),
         };
         self.names = names;
         match verdict {
@@ -236,8 +237,8 @@ impl Matcher {
         Some(Verdict::Import(Some((reason, found))))
     }
 
-    /// The first near miss that applies. A doubtful birth date counts as missing for the last
-    /// one: patients with the same names and any other birth date are reported.
+    /// The first near miss that applies. A doubtful birth date counts as missing: patients with
+    /// the same names and any other birth date are reported, and none with a name left out.
     fn near_miss(&self, person: &Person<'_>, doubtful_birth_date: bool) -> Option<(DuplicateReason, Vec<usize>)> {
         let swapped = person.born.map(|born| self.dentaltid.exact(person.last, person.first, born)).unwrap_or_default();
         if !swapped.is_empty() {
@@ -248,7 +249,31 @@ impl Matcher {
             return Some((DuplicateReason::SimilarNames, similar));
         }
         let missing_birth_date = self.dentaltid.same_names_one_unborn(person, doubtful_birth_date);
-        (!missing_birth_date.is_empty()).then_some((DuplicateReason::MissingBirthDate, missing_birth_date))
+        if !missing_birth_date.is_empty() {
+            return Some((DuplicateReason::MissingBirthDate, missing_birth_date));
+        }
+        self.one_name_missing(person.first, person.last, person.born, doubtful_birth_date)
+    }
+
+    /// The DentalTID patients who may be this person with one name left out on one side: the
+    /// other name (as first or last name) and the birth date the same. A missing or doubtful
+    /// birth date finds none, nor do two names left out.
+    fn one_name_missing(
+        &self,
+        first: &str,
+        last: &str,
+        born: Option<NaiveDate>,
+        doubtful_birth_date: bool,
+    ) -> Option<(DuplicateReason, Vec<usize>)> {
+        let born = born.filter(|_| !doubtful_birth_date)?;
+        let index = &self.dentaltid;
+        let found: Vec<usize> = match (first.is_empty(), last.is_empty()) {
+            (false, false) => index.one_named(first, born).chain(index.one_named(last, born)).collect(),
+            (true, true) => return None,
+            (true, false) => index.one_named(last, born).chain(index.named_on(last, born)).collect(),
+            (false, true) => index.one_named(first, born).chain(index.named_on(first, born)).collect(),
+        };
+        (!found.is_empty()).then_some((DuplicateReason::MissingName, found))
     }
 }
 
@@ -432,15 +457,54 @@ mod tests {
     }
 
     #[test]
-    fn empty_names_never_link_and_are_never_candidates() {
-        let dentaltid = [dental(14, "", "Doe", born(1990, 5, 6)), dental(15, "Zoe", " \u{0640} ", born(1990, 5, 6))];
-        let nanopix = [
-            nanopix(1, "", "Doe", born(1990, 5, 6)),
-            nanopix(2, "Zoe", "", born(1990, 5, 6)),
-            nanopix(3, "Zoe", "Doe", born(1990, 5, 6)),
-            nanopix(4, "Zoe", "Doe", None),
+    fn a_name_left_out_never_links_and_is_reported_beside_the_other_name_and_birth_date() {
+        let day = born(1990, 5, 6);
+        let dentaltid = [
+            dental(14, "", "Doe", day),
+            dental(15, "Zoe", " \u{0640} ", day),
+            dental(16, "Zoé", "Martin", day),
+            dental(17, "", "Doe", born(1990, 5, 7)),
+            dental(18, "", "", day),
+            dental(19, "", "Doe", None),
         ];
-        assert_eq!(decide(&nanopix, &dentaltid, true), vec![Decision::import(None); 4]);
+        let nanopix = [
+            nanopix(1, "", "Doe", day),
+            nanopix(2, "Zoe", "", day),
+            nanopix(3, "Zoe", "Doe", day),
+            nanopix(4, "", "Martin", day),
+            nanopix(5, "Zoe", "Doe", None),
+            nanopix(6, "", "", day),
+            nanopix(7, "Doe", "", None),
+            nanopix(8, "", "Doe", born(1990, 5, 8)),
+        ];
+        let missing_name = |ids: &[i64]| duplicate(DuplicateReason::MissingName, ids);
+        let expected = [missing_name(&[14]), missing_name(&[15, 16]), missing_name(&[14, 15]), missing_name(&[16])];
+        let mut expected = expected.to_vec();
+        expected.extend([
+            Decision::import(None),
+            Decision::import(None),
+            Decision::import(None),
+            Decision::import(None),
+        ]);
+        assert_eq!(decide(&nanopix, &dentaltid, true), expected);
+    }
+
+    #[test]
+    fn a_name_left_out_beside_a_birth_date_on_the_registration_day_is_not_reported() {
+        let registered = born(2025, 1, 21);
+        let dentaltid = [dental(5, "Amina", "Benali", registered), dental(6, "", "Benali", registered)];
+        assert_eq!(decide_one(nanopix(1, "", "Benali", registered), &dentaltid), Decision::import(None));
+        assert_eq!(decide_one(nanopix(2, "Amina", "Benali", registered), &dentaltid[1..]), Decision::import(None));
+    }
+
+    #[test]
+    fn a_name_left_out_is_found_among_the_newest_of_a_crowded_birth_date() {
+        let visit_day = born(2024, 3, 4);
+        let mut dentaltid: Vec<Patient> =
+            (0..5_000).map(|id| dental(id, &format!("first{id}"), &format!("last{id}"), visit_day)).collect();
+        dentaltid.push(dental(9_999, "Zoe", "Lefebvre", visit_day));
+        let decision = decide_one(nanopix(1, "", "Lefebvre", visit_day), &dentaltid);
+        assert_eq!(decision, duplicate(DuplicateReason::MissingName, &[9_999]));
     }
 
     #[test]
