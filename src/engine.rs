@@ -90,7 +90,8 @@ pub(crate) struct Engine {
     /// Delete requests written but not announced yet, as patient and NanoPix id: the work that
     /// found the deletion may still give the NanoPix patient back to a patient added again (see
     /// [`Engine::announce_delete_requests`]). DentalTID notes them too, so that a crash before
-    /// they are announced does not lose them: they are read back at `open`.
+    /// they are announced does not lose them: they are read back at `open`, and announced at the
+    /// end of the next reconcile, live pass or export call, never by other calls.
     unannounced_deletes: Vec<(i64, String)>,
     /// Whether an export call is under way: the delete requests wait until it ends.
     holding_delete_requests: bool,
@@ -246,6 +247,18 @@ impl Engine {
             return Ok(report);
         }
         let started = Instant::now();
+        let reconciled = self.reconcile_fully();
+        // Whatever became of the pass, the delete requests it found are announced now.
+        self.announce_delete_requests();
+        let mut report = reconciled?;
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        report.stopped_early = self.cancelled();
+        self.bus.emit(EventKind::Reconciled(report.clone()));
+        Ok(report)
+    }
+
+    /// The work of [`Engine::reconcile`], without its announcements.
+    fn reconcile_fully(&mut self) -> Result<ReconcileReport> {
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.reconnect_if_read_only()?;
         // The cursor described the file opened before; only a whole reconcile gives a new one.
@@ -294,10 +307,6 @@ impl Engine {
                 })
             }
         };
-        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        report.stopped_early = self.cancelled();
-        self.announce_delete_requests();
-        self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
     }
 
@@ -577,10 +586,12 @@ impl Engine {
     }
 
     /// Announces the delete requests written since the last announcement whose delete still
-    /// stands: a NanoPix patient given back meanwhile to a patient added again asks for none. One
-    /// whose standing cannot be read is announced: `delete_in_nanopix` checks it again. Then
-    /// DentalTID notes them announced; if it cannot, they are announced again after the next
-    /// `open`, which is better than never.
+    /// stands, of a NanoPix patient NanoPix still holds: a NanoPix patient given back meanwhile to
+    /// a patient added again asks for none, nor does one deleted meanwhile (by the host, say,
+    /// after the same request was announced before a restart). One whose standing cannot be
+    /// read is announced: `delete_in_nanopix` checks it again. Then DentalTID notes them
+    /// announced; if it cannot, they are announced again after the next `open`, which is
+    /// better than never.
     fn announce_held_deletes(&mut self) {
         let held = std::mem::take(&mut self.unannounced_deletes);
         if held.is_empty() {
@@ -588,12 +599,17 @@ impl Engine {
         }
         let announced: Vec<i64> = held.iter().map(|(patient_id, _)| *patient_id).collect();
         for (patient_id, external_id) in held {
-            let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.dentaltid.delete_requested(id));
+            let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.delete_stands(id));
             if stands.unwrap_or(true) {
                 self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
             }
         }
         let _ = self.dentaltid.delete_requests_announced(&announced);
+    }
+
+    /// Whether a delete of NanoPix patient `id` is still asked for, and NanoPix still holds it.
+    fn delete_stands(&self, id: NanoPixId) -> Result<bool> {
+        Ok(self.dentaltid.delete_requested(id)? && self.nanopix.id_exists(id)?)
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix

@@ -84,7 +84,6 @@ impl LiveLoop {
         if catch_unwind(AssertUnwindSafe(|| job(engine))).is_err() {
             self.bus.error(&Error::Internal("a sync call panicked".into()), None, None);
         }
-        self.engine.announce_delete_requests();
         self.follow_live_sync();
     }
 

@@ -389,3 +389,43 @@ fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
          after the restart: {after_restart:#?}"
     );
 }
+
+/// The fixture patient (imported) is deleted in DentalTID by mistake and added again at once;
+/// an export of another patient finds the deletion in its catch-up (so it holds the delete
+/// request back and DentalTID notes it) and then crashes. After the restart, DentalTID's host
+/// reads the Live Sync setting and its patients screen, then exports the patient added again:
+/// she gets her NanoPix patient back, so no `delete_requested` may ever have been sent for it.
+#[test]
+fn a_delete_request_noted_before_a_crash_is_not_announced_before_the_patient_added_again_gets_it_back() {
+    let left_behind = "20250121_152638";
+    let clinic = Clinic::new("v29");
+    let deleted = {
+        let sync = clinic.open_without_automatic_work();
+        sync.reconcile().unwrap();
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{left_behind}'"), |r| {
+            r.get::<_, i64>(0)
+        })[0]
+    };
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    let again = common::insert_dentaltid_patient(&dentaltid, "FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
+    let output = common::child_process("export_crashing_after_a_deletion_child", &clinic)
+        .env("NPS_TEST_EXPORT", other.to_string())
+        .env("NANOPIX_SYNC_CRASH_AT", "row")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child crashed at the crash point: {output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("\"delete_requested\""), "held back before the crash: {stdout}");
+
+    let sync = clinic.open_without_automatic_work();
+    // What a host does first after starting: read the setting and fill its patients screen.
+    sync.live_sync().unwrap();
+    sync.patients(nanopix_sync::PatientFilter::All).unwrap();
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), left_behind, "given back");
+    let events: Vec<nanopix_sync::EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    let asked: Vec<&nanopix_sync::EventKind> =
+        events.iter().filter(|e| matches!(e, nanopix_sync::EventKind::DeleteRequested { .. })).collect();
+    assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
+}

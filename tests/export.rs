@@ -1217,3 +1217,47 @@ fn export_existing_gives_a_patient_added_again_her_nanopix_patient_back_without_
     let asked: Vec<&EventKind> = events.iter().filter(|e| matches!(e, EventKind::DeleteRequested { .. })).collect();
     assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
 }
+
+/// The sync cannot note a delete request announced (DentalTID refuses the write at that
+/// moment, simulated by a trigger: the error is ignored). The host acts on the announcement:
+/// `delete_in_nanopix` removes the NanoPix patient. After the next start the request is sent
+/// again, for a NanoPix patient that is no longer there, and the host would ask the user again.
+#[test]
+fn a_delete_request_the_host_carried_out_is_not_announced_again_after_a_restart() {
+    let clinic = Clinic::new("v29");
+    let id = "20250122_091500";
+    clinic.add_nanopix(id, "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE DELETE ON nanopix_sync_unannounced_deletes
+             BEGIN SELECT RAISE(ABORT, 'database is locked'); END;",
+        )
+        .unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE external_id = ?1", [id]).unwrap();
+    common::drain(&sync);
+    sync.reconcile().unwrap();
+    let asked = common::drain(&sync)
+        .into_iter()
+        .filter(|e| matches!(&e.kind, EventKind::DeleteRequested { external_id, .. } if external_id == id))
+        .count();
+    assert_eq!(asked, 1, "announced once");
+    sync.delete_in_nanopix(id).unwrap();
+    dentaltid.execute_batch("DROP TRIGGER refuse").unwrap();
+    drop(sync);
+    assert_eq!(
+        clinic.nanopix_rows(&format!("SELECT count(*) FROM Patient WHERE id = '{id}'"), |r| r.get::<_, i64>(0)),
+        [0]
+    );
+
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let again: Vec<EventKind> = common::drain(&sync)
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|kind| matches!(kind, EventKind::DeleteRequested { .. }))
+        .collect();
+    assert!(again.is_empty(), "delete_requested again for a NanoPix patient already deleted: {again:#?}");
+}
