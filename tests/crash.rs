@@ -339,36 +339,47 @@ fn export_crashing_after_a_deletion_child() {
     drop(sync.export_patient(patient_id));
 }
 
-/// A patient deleted in DentalTID, found by the catch-up of an export of another patient that
-/// then crashes (power cut, process killed): the sync has recorded the delete request, so it
-/// never asks again; the host must have been told, before the crash or after the restart.
-#[test]
-fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
-    let left_behind = "20250121_152638";
-    let clinic = Clinic::new("v29");
+/// The NanoPix patient of the fixture, imported by a first sync.
+const LEFT_BEHIND: &str = "20250121_152638";
+
+/// Imports the fixture's NanoPix patient, deletes its DentalTID patient (and with `add_again`
+/// adds her again at once, as a new patient), then has a child process export another patient,
+/// whose catch-up finds the deletion, and crash at the export's row. Returns the child's output
+/// and the patient added again.
+fn an_export_crashing_after_a_deletion(clinic: &Clinic, add_again: bool) -> (String, Option<i64>) {
     let deleted = {
         let sync = clinic.open_without_automatic_work();
         sync.reconcile().unwrap();
-        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{left_behind}'"), |r| {
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{LEFT_BEHIND}'"), |r| {
             r.get::<_, i64>(0)
         })[0]
     };
-    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    let again =
+        add_again.then(|| common::insert_dentaltid_patient(&dentaltid, "FSFFS", "DSSSSFSFS", Some("2025-01-21")));
     let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
-
-    let output = common::child_process("export_crashing_after_a_deletion_child", &clinic)
+    let output = common::child_process("export_crashing_after_a_deletion_child", clinic)
         .env("NPS_TEST_EXPORT", other.to_string())
         .env("NANOPIX_SYNC_CRASH_AT", "row")
         .output()
         .unwrap();
     assert!(!output.status.success(), "the child crashed at the crash point: {output:?}");
-    let before_crash: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_once("EVENT ").map(|(_, json)| json.to_owned()))
-        .collect();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), again)
+}
+
+/// A patient deleted in DentalTID, found by the catch-up of an export of another patient that
+/// then crashes (power cut, process killed): the sync has recorded the delete request, so it
+/// never asks again; the host must have been told, before the crash or after the restart.
+#[test]
+fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
+    let clinic = Clinic::new("v29");
+    let (stdout, _) = an_export_crashing_after_a_deletion(&clinic, false);
+    let before_crash: Vec<&str> =
+        stdout.lines().filter_map(|line| line.split_once("EVENT ").map(|(_, json)| json)).collect();
     let recorded = clinic.dentaltid_rows(
         &format!(
-            "SELECT count(*) FROM nanopix_sync_links WHERE external_id = '{left_behind}' AND state = 'delete_requested'"
+            "SELECT count(*) FROM nanopix_sync_links WHERE external_id = '{LEFT_BEHIND}' AND state = 'delete_requested'"
         ),
         |r| r.get::<_, i64>(0),
     );
@@ -379,13 +390,13 @@ fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
     sync.export_existing().unwrap();
     let after_restart: Vec<nanopix_sync::EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
     let told_before =
-        before_crash.iter().any(|json| json.contains("\"delete_requested\"") && json.contains(left_behind));
+        before_crash.iter().any(|json| json.contains("\"delete_requested\"") && json.contains(LEFT_BEHIND));
     let told_after = after_restart.iter().any(|kind| {
-        matches!(kind, nanopix_sync::EventKind::DeleteRequested { external_id, .. } if external_id == left_behind)
+        matches!(kind, nanopix_sync::EventKind::DeleteRequested { external_id, .. } if external_id == LEFT_BEHIND)
     });
     assert!(
         told_before || told_after,
-        "no delete_requested for {left_behind} ever reached the host; before the crash: {before_crash:#?}; \
+        "no delete_requested for {LEFT_BEHIND} ever reached the host; before the crash: {before_crash:#?}; \
          after the restart: {after_restart:#?}"
     );
 }
@@ -397,33 +408,16 @@ fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
 /// she gets her NanoPix patient back, so no `delete_requested` may ever have been sent for it.
 #[test]
 fn a_delete_request_noted_before_a_crash_is_not_announced_before_the_patient_added_again_gets_it_back() {
-    let left_behind = "20250121_152638";
     let clinic = Clinic::new("v29");
-    let deleted = {
-        let sync = clinic.open_without_automatic_work();
-        sync.reconcile().unwrap();
-        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{left_behind}'"), |r| {
-            r.get::<_, i64>(0)
-        })[0]
-    };
-    let dentaltid = common::another_program(&clinic.dentaltid);
-    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
-    let again = common::insert_dentaltid_patient(&dentaltid, "FSFFS", "DSSSSFSFS", Some("2025-01-21"));
-    let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
-    let output = common::child_process("export_crashing_after_a_deletion_child", &clinic)
-        .env("NPS_TEST_EXPORT", other.to_string())
-        .env("NANOPIX_SYNC_CRASH_AT", "row")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "the child crashed at the crash point: {output:?}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (stdout, again) = an_export_crashing_after_a_deletion(&clinic, true);
     assert!(!stdout.contains("\"delete_requested\""), "held back before the crash: {stdout}");
 
     let sync = clinic.open_without_automatic_work();
     // What a host does first after starting: read the setting and fill its patients screen.
     sync.live_sync().unwrap();
     sync.patients(nanopix_sync::PatientFilter::All).unwrap();
-    assert_eq!(sync.export_patient(again).unwrap().to_string(), left_behind, "given back");
+    let again = again.expect("added again");
+    assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND, "given back");
     let events: Vec<nanopix_sync::EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
     let asked: Vec<&nanopix_sync::EventKind> =
         events.iter().filter(|e| matches!(e, nanopix_sync::EventKind::DeleteRequested { .. })).collect();

@@ -1220,8 +1220,9 @@ fn export_existing_gives_a_patient_added_again_her_nanopix_patient_back_without_
 
 /// The sync cannot note a delete request announced (DentalTID refuses the write at that
 /// moment, simulated by a trigger: the error is ignored). The host acts on the announcement:
-/// `delete_in_nanopix` removes the NanoPix patient. After the next start the request is sent
-/// again, for a NanoPix patient that is no longer there, and the host would ask the user again.
+/// `delete_in_nanopix` removes the NanoPix patient. After the next start the request, still
+/// noted, is not sent again: NanoPix no longer holds the patient, and the host would ask the
+/// user again for nothing.
 #[test]
 fn a_delete_request_the_host_carried_out_is_not_announced_again_after_a_restart() {
     let clinic = Clinic::new("v29");
