@@ -360,7 +360,7 @@ impl Engine {
         self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
         self.repair_some_exports(&mut report)?;
-        let rows = self.nanopix.patients_after(cursor.nanopix_pk, PAGE)?;
+        let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk), PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if read >= u64::from(PAGE)
             || self.nanopix.patient_count()? != cursor.nanopix_rows + read
@@ -1336,11 +1336,11 @@ fn read_pages(
     stop: impl Fn() -> bool,
     read: &Sender<Vec<NanoPixPatient>>,
 ) -> Result<()> {
-    let mut after = i64::MIN;
+    let mut after = None;
     while !stop() {
         let page = nanopix.patients_after(after, PAGE)?;
-        let Some(last) = page.last_pk().filter(|&pk| pk > after) else { break };
-        after = last;
+        let Some(last) = page.last_pk().filter(|&pk| after.is_none_or(|after| pk > after)) else { break };
+        after = Some(last);
         let unknown: Vec<NanoPixPatient> =
             page.patients.into_iter().filter(|p| !odd_pks.contains(&p.pk) && unknown.remove(&p.id)).collect();
         if !unknown.is_empty() && read.send(unknown).is_err() {

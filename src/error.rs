@@ -66,6 +66,18 @@ pub enum Error {
     #[error("no NanoPix patient with id {0}")]
     NanoPixPatientNotFound(String),
 
+    /// Several NanoPix rows hold this id (a `NanoPix.db3` whose ids are not unique): deleting the
+    /// patient would delete them all, so nothing is deleted.
+    #[error(
+        "{rows} NanoPix patient rows hold id {external_id}: not deleted; the clinic must set them apart in NanoPix"
+    )]
+    NanoPixIdShared {
+        /// The NanoPix id.
+        external_id: String,
+        /// How many rows hold it.
+        rows: usize,
+    },
+
     /// The DentalTID patient is already linked to a NanoPix patient.
     #[error("DentalTID patient {patient_id} is already linked to NanoPix patient {external_id}")]
     AlreadyLinked {
@@ -183,6 +195,7 @@ impl Error {
             Error::AlreadyLinked { .. } => "already_linked",
             Error::NanoPixPatientNotEmpty { .. } => "not_empty",
             Error::DeleteNotRequested(_) => "delete_not_requested",
+            Error::NanoPixIdShared { .. } => "id_shared",
             Error::UnsafePath(_) => "unsafe_path",
             Error::NoFreeId(_) => "no_free_id",
             Error::Busy { .. } => "busy",

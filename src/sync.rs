@@ -194,7 +194,8 @@ impl NanoPixSync {
     /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient
     /// and no DentalTID patient holds its id again (in its `external_id` or by a recorded link);
     /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report or file for
-    /// it; [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.
+    /// it; [`Error::NanoPixIdShared`] if several NanoPix rows hold its id (nothing is deleted);
+    /// [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.
     pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.delete_in_nanopix(&external_id))

@@ -731,6 +731,58 @@ const REPEATED_ID: &str = "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARC
     INSERT INTO Patient(pk, id, last_name, first_name) VALUES (2, '20250121_152638', 'Other', 'Person');
     INSERT INTO Patient(pk, id, last_name, first_name) VALUES (3, '20250301_100000', 'Plain', 'Patient');";
 
+/// A `NanoPix.db3` whose ids are not unique holds two people under one id: the first is
+/// imported, the second reported as an odd row. A delete asked for the first would delete both
+/// rows, so it is refused and both stay, with their folder.
+#[test]
+fn a_delete_of_a_nanopix_id_two_rows_hold_is_refused_and_deletes_nothing() {
+    let clinic = Clinic::new("v29");
+    let shared = "20240301_090000";
+    clinic.replace_nanopix(&REPEATED_ID.replace("20250121_152638", shared));
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    std::fs::create_dir(clinic.root.join(shared)).unwrap();
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE external_id = ?1", [shared]).unwrap();
+    drain(&sync);
+    sync.reconcile().unwrap();
+    let asked = drain(&sync)
+        .into_iter()
+        .any(|event| matches!(event.kind, EventKind::DeleteRequested { ref external_id, .. } if external_id == shared));
+    assert!(asked, "the delete of the first row's patient is asked for");
+    let refused = sync.delete_in_nanopix(shared);
+    assert!(matches!(refused, Err(nanopix_sync::Error::NanoPixIdShared { rows: 2, .. })), "{refused:?}");
+    let rows: Vec<String> =
+        clinic.nanopix_rows(&format!("SELECT last_name FROM Patient WHERE id = '{shared}' ORDER BY pk"), |r| r.get(0));
+    assert_eq!(rows, ["DSSSSFSFS", "Other"], "both rows stay");
+    assert!(clinic.root.join(shared).is_dir(), "the folder stays");
+}
+
+/// SQLite lets a row's `pk` be the smallest 64-bit integer; that row is read and imported
+/// like any other, by the first sync and by the checks of later passes.
+#[test]
+fn a_nanopix_row_at_the_smallest_pk_is_imported() {
+    let clinic = Clinic::new("v29");
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Patient(pk, id, last_name, first_name, birthdate, created_datetime)
+             VALUES (-9223372036854775808, '20240101_101012', 'Cherif', 'Dalia', '1988-04-02', '2024-01-01 10:10:20')",
+            [],
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join("20240101_101012")).unwrap();
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (2, 0), "the fixture's patient and Dalia");
+    let dalia: Vec<String> =
+        clinic.dentaltid_rows("SELECT name FROM patients WHERE external_id = '20240101_101012'", |r| r.get(0));
+    assert_eq!(dalia, ["Dalia"]);
+    let again = sync.reconcile().unwrap();
+    assert_eq!((again.imported, again.removed, again.errors), (0, 0, 0), "nothing more to do");
+}
+
 /// `(external_id, holders)` of every NanoPix id DentalTID holds.
 fn holders_per_external_id(clinic: &Clinic) -> Vec<(String, i64)> {
     clinic.dentaltid_rows(

@@ -515,11 +515,13 @@ impl Engine {
         let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
         let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
         let in_flight = self.in_flight_ids()?;
-        let (mut twins, mut after) = (Vec::new(), i64::MIN);
+        let (mut twins, mut after) = (Vec::new(), None);
         loop {
             let page = self.nanopix.patients_after(after, TWIN_PAGE)?;
-            let Some(last) = page.last_pk().filter(|&pk| pk > after) else { return Ok(twins) };
-            after = last;
+            let Some(last) = page.last_pk().filter(|&pk| after.is_none_or(|after| pk > after)) else {
+                return Ok(twins);
+            };
+            after = Some(last);
             for other in page.patients.into_iter().filter(|other| other.birth_date == Some(born)) {
                 let twin = MatchKey::of(&other.first_name, &other.last_name, born) == key
                     && !in_flight.contains(&other.id)

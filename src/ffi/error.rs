@@ -63,6 +63,8 @@ pub const NPS_IN_USE: u32 = 114;
 /// `nps_delete_in_nanopix` was called for a patient whose deletion DentalTID did not request
 /// (`delete_not_requested`).
 pub const NPS_DELETE_NOT_REQUESTED: u32 = 115;
+/// `nps_delete_in_nanopix` found several NanoPix rows with the patient's id (`id_shared`).
+pub const NPS_ID_SHARED: u32 = 116;
 
 /// A failed C call: its result code and a message for people.
 #[derive(Debug)]
@@ -105,6 +107,7 @@ fn code_of(kind: &str) -> u32 {
         "closed" => NPS_CLOSED,
         "in_use" => NPS_IN_USE,
         "delete_not_requested" => NPS_DELETE_NOT_REQUESTED,
+        "id_shared" => NPS_ID_SHARED,
         _ => NPS_INTERNAL,
     }
 }

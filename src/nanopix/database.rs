@@ -31,8 +31,8 @@ const READ_COLUMNS: [&str; 8] =
 /// Which `Patient` rows to read.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Selection {
-    /// Up to `limit` rows whose `pk` is greater than `after`.
-    AfterPk { after: i64, limit: u32 },
+    /// Up to `limit` rows whose `pk` is greater than `after`, or from the first row without it.
+    AfterPk { after: Option<i64>, limit: u32 },
     /// The row with this id.
     WithId(NanoPixId),
 }
@@ -55,6 +55,8 @@ pub(super) enum Deletion {
     Deleted(DeletedRows),
     /// No row had the id.
     Missing,
+    /// Several rows had the id; nothing was deleted.
+    Shared(usize),
     /// Studies or reports still point at the patient; nothing was deleted.
     Holds { studies: u64, reports: u64 },
 }
@@ -167,9 +169,10 @@ pub(super) fn read_patients(
 ) -> rusqlite::Result<PatientRows> {
     let pk = pk_column(columns);
     let (tail, parameter) = match selection {
-        Selection::AfterPk { after, limit } => {
+        Selection::AfterPk { after: Some(after), limit } => {
             (format!("WHERE {pk} > ?1 ORDER BY {pk} LIMIT {limit}"), Some(Value::Integer(after)))
         }
+        Selection::AfterPk { after: None, limit } => (format!("ORDER BY {pk} LIMIT {limit}"), None),
         Selection::WithId(id) => (format!("WHERE id = ?1 ORDER BY {pk}"), Some(Value::Text(id.to_string()))),
     };
     let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();
@@ -426,7 +429,8 @@ pub(super) fn record_ids(
 }
 
 /// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade), and returns it. `columns` are `Patient`'s.
+/// (NanoPix's foreign keys would otherwise cascade), and if no other row has its id, and
+/// returns it. `columns` are `Patient`'s.
 /// Meant to run inside a write transaction.
 pub(super) fn delete_patient(
     conn: &Connection,
@@ -439,8 +443,10 @@ pub(super) fn delete_patient(
         return Ok(Deletion::Holds { studies, reports });
     }
     let deleted = patient_rows(conn, columns, id)?;
-    if deleted.rows.is_empty() {
-        return Ok(Deletion::Missing);
+    match deleted.rows.len() {
+        0 => return Ok(Deletion::Missing),
+        1 => {}
+        rows => return Ok(Deletion::Shared(rows)),
     }
     conn.execute("DELETE FROM Patient WHERE id = ?1", [id.to_string()])?;
     Ok(Deletion::Deleted(deleted))

@@ -261,9 +261,9 @@ impl NanoPix {
         database::read_ids(&self.conn, &self.patient_columns).map_err(self.sql_error("read patient ids"))
     }
 
-    /// Up to `limit` patient rows with `pk` greater than `after`, in `pk` order: short reads,
-    /// so NanoPix is never kept waiting to write.
-    pub fn patients_after(&self, after: i64, limit: u32) -> Result<PatientRows> {
+    /// Up to `limit` patient rows with `pk` greater than `after` (from the first row without
+    /// it), in `pk` order: short reads, so NanoPix is never kept waiting to write.
+    pub fn patients_after(&self, after: Option<i64>, limit: u32) -> Result<PatientRows> {
         self.select(Selection::AfterPk { after, limit })
     }
 
@@ -410,6 +410,7 @@ impl NanoPix {
                 removed => removed,
             },
             Some(Deletion::Missing) => Err(Error::NanoPixPatientNotFound(id.to_string())),
+            Some(Deletion::Shared(rows)) => Err(Error::NanoPixIdShared { external_id: id.to_string(), rows }),
             Some(Deletion::Holds { studies, reports }) => {
                 Err(not_empty(id, PatientContents { studies, reports, files: 0 }))
             }
@@ -568,7 +569,7 @@ pub(crate) mod tests {
     #[test]
     fn reads_the_fixture_patient_exactly() {
         let (_temp, root) = fixture_copy();
-        let rows = open(&root).patients_after(i64::MIN, u32::MAX).unwrap();
+        let rows = open(&root).patients_after(None, u32::MAX).unwrap();
         assert!(rows.odd_rows.is_empty());
         let expected = NanoPixPatient {
             pk: 1,
@@ -602,7 +603,7 @@ pub(crate) mod tests {
                    (7, '20250304_101010', '', NULL, '2025-02-30', '2025-01-01 25:00:00');",
             )
             .unwrap();
-        let rows = open(&root).patients_after(i64::MIN, u32::MAX).unwrap();
+        let rows = open(&root).patients_after(None, u32::MAX).unwrap();
         let read: Vec<_> =
             rows.patients.iter().map(|p| (p.pk, p.first_name.as_str(), p.birth_date, p.created)).collect();
         let fixture = (1, "FSFFS", NaiveDate::from_ymd_opt(2025, 1, 21), Some(at("2025-01-21 15:26:46")));
@@ -620,7 +621,7 @@ pub(crate) mod tests {
                (3, CAST('20250121_152638' AS BLOB), 'Blob'), (4, '20250122_000000', NULL),
                (5, '20250123_000000', CAST(x'4dfc6c6c6572' AS TEXT)), (6, 20250124.5, 'Real');",
         );
-        let rows = open(&root).patients_after(i64::MIN, u32::MAX).unwrap();
+        let rows = open(&root).patients_after(None, u32::MAX).unwrap();
         let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str(), o.problem.as_str())).collect();
         assert_eq!(odd[0], (1, "20250101", "id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"));
         assert_eq!(odd[1], (2, "", "id is NULL"));
@@ -637,10 +638,10 @@ pub(crate) mod tests {
         nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         nanopix.insert_patient(&new_patient("20250301_093001"), None).unwrap();
         let pks = |rows: PatientRows| rows.patients.iter().map(|p| p.pk).collect::<Vec<_>>();
-        assert_eq!(pks(nanopix.patients_after(0, 10).unwrap()), vec![1, 2, 3]);
-        assert_eq!(pks(nanopix.patients_after(1, 10).unwrap()), vec![2, 3]);
-        assert_eq!(pks(nanopix.patients_after(0, 2).unwrap()), vec![1, 2]);
-        assert_eq!(pks(nanopix.patients_after(3, 10).unwrap()), Vec::<i64>::new());
+        assert_eq!(pks(nanopix.patients_after(Some(0), 10).unwrap()), vec![1, 2, 3]);
+        assert_eq!(pks(nanopix.patients_after(Some(1), 10).unwrap()), vec![2, 3]);
+        assert_eq!(pks(nanopix.patients_after(Some(0), 2).unwrap()), vec![1, 2]);
+        assert_eq!(pks(nanopix.patients_after(Some(3), 10).unwrap()), Vec::<i64>::new());
     }
 
     #[test]
@@ -981,7 +982,7 @@ pub(crate) mod tests {
             matches!(result, Err(Error::Busy { ref path, step: "insert patient" }) if *path == db_path),
             "{result:?}"
         );
-        assert_eq!(nanopix.patients_after(i64::MIN, u32::MAX).unwrap().patients.len(), 1);
+        assert_eq!(nanopix.patients_after(None, u32::MAX).unwrap().patients.len(), 1);
         holder.execute_batch("COMMIT").unwrap();
         nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
         assert!(nanopix.id_exists(id("20250301_093000")).unwrap());
