@@ -90,8 +90,9 @@ pub(crate) struct Engine {
     /// Delete requests written but not announced yet, as patient and NanoPix id: the work that
     /// found the deletion may still give the NanoPix patient back to a patient added again (see
     /// [`Engine::announce_delete_requests`]). DentalTID notes them too, so that a crash before
-    /// they are announced does not lose them: they are read back at `open`, and announced at the
-    /// end of the next reconcile, live pass or export call, never by other calls.
+    /// they are announced does not lose them: they are read back at `open`. They are announced
+    /// at the end of the next reconcile, live pass or export call that succeeds, never by other
+    /// calls: work that fails may not have given NanoPix patients back yet.
     unannounced_deletes: Vec<(i64, String)>,
     /// Whether an export call is under way: the delete requests wait until it ends.
     holding_delete_requests: bool,
@@ -247,17 +248,16 @@ impl Engine {
             return Ok(report);
         }
         let started = Instant::now();
-        let reconciled = self.reconcile_fully();
-        // Whatever became of the pass, the delete requests it found are announced now.
+        let mut report = self.reconcile_fully()?;
         self.announce_delete_requests();
-        let mut report = reconciled?;
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report.stopped_early = self.cancelled();
         self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
     }
 
-    /// The work of [`Engine::reconcile`], without its announcements.
+    /// The work of [`Engine::reconcile`], without its announcements. A reconcile that fails
+    /// announces no delete request: it may not have given NanoPix patients back yet.
     fn reconcile_fully(&mut self) -> Result<ReconcileReport> {
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.reconnect_if_read_only()?;
@@ -578,7 +578,7 @@ impl Engine {
 
     /// Announces the delete requests written since the last announcement (see
     /// [`Engine::announce_held_deletes`]), unless an export call is under way: it announces them
-    /// once it ends, after it has given NanoPix patients back (see [`Engine::holding_delete_requests`]).
+    /// once it ends well, after it has given NanoPix patients back (see [`Engine::holding_delete_requests`]).
     pub fn announce_delete_requests(&mut self) {
         if !self.holding_delete_requests {
             self.announce_held_deletes();
@@ -613,12 +613,14 @@ impl Engine {
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
-    /// finds until it has given NanoPix patients back; then announces them.
-    fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
+    /// finds until it has given NanoPix patients back; then announces them, if it succeeded.
+    fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let held = std::mem::replace(&mut self.holding_delete_requests, true);
         let result = catch_unwind(AssertUnwindSafe(|| work(self)));
         self.holding_delete_requests = held;
-        self.announce_delete_requests();
+        if matches!(result, Ok(Ok(_))) {
+            self.announce_delete_requests();
+        }
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 

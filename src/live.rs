@@ -167,7 +167,10 @@ impl LiveLoop {
             Ok(Err(error)) => Some(error),
             Err(_) => Some(Error::Internal("a live sync pass panicked".into())),
         };
-        self.engine.announce_delete_requests();
+        // A pass that failed may not have given NanoPix patients back yet: the next one announces.
+        if failure.is_none() {
+            self.engine.announce_delete_requests();
+        }
         let refused = self.engine.take_refused_while_busy();
         let previous = self.retry.take();
         self.retry = match failure {

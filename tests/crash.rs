@@ -342,22 +342,30 @@ fn export_crashing_after_a_deletion_child() {
 /// The NanoPix patient of the fixture, imported by a first sync.
 const LEFT_BEHIND: &str = "20250121_152638";
 
-/// Imports the fixture's NanoPix patient, deletes its DentalTID patient (and with `add_again`
-/// adds her again at once, as a new patient), then has a child process export another patient,
-/// whose catch-up finds the deletion, and crash at the export's row. Returns the child's output
-/// and the patient added again.
-fn an_export_crashing_after_a_deletion(clinic: &Clinic, add_again: bool) -> (String, Option<i64>) {
+/// What comes before [`an_export_crashing_after_a_deletion`]'s crash.
+#[derive(Clone, Copy)]
+struct BeforeTheCrash {
+    /// Live Sync is switched on after the first sync.
+    live_sync: bool,
+    /// The deleted patient is added again at once, as a new patient.
+    add_again: bool,
+}
+
+/// Imports the fixture's NanoPix patient, deletes its DentalTID patient, then has a child
+/// process export another patient, whose catch-up finds the deletion, and crash at the export's
+/// row. Returns the child's output and the patient added again, if she was.
+fn an_export_crashing_after_a_deletion(clinic: &Clinic, before: BeforeTheCrash) -> (String, Option<i64>) {
     let deleted = {
         let sync = clinic.open_without_automatic_work();
         sync.reconcile().unwrap();
+        sync.set_live_sync(before.live_sync).unwrap();
         clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{LEFT_BEHIND}'"), |r| {
             r.get::<_, i64>(0)
         })[0]
     };
     let dentaltid = common::another_program(&clinic.dentaltid);
     dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
-    let again =
-        add_again.then(|| common::insert_dentaltid_patient(&dentaltid, "FSFFS", "DSSSSFSFS", Some("2025-01-21")));
+    let again = before.add_again.then(|| add_again(&dentaltid));
     let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
     let output = common::child_process("export_crashing_after_a_deletion_child", clinic)
         .env("NPS_TEST_EXPORT", other.to_string())
@@ -368,13 +376,19 @@ fn an_export_crashing_after_a_deletion(clinic: &Clinic, add_again: bool) -> (Str
     (String::from_utf8_lossy(&output.stdout).into_owned(), again)
 }
 
+/// Adds the fixture's patient again to DentalTID, as a new patient; returns her id.
+fn add_again(dentaltid: &rusqlite::Connection) -> i64 {
+    common::insert_dentaltid_patient(dentaltid, "FSFFS", "DSSSSFSFS", Some("2025-01-21"))
+}
+
 /// A patient deleted in DentalTID, found by the catch-up of an export of another patient that
 /// then crashes (power cut, process killed): the sync has recorded the delete request, so it
 /// never asks again; the host must have been told, before the crash or after the restart.
 #[test]
 fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
     let clinic = Clinic::new("v29");
-    let (stdout, _) = an_export_crashing_after_a_deletion(&clinic, false);
+    let (stdout, _) =
+        an_export_crashing_after_a_deletion(&clinic, BeforeTheCrash { live_sync: false, add_again: false });
     let before_crash: Vec<&str> =
         stdout.lines().filter_map(|line| line.split_once("EVENT ").map(|(_, json)| json)).collect();
     let recorded = clinic.dentaltid_rows(
@@ -409,7 +423,8 @@ fn a_delete_request_found_by_an_export_that_crashes_still_reaches_the_host() {
 #[test]
 fn a_delete_request_noted_before_a_crash_is_not_announced_before_the_patient_added_again_gets_it_back() {
     let clinic = Clinic::new("v29");
-    let (stdout, again) = an_export_crashing_after_a_deletion(&clinic, true);
+    let (stdout, again) =
+        an_export_crashing_after_a_deletion(&clinic, BeforeTheCrash { live_sync: false, add_again: true });
     assert!(!stdout.contains("\"delete_requested\""), "held back before the crash: {stdout}");
 
     let sync = clinic.open_without_automatic_work();
@@ -419,6 +434,36 @@ fn a_delete_request_noted_before_a_crash_is_not_announced_before_the_patient_add
     let again = again.expect("added again");
     assert_eq!(sync.export_patient(again).unwrap().to_string(), LEFT_BEHIND, "given back");
     let events: Vec<nanopix_sync::EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    let asked: Vec<&nanopix_sync::EventKind> =
+        events.iter().filter(|e| matches!(e, nanopix_sync::EventKind::DeleteRequested { .. })).collect();
+    assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
+}
+
+/// Live Sync on. The fixture patient (imported) is deleted in DentalTID; a child's export of
+/// another patient finds the deletion in its catch-up, notes the delete request and crashes
+/// before announcing it. The patient is added again (past the export cursor). After the restart
+/// the first "Sync Now" fails (`NanoPix.db3` away for a moment) and gives nothing back; the
+/// next one gives her the NanoPix patient back. No `delete_requested` may be sent: the failing
+/// reconcile must not send it.
+#[test]
+fn a_failing_reconcile_does_not_announce_a_request_of_a_patient_added_again() {
+    let clinic = Clinic::new("v29");
+    let (stdout, _) =
+        an_export_crashing_after_a_deletion(&clinic, BeforeTheCrash { live_sync: true, add_again: false });
+    assert!(!stdout.contains("\"delete_requested\""), "held back before the crash: {stdout}");
+    let noted = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_unannounced_deletes", |r| r.get::<_, i64>(0));
+    assert_eq!(noted, [1], "noted before the crash");
+    let again = add_again(&common::another_program(&clinic.dentaltid));
+
+    let sync = clinic.open_without_automatic_work();
+    let db = clinic.nanopix_db();
+    let away = db.with_extension("away");
+    std::fs::rename(&db, &away).unwrap();
+    assert!(sync.reconcile().is_err(), "NanoPix.db3 is not there");
+    std::fs::rename(&away, &db).unwrap();
+    sync.reconcile().unwrap();
+    let events: Vec<nanopix_sync::EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(common::dentaltid_named(&clinic, "FSFFS", "DSSSSFSFS"), [(again, Some(LEFT_BEHIND.to_owned()))]);
     let asked: Vec<&nanopix_sync::EventKind> =
         events.iter().filter(|e| matches!(e, nanopix_sync::EventKind::DeleteRequested { .. })).collect();
     assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
