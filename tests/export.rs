@@ -1262,3 +1262,27 @@ fn a_delete_request_the_host_carried_out_is_not_announced_again_after_a_restart(
         .collect();
     assert!(again.is_empty(), "delete_requested again for a NanoPix patient already deleted: {again:#?}");
 }
+
+/// A host's clock at either end of the dates the sync can count gives exports a clear error
+/// (NanoPix's dates need a four-digit year), not a panic of the engine thread, and writes no
+/// NanoPix row.
+#[test]
+fn exports_on_a_clock_at_either_end_of_time_fail_with_a_clear_error() {
+    for at in [chrono::NaiveDateTime::MAX, chrono::NaiveDateTime::MIN] {
+        let clinic = Clinic::new("v29");
+        let mut config = clinic.config_without_automatic_work();
+        config.clock = std::sync::Arc::new(nanopix_sync::ManualClock::new(at));
+        let sync = NanoPixSync::open(config).unwrap();
+        let patient = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+        let one = sync.export_patient(patient);
+        assert!(matches!(one, Err(Error::InvalidConfig(ref m)) if m.contains("four-digit year")), "at {at}: {one:?}");
+        common::drain(&sync);
+        assert_eq!(sync.export_existing().unwrap(), 0, "export_existing at {at}");
+        let reported = common::drain(&sync).into_iter().filter(|event| {
+            matches!(&event.kind, EventKind::SyncError { code, patient_id, .. } if code == "invalid_config" && *patient_id == Some(patient))
+        });
+        assert_eq!(reported.count(), 1, "export_existing at {at} reports the patient it left");
+        let rows = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0));
+        assert_eq!(rows, [1], "only the fixture's patient");
+    }
+}

@@ -376,11 +376,11 @@ impl Engine {
     /// indexes are built first if missing: every id tried is looked up among DentalTID's patients.
     ///
     /// # Failure
-    /// [`Error::NoFreeId`] when none of these seconds is free.
+    /// [`Error::NoFreeId`] when none of these seconds is free; see [`Engine::export_time`].
     fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
+        let now = self.export_time()?;
         self.ensure_indexes()?;
         self.nanopix.refresh_record_ids()?;
-        let now = self.config.clock.now();
         let in_flight = self.in_flight_ids()?;
         let mut id = match from {
             IdsFrom::Creation => self.free_past_id(past_ids_from(patient, now), now, &in_flight)?,
@@ -498,7 +498,7 @@ impl Engine {
             // The creation time the journal recorded, if any: an export that fails the same way
             // again then leaves the journal as it was, and a pass that changed nothing writes nothing.
             let recorded = pending.written.as_ref().and_then(|written| parse_nanopix_datetime(&written.created));
-            new_nanopix_row(patient, id, recorded.unwrap_or_else(|| self.config.clock.now()))
+            new_nanopix_row(patient, id, recorded.map_or_else(|| self.export_time(), Ok)?)
         };
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
             self.dentaltid.replan_export(patient.id, &row)?;
@@ -570,6 +570,20 @@ impl Engine {
                 && stored.first_name.trim() == row.first_name
                 && stored.birth_date == row.birth_date
         }))
+    }
+
+    /// The time an export writes into NanoPix's row: the clock's, which NanoPix's dates must be
+    /// able to name.
+    ///
+    /// # Failure
+    /// [`Error::InvalidConfig`] when the clock's year has not four digits (a host's clock set
+    /// at either end of time).
+    fn export_time(&self) -> Result<NaiveDateTime> {
+        let now = self.config.clock.now();
+        match chrono::Datelike::year(&now) {
+            1..=9999 => Ok(now),
+            _ => Err(Error::InvalidConfig(format!("the clock says {now}: NanoPix's dates need a four-digit year"))),
+        }
     }
 
     /// The first free id among the seconds [`NOW_IDS`] names.
@@ -664,7 +678,7 @@ impl Engine {
 fn past_ids_from(patient: &Patient, now: NaiveDateTime) -> NaiveDateTime {
     crate::patient::parse_dart_timestamp(&patient.created_at)
         .filter(|created| *created >= EARLIEST_CREATION)
-        .unwrap_or(now - RECENT_IDS - PAST_IDS)
+        .unwrap_or_else(|| now.checked_sub_signed(RECENT_IDS + PAST_IDS).unwrap_or(NaiveDateTime::MIN))
 }
 
 /// The NanoPix row an export of `patient` writes with `id`, created `now`.
