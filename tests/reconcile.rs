@@ -783,6 +783,36 @@ fn a_nanopix_row_at_the_smallest_pk_is_imported() {
     assert_eq!((again.imported, again.removed, again.errors), (0, 0, 0), "nothing more to do");
 }
 
+/// A `pk` column that is not `INTEGER PRIMARY KEY` may hold NULLs, which sort first: rows
+/// without a `pk` never fill the first page, so the patients after them, at negative `pk`s,
+/// are imported.
+#[test]
+fn patients_after_a_full_page_of_rows_without_a_pk_are_imported() {
+    let clinic = Clinic::new("v29");
+    let mut sql = String::from(
+        "CREATE TABLE Patient (pk INTEGER, id VARCHAR(250), last_name VARCHAR(250), first_name VARCHAR(250),
+             sex, birthdate DATE, phone, created_datetime DATETIME);
+         BEGIN;",
+    );
+    for _ in 0..5_000 {
+        sql.push_str("INSERT INTO Patient(pk, id, last_name, first_name) VALUES (NULL, 'no id', 'Odd', 'Row');");
+    }
+    for i in 0..600 {
+        let id = numbered_nanopix_id(i);
+        sql.push_str(&format!(
+            "INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({}, '{id}', 'Negative', 'P{i}');",
+            i64::from(i) - 1_000
+        ));
+    }
+    sql.push_str("COMMIT;");
+    clinic.replace_nanopix(&sql);
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let imported =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Negative'", |r| r.get::<_, i64>(0));
+    assert_eq!(imported, [600], "report: {report:?}");
+}
+
 /// `(external_id, holders)` of every NanoPix id DentalTID holds.
 fn holders_per_external_id(clinic: &Clinic) -> Vec<(String, i64)> {
     clinic.dentaltid_rows(

@@ -31,7 +31,8 @@ const READ_COLUMNS: [&str; 8] =
 /// Which `Patient` rows to read.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Selection {
-    /// Up to `limit` rows whose `pk` is greater than `after`, or from the first row without it.
+    /// Up to `limit` rows whose `pk` is greater than `after`, or from the first row without it;
+    /// never a row whose `pk` is NULL.
     AfterPk { after: Option<i64>, limit: u32 },
     /// The row with this id.
     WithId(NanoPixId),
@@ -172,7 +173,10 @@ pub(super) fn read_patients(
         Selection::AfterPk { after: Some(after), limit } => {
             (format!("WHERE {pk} > ?1 ORDER BY {pk} LIMIT {limit}"), Some(Value::Integer(after)))
         }
-        Selection::AfterPk { after: None, limit } => (format!("ORDER BY {pk} LIMIT {limit}"), None),
+        // A NULL `pk` sorts first: left out, as `pk > ?1` leaves it out of the later pages.
+        Selection::AfterPk { after: None, limit } => {
+            (format!("WHERE {pk} IS NOT NULL ORDER BY {pk} LIMIT {limit}"), None)
+        }
         Selection::WithId(id) => (format!("WHERE id = ?1 ORDER BY {pk}"), Some(Value::Text(id.to_string()))),
     };
     let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();
