@@ -249,15 +249,17 @@ impl Engine {
         }
         let started = Instant::now();
         let mut report = self.reconcile_fully()?;
-        self.announce_delete_requests();
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report.stopped_early = self.cancelled();
+        if !report.stopped_early {
+            self.announce_delete_requests();
+        }
         self.bus.emit(EventKind::Reconciled(report.clone()));
         Ok(report)
     }
 
-    /// The work of [`Engine::reconcile`], without its announcements. A reconcile that fails
-    /// announces no delete request: it may not have given NanoPix patients back yet.
+    /// The work of [`Engine::reconcile`], without its announcements. A reconcile that fails or
+    /// stops early announces no delete request: it may not have given NanoPix patients back yet.
     fn reconcile_fully(&mut self) -> Result<ReconcileReport> {
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.reconnect_if_read_only()?;
@@ -389,6 +391,7 @@ impl Engine {
         }
         if self.cancelled() {
             self.cursor = None;
+            report.stopped_early = true;
             return Ok(report);
         }
         let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
@@ -613,12 +616,13 @@ impl Engine {
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
-    /// finds until it has given NanoPix patients back; then announces them, if it succeeded.
+    /// finds until it has given NanoPix patients back; then announces them, if it succeeded and
+    /// was not cut short.
     fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let held = std::mem::replace(&mut self.holding_delete_requests, true);
         let result = catch_unwind(AssertUnwindSafe(|| work(self)));
         self.holding_delete_requests = held;
-        if matches!(result, Ok(Ok(_))) {
+        if matches!(result, Ok(Ok(_))) && !self.cancelled() {
             self.announce_delete_requests();
         }
         result.unwrap_or_else(|panic| resume_unwind(panic))

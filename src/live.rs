@@ -162,13 +162,14 @@ impl LiveLoop {
             return;
         }
         let engine = &mut self.engine;
-        let failure = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
-            Ok(Ok(_)) => None,
-            Ok(Err(error)) => Some(error),
-            Err(_) => Some(Error::Internal("a live sync pass panicked".into())),
+        let (failure, stopped_early) = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
+            Ok(Ok(report)) => (None, report.stopped_early),
+            Ok(Err(error)) => (Some(error), false),
+            Err(_) => (Some(Error::Internal("a live sync pass panicked".into())), false),
         };
-        // A pass that failed may not have given NanoPix patients back yet: the next one announces.
-        if failure.is_none() {
+        // A pass that failed or stopped early may not have given NanoPix patients back yet: the
+        // next one announces.
+        if failure.is_none() && !stopped_early {
             self.engine.announce_delete_requests();
         }
         let refused = self.engine.take_refused_while_busy();

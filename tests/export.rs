@@ -1286,3 +1286,41 @@ fn exports_on_a_clock_at_either_end_of_time_fail_with_a_clear_error() {
         assert_eq!(rows, [1], "only the fixture's patient");
     }
 }
+
+/// Live Sync on. The fixture's patient is deleted in DentalTID and added again; the host's
+/// "Sync Now" finds the deletion, then is stopped while it imports a bulk of new NanoPix
+/// patients, before it gives her the NanoPix patient back. A reconcile cut short sends no
+/// `delete_requested`: the next one gives the NanoPix patient back.
+#[test]
+fn a_reconcile_stopped_early_announces_no_delete_before_the_give_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE external_id = ?1", [LEFT_BEHIND]).unwrap();
+    let again = common::insert_dentaltid_patient(&dentaltid, "FSFFS", "DSSSSFSFS", Some("2025-01-21"));
+    // Enough new NanoPix patients that the pass is still importing when the host stops it.
+    clinic.add_bulk_nanopix(12_000);
+    common::drain(&sync);
+    let (events, stopper) = (sync.events(), sync.stopper());
+    let mut seen = Vec::new();
+    let report = std::thread::scope(|scope| {
+        let pass = scope.spawn(|| sync.reconcile());
+        loop {
+            let event = events.recv_timeout(std::time::Duration::from_secs(60)).expect("an event within a minute");
+            let imported = matches!(event.kind, EventKind::PatientImported { .. });
+            seen.push(event.kind);
+            if imported {
+                stopper.stop();
+                break;
+            }
+        }
+        pass.join().unwrap()
+    });
+    assert!(report.unwrap().stopped_early, "stopped while importing");
+    seen.extend(common::drain(&sync).into_iter().map(|e| e.kind));
+    assert_eq!(sync.source_info(again).unwrap().external_id, None, "not given back yet");
+    let asked: Vec<&EventKind> = seen.iter().filter(|kind| matches!(kind, EventKind::DeleteRequested { .. })).collect();
+    assert!(asked.is_empty(), "delete_requested before the give-back: {asked:#?}");
+}
