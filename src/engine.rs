@@ -704,7 +704,10 @@ impl Engine {
             report.errors += 1;
             self.bus.emit(EventKind::SyncError {
                 code: "odd_row".into(),
-                message: format!("NanoPix patient row pk {} skipped: {}", odd.pk, odd.problem),
+                message: match odd.pk {
+                    Some(pk) => format!("NanoPix patient row pk {pk} skipped: {}", odd.problem),
+                    None => format!("NanoPix patient row skipped: {}", odd.problem),
+                },
                 external_id: Some(odd.raw_id),
                 patient_id: None,
                 path: None,
@@ -1299,7 +1302,7 @@ fn read_dentaltid(
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
     let (nanopix_pk, nanopix_id) = rows.last_row().map_or((0, None), |(pk, id)| (pk, Some(id)));
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
-    let odd_pks = rows.odd_rows.iter().map(|odd| odd.pk).collect();
+    let odd_pks = rows.odd_rows.iter().filter_map(|odd| odd.pk).collect();
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
     let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
     let many_unknown = !unknown.is_empty() && !is_few(unknown.len(), nanopix.len());

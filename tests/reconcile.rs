@@ -813,6 +813,37 @@ fn patients_after_a_full_page_of_rows_without_a_pk_are_imported() {
     assert_eq!(imported, [600], "report: {report:?}");
 }
 
+/// A row without a `pk` is reported, and does not hide the patient at `pk` 0: every page of
+/// NanoPix is read here (many unknown patients), and both real patients are imported.
+#[test]
+fn a_patient_at_pk_zero_beside_a_row_without_a_pk_is_imported() {
+    let clinic = Clinic::new("v29");
+    let mut sql = String::from(
+        "CREATE TABLE Patient (pk INTEGER, id VARCHAR(250), last_name VARCHAR(250), first_name VARCHAR(250),
+             sex, birthdate DATE, phone, created_datetime DATETIME);
+         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (NULL, '20240101_000000', 'Nopk', 'Row');
+         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (0, '20240102_000000', 'Zero', 'Pk');",
+    );
+    for i in 0..20 {
+        let id = numbered_nanopix_id(i);
+        sql.push_str(&format!(
+            "INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({}, '{id}', 'N', 'P');",
+            i + 1
+        ));
+    }
+    clinic.replace_nanopix(&sql);
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (21, 1), "{report:?}");
+    let zero = clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Zero'", |r| r.get::<_, i64>(0));
+    assert_eq!(zero, [1]);
+    let odd = drain(&sync).into_iter().find_map(|event| match event.kind {
+        EventKind::SyncError { code, message, .. } if code == "odd_row" => Some(message),
+        _ => None,
+    });
+    assert_eq!(odd.as_deref(), Some("NanoPix patient row skipped: pk is not an integer"));
+}
+
 /// `(external_id, holders)` of every NanoPix id DentalTID holds.
 fn holders_per_external_id(clinic: &Clinic) -> Vec<(String, i64)> {
     clinic.dentaltid_rows(

@@ -222,7 +222,7 @@ pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite
                     found.ids.push((pk, id));
                 }
                 Entry::Occupied(first) => found.odd_rows.push(OddRow {
-                    pk,
+                    pk: Some(pk),
                     raw_id: id.to_string(),
                     problem: format!("its id is already the patient of row pk {}", first.get()),
                 }),
@@ -236,15 +236,15 @@ pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite
 /// The `pk` and id of a row whose first two columns are `pk` and `id`, or why it is odd.
 fn row_key(row: &Row<'_>) -> rusqlite::Result<Result<(i64, NanoPixId), OddRow>> {
     let raw_id = row.get_ref(1)?;
-    let odd = |pk: i64, problem: &str| OddRow {
+    let odd = |pk: Option<i64>, problem: &str| OddRow {
         pk,
         raw_id: lossy_text(raw_id).unwrap_or_default(),
         problem: problem.to_owned(),
     };
     let ValueRef::Integer(pk) = row.get_ref(0)? else {
-        return Ok(Err(odd(0, "pk is not an integer")));
+        return Ok(Err(odd(None, "pk is not an integer")));
     };
-    Ok(parse_id(raw_id).map(|id| (pk, id)).map_err(|problem| odd(pk, problem)))
+    Ok(parse_id(raw_id).map(|id| (pk, id)).map_err(|problem| odd(Some(pk), problem)))
 }
 
 /// Reads one row of [`READ_COLUMNS`]; only a failure to reach a column is an error.

@@ -32,8 +32,8 @@ const DATABASE_FILE: &str = "NanoPix.db3";
 /// A `Patient` row that could not be read as a patient (for example an invalid id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OddRow {
-    /// `Patient.pk` (0 if even that is not an integer).
-    pub pk: i64,
+    /// `Patient.pk`; `None` when even that is not an integer.
+    pub pk: Option<i64>,
     /// The stored id as text (empty for NULL, invalid UTF-8 replaced).
     pub raw_id: String,
     /// Why the row is not a patient.
@@ -77,16 +77,16 @@ impl IdRows {
     }
 }
 
-/// The highest of `pks` and of the odd rows' `pk`s.
+/// The highest of `pks` and of the odd rows' integer `pk`s.
 fn highest_pk(pks: impl Iterator<Item = i64>, odd_rows: &[OddRow]) -> Option<i64> {
-    pks.chain(odd_rows.iter().map(|odd| odd.pk)).max()
+    pks.chain(odd_rows.iter().filter_map(|odd| odd.pk)).max()
 }
 
 /// The `pk` and id (as stored, so as text) of the row with the highest `pk` among `rows` and
 /// the odd rows.
 fn highest_row(rows: impl Iterator<Item = (i64, NanoPixId)>, odd_rows: &[OddRow]) -> Option<(i64, String)> {
     let readable = rows.max_by_key(|(pk, _)| *pk).map(|(pk, id)| (pk, id.to_string()));
-    let odd = odd_rows.iter().max_by_key(|odd| odd.pk).map(|odd| (odd.pk, odd.raw_id.clone()));
+    let odd = odd_rows.iter().filter_map(|odd| Some((odd.pk?, odd.raw_id.clone()))).max_by_key(|(pk, _)| *pk);
     readable.into_iter().chain(odd).max_by_key(|(pk, _)| *pk)
 }
 
@@ -609,7 +609,7 @@ pub(crate) mod tests {
         let fixture = (1, "FSFFS", NaiveDate::from_ymd_opt(2025, 1, 21), Some(at("2025-01-21 15:26:46")));
         assert_eq!(read, vec![fixture, (2, "", None, None), (3, "G", None, None), (7, "", None, None)]);
         let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str())).collect();
-        assert_eq!(odd, vec![(4, "../evil"), (5, "20251340_000000"), (6, "20250303_101010 ")]);
+        assert_eq!(odd, vec![(Some(4), "../evil"), (Some(5), "20251340_000000"), (Some(6), "20250303_101010 ")]);
         assert!(rows.odd_rows.iter().all(|o| o.problem.contains("not a valid NanoPix id")));
     }
 
@@ -623,10 +623,10 @@ pub(crate) mod tests {
         );
         let rows = open(&root).patients_after(None, u32::MAX).unwrap();
         let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str(), o.problem.as_str())).collect();
-        assert_eq!(odd[0], (1, "20250101", "id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"));
-        assert_eq!(odd[1], (2, "", "id is NULL"));
-        assert_eq!(odd[2], (3, FIXTURE_ID, "id is stored as a blob"));
-        assert_eq!(odd[3].0, 6);
+        assert_eq!(odd[0], (Some(1), "20250101", "id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"));
+        assert_eq!(odd[1], (Some(2), "", "id is NULL"));
+        assert_eq!(odd[2], (Some(3), FIXTURE_ID, "id is stored as a blob"));
+        assert_eq!(odd[3].0, Some(6));
         let names: Vec<_> = rows.patients.iter().map(|p| (p.pk, p.last_name.as_str(), p.sex.clone())).collect();
         assert_eq!(names, vec![(4, "", None), (5, "M\u{FFFD}ller", None)]);
     }
