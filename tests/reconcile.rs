@@ -783,27 +783,29 @@ fn a_nanopix_row_at_the_smallest_pk_is_imported() {
     assert_eq!((again.imported, again.removed, again.errors), (0, 0, 0), "nothing more to do");
 }
 
-/// A `pk` column that is not `INTEGER PRIMARY KEY` may hold NULLs, which sort first: rows
-/// without a `pk` never fill the first page, so the patients after them, at negative `pk`s,
-/// are imported.
+/// A `Patient` table whose `pk` is a plain column, not `INTEGER PRIMARY KEY`: it may hold NULLs.
+const PLAIN_PK_PATIENT: &str = "CREATE TABLE Patient (pk INTEGER, id VARCHAR(250), last_name VARCHAR(250),
+    first_name VARCHAR(250), sex, birthdate DATE, phone, created_datetime DATETIME);";
+
+/// The inserts of `count` patients named `last_name`, with numbered ids, at `pk`s from `first_pk` on.
+fn numbered_patients(count: u32, first_pk: i64, last_name: &str) -> String {
+    let insert = |i: u32| {
+        let (pk, id) = (first_pk + i64::from(i), numbered_nanopix_id(i));
+        format!("INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({pk}, '{id}', '{last_name}', 'P{i}');")
+    };
+    (0..count).map(insert).collect()
+}
+
+/// NULL `pk`s sort first: rows without a `pk` never fill the first page, so the patients after
+/// them, at negative `pk`s, are imported.
 #[test]
 fn patients_after_a_full_page_of_rows_without_a_pk_are_imported() {
     let clinic = Clinic::new("v29");
-    let mut sql = String::from(
-        "CREATE TABLE Patient (pk INTEGER, id VARCHAR(250), last_name VARCHAR(250), first_name VARCHAR(250),
-             sex, birthdate DATE, phone, created_datetime DATETIME);
-         BEGIN;",
-    );
+    let mut sql = format!("{PLAIN_PK_PATIENT} BEGIN;");
     for _ in 0..5_000 {
         sql.push_str("INSERT INTO Patient(pk, id, last_name, first_name) VALUES (NULL, 'no id', 'Odd', 'Row');");
     }
-    for i in 0..600 {
-        let id = numbered_nanopix_id(i);
-        sql.push_str(&format!(
-            "INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({}, '{id}', 'Negative', 'P{i}');",
-            i64::from(i) - 1_000
-        ));
-    }
+    sql.push_str(&numbered_patients(600, -1_000, "Negative"));
     sql.push_str("COMMIT;");
     clinic.replace_nanopix(&sql);
     let sync = clinic.open_without_automatic_work();
@@ -818,19 +820,13 @@ fn patients_after_a_full_page_of_rows_without_a_pk_are_imported() {
 #[test]
 fn a_patient_at_pk_zero_beside_a_row_without_a_pk_is_imported() {
     let clinic = Clinic::new("v29");
-    let mut sql = String::from(
-        "CREATE TABLE Patient (pk INTEGER, id VARCHAR(250), last_name VARCHAR(250), first_name VARCHAR(250),
-             sex, birthdate DATE, phone, created_datetime DATETIME);
+    let sql = format!(
+        "{PLAIN_PK_PATIENT}
          INSERT INTO Patient(pk, id, last_name, first_name) VALUES (NULL, '20240101_000000', 'Nopk', 'Row');
-         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (0, '20240102_000000', 'Zero', 'Pk');",
+         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (0, '20240102_000000', 'Zero', 'Pk');
+         {}",
+        numbered_patients(20, 1, "N")
     );
-    for i in 0..20 {
-        let id = numbered_nanopix_id(i);
-        sql.push_str(&format!(
-            "INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({}, '{id}', 'N', 'P');",
-            i + 1
-        ));
-    }
     clinic.replace_nanopix(&sql);
     let sync = clinic.open_without_automatic_work();
     let report = sync.reconcile().unwrap();
