@@ -1324,3 +1324,31 @@ fn a_reconcile_stopped_early_announces_no_delete_before_the_give_back() {
     let asked: Vec<&EventKind> = seen.iter().filter(|kind| matches!(kind, EventKind::DeleteRequested { .. })).collect();
     assert!(asked.is_empty(), "delete_requested before the give-back: {asked:#?}");
 }
+
+/// `export_patient` of a DentalTID patient whose names and birth date an imported patient has
+/// (the same person, typed again) exports her and reports the imported one beside her.
+#[test]
+fn export_patient_reports_the_linked_patient_with_the_same_names_and_birth_date() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let imported: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let typed = clinic.add_dentaltid("Nadia", "SAIDI", Some("1990-03-04"));
+    let other = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-05"));
+    common::drain(&sync);
+    let exported = sync.export_patient(typed).unwrap().to_string();
+    sync.export_patient(other).unwrap();
+    let reported: Vec<(String, Option<i64>, Vec<i64>)> = common::drain(&sync)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::PossibleDuplicate { external_id, patient_id, reason, candidates } => {
+                assert_eq!(reason, nanopix_sync::DuplicateReason::AlreadyLinked);
+                Some((external_id, patient_id, candidates.iter().map(|c| c.patient_id).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, [(exported, Some(typed), vec![imported])], "only the same person is reported");
+}

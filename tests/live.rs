@@ -1063,3 +1063,23 @@ fn without_autoincrement_a_deleted_newest_imported_patient_makes_every_pass_a_fu
     let full = seen.iter().filter(|e| matches!(e, EventKind::Reconciled(_))).count();
     assert_eq!(full, 1, "only the explicit Sync Now reconciles fully; events: {seen:#?}");
 }
+
+/// NanoPix saves Nadia, the live pass imports her, then the receptionist types the same person
+/// into DentalTID. Live Sync exports the new DentalTID patient (the matching never links two
+/// DentalTID patients to one NanoPix patient), and reports her beside the imported one, as an
+/// import of such a person is reported: a person decides.
+#[test]
+fn the_same_person_typed_in_dentaltid_after_her_nanopix_patient_was_imported_is_reported() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
+    let first = imported(&sync, "20250122_095950");
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    let reported = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PossibleDuplicate { .. }));
+    let EventKind::PossibleDuplicate { external_id, patient_id, reason, candidates } = reported.kind else {
+        unreachable!()
+    };
+    assert_eq!((patient_id, reason), (Some(typed), nanopix_sync::DuplicateReason::AlreadyLinked));
+    assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), [first]);
+    assert_eq!(sync.source_info(typed).unwrap().external_id, Some(external_id), "her export");
+}

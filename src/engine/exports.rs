@@ -7,7 +7,7 @@ use foldhash::{HashMap, HashSet};
 
 use super::{Engine, crash_point};
 use crate::dentaltid::PendingExport;
-use crate::events::{EventKind, ReconcileReport};
+use crate::events::{DuplicateReason, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher};
 use crate::nanopix::Insertion;
 use crate::patient::{NanoPixPatient, NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
@@ -104,7 +104,12 @@ impl Engine {
                 return Ok(external_id);
             }
             match self.export_or_resume(&patient, IdsFrom::Now)? {
-                Exported::Written(external_id) => return Ok(external_id),
+                Exported::Written(external_id) => {
+                    if let Err(error) = self.report_linked_twins(&patient, external_id) {
+                        self.bus.error(&error, Some(external_id.to_string()), Some(patient_id));
+                    }
+                    return Ok(external_id);
+                }
                 Exported::Deleted => return Err(Error::PatientNotFound(patient_id)),
                 Exported::Deferred => {}
             }
@@ -319,13 +324,39 @@ impl Engine {
                 lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
             }
             match exported {
-                Ok(Exported::Written(_)) => report.exported += 1,
+                Ok(Exported::Written(external_id)) => {
+                    report.exported += 1;
+                    match self.report_linked_twins(patient, external_id) {
+                        Ok(reported) => report.possible_duplicates += u64::from(reported),
+                        Err(error) => {
+                            self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report)
+                        }
+                    }
+                }
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
                 Ok(Exported::Deleted | Exported::Deferred) => {}
                 Err(error) => self.report_error(&error, None, Some(patient.id), report),
             }
         }
         lowest_failed
+    }
+
+    /// Reports, once `patient` is exported as `external_id`, the other DentalTID patients linked
+    /// to NanoPix with the same names and birth date: the same person, typed again in DentalTID
+    /// after NanoPix's patient was imported, whom NanoPix now holds twice (`possible_duplicate`,
+    /// `already_linked`), as an import of such a person is reported. Returns whether it did.
+    fn report_linked_twins(&self, patient: &Patient, external_id: NanoPixId) -> Result<bool> {
+        let candidates = self.dentaltid.linked_twins(patient)?;
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        self.bus.emit(EventKind::PossibleDuplicate {
+            external_id: external_id.to_string(),
+            patient_id: Some(patient.id),
+            reason: DuplicateReason::AlreadyLinked,
+            candidates,
+        });
+        Ok(true)
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
