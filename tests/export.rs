@@ -1352,3 +1352,22 @@ fn export_patient_reports_the_linked_patient_with_the_same_names_and_birth_date(
         .collect();
     assert_eq!(reported, [(exported, Some(typed), vec![imported])], "only the same person is reported");
 }
+
+/// A patient without names is no person to match: exporting one reports no nameless patient
+/// already linked as a possible duplicate.
+#[test]
+fn the_export_of_a_nameless_patient_reports_no_linked_twin() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "", "", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let typed = clinic.add_dentaltid("", "", Some("1990-03-04"));
+    common::drain(&sync);
+    sync.export_patient(typed).unwrap();
+    let reported: Vec<EventKind> = common::drain(&sync)
+        .into_iter()
+        .map(|event| event.kind)
+        .filter(|kind| matches!(kind, EventKind::PossibleDuplicate { .. }))
+        .collect();
+    assert!(reported.is_empty(), "{reported:#?}");
+}

@@ -13,9 +13,8 @@ use rusqlite::{Connection, Params, Row, params};
 
 use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
-use crate::events::DuplicateCandidate;
 use crate::matching::{DentalCandidate, DentalIndex, MatchKey};
-use crate::patient::{BirthDate, Patient, nanopix_date};
+use crate::patient::{BirthDate, nanopix_date};
 use crate::values::{WHITESPACE, integer_at, starting_with, text_ref};
 use crate::{Error, Result};
 
@@ -91,47 +90,6 @@ impl DentalTid {
             self.add_candidates("reading match candidates", born_on, starting_with(nanopix_date(*date)), index)?;
         }
         Ok(())
-    }
-
-    /// The other patients linked to NanoPix (by their `external_id` or a link the sync recorded)
-    /// that have `patient`'s names and birth date, as matching reads them: the same person,
-    /// whom NanoPix holds already. None for a patient without a birth date.
-    pub fn linked_twins(&self, patient: &Patient) -> Result<Vec<DuplicateCandidate>> {
-        let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
-        let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
-        let read = || {
-            let sql = format!(
-                "SELECT {CANDIDATE_COLUMNS} FROM patients WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2 AND id <> ?3"
-            );
-            let (from, to) = starting_with(nanopix_date(born));
-            let mut statement = self.conn.prepare_cached(&sql)?;
-            let mut rows = statement.query(params![from, to, patient.id])?;
-            let mut twins = Vec::new();
-            while let Some(row) = rows.next()? {
-                read_candidate(row, |candidate| {
-                    if key.fits(&candidate) {
-                        twins.push((
-                            candidate.linked,
-                            DuplicateCandidate {
-                                patient_id: candidate.id,
-                                first_name: candidate.first_name.to_owned(),
-                                last_name: candidate.last_name.to_owned(),
-                                date_of_birth: candidate.date_of_birth.map(nanopix_date),
-                            },
-                        ));
-                    }
-                })?;
-            }
-            Ok(twins)
-        };
-        let twins = read().map_err(Error::db(&self.path, "reading the patients an export may duplicate"))?;
-        let mut linked = Vec::with_capacity(twins.len());
-        for (shows_id, twin) in twins {
-            if shows_id || self.link(twin.patient_id)?.is_some() {
-                linked.push(twin);
-            }
-        }
-        Ok(linked)
     }
 
     /// Runs `SELECT <candidate columns> FROM patients <tail>` and adds every row to `index`.

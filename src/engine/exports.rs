@@ -105,9 +105,7 @@ impl Engine {
             }
             match self.export_or_resume(&patient, IdsFrom::Now)? {
                 Exported::Written(external_id) => {
-                    if let Err(error) = self.report_linked_twins(&patient, external_id) {
-                        self.bus.error(&error, Some(external_id.to_string()), Some(patient_id));
-                    }
+                    self.report_twins_of(&patient, external_id);
                     return Ok(external_id);
                 }
                 Exported::Deleted => return Err(Error::PatientNotFound(patient_id)),
@@ -311,6 +309,11 @@ impl Engine {
             ordered.sort_by_cached_key(|patient| past_ids_from(patient, now));
             self.last_past_issued = None;
         }
+        let twins = self.twin_finder(patients).unwrap_or_else(|error| {
+            self.report_error(&error, None, None, report);
+            None
+        });
+        let mut exported_now = HashSet::default();
         let mut lowest_failed: Option<i64> = None;
         for patient in ordered {
             if self.cancelled() {
@@ -326,12 +329,9 @@ impl Engine {
             match exported {
                 Ok(Exported::Written(external_id)) => {
                     report.exported += 1;
-                    match self.report_linked_twins(patient, external_id) {
-                        Ok(reported) => report.possible_duplicates += u64::from(reported),
-                        Err(error) => {
-                            self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report)
-                        }
-                    }
+                    let reported = self.report_linked_twins(twins.as_ref(), patient, external_id, &exported_now);
+                    report.possible_duplicates += u64::from(reported);
+                    exported_now.insert(patient.id);
                 }
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
                 Ok(Exported::Deleted | Exported::Deferred) => {}
@@ -341,14 +341,54 @@ impl Engine {
         lowest_failed
     }
 
-    /// Reports, once `patient` is exported as `external_id`, the other DentalTID patients linked
-    /// to NanoPix with the same names and birth date: the same person, typed again in DentalTID
-    /// after NanoPix's patient was imported, whom NanoPix now holds twice (`possible_duplicate`,
-    /// `already_linked`), as an import of such a person is reported. Returns whether it did.
-    fn report_linked_twins(&self, patient: &Patient, external_id: NanoPixId) -> Result<bool> {
-        let candidates = self.dentaltid.linked_twins(patient)?;
+    /// The DentalTID patients an export of one of `patients` may duplicate, in a matcher: those
+    /// born on their birth dates (or every patient, for many dates), with those linked to
+    /// NanoPix marked. `None` when none of `patients` has a birth date.
+    fn twin_finder(&mut self, patients: &[Patient]) -> Result<Option<Matcher>> {
+        let dates: Vec<NaiveDate> =
+            patients.iter().filter_map(|patient| patient.date_of_birth).collect::<HashSet<_>>().into_iter().collect();
+        if dates.is_empty() {
+            return Ok(None);
+        }
+        self.ensure_indexes()?;
+        let mut index = DentalIndex::default();
+        match dates.len() {
+            ..=super::MAX_CANDIDATE_DATES => self.dentaltid.add_candidates_born_on(&dates, &mut index)?,
+            _ => self.dentaltid.add_all_candidates(&mut index)?,
+        }
+        let linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
+        Ok(Some(Matcher::new(index, &linked, self.config.auto_link)))
+    }
+
+    /// Reports the linked twins of `patient`, exported alone as `external_id` (see
+    /// [`Engine::report_linked_twins`]). When they cannot be read, a `sync_error` says so; the
+    /// export stands.
+    fn report_twins_of(&mut self, patient: &Patient, external_id: NanoPixId) {
+        match self.twin_finder(std::slice::from_ref(patient)) {
+            Ok(twins) => {
+                self.report_linked_twins(twins.as_ref(), patient, external_id, &HashSet::default());
+            }
+            Err(error) => self.bus.error(&error, Some(external_id.to_string()), Some(patient.id)),
+        }
+    }
+
+    /// Reports, once `patient` is exported as `external_id`, the other DentalTID patients
+    /// `twins` counts as linked to NanoPix (or `linked_since` holds) with the same names and
+    /// birth date: the same person, typed again in DentalTID after NanoPix's patient was
+    /// imported, whom NanoPix now holds twice (`possible_duplicate`, `already_linked`), as an
+    /// import of such a person is reported. Returns whether it did.
+    fn report_linked_twins(
+        &self,
+        twins: Option<&Matcher>,
+        patient: &Patient,
+        external_id: NanoPixId,
+        linked_since: &HashSet<i64>,
+    ) -> bool {
+        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return false };
+        let key = (patient.first_name.as_str(), patient.last_name.as_str(), born);
+        let candidates = twins.linked_twins(key, patient.id, linked_since);
         if candidates.is_empty() {
-            return Ok(false);
+            return false;
         }
         self.bus.emit(EventKind::PossibleDuplicate {
             external_id: external_id.to_string(),
@@ -356,7 +396,7 @@ impl Engine {
             reason: DuplicateReason::AlreadyLinked,
             candidates,
         });
-        Ok(true)
+        true
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an

@@ -181,6 +181,28 @@ impl Matcher {
         links
     }
 
+    /// The DentalTID patients other than `patient_id`, counted as linked or among `linked_since`,
+    /// whose names and birth date are exactly these: the same person, whom NanoPix holds
+    /// already. None when either name is left out.
+    pub fn linked_twins(
+        &self,
+        (first_name, last_name, born): (&str, &str, NaiveDate),
+        patient_id: i64,
+        linked_since: &foldhash::HashSet<i64>,
+    ) -> Vec<DuplicateCandidate> {
+        let (first, last) = (normalise_name(first_name), normalise_name(last_name));
+        if Person::new(&first, &last, Some(born)).is_none() {
+            return Vec::new();
+        }
+        let linked = |entry: &usize| {
+            self.dentaltid.candidate(*entry).is_some_and(|twin| {
+                twin.patient_id != patient_id
+                    && (self.dentaltid.is_linked(*entry) || linked_since.contains(&twin.patient_id))
+            })
+        };
+        self.candidates(self.dentaltid.exact(&first, &last, born).into_iter().filter(linked).collect())
+    }
+
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
     /// same key: then none of them links and all are imported as several candidates.
     fn claim(&mut self, entry: usize, patient: NanoPixPatient, imports: &mut Vec<Import>) {
