@@ -1083,3 +1083,29 @@ fn the_same_person_typed_in_dentaltid_after_her_nanopix_patient_was_imported_is_
     assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), [first]);
     assert_eq!(sync.source_info(typed).unwrap().external_id, Some(external_id), "her export");
 }
+
+/// A `pk` that is a plain column may hold text, which sorts after every number: the rows are
+/// read in `rowid` order instead, so live passes stay live passes. New patients are imported
+/// without any full reconcile (whose `reconciled` the host's own reconcile at the end follows).
+#[test]
+fn a_row_with_a_text_pk_does_not_make_every_live_pass_a_full_reconcile() {
+    let clinic = Clinic::new("v29");
+    clinic.replace_nanopix(
+        "CREATE TABLE Patient (pk INTEGER, id VARCHAR(250), last_name VARCHAR(250), first_name VARCHAR(250),
+             sex, birthdate DATE, phone, created_datetime DATETIME);
+         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (1, '20240101_000000', 'First', 'P');
+         INSERT INTO Patient(pk, id, last_name, first_name) VALUES ('x', '20240101_000001', 'Text', 'Pk');",
+    );
+    let sync = live(&clinic);
+    drain(&sync);
+    let nanopix = another_program(&clinic.nanopix_db());
+    for (pk, id) in [(2, "20250122_091500"), (3, "20250122_091600"), (4, "20250122_091700")] {
+        let insert = "INSERT INTO Patient(pk, id, last_name, first_name) VALUES (?1, ?2, 'New', 'Patient')";
+        nanopix.execute(insert, rusqlite::params![pk, id]).unwrap();
+        std::fs::create_dir(clinic.root.join(id)).unwrap();
+        imported(&sync, id);
+    }
+    sync.reconcile().unwrap();
+    let full = drain(&sync).into_iter().filter(|e| matches!(e.kind, EventKind::Reconciled(_))).count();
+    assert_eq!(full, 1, "only the host's own reconcile");
+}

@@ -796,14 +796,17 @@ fn numbered_patients(count: u32, first_pk: i64, last_name: &str) -> String {
     (0..count).map(insert).collect()
 }
 
-/// NULL `pk`s sort first: rows without a `pk` never fill the first page, so the patients after
-/// them, at negative `pk`s, are imported.
+/// Rows without an integer `pk` (NULL sorts first, fractions between integers) fill the first
+/// pages here: the patients after them, at negative `pk`s, are still imported.
 #[test]
-fn patients_after_a_full_page_of_rows_without_a_pk_are_imported() {
+fn patients_after_full_pages_of_rows_without_an_integer_pk_are_imported() {
     let clinic = Clinic::new("v29");
     let mut sql = format!("{PLAIN_PK_PATIENT} BEGIN;");
-    for _ in 0..5_000 {
-        sql.push_str("INSERT INTO Patient(pk, id, last_name, first_name) VALUES (NULL, 'no id', 'Odd', 'Row');");
+    for i in 0..10_000 {
+        let pk = if i % 2 == 0 { "NULL".to_owned() } else { format!("{}.5", i - 20_000) };
+        sql.push_str(&format!(
+            "INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({pk}, 'no id', 'Odd', 'Row');"
+        ));
     }
     sql.push_str(&numbered_patients(600, -1_000, "Negative"));
     sql.push_str("COMMIT;");
@@ -815,29 +818,25 @@ fn patients_after_a_full_page_of_rows_without_a_pk_are_imported() {
     assert_eq!(imported, [600], "report: {report:?}");
 }
 
-/// A row without a `pk` is reported, and does not hide the patient at `pk` 0: every page of
-/// NanoPix is read here (many unknown patients), and both real patients are imported.
+/// A `pk` that is a plain column holds anything (NULL, a fraction, text, repeats): rows are read
+/// in `rowid` order instead, and every patient is imported.
 #[test]
-fn a_patient_at_pk_zero_beside_a_row_without_a_pk_is_imported() {
+fn a_patient_table_whose_pk_is_a_plain_column_is_read_in_rowid_order() {
     let clinic = Clinic::new("v29");
-    let sql = format!(
-        "{PLAIN_PK_PATIENT}
-         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (NULL, '20240101_000000', 'Nopk', 'Row');
-         INSERT INTO Patient(pk, id, last_name, first_name) VALUES (0, '20240102_000000', 'Zero', 'Pk');
-         {}",
-        numbered_patients(20, 1, "N")
-    );
-    clinic.replace_nanopix(&sql);
+    let pks = ["NULL", "0", "-9", "2.5", "'x'", "7", "7"];
+    let rows: String = pks
+        .iter()
+        .enumerate()
+        .map(|(i, pk)| {
+            let id = numbered_nanopix_id(1_000 + u32::try_from(i).unwrap());
+            format!("INSERT INTO Patient(pk, id, last_name, first_name) VALUES ({pk}, '{id}', 'Plain', 'P{i}');")
+        })
+        .collect();
+    clinic.replace_nanopix(&format!("{PLAIN_PK_PATIENT} {rows} {}", numbered_patients(20, 100, "N")));
     let sync = clinic.open_without_automatic_work();
     let report = sync.reconcile().unwrap();
-    assert_eq!((report.imported, report.errors), (21, 1), "{report:?}");
-    let zero = clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Zero'", |r| r.get::<_, i64>(0));
-    assert_eq!(zero, [1]);
-    let odd = drain(&sync).into_iter().find_map(|event| match event.kind {
-        EventKind::SyncError { code, message, .. } if code == "odd_row" => Some(message),
-        _ => None,
-    });
-    assert_eq!(odd.as_deref(), Some("NanoPix patient row skipped: pk is not an integer"));
+    assert_eq!((report.imported, report.errors), (27, 0), "{report:?}");
+    assert_eq!(sync.reconcile().unwrap().imported, 0, "nothing more to do");
 }
 
 /// `(external_id, holders)` of every NanoPix id DentalTID holds.

@@ -79,8 +79,10 @@ pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connecti
 }
 
 /// The lower-cased column names of `Patient`, after checking that `id` and `last_name` exist.
+/// A `pk` that is not the table's `rowid` (a plain column, which may hold NULL, text or
+/// repeats) is left out: rows are then read in `rowid` order, and written without it.
 pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashSet<String>> {
-    let columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "read Patient columns"))?;
+    let mut columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "read Patient columns"))?;
     if columns.is_empty() {
         return Err(Error::MissingTable { path: db_path.to_path_buf(), table: "Patient" });
     }
@@ -91,10 +93,27 @@ pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashS
     }
     // Rows are read in `pk` order, or `rowid` order in a table without `pk`; a table without
     // either (WITHOUT ROWID, or a view) cannot be read page by page.
-    if !columns.contains("pk") && conn.prepare("SELECT rowid FROM Patient LIMIT 0").is_err() {
+    let has_rowid = conn.prepare("SELECT rowid FROM Patient LIMIT 0").is_ok();
+    if !columns.contains("pk") && !has_rowid {
         return Err(Error::MissingColumn { path: db_path.to_path_buf(), table: "Patient", column: "pk" });
     }
+    if has_rowid && !pk_is_rowid(conn).map_err(Error::db(db_path, "read Patient columns"))? {
+        columns.remove("pk");
+    }
     Ok(columns)
+}
+
+/// Whether `Patient.pk` is the table's `rowid`: its only `PRIMARY KEY` column, declared `INTEGER`.
+fn pk_is_rowid(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut statement = conn.prepare("PRAGMA table_info(Patient)")?;
+    let keys = statement
+        .query_map([], |row| Ok((row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(5)?)))?;
+    let keys: Vec<(String, String)> = keys
+        .filter_map(|key| key.map(|(name, kind, pk)| (pk > 0).then_some((name, kind))).transpose())
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(
+        matches!(keys.as_slice(), [(name, kind)] if name.eq_ignore_ascii_case("pk") && kind.eq_ignore_ascii_case("INTEGER")),
+    )
 }
 
 /// The lower-cased column names of `table` (a constant of this module); empty if it does not exist.
