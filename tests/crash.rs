@@ -329,8 +329,8 @@ fn a_repair_does_not_drop_an_export_when_nanopix_saved_the_same_person_twice() {
 }
 
 #[test]
-#[ignore = "the child process of the crash test of a held delete request"]
-fn export_crashing_after_a_deletion_child() {
+#[ignore = "the child process of the crash tests of an export_patient call"]
+fn export_patient_crashing_child() {
     let sync = common::open_parents_clinic();
     // A host with a callback, as DentalTID's: every event as soon as it is sent.
     sync.set_callback(Some(Box::new(|event: &nanopix_sync::Event| println!("EVENT {}", event.to_json()))));
@@ -367,7 +367,7 @@ fn an_export_crashing_after_a_deletion(clinic: &Clinic, before: BeforeTheCrash) 
     dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
     let again = before.add_again.then(|| add_again(&dentaltid));
     let other = clinic.add_dentaltid("Amina", "Haddad", Some("1985-03-04"));
-    let output = common::child_process("export_crashing_after_a_deletion_child", clinic)
+    let output = common::child_process("export_patient_crashing_child", clinic)
         .env("NPS_TEST_EXPORT", other.to_string())
         .env("NANOPIX_SYNC_CRASH_AT", "row")
         .output()
@@ -467,4 +467,36 @@ fn a_failing_reconcile_does_not_announce_a_request_of_a_patient_added_again() {
     let asked: Vec<&nanopix_sync::EventKind> =
         events.iter().filter(|e| matches!(e, nanopix_sync::EventKind::DeleteRequested { .. })).collect();
     assert!(asked.is_empty(), "delete_requested for a NanoPix patient given back: {asked:#?}");
+}
+
+/// NanoPix's Nadia Saidi is imported; the receptionist types her again in DentalTID, and her
+/// export is cut short (the process killed) after each of its steps. The repair at the next
+/// start ends the export and reports her beside the imported patient, as an export that ran
+/// through does.
+#[test]
+fn an_interrupted_export_of_a_person_typed_again_is_reported_by_its_repair() {
+    for step in ["journal", "row", "folder"] {
+        let clinic = Clinic::new("v29");
+        clinic.add_nanopix("20240301_100000", "Saidi", "Nadia", Some("1982-04-09"));
+        clinic.open_without_automatic_work().reconcile().unwrap();
+        let imported = common::dentaltid_named(&clinic, "Nadia", "Saidi")[0].0;
+        let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+        let output = common::child_process("export_patient_crashing_child", &clinic)
+            .env("NPS_TEST_EXPORT", typed.to_string())
+            .env("NANOPIX_SYNC_CRASH_AT", step)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "the child crashed at {step}: {output:?}");
+
+        let sync = clinic.open_without_automatic_work();
+        sync.reconcile().unwrap();
+        let exported = common::dentaltid_named(&clinic, "Nadia", "Saidi")[1].1.clone().expect("the export ended");
+        let reported = common::drain(&sync).into_iter().find_map(|event| match event.kind {
+            nanopix_sync::EventKind::PossibleDuplicate { external_id, patient_id, candidates, .. } => {
+                Some((external_id, patient_id, candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>()))
+            }
+            _ => None,
+        });
+        assert_eq!(reported, Some((exported, Some(typed), vec![imported])), "after a crash at {step}");
+    }
 }

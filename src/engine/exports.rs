@@ -723,9 +723,13 @@ impl Engine {
     /// `delete_requested` then lets the host remove both.
     fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
-            Some(patient) if patient.external_id.is_none() => {
-                Ok(matches!(self.resume_export(&patient, pending)?, Exported::Written(_)))
-            }
+            Some(patient) if patient.external_id.is_none() => match self.resume_export(&patient, pending)? {
+                Exported::Written(external_id) => {
+                    self.report_twins_of(&patient, external_id);
+                    Ok(true)
+                }
+                Exported::Deleted | Exported::Deferred => Ok(false),
+            },
             Some(_) => {
                 self.dentaltid.abandon_export(pending.patient_id)?;
                 Ok(false)
