@@ -4,9 +4,11 @@
 //! Neither DentalTID's nor NanoPix's columns have strict types, so a TEXT column may hold an
 //! INTEGER, a blob or bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
 //! `None` for the rest. They never panic and never write. The data version, which every connection
-//! to either database reads to notice other programs' commits, is read here too.
+//! to either database reads to notice other programs' commits, and the shape of a table are read
+//! here too.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
@@ -19,6 +21,26 @@ pub(crate) const WHITESPACE: &str = "\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{200
 /// connection's own writes (a read; nothing here sets a PRAGMA).
 pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
+
+/// The column names of `table`, lower-cased (SQLite compares them without case); none when the
+/// table does not exist.
+pub(crate) fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<HashSet<String>> {
+    let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = statement.query_map([table], |row| text_at(row, 0))?;
+    names.filter_map(|name| name.transpose()).map(|name| name.map(|name| name.to_lowercase())).collect()
+}
+
+/// Whether `table.column` is the table's row id: its only `PRIMARY KEY` column, declared
+/// `INTEGER`, in a table with row ids. Any other such column (`INT PRIMARY KEY`, `INTEGER
+/// PRIMARY KEY DESC`, a table `WITHOUT ROWID`) is a column of its own, which SQLite fills with
+/// whatever it is given, NULL included.
+pub(crate) fn column_is_rowid(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let sql = "SELECT (SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1
+        AND EXISTS(SELECT 1 FROM pragma_table_info(?1)
+                   WHERE pk = 1 AND name = ?2 COLLATE NOCASE AND upper(type) = 'INTEGER')
+        AND NOT EXISTS(SELECT 1 FROM pragma_index_list(?1) WHERE origin = 'pk')";
+    conn.query_row(sql, [table, column], |row| row.get(0))
 }
 
 /// The bounds of the texts that start with `prefix` (ASCII digits and punctuation) in SQLite's

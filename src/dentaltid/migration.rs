@@ -8,13 +8,12 @@
 //! own tables, never adds a UNIQUE constraint DentalTID's existing rows could break, and never
 //! removes a row.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
 use super::DentalTid;
-use crate::values::text_at;
+use crate::values::{column_is_rowid, table_columns};
 use crate::{Error, Result};
 
 /// The `patients` columns the sync reads or writes (DentalTID's `Patient.toJson`, plus `id`).
@@ -188,23 +187,12 @@ pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()>
     if let Some(column) = REQUIRED_COLUMNS.into_iter().find(|column| !columns.contains(&column.to_lowercase())) {
         return Err(Error::MissingColumn { path: path.to_path_buf(), table: "patients", column });
     }
-    if !id_is_rowid(conn).map_err(Error::db(path, step))? {
+    // Links and imports are kept by that id, which SQLite gives to every new row.
+    if !column_is_rowid(conn, "patients", "id").map_err(Error::db(path, step))? {
         let expected = "the row id (`INTEGER PRIMARY KEY` in a table with row ids), as in DentalTID's schema";
         return Err(Error::UnexpectedColumn { path: path.to_path_buf(), table: "patients", column: "id", expected });
     }
     Ok(())
-}
-
-/// Whether `patients.id` is the table's row id, as DentalTID declares it: links and imports are
-/// kept by that id, and SQLite gives it to every new row. Any other `id` (`INT PRIMARY KEY`,
-/// `INTEGER PRIMARY KEY DESC`, a table `WITHOUT ROWID`) is a column of its own, which an import
-/// would leave NULL.
-fn id_is_rowid(conn: &Connection) -> rusqlite::Result<bool> {
-    let sql = "SELECT (SELECT count(*) FROM pragma_table_info('patients') WHERE pk > 0) = 1
-        AND EXISTS(SELECT 1 FROM pragma_table_info('patients')
-                   WHERE pk = 1 AND name = 'id' COLLATE NOCASE AND upper(type) = 'INTEGER')
-        AND NOT EXISTS(SELECT 1 FROM pragma_index_list('patients') WHERE origin = 'pk')";
-    conn.query_row(sql, [], |row| row.get(0))
 }
 
 /// Whether both columns, every table of [`OWN_TABLES`] and every column of
@@ -239,14 +227,6 @@ pub(super) fn schema_object_exists(conn: &Connection, kind: &str, name: &str) ->
     .map(|found| found.is_some())
 }
 
-/// The column names of `table`, lower-cased (SQLite compares them without case); none when the
-/// table does not exist.
-fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<HashSet<String>> {
-    let mut statement = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
-    let names = statement.query_map([table], |row| text_at(row, 0))?;
-    names.filter_map(|name| name.transpose()).map(|name| name.map(|name| name.to_lowercase())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -258,6 +238,7 @@ mod tests {
     use super::super::testing::{SCHEMA_V24, SCHEMA_V29, build_database, open};
     use super::*;
     use crate::patient::{PatientFilter, Source};
+    use crate::values::text_at;
 
     fn pragma(path: &Path, name: &str) -> String {
         let conn = Connection::open(path).unwrap();

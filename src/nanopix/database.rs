@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, Trans
 
 use super::{IdRows, OddRow, PatientRows};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient, WrittenRow};
-use crate::values::lossy_text;
+use crate::values::{column_is_rowid, lossy_text, table_columns};
 use crate::{Error, NanoPixId, Result};
 
 /// How many times a write is tried before it gives [`Error::Busy`].
@@ -97,30 +97,10 @@ pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashS
     if !columns.contains("pk") && !has_rowid {
         return Err(Error::MissingColumn { path: db_path.to_path_buf(), table: "Patient", column: "pk" });
     }
-    if has_rowid && !pk_is_rowid(conn).map_err(Error::db(db_path, "read Patient columns"))? {
+    if has_rowid && !column_is_rowid(conn, "Patient", "pk").map_err(Error::db(db_path, "read Patient columns"))? {
         columns.remove("pk");
     }
     Ok(columns)
-}
-
-/// Whether `Patient.pk` is the table's `rowid`: its only `PRIMARY KEY` column, declared `INTEGER`.
-fn pk_is_rowid(conn: &Connection) -> rusqlite::Result<bool> {
-    let mut statement = conn.prepare("PRAGMA table_info(Patient)")?;
-    let keys = statement
-        .query_map([], |row| Ok((row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(5)?)))?;
-    let keys: Vec<(String, String)> = keys
-        .filter_map(|key| key.map(|(name, kind, pk)| (pk > 0).then_some((name, kind))).transpose())
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(
-        matches!(keys.as_slice(), [(name, kind)] if name.eq_ignore_ascii_case("pk") && kind.eq_ignore_ascii_case("INTEGER")),
-    )
-}
-
-/// The lower-cased column names of `table` (a constant of this module); empty if it does not exist.
-fn table_columns(conn: &Connection, table: &'static str) -> rusqlite::Result<HashSet<String>> {
-    let mut statement = conn.prepare(&format!("PRAGMA table_info({table})"))?;
-    let names = statement.query_map([], |row| row.get::<_, String>(1))?;
-    names.map(|name| name.map(|name| name.to_lowercase())).collect()
 }
 
 /// Runs `work` in a short `BEGIN IMMEDIATE` transaction, retrying with a growing pause while
