@@ -85,6 +85,11 @@ impl DentalTid {
         for unborn in ["WHERE dateOfBirth IS NULL", "WHERE dateOfBirth < '0'", "WHERE dateOfBirth >= ':'"] {
             self.add_candidates("reading patients without a birth date", unborn, [], index)?;
         }
+        self.add_candidates_born_on_only(dates, index)
+    }
+
+    /// Adds to `index` the patients born on one of `dates`, and no others: one index range each.
+    pub fn add_candidates_born_on_only(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
         for date in dates {
             let born_on = "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2";
             self.add_candidates("reading match candidates", born_on, starting_with(nanopix_date(*date)), index)?;

@@ -353,7 +353,7 @@ impl Engine {
         self.ensure_indexes()?;
         let mut index = DentalIndex::default();
         match dates.len() {
-            ..=super::MAX_CANDIDATE_DATES => self.dentaltid.add_candidates_born_on(&dates, &mut index)?,
+            ..=super::MAX_CANDIDATE_DATES => self.dentaltid.add_candidates_born_on_only(&dates, &mut index)?,
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
         let linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
