@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::Clinic;
-use nanopix_sync::{Error, EventKind, NanoPixId, NanoPixSync};
+use nanopix_sync::{DuplicateReason, Error, EventKind, NanoPixId, NanoPixSync};
 
 type NanoPixRow = (String, String, Option<String>, Option<String>, Option<String>, Option<String>);
 
@@ -1370,4 +1370,98 @@ fn the_export_of_a_nameless_patient_reports_no_linked_twin() {
         .filter(|kind| matches!(kind, EventKind::PossibleDuplicate { .. }))
         .collect();
     assert!(reported.is_empty(), "{reported:#?}");
+}
+
+/// `(external_id, patient_id, reason, candidate ids)` of every `possible_duplicate` among `events`.
+fn duplicates(events: Vec<nanopix_sync::Event>) -> Vec<(String, Option<i64>, DuplicateReason, Vec<i64>)> {
+    events
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::PossibleDuplicate { external_id, patient_id, reason, candidates } => {
+                Some((external_id, patient_id, reason, candidates.iter().map(|c| c.patient_id).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// NanoPix's patient with only a last name is imported; the same person, typed again in
+/// DentalTID with the same one name and birth date, is exported and reported beside her.
+#[test]
+fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "Saidi", "", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let imported: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
+    common::drain(&sync);
+    let exported = sync.export_patient(typed).unwrap().to_string();
+    let reported = duplicates(common::drain(&sync));
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}
+
+/// `export_existing` reads the twins once, before its first export. The imported Nadia is
+/// deleted in DentalTID while the call exports the patients before the typed Nadia (a trigger
+/// stands for DentalTID deleting her between two exports): the typed Nadia's export does not
+/// name her, a patient that no longer exists.
+#[test]
+fn a_twin_deleted_during_an_export_call_is_not_reported() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let imported: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    // An older patient, exported before her.
+    dentaltid
+        .execute(
+            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                  createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+             VALUES ('Older', 'Patient', 30, '1970-01-01T00:00:00.000', '', '', '', 0.0,
+                     '2020-06-01T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
+            [],
+        )
+        .unwrap();
+    dentaltid
+        .execute_batch(&format!(
+            "CREATE TRIGGER delete_imported_nadia AFTER UPDATE OF external_id ON patients
+             WHEN NEW.id <> {typed} AND NEW.id <> {imported}
+             BEGIN DELETE FROM patients WHERE id = {imported}; END;"
+        ))
+        .unwrap();
+    common::drain(&sync);
+    sync.export_existing().unwrap();
+    let gone =
+        clinic.dentaltid_rows(&format!("SELECT count(*) FROM patients WHERE id = {imported}"), |r| r.get::<_, i64>(0));
+    assert_eq!(gone, [0], "the imported Nadia was deleted during the call");
+    let reported = duplicates(common::drain(&sync));
+    let naming_her: Vec<_> = reported.iter().filter(|(_, _, _, ids)| ids.contains(&imported)).collect();
+    assert!(naming_her.is_empty(), "a deleted patient reported as the linked twin: {naming_her:?}");
+}
+
+/// An export left in the journal by an error (NanoPix locked) is ended by the next reconcile's
+/// repair, which reports the linked twin: the `reconciled` counts include that report, as they
+/// do for an export that ran through.
+#[test]
+fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(sync.export_patient(typed).is_err(), "NanoPix is locked");
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    let pending = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(pending, [1], "the export waits in the journal");
+    common::drain(&sync);
+    let report = sync.reconcile().unwrap();
+    let reported = duplicates(common::drain(&sync));
+    assert_eq!((report.repaired, reported.len()), (1, 1), "{report:?} {reported:?}");
+    assert_eq!(report.possible_duplicates, 1, "the repair's report is counted: {report:?}");
 }

@@ -105,7 +105,7 @@ impl Engine {
             }
             match self.export_or_resume(&patient, IdsFrom::Now)? {
                 Exported::Written(external_id) => {
-                    self.report_twins_of(&patient, external_id);
+                    self.report_twins_of(&patient, external_id, &mut ReconcileReport::default());
                     return Ok(external_id);
                 }
                 Exported::Deleted => return Err(Error::PatientNotFound(patient_id)),
@@ -329,8 +329,7 @@ impl Engine {
             match exported {
                 Ok(Exported::Written(external_id)) => {
                     report.exported += 1;
-                    let reported = self.report_linked_twins(twins.as_ref(), patient, external_id, &exported_now);
-                    report.possible_duplicates += u64::from(reported);
+                    self.report_linked_twins(twins.as_ref(), patient, external_id, &exported_now, report);
                     exported_now.insert(patient.id);
                 }
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
@@ -361,42 +360,53 @@ impl Engine {
     }
 
     /// Reports the linked twins of `patient`, exported alone as `external_id` (see
-    /// [`Engine::report_linked_twins`]). When they cannot be read, a `sync_error` says so; the
-    /// export stands.
-    fn report_twins_of(&mut self, patient: &Patient, external_id: NanoPixId) {
+    /// [`Engine::report_linked_twins`]), counting them in `report`.
+    fn report_twins_of(&mut self, patient: &Patient, external_id: NanoPixId, report: &mut ReconcileReport) {
         match self.twin_finder(std::slice::from_ref(patient)) {
-            Ok(twins) => {
-                self.report_linked_twins(twins.as_ref(), patient, external_id, &HashSet::default());
-            }
-            Err(error) => self.bus.error(&error, Some(external_id.to_string()), Some(patient.id)),
+            Ok(twins) => self.report_linked_twins(twins.as_ref(), patient, external_id, &HashSet::default(), report),
+            Err(error) => self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report),
         }
     }
 
     /// Reports, once `patient` is exported as `external_id`, the other DentalTID patients
     /// `twins` counts as linked to NanoPix (or `linked_since` holds) with the same names and
-    /// birth date: the same person, typed again in DentalTID after NanoPix's patient was
-    /// imported, whom NanoPix now holds twice (`possible_duplicate`, `already_linked`), as an
-    /// import of such a person is reported. Returns whether it did.
+    /// birth date, and still has so: the same person, typed again in DentalTID after NanoPix's
+    /// patient was imported, whom NanoPix now holds twice (`possible_duplicate`,
+    /// `already_linked`), as an import of such a person is reported. When they cannot be read
+    /// again, a `sync_error` says so; the export stands.
     fn report_linked_twins(
-        &self,
+        &mut self,
         twins: Option<&Matcher>,
         patient: &Patient,
         external_id: NanoPixId,
         linked_since: &HashSet<i64>,
-    ) -> bool {
-        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return false };
-        let key = (patient.first_name.as_str(), patient.last_name.as_str(), born);
-        let candidates = twins.linked_twins(key, patient.id, linked_since);
-        if candidates.is_empty() {
-            return false;
+        report: &mut ReconcileReport,
+    ) {
+        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return };
+        let (first, last) = (patient.first_name.as_str(), patient.last_name.as_str());
+        let found = twins.linked_twins((first, last, born), patient.id, linked_since);
+        // Read before this call's first export: one DentalTID deleted or changed since is no twin.
+        let key = MatchKey::of(first, last, born);
+        let mut candidates = Vec::with_capacity(found.len());
+        for twin in found {
+            match self.dentaltid.still_has_key(twin.patient_id, &key) {
+                Ok(true) => candidates.push(twin),
+                Ok(false) => {}
+                Err(error) => {
+                    return self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report);
+                }
+            }
         }
+        if candidates.is_empty() {
+            return;
+        }
+        report.possible_duplicates += 1;
         self.bus.emit(EventKind::PossibleDuplicate {
             external_id: external_id.to_string(),
             patient_id: Some(patient.id),
             reason: DuplicateReason::AlreadyLinked,
             candidates,
         });
-        true
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
@@ -706,7 +716,7 @@ impl Engine {
     /// Ends or drops each of the interrupted exports `pending` records, reporting each failure.
     fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) {
         for pending in pending {
-            match self.repair_export(&pending) {
+            match self.repair_export(&pending, report) {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
                 Err(error) => {
@@ -716,16 +726,17 @@ impl Engine {
         }
     }
 
-    /// Completes or drops one interrupted export; returns whether it was completed. With the
+    /// Completes or drops one interrupted export, reporting in `report` the linked twins of a
+    /// patient it exports; returns whether it was completed. With the
     /// DentalTID patient deleted meanwhile, the export is completed only on a NanoPix row it
     /// provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
     /// imported. Its folder is created first, so NanoPix's files are whole, and the link's
     /// `delete_requested` then lets the host remove both.
-    fn repair_export(&mut self, pending: &PendingExport) -> Result<bool> {
+    fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => match self.resume_export(&patient, pending)? {
                 Exported::Written(external_id) => {
-                    self.report_twins_of(&patient, external_id);
+                    self.report_twins_of(&patient, external_id, report);
                     Ok(true)
                 }
                 Exported::Deleted | Exported::Deferred => Ok(false),

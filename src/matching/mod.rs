@@ -182,8 +182,8 @@ impl Matcher {
     }
 
     /// The DentalTID patients other than `patient_id`, counted as linked or among `linked_since`,
-    /// whose names and birth date are exactly these: the same person, whom NanoPix holds
-    /// already. None when either name is left out.
+    /// whose names and birth date are exactly these, one name left out included: the same
+    /// person, whom NanoPix holds already. None for a patient without names.
     pub fn linked_twins(
         &self,
         (first_name, last_name, born): (&str, &str, NaiveDate),
@@ -191,16 +191,22 @@ impl Matcher {
         linked_since: &foldhash::HashSet<i64>,
     ) -> Vec<DuplicateCandidate> {
         let (first, last) = (normalise_name(first_name), normalise_name(last_name));
-        if Person::new(&first, &last, Some(born)).is_none() {
-            return Vec::new();
-        }
+        let same = match (first.is_empty(), last.is_empty()) {
+            (false, false) => self.dentaltid.exact(&first, &last, born),
+            (true, true) => return Vec::new(),
+            _ => {
+                let named = self.dentaltid.one_named(if first.is_empty() { &last } else { &first }, born);
+                let exactly = |entry: &usize| self.dentaltid.person(*entry).is_some_and(|p| p.first == first);
+                named.filter(exactly).collect()
+            }
+        };
         let linked = |entry: &usize| {
             self.dentaltid.candidate(*entry).is_some_and(|twin| {
                 twin.patient_id != patient_id
                     && (self.dentaltid.is_linked(*entry) || linked_since.contains(&twin.patient_id))
             })
         };
-        self.candidates(self.dentaltid.exact(&first, &last, born).into_iter().filter(linked).collect())
+        self.candidates(same.into_iter().filter(linked).collect())
     }
 
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
