@@ -1465,3 +1465,40 @@ fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
     assert_eq!((report.repaired, reported.len()), (1, 1), "{report:?} {reported:?}");
     assert_eq!(report.possible_duplicates, 1, "the repair's report is counted: {report:?}");
 }
+
+/// A linked twin whose `dateOfBirth` DentalTID holds as a blob is read as matching reads it,
+/// born on the date the blob holds, and reported.
+#[test]
+fn a_linked_twin_with_a_blob_birth_date_is_reported_by_export_patient() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let imported: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET dateOfBirth = CAST(dateOfBirth AS BLOB) WHERE id = ?1", [imported]).unwrap();
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    common::drain(&sync);
+    let exported = sync.export_patient(typed).unwrap().to_string();
+    let reported = duplicates(common::drain(&sync));
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}
+
+/// NanoPix's patient with only a last name is imported; the same person is typed in DentalTID
+/// with that one name as her first name: her export reports the imported patient, as the
+/// import of a one-named patient compares the one name with either name.
+#[test]
+fn a_one_named_twin_with_the_name_in_the_other_field_is_reported() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_095950", "Saidi", "", Some("1990-03-04"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let imported: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let typed = clinic.add_dentaltid("Saidi", "", Some("1990-03-04"));
+    common::drain(&sync);
+    let exported = sync.export_patient(typed).unwrap().to_string();
+    let reported = duplicates(common::drain(&sync));
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}

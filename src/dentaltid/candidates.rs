@@ -80,21 +80,24 @@ impl DentalTid {
     /// index range, so this reads only those rows; a `dateOfBirth` in a form DentalTID never
     /// writes is not looked at.
     pub fn add_candidates_born_on(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
-        // One statement each, so each is an index range. Values that are not text sort before
-        // or after every text.
-        for unborn in ["WHERE dateOfBirth IS NULL", "WHERE dateOfBirth < '0'", "WHERE dateOfBirth >= ':'"] {
+        // One statement each, so each is an index range. Numbers sort before every text, blobs
+        // after it (those are read with the dates, since a blob may hold one).
+        let unborn =
+            ["WHERE dateOfBirth IS NULL", "WHERE dateOfBirth < '0'", "WHERE dateOfBirth >= ':' AND dateOfBirth < x''"];
+        for unborn in unborn {
             self.add_candidates("reading patients without a birth date", unborn, [], index)?;
         }
         self.add_candidates_born_on_only(dates, index)
     }
 
-    /// Adds to `index` the patients born on one of `dates`, and no others: one index range each.
+    /// Adds to `index` the patients born on one of `dates`, one index range each, and those
+    /// whose `dateOfBirth` is a blob (matching reads the date a blob holds, if any).
     pub fn add_candidates_born_on_only(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
         for date in dates {
             let born_on = "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2";
             self.add_candidates("reading match candidates", born_on, starting_with(nanopix_date(*date)), index)?;
         }
-        Ok(())
+        self.add_candidates("reading match candidates", "WHERE dateOfBirth >= x''", [], index)
     }
 
     /// Whether patient `patient_id` is still there with `key`, as matching reads it.

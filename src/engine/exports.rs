@@ -386,9 +386,9 @@ impl Engine {
         let (first, last) = (patient.first_name.as_str(), patient.last_name.as_str());
         let found = twins.linked_twins((first, last, born), patient.id, linked_since);
         // Read before this call's first export: one DentalTID deleted or changed since is no twin.
-        let key = MatchKey::of(first, last, born);
         let mut candidates = Vec::with_capacity(found.len());
         for twin in found {
+            let key = MatchKey::of(&twin.first_name, &twin.last_name, born);
             match self.dentaltid.still_has_key(twin.patient_id, &key) {
                 Ok(true) => candidates.push(twin),
                 Ok(false) => {}

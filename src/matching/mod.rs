@@ -182,8 +182,10 @@ impl Matcher {
     }
 
     /// The DentalTID patients other than `patient_id`, counted as linked or among `linked_since`,
-    /// whose names and birth date are exactly these, one name left out included: the same
-    /// person, whom NanoPix holds already. None for a patient without names.
+    /// whose names and birth date are exactly these: the same person, whom NanoPix holds
+    /// already. With one name left out, those with that one name (as first or last name, as
+    /// [`DuplicateReason::MissingName`] compares them) and none other. None for a patient
+    /// without names.
     pub fn linked_twins(
         &self,
         (first_name, last_name, born): (&str, &str, NaiveDate),
@@ -194,11 +196,7 @@ impl Matcher {
         let same = match (first.is_empty(), last.is_empty()) {
             (false, false) => self.dentaltid.exact(&first, &last, born),
             (true, true) => return Vec::new(),
-            _ => {
-                let named = self.dentaltid.one_named(if first.is_empty() { &last } else { &first }, born);
-                let exactly = |entry: &usize| self.dentaltid.person(*entry).is_some_and(|p| p.first == first);
-                named.filter(exactly).collect()
-            }
+            _ => self.dentaltid.one_named(if first.is_empty() { &last } else { &first }, born).collect(),
         };
         let linked = |entry: &usize| {
             self.dentaltid.candidate(*entry).is_some_and(|twin| {
