@@ -1325,55 +1325,23 @@ fn a_reconcile_stopped_early_announces_no_delete_before_the_give_back() {
     assert!(asked.is_empty(), "delete_requested before the give-back: {asked:#?}");
 }
 
-/// `export_patient` of a DentalTID patient whose names and birth date an imported patient has
-/// (the same person, typed again) exports her and reports the imported one beside her.
-#[test]
-fn export_patient_reports_the_linked_patient_with_the_same_names_and_birth_date() {
+/// NanoPix's patient `20250122_095950` with these names, born 1990-03-04, imported by a first
+/// sync; returns the clinic, its handle and her DentalTID patient.
+fn imported_from_nanopix(last: &str, first: &str) -> (Clinic, NanoPixSync, i64) {
     let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
+    clinic.add_nanopix("20250122_095950", last, first, Some("1990-03-04"));
     let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
     let imported: i64 =
         clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
-    let typed = clinic.add_dentaltid("Nadia", "SAIDI", Some("1990-03-04"));
-    let other = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-05"));
-    common::drain(&sync);
-    let exported = sync.export_patient(typed).unwrap().to_string();
-    sync.export_patient(other).unwrap();
-    let reported: Vec<(String, Option<i64>, Vec<i64>)> = common::drain(&sync)
-        .into_iter()
-        .filter_map(|event| match event.kind {
-            EventKind::PossibleDuplicate { external_id, patient_id, reason, candidates } => {
-                assert_eq!(reason, nanopix_sync::DuplicateReason::AlreadyLinked);
-                Some((external_id, patient_id, candidates.iter().map(|c| c.patient_id).collect()))
-            }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(reported, [(exported, Some(typed), vec![imported])], "only the same person is reported");
+    (clinic, sync, imported)
 }
 
-/// A patient without names is no person to match: exporting one reports no nameless patient
-/// already linked as a possible duplicate.
-#[test]
-fn the_export_of_a_nameless_patient_reports_no_linked_twin() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "", "", Some("1990-03-04"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let typed = clinic.add_dentaltid("", "", Some("1990-03-04"));
-    common::drain(&sync);
-    sync.export_patient(typed).unwrap();
-    let reported: Vec<EventKind> = common::drain(&sync)
-        .into_iter()
-        .map(|event| event.kind)
-        .filter(|kind| matches!(kind, EventKind::PossibleDuplicate { .. }))
-        .collect();
-    assert!(reported.is_empty(), "{reported:#?}");
-}
+/// A `possible_duplicate` as `(external_id, patient_id, reason, candidate ids)`.
+type Reported = (String, Option<i64>, DuplicateReason, Vec<i64>);
 
-/// `(external_id, patient_id, reason, candidate ids)` of every `possible_duplicate` among `events`.
-fn duplicates(events: Vec<nanopix_sync::Event>) -> Vec<(String, Option<i64>, DuplicateReason, Vec<i64>)> {
+/// Every `possible_duplicate` among `events`.
+fn duplicates(events: Vec<nanopix_sync::Event>) -> Vec<Reported> {
     events
         .into_iter()
         .filter_map(|event| match event.kind {
@@ -1385,20 +1353,66 @@ fn duplicates(events: Vec<nanopix_sync::Event>) -> Vec<(String, Option<i64>, Dup
         .collect()
 }
 
+/// Exports `typed` with `export_patient`; returns its NanoPix id and the possible duplicates
+/// reported meanwhile.
+fn export_and_report(sync: &NanoPixSync, typed: i64) -> (String, Vec<Reported>) {
+    common::drain(sync);
+    let exported = sync.export_patient(typed).unwrap().to_string();
+    (exported, duplicates(common::drain(sync)))
+}
+
+/// `export_patient` of a DentalTID patient whose names and birth date an imported patient has
+/// (the same person, typed again) exports her and reports the imported one beside her; a
+/// patient born another day is not reported.
+#[test]
+fn export_patient_reports_the_linked_patient_with_the_same_names_and_birth_date() {
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+    let typed = clinic.add_dentaltid("Nadia", "SAIDI", Some("1990-03-04"));
+    let other = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-05"));
+    let (exported, reported) = export_and_report(&sync, typed);
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_eq!(export_and_report(&sync, other).1, [], "another birth date");
+}
+
+/// A patient without names is no person to match: exporting one reports no nameless patient
+/// already linked as a possible duplicate.
+#[test]
+fn the_export_of_a_nameless_patient_reports_no_linked_twin() {
+    let (clinic, sync, _) = imported_from_nanopix("", "");
+    let typed = clinic.add_dentaltid("", "", Some("1990-03-04"));
+    assert_eq!(export_and_report(&sync, typed).1, []);
+}
+
 /// NanoPix's patient with only a last name is imported; the same person, typed again in
 /// DentalTID with the same one name and birth date, is exported and reported beside her.
 #[test]
 fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "Saidi", "", Some("1990-03-04"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let imported: i64 =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "");
     let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
-    common::drain(&sync);
-    let exported = sync.export_patient(typed).unwrap().to_string();
-    let reported = duplicates(common::drain(&sync));
+    let (exported, reported) = export_and_report(&sync, typed);
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}
+
+/// NanoPix's patient with only a last name is imported; the same person is typed in DentalTID
+/// with that one name as her first name: her export reports the imported patient, as the
+/// import of a one-named patient compares the one name with either name.
+#[test]
+fn a_one_named_twin_with_the_name_in_the_other_field_is_reported() {
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "");
+    let typed = clinic.add_dentaltid("Saidi", "", Some("1990-03-04"));
+    let (exported, reported) = export_and_report(&sync, typed);
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}
+
+/// A linked twin whose `dateOfBirth` DentalTID holds as a blob is read as matching reads it,
+/// born on the date the blob holds, and reported.
+#[test]
+fn a_linked_twin_with_a_blob_birth_date_is_reported_by_export_patient() {
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET dateOfBirth = CAST(dateOfBirth AS BLOB) WHERE id = ?1", [imported]).unwrap();
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    let (exported, reported) = export_and_report(&sync, typed);
     assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
 }
 
@@ -1408,24 +1422,12 @@ fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
 /// name her, a patient that no longer exists.
 #[test]
 fn a_twin_deleted_during_an_export_call_is_not_reported() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let imported: i64 =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
     let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    let dentaltid = common::another_program(&clinic.dentaltid);
     // An older patient, exported before her.
-    dentaltid
-        .execute(
-            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
-                                  createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
-             VALUES ('Older', 'Patient', 30, '1970-01-01T00:00:00.000', '', '', '', 0.0,
-                     '2020-06-01T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
-            [],
-        )
-        .unwrap();
+    common::insert_dentaltid_patient(&dentaltid, "Older", "Patient", Some("1970-01-01"));
+    dentaltid.execute("UPDATE patients SET createdAt = '2020-06-01T09:00:00.000' WHERE name = 'Older'", []).unwrap();
     dentaltid
         .execute_batch(&format!(
             "CREATE TRIGGER delete_imported_nadia AFTER UPDATE OF external_id ON patients
@@ -1448,10 +1450,7 @@ fn a_twin_deleted_during_an_export_call_is_not_reported() {
 /// do for an export that ran through.
 #[test]
 fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
+    let (clinic, sync, _) = imported_from_nanopix("Saidi", "Nadia");
     let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
     let nanopix = common::another_program(&clinic.nanopix_db());
     nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -1464,41 +1463,4 @@ fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
     let reported = duplicates(common::drain(&sync));
     assert_eq!((report.repaired, reported.len()), (1, 1), "{report:?} {reported:?}");
     assert_eq!(report.possible_duplicates, 1, "the repair's report is counted: {report:?}");
-}
-
-/// A linked twin whose `dateOfBirth` DentalTID holds as a blob is read as matching reads it,
-/// born on the date the blob holds, and reported.
-#[test]
-fn a_linked_twin_with_a_blob_birth_date_is_reported_by_export_patient() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1990-03-04"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let imported: i64 =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
-    let dentaltid = common::another_program(&clinic.dentaltid);
-    dentaltid.execute("UPDATE patients SET dateOfBirth = CAST(dateOfBirth AS BLOB) WHERE id = ?1", [imported]).unwrap();
-    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
-    common::drain(&sync);
-    let exported = sync.export_patient(typed).unwrap().to_string();
-    let reported = duplicates(common::drain(&sync));
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
-}
-
-/// NanoPix's patient with only a last name is imported; the same person is typed in DentalTID
-/// with that one name as her first name: her export reports the imported patient, as the
-/// import of a one-named patient compares the one name with either name.
-#[test]
-fn a_one_named_twin_with_the_name_in_the_other_field_is_reported() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", "Saidi", "", Some("1990-03-04"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let imported: i64 =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_095950'", |r| r.get(0))[0];
-    let typed = clinic.add_dentaltid("Saidi", "", Some("1990-03-04"));
-    common::drain(&sync);
-    let exported = sync.export_patient(typed).unwrap().to_string();
-    let reported = duplicates(common::drain(&sync));
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
 }
