@@ -526,7 +526,9 @@ impl Engine {
     /// which a read past the cursor would miss, so the next live pass reconciles fully.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
-        if !self.dentaltid.delete_requested(id)? {
+        // A request not sent yet may still be withdrawn: the patient added again may get it back.
+        let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
+        if unannounced || !self.dentaltid.delete_requested(id)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to delete from.

@@ -1464,3 +1464,40 @@ fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
     assert_eq!((report.repaired, reported.len()), (1, 1), "{report:?} {reported:?}");
     assert_eq!(report.possible_duplicates, 1, "the repair's report is counted: {report:?}");
 }
+
+/// NanoPix's Nadia Saidi is imported; the same person is typed in DentalTID with her last name
+/// only: her export reports the imported patient, as an import of a one-named patient compares
+/// its one name with both names of the others (`missing_name`).
+#[test]
+fn a_one_named_export_reports_the_linked_twin_with_both_names() {
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+    let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
+    let (exported, reported) = export_and_report(&sync, typed);
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}
+
+/// An imported patient is deleted in DentalTID; the catch-up of an export of another patient
+/// finds the deletion, then the export fails (NanoPix refuses every new row), so the delete
+/// request is not sent. `delete_in_nanopix` refuses it until it is: the patient may yet be
+/// added again and given her NanoPix patient back.
+#[test]
+fn delete_in_nanopix_refuses_a_delete_whose_request_was_not_sent_yet() {
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [imported]).unwrap();
+    let typed = clinic.add_dentaltid("Karima", "Bouzid", Some("1970-01-01"));
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON Patient BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+        .unwrap();
+    common::drain(&sync);
+    assert!(sync.export_patient(typed).is_err(), "NanoPix refuses the row");
+    let asked = common::drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. }));
+    assert!(!asked, "a failed call sends no delete request");
+    let refused = sync.delete_in_nanopix("20250122_095950");
+    assert!(matches!(refused, Err(Error::DeleteNotRequested(_))), "{refused:?}");
+    nanopix.execute_batch("DROP TRIGGER refuse").unwrap();
+    sync.reconcile().unwrap();
+    let asked = common::drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. }));
+    assert!(asked, "the next reconcile sends it");
+    sync.delete_in_nanopix("20250122_095950").unwrap();
+}

@@ -13,6 +13,7 @@ use chrono::NaiveDate;
 use foldhash::HashSet;
 use foldhash::fast::RandomState;
 use rusqlite::Connection;
+use rusqlite::types::ValueRef;
 
 use super::DentalTid;
 use super::candidates::{CANDIDATE_COLUMNS, read_candidate};
@@ -72,7 +73,7 @@ impl DentalTid {
 
     /// Adds to `index` the patients `names` finds under one of `last_names` (normalised) that
     /// still have that last name and were born on a day not among `dates`, which
-    /// [`DentalTid::add_candidates_born_on`] reads.
+    /// [`DentalTid::add_candidates_born_on`] reads (with every `dateOfBirth` held as a blob).
     pub fn add_candidates_named(
         &self,
         names: &LastNames,
@@ -87,6 +88,9 @@ impl DentalTid {
                 for id in names.ids_named(last_name) {
                     let mut rows = statement.query([id])?;
                     let Some(row) = rows.next()? else { continue };
+                    if matches!(row.get_ref(3)?, ValueRef::Blob(_)) {
+                        continue;
+                    }
                     read_candidate(row, |candidate| {
                         let born_elsewhen = candidate.date_of_birth.is_some_and(|born| !dates.contains(&born));
                         if born_elsewhen && normalise_name(candidate.last_name) == *last_name {
@@ -135,6 +139,27 @@ mod tests {
         let on_the_day = HashSet::from_iter([born(2025, 1, 22)]);
         dentaltid.add_candidates_named(&names, &haddou, &on_the_day, &mut index).unwrap();
         assert_eq!(indexed(&index), [later], "one born on a day read apart is left out");
+    }
+
+    /// A live pass's matcher reads the patients born on the NanoPix dates, with every blob
+    /// birth date, then the patients of doubtful last names: a patient whose birth date is a
+    /// blob holding another day is in the index once.
+    #[test]
+    fn a_patient_with_a_blob_birth_date_is_indexed_once_by_a_live_pass() {
+        let (_dir, dentaltid) = sample_database();
+        let sql = "INSERT INTO patients(name, familyName, dateOfBirth)
+                   VALUES ('Nadia', 'Saidi', CAST('1990-03-04T00:00:00.000' AS BLOB))";
+        dentaltid.conn.execute(sql, []).unwrap();
+        let nadia = dentaltid.conn.last_insert_rowid();
+        let mut names = LastNames::default();
+        dentaltid.read_last_names(&mut names).unwrap();
+        // A doubtful NanoPix Saidi, born on its registration day.
+        let dates = HashSet::from_iter([born(2025, 1, 22)]);
+        let saidi = HashSet::from_iter(["saidi".to_owned()]);
+        let mut index = DentalIndex::default();
+        dentaltid.add_candidates_born_on(&dates.iter().copied().collect::<Vec<_>>(), &mut index).unwrap();
+        dentaltid.add_candidates_named(&names, &saidi, &dates, &mut index).unwrap();
+        assert_eq!(indexed(&index).into_iter().filter(|id| *id == nadia).count(), 1);
     }
 
     fn born(y: i32, m: u32, d: u32) -> NaiveDate {

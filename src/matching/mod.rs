@@ -182,10 +182,9 @@ impl Matcher {
     }
 
     /// The DentalTID patients other than `patient_id`, counted as linked or among `linked_since`,
-    /// whose names and birth date are exactly these: the same person, whom NanoPix holds
-    /// already. With one name left out, those with that one name (as first or last name, as
-    /// [`DuplicateReason::MissingName`] compares them) and none other. None for a patient
-    /// without names.
+    /// who are this person as the matching sees one: the same names and birth date, or one name
+    /// left out on either side and the other the same, as [`DuplicateReason::MissingName`]
+    /// compares them. NanoPix holds that person already. None for a patient without names.
     pub fn linked_twins(
         &self,
         (first_name, last_name, born): (&str, &str, NaiveDate),
@@ -193,10 +192,17 @@ impl Matcher {
         linked_since: &foldhash::HashSet<i64>,
     ) -> Vec<DuplicateCandidate> {
         let (first, last) = (normalise_name(first_name), normalise_name(last_name));
-        let same = match (first.is_empty(), last.is_empty()) {
-            (false, false) => self.dentaltid.exact(&first, &last, born),
+        let index = &self.dentaltid;
+        let same: Vec<usize> = match (first.is_empty(), last.is_empty()) {
+            (false, false) => {
+                let one_named = index.one_named(&first, born).chain(index.one_named(&last, born));
+                index.exact(&first, &last, born).into_iter().chain(one_named).collect()
+            }
             (true, true) => return Vec::new(),
-            _ => self.dentaltid.one_named(if first.is_empty() { &last } else { &first }, born).collect(),
+            _ => {
+                let name = if first.is_empty() { &last } else { &first };
+                index.one_named(name, born).chain(index.named_on(name, born)).collect()
+            }
         };
         let linked = |entry: &usize| {
             self.dentaltid.candidate(*entry).is_some_and(|twin| {
