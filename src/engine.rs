@@ -527,6 +527,7 @@ impl Engine {
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
+        // An older request sent for the same id does not count; the host gets this one once sent.
         let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
         if unannounced || !self.dentaltid.delete_requested(id)? {
             return Err(Error::DeleteNotRequested(id.to_string()));

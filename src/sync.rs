@@ -191,8 +191,9 @@ impl NanoPixSync {
     /// folder not), it removes the folder.
     ///
     /// # Failure
-    /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient
-    /// and no DentalTID patient holds its id again (in its `external_id` or by a recorded link);
+    /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient,
+    /// no DentalTID patient holds its id again (in its `external_id` or by a recorded link) and no
+    /// newer request for it waits to be sent (the host gets that one once it is sent);
     /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report or file for
     /// it; [`Error::NanoPixIdShared`] if several NanoPix rows hold its id (nothing is deleted);
     /// [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.

@@ -1501,3 +1501,31 @@ fn delete_in_nanopix_refuses_a_delete_whose_request_was_not_sent_yet() {
     assert!(asked, "the next reconcile sends it");
     sync.delete_in_nanopix("20250122_095950").unwrap();
 }
+
+/// The host is told of a delete, but DentalTID cannot note it sent (a trigger refuses, as a lock
+/// held past the busy timeout would). After a restart the request is held again: the delete is
+/// refused until the next reconcile sends it again, and then done.
+#[test]
+fn a_delete_whose_request_is_held_again_after_a_restart_waits_for_it_to_be_sent_again() {
+    let (clinic, mut sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    let keep = "CREATE TRIGGER keep BEFORE DELETE ON nanopix_sync_unannounced_deletes
+                BEGIN SELECT RAISE(ABORT, 'database is locked'); END;";
+    dentaltid.execute_batch(keep).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [imported]).unwrap();
+    common::drain(&sync);
+    sync.reconcile().unwrap();
+    let asked = |events: Vec<nanopix_sync::Event>| {
+        events.iter().filter(|e| matches!(e.kind, EventKind::DeleteRequested { .. })).count()
+    };
+    assert_eq!(asked(common::drain(&sync)), 1, "the host is told");
+    sync.close();
+    dentaltid.execute_batch("DROP TRIGGER keep").unwrap();
+
+    let sync = clinic.open_without_automatic_work();
+    let held = sync.delete_in_nanopix("20250122_095950");
+    assert!(matches!(held, Err(Error::DeleteNotRequested(_))), "{held:?}");
+    sync.reconcile().unwrap();
+    assert_eq!(asked(common::drain(&sync)), 1, "sent again");
+    sync.delete_in_nanopix("20250122_095950").unwrap();
+}

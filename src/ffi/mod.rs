@@ -218,8 +218,8 @@ pub unsafe extern "C" fn nps_export_existing(handle: *mut NpsHandle, exported: *
 /// Deletes NanoPix patient `external_id` (its row and empty folder), after a delete_requested
 /// event and after the host asked the user; called again after a delete cut short (the row
 /// deleted, the folder not), it removes the folder. Refuses with NPS_DELETE_NOT_REQUESTED unless
-/// that event was sent and no DentalTID patient holds the id again (in its external_id or by a
-/// recorded link), with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it,
+/// that event was sent, no DentalTID patient holds the id again (in its external_id or by a
+/// recorded link) and no newer request for it waits to be sent, with NPS_NOT_EMPTY if NanoPix holds any image, study, report or file for it,
 /// with NPS_ID_SHARED if several NanoPix rows hold the id, with NPS_INVALID_ID if `external_id` is not a NanoPix id, and with NPS_NO_SUCH_PATIENT if
 /// NanoPix has neither its row nor its folder (deleted already). The caller keeps ownership of
 /// `external_id`. Any thread may call it.
