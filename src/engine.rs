@@ -497,8 +497,15 @@ impl Engine {
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
+        let exporting: Vec<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
+        self.matcher_over(index, exporting)
+    }
+
+    /// A matcher over `index`, counting as linked the patients of the links the sync recorded
+    /// (DentalTID may have cleared their `external_id`) and `also_linked`.
+    fn matcher_over(&self, index: DentalIndex, also_linked: impl IntoIterator<Item = i64>) -> Result<Matcher> {
         let mut linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
-        linked.extend(self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id));
+        linked.extend(also_linked);
         Ok(Matcher::new(index, &linked, self.config.auto_link))
     }
 

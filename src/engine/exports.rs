@@ -355,8 +355,7 @@ impl Engine {
             ..=super::MAX_CANDIDATE_DATES => self.dentaltid.add_candidates_born_on_only(&dates, &mut index)?,
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
-        let linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
-        Ok(Some(Matcher::new(index, &linked, self.config.auto_link)))
+        self.matcher_over(index, []).map(Some)
     }
 
     /// Reports the linked twins of `patient`, exported alone as `external_id` (see
@@ -621,9 +620,9 @@ impl Engine {
     fn matching_links(&self, patient: &Patient, twins: Vec<NanoPixPatient>) -> Result<bool> {
         let mut index = DentalIndex::default();
         self.dentaltid.add_all_candidates(&mut index)?;
-        let mut linked = self.dentaltid.linked_patients(&index.unlinked_ids())?;
-        linked.extend(self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).filter(|&id| id != patient.id));
-        let mut matcher = Matcher::new(index, &linked, self.config.auto_link);
+        let pending = self.dentaltid.pending_exports()?;
+        let exporting = pending.iter().map(|p| p.patient_id).filter(|&id| id != patient.id);
+        let mut matcher = self.matcher_over(index, exporting)?;
         for twin in twins {
             matcher.offer(twin, &mut Vec::new());
         }
