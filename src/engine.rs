@@ -15,10 +15,13 @@ use chrono::{NaiveDate, NaiveDateTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::{HashMap, HashSet};
 
-use crate::dentaltid::{DentalTid, Importing, LastNames, Link, LinkOrigin, LinkOutcome, LinkState, PatientRef};
+use crate::dentaltid::{
+    DentalTid, Importing, LastNames, Link, LinkOrigin, LinkOutcome, LinkState, LinkedRows, PatientRef,
+    is_another_person, other_people,
+};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchKey, MatchedLink, Matcher, PossibleDuplicate};
-use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow};
+use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow, RowStamp};
 use crate::patient::{BirthDate, NanoPixPatient, NewDentalPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
 use crate::{Clock, Config, Error, NanoPixId, Result};
@@ -106,10 +109,9 @@ pub(crate) struct Engine {
 struct LiveCursor {
     /// The highest NanoPix `Patient.pk` read.
     nanopix_pk: i64,
-    /// The id stored in the row at `nanopix_pk` when it was read (`None` without one). NanoPix
-    /// gives the `pk` of a deleted last row to its next patient, so another id there means rows
-    /// changed behind the cursor.
-    nanopix_id: Option<String>,
+    /// The row at `nanopix_pk` when it was read (`None` without one): another row there means
+    /// rows changed behind the cursor (see [`RowStamp`]).
+    nanopix_row: Option<RowStamp>,
     /// How many NanoPix rows there were up to that `pk`.
     nanopix_rows: u64,
     /// NanoPix's data version before the pass read it: while it stays the same, nobody else
@@ -130,9 +132,13 @@ struct LiveCursor {
 /// What both sides hold, read once at the start of a reconcile, and what follows from it.
 struct Snapshot {
     nanopix_pk: i64,
-    nanopix_id: Option<String>,
+    nanopix_row: Option<RowStamp>,
     nanopix_rows: u64,
     nanopix: Vec<NanoPixId>,
+    /// The `created_datetime` of each NanoPix row that has one.
+    nanopix_created: HashMap<NanoPixId, NaiveDateTime>,
+    /// The NanoPix rows each link was made with.
+    linked_rows: LinkedRows,
     /// The patient folders, once their listing has started. It starts with the snapshot, unless
     /// no link is recorded yet: a first sync, which usually imports many patients, starts it once
     /// they are written, so it runs while the links are written instead of competing with
@@ -300,7 +306,7 @@ impl Engine {
                 let checked = snapshot.links.iter().map(|link| link.patient_id).fold(extent.0, i64::max);
                 self.dentaltid_cursor_after(extent, checked)?.map(|(dentaltid, links_checked_up_to)| LiveCursor {
                     nanopix_pk: snapshot.nanopix_pk,
-                    nanopix_id: snapshot.nanopix_id.take(),
+                    nanopix_row: snapshot.nanopix_row.take(),
                     nanopix_rows: snapshot.nanopix_rows,
                     nanopix_version,
                     dentaltid,
@@ -366,17 +372,18 @@ impl Engine {
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if read >= u64::from(PAGE)
             || self.nanopix.patient_count()? != cursor.nanopix_rows + read
-            || self.nanopix.id_at(cursor.nanopix_pk)? != cursor.nanopix_id
+            || self.rows_changed_behind(&cursor)?
             || self.dentaltid_lost_rows(&cursor)?
         {
             return self.reconcile();
         }
-        let (nanopix_pk, nanopix_id) = match rows.last_row() {
-            Some((pk, id)) if pk > cursor.nanopix_pk => (pk, Some(id)),
-            _ => (cursor.nanopix_pk, cursor.nanopix_id),
+        let (nanopix_pk, nanopix_row) = match rows.last_row() {
+            Some(row) if row.pk > cursor.nanopix_pk => (row.pk, Some(row)),
+            _ => (cursor.nanopix_pk, cursor.nanopix_row),
         };
-        // A deleted patient's NanoPix patient given back asks for a delete: a full reconcile's to decide.
-        if self.gives_back_a_deleted_patient(&rows.patients)? {
+        // A deleted patient's NanoPix patient given back asks for a delete, and another person
+        // under a linked id is imported apart: a full reconcile's to decide.
+        if self.gives_back_a_deleted_patient(&rows.patients)? || self.holds_another_person(&rows.patients)? {
             return self.reconcile();
         }
         self.report_odd_rows(rows.odd_rows, &mut report);
@@ -397,7 +404,7 @@ impl Engine {
         let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
         self.cursor = dentaltid.map(|(dentaltid, links_checked_up_to)| LiveCursor {
             nanopix_pk,
-            nanopix_id,
+            nanopix_row,
             nanopix_rows: cursor.nanopix_rows + read,
             nanopix_version,
             dentaltid,
@@ -455,6 +462,15 @@ impl Engine {
             self.indexed = true;
         }
         Ok(())
+    }
+
+    /// Whether NanoPix's row at the cursor is another one than the pass read there.
+    fn rows_changed_behind(&self, cursor: &LiveCursor) -> Result<bool> {
+        let now = self.nanopix.row_at(cursor.nanopix_pk)?;
+        Ok(match &cursor.nanopix_row {
+            Some(read) => read.is_replaced_by(now.as_ref()),
+            None => now.is_some(),
+        })
     }
 
     /// Whether DentalTID lost a row the cursor counted (ids never come back, so fewer rows up to
@@ -957,7 +973,8 @@ impl Engine {
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
     /// patient was deleted; a folder NanoPix has not made yet (see [`Engine::awaited_folders`])
-    /// is not missing. `linked_now` are the NanoPix patients this reconcile linked or imported.
+    /// is not missing, and a row another person holds under the id is (see [`LinkedRows`]).
+    /// Records the row of a link made without one. `linked_now` are the NanoPix patients this reconcile linked or imported.
     /// Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes per transaction, and
     /// reports them once they are written. Keeps the links left missing only their folder for
     /// live passes (see [`Engine::restore_put_back_folders`]).
@@ -973,12 +990,18 @@ impl Engine {
         // Needed only for a link whose patient was deleted, which is rare.
         let mut held = None;
         let awaited = self.awaited_folders(&folders.patient_folders, linked_now)?;
-        let mut changes = Vec::new();
+        let (mut changes, mut made_with) = (Vec::new(), Vec::new());
         self.missing_folders.clear();
         for link in &snapshot.links {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
+            // Another person's row under the id is not the link's.
+            let (recorded, created) =
+                (snapshot.linked_rows.created(link.patient_id, id), snapshot.nanopix_created.get(&id));
+            let row = rows.contains(&id) && !is_another_person(created.copied(), &[recorded]);
+            if row && recorded.is_none() && created.is_some() {
+                made_with.push((link.patient_id, id, created.copied()));
+            }
             // A folder is awaited only beside its row: with the row gone, no folder is coming.
-            let row = rows.contains(&id);
             let folder = folders.patient_folders.contains(&id) || (row && awaited.contains(&id));
             let nanopix = NanoPixSide { row, folder };
             let patient_exists = patients.contains(&link.patient_id);
@@ -992,6 +1015,7 @@ impl Engine {
             }
             changes.extend(change);
         }
+        self.dentaltid.record_linked_rows(&made_with)?;
         self.change_links(&changes, report)
     }
 
@@ -1051,6 +1075,17 @@ impl Engine {
                 if self.dentaltid.patient(link.patient_id)?.is_none() {
                     return Ok(true);
                 }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether one of the rows `read` past the cursor is another person than the patients linked
+    /// to its id (see [`is_another_person`]).
+    fn holds_another_person(&self, read: &[NanoPixPatient]) -> Result<bool> {
+        for patient in read.iter().filter(|patient| patient.created.is_some()) {
+            if is_another_person(patient.created, &self.dentaltid.linked_rows_of(patient.id)?) {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -1305,16 +1340,22 @@ fn read_dentaltid(
     } else {
         (dentaltid.patient_refs()?, None)
     };
-    let (links, pending) = (dentaltid.links()?, dentaltid.pending_exports()?);
+    let (links, pending, linked_rows) = (dentaltid.links()?, dentaltid.pending_exports()?, dentaltid.linked_rows()?);
     let mut known: HashSet<NanoPixId> = patients.iter().filter_map(|p| p.external_id).collect();
     known.extend(links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok()));
     known.extend(pending.iter().map(|p| p.external_id));
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
-    let (nanopix_pk, nanopix_id) = rows.last_row().map_or((0, None), |(pk, id)| (pk, Some(id)));
+    let nanopix_row = rows.last_row();
+    let nanopix_pk = nanopix_row.as_ref().map_or(0, |row| row.pk);
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
     let odd_pks = rows.odd_rows.iter().filter_map(|odd| odd.pk).collect();
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
-    let unknown: Vec<NanoPixId> = nanopix.iter().filter(|id| !known.contains(id)).copied().collect();
+    // Another person under a linked id is new to the sync too.
+    let holders = patients.iter().filter_map(|p| Some((p.id, p.external_id?)));
+    let holders = holders.chain(pending.iter().map(|p| (p.patient_id, p.external_id)));
+    let others = other_people(&links, &linked_rows, &rows.created, holders);
+    let unknown: Vec<NanoPixId> =
+        nanopix.iter().filter(|id| !known.contains(id) || others.contains(id)).copied().collect();
     let many_unknown = !unknown.is_empty() && !is_few(unknown.len(), nanopix.len());
     let index = match index {
         None if many_unknown => Some(dentaltid.index_all_candidates()?.1),
@@ -1324,9 +1365,11 @@ fn read_dentaltid(
     let matcher = index.map(|index| Matcher::new(index, &linked, auto_link));
     let snapshot = Snapshot {
         nanopix_pk,
-        nanopix_id,
+        nanopix_row,
         nanopix_rows,
         nanopix,
+        nanopix_created: rows.created,
+        linked_rows,
         folders: None,
         dentaltid: patients,
         dentaltid_issued,

@@ -165,6 +165,9 @@ pub struct NewDentalPatient {
     pub phone: String,
     /// `external_id`.
     pub external_id: NanoPixId,
+    /// NanoPix's `created_datetime`, by which the sync knows the row the link is made with (see
+    /// [`crate::dentaltid::LinkedRows`]).
+    pub nanopix_created: Option<NaiveDateTime>,
 }
 
 impl NewDentalPatient {
@@ -180,6 +183,7 @@ impl NewDentalPatient {
             created_at: dart_timestamp(patient.created.unwrap_or_else(|| patient.id.datetime())),
             phone: patient.phone.clone().unwrap_or_default(),
             external_id: patient.id,
+            nanopix_created: patient.created,
         }
     }
 }

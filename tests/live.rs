@@ -971,18 +971,24 @@ fn a_nanopix_patient_back_after_its_dentaltid_patient_was_deleted_is_decided_liv
     let clinic = Clinic::new("v29");
     let id = "20250121_152638";
     let sync = live(&clinic);
-    let saved: Vec<(String, String, String)> = clinic
-        .nanopix_rows(&format!("SELECT last_name, first_name, birthdate FROM Patient WHERE id = '{id}'"), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        });
+    let saved: Vec<(String, String, String, String)> = clinic.nanopix_rows(
+        &format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'"),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
     let patient = remove_the_nanopix_patient(&clinic, &sync);
     another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
     // "Sync Now" after the deletion: NanoPix holds no row of hers, so nothing is asked.
     let report = sync.reconcile().unwrap();
     assert_eq!(report.removed, 0);
     assert!(!drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. })));
-    let (last, first, birth) = &saved[0];
-    clinic.add_nanopix(id, last, first, Some(birth));
+    let (last, first, birth, created) = &saved[0];
+    another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
+            [id, last, first, birth, created],
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(id)).unwrap();
     let asked = |e: &EventKind| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id);
     let end = std::time::Instant::now() + DEADLINE;
     let mut live = Vec::new();
@@ -1108,4 +1114,78 @@ fn a_row_with_a_text_pk_does_not_make_every_live_pass_a_full_reconcile() {
     sync.reconcile().unwrap();
     let full = drain(&sync).into_iter().filter(|e| matches!(e.kind, EventKind::Reconciled(_))).count();
     assert_eq!(full, 1, "only the host's own reconcile");
+}
+
+/// Replaces NanoPix patient `id` with another person in one transaction, as NanoPix would after
+/// deleting her if its clock went back to the second her form was opened.
+fn save_another_person_under(clinic: &Clinic, id: &str) {
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix
+        .execute_batch(&format!(
+            "BEGIN;
+             DELETE FROM Patient WHERE id = '{id}';
+             INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+                VALUES ('{id}', 'Haddad', 'Lina', '1990-04-02', '2025-03-02 10:00:00');
+             COMMIT;"
+        ))
+        .unwrap();
+}
+
+/// Waits until Live Sync imports Lina apart from `first`, whose link goes missing.
+fn assert_newcomer_imported_apart_from(sync: &NanoPixSync, first: i64) {
+    let imported = wait_for(
+        sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::PatientImported { first_name, .. } if first_name == "Lina"),
+    );
+    assert!(matches!(imported.kind, EventKind::PatientImported { patient_id, .. } if patient_id != first));
+    until(DEADLINE, "the first patient's link is marked missing", || {
+        sync.source_info(first).unwrap().link_state == Some(LinkState::Missing)
+    });
+}
+
+#[test]
+fn another_person_saved_live_under_a_removed_patients_id_is_imported_apart() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+    save_another_person_under(&clinic, "20250121_152638");
+    assert_newcomer_imported_apart_from(&sync, first);
+}
+
+/// The removal is seen first: the newcomer, saved later, does not restore the removed patient.
+#[test]
+fn another_person_saved_live_under_a_patients_id_seen_removed_is_imported_apart() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = '20250121_152638'", []).unwrap();
+    wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == first),
+    );
+    save_another_person_under(&clinic, "20250121_152638");
+    let mut restored = false;
+    wait_for(&sync, DEADLINE, |e| {
+        restored |= matches!(e, EventKind::ExternalPatientRestored { .. });
+        matches!(e, EventKind::PatientImported { first_name, .. } if first_name == "Lina")
+    });
+    assert!(!restored, "the removed patient is restored by the newcomer");
+    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
+}
+
+/// The patient replaced was NanoPix's last row: the newcomer gets her `pk` as well as her id.
+#[test]
+fn another_person_saved_live_under_the_last_rows_id_and_pk_is_imported_apart() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let last = imported(&sync, "20250122_091500");
+    save_another_person_under(&clinic, "20250122_091500");
+    assert_newcomer_imported_apart_from(&sync, last);
 }

@@ -1315,3 +1315,53 @@ fn a_live_pass_and_a_full_reconcile_read_a_padded_external_id_alike() {
         assert_eq!(reported, Some((DuplicateReason::AlreadyLinked, vec![sami])), "full reconcile {full}");
     }
 }
+
+/// NanoPix deleted a patient, then saved another person under the same id (its clock went back
+/// to the second the first form was opened). The newcomer is imported, and the first patient's
+/// link is marked missing: DentalTID's patient is never taken for her, nor linked to her images.
+#[test]
+fn another_person_saved_under_a_removed_patients_id_is_imported_and_the_first_link_is_missing() {
+    let clinic = Clinic::new("v29");
+    let (sync, _) = reconcile_with(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute("DELETE FROM Patient WHERE id = '20250121_152638'", []).unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+             VALUES ('20250121_152638', 'Haddad', 'Lina', '1990-04-02', '2025-03-02 10:00:00')",
+            [],
+        )
+        .unwrap();
+    let report = sync.reconcile().unwrap();
+    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let newcomer = events.iter().find_map(|kind| match kind {
+        EventKind::PatientImported { patient_id, first_name, .. } if first_name == "Lina" => Some(*patient_id),
+        _ => None,
+    });
+    let removed = events.iter().any(|kind| {
+        matches!(kind, EventKind::ExternalPatientRemoved { patient_id, missing, .. } if *patient_id == first && missing == "row")
+    });
+    assert!(
+        newcomer.is_some_and(|id| id != first) && removed && (report.imported, report.removed) == (1, 1),
+        "the newcomer is not imported apart from the first patient: {report:?}, {events:#?}"
+    );
+    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
+    let again = sync.reconcile().unwrap();
+    assert_eq!((again.imported, again.removed, again.linked), (0, 0, 0), "a second reconcile changes nothing");
+    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
+}
+
+/// The same NanoPix patient edited in NanoPix (new names, same creation time) stays linked.
+#[test]
+fn a_nanopix_patient_renamed_in_nanopix_stays_linked() {
+    let clinic = Clinic::new("v29");
+    let (sync, _) = reconcile_with(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    common::another_program(&clinic.nanopix_db())
+        .execute("UPDATE Patient SET last_name = 'Other', updated_datetime = '2025-03-02 10:00:00'", [])
+        .unwrap();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.removed, report.linked), (0, 0, 0));
+    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Linked));
+}

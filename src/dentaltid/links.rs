@@ -46,13 +46,19 @@ const REPLAN_EXPORT: &str = "UPDATE nanopix_sync_exports SET external_id = ?2,
         written_last_name = ?3, written_first_name = ?4, written_birthdate = ?5, written_created = ?6
     WHERE patient_id = ?1";
 
-/// Above this many patients, [`DentalTid::linked_patients`] first narrows them to those a link
-/// row or an import batch names, then looks those up one by one.
+/// Records the row an export wrote for patient `?1` under NanoPix id `?2` as the one its link is
+/// made with (see [`super::linked_rows`]), by the creation time its journal row holds.
+const RECORD_EXPORTED_ROW: &str = "INSERT OR REPLACE INTO nanopix_sync_linked_rows(patient_id, external_id, created)
+    SELECT patient_id, ?2, written_created FROM nanopix_sync_exports
+    WHERE patient_id = ?1 AND typeof(written_created) = 'text'";
+
 /// Notes the delete request of a link, written in the same transaction as its state: it stays
 /// noted until it is announced, so a crash in between does not lose it.
 const NOTE_UNANNOUNCED_DELETE: &str = "INSERT OR REPLACE INTO nanopix_sync_unannounced_deletes(patient_id, external_id)
     SELECT patient_id, external_id FROM nanopix_sync_links WHERE patient_id = ?1";
 
+/// Above this many patients, [`DentalTid::linked_patients`] first narrows them to those a link
+/// row or an import batch names, then looks those up one by one.
 const FEW_PATIENTS: usize = 256;
 
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
@@ -421,7 +427,8 @@ impl DentalTid {
         })
     }
 
-    /// Finishes an export in one transaction: sets `external_id`, records the link, clears the journal row.
+    /// Finishes an export in one transaction: sets `external_id`, records the link and the row it
+    /// is made with (see [`super::linked_rows`]), clears the journal row.
     ///
     /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
     /// can report the deletion.
@@ -431,6 +438,7 @@ impl DentalTid {
             tx.execute(SET_EXTERNAL_ID, params![external_id, patient_id, WHITESPACE])?;
             let (origin, state) = (LinkOrigin::Exported.as_str(), LinkState::Linked.as_str());
             tx.execute(UPSERT_LINK, params![patient_id, external_id, origin, state, synced_at])?;
+            tx.execute(RECORD_EXPORTED_ROW, params![patient_id, external_id])?;
             tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id]).map(drop)
         })
     }

@@ -93,6 +93,11 @@ const OWN_TABLES: &str = "
         last_patient_id INTEGER NOT NULL
     );
     CREATE TABLE IF NOT EXISTS nanopix_sync_unannounced_deletes(patient_id INTEGER PRIMARY KEY, external_id TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS nanopix_sync_linked_rows(
+        patient_id INTEGER PRIMARY KEY,
+        external_id TEXT NOT NULL,
+        created TEXT NOT NULL
+    );
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_delete_requested ON nanopix_sync_links(external_id)
         WHERE state = 'delete_requested';
@@ -113,7 +118,7 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 9] = [
+const OWN_OBJECTS: [(&str, &str); 10] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
@@ -121,6 +126,7 @@ const OWN_OBJECTS: [(&str, &str); 9] = [
     ("table", "nanopix_sync_awaited_folders"),
     ("table", "nanopix_sync_unsettled_links"),
     ("table", "nanopix_sync_unannounced_deletes"),
+    ("table", "nanopix_sync_linked_rows"),
     ("index", "nanopix_sync_links_external_id"),
     ("index", "nanopix_sync_links_delete_requested"),
 ];

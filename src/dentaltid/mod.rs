@@ -17,6 +17,7 @@ use crate::{Error, NanoPixId, Result};
 mod awaited_folders;
 mod candidates;
 mod last_names;
+mod linked_rows;
 mod links;
 mod migration;
 mod patients;
@@ -25,6 +26,7 @@ mod state;
 mod testing;
 
 pub use last_names::LastNames;
+pub use linked_rows::{LinkedRows, is_another_person, other_people};
 pub use patients::{Importing, LinkOutcome};
 
 /// The state of a link between a DentalTID patient and a NanoPix patient.

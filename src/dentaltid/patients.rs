@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, Transact
 
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::{still_fits, unlinked_keys_after};
+use super::linked_rows::record_linked_rows;
 use super::links::record_imported_links;
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::matching::{MatchKey, MatchedLink};
@@ -150,6 +151,7 @@ fn insert_imported(
 ) -> rusqlite::Result<Vec<rusqlite::Result<i64>>> {
     let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
     let (mut imported, mut outcomes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    let mut made_with = Vec::with_capacity(rows.len());
     for row in rows {
         let external_id = row.external_id.to_string();
         let inserted = match insert.insert(params![
@@ -167,13 +169,17 @@ fn insert_imported(
             inserted => inserted,
         };
         match inserted {
-            Ok(id) => imported.push((id, row.external_id)),
+            Ok(id) => {
+                imported.push((id, row.external_id));
+                made_with.push((id, row.external_id, row.nanopix_created));
+            }
             Err(error) if !is_refusal(&error) || tx.is_autocommit() => return Err(error),
             Err(_) => {}
         }
         outcomes.push(inserted);
     }
     record_imported_links(tx, &imported, synced_at)?;
+    record_linked_rows(tx, made_with)?;
     Ok(outcomes)
 }
 
@@ -368,6 +374,7 @@ impl DentalTid {
                     continue;
                 }
                 record.execute(params![patient_id, external_id, origin, state, synced_at])?;
+                record_linked_rows(tx, [(patient_id, link.external_id, link.nanopix_created)])?;
                 if new_to_sync {
                     note_unsettled_links(tx, patient_id, patient_id)?;
                 }

@@ -70,6 +70,7 @@ pub(super) fn new_patient(
         created_at: crate::patient::dart_timestamp(created_at),
         phone: "0550000000".to_owned(),
         external_id: nanopix_id(id),
+        nanopix_created: Some(created_at),
     }
 }
 
@@ -110,7 +111,8 @@ pub(super) fn link_outcome(
         |p| (p.first_name, p.last_name, p.date_of_birth.unwrap_or(chrono::NaiveDate::MIN)),
     );
     let key = crate::matching::MatchKey::of(&first_name, &last_name, born);
-    let link =
-        crate::matching::MatchedLink { external_id: nanopix_id(external_id), patient_id, first_name, last_name, key };
+    let external_id = nanopix_id(external_id);
+    let nanopix_created = Some(external_id.datetime());
+    let link = crate::matching::MatchedLink { external_id, patient_id, first_name, last_name, key, nanopix_created };
     dentaltid.link_all(&[link], synced_at, true).unwrap().pop().unwrap()
 }

@@ -11,7 +11,7 @@ mod similar;
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
+use chrono::{NaiveDate, NaiveDateTime};
 
 pub(crate) use self::index::DentalIndex;
 use self::index::Person;
@@ -70,6 +70,8 @@ pub(crate) struct MatchedLink {
     pub last_name: String,
     /// What both were matched on: the link stands only while the DentalTID patient has it.
     pub key: MatchKey,
+    /// NanoPix's `created_datetime`, by which the sync knows the row the link is made with.
+    pub nanopix_created: Option<NaiveDateTime>,
 }
 
 /// What a link is matched on: both names, normalised, and the birth date.
@@ -175,6 +177,7 @@ impl Matcher {
                 first_name: dental.first_name,
                 last_name: dental.last_name,
                 key: MatchKey::of(&patient.first_name, &patient.last_name, born),
+                nanopix_created: patient.created,
             });
         }
         links.sort_by_key(|link| link.external_id);

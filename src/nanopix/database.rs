@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params_from_iter};
 
-use super::{IdRows, OddRow, PatientRows};
+use super::{IdRows, OddRow, PatientRows, RowStamp};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient, WrittenRow};
 use crate::values::{column_is_rowid, lossy_text, table_columns};
 use crate::{Error, NanoPixId, Result};
@@ -206,9 +206,11 @@ fn selected(columns: &HashSet<String>, column: &'static str) -> &'static str {
     }
 }
 
-/// Every row's `pk` and id, in `pk` order; a row that is not a patient becomes an [`OddRow`].
+/// Every row's `pk`, id and creation time, in `pk` order; a row that is not a patient becomes
+/// an [`OddRow`].
 pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite::Result<IdRows> {
-    let sql = format!("SELECT {pk}, id FROM Patient ORDER BY {pk}", pk = pk_column(columns));
+    let (pk, created) = (pk_column(columns), selected(columns, "created_datetime"));
+    let sql = format!("SELECT {pk}, id, {created} FROM Patient ORDER BY {pk}");
     let mut statement = conn.prepare(&sql)?;
     let mut rows = statement.query([])?;
     let mut found = IdRows::default();
@@ -219,6 +221,11 @@ pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite
                 Entry::Vacant(first) => {
                     first.insert(pk);
                     found.ids.push((pk, id));
+                    if let ValueRef::Text(text) = row.get_ref(2)?
+                        && let Some(created) = std::str::from_utf8(text).ok().and_then(patient::parse_nanopix_datetime)
+                    {
+                        found.created.insert(id, created);
+                    }
                 }
                 Entry::Occupied(first) => found.odd_rows.push(OddRow {
                     pk: Some(pk),
@@ -280,11 +287,18 @@ fn parse_id(value: ValueRef<'_>) -> Result<NanoPixId, &'static str> {
     }
 }
 
-/// The id stored in the row with this `pk`, as text (empty for NULL), if there is such a row.
-pub(super) fn id_at(conn: &Connection, columns: &HashSet<String>, pk: i64) -> rusqlite::Result<Option<String>> {
-    let sql = format!("SELECT id FROM Patient WHERE {} = ?1", pk_column(columns));
+/// The row with this `pk`: its id as text (empty for NULL) and its creation time, if there is one.
+pub(super) fn row_at(conn: &Connection, columns: &HashSet<String>, pk: i64) -> rusqlite::Result<Option<RowStamp>> {
+    let (pk_column, created) = (pk_column(columns), selected(columns, "created_datetime"));
+    let sql = format!("SELECT id, {created} FROM Patient WHERE {pk_column} = ?1");
     let mut statement = conn.prepare_cached(&sql)?;
-    statement.query_row([pk], |row| Ok(lossy_text(row.get_ref(0)?).unwrap_or_default())).optional()
+    statement
+        .query_row([pk], |row| {
+            let id = lossy_text(row.get_ref(0)?).unwrap_or_default();
+            let created = lossy_text(row.get_ref(1)?).and_then(|text| patient::parse_nanopix_datetime(&text));
+            Ok(RowStamp { pk, id, created })
+        })
+        .optional()
 }
 
 /// Whether a `Patient` row has this id.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
 use rusqlite::Connection;
 
 use crate::file_identity::FileIdentity;
@@ -55,9 +56,9 @@ impl PatientRows {
         highest_pk(self.patients.iter().map(|p| p.pk), &self.odd_rows)
     }
 
-    /// The `pk` and stored id of the row with the highest `pk`, odd rows included.
-    pub fn last_row(&self) -> Option<(i64, String)> {
-        highest_row(self.patients.iter().map(|p| (p.pk, p.id)), &self.odd_rows)
+    /// The row with the highest `pk`, odd rows included.
+    pub fn last_row(&self) -> Option<RowStamp> {
+        highest_row(self.patients.iter().map(|p| (p.pk, p.id, p.created)), &self.odd_rows)
     }
 }
 
@@ -68,12 +69,14 @@ pub(crate) struct IdRows {
     pub ids: Vec<(i64, NanoPixId)>,
     /// The rows whose id (or `pk`) could not be read.
     pub odd_rows: Vec<OddRow>,
+    /// The `created_datetime` of each readable row that has one.
+    pub created: foldhash::HashMap<NanoPixId, NaiveDateTime>,
 }
 
 impl IdRows {
-    /// The `pk` and stored id of the row with the highest `pk`, odd rows included.
-    pub fn last_row(&self) -> Option<(i64, String)> {
-        highest_row(self.ids.iter().copied(), &self.odd_rows)
+    /// The row with the highest `pk`, odd rows included.
+    pub fn last_row(&self) -> Option<RowStamp> {
+        highest_row(self.ids.iter().map(|&(pk, id)| (pk, id, self.created.get(&id).copied())), &self.odd_rows)
     }
 }
 
@@ -82,12 +85,36 @@ fn highest_pk(pks: impl Iterator<Item = i64>, odd_rows: &[OddRow]) -> Option<i64
     pks.chain(odd_rows.iter().filter_map(|odd| odd.pk)).max()
 }
 
-/// The `pk` and id (as stored, so as text) of the row with the highest `pk` among `rows` and
-/// the odd rows.
-fn highest_row(rows: impl Iterator<Item = (i64, NanoPixId)>, odd_rows: &[OddRow]) -> Option<(i64, String)> {
-    let readable = rows.max_by_key(|(pk, _)| *pk).map(|(pk, id)| (pk, id.to_string()));
-    let odd = odd_rows.iter().filter_map(|odd| Some((odd.pk?, odd.raw_id.clone()))).max_by_key(|(pk, _)| *pk);
-    readable.into_iter().chain(odd).max_by_key(|(pk, _)| *pk)
+/// A row as a live pass finds it at the `pk` it read up to. NanoPix gives the `pk` of a deleted
+/// last row to its next patient, so another id or creation time there means rows changed behind
+/// the pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RowStamp {
+    /// `pk`.
+    pub pk: i64,
+    /// The id, as stored (so as text).
+    pub id: String,
+    /// `created_datetime`, when the row is readable and has one.
+    pub created: Option<NaiveDateTime>,
+}
+
+impl RowStamp {
+    /// Whether `now`, read at this stamp's `pk`, is another row: another id, or another creation
+    /// time where this stamp has one.
+    pub fn is_replaced_by(&self, now: Option<&RowStamp>) -> bool {
+        now.is_none_or(|now| now.id != self.id || self.created.is_some_and(|created| now.created != Some(created)))
+    }
+}
+
+/// The row with the highest `pk` among `rows` (`pk`, id, creation time) and the odd rows.
+fn highest_row(
+    rows: impl Iterator<Item = (i64, NanoPixId, Option<NaiveDateTime>)>,
+    odd_rows: &[OddRow],
+) -> Option<RowStamp> {
+    let readable =
+        rows.max_by_key(|(pk, ..)| *pk).map(|(pk, id, created)| RowStamp { pk, id: id.to_string(), created });
+    let odd = odd_rows.iter().filter_map(|odd| Some(RowStamp { pk: odd.pk?, id: odd.raw_id.clone(), created: None }));
+    readable.into_iter().chain(odd).max_by_key(|row| row.pk)
 }
 
 /// The patient folders found under `PatientData`.
@@ -272,9 +299,9 @@ impl NanoPix {
         Ok(self.select(Selection::WithId(id))?.patients.into_iter().next())
     }
 
-    /// The id stored in the row with this `pk` (see [`IdRows::last_row`]), if there is such a row.
-    pub fn id_at(&self, pk: i64) -> Result<Option<String>> {
-        database::id_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("read a patient id"))
+    /// The row with this `pk` (see [`IdRows::last_row`]), if there is one.
+    pub fn row_at(&self, pk: i64) -> Result<Option<RowStamp>> {
+        database::row_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("read a patient id"))
     }
 
     /// A number that changes whenever another program (NanoPix) commits to `NanoPix.db3`, and

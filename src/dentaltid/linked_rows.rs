@@ -1,0 +1,199 @@
+//! The NanoPix row each link was made with, kept in `nanopix_sync_linked_rows` as the row's
+//! `created_datetime`. A NanoPix id is the second a form was opened, so NanoPix can give a
+//! deleted patient's id to another person (its clock went back): a row under a linked id
+//! created at another time is that person, not the linked patient renamed.
+//!
+//! A link's row is recorded in the transaction that makes the link (an import, a match, an
+//! export), or by the first full reconcile that sees it for a link made without one (by an
+//! older version, or by DentalTID itself). A row without a creation time is recorded as nothing,
+//! and nothing tells it apart. Rows this library cannot read back count as not recorded.
+
+use chrono::NaiveDateTime;
+use foldhash::{HashMap, HashSet};
+use rusqlite::Connection;
+
+use super::{DentalTid, Link};
+use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
+use crate::values::{integer_at, text_at};
+use crate::{Error, NanoPixId, Result};
+
+/// Records the row patient `?1`'s link to NanoPix id `?2` was made with, created at `?3`.
+const RECORD: &str = "INSERT OR REPLACE INTO nanopix_sync_linked_rows(patient_id, external_id, created)
+    VALUES (?1, ?2, ?3)";
+
+/// The creation time of the NanoPix row each patient's link was made with, and the NanoPix id
+/// it was made to; a link to another id was made with another row.
+#[derive(Debug, Default)]
+pub struct LinkedRows(HashMap<i64, (NanoPixId, NaiveDateTime)>);
+
+impl LinkedRows {
+    /// When the row of patient `patient_id`'s link to `external_id` was created, if recorded.
+    pub fn created(&self, patient_id: i64, external_id: NanoPixId) -> Option<NaiveDateTime> {
+        self.0.get(&patient_id).filter(|(id, _)| *id == external_id).map(|(_, created)| *created)
+    }
+}
+
+/// Whether a NanoPix row created at `created` is another person than the patients linked to its
+/// id, whose links were made with rows created at `recorded`: each was recorded, and none at
+/// that time. A row or a link without a time is never told apart.
+pub fn is_another_person(created: Option<NaiveDateTime>, recorded: &[Option<NaiveDateTime>]) -> bool {
+    created.is_some_and(|created| !recorded.is_empty() && recorded.iter().all(|r| r.is_some_and(|r| r != created)))
+}
+
+/// The NanoPix ids whose row, created at the time `created` gives, is another person than the
+/// patients holding the id (see [`is_another_person`]). `links` are every link; `holders` are
+/// `(patient id, NanoPix id)` of each patient holding an id in its `external_id` or by an export
+/// in flight, each counted as not recorded unless one of `links` is its link to that id.
+pub fn other_people(
+    links: &[Link],
+    recorded: &LinkedRows,
+    created: &HashMap<NanoPixId, NaiveDateTime>,
+    holders: impl IntoIterator<Item = (i64, NanoPixId)>,
+) -> HashSet<NanoPixId> {
+    let links: Vec<(i64, NanoPixId)> =
+        links.iter().filter_map(|link| Some((link.patient_id, NanoPixId::parse(&link.external_id).ok()?))).collect();
+    // The few ids a link was made to with another row than NanoPix holds, and their holders' rows.
+    let mut rows_of: HashMap<NanoPixId, Vec<Option<NaiveDateTime>>> = HashMap::default();
+    for &(patient_id, id) in &links {
+        let made_with = recorded.created(patient_id, id);
+        if made_with.is_some_and(|made_with| created.get(&id).is_some_and(|&now| now != made_with)) {
+            rows_of.insert(id, Vec::new());
+        }
+    }
+    if rows_of.is_empty() {
+        return HashSet::default();
+    }
+    let mut linked = HashSet::default();
+    for &(patient_id, id) in &links {
+        if let Some(rows) = rows_of.get_mut(&id) {
+            rows.push(recorded.created(patient_id, id));
+            linked.insert((patient_id, id));
+        }
+    }
+    for (patient_id, id) in holders {
+        if let Some(rows) = rows_of.get_mut(&id).filter(|_| !linked.contains(&(patient_id, id))) {
+            rows.push(None);
+        }
+    }
+    rows_of
+        .into_iter()
+        .filter(|(id, rows)| is_another_person(created.get(id).copied(), rows))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Records, in an open transaction, the rows `links` were made with: `(patient id, NanoPix id,
+/// the row's creation time)`; a row without one is not recorded.
+pub(super) fn record_linked_rows(
+    conn: &Connection,
+    links: impl IntoIterator<Item = (i64, NanoPixId, Option<NaiveDateTime>)>,
+) -> rusqlite::Result<()> {
+    let mut record = conn.prepare_cached(RECORD)?;
+    for (patient_id, external_id, created) in links {
+        if let Some(created) = created {
+            record.execute((patient_id, external_id.to_string(), nanopix_datetime(created)))?;
+        }
+    }
+    Ok(())
+}
+
+impl DentalTid {
+    /// Every recorded row.
+    pub fn linked_rows(&self) -> Result<LinkedRows> {
+        let read = || {
+            let mut statement =
+                self.conn.prepare_cached("SELECT patient_id, external_id, created FROM nanopix_sync_linked_rows")?;
+            let mut rows = statement.query([])?;
+            let mut recorded = HashMap::default();
+            while let Some(row) = rows.next()? {
+                let (Some(patient_id), Some(id), Some(created)) =
+                    (integer_at(row, 0)?, text_at(row, 1)?, text_at(row, 2)?)
+                else {
+                    continue;
+                };
+                if let (Ok(id), Some(created)) = (NanoPixId::parse(&id), parse_nanopix_datetime(&created)) {
+                    recorded.insert(patient_id, (id, created));
+                }
+            }
+            Ok(LinkedRows(recorded))
+        };
+        read().map_err(Error::db(&self.path, "reading the rows links were made with"))
+    }
+
+    /// When the rows were created that the links to NanoPix id `external_id` were made with, one
+    /// per patient holding it or linked to it (`None` where not recorded).
+    pub fn linked_rows_of(&self, external_id: NanoPixId) -> Result<Vec<Option<NaiveDateTime>>> {
+        let read = || {
+            let sql = "SELECT r.created, r.external_id = ?1 FROM
+                    (SELECT id AS patient_id FROM patients WHERE external_id = ?1
+                     UNION SELECT patient_id FROM nanopix_sync_links WHERE external_id = ?1) AS holders
+                LEFT JOIN nanopix_sync_linked_rows AS r USING (patient_id)";
+            let mut statement = self.conn.prepare_cached(sql)?;
+            let mut rows = statement.query([external_id.to_string()])?;
+            let mut recorded = Vec::new();
+            while let Some(row) = rows.next()? {
+                let same_id = integer_at(row, 1)? == Some(1);
+                recorded.push(text_at(row, 0)?.filter(|_| same_id).and_then(|text| parse_nanopix_datetime(&text)));
+            }
+            Ok(recorded)
+        };
+        read().map_err(Error::db(&self.path, "reading the rows links were made with"))
+    }
+
+    /// Records the rows `links` were made with, in one transaction (see [`record_linked_rows`]).
+    pub fn record_linked_rows(&mut self, links: &[(i64, NanoPixId, Option<NaiveDateTime>)]) -> Result<()> {
+        if links.iter().all(|(_, _, created)| created.is_none()) {
+            return Ok(());
+        }
+        self.write("recording the rows links were made with", |tx| record_linked_rows(tx, links.iter().copied()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dentaltid::testing::{nanopix_id, sample_database};
+
+    fn at(text: &str) -> Option<NaiveDateTime> {
+        parse_nanopix_datetime(text)
+    }
+
+    #[test]
+    fn a_row_is_another_person_only_when_every_link_was_made_with_another_recorded_row() {
+        let (first, second) = (at("2025-01-21 15:26:46"), at("2025-03-02 10:00:00"));
+        assert!(is_another_person(second, &[first]));
+        assert!(is_another_person(second, &[first, first]));
+        assert!(!is_another_person(first, &[first]));
+        assert!(!is_another_person(second, &[first, second]), "one link was made with it");
+        assert!(!is_another_person(second, &[first, None]), "one link's row is not recorded");
+        assert!(!is_another_person(None, &[first]), "a row without a creation time");
+        assert!(!is_another_person(second, &[]), "no link");
+    }
+
+    #[test]
+    fn recorded_rows_are_read_back_for_their_id_only() {
+        let (_dir, mut dentaltid) = sample_database();
+        let (id, other) = (nanopix_id("20250121_152638"), nanopix_id("20250122_091500"));
+        let created = at("2025-01-21 15:26:46");
+        dentaltid.conn.execute("UPDATE patients SET external_id = ?1 WHERE id IN (1, 2)", [id.to_string()]).unwrap();
+        dentaltid.record_linked_rows(&[(1, id, created), (2, other, created), (3, id, None)]).unwrap();
+        let recorded = dentaltid.linked_rows().unwrap();
+        assert_eq!((recorded.created(1, id), recorded.created(2, id), recorded.created(3, id)), (created, None, None));
+        let mut of_id = dentaltid.linked_rows_of(id).unwrap();
+        of_id.sort();
+        assert_eq!(of_id, [None, created], "patient 2's row was recorded for another id");
+    }
+
+    #[test]
+    fn unreadable_rows_count_as_not_recorded() {
+        let (_dir, dentaltid) = sample_database();
+        dentaltid
+            .conn
+            .execute_batch(
+                "INSERT INTO nanopix_sync_linked_rows VALUES (1, '../x', '2025-01-21 15:26:46'), (2, '20250121_152638', 'soon')",
+            )
+            .unwrap();
+        let recorded = dentaltid.linked_rows().unwrap();
+        assert_eq!(recorded.0.len(), 0);
+    }
+}
