@@ -580,9 +580,16 @@ impl Engine {
             link.as_ref().filter(|link| link.state == LinkState::Linked).map(|link| link.external_id.clone());
         let external_id = patient.external_id.clone().or(recorded);
         let id = external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
-        let nanopix_patient = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
+        let row = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
+        // Another person saved under the id holds nothing of this patient's.
+        let another = match (id, &row) {
+            (Some(id), Some(row)) => is_another_person(row.created, &[self.dentaltid.linked_row(patient_id, id)?]),
+            _ => false,
+        };
+        let nanopix_patient = row.filter(|_| !another);
         let subfolders = &self.config.patient_subfolders;
-        let contents = id.map(|id| self.nanopix.contents(id, subfolders)).transpose()?.unwrap_or_default();
+        let ours = id.filter(|_| !another);
+        let contents = ours.map(|id| self.nanopix.contents(id, subfolders)).transpose()?.unwrap_or_default();
         Ok(SourceInfo {
             patient_id,
             source: patient.source,
@@ -974,8 +981,8 @@ impl Engine {
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
     /// patient was deleted; a folder NanoPix has not made yet (see [`Engine::awaited_folders`])
     /// is not missing, and a row another person holds under the id is (see [`LinkedRows`]).
-    /// Records the row of a link made without one. `linked_now` are the NanoPix patients this reconcile linked or imported.
-    /// Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes per transaction, and
+    /// Records the row of a link made without one. `linked_now` are the NanoPix patients this
+    /// reconcile linked or imported. Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes per transaction, and
     /// reports them once they are written. Keeps the links left missing only their folder for
     /// live passes (see [`Engine::restore_put_back_folders`]).
     fn check_links(

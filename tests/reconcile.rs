@@ -1346,10 +1346,16 @@ fn another_person_saved_under_a_removed_patients_id_is_imported_and_the_first_li
         newcomer.is_some_and(|id| id != first) && removed && (report.imported, report.removed) == (1, 1),
         "the newcomer is not imported apart from the first patient: {report:?}, {events:#?}"
     );
-    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
+    let info = sync.source_info(first).unwrap();
+    assert_eq!((info.link_state, info.nanopix_created), (Some(LinkState::Missing), None), "nothing of hers is shown");
     let again = sync.reconcile().unwrap();
     assert_eq!((again.imported, again.removed, again.linked), (0, 0, 0), "a second reconcile changes nothing");
     assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
+    drain(&sync);
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [first]).unwrap();
+    sync.reconcile().unwrap();
+    let asked = drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. }));
+    assert!(!asked, "the newcomer's NanoPix patient is asked to be deleted with the first patient");
 }
 
 /// The same NanoPix patient edited in NanoPix (new names, same creation time) stays linked.

@@ -10,7 +10,7 @@
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::{DentalTid, Link};
 use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
@@ -140,6 +140,19 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "reading the rows links were made with"))
     }
 
+    /// When the row was created that patient `patient_id`'s link to `external_id` was made with,
+    /// if recorded.
+    pub fn linked_row(&self, patient_id: i64, external_id: NanoPixId) -> Result<Option<NaiveDateTime>> {
+        let read = || {
+            let sql = "SELECT created FROM nanopix_sync_linked_rows WHERE patient_id = ?1 AND external_id = ?2";
+            let mut statement = self.conn.prepare_cached(sql)?;
+            let created: Option<Option<String>> =
+                statement.query_row((patient_id, external_id.to_string()), |row| text_at(row, 0)).optional()?;
+            Ok(created.flatten().and_then(|text| parse_nanopix_datetime(&text)))
+        };
+        read().map_err(Error::db(&self.path, "reading the row a link was made with"))
+    }
+
     /// Records the rows `links` were made with, in one transaction (see [`record_linked_rows`]).
     pub fn record_linked_rows(&mut self, links: &[(i64, NanoPixId, Option<NaiveDateTime>)]) -> Result<()> {
         if links.iter().all(|(_, _, created)| created.is_none()) {
@@ -171,6 +184,29 @@ mod tests {
     }
 
     #[test]
+    fn an_id_holds_another_person_only_when_no_holder_was_linked_with_its_row() {
+        let id = nanopix_id("20250121_152638");
+        let (first, second) = (at("2025-01-21 15:26:46"), at("2025-03-02 10:00:00"));
+        let link = |patient_id| Link {
+            patient_id,
+            external_id: id.to_string(),
+            origin: super::super::LinkOrigin::Imported,
+            state: super::super::LinkState::Linked,
+            synced_at: NaiveDateTime::MIN,
+        };
+        let recorded =
+            LinkedRows([(1, first), (2, second)].into_iter().filter_map(|(p, c)| Some((p, (id, c?)))).collect());
+        let created: HashMap<NanoPixId, NaiveDateTime> = second.map(|second| (id, second)).into_iter().collect();
+        let others = |links: &[Link], holders: &[(i64, NanoPixId)]| {
+            other_people(links, &recorded, &created, holders.iter().copied()).contains(&id)
+        };
+        assert!(others(&[link(1)], &[(1, id)]), "the one link was made with another row");
+        assert!(!others(&[link(1), link(2)], &[]), "the second link was made with this row");
+        assert!(!others(&[link(1)], &[(7, id)]), "patient 7 holds the id without a link");
+        assert!(!others(&[link(3)], &[]), "patient 3's row is not recorded");
+    }
+
+    #[test]
     fn recorded_rows_are_read_back_for_their_id_only() {
         let (_dir, mut dentaltid) = sample_database();
         let (id, other) = (nanopix_id("20250121_152638"), nanopix_id("20250122_091500"));
@@ -179,6 +215,7 @@ mod tests {
         dentaltid.record_linked_rows(&[(1, id, created), (2, other, created), (3, id, None)]).unwrap();
         let recorded = dentaltid.linked_rows().unwrap();
         assert_eq!((recorded.created(1, id), recorded.created(2, id), recorded.created(3, id)), (created, None, None));
+        assert_eq!((dentaltid.linked_row(1, id).unwrap(), dentaltid.linked_row(2, id).unwrap()), (created, None));
         let mut of_id = dentaltid.linked_rows_of(id).unwrap();
         of_id.sort();
         assert_eq!(of_id, [None, created], "patient 2's row was recorded for another id");
