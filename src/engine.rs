@@ -686,7 +686,7 @@ impl Engine {
         let (send_rows, rows) = crossbeam_channel::bounded(1);
         let (ids, snapshot) = std::thread::scope(|scope| {
             // If reading fails, the channel closes and the error is this thread's to report.
-            let ids = scope.spawn(move || nanopix.patient_ids().map(|ids| drop(send_rows.send(ids))));
+            let ids = scope.spawn(move || nanopix.patient_ids(!first_sync).map(|ids| drop(send_rows.send(ids))));
             let snapshot = read_dentaltid(dentaltid, &rows, first_sync, auto_link);
             (ids.join(), snapshot)
         });

@@ -206,10 +206,11 @@ fn selected(columns: &HashSet<String>, column: &'static str) -> &'static str {
     }
 }
 
-/// Every row's `pk`, id and creation time, in `pk` order; a row that is not a patient becomes
-/// an [`OddRow`].
-pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>) -> rusqlite::Result<IdRows> {
-    let (pk, created) = (pk_column(columns), selected(columns, "created_datetime"));
+/// Every row's `pk` and id, and its creation time when `with_created`, in `pk` order; a row
+/// that is not a patient becomes an [`OddRow`].
+pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>, with_created: bool) -> rusqlite::Result<IdRows> {
+    let pk = pk_column(columns);
+    let created = if with_created { selected(columns, "created_datetime") } else { "NULL" };
     let sql = format!("SELECT {pk}, id, {created} FROM Patient ORDER BY {pk}");
     let mut statement = conn.prepare(&sql)?;
     let mut rows = statement.query([])?;

@@ -69,7 +69,7 @@ pub(crate) struct IdRows {
     pub ids: Vec<(i64, NanoPixId)>,
     /// The rows whose id (or `pk`) could not be read.
     pub odd_rows: Vec<OddRow>,
-    /// The `created_datetime` of each readable row that has one.
+    /// The `created_datetime` of each readable row that has one, when read.
     pub created: foldhash::HashMap<NanoPixId, NaiveDateTime>,
 }
 
@@ -283,9 +283,11 @@ impl NanoPix {
         &self.root
     }
 
-    /// The `pk` and id of every row, in `pk` order: what a reconcile needs when nothing changed.
-    pub fn patient_ids(&self) -> Result<IdRows> {
-        database::read_ids(&self.conn, &self.patient_columns).map_err(self.sql_error("read patient ids"))
+    /// The `pk` and id of every row, in `pk` order: what a reconcile needs when nothing changed;
+    /// with their creation times when `with_created` (a first sync has no link to compare them
+    /// with, and keeps the memory).
+    pub fn patient_ids(&self, with_created: bool) -> Result<IdRows> {
+        database::read_ids(&self.conn, &self.patient_columns, with_created).map_err(self.sql_error("read patient ids"))
     }
 
     /// Up to `limit` patient rows with `pk` greater than `after` (from the first row without
