@@ -561,6 +561,10 @@ impl Engine {
             self.nanopix_read = None;
         }
         self.reconnect_if_read_only()?;
+        // Another person NanoPix saved under the id since is not the patient asked about.
+        if self.holds_another_person(&self.nanopix.patient(id)?.into_iter().collect::<Vec<_>>())? {
+            return Err(Error::DeleteNotRequested(id.to_string()));
+        }
         self.cursor = None;
         self.nanopix.delete_patient(id, &self.config.patient_subfolders)
     }

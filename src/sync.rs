@@ -192,8 +192,9 @@ impl NanoPixSync {
     ///
     /// # Failure
     /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient,
-    /// no DentalTID patient holds its id again (in its `external_id` or by a recorded link) and no
-    /// newer request for it waits to be sent (the host gets that one once it is sent);
+    /// no DentalTID patient holds its id again (in its `external_id` or by a recorded link), no
+    /// newer request for it waits to be sent (the host gets that one once it is sent) and NanoPix
+    /// did not save another person under the id since;
     /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report or file for
     /// it; [`Error::NanoPixIdShared`] if several NanoPix rows hold its id (nothing is deleted);
     /// [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.

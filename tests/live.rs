@@ -1116,19 +1116,14 @@ fn a_row_with_a_text_pk_does_not_make_every_live_pass_a_full_reconcile() {
     assert_eq!(full, 1, "only the host's own reconcile");
 }
 
-/// Replaces NanoPix patient `id` with another person in one transaction, as NanoPix would after
-/// deleting her if its clock went back to the second her form was opened.
-fn save_another_person_under(clinic: &Clinic, id: &str) {
-    let nanopix = another_program(&clinic.nanopix_db());
-    nanopix
-        .execute_batch(&format!(
-            "BEGIN;
-             DELETE FROM Patient WHERE id = '{id}';
-             INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
-                VALUES ('{id}', 'Haddad', 'Lina', '1990-04-02', '2025-03-02 10:00:00');
-             COMMIT;"
-        ))
-        .unwrap();
+/// Live Sync on over the fixture patient and Yacine, saved and imported after it: their
+/// DentalTID ids, in that order.
+fn live_with_two_patients(clinic: &Clinic) -> (NanoPixSync, i64, i64) {
+    let sync = live(clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let yacine = imported(&sync, "20250122_091500");
+    (sync, first, yacine)
 }
 
 /// Waits until Live Sync imports Lina apart from `first`, whose link goes missing.
@@ -1147,11 +1142,8 @@ fn assert_newcomer_imported_apart_from(sync: &NanoPixSync, first: i64) {
 #[test]
 fn another_person_saved_live_under_a_removed_patients_id_is_imported_apart() {
     let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
-    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    imported(&sync, "20250122_091500");
-    save_another_person_under(&clinic, "20250121_152638");
+    let (sync, first, _) = live_with_two_patients(&clinic);
+    clinic.save_another_person_under("20250121_152638");
     assert_newcomer_imported_apart_from(&sync, first);
 }
 
@@ -1159,17 +1151,14 @@ fn another_person_saved_live_under_a_removed_patients_id_is_imported_apart() {
 #[test]
 fn another_person_saved_live_under_a_patients_id_seen_removed_is_imported_apart() {
     let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
-    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    imported(&sync, "20250122_091500");
+    let (sync, first, _) = live_with_two_patients(&clinic);
     another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = '20250121_152638'", []).unwrap();
     wait_for(
         &sync,
         DEADLINE,
         |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == first),
     );
-    save_another_person_under(&clinic, "20250121_152638");
+    clinic.save_another_person_under("20250121_152638");
     let mut restored = false;
     wait_for(&sync, DEADLINE, |e| {
         restored |= matches!(e, EventKind::ExternalPatientRestored { .. });
@@ -1183,9 +1172,7 @@ fn another_person_saved_live_under_a_patients_id_seen_removed_is_imported_apart(
 #[test]
 fn another_person_saved_live_under_the_last_rows_id_and_pk_is_imported_apart() {
     let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    let last = imported(&sync, "20250122_091500");
-    save_another_person_under(&clinic, "20250122_091500");
+    let (sync, _, last) = live_with_two_patients(&clinic);
+    clinic.save_another_person_under("20250122_091500");
     assert_newcomer_imported_apart_from(&sync, last);
 }

@@ -1324,15 +1324,7 @@ fn another_person_saved_under_a_removed_patients_id_is_imported_and_the_first_li
     let clinic = Clinic::new("v29");
     let (sync, _) = reconcile_with(&clinic);
     let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    let nanopix = common::another_program(&clinic.nanopix_db());
-    nanopix.execute("DELETE FROM Patient WHERE id = '20250121_152638'", []).unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
-             VALUES ('20250121_152638', 'Haddad', 'Lina', '1990-04-02', '2025-03-02 10:00:00')",
-            [],
-        )
-        .unwrap();
+    clinic.save_another_person_under("20250121_152638");
     let report = sync.reconcile().unwrap();
     let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
     let newcomer = events.iter().find_map(|kind| match kind {
@@ -1370,4 +1362,41 @@ fn a_nanopix_patient_renamed_in_nanopix_stays_linked() {
     let report = sync.reconcile().unwrap();
     assert_eq!((report.imported, report.removed, report.linked), (0, 0, 0));
     assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Linked));
+}
+
+/// NanoPix's `created_datetime` written with a fraction of a second (by another program): the
+/// link is recorded to the second, and the same untouched patient stays linked.
+#[test]
+fn a_nanopix_creation_time_with_a_fraction_of_a_second_keeps_its_patient_linked() {
+    let clinic = Clinic::new("v29");
+    common::another_program(&clinic.nanopix_db())
+        .execute("UPDATE Patient SET created_datetime = '2025-01-21 15:26:46.500'", [])
+        .unwrap();
+    let (sync, _) = reconcile_with(&clinic);
+    let again = sync.reconcile().unwrap();
+    let patients = sync.patients(PatientFilter::AllByExternal).unwrap();
+    assert_eq!((again.imported, again.removed, patients.len()), (0, 0, 1), "{again:?}");
+    assert_eq!(sync.source_info(patients[0].id).unwrap().link_state, Some(LinkState::Linked));
+}
+
+/// A delete was asked for, then NanoPix saved another person under the id before the host
+/// confirmed it: her row is not the one asked about, and stays.
+#[test]
+fn a_confirmed_delete_spares_another_person_saved_under_the_id_since() {
+    let clinic = Clinic::new("v29");
+    let id = "20250122_091500";
+    clinic.add_nanopix(id, "Mansouri", "Yacine", Some("2001-05-19"));
+    let (sync, events) = reconcile_with(&clinic);
+    let yacine = events.iter().find_map(|kind| match kind {
+        EventKind::PatientImported { patient_id, external_id, .. } if external_id == id => Some(*patient_id),
+        _ => None,
+    });
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
+    sync.reconcile().unwrap();
+    assert!(drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. })));
+    clinic.save_another_person_under(id);
+    let refused = sync.delete_in_nanopix(id);
+    let lina: Vec<String> =
+        clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0));
+    assert_eq!(lina, ["Lina"], "delete_in_nanopix ({refused:?}) deleted another person's row");
 }

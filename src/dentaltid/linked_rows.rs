@@ -37,7 +37,15 @@ impl LinkedRows {
 /// id, whose links were made with rows created at `recorded`: each was recorded, and none at
 /// that time. A row or a link without a time is never told apart.
 pub fn is_another_person(created: Option<NaiveDateTime>, recorded: &[Option<NaiveDateTime>]) -> bool {
-    created.is_some_and(|created| !recorded.is_empty() && recorded.iter().all(|r| r.is_some_and(|r| r != created)))
+    created.is_some_and(|created| {
+        !recorded.is_empty() && recorded.iter().all(|r| r.is_some_and(|r| !same_second(r, created)))
+    })
+}
+
+/// Whether `a` and `b` fall in the same second: the rows are recorded to the second, as NanoPix
+/// writes them, and a fraction another program wrote is dropped.
+fn same_second(a: NaiveDateTime, b: NaiveDateTime) -> bool {
+    a.and_utc().timestamp() == b.and_utc().timestamp()
 }
 
 /// The NanoPix ids whose row, created at the time `created` gives, is another person than the
@@ -56,7 +64,7 @@ pub fn other_people(
     let mut rows_of: HashMap<NanoPixId, Vec<Option<NaiveDateTime>>> = HashMap::default();
     for &(patient_id, id) in &links {
         let made_with = recorded.created(patient_id, id);
-        if made_with.is_some_and(|made_with| created.get(&id).is_some_and(|&now| now != made_with)) {
+        if made_with.is_some_and(|made_with| created.get(&id).is_some_and(|&now| !same_second(now, made_with))) {
             rows_of.insert(id, Vec::new());
         }
     }
@@ -181,6 +189,8 @@ mod tests {
         assert!(!is_another_person(second, &[first, None]), "one link's row is not recorded");
         assert!(!is_another_person(None, &[first]), "a row without a creation time");
         assert!(!is_another_person(second, &[]), "no link");
+        let fraction = at("2025-01-21 15:26:46.500");
+        assert!(!is_another_person(fraction, &[first]), "a fraction of a second is not recorded");
     }
 
     #[test]

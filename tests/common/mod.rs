@@ -115,6 +115,20 @@ impl Clinic {
         .unwrap();
     }
 
+    /// Replaces NanoPix patient `id` with another person, Lina, in one transaction, as NanoPix
+    /// would after deleting her if its clock went back to the second her form was opened.
+    pub fn save_another_person_under(&self, id: &str) {
+        another_program(&self.nanopix_db())
+            .execute_batch(&format!(
+                "BEGIN;
+                 DELETE FROM Patient WHERE id = '{id}';
+                 INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+                    VALUES ('{id}', 'Haddad', 'Lina', '1990-04-02', '2025-03-02 10:00:00');
+                 COMMIT;"
+            ))
+            .unwrap();
+    }
+
     /// Adds a DentalTID patient as DentalTID does; returns its id.
     pub fn add_dentaltid(&self, first: &str, last: &str, birth: Option<&str>) -> i64 {
         insert_dentaltid_patient(&Connection::open(&self.dentaltid).unwrap(), first, last, birth)
