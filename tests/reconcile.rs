@@ -1400,3 +1400,24 @@ fn a_confirmed_delete_spares_another_person_saved_under_the_id_since() {
         clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0));
     assert_eq!(lina, ["Lina"], "delete_in_nanopix ({refused:?}) deleted another person's row");
 }
+
+/// Links made by a version that recorded no NanoPix rows: the first reconcile records the rows
+/// they hold, changing nothing else, and from then on another person under the id is told apart.
+#[test]
+fn links_made_before_rows_were_recorded_get_them_from_the_next_reconcile() {
+    let clinic = Clinic::new("v29");
+    let first = {
+        let (sync, _) = reconcile_with(&clinic);
+        sync.patients(PatientFilter::AllByExternal).unwrap()[0].id
+    };
+    common::another_program(&clinic.dentaltid).execute_batch("DROP TABLE nanopix_sync_linked_rows").unwrap();
+    let (sync, events) = reconcile_with(&clinic);
+    let recorded = clinic.dentaltid_rows("SELECT patient_id, created FROM nanopix_sync_linked_rows", |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    });
+    assert_eq!(recorded, [(first, "2025-01-21 15:26:46".to_owned())]);
+    assert!(events.iter().all(|e| matches!(e, EventKind::Reconciled(_))), "{events:#?}");
+    clinic.save_another_person_under("20250121_152638");
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.removed), (1, 1), "{report:?}");
+}
