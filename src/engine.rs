@@ -139,6 +139,9 @@ struct Snapshot {
     nanopix_created: HashMap<NanoPixId, NaiveDateTime>,
     /// The NanoPix rows each link was made with.
     linked_rows: LinkedRows,
+    /// The NanoPix ids whose row was created at another time than the rows the links to them
+    /// were made with (see [`other_people`]), among `unknown`.
+    others: HashSet<NanoPixId>,
     /// The patient folders, once their listing has started. It starts with the snapshot, unless
     /// no link is recorded yet: a first sync, which usually imports many patients, starts it once
     /// they are written, so it runs while the links are written instead of competing with
@@ -279,6 +282,7 @@ impl Engine {
         let unsettled = self.dentaltid.unsettled_links()?;
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
+        self.keep_people_saved_again(&mut snapshot)?;
         let adopted = self.adopt_existing_links(&mut snapshot)?;
         let unsettled = snapshot.links.iter().filter(|link| unsettled.contains(link.patient_id));
         let unsettled = unsettled.filter_map(|link| NanoPixId::parse(&link.external_id).ok());
@@ -710,6 +714,31 @@ impl Engine {
             self.report_odd_folder(name, report);
         }
         Ok(folders)
+    }
+
+    /// Takes back from the snapshot's unknown the rows under a linked id created at another time
+    /// (see [`other_people`]) that still have the names and birth date of a patient linked to the
+    /// id: the same person, whose row NanoPix saved again. Her link records the new row.
+    fn keep_people_saved_again(&mut self, snapshot: &mut Snapshot) -> Result<()> {
+        let mut same = Vec::new();
+        for &id in &snapshot.others {
+            let Some(row) = self.nanopix.patient(id)? else { continue };
+            let Some(born) = row.birth_date else { continue };
+            let key = MatchKey::of(&row.first_name, &row.last_name, born);
+            let text = id.to_string();
+            for link in snapshot.links.iter().filter(|link| link.external_id == text) {
+                if self.dentaltid.still_has_key(link.patient_id, &key)? {
+                    same.push((link.patient_id, id, row.created));
+                }
+            }
+        }
+        self.dentaltid.record_linked_rows(&same)?;
+        for &(patient_id, id, created) in &same {
+            snapshot.linked_rows.insert(patient_id, id, created);
+            snapshot.others.remove(&id);
+            snapshot.unknown.retain(|unknown| *unknown != id);
+        }
+        Ok(())
     }
 
     /// Records link rows for patients DentalTID already links, and adds them to the snapshot's
@@ -1381,6 +1410,7 @@ fn read_dentaltid(
         nanopix,
         nanopix_created: rows.created,
         linked_rows,
+        others,
         folders: None,
         dentaltid: patients,
         dentaltid_issued,

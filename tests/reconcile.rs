@@ -1421,3 +1421,21 @@ fn links_made_before_rows_were_recorded_get_them_from_the_next_reconcile() {
     let report = sync.reconcile().unwrap();
     assert_eq!((report.imported, report.removed), (1, 1), "{report:?}");
 }
+
+/// NanoPix saved a linked patient's row again with a new creation time but her names and birth
+/// date: she is the same person, and stays linked, with the new row recorded.
+#[test]
+fn a_linked_patient_saved_again_with_a_new_creation_time_stays_linked() {
+    let clinic = Clinic::new("v29");
+    let (sync, _) = reconcile_with(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    common::another_program(&clinic.nanopix_db())
+        .execute("UPDATE Patient SET created_datetime = '2025-03-02 10:00:00'", [])
+        .unwrap();
+    let report = sync.reconcile().unwrap();
+    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!((report.imported, report.removed, report.possible_duplicates), (0, 0, 0), "{events:#?}");
+    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Linked));
+    let recorded = clinic.dentaltid_rows("SELECT created FROM nanopix_sync_linked_rows", |r| r.get::<_, String>(0));
+    assert_eq!(recorded, ["2025-03-02 10:00:00"]);
+}
