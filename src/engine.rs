@@ -556,7 +556,8 @@ impl Engine {
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
         // An older request sent for the same id does not count; the host gets this one once sent.
         let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
-        if unannounced || !self.dentaltid.delete_requested(id)? {
+        let created = self.nanopix.patient(id)?.and_then(|row| row.created);
+        if unannounced || !self.dentaltid.delete_requested(id, created)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to delete from.
@@ -653,7 +654,8 @@ impl Engine {
 
     /// Whether a delete of NanoPix patient `id` is still asked for, and NanoPix still holds it.
     fn delete_stands(&self, id: NanoPixId) -> Result<bool> {
-        Ok(self.dentaltid.delete_requested(id)? && self.nanopix.id_exists(id)?)
+        let created = self.nanopix.patient(id)?.and_then(|row| row.created);
+        Ok(self.dentaltid.delete_requested(id, created)? && self.nanopix.id_exists(id)?)
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
@@ -1475,11 +1477,17 @@ fn decide_pages(
 }
 
 /// The NanoPix ids DentalTID's patients in `patients` hold: in their `external_id`, or by a link
-/// that asks for no delete.
+/// that asks for no delete. A patient whose link was made with another person's row than
+/// NanoPix's (see [`LinkedRows`]) holds no id.
 fn held_by_patients(snapshot: &Snapshot, patients: &HashSet<i64>) -> HashSet<NanoPixId> {
+    let holds = |&(patient_id, id): &(i64, NanoPixId)| {
+        !is_another_person(snapshot.nanopix_created.get(&id).copied(), &[snapshot.linked_rows.created(patient_id, id)])
+    };
     let kept = |link: &&Link| link.state != LinkState::DeleteRequested && patients.contains(&link.patient_id);
-    let linked = snapshot.links.iter().filter(kept).filter_map(|link| NanoPixId::parse(&link.external_id).ok());
-    snapshot.dentaltid.iter().filter_map(|patient| patient.external_id).chain(linked).collect()
+    let linked = snapshot.links.iter().filter(kept);
+    let linked = linked.filter_map(|link| Some((link.patient_id, NanoPixId::parse(&link.external_id).ok()?)));
+    let shown = snapshot.dentaltid.iter().filter_map(|patient| Some((patient.id, patient.external_id?)));
+    shown.chain(linked).filter(holds).map(|(_, id)| id).collect()
 }
 
 /// Stops the process at a named step (of an export, or of a reconcile) when

@@ -1439,3 +1439,35 @@ fn a_linked_patient_saved_again_with_a_new_creation_time_stays_linked() {
     let recorded = clinic.dentaltid_rows("SELECT created FROM nanopix_sync_linked_rows", |r| r.get::<_, String>(0));
     assert_eq!(recorded, ["2025-03-02 10:00:00"]);
 }
+
+/// Another person imported apart under a removed patient's id, then deleted in DentalTID: her
+/// NanoPix patient is asked to be deleted (the first patient's hold on the id was another
+/// person's row), and the confirmed delete removes her row.
+#[test]
+fn another_person_imported_apart_then_deleted_in_dentaltid_asks_for_her_delete() {
+    let clinic = Clinic::new("v29");
+    let id = "20250121_152638";
+    let (sync, _) = reconcile_with(&clinic);
+    common::another_program(&clinic.nanopix_db())
+        .execute_batch(&format!("DELETE FROM Study WHERE patient_id = '{id}'"))
+        .unwrap();
+    for file in std::fs::read_dir(clinic.root.join(id)).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    clinic.save_another_person_under(id);
+    sync.reconcile().unwrap();
+    let lina = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::PatientImported { patient_id, first_name, .. } if first_name == "Lina" => Some(patient_id),
+        _ => None,
+    });
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [lina]).unwrap();
+    sync.reconcile().unwrap();
+    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let asked =
+        events.iter().any(|e| matches!(e, EventKind::DeleteRequested { patient_id, .. } if Some(*patient_id) == lina));
+    assert!(asked, "no delete asked for her NanoPix patient: {events:#?}");
+    sync.delete_in_nanopix(id).unwrap();
+    assert!(
+        clinic.nanopix_rows(&format!("SELECT 1 FROM Patient WHERE id = '{id}'"), |r| r.get::<_, i64>(0)).is_empty()
+    );
+}

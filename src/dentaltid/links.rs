@@ -19,6 +19,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::awaited_folders::note_unsettled_links;
+use super::linked_rows::is_another_person;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, parse_dart_timestamp};
@@ -176,21 +177,33 @@ impl DentalTid {
         Ok(ids.into_iter().flatten().filter_map(|id| NanoPixId::parse(&id).ok()).collect())
     }
 
-    /// Whether a `delete_requested` link records this NanoPix id, no DentalTID patient shows it
-    /// any more ([`DentalTid::shows_external_id`]) and no patient still there keeps a link to it
-    /// (one whose `external_id` DentalTID cleared): only then may the NanoPix patient be deleted.
-    pub fn delete_requested(&self, external_id: NanoPixId) -> Result<bool> {
+    /// Whether a `delete_requested` link records this NanoPix id, and no DentalTID patient holds
+    /// NanoPix's row under it, created at `row_created`: none shows the id any more
+    /// ([`DentalTid::shows_external_id`]) nor keeps a link to it (one whose `external_id`
+    /// DentalTID cleared), except those whose link was made with another person's row (see
+    /// [`super::linked_rows`]). Only then may the NanoPix patient be deleted.
+    pub fn delete_requested(&self, external_id: NanoPixId, row_created: Option<NaiveDateTime>) -> Result<bool> {
         let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)";
         let requested = LinkState::DeleteRequested.as_str();
         let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
         let found: bool = found.map_err(Error::db(&self.path, "looking up a delete request"))?;
-        Ok(found && !self.shows_external_id(external_id)? && !self.kept_linked(external_id)?)
+        if !found {
+            return Ok(false);
+        }
+        let mut holders = self.patients_showing(external_id)?;
+        holders.extend(self.kept_linked(external_id)?);
+        for patient_id in holders {
+            if !is_another_person(row_created, &[self.linked_row(patient_id, external_id)?]) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
-    /// Whether a patient still there keeps a link to this NanoPix id that asks for no delete, as
+    /// The patients still there that keep a link to this NanoPix id that asks for no delete, as
     /// [`DentalTid::link`] finds it: the patients a link row or an import batch names with it are
     /// looked up one by one.
-    fn kept_linked(&self, external_id: NanoPixId) -> Result<bool> {
+    fn kept_linked(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
         let text = external_id.to_string();
         let named = || {
             let mut rows =
@@ -200,15 +213,16 @@ impl DentalTid {
             Ok(named)
         };
         let named: Vec<i64> = named().map_err(Error::db(&self.path, "looking up the links to an id"))?;
+        let mut kept = Vec::new();
         for patient_id in named {
-            let kept = self
+            let keeps = self
                 .link(patient_id)?
                 .is_some_and(|link| link.external_id == text && link.state != LinkState::DeleteRequested);
-            if kept && self.patient(patient_id)?.is_some() {
-                return Ok(true);
+            if keeps && self.patient(patient_id)?.is_some() {
+                kept.push(patient_id);
             }
         }
-        Ok(false)
+        Ok(kept)
     }
 
     /// Adds to `named` the patients import batches give the NanoPix id `text` to: an id's place

@@ -302,13 +302,19 @@ impl DentalTid {
     /// nor its NanoPix patient be deleted. Read in three index ranges: texts that start with the
     /// id, and those that start with anything but a digit.
     pub fn shows_external_id(&self, external_id: NanoPixId) -> Result<bool> {
-        let sql = "SELECT EXISTS(SELECT 1 FROM patients WHERE external_id >= ?1 AND external_id < ?2
-                                  AND trim(external_id, ?3) = ?1)
-                   OR EXISTS(SELECT 1 FROM patients WHERE external_id < '0' AND trim(external_id, ?3) = ?1)
-                   OR EXISTS(SELECT 1 FROM patients WHERE external_id >= ':' AND trim(external_id, ?3) = ?1)";
+        Ok(!self.patients_showing(external_id)?.is_empty())
+    }
+
+    /// The patients whose `external_id` shows this NanoPix id, as [`DentalTid::shows_external_id`] reads it.
+    pub fn patients_showing(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
+        let sql = "SELECT id FROM patients WHERE external_id >= ?1 AND external_id < ?2 AND trim(external_id, ?3) = ?1
+                   UNION SELECT id FROM patients WHERE external_id < '0' AND trim(external_id, ?3) = ?1
+                   UNION SELECT id FROM patients WHERE external_id >= ':' AND trim(external_id, ?3) = ?1";
         let (id, next) = starting_with(external_id.to_string());
-        let shows = |conn: &Connection| conn.prepare_cached(sql)?.query_row((&id, &next, WHITESPACE), |row| row.get(0));
-        shows(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
+        let showing = |conn: &Connection| -> rusqlite::Result<Vec<i64>> {
+            conn.prepare_cached(sql)?.query_map((&id, &next, WHITESPACE), |row| row.get(0))?.collect()
+        };
+        showing(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
     }
 
     /// Whether a patient holds exactly this NanoPix id.

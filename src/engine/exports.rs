@@ -132,7 +132,9 @@ impl Engine {
         let mut left = Vec::new();
         for id in self.dentaltid.delete_requests()? {
             let Some(patient) = self.nanopix.patient(id)? else { continue };
-            if patient.birth_date.is_some_and(|born| dates.contains(&born)) && self.dentaltid.delete_requested(id)? {
+            if patient.birth_date.is_some_and(|born| dates.contains(&born))
+                && self.dentaltid.delete_requested(id, patient.created)?
+            {
                 left.push(patient);
             }
         }
