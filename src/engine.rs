@@ -139,9 +139,6 @@ struct Snapshot {
     nanopix_created: HashMap<NanoPixId, NaiveDateTime>,
     /// The NanoPix rows each link was made with.
     linked_rows: LinkedRows,
-    /// The NanoPix ids whose row was created at another time than the rows the links to them
-    /// were made with (see [`other_people`]), among `unknown`.
-    others: HashSet<NanoPixId>,
     /// The patient folders, once their listing has started. It starts with the snapshot, unless
     /// no link is recorded yet: a first sync, which usually imports many patients, starts it once
     /// they are written, so it runs while the links are written instead of competing with
@@ -282,7 +279,6 @@ impl Engine {
         let unsettled = self.dentaltid.unsettled_links()?;
         self.repair_exports(&mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
-        self.keep_people_saved_again(&mut snapshot)?;
         let adopted = self.adopt_existing_links(&mut snapshot)?;
         let unsettled = snapshot.links.iter().filter(|link| unsettled.contains(link.patient_id));
         let unsettled = unsettled.filter_map(|link| NanoPixId::parse(&link.external_id).ok());
@@ -553,21 +549,21 @@ impl Engine {
     /// which a read past the cursor would miss, so the next live pass reconciles fully.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
-        // A request not sent yet may still be withdrawn: the patient added again may get it back.
-        // An older request sent for the same id does not count; the host gets this one once sent.
-        let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
-        let created = self.nanopix.patient(id)?.and_then(|row| row.created);
-        if unannounced || !self.dentaltid.delete_requested(id, created)? {
-            return Err(Error::DeleteNotRequested(id.to_string()));
-        }
-        // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to delete from.
+        // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to judge and delete from.
         if self.nanopix.replaced() {
             self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
             self.nanopix_read = None;
         }
         self.reconnect_if_read_only()?;
+        // A request not sent yet may still be withdrawn: the patient added again may get it back.
+        // An older request sent for the same id does not count; the host gets this one once sent.
+        let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
+        let row = self.nanopix.patient(id)?;
         // Another person NanoPix saved under the id since is not the patient asked about.
-        if self.holds_another_person(&self.nanopix.patient(id)?.into_iter().collect::<Vec<_>>())? {
+        if unannounced
+            || !self.dentaltid.delete_requested(id, row.as_ref().and_then(|row| row.created))?
+            || self.holds_another_person(row.as_slice())?
+        {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         self.cursor = None;
@@ -716,31 +712,6 @@ impl Engine {
             self.report_odd_folder(name, report);
         }
         Ok(folders)
-    }
-
-    /// Takes back from the snapshot's unknown the rows under a linked id created at another time
-    /// (see [`other_people`]) that still have the names and birth date of a patient linked to the
-    /// id: the same person, whose row NanoPix saved again. Her link records the new row.
-    fn keep_people_saved_again(&mut self, snapshot: &mut Snapshot) -> Result<()> {
-        let mut same = Vec::new();
-        for &id in &snapshot.others {
-            let Some(row) = self.nanopix.patient(id)? else { continue };
-            let Some(born) = row.birth_date else { continue };
-            let key = MatchKey::of(&row.first_name, &row.last_name, born);
-            let text = id.to_string();
-            for link in snapshot.links.iter().filter(|link| link.external_id == text) {
-                if self.dentaltid.still_has_key(link.patient_id, &key)? {
-                    same.push((link.patient_id, id, row.created));
-                }
-            }
-        }
-        self.dentaltid.record_linked_rows(&same)?;
-        for &(patient_id, id, created) in &same {
-            snapshot.linked_rows.insert(patient_id, id, created);
-            snapshot.others.remove(&id);
-            snapshot.unknown.retain(|unknown| *unknown != id);
-        }
-        Ok(())
     }
 
     /// Records link rows for patients DentalTID already links, and adds them to the snapshot's
@@ -1412,7 +1383,6 @@ fn read_dentaltid(
         nanopix,
         nanopix_created: rows.created,
         linked_rows,
-        others,
         folders: None,
         dentaltid: patients,
         dentaltid_issued,

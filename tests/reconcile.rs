@@ -1422,24 +1422,6 @@ fn links_made_before_rows_were_recorded_get_them_from_the_next_reconcile() {
     assert_eq!((report.imported, report.removed), (1, 1), "{report:?}");
 }
 
-/// NanoPix saved a linked patient's row again with a new creation time but her names and birth
-/// date: she is the same person, and stays linked, with the new row recorded.
-#[test]
-fn a_linked_patient_saved_again_with_a_new_creation_time_stays_linked() {
-    let clinic = Clinic::new("v29");
-    let (sync, _) = reconcile_with(&clinic);
-    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    common::another_program(&clinic.nanopix_db())
-        .execute("UPDATE Patient SET created_datetime = '2025-03-02 10:00:00'", [])
-        .unwrap();
-    let report = sync.reconcile().unwrap();
-    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
-    assert_eq!((report.imported, report.removed, report.possible_duplicates), (0, 0, 0), "{events:#?}");
-    assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Linked));
-    let recorded = clinic.dentaltid_rows("SELECT created FROM nanopix_sync_linked_rows", |r| r.get::<_, String>(0));
-    assert_eq!(recorded, ["2025-03-02 10:00:00"]);
-}
-
 /// Another person imported apart under a removed patient's id, then deleted in DentalTID: her
 /// NanoPix patient is asked to be deleted (the first patient's hold on the id was another
 /// person's row), and the confirmed delete removes her row.
@@ -1448,20 +1430,9 @@ fn another_person_imported_apart_then_deleted_in_dentaltid_asks_for_her_delete()
     let clinic = Clinic::new("v29");
     let id = "20250121_152638";
     let (sync, _) = reconcile_with(&clinic);
-    common::another_program(&clinic.nanopix_db())
-        .execute_batch(&format!("DELETE FROM Study WHERE patient_id = '{id}'"))
-        .unwrap();
-    for file in std::fs::read_dir(clinic.root.join(id)).unwrap() {
-        std::fs::remove_file(file.unwrap().path()).unwrap();
-    }
+    empty_the_fixture_patient(&clinic);
     clinic.save_another_person_under(id);
-    sync.reconcile().unwrap();
-    let lina = drain(&sync).into_iter().find_map(|e| match e.kind {
-        EventKind::PatientImported { patient_id, first_name, .. } if first_name == "Lina" => Some(patient_id),
-        _ => None,
-    });
-    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [lina]).unwrap();
-    sync.reconcile().unwrap();
+    let lina = import_and_delete_lina(&clinic, &sync);
     let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
     let asked =
         events.iter().any(|e| matches!(e, EventKind::DeleteRequested { patient_id, .. } if Some(*patient_id) == lina));
@@ -1470,4 +1441,52 @@ fn another_person_imported_apart_then_deleted_in_dentaltid_asks_for_her_delete()
     assert!(
         clinic.nanopix_rows(&format!("SELECT 1 FROM Patient WHERE id = '{id}'"), |r| r.get::<_, i64>(0)).is_empty()
     );
+}
+
+/// Removes the fixture patient's studies and image files, so NanoPix may delete her.
+fn empty_the_fixture_patient(clinic: &Clinic) {
+    common::another_program(&clinic.nanopix_db())
+        .execute("DELETE FROM Study WHERE patient_id = '20250121_152638'", [])
+        .unwrap();
+    for file in std::fs::read_dir(clinic.root.join("20250121_152638")).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+}
+
+/// Reconciles, so Lina, saved in NanoPix, is imported; deletes her in DentalTID and reconciles
+/// again. Returns her DentalTID id, if she was imported.
+fn import_and_delete_lina(clinic: &Clinic, sync: &NanoPixSync) -> Option<i64> {
+    sync.reconcile().unwrap();
+    let lina = drain(sync).into_iter().find_map(|e| match e.kind {
+        EventKind::PatientImported { patient_id, first_name, .. } if first_name == "Lina" => Some(patient_id),
+        _ => None,
+    });
+    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [lina]).unwrap();
+    sync.reconcile().unwrap();
+    lina
+}
+
+/// The first patient's own row is put back from a backup after another person under her id was
+/// imported apart and deleted: the delete asked for the other person spares the first patient's.
+#[test]
+fn a_confirmed_delete_after_a_backup_restore_spares_the_row_a_patient_still_stands_for() {
+    let clinic = Clinic::new("v29");
+    let id = "20250121_152638";
+    let (sync, _) = reconcile_with(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    empty_the_fixture_patient(&clinic);
+    let backup = clinic.root.join("database/NanoPix.backup.db3");
+    std::fs::copy(clinic.nanopix_db(), &backup).unwrap();
+    clinic.save_another_person_under(id);
+    let lina = import_and_delete_lina(&clinic, &sync);
+    assert!(
+        drain(&sync)
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::DeleteRequested { patient_id, .. } if Some(patient_id) == lina))
+    );
+    std::fs::rename(&backup, clinic.nanopix_db()).unwrap();
+    let deleted = sync.delete_in_nanopix(id);
+    let left: Vec<String> =
+        clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0));
+    assert_eq!(left, ["FSFFS"], "delete_in_nanopix ({deleted:?}) deleted the row patient {first} stands for");
 }

@@ -31,13 +31,6 @@ impl LinkedRows {
     pub fn created(&self, patient_id: i64, external_id: NanoPixId) -> Option<NaiveDateTime> {
         self.0.get(&patient_id).filter(|(id, _)| *id == external_id).map(|(_, created)| *created)
     }
-
-    /// Notes the row patient `patient_id`'s link to `external_id` is made with, as recorded.
-    pub fn insert(&mut self, patient_id: i64, external_id: NanoPixId, created: Option<NaiveDateTime>) {
-        if let Some(created) = created {
-            self.0.insert(patient_id, (external_id, created));
-        }
-    }
 }
 
 /// Whether a NanoPix row created at `created` is another person than the patients linked to its
