@@ -1123,8 +1123,15 @@ impl Engine {
     }
 
     /// The change that restores `link`, marked missing, now that NanoPix holds its row and folder
-    /// again; `None` when its DentalTID patient was deleted meanwhile (a full reconcile's to find).
+    /// again; `None` when its DentalTID patient was deleted meanwhile (a full reconcile's to find)
+    /// or the row is another person's.
     fn restoration(&self, link: &Link) -> Result<Option<(i64, LinkState, EventKind)>> {
+        // Another person's row under the id gives no link back.
+        let Ok(id) = NanoPixId::parse(&link.external_id) else { return Ok(None) };
+        let created = self.nanopix.patient(id)?.and_then(|row| row.created);
+        if is_another_person(created, &[self.dentaltid.linked_row(link.patient_id, id)?]) {
+            return Ok(None);
+        }
         let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();
         let change = link_change(link, patient_exists, NanoPixSide { row: true, folder: true });
         Ok(change.filter(|(_, state, _)| *state == LinkState::Linked))

@@ -1116,6 +1116,16 @@ fn a_row_with_a_text_pk_does_not_make_every_live_pass_a_full_reconcile() {
     assert_eq!(full, 1, "only the host's own reconcile");
 }
 
+/// Waits for the import of a NanoPix patient with first name `first`; returns her DentalTID id.
+fn imported_named(sync: &NanoPixSync, first: &str) -> i64 {
+    let event =
+        wait_for(sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { first_name, .. } if first_name == first));
+    match event.kind {
+        EventKind::PatientImported { patient_id, .. } => patient_id,
+        _ => unreachable!("wait_for returns what was waited for"),
+    }
+}
+
 /// Live Sync on over the fixture patient and Yacine, saved and imported after it: their
 /// DentalTID ids, in that order.
 fn live_with_two_patients(clinic: &Clinic) -> (NanoPixSync, i64, i64) {
@@ -1128,12 +1138,7 @@ fn live_with_two_patients(clinic: &Clinic) -> (NanoPixSync, i64, i64) {
 
 /// Waits until Live Sync imports Lina apart from `first`, whose link goes missing.
 fn assert_newcomer_imported_apart_from(sync: &NanoPixSync, first: i64) {
-    let imported = wait_for(
-        sync,
-        DEADLINE,
-        |e| matches!(e, EventKind::PatientImported { first_name, .. } if first_name == "Lina"),
-    );
-    assert!(matches!(imported.kind, EventKind::PatientImported { patient_id, .. } if patient_id != first));
+    assert_ne!(imported_named(sync, "Lina"), first);
     until(DEADLINE, "the first patient's link is marked missing", || {
         sync.source_info(first).unwrap().link_state == Some(LinkState::Missing)
     });
@@ -1175,4 +1180,45 @@ fn another_person_saved_live_under_the_last_rows_id_and_pk_is_imported_apart() {
     let (sync, _, last) = live_with_two_patients(&clinic);
     clinic.save_another_person_under("20250122_091500");
     assert_newcomer_imported_apart_from(&sync, last);
+}
+
+/// The first patient's row is put back exactly as it was after another person, imported apart
+/// under her id, was removed: the first patient's link is restored, the other person's is not.
+#[test]
+fn a_patients_row_put_back_after_another_person_held_its_id_restores_only_her_link() {
+    let clinic = Clinic::new("v29");
+    let (sync, first, _) = live_with_two_patients(&clinic);
+    let id = "20250121_152638";
+    let saved: Vec<(String, String, String, String)> = clinic.nanopix_rows(
+        &format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'"),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
+    clinic.save_another_person_under(id);
+    let lina = imported_named(&sync, "Lina");
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
+    wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == lina),
+    );
+    let (last, first_name, birth, created) = &saved[0];
+    nanopix
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
+            [id, last, first_name, birth, created],
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(id)).unwrap();
+    let mut lina_restored = false;
+    wait_for(&sync, DEADLINE, |e| {
+        lina_restored |= matches!(e, EventKind::ExternalPatientRestored { patient_id, .. } if *patient_id == lina);
+        matches!(e, EventKind::ExternalPatientRestored { patient_id, .. } if *patient_id == first)
+    });
+    lina_restored |= drain(&sync)
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::ExternalPatientRestored { patient_id, .. } if patient_id == lina));
+    assert!(!lina_restored, "the other person's link is restored to the first patient's row");
+    assert_eq!(sync.source_info(lina).unwrap().link_state, Some(LinkState::Missing));
 }
