@@ -1490,3 +1490,25 @@ fn a_confirmed_delete_after_a_backup_restore_spares_the_row_a_patient_still_stan
         clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0));
     assert_eq!(left, ["FSFFS"], "delete_in_nanopix ({deleted:?}) deleted the row patient {first} stands for");
 }
+
+/// A delete request noted but not sent when the program stopped, whose NanoPix id another person
+/// took since: it is not sent, since NanoPix no longer holds the deleted patient.
+#[test]
+fn a_held_delete_request_whose_id_another_person_took_since_is_not_sent() {
+    let clinic = Clinic::new("v29");
+    let id = "20250121_152638";
+    let first = reconcile_with(&clinic).0.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    common::another_program(&clinic.dentaltid)
+        .execute_batch(&format!(
+            "DELETE FROM patients WHERE id = {first};
+             INSERT INTO nanopix_sync_links VALUES ({first}, '{id}', 'imported', 'delete_requested', '2025-06-02T10:00:00.000');
+             INSERT INTO nanopix_sync_unannounced_deletes VALUES ({first}, '{id}');"
+        ))
+        .unwrap();
+    clinic.save_another_person_under(id);
+    let (_sync, events) = reconcile_with(&clinic);
+    let asked = events.iter().any(|e| matches!(e, EventKind::DeleteRequested { .. }));
+    let imported =
+        events.iter().any(|e| matches!(e, EventKind::PatientImported { first_name, .. } if first_name == "Lina"));
+    assert!(!asked && imported, "{events:#?}");
+}
