@@ -304,9 +304,10 @@ impl Engine {
             false => {
                 let extent = snapshot.dentaltid_extent();
                 let checked = snapshot.links.iter().map(|link| link.patient_id).fold(extent.0, i64::max);
+                let nanopix_row = self.with_creation_time(snapshot.nanopix_row.take())?;
                 self.dentaltid_cursor_after(extent, checked)?.map(|(dentaltid, links_checked_up_to)| LiveCursor {
                     nanopix_pk: snapshot.nanopix_pk,
-                    nanopix_row: snapshot.nanopix_row.take(),
+                    nanopix_row,
                     nanopix_rows: snapshot.nanopix_rows,
                     nanopix_version,
                     dentaltid,
@@ -462,6 +463,18 @@ impl Engine {
             self.indexed = true;
         }
         Ok(())
+    }
+
+    /// `row`, read by a snapshot that read no creation times (a first sync), with its creation
+    /// time read now, while the row at its `pk` still has its id.
+    fn with_creation_time(&self, row: Option<RowStamp>) -> Result<Option<RowStamp>> {
+        Ok(match row {
+            Some(read) if read.created.is_none() => match self.nanopix.row_at(read.pk)? {
+                Some(now) if now.id == read.id => Some(now),
+                _ => Some(read),
+            },
+            row => row,
+        })
     }
 
     /// Whether NanoPix's row at the cursor is another one than the pass read there.

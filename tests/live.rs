@@ -1222,3 +1222,14 @@ fn a_patients_row_put_back_after_another_person_held_its_id_restores_only_her_li
     assert!(!lina_restored, "the other person's link is restored to the first patient's row");
     assert_eq!(sync.source_info(lina).unwrap().link_state, Some(LinkState::Missing));
 }
+
+/// Another person takes the `pk` and id of the last row a first sync read (which reads no
+/// creation times): the next live pass tells her apart all the same.
+#[test]
+fn another_person_saved_under_the_last_row_a_first_sync_read_is_imported_apart() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    clinic.save_another_person_under("20250121_152638");
+    assert_newcomer_imported_apart_from(&sync, first);
+}
