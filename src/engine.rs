@@ -571,12 +571,7 @@ impl Engine {
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
         // An older request sent for the same id does not count; the host gets this one once sent.
         let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
-        let row = self.nanopix.patient(id)?;
-        // Another person NanoPix saved under the id since is not the patient asked about.
-        if unannounced
-            || !self.dentaltid.delete_requested(id, row.as_ref().and_then(|row| row.created))?
-            || self.holds_another_person(row.as_slice())?
-        {
+        if unannounced || !self.delete_asked_for_row(id)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         self.cursor = None;
@@ -612,7 +607,7 @@ impl Engine {
             patient_id,
             source: patient.source,
             external_id,
-            folder: id.map(|id| self.nanopix.folder_path(id)),
+            folder: ours.map(|id| self.nanopix.folder_path(id)),
             nanopix_created: nanopix_patient.and_then(|p| p.created).map(crate::patient::nanopix_datetime),
             synced_at: link.as_ref().map(|l| crate::patient::dart_timestamp(l.synced_at)),
             link_state: link.map(|l| l.state),
@@ -663,8 +658,15 @@ impl Engine {
 
     /// Whether a delete of NanoPix patient `id` is still asked for, and NanoPix still holds it.
     fn delete_stands(&self, id: NanoPixId) -> Result<bool> {
-        let created = self.nanopix.patient(id)?.and_then(|row| row.created);
-        Ok(self.dentaltid.delete_requested(id, created)? && self.nanopix.id_exists(id)?)
+        Ok(self.delete_asked_for_row(id)? && self.nanopix.id_exists(id)?)
+    }
+
+    /// Whether a delete of NanoPix patient `id` is asked for (see [`DentalTid::delete_requested`])
+    /// and NanoPix's row under it is not another person saved there since.
+    fn delete_asked_for_row(&self, id: NanoPixId) -> Result<bool> {
+        let row = self.nanopix.patient(id)?;
+        let created = row.as_ref().and_then(|row| row.created);
+        Ok(self.dentaltid.delete_requested(id, created)? && !self.holds_another_person(row.as_slice())?)
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
@@ -999,11 +1001,12 @@ impl Engine {
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID
     /// patient was deleted; a folder NanoPix has not made yet (see [`Engine::awaited_folders`])
-    /// is not missing, and a row another person holds under the id is (see [`LinkedRows`]).
-    /// Records the row of a link made without one. `linked_now` are the NanoPix patients this
-    /// reconcile linked or imported. Writes only on a change of state, [`LINKS_PER_TRANSACTION`] changes per transaction, and
-    /// reports them once they are written. Keeps the links left missing only their folder for
-    /// live passes (see [`Engine::restore_put_back_folders`]).
+    /// is not missing, and a row another person holds under the id is missing (see
+    /// [`LinkedRows`]). Records the row of a link made without one. `linked_now` are the NanoPix
+    /// patients this reconcile linked or imported. Writes only on a change of state,
+    /// [`LINKS_PER_TRANSACTION`] changes per transaction, and reports them once they are written.
+    /// Keeps the links left missing only their folder for live passes (see
+    /// [`Engine::restore_put_back_folders`]).
     fn check_links(
         &mut self,
         snapshot: &Snapshot,
@@ -1384,9 +1387,7 @@ fn read_dentaltid(
     let odd_pks = rows.odd_rows.iter().filter_map(|odd| odd.pk).collect();
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
     // Another person under a linked id is new to the sync too.
-    let holders = patients.iter().filter_map(|p| Some((p.id, p.external_id?)));
-    let holders = holders.chain(pending.iter().map(|p| (p.patient_id, p.external_id)));
-    let others = other_people(&links, &linked_rows, &rows.created, holders);
+    let others = other_people(&links, &linked_rows, &rows.created, (&patients, &pending));
     let unknown: Vec<NanoPixId> =
         nanopix.iter().filter(|id| !known.contains(id) || others.contains(id)).copied().collect();
     let many_unknown = !unknown.is_empty() && !is_few(unknown.len(), nanopix.len());

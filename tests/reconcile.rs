@@ -1339,7 +1339,8 @@ fn another_person_saved_under_a_removed_patients_id_is_imported_and_the_first_li
         "the newcomer is not imported apart from the first patient: {report:?}, {events:#?}"
     );
     let info = sync.source_info(first).unwrap();
-    assert_eq!((info.link_state, info.nanopix_created), (Some(LinkState::Missing), None), "nothing of hers is shown");
+    let shown = (info.link_state, info.nanopix_created, info.folder, info.image_count);
+    assert_eq!(shown, (Some(LinkState::Missing), None, None, 0), "nothing of hers is shown");
     let again = sync.reconcile().unwrap();
     assert_eq!((again.imported, again.removed, again.linked), (0, 0, 0), "a second reconcile changes nothing");
     assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
@@ -1495,6 +1496,27 @@ fn a_confirmed_delete_after_a_backup_restore_spares_the_row_a_patient_still_stan
 /// took since: it is not sent, since NanoPix no longer holds the deleted patient.
 #[test]
 fn a_held_delete_request_whose_id_another_person_took_since_is_not_sent() {
+    let events = held_delete_request_then_another_person_under_its_id("");
+    let imported =
+        events.iter().any(|e| matches!(e, EventKind::PatientImported { first_name, .. } if first_name == "Lina"));
+    assert!(imported, "{events:#?}");
+    assert!(!events.iter().any(|e| matches!(e, EventKind::DeleteRequested { .. })), "{events:#?}");
+}
+
+/// The same, while DentalTID refuses to import the other person (a trigger of its own): the
+/// request is not sent either.
+#[test]
+fn a_held_delete_request_whose_id_another_person_took_since_is_not_sent_while_she_is_refused() {
+    let refuse =
+        "CREATE TRIGGER no_lina BEFORE INSERT ON patients WHEN NEW.name = 'Lina' BEGIN SELECT RAISE(ABORT, 'no'); END;";
+    let events = held_delete_request_then_another_person_under_its_id(refuse);
+    assert!(!events.iter().any(|e| matches!(e, EventKind::DeleteRequested { .. })), "{events:#?}");
+}
+
+/// Imports the fixture patient, deletes her in DentalTID with her delete request noted but not
+/// sent, runs `sql` on DentalTID, saves Lina under her NanoPix id and reconciles; returns what
+/// that reconcile said.
+fn held_delete_request_then_another_person_under_its_id(sql: &str) -> Vec<EventKind> {
     let clinic = Clinic::new("v29");
     let id = "20250121_152638";
     let first = reconcile_with(&clinic).0.patients(PatientFilter::AllByExternal).unwrap()[0].id;
@@ -1502,13 +1524,10 @@ fn a_held_delete_request_whose_id_another_person_took_since_is_not_sent() {
         .execute_batch(&format!(
             "DELETE FROM patients WHERE id = {first};
              INSERT INTO nanopix_sync_links VALUES ({first}, '{id}', 'imported', 'delete_requested', '2025-06-02T10:00:00.000');
-             INSERT INTO nanopix_sync_unannounced_deletes VALUES ({first}, '{id}');"
+             INSERT INTO nanopix_sync_unannounced_deletes VALUES ({first}, '{id}');
+             {sql}"
         ))
         .unwrap();
     clinic.save_another_person_under(id);
-    let (_sync, events) = reconcile_with(&clinic);
-    let asked = events.iter().any(|e| matches!(e, EventKind::DeleteRequested { .. }));
-    let imported =
-        events.iter().any(|e| matches!(e, EventKind::PatientImported { first_name, .. } if first_name == "Lina"));
-    assert!(!asked && imported, "{events:#?}");
+    reconcile_with(&clinic).1
 }

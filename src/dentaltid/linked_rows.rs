@@ -4,15 +4,15 @@
 //! created at another time is that person, not the linked patient renamed.
 //!
 //! A link's row is recorded in the transaction that makes the link (an import, a match, an
-//! export), or by the first full reconcile that sees it for a link made without one (by an
-//! older version, or by DentalTID itself). A row without a creation time is recorded as nothing,
+//! export), or by the first full reconcile after a first sync (which reads no creation times)
+//! that sees it, for a link made without one (by an older version, or by DentalTID itself). A row without a creation time is recorded as nothing,
 //! and nothing tells it apart. Rows this library cannot read back count as not recorded.
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{DentalTid, Link};
+use super::{DentalTid, Link, PatientRef, PendingExport};
 use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
 use crate::values::{integer_at, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -49,14 +49,14 @@ fn same_second(a: NaiveDateTime, b: NaiveDateTime) -> bool {
 }
 
 /// The NanoPix ids whose row, created at the time `created` gives, is another person than the
-/// patients holding the id (see [`is_another_person`]). `links` are every link; `holders` are
-/// `(patient id, NanoPix id)` of each patient holding an id in its `external_id` or by an export
-/// in flight, each counted as not recorded unless one of `links` is its link to that id.
+/// patients holding the id (see [`is_another_person`]). `links` are every link; a patient of
+/// `patients` showing an id in its `external_id`, or exporting under it (`pending`), counts as
+/// not recorded unless one of `links` is its link to that id.
 pub fn other_people(
     links: &[Link],
     recorded: &LinkedRows,
     created: &HashMap<NanoPixId, NaiveDateTime>,
-    holders: impl IntoIterator<Item = (i64, NanoPixId)>,
+    (patients, pending): (&[PatientRef], &[PendingExport]),
 ) -> HashSet<NanoPixId> {
     let links: Vec<(i64, NanoPixId)> =
         links.iter().filter_map(|link| Some((link.patient_id, NanoPixId::parse(&link.external_id).ok()?))).collect();
@@ -78,7 +78,8 @@ pub fn other_people(
             linked.insert((patient_id, id));
         }
     }
-    for (patient_id, id) in holders {
+    let shown = patients.iter().filter_map(|patient| Some((patient.id, patient.external_id?)));
+    for (patient_id, id) in shown.chain(pending.iter().map(|export| (export.patient_id, export.external_id))) {
         if let Some(rows) = rows_of.get_mut(&id).filter(|_| !linked.contains(&(patient_id, id))) {
             rows.push(None);
         }
@@ -129,23 +130,14 @@ impl DentalTid {
     }
 
     /// When the rows were created that the links to NanoPix id `external_id` were made with, one
-    /// per patient holding it or linked to it (`None` where not recorded).
+    /// per patient showing it (see [`DentalTid::patients_showing`]) or with a link row to it
+    /// (`None` where not recorded).
     pub fn linked_rows_of(&self, external_id: NanoPixId) -> Result<Vec<Option<NaiveDateTime>>> {
-        let read = || {
-            let sql = "SELECT r.created, r.external_id = ?1 FROM
-                    (SELECT id AS patient_id FROM patients WHERE external_id = ?1
-                     UNION SELECT patient_id FROM nanopix_sync_links WHERE external_id = ?1) AS holders
-                LEFT JOIN nanopix_sync_linked_rows AS r USING (patient_id)";
-            let mut statement = self.conn.prepare_cached(sql)?;
-            let mut rows = statement.query([external_id.to_string()])?;
-            let mut recorded = Vec::new();
-            while let Some(row) = rows.next()? {
-                let same_id = integer_at(row, 1)? == Some(1);
-                recorded.push(text_at(row, 0)?.filter(|_| same_id).and_then(|text| parse_nanopix_datetime(&text)));
-            }
-            Ok(recorded)
-        };
-        read().map_err(Error::db(&self.path, "reading the rows links were made with"))
+        let mut holders = self.patients_showing(external_id)?;
+        holders.extend(self.link_rows_naming(external_id)?);
+        holders.sort_unstable();
+        holders.dedup();
+        holders.into_iter().map(|patient_id| self.linked_row(patient_id, external_id)).collect()
     }
 
     /// When the row was created that patient `patient_id`'s link to `external_id` was made with,
@@ -207,13 +199,20 @@ mod tests {
         let recorded =
             LinkedRows([(1, first), (2, second)].into_iter().filter_map(|(p, c)| Some((p, (id, c?)))).collect());
         let created: HashMap<NanoPixId, NaiveDateTime> = second.map(|second| (id, second)).into_iter().collect();
-        let others = |links: &[Link], holders: &[(i64, NanoPixId)]| {
-            other_people(links, &recorded, &created, holders.iter().copied()).contains(&id)
+        let showing =
+            |patient_id| PatientRef { id: patient_id, source: crate::patient::Source::NanoPix, external_id: Some(id) };
+        let others = |links: &[Link], patients: &[PatientRef]| {
+            other_people(links, &recorded, &created, (patients, &[])).contains(&id)
         };
-        assert!(others(&[link(1)], &[(1, id)]), "the one link was made with another row");
+        assert!(others(&[link(1)], &[showing(1)]), "the one link was made with another row");
         assert!(!others(&[link(1), link(2)], &[]), "the second link was made with this row");
-        assert!(!others(&[link(1)], &[(7, id)]), "patient 7 holds the id without a link");
+        assert!(!others(&[link(1)], &[showing(7)]), "patient 7 holds the id without a link");
         assert!(!others(&[link(3)], &[]), "patient 3's row is not recorded");
+        let exporting = PendingExport { patient_id: 8, external_id: id, written: None };
+        assert!(
+            !other_people(&[link(1)], &recorded, &created, (&[], &[exporting])).contains(&id),
+            "an export in flight"
+        );
     }
 
     #[test]
@@ -229,6 +228,14 @@ mod tests {
         let mut of_id = dentaltid.linked_rows_of(id).unwrap();
         of_id.sort();
         assert_eq!(of_id, [None, created], "patient 2's row was recorded for another id");
+        dentaltid
+            .conn
+            .execute("UPDATE patients SET external_id = ' ' || ?1 || ' ' WHERE id = 4", [id.to_string()])
+            .unwrap();
+        dentaltid.record_linked_rows(&[(4, id, created)]).unwrap();
+        let mut of_id = dentaltid.linked_rows_of(id).unwrap();
+        of_id.sort();
+        assert_eq!(of_id, [None, created, created], "patient 4 shows the id with blanks around it");
     }
 
     #[test]

@@ -205,14 +205,9 @@ impl DentalTid {
     /// looked up one by one.
     fn kept_linked(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
         let text = external_id.to_string();
-        let named = || {
-            let mut rows =
-                self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links WHERE external_id = ?1")?;
-            let mut named: Vec<i64> = rows.query_map([&text], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
-            self.batch_patients_named(&text, &mut named)?;
-            Ok(named)
-        };
-        let named: Vec<i64> = named().map_err(Error::db(&self.path, "looking up the links to an id"))?;
+        let mut named = self.link_rows_naming(external_id)?;
+        let batches = self.batch_patients_named(&text, &mut named);
+        batches.map_err(Error::db(&self.path, "looking up the links to an id"))?;
         let mut kept = Vec::new();
         for patient_id in named {
             let keeps = self
@@ -223,6 +218,16 @@ impl DentalTid {
             }
         }
         Ok(kept)
+    }
+
+    /// The patients whose link row names NanoPix id `external_id`, whatever its state.
+    pub(super) fn link_rows_naming(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
+        let read = || -> rusqlite::Result<Vec<i64>> {
+            let mut rows =
+                self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links WHERE external_id = ?1")?;
+            rows.query_map([external_id.to_string()], |row| row.get(0))?.collect()
+        };
+        read().map_err(Error::db(&self.path, "looking up the links to an id"))
     }
 
     /// Adds to `named` the patients import batches give the NanoPix id `text` to: an id's place
