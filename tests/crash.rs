@@ -500,3 +500,23 @@ fn an_interrupted_export_of_a_person_typed_again_is_reported_by_its_repair() {
         assert_eq!(reported, Some((exported, Some(typed), vec![imported])), "after a crash at {step}");
     }
 }
+
+/// As in `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`,
+/// but NanoPix saved that person under the id of a patient it deleted (its clock went back): she
+/// is still the same person as the patient being exported, and NanoPix holds her once.
+#[test]
+fn an_export_cut_short_does_not_duplicate_the_same_person_saved_under_a_removed_patients_id() {
+    let clinic = Clinic::new("v29");
+    let lina = clinic.add_dentaltid("Lina", "Haddad", Some("1990-04-02"));
+    export_killed_after_its_journal(&clinic, lina);
+    clinic.save_another_person_under("20250121_152638");
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let in_nanopix = common::nanopix_ids_named(&clinic, "Lina", "Haddad");
+    let in_dentaltid = common::dentaltid_named(&clinic, "Lina", "Haddad");
+    assert_eq!(
+        (in_nanopix.as_slice(), in_dentaltid.as_slice()),
+        (["20250121_152638".to_owned()].as_slice(), [(lina, Some("20250121_152638".to_owned()))].as_slice()),
+        "{report:?}"
+    );
+}

@@ -6,7 +6,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use foldhash::{HashMap, HashSet};
 
 use super::{Engine, crash_point};
-use crate::dentaltid::PendingExport;
+use crate::dentaltid::{PendingExport, is_another_person};
 use crate::events::{DuplicateReason, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher};
 use crate::nanopix::Insertion;
@@ -590,9 +590,8 @@ impl Engine {
         written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
     }
 
-    /// The NanoPix patients with the names and birth date of `patient` that the sync does not
-    /// know (no DentalTID patient shows them, no link records them, no export reserved them):
-    /// ones NanoPix saved itself. Reads every NanoPix patient: for repairs, which are rare.
+    /// The NanoPix patients with the names and birth date of `patient` that are new to the sync
+    /// (see [`Engine::is_new_to_sync`]) and no export reserved: ones NanoPix saved itself. Reads every NanoPix patient: for repairs, which are rare.
     fn unknown_twins_in_nanopix(&self, patient: &Patient) -> Result<Vec<NanoPixPatient>> {
         let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
         let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
@@ -607,13 +606,19 @@ impl Engine {
             for other in page.patients.into_iter().filter(|other| other.birth_date == Some(born)) {
                 let twin = MatchKey::of(&other.first_name, &other.last_name, born) == key
                     && !in_flight.contains(&other.id)
-                    && !self.dentaltid.shows_external_id(other.id)?
-                    && !self.dentaltid.has_recorded_link(other.id)?;
+                    && self.is_new_to_sync(&other)?;
                 if twin {
                     twins.push(other);
                 }
             }
         }
+    }
+
+    /// Whether no DentalTID patient shows NanoPix patient `row`'s id and no link records it, or
+    /// the row is another person than the patients linked to the id (see [`is_another_person`]).
+    fn is_new_to_sync(&self, row: &NanoPixPatient) -> Result<bool> {
+        let known = self.dentaltid.shows_external_id(row.id)? || self.dentaltid.has_recorded_link(row.id)?;
+        Ok(!known || is_another_person(row.created, &self.dentaltid.linked_rows_of(row.id)?))
     }
 
     /// Whether the matching links one of NanoPix patients `twins` to `patient`, whose export is
