@@ -107,10 +107,8 @@ pub(crate) struct Engine {
 /// How far the last pass read each side, so a live pass reads only what is new.
 #[derive(Debug, Clone)]
 struct LiveCursor {
-    /// The highest NanoPix `Patient.pk` read.
-    nanopix_pk: i64,
-    /// The row at `nanopix_pk` when it was read (`None` without one): another row there means
-    /// rows changed behind the cursor (see [`RowStamp`]).
+    /// The NanoPix row with the highest `Patient.pk` read, as it was read (`None` without one):
+    /// another row at its `pk` means rows changed behind the cursor (see [`RowStamp`]).
     nanopix_row: Option<RowStamp>,
     /// How many NanoPix rows there were up to that `pk`.
     nanopix_rows: u64,
@@ -131,7 +129,6 @@ struct LiveCursor {
 
 /// What both sides hold, read once at the start of a reconcile, and what follows from it.
 struct Snapshot {
-    nanopix_pk: i64,
     nanopix_row: Option<RowStamp>,
     nanopix_rows: u64,
     nanopix: Vec<NanoPixId>,
@@ -160,6 +157,13 @@ struct Snapshot {
     /// The matcher to decide the unknown: built when they are many, or when a first sync read
     /// DentalTID into the index anyway.
     matcher: Option<Matcher>,
+}
+
+impl LiveCursor {
+    /// The highest NanoPix `Patient.pk` read (0 when there was no row).
+    fn nanopix_pk(&self) -> i64 {
+        self.nanopix_row.as_ref().map_or(0, |row| row.pk)
+    }
 }
 
 impl Snapshot {
@@ -306,7 +310,6 @@ impl Engine {
                 let checked = snapshot.links.iter().map(|link| link.patient_id).fold(extent.0, i64::max);
                 let nanopix_row = self.with_creation_time(snapshot.nanopix_row.take())?;
                 self.dentaltid_cursor_after(extent, checked)?.map(|(dentaltid, links_checked_up_to)| LiveCursor {
-                    nanopix_pk: snapshot.nanopix_pk,
                     nanopix_row,
                     nanopix_rows: snapshot.nanopix_rows,
                     nanopix_version,
@@ -369,7 +372,7 @@ impl Engine {
         self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
         self.repair_some_exports(&mut report)?;
-        let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk), PAGE)?;
+        let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk()), PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
         if read >= u64::from(PAGE)
             || self.nanopix.patient_count()? != cursor.nanopix_rows + read
@@ -378,9 +381,9 @@ impl Engine {
         {
             return self.reconcile();
         }
-        let (nanopix_pk, nanopix_row) = match rows.last_row() {
-            Some(row) if row.pk > cursor.nanopix_pk => (row.pk, Some(row)),
-            _ => (cursor.nanopix_pk, cursor.nanopix_row),
+        let nanopix_row = match rows.last_row() {
+            Some(row) if row.pk > cursor.nanopix_pk() => Some(row),
+            _ => cursor.nanopix_row,
         };
         // A deleted patient's NanoPix patient given back asks for a delete, and another person
         // under a linked id is imported apart: a full reconcile's to decide.
@@ -404,7 +407,6 @@ impl Engine {
         }
         let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
         self.cursor = dentaltid.map(|(dentaltid, links_checked_up_to)| LiveCursor {
-            nanopix_pk,
             nanopix_row,
             nanopix_rows: cursor.nanopix_rows + read,
             nanopix_version,
@@ -479,7 +481,7 @@ impl Engine {
 
     /// Whether NanoPix's row at the cursor is another one than the pass read there.
     fn rows_changed_behind(&self, cursor: &LiveCursor) -> Result<bool> {
-        let now = self.nanopix.row_at(cursor.nanopix_pk)?;
+        let now = self.nanopix.row_at(cursor.nanopix_pk())?;
         Ok(match &cursor.nanopix_row {
             Some(read) => read.is_replaced_by(now.as_ref()),
             None => now.is_some(),
@@ -1382,7 +1384,6 @@ fn read_dentaltid(
     known.extend(pending.iter().map(|p| p.external_id));
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
     let nanopix_row = rows.last_row();
-    let nanopix_pk = nanopix_row.as_ref().map_or(0, |row| row.pk);
     let nanopix_rows = (rows.ids.len() + rows.odd_rows.len()) as u64;
     let odd_pks = rows.odd_rows.iter().filter_map(|odd| odd.pk).collect();
     let nanopix: Vec<NanoPixId> = rows.ids.into_iter().map(|(_, id)| id).collect();
@@ -1398,7 +1399,6 @@ fn read_dentaltid(
     let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).chain(pending.iter().map(|p| p.patient_id)).collect();
     let matcher = index.map(|index| Matcher::new(index, &linked, auto_link));
     let snapshot = Snapshot {
-        nanopix_pk,
         nanopix_row,
         nanopix_rows,
         nanopix,
