@@ -598,7 +598,7 @@ impl Engine {
         let row = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
         // Another person saved under the id holds nothing of this patient's.
         let another = match (id, &row) {
-            (Some(id), Some(row)) => is_another_person(row.created, &[self.dentaltid.linked_row(patient_id, id)?]),
+            (Some(id), Some(row)) => self.dentaltid.linked_to_another_row(patient_id, id, row.created)?,
             _ => false,
         };
         let nanopix_patient = row.filter(|_| !another);
@@ -1147,7 +1147,7 @@ impl Engine {
         // Another person's row under the id gives no link back.
         let Ok(id) = NanoPixId::parse(&link.external_id) else { return Ok(None) };
         let created = self.nanopix.patient(id)?.and_then(|row| row.created);
-        if is_another_person(created, &[self.dentaltid.linked_row(link.patient_id, id)?]) {
+        if self.dentaltid.linked_to_another_row(link.patient_id, id, created)? {
             return Ok(None);
         }
         let patient_exists = self.dentaltid.patient(link.patient_id)?.is_some();

@@ -142,7 +142,7 @@ impl DentalTid {
 
     /// When the row was created that patient `patient_id`'s link to `external_id` was made with,
     /// if recorded.
-    pub fn linked_row(&self, patient_id: i64, external_id: NanoPixId) -> Result<Option<NaiveDateTime>> {
+    fn linked_row(&self, patient_id: i64, external_id: NanoPixId) -> Result<Option<NaiveDateTime>> {
         let read = || {
             let sql = "SELECT created FROM nanopix_sync_linked_rows WHERE patient_id = ?1 AND external_id = ?2";
             let mut statement = self.conn.prepare_cached(sql)?;
@@ -151,6 +151,17 @@ impl DentalTid {
             Ok(created.flatten().and_then(|text| parse_nanopix_datetime(&text)))
         };
         read().map_err(Error::db(&self.path, "reading the row a link was made with"))
+    }
+
+    /// Whether patient `patient_id`'s link to `external_id` was made with another person's row
+    /// than NanoPix's, created at `row_created` (see [`is_another_person`]).
+    pub fn linked_to_another_row(
+        &self,
+        patient_id: i64,
+        external_id: NanoPixId,
+        row_created: Option<NaiveDateTime>,
+    ) -> Result<bool> {
+        Ok(is_another_person(row_created, &[self.linked_row(patient_id, external_id)?]))
     }
 
     /// Records the rows `links` were made with, in one transaction (see [`record_linked_rows`]).

@@ -19,7 +19,6 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::awaited_folders::note_unsettled_links;
-use super::linked_rows::is_another_person;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, parse_dart_timestamp};
@@ -193,7 +192,7 @@ impl DentalTid {
         let mut holders = self.patients_showing(external_id)?;
         holders.extend(self.kept_linked(external_id)?);
         for patient_id in holders {
-            if !is_another_person(row_created, &[self.linked_row(patient_id, external_id)?]) {
+            if !self.linked_to_another_row(patient_id, external_id, row_created)? {
                 return Ok(false);
             }
         }
