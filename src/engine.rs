@@ -629,7 +629,8 @@ impl Engine {
 
     /// Announces the delete requests written since the last announcement (see
     /// [`Engine::announce_held_deletes`]), unless an export call is under way: it announces them
-    /// once it ends well, after it has given NanoPix patients back (see [`Engine::holding_delete_requests`]).
+    /// once it ends well, after it has given NanoPix patients back (see
+    /// [`Engine::holding_delete_requests`]).
     pub fn announce_delete_requests(&mut self) {
         if !self.holding_delete_requests {
             self.announce_held_deletes();

@@ -5,8 +5,8 @@
 //!
 //! A link's row is recorded in the transaction that makes the link (an import, a match, an
 //! export), or by the first full reconcile after a first sync (which reads no creation times)
-//! that sees it, for a link made without one (by an older version, or by DentalTID itself). A row without a creation time is recorded as nothing,
-//! and nothing tells it apart. Rows this library cannot read back count as not recorded.
+//! that sees it, for a link made without one (by an older version, or by DentalTID itself). A
+//! row without a creation time is recorded as nothing, and nothing tells it apart. Rows this library cannot read back count as not recorded.
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};

@@ -305,7 +305,8 @@ impl DentalTid {
         Ok(!self.patients_showing(external_id)?.is_empty())
     }
 
-    /// The patients whose `external_id` shows this NanoPix id, as [`DentalTid::shows_external_id`] reads it.
+    /// The patients whose `external_id` shows this NanoPix id, as
+    /// [`DentalTid::shows_external_id`] reads it.
     pub fn patients_showing(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
         let sql = "SELECT id FROM patients WHERE external_id >= ?1 AND external_id < ?2 AND trim(external_id, ?3) = ?1
                    UNION SELECT id FROM patients WHERE external_id < '0' AND trim(external_id, ?3) = ?1

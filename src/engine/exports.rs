@@ -591,7 +591,8 @@ impl Engine {
     }
 
     /// The NanoPix patients with the names and birth date of `patient` that are new to the sync
-    /// (see [`Engine::is_new_to_sync`]) and no export reserved: ones NanoPix saved itself. Reads every NanoPix patient: for repairs, which are rare.
+    /// (see [`Engine::is_new_to_sync`]) and no export reserved: ones NanoPix saved itself. Reads
+    /// every NanoPix patient: for repairs, which are rare.
     fn unknown_twins_in_nanopix(&self, patient: &Patient) -> Result<Vec<NanoPixPatient>> {
         let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
         let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
@@ -733,9 +734,8 @@ impl Engine {
     }
 
     /// Completes or drops one interrupted export, reporting in `report` the linked twins of a
-    /// patient it exports; returns whether it was completed. With the
-    /// DentalTID patient deleted meanwhile, the export is completed only on a NanoPix row it
-    /// provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
+    /// patient it exports; returns whether it was completed. With the DentalTID patient deleted
+    /// meanwhile, the export is completed only on a NanoPix row it provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
     /// imported. Its folder is created first, so NanoPix's files are whole, and the link's
     /// `delete_requested` then lets the host remove both.
     fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
