@@ -1397,9 +1397,11 @@ fn a_confirmed_delete_spares_another_person_saved_under_the_id_since() {
     assert!(drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. })));
     clinic.save_another_person_under(id);
     let refused = sync.delete_in_nanopix(id);
-    let lina: Vec<String> =
-        clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0));
-    assert_eq!(lina, ["Lina"], "delete_in_nanopix ({refused:?}) deleted another person's row");
+    assert_eq!(
+        first_names_under(&clinic, id),
+        ["Lina"],
+        "delete_in_nanopix ({refused:?}) deleted another person's row"
+    );
 }
 
 /// Links made by a version that recorded no NanoPix rows: the first reconcile records the rows
@@ -1439,9 +1441,12 @@ fn another_person_imported_apart_then_deleted_in_dentaltid_asks_for_her_delete()
         events.iter().any(|e| matches!(e, EventKind::DeleteRequested { patient_id, .. } if Some(*patient_id) == lina));
     assert!(asked, "no delete asked for her NanoPix patient: {events:#?}");
     sync.delete_in_nanopix(id).unwrap();
-    assert!(
-        clinic.nanopix_rows(&format!("SELECT 1 FROM Patient WHERE id = '{id}'"), |r| r.get::<_, i64>(0)).is_empty()
-    );
+    assert!(first_names_under(&clinic, id).is_empty());
+}
+
+/// The first names of the NanoPix rows under `id`.
+fn first_names_under(clinic: &Clinic, id: &str) -> Vec<String> {
+    clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0))
 }
 
 /// Removes the fixture patient's studies and image files, so NanoPix may delete her.
@@ -1487,9 +1492,11 @@ fn a_confirmed_delete_after_a_backup_restore_spares_the_row_a_patient_still_stan
     );
     std::fs::rename(&backup, clinic.nanopix_db()).unwrap();
     let deleted = sync.delete_in_nanopix(id);
-    let left: Vec<String> =
-        clinic.nanopix_rows(&format!("SELECT first_name FROM Patient WHERE id = '{id}'"), |r| r.get(0));
-    assert_eq!(left, ["FSFFS"], "delete_in_nanopix ({deleted:?}) deleted the row patient {first} stands for");
+    assert_eq!(
+        first_names_under(&clinic, id),
+        ["FSFFS"],
+        "delete_in_nanopix ({deleted:?}) deleted the row patient {first} stands for"
+    );
 }
 
 /// A delete request noted but not sent when the program stopped, whose NanoPix id another person
