@@ -1413,7 +1413,9 @@ fn links_made_before_rows_were_recorded_get_them_from_the_next_reconcile() {
         let (sync, _) = reconcile_with(&clinic);
         sync.patients(PatientFilter::AllByExternal).unwrap()[0].id
     };
-    common::another_program(&clinic.dentaltid).execute_batch("DROP TABLE nanopix_sync_linked_rows").unwrap();
+    let older_version =
+        "DROP TABLE nanopix_sync_linked_rows; ALTER TABLE nanopix_sync_imports DROP COLUMN created_times";
+    common::another_program(&clinic.dentaltid).execute_batch(older_version).unwrap();
     let (sync, events) = reconcile_with(&clinic);
     let recorded = clinic.dentaltid_rows("SELECT patient_id, created FROM nanopix_sync_linked_rows", |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))

@@ -1,17 +1,21 @@
-//! The NanoPix row each link was made with, kept in `nanopix_sync_linked_rows` as the row's
-//! `created_datetime`. A NanoPix id is the second a form was opened, so NanoPix can give a
-//! deleted patient's id to another person (its clock went back): a row under a linked id
-//! created at another time is that person, not the linked patient renamed.
+//! The NanoPix row each link was made with, kept as the row's `created_datetime`. A NanoPix id
+//! is the second a form was opened, so NanoPix can give a deleted patient's id to another person
+//! (its clock went back): a row under a linked id created at another time is that person, not
+//! the linked patient renamed.
 //!
-//! A link's row is recorded in the transaction that makes the link (an import, a match, an
-//! export), or by the first full reconcile after a first sync (which reads no creation times)
-//! that sees it, for a link made without one (by an older version, or by DentalTID itself). A
-//! row without a creation time is recorded as nothing, and nothing tells it apart. Rows this library cannot read back count as not recorded.
+//! The rows of imported patients are kept in their import batch row
+//! (`nanopix_sync_imports.created_times`), the others in `nanopix_sync_linked_rows`, whose
+//! readable rows win over a batch's. A link's row is recorded in the transaction that makes the
+//! link (an import, a match, an export), or by the first full reconcile after a first sync
+//! (which reads no creation times) that sees it, for a link made without one (by an older
+//! version, or by DentalTID itself). A row without a creation time is recorded as nothing, and
+//! nothing tells it apart. Rows this library cannot read back count as not recorded.
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, Row};
 
+use super::links::{batch_linked_row, batch_linked_rows};
 use super::{DentalTid, Link, PatientRef, PendingExport};
 use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
 use crate::values::{integer_at, text_at};
@@ -106,8 +110,16 @@ pub(super) fn record_linked_rows(
     Ok(())
 }
 
+/// Reads a linked row's NanoPix id and creation time from the columns at `[external_id,
+/// created]`; `None` when either is not one this library writes.
+fn linked_row_at(row: &Row<'_>, [id, created]: [usize; 2]) -> rusqlite::Result<Option<(NanoPixId, NaiveDateTime)>> {
+    let (Some(id), Some(created)) = (text_at(row, id)?, text_at(row, created)?) else { return Ok(None) };
+    Ok(NanoPixId::parse(&id).ok().zip(parse_nanopix_datetime(&created)))
+}
+
 impl DentalTid {
-    /// Every recorded row.
+    /// Every recorded row: those of `nanopix_sync_linked_rows`, and those of import batches for
+    /// the other patients.
     pub fn linked_rows(&self) -> Result<LinkedRows> {
         let read = || {
             let mut statement =
@@ -115,14 +127,12 @@ impl DentalTid {
             let mut rows = statement.query([])?;
             let mut recorded = HashMap::default();
             while let Some(row) = rows.next()? {
-                let (Some(patient_id), Some(id), Some(created)) =
-                    (integer_at(row, 0)?, text_at(row, 1)?, text_at(row, 2)?)
-                else {
-                    continue;
-                };
-                if let (Ok(id), Some(created)) = (NanoPixId::parse(&id), parse_nanopix_datetime(&created)) {
-                    recorded.insert(patient_id, (id, created));
+                if let (Some(patient_id), Some(linked_row)) = (integer_at(row, 0)?, linked_row_at(row, [1, 2])?) {
+                    recorded.insert(patient_id, linked_row);
                 }
+            }
+            for (patient_id, id, created) in batch_linked_rows(&self.conn)? {
+                recorded.entry(patient_id).or_insert((id, created));
             }
             Ok(LinkedRows(recorded))
         };
@@ -144,11 +154,14 @@ impl DentalTid {
     /// if recorded.
     fn linked_row(&self, patient_id: i64, external_id: NanoPixId) -> Result<Option<NaiveDateTime>> {
         let read = || {
-            let sql = "SELECT created FROM nanopix_sync_linked_rows WHERE patient_id = ?1 AND external_id = ?2";
+            let sql = "SELECT external_id, created FROM nanopix_sync_linked_rows WHERE patient_id = ?1";
             let mut statement = self.conn.prepare_cached(sql)?;
-            let created: Option<Option<String>> =
-                statement.query_row((patient_id, external_id.to_string()), |row| text_at(row, 0)).optional()?;
-            Ok(created.flatten().and_then(|text| parse_nanopix_datetime(&text)))
+            let recorded = statement.query_row([patient_id], |row| linked_row_at(row, [0, 1])).optional()?.flatten();
+            let recorded = match recorded {
+                Some(recorded) => Some(recorded),
+                None => batch_linked_row(&self.conn, patient_id)?,
+            };
+            Ok(recorded.filter(|(id, _)| *id == external_id).map(|(_, created)| created))
         };
         read().map_err(Error::db(&self.path, "reading the row a link was made with"))
     }
@@ -176,7 +189,7 @@ impl DentalTid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dentaltid::testing::{nanopix_id, sample_database};
+    use crate::dentaltid::testing::{at as at_time, nanopix_id, new_patient, sample_database};
 
     fn at(text: &str) -> Option<NaiveDateTime> {
         parse_nanopix_datetime(text)
@@ -247,6 +260,57 @@ mod tests {
         let mut of_id = dentaltid.linked_rows_of(id).unwrap();
         of_id.sort();
         assert_eq!(of_id, [None, created, created], "patient 4 shows the id with blanks around it");
+    }
+
+    #[test]
+    fn an_import_records_its_rows_in_its_batch_and_a_recorded_row_wins() {
+        let (_dir, mut dentaltid) = sample_database();
+        // Left by a patient 8 deleted before the id was used again, without a link row.
+        dentaltid
+            .conn
+            .execute("INSERT INTO nanopix_sync_linked_rows VALUES (8, '20240603_090501', '2020-01-01 00:00:00')", [])
+            .unwrap();
+        let mut unrecorded = new_patient("B", at_time(2024, 6, 3, 9, 5), "20240603_090501");
+        unrecorded.nanopix_created = None;
+        let rows = [new_patient("A", at_time(2024, 6, 3, 9, 5), "20240603_090500"), unrecorded];
+        let ids = dentaltid.import(&rows, at_time(2025, 1, 21, 12, 0)).unwrap();
+        assert_eq!(ids, [7, 8]);
+        let (a, b) = (nanopix_id("20240603_090500"), nanopix_id("20240603_090501"));
+        let created = at("2024-06-03 09:05:00");
+        let rows_left: i64 =
+            dentaltid.conn.query_row("SELECT COUNT(*) FROM nanopix_sync_linked_rows", [], |row| row.get(0)).unwrap();
+        assert_eq!(rows_left, 0, "one import batch row holds them; the stale row is gone");
+        let recorded = dentaltid.linked_rows().unwrap();
+        assert_eq!((recorded.created(7, a), recorded.created(8, b), recorded.created(7, b)), (created, None, None));
+        assert_eq!((dentaltid.linked_row(7, a).unwrap(), dentaltid.linked_row(8, b).unwrap()), (created, None));
+        let later = at("2024-06-03 09:06:00");
+        dentaltid.record_linked_rows(&[(7, a, later), (8, b, later)]).unwrap();
+        let recorded = dentaltid.linked_rows().unwrap();
+        assert_eq!((recorded.created(7, a), recorded.created(8, b)), (later, later));
+        assert_eq!((dentaltid.linked_row(7, a).unwrap(), dentaltid.linked_row(8, b).unwrap()), (later, later));
+    }
+
+    #[test]
+    fn batch_rows_without_creation_times_that_fit_record_none() {
+        let (_dir, dentaltid) = sample_database();
+        dentaltid
+            .conn
+            .execute_batch(
+                "INSERT INTO nanopix_sync_imports VALUES
+                 (10, 10, '2025-01-21T12:00:00.000', '20240101_000010', NULL),
+                 (20, 21, '2025-01-21T12:00:00.000', '20240101_00002020240101_000021', '2024-01-01 00:00:20'),
+                 (30, 31, '2025-01-21T12:00:00.000', '20240101_00003020240101_000031',
+                     'soon               2024-01-01 00:00:31')",
+            )
+            .unwrap();
+        let recorded = dentaltid.linked_rows().unwrap();
+        let id = |text: &str| nanopix_id(text);
+        assert_eq!(recorded.0.len(), 1, "{recorded:?}");
+        assert_eq!(recorded.created(31, id("20240101_000031")), at("2024-01-01 00:00:31"));
+        for (patient_id, text) in [(10, "20240101_000010"), (20, "20240101_000020"), (30, "20240101_000030")] {
+            assert_eq!(dentaltid.linked_row(patient_id, id(text)).unwrap(), None, "patient {patient_id}");
+        }
+        assert_eq!(dentaltid.linked_row(31, id("20240101_000031")).unwrap(), at("2024-01-01 00:00:31"));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! A link is stored in one of two ways. Patients written by one [`super::Importing::insert`] have
 //! their links in `nanopix_sync_imports`, one row per run of consecutive patient ids holding
 //! their NanoPix ids end to end (15 characters each): patient `first_patient_id + k` is linked,
-//! as imported, to the k-th id. Every other link, and every change of state of an imported one,
-//! is a row of `nanopix_sync_links`; a readable row there overrides a batch entry for the same
+//! as imported, to the k-th id. The row also holds, end to end, the creation times of the NanoPix
+//! rows the links were made with (19 characters each, blank for none; see
+//! [`super::linked_rows`]). Every other link, and every change of state of an imported one, is a
+//! row of `nanopix_sync_links`; a readable row there overrides a batch entry for the same
 //! patient. Of batch rows that overlap, the one starting last covers the patients from its start.
 //!
 //! The journal row is written before NanoPix is touched and removed in the same transaction
@@ -19,9 +21,13 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::awaited_folders::note_unsettled_links;
+use super::linked_rows::record_linked_rows;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
-use crate::patient::{NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, parse_dart_timestamp};
+use crate::patient::{
+    NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, nanopix_datetime, parse_dart_timestamp,
+    parse_nanopix_datetime,
+};
 use crate::values::{WHITESPACE, integer_at, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
@@ -64,14 +70,21 @@ const FEW_PATIENTS: usize = 256;
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
 const ID_LEN: usize = 15;
 
+/// The length of every entry in `nanopix_sync_imports.created_times`: `YYYY-MM-DD HH:MM:SS`.
+const CREATED_LEN: usize = 19;
+
 /// The columns [`read_batch`] reads, in its order (`external_ids` last, so a row rejected on
 /// its range is never read in full).
 const BATCH_COLUMNS: &str = "first_patient_id, last_patient_id, synced_at, external_ids";
 
-/// Records the links of one run of consecutive imported patients.
+/// Records the links of one run of consecutive imported patients, and the rows they were made with.
 const INSERT_BATCH: &str =
-    "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids)
-    VALUES (?1, ?2, ?3, ?4)";
+    "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids, created_times)
+    VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Forgets the rows recorded for links of patients `?1 ..= ?2` that have none: left by patients
+/// deleted before their ids were used again, they would hide the rows a new batch records.
+const FORGET_ROWS_OF_RANGE: &str = "DELETE FROM nanopix_sync_linked_rows WHERE patient_id BETWEEN ?1 AND ?2";
 
 /// Selects the batch row that covers patient `?1`, if any: the one starting last at or before it.
 const COVERING_BATCH: &str =
@@ -497,44 +510,63 @@ impl DentalTid {
 }
 
 /// Records the links of the patients one [`super::Importing::insert`] wrote, given as `(patient id,
-/// NanoPix id)` in the order written: one batch row per run of consecutive patient ids.
+/// NanoPix id, creation time of the NanoPix row)` in the order written: one batch row per run of
+/// consecutive patient ids.
 pub(super) fn record_imported_links(
     tx: &Transaction<'_>,
-    imported: &[(i64, NanoPixId)],
+    imported: &[ImportedLink],
     synced_at: &str,
 ) -> rusqlite::Result<()> {
-    for run in imported.chunk_by(|(previous, _), (next, _)| previous.checked_add(1) == Some(*next)) {
+    for run in imported.chunk_by(|(previous, ..), (next, ..)| previous.checked_add(1) == Some(*next)) {
         record_run(tx, run, synced_at)?;
-        if let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) {
+        if let (Some((first, ..)), Some((last, ..))) = (run.first(), run.last()) {
             note_unsettled_links(tx, *first, *last)?;
         }
     }
     Ok(())
 }
 
-/// Records one run of consecutive patient ids as a batch row. When one of its ids already has a
-/// link (an id used again after a delete, which a `patients` table without AUTOINCREMENT allows),
-/// the run gets link rows instead, which replace what is recorded for those ids.
-fn record_run(tx: &Transaction<'_>, run: &[(i64, NanoPixId)], synced_at: &str) -> rusqlite::Result<()> {
-    let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else { return Ok(()) };
+/// The link of one imported patient: its id, its NanoPix id and the creation time of the NanoPix
+/// row it was imported from.
+pub(super) type ImportedLink = (i64, NanoPixId, Option<NaiveDateTime>);
+
+/// Records one run of consecutive patient ids as a batch row, with the rows their links were
+/// made with. When one of its ids already has a link (an id used again after a delete, which a
+/// `patients` table without AUTOINCREMENT allows), the run gets link rows and rows of
+/// `nanopix_sync_linked_rows` instead, which replace what is recorded for those ids.
+fn record_run(tx: &Transaction<'_>, run: &[ImportedLink], synced_at: &str) -> rusqlite::Result<()> {
+    let (Some((first, ..)), Some((last, ..))) = (run.first(), run.last()) else { return Ok(()) };
     if tx.prepare_cached(RANGE_LINKED)?.query_row([first, last], |row| row.get::<_, bool>(0))? {
-        return replace_links(tx, run, synced_at);
+        replace_links(tx, run, synced_at)?;
+        return record_linked_rows(tx, run.iter().copied());
     }
     let mut external_ids = String::with_capacity(run.len().saturating_mul(ID_LEN));
-    for (_, external_id) in run {
+    let mut created_times = String::with_capacity(run.len().saturating_mul(CREATED_LEN));
+    for (_, external_id, created) in run {
         write!(external_ids, "{external_id}").map_err(|error| rusqlite::Error::ToSqlConversionFailure(error.into()))?;
+        push_created(&mut created_times, *created);
     }
-    tx.prepare_cached(INSERT_BATCH)?.execute(params![first, last, synced_at, external_ids]).map(drop)
+    tx.prepare_cached(FORGET_ROWS_OF_RANGE)?.execute([first, last])?;
+    tx.prepare_cached(INSERT_BATCH)?.execute(params![first, last, synced_at, external_ids, created_times]).map(drop)
 }
 
 /// Records each imported link of `run` as a link row, replacing the patient's link row if any.
-fn replace_links(tx: &Transaction<'_>, run: &[(i64, NanoPixId)], synced_at: &str) -> rusqlite::Result<()> {
+fn replace_links(tx: &Transaction<'_>, run: &[ImportedLink], synced_at: &str) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(UPSERT_LINK)?;
     let (origin, state) = (LinkOrigin::Imported.as_str(), LinkState::Linked.as_str());
-    for (patient_id, external_id) in run {
+    for (patient_id, external_id, _) in run {
         upsert.execute(params![patient_id, external_id.to_string(), origin, state, synced_at])?;
     }
     Ok(())
+}
+
+/// Appends a batch entry of `created_times`: the creation time as NanoPix writes it, or blanks
+/// for a row without one (or one that does not fit an entry).
+fn push_created(created_times: &mut String, created: Option<NaiveDateTime>) {
+    match created.map(nanopix_datetime).filter(|text| text.len() == CREATED_LEN) {
+        Some(text) => created_times.push_str(&text),
+        None => created_times.extend(std::iter::repeat_n(' ', CREATED_LEN)),
+    }
 }
 
 /// The link the batch row covering `patient_id` records for it, if any.
@@ -543,6 +575,59 @@ fn batch_link(conn: &Connection, patient_id: i64) -> rusqlite::Result<Option<Lin
         conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM nanopix_sync_imports {COVERING_BATCH}"))?;
     let link = statement.query_row([patient_id], |row| read_batch(row, |batch| batch.link(patient_id))).optional()?;
     Ok(link.flatten().flatten())
+}
+
+/// The rows import batches record their links were made with, as `(patient id, NanoPix id,
+/// creation time)` in patient id order: every entry with a valid NanoPix id and a creation time,
+/// of the batch rows that cover it (as [`DentalTid::links`] reads them).
+pub(super) fn batch_linked_rows(conn: &Connection) -> rusqlite::Result<Vec<(i64, NanoPixId, NaiveDateTime)>> {
+    let sql = format!("SELECT {BATCH_COLUMNS}, created_times FROM nanopix_sync_imports ORDER BY first_patient_id");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([])?;
+    let mut linked: Vec<(i64, NanoPixId, NaiveDateTime)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        if let Some(first) = integer_at(row, 0)? {
+            linked.truncate(linked.partition_point(|(patient_id, ..)| *patient_id < first));
+        }
+        let expanded = read_batch(row, |batch| -> rusqlite::Result<()> {
+            let Some(times) = created_times(row, &batch)? else { return Ok(()) };
+            let entries = (batch.first..=batch.last).zip(0..);
+            linked.extend(entries.filter_map(|(patient_id, place)| {
+                let (id, created) = batch.linked_row(place, times)?;
+                Some((patient_id, id, created))
+            }));
+            Ok(())
+        })?;
+        expanded.transpose()?;
+    }
+    Ok(linked)
+}
+
+/// The row the batch row covering `patient_id` records its link was made with, if any: its
+/// NanoPix id and creation time.
+pub(super) fn batch_linked_row(
+    conn: &Connection,
+    patient_id: i64,
+) -> rusqlite::Result<Option<(NanoPixId, NaiveDateTime)>> {
+    let sql = format!("SELECT {BATCH_COLUMNS}, created_times FROM nanopix_sync_imports {COVERING_BATCH}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let read = |row: &Row<'_>| {
+        let found = read_batch(row, |batch| -> rusqlite::Result<_> {
+            let Some(times) = created_times(row, &batch)? else { return Ok(None) };
+            let place = usize::try_from(patient_id.saturating_sub(batch.first)).ok();
+            Ok(place.and_then(|place| batch.linked_row(place, times)))
+        })?;
+        Ok(found.transpose()?.flatten())
+    };
+    Ok(statement.query_row([patient_id], read).optional()?.flatten())
+}
+
+/// The `created_times` of a batch row read with [`BATCH_COLUMNS`] and it, when it holds one
+/// entry per NanoPix id of `batch`.
+fn created_times<'row>(row: &'row Row<'_>, batch: &Batch<'_>) -> rusqlite::Result<Option<&'row [u8]>> {
+    let ValueRef::Text(times) = row.get_ref(4)? else { return Ok(None) };
+    let entries = batch.external_ids.len() / ID_LEN;
+    Ok((entries.checked_mul(CREATED_LEN) == Some(times.len())).then_some(times))
 }
 
 /// Link rows and batch links, each in patient id order, merged in that order; a link row wins
@@ -586,6 +671,14 @@ impl<'row> Batch<'row> {
         self.entry_link(patient_id, entry)
     }
 
+    /// The NanoPix id and row creation time of the entry at `place`, when it holds a valid NanoPix
+    /// id and `created_times` (see [`created_times`]) a creation time.
+    fn linked_row(&self, place: usize, created_times: &[u8]) -> Option<(NanoPixId, NaiveDateTime)> {
+        let id = NanoPixId::parse(entry_at(self.external_ids, place, ID_LEN)?).ok()?;
+        let created = entry_at(created_times, place, CREATED_LEN).and_then(parse_nanopix_datetime)?;
+        Some((id, created))
+    }
+
     /// Appends the link of every entry that holds a valid NanoPix id, in patient id order.
     fn expand_into(&self, links: &mut Vec<Link>) {
         links.reserve(self.external_ids.len() / ID_LEN);
@@ -600,6 +693,12 @@ impl<'row> Batch<'row> {
         let (origin, state, synced_at) = (LinkOrigin::Imported, LinkState::Linked, self.synced_at);
         Some(Link { patient_id, external_id: external_id.to_owned(), origin, state, synced_at })
     }
+}
+
+/// The text of the entry at `place` of `entries`, laid end to end `len` bytes each.
+fn entry_at(entries: &[u8], place: usize, len: usize) -> Option<&str> {
+    let start = place.checked_mul(len)?;
+    std::str::from_utf8(entries.get(start..start.checked_add(len)?)?).ok()
 }
 
 /// Reads a row of [`BATCH_COLUMNS`] and hands it to `use_batch`; `None`, without calling it,
@@ -686,7 +785,7 @@ mod tests {
         dentaltid
             .conn
             .execute_batch(
-                "INSERT INTO nanopix_sync_imports VALUES
+                "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids) VALUES
                  (10, 12, '2025-01-21T12:00:00.000', '20240101_000000../../etc/passw20240101_000002'),
                  (20, 20, '2025-01-21T12:00:00.000', 'not_a_nanopixid'),
                  (30, 30, '2025-01-21T12:00:00.000', '20241399_000000')",
@@ -740,8 +839,8 @@ mod tests {
         // Rows this library would not write: a batch starting inside another (it covers from its
         // start on), one whose ids do not fit its range, and a link row of unknown state.
         let odd_rows = format!(
-            "INSERT INTO nanopix_sync_imports VALUES ({start}, {start}, '2025-01-21T12:00:00.000', '20240603_090000');
-             INSERT INTO nanopix_sync_imports VALUES ({odd}, {odd}, '2025-01-21T12:00:00.000', 'short');
+            "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids) VALUES ({start}, {start}, '2025-01-21T12:00:00.000', '20240603_090000');
+             INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids) VALUES ({odd}, {odd}, '2025-01-21T12:00:00.000', 'short');
              INSERT INTO nanopix_sync_links VALUES ({unknown}, '20250122_091600', 'matched', 'odd', '2025-01-21T12:00:00.000');",
             start = imported[10],
             odd = imported[150],
@@ -1006,7 +1105,7 @@ mod tests {
     #[test]
     fn unreadable_batch_rows_and_entries_are_skipped() {
         let (_dir, dentaltid) = sample_database();
-        let sql = "INSERT INTO nanopix_sync_imports VALUES
+        let sql = "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids) VALUES
             (10, 12, '2025-01-21T12:00:00.000', '20240101_000000../../etc/passw20240101_000002'),
             (20, 22, '2025-01-21T12:00:00.000', '20240101_00000020240101_000001'),
             (30, 29, '2025-01-21T12:00:00.000', ''),
@@ -1027,7 +1126,7 @@ mod tests {
     #[test]
     fn a_batch_row_starting_later_covers_the_patients_from_its_start() {
         let (_dir, dentaltid) = sample_database();
-        let sql = "INSERT INTO nanopix_sync_imports VALUES
+        let sql = "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids) VALUES
             (10, 13, '2025-01-21T12:00:00.000', '20240101_00001020240101_00001120240101_00001220240101_000013'),
             (11, 11, '2025-01-21T12:00:00.000', '20240202_000011')";
         dentaltid.conn.execute_batch(sql).unwrap();

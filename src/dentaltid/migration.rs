@@ -85,7 +85,8 @@ const OWN_TABLES: &str = "
         first_patient_id INTEGER PRIMARY KEY,
         last_patient_id INTEGER NOT NULL,
         synced_at TEXT NOT NULL,
-        external_ids TEXT NOT NULL
+        external_ids TEXT NOT NULL,
+        created_times TEXT
     );
     CREATE TABLE IF NOT EXISTS nanopix_sync_awaited_folders(external_id TEXT PRIMARY KEY);
     CREATE TABLE IF NOT EXISTS nanopix_sync_unsettled_links(
@@ -103,14 +104,21 @@ const OWN_TABLES: &str = "
         WHERE state = 'delete_requested';
 ";
 
-/// The export journal's columns that its first version lacked, each with the statement that
-/// adds it: the values an export writes to NanoPix, by which a repair recognises its own row.
-/// Journal rows written before they existed hold NULL there.
-const EXPORT_JOURNAL_COLUMNS: [(&str, &str); 4] = [
-    ("written_last_name", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_last_name TEXT"),
-    ("written_first_name", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_first_name TEXT"),
-    ("written_birthdate", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_birthdate TEXT"),
-    ("written_created", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_created TEXT"),
+/// The columns of the sync's own tables that their first versions lacked, as `(table, column,
+/// the statement that adds it)`. Rows written before a column existed hold NULL there:
+/// - the export journal's values an export writes to NanoPix, by which a repair recognises its
+///   own row;
+/// - the creation times of the NanoPix rows an import batch's links were made with.
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("nanopix_sync_exports", "written_last_name", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_last_name TEXT"),
+    (
+        "nanopix_sync_exports",
+        "written_first_name",
+        "ALTER TABLE nanopix_sync_exports ADD COLUMN written_first_name TEXT",
+    ),
+    ("nanopix_sync_exports", "written_birthdate", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_birthdate TEXT"),
+    ("nanopix_sync_exports", "written_created", "ALTER TABLE nanopix_sync_exports ADD COLUMN written_created TEXT"),
+    ("nanopix_sync_imports", "created_times", "ALTER TABLE nanopix_sync_imports ADD COLUMN created_times TEXT"),
 ];
 
 /// The indexes [`OWN_INDEXES`] creates, as `(type, name)` in `sqlite_master`.
@@ -147,9 +155,10 @@ impl DentalTid {
                 tx.execute_batch(ADD_EXTERNAL_ID)?;
             }
             tx.execute_batch(OWN_TABLES)?;
-            let journal = table_columns(tx, "nanopix_sync_exports")?;
-            for (_, add) in EXPORT_JOURNAL_COLUMNS.iter().filter(|(column, _)| !journal.contains(*column)) {
-                tx.execute_batch(add)?;
+            for (table, column, add) in ADDED_COLUMNS {
+                if !table_columns(tx, table)?.contains(column) {
+                    tx.execute_batch(add)?;
+                }
             }
             Ok(())
         })
@@ -202,14 +211,18 @@ pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()>
 }
 
 /// Whether both columns, every table of [`OWN_TABLES`] and every column of
-/// [`EXPORT_JOURNAL_COLUMNS`] exist.
+/// [`ADDED_COLUMNS`] exist.
 fn is_migrated(conn: &Connection) -> rusqlite::Result<bool> {
     let columns = table_columns(conn, "patients")?;
     if !(columns.contains("source") && columns.contains("external_id") && all_exist(conn, &OWN_OBJECTS)?) {
         return Ok(false);
     }
-    let journal = table_columns(conn, "nanopix_sync_exports")?;
-    Ok(EXPORT_JOURNAL_COLUMNS.iter().all(|(column, _)| journal.contains(*column)))
+    for (table, column, _) in ADDED_COLUMNS {
+        if !table_columns(conn, table)?.contains(column) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether every `(type, name)` of `objects` is in `sqlite_master`.
@@ -241,7 +254,7 @@ mod tests {
     use rusqlite::Connection;
     use tempfile::TempDir;
 
-    use super::super::testing::{SCHEMA_V24, SCHEMA_V29, build_database, open};
+    use super::super::testing::{SCHEMA_V24, SCHEMA_V29, build_database, nanopix_id, open};
     use super::*;
     use crate::patient::{PatientFilter, Source};
     use crate::values::text_at;
@@ -424,6 +437,31 @@ mod tests {
         let external_id = crate::NanoPixId::parse("20250122_100000").unwrap();
         let pending = dentaltid.pending_exports().unwrap();
         assert_eq!(pending, [super::super::PendingExport { patient_id: 1, external_id, written: None }]);
+        drop(dentaltid);
+        let migrated = std::fs::read(&path).unwrap();
+        drop(open(&path));
+        assert_eq!(std::fs::read(&path).unwrap(), migrated, "a second open writes nothing");
+    }
+
+    #[test]
+    fn import_batches_of_an_older_version_gain_creation_times_and_keep_their_links() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V29, true);
+        drop(open(&path));
+        let conn = Connection::open(&path).unwrap();
+        let older = "DROP TABLE nanopix_sync_imports;
+            CREATE TABLE nanopix_sync_imports(first_patient_id INTEGER PRIMARY KEY, last_patient_id INTEGER NOT NULL,
+                synced_at TEXT NOT NULL, external_ids TEXT NOT NULL);
+            INSERT INTO nanopix_sync_imports VALUES (1, 1, '2025-01-21T12:00:00.000', '20250121_152638')";
+        conn.execute_batch(older).unwrap();
+        assert!(!is_migrated(&conn).unwrap());
+        drop(conn);
+        let dentaltid = open(&path);
+        assert!(is_migrated(&dentaltid.conn).unwrap());
+        let links: Vec<(i64, String)> =
+            dentaltid.links().unwrap().into_iter().map(|link| (link.patient_id, link.external_id)).collect();
+        assert_eq!(links, [(1, "20250121_152638".to_owned())]);
+        assert_eq!(dentaltid.linked_rows().unwrap().created(1, nanopix_id("20250121_152638")), None, "not recorded");
         drop(dentaltid);
         let migrated = std::fs::read(&path).unwrap();
         drop(open(&path));

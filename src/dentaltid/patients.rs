@@ -142,7 +142,8 @@ impl Importing<'_> {
     }
 }
 
-/// Inserts `rows` and records the links of those inserted (as batches, see [`super::links`]);
+/// Inserts `rows` and records the links of those inserted, with the rows they were made with (as
+/// batches, see [`super::links`]);
 /// returns each row's new id, or the error of a row the table refused.
 fn insert_imported(
     tx: &Transaction<'_>,
@@ -151,7 +152,6 @@ fn insert_imported(
 ) -> rusqlite::Result<Vec<rusqlite::Result<i64>>> {
     let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
     let (mut imported, mut outcomes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
-    let mut made_with = Vec::with_capacity(rows.len());
     for row in rows {
         let external_id = row.external_id.to_string();
         let inserted = match insert.insert(params![
@@ -169,17 +169,13 @@ fn insert_imported(
             inserted => inserted,
         };
         match inserted {
-            Ok(id) => {
-                imported.push((id, row.external_id));
-                made_with.push((id, row.external_id, row.nanopix_created));
-            }
+            Ok(id) => imported.push((id, row.external_id, row.nanopix_created)),
             Err(error) if !is_refusal(&error) || tx.is_autocommit() => return Err(error),
             Err(_) => {}
         }
         outcomes.push(inserted);
     }
     record_imported_links(tx, &imported, synced_at)?;
-    record_linked_rows(tx, made_with)?;
     Ok(outcomes)
 }
 
