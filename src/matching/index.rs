@@ -15,7 +15,7 @@ use foldhash::fast::RandomState;
 
 use super::DentalCandidate;
 use super::normalise::normalise_into;
-use super::similar::{BLOCK_KINDS, Block, SMALL_BUCKET, blocks_of};
+use super::similar::{BLOCK_KINDS, Block, BlockLetters, SMALL_BUCKET, block_letters, blocks_of};
 use crate::events::DuplicateCandidate;
 use crate::patient::nanopix_date;
 
@@ -108,8 +108,10 @@ impl Groups {
 pub(super) struct Member {
     /// Its entry.
     pub entry: usize,
-    /// Characters in its normalised first and last name together.
-    pub chars: usize,
+    /// Characters in its normalised first and last name together (at most `u16::MAX`).
+    pub chars: u16,
+    /// The letters of its blocks, see [`super::similar::block_letters`].
+    pub letters: BlockLetters,
 }
 
 /// The entries with a birth date, grouped by it: the members of each date side by side,
@@ -122,8 +124,8 @@ struct Buckets {
 }
 
 impl Buckets {
-    /// The buckets of `entries`.
-    fn of(entries: &[Entry], hasher: RandomState) -> Self {
+    /// The buckets of `entries`, whose block letters `letters` gives.
+    fn of(entries: &[Entry], hasher: RandomState, letters: impl Fn(usize) -> BlockLetters) -> Self {
         let named = entries.iter().enumerate().filter(|(_, e)| !e.one_named());
         let mut born: Vec<(NaiveDate, Reverse<usize>, usize)> =
             named.filter_map(|(entry, e)| Some((e.born?, Reverse(entry), e.chars))).collect();
@@ -136,7 +138,12 @@ impl Buckets {
             }
             start += bucket.len();
         }
-        let members = born.into_iter().map(|(_, Reverse(entry), chars)| Member { entry, chars }).collect();
+        let members = born.into_iter().map(|(_, Reverse(entry), chars)| Member {
+            entry,
+            chars: u16::try_from(chars).unwrap_or(u16::MAX),
+            letters: letters(entry),
+        });
+        let members = members.collect();
         Self { ranges, members }
     }
 
@@ -238,7 +245,8 @@ impl DentalIndex {
     /// than [`SMALL_BUCKET`] patients by block (oldest first, so each block lists the newest
     /// first). Call it once all patients are added.
     pub fn group_by_birth_date(&mut self) {
-        self.by_birth_date = Buckets::of(&self.entries, self.hasher);
+        let letters = |entry| self.person(entry).map(|person| block_letters(&person)).unwrap_or_default();
+        self.by_birth_date = Buckets::of(&self.entries, self.hasher, letters);
         let mut by_block = [(); BLOCK_KINDS].map(|()| Groups::sparse(self.entries.len(), self.hasher));
         let big = self.by_birth_date.ranges.values().filter(|range| range.len() > SMALL_BUCKET);
         for range in big {

@@ -73,8 +73,11 @@ pub(super) fn similar(index: &DentalIndex, person: &Person<'_>) -> Vec<usize> {
     let similar_entry = |entry: &usize| index.person(*entry).is_some_and(|other| is_similar(person, &other));
     let bucket = index.born_on(born);
     if bucket.len() <= SMALL_BUCKET {
-        // Lengths sit in the bucket: names are only read for members within reach.
-        let in_reach = bucket.iter().filter(|member| within_reach(person.chars, member.chars));
+        // Lengths and letters sit in the bucket: names are only read for members within reach.
+        let letters = block_letters(person);
+        let in_reach = bucket.iter().filter(|member| {
+            within_reach(person.chars, usize::from(member.chars)) && shares_a_block_letter(letters, member.letters)
+        });
         return in_reach.map(|member| member.entry).filter(similar_entry).collect();
     }
     let by_initial = lookup_blocks(index, person, born, true).take(MAX_COMPARISONS);
@@ -105,6 +108,28 @@ pub(super) fn blocks_of(person: &Person<'_>, chars: usize) -> [Option<Block>; BL
         person.last.chars().next_back().map(|last| Block::LastFinal(last, chars)),
         person.first.chars().next_back().map(|last| Block::FirstFinal(last, chars)),
     ]
+}
+
+/// The letters of a person's four [`Block`]s, in the order of [`Block::kind`], each cut to its
+/// lowest byte. Two names within [`MAX_EDITS`] edits of each other share the letter of at
+/// least one kind of block (see [`Block`]); letters cut to a byte may also be shared by chance,
+/// which only costs a comparison.
+pub(super) type BlockLetters = [u8; BLOCK_KINDS];
+
+/// The [`BlockLetters`] of `person` (0 for a letter of an empty name).
+pub(super) fn block_letters(person: &Person<'_>) -> BlockLetters {
+    blocks_of(person, person.chars).map(|block| match block {
+        Some(
+            Block::LastInitial(c, _) | Block::FirstInitial(c, _) | Block::LastFinal(c, _) | Block::FirstFinal(c, _),
+        ) => u32::from(c).to_le_bytes()[0],
+        None => 0,
+    })
+}
+
+/// Whether the block letters of two people share the letter of one kind of block: unless they
+/// do, their names are more than [`MAX_EDITS`] edits apart.
+fn shares_a_block_letter(a: BlockLetters, b: BlockLetters) -> bool {
+    a.iter().zip(&b).any(|(a, b)| a == b)
 }
 
 /// Whether names of `a` and `b` characters in all are long enough, short enough, and close
@@ -220,6 +245,49 @@ mod tests {
             let distance = strsim::levenshtein(&a, &b);
             prop_assert_eq!(edits(&a, &b, budget), Some(distance).filter(|&d| d <= budget));
         }
+    }
+
+    /// `name` with one edit: `op` 0 inserts `letter` before the character at `at` (wrapped
+    /// around), 1 deletes that character (unless it is the only one), 2 replaces it by `letter`.
+    fn edited(name: &str, (op, at, letter): (u8, usize, char)) -> String {
+        let mut chars: Vec<char> = name.chars().collect();
+        match op {
+            0 => chars.insert(at % (chars.len() + 1), letter),
+            1 if chars.len() > 1 => drop(chars.remove(at % chars.len())),
+            _ => {
+                let at = at % chars.len();
+                chars[at] = letter;
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn names_within_two_edits_share_a_block_letter(
+            first in "[ab\u{0645}]{1,6}",
+            last in "[ab\u{0645}]{1,6}",
+            edits in proptest::collection::vec((any::<bool>(), 0..3u8, 0..8usize, "[ab\u{0645}]"), 0..=MAX_EDITS),
+        ) {
+            let (mut other_first, mut other_last) = (first.clone(), last.clone());
+            for (in_first, op, at, letter) in edits {
+                let name = if in_first { &mut other_first } else { &mut other_last };
+                *name = edited(name, (op, at, letter.chars().next().unwrap_or('a')));
+            }
+            let a = Person::new(&first, &last, None).unwrap();
+            let b = Person::new(&other_first, &other_last, None).unwrap();
+            if super::is_similar(&a, &b) {
+                prop_assert!(shares_a_block_letter(block_letters(&a), block_letters(&b)));
+            }
+        }
+    }
+
+    #[test]
+    fn block_letters_keep_the_lowest_byte_of_each_letter() {
+        let (first, last) = (normalise_name("Zoé"), normalise_name("محمد"));
+        let person = Person::new(&first, &last, None).unwrap();
+        assert_eq!(block_letters(&person), [0x45, b'z', 0x2F, b'e']);
     }
 
     #[test]
