@@ -55,7 +55,10 @@ struct Entry {
     start: usize,
     ends: [usize; 4],
     born: Option<NaiveDate>,
-    chars: usize,
+    /// Characters in its normalised names (at most `u16::MAX`).
+    chars: u16,
+    /// The letters of its blocks (see [`block_letters`]); zeros for a one-named patient.
+    letters: BlockLetters,
     linked: bool,
 }
 
@@ -124,11 +127,11 @@ struct Buckets {
 }
 
 impl Buckets {
-    /// The buckets of `entries`, whose block letters `letters` gives.
-    fn of(entries: &[Entry], hasher: RandomState, letters: impl Fn(usize) -> BlockLetters) -> Self {
+    /// The buckets of `entries`.
+    fn of(entries: &[Entry], hasher: RandomState) -> Self {
         let named = entries.iter().enumerate().filter(|(_, e)| !e.one_named());
-        let mut born: Vec<(NaiveDate, Reverse<usize>, usize)> =
-            named.filter_map(|(entry, e)| Some((e.born?, Reverse(entry), e.chars))).collect();
+        let mut born: Vec<(NaiveDate, Reverse<usize>, u16, BlockLetters)> =
+            named.filter_map(|(entry, e)| Some((e.born?, Reverse(entry), e.chars, e.letters))).collect();
         born.sort_unstable();
         let mut ranges = HashMap::with_hasher(hasher);
         let mut start = 0;
@@ -138,12 +141,8 @@ impl Buckets {
             }
             start += bucket.len();
         }
-        let members = born.into_iter().map(|(_, Reverse(entry), chars)| Member {
-            entry,
-            chars: u16::try_from(chars).unwrap_or(u16::MAX),
-            letters: letters(entry),
-        });
-        let members = members.collect();
+        let members =
+            born.into_iter().map(|(_, Reverse(entry), chars, letters)| Member { entry, chars, letters }).collect();
         Self { ranges, members }
     }
 
@@ -209,7 +208,8 @@ impl DentalIndex {
             self.add_one_named(candidate, start, [ends[0], ends[1], shown[0], shown[1]]);
             return;
         };
-        let (names, chars) = (self.names_key(person.first, person.last), person.chars);
+        let (names, letters) = (self.names_key(person.first, person.last), block_letters(&person));
+        let chars = u16::try_from(person.chars).unwrap_or(u16::MAX);
         self.by_exact.push(born.map(|born| self.exact_key(person.first, person.last, born)));
         self.by_names.push(Some(names));
         self.unborn_by_names.push(born.is_none().then_some(names));
@@ -219,6 +219,7 @@ impl DentalIndex {
             ends: [ends[0], ends[1], shown[0], shown[1]],
             born,
             chars,
+            letters,
             linked: candidate.linked,
         });
     }
@@ -232,21 +233,20 @@ impl DentalIndex {
             self.text.truncate(start);
             return;
         };
-        let (key, chars) = (self.one_name_key(name, born), name.chars().count());
+        let (key, chars) = (self.one_name_key(name, born), u16::try_from(name.chars().count()).unwrap_or(u16::MAX));
         self.one_named.entry(key).or_default().push(self.entries.len());
         for groups in [&mut self.by_exact, &mut self.by_names, &mut self.unborn_by_names] {
             groups.push(None);
         }
         let (id, linked, born) = (candidate.id, candidate.linked, Some(born));
-        self.entries.push(Entry { id, start, ends, born, chars, linked });
+        self.entries.push(Entry { id, start, ends, born, chars, letters: BlockLetters::default(), linked });
     }
 
     /// Groups the patients by birth date, and files those of every birth date shared by more
     /// than [`SMALL_BUCKET`] patients by block (oldest first, so each block lists the newest
     /// first). Call it once all patients are added.
     pub fn group_by_birth_date(&mut self) {
-        let letters = |entry| self.person(entry).map(|person| block_letters(&person)).unwrap_or_default();
-        self.by_birth_date = Buckets::of(&self.entries, self.hasher, letters);
+        self.by_birth_date = Buckets::of(&self.entries, self.hasher);
         let mut by_block = [(); BLOCK_KINDS].map(|()| Groups::sparse(self.entries.len(), self.hasher));
         let big = self.by_birth_date.ranges.values().filter(|range| range.len() > SMALL_BUCKET);
         for range in big {
@@ -285,7 +285,7 @@ impl DentalIndex {
         let entry = self.entries.get(entry)?;
         let first = self.text.get(entry.start..entry.ends[0])?;
         let last = self.text.get(entry.ends[0]..entry.ends[1])?;
-        Some(Person { first, last, born: entry.born, chars: entry.chars })
+        Some(Person { first, last, born: entry.born, chars: usize::from(entry.chars) })
     }
 
     /// The entries whose names are `first` and `last` and who were born on `born`.
