@@ -248,7 +248,7 @@ pub(super) fn schema_object_exists(conn: &Connection, kind: &str, name: &str) ->
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use rusqlite::Connection;
@@ -401,71 +401,64 @@ mod tests {
         assert!(!index_sql.to_uppercase().contains("UNIQUE"), "{index_sql}");
     }
 
-    #[test]
-    fn a_file_migrated_without_the_imports_table_gains_it_and_keeps_its_links() {
+    /// A v29 file migrated, then turned by `older` into what an older version left; returns it
+    /// opened (so migrated) again, with its folder and path.
+    fn migrated_again_after(older: &str) -> (TempDir, PathBuf, DentalTid) {
         let dir = TempDir::new().unwrap();
         let path = build_database(&dir, SCHEMA_V29, true);
         drop(open(&path));
         let conn = Connection::open(&path).unwrap();
-        let older = "DROP TABLE nanopix_sync_imports; INSERT INTO nanopix_sync_links
-            VALUES (1, '20250121_152638', 'matched', 'linked', '2025-01-21T12:00:00.000')";
         conn.execute_batch(older).unwrap();
         assert!(!is_migrated(&conn).unwrap());
         drop(conn);
         let dentaltid = open(&path);
-        assert!(schema_object_exists(&dentaltid.conn, "table", "nanopix_sync_imports").unwrap());
         assert!(is_migrated(&dentaltid.conn).unwrap());
+        (dir, path, dentaltid)
+    }
+
+    /// Closes `dentaltid` and checks that opening its file again writes nothing.
+    fn assert_a_second_open_writes_nothing(dentaltid: DentalTid, path: &Path) {
+        drop(dentaltid);
+        let migrated = std::fs::read(path).unwrap();
+        drop(open(path));
+        assert_eq!(std::fs::read(path).unwrap(), migrated, "a second open writes nothing");
+    }
+
+    #[test]
+    fn a_file_migrated_without_the_imports_table_gains_it_and_keeps_its_links() {
+        let older = "DROP TABLE nanopix_sync_imports; INSERT INTO nanopix_sync_links
+            VALUES (1, '20250121_152638', 'matched', 'linked', '2025-01-21T12:00:00.000')";
+        let (_dir, _, dentaltid) = migrated_again_after(older);
+        assert!(schema_object_exists(&dentaltid.conn, "table", "nanopix_sync_imports").unwrap());
         let links: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
         assert_eq!(links, [1]);
     }
 
     #[test]
     fn an_export_journal_of_an_older_version_gains_its_columns_and_keeps_its_rows() {
-        let dir = TempDir::new().unwrap();
-        let path = build_database(&dir, SCHEMA_V29, true);
-        drop(open(&path));
-        let conn = Connection::open(&path).unwrap();
         let older = "DROP TABLE nanopix_sync_exports;
             CREATE TABLE nanopix_sync_exports(
                 patient_id INTEGER PRIMARY KEY, external_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL);
             INSERT INTO nanopix_sync_exports VALUES (1, '20250122_100000', '2025-01-22T10:00:00.000')";
-        conn.execute_batch(older).unwrap();
-        assert!(!is_migrated(&conn).unwrap());
-        drop(conn);
-        let dentaltid = open(&path);
-        assert!(is_migrated(&dentaltid.conn).unwrap());
-        let external_id = crate::NanoPixId::parse("20250122_100000").unwrap();
+        let (_dir, path, dentaltid) = migrated_again_after(older);
+        let external_id = nanopix_id("20250122_100000");
         let pending = dentaltid.pending_exports().unwrap();
         assert_eq!(pending, [super::super::PendingExport { patient_id: 1, external_id, written: None }]);
-        drop(dentaltid);
-        let migrated = std::fs::read(&path).unwrap();
-        drop(open(&path));
-        assert_eq!(std::fs::read(&path).unwrap(), migrated, "a second open writes nothing");
+        assert_a_second_open_writes_nothing(dentaltid, &path);
     }
 
     #[test]
     fn import_batches_of_an_older_version_gain_creation_times_and_keep_their_links() {
-        let dir = TempDir::new().unwrap();
-        let path = build_database(&dir, SCHEMA_V29, true);
-        drop(open(&path));
-        let conn = Connection::open(&path).unwrap();
         let older = "DROP TABLE nanopix_sync_imports;
             CREATE TABLE nanopix_sync_imports(first_patient_id INTEGER PRIMARY KEY, last_patient_id INTEGER NOT NULL,
                 synced_at TEXT NOT NULL, external_ids TEXT NOT NULL);
             INSERT INTO nanopix_sync_imports VALUES (1, 1, '2025-01-21T12:00:00.000', '20250121_152638')";
-        conn.execute_batch(older).unwrap();
-        assert!(!is_migrated(&conn).unwrap());
-        drop(conn);
-        let dentaltid = open(&path);
-        assert!(is_migrated(&dentaltid.conn).unwrap());
+        let (_dir, path, dentaltid) = migrated_again_after(older);
         let links: Vec<(i64, String)> =
             dentaltid.links().unwrap().into_iter().map(|link| (link.patient_id, link.external_id)).collect();
         assert_eq!(links, [(1, "20250121_152638".to_owned())]);
         assert_eq!(dentaltid.linked_rows().unwrap().created(1, nanopix_id("20250121_152638")), None, "not recorded");
-        drop(dentaltid);
-        let migrated = std::fs::read(&path).unwrap();
-        drop(open(&path));
-        assert_eq!(std::fs::read(&path).unwrap(), migrated, "a second open writes nothing");
+        assert_a_second_open_writes_nothing(dentaltid, &path);
     }
 
     #[test]
