@@ -211,7 +211,7 @@ fn chars_into<'b>(text: &str, buffer: &'b mut [char; MAX_COMBINED_CHARS]) -> Opt
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::normalise_name;
+    use super::super::{DentalCandidate, normalise_name};
     use super::*;
 
     fn is_similar(a: (&str, &str), b: (&str, &str)) -> bool {
@@ -280,6 +280,47 @@ mod tests {
             if super::is_similar(&a, &b) {
                 prop_assert!(shares_a_block_letter(block_letters(&a), block_letters(&b)));
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// A small bucket of the NanoPix patient's names typed again with up to three edits
+        /// (spaces, marks, tatweel, Arabic, a letter whose lowest byte is `a`'s): `similar`
+        /// finds exactly the members whose names are similar.
+        #[test]
+        fn a_small_bucket_yields_every_similar_member(
+            first in "[a \u{0301}\u{0645}\u{0640}\u{0161}]{1,5}",
+            last in "[ab \u{0301}\u{0645}\u{0161}]{1,6}",
+            typed in proptest::collection::vec(
+                proptest::collection::vec((any::<bool>(), 0..3u8, 0..8usize, "[a \u{0301}\u{0645}\u{0161}]"), 0..=3),
+                1..=SMALL_BUCKET,
+            ),
+        ) {
+            let born = NaiveDate::from_ymd_opt(1990, 5, 6);
+            let (mut index, added) = (DentalIndex::default(), typed.len());
+            for (id, edits) in (1..).zip(typed) {
+                let (mut first_name, mut last_name) = (first.clone(), last.clone());
+                for (in_first, op, at, letter) in edits {
+                    let name = if in_first { &mut first_name } else { &mut last_name };
+                    *name = edited(name, (op, at, letter.chars().next().unwrap_or('a')));
+                }
+                let candidate = DentalCandidate {
+                    id, first_name: &first_name, last_name: &last_name, date_of_birth: born, linked: false,
+                };
+                index.add(candidate);
+            }
+            index.group_by_birth_date();
+            let (first, last) = (normalise_name(&first), normalise_name(&last));
+            let Some(person) = Person::new(&first, &last, born) else { return Ok(()) };
+            let mut found = similar(&index, &person);
+            let both_named = |other: &Person<'_>| !other.first.is_empty() && !other.last.is_empty();
+            let similar_entry = |entry: &usize| {
+                index.person(*entry).is_some_and(|other| both_named(&other) && super::is_similar(&person, &other))
+            };
+            let expected: Vec<usize> = (0..added).filter(similar_entry).collect();
+            found.sort_unstable();
+            prop_assert_eq!(found, expected);
         }
     }
 
