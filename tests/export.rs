@@ -1361,6 +1361,13 @@ fn export_and_report(sync: &NanoPixSync, typed: i64) -> (String, Vec<Reported>) 
     (exported, duplicates(common::drain(sync)))
 }
 
+/// Exports patient `typed` and checks that the export reports, as its only possible duplicate,
+/// the patient `imported` from NanoPix.
+fn assert_export_reports_the_imported_twin(sync: &NanoPixSync, typed: i64, imported: i64) {
+    let (exported, reported) = export_and_report(sync, typed);
+    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+}
+
 /// `export_patient` of a DentalTID patient whose names and birth date an imported patient has
 /// (the same person, typed again) exports her and reports the imported one beside her; a
 /// patient born another day is not reported.
@@ -1369,8 +1376,7 @@ fn export_patient_reports_the_linked_patient_with_the_same_names_and_birth_date(
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
     let typed = clinic.add_dentaltid("Nadia", "SAIDI", Some("1990-03-04"));
     let other = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-05"));
-    let (exported, reported) = export_and_report(&sync, typed);
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_export_reports_the_imported_twin(&sync, typed, imported);
     assert_eq!(export_and_report(&sync, other).1, [], "another birth date");
 }
 
@@ -1389,8 +1395,7 @@ fn the_export_of_a_nameless_patient_reports_no_linked_twin() {
 fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "");
     let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
-    let (exported, reported) = export_and_report(&sync, typed);
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_export_reports_the_imported_twin(&sync, typed, imported);
 }
 
 /// NanoPix's patient with only a last name is imported; the same person is typed in DentalTID
@@ -1400,8 +1405,7 @@ fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
 fn a_one_named_twin_with_the_name_in_the_other_field_is_reported() {
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "");
     let typed = clinic.add_dentaltid("Saidi", "", Some("1990-03-04"));
-    let (exported, reported) = export_and_report(&sync, typed);
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_export_reports_the_imported_twin(&sync, typed, imported);
 }
 
 /// A linked twin whose `dateOfBirth` DentalTID holds as a blob is read as matching reads it,
@@ -1412,8 +1416,7 @@ fn a_linked_twin_with_a_blob_birth_date_is_reported_by_export_patient() {
     let dentaltid = common::another_program(&clinic.dentaltid);
     dentaltid.execute("UPDATE patients SET dateOfBirth = CAST(dateOfBirth AS BLOB) WHERE id = ?1", [imported]).unwrap();
     let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
-    let (exported, reported) = export_and_report(&sync, typed);
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_export_reports_the_imported_twin(&sync, typed, imported);
 }
 
 /// `export_existing` reads the twins once, before its first export. The imported Nadia is
@@ -1472,8 +1475,7 @@ fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
 fn a_one_named_export_reports_the_linked_twin_with_both_names() {
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
     let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
-    let (exported, reported) = export_and_report(&sync, typed);
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_export_reports_the_imported_twin(&sync, typed, imported);
 }
 
 /// An imported patient is deleted in DentalTID; the catch-up of an export of another patient
