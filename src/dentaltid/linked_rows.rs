@@ -291,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_rows_without_creation_times_that_fit_record_none() {
+    fn batch_entries_without_a_readable_creation_time_record_none() {
         let (_dir, dentaltid) = sample_database();
         dentaltid
             .conn
@@ -304,13 +304,12 @@ mod tests {
             )
             .unwrap();
         let recorded = dentaltid.linked_rows().unwrap();
-        let id = |text: &str| nanopix_id(text);
         assert_eq!(recorded.0.len(), 1, "{recorded:?}");
-        assert_eq!(recorded.created(31, id("20240101_000031")), at("2024-01-01 00:00:31"));
+        assert_eq!(recorded.created(31, nanopix_id("20240101_000031")), at("2024-01-01 00:00:31"));
         for (patient_id, text) in [(10, "20240101_000010"), (20, "20240101_000020"), (30, "20240101_000030")] {
-            assert_eq!(dentaltid.linked_row(patient_id, id(text)).unwrap(), None, "patient {patient_id}");
+            assert_eq!(dentaltid.linked_row(patient_id, nanopix_id(text)).unwrap(), None, "patient {patient_id}");
         }
-        assert_eq!(dentaltid.linked_row(31, id("20240101_000031")).unwrap(), at("2024-01-01 00:00:31"));
+        assert_eq!(dentaltid.linked_row(31, nanopix_id("20240101_000031")).unwrap(), at("2024-01-01 00:00:31"));
     }
 
     #[test]

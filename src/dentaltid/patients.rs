@@ -143,8 +143,8 @@ impl Importing<'_> {
 }
 
 /// Inserts `rows` and records the links of those inserted, with the rows they were made with (as
-/// batches, see [`super::links`]);
-/// returns each row's new id, or the error of a row the table refused.
+/// batches, see [`super::links`]); returns each row's new id, or the error of a row the table
+/// refused.
 fn insert_imported(
     tx: &Transaction<'_>,
     rows: &[NewDentalPatient],
