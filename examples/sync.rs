@@ -249,6 +249,7 @@ fn print_status(sync: &NanoPixSync) -> Result<(), String> {
         "from_nanopix": count(PatientFilter::AllByExternal)?,
         "today": count(PatientFilter::Today)?,
         "today_by_external": count(PatientFilter::TodayByExternal)?,
+        "possible_duplicates": sync.possible_duplicates().map_err(|e| e.to_string())?.len(),
     });
     print_line(&status.to_string())
 }

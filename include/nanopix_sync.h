@@ -348,6 +348,30 @@ uint32_t nps_patients(const NpsHandle *handle, uint32_t filter, char **patients_
 uint32_t nps_source_info(const NpsHandle *handle, int64_t patient_id, char **source_info_json);
 
 /**
+ * The possible duplicates awaiting review, oldest patient first: every `possible_duplicate`
+ * report not dismissed yet (kept across closing and crashes) whose patient DentalTID still holds.
+ *
+ * On success writes a library-owned JSON array to `*duplicates_json`: objects with
+ * `patient_id`, `external_id`, `reason` and `candidates` as in the `possible_duplicate` event,
+ * each candidate (`patient_id`, `first_name`, `last_name`, `date_of_birth`) as DentalTID holds
+ * it now; free it with `nps_string_free`. Any thread may call it.
+ *
+ * # Safety
+ * `handle` is NULL or a live handle; `duplicates_json` is NULL or writable.
+ */
+uint32_t nps_possible_duplicates(const NpsHandle *handle, char **duplicates_json);
+
+/**
+ * Takes DentalTID patient `patient_id`'s possible duplicate off the review list, once the user
+ * has dealt with it; on success writes whether one was listed to `*dismissed`. Any thread may
+ * call it.
+ *
+ * # Safety
+ * `handle` is NULL or a live handle; `dismissed` is NULL or writable.
+ */
+uint32_t nps_dismiss_possible_duplicate(NpsHandle *handle, int64_t patient_id, bool *dismissed);
+
+/**
  * Sets the event callback, or clears it with NULL.
  *
  * `callback(userdata, event_json)` is called on a library thread for every later event;

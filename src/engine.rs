@@ -24,7 +24,7 @@ use crate::matching::{DentalIndex, Import, MatchKey, MatchedLink, Matcher, Possi
 use crate::nanopix::{FolderListing, FolderScan, IdRows, NanoPix, OddRow, RowStamp};
 use crate::patient::{BirthDate, NanoPixPatient, NewDentalPatient, Patient, PatientFilter, Source};
 use crate::sync::SourceInfo;
-use crate::{Clock, Config, Error, NanoPixId, Result};
+use crate::{Clock, Config, DuplicateToReview, Error, NanoPixId, Result};
 
 mod exports;
 
@@ -583,6 +583,18 @@ impl Engine {
     /// Patients for the patients screen.
     pub fn patients(&self, filter: PatientFilter) -> Result<Vec<Patient>> {
         self.dentaltid.patients(filter, self.config.clock.now().date())
+    }
+
+    /// The possible duplicates awaiting review.
+    pub fn possible_duplicates(&self) -> Result<Vec<DuplicateToReview>> {
+        self.dentaltid.possible_duplicates()
+    }
+
+    /// Takes patient `patient_id`'s possible duplicate off the review list; returns whether it
+    /// was listed.
+    pub fn dismiss_possible_duplicate(&mut self, patient_id: i64) -> Result<bool> {
+        self.reconnect_if_read_only()?;
+        self.dentaltid.dismiss_possible_duplicate(patient_id)
     }
 
     /// Where a patient comes from and what NanoPix holds for it.
@@ -1302,6 +1314,7 @@ fn import_page(imports: Vec<Import>, today: NaiveDate) -> ImportPage {
 /// Inserts a page of imports in the open import transaction, synced at `now`.
 fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, (rows, duplicates): ImportPage) -> Result<Written> {
     let ids = importing.insert(&rows, now)?;
+    importing.record_possible_duplicates(&rows, &duplicates, &ids)?;
     Ok((rows, duplicates, ids))
 }
 

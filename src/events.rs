@@ -170,6 +170,37 @@ pub enum DuplicateReason {
     MissingName,
 }
 
+impl DuplicateReason {
+    /// Every reason, in the order above.
+    const ALL: [Self; 7] = [
+        Self::AutoLinkOff,
+        Self::SeveralCandidates,
+        Self::AlreadyLinked,
+        Self::SwappedNames,
+        Self::SimilarNames,
+        Self::MissingBirthDate,
+        Self::MissingName,
+    ];
+
+    /// The reason's name, as events spell it and the sync's own tables store it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::AutoLinkOff => "auto_link_off",
+            Self::SeveralCandidates => "several_candidates",
+            Self::AlreadyLinked => "already_linked",
+            Self::SwappedNames => "swapped_names",
+            Self::SimilarNames => "similar_names",
+            Self::MissingBirthDate => "missing_birth_date",
+            Self::MissingName => "missing_name",
+        }
+    }
+
+    /// The reason named `name`; `None` for a name this library never writes.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+}
+
 /// A DentalTID patient named in a `possible_duplicate` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DuplicateCandidate {
@@ -380,6 +411,15 @@ mod tests {
         let second: serde_json::Value = serde_json::from_str(&events.try_recv().unwrap().to_json()).unwrap();
         assert_eq!(second["type"], "closed");
         assert_eq!(second["seq"], 2);
+    }
+
+    #[test]
+    fn duplicate_reasons_are_stored_by_the_names_events_give_them() {
+        for reason in DuplicateReason::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+            assert_eq!(DuplicateReason::from_name(reason.as_str()), Some(reason));
+        }
+        assert_eq!(DuplicateReason::from_name("similar"), None);
     }
 
     #[test]

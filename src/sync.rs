@@ -17,7 +17,7 @@ use crate::engine::{Engine, Signals};
 use crate::events::{Event, EventBus, EventKind, ReconcileReport};
 use crate::live::{self, Job};
 use crate::patient::{Patient, PatientFilter, Source};
-use crate::{Config, Error, LinkState, NanoPixId, Result};
+use crate::{Config, DuplicateToReview, Error, LinkState, NanoPixId, Result};
 
 /// Where a DentalTID patient comes from and what NanoPix holds for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -207,6 +207,21 @@ impl NanoPixSync {
     /// DentalTID patients, as the patients screen filters them.
     pub fn patients(&self, filter: PatientFilter) -> Result<Vec<Patient>> {
         self.call(move |engine| engine.patients(filter))
+    }
+
+    /// The possible duplicates awaiting review, oldest patient first: every `possible_duplicate`
+    /// report not dismissed yet, kept across closing and crashes, whose patient DentalTID still
+    /// holds. Each lists the candidates DentalTID still holds, as they are now; a report none of
+    /// whose candidates is left is not listed.
+    pub fn possible_duplicates(&self) -> Result<Vec<DuplicateToReview>> {
+        self.call(|engine| engine.possible_duplicates())
+    }
+
+    /// Takes patient `patient_id`'s possible duplicate off the review list, once the user has
+    /// dealt with it (merged the patients, or found them to be different people). Returns
+    /// whether one was listed; a later report on the patient lists it again.
+    pub fn dismiss_possible_duplicate(&self, patient_id: i64) -> Result<bool> {
+        self.call(move |engine| engine.dismiss_possible_duplicate(patient_id))
     }
 
     /// Where a patient comes from and what NanoPix holds for it.

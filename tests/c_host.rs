@@ -140,6 +140,7 @@ fn the_c_host_exports_a_patient_and_closes_cleanly() {
 fn the_python_ctypes_smoke_test_passes() {
     let library = cdylib();
     let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/smoke.py");
     let args =
         [script, &library.to_string_lossy(), &clinic.root.to_string_lossy(), &clinic.dentaltid.to_string_lossy()];

@@ -8,6 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::Clinic;
+use nanopix_sync::DuplicateReason;
 use rusqlite::Connection;
 
 /// NanoPix patients new to DentalTID in the first-sync test.
@@ -178,6 +179,28 @@ fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_after
     sync.reconcile().unwrap();
     std::fs::remove_dir(clinic.root.join(first)).unwrap();
     assert_eq!(sync.reconcile().unwrap().removed, 1);
+}
+
+/// A sync killed after its imports, before the host read any event: the possible duplicate it
+/// reported is on the next sync's review list, and is not imported or reported again.
+#[test]
+fn a_possible_duplicate_reported_before_a_crash_stays_on_the_review_list() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
+    let status = common::child_process("killed_sync_child", &clinic)
+        .env("NPS_TEST_WORK", "reconcile")
+        .env("NANOPIX_SYNC_CRASH_AT", "imported")
+        .status()
+        .unwrap();
+    assert!(!status.success(), "killed at the crash point: {status:?}");
+
+    let sync = clinic.open_without_automatic_work();
+    let listed = sync.possible_duplicates().unwrap();
+    let listed: Vec<_> =
+        listed.iter().map(|d| (d.external_id.as_str(), d.reason, d.candidates[0].patient_id)).collect();
+    assert_eq!(listed, [("20250122_091500", DuplicateReason::SwappedNames, 1)]);
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.possible_duplicates), (0, 0), "imported and reported once");
 }
 
 /// DentalTID gave a patient a NanoPix id itself, for a NanoPix patient whose folder is not made

@@ -1362,10 +1362,13 @@ fn export_and_report(sync: &NanoPixSync, typed: i64) -> (String, Vec<Reported>) 
 }
 
 /// Exports patient `typed` and checks that the export reports, as its only possible duplicate,
-/// the patient `imported` from NanoPix.
+/// the patient `imported` from NanoPix, and keeps that report on the review list.
 fn assert_export_reports_the_imported_twin(sync: &NanoPixSync, typed: i64, imported: i64) {
     let (exported, reported) = export_and_report(sync, typed);
-    assert_eq!(reported, [(exported, Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_eq!(reported, [(exported.clone(), Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    let listed = sync.possible_duplicates().unwrap().into_iter().find(|listed| listed.patient_id == typed);
+    let listed = listed.map(|listed| (listed.external_id, listed.reason, listed.candidates[0].patient_id));
+    assert_eq!(listed, Some((exported, DuplicateReason::AlreadyLinked, imported)), "kept on the review list");
 }
 
 /// `export_patient` of a DentalTID patient whose names and birth date an imported patient has

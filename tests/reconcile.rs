@@ -184,6 +184,56 @@ fn near_misses_are_imported_and_reported() {
     assert!(events.iter().all(|e| !matches!(e, EventKind::PatientLinked { .. })));
 }
 
+/// A possible duplicate as the review list shows it: the reported patient, its NanoPix id, the
+/// reason and the candidates' ids.
+type Listed = (i64, String, DuplicateReason, Vec<i64>);
+
+fn review_list(sync: &NanoPixSync) -> Vec<Listed> {
+    let listed = sync.possible_duplicates().unwrap().into_iter();
+    listed
+        .map(|d| (d.patient_id, d.external_id, d.reason, d.candidates.iter().map(|c| c.patient_id).collect()))
+        .collect()
+}
+
+/// Every `possible_duplicate` report stays on the review list, across closing, until it is
+/// dismissed, or until its patient or all its candidates are deleted; the list shows the
+/// candidates as DentalTID holds them now.
+#[test]
+fn possible_duplicates_stay_listed_until_dismissed_or_deleted() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091600", "Haddad", "Karim", Some("1970-06-01"));
+    clinic.add_nanopix("20250122_091700", "O'Brien", "Sean", None);
+    let (sync, events) = reconcile_with(&clinic);
+    let reported: Vec<Listed> = events
+        .iter()
+        .filter_map(|kind| match kind {
+            EventKind::PossibleDuplicate { external_id, patient_id: Some(patient_id), reason, candidates } => {
+                Some((*patient_id, external_id.clone(), *reason, candidates.iter().map(|c| c.patient_id).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported.len(), 3, "{events:?}");
+    assert_eq!(review_list(&sync), reported);
+    drop(sync);
+    let sync = clinic.open();
+    assert_eq!(review_list(&sync), reported, "kept across closing");
+
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET name = 'Corrected' WHERE id = ?1", [reported[0].3[0]]).unwrap();
+    let listed = sync.possible_duplicates().unwrap();
+    assert_eq!(listed[0].candidates[0].first_name, "Corrected", "the candidate as DentalTID holds it now");
+
+    assert!(sync.dismiss_possible_duplicate(reported[0].0).unwrap());
+    assert!(!sync.dismiss_possible_duplicate(reported[0].0).unwrap(), "dismissed already");
+    assert_eq!(review_list(&sync), reported[1..]);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [reported[1].3[0]]).unwrap();
+    assert_eq!(review_list(&sync), reported[2..], "its only candidate deleted");
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [reported[2].0]).unwrap();
+    assert_eq!(review_list(&sync), [], "the reported patient deleted");
+}
+
 /// NanoPix's form starts with the day of registration as the birth date, and it is often left
 /// so: a NanoPix patient born on the day NanoPix registered it, with the names of a DentalTID
 /// patient born on another day, is imported and reported as a possible duplicate.

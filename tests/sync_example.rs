@@ -192,6 +192,15 @@ fn status_prints_one_object() {
 }
 
 #[test]
+fn status_counts_the_possible_duplicates_awaiting_review() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
+    assert_eq!(printed(runner(&clinic, "status"))[0]["possible_duplicates"], 0);
+    assert!(runner(&clinic, "once").output().unwrap().status.success());
+    assert_eq!(printed(runner(&clinic, "status"))[0]["possible_duplicates"], 1);
+}
+
+#[test]
 fn status_with_live_sync_on_reads_and_syncs_nothing() {
     let clinic = Clinic::new("v29");
     assert!(runner(&clinic, "enable").output().unwrap().status.success());

@@ -99,6 +99,11 @@ const OWN_TABLES: &str = "
         external_id TEXT NOT NULL,
         created TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS nanopix_sync_possible_duplicates(id INTEGER PRIMARY KEY, reports TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS nanopix_sync_dismissed_duplicates(
+        patient_id INTEGER PRIMARY KEY,
+        through_row INTEGER NOT NULL
+    );
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_delete_requested ON nanopix_sync_links(external_id)
         WHERE state = 'delete_requested';
@@ -126,7 +131,7 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 10] = [
+const OWN_OBJECTS: [(&str, &str); 12] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
@@ -135,6 +140,8 @@ const OWN_OBJECTS: [(&str, &str); 10] = [
     ("table", "nanopix_sync_unsettled_links"),
     ("table", "nanopix_sync_unannounced_deletes"),
     ("table", "nanopix_sync_linked_rows"),
+    ("table", "nanopix_sync_possible_duplicates"),
+    ("table", "nanopix_sync_dismissed_duplicates"),
     ("index", "nanopix_sync_links_external_id"),
     ("index", "nanopix_sync_links_delete_requested"),
 ];

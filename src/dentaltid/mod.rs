@@ -21,6 +21,7 @@ mod linked_rows;
 mod links;
 mod migration;
 mod patients;
+mod possible_duplicates;
 mod state;
 #[cfg(test)]
 mod testing;
@@ -28,6 +29,7 @@ mod testing;
 pub use last_names::LastNames;
 pub use linked_rows::{LinkedRows, is_another_person, other_people};
 pub use patients::{Importing, LinkOutcome};
+pub use possible_duplicates::DuplicateToReview;
 
 /// The state of a link between a DentalTID patient and a NanoPix patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

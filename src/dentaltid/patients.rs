@@ -15,8 +15,9 @@ use super::awaited_folders::note_unsettled_links;
 use super::candidates::{still_fits, unlinked_keys_after};
 use super::linked_rows::record_linked_rows;
 use super::links::record_imported_links;
+use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
-use crate::matching::{MatchKey, MatchedLink};
+use crate::matching::{MatchKey, MatchedLink, PossibleDuplicate};
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
 use crate::values::{WHITESPACE, integer_at, read_text, starting_with, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -112,6 +113,32 @@ impl Importing<'_> {
             .into_iter()
             .map(|id| id.map_err(Error::db(path, "importing a patient DentalTID refuses")))
             .collect())
+    }
+
+    /// Keeps the possible duplicates among `rows` in the open transaction: `duplicates` and
+    /// `ids` hold, in order, each row's report (if any) and what [`Importing::insert`] returned
+    /// for it. Rows DentalTID refused have nothing kept.
+    pub fn record_possible_duplicates(
+        &mut self,
+        rows: &[NewDentalPatient],
+        duplicates: &[Option<PossibleDuplicate>],
+        ids: &[Result<i64>],
+    ) -> Result<()> {
+        let reported: Vec<Report<'_, NanoPixId>> = rows
+            .iter()
+            .zip(duplicates)
+            .zip(ids)
+            .filter_map(|((row, duplicate), id)| {
+                let duplicate = duplicate.as_ref()?;
+                Some((*id.as_ref().ok()?, row.external_id, duplicate.reason, duplicate.candidates.as_slice()))
+            })
+            .collect();
+        if reported.is_empty() {
+            return Ok(());
+        }
+        let path = &self.dentaltid.path;
+        let tx = Self::transaction(&mut self.open, &self.dentaltid.conn, path)?;
+        record_possible_duplicates(tx, reported).map_err(Error::db(path, "recording possible duplicates"))
     }
 
     /// The open transaction, begun if none is open.

@@ -401,13 +401,12 @@ impl Engine {
         if candidates.is_empty() {
             return;
         }
+        let (reason, external_id) = (DuplicateReason::AlreadyLinked, external_id.to_string());
+        if let Err(error) = self.dentaltid.record_possible_duplicate((patient.id, &external_id), reason, &candidates) {
+            self.report_error(&error, Some(external_id.clone()), Some(patient.id), report);
+        }
         report.possible_duplicates += 1;
-        self.bus.emit(EventKind::PossibleDuplicate {
-            external_id: external_id.to_string(),
-            patient_id: Some(patient.id),
-            reason: DuplicateReason::AlreadyLinked,
-            candidates,
-        });
+        self.bus.emit(EventKind::PossibleDuplicate { external_id, patient_id: Some(patient.id), reason, candidates });
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an

@@ -274,6 +274,38 @@ pub unsafe extern "C" fn nps_source_info(
     unsafe { json_call(handle, source_info_json, "source_info_json", |sync| sync.source_info(patient_id)) }
 }
 
+/// The possible duplicates awaiting review, oldest patient first: every `possible_duplicate`
+/// report not dismissed yet (kept across closing and crashes) whose patient DentalTID still holds.
+///
+/// On success writes a library-owned JSON array to `*duplicates_json`: objects with
+/// `patient_id`, `external_id`, `reason` and `candidates` as in the `possible_duplicate` event,
+/// each candidate (`patient_id`, `first_name`, `last_name`, `date_of_birth`) as DentalTID holds
+/// it now; free it with `nps_string_free`. Any thread may call it.
+///
+/// # Safety
+/// `handle` is NULL or a live handle; `duplicates_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nps_possible_duplicates(handle: *const NpsHandle, duplicates_json: *mut *mut c_char) -> u32 {
+    // SAFETY: forwarded caller promises.
+    unsafe { json_call(handle, duplicates_json, "duplicates_json", |sync| sync.possible_duplicates()) }
+}
+
+/// Takes DentalTID patient `patient_id`'s possible duplicate off the review list, once the user
+/// has dealt with it; on success writes whether one was listed to `*dismissed`. Any thread may
+/// call it.
+///
+/// # Safety
+/// `handle` is NULL or a live handle; `dismissed` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nps_dismiss_possible_duplicate(
+    handle: *mut NpsHandle,
+    patient_id: i64,
+    dismissed: *mut bool,
+) -> u32 {
+    // SAFETY: forwarded caller promises.
+    unsafe { value_call(handle, dismissed, "dismissed", |sync| sync.dismiss_possible_duplicate(patient_id)) }
+}
+
 /// Sets the event callback, or clears it with NULL.
 ///
 /// `callback(userdata, event_json)` is called on a library thread for every later event;

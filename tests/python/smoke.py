@@ -28,6 +28,9 @@ def load(path):
         "nps_find_open_handle": (ctypes.c_uint32, [ctypes.POINTER(Handle)]),
         "nps_live_sync": (ctypes.c_uint32, [Handle, ctypes.POINTER(ctypes.c_bool)]),
         "nps_patients": (ctypes.c_uint32, [Handle, ctypes.c_uint32, ctypes.POINTER(String)]),
+        "nps_reconcile": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
+        "nps_possible_duplicates": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
+        "nps_dismiss_possible_duplicate": (ctypes.c_uint32, [Handle, ctypes.c_int64, ctypes.POINTER(ctypes.c_bool)]),
         "nps_next_event": (ctypes.c_uint32, [Handle, ctypes.c_uint32, ctypes.POINTER(String)]),
         "nps_last_error_message": (String, []),
         "nps_string_free": (None, [String]),
@@ -110,6 +113,32 @@ class Smoke:
         self.check("closed message", "closed" in (self.last_error() or ""))
         self.check("queue ends with closed", self.drain(handle)[-1:] == ["closed"])
         self.lib.nps_free(handle)
+
+    def test_possible_duplicates(self):
+        """The clinic holds one NanoPix patient whose names are a DentalTID patient's, swapped."""
+        code, handle = self.open(self.config(watch_mode="polling"))
+        self.check("open for duplicates", code == NPS_OK, f"{code} {self.last_error()}")
+        if code != NPS_OK:
+            return
+        out = String()
+        self.check("reconcile", self.lib.nps_reconcile(handle, ctypes.byref(out)) == NPS_OK, self.last_error())
+        self.check("reconcile reports it", json.loads(self.take(out) or "{}").get("possible_duplicates") == 1)
+        self.check("null list", self.lib.nps_possible_duplicates(handle, None) == NPS_NULL_ARGUMENT)
+        listed = self.review_list(handle)
+        self.check("listed", [(d["reason"], len(d["candidates"])) for d in listed] == [("swapped_names", 1)], listed)
+        dismissed = ctypes.c_bool()
+        for expected in (True, False):
+            for d in listed:
+                code = self.lib.nps_dismiss_possible_duplicate(handle, d["patient_id"], ctypes.byref(dismissed))
+                self.check("dismiss", code == NPS_OK and dismissed.value == expected, f"{code} {dismissed.value}")
+        self.check("none left", self.review_list(handle) == [])
+        self.lib.nps_free(handle)
+
+    def review_list(self, handle):
+        out = String()
+        code = self.lib.nps_possible_duplicates(handle, ctypes.byref(out))
+        self.check("possible duplicates", code == NPS_OK, f"{code} {self.last_error()}")
+        return json.loads(self.take(out) or "null")
 
     def drain(self, handle):
         types, event = [], String()
