@@ -149,15 +149,10 @@ fn export_existing_killed_midway_exports_each_patient_once_after_the_next_sync()
     assert_sound(&clinic.nanopix_db());
 }
 
-/// A sync killed after committing its imports and links, before it recorded the folders it
-/// awaits (NanoPix saved the rows and has not made their folders yet): the next sync still
-/// awaits them, and reports no patient removed; a folder made, then removed, is.
-#[test]
-fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_afterwards() {
-    let clinic = Clinic::new("v29");
-    clinic.add_bulk_nanopix(3);
-    clinic.add_linkable_pairs(2);
-    let status = common::child_process("killed_sync_child", &clinic)
+/// Runs a reconcile on `clinic` in a child process that aborts once its imports are committed,
+/// before it records the folders it awaits (`NANOPIX_SYNC_CRASH_AT=imported`).
+fn reconcile_aborted_after_its_imports(clinic: &Clinic) {
+    let status = common::child_process("killed_sync_child", clinic)
         .env("NPS_TEST_WORK", "reconcile")
         .env("NANOPIX_SYNC_CRASH_AT", "imported")
         .status()
@@ -169,6 +164,17 @@ fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_after
     }
     #[cfg(not(unix))]
     assert!(!status.success());
+}
+
+/// A sync killed after committing its imports and links, before it recorded the folders it
+/// awaits (NanoPix saved the rows and has not made their folders yet): the next sync still
+/// awaits them, and reports no patient removed; a folder made, then removed, is.
+#[test]
+fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_afterwards() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(3);
+    clinic.add_linkable_pairs(2);
+    reconcile_aborted_after_its_imports(&clinic);
     let imported = "SELECT count(*) FROM patients WHERE source = 'nanopix'";
     assert_eq!(count(&clinic.dentaltid, imported), 4, "the bulk and the fixture were imported before the kill");
 
@@ -187,12 +193,7 @@ fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_after
 fn a_possible_duplicate_reported_before_a_crash_stays_on_the_review_list() {
     let clinic = Clinic::new("v29");
     clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
-    let status = common::child_process("killed_sync_child", &clinic)
-        .env("NPS_TEST_WORK", "reconcile")
-        .env("NANOPIX_SYNC_CRASH_AT", "imported")
-        .status()
-        .unwrap();
-    assert!(!status.success(), "killed at the crash point: {status:?}");
+    reconcile_aborted_after_its_imports(&clinic);
 
     let sync = clinic.open_without_automatic_work();
     let listed = sync.possible_duplicates().unwrap();
@@ -216,12 +217,7 @@ fn a_sync_killed_after_adopting_a_link_reports_no_removal_afterwards() {
     let bob = clinic.add_dentaltid("Bob", "Ray", None);
     let dentaltid = Connection::open(&clinic.dentaltid).unwrap();
     dentaltid.execute("UPDATE patients SET external_id = '20250122_093000' WHERE id = ?1", [bob]).unwrap();
-    let status = common::child_process("killed_sync_child", &clinic)
-        .env("NPS_TEST_WORK", "reconcile")
-        .env("NANOPIX_SYNC_CRASH_AT", "imported")
-        .status()
-        .unwrap();
-    assert!(!status.success(), "killed at the crash point: {status:?}");
+    reconcile_aborted_after_its_imports(&clinic);
     assert_eq!(count(&clinic.dentaltid, "SELECT count(*) FROM nanopix_sync_links"), 1, "the link was adopted");
 
     let sync = clinic.open_without_automatic_work();

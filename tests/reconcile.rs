@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Clinic, drain, numbered_nanopix_id};
+use common::{Clinic, another_program, drain, numbered_nanopix_id};
 use nanopix_sync::{DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
 
 type DentalRow = (i64, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<String>);
@@ -167,12 +167,19 @@ fn exact_accented_and_arabic_names_link_to_the_existing_patient() {
     assert_eq!(total, vec![8], "six samples, Strauß and the fixture patient: no second row for a linked patient");
 }
 
-#[test]
-fn near_misses_are_imported_and_reported() {
+/// The fixtures, with three NanoPix patients that look like sample DentalTID patients: names
+/// swapped, and a birth date missing on either side.
+fn clinic_with_near_misses() -> Clinic {
     let clinic = Clinic::new("v29");
     clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
     clinic.add_nanopix("20250122_091600", "Haddad", "Karim", Some("1970-06-01"));
     clinic.add_nanopix("20250122_091700", "O'Brien", "Sean", None);
+    clinic
+}
+
+#[test]
+fn near_misses_are_imported_and_reported() {
+    let clinic = clinic_with_near_misses();
     let (_sync, events) = reconcile_with(&clinic);
 
     assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::SwappedNames, vec![1])));
@@ -200,10 +207,7 @@ fn review_list(sync: &NanoPixSync) -> Vec<Listed> {
 /// candidates as DentalTID holds them now.
 #[test]
 fn possible_duplicates_stay_listed_until_dismissed_or_deleted() {
-    let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
-    clinic.add_nanopix("20250122_091600", "Haddad", "Karim", Some("1970-06-01"));
-    clinic.add_nanopix("20250122_091700", "O'Brien", "Sean", None);
+    let clinic = clinic_with_near_misses();
     let (sync, events) = reconcile_with(&clinic);
     let reported: Vec<Listed> = events
         .iter()
@@ -333,7 +337,7 @@ fn a_vanished_nanopix_patient_is_reported_and_kept() {
 fn a_link_dentaltid_made_itself_to_a_vanished_nanopix_patient_is_reported_by_the_first_reconcile() {
     let clinic = Clinic::new("v29");
     let external_id = "20240101_101010";
-    common::another_program(&clinic.dentaltid)
+    another_program(&clinic.dentaltid)
         .execute("UPDATE patients SET source = 'nanopix', external_id = ?1 WHERE id = 3", [external_id])
         .unwrap();
     let sync = clinic.open_without_automatic_work();
@@ -354,7 +358,7 @@ fn a_link_dentaltid_made_itself_to_a_vanished_nanopix_patient_is_reported_by_the
 fn a_nanopix_name_that_is_not_utf8_is_imported_and_reported() {
     let clinic = Clinic::new("v29");
     clinic.add_nanopix("20250122_091500", "Lef", "Zoe", Some("1990-07-04"));
-    common::another_program(&clinic.nanopix_db())
+    another_program(&clinic.nanopix_db())
         .execute("UPDATE Patient SET last_name = CAST(X'4C6566E8767265' AS TEXT) WHERE id = '20250122_091500'", [])
         .unwrap();
     let sync = clinic.open_without_automatic_work();
@@ -793,7 +797,7 @@ fn a_delete_of_a_nanopix_id_two_rows_hold_is_refused_and_deletes_nothing() {
     std::fs::create_dir(clinic.root.join(shared)).unwrap();
     let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
-    let dentaltid = common::another_program(&clinic.dentaltid);
+    let dentaltid = another_program(&clinic.dentaltid);
     dentaltid.execute("DELETE FROM patients WHERE external_id = ?1", [shared]).unwrap();
     drain(&sync);
     sync.reconcile().unwrap();
@@ -964,13 +968,6 @@ fn the_sync_indexes_come_with_live_sync_and_survive_a_bulk_import() {
     let report = clinic.open().reconcile().unwrap();
     assert_eq!(report.imported, 12_000);
     assert_eq!(indexes(), both);
-}
-
-/// A connection to `dentaltid` as another program opens one: it waits up to 10 s for a lock.
-fn another_program(dentaltid: &std::path::Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(dentaltid).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    conn
 }
 
 #[test]
@@ -1395,7 +1392,7 @@ fn another_person_saved_under_a_removed_patients_id_is_imported_and_the_first_li
     assert_eq!((again.imported, again.removed, again.linked), (0, 0, 0), "a second reconcile changes nothing");
     assert_eq!(sync.source_info(first).unwrap().link_state, Some(LinkState::Missing));
     drain(&sync);
-    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [first]).unwrap();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [first]).unwrap();
     sync.reconcile().unwrap();
     let asked = drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. }));
     assert!(!asked, "the newcomer's NanoPix patient is asked to be deleted with the first patient");
@@ -1407,7 +1404,7 @@ fn a_nanopix_patient_renamed_in_nanopix_stays_linked() {
     let clinic = Clinic::new("v29");
     let (sync, _) = reconcile_with(&clinic);
     let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    common::another_program(&clinic.nanopix_db())
+    another_program(&clinic.nanopix_db())
         .execute("UPDATE Patient SET last_name = 'Other', updated_datetime = '2025-03-02 10:00:00'", [])
         .unwrap();
     let report = sync.reconcile().unwrap();
@@ -1420,7 +1417,7 @@ fn a_nanopix_patient_renamed_in_nanopix_stays_linked() {
 #[test]
 fn a_nanopix_creation_time_with_a_fraction_of_a_second_keeps_its_patient_linked() {
     let clinic = Clinic::new("v29");
-    common::another_program(&clinic.nanopix_db())
+    another_program(&clinic.nanopix_db())
         .execute("UPDATE Patient SET created_datetime = '2025-01-21 15:26:46.500'", [])
         .unwrap();
     let (sync, _) = reconcile_with(&clinic);
@@ -1442,7 +1439,7 @@ fn a_confirmed_delete_spares_another_person_saved_under_the_id_since() {
         EventKind::PatientImported { patient_id, external_id, .. } if external_id == id => Some(*patient_id),
         _ => None,
     });
-    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
     sync.reconcile().unwrap();
     assert!(drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. })));
     clinic.save_another_person_under(id);
@@ -1465,7 +1462,7 @@ fn links_made_before_rows_were_recorded_get_them_from_the_next_reconcile() {
     };
     let older_version =
         "DROP TABLE nanopix_sync_linked_rows; ALTER TABLE nanopix_sync_imports DROP COLUMN created_times";
-    common::another_program(&clinic.dentaltid).execute_batch(older_version).unwrap();
+    another_program(&clinic.dentaltid).execute_batch(older_version).unwrap();
     let (sync, events) = reconcile_with(&clinic);
     let recorded = clinic.dentaltid_rows("SELECT patient_id, created FROM nanopix_sync_linked_rows", |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
@@ -1503,7 +1500,7 @@ fn first_names_under(clinic: &Clinic, id: &str) -> Vec<String> {
 
 /// Removes the fixture patient's studies and image files, so NanoPix may delete her.
 fn empty_the_fixture_patient(clinic: &Clinic) {
-    common::another_program(&clinic.nanopix_db())
+    another_program(&clinic.nanopix_db())
         .execute("DELETE FROM Study WHERE patient_id = '20250121_152638'", [])
         .unwrap();
     for file in std::fs::read_dir(clinic.root.join("20250121_152638")).unwrap() {
@@ -1519,7 +1516,7 @@ fn import_and_delete_lina(clinic: &Clinic, sync: &NanoPixSync) -> Option<i64> {
         EventKind::PatientImported { patient_id, first_name, .. } if first_name == "Lina" => Some(patient_id),
         _ => None,
     });
-    common::another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [lina]).unwrap();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [lina]).unwrap();
     sync.reconcile().unwrap();
     lina
 }
@@ -1579,7 +1576,7 @@ fn held_delete_request_then_another_person_under_its_id(sql: &str) -> Vec<EventK
     let clinic = Clinic::new("v29");
     let id = "20250121_152638";
     let first = reconcile_with(&clinic).0.patients(PatientFilter::AllByExternal).unwrap()[0].id;
-    common::another_program(&clinic.dentaltid)
+    another_program(&clinic.dentaltid)
         .execute_batch(&format!(
             "DELETE FROM patients WHERE id = {first};
              INSERT INTO nanopix_sync_links VALUES ({first}, '{id}', 'imported', 'delete_requested', '2025-06-02T10:00:00.000');
