@@ -118,6 +118,7 @@ fn valgrind_wanted() -> bool {
 fn the_c_host_exports_a_patient_and_closes_cleanly() {
     cdylib();
     let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
     let host = build_c(clinic.dir.path(), "examples/c/host.c");
     let (root, db) = (clinic.root.to_string_lossy(), clinic.dentaltid.to_string_lossy());
     let host = host.to_string_lossy();
@@ -130,10 +131,12 @@ fn the_c_host_exports_a_patient_and_closes_cleanly() {
     assert_success("examples/c/host.c", &output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("\"type\":\"patient_exported\""), "{stdout}");
+    let listed = stdout.lines().find_map(|line| line.strip_prefix("possible duplicates: "));
+    assert!(listed.is_some_and(|listed| listed.contains("\"reason\":\"swapped_names\"")), "{stdout}");
     assert!(stdout.contains("\"type\":\"closed\""), "{stdout}");
     let exported =
         std::fs::read_dir(&clinic.root).unwrap().filter(|entry| entry.as_ref().unwrap().path().is_dir()).count();
-    assert_eq!(exported, 3, "database/, the fixture patient's folder and the exported patient's folder");
+    assert_eq!(exported, 4, "database/, both NanoPix patients' folders and the exported patient's folder");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 /*
  * A C host for nanopix-sync: opens a sync, lists patients, switches Live Sync on, exports one
- * DentalTID patient to NanoPix and waits for its `patient_exported` event, then drains the
- * queue, closes and frees. Exit code 0 on success.
+ * DentalTID patient to NanoPix and waits for its `patient_exported` event, lists the possible
+ * duplicates awaiting review, then drains the queue, closes and frees. Exit code 0 on success.
  *
  * Usage: host <NanoPix PatientData folder> <dentaltid.db>
  */
@@ -80,6 +80,16 @@ static long long list_patients(NpsHandle *handle) {
     return id;
 }
 
+/* Prints the possible duplicates awaiting review (a JSON array). */
+static int list_possible_duplicates(NpsHandle *handle) {
+    char *duplicates = NULL;
+    uint32_t code = nps_possible_duplicates(handle, &duplicates);
+    if (code != NPS_OK) return failed("nps_possible_duplicates", code);
+    printf("possible duplicates: %s\n", duplicates);
+    nps_string_free(duplicates);
+    return 1;
+}
+
 /* Waits for the `patient_exported` event that names `external_id`. */
 static int wait_for_export(NpsHandle *handle, const char *external_id) {
     for (int seen = 0; seen < MAX_EVENTS; seen++) {
@@ -126,7 +136,7 @@ static int run(NpsHandle *handle) {
     if (code != NPS_OK) return failed("nps_set_event_callback", code);
     code = nps_set_wakeup_callback(handle, on_wakeup, NULL);
     if (code != NPS_OK) return failed("nps_set_wakeup_callback", code);
-    if (!export_one(handle) || !drain(handle, NPS_TIMEOUT)) return 0;
+    if (!export_one(handle) || !list_possible_duplicates(handle) || !drain(handle, NPS_TIMEOUT)) return 0;
     if ((code = nps_close(handle)) != NPS_OK || (code = nps_close(handle)) != NPS_OK) return failed("nps_close", code);
     if (!drain(handle, NPS_CLOSED)) return 0;
     char *json = NULL;
