@@ -1,5 +1,6 @@
-//! First sync, steady-state reconcile and one-by-one exports at clinic scale (100,000 patients on
-//! each side), each against a bare-rusqlite baseline measured in the same run.
+//! First sync, steady-state reconcile, the review list of possible duplicates and one-by-one
+//! exports at clinic scale (100,000 patients on each side), each against a bare-rusqlite baseline
+//! measured in the same run.
 //!
 //! The generated clinic is made once; every run that writes gets its own copy of the DentalTID
 //! file (copying is not measured). Run with `cargo bench --bench first_sync`.
@@ -175,22 +176,50 @@ fn steady_reconcile(criterion: &mut Criterion, clinic: &Clinic, synced: &FileCop
         b.iter_custom(|iters| timed_reconciles(&sync, &library, iters, &changes))
     });
     group.bench_function("baseline_read_both_and_list_root", |b| {
-        b.iter_custom(|iters| {
-            baseline.call();
-            (0..iters)
-                .map(|_| {
-                    let start = Instant::now();
-                    std::hint::black_box(clinic::baseline_read(&clinic.root, &synced.path));
-                    baseline.record(start.elapsed())
-                })
-                .sum()
-        })
+        b.iter_custom(|iters| time_each(&baseline, iters, || clinic::baseline_read(&clinic.root, &synced.path)))
     });
     group.finish();
     drop(sync);
     let wrote_nothing = before == fingerprint(&[&synced.path, &nanopix_db]);
     println!("steady reconcile: changes summed over all runs {:?}; files untouched: {wrote_nothing}", changes.borrow());
     report_steady(&library, &baseline);
+}
+
+/// Times `iters` runs of `run` one by one, keeping what each returns from being optimised away.
+fn time_each<T>(timings: &Timings, iters: u64, run: impl Fn() -> T) -> Duration {
+    timings.call();
+    (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(run());
+            timings.record(start.elapsed())
+        })
+        .sum()
+}
+
+/// (d) The review list a first sync leaves (every `possible_duplicate` it reported), read on an
+/// open handle, against a bare read of every DentalTID patient's names and birth date: the list
+/// reads each patient it names as DentalTID holds it now.
+fn review_list(criterion: &mut Criterion, clinic: &Clinic, synced: &FileCopy) {
+    let sync = NanoPixSync::open(clinic.config(&synced.path, &ManualClock::new(clinic_now()))).expect("open");
+    println!(
+        "review list after the first sync: {} possible duplicates",
+        sync.possible_duplicates().expect("list").len()
+    );
+    let (library, baseline) = (Timings::default(), Timings::default());
+    let mut group = criterion.benchmark_group("review_list_100k");
+    group.sample_size(SAMPLES).sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(5));
+    group.bench_function("library_possible_duplicates", |b| {
+        b.iter_custom(|iters| time_each(&library, iters, || sync.possible_duplicates().expect("list")))
+    });
+    group.bench_function("baseline_read_every_patient", |b| {
+        b.iter_custom(|iters| time_each(&baseline, iters, || clinic::read_dentaltid_names(&synced.path)))
+    });
+    group.finish();
+    let (library, baseline) = (library.measured(), baseline.measured());
+    if !library.is_empty() && !baseline.is_empty() {
+        println!("{}", clinic::ratio_line("review list 100k", &library, &baseline, "no budget set"));
+    }
 }
 
 /// Times `iters` reconciles on an open handle, adding up whatever they changed.
@@ -295,6 +324,7 @@ fn main() {
     first_sync(&mut criterion, &clinic);
     let synced = clinic.copy_dentaltid();
     steady_reconcile(&mut criterion, &clinic, &synced);
+    review_list(&mut criterion, &clinic, &synced);
     if clinic::filter_allows("export_patient") {
         exports(&clinic, &synced);
     }
