@@ -6,7 +6,8 @@
 //! It lays out a NanoPix `PatientData` folder and a DentalTID database (schema 24, so the
 //! migration runs), adds patients to NanoPix the way NanoPix does and runs "Sync Now", which
 //! imports or links them. Then it switches Live Sync on, adds a patient the way DentalTID does,
-//! and waits for Live Sync to export it to NanoPix. It shows the result in both programs' terms.
+//! and waits for Live Sync to export it to NanoPix. It shows the result in both programs' terms,
+//! with the possible duplicates left for a person to review.
 //! Nothing outside the temporary folder is touched.
 
 use std::error::Error;
@@ -60,6 +61,7 @@ fn demo() -> Result<(), Box<dyn Error>> {
     sync_now(&sync, out)?;
     live_sync_exports_a_new_patient(&sync, &dentaltid, out)?;
     show_dentaltid(&sync, out)?;
+    show_review_list(&sync, out)?;
     show_nanopix(&root, out)?;
     sync.close();
     Ok(())
@@ -169,6 +171,19 @@ fn show_dentaltid(sync: &NanoPixSync, out: &mut impl Write) -> Result<(), Box<dy
             patient.last_name.trim(),
             patient.created_at
         )?;
+    }
+    Ok(())
+}
+
+fn show_review_list(sync: &NanoPixSync, out: &mut impl Write) -> Result<(), Box<dyn Error>> {
+    writeln!(out, "\n== Possible duplicates awaiting review (kept in DentalTID until dismissed)")?;
+    for review in sync.possible_duplicates()? {
+        let names: Vec<String> = review
+            .candidates
+            .iter()
+            .map(|c| format!("#{} {} {}", c.patient_id, c.first_name.trim(), c.last_name.trim()))
+            .collect();
+        writeln!(out, "#{:<3} may be {} ({:?})", review.patient_id, names.join(", "), review.reason)?;
     }
     Ok(())
 }
