@@ -23,13 +23,14 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::awaited_folders::note_unsettled_links;
 use super::linked_rows::record_linked_rows;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
+use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::patient::{
     NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, nanopix_datetime, parse_dart_timestamp,
     parse_nanopix_datetime,
 };
 use crate::values::{WHITESPACE, integer_at, read_text, text_at};
-use crate::{Error, NanoPixId, Result};
+use crate::{DuplicateCandidate, DuplicateReason, Error, NanoPixId, Result};
 
 /// The columns [`link_from_row`] reads, in its order.
 const LINK_COLUMNS: &str = "patient_id, external_id, origin, state, synced_at";
@@ -459,17 +460,33 @@ impl DentalTid {
     }
 
     /// Finishes an export in one transaction: sets `external_id`, records the link and the row it
-    /// is made with (see [`super::linked_rows`]), clears the journal row.
+    /// is made with (see [`super::linked_rows`]), keeps the patient's linked twins on the review
+    /// list as `already_linked` (`twins` gives its `createdAt` and them, if any), and clears the
+    /// journal row.
     ///
     /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
     /// can report the deletion.
-    pub fn finish_export(&mut self, patient_id: i64, external_id: NanoPixId, synced_at: NaiveDateTime) -> Result<()> {
-        let (external_id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
+    pub fn finish_export(
+        &mut self,
+        patient_id: i64,
+        external_id: NanoPixId,
+        synced_at: NaiveDateTime,
+        twins: Option<(&str, &[DuplicateCandidate])>,
+    ) -> Result<()> {
+        let (id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
+        let reported = twins.filter(|(_, candidates)| !candidates.is_empty()).map(|(created_at, candidates)| Report {
+            patient_id,
+            created_at,
+            external_id,
+            reason: DuplicateReason::AlreadyLinked,
+            candidates,
+        });
         self.write("finishing an export", |tx| {
-            tx.execute(SET_EXTERNAL_ID, params![external_id, patient_id, WHITESPACE])?;
+            tx.execute(SET_EXTERNAL_ID, params![id, patient_id, WHITESPACE])?;
             let (origin, state) = (LinkOrigin::Exported.as_str(), LinkState::Linked.as_str());
-            tx.execute(UPSERT_LINK, params![patient_id, external_id, origin, state, synced_at])?;
-            tx.execute(RECORD_EXPORTED_ROW, params![patient_id, external_id])?;
+            tx.execute(UPSERT_LINK, params![patient_id, id, origin, state, synced_at])?;
+            tx.execute(RECORD_EXPORTED_ROW, params![patient_id, id])?;
+            record_possible_duplicates(tx, reported)?;
             tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id]).map(drop)
         })
     }
@@ -888,7 +905,7 @@ mod tests {
         assert_eq!(dentaltid.pending_export(3).unwrap().as_ref(), pending.first());
         assert_eq!(dentaltid.pending_export(2).unwrap(), None);
         assert_eq!(dentaltid.patient(3).unwrap().unwrap().external_id, None);
-        dentaltid.finish_export(3, id, at(2025, 1, 21, 15, 27)).unwrap();
+        dentaltid.finish_export(3, id, at(2025, 1, 21, 15, 27), None).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
         assert_eq!(dentaltid.patient(3).unwrap().unwrap().external_id.as_deref(), Some("20250121_152638"));
         let link = dentaltid.link(3).unwrap().unwrap();
@@ -904,7 +921,7 @@ mod tests {
         let id = nanopix_id("20250121_152638");
         begin_export(&mut dentaltid, 4, &exported_row("20250121_152638"), at(2025, 1, 21, 15, 26)).unwrap();
         dentaltid.conn.execute_batch("DELETE FROM patients WHERE id = 4").unwrap();
-        dentaltid.finish_export(4, id, at(2025, 1, 21, 15, 27)).unwrap();
+        dentaltid.finish_export(4, id, at(2025, 1, 21, 15, 27), None).unwrap();
         assert!(dentaltid.pending_exports().unwrap().is_empty());
         assert_eq!(dentaltid.link(4).unwrap().map(|l| l.external_id), Some("20250121_152638".to_owned()));
         assert_eq!(dentaltid.all_patients().unwrap().len(), 5);

@@ -130,7 +130,13 @@ impl Importing<'_> {
             .zip(ids)
             .filter_map(|((row, duplicate), id)| {
                 let duplicate = duplicate.as_ref()?;
-                Some((*id.as_ref().ok()?, row.external_id, duplicate.reason, duplicate.candidates.as_slice()))
+                Some(Report {
+                    patient_id: *id.as_ref().ok()?,
+                    created_at: &row.created_at,
+                    external_id: row.external_id,
+                    reason: duplicate.reason,
+                    candidates: &duplicate.candidates,
+                })
             })
             .collect();
         if reported.is_empty() {

@@ -1,15 +1,16 @@
 //! Possible duplicates awaiting review: each `possible_duplicate` report is also kept in
 //! `nanopix_sync_possible_duplicates`, written in the transaction that imports its patients (or
-//! just before an export's report is sent), so that neither a crash nor a host that missed the
-//! event loses it. A report stays listed until the host dismisses it or its patient is deleted.
+//! that finishes the export reported), so that neither a crash nor a host that missed the event
+//! loses it. A report stays listed until the host dismisses it or its patient is deleted.
 //!
 //! A row holds the reports of one page of imports, or of one export: one line each, with the
-//! reported patient's id, its NanoPix id, the reason and the candidates' ids (comma-separated),
-//! separated by spaces. One row per page keeps a first sync that reports tens of thousands of
-//! patients from writing as many rows. A later report on a patient replaces an earlier one.
-//! Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last row it covers,
-//! so a later report on the same patient is listed again. The list reads the candidates as
-//! DentalTID holds them at that moment.
+//! reported patient's id, its NanoPix id, the reason, the candidates' ids (comma-separated) and
+//! the patient's `createdAt`, separated by spaces. One row per page keeps a first sync that reports
+//! tens of thousands of patients from writing as many rows. A later report on a patient replaces
+//! an earlier one. Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last
+//! row it covers, so a later report on the same patient is listed again. The list reads the
+//! patients as DentalTID holds them at that moment; a patient whose `createdAt` changed is another
+//! one under the same id (a `patients` table without AUTOINCREMENT gives a deleted last id again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{Display, Write as _};
@@ -28,8 +29,8 @@ const RECORD: &str = "INSERT INTO nanopix_sync_possible_duplicates(reports) VALU
 /// Every page of reports, oldest first.
 const STORED: &str = "SELECT id, reports FROM nanopix_sync_possible_duplicates ORDER BY id";
 
-/// A patient as a report shows it: names and birth date.
-const AS_CANDIDATE: &str = "SELECT name, familyName, dateOfBirth FROM patients WHERE id = ?1";
+/// A patient as a report shows it: names, birth date, and the `createdAt` that tells it apart.
+const AS_CANDIDATE: &str = "SELECT name, familyName, dateOfBirth, createdAt FROM patients WHERE id = ?1";
 
 /// Every dismissal: the patient, and the last row of reports it covers.
 const DISMISSED: &str = "SELECT patient_id, through_row FROM nanopix_sync_dismissed_duplicates";
@@ -52,8 +53,20 @@ pub struct DuplicateToReview {
     pub candidates: Vec<DuplicateCandidate>,
 }
 
-/// One report to keep: the reported patient's id and NanoPix id, why, and the candidates.
-pub(super) type Report<'a, E> = (i64, E, DuplicateReason, &'a [DuplicateCandidate]);
+/// One report to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a, E> {
+    /// The DentalTID patient reported.
+    pub patient_id: i64,
+    /// Its `createdAt`, as written.
+    pub created_at: &'a str,
+    /// Its NanoPix id.
+    pub external_id: E,
+    /// Why it looks like the candidates.
+    pub reason: DuplicateReason,
+    /// The DentalTID patients it looks like.
+    pub candidates: &'a [DuplicateCandidate],
+}
 
 /// Keeps `reports` as one row, in the open transaction on `conn`; writes nothing without any.
 pub(super) fn record_possible_duplicates<'a, E: Display>(
@@ -61,13 +74,11 @@ pub(super) fn record_possible_duplicates<'a, E: Display>(
     reports: impl IntoIterator<Item = Report<'a, E>>,
 ) -> rusqlite::Result<()> {
     let mut text = String::new();
-    for (patient_id, external_id, reason, candidates) in reports {
+    for report in reports {
+        let ids: Vec<String> = report.candidates.iter().map(|candidate| candidate.patient_id.to_string()).collect();
+        let (patient_id, external_id, reason) = (report.patient_id, report.external_id, report.reason.as_str());
         // Writing to a String cannot fail.
-        let _ = write!(text, "{patient_id} {external_id} {}", reason.as_str());
-        for (n, candidate) in candidates.iter().enumerate() {
-            let _ = write!(text, "{}{}", if n == 0 { ' ' } else { ',' }, candidate.patient_id);
-        }
-        text.push('\n');
+        let _ = writeln!(text, "{patient_id} {external_id} {reason} {} {}", ids.join(","), one_line(report.created_at));
     }
     if !text.is_empty() {
         conn.prepare_cached(RECORD)?.execute([text])?;
@@ -75,46 +86,48 @@ pub(super) fn record_possible_duplicates<'a, E: Display>(
     Ok(())
 }
 
-impl DentalTid {
-    /// Keeps the report that patient `patient_id` (NanoPix id `external_id`) looks like
-    /// `candidates`, in a transaction of its own.
-    pub fn record_possible_duplicate(
-        &mut self,
-        (patient_id, external_id): (i64, &str),
-        reason: DuplicateReason,
-        candidates: &[DuplicateCandidate],
-    ) -> Result<()> {
-        self.write("recording a possible duplicate", |tx| {
-            record_possible_duplicates(tx, [(patient_id, external_id, reason, candidates)])
-        })
-    }
+/// `text` on one line: a line break in a `createdAt` would end its report's line.
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
 
+impl DentalTid {
     /// The reports not dismissed whose patient and at least one candidate DentalTID still holds,
     /// by patient id. A line this library did not write is left out.
     pub fn possible_duplicates(&self) -> Result<Vec<DuplicateToReview>> {
         let read = || {
             // One read transaction: one snapshot, and no lock taken and dropped per patient.
             let snapshot = self.conn.unchecked_transaction()?;
-            let reports = awaiting_review(&snapshot)?;
-            let named = reports
-                .values()
-                .flat_map(|stored| [stored.patient_id].into_iter().chain(stored.candidate_ids.iter().copied()));
-            let held = as_candidates(&snapshot, named.collect())?;
+            let listed = listed(&snapshot, awaiting_review(&snapshot)?)?;
             snapshot.commit()?;
-            Ok(reports.into_values().filter_map(|stored| stored.into_review(&held)).collect())
+            Ok(listed)
         };
         read().map_err(Error::db(&self.path, "reading possible duplicates"))
     }
 
-    /// Takes the report on patient `patient_id` off the list; returns whether one awaited
-    /// review.
+    /// Takes the report on patient `patient_id` off the list; returns whether it was listed.
     pub fn dismiss_possible_duplicate(&mut self, patient_id: i64) -> Result<bool> {
         self.write("dismissing a possible duplicate", |tx| {
-            let Some(stored) = awaiting_review(tx)?.remove(&patient_id) else { return Ok(false) };
-            tx.prepare_cached(DISMISS)?.execute(params![patient_id, stored.row])?;
+            let mut awaiting = awaiting_review(tx)?;
+            awaiting.retain(|reported, _| *reported == patient_id);
+            let Some(row) = awaiting.get(&patient_id).map(|stored| stored.row) else { return Ok(false) };
+            if listed(tx, awaiting)?.is_empty() {
+                return Ok(false);
+            }
+            tx.prepare_cached(DISMISS)?.execute(params![patient_id, row])?;
             Ok(true)
         })
     }
+}
+
+/// The reports of `awaiting` whose patient and at least one candidate DentalTID holds, as the
+/// list shows them.
+fn listed(conn: &Connection, awaiting: BTreeMap<i64, StoredReport>) -> rusqlite::Result<Vec<DuplicateToReview>> {
+    let named = awaiting
+        .values()
+        .flat_map(|stored| [stored.patient_id].into_iter().chain(stored.candidate_ids.iter().copied()));
+    let held = held_patients(conn, named.collect())?;
+    Ok(awaiting.into_values().filter_map(|stored| stored.into_review(&held)).collect())
 }
 
 /// A report as it is stored, with the row holding it.
@@ -124,27 +137,29 @@ struct StoredReport {
     external_id: String,
     reason: DuplicateReason,
     candidate_ids: Vec<i64>,
+    created_at: String,
 }
 
 impl StoredReport {
     /// The report as the list shows it, with the candidates `held` holds; `None` when `held`
-    /// holds neither its patient nor any candidate.
-    fn into_review(self, held: &HashMap<i64, DuplicateCandidate>) -> Option<DuplicateToReview> {
-        held.get(&self.patient_id)?;
+    /// holds neither its patient (with the `createdAt` it had) nor any candidate.
+    fn into_review(self, held: &HashMap<i64, HeldPatient>) -> Option<DuplicateToReview> {
+        held.get(&self.patient_id).filter(|patient| one_line(&patient.created_at) == self.created_at)?;
         let candidates: Vec<DuplicateCandidate> =
-            self.candidate_ids.iter().filter_map(|id| held.get(id).cloned()).collect();
+            self.candidate_ids.iter().filter_map(|id| held.get(id)).map(|held| held.candidate.clone()).collect();
         let Self { patient_id, external_id, reason, .. } = self;
         (!candidates.is_empty()).then_some(DuplicateToReview { patient_id, external_id, reason, candidates })
     }
 
     /// Reads one line of row `row`; `None` for a line this library did not write.
-    fn parse(row: i64, line: &str) -> Option<Self> {
-        let mut fields = line.split(' ');
+    fn parse(row: i64, line: &[u8]) -> Option<Self> {
+        let mut fields = std::str::from_utf8(line).ok()?.splitn(5, ' ');
         let patient_id = fields.next()?.parse().ok()?;
         let external_id = fields.next()?.to_owned();
         let reason = DuplicateReason::from_name(fields.next()?)?;
-        let candidate_ids = fields.next().unwrap_or_default().split(',').filter_map(|id| id.parse().ok()).collect();
-        Some(Self { row, patient_id, external_id, reason, candidate_ids })
+        let candidate_ids = fields.next()?.split(',').filter_map(|id| id.parse().ok()).collect();
+        let created_at = fields.next()?.to_owned();
+        Some(Self { row, patient_id, external_id, reason, candidate_ids, created_at })
     }
 }
 
@@ -159,8 +174,10 @@ fn awaiting_review(conn: &Connection) -> rusqlite::Result<BTreeMap<i64, StoredRe
     let mut statement = conn.prepare_cached(STORED)?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        let (Ok(id), Ok(reports)) = (row.get::<_, i64>(0), row.get::<_, String>(1)) else { continue };
-        for stored in reports.lines().filter_map(|line| StoredReport::parse(id, line)) {
+        let (Ok(id), Some(reports)) = (row.get::<_, i64>(0), row.get_ref(1)?.as_bytes_or_null().ok().flatten()) else {
+            continue;
+        };
+        for stored in reports.split(|&byte| byte == b'\n').filter_map(|line| StoredReport::parse(id, line)) {
             latest.insert(stored.patient_id, stored);
         }
     }
@@ -168,38 +185,40 @@ fn awaiting_review(conn: &Connection) -> rusqlite::Result<BTreeMap<i64, StoredRe
     Ok(latest)
 }
 
-/// The patients among `ids` that DentalTID holds, as a report names them now. They are
-/// read in id order, so the table's pages are read in order too.
-fn as_candidates(conn: &Connection, ids: BTreeSet<i64>) -> rusqlite::Result<HashMap<i64, DuplicateCandidate>> {
-    let mut held = HashMap::with_capacity(ids.len());
-    for id in ids {
-        if let Some(candidate) = as_candidate(conn, id)? {
-            held.insert(id, candidate);
-        }
-    }
-    Ok(held)
+/// A patient a report names, as DentalTID holds it now.
+struct HeldPatient {
+    candidate: DuplicateCandidate,
+    created_at: String,
 }
 
-/// Patient `patient_id` as a report names it, read leniently; `None` when DentalTID does not
-/// hold it.
-fn as_candidate(conn: &Connection, patient_id: i64) -> rusqlite::Result<Option<DuplicateCandidate>> {
+/// The patients among `ids` that DentalTID holds. They are read in id order, so the table's
+/// pages are read in order too.
+fn held_patients(conn: &Connection, ids: BTreeSet<i64>) -> rusqlite::Result<HashMap<i64, HeldPatient>> {
+    let mut held = HashMap::with_capacity(ids.len());
     let mut statement = conn.prepare_cached(AS_CANDIDATE)?;
-    statement
-        .query_row([patient_id], |row| {
-            Ok(DuplicateCandidate {
-                patient_id,
-                first_name: text_at(row, 0)?.unwrap_or_default(),
-                last_name: text_at(row, 1)?.unwrap_or_default(),
-                date_of_birth: BirthDate::of(text_at(row, 2)?.as_deref()).date().map(nanopix_date),
+    for patient_id in ids {
+        let patient = statement
+            .query_row([patient_id], |row| {
+                let candidate = DuplicateCandidate {
+                    patient_id,
+                    first_name: text_at(row, 0)?.unwrap_or_default(),
+                    last_name: text_at(row, 1)?.unwrap_or_default(),
+                    date_of_birth: BirthDate::of(text_at(row, 2)?.as_deref()).date().map(nanopix_date),
+                };
+                Ok(HeldPatient { candidate, created_at: text_at(row, 3)?.unwrap_or_default() })
             })
-        })
-        .optional()
+            .optional()?;
+        held.extend(patient.map(|patient| (patient_id, patient)));
+    }
+    Ok(held)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dentaltid::testing::sample_database;
+
+    const SIMILAR: DuplicateReason = DuplicateReason::SimilarNames;
 
     fn candidates(ids: &[i64]) -> Vec<DuplicateCandidate> {
         let candidate = |&patient_id: &i64| DuplicateCandidate {
@@ -211,53 +230,102 @@ mod tests {
         ids.iter().map(candidate).collect()
     }
 
+    fn created_at(dentaltid: &DentalTid, patient_id: i64) -> String {
+        let sql = "SELECT createdAt FROM patients WHERE id = ?1";
+        dentaltid.conn.query_row(sql, [patient_id], |row| row.get(0)).unwrap()
+    }
+
+    /// Keeps, as one page, a report on each of `reported` (patient id, reason, candidate ids).
+    fn record(dentaltid: &DentalTid, reported: &[(i64, DuplicateReason, &[i64])]) {
+        let held: Vec<(String, Vec<DuplicateCandidate>)> =
+            reported.iter().map(|(id, _, ids)| (created_at(dentaltid, *id), candidates(ids))).collect();
+        let reports = reported.iter().zip(&held).map(|((patient_id, reason, _), (created_at, candidates))| Report {
+            patient_id: *patient_id,
+            created_at,
+            external_id: format!("20250121_15263{patient_id}"),
+            reason: *reason,
+            candidates,
+        });
+        record_possible_duplicates(&dentaltid.conn, reports).unwrap();
+    }
+
     fn listed(dentaltid: &DentalTid) -> Vec<(i64, DuplicateReason, Vec<i64>)> {
         let listed = dentaltid.possible_duplicates().unwrap().into_iter();
         listed.map(|d| (d.patient_id, d.reason, d.candidates.iter().map(|c| c.patient_id).collect())).collect()
     }
 
+    fn rows(dentaltid: &DentalTid) -> i64 {
+        let sql = "SELECT count(*) FROM nanopix_sync_possible_duplicates";
+        dentaltid.conn.query_row(sql, [], |row| row.get(0)).unwrap()
+    }
+
     #[test]
     fn a_page_of_reports_is_one_row_and_reads_back_by_patient() {
         let (_dir, dentaltid) = sample_database();
-        let (similar, swapped) = (DuplicateReason::SimilarNames, DuplicateReason::SwappedNames);
-        let (two_and_four, one) = (candidates(&[2, 4]), candidates(&[1]));
-        let page =
-            [(3, "20250121_152639", swapped, one.as_slice()), (1, "20250121_152638", similar, two_and_four.as_slice())];
-        record_possible_duplicates(&dentaltid.conn, page).unwrap();
-        record_possible_duplicates(&dentaltid.conn, [] as [Report<'_, &str>; 0]).unwrap();
-        let rows: i64 = dentaltid
-            .conn
-            .query_row("SELECT count(*) FROM nanopix_sync_possible_duplicates", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 1, "one row for the page, none for an empty one");
-        assert_eq!(listed(&dentaltid), [(1, similar, vec![2, 4]), (3, swapped, vec![1])]);
+        let swapped = DuplicateReason::SwappedNames;
+        record(&dentaltid, &[(3, swapped, &[1]), (1, SIMILAR, &[2, 4])]);
+        record(&dentaltid, &[]);
+        assert_eq!(rows(&dentaltid), 1, "one row for the page, none for an empty one");
+        assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![2, 4]), (3, swapped, vec![1])]);
     }
 
     #[test]
     fn lines_this_library_did_not_write_are_left_out_and_stray_ids_ignored() {
         let (_dir, dentaltid) = sample_database();
-        let odd = "INSERT INTO nanopix_sync_possible_duplicates(reports) VALUES
-            ('1 20250121_152638 similar_names x,,2,99,4' || char(10) || '2 20250121_152640 a_hunch 1'
-             || char(10) || 'three 20250121_152641 swapped_names 1' || char(10) || '4 20250121_152642 swapped_names'
-             || char(10) || char(10) || '5 20250121_152643 swapped_names 1'),
-            (x'00'), (7)";
-        dentaltid.conn.execute_batch(odd).unwrap();
-        let similar = DuplicateReason::SimilarNames;
-        assert_eq!(listed(&dentaltid), [(1, similar, vec![2, 4]), (5, DuplicateReason::SwappedNames, vec![1])]);
+        let (one, five) = (created_at(&dentaltid, 1), created_at(&dentaltid, 5));
+        let lines = [
+            format!("1 20250121_152638 similar_names x,,2,99,4 {one}"),
+            format!("2 20250121_152640 a_hunch 1 {}", created_at(&dentaltid, 2)),
+            format!("three 20250121_152641 swapped_names 1 {one}"),
+            format!("4 20250121_152642 swapped_names  {}", created_at(&dentaltid, 4)),
+            "6 20250121_152643 swapped_names 1".to_owned(),
+            String::new(),
+            format!("5 20250121_152644 swapped_names 1 {five}"),
+        ];
+        let insert = "INSERT INTO nanopix_sync_possible_duplicates(reports) VALUES (?1), (x'00'), (7)";
+        dentaltid.conn.execute(insert, [lines.join("\n")]).unwrap();
+        assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![2, 4]), (5, DuplicateReason::SwappedNames, vec![1])]);
+    }
+
+    #[test]
+    fn a_line_that_is_not_text_hides_only_itself() {
+        let (_dir, dentaltid) = sample_database();
+        let line = |id: i64| format!("{id} 20250121_15263{id} similar_names 4 {}\n", created_at(&dentaltid, id));
+        let reports = [line(1).into_bytes(), vec![0xff, b'\n'], line(2).into_bytes()].concat();
+        let insert = "INSERT INTO nanopix_sync_possible_duplicates(reports) VALUES (?1)";
+        dentaltid.conn.execute(insert, [reports]).unwrap();
+        assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![4]), (2, SIMILAR, vec![4])]);
+    }
+
+    #[test]
+    fn another_patient_under_a_reported_id_is_not_listed() {
+        let (_dir, dentaltid) = sample_database();
+        record(&dentaltid, &[(1, SIMILAR, &[2])]);
+        dentaltid.conn.execute("UPDATE patients SET createdAt = '2025-06-02T10:00:00.000' WHERE id = 1", []).unwrap();
+        assert_eq!(listed(&dentaltid), []);
     }
 
     #[test]
     fn a_dismissal_hides_the_reports_it_covers_and_a_later_report_shows_again() {
         let (_dir, mut dentaltid) = sample_database();
-        let reported = (1, "20250121_152638");
-        dentaltid.record_possible_duplicate(reported, DuplicateReason::SimilarNames, &candidates(&[2])).unwrap();
-        dentaltid.record_possible_duplicate(reported, DuplicateReason::AlreadyLinked, &candidates(&[3])).unwrap();
+        record(&dentaltid, &[(1, SIMILAR, &[2])]);
+        record(&dentaltid, &[(1, DuplicateReason::AlreadyLinked, &[3])]);
         assert_eq!(listed(&dentaltid), [(1, DuplicateReason::AlreadyLinked, vec![3])], "the later report");
         assert!(dentaltid.dismiss_possible_duplicate(1).unwrap());
         assert!(!dentaltid.dismiss_possible_duplicate(1).unwrap(), "dismissed already");
         assert!(!dentaltid.dismiss_possible_duplicate(2).unwrap(), "never reported");
         assert_eq!(listed(&dentaltid), []);
-        dentaltid.record_possible_duplicate(reported, DuplicateReason::SwappedNames, &candidates(&[4])).unwrap();
+        record(&dentaltid, &[(1, DuplicateReason::SwappedNames, &[4])]);
         assert_eq!(listed(&dentaltid), [(1, DuplicateReason::SwappedNames, vec![4])]);
+    }
+
+    #[test]
+    fn a_report_that_is_not_listed_is_not_dismissed() {
+        let (_dir, mut dentaltid) = sample_database();
+        record(&dentaltid, &[(1, SIMILAR, &[99])]);
+        assert_eq!(listed(&dentaltid), [], "its only candidate is gone");
+        assert!(!dentaltid.dismiss_possible_duplicate(1).unwrap());
+        let dismissed = "SELECT count(*) FROM nanopix_sync_dismissed_duplicates";
+        assert_eq!(dentaltid.conn.query_row(dismissed, [], |row| row.get::<_, i64>(0)).unwrap(), 0);
     }
 }

@@ -7,7 +7,7 @@ use foldhash::{HashMap, HashSet};
 
 use super::{Engine, crash_point};
 use crate::dentaltid::{PendingExport, is_another_person};
-use crate::events::{DuplicateReason, EventKind, ReconcileReport};
+use crate::events::{DuplicateCandidate, DuplicateReason, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher};
 use crate::nanopix::Insertion;
 use crate::patient::{NanoPixPatient, NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
@@ -103,9 +103,10 @@ impl Engine {
             if let Some(&external_id) = given_back.get(&patient_id) {
                 return Ok(external_id);
             }
-            match self.export_or_resume(&patient, IdsFrom::Now)? {
+            let twins = self.twins_of(&patient, &mut ReconcileReport::default());
+            match self.export_or_resume(&patient, IdsFrom::Now, &twins)? {
                 Exported::Written(external_id) => {
-                    self.report_twins_of(&patient, external_id, &mut ReconcileReport::default());
+                    self.report_twins(&patient, external_id, twins, &mut ReconcileReport::default());
                     return Ok(external_id);
                 }
                 Exported::Deleted => return Err(Error::PatientNotFound(patient_id)),
@@ -324,14 +325,15 @@ impl Engine {
             if given_back.contains_key(&patient.id) {
                 continue;
             }
-            let exported = self.export_or_resume(patient, from);
+            let found = self.linked_twins_of(twins.as_ref(), patient, &exported_now, report);
+            let exported = self.export_or_resume(patient, from, &found);
             if !matches!(exported, Ok(Exported::Written(_) | Exported::Deleted)) {
                 lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
             }
             match exported {
                 Ok(Exported::Written(external_id)) => {
                     report.exported += 1;
-                    self.report_linked_twins(twins.as_ref(), patient, external_id, &exported_now, report);
+                    self.report_twins(patient, external_id, found, report);
                     exported_now.insert(patient.id);
                 }
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
@@ -360,30 +362,31 @@ impl Engine {
         self.matcher_over(index, []).map(Some)
     }
 
-    /// Reports the linked twins of `patient`, exported alone as `external_id` (see
-    /// [`Engine::report_linked_twins`]), counting them in `report`.
-    fn report_twins_of(&mut self, patient: &Patient, external_id: NanoPixId, report: &mut ReconcileReport) {
+    /// The linked twins of `patient`, exported alone (see [`Engine::linked_twins_of`]); errors
+    /// go to `report`.
+    fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Vec<DuplicateCandidate> {
         match self.twin_finder(std::slice::from_ref(patient)) {
-            Ok(twins) => self.report_linked_twins(twins.as_ref(), patient, external_id, &HashSet::default(), report),
-            Err(error) => self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report),
+            Ok(twins) => self.linked_twins_of(twins.as_ref(), patient, &HashSet::default(), report),
+            Err(error) => {
+                self.report_error(&error, None, Some(patient.id), report);
+                Vec::new()
+            }
         }
     }
 
-    /// Reports, once `patient` is exported as `external_id`, the other DentalTID patients
-    /// `twins` counts as linked to NanoPix (or `linked_since` holds) with the same names and
-    /// birth date, and still has so: the same person, typed again in DentalTID after NanoPix's
-    /// patient was imported, whom NanoPix now holds twice (`possible_duplicate`,
-    /// `already_linked`), as an import of such a person is reported. When they cannot be read
-    /// again, a `sync_error` says so; the export stands.
-    fn report_linked_twins(
+    /// The other DentalTID patients `twins` counts as linked to NanoPix (or `linked_since` holds)
+    /// with the same names and birth date as `patient`, and that still have them: the same person,
+    /// typed again in DentalTID after NanoPix's patient was imported, whom an export of `patient`
+    /// gives NanoPix twice. When they cannot be read again, a `sync_error` in `report` says so,
+    /// and none are given.
+    fn linked_twins_of(
         &mut self,
         twins: Option<&Matcher>,
         patient: &Patient,
-        external_id: NanoPixId,
         linked_since: &HashSet<i64>,
         report: &mut ReconcileReport,
-    ) {
-        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return };
+    ) -> Vec<DuplicateCandidate> {
+        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return Vec::new() };
         let (first, last) = (patient.first_name.as_str(), patient.last_name.as_str());
         let found = twins.linked_twins((first, last, born), patient.id, linked_since);
         // Read before this call's first export: one DentalTID deleted or changed since is no twin.
@@ -394,27 +397,43 @@ impl Engine {
                 Ok(true) => candidates.push(twin),
                 Ok(false) => {}
                 Err(error) => {
-                    return self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report);
+                    self.report_error(&error, None, Some(patient.id), report);
+                    return Vec::new();
                 }
             }
         }
-        if candidates.is_empty() {
+        candidates
+    }
+
+    /// Reports `twins`, the linked twins of `patient` found before its export as `external_id`
+    /// (`possible_duplicate`, `already_linked`), as an import of such a person is reported. The
+    /// export kept them on the review list in the transaction that finished it.
+    fn report_twins(
+        &mut self,
+        patient: &Patient,
+        external_id: NanoPixId,
+        twins: Vec<DuplicateCandidate>,
+        report: &mut ReconcileReport,
+    ) {
+        if twins.is_empty() {
             return;
         }
-        let (reason, external_id) = (DuplicateReason::AlreadyLinked, external_id.to_string());
-        if let Err(error) = self.dentaltid.record_possible_duplicate((patient.id, &external_id), reason, &candidates) {
-            self.report_error(&error, Some(external_id.clone()), Some(patient.id), report);
-        }
         report.possible_duplicates += 1;
-        self.bus.emit(EventKind::PossibleDuplicate { external_id, patient_id: Some(patient.id), reason, candidates });
+        self.bus.emit(EventKind::PossibleDuplicate {
+            external_id: external_id.to_string(),
+            patient_id: Some(patient.id),
+            reason: DuplicateReason::AlreadyLinked,
+            candidates: twins,
+        });
     }
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
-    /// earlier error interrupted), as a repair would.
-    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom) -> Result<Exported> {
+    /// earlier error interrupted), as a repair would. `twins` are its linked twins, kept on the
+    /// review list with the link.
+    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: &[DuplicateCandidate]) -> Result<Exported> {
         match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => self.resume_export(patient, &pending),
-            None => self.export(patient, from),
+            Some(pending) => self.resume_export(patient, &pending, twins),
+            None => self.export(patient, from, twins),
         }
     }
 
@@ -423,14 +442,14 @@ impl Engine {
     /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times. The NanoPix
     /// row is written only if no other program wrote to NanoPix since the sync last read it;
     /// else the journal row goes and the export is deferred.
-    fn export(&mut self, patient: &Patient, from: IdsFrom) -> Result<Exported> {
+    fn export(&mut self, patient: &Patient, from: IdsFrom, twins: &[DuplicateCandidate]) -> Result<Exported> {
         let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
             let row = self.planned_row(&patient, from)?;
             if self.dentaltid.begin_export(&patient, &row, row.created)? {
                 crash_point("journal");
-                return match self.write_export(&patient, row, from, Some(read))? {
+                return match self.write_export(&patient, row, (from, Some(read)), twins)? {
                     Some(external_id) => Ok(Exported::Written(external_id)),
                     None => {
                         self.dentaltid.abandon_export(patient.id)?;
@@ -506,11 +525,11 @@ impl Engine {
         &mut self,
         patient: &Patient,
         mut row: NewNanoPixPatient,
-        from: IdsFrom,
-        unchanged_since: Option<i64>,
+        (from, unchanged_since): (IdsFrom, Option<i64>),
+        twins: &[DuplicateCandidate],
     ) -> Result<Option<NanoPixId>> {
         for attempt in 1..=EXPORT_ATTEMPTS {
-            match self.complete_export(patient.id, &row, unchanged_since)? {
+            match self.complete_export(patient, &row, unchanged_since, twins)? {
                 Insertion::Inserted => return Ok(Some(row.id)),
                 Insertion::NanoPixChanged => return Ok(None),
                 Insertion::IdTaken if attempt < EXPORT_ATTEMPTS => {
@@ -530,24 +549,27 @@ impl Engine {
     /// since `unchanged_since`.
     fn complete_export(
         &mut self,
-        patient_id: i64,
+        patient: &Patient,
         row: &NewNanoPixPatient,
         unchanged_since: Option<i64>,
+        twins: &[DuplicateCandidate],
     ) -> Result<Insertion> {
         let inserted = self.nanopix.insert_patient(row, unchanged_since)?;
         if inserted == Insertion::Inserted {
             crash_point("row");
-            self.link_export(patient_id, row.id)?;
+            self.link_export(patient, row.id, twins)?;
         }
         Ok(inserted)
     }
 
     /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
-    /// and reports the export.
-    fn link_export(&mut self, patient_id: i64, id: NanoPixId) -> Result<()> {
+    /// (with the patient's linked `twins` on the review list) and reports the export.
+    fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: &[DuplicateCandidate]) -> Result<()> {
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
         crash_point("folder");
-        self.dentaltid.finish_export(patient_id, id, self.config.clock.now())?;
+        let patient_id = patient.id;
+        self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), Some((&patient.created_at, twins)))?;
+        crash_point("linked");
         let (external_id, folder) = (id.to_string(), folder.display().to_string());
         self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
         Ok(())
@@ -559,14 +581,19 @@ impl Engine {
     /// first, in the one transaction that moves it to its new id if need be. An export that wrote
     /// no row while NanoPix got one of its own with the patient's names and birth date (the same
     /// person, saved meanwhile) is dropped instead, for a pass to link the two.
-    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport) -> Result<Exported> {
+    fn resume_export(
+        &mut self,
+        patient: &Patient,
+        pending: &PendingExport,
+        twins: &[DuplicateCandidate],
+    ) -> Result<Exported> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
-            self.link_export(patient.id, id)?;
+            self.link_export(patient, id, twins)?;
             return Ok(Exported::Written(id));
         }
-        let twins = self.unknown_twins_in_nanopix(patient)?;
-        if !twins.is_empty() && self.matching_links(patient, twins)? {
+        let in_nanopix = self.unknown_twins_in_nanopix(patient)?;
+        if !in_nanopix.is_empty() && self.matching_links(patient, in_nanopix)? {
             self.dentaltid.abandon_export(patient.id)?;
             return Ok(Exported::Deferred);
         }
@@ -585,7 +612,7 @@ impl Engine {
             self.dentaltid.replan_export(patient.id, &row)?;
         }
         // A repair ends what the journal began; no twin was there a moment ago.
-        let written = self.write_export(patient, row, IdsFrom::Now, None)?;
+        let written = self.write_export(patient, row, (IdsFrom::Now, None), twins)?;
         written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
     }
 
@@ -739,20 +766,23 @@ impl Engine {
     /// `delete_requested` then lets the host remove both.
     fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
-            Some(patient) if patient.external_id.is_none() => match self.resume_export(&patient, pending)? {
-                Exported::Written(external_id) => {
-                    self.report_twins_of(&patient, external_id, report);
-                    Ok(true)
+            Some(patient) if patient.external_id.is_none() => {
+                let twins = self.twins_of(&patient, report);
+                match self.resume_export(&patient, pending, &twins)? {
+                    Exported::Written(external_id) => {
+                        self.report_twins(&patient, external_id, twins, report);
+                        Ok(true)
+                    }
+                    Exported::Deleted | Exported::Deferred => Ok(false),
                 }
-                Exported::Deleted | Exported::Deferred => Ok(false),
-            },
+            }
             Some(_) => {
                 self.dentaltid.abandon_export(pending.patient_id)?;
                 Ok(false)
             }
             None if self.is_our_row(pending, None)? => {
                 self.nanopix.create_folder(pending.external_id, &self.config.patient_subfolders)?;
-                self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now())?;
+                self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now(), None)?;
                 Ok(true)
             }
             None => {
