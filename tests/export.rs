@@ -1451,6 +1451,23 @@ fn a_twin_deleted_during_an_export_call_is_not_reported() {
     assert!(naming_her.is_empty(), "a deleted patient reported as the linked twin: {naming_her:?}");
 }
 
+/// The imported Nadia is deleted in DentalTID while her twin's own export is under way (a trigger
+/// stands for DentalTID deleting her between the export's look for twins and its link): the
+/// export does not name her, and the review list does not show her.
+#[test]
+fn a_twin_deleted_during_its_twins_export_is_not_reported() {
+    let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    common::another_program(&clinic.dentaltid)
+        .execute_batch(&format!(
+            "CREATE TRIGGER delete_imported_nadia AFTER UPDATE OF external_id ON patients WHEN NEW.id = {typed}
+             BEGIN DELETE FROM patients WHERE id = {imported}; END;"
+        ))
+        .unwrap();
+    assert_eq!(export_and_report(&sync, typed).1, [], "a deleted patient reported as the linked twin");
+    assert_eq!(sync.possible_duplicates().unwrap(), []);
+}
+
 /// An export left in the journal by an error (NanoPix locked) is ended by the next reconcile's
 /// repair, which reports the linked twin: the `reconciled` counts include that report, as they
 /// do for an export that ran through.

@@ -5,7 +5,7 @@
 //!
 //! A row holds the reports of one page of imports, or of one export: one line each, with the
 //! reported patient's id, its NanoPix id, the reason, the candidates' ids (comma-separated) and
-//! the patient's `createdAt`, separated by spaces. One row per page keeps a first sync that reports
+//! the patient's `createdAt` (left out by the first version of this list), separated by spaces. One row per page keeps a first sync that reports
 //! tens of thousands of patients from writing as many rows. A later report on a patient replaces
 //! an earlier one. Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last
 //! row it covers, so a later report on the same patient is listed again. The list reads the
@@ -137,14 +137,18 @@ struct StoredReport {
     external_id: String,
     reason: DuplicateReason,
     candidate_ids: Vec<i64>,
-    created_at: String,
+    /// The patient's `createdAt`, on one line; `None` in a line written before it was kept.
+    created_at: Option<String>,
 }
 
 impl StoredReport {
     /// The report as the list shows it, with the candidates `held` holds; `None` when `held`
     /// holds neither its patient (with the `createdAt` it had) nor any candidate.
     fn into_review(self, held: &HashMap<i64, HeldPatient>) -> Option<DuplicateToReview> {
-        held.get(&self.patient_id).filter(|patient| one_line(&patient.created_at) == self.created_at)?;
+        let patient = held.get(&self.patient_id)?;
+        if self.created_at.as_ref().is_some_and(|created_at| *created_at != one_line(&patient.created_at)) {
+            return None;
+        }
         let candidates: Vec<DuplicateCandidate> =
             self.candidate_ids.iter().filter_map(|id| held.get(id)).map(|held| held.candidate.clone()).collect();
         let Self { patient_id, external_id, reason, .. } = self;
@@ -158,7 +162,7 @@ impl StoredReport {
         let external_id = fields.next()?.to_owned();
         let reason = DuplicateReason::from_name(fields.next()?)?;
         let candidate_ids = fields.next()?.split(',').filter_map(|id| id.parse().ok()).collect();
-        let created_at = fields.next()?.to_owned();
+        let created_at = fields.next().map(str::to_owned);
         Some(Self { row, patient_id, external_id, reason, candidate_ids, created_at })
     }
 }
@@ -270,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn lines_this_library_did_not_write_are_left_out_and_stray_ids_ignored() {
+    fn odd_lines_are_left_out_stray_ids_ignored_and_lines_of_the_first_format_kept() {
         let (_dir, dentaltid) = sample_database();
         let (one, five) = (created_at(&dentaltid, 1), created_at(&dentaltid, 5));
         let lines = [
@@ -279,12 +283,15 @@ mod tests {
             format!("three 20250121_152641 swapped_names 1 {one}"),
             format!("4 20250121_152642 swapped_names  {}", created_at(&dentaltid, 4)),
             "6 20250121_152643 swapped_names 1".to_owned(),
+            "7 20250121_152645 swapped_names".to_owned(),
             String::new(),
             format!("5 20250121_152644 swapped_names 1 {five}"),
         ];
         let insert = "INSERT INTO nanopix_sync_possible_duplicates(reports) VALUES (?1), (x'00'), (7)";
         dentaltid.conn.execute(insert, [lines.join("\n")]).unwrap();
-        assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![2, 4]), (5, DuplicateReason::SwappedNames, vec![1])]);
+        let swapped = DuplicateReason::SwappedNames;
+        let listed_now = listed(&dentaltid);
+        assert_eq!(listed_now, [(1, SIMILAR, vec![2, 4]), (5, swapped, vec![1]), (6, swapped, vec![1])]);
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl Engine {
             if given_back.contains_key(&patient.id) {
                 continue;
             }
-            let found = self.linked_twins_of(twins.as_ref(), patient, &exported_now, report);
+            let found = linked_twins_of(twins.as_ref(), patient, &exported_now);
             let exported = self.export_or_resume(patient, from, &found);
             if !matches!(exported, Ok(Exported::Written(_) | Exported::Deleted)) {
                 lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
@@ -362,11 +362,11 @@ impl Engine {
         self.matcher_over(index, []).map(Some)
     }
 
-    /// The linked twins of `patient`, exported alone (see [`Engine::linked_twins_of`]); errors
-    /// go to `report`.
+    /// The linked twins of `patient`, exported alone (see [`linked_twins_of`]); an error reading
+    /// them goes to `report`, and none are given.
     fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Vec<DuplicateCandidate> {
         match self.twin_finder(std::slice::from_ref(patient)) {
-            Ok(twins) => self.linked_twins_of(twins.as_ref(), patient, &HashSet::default(), report),
+            Ok(twins) => linked_twins_of(twins.as_ref(), patient, &HashSet::default()),
             Err(error) => {
                 self.report_error(&error, None, Some(patient.id), report);
                 Vec::new()
@@ -374,40 +374,12 @@ impl Engine {
         }
     }
 
-    /// The other DentalTID patients `twins` counts as linked to NanoPix (or `linked_since` holds)
-    /// with the same names and birth date as `patient`, and that still have them: the same person,
-    /// typed again in DentalTID after NanoPix's patient was imported, whom an export of `patient`
-    /// gives NanoPix twice. When they cannot be read again, a `sync_error` in `report` says so,
-    /// and none are given.
-    fn linked_twins_of(
-        &mut self,
-        twins: Option<&Matcher>,
-        patient: &Patient,
-        linked_since: &HashSet<i64>,
-        report: &mut ReconcileReport,
-    ) -> Vec<DuplicateCandidate> {
-        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return Vec::new() };
-        let (first, last) = (patient.first_name.as_str(), patient.last_name.as_str());
-        let found = twins.linked_twins((first, last, born), patient.id, linked_since);
-        // Read before this call's first export: one DentalTID deleted or changed since is no twin.
-        let mut candidates = Vec::with_capacity(found.len());
-        for twin in found {
-            let key = MatchKey::of(&twin.first_name, &twin.last_name, born);
-            match self.dentaltid.still_has_key(twin.patient_id, &key) {
-                Ok(true) => candidates.push(twin),
-                Ok(false) => {}
-                Err(error) => {
-                    self.report_error(&error, None, Some(patient.id), report);
-                    return Vec::new();
-                }
-            }
-        }
-        candidates
-    }
-
-    /// Reports `twins`, the linked twins of `patient` found before its export as `external_id`
+    /// Reports those of `twins`, the linked twins of `patient` found before its export as
+    /// `external_id`, that still have the names and birth date they were found with
     /// (`possible_duplicate`, `already_linked`), as an import of such a person is reported. The
-    /// export kept them on the review list in the transaction that finished it.
+    /// export kept them on the review list in the transaction that finished it, where the list
+    /// shows only those DentalTID still holds. When they cannot be read again, a `sync_error`
+    /// says so; the export stands.
     fn report_twins(
         &mut self,
         patient: &Patient,
@@ -415,7 +387,20 @@ impl Engine {
         twins: Vec<DuplicateCandidate>,
         report: &mut ReconcileReport,
     ) {
-        if twins.is_empty() {
+        let Some(born) = patient.date_of_birth.filter(|_| !twins.is_empty()) else { return };
+        // Read before the export: one DentalTID deleted or changed since is no twin.
+        let mut candidates = Vec::with_capacity(twins.len());
+        for twin in twins {
+            let key = MatchKey::of(&twin.first_name, &twin.last_name, born);
+            match self.dentaltid.still_has_key(twin.patient_id, &key) {
+                Ok(true) => candidates.push(twin),
+                Ok(false) => {}
+                Err(error) => {
+                    return self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report);
+                }
+            }
+        }
+        if candidates.is_empty() {
             return;
         }
         report.possible_duplicates += 1;
@@ -423,7 +408,7 @@ impl Engine {
             external_id: external_id.to_string(),
             patient_id: Some(patient.id),
             reason: DuplicateReason::AlreadyLinked,
-            candidates: twins,
+            candidates,
         });
     }
 
@@ -791,6 +776,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// The other DentalTID patients `twins` counts as linked to NanoPix (or `linked_since` holds) with
+/// the same names and birth date as `patient`: the same person, typed again in DentalTID after
+/// NanoPix's patient was imported, whom an export of `patient` gives NanoPix twice.
+fn linked_twins_of(twins: Option<&Matcher>, patient: &Patient, linked_since: &HashSet<i64>) -> Vec<DuplicateCandidate> {
+    let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return Vec::new() };
+    twins.linked_twins((&patient.first_name, &patient.last_name, born), patient.id, linked_since)
 }
 
 /// Where a bulk export at `now` looks for a past id for `patient`: the second it was created in
