@@ -1362,13 +1362,13 @@ fn export_and_report(sync: &NanoPixSync, typed: i64) -> (String, Vec<Reported>) 
 }
 
 /// Exports patient `typed` and checks that the export reports, as its only possible duplicate,
-/// the patient `imported` from NanoPix, and keeps that report on the review list.
-fn assert_export_reports_the_imported_twin(sync: &NanoPixSync, typed: i64, imported: i64) {
+/// the patient `imported` from NanoPix, for `reason`, and keeps that report on the review list.
+fn assert_export_reports_the_imported_twin(sync: &NanoPixSync, typed: i64, imported: i64, reason: DuplicateReason) {
     let (exported, reported) = export_and_report(sync, typed);
-    assert_eq!(reported, [(exported.clone(), Some(typed), DuplicateReason::AlreadyLinked, vec![imported])]);
+    assert_eq!(reported, [(exported.clone(), Some(typed), reason, vec![imported])]);
     let listed = sync.possible_duplicates().unwrap().into_iter().find(|listed| listed.patient_id == typed);
     let listed = listed.map(|listed| (listed.external_id, listed.reason, listed.candidates[0].patient_id));
-    assert_eq!(listed, Some((exported, DuplicateReason::AlreadyLinked, imported)), "kept on the review list");
+    assert_eq!(listed, Some((exported, reason, imported)), "kept on the review list");
 }
 
 /// `export_patient` of a DentalTID patient whose names and birth date an imported patient has
@@ -1379,8 +1379,21 @@ fn export_patient_reports_the_linked_patient_with_the_same_names_and_birth_date(
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
     let typed = clinic.add_dentaltid("Nadia", "SAIDI", Some("1990-03-04"));
     let other = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-05"));
-    assert_export_reports_the_imported_twin(&sync, typed, imported);
+    assert_export_reports_the_imported_twin(&sync, typed, imported, DuplicateReason::AlreadyLinked);
     assert_eq!(export_and_report(&sync, other).1, [], "another birth date");
+}
+
+/// The same person typed again in DentalTID with her names swapped, or with a typo, is exported
+/// and reported beside the imported patient, as an import of her would be.
+#[test]
+fn the_export_of_a_near_miss_of_an_imported_patient_reports_her() {
+    for (first, last, reason) in
+        [("Saidi", "Nadia", DuplicateReason::SwappedNames), ("Nadia", "Saydi", DuplicateReason::SimilarNames)]
+    {
+        let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
+        let typed = clinic.add_dentaltid(first, last, Some("1990-03-04"));
+        assert_export_reports_the_imported_twin(&sync, typed, imported, reason);
+    }
 }
 
 /// A patient without names is no person to match: exporting one reports no nameless patient
@@ -1398,7 +1411,7 @@ fn the_export_of_a_nameless_patient_reports_no_linked_twin() {
 fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "");
     let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
-    assert_export_reports_the_imported_twin(&sync, typed, imported);
+    assert_export_reports_the_imported_twin(&sync, typed, imported, DuplicateReason::AlreadyLinked);
 }
 
 /// NanoPix's patient with only a last name is imported; the same person is typed in DentalTID
@@ -1408,7 +1421,7 @@ fn the_export_of_a_one_named_patient_typed_again_reports_her_imported_twin() {
 fn a_one_named_twin_with_the_name_in_the_other_field_is_reported() {
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "");
     let typed = clinic.add_dentaltid("Saidi", "", Some("1990-03-04"));
-    assert_export_reports_the_imported_twin(&sync, typed, imported);
+    assert_export_reports_the_imported_twin(&sync, typed, imported, DuplicateReason::AlreadyLinked);
 }
 
 /// A linked twin whose `dateOfBirth` DentalTID holds as a blob is read as matching reads it,
@@ -1419,7 +1432,7 @@ fn a_linked_twin_with_a_blob_birth_date_is_reported_by_export_patient() {
     let dentaltid = common::another_program(&clinic.dentaltid);
     dentaltid.execute("UPDATE patients SET dateOfBirth = CAST(dateOfBirth AS BLOB) WHERE id = ?1", [imported]).unwrap();
     let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
-    assert_export_reports_the_imported_twin(&sync, typed, imported);
+    assert_export_reports_the_imported_twin(&sync, typed, imported, DuplicateReason::AlreadyLinked);
 }
 
 /// `export_existing` reads the twins once, before its first export. The imported Nadia is
@@ -1495,7 +1508,7 @@ fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
 fn a_one_named_export_reports_the_linked_twin_with_both_names() {
     let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
     let typed = clinic.add_dentaltid("", "Saidi", Some("1990-03-04"));
-    assert_export_reports_the_imported_twin(&sync, typed, imported);
+    assert_export_reports_the_imported_twin(&sync, typed, imported, DuplicateReason::AlreadyLinked);
 }
 
 /// An imported patient is deleted in DentalTID; the catch-up of an export of another patient

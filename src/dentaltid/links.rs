@@ -25,12 +25,13 @@ use super::linked_rows::record_linked_rows;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
+use crate::matching::PossibleDuplicate;
 use crate::patient::{
     NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, nanopix_datetime, parse_dart_timestamp,
     parse_nanopix_datetime,
 };
 use crate::values::{WHITESPACE, integer_at, read_text, text_at};
-use crate::{DuplicateCandidate, DuplicateReason, Error, NanoPixId, Result};
+use crate::{Error, NanoPixId, Result};
 
 /// The columns [`link_from_row`] reads, in its order.
 const LINK_COLUMNS: &str = "patient_id, external_id, origin, state, synced_at";
@@ -461,8 +462,7 @@ impl DentalTid {
 
     /// Finishes an export in one transaction: sets `external_id`, records the link and the row it
     /// is made with (see [`super::linked_rows`]), keeps the patient's linked twins on the review
-    /// list as `already_linked` (`twins` gives its `createdAt` and them, if any), and clears the
-    /// journal row.
+    /// list (`twins` gives its `createdAt` and them, if any), and clears the journal row.
     ///
     /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
     /// can report the deletion.
@@ -471,15 +471,15 @@ impl DentalTid {
         patient_id: i64,
         external_id: NanoPixId,
         synced_at: NaiveDateTime,
-        twins: Option<(&str, &[DuplicateCandidate])>,
+        twins: Option<(&str, &PossibleDuplicate)>,
     ) -> Result<()> {
         let (id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
-        let reported = twins.filter(|(_, candidates)| !candidates.is_empty()).map(|(created_at, candidates)| Report {
+        let reported = twins.map(|(created_at, twins)| Report {
             patient_id,
             created_at,
             external_id,
-            reason: DuplicateReason::AlreadyLinked,
-            candidates,
+            reason: twins.reason,
+            candidates: &twins.candidates,
         });
         self.write("finishing an export", |tx| {
             tx.execute(SET_EXTERNAL_ID, params![id, patient_id, WHITESPACE])?;

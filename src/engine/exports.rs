@@ -7,8 +7,8 @@ use foldhash::{HashMap, HashSet};
 
 use super::{Engine, crash_point};
 use crate::dentaltid::{PendingExport, is_another_person};
-use crate::events::{DuplicateCandidate, DuplicateReason, EventKind, ReconcileReport};
-use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher};
+use crate::events::{EventKind, ReconcileReport};
+use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher, PossibleDuplicate};
 use crate::nanopix::Insertion;
 use crate::patient::{NanoPixPatient, NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
 use crate::{Error, NanoPixId, Result};
@@ -104,7 +104,7 @@ impl Engine {
                 return Ok(external_id);
             }
             let twins = self.twins_of(&patient, &mut ReconcileReport::default());
-            match self.export_or_resume(&patient, IdsFrom::Now, &twins)? {
+            match self.export_or_resume(&patient, IdsFrom::Now, twins.as_ref())? {
                 Exported::Written(external_id) => {
                     self.report_twins(&patient, external_id, twins, &mut ReconcileReport::default());
                     return Ok(external_id);
@@ -326,7 +326,7 @@ impl Engine {
                 continue;
             }
             let found = linked_twins_of(twins.as_ref(), patient, &exported_now);
-            let exported = self.export_or_resume(patient, from, &found);
+            let exported = self.export_or_resume(patient, from, found.as_ref());
             if !matches!(exported, Ok(Exported::Written(_) | Exported::Deleted)) {
                 lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
             }
@@ -364,33 +364,33 @@ impl Engine {
 
     /// The linked twins of `patient`, exported alone (see [`linked_twins_of`]); an error reading
     /// them goes to `report`, and none are given.
-    fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Vec<DuplicateCandidate> {
+    fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Option<PossibleDuplicate> {
         match self.twin_finder(std::slice::from_ref(patient)) {
             Ok(twins) => linked_twins_of(twins.as_ref(), patient, &HashSet::default()),
             Err(error) => {
                 self.report_error(&error, None, Some(patient.id), report);
-                Vec::new()
+                None
             }
         }
     }
 
     /// Reports those of `twins`, the linked twins of `patient` found before its export as
     /// `external_id`, that still have the names and birth date they were found with
-    /// (`possible_duplicate`, `already_linked`), as an import of such a person is reported. The
-    /// export kept them on the review list in the transaction that finished it, where the list
-    /// shows only those DentalTID still holds. When they cannot be read again, a `sync_error`
-    /// says so; the export stands.
+    /// (`possible_duplicate`), as an import of such a person is reported. The export kept them on
+    /// the review list in the transaction that finished it, where the list shows only those
+    /// DentalTID still holds. When they cannot be read again, a `sync_error` says so; the export
+    /// stands.
     fn report_twins(
         &mut self,
         patient: &Patient,
         external_id: NanoPixId,
-        twins: Vec<DuplicateCandidate>,
+        twins: Option<PossibleDuplicate>,
         report: &mut ReconcileReport,
     ) {
-        let Some(born) = patient.date_of_birth.filter(|_| !twins.is_empty()) else { return };
+        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return };
         // Read before the export: one DentalTID deleted or changed since is no twin.
-        let mut candidates = Vec::with_capacity(twins.len());
-        for twin in twins {
+        let mut candidates = Vec::with_capacity(twins.candidates.len());
+        for twin in twins.candidates {
             let key = MatchKey::of(&twin.first_name, &twin.last_name, born);
             match self.dentaltid.still_has_key(twin.patient_id, &key) {
                 Ok(true) => candidates.push(twin),
@@ -407,7 +407,7 @@ impl Engine {
         self.bus.emit(EventKind::PossibleDuplicate {
             external_id: external_id.to_string(),
             patient_id: Some(patient.id),
-            reason: DuplicateReason::AlreadyLinked,
+            reason: twins.reason,
             candidates,
         });
     }
@@ -415,7 +415,12 @@ impl Engine {
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
     /// earlier error interrupted), as a repair would. `twins` are its linked twins, kept on the
     /// review list with the link.
-    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: &[DuplicateCandidate]) -> Result<Exported> {
+    fn export_or_resume(
+        &mut self,
+        patient: &Patient,
+        from: IdsFrom,
+        twins: Option<&PossibleDuplicate>,
+    ) -> Result<Exported> {
         match self.dentaltid.pending_export(patient.id)? {
             Some(pending) => self.resume_export(patient, &pending, twins),
             None => self.export(patient, from, twins),
@@ -427,7 +432,7 @@ impl Engine {
     /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times. The NanoPix
     /// row is written only if no other program wrote to NanoPix since the sync last read it;
     /// else the journal row goes and the export is deferred.
-    fn export(&mut self, patient: &Patient, from: IdsFrom, twins: &[DuplicateCandidate]) -> Result<Exported> {
+    fn export(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&PossibleDuplicate>) -> Result<Exported> {
         let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
@@ -511,7 +516,7 @@ impl Engine {
         patient: &Patient,
         mut row: NewNanoPixPatient,
         (from, unchanged_since): (IdsFrom, Option<i64>),
-        twins: &[DuplicateCandidate],
+        twins: Option<&PossibleDuplicate>,
     ) -> Result<Option<NanoPixId>> {
         for attempt in 1..=EXPORT_ATTEMPTS {
             match self.complete_export(patient, &row, unchanged_since, twins)? {
@@ -537,7 +542,7 @@ impl Engine {
         patient: &Patient,
         row: &NewNanoPixPatient,
         unchanged_since: Option<i64>,
-        twins: &[DuplicateCandidate],
+        twins: Option<&PossibleDuplicate>,
     ) -> Result<Insertion> {
         let inserted = self.nanopix.insert_patient(row, unchanged_since)?;
         if inserted == Insertion::Inserted {
@@ -549,11 +554,16 @@ impl Engine {
 
     /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
     /// (with the patient's linked `twins` on the review list) and reports the export.
-    fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: &[DuplicateCandidate]) -> Result<()> {
+    fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: Option<&PossibleDuplicate>) -> Result<()> {
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
         crash_point("folder");
         let patient_id = patient.id;
-        self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), Some((&patient.created_at, twins)))?;
+        self.dentaltid.finish_export(
+            patient_id,
+            id,
+            self.config.clock.now(),
+            twins.map(|twins| (patient.created_at.as_str(), twins)),
+        )?;
         crash_point("linked");
         let (external_id, folder) = (id.to_string(), folder.display().to_string());
         self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
@@ -570,7 +580,7 @@ impl Engine {
         &mut self,
         patient: &Patient,
         pending: &PendingExport,
-        twins: &[DuplicateCandidate],
+        twins: Option<&PossibleDuplicate>,
     ) -> Result<Exported> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
@@ -753,7 +763,7 @@ impl Engine {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
                 let twins = self.twins_of(&patient, report);
-                match self.resume_export(&patient, pending, &twins)? {
+                match self.resume_export(&patient, pending, twins.as_ref())? {
                     Exported::Written(external_id) => {
                         self.report_twins(&patient, external_id, twins, report);
                         Ok(true)
@@ -781,8 +791,12 @@ impl Engine {
 /// The other DentalTID patients `twins` counts as linked to NanoPix (or `linked_since` holds) with
 /// the same names and birth date as `patient`: the same person, typed again in DentalTID after
 /// NanoPix's patient was imported, whom an export of `patient` gives NanoPix twice.
-fn linked_twins_of(twins: Option<&Matcher>, patient: &Patient, linked_since: &HashSet<i64>) -> Vec<DuplicateCandidate> {
-    let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return Vec::new() };
+fn linked_twins_of(
+    twins: Option<&Matcher>,
+    patient: &Patient,
+    linked_since: &HashSet<i64>,
+) -> Option<PossibleDuplicate> {
+    let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return None };
     twins.linked_twins((&patient.first_name, &patient.last_name, born), patient.id, linked_since)
 }
 

@@ -185,35 +185,45 @@ impl Matcher {
     }
 
     /// The DentalTID patients other than `patient_id`, counted as linked or among `linked_since`,
-    /// who are this person as the matching sees one: the same names and birth date, or one name
-    /// left out on either side and the other the same, as [`DuplicateReason::MissingName`]
-    /// compares them. NanoPix holds that person already. None for a patient without names.
+    /// who may be this person, and why: NanoPix holds them already. The first of these that finds
+    /// any: the same names and birth date, or one name left out on either side and the other the
+    /// same, as [`DuplicateReason::MissingName`] compares them (`already_linked`); the names
+    /// swapped (`swapped_names`); names a small edit away (`similar_names`); always with the same
+    /// birth date. None for a patient without names.
     pub fn linked_twins(
         &self,
         (first_name, last_name, born): (&str, &str, NaiveDate),
         patient_id: i64,
         linked_since: &foldhash::HashSet<i64>,
-    ) -> Vec<DuplicateCandidate> {
+    ) -> Option<PossibleDuplicate> {
         let (first, last) = (normalise_name(first_name), normalise_name(last_name));
         let index = &self.dentaltid;
-        let same: Vec<usize> = match (first.is_empty(), last.is_empty()) {
+        let linked = |entry: &usize| {
+            index.candidate(*entry).is_some_and(|twin| {
+                twin.patient_id != patient_id && (index.is_linked(*entry) || linked_since.contains(&twin.patient_id))
+            })
+        };
+        let found = |reason, entries: Vec<usize>| {
+            let entries: Vec<usize> = entries.into_iter().filter(linked).collect();
+            (!entries.is_empty()).then(|| PossibleDuplicate { reason, candidates: self.candidates(entries) })
+        };
+        let same = match (first.is_empty(), last.is_empty()) {
             (false, false) => {
                 let one_named = index.one_named(&first, born).chain(index.one_named(&last, born));
                 index.exact(&first, &last, born).into_iter().chain(one_named).collect()
             }
-            (true, true) => return Vec::new(),
+            (true, true) => return None,
             _ => {
                 let name = if first.is_empty() { &last } else { &first };
                 index.one_named(name, born).chain(index.named_on(name, born)).collect()
             }
         };
-        let linked = |entry: &usize| {
-            self.dentaltid.candidate(*entry).is_some_and(|twin| {
-                twin.patient_id != patient_id
-                    && (self.dentaltid.is_linked(*entry) || linked_since.contains(&twin.patient_id))
+        let person = Person::new(&first, &last, Some(born));
+        found(DuplicateReason::AlreadyLinked, same)
+            .or_else(|| {
+                found(DuplicateReason::SwappedNames, person.as_ref().map(|_| index.exact(&last, &first, born))?)
             })
-        };
-        self.candidates(same.into_iter().filter(linked).collect())
+            .or_else(|| found(DuplicateReason::SimilarNames, similar::similar(index, person.as_ref()?)))
     }
 
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
@@ -336,13 +346,7 @@ mod tests {
     /// Offers every NanoPix patient, in order, to a matcher over `dentaltid`, and says what
     /// became of each; every patient must come out exactly once.
     fn decide(nanopix: &[NanoPixPatient], dentaltid: &[Patient], auto_link: bool) -> Vec<Decision> {
-        let mut index = DentalIndex::default();
-        for p in dentaltid {
-            let linked = p.external_id.is_some();
-            let (first_name, last_name) = (p.first_name.as_str(), p.last_name.as_str());
-            index.add(DentalCandidate { id: p.id, first_name, last_name, date_of_birth: p.date_of_birth, linked });
-        }
-        let mut matcher = Matcher::new(index, &foldhash::HashSet::default(), auto_link);
+        let mut matcher = matcher_over(dentaltid, auto_link);
         let mut imports = Vec::new();
         for patient in nanopix {
             matcher.offer(patient.clone(), &mut imports);
@@ -358,6 +362,17 @@ mod tests {
             Decision::import(import.possible_duplicate.as_ref().map(by_id))
         };
         nanopix.iter().map(decision).collect()
+    }
+
+    /// A matcher over `dentaltid`, those with an `external_id` linked.
+    fn matcher_over(dentaltid: &[Patient], auto_link: bool) -> Matcher {
+        let mut index = DentalIndex::default();
+        for p in dentaltid {
+            let linked = p.external_id.is_some();
+            let (first_name, last_name) = (p.first_name.as_str(), p.last_name.as_str());
+            index.add(DentalCandidate { id: p.id, first_name, last_name, date_of_birth: p.date_of_birth, linked });
+        }
+        Matcher::new(index, &foldhash::HashSet::default(), auto_link)
     }
 
     fn born(y: i32, m: u32, d: u32) -> Option<NaiveDate> {
@@ -659,5 +674,29 @@ mod tests {
                 prop_assert!(ids.iter().all(|id| dentaltid.iter().any(|p| p.id == *id)));
             }
         }
+    }
+
+    /// The linked twins an export of DentalTID patient 9 (Nadia Saidi, born 1990-03-04) reports,
+    /// among `dentaltid`: reason and ids.
+    fn twins_of_nadia(dentaltid: &[Patient]) -> Option<(DuplicateReason, Vec<i64>)> {
+        let matcher = matcher_over(dentaltid, true);
+        let found =
+            matcher.linked_twins(("Nadia", "Saidi", born(1990, 3, 4).unwrap()), 9, &foldhash::HashSet::default());
+        found.map(|twins| (twins.reason, twins.candidates.iter().map(|c| c.patient_id).collect()))
+    }
+
+    #[test]
+    fn an_export_reports_linked_twins_the_same_first_then_swapped_then_similar() {
+        let on_the_day = born(1990, 3, 4);
+        let (same, swapped) =
+            (linked(dental(1, "NADIA", "saidi", on_the_day)), linked(dental(2, "Saidi", "Nadia", on_the_day)));
+        let similar = linked(dental(3, "Nadia", "Saydi", on_the_day));
+        let (herself, unlinked) = (dental(9, "Nadia", "Saidi", on_the_day), dental(4, "Nadia", "Saidi", on_the_day));
+        let other_day = linked(dental(5, "Nadia", "Saidi", born(1990, 3, 5)));
+        let all = [same, swapped, similar, herself, unlinked, other_day];
+        assert_eq!(twins_of_nadia(&all), Some((DuplicateReason::AlreadyLinked, vec![1])));
+        assert_eq!(twins_of_nadia(&all[1..]), Some((DuplicateReason::SwappedNames, vec![2])));
+        assert_eq!(twins_of_nadia(&all[2..]), Some((DuplicateReason::SimilarNames, vec![3])));
+        assert_eq!(twins_of_nadia(&all[3..]), None, "no linked patient born that day looks like her");
     }
 }
