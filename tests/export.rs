@@ -1481,6 +1481,35 @@ fn a_twin_deleted_during_its_twins_export_is_not_reported() {
     assert_eq!(sync.possible_duplicates().unwrap(), []);
 }
 
+/// `export_existing` reads the patients and their twins once; DentalTID renames and re-dates the
+/// typed Nadia while an older patient is exported (a trigger stands for it). Her export writes her
+/// new names, and names the imported Nadia, whom she no longer resembles, neither in an event nor
+/// on the review list.
+#[test]
+fn a_patient_renamed_during_an_export_call_is_not_reported_beside_her_old_twin() {
+    for (first, last) in [("Nadia", "Saidi"), ("Nadia", "Saydi")] {
+        let (clinic, sync, _) = imported_from_nanopix("Saidi", "Nadia");
+        let typed = clinic.add_dentaltid(first, last, Some("1990-03-04"));
+        let dentaltid = common::another_program(&clinic.dentaltid);
+        let older = common::insert_dentaltid_patient(&dentaltid, "Older", "Patient", Some("1970-01-01"));
+        dentaltid.execute("UPDATE patients SET createdAt = '2020-06-01T09:00:00.000' WHERE id = ?1", [older]).unwrap();
+        dentaltid
+            .execute_batch(&format!(
+                "CREATE TRIGGER rename_typed AFTER UPDATE OF external_id ON patients WHEN NEW.id = {older}
+                 BEGIN UPDATE patients SET name = 'Omar', familyName = 'Haddad',
+                       dateOfBirth = '1985-01-01T00:00:00.000' WHERE id = {typed}; END;"
+            ))
+            .unwrap();
+        common::drain(&sync);
+        sync.export_existing().unwrap();
+        assert_eq!(common::nanopix_ids_named(&clinic, "Omar", "Haddad").len(), 1, "exported with her new names");
+        let reported: Vec<Reported> =
+            duplicates(common::drain(&sync)).into_iter().filter(|r| r.1 == Some(typed)).collect();
+        assert_eq!(reported, [], "{first} {last}");
+        assert_eq!(sync.possible_duplicates().unwrap(), [], "{first} {last}");
+    }
+}
+
 /// An export left in the journal by an error (NanoPix locked) is ended by the next reconcile's
 /// repair, which reports the linked twin: the `reconciled` counts include that report, as they
 /// do for an export that ran through.

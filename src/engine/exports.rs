@@ -364,7 +364,7 @@ impl Engine {
 
     /// The linked twins of `patient`, exported alone (see [`linked_twins_of`]); an error reading
     /// them goes to `report`, and none are given.
-    fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Option<PossibleDuplicate> {
+    fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Option<Twins> {
         match self.twin_finder(std::slice::from_ref(patient)) {
             Ok(twins) => linked_twins_of(twins.as_ref(), patient, &HashSet::default()),
             Err(error) => {
@@ -376,21 +376,27 @@ impl Engine {
 
     /// Reports those of `twins`, the linked twins of `patient` found before its export as
     /// `external_id`, that still have the names and birth date they were found with
-    /// (`possible_duplicate`), as an import of such a person is reported. The export kept them on
-    /// the review list in the transaction that finished it, where the list shows only those
-    /// DentalTID still holds. When they cannot be read again, a `sync_error` says so; the export
-    /// stands.
+    /// (`possible_duplicate`), as an import of such a person is reported, while `patient` still
+    /// has the names and birth date they were found for. The export kept them on the review list
+    /// in the transaction that finished it, where the list shows only those DentalTID still
+    /// holds. When they cannot be read again, a `sync_error` says so; the export stands.
     fn report_twins(
         &mut self,
         patient: &Patient,
         external_id: NanoPixId,
-        twins: Option<PossibleDuplicate>,
+        twins: Option<Twins>,
         report: &mut ReconcileReport,
     ) {
-        let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return };
-        // Read before the export: one DentalTID deleted or changed since is no twin.
-        let mut candidates = Vec::with_capacity(twins.candidates.len());
-        for twin in twins.candidates {
+        let (Some(Twins { key, found }), Some(born)) = (twins, patient.date_of_birth) else { return };
+        // Read before the export: one DentalTID deleted or changed since is no twin, and a
+        // patient renamed meanwhile may be another person.
+        match self.dentaltid.still_has_key(patient.id, &key) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => return self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report),
+        }
+        let mut candidates = Vec::with_capacity(found.candidates.len());
+        for twin in found.candidates {
             let key = MatchKey::of(&twin.first_name, &twin.last_name, born);
             match self.dentaltid.still_has_key(twin.patient_id, &key) {
                 Ok(true) => candidates.push(twin),
@@ -407,7 +413,7 @@ impl Engine {
         self.bus.emit(EventKind::PossibleDuplicate {
             external_id: external_id.to_string(),
             patient_id: Some(patient.id),
-            reason: twins.reason,
+            reason: found.reason,
             candidates,
         });
     }
@@ -415,12 +421,7 @@ impl Engine {
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
     /// earlier error interrupted), as a repair would. `twins` are its linked twins, kept on the
     /// review list with the link.
-    fn export_or_resume(
-        &mut self,
-        patient: &Patient,
-        from: IdsFrom,
-        twins: Option<&PossibleDuplicate>,
-    ) -> Result<Exported> {
+    fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
         match self.dentaltid.pending_export(patient.id)? {
             Some(pending) => self.resume_export(patient, &pending, twins),
             None => self.export(patient, from, twins),
@@ -432,7 +433,7 @@ impl Engine {
     /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times. The NanoPix
     /// row is written only if no other program wrote to NanoPix since the sync last read it;
     /// else the journal row goes and the export is deferred.
-    fn export(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&PossibleDuplicate>) -> Result<Exported> {
+    fn export(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
         let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
@@ -516,7 +517,7 @@ impl Engine {
         patient: &Patient,
         mut row: NewNanoPixPatient,
         (from, unchanged_since): (IdsFrom, Option<i64>),
-        twins: Option<&PossibleDuplicate>,
+        twins: Option<&Twins>,
     ) -> Result<Option<NanoPixId>> {
         for attempt in 1..=EXPORT_ATTEMPTS {
             match self.complete_export(patient, &row, unchanged_since, twins)? {
@@ -542,7 +543,7 @@ impl Engine {
         patient: &Patient,
         row: &NewNanoPixPatient,
         unchanged_since: Option<i64>,
-        twins: Option<&PossibleDuplicate>,
+        twins: Option<&Twins>,
     ) -> Result<Insertion> {
         let inserted = self.nanopix.insert_patient(row, unchanged_since)?;
         if inserted == Insertion::Inserted {
@@ -553,17 +554,15 @@ impl Engine {
     }
 
     /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
-    /// (with the patient's linked `twins` on the review list) and reports the export.
-    fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: Option<&PossibleDuplicate>) -> Result<()> {
+    /// (with the patient's linked `twins` on the review list, while it has the names and birth
+    /// date they were found for) and reports the export.
+    fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: Option<&Twins>) -> Result<()> {
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
         crash_point("folder");
-        let patient_id = patient.id;
-        self.dentaltid.finish_export(
-            patient_id,
-            id,
-            self.config.clock.now(),
-            twins.map(|twins| (patient.created_at.as_str(), twins)),
-        )?;
+        let (patient_id, born) = (patient.id, patient.date_of_birth);
+        let twins = twins.filter(|twins| twins.key.is_of(&patient.first_name, &patient.last_name, born));
+        let kept = twins.map(|twins| (patient.created_at.as_str(), &twins.found));
+        self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), kept)?;
         crash_point("linked");
         let (external_id, folder) = (id.to_string(), folder.display().to_string());
         self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
@@ -576,12 +575,7 @@ impl Engine {
     /// first, in the one transaction that moves it to its new id if need be. An export that wrote
     /// no row while NanoPix got one of its own with the patient's names and birth date (the same
     /// person, saved meanwhile) is dropped instead, for a pass to link the two.
-    fn resume_export(
-        &mut self,
-        patient: &Patient,
-        pending: &PendingExport,
-        twins: Option<&PossibleDuplicate>,
-    ) -> Result<Exported> {
+    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport, twins: Option<&Twins>) -> Result<Exported> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
             self.link_export(patient, id, twins)?;
@@ -791,13 +785,19 @@ impl Engine {
 /// The other DentalTID patients `twins` counts as linked to NanoPix (or `linked_since` holds) with
 /// the same names and birth date as `patient`: the same person, typed again in DentalTID after
 /// NanoPix's patient was imported, whom an export of `patient` gives NanoPix twice.
-fn linked_twins_of(
-    twins: Option<&Matcher>,
-    patient: &Patient,
-    linked_since: &HashSet<i64>,
-) -> Option<PossibleDuplicate> {
+fn linked_twins_of(twins: Option<&Matcher>, patient: &Patient, linked_since: &HashSet<i64>) -> Option<Twins> {
     let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return None };
-    twins.linked_twins((&patient.first_name, &patient.last_name, born), patient.id, linked_since)
+    let (first, last) = (patient.first_name.as_str(), patient.last_name.as_str());
+    let found = twins.linked_twins((first, last, born), patient.id, linked_since)?;
+    Some(Twins { key: MatchKey::of(first, last, born), found })
+}
+
+/// The linked twins found for a patient an export writes, and the names and birth date (of the
+/// patient as then read) they were found for.
+#[derive(Debug)]
+struct Twins {
+    key: MatchKey,
+    found: PossibleDuplicate,
 }
 
 /// Where a bulk export at `now` looks for a past id for `patient`: the second it was created in

@@ -91,8 +91,12 @@ impl MatchKey {
     /// Whether a DentalTID patient, as matching reads it, still has this key: a patient renamed
     /// or given another birth date since it was matched is no longer the same person's.
     pub fn fits(&self, candidate: &DentalCandidate<'_>) -> bool {
-        candidate.date_of_birth == Some(self.born)
-            && *self == Self::of(candidate.first_name, candidate.last_name, self.born)
+        self.is_of(candidate.first_name, candidate.last_name, candidate.date_of_birth)
+    }
+
+    /// Whether a person with these names and birth date has this key.
+    pub fn is_of(&self, first_name: &str, last_name: &str, born: Option<NaiveDate>) -> bool {
+        born == Some(self.born) && *self == Self::of(first_name, last_name, self.born)
     }
 }
 
