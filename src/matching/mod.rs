@@ -227,7 +227,7 @@ impl Matcher {
             .or_else(|| {
                 found(DuplicateReason::SwappedNames, person.as_ref().map(|_| index.exact(&last, &first, born))?)
             })
-            .or_else(|| found(DuplicateReason::SimilarNames, similar::similar(index, person.as_ref()?)))
+            .or_else(|| found(DuplicateReason::SimilarNames, similar::similar(index, person.as_ref()?, linked)))
     }
 
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
@@ -293,7 +293,7 @@ impl Matcher {
         if !swapped.is_empty() {
             return Some((DuplicateReason::SwappedNames, swapped));
         }
-        let similar = similar::similar(&self.dentaltid, person);
+        let similar = similar::similar(&self.dentaltid, person, |_| true);
         if !similar.is_empty() {
             return Some((DuplicateReason::SimilarNames, similar));
         }
@@ -702,5 +702,20 @@ mod tests {
         assert_eq!(twins_of_nadia(&all[1..]), Some((DuplicateReason::SwappedNames, vec![2])));
         assert_eq!(twins_of_nadia(&all[2..]), Some((DuplicateReason::SimilarNames, vec![3])));
         assert_eq!(twins_of_nadia(&all[3..]), None, "no linked patient born that day looks like her");
+    }
+
+    /// A birth date hundreds of unlinked patients share (a default date, say): the comparisons
+    /// the look-alike search allows are spent on linked patients, so the linked one is found.
+    #[test]
+    fn an_export_finds_a_linked_look_alike_behind_a_crowd_born_the_same_day() {
+        let day = born(1990, 3, 4);
+        let mut all = vec![linked(dental(1, "Nadia", "Saydi", day))];
+        let letters = ['b', 'c', 'f', 'g', 'h', 'j', 'k', 'm'];
+        for n in 0..600 {
+            let (a, b, c) = (letters[n / 64 % 8], letters[n / 8 % 8], letters[n % 8]);
+            all.push(dental(10 + n as i64, &format!("N{a}{b}{c}a"), &format!("S{c}{b}{a}i"), day));
+        }
+        all.push(dental(9, "Nadia", "Saidi", day));
+        assert_eq!(twins_of_nadia(&all), Some((DuplicateReason::SimilarNames, vec![1])));
     }
 }

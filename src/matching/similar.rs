@@ -66,9 +66,10 @@ impl Block {
     }
 }
 
-/// The entries of DentalTID patients born the same day as `person` whose names are similar
-/// but not equal.
-pub(super) fn similar(index: &DentalIndex, person: &Person<'_>) -> Vec<usize> {
+/// The entries among those `wanted` accepts of DentalTID patients born the same day as `person`
+/// whose names are similar but not equal. The comparisons a big bucket allows are spent on wanted
+/// entries only.
+pub(super) fn similar(index: &DentalIndex, person: &Person<'_>, wanted: impl Fn(&usize) -> bool) -> Vec<usize> {
     let Some(born) = person.born else { return Vec::new() };
     let similar_entry = |entry: &usize| index.person(*entry).is_some_and(|other| is_similar(person, &other));
     let bucket = index.born_on(born);
@@ -78,10 +79,10 @@ pub(super) fn similar(index: &DentalIndex, person: &Person<'_>) -> Vec<usize> {
         let in_reach = bucket.iter().filter(|member| {
             within_reach(person.chars, usize::from(member.chars)) && shares_a_block_letter(letters, member.letters)
         });
-        return in_reach.map(|member| member.entry).filter(similar_entry).collect();
+        return in_reach.map(|member| member.entry).filter(&wanted).filter(similar_entry).collect();
     }
-    let by_initial = lookup_blocks(index, person, born, true).take(MAX_COMPARISONS);
-    let by_last_letter = lookup_blocks(index, person, born, false).take(MAX_COMPARISONS);
+    let by_initial = lookup_blocks(index, person, born, true).filter(&wanted).take(MAX_COMPARISONS);
+    let by_last_letter = lookup_blocks(index, person, born, false).filter(&wanted).take(MAX_COMPARISONS);
     by_initial.chain(by_last_letter).filter(similar_entry).collect()
 }
 
@@ -313,7 +314,7 @@ mod tests {
             index.group_by_birth_date();
             let (first, last) = (normalise_name(&first), normalise_name(&last));
             let Some(person) = Person::new(&first, &last, born) else { return Ok(()) };
-            let mut found = similar(&index, &person);
+            let mut found = similar(&index, &person, |_| true);
             let both_named = |other: &Person<'_>| !other.first.is_empty() && !other.last.is_empty();
             let similar_entry = |entry: &usize| {
                 index.person(*entry).is_some_and(|other| both_named(&other) && super::is_similar(&person, &other))
