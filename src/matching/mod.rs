@@ -222,12 +222,10 @@ impl Matcher {
                 index.one_named(name, born).chain(index.named_on(name, born)).collect()
             }
         };
-        let person = Person::new(&first, &last, Some(born));
-        found(DuplicateReason::AlreadyLinked, same)
-            .or_else(|| {
-                found(DuplicateReason::SwappedNames, person.as_ref().map(|_| index.exact(&last, &first, born))?)
-            })
-            .or_else(|| found(DuplicateReason::SimilarNames, similar::similar(index, person.as_ref()?, linked)))
+        let same = found(DuplicateReason::AlreadyLinked, same);
+        let Some(person) = Person::new(&first, &last, Some(born)) else { return same };
+        same.or_else(|| found(DuplicateReason::SwappedNames, index.exact(&last, &first, born)))
+            .or_else(|| found(DuplicateReason::SimilarNames, similar::similar(index, &person, linked)))
     }
 
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
