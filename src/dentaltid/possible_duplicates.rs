@@ -5,9 +5,9 @@
 //!
 //! A row holds the reports of one page of imports, or of one export: one line each, with the
 //! reported patient's id, its NanoPix id, the reason, the candidates' ids (comma-separated) and
-//! the patient's `createdAt` (left out by the first version of this list), separated by spaces. One row per page keeps a first sync that reports
-//! tens of thousands of patients from writing as many rows. A later report on a patient replaces
-//! an earlier one. Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last
+//! the patient's `createdAt` (left out by the first version of this list), separated by spaces.
+//! One row per page keeps a first sync that reports tens of thousands of patients from writing as
+//! many rows. A later report on a patient replaces an earlier one. Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last
 //! row it covers, so a later report on the same patient is listed again. The list reads the
 //! patients as DentalTID holds them at that moment; a patient whose `createdAt` changed is another
 //! one under the same id (a `patients` table without AUTOINCREMENT gives a deleted last id again).
@@ -54,7 +54,7 @@ pub struct DuplicateToReview {
 }
 
 /// One report to keep.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Report<'a, E> {
     /// The DentalTID patient reported.
     pub patient_id: i64,
@@ -143,7 +143,7 @@ struct StoredReport {
 
 impl StoredReport {
     /// The report as the list shows it, with the candidates `held` holds; `None` when `held`
-    /// holds neither its patient (with the `createdAt` it had) nor any candidate.
+    /// lacks its patient (with the `createdAt` it had) or holds none of its candidates.
     fn into_review(self, held: &HashMap<i64, HeldPatient>) -> Option<DuplicateToReview> {
         let patient = held.get(&self.patient_id)?;
         if self.created_at.as_ref().is_some_and(|created_at| *created_at != one_line(&patient.created_at)) {

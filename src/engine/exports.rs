@@ -750,9 +750,10 @@ impl Engine {
 
     /// Completes or drops one interrupted export, reporting in `report` the linked twins of a
     /// patient it exports; returns whether it was completed. With the DentalTID patient deleted
-    /// meanwhile, the export is completed only on a NanoPix row it provably wrote; any other row at the reserved id is another NanoPix patient's, left to be
-    /// imported. Its folder is created first, so NanoPix's files are whole, and the link's
-    /// `delete_requested` then lets the host remove both.
+    /// meanwhile, the export is completed only on a NanoPix row it provably wrote; any other row
+    /// at the reserved id is another NanoPix patient's, left to be imported. Its folder is created
+    /// first, so NanoPix's files are whole, and the link's `delete_requested` then lets the host
+    /// remove both.
     fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
