@@ -206,6 +206,9 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
     conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
+    // Lets SQLite's sorter use one more core for large sorts, such as building the sync's
+    // indexes after a first sync, which then holds DentalTID's write lock for less time.
+    conn.pragma_update(None, "threads", 1).map_err(Error::db(path, "setting the sorter's threads"))?;
     migration::check_patients_table(&conn, path)?;
     Ok(conn)
 }
