@@ -142,6 +142,8 @@ struct Snapshot {
     /// building the matcher and with the import.
     folders: Option<FolderListing>,
     dentaltid: Vec<PatientRef>,
+    /// DentalTID's data version just before the snapshot read its patients.
+    dentaltid_version: i64,
     /// The highest `patients.id` DentalTID had issued just before the snapshot read its
     /// patients: a patient with a higher id was added since.
     dentaltid_issued: i64,
@@ -831,7 +833,7 @@ impl Engine {
             }
         };
         let set_aside = self.decide_and_import(&mut matcher, patients, Some(matched_up_to), report)?;
-        self.link_held(matcher, report)?;
+        self.link_held(matcher, None, report)?;
         if self.cancelled() {
             return Ok(());
         }
@@ -860,7 +862,7 @@ impl Engine {
         let imported = self.import_pages(unknown, &snapshot.odd_pks, matcher, matched_up_to, report);
         let linked = imported.and_then(|(matcher, set_aside)| {
             snapshot.folders.get_or_insert_with(|| FolderListing::start(self.nanopix.root()));
-            self.link_held(matcher, report).map(|()| set_aside)
+            self.link_held(matcher, Some(snapshot.dentaltid_version), report).map(|()| set_aside)
         });
         if bulk {
             self.dentaltid.build_own_indexes()?;
@@ -930,11 +932,12 @@ impl Engine {
     /// DentalTID may have renamed, re-dated or deleted a matched patient since it was read: the
     /// NanoPix patient of such a stale link is decided again, once, against DentalTID as it is
     /// now. One whose new match went stale too is reported and left to the next reconcile.
-    fn link_held(&mut self, matcher: Matcher, report: &mut ReconcileReport) -> Result<()> {
+    /// `read_at` is the data version at which `matcher` read every DentalTID patient, if it did.
+    fn link_held(&mut self, matcher: Matcher, read_at: Option<i64>, report: &mut ReconcileReport) -> Result<()> {
         if self.cancelled() {
             return Ok(());
         }
-        let (_, stale) = self.link_all(matcher.finish(), true, report)?;
+        let (_, stale) = self.link_all(matcher.finish(), (true, read_at), report)?;
         for link in self.decide_again(stale.iter().map(|link| link.external_id).collect(), report)? {
             self.report_stale_link(&link, report);
         }
@@ -957,7 +960,7 @@ impl Engine {
         let mut matcher = self.matcher(&patients)?;
         // A second decision does not look for patients saved meanwhile again: it ends here.
         self.decide_and_import(&mut matcher, patients, None, report)?;
-        Ok(self.link_all(matcher.finish(), true, report)?.1)
+        Ok(self.link_all(matcher.finish(), (true, None), report)?.1)
     }
 
     /// Reports a link left unwritten because DentalTID changed its patient while it was decided.
@@ -981,17 +984,18 @@ impl Engine {
     /// reports each transaction's links once it is committed. Returns the links written, by
     /// patient id, and the stale ones: those whose patient DentalTID changed or deleted since it
     /// was matched, left for the caller. `new_to_sync` says the NanoPix patients are new to the
-    /// sync (see [`crate::dentaltid::DentalTid::link_all`]).
+    /// sync, and `read_at` gives the data version at which the matching read every DentalTID
+    /// patient, if it did (see [`crate::dentaltid::DentalTid::link_all`]).
     fn link_all(
         &mut self,
         mut links: Vec<MatchedLink>,
-        new_to_sync: bool,
+        (new_to_sync, read_at): (bool, Option<i64>),
         report: &mut ReconcileReport,
     ) -> Result<(HashMap<i64, NanoPixId>, Vec<MatchedLink>)> {
         links.sort_by_key(|link| link.patient_id);
         let (mut linked, mut stale) = (HashMap::default(), Vec::new());
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
-            let outcomes = self.dentaltid.link_all(chunk, self.config.clock.now(), new_to_sync)?;
+            let outcomes = self.dentaltid.link_all(chunk, self.config.clock.now(), (new_to_sync, read_at))?;
             for (link, outcome) in chunk.iter().zip(outcomes) {
                 let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
                 match outcome {
@@ -1385,7 +1389,7 @@ fn read_dentaltid(
     first_sync: bool,
     auto_link: bool,
 ) -> Result<(Snapshot, Vec<OddRow>)> {
-    let dentaltid_issued = dentaltid.highest_issued_id()?;
+    let (dentaltid_version, dentaltid_issued) = (dentaltid.data_version()?, dentaltid.highest_issued_id()?);
     let (patients, index) = if first_sync {
         let (patients, index) = dentaltid.index_all_candidates()?;
         (patients, Some(index))
@@ -1420,6 +1424,7 @@ fn read_dentaltid(
         linked_rows,
         folders: None,
         dentaltid: patients,
+        dentaltid_version,
         dentaltid_issued,
         links,
         unknown,

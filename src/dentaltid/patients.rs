@@ -19,7 +19,7 @@ use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::matching::{MatchKey, MatchedLink, PossibleDuplicate};
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
-use crate::values::{WHITESPACE, integer_at, read_text, starting_with, text_at};
+use crate::values::{WHITESPACE, data_version, integer_at, read_text, starting_with, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`patient_from_row`] reads, in its order.
@@ -378,21 +378,29 @@ impl DentalTid {
     /// per link, in order. `new_to_sync` says the NanoPix patients are new to the sync, so
     /// NanoPix may not have made their folders yet: each link is then noted unsettled (see
     /// [`super::awaited_folders`]), for the caller to clear once it recorded the folders it awaits.
+    ///
+    /// `read_at` is this connection's data version just before the matching read the patients,
+    /// when it read them all: while it is still the version, no other program has committed since
+    /// (and the sync never renames, re-dates or deletes a patient), so no patient is read again.
     pub fn link_all(
         &mut self,
         links: &[MatchedLink],
         synced_at: NaiveDateTime,
-        new_to_sync: bool,
+        (new_to_sync, read_at): (bool, Option<i64>),
     ) -> Result<Vec<LinkOutcome>> {
         let (synced_at, path) = (dart_timestamp(synced_at), self.path.clone());
         self.write("linking patients", |tx| {
+            let unchanged = match read_at {
+                Some(read_at) => data_version(tx)? == read_at,
+                None => false,
+            };
             let mut set_external_id = tx.prepare_cached(SET_EXTERNAL_ID)?;
             let mut record = tx.prepare_cached(UPSERT_LINK)?;
             let (origin, state) = (LinkOrigin::Matched.as_str(), LinkState::Linked.as_str());
             let mut outcomes = Vec::with_capacity(links.len());
             for link in links {
                 let patient_id = link.patient_id;
-                if still_fits(tx, patient_id, &link.key)? != Some(true) {
+                if !unchanged && still_fits(tx, patient_id, &link.key)? != Some(true) {
                     outcomes.push(LinkOutcome::Stale);
                     continue;
                 }

@@ -114,5 +114,5 @@ pub(super) fn link_outcome(
     let external_id = nanopix_id(external_id);
     let nanopix_created = Some(external_id.datetime());
     let link = crate::matching::MatchedLink { external_id, patient_id, first_name, last_name, key, nanopix_created };
-    dentaltid.link_all(&[link], synced_at, true).unwrap().pop().unwrap()
+    dentaltid.link_all(&[link], synced_at, (true, None)).unwrap().pop().unwrap()
 }

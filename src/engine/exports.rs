@@ -153,7 +153,7 @@ impl Engine {
             matcher.finish().into_iter().filter(|link| exporting.contains(&link.patient_id)).collect();
         // The sync knew these NanoPix patients, folders and all: none is awaited. One whose
         // patient DentalTID changed meanwhile stays behind, and the patient is exported.
-        self.link_all(links, false, report).map(|(linked, _)| linked)
+        self.link_all(links, (false, None), report).map(|(linked, _)| linked)
     }
 
     /// Exports every DentalTID patient that has no NanoPix link yet; returns how many. NanoPix
