@@ -329,6 +329,11 @@ impl Engine {
         self.dentaltid.live_sync()
     }
 
+    /// The Live Sync setting as this handle last stored or read it, for when it cannot be read.
+    pub fn live_sync_stored(&self) -> bool {
+        self.live_stored
+    }
+
     /// Switches Live Sync and says so with a `live_sync_changed` event when it changed. When
     /// the setting cannot be stored, automatic work follows the setting still stored.
     pub fn set_live_sync(&mut self, enabled: bool) -> Result<()> {

@@ -88,15 +88,16 @@ impl LiveLoop {
     }
 
     /// Starts or stops the watcher to match the Live Sync setting; a start reconciles fully.
-    /// When the setting cannot be read, the watcher stays as it is. A handle configured without
-    /// automatic work never starts it.
+    /// When the setting cannot be read (a database locked past the busy timeout), the watcher
+    /// follows the setting as this handle last stored or read it: only this handle writes it. A
+    /// handle configured without automatic work never starts it.
     fn follow_live_sync(&mut self) {
         if !self.engine.config().automatic_work {
             return;
         }
         let enabled = self.engine.live_sync().unwrap_or_else(|error| {
             self.bus.error(&error, None, None);
-            self.watcher.is_some()
+            self.engine.live_sync_stored()
         });
         match (enabled, self.watcher.is_some()) {
             (true, false) => self.start_watching(),

@@ -9,12 +9,14 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use common::{Clinic, another_program, assert_nadia_once_on_each_side, clinic_morning, until, wait_for};
+use common::{
+    Clinic, Hook, HookedClock, another_program, assert_nadia_once_on_each_side, clinic_morning, until, wait_for,
+};
 use nanopix_sync::{Clock, EventKind, NanoPixSync};
 use rusqlite::Connection;
 
@@ -163,41 +165,13 @@ fn a_nanopix_patient_saved_while_a_first_sync_reads_its_pages_is_imported_next_a
     }
 }
 
-/// What [`HookedClock`] runs once.
-type Hook = Box<dyn FnOnce() + Send>;
-
-/// A clock that stands still, and runs `hook` once, the first time a thread without a name asks
-/// it the time: the thread that decides the pages of a first sync asks it once it has decided
-/// the first page, which the reader has read by then.
-#[derive(Clone)]
-struct HookedClock {
-    now: NaiveDateTime,
-    hook: Arc<Mutex<Option<Hook>>>,
-}
-
-impl std::fmt::Debug for HookedClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HookedClock").field("now", &self.now).finish()
-    }
-}
-
-impl Clock for HookedClock {
-    fn now(&self) -> NaiveDateTime {
-        if std::thread::current().name().is_none() {
-            let hook = self.hook.lock().unwrap().take();
-            if let Some(hook) = hook {
-                hook();
-            }
-        }
-        self.now
-    }
-}
-
 /// NanoPix's `Patient.id` is `UNIQUE`; a program that saves a patient with `INSERT OR REPLACE`
 /// (an edit, a re-import) deletes the row and writes it again under a new `pk`, past every other.
 /// A first sync of a large clinic reads NanoPix page by page, in `pk` order, one statement a
 /// page. A patient saved that way after the sync read its page, and before it reached the end, is
-/// read a second time. It is one NanoPix patient: DentalTID must get it once.
+/// read a second time. It is one NanoPix patient: DentalTID must get it once. The thread that
+/// decides the pages of a first sync (the one without a name) asks the clock the time once it has
+/// decided the first page, which the reader has read by then.
 #[test]
 fn a_nanopix_patient_saved_again_under_a_new_pk_while_a_first_sync_reads_its_pages_is_imported_once() {
     let clinic = Clinic::new("v29");
@@ -212,13 +186,14 @@ fn a_nanopix_patient_saved_again_under_a_new_pk_while_a_first_sync_reads_its_pag
             .execute("INSERT OR REPLACE INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', '9')", [moved])
             .unwrap();
     });
-    let clock = HookedClock { now: clinic_morning(), hook: Arc::new(Mutex::new(Some(hook))) };
+    let clock = HookedClock::new(|thread| thread.name().is_none());
+    clock.arm(hook);
     let mut config = clinic.config_without_automatic_work();
     config.clock = Arc::new(clock.clone());
     config.busy_timeout = Duration::from_secs(30);
     let sync = NanoPixSync::open(config).unwrap();
     let report = sync.reconcile().unwrap();
-    assert!(clock.hook.lock().unwrap().is_none(), "the hook ran: NanoPix saved the patient during the pass");
+    assert!(clock.ran(), "the hook ran: NanoPix saved the patient during the pass");
     let pks: Vec<i64> = clinic.nanopix_rows(&format!("SELECT pk FROM Patient WHERE id = '{moved}'"), |r| r.get(0));
     assert!(pks[0] > 15_001, "the row moved past the pages read so far: {pks:?}");
     let holders: Vec<i64> =

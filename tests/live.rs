@@ -3,9 +3,10 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Clinic, another_program, copy_tree, drain, numbered_nanopix_id, until, wait_for};
+use common::{Clinic, HookedClock, another_program, copy_tree, drain, numbered_nanopix_id, until, wait_for};
 use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -1232,4 +1233,38 @@ fn another_person_saved_under_the_last_row_a_first_sync_read_is_imported_apart()
     let first = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
     clinic.save_another_person_under("20250121_152638");
     assert_newcomer_imported_apart_from(&sync, first);
+}
+
+/// The host switches Live Sync on; the switch is stored, and DentalTID then holds its database
+/// locked past the busy timeout, before the sync has read the setting back. Once DentalTID lets
+/// go, Live Sync must run (as it would after any pass a lock refused): a NanoPix patient saved
+/// then reaches DentalTID without another host call.
+#[test]
+fn live_sync_switched_on_runs_even_when_dentaltid_is_locked_right_after_the_switch() {
+    let clinic = Clinic::new("v29");
+    let clock = HookedClock::new(|_| true);
+    let mut config = clinic.config();
+    config.clock = Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    // The next time the sync asks the time (to stamp `live_sync_changed`, once the switch is
+    // stored), DentalTID takes its exclusive lock, and holds it until released.
+    let (release, released) = crossbeam_channel::bounded(1);
+    let (locked, is_locked) = crossbeam_channel::bounded(1);
+    let dentaltid_db = clinic.dentaltid.clone();
+    clock.arm(Box::new(move || {
+        std::thread::spawn(move || {
+            let dentaltid = another_program(&dentaltid_db);
+            dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv_timeout(Duration::from_secs(60));
+            dentaltid.execute_batch("COMMIT").unwrap();
+        });
+        is_locked.recv().unwrap();
+    }));
+    sync.set_live_sync(true).unwrap();
+    assert!(clock.ran(), "DentalTID took its lock right after the switch");
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
+    release.send(()).unwrap();
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
 }

@@ -3,11 +3,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
-use nanopix_sync::{Config, Event, EventKind, ManualClock, NanoPixSync};
+use nanopix_sync::{Clock, Config, Event, EventKind, ManualClock, NanoPixSync};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
@@ -361,4 +361,51 @@ pub fn first_inotify_event(path: &std::path::Path, mask: u32) -> crossbeam_chann
         }
     });
     first
+}
+
+/// What [`HookedClock`] runs once.
+pub type Hook = Box<dyn FnOnce() + Send>;
+
+/// A clock that stands still at [`clinic_morning`], and runs the hook it is armed with once, the
+/// next time a thread `asks` accepts asks it the time: another program acting at a moment the
+/// sync reaches.
+#[derive(Clone)]
+pub struct HookedClock {
+    hook: Arc<Mutex<Option<Hook>>>,
+    asks: fn(&std::thread::Thread) -> bool,
+}
+
+impl HookedClock {
+    /// A clock with no hook yet, that runs one for the threads `asks` accepts.
+    pub fn new(asks: fn(&std::thread::Thread) -> bool) -> Self {
+        Self { hook: Arc::new(Mutex::new(None)), asks }
+    }
+
+    /// Has the clock run `hook` the next time a thread it runs hooks for asks the time.
+    pub fn arm(&self, hook: Hook) {
+        *self.hook.lock().unwrap() = Some(hook);
+    }
+
+    /// Whether the hook it was armed with has run.
+    pub fn ran(&self) -> bool {
+        self.hook.lock().unwrap().is_none()
+    }
+}
+
+impl std::fmt::Debug for HookedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedClock").finish_non_exhaustive()
+    }
+}
+
+impl Clock for HookedClock {
+    fn now(&self) -> NaiveDateTime {
+        if (self.asks)(&std::thread::current()) {
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        clinic_morning()
+    }
 }
