@@ -187,6 +187,11 @@ fn setting_the_wakeup_callback_takes_no_event_from_the_event_callback() {
     assert_callback_scenario_holds("wakeup_leaves_event_callback_whole");
 }
 
+#[test]
+fn close_wakes_a_callback_waiting_in_next_event_while_another_thread_clears_it() {
+    assert_callback_scenario_holds("wait_in_callback_during_clear_and_close");
+}
+
 /// Adds `count` DentalTID patients, none of them linked, as DentalTID writes them.
 fn add_unlinked_patients(clinic: &Clinic, count: u32) {
     let insert = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,

@@ -87,9 +87,14 @@ pub(crate) fn in_callback<R>(call: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Whether the calling thread is inside a host callback.
+pub(crate) fn is_in_callback() -> bool {
+    IN_CALLBACK.with(Cell::get)
+}
+
 /// Refuses `what` when it is attempted from inside a host callback.
 pub(crate) fn not_in_callback(what: &str) -> Result<(), FfiError> {
-    if IN_CALLBACK.with(Cell::get) {
+    if is_in_callback() {
         return Err(FfiError::new(NPS_WRONG_THREAD, format!("{what} may not be called from inside a callback")));
     }
     Ok(())

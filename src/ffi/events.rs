@@ -104,10 +104,12 @@ impl HostCallbacks {
 /// Takes the next event from `events`, waiting at most `timeout`.
 ///
 /// Events still queued are returned even after close; then `closed` (which disconnects when the
-/// handle closes) turns waiting into `NPS_CLOSED`.
+/// handle closes) turns waiting into `NPS_CLOSED`. So does `closing`, when given (for a wait
+/// inside a callback), as soon as it disconnects.
 pub(crate) fn next_event(
     events: &Receiver<Event>,
     closed: &Receiver<()>,
+    closing: Option<&Receiver<()>>,
     timeout: Duration,
 ) -> Result<Event, FfiError> {
     match events.try_recv() {
@@ -115,15 +117,17 @@ pub(crate) fn next_event(
         Err(TryRecvError::Disconnected) => return Err(closed_error()),
         Err(TryRecvError::Empty) => {}
     }
-    if is_closed(closed) {
+    if is_closed(closed) || closing.is_some_and(is_closed) {
         return Err(closed_error());
     }
     if timeout.is_zero() {
         return Err(timeout_error(timeout));
     }
+    let never = crossbeam_channel::never();
     select! {
         recv(events) -> event => event.map_err(|_| closed_error()),
         recv(closed) -> _ => events.try_recv().map_err(|_| closed_error()),
+        recv(closing.unwrap_or(&never)) -> _ => events.try_recv().map_err(|_| closed_error()),
         default(timeout) => Err(timeout_error(timeout)),
     }
 }
@@ -152,10 +156,10 @@ mod tests {
         let (bus, events) = EventBus::new(Arc::new(SystemClock));
         let (_signal, closed) = crossbeam_channel::bounded::<()>(0);
         bus.emit(EventKind::LiveSyncChanged { enabled: true });
-        let event = next_event(&events, &closed, Duration::ZERO).unwrap();
+        let event = next_event(&events, &closed, None, Duration::ZERO).unwrap();
         assert_eq!(event.kind, EventKind::LiveSyncChanged { enabled: true });
-        assert_eq!(next_event(&events, &closed, Duration::ZERO).unwrap_err().code, NPS_TIMEOUT);
-        assert_eq!(next_event(&events, &closed, Duration::from_millis(20)).unwrap_err().code, NPS_TIMEOUT);
+        assert_eq!(next_event(&events, &closed, None, Duration::ZERO).unwrap_err().code, NPS_TIMEOUT);
+        assert_eq!(next_event(&events, &closed, None, Duration::from_millis(20)).unwrap_err().code, NPS_TIMEOUT);
     }
 
     #[test]
@@ -165,7 +169,9 @@ mod tests {
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let (events, closed) = (events.clone(), closed.clone());
-                std::thread::spawn(move || next_event(&events, &closed, Duration::from_secs(30)).unwrap_err().code)
+                std::thread::spawn(move || {
+                    next_event(&events, &closed, None, Duration::from_secs(30)).unwrap_err().code
+                })
             })
             .collect();
         drop(signal);
@@ -180,7 +186,7 @@ mod tests {
         let (signal, closed) = crossbeam_channel::bounded::<()>(0);
         bus.emit(EventKind::Closed);
         drop(signal);
-        assert_eq!(next_event(&events, &closed, Duration::ZERO).unwrap().kind, EventKind::Closed);
-        assert_eq!(next_event(&events, &closed, Duration::from_secs(5)).unwrap_err().code, NPS_CLOSED);
+        assert_eq!(next_event(&events, &closed, None, Duration::ZERO).unwrap().kind, EventKind::Closed);
+        assert_eq!(next_event(&events, &closed, None, Duration::from_secs(5)).unwrap_err().code, NPS_CLOSED);
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::events::Event;
+use crate::ffi::boundary::is_in_callback;
 use crate::ffi::error::{FfiError, NPS_CLOSED};
 use crate::ffi::events::{HostCallbacks, NpsEventCallback, NpsWakeupCallback, next_event};
 use crate::{Config, NanoPixSync};
@@ -25,6 +26,10 @@ pub struct NpsHandle {
     events: Receiver<Event>,
     closed: Receiver<()>,
     close_signal: Mutex<Option<Sender<()>>>,
+    /// Disconnects as soon as `close` starts: wakes a callback waiting in `nps_next_event`, which
+    /// `close` may otherwise wait for (through a call replacing that callback).
+    closing: Receiver<()>,
+    closing_signal: Mutex<Option<Sender<()>>>,
     callbacks: Mutex<HostCallbacks>,
 }
 
@@ -39,12 +44,15 @@ impl NpsHandle {
     pub fn open(config: Config) -> Result<Box<Self>, FfiError> {
         let sync = NanoPixSync::open(config)?;
         let (close_signal, closed) = crossbeam_channel::bounded(0);
+        let (closing_signal, closing) = crossbeam_channel::bounded(0);
         let handle = Box::new(Self {
             events: sync.events(),
             sync: Mutex::new(Some(Arc::new(sync))),
             call_ended: Condvar::new(),
             closed,
             close_signal: Mutex::new(Some(close_signal)),
+            closing,
+            closing_signal: Mutex::new(Some(closing_signal)),
             callbacks: Mutex::new(HostCallbacks::default()),
         });
         live_handles().push(handle.address());
@@ -72,6 +80,7 @@ impl NpsHandle {
     /// Cuts short the calls in flight on other threads and waits for them; never call it from
     /// inside a callback.
     pub fn close(&self) {
+        self.closing_signal.lock().unwrap_or_else(PoisonError::into_inner).take();
         let mut close_signal = self.close_signal.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(mut sync) = self.take_when_idle() {
             sync.stop_engine();
@@ -104,7 +113,10 @@ impl NpsHandle {
 
     /// The next event, waiting at most `timeout`; `NPS_TIMEOUT` or `NPS_CLOSED` otherwise.
     pub fn next_event(&self, timeout: Duration) -> Result<Event, FfiError> {
-        next_event(&self.events, &self.closed, timeout)
+        // A callback waiting here holds up whoever replaces it, and so a close waiting for that
+        // call: it stops waiting as soon as the close starts.
+        let closing = is_in_callback().then_some(&self.closing);
+        next_event(&self.events, &self.closed, closing, timeout)
     }
 
     /// Replaces the event callback; returns once no call of the old one is in flight.

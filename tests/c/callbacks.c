@@ -1,9 +1,9 @@
 /* The event callback's promises around close and replacement, from a real C host.
  *
  * Usage: callbacks <scenario> <PatientData> <dentaltid.db>, where the scenario is one of
- * clear_during_close, drain_during_close, new_callback_gets_later_events or
- * wakeup_leaves_event_callback_whole. Prints one line per broken promise and exits 1 if any;
- * exits 0 otherwise. */
+ * clear_during_close, drain_during_close, new_callback_gets_later_events,
+ * wakeup_leaves_event_callback_whole or wait_in_callback_during_clear_and_close. Prints one line
+ * per broken promise and exits 1 if any; exits 0 otherwise. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <pthread.h>
@@ -213,6 +213,57 @@ static void wakeup_leaves_event_callback_whole(const char *root, const char *db)
     nps_free(handle);
 }
 
+/* wait_in_callback_during_clear_and_close: a callback waiting in nps_next_event is woken by a
+ * close, even while another thread clears the callback (and so waits for that very call). */
+static NpsHandle *waiting_handle;
+static struct flag callback_waiting = FLAG_INIT;
+static uint32_t waiting_code;
+static double waiting_last_wait;
+static atomic_int waiting_entered;
+
+static void waiting_callback(void *userdata, const char *json) {
+    (void)userdata;
+    (void)json;
+    if (atomic_exchange(&waiting_entered, 1)) return;
+    char *event = NULL;
+    double started = seconds_now();
+    raise_flag(&callback_waiting);
+    while ((waiting_code = nps_next_event(waiting_handle, 6000, &event)) == NPS_OK) {
+        nps_string_free(event);
+        event = NULL;
+        started = seconds_now();
+    }
+    waiting_last_wait = seconds_now() - started;
+}
+
+static void *clear_waiting_callback(void *handle) {
+    nps_set_event_callback(handle, NULL, NULL);
+    return NULL;
+}
+
+static void wait_in_callback_during_clear_and_close(const char *root, const char *db) {
+    waiting_handle = open_clinic(root, db, 100);
+    expect(nps_set_event_callback(waiting_handle, waiting_callback, NULL) == NPS_OK, "the callback is set");
+    char *report = NULL;
+    expect(nps_reconcile(waiting_handle, &report) == NPS_OK, "a reconcile makes an event");
+    nps_string_free(report);
+    expect(wait_flag(&callback_waiting, 5000), "the callback runs");
+    pause_ms(300);
+    pthread_t clearing;
+    pthread_create(&clearing, NULL, clear_waiting_callback, waiting_handle);
+    pause_ms(300);
+    double started = seconds_now();
+    expect(nps_close(waiting_handle) == NPS_OK, "the handle closes");
+    double took = seconds_now() - started;
+    pthread_join(clearing, NULL);
+    printf("close took %.2f s; the callback's last wait took %.2f s and gave %u\n", took, waiting_last_wait,
+           (unsigned)waiting_code);
+    expect(took < 3.0, "close wakes a callback waiting in nps_next_event, and does not wait for its timeout");
+    expect(waiting_last_wait < 3.0, "the callback's wait ends when the handle closes");
+    expect(waiting_code == NPS_CLOSED, "the callback's wait on a closing handle gives NPS_CLOSED");
+    nps_free(waiting_handle);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -227,6 +278,8 @@ int main(int argc, char **argv) {
         new_callback_gets_later_events(root, db);
     } else if (strcmp(scenario, "wakeup_leaves_event_callback_whole") == 0) {
         wakeup_leaves_event_callback_whole(root, db);
+    } else if (strcmp(scenario, "wait_in_callback_during_clear_and_close") == 0) {
+        wait_in_callback_during_clear_and_close(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
