@@ -102,12 +102,13 @@ fn run(invocation: Invocation) -> Result<(), String> {
     let printer = EventPrinter::start(sync.events())?;
     let outcome = perform(&sync, &invocation.command, &printer.stopped, &signalled);
     sync.close();
-    let printed = outcome.and(printer.finish())?;
-    // A signal is how `watch` ends; any other command it cuts short.
+    let printed = outcome.and(printer.finish());
+    // A signal is how `watch` ends; any other command it cuts short (`export-existing` then
+    // fails with `closed`: this says why).
     if invocation.command != "watch" && signalled.try_recv().is_ok() {
         return Err(STOPPED.into());
     }
-    printed.check(&invocation.command)
+    printed?.check(&invocation.command)
 }
 
 /// Why a command a signal cut short failed.

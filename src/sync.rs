@@ -63,9 +63,9 @@ pub struct Stopper(Arc<Signals>);
 impl Stopper {
     /// Asks the handle's work to stop early, as closing does: a reconcile or an export stops at
     /// the next patient (a reconcile then reports `stopped_early`), Live Sync's automatic work
-    /// stops, and later reconciles and exports stop at once (`export_patient` gives
-    /// [`crate::Error::Closed`]). Calls that sync nothing (`patients`, `set_live_sync`,
-    /// `delete_in_nanopix`) still do their work. What was written stays written, and the next
+    /// stops, and later reconciles and exports stop at once (`export_patient` and
+    /// `export_existing`, also when cut short, give [`crate::Error::Closed`]). Calls that sync
+    /// nothing (`patients`, `set_live_sync`, `delete_in_nanopix`) still do their work. What was written stays written, and the next
     /// reconcile goes on from there. Close the handle next.
     pub fn stop(&self) {
         self.0.closing.store(true, Ordering::Relaxed);
@@ -183,6 +183,11 @@ impl NanoPixSync {
     /// how many were exported.
     /// NanoPix patients the sync has not seen yet are imported or linked first, and an interrupted
     /// export of one of them is ended, as [`NanoPixSync::export_patient`] does.
+    ///
+    /// # Failure
+    /// [`Error::Closed`] when the handle closes (or is stopped) before every patient was exported:
+    /// those left are exported by the next call. [`Error::Busy`] when NanoPix kept changing, and
+    /// some patients were held back each time.
     pub fn export_existing(&self) -> Result<u64> {
         self.call(Engine::export_existing)
     }

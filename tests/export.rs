@@ -1593,3 +1593,32 @@ fn a_delete_whose_request_is_held_again_after_a_restart_waits_for_it_to_be_sent_
     assert_eq!(asked(common::drain(&sync)), 1, "sent again");
     sync.delete_in_nanopix("20250122_095950").unwrap();
 }
+
+/// The host closes (or stops) the handle while `export_existing` ("export all my old patients")
+/// runs on another thread: the call is cut short, as closing does. It must then say so (as
+/// `export_patient` gives `closed`), not return success with patients left unexported and no
+/// `sync_error` naming them: the clinic would believe its old patients are all in NanoPix, and
+/// Live Sync never exports them later (they are older than its cursor).
+#[test]
+fn export_existing_cut_short_by_closing_does_not_report_success() {
+    let clinic = Clinic::new("v29");
+    for i in 0..200 {
+        add_created(&clinic, &format!("Old{i:03}"), "2024-06-01T09:00:00.000");
+    }
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let stopper = sync.stopper();
+    sync.set_callback(Some(Box::new(move |event| {
+        if matches!(event.kind, EventKind::PatientExported { .. }) {
+            stopper.stop();
+        }
+    })));
+    let result = sync.export_existing();
+    let unexported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id IS NULL ORDER BY id", |r| r.get(0));
+    assert!(
+        matches!(result, Err(Error::Closed)) || unexported.is_empty(),
+        "export_existing gave {result:?}, yet {} patients have no NanoPix patient",
+        unexported.len()
+    );
+}

@@ -171,8 +171,14 @@ impl Engine {
             self.catch_up_with_nanopix()?;
             let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
             self.export_each(&unlinked, IdsFrom::Creation, &mut report);
+            // Cut short by closing: the patients not reached yet are not exported, which success
+            // would hide (Live Sync never exports them: they are older than its cursor).
+            if self.cancelled() {
+                self.extend_cursor_past_exports();
+                return Err(Error::Closed);
+            }
             // Exports held back because NanoPix changed are tried again once it is read again.
-            if self.cancelled() || Some(self.nanopix.data_version()?) == self.nanopix_read {
+            if Some(self.nanopix.data_version()?) == self.nanopix_read {
                 self.extend_cursor_past_exports();
                 return Ok(report.exported);
             }
