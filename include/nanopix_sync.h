@@ -298,7 +298,8 @@ uint32_t nps_export_patient(NpsHandle *handle, int64_t patient_id, char **extern
 
 /**
  * Exports every DentalTID patient that has no NanoPix link yet; on success writes how many
- * were exported to `*exported`. Any thread may call it.
+ * were exported to `*exported`. Any thread may call it. `NPS_CLOSED` when the handle closes
+ * before every patient was exported: the next call exports those left.
  *
  * # Safety
  * `handle` is NULL or a live handle; `exported` is NULL or writable.

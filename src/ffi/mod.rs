@@ -205,7 +205,8 @@ pub unsafe extern "C" fn nps_export_patient(
 }
 
 /// Exports every DentalTID patient that has no NanoPix link yet; on success writes how many
-/// were exported to `*exported`. Any thread may call it.
+/// were exported to `*exported`. Any thread may call it. `NPS_CLOSED` when the handle closes
+/// before every patient was exported: the next call exports those left.
 ///
 /// # Safety
 /// `handle` is NULL or a live handle; `exported` is NULL or writable.
