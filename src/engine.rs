@@ -273,10 +273,12 @@ impl Engine {
     /// The work of [`Engine::reconcile`], without its announcements. A reconcile that fails or
     /// stops early announces no delete request: it may not have given NanoPix patients back yet.
     fn reconcile_fully(&mut self) -> Result<ReconcileReport> {
+        // The cursor described the file opened before; only a whole reconcile gives a new one.
+        // Dropped first, so that a reconcile failing even to open NanoPix (locked, gone for a
+        // moment) is tried again as a full one, not as a live pass that never looks at folders.
+        self.cursor = None;
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.reconnect_if_read_only()?;
-        // The cursor described the file opened before; only a whole reconcile gives a new one.
-        self.cursor = None;
         self.last_names = None;
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);

@@ -1268,3 +1268,21 @@ fn live_sync_switched_on_runs_even_when_dentaltid_is_locked_right_after_the_swit
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     imported(&sync, "20250122_091500");
 }
+
+/// A patient folder removed while NanoPix holds its database exclusively (a long commit) past the
+/// busy timeout: the full reconcile the removal calls for fails opening `NanoPix.db3`, and is tried
+/// again as a full reconcile once the lock is gone, so the removal is reported without waiting
+/// for the hourly reconcile.
+#[test]
+fn a_full_reconcile_that_failed_opening_nanopix_is_tried_again_as_a_full_reconcile() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
+    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
+    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+}
