@@ -549,9 +549,10 @@ impl Engine {
         Ok(Matcher::new(index, &linked, self.config.auto_link))
     }
 
-    /// Adds to `index` the patients of the last names of those of `unknown` whose birth date may
-    /// be one nobody typed (see [`NanoPixPatient::born_on_registration_day`]), born on a day
-    /// not among `dates`: such a NanoPix patient is compared with every patient of its names.
+    /// Adds to `index` the patients whose last name is the last or first name (the names
+    /// swapped) of one of `unknown` whose birth date may be one nobody typed (see
+    /// [`NanoPixPatient::born_on_registration_day`]), born on a day not among `dates`: such a
+    /// NanoPix patient is compared with every patient of its names.
     fn add_candidates_of_doubtful_birth_dates(
         &mut self,
         unknown: &[NanoPixPatient],
@@ -559,13 +560,17 @@ impl Engine {
         index: &mut DentalIndex,
     ) -> Result<()> {
         let doubtful = unknown.iter().filter(|p| p.born_on_registration_day());
-        let last_names: HashSet<String> = doubtful.map(|p| crate::matching::normalise_name(&p.last_name)).collect();
-        if last_names.is_empty() {
+        let wanted: HashSet<String> = doubtful
+            .flat_map(|p| [&p.last_name, &p.first_name])
+            .map(|name| crate::matching::normalise_name(name))
+            .filter(|name| !name.is_empty())
+            .collect();
+        if wanted.is_empty() {
             return Ok(());
         }
         let names = self.last_names.get_or_insert_with(LastNames::default);
         self.dentaltid.read_last_names(names)?;
-        self.dentaltid.add_candidates_named(names, &last_names, dates, index)
+        self.dentaltid.add_candidates_named(names, &wanted, dates, index)
     }
 
     /// Deletes a NanoPix patient's row and empty folder once DentalTID asked for it: a

@@ -298,6 +298,30 @@ fn a_later_pass_reports_a_birth_date_left_at_the_registration_day_too() {
     assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::MissingBirthDate, vec![yasmine])));
 }
 
+/// A NanoPix patient typed with first and last name swapped, and the birth date left at the
+/// registration day, is reported beside the DentalTID patient: by a first sync, and by a later
+/// pass that looks its few new patients up.
+#[test]
+fn swapped_names_with_a_birth_date_left_at_the_registration_day_are_reported() {
+    let clinic = Clinic::new("v29");
+    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091500", "Yasmine", "Haddou", Some("2025-01-22"));
+    clinic.add_bulk_nanopix(20);
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let first: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(duplicate_reason(&first, "20250122_091500"), Some((DuplicateReason::SwappedNames, vec![yasmine])));
+
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+    sync.reconcile().unwrap();
+    clinic.add_nanopix("20250122_091600", "Nadia", "Saidi", Some("2025-01-22"));
+    drain(&sync);
+    sync.reconcile().unwrap();
+    let later: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    assert_eq!(duplicate_reason(&later, "20250122_091600"), Some((DuplicateReason::SwappedNames, vec![nadia])));
+}
+
 #[test]
 fn auto_link_off_imports_and_reports_exact_matches() {
     let clinic = Clinic::new("v29");

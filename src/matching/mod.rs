@@ -285,7 +285,8 @@ impl Matcher {
     }
 
     /// The first near miss that applies. A doubtful birth date counts as missing: patients with
-    /// the same names and any other birth date are reported, and none with a name left out.
+    /// the same names, or the names swapped, and any other birth date are reported, and none
+    /// with a name left out.
     fn near_miss(&self, person: &Person<'_>, doubtful_birth_date: bool) -> Option<(DuplicateReason, Vec<usize>)> {
         let swapped = person.born.map(|born| self.dentaltid.exact(person.last, person.first, born)).unwrap_or_default();
         if !swapped.is_empty() {
@@ -298,6 +299,13 @@ impl Matcher {
         let missing_birth_date = self.dentaltid.same_names_one_unborn(person, doubtful_birth_date);
         if !missing_birth_date.is_empty() {
             return Some((DuplicateReason::MissingBirthDate, missing_birth_date));
+        }
+        // The names swapped, where a birth date is missing on either side (or doubtful): no
+        // birth date tells the two apart, as for the same names.
+        let swapped = Person { first: person.last, last: person.first, ..*person };
+        let swapped_unborn = self.dentaltid.same_names_one_unborn(&swapped, doubtful_birth_date);
+        if !swapped_unborn.is_empty() {
+            return Some((DuplicateReason::SwappedNames, swapped_unborn));
         }
         self.one_name_missing(person.first, person.last, person.born, doubtful_birth_date)
     }
@@ -578,6 +586,22 @@ mod tests {
         assert_eq!(typo, duplicate(DuplicateReason::SimilarNames, &[9_999]));
         let decisions = decide(&crowd, &dentaltid, true);
         assert_eq!(decisions, vec![Decision::import(None); 5_000]);
+    }
+
+    /// NanoPix's form leaves the registration day as the birth date, or none: a patient typed
+    /// there with first and last name swapped is still reported beside the DentalTID patient.
+    #[test]
+    fn swapped_names_with_a_missing_or_doubtful_birth_date_are_reported() {
+        let dentaltid = [dental(5, "Amina", "Benali", born(1985, 3, 12))];
+        let unborn = decide_one(nanopix(1, "Benali", "Amina", None), &dentaltid);
+        assert_eq!(unborn, duplicate(DuplicateReason::SwappedNames, &[5]));
+        let registered = decide_one(nanopix(2, "Benali", "Amina", born(2025, 1, 21)), &dentaltid);
+        assert_eq!(registered, duplicate(DuplicateReason::SwappedNames, &[5]));
+        let dental_unborn = [dental(6, "Amina", "Benali", None)];
+        let typed = decide_one(nanopix(3, "Benali", "Amina", born(1985, 3, 12)), &dental_unborn);
+        assert_eq!(typed, duplicate(DuplicateReason::SwappedNames, &[6]));
+        let other_day = decide_one(nanopix(4, "Benali", "Amina", born(1990, 1, 1)), &dentaltid);
+        assert_eq!(other_day, Decision::import(None), "a typed birth date of another day is another person");
     }
 
     #[test]
