@@ -242,6 +242,16 @@ impl Error {
     }
 }
 
+/// For a `path` not found where it was looked for: [`Error::Io`] when the system refused to say
+/// whether it exists (access denied to a folder on the way, a share that refuses this user), so
+/// a file the sync may not reach is not reported missing; `Ok` when it is really missing.
+pub(crate) fn refused_access(path: &std::path::Path, step: &'static str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::io(path, step)(error)),
+        _ => Ok(()),
+    }
+}
+
 /// The text of a panic, when it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(text) = payload.downcast_ref::<&str>() {

@@ -143,3 +143,36 @@ fn a_second_sync_on_the_same_dentaltid_database_through_a_symlink_is_refused() {
     assert!(matches!(NanoPixSync::open(config), Err(Error::InUse(_))));
     drop(first);
 }
+
+/// A folder the sync may not enter (its rights, a share that refuses this user) is an access
+/// error, not a missing file: the message must send support staff to the rights, not looking for
+/// a file that is there.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_folder_the_sync_may_not_enter_is_reported_as_refused_not_as_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    common::obey_file_modes_on_this_thread();
+    let set_mode = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refused = |error: &Error| matches!(error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
+
+    let clinic = Clinic::new("v29");
+    let database_folder = clinic.root.join("database");
+    set_mode(&database_folder, 0o000);
+    let nanopix = open_error(&clinic);
+    set_mode(&database_folder, 0o755);
+    assert!(refused(&nanopix), "NanoPix.db3 behind a folder the sync may not enter: {nanopix:?}");
+
+    let clinic = Clinic::new("v29");
+    let databases = clinic.dir.path().join("databases");
+    std::fs::create_dir(&databases).unwrap();
+    let mut config = clinic.config();
+    config.dentaltid_db = databases.join("dentaltid.db");
+    std::fs::rename(&clinic.dentaltid, &config.dentaltid_db).unwrap();
+    set_mode(&databases, 0o000);
+    let dentaltid = NanoPixSync::open(config).unwrap_err();
+    set_mode(&databases, 0o755);
+    assert!(refused(&dentaltid), "dentaltid.db behind a folder the sync may not enter: {dentaltid:?}");
+    assert_eq!(dentaltid.code(), "io");
+}

@@ -141,6 +141,7 @@ impl DentalTid {
     ///
     /// # Failure
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
+    /// [`Error::Io`] if the system refuses to say whether it exists (access denied),
     /// [`Error::InvalidConfig`] if the path names a folder, [`Error::MissingTable`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
     /// `patients` is not DentalTID's table (the file and its folder are then left untouched),
     /// [`Error::InUse`] if another sync handle has it open.
@@ -150,6 +151,7 @@ impl DentalTid {
             return Err(Error::InvalidConfig(named));
         }
         if !path.is_file() {
+            crate::error::refused_access(path, "looking for the DentalTID database")?;
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
         }
         let conn = connect(path, busy_timeout)?;

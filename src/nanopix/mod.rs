@@ -234,17 +234,20 @@ pub(crate) struct NanoPix {
 
 impl NanoPix {
     /// Opens `root` (`PatientData`), checks `database/NanoPix.db3` and its `Patient` table
-    /// (`id` and `last_name` must exist), without writing anything.
+    /// (`id` and `last_name` must exist), without writing anything. A folder or file the system
+    /// refuses to look into (access denied) is an [`Error::Io`], not a missing one.
     pub fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
         if root.is_file() {
             let named = format!("nanopix_root names a file, not the PatientData folder: {}", root.display());
             return Err(Error::InvalidConfig(named));
         }
         if !root.is_dir() {
+            crate::error::refused_access(root, "looking for the NanoPix data folder")?;
             return Err(Error::NanoPixRootMissing(root.to_path_buf()));
         }
         let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
         if !db_path.is_file() {
+            crate::error::refused_access(&db_path, "looking for the NanoPix database")?;
             return Err(Error::NanoPixDatabaseMissing(db_path));
         }
         ensure_inside(root, &db_path)?;
