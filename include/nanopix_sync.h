@@ -299,7 +299,7 @@ uint32_t nps_export_patient(NpsHandle *handle, int64_t patient_id, char **extern
 /**
  * Exports every DentalTID patient that has no NanoPix link yet; on success writes how many
  * were exported to `*exported`. Any thread may call it. `NPS_CLOSED` when the handle closes
- * before every patient was exported: the next call exports those left.
+ * before every patient was exported: `nps_export_existing` on the next handle exports those left.
  *
  * # Safety
  * `handle` is NULL or a live handle; `exported` is NULL or writable.

@@ -10,6 +10,11 @@ use crate::{Clock, Error, Result, SystemClock};
 /// The longest busy timeout SQLite takes: `i32::MAX` milliseconds, about 24.8 days.
 const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
+/// The shortest polling and full reconcile intervals: 1 ms, as the C configuration's
+/// `poll_interval_ms` and `full_reconcile_interval_ms` take them. A shorter full reconcile
+/// interval (zero, say, meant as "never") would reconcile fully without pause.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
 /// How the live watcher notices changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,9 +47,9 @@ pub struct Config {
     pub patient_subfolders: Vec<String>,
     /// How the live watcher notices changes (default: [`WatchMode::Auto`]).
     pub watch_mode: WatchMode,
-    /// How often to look for changes when polling (default: 2 s).
+    /// How often to look for changes when polling (default: 2 s; at least 1 ms).
     pub poll_interval: Duration,
-    /// How often to run a full reconcile while watching (default: hourly).
+    /// How often to run a full reconcile while watching (default: hourly; at least 1 ms).
     pub full_reconcile_interval: Duration,
     /// Run Live Sync's automatic work on this handle while Live Sync is on: the watcher, its
     /// passes and the periodic full reconcile (default: yes). Turn it off for a handle that only
@@ -74,17 +79,24 @@ impl Config {
         }
     }
 
-    /// Checks the settings that need neither side: both paths given, the busy timeout and the
-    /// subfolder names.
+    /// Checks the settings that need neither side: both paths given, the intervals, the busy
+    /// timeout and the subfolder names.
     ///
     /// # Failure
-    /// [`Error::InvalidConfig`] for an empty path, a busy timeout over about 24.8 days, which
-    /// SQLite cannot take, or a patient subfolder that is not one plain folder name Windows can
-    /// hold as given.
+    /// [`Error::InvalidConfig`] for an empty path, a polling or full reconcile interval shorter
+    /// than 1 ms, a busy timeout over about 24.8 days, which SQLite cannot take, or a patient
+    /// subfolder that is not one plain folder name Windows can hold as given.
     pub(crate) fn check(&self) -> Result<()> {
         for (path, name) in [(&self.nanopix_root, "nanopix_root"), (&self.dentaltid_db, "dentaltid_db")] {
             if path.as_os_str().is_empty() {
                 return Err(Error::InvalidConfig(format!("{name} is empty: it must name a path")));
+            }
+        }
+        for (interval, name) in
+            [(self.poll_interval, "poll_interval"), (self.full_reconcile_interval, "full_reconcile_interval")]
+        {
+            if interval < MIN_INTERVAL {
+                return Err(Error::InvalidConfig(format!("{name} {interval:?} is shorter than {MIN_INTERVAL:?}")));
             }
         }
         if self.busy_timeout > MAX_BUSY_TIMEOUT {
@@ -102,5 +114,27 @@ impl Config {
             *path = std::path::absolute(&*path).map_err(Error::io(path, "make the path absolute"))?;
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_shorter_than_a_millisecond_are_refused_as_in_the_c_configuration() {
+        let config = || Config::new("PatientData", "dentaltid.db");
+        assert!(config().check().is_ok());
+        let mut never = config();
+        never.full_reconcile_interval = Duration::ZERO;
+        assert!(
+            matches!(never.check(), Err(Error::InvalidConfig(message)) if message.contains("full_reconcile_interval"))
+        );
+        let mut busy = config();
+        busy.poll_interval = Duration::from_micros(999);
+        assert!(matches!(busy.check(), Err(Error::InvalidConfig(message)) if message.contains("poll_interval")));
+        let mut shortest = config();
+        (shortest.poll_interval, shortest.full_reconcile_interval) = (MIN_INTERVAL, MIN_INTERVAL);
+        assert!(shortest.check().is_ok());
     }
 }

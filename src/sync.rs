@@ -186,7 +186,7 @@ impl NanoPixSync {
     ///
     /// # Failure
     /// [`Error::Closed`] when the handle closes (or is stopped) before every patient was exported:
-    /// those left are exported by the next call. [`Error::Busy`] when NanoPix kept changing, and
+    /// `export_existing` on the next handle exports those left. [`Error::Busy`] when NanoPix kept changing, and
     /// some patients were held back each time.
     pub fn export_existing(&self) -> Result<u64> {
         self.call(Engine::export_existing)
