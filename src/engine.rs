@@ -1353,7 +1353,7 @@ fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, r
                 report.possible_duplicates += 1;
                 bus.emit(EventKind::PossibleDuplicate {
                     external_id: external_id.clone(),
-                    patient_id: Some(patient_id),
+                    patient_id,
                     reason: duplicate.reason,
                     candidates: duplicate.candidates,
                 });

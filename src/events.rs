@@ -73,8 +73,8 @@ pub enum EventKind {
     PossibleDuplicate {
         /// The NanoPix id.
         external_id: String,
-        /// The DentalTID patient made for it by the import, if it was imported.
-        patient_id: Option<i64>,
+        /// The DentalTID patient: the one its import made, or the one exported as it.
+        patient_id: i64,
         /// Why the patients look alike.
         reason: DuplicateReason,
         /// The DentalTID patients it looks like.

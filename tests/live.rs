@@ -1086,7 +1086,7 @@ fn the_same_person_typed_in_dentaltid_after_her_nanopix_patient_was_imported_is_
     let EventKind::PossibleDuplicate { external_id, patient_id, reason, candidates } = reported.kind else {
         unreachable!()
     };
-    assert_eq!((patient_id, reason), (Some(typed), nanopix_sync::DuplicateReason::AlreadyLinked));
+    assert_eq!((patient_id, reason), (typed, nanopix_sync::DuplicateReason::AlreadyLinked));
     assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), [first]);
     assert_eq!(sync.source_info(typed).unwrap().external_id, Some(external_id), "her export");
 }

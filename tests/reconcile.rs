@@ -212,7 +212,7 @@ fn possible_duplicates_stay_listed_until_dismissed_or_deleted() {
     let reported: Vec<Listed> = events
         .iter()
         .filter_map(|kind| match kind {
-            EventKind::PossibleDuplicate { external_id, patient_id: Some(patient_id), reason, candidates } => {
+            EventKind::PossibleDuplicate { external_id, patient_id, reason, candidates } => {
                 Some((*patient_id, external_id.clone(), *reason, candidates.iter().map(|c| c.patient_id).collect()))
             }
             _ => None,

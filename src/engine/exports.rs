@@ -418,7 +418,7 @@ impl Engine {
         report.possible_duplicates += 1;
         self.bus.emit(EventKind::PossibleDuplicate {
             external_id: external_id.to_string(),
-            patient_id: Some(patient.id),
+            patient_id: patient.id,
             reason: found.reason,
             candidates,
         });
