@@ -350,6 +350,11 @@ impl DentalIndex {
         (0..self.entries.len()).filter_map(|entry| self.candidate(entry)).collect()
     }
 
+    /// The `patients.id` of entry `entry`.
+    pub(super) fn patient_id(&self, entry: usize) -> Option<i64> {
+        self.entries.get(entry).map(|entry| entry.id)
+    }
+
     /// Entry `entry` as a possible duplicate names it: id, names as typed and birth date.
     pub(super) fn candidate(&self, entry: usize) -> Option<DuplicateCandidate> {
         let entry = self.entries.get(entry)?;

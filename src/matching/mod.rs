@@ -255,12 +255,17 @@ impl Matcher {
     }
 
     /// The DentalTID patients of `entries`: by id, without repeats, at most [`MAX_CANDIDATES`].
+    /// They are cut to that many by id before any name is copied: a crowd sharing a key
+    /// (thousands of "Mohamed Ali" born on one day) costs no copy of its names per report, and
+    /// each report holds only the candidates it names.
     fn candidates(&self, entries: Vec<usize>) -> Vec<DuplicateCandidate> {
-        let mut candidates: Vec<DuplicateCandidate> =
-            entries.into_iter().filter_map(|entry| self.dentaltid.candidate(entry)).collect();
-        candidates.sort_by_key(|candidate| candidate.patient_id);
-        candidates.dedup_by_key(|candidate| candidate.patient_id);
-        candidates.truncate(MAX_CANDIDATES);
+        let mut by_id: Vec<(i64, usize)> =
+            entries.into_iter().filter_map(|entry| Some((self.dentaltid.patient_id(entry)?, entry))).collect();
+        by_id.sort_by_key(|&(patient_id, _)| patient_id);
+        by_id.dedup_by_key(|&mut (patient_id, _)| patient_id);
+        by_id.truncate(MAX_CANDIDATES);
+        let mut candidates = Vec::with_capacity(by_id.len());
+        candidates.extend(by_id.into_iter().filter_map(|(_, entry)| self.dentaltid.candidate(entry)));
         candidates
     }
 
@@ -572,6 +577,29 @@ mod tests {
         let dentaltid: Vec<Patient> = (0..30).rev().map(|id| dental(id, "Zoe", "Doe", born(1990, 5, 6))).collect();
         let decision = decide_one(nanopix(1, "Zoe", "Doe", born(1990, 5, 6)), &dentaltid);
         assert_eq!(decision, duplicate(DuplicateReason::SeveralCandidates, &(0..20).collect::<Vec<_>>()));
+    }
+
+    /// Thousands of "Mohamed Ali" born on one day on both sides: every NanoPix one is reported
+    /// beside the crowd, and each report holds room for the candidates it names only, not for
+    /// the whole crowd (which, held until the import commits and in the event queue, took
+    /// gigabytes: 5,000 x 5,000 candidates' worth at 50,000 patients a side).
+    #[test]
+    fn a_report_beside_a_crowd_holds_only_the_candidates_it_names() {
+        let day = born(1990, 1, 1);
+        let dentaltid: Vec<Patient> = (0..5_000).rev().map(|id| dental(id, "Mohamed", "Ali", day)).collect();
+        let mut matcher = matcher_over(&dentaltid, true);
+        let mut imports = Vec::new();
+        for pk in 0..100 {
+            matcher.offer(nanopix(pk, "Mohamed", "Ali", day), &mut imports);
+        }
+        assert_eq!(imports.len(), 100);
+        for import in &imports {
+            let reported = import.possible_duplicate.as_ref().expect("reported beside the crowd");
+            assert_eq!(reported.reason, DuplicateReason::SeveralCandidates);
+            let ids: Vec<i64> = reported.candidates.iter().map(|c| c.patient_id).collect();
+            assert_eq!(ids, (0..20).collect::<Vec<_>>());
+            assert!(reported.candidates.capacity() <= MAX_CANDIDATES, "room for {}", reported.candidates.capacity());
+        }
     }
 
     #[test]
