@@ -74,10 +74,12 @@ pub(crate) struct Engine {
     nanopix_read: Option<i64>,
     /// Whether DentalTID holds the sync's indexes, which live passes need.
     indexed: bool,
-    /// The last past id an export was given: the next one is looked for from the second after
-    /// it first, so `export_existing`, which takes patients in the order of their creation, does
-    /// not probe again every id the earlier ones took.
-    last_past_issued: Option<NanoPixId>,
+    /// For each run of searches for past ids (see [`exports::PastRun`]), the first second its
+    /// searches have not found taken: every second from where the run started up to it is taken
+    /// (by the ids given, or found in use). The run's next search looks from there, so
+    /// `export_existing`, which takes patients in the order of their creation, does not probe
+    /// again every id the earlier ones took or found taken.
+    past_probed: [Option<NaiveDateTime>; 2],
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
     live_stored: bool,
@@ -206,7 +208,7 @@ impl Engine {
             cursor: None,
             nanopix_read: None,
             indexed,
-            last_past_issued: None,
+            past_probed: [None; 2],
             live_stored,
             next_repair: 0,
             missing_folders: Vec::new(),

@@ -24,7 +24,7 @@ mod patients;
 mod possible_duplicates;
 mod state;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use last_names::LastNames;
 pub use linked_rows::{LinkedRows, is_another_person, other_people};

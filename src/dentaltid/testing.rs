@@ -14,7 +14,7 @@ use super::DentalTid;
 pub(super) const SCHEMA_V24: &str = "schema_v24.sql";
 
 /// DentalTID's schema at version 29.
-pub(super) const SCHEMA_V29: &str = "schema_v29.sql";
+pub(crate) const SCHEMA_V29: &str = "schema_v29.sql";
 
 /// The text of a file in the DentalTID fixtures folder.
 fn fixture_sql(name: &str) -> String {
@@ -23,7 +23,7 @@ fn fixture_sql(name: &str) -> String {
 }
 
 /// Builds `dentaltid.db` in `dir` from `schema`, with the six sample patients when `samples`.
-pub(super) fn build_database(dir: &TempDir, schema: &str, samples: bool) -> PathBuf {
+pub(crate) fn build_database(dir: &TempDir, schema: &str, samples: bool) -> PathBuf {
     let path = dir.path().join("dentaltid.db");
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(&fixture_sql(schema)).unwrap();

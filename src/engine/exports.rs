@@ -57,6 +57,16 @@ enum IdsFrom {
     Creation,
 }
 
+/// A run of searches for past ids (see [`Engine::free_past_id`]), each search starting at or
+/// after where the one before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PastRun {
+    /// From each patient's creation time, the patients taken in that order.
+    Creation = 0,
+    /// From the start of the [`PAST_IDS`], once no other second is free.
+    DayBefore = 1,
+}
+
 /// What became of one patient's export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exported {
@@ -316,7 +326,7 @@ impl Engine {
         if from == IdsFrom::Creation {
             let now = self.config.clock.now();
             ordered.sort_by_cached_key(|patient| past_ids_from(patient, now));
-            self.last_past_issued = None;
+            self.past_probed = [None; 2];
         }
         let twins = self.twin_finder(patients).unwrap_or_else(|error| {
             self.report_error(&error, None, None, report);
@@ -480,38 +490,44 @@ impl Engine {
         self.nanopix.refresh_record_ids()?;
         let in_flight = self.in_flight_ids()?;
         let mut id = match from {
-            IdsFrom::Creation => self.free_past_id(past_ids_from(patient, now), now, &in_flight)?,
+            IdsFrom::Creation => self.free_past_id(PastRun::Creation, past_ids_from(patient, now), now, &in_flight)?,
             IdsFrom::Now => None,
         };
         if id.is_none() {
             id = self.free_now_id(now, &in_flight)?;
         }
         if id.is_none() {
-            id = self.free_past_id(now - RECENT_IDS - PAST_IDS, now, &in_flight)?;
+            id = self.free_past_id(PastRun::DayBefore, now - RECENT_IDS - PAST_IDS, now, &in_flight)?;
         }
         let id = id.ok_or_else(|| Error::NoFreeId(NanoPixId::from_datetime(now).to_string()))?;
         Ok(new_nanopix_row(patient, id, now))
     }
 
-    /// The first free id from `from` up to [`RECENT_IDS`] before `now`, looked for after the
-    /// last past id given first (`export_existing` takes patients in the order of their
-    /// creation, so it need not probe again the ids the earlier ones took). `None` when `from`
-    /// is within those hours or no id is free before then.
+    /// The first free id from `from` up to [`RECENT_IDS`] before `now`, looked for from where
+    /// the earlier searches of `run` left off when that is past `from`: each of them started at
+    /// or before `from` (`export_existing` takes patients in the order of their creation, and the
+    /// day before starts where it did), so every second up to there is taken, and probing them
+    /// again would make a run of exports that fills those hours cost the square of its length.
+    /// `None` when `from` is within those hours or no id is free before then.
     fn free_past_id(
         &mut self,
+        run: PastRun,
         from: NaiveDateTime,
         now: NaiveDateTime,
         in_flight: &HashSet<NanoPixId>,
     ) -> Result<Option<NanoPixId>> {
-        let after_last = self.last_past_issued.map(|last| last.next_second().datetime()).filter(|next| *next > from);
-        for start in after_last.into_iter().chain([from]) {
-            let free = NanoPixId::first_free_before(start, now - RECENT_IDS, |id| self.id_taken(id, in_flight))?;
-            if free.is_some() {
-                self.last_past_issued = free;
-                return Ok(free);
-            }
+        let end = now - RECENT_IDS;
+        let start = self.past_probed[run as usize].filter(|probed| *probed > from).unwrap_or(from);
+        let free = NanoPixId::first_free_before(start, end, |id| self.id_taken(id, in_flight))?;
+        // Every second from `start` up to the one given, or up to `end`, is taken now.
+        let probed = match free {
+            Some(id) => Some(id.next_second().datetime()),
+            None => Some(NanoPixId::from_datetime(end).datetime()).filter(|end| *end > start),
+        };
+        if let Some(probed) = probed {
+            self.past_probed[run as usize] = Some(probed);
         }
-        Ok(None)
+        Ok(free)
     }
 
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
@@ -704,6 +720,8 @@ impl Engine {
     /// `Patient` row, or `Study` or `Report` rows as last read), or in DentalTID: a patient or a
     /// recorded link may still hold an id whose row and folder NanoPix lost.
     fn id_taken(&self, id: NanoPixId, in_flight: &HashSet<NanoPixId>) -> Result<bool> {
+        #[cfg(test)]
+        tests::ID_PROBES.with(|probes| probes.set(probes.get() + 1));
         Ok(in_flight.contains(&id)
             || self.nanopix.folder_path(id).symlink_metadata().is_ok()
             || self.nanopix.records_name(id)
@@ -825,5 +843,61 @@ fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewN
         birth_date: patient.date_of_birth,
         phone: Some(patient.phone.trim().to_owned()).filter(|phone| !phone.is_empty()),
         created: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::dentaltid::testing::{SCHEMA_V29, build_database};
+    use crate::engine::Signals;
+    use crate::events::EventBus;
+    use crate::{Config, ManualClock};
+
+    thread_local! {
+        /// How many ids [`Engine::id_taken`] looked up on this thread.
+        pub(super) static ID_PROBES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// A data import put 300 patients into DentalTID in one second, two hours and 100 seconds
+    /// ago: the 100 seconds from then up to the recent hours are soon taken, and the 200
+    /// patients left get ids from the day before. Each of those must not probe those 100
+    /// seconds again: a run that fills its hours would cost the square of its length (20,000
+    /// patients created three hours and a half before `export_existing` took minutes more).
+    #[test]
+    fn export_existing_does_not_probe_again_the_seconds_a_run_filled() {
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
+        let now = NaiveDate::from_ymd_opt(2025, 6, 2).and_then(|day| day.and_hms_opt(10, 0, 0)).unwrap();
+        let db = build_database(&dir, SCHEMA_V29, false);
+        let conn = Connection::open(&db).unwrap();
+        let created = (now - RECENT_IDS - chrono::Duration::seconds(100)).format("%Y-%m-%dT%H:%M:%S.000").to_string();
+        for n in 0..300 {
+            conn.execute(
+                "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,
+                                      payment, createdAt, isEmergency, severity, healthAlerts, phoneNumber,
+                                      isBlacklisted)
+                 VALUES (?1, 'Benali', 40, '1985-03-12T00:00:00.000', '', '', '', 0.0, ?2, 0,
+                         'EmergencySeverity.low', '', '', 0)",
+                (format!("Amina{n}"), &created),
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let clock = ManualClock::new(now);
+        let mut config = Config::new(&root, &db);
+        config.clock = Arc::new(clock.clone());
+        let (bus, _events) = EventBus::new(config.clock.clone());
+        let mut engine = Engine::open(config, Arc::new(bus), Arc::new(Signals::default())).unwrap();
+        ID_PROBES.with(|probes| probes.set(0));
+        assert_eq!(engine.export_existing().unwrap(), 300);
+        let probes = ID_PROBES.with(Cell::get);
+        // The 100 seconds once, and for each of the 200 others the seconds near now (three,
+        // all taken) and one from the day before: about 900 in all, against 20,000 and more.
+        assert!(probes <= 1_000, "{probes} ids looked up for 300 exports");
     }
 }
