@@ -123,9 +123,28 @@ fn a_reconcile_with_an_unreadable_link_row_writes_nothing() {
 
 fn reconcile_with(clinic: &Clinic) -> (NanoPixSync, Vec<EventKind>) {
     let sync = clinic.open();
-    sync.reconcile().unwrap();
-    let events = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let events = reconciled_kinds(&sync);
     (sync, events)
+}
+
+/// What the next reconcile of `sync` sends, after the events waiting are drained.
+fn reconciled_kinds(sync: &NanoPixSync) -> Vec<EventKind> {
+    drain(sync);
+    sync.reconcile().unwrap();
+    drain(sync).into_iter().map(|e| e.kind).collect()
+}
+
+/// Yasmine Haddou, born 1985-03-12, in DentalTID; NanoPix patient `20250122_091500` with these
+/// names and birth date, and twenty more, so that a later pass looks its few new patients up; a
+/// handle with Live Sync on and no automatic work. Returns it with Yasmine's id.
+fn yasmine_and_nanopix_patient(last: &str, first: &str, birth: &str) -> (Clinic, NanoPixSync, i64) {
+    let clinic = Clinic::new("v29");
+    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091500", last, first, Some(birth));
+    clinic.add_bulk_nanopix(20);
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    (clinic, sync, yasmine)
 }
 
 fn linked_to(events: &[EventKind], external: &str) -> Option<i64> {
@@ -255,22 +274,14 @@ fn a_nanopix_birth_date_left_at_the_registration_day_is_reported_as_missing() {
 /// and by a later pass that looks its few new patients up by birth date.
 #[test]
 fn a_nanopix_patient_saved_without_a_first_name_is_reported_beside_the_patient_with_both() {
-    let clinic = Clinic::new("v29");
-    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
-    clinic.add_nanopix("20250122_091500", "Haddou", "", Some("1985-03-12"));
-    clinic.add_bulk_nanopix(20);
-    let sync = clinic.open_without_automatic_work();
-    sync.set_live_sync(true).unwrap();
-    drain(&sync);
-    sync.reconcile().unwrap();
-    let first: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let (clinic, sync, yasmine) = yasmine_and_nanopix_patient("Haddou", "", "1985-03-12");
+    let first = reconciled_kinds(&sync);
     assert_eq!(duplicate_reason(&first, "20250122_091500"), Some((DuplicateReason::MissingName, vec![yasmine])));
 
     clinic.add_nanopix("20250122_091600", "Haddou", "", Some("1985-03-12"));
     let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
     nanopix.execute("UPDATE Patient SET first_name = NULL WHERE id = '20250122_091600'", []).unwrap();
-    sync.reconcile().unwrap();
-    let later: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let later = reconciled_kinds(&sync);
     let imported = first.iter().find_map(|kind| match kind {
         EventKind::PatientImported { patient_id, external_id, .. } if external_id == "20250122_091500" => {
             Some(*patient_id)
@@ -292,9 +303,7 @@ fn a_later_pass_reports_a_birth_date_left_at_the_registration_day_too() {
     sync.set_live_sync(true).unwrap();
     sync.reconcile().unwrap();
     clinic.add_nanopix("20250122_091500", "Haddou", "Yasmine", Some("2025-01-22"));
-    drain(&sync);
-    sync.reconcile().unwrap();
-    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let events = reconciled_kinds(&sync);
     assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::MissingBirthDate, vec![yasmine])));
 }
 
@@ -303,22 +312,14 @@ fn a_later_pass_reports_a_birth_date_left_at_the_registration_day_too() {
 /// pass that looks its few new patients up.
 #[test]
 fn swapped_names_with_a_birth_date_left_at_the_registration_day_are_reported() {
-    let clinic = Clinic::new("v29");
-    let yasmine = clinic.add_dentaltid("Yasmine", "Haddou", Some("1985-03-12"));
-    clinic.add_nanopix("20250122_091500", "Yasmine", "Haddou", Some("2025-01-22"));
-    clinic.add_bulk_nanopix(20);
-    let sync = clinic.open_without_automatic_work();
-    sync.set_live_sync(true).unwrap();
-    sync.reconcile().unwrap();
-    let first: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let (clinic, sync, yasmine) = yasmine_and_nanopix_patient("Yasmine", "Haddou", "2025-01-22");
+    let first = reconciled_kinds(&sync);
     assert_eq!(duplicate_reason(&first, "20250122_091500"), Some((DuplicateReason::SwappedNames, vec![yasmine])));
 
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
     sync.reconcile().unwrap();
     clinic.add_nanopix("20250122_091600", "Nadia", "Saidi", Some("2025-01-22"));
-    drain(&sync);
-    sync.reconcile().unwrap();
-    let later: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let later = reconciled_kinds(&sync);
     assert_eq!(duplicate_reason(&later, "20250122_091600"), Some((DuplicateReason::SwappedNames, vec![nadia])));
 }
 
@@ -329,8 +330,7 @@ fn auto_link_off_imports_and_reports_exact_matches() {
     let mut config = clinic.config();
     config.auto_link = false;
     let sync = NanoPixSync::open(config).unwrap();
-    sync.reconcile().unwrap();
-    let events: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    let events = reconciled_kinds(&sync);
     assert_eq!(duplicate_reason(&events, "20250122_091500"), Some((DuplicateReason::AutoLinkOff, vec![1])));
 }
 
