@@ -467,9 +467,9 @@ impl Engine {
         Ok((!self.dentaltid.lost_linked_after(checked)?).then_some((extent, checked.max(extent.0))))
     }
 
-    /// Adds the indexes live passes and exports need, once: at the end of the first full
-    /// reconcile with Live Sync on (the live loop starts with one), or before a live pass or an
-    /// export that finds them missing.
+    /// Adds the indexes live passes, exports and delete requests need, once: at the end of the
+    /// first full reconcile with Live Sync on (the live loop starts with one), or before a live
+    /// pass, an export or the announcement of delete requests that finds them missing.
     fn ensure_indexes(&mut self) -> Result<()> {
         if !self.indexed {
             self.dentaltid.ensure_own_indexes()?;
@@ -677,6 +677,10 @@ impl Engine {
         if held.is_empty() {
             return;
         }
+        // Each request is checked by its NanoPix id in `external_id`: without the sync's indexes,
+        // twice a scan of every patient per request. Failing to build them (DentalTID locked)
+        // only makes the checks slower.
+        let _ = self.ensure_indexes();
         let announced: Vec<i64> = held.iter().map(|(patient_id, _)| *patient_id).collect();
         for (patient_id, external_id) in held {
             let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.delete_stands(id));

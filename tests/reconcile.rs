@@ -621,6 +621,29 @@ fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     assert_eq!(error.code(), "not_empty", "it holds an image");
 }
 
+/// The sync's indexes on `patients`, by name.
+fn own_indexes(clinic: &Clinic) -> Vec<String> {
+    let sql =
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'nanopix_sync_patients_%' ORDER BY name";
+    clinic.dentaltid_rows(sql, |r| r.get(0))
+}
+
+/// Each delete request is checked by its NanoPix id in `external_id`. A handle that syncs on
+/// demand has no index on it after its first sync; announcing delete requests builds the sync's
+/// indexes first, so that a bulk delete in DentalTID (thousands of patients) is not checked with
+/// two scans of every patient per request.
+#[test]
+fn announcing_delete_requests_builds_the_indexes_their_checks_use() {
+    let clinic = Clinic::new("v29");
+    let (sync, _) = reconcile_with(&clinic);
+    assert_eq!(own_indexes(&clinic), Vec::<String>::new(), "a first sync on demand builds none");
+    let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient_id]).unwrap();
+    let events = reconciled_kinds(&sync);
+    assert!(events.iter().any(|kind| matches!(kind, EventKind::DeleteRequested { .. })), "{events:#?}");
+    assert_eq!(own_indexes(&clinic), ["nanopix_sync_patients_date_of_birth", "nanopix_sync_patients_external_id"]);
+}
+
 #[test]
 fn delete_in_nanopix_deletes_only_what_dentaltid_asked_for() {
     let clinic = Clinic::new("v29");

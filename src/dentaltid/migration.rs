@@ -46,9 +46,9 @@ const ADD_EXTERNAL_ID: &str = "ALTER TABLE patients ADD COLUMN external_id TEXT"
 /// a live pass find the few patients a new NanoPix patient could match without a full scan.
 ///
 /// A full reconcile reads every patient and needs neither, so they exist only from the moment
-/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on) or the
-/// first export (a new NanoPix id is looked up by `external_id`): a clinic that only ever
-/// imports on demand does not pay for keeping them.
+/// Live Sync is on (the engine adds them after the first reconcile with Live Sync on), the first
+/// export (a new NanoPix id is looked up by `external_id`) or the first delete request announced
+/// (checked the same way): a clinic that only ever imports on demand does not pay for keeping them.
 const OWN_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_external_id ON patients(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_patients_date_of_birth ON patients(dateOfBirth);
