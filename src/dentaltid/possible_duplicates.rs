@@ -98,7 +98,7 @@ impl DentalTid {
         let read = || {
             // One read transaction: one snapshot, and no lock taken and dropped per patient.
             let snapshot = self.conn.unchecked_transaction()?;
-            let listed = listed(&snapshot, awaiting_review(&snapshot)?)?;
+            let listed = listed(&snapshot, awaiting_review(&snapshot, None)?)?;
             snapshot.commit()?;
             Ok(listed)
         };
@@ -108,8 +108,7 @@ impl DentalTid {
     /// Takes the report on patient `patient_id` off the list; returns whether it was listed.
     pub fn dismiss_possible_duplicate(&mut self, patient_id: i64) -> Result<bool> {
         self.write("dismissing a possible duplicate", |tx| {
-            let mut awaiting = awaiting_review(tx)?;
-            awaiting.retain(|reported, _| *reported == patient_id);
+            let awaiting = awaiting_review(tx, Some(patient_id))?;
             let Some(row) = awaiting.get(&patient_id).map(|stored| stored.row) else { return Ok(false) };
             if listed(tx, awaiting)?.is_empty() {
                 return Ok(false);
@@ -155,6 +154,11 @@ impl StoredReport {
         (!candidates.is_empty()).then_some(DuplicateToReview { patient_id, external_id, reason, candidates })
     }
 
+    /// The patient a line reports on, read alone; `None` for a line this library did not write.
+    fn patient_of(line: &[u8]) -> Option<i64> {
+        std::str::from_utf8(line.split(|&byte| byte == b' ').next()?).ok()?.parse().ok()
+    }
+
     /// Reads one line of row `row`; `None` for a line this library did not write.
     fn parse(row: i64, line: &[u8]) -> Option<Self> {
         let mut fields = std::str::from_utf8(line).ok()?.splitn(5, ' ');
@@ -167,8 +171,10 @@ impl StoredReport {
     }
 }
 
-/// The latest report on each patient that is not dismissed, by patient id.
-fn awaiting_review(conn: &Connection) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
+/// The latest report on each patient that is not dismissed, by patient id; on patient `only`
+/// alone, when given (only its lines are read whole, so dismissing one report does not parse
+/// the whole list).
+fn awaiting_review(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
     let dismissed: BTreeMap<i64, i64> = conn
         .prepare_cached(DISMISSED)?
         .query_map([], |row| Ok((row.get(0).ok(), row.get(1).ok())))?
@@ -181,7 +187,9 @@ fn awaiting_review(conn: &Connection) -> rusqlite::Result<BTreeMap<i64, StoredRe
         let (Ok(id), Some(reports)) = (row.get::<_, i64>(0), row.get_ref(1)?.as_bytes_or_null().ok().flatten()) else {
             continue;
         };
-        for stored in reports.split(|&byte| byte == b'\n').filter_map(|line| StoredReport::parse(id, line)) {
+        let lines = reports.split(|&byte| byte == b'\n');
+        let wanted = lines.filter(|line| only.is_none() || StoredReport::patient_of(line) == only);
+        for stored in wanted.filter_map(|line| StoredReport::parse(id, line)) {
             latest.insert(stored.patient_id, stored);
         }
     }
