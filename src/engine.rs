@@ -74,12 +74,13 @@ pub(crate) struct Engine {
     nanopix_read: Option<i64>,
     /// Whether DentalTID holds the sync's indexes, which live passes need.
     indexed: bool,
-    /// For each run of searches for past ids (see [`exports::PastRun`]), the first second its
-    /// searches have not found taken: every second from where the run started up to it is taken
-    /// (by the ids given, or found in use). The run's next search looks from there, so
-    /// `export_existing`, which takes patients in the order of their creation, does not probe
-    /// again every id the earlier ones took or found taken.
-    past_probed: [Option<NaiveDateTime>; 2],
+    /// For each run of searches for past ids (see [`exports::PastRun`]), the second the run
+    /// started at and the first second its searches have not found taken: every second from the
+    /// one up to the other is taken (by the ids given, or found in use). The run's next search
+    /// looks from there when it starts between the two, so `export_existing`, which takes
+    /// patients in the order of their creation, does not probe again every id the earlier ones
+    /// took or found taken.
+    past_probed: [Option<(NaiveDateTime, NaiveDateTime)>; 2],
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
     live_stored: bool,

@@ -390,6 +390,26 @@ fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     assert_eq!(sync.export_patient(6).unwrap().to_string(), "20250122_100500", "the clock moved on");
 }
 
+/// A clock a few days ahead, then put right (by hand, or by the network's time): once the
+/// current second and the next two are taken, an export still takes the first free second a day
+/// before the last two hours of the clock as it is now, not `no_free_id` because an export took
+/// a past id while the clock was wrong.
+#[test]
+fn an_export_after_the_clock_is_put_back_days_still_finds_a_past_id() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    clinic.clock.set(common::clinic_morning() + chrono::Duration::days(3));
+    let ahead: Vec<String> = (1..=4).map(|patient| sync.export_patient(patient).unwrap().to_string()).collect();
+    assert_eq!(ahead[3], "20250124_080000", "a past id of the clock that was wrong");
+    clinic.clock.set(common::clinic_morning());
+    let (nadia, lina) =
+        (clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09")), clinic.add_dentaltid("Lina", "Haddad", None));
+    let export = |patient| sync.export_patient(patient).map(|id| id.to_string()).map_err(|error| error.to_string());
+    let ids: Vec<Result<String, String>> = [5, 6, nadia, lina].into_iter().map(export).collect();
+    let expected = ["20250122_100000", "20250122_100001", "20250122_100002", "20250121_080000"];
+    assert_eq!(ids, expected.map(|id| Ok(id.to_owned())), "the clock put right");
+}
+
 /// The fixture's one NanoPix patient, with an image: what a deletion in DentalTID leaves behind.
 const LEFT_BEHIND: &str = "20250121_152638";
 

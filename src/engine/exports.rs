@@ -504,10 +504,10 @@ impl Engine {
     }
 
     /// The first free id from `from` up to [`RECENT_IDS`] before `now`, looked for from where
-    /// the earlier searches of `run` left off when that is past `from`: each of them started at
-    /// or before `from` (`export_existing` takes patients in the order of their creation, and the
-    /// day before starts where it did), so every second up to there is taken, and probing them
-    /// again would make a run of exports that fills those hours cost the square of its length.
+    /// the earlier searches of `run` left off when `from` lies between where the run started and
+    /// there (`export_existing` takes patients in the order of their creation, and the day
+    /// before starts where it did): every second in between is taken, and probing them again
+    /// would make a run of exports that fills those hours cost the square of its length.
     /// `None` when `from` is within those hours or no id is free before then.
     fn free_past_id(
         &mut self,
@@ -517,7 +517,11 @@ impl Engine {
         in_flight: &HashSet<NanoPixId>,
     ) -> Result<Option<NanoPixId>> {
         let end = now - RECENT_IDS;
-        let start = self.past_probed[run as usize].filter(|probed| *probed > from).unwrap_or(from);
+        let first = NanoPixId::from_datetime(from).datetime();
+        // Only the seconds from where the run started are known taken: a search that starts
+        // before it (the clock put back, or a patient out of order) looks from `from` again.
+        let resumed = self.past_probed[run as usize].filter(|&(started, probed)| started <= first && probed > first);
+        let (started, start) = resumed.unwrap_or((first, first));
         let free = NanoPixId::first_free_before(start, end, |id| self.id_taken(id, in_flight))?;
         // Every second from `start` up to the one given, or up to `end`, is taken now.
         let probed = match free {
@@ -525,7 +529,7 @@ impl Engine {
             None => Some(NanoPixId::from_datetime(end).datetime()).filter(|end| *end > start),
         };
         if let Some(probed) = probed {
-            self.past_probed[run as usize] = Some(probed);
+            self.past_probed[run as usize] = Some((started, probed));
         }
         Ok(free)
     }
