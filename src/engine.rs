@@ -27,6 +27,9 @@ use crate::sync::SourceInfo;
 use crate::{Clock, Config, DuplicateToReview, Error, NanoPixId, Result};
 
 mod exports;
+mod odd_findings;
+
+use odd_findings::OddFindings;
 
 /// Most links one transaction writes or changes, so DentalTID never waits long to save a patient.
 const LINKS_PER_TRANSACTION: usize = 2_000;
@@ -105,6 +108,8 @@ pub(crate) struct Engine {
     /// DentalTID's patients by last name, once a pass needed them; dropped by each full
     /// reconcile, so that the next read finds renamed patients under their new names.
     last_names: Option<LastNames>,
+    /// The odd rows and folder entries reported, so that automatic work reports each once.
+    odd_findings: OddFindings,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -217,6 +222,7 @@ impl Engine {
             unannounced_deletes,
             holding_delete_requests: false,
             last_names: None,
+            odd_findings: OddFindings::default(),
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)
@@ -283,6 +289,7 @@ impl Engine {
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.reconnect_if_read_only()?;
         self.last_names = None;
+        self.odd_findings.full_reconcile_began();
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
@@ -326,6 +333,9 @@ impl Engine {
                 })
             }
         };
+        if !self.cancelled() {
+            self.odd_findings.full_reconcile_ended();
+        }
         Ok(report)
     }
 
@@ -756,7 +766,7 @@ impl Engine {
 
     /// The patient folders of `snapshot`, listed if their listing has not started yet; reports
     /// the odd names found among them.
-    fn folders(&self, snapshot: &mut Snapshot, report: &mut ReconcileReport) -> Result<FolderScan> {
+    fn folders(&mut self, snapshot: &mut Snapshot, report: &mut ReconcileReport) -> Result<FolderScan> {
         let listing = snapshot.folders.take().unwrap_or_else(|| FolderListing::start(self.nanopix.root()));
         let folders = listing.finish()?;
         for name in &folders.odd_names {
@@ -789,32 +799,36 @@ impl Engine {
         Ok(adopt.into_iter().map(|(_, id, _)| id).collect())
     }
 
-    fn report_odd_rows(&self, odd_rows: Vec<OddRow>, report: &mut ReconcileReport) {
+    fn report_odd_rows(&mut self, odd_rows: Vec<OddRow>, report: &mut ReconcileReport) {
         for odd in odd_rows {
-            report.errors += 1;
-            self.bus.emit(EventKind::SyncError {
-                code: "odd_row".into(),
-                message: match odd.pk {
-                    Some(pk) => format!("NanoPix patient row pk {pk} skipped: {}", odd.problem),
-                    None => format!("NanoPix patient row skipped: {}", odd.problem),
-                },
-                external_id: Some(odd.raw_id),
-                patient_id: None,
-                path: None,
-            });
+            let message = match odd.pk {
+                Some(pk) => format!("NanoPix patient row pk {pk} skipped: {}", odd.problem),
+                None => format!("NanoPix patient row skipped: {}", odd.problem),
+            };
+            self.report_odd("odd_row", message, (Some(odd.raw_id), None), report);
         }
     }
 
-    fn report_odd_folder(&self, name: &std::ffi::OsStr, report: &mut ReconcileReport) {
-        report.errors += 1;
+    fn report_odd_folder(&mut self, name: &std::ffi::OsStr, report: &mut ReconcileReport) {
         let path = self.nanopix.root().join(name);
-        self.bus.emit(EventKind::SyncError {
-            code: "odd_folder".into(),
-            message: format!("{} is not a NanoPix patient folder: skipped", path.display()),
-            external_id: None,
-            patient_id: None,
-            path: Some(path.display().to_string()),
-        });
+        let message = format!("{} is not a NanoPix patient folder: skipped", path.display());
+        self.report_odd("odd_folder", message, (None, Some(path.display().to_string())), report);
+    }
+
+    /// Reports an odd row or folder entry, unless automatic work reported it already (see
+    /// [`OddFindings`]).
+    fn report_odd(
+        &mut self,
+        code: &str,
+        message: String,
+        (external_id, path): (Option<String>, Option<String>),
+        report: &mut ReconcileReport,
+    ) {
+        if self.odd_findings.note(&message, self.automatic) {
+            report.errors += 1;
+            let code = code.into();
+            self.bus.emit(EventKind::SyncError { code, message, external_id, patient_id: None, path });
+        }
     }
 
     /// Links or imports a few NanoPix patients no DentalTID patient, link or export holds yet,

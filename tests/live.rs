@@ -1286,3 +1286,27 @@ fn a_full_reconcile_that_failed_opening_nanopix_is_tried_again_as_a_full_reconci
     let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
     assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
 }
+
+/// Whether `event` reports the entry `name` of `PatientData` as odd.
+fn reports_odd_entry(event: &EventKind, name: &str) -> bool {
+    matches!(event, EventKind::SyncError { code, path: Some(path), .. } if code == "odd_folder" && path.ends_with(name))
+}
+
+#[test]
+fn a_stray_file_is_reported_once_while_it_stays_and_again_when_the_host_reconciles() {
+    let clinic = Clinic::new("v29");
+    std::fs::write(clinic.root.join("desktop.ini"), "[.ShellClassInfo]\r\n").unwrap();
+    let mut config = clinic.config();
+    config.full_reconcile_interval = Duration::from_millis(100);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| reports_odd_entry(e, "desktop.ini"));
+    // Reconciles every 100 ms meanwhile: only the next one after this file is written finds it.
+    std::fs::write(clinic.root.join("Thumbs.db"), [0u8; 16]).unwrap();
+    let mut seen = Vec::new();
+    record_until(&sync, &mut seen, |e| reports_odd_entry(e, "Thumbs.db"));
+    let again: Vec<&EventKind> = seen.iter().filter(|e| reports_odd_entry(e, "desktop.ini")).collect();
+    assert!(again.is_empty(), "the hourly reconciles reported it again: {again:?}");
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.errors, 2, "Sync Now reports both: {report:?}");
+}
