@@ -359,7 +359,8 @@ pub fn parse_nanopix_date(text: &str) -> Option<NaiveDate> {
     let date_part = text.get(..10)?;
     let usual = || parse_usual_timestamp(date_part).map(|at| at.date());
     let date = usual().or_else(|| NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok())?;
-    let rest_ok = text.len() == 10 || parse_nanopix_datetime(text).is_some();
+    // The time after the date only needs to be one: the year floor of creation times is not a birth date's.
+    let rest_ok = text.len() == 10 || parse_dart_timestamp(text).is_some();
     (rest_ok && date.year() >= 1850).then_some(date)
 }
 

@@ -824,6 +824,29 @@ fn a_nanopix_creation_time_past_year_9999_falls_back_to_the_ids_time() {
     assert_eq!(created, ["2024-05-10T09:00:00.000"]);
 }
 
+/// A NanoPix `birthdate` is read the same with or without a time after it: from 1850 on, both
+/// give the patient that birth date (and the age it makes), as the README promises.
+#[test]
+fn a_nanopix_birth_date_with_a_time_after_it_is_read_as_without_from_1850_on() {
+    let clinic = Clinic::new("v29");
+    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    conn.execute_batch(
+        "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES
+           ('20250122_081000', 'Plain', 'Date', '1895-06-01', '2025-01-22 08:10:05'),
+           ('20250122_082000', 'Timed', 'Date', '1895-06-01 00:00:00', '2025-01-22 08:20:05');",
+    )
+    .unwrap();
+    drop(conn);
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let born: Vec<(String, Option<String>, i64)> = clinic.dentaltid_rows(
+        "SELECT familyName, dateOfBirth, age FROM patients WHERE familyName IN ('Plain', 'Timed') ORDER BY familyName",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    );
+    let dated = |name: &str| (name.to_owned(), Some("1895-06-01T00:00:00.000".to_owned()), 129);
+    assert_eq!(born, [dated("Plain"), dated("Timed")]);
+}
+
 /// A `Patient` table whose `id` is not UNIQUE, holding the fixture patient and a second row
 /// with its id.
 const REPEATED_ID: &str = "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250), last_name VARCHAR(250),
