@@ -9,7 +9,21 @@ use std::path::Path;
 
 /// Filesystem types that live on another machine.
 #[cfg(target_os = "linux")]
-const NETWORK_FILESYSTEMS: [&str; 7] = ["nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p"];
+const NETWORK_FILESYSTEMS: [&str; 13] = [
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "fuse.glusterfs",
+    "afs",
+    "lustre",
+    "fuse.rclone",
+];
 
 /// The network filesystem type `root` sits on, or `None` for a local folder (or when unknown).
 #[cfg(target_os = "linux")]
@@ -92,6 +106,7 @@ proc /proc proc rw,nosuid 0 0
 server:/export /mnt/clinic nfs4 rw,relatime 0 0
 /dev/sdb1 /mnt/clinic/local ext4 rw 0 0
 //nas/x-ray /mnt/x-ray\\040share cifs rw 0 0
+gluster1:/images /mnt/images fuse.glusterfs rw 0 0
 ";
 
     #[test]
@@ -99,6 +114,13 @@ server:/export /mnt/clinic nfs4 rw,relatime 0 0
         assert_eq!(mount_type(MOUNTS, Path::new("/mnt/clinic/PatientData")), Some("nfs4"));
         assert_eq!(mount_type(MOUNTS, Path::new("/mnt/clinic/local/PatientData")), Some("ext4"));
         assert_eq!(mount_type(MOUNTS, Path::new("/home/clinic/PatientData")), Some("ext4"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cluster_filesystem_mounted_through_fuse_counts_as_network() {
+        let kind = mount_type(MOUNTS, Path::new("/mnt/images/PatientData"));
+        assert!(kind.is_some_and(|kind| NETWORK_FILESYSTEMS.contains(&kind)), "{kind:?}");
     }
 
     #[test]
