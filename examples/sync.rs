@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use nanopix_sync::{Config, Event, EventKind, NanoPixSync, PatientFilter, Stopper};
 
 const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.db> \
@@ -47,7 +47,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
-            eprintln!("sync: {reason}");
+            // A stderr that cannot be written (a closed pipe) loses the reason, not the exit code.
+            let _ = writeln!(std::io::stderr(), "sync: {reason}");
             ExitCode::FAILURE
         }
     }
@@ -151,8 +152,8 @@ fn perform(
 /// command (a first sync of a large clinic) never lets the event queue fill up.
 struct EventPrinter {
     thread: JoinHandle<Result<Printed, String>>,
-    /// Disconnected once the printer has stopped: after `closed`, or when stdout is closed or
-    /// cannot be written.
+    /// Disconnected once the printer has stopped printing: after `closed`, or when stdout is
+    /// closed or cannot be written.
     stopped: Receiver<()>,
 }
 
@@ -161,10 +162,7 @@ impl EventPrinter {
         let (running, stopped) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("sync-events".into())
-            .spawn(move || {
-                let _running = running;
-                print_events(&events)
-            })
+            .spawn(move || print_events(&events, running))
             .map_err(|e| format!("cannot start printing events: {e}"))?;
         Ok(Self { thread, stopped })
     }
@@ -194,24 +192,31 @@ impl Printed {
     }
 }
 
-/// Prints events as they come until `closed`, the last one, or until stdout is closed (the
-/// output ends there, which is no failure) or cannot be written (a full disk: a failure). Lines
-/// are written in batches, flushed whenever the queue is empty.
-fn print_events(events: &Receiver<Event>) -> Result<Printed, String> {
+/// Prints events as they come until `closed`, the last one, or until stdout cannot be written
+/// (a full disk: a failure). When stdout is closed, the output ends there, which is no failure:
+/// `running` is dropped, and the events are still read to `closed`, so that the errors among
+/// them still decide the exit code. Lines are written in batches, flushed whenever the queue is
+/// empty.
+fn print_events(events: &Receiver<Event>, running: Sender<()>) -> Result<Printed, String> {
+    let mut running = Some(running);
     let mut stdout = BufWriter::new(std::io::stdout().lock());
     let mut printed = Printed { errors: 0 };
     for event in events {
         let last = event.kind == EventKind::Closed;
         let odd = |code: &str| ["odd_row", "odd_folder", "odd_name"].contains(&code);
         printed.errors += usize::from(matches!(&event.kind, EventKind::SyncError { code, .. } if !odd(code)));
-        let mut written = writeln!(stdout, "{}", event.to_json());
-        if last || events.is_empty() {
-            written = written.and_then(|()| stdout.flush());
+        if running.is_some() {
+            let mut written = writeln!(stdout, "{}", event.to_json());
+            if last || events.is_empty() {
+                written = written.and_then(|()| stdout.flush());
+            }
+            if let Err(error) = written {
+                stdout_failed(&error)?;
+                running = None;
+            }
         }
-        match written {
-            Err(error) => return stdout_failed(&error).map(|()| printed),
-            Ok(()) if last => break,
-            Ok(()) => {}
+        if last {
+            break;
         }
     }
     Ok(printed)

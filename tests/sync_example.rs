@@ -239,6 +239,18 @@ fn missing_arguments_are_a_usage_error_on_stderr() {
     assert!(stderr.starts_with("sync: usage: sync"), "{stderr}");
 }
 
+/// `sync once 2>&1 | head -1` whose reader went away before the runner failed: the reason is
+/// lost with the pipe, but the exit code is still the one of a fatal error, with no panic.
+#[test]
+fn a_fatal_error_with_a_closed_stderr_still_exits_1() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_dir_all(&clinic.root).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = runner(&clinic, "once").stdout(Stdio::null()).stderr(writer).status().unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}
+
 #[test]
 fn an_unknown_command_is_refused_before_anything_is_opened() {
     let clinic = Clinic::new("v24");
@@ -487,6 +499,26 @@ fn a_closed_stdout_ends_the_output_without_a_panic() {
     let imported: Vec<i64> =
         clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
     assert_eq!(imported, vec![1], "the sync itself ran to the end");
+}
+
+/// `sync export-existing | head -1`: the output ends where the reader stopped, but the exit code
+/// still says that exports failed, as it does with the whole output read.
+#[test]
+fn export_existing_whose_exports_failed_exits_1_also_with_a_closed_stdout() {
+    let clinic = Clinic::new("v29");
+    // NanoPix refuses every new patient (a trigger of its own): each export fails.
+    common::another_program(&clinic.nanopix_db())
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON Patient BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+        .unwrap();
+    let mut child = runner(&clinic, "export-existing").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let in_nanopix: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
+    assert_eq!(in_nanopix, [1], "no patient was exported");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "exit code after 0 of 6 exports; stderr {stderr:?}");
+    assert!(stderr.starts_with("sync: ") && stderr.lines().count() == 1, "{stderr:?}");
 }
 
 #[test]
