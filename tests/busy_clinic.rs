@@ -695,3 +695,55 @@ fn reconcile_while_dentaltid_saves_nadia(clinic: &Clinic, sync: &NanoPixSync) {
     let next = sync.reconcile().unwrap();
     assert_nadia_once_on_each_side(clinic, nadia, &format!("the sync {first:?}, the next {next:?}"));
 }
+
+/// The NanoPix id an export reserved in the sync's journal, if one is in flight.
+fn reserved_id(clinic: &Clinic) -> Option<String> {
+    clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0)).pop()
+}
+
+/// The X-ray assistant saves a new patient in NanoPix at the very second the receptionist
+/// exports Nadia Saidi: NanoPix writes the row in its transaction, makes the folder and saves
+/// the first image in it, while the export (which found the id free a moment before) waits for
+/// NanoPix's write lock. NanoPix's save then fails and rolls back: the folder, with the other
+/// person's image, stays without a row. When the export gets the lock the id is in use on disk:
+/// Nadia must get another id, never a NanoPix patient whose folder holds another person's X-ray.
+#[test]
+fn an_export_waiting_for_nanopixs_lock_never_takes_a_folder_nanopix_made_meanwhile() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    // The second of the clinic's clock, which both programs name their new patient after.
+    let same_second = "20250122_100000";
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Haddad', 'Lina', 'Female', '1990-04-02', '2025-01-22 10:00:00', '2025-01-22 10:00:00')",
+            [same_second],
+        )
+        .unwrap();
+    let folder = clinic.root.join(same_second);
+    let (exported, moved) = std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_patient(nadia));
+        until(Duration::from_secs(30), "the export reserves the id", || {
+            reserved_id(&clinic).as_deref() == Some(same_second)
+        });
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("20250122_100001.iosb"), b"Lina's image").unwrap();
+        // A sync that looks at the disk again before it writes moves its export off the id while
+        // NanoPix still holds the lock; NanoPix's save fails in any case.
+        let moved = common::within(Duration::from_secs(5), || reserved_id(&clinic).as_deref() != Some(same_second));
+        nanopix.execute_batch("ROLLBACK").unwrap();
+        (exporting.join().unwrap(), moved)
+    });
+    let external_id = exported.unwrap().to_string();
+    assert_ne!(
+        external_id, same_second,
+        "Nadia Saidi was given the folder holding Lina Haddad's image (the export moved off it: {moved})"
+    );
+    let in_her_folder = std::fs::read_dir(clinic.root.join(&external_id)).unwrap().count();
+    assert_eq!(in_her_folder, 0, "Nadia Saidi's new NanoPix folder holds nothing");
+    assert!(folder.join("20250122_100001.iosb").exists(), "the image is left where NanoPix saved it");
+}

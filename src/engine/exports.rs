@@ -560,10 +560,10 @@ impl Engine {
     }
 
     /// Writes `row`, which the journal records, to NanoPix, then the folder, then the link.
-    /// Writes nothing when a row with its id is there already: it is another NanoPix patient's,
-    /// saved since the id was found free (a repair recognises a row the export wrote before this,
-    /// see [`Engine::is_our_row`]), and the export must not link to it; nor when NanoPix changed
-    /// since `unchanged_since`.
+    /// Writes nothing when a row with its id (or a folder with its name) is there already: it is
+    /// another NanoPix patient's, saved since the id was found free (a repair recognises a row
+    /// the export wrote before this, see [`Engine::is_our_row`]), and the export must not link
+    /// to it; nor when NanoPix changed since `unchanged_since`.
     fn complete_export(
         &mut self,
         patient: &Patient,

@@ -43,7 +43,7 @@ pub(super) enum Selection {
 pub enum Insertion {
     /// The row was written.
     Inserted,
-    /// A row with its id is there already; nothing was written.
+    /// A row with its id is there already, or a folder with its name; nothing was written.
     IdTaken,
     /// Another program wrote to NanoPix since the data version given; nothing was written.
     NanoPixChanged,

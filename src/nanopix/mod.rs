@@ -329,10 +329,23 @@ impl NanoPix {
     /// or unless another program wrote to NanoPix since [`NanoPix::data_version`] gave
     /// `unchanged_since` (when given): it may have saved the same person, whom the sync must
     /// read first.
+    ///
+    /// The id must also be free on disk when the row is written: NanoPix makes a new patient's
+    /// folder before or after its row, and may make it (and save images in it) while the insert
+    /// waits for its lock, then roll its row back. So the lock is never waited for: before each
+    /// try, outside the lock, the folder is looked for, and a folder there gives
+    /// [`Insertion::IdTaken`].
     pub fn insert_patient(&self, patient: &NewNanoPixPatient, unchanged_since: Option<i64>) -> Result<Insertion> {
-        database::write(&self.conn, &self.db_path, "insert patient", |conn| {
-            database::insert_patient(conn, &self.patient_columns, patient, unchanged_since)
-        })
+        let folder = self.folder_path(patient.id);
+        let free_on_disk = || Ok(folder.symlink_metadata().is_err());
+        let inserted = database::write_while(
+            &self.conn,
+            (&self.db_path, self.busy_timeout),
+            "insert patient",
+            free_on_disk,
+            |conn| database::insert_patient(conn, &self.patient_columns, patient, unchanged_since),
+        )?;
+        Ok(inserted.unwrap_or(Insertion::IdTaken))
     }
 
     /// Whether the row with this id is one the sync wrote with `written`'s values: each of the

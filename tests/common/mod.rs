@@ -228,12 +228,21 @@ pub fn another_program(path: &Path) -> Connection {
 }
 
 /// Waits up to `deadline` until `done` holds, looking every few milliseconds; panics otherwise.
-pub fn until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
+pub fn until(deadline: Duration, what: &str, done: impl FnMut() -> bool) {
+    assert!(within(deadline, done), "not within {deadline:?}: {what}");
+}
+
+/// Waits up to `deadline` until `done` holds, looking every few milliseconds; returns whether it
+/// did (for a change that a correct sync makes, and that a test then goes on without).
+pub fn within(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     while !done() {
-        assert!(Instant::now() < end, "not within {deadline:?}: {what}");
+        if Instant::now() >= end {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+    true
 }
 
 /// Inserts a patient as DentalTID does, on `conn` (DentalTID's connection, maybe in a
