@@ -1002,7 +1002,7 @@ impl Engine {
         self.bus.emit(EventKind::SyncError {
             code: "patient_changed".into(),
             message: format!(
-                "DentalTID patient {} changed while it was being linked to NanoPix patient {}: \
+                "DentalTID patient {} or NanoPix patient {} changed while they were being linked: \
                  left to the next reconcile",
                 link.patient_id, link.external_id
             ),
@@ -1015,18 +1015,19 @@ impl Engine {
     /// Links NanoPix patients to the DentalTID patients they match, [`LINKS_PER_TRANSACTION`]
     /// at a time in patient order (so each transaction keeps to one stretch of the table), and
     /// reports each transaction's links once it is committed. Returns the links written, by
-    /// patient id, and the stale ones: those whose patient DentalTID changed or deleted since it
-    /// was matched, left for the caller. `new_to_sync` says the NanoPix patients are new to the
-    /// sync, and `read_at` gives the data version at which the matching read every DentalTID
-    /// patient, if it did (see [`crate::dentaltid::DentalTid::link_all`]).
+    /// patient id, and the stale ones: those whose patient DentalTID (or NanoPix) changed or
+    /// deleted since it was matched, left for the caller. `new_to_sync` says the NanoPix patients
+    /// are new to the sync, and `read_at` gives the data version at which the matching read every
+    /// DentalTID patient, if it did (see [`crate::dentaltid::DentalTid::link_all`]).
     fn link_all(
         &mut self,
-        mut links: Vec<MatchedLink>,
+        links: Vec<MatchedLink>,
         (new_to_sync, read_at): (bool, Option<i64>),
         report: &mut ReconcileReport,
     ) -> Result<(HashMap<i64, NanoPixId>, Vec<MatchedLink>)> {
-        links.sort_by_key(|link| link.patient_id);
         let (mut linked, mut stale) = (HashMap::default(), Vec::new());
+        let mut links = self.renamed_in_nanopix_apart(links, &mut stale)?;
+        links.sort_by_key(|link| link.patient_id);
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
             let outcomes = self.dentaltid.link_all(chunk, self.config.clock.now(), (new_to_sync, read_at))?;
             for (link, outcome) in chunk.iter().zip(outcomes) {
@@ -1049,6 +1050,29 @@ impl Engine {
             }
         }
         Ok((linked, stale))
+    }
+
+    /// `links` less those whose NanoPix patient NanoPix renamed, re-dated, deleted or replaced
+    /// since the pass read it, which go to `stale`: each side's patient must still be the one it
+    /// was matched as. Their rows are read again only when another program wrote to NanoPix
+    /// since the pass began reading it.
+    fn renamed_in_nanopix_apart(
+        &self,
+        links: Vec<MatchedLink>,
+        stale: &mut Vec<MatchedLink>,
+    ) -> Result<Vec<MatchedLink>> {
+        if links.is_empty() || self.nanopix_read == Some(self.nanopix.data_version()?) {
+            return Ok(links);
+        }
+        let mut kept = Vec::with_capacity(links.len());
+        for link in links {
+            let row = self.nanopix.patient(link.external_id)?;
+            let still = row.is_some_and(|row| {
+                row.created == link.nanopix_created && link.key.is_of(&row.first_name, &row.last_name, row.birth_date)
+            });
+            if still { kept.push(link) } else { stale.push(link) }
+        }
+        Ok(kept)
     }
 
     /// Marks links whose NanoPix patient vanished (or came back), and links whose DentalTID

@@ -128,6 +128,41 @@ fn a_nanopix_patient_whose_dentaltid_match_is_deleted_during_a_first_sync_is_imp
     assert_eq!(report.errors, 1, "only the odd row is an error: {report:?}");
 }
 
+/// NanoPix's Nadia Saidi matches DentalTID's exactly. While the clinic's first "Sync Now" runs,
+/// after it read NanoPix's patients and matched them, and before it writes its links, the X-ray
+/// assistant corrects that NanoPix patient: she is Yasmine Kaci (her form was filled in with the
+/// wrong name). DentalTID's Nadia Saidi must not be linked to NanoPix's Yasmine Kaci, whose
+/// X-rays would then be filed under Nadia. The thread that decides the pages of a first sync
+/// (the one without a name) asks the clock the time once it has decided the page.
+#[test]
+fn a_nanopix_patient_renamed_during_a_first_sync_is_not_linked_to_the_dentaltid_patient_it_no_longer_matches() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clinic.add_nanopix("20250301_093000", "Saidi", "Nadia", Some("1982-04-09"));
+    let nanopix_db = clinic.nanopix_db();
+    let hook: Hook = Box::new(move || {
+        another_program(&nanopix_db)
+            .execute(
+                "UPDATE Patient SET first_name = 'Yasmine', last_name = 'Kaci', updated_datetime = '2025-01-22 10:00:00'
+                 WHERE id = '20250301_093000'",
+                [],
+            )
+            .unwrap();
+    });
+    let clock = HookedClock::new(|thread| thread.name().is_none());
+    clock.arm(hook);
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = Arc::new(clock.clone());
+    config.busy_timeout = Duration::from_secs(30);
+    let sync = NanoPixSync::open(config).unwrap();
+    let report = sync.reconcile().unwrap();
+    assert!(clock.ran(), "the hook ran: NanoPix corrected the patient during the pass");
+    let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|event| event.kind).collect();
+    let held = holders(&clinic, "20250301_093000");
+    assert_eq!(held.len(), 1, "NanoPix's patient is in DentalTID once: {held:?}, {report:?}, {events:#?}");
+    assert_ne!(held[0].0, nadia, "DentalTID's Nadia Saidi is linked to NanoPix's Yasmine Kaci: {events:#?}");
+}
+
 /// NanoPix saves a new patient's row before it makes its folder. A patient NanoPix saves while a
 /// first sync of a large clinic reads NanoPix page by page is the next pass's to import (the
 /// sync imports what it found unknown when it began); like every patient it imports, its folder
