@@ -287,7 +287,7 @@ impl Engine {
         // moment) is tried again as a full one, not as a live pass that never looks at folders.
         self.cursor = None;
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
-        self.reconnect_if_read_only()?;
+        self.ready_connections()?;
         self.last_names = None;
         self.odd_findings.full_reconcile_began();
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
@@ -364,7 +364,7 @@ impl Engine {
     /// Stores the switch. Switching off keeps the patients whose export is still due, since
     /// switching on again moves the export cursor past every patient.
     fn switch_live_sync(&mut self, enabled: bool) -> Result<()> {
-        self.reconnect_if_read_only()?;
+        self.ready_connections()?;
         self.live_stored = self.dentaltid.live_sync()?;
         if self.live_stored != enabled {
             let due: Vec<i64> =
@@ -383,7 +383,7 @@ impl Engine {
     /// patient), or a whole page of new NanoPix rows (a bulk import, which a full reconcile
     /// writes in short transactions) leads to a full reconcile instead.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
-        self.reconnect_if_read_only()?;
+        self.ready_connections()?;
         self.ensure_indexes()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
         // A pass that failed after writing links left them unsettled: a full reconcile settles them.
@@ -439,10 +439,13 @@ impl Engine {
         Ok(report)
     }
 
-    /// Connects to `NanoPix.db3`, and to DentalTID's database, again when the connection could
-    /// only read it and the file is writable now. The live cursor goes with the old connection:
-    /// its data versions mean nothing to the new one, so the next pass reconciles fully.
-    fn reconnect_if_read_only(&mut self) -> Result<()> {
+    /// Readies both connections for work: fails when DentalTID's database file was replaced
+    /// under this handle (see [`DentalTid::check_still_open_file`]); connects to `NanoPix.db3`,
+    /// and to DentalTID's database, again when the connection could only read it and the file is
+    /// writable now. The live cursor goes with the old connection: its data versions mean
+    /// nothing to the new one, so the next pass reconciles fully.
+    fn ready_connections(&mut self) -> Result<()> {
+        self.dentaltid.check_still_open_file()?;
         let nanopix = self.nanopix.reconnect_if_read_only()?;
         if nanopix {
             self.nanopix_read = None;
@@ -596,7 +599,7 @@ impl Engine {
             self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
             self.nanopix_read = None;
         }
-        self.reconnect_if_read_only()?;
+        self.ready_connections()?;
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
         // An older request sent for the same id does not count; the host gets this one once sent.
         let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
@@ -609,23 +612,26 @@ impl Engine {
 
     /// Patients for the patients screen.
     pub fn patients(&self, filter: PatientFilter) -> Result<Vec<Patient>> {
+        self.dentaltid.check_still_open_file()?;
         self.dentaltid.patients(filter, self.config.clock.now().date())
     }
 
     /// The possible duplicates awaiting review.
     pub fn possible_duplicates(&self) -> Result<Vec<DuplicateToReview>> {
+        self.dentaltid.check_still_open_file()?;
         self.dentaltid.possible_duplicates()
     }
 
     /// Takes patient `patient_id`'s possible duplicate off the review list; returns whether it
     /// was listed.
     pub fn dismiss_possible_duplicate(&mut self, patient_id: i64) -> Result<bool> {
-        self.reconnect_if_read_only()?;
+        self.ready_connections()?;
         self.dentaltid.dismiss_possible_duplicate(patient_id)
     }
 
     /// Where a patient comes from and what NanoPix holds for it.
     pub fn source_info(&self, patient_id: i64) -> Result<SourceInfo> {
+        self.dentaltid.check_still_open_file()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let link = self.dentaltid.link(patient_id)?;
         // A link the sync recorded outlives an `external_id` DentalTID cleared, while both sides

@@ -1310,3 +1310,30 @@ fn a_stray_file_is_reported_once_while_it_stays_and_again_when_the_host_reconcil
     let report = sync.reconcile().unwrap();
     assert_eq!(report.errors, 2, "Sync Now reports both: {report:?}");
 }
+
+/// DentalTID restores a backup while a handle is open: its restore deletes `dentaltid.db` and
+/// copies the backup in. The handle still has the old file open, which nobody sees any more: a
+/// patient the receptionist then adds to the restored file is not exported by it, and Live Sync
+/// says why instead of going quiet; calls fail the same way. A handle opened on the restored
+/// file exports her.
+#[cfg(unix)]
+#[test]
+fn a_dentaltid_file_restored_under_an_open_handle_is_reported_until_a_new_handle_syncs_it() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let backup = clinic.dir.path().join("backup.db");
+    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let dentaltid = clinic.dentaltid.display().to_string();
+    let told =
+        wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { .. } | EventKind::SyncError { .. }));
+    let replaced = |e: &EventKind| matches!(e, EventKind::SyncError { code, path: Some(path), .. } if code == "io" && *path == dentaltid);
+    assert!(replaced(&told.kind), "{told:?}");
+    let refused = sync.reconcile().unwrap_err();
+    assert_eq!(refused.code(), "io", "{refused}");
+    drop(sync);
+    let sync = clinic.open();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == nadia));
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::file_identity::FileIdentity;
 use crate::patient::{Source, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 
@@ -131,6 +132,8 @@ pub(crate) struct PendingExport {
 pub(crate) struct DentalTid {
     conn: Connection,
     path: PathBuf,
+    /// The file `path` named when it was opened.
+    identity: Option<FileIdentity>,
     /// The lock file beside the database, locked while this is open (see [`take_sync_lock`]).
     _lock: File,
 }
@@ -154,8 +157,9 @@ impl DentalTid {
             crate::error::refused_access(path, "looking for the DentalTID database")?;
             return Err(Error::DentalTidDatabaseMissing(path.to_path_buf()));
         }
+        let identity = FileIdentity::of(path);
         let conn = connect(path, busy_timeout)?;
-        let mut dentaltid = Self { conn, path: path.to_path_buf(), _lock: take_sync_lock(path)? };
+        let mut dentaltid = Self { conn, path: path.to_path_buf(), identity, _lock: take_sync_lock(path)? };
         dentaltid.migrate()?;
         Ok(dentaltid)
     }
@@ -163,6 +167,21 @@ impl DentalTid {
     /// `PRAGMA data_version` on this connection: it changes when another connection commits.
     pub fn data_version(&self) -> Result<i64> {
         crate::values::data_version(&self.conn).map_err(Error::db(&self.path, "reading the data version"))
+    }
+
+    /// Fails when `dentaltid.db` now names another file than the one opened, or none: DentalTID
+    /// restored a backup (it deletes the file and copies the backup in) while this handle was
+    /// open, and the connection still reads and writes the old file, which nobody sees any more.
+    /// Never on Windows, where an open database file cannot be deleted.
+    pub fn check_still_open_file(&self) -> Result<()> {
+        if FileIdentity::of(&self.path) == self.identity {
+            return Ok(());
+        }
+        let replaced = std::io::Error::other(
+            "it was replaced or removed while the sync had it open (a restore?): close this handle, and open a new \
+             one once the file is back",
+        );
+        Err(Error::io(&self.path, "checking the DentalTID database file")(replaced))
     }
 
     /// Connects again when this connection could only open the file read-only (SQLite falls

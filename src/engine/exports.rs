@@ -207,7 +207,7 @@ impl Engine {
     /// patient just deleted there may have left a NanoPix patient behind that the patient being
     /// exported should get back.
     fn catch_up_with_nanopix(&mut self) -> Result<()> {
-        self.reconnect_if_read_only()?;
+        self.ready_connections()?;
         let unchanged = match &self.cursor {
             Some(cursor) => {
                 !self.nanopix.replaced()
