@@ -110,6 +110,9 @@ pub(crate) struct Engine {
     last_names: Option<LastNames>,
     /// The odd rows and folder entries reported, so that automatic work reports each once.
     odd_findings: OddFindings,
+    /// The linked twins the last export to finish kept on the review list, with its patient:
+    /// what the export reports.
+    kept_twins: Option<(i64, PossibleDuplicate)>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -223,6 +226,7 @@ impl Engine {
             holding_delete_requests: false,
             last_names: None,
             odd_findings: OddFindings::default(),
+            kept_twins: None,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)

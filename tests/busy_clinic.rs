@@ -782,3 +782,43 @@ fn an_export_waiting_for_nanopixs_lock_never_takes_a_folder_nanopix_made_meanwhi
     assert_eq!(in_her_folder, 0, "Nadia Saidi's new NanoPix folder holds nothing");
     assert!(folder.join("20250122_100001.iosb").exists(), "the image is left where NanoPix saved it");
 }
+
+/// NanoPix's Nadia Saidi is imported; the receptionist types her again in DentalTID, whose export
+/// waits for NanoPix's lock (NanoPix is saving something else). Meanwhile DentalTID corrects the
+/// imported patient's name: she is someone else. The export reports no possible duplicate then,
+/// and the review list, which a screen reads instead of the events, must not show one either.
+#[test]
+fn a_twin_renamed_while_its_export_waits_is_neither_reported_nor_listed() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20240301_100000", "Saidi", "Nadia", Some("1982-04-09"));
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let imported = common::dentaltid_named(&clinic, "Nadia", "Saidi")[0].0;
+    let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let _ = common::drain(&sync);
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let exported = std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_patient(typed));
+        until(Duration::from_secs(30), "the export is journaled", || exports_in_flight(&clinic) > 0);
+        another_program(&clinic.dentaltid)
+            .execute("UPDATE patients SET name = 'Yasmine', familyName = 'Kaci' WHERE id = ?1", [imported])
+            .unwrap();
+        nanopix.execute_batch("ROLLBACK").unwrap();
+        exporting.join().unwrap()
+    });
+    exported.unwrap();
+    let reported: Vec<EventKind> = common::drain(&sync)
+        .into_iter()
+        .map(|event| event.kind)
+        .filter(|kind| matches!(kind, EventKind::PossibleDuplicate { .. }))
+        .collect();
+    let listed: Vec<(i64, Vec<i64>)> = sync
+        .possible_duplicates()
+        .unwrap()
+        .into_iter()
+        .map(|listed| (listed.patient_id, listed.candidates.iter().map(|c| c.patient_id).collect()))
+        .collect();
+    assert_eq!(reported, vec![], "Yasmine Kaci is no twin of the patient exported");
+    assert_eq!(listed, vec![], "the review list agrees with the events: {reported:?}");
+}

@@ -100,12 +100,6 @@ impl DentalTid {
         self.add_candidates("reading match candidates", "WHERE dateOfBirth >= x''", [], index)
     }
 
-    /// Whether patient `patient_id` is still there with `key`, as matching reads it.
-    pub fn still_has_key(&self, patient_id: i64, key: &MatchKey) -> Result<bool> {
-        let fits = still_fits(&self.conn, patient_id, key).map_err(Error::db(&self.path, "reading a patient again"))?;
-        Ok(fits == Some(true))
-    }
-
     /// Runs `SELECT <candidate columns> FROM patients <tail>` and adds every row to `index`.
     fn add_candidates(
         &self,

@@ -21,11 +21,12 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::awaited_folders::note_unsettled_links;
+use super::candidates::still_fits;
 use super::linked_rows::record_linked_rows;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
-use crate::matching::PossibleDuplicate;
+use crate::matching::{MatchKey, PossibleDuplicate};
 use crate::patient::{
     NewNanoPixPatient, Patient, WrittenRow, dart_timestamp, nanopix_datetime, parse_dart_timestamp,
     parse_nanopix_datetime,
@@ -462,7 +463,11 @@ impl DentalTid {
 
     /// Finishes an export in one transaction: sets `external_id`, records the link and the row it
     /// is made with (see [`super::linked_rows`]), keeps the patient's linked twins on the review
-    /// list (`twins` gives its `createdAt` and them, if any), and clears the journal row.
+    /// list, and clears the journal row. `twins` gives the patient's `createdAt`, the names and
+    /// birth date the twins were found for, and them, if any: those kept are the twins DentalTID
+    /// still holds with the names and birth date they were found with, while the patient still
+    /// has those it was found for (one renamed or given another birth date since may be another
+    /// person). Returns them, for the export to report just what the list holds.
     ///
     /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
     /// can report the deletion.
@@ -471,23 +476,28 @@ impl DentalTid {
         patient_id: i64,
         external_id: NanoPixId,
         synced_at: NaiveDateTime,
-        twins: Option<(&str, &PossibleDuplicate)>,
-    ) -> Result<()> {
+        twins: Option<(&str, &MatchKey, &PossibleDuplicate)>,
+    ) -> Result<Option<PossibleDuplicate>> {
         let (id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
-        let reported = twins.map(|(created_at, twins)| Report {
-            patient_id,
-            created_at,
-            external_id,
-            reason: twins.reason,
-            candidates: &twins.candidates,
-        });
         self.write("finishing an export", |tx| {
             tx.execute(SET_EXTERNAL_ID, params![id, patient_id, WHITESPACE])?;
             let (origin, state) = (LinkOrigin::Exported.as_str(), LinkState::Linked.as_str());
             tx.execute(UPSERT_LINK, params![patient_id, id, origin, state, synced_at])?;
             tx.execute(RECORD_EXPORTED_ROW, params![patient_id, id])?;
-            record_possible_duplicates(tx, reported)?;
-            tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id]).map(drop)
+            let mut kept = None;
+            if let Some((created_at, key, found)) = twins {
+                kept = twins_still_alike(tx, patient_id, key, found)?;
+                let reported = kept.as_ref().map(|kept| Report {
+                    patient_id,
+                    created_at,
+                    external_id,
+                    reason: kept.reason,
+                    candidates: &kept.candidates,
+                });
+                record_possible_duplicates(tx, reported)?;
+            }
+            tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id])?;
+            Ok(kept)
         })
     }
 
@@ -753,6 +763,28 @@ fn written_from_row(row: &Row<'_>) -> rusqlite::Result<Option<WrittenRow>> {
         birthdate: text_at(row, 4)?,
         created,
     }))
+}
+
+/// Those of `found`, the linked twins of patient `patient_id` found for `key`, that DentalTID
+/// still holds with the names and birth date they were found with, while the patient still has
+/// `key`; `None` when none is left.
+fn twins_still_alike(
+    conn: &Connection,
+    patient_id: i64,
+    key: &MatchKey,
+    found: &PossibleDuplicate,
+) -> rusqlite::Result<Option<PossibleDuplicate>> {
+    if still_fits(conn, patient_id, key)? != Some(true) {
+        return Ok(None);
+    }
+    let mut candidates = Vec::with_capacity(found.candidates.len());
+    for twin in &found.candidates {
+        let twin_key = MatchKey::of(&twin.first_name, &twin.last_name, key.born());
+        if still_fits(conn, twin.patient_id, &twin_key)? == Some(true) {
+            candidates.push(twin.clone());
+        }
+    }
+    Ok((!candidates.is_empty()).then_some(PossibleDuplicate { reason: found.reason, candidates }))
 }
 
 #[cfg(test)]

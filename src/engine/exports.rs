@@ -116,7 +116,7 @@ impl Engine {
             let twins = self.twins_of(&patient, &mut ReconcileReport::default());
             match self.export_or_resume(&patient, IdsFrom::Now, twins.as_ref())? {
                 Exported::Written(external_id) => {
-                    self.report_twins(&patient, external_id, twins, &mut ReconcileReport::default());
+                    self.report_twins(patient.id, external_id, &mut ReconcileReport::default());
                     return Ok(external_id);
                 }
                 Exported::Deleted => return Err(Error::PatientNotFound(patient_id)),
@@ -349,7 +349,7 @@ impl Engine {
             match exported {
                 Ok(Exported::Written(external_id)) => {
                     report.exported += 1;
-                    self.report_twins(patient, external_id, found, report);
+                    self.report_twins(patient.id, external_id, report);
                     exported_now.insert(patient.id);
                 }
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
@@ -390,47 +390,20 @@ impl Engine {
         }
     }
 
-    /// Reports those of `twins`, the linked twins of `patient` found before its export as
-    /// `external_id`, that still have the names and birth date they were found with
-    /// (`possible_duplicate`), as an import of such a person is reported, while `patient` still
-    /// has the names and birth date they were found for. The export kept them on the review list
-    /// in the transaction that finished it, where the list shows only those DentalTID still
-    /// holds. When they cannot be read again, a `sync_error` says so; the export stands.
-    fn report_twins(
-        &mut self,
-        patient: &Patient,
-        external_id: NanoPixId,
-        twins: Option<Twins>,
-        report: &mut ReconcileReport,
-    ) {
-        let (Some(Twins { key, found }), Some(born)) = (twins, patient.date_of_birth) else { return };
-        // Read before the export: one DentalTID deleted or changed since is no twin, and a
-        // patient renamed meanwhile may be another person.
-        match self.dentaltid.still_has_key(patient.id, &key) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => return self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report),
-        }
-        let mut candidates = Vec::with_capacity(found.candidates.len());
-        for twin in found.candidates {
-            let key = MatchKey::of(&twin.first_name, &twin.last_name, born);
-            match self.dentaltid.still_has_key(twin.patient_id, &key) {
-                Ok(true) => candidates.push(twin),
-                Ok(false) => {}
-                Err(error) => {
-                    return self.report_error(&error, Some(external_id.to_string()), Some(patient.id), report);
-                }
-            }
-        }
-        if candidates.is_empty() {
+    /// Reports the linked twins the export of patient `patient_id` as `external_id` kept on the
+    /// review list when it linked the patient (`possible_duplicate`), as an import of such a
+    /// person is reported: just those the list holds, see [`crate::dentaltid::DentalTid::finish_export`].
+    fn report_twins(&mut self, patient_id: i64, external_id: NanoPixId, report: &mut ReconcileReport) {
+        let Some((kept_for, found)) = self.kept_twins.take() else { return };
+        if kept_for != patient_id {
             return;
         }
         report.possible_duplicates += 1;
         self.bus.emit(EventKind::PossibleDuplicate {
             external_id: external_id.to_string(),
-            patient_id: patient.id,
+            patient_id,
             reason: found.reason,
-            candidates,
+            candidates: found.candidates,
         });
     }
 
@@ -585,10 +558,10 @@ impl Engine {
     fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: Option<&Twins>) -> Result<()> {
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
         crash_point("folder");
-        let (patient_id, born) = (patient.id, patient.date_of_birth);
-        let twins = twins.filter(|twins| twins.key.is_of(&patient.first_name, &patient.last_name, born));
-        let kept = twins.map(|twins| (patient.created_at.as_str(), &twins.found));
-        self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), kept)?;
+        let patient_id = patient.id;
+        let twins = twins.map(|twins| (patient.created_at.as_str(), &twins.key, &twins.found));
+        let kept = self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), twins)?;
+        self.kept_twins = kept.map(|found| (patient_id, found));
         crash_point("linked");
         let (external_id, folder) = (id.to_string(), folder.display().to_string());
         self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
@@ -788,7 +761,7 @@ impl Engine {
                 let twins = self.twins_of(&patient, report);
                 match self.resume_export(&patient, pending, twins.as_ref())? {
                     Exported::Written(external_id) => {
-                        self.report_twins(&patient, external_id, twins, report);
+                        self.report_twins(patient.id, external_id, report);
                         Ok(true)
                     }
                     Exported::Deleted | Exported::Deferred => Ok(false),

@@ -94,6 +94,11 @@ impl MatchKey {
         self.is_of(candidate.first_name, candidate.last_name, candidate.date_of_birth)
     }
 
+    /// The birth date of the key.
+    pub fn born(&self) -> NaiveDate {
+        self.born
+    }
+
     /// Whether a person with these names and birth date has this key.
     pub fn is_of(&self, first_name: &str, last_name: &str, born: Option<NaiveDate>) -> bool {
         born == Some(self.born) && *self == Self::of(first_name, last_name, self.born)
