@@ -822,3 +822,46 @@ fn a_twin_renamed_while_its_export_waits_is_neither_reported_nor_listed() {
     assert_eq!(reported, vec![], "Yasmine Kaci is no twin of the patient exported");
     assert_eq!(listed, vec![], "the review list agrees with the events: {reported:?}");
 }
+
+/// NanoPix reads its database all the time while the receptionist exports Nadia Saidi: its
+/// screens read on two connections, one read beginning before the other ends, so some read is
+/// always under way (journal mode delete). The export's commit has to wait for the reads under
+/// way to end, while the reads that come after it wait for the commit: it gets through, as any
+/// other write does, and is not refused as busy.
+#[test]
+fn an_export_gets_through_while_nanopix_reads_without_pause() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = Duration::from_millis(500);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let (reading, reads) = (AtomicBool::new(true), AtomicU32::new(0));
+    let exported = std::thread::scope(|scope| {
+        for screen in 0..3u64 {
+            let (reading, reads, db) = (&reading, &reads, clinic.nanopix_db());
+            scope.spawn(move || {
+                let conn = another_program(&db);
+                std::thread::sleep(Duration::from_millis(10 * screen));
+                while reading.load(Ordering::Relaxed) {
+                    conn.execute_batch("BEGIN").unwrap();
+                    let _: i64 = conn.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    // The screen shows what it read before its read ends.
+                    std::thread::sleep(Duration::from_millis(30));
+                    conn.execute_batch("COMMIT").unwrap();
+                }
+            });
+        }
+        until(Duration::from_secs(20), "NanoPix reads", || reads.load(Ordering::Relaxed) >= 6);
+        let exported = sync.export_patient(nadia);
+        reading.store(false, Ordering::Relaxed);
+        exported
+    });
+    let external_id = exported.expect("the export gets through while NanoPix reads").to_string();
+    let rows: i64 =
+        clinic.nanopix_rows(&format!("SELECT count(*) FROM Patient WHERE id = '{external_id}'"), |r| r.get(0))[0];
+    assert_eq!(rows, 1, "Nadia Saidi's NanoPix row");
+    assert!(clinic.root.join(&external_id).is_dir(), "Nadia Saidi's NanoPix folder");
+    assert_eq!(integrity(&clinic.nanopix_db()), "ok");
+}
