@@ -834,7 +834,10 @@ impl Engine {
         (external_id, path): (Option<String>, Option<String>),
         report: &mut ReconcileReport,
     ) {
-        if self.odd_findings.note(&message, self.automatic) {
+        // The message names a row by its `pk`, which SQLite gives again once the last row is gone:
+        // the row's id tells another odd row there from the one reported.
+        let finding = format!("{message}\n{}", external_id.as_deref().unwrap_or_default());
+        if self.odd_findings.note(&finding, self.automatic) {
             report.errors += 1;
             let code = code.into();
             self.bus.emit(EventKind::SyncError { code, message, external_id, patient_id: None, path });

@@ -1337,3 +1337,34 @@ fn a_dentaltid_file_restored_under_an_open_handle_is_reported_until_a_new_handle
     let sync = clinic.open();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == nadia));
 }
+
+/// Whether `event` reports NanoPix's row with the id `raw_id` as odd.
+fn reports_odd_row(event: &EventKind, raw_id: &str) -> bool {
+    matches!(event, EventKind::SyncError { code, external_id: Some(id), .. } if code == "odd_row" && id == raw_id)
+}
+
+/// Another program removes an odd NanoPix row, NanoPix's last, and saves another odd row, which
+/// SQLite gives the same `pk`: another row that the sync skips, and reports, while the first is
+/// not reported again.
+#[test]
+fn another_odd_row_at_the_pk_of_a_removed_one_is_reported() {
+    let clinic = Clinic::new("v29");
+    let nanopix = another_program(&clinic.nanopix_db());
+    let insert_odd = "INSERT INTO Patient(id, last_name, first_name) VALUES (?1, 'Odd', 'Row')";
+    nanopix.execute(insert_odd, ["2025-03-01 09:30"]).unwrap();
+    let pk = nanopix.last_insert_rowid();
+    let mut config = clinic.config();
+    config.full_reconcile_interval = Duration::from_millis(100);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| reports_odd_row(e, "2025-03-01 09:30"));
+    let tx = nanopix.unchecked_transaction().unwrap();
+    tx.execute("DELETE FROM Patient WHERE pk = ?1", [pk]).unwrap();
+    tx.execute(insert_odd, ["2025-03-02 11:00"]).unwrap();
+    assert_eq!(tx.last_insert_rowid(), pk, "SQLite gives the new row the removed row's pk");
+    tx.commit().unwrap();
+    let mut seen = Vec::new();
+    record_until(&sync, &mut seen, |e| reports_odd_row(e, "2025-03-02 11:00"));
+    let again: Vec<&EventKind> = seen.iter().filter(|e| reports_odd_row(e, "2025-03-01 09:30")).collect();
+    assert!(again.is_empty(), "the removed row was reported again: {again:?}");
+}

@@ -5,7 +5,7 @@
 
 use foldhash::HashSet;
 
-/// The odd findings reported, by the message that named each.
+/// The odd findings reported, by the message that named each (with the id of an odd row).
 #[derive(Debug, Default)]
 pub(super) struct OddFindings {
     /// Found by the full reconcile under way, or by live passes since the last full reconcile.
