@@ -825,11 +825,13 @@ fn a_twin_renamed_while_its_export_waits_is_neither_reported_nor_listed() {
 
 /// NanoPix reads its database all the time while the receptionist exports Nadia Saidi: its
 /// screens read on two connections, one read beginning before the other ends, so some read is
-/// always under way (journal mode delete). The export's commit has to wait for the reads under
-/// way to end, while the reads that come after it wait for the commit: it gets through, as any
-/// other write does, and is not refused as busy.
+/// always under way (journal mode delete). The export never waits for reads while it holds
+/// NanoPix's lock (NanoPix may make the id's folder meanwhile, see
+/// `an_export_waiting_for_its_commit_never_takes_a_folder_nanopix_made_meanwhile`): it may be
+/// refused as busy, having written nothing to NanoPix, and the next "Sync Now" once the reads
+/// pause ends it, with one NanoPix row and one folder.
 #[test]
-fn an_export_gets_through_while_nanopix_reads_without_pause() {
+fn an_export_refused_while_nanopix_reads_without_pause_ends_once_the_reads_pause() {
     let clinic = Clinic::new("v29");
     let mut config = clinic.config_without_automatic_work();
     config.busy_timeout = Duration::from_millis(500);
@@ -858,10 +860,60 @@ fn an_export_gets_through_while_nanopix_reads_without_pause() {
         reading.store(false, Ordering::Relaxed);
         exported
     });
-    let external_id = exported.expect("the export gets through while NanoPix reads").to_string();
+    match &exported {
+        Ok(_) => {}
+        Err(nanopix_sync::Error::Busy { .. }) => {
+            let written = common::nanopix_ids_named(&clinic, "Nadia", "Saidi");
+            assert_eq!(written, Vec::<String>::new(), "a refused export writes nothing to NanoPix");
+        }
+        Err(error) => panic!("the export gave {error}"),
+    }
+    sync.reconcile().unwrap();
+    let linked = common::dentaltid_named(&clinic, "Nadia", "Saidi");
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    let external_id = linked[0].1.clone().expect("the next Sync Now ends Nadia Saidi's export");
+    assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Saidi"), vec![external_id.clone()]);
     let rows: i64 =
         clinic.nanopix_rows(&format!("SELECT count(*) FROM Patient WHERE id = '{external_id}'"), |r| r.get(0))[0];
     assert_eq!(rows, 1, "Nadia Saidi's NanoPix row");
     assert!(clinic.root.join(&external_id).is_dir(), "Nadia Saidi's NanoPix folder");
     assert_eq!(integrity(&clinic.nanopix_db()), "ok");
+}
+
+/// NanoPix is reading (as it does all the time) when the export of Nadia Saidi has written her
+/// row under NanoPix's write lock: its commit cannot end before that read does. Meanwhile the
+/// X-ray assistant saves a new patient whose form was opened at the very second the export took
+/// as its id: NanoPix makes the folder and saves the first image in it, and cannot write its own
+/// row while the export holds the lock, so its save fails. Nadia must get another id, never a
+/// NanoPix patient whose folder holds another person's X-ray.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_export_waiting_for_its_commit_never_takes_a_folder_nanopix_made_meanwhile() {
+    let clinic = Clinic::new("v29");
+    let sync = open_waiting_long(&clinic);
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    // The second of the clinic's clock, which both programs name their new patient after.
+    let same_second = "20250122_100000";
+    // NanoPix is in the middle of a read: a commit must wait for it to end.
+    let reading = Connection::open(clinic.nanopix_db()).unwrap();
+    reading.execute_batch("BEGIN").unwrap();
+    let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+    // Tells when a write to NanoPix's database has begun: its rollback journal is created (IN_CREATE).
+    let writing = common::first_inotify_event(&clinic.root.join("database"), 0x100);
+    let folder = clinic.root.join(same_second);
+    let exported = std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_patient(nadia));
+        writing.recv_timeout(Duration::from_secs(30)).expect("the export writes its row");
+        assert_eq!(reserved_id(&clinic).as_deref(), Some(same_second), "the export's id");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("20250122_100001.iosb"), b"Lina's image").unwrap();
+        reading.execute_batch("COMMIT").unwrap();
+        exporting.join().unwrap()
+    });
+    let external_id = exported.unwrap().to_string();
+    assert_ne!(external_id, same_second, "Nadia Saidi was given the folder holding Lina Haddad's image");
+    let in_her_folder = std::fs::read_dir(clinic.root.join(&external_id)).unwrap().count();
+    assert_eq!(in_her_folder, 0, "Nadia Saidi's new NanoPix folder holds nothing");
+    assert!(folder.join("20250122_100001.iosb").exists(), "the image is left where NanoPix saved it");
 }

@@ -122,27 +122,15 @@ pub(super) fn write<T>(
     immediate(conn, &mut work).map_err(Error::db(db_path, step))
 }
 
-/// What a try of [`write_while`] does once it holds the write lock, when its commit finds other
-/// programs reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum OnReads {
-    /// Rolls back at once, so that `still` looks at the disk again before the next try.
-    RollBack,
-    /// Waits up to the busy timeout for the reads under way to end, as [`write()`] does: the
-    /// lock it holds lets no new read begin, so reads that never pause all together do not keep
-    /// the write out.
-    Wait,
-}
-
-/// Runs `work` in a `BEGIN IMMEDIATE` transaction that never waits for the write lock, and only
-/// while `still` says so: `still` runs before each try, never under the lock. A try that finds
-/// the database busy, taking the write lock or (after waiting as `on_reads` says) committing
-/// while another program reads, rolls back; the tries go on, with short pauses, for as long as
-/// [`write()`] would wait in all (`busy_timeout` for each of its attempts). `Ok(None)` when
-/// `still` said no; [`Error::Busy`] when no try got through.
+/// Runs `work` in a `BEGIN IMMEDIATE` transaction that never waits for a lock, and only while
+/// `still` says so: `still` runs before each try, never under the lock. A try that finds the
+/// database busy, taking the write lock or committing (while another program reads), rolls back;
+/// the tries go on, with short pauses, for as long as [`write()`] would wait in all
+/// (`busy_timeout` for each of its attempts). `Ok(None)` when `still` said no; [`Error::Busy`]
+/// when no try got through.
 pub(super) fn write_while<T>(
     conn: &Connection,
-    (db_path, busy_timeout, on_reads): (&Path, Duration, OnReads),
+    (db_path, busy_timeout): (&Path, Duration),
     step: &'static str,
     mut still: impl FnMut() -> Result<bool>,
     mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
@@ -153,13 +141,7 @@ pub(super) fn write_while<T>(
             return Ok(None);
         }
         conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
-        // Holding the write lock, the transaction may wait for the reads under way to end.
-        let attempt = immediate(conn, &mut |conn: &Connection| {
-            if on_reads == OnReads::Wait {
-                conn.busy_timeout(busy_timeout)?;
-            }
-            work(conn)
-        });
+        let attempt = immediate(conn, &mut work);
         conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
         match attempt {
             Err(error) if crate::error::is_busy(&error) && Instant::now() < deadline => {

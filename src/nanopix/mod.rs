@@ -18,7 +18,7 @@ use crate::file_identity::FileIdentity;
 use crate::patient::{NanoPixPatient, NewNanoPixPatient, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 pub use database::Insertion;
-use database::{Deletion, OnReads, Selection};
+use database::{Deletion, Selection};
 
 mod database;
 mod folders;
@@ -334,14 +334,13 @@ impl NanoPix {
     /// folder before or after its row, and may make it (and save images in it) while the insert
     /// waits for its lock, then roll its row back. So the lock is never waited for: before each
     /// try, outside the lock, the folder is looked for, and a folder there gives
-    /// [`Insertion::IdTaken`]. Once it holds the lock, the insert waits for NanoPix's reads
-    /// under way to end, as other writes do.
+    /// [`Insertion::IdTaken`].
     pub fn insert_patient(&self, patient: &NewNanoPixPatient, unchanged_since: Option<i64>) -> Result<Insertion> {
         let folder = self.folder_path(patient.id);
         let free_on_disk = || Ok(folder.symlink_metadata().is_err());
         let inserted = database::write_while(
             &self.conn,
-            (&self.db_path, self.busy_timeout, OnReads::Wait),
+            (&self.db_path, self.busy_timeout),
             "insert patient",
             free_on_disk,
             |conn| database::insert_patient(conn, &self.patient_columns, patient, unchanged_since),
@@ -445,13 +444,10 @@ impl NanoPix {
             return folders::remove_empty_folder(&self.folder_path(id), subfolders);
         }
         let empty = || self.contents(id, subfolders).map(|contents| contents == PatientContents::default());
-        let deletion = database::write_while(
-            &self.conn,
-            (&self.db_path, self.busy_timeout, OnReads::RollBack),
-            "delete patient",
-            empty,
-            |conn| database::delete_patient(conn, &self.patient_columns, id),
-        )?;
+        let deletion =
+            database::write_while(&self.conn, (&self.db_path, self.busy_timeout), "delete patient", empty, |conn| {
+                database::delete_patient(conn, &self.patient_columns, id)
+            })?;
         match deletion {
             None => Err(not_empty(id, self.contents(id, subfolders)?)),
             Some(Deletion::Deleted(rows)) => match folders::remove_empty_folder(&self.folder_path(id), subfolders) {
