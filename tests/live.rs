@@ -1368,3 +1368,25 @@ fn another_odd_row_at_the_pk_of_a_removed_one_is_reported() {
     let again: Vec<&EventKind> = seen.iter().filter(|e| reports_odd_row(e, "2025-03-01 09:30")).collect();
     assert!(again.is_empty(), "the removed row was reported again: {again:?}");
 }
+
+/// DentalTID restores a backup under an open handle, and the receptionist adds Nadia Saidi to
+/// the restored file; DentalTID asks for her export at once. The handle still has the old file
+/// open, where she is not: the call fails with `io` naming the file, as every call of that
+/// handle does, so that the host opens a new handle, not with `patient_not_found`.
+#[cfg(unix)]
+#[test]
+fn exporting_a_patient_added_to_a_dentaltid_file_restored_under_an_open_handle_fails_with_io() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    let backup = clinic.dir.path().join("backup.db");
+    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let refused = sync.export_patient(nadia).unwrap_err();
+    assert_eq!(refused.code(), "io", "{refused}");
+    assert!(refused.to_string().contains(&clinic.dentaltid.display().to_string()), "{refused}");
+    drop(sync);
+    let exported = clinic.open_without_automatic_work().export_patient(nadia);
+    assert!(exported.is_ok(), "a new handle exports her: {exported:?}");
+}

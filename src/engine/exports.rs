@@ -84,6 +84,8 @@ impl Engine {
     /// not seen yet are imported or linked first: when the matching links one of them, or one a
     /// deleted patient left behind, to this patient, its id is returned and nothing is exported.
     pub fn export_patient(&mut self, patient_id: i64) -> Result<NanoPixId> {
+        // The patient is looked for in the file `dentaltid.db` names, not in one replaced since.
+        self.dentaltid.check_still_open_file()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let recorded = self.dentaltid.link(patient_id)?.map(|link| link.external_id);
         if let Some(external_id) = patient.external_id.clone().or(recorded) {
