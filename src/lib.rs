@@ -19,6 +19,8 @@
 //! # Ok::<(), nanopix_sync::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod clock;
 mod config;
 mod dentaltid;
