@@ -175,3 +175,53 @@ fn closing_a_c_handle_during_export_patient_never_exports_a_person_nanopix_alrea
         "NanoPix holds Nadia Saidi twice: nps_export_patient gave {exported} ({exported_id:?}) while the handle closed"
     );
 }
+
+/// An event thread drains the queue, without waiting, until `nps_next_event` says the handle is
+/// closed, while the app closes the handle on another thread. `NPS_CLOSED` means "closed and its
+/// queue drained": the thread must have been given `closed` (the last event) by then, every time,
+/// however the close falls between its calls.
+#[test]
+fn a_thread_draining_until_nps_closed_is_given_closed_every_time() {
+    let clinic = Clinic::new("v29");
+    let config = serde_json::json!({ "nanopix_root": clinic.root, "dentaltid_db": clinic.dentaltid }).to_string();
+    let config = CString::new(config).unwrap();
+    // A close that falls between the queue's last look and the handle's is rare: many closes.
+    for round in 0..1_500 {
+        let mut raw: *mut NpsHandle = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated configuration and a writable out-parameter.
+        assert_eq!(unsafe { nps_open(config.as_ptr(), &mut raw) }, NPS_OK);
+        let handle = Handle(raw);
+        let (given_closed, still_queued) = std::thread::scope(|scope| {
+            let draining = scope.spawn(move || {
+                let mut given_closed = false;
+                let end = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let mut json: *mut c_char = std::ptr::null_mut();
+                    // SAFETY: a live handle (freed only after this thread is joined) and a writable out-parameter.
+                    match unsafe { nps_next_event(handle.raw(), 0, &mut json) } {
+                        NPS_OK => given_closed |= take_string(json).contains("\"type\":\"closed\""),
+                        NPS_TIMEOUT => assert!(Instant::now() < end, "nps_close did not close within 30 s"),
+                        NPS_CLOSED => break,
+                        other => panic!("nps_next_event gave {other}"),
+                    }
+                }
+                let mut json: *mut c_char = std::ptr::null_mut();
+                // SAFETY: as above.
+                let still_queued = unsafe { nps_next_event(handle.raw(), 0, &mut json) } == NPS_OK;
+                if still_queued {
+                    drop(take_string(json));
+                }
+                (given_closed, still_queued)
+            });
+            // SAFETY: a live handle.
+            assert_eq!(unsafe { nps_close(handle.raw()) }, NPS_OK);
+            draining.join().unwrap()
+        });
+        // SAFETY: the handle is closed and no call is in flight.
+        unsafe { nps_free(handle.raw()) };
+        assert!(
+            given_closed,
+            "close {round}: nps_next_event gave NPS_CLOSED before `closed`, which was still queued: {still_queued}"
+        );
+    }
+}

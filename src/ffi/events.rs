@@ -118,7 +118,8 @@ pub(crate) fn next_event(
         Err(TryRecvError::Empty) => {}
     }
     if is_closed(closed) || closing.is_some_and(is_closed) {
-        return Err(closed_error());
+        // The close may have queued its last events (`closed` among them) since the look above.
+        return events.try_recv().map_err(|_| closed_error());
     }
     if timeout.is_zero() {
         return Err(timeout_error(timeout));
