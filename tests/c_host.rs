@@ -211,6 +211,13 @@ fn closing_cuts_short_an_export_existing_in_flight_on_another_thread() {
     assert_scenario_holds("tests/c/contract.c", "close_cuts_short_export_existing", &clinic);
 }
 
+/// A host may release its handle in a thread's exit cleanup, once that thread's thread-local data
+/// is gone: the calls there give result codes, never abort the process.
+#[test]
+fn closing_in_a_thread_exit_cleanup_gives_result_codes() {
+    assert_scenario_holds("tests/c/contract.c", "close_at_thread_exit", &Clinic::new("v29"));
+}
+
 /// DentalTID on Linux and macOS opens `dentaltid.db` through the system's SQLite (the Dart
 /// `sqlite3` package loads it) in the process that loaded this library. POSIX locks belong to
 /// the whole process, so two copies of SQLite in one process miss each other's locks and can

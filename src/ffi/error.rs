@@ -116,20 +116,21 @@ thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
-/// Records `error` as this thread's last error.
+/// Records `error` as this thread's last error. In a thread's exit cleanup, once its
+/// thread-local data is gone, nothing is recorded (the result code still tells).
 pub(crate) fn set_last_error(error: &FfiError) {
     let message = to_c_string(error.message.clone());
-    LAST_ERROR.with(|last| *last.borrow_mut() = Some(message));
+    let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = Some(message));
 }
 
 /// Forgets this thread's last error.
 pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|last| *last.borrow_mut() = None);
+    let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = None);
 }
 
 /// A copy of this thread's last error message, if there is one.
 pub(crate) fn last_error() -> Option<CString> {
-    LAST_ERROR.with(|last| last.borrow().clone())
+    LAST_ERROR.try_with(|last| last.borrow().clone()).ok().flatten()
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
  * host's own SQLite, checked from a real C host.
  *
  * Usage: contract <scenario> <PatientData> <dentaltid.db>, where the scenario is
- * close_cuts_short_export_existing or host_sqlite_keeps_dentaltid_intact.
+ * close_cuts_short_export_existing, host_sqlite_keeps_dentaltid_intact or
+ * close_at_thread_exit.
  * Prints one line per broken promise and exits 1 if any; exits 0 otherwise; 2 when the
  * scenario could not be set up. */
 #define _POSIX_C_SOURCE 200809L
@@ -188,6 +189,51 @@ static void host_sqlite_keeps_dentaltid_intact(const char *root, const char *db_
     expect(reconcile_code == NPS_OK && database_errors == 0, "the sync reports no database error");
 }
 
+/* close_at_thread_exit: a host that keeps its handle with the thread that uses it releases it in
+ * that thread's exit cleanup (a pthread key's destructor, as C++ thread_local objects and many C
+ * libraries do), after the thread's own thread-local data is gone. Every call there still returns
+ * a result code: none may abort the process. */
+static NpsHandle *thread_handle;
+static pthread_key_t thread_cleanup;
+static uint32_t cleanup_codes[3] = {99, 99, 99};
+static int cleanup_ran;
+
+static void release_at_thread_exit(void *unused) {
+    (void)unused;
+    cleanup_codes[0] = nps_set_wakeup_callback(thread_handle, NULL, NULL);
+    cleanup_codes[1] = nps_close(thread_handle);
+    cleanup_codes[2] = nps_close(thread_handle);
+    nps_free(thread_handle);
+    cleanup_ran = 1;
+}
+
+static void *use_then_exit(void *unused) {
+    (void)unused;
+    bool enabled = true;
+    expect(nps_live_sync(thread_handle, &enabled) == NPS_OK, "the thread reads the Live Sync setting");
+    pthread_setspecific(thread_cleanup, thread_handle);
+    return NULL;
+}
+
+static void close_at_thread_exit(const char *root, const char *db) {
+    thread_handle = open_clinic(root, db, 100);
+    if (pthread_key_create(&thread_cleanup, release_at_thread_exit) != 0) {
+        printf("pthread_key_create failed\n");
+        exit(2);
+    }
+    pthread_t thread;
+    pthread_create(&thread, NULL, use_then_exit, NULL);
+    pthread_join(thread, NULL);
+    printf("cleanup ran: %d; nps_set_wakeup_callback %u, nps_close %u, nps_close again %u\n", cleanup_ran,
+           (unsigned)cleanup_codes[0], (unsigned)cleanup_codes[1], (unsigned)cleanup_codes[2]);
+    expect(cleanup_ran, "the thread's exit cleanup ran to its end");
+    expect(cleanup_codes[0] == NPS_OK, "clearing the wakeup callback at thread exit gives NPS_OK");
+    expect(cleanup_codes[1] == NPS_OK && cleanup_codes[2] == NPS_OK, "closing at thread exit gives NPS_OK");
+    NpsHandle *again = open_clinic(root, db, 100);
+    expect(nps_close(again) == NPS_OK, "the database is free for a new handle once the old one is closed");
+    nps_free(again);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -198,6 +244,8 @@ int main(int argc, char **argv) {
         close_cuts_short_export_existing(root, db);
     } else if (strcmp(scenario, "host_sqlite_keeps_dentaltid_intact") == 0) {
         host_sqlite_keeps_dentaltid_intact(root, db);
+    } else if (strcmp(scenario, "close_at_thread_exit") == 0) {
+        close_at_thread_exit(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
