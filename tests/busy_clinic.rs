@@ -917,3 +917,36 @@ fn an_export_waiting_for_its_commit_never_takes_a_folder_nanopix_made_meanwhile(
     assert_eq!(in_her_folder, 0, "Nadia Saidi's new NanoPix folder holds nothing");
     assert!(folder.join("20250122_100001.iosb").exists(), "the image is left where NanoPix saved it");
 }
+
+/// The receptionist closes DentalTID while an export waits for NanoPix, which another program
+/// keeps locked (a long save, a backup): the export stops trying at once instead of waiting out
+/// every busy timeout, which would hold up the close, and the journal keeps it for the next
+/// handle, which ends it once NanoPix is free: Nadia Saidi gets one NanoPix patient.
+#[test]
+fn stopping_while_an_export_waits_for_a_locked_nanopix_ends_its_tries_and_the_next_handle_ends_it() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = Duration::from_secs(5);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let stopper = sync.stopper();
+    let (exported, waited) = std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_patient(nadia));
+        until(Duration::from_secs(30), "the export is journaled", || exports_in_flight(&clinic) > 0);
+        let stopped = std::time::Instant::now();
+        stopper.stop();
+        (exporting.join().unwrap(), stopped.elapsed())
+    });
+    let refused = exported.unwrap_err();
+    assert_eq!(refused.code(), "closed", "{refused}");
+    assert!(waited < Duration::from_secs(5), "the export went on trying for {waited:?} after the stop");
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    drop(sync);
+    clinic.open_without_automatic_work().reconcile().unwrap();
+    let in_nanopix = common::nanopix_ids_named(&clinic, "Nadia", "Saidi");
+    assert_eq!(in_nanopix.len(), 1, "{in_nanopix:?}");
+    assert_eq!(common::dentaltid_named(&clinic, "Nadia", "Saidi"), vec![(nadia, in_nanopix.first().cloned())]);
+}

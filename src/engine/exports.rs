@@ -2,6 +2,8 @@
 //! link), the ids they are given, the exports Live Sync owes, and the repair of exports that a
 //! crash or an error interrupted.
 
+use std::sync::atomic::Ordering;
+
 use chrono::{NaiveDate, NaiveDateTime};
 use foldhash::{HashMap, HashSet};
 
@@ -546,7 +548,8 @@ impl Engine {
         unchanged_since: Option<i64>,
         twins: Option<&Twins>,
     ) -> Result<Insertion> {
-        let inserted = self.nanopix.insert_patient(row, unchanged_since)?;
+        let closing = &self.signals.closing;
+        let inserted = self.nanopix.insert_patient(row, unchanged_since, || closing.load(Ordering::Relaxed))?;
         if inserted == Insertion::Inserted {
             crash_point("row");
             self.link_export(patient, row.id, twins)?;

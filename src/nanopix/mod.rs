@@ -334,10 +334,16 @@ impl NanoPix {
     /// folder before or after its row, and may make it (and save images in it) while the insert
     /// waits for its lock, then roll its row back. So the lock is never waited for: before each
     /// try, outside the lock, the folder is looked for, and a folder there gives
-    /// [`Insertion::IdTaken`].
-    pub fn insert_patient(&self, patient: &NewNanoPixPatient, unchanged_since: Option<i64>) -> Result<Insertion> {
+    /// [`Insertion::IdTaken`]. Once `stopping` says so (the handle is closing), the tries end
+    /// with [`Error::Closed`], having written nothing, instead of going on for the busy timeouts.
+    pub fn insert_patient(
+        &self,
+        patient: &NewNanoPixPatient,
+        unchanged_since: Option<i64>,
+        stopping: impl Fn() -> bool,
+    ) -> Result<Insertion> {
         let folder = self.folder_path(patient.id);
-        let free_on_disk = || Ok(folder.symlink_metadata().is_err());
+        let free_on_disk = || if stopping() { Err(Error::Closed) } else { Ok(folder.symlink_metadata().is_err()) };
         let inserted = database::write_while(
             &self.conn,
             (&self.db_path, self.busy_timeout),
@@ -680,8 +686,8 @@ pub(crate) mod tests {
     fn patients_after_returns_only_later_rows() {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093001"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093001"), None, || false).unwrap();
         let pks = |rows: PatientRows| rows.patients.iter().map(|p| p.pk).collect::<Vec<_>>();
         assert_eq!(pks(nanopix.patients_after(Some(0), 10).unwrap()), vec![1, 2, 3]);
         assert_eq!(pks(nanopix.patients_after(Some(1), 10).unwrap()), vec![2, 3]);
@@ -693,10 +699,10 @@ pub(crate) mod tests {
     fn insert_writes_exactly_nanopix_formats() {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         let mut bare = new_patient("20250301_093001");
         (bare.birth_date, bare.phone) = (None, None);
-        nanopix.insert_patient(&bare, None).unwrap();
+        nanopix.insert_patient(&bare, None, || false).unwrap();
         let conn = other_connection(&root);
         let mut statement = conn
             .prepare(
@@ -733,10 +739,10 @@ pub(crate) mod tests {
     fn repeated_insert_is_a_no_op() {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         let mut renamed = new_patient("20250301_093000");
         renamed.last_name = "Other".into();
-        nanopix.insert_patient(&renamed, None).unwrap();
+        nanopix.insert_patient(&renamed, None, || false).unwrap();
         assert_eq!(row_count(&root), 2);
         assert_eq!(nanopix.patient(id("20250301_093000")).unwrap().unwrap().last_name, "Benali");
     }
@@ -748,7 +754,7 @@ pub(crate) mod tests {
                                    last_name VARCHAR(250) NOT NULL, first_name VARCHAR(250), created_datetime DATETIME);",
         );
         let nanopix = open(&root);
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         let patient = nanopix.patient(id("20250301_093000")).unwrap().unwrap();
         assert_eq!((patient.pk, patient.last_name.as_str(), patient.first_name.as_str()), (1, "Benali", "Amina"));
         assert_eq!((patient.birth_date, patient.phone, patient.sex), (None, None, None));
@@ -761,7 +767,7 @@ pub(crate) mod tests {
         let nanopix = open(&root);
         let mut old = new_patient("20250301_093000");
         old.birth_date = NaiveDate::from_ymd_opt(1800, 3, 12);
-        nanopix.insert_patient(&old, None).unwrap();
+        nanopix.insert_patient(&old, None, || false).unwrap();
         assert_eq!(nanopix.patient(old.id).unwrap().unwrap().birth_date, None, "read back as unknown");
         assert!(nanopix.holds_written_row(old.id, &old.written()).unwrap());
         other_connection(&root).execute_batch("UPDATE Patient SET updated_datetime = '2025-03-02 08:00:00'").unwrap();
@@ -770,7 +776,7 @@ pub(crate) mod tests {
         other.first_name = "Samira".into();
         assert!(nanopix.holds_written_row(old.id, &other.written()).unwrap(), "one field corrected: still ours");
         let unborn = NewNanoPixPatient { birth_date: None, ..new_patient("20250301_093002") };
-        nanopix.insert_patient(&unborn, None).unwrap();
+        nanopix.insert_patient(&unborn, None, || false).unwrap();
         let mut swapped = unborn.clone();
         (swapped.first_name, swapped.last_name) = (unborn.last_name.clone(), unborn.first_name.clone());
         let corrected = "names swapped by a NanoPix user, no birth date written: still ours";
@@ -791,7 +797,7 @@ pub(crate) mod tests {
         );
         let nanopix = open(&root);
         let written = new_patient("20250301_093000");
-        nanopix.insert_patient(&written, None).unwrap();
+        nanopix.insert_patient(&written, None, || false).unwrap();
         assert!(nanopix.holds_written_row(written.id, &written.written()).unwrap());
         let mut other = written.clone();
         other.last_name = "Other".into();
@@ -813,10 +819,10 @@ pub(crate) mod tests {
         let schema_before = file_settings(&root).3;
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         nanopix.create_folder(new_id, &[]).unwrap();
         nanopix.delete_patient(new_id, &[]).unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093001"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093001"), None, || false).unwrap();
         drop(nanopix);
         let (journal, user_version, page_size, schema) = file_settings(&root);
         assert_eq!((journal.as_str(), user_version, page_size), ("delete", 1, 4096));
@@ -937,7 +943,7 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         assert_eq!(nanopix.contents(new_id, &[]).unwrap(), PatientContents::default());
         nanopix.delete_patient(new_id, &[]).unwrap();
@@ -956,11 +962,11 @@ pub(crate) mod tests {
         let read = nanopix.data_version().unwrap();
         other_connection(&root).execute("UPDATE Patient SET updated_datetime = '2026-01-01 09:00:00'", []).unwrap();
         let patient = new_patient("20250301_093000");
-        assert_eq!(nanopix.insert_patient(&patient, Some(read)).unwrap(), Insertion::NanoPixChanged);
+        assert_eq!(nanopix.insert_patient(&patient, Some(read), || false).unwrap(), Insertion::NanoPixChanged);
         assert!(!nanopix.id_exists(patient.id).unwrap());
         let now = nanopix.data_version().unwrap();
-        assert_eq!(nanopix.insert_patient(&patient, Some(now)).unwrap(), Insertion::Inserted);
-        assert_eq!(nanopix.insert_patient(&patient, Some(now)).unwrap(), Insertion::IdTaken);
+        assert_eq!(nanopix.insert_patient(&patient, Some(now), || false).unwrap(), Insertion::Inserted);
+        assert_eq!(nanopix.insert_patient(&patient, Some(now), || false).unwrap(), Insertion::IdTaken);
     }
 
     #[test]
@@ -968,7 +974,7 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = NanoPix::open(&root, Duration::from_millis(100)).unwrap();
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         let saving = other_connection(&root);
         saving.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -984,7 +990,7 @@ pub(crate) mod tests {
         let subfolders = ["images".to_owned(), "reports".to_owned()];
         let (kept, removed) = (id("20250301_093000"), id("20250301_093001"));
         for patient in [kept, removed] {
-            nanopix.insert_patient(&new_patient(&patient.to_string()), None).unwrap();
+            nanopix.insert_patient(&new_patient(&patient.to_string()), None, || false).unwrap();
             nanopix.create_folder(patient, &subfolders).unwrap();
         }
         fs::write(nanopix.folder_path(kept).join("images/20250301_094000.iosb"), b"image").unwrap();
@@ -1001,7 +1007,7 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         fs::write(folder.join("20250301_094000_thumbnail.jpg"), b"jpeg").unwrap();
         assert!(matches!(nanopix.delete_patient(new_id, &[]), Err(Error::NanoPixPatientNotEmpty { files: 1, .. })));
@@ -1021,7 +1027,7 @@ pub(crate) mod tests {
         let nanopix = NanoPix::open(&root, Duration::from_millis(20)).unwrap();
         let holder = other_connection(&root);
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let result = nanopix.insert_patient(&new_patient("20250301_093000"), None);
+        let result = nanopix.insert_patient(&new_patient("20250301_093000"), None, || false);
         let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
         assert!(
             matches!(result, Err(Error::Busy { ref path, step: "insert patient" }) if *path == db_path),
@@ -1029,7 +1035,7 @@ pub(crate) mod tests {
         );
         assert_eq!(nanopix.patients_after(None, u32::MAX).unwrap().patients.len(), 1);
         holder.execute_batch("COMMIT").unwrap();
-        nanopix.insert_patient(&new_patient("20250301_093000"), None).unwrap();
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
         assert!(nanopix.id_exists(id("20250301_093000")).unwrap());
     }
 }
