@@ -1641,3 +1641,21 @@ fn export_existing_cut_short_by_closing_does_not_report_success() {
         unexported.len()
     );
 }
+
+/// Someone edits the sync's export journal by hand (a database browser, a backup of another
+/// version): a patient's row holds an id that is no NanoPix id. No export wrote NanoPix anything
+/// under it, so it must not keep that patient out of NanoPix for ever.
+#[test]
+fn a_journal_row_without_a_valid_id_does_not_block_the_export_of_its_patient() {
+    let clinic = Clinic::new("v29");
+    clinic.open_without_automatic_work().close();
+    common::another_program(&clinic.dentaltid)
+        .execute_batch(
+            "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at)
+             VALUES (1, '20250230_100000', '2025-01-22T09:00:00.000')",
+        )
+        .unwrap();
+    let sync = clinic.open_without_automatic_work();
+    let exported = sync.export_patient(1);
+    assert!(exported.is_ok(), "{exported:?}");
+}

@@ -50,6 +50,12 @@ const BEGIN_EXPORT: &str = "INSERT INTO nanopix_sync_exports(patient_id, externa
         written_last_name, written_first_name, written_birthdate, written_created)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
+/// The NanoPix id of patient `?1`'s journal row, as stored.
+const JOURNALED_ID: &str = "SELECT external_id FROM nanopix_sync_exports WHERE patient_id = ?1";
+
+/// Drops patient `?1`'s journal row.
+const DROP_JOURNAL_ROW: &str = "DELETE FROM nanopix_sync_exports WHERE patient_id = ?1";
+
 /// Gives an export in flight a new id and new values to write; its start time stays.
 const REPLAN_EXPORT: &str = "UPDATE nanopix_sync_exports SET external_id = ?2,
         written_last_name = ?3, written_first_name = ?4, written_birthdate = ?5, written_created = ?6
@@ -425,6 +431,13 @@ impl DentalTid {
             if patient_in(tx, patient.id)?.as_ref() != Some(patient) {
                 return Ok(false);
             }
+            // A journal row whose id is no valid NanoPix id (edited by hand) is never read as an
+            // export in flight, and no export wrote NanoPix anything under it: it gives way.
+            let journaled =
+                tx.prepare_cached(JOURNALED_ID)?.query_row([patient.id], |row| text_at(row, 0)).optional()?;
+            if journaled.is_some_and(|id| id.is_none_or(|id| NanoPixId::parse(&id).is_err())) {
+                tx.prepare_cached(DROP_JOURNAL_ROW)?.execute([patient.id])?;
+            }
             let values = params![
                 patient.id,
                 external_id,
@@ -496,16 +509,14 @@ impl DentalTid {
                 });
                 record_possible_duplicates(tx, reported)?;
             }
-            tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id])?;
+            tx.execute(DROP_JOURNAL_ROW, [patient_id])?;
             Ok(kept)
         })
     }
 
     /// Drops a journal row whose export cannot go on (the patient was deleted before NanoPix was written).
     pub fn abandon_export(&mut self, patient_id: i64) -> Result<()> {
-        self.write("abandoning an export", |tx| {
-            tx.execute("DELETE FROM nanopix_sync_exports WHERE patient_id = ?1", [patient_id]).map(drop)
-        })
+        self.write("abandoning an export", |tx| tx.execute(DROP_JOURNAL_ROW, [patient_id]).map(drop))
     }
 
     /// Runs `SELECT <link columns> FROM nanopix_sync_links <tail>`, skipping unreadable rows.
