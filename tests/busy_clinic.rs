@@ -765,20 +765,31 @@ fn an_export_waiting_for_nanopixs_lock_never_takes_a_folder_nanopix_made_meanwhi
         until(Duration::from_secs(30), "the export reserves the id", || {
             reserved_id(&clinic).as_deref() == Some(same_second)
         });
-        std::fs::create_dir(&folder).unwrap();
-        std::fs::write(folder.join("20250122_100001.iosb"), b"Lina's image").unwrap();
+        save_linas_image(&folder);
         // A sync that looks at the disk again before it writes moves its export off the id while
         // NanoPix still holds the lock; NanoPix's save fails in any case.
         let moved = common::within(Duration::from_secs(5), || reserved_id(&clinic).as_deref() != Some(same_second));
         nanopix.execute_batch("ROLLBACK").unwrap();
         (exporting.join().unwrap(), moved)
     });
-    let external_id = exported.unwrap().to_string();
+    assert_kept_off_linas_folder(&clinic, &exported.unwrap().to_string(), &folder, &format!("moved off: {moved}"));
+}
+
+/// NanoPix makes the folder `folder` for Lina Haddad and saves her first image in it.
+fn save_linas_image(folder: &std::path::Path) {
+    std::fs::create_dir(folder).unwrap();
+    std::fs::write(folder.join("20250122_100001.iosb"), b"Lina's image").unwrap();
+}
+
+/// Nadia Saidi was exported as `external_id`, not under `folder`, which holds Lina Haddad's
+/// image: her own NanoPix folder holds nothing, and Lina's image stays where NanoPix saved it.
+fn assert_kept_off_linas_folder(clinic: &Clinic, external_id: &str, folder: &std::path::Path, context: &str) {
     assert_ne!(
-        external_id, same_second,
-        "Nadia Saidi was given the folder holding Lina Haddad's image (the export moved off it: {moved})"
+        clinic.root.join(external_id),
+        folder,
+        "Nadia Saidi was given the folder holding Lina Haddad's image ({context})"
     );
-    let in_her_folder = std::fs::read_dir(clinic.root.join(&external_id)).unwrap().count();
+    let in_her_folder = std::fs::read_dir(clinic.root.join(external_id)).unwrap().count();
     assert_eq!(in_her_folder, 0, "Nadia Saidi's new NanoPix folder holds nothing");
     assert!(folder.join("20250122_100001.iosb").exists(), "the image is left where NanoPix saved it");
 }
@@ -906,16 +917,11 @@ fn an_export_waiting_for_its_commit_never_takes_a_folder_nanopix_made_meanwhile(
         let exporting = scope.spawn(|| sync.export_patient(nadia));
         writing.recv_timeout(Duration::from_secs(30)).expect("the export writes its row");
         assert_eq!(reserved_id(&clinic).as_deref(), Some(same_second), "the export's id");
-        std::fs::create_dir(&folder).unwrap();
-        std::fs::write(folder.join("20250122_100001.iosb"), b"Lina's image").unwrap();
+        save_linas_image(&folder);
         reading.execute_batch("COMMIT").unwrap();
         exporting.join().unwrap()
     });
-    let external_id = exported.unwrap().to_string();
-    assert_ne!(external_id, same_second, "Nadia Saidi was given the folder holding Lina Haddad's image");
-    let in_her_folder = std::fs::read_dir(clinic.root.join(&external_id)).unwrap().count();
-    assert_eq!(in_her_folder, 0, "Nadia Saidi's new NanoPix folder holds nothing");
-    assert!(folder.join("20250122_100001.iosb").exists(), "the image is left where NanoPix saved it");
+    assert_kept_off_linas_folder(&clinic, &exported.unwrap().to_string(), &folder, "while it waited to commit");
 }
 
 /// The receptionist closes DentalTID while an export waits for NanoPix, which another program
