@@ -17,7 +17,7 @@ use chrono::NaiveDateTime;
 use common::{
     Clinic, Hook, HookedClock, another_program, assert_nadia_once_on_each_side, clinic_morning, until, wait_for,
 };
-use nanopix_sync::{Clock, EventKind, NanoPixSync};
+use nanopix_sync::{Clock, EventKind, NanoPixSync, ReconcileReport};
 use rusqlite::Connection;
 
 /// The clinic opened with a busy timeout long enough to wait for the other program's
@@ -128,6 +128,21 @@ fn a_nanopix_patient_whose_dentaltid_match_is_deleted_during_a_first_sync_is_imp
     assert_eq!(report.errors, 1, "only the odd row is an error: {report:?}");
 }
 
+/// Runs a first "Sync Now" on `clinic` whose thread that decides the pages (the one without a
+/// name) runs `while_deciding` when it asks the clock the time, once it has decided a page;
+/// returns the handle and the report.
+fn first_sync_while_deciding(clinic: &Clinic, while_deciding: Hook) -> (NanoPixSync, ReconcileReport) {
+    let clock = HookedClock::new(|thread| thread.name().is_none());
+    clock.arm(while_deciding);
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = Arc::new(clock.clone());
+    config.busy_timeout = Duration::from_secs(30);
+    let sync = NanoPixSync::open(config).unwrap();
+    let report = sync.reconcile().unwrap();
+    assert!(clock.ran(), "the hook ran during the first sync");
+    (sync, report)
+}
+
 /// NanoPix's Nadia Saidi matches DentalTID's exactly. While the clinic's first "Sync Now" runs,
 /// after it read NanoPix's patients and matched them, and before it writes its links, the X-ray
 /// assistant corrects that NanoPix patient: she is Yasmine Kaci (her form was filled in with the
@@ -149,14 +164,7 @@ fn a_nanopix_patient_renamed_during_a_first_sync_is_not_linked_to_the_dentaltid_
             )
             .unwrap();
     });
-    let clock = HookedClock::new(|thread| thread.name().is_none());
-    clock.arm(hook);
-    let mut config = clinic.config_without_automatic_work();
-    config.clock = Arc::new(clock.clone());
-    config.busy_timeout = Duration::from_secs(30);
-    let sync = NanoPixSync::open(config).unwrap();
-    let report = sync.reconcile().unwrap();
-    assert!(clock.ran(), "the hook ran: NanoPix corrected the patient during the pass");
+    let (sync, report) = first_sync_while_deciding(&clinic, hook);
     let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|event| event.kind).collect();
     let held = holders(&clinic, "20250301_093000");
     assert_eq!(held.len(), 1, "NanoPix's patient is in DentalTID once: {held:?}, {report:?}, {events:#?}");
@@ -221,14 +229,7 @@ fn a_nanopix_patient_saved_again_under_a_new_pk_while_a_first_sync_reads_its_pag
             .execute("INSERT OR REPLACE INTO Patient(id, last_name, first_name) VALUES (?1, 'Bulk', '9')", [moved])
             .unwrap();
     });
-    let clock = HookedClock::new(|thread| thread.name().is_none());
-    clock.arm(hook);
-    let mut config = clinic.config_without_automatic_work();
-    config.clock = Arc::new(clock.clone());
-    config.busy_timeout = Duration::from_secs(30);
-    let sync = NanoPixSync::open(config).unwrap();
-    let report = sync.reconcile().unwrap();
-    assert!(clock.ran(), "the hook ran: NanoPix saved the patient during the pass");
+    let (_sync, report) = first_sync_while_deciding(&clinic, hook);
     let pks: Vec<i64> = clinic.nanopix_rows(&format!("SELECT pk FROM Patient WHERE id = '{moved}'"), |r| r.get(0));
     assert!(pks[0] > 15_001, "the row moved past the pages read so far: {pks:?}");
     let holders: Vec<i64> =
