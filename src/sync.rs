@@ -118,9 +118,16 @@ impl NanoPixSync {
             source,
         })?;
         let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
+        let last_events = bus.clone();
+        // The engine thread queues `closed` itself, once its work has ended: the thread that
+        // closes the handle may be in its exit cleanup, with no thread-local data (the local
+        // clock's among it) left to stamp an event with.
         let thread = std::thread::Builder::new()
             .name("nanopix-sync-engine".into())
-            .spawn(move || live::run(engine, job_queue))
+            .spawn(move || {
+                live::run(engine, job_queue);
+                last_events.emit_last(EventKind::Closed);
+            })
             .map_err(|source| Error::Io { path: PathBuf::new(), step: "starting the engine thread", source })?;
         Ok(Self { jobs: Some(jobs), events, bus, engine: Some(thread), dispatcher, signals })
     }
@@ -252,15 +259,16 @@ impl NanoPixSync {
         self.stopper().stop();
     }
 
-    /// The first half of [`NanoPixSync::close`]: stops and joins the engine thread and queues
+    /// The first half of [`NanoPixSync::close`]: stops and joins the engine thread, which queues
     /// `closed`, the last event. The callback thread goes on delivering until `close`.
     pub(crate) fn stop_engine(&mut self) {
         self.stop_early();
         self.jobs = None;
-        if let Some(engine) = self.engine.take() {
-            if engine.join().is_err() {
-                self.bus.error(&Error::Internal("the engine thread panicked".into()), None, None);
-            }
+        // A panicked engine thread queued no `closed`.
+        if let Some(engine) = self.engine.take()
+            && engine.join().is_err()
+        {
+            self.bus.error(&Error::Internal("the engine thread panicked".into()), None, None);
             self.bus.emit_last(EventKind::Closed);
         }
     }

@@ -218,6 +218,13 @@ fn closing_in_a_thread_exit_cleanup_gives_result_codes() {
     assert_scenario_holds("tests/c/contract.c", "close_at_thread_exit", &Clinic::new("v29"));
 }
 
+/// The thread that closes its handle in its exit cleanup closed another handle before: the
+/// close still gives `NPS_OK` and queues `closed`.
+#[test]
+fn closing_in_a_thread_exit_cleanup_after_reopening_gives_ok_and_closed() {
+    assert_scenario_holds("tests/c/contract.c", "close_at_thread_exit_after_reopening", &Clinic::new("v29"));
+}
+
 /// DentalTID on Linux and macOS opens `dentaltid.db` through the system's SQLite (the Dart
 /// `sqlite3` package loads it) in the process that loaded this library. POSIX locks belong to
 /// the whole process, so two copies of SQLite in one process miss each other's locks and can

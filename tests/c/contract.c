@@ -2,8 +2,8 @@
  * host's own SQLite, checked from a real C host.
  *
  * Usage: contract <scenario> <PatientData> <dentaltid.db>, where the scenario is
- * close_cuts_short_export_existing, host_sqlite_keeps_dentaltid_intact or
- * close_at_thread_exit.
+ * close_cuts_short_export_existing, host_sqlite_keeps_dentaltid_intact,
+ * close_at_thread_exit or close_at_thread_exit_after_reopening.
  * Prints one line per broken promise and exits 1 if any; exits 0 otherwise; 2 when the
  * scenario could not be set up. */
 #define _POSIX_C_SOURCE 200809L
@@ -234,6 +234,56 @@ static void close_at_thread_exit(const char *root, const char *db) {
     nps_free(again);
 }
 
+/* close_at_thread_exit_after_reopening: the same host thread closed a first handle (the user
+ * chose another NanoPix folder, say) and opened the one it now keeps; its exit cleanup closes
+ * that one, after the thread's thread-local data is gone. The close gives NPS_OK, and a thread
+ * draining the queue is given `closed`, the last event, as after any other close. */
+static NpsHandle *reopened_handle;
+static uint32_t reopened_close_code = 99;
+static int reopened_given_closed;
+
+static void close_reopened_at_thread_exit(void *unused) {
+    (void)unused;
+    reopened_close_code = nps_close(reopened_handle);
+    char *event = NULL;
+    while (nps_next_event(reopened_handle, 0, &event) == NPS_OK) {
+        reopened_given_closed |= strstr(event, "\"type\":\"closed\"") != NULL;
+        nps_string_free(event);
+        event = NULL;
+    }
+    nps_free(reopened_handle);
+}
+
+static const char *reopened_root, *reopened_db;
+
+static void *reopen_then_exit(void *unused) {
+    (void)unused;
+    NpsHandle *first = open_clinic(reopened_root, reopened_db, 100);
+    expect(nps_close(first) == NPS_OK, "the thread closes its first handle");
+    nps_free(first);
+    reopened_handle = open_clinic(reopened_root, reopened_db, 100);
+    pthread_setspecific(thread_cleanup, reopened_handle);
+    return NULL;
+}
+
+static void close_at_thread_exit_after_reopening(const char *root, const char *db) {
+    reopened_root = root;
+    reopened_db = db;
+    if (pthread_key_create(&thread_cleanup, close_reopened_at_thread_exit) != 0) {
+        printf("pthread_key_create failed\n");
+        exit(2);
+    }
+    pthread_t thread;
+    pthread_create(&thread, NULL, reopen_then_exit, NULL);
+    pthread_join(thread, NULL);
+    printf("nps_close at thread exit %u; closed given: %d\n", (unsigned)reopened_close_code, reopened_given_closed);
+    expect(reopened_close_code == NPS_OK, "closing at thread exit gives NPS_OK");
+    expect(reopened_given_closed, "the queue gives `closed` after a close at thread exit");
+    NpsHandle *again = open_clinic(root, db, 100);
+    expect(nps_close(again) == NPS_OK, "the database is free for a new handle once the old one is closed");
+    nps_free(again);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -246,6 +296,8 @@ int main(int argc, char **argv) {
         host_sqlite_keeps_dentaltid_intact(root, db);
     } else if (strcmp(scenario, "close_at_thread_exit") == 0) {
         close_at_thread_exit(root, db);
+    } else if (strcmp(scenario, "close_at_thread_exit_after_reopening") == 0) {
+        close_at_thread_exit_after_reopening(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
