@@ -1107,7 +1107,7 @@ impl Engine {
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
         // Needed only for a link whose patient was deleted, which is rare.
         let mut held = None;
-        let awaited = self.awaited_folders(&folders.patient_folders, linked_now)?;
+        let awaited = self.awaited_folders(&folders.patient_folders, &rows, linked_now)?;
         let (mut changes, mut made_with) = (Vec::new(), Vec::new());
         self.missing_folders.clear();
         for link in &snapshot.links {
@@ -1140,18 +1140,21 @@ impl Engine {
     /// The NanoPix ids whose folder the sync waits for: NanoPix may save a new patient's row
     /// before it makes the folder, so a linked patient whose folder the sync has never seen has
     /// not lost it. These are the ids waited for before and those of `linked_now` without a
-    /// folder, less those in `folders` now; the changes are recorded.
+    /// folder, less those in `folders` now and those without a row in `rows` (with the row gone,
+    /// no folder is coming); the changes are recorded.
     fn awaited_folders(
         &mut self,
         folders: &HashSet<NanoPixId>,
+        rows: &HashSet<NanoPixId>,
         linked_now: &[NanoPixId],
     ) -> Result<HashSet<NanoPixId>> {
         let mut awaited = self.dentaltid.awaited_folders()?;
-        let seen: Vec<NanoPixId> = awaited.iter().filter(|id| folders.contains(*id)).copied().collect();
+        let settled = |id: &NanoPixId| folders.contains(id) || !rows.contains(id);
+        let seen: Vec<NanoPixId> = awaited.iter().copied().filter(|id| settled(id)).collect();
         let new: Vec<NanoPixId> =
-            linked_now.iter().filter(|id| !folders.contains(*id) && !awaited.contains(*id)).copied().collect();
+            linked_now.iter().copied().filter(|id| !settled(id) && !awaited.contains(id)).collect();
         self.dentaltid.update_awaited_folders(&new, &seen)?;
-        awaited.retain(|id| !folders.contains(id));
+        awaited.retain(|id| !settled(id));
         awaited.extend(new);
         Ok(awaited)
     }

@@ -426,6 +426,26 @@ fn a_folder_nanopix_has_not_made_yet_is_no_removal_until_it_was_there() {
     assert_eq!(removed, Some(("20250122_091500".to_owned(), "folder".to_owned())));
 }
 
+/// NanoPix patients saved and deleted again before NanoPix made their folder (registered by
+/// mistake, say): once a row is gone, no folder is awaited for it, so the list of awaited
+/// folders, which every live pass looks through, does not grow with them.
+#[test]
+fn no_folder_is_awaited_once_its_row_is_gone() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let nanopix = another_program(&clinic.nanopix_db());
+    for i in 0..20 {
+        let id = numbered_nanopix_id(i);
+        clinic.add_nanopix_row(&id, "Mansouri", &format!("Yacine{i}"), Some("2001-05-19"));
+        assert_eq!(sync.reconcile().unwrap().imported, 1, "{id}");
+        nanopix.execute("DELETE FROM Patient WHERE id = ?1", [&id]).unwrap();
+        assert_eq!(sync.reconcile().unwrap().removed, 1, "{id}");
+    }
+    let awaited: Vec<i64> = clinic.dentaltid_rows("SELECT COUNT(*) FROM nanopix_sync_awaited_folders", |r| r.get(0));
+    assert_eq!(awaited, [0]);
+}
+
 #[test]
 fn a_folder_a_live_pass_saw_made_is_a_removal_once_gone() {
     let clinic = Clinic::new("v29");
