@@ -215,23 +215,34 @@ static void *use_then_exit(void *unused) {
     return NULL;
 }
 
-static void close_at_thread_exit(const char *root, const char *db) {
-    thread_handle = open_clinic(root, db, 100);
-    if (pthread_key_create(&thread_cleanup, release_at_thread_exit) != 0) {
+/* Runs `body` on a new thread whose exit cleanup is `cleanup` (given what `body` stored under
+ * `thread_cleanup`), and waits for the thread to end. */
+static void run_with_exit_cleanup(void *(*body)(void *), void (*cleanup)(void *)) {
+    if (pthread_key_create(&thread_cleanup, cleanup) != 0) {
         printf("pthread_key_create failed\n");
         exit(2);
     }
     pthread_t thread;
-    pthread_create(&thread, NULL, use_then_exit, NULL);
+    pthread_create(&thread, NULL, body, NULL);
     pthread_join(thread, NULL);
+}
+
+/* The database is free for a new handle once the old one is closed. */
+static void expect_free_for_a_new_handle(const char *root, const char *db) {
+    NpsHandle *again = open_clinic(root, db, 100);
+    expect(nps_close(again) == NPS_OK, "the database is free for a new handle once the old one is closed");
+    nps_free(again);
+}
+
+static void close_at_thread_exit(const char *root, const char *db) {
+    thread_handle = open_clinic(root, db, 100);
+    run_with_exit_cleanup(use_then_exit, release_at_thread_exit);
     printf("cleanup ran: %d; nps_set_wakeup_callback %u, nps_close %u, nps_close again %u\n", cleanup_ran,
            (unsigned)cleanup_codes[0], (unsigned)cleanup_codes[1], (unsigned)cleanup_codes[2]);
     expect(cleanup_ran, "the thread's exit cleanup ran to its end");
     expect(cleanup_codes[0] == NPS_OK, "clearing the wakeup callback at thread exit gives NPS_OK");
     expect(cleanup_codes[1] == NPS_OK && cleanup_codes[2] == NPS_OK, "closing at thread exit gives NPS_OK");
-    NpsHandle *again = open_clinic(root, db, 100);
-    expect(nps_close(again) == NPS_OK, "the database is free for a new handle once the old one is closed");
-    nps_free(again);
+    expect_free_for_a_new_handle(root, db);
 }
 
 /* close_at_thread_exit_after_reopening: the same host thread closed a first handle (the user
@@ -269,19 +280,11 @@ static void *reopen_then_exit(void *unused) {
 static void close_at_thread_exit_after_reopening(const char *root, const char *db) {
     reopened_root = root;
     reopened_db = db;
-    if (pthread_key_create(&thread_cleanup, close_reopened_at_thread_exit) != 0) {
-        printf("pthread_key_create failed\n");
-        exit(2);
-    }
-    pthread_t thread;
-    pthread_create(&thread, NULL, reopen_then_exit, NULL);
-    pthread_join(thread, NULL);
+    run_with_exit_cleanup(reopen_then_exit, close_reopened_at_thread_exit);
     printf("nps_close at thread exit %u; closed given: %d\n", (unsigned)reopened_close_code, reopened_given_closed);
     expect(reopened_close_code == NPS_OK, "closing at thread exit gives NPS_OK");
     expect(reopened_given_closed, "the queue gives `closed` after a close at thread exit");
-    NpsHandle *again = open_clinic(root, db, 100);
-    expect(nps_close(again) == NPS_OK, "the database is free for a new handle once the old one is closed");
-    nps_free(again);
+    expect_free_for_a_new_handle(root, db);
 }
 
 int main(int argc, char **argv) {
