@@ -125,13 +125,15 @@ fn add_nanopix_patients(root: &Path) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// Adds Nadia Cherif as DentalTID does when the receptionist saves her: created now, in local time.
 fn add_dentaltid_patient(dentaltid: &Path) -> Result<(), Box<dyn Error>> {
+    let now = chrono::Local::now().naive_local().format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
     Connection::open(dentaltid)?.execute(
         "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
                               createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
          VALUES ('Nadia', 'Cherif', 33, '1992-02-14T00:00:00.000', '', '', '', 0.0,
-                 '2025-01-22T11:00:00.000', 0, 'EmergencySeverity.low', '', '0770112233', 0)",
-        (),
+                 ?1, 0, 'EmergencySeverity.low', '', '0770112233', 0)",
+        [now],
     )?;
     Ok(())
 }
