@@ -343,12 +343,12 @@ impl NanoPix {
         stopping: impl Fn() -> bool,
     ) -> Result<Insertion> {
         let folder = self.folder_path(patient.id);
-        let free_on_disk = || if stopping() { Err(Error::Closed) } else { Ok(folder.symlink_metadata().is_err()) };
+        let still_free = || if stopping() { Err(Error::Closed) } else { Ok(folder.symlink_metadata().is_err()) };
         let inserted = database::write_while(
             &self.conn,
             (&self.db_path, self.busy_timeout),
             "insert patient",
-            free_on_disk,
+            still_free,
             |conn| database::insert_patient(conn, &self.patient_columns, patient, unchanged_since),
         )?;
         Ok(inserted.unwrap_or(Insertion::IdTaken))
