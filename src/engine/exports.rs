@@ -145,10 +145,9 @@ impl Engine {
             return Ok(HashMap::default());
         }
         let mut left = Vec::new();
-        for id in self.dentaltid.delete_requests()? {
-            let Some(patient) = self.nanopix.patient(id)? else { continue };
+        for patient in self.nanopix.patients_with_ids(&self.dentaltid.delete_requests()?)? {
             if patient.birth_date.is_some_and(|born| dates.contains(&born))
-                && self.dentaltid.delete_requested(id, patient.created)?
+                && self.dentaltid.delete_requested(patient.id, patient.created)?
             {
                 left.push(patient);
             }

@@ -7,6 +7,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::iter;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,14 +29,20 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const READ_COLUMNS: [&str; 8] =
     ["pk", "id", "last_name", "first_name", "sex", "birthdate", "phone", "created_datetime"];
 
+/// How many ids one read of [`Selection::WithIds`] names at most: each read holds NanoPix's
+/// lock only briefly.
+pub(super) const IDS_PER_READ: usize = 100;
+
 /// Which `Patient` rows to read.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Selection {
+pub(super) enum Selection<'a> {
     /// Up to `limit` rows whose `pk` is greater than `after`, or from the first row without it;
     /// never a row whose `pk` is NULL.
     AfterPk { after: Option<i64>, limit: u32 },
     /// The row with this id.
     WithId(NanoPixId),
+    /// The rows with one of these ids, at most [`IDS_PER_READ`] of them.
+    WithIds(&'a [NanoPixId]),
 }
 
 /// What inserting an exported patient's row did.
@@ -168,20 +175,30 @@ pub(super) fn read_patients(
     selection: Selection,
 ) -> rusqlite::Result<PatientRows> {
     let pk = pk_column(columns);
-    let (tail, parameter) = match selection {
+    let (tail, parameters) = match selection {
         Selection::AfterPk { after: Some(after), limit } => {
-            (format!("WHERE {pk} > ?1 ORDER BY {pk} LIMIT {limit}"), Some(Value::Integer(after)))
+            (format!("WHERE {pk} > ?1 ORDER BY {pk} LIMIT {limit}"), vec![Value::Integer(after)])
         }
         // A NULL `pk` sorts first: left out, as `pk > ?1` leaves it out of the later pages.
         Selection::AfterPk { after: None, limit } => {
-            (format!("WHERE {pk} IS NOT NULL ORDER BY {pk} LIMIT {limit}"), None)
+            (format!("WHERE {pk} IS NOT NULL ORDER BY {pk} LIMIT {limit}"), Vec::new())
         }
-        Selection::WithId(id) => (format!("WHERE id = ?1 ORDER BY {pk}"), Some(Value::Text(id.to_string()))),
+        Selection::WithId(id) => (format!("WHERE id = ?1 ORDER BY {pk}"), vec![Value::Text(id.to_string())]),
+        // One statement for any number of ids up to the limit: the places left over hold NULL,
+        // which no id equals.
+        Selection::WithIds(ids) => {
+            let places = (1..=IDS_PER_READ).map(|n| format!("?{n}")).collect::<Vec<_>>().join(", ");
+            let named = ids.iter().map(|id| Value::Text(id.to_string()));
+            (
+                format!("WHERE id IN ({places}) ORDER BY {pk}"),
+                named.chain(iter::repeat(Value::Null)).take(IDS_PER_READ).collect(),
+            )
+        }
     };
     let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();
     let sql = format!("SELECT {} FROM Patient {tail}", select.join(", "));
     let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query(params_from_iter(parameter))?;
+    let mut rows = statement.query(params_from_iter(parameters))?;
     let mut found = PatientRows::default();
     while let Some(row) = rows.next()? {
         match patient_from_row(row)? {

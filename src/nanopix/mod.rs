@@ -304,6 +304,19 @@ impl NanoPix {
         Ok(self.select(Selection::WithId(id))?.patients.into_iter().next())
     }
 
+    /// The rows with these ids that exist and are readable, each id's as [`NanoPix::patient`]
+    /// gives it, in `pk` order within each read of [`database::IDS_PER_READ`] ids: one short
+    /// read per so many ids instead of one per id.
+    pub fn patients_with_ids(&self, ids: &[NanoPixId]) -> Result<Vec<NanoPixPatient>> {
+        let mut seen = HashSet::new();
+        let mut found = Vec::new();
+        for some in ids.chunks(database::IDS_PER_READ) {
+            let rows = self.select(Selection::WithIds(some))?.patients;
+            found.extend(rows.into_iter().filter(|patient| seen.insert(patient.id)));
+        }
+        Ok(found)
+    }
+
     /// The row with this `pk` (see [`IdRows::last_row`]), if there is one.
     pub fn row_at(&self, pk: i64) -> Result<Option<RowStamp>> {
         database::row_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("read a patient id"))
@@ -680,6 +693,33 @@ pub(crate) mod tests {
         assert_eq!(odd[3].0, Some(6));
         let names: Vec<_> = rows.patients.iter().map(|p| (p.pk, p.last_name.as_str(), p.sex.clone())).collect();
         assert_eq!(names, vec![(4, "", None), (5, "M\u{FFFD}ller", None)]);
+    }
+
+    #[test]
+    fn patients_with_ids_gives_each_id_s_row_as_patient_does_over_several_reads() {
+        let (_temp, root) = root_with_schema(
+            "CREATE TABLE Patient (pk INTEGER PRIMARY KEY, id VARCHAR(250), last_name VARCHAR(250),
+               birthdate VARCHAR(250));",
+        );
+        let conn = other_connection(&root);
+        for n in 0..250 {
+            let insert = "INSERT INTO Patient (id, last_name, birthdate) VALUES (?1, ?2, '1990-01-01')";
+            conn.execute(insert, (format!("20250301_10{:02}{:02}", n / 60, n % 60), format!("Name {n}"))).unwrap();
+        }
+        // A second row under an id, which `patient` leaves out, and a birth date read as none.
+        conn.execute_batch(
+            "INSERT INTO Patient (id, last_name) VALUES ('20250301_100000', 'Again');
+             UPDATE Patient SET birthdate = '0000-00-00' WHERE id = '20250301_100001';",
+        )
+        .unwrap();
+        let nanopix = open(&root);
+        let mut asked: Vec<NanoPixId> =
+            (0..300).map(|n| id(&format!("20250301_10{:02}{:02}", n / 60, n % 60))).collect();
+        asked.push(asked[7]);
+        let expected: Vec<_> = asked[..300].iter().filter_map(|&asked| nanopix.patient(asked).unwrap()).collect();
+        assert_eq!(expected.len(), 250);
+        assert_eq!(nanopix.patients_with_ids(&asked).unwrap(), expected);
+        assert_eq!(nanopix.patients_with_ids(&[]).unwrap(), Vec::new());
     }
 
     #[test]
