@@ -1,6 +1,6 @@
 //! First sync, steady-state reconcile, the review list of possible duplicates and one-by-one
-//! exports at clinic scale (100,000 patients on each side), each against a bare-rusqlite baseline
-//! measured in the same run.
+//! exports at clinic scale (100,000 patients on each side), the exports also beside thousands of
+//! delete requests, each against a bare-rusqlite baseline measured in the same run.
 //!
 //! The generated clinic is made once; every run that writes gets its own copy of the DentalTID
 //! file (copying is not measured). Run with `cargo bench --bench first_sync`.
@@ -21,6 +21,8 @@ use clinic::{Clinic, FileCopy, clinic_now, ms, percentile, percentile_line};
 const SCALE: usize = 100_000;
 /// Patients exported one by one.
 const EXPORTS: usize = 1_000;
+/// Imported patients deleted in DentalTID before the second round of exports.
+const DELETED: usize = 5_000;
 /// Criterion's smallest sample count; each sample of the first sync is a single run.
 const SAMPLES: usize = 10;
 
@@ -255,11 +257,27 @@ fn report_steady(library: &Timings, baseline: &Timings) {
     println!("{}", clinic::ratio_line("steady reconcile 100k/100k", &measured, &base, &budget));
 }
 
-/// (c) Exports 1,000 DentalTID patients one by one; prints p50/p99 against bare inserts.
+/// (c) Exports 1,000 DentalTID patients one by one; prints p50/p99 against bare inserts. Then
+/// (e) the same once staff have deleted [`DELETED`] imported patients in DentalTID whose NanoPix
+/// patients stay: each export looks among their delete requests for a patient to give back.
 fn exports(clinic: &Clinic, synced: &FileCopy) {
-    let unlinked = unlinked_patients(&synced.path, EXPORTS);
     let clock = ManualClock::new(clinic_now());
+    let library = timed_exports(clinic, synced, &clock);
+    let baseline = baseline_exports(clinic);
+    print_exports("export_patient x1000 at 100k", library, baseline.clone());
+    let requests = delete_imported_patients(&synced.path, DELETED);
     let sync = NanoPixSync::open(clinic.config(&synced.path, &clock)).expect("open");
+    sync.reconcile().expect("reconcile");
+    drop(sync);
+    let library = timed_exports(clinic, synced, &clock);
+    print_exports(&format!("export_patient x1000 at 100k, {requests} delete requests held"), library, baseline);
+}
+
+/// Exports the first [`EXPORTS`] DentalTID patients without a link one by one, a second apart;
+/// returns how long each took.
+fn timed_exports(clinic: &Clinic, synced: &FileCopy, clock: &ManualClock) -> Vec<Duration> {
+    let unlinked = unlinked_patients(&synced.path, EXPORTS);
+    let sync = NanoPixSync::open(clinic.config(&synced.path, clock)).expect("open");
     let mut library = Vec::with_capacity(EXPORTS);
     for patient_id in unlinked {
         clock.advance(chrono::Duration::seconds(1));
@@ -267,20 +285,24 @@ fn exports(clinic: &Clinic, synced: &FileCopy) {
         sync.export_patient(patient_id).expect("export");
         library.push(start.elapsed());
     }
-    drop(sync);
-    let baseline = baseline_exports(clinic);
-    let (mut library, mut baseline) = (library, baseline);
+    library
+}
+
+/// Prints one export line: p50/p99 against the bare inserts, and the budget's verdict.
+fn print_exports(name: &str, mut library: Vec<Duration>, mut baseline: Vec<Duration>) {
     library.sort();
     let verdict = if percentile(&library, 99.0) < Duration::from_millis(20) { "met" } else { "NOT met" };
-    println!(
-        "{}",
-        percentile_line(
-            "export_patient x1000 at 100k",
-            &mut library,
-            &mut baseline,
-            &format!("; budget p99 < 20 ms: {verdict}")
-        )
-    );
+    let budget = format!("; budget p99 < 20 ms: {verdict}");
+    println!("{}", percentile_line(name, &mut library, &mut baseline, &budget));
+}
+
+/// Deletes the first `count` patients the sync imported from NanoPix, as DentalTID deletes a
+/// patient; returns how many it deleted.
+fn delete_imported_patients(dentaltid: &Path, count: usize) -> usize {
+    let conn = Connection::open(dentaltid).expect("open DentalTID");
+    let sql =
+        "DELETE FROM patients WHERE id IN (SELECT id FROM patients WHERE source = 'nanopix' ORDER BY id LIMIT ?1)";
+    conn.execute(sql, [count as i64]).expect("delete")
 }
 
 /// The first `count` DentalTID patients without a NanoPix link.
