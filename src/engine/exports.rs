@@ -144,10 +144,12 @@ impl Engine {
         if dates.is_empty() {
             return Ok(HashMap::default());
         }
+        let requests = self.dentaltid.delete_requests()?;
         let mut left = Vec::new();
-        for patient in self.nanopix.patients_with_ids(&self.dentaltid.delete_requests()?)? {
+        for id in self.nanopix.born_on(&requests, &dates)? {
+            let Some(patient) = self.nanopix.patient(id)? else { continue };
             if patient.birth_date.is_some_and(|born| dates.contains(&born))
-                && self.dentaltid.delete_requested(patient.id, patient.created)?
+                && self.dentaltid.delete_requested(id, patient.created)?
             {
                 left.push(patient);
             }

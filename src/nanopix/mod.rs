@@ -7,11 +7,12 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
 use rusqlite::Connection;
 
 use crate::file_identity::FileIdentity;
@@ -216,6 +217,16 @@ struct RecordIds {
     version: Option<i64>,
 }
 
+/// The birth dates of `Patient` rows read by [`NanoPix::born_on`], as read when `NanoPix.db3`'s
+/// data version was `version`: read again once another program wrote to it.
+#[derive(Debug, Default)]
+struct BirthDates {
+    /// Each id read, with its row's birth date: `None` without a row or a birth date.
+    by_id: foldhash::HashMap<NanoPixId, Option<NaiveDate>>,
+    /// The connection's data version when they were read; `None` before the first read.
+    version: Option<i64>,
+}
+
 /// The tables whose rows name a patient by its NanoPix id.
 const RECORD_TABLES: [&str; 2] = ["Study", "Report"];
 
@@ -230,6 +241,7 @@ pub(crate) struct NanoPix {
     busy_timeout: Duration,
     patient_columns: HashSet<String>,
     records: RecordIds,
+    birth_dates: BirthDates,
 }
 
 impl NanoPix {
@@ -254,8 +266,9 @@ impl NanoPix {
         let identity = FileIdentity::of(&db_path);
         let conn = database::connect(&db_path, busy_timeout)?;
         let patient_columns = database::patient_columns(&conn, &db_path)?;
-        let records = RecordIds::default();
-        Ok(Self { root: root.to_path_buf(), db_path, identity, conn, busy_timeout, patient_columns, records })
+        let (records, birth_dates) = (RecordIds::default(), BirthDates::default());
+        let root = root.to_path_buf();
+        Ok(Self { root, db_path, identity, conn, busy_timeout, patient_columns, records, birth_dates })
     }
 
     /// Whether `NanoPix.db3` now names another file than the one opened (a restore, a copy
@@ -277,7 +290,7 @@ impl NanoPix {
         if is_read_only(&conn) {
             return Ok(false);
         }
-        (self.conn, self.records) = (conn, RecordIds::default());
+        (self.conn, self.records, self.birth_dates) = (conn, RecordIds::default(), BirthDates::default());
         Ok(true)
     }
 
@@ -291,6 +304,29 @@ impl NanoPix {
     /// with, and keeps the memory).
     pub fn patient_ids(&self, with_created: bool) -> Result<IdRows> {
         database::read_ids(&self.conn, &self.patient_columns, with_created).map_err(self.sql_error("read patient ids"))
+    }
+
+    /// Those of `ids` whose row was born on one of `dates`, from the birth dates read since
+    /// another program last wrote to `NanoPix.db3`: only the ids not read since are read. Rows
+    /// this connection wrote since are not read again: one it deleted may still be named, one
+    /// it added under an id read without a row is not. Read a named row again before acting.
+    pub fn born_on<S: BuildHasher>(
+        &mut self,
+        ids: &[NanoPixId],
+        dates: &HashSet<NaiveDate, S>,
+    ) -> Result<Vec<NanoPixId>> {
+        let version = self.data_version()?;
+        if self.birth_dates.version != Some(version) {
+            self.birth_dates = BirthDates { by_id: foldhash::HashMap::default(), version: Some(version) };
+        }
+        let unread: Vec<NanoPixId> =
+            ids.iter().copied().filter(|id| !self.birth_dates.by_id.contains_key(id)).collect();
+        let found = self.patients_with_ids(&unread)?;
+        let known = &mut self.birth_dates.by_id;
+        known.extend(unread.into_iter().map(|id| (id, None)));
+        known.extend(found.into_iter().map(|patient| (patient.id, patient.birth_date)));
+        let born_on = |id: &NanoPixId| known.get(id).copied().flatten().is_some_and(|born| dates.contains(&born));
+        Ok(ids.iter().copied().filter(born_on).collect())
     }
 
     /// Up to `limit` patient rows with `pk` greater than `after` (from the first row without
@@ -720,6 +756,33 @@ pub(crate) mod tests {
         assert_eq!(expected.len(), 250);
         assert_eq!(nanopix.patients_with_ids(&asked).unwrap(), expected);
         assert_eq!(nanopix.patients_with_ids(&[]).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn born_on_reads_birth_dates_again_only_once_another_program_wrote() {
+        let (_temp, root) = fixture_copy();
+        let mut nanopix = open(&root);
+        let (first, second) = (id("20250301_093000"), id("20250301_093001"));
+        for patient in [first, second] {
+            nanopix.insert_patient(&new_patient(&patient.to_string()), None, || false).unwrap();
+        }
+        let born = new_patient("20250301_093000").birth_date.unwrap();
+        let dates = HashSet::from([born]);
+        let ids = [first, second, id(FIXTURE_ID), id("20250301_093002")];
+        assert_eq!(nanopix.born_on(&ids, &dates).unwrap(), vec![first, second]);
+        // Its own delete keeps what was read; the row is gone when read again.
+        nanopix.delete_patient(second, &[]).unwrap();
+        assert_eq!(nanopix.born_on(&ids, &dates).unwrap(), vec![first, second]);
+        assert_eq!(nanopix.patient(second).unwrap(), None);
+        other_connection(&root)
+            .execute("UPDATE Patient SET birthdate = '1970-01-01' WHERE id = ?1", [first.to_string()])
+            .unwrap();
+        assert_eq!(nanopix.born_on(&ids, &dates).unwrap(), Vec::new());
+        let dates = HashSet::from([
+            NaiveDate::from_ymd_opt(1970, 1, 1).unwrap(),
+            NaiveDate::from_ymd_opt(2025, 1, 21).unwrap(),
+        ]);
+        assert_eq!(nanopix.born_on(&ids, &dates).unwrap(), vec![first, id(FIXTURE_ID)]);
     }
 
     #[test]
