@@ -3,7 +3,7 @@
 //! (its clock went back): a row under a linked id created at another time is that person, not
 //! the linked patient renamed.
 //!
-//! The rows of imported patients are kept in their import batch row
+//! The rows of patients imported in a batch are kept in their import batch row
 //! (`nanopix_sync_imports.created_times`), the others in `nanopix_sync_linked_rows`, whose
 //! readable rows win over a batch's. A link's row is recorded in the transaction that makes the
 //! link (an import, a match, an export), or by the first full reconcile after a first sync
@@ -272,9 +272,14 @@ mod tests {
             .unwrap();
         let mut unrecorded = new_patient("B", at_time(2024, 6, 3, 9, 5), "20240603_090501");
         unrecorded.nanopix_created = None;
-        let rows = [new_patient("A", at_time(2024, 6, 3, 9, 5), "20240603_090500"), unrecorded];
+        let rows = [
+            new_patient("A", at_time(2024, 6, 3, 9, 5), "20240603_090500"),
+            unrecorded,
+            new_patient("C", at_time(2024, 6, 3, 9, 5), "20240603_090502"),
+            new_patient("D", at_time(2024, 6, 3, 9, 5), "20240603_090503"),
+        ];
         let ids = dentaltid.import(&rows, at_time(2025, 1, 21, 12, 0)).unwrap();
-        assert_eq!(ids, [7, 8]);
+        assert_eq!(ids, [7, 8, 9, 10]);
         let (a, b) = (nanopix_id("20240603_090500"), nanopix_id("20240603_090501"));
         let created = at("2024-06-03 09:05:00");
         let rows_left: i64 =

@@ -1,13 +1,14 @@
 //! The sync's own record of links and the export journal (`nanopix_sync_exports`).
 //!
 //! A link is stored in one of two ways. Patients written by one [`super::Importing::insert`] have
-//! their links in `nanopix_sync_imports`, one row per run of consecutive patient ids holding
-//! their NanoPix ids end to end (15 characters each): patient `first_patient_id + k` is linked,
-//! as imported, to the k-th id. The row also holds, end to end, the creation times of the NanoPix
-//! rows the links were made with (19 characters each, blank for none; see
-//! [`super::linked_rows`]). Every other link, and every change of state of an imported one, is a
-//! row of `nanopix_sync_links`; a readable row there overrides a batch entry for the same
-//! patient. Of batch rows that overlap, the one starting last covers the patients from its start.
+//! their links in `nanopix_sync_imports`, one row per run of at least [`SMALLEST_BATCH`]
+//! consecutive patient ids holding their NanoPix ids end to end (15 characters each): patient
+//! `first_patient_id + k` is linked, as imported, to the k-th id. The row also holds, end to end,
+//! the creation times of the NanoPix rows the links were made with (19 characters each, blank for
+//! none; see [`super::linked_rows`]). Every other link (among them those of shorter runs, such as
+//! a live pass imports), and every change of state of an imported one, is a row of
+//! `nanopix_sync_links`; a readable row there overrides a batch entry for the same patient. Of
+//! batch rows that overlap, the one starting last covers the patients from its start.
 //!
 //! The journal row is written before NanoPix is touched and removed in the same transaction
 //! that stores the new id on the patient, so a crash in between can be repaired. Rows and batch
@@ -75,6 +76,13 @@ const NOTE_UNANNOUNCED_DELETE: &str = "INSERT OR REPLACE INTO nanopix_sync_unann
 /// Above this many patients, [`DentalTid::linked_patients`] first narrows them to those a link
 /// row or an import batch names, then looks those up one by one.
 const FEW_PATIENTS: usize = 256;
+
+/// The fewest consecutive imported patients recorded as a batch row; a shorter run gets link
+/// rows. A live pass imports a patient or two: a batch row each would leave, after years of
+/// passes, tens of thousands of rows that every look-up of a NanoPix id among the imports (each
+/// export, each live import, each delete request) reads through, as no index finds an id there.
+/// Link rows are found by their index on `external_id`.
+const SMALLEST_BATCH: usize = 4;
 
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
 const ID_LEN: usize = 15;
@@ -549,7 +557,7 @@ impl DentalTid {
 
 /// Records the links of the patients one [`super::Importing::insert`] wrote, given as `(patient id,
 /// NanoPix id, creation time of the NanoPix row)` in the order written: one batch row per run of
-/// consecutive patient ids.
+/// consecutive patient ids, or link rows for a short one (see [`record_run`]).
 pub(super) fn record_imported_links(
     tx: &Transaction<'_>,
     imported: &[ImportedLink],
@@ -569,12 +577,17 @@ pub(super) fn record_imported_links(
 pub(super) type ImportedLink = (i64, NanoPixId, Option<NaiveDateTime>);
 
 /// Records one run of consecutive patient ids as a batch row, with the rows their links were
-/// made with. When one of its ids already has a link (an id used again after a delete, which a
-/// `patients` table without AUTOINCREMENT allows), the run gets link rows and rows of
-/// `nanopix_sync_linked_rows` instead, which replace what is recorded for those ids.
+/// made with. A run shorter than [`SMALLEST_BATCH`] gets link rows and rows of
+/// `nanopix_sync_linked_rows` instead, and so does a run one of whose ids already has a link (an
+/// id used again after a delete, which a `patients` table without AUTOINCREMENT allows): they
+/// replace what is recorded for those ids.
 fn record_run(tx: &Transaction<'_>, run: &[ImportedLink], synced_at: &str) -> rusqlite::Result<()> {
     let (Some((first, ..)), Some((last, ..))) = (run.first(), run.last()) else { return Ok(()) };
-    if tx.prepare_cached(RANGE_LINKED)?.query_row([first, last], |row| row.get::<_, bool>(0))? {
+    let linked = tx.prepare_cached(RANGE_LINKED)?.query_row([first, last], |row| row.get::<_, bool>(0))?;
+    if !linked {
+        tx.prepare_cached(FORGET_ROWS_OF_RANGE)?.execute([first, last])?;
+    }
+    if linked || run.len() < SMALLEST_BATCH {
         replace_links(tx, run, synced_at)?;
         return record_linked_rows(tx, run.iter().copied());
     }
@@ -584,7 +597,6 @@ fn record_run(tx: &Transaction<'_>, run: &[ImportedLink], synced_at: &str) -> ru
         write!(external_ids, "{external_id}").map_err(|error| rusqlite::Error::ToSqlConversionFailure(error.into()))?;
         push_created(&mut created_times, *created);
     }
-    tx.prepare_cached(FORGET_ROWS_OF_RANGE)?.execute([first, last])?;
     tx.prepare_cached(INSERT_BATCH)?.execute(params![first, last, synced_at, external_ids, created_times]).map(drop)
 }
 
@@ -1086,13 +1098,38 @@ mod tests {
     #[test]
     fn an_import_writes_one_batch_row_and_no_link_rows() {
         let (_dir, mut dentaltid) = sample_database();
-        let ids = import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240101_000000"]);
-        assert_eq!(ids, [7, 8, 9]);
+        let ids =
+            import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240101_000000", "20240101_000001"]);
+        assert_eq!(ids, [7, 8, 9, 10]);
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 0);
-        assert_eq!(batch_rows(&dentaltid), [(7, 9, "20240603_09050020240603_09050120240101_000000".to_owned())]);
+        let ids = "20240603_09050020240603_09050120240101_00000020240101_000001".to_owned();
+        assert_eq!(batch_rows(&dentaltid), [(7, 10, ids)]);
         let synced_at: String =
             dentaltid.conn.query_row("SELECT synced_at FROM nanopix_sync_imports", [], |row| row.get(0)).unwrap();
         assert_eq!(synced_at, "2025-01-21T12:00:00.000");
+    }
+
+    #[test]
+    fn imports_of_fewer_than_a_batch_write_link_rows_found_by_their_ids() {
+        let (_dir, mut dentaltid) = sample_database();
+        // Left by a patient 8 deleted before the id was used again, without a link row.
+        let stale = "INSERT INTO nanopix_sync_linked_rows VALUES (8, '20240603_090501', '2020-01-01 00:00:00')";
+        dentaltid.conn.execute(stale, []).unwrap();
+        // What live passes import: a patient or two at a time, many times over.
+        assert_eq!(import_ids(&mut dentaltid, &["20240603_090500"]), [7]);
+        assert_eq!(import_ids(&mut dentaltid, &["20240603_090501", "20240603_090502"]), [8, 9]);
+        assert_eq!(count(&dentaltid, "nanopix_sync_imports"), 0, "no batch row per pass");
+        assert_eq!(count(&dentaltid, "nanopix_sync_links"), 3);
+        let expected = [imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(9, "20240603_090502")];
+        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_link_agrees_with_links(&dentaltid, 6..=10);
+        let ids = [nanopix_id("20240603_090500"), nanopix_id("20240603_090502"), nanopix_id("20240101_000000")];
+        let recorded = dentaltid.recorded_links(&ids).unwrap();
+        assert_eq!(recorded, ids[..2].iter().copied().collect());
+        let created = parse_nanopix_datetime("2024-06-03 09:05:00");
+        let rows = dentaltid.linked_rows().unwrap();
+        assert_eq!(rows.created(7, ids[0]), created, "the row each link was made with is kept");
+        assert_eq!(rows.created(8, nanopix_id("20240603_090501")), created, "the stale row is replaced");
     }
 
     #[test]
@@ -1115,51 +1152,56 @@ mod tests {
     #[test]
     fn a_gap_in_ids_splits_the_batch() {
         let (_dir, mut dentaltid) = sample_database();
-        let skip_ids = "CREATE TRIGGER skip_ids AFTER INSERT ON patients WHEN NEW.external_id = '20240603_090501'
+        let skip_ids = "CREATE TRIGGER skip_ids AFTER INSERT ON patients WHEN NEW.external_id = '20240603_090503'
             BEGIN
                 INSERT INTO patients(id, name) VALUES (NEW.id + 10, 'placeholder');
                 DELETE FROM patients WHERE id = NEW.id + 10;
             END";
         dentaltid.conn.execute_batch(skip_ids).unwrap();
-        let ids = import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502"]);
-        assert_eq!(ids, [7, 8, 19]);
-        let batches = [(7, 8, "20240603_09050020240603_090501".to_owned()), (19, 19, "20240603_090502".to_owned())];
-        assert_eq!(batch_rows(&dentaltid), batches);
-        let expected =
-            [imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(19, "20240603_090502")];
+        let external_ids =
+            ["20240603_090500", "20240603_090501", "20240603_090502", "20240603_090503", "20240603_090504"];
+        let ids = import_ids(&mut dentaltid, &external_ids);
+        assert_eq!(ids, [7, 8, 9, 10, 21]);
+        let batch = "20240603_09050020240603_09050120240603_09050220240603_090503".to_owned();
+        assert_eq!(batch_rows(&dentaltid), [(7, 10, batch)], "the run of one after the gap gets a link row");
+        assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
+        let expected: Vec<Link> =
+            ids.iter().zip(external_ids).map(|(&id, external_id)| imported(id, external_id)).collect();
         assert_eq!(dentaltid.links().unwrap(), expected);
-        assert_link_agrees_with_links(&dentaltid, 6..=20);
+        assert_link_agrees_with_links(&dentaltid, 6..=22);
     }
 
     #[test]
     fn a_state_change_of_an_imported_link_is_written_as_a_link_row() {
         let (_dir, mut dentaltid) = sample_database();
-        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502"]);
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502", "20240603_090503"]);
         dentaltid.set_link_states(&[(8, LinkState::Missing)]).unwrap();
         let missing = Link { state: LinkState::Missing, ..imported(8, "20240603_090501") };
         assert_eq!(dentaltid.link(8).unwrap(), Some(missing.clone()));
-        let expected = [imported(7, "20240603_090500"), missing, imported(9, "20240603_090502")];
+        let expected =
+            [imported(7, "20240603_090500"), missing, imported(9, "20240603_090502"), imported(10, "20240603_090503")];
         assert_eq!(dentaltid.links().unwrap(), expected);
         dentaltid.set_link_states(&[(8, LinkState::DeleteRequested)]).unwrap();
         assert_eq!(dentaltid.link(8).unwrap().map(|link| link.state), Some(LinkState::DeleteRequested));
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
-        dentaltid.set_link_states(&[(10, LinkState::Missing)]).unwrap();
-        assert_eq!(dentaltid.link(10).unwrap(), None);
+        dentaltid.set_link_states(&[(11, LinkState::Missing)]).unwrap();
+        assert_eq!(dentaltid.link(11).unwrap(), None);
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
-        assert_link_agrees_with_links(&dentaltid, 6..=11);
+        assert_link_agrees_with_links(&dentaltid, 6..=12);
     }
 
     #[test]
     fn a_link_row_overrides_the_batch_entry() {
         let (_dir, mut dentaltid) = sample_database();
-        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502", "20240603_090503"]);
         let sql = "INSERT INTO nanopix_sync_links VALUES
             (7, '20230303_030303', 'matched', 'missing', '2025-02-01T08:00:00.000')";
         dentaltid.conn.execute_batch(sql).unwrap();
         let (origin, state, synced_at) = (LinkOrigin::Matched, LinkState::Missing, at(2025, 2, 1, 8, 0));
         let recorded = Link { patient_id: 7, external_id: "20230303_030303".to_owned(), origin, state, synced_at };
         assert_eq!(dentaltid.link(7).unwrap(), Some(recorded.clone()));
-        assert_eq!(dentaltid.links().unwrap(), [recorded, imported(8, "20240603_090501")]);
+        let batch = [imported(8, "20240603_090501"), imported(9, "20240603_090502"), imported(10, "20240603_090503")];
+        assert_eq!(dentaltid.links().unwrap(), [[recorded].as_slice(), &batch].concat());
     }
 
     #[test]
@@ -1210,7 +1252,7 @@ mod tests {
     #[test]
     fn adopting_skips_patients_a_batch_already_links() {
         let (_dir, mut dentaltid) = sample_database();
-        import_ids(&mut dentaltid, &["20240603_090500"]);
+        import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502", "20240603_090503"]);
         let adopt = [
             (7, nanopix_id("20240603_090500"), LinkOrigin::Imported),
             (2, nanopix_id("20250102_000000"), LinkOrigin::Matched),
