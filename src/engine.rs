@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::{HashMap, HashSet};
 
 use crate::dentaltid::{
-    DentalTid, Importing, LastNames, Link, LinkOrigin, LinkOutcome, LinkState, LinkedRows, PatientRef,
+    DentalTid, ImportedUnder, Importing, LastNames, Link, LinkOrigin, LinkOutcome, LinkState, LinkedRows, PatientRef,
     is_another_person, other_people,
 };
 use crate::events::{EventBus, EventKind, ReconcileReport};
@@ -607,7 +607,7 @@ impl Engine {
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
         // An older request sent for the same id does not count; the host gets this one once sent.
         let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
-        if unannounced || !self.delete_asked_for_row(id)? {
+        if unannounced || !self.delete_asked_for_row(id, &self.dentaltid.imported_under(&[id])?)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         self.cursor = None;
@@ -690,9 +690,9 @@ impl Engine {
     /// stands, of a NanoPix patient NanoPix still holds: a NanoPix patient given back meanwhile to
     /// a patient added again asks for none, nor does one deleted meanwhile (by the host, say,
     /// after the same request was announced before a restart). One whose standing cannot be
-    /// read is announced: `delete_in_nanopix` checks it again. Then DentalTID notes them
-    /// announced; if it cannot, they are announced again after the next `open`, which is
-    /// better than never.
+    /// read is announced: `delete_in_nanopix` checks it again. The import batches are read once
+    /// for all of them (see [`DentalTid::imported_under`]). Then DentalTID notes them announced;
+    /// if it cannot, they are announced again after the next `open`, which is better than never.
     fn announce_held_deletes(&mut self) {
         let held = std::mem::take(&mut self.unannounced_deletes);
         if held.is_empty() {
@@ -703,8 +703,14 @@ impl Engine {
         // only makes the checks slower.
         let _ = self.ensure_indexes();
         let announced: Vec<i64> = held.iter().map(|(patient_id, _)| *patient_id).collect();
+        let ids: Vec<NanoPixId> =
+            held.iter().filter_map(|(_, external_id)| NanoPixId::parse(external_id).ok()).collect();
+        let imported = self.dentaltid.imported_under(&ids);
         for (patient_id, external_id) in held {
-            let stands = NanoPixId::parse(&external_id).map_or(Ok(true), |id| self.delete_stands(id));
+            let stands = match (NanoPixId::parse(&external_id), &imported) {
+                (Ok(id), Ok(imported)) => self.delete_stands(id, imported),
+                _ => Ok(true),
+            };
             if stands.unwrap_or(true) {
                 self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
             }
@@ -712,17 +718,20 @@ impl Engine {
         let _ = self.dentaltid.delete_requests_announced(&announced);
     }
 
-    /// Whether a delete of NanoPix patient `id` is still asked for, and NanoPix still holds it.
-    fn delete_stands(&self, id: NanoPixId) -> Result<bool> {
-        Ok(self.delete_asked_for_row(id)? && self.nanopix.id_exists(id)?)
+    /// Whether a delete of NanoPix patient `id` is still asked for, and NanoPix still holds it;
+    /// `imported` holds the patients import batches give `id` to.
+    fn delete_stands(&self, id: NanoPixId, imported: &ImportedUnder) -> Result<bool> {
+        Ok(self.delete_asked_for_row(id, imported)? && self.nanopix.id_exists(id)?)
     }
 
     /// Whether a delete of NanoPix patient `id` is asked for (see [`DentalTid::delete_requested`])
-    /// and NanoPix's row under it is not another person saved there since.
-    fn delete_asked_for_row(&self, id: NanoPixId) -> Result<bool> {
+    /// and NanoPix's row under it is not another person saved there since; `imported` holds the
+    /// patients import batches give `id` to.
+    fn delete_asked_for_row(&self, id: NanoPixId, imported: &ImportedUnder) -> Result<bool> {
         let row = self.nanopix.patient(id)?;
         let created = row.as_ref().and_then(|row| row.created);
-        Ok(self.dentaltid.delete_requested(id, created)? && !self.holds_another_person(row.as_slice())?)
+        Ok(self.dentaltid.delete_requested_given(id, created, imported)?
+            && !self.holds_another_person(row.as_slice())?)
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix

@@ -212,6 +212,19 @@ impl DentalTid {
     /// DentalTID cleared), except those whose link was made with another person's row (see
     /// [`super::linked_rows`]). Only then may the NanoPix patient be deleted.
     pub fn delete_requested(&self, external_id: NanoPixId, row_created: Option<NaiveDateTime>) -> Result<bool> {
+        let imported = self.imported_under(&[external_id])?;
+        self.delete_requested_given(external_id, row_created, &imported)
+    }
+
+    /// [`DentalTid::delete_requested`], with the patients import batches give NanoPix ids to read
+    /// beforehand by [`DentalTid::imported_under`], once for many requests: reading them takes a
+    /// pass over every batch, whose first holds a whole first sync.
+    pub fn delete_requested_given(
+        &self,
+        external_id: NanoPixId,
+        row_created: Option<NaiveDateTime>,
+        imported: &ImportedUnder,
+    ) -> Result<bool> {
         let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)";
         let requested = LinkState::DeleteRequested.as_str();
         let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
@@ -220,7 +233,7 @@ impl DentalTid {
             return Ok(false);
         }
         let mut holders = self.patients_showing(external_id)?;
-        holders.extend(self.kept_linked(external_id)?);
+        holders.extend(self.kept_linked(external_id, imported)?);
         for patient_id in holders {
             if !self.linked_to_another_row(patient_id, external_id, row_created)? {
                 return Ok(false);
@@ -230,13 +243,12 @@ impl DentalTid {
     }
 
     /// The patients still there that keep a link to this NanoPix id that asks for no delete, as
-    /// [`DentalTid::link`] finds it: the patients a link row or an import batch names with it are
-    /// looked up one by one.
-    fn kept_linked(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
+    /// [`DentalTid::link`] finds it: the patients a link row or an import batch (as `imported`
+    /// gives them) names with it are looked up one by one.
+    fn kept_linked(&self, external_id: NanoPixId, imported: &ImportedUnder) -> Result<Vec<i64>> {
         let text = external_id.to_string();
         let mut named = self.link_rows_naming(external_id)?;
-        let batches = self.batch_patients_named(&text, &mut named);
-        batches.map_err(Error::db(&self.path, "looking up the links to an id"))?;
+        named.extend(imported.0.get(&external_id).into_iter().flatten());
         let mut kept = Vec::new();
         for patient_id in named {
             let keeps = self
@@ -259,18 +271,34 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "looking up the links to an id"))
     }
 
-    /// Adds to `named` the patients import batches give the NanoPix id `text` to: an id's place
-    /// in a batch, a multiple of [`ID_LEN`], says which patient of its range it belongs to.
-    fn batch_patients_named(&self, text: &str, named: &mut Vec<i64>) -> rusqlite::Result<()> {
-        let mut batches =
-            self.conn.prepare_cached("SELECT first_patient_id, external_ids FROM nanopix_sync_imports")?;
-        let mut rows = batches.query([])?;
-        while let Some(row) = rows.next()? {
-            let (Some(first), ValueRef::Text(ids)) = (integer_at(row, 0)?, row.get_ref(1)?) else { continue };
-            let places = ids.chunks_exact(ID_LEN).zip(0i64..).filter(|(id, _)| *id == text.as_bytes());
-            named.extend(places.filter_map(|(_, place)| first.checked_add(place)));
-        }
-        Ok(())
+    /// The patients import batches give each of the NanoPix `ids` to, in one pass over the
+    /// batches: an id's place in a batch, a multiple of [`ID_LEN`], says which patient of its
+    /// range it belongs to.
+    pub fn imported_under(&self, ids: &[NanoPixId]) -> Result<ImportedUnder> {
+        let wanted: HashMap<[u8; ID_LEN], NanoPixId> = ids
+            .iter()
+            .filter_map(|&id| Some((<[u8; ID_LEN]>::try_from(id.to_string().as_bytes()).ok()?, id)))
+            .collect();
+        let read = || -> rusqlite::Result<ImportedUnder> {
+            let mut named: HashMap<NanoPixId, Vec<i64>> = HashMap::default();
+            if wanted.is_empty() {
+                return Ok(ImportedUnder(named));
+            }
+            let mut batches =
+                self.conn.prepare_cached("SELECT first_patient_id, external_ids FROM nanopix_sync_imports")?;
+            let mut rows = batches.query([])?;
+            while let Some(row) = rows.next()? {
+                let (Some(first), ValueRef::Text(held)) = (integer_at(row, 0)?, row.get_ref(1)?) else { continue };
+                for (entry, place) in held.chunks_exact(ID_LEN).zip(0i64..) {
+                    let found = <[u8; ID_LEN]>::try_from(entry).ok().and_then(|entry| wanted.get(&entry));
+                    if let (Some(&id), Some(patient_id)) = (found, first.checked_add(place)) {
+                        named.entry(id).or_default().push(patient_id);
+                    }
+                }
+            }
+            Ok(ImportedUnder(named))
+        };
+        read().map_err(Error::db(&self.path, "looking up the links to an id"))
     }
 
     /// Those of `patient_ids` the sync recorded a link for, whatever its state, as
@@ -571,6 +599,10 @@ pub(super) fn record_imported_links(
     }
     Ok(())
 }
+
+/// The patients import batches give some NanoPix ids to, by id: see [`DentalTid::imported_under`].
+#[derive(Debug, Default)]
+pub struct ImportedUnder(HashMap<NanoPixId, Vec<i64>>);
 
 /// The link of one imported patient: its id, its NanoPix id and the creation time of the NanoPix
 /// row it was imported from.
@@ -1130,6 +1162,29 @@ mod tests {
         let rows = dentaltid.linked_rows().unwrap();
         assert_eq!(rows.created(7, ids[0]), created, "the row each link was made with is kept");
         assert_eq!(rows.created(8, nanopix_id("20240603_090501")), created, "the stale row is replaced");
+    }
+
+    #[test]
+    fn delete_requests_read_the_batches_once_for_many_ids_as_for_one() {
+        let (_dir, mut dentaltid) = sample_database();
+        let first = ["20240603_090500", "20240603_090501", "20240603_090502", "20240603_090503"];
+        assert_eq!(import_ids(&mut dentaltid, &first), [7, 8, 9, 10]);
+        dentaltid.conn.execute_batch("DELETE FROM patients WHERE id IN (8, 9)").unwrap();
+        dentaltid.set_link_states(&[(8, LinkState::DeleteRequested), (9, LinkState::DeleteRequested)]).unwrap();
+        // Patient 12 got patient 9's NanoPix id again, and DentalTID cleared its `external_id`
+        // since: only its batch entry keeps the id.
+        let second = ["20240101_000000", "20240603_090502", "20240101_000002", "20240101_000003"];
+        assert_eq!(import_ids(&mut dentaltid, &second), [11, 12, 13, 14]);
+        dentaltid.conn.execute_batch("UPDATE patients SET external_id = NULL WHERE id = 12").unwrap();
+        let ids = [nanopix_id(first[1]), nanopix_id(first[2]), nanopix_id(first[3]), nanopix_id("20230101_000000")];
+        let imported = dentaltid.imported_under(&ids).unwrap();
+        let named = |id| imported.0.get(&id).cloned().unwrap_or_default();
+        assert_eq!(ids.map(named), [vec![8], vec![9, 12], vec![10], vec![]]);
+        let at_once: Vec<bool> =
+            ids.iter().map(|&id| dentaltid.delete_requested_given(id, None, &imported).unwrap()).collect();
+        let one_by_one: Vec<bool> = ids.iter().map(|&id| dentaltid.delete_requested(id, None).unwrap()).collect();
+        assert_eq!(at_once, [true, false, false, false], "patient 12 keeps the second id; the third is no request");
+        assert_eq!(at_once, one_by_one);
     }
 
     #[test]

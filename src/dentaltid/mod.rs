@@ -29,6 +29,7 @@ pub(crate) mod testing;
 
 pub use last_names::LastNames;
 pub use linked_rows::{LinkedRows, is_another_person, other_people};
+pub use links::ImportedUnder;
 pub use patients::{Importing, LinkOutcome};
 pub use possible_duplicates::DuplicateToReview;
 
