@@ -730,8 +730,7 @@ impl Engine {
     fn delete_asked_for_row(&self, id: NanoPixId, imported: &ImportedUnder) -> Result<bool> {
         let row = self.nanopix.patient(id)?;
         let created = row.as_ref().and_then(|row| row.created);
-        Ok(self.dentaltid.delete_requested_given(id, created, imported)?
-            && !self.holds_another_person(row.as_slice())?)
+        Ok(self.dentaltid.delete_requested(id, created, imported)? && !self.holds_another_person(row.as_slice())?)
     }
 
     /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix

@@ -210,16 +210,11 @@ impl DentalTid {
     /// NanoPix's row under it, created at `row_created`: none shows the id any more
     /// ([`DentalTid::shows_external_id`]) nor keeps a link to it (one whose `external_id`
     /// DentalTID cleared), except those whose link was made with another person's row (see
-    /// [`super::linked_rows`]). Only then may the NanoPix patient be deleted.
-    pub fn delete_requested(&self, external_id: NanoPixId, row_created: Option<NaiveDateTime>) -> Result<bool> {
-        let imported = self.imported_under(&[external_id])?;
-        self.delete_requested_given(external_id, row_created, &imported)
-    }
-
-    /// [`DentalTid::delete_requested`], with the patients import batches give NanoPix ids to read
-    /// beforehand by [`DentalTid::imported_under`], once for many requests: reading them takes a
-    /// pass over every batch, whose first holds a whole first sync.
-    pub fn delete_requested_given(
+    /// [`super::linked_rows`]). Only then may the NanoPix patient be deleted. `imported` holds the
+    /// patients import batches give the id to, read by [`DentalTid::imported_under`] once for
+    /// many requests: reading them takes a pass over every batch, whose first holds a whole first
+    /// sync.
+    pub fn delete_requested(
         &self,
         external_id: NanoPixId,
         row_created: Option<NaiveDateTime>,
@@ -1181,8 +1176,9 @@ mod tests {
         let named = |id| imported.0.get(&id).cloned().unwrap_or_default();
         assert_eq!(ids.map(named), [vec![8], vec![9, 12], vec![10], vec![]]);
         let at_once: Vec<bool> =
-            ids.iter().map(|&id| dentaltid.delete_requested_given(id, None, &imported).unwrap()).collect();
-        let one_by_one: Vec<bool> = ids.iter().map(|&id| dentaltid.delete_requested(id, None).unwrap()).collect();
+            ids.iter().map(|&id| dentaltid.delete_requested(id, None, &imported).unwrap()).collect();
+        let alone = |id| dentaltid.delete_requested(id, None, &dentaltid.imported_under(&[id]).unwrap()).unwrap();
+        let one_by_one: Vec<bool> = ids.iter().map(|&id| alone(id)).collect();
         assert_eq!(at_once, [true, false, false, false], "patient 12 keeps the second id; the third is no request");
         assert_eq!(at_once, one_by_one);
     }

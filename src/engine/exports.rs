@@ -145,11 +145,13 @@ impl Engine {
             return Ok(HashMap::default());
         }
         let requests = self.dentaltid.delete_requests()?;
+        let born = self.nanopix.born_on(&requests, &dates)?;
+        let imported = self.dentaltid.imported_under(&born)?;
         let mut left = Vec::new();
-        for id in self.nanopix.born_on(&requests, &dates)? {
+        for id in born {
             let Some(patient) = self.nanopix.patient(id)? else { continue };
             if patient.birth_date.is_some_and(|born| dates.contains(&born))
-                && self.dentaltid.delete_requested(id, patient.created)?
+                && self.dentaltid.delete_requested(id, patient.created, &imported)?
             {
                 left.push(patient);
             }
