@@ -7,6 +7,7 @@
 //! Exports, the ids they get and their repair are in [`exports`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -94,8 +95,9 @@ pub(crate) struct Engine {
     /// whose folder is back.
     missing_folders: Vec<Link>,
     /// Whether the current automatic pass reported work a database refused while locked past the
-    /// busy timeout (an export, say): the live loop tries the pass again soon, as a failed one.
-    refused_while_busy: bool,
+    /// busy timeout (an export, say), as the database that did: the live loop tries the pass
+    /// again soon, as a failed one.
+    refused_while_busy: Option<PathBuf>,
     /// Delete requests written but not announced yet, as patient and NanoPix id: the work that
     /// found the deletion may still give the NanoPix patient back to a patient added again (see
     /// [`Engine::announce_delete_requests`]). DentalTID notes them too, so that a crash before
@@ -221,7 +223,7 @@ impl Engine {
             live_stored,
             next_repair: 0,
             missing_folders: Vec::new(),
-            refused_while_busy: false,
+            refused_while_busy: None,
             unannounced_deletes,
             holding_delete_requests: false,
             last_names: None,
@@ -670,7 +672,7 @@ impl Engine {
     /// after it is not automatic, even when `pass` panics.
     pub fn automatically<T>(&mut self, pass: impl FnOnce(&mut Self) -> T) -> T {
         self.automatic = true;
-        self.refused_while_busy = false;
+        self.refused_while_busy = None;
         let result = catch_unwind(AssertUnwindSafe(|| pass(self)));
         self.automatic = false;
         result.unwrap_or_else(|panic| resume_unwind(panic))
@@ -748,7 +750,7 @@ impl Engine {
 
     /// Whether the last automatic pass reported work refused by a locked database; clears it.
     pub fn take_refused_while_busy(&mut self) -> bool {
-        std::mem::take(&mut self.refused_while_busy)
+        self.refused_while_busy.take().is_some()
     }
 
     /// Whether the handle is closing, or its work was stopped (see [`crate::Stopper`]).
@@ -1285,7 +1287,9 @@ impl Engine {
         patient_id: Option<i64>,
         report: &mut ReconcileReport,
     ) {
-        self.refused_while_busy |= matches!(error, Error::Busy { .. });
+        if let Error::Busy { path, .. } = error {
+            self.refused_while_busy = Some(path.clone());
+        }
         report.errors += 1;
         self.bus.error(error, external_id, patient_id);
     }

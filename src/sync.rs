@@ -194,7 +194,8 @@ impl NanoPixSync {
     /// # Failure
     /// [`Error::Closed`] when the handle closes (or is stopped) before every patient was exported:
     /// `export_existing` on the next handle exports those left. [`Error::Busy`] when NanoPix kept changing, and
-    /// some patients were held back each time.
+    /// some patients were held back each time, or when a database stayed locked past the busy
+    /// timeout on some patient's export each time (calling again exports those left).
     pub fn export_existing(&self) -> Result<u64> {
         self.call(Engine::export_existing)
     }

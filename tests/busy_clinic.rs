@@ -957,3 +957,78 @@ fn stopping_while_an_export_waits_for_a_locked_nanopix_ends_its_tries_and_the_ne
     assert_eq!(in_nanopix.len(), 1, "{in_nanopix:?}");
     assert_eq!(common::dentaltid_named(&clinic, "Nadia", "Saidi"), vec![(nadia, in_nanopix.first().cloned())]);
 }
+
+/// In a child process: DentalTID (another program) on its parent's clinic. Each line read from
+/// stdin switches its write lock: the first takes it (`BEGIN IMMEDIATE`, then `held` on stdout),
+/// the second lets it go.
+#[test]
+#[ignore = "the child process of a test that DentalTID holds its lock in"]
+fn dentaltid_holding_its_lock_child() {
+    use std::io::BufRead;
+    let dir = PathBuf::from(std::env::var("NPS_TEST_CLINIC").unwrap());
+    let dentaltid = another_program(&dir.join("dentaltid.db"));
+    let mut lines = std::io::stdin().lock().lines();
+    lines.next().unwrap().unwrap();
+    dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+    println!("held");
+    lines.next().unwrap().unwrap();
+    dentaltid.execute_batch("COMMIT").unwrap();
+}
+
+/// DentalTID (in another process, as a slow save or a backup tool would) takes its write lock
+/// just as `export_existing` starts writing the clinic's old patients to NanoPix, and holds it
+/// past the sync's busy timeout before letting go. The first export is refused (`busy`), the
+/// others go through. That patient must be exported once DentalTID lets go, or the call must fail:
+/// with `Ok`, nothing exports it later (Live Sync never does: it is older than its cursor), and
+/// the clinic believes its old patients are all in NanoPix.
+#[test]
+fn export_existing_exports_a_patient_refused_while_dentaltid_held_its_lock_or_fails() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let clinic = Clinic::new("v29");
+    let mut child = common::child_process("dentaltid_holding_its_lock_child", &clinic)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap()).lines();
+    let clock = HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let _ = common::drain(&sync);
+    let (take, taken) = crossbeam_channel::bounded::<()>(1);
+    let (held, lock_held) = crossbeam_channel::bounded::<()>(1);
+    // The first time asked is before the exports (and before the indexes they need are built),
+    // the second as the first export starts.
+    let again = clock.clone();
+    clock.arm(Box::new(move || {
+        again.arm(Box::new(move || {
+            take.send(()).unwrap();
+            lock_held.recv_timeout(Duration::from_secs(30)).unwrap();
+        }))
+    }));
+    let result = std::thread::scope(|scope| {
+        let exporting = scope.spawn(|| sync.export_existing());
+        taken.recv_timeout(Duration::from_secs(30)).expect("export_existing asked the time before its exports");
+        writeln!(to_child, "take").unwrap();
+        // The test harness writes `test <name> ... ` before the child's own output, on its line.
+        while !from_child.next().unwrap().unwrap().ends_with("held") {}
+        held.send(()).unwrap();
+        let refused = |kind: &EventKind| matches!(kind, EventKind::SyncError { code, .. } if code == "busy");
+        wait_for(&sync, Duration::from_secs(30), refused);
+        writeln!(to_child, "let go").unwrap();
+        exporting.join().unwrap()
+    });
+    assert!(child.wait().unwrap().success());
+    let unexported: Vec<(i64, String)> = clinic
+        .dentaltid_rows("SELECT id, name FROM patients WHERE external_id IS NULL ORDER BY id", |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        });
+    assert!(
+        result.is_err() || unexported.is_empty(),
+        "export_existing gave {result:?}, yet DentalTID patients {unexported:?} have no NanoPix patient"
+    );
+}

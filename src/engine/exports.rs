@@ -2,6 +2,7 @@
 //! link), the ids they are given, the exports Live Sync owes, and the repair of exports that a
 //! crash or an error interrupted.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use chrono::{NaiveDate, NaiveDateTime};
@@ -184,28 +185,46 @@ impl Engine {
     /// while NanoPix changes meanwhile (see [`Engine::export_existing`]).
     fn export_unlinked(&mut self) -> Result<u64> {
         let mut report = ReconcileReport::default();
+        let mut refused_by = None;
         for _ in 0..EXPORT_ATTEMPTS {
             self.catch_up_with_nanopix()?;
             let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
-            self.export_each(&unlinked, IdsFrom::Creation, &mut report);
+            refused_by = self.export_each_refused_by(&unlinked, &mut report);
             // Cut short by closing: the patients not reached yet are not exported, which success
             // would hide (Live Sync never exports them: they are older than its cursor).
             if self.cancelled() {
                 self.extend_cursor_past_exports();
                 return Err(Error::Closed);
             }
-            // Exports held back because NanoPix changed are tried again once it is read again.
-            if Some(self.nanopix.data_version()?) == self.nanopix_read {
+            // Exports held back because NanoPix changed are tried again once it is read again, and
+            // those a locked database refused, once more.
+            if refused_by.is_none() && Some(self.nanopix.data_version()?) == self.nanopix_read {
                 self.extend_cursor_past_exports();
                 return Ok(report.exported);
             }
         }
         self.extend_cursor_past_exports();
         // Live Sync would never export them: they are older than its cursor.
-        Err(Error::Busy {
-            path: self.config.nanopix_root.clone(),
-            step: "exporting while NanoPix keeps changing: some patients are not exported yet",
+        Err(match refused_by {
+            Some(path) => {
+                Error::Busy { path, step: "exporting while it stayed locked: some patients are not exported yet" }
+            }
+            None => Error::Busy {
+                path: self.config.nanopix_root.clone(),
+                step: "exporting while NanoPix keeps changing: some patients are not exported yet",
+            },
         })
+    }
+
+    /// [`Engine::export_each`] with ids from the patients' creation, for `export_existing`; returns
+    /// the database that refused one of the exports while it stayed locked past the busy timeout
+    /// (a `sync_error` reports each refusal), if one did.
+    fn export_each_refused_by(&mut self, patients: &[Patient], report: &mut ReconcileReport) -> Option<PathBuf> {
+        let earlier = self.refused_while_busy.take();
+        self.export_each(patients, IdsFrom::Creation, report);
+        let refused_by = self.refused_while_busy.clone();
+        self.refused_while_busy = refused_by.clone().or(earlier);
+        refused_by
     }
 
     /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
