@@ -206,9 +206,7 @@ impl Engine {
         self.extend_cursor_past_exports();
         // Live Sync would never export them: they are older than its cursor.
         Err(match refused_by {
-            Some(path) => {
-                Error::Busy { path, step: "exporting while it stayed locked: some patients are not exported yet" }
-            }
+            Some(path) => Error::Busy { path, step: "exporting: some patients are not exported yet" },
             None => Error::Busy {
                 path: self.config.nanopix_root.clone(),
                 step: "exporting while NanoPix keeps changing: some patients are not exported yet",
