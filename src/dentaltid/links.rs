@@ -15,6 +15,7 @@
 //! entries this library cannot read back are skipped, never fatal. Nothing here deletes a patient.
 
 use std::fmt::Write;
+use std::ops::ControlFlow;
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
@@ -87,6 +88,11 @@ const SMALLEST_BATCH: usize = 4;
 /// The length of every NanoPix id in `nanopix_sync_imports.external_ids`.
 const ID_LEN: usize = 15;
 
+/// The text of NanoPix id `id` as an entry of `nanopix_sync_imports.external_ids`.
+fn batch_key(id: NanoPixId) -> Option<[u8; ID_LEN]> {
+    <[u8; ID_LEN]>::try_from(id.to_string().as_bytes()).ok()
+}
+
 /// The length of every entry in `nanopix_sync_imports.created_times`: `YYYY-MM-DD HH:MM:SS`.
 const CREATED_LEN: usize = 19;
 
@@ -154,8 +160,8 @@ impl DentalTid {
                 let text = id.to_string();
                 if in_rows.query_row([&text], |row| row.get(0))? {
                     found.insert(id);
-                } else if let Ok(bytes) = <[u8; ID_LEN]>::try_from(text.as_bytes()) {
-                    rest.insert(bytes, id);
+                } else if let Some(key) = batch_key(id) {
+                    rest.insert(key, id);
                 }
             }
             if !rest.is_empty() {
@@ -166,27 +172,44 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "looking up links"))
     }
 
-    /// Adds to `found` the ids of `wanted` (keyed by their text) that an import batch holds. A
-    /// batch holds its ids end to end, so each sits at a multiple of [`ID_LEN`].
+    /// Adds to `found` the ids of `wanted` (keyed by [`batch_key`]) that an import batch holds;
+    /// stops once it found them all.
     fn find_in_batches(
         &self,
         wanted: &HashMap<[u8; ID_LEN], NanoPixId>,
         found: &mut HashSet<NanoPixId>,
     ) -> rusqlite::Result<()> {
-        let mut batches = self.conn.prepare_cached("SELECT external_ids FROM nanopix_sync_imports")?;
-        let mut rows = batches.query([])?;
         let mut left = wanted.len();
-        while let Some(row) = rows.next()? {
-            let ValueRef::Text(ids) = row.get_ref(0)? else { continue };
-            for id in ids.chunks_exact(ID_LEN).filter_map(|held| <[u8; ID_LEN]>::try_from(held).ok()) {
-                if let Some(&id) = wanted.get(&id)
-                    && found.insert(id)
-                {
-                    left -= 1;
-                }
+        self.walk_batches(wanted, |id, _| {
+            if found.insert(id) {
+                left -= 1;
             }
-            if left == 0 {
-                break;
+            if left == 0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+    }
+
+    /// Calls `held` with each import batch entry that holds one of `wanted` (keyed by
+    /// [`batch_key`]) and the patient the entry gives it to, until `held` breaks. A batch holds
+    /// its ids end to end, so an id's place, a multiple of [`ID_LEN`], says which patient of its
+    /// range it belongs to (none for a batch without a readable first patient id).
+    fn walk_batches(
+        &self,
+        wanted: &HashMap<[u8; ID_LEN], NanoPixId>,
+        mut held: impl FnMut(NanoPixId, Option<i64>) -> ControlFlow<()>,
+    ) -> rusqlite::Result<()> {
+        let mut batches =
+            self.conn.prepare_cached("SELECT first_patient_id, external_ids FROM nanopix_sync_imports")?;
+        let mut rows = batches.query([])?;
+        while let Some(row) = rows.next()? {
+            let ValueRef::Text(entries) = row.get_ref(1)? else { continue };
+            let first = integer_at(row, 0)?;
+            for (entry, place) in entries.chunks_exact(ID_LEN).zip(0i64..) {
+                let Some(&id) = <[u8; ID_LEN]>::try_from(entry).ok().and_then(|entry| wanted.get(&entry)) else {
+                    continue;
+                };
+                if held(id, first.and_then(|first| first.checked_add(place))).is_break() {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -267,33 +290,19 @@ impl DentalTid {
     }
 
     /// The patients import batches give each of the NanoPix `ids` to, in one pass over the
-    /// batches: an id's place in a batch, a multiple of [`ID_LEN`], says which patient of its
-    /// range it belongs to.
+    /// batches (see [`DentalTid::walk_batches`]).
     pub fn imported_under(&self, ids: &[NanoPixId]) -> Result<ImportedUnder> {
-        let wanted: HashMap<[u8; ID_LEN], NanoPixId> = ids
-            .iter()
-            .filter_map(|&id| Some((<[u8; ID_LEN]>::try_from(id.to_string().as_bytes()).ok()?, id)))
-            .collect();
-        let read = || -> rusqlite::Result<ImportedUnder> {
-            let mut named: HashMap<NanoPixId, Vec<i64>> = HashMap::default();
-            if wanted.is_empty() {
-                return Ok(ImportedUnder(named));
-            }
-            let mut batches =
-                self.conn.prepare_cached("SELECT first_patient_id, external_ids FROM nanopix_sync_imports")?;
-            let mut rows = batches.query([])?;
-            while let Some(row) = rows.next()? {
-                let (Some(first), ValueRef::Text(held)) = (integer_at(row, 0)?, row.get_ref(1)?) else { continue };
-                for (entry, place) in held.chunks_exact(ID_LEN).zip(0i64..) {
-                    let found = <[u8; ID_LEN]>::try_from(entry).ok().and_then(|entry| wanted.get(&entry));
-                    if let (Some(&id), Some(patient_id)) = (found, first.checked_add(place)) {
-                        named.entry(id).or_default().push(patient_id);
-                    }
-                }
-            }
-            Ok(ImportedUnder(named))
-        };
-        read().map_err(Error::db(&self.path, "looking up the links to an id"))
+        let wanted: HashMap<[u8; ID_LEN], NanoPixId> =
+            ids.iter().filter_map(|&id| Some((batch_key(id)?, id))).collect();
+        let mut named: HashMap<NanoPixId, Vec<i64>> = HashMap::default();
+        if !wanted.is_empty() {
+            let read = self.walk_batches(&wanted, |id, patient_id| {
+                named.entry(id).or_default().extend(patient_id);
+                ControlFlow::Continue(())
+            });
+            read.map_err(Error::db(&self.path, "looking up the links to an id"))?;
+        }
+        Ok(ImportedUnder(named))
     }
 
     /// Those of `patient_ids` the sync recorded a link for, whatever its state, as
