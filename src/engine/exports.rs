@@ -216,13 +216,12 @@ impl Engine {
 
     /// [`Engine::export_each`] with ids from the patients' creation, for `export_existing`; returns
     /// the database that refused one of the exports while it stayed locked past the busy timeout
-    /// (a `sync_error` reports each refusal), if one did.
+    /// (a `sync_error` reports each refusal), if one did. The flag it reads is automatic work's,
+    /// which `export_existing` never is: each automatic pass starts from none.
     fn export_each_refused_by(&mut self, patients: &[Patient], report: &mut ReconcileReport) -> Option<PathBuf> {
-        let earlier = self.refused_while_busy.take();
+        self.refused_while_busy = None;
         self.export_each(patients, IdsFrom::Creation, report);
-        let refused_by = self.refused_while_busy.clone();
-        self.refused_while_busy = refused_by.clone().or(earlier);
-        refused_by
+        self.refused_while_busy.take()
     }
 
     /// Imports or links the NanoPix patients the sync has not seen yet, unless NanoPix's data
