@@ -1390,3 +1390,78 @@ fn exporting_a_patient_added_to_a_dentaltid_file_restored_under_an_open_handle_f
     let exported = clinic.open_without_automatic_work().export_patient(nadia);
     assert!(exported.is_ok(), "a new handle exports her: {exported:?}");
 }
+
+/// The fixture patient, imported alone and the newest, is deleted in DentalTID and her delete
+/// request sent; NanoPix keeps her. Yacine, imported next, would get her DentalTID id again from
+/// a `patients` table without AUTOINCREMENT: he is given the next one, so her link and her
+/// delete request stay, and she is not imported back.
+#[test]
+fn without_autoincrement_an_import_after_a_delete_request_takes_no_deleted_patients_id() {
+    let clinic = clinic_without_autoincrement();
+    let sync = clinic.open();
+    let (id, patient) = delete_the_imported_fixture_patient(&clinic, &sync);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    assert_eq!(sync.reconcile().unwrap().imported, 1, "Yacine");
+    let yacine: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0))[0];
+    assert_eq!(yacine, patient + 1, "Yacine is given the next id");
+    assert_stays_deleted(&clinic, &sync, id);
+}
+
+/// As above, but Yacine is saved in NanoPix before any reconcile saw her gone: the reconcile that
+/// imports him also asks for her delete, with her NanoPix id, and his link stays his.
+#[test]
+fn without_autoincrement_an_import_in_the_pass_that_finds_a_patient_deleted_takes_not_her_id() {
+    let clinic = clinic_without_autoincrement();
+    let sync = clinic.open();
+    let id = "20250121_152638";
+    assert_eq!(sync.reconcile().unwrap().imported, 1);
+    let patient: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    drain(&sync);
+    assert_eq!(sync.reconcile().unwrap().imported, 1, "Yacine");
+    let yacine = sync.patients(PatientFilter::All).unwrap().into_iter().find(|p| p.last_name == "Mansouri").unwrap();
+    assert_eq!(yacine.id, patient + 1, "Yacine is given the next id");
+    let requests: Vec<(i64, String)> = drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests, [(patient, id.to_owned())], "her delete request");
+    assert_eq!(sync.source_info(yacine.id).unwrap().link_state, Some(LinkState::Linked), "Yacine's link");
+    assert_stays_deleted(&clinic, &sync, id);
+}
+
+/// Imports the fixture patient, deletes her in DentalTID and waits for her delete request;
+/// returns her NanoPix id and the DentalTID id she had.
+fn delete_the_imported_fixture_patient(clinic: &Clinic, sync: &NanoPixSync) -> (&'static str, i64) {
+    let id = "20250121_152638";
+    assert_eq!(sync.reconcile().unwrap().imported, 1);
+    let patient: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    sync.reconcile().unwrap();
+    let requested = drain(sync).into_iter().any(
+        |e| matches!(&e.kind, EventKind::DeleteRequested { external_id, patient_id } if external_id == id && *patient_id == patient),
+    );
+    assert!(requested, "her delete request");
+    (id, patient)
+}
+
+/// Reconciles twice: no DentalTID patient holds NanoPix id `id` again, and its delete is still
+/// asked for, so the host may delete it.
+fn assert_stays_deleted(clinic: &Clinic, sync: &NanoPixSync, id: &str) {
+    for _ in 0..2 {
+        let report = sync.reconcile().unwrap();
+        let holders: Vec<i64> =
+            clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0));
+        assert_eq!((report.imported, holders), (0, vec![]), "the deleted patient is not imported back");
+    }
+    let deleting = sync.delete_in_nanopix(id);
+    let asked = matches!(deleting, Ok(()) | Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. }));
+    assert!(asked, "her delete is still asked for: {deleting:?}");
+}

@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::still_fits;
 use super::linked_rows::record_linked_rows;
-use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
+use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, highest_patient_id, patient_in};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::matching::{MatchKey, PossibleDuplicate};
@@ -587,6 +587,24 @@ impl DentalTid {
     }
 }
 
+/// The id the next imported patient is to take when the one SQLite would give it is a patient
+/// id a link still names, else `None`. A `patients` table without AUTOINCREMENT gives the
+/// highest id again once its patient is deleted: a new patient under her link would be taken
+/// for her, her delete request lost and her NanoPix patient imported back. The id is then past
+/// every id linked and every id issued (as [`highest_patient_id`] reads it).
+pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64>> {
+    let sql = "SELECT (SELECT MAX(id) FROM patients), (SELECT MAX(patient_id) FROM nanopix_sync_links),
+        (SELECT MAX(last_patient_id) FROM nanopix_sync_imports WHERE typeof(last_patient_id) = 'integer')";
+    let read = |row: &Row<'_>| Ok((integer_at(row, 0)?, integer_at(row, 1)?.max(integer_at(row, 2)?)));
+    let (highest, linked) = tx.prepare_cached(sql)?.query_row([], read)?;
+    match linked {
+        Some(linked) if highest.is_none_or(|highest| linked > highest) => {
+            Ok(linked.max(highest_patient_id(tx)?).checked_add(1))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Records the links of the patients one [`super::Importing::insert`] wrote, given as `(patient id,
 /// NanoPix id, creation time of the NanoPix row)` in the order written: one batch row per run of
 /// consecutive patient ids, or link rows for a short one (see [`record_run`]).
@@ -614,9 +632,10 @@ pub(super) type ImportedLink = (i64, NanoPixId, Option<NaiveDateTime>);
 
 /// Records one run of consecutive patient ids as a batch row, with the rows their links were
 /// made with. A run shorter than [`SMALLEST_BATCH`] gets link rows and rows of
-/// `nanopix_sync_linked_rows` instead, and so does a run one of whose ids already has a link (an
-/// id used again after a delete, which a `patients` table without AUTOINCREMENT allows): they
-/// replace what is recorded for those ids.
+/// `nanopix_sync_linked_rows` instead, and so does a run one of whose ids already has a link
+/// (imports take no id a readable link names, see [`id_past_links`], but a batch row whose range
+/// cannot be read reaches every patient after its start): they replace what is recorded for
+/// those ids.
 fn record_run(tx: &Transaction<'_>, run: &[ImportedLink], synced_at: &str) -> rusqlite::Result<()> {
     let (Some((first, ..)), Some((last, ..))) = (run.first(), run.last()) else { return Ok(()) };
     let linked = tx.prepare_cached(RANGE_LINKED)?.query_row([first, last], |row| row.get::<_, bool>(0))?;
@@ -1326,19 +1345,44 @@ mod tests {
         assert_eq!(dentaltid.link(7).unwrap(), Some(imported(7, "20240603_090500")));
     }
 
+    /// Without AUTOINCREMENT (no `sqlite_sequence` row), SQLite would give the ids of the deleted
+    /// patients 6 to 8 again: the import takes the ids past them, and their links stay.
     #[test]
-    fn an_import_over_ids_used_before_replaces_their_links() {
+    fn an_import_after_the_newest_linked_patients_were_deleted_keeps_their_links() {
         let (_dir, mut dentaltid) = sample_database();
         import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
         // Only a patient with a birth date links.
         dentaltid.conn.execute("UPDATE patients SET dateOfBirth = '1990-01-01T00:00:00.000' WHERE id = 6", []).unwrap();
         link_one(&mut dentaltid, 6, "20230303_030303", at(2025, 1, 21, 12, 0));
+        let mut links = dentaltid.links().unwrap();
         let forget = "DELETE FROM patients WHERE id >= 6; DELETE FROM sqlite_sequence WHERE name = 'patients'";
         dentaltid.conn.execute_batch(forget).unwrap();
         let ids = import_ids(&mut dentaltid, &["20250505_050505", "20250505_050506", "20250505_050507"]);
-        assert_eq!(ids, [6, 7, 8]);
-        let expected = [imported(6, "20250505_050505"), imported(7, "20250505_050506"), imported(8, "20250505_050507")];
-        assert_eq!(dentaltid.links().unwrap(), expected);
-        assert_link_agrees_with_links(&dentaltid, 5..=9);
+        assert_eq!(ids, [9, 10, 11]);
+        links.extend([
+            imported(9, "20250505_050505"),
+            imported(10, "20250505_050506"),
+            imported(11, "20250505_050507"),
+        ]);
+        assert_eq!(dentaltid.links().unwrap(), links);
+        assert_link_agrees_with_links(&dentaltid, 5..=12);
+    }
+
+    /// A batch row whose range cannot be read reaches every patient from its start: an import
+    /// over those ids records link rows, which replace its entries.
+    #[test]
+    fn an_import_over_ids_an_unreadable_batch_reaches_replaces_their_links() {
+        let (_dir, mut dentaltid) = sample_database();
+        let sql = "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids)
+            VALUES (7, 'eight', '2025-01-21T12:00:00.000', '20240101_00000720240101_000008')";
+        dentaltid.conn.execute_batch(sql).unwrap();
+        let external_ids = ["20250505_050505", "20250505_050506", "20250505_050507", "20250505_050508"];
+        let ids = import_ids(&mut dentaltid, &external_ids);
+        assert_eq!(ids, [7, 8, 9, 10]);
+        for (patient_id, external_id) in ids.into_iter().zip(external_ids) {
+            assert_eq!(dentaltid.link(patient_id).unwrap(), Some(imported(patient_id, external_id)));
+        }
+        assert_eq!(count(&dentaltid, "nanopix_sync_links"), 4, "link rows, not a second batch row");
+        assert_link_agrees_with_links(&dentaltid, 6..=11);
     }
 }

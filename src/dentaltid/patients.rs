@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, Transact
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::{still_fits, unlinked_keys_after};
 use super::linked_rows::record_linked_rows;
-use super::links::record_imported_links;
+use super::links::{id_past_links, record_imported_links};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::matching::{MatchKey, MatchedLink, PossibleDuplicate};
@@ -31,11 +31,12 @@ const NEWEST_FIRST: &str = "ORDER BY createdAt DESC, id DESC";
 /// Rows created on one day: `createdAt` compared as text, as DentalTID compares it.
 const ON_DAY: &str = "createdAt >= ?1 AND createdAt < ?2";
 
-/// Every column DentalTID's `Patient.toJson` writes, with its defaults for a new patient.
-const INSERT_IMPORTED: &str = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis,
+/// Every column DentalTID's `Patient.toJson` writes, with its defaults for a new patient, and
+/// the id: NULL lets SQLite give the next one.
+const INSERT_IMPORTED: &str = "INSERT INTO patients(id, name, familyName, age, dateOfBirth, healthState, diagnosis,
         treatment, payment, createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted, source,
         external_id)
-    VALUES (?1, ?2, ?3, ?4, '', '', '', 0.0, ?5, 0, 'EmergencySeverity.low', '', ?6, 0, 'nanopix', ?7)";
+    VALUES (?1, ?2, ?3, ?4, ?5, '', '', '', 0.0, ?6, 0, 'EmergencySeverity.low', '', ?7, 0, 'nanopix', ?8)";
 
 /// Whether a link row, or an import batch's run of ids, past `?1` names a patient `patients`
 /// no longer holds. Only the part of a batch past `?1` is counted; a link whose delete was
@@ -185,9 +186,12 @@ fn insert_imported(
 ) -> rusqlite::Result<Vec<rusqlite::Result<i64>>> {
     let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
     let (mut imported, mut outcomes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    // Once one row took it, the ids SQLite gives the next ones are past it too.
+    let mut first_id = id_past_links(tx)?;
     for row in rows {
         let external_id = row.external_id.to_string();
         let inserted = match insert.insert(params![
+            first_id.take(),
             row.first_name,
             row.last_name,
             row.age,
@@ -674,6 +678,36 @@ mod tests {
         assert_eq!((patients.len(), highest), (0, Some(6)), "the cursor moves past imported patients");
         assert_eq!(dentaltid.created_here_after(6).unwrap(), (Vec::new(), None));
         assert_eq!(dentaltid.patient(99).unwrap(), None);
+    }
+
+    /// Patients 5 and 6 are deleted, 6 with its link left (in a link row or in an import batch);
+    /// `sqlite_sequence` says 8 ids were issued. The next import takes 9, as SQLite gives it, and
+    /// with no `sqlite_sequence` row (a table without AUTOINCREMENT, which would give 5 and then
+    /// 6) it takes 7: past the link, the next one after it too.
+    #[test]
+    fn an_import_takes_an_id_past_every_link_and_every_id_issued() {
+        let link_row =
+            "INSERT INTO nanopix_sync_links VALUES (6, '20250121_152638', 'imported', 'delete_requested', '')";
+        let batch_row = "INSERT INTO nanopix_sync_imports VALUES (5, 6, '', '20250121_15263820250121_152639', NULL)";
+        for link in [link_row, batch_row] {
+            let (_dir, mut dentaltid) = sample_database();
+            dentaltid.conn.execute_batch("DELETE FROM patients WHERE id >= 5").unwrap();
+            dentaltid.conn.execute(link, []).unwrap();
+            for (sequence, ids) in
+                [("UPDATE sqlite_sequence SET seq = 8", [9, 10]), ("DELETE FROM sqlite_sequence", [7, 8])]
+            {
+                dentaltid.conn.execute_batch(sequence).unwrap();
+                let rows = [
+                    new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000"),
+                    new_patient("B", at(2025, 1, 2, 0, 0), "20250102_000000"),
+                ];
+                let mut importing = dentaltid.importing();
+                let inserted: Vec<i64> =
+                    importing.insert(&rows, at(2025, 1, 21, 12, 0)).unwrap().into_iter().map(Result::unwrap).collect();
+                drop(importing);
+                assert_eq!(inserted, ids, "{link}, {sequence}");
+            }
+        }
     }
 
     #[test]
