@@ -1465,3 +1465,24 @@ fn assert_stays_deleted(clinic: &Clinic, sync: &NanoPixSync, id: &str) {
     let asked = matches!(deleting, Ok(()) | Err(nanopix_sync::Error::NanoPixPatientNotEmpty { .. }));
     assert!(asked, "her delete is still asked for: {deleting:?}");
 }
+
+/// As above, but DentalTID's table refuses the first NanoPix patient of the import (a trigger of
+/// its own: no first name), so that row takes no id: Yacine, the next row, must still be given
+/// an id past the deleted patient's, so her link and her delete request stay.
+#[test]
+fn without_autoincrement_an_import_whose_first_row_is_refused_takes_no_deleted_patients_id() {
+    let clinic = clinic_without_autoincrement();
+    let sync = clinic.open();
+    let (id, patient) = delete_the_imported_fixture_patient(&clinic, &sync);
+    let trigger = "CREATE TRIGGER patients_need_a_name BEFORE INSERT ON patients WHEN trim(NEW.name) = ''
+         BEGIN SELECT RAISE(ABORT, 'a patient needs a name'); END";
+    another_program(&clinic.dentaltid).execute_batch(trigger).unwrap();
+    clinic.add_nanopix("20250122_091400", "Haddad", "", None);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (1, 1), "Yacine imported, the nameless patient refused");
+    let yacine: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0))[0];
+    assert!(yacine > patient, "Yacine ({yacine}) is given an id past hers ({patient})");
+    assert_stays_deleted(&clinic, &sync, id);
+}

@@ -186,12 +186,13 @@ fn insert_imported(
 ) -> rusqlite::Result<Vec<rusqlite::Result<i64>>> {
     let mut insert = tx.prepare_cached(INSERT_IMPORTED)?;
     let (mut imported, mut outcomes) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
-    // Once one row took it, the ids SQLite gives the next ones are past it too.
+    // Once one row took it, the ids SQLite gives the next ones are past it too; a row the table
+    // refused took none, so the next row is given it.
     let mut first_id = id_past_links(tx)?;
     for row in rows {
         let external_id = row.external_id.to_string();
         let inserted = match insert.insert(params![
-            first_id.take(),
+            first_id,
             row.first_name,
             row.last_name,
             row.age,
@@ -206,7 +207,10 @@ fn insert_imported(
             inserted => inserted,
         };
         match inserted {
-            Ok(id) => imported.push((id, row.external_id, row.nanopix_created)),
+            Ok(id) => {
+                first_id = None;
+                imported.push((id, row.external_id, row.nanopix_created));
+            }
             Err(error) if !is_refusal(&error) || tx.is_autocommit() => return Err(error),
             Err(_) => {}
         }
