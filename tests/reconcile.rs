@@ -1678,3 +1678,33 @@ fn held_delete_request_then_another_person_under_its_id(sql: &str) -> Vec<EventK
     clinic.save_another_person_under(id);
     reconcile_with(&clinic).1
 }
+
+/// A link row hand-edited to name a patient id near the end of SQLite's range (no such patient
+/// was ever issued: `sqlite_sequence` is far below it). The next import must not take an id past
+/// it: DentalTID's table declares AUTOINCREMENT, which then fails every later insert ("database
+/// or disk is full"), so DentalTID could never add a patient again.
+#[test]
+fn a_hand_edited_huge_link_id_leaves_dentaltid_able_to_add_patients() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(false).unwrap();
+    let huge = i64::MAX - 1;
+    another_program(&clinic.dentaltid)
+        .execute(
+            "INSERT INTO nanopix_sync_links VALUES (?1, '20200101_000000', 'imported', 'delete_requested', '')",
+            [huge],
+        )
+        .unwrap();
+    let issued: i64 = clinic.dentaltid_rows("SELECT seq FROM sqlite_sequence WHERE name = 'patients'", |r| r.get(0))[0];
+    assert_eq!(sync.reconcile().unwrap().imported, 1, "the fixture patient");
+    let imported: i64 =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250121_152638'", |r| r.get(0))[0];
+    assert_eq!(imported, issued + 1, "AUTOINCREMENT gives the next id, as before");
+    let added = another_program(&clinic.dentaltid).execute(
+        "INSERT INTO patients(name, familyName, age, healthState, diagnosis, treatment, payment, createdAt,
+                              isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+         VALUES ('Nadia', 'Kaci', 30, '', '', '', 0.0, '2025-01-22T09:00:00.000', 0, 'EmergencySeverity.low', '', '', 0)",
+        [],
+    );
+    assert!(added.is_ok(), "DentalTID adds a patient: {added:?}");
+}

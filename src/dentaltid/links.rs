@@ -592,7 +592,17 @@ impl DentalTid {
 /// highest id again once its patient is deleted: a new patient under her link would be taken
 /// for her, her delete request lost and her NanoPix patient imported back. The id is then past
 /// every id linked and every id issued (as [`highest_patient_id`] reads it).
+///
+/// A table whose `sqlite_sequence` row counts its ids (AUTOINCREMENT, as DentalTID's) gives no
+/// id up to the count again, and every id a link names was issued: the id SQLite gives is kept,
+/// as before. A link past the count names an id never issued (edited by hand): taking an id past
+/// one near the end of the range would leave DentalTID unable to add a patient.
 pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64>> {
+    if super::migration::schema_object_exists(tx, "table", "sqlite_sequence")?
+        && tx.prepare_cached("SELECT 1 FROM sqlite_sequence WHERE name = 'patients'")?.exists([])?
+    {
+        return Ok(None);
+    }
     let sql = "SELECT (SELECT MAX(id) FROM patients), (SELECT MAX(patient_id) FROM nanopix_sync_links),
         (SELECT MAX(last_patient_id) FROM nanopix_sync_imports WHERE typeof(last_patient_id) = 'integer')";
     let read = |row: &Row<'_>| Ok((integer_at(row, 0)?, integer_at(row, 1)?.max(integer_at(row, 2)?)));
