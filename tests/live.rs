@@ -1486,3 +1486,21 @@ fn without_autoincrement_an_import_whose_first_row_is_refused_takes_no_deleted_p
     assert!(yacine > patient, "Yacine ({yacine}) is given an id past hers ({patient})");
     assert_stays_deleted(&clinic, &sync, id);
 }
+
+/// A link row hand-edited to name a patient id near the end of SQLite's range, in a `patients`
+/// table without AUTOINCREMENT. An import that took the id past it would leave SQLite giving
+/// DentalTID's next patients random ids, all below the export cursor the import moved to the
+/// end of the range: Live Sync would never export them.
+#[test]
+fn without_autoincrement_a_hand_edited_huge_link_id_leaves_new_patients_exported() {
+    let clinic = clinic_without_autoincrement();
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    let link = "INSERT INTO nanopix_sync_links VALUES (?1, '20200101_000000', 'imported', 'delete_requested', '')";
+    another_program(&clinic.dentaltid).execute(link, [i64::MAX - 1]).unwrap();
+    assert_eq!(sync.reconcile().unwrap().imported, 1, "the fixture patient");
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    sync.reconcile().unwrap();
+    let exported = sync.source_info(nadia).unwrap().external_id;
+    assert!(exported.is_some(), "Nadia (patient {nadia}) is exported");
+}

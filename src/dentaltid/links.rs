@@ -587,6 +587,11 @@ impl DentalTid {
     }
 }
 
+/// The highest patient id a link or an import batch may name for [`id_past_links`] to take an id
+/// past it: one past it would leave DentalTID's next patients no id in order (SQLite then picks
+/// random ids, below the export cursor), so a link past it (edited by hand) is left out.
+const LINKED_IDS_UP_TO: i64 = i64::MAX / 2;
+
 /// The id the next imported patient is to take when the one SQLite would give it is a patient
 /// id a link still names, else `None`. A `patients` table without AUTOINCREMENT gives the
 /// highest id again once its patient is deleted: a new patient under her link would be taken
@@ -603,10 +608,13 @@ pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64
     {
         return Ok(None);
     }
-    let sql = "SELECT (SELECT MAX(id) FROM patients), (SELECT MAX(patient_id) FROM nanopix_sync_links),
-        (SELECT MAX(last_patient_id) FROM nanopix_sync_imports WHERE typeof(last_patient_id) = 'integer')";
+    // Ids past LINKED_IDS_UP_TO were named by hand: no clinic issues that many.
+    let sql = "SELECT (SELECT MAX(id) FROM patients), (SELECT MAX(patient_id) FROM nanopix_sync_links
+            WHERE patient_id <= ?1),
+        (SELECT MAX(last_patient_id) FROM nanopix_sync_imports
+            WHERE typeof(last_patient_id) = 'integer' AND last_patient_id <= ?1)";
     let read = |row: &Row<'_>| Ok((integer_at(row, 0)?, integer_at(row, 1)?.max(integer_at(row, 2)?)));
-    let (highest, linked) = tx.prepare_cached(sql)?.query_row([], read)?;
+    let (highest, linked) = tx.prepare_cached(sql)?.query_row([LINKED_IDS_UP_TO], read)?;
     match linked {
         Some(linked) if highest.is_none_or(|highest| linked > highest) => {
             Ok(linked.max(highest_patient_id(tx)?).checked_add(1))
