@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::still_fits;
 use super::linked_rows::record_linked_rows;
-use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, highest_patient_id, patient_in};
+use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::matching::{MatchKey, PossibleDuplicate};
@@ -595,8 +595,8 @@ const LINKED_IDS_UP_TO: i64 = i64::MAX / 2;
 /// The id the next imported patient is to take when the one SQLite would give it is a patient
 /// id a link still names, else `None`. A `patients` table without AUTOINCREMENT gives the
 /// highest id again once its patient is deleted: a new patient under her link would be taken
-/// for her, her delete request lost and her NanoPix patient imported back. The id is then past
-/// every id linked and every id issued (as [`highest_patient_id`] reads it).
+/// for her, her delete request lost and her NanoPix patient imported back. The id is then the
+/// one past every id linked.
 ///
 /// A table whose `sqlite_sequence` row counts its ids (AUTOINCREMENT, as DentalTID's) gives no
 /// id up to the count again, and every id a link names was issued: the id SQLite gives is kept,
@@ -616,9 +616,7 @@ pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64
     let read = |row: &Row<'_>| Ok((integer_at(row, 0)?, integer_at(row, 1)?.max(integer_at(row, 2)?)));
     let (highest, linked) = tx.prepare_cached(sql)?.query_row([LINKED_IDS_UP_TO], read)?;
     match linked {
-        Some(linked) if highest.is_none_or(|highest| linked > highest) => {
-            Ok(linked.max(highest_patient_id(tx)?).checked_add(1))
-        }
+        Some(linked) if highest.is_none_or(|highest| linked > highest) => Ok(linked.checked_add(1)),
         _ => Ok(None),
     }
 }
