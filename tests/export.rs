@@ -1659,3 +1659,33 @@ fn a_journal_row_without_a_valid_id_does_not_block_the_export_of_its_patient() {
     let exported = sync.export_patient(1);
     assert!(exported.is_ok(), "{exported:?}");
 }
+
+/// DentalTID refuses to store the new NanoPix id on Nadia (a trigger of its own) after Live Sync
+/// wrote her NanoPix patient: the `sync_error` names the NanoPix id she was exported under, which
+/// support needs to find her there.
+#[test]
+fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let refuse = "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients
+        BEGIN SELECT RAISE(ABORT, 'this patient may not be linked'); END";
+    common::another_program(&clinic.dentaltid).execute_batch(refuse).unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    common::drain(&sync);
+    sync.reconcile().unwrap();
+    let written = common::nanopix_ids_named(&clinic, "Nadia", "Cherif");
+    assert_eq!(written.len(), 1, "her NanoPix patient is written: {written:?}");
+    let named: Vec<Option<String>> = common::drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::SyncError { patient_id: Some(patient), external_id, .. } if patient == nadia => {
+                Some(external_id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!named.is_empty(), "her export's error is reported");
+    assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
+}

@@ -377,10 +377,20 @@ impl Engine {
                 }
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
                 Ok(Exported::Deleted | Exported::Deferred) => {}
-                Err(error) => self.report_error(&error, None, Some(patient.id), report),
+                Err(error) => {
+                    let external_id = self.journaled_id(patient.id);
+                    self.report_error(&error, external_id, Some(patient.id), report);
+                }
             }
         }
         lowest_failed
+    }
+
+    /// The NanoPix id the export journal holds for patient `patient_id`, if it can be read: the
+    /// one its export reserved, and may have written NanoPix's row under.
+    fn journaled_id(&self, patient_id: i64) -> Option<String> {
+        let pending = self.dentaltid.pending_export(patient_id).ok().flatten();
+        pending.map(|pending| pending.external_id.to_string())
     }
 
     /// The DentalTID patients an export of one of `patients` may duplicate, in a matcher: those
