@@ -345,8 +345,10 @@ impl Engine {
         Ok(report)
     }
 
-    /// Whether Live Sync is on.
+    /// Whether Live Sync is on, as the DentalTID file the handle opened says: fails once that
+    /// file was replaced (see [`DentalTid::check_still_open_file`]), as every call then does.
     pub fn live_sync(&self) -> Result<bool> {
+        self.dentaltid.check_still_open_file()?;
         self.dentaltid.live_sync()
     }
 

@@ -1333,6 +1333,8 @@ fn a_dentaltid_file_restored_under_an_open_handle_is_reported_until_a_new_handle
     assert!(replaced(&told.kind), "{told:?}");
     let refused = sync.reconcile().unwrap_err();
     assert_eq!(refused.code(), "io", "{refused}");
+    let setting = sync.live_sync().map_err(|error| error.code());
+    assert_eq!(setting, Err("io"), "the setting is not read from the old file");
     drop(sync);
     let sync = clinic.open();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == nadia));
