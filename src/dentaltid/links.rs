@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::still_fits;
 use super::linked_rows::record_linked_rows;
-use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
+use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in, patients_sequence};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::matching::{MatchKey, PossibleDuplicate};
@@ -603,9 +603,7 @@ const LINKED_IDS_UP_TO: i64 = i64::MAX / 2;
 /// as before. A link past the count names an id never issued (edited by hand): taking an id past
 /// one near the end of the range would leave DentalTID unable to add a patient.
 pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64>> {
-    if super::migration::schema_object_exists(tx, "table", "sqlite_sequence")?
-        && tx.prepare_cached("SELECT 1 FROM sqlite_sequence WHERE name = 'patients'")?.exists([])?
-    {
+    if patients_sequence(tx)?.is_some() {
         return Ok(None);
     }
     // Ids past LINKED_IDS_UP_TO were named by hand: no clinic issues that many.

@@ -527,13 +527,17 @@ fn external_id_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String
 /// The larger of `sqlite_sequence`'s counter for `patients` (when there is one) and `MAX(id)`.
 pub(super) fn highest_patient_id(conn: &Connection) -> rusqlite::Result<i64> {
     let max_id = conn.query_row("SELECT MAX(id) FROM patients", [], |row| integer_at(row, 0))?;
-    let sequence = if super::migration::schema_object_exists(conn, "table", "sqlite_sequence")? {
-        let sql = "SELECT seq FROM sqlite_sequence WHERE name = 'patients'";
-        conn.query_row(sql, [], |row| integer_at(row, 0)).optional()?.flatten()
-    } else {
-        None
-    };
-    Ok(max_id.into_iter().chain(sequence).max().unwrap_or(0).max(0))
+    Ok(max_id.into_iter().chain(patients_sequence(conn)?).max().unwrap_or(0).max(0))
+}
+
+/// `sqlite_sequence`'s counter for `patients`: kept for a table with AUTOINCREMENT once it
+/// issued an id, and never given again by it.
+pub(super) fn patients_sequence(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    if !super::migration::schema_object_exists(conn, "table", "sqlite_sequence")? {
+        return Ok(None);
+    }
+    let sql = "SELECT seq FROM sqlite_sequence WHERE name = 'patients'";
+    Ok(conn.query_row(sql, [], |row| integer_at(row, 0)).optional()?.flatten())
 }
 
 #[cfg(test)]
