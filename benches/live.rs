@@ -3,8 +3,10 @@
 //! steady reconcile and a live import scale from 1,000 to 100,000 patients. Each latency is set
 //! against a bare notify watcher's latency for the same file operation, measured in this run.
 //!
+//! Live imports are also timed beside 5,000 links whose NanoPix folder alone is gone.
+//!
 //! Run with `cargo bench --bench live` (add `-- import_latency`, `-- export_latency`,
-//! `-- latency`, `-- idle` or `-- scaling` for one part).
+//! `-- latency`, `-- missing_folders`, `-- idle` or `-- scaling` for one part).
 
 mod clinic;
 
@@ -28,6 +30,8 @@ const SCALING_IMPORTS: usize = 50;
 const SCALING_RECONCILES: usize = 10;
 /// How long a single change may take before the bench gives up on it.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Linked patients whose folder alone the missing-folders run removes.
+const MISSING_FOLDERS: usize = 5_000;
 /// How long the idle watcher is observed.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -174,6 +178,32 @@ fn import_latency(clinic: &Clinic) {
     let mut watcher = notify::PollWatcher::new(sender, config).expect("poll watcher");
     let mut bare = notify_import_latencies(&mut watcher, &events, &mut writer);
     println!("{}", percentile_line("live import, polling 100 ms, 1k/1k clinic", &mut polling, &mut bare, ""));
+}
+
+/// Live import latency with native events beside links whose NanoPix folder alone is gone,
+/// against the same imports before those folders went, in the same clinic and run.
+fn missing_folders_latency() {
+    let clinic = Clinic::generate(MISSING_FOLDERS + 1_000, 1_000);
+    let mut writer = NanoPixWriter::new(&clinic, clinic_now() - chrono::Duration::hours(1));
+    let live = LiveSync::start(&clinic, WatchMode::Auto, Duration::from_secs(2));
+    let mut whole = import_latencies(&live, &mut writer, LATENCY_PATIENTS);
+    // Empty patient folders only: the fixture patient's holds her images.
+    let folders = std::fs::read_dir(&clinic.root).expect("read PatientData").map(|entry| entry.expect("entry").path());
+    let patient_folders = folders.filter(|path| path.file_name().is_some_and(|name| name.len() == 15));
+    let removed = patient_folders.filter(|folder| std::fs::remove_dir(folder).is_ok()).take(MISSING_FOLDERS).count();
+    assert_eq!(removed, MISSING_FOLDERS, "empty patient folders removed");
+    // The watcher's own full reconcile may mark some of them first.
+    live.sync.reconcile().expect("reconcile");
+    settle(&live.events);
+    let count = "SELECT count(*) FROM nanopix_sync_links WHERE state = 'missing'";
+    let marked: usize = Connection::open(&live.dentaltid.path)
+        .and_then(|conn| conn.query_row(count, [], |row| row.get(0)))
+        .expect("count missing links");
+    assert_eq!(marked, MISSING_FOLDERS, "links marked missing");
+    let mut missing = import_latencies(&live, &mut writer, LATENCY_PATIENTS);
+    let line =
+        format!("live import, native events, beside {MISSING_FOLDERS} missing folders (baseline: before they went)");
+    println!("{}", percentile_line(&line, &mut missing, &mut whole, ""));
 }
 
 /// Adds a DentalTID patient the way DentalTID does, from its own connection; returns its id
@@ -390,6 +420,9 @@ fn main() {
         if exports {
             export_latency(&clinic);
         }
+    }
+    if clinic::filter_allows("missing_folders") {
+        missing_folders_latency();
     }
     let (scaling, idle_wanted) = (clinic::filter_allows("scaling"), clinic::filter_allows("idle"));
     let scales: &[usize] = if scaling { &[1_000, 10_000, 100_000] } else { &[100_000] };
