@@ -349,6 +349,12 @@ impl Engine {
     /// file was replaced (see [`DentalTid::check_still_open_file`]), as every call then does.
     pub fn live_sync(&self) -> Result<bool> {
         self.dentaltid.check_still_open_file()?;
+        self.live_sync_setting()
+    }
+
+    /// The Live Sync setting as the open connection reads it, also from a file replaced since:
+    /// what automatic work follows. Its passes report a replaced file, once while it stays so.
+    pub fn live_sync_setting(&self) -> Result<bool> {
         self.dentaltid.live_sync()
     }
 

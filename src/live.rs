@@ -95,7 +95,7 @@ impl LiveLoop {
         if !self.engine.config().automatic_work {
             return;
         }
-        let enabled = self.engine.live_sync().unwrap_or_else(|error| {
+        let enabled = self.engine.live_sync_setting().unwrap_or_else(|error| {
             self.bus.error(&error, None, None);
             self.engine.live_sync_stored()
         });

@@ -1506,3 +1506,31 @@ fn without_autoincrement_a_hand_edited_huge_link_id_leaves_new_patients_exported
     let exported = sync.source_info(nadia).unwrap().external_id;
     assert!(exported.is_some(), "Nadia (patient {nadia}) is exported");
 }
+
+/// DentalTID restores a backup under a live handle: the failing pass says so once. The host's
+/// calls then fail with `io` themselves; the loop that follows the Live Sync setting after each
+/// call must not add a `sync_error` of its own for every call (a host that refreshes its
+/// patients screen on events would call again at each one).
+#[cfg(unix)]
+#[test]
+fn calls_on_a_handle_whose_dentaltid_file_was_restored_report_no_sync_error_each() {
+    let clinic = Clinic::new("v29");
+    let mut sync = live(&clinic);
+    let backup = clinic.dir.path().join("backup.db");
+    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
+    clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let dentaltid = clinic.dentaltid.display().to_string();
+    let replaced = |e: &EventKind| matches!(e, EventKind::SyncError { code, path: Some(path), .. } if code == "io" && *path == dentaltid);
+    wait_for(&sync, DEADLINE, replaced);
+    for _ in 0..3 {
+        let refused = sync.patients(PatientFilter::All).unwrap_err();
+        assert_eq!(refused.code(), "io", "{refused}");
+    }
+    sync.close();
+    let mut seen = Vec::new();
+    record_until(&sync, &mut seen, |e| matches!(e, EventKind::Closed));
+    let again: Vec<&EventKind> = seen.iter().filter(|e| replaced(e)).collect();
+    assert!(again.is_empty(), "reported again at each call: {again:#?}");
+}
