@@ -115,6 +115,10 @@ pub(crate) struct Engine {
     /// The linked twins the last export to finish kept on the review list, with its patient:
     /// what the export reports.
     kept_twins: Option<(i64, PossibleDuplicate)>,
+    /// The patient of the export under way, with the NanoPix id its journal row holds, as this
+    /// handle last wrote or read it: what a failed export reports, without reading the journal
+    /// again (a database locked past the busy timeout would refuse that read too).
+    journaled: Option<(i64, NanoPixId)>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -229,6 +233,7 @@ impl Engine {
             last_names: None,
             odd_findings: OddFindings::default(),
             kept_twins: None,
+            journaled: None,
         };
         engine.repair_exports(&mut ReconcileReport::default())?;
         Ok(engine)

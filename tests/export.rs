@@ -1689,3 +1689,69 @@ fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
     assert!(!named.is_empty(), "her export's error is reported");
     assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
 }
+
+/// Arms `clock` to lock `dentaltid` (a write transaction DentalTID holds, `BEGIN EXCLUSIVE`) the
+/// first time the sync asks the time once NanoPix holds a patient named Nadia Cherif: between
+/// her export's NanoPix row and its link. The lock is held until `release` says so.
+fn lock_dentaltid_once_nadia_is_in_nanopix(
+    clock: common::HookedClock,
+    nanopix: std::path::PathBuf,
+    dentaltid: std::path::PathBuf,
+    release: crossbeam_channel::Receiver<()>,
+) -> common::Hook {
+    Box::new(move || {
+        let named = "SELECT COUNT(*) FROM Patient WHERE first_name = 'Nadia' AND last_name = 'Cherif'";
+        let written: i64 = common::another_program(&nanopix).query_row(named, [], |r| r.get(0)).unwrap();
+        if written == 0 {
+            let again = clock.clone();
+            return again.arm(lock_dentaltid_once_nadia_is_in_nanopix(clock, nanopix, dentaltid, release));
+        }
+        let (locked, is_locked) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let dentaltid = common::another_program(&dentaltid);
+            dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            locked.send(()).unwrap();
+            let _ = release.recv_timeout(std::time::Duration::from_secs(60));
+            dentaltid.execute_batch("ROLLBACK").unwrap();
+        });
+        is_locked.recv().unwrap();
+    })
+}
+
+/// DentalTID holds its database locked past the busy timeout once Live Sync wrote Nadia's NanoPix
+/// patient, before her link is stored: her export fails (`busy`), and its `sync_error` must still
+/// name the NanoPix id she was written under, which the export knows without reading the locked
+/// journal again (a read that fails there, after waiting another busy timeout).
+#[test]
+fn an_export_refused_by_a_locked_dentaltid_after_nanopix_was_written_names_its_nanopix_id() {
+    let clinic = Clinic::new("v29");
+    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = std::sync::Arc::new(clock.clone());
+    config.busy_timeout = std::time::Duration::from_millis(200);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    common::drain(&sync);
+    let (release, released) = crossbeam_channel::bounded(1);
+    let (nanopix, dentaltid) = (clinic.nanopix_db(), clinic.dentaltid.clone());
+    clock.arm(lock_dentaltid_once_nadia_is_in_nanopix(clock.clone(), nanopix, dentaltid, released));
+    let refused = sync.reconcile();
+    release.send(()).unwrap();
+    assert!(clock.ran(), "DentalTID took its lock once her NanoPix patient was written ({refused:?})");
+    let written = common::nanopix_ids_named(&clinic, "Nadia", "Cherif");
+    assert_eq!(written.len(), 1, "her NanoPix patient is written: {written:?}");
+    let named: Vec<Option<String>> = common::drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::SyncError { patient_id: Some(patient), external_id, code, .. } if patient == nadia => {
+                assert_eq!(code, "busy");
+                Some(external_id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!named.is_empty(), "her export's error is reported");
+    assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
+}

@@ -386,11 +386,10 @@ impl Engine {
         lowest_failed
     }
 
-    /// The NanoPix id the export journal holds for patient `patient_id`, if it can be read: the
-    /// one its export reserved, and may have written NanoPix's row under.
+    /// The NanoPix id the export journal holds for patient `patient_id`, as the export that just
+    /// ended wrote or read it: the one it reserved, and may have written NanoPix's row under.
     fn journaled_id(&self, patient_id: i64) -> Option<String> {
-        let pending = self.dentaltid.pending_export(patient_id).ok().flatten();
-        pending.map(|pending| pending.external_id.to_string())
+        self.journaled.filter(|(journaled, _)| *journaled == patient_id).map(|(_, id)| id.to_string())
     }
 
     /// The DentalTID patients an export of one of `patients` may duplicate, in a matcher: those
@@ -444,8 +443,12 @@ impl Engine {
     /// earlier error interrupted), as a repair would. `twins` are its linked twins, kept on the
     /// review list with the link.
     fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
+        self.journaled = None;
         match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => self.resume_export(patient, &pending, twins),
+            Some(pending) => {
+                self.journaled = Some((patient.id, pending.external_id));
+                self.resume_export(patient, &pending, twins)
+            }
             None => self.export(patient, from, twins),
         }
     }
@@ -461,6 +464,7 @@ impl Engine {
         for _ in 0..EXPORT_ATTEMPTS {
             let row = self.planned_row(&patient, from)?;
             if self.dentaltid.begin_export(&patient, &row, row.created)? {
+                self.journaled = Some((patient.id, row.id));
                 crash_point("journal");
                 return match self.write_export(&patient, row, (from, Some(read)), twins)? {
                     Some(external_id) => Ok(Exported::Written(external_id)),
@@ -558,6 +562,7 @@ impl Engine {
                 Insertion::IdTaken if attempt < EXPORT_ATTEMPTS => {
                     row = self.planned_row(patient, from)?;
                     self.dentaltid.replan_export(patient.id, &row)?;
+                    self.journaled = Some((patient.id, row.id));
                 }
                 Insertion::IdTaken => {}
             }
@@ -632,6 +637,7 @@ impl Engine {
         };
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
             self.dentaltid.replan_export(patient.id, &row)?;
+            self.journaled = Some((patient.id, row.id));
         }
         // A repair ends what the journal began; no twin was there a moment ago.
         let written = self.write_export(patient, row, (IdsFrom::Now, None), twins)?;
