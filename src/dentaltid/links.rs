@@ -593,10 +593,11 @@ impl DentalTid {
 const LINKED_IDS_UP_TO: i64 = i64::MAX / 2;
 
 /// The id the next imported patient is to take when the one SQLite would give it is a patient
-/// id a link still names, else `None`. A `patients` table without AUTOINCREMENT gives the
-/// highest id again once its patient is deleted: a new patient under her link would be taken
-/// for her, her delete request lost and her NanoPix patient imported back. The id is then the
-/// one past every id linked.
+/// id a link or an export in flight still names, else `None`. A `patients` table without
+/// AUTOINCREMENT gives the highest id again once its patient is deleted: a new patient under
+/// her link would be taken for her, her delete request lost and her NanoPix patient imported
+/// back (and an export's repair would end her export with him). The id is then the one past
+/// every id named.
 ///
 /// A table whose `sqlite_sequence` row counts its ids (AUTOINCREMENT, as DentalTID's) gives no
 /// id up to the count again, and every id a link names was issued: the id SQLite gives is kept,
@@ -610,8 +611,12 @@ pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64
     let sql = "SELECT (SELECT MAX(id) FROM patients), (SELECT MAX(patient_id) FROM nanopix_sync_links
             WHERE patient_id <= ?1),
         (SELECT MAX(last_patient_id) FROM nanopix_sync_imports
-            WHERE typeof(last_patient_id) = 'integer' AND last_patient_id <= ?1)";
-    let read = |row: &Row<'_>| Ok((integer_at(row, 0)?, integer_at(row, 1)?.max(integer_at(row, 2)?)));
+            WHERE typeof(last_patient_id) = 'integer' AND last_patient_id <= ?1),
+        (SELECT MAX(patient_id) FROM nanopix_sync_exports WHERE patient_id <= ?1)";
+    let read = |row: &Row<'_>| {
+        let named = [integer_at(row, 1)?, integer_at(row, 2)?, integer_at(row, 3)?];
+        Ok((integer_at(row, 0)?, named.into_iter().flatten().max()))
+    };
     let (highest, linked) = tx.prepare_cached(sql)?.query_row([LINKED_IDS_UP_TO], read)?;
     match linked {
         Some(linked) if highest.is_none_or(|highest| linked > highest) => Ok(linked.checked_add(1)),

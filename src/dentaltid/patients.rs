@@ -688,16 +688,19 @@ mod tests {
         assert_eq!(dentaltid.patient(99).unwrap(), None);
     }
 
-    /// Patients 5 and 6 are deleted, 6 with its link left (in a link row or in an import batch);
+    /// Patients 5 and 6 are deleted, 6 with its link left (in a link row or in an import batch)
+    /// or its export in flight;
     /// `sqlite_sequence` says 8 ids were issued. The next import takes 9, as SQLite gives it, and
     /// with no `sqlite_sequence` row (a table without AUTOINCREMENT, which would give 5 and then
     /// 6) it takes 7: past the link, the next one after it too.
     #[test]
-    fn an_import_takes_an_id_past_every_link_and_every_id_issued() {
+    fn an_import_takes_an_id_past_links_exports_in_flight_and_ids_issued() {
         let link_row =
             "INSERT INTO nanopix_sync_links VALUES (6, '20250121_152638', 'imported', 'delete_requested', '')";
         let batch_row = "INSERT INTO nanopix_sync_imports VALUES (5, 6, '', '20250121_15263820250121_152639', NULL)";
-        for link in [link_row, batch_row] {
+        let export =
+            "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at) VALUES (6, '20250121_152638', '')";
+        for link in [link_row, batch_row, export] {
             let (_dir, mut dentaltid) = sample_database();
             dentaltid.conn.execute_batch("DELETE FROM patients WHERE id >= 5").unwrap();
             dentaltid.conn.execute(link, []).unwrap();
