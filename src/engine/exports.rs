@@ -386,6 +386,14 @@ impl Engine {
         lowest_failed
     }
 
+    /// Records in the journal that the export of `patient_id` now writes `row`, and remembers its
+    /// id for a failure to report (see [`Engine::journaled_id`]).
+    fn replan_export(&mut self, patient_id: i64, row: &NewNanoPixPatient) -> Result<()> {
+        self.dentaltid.replan_export(patient_id, row)?;
+        self.journaled = Some((patient_id, row.id));
+        Ok(())
+    }
+
     /// The NanoPix id the export journal holds for patient `patient_id`, as the export that just
     /// ended wrote or read it: the one it reserved, and may have written NanoPix's row under.
     fn journaled_id(&self, patient_id: i64) -> Option<String> {
@@ -561,8 +569,7 @@ impl Engine {
                 Insertion::NanoPixChanged => return Ok(None),
                 Insertion::IdTaken if attempt < EXPORT_ATTEMPTS => {
                     row = self.planned_row(patient, from)?;
-                    self.dentaltid.replan_export(patient.id, &row)?;
-                    self.journaled = Some((patient.id, row.id));
+                    self.replan_export(patient.id, &row)?;
                 }
                 Insertion::IdTaken => {}
             }
@@ -636,8 +643,7 @@ impl Engine {
             new_nanopix_row(patient, id, recorded.map_or_else(|| self.export_time(), Ok)?)
         };
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
-            self.dentaltid.replan_export(patient.id, &row)?;
-            self.journaled = Some((patient.id, row.id));
+            self.replan_export(patient.id, &row)?;
         }
         // A repair ends what the journal began; no twin was there a moment ago.
         let written = self.write_export(patient, row, (IdsFrom::Now, None), twins)?;
