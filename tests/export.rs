@@ -1755,3 +1755,43 @@ fn an_export_refused_by_a_locked_dentaltid_after_nanopix_was_written_names_its_n
     assert!(!named.is_empty(), "her export's error is reported");
     assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
 }
+
+/// Has `clock` stop the handle through `stopper` the first time the engine asks the time once
+/// NanoPix holds Nadia Cherif's row (her export then records her link, and ends).
+fn stop_once_nadia_is_in_nanopix(
+    clock: common::HookedClock,
+    nanopix: std::path::PathBuf,
+    stopper: nanopix_sync::Stopper,
+) -> common::Hook {
+    Box::new(move || {
+        let named = "SELECT COUNT(*) FROM Patient WHERE first_name = 'Nadia' AND last_name = 'Cherif'";
+        let written: i64 = common::another_program(&nanopix).query_row(named, [], |r| r.get(0)).unwrap();
+        if written == 0 {
+            let again = clock.clone();
+            return again.arm(stop_once_nadia_is_in_nanopix(clock, nanopix, stopper));
+        }
+        stopper.stop();
+    })
+}
+
+/// The host stops the handle just as `export_existing` finishes its last export: no patient is
+/// left without a NanoPix patient, so the call gives how many it exported, not `closed` (the
+/// host would tell the clinic its old patients are not all in NanoPix).
+#[test]
+fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
+    let clinic = Clinic::new("v29");
+    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = std::sync::Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    sync.export_existing().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    clock.arm(stop_once_nadia_is_in_nanopix(clock.clone(), clinic.nanopix_db(), sync.stopper()));
+    let result = sync.export_existing();
+    assert!(clock.ran(), "stopped once her NanoPix patient was written ({result:?})");
+    let unexported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id IS NULL ORDER BY id", |r| r.get(0));
+    assert!(unexported.is_empty(), "Nadia ({nadia}) is exported: {unexported:?} are not");
+    assert_eq!(result.map_err(|error| error.code()), Ok(1));
+}

@@ -191,10 +191,12 @@ impl Engine {
             let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
             refused_by = self.export_each_refused_by(&unlinked, &mut report);
             // Cut short by closing: the patients not reached yet are not exported, which success
-            // would hide (Live Sync never exports them: they are older than its cursor).
+            // would hide (Live Sync never exports them: they are older than its cursor). Stopped
+            // as the last export ended, none is left: the work is done.
             if self.cancelled() {
                 self.extend_cursor_past_exports();
-                return Err(Error::Closed);
+                let left = self.without_recorded_link(self.dentaltid.all_patients()?)?;
+                return if left.is_empty() { Ok(report.exported) } else { Err(Error::Closed) };
             }
             // Exports held back because NanoPix changed are tried again once it is read again, and
             // those a locked database refused, once more.
