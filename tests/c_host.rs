@@ -225,6 +225,23 @@ fn closing_in_a_thread_exit_cleanup_after_reopening_gives_ok_and_closed() {
     assert_scenario_holds("tests/c/contract.c", "close_at_thread_exit_after_reopening", &Clinic::new("v29"));
 }
 
+/// A host may open its handle in a thread's exit cleanup, once that thread's thread-local data is
+/// gone: the open, which repairs an export a crash interrupted (and asks the local clock the
+/// time for it), gives `NPS_OK`, and the handle syncs and closes.
+#[test]
+fn opening_in_a_thread_exit_cleanup_gives_ok() {
+    let clinic = Clinic::new("v29");
+    drop(clinic.open_without_automatic_work());
+    let interrupted = "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at)
+        VALUES (1, '20250123_101500', '2025-01-23T10:15:00.000')";
+    common::another_program(&clinic.dentaltid).execute(interrupted, []).unwrap();
+    assert_scenario_holds("tests/c/contract.c", "open_at_thread_exit", &clinic);
+    let journal: Vec<i64> = clinic.dentaltid_rows("SELECT patient_id FROM nanopix_sync_exports", |r| r.get(0));
+    let linked: Vec<Option<String>> =
+        clinic.dentaltid_rows("SELECT external_id FROM patients WHERE id = 1", |r| r.get(0));
+    assert_eq!((journal, linked), (vec![], vec![Some("20250123_101500".to_owned())]), "the export was repaired");
+}
+
 /// DentalTID on Linux and macOS opens `dentaltid.db` through the system's SQLite (the Dart
 /// `sqlite3` package loads it) in the process that loaded this library. POSIX locks belong to
 /// the whole process, so two copies of SQLite in one process miss each other's locks and can

@@ -3,7 +3,7 @@
  *
  * Usage: contract <scenario> <PatientData> <dentaltid.db>, where the scenario is
  * close_cuts_short_export_existing, host_sqlite_keeps_dentaltid_intact,
- * close_at_thread_exit or close_at_thread_exit_after_reopening.
+ * close_at_thread_exit, close_at_thread_exit_after_reopening or open_at_thread_exit.
  * Prints one line per broken promise and exits 1 if any; exits 0 otherwise; 2 when the
  * scenario could not be set up. */
 #define _POSIX_C_SOURCE 200809L
@@ -287,6 +287,45 @@ static void close_at_thread_exit_after_reopening(const char *root, const char *d
     expect_free_for_a_new_handle(root, db);
 }
 
+/* open_at_thread_exit: a host that opens its handle lazily may first do so in a thread's exit
+ * cleanup (a pthread key's destructor), after the thread's own thread-local data is gone. The
+ * open gives NPS_OK, and the handle syncs and closes as any other. */
+static uint32_t exit_open_code = 99, exit_reconcile_code = 99, exit_close_code = 99;
+static const char *exit_root, *exit_db;
+
+static void open_at_exit(void *unused) {
+    (void)unused;
+    char config[4096];
+    snprintf(config, sizeof config, "{\"nanopix_root\": \"%s\", \"dentaltid_db\": \"%s\"}", exit_root, exit_db);
+    NpsHandle *handle = NULL;
+    exit_open_code = nps_open(config, &handle);
+    if (exit_open_code != NPS_OK) {
+        return;
+    }
+    char *report = NULL;
+    exit_reconcile_code = nps_reconcile(handle, &report);
+    nps_string_free(report);
+    exit_close_code = nps_close(handle);
+    nps_free(handle);
+}
+
+static void *mark_then_exit(void *unused) {
+    (void)unused;
+    pthread_setspecific(thread_cleanup, &exit_open_code);
+    return NULL;
+}
+
+static void open_at_thread_exit(const char *root, const char *db) {
+    exit_root = root;
+    exit_db = db;
+    run_with_exit_cleanup(mark_then_exit, open_at_exit);
+    printf("nps_open at thread exit %u, nps_reconcile %u, nps_close %u\n", (unsigned)exit_open_code,
+           (unsigned)exit_reconcile_code, (unsigned)exit_close_code);
+    expect(exit_open_code == NPS_OK, "opening at thread exit gives NPS_OK");
+    expect(exit_reconcile_code == NPS_OK && exit_close_code == NPS_OK, "the handle opened there syncs and closes");
+    expect_free_for_a_new_handle(root, db);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -301,6 +340,8 @@ int main(int argc, char **argv) {
         close_at_thread_exit(root, db);
     } else if (strcmp(scenario, "close_at_thread_exit_after_reopening") == 0) {
         close_at_thread_exit_after_reopening(root, db);
+    } else if (strcmp(scenario, "open_at_thread_exit") == 0) {
+        open_at_thread_exit(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
