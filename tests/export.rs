@@ -1690,22 +1690,24 @@ fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
     assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
 }
 
-/// Arms `clock` to lock `dentaltid` (a write transaction DentalTID holds, `BEGIN EXCLUSIVE`) the
-/// first time the sync asks the time once NanoPix holds a patient named Nadia Cherif: between
-/// her export's NanoPix row and its link. The lock is held until `release` says so.
-fn lock_dentaltid_once_nadia_is_in_nanopix(
-    clock: common::HookedClock,
-    nanopix: std::path::PathBuf,
-    dentaltid: std::path::PathBuf,
-    release: crossbeam_channel::Receiver<()>,
-) -> common::Hook {
-    Box::new(move || {
+/// Arms `clock` to run `then` the first time the engine asks the time once NanoPix holds a
+/// patient named Nadia Cherif: between her export's NanoPix row and its link.
+fn once_nadia_is_in_nanopix(clock: common::HookedClock, nanopix: std::path::PathBuf, then: common::Hook) {
+    let again = clock.clone();
+    clock.arm(Box::new(move || {
         let named = "SELECT COUNT(*) FROM Patient WHERE first_name = 'Nadia' AND last_name = 'Cherif'";
         let written: i64 = common::another_program(&nanopix).query_row(named, [], |r| r.get(0)).unwrap();
-        if written == 0 {
-            let again = clock.clone();
-            return again.arm(lock_dentaltid_once_nadia_is_in_nanopix(clock, nanopix, dentaltid, release));
+        match written {
+            0 => once_nadia_is_in_nanopix(again, nanopix, then),
+            _ => then(),
         }
+    }));
+}
+
+/// Locks `dentaltid` (a write transaction DentalTID holds, `BEGIN EXCLUSIVE`) until `release`
+/// says so; returns once it holds the lock.
+fn lock_dentaltid(dentaltid: std::path::PathBuf, release: crossbeam_channel::Receiver<()>) -> common::Hook {
+    Box::new(move || {
         let (locked, is_locked) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             let dentaltid = common::another_program(&dentaltid);
@@ -1736,7 +1738,7 @@ fn an_export_refused_by_a_locked_dentaltid_after_nanopix_was_written_names_its_n
     common::drain(&sync);
     let (release, released) = crossbeam_channel::bounded(1);
     let (nanopix, dentaltid) = (clinic.nanopix_db(), clinic.dentaltid.clone());
-    clock.arm(lock_dentaltid_once_nadia_is_in_nanopix(clock.clone(), nanopix, dentaltid, released));
+    once_nadia_is_in_nanopix(clock.clone(), nanopix, lock_dentaltid(dentaltid, released));
     let refused = sync.reconcile();
     release.send(()).unwrap();
     assert!(clock.ran(), "DentalTID took its lock once her NanoPix patient was written ({refused:?})");
@@ -1756,24 +1758,6 @@ fn an_export_refused_by_a_locked_dentaltid_after_nanopix_was_written_names_its_n
     assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
 }
 
-/// Has `clock` stop the handle through `stopper` the first time the engine asks the time once
-/// NanoPix holds Nadia Cherif's row (her export then records her link, and ends).
-fn stop_once_nadia_is_in_nanopix(
-    clock: common::HookedClock,
-    nanopix: std::path::PathBuf,
-    stopper: nanopix_sync::Stopper,
-) -> common::Hook {
-    Box::new(move || {
-        let named = "SELECT COUNT(*) FROM Patient WHERE first_name = 'Nadia' AND last_name = 'Cherif'";
-        let written: i64 = common::another_program(&nanopix).query_row(named, [], |r| r.get(0)).unwrap();
-        if written == 0 {
-            let again = clock.clone();
-            return again.arm(stop_once_nadia_is_in_nanopix(clock, nanopix, stopper));
-        }
-        stopper.stop();
-    })
-}
-
 /// The host stops the handle just as `export_existing` finishes its last export: no patient is
 /// left without a NanoPix patient, so the call gives how many it exported, not `closed` (the
 /// host would tell the clinic its old patients are not all in NanoPix).
@@ -1787,7 +1771,8 @@ fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
     sync.reconcile().unwrap();
     sync.export_existing().unwrap();
     let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
-    clock.arm(stop_once_nadia_is_in_nanopix(clock.clone(), clinic.nanopix_db(), sync.stopper()));
+    let stopper = sync.stopper();
+    once_nadia_is_in_nanopix(clock.clone(), clinic.nanopix_db(), Box::new(move || stopper.stop()));
     let result = sync.export_existing();
     assert!(clock.ran(), "stopped once her NanoPix patient was written ({result:?})");
     let unexported: Vec<i64> =
