@@ -1321,10 +1321,7 @@ fn a_stray_file_is_reported_once_while_it_stays_and_again_when_the_host_reconcil
 fn a_dentaltid_file_restored_under_an_open_handle_is_reported_until_a_new_handle_syncs_it() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
-    let backup = clinic.dir.path().join("backup.db");
-    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
-    std::fs::remove_file(&clinic.dentaltid).unwrap();
-    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
+    restore_a_backup(&clinic);
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
     let dentaltid = clinic.dentaltid.display().to_string();
     let told =
@@ -1338,6 +1335,16 @@ fn a_dentaltid_file_restored_under_an_open_handle_is_reported_until_a_new_handle
     drop(sync);
     let sync = clinic.open();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == nadia));
+}
+
+/// Restores a backup of DentalTID's database as DentalTID does: deletes the file and copies the
+/// backup in, under the same name.
+#[cfg(unix)]
+fn restore_a_backup(clinic: &Clinic) {
+    let backup = clinic.dir.path().join("backup.db");
+    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
 }
 
 /// Whether `event` reports NanoPix's row with the id `raw_id` as odd.
@@ -1380,10 +1387,7 @@ fn another_odd_row_at_the_pk_of_a_removed_one_is_reported() {
 fn exporting_a_patient_added_to_a_dentaltid_file_restored_under_an_open_handle_fails_with_io() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open_without_automatic_work();
-    let backup = clinic.dir.path().join("backup.db");
-    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
-    std::fs::remove_file(&clinic.dentaltid).unwrap();
-    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
+    restore_a_backup(&clinic);
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
     let refused = sync.export_patient(nadia).unwrap_err();
     assert_eq!(refused.code(), "io", "{refused}");
@@ -1416,11 +1420,7 @@ fn without_autoincrement_an_import_after_a_delete_request_takes_no_deleted_patie
 fn without_autoincrement_an_import_in_the_pass_that_finds_a_patient_deleted_takes_not_her_id() {
     let clinic = clinic_without_autoincrement();
     let sync = clinic.open();
-    let id = "20250121_152638";
-    assert_eq!(sync.reconcile().unwrap().imported, 1);
-    let patient: i64 =
-        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
-    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    let (id, patient) = import_then_delete_the_fixture_patient(&clinic, &sync);
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     drain(&sync);
     assert_eq!(sync.reconcile().unwrap().imported, 1, "Yacine");
@@ -1438,14 +1438,20 @@ fn without_autoincrement_an_import_in_the_pass_that_finds_a_patient_deleted_take
     assert_stays_deleted(&clinic, &sync, id);
 }
 
-/// Imports the fixture patient, deletes her in DentalTID and waits for her delete request;
-/// returns her NanoPix id and the DentalTID id she had.
-fn delete_the_imported_fixture_patient(clinic: &Clinic, sync: &NanoPixSync) -> (&'static str, i64) {
+/// Imports the fixture patient and deletes her in DentalTID (another program); returns her
+/// NanoPix id and the DentalTID id she had.
+fn import_then_delete_the_fixture_patient(clinic: &Clinic, sync: &NanoPixSync) -> (&'static str, i64) {
     let id = "20250121_152638";
     assert_eq!(sync.reconcile().unwrap().imported, 1);
     let patient: i64 =
         clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
     another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    (id, patient)
+}
+
+/// [`import_then_delete_the_fixture_patient`], then a reconcile that sends her delete request.
+fn delete_the_imported_fixture_patient(clinic: &Clinic, sync: &NanoPixSync) -> (&'static str, i64) {
+    let (id, patient) = import_then_delete_the_fixture_patient(clinic, sync);
     sync.reconcile().unwrap();
     let requested = drain(sync).into_iter().any(
         |e| matches!(&e.kind, EventKind::DeleteRequested { external_id, patient_id } if external_id == id && *patient_id == patient),
@@ -1516,10 +1522,7 @@ fn without_autoincrement_a_hand_edited_huge_link_id_leaves_new_patients_exported
 fn calls_on_a_handle_whose_dentaltid_file_was_restored_report_no_sync_error_each() {
     let clinic = Clinic::new("v29");
     let mut sync = live(&clinic);
-    let backup = clinic.dir.path().join("backup.db");
-    std::fs::copy(&clinic.dentaltid, &backup).unwrap();
-    std::fs::remove_file(&clinic.dentaltid).unwrap();
-    std::fs::copy(&backup, &clinic.dentaltid).unwrap();
+    restore_a_backup(&clinic);
     clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
     let dentaltid = clinic.dentaltid.display().to_string();
     let replaced = |e: &EventKind| matches!(e, EventKind::SyncError { code, path: Some(path), .. } if code == "io" && *path == dentaltid);
