@@ -838,7 +838,8 @@ impl Engine {
                 Some(pk) => format!("NanoPix patient row pk {pk} skipped: {}", odd.problem),
                 None => format!("NanoPix patient row skipped: {}", odd.problem),
             };
-            self.report_odd("odd_row", message, (Some(odd.raw_id), None), report);
+            let database = Some(self.nanopix.database().display().to_string());
+            self.report_odd("odd_row", message, (odd.raw_id, database), report);
         }
     }
 

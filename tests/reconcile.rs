@@ -823,6 +823,27 @@ fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
     assert!(!clinic.dir.path().join("escape").exists());
 }
 
+/// An `odd_row` names NanoPix's database file, and the row's id only when it has one: a NULL id
+/// is no id, so `external_id` is null rather than empty text.
+#[test]
+fn an_odd_nanopix_row_is_reported_with_its_file_and_its_id_only_when_it_has_one() {
+    let clinic = Clinic::new("v29");
+    clinic.replace_nanopix(&format!(
+        "{PLAIN_PK_PATIENT} INSERT INTO Patient(pk, id, last_name) VALUES (1, NULL, 'Noid'), (2, 'not-an-id', 'Badid');"
+    ));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let odd: Vec<(Option<String>, Option<String>)> = drain(&sync)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::SyncError { code, external_id, path, .. } if code == "odd_row" => Some((external_id, path)),
+            _ => None,
+        })
+        .collect();
+    let database = Some(clinic.nanopix_db().display().to_string());
+    assert_eq!(odd, [(None, database.clone()), (Some("not-an-id".into()), database)]);
+}
+
 /// A `created_datetime` whose year has more than four digits cannot be written in DentalTID's
 /// form: the patient gets the time of its id, never a year cut to its last four digits (which
 /// would put it in 'Today By External' here).

@@ -247,7 +247,7 @@ pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>, with_create
                 }
                 Entry::Occupied(first) => found.odd_rows.push(OddRow {
                     pk: Some(pk),
-                    raw_id: id.to_string(),
+                    raw_id: Some(id.to_string()),
                     problem: format!("its id is already the patient of row pk {}", first.get()),
                 }),
             },
@@ -260,11 +260,7 @@ pub(super) fn read_ids(conn: &Connection, columns: &HashSet<String>, with_create
 /// The `pk` and id of a row whose first two columns are `pk` and `id`, or why it is odd.
 fn row_key(row: &Row<'_>) -> rusqlite::Result<Result<(i64, NanoPixId), OddRow>> {
     let raw_id = row.get_ref(1)?;
-    let odd = |pk: Option<i64>, problem: &str| OddRow {
-        pk,
-        raw_id: lossy_text(raw_id).unwrap_or_default(),
-        problem: problem.to_owned(),
-    };
+    let odd = |pk: Option<i64>, problem: &str| OddRow { pk, raw_id: lossy_text(raw_id), problem: problem.to_owned() };
     let ValueRef::Integer(pk) = row.get_ref(0)? else {
         return Ok(Err(odd(None, "pk is not an integer")));
     };

@@ -36,8 +36,8 @@ const DATABASE_FILE: &str = "NanoPix.db3";
 pub(crate) struct OddRow {
     /// `Patient.pk`; `None` when even that is not an integer.
     pub pk: Option<i64>,
-    /// The stored id as text (empty for NULL, invalid UTF-8 replaced).
-    pub raw_id: String,
+    /// The stored id as text (invalid UTF-8 replaced); `None` for NULL.
+    pub raw_id: Option<String>,
     /// Why the row is not a patient.
     pub problem: String,
 }
@@ -114,7 +114,9 @@ fn highest_row(
 ) -> Option<RowStamp> {
     let readable =
         rows.max_by_key(|(pk, ..)| *pk).map(|(pk, id, created)| RowStamp { pk, id: id.to_string(), created });
-    let odd = odd_rows.iter().filter_map(|odd| Some(RowStamp { pk: odd.pk?, id: odd.raw_id.clone(), created: None }));
+    let odd = odd_rows
+        .iter()
+        .filter_map(|odd| Some(RowStamp { pk: odd.pk?, id: odd.raw_id.clone().unwrap_or_default(), created: None }));
     readable.into_iter().chain(odd).max_by_key(|row| row.pk)
 }
 
@@ -297,6 +299,11 @@ impl NanoPix {
     /// The `PatientData` folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `NanoPix.db3`.
+    pub fn database(&self) -> &Path {
+        &self.db_path
     }
 
     /// The `pk` and id of every row, in `pk` order: what a reconcile needs when nothing changed;
@@ -708,8 +715,9 @@ pub(crate) mod tests {
             rows.patients.iter().map(|p| (p.pk, p.first_name.as_str(), p.birth_date, p.created)).collect();
         let fixture = (1, "FSFFS", NaiveDate::from_ymd_opt(2025, 1, 21), Some(at("2025-01-21 15:26:46")));
         assert_eq!(read, vec![fixture, (2, "", None, None), (3, "G", None, None), (7, "", None, None)]);
-        let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str())).collect();
-        assert_eq!(odd, vec![(Some(4), "../evil"), (Some(5), "20251340_000000"), (Some(6), "20250303_101010 ")]);
+        let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_deref())).collect();
+        let ids = [(Some(4), Some("../evil")), (Some(5), Some("20251340_000000")), (Some(6), Some("20250303_101010 "))];
+        assert_eq!(odd, ids);
         assert!(rows.odd_rows.iter().all(|o| o.problem.contains("not a valid NanoPix id")));
     }
 
@@ -722,10 +730,10 @@ pub(crate) mod tests {
                (5, '20250123_000000', CAST(x'4dfc6c6c6572' AS TEXT)), (6, 20250124.5, 'Real');",
         );
         let rows = open(&root).patients_after(None, u32::MAX).unwrap();
-        let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_str(), o.problem.as_str())).collect();
-        assert_eq!(odd[0], (Some(1), "20250101", "id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"));
-        assert_eq!(odd[1], (Some(2), "", "id is NULL"));
-        assert_eq!(odd[2], (Some(3), FIXTURE_ID, "id is stored as a blob"));
+        let odd: Vec<_> = rows.odd_rows.iter().map(|o| (o.pk, o.raw_id.as_deref(), o.problem.as_str())).collect();
+        assert_eq!(odd[0], (Some(1), Some("20250101"), "id is not a valid NanoPix id (YYYYMMDD_HHMMSS)"));
+        assert_eq!(odd[1], (Some(2), None, "id is NULL"));
+        assert_eq!(odd[2], (Some(3), Some(FIXTURE_ID), "id is stored as a blob"));
         assert_eq!(odd[3].0, Some(6));
         let names: Vec<_> = rows.patients.iter().map(|p| (p.pk, p.last_name.as_str(), p.sex.clone())).collect();
         assert_eq!(names, vec![(4, "", None), (5, "M\u{FFFD}ller", None)]);
