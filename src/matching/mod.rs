@@ -194,11 +194,12 @@ impl Matcher {
     }
 
     /// The DentalTID patients other than `patient_id`, counted as linked or among `linked_since`,
-    /// who may be this person, and why: NanoPix holds them already. The first of these that finds
-    /// any: the same names and birth date, or one name left out on either side and the other the
-    /// same, as [`DuplicateReason::MissingName`] compares them (`already_linked`); the names
-    /// swapped (`swapped_names`); names a small edit away (`similar_names`); always with the same
-    /// birth date. None for a patient without names.
+    /// who may be this person, and why: NanoPix holds them already. The reason is the first of
+    /// these that finds any, and the patients are those each finds (see [`Matcher::first_reason`]):
+    /// the same names and birth date, or one name left out on either side and the other the same,
+    /// as [`DuplicateReason::MissingName`] compares them (`already_linked`); the names swapped
+    /// (`swapped_names`); names a small edit away (`similar_names`); always with the same birth
+    /// date. None for a patient without names.
     pub fn linked_twins(
         &self,
         (first_name, last_name, born): (&str, &str, NaiveDate),
@@ -212,10 +213,6 @@ impl Matcher {
                 twin.patient_id != patient_id && (index.is_linked(*entry) || linked_since.contains(&twin.patient_id))
             })
         };
-        let found = |reason, entries: Vec<usize>| {
-            let entries: Vec<usize> = entries.into_iter().filter(linked).collect();
-            (!entries.is_empty()).then(|| PossibleDuplicate { reason, candidates: self.candidates(entries) })
-        };
         let same = match (first.is_empty(), last.is_empty()) {
             (false, false) => {
                 let one_named = index.one_named(&first, born).chain(index.one_named(&last, born));
@@ -227,10 +224,16 @@ impl Matcher {
                 index.one_named(name, born).chain(index.named_on(name, born)).collect()
             }
         };
-        let same = found(DuplicateReason::AlreadyLinked, same);
-        let Some(person) = Person::new(&first, &last, Some(born)) else { return same };
-        same.or_else(|| found(DuplicateReason::SwappedNames, index.exact(&last, &first, born)))
-            .or_else(|| found(DuplicateReason::SimilarNames, similar::similar(index, &person, linked)))
+        let mut found = vec![(DuplicateReason::AlreadyLinked, same)];
+        if let Some(person) = Person::new(&first, &last, Some(born)) {
+            found.push((DuplicateReason::SwappedNames, index.exact(&last, &first, born)));
+            found.push((DuplicateReason::SimilarNames, similar::similar(index, &person, linked)));
+        }
+        let linked_only = |(reason, entries): (DuplicateReason, Vec<usize>)| {
+            (reason, entries.into_iter().filter(linked).collect::<Vec<usize>>())
+        };
+        let (reason, entries) = self.first_reason(found.into_iter().map(linked_only))?;
+        Some(PossibleDuplicate { reason, candidates: self.candidates(entries) })
     }
 
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
@@ -294,30 +297,49 @@ impl Matcher {
         Some(Verdict::Import(Some((reason, found))))
     }
 
-    /// The first near miss that applies. A doubtful birth date counts as missing: patients with
+    /// The near misses that apply: the first one's reason, with the patients each one names
+    /// (see [`Matcher::first_reason`]). A doubtful birth date counts as missing: patients with
     /// the same names, or the names swapped, and any other birth date are reported, and none
     /// with a name left out.
     fn near_miss(&self, person: &Person<'_>, doubtful_birth_date: bool) -> Option<(DuplicateReason, Vec<usize>)> {
-        let swapped = person.born.map(|born| self.dentaltid.exact(person.last, person.first, born)).unwrap_or_default();
-        if !swapped.is_empty() {
-            return Some((DuplicateReason::SwappedNames, swapped));
-        }
-        let similar = similar::similar(&self.dentaltid, person, |_| true);
-        if !similar.is_empty() {
-            return Some((DuplicateReason::SimilarNames, similar));
-        }
-        let missing_birth_date = self.dentaltid.same_names_one_unborn(person, doubtful_birth_date);
-        if !missing_birth_date.is_empty() {
-            return Some((DuplicateReason::MissingBirthDate, missing_birth_date));
-        }
-        // The names swapped, where a birth date is missing on either side (or doubtful): no
-        // birth date tells the two apart, as for the same names.
+        let index = &self.dentaltid;
+        let exact_swapped = person.born.map(|born| index.exact(person.last, person.first, born)).unwrap_or_default();
         let swapped = Person { first: person.last, last: person.first, ..*person };
-        let swapped_unborn = self.dentaltid.same_names_one_unborn(&swapped, doubtful_birth_date);
-        if !swapped_unborn.is_empty() {
-            return Some((DuplicateReason::SwappedNames, swapped_unborn));
+        let found = [
+            (DuplicateReason::SwappedNames, exact_swapped),
+            (DuplicateReason::SimilarNames, similar::similar(index, person, |_| true)),
+            (DuplicateReason::MissingBirthDate, index.same_names_one_unborn(person, doubtful_birth_date)),
+            // The names swapped, where a birth date is missing on either side (or doubtful): no
+            // birth date tells the two apart, as for the same names.
+            (DuplicateReason::SwappedNames, index.same_names_one_unborn(&swapped, doubtful_birth_date)),
+        ];
+        let one_name_missing = self.one_name_missing(person.first, person.last, person.born, doubtful_birth_date);
+        self.first_reason(found.into_iter().chain(one_name_missing))
+    }
+
+    /// The reason of the first of `found` (what each rule found, in order) that names a patient,
+    /// with the patients every rule names: the first rule's, then the others' in the room
+    /// [`MAX_CANDIDATES`] leaves, each rule's by id. A person reviewing the report then sees
+    /// every patient it may be, and a crowd one rule finds never hides another rule's patient.
+    fn first_reason(
+        &self,
+        found: impl IntoIterator<Item = (DuplicateReason, Vec<usize>)>,
+    ) -> Option<(DuplicateReason, Vec<usize>)> {
+        let (mut reason, mut named) = (None, Vec::<(i64, usize)>::new());
+        for (rule, entries) in found {
+            let mut by_id: Vec<(i64, usize)> =
+                entries.into_iter().filter_map(|entry| Some((self.dentaltid.patient_id(entry)?, entry))).collect();
+            by_id.sort_by_key(|&(patient_id, _)| patient_id);
+            by_id.dedup_by_key(|&mut (patient_id, _)| patient_id);
+            let room = MAX_CANDIDATES.saturating_sub(named.len());
+            let fresh: Vec<(i64, usize)> =
+                by_id.into_iter().filter(|(id, _)| !named.iter().any(|(known, _)| known == id)).take(room).collect();
+            if !fresh.is_empty() {
+                reason.get_or_insert(rule);
+                named.extend(fresh);
+            }
         }
-        self.one_name_missing(person.first, person.last, person.born, doubtful_birth_date)
+        Some((reason?, named.into_iter().map(|(_, entry)| entry).collect()))
     }
 
     /// The DentalTID patients who may be this person with one name left out on one side: the
@@ -577,6 +599,32 @@ mod tests {
         assert_eq!(decision, duplicate(DuplicateReason::MissingName, &[9_999]));
     }
 
+    /// A typo born the same day comes first, but the same names without a birth date, and the
+    /// names swapped without one, are named too: the person reviewing sees everyone it may be.
+    #[test]
+    fn a_near_miss_names_the_patients_of_every_rule_with_the_first_rules_reason() {
+        let day = born(1990, 5, 1);
+        let dentaltid = [
+            dental(1, "Amina", "Benalli", day),
+            dental(2, "Amina", "Benali", None),
+            dental(3, "Benali", "Amina", None),
+            dental(4, "Amina", "Benali", born(1991, 5, 1)),
+        ];
+        let decision = decide_one(nanopix(1, "Amina", "Benali", day), &dentaltid);
+        assert_eq!(decision, duplicate(DuplicateReason::SimilarNames, &[1, 2, 3]));
+    }
+
+    /// Thirty patients with the same names and no birth date do not crowd out the typo born the
+    /// same day: the first rule's patient keeps its place among the twenty named.
+    #[test]
+    fn a_crowd_one_rule_finds_leaves_room_for_the_first_rules_patient() {
+        let mut dentaltid: Vec<Patient> = (0..30).map(|id| dental(id, "Amina", "Benali", None)).collect();
+        dentaltid.push(dental(100, "Amina", "Benalli", born(1990, 5, 1)));
+        let decision = decide_one(nanopix(1, "Amina", "Benali", born(1990, 5, 1)), &dentaltid);
+        let named: Vec<i64> = (0..19).chain([100]).collect();
+        assert_eq!(decision, duplicate(DuplicateReason::SimilarNames, &named));
+    }
+
     #[test]
     fn candidate_lists_are_capped() {
         let dentaltid: Vec<Patient> = (0..30).rev().map(|id| dental(id, "Zoe", "Doe", born(1990, 5, 6))).collect();
@@ -745,7 +793,7 @@ mod tests {
     }
 
     #[test]
-    fn an_export_reports_linked_twins_the_same_first_then_swapped_then_similar() {
+    fn an_export_names_every_linked_twin_with_the_reason_of_the_first_rule_that_finds_one() {
         let on_the_day = born(1990, 3, 4);
         let (same, swapped) =
             (linked(dental(1, "NADIA", "saidi", on_the_day)), linked(dental(2, "Saidi", "Nadia", on_the_day)));
@@ -753,8 +801,8 @@ mod tests {
         let (herself, unlinked) = (dental(9, "Nadia", "Saidi", on_the_day), dental(4, "Nadia", "Saidi", on_the_day));
         let other_day = linked(dental(5, "Nadia", "Saidi", born(1990, 3, 5)));
         let all = [same, swapped, similar, herself, unlinked, other_day];
-        assert_eq!(twins_of_nadia(&all), Some((DuplicateReason::AlreadyLinked, vec![1])));
-        assert_eq!(twins_of_nadia(&all[1..]), Some((DuplicateReason::SwappedNames, vec![2])));
+        assert_eq!(twins_of_nadia(&all), Some((DuplicateReason::AlreadyLinked, vec![1, 2, 3])));
+        assert_eq!(twins_of_nadia(&all[1..]), Some((DuplicateReason::SwappedNames, vec![2, 3])));
         assert_eq!(twins_of_nadia(&all[2..]), Some((DuplicateReason::SimilarNames, vec![3])));
         assert_eq!(twins_of_nadia(&all[3..]), None, "no linked patient born that day looks like her");
     }
