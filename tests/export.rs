@@ -167,6 +167,31 @@ fn an_export_whose_id_another_nanopix_patient_took_is_done_again_with_a_new_id()
     assert_ne!(strangers[0], 1);
 }
 
+/// An export cut short before its row, whose reserved id another NanoPix patient took meanwhile,
+/// moves to a new id at `open`'s repair, and NanoPix then refuses its row: the `sync_error`
+/// names the id her journal now holds, never the other patient's, whom support would look at.
+#[test]
+fn a_repair_refused_after_moving_to_a_new_id_names_the_id_its_journal_holds() {
+    let clinic = Clinic::new("v29");
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
+    clinic.add_nanopix(reserved, "Stranger", "Someone", Some("1970-01-01"));
+    block_nanopix_inserts(&clinic, true);
+
+    let sync = clinic.open();
+    let journaled: Vec<String> =
+        clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports WHERE patient_id = 1", |r| r.get(0));
+    assert_eq!(journaled.len(), 1, "the export stays in the journal");
+    assert_ne!(&journaled[0], reserved, "moved off the other patient's id");
+    let named: Vec<Option<String>> = common::drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::SyncError { patient_id: Some(1), external_id, .. } => Some(external_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named, vec![Some(journaled[0].clone())], "the other patient is {reserved}");
+}
+
 /// An export cut short before it wrote its row, while NanoPix saved the same person itself
 /// (same names and birth date): the repair does not write a second NanoPix patient for her, even
 /// once NanoPix takes inserts again; the reconcile links her to NanoPix's.

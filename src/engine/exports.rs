@@ -784,14 +784,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Ends or drops each of the interrupted exports `pending` records, reporting each failure.
+    /// Ends or drops each of the interrupted exports `pending` records, reporting each failure
+    /// with the NanoPix id the journal holds once it failed: a repair may have moved the export
+    /// off an id another NanoPix patient took meanwhile.
     fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) {
         for pending in pending {
+            self.journaled = Some((pending.patient_id, pending.external_id));
             match self.repair_export(&pending, report) {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
                 Err(error) => {
-                    self.report_error(&error, Some(pending.external_id.to_string()), Some(pending.patient_id), report)
+                    let external_id = self.journaled_id(pending.patient_id);
+                    self.report_error(&error, external_id, Some(pending.patient_id), report)
                 }
             }
         }
