@@ -266,6 +266,39 @@ fn an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_i
     common::assert_nadia_once_on_each_side(&clinic, nadia, &format!("reconcile {report:?}"));
 }
 
+/// As in `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`,
+/// but the X-ray assistant opened NanoPix's form in the very second the export reserved, so
+/// NanoPix saved Nadia under the reserved id itself (eight seconds later, as its form does). That
+/// row is not the export's, yet it is Nadia: the repair must not give her a second NanoPix
+/// patient, which the next reconcile would import as a second DentalTID Nadia.
+#[test]
+fn an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_at_its_id() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    export_killed_after_its_journal(&clinic, nadia);
+    let reserved: String =
+        clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0)).remove(0);
+    let opened = chrono::NaiveDateTime::parse_from_str(&reserved, "%Y%m%d_%H%M%S").unwrap();
+    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
+    common::another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
+            (&reserved, &saved),
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(&reserved)).unwrap();
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let (in_nanopix, in_dentaltid) =
+        (common::nanopix_ids_named(&clinic, "Nadia", "Saidi"), common::dentaltid_named(&clinic, "Nadia", "Saidi"));
+    assert_eq!(
+        (in_nanopix, in_dentaltid),
+        (vec![reserved.clone()], vec![(nadia, Some(reserved))]),
+        "Nadia once on each side, linked: {report:?}"
+    );
+}
+
 /// NanoPix's Nadia Saidi (`20240301_100000`) was imported, and the sync recorded her
 /// link; DentalTID then cleared that patient's `external_id` (the link row stays, as designed).
 /// A second DentalTID patient with the same names and birth date (a namesake) is exported with

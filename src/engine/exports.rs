@@ -628,7 +628,7 @@ impl Engine {
             self.link_export(patient, id, twins)?;
             return Ok(Exported::Written(id));
         }
-        let in_nanopix = self.unknown_twins_in_nanopix(patient)?;
+        let in_nanopix = self.unknown_twins_in_nanopix(patient, id)?;
         if !in_nanopix.is_empty() && self.matching_links(patient, in_nanopix)? {
             self.dentaltid.abandon_export(patient.id)?;
             return Ok(Exported::Deferred);
@@ -653,12 +653,15 @@ impl Engine {
     }
 
     /// The NanoPix patients with the names and birth date of `patient` that are new to the sync
-    /// (see [`Engine::is_new_to_sync`]) and no export reserved: ones NanoPix saved itself. Reads
-    /// every NanoPix patient: for repairs, which are rare.
-    fn unknown_twins_in_nanopix(&self, patient: &Patient) -> Result<Vec<NanoPixPatient>> {
+    /// (see [`Engine::is_new_to_sync`]) and no other export reserved: ones NanoPix saved itself,
+    /// also at `reserved`, the id the export of `patient` reserved and wrote no row at (NanoPix
+    /// names a patient after the second its form was opened, which may be that one). Reads every
+    /// NanoPix patient: for repairs, which are rare.
+    fn unknown_twins_in_nanopix(&self, patient: &Patient, reserved: NanoPixId) -> Result<Vec<NanoPixPatient>> {
         let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
         let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
-        let in_flight = self.in_flight_ids()?;
+        let mut in_flight = self.in_flight_ids()?;
+        in_flight.remove(&reserved);
         let (mut twins, mut after) = (Vec::new(), None);
         loop {
             let page = self.nanopix.patients_after(after, TWIN_PAGE)?;
