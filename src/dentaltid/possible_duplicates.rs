@@ -4,13 +4,16 @@
 //! loses it. A report stays listed until the host dismisses it or its patient is deleted.
 //!
 //! A row holds the reports of one page of imports, or of one export: one line each, with the
-//! reported patient's id, its NanoPix id, the reason, the candidates' ids (comma-separated) and
-//! the patient's `createdAt` (left out by the first version of this list), separated by spaces.
+//! reported patient's id, its NanoPix id, the reason, the candidates (comma-separated, each its
+//! id and, after an `@`, its `createdAt` as [`candidate_entry`] writes it; lines written before
+//! held the ids alone) and the patient's `createdAt` (left out by the first version of this
+//! list), separated by spaces.
 //! One row per page keeps a first sync that reports tens of thousands of patients from writing as
 //! many rows. A later report on a patient replaces an earlier one. Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last
 //! row it covers, so a later report on the same patient is listed again. The list reads the
-//! patients as DentalTID holds them at that moment; a patient whose `createdAt` changed is another
-//! one under the same id (a `patients` table without AUTOINCREMENT gives a deleted last id again).
+//! patients as DentalTID holds them at that moment; a patient or candidate whose `createdAt`
+//! changed is another one under the same id (a `patients` table without AUTOINCREMENT gives a
+//! deleted last id again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{Display, Write as _};
@@ -31,6 +34,10 @@ const STORED: &str = "SELECT id, reports FROM nanopix_sync_possible_duplicates O
 
 /// A patient as a report shows it: names, birth date, and the `createdAt` that tells it apart.
 const AS_CANDIDATE: &str = "SELECT name, familyName, dateOfBirth, createdAt FROM patients WHERE id = ?1";
+
+/// The `createdAt` of a candidate as its report is kept, which tells it apart from another
+/// patient given its id later.
+const CANDIDATE_CREATED: &str = "SELECT createdAt FROM patients WHERE id = ?1";
 
 /// Every dismissal: the patient, and the last row of reports it covers.
 const DISMISSED: &str = "SELECT patient_id, through_row FROM nanopix_sync_dismissed_duplicates";
@@ -69,16 +76,25 @@ pub struct Report<'a, E> {
 }
 
 /// Keeps `reports` as one row, in the open transaction on `conn`; writes nothing without any.
+/// Each candidate is kept with its `createdAt` as DentalTID holds it now; one DentalTID no longer
+/// holds is left out, since a patient given its id later is someone else.
 pub(super) fn record_possible_duplicates<'a, E: Display>(
     conn: &Connection,
     reports: impl IntoIterator<Item = Report<'a, E>>,
 ) -> rusqlite::Result<()> {
+    let mut created = conn.prepare_cached(CANDIDATE_CREATED)?;
     let mut text = String::new();
     for report in reports {
-        let ids: Vec<String> = report.candidates.iter().map(|candidate| candidate.patient_id.to_string()).collect();
+        let mut entries = Vec::with_capacity(report.candidates.len());
+        for candidate in report.candidates {
+            let patient_id = candidate.patient_id;
+            let held = created.query_row([patient_id], |row| text_at(row, 0)).optional()?;
+            entries.extend(held.map(|created_at| candidate_entry(patient_id, &created_at.unwrap_or_default())));
+        }
         let (patient_id, external_id, reason) = (report.patient_id, report.external_id, report.reason.as_str());
         // Writing to a String cannot fail.
-        let _ = writeln!(text, "{patient_id} {external_id} {reason} {} {}", ids.join(","), one_line(report.created_at));
+        let _ =
+            writeln!(text, "{patient_id} {external_id} {reason} {} {}", entries.join(","), one_line(report.created_at));
     }
     if !text.is_empty() {
         conn.prepare_cached(RECORD)?.execute([text])?;
@@ -89,6 +105,17 @@ pub(super) fn record_possible_duplicates<'a, E: Display>(
 /// `text` on one line: a line break in a `createdAt` would end its report's line.
 fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
+}
+
+/// A candidate as a line keeps it: its id, `@`, and its `createdAt` on one line with `%`, space
+/// and comma written as `%25`, `%20` and `%2C`, so that it ends neither the entry nor the field.
+fn candidate_entry(patient_id: i64, created_at: &str) -> String {
+    format!("{patient_id}@{}", kept_created_at(created_at))
+}
+
+/// A candidate's `createdAt` as [`candidate_entry`] writes it.
+fn kept_created_at(created_at: &str) -> String {
+    one_line(created_at).replace('%', "%25").replace(' ', "%20").replace(',', "%2C")
 }
 
 impl DentalTid {
@@ -124,7 +151,7 @@ impl DentalTid {
 fn listed(conn: &Connection, awaiting: BTreeMap<i64, StoredReport>) -> rusqlite::Result<Vec<DuplicateToReview>> {
     let named = awaiting
         .values()
-        .flat_map(|stored| [stored.patient_id].into_iter().chain(stored.candidate_ids.iter().copied()));
+        .flat_map(|stored| [stored.patient_id].into_iter().chain(stored.candidates.iter().map(|(id, _)| *id)));
     let held = held_patients(conn, named.collect())?;
     Ok(awaiting.into_values().filter_map(|stored| stored.into_review(&held)).collect())
 }
@@ -135,7 +162,9 @@ struct StoredReport {
     patient_id: i64,
     external_id: String,
     reason: DuplicateReason,
-    candidate_ids: Vec<i64>,
+    /// The candidates' ids, each with its `createdAt` as [`candidate_entry`] wrote it (`None` in
+    /// a line written before it was kept).
+    candidates: Vec<(i64, Option<String>)>,
     /// The patient's `createdAt`, on one line; `None` in a line written before it was kept.
     created_at: Option<String>,
 }
@@ -148,8 +177,15 @@ impl StoredReport {
         if self.created_at.as_ref().is_some_and(|created_at| *created_at != one_line(&patient.created_at)) {
             return None;
         }
-        let candidates: Vec<DuplicateCandidate> =
-            self.candidate_ids.iter().filter_map(|id| held.get(id)).map(|held| held.candidate.clone()).collect();
+        let candidates: Vec<DuplicateCandidate> = self
+            .candidates
+            .iter()
+            .filter_map(|(id, created_at)| {
+                let patient = held.get(id)?;
+                let same = created_at.as_ref().is_none_or(|kept| *kept == kept_created_at(&patient.created_at));
+                same.then(|| patient.candidate.clone())
+            })
+            .collect();
         let Self { patient_id, external_id, reason, .. } = self;
         (!candidates.is_empty()).then_some(DuplicateToReview { patient_id, external_id, reason, candidates })
     }
@@ -165,9 +201,18 @@ impl StoredReport {
         let patient_id = fields.next()?.parse().ok()?;
         let external_id = fields.next()?.to_owned();
         let reason = DuplicateReason::from_name(fields.next()?)?;
-        let candidate_ids = fields.next()?.split(',').filter_map(|id| id.parse().ok()).collect();
+        let candidates = fields.next()?.split(',').filter_map(parse_candidate).collect();
         let created_at = fields.next().map(str::to_owned);
-        Some(Self { row, patient_id, external_id, reason, candidate_ids, created_at })
+        Some(Self { row, patient_id, external_id, reason, candidates, created_at })
+    }
+}
+
+/// Reads a candidate entry written by [`candidate_entry`], or a bare id of an older line;
+/// `None` for an entry this library did not write.
+fn parse_candidate(entry: &str) -> Option<(i64, Option<String>)> {
+    match entry.split_once('@') {
+        Some((id, created_at)) => Some((id.parse().ok()?, Some(created_at.to_owned()))),
+        None => Some((entry.parse().ok()?, None)),
     }
 }
 
@@ -318,6 +363,30 @@ mod tests {
         record(&dentaltid, &[(1, SIMILAR, &[2])]);
         dentaltid.conn.execute("UPDATE patients SET createdAt = '2025-06-02T10:00:00.000' WHERE id = 1", []).unwrap();
         assert_eq!(listed(&dentaltid), []);
+    }
+
+    /// A `patients` table without AUTOINCREMENT gives a deleted last patient's id to the next
+    /// one: the report must not name that other person as the reported patient's look-alike.
+    #[test]
+    fn another_patient_under_a_candidates_id_is_not_named() {
+        let (_dir, dentaltid) = sample_database();
+        record(&dentaltid, &[(1, SIMILAR, &[2, 4]), (3, SIMILAR, &[2])]);
+        let other_person = "DELETE FROM patients WHERE id = 2;
+            INSERT INTO patients(id, name, familyName, age, healthState, diagnosis, treatment, createdAt)
+            VALUES (2, 'Nadia', 'Kaci', 30, '', '', '', '2025-06-02T10:00:00.000')";
+        dentaltid.conn.execute_batch(other_person).unwrap();
+        assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![4])], "patient 2 is another person now");
+    }
+
+    #[test]
+    fn a_candidate_deleted_before_its_report_was_kept_is_left_out() {
+        let (_dir, dentaltid) = sample_database();
+        dentaltid.conn.execute("DELETE FROM patients WHERE id = 2", []).unwrap();
+        record(&dentaltid, &[(1, SIMILAR, &[2, 4])]);
+        let back = "INSERT INTO patients(id, name, familyName, age, healthState, diagnosis, treatment, createdAt)
+            VALUES (2, 'Nadia', 'Kaci', 30, '', '', '', '2025-06-02T10:00:00.000')";
+        dentaltid.conn.execute(back, []).unwrap();
+        assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![4])]);
     }
 
     #[test]
