@@ -18,10 +18,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{Display, Write as _};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::DentalTid;
+use super::patients::patients_sequence;
 use crate::patient::{BirthDate, nanopix_date};
 use crate::values::text_at;
 use crate::{DuplicateCandidate, DuplicateReason, Error, Result};
@@ -76,21 +77,22 @@ pub struct Report<'a, E> {
 }
 
 /// Keeps `reports` as one row, in the open transaction on `conn`; writes nothing without any.
-/// Each candidate is kept with its `createdAt` as DentalTID holds it now; one DentalTID no longer
-/// holds is left out, since a patient given its id later is someone else.
+/// In a `patients` table without AUTOINCREMENT, which gives a deleted last id again, each
+/// candidate is kept with its `createdAt` as DentalTID holds it now, and one DentalTID no longer
+/// holds is left out: a patient given its id later is someone else. With AUTOINCREMENT (a
+/// `sqlite_sequence` row, as DentalTID's own table has), no id is given twice, and the ids alone
+/// name the candidates for good.
 pub(super) fn record_possible_duplicates<'a, E: Display>(
     conn: &Connection,
     reports: impl IntoIterator<Item = Report<'a, E>>,
 ) -> rusqlite::Result<()> {
-    let mut created = conn.prepare_cached(CANDIDATE_CREATED)?;
+    let mut created = match patients_sequence(conn)? {
+        Some(_) => None,
+        None => Some(conn.prepare_cached(CANDIDATE_CREATED)?),
+    };
     let mut text = String::new();
     for report in reports {
-        let mut entries = Vec::with_capacity(report.candidates.len());
-        for candidate in report.candidates {
-            let patient_id = candidate.patient_id;
-            let held = created.query_row([patient_id], |row| text_at(row, 0)).optional()?;
-            entries.extend(held.map(|created_at| candidate_entry(patient_id, &created_at.unwrap_or_default())));
-        }
+        let entries = candidate_entries(created.as_mut(), report.candidates)?;
         let (patient_id, external_id, reason) = (report.patient_id, report.external_id, report.reason.as_str());
         // Writing to a String cannot fail.
         let _ =
@@ -100,6 +102,24 @@ pub(super) fn record_possible_duplicates<'a, E: Display>(
         conn.prepare_cached(RECORD)?.execute([text])?;
     }
     Ok(())
+}
+
+/// The entries of `candidates` in a kept line: each id alone, or with its `createdAt` read by
+/// `created` (see [`candidate_entry`]), leaving out a candidate it finds no longer held.
+fn candidate_entries(
+    created: Option<&mut CachedStatement<'_>>,
+    candidates: &[DuplicateCandidate],
+) -> rusqlite::Result<Vec<String>> {
+    let Some(created) = created else {
+        return Ok(candidates.iter().map(|candidate| candidate.patient_id.to_string()).collect());
+    };
+    let mut entries = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let patient_id = candidate.patient_id;
+        let held = created.query_row([patient_id], |row| text_at(row, 0)).optional()?;
+        entries.extend(held.map(|created_at| candidate_entry(patient_id, &created_at.unwrap_or_default())));
+    }
+    Ok(entries)
 }
 
 /// `text` on one line: a line break in a `createdAt` would end its report's line.
@@ -365,11 +385,18 @@ mod tests {
         assert_eq!(listed(&dentaltid), []);
     }
 
+    /// Turns the sample's `patients` table into one without AUTOINCREMENT, as far as the sync can
+    /// tell: no `sqlite_sequence` row counts its ids.
+    fn without_autoincrement(dentaltid: &DentalTid) {
+        dentaltid.conn.execute("DELETE FROM sqlite_sequence WHERE name = 'patients'", []).unwrap();
+    }
+
     /// A `patients` table without AUTOINCREMENT gives a deleted last patient's id to the next
     /// one: the report must not name that other person as the reported patient's look-alike.
     #[test]
     fn another_patient_under_a_candidates_id_is_not_named() {
         let (_dir, dentaltid) = sample_database();
+        without_autoincrement(&dentaltid);
         record(&dentaltid, &[(1, SIMILAR, &[2, 4]), (3, SIMILAR, &[2])]);
         let other_person = "DELETE FROM patients WHERE id = 2;
             INSERT INTO patients(id, name, familyName, age, healthState, diagnosis, treatment, createdAt)
@@ -378,9 +405,11 @@ mod tests {
         assert_eq!(listed(&dentaltid), [(1, SIMILAR, vec![4])], "patient 2 is another person now");
     }
 
+    /// Without AUTOINCREMENT too.
     #[test]
     fn a_candidate_deleted_before_its_report_was_kept_is_left_out() {
         let (_dir, dentaltid) = sample_database();
+        without_autoincrement(&dentaltid);
         dentaltid.conn.execute("DELETE FROM patients WHERE id = 2", []).unwrap();
         record(&dentaltid, &[(1, SIMILAR, &[2, 4])]);
         let back = "INSERT INTO patients(id, name, familyName, age, healthState, diagnosis, treatment, createdAt)
