@@ -1135,6 +1135,39 @@ fn a_live_pass_tries_a_few_stuck_exports_in_turn_and_a_full_reconcile_tries_them
     assert_eq!(stuck(), 0);
 }
 
+/// Nine exports NanoPix refused wait in the journal, and another program saved a stranger under
+/// each one's reserved id. A live pass tries eight of them: were it to go on, it would read the
+/// ninth stranger as that export's row and skip it, and once a later pass moved the export off
+/// that id, that stranger would wait behind the live cursor for the next full reconcile (an hour
+/// by default; an export of the same person meanwhile would give NanoPix a second one). A repair
+/// that leaves its reserved id makes the pass a full reconcile instead, which decides every row.
+#[test]
+fn a_live_pass_whose_repair_leaves_a_reserved_id_imports_the_patient_there() {
+    let clinic = Clinic::new("v29");
+    for i in 0..3 {
+        clinic.add_dentaltid(&format!("Given{i}"), "Stuck", Some("1990-05-06"));
+    }
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    block_nanopix_inserts(&clinic, true);
+    sync.export_existing().unwrap();
+    let reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    assert_eq!(reserved.len(), 9, "the three and the six samples, each left in the journal");
+    block_nanopix_inserts(&clinic, false);
+    for (i, id) in reserved.iter().enumerate() {
+        clinic.add_nanopix(id, "Stranger", &format!("S{i}"), None);
+    }
+    block_nanopix_inserts(&clinic, true);
+    for phone in ["0555", "0556"] {
+        let change = format!("UPDATE Patient SET phone = '{phone}'");
+        rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(&change).unwrap();
+        assert!(sync.export_patient(1).is_err(), "NanoPix still refuses");
+    }
+    let strangers =
+        clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE familyName = 'Stranger'", |r| r.get::<_, i64>(0));
+    assert_eq!(strangers, [9], "every stranger imported by the live passes");
+}
+
 #[test]
 fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import() {
     let clinic = Clinic::new("v29");

@@ -773,27 +773,34 @@ impl Engine {
     /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
     /// live pass left off. A NanoPix that refuses every new patient (a newer schema, a full disk)
     /// leaves one journal row per export tried, and each repair reads the whole journal: a live
-    /// pass takes them in turns, and a full reconcile tries them all.
-    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
+    /// pass takes them in turns, and a full reconcile tries them all. Returns whether a repair
+    /// left the id its export reserved (see [`Engine::repair_each`]).
+    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<bool> {
         let mut pending = self.dentaltid.pending_exports()?;
         if pending.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let start = self.next_repair % pending.len();
         pending.rotate_left(start);
         pending.truncate(REPAIRS_PER_LIVE_PASS);
         self.next_repair = start + pending.len();
-        self.repair_each(pending, report);
-        Ok(())
+        Ok(self.repair_each(pending, report))
     }
 
     /// Ends or drops each of the interrupted exports `pending` records, reporting each failure
     /// with the NanoPix id the journal holds once it failed: a repair may have moved the export
-    /// off an id another NanoPix patient took meanwhile.
-    fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) {
+    /// off an id another NanoPix patient took meanwhile. Returns whether a repair left the id its
+    /// export reserved, moved or dropped: a NanoPix row there is no export's any more, and a live
+    /// pass that read it before may have skipped it as one.
+    fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) -> bool {
+        let mut left_a_reserved_id = false;
         for pending in pending {
-            self.journaled = Some((pending.patient_id, pending.external_id));
-            match self.repair_export(&pending, report) {
+            let reserved = pending.external_id;
+            self.journaled = Some((pending.patient_id, reserved));
+            let repaired = self.repair_export(&pending, report);
+            let moved = self.journaled_id(pending.patient_id) != Some(reserved.to_string());
+            left_a_reserved_id |= moved || matches!(repaired, Ok(false));
+            match repaired {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
                 Err(error) => {
@@ -802,6 +809,7 @@ impl Engine {
                 }
             }
         }
+        left_a_reserved_id
     }
 
     /// Completes or drops one interrupted export, reporting in `report` the linked twins of a
