@@ -1168,6 +1168,50 @@ fn a_live_pass_whose_repair_leaves_a_reserved_id_imports_the_patient_there() {
     assert_eq!(strangers, [9], "every stranger imported by the live passes");
 }
 
+/// Nine exports NanoPix refused wait in the journal, Nadia Saidi's last. The X-ray assistant then
+/// saves Nadia in NanoPix under the id her export reserved (the form opened in that second), and
+/// DentalTID asks for her export again. The catch-up's live pass ends the eight others and skips
+/// her row as her export's; her export then finds NanoPix's Nadia and leaves the id to be linked.
+/// The next try must read that row again and link her to it: NanoPix, unchanged since that pass,
+/// would otherwise get a second Nadia, and the next reconcile DentalTID a second one too.
+#[test]
+fn an_export_resumed_by_export_patient_links_the_same_person_nanopix_saved_at_its_id() {
+    let clinic = Clinic::new("v29");
+    for given in ["Karima", "Salima"] {
+        clinic.add_dentaltid(given, "Stuck", Some("1990-05-06"));
+    }
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    block_nanopix_inserts(&clinic, true);
+    sync.export_existing().unwrap();
+    let reserved: Vec<String> =
+        clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports ORDER BY patient_id", |r| r.get(0));
+    assert_eq!(reserved.len(), 9, "the six samples, the two others and Nadia, each left in the journal");
+    block_nanopix_inserts(&clinic, false);
+    let hers = &reserved[8];
+    let opened = chrono::NaiveDateTime::parse_from_str(hers, "%Y%m%d_%H%M%S").unwrap();
+    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
+    common::another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
+            (hers, &saved),
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(hers)).unwrap();
+
+    let exported = sync.export_patient(nadia).map(|id| id.to_string());
+    sync.reconcile().unwrap();
+    let (in_nanopix, in_dentaltid) =
+        (common::nanopix_ids_named(&clinic, "Nadia", "Saidi"), common::dentaltid_named(&clinic, "Nadia", "Saidi"));
+    assert_eq!(
+        (exported.ok(), in_nanopix, in_dentaltid),
+        (Some(hers.clone()), vec![hers.clone()], vec![(nadia, Some(hers.clone()))]),
+        "Nadia once on each side, linked to the patient NanoPix saved"
+    );
+}
+
 #[test]
 fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import() {
     let clinic = Clinic::new("v29");

@@ -451,16 +451,27 @@ impl Engine {
 
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
     /// earlier error interrupted), as a repair would. `twins` are its linked twins, kept on the
-    /// review list with the link.
+    /// review list with the link. An export ended so that leaves the id it reserved (moved off
+    /// it, or dropped for the same person NanoPix saved) drops the live cursor: a live pass may
+    /// have skipped the NanoPix row there as this export's, and only a full reconcile reads it
+    /// again, before a next try writes the person a second NanoPix patient.
     fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
         self.journaled = None;
-        match self.dentaltid.pending_export(patient.id)? {
-            Some(pending) => {
-                self.journaled = Some((patient.id, pending.external_id));
-                self.resume_export(patient, &pending, twins)
-            }
-            None => self.export(patient, from, twins),
+        let Some(pending) = self.dentaltid.pending_export(patient.id)? else {
+            return self.export(patient, from, twins);
+        };
+        self.journaled = Some((patient.id, pending.external_id));
+        let resumed = self.resume_export(patient, &pending, twins);
+        if matches!(resumed, Ok(Exported::Deferred)) || self.left_reserved_id(&pending) {
+            self.cursor = None;
         }
+        resumed
+    }
+
+    /// Whether the journal moved the export `pending` records off the id it reserved, as the
+    /// export that just ended left it (see [`Engine::journaled_id`]).
+    fn left_reserved_id(&self, pending: &PendingExport) -> bool {
+        self.journaled_id(pending.patient_id) != Some(pending.external_id.to_string())
     }
 
     /// Writes the journal row, then the NanoPix row, then the folder, then the link. The row
@@ -795,11 +806,9 @@ impl Engine {
     fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) -> bool {
         let mut left_a_reserved_id = false;
         for pending in pending {
-            let reserved = pending.external_id;
-            self.journaled = Some((pending.patient_id, reserved));
+            self.journaled = Some((pending.patient_id, pending.external_id));
             let repaired = self.repair_export(&pending, report);
-            let moved = self.journaled_id(pending.patient_id) != Some(reserved.to_string());
-            left_a_reserved_id |= moved || matches!(repaired, Ok(false));
+            left_a_reserved_id |= self.left_reserved_id(&pending) || matches!(repaired, Ok(false));
             match repaired {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
