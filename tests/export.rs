@@ -226,6 +226,21 @@ fn block_nanopix_inserts(clinic: &Clinic, blocked: bool) {
     rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(sql).unwrap();
 }
 
+/// Adds `stuck` patients to `clinic`, reconciles it on a handle without automatic work, then has
+/// `export_existing` leave every unlinked patient's export in the journal, NanoPix refusing
+/// inserts (still refused on return). Returns the handle and the ids reserved, by patient.
+fn with_stuck_exports(clinic: &Clinic, stuck: &[(&str, &str, &str)]) -> (NanoPixSync, Vec<String>) {
+    for (given, family, born) in stuck {
+        clinic.add_dentaltid(given, family, Some(born));
+    }
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    block_nanopix_inserts(clinic, true);
+    sync.export_existing().unwrap();
+    let sql = "SELECT external_id FROM nanopix_sync_exports ORDER BY patient_id";
+    (sync, clinic.dentaltid_rows(sql, |r| r.get(0)))
+}
+
 /// Runs SQL on the DentalTID database, as DentalTID itself would.
 fn edit_dentaltid(clinic: &Clinic, sql: &str) {
     rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute_batch(sql).unwrap();
@@ -1101,15 +1116,11 @@ fn an_interrupted_export_behind_exports_nanopix_keeps_refusing_is_still_repaired
 #[test]
 fn a_live_pass_tries_a_few_stuck_exports_in_turn_and_a_full_reconcile_tries_them_all() {
     let clinic = Clinic::new("v29");
-    for i in 0..20 {
-        clinic.add_dentaltid(&format!("Given{i}"), "Stuck", Some("1990-05-06"));
-    }
-    let sync = clinic.open();
-    sync.reconcile().unwrap();
-    block_nanopix_inserts(&clinic, true);
-    sync.export_existing().unwrap();
+    let given: Vec<String> = (0..20).map(|i| format!("Given{i}")).collect();
+    let twenty: Vec<(&str, &str, &str)> = given.iter().map(|given| (given.as_str(), "Stuck", "1990-05-06")).collect();
+    let (sync, reserved) = with_stuck_exports(&clinic, &twenty);
+    assert_eq!(reserved.len(), 26, "the twenty and the six samples, each left in the journal");
     let stuck = || clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0))[0];
-    assert_eq!(stuck(), 26, "the twenty and the six samples, each left in the journal");
     common::drain(&sync);
     // NanoPix changes, so the next export first catches up in a live pass; twice.
     let mut tried = Vec::new();
@@ -1144,14 +1155,9 @@ fn a_live_pass_tries_a_few_stuck_exports_in_turn_and_a_full_reconcile_tries_them
 #[test]
 fn a_live_pass_whose_repair_leaves_a_reserved_id_imports_the_patient_there() {
     let clinic = Clinic::new("v29");
-    for i in 0..3 {
-        clinic.add_dentaltid(&format!("Given{i}"), "Stuck", Some("1990-05-06"));
-    }
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    block_nanopix_inserts(&clinic, true);
-    sync.export_existing().unwrap();
-    let reserved: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    let three =
+        [("Given0", "Stuck", "1990-05-06"), ("Given1", "Stuck", "1990-05-06"), ("Given2", "Stuck", "1990-05-06")];
+    let (sync, reserved) = with_stuck_exports(&clinic, &three);
     assert_eq!(reserved.len(), 9, "the three and the six samples, each left in the journal");
     block_nanopix_inserts(&clinic, false);
     for (i, id) in reserved.iter().enumerate() {
@@ -1177,17 +1183,11 @@ fn a_live_pass_whose_repair_leaves_a_reserved_id_imports_the_patient_there() {
 #[test]
 fn an_export_resumed_by_export_patient_links_the_same_person_nanopix_saved_at_its_id() {
     let clinic = Clinic::new("v29");
-    for given in ["Karima", "Salima"] {
-        clinic.add_dentaltid(given, "Stuck", Some("1990-05-06"));
-    }
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    block_nanopix_inserts(&clinic, true);
-    sync.export_existing().unwrap();
-    let reserved: Vec<String> =
-        clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports ORDER BY patient_id", |r| r.get(0));
+    let stuck =
+        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
+    let (sync, reserved) = with_stuck_exports(&clinic, &stuck);
     assert_eq!(reserved.len(), 9, "the six samples, the two others and Nadia, each left in the journal");
+    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
     block_nanopix_inserts(&clinic, false);
     let hers = &reserved[8];
     let opened = chrono::NaiveDateTime::parse_from_str(hers, "%Y%m%d_%H%M%S").unwrap();
