@@ -235,7 +235,7 @@ impl Engine {
             kept_twins: None,
             journaled: None,
         };
-        engine.repair_exports(&mut ReconcileReport::default())?;
+        engine.repair_exports(&[], &mut ReconcileReport::default())?;
         Ok(engine)
     }
 
@@ -274,13 +274,19 @@ impl Engine {
     /// NanoPix is opened afresh first: its folder may have come back as other files (a drive
     /// plugged in again, a share mounted again, a restore), which the old connection cannot see.
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
+        self.reconcile_after(ReconcileReport::default(), &[])
+    }
+
+    /// [`Engine::reconcile`], going on from the work `begun` reports: a live pass's, whose
+    /// repairs of the exports of patients `tried` were just tried and are not tried again.
+    fn reconcile_after(&mut self, begun: ReconcileReport, tried: &[i64]) -> Result<ReconcileReport> {
         if self.cancelled() {
-            let report = ReconcileReport { stopped_early: true, ..ReconcileReport::default() };
+            let report = ReconcileReport { stopped_early: true, ..begun };
             self.bus.emit(EventKind::Reconciled(report.clone()));
             return Ok(report);
         }
         let started = Instant::now();
-        let mut report = self.reconcile_fully()?;
+        let mut report = self.reconcile_fully(begun, tried)?;
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         report.stopped_early = self.cancelled();
         if !report.stopped_early {
@@ -292,7 +298,9 @@ impl Engine {
 
     /// The work of [`Engine::reconcile`], without its announcements. A reconcile that fails or
     /// stops early announces no delete request: it may not have given NanoPix patients back yet.
-    fn reconcile_fully(&mut self) -> Result<ReconcileReport> {
+    /// It goes on from `begun`, and leaves alone the exports of patients `tried` (see
+    /// [`Engine::reconcile_after`]).
+    fn reconcile_fully(&mut self, begun: ReconcileReport, tried: &[i64]) -> Result<ReconcileReport> {
         // The cursor described the file opened before; only a whole reconcile gives a new one.
         // Dropped first, so that a reconcile failing even to open NanoPix (locked, gone for a
         // moment) is tried again as a full one, not as a live pass that never looks at folders.
@@ -303,10 +311,10 @@ impl Engine {
         self.odd_findings.full_reconcile_began();
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);
-        let mut report = ReconcileReport::default();
+        let mut report = begun;
         // Left by a pass that crashed or failed before it recorded the folders it awaits.
         let unsettled = self.dentaltid.unsettled_links()?;
-        self.repair_exports(&mut report)?;
+        self.repair_exports(tried, &mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
         let adopted = self.adopt_existing_links(&mut snapshot)?;
         let unsettled = snapshot.links.iter().filter(|link| unsettled.contains(link.patient_id));
@@ -413,8 +421,8 @@ impl Engine {
         self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
         // A NanoPix row at an id a repair left may be behind the cursor: skipped as an export's.
-        if self.repair_some_exports(&mut report)? {
-            return self.reconcile();
+        if let Some(tried) = self.repair_some_exports(&mut report)? {
+            return self.reconcile_after(report, &tried);
         }
         let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk()), PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;

@@ -1174,6 +1174,45 @@ fn a_live_pass_whose_repair_leaves_a_reserved_id_imports_the_patient_there() {
     assert_eq!(strangers, [9], "every stranger imported by the live passes");
 }
 
+/// Nine exports NanoPix refused wait in the journal, and another program saved a stranger under
+/// each one's reserved id, NanoPix still refusing inserts. The live pass that catches up for the
+/// next export moves eight of them off their ids, which makes it a full reconcile: that one tries
+/// the ninth, not the eight again. Each refused export gets one `sync_error`, and the pass's
+/// `reconciled` counts each once.
+#[test]
+fn a_live_pass_whose_repair_leaves_a_reserved_id_reports_each_refused_export_once() {
+    let clinic = Clinic::new("v29");
+    let three =
+        [("Given0", "Stuck", "1990-05-06"), ("Given1", "Stuck", "1990-05-06"), ("Given2", "Stuck", "1990-05-06")];
+    let (sync, reserved) = with_stuck_exports(&clinic, &three);
+    block_nanopix_inserts(&clinic, false);
+    for (i, id) in reserved.iter().enumerate() {
+        clinic.add_nanopix(id, "Stranger", &format!("S{i}"), None);
+    }
+    block_nanopix_inserts(&clinic, true);
+    common::drain(&sync);
+
+    assert!(sync.export_patient(1).is_err(), "NanoPix still refuses");
+    let events = common::drain(&sync);
+    let mut reported: Vec<i64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::SyncError { patient_id, .. } => *patient_id,
+            _ => None,
+        })
+        .collect();
+    reported.sort_unstable();
+    let errors: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciled(report) => Some(report.errors),
+            _ => None,
+        })
+        .collect();
+    let once: Vec<i64> = (1..=9).collect();
+    assert_eq!((reported, errors), (once, vec![9]), "each refused export reported once, in one reconcile");
+}
+
 /// Nine exports NanoPix refused wait in the journal, Nadia Saidi's last. The X-ray assistant then
 /// saves Nadia in NanoPix under the id her export reserved (the form opened in that second), and
 /// DentalTID asks for her export again. The catch-up's live pass ends the eight others and skips

@@ -774,9 +774,12 @@ impl Engine {
         Ok(self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect())
     }
 
-    /// Finishes exports a crash or an error interrupted, using the journal.
-    pub(super) fn repair_exports(&mut self, report: &mut ReconcileReport) -> Result<()> {
-        let pending = self.dentaltid.pending_exports()?;
+    /// Finishes exports a crash or an error interrupted, using the journal, but those of patients
+    /// `tried`: the live pass that goes on as this reconcile tried them a moment ago, and reported
+    /// each failure.
+    pub(super) fn repair_exports(&mut self, tried: &[i64], report: &mut ReconcileReport) -> Result<()> {
+        let mut pending = self.dentaltid.pending_exports()?;
+        pending.retain(|pending| !tried.contains(&pending.patient_id));
         self.repair_each(pending, report);
         Ok(())
     }
@@ -784,18 +787,20 @@ impl Engine {
     /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
     /// live pass left off. A NanoPix that refuses every new patient (a newer schema, a full disk)
     /// leaves one journal row per export tried, and each repair reads the whole journal: a live
-    /// pass takes them in turns, and a full reconcile tries them all. Returns whether a repair
-    /// left the id its export reserved (see [`Engine::repair_each`]).
-    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<bool> {
+    /// pass takes them in turns, and a full reconcile tries them all. When a repair left the id
+    /// its export reserved (see [`Engine::repair_each`]), returns the patients whose exports it
+    /// tried, for the full reconcile the pass becomes not to try them again.
+    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<Option<Vec<i64>>> {
         let mut pending = self.dentaltid.pending_exports()?;
         if pending.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let start = self.next_repair % pending.len();
         pending.rotate_left(start);
         pending.truncate(REPAIRS_PER_LIVE_PASS);
         self.next_repair = start + pending.len();
-        Ok(self.repair_each(pending, report))
+        let tried: Vec<i64> = pending.iter().map(|pending| pending.patient_id).collect();
+        Ok(self.repair_each(pending, report).then_some(tried))
     }
 
     /// Ends or drops each of the interrupted exports `pending` records, reporting each failure
