@@ -1251,6 +1251,33 @@ fn an_export_resumed_by_export_patient_links_the_same_person_nanopix_saved_at_it
     );
 }
 
+/// As above, but `export_existing` ends Nadia's export, and finds NanoPix unchanged after it: it
+/// must not return before she is linked to NanoPix's Nadia, as if every patient were in NanoPix.
+#[test]
+fn export_existing_links_the_same_person_nanopix_saved_at_an_id_it_resumed_an_export_at() {
+    let clinic = Clinic::new("v29");
+    let stuck =
+        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
+    let (sync, reserved) = with_stuck_exports(&clinic, &stuck);
+    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
+    block_nanopix_inserts(&clinic, false);
+    let hers = &reserved[8];
+    let opened = chrono::NaiveDateTime::parse_from_str(hers, "%Y%m%d_%H%M%S").unwrap();
+    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
+    common::another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
+            (hers, &saved),
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(hers)).unwrap();
+
+    sync.export_existing().unwrap();
+    let linked = sync.source_info(nadia).unwrap().external_id;
+    assert_eq!(linked.as_ref(), Some(hers), "Nadia linked to the patient NanoPix saved once export_existing returns");
+}
+
 #[test]
 fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import() {
     let clinic = Clinic::new("v29");

@@ -188,6 +188,7 @@ impl Engine {
         let mut refused_by = None;
         for _ in 0..EXPORT_ATTEMPTS {
             self.catch_up_with_nanopix()?;
+            let caught_up = self.cursor.is_some();
             let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
             refused_by = self.export_each_refused_by(&unlinked, &mut report);
             // Cut short by closing: the patients not reached yet are not exported, which success
@@ -199,8 +200,11 @@ impl Engine {
                 return if left.is_empty() { Ok(report.exported) } else { Err(Error::Closed) };
             }
             // Exports held back because NanoPix changed are tried again once it is read again, and
-            // those a locked database refused, once more.
-            if refused_by.is_none() && Some(self.nanopix.data_version()?) == self.nanopix_read {
+            // those a locked database refused, once more. So is an export ended that left its
+            // reserved id, which dropped the cursor (see [`Engine::export_or_resume`]): the next
+            // catch-up reads the NanoPix row there, maybe the same person, and links her.
+            let left_an_id = caught_up && self.cursor.is_none();
+            if refused_by.is_none() && !left_an_id && Some(self.nanopix.data_version()?) == self.nanopix_read {
                 self.extend_cursor_past_exports();
                 return Ok(report.exported);
             }
