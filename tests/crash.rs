@@ -278,16 +278,7 @@ fn an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_a
     export_killed_after_its_journal(&clinic, nadia);
     let reserved: String =
         clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0)).remove(0);
-    let opened = chrono::NaiveDateTime::parse_from_str(&reserved, "%Y%m%d_%H%M%S").unwrap();
-    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
-    common::another_program(&clinic.nanopix_db())
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
-            (&reserved, &saved),
-        )
-        .unwrap();
-    std::fs::create_dir(clinic.root.join(&reserved)).unwrap();
+    common::nanopix_saves_nadia_under(&clinic, &reserved);
     let sync = clinic.open_without_automatic_work();
     let report = sync.reconcile().unwrap();
     let (in_nanopix, in_dentaltid) =

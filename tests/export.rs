@@ -1213,6 +1213,22 @@ fn a_live_pass_whose_repair_leaves_a_reserved_id_reports_each_refused_export_onc
     assert_eq!((reported, errors), (once, vec![9]), "each refused export reported once, in one reconcile");
 }
 
+/// Nine exports NanoPix refused wait in the journal (see [`with_stuck_exports`]), Nadia Saidi's
+/// last; then NanoPix saves Nadia itself under the id her export reserved (see
+/// [`common::nanopix_saves_nadia_under`]). NanoPix takes inserts again. Returns the handle,
+/// Nadia's DentalTID id and that NanoPix id.
+fn nadia_saved_at_her_stuck_exports_id(clinic: &Clinic) -> (NanoPixSync, i64, String) {
+    let stuck =
+        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
+    let (sync, mut reserved) = with_stuck_exports(clinic, &stuck);
+    assert_eq!(reserved.len(), 9, "the six samples, the two others and Nadia, each left in the journal");
+    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
+    block_nanopix_inserts(clinic, false);
+    let hers = reserved.remove(8);
+    common::nanopix_saves_nadia_under(clinic, &hers);
+    (sync, nadia, hers)
+}
+
 /// Nine exports NanoPix refused wait in the journal, Nadia Saidi's last. The X-ray assistant then
 /// saves Nadia in NanoPix under the id her export reserved (the form opened in that second), and
 /// DentalTID asks for her export again. The catch-up's live pass ends the eight others and skips
@@ -1222,23 +1238,8 @@ fn a_live_pass_whose_repair_leaves_a_reserved_id_reports_each_refused_export_onc
 #[test]
 fn an_export_resumed_by_export_patient_links_the_same_person_nanopix_saved_at_its_id() {
     let clinic = Clinic::new("v29");
-    let stuck =
-        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
-    let (sync, reserved) = with_stuck_exports(&clinic, &stuck);
-    assert_eq!(reserved.len(), 9, "the six samples, the two others and Nadia, each left in the journal");
-    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
-    block_nanopix_inserts(&clinic, false);
-    let hers = &reserved[8];
-    let opened = chrono::NaiveDateTime::parse_from_str(hers, "%Y%m%d_%H%M%S").unwrap();
-    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
-    common::another_program(&clinic.nanopix_db())
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
-            (hers, &saved),
-        )
-        .unwrap();
-    std::fs::create_dir(clinic.root.join(hers)).unwrap();
+    let (sync, nadia, hers) = nadia_saved_at_her_stuck_exports_id(&clinic);
+    let hers = &hers;
 
     let exported = sync.export_patient(nadia).map(|id| id.to_string());
     sync.reconcile().unwrap();
@@ -1256,26 +1257,11 @@ fn an_export_resumed_by_export_patient_links_the_same_person_nanopix_saved_at_it
 #[test]
 fn export_existing_links_the_same_person_nanopix_saved_at_an_id_it_resumed_an_export_at() {
     let clinic = Clinic::new("v29");
-    let stuck =
-        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
-    let (sync, reserved) = with_stuck_exports(&clinic, &stuck);
-    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
-    block_nanopix_inserts(&clinic, false);
-    let hers = &reserved[8];
-    let opened = chrono::NaiveDateTime::parse_from_str(hers, "%Y%m%d_%H%M%S").unwrap();
-    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
-    common::another_program(&clinic.nanopix_db())
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
-            (hers, &saved),
-        )
-        .unwrap();
-    std::fs::create_dir(clinic.root.join(hers)).unwrap();
+    let (sync, nadia, hers) = nadia_saved_at_her_stuck_exports_id(&clinic);
 
     sync.export_existing().unwrap();
     let linked = sync.source_info(nadia).unwrap().external_id;
-    assert_eq!(linked.as_ref(), Some(hers), "Nadia linked to the patient NanoPix saved once export_existing returns");
+    assert_eq!(linked.as_ref(), Some(&hers), "Nadia linked to the patient NanoPix saved once export_existing returns");
 }
 
 #[test]

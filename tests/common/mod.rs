@@ -258,6 +258,22 @@ pub fn insert_dentaltid_patient(conn: &Connection, first: &str, last: &str, birt
     conn.last_insert_rowid()
 }
 
+/// Saves Nadia Saidi (born 1982-04-09) in NanoPix, row and folder, under `id` as NanoPix's form
+/// does when it was opened in that second: saved eight seconds later, which is not the time an
+/// export of hers would write.
+pub fn nanopix_saves_nadia_under(clinic: &Clinic, id: &str) {
+    let opened = NaiveDateTime::parse_from_str(id, "%Y%m%d_%H%M%S").unwrap();
+    let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
+    another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
+            (id, &saved),
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(id)).unwrap();
+}
+
 /// The NanoPix ids of every NanoPix patient with these names.
 pub fn nanopix_ids_named(clinic: &Clinic, first: &str, last: &str) -> Vec<String> {
     clinic.nanopix_rows(
