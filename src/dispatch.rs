@@ -76,9 +76,14 @@ impl Dispatcher {
         let mut current = self.slot.current.lock().unwrap_or_else(PoisonError::into_inner);
         *current = match callback {
             Some(callback) => {
-                let next = self.bus.set_listener(Some(self.feed.clone()));
                 let before = current.as_ref().filter(|_| carrying_on).map(|current| current.from_seq);
-                Some(Current { callback: Arc::new(callback), from_seq: before.unwrap_or(next) })
+                // A callback carried on keeps the feed as it is: it is still owed an
+                // `events_dropped` for the copies it had no room for.
+                let from_seq = match before {
+                    Some(from_seq) => from_seq,
+                    None => self.bus.set_listener(Some(self.feed.clone())),
+                };
+                Some(Current { callback: Arc::new(callback), from_seq })
             }
             None => {
                 self.bus.set_listener(None);
@@ -130,5 +135,50 @@ fn call(slot: &Slot, event: &Event) {
     if let Some(callback) = callback {
         // A panicking host callback loses this one delivery, never the thread.
         let _ = catch_unwind(AssertUnwindSafe(|| callback(event)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+    use crate::events::{EVENT_QUEUE_CAPACITY, EventKind};
+    use chrono::NaiveDate;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn a_callback_carried_on_still_hears_of_the_copies_it_had_no_room_for() {
+        let now = NaiveDate::from_ymd_opt(2025, 1, 21).unwrap().and_hms_opt(15, 26, 46).unwrap();
+        let (bus, _queue) = EventBus::new(Arc::new(ManualClock::new(now)));
+        let bus = Arc::new(bus);
+        let mut dispatcher = Dispatcher::start(bus.clone()).unwrap();
+        let (seen, heard) = crossbeam_channel::unbounded();
+        let (entered, first_call) = crossbeam_channel::bounded(1);
+        let (release, released) = crossbeam_channel::bounded::<()>(1);
+        let held = AtomicBool::new(false);
+        let recorder = seen.clone();
+        dispatcher.set(Some(Box::new(move |event: &Event| {
+            if !held.swap(true, Ordering::Relaxed) {
+                let _ = entered.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+            }
+            let _ = recorder.send(event.kind.clone());
+        })));
+        bus.emit(EventKind::LiveSyncChanged { enabled: true });
+        first_call.recv_timeout(Duration::from_secs(30)).expect("the callback is called");
+        for _ in 0..EVENT_QUEUE_CAPACITY + 3 {
+            bus.emit(EventKind::LiveSyncChanged { enabled: true });
+        }
+        release.send(()).unwrap();
+        // The same callback, carried on as the C API does when the wakeup callback is set.
+        dispatcher.carry_on(Box::new(move |event: &Event| {
+            let _ = seen.send(event.kind.clone());
+        }));
+        bus.emit(EventKind::LiveSyncChanged { enabled: false });
+        dispatcher.stop();
+        let notices: Vec<EventKind> =
+            heard.try_iter().filter(|kind| matches!(kind, EventKind::EventsDropped { .. })).collect();
+        assert_eq!(notices, [EventKind::EventsDropped { count: 3 }], "the callback hears of the copies it missed");
     }
 }
