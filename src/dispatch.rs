@@ -175,7 +175,8 @@ mod tests {
         dispatcher.carry_on(Box::new(move |event: &Event| {
             let _ = seen.send(event.kind.clone());
         }));
-        bus.emit(EventKind::LiveSyncChanged { enabled: false });
+        // The last event, as the handle queues it at close: it reports copies not reported yet.
+        bus.emit_last(EventKind::Closed);
         dispatcher.stop();
         let notices: Vec<EventKind> =
             heard.try_iter().filter(|kind| matches!(kind, EventKind::EventsDropped { .. })).collect();
