@@ -6,7 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
@@ -71,8 +71,8 @@ impl Dispatcher {
 
     fn install(&self, callback: Option<EventCallback>, carrying_on: bool) {
         // No call is in flight while the callback changes (unless it changes from inside one).
-        let _in_flight = (self.thread_id() != Some(std::thread::current().id()))
-            .then(|| self.slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
+        let _in_flight =
+            (!self.on_callback_thread()).then(|| self.slot.in_flight.lock().unwrap_or_else(PoisonError::into_inner));
         let mut current = self.slot.current.lock().unwrap_or_else(PoisonError::into_inner);
         *current = match callback {
             Some(callback) => {
@@ -92,17 +92,23 @@ impl Dispatcher {
         };
     }
 
-    /// Delivers the events already queued, then stops and joins the thread.
+    /// Delivers the events already queued, then stops and joins the thread. Stopped from inside
+    /// the callback (a host closing its last handle there), the thread cannot join itself: it
+    /// ends on its own once the callback returns.
     pub fn stop(&mut self) {
         self.bus.set_listener(None);
         self.done = None;
-        if let Some(thread) = self.thread.take() {
+        let on_callback_thread = self.on_callback_thread();
+        if let Some(thread) = self.thread.take()
+            && !on_callback_thread
+        {
             let _ = thread.join();
         }
     }
 
-    fn thread_id(&self) -> Option<ThreadId> {
-        self.thread.as_ref().map(|thread| thread.thread().id())
+    /// Whether the caller is the callback thread, inside a call of the callback.
+    fn on_callback_thread(&self) -> bool {
+        self.thread.as_ref().is_some_and(|thread| thread.thread().id() == std::thread::current().id())
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Clinic, HookedClock, another_program, copy_tree, drain, numbered_nanopix_id, until, wait_for};
@@ -312,6 +312,34 @@ fn a_rust_callback_receives_events_until_it_is_cleared() {
     sync.set_live_sync(true).unwrap();
     drop(sync);
     assert!(received.try_recv().is_err(), "a cleared callback is never called again, even for `closed`");
+}
+
+#[test]
+fn a_rust_callback_may_close_the_last_handle_itself() {
+    let clinic = Clinic::new("v29");
+    let shared = Arc::new(Mutex::new(Some(clinic.open())));
+    let (seen, received) = crossbeam_channel::unbounded();
+    let (closed, closings) = crossbeam_channel::unbounded();
+    let inside = shared.clone();
+    let callback = move |event: &nanopix_sync::Event| {
+        let _ = seen.send(event.kind.clone());
+        let last_handle = inside.lock().unwrap().take();
+        if let Some(sync) = last_handle {
+            let _ = closed.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(sync))).is_ok());
+        }
+    };
+    {
+        let guard = shared.lock().unwrap();
+        let sync = guard.as_ref().unwrap();
+        sync.set_callback(Some(Box::new(callback)));
+        sync.reconcile().unwrap();
+    }
+    let mut heard = Vec::new();
+    until(DEADLINE, "the callback hears `closed`", || {
+        heard.extend(received.try_iter());
+        heard.contains(&EventKind::Closed)
+    });
+    assert_eq!(closings.try_iter().collect::<Vec<_>>(), [true], "closing inside the callback does not panic");
 }
 
 #[test]
