@@ -421,8 +421,9 @@ impl Engine {
         self.nanopix_read = Some(nanopix_version);
         let mut report = ReconcileReport::default();
         // A NanoPix row at an id a repair left may be behind the cursor: skipped as an export's.
-        if let Some(tried) = self.repair_some_exports(&mut report)? {
-            return self.reconcile_after(report, &tried);
+        let repairs = self.repair_some_exports(&mut report)?;
+        if repairs.left_a_reserved_id {
+            return self.reconcile_after(report, &repairs.tried);
         }
         let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk()), PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
@@ -441,6 +442,10 @@ impl Engine {
         // under a linked id is imported apart: a full reconcile's to decide.
         if self.gives_back_a_deleted_patient(&rows.patients)? || self.holds_another_person(&rows.patients)? {
             return self.reconcile();
+        }
+        // The same person as a patient whose export waits its turn: a full reconcile tries it.
+        if self.saves_a_patient_left_to_repair(&rows.patients, &repairs.tried)? {
+            return self.reconcile_after(report, &repairs.tried);
         }
         self.report_odd_rows(rows.odd_rows, &mut report);
         self.restore_links(&rows.patients, &mut report)?;

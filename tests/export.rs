@@ -1264,6 +1264,39 @@ fn export_existing_links_the_same_person_nanopix_saved_at_an_id_it_resumed_an_ex
     assert_eq!(linked.as_ref(), Some(&hers), "Nadia linked to the patient NanoPix saved once export_existing returns");
 }
 
+/// Nine exports NanoPix refused wait in the journal, Nadia Saidi's last, and NanoPix takes inserts
+/// again. The X-ray assistant saves Nadia in NanoPix under an id of its own, not the one her
+/// export reserved. The live pass that catches up for the next export ends the eight others, not
+/// hers, which counts as linked while it waits: going on, it would import NanoPix's Nadia as a
+/// second DentalTID patient (`already_linked`), and her export would give NanoPix a second Nadia
+/// too. It goes on as a full reconcile instead, whose repair of her export gives way to NanoPix's
+/// Nadia, who is linked to her.
+#[test]
+fn a_live_pass_links_the_same_person_nanopix_saved_while_her_stuck_export_waits_its_turn() {
+    let clinic = Clinic::new("v29");
+    let stuck =
+        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
+    let (sync, reserved) = with_stuck_exports(&clinic, &stuck);
+    assert_eq!(reserved.len(), 9, "the six samples, the two others and Nadia, each left in the journal");
+    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
+    block_nanopix_inserts(&clinic, false);
+    common::nanopix_saves_nadia_under(&clinic, "20250122_095950");
+    common::drain(&sync);
+
+    sync.export_patient(1).unwrap();
+    let of_nadia = |kind: &EventKind| match kind {
+        EventKind::PossibleDuplicate { external_id, patient_id, .. } => {
+            external_id == "20250122_095950" || *patient_id == nadia
+        }
+        _ => false,
+    };
+    let duplicates: Vec<EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).filter(of_nadia).collect();
+    common::assert_nadia_once_on_each_side(&clinic, nadia, "after the live pass");
+    assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
+    let stuck = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(stuck, [0], "every export ended or dropped");
+}
+
 #[test]
 fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import() {
     let clinic = Clinic::new("v29");

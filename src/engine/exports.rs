@@ -70,6 +70,15 @@ pub(super) enum PastRun {
     DayBefore = 1,
 }
 
+/// The interrupted exports a live pass tried to end (see [`Engine::repair_some_exports`]).
+#[derive(Debug, Default)]
+pub(super) struct LiveRepairs {
+    /// The patients whose exports it tried.
+    pub tried: Vec<i64>,
+    /// Whether a repair left the id its export reserved (see [`Engine::repair_each`]).
+    pub left_a_reserved_id: bool,
+}
+
 /// What became of one patient's export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exported {
@@ -791,20 +800,55 @@ impl Engine {
     /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
     /// live pass left off. A NanoPix that refuses every new patient (a newer schema, a full disk)
     /// leaves one journal row per export tried, and each repair reads the whole journal: a live
-    /// pass takes them in turns, and a full reconcile tries them all. When a repair left the id
-    /// its export reserved (see [`Engine::repair_each`]), returns the patients whose exports it
-    /// tried, for the full reconcile the pass becomes not to try them again.
-    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<Option<Vec<i64>>> {
+    /// pass takes them in turns, and a full reconcile tries them all. Returns the patients whose
+    /// exports it tried, for a full reconcile the pass may become not to try them again.
+    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<LiveRepairs> {
         let mut pending = self.dentaltid.pending_exports()?;
         if pending.is_empty() {
-            return Ok(None);
+            return Ok(LiveRepairs::default());
         }
         let start = self.next_repair % pending.len();
         pending.rotate_left(start);
         pending.truncate(REPAIRS_PER_LIVE_PASS);
         self.next_repair = start + pending.len();
-        let tried: Vec<i64> = pending.iter().map(|pending| pending.patient_id).collect();
-        Ok(self.repair_each(pending, report).then_some(tried))
+        let tried = pending.iter().map(|pending| pending.patient_id).collect();
+        let left_a_reserved_id = self.repair_each(pending, report);
+        Ok(LiveRepairs { tried, left_a_reserved_id })
+    }
+
+    /// Whether one of the NanoPix patients `read` past the live cursor is new to the sync (see
+    /// [`Engine::unknown`]) and has the names and birth date of a patient whose export waits in
+    /// the journal, not among those `tried` this pass. The pass counts that patient as linked
+    /// while her export waits, and would import the row as a second patient: a full reconcile
+    /// tries her export first, which gives way to the row (see [`Engine::resume_export`]).
+    pub(super) fn saves_a_patient_left_to_repair(&self, read: &[NanoPixPatient], tried: &[i64]) -> Result<bool> {
+        if read.iter().all(|row| row.birth_date.is_none()) {
+            return Ok(false);
+        }
+        let waiting = self.keys_left_to_repair(tried)?;
+        let alike: Vec<NanoPixPatient> = read
+            .iter()
+            .filter(|row| waiting.iter().any(|key| key.is_of(&row.first_name, &row.last_name, row.birth_date)))
+            .cloned()
+            .collect();
+        Ok(!alike.is_empty() && !self.unknown(alike)?.is_empty())
+    }
+
+    /// The names and birth dates of the patients with a birth date whose exports wait in the
+    /// journal, but those of patients `tried`.
+    fn keys_left_to_repair(&self, tried: &[i64]) -> Result<Vec<MatchKey>> {
+        let mut keys = Vec::new();
+        for pending in self.dentaltid.pending_exports()? {
+            if tried.contains(&pending.patient_id) {
+                continue;
+            }
+            if let Some(patient) = self.dentaltid.patient(pending.patient_id)? {
+                keys.extend(
+                    patient.date_of_birth.map(|born| MatchKey::of(&patient.first_name, &patient.last_name, born)),
+                );
+            }
+        }
+        Ok(keys)
     }
 
     /// Ends or drops each of the interrupted exports `pending` records, reporting each failure
