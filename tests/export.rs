@@ -1297,6 +1297,39 @@ fn a_live_pass_links_the_same_person_nanopix_saved_while_her_stuck_export_waits_
     assert_eq!(stuck, [0], "every export ended or dropped");
 }
 
+/// Live Sync is on, and NanoPix refuses Nadia Saidi's export: it waits in the journal, and the
+/// next pass moves the export cursor past her. The X-ray assistant then saves Nadia in NanoPix
+/// herself; the next handle's repair of her export gives way to that patient, for a pass to link
+/// the two. But the assistant deletes that NanoPix patient before any pass reads it: Nadia is
+/// linked to no one, and must still be exported, not left out of NanoPix behind the cursor.
+#[test]
+fn a_patient_whose_export_gave_way_to_a_nanopix_patient_deleted_before_the_link_is_exported() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    block_nanopix_inserts(&clinic, true);
+    sync.reconcile().unwrap();
+    sync.reconcile().unwrap();
+    let cursor = "SELECT CAST(value AS INTEGER) FROM nanopix_sync_state WHERE key = 'export_cursor'";
+    assert_eq!(clinic.dentaltid_rows(cursor, |r| r.get::<_, i64>(0)), [nadia], "the cursor is past Nadia");
+    block_nanopix_inserts(&clinic, false);
+    common::nanopix_saves_nadia_under(&clinic, "20250122_095950");
+    drop(sync);
+
+    let sync = clinic.open_without_automatic_work();
+    let journal = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(journal, [0], "her export gave way to NanoPix's Nadia");
+    remove_from_nanopix(&clinic, "20250122_095950");
+    sync.reconcile().unwrap();
+    let (in_nanopix, in_dentaltid) =
+        (common::nanopix_ids_named(&clinic, "Nadia", "Saidi"), common::dentaltid_named(&clinic, "Nadia", "Saidi"));
+    assert_eq!(in_nanopix.len(), 1, "Nadia once in NanoPix after the next pass: {in_nanopix:?}");
+    assert_eq!(in_dentaltid, [(nadia, in_nanopix.first().cloned())], "and linked to her export");
+    assert!(clinic.root.join(&in_nanopix[0]).is_dir(), "with her folder");
+}
+
 #[test]
 fn an_export_whose_external_id_dentaltid_cleared_never_comes_back_as_an_import() {
     let clinic = Clinic::new("v29");

@@ -27,6 +27,7 @@ use super::candidates::still_fits;
 use super::linked_rows::record_linked_rows;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in, patients_sequence};
 use super::possible_duplicates::{Report, record_possible_duplicates};
+use super::state::add_exports_due;
 use super::{DentalTid, Link, LinkOrigin, LinkState, PendingExport};
 use crate::matching::{MatchKey, PossibleDuplicate};
 use crate::patient::{
@@ -557,6 +558,18 @@ impl DentalTid {
     /// Drops a journal row whose export cannot go on (the patient was deleted before NanoPix was written).
     pub fn abandon_export(&mut self, patient_id: i64) -> Result<()> {
         self.write("abandoning an export", |tx| tx.execute(DROP_JOURNAL_ROW, [patient_id]).map(drop))
+    }
+
+    /// Drops the journal row of the export of `patient_id`, which gives way to a link with the
+    /// patient NanoPix saved for the same person meanwhile, and keeps the patient among the
+    /// exports due (see [`DentalTid::exports_due`]) in the same transaction: should that link not
+    /// happen (NanoPix deleted or changed its patient first), the next pass that exports exports
+    /// her, though she is behind the export cursor.
+    pub fn give_export_up_for_link(&mut self, patient_id: i64) -> Result<()> {
+        self.write("dropping an export for a link", |tx| {
+            tx.execute(DROP_JOURNAL_ROW, [patient_id])?;
+            add_exports_due(tx, &[patient_id])
+        })
     }
 
     /// Runs `SELECT <link columns> FROM nanopix_sync_links <tail>`, skipping unreadable rows.

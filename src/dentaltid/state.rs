@@ -1,5 +1,5 @@
 //! The sync's own settings, kept in DentalTID's file in `nanopix_sync_state`: whether Live Sync
-//! is on, the export cursor, and the exports still due when it was switched off.
+//! is on, the export cursor, and the exports still due behind it.
 //!
 //! Values are written only when they change, and never anywhere but `nanopix_sync_state`.
 
@@ -17,7 +17,8 @@ const LIVE_SYNC: &str = "live_sync";
 const EXPORT_CURSOR: &str = "export_cursor";
 
 /// The key of the patients added while Live Sync was on whose export had not succeeded when it
-/// was switched off (their ids, comma-separated): switching it on again moves the cursor past
+/// was switched off, and of those whose export gave way to a link that may not happen (see
+/// [`DentalTid::give_export_up_for_link`]); their ids, comma-separated. The export cursor is past
 /// them, so they are kept here until exported.
 const EXPORTS_DUE: &str = "exports_due";
 
@@ -37,16 +38,13 @@ impl DentalTid {
             if enabled {
                 put_state(tx, EXPORT_CURSOR, &highest_patient_id(tx)?.to_string())?;
             }
-            if !due.is_empty() {
-                let mut all = due_ids(tx)?;
-                all.extend_from_slice(due);
-                put_state(tx, EXPORTS_DUE, &join_ids(all))?;
-            }
-            Ok(())
+            add_exports_due(tx, due)
         })
     }
 
-    /// Patients whose export was still due when Live Sync was last switched off, in id order.
+    /// Patients behind the export cursor whose export is still due, in id order: those whose
+    /// export had not succeeded when Live Sync was switched off, and those whose export gave way
+    /// to a link that may not happen.
     pub fn exports_due(&self) -> Result<Vec<i64>> {
         due_ids(&self.conn).map_err(Error::db(&self.path, "reading the exports due"))
     }
@@ -97,6 +95,16 @@ fn state_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>>
 fn due_ids(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
     let value = state_value(conn, EXPORTS_DUE)?.unwrap_or_default();
     Ok(value.split(',').filter_map(|id| id.trim().parse().ok()).collect())
+}
+
+/// Adds `due` to the patients whose export is still due (see [`DentalTid::exports_due`]).
+pub(super) fn add_exports_due(conn: &Connection, due: &[i64]) -> rusqlite::Result<()> {
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut all = due_ids(conn)?;
+    all.extend_from_slice(due);
+    put_state(conn, EXPORTS_DUE, &join_ids(all))
 }
 
 /// `ids` sorted, without repeats, comma-separated.

@@ -645,7 +645,8 @@ impl Engine {
     /// reserved id when nothing else uses it (no row, no folder), or else at a new free id. The journal records the row
     /// first, in the one transaction that moves it to its new id if need be. An export that wrote
     /// no row while NanoPix got one of its own with the patient's names and birth date (the same
-    /// person, saved meanwhile) is dropped instead, for a pass to link the two.
+    /// person, saved meanwhile) is dropped instead, for a pass to link the two; the patient stays
+    /// due, for Live Sync to export her should that link not happen.
     fn resume_export(&mut self, patient: &Patient, pending: &PendingExport, twins: Option<&Twins>) -> Result<Exported> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
@@ -654,7 +655,7 @@ impl Engine {
         }
         let in_nanopix = self.unknown_twins_in_nanopix(patient, id)?;
         if !in_nanopix.is_empty() && self.matching_links(patient, in_nanopix)? {
-            self.dentaltid.abandon_export(patient.id)?;
+            self.dentaltid.give_export_up_for_link(patient.id)?;
             return Ok(Exported::Deferred);
         }
         self.nanopix.refresh_record_ids()?;
