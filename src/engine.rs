@@ -444,7 +444,7 @@ impl Engine {
             return self.reconcile();
         }
         // The same person as a patient whose export waits its turn: a full reconcile tries it.
-        if self.saves_a_patient_left_to_repair(&rows.patients, &repairs.tried)? {
+        if self.saves_a_patient_left_to_repair(&rows.patients, &repairs.untried)? {
             return self.reconcile_after(report, &repairs.tried);
         }
         self.report_odd_rows(rows.odd_rows, &mut report);

@@ -75,6 +75,8 @@ pub(super) enum PastRun {
 pub(super) struct LiveRepairs {
     /// The patients whose exports it tried.
     pub tried: Vec<i64>,
+    /// The patients whose exports wait in the journal for a later pass.
+    pub untried: Vec<i64>,
     /// Whether a repair left the id its export reserved (see [`Engine::repair_each`]).
     pub left_a_reserved_id: bool,
 }
@@ -810,40 +812,39 @@ impl Engine {
         }
         let start = self.next_repair % pending.len();
         pending.rotate_left(start);
-        pending.truncate(REPAIRS_PER_LIVE_PASS);
+        let untried = pending.split_off(pending.len().min(REPAIRS_PER_LIVE_PASS));
         self.next_repair = start + pending.len();
         let tried = pending.iter().map(|pending| pending.patient_id).collect();
         let left_a_reserved_id = self.repair_each(pending, report);
-        Ok(LiveRepairs { tried, left_a_reserved_id })
+        Ok(LiveRepairs {
+            tried,
+            untried: untried.iter().map(|pending| pending.patient_id).collect(),
+            left_a_reserved_id,
+        })
     }
 
     /// Whether one of the NanoPix patients `read` past the live cursor is new to the sync (see
     /// [`Engine::unknown`]) and has the names and birth date of a patient whose export waits in
-    /// the journal, not among those `tried` this pass. The pass counts that patient as linked
-    /// while her export waits, and would import the row as a second patient: a full reconcile
-    /// tries her export first, which gives way to the row (see [`Engine::resume_export`]).
-    pub(super) fn saves_a_patient_left_to_repair(&self, read: &[NanoPixPatient], tried: &[i64]) -> Result<bool> {
-        if read.iter().all(|row| row.birth_date.is_none()) {
+    /// the journal for a later pass (`untried`). The pass counts that patient as linked while
+    /// her export waits, and would import the row as a second patient: a full reconcile tries
+    /// her export first, which gives way to the row (see [`Engine::resume_export`]).
+    pub(super) fn saves_a_patient_left_to_repair(&self, read: &[NanoPixPatient], untried: &[i64]) -> Result<bool> {
+        if untried.is_empty() || read.iter().all(|row| row.birth_date.is_none()) {
             return Ok(false);
         }
-        let waiting = self.keys_left_to_repair(tried)?;
-        let alike: Vec<NanoPixPatient> = read
-            .iter()
-            .filter(|row| waiting.iter().any(|key| key.is_of(&row.first_name, &row.last_name, row.birth_date)))
-            .cloned()
-            .collect();
+        let waiting = self.keys_of(untried)?;
+        let waits = |row: &&NanoPixPatient| {
+            row.birth_date.is_some_and(|born| waiting.contains(&MatchKey::of(&row.first_name, &row.last_name, born)))
+        };
+        let alike: Vec<NanoPixPatient> = read.iter().filter(waits).cloned().collect();
         Ok(!alike.is_empty() && !self.unknown(alike)?.is_empty())
     }
 
-    /// The names and birth dates of the patients with a birth date whose exports wait in the
-    /// journal, but those of patients `tried`.
-    fn keys_left_to_repair(&self, tried: &[i64]) -> Result<Vec<MatchKey>> {
-        let mut keys = Vec::new();
-        for pending in self.dentaltid.pending_exports()? {
-            if tried.contains(&pending.patient_id) {
-                continue;
-            }
-            if let Some(patient) = self.dentaltid.patient(pending.patient_id)? {
+    /// The names and birth dates of those of the DentalTID `patients` that have a birth date.
+    fn keys_of(&self, patients: &[i64]) -> Result<HashSet<MatchKey>> {
+        let mut keys = HashSet::default();
+        for &id in patients {
+            if let Some(patient) = self.dentaltid.patient(id)? {
                 keys.extend(
                     patient.date_of_birth.map(|born| MatchKey::of(&patient.first_name, &patient.last_name, born)),
                 );

@@ -75,7 +75,7 @@ pub(crate) struct MatchedLink {
 }
 
 /// What a link is matched on: both names, normalised, and the birth date.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct MatchKey {
     first: String,
     last: String,
