@@ -287,29 +287,14 @@ impl EventBus {
 
     /// Stamps `kind` and queues it. Never blocks.
     pub fn emit(&self, kind: EventKind) {
-        if self.dropped.load(Ordering::Relaxed) > 0 && self.sender.len() < EVENT_QUEUE_CAPACITY {
-            // Taken whole, so two threads never report the same drops.
-            let dropped = self.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue, Room::Bounded);
-            }
-        }
-        if self.listener_dropped.load(Ordering::Relaxed) > 0 {
-            self.report_listener_drops(Room::Bounded);
-        }
-        self.push(kind, Audience::Everyone, Room::Bounded);
+        self.push(kind, Room::Bounded);
     }
 
     /// Stamps `kind` and queues it even past the queue's capacity, after an `events_dropped`
     /// for the drops not reported yet. For `closed`, the last event: a host that never drained
     /// the queue still learns that the handle closed, and how many events it missed.
     pub fn emit_last(&self, kind: EventKind) {
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            self.push(EventKind::EventsDropped { count: dropped }, Audience::Queue, Room::Unbounded);
-        }
-        self.report_listener_drops(Room::Unbounded);
-        self.push(kind, Audience::Everyone, Room::Unbounded);
+        self.push(kind, Room::Unbounded);
     }
 
     /// Sends a `sync_error` event for `error`.
@@ -323,52 +308,44 @@ impl EventBus {
         });
     }
 
-    /// Stamps `kind` and queues it for `audience`, within `room`.
-    fn push(&self, kind: EventKind, audience: Audience, room: Room) {
-        // Stamping and queueing under one lock keeps `seq` in queue order across threads.
+    /// Stamps `kind` and queues it for the queue and, while one is set, the listener, within
+    /// `room`, each first told of the events it had no room for since it last heard of drops.
+    fn push(&self, kind: EventKind, room: Room) {
+        // Stamping and queueing under one lock keeps `seq` in queue order across threads, and
+        // keeps the room a notice finds there for it: a count taken is never dropped with it.
         let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        let listener = listener.as_ref().filter(|_| audience == Audience::Everyone);
+        self.report_drops(&self.sender, &self.dropped, room);
+        if let Some(listener) = listener.as_ref() {
+            self.report_drops(listener, &self.listener_dropped, room);
+        }
         let event = self.stamp(kind);
-        let copy = listener.map(|_| event.clone());
+        let copy = listener.as_ref().map(|_| event.clone());
         // The queue first: a listener's wakeup must find the event already queued. Every push
         // holds the lock, so no other push can fill the queue between the check and the send.
         if !room.send(&self.sender, event) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        if let (Some(listener), Some(copy)) = (listener, copy)
+        if let (Some(listener), Some(copy)) = (listener.as_ref(), copy)
             && !room.send(listener, copy)
         {
             self.listener_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Tells the listener alone, when it has `room`, how many copies it had no room for (the
-    /// queue skips this event's `seq`; it has an `events_dropped` of its own).
-    fn report_listener_drops(&self, room: Room) {
-        let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(listener) = listener.as_ref() else { return };
-        if room == Room::Bounded && listener.len() >= EVENT_QUEUE_CAPACITY {
+    /// Tells `queue` alone, when it has `room`, of the `dropped` events it had no room for: the
+    /// other queue skips this event's `seq`. Only under the lock every push holds.
+    fn report_drops(&self, queue: &Sender<Event>, dropped: &AtomicU64, room: Room) {
+        if dropped.load(Ordering::Relaxed) == 0 || !room.fits(queue) {
             return;
         }
-        let count = self.listener_dropped.swap(0, Ordering::Relaxed);
-        if count > 0 {
-            room.send(listener, self.stamp(EventKind::EventsDropped { count }));
-        }
+        let count = dropped.swap(0, Ordering::Relaxed);
+        room.send(queue, self.stamp(EventKind::EventsDropped { count }));
     }
 
     /// The next event: `kind` with the next `seq` and the clock's time.
     fn stamp(&self, kind: EventKind) -> Event {
         Event { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, at: dart_timestamp(self.clock.now()), kind }
     }
-}
-
-/// Who receives an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Audience {
-    /// The queue and, while one is set, the listener.
-    Everyone,
-    /// The queue alone: the `events_dropped` event about the queue's own losses.
-    Queue,
 }
 
 /// How many events a queue may hold for an event to join it.
@@ -381,9 +358,14 @@ enum Room {
 }
 
 impl Room {
+    /// Whether `queue` has room for one more event.
+    fn fits(self, queue: &Sender<Event>) -> bool {
+        self == Self::Unbounded || queue.len() < EVENT_QUEUE_CAPACITY
+    }
+
     /// Queues `event` if `queue` has room for it; says whether it did.
     fn send(self, queue: &Sender<Event>, event: Event) -> bool {
-        (self == Self::Unbounded || queue.len() < EVENT_QUEUE_CAPACITY) && queue.send(event).is_ok()
+        self.fits(queue) && queue.send(event).is_ok()
     }
 }
 
@@ -391,11 +373,50 @@ impl Room {
 mod tests {
     use super::*;
     use crate::ManualClock;
-    use chrono::NaiveDate;
+    use chrono::{NaiveDate, NaiveDateTime};
+    use std::time::{Duration, Instant};
+
+    /// How long a test waits for something that should happen.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// The name of the thread [`HoldingClock`] holds.
+    const HELD: &str = "held-emitter";
+
+    fn morning() -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(2025, 1, 21).unwrap().and_hms_opt(15, 26, 46).unwrap()
+    }
 
     fn bus() -> (EventBus, Receiver<Event>) {
-        let now = NaiveDate::from_ymd_opt(2025, 1, 21).unwrap().and_hms_opt(15, 26, 46).unwrap();
-        EventBus::new(Arc::new(ManualClock::new(now)))
+        EventBus::new(Arc::new(ManualClock::new(morning())))
+    }
+
+    /// A clock that holds the thread named [`HELD`] each time it asks the time (while it stamps
+    /// an event, under the bus's lock), until it is let go.
+    #[derive(Debug)]
+    struct HoldingClock {
+        held: Sender<()>,
+        let_go: Receiver<()>,
+    }
+
+    impl Clock for HoldingClock {
+        fn now(&self) -> NaiveDateTime {
+            if std::thread::current().name() == Some(HELD) {
+                self.held.send(()).unwrap();
+                self.let_go.recv_timeout(PATIENCE).unwrap();
+            }
+            morning()
+        }
+    }
+
+    /// Every event `events` holds, each `events_dropped` counted as the events it stands for.
+    fn events_accounted_for(events: &Receiver<Event>) -> u64 {
+        events
+            .try_iter()
+            .map(|event| match event.kind {
+                EventKind::EventsDropped { count } => count,
+                _ => 1,
+            })
+            .sum()
     }
 
     #[test]
@@ -443,6 +464,43 @@ mod tests {
         let notice = events.try_recv().unwrap();
         assert_eq!(notice.kind, EventKind::EventsDropped { count: 5 });
         assert_eq!(events.try_recv().unwrap().kind, EventKind::LiveSyncChanged { enabled: false });
+    }
+
+    /// The host takes one event from a full queue while one thread stamps its event (it found
+    /// the queue full, so it has no drops to report) and another emits: that one finds the last
+    /// free slot and the drops to report, but the slot is the first thread's once it has stamped.
+    #[test]
+    fn drops_reported_as_another_thread_takes_the_last_free_slot_are_still_counted() {
+        let (held, holding) = crossbeam_channel::bounded(1);
+        let (let_go, let_go_signal) = crossbeam_channel::bounded(1);
+        let (bus, events) = EventBus::new(Arc::new(HoldingClock { held, let_go: let_go_signal }));
+        let bus = Arc::new(bus);
+        for _ in 0..EVENT_QUEUE_CAPACITY + 5 {
+            bus.emit(EventKind::LiveSyncChanged { enabled: true });
+        }
+        let stamping = bus.clone();
+        let stamping = std::thread::Builder::new()
+            .name(HELD.into())
+            .spawn(move || stamping.emit(EventKind::LiveSyncChanged { enabled: false }))
+            .unwrap();
+        holding.recv_timeout(PATIENCE).expect("the first thread stamps its event");
+        events.try_recv().expect("the host takes an event");
+        let racing = bus.clone();
+        let racing = std::thread::spawn(move || racing.emit(EventKind::LiveSyncChanged { enabled: true }));
+        // Drops taken outside the lock would be taken by now, before the racing thread waits for
+        // the lock: wait a second for that, then go on either way.
+        let end = Instant::now() + Duration::from_secs(1);
+        while bus.dropped.load(Ordering::Relaxed) > 0 && Instant::now() < end {
+            std::thread::yield_now();
+        }
+        let_go.send(()).unwrap();
+        stamping.join().unwrap();
+        racing.join().unwrap();
+        let taken = 1;
+        let queued = events_accounted_for(&events);
+        bus.emit(EventKind::Closed);
+        let received = taken + queued + events_accounted_for(&events);
+        assert_eq!(received, EVENT_QUEUE_CAPACITY as u64 + 8, "every event is received or counted");
     }
 
     #[test]
