@@ -266,7 +266,9 @@ uint32_t nps_reconcile(NpsHandle *handle, char **report_json);
 /**
  * Switches Live Sync on (`enabled` true) or off. The setting is kept in DentalTID's file.
  *
- * Any thread may call it.
+ * Switching it off returns once the watcher is stopped and its thread joined: no watcher event
+ * (`watcher_mode`, or a watcher's `sync_error`) is made after it returns. Any thread may call
+ * it, a callback too.
  *
  * # Safety
  * `handle` is NULL or a live handle.

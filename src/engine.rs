@@ -88,6 +88,9 @@ pub(crate) struct Engine {
     /// The Live Sync setting as last read or stored: only this handle writes it, so it is what
     /// automatic work follows when a switch can be neither stored nor read back.
     live_stored: bool,
+    /// Whether the last call switched Live Sync off (or found it off): the live loop stops the
+    /// watcher before the call answers.
+    switched_off: bool,
     /// Where the next live pass takes up ending interrupted exports, in journal order.
     next_repair: usize,
     /// The links marked missing whose NanoPix row is there but not their folder, as the last full
@@ -225,6 +228,7 @@ impl Engine {
             indexed,
             past_probed: [None; 2],
             live_stored,
+            switched_off: false,
             next_repair: 0,
             missing_folders: Vec::new(),
             refused_while_busy: None,
@@ -385,7 +389,14 @@ impl Engine {
             self.live_stored = self.dentaltid.live_sync().unwrap_or(self.live_stored);
             self.signals.live.store(self.live_stored, Ordering::Relaxed);
         }
+        self.switched_off = !enabled && switched.is_ok();
         switched
+    }
+
+    /// Whether the last call switched Live Sync off, or found it off (see
+    /// [`Engine::set_live_sync`]); clears it.
+    pub fn take_switched_off(&mut self) -> bool {
+        std::mem::take(&mut self.switched_off)
     }
 
     /// Stores the switch. Switching off keeps the patients whose export is still due, since

@@ -17,8 +17,12 @@ use crate::engine::Engine;
 use crate::events::{EventBus, ReconcileReport};
 use crate::watcher::{Trigger, Watcher};
 
-/// A unit of host work for the engine thread.
-pub(crate) type Job = Box<dyn FnOnce(&mut Engine) + Send>;
+/// A unit of host work for the engine thread. It returns the [`Answer`] that gives its result to
+/// its caller, for the loop to give once the watcher follows a switch of Live Sync off.
+pub(crate) type Job = Box<dyn FnOnce(&mut Engine) -> Answer + Send>;
+
+/// Gives a job's result to its caller.
+pub(crate) type Answer = Box<dyn FnOnce() + Send>;
 
 /// How many triggers may wait; more are dropped, since the queued pass covers them.
 const TRIGGER_CAPACITY: usize = 64;
@@ -73,16 +77,24 @@ pub(crate) fn run(engine: Engine, jobs: Receiver<Job>) {
             default(timeout) => live.on_timer(),
         }
     }
-    if let Some(watcher) = live.watcher.take() {
-        watcher.stop();
-    }
+    live.stop_watching();
 }
 
 impl LiveLoop {
+    /// Runs `job` and gives its answer. A call that switched Live Sync off answers once the
+    /// watcher is stopped and joined, so that no watcher event follows its answer; a call that
+    /// switched it on answers before the watcher starts, without waiting for its full reconcile.
     fn run_job(&mut self, job: Job) {
         let engine = &mut self.engine;
-        if catch_unwind(AssertUnwindSafe(|| job(engine))).is_err() {
+        let answer = catch_unwind(AssertUnwindSafe(|| job(engine)));
+        if answer.is_err() {
             self.bus.error(&Error::Internal("a sync call panicked".into()), None, None);
+        }
+        if self.engine.take_switched_off() {
+            self.stop_watching();
+        }
+        if let Ok(answer) = answer {
+            answer();
         }
         self.follow_live_sync();
     }
@@ -101,13 +113,16 @@ impl LiveLoop {
         });
         match (enabled, self.watcher.is_some()) {
             (true, false) => self.start_watching(),
-            (false, true) => {
-                (self.next_full_reconcile, self.retry) = (None, None);
-                if let Some(watcher) = self.watcher.take() {
-                    watcher.stop();
-                }
-            }
+            (false, true) => self.stop_watching(),
             _ => {}
+        }
+    }
+
+    /// Stops the watcher and joins its thread, if it runs, and drops the timers of its work.
+    fn stop_watching(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            (self.next_full_reconcile, self.retry) = (None, None);
+            watcher.stop();
         }
     }
 

@@ -162,6 +162,10 @@ impl NanoPixSync {
     }
 
     /// Switches Live Sync on or off. The setting is kept in DentalTID's file.
+    ///
+    /// Switching it off returns once the watcher is stopped and its thread joined: no watcher
+    /// event (`watcher_mode`, or a watcher's `sync_error`) is made after it returns. The watcher
+    /// never waits for the event callback's thread, so a callback may switch it off too.
     pub fn set_live_sync(&self, enabled: bool) -> Result<()> {
         if !enabled {
             self.signals.live.store(false, Ordering::Relaxed);
@@ -278,8 +282,11 @@ impl NanoPixSync {
         let jobs = self.jobs.as_ref().ok_or(Error::Closed)?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let job: Job = Box::new(move |engine| {
+            let result = job(engine);
             // The caller may have gone away; then nobody needs the answer.
-            let _ = reply.send(job(engine));
+            Box::new(move || {
+                let _ = reply.send(result);
+            })
         });
         jobs.send(job).map_err(|_| Error::Closed)?;
         answer.recv().map_err(|_| Error::Internal("the call stopped before it answered".into()))?

@@ -103,6 +103,49 @@ fn switching_live_sync_off_stops_automatic_work_and_on_resumes_it() {
     assert!(clinic.open().live_sync().unwrap(), "the toggle is kept across restarts");
 }
 
+/// Live Sync stored off behind the handle's back (a `dentaltid.db` put back from a backup, say),
+/// so that switching it off makes no event of its own, while the watcher stamps the
+/// `watcher_mode` of a root replaced by a copy. The watcher is held there until the switch
+/// returns, or for two seconds: a switch that returns only once the watcher is joined returns
+/// after the watcher's last event.
+#[test]
+fn switching_live_sync_off_returns_once_the_watcher_has_made_its_last_event() {
+    let clinic = Clinic::new("v29");
+    let clock = HookedClock::new(|thread| thread.name() == Some("nanopix-sync-watcher"));
+    let mut config = clinic.config();
+    (config.clock, config.watch_mode, config.poll_interval) =
+        (Arc::new(clock.clone()), WatchMode::Polling, Duration::from_millis(10));
+    let sync = Arc::new(NanoPixSync::open(config).unwrap());
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    let (stamping, watcher_stamps) = crossbeam_channel::bounded(1);
+    let (returned, switch_returned) = crossbeam_channel::bounded(1);
+    let (made, watcher_made) = crossbeam_channel::bounded(1);
+    clock.arm(Box::new(move || {
+        stamping.send(()).unwrap();
+        made.send(switch_returned.recv_timeout(Duration::from_secs(2)).is_ok()).unwrap();
+    }));
+    let away = clinic.dir.path().join("PatientData.old");
+    copy_tree(&clinic.root, &away);
+    std::fs::remove_dir_all(&clinic.root).unwrap();
+    std::fs::rename(&away, &clinic.root).unwrap();
+    watcher_stamps.recv_timeout(DEADLINE).expect("the watcher stamps the watcher_mode of the copy");
+    another_program(&clinic.dentaltid)
+        .execute("UPDATE nanopix_sync_state SET value = '0' WHERE key = 'live_sync'", [])
+        .unwrap();
+    let switching = sync.clone();
+    let switch = std::thread::spawn(move || {
+        switching.set_live_sync(false).unwrap();
+        // The watcher stops waiting for this once it has made its event.
+        let _ = returned.send(());
+    });
+    let after_return = watcher_made.recv_timeout(DEADLINE).expect("the watcher makes its event");
+    switch.join().unwrap();
+    assert!(!after_return, "the watcher made its watcher_mode after set_live_sync(false) returned");
+    let events: Vec<EventKind> = drain(&sync).into_iter().map(|event| event.kind).collect();
+    assert!(matches!(events.as_slice(), [EventKind::WatcherMode { .. }]), "{events:#?}");
+}
+
 #[test]
 fn a_switch_off_that_cannot_be_stored_leaves_live_sync_working() {
     let clinic = Clinic::new("v29");

@@ -157,7 +157,9 @@ pub unsafe extern "C" fn nps_reconcile(handle: *mut NpsHandle, report_json: *mut
 
 /// Switches Live Sync on (`enabled` true) or off. The setting is kept in DentalTID's file.
 ///
-/// Any thread may call it.
+/// Switching it off returns once the watcher is stopped and its thread joined: no watcher event
+/// (`watcher_mode`, or a watcher's `sync_error`) is made after it returns. Any thread may call
+/// it, a callback too.
 ///
 /// # Safety
 /// `handle` is NULL or a live handle.
