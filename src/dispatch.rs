@@ -6,7 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
@@ -35,6 +35,9 @@ pub(crate) struct Dispatcher {
     slot: Arc<Slot>,
     done: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The callback thread's id, kept once the thread is stopped: a callback that closed the
+    /// handle is still called on it until it returns.
+    thread_id: ThreadId,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -53,7 +56,8 @@ impl Dispatcher {
         let thread = std::thread::Builder::new()
             .name("nanopix-sync-events".into())
             .spawn(move || deliver(&thread_slot, &events, &done_signal))?;
-        Ok(Self { bus, feed, slot, done: Some(done), thread: Some(thread) })
+        let thread_id = thread.thread().id();
+        Ok(Self { bus, feed, slot, done: Some(done), thread: Some(thread), thread_id })
     }
 
     /// Sets or clears the callback; returns once no call of the previous one is in flight. A
@@ -106,9 +110,10 @@ impl Dispatcher {
         }
     }
 
-    /// Whether the caller is the callback thread, inside a call of the callback.
+    /// Whether the caller is the callback thread, inside a call of the callback (also once the
+    /// handle was closed from there).
     fn on_callback_thread(&self) -> bool {
-        self.thread.as_ref().is_some_and(|thread| thread.thread().id() == std::thread::current().id())
+        self.thread_id == std::thread::current().id()
     }
 }
 

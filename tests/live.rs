@@ -385,6 +385,30 @@ fn a_rust_callback_may_close_the_last_handle_itself() {
     assert_eq!(closings.try_iter().collect::<Vec<_>>(), [true], "closing inside the callback does not panic");
 }
 
+/// A callback closes the handle it shares (keeping it), then clears itself from there: the
+/// call returns, as it does inside a callback of an open handle, instead of waiting forever
+/// for the callback's own call to end.
+#[test]
+fn a_rust_callback_that_closed_its_handle_may_still_clear_itself() {
+    let clinic = Clinic::new("v29");
+    let shared = Arc::new(Mutex::new(clinic.open()));
+    let (cleared, clearings) = crossbeam_channel::bounded(1);
+    let inside = shared.clone();
+    let callback = move |event: &nanopix_sync::Event| {
+        if matches!(event.kind, EventKind::Reconciled(_)) {
+            let mut sync = inside.lock().unwrap();
+            sync.close();
+            sync.set_callback(None);
+            let _ = cleared.send(());
+        }
+    };
+    shared.lock().unwrap().set_callback(Some(Box::new(callback)));
+    shared.lock().unwrap().reconcile().unwrap();
+    assert!(clearings.recv_timeout(DEADLINE).is_ok(), "set_callback returns inside the callback after close");
+    let sync = shared.lock().unwrap();
+    assert!(matches!(sync.live_sync(), Err(nanopix_sync::Error::Closed)), "the handle is closed");
+}
+
 #[test]
 fn a_live_pass_links_exact_matches_and_reports_near_misses() {
     let clinic = Clinic::new("v29");
