@@ -443,7 +443,7 @@ impl Engine {
             || self.rows_changed_behind(&cursor)?
             || self.dentaltid_lost_rows(&cursor)?
         {
-            return self.reconcile();
+            return self.reconcile_after(report, &repairs.tried);
         }
         let nanopix_row = match rows.last_row() {
             Some(row) if row.pk > cursor.nanopix_pk() => Some(row),
@@ -452,7 +452,7 @@ impl Engine {
         // A deleted patient's NanoPix patient given back asks for a delete, and another person
         // under a linked id is imported apart: a full reconcile's to decide.
         if self.gives_back_a_deleted_patient(&rows.patients)? || self.holds_another_person(&rows.patients)? {
-            return self.reconcile();
+            return self.reconcile_after(report, &repairs.tried);
         }
         // The same person as a patient whose export waits its turn: a full reconcile tries it.
         if self.saves_a_patient_left_to_repair(&rows.patients, &repairs.untried)? {

@@ -1192,8 +1192,31 @@ fn a_live_pass_whose_repair_leaves_a_reserved_id_reports_each_refused_export_onc
     block_nanopix_inserts(&clinic, true);
     common::drain(&sync);
 
+    assert_refused_exports_reported_once(&sync);
+}
+
+/// Nine exports NanoPix refused wait in the journal, NanoPix still refusing inserts, and
+/// NanoPix loses the row at the live cursor. The live pass that catches up for the next export
+/// tries eight of them, then finds that row gone, which makes it a full reconcile: that one tries
+/// the ninth, not the eight again. Each refused export gets one `sync_error`, and the pass's
+/// `reconciled` counts each once.
+#[test]
+fn a_live_pass_that_finds_a_nanopix_row_gone_reports_each_refused_export_once() {
+    let clinic = Clinic::new("v29");
+    let three =
+        [("Given0", "Stuck", "1990-05-06"), ("Given1", "Stuck", "1990-05-06"), ("Given2", "Stuck", "1990-05-06")];
+    let (sync, _) = with_stuck_exports(&clinic, &three);
+    common::another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [LEFT_BEHIND]).unwrap();
+    common::drain(&sync);
+
+    assert_refused_exports_reported_once(&sync);
+}
+
+/// Asks for the export of patient 1, NanoPix still refusing it, and checks that the pass it
+/// catches up with reports the refused exports of patients 1 to 9 once each, in one reconcile.
+fn assert_refused_exports_reported_once(sync: &NanoPixSync) {
     assert!(sync.export_patient(1).is_err(), "NanoPix still refuses");
-    let events = common::drain(&sync);
+    let events = common::drain(sync);
     let mut reported: Vec<i64> = events
         .iter()
         .filter_map(|e| match &e.kind {
