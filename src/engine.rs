@@ -122,6 +122,10 @@ pub(crate) struct Engine {
     /// handle last wrote or read it: what a failed export reports, without reading the journal
     /// again (a database locked past the busy timeout would refuse that read too).
     journaled: Option<(i64, NanoPixId)>,
+    /// The DentalTID patients whose link to the NanoPix patient the matching gave them DentalTID
+    /// refused since the last full reconcile began, with that NanoPix patient's id: an export of
+    /// one would give NanoPix the person twice, so exports leave them alone until a link is written.
+    refused_links: HashMap<i64, NanoPixId>,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -238,6 +242,7 @@ impl Engine {
             odd_findings: OddFindings::default(),
             kept_twins: None,
             journaled: None,
+            refused_links: HashMap::default(),
         };
         engine.repair_exports(&[], &mut ReconcileReport::default())?;
         Ok(engine)
@@ -313,6 +318,8 @@ impl Engine {
         self.ready_connections()?;
         self.last_names = None;
         self.odd_findings.full_reconcile_began();
+        // The unknown NanoPix patients are all decided again, and their links tried again.
+        self.refused_links.clear();
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);
         let mut report = begun;
@@ -1082,7 +1089,8 @@ impl Engine {
     /// patient id, and the stale ones: those whose patient DentalTID (or NanoPix) changed or
     /// deleted since it was matched, left for the caller. `new_to_sync` says the NanoPix patients
     /// are new to the sync, and `read_at` gives the data version at which the matching read every
-    /// DentalTID patient, if it did (see [`crate::dentaltid::DentalTid::link_all`]).
+    /// DentalTID patient, if it did (see [`crate::dentaltid::DentalTid::link_all`]). A link
+    /// DentalTID refuses is reported, and its patient is not exported until a link is written.
     fn link_all(
         &mut self,
         links: Vec<MatchedLink>,
@@ -1097,12 +1105,15 @@ impl Engine {
             for (link, outcome) in chunk.iter().zip(outcomes) {
                 let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
                 match outcome {
-                    LinkOutcome::Linked => {}
+                    LinkOutcome::Linked => {
+                        self.refused_links.remove(&patient_id);
+                    }
                     LinkOutcome::Stale => {
                         stale.push(link.clone());
                         continue;
                     }
                     LinkOutcome::Refused(error) => {
+                        self.refused_links.insert(patient_id, link.external_id);
                         self.report_error(&error, Some(external_id), Some(patient_id), report);
                         continue;
                     }

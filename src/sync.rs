@@ -186,6 +186,8 @@ impl NanoPixSync {
     /// # Failure
     /// [`Error::PatientNotFound`] without such a patient, [`Error::AlreadyLinked`] for a patient
     /// with a NanoPix id, or with a recorded link (its `external_id` cleared by DentalTID).
+    /// [`Error::Database`], with nothing exported, while DentalTID refuses the patient's link to
+    /// the NanoPix patient the matching gave it: NanoPix would hold the person twice.
     pub fn export_patient(&self, patient_id: i64) -> Result<NanoPixId> {
         self.call(move |engine| engine.export_patient(patient_id))
     }

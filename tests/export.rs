@@ -1933,6 +1933,44 @@ fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
     assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
 }
 
+/// DentalTID cannot store the links of two patients to the NanoPix patients they match exactly
+/// (a trigger of its own fails those writes, as a full disk would): one typed into both programs
+/// while Live Sync is on, and an older one. Neither is exported meanwhile, by Live Sync,
+/// `export_existing` or `export_patient`, and each is linked once DentalTID takes the link.
+#[test]
+fn a_patient_whose_link_dentaltid_refused_is_not_exported_while_her_nanopix_patient_waits() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let refuse = "CREATE TRIGGER no_room BEFORE UPDATE OF external_id ON patients
+        WHEN NEW.external_id IN ('20250122_093000', '20250122_093100')
+        BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END";
+    common::another_program(&clinic.dentaltid).execute_batch(refuse).unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    clinic.add_nanopix("20250122_093000", "Cherif", "Nadia", Some("1992-02-14"));
+    clinic.add_nanopix("20250122_093100", "Benali", "Amina", Some("1985-03-12"));
+    common::drain(&sync);
+    sync.reconcile().unwrap();
+    assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Cherif"), ["20250122_093000"], "Live Sync");
+    let left_alone = common::drain(&sync).into_iter().any(|event| {
+        matches!(event.kind, EventKind::SyncError { patient_id: Some(patient), external_id: Some(id), message, .. }
+            if patient == nadia && id == "20250122_093000" && message.contains("not exported"))
+    });
+    assert!(left_alone, "Live Sync says why Nadia is not exported, naming her NanoPix patient");
+    sync.export_existing().unwrap();
+    assert_eq!(common::nanopix_ids_named(&clinic, "Amina", "Benali"), ["20250122_093100"], "export_existing");
+    let exported = sync.export_patient(nadia);
+    assert!(matches!(exported, Err(Error::Database { .. })), "{exported:?}");
+
+    common::another_program(&clinic.dentaltid).execute_batch("DROP TRIGGER no_room").unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Cherif"), ["20250122_093000"]);
+    assert_eq!(common::nanopix_ids_named(&clinic, "Amina", "Benali"), ["20250122_093100"]);
+    assert_eq!(common::dentaltid_named(&clinic, "Nadia", "Cherif"), [(nadia, Some("20250122_093000".to_owned()))]);
+    assert_eq!(common::dentaltid_named(&clinic, "Amina", "Benali"), [(1, Some("20250122_093100".to_owned()))]);
+}
+
 /// Arms `clock` to run `then` the first time the engine asks the time once NanoPix holds a
 /// patient named Nadia Cherif: between her export's NanoPix row and its link.
 fn once_nadia_is_in_nanopix(clock: common::HookedClock, nanopix: std::path::PathBuf, then: common::Hook) {

@@ -395,7 +395,9 @@ impl Engine {
                 // A deferred export is the next pass's, once it has read NanoPix: no failure.
                 Ok(Exported::Deleted | Exported::Deferred) => {}
                 Err(error) => {
-                    let external_id = self.journaled_id(patient.id);
+                    // A patient left alone for its refused link names the NanoPix patient it matches.
+                    let matched = self.refused_links.get(&patient.id).map(NanoPixId::to_string);
+                    let external_id = self.journaled_id(patient.id).or(matched);
                     self.report_error(&error, external_id, Some(patient.id), report);
                 }
             }
@@ -494,7 +496,14 @@ impl Engine {
     /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times. The NanoPix
     /// row is written only if no other program wrote to NanoPix since the sync last read it;
     /// else the journal row goes and the export is deferred.
+    ///
+    /// # Failure
+    /// [`Error::Database`], writing nothing, for a patient whose link to the NanoPix patient it
+    /// matches DentalTID refused (see [`Engine::link_all`]): NanoPix would hold the person twice.
     fn export(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
+        if let Some(&external_id) = self.refused_links.get(&patient.id) {
+            return Err(link_refused(&self.config.dentaltid_db, patient.id, external_id));
+        }
         let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
@@ -936,6 +945,17 @@ fn past_ids_from(patient: &Patient, now: NaiveDateTime) -> NaiveDateTime {
     crate::patient::parse_dart_timestamp(&patient.created_at)
         .filter(|created| *created >= EARLIEST_CREATION)
         .unwrap_or_else(|| now.checked_sub_signed(RECENT_IDS + PAST_IDS).unwrap_or(NaiveDateTime::MIN))
+}
+
+/// Why patient `patient_id` of the DentalTID database at `path` is not exported: DentalTID
+/// refused its link to NanoPix patient `external_id`, the same person.
+fn link_refused(path: &std::path::Path, patient_id: i64, external_id: NanoPixId) -> Error {
+    let message = format!(
+        "DentalTID refused to link patient {patient_id} to NanoPix patient {external_id}, who matches it: \
+         not exported, so that NanoPix does not hold the person twice"
+    );
+    let refused = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT);
+    Error::db(path, "exporting a patient")(rusqlite::Error::SqliteFailure(refused, Some(message)))
 }
 
 /// The NanoPix row an export of `patient` writes with `id`, created `now`.
