@@ -290,6 +290,8 @@ impl Engine {
     /// repairs of the exports of patients `tried` were just tried and are not tried again.
     fn reconcile_after(&mut self, begun: ReconcileReport, tried: &[i64]) -> Result<ReconcileReport> {
         if self.cancelled() {
+            // Rows behind the cursor may wait for this reconcile: the next pass reconciles fully.
+            self.cursor = None;
             let report = ReconcileReport { stopped_early: true, ..begun };
             self.bus.emit(EventKind::Reconciled(report.clone()));
             return Ok(report);
@@ -1703,6 +1705,29 @@ mod tests {
     /// The state `link_change` moves a link in `state` to, if any.
     fn next_state(patient_exists: bool, row: bool, folder: bool, state: LinkState) -> Option<LinkState> {
         link_change(&link(state), patient_exists, NanoPixSide { row, folder }).map(|(_, state, _)| state)
+    }
+
+    /// A live pass that goes on as a full reconcile (a repair left its reserved id, say) just as
+    /// Live Sync is switched off: the reconcile stops before it begins, and the pass must leave
+    /// no cursor, since rows behind it wait for that reconcile; `export_patient`, whose
+    /// catch-up goes on from the cursor, would export again a patient NanoPix saved there.
+    #[test]
+    fn a_pass_that_becomes_a_full_reconcile_stopped_at_once_leaves_no_cursor() {
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
+        let db = crate::dentaltid::testing::build_database(&dir, crate::dentaltid::testing::SCHEMA_V29, true);
+        let morning = chrono::NaiveDate::from_ymd_opt(2025, 1, 22).and_then(|d| d.and_hms_opt(10, 0, 0)).unwrap();
+        let mut config = Config::new(&root, &db);
+        config.clock = Arc::new(crate::ManualClock::new(morning));
+        let (bus, _events) = EventBus::new(config.clock.clone());
+        let signals = Arc::new(Signals::default());
+        signals.live.store(true, Ordering::Relaxed);
+        let mut engine = Engine::open(config, Arc::new(bus), signals.clone()).unwrap();
+        engine.reconcile().unwrap();
+        assert!(engine.cursor.is_some(), "a full reconcile leaves a cursor");
+        signals.live.store(false, Ordering::Relaxed);
+        let report = engine.automatically(|engine| engine.reconcile_after(ReconcileReport::default(), &[])).unwrap();
+        assert!(report.stopped_early);
+        assert!(engine.cursor.is_none(), "the pass stopped early leaves no cursor");
     }
 
     #[test]
