@@ -66,9 +66,9 @@ impl NanoPixId {
         (0..=9999).contains(&self.0.year())
     }
 
-    /// The id one second later.
+    /// The id one second later; the same id at the latest time a date can hold.
     pub fn next_second(self) -> Self {
-        Self(self.0 + Duration::seconds(1))
+        self.0.checked_add_signed(Duration::seconds(1)).map_or(self, Self)
     }
 
     /// The first id at or after `at` for which `taken` says `false`.
@@ -77,9 +77,11 @@ impl NanoPixId {
     /// on disk, exports in flight, and the DentalTID patients and links that still hold one.
     ///
     /// # Failure
-    /// [`Error::NoFreeId`] if a whole day of seconds is taken, or the first error of `taken`.
+    /// [`Error::NoFreeId`] if a whole day of seconds is taken, or holds no id of a year from 0
+    /// to 9999 (see [`NanoPixId::first_free_before`]); or the first error of `taken`.
     pub fn first_free(at: NaiveDateTime, taken: impl FnMut(Self) -> Result<bool>) -> Result<Self> {
-        let day_later = at + Duration::seconds(i64::from(MAX_ID_PROBES));
+        let day_later =
+            at.checked_add_signed(Duration::seconds(i64::from(MAX_ID_PROBES))).unwrap_or(NaiveDateTime::MAX);
         Self::first_free_before(at, day_later, taken)?
             .ok_or_else(|| Error::NoFreeId(Self::from_datetime(at).to_string()))
     }
@@ -219,6 +221,14 @@ mod tests {
     fn first_free_gives_up_after_a_full_day() {
         let start = NanoPixId::parse("20250121_000000").unwrap().datetime();
         assert!(matches!(NanoPixId::first_free(start, |_| Ok(true)), Err(Error::NoFreeId(_))));
+    }
+
+    #[test]
+    fn first_free_at_the_end_of_time_gives_no_id_instead_of_panicking() {
+        let latest = NaiveDateTime::MAX;
+        assert!(matches!(NanoPixId::first_free(latest, |_| Ok(false)), Err(Error::NoFreeId(_))));
+        let last = NanoPixId::from_datetime(latest);
+        assert_eq!(last.next_second(), last, "no second comes after the latest one");
     }
 
     #[test]
