@@ -52,14 +52,31 @@ impl ManualClock {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner) = now;
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by` (back, when negative); it stops at the earliest or latest
+    /// time a date can hold.
     pub fn advance(&self, by: Duration) {
-        *self.now.lock().unwrap_or_else(PoisonError::into_inner) += by;
+        let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
+        let past_the_end = if by < Duration::zero() { NaiveDateTime::MIN } else { NaiveDateTime::MAX };
+        *now = now.checked_add_signed(by).unwrap_or(past_the_end);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> NaiveDateTime {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moved_past_the_range_of_dates_stops_at_its_end() {
+        let clock = ManualClock::new(NaiveDateTime::MAX - Duration::seconds(1));
+        clock.advance(Duration::days(1));
+        assert_eq!(clock.now(), NaiveDateTime::MAX);
+        clock.advance(Duration::MIN);
+        assert_eq!(clock.now(), NaiveDateTime::MIN);
     }
 }
