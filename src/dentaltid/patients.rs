@@ -536,7 +536,8 @@ pub(super) fn patients_sequence(conn: &Connection) -> rusqlite::Result<Option<i6
     if !super::migration::schema_object_exists(conn, "table", "sqlite_sequence")? {
         return Ok(None);
     }
-    let sql = "SELECT seq FROM sqlite_sequence WHERE name = 'patients'";
+    // The row names the table as it was declared: `Patients` is DentalTID's `patients` too.
+    let sql = "SELECT seq FROM sqlite_sequence WHERE name = 'patients' COLLATE NOCASE";
     Ok(conn.query_row(sql, [], |row| integer_at(row, 0)).optional()?.flatten())
 }
 
@@ -719,6 +720,22 @@ mod tests {
                 assert_eq!(inserted, ids, "{link}, {sequence}");
             }
         }
+    }
+
+    /// DentalTID's `patients` declared `Patients`, as `sqlite_sequence` then names it: patient 5
+    /// was imported and deleted, patient 6 deleted, so the next import takes 7, as SQLite gives
+    /// it, never the id of a patient DentalTID deleted.
+    #[test]
+    fn an_import_into_a_table_declared_in_other_case_takes_no_id_issued_before() {
+        let (_dir, mut dentaltid) = sample_database();
+        let rename = "ALTER TABLE patients RENAME TO renamed; ALTER TABLE renamed RENAME TO Patients;
+            INSERT INTO nanopix_sync_links VALUES (5, '20250121_152638', 'imported', 'delete_requested', '');
+            DELETE FROM patients WHERE id >= 5";
+        dentaltid.conn.execute_batch(rename).unwrap();
+        assert_eq!(highest_patient_id(&dentaltid.conn).unwrap(), 6);
+        let ids =
+            dentaltid.import(&[new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000")], at(2025, 1, 21, 12, 0));
+        assert_eq!(ids.unwrap(), [7]);
     }
 
     #[test]
