@@ -77,6 +77,25 @@ fn a_dentaltid_file_without_patients_is_refused_and_left_byte_for_byte() {
     assert_eq!(folder(), before_folder, "nothing is added beside it either");
 }
 
+/// The same file in WAL mode, its last write still in the WAL (DentalTID closed without a
+/// checkpoint): refusing it must not move that write into the file either.
+#[test]
+fn a_dentaltid_file_without_patients_in_wal_mode_is_refused_and_left_byte_for_byte() {
+    let clinic = Clinic::new("v29");
+    std::fs::remove_file(&clinic.dentaltid).unwrap();
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    dentaltid
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE other(x);")
+        .unwrap();
+    drop(dentaltid);
+    let wal = clinic.dentaltid.with_extension("db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the table is still in the WAL");
+    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    assert!(matches!(open_error(&clinic), Error::MissingTable { table: "patients", .. }));
+    assert!(std::fs::read(&clinic.dentaltid).unwrap() == before, "the file's bytes changed");
+}
+
 #[test]
 fn a_missing_dentaltid_file_is_not_created() {
     let clinic = Clinic::new("v29");
