@@ -126,6 +126,11 @@ pub(crate) struct Engine {
     /// refused since the last full reconcile began, with that NanoPix patient's id: an export of
     /// one would give NanoPix the person twice, so exports leave them alone until a link is written.
     refused_links: HashMap<i64, NanoPixId>,
+    /// Whether the current pass left a NanoPix patient undecided because the matching links it
+    /// to a patient whose export waits in the journal (see [`Engine::without_pending_exports`]):
+    /// the pass leaves no cursor, so the next pass reconciles fully and decides it again. Each
+    /// pass starts from none.
+    left_for_exports: bool,
 }
 
 /// How far the last pass read each side, so a live pass reads only what is new.
@@ -243,6 +248,7 @@ impl Engine {
             kept_twins: None,
             journaled: None,
             refused_links: HashMap::default(),
+            left_for_exports: false,
         };
         engine.repair_exports(&[], &mut ReconcileReport::default())?;
         Ok(engine)
@@ -322,6 +328,7 @@ impl Engine {
         self.odd_findings.full_reconcile_began();
         // The unknown NanoPix patients are all decided again, and their links tried again.
         self.refused_links.clear();
+        self.left_for_exports = false;
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);
         let mut report = begun;
@@ -346,10 +353,11 @@ impl Engine {
                 self.ensure_indexes()?;
             }
         }
-        // A pass stopped early leaves no cursor, so the next live pass reconciles fully. The
-        // DentalTID extent is the snapshot's moved past the rows added since, so a patient
-        // deleted during the pass is still found gone by the next live pass.
-        self.cursor = match self.cancelled() {
+        // A pass stopped early, or that left NanoPix patients for exports to end, leaves no
+        // cursor, so the next live pass reconciles fully. The DentalTID extent is the snapshot's
+        // moved past the rows added since, so a patient deleted during the pass is still found
+        // gone by the next live pass.
+        self.cursor = match self.cancelled() || self.left_for_exports {
             true => None,
             false => {
                 let extent = snapshot.dentaltid_extent();
@@ -439,6 +447,7 @@ impl Engine {
         }
         let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
         self.nanopix_read = Some(nanopix_version);
+        self.left_for_exports = false;
         let mut report = ReconcileReport::default();
         // A NanoPix row at an id a repair left may be behind the cursor: skipped as an export's.
         let repairs = self.repair_some_exports(&mut report)?;
@@ -480,6 +489,11 @@ impl Engine {
         if self.cancelled() {
             self.cursor = None;
             report.stopped_early = true;
+            return Ok(report);
+        }
+        // NanoPix patients left for exports to end are behind the rows read: a full reconcile's.
+        if self.left_for_exports {
+            self.cursor = None;
             return Ok(report);
         }
         let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
@@ -597,7 +611,9 @@ impl Engine {
 
     /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those
     /// born on their birth dates, or all of them when a NanoPix birth date is missing, there are
-    /// many dates, or there is no index to find them by.
+    /// many dates, or there is no index to find them by. A patient whose export waits in the
+    /// journal counts as unlinked: a link to her is left for the export to end (see
+    /// [`Engine::without_pending_exports`]).
     fn matcher(&mut self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
         let mut index = DentalIndex::default();
         let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date).collect();
@@ -608,8 +624,7 @@ impl Engine {
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
-        let exporting: Vec<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
-        self.matcher_over(index, exporting)
+        self.matcher_over(index, [])
     }
 
     /// A matcher over `index`, counting as linked the patients of the links the sync recorded
@@ -1100,6 +1115,7 @@ impl Engine {
         report: &mut ReconcileReport,
     ) -> Result<(HashMap<i64, NanoPixId>, Vec<MatchedLink>)> {
         let (mut linked, mut stale) = (HashMap::default(), Vec::new());
+        let links = self.without_pending_exports(links)?;
         let mut links = self.renamed_in_nanopix_apart(links, &mut stale)?;
         links.sort_by_key(|link| link.patient_id);
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
@@ -1127,6 +1143,27 @@ impl Engine {
             }
         }
         Ok((linked, stale))
+    }
+
+    /// `links` less those to a DentalTID patient whose export waits in the journal: the NanoPix
+    /// patient is the same person, saved in NanoPix while her export could not end. Linking it
+    /// would leave the export to write her again; importing it, as the matching does with a
+    /// patient already linked, would give DentalTID a second one. It stays undecided (see
+    /// [`Engine::left_for_exports`]): the repair of her export gives way to it, and the pass
+    /// that follows links the two (see [`Engine::resume_export`]). The journal is read only when
+    /// there are links.
+    fn without_pending_exports(&mut self, links: Vec<MatchedLink>) -> Result<Vec<MatchedLink>> {
+        if links.is_empty() {
+            return Ok(links);
+        }
+        let pending: HashSet<i64> = self.dentaltid.pending_exports()?.iter().map(|p| p.patient_id).collect();
+        if pending.is_empty() {
+            return Ok(links);
+        }
+        let (left, links): (Vec<MatchedLink>, _) =
+            links.into_iter().partition(|link| pending.contains(&link.patient_id));
+        self.left_for_exports |= !left.is_empty();
+        Ok(links)
     }
 
     /// `links` less those whose NanoPix patient NanoPix renamed, re-dated, deleted or replaced
@@ -1553,7 +1590,9 @@ fn read_dentaltid(
         None if many_unknown => Some(dentaltid.index_all_candidates()?.1),
         index => index.filter(|_| !unknown.is_empty()),
     };
-    let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).chain(pending.iter().map(|p| p.patient_id)).collect();
+    // A patient whose export waits in the journal is not linked: a link to her is left for the
+    // export to end (see [`Engine::without_pending_exports`]).
+    let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).collect();
     let matcher = index.map(|index| Matcher::new(index, &linked, auto_link));
     let snapshot = Snapshot {
         nanopix_row,

@@ -226,19 +226,26 @@ fn block_nanopix_inserts(clinic: &Clinic, blocked: bool) {
     rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(sql).unwrap();
 }
 
-/// Adds `stuck` patients to `clinic`, reconciles it on a handle without automatic work, then has
-/// `export_existing` leave every unlinked patient's export in the journal, NanoPix refusing
-/// inserts (still refused on return). Returns the handle and the ids reserved, by patient.
+/// Adds `stuck` patients to `clinic`, reconciles it on a handle without automatic work, then
+/// leaves every unlinked patient's export in the journal (see [`leave_exports_stuck`]). Returns
+/// the handle and the ids reserved, by patient.
 fn with_stuck_exports(clinic: &Clinic, stuck: &[(&str, &str, &str)]) -> (NanoPixSync, Vec<String>) {
     for (given, family, born) in stuck {
         clinic.add_dentaltid(given, family, Some(born));
     }
     let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
+    let reserved = leave_exports_stuck(clinic, &sync);
+    (sync, reserved)
+}
+
+/// Has `export_existing` on `sync` leave every unlinked patient's export in the journal, NanoPix
+/// refusing inserts (still refused on return); returns the ids reserved, by patient.
+fn leave_exports_stuck(clinic: &Clinic, sync: &NanoPixSync) -> Vec<String> {
     block_nanopix_inserts(clinic, true);
     sync.export_existing().unwrap();
     let sql = "SELECT external_id FROM nanopix_sync_exports ORDER BY patient_id";
-    (sync, clinic.dentaltid_rows(sql, |r| r.get(0)))
+    clinic.dentaltid_rows(sql, |r| r.get(0))
 }
 
 /// Runs SQL on the DentalTID database, as DentalTID itself would.
@@ -1307,17 +1314,152 @@ fn a_live_pass_links_the_same_person_nanopix_saved_while_her_stuck_export_waits_
     common::drain(&sync);
 
     sync.export_patient(1).unwrap();
+    let duplicates = duplicates_of_nadia(common::drain(&sync), nadia);
+    common::assert_nadia_once_on_each_side(&clinic, nadia, "after the live pass");
+    assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
+    let stuck = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(stuck, [0], "every export ended or dropped");
+}
+
+/// Arms `clock` to run `then` the `asks`-th time from now that the engine asks the time.
+fn at_the_engines_ask(clock: common::HookedClock, asks: usize, then: common::Hook) {
+    let again = clock.clone();
+    clock.arm(Box::new(move || match asks {
+        0 | 1 => then(),
+        _ => at_the_engines_ask(again, asks - 1, then),
+    }));
+}
+
+/// A handle on `clinic` with `clock`, without automatic work, once every patient is in NanoPix
+/// but Nadia Saidi (born 1982-04-09), added last, whose export waits in the journal alone,
+/// NanoPix still refusing inserts (see [`leave_exports_stuck`]). Returns the handle and Nadia's
+/// DentalTID id.
+fn nadia_stuck_alone(clinic: &Clinic, clock: &common::HookedClock) -> (NanoPixSync, i64) {
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = std::sync::Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    sync.export_existing().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    assert_eq!(leave_exports_stuck(clinic, &sync).len(), 1, "Nadia's export alone waits in the journal");
+    common::drain(&sync);
+    (sync, nadia)
+}
+
+/// The X-ray assistant saving Nadia Saidi in NanoPix under `20250122_095950` (see
+/// [`common::nanopix_saves_nadia_under`]): NanoPix takes inserts again, and refuses the sync's
+/// again afterwards when `refusing` says so.
+fn nanopix_saves_nadia(clinic: &std::sync::Arc<Clinic>, refusing: bool) -> common::Hook {
+    let clinic = clinic.clone();
+    Box::new(move || {
+        block_nanopix_inserts(&clinic, false);
+        common::nanopix_saves_nadia_under(&clinic, "20250122_095950");
+        if refusing {
+            block_nanopix_inserts(&clinic, true);
+        }
+    })
+}
+
+/// Whether `events` report the refusal of patient `nadia`'s export.
+fn refuses_export_of(events: &[nanopix_sync::Event], nadia: i64) -> bool {
+    events.iter().any(|e| matches!(e.kind, EventKind::SyncError { patient_id: Some(patient), .. } if patient == nadia))
+}
+
+/// The possible duplicates `events` report of Nadia (`nadia`) or of NanoPix's `20250122_095950`.
+fn duplicates_of_nadia(events: Vec<nanopix_sync::Event>, nadia: i64) -> Vec<EventKind> {
     let of_nadia = |kind: &EventKind| match kind {
         EventKind::PossibleDuplicate { external_id, patient_id, .. } => {
             external_id == "20250122_095950" || *patient_id == nadia
         }
         _ => false,
     };
-    let duplicates: Vec<EventKind> = common::drain(&sync).into_iter().map(|e| e.kind).filter(of_nadia).collect();
-    common::assert_nadia_once_on_each_side(&clinic, nadia, "after the live pass");
+    events.into_iter().map(|e| e.kind).filter(of_nadia).collect()
+}
+
+/// NanoPix refuses Nadia Saidi's export, which waits in the journal. A full reconcile tries it
+/// again, NanoPix still refusing, and the X-ray assistant saves Nadia in NanoPix just after, before
+/// the reconcile reads NanoPix. Her export still waits, so the reconcile must not import NanoPix's
+/// Nadia as a second DentalTID patient (`already_linked`), which would leave her export to give
+/// NanoPix a second Nadia too: it leaves her for the next reconcile, whose repair gives way to her
+/// and which links the two.
+#[test]
+fn a_reconcile_leaves_the_same_person_nanopix_saved_after_her_export_failed_again_to_be_linked() {
+    let clinic = std::sync::Arc::new(Clinic::new("v29"));
+    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let (sync, nadia) = nadia_stuck_alone(&clinic, &clock);
+    // The first time the engine asks the time: as it reports her export's repair refused.
+    at_the_engines_ask(clock.clone(), 1, nanopix_saves_nadia(&clinic, false));
+
+    let first = sync.reconcile().unwrap();
+    let events = common::drain(&sync);
+    assert!(clock.ran() && refuses_export_of(&events, nadia), "her repair refused, then NanoPix saved her");
+    assert_eq!((first.imported, first.linked), (0, 0), "NanoPix's Nadia left for her export to end: {first:?}");
+    let second = sync.reconcile().unwrap();
+    assert_eq!(second.linked, 1, "{second:?}");
+    let duplicates = duplicates_of_nadia([events, common::drain(&sync)].concat(), nadia);
+    common::assert_nadia_once_on_each_side(&clinic, nadia, "after the two reconciles");
     assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
     let stuck = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(stuck, [0], "every export ended or dropped");
+    assert_eq!(stuck, [0], "her export dropped");
+}
+
+/// As above, but the pass is the live pass `export_patient` catches up with for another patient
+/// (NanoPix changed since the last one, with another patient of its own): it tries Nadia's
+/// export among its repairs, NanoPix refusing it again, then reads NanoPix's Nadia past the
+/// cursor. It must leave her undecided, for a later pass that links her once her export gave
+/// way, not import her as a second DentalTID patient.
+#[test]
+fn a_live_pass_leaves_the_same_person_nanopix_saved_after_her_export_failed_again_to_a_later_pass() {
+    let clinic = std::sync::Arc::new(Clinic::new("v29"));
+    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let (sync, nadia) = nadia_stuck_alone(&clinic, &clock);
+    block_nanopix_inserts(&clinic, false);
+    clinic.add_nanopix("20250122_093000", "Haddad", "Omar", Some("1979-11-02"));
+    block_nanopix_inserts(&clinic, true);
+    let yacine = clinic.add_dentaltid("Yacine", "Brahimi", Some("1988-07-21"));
+    // The first time the engine asks the time: as it reports her export's repair refused.
+    at_the_engines_ask(clock.clone(), 1, nanopix_saves_nadia(&clinic, false));
+
+    let exported = sync.export_patient(yacine).map(|id| id.to_string());
+    let events = common::drain(&sync);
+    assert!(clock.ran() && refuses_export_of(&events, nadia), "her repair refused, then NanoPix saved her");
+    assert_eq!(exported.ok().as_slice(), common::nanopix_ids_named(&clinic, "Yacine", "Brahimi"), "Yacine exported");
+    sync.reconcile().unwrap();
+    let duplicates = duplicates_of_nadia([events, common::drain(&sync)].concat(), nadia);
+    common::assert_nadia_once_on_each_side(&clinic, nadia, "after the export and a reconcile");
+    assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
+}
+
+/// Nine exports NanoPix refuses wait in the journal, Nadia Saidi's last (see
+/// [`with_stuck_exports`]). A full reconcile tries them all, and the X-ray assistant saves Nadia
+/// in NanoPix as it reports her export refused (NanoPix still refusing the sync's inserts): the
+/// reconcile leaves NanoPix's Nadia undecided. The next pass, the live pass the catch-up of
+/// another export runs, tries only eight exports, not hers, and reads no new NanoPix row: it must
+/// still come back to NanoPix's Nadia, as a full reconcile (the one before left no cursor past
+/// her), whose repair of her export gives way to her, and which links the two.
+#[test]
+fn a_nanopix_patient_left_for_an_export_is_decided_by_the_next_pass_even_when_it_leaves_her_export_alone() {
+    let clinic = std::sync::Arc::new(Clinic::new("v29"));
+    let stuck =
+        [("Karima", "Stuck", "1990-05-06"), ("Salima", "Stuck", "1990-05-06"), ("Nadia", "Saidi", "1982-04-09")];
+    let (first_handle, reserved) = with_stuck_exports(&clinic, &stuck);
+    drop(first_handle);
+    let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
+    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = std::sync::Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    // As the engine reports the last of the nine repairs refused, hers.
+    at_the_engines_ask(clock.clone(), reserved.len(), nanopix_saves_nadia(&clinic, true));
+
+    let first = sync.reconcile().unwrap();
+    assert!(clock.ran(), "NanoPix saved Nadia during the reconcile");
+    assert_eq!((first.imported, first.linked), (0, 0), "NanoPix's Nadia left for her export to end: {first:?}");
+    assert_eq!(common::dentaltid_named(&clinic, "Nadia", "Saidi"), [(nadia, None)]);
+    assert!(sync.export_patient(1).is_err(), "NanoPix still refuses the sync's inserts");
+    let duplicates = duplicates_of_nadia(common::drain(&sync), nadia);
+    common::assert_nadia_once_on_each_side(&clinic, nadia, "after the next export's catch-up");
+    assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
 }
 
 /// Live Sync is on, and NanoPix refuses Nadia Saidi's export: it waits in the journal, and the

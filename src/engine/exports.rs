@@ -199,7 +199,8 @@ impl Engine {
         let mut refused_by = None;
         for _ in 0..EXPORT_ATTEMPTS {
             self.catch_up_with_nanopix()?;
-            let caught_up = self.cursor.is_some();
+            // A catch-up that left NanoPix patients for exports to end left no cursor either.
+            let caught_up = self.cursor.is_some() || self.left_for_exports;
             let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
             refused_by = self.export_each_refused_by(&unlinked, &mut report);
             // Cut short by closing: the patients not reached yet are not exported, which success

@@ -141,7 +141,7 @@ impl Matcher {
     /// A matcher against `dentaltid`, which holds at least every patient the NanoPix patients
     /// to decide could match. The patients `linked` holds count as linked whatever their
     /// `external_id` says: those the sync recorded a link for (DentalTID may have cleared the
-    /// column since), and those whose export is in flight.
+    /// column since), and any others the caller names.
     pub fn new(mut dentaltid: DentalIndex, linked: &foldhash::HashSet<i64>, auto_link: bool) -> Self {
         dentaltid.mark_linked(linked);
         dentaltid.group_by_birth_date();
