@@ -10,7 +10,8 @@
 //! (see [`native`] and [`polling`]), says which in a `watcher_mode` event, and watches until it
 //! is stopped or the root vanishes. A vanished root is reported once, awaited with backoff, and
 //! followed by a new session and a full reconcile. So is a root replaced under its name (a copy
-//! moved in its place), without the wait: native events still watch the folder moved away.
+//! moved in its place, or the folder deleted and made again), without the wait: native events
+//! still watch the folder moved away, or nothing at all.
 
 mod native;
 mod network;
@@ -103,7 +104,8 @@ enum End {
     Stopped,
     /// The NanoPix root or its database vanished.
     RootMissing(Error),
-    /// Another folder is at the root's path than the one the session watches.
+    /// Another folder is at the root's path than the one the session watches, or the root's
+    /// own watch ended (it was deleted or moved away, and a folder stands at its path again).
     RootReplaced,
 }
 

@@ -108,9 +108,14 @@ fn gather(context: &Context, watch: &NativeWatch, first: notify::Result<Event>) 
     }
 }
 
-/// Sends the triggers a gathered burst calls for.
+/// Sends the triggers a gathered burst calls for. A root whose own watch ended (deleted or
+/// moved away) ends the session even when a folder stands at its path again with the same
+/// identity: only a new session watches that folder.
 fn act(context: &Context, probes: &mut Probes, hints: Hints) -> Result<(), End> {
     context.check_root()?;
+    if hints.root_unwatched {
+        return Err(End::RootReplaced);
+    }
     if let Some(reason) = hints.rescan {
         return context.send(Trigger::FullReconcile { reason });
     }
@@ -167,6 +172,8 @@ struct Hints {
     entry_gone: bool,
     /// DentalTID's database, journal or WAL changed: check its data version.
     dentaltid_db: bool,
+    /// The root folder itself was deleted or moved: its watch ended.
+    root_unwatched: bool,
     /// Events were lost: why.
     rescan: Option<String>,
 }
@@ -187,6 +194,7 @@ impl Hints {
     }
 
     fn note_path(&mut self, path: &Path, kind: &EventKind, layout: &Layout) {
+        self.root_unwatched |= path == layout.root && removes_or_renames(kind);
         let Some(parent) = path.parent() else { return };
         if parent == layout.database {
             self.nanopix_db = true;
@@ -196,8 +204,7 @@ impl Hints {
             // Only a patient folder going matters: a stray file's does not call for a full reconcile.
             let patient_folder =
                 path.file_name().and_then(|name| name.to_str()).is_some_and(|name| NanoPixId::parse(name).is_ok());
-            self.entry_gone |= patient_folder
-                && matches!(kind, EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)));
+            self.entry_gone |= patient_folder && removes_or_renames(kind);
         }
         if parent == layout.dentaltid_folder
             && path.file_name().is_some_and(|name| layout.dentaltid_names.iter().any(|known| known == name))
@@ -225,6 +232,11 @@ fn adds_or_removes(kind: &EventKind) -> bool {
             | EventKind::Any
             | EventKind::Other
     )
+}
+
+/// Whether an event can take an entry away from its path.
+fn removes_or_renames(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)))
 }
 
 /// The folder that holds `file`; `.` for a bare file name.
@@ -287,6 +299,18 @@ mod tests {
             let hints = hints(vec![event(EventKind::Remove(notify::event::RemoveKind::Any), stray)]);
             assert!(hints.patient_folders && !hints.entry_gone, "{stray}");
         }
+    }
+
+    #[test]
+    fn the_root_itself_deleted_or_moved_away_ends_its_watch() {
+        let root = "/clinic/PatientData";
+        assert!(hints(vec![event(EventKind::Remove(notify::event::RemoveKind::Folder), root)]).root_unwatched);
+        let moved = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::From));
+        assert!(hints(vec![event(moved, root)]).root_unwatched);
+        let touched = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
+        assert!(!hints(vec![event(touched, root)]).root_unwatched);
+        let folder = "/clinic/PatientData/20250122_090000";
+        assert!(!hints(vec![event(EventKind::Remove(notify::event::RemoveKind::Folder), folder)]).root_unwatched);
     }
 
     #[test]

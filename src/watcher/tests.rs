@@ -406,3 +406,42 @@ fn start_returns_once_the_watcher_took_its_first_look() {
         running.watcher.stop();
     }
 }
+
+/// Deletes the root and makes it again under its name, moving its entries into the new folder
+/// through `aside`; returns whether the new folder got the old one's identity.
+#[cfg(target_os = "linux")]
+fn make_the_root_again(root: &Path, aside: &Path) -> bool {
+    let before = FileIdentity::of(root);
+    let entries: Vec<_> = fs::read_dir(root).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    for name in &entries {
+        fs::rename(root.join(name), aside.join(name)).unwrap();
+    }
+    fs::remove_dir(root).unwrap();
+    fs::create_dir(root).unwrap();
+    for name in &entries {
+        fs::rename(aside.join(name), root.join(name)).unwrap();
+    }
+    FileIdentity::of(root) == before
+}
+
+/// The root deleted and made again under its name, with its entries moved into the new folder
+/// before the watcher looks (a restore into an emptied folder, say). The system may give the new
+/// folder the old one's inode (ext4 does, for a folder made again at once), so only the end of
+/// the root's own watch tells: the new root is watched again, and reconciled fully.
+#[cfg(target_os = "linux")]
+#[test]
+fn native_a_root_deleted_and_made_again_under_its_name_is_watched_again() {
+    let clinic = Clinic::new();
+    let aside = clinic.root.with_file_name("PatientData-aside");
+    fs::create_dir(&aside).unwrap();
+    // Made once before watching, so that the folder made again below sits where the old one did.
+    make_the_root_again(&clinic.root, &aside);
+    let running = start(&clinic.config(WatchMode::Auto, Duration::from_secs(2)));
+    assert_eq!(wait_mode(&running.events), "native");
+    let same = make_the_root_again(&clinic.root, &aside);
+    eprintln!("the new root has the old one's identity: {same}");
+    wait_trigger(&running.triggers, &Trigger::FullReconcile { reason: "root came back".into() });
+    fs::create_dir(clinic.root.join("20250122_093000")).unwrap();
+    wait_trigger(&running.triggers, &Trigger::NanoPixChanged);
+    running.watcher.stop();
+}
