@@ -601,6 +601,29 @@ fn a_live_pass_connects_again_to_a_dentaltid_made_writable_before_building_the_i
     imported(&sync, "20250122_094500");
 }
 
+/// NanoPix's `database` folder refuses the sync while Live Sync runs (its permissions changed, a
+/// share that no longer lets this user in): the watcher reports it as refused, not as missing,
+/// and syncs again once the folder lets the sync in.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_nanopix_folder_that_refuses_the_watcher_is_reported_as_refused_and_watched_again() {
+    use std::os::unix::fs::PermissionsExt;
+    common::obey_file_modes_on_this_thread();
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let database_folder = clinic.root.join("database");
+    let set_mode = |mode| std::fs::set_permissions(&database_folder, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mode(0o000);
+    let reported = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
+    set_mode(0o755);
+    let EventKind::SyncError { code, path, .. } = reported.kind else { unreachable!() };
+    let database = clinic.nanopix_db().display().to_string();
+    assert_eq!((code.as_str(), path.as_deref()), ("io", Some(database.as_str())));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    clinic.add_nanopix("20250122_094500", "Noor", "Lina", Some("1990-02-03"));
+    imported(&sync, "20250122_094500");
+}
+
 #[test]
 fn a_page_or_more_of_new_nanopix_patients_while_watching_is_synced_by_a_full_reconcile() {
     let clinic = Clinic::new("v29");

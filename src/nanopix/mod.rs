@@ -246,24 +246,33 @@ pub(crate) struct NanoPix {
     birth_dates: BirthDates,
 }
 
+/// The path of `NanoPix.db3` under `root`, once the folder and the file are there. A missing one
+/// is [`Error::NanoPixRootMissing`] or [`Error::NanoPixDatabaseMissing`]; one the system refuses
+/// to look into (access denied) is an [`Error::Io`], not a missing one; a file at the root's
+/// path is an [`Error::InvalidConfig`].
+pub(crate) fn database_under(root: &Path) -> Result<PathBuf> {
+    if root.is_file() {
+        let named = format!("nanopix_root names a file, not the PatientData folder: {}", root.display());
+        return Err(Error::InvalidConfig(named));
+    }
+    if !root.is_dir() {
+        crate::error::refused_access(root, "looking for the NanoPix data folder")?;
+        return Err(Error::NanoPixRootMissing(root.to_path_buf()));
+    }
+    let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
+    if !db_path.is_file() {
+        crate::error::refused_access(&db_path, "looking for the NanoPix database")?;
+        return Err(Error::NanoPixDatabaseMissing(db_path));
+    }
+    Ok(db_path)
+}
+
 impl NanoPix {
     /// Opens `root` (`PatientData`), checks `database/NanoPix.db3` and its `Patient` table
     /// (`id` and `last_name` must exist), without writing anything. A folder or file the system
     /// refuses to look into (access denied) is an [`Error::Io`], not a missing one.
     pub fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
-        if root.is_file() {
-            let named = format!("nanopix_root names a file, not the PatientData folder: {}", root.display());
-            return Err(Error::InvalidConfig(named));
-        }
-        if !root.is_dir() {
-            crate::error::refused_access(root, "looking for the NanoPix data folder")?;
-            return Err(Error::NanoPixRootMissing(root.to_path_buf()));
-        }
-        let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
-        if !db_path.is_file() {
-            crate::error::refused_access(&db_path, "looking for the NanoPix database")?;
-            return Err(Error::NanoPixDatabaseMissing(db_path));
-        }
+        let db_path = database_under(root)?;
         ensure_inside(root, &db_path)?;
         let identity = FileIdentity::of(&db_path);
         let conn = database::connect(&db_path, busy_timeout)?;

@@ -102,7 +102,7 @@ impl Watcher {
 enum End {
     /// The watcher was stopped, or the engine is gone.
     Stopped,
-    /// The NanoPix root or its database vanished.
+    /// The NanoPix root or its database vanished, or refuses the sync.
     RootMissing(Error),
     /// Another folder is at the root's path than the one the session watches, or the root's
     /// own watch ended (it was deleted or moved away, and a folder stands at its path again).
@@ -235,15 +235,10 @@ impl Context {
         Ok(())
     }
 
-    /// Whether a root folder and NanoPix's database are there.
+    /// Whether a root folder and NanoPix's database are there, as opening NanoPix checks them:
+    /// one the system refuses to look into is reported as refused, not as missing.
     fn root_present(&self) -> Result<(), End> {
-        if !std::fs::metadata(&self.root).is_ok_and(|metadata| metadata.is_dir()) {
-            return Err(End::RootMissing(Error::NanoPixRootMissing(self.root.clone())));
-        }
-        if std::fs::metadata(&self.nanopix_db).is_err() {
-            return Err(End::RootMissing(Error::NanoPixDatabaseMissing(self.nanopix_db.clone())));
-        }
-        Ok(())
+        crate::nanopix::database_under(&self.root).map(drop).map_err(End::RootMissing)
     }
 
     /// Waits, with doubling pauses, until the root is back or the watcher is stopped.
