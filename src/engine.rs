@@ -612,8 +612,9 @@ impl Engine {
     /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those
     /// born on their birth dates, or all of them when a NanoPix birth date is missing, there are
     /// many dates, or there is no index to find them by. A patient whose export waits in the
-    /// journal counts as unlinked: a link to her is left for the export to end (see
-    /// [`Engine::without_pending_exports`]).
+    /// journal counts as unlinked, so a link to her is left for the export to end (see
+    /// [`Engine::without_pending_exports`]), unless the export wrote her NanoPix row already
+    /// (see [`Engine::exports_on_their_rows`]).
     fn matcher(&mut self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
         let mut index = DentalIndex::default();
         let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date).collect();
@@ -624,7 +625,8 @@ impl Engine {
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
-        self.matcher_over(index, [])
+        let written = self.exports_on_their_rows()?;
+        self.matcher_over(index, written)
     }
 
     /// A matcher over `index`, counting as linked the patients of the links the sync recorded
@@ -832,13 +834,14 @@ impl Engine {
     /// builds the matcher if many NanoPix patients are unknown.
     fn snapshot(&mut self, report: &mut ReconcileReport) -> Result<Snapshot> {
         let first_sync = !self.dentaltid.has_links()?;
+        let written = self.exports_on_their_rows()?;
         let folders = (!first_sync).then(|| FolderListing::start(self.nanopix.root()));
         let (nanopix, dentaltid, auto_link) = (&mut self.nanopix, &self.dentaltid, self.config.auto_link);
         let (send_rows, rows) = crossbeam_channel::bounded(1);
         let (ids, snapshot) = std::thread::scope(|scope| {
             // If reading fails, the channel closes and the error is this thread's to report.
             let ids = scope.spawn(move || nanopix.patient_ids(!first_sync).map(|ids| drop(send_rows.send(ids))));
-            let snapshot = read_dentaltid(dentaltid, &rows, first_sync, auto_link);
+            let snapshot = read_dentaltid(dentaltid, &rows, (first_sync, &written), auto_link);
             (ids.join(), snapshot)
         });
         ids.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
@@ -1150,8 +1153,9 @@ impl Engine {
     /// would leave the export to write her again; importing it, as the matching does with a
     /// patient already linked, would give DentalTID a second one. It stays undecided (see
     /// [`Engine::left_for_exports`]): the repair of her export gives way to it, and the pass
-    /// that follows links the two (see [`Engine::resume_export`]). The journal is read only when
-    /// there are links.
+    /// that follows links the two (see [`Engine::resume_export`]). An export that wrote her row
+    /// never gives way: the matching counts her as linked (see [`Engine::exports_on_their_rows`]).
+    /// The journal is read only when there are links.
     fn without_pending_exports(&mut self, links: Vec<MatchedLink>) -> Result<Vec<MatchedLink>> {
         if links.is_empty() {
             return Ok(links);
@@ -1554,7 +1558,8 @@ fn report_unreadable_name(bus: &EventBus, external_id: String, patient_id: i64, 
 }
 
 /// DentalTID's side of a snapshot, completed once `rows` brings NanoPix's: what the sync
-/// knows, what it does not, and the matcher when the unknown are many. Also returns NanoPix's
+/// knows, what it does not, and the matcher when the unknown are many, which counts as linked
+/// the patients `written` names (see [`Engine::exports_on_their_rows`]). Also returns NanoPix's
 /// odd rows, to report.
 ///
 /// A first sync usually imports many patients, so it reads DentalTID's patients once, into
@@ -1562,7 +1567,7 @@ fn report_unreadable_name(bus: &EventBus, external_id: String, patient_id: i64, 
 fn read_dentaltid(
     dentaltid: &DentalTid,
     rows: &Receiver<IdRows>,
-    first_sync: bool,
+    (first_sync, written): (bool, &[i64]),
     auto_link: bool,
 ) -> Result<(Snapshot, Vec<OddRow>)> {
     let (dentaltid_version, dentaltid_issued) = (dentaltid.data_version()?, dentaltid.highest_issued_id()?);
@@ -1591,8 +1596,8 @@ fn read_dentaltid(
         index => index.filter(|_| !unknown.is_empty()),
     };
     // A patient whose export waits in the journal is not linked: a link to her is left for the
-    // export to end (see [`Engine::without_pending_exports`]).
-    let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).collect();
+    // export to end (see [`Engine::without_pending_exports`]), unless it wrote her row already.
+    let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).chain(written.iter().copied()).collect();
     let matcher = index.map(|index| Matcher::new(index, &linked, auto_link));
     let snapshot = Snapshot {
         nanopix_row,

@@ -2075,6 +2075,48 @@ fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
     assert!(named.iter().all(|id| id.as_deref() == Some(written[0].as_str())), "{named:?} name {written:?}");
 }
 
+/// DentalTID refuses to store the new NanoPix id on Nadia (a trigger of its own) after Live Sync
+/// wrote her NanoPix patient: her export waits in the journal on the row it wrote, which its
+/// repair links once DentalTID takes the link, never giving way to another NanoPix patient. The
+/// X-ray assistant saves Nadia in NanoPix again meanwhile. The reconcile must import that patient
+/// and report it beside Nadia (`already_linked`), as beside a linked patient, not leave it
+/// undecided while DentalTID refuses the link (out of DentalTID, and every pass a full reconcile).
+#[test]
+fn a_nanopix_patient_alike_a_patient_whose_export_wrote_its_row_is_imported_while_her_link_is_refused() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let refuse = "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients
+        BEGIN SELECT RAISE(ABORT, 'this patient may not be linked'); END";
+    common::another_program(&clinic.dentaltid).execute_batch(refuse).unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    sync.reconcile().unwrap();
+    let written = common::nanopix_ids_named(&clinic, "Nadia", "Cherif");
+    assert_eq!(written.len(), 1, "her NanoPix patient is written: {written:?}");
+    clinic.add_nanopix("20250122_093000", "Cherif", "Nadia", Some("1992-02-14"));
+    common::drain(&sync);
+
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 1, "NanoPix's second Nadia imported: {report:?}");
+    let reported = common::drain(&sync).into_iter().any(|event| {
+        matches!(event.kind, EventKind::PossibleDuplicate { external_id, reason: DuplicateReason::AlreadyLinked, candidates, .. }
+            if external_id == "20250122_093000" && candidates.iter().any(|c| c.patient_id == nadia))
+    });
+    assert!(reported, "the import is reported beside Nadia");
+    let again = sync.reconcile().unwrap();
+    assert_eq!((again.imported, again.linked, again.exported), (0, 0, 0), "{again:?}");
+
+    common::another_program(&clinic.dentaltid).execute_batch("DROP TRIGGER refuse_link").unwrap();
+    sync.reconcile().unwrap();
+    let in_nanopix: HashSet<String> = common::nanopix_ids_named(&clinic, "Nadia", "Cherif").into_iter().collect();
+    let expected = HashSet::from(["20250122_093000".to_owned(), written[0].clone()]);
+    assert_eq!(in_nanopix, expected, "no third Nadia in NanoPix");
+    let in_dentaltid = common::dentaltid_named(&clinic, "Nadia", "Cherif");
+    assert_eq!(in_dentaltid.len(), 2, "Nadia and the import: {in_dentaltid:?}");
+    assert!(in_dentaltid.contains(&(nadia, Some(written[0].clone()))), "{in_dentaltid:?}");
+}
+
 /// DentalTID cannot store the links of two patients to the NanoPix patients they match exactly
 /// (a trigger of its own fails those writes, as a full disk would): one typed into both programs
 /// while Live Sync is on, and an older one. Neither is exported meanwhile, by Live Sync,

@@ -739,6 +739,25 @@ impl Engine {
         Ok(matcher.finish().iter().any(|link| link.patient_id == patient.id))
     }
 
+    /// The patients whose export waits in the journal on the NanoPix row it wrote (see
+    /// [`Engine::is_our_row`]), its folder or link not made yet: its repair ends on that row and
+    /// never gives way to a patient NanoPix saved (see [`Engine::resume_export`]), so the
+    /// matching counts them as linked, and imports and reports such a patient beside them.
+    pub(super) fn exports_on_their_rows(&self) -> Result<Vec<i64>> {
+        let mut written = Vec::new();
+        for pending in self.dentaltid.pending_exports()? {
+            // A journal row of an older version records no values: its row is compared with the patient.
+            let patient = match pending.written {
+                Some(_) => None,
+                None => self.dentaltid.patient(pending.patient_id)?,
+            };
+            if self.is_our_row(&pending, patient.as_ref())? {
+                written.push(pending.patient_id);
+            }
+        }
+        Ok(written)
+    }
+
     /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
     /// the values the journal recorded. A journal row of an older version records none; its row
     /// is then compared with `patient` as it is now (same names and birth date), and without the
