@@ -854,9 +854,9 @@ impl Engine {
 
     /// Whether one of the NanoPix patients `read` past the live cursor is new to the sync (see
     /// [`Engine::unknown`]) and has the names and birth date of a patient whose export waits in
-    /// the journal for a later pass (`untried`). The pass counts that patient as linked while
-    /// her export waits, and would import the row as a second patient: a full reconcile tries
-    /// her export first, which gives way to the row (see [`Engine::resume_export`]).
+    /// the journal for a later pass (`untried`). The pass would leave the row undecided while
+    /// her export waits (see [`Engine::without_pending_exports`]): a full reconcile tries her
+    /// export first, which gives way to the row (see [`Engine::resume_export`]), and links the two.
     pub(super) fn saves_a_patient_left_to_repair(&self, read: &[NanoPixPatient], untried: &[i64]) -> Result<bool> {
         if untried.is_empty() || read.iter().all(|row| row.birth_date.is_none()) {
             return Ok(false);
