@@ -36,8 +36,11 @@ impl Event {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|error| {
             let message = error.to_string();
-            serde_json::json!({"type": "sync_error", "seq": self.seq, "code": "internal", "message": message})
-                .to_string()
+            serde_json::json!({
+                "type": "sync_error", "seq": self.seq, "at": self.at, "code": "internal", "message": message,
+                "external_id": null, "patient_id": null, "path": null,
+            })
+            .to_string()
         })
     }
 }
