@@ -2045,12 +2045,10 @@ fn a_journal_row_without_a_valid_id_does_not_block_the_export_of_its_patient() {
     assert!(exported.is_ok(), "{exported:?}");
 }
 
-/// DentalTID refuses to store the new NanoPix id on Nadia (a trigger of its own) after Live Sync
-/// wrote her NanoPix patient: the `sync_error` names the NanoPix id she was exported under, which
-/// support needs to find her there.
-#[test]
-fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
-    let clinic = Clinic::new("v29");
+/// Live Sync on, and a trigger of DentalTID's own (`refuse_link`) refusing every new NanoPix id:
+/// Nadia Cherif is added and exported, her NanoPix patient written, her link refused. Returns the
+/// handle, her DentalTID id, and her NanoPix id; her events are left queued.
+fn nadia_exported_with_her_link_refused(clinic: &Clinic) -> (NanoPixSync, i64, Vec<String>) {
     let sync = clinic.open_without_automatic_work();
     sync.set_live_sync(true).unwrap();
     sync.reconcile().unwrap();
@@ -2060,8 +2058,18 @@ fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
     let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
     common::drain(&sync);
     sync.reconcile().unwrap();
-    let written = common::nanopix_ids_named(&clinic, "Nadia", "Cherif");
+    let written = common::nanopix_ids_named(clinic, "Nadia", "Cherif");
     assert_eq!(written.len(), 1, "her NanoPix patient is written: {written:?}");
+    (sync, nadia, written)
+}
+
+/// DentalTID refuses to store the new NanoPix id on Nadia (a trigger of its own) after Live Sync
+/// wrote her NanoPix patient: the `sync_error` names the NanoPix id she was exported under, which
+/// support needs to find her there.
+#[test]
+fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
+    let clinic = Clinic::new("v29");
+    let (sync, nadia, written) = nadia_exported_with_her_link_refused(&clinic);
     let named: Vec<Option<String>> = common::drain(&sync)
         .into_iter()
         .filter_map(|e| match e.kind {
@@ -2084,16 +2092,7 @@ fn an_export_refused_after_nanopix_was_written_names_its_nanopix_id() {
 #[test]
 fn a_nanopix_patient_alike_a_patient_whose_export_wrote_its_row_is_imported_while_her_link_is_refused() {
     let clinic = Clinic::new("v29");
-    let sync = clinic.open_without_automatic_work();
-    sync.set_live_sync(true).unwrap();
-    sync.reconcile().unwrap();
-    let refuse = "CREATE TRIGGER refuse_link BEFORE UPDATE OF external_id ON patients
-        BEGIN SELECT RAISE(ABORT, 'this patient may not be linked'); END";
-    common::another_program(&clinic.dentaltid).execute_batch(refuse).unwrap();
-    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
-    sync.reconcile().unwrap();
-    let written = common::nanopix_ids_named(&clinic, "Nadia", "Cherif");
-    assert_eq!(written.len(), 1, "her NanoPix patient is written: {written:?}");
+    let (sync, nadia, written) = nadia_exported_with_her_link_refused(&clinic);
     clinic.add_nanopix("20250122_093000", "Cherif", "Nadia", Some("1992-02-14"));
     common::drain(&sync);
 
