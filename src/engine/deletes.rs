@@ -1,0 +1,104 @@
+//! Delete requests: announced once the work that found their DentalTID patient deleted has
+//! ended well, and only while the delete still stands; and the NanoPix patient deleted when the
+//! host asks, once DentalTID asked for it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use super::Engine;
+use crate::dentaltid::ImportedUnder;
+use crate::events::EventKind;
+use crate::nanopix::NanoPix;
+use crate::{Error, NanoPixId, Result};
+
+impl Engine {
+    /// Deletes a NanoPix patient's row and empty folder once DentalTID asked for it: a
+    /// `delete_requested` was sent and no DentalTID patient holds the id again. The live cursor is dropped: NanoPix may give the deleted row's `pk` to its next patient,
+    /// which a read past the cursor would miss, so the next live pass reconciles fully.
+    pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
+        let id = NanoPixId::parse(external_id)?;
+        // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to judge and delete from.
+        if self.nanopix.replaced() {
+            self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
+            self.nanopix_read = None;
+        }
+        self.ready_connections()?;
+        // A request not sent yet may still be withdrawn: the patient added again may get it back.
+        // An older request sent for the same id does not count; the host gets this one once sent.
+        let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
+        if unannounced || !self.delete_asked_for_row(id, &self.dentaltid.imported_under(&[id])?)? {
+            return Err(Error::DeleteNotRequested(id.to_string()));
+        }
+        self.cursor = None;
+        self.nanopix.delete_patient(id, &self.config.patient_subfolders)
+    }
+
+    /// Announces the delete requests written since the last announcement (see
+    /// [`Engine::announce_held_deletes`]), unless an export call is under way: it announces them
+    /// once it ends well, after it has given NanoPix patients back (see
+    /// [`Engine::holding_delete_requests`]).
+    pub fn announce_delete_requests(&mut self) {
+        if !self.holding_delete_requests {
+            self.announce_held_deletes();
+        }
+    }
+
+    /// Announces the delete requests written since the last announcement whose delete still
+    /// stands, of a NanoPix patient NanoPix still holds: a NanoPix patient given back meanwhile to
+    /// a patient added again asks for none, nor does one deleted meanwhile (by the host, say,
+    /// after the same request was announced before a restart). One whose standing cannot be
+    /// read is announced: `delete_in_nanopix` checks it again. The import batches are read once
+    /// for all of them (see [`crate::dentaltid::DentalTid::imported_under`]). Then DentalTID notes them announced;
+    /// if it cannot, they are announced again after the next `open`, which is better than never.
+    fn announce_held_deletes(&mut self) {
+        let held = std::mem::take(&mut self.unannounced_deletes);
+        if held.is_empty() {
+            return;
+        }
+        // Each request is checked by its NanoPix id in `external_id`: without the sync's indexes,
+        // twice a scan of every patient per request. Failing to build them (DentalTID locked)
+        // only makes the checks slower.
+        let _ = self.ensure_indexes();
+        let announced: Vec<i64> = held.iter().map(|(patient_id, _)| *patient_id).collect();
+        let ids: Vec<NanoPixId> =
+            held.iter().filter_map(|(_, external_id)| NanoPixId::parse(external_id).ok()).collect();
+        let imported = self.dentaltid.imported_under(&ids);
+        for (patient_id, external_id) in held {
+            let stands = match (NanoPixId::parse(&external_id), &imported) {
+                (Ok(id), Ok(imported)) => self.delete_stands(id, imported),
+                _ => Ok(true),
+            };
+            if stands.unwrap_or(true) {
+                self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
+            }
+        }
+        let _ = self.dentaltid.delete_requests_announced(&announced);
+    }
+
+    /// Whether a delete of NanoPix patient `id` is still asked for, and NanoPix still holds it;
+    /// `imported` holds the patients import batches give `id` to.
+    fn delete_stands(&self, id: NanoPixId, imported: &ImportedUnder) -> Result<bool> {
+        Ok(self.delete_asked_for_row(id, imported)? && self.nanopix.id_exists(id)?)
+    }
+
+    /// Whether a delete of NanoPix patient `id` is asked for (see [`crate::dentaltid::DentalTid::delete_requested`])
+    /// and NanoPix's row under it is not another person saved there since; `imported` holds the
+    /// patients import batches give `id` to.
+    fn delete_asked_for_row(&self, id: NanoPixId, imported: &ImportedUnder) -> Result<bool> {
+        let row = self.nanopix.patient(id)?;
+        let created = row.as_ref().and_then(|row| row.created);
+        Ok(self.dentaltid.delete_requested(id, created, imported)? && !self.holds_another_person(row.as_slice())?)
+    }
+
+    /// Runs `work`, an export call, holding back the delete requests its catch-up with NanoPix
+    /// finds until it has given NanoPix patients back; then announces them, if it succeeded and
+    /// was not cut short.
+    pub(super) fn holding_delete_requests<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let held = std::mem::replace(&mut self.holding_delete_requests, true);
+        let result = catch_unwind(AssertUnwindSafe(|| work(self)));
+        self.holding_delete_requests = held;
+        if matches!(result, Ok(Ok(_))) && !self.cancelled() {
+            self.announce_delete_requests();
+        }
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+}

@@ -1,0 +1,260 @@
+//! The live pass: the work Live Sync does after a hint from the watcher, reading only the
+//! NanoPix rows and DentalTID patients past the cursor the last pass left, and restoring the
+//! links marked missing whose row or folder is back. A change it cannot follow so leads to a
+//! full reconcile.
+
+use foldhash::HashSet;
+
+use super::{Engine, PAGE};
+use crate::dentaltid::is_another_person;
+use crate::events::ReconcileReport;
+use crate::nanopix::RowStamp;
+use crate::patient::NanoPixPatient;
+use crate::{NanoPixId, Result};
+
+/// How far the last pass read each side, so a live pass reads only what is new.
+#[derive(Debug, Clone)]
+pub(super) struct LiveCursor {
+    /// The NanoPix row with the highest `Patient.pk` read, as it was read (`None` without one):
+    /// another row at its `pk` means rows changed behind the cursor (see [`RowStamp`]).
+    pub(super) nanopix_row: Option<RowStamp>,
+    /// How many NanoPix rows there were up to that `pk`.
+    pub(super) nanopix_rows: u64,
+    /// NanoPix's data version before the pass read it: while it stays the same, nobody else
+    /// wrote to NanoPix, so it holds no patient the sync has not seen.
+    pub(super) nanopix_version: i64,
+    /// DentalTID's highest `patients.id` and row count, read together.
+    pub(super) dentaltid: (i64, u64),
+    /// The highest DentalTID patient id whose link a pass has checked: those a full reconcile
+    /// found in DentalTID's links, and those up to the extent of each pass since (a patient of
+    /// theirs deleted later is counted by the extent). A link or import past it that lost its
+    /// patient was written by a pass the patient was deleted during.
+    pub(super) links_checked_up_to: i64,
+    /// DentalTID's data version before the pass read it: while it stays the same, nobody else
+    /// wrote to DentalTID, so no patient was deleted there.
+    pub(super) dentaltid_version: i64,
+}
+
+impl LiveCursor {
+    /// The highest NanoPix `Patient.pk` read (0 when there was no row).
+    fn nanopix_pk(&self) -> i64 {
+        self.nanopix_row.as_ref().map_or(0, |row| row.pk)
+    }
+}
+
+impl Engine {
+    /// New work after a hint from the watcher: reads only NanoPix rows and DentalTID patients
+    /// past the cursor. `NanoPix.db3` replaced by another file, a row removed on either side, a
+    /// NanoPix row added below the cursor (SQLite picks a random `pk` once the largest is taken),
+    /// another id in NanoPix's row at the cursor (NanoPix gave a deleted last row's `pk` to a new
+    /// patient), or a whole page of new NanoPix rows (a bulk import, which a full reconcile
+    /// writes in short transactions) leads to a full reconcile instead.
+    pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
+        self.ready_connections()?;
+        self.ensure_indexes()?;
+        let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
+        // A pass that failed after writing links left them unsettled: a full reconcile settles them.
+        if self.dentaltid.has_unsettled_links()? {
+            return self.reconcile();
+        }
+        let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
+        self.nanopix_read = Some(nanopix_version);
+        self.left_for_exports = false;
+        let mut report = ReconcileReport::default();
+        // A NanoPix row at an id a repair left may be behind the cursor: skipped as an export's.
+        let repairs = self.repair_some_exports(&mut report)?;
+        if repairs.left_a_reserved_id {
+            return self.reconcile_after(report, &repairs.tried);
+        }
+        let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk()), PAGE)?;
+        let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
+        if read >= u64::from(PAGE)
+            || self.nanopix.patient_count()? != cursor.nanopix_rows + read
+            || self.rows_changed_behind(&cursor)?
+            || self.dentaltid_lost_rows(&cursor)?
+        {
+            return self.reconcile_after(report, &repairs.tried);
+        }
+        let nanopix_row = match rows.last_row() {
+            Some(row) if row.pk > cursor.nanopix_pk() => Some(row),
+            _ => cursor.nanopix_row,
+        };
+        // A deleted patient's NanoPix patient given back asks for a delete, and another person
+        // under a linked id is imported apart: a full reconcile's to decide.
+        if self.gives_back_a_deleted_patient(&rows.patients)? || self.holds_another_person(&rows.patients)? {
+            return self.reconcile_after(report, &repairs.tried);
+        }
+        // The same person as a patient whose export waits its turn: a full reconcile tries it.
+        if self.saves_a_patient_left_to_repair(&rows.patients, &repairs.untried)? {
+            return self.reconcile_after(report, &repairs.tried);
+        }
+        self.report_odd_rows(rows.odd_rows, &mut report);
+        self.restore_links(&rows.patients, &mut report)?;
+        let unknown = self.unknown(rows.patients)?;
+        let new_ids: Vec<NanoPixId> = unknown.iter().map(|patient| patient.id).collect();
+        self.link_or_import(unknown, None, &mut report)?;
+        self.await_folders(&new_ids)?;
+        self.restore_put_back_folders(&mut report)?;
+        if self.dentaltid.live_sync()? {
+            self.export_new(&mut report)?;
+        }
+        if self.cancelled() {
+            self.cursor = None;
+            report.stopped_early = true;
+            return Ok(report);
+        }
+        // NanoPix patients left for exports to end are behind the rows read: a full reconcile's.
+        if self.left_for_exports {
+            self.cursor = None;
+            return Ok(report);
+        }
+        let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
+        self.cursor = dentaltid.map(|(dentaltid, links_checked_up_to)| LiveCursor {
+            nanopix_row,
+            nanopix_rows: cursor.nanopix_rows + read,
+            nanopix_version,
+            dentaltid,
+            links_checked_up_to,
+            dentaltid_version,
+        });
+        Ok(report)
+    }
+
+    /// Moves the live cursor's DentalTID extent past the rows added since, after an export made
+    /// outside a pass: a patient exported then deleted is then found gone by the next pass or
+    /// export, whose catch-up counts the rows up to the extent. When the rows cannot be counted,
+    /// the cursor goes, so the next pass reconciles fully; the export's own outcome stands.
+    pub(super) fn extend_cursor_past_exports(&mut self) {
+        let Some(cursor) = &self.cursor else { return };
+        let moved = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to);
+        match (moved, &mut self.cursor) {
+            (Ok(Some((extent, checked))), Some(cursor)) => {
+                (cursor.dentaltid, cursor.links_checked_up_to) = (extent, checked)
+            }
+            _ => self.cursor = None,
+        }
+    }
+
+    /// The live cursor's DentalTID side moved on: the extent `previous` past the rows added
+    /// since (see [`crate::dentaltid::DentalTid::extent_after`]), and the links checked up to
+    /// its new highest id. `None` when a patient the sync linked, imported or exported past
+    /// `checked` is gone already: the extent cannot count it, so only a full reconcile would
+    /// find it deleted, and the next pass is then one.
+    pub(super) fn dentaltid_cursor_after(
+        &self,
+        previous: (i64, u64),
+        checked: i64,
+    ) -> Result<Option<((i64, u64), i64)>> {
+        let extent = self.dentaltid.extent_after(previous)?;
+        Ok((!self.dentaltid.lost_linked_after(checked)?).then_some((extent, checked.max(extent.0))))
+    }
+
+    /// `row`, read by a snapshot that read no creation times (a first sync), with its creation
+    /// time read now, while the row at its `pk` still has its id.
+    pub(super) fn with_creation_time(&self, row: Option<RowStamp>) -> Result<Option<RowStamp>> {
+        Ok(match row {
+            Some(read) if read.created.is_none() => match self.nanopix.row_at(read.pk)? {
+                Some(now) if now.id == read.id => Some(now),
+                _ => Some(read),
+            },
+            row => row,
+        })
+    }
+
+    /// Whether NanoPix's row at the cursor is another one than the pass read there.
+    fn rows_changed_behind(&self, cursor: &LiveCursor) -> Result<bool> {
+        let now = self.nanopix.row_at(cursor.nanopix_pk())?;
+        Ok(match &cursor.nanopix_row {
+            Some(read) => read.is_replaced_by(now.as_ref()),
+            None => now.is_some(),
+        })
+    }
+
+    /// Whether DentalTID lost a row the cursor counted (ids never come back, so fewer rows up to
+    /// the cursor's highest id means one was deleted).
+    pub(super) fn dentaltid_lost_rows(&self, cursor: &LiveCursor) -> Result<bool> {
+        let (max_id, rows) = cursor.dentaltid;
+        Ok(self.dentaltid.rows_up_to(max_id)? < rows)
+    }
+
+    /// The new NanoPix patients that no DentalTID patient holds, no export in flight reserved
+    /// and no recorded link (a link row or an import batch) names.
+    pub(super) fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
+        let in_flight = self.in_flight_ids()?;
+        let mut unheld = Vec::new();
+        let mut seen = HashSet::default();
+        for patient in patients {
+            // A second new row with the same id is skipped: the next full reconcile reports it.
+            if seen.insert(patient.id)
+                && !in_flight.contains(&patient.id)
+                && !self.dentaltid.holds_external_id(patient.id)?
+            {
+                unheld.push(patient);
+            }
+        }
+        let ids: Vec<NanoPixId> = unheld.iter().map(|patient| patient.id).collect();
+        let recorded = self.dentaltid.recorded_links(&ids)?;
+        Ok(unheld.into_iter().filter(|patient| !recorded.contains(&patient.id)).collect())
+    }
+
+    /// Restores every link marked missing of NanoPix patients `read` past the cursor (a row added
+    /// back with its id) whose folder is there too, without waiting for a full reconcile: a live
+    /// pass looks only at the rows it read. A link whose folder is still missing waits for it
+    /// among [`Engine::missing_folders`]. Other changes (a DentalTID patient deleted meanwhile)
+    /// are a full reconcile's to find.
+    fn restore_links(&mut self, read: &[NanoPixPatient], report: &mut ReconcileReport) -> Result<()> {
+        let mut changes = Vec::new();
+        for patient in read {
+            for link in self.dentaltid.missing_links(patient.id)? {
+                if self.nanopix.has_folder(patient.id) {
+                    changes.extend(self.restoration(&link)?);
+                } else if !self.missing_folders.contains(&link) {
+                    self.missing_folders.push(link);
+                }
+            }
+        }
+        self.change_links(&changes, report)
+    }
+
+    /// Whether NanoPix gives back, among the rows `read` past the cursor, a patient marked missing
+    /// whose DentalTID patient was deleted meanwhile.
+    fn gives_back_a_deleted_patient(&self, read: &[NanoPixPatient]) -> Result<bool> {
+        for patient in read {
+            for link in self.dentaltid.missing_links(patient.id)? {
+                if self.dentaltid.patient(link.patient_id)?.is_none() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether one of the rows `read` past the cursor is another person than the patients linked
+    /// to its id (see [`is_another_person`]).
+    pub(super) fn holds_another_person(&self, read: &[NanoPixPatient]) -> Result<bool> {
+        for patient in read.iter().filter(|patient| patient.created.is_some()) {
+            if is_another_person(patient.created, &self.dentaltid.linked_rows_of(patient.id)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Restores the links of [`Engine::missing_folders`] whose folder is back while their row is
+    /// still there, without waiting for a full reconcile; the others stay on the list.
+    fn restore_put_back_folders(&mut self, report: &mut ReconcileReport) -> Result<()> {
+        let mut back = Vec::new();
+        for link in &self.missing_folders {
+            let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
+            if self.nanopix.has_folder(id) && self.nanopix.id_exists(id)? {
+                back.push(link.clone());
+            }
+        }
+        self.missing_folders.retain(|link| !back.contains(link));
+        let mut changes = Vec::new();
+        for link in &back {
+            changes.extend(self.restoration(link)?);
+        }
+        self.change_links(&changes, report)
+    }
+}
