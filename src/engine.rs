@@ -4,7 +4,9 @@
 //!
 //! Decisions are made on plain values (see [`crate::matching`]); SQL and file I/O stay in
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
-//! Exports, the ids they get and their repair are in [`exports`].
+//! A full reconcile starts from a [`snapshot`] of both sides; a live pass ([`live_pass`]) reads
+//! only what is new. Both go on through [`imports`], [`links`] and [`deletes`]; exports, the ids
+//! they get and their repair are in [`exports`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
