@@ -125,10 +125,10 @@ fn switching_live_sync_off_returns_once_the_watcher_has_made_its_last_event() {
         stamping.send(()).unwrap();
         made.send(switch_returned.recv_timeout(Duration::from_secs(2)).is_ok()).unwrap();
     }));
-    let away = clinic.dir.path().join("PatientData.old");
-    copy_tree(&clinic.root, &away);
-    std::fs::remove_dir_all(&clinic.root).unwrap();
-    std::fs::rename(&away, &clinic.root).unwrap();
+    let (copy, old) = (clinic.dir.path().join("PatientData.copy"), clinic.dir.path().join("PatientData.old"));
+    copy_tree(&clinic.root, &copy);
+    std::fs::rename(&clinic.root, &old).unwrap();
+    std::fs::rename(&copy, &clinic.root).unwrap();
     watcher_stamps.recv_timeout(DEADLINE).expect("the watcher stamps the watcher_mode of the copy");
     another_program(&clinic.dentaltid)
         .execute("UPDATE nanopix_sync_state SET value = '0' WHERE key = 'live_sync'", [])
@@ -142,8 +142,14 @@ fn switching_live_sync_off_returns_once_the_watcher_has_made_its_last_event() {
     let after_return = watcher_made.recv_timeout(DEADLINE).expect("the watcher makes its event");
     switch.join().unwrap();
     assert!(!after_return, "the watcher made its watcher_mode after set_live_sync(false) returned");
-    let events: Vec<EventKind> = drain(&sync).into_iter().map(|event| event.kind).collect();
-    assert!(matches!(events.as_slice(), [EventKind::WatcherMode { .. }]), "{events:#?}");
+    // A look that fell between the two renames reports the root missing: the watcher's event
+    // held may then be that one. The switch made none of its own.
+    let events: Vec<EventKind> = drain(&sync)
+        .into_iter()
+        .map(|event| event.kind)
+        .filter(|kind| !matches!(kind, EventKind::SyncError { code, .. } if code == "not_found"))
+        .collect();
+    assert!(matches!(events.as_slice(), [] | [EventKind::WatcherMode { .. }]), "{events:#?}");
 }
 
 #[test]
