@@ -15,7 +15,7 @@ use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use super::links::{batch_linked_row, batch_linked_rows};
+use super::link_batches::{batch_linked_row, batch_linked_rows};
 use super::{DentalTid, Link, PatientRef, PendingExport};
 use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
 use crate::values::{integer_at, text_at};

@@ -18,7 +18,9 @@ use crate::{Error, NanoPixId, Result};
 
 mod awaited_folders;
 mod candidates;
+mod export_journal;
 mod last_names;
+mod link_batches;
 mod linked_rows;
 mod links;
 mod migration;
@@ -29,8 +31,8 @@ mod state;
 pub(crate) mod testing;
 
 pub use last_names::LastNames;
+pub use link_batches::ImportedUnder;
 pub use linked_rows::{LinkedRows, is_another_person, other_people};
-pub use links::ImportedUnder;
 pub use patients::{Importing, LinkOutcome};
 pub use possible_duplicates::DuplicateToReview;
 

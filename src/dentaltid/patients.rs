@@ -13,8 +13,9 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, Transact
 
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::{still_fits, unlinked_keys_after};
+use super::link_batches::record_imported_links;
 use super::linked_rows::record_linked_rows;
-use super::links::{id_past_links, record_imported_links};
+use super::links::id_past_links;
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::matching::{MatchKey, MatchedLink, PossibleDuplicate};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tempfile::TempDir;
 
-use super::DentalTid;
+use super::{DentalTid, Link, LinkOrigin, LinkState};
 
 /// DentalTID's schema at version 24 (no `source` or `external_id`).
 pub(super) const SCHEMA_V24: &str = "schema_v24.sql";
@@ -115,4 +115,27 @@ pub(super) fn link_outcome(
     let nanopix_created = Some(external_id.datetime());
     let link = crate::matching::MatchedLink { external_id, patient_id, first_name, last_name, key, nanopix_created };
     dentaltid.link_all(&[link], synced_at, (true, None)).unwrap().pop().unwrap()
+}
+
+/// Imports one patient per NanoPix id, all synced at 2025-01-21 12:00; returns their ids.
+pub(super) fn import_ids(dentaltid: &mut DentalTid, external_ids: &[&str]) -> Vec<i64> {
+    let rows: Vec<_> = external_ids.iter().map(|id| new_patient("Imported", at(2024, 6, 3, 9, 5), id)).collect();
+    dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap()
+}
+
+/// The link an import at 2025-01-21 12:00 gives `patient_id`.
+pub(super) fn imported(patient_id: i64, external_id: &str) -> Link {
+    let (origin, state, synced_at) = (LinkOrigin::Imported, LinkState::Linked, at(2025, 1, 21, 12, 0));
+    Link { patient_id, external_id: external_id.to_owned(), origin, state, synced_at }
+}
+
+/// Checks that `link` gives, for every patient of `patient_ids`, what `links` lists for it,
+/// and that `links` lists each patient once, in order.
+pub(super) fn assert_link_agrees_with_links(dentaltid: &DentalTid, patient_ids: std::ops::RangeInclusive<i64>) {
+    let links = dentaltid.links().unwrap();
+    assert!(links.windows(2).all(|pair| pair[0].patient_id < pair[1].patient_id), "{links:?}");
+    for patient_id in patient_ids {
+        let listed = links.iter().find(|link| link.patient_id == patient_id);
+        assert_eq!(dentaltid.link(patient_id).unwrap().as_ref(), listed, "patient {patient_id}");
+    }
 }
