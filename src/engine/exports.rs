@@ -1,6 +1,7 @@
 //! Exports: DentalTID patients written to NanoPix (journal row, NanoPix row, folder, then the
-//! link), the ids they are given, the exports Live Sync owes, and the repair of exports that a
-//! crash or an error interrupted.
+//! link), and the exports Live Sync owes. The ids they are given are in [`ids`], the linked twins
+//! kept with their links in [`twins`], and the repair of exports that a crash or an error
+//! interrupted in [`repairs`].
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -9,56 +10,22 @@ use chrono::{NaiveDate, NaiveDateTime};
 use foldhash::{HashMap, HashSet};
 
 use super::{Engine, crash_point};
-use crate::dentaltid::{PendingExport, is_another_person};
+use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
-use crate::matching::{DentalIndex, MatchKey, MatchedLink, Matcher, PossibleDuplicate};
+use crate::matching::MatchedLink;
 use crate::nanopix::Insertion;
-use crate::patient::{NanoPixPatient, NewNanoPixPatient, Patient, Source, parse_nanopix_datetime};
+use crate::patient::{NewNanoPixPatient, Patient, Source};
 use crate::{Error, NanoPixId, Result};
 
-/// Most interrupted exports a live pass tries to end (in turns); a full reconcile tries them all.
-const REPAIRS_PER_LIVE_PASS: usize = 8;
+mod ids;
+mod repairs;
+mod twins;
+
+use ids::{IdsFrom, past_ids_from};
+use twins::{Twins, linked_twins_of};
 
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.
 const EXPORT_ATTEMPTS: usize = 3;
-
-/// NanoPix rows read at a time when a repair looks for a patient NanoPix saved itself.
-const TWIN_PAGE: u32 = 5_000;
-
-/// How far back from now ids stay clear of a bulk export: NanoPix names a new patient after the
-/// second its form was opened, and a form may stay open a while before it is saved. An hour,
-/// and one more for the hour a change to summer time skips on the local clock.
-const RECENT_IDS: chrono::Duration = chrono::Duration::hours(2);
-
-/// The earliest creation time a bulk export takes an id from: an older `createdAt` is not a
-/// real one (a default or a bad import), and the patient counts as undated.
-const EARLIEST_CREATION: NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(2000, 1, 1) {
-    Some(date) => date.and_time(chrono::NaiveTime::MIN),
-    None => NaiveDateTime::MIN,
-};
-
-/// How far before the [`RECENT_IDS`] an export looks for an id when the patient has no real
-/// `createdAt`, or when no second near now is free: a day of seconds, clear of NanoPix's own new
-/// patients.
-const PAST_IDS: chrono::Duration = chrono::Duration::days(1);
-
-/// The seconds an export takes its id in when it takes the current time: the current second and
-/// the next two. Later ones are left to NanoPix's own new patients (named after the second their
-/// form is opened), so a run of exports goes on with past ids instead.
-const NOW_IDS: chrono::Duration = chrono::Duration::seconds(3);
-
-/// Where an export looks for a free NanoPix id first. When it finds none there, it takes one
-/// from the current second (within [`NOW_IDS`]), then from the [`PAST_IDS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IdsFrom {
-    /// The current second: a patient exported now gets the id of its time.
-    Now,
-    /// The second the patient was created in DentalTID (see [`past_ids_from`]) when that is
-    /// over [`RECENT_IDS`] ago, then the next ones up to then: many patients exported at once
-    /// (`export_existing`, or Live Sync catching up on patients added while the library was not
-    /// running) keep the ids of their own time, and leave NanoPix the seconds from now on.
-    Creation,
-}
 
 /// A run of searches for past ids (see [`Engine::free_past_id`]), each search starting at or
 /// after where the one before it started.
@@ -66,19 +33,8 @@ enum IdsFrom {
 pub(super) enum PastRun {
     /// From each patient's creation time, the patients taken in that order.
     Creation = 0,
-    /// From the start of the [`PAST_IDS`], once no other second is free.
+    /// From the start of the [`ids::PAST_IDS`], once no other second is free.
     DayBefore = 1,
-}
-
-/// The interrupted exports a live pass tried to end (see [`Engine::repair_some_exports`]).
-#[derive(Debug, Default)]
-pub(super) struct LiveRepairs {
-    /// The patients whose exports it tried.
-    pub tried: Vec<i64>,
-    /// The patients whose exports wait in the journal for a later pass.
-    pub untried: Vec<i64>,
-    /// Whether a repair left the id its export reserved (see [`Engine::repair_each`]).
-    pub left_a_reserved_id: bool,
 }
 
 /// What became of one patient's export.
@@ -420,53 +376,6 @@ impl Engine {
         self.journaled.filter(|(journaled, _)| *journaled == patient_id).map(|(_, id)| id.to_string())
     }
 
-    /// The DentalTID patients an export of one of `patients` may duplicate, in a matcher: those
-    /// born on their birth dates (or every patient, for many dates), with those linked to
-    /// NanoPix marked. `None` when none of `patients` has a birth date.
-    fn twin_finder(&mut self, patients: &[Patient]) -> Result<Option<Matcher>> {
-        let dates: Vec<NaiveDate> =
-            patients.iter().filter_map(|patient| patient.date_of_birth).collect::<HashSet<_>>().into_iter().collect();
-        if dates.is_empty() {
-            return Ok(None);
-        }
-        self.ensure_indexes()?;
-        let mut index = DentalIndex::default();
-        match dates.len() {
-            ..=super::MAX_CANDIDATE_DATES => self.dentaltid.add_candidates_born_on_only(&dates, &mut index)?,
-            _ => self.dentaltid.add_all_candidates(&mut index)?,
-        }
-        self.matcher_over(index, []).map(Some)
-    }
-
-    /// The linked twins of `patient`, exported alone (see [`linked_twins_of`]); an error reading
-    /// them goes to `report`, and none are given.
-    fn twins_of(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Option<Twins> {
-        match self.twin_finder(std::slice::from_ref(patient)) {
-            Ok(twins) => linked_twins_of(twins.as_ref(), patient, &HashSet::default()),
-            Err(error) => {
-                self.report_error(&error, None, Some(patient.id), report);
-                None
-            }
-        }
-    }
-
-    /// Reports the linked twins the export of patient `patient_id` as `external_id` kept on the
-    /// review list when it linked the patient (`possible_duplicate`), as an import of such a
-    /// person is reported: just those the list holds, see [`crate::dentaltid::DentalTid::finish_export`].
-    fn report_twins(&mut self, patient_id: i64, external_id: NanoPixId, report: &mut ReconcileReport) {
-        let Some((kept_for, found)) = self.kept_twins.take() else { return };
-        if kept_for != patient_id {
-            return;
-        }
-        report.possible_duplicates += 1;
-        self.bus.emit(EventKind::PossibleDuplicate {
-            external_id: external_id.to_string(),
-            patient_id,
-            reason: found.reason,
-            candidates: found.candidates,
-        });
-    }
-
     /// Exports `patient`, or ends its export the journal already holds (one a crash or an
     /// earlier error interrupted), as a repair would. `twins` are its linked twins, kept on the
     /// review list with the link. An export ended so that leaves the id it reserved (moved off
@@ -534,62 +443,6 @@ impl Engine {
         })
     }
 
-    /// The row an export of `patient` would write now, at the first free id looked for `from`
-    /// where it says, then in the seconds [`NOW_IDS`] names, then in the [`PAST_IDS`]. The sync's
-    /// indexes are built first if missing: every id tried is looked up among DentalTID's patients.
-    ///
-    /// # Failure
-    /// [`Error::NoFreeId`] when none of these seconds is free; see [`Engine::export_time`].
-    fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
-        let now = self.export_time()?;
-        self.ensure_indexes()?;
-        self.nanopix.refresh_record_ids()?;
-        let in_flight = self.in_flight_ids()?;
-        let mut id = match from {
-            IdsFrom::Creation => self.free_past_id(PastRun::Creation, past_ids_from(patient, now), now, &in_flight)?,
-            IdsFrom::Now => None,
-        };
-        if id.is_none() {
-            id = self.free_now_id(now, &in_flight)?;
-        }
-        if id.is_none() {
-            id = self.free_past_id(PastRun::DayBefore, now - RECENT_IDS - PAST_IDS, now, &in_flight)?;
-        }
-        let id = id.ok_or_else(|| Error::NoFreeId(NanoPixId::from_datetime(now).to_string()))?;
-        Ok(new_nanopix_row(patient, id, now))
-    }
-
-    /// The first free id from `from` up to [`RECENT_IDS`] before `now`, looked for from where
-    /// the earlier searches of `run` left off when `from` lies between where the run started and
-    /// there (`export_existing` takes patients in the order of their creation, and the day
-    /// before starts where it did): every second in between is taken, and probing them again
-    /// would make a run of exports that fills those hours cost the square of its length.
-    /// `None` when `from` is within those hours or no id is free before then.
-    fn free_past_id(
-        &mut self,
-        run: PastRun,
-        from: NaiveDateTime,
-        now: NaiveDateTime,
-        in_flight: &HashSet<NanoPixId>,
-    ) -> Result<Option<NanoPixId>> {
-        let end = now - RECENT_IDS;
-        let first = NanoPixId::from_datetime(from).datetime();
-        // Only the seconds from where the run started are known taken: a search that starts
-        // before it (the clock put back, or a patient out of order) looks from `from` again.
-        let resumed = self.past_probed[run as usize].filter(|&(started, probed)| started <= first && probed > first);
-        let (started, start) = resumed.unwrap_or((first, first));
-        let free = NanoPixId::first_free_before(start, end, |id| self.id_taken(id, in_flight))?;
-        // Every second from `start` up to the one given, or up to `end`, is taken now.
-        let probed = match free {
-            Some(id) => Some(id.next_second().datetime()),
-            None => Some(NanoPixId::from_datetime(end).datetime()).filter(|end| *end > start),
-        };
-        if let Some(probed) = probed {
-            self.past_probed[run as usize] = Some((started, probed));
-        }
-        Ok(free)
-    }
-
     /// Writes the export of `patient` as `row`, which the journal records. When another NanoPix
     /// patient takes the id first, the journal row moves to a new free id and the export goes on
     /// there, up to [`EXPORT_ATTEMPTS`] ids; the journal row stays, so the export is never lost.
@@ -651,320 +504,6 @@ impl Engine {
         self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
         Ok(())
     }
-
-    /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
-    /// when it is the row the export wrote; else by writing the patient as it is now, at the
-    /// reserved id when nothing else uses it (no row, no folder), or else at a new free id. The journal records the row
-    /// first, in the one transaction that moves it to its new id if need be. An export that wrote
-    /// no row while NanoPix got one of its own with the patient's names and birth date (the same
-    /// person, saved meanwhile) is dropped instead, for a pass to link the two; the patient stays
-    /// due, for Live Sync to export her should that link not happen.
-    fn resume_export(&mut self, patient: &Patient, pending: &PendingExport, twins: Option<&Twins>) -> Result<Exported> {
-        let id = pending.external_id;
-        if self.is_our_row(pending, Some(patient))? {
-            self.link_export(patient, id, twins)?;
-            return Ok(Exported::Written(id));
-        }
-        let in_nanopix = self.unknown_twins_in_nanopix(patient, id)?;
-        if !in_nanopix.is_empty() && self.matching_links(patient, in_nanopix)? {
-            self.dentaltid.give_export_up_for_link(patient.id)?;
-            return Ok(Exported::Deferred);
-        }
-        self.nanopix.refresh_record_ids()?;
-        let mut others = self.in_flight_ids()?;
-        others.remove(&id);
-        let row = if self.id_taken(id, &others)? {
-            self.planned_row(patient, IdsFrom::Now)?
-        } else {
-            // The creation time the journal recorded, if any: an export that fails the same way
-            // again then leaves the journal as it was, and a pass that changed nothing writes nothing.
-            let recorded = pending.written.as_ref().and_then(|written| parse_nanopix_datetime(&written.created));
-            new_nanopix_row(patient, id, recorded.map_or_else(|| self.export_time(), Ok)?)
-        };
-        if pending.written.as_ref() != Some(&row.written()) || row.id != id {
-            self.replan_export(patient.id, &row)?;
-        }
-        // A repair ends what the journal began; no twin was there a moment ago.
-        let written = self.write_export(patient, row, (IdsFrom::Now, None), twins)?;
-        written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
-    }
-
-    /// The NanoPix patients with the names and birth date of `patient` that are new to the sync
-    /// (see [`Engine::is_new_to_sync`]) and no other export reserved: ones NanoPix saved itself,
-    /// also at `reserved`, the id the export of `patient` reserved and wrote no row at (NanoPix
-    /// names a patient after the second its form was opened, which may be that one). Reads every
-    /// NanoPix patient: for repairs, which are rare.
-    fn unknown_twins_in_nanopix(&self, patient: &Patient, reserved: NanoPixId) -> Result<Vec<NanoPixPatient>> {
-        let Some(born) = patient.date_of_birth else { return Ok(Vec::new()) };
-        let key = MatchKey::of(&patient.first_name, &patient.last_name, born);
-        let mut in_flight = self.in_flight_ids()?;
-        in_flight.remove(&reserved);
-        let (mut twins, mut after) = (Vec::new(), None);
-        loop {
-            let page = self.nanopix.patients_after(after, TWIN_PAGE)?;
-            let Some(last) = page.last_pk().filter(|&pk| after.is_none_or(|after| pk > after)) else {
-                return Ok(twins);
-            };
-            after = Some(last);
-            for other in page.patients.into_iter().filter(|other| other.birth_date == Some(born)) {
-                let twin = MatchKey::of(&other.first_name, &other.last_name, born) == key
-                    && !in_flight.contains(&other.id)
-                    && self.is_new_to_sync(&other)?;
-                if twin {
-                    twins.push(other);
-                }
-            }
-        }
-    }
-
-    /// Whether no DentalTID patient shows NanoPix patient `row`'s id and no link records it, or
-    /// the row is another person than the patients linked to the id (see [`is_another_person`]).
-    fn is_new_to_sync(&self, row: &NanoPixPatient) -> Result<bool> {
-        let known = self.dentaltid.shows_external_id(row.id)? || self.dentaltid.has_recorded_link(row.id)?;
-        Ok(!known || is_another_person(row.created, &self.dentaltid.linked_rows_of(row.id)?))
-    }
-
-    /// Whether the matching links one of NanoPix patients `twins` to `patient`, whose export is
-    /// in the journal (which otherwise keeps `patient` from linking): auto-linking on, and one
-    /// exact match on each side.
-    fn matching_links(&self, patient: &Patient, twins: Vec<NanoPixPatient>) -> Result<bool> {
-        let mut index = DentalIndex::default();
-        self.dentaltid.add_all_candidates(&mut index)?;
-        let pending = self.dentaltid.pending_exports()?;
-        let exporting = pending.iter().map(|p| p.patient_id).filter(|&id| id != patient.id);
-        let mut matcher = self.matcher_over(index, exporting)?;
-        for twin in twins {
-            matcher.offer(twin, &mut Vec::new());
-        }
-        Ok(matcher.finish().iter().any(|link| link.patient_id == patient.id))
-    }
-
-    /// The patients whose export waits in the journal on the NanoPix row it wrote (see
-    /// [`Engine::is_our_row`]), its folder or link not made yet: its repair ends on that row and
-    /// never gives way to a patient NanoPix saved (see [`Engine::resume_export`]), so the
-    /// matching counts them as linked, and imports and reports such a patient beside them.
-    pub(super) fn exports_on_their_rows(&self) -> Result<Vec<i64>> {
-        let mut written = Vec::new();
-        for pending in self.dentaltid.pending_exports()? {
-            // A journal row of an older version records no values: its row is compared with the patient.
-            let patient = match pending.written {
-                Some(_) => None,
-                None => self.dentaltid.patient(pending.patient_id)?,
-            };
-            if self.is_our_row(&pending, patient.as_ref())? {
-                written.push(pending.patient_id);
-            }
-        }
-        Ok(written)
-    }
-
-    /// Whether NanoPix's row at the id `pending` reserved is the one the export wrote: it holds
-    /// the values the journal recorded. A journal row of an older version records none; its row
-    /// is then compared with `patient` as it is now (same names and birth date), and without the
-    /// patient it cannot be told from another's.
-    fn is_our_row(&self, pending: &PendingExport, patient: Option<&Patient>) -> Result<bool> {
-        match (&pending.written, patient) {
-            (Some(written), _) => self.nanopix.holds_written_row(pending.external_id, written),
-            (None, Some(patient)) => self.describes(pending.external_id, patient),
-            (None, None) => Ok(false),
-        }
-    }
-
-    /// Whether NanoPix's row with `id` has the names and birth date of `patient`.
-    fn describes(&self, id: NanoPixId, patient: &Patient) -> Result<bool> {
-        let row = new_nanopix_row(patient, id, self.config.clock.now());
-        let stored = self.nanopix.patient(row.id)?;
-        Ok(stored.is_some_and(|stored| {
-            stored.last_name.trim() == row.last_name
-                && stored.first_name.trim() == row.first_name
-                && stored.birth_date == row.birth_date
-        }))
-    }
-
-    /// The time an export writes into NanoPix's row: the clock's, which NanoPix's dates must be
-    /// able to name.
-    ///
-    /// # Failure
-    /// [`Error::InvalidConfig`] when the clock's year has not four digits (a host's clock set
-    /// at either end of time).
-    fn export_time(&self) -> Result<NaiveDateTime> {
-        let now = self.config.clock.now();
-        match chrono::Datelike::year(&now) {
-            1..=9999 => Ok(now),
-            _ => Err(Error::InvalidConfig(format!("the clock says {now}: NanoPix's dates need a four-digit year"))),
-        }
-    }
-
-    /// The first free id among the seconds [`NOW_IDS`] names.
-    fn free_now_id(&self, now: NaiveDateTime, in_flight: &HashSet<NanoPixId>) -> Result<Option<NanoPixId>> {
-        NanoPixId::first_free_before(now, now + NOW_IDS, |id| self.id_taken(id, in_flight))
-    }
-
-    /// Whether `id` is in use: by an export in `in_flight`, on disk, in NanoPix's database (a
-    /// `Patient` row, or `Study` or `Report` rows as last read), or in DentalTID: a patient or a
-    /// recorded link may still hold an id whose row and folder NanoPix lost.
-    fn id_taken(&self, id: NanoPixId, in_flight: &HashSet<NanoPixId>) -> Result<bool> {
-        #[cfg(test)]
-        tests::ID_PROBES.with(|probes| probes.set(probes.get() + 1));
-        Ok(in_flight.contains(&id)
-            || self.nanopix.folder_path(id).symlink_metadata().is_ok()
-            || self.nanopix.records_name(id)
-            || self.nanopix.id_exists(id)?
-            || self.dentaltid.shows_external_id(id)?
-            || self.dentaltid.has_recorded_link(id)?)
-    }
-
-    /// The NanoPix ids of exports in flight (in the journal).
-    pub(super) fn in_flight_ids(&self) -> Result<HashSet<NanoPixId>> {
-        Ok(self.dentaltid.pending_exports()?.into_iter().map(|p| p.external_id).collect())
-    }
-
-    /// Finishes exports a crash or an error interrupted, using the journal, but those of patients
-    /// `tried`: the live pass that goes on as this reconcile tried them a moment ago, and reported
-    /// each failure.
-    pub(super) fn repair_exports(&mut self, tried: &[i64], report: &mut ReconcileReport) -> Result<()> {
-        let mut pending = self.dentaltid.pending_exports()?;
-        pending.retain(|pending| !tried.contains(&pending.patient_id));
-        self.repair_each(pending, report);
-        Ok(())
-    }
-
-    /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
-    /// live pass left off. A NanoPix that refuses every new patient (a newer schema, a full disk)
-    /// leaves one journal row per export tried, and each repair reads the whole journal: a live
-    /// pass takes them in turns, and a full reconcile tries them all. Returns the patients whose
-    /// exports it tried, for a full reconcile the pass may become not to try them again.
-    pub(super) fn repair_some_exports(&mut self, report: &mut ReconcileReport) -> Result<LiveRepairs> {
-        let mut pending = self.dentaltid.pending_exports()?;
-        if pending.is_empty() {
-            return Ok(LiveRepairs::default());
-        }
-        let start = self.next_repair % pending.len();
-        pending.rotate_left(start);
-        let untried = pending.split_off(pending.len().min(REPAIRS_PER_LIVE_PASS));
-        self.next_repair = start + pending.len();
-        let tried = pending.iter().map(|pending| pending.patient_id).collect();
-        let left_a_reserved_id = self.repair_each(pending, report);
-        Ok(LiveRepairs {
-            tried,
-            untried: untried.iter().map(|pending| pending.patient_id).collect(),
-            left_a_reserved_id,
-        })
-    }
-
-    /// Whether one of the NanoPix patients `read` past the live cursor is new to the sync (see
-    /// [`Engine::unknown`]) and has the names and birth date of a patient whose export waits in
-    /// the journal for a later pass (`untried`). The pass would leave the row undecided while
-    /// her export waits (see [`Engine::without_pending_exports`]): a full reconcile tries her
-    /// export first, which gives way to the row (see [`Engine::resume_export`]), and links the two.
-    pub(super) fn saves_a_patient_left_to_repair(&self, read: &[NanoPixPatient], untried: &[i64]) -> Result<bool> {
-        if untried.is_empty() || read.iter().all(|row| row.birth_date.is_none()) {
-            return Ok(false);
-        }
-        let waiting = self.keys_of(untried)?;
-        let waits = |row: &&NanoPixPatient| {
-            row.birth_date.is_some_and(|born| waiting.contains(&MatchKey::of(&row.first_name, &row.last_name, born)))
-        };
-        let alike: Vec<NanoPixPatient> = read.iter().filter(waits).cloned().collect();
-        Ok(!alike.is_empty() && !self.unknown(alike)?.is_empty())
-    }
-
-    /// The names and birth dates of those of the DentalTID `patients` that have a birth date.
-    fn keys_of(&self, patients: &[i64]) -> Result<HashSet<MatchKey>> {
-        let mut keys = HashSet::default();
-        for &id in patients {
-            if let Some(patient) = self.dentaltid.patient(id)? {
-                keys.extend(
-                    patient.date_of_birth.map(|born| MatchKey::of(&patient.first_name, &patient.last_name, born)),
-                );
-            }
-        }
-        Ok(keys)
-    }
-
-    /// Ends or drops each of the interrupted exports `pending` records, reporting each failure
-    /// with the NanoPix id the journal holds once it failed: a repair may have moved the export
-    /// off an id another NanoPix patient took meanwhile. Returns whether a repair left the id its
-    /// export reserved, moved or dropped: a NanoPix row there is no export's any more, and a live
-    /// pass that read it before may have skipped it as one.
-    fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) -> bool {
-        let mut left_a_reserved_id = false;
-        for pending in pending {
-            self.journaled = Some((pending.patient_id, pending.external_id));
-            let repaired = self.repair_export(&pending, report);
-            left_a_reserved_id |= self.left_reserved_id(&pending) || matches!(repaired, Ok(false));
-            match repaired {
-                Ok(true) => report.repaired += 1,
-                Ok(false) => {}
-                Err(error) => {
-                    let external_id = self.journaled_id(pending.patient_id);
-                    self.report_error(&error, external_id, Some(pending.patient_id), report)
-                }
-            }
-        }
-        left_a_reserved_id
-    }
-
-    /// Completes or drops one interrupted export, reporting in `report` the linked twins of a
-    /// patient it exports; returns whether it was completed. With the DentalTID patient deleted
-    /// meanwhile, the export is completed only on a NanoPix row it provably wrote; any other row
-    /// at the reserved id is another NanoPix patient's, left to be imported. Its folder is created
-    /// first, so NanoPix's files are whole, and the link's `delete_requested` then lets the host
-    /// remove both.
-    fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
-        match self.dentaltid.patient(pending.patient_id)? {
-            Some(patient) if patient.external_id.is_none() => {
-                let twins = self.twins_of(&patient, report);
-                match self.resume_export(&patient, pending, twins.as_ref())? {
-                    Exported::Written(external_id) => {
-                        self.report_twins(patient.id, external_id, report);
-                        Ok(true)
-                    }
-                    Exported::Deleted | Exported::Deferred => Ok(false),
-                }
-            }
-            Some(_) => {
-                self.dentaltid.abandon_export(pending.patient_id)?;
-                Ok(false)
-            }
-            None if self.is_our_row(pending, None)? => {
-                self.nanopix.create_folder(pending.external_id, &self.config.patient_subfolders)?;
-                self.dentaltid.finish_export(pending.patient_id, pending.external_id, self.config.clock.now(), None)?;
-                Ok(true)
-            }
-            None => {
-                self.dentaltid.abandon_export(pending.patient_id)?;
-                Ok(false)
-            }
-        }
-    }
-}
-
-/// The other DentalTID patients `twins` counts as linked to NanoPix (or `linked_since` holds) with
-/// the same names and birth date as `patient`: the same person, typed again in DentalTID after
-/// NanoPix's patient was imported, whom an export of `patient` gives NanoPix twice.
-fn linked_twins_of(twins: Option<&Matcher>, patient: &Patient, linked_since: &HashSet<i64>) -> Option<Twins> {
-    let (Some(twins), Some(born)) = (twins, patient.date_of_birth) else { return None };
-    let (first, last) = (patient.first_name.as_str(), patient.last_name.as_str());
-    let found = twins.linked_twins((first, last, born), patient.id, linked_since)?;
-    Some(Twins { key: MatchKey::of(first, last, born), found })
-}
-
-/// The linked twins found for a patient an export writes, and the names and birth date (of the
-/// patient as then read) they were found for.
-#[derive(Debug)]
-struct Twins {
-    key: MatchKey,
-    found: PossibleDuplicate,
-}
-
-/// Where a bulk export at `now` looks for a past id for `patient`: the second it was created in
-/// DentalTID, or [`PAST_IDS`] before the [`RECENT_IDS`] when its `createdAt` cannot be read
-/// or is before [`EARLIEST_CREATION`].
-fn past_ids_from(patient: &Patient, now: NaiveDateTime) -> NaiveDateTime {
-    crate::patient::parse_dart_timestamp(&patient.created_at)
-        .filter(|created| *created >= EARLIEST_CREATION)
-        .unwrap_or_else(|| now.checked_sub_signed(RECENT_IDS + PAST_IDS).unwrap_or(NaiveDateTime::MIN))
 }
 
 /// Why patient `patient_id` of the DentalTID database at `path` is not exported: DentalTID
@@ -987,61 +526,5 @@ fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewN
         birth_date: patient.date_of_birth,
         phone: Some(patient.phone.trim().to_owned()).filter(|phone| !phone.is_empty()),
         created: now,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-    use std::sync::Arc;
-
-    use rusqlite::Connection;
-
-    use super::*;
-    use crate::dentaltid::testing::{SCHEMA_V29, build_database};
-    use crate::engine::Signals;
-    use crate::events::EventBus;
-    use crate::{Config, ManualClock};
-
-    thread_local! {
-        /// How many ids [`Engine::id_taken`] looked up on this thread.
-        pub(super) static ID_PROBES: Cell<usize> = const { Cell::new(0) };
-    }
-
-    /// A data import put 300 patients into DentalTID in one second, two hours and 100 seconds
-    /// ago: the 100 seconds from then up to the recent hours are soon taken, and the 200
-    /// patients left get ids from the day before. Each of those must not probe those 100
-    /// seconds again: a run that fills its hours would cost the square of its length (20,000
-    /// patients created three hours and a half before `export_existing` took minutes more).
-    #[test]
-    fn export_existing_does_not_probe_again_the_seconds_a_run_filled() {
-        let (dir, root) = crate::nanopix::tests::fixture_copy();
-        let now = NaiveDate::from_ymd_opt(2025, 6, 2).and_then(|day| day.and_hms_opt(10, 0, 0)).unwrap();
-        let db = build_database(&dir, SCHEMA_V29, false);
-        let conn = Connection::open(&db).unwrap();
-        let created = (now - RECENT_IDS - chrono::Duration::seconds(100)).format("%Y-%m-%dT%H:%M:%S.000").to_string();
-        for n in 0..300 {
-            conn.execute(
-                "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,
-                                      payment, createdAt, isEmergency, severity, healthAlerts, phoneNumber,
-                                      isBlacklisted)
-                 VALUES (?1, 'Benali', 40, '1985-03-12T00:00:00.000', '', '', '', 0.0, ?2, 0,
-                         'EmergencySeverity.low', '', '', 0)",
-                (format!("Amina{n}"), &created),
-            )
-            .unwrap();
-        }
-        drop(conn);
-        let clock = ManualClock::new(now);
-        let mut config = Config::new(&root, &db);
-        config.clock = Arc::new(clock.clone());
-        let (bus, _events) = EventBus::new(config.clock.clone());
-        let mut engine = Engine::open(config, Arc::new(bus), Arc::new(Signals::default())).unwrap();
-        ID_PROBES.with(|probes| probes.set(0));
-        assert_eq!(engine.export_existing().unwrap(), 300);
-        let probes = ID_PROBES.with(Cell::get);
-        // The 100 seconds once, and for each of the 200 others the seconds near now (three,
-        // all taken) and one from the day before: about 900 in all, against 20,000 and more.
-        assert!(probes <= 1_000, "{probes} ids looked up for 300 exports");
     }
 }
