@@ -1661,3 +1661,48 @@ fn calls_on_a_handle_whose_dentaltid_file_was_restored_report_no_sync_error_each
     let again: Vec<&EventKind> = seen.iter().filter(|e| replaced(e)).collect();
     assert!(again.is_empty(), "reported again at each call: {again:#?}");
 }
+
+/// DentalTID deletes an imported patient and NanoPix loses her (row and folder) while the sync
+/// is closed: the reconcile at `open` finds nothing left to delete and nothing to report, and
+/// her link stays as it was. NanoPix then gets her back under the same id (a restore). A full
+/// reconcile sends `delete_requested` for her; the live pass that reads her row back must decide
+/// the same, not leave it to the hourly reconcile.
+#[test]
+fn a_nanopix_patient_back_after_both_sides_lost_her_while_closed_is_decided_live_as_fully() {
+    let clinic = Clinic::new("v29");
+    let id = "20250121_152638";
+    let sync = live(&clinic);
+    let patient: i64 =
+        clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    drop(sync);
+    let saved: Vec<(String, String, String, String)> = clinic.nanopix_rows(
+        &format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'"),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
+    another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
+    std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
+    let sync = clinic.open();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    let (last, first, birth, created) = &saved[0];
+    another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
+            [id, last, first, birth, created],
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(id)).unwrap();
+    let asked = |e: &EventKind| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id);
+    let end = Instant::now() + DEADLINE;
+    let mut live = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match sync.events().recv_timeout(left) {
+            Ok(event) if asked(&event.kind) => return,
+            Ok(event) => live.push(event.kind),
+            Err(_) => break,
+        }
+    }
+    sync.reconcile().unwrap();
+    let full: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
+    panic!("live passes within {DEADLINE:?} said {live:?}; a full reconcile then said {full:?}");
+}

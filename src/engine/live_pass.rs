@@ -79,9 +79,10 @@ impl Engine {
             Some(row) if row.pk > cursor.nanopix_pk() => Some(row),
             _ => cursor.nanopix_row,
         };
+        let (unheld, recorded) = self.unheld(rows.patients.clone())?;
         // A deleted patient's NanoPix patient given back asks for a delete, and another person
         // under a linked id is imported apart: a full reconcile's to decide.
-        if self.gives_back_a_deleted_patient(&rows.patients)? || self.holds_another_person(&rows.patients)? {
+        if self.gives_back_a_deleted_patient(&rows.patients, &recorded)? || self.holds_another_person(&rows.patients)? {
             return self.reconcile_after(report, &repairs.tried);
         }
         // The same person as a patient whose export waits its turn: a full reconcile tries it.
@@ -90,7 +91,7 @@ impl Engine {
         }
         self.report_odd_rows(rows.odd_rows, &mut report);
         self.restore_links(&rows.patients, &mut report)?;
-        let unknown = self.unknown(rows.patients)?;
+        let unknown = not_recorded(unheld, &recorded);
         let new_ids: Vec<NanoPixId> = unknown.iter().map(|patient| patient.id).collect();
         self.link_or_import(unknown, None, &mut report)?;
         self.await_folders(&new_ids)?;
@@ -180,6 +181,14 @@ impl Engine {
     /// The new NanoPix patients that no DentalTID patient holds, no export in flight reserved
     /// and no recorded link (a link row or an import batch) names.
     pub(super) fn unknown(&self, patients: Vec<NanoPixPatient>) -> Result<Vec<NanoPixPatient>> {
+        let (unheld, recorded) = self.unheld(patients)?;
+        Ok(not_recorded(unheld, &recorded))
+    }
+
+    /// The new NanoPix patients that no DentalTID patient holds and no export in flight
+    /// reserved, each id once; and those of their ids a recorded link (a link row or an import
+    /// batch) names.
+    fn unheld(&self, patients: Vec<NanoPixPatient>) -> Result<(Vec<NanoPixPatient>, HashSet<NanoPixId>)> {
         let in_flight = self.in_flight_ids()?;
         let mut unheld = Vec::new();
         let mut seen = HashSet::default();
@@ -194,7 +203,7 @@ impl Engine {
         }
         let ids: Vec<NanoPixId> = unheld.iter().map(|patient| patient.id).collect();
         let recorded = self.dentaltid.recorded_links(&ids)?;
-        Ok(unheld.into_iter().filter(|patient| !recorded.contains(&patient.id)).collect())
+        Ok((unheld, recorded))
     }
 
     /// Restores every link marked missing of NanoPix patients `read` past the cursor (a row added
@@ -217,8 +226,14 @@ impl Engine {
     }
 
     /// Whether NanoPix gives back, among the rows `read` past the cursor, a patient marked missing
-    /// whose DentalTID patient was deleted meanwhile.
-    fn gives_back_a_deleted_patient(&self, read: &[NanoPixPatient]) -> Result<bool> {
+    /// whose DentalTID patient was deleted meanwhile, or a patient under an id a recorded link
+    /// names that no DentalTID patient holds (`recorded`, see [`Engine::unheld`]): her DentalTID
+    /// patient may have been deleted while NanoPix held no row of hers, and her link, marked
+    /// missing or not, then asks for no delete yet.
+    fn gives_back_a_deleted_patient(&self, read: &[NanoPixPatient], recorded: &HashSet<NanoPixId>) -> Result<bool> {
+        if !recorded.is_empty() {
+            return Ok(true);
+        }
         for patient in read {
             for link in self.dentaltid.missing_links(patient.id)? {
                 if self.dentaltid.patient(link.patient_id)?.is_none() {
@@ -257,4 +272,9 @@ impl Engine {
         }
         self.change_links(&changes, report)
     }
+}
+
+/// Those of `patients` whose id is not among the `recorded` ones.
+fn not_recorded(patients: Vec<NanoPixPatient>, recorded: &HashSet<NanoPixId>) -> Vec<NanoPixPatient> {
+    patients.into_iter().filter(|patient| !recorded.contains(&patient.id)).collect()
 }
