@@ -2244,3 +2244,31 @@ fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
     assert!(unexported.is_empty(), "Nadia ({nadia}) is exported: {unexported:?} are not");
     assert_eq!(result.map_err(|error| error.code()), Ok(1));
 }
+
+/// The person typed into DentalTID again while her first patient was still there: her export
+/// finds NanoPix locked and waits in the journal, with no NanoPix row written. The first patient
+/// is then deleted, and `export_patient` is asked again while NanoPix is still locked: it gives
+/// her the NanoPix patient the first one left behind, instead of leaving her export to write
+/// her a second NanoPix patient once NanoPix lets go.
+#[test]
+fn a_patient_whose_export_waits_gets_the_nanopix_patient_a_deleted_one_left_behind() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let again = add_the_deleted_patient_again(&clinic);
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = sync.export_patient(again).unwrap_err();
+    assert_eq!(refused.code(), "busy", "{refused}");
+    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(journaled, [1], "her export waits in the journal");
+    delete_the_imported_patient(&clinic);
+    let given_back = sync.export_patient(again).map(|id| id.to_string());
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(given_back.map_err(|error| error.to_string()), Ok(LEFT_BEHIND.to_owned()));
+    assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(LEFT_BEHIND));
+    assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1], "one person");
+    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(journaled, [0], "her export dropped");
+}

@@ -89,7 +89,7 @@ impl Engine {
         report: &mut ReconcileReport,
     ) -> Result<(HashMap<i64, NanoPixId>, Vec<MatchedLink>)> {
         let (mut linked, mut stale) = (HashMap::default(), Vec::new());
-        let links = self.without_pending_exports(links)?;
+        let links = if new_to_sync { self.without_pending_exports(links)? } else { links };
         let mut links = self.renamed_in_nanopix_apart(links, &mut stale)?;
         links.sort_by_key(|link| link.patient_id);
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
@@ -119,14 +119,17 @@ impl Engine {
         Ok((linked, stale))
     }
 
-    /// `links` less those to a DentalTID patient whose export waits in the journal: the NanoPix
-    /// patient is the same person, saved in NanoPix while her export could not end. Linking it
-    /// would leave the export to write her again; importing it, as the matching does with a
-    /// patient already linked, would give DentalTID a second one. It stays undecided (see
-    /// [`Engine::left_for_exports`]): the repair of her export gives way to it, and the pass
-    /// that follows links the two (see [`Engine::resume_export`]). An export that wrote her row
-    /// never gives way: the matching counts her as linked (see [`Engine::exports_on_their_rows`]).
-    /// The journal is read only when there are links.
+    /// `links` of NanoPix patients new to the sync less those to a DentalTID patient whose export
+    /// waits in the journal: the NanoPix patient is the same person, saved in NanoPix while her
+    /// export could not end. Linking it would leave the export to write her again; importing it,
+    /// as the matching does with a patient already linked, would give DentalTID a second one. It
+    /// stays undecided (see [`Engine::left_for_exports`]): the repair of her export gives way to
+    /// it, and the pass that follows links the two (see [`Engine::resume_export`]). An export
+    /// that wrote her row never gives way: the matching counts her as linked (see
+    /// [`Engine::exports_on_their_rows`]). Not for a NanoPix patient a deleted patient left
+    /// behind: no repair gives way to one the sync knows, so it is linked to her at once, and the
+    /// repair of her export, which wrote no row, then drops it. The journal is read only when
+    /// there are links.
     fn without_pending_exports(&mut self, links: Vec<MatchedLink>) -> Result<Vec<MatchedLink>> {
         if links.is_empty() {
             return Ok(links);
