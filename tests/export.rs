@@ -2272,3 +2272,27 @@ fn a_patient_whose_export_waits_gets_the_nanopix_patient_a_deleted_one_left_behi
     let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
     assert_eq!(journaled, [0], "her export dropped");
 }
+
+/// The person typed into DentalTID again while her first patient was still there: her export
+/// finds NanoPix locked and waits in the journal, with no NanoPix row written. The first patient
+/// is then deleted, and "Sync Now" asks for the delete of the NanoPix patient she left behind
+/// while NanoPix is still locked. Once NanoPix lets go, the repair of the waiting export gives
+/// her that NanoPix patient back, as an export does, instead of writing her a second one.
+#[test]
+fn the_repair_of_a_waiting_export_gives_back_the_nanopix_patient_a_deleted_one_left_behind() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let again = add_the_deleted_patient_again(&clinic);
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_eq!(sync.export_patient(again).unwrap_err().code(), "busy");
+    delete_the_imported_patient(&clinic);
+    sync.reconcile().unwrap();
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(LEFT_BEHIND));
+    assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1], "one person");
+    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(journaled, [0], "her export dropped");
+}

@@ -128,6 +128,9 @@ impl Engine {
     fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
+                if self.gave_back_left_behind(&patient, pending, report)? {
+                    return Ok(false);
+                }
                 let twins = self.twins_of(&patient, report);
                 match self.resume_export(&patient, pending, twins.as_ref())? {
                     Exported::Written(external_id) => {
@@ -151,6 +154,25 @@ impl Engine {
                 Ok(false)
             }
         }
+    }
+
+    /// Whether the NanoPix patient a patient deleted in DentalTID left behind was given back to
+    /// `patient` (see [`Engine::give_back_left_behind`]), whose export `pending` wrote no NanoPix
+    /// row: her export is then dropped, as a fresh export of her would not be written.
+    fn gave_back_left_behind(
+        &mut self,
+        patient: &Patient,
+        pending: &PendingExport,
+        report: &mut ReconcileReport,
+    ) -> Result<bool> {
+        if self.is_our_row(pending, Some(patient))? {
+            return Ok(false);
+        }
+        if !self.give_back_left_behind(std::slice::from_ref(patient), report)?.contains_key(&patient.id) {
+            return Ok(false);
+        }
+        self.dentaltid.abandon_export(patient.id)?;
+        Ok(true)
     }
 
     /// Ends the export of `patient` that `pending` records: on NanoPix's row at the reserved id
