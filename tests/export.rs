@@ -2296,3 +2296,30 @@ fn the_repair_of_a_waiting_export_gives_back_the_nanopix_patient_a_deleted_one_l
     let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
     assert_eq!(journaled, [0], "her export dropped");
 }
+
+/// As above, but NanoPix's user also saved her, under another id, while her export waited: the
+/// repair gives way to that NanoPix patient, as a fresh export's catch-up would link her first,
+/// instead of giving her the one left behind and leaving the one saved to be imported as a
+/// second DentalTID patient.
+#[test]
+fn the_repair_of_a_waiting_export_gives_way_to_the_patient_nanopix_saved_before_giving_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let again = add_the_deleted_patient_again(&clinic);
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_eq!(sync.export_patient(again).unwrap_err().code(), "busy");
+    delete_the_imported_patient(&clinic);
+    sync.reconcile().unwrap();
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    let saved = "20250301_100000";
+    clinic.add_nanopix(saved, "DSSSSFSFS", "FSFFS", Some("2025-01-21"));
+    sync.reconcile().unwrap();
+    sync.reconcile().unwrap();
+    let sql = "SELECT id FROM patients WHERE familyName = 'DSSSSFSFS' ORDER BY id";
+    assert_eq!(clinic.dentaltid_rows(sql, |r| r.get::<_, i64>(0)), [again], "no second DentalTID patient");
+    assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(saved));
+    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert_eq!(journaled, [0], "her export dropped");
+}

@@ -128,11 +128,13 @@ impl Engine {
     fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
-                if self.gave_back_left_behind(&patient, pending, report)? {
-                    return Ok(false);
-                }
                 let twins = self.twins_of(&patient, report);
-                match self.resume_export(&patient, pending, twins.as_ref())? {
+                let exported = match self.end_or_give_way(&patient, pending, twins.as_ref())? {
+                    Some(exported) => exported,
+                    None if self.gave_back_left_behind(&patient, report)? => return Ok(false),
+                    None => self.rewrite_export(&patient, pending, twins.as_ref())?,
+                };
+                match exported {
                     Exported::Written(external_id) => {
                         self.report_twins(patient.id, external_id, report);
                         Ok(true)
@@ -157,17 +159,11 @@ impl Engine {
     }
 
     /// Whether the NanoPix patient a patient deleted in DentalTID left behind was given back to
-    /// `patient` (see [`Engine::give_back_left_behind`]), whose export `pending` wrote no NanoPix
-    /// row: her export is then dropped, as a fresh export of her would not be written.
-    fn gave_back_left_behind(
-        &mut self,
-        patient: &Patient,
-        pending: &PendingExport,
-        report: &mut ReconcileReport,
-    ) -> Result<bool> {
-        if self.is_our_row(pending, Some(patient))? {
-            return Ok(false);
-        }
+    /// `patient` (see [`Engine::give_back_left_behind`]), whose export wrote no NanoPix row and
+    /// gave way to no patient NanoPix saved (see [`Engine::end_or_give_way`]): her export is then
+    /// dropped, as a fresh export of her would not be written. A patient NanoPix saved comes
+    /// first, as for a fresh export, whose catch-up links her before anything is given back.
+    fn gave_back_left_behind(&mut self, patient: &Patient, report: &mut ReconcileReport) -> Result<bool> {
         if !self.give_back_left_behind(std::slice::from_ref(patient), report)?.contains_key(&patient.id) {
             return Ok(false);
         }
@@ -188,16 +184,44 @@ impl Engine {
         pending: &PendingExport,
         twins: Option<&Twins>,
     ) -> Result<Exported> {
+        match self.end_or_give_way(patient, pending, twins)? {
+            Some(exported) => Ok(exported),
+            None => self.rewrite_export(patient, pending, twins),
+        }
+    }
+
+    /// The first steps of [`Engine::resume_export`]: ends the export of `patient` that `pending`
+    /// records on the NanoPix row it wrote, or drops it for a patient NanoPix saved that the
+    /// matching links to her. `None` when it did neither: the export is still to be written.
+    fn end_or_give_way(
+        &mut self,
+        patient: &Patient,
+        pending: &PendingExport,
+        twins: Option<&Twins>,
+    ) -> Result<Option<Exported>> {
         let id = pending.external_id;
         if self.is_our_row(pending, Some(patient))? {
             self.link_export(patient, id, twins)?;
-            return Ok(Exported::Written(id));
+            return Ok(Some(Exported::Written(id)));
         }
         let in_nanopix = self.unknown_twins_in_nanopix(patient, id)?;
         if !in_nanopix.is_empty() && self.matching_links(patient, in_nanopix)? {
             self.dentaltid.give_export_up_for_link(patient.id)?;
-            return Ok(Exported::Deferred);
+            return Ok(Some(Exported::Deferred));
         }
+        Ok(None)
+    }
+
+    /// The last step of [`Engine::resume_export`]: writes `patient` as she is now for the export
+    /// `pending` records, which wrote no row, at the reserved id when nothing else uses it, or
+    /// else at a new free id.
+    fn rewrite_export(
+        &mut self,
+        patient: &Patient,
+        pending: &PendingExport,
+        twins: Option<&Twins>,
+    ) -> Result<Exported> {
+        let id = pending.external_id;
         self.nanopix.refresh_record_ids()?;
         let mut others = self.in_flight_ids()?;
         others.remove(&id);
