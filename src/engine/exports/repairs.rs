@@ -124,7 +124,8 @@ impl Engine {
     /// meanwhile, the export is completed only on a NanoPix row it provably wrote; any other row
     /// at the reserved id is another NanoPix patient's, left to be imported. Its folder is created
     /// first, so NanoPix's files are whole, and the link's `delete_requested` then lets the host
-    /// remove both.
+    /// remove both. An export that wrote no row and gave way to nobody gives the patient the
+    /// NanoPix patient a deleted one left behind, if any, before it writes her a row.
     fn repair_export(&mut self, pending: &PendingExport, report: &mut ReconcileReport) -> Result<bool> {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
