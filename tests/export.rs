@@ -1127,7 +1127,7 @@ fn a_live_pass_tries_a_few_stuck_exports_in_turn_and_a_full_reconcile_tries_them
     let twenty: Vec<(&str, &str, &str)> = given.iter().map(|given| (given.as_str(), "Stuck", "1990-05-06")).collect();
     let (sync, reserved) = with_stuck_exports(&clinic, &twenty);
     assert_eq!(reserved.len(), 26, "the twenty and the six samples, each left in the journal");
-    let stuck = || clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0))[0];
+    let stuck = || journaled_exports(&clinic);
     common::drain(&sync);
     // NanoPix changes, so the next export first catches up in a live pass; twice.
     let mut tried = Vec::new();
@@ -1317,8 +1317,7 @@ fn a_live_pass_links_the_same_person_nanopix_saved_while_her_stuck_export_waits_
     let duplicates = duplicates_of_nadia(common::drain(&sync), nadia);
     common::assert_nadia_once_on_each_side(&clinic, nadia, "after the live pass");
     assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
-    let stuck = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(stuck, [0], "every export ended or dropped");
+    assert_eq!(journaled_exports(&clinic), 0, "every export ended or dropped");
 }
 
 /// Arms `clock` to run `then` the `asks`-th time from now that the engine asks the time.
@@ -1399,8 +1398,7 @@ fn a_reconcile_leaves_the_same_person_nanopix_saved_after_her_export_failed_agai
     let duplicates = duplicates_of_nadia([events, common::drain(&sync)].concat(), nadia);
     common::assert_nadia_once_on_each_side(&clinic, nadia, "after the two reconciles");
     assert_eq!(duplicates, [], "no possible duplicate reported for Nadia");
-    let stuck = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(stuck, [0], "her export dropped");
+    assert_eq!(journaled_exports(&clinic), 0, "her export dropped");
 }
 
 /// As above, but the pass is the live pass `export_patient` catches up with for another patient
@@ -1484,8 +1482,7 @@ fn a_patient_whose_export_gave_way_to_a_nanopix_patient_deleted_before_the_link_
     drop(sync);
 
     let sync = clinic.open_without_automatic_work();
-    let journal = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(journal, [0], "her export gave way to NanoPix's Nadia");
+    assert_eq!(journaled_exports(&clinic), 0, "her export gave way to NanoPix's Nadia");
     remove_from_nanopix(&clinic, "20250122_095950");
     sync.reconcile().unwrap();
     let (in_nanopix, in_dentaltid) =
@@ -1925,8 +1922,7 @@ fn a_repair_reporting_a_linked_twin_counts_it_in_the_reconcile_report() {
     nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
     assert!(sync.export_patient(typed).is_err(), "NanoPix is locked");
     nanopix.execute_batch("ROLLBACK").unwrap();
-    let pending = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(pending, [1], "the export waits in the journal");
+    assert_eq!(journaled_exports(&clinic), 1, "the export waits in the journal");
     common::drain(&sync);
     let report = sync.reconcile().unwrap();
     let reported = duplicates(common::drain(&sync));
@@ -2245,6 +2241,28 @@ fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
     assert_eq!(result.map_err(|error| error.code()), Ok(1));
 }
 
+/// The person typed into DentalTID again while her first patient, imported from NanoPix, is
+/// still there: her export finds NanoPix locked (by the returned connection, which keeps it so)
+/// and waits in the journal, with no NanoPix row written. The first patient is then deleted.
+/// Returns the handle, her DentalTID id and NanoPix's locking connection.
+fn her_export_waits_as_the_first_one_is_deleted(clinic: &Clinic) -> (NanoPixSync, i64, rusqlite::Connection) {
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let again = add_the_deleted_patient_again(clinic);
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = sync.export_patient(again).unwrap_err();
+    assert_eq!(refused.code(), "busy", "{refused}");
+    assert_eq!(journaled_exports(clinic), 1, "her export waits in the journal");
+    delete_the_imported_patient(clinic);
+    (sync, again, nanopix)
+}
+
+/// How many exports wait in the sync's journal.
+fn journaled_exports(clinic: &Clinic) -> i64 {
+    clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0))[0]
+}
+
 /// The person typed into DentalTID again while her first patient was still there: her export
 /// finds NanoPix locked and waits in the journal, with no NanoPix row written. The first patient
 /// is then deleted, and `export_patient` is asked again while NanoPix is still locked: it gives
@@ -2253,24 +2271,14 @@ fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
 #[test]
 fn a_patient_whose_export_waits_gets_the_nanopix_patient_a_deleted_one_left_behind() {
     let clinic = Clinic::new("v29");
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let again = add_the_deleted_patient_again(&clinic);
-    let nanopix = common::another_program(&clinic.nanopix_db());
-    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let refused = sync.export_patient(again).unwrap_err();
-    assert_eq!(refused.code(), "busy", "{refused}");
-    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(journaled, [1], "her export waits in the journal");
-    delete_the_imported_patient(&clinic);
+    let (sync, again, nanopix) = her_export_waits_as_the_first_one_is_deleted(&clinic);
     let given_back = sync.export_patient(again).map(|id| id.to_string());
     nanopix.execute_batch("ROLLBACK").unwrap();
     sync.reconcile().unwrap();
     assert_eq!(given_back.map_err(|error| error.to_string()), Ok(LEFT_BEHIND.to_owned()));
     assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(LEFT_BEHIND));
     assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1], "one person");
-    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(journaled, [0], "her export dropped");
+    assert_eq!(journaled_exports(&clinic), 0, "her export dropped");
 }
 
 /// The person typed into DentalTID again while her first patient was still there: her export
@@ -2281,20 +2289,13 @@ fn a_patient_whose_export_waits_gets_the_nanopix_patient_a_deleted_one_left_behi
 #[test]
 fn the_repair_of_a_waiting_export_gives_back_the_nanopix_patient_a_deleted_one_left_behind() {
     let clinic = Clinic::new("v29");
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let again = add_the_deleted_patient_again(&clinic);
-    let nanopix = common::another_program(&clinic.nanopix_db());
-    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
-    assert_eq!(sync.export_patient(again).unwrap_err().code(), "busy");
-    delete_the_imported_patient(&clinic);
+    let (sync, again, nanopix) = her_export_waits_as_the_first_one_is_deleted(&clinic);
     sync.reconcile().unwrap();
     nanopix.execute_batch("ROLLBACK").unwrap();
     sync.reconcile().unwrap();
     assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(LEFT_BEHIND));
     assert_eq!(clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get::<_, i64>(0)), [1], "one person");
-    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(journaled, [0], "her export dropped");
+    assert_eq!(journaled_exports(&clinic), 0, "her export dropped");
 }
 
 /// As above, but NanoPix's user also saved her, under another id, while her export waited: the
@@ -2304,13 +2305,7 @@ fn the_repair_of_a_waiting_export_gives_back_the_nanopix_patient_a_deleted_one_l
 #[test]
 fn the_repair_of_a_waiting_export_gives_way_to_the_patient_nanopix_saved_before_giving_back() {
     let clinic = Clinic::new("v29");
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let again = add_the_deleted_patient_again(&clinic);
-    let nanopix = common::another_program(&clinic.nanopix_db());
-    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
-    assert_eq!(sync.export_patient(again).unwrap_err().code(), "busy");
-    delete_the_imported_patient(&clinic);
+    let (sync, again, nanopix) = her_export_waits_as_the_first_one_is_deleted(&clinic);
     sync.reconcile().unwrap();
     nanopix.execute_batch("ROLLBACK").unwrap();
     let saved = "20250301_100000";
@@ -2320,6 +2315,5 @@ fn the_repair_of_a_waiting_export_gives_way_to_the_patient_nanopix_saved_before_
     let sql = "SELECT id FROM patients WHERE familyName = 'DSSSSFSFS' ORDER BY id";
     assert_eq!(clinic.dentaltid_rows(sql, |r| r.get::<_, i64>(0)), [again], "no second DentalTID patient");
     assert_eq!(sync.source_info(again).unwrap().external_id.as_deref(), Some(saved));
-    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
-    assert_eq!(journaled, [0], "her export dropped");
+    assert_eq!(journaled_exports(&clinic), 0, "her export dropped");
 }
