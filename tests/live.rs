@@ -1082,6 +1082,42 @@ fn a_deleted_newest_patient_whose_nanopix_patient_is_gone_does_not_make_every_pa
     }
 }
 
+/// The names, birth date and creation time of NanoPix patient `id`, as NanoPix holds them.
+fn nanopix_row(clinic: &Clinic, id: &str) -> (String, String, String, String) {
+    let sql = format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'");
+    clinic.nanopix_rows(&sql, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).remove(0)
+}
+
+/// NanoPix gets patient `id` back (a restore): its row as `saved` held it, and its folder.
+fn put_back_in_nanopix(clinic: &Clinic, id: &str, saved: &(String, String, String, String)) {
+    let (last, first, birth, created) = saved;
+    another_program(&clinic.nanopix_db())
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
+            [id, last, first, birth, created],
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join(id)).unwrap();
+}
+
+/// Waits for a live pass to send `delete_requested` for NanoPix patient `id`; failing that, says
+/// what the live passes sent and what a full reconcile then sends.
+fn assert_a_live_pass_asks_for_the_delete_of(sync: &NanoPixSync, id: &str) {
+    let asked = |e: &EventKind| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id);
+    let end = Instant::now() + DEADLINE;
+    let mut live = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match sync.events().recv_timeout(left) {
+            Ok(event) if asked(&event.kind) => return,
+            Ok(event) => live.push(event.kind),
+            Err(_) => break,
+        }
+    }
+    sync.reconcile().unwrap();
+    let full: Vec<EventKind> = drain(sync).into_iter().map(|e| e.kind).collect();
+    panic!("live passes within {DEADLINE:?} said {live:?}; a full reconcile then said {full:?}");
+}
+
 /// NanoPix loses an imported patient (row and folder: `external_patient_removed`), DentalTID then
 /// deletes her too, and NanoPix gets her back under the same id (a restore). A full reconcile
 /// then sends `delete_requested` for her; the live pass that reads her row back must decide the
@@ -1091,37 +1127,15 @@ fn a_nanopix_patient_back_after_its_dentaltid_patient_was_deleted_is_decided_liv
     let clinic = Clinic::new("v29");
     let id = "20250121_152638";
     let sync = live(&clinic);
-    let saved: Vec<(String, String, String, String)> = clinic.nanopix_rows(
-        &format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'"),
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    );
+    let saved = nanopix_row(&clinic, id);
     let patient = remove_the_nanopix_patient(&clinic, &sync);
     another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
     // "Sync Now" after the deletion: NanoPix holds no row of hers, so nothing is asked.
     let report = sync.reconcile().unwrap();
     assert_eq!(report.removed, 0);
     assert!(!drain(&sync).iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. })));
-    let (last, first, birth, created) = &saved[0];
-    another_program(&clinic.nanopix_db())
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
-            [id, last, first, birth, created],
-        )
-        .unwrap();
-    std::fs::create_dir(clinic.root.join(id)).unwrap();
-    let asked = |e: &EventKind| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id);
-    let end = std::time::Instant::now() + DEADLINE;
-    let mut live = Vec::new();
-    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
-        match sync.events().recv_timeout(left) {
-            Ok(event) if asked(&event.kind) => return,
-            Ok(event) => live.push(event.kind),
-            Err(_) => break,
-        }
-    }
-    sync.reconcile().unwrap();
-    let full: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
-    panic!("live passes within {DEADLINE:?} said {live:?}; a full reconcile then said {full:?}");
+    put_back_in_nanopix(&clinic, id, &saved);
+    assert_a_live_pass_asks_for_the_delete_of(&sync, id);
 }
 
 /// Waits up to `deadline` for an event `wanted` accepts, keeping every event received in `seen`.
@@ -1309,10 +1323,7 @@ fn a_patients_row_put_back_after_another_person_held_its_id_restores_only_her_li
     let clinic = Clinic::new("v29");
     let (sync, first, _) = live_with_two_patients(&clinic);
     let id = "20250121_152638";
-    let saved: Vec<(String, String, String, String)> = clinic.nanopix_rows(
-        &format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'"),
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    );
+    let saved = nanopix_row(&clinic, id);
     clinic.save_another_person_under(id);
     let lina = imported_named(&sync, "Lina");
     let nanopix = another_program(&clinic.nanopix_db());
@@ -1323,14 +1334,7 @@ fn a_patients_row_put_back_after_another_person_held_its_id_restores_only_her_li
         DEADLINE,
         |e| matches!(e, EventKind::ExternalPatientRemoved { patient_id, .. } if *patient_id == lina),
     );
-    let (last, first_name, birth, created) = &saved[0];
-    nanopix
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
-            [id, last, first_name, birth, created],
-        )
-        .unwrap();
-    std::fs::create_dir(clinic.root.join(id)).unwrap();
+    put_back_in_nanopix(&clinic, id, &saved);
     let mut lina_restored = false;
     wait_for(&sync, DEADLINE, |e| {
         lina_restored |= matches!(e, EventKind::ExternalPatientRestored { patient_id, .. } if *patient_id == lina);
@@ -1670,34 +1674,12 @@ fn a_nanopix_patient_back_after_both_sides_lost_her_while_closed_is_decided_live
     let patient: i64 =
         clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
     drop(sync);
-    let saved: Vec<(String, String, String, String)> = clinic.nanopix_rows(
-        &format!("SELECT last_name, first_name, birthdate, created_datetime FROM Patient WHERE id = '{id}'"),
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    );
+    let saved = nanopix_row(&clinic, id);
     another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
     std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
     another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
     let sync = clinic.open();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
-    let (last, first, birth, created) = &saved[0];
-    another_program(&clinic.nanopix_db())
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime) VALUES (?1, ?2, ?3, ?4, ?5)",
-            [id, last, first, birth, created],
-        )
-        .unwrap();
-    std::fs::create_dir(clinic.root.join(id)).unwrap();
-    let asked = |e: &EventKind| matches!(e, EventKind::DeleteRequested { external_id, .. } if external_id == id);
-    let end = Instant::now() + DEADLINE;
-    let mut live = Vec::new();
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match sync.events().recv_timeout(left) {
-            Ok(event) if asked(&event.kind) => return,
-            Ok(event) => live.push(event.kind),
-            Err(_) => break,
-        }
-    }
-    sync.reconcile().unwrap();
-    let full: Vec<EventKind> = drain(&sync).into_iter().map(|e| e.kind).collect();
-    panic!("live passes within {DEADLINE:?} said {live:?}; a full reconcile then said {full:?}");
+    put_back_in_nanopix(&clinic, id, &saved);
+    assert_a_live_pass_asks_for_the_delete_of(&sync, id);
 }
