@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
-/// Filesystem types that live on another machine.
+/// Filesystem types whose files another machine, or Windows under WSL, writes: inotify never
+/// hears of those writes.
 #[cfg(target_os = "linux")]
-const NETWORK_FILESYSTEMS: [&str; 13] = [
+const NETWORK_FILESYSTEMS: [&str; 18] = [
     "nfs",
     "nfs4",
     "cifs",
@@ -23,6 +24,11 @@ const NETWORK_FILESYSTEMS: [&str; 13] = [
     "afs",
     "lustre",
     "fuse.rclone",
+    "fuse.gvfsd-fuse",
+    "fuse.smbnetfs",
+    "davfs",
+    "ncpfs",
+    "drvfs",
 ];
 
 /// The network filesystem type `root` sits on, or `None` for a local folder (or when unknown).
@@ -107,6 +113,8 @@ server:/export /mnt/clinic nfs4 rw,relatime 0 0
 /dev/sdb1 /mnt/clinic/local ext4 rw 0 0
 //nas/x-ray /mnt/x-ray\\040share cifs rw 0 0
 gluster1:/images /mnt/images fuse.glusterfs rw 0 0
+C:\\134 /mnt/c drvfs rw,noatime 0 0
+gvfsd-fuse /run/user/1000/gvfs fuse.gvfsd-fuse rw 0 0
 ";
 
     #[test]
@@ -121,6 +129,15 @@ gluster1:/images /mnt/images fuse.glusterfs rw 0 0
     fn a_cluster_filesystem_mounted_through_fuse_counts_as_network() {
         let kind = mount_type(MOUNTS, Path::new("/mnt/images/PatientData"));
         assert!(kind.is_some_and(|kind| NETWORK_FILESYSTEMS.contains(&kind)), "{kind:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_windows_drive_under_wsl_and_a_share_opened_in_the_desktop_count_as_network() {
+        for path in ["/mnt/c/NanoPix/PatientData", "/run/user/1000/gvfs/smb-share:server=nas,share=x-ray"] {
+            let kind = mount_type(MOUNTS, Path::new(path));
+            assert!(kind.is_some_and(|kind| NETWORK_FILESYSTEMS.contains(&kind)), "{path}: {kind:?}");
+        }
     }
 
     #[test]
