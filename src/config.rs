@@ -1,6 +1,6 @@
 //! How a [`crate::NanoPixSync`] handle is set up.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,14 +83,13 @@ impl Config {
     /// timeout and the subfolder names.
     ///
     /// # Failure
-    /// [`Error::InvalidConfig`] for an empty path, a polling or full reconcile interval shorter
-    /// than 1 ms, a busy timeout over about 24.8 days, which SQLite cannot take, or a patient
-    /// subfolder that is not one plain folder name Windows can hold as given.
+    /// [`Error::InvalidConfig`] for an empty path or one holding a NUL character, a polling or
+    /// full reconcile interval shorter than 1 ms, a busy timeout over about 24.8 days, which
+    /// SQLite cannot take, or a patient subfolder that is not one plain folder name Windows can
+    /// hold as given.
     pub(crate) fn check(&self) -> Result<()> {
         for (path, name) in [(&self.nanopix_root, "nanopix_root"), (&self.dentaltid_db, "dentaltid_db")] {
-            if path.as_os_str().is_empty() {
-                return Err(Error::InvalidConfig(format!("{name} is empty: it must name a path")));
-            }
+            check_path(path, name)?;
         }
         for (interval, name) in
             [(self.poll_interval, "poll_interval"), (self.full_reconcile_interval, "full_reconcile_interval")]
@@ -115,6 +114,19 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+/// Accepts a path setting named `name` that can name a file: not empty, and without a NUL
+/// character, which no system takes in a path (a path copied with its terminating NUL, say).
+fn check_path(path: &Path, name: &str) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::InvalidConfig(format!("{name} is empty: it must name a path")));
+    }
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        let shown = path.display().to_string().replace('\0', "\\0");
+        return Err(Error::InvalidConfig(format!("{name} holds a NUL character, which no path can hold: {shown}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -548,4 +548,27 @@ mod tests {
         assert!(unsafe { CStr::from_ptr(message) }.to_str().unwrap().contains("absent"));
         unsafe { nps_string_free(message) };
     }
+
+    #[test]
+    fn a_path_with_a_nul_character_is_a_configuration_error_not_a_missing_folder() {
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
+        let db = dir.path().join("dentaltid.db");
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/dentaltid/schema_v29.sql");
+        rusqlite::Connection::open(&db).unwrap().execute_batch(&std::fs::read_to_string(schema).unwrap()).unwrap();
+        let (root, db) = (root.to_str().unwrap(), db.to_str().unwrap());
+        // A path taken from a fixed-size buffer keeps its terminating NUL, which JSON carries as \u0000.
+        for (config, field) in [
+            (serde_json::json!({ "nanopix_root": format!("{root}\0"), "dentaltid_db": db }), "nanopix_root"),
+            (serde_json::json!({ "nanopix_root": root, "dentaltid_db": format!("{db}\0") }), "dentaltid_db"),
+        ] {
+            let config = std::ffi::CString::new(config.to_string()).unwrap();
+            let mut handle = std::ptr::null_mut();
+            let code = unsafe { nps_open(config.as_ptr(), &mut handle) };
+            let message = nps_last_error_message();
+            let text = unsafe { CStr::from_ptr(message) }.to_str().unwrap().to_owned();
+            unsafe { nps_string_free(message) };
+            assert_eq!((code, handle.is_null()), (NPS_INVALID_CONFIG, true), "{field}: {text}");
+            assert!(text.contains(field) && text.contains("NUL"), "the message names the field and the NUL: {text}");
+        }
+    }
 }
