@@ -504,12 +504,17 @@ mod tests {
         unsafe { nps_string_free(std::ptr::null_mut()) };
     }
 
+    /// A copy of the NanoPix fixture and an empty DentalTID database beside it: the folder that
+    /// holds both, the NanoPix root and the DentalTID file.
+    fn clinic() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
+        let db = crate::dentaltid::testing::build_database(&dir, crate::dentaltid::testing::SCHEMA_V29, false);
+        (dir, root, db)
+    }
+
     #[test]
     fn a_stale_pointer_never_reaches_a_newer_handle() {
-        let (dir, root) = crate::nanopix::tests::fixture_copy();
-        let db = dir.path().join("dentaltid.db");
-        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/dentaltid/schema_v29.sql");
-        rusqlite::Connection::open(&db).unwrap().execute_batch(&std::fs::read_to_string(schema).unwrap()).unwrap();
+        let (_dir, root, db) = clinic();
         let config = serde_json::json!({ "nanopix_root": root, "dentaltid_db": db }).to_string();
         let config = std::ffi::CString::new(config).unwrap();
         let open = || {
@@ -551,10 +556,7 @@ mod tests {
 
     #[test]
     fn a_path_with_a_nul_character_is_a_configuration_error_not_a_missing_folder() {
-        let (dir, root) = crate::nanopix::tests::fixture_copy();
-        let db = dir.path().join("dentaltid.db");
-        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/dentaltid/schema_v29.sql");
-        rusqlite::Connection::open(&db).unwrap().execute_batch(&std::fs::read_to_string(schema).unwrap()).unwrap();
+        let (_dir, root, db) = clinic();
         let (root, db) = (root.to_str().unwrap(), db.to_str().unwrap());
         // A path taken from a fixed-size buffer keeps its terminating NUL, which JSON carries as \u0000.
         for (config, field) in [
