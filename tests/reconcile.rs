@@ -844,6 +844,29 @@ fn an_odd_nanopix_row_is_reported_with_its_file_and_its_id_only_when_it_has_one(
     assert_eq!(odd, [(None, database.clone()), (Some("not-an-id".into()), database)]);
 }
 
+/// A DentalTID `dateOfBirth` that starts with a digit but is no date the sync can read leaves its
+/// patient out of matching, so NanoPix's patient of the same person is imported apart: the
+/// reconcile reports it as an `odd_row` naming the patient and DentalTID's file.
+#[test]
+fn a_dentaltid_birth_date_the_sync_cannot_read_is_reported_with_its_patient() {
+    let clinic = Clinic::new("v29");
+    let lina = clinic.add_dentaltid("Lina", "Saidi", None);
+    let unreadable = "UPDATE patients SET dateOfBirth = '12/03/1985' WHERE id = ?1";
+    another_program(&clinic.dentaltid).execute(unreadable, [lina]).unwrap();
+    clinic.add_nanopix("20250122_080000", "Saidi", "Lina", Some("1985-03-12"));
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    let odd: Vec<(Option<i64>, Option<String>)> = drain(&sync)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::SyncError { code, patient_id, path, .. } if code == "odd_row" => Some((patient_id, path)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(odd, [(Some(lina), Some(clinic.dentaltid.display().to_string()))]);
+    assert_eq!(report.errors, 1);
+}
+
 /// A `created_datetime` whose year has more than four digits cannot be written in DentalTID's
 /// form: the patient gets the time of its id, never a year cut to its last four digits (which
 /// would put it in 'Today By External' here).

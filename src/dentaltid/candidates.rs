@@ -25,8 +25,8 @@ pub(super) const CANDIDATE_COLUMNS: &str = "id, name, familyName, dateOfBirth, e
 /// `source` for each patient's [`PatientRef`].
 const INDEXED_COLUMNS: &str = "id, name, familyName, dateOfBirth, external_id, source";
 
-/// Where [`INDEXED_COLUMNS`] has a patient's id, source and NanoPix id.
-const REF_COLUMNS: [usize; 3] = [0, 5, 4];
+/// Where [`INDEXED_COLUMNS`] has a patient's id, source, NanoPix id and birth date.
+const REF_COLUMNS: [usize; 4] = [0, 5, 4, 3];
 
 /// Rows per batch handed to the indexing thread.
 const BATCH_ROWS: usize = 4_096;

@@ -223,8 +223,12 @@ mod tests {
         let recorded =
             LinkedRows([(1, first), (2, second)].into_iter().filter_map(|(p, c)| Some((p, (id, c?)))).collect());
         let created: HashMap<NanoPixId, NaiveDateTime> = second.map(|second| (id, second)).into_iter().collect();
-        let showing =
-            |patient_id| PatientRef { id: patient_id, source: crate::patient::Source::NanoPix, external_id: Some(id) };
+        let showing = |patient_id| PatientRef {
+            id: patient_id,
+            source: crate::patient::Source::NanoPix,
+            external_id: Some(id),
+            unreadable_birth_date: None,
+        };
         let others = |links: &[Link], patients: &[PatientRef]| {
             other_people(links, &recorded, &created, (patients, &[])).contains(&id)
         };

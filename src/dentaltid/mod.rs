@@ -102,6 +102,9 @@ pub(crate) struct PatientRef {
     pub source: Source,
     /// `patients.external_id`, if it holds a valid NanoPix id.
     pub external_id: Option<NanoPixId>,
+    /// `patients.dateOfBirth` as stored, when it starts with a digit but no real date
+    /// ([`crate::patient::BirthDate::Unreadable`]): matching leaves the patient out.
+    pub unreadable_birth_date: Option<String>,
 }
 
 /// A link, as `nanopix_sync_links` or an import batch of `nanopix_sync_imports` records it.

@@ -437,11 +437,12 @@ impl DentalTid {
         })
     }
 
-    /// The id, source and NanoPix id of every patient, in id order.
+    /// The id, source, NanoPix id and unreadable birth date of every patient, in id order.
     pub fn patient_refs(&self) -> Result<Vec<PatientRef>> {
         let read = || {
-            let mut statement = self.conn.prepare_cached("SELECT id, source, external_id FROM patients ORDER BY id")?;
-            let rows = statement.query_map([], |row| patient_ref_at(row, [0, 1, 2]))?;
+            let sql = "SELECT id, source, external_id, dateOfBirth FROM patients ORDER BY id";
+            let mut statement = self.conn.prepare_cached(sql)?;
+            let rows = statement.query_map([], |row| patient_ref_at(row, [0, 1, 2, 3]))?;
             rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
         };
         read().map_err(Error::db(&self.path, "reading patient links"))
@@ -466,16 +467,19 @@ pub(super) fn patient_in(conn: &Connection, id: i64) -> rusqlite::Result<Option<
     Ok(patients_in(conn, "WHERE id = ?1", [id])?.pop())
 }
 
-/// Reads a patient's id, source and NanoPix id from the columns at `[id, source, external_id]`
-/// leniently; `None` only when `id` is not an integer.
+/// Reads a patient's id, source, NanoPix id and unreadable birth date from the columns at `[id,
+/// source, external_id, dateOfBirth]` leniently; `None` only when `id` is not an integer.
 pub(super) fn patient_ref_at(
     row: &Row<'_>,
-    [id, source, external_id]: [usize; 3],
+    [id, source, external_id, date_of_birth]: [usize; 4],
 ) -> rusqlite::Result<Option<PatientRef>> {
     let Some(id) = integer_at(row, id)? else { return Ok(None) };
     let source = read_text(row, source, Source::from_column)?;
     let external_id = read_text(row, external_id, |text| text.and_then(|text| NanoPixId::parse(text).ok()))?;
-    Ok(Some(PatientRef { id, source, external_id }))
+    let unreadable_birth_date = read_text(row, date_of_birth, |text| {
+        (BirthDate::of(text) == BirthDate::Unreadable).then(|| text.unwrap_or_default().to_owned())
+    })?;
+    Ok(Some(PatientRef { id, source, external_id, unreadable_birth_date }))
 }
 
 /// Reads a row of [`PATIENT_COLUMNS`] leniently; `None` only when `id` is not an integer.

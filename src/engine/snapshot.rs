@@ -80,6 +80,7 @@ impl Engine {
         ids.map_err(|_| Error::Internal("reading NanoPix panicked".into()))??;
         let (mut snapshot, odd_rows) = snapshot?;
         self.report_odd_rows(odd_rows, report);
+        self.report_unreadable_birth_dates(&snapshot.dentaltid, report);
         snapshot.folders = folders;
         Ok(snapshot)
     }
@@ -126,14 +127,30 @@ impl Engine {
                 None => format!("NanoPix patient row skipped: {}", odd.problem),
             };
             let database = Some(self.nanopix.database().display().to_string());
-            self.report_odd("odd_row", message, (odd.raw_id, database), report);
+            self.report_odd("odd_row", message, (odd.raw_id, None, database), report);
+        }
+    }
+
+    /// Reports the DentalTID patients whose birth date cannot be read: matching leaves them out,
+    /// so NanoPix's patient of the same person is imported apart, and an export writes none.
+    fn report_unreadable_birth_dates(&mut self, patients: &[PatientRef], report: &mut ReconcileReport) {
+        let database = self.config.dentaltid_db.display().to_string();
+        for patient in patients {
+            let Some(born) = &patient.unreadable_birth_date else { continue };
+            let message = format!(
+                "DentalTID patient {} left out of matching: its dateOfBirth {born:?} is no date, so NanoPix's \
+                 patient of the same person is imported apart, and an export writes no birth date; correct it in \
+                 DentalTID",
+                patient.id
+            );
+            self.report_odd("odd_row", message, (None, Some(patient.id), Some(database.clone())), report);
         }
     }
 
     fn report_odd_folder(&mut self, name: &std::ffi::OsStr, report: &mut ReconcileReport) {
         let path = self.nanopix.root().join(name);
         let message = format!("{} is not a NanoPix patient folder: skipped", path.display());
-        self.report_odd("odd_folder", message, (None, Some(path.display().to_string())), report);
+        self.report_odd("odd_folder", message, (None, None, Some(path.display().to_string())), report);
     }
 
     /// Reports an odd row or folder entry, unless automatic work reported it already (see
@@ -142,7 +159,7 @@ impl Engine {
         &mut self,
         code: &str,
         message: String,
-        (external_id, path): (Option<String>, Option<String>),
+        (external_id, patient_id, path): (Option<String>, Option<i64>, Option<String>),
         report: &mut ReconcileReport,
     ) {
         // The message names a row by its `pk`, which SQLite gives again once the last row is gone:
@@ -151,7 +168,7 @@ impl Engine {
         if self.odd_findings.note(&finding, self.automatic) {
             report.errors += 1;
             let code = code.into();
-            self.bus.emit(EventKind::SyncError { code, message, external_id, patient_id: None, path });
+            self.bus.emit(EventKind::SyncError { code, message, external_id, patient_id, path });
         }
     }
 }
