@@ -190,6 +190,9 @@ fn insert_imported(
     // Once one row took it, the ids SQLite gives the next ones are past it too; a row the table
     // refused took none, so the next row is given it.
     let mut first_id = id_past_links(tx)?;
+    // Every row an insert writes takes an id past this one.
+    let mut written_up_to =
+        tx.prepare_cached("SELECT MAX(id) FROM patients")?.query_row([], |row| integer_at(row, 0))?;
     for row in rows {
         let external_id = row.external_id.to_string();
         let inserted = match insert.insert(params![
@@ -203,13 +206,14 @@ fn insert_imported(
             external_id,
         ]) {
             Err(error) if is_refusal(&error) && !tx.is_autocommit() => {
-                newest_row_holding(tx, &external_id)?.ok_or(error)
+                row_written_holding(tx, written_up_to, &external_id)?.ok_or(error)
             }
             inserted => inserted,
         };
         match inserted {
             Ok(id) => {
                 first_id = None;
+                written_up_to = Some(written_up_to.map_or(id, |highest| highest.max(id)));
                 imported.push((id, row.external_id, row.nanopix_created));
             }
             Err(error) if !is_refusal(&error) || tx.is_autocommit() => return Err(error),
@@ -232,11 +236,18 @@ fn is_refusal(error: &rusqlite::Error) -> bool {
         )
 }
 
-/// The newest patient's id, if it holds `external_id`: a row a trigger refused after it was
-/// written (`RAISE(FAIL)` after the insert) stays written.
-fn newest_row_holding(tx: &Transaction<'_>, external_id: &str) -> rusqlite::Result<Option<i64>> {
-    let sql = "SELECT id FROM patients WHERE id = (SELECT MAX(id) FROM patients) AND external_id = ?1";
-    tx.prepare_cached(sql)?.query_row([external_id], |row| row.get(0)).optional()
+/// The id of the row the insert just refused wrote, if it wrote one holding `external_id`: a row
+/// a trigger refused after it was written (`RAISE(FAIL)` after the insert) stays written, with
+/// an id past `written_up_to`, the highest id before it. A patient holding `external_id` already
+/// (the one whose NanoPix id NanoPix gave to another person) is not that row.
+fn row_written_holding(
+    tx: &Transaction<'_>,
+    written_up_to: Option<i64>,
+    external_id: &str,
+) -> rusqlite::Result<Option<i64>> {
+    let sql = "SELECT id FROM patients WHERE id > ?1 AND external_id = ?2 ORDER BY id DESC LIMIT 1";
+    let past = written_up_to.unwrap_or(i64::MIN);
+    tx.prepare_cached(sql)?.query_row(params![past, external_id], |row| row.get(0)).optional()
 }
 
 impl DentalTid {
@@ -741,6 +752,24 @@ mod tests {
         let ids =
             dentaltid.import(&[new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000")], at(2025, 1, 21, 12, 0));
         assert_eq!(ids.unwrap(), [7]);
+    }
+
+    /// DentalTID's table refuses a second patient holding an `external_id` (a UNIQUE index of its
+    /// own), and NanoPix saved another person under the id of the newest patient: the import is
+    /// refused, and that patient is neither taken for her nor given her link.
+    #[test]
+    fn an_import_refused_under_the_newest_patients_external_id_is_never_taken_for_that_patient() {
+        let (_dir, mut dentaltid) = sample_database();
+        let first = new_patient("Amina", at(2025, 1, 1, 0, 0), "20250101_000000");
+        assert_eq!(dentaltid.import(&[first], at(2025, 1, 21, 12, 0)).unwrap(), [7]);
+        dentaltid.conn.execute_batch("CREATE UNIQUE INDEX own_external_id ON patients(external_id)").unwrap();
+        let other_person = new_patient("Lina", at(2025, 3, 2, 10, 0), "20250101_000000");
+        let mut importing = dentaltid.importing();
+        let outcomes = importing.insert(&[other_person], at(2025, 3, 2, 12, 0)).unwrap();
+        importing.commit().unwrap();
+        drop(importing);
+        assert!(matches!(outcomes.as_slice(), [Err(Error::Database { .. })]), "{outcomes:?}");
+        assert_eq!(dentaltid.link(7).unwrap().map(|link| link.synced_at), Some(at(2025, 1, 21, 12, 0)));
     }
 
     #[test]
