@@ -304,13 +304,20 @@ impl Engine {
     /// file was replaced (see [`DentalTid::check_still_open_file`]), as every call then does.
     pub fn live_sync(&self) -> Result<bool> {
         self.dentaltid.check_still_open_file()?;
-        self.live_sync_setting()
+        self.dentaltid.live_sync()
     }
 
     /// The Live Sync setting as the open connection reads it, also from a file replaced since:
-    /// what automatic work follows. Its passes report a replaced file, once while it stays so.
-    pub fn live_sync_setting(&self) -> Result<bool> {
-        self.dentaltid.live_sync()
+    /// what automatic work follows. Its passes report a replaced file, once while it stays so. A
+    /// setting stored behind the handle's back (a backup copied into the file in place, say)
+    /// becomes the handle's own, so automatic work runs, or stops, as the watcher does.
+    pub fn live_sync_setting(&mut self) -> Result<bool> {
+        let enabled = self.dentaltid.live_sync()?;
+        if enabled != self.live_stored {
+            self.live_stored = enabled;
+            self.signals.live.store(enabled, Ordering::Relaxed);
+        }
+        Ok(enabled)
     }
 
     /// The Live Sync setting as this handle last stored or read it, for when it cannot be read.
