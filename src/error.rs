@@ -87,9 +87,10 @@ pub enum Error {
         external_id: String,
     },
 
-    /// NanoPix still holds images, studies or files for this patient, so it is not deleted.
+    /// NanoPix still holds images, studies, other records or files for this patient, so it is not deleted.
     #[error(
-        "NanoPix patient {external_id} still has {studies} studies, {reports} reports and {files} files: not deleted"
+        "NanoPix patient {external_id} still has {studies} studies, {reports} reports, {other_records} other \
+         records and {files} files: not deleted"
     )]
     NanoPixPatientNotEmpty {
         /// The NanoPix id.
@@ -98,6 +99,8 @@ pub enum Error {
         studies: u64,
         /// Rows in `Report` for this patient.
         reports: u64,
+        /// Rows of NanoPix's other tables whose foreign keys name this patient.
+        other_records: u64,
         /// Entries in the patient's folder.
         files: u64,
     },

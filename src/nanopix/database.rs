@@ -15,10 +15,17 @@ use std::time::{Duration, Instant};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params_from_iter};
 
-use super::{IdRows, OddRow, PatientRows, RowStamp};
+use super::{IdRows, OddRow, PatientRows, RECORD_TABLES, RowStamp};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient, WrittenRow};
-use crate::values::{column_is_rowid, lossy_text, table_columns};
+use crate::values::{column_is_rowid, lossy_text, table_columns, text_at};
 use crate::{Error, NanoPixId, Result};
+
+/// Each foreign key that names a `Patient` column: the table, its column, and the `Patient` column
+/// (the primary key when the key names none).
+const PATIENT_REFERENCES: &str = "SELECT m.name, f.\"from\",
+        ifnull(f.\"to\", (SELECT p.name FROM pragma_table_info('Patient') AS p WHERE p.pk = 1))
+    FROM sqlite_master AS m JOIN pragma_foreign_key_list(m.name) AS f
+    WHERE m.type = 'table' AND f.\"table\" = 'Patient' COLLATE NOCASE";
 
 /// How many times a write is tried before it gives [`Error::Busy`].
 const WRITE_ATTEMPTS: u32 = 4;
@@ -65,8 +72,8 @@ pub(super) enum Deletion {
     Missing,
     /// Several rows had the id; nothing was deleted.
     Shared(usize),
-    /// Studies or reports still point at the patient; nothing was deleted.
-    Holds { studies: u64, reports: u64 },
+    /// Studies, reports or other records still point at the patient; nothing was deleted.
+    Holds { studies: u64, reports: u64, other_records: u64 },
 }
 
 /// Deleted `Patient` rows: the values of every column `PRAGMA table_info` shows but `pk`. A row
@@ -444,6 +451,34 @@ pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: Nano
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// Rows whose foreign keys name the `Patient` row with this id, in NanoPix's tables, but the
+/// `patient_id` of `Study` and `Report` (counted as studies and reports): a delete of the row
+/// would cascade to them, clear their link or be refused.
+pub(super) fn count_other_records(conn: &Connection, id: NanoPixId) -> rusqlite::Result<u64> {
+    let mut statement = conn.prepare_cached(PATIENT_REFERENCES)?;
+    let references: Vec<_> = statement
+        .query_map([], |row| Ok((text_at(row, 0)?, text_at(row, 1)?, text_at(row, 2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut count = 0;
+    for (table, column, parent) in references {
+        let (Some(table), Some(column), Some(parent)) = (table, column, parent) else { continue };
+        if is_record_column(&table, &column) {
+            continue;
+        }
+        let (table, column, parent) = (identifier(&table), identifier(&column), identifier(&parent));
+        let sql =
+            format!("SELECT count(*) FROM {table} WHERE {column} IN (SELECT {parent} FROM Patient WHERE id = ?1)");
+        let rows: i64 = conn.query_row(&sql, [id.to_string()], |row| row.get(0))?;
+        count += rows.unsigned_abs();
+    }
+    Ok(count)
+}
+
+/// Whether `table.column` is the `patient_id` of `Study` or `Report`.
+fn is_record_column(table: &str, column: &str) -> bool {
+    column.eq_ignore_ascii_case("patient_id") && RECORD_TABLES.iter().any(|record| record.eq_ignore_ascii_case(table))
+}
+
 /// Adds to `ids` the NanoPix ids named by the rows of `table` (`Study` or `Report`, with a
 /// `patient_id` column); a `patient_id` that is not a valid id is skipped.
 pub(super) fn record_ids(
@@ -459,9 +494,9 @@ pub(super) fn record_ids(
     Ok(())
 }
 
-/// Deletes the row if no study or report points at it, checked again under the write lock
-/// (NanoPix's foreign keys would otherwise cascade), and if no other row has its id, and
-/// returns it. `columns` are `Patient`'s.
+/// Deletes the row if no study, report or other record points at it, checked again under the
+/// write lock (NanoPix's foreign keys would otherwise cascade), and if no other row has its id,
+/// and returns it. `columns` are `Patient`'s.
 /// Meant to run inside a write transaction.
 pub(super) fn delete_patient(
     conn: &Connection,
@@ -470,8 +505,9 @@ pub(super) fn delete_patient(
 ) -> rusqlite::Result<Deletion> {
     let studies = count_for_patient(conn, "Study", id)?;
     let reports = count_for_patient(conn, "Report", id)?;
-    if studies + reports > 0 {
-        return Ok(Deletion::Holds { studies, reports });
+    let other_records = count_other_records(conn, id)?;
+    if studies + reports + other_records > 0 {
+        return Ok(Deletion::Holds { studies, reports, other_records });
     }
     let deleted = patient_rows(conn, columns, id)?;
     match deleted.rows.len() {
@@ -506,6 +542,11 @@ pub(super) fn put_back(conn: &Connection, deleted: &DeletedRows) -> rusqlite::Re
 
 /// Column names as SQL identifiers, quoted, separated by commas.
 fn quoted(columns: &[String]) -> String {
-    let quoted: Vec<String> = columns.iter().map(|name| format!("\"{}\"", name.replace('"', "\"\""))).collect();
+    let quoted: Vec<String> = columns.iter().map(|name| identifier(name)).collect();
     quoted.join(", ")
+}
+
+/// A table or column name as an SQL identifier, quoted.
+fn identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

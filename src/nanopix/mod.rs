@@ -187,6 +187,8 @@ pub(crate) struct PatientContents {
     pub studies: u64,
     /// `Report` rows for the patient.
     pub reports: u64,
+    /// Rows of NanoPix's other tables whose foreign keys name the patient.
+    pub other_records: u64,
     /// Entries in the patient's folder.
     pub files: u64,
 }
@@ -445,12 +447,12 @@ impl NanoPix {
         folders::create_patient_folder(&self.root, id, subfolders)
     }
 
-    /// Counts the studies, reports and files NanoPix holds for a patient; the empty
-    /// `subfolders` an export made are not files.
+    /// Counts the studies, reports, other records and files NanoPix holds for a patient; the
+    /// empty `subfolders` an export made are not files.
     pub fn contents(&self, id: NanoPixId, subfolders: &[String]) -> Result<PatientContents> {
-        let (studies, reports) = self.records(id)?;
+        let (studies, reports, other_records) = self.records(id)?;
         let files = folders::count_entries(&self.folder_path(id), subfolders)?;
-        Ok(PatientContents { studies, reports, files })
+        Ok(PatientContents { studies, reports, other_records, files })
     }
 
     /// Reads the ids `Study` and `Report` rows name, for [`NanoPix::records_name`], unless they
@@ -477,11 +479,13 @@ impl NanoPix {
         self.records.ids.contains(&id)
     }
 
-    /// The `Study` and `Report` rows that name this id.
-    fn records(&self, id: NanoPixId) -> Result<(u64, u64)> {
+    /// The `Study` and `Report` rows that name this id, and the rows of other tables whose
+    /// foreign keys name its `Patient` row.
+    fn records(&self, id: NanoPixId) -> Result<(u64, u64, u64)> {
         let studies = database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("count studies"))?;
         let reports = database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("count reports"))?;
-        Ok((studies, reports))
+        let others = database::count_other_records(&self.conn, id).map_err(self.sql_error("count other records"))?;
+        Ok((studies, reports, others))
     }
 
     /// Deletes the patient's row and its empty folder (with the empty `subfolders` an export
@@ -496,8 +500,9 @@ impl NanoPix {
     ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
-    /// [`Error::NanoPixPatientNotEmpty`] while any study, report or file is left (studies and
-    /// reports are counted again under the write lock), [`Error::Busy`] when no try got through
+    /// [`Error::NanoPixPatientNotEmpty`] while any study, report, other record (a row of
+    /// another table whose foreign key names the patient, which the delete would cascade to) or
+    /// file is left (the records are counted again under the write lock), [`Error::Busy`] when no try got through
     /// within the busy timeout. The folder is removed after the commit; if NanoPix saved a file
     /// in it in the few milliseconds of the delete's own transaction, the row is put back (with
     /// a new `pk`) and the delete refused; if it cannot be removed for another reason, the error
@@ -527,8 +532,8 @@ impl NanoPix {
             },
             Some(Deletion::Missing) => Err(Error::NanoPixPatientNotFound(id.to_string())),
             Some(Deletion::Shared(rows)) => Err(Error::NanoPixIdShared { external_id: id.to_string(), rows }),
-            Some(Deletion::Holds { studies, reports }) => {
-                Err(not_empty(id, PatientContents { studies, reports, files: 0 }))
+            Some(Deletion::Holds { studies, reports, other_records }) => {
+                Err(not_empty(id, PatientContents { studies, reports, other_records, files: 0 }))
             }
         }
     }
@@ -564,8 +569,8 @@ impl NanoPix {
 
 /// The refusal to delete a patient NanoPix still holds something for.
 fn not_empty(id: NanoPixId, contents: PatientContents) -> Error {
-    let PatientContents { studies, reports, files } = contents;
-    Error::NanoPixPatientNotEmpty { external_id: id.to_string(), studies, reports, files }
+    let PatientContents { studies, reports, other_records, files } = contents;
+    Error::NanoPixPatientNotEmpty { external_id: id.to_string(), studies, reports, other_records, files }
 }
 
 #[cfg(test)]
@@ -1046,11 +1051,13 @@ pub(crate) mod tests {
         let (_temp, root) = fixture_copy();
         let nanopix = open(&root);
         let fixture_id = id(FIXTURE_ID);
-        assert_eq!(nanopix.contents(fixture_id, &[]).unwrap(), PatientContents { studies: 1, reports: 0, files: 1 });
+        let contents = PatientContents { studies: 1, reports: 0, other_records: 0, files: 1 };
+        assert_eq!(nanopix.contents(fixture_id, &[]).unwrap(), contents);
         let result = nanopix.delete_patient(fixture_id, &[]);
         assert!(matches!(
             result,
-            Err(Error::NanoPixPatientNotEmpty { ref external_id, studies: 1, reports: 0, files: 1 }) if external_id == FIXTURE_ID
+            Err(Error::NanoPixPatientNotEmpty { ref external_id, studies: 1, reports: 0, other_records: 0, files: 1 })
+                if external_id == FIXTURE_ID
         ));
         assert!(nanopix.id_exists(fixture_id).unwrap());
         assert!(root.join(FIXTURE_ID).join("20250121_153202_thumbnail.jpg").is_file());
@@ -1139,6 +1146,29 @@ pub(crate) mod tests {
         assert!(matches!(result, Err(Error::NanoPixPatientNotEmpty { studies: 0, reports: 1, files: 0, .. })));
         assert!(nanopix.id_exists(new_id).unwrap());
         assert!(folder.is_dir());
+    }
+
+    #[test]
+    fn delete_refuses_a_patient_another_nanopix_table_names_and_keeps_its_rows() {
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        nanopix.create_folder(new_id, &[]).unwrap();
+        other_connection(&root)
+            .execute_batch(
+                "CREATE TABLE Implant (pk INTEGER PRIMARY KEY, tooth VARCHAR(250),
+                   patient_id VARCHAR REFERENCES Patient(id) ON UPDATE CASCADE ON DELETE CASCADE);
+                 CREATE TABLE Appointment (pk INTEGER PRIMARY KEY, patient_pk REFERENCES Patient ON DELETE CASCADE);
+                 INSERT INTO Implant (tooth, patient_id) VALUES ('36', '20250301_093000');
+                 INSERT INTO Appointment (patient_pk) SELECT pk FROM Patient WHERE id = '20250301_093000';",
+            )
+            .unwrap();
+        let result = nanopix.delete_patient(new_id, &[]);
+        assert!(matches!(result, Err(Error::NanoPixPatientNotEmpty { other_records: 2, .. })), "{result:?}");
+        assert!(nanopix.id_exists(new_id).unwrap());
+        let kept = "SELECT (SELECT count(*) FROM Implant) + (SELECT count(*) FROM Appointment)";
+        assert_eq!(other_connection(&root).query_row(kept, [], |row| row.get::<_, i64>(0)).unwrap(), 2);
     }
 
     #[test]
