@@ -682,6 +682,24 @@ fn an_export_now_never_takes_the_id_of_images_left_behind() {
 }
 
 #[test]
+fn an_export_now_never_takes_the_id_that_records_of_another_nanopix_table_left_behind_name() {
+    let clinic = Clinic::new("v29");
+    // A NanoPix table of implants that names patients by id, whose rows NanoPix left behind when
+    // it deleted the patient at the current second (its own foreign keys off).
+    rusqlite::Connection::open(clinic.nanopix_db())
+        .unwrap()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE Implant (pk INTEGER PRIMARY KEY, tooth VARCHAR(250),
+                 patient_id VARCHAR REFERENCES Patient(id) ON UPDATE CASCADE ON DELETE CASCADE);
+             INSERT INTO Implant (tooth, patient_id) VALUES ('36', '20250122_100000');",
+        )
+        .unwrap();
+    let sync = clinic.open();
+    assert_eq!(sync.export_patient(1).unwrap().to_string(), "20250122_100001", "no implant of another person");
+}
+
+#[test]
 fn an_export_looks_new_ids_up_in_dentaltid_by_index() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open();

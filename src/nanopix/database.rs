@@ -437,7 +437,7 @@ pub(super) fn patient_count(conn: &Connection) -> rusqlite::Result<u64> {
 }
 
 /// Whether `table` (`Study` or `Report`) exists with a `patient_id` column.
-pub(super) fn names_patients(conn: &Connection, table: &'static str) -> rusqlite::Result<bool> {
+fn names_patients(conn: &Connection, table: &'static str) -> rusqlite::Result<bool> {
     Ok(table_columns(conn, table)?.contains("patient_id"))
 }
 
@@ -451,20 +451,39 @@ pub(super) fn count_for_patient(conn: &Connection, table: &'static str, id: Nano
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// A foreign key of a NanoPix table that names a `Patient` column.
+#[derive(Debug)]
+struct PatientReference {
+    /// The table that holds the key.
+    table: String,
+    /// The key's column.
+    column: String,
+    /// The `Patient` column it names.
+    parent: String,
+}
+
+/// The foreign keys that name a `Patient` column, but the `patient_id` of `Study` and `Report`
+/// (read as studies and reports).
+fn other_patient_references(conn: &Connection) -> rusqlite::Result<Vec<PatientReference>> {
+    let mut statement = conn.prepare_cached(PATIENT_REFERENCES)?;
+    let rows = statement.query_map([], |row| Ok((text_at(row, 0)?, text_at(row, 1)?, text_at(row, 2)?)))?;
+    let mut references = Vec::new();
+    for row in rows {
+        if let (Some(table), Some(column), Some(parent)) = row?
+            && !is_record_column(&table, &column)
+        {
+            references.push(PatientReference { table, column, parent });
+        }
+    }
+    Ok(references)
+}
+
 /// Rows whose foreign keys name the `Patient` row with this id, in NanoPix's tables, but the
 /// `patient_id` of `Study` and `Report` (counted as studies and reports): a delete of the row
 /// would cascade to them, clear their link or be refused.
 pub(super) fn count_other_records(conn: &Connection, id: NanoPixId) -> rusqlite::Result<u64> {
-    let mut statement = conn.prepare_cached(PATIENT_REFERENCES)?;
-    let references: Vec<_> = statement
-        .query_map([], |row| Ok((text_at(row, 0)?, text_at(row, 1)?, text_at(row, 2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
     let mut count = 0;
-    for (table, column, parent) in references {
-        let (Some(table), Some(column), Some(parent)) = (table, column, parent) else { continue };
-        if is_record_column(&table, &column) {
-            continue;
-        }
+    for PatientReference { table, column, parent } in other_patient_references(conn)? {
         let (table, column, parent) = (identifier(&table), identifier(&column), identifier(&parent));
         let sql =
             format!("SELECT count(*) FROM {table} WHERE {column} IN (SELECT {parent} FROM Patient WHERE id = ?1)");
@@ -479,14 +498,32 @@ fn is_record_column(table: &str, column: &str) -> bool {
     column.eq_ignore_ascii_case("patient_id") && RECORD_TABLES.iter().any(|record| record.eq_ignore_ascii_case(table))
 }
 
-/// Adds to `ids` the NanoPix ids named by the rows of `table` (`Study` or `Report`, with a
-/// `patient_id` column); a `patient_id` that is not a valid id is skipped.
-pub(super) fn record_ids(
+/// Adds to `ids` the NanoPix ids that records name: the `patient_id` of `Study` and `Report`
+/// rows, and each column of another table whose foreign key names `Patient.id`. A value that is
+/// not a valid id is skipped.
+pub(super) fn record_ids(conn: &Connection, ids: &mut foldhash::HashSet<NanoPixId>) -> rusqlite::Result<()> {
+    for table in RECORD_TABLES {
+        if names_patients(conn, table)? {
+            ids_in(conn, table, "patient_id", ids)?;
+        }
+    }
+    for reference in other_patient_references(conn)? {
+        if reference.parent.eq_ignore_ascii_case("id") {
+            ids_in(conn, &reference.table, &reference.column, ids)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds to `ids` the valid NanoPix ids that `column` holds in the rows of `table`.
+fn ids_in(
     conn: &Connection,
-    table: &'static str,
+    table: &str,
+    column: &str,
     ids: &mut foldhash::HashSet<NanoPixId>,
 ) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(&format!("SELECT patient_id FROM {table}"))?;
+    let sql = format!("SELECT {} FROM {}", identifier(column), identifier(table));
+    let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
         ids.extend(parse_id(row.get_ref(0)?).ok());

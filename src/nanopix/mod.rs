@@ -211,7 +211,7 @@ fn ensure_inside(root: &Path, db_path: &Path) -> Result<()> {
     if inside { Ok(()) } else { Err(Error::UnsafePath(db_path.to_path_buf())) }
 }
 
-/// The NanoPix ids `Study` and `Report` rows name, as read when `NanoPix.db3`'s data version
+/// The NanoPix ids records name (see [`NanoPix::refresh_record_ids`]), as read when `NanoPix.db3`'s data version
 /// was `version`: read again whole once another program wrote to it (rows are not read by
 /// `rowid` from the last one: NanoPix's tables give a deleted last row's `rowid` to the next).
 #[derive(Debug, Default)]
@@ -231,7 +231,8 @@ struct BirthDates {
     version: Option<i64>,
 }
 
-/// The tables whose rows name a patient by its NanoPix id.
+/// The tables whose rows name a patient by its NanoPix id in `patient_id`, with or without a
+/// foreign key.
 const RECORD_TABLES: [&str; 2] = ["Study", "Report"];
 
 /// An open NanoPix data folder.
@@ -455,26 +456,24 @@ impl NanoPix {
         Ok(PatientContents { studies, reports, other_records, files })
     }
 
-    /// Reads the ids `Study` and `Report` rows name, for [`NanoPix::records_name`], unless they
-    /// were read since another program last wrote to `NanoPix.db3`. Without an index on those
-    /// rows' `patient_id`, a read goes through both tables.
+    /// Reads the ids records name (`Study` and `Report` rows, and rows of other tables whose
+    /// foreign keys name `Patient.id`), for [`NanoPix::records_name`], unless they were read
+    /// since another program last wrote to `NanoPix.db3`. Without an index on those rows'
+    /// columns, a read goes through each of those tables.
     pub fn refresh_record_ids(&mut self) -> Result<()> {
         let version = self.data_version()?;
         if self.records.version == Some(version) {
             return Ok(());
         }
         let mut ids = foldhash::HashSet::default();
-        for table in RECORD_TABLES {
-            let read = database::names_patients(&self.conn, table)
-                .and_then(|names| if names { database::record_ids(&self.conn, table, &mut ids) } else { Ok(()) });
-            read.map_err(self.sql_error("read the ids studies and reports name"))?;
-        }
+        database::record_ids(&self.conn, &mut ids).map_err(self.sql_error("read the ids records name"))?;
         self.records = RecordIds { ids, version: Some(version) };
         Ok(())
     }
 
-    /// Whether `Study` or `Report` rows read by [`NanoPix::refresh_record_ids`] name this id, with
-    /// or without a `Patient` row: images of a patient NanoPix deleted without them still point at it.
+    /// Whether records read by [`NanoPix::refresh_record_ids`] name this id, with or without a
+    /// `Patient` row: images and other records of a patient NanoPix deleted without them still
+    /// point at it.
     pub fn records_name(&self, id: NanoPixId) -> bool {
         self.records.ids.contains(&id)
     }

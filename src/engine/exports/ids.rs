@@ -122,7 +122,8 @@ impl Engine {
     }
 
     /// Whether `id` is in use: by an export in `in_flight`, on disk, in NanoPix's database (a
-    /// `Patient` row, or `Study` or `Report` rows as last read), or in DentalTID: a patient or a
+    /// `Patient` row, or records as last read: `Study` or `Report` rows, or rows of another table
+    /// whose foreign key names `Patient.id`), or in DentalTID: a patient or a
     /// recorded link may still hold an id whose row and folder NanoPix lost.
     pub(super) fn id_taken(&self, id: NanoPixId, in_flight: &HashSet<NanoPixId>) -> Result<bool> {
         #[cfg(test)]
