@@ -29,11 +29,14 @@ const MAX_GATHER: Duration = Duration::from_millis(250);
 /// How often both data versions and the root are checked without any event.
 const SLOW_CHECK: Duration = Duration::from_secs(1);
 
+/// The longest a watcher that stops waits for notify's thread to end.
+const TEARDOWN: Duration = Duration::from_secs(5);
+
 /// A native watcher on the three folders, and the queue its events arrive on.
 #[derive(Debug)]
 pub(super) struct NativeWatch {
-    /// Kept alive for as long as events are wanted; dropping it ends the watches.
-    _watcher: RecommendedWatcher,
+    /// Kept for as long as events are wanted; dropping it ends the watches.
+    watcher: Option<RecommendedWatcher>,
     events: Receiver<notify::Result<Event>>,
     layout: Layout,
 }
@@ -47,14 +50,32 @@ impl NativeWatch {
             // The receiver only goes away with the session, which drops this watcher too.
             let _ = sender.send(event);
         };
-        let mut watcher = RecommendedWatcher::new(handler, notify::Config::default())
+        let watcher = RecommendedWatcher::new(handler, notify::Config::default())
             .map_err(|source| Error::Watcher { path: layout.root.clone(), source })?;
-        for folder in [&layout.root, &layout.database, &layout.dentaltid_folder] {
+        let mut watch = Self { watcher: Some(watcher), events, layout };
+        watch.watch_folders()?;
+        Ok(watch)
+    }
+
+    /// Watches the root, its `database` folder and DentalTID's folder.
+    fn watch_folders(&mut self) -> crate::Result<()> {
+        let Some(watcher) = &mut self.watcher else { return Ok(()) };
+        for folder in [&self.layout.root, &self.layout.database, &self.layout.dentaltid_folder] {
             watcher
                 .watch(folder, RecursiveMode::NonRecursive)
                 .map_err(|source| Error::Watcher { path: folder.clone(), source })?;
         }
-        Ok(Self { _watcher: watcher, events, layout })
+        Ok(())
+    }
+}
+
+impl Drop for NativeWatch {
+    /// Ends the watches, then waits (for at most [`TEARDOWN`]) until notify's own thread lets go
+    /// of the queue as it ends: a host may unload the library once `close` returns.
+    fn drop(&mut self) {
+        drop(self.watcher.take());
+        let deadline = Instant::now() + TEARDOWN;
+        while self.events.recv_deadline(deadline).is_ok() {}
     }
 }
 
