@@ -177,17 +177,26 @@ impl EventPrinter {
 struct Printed {
     /// `sync_error` events but those about odd NanoPix rows and folders, which the sync skips.
     errors: usize,
+    /// Events the queue dropped while stdout was not read, as `events_dropped` counts them: any
+    /// of them may have been an error.
+    dropped: u64,
 }
 
 impl Printed {
     /// Whether `command` did all it was asked: `export-existing` fails when an error held back
-    /// an export (the events say why), so scripts can tell from the exit code.
+    /// an export (the events say why), or may have (its event was dropped), so scripts can tell
+    /// from the exit code.
     fn check(&self, command: &str) -> Result<(), String> {
-        match self.errors {
-            errors @ 1.. if command == "export-existing" => {
-                Err(format!("{errors} errors may have held back exports; the sync_error events say why"))
-            }
-            _ => Ok(()),
+        if command != "export-existing" {
+            return Ok(());
+        }
+        match (self.errors, self.dropped) {
+            (0, 0) => Ok(()),
+            (0, dropped) => Err(format!(
+                "{dropped} events were dropped while stdout was not read, and errors among them may have held \
+                 back exports; run export-existing again to export those left"
+            )),
+            (errors, _) => Err(format!("{errors} errors may have held back exports; the sync_error events say why")),
         }
     }
 }
@@ -200,11 +209,14 @@ impl Printed {
 fn print_events(events: &Receiver<Event>, running: Sender<()>) -> Result<Printed, String> {
     let mut running = Some(running);
     let mut stdout = BufWriter::new(std::io::stdout().lock());
-    let mut printed = Printed { errors: 0 };
+    let mut printed = Printed { errors: 0, dropped: 0 };
     for event in events {
         let last = event.kind == EventKind::Closed;
         let odd = |code: &str| ["odd_row", "odd_folder", "odd_name"].contains(&code);
         printed.errors += usize::from(matches!(&event.kind, EventKind::SyncError { code, .. } if !odd(code)));
+        if let EventKind::EventsDropped { count } = event.kind {
+            printed.dropped += count;
+        }
         if running.is_some() {
             let mut written = writeln!(stdout, "{}", event.to_json());
             if last || events.is_empty() {

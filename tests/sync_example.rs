@@ -521,6 +521,37 @@ fn export_existing_whose_exports_failed_exits_1_also_with_a_closed_stdout() {
     assert!(stderr.starts_with("sync: ") && stderr.lines().count() == 1, "{stderr:?}");
 }
 
+/// `sync export-existing | less` on a clinic whose first sync imports more patients than the
+/// event queue holds: the reader stops reading, the queue fills, and the newest events are
+/// dropped, the `sync_error` of every failed export among them. The runner cannot tell those
+/// errors from none, so the exit code must not say that every export went through.
+#[cfg(target_os = "linux")]
+#[test]
+fn export_existing_whose_events_were_dropped_unread_exits_1() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(70_000);
+    // NanoPix refuses every new patient (a trigger of its own): each export fails.
+    common::another_program(&clinic.nanopix_db())
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON Patient BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+        .unwrap();
+    // The runner closes its lock file once the sync is closed, every event made.
+    let lock = clinic.dir.path().join("dentaltid.db.nanopix-sync.lock");
+    std::fs::write(&lock, "").unwrap();
+    let closed = common::first_inotify_event(&lock, 0x8);
+    let child = runner(&clinic, "export-existing").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    closed.recv_timeout(Duration::from_secs(300)).expect("the runner closes the sync");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let events = json_lines(&output.stdout);
+    let dropped: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "events_dropped").collect();
+    assert_eq!(dropped.len(), 1, "the queue overflowed while stdout was not read");
+    let exported: Vec<i64> =
+        clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE last_name <> 'Bulk'", |r| r.get(0));
+    assert_eq!(exported, [1], "no patient was exported");
+    assert_eq!(output.status.code(), Some(1), "exit code after 0 of 6 exports; stderr {stderr:?}");
+    assert!(stderr.starts_with("sync: ") && stderr.lines().count() == 1, "{stderr:?}");
+}
+
 #[test]
 fn the_runner_refuses_a_database_another_sync_has_open() {
     let clinic = Clinic::new("v29");
