@@ -26,6 +26,9 @@ const USAGE: &str = "usage: sync --nanopix <PatientData> --dentaltid <dentaltid.
 /// The commands the runner knows.
 const COMMANDS: [&str; 6] = ["once", "watch", "status", "enable", "disable", "export-existing"];
 
+/// The runner's options: one given as an option's path stands where that path was left out.
+const OPTIONS: [&str; 4] = ["--nanopix", "--dentaltid", "-h", "--help"];
+
 /// What the runner was asked for.
 enum Request {
     /// `-h` or `--help`: the usage, on stdout.
@@ -60,8 +63,10 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Request, Strin
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some(option @ ("--nanopix" | "--dentaltid")) => {
+                let path = args.next().filter(|path| !path.to_str().is_some_and(|path| OPTIONS.contains(&path)));
+                let path = path.ok_or_else(|| format!("{option} needs a path; {USAGE}"))?;
                 let slot = if option == "--nanopix" { &mut nanopix } else { &mut dentaltid };
-                if slot.replace(args.next()).is_some() {
+                if slot.replace(path).is_some() {
                     return Err(format!("{option} is given twice; {USAGE}"));
                 }
             }
@@ -70,7 +75,7 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Request, Strin
             _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
         }
     }
-    match (nanopix.flatten(), dentaltid.flatten(), command) {
+    match (nanopix, dentaltid, command) {
         (Some(_), Some(_), Some(command)) if !COMMANDS.contains(&command.as_str()) => {
             Err(format!("unknown command {command:?}; {USAGE}"))
         }

@@ -470,6 +470,27 @@ fn a_repeated_option_is_a_usage_error_and_nothing_is_opened() {
     assert!(after == before, "a database was written");
 }
 
+/// A path left out, as an unset variable leaves it in a support script (`--nanopix $NANOPIX
+/// --dentaltid ...`), is said to be left out: the runner does not blame the command after it, nor
+/// take the next option for the path, and opens nothing.
+#[test]
+fn an_option_whose_path_is_left_out_is_named_in_a_usage_error() {
+    let clinic = Clinic::new("v24");
+    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    let mut left_out = Command::new(sync_binary());
+    left_out.arg("--nanopix").arg("--dentaltid").arg(&clinic.dentaltid).arg("once");
+    let mut left_out_last = Command::new(sync_binary());
+    left_out_last.arg("once").arg("--nanopix").arg(&clinic.root).arg("--dentaltid");
+    for (mut runner, option) in [(left_out, "--nanopix"), (left_out_last, "--dentaltid")] {
+        let output = runner.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr:?}");
+        assert!(stderr.starts_with(&format!("sync: {option} needs a path;")), "{stderr:?}");
+        assert!(output.stdout.is_empty() && stderr.lines().count() == 1, "{stderr:?}");
+    }
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before, "not even migrated");
+}
+
 /// A `--dentaltid` naming a folder (the one holding the database) is said to be a folder, not
 /// "not found", which would send support staff looking for a path that is there.
 #[test]
