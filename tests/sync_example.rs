@@ -654,9 +654,6 @@ fn the_demo_stops_without_a_panic_when_stdout_is_closed() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
 }
 
-/// The demo's "Sync Now" line reports what Sync Now did: the demo switches Live Sync on only
-/// afterwards, so no automatic reconcile does the work first. Live Sync then exports the
-/// patient the demo adds in DentalTID.
 /// The demo on a PC whose TMPDIR names a folder that does not exist: one readable line, not a
 /// Rust debug dump.
 #[test]
@@ -669,6 +666,9 @@ fn the_demo_reports_a_failure_in_one_readable_line() {
     assert!(!stderr.contains("Custom {") && !stderr.contains("Os {"), "a debug dump: {stderr:?}");
 }
 
+/// The demo's "Sync Now" line reports what Sync Now did: the demo switches Live Sync on only
+/// afterwards, so no automatic reconcile does the work first. Live Sync then exports the
+/// patient the demo adds in DentalTID.
 #[test]
 fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
     let demo = demo_binary();
@@ -682,8 +682,8 @@ fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
     assert!(live.contains("exported   DentalTID #10 -> NanoPix "), "Live Sync exports the new patient: {live}");
 }
 
-/// README: `export-existing` fails (exit 1) "when a patient's export failed (its sync_error event
-/// says why)". Here no patient is exported at all: the export of every patient stops on an error
+/// README: `export-existing` fails (exit 1) "when an error may have held back an export". Here no
+/// patient is exported at all: the export of every patient stops on an error
 /// (DentalTID, read by another program the whole time, cannot take the link that gives Nadia back
 /// the NanoPix patient she had before she was deleted and added again). Its `sync_error` names no
 /// patient, yet the patients it holds back were not exported: a script must not read exit 0.
