@@ -1059,6 +1059,35 @@ fn delete_in_nanopix_refuses_a_patient_whose_folder_is_a_link() {
     assert!(moved.join("20250122_110000.iosb").is_file());
 }
 
+/// NanoPix.db3 is replaced by a copy (renamed over it) that also holds Yacine, and the host's
+/// `delete_in_nanopix` is refused on the new file. The export of Yacine typed into DentalTID
+/// must still read the new file first, as it would without the refused delete, and link him to
+/// NanoPix's Yacine: neither fail as if NanoPix kept changing, nor write him a second time.
+#[test]
+fn an_export_after_a_refused_delete_on_a_replaced_nanopix_db_links_the_patient_the_new_file_holds() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let copy = clinic.root.join("database/NanoPix.copy.db3");
+    std::fs::copy(clinic.nanopix_db(), &copy).unwrap();
+    common::another_program(&copy)
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime)
+             VALUES ('20250122_091500', 'Mansouri', 'Yacine', '2001-05-19', '2025-01-22 09:15:00')",
+            [],
+        )
+        .unwrap();
+    std::fs::create_dir(clinic.root.join("20250122_091500")).unwrap();
+    std::fs::rename(&copy, clinic.nanopix_db()).unwrap();
+    let refused = sync.delete_in_nanopix("20250121_152638");
+    assert!(matches!(refused, Err(Error::DeleteNotRequested(_))), "its DentalTID patient is there: {refused:?}");
+    let yacine = clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19"));
+    let exported = sync.export_patient(yacine).map(|id| id.to_string());
+    assert_eq!(exported.map_err(|e| e.to_string()), Ok("20250122_091500".to_owned()));
+    let yacines: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Mansouri'", |r| r.get(0));
+    assert_eq!(yacines, ["20250122_091500"]);
+}
+
 #[test]
 fn an_unreadable_export_cursor_is_reported_and_taken_again() {
     let clinic = Clinic::new("v29");

@@ -17,9 +17,11 @@ impl Engine {
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
         // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to judge and delete from.
+        // The live cursor described the file opened before: the next pass reconciles fully, also
+        // when the delete is refused.
         if self.nanopix.replaced() {
             self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
-            self.nanopix_read = None;
+            (self.cursor, self.nanopix_read) = (None, None);
         }
         self.ready_connections()?;
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
