@@ -584,6 +584,32 @@ fn delete_in_nanopix_refuses_while_a_patient_keeps_a_link_to_the_id() {
     assert_eq!(rows, [1]);
 }
 
+/// A possible duplicate settled in DentalTID: Yacine, typed there, takes the NanoPix id, and the
+/// copy the sync imported is deleted, which asks for nothing. Months later Yacine is deleted: the
+/// host is asked once to delete his NanoPix patient, for Yacine, not a second time for the copy
+/// deleted long ago.
+#[test]
+fn deleting_the_patient_who_kept_a_settled_duplicates_nanopix_id_asks_once_for_him() {
+    let clinic = Clinic::new("v29");
+    let yacine = clinic.add_dentaltid("Yacine", "Mansouri", None);
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let copy: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id = ?1", [yacine]).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [copy[0]]).unwrap();
+    let asked = |events: Vec<EventKind>| -> Vec<EventKind> {
+        events.into_iter().filter(|kind| matches!(kind, EventKind::DeleteRequested { .. })).collect()
+    };
+    assert_eq!(asked(reconciled_kinds(&sync)), [], "Yacine holds the NanoPix patient");
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
+    let external_id = "20250122_091500".to_owned();
+    assert_eq!(asked(reconciled_kinds(&sync)), [EventKind::DeleteRequested { patient_id: yacine, external_id }]);
+    sync.delete_in_nanopix("20250122_091500").unwrap();
+}
+
 /// Two DentalTID patients show one NanoPix id (an older version wrote such duplicates): deleting
 /// one of them asks for no delete while the other still holds the id.
 #[test]
@@ -613,7 +639,7 @@ fn deleting_one_of_two_patients_holding_a_nanopix_id_asks_for_no_delete() {
             _ => None,
         })
         .collect();
-    assert_eq!(asked, holders, "once neither holds it, both deletions ask");
+    assert_eq!(asked, [holders[1]], "once neither holds it, the host is asked once, for the patient deleted last");
 }
 
 #[test]

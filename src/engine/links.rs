@@ -184,8 +184,6 @@ impl Engine {
     ) -> Result<()> {
         let rows: HashSet<NanoPixId> = snapshot.nanopix.iter().copied().collect();
         let patients: HashSet<i64> = snapshot.dentaltid.iter().map(|p| p.id).collect();
-        // Needed only for a link whose patient was deleted, which is rare.
-        let mut held = None;
         let awaited = self.awaited_folders(&folders.patient_folders, &rows, linked_now)?;
         let (mut changes, mut made_with) = (Vec::new(), Vec::new());
         self.missing_folders.clear();
@@ -201,11 +199,10 @@ impl Engine {
             // A folder is awaited only beside its row: with the row gone, no folder is coming.
             let folder = folders.patient_folders.contains(&id) || (row && awaited.contains(&id));
             let nanopix = NanoPixSide { row, folder };
-            let patient_exists = patients.contains(&link.patient_id);
-            // A patient deleted while another still holds its NanoPix id asks for no delete.
-            let change = link_change(link, patient_exists, nanopix).filter(|_| {
-                patient_exists || !held.get_or_insert_with(|| held_by_patients(snapshot, &patients)).contains(&id)
-            });
+            // A patient deleted while another still holds its NanoPix id asks for a delete that
+            // is not announced (see [`Engine::announce_delete_requests`]): the one holding it asks
+            // once deleted too, so the host is asked once, for that one.
+            let change = link_change(link, patients.contains(&link.patient_id), nanopix);
             let state = change.as_ref().map_or(link.state, |(_, state, _)| *state);
             if state == LinkState::Missing && nanopix.row && !nanopix.folder {
                 self.missing_folders.push(Link { state, ..link.clone() });
@@ -289,20 +286,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// The NanoPix ids DentalTID's patients in `patients` hold: in their `external_id`, or by a link
-/// that asks for no delete. A patient whose link was made with another person's row than
-/// NanoPix's (see [`crate::dentaltid::LinkedRows`]) holds no id.
-fn held_by_patients(snapshot: &Snapshot, patients: &HashSet<i64>) -> HashSet<NanoPixId> {
-    let holds = |&(patient_id, id): &(i64, NanoPixId)| {
-        !is_another_person(snapshot.nanopix_created.get(&id).copied(), &[snapshot.linked_rows.created(patient_id, id)])
-    };
-    let kept = |link: &&Link| link.state != LinkState::DeleteRequested && patients.contains(&link.patient_id);
-    let linked = snapshot.links.iter().filter(kept);
-    let linked = linked.filter_map(|link| Some((link.patient_id, NanoPixId::parse(&link.external_id).ok()?)));
-    let shown = snapshot.dentaltid.iter().filter_map(|patient| Some((patient.id, patient.external_id?)));
-    shown.chain(linked).filter(holds).map(|(_, id)| id).collect()
 }
 
 /// What NanoPix still holds of a linked patient.
