@@ -314,8 +314,8 @@ uint32_t nps_export_existing(NpsHandle *handle, uint64_t *exported);
  * deleted, the folder not), it removes the folder. Refuses with NPS_DELETE_NOT_REQUESTED unless
  * that event was sent, no DentalTID patient holds the id again (in its external_id or by a
  * recorded link), no newer request for it waits to be sent and NanoPix did not save another
- * person under the id since, with NPS_NOT_EMPTY if NanoPix holds any image, study, report or
- * file for it, with NPS_ID_SHARED if several NanoPix rows hold the id, with NPS_INVALID_ID if
+ * person under the id since, with NPS_NOT_EMPTY if NanoPix holds any image, study, report, file
+ * or other record for it (a row of another table whose foreign key names it), with NPS_ID_SHARED if several NanoPix rows hold the id, with NPS_INVALID_ID if
  * `external_id` is not a NanoPix id, and with NPS_NO_SUCH_PATIENT if NanoPix has neither its
  * row nor its folder (deleted already). The caller keeps ownership of
  * `external_id`. Any thread may call it.
@@ -323,7 +323,8 @@ uint32_t nps_export_existing(NpsHandle *handle, uint64_t *exported);
  * # Safety
  * `handle` is NULL or a live handle; `external_id` is NULL or a NUL-terminated string.
  */
-uint32_t nps_delete_in_nanopix(NpsHandle *handle, const char *external_id);
+uint32_t nps_delete_in_nanopix(NpsHandle *handle,
+                               const char *external_id);
 
 /**
  * Lists DentalTID patients as the patients screen filters them: `filter` is one of the

@@ -105,10 +105,14 @@ pub enum Error {
         files: u64,
     },
 
-    /// `delete_in_nanopix` was asked for a NanoPix patient whose deletion DentalTID did not
-    /// request: its DentalTID patient still exists, or the sync never linked it.
+    /// `delete_in_nanopix` was asked for a NanoPix patient whose deletion no sent
+    /// `delete_requested` stands for: its DentalTID patient still exists or was added again, the
+    /// sync never linked it, a newer request for it waits to be sent, or NanoPix saved another
+    /// person under the id since.
     #[error(
-        "NanoPix patient {0} not deleted: no delete_requested was sent for it (its DentalTID patient still exists, or it was never linked)"
+        "NanoPix patient {0} not deleted: no delete_requested sent for it stands (its DentalTID patient still exists \
+         or was added again, it was never linked, a newer request for it waits to be sent, or NanoPix saved another \
+         person under its id)"
     )]
     DeleteNotRequested(String),
 
