@@ -195,3 +195,24 @@ fn a_folder_the_sync_may_not_enter_is_reported_as_refused_not_as_missing() {
     assert!(refused(&dentaltid), "dentaltid.db behind a folder the sync may not enter: {dentaltid:?}");
     assert_eq!(dentaltid.code(), "io");
 }
+
+/// The lock file beside `dentaltid.db` is one the sync may only read: support staff ran the
+/// `sync` runner once under another account (root's, an administrator's), which made the file
+/// that account's, or a backup put back with it gave it a read-only attribute. Locking needs no
+/// writing: DentalTID's sync must still open, and still refuse a second sync while it is open.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_lock_file_the_sync_may_only_read_still_lets_one_sync_open_at_a_time() {
+    use std::os::unix::fs::PermissionsExt;
+    common::obey_file_modes_on_this_thread();
+    let clinic = Clinic::new("v29");
+    drop(clinic.open_without_automatic_work());
+    let lock = clinic.dir.path().join("dentaltid.db.nanopix-sync.lock");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let first = NanoPixSync::open(clinic.config_without_automatic_work());
+    assert!(first.is_ok(), "a lock file the sync may only read: {first:?}");
+    let second = NanoPixSync::open(clinic.config_without_automatic_work());
+    assert!(matches!(second, Err(Error::InUse(_))), "{second:?}");
+    drop(first);
+    assert_eq!(clinic.open_without_automatic_work().reconcile().unwrap().imported, 1);
+}

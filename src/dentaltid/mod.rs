@@ -265,15 +265,22 @@ fn take_sync_lock(database: &Path) -> Result<File> {
     let mut name = resolved.file_name().unwrap_or_default().to_os_string();
     name.push(".nanopix-sync.lock");
     let path = resolved.with_file_name(name);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(Error::io(&path, "opening the sync's lock file"))?;
+    let file = open_lock_file(&path).map_err(Error::io(&path, "opening the sync's lock file"))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(Error::InUse(database.to_path_buf())),
         Err(TryLockError::Error(error)) => Err(Error::io(&path, "locking the sync's lock file")(error)),
+    }
+}
+
+/// Opens the lock file at `path` for reading, which is all a lock needs, creating it (empty) if
+/// missing: a lock file the sync may not write (made by a run under another account, or given a
+/// read-only attribute) locks all the same.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    match File::open(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            OpenOptions::new().create(true).truncate(false).write(true).open(path)
+        }
+        opened => opened,
     }
 }
