@@ -1777,8 +1777,13 @@ fn a_reconcile_stopped_early_announces_no_delete_before_the_give_back() {
 /// NanoPix's patient `20250122_095950` with these names, born 1990-03-04, imported by a first
 /// sync; returns the clinic, its handle and her DentalTID patient.
 fn imported_from_nanopix(last: &str, first: &str) -> (Clinic, NanoPixSync, i64) {
+    imported_from_nanopix_born(last, first, Some("1990-03-04"))
+}
+
+/// [`imported_from_nanopix`] with NanoPix's `birthdate` (none when `None`).
+fn imported_from_nanopix_born(last: &str, first: &str, birthdate: Option<&str>) -> (Clinic, NanoPixSync, i64) {
     let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_095950", last, first, Some("1990-03-04"));
+    clinic.add_nanopix("20250122_095950", last, first, birthdate);
     let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
     let imported: i64 =
@@ -1841,6 +1846,26 @@ fn the_export_of_a_near_miss_of_an_imported_patient_reports_her() {
     {
         let (clinic, sync, imported) = imported_from_nanopix("Saidi", "Nadia");
         let typed = clinic.add_dentaltid(first, last, Some("1990-03-04"));
+        assert_export_reports_the_imported_twin(&sync, typed, imported, reason);
+    }
+}
+
+/// The same person with a birth date on one side only: typed again in DentalTID with one after
+/// NanoPix's patient without one was imported, or without one after NanoPix's patient with one
+/// was, with her names as NanoPix has them or swapped. Her export reports the imported patient,
+/// as an import of her would be.
+#[test]
+fn the_export_of_a_patient_whose_imported_twin_has_a_birth_date_on_one_side_only_reports_her() {
+    let cases = [
+        (None, Some("1990-03-04"), ("Nadia", "Saidi"), DuplicateReason::MissingBirthDate),
+        (Some("1990-03-04"), None, ("Nadia", "Saidi"), DuplicateReason::MissingBirthDate),
+        (None, None, ("NADIA", "saidi"), DuplicateReason::MissingBirthDate),
+        (None, Some("1990-03-04"), ("Saidi", "Nadia"), DuplicateReason::SwappedNames),
+        (Some("1990-03-04"), None, ("Saidi", "Nadia"), DuplicateReason::SwappedNames),
+    ];
+    for (in_nanopix, typed_born, (first, last), reason) in cases {
+        let (clinic, sync, imported) = imported_from_nanopix_born("Saidi", "Nadia", in_nanopix);
+        let typed = clinic.add_dentaltid(first, last, typed_born);
         assert_export_reports_the_imported_twin(&sync, typed, imported, reason);
     }
 }

@@ -13,7 +13,8 @@ use rusqlite::{Connection, Params, Row, params};
 
 use super::patients::patient_ref_at;
 use super::{DentalTid, PatientRef};
-use crate::matching::{DentalCandidate, DentalIndex, MatchKey};
+use crate::events::DuplicateCandidate;
+use crate::matching::{DentalCandidate, DentalIndex, MatchKey, normalise_name};
 use crate::patient::{BirthDate, nanopix_date};
 use crate::values::{WHITESPACE, integer_at, starting_with, text_ref};
 use crate::{Error, Result};
@@ -144,12 +145,33 @@ pub(super) fn unlinked_keys_after(conn: &Connection, after: i64) -> rusqlite::Re
 /// Whether patient `patient_id`, read as matching reads it, still has `key`; `None` when there
 /// is no such patient.
 pub(super) fn still_fits(conn: &Connection, patient_id: i64, key: &MatchKey) -> rusqlite::Result<Option<bool>> {
+    check_candidate(conn, patient_id, |candidate| key.fits(candidate))
+}
+
+/// Whether the patient `named` names, read as matching reads it, is still there with the names
+/// (normalised) and the birth date (or none) `named` gives it.
+pub(super) fn still_named_as(conn: &Connection, named: &DuplicateCandidate) -> rusqlite::Result<bool> {
+    let same = |now: &DentalCandidate<'_>| {
+        now.date_of_birth.map(nanopix_date) == named.date_of_birth
+            && normalise_name(now.first_name) == normalise_name(&named.first_name)
+            && normalise_name(now.last_name) == normalise_name(&named.last_name)
+    };
+    Ok(check_candidate(conn, named.patient_id, same)? == Some(true))
+}
+
+/// Whether patient `patient_id`, as matching reads it, passes `check` (false when matching leaves
+/// it out); `None` when there is no such patient.
+fn check_candidate(
+    conn: &Connection,
+    patient_id: i64,
+    check: impl FnOnce(&DentalCandidate<'_>) -> bool,
+) -> rusqlite::Result<Option<bool>> {
     let mut statement = conn.prepare_cached(&format!("SELECT {CANDIDATE_COLUMNS} FROM patients WHERE id = ?1"))?;
     let mut rows = statement.query([patient_id])?;
     let Some(row) = rows.next()? else { return Ok(None) };
-    let mut fits = false;
-    read_candidate(row, |candidate| fits = key.fits(&candidate))?;
-    Ok(Some(fits))
+    let mut passes = false;
+    read_candidate(row, |candidate| passes = check(&candidate))?;
+    Ok(Some(passes))
 }
 
 /// Reads one row of [`CANDIDATE_COLUMNS`] and hands it to `take`, unless its id is not an

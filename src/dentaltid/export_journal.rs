@@ -9,12 +9,13 @@
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::candidates::still_fits;
+use super::candidates::still_named_as;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::state::add_exports_due;
 use super::{DentalTid, LinkOrigin, LinkState, PendingExport};
-use crate::matching::{MatchKey, PossibleDuplicate};
+use crate::events::DuplicateCandidate;
+use crate::matching::PossibleDuplicate;
 use crate::patient::{NewNanoPixPatient, Patient, WrittenRow, dart_timestamp};
 use crate::values::{WHITESPACE, integer_at, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -121,11 +122,11 @@ impl DentalTid {
 
     /// Finishes an export in one transaction: sets `external_id`, records the link and the row it
     /// is made with (see [`super::linked_rows`]), keeps the patient's linked twins on the review
-    /// list, and clears the journal row. `twins` gives the patient's `createdAt`, the names and
-    /// birth date the twins were found for, and them, if any: those kept are the twins DentalTID
-    /// still holds with the names and birth date they were found with, while the patient still
-    /// has those it was found for (one renamed or given another birth date since may be another
-    /// person). Returns them, for the export to report just what the list holds.
+    /// list, and clears the journal row. `twins` gives the patient's `createdAt`, the patient with
+    /// the names and birth date the twins were found for, and them, if any: those kept are the
+    /// twins DentalTID still holds with the names and birth date they were found with, while the
+    /// patient still has those it was found for (one renamed or given another birth date since
+    /// may be another person). Returns them, for the export to report just what the list holds.
     ///
     /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
     /// can report the deletion.
@@ -134,7 +135,7 @@ impl DentalTid {
         patient_id: i64,
         external_id: NanoPixId,
         synced_at: NaiveDateTime,
-        twins: Option<(&str, &MatchKey, &PossibleDuplicate)>,
+        twins: Option<(&str, &DuplicateCandidate, &PossibleDuplicate)>,
     ) -> Result<Option<PossibleDuplicate>> {
         let (id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
         self.write("finishing an export", |tx| {
@@ -143,8 +144,8 @@ impl DentalTid {
             tx.execute(UPSERT_LINK, params![patient_id, id, origin, state, synced_at])?;
             tx.execute(RECORD_EXPORTED_ROW, params![patient_id, id])?;
             let mut kept = None;
-            if let Some((created_at, key, found)) = twins {
-                kept = twins_still_alike(tx, patient_id, key, found)?;
+            if let Some((created_at, found_for, found)) = twins {
+                kept = twins_still_alike(tx, found_for, found)?;
                 let reported = kept.as_ref().map(|kept| Report {
                     patient_id,
                     created_at,
@@ -196,22 +197,20 @@ fn written_from_row(row: &Row<'_>) -> rusqlite::Result<Option<WrittenRow>> {
     }))
 }
 
-/// Those of `found`, the linked twins of patient `patient_id` found for `key`, that DentalTID
-/// still holds with the names and birth date they were found with, while the patient still has
-/// `key`; `None` when none is left.
+/// Those of `found`, the linked twins of the patient `found_for` names, that DentalTID still holds
+/// with the names and birth date they were found with, while the patient still has those it was
+/// found for; `None` when none is left.
 fn twins_still_alike(
     conn: &Connection,
-    patient_id: i64,
-    key: &MatchKey,
+    found_for: &DuplicateCandidate,
     found: &PossibleDuplicate,
 ) -> rusqlite::Result<Option<PossibleDuplicate>> {
-    if still_fits(conn, patient_id, key)? != Some(true) {
+    if !still_named_as(conn, found_for)? {
         return Ok(None);
     }
     let mut candidates = Vec::with_capacity(found.candidates.len());
     for twin in &found.candidates {
-        let twin_key = MatchKey::of(&twin.first_name, &twin.last_name, key.born());
-        if still_fits(conn, twin.patient_id, &twin_key)? == Some(true) {
+        if still_named_as(conn, twin)? {
             candidates.push(twin.clone());
         }
     }

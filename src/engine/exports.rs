@@ -325,7 +325,7 @@ impl Engine {
             ordered.sort_by_cached_key(|patient| past_ids_from(patient, now));
             self.past_probed = [None; 2];
         }
-        let twins = self.twin_finder(patients).unwrap_or_else(|error| {
+        let twins = self.twin_finder(patients).map(Some).unwrap_or_else(|error| {
             self.report_error(&error, None, None, report);
             None
         });
@@ -496,7 +496,7 @@ impl Engine {
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
         crash_point("folder");
         let patient_id = patient.id;
-        let twins = twins.map(|twins| (patient.created_at.as_str(), &twins.key, &twins.found));
+        let twins = twins.map(|twins| (patient.created_at.as_str(), &twins.found_for, &twins.found));
         let kept = self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), twins)?;
         self.kept_twins = kept.map(|found| (patient_id, found));
         crash_point("linked");

@@ -69,9 +69,22 @@ impl Engine {
         index: &mut DentalIndex,
     ) -> Result<()> {
         let doubtful = unknown.iter().filter(|p| p.born_on_registration_day());
-        let wanted: HashSet<String> = doubtful
-            .flat_map(|p| [&p.last_name, &p.first_name])
-            .map(|name| crate::matching::normalise_name(name))
+        self.add_candidates_of_names(doubtful.map(|p| (p.first_name.as_str(), p.last_name.as_str())), dates, index)
+    }
+
+    /// Adds to `index` the patients whose last name is the last or first name (the names swapped)
+    /// of one of `people` (first and last names as typed), born on a day not among `dates`, which
+    /// [`crate::dentaltid::DentalTid::add_candidates_born_on`] reads: with those, a person is
+    /// compared with every patient of its names, whatever their birth date.
+    pub(super) fn add_candidates_of_names<'p>(
+        &mut self,
+        people: impl Iterator<Item = (&'p str, &'p str)>,
+        dates: &HashSet<NaiveDate>,
+        index: &mut DentalIndex,
+    ) -> Result<()> {
+        let wanted: HashSet<String> = people
+            .flat_map(|(first_name, last_name)| [last_name, first_name])
+            .map(crate::matching::normalise_name)
             .filter(|name| !name.is_empty())
             .collect();
         if wanted.is_empty() {

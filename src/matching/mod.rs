@@ -94,11 +94,6 @@ impl MatchKey {
         self.is_of(candidate.first_name, candidate.last_name, candidate.date_of_birth)
     }
 
-    /// The birth date of the key.
-    pub fn born(&self) -> NaiveDate {
-        self.born
-    }
-
     /// Whether a person with these names and birth date has this key.
     pub fn is_of(&self, first_name: &str, last_name: &str, born: Option<NaiveDate>) -> bool {
         born == Some(self.born) && *self == Self::of(first_name, last_name, self.born)
@@ -197,43 +192,53 @@ impl Matcher {
     /// who may be this person, and why: NanoPix holds them already. The reason is the first of
     /// these that finds any, and the patients are those each finds (see [`Matcher::first_reason`]):
     /// the same names and birth date, or one name left out on either side and the other the same,
-    /// as [`DuplicateReason::MissingName`] compares them (`already_linked`); the names swapped
-    /// (`swapped_names`); names a small edit away (`similar_names`); always with the same birth
-    /// date. None for a patient without names.
+    /// as [`DuplicateReason::MissingName`] compares them (`already_linked`); then the near misses
+    /// an import of this person would report (see [`Matcher::near_misses`]): the names swapped or
+    /// a small edit away with the same birth date, or the same names, or the names swapped, with a
+    /// birth date missing on either side. None for a patient without names.
     pub fn linked_twins(
         &self,
-        (first_name, last_name, born): (&str, &str, NaiveDate),
+        (first_name, last_name, born): (&str, &str, Option<NaiveDate>),
         patient_id: i64,
         linked_since: &foldhash::HashSet<i64>,
     ) -> Option<PossibleDuplicate> {
         let (first, last) = (normalise_name(first_name), normalise_name(last_name));
+        if first.is_empty() && last.is_empty() {
+            return None;
+        }
         let index = &self.dentaltid;
         let linked = |entry: &usize| {
             index.candidate(*entry).is_some_and(|twin| {
                 twin.patient_id != patient_id && (index.is_linked(*entry) || linked_since.contains(&twin.patient_id))
             })
         };
-        let same = match (first.is_empty(), last.is_empty()) {
-            (false, false) => {
-                let one_named = index.one_named(&first, born).chain(index.one_named(&last, born));
-                index.exact(&first, &last, born).into_iter().chain(one_named).collect()
-            }
-            (true, true) => return None,
-            _ => {
-                let name = if first.is_empty() { &last } else { &first };
-                index.one_named(name, born).chain(index.named_on(name, born)).collect()
-            }
-        };
-        let mut found = vec![(DuplicateReason::AlreadyLinked, same)];
-        if let Some(person) = Person::new(&first, &last, Some(born)) {
-            found.push((DuplicateReason::SwappedNames, index.exact(&last, &first, born)));
-            found.push((DuplicateReason::SimilarNames, similar::similar(index, &person, linked)));
+        let same = born.map(|born| (DuplicateReason::AlreadyLinked, self.same_person_born_on(&first, &last, born)));
+        let mut found: Vec<_> = same.into_iter().collect();
+        if let Some(person) = Person::new(&first, &last, born) {
+            found.extend(self.near_misses(&person, false, linked));
         }
         let linked_only = |(reason, entries): (DuplicateReason, Vec<usize>)| {
             (reason, entries.into_iter().filter(linked).collect::<Vec<usize>>())
         };
         let (reason, entries) = self.first_reason(found.into_iter().map(linked_only))?;
         Some(PossibleDuplicate { reason, candidates: self.candidates(entries) })
+    }
+
+    /// The entries born on `born` with the normalised names `first` and `last` (not both empty),
+    /// or with one name left out on either side and the other the same, as
+    /// [`DuplicateReason::MissingName`] compares them.
+    fn same_person_born_on(&self, first: &str, last: &str, born: NaiveDate) -> Vec<usize> {
+        let index = &self.dentaltid;
+        match (first.is_empty(), last.is_empty()) {
+            (false, false) => {
+                let one_named = index.one_named(first, born).chain(index.one_named(last, born));
+                index.exact(first, last, born).into_iter().chain(one_named).collect()
+            }
+            _ => {
+                let name = if first.is_empty() { last } else { first };
+                index.one_named(name, born).chain(index.named_on(name, born)).collect()
+            }
+        }
     }
 
     /// Holds `patient` as the one linking to `entry`, unless another NanoPix patient has the
@@ -302,19 +307,32 @@ impl Matcher {
     /// the same names, or the names swapped, and any other birth date are reported, and none
     /// with a name left out.
     fn near_miss(&self, person: &Person<'_>, doubtful_birth_date: bool) -> Option<(DuplicateReason, Vec<usize>)> {
+        let found = self.near_misses(person, doubtful_birth_date, |_| true);
+        let one_name_missing = self.one_name_missing(person.first, person.last, person.born, doubtful_birth_date);
+        self.first_reason(found.into_iter().chain(one_name_missing))
+    }
+
+    /// What each near-miss rule with both names finds for `person`, in order: the names swapped,
+    /// then names a small edit away (among the entries `wanted` accepts), both on the same birth
+    /// date; then the same names, then the names swapped, with a birth date missing on either
+    /// side (or `doubtful_birth_date`, see [`Matcher::near_miss`]).
+    fn near_misses(
+        &self,
+        person: &Person<'_>,
+        doubtful_birth_date: bool,
+        wanted: impl Fn(&usize) -> bool,
+    ) -> [(DuplicateReason, Vec<usize>); 4] {
         let index = &self.dentaltid;
         let exact_swapped = person.born.map(|born| index.exact(person.last, person.first, born)).unwrap_or_default();
         let swapped = Person { first: person.last, last: person.first, ..*person };
-        let found = [
+        [
             (DuplicateReason::SwappedNames, exact_swapped),
-            (DuplicateReason::SimilarNames, similar::similar(index, person, |_| true)),
+            (DuplicateReason::SimilarNames, similar::similar(index, person, wanted)),
             (DuplicateReason::MissingBirthDate, index.same_names_one_unborn(person, doubtful_birth_date)),
             // The names swapped, where a birth date is missing on either side (or doubtful): no
             // birth date tells the two apart, as for the same names.
             (DuplicateReason::SwappedNames, index.same_names_one_unborn(&swapped, doubtful_birth_date)),
-        ];
-        let one_name_missing = self.one_name_missing(person.first, person.last, person.born, doubtful_birth_date);
-        self.first_reason(found.into_iter().chain(one_name_missing))
+        ]
     }
 
     /// The reason of the first of `found` (what each rule found, in order) that names a patient,
@@ -787,8 +805,7 @@ mod tests {
     /// among `dentaltid`: reason and ids.
     fn twins_of_nadia(dentaltid: &[Patient]) -> Option<(DuplicateReason, Vec<i64>)> {
         let matcher = matcher_over(dentaltid, true);
-        let found =
-            matcher.linked_twins(("Nadia", "Saidi", born(1990, 3, 4).unwrap()), 9, &foldhash::HashSet::default());
+        let found = matcher.linked_twins(("Nadia", "Saidi", born(1990, 3, 4)), 9, &foldhash::HashSet::default());
         found.map(|twins| (twins.reason, twins.candidates.iter().map(|c| c.patient_id).collect()))
     }
 
