@@ -1870,6 +1870,32 @@ fn the_export_of_a_patient_whose_imported_twin_has_a_birth_date_on_one_side_only
     }
 }
 
+/// NanoPix's Nadia Saydi is imported and reported beside DentalTID's Nadia Saidi, born the same
+/// day, who was never exported; the user finds them to be two people and dismisses the report.
+/// Exporting Nadia Saidi later (`export_existing`, say) puts that pair on the review list no
+/// more, nor does it report it again; nor, before the dismissal, does it list the pair twice.
+#[test]
+fn exporting_a_patient_named_in_a_report_puts_the_same_pair_on_the_review_list_only_once() {
+    for dismissed in [true, false] {
+        let clinic = Clinic::new("v29");
+        let typed = clinic.add_dentaltid("Nadia", "Saidi", Some("1990-03-04"));
+        clinic.add_nanopix("20250122_095950", "Saydi", "Nadia", Some("1990-03-04"));
+        let sync = clinic.open_without_automatic_work();
+        sync.reconcile().unwrap();
+        let listed = sync.possible_duplicates().unwrap();
+        let imported = listed.iter().map(|listed| listed.patient_id).collect::<Vec<_>>();
+        assert_eq!(listed.len(), 1, "the import is reported beside her");
+        assert_eq!(listed[0].candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), [typed]);
+        if dismissed {
+            assert!(sync.dismiss_possible_duplicate(imported[0]).unwrap());
+        }
+        let (_, reported) = export_and_report(&sync, typed);
+        assert_eq!(reported, [], "dismissed: {dismissed}");
+        let now: Vec<i64> = sync.possible_duplicates().unwrap().iter().map(|listed| listed.patient_id).collect();
+        assert_eq!(now, if dismissed { vec![] } else { imported }, "dismissed: {dismissed}");
+    }
+}
+
 /// A patient without names is no person to match: exporting one reports no nameless patient
 /// already linked as a possible duplicate.
 #[test]

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::candidates::still_named_as;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
-use super::possible_duplicates::{Report, record_possible_duplicates};
+use super::possible_duplicates::{Report, record_possible_duplicates, reported_together};
 use super::state::add_exports_due;
 use super::{DentalTid, LinkOrigin, LinkState, PendingExport};
 use crate::events::DuplicateCandidate;
@@ -126,7 +126,9 @@ impl DentalTid {
     /// the names and birth date the twins were found for, and them, if any: those kept are the
     /// twins DentalTID still holds with the names and birth date they were found with, while the
     /// patient still has those it was found for (one renamed or given another birth date since
-    /// may be another person). Returns them, for the export to report just what the list holds.
+    /// may be another person), less those whose own report names the patient already (listed
+    /// or dismissed: the pair was put to review). Returns them, for the export to report just
+    /// what the list holds.
     ///
     /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
     /// can report the deletion.
@@ -198,8 +200,8 @@ fn written_from_row(row: &Row<'_>) -> rusqlite::Result<Option<WrittenRow>> {
 }
 
 /// Those of `found`, the linked twins of the patient `found_for` names, that DentalTID still holds
-/// with the names and birth date they were found with, while the patient still has those it was
-/// found for; `None` when none is left.
+/// with the names and birth date they were found with and whose own report does not name the
+/// patient, while the patient still has those it was found for; `None` when none is left.
 fn twins_still_alike(
     conn: &Connection,
     found_for: &DuplicateCandidate,
@@ -210,7 +212,7 @@ fn twins_still_alike(
     }
     let mut candidates = Vec::with_capacity(found.candidates.len());
     for twin in &found.candidates {
-        if still_named_as(conn, twin)? {
+        if still_named_as(conn, twin)? && !reported_together(conn, twin.patient_id, found_for.patient_id)? {
             candidates.push(twin.clone());
         }
     }

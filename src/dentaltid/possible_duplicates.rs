@@ -10,7 +10,8 @@
 //! list), separated by spaces.
 //! One row per page keeps a first sync that reports tens of thousands of patients from writing as
 //! many rows. A later report on a patient replaces an earlier one. Dismissing a report records, in `nanopix_sync_dismissed_duplicates`, the last
-//! row it covers, so a later report on the same patient is listed again. The list reads the
+//! row it covers, so a later report on the same patient is listed again. A pair of patients is
+//! put to review once: an export does not report again a twin whose own report names it. The list reads the
 //! patients as DentalTID holds them at that moment; a patient or candidate whose `createdAt`
 //! changed is another one under the same id (a `patients` table without AUTOINCREMENT gives a
 //! deleted last id again).
@@ -236,15 +237,32 @@ fn parse_candidate(entry: &str) -> Option<(i64, Option<String>)> {
     }
 }
 
+/// Whether the latest report kept on patient `reported`, listed or dismissed, names patient
+/// `candidate`, both still the patients the report was kept for: the pair was put to review
+/// already.
+pub(super) fn reported_together(conn: &Connection, reported: i64, candidate: i64) -> rusqlite::Result<bool> {
+    let Some(stored) = latest_reports(conn, Some(reported))?.remove(&reported) else { return Ok(false) };
+    let held = held_patients(conn, BTreeSet::from([reported, candidate]))?;
+    Ok(stored.into_review(&held).is_some_and(|review| review.candidates.iter().any(|c| c.patient_id == candidate)))
+}
+
 /// The latest report on each patient that is not dismissed, by patient id; on patient `only`
-/// alone, when given (only its lines are read whole, so dismissing one report does not parse
-/// the whole list).
+/// alone, when given (see [`latest_reports`]).
 fn awaiting_review(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
     let dismissed: BTreeMap<i64, i64> = conn
         .prepare_cached(DISMISSED)?
         .query_map([], |row| Ok((row.get(0).ok(), row.get(1).ok())))?
         .filter_map(|read| read.map(|(patient_id, through)| patient_id.zip(through)).transpose())
         .collect::<rusqlite::Result<_>>()?;
+    let mut latest = latest_reports(conn, only)?;
+    latest.retain(|patient_id, stored| dismissed.get(patient_id).is_none_or(|&through| through < stored.row));
+    Ok(latest)
+}
+
+/// The latest report on each patient, dismissed or not, by patient id; on patient `only` alone,
+/// when given (only its lines are read whole, so looking at one patient's report does not parse
+/// the whole list).
+fn latest_reports(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
     let mut latest = BTreeMap::new();
     let mut statement = conn.prepare_cached(STORED)?;
     let mut rows = statement.query([])?;
@@ -258,7 +276,6 @@ fn awaiting_review(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTr
             latest.insert(stored.patient_id, stored);
         }
     }
-    latest.retain(|patient_id, stored| dismissed.get(patient_id).is_none_or(|&through| through < stored.row));
     Ok(latest)
 }
 
