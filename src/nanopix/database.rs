@@ -137,11 +137,12 @@ pub(super) fn write<T>(
 }
 
 /// Runs `work` in a `BEGIN IMMEDIATE` transaction that never waits for a lock, and only while
-/// `still` says so: `still` runs before each try, never under the lock. A try that finds the
-/// database busy, taking the write lock or committing (while another program reads), rolls back;
-/// the tries go on, with short pauses, for as long as [`write()`] would wait in all
-/// (`busy_timeout` for each of its attempts). `Ok(None)` when `still` said no; [`Error::Busy`]
-/// when no try got through.
+/// `still` says so: `still` runs before each try, outside the lock, and once more under it, after
+/// `work` and just before the commit, so that what another program did on disk meanwhile is seen
+/// (a try it says no to then rolls back). A try that finds the database busy, taking the write
+/// lock or committing (while another program reads), rolls back; the tries go on, with short
+/// pauses, for as long as [`write()`] would wait in all (`busy_timeout` for each of its attempts).
+/// `Ok(None)` when `still` said no; [`Error::Busy`] when no try got through.
 pub(super) fn write_while<T>(
     conn: &Connection,
     (db_path, busy_timeout): (&Path, Duration),
@@ -155,15 +156,31 @@ pub(super) fn write_while<T>(
             return Ok(None);
         }
         conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
-        let attempt = immediate(conn, &mut work);
+        let attempt = immediate_while(conn, &mut still, &mut work);
         conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
         match attempt {
             Err(error) if crate::error::is_busy(&error) && Instant::now() < deadline => {
                 thread::sleep(pause);
                 pause = (pause * 2).min(FIRST_BACKOFF);
             }
-            attempt => return attempt.map(Some).map_err(Error::db(db_path, step)),
+            Err(error) => return Err(Error::db(db_path, step)(error)),
+            Ok(checked) => return checked,
         }
+    }
+}
+
+/// One try of [`write_while`]: `work` in a `BEGIN IMMEDIATE` transaction, committed only when
+/// `still` says so once more under the lock; else rolled back, giving `Ok(Ok(None))`.
+fn immediate_while<T>(
+    conn: &Connection,
+    still: &mut impl FnMut() -> Result<bool>,
+    work: &mut impl FnMut(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Result<Option<T>>> {
+    let transaction = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let value = work(&transaction)?;
+    match still() {
+        Ok(true) => transaction.commit().map(|()| Ok(Some(value))),
+        checked => Ok(checked.map(|_| None)),
     }
 }
 

@@ -401,8 +401,8 @@ impl NanoPix {
     /// The id must also be free on disk when the row is written: NanoPix makes a new patient's
     /// folder before or after its row, and may make it (and save images in it) while the insert
     /// waits for its lock, then roll its row back. So the lock is never waited for: before each
-    /// try, outside the lock, the folder is looked for, and a folder there gives
-    /// [`Insertion::IdTaken`]. Once `stopping` says so (the handle is closing), the tries end
+    /// try, outside the lock, and again under it just before the commit, the folder is looked
+    /// for, and a folder there gives [`Insertion::IdTaken`], having written nothing. Once `stopping` says so (the handle is closing), the tries end
     /// with [`Error::Closed`], having written nothing, instead of going on for the busy timeouts.
     pub fn insert_patient(
         &self,
