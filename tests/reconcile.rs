@@ -4,6 +4,7 @@ mod common;
 
 use common::{Clinic, another_program, drain, numbered_nanopix_id};
 use nanopix_sync::{DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
+use rusqlite::Connection;
 
 type DentalRow = (i64, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<String>);
 
@@ -557,16 +558,14 @@ fn delete_in_nanopix_refuses_while_a_patient_still_shows_the_id_padded() {
     );
 }
 
-/// A possible duplicate settled in DentalTID: the patient there already takes the NanoPix id and
-/// the imported copy is deleted, which asks for a delete. A later edit clears the patient's
-/// `external_id`; the link the sync recorded stays, so the NanoPix patient is still that
-/// patient's and the copy's old request deletes nothing.
-#[test]
-fn delete_in_nanopix_refuses_while_a_patient_keeps_a_link_to_the_id() {
-    let clinic = Clinic::new("v29");
+/// Yacine Mansouri, typed in DentalTID without a birth date, and NanoPix's Yacine, whom the first
+/// sync of the handle `open` gives imports as a patient of his own; then the possible duplicate
+/// is settled in DentalTID: Yacine takes the NanoPix id and the imported copy is deleted.
+/// Returns the handle, DentalTID as another program, and Yacine.
+fn settled_duplicate(clinic: &Clinic, open: fn(&Clinic) -> NanoPixSync) -> (NanoPixSync, Connection, i64) {
     let yacine = clinic.add_dentaltid("Yacine", "Mansouri", None);
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    let sync = clinic.open();
+    let sync = open(clinic);
     sync.reconcile().unwrap();
     let copy: Vec<i64> =
         clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
@@ -574,6 +573,16 @@ fn delete_in_nanopix_refuses_while_a_patient_keeps_a_link_to_the_id() {
     let dentaltid = another_program(&clinic.dentaltid);
     dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id = ?1", [yacine]).unwrap();
     dentaltid.execute("DELETE FROM patients WHERE id = ?1", [copy[0]]).unwrap();
+    (sync, dentaltid, yacine)
+}
+
+/// A possible duplicate settled in DentalTID (see [`settled_duplicate`]), which asks for no
+/// delete. A later edit clears the patient's `external_id`; the link the sync recorded stays, so
+/// the NanoPix patient is still that patient's and nothing deletes it.
+#[test]
+fn delete_in_nanopix_refuses_while_a_patient_keeps_a_link_to_the_id() {
+    let clinic = Clinic::new("v29");
+    let (sync, dentaltid, yacine) = settled_duplicate(&clinic, Clinic::open);
     sync.reconcile().unwrap();
     dentaltid.execute("UPDATE patients SET external_id = NULL WHERE id = ?1", [yacine]).unwrap();
     sync.reconcile().unwrap();
@@ -584,22 +593,13 @@ fn delete_in_nanopix_refuses_while_a_patient_keeps_a_link_to_the_id() {
     assert_eq!(rows, [1]);
 }
 
-/// A possible duplicate settled in DentalTID: Yacine, typed there, takes the NanoPix id, and the
-/// copy the sync imported is deleted, which asks for nothing. Months later Yacine is deleted: the
-/// host is asked once to delete his NanoPix patient, for Yacine, not a second time for the copy
-/// deleted long ago.
+/// A possible duplicate settled in DentalTID (see [`settled_duplicate`]), which asks for nothing.
+/// Months later Yacine is deleted: the host is asked once to delete his NanoPix patient, for
+/// Yacine, not a second time for the copy deleted long ago.
 #[test]
 fn deleting_the_patient_who_kept_a_settled_duplicates_nanopix_id_asks_once_for_him() {
     let clinic = Clinic::new("v29");
-    let yacine = clinic.add_dentaltid("Yacine", "Mansouri", None);
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    let sync = clinic.open_without_automatic_work();
-    sync.reconcile().unwrap();
-    let copy: Vec<i64> =
-        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
-    let dentaltid = another_program(&clinic.dentaltid);
-    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id = ?1", [yacine]).unwrap();
-    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [copy[0]]).unwrap();
+    let (sync, dentaltid, yacine) = settled_duplicate(&clinic, Clinic::open_without_automatic_work);
     let asked = |events: Vec<EventKind>| -> Vec<EventKind> {
         events.into_iter().filter(|kind| matches!(kind, EventKind::DeleteRequested { .. })).collect()
     };
