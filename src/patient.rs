@@ -356,9 +356,8 @@ fn push_digits(text: &mut String, value: u32, width: u32) {
 /// Reads NanoPix's `birthdate`; a datetime or ISO timestamp keeps its date part.
 pub fn parse_nanopix_date(text: &str) -> Option<NaiveDate> {
     let text = text.trim();
-    let date_part = text.get(..10)?;
-    let usual = || parse_usual_timestamp(date_part).map(|at| at.date());
-    let date = usual().or_else(|| NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok())?;
+    // Only `YYYY-MM-DD` exactly: another shape cut to ten bytes may name another day.
+    let date = parse_plain_date(text.get(..10)?)?;
     // The time after the date only needs to be one: the year floor of creation times is not a birth date's.
     let rest_ok = text.len() == 10 || parse_dart_timestamp(text).is_some();
     (rest_ok && date.year() >= 1850).then_some(date)
@@ -405,7 +404,9 @@ mod tests {
 
     #[test]
     fn odd_nanopix_dates_are_unreadable_not_fatal() {
-        for odd in ["", "0000-00-00", "21/01/2025", "2025-02-30", "yesterday", "2025-01-21xyz", "0001-01-01"] {
+        for odd in
+            ["", "0000-00-00", "21/01/2025", "2025-02-30", "yesterday", "2025-01-21xyz", "0001-01-01", "+1985-03-12"]
+        {
             assert_eq!(parse_nanopix_date(odd), None, "{odd:?}");
         }
         assert_eq!(parse_nanopix_date("2025-01-21 00:00:00"), Some(date(2025, 1, 21)));

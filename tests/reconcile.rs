@@ -914,6 +914,26 @@ fn a_nanopix_creation_time_past_year_9999_falls_back_to_the_ids_time() {
     assert_eq!(created, ["2024-05-10T09:00:00.000"]);
 }
 
+/// A NanoPix `birthdate` with a sign before its year (`+1985-03-12`) is not a date as NanoPix
+/// writes one: it is read as no birth date, never as another day. Read as the 1st of March, it
+/// linked this NanoPix patient to the DentalTID patient of the same names born that day, who is
+/// another person.
+#[test]
+fn a_nanopix_birth_date_with_a_signed_year_is_never_read_as_another_day() {
+    let clinic = Clinic::new("v29");
+    let born_on_the_first = clinic.add_dentaltid("Amina", "Benali", Some("1985-03-01"));
+    clinic.add_nanopix("20250122_081000", "Benali", "Amina", Some("+1985-03-12"));
+    let sync = clinic.open_without_automatic_work();
+    assert_eq!(sync.reconcile().unwrap().linked, 0, "no patient is born on the day the text names");
+    let holders: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_081000'", |r| r.get(0));
+    assert_eq!(holders.len(), 1);
+    assert_ne!(holders, [born_on_the_first], "linked to another person");
+    let born: Vec<Option<String>> =
+        clinic.dentaltid_rows("SELECT dateOfBirth FROM patients WHERE external_id = '20250122_081000'", |r| r.get(0));
+    assert_eq!(born, [None], "no made-up birth date");
+}
+
 /// A NanoPix `birthdate` is read the same with or without a time after it: from 1850 on, both
 /// give the patient that birth date (and the age it makes), as the README promises.
 #[test]
