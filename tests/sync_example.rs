@@ -555,10 +555,11 @@ fn export_existing_whose_events_were_dropped_unread_exits_1() {
     common::another_program(&clinic.nanopix_db())
         .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON Patient BEGIN SELECT RAISE(ABORT, 'refused'); END;")
         .unwrap();
-    // The runner closes its lock file once the sync is closed, every event made.
+    // The runner closes its lock file (opened to read) once the sync is closed, every event made:
+    // IN_CLOSE_NOWRITE, or IN_CLOSE_WRITE for a file opened to write.
     let lock = clinic.dir.path().join("dentaltid.db.nanopix-sync.lock");
     std::fs::write(&lock, "").unwrap();
-    let closed = common::first_inotify_event(&lock, 0x8);
+    let closed = common::first_inotify_event(&lock, 0x10 | 0x8);
     let child = runner(&clinic, "export-existing").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     closed.recv_timeout(Duration::from_secs(300)).expect("the runner closes the sync");
     let output = child.wait_with_output().unwrap();
