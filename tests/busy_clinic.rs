@@ -422,6 +422,55 @@ fn the_same_person_saved_in_nanopix_while_her_export_waits_for_nanopixs_lock_get
     assert_eq!(integrity(&clinic.nanopix_db()), "ok");
 }
 
+/// The receptionist adds Nadia Saidi while NanoPix holds its write lock (it is saving an image):
+/// her export is refused (`busy`) and waits in the journal, under the second of the clinic's
+/// clock. The X-ray assistant opened NanoPix's form for the same Nadia in that very second:
+/// NanoPix makes her folder and writes her row, still holding the lock. The next "Sync Now"
+/// repairs the export, which moves off the id whose folder is there and waits for NanoPix's lock,
+/// and NanoPix commits Nadia meanwhile.
+///
+/// When the repair gets the lock, NanoPix holds an exact match the sync has not read: the person
+/// must end up with one NanoPix patient, linked to the DentalTID patient, not with two NanoPix
+/// patients (and, at the next reconcile, two DentalTID patients).
+#[test]
+fn the_same_person_saved_in_nanopix_while_the_repair_of_her_export_waits_for_nanopixs_lock_gets_one_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let same_second = "20250122_100000";
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = sync.export_patient(nadia);
+    assert!(matches!(refused, Err(nanopix_sync::Error::Busy { .. })), "{refused:?}");
+    assert_eq!(reserved_id(&clinic).as_deref(), Some(same_second), "the export waits in the journal");
+    std::fs::create_dir(clinic.root.join(same_second)).unwrap();
+    nanopix
+        .execute(
+            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', '2025-01-22 10:00:08', '2025-01-22 10:00:08')",
+            [same_second],
+        )
+        .unwrap();
+    // Reads the journal as another program would, waiting out the sync's own writes to it.
+    let journal = another_program(&clinic.dentaltid);
+    let reserved = || journal.query_row("SELECT external_id FROM nanopix_sync_exports", [], |r| r.get::<_, String>(0));
+    let repairing = std::thread::scope(|scope| {
+        let repairing = scope.spawn(|| sync.reconcile());
+        until(Duration::from_secs(30), "the repair moves off the id whose folder is there", || {
+            reserved().unwrap() != same_second
+        });
+        nanopix.execute_batch("COMMIT").unwrap();
+        repairing.join().unwrap()
+    });
+    let next = sync.reconcile();
+    let (in_nanopix, in_dentaltid) =
+        (common::nanopix_ids_named(&clinic, "Nadia", "Saidi"), common::dentaltid_named(&clinic, "Nadia", "Saidi"));
+    let context = format!("the repairing reconcile gave {repairing:?}, the next one {next:?}");
+    assert_eq!(in_nanopix, [same_second], "Nadia Saidi's NanoPix patients ({context})");
+    assert_eq!(in_dentaltid, [(nadia, Some(same_second.to_owned()))], "Nadia Saidi's DentalTID patients ({context})");
+}
+
 /// Live Sync is on (switched on before the clinic's first "Sync Now"), and the receptionist
 /// adds Nadia Saidi to DentalTID; the X-ray assistant saves the same Nadia Saidi in NanoPix
 /// while that first sync runs, after it read both sides (DentalTID, busy saving something

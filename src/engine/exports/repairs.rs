@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::events::ReconcileReport;
 use crate::matching::{DentalIndex, MatchKey};
 use crate::patient::{NanoPixPatient, Patient, parse_nanopix_datetime};
-use crate::{Error, NanoPixId, Result};
+use crate::{NanoPixId, Result};
 
 /// Most interrupted exports a live pass tries to end (in turns); a full reconcile tries them all.
 const REPAIRS_PER_LIVE_PASS: usize = 8;
@@ -130,10 +130,11 @@ impl Engine {
         match self.dentaltid.patient(pending.patient_id)? {
             Some(patient) if patient.external_id.is_none() => {
                 let twins = self.twins_of(&patient, report);
+                let read = self.nanopix.data_version()?;
                 let exported = match self.end_or_give_way(&patient, pending, twins.as_ref())? {
                     Some(exported) => exported,
                     None if self.gave_back_left_behind(&patient, report)? => return Ok(false),
-                    None => self.rewrite_export(&patient, pending, twins.as_ref())?,
+                    None => self.rewrite_export(&patient, pending, read, twins.as_ref())?,
                 };
                 match exported {
                     Exported::Written(external_id) => {
@@ -185,9 +186,10 @@ impl Engine {
         pending: &PendingExport,
         twins: Option<&Twins>,
     ) -> Result<Exported> {
+        let read = self.nanopix.data_version()?;
         match self.end_or_give_way(patient, pending, twins)? {
             Some(exported) => Ok(exported),
-            None => self.rewrite_export(patient, pending, twins),
+            None => self.rewrite_export(patient, pending, read, twins),
         }
     }
 
@@ -215,11 +217,15 @@ impl Engine {
 
     /// The last step of [`Engine::resume_export`]: writes `patient` as she is now for the export
     /// `pending` records, which wrote no row, at the reserved id when nothing else uses it, or
-    /// else at a new free id.
+    /// else at a new free id; only while NanoPix's data version is still `read`, as it was before
+    /// the repair looked there for a patient NanoPix saved itself. A patient NanoPix saved since
+    /// (the same person, maybe, whose save held the lock the repair waited for) defers the export,
+    /// which stays in the journal: the next pass reads her first, and the repair gives way to her.
     fn rewrite_export(
         &mut self,
         patient: &Patient,
         pending: &PendingExport,
+        read: i64,
         twins: Option<&Twins>,
     ) -> Result<Exported> {
         let id = pending.external_id;
@@ -237,9 +243,8 @@ impl Engine {
         if pending.written.as_ref() != Some(&row.written()) || row.id != id {
             self.replan_export(patient.id, &row)?;
         }
-        // A repair ends what the journal began; no twin was there a moment ago.
-        let written = self.write_export(patient, row, (IdsFrom::Now, None), twins)?;
-        written.map(Exported::Written).ok_or_else(|| Error::Internal("a repair was deferred".into()))
+        let written = self.write_export(patient, row, (IdsFrom::Now, Some(read)), twins)?;
+        Ok(written.map_or(Exported::Deferred, Exported::Written))
     }
 
     /// The NanoPix patients with the names and birth date of `patient` that are new to the sync
