@@ -122,7 +122,8 @@
 #define NPS_NO_FREE_ID 107
 
 /**
- * A database stayed locked by another program (`busy`).
+ * A database stayed locked by another program, or NanoPix kept changing while an export
+ * waited for it to be still (`busy`).
  */
 #define NPS_BUSY 108
 

@@ -134,6 +134,17 @@ pub enum Error {
         step: &'static str,
     },
 
+    /// NanoPix's database kept changing while an export waited for it to be still before it
+    /// wrote (another program saving all the time), for longer than the tries allow; nothing held
+    /// it locked. Its code is `busy`, as for a lock: calling again goes on with the work left.
+    #[error("{path} kept changing while {step}")]
+    KeptChanging {
+        /// The database file.
+        path: PathBuf,
+        /// What the sync was doing.
+        step: &'static str,
+    },
+
     /// An SQLite call failed.
     #[error("{step} failed on {path}: {source}")]
     Database {
@@ -205,7 +216,7 @@ impl Error {
             Error::NanoPixIdShared { .. } => "id_shared",
             Error::UnsafePath(_) => "unsafe_path",
             Error::NoFreeId(_) => "no_free_id",
-            Error::Busy { .. } => "busy",
+            Error::Busy { .. } | Error::KeptChanging { .. } => "busy",
             Error::Database { .. } => "database",
             Error::Io { .. } => "io",
             Error::Watcher { .. } => "watcher",
@@ -228,6 +239,7 @@ impl Error {
             | Error::MissingColumn { path, .. }
             | Error::UnexpectedColumn { path, .. }
             | Error::Busy { path, .. }
+            | Error::KeptChanging { path, .. }
             | Error::Database { path, .. }
             | Error::Io { path, .. }
             | Error::Watcher { path, .. } => Some(path),

@@ -188,6 +188,8 @@ impl NanoPixSync {
     /// with a NanoPix id, or with a recorded link (its `external_id` cleared by DentalTID).
     /// [`Error::Database`], with nothing exported, while DentalTID refuses the patient's link to
     /// the NanoPix patient the matching gave it: NanoPix would hold the person twice.
+    /// [`Error::KeptChanging`], with nothing exported, when NanoPix changed again before each of
+    /// three tries (a patient saved there meanwhile may be this very person).
     pub fn export_patient(&self, patient_id: i64) -> Result<NanoPixId> {
         self.call(move |engine| engine.export_patient(patient_id))
     }
@@ -199,9 +201,10 @@ impl NanoPixSync {
     ///
     /// # Failure
     /// [`Error::Closed`] when the handle closes (or is stopped) before every patient was exported:
-    /// `export_existing` on the next handle exports those left. [`Error::Busy`] when NanoPix kept changing, and
-    /// some patients were held back each time, or when a database stayed locked past the busy
-    /// timeout on some patient's export each time (calling again exports those left).
+    /// `export_existing` on the next handle exports those left. [`Error::KeptChanging`] when
+    /// NanoPix kept changing, and some patients were held back each time, or [`Error::Busy`] when
+    /// a database stayed locked past the busy timeout on some patient's export each time (calling
+    /// again exports those left).
     pub fn export_existing(&self) -> Result<u64> {
         self.call(Engine::export_existing)
     }

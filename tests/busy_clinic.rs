@@ -594,6 +594,36 @@ fn export_existing_that_nanopix_keeps_deferring_reports_every_patient_it_did_not
     );
 }
 
+/// The X-ray room keeps saving while Nadia Saidi's export waits for NanoPix to be still: the
+/// export gives up after three tries with `busy`. Its message must say what happened (NanoPix
+/// kept changing) and name NanoPix's database, not send support staff looking for a lock that
+/// no program held.
+#[test]
+fn an_export_nanopix_keeps_deferring_says_nanopix_kept_changing_not_that_it_stayed_locked() {
+    let clinic = Clinic::new("v29");
+    let clock = BusyXrayRoomClock {
+        now: clinic_morning(),
+        nanopix_db: clinic.nanopix_db(),
+        saving: Arc::new(AtomicBool::new(false)),
+        saves: Arc::new(AtomicU32::new(0)),
+    };
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clock.saving.store(true, Ordering::SeqCst);
+    let exported = sync.export_patient(nadia);
+    clock.saving.store(false, Ordering::SeqCst);
+
+    let error = exported.expect_err("NanoPix changed before every try");
+    assert_eq!(error.code(), "busy");
+    assert_eq!(error.path(), Some(clinic.nanopix_db().as_path()), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("kept changing") && !message.contains("locked"), "{message}");
+    assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Saidi"), Vec::<String>::new());
+}
+
 /// Sends once `folder` itself is closed after it was opened for reading (listed), as inotify
 /// reports it (`IN_CLOSE_NOWRITE`), from now on.
 #[cfg(target_os = "linux")]

@@ -95,7 +95,7 @@ impl Engine {
                 Exported::Deferred => {}
             }
         }
-        Err(Error::Busy { path: self.config.nanopix_root.clone(), step: "exporting while NanoPix keeps changing" })
+        Err(Error::KeptChanging { path: self.nanopix.database().to_path_buf(), step: "exporting" })
     }
 
     /// Links those of `exporting` that the matching links, as a first sync would, to a NanoPix
@@ -181,9 +181,9 @@ impl Engine {
         // Live Sync would never export them: they are older than its cursor.
         Err(match refused_by {
             Some(path) => Error::Busy { path, step: "exporting: some patients are not exported yet" },
-            None => Error::Busy {
-                path: self.config.nanopix_root.clone(),
-                step: "exporting while NanoPix keeps changing: some patients are not exported yet",
+            None => Error::KeptChanging {
+                path: self.nanopix.database().to_path_buf(),
+                step: "exporting: some patients are not exported yet",
             },
         })
     }

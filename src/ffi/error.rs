@@ -46,7 +46,8 @@ pub const NPS_NOT_EMPTY: u32 = 105;
 pub const NPS_UNSAFE_PATH: u32 = 106;
 /// No free NanoPix id was found (`no_free_id`).
 pub const NPS_NO_FREE_ID: u32 = 107;
-/// A database stayed locked by another program (`busy`).
+/// A database stayed locked by another program, or NanoPix kept changing while an export
+/// waited for it to be still (`busy`).
 pub const NPS_BUSY: u32 = 108;
 /// An SQLite call failed (`database`).
 pub const NPS_DATABASE: u32 = 109;
