@@ -6,6 +6,7 @@
 //! that failed (or whose work a locked database refused) is tried again after a pause that grows
 //! while it keeps failing.
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +15,13 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::Error;
 use crate::engine::Engine;
+use crate::error::panic_message;
 use crate::events::{EventBus, ReconcileReport};
 use crate::watcher::{Trigger, Watcher};
 
 /// A unit of host work for the engine thread. It returns the [`Answer`] that gives its result to
-/// its caller, for the loop to give once the watcher follows a switch of Live Sync off.
+/// its caller, for the loop to give once the watcher follows a switch of Live Sync off. Its work
+/// runs under [`run_call`], so a panic in it becomes its caller's error.
 pub(crate) type Job = Box<dyn FnOnce(&mut Engine) -> Answer + Send>;
 
 /// Gives a job's result to its caller.
@@ -80,22 +83,31 @@ pub(crate) fn run(engine: Engine, jobs: Receiver<Job>) {
     live.stop_watching();
 }
 
+/// Runs a host call's `work` on `engine`. A panic in it (a bug) becomes the call's
+/// [`Error::Internal`], with the panic's message, and a `sync_error` event saying the same.
+pub(crate) fn run_call<T>(engine: &mut Engine, work: impl FnOnce(&mut Engine) -> crate::Result<T>) -> crate::Result<T> {
+    catch_unwind(AssertUnwindSafe(|| work(engine))).unwrap_or_else(|panic| {
+        let error = panicked("a sync call", panic.as_ref());
+        engine.bus().error(&error, None, None);
+        Err(error)
+    })
+}
+
+/// The error a panic in `work` becomes: [`Error::Internal`] with the panic's message.
+fn panicked(work: &str, panic: &(dyn Any + Send)) -> Error {
+    Error::Internal(format!("{work} panicked: {}", panic_message(panic)))
+}
+
 impl LiveLoop {
     /// Runs `job` and gives its answer. A call that switched Live Sync off answers once the
     /// watcher is stopped and joined, so that no watcher event follows its answer; a call that
     /// switched it on answers before the watcher starts, without waiting for its full reconcile.
     fn run_job(&mut self, job: Job) {
-        let engine = &mut self.engine;
-        let answer = catch_unwind(AssertUnwindSafe(|| job(engine)));
-        if answer.is_err() {
-            self.bus.error(&Error::Internal("a sync call panicked".into()), None, None);
-        }
+        let answer = job(&mut self.engine);
         if self.engine.take_switched_off() {
             self.stop_watching();
         }
-        if let Ok(answer) = answer {
-            answer();
-        }
+        answer();
         self.follow_live_sync();
     }
 
@@ -181,7 +193,7 @@ impl LiveLoop {
         let (failure, stopped_early) = match catch_unwind(AssertUnwindSafe(|| engine.automatically(pass))) {
             Ok(Ok(report)) => (None, report.stopped_early),
             Ok(Err(error)) => (Some(error), false),
-            Err(_) => (Some(Error::Internal("a live sync pass panicked".into())), false),
+            Err(panic) => (Some(panicked("a live sync pass", panic.as_ref())), false),
         };
         // A pass that failed or stopped early may not have given NanoPix patients back yet: the
         // next one announces.

@@ -287,7 +287,7 @@ impl NanoPixSync {
         let jobs = self.jobs.as_ref().ok_or(Error::Closed)?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let job: Job = Box::new(move |engine| {
-            let result = job(engine);
+            let result = live::run_call(engine, job);
             // The caller may have gone away; then nobody needs the answer.
             Box::new(move || {
                 let _ = reply.send(result);

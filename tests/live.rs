@@ -39,6 +39,29 @@ fn a_nanopix_patient_arrives_without_a_host_call() {
     assert_eq!(sync.source_info(patient_id).unwrap().external_id.as_deref(), Some("20250122_091500"));
 }
 
+/// A bug that panics in a live pass (here in the clock the host gave, asked the time as the pass
+/// imports a patient) is reported with the panic's own message, all support staff have to go on,
+/// and the pass is tried again.
+#[test]
+fn a_live_pass_that_panics_is_reported_with_the_panics_message_and_tried_again() {
+    let clinic = Clinic::new("v29");
+    let clock = HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let mut config = clinic.config();
+    config.clock = Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    clock.arm(Box::new(|| panic!("the clock's battery is flat")));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+
+    let event = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "internal"));
+    let EventKind::SyncError { message, .. } = event.kind else { unreachable!() };
+    assert!(message.contains("the clock's battery is flat"), "{message}");
+    until(DEADLINE, "Yacine imported by the pass tried again", || {
+        common::dentaltid_named(&clinic, "Yacine", "Mansouri").len() == 1
+    });
+}
+
 #[test]
 fn a_dentaltid_patient_reaches_nanopix_without_a_host_call() {
     let clinic = Clinic::new("v29");

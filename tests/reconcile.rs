@@ -822,6 +822,32 @@ fn today_filters_follow_the_clock_and_createdat() {
     assert!(names(PatientFilter::Today).is_empty());
 }
 
+/// A bug that panics during a call (here in the clock the host gave, asked the time for 'Today')
+/// must tell the caller, and the `sync_error` event, what went wrong: the panic's own message is
+/// all support staff have to go on. The handle goes on working.
+#[test]
+fn a_call_that_panics_fails_with_the_panics_message_and_the_handle_goes_on() {
+    let clinic = Clinic::new("v29");
+    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = std::sync::Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    drain(&sync);
+    clock.arm(Box::new(|| panic!("the clock's battery is flat")));
+
+    let message = sync.patients(PatientFilter::Today).expect_err("the call panicked").to_string();
+    assert!(message.contains("the clock's battery is flat"), "the caller got: {message}");
+    let reported: Vec<String> = drain(&sync)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::SyncError { code, message, .. } if code == "internal" => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(reported.iter().any(|message| message.contains("the clock's battery is flat")), "{reported:?}");
+    assert!(sync.patients(PatientFilter::Today).is_ok(), "the handle goes on");
+}
+
 #[test]
 fn odd_nanopix_rows_are_skipped_or_imported_as_well_as_possible() {
     let clinic = Clinic::new("v29");
