@@ -199,6 +199,10 @@ impl NanoPixSync {
     /// NanoPix patients the sync has not seen yet are imported or linked first, and an interrupted
     /// export of one of them is ended, as [`NanoPixSync::export_patient`] does.
     ///
+    /// A patient whose export fails for another reason than those below (NanoPix refusing her
+    /// row, say) is not counted, and the others are exported all the same: a `sync_error` event
+    /// reports it, and the call still returns `Ok`; calling again tries her again.
+    ///
     /// # Failure
     /// [`Error::Closed`] when the handle closes (or is stopped) before every patient was exported:
     /// `export_existing` on the next handle exports those left. [`Error::KeptChanging`] when

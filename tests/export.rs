@@ -2339,6 +2339,35 @@ fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
     assert_eq!(result.map_err(|error| error.code()), Ok(1));
 }
 
+/// `export_existing` with a NanoPix that refuses one patient's row (a trigger of its own): the
+/// others are exported all the same, the call succeeds with their number, and only a
+/// `sync_error` naming her tells the host who is left; calling again exports her.
+#[test]
+fn export_existing_goes_on_past_a_patient_nanopix_refuses_and_counts_only_those_exported() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let refuse_nadia = "CREATE TRIGGER refuse_nadia BEFORE INSERT ON Patient WHEN NEW.first_name = 'Nadia'
+                        BEGIN SELECT RAISE(ABORT, 'refused'); END";
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(refuse_nadia).unwrap();
+    common::drain(&sync);
+
+    assert_eq!(sync.export_existing().unwrap(), 6, "the six sample patients");
+    let unexported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id IS NULL ORDER BY id", |r| r.get(0));
+    assert_eq!(unexported, [nadia]);
+    let named = common::drain(&sync).into_iter().any(|event| {
+        matches!(event.kind, EventKind::SyncError { code, patient_id: Some(p), .. } if code == "database" && p == nadia)
+    });
+    assert!(named, "a sync_error names Nadia");
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch("DROP TRIGGER refuse_nadia").unwrap();
+    sync.export_existing().unwrap();
+    let exported: Vec<Option<String>> =
+        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
+    assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Cherif"), [exported[0].clone().unwrap()]);
+}
+
 /// The person typed into DentalTID again while her first patient, imported from NanoPix, is
 /// still there: her export finds NanoPix locked (by the returned connection, which keeps it so)
 /// and waits in the journal, with no NanoPix row written. The first patient is then deleted.
