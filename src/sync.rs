@@ -195,7 +195,7 @@ impl NanoPixSync {
     }
 
     /// Exports every DentalTID patient that has no NanoPix id and no recorded link yet; returns
-    /// how many were exported.
+    /// how many were exported, the interrupted exports it ended among them.
     /// NanoPix patients the sync has not seen yet are imported or linked first, and an interrupted
     /// export of one of them is ended, as [`NanoPixSync::export_patient`] does.
     ///

@@ -730,7 +730,7 @@ fn exporting_a_patient_whose_export_is_pending_ends_that_export() {
         let sync = clinic.open();
         block_nanopix_inserts(&clinic, false);
         if all_at_once {
-            assert_eq!(sync.export_existing().unwrap(), 5, "the repair that runs first ends patient 1's export");
+            assert_eq!(sync.export_existing().unwrap(), 6, "patient 1's export, ended by the repair that runs first");
         } else {
             assert_eq!(sync.export_patient(1).unwrap().to_string(), reserved);
         }
@@ -2366,6 +2366,24 @@ fn export_existing_goes_on_past_a_patient_nanopix_refuses_and_counts_only_those_
     let exported: Vec<Option<String>> =
         clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
     assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Cherif"), [exported[0].clone().unwrap()]);
+}
+
+/// NanoPix refused Nadia's row, and her export waits in the journal. Once NanoPix takes it again,
+/// `export_existing` exports her: the pass it catches up with NanoPix by ends her export first.
+/// The call must count her, or the host tells the clinic that nobody was exported.
+#[test]
+fn export_existing_counts_the_export_its_catch_up_ended() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    assert_eq!(sync.export_existing().unwrap(), 6);
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    block_nanopix_inserts(&clinic, true);
+    assert_eq!(sync.export_existing().unwrap(), 0, "NanoPix refuses her row");
+    block_nanopix_inserts(&clinic, false);
+
+    assert_eq!(sync.export_existing().unwrap(), 1, "Nadia ({nadia}) is exported by this call");
+    assert_eq!(common::nanopix_ids_named(&clinic, "Nadia", "Cherif").len(), 1);
 }
 
 /// The person typed into DentalTID again while her first patient, imported from NanoPix, is

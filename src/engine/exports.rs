@@ -154,7 +154,9 @@ impl Engine {
         let mut report = ReconcileReport::default();
         let mut refused_by = None;
         for _ in 0..EXPORT_ATTEMPTS {
-            self.catch_up_with_nanopix()?;
+            // The exports the catch-up ended (or made, with Live Sync on) are this call's too.
+            let catch_up = self.catch_up_with_nanopix()?;
+            report.exported += catch_up.exported + catch_up.repaired;
             // A catch-up that left NanoPix patients for exports to end left no cursor either.
             let caught_up = self.cursor.is_some() || self.left_for_exports;
             let unlinked = self.without_recorded_link(self.dentaltid.all_patients()?)?;
@@ -202,8 +204,8 @@ impl Engine {
     /// version shows that nobody else wrote to it since the cursor was set (in the same file)
     /// and DentalTID lost no patient since (counted only when another program wrote to it): a
     /// patient just deleted there may have left a NanoPix patient behind that the patient being
-    /// exported should get back.
-    fn catch_up_with_nanopix(&mut self) -> Result<()> {
+    /// exported should get back. Returns the report of the pass that caught up, empty without one.
+    fn catch_up_with_nanopix(&mut self) -> Result<ReconcileReport> {
         self.ready_connections()?;
         let unchanged = match &self.cursor {
             Some(cursor) => {
@@ -214,7 +216,7 @@ impl Engine {
             }
             None => false,
         };
-        if unchanged { Ok(()) } else { self.sync_changes().map(drop) }
+        if unchanged { Ok(ReconcileReport::default()) } else { self.sync_changes() }
     }
 
     /// Exports the patients still due from before Live Sync was last switched off, then those
