@@ -227,7 +227,7 @@ mod tests {
             id: patient_id,
             source: crate::patient::Source::NanoPix,
             external_id: Some(id),
-            unreadable_birth_date: None,
+            birth_date_unreadable: false,
         };
         let others = |links: &[Link], patients: &[PatientRef]| {
             other_people(links, &recorded, &created, (patients, &[])).contains(&id)

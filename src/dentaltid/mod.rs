@@ -102,9 +102,10 @@ pub(crate) struct PatientRef {
     pub source: Source,
     /// `patients.external_id`, if it holds a valid NanoPix id.
     pub external_id: Option<NanoPixId>,
-    /// `patients.dateOfBirth` as stored, when it starts with a digit but no real date
-    /// ([`crate::patient::BirthDate::Unreadable`]): matching leaves the patient out.
-    pub unreadable_birth_date: Option<String>,
+    /// Whether `patients.dateOfBirth` starts with a digit but is no real date
+    /// ([`crate::patient::BirthDate::Unreadable`]): matching leaves the patient out. A flag, not
+    /// the text, keeps every patient's reference as small as it was.
+    pub birth_date_unreadable: bool,
 }
 
 /// A link, as `nanopix_sync_links` or an import batch of `nanopix_sync_imports` records it.

@@ -448,7 +448,7 @@ impl DentalTid {
         })
     }
 
-    /// The id, source, NanoPix id and unreadable birth date of every patient, in id order.
+    /// The id, source, NanoPix id and birth-date flag of every patient, in id order.
     pub fn patient_refs(&self) -> Result<Vec<PatientRef>> {
         let read = || {
             let sql = "SELECT id, source, external_id, dateOfBirth FROM patients ORDER BY id";
@@ -478,8 +478,9 @@ pub(super) fn patient_in(conn: &Connection, id: i64) -> rusqlite::Result<Option<
     Ok(patients_in(conn, "WHERE id = ?1", [id])?.pop())
 }
 
-/// Reads a patient's id, source, NanoPix id and unreadable birth date from the columns at `[id,
-/// source, external_id, dateOfBirth]` leniently; `None` only when `id` is not an integer.
+/// Reads a patient's id, source, NanoPix id and whether its birth date is unreadable from the
+/// columns at `[id, source, external_id, dateOfBirth]` leniently; `None` only when `id` is not an
+/// integer.
 pub(super) fn patient_ref_at(
     row: &Row<'_>,
     [id, source, external_id, date_of_birth]: [usize; 4],
@@ -487,10 +488,8 @@ pub(super) fn patient_ref_at(
     let Some(id) = integer_at(row, id)? else { return Ok(None) };
     let source = read_text(row, source, Source::from_column)?;
     let external_id = read_text(row, external_id, |text| text.and_then(|text| NanoPixId::parse(text).ok()))?;
-    let unreadable_birth_date = read_text(row, date_of_birth, |text| {
-        (BirthDate::of(text) == BirthDate::Unreadable).then(|| text.unwrap_or_default().to_owned())
-    })?;
-    Ok(Some(PatientRef { id, source, external_id, unreadable_birth_date }))
+    let birth_date_unreadable = read_text(row, date_of_birth, |text| BirthDate::of(text) == BirthDate::Unreadable)?;
+    Ok(Some(PatientRef { id, source, external_id, birth_date_unreadable }))
 }
 
 /// Reads a row of [`PATIENT_COLUMNS`] leniently; `None` only when `id` is not an integer.

@@ -135,12 +135,10 @@ impl Engine {
     /// so NanoPix's patient of the same person is imported apart, and an export writes none.
     fn report_unreadable_birth_dates(&mut self, patients: &[PatientRef], report: &mut ReconcileReport) {
         let database = self.config.dentaltid_db.display().to_string();
-        for patient in patients {
-            let Some(born) = &patient.unreadable_birth_date else { continue };
+        for patient in patients.iter().filter(|patient| patient.birth_date_unreadable) {
             let message = format!(
-                "DentalTID patient {} left out of matching: its dateOfBirth {born:?} is no date, so NanoPix's \
-                 patient of the same person is imported apart, and an export writes no birth date; correct it in \
-                 DentalTID",
+                "DentalTID patient {} left out of matching: its dateOfBirth is no date, so NanoPix's patient of the \
+                 same person is imported apart, and an export writes no birth date; correct it in DentalTID",
                 patient.id
             );
             self.report_odd("odd_row", message, (None, Some(patient.id), Some(database.clone())), report);
