@@ -533,6 +533,18 @@ impl std::fmt::Debug for BusyXrayRoomClock {
     }
 }
 
+impl BusyXrayRoomClock {
+    /// The clock of `clinic`'s X-ray room, quiet until `saving` is set.
+    fn of(clinic: &Clinic) -> Self {
+        Self {
+            now: clinic_morning(),
+            nanopix_db: clinic.nanopix_db(),
+            saving: Arc::new(AtomicBool::new(false)),
+            saves: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
 impl Clock for BusyXrayRoomClock {
     fn now(&self) -> NaiveDateTime {
         if self.saving.load(Ordering::SeqCst) {
@@ -559,12 +571,7 @@ impl Clock for BusyXrayRoomClock {
 #[test]
 fn export_existing_that_nanopix_keeps_deferring_reports_every_patient_it_did_not_export() {
     let clinic = Clinic::new("v29");
-    let clock = BusyXrayRoomClock {
-        now: clinic_morning(),
-        nanopix_db: clinic.nanopix_db(),
-        saving: Arc::new(AtomicBool::new(false)),
-        saves: Arc::new(AtomicU32::new(0)),
-    };
+    let clock = BusyXrayRoomClock::of(&clinic);
     let mut config = clinic.config_without_automatic_work();
     config.busy_timeout = Duration::from_secs(30);
     config.clock = Arc::new(clock.clone());
@@ -601,12 +608,7 @@ fn export_existing_that_nanopix_keeps_deferring_reports_every_patient_it_did_not
 #[test]
 fn an_export_nanopix_keeps_deferring_says_nanopix_kept_changing_not_that_it_stayed_locked() {
     let clinic = Clinic::new("v29");
-    let clock = BusyXrayRoomClock {
-        now: clinic_morning(),
-        nanopix_db: clinic.nanopix_db(),
-        saving: Arc::new(AtomicBool::new(false)),
-        saves: Arc::new(AtomicU32::new(0)),
-    };
+    let clock = BusyXrayRoomClock::of(&clinic);
     let mut config = clinic.config_without_automatic_work();
     config.clock = Arc::new(clock.clone());
     let sync = NanoPixSync::open(config).unwrap();
