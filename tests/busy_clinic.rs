@@ -1074,10 +1074,8 @@ fn export_existing_exports_a_patient_refused_while_dentaltid_held_its_lock_or_fa
         .unwrap();
     let mut to_child = child.stdin.take().unwrap();
     let mut from_child = BufReader::new(child.stdout.take().unwrap()).lines();
-    let clock = HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
-    let mut config = clinic.config_without_automatic_work();
-    config.clock = Arc::new(clock.clone());
-    let sync = NanoPixSync::open(config).unwrap();
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
     sync.reconcile().unwrap();
     let _ = common::drain(&sync);
     let (take, taken) = crossbeam_channel::bounded::<()>(1);

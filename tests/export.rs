@@ -1431,7 +1431,7 @@ fn duplicates_of_nadia(events: Vec<nanopix_sync::Event>, nadia: i64) -> Vec<Even
 #[test]
 fn a_reconcile_leaves_the_same_person_nanopix_saved_after_her_export_failed_again_to_be_linked() {
     let clinic = std::sync::Arc::new(Clinic::new("v29"));
-    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let clock = common::HookedClock::of_the_engine();
     let (sync, nadia) = nadia_stuck_alone(&clinic, &clock);
     // The first time the engine asks the time: as it reports her export's repair refused.
     at_the_engines_ask(clock.clone(), 1, nanopix_saves_nadia(&clinic, false));
@@ -1456,7 +1456,7 @@ fn a_reconcile_leaves_the_same_person_nanopix_saved_after_her_export_failed_agai
 #[test]
 fn a_live_pass_leaves_the_same_person_nanopix_saved_after_her_export_failed_again_to_a_later_pass() {
     let clinic = std::sync::Arc::new(Clinic::new("v29"));
-    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let clock = common::HookedClock::of_the_engine();
     let (sync, nadia) = nadia_stuck_alone(&clinic, &clock);
     block_nanopix_inserts(&clinic, false);
     clinic.add_nanopix("20250122_093000", "Haddad", "Omar", Some("1979-11-02"));
@@ -1490,10 +1490,8 @@ fn a_nanopix_patient_left_for_an_export_is_decided_by_the_next_pass_even_when_it
     let (first_handle, reserved) = with_stuck_exports(&clinic, &stuck);
     drop(first_handle);
     let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
-    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
-    let mut config = clinic.config_without_automatic_work();
-    config.clock = std::sync::Arc::new(clock.clone());
-    let sync = NanoPixSync::open(config).unwrap();
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
     // As the engine reports the last of the nine repairs refused, hers.
     at_the_engines_ask(clock.clone(), reserved.len(), nanopix_saves_nadia(&clinic, true));
 
@@ -2285,7 +2283,7 @@ fn lock_dentaltid(dentaltid: std::path::PathBuf, release: crossbeam_channel::Rec
 #[test]
 fn an_export_refused_by_a_locked_dentaltid_after_nanopix_was_written_names_its_nanopix_id() {
     let clinic = Clinic::new("v29");
-    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let clock = common::HookedClock::of_the_engine();
     let mut config = clinic.config_without_automatic_work();
     config.clock = std::sync::Arc::new(clock.clone());
     config.busy_timeout = std::time::Duration::from_millis(200);
@@ -2322,10 +2320,8 @@ fn an_export_refused_by_a_locked_dentaltid_after_nanopix_was_written_names_its_n
 #[test]
 fn export_existing_stopped_as_its_last_export_ends_gives_its_count() {
     let clinic = Clinic::new("v29");
-    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
-    let mut config = clinic.config_without_automatic_work();
-    config.clock = std::sync::Arc::new(clock.clone());
-    let sync = NanoPixSync::open(config).unwrap();
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
     sync.reconcile().unwrap();
     sync.export_existing().unwrap();
     let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));

@@ -45,7 +45,7 @@ fn a_nanopix_patient_arrives_without_a_host_call() {
 #[test]
 fn a_live_pass_that_panics_is_reported_with_the_panics_message_and_tried_again() {
     let clinic = Clinic::new("v29");
-    let clock = HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
+    let clock = HookedClock::of_the_engine();
     let mut config = clinic.config();
     config.clock = Arc::new(clock.clone());
     let sync = NanoPixSync::open(config).unwrap();

@@ -828,10 +828,8 @@ fn today_filters_follow_the_clock_and_createdat() {
 #[test]
 fn a_call_that_panics_fails_with_the_panics_message_and_the_handle_goes_on() {
     let clinic = Clinic::new("v29");
-    let clock = common::HookedClock::new(|thread| thread.name() == Some("nanopix-sync-engine"));
-    let mut config = clinic.config_without_automatic_work();
-    config.clock = std::sync::Arc::new(clock.clone());
-    let sync = NanoPixSync::open(config).unwrap();
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
     drain(&sync);
     clock.arm(Box::new(|| panic!("the clock's battery is flat")));
 

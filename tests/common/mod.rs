@@ -91,6 +91,13 @@ impl Clinic {
         NanoPixSync::open(self.config_without_automatic_work()).unwrap()
     }
 
+    /// Opens the clinic with [`Clinic::config_without_automatic_work`] and `clock`.
+    pub fn open_without_automatic_work_on(&self, clock: &HookedClock) -> NanoPixSync {
+        let mut config = self.config_without_automatic_work();
+        config.clock = Arc::new(clock.clone());
+        NanoPixSync::open(config).unwrap()
+    }
+
     pub fn nanopix_db(&self) -> PathBuf {
         self.root.join("database/NanoPix.db3")
     }
@@ -404,6 +411,11 @@ impl HookedClock {
     /// A clock with no hook yet, that runs one for the threads `asks` accepts.
     pub fn new(asks: fn(&std::thread::Thread) -> bool) -> Self {
         Self { hook: Arc::new(Mutex::new(None)), asks }
+    }
+
+    /// A clock that runs its hook for the sync's engine thread, which does all its work.
+    pub fn of_the_engine() -> Self {
+        Self::new(|thread| thread.name() == Some("nanopix-sync-engine"))
     }
 
     /// Has the clock run `hook` the next time a thread it runs hooks for asks the time.
