@@ -642,6 +642,32 @@ fn deleting_one_of_two_patients_holding_a_nanopix_id_asks_for_no_delete() {
     assert_eq!(asked, [holders[1]], "once neither holds it, the host is asked once, for the patient deleted last");
 }
 
+/// Two DentalTID patients show one NanoPix id (an older version wrote such duplicates), and the
+/// clinic deletes both before the next "Sync Now": the host is asked once to delete the NanoPix
+/// patient, and deleting it as asked succeeds.
+#[test]
+fn deleting_both_patients_holding_a_nanopix_id_before_a_reconcile_asks_once() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let holders = [(); 2].map(|()| clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19")));
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id IN (?1, ?2)", holders).unwrap();
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    drain(&sync);
+    dentaltid.execute("DELETE FROM patients WHERE id IN (?1, ?2)", holders).unwrap();
+    sync.reconcile().unwrap();
+    let asked: Vec<String> = drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::DeleteRequested { external_id, .. } => Some(external_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, ["20250122_091500"], "one NanoPix patient, one question for the host");
+    sync.delete_in_nanopix("20250122_091500").unwrap();
+}
+
 #[test]
 fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     let clinic = Clinic::new("v29");

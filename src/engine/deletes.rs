@@ -4,6 +4,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
+use foldhash::HashSet;
+
 use super::Engine;
 use crate::dentaltid::ImportedUnder;
 use crate::events::EventKind;
@@ -49,8 +51,10 @@ impl Engine {
     /// a patient added again asks for none, nor does one deleted meanwhile (by the host, say,
     /// after the same request was announced before a restart). One whose standing cannot be
     /// read is announced: `delete_in_nanopix` checks it again. The import batches are read once
-    /// for all of them (see [`crate::dentaltid::DentalTid::imported_under`]). Then DentalTID notes them announced;
-    /// if it cannot, they are announced again after the next `open`, which is better than never.
+    /// for all of them (see [`crate::dentaltid::DentalTid::imported_under`]). A NanoPix patient
+    /// several of them name (patients who held one id, deleted before the same pass) is asked for
+    /// once, for the last of them. Then DentalTID notes them all announced; if it cannot, they are
+    /// announced again after the next `open`, which is better than never.
     fn announce_held_deletes(&mut self) {
         let held = std::mem::take(&mut self.unannounced_deletes);
         if held.is_empty() {
@@ -64,7 +68,7 @@ impl Engine {
         let ids: Vec<NanoPixId> =
             held.iter().filter_map(|(_, external_id)| NanoPixId::parse(external_id).ok()).collect();
         let imported = self.dentaltid.imported_under(&ids);
-        for (patient_id, external_id) in held {
+        for (patient_id, external_id) in last_for_each_id(held) {
             let stands = match (NanoPixId::parse(&external_id), &imported) {
                 (Ok(id), Ok(imported)) => self.delete_stands(id, imported),
                 _ => Ok(true),
@@ -103,4 +107,14 @@ impl Engine {
         }
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
+}
+
+/// The last of the delete requests `held` for each NanoPix id, in their order: the host is asked
+/// once to delete a NanoPix patient.
+fn last_for_each_id(mut held: Vec<(i64, String)>) -> Vec<(i64, String)> {
+    let mut asked = HashSet::default();
+    held.reverse();
+    held.retain(|(_, external_id)| asked.insert(external_id.clone()));
+    held.reverse();
+    held
 }
