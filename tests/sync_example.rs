@@ -555,8 +555,8 @@ fn export_existing_whose_events_were_dropped_unread_exits_1() {
     common::another_program(&clinic.nanopix_db())
         .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON Patient BEGIN SELECT RAISE(ABORT, 'refused'); END;")
         .unwrap();
-    // The runner closes its lock file (opened to read) once the sync is closed, every event made:
-    // IN_CLOSE_NOWRITE, or IN_CLOSE_WRITE for a file opened to write.
+    // The runner closes its lock file once the sync is closed, every event made: IN_CLOSE_WRITE,
+    // or IN_CLOSE_NOWRITE for a lock file the sync may only read.
     let lock = clinic.dir.path().join("dentaltid.db.nanopix-sync.lock");
     std::fs::write(&lock, "").unwrap();
     let closed = common::first_inotify_event(&lock, 0x10 | 0x8);

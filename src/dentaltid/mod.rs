@@ -274,14 +274,13 @@ fn take_sync_lock(database: &Path) -> Result<File> {
     }
 }
 
-/// Opens the lock file at `path` for reading, which is all a lock needs, creating it (empty) if
-/// missing: a lock file the sync may not write (made by a run under another account, or given a
-/// read-only attribute) locks all the same.
+/// Opens the lock file at `path`, creating it (empty) if missing, for writing: over NFS, Linux
+/// takes an exclusive lock only on a file open for writing. A lock file the sync may not write
+/// (made by a run under another account, or given a read-only attribute) is opened for reading,
+/// which every other file system locks all the same.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    match File::open(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            OpenOptions::new().create(true).truncate(false).write(true).open(path)
-        }
+    match OpenOptions::new().create(true).truncate(false).write(true).open(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
         opened => opened,
     }
 }
