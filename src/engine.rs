@@ -310,12 +310,14 @@ impl Engine {
     /// The Live Sync setting as the open connection reads it, also from a file replaced since:
     /// what automatic work follows. Its passes report a replaced file, once while it stays so. A
     /// setting stored behind the handle's back (a backup copied into the file in place, say)
-    /// becomes the handle's own, so automatic work runs, or stops, as the watcher does.
+    /// becomes the handle's own, so automatic work runs, or stops, as the watcher does, and a
+    /// `live_sync_changed` says so, for the host's switch to show it.
     pub fn live_sync_setting(&mut self) -> Result<bool> {
         let enabled = self.dentaltid.live_sync()?;
         if enabled != self.live_stored {
             self.live_stored = enabled;
             self.signals.live.store(enabled, Ordering::Relaxed);
+            self.bus.emit(EventKind::LiveSyncChanged { enabled });
         }
         Ok(enabled)
     }

@@ -172,7 +172,8 @@ fn switching_live_sync_off_returns_once_the_watcher_has_made_its_last_event() {
 
 /// Live Sync stored on behind the handle's back while the handle has it off (a backup taken while
 /// it was on, copied into `dentaltid.db` in place, say): the watcher follows the setting at the
-/// next call, and so does the work it wakes, instead of every pass stopping early at once.
+/// next call, and so does the work it wakes, instead of every pass stopping early at once; a
+/// `live_sync_changed` tells the host, whose switch would show it off.
 #[test]
 fn live_sync_stored_on_behind_the_handles_back_syncs_once_the_watcher_follows_it() {
     let clinic = Clinic::new("v29");
@@ -182,6 +183,7 @@ fn live_sync_stored_on_behind_the_handles_back_syncs_once_the_watcher_follows_it
         .execute("UPDATE nanopix_sync_state SET value = '1' WHERE key = 'live_sync'", [])
         .unwrap();
     assert!(sync.live_sync().unwrap(), "the call reads the setting stored");
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::LiveSyncChanged { enabled: true }));
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     imported(&sync, "20250122_091500");
