@@ -310,22 +310,21 @@ uint32_t nps_export_patient(NpsHandle *handle, int64_t patient_id, char **extern
 uint32_t nps_export_existing(NpsHandle *handle, uint64_t *exported);
 
 /**
- * Deletes NanoPix patient `external_id` (its row and empty folder), after a delete_requested
- * event and after the host asked the user; called again after a delete cut short (the row
- * deleted, the folder not), it removes the folder. Refuses with NPS_DELETE_NOT_REQUESTED unless
- * that event was sent, no DentalTID patient holds the id again (in its external_id or by a
- * recorded link), no newer request for it waits to be sent and NanoPix did not save another
- * person under the id since, with NPS_NOT_EMPTY if NanoPix holds any image, study, report, file
- * or other record for it (a row of another table whose foreign key names it), with NPS_ID_SHARED if several NanoPix rows hold the id, with NPS_INVALID_ID if
- * `external_id` is not a NanoPix id, and with NPS_NO_SUCH_PATIENT if NanoPix has neither its
- * row nor its folder (deleted already). The caller keeps ownership of
- * `external_id`. Any thread may call it.
+ * Deletes NanoPix patient `external_id` (its row and empty folder), after a delete_requested event
+ * and after the host asked the user; called again after a delete cut short (the row deleted, the
+ * folder not), it removes the folder. Refuses with NPS_DELETE_NOT_REQUESTED unless that event was
+ * sent, no DentalTID patient holds the id again (in its external_id or by a recorded link), no
+ * newer request for it waits to be sent and NanoPix did not save another person under the id
+ * since, with NPS_NOT_EMPTY if NanoPix holds any image, study, report, file or other record for it
+ * (a row of another table whose foreign key names it), with NPS_ID_SHARED if several NanoPix rows
+ * hold the id, with NPS_INVALID_ID if `external_id` is not a NanoPix id, and with
+ * NPS_NO_SUCH_PATIENT if NanoPix has neither its row nor its folder (deleted already). The caller
+ * keeps ownership of `external_id`. Any thread may call it.
  *
  * # Safety
  * `handle` is NULL or a live handle; `external_id` is NULL or a NUL-terminated string.
  */
-uint32_t nps_delete_in_nanopix(NpsHandle *handle,
-                               const char *external_id);
+uint32_t nps_delete_in_nanopix(NpsHandle *handle, const char *external_id);
 
 /**
  * Lists DentalTID patients as the patients screen filters them: `filter` is one of the

@@ -218,13 +218,13 @@ impl NanoPixSync {
     /// folder not), it removes the folder.
     ///
     /// # Failure
-    /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient,
-    /// no DentalTID patient holds its id again (in its `external_id` or by a recorded link), no
-    /// newer request for it waits to be sent (the host gets that one once it is sent) and NanoPix
-    /// did not save another person under the id since;
-    /// [`Error::NanoPixPatientNotEmpty`] if NanoPix holds any image, study, report, file or
-    /// other record for it (a row of another table whose foreign key names it); [`Error::NanoPixIdShared`] if several NanoPix rows hold its id (nothing is deleted);
-    /// [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.
+    /// [`Error::DeleteNotRequested`] unless a `delete_requested` event was sent for the patient, no
+    /// DentalTID patient holds its id again (in its `external_id` or by a recorded link), no newer
+    /// request for it waits to be sent (the host gets that one once it is sent) and NanoPix did not
+    /// save another person under the id since; [`Error::NanoPixPatientNotEmpty`] if NanoPix holds
+    /// any image, study, report, file or other record for it (a row of another table whose foreign
+    /// key names it); [`Error::NanoPixIdShared`] if several NanoPix rows hold its id (nothing is
+    /// deleted); [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.
     pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.delete_in_nanopix(&external_id))

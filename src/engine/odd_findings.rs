@@ -1,6 +1,7 @@
-//! The odd NanoPix rows and odd entries under `PatientData` already reported, so that automatic
-//! work reports each one once while it stays: a stray `desktop.ini` beside the patient folders
-//! is not reported again by every hourly reconcile. A call of the host ("Sync Now") reports
+//! The odd NanoPix rows, odd entries under `PatientData` and DentalTID patients with a birth date
+//! the sync cannot read already reported, so that automatic work reports each one once while it
+//! stays: a stray `desktop.ini` beside the patient folders is not reported again by every hourly
+//! reconcile. A call of the host ("Sync Now") reports
 //! every one it finds.
 
 use foldhash::HashSet;

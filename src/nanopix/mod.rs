@@ -401,9 +401,10 @@ impl NanoPix {
     /// The id must also be free on disk when the row is written: NanoPix makes a new patient's
     /// folder before or after its row, and may make it (and save images in it) while the insert
     /// waits for its lock, then roll its row back. So the lock is never waited for: before each
-    /// try, outside the lock, and again under it just before the commit, the folder is looked
-    /// for, and a folder there gives [`Insertion::IdTaken`], having written nothing. Once `stopping` says so (the handle is closing), the tries end
-    /// with [`Error::Closed`], having written nothing, instead of going on for the busy timeouts.
+    /// try, outside the lock, and again under it just before the commit, the folder is looked for,
+    /// and a folder there gives [`Insertion::IdTaken`], having written nothing. Once `stopping`
+    /// says so (the handle is closing), the tries end with [`Error::Closed`], having written
+    /// nothing, instead of going on for the busy timeouts.
     pub fn insert_patient(
         &self,
         patient: &NewNanoPixPatient,
@@ -499,13 +500,13 @@ impl NanoPix {
     ///
     /// # Failure
     /// [`Error::NanoPixPatientNotFound`] with neither a row nor a folder,
-    /// [`Error::NanoPixPatientNotEmpty`] while any study, report, other record (a row of
-    /// another table whose foreign key names the patient, which the delete would cascade to) or
-    /// file is left (the records are counted again under the write lock), [`Error::Busy`] when no try got through
-    /// within the busy timeout. The folder is removed after the commit; if NanoPix saved a file
-    /// in it in the few milliseconds of the delete's own transaction, the row is put back (with
-    /// a new `pk`) and the delete refused; if it cannot be removed for another reason, the error
-    /// is [`Error::Io`] and the row stays deleted.
+    /// [`Error::NanoPixPatientNotEmpty`] while any study, report, other record (a row of another
+    /// table whose foreign key names the patient, which the delete would cascade to) or file is
+    /// left (the records are counted again under the write lock), [`Error::Busy`] when no try got
+    /// through within the busy timeout. The folder is removed after the commit; if NanoPix saved a
+    /// file in it in the few milliseconds of the delete's own transaction, the row is put back
+    /// (with a new `pk`) and the delete refused; if it cannot be removed for another reason, the
+    /// error is [`Error::Io`] and the row stays deleted.
     pub fn delete_patient(&self, id: NanoPixId, subfolders: &[String]) -> Result<()> {
         let row = self.id_exists(id)?;
         if !row && !self.has_folder(id) {
