@@ -615,31 +615,40 @@ fn deleting_the_patient_who_kept_a_settled_duplicates_nanopix_id_asks_once_for_h
 #[test]
 fn deleting_one_of_two_patients_holding_a_nanopix_id_asks_for_no_delete() {
     let clinic = Clinic::new("v29");
+    let (sync, dentaltid, holders) = two_holders_of_one_nanopix_id(&clinic);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [holders[0]]).unwrap();
+    drain(&sync);
+    sync.reconcile().unwrap();
+    assert_eq!(delete_requests(&sync), []);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [holders[1]]).unwrap();
+    sync.reconcile().unwrap();
+    let asked: Vec<i64> = delete_requests(&sync).into_iter().map(|(patient_id, _)| patient_id).collect();
+    assert_eq!(asked, [holders[1]], "once neither holds it, the host is asked once, for the patient deleted last");
+}
+
+/// NanoPix's Yacine and two DentalTID patients showing his NanoPix id (an older version wrote such
+/// duplicates), reconciled once by the handle it returns, with DentalTID as another program and
+/// the two patients.
+fn two_holders_of_one_nanopix_id(clinic: &Clinic) -> (NanoPixSync, Connection, [i64; 2]) {
     clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
     let holders = [(); 2].map(|()| clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19")));
     let dentaltid = another_program(&clinic.dentaltid);
     dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id IN (?1, ?2)", holders).unwrap();
     let sync = clinic.open();
     sync.reconcile().unwrap();
-    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [holders[0]]).unwrap();
-    drain(&sync);
-    sync.reconcile().unwrap();
-    let asked: Vec<EventKind> = drain(&sync)
-        .into_iter()
-        .map(|e| e.kind)
-        .filter(|kind| matches!(kind, EventKind::DeleteRequested { .. }))
-        .collect();
-    assert_eq!(asked, []);
-    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [holders[1]]).unwrap();
-    sync.reconcile().unwrap();
-    let asked: Vec<i64> = drain(&sync)
+    (sync, dentaltid, holders)
+}
+
+/// The `delete_requested` events `sync` made since its events were last drained: each one's
+/// patient and NanoPix id.
+fn delete_requests(sync: &NanoPixSync) -> Vec<(i64, String)> {
+    drain(sync)
         .into_iter()
         .filter_map(|e| match e.kind {
-            EventKind::DeleteRequested { patient_id, .. } => Some(patient_id),
+            EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
             _ => None,
         })
-        .collect();
-    assert_eq!(asked, [holders[1]], "once neither holds it, the host is asked once, for the patient deleted last");
+        .collect()
 }
 
 /// Two DentalTID patients show one NanoPix id (an older version wrote such duplicates), and the
@@ -648,22 +657,11 @@ fn deleting_one_of_two_patients_holding_a_nanopix_id_asks_for_no_delete() {
 #[test]
 fn deleting_both_patients_holding_a_nanopix_id_before_a_reconcile_asks_once() {
     let clinic = Clinic::new("v29");
-    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
-    let holders = [(); 2].map(|()| clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19")));
-    let dentaltid = another_program(&clinic.dentaltid);
-    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id IN (?1, ?2)", holders).unwrap();
-    let sync = clinic.open();
-    sync.reconcile().unwrap();
+    let (sync, dentaltid, holders) = two_holders_of_one_nanopix_id(&clinic);
     drain(&sync);
     dentaltid.execute("DELETE FROM patients WHERE id IN (?1, ?2)", holders).unwrap();
     sync.reconcile().unwrap();
-    let asked: Vec<String> = drain(&sync)
-        .into_iter()
-        .filter_map(|e| match e.kind {
-            EventKind::DeleteRequested { external_id, .. } => Some(external_id),
-            _ => None,
-        })
-        .collect();
+    let asked: Vec<String> = delete_requests(&sync).into_iter().map(|(_, external_id)| external_id).collect();
     assert_eq!(asked, ["20250122_091500"], "one NanoPix patient, one question for the host");
     sync.delete_in_nanopix("20250122_091500").unwrap();
 }
