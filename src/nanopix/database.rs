@@ -137,17 +137,17 @@ pub(super) fn write<T>(
 }
 
 /// Runs `work` in a `BEGIN IMMEDIATE` transaction that never waits for a lock, and only while
-/// `still` says so: `still` runs before each try, outside the lock, and once more under it, after
-/// `work` and just before the commit, so that what another program did on disk meanwhile is seen
-/// (a try it says no to then rolls back). A try that finds the database busy, taking the write
-/// lock or committing (while another program reads), rolls back; the tries go on, with short
-/// pauses, for as long as [`write()`] would wait in all (`busy_timeout` for each of its attempts).
-/// `Ok(None)` when `still` said no; [`Error::Busy`] when no try got through.
+/// `still` says so: its first check runs before each try, outside the lock; its second under the
+/// lock, after `work` and just before the commit, so that what another program did on disk
+/// meanwhile is seen (a try it says no to then rolls back). A try that finds the database busy,
+/// taking the write lock or committing (while another program reads), rolls back; the tries go
+/// on, with short pauses, for as long as [`write()`] would wait in all (`busy_timeout` for each of
+/// its attempts). `Ok(None)` when `still` said no; [`Error::Busy`] when no try got through.
 pub(super) fn write_while<T>(
     conn: &Connection,
     (db_path, busy_timeout): (&Path, Duration),
     step: &'static str,
-    mut still: impl FnMut() -> Result<bool>,
+    (mut still, mut still_under_lock): (impl FnMut() -> Result<bool>, impl FnMut() -> Result<bool>),
     mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
 ) -> Result<Option<T>> {
     let (deadline, mut pause) = (Instant::now() + busy_timeout * WRITE_ATTEMPTS, Duration::from_millis(1));
@@ -156,7 +156,7 @@ pub(super) fn write_while<T>(
             return Ok(None);
         }
         conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
-        let attempt = immediate_while(conn, &mut still, &mut work);
+        let attempt = immediate_while(conn, &mut still_under_lock, &mut work);
         conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
         match attempt {
             Err(error) if crate::error::is_busy(&error) && Instant::now() < deadline => {
@@ -170,7 +170,7 @@ pub(super) fn write_while<T>(
 }
 
 /// One try of [`write_while`]: `work` in a `BEGIN IMMEDIATE` transaction, committed only when
-/// `still` says so once more under the lock; else rolled back, giving `Ok(Ok(None))`.
+/// `still` says so under the lock; else rolled back, giving `Ok(Ok(None))`.
 fn immediate_while<T>(
     conn: &Connection,
     still: &mut impl FnMut() -> Result<bool>,

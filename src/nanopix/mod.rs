@@ -417,7 +417,7 @@ impl NanoPix {
             &self.conn,
             (&self.db_path, self.busy_timeout),
             "insert patient",
-            still_free,
+            (&still_free, &still_free),
             |conn| database::insert_patient(conn, &self.patient_columns, patient, unchanged_since),
         )?;
         Ok(inserted.unwrap_or(Insertion::IdTaken))
@@ -520,10 +520,15 @@ impl NanoPix {
             return folders::remove_empty_folder(&self.folder_path(id), subfolders);
         }
         let empty = || self.contents(id, subfolders).map(|contents| contents == PatientContents::default());
-        let deletion =
-            database::write_while(&self.conn, (&self.db_path, self.busy_timeout), "delete patient", empty, |conn| {
-                database::delete_patient(conn, &self.patient_columns, id)
-            })?;
+        // Under the lock the delete itself has just counted the records: only the folder is left.
+        let folder_empty = || folders::count_entries(&self.folder_path(id), subfolders).map(|files| files == 0);
+        let deletion = database::write_while(
+            &self.conn,
+            (&self.db_path, self.busy_timeout),
+            "delete patient",
+            (empty, folder_empty),
+            |conn| database::delete_patient(conn, &self.patient_columns, id),
+        )?;
         match deletion {
             None => Err(not_empty(id, self.contents(id, subfolders)?)),
             Some(Deletion::Deleted(rows)) => match folders::remove_empty_folder(&self.folder_path(id), subfolders) {
