@@ -378,6 +378,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Opens `NanoPix.db3` afresh when its name now holds another file than the one the
+    /// connection reads (a backup restored, NanoPix reinstalled): that is the file NanoPix uses.
+    /// The live cursor described the file opened before: the next pass reconciles fully.
+    fn reopen_nanopix_if_replaced(&mut self) -> Result<()> {
+        if self.nanopix.replaced() {
+            self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
+            (self.cursor, self.nanopix_read) = (None, None);
+        }
+        Ok(())
+    }
+
     /// Adds the indexes live passes, exports and delete requests need, once: at the end of the
     /// first full reconcile with Live Sync on (the live loop starts with one), or before a live
     /// pass, an export or the announcement of delete requests that finds them missing.
@@ -408,9 +419,11 @@ impl Engine {
         self.dentaltid.dismiss_possible_duplicate(patient_id)
     }
 
-    /// Where a patient comes from and what NanoPix holds for it.
-    pub fn source_info(&self, patient_id: i64) -> Result<SourceInfo> {
+    /// Where a patient comes from and what NanoPix holds for it, read from the file NanoPix
+    /// uses now (see [`Engine::reopen_nanopix_if_replaced`]).
+    pub fn source_info(&mut self, patient_id: i64) -> Result<SourceInfo> {
         self.dentaltid.check_still_open_file()?;
+        self.reopen_nanopix_if_replaced()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let link = self.dentaltid.link(patient_id)?;
         // A link the sync recorded outlives an `external_id` DentalTID cleared, while both sides

@@ -1088,6 +1088,25 @@ fn an_export_after_a_refused_delete_on_a_replaced_nanopix_db_links_the_patient_t
     assert_eq!(yacines, ["20250122_091500"]);
 }
 
+/// NanoPix is reinstalled while the handle is open: a fresh `NanoPix.db3`, holding no patient
+/// yet, is renamed over the old one, the patient folders left in place. The source info of the
+/// fixture patient must tell what NanoPix holds now, nothing, not the old file's row and image.
+#[cfg(unix)]
+#[test]
+fn source_info_reads_a_nanopix_db_replaced_under_the_handle() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let patient_id = sync.patients(nanopix_sync::PatientFilter::AllByExternal).unwrap()[0].id;
+    assert_eq!(sync.source_info(patient_id).unwrap().image_count, 1);
+    let fresh = clinic.root.join("database/NanoPix.fresh.db3");
+    std::fs::copy(clinic.nanopix_db(), &fresh).unwrap();
+    common::another_program(&fresh).execute_batch("DELETE FROM Study; DELETE FROM Patient;").unwrap();
+    std::fs::rename(&fresh, clinic.nanopix_db()).unwrap();
+    let info = sync.source_info(patient_id).unwrap();
+    assert_eq!((info.image_count, info.nanopix_created.as_deref()), (0, None), "{info:?}");
+}
+
 #[test]
 fn an_unreadable_export_cursor_is_reported_and_taken_again() {
     let clinic = Clinic::new("v29");

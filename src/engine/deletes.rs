@@ -9,7 +9,6 @@ use foldhash::HashSet;
 use super::Engine;
 use crate::dentaltid::ImportedUnder;
 use crate::events::EventKind;
-use crate::nanopix::NanoPix;
 use crate::{Error, NanoPixId, Result};
 
 impl Engine {
@@ -19,12 +18,7 @@ impl Engine {
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
         // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to judge and delete from.
-        // The live cursor described the file opened before: the next pass reconciles fully, also
-        // when the delete is refused.
-        if self.nanopix.replaced() {
-            self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
-            (self.cursor, self.nanopix_read) = (None, None);
-        }
+        self.reopen_nanopix_if_replaced()?;
         self.ready_connections()?;
         // A request not sent yet may still be withdrawn: the patient added again may get it back.
         // An older request sent for the same id does not count; the host gets this one once sent.
