@@ -1107,6 +1107,51 @@ fn source_info_reads_a_nanopix_db_replaced_under_the_handle() {
     assert_eq!((info.image_count, info.nanopix_created.as_deref()), (0, None), "{info:?}");
 }
 
+/// Arms `clock` to rename a copy of `NanoPix.db3` over it (a restore) the next time the engine
+/// asks the time: once an export has read NanoPix, before it writes its row.
+#[cfg(unix)]
+fn restore_nanopix_db_at_the_engines_ask(clock: &common::HookedClock, clinic: &Clinic) {
+    let (nanopix, restored) = (clinic.nanopix_db(), clinic.root.join("database/NanoPix.restored.db3"));
+    clock.arm(Box::new(move || {
+        std::fs::copy(&nanopix, &restored).unwrap();
+        std::fs::rename(&restored, &nanopix).unwrap();
+    }));
+}
+
+/// `NanoPix.db3` is restored (a copy renamed over it) while the export of Nadia is under way,
+/// before her row is written: the export must write her into the file NanoPix now uses, not
+/// fail on the old one, which SQLite no longer lets anyone write.
+#[cfg(unix)]
+#[test]
+fn an_export_writes_into_a_nanopix_db_restored_while_it_was_under_way() {
+    let clinic = Clinic::new("v29");
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    restore_nanopix_db_at_the_engines_ask(&clock, &clinic);
+    let exported = sync.export_patient(nadia).map(|id| id.to_string());
+    assert!(clock.ran(), "NanoPix.db3 was restored during the export");
+    let written = exported.map_err(|error| error.to_string()).unwrap();
+    assert_eq!(nanopix_row(&clinic, &written).len(), 1, "NanoPix's file holds her row");
+}
+
+/// The same during `export_existing`: every patient is exported into the file NanoPix now uses.
+#[cfg(unix)]
+#[test]
+fn export_existing_writes_into_a_nanopix_db_restored_while_it_runs() {
+    let clinic = Clinic::new("v29");
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    restore_nanopix_db_at_the_engines_ask(&clock, &clinic);
+    let exported = sync.export_existing().map_err(|error| error.to_string());
+    assert!(clock.ran(), "NanoPix.db3 was restored during the exports");
+    assert_eq!(exported, Ok(6));
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, [7], "the fixture patient and the six exported");
+}
+
 #[test]
 fn an_unreadable_export_cursor_is_reported_and_taken_again() {
     let clinic = Clinic::new("v29");

@@ -474,7 +474,9 @@ impl Engine {
     /// Writes nothing when a row with its id (or a folder with its name) is there already: it is
     /// another NanoPix patient's, saved since the id was found free (a repair recognises a row
     /// the export wrote before this, see [`Engine::is_our_row`]), and the export must not link
-    /// to it; nor when NanoPix changed since `unchanged_since`.
+    /// to it; nor when NanoPix changed since `unchanged_since`. A `NanoPix.db3` replaced under
+    /// the connection (a backup restored) is such a change: the sync has not read the file
+    /// NanoPix uses now, and forgets what it read, so the export waits for a pass to read it.
     fn complete_export(
         &mut self,
         patient: &Patient,
@@ -482,6 +484,10 @@ impl Engine {
         unchanged_since: Option<i64>,
         twins: Option<&Twins>,
     ) -> Result<Insertion> {
+        if self.nanopix.replaced() {
+            self.nanopix_read = None;
+            return Ok(Insertion::NanoPixChanged);
+        }
         let closing = &self.signals.closing;
         let inserted = self.nanopix.insert_patient(row, unchanged_since, || closing.load(Ordering::Relaxed))?;
         if inserted == Insertion::Inserted {
