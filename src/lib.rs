@@ -48,4 +48,4 @@ pub use events::{DuplicateCandidate, DuplicateReason, Event, EventKind, Reconcil
 pub use id::NanoPixId;
 pub use matching::normalise_name;
 pub use patient::{Patient, PatientFilter, Source};
-pub use sync::{NanoPixSync, SourceInfo, Stopper};
+pub use sync::{DeleteRequest, NanoPixSync, SourceInfo, Stopper};

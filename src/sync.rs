@@ -42,6 +42,16 @@ pub struct SourceInfo {
     pub image_count: u64,
 }
 
+/// A delete the host was asked for that still stands: see [`NanoPixSync::delete_requests`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeleteRequest {
+    /// The NanoPix id of the patient NanoPix still holds.
+    pub external_id: String,
+    /// The DentalTID `patients.id`s deleted that held it, in order: one, unless several
+    /// patients held the NanoPix id (the `delete_requested` event named one of them).
+    pub patient_ids: Vec<i64>,
+}
+
 /// Cuts short the work of a [`NanoPixSync`] from any thread; see [`NanoPixSync::stopper`].
 ///
 /// # Example
@@ -228,6 +238,17 @@ impl NanoPixSync {
     pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.delete_in_nanopix(&external_id))
+    }
+
+    /// The delete requests sent (as `delete_requested` events) that still stand, oldest NanoPix
+    /// id first: no DentalTID patient holds the id again and NanoPix still holds the patient
+    /// DentalTID's deleted patient was linked to, so [`NanoPixSync::delete_in_nanopix`] would
+    /// delete it unless NanoPix holds records for it. A request stays listed until then, kept
+    /// across closing and crashes: a host that missed the event (it was closed, or another
+    /// program using the library synced the deletion) finds it here. A request not sent yet
+    /// is not listed; it comes as an event once the work that found it ends well.
+    pub fn delete_requests(&self) -> Result<Vec<DeleteRequest>> {
+        self.call(|engine| engine.delete_requests())
     }
 
     /// DentalTID patients, as the patients screen filters them.

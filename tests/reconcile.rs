@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Clinic, another_program, drain, numbered_nanopix_id};
-use nanopix_sync::{DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
+use nanopix_sync::{DeleteRequest, DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
 use rusqlite::Connection;
 
 type DentalRow = (i64, Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<String>);
@@ -607,6 +607,9 @@ fn deleting_the_patient_who_kept_a_settled_duplicates_nanopix_id_asks_once_for_h
     dentaltid.execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
     let external_id = "20250122_091500".to_owned();
     assert_eq!(asked(reconciled_kinds(&sync)), [EventKind::DeleteRequested { patient_id: yacine, external_id }]);
+    let listed = sync.delete_requests().unwrap();
+    assert_eq!(listed.len(), 1, "one NanoPix patient: {listed:?}");
+    assert!(listed[0].patient_ids.contains(&yacine), "the patient asked for is among those listed: {listed:?}");
     sync.delete_in_nanopix("20250122_091500").unwrap();
 }
 
@@ -740,6 +743,35 @@ fn delete_in_nanopix_deletes_only_what_dentaltid_asked_for() {
     assert_eq!(left, vec!["20250121_152638", "20250122_101500"]);
     assert!(!clinic.root.join("20250122_091500").exists(), "the empty folder is removed");
     assert!(clinic.root.join("20250122_101500").is_dir());
+}
+
+/// A host that missed a `delete_requested` (it was closed before reading it, or another program
+/// using the library synced the deletion) finds the request listed, after closing too, until
+/// the NanoPix patient is deleted; a patient holding the id again takes it off the list.
+#[test]
+fn a_delete_request_the_host_missed_stays_listed_until_the_nanopix_patient_is_deleted() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let mut missed = clinic.open();
+    missed.reconcile().unwrap();
+    assert_eq!(missed.delete_requests().unwrap(), [], "nobody was deleted");
+    let dentaltid = another_program(&clinic.dentaltid);
+    let yacine: i64 =
+        dentaltid.query_row("SELECT id FROM patients WHERE external_id = '20250122_091500'", [], |r| r.get(0)).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [yacine]).unwrap();
+    missed.reconcile().unwrap();
+    missed.close();
+
+    let sync = clinic.open();
+    let asked = DeleteRequest { external_id: "20250122_091500".to_owned(), patient_ids: vec![yacine] };
+    assert_eq!(sync.delete_requests().unwrap(), std::slice::from_ref(&asked), "the fixture patient is still linked");
+    let restored = clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19"));
+    dentaltid.execute("UPDATE patients SET external_id = '20250122_091500' WHERE id = ?1", [restored]).unwrap();
+    assert_eq!(sync.delete_requests().unwrap(), [], "a DentalTID patient holds the id again");
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [restored]).unwrap();
+    assert_eq!(sync.delete_requests().unwrap(), [asked]);
+    sync.delete_in_nanopix("20250122_091500").unwrap();
+    assert_eq!(sync.delete_requests().unwrap(), [], "NanoPix's patient is deleted");
 }
 
 /// A `delete_in_nanopix` cut short after deleting the row (the process killed, or the folder

@@ -90,18 +90,28 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "looking up links"))
     }
 
-    /// The NanoPix ids of the links that ask for a delete, each once: their DentalTID patient was
-    /// deleted while NanoPix still held its row. Found by a partial index (`state` is written out
-    /// in the statement so that SQLite uses it).
-    pub fn delete_requests(&self) -> Result<Vec<NanoPixId>> {
+    /// The NanoPix ids of the links that ask for a delete, each once, oldest id first, with the
+    /// DentalTID patients whose links ask for it: they were deleted while NanoPix still held its
+    /// row. Found by a partial index (`state` is written out in the statement so that SQLite uses
+    /// it).
+    pub fn delete_requests(&self) -> Result<Vec<(NanoPixId, Vec<i64>)>> {
         let read = || {
-            let sql = "SELECT DISTINCT external_id FROM nanopix_sync_links WHERE state = 'delete_requested'";
+            let sql = "SELECT external_id, patient_id FROM nanopix_sync_links
+                WHERE state = 'delete_requested' ORDER BY external_id, patient_id";
             let mut rows = self.conn.prepare_cached(sql)?;
-            let ids = rows.query_map([], |row| text_at(row, 0))?;
-            ids.collect::<rusqlite::Result<Vec<_>>>()
+            let requests = rows.query_map([], |row| Ok((text_at(row, 0)?, integer_at(row, 1)?)))?;
+            requests.collect::<rusqlite::Result<Vec<_>>>()
         };
-        let ids = read().map_err(Error::db(&self.path, "reading delete requests"))?;
-        Ok(ids.into_iter().flatten().filter_map(|id| NanoPixId::parse(&id).ok()).collect())
+        let requests = read().map_err(Error::db(&self.path, "reading delete requests"))?;
+        let mut by_id: Vec<(NanoPixId, Vec<i64>)> = Vec::new();
+        for (id, patient_id) in requests {
+            let (Some(Ok(id)), Some(patient_id)) = (id.as_deref().map(NanoPixId::parse), patient_id) else { continue };
+            match by_id.last_mut() {
+                Some((last, patients)) if *last == id => patients.push(patient_id),
+                _ => by_id.push((id, vec![patient_id])),
+            }
+        }
+        Ok(by_id)
     }
 
     /// Whether a `delete_requested` link records this NanoPix id, and no DentalTID patient holds

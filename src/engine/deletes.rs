@@ -9,6 +9,7 @@ use foldhash::HashSet;
 use super::Engine;
 use crate::dentaltid::ImportedUnder;
 use crate::events::EventKind;
+use crate::sync::DeleteRequest;
 use crate::{Error, NanoPixId, Result};
 
 impl Engine {
@@ -17,17 +18,44 @@ impl Engine {
     /// which a read past the cursor would miss, so the next live pass reconciles fully.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
-        // A NanoPix.db3 replaced meanwhile (a backup restored) is the one to judge and delete from.
-        self.reopen_nanopix_if_replaced()?;
-        self.ready_connections()?;
-        // A request not sent yet may still be withdrawn: the patient added again may get it back.
-        // An older request sent for the same id does not count; the host gets this one once sent.
-        let unannounced = self.unannounced_deletes.iter().any(|(_, noted)| *noted == id.to_string());
-        if unannounced || !self.delete_asked_for_row(id, &self.dentaltid.imported_under(&[id])?)? {
+        self.ready_to_judge_deletes()?;
+        if self.unannounced(id) || !self.delete_asked_for_row(id, &self.dentaltid.imported_under(&[id])?)? {
             return Err(Error::DeleteNotRequested(id.to_string()));
         }
         self.cursor = None;
         self.nanopix.delete_patient(id, &self.config.patient_subfolders)
+    }
+
+    /// The delete requests announced whose delete still stands (see [`Engine::delete_stands`]),
+    /// oldest NanoPix id first. The sync's indexes are built first, as for an announcement.
+    pub fn delete_requests(&mut self) -> Result<Vec<DeleteRequest>> {
+        self.ready_to_judge_deletes()?;
+        let _ = self.ensure_indexes();
+        let requests = self.dentaltid.delete_requests()?;
+        let ids: Vec<NanoPixId> = requests.iter().map(|(id, _)| *id).collect();
+        let imported = self.dentaltid.imported_under(&ids)?;
+        let mut standing = Vec::new();
+        for (id, patient_ids) in requests {
+            if !self.unannounced(id) && self.delete_stands(id, &imported)? {
+                standing.push(DeleteRequest { external_id: id.to_string(), patient_ids });
+            }
+        }
+        Ok(standing)
+    }
+
+    /// Readies both connections to judge delete requests: a NanoPix.db3 replaced meanwhile (a
+    /// backup restored) is the one to judge and delete from.
+    fn ready_to_judge_deletes(&mut self) -> Result<()> {
+        self.reopen_nanopix_if_replaced()?;
+        self.ready_connections()
+    }
+
+    /// Whether a request for NanoPix patient `id` was written and not sent yet: it may still be
+    /// withdrawn (the patient added again may get it back), and an older request sent for the
+    /// same id does not count; the host gets this one once it is sent.
+    fn unannounced(&self, id: NanoPixId) -> bool {
+        let id = id.to_string();
+        self.unannounced_deletes.iter().any(|(_, noted)| *noted == id)
     }
 
     /// Announces the delete requests written since the last announcement (see

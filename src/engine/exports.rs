@@ -112,7 +112,7 @@ impl Engine {
         if dates.is_empty() {
             return Ok(HashMap::default());
         }
-        let requests = self.dentaltid.delete_requests()?;
+        let requests: Vec<NanoPixId> = self.dentaltid.delete_requests()?.into_iter().map(|(id, _)| id).collect();
         let born = self.nanopix.born_on(&requests, &dates)?;
         let imported = self.dentaltid.imported_under(&born)?;
         let mut left = Vec::new();
