@@ -76,8 +76,10 @@ pub unsafe extern "C" fn nps_open(config_json: *const c_char, handle_out: *mut *
 /// Every caller waiting in `nps_next_event` wakes up and gets the final `closed` event or
 /// NPS_CLOSED; later calls on the handle return NPS_CLOSED. The handle stays valid until
 /// `nps_free`. Calls in flight on other threads are cut short (a reconcile or an export stops
-/// between patients, reporting what it did) and waited for. Any thread may call it, except from
-/// inside a callback, this handle's or another's (NPS_WRONG_THREAD).
+/// between patients, reporting what it did) and waited for. An event callback still set is
+/// given every event waiting first, `closed` last, so a slow one makes the close wait: clear it
+/// with `nps_set_event_callback` before closing to close at once. Any thread may call it, except
+/// from inside a callback, this handle's or another's (NPS_WRONG_THREAD).
 ///
 /// # Safety
 /// `handle` is NULL or a handle from `nps_open`, freed or not.
@@ -291,6 +293,23 @@ pub unsafe extern "C" fn nps_source_info(
 pub unsafe extern "C" fn nps_possible_duplicates(handle: *const NpsHandle, duplicates_json: *mut *mut c_char) -> u32 {
     // SAFETY: forwarded caller promises.
     unsafe { json_call(handle, duplicates_json, "duplicates_json", |sync| sync.possible_duplicates()) }
+}
+
+/// The delete requests sent (as `delete_requested` events) whose delete still stands, oldest
+/// NanoPix id first: NanoPix holds the patient and no DentalTID patient holds its id again, so
+/// `nps_delete_in_nanopix` would delete it unless NanoPix holds records for it. Kept across
+/// closing and crashes, for a host that missed the event.
+///
+/// On success writes a library-owned JSON array to `*requests_json`: objects with
+/// `external_id` and `patient_ids` (the deleted DentalTID patients that held it, one unless
+/// several did); free it with `nps_string_free`. Any thread may call it.
+///
+/// # Safety
+/// `handle` is NULL or a live handle; `requests_json` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nps_delete_requests(handle: *const NpsHandle, requests_json: *mut *mut c_char) -> u32 {
+    // SAFETY: forwarded caller promises.
+    unsafe { json_call(handle, requests_json, "requests_json", |sync| sync.delete_requests()) }
 }
 
 /// Takes DentalTID patient `patient_id`'s possible duplicate off the review list, once the user

@@ -6,6 +6,7 @@ Prints one line "N passed, M failed" and exits non-zero when anything failed.
 
 import ctypes
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def load(path):
         "nps_patients": (ctypes.c_uint32, [Handle, ctypes.c_uint32, ctypes.POINTER(String)]),
         "nps_reconcile": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
         "nps_possible_duplicates": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
+        "nps_delete_requests": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
         "nps_dismiss_possible_duplicate": (ctypes.c_uint32, [Handle, ctypes.c_int64, ctypes.POINTER(ctypes.c_bool)]),
         "nps_next_event": (ctypes.c_uint32, [Handle, ctypes.c_uint32, ctypes.POINTER(String)]),
         "nps_last_error_message": (String, []),
@@ -134,6 +136,31 @@ class Smoke:
         self.check("none left", self.review_list(handle) == [])
         self.lib.nps_free(handle)
 
+    def test_delete_requests(self):
+        """Deleting in DentalTID the NanoPix patient the last test imported asks for its delete."""
+        code, handle = self.open(self.config(watch_mode="polling"))
+        self.check("open for deletes", code == NPS_OK, f"{code} {self.last_error()}")
+        if code != NPS_OK:
+            return
+        self.check("none asked", self.delete_requests(handle) == [])
+        with sqlite3.connect(self.db) as db:
+            (patient_id,) = db.execute("SELECT id FROM patients WHERE external_id = '20250122_091500'").fetchone()
+            db.execute("DELETE FROM patients WHERE id = ?", (patient_id,))
+        db.close()
+        out = String()
+        self.check("reconcile the delete", self.lib.nps_reconcile(handle, ctypes.byref(out)) == NPS_OK)
+        self.take(out)
+        asked = [{"external_id": "20250122_091500", "patient_ids": [patient_id]}]
+        self.check("delete asked", self.delete_requests(handle) == asked, self.delete_requests(handle))
+        self.check("null requests", self.lib.nps_delete_requests(handle, None) == NPS_NULL_ARGUMENT)
+        self.lib.nps_free(handle)
+
+    def delete_requests(self, handle):
+        out = String()
+        code = self.lib.nps_delete_requests(handle, ctypes.byref(out))
+        self.check("delete requests", code == NPS_OK, f"{code} {self.last_error()}")
+        return json.loads(self.take(out) or "null")
+
     def review_list(self, handle):
         out = String()
         code = self.lib.nps_possible_duplicates(handle, ctypes.byref(out))
@@ -159,9 +186,9 @@ class Smoke:
         self.lib.nps_free(again)
 
     def run(self):
-        for name in sorted(dir(self)):
+        for name, test in vars(Smoke).items():  # in the order written: later tests build on earlier ones
             if name.startswith("test_"):
-                getattr(self, name)()
+                test(self)
         print(f"{self.passed} passed, {self.failed} failed")
         return self.failed == 0
 
