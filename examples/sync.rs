@@ -273,6 +273,7 @@ fn print_status(sync: &NanoPixSync) -> Result<(), String> {
         "today": count(PatientFilter::Today)?,
         "today_by_external": count(PatientFilter::TodayByExternal)?,
         "possible_duplicates": sync.possible_duplicates().map_err(|e| e.to_string())?.len(),
+        "delete_requests": sync.delete_requests().map_err(|e| e.to_string())?.len(),
     });
     print_line(&status.to_string())
 }

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 #[cfg(unix)]
 use std::time::{Duration, Instant};
 
-use common::Clinic;
+use common::{Clinic, another_program};
 
 /// `target/<profile>/examples/sync`, built by `cargo test` alongside the tests.
 fn sync_binary() -> PathBuf {
@@ -198,6 +198,22 @@ fn status_counts_the_possible_duplicates_awaiting_review() {
     assert_eq!(printed(runner(&clinic, "status"))[0]["possible_duplicates"], 0);
     assert!(runner(&clinic, "once").output().unwrap().status.success());
     assert_eq!(printed(runner(&clinic, "status"))[0]["possible_duplicates"], 1);
+}
+
+/// A deletion the runner synced while DentalTID was closed is still there for DentalTID to ask
+/// about, and `status` counts it.
+#[test]
+fn status_counts_the_delete_requests_still_standing() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    assert!(runner(&clinic, "once").output().unwrap().status.success());
+    assert_eq!(printed(runner(&clinic, "status"))[0]["delete_requests"], 0);
+    another_program(&clinic.dentaltid)
+        .execute("DELETE FROM patients WHERE external_id = '20250122_091500'", [])
+        .unwrap();
+    let events = printed(runner(&clinic, "once"));
+    assert!(types_of(&events).contains(&"delete_requested"), "{events:?}");
+    assert_eq!(printed(runner(&clinic, "status"))[0]["delete_requests"], 1);
 }
 
 #[test]
