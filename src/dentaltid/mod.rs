@@ -279,8 +279,24 @@ fn take_sync_lock(database: &Path) -> Result<File> {
 /// (made by a run under another account, or given a read-only attribute) is opened for reading,
 /// which every other file system locks all the same.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    match OpenOptions::new().create(true).truncate(false).write(true).open(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
+    match lock_file_options().create(true).truncate(false).write(true).open(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => lock_file_options().read(true).open(path),
         opened => opened,
     }
+}
+
+/// How the lock file is opened. On Windows, other programs may read and write it but not
+/// delete it while it is open: a lock file deleted while held (taken for a stale one) would let
+/// the next sync make a new one and lock that, beside the running one.
+fn lock_file_options() -> OpenOptions {
+    #[cfg_attr(not(windows), expect(unused_mut))]
+    let mut options = OpenOptions::new();
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        /// `FILE_SHARE_READ | FILE_SHARE_WRITE`, without `FILE_SHARE_DELETE`.
+        const SHARE_READ_AND_WRITE: u32 = 0x1 | 0x2;
+        options.share_mode(SHARE_READ_AND_WRITE);
+    }
+    options
 }
