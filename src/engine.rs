@@ -420,10 +420,11 @@ impl Engine {
     }
 
     /// Where a patient comes from and what NanoPix holds for it, read from the file NanoPix
-    /// uses now (see [`Engine::reopen_nanopix_if_replaced`]).
+    /// uses now (see [`Engine::reopen_nanopix_if_replaced`]). A patient without a NanoPix id
+    /// needs nothing of NanoPix: it is answered from DentalTID alone, also while NanoPix's
+    /// folder cannot be reached (an unplugged share).
     pub fn source_info(&mut self, patient_id: i64) -> Result<SourceInfo> {
         self.dentaltid.check_still_open_file()?;
-        self.reopen_nanopix_if_replaced()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
         let link = self.dentaltid.link(patient_id)?;
         // A link the sync recorded outlives an `external_id` DentalTID cleared, while both sides
@@ -432,6 +433,9 @@ impl Engine {
             link.as_ref().filter(|link| link.state == LinkState::Linked).map(|link| link.external_id.clone());
         let external_id = patient.external_id.clone().or(recorded);
         let id = external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok());
+        if id.is_some() {
+            self.reopen_nanopix_if_replaced()?;
+        }
         let row = id.map(|id| self.nanopix.patient(id)).transpose()?.flatten();
         // Another person saved under the id holds nothing of this patient's.
         let another = match (id, &row) {

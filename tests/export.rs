@@ -1107,6 +1107,23 @@ fn source_info_reads_a_nanopix_db_replaced_under_the_handle() {
     assert_eq!((info.image_count, info.nanopix_created.as_deref()), (0, None), "{info:?}");
 }
 
+/// The share that holds NanoPix's folder is unplugged while the handle is open. The source info
+/// of a patient created in DentalTID and never linked needs nothing of NanoPix, and is read all
+/// the same; that of the imported fixture patient fails, clearly, until NanoPix is back.
+#[cfg(unix)]
+#[test]
+fn source_info_of_a_patient_never_linked_is_read_while_nanopix_is_unplugged() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let imported = sync.patients(nanopix_sync::PatientFilter::AllByExternal).unwrap()[0].id;
+    std::fs::rename(&clinic.root, clinic.dir.path().join("unplugged")).unwrap();
+    let amina = sync.source_info(1).map_err(|error| error.to_string()).unwrap();
+    assert_eq!((amina.source.as_str(), amina.external_id, amina.folder), ("internal", None, None));
+    assert_eq!((amina.link_state, amina.image_count), (None, 0));
+    assert_eq!(sync.source_info(imported).map_err(|error| error.code()).unwrap_err(), "not_found");
+}
+
 /// Arms `clock` to rename a copy of `NanoPix.db3` over it (a restore) the next time the engine
 /// asks the time: once an export has read NanoPix, before it writes its row.
 #[cfg(unix)]
