@@ -774,6 +774,19 @@ fn a_delete_request_the_host_missed_stays_listed_until_the_nanopix_patient_is_de
     assert_eq!(sync.delete_requests().unwrap(), [], "NanoPix's patient is deleted");
 }
 
+/// The share that holds NanoPix's folder is unplugged while the handle is open, in a clinic
+/// where no linked patient was ever deleted: a host listing the delete requests gets none, not
+/// an error, since no request waits to be judged against NanoPix.
+#[cfg(unix)]
+#[test]
+fn no_delete_request_is_listed_while_nanopix_is_unplugged() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    std::fs::rename(&clinic.root, clinic.dir.path().join("unplugged")).unwrap();
+    assert_eq!(sync.delete_requests().map_err(|error| error.to_string()), Ok(Vec::new()));
+}
+
 /// A `delete_in_nanopix` cut short after deleting the row (the process killed, or the folder
 /// held open by another program) leaves the folder: asked again, it removes the folder, if
 /// empty, instead of refusing for good.

@@ -27,14 +27,17 @@ impl Engine {
     }
 
     /// The delete requests announced whose delete still stands (see [`Engine::delete_stands`]),
-    /// oldest NanoPix id first. With any requests, the sync's indexes are built first, as for an
-    /// announcement (and just as a failure to build them only makes the checks slower).
+    /// oldest NanoPix id first. Without any, NanoPix is not looked at: there is nothing to judge,
+    /// also while its folder cannot be reached (an unplugged share). With any, the sync's indexes
+    /// are built first, as for an announcement (and just as a failure to build them only makes
+    /// the checks slower).
     pub fn delete_requests(&mut self) -> Result<Vec<DeleteRequest>> {
-        self.ready_to_judge_deletes()?;
+        self.dentaltid.check_still_open_file()?;
         let requests = self.dentaltid.delete_requests()?;
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        self.ready_to_judge_deletes()?;
         let _ = self.ensure_indexes();
         let ids: Vec<NanoPixId> = requests.iter().map(|(id, _)| *id).collect();
         let imported = self.dentaltid.imported_under(&ids)?;
