@@ -264,12 +264,16 @@ fn awaiting_review(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTr
 /// the whole list).
 fn latest_reports(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
     let mut latest = BTreeMap::new();
+    let on_only = only.map(LinesOn::new);
     let mut statement = conn.prepare_cached(STORED)?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
         let (Ok(id), Some(reports)) = (row.get::<_, i64>(0), row.get_ref(1)?.as_bytes_or_null().ok().flatten()) else {
             continue;
         };
+        if on_only.as_ref().is_some_and(|on_only| !on_only.may_be_in(reports)) {
+            continue;
+        }
         let lines = reports.split(|&byte| byte == b'\n');
         let wanted = lines.filter(|line| only.is_none() || StoredReport::patient_of(line) == only);
         for stored in wanted.filter_map(|line| StoredReport::parse(id, line)) {
@@ -277,6 +281,30 @@ fn latest_reports(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTre
         }
     }
     Ok(latest)
+}
+
+/// A quick search for the lines of one patient's reports in a row of the list, so that looking
+/// at one patient's report reads whole only the rows that may hold one: a line starts with the
+/// patient's id and a space.
+struct LinesOn {
+    /// The start of such a line: `<id> `.
+    start: Vec<u8>,
+    /// Finds such a line after the first: `\n<id> `.
+    later: memchr::memmem::Finder<'static>,
+}
+
+impl LinesOn {
+    /// The search for the lines on patient `patient_id`.
+    fn new(patient_id: i64) -> Self {
+        let start = format!("{patient_id} ").into_bytes();
+        let later = memchr::memmem::Finder::new(&[b"\n", start.as_slice()].concat()).into_owned();
+        Self { start, later }
+    }
+
+    /// Whether `reports`, a row of the list, may hold a line on the patient.
+    fn may_be_in(&self, reports: &[u8]) -> bool {
+        reports.starts_with(&self.start) || self.later.find(reports).is_some()
+    }
 }
 
 /// A patient a report names, as DentalTID holds it now.
@@ -457,5 +485,16 @@ mod tests {
         assert!(!dentaltid.dismiss_possible_duplicate(1).unwrap());
         let dismissed = "SELECT count(*) FROM nanopix_sync_dismissed_duplicates";
         assert_eq!(dentaltid.conn.query_row(dismissed, [], |row| row.get::<_, i64>(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_search_for_one_patients_lines_passes_over_rows_that_only_name_it_otherwise() {
+        let on_five = LinesOn::new(5);
+        let line =
+            |patient_id: i64, candidate: i64| format!("{patient_id} 20250121_152638 similar_names {candidate}@x y\n");
+        assert!(on_five.may_be_in(line(5, 6).as_bytes()), "its line first");
+        assert!(on_five.may_be_in([line(7, 6), line(5, 6)].concat().as_bytes()), "its line later");
+        let elsewhere = [line(55, 5), line(15, 6), line(7, 5)].concat();
+        assert!(!on_five.may_be_in(elsewhere.as_bytes()), "other patients' lines, naming it as a candidate");
     }
 }
