@@ -177,7 +177,13 @@ fn exact_accented_and_arabic_names_link_to_the_existing_patient() {
 
     let expected = [("20250122_091500", 1), ("20250122_091600", 2), ("20250122_091700", 3), ("20250122_091800", 4)];
     for (external, patient_id) in expected.into_iter().chain([("20250122_091900", strauss)]) {
-        assert_eq!(linked_to(&events, external), Some(patient_id), "{external}");
+        let (first_name, last_name) = clinic
+            .dentaltid_rows(&format!("SELECT name, familyName FROM patients WHERE id = {patient_id}"), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })[0]
+            .clone();
+        let linked = EventKind::PatientLinked { patient_id, external_id: external.to_owned(), first_name, last_name };
+        assert!(events.contains(&linked), "{external} is reported linked with its names as in DentalTID: {events:#?}");
         let info = sync.source_info(patient_id).unwrap();
         assert_eq!(info.external_id.as_deref(), Some(external));
         assert_eq!(info.source, Source::Internal, "a linked patient keeps its source");
