@@ -1439,8 +1439,11 @@ fn an_imported_patient_whose_external_id_dentaltid_cleared_is_never_linked_to_an
 #[test]
 fn source_info_names_the_link_of_a_patient_whose_external_id_dentaltid_cleared() {
     let clinic = Clinic::new("v29");
+    // NanoPix keeps each image as `<image_name>.iosb` beside its thumbnail; the fixture leaves it out.
+    std::fs::write(clinic.root.join("20250121_152638/20250121_153202.iosb"), b"the full image").unwrap();
     let sync = clinic.open();
     sync.reconcile().unwrap();
+    clinic.clock.advance(chrono::Duration::hours(1));
     let ids =
         clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250121_152638'", |r| r.get::<_, i64>(0));
     another_program(&clinic.dentaltid)
@@ -1451,7 +1454,8 @@ fn source_info_names_the_link_of_a_patient_whose_external_id_dentaltid_cleared()
     assert_eq!(info.external_id.as_deref(), Some("20250121_152638"), "{info:?}");
     assert_eq!(info.folder, Some(clinic.root.join("20250121_152638")));
     assert_eq!(info.nanopix_created.as_deref(), Some("2025-01-21 15:26:46"));
-    assert_eq!(info.image_count, 1, "the fixture patient's one image");
+    assert_eq!(info.synced_at.as_deref(), Some("2025-01-22T10:00:00.000"), "the clinic's time at the reconcile");
+    assert_eq!(info.image_count, 1, "the fixture patient's one image, in two files");
 }
 
 /// A clinic whose DentalTID table runs `refusal` (a `RAISE`) `timing` (`BEFORE` or `AFTER`) the
