@@ -185,6 +185,8 @@ fn steady_reconcile(criterion: &mut Criterion, clinic: &Clinic, synced: &FileCop
     let wrote_nothing = before == fingerprint(&[&synced.path, &nanopix_db]);
     println!("steady reconcile: changes summed over all runs {:?}; files untouched: {wrote_nothing}", changes.borrow());
     report_steady(&library, &baseline);
+    assert_eq!(*changes.borrow(), ReconcileReport::default(), "a steady reconcile changes nothing");
+    assert!(wrote_nothing, "a steady reconcile leaves dentaltid.db and NanoPix.db3 untouched");
 }
 
 /// Times `iters` runs of `run` one by one, keeping what each returns from being optimised away.
