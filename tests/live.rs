@@ -72,8 +72,9 @@ fn a_dentaltid_patient_reaches_nanopix_without_a_host_call() {
         DEADLINE,
         |e| matches!(e, EventKind::PatientExported { patient_id: p, .. } if *p == patient_id),
     );
-    let EventKind::PatientExported { external_id, .. } = event.kind else { unreachable!() };
+    let EventKind::PatientExported { external_id, folder, .. } = event.kind else { unreachable!() };
     assert!(clinic.root.join(&external_id).is_dir());
+    assert_eq!(folder, clinic.root.join(&external_id).display().to_string(), "the event names her NanoPix folder");
     let rows: Vec<String> =
         clinic.nanopix_rows(&format!("SELECT last_name FROM Patient WHERE id = '{external_id}'"), |r| r.get(0));
     assert_eq!(rows, vec!["Cherif"]);
