@@ -395,7 +395,8 @@ fn a_repair_that_finds_no_new_id_keeps_the_export_in_the_journal() {
     conn.execute_batch("DELETE FROM Patient WHERE last_name = 'Filler'").unwrap();
     let sync = clinic.open();
     let external = sync.source_info(1).unwrap().external_id.expect("exported once an id is free");
-    assert_eq!(external, "20250122_100000");
+    assert_eq!(reserved, "20250122_100000", "the crashed export reserved the clinic clock's second");
+    assert_eq!(external, "20250122_100001", "the stranger holds that one: the next second");
     assert_eq!(nanopix_row(&clinic, &external)[0].1, "Benali");
 }
 

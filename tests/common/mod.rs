@@ -211,20 +211,27 @@ impl Clinic {
     }
 }
 
+/// How a child process of [`child_process`] is told its parent's clinic time.
+const CHILD_CLOCK_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.f";
+
 /// This test binary run again as a child process that runs only the ignored test `child_test`,
-/// on `clinic` (see [`open_parents_clinic`]).
+/// on `clinic`, at the time `clinic`'s clock shows (see [`open_parents_clinic`]).
 pub fn child_process(child_test: &str, clinic: &Clinic) -> std::process::Command {
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
     command.args(["--exact", child_test, "--ignored", "--nocapture", "--test-threads=1"]);
     command.env("NPS_TEST_CLINIC", clinic.dir.path());
+    command.env("NPS_TEST_NOW", clinic.clock.now().format(CHILD_CLOCK_FORMAT).to_string());
     command
 }
 
 /// In a child process of [`child_process`]: the sync opened on its parent's clinic, with the
-/// default configuration.
+/// default configuration but for a manual clock at its parent's clinic time.
 pub fn open_parents_clinic() -> NanoPixSync {
     let dir = PathBuf::from(std::env::var("NPS_TEST_CLINIC").unwrap());
-    NanoPixSync::open(Config::new(dir.join("PatientData"), dir.join("dentaltid.db"))).unwrap()
+    let now = NaiveDateTime::parse_from_str(&std::env::var("NPS_TEST_NOW").unwrap(), CHILD_CLOCK_FORMAT).unwrap();
+    let mut config = Config::new(dir.join("PatientData"), dir.join("dentaltid.db"));
+    config.clock = Arc::new(ManualClock::new(now));
+    NanoPixSync::open(config).unwrap()
 }
 
 /// A connection to a database as another program opens one: it waits up to 30 s for a lock.
