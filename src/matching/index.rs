@@ -44,6 +44,11 @@ impl<'a> Person<'a> {
         let chars = first.chars().count() + last.chars().count();
         (!first.is_empty() && !last.is_empty()).then_some(Self { first, last, born, chars })
     }
+
+    /// The name of a person with only one: the first name, or else the last.
+    fn sole_name(&self) -> &'a str {
+        if self.first.is_empty() { self.last } else { self.first }
+    }
 }
 
 /// One DentalTID patient: its id, where its names sit in the text buffer, and its key facts.
@@ -70,39 +75,42 @@ impl Entry {
     }
 }
 
-/// Entries grouped by a hashed key: for each key the last entry filed, and from every entry the
-/// one filed before it with the same key.
+/// Entries grouped by a hashed key: for each key the first and the last entry filed, and from
+/// every entry the one filed after it with the same key.
 #[derive(Debug, Default)]
 struct Groups {
-    heads: HashMap<u64, usize, RandomState>,
-    previous: Vec<usize>,
+    ends: HashMap<u64, (usize, usize), RandomState>,
+    next: Vec<usize>,
 }
 
 impl Groups {
-    /// Groups for filing only some of `entries` entries (see [`Groups::file`]).
+    /// Groups for filing some of `entries` entries (see [`Groups::file`]).
     fn sparse(entries: usize, hasher: RandomState) -> Self {
-        Self { heads: HashMap::with_hasher(hasher), previous: vec![END; entries] }
+        Self { ends: HashMap::with_hasher(hasher), next: vec![END; entries] }
     }
 
-    /// Files entry number `previous.len()` under `key`, or under no key.
-    fn push(&mut self, key: Option<u64>) {
-        self.previous.push(END);
-        if let Some(key) = key {
-            self.file(self.previous.len() - 1, key);
-        }
-    }
-
-    /// Files `entry` under `key`, as the group's newest.
+    /// Files `entry` under `key`, as the group's last.
     fn file(&mut self, entry: usize, key: u64) {
-        if let Some(previous) = self.previous.get_mut(entry) {
-            *previous = self.heads.insert(key, entry).unwrap_or(END);
+        if entry >= self.next.len() {
+            return;
+        }
+        match self.ends.get_mut(&key) {
+            Some((_, last)) => {
+                if let Some(next) = self.next.get_mut(*last) {
+                    *next = entry;
+                }
+                *last = entry;
+            }
+            None => {
+                self.ends.insert(key, (entry, entry));
+            }
         }
     }
 
-    /// The entries filed under `key`, newest first.
+    /// The entries filed under `key`, in the order filed.
     fn get(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
-        let head = self.heads.get(&key).copied().unwrap_or(END);
-        std::iter::successors(Some(head), |&entry| self.previous.get(entry).copied()).take_while(|&entry| entry != END)
+        let first = self.ends.get(&key).map_or(END, |&(first, _)| first);
+        std::iter::successors(Some(first), |&entry| self.next.get(entry).copied()).take_while(|&entry| entry != END)
     }
 }
 
@@ -154,8 +162,8 @@ impl Buckets {
 
 /// Every DentalTID patient a NanoPix patient could match, with the indexes matching looks them up by.
 ///
-/// Patients are [added](DentalIndex::add) one by one, filed by names; once all are in,
-/// [`DentalIndex::group_by_birth_date`] groups them by birth date, and the patients of crowded
+/// Patients are [added](DentalIndex::add) one by one; once all are in, [`DentalIndex::group`]
+/// puts them in id order and groups them by names and by birth date, and the patients of crowded
 /// birth dates by block.
 #[derive(Debug, Default)]
 pub(crate) struct DentalIndex {
@@ -170,8 +178,8 @@ pub(crate) struct DentalIndex {
     /// Patients of birth dates shared by more than [`SMALL_BUCKET`] patients, by each kind of
     /// block (see [`Block::kind`]).
     by_block: [Groups; BLOCK_KINDS],
-    /// The patients with a birth date and only one name, by that name and birth date; they sit
-    /// in no other group.
+    /// The patients with a birth date and only one name, by that name and birth date, in id
+    /// order; they sit in no other group.
     one_named: HashMap<u64, Vec<usize>, RandomState>,
 }
 
@@ -208,11 +216,7 @@ impl DentalIndex {
             self.add_one_named(candidate, start, [ends[0], ends[1], shown[0], shown[1]]);
             return;
         };
-        let (names, letters) = (self.names_key(person.first, person.last), block_letters(&person));
-        let chars = u16::try_from(person.chars).unwrap_or(u16::MAX);
-        self.by_exact.push(born.map(|born| self.exact_key(person.first, person.last, born)));
-        self.by_names.push(Some(names));
-        self.unborn_by_names.push(born.is_none().then_some(names));
+        let (chars, letters) = (u16::try_from(person.chars).unwrap_or(u16::MAX), block_letters(&person));
         self.entries.push(Entry {
             id: candidate.id,
             start,
@@ -224,8 +228,8 @@ impl DentalIndex {
         });
     }
 
-    /// Files a patient whose names (in the text buffer from `start` to `ends`) are not both
-    /// usable under its one name and birth date, or drops it.
+    /// Adds a patient whose names (in the text buffer from `start` to `ends`) are not both
+    /// usable, to be filed under its one name and birth date, or drops it.
     fn add_one_named(&mut self, candidate: DentalCandidate<'_>, start: usize, ends: [usize; 4]) {
         let (first, last) = (&self.text[start..ends[0]], &self.text[ends[0]..ends[1]]);
         let name = if first.is_empty() { last } else { first };
@@ -233,25 +237,57 @@ impl DentalIndex {
             self.text.truncate(start);
             return;
         };
-        let (key, chars) = (self.one_name_key(name, born), u16::try_from(name.chars().count()).unwrap_or(u16::MAX));
-        self.one_named.entry(key).or_default().push(self.entries.len());
-        for groups in [&mut self.by_exact, &mut self.by_names, &mut self.unborn_by_names] {
-            groups.push(None);
-        }
+        let chars = u16::try_from(name.chars().count()).unwrap_or(u16::MAX);
         let (id, linked, born) = (candidate.id, candidate.linked, Some(born));
         self.entries.push(Entry { id, start, ends, born, chars, letters: BlockLetters::default(), linked });
     }
 
+    /// Puts the patients in id order and files them in every group lookups read. Call it once
+    /// all patients are added. Each group then lists its patients by id, so a lookup that takes
+    /// the first few of a crowd sharing one key takes those with the lowest ids, whatever order
+    /// the patients were read in.
+    pub fn group(&mut self) {
+        self.entries.sort_unstable_by_key(|entry| entry.id);
+        self.group_by_names();
+        self.group_by_birth_date();
+    }
+
+    /// Files every patient under its names (and birth date, or the lack of one), or one with
+    /// only one name under that name and birth date.
+    fn group_by_names(&mut self) {
+        let mut groups = [(); 3].map(|()| Groups::sparse(self.entries.len(), self.hasher));
+        let mut one_named: HashMap<u64, Vec<usize>, RandomState> = HashMap::with_hasher(self.hasher);
+        for entry in 0..self.entries.len() {
+            let Some(person) = self.person(entry) else { continue };
+            let [by_exact, by_names, unborn_by_names] = &mut groups;
+            match (person.born, self.entries.get(entry).is_some_and(Entry::one_named)) {
+                (Some(born), true) => {
+                    one_named.entry(self.one_name_key(person.sole_name(), born)).or_default().push(entry)
+                }
+                (None, true) => {}
+                (born, false) => {
+                    let names = self.names_key(person.first, person.last);
+                    by_names.file(entry, names);
+                    match born {
+                        Some(born) => by_exact.file(entry, self.exact_key(person.first, person.last, born)),
+                        None => unborn_by_names.file(entry, names),
+                    }
+                }
+            }
+        }
+        [self.by_exact, self.by_names, self.unborn_by_names] = groups;
+        self.one_named = one_named;
+    }
+
     /// Groups the patients by birth date, and files those of every birth date shared by more
-    /// than [`SMALL_BUCKET`] patients by block (oldest first, so each block lists the newest
-    /// first). Call it once all patients are added.
-    pub fn group_by_birth_date(&mut self) {
+    /// than [`SMALL_BUCKET`] patients by block, newest first.
+    fn group_by_birth_date(&mut self) {
         self.by_birth_date = Buckets::of(&self.entries, self.hasher);
         let mut by_block = [(); BLOCK_KINDS].map(|()| Groups::sparse(self.entries.len(), self.hasher));
         let big = self.by_birth_date.ranges.values().filter(|range| range.len() > SMALL_BUCKET);
         for range in big {
             let bucket = self.by_birth_date.members.get(range.clone()).unwrap_or_default();
-            for entry in bucket.iter().rev().map(|member| member.entry) {
+            for entry in bucket.iter().map(|member| member.entry) {
                 let Some(person) = self.person(entry) else { continue };
                 let Some(born) = person.born else { continue };
                 for (groups, block) in by_block.iter_mut().zip(blocks_of(&person, person.chars)) {
@@ -288,29 +324,32 @@ impl DentalIndex {
         Some(Person { first, last, born: entry.born, chars: usize::from(entry.chars) })
     }
 
-    /// The entries whose names are `first` and `last` and who were born on `born`.
-    pub(super) fn exact(&self, first: &str, last: &str, born: NaiveDate) -> Vec<usize> {
-        let same = |entry: &usize| {
+    /// The entries whose names are `first` and `last` and who were born on `born`, by id.
+    pub(super) fn exact(&self, first: &str, last: &str, born: NaiveDate) -> impl Iterator<Item = usize> {
+        let same = move |entry: &usize| {
             self.person(*entry).is_some_and(|p| p.first == first && p.last == last && p.born == Some(born))
         };
-        self.by_exact.get(self.exact_key(first, last, born)).filter(same).collect()
+        self.by_exact.get(self.exact_key(first, last, born)).filter(same)
     }
 
-    /// The entries with the same names as `person` where one side's birth date is missing; all
-    /// of them when `person`'s birth date counts as missing too.
-    pub(super) fn same_names_one_unborn(&self, person: &Person<'_>, born_counts_as_missing: bool) -> Vec<usize> {
+    /// The entries with the same names as `person` where one side's birth date is missing (all
+    /// of them when `person`'s birth date counts as missing too), by id.
+    pub(super) fn same_names_one_unborn(
+        &self,
+        person: &Person<'_>,
+        born_counts_as_missing: bool,
+    ) -> impl Iterator<Item = usize> {
         let group =
             if person.born.is_some() && !born_counts_as_missing { &self.unborn_by_names } else { &self.by_names };
-        let same =
-            |entry: &usize| self.person(*entry).is_some_and(|p| p.first == person.first && p.last == person.last);
-        group.get(self.names_key(person.first, person.last)).filter(same).collect()
+        let (first, last) = (person.first, person.last);
+        let same = move |entry: &usize| self.person(*entry).is_some_and(|p| p.first == first && p.last == last);
+        group.get(self.names_key(first, last)).filter(same)
     }
 
-    /// The entries with only one name, `name` (as first or last name), born on `born`.
+    /// The entries with only one name, `name` (as first or last name), born on `born`, by id.
     pub(super) fn one_named(&self, name: &str, born: NaiveDate) -> impl Iterator<Item = usize> {
         let same = move |entry: &usize| {
-            let sole = self.person(*entry).map(|p| if p.first.is_empty() { p.last } else { p.first });
-            sole == Some(name) && self.born(*entry) == Some(born)
+            self.person(*entry).is_some_and(|p| p.sole_name() == name) && self.born(*entry) == Some(born)
         };
         let group = self.one_named.get(&self.one_name_key(name, born));
         group.into_iter().flatten().copied().filter(same)

@@ -139,7 +139,7 @@ impl Matcher {
     /// column since), and any others the caller names.
     pub fn new(mut dentaltid: DentalIndex, linked: &foldhash::HashSet<i64>, auto_link: bool) -> Self {
         dentaltid.mark_linked(linked);
-        dentaltid.group_by_birth_date();
+        dentaltid.group();
         Self { dentaltid, auto_link, claims: HashMap::new(), held: Vec::new(), names: String::new() }
     }
 
@@ -212,31 +212,35 @@ impl Matcher {
                 twin.patient_id != patient_id && (index.is_linked(*entry) || linked_since.contains(&twin.patient_id))
             })
         };
-        let same = born.map(|born| (DuplicateReason::AlreadyLinked, self.same_person_born_on(&first, &last, born)));
+        let same =
+            born.map(|born| (DuplicateReason::AlreadyLinked, self.same_person_born_on(&first, &last, born, linked)));
         let mut found: Vec<_> = same.into_iter().collect();
         if let Some(person) = Person::new(&first, &last, born) {
             found.extend(self.near_misses(&person, false, linked));
         }
-        let linked_only = |(reason, entries): (DuplicateReason, Vec<usize>)| {
-            (reason, entries.into_iter().filter(linked).collect::<Vec<usize>>())
-        };
-        let (reason, entries) = self.first_reason(found.into_iter().map(linked_only))?;
+        let (reason, entries) = self.first_reason(found)?;
         Some(PossibleDuplicate { reason, candidates: self.candidates(entries) })
     }
 
-    /// The entries born on `born` with the normalised names `first` and `last` (not both empty),
-    /// or with one name left out on either side and the other the same, as
-    /// [`DuplicateReason::MissingName`] compares them.
-    fn same_person_born_on(&self, first: &str, last: &str, born: NaiveDate) -> Vec<usize> {
+    /// The entries `wanted` accepts born on `born` with the normalised names `first` and `last`
+    /// (not both empty), or with one name left out on either side and the other the same, as
+    /// [`DuplicateReason::MissingName`] compares them; at most [`MAX_CANDIDATES`] (see [`gather`]).
+    fn same_person_born_on(
+        &self,
+        first: &str,
+        last: &str,
+        born: NaiveDate,
+        wanted: impl Fn(&usize) -> bool,
+    ) -> Vec<usize> {
         let index = &self.dentaltid;
         match (first.is_empty(), last.is_empty()) {
             (false, false) => {
                 let one_named = index.one_named(first, born).chain(index.one_named(last, born));
-                index.exact(first, last, born).into_iter().chain(one_named).collect()
+                gather(index.exact(first, last, born).chain(one_named), wanted)
             }
             _ => {
                 let name = if first.is_empty() { last } else { first };
-                index.one_named(name, born).chain(index.named_on(name, born)).collect()
+                gather(index.one_named(name, born).chain(index.named_on(name, born)), wanted)
             }
         }
     }
@@ -291,7 +295,7 @@ impl Matcher {
 
     /// An exact key match links, or is reported when linking is not safe.
     fn exact_match(&self, person: &Person<'_>) -> Option<Verdict> {
-        let found = self.dentaltid.exact(person.first, person.last, person.born?);
+        let found = gather(self.dentaltid.exact(person.first, person.last, person.born?), |_| true);
         let reason = match found.as_slice() {
             [] => return None,
             _ if !self.auto_link => DuplicateReason::AutoLinkOff,
@@ -312,10 +316,11 @@ impl Matcher {
         self.first_reason(found.into_iter().chain(one_name_missing))
     }
 
-    /// What each near-miss rule with both names finds for `person`, in order: the names swapped,
-    /// then names a small edit away (among the entries `wanted` accepts), both on the same birth
+    /// What each near-miss rule with both names finds for `person` among the entries `wanted`
+    /// accepts, in order: the names swapped, then names a small edit away, both on the same birth
     /// date; then the same names, then the names swapped, with a birth date missing on either
-    /// side (or `doubtful_birth_date`, see [`Matcher::near_miss`]).
+    /// side (or `doubtful_birth_date`, see [`Matcher::near_miss`]). A rule that finds patients
+    /// of one key finds at most [`MAX_CANDIDATES`] (see [`gather`]).
     fn near_misses(
         &self,
         person: &Person<'_>,
@@ -323,15 +328,21 @@ impl Matcher {
         wanted: impl Fn(&usize) -> bool,
     ) -> [(DuplicateReason, Vec<usize>); 4] {
         let index = &self.dentaltid;
-        let exact_swapped = person.born.map(|born| index.exact(person.last, person.first, born)).unwrap_or_default();
+        let exact_swapped = person.born.map(|born| gather(index.exact(person.last, person.first, born), &wanted));
         let swapped = Person { first: person.last, last: person.first, ..*person };
         [
-            (DuplicateReason::SwappedNames, exact_swapped),
-            (DuplicateReason::SimilarNames, similar::similar(index, person, wanted)),
-            (DuplicateReason::MissingBirthDate, index.same_names_one_unborn(person, doubtful_birth_date)),
+            (DuplicateReason::SwappedNames, exact_swapped.unwrap_or_default()),
+            (DuplicateReason::SimilarNames, similar::similar(index, person, &wanted)),
+            (
+                DuplicateReason::MissingBirthDate,
+                gather(index.same_names_one_unborn(person, doubtful_birth_date), &wanted),
+            ),
             // The names swapped, where a birth date is missing on either side (or doubtful): no
             // birth date tells the two apart, as for the same names.
-            (DuplicateReason::SwappedNames, index.same_names_one_unborn(&swapped, doubtful_birth_date)),
+            (
+                DuplicateReason::SwappedNames,
+                gather(index.same_names_one_unborn(&swapped, doubtful_birth_date), &wanted),
+            ),
         ]
     }
 
@@ -372,14 +383,21 @@ impl Matcher {
     ) -> Option<(DuplicateReason, Vec<usize>)> {
         let born = born.filter(|_| !doubtful_birth_date)?;
         let index = &self.dentaltid;
-        let found: Vec<usize> = match (first.is_empty(), last.is_empty()) {
-            (false, false) => index.one_named(first, born).chain(index.one_named(last, born)).collect(),
+        let found = match (first.is_empty(), last.is_empty()) {
+            (false, false) => gather(index.one_named(first, born).chain(index.one_named(last, born)), |_| true),
             (true, true) => return None,
-            (true, false) => index.one_named(last, born).chain(index.named_on(last, born)).collect(),
-            (false, true) => index.one_named(first, born).chain(index.named_on(first, born)).collect(),
+            (true, false) => gather(index.one_named(last, born).chain(index.named_on(last, born)), |_| true),
+            (false, true) => gather(index.one_named(first, born).chain(index.named_on(first, born)), |_| true),
         };
         (!found.is_empty()).then_some((DuplicateReason::MissingName, found))
     }
+}
+
+/// The first [`MAX_CANDIDATES`] of `entries` that `wanted` accepts: no report names more, so a
+/// crowd sharing one key (thousands of "X Patient" born on a default date) costs each lookup no
+/// more than that, and deciding one crowd beside another stays linear.
+fn gather(entries: impl Iterator<Item = usize>, wanted: impl Fn(&usize) -> bool) -> Vec<usize> {
+    entries.filter(wanted).take(MAX_CANDIDATES).collect()
 }
 
 #[cfg(test)]
@@ -670,6 +688,44 @@ mod tests {
             let ids: Vec<i64> = reported.candidates.iter().map(|c| c.patient_id).collect();
             assert_eq!(ids, (0..20).collect::<Vec<_>>());
             assert!(reported.candidates.capacity() <= MAX_CANDIDATES, "room for {}", reported.candidates.capacity());
+        }
+    }
+
+    /// The DentalTID patients deciding `patient` gathers, before they are cut to those its report
+    /// names.
+    fn gathered(matcher: &Matcher, patient: &NanoPixPatient) -> usize {
+        let (first, last) = (normalise_name(&patient.first_name), normalise_name(&patient.last_name));
+        let verdict = match Person::new(&first, &last, patient.birth_date) {
+            Some(person) => matcher.verdict(&person, false),
+            None => Verdict::Import(matcher.one_name_missing(&first, &last, patient.birth_date, false)),
+        };
+        match verdict {
+            Verdict::Link(_) => 1,
+            Verdict::Import(found) => found.map_or(0, |(_, entries)| entries.len()),
+        }
+    }
+
+    /// Thousands of patients of one key, as clinics type them ("X Patient" born on a default date,
+    /// "X Inconnu" without a birth date, "Inconnu" alone): deciding a NanoPix patient beside such a
+    /// crowd gathers only as many patients as its report can name, not the whole crowd, so crowds
+    /// on both sides are decided in time linear in their size, not in the product of both.
+    #[test]
+    fn deciding_a_patient_beside_a_crowd_gathers_only_the_patients_its_report_can_name() {
+        let day = born(1900, 1, 1);
+        let crowds = [
+            (("X", "Patient", day), ("X", "Patient", day)),
+            (("X", "Patient", day), ("Patient", "X", day)),
+            (("X", "Inconnu", None), ("X", "Inconnu", None)),
+            (("X", "Inconnu", None), ("Inconnu", "X", None)),
+            (("", "Inconnu", day), ("", "Inconnu", day)),
+            (("", "Inconnu", day), ("X", "Inconnu", day)),
+            (("X", "Inconnu", day), ("", "Inconnu", day)),
+        ];
+        for ((first, last, date), typed) in crowds {
+            let dentaltid: Vec<Patient> = (0..5_000).map(|id| dental(id, first, last, date)).collect();
+            let matcher = matcher_over(&dentaltid, true);
+            let found = gathered(&matcher, &nanopix(1, typed.0, typed.1, typed.2));
+            assert!((1..=MAX_CANDIDATES).contains(&found), "{typed:?} beside {first} {last}: {found} gathered");
         }
     }
 

@@ -311,7 +311,7 @@ mod tests {
                 };
                 index.add(candidate);
             }
-            index.group_by_birth_date();
+            index.group();
             let (first, last) = (normalise_name(&first), normalise_name(&last));
             let Some(person) = Person::new(&first, &last, born) else { return Ok(()) };
             let mut found = similar(&index, &person, |_| true);
