@@ -107,6 +107,8 @@ pub(crate) struct Engine {
     /// DentalTID's patients by last name, once a pass needed them; dropped by each full
     /// reconcile, so that the next read finds renamed patients under their new names.
     last_names: Option<LastNames>,
+    /// Like `last_names`, DentalTID's patients without a birth date only.
+    unborn_names: Option<LastNames>,
     /// The odd rows and folder entries reported, so that automatic work reports each once.
     odd_findings: OddFindings,
     /// The linked twins the last export to finish kept on the review list, with its patient:
@@ -165,6 +167,7 @@ impl Engine {
             unannounced_deletes,
             holding_delete_requests: false,
             last_names: None,
+            unborn_names: None,
             odd_findings: OddFindings::default(),
             kept_twins: None,
             journaled: None,
@@ -246,6 +249,7 @@ impl Engine {
         self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
         self.ready_connections()?;
         self.last_names = None;
+        self.unborn_names = None;
         self.odd_findings.full_reconcile_began();
         // The unknown NanoPix patients are all decided again, and their links tried again.
         self.refused_links.clear();
@@ -512,7 +516,26 @@ fn crash_point(step: &str) {
 
 #[cfg(test)]
 mod tests {
+    use chrono::NaiveDate;
+    use tempfile::TempDir;
+
     use super::*;
+
+    /// An engine on a copy of the NanoPix fixture and a DentalTID database with the sample
+    /// patients, with Live Sync on, its clock on the morning of 2025-01-22; the folder, the
+    /// DentalTID file and the engine's signals.
+    pub(super) fn clinic_engine() -> (TempDir, PathBuf, Engine, Arc<Signals>) {
+        let (dir, root) = crate::nanopix::tests::fixture_copy();
+        let db = crate::dentaltid::testing::build_database(&dir, crate::dentaltid::testing::SCHEMA_V29, true);
+        let morning = NaiveDate::from_ymd_opt(2025, 1, 22).and_then(|d| d.and_hms_opt(10, 0, 0)).unwrap();
+        let mut config = Config::new(&root, &db);
+        config.clock = Arc::new(crate::ManualClock::new(morning));
+        let (bus, _events) = EventBus::new(config.clock.clone());
+        let signals = Arc::new(Signals::default());
+        signals.live.store(true, Ordering::Relaxed);
+        let engine = Engine::open(config, Arc::new(bus), signals.clone()).unwrap();
+        (dir, db, engine, signals)
+    }
 
     /// A live pass that goes on as a full reconcile (a repair left its reserved id, say) just as
     /// Live Sync is switched off: the reconcile stops before it begins, and the pass must leave
@@ -520,15 +543,7 @@ mod tests {
     /// catch-up goes on from the cursor, would export again a patient NanoPix saved there.
     #[test]
     fn a_pass_that_becomes_a_full_reconcile_stopped_at_once_leaves_no_cursor() {
-        let (dir, root) = crate::nanopix::tests::fixture_copy();
-        let db = crate::dentaltid::testing::build_database(&dir, crate::dentaltid::testing::SCHEMA_V29, true);
-        let morning = chrono::NaiveDate::from_ymd_opt(2025, 1, 22).and_then(|d| d.and_hms_opt(10, 0, 0)).unwrap();
-        let mut config = Config::new(&root, &db);
-        config.clock = Arc::new(crate::ManualClock::new(morning));
-        let (bus, _events) = EventBus::new(config.clock.clone());
-        let signals = Arc::new(Signals::default());
-        signals.live.store(true, Ordering::Relaxed);
-        let mut engine = Engine::open(config, Arc::new(bus), signals.clone()).unwrap();
+        let (_dir, _db, mut engine, signals) = clinic_engine();
         engine.reconcile().unwrap();
         assert!(engine.cursor.is_some(), "a full reconcile leaves a cursor");
         signals.live.store(false, Ordering::Relaxed);

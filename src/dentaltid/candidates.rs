@@ -76,24 +76,11 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "reading patients for matching"))
     }
 
-    /// Adds to `index` the patients a NanoPix patient born on one of `dates` could match or
-    /// resemble: those born on these dates and those without a birth date. Each date is an
-    /// index range, so this reads only those rows; a `dateOfBirth` in a form DentalTID never
-    /// writes is not looked at.
-    pub fn add_candidates_born_on(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
-        // One statement each, so each is an index range. Numbers sort before every text, blobs
-        // after it (those are read with the dates, since a blob may hold one).
-        let unborn =
-            ["WHERE dateOfBirth IS NULL", "WHERE dateOfBirth < '0'", "WHERE dateOfBirth >= ':' AND dateOfBirth < x''"];
-        for unborn in unborn {
-            self.add_candidates("reading patients without a birth date", unborn, [], index)?;
-        }
-        self.add_candidates_born_on_only(dates, index)
-    }
-
     /// Adds to `index` the patients born on one of `dates`, one index range each, and those
-    /// whose `dateOfBirth` is a blob (matching reads the date a blob holds, if any).
-    pub fn add_candidates_born_on_only(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
+    /// whose `dateOfBirth` is a blob (matching reads the date a blob holds, if any): those a
+    /// NanoPix patient born on one of `dates` could match or resemble by birth date. Those
+    /// without a birth date are found by name (see [`DentalTid::add_candidates_named`]).
+    pub fn add_candidates_born_on(&self, dates: &[NaiveDate], index: &mut DentalIndex) -> Result<()> {
         for date in dates {
             let born_on = "WHERE dateOfBirth >= ?1 AND dateOfBirth < ?2";
             self.add_candidates("reading match candidates", born_on, starting_with(nanopix_date(*date)), index)?;
@@ -240,6 +227,9 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
+    use foldhash::HashSet;
+
+    use super::super::LastNames;
     use super::super::testing::sample_database;
     use super::*;
 
@@ -277,12 +267,19 @@ mod tests {
             ["1985-03-12", "9999-12-31", "1985-03-11"].map(|date| crate::patient::parse_plain_date(date).unwrap());
         let mut born_on = DentalIndex::default();
         dentaltid.add_candidates_born_on(&dates, &mut born_on).unwrap();
+        let mut names = LastNames::of_unborn();
+        dentaltid.read_last_names(&mut names).unwrap();
+        let lefevre = HashSet::from_iter(["lefevre".to_owned()]);
+        dentaltid.add_candidates_named(&names, &lefevre, &HashSet::from_iter(dates), &mut born_on).unwrap();
         let mut every = DentalIndex::default();
         dentaltid.add_all_candidates(&mut every).unwrap();
         let as_dates = dates.map(nanopix_date);
-        let mut expected: Vec<_> = (every.candidates().into_iter())
-            .filter(|c| c.date_of_birth.as_ref().is_none_or(|born| as_dates.contains(born)))
-            .collect();
+        // Those born on the dates, and those of the name without a birth date (not the sample's
+        // Karim Haddad).
+        let wanted = |c: &DuplicateCandidate| {
+            c.date_of_birth.as_ref().map_or(normalise_name(&c.last_name) == "lefevre", |born| as_dates.contains(born))
+        };
+        let mut expected: Vec<_> = every.candidates().into_iter().filter(wanted).collect();
         let mut found = born_on.candidates();
         for candidates in [&mut expected, &mut found] {
             candidates.sort_by_key(|candidate| candidate.patient_id);

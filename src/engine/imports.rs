@@ -27,18 +27,21 @@ const BULK_IMPORT: usize = 10_000;
 
 impl Engine {
     /// A matcher over the DentalTID patients the NanoPix patients `unknown` could match: those
-    /// born on their birth dates, or all of them when a NanoPix birth date is missing, there are
-    /// many dates, or there is no index to find them by. A patient whose export waits in the
-    /// journal counts as unlinked, so a link to her is left for the export to end (see
-    /// [`Engine::without_pending_exports`]), unless the export wrote her NanoPix row already
-    /// (see [`Engine::exports_on_their_rows`]).
+    /// born on their birth dates and those of their names (see [`Engine::add_candidates_of_names`]),
+    /// or all of them when a NanoPix birth date is missing, there are many dates, or there is no
+    /// index to find them by. A patient whose export waits in the journal counts as unlinked, so
+    /// a link to her is left for the export to end (see [`Engine::without_pending_exports`]),
+    /// unless the export wrote her NanoPix row already (see [`Engine::exports_on_their_rows`]).
     pub(super) fn matcher(&mut self, unknown: &[NanoPixPatient]) -> Result<Matcher> {
         let mut index = DentalIndex::default();
         let dates: Option<HashSet<_>> = unknown.iter().map(|p| p.birth_date).collect();
         match dates {
             Some(dates) if self.indexed && dates.len() <= MAX_CANDIDATE_DATES => {
                 self.dentaltid.add_candidates_born_on(&dates.iter().copied().collect::<Vec<_>>(), &mut index)?;
-                self.add_candidates_of_doubtful_birth_dates(unknown, &dates, &mut index)?;
+                let people = unknown
+                    .iter()
+                    .map(|p| ((p.first_name.as_str(), p.last_name.as_str()), p.born_on_registration_day()));
+                self.add_candidates_of_names(people, &dates, &mut index)?;
             }
             _ => self.dentaltid.add_all_candidates(&mut index)?,
         }
@@ -58,41 +61,39 @@ impl Engine {
         Ok(Matcher::new(index, &linked, self.config.auto_link))
     }
 
-    /// Adds to `index` the patients whose last name is the last or first name (the names
-    /// swapped) of one of `unknown` whose birth date may be one nobody typed (see
-    /// [`NanoPixPatient::born_on_registration_day`]), born on a day not among `dates`: such a
-    /// NanoPix patient is compared with every patient of its names.
-    fn add_candidates_of_doubtful_birth_dates(
-        &mut self,
-        unknown: &[NanoPixPatient],
-        dates: &HashSet<NaiveDate>,
-        index: &mut DentalIndex,
-    ) -> Result<()> {
-        let doubtful = unknown.iter().filter(|p| p.born_on_registration_day());
-        self.add_candidates_of_names(doubtful.map(|p| (p.first_name.as_str(), p.last_name.as_str())), dates, index)
-    }
-
     /// Adds to `index` the patients whose last name is the last or first name (the names swapped)
-    /// of one of `people` (first and last names as typed), born on a day not among `dates`, which
-    /// [`crate::dentaltid::DentalTid::add_candidates_born_on`] reads: with those, a person is
-    /// compared with every patient of its names, whatever their birth date.
+    /// of one of `people` (first and last names as typed, and whether any birth date counts):
+    /// those without a birth date, whom a person is compared with by names alone, and, for a
+    /// person whose own birth date is missing or may be one nobody typed (see
+    /// [`NanoPixPatient::born_on_registration_day`]), those born on a day not among `dates`, which
+    /// [`crate::dentaltid::DentalTid::add_candidates_born_on`] reads: such a person is compared
+    /// with every patient of its names, whatever their birth date. Only patients of these names
+    /// are read, however many DentalTID holds without a birth date.
     pub(super) fn add_candidates_of_names<'p>(
         &mut self,
-        people: impl Iterator<Item = (&'p str, &'p str)>,
+        people: impl Iterator<Item = ((&'p str, &'p str), bool)>,
         dates: &HashSet<NaiveDate>,
         index: &mut DentalIndex,
     ) -> Result<()> {
-        let wanted: HashSet<String> = people
-            .flat_map(|(first_name, last_name)| [last_name, first_name])
-            .map(crate::matching::normalise_name)
-            .filter(|name| !name.is_empty())
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
+        let (mut unborn, mut any_day) = (HashSet::default(), HashSet::default());
+        for ((first_name, last_name), any_birth_date) in people {
+            let names = [last_name, first_name].map(crate::matching::normalise_name);
+            let wanted = if any_birth_date { &mut any_day } else { &mut unborn };
+            wanted.extend(names.into_iter().filter(|name| !name.is_empty()));
         }
-        let names = self.last_names.get_or_insert_with(LastNames::default);
-        self.dentaltid.read_last_names(names)?;
-        self.dentaltid.add_candidates_named(names, &wanted, dates, index)
+        // The patients of a name read for any birth date include those without one.
+        unborn.retain(|name| !any_day.contains(name));
+        if !any_day.is_empty() {
+            let names = self.last_names.get_or_insert_with(LastNames::default);
+            self.dentaltid.read_last_names(names)?;
+            self.dentaltid.add_candidates_named(names, &any_day, dates, index)?;
+        }
+        if !unborn.is_empty() {
+            let names = self.unborn_names.get_or_insert_with(LastNames::of_unborn);
+            self.dentaltid.read_last_names(names)?;
+            self.dentaltid.add_candidates_named(names, &unborn, dates, index)?;
+        }
+        Ok(())
     }
 
     /// Links or imports a few NanoPix patients no DentalTID patient, link or export holds yet,

@@ -164,6 +164,12 @@ impl Matcher {
         }
     }
 
+    /// Every DentalTID patient the matcher knows, as a possible duplicate names it.
+    #[cfg(test)]
+    pub(crate) fn candidates_known(&self) -> Vec<DuplicateCandidate> {
+        self.dentaltid.candidates()
+    }
+
     /// The links of every held patient nobody contested.
     pub fn finish(self) -> Vec<MatchedLink> {
         let mut links = Vec::new();

@@ -13,20 +13,22 @@ use crate::{NanoPixId, Result};
 impl Engine {
     /// The DentalTID patients an export of one of `patients` may duplicate, in a matcher, with
     /// those linked to NanoPix marked: those an import of each would be compared with (those
-    /// born on their birth dates and those without one; for a patient without a birth date,
-    /// those of its names born on any day; every patient, for many dates or many patients
-    /// without one).
+    /// born on their birth dates and those of their names without one; for a patient without a
+    /// birth date, those of its names born on any day; every patient, for many dates or many
+    /// patients without one).
     pub(super) fn twin_finder(&mut self, patients: &[Patient]) -> Result<Matcher> {
         let dates: HashSet<NaiveDate> = patients.iter().filter_map(|patient| patient.date_of_birth).collect();
-        let unborn: Vec<&Patient> = patients.iter().filter(|patient| patient.date_of_birth.is_none()).collect();
+        let unborn = patients.iter().filter(|patient| patient.date_of_birth.is_none()).count();
         self.ensure_indexes()?;
         let mut index = DentalIndex::default();
-        if dates.len() + unborn.len() > MAX_CANDIDATE_DATES {
+        if dates.len() + unborn > MAX_CANDIDATE_DATES {
             self.dentaltid.add_all_candidates(&mut index)?;
         } else {
             self.dentaltid.add_candidates_born_on(&dates.iter().copied().collect::<Vec<_>>(), &mut index)?;
-            let names = unborn.iter().map(|patient| (patient.first_name.as_str(), patient.last_name.as_str()));
-            self.add_candidates_of_names(names, &dates, &mut index)?;
+            let people = patients.iter().map(|patient| {
+                ((patient.first_name.as_str(), patient.last_name.as_str()), patient.date_of_birth.is_none())
+            });
+            self.add_candidates_of_names(people, &dates, &mut index)?;
         }
         self.matcher_over(index, [])
     }
@@ -87,4 +89,66 @@ pub(super) struct Twins {
     pub(super) found_for: DuplicateCandidate,
     /// The twins, and why.
     pub(super) found: PossibleDuplicate,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::engine::tests::clinic_engine;
+    use crate::events::DuplicateReason;
+    use crate::patient::NanoPixPatient;
+
+    /// A clinic that left out the birth date of hundreds of patients (a third of them, at some
+    /// clinics): matching one patient born on a known day, to export her or to import her, looks
+    /// only at the patients without a birth date who bear one of her names, and still finds
+    /// those: an export of Nadia Saidi finds the Nadia Saidi linked to NanoPix without a birth
+    /// date, and NanoPix's Karim Haddad finds the sample's Karim Haddad, who has none.
+    #[test]
+    fn matching_one_patient_reads_only_the_patients_without_a_birth_date_who_bear_her_names() {
+        let (_dir, db, mut engine, _signals) = clinic_engine();
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+             INSERT INTO patients(name, familyName, age, healthState, diagnosis, treatment, createdAt)
+             SELECT 'Given' || i, 'Family' || i, 0, '', '', '', '2025-01-20T09:00:00.000' FROM n;
+             INSERT INTO patients(name, familyName, age, healthState, diagnosis, treatment, createdAt, external_id)
+             VALUES ('Nadia', 'Saidi', 0, '', '', '', '2025-01-20T09:00:00.000', '20250120_090000');",
+        )
+        .unwrap();
+        let linked_twin = conn.last_insert_rowid();
+        conn.execute_batch(
+            "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, createdAt)
+             VALUES ('Nadia', 'Saidi', 34, '1990-03-04T00:00:00.000', '', '', '', '2025-01-21T09:00:00.000');",
+        )
+        .unwrap();
+        let nadia = conn.last_insert_rowid();
+        let nadia = engine.dentaltid.patient(nadia).unwrap().unwrap();
+        let twins = engine.twin_finder(std::slice::from_ref(&nadia)).unwrap();
+        let found = linked_twins_of(Some(&twins), &nadia, &foldhash::HashSet::default()).unwrap();
+        assert_eq!(found.found.reason, DuplicateReason::MissingBirthDate);
+        assert_eq!(found.found.candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), [linked_twin]);
+        let karim = NanoPixPatient {
+            pk: 2,
+            id: NanoPixId::parse("20250122_093000").unwrap(),
+            last_name: "Haddad".into(),
+            first_name: "Karim".into(),
+            sex: None,
+            birth_date: NaiveDate::from_ymd_opt(1980, 2, 2),
+            phone: None,
+            created: None,
+        };
+        let mut matcher = engine.matcher(std::slice::from_ref(&karim)).unwrap();
+        for (what, indexed) in [("the export", twins.candidates_known()), ("the import", matcher.candidates_known())] {
+            let others = indexed.iter().filter(|c| c.last_name.starts_with("Family")).count();
+            assert_eq!(others, 0, "{what} read {others} patients of other names without a birth date");
+        }
+        let mut imports = Vec::new();
+        matcher.offer(karim, &mut imports);
+        let reported = imports.pop().and_then(|import| import.possible_duplicate).unwrap();
+        assert_eq!(reported.reason, DuplicateReason::MissingBirthDate);
+        assert_eq!(reported.candidates.iter().map(|c| c.last_name.as_str()).collect::<Vec<_>>(), ["Haddad"]);
+    }
 }
