@@ -299,6 +299,29 @@ fn a_nanopix_patient_saved_without_a_first_name_is_reported_beside_the_patient_w
     assert_eq!(duplicate_reason(&later, "20250122_091600"), Some((DuplicateReason::MissingName, both)));
 }
 
+/// Clinics type a placeholder where a name is unknown ("-", "?", "."): a name without a letter or
+/// a digit is a name left out. Two unknown patients registered on one day, one in each program,
+/// with that day as birth date, are not taken for one person; nor is a patient whose first name is
+/// a placeholder linked to the DentalTID patient of the same placeholder, last name and birth
+/// date: she is reported beside those with her last name born that day.
+#[test]
+fn a_name_of_punctuation_only_is_a_name_left_out_and_never_links() {
+    let clinic = Clinic::new("v29");
+    clinic.add_dentaltid("?", "?", Some("2025-01-22"));
+    let benali = clinic.add_dentaltid("-", "Benali", Some("1985-03-12"));
+    clinic.add_nanopix("20250122_091500", "?", "?", Some("2025-01-22"));
+    clinic.add_nanopix("20250122_091600", "Benali", "-", Some("1985-03-12"));
+    let (_sync, events) = reconcile_with(&clinic);
+    assert_eq!(linked_to(&events, "20250122_091500"), None, "two unknown patients are not one person");
+    assert_eq!(duplicate_reason(&events, "20250122_091500"), None, "a patient without any name is not reported");
+    assert_eq!(linked_to(&events, "20250122_091600"), None, "a name left out never links");
+    let amina = 1;
+    assert_eq!(duplicate_reason(&events, "20250122_091600"), Some((DuplicateReason::MissingName, vec![amina, benali])));
+    let imported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT COUNT(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
+    assert_eq!(imported, vec![3], "both, and the fixture patient, are imported");
+}
+
 /// The same, for a patient a later pass finds among a few new ones, with the sync's indexes built.
 #[test]
 fn a_later_pass_reports_a_birth_date_left_at_the_registration_day_too() {

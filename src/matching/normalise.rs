@@ -13,13 +13,16 @@ const TATWEEL: char = '\u{0640}';
 /// harakat) dropped, tatweel removed, case-folded, trimmed, inner whitespace collapsed.
 ///
 /// Invisible formatting characters that copy-pasted right-to-left names often carry
-/// (direction marks, zero-width spaces and joiners, soft hyphens) are dropped as well.
+/// (direction marks, zero-width spaces and joiners, soft hyphens) are dropped as well. A name
+/// without a letter or a digit, such as the `-`, `?` or `.` clinics type where a name is unknown,
+/// normalises to nothing: it names nobody, as an empty name does.
 ///
 /// # Example
 /// ```
 /// use nanopix_sync::normalise_name;
 /// assert_eq!(normalise_name("  Zoé  LEFÈVRE "), "zoe lefevre");
 /// assert_eq!(normalise_name("مُحَمَّد"), "محمد");
+/// assert_eq!(normalise_name(" ? "), "");
 /// ```
 pub fn normalise_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -29,6 +32,16 @@ pub fn normalise_name(name: &str) -> String {
 
 /// Appends `name`, normalised as [`normalise_name`] says, to `out`.
 pub(crate) fn normalise_into(name: &str, out: &mut String) {
+    let start = out.len();
+    fold_into(name, out);
+    if !out[start..].chars().any(char::is_alphanumeric) {
+        out.truncate(start);
+    }
+}
+
+/// Appends `name` to `out` decomposed, with marks and invisible characters dropped, case-folded
+/// and with its whitespace collapsed.
+fn fold_into(name: &str, out: &mut String) {
     if name.is_ascii() {
         // Nothing to decompose: only case and spaces to fold (most names, at clinic scale).
         let start = out.len();
@@ -97,10 +110,12 @@ mod tests {
     use super::*;
 
     /// The definition, step by step over the whole name: decompose, case-fold, decompose what
-    /// folding composed, drop, then collapse whitespace.
+    /// folding composed, drop, then collapse whitespace; nothing for a name without a letter or
+    /// a digit.
     fn by_definition(name: &str) -> String {
         let folded: String = name.nfkd().default_case_fold().nfkd().filter(|&c| is_kept(c)).collect();
-        folded.split_whitespace().collect::<Vec<_>>().join(" ")
+        let collapsed = folded.split_whitespace().collect::<Vec<_>>().join(" ");
+        if collapsed.chars().any(char::is_alphanumeric) { collapsed } else { String::new() }
     }
 
     #[test]
@@ -154,6 +169,17 @@ mod tests {
         for blank in ["", "   ", "\u{0640}\u{0640}", "\u{064E} \u{200B}", "\u{0301}"] {
             assert_eq!(normalise_name(blank), "", "{blank:?}");
         }
+    }
+
+    #[test]
+    fn placeholders_without_a_letter_or_digit_normalise_to_empty() {
+        for placeholder in ["-", "?", ".", " - ", "--", "?!", "(...)", "\u{2026}", "\u{061F}", "-\u{0640}-"] {
+            assert_eq!(normalise_name(placeholder), "", "{placeholder:?}");
+        }
+        assert_eq!(normalise_name("O'Brien"), "o'brien");
+        assert_eq!(normalise_name(" Jean-Pierre "), "jean-pierre");
+        assert_eq!(normalise_name("X"), "x");
+        assert_eq!(normalise_name("- 2"), "- 2");
     }
 
     #[test]
