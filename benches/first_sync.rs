@@ -52,10 +52,15 @@ impl Timings {
     }
 }
 
-/// Opens the sync on `dentaltid` and reconciles; returns the handle (to close unmeasured) and the report.
+/// Opens the sync on `dentaltid` and reconciles; returns the handle (to close unmeasured) and the
+/// report, once it says every NanoPix patient (the generated ones and the fixture's) was imported
+/// or linked, with no error: a first sync that failed part way is not timed as one.
 fn open_and_reconcile(clinic: &Clinic, dentaltid: &Path) -> (NanoPixSync, ReconcileReport) {
     let sync = NanoPixSync::open(clinic.config(dentaltid, &ManualClock::new(clinic_now()))).expect("open");
     let report = sync.reconcile().expect("reconcile");
+    assert_eq!(report.errors, 0, "a first sync without errors: {report:?}");
+    let decided = usize::try_from(report.imported + report.linked).expect("a count");
+    assert_eq!(decided, clinic.nanopix_count + 1, "every NanoPix patient imported or linked: {report:?}");
     (sync, report)
 }
 

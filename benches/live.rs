@@ -315,6 +315,7 @@ fn idle(clinic: &Clinic, scale: usize) {
     let (library_stat, library_sched) = idle_cpu();
     assert!(live.sync.live_sync().expect("live sync state"), "Live Sync stayed on");
     let woke = live.events.try_iter().count();
+    assert_eq!(woke, 0, "nothing changed, so an idle watching process sends no event");
     drop(live);
     let (sender, _events) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(sender).expect("notify watcher");

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use clinic::{Clinic, FileCopy, clinic_now};
-use nanopix_sync::{ManualClock, NanoPixSync};
+use nanopix_sync::{ManualClock, NanoPixSync, ReconcileReport};
 
 /// Patients on each side.
 const SCALE: usize = 100_000;
@@ -37,16 +37,20 @@ fn child(role: &str) {
     let dentaltid = std::env::var_os(DENTALTID).expect("DentalTID given");
     let (root, dentaltid) = (Path::new(&root), Path::new(&dentaltid));
     match role {
-        "sync" | "sync_unread" => {
+        "sync" | "sync_unread" | "steady" => {
             let config = clinic::config_for(root, dentaltid, &ManualClock::new(clinic_now()));
             let mut sync = NanoPixSync::open(config).expect("open");
-            if role == "sync" {
+            if role != "sync_unread" {
                 let events = sync.events();
                 std::thread::spawn(move || while events.recv().is_ok() {});
             }
             let report = sync.reconcile().expect("reconcile");
             sync.close();
             eprintln!("child sync report: {report:?}");
+            if role == "steady" {
+                let changed = ReconcileReport { duration_ms: report.duration_ms, ..ReconcileReport::default() };
+                assert_eq!(report, changed, "a steady reconcile changes nothing");
+            }
         }
         "baseline" => {
             let copied = clinic::baseline_copy(&root.join("database/NanoPix.db3"), dentaltid);
@@ -109,7 +113,7 @@ fn steady(clinic: &Clinic) {
     sync.close();
     eprintln!("first sync before the steady reconcile: {first:?}");
     let baseline = measure(clinic, "baseline_read", &synced.path);
-    let steady = measure(clinic, "sync", &synced.path);
+    let steady = measure(clinic, "steady", &synced.path);
     println!(
         "peak memory (VmHWM), steady reconcile {SCALE}/{SCALE} (a child that opens a synced file and reconciles):"
     );
