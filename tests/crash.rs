@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::Clinic;
-use nanopix_sync::DuplicateReason;
+use nanopix_sync::{DuplicateReason, ReconcileReport};
 use rusqlite::Connection;
 
 /// NanoPix patients new to DentalTID in the first-sync test.
@@ -237,16 +237,34 @@ fn export_killed_after_its_journal_child() {
 }
 
 /// Exports DentalTID patient `patient` in a child process killed right after the export's
-/// journal row; checks that the journal holds it.
-fn export_killed_after_its_journal(clinic: &Clinic, patient: i64) {
+/// journal row; checks that the journal holds it, and returns the NanoPix id it reserved.
+fn export_killed_after_its_journal(clinic: &Clinic, patient: i64) -> String {
     let status = common::child_process("export_killed_after_its_journal_child", clinic)
         .env("NANOPIX_SYNC_CRASH_AT", "journal")
         .env("NPS_TEST_PATIENT", patient.to_string())
         .status()
         .unwrap();
     assert!(!status.success(), "the child is killed at its journal row");
-    let journaled: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
-    assert_eq!(journaled, 1, "the export was cut short after its journal row");
+    let mut journaled: Vec<String> =
+        clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    assert_eq!(journaled.len(), 1, "the export was cut short after its journal row");
+    journaled.remove(0)
+}
+
+/// Checks that the export of Nadia (DentalTID patient `nadia`) that reserved NanoPix id
+/// `reserved` ended: she holds that id, NanoPix holds her there, in her folder, and the journal
+/// is empty; and that `report` imported NanoPix's own Nadias apart, each reported as a possible
+/// duplicate.
+fn assert_export_ended_beside_twins(clinic: &Clinic, nadia: i64, reserved: &str, report: &ReconcileReport, twins: u64) {
+    let sql = format!("SELECT external_id FROM patients WHERE id = {nadia}");
+    assert_eq!(clinic.dentaltid_rows(&sql, |r| r.get::<_, Option<String>>(0)), [Some(reserved.to_owned())]);
+    let sql = format!("SELECT first_name, last_name FROM Patient WHERE id = '{reserved}'");
+    let row: Vec<(String, String)> = clinic.nanopix_rows(&sql, |r| Ok((r.get(0)?, r.get(1)?)));
+    assert_eq!(row, [("Nadia".to_owned(), "Saidi".to_owned())], "her NanoPix row");
+    assert!(clinic.root.join(reserved).is_dir(), "her NanoPix folder");
+    let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
+    assert_eq!(pending, 0, "the export ended at open");
+    assert_eq!((report.imported, report.possible_duplicates), (twins, twins), "NanoPix's Nadias, apart: {report:?}");
 }
 
 /// DentalTID asks for Nadia Saidi's export; the sync is killed (power cut, task manager) once
@@ -326,49 +344,37 @@ fn a_repair_does_not_abandon_an_export_for_a_nanopix_patient_the_sync_knows_by_a
 }
 
 /// As in `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`,
-/// but the clinic runs with `auto_link` off. The repair at open abandons the export because
-/// NanoPix's Nadia is an unknown twin "for the pass to link"; with `auto_link` off the pass
-/// never links, it imports her as a possible duplicate. The export the host asked for is then
-/// silently gone: the DentalTID patient is neither exported, linked, nor in the journal.
+/// but the clinic runs with `auto_link` off: the pass never links NanoPix's Nadia, so the repair
+/// at open must not leave the export for the pass to end with a link, or the export the host
+/// asked for would be silently gone. The repair ends it, and the pass imports NanoPix's Nadia
+/// apart, reported as a possible duplicate.
 #[test]
 fn a_repair_with_auto_link_off_does_not_drop_an_export_the_pass_will_not_link() {
     let clinic = Clinic::new("v29");
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    export_killed_after_its_journal(&clinic, nadia);
+    let reserved = export_killed_after_its_journal(&clinic, nadia);
     clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
     let mut config = clinic.config_without_automatic_work();
     config.auto_link = false;
     let sync = nanopix_sync::NanoPixSync::open(config).unwrap();
     let report = sync.reconcile().unwrap();
-    let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
-    let linked: i64 = clinic
-        .dentaltid_rows(&format!("SELECT count(*) FROM nanopix_sync_links WHERE patient_id = {nadia}"), |r| r.get(0))
-        [0];
-    let external_id: Vec<Option<String>> =
-        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
-    assert!(
-        external_id[0].is_some() || linked == 1 || pending == 1,
-        "Nadia's export vanished: external_id {external_id:?}, links {linked}, journal rows {pending}, \
-         reconcile {report:?}"
-    );
+    assert_export_ended_beside_twins(&clinic, nadia, &reserved, &report, 1);
 }
 
 /// As in `an_export_cut_short_before_its_row_does_not_duplicate_the_same_person_saved_in_nanopix_meanwhile`,
 /// but NanoPix saved that person twice: the matching links neither of two candidates, so the
-/// repair must not drop the export the host asked for, which would then vanish.
+/// repair must not drop the export the host asked for, which would then vanish. It ends it, and
+/// the pass imports both NanoPix Nadias apart, each reported as a possible duplicate.
 #[test]
 fn a_repair_does_not_drop_an_export_when_nanopix_saved_the_same_person_twice() {
     let clinic = Clinic::new("v29");
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    export_killed_after_its_journal(&clinic, nadia);
+    let reserved = export_killed_after_its_journal(&clinic, nadia);
     clinic.add_nanopix("20250122_095950", "Saidi", "Nadia", Some("1982-04-09"));
     clinic.add_nanopix("20250122_095951", "Saidi", "Nadia", Some("1982-04-09"));
     let sync = clinic.open_without_automatic_work();
     let report = sync.reconcile().unwrap();
-    let pending: i64 = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0))[0];
-    let external_id: Vec<Option<String>> =
-        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
-    assert!(external_id[0].is_some() || pending == 1, "Nadia's export vanished: {external_id:?}, {report:?}");
+    assert_export_ended_beside_twins(&clinic, nadia, &reserved, &report, 2);
 }
 
 #[test]
