@@ -1118,7 +1118,7 @@ fn source_info_of_a_patient_never_linked_is_read_while_nanopix_is_unplugged() {
     let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
     let imported = sync.patients(nanopix_sync::PatientFilter::AllByExternal).unwrap()[0].id;
-    std::fs::rename(&clinic.root, clinic.dir.path().join("unplugged")).unwrap();
+    clinic.unplug_nanopix();
     let amina = sync.source_info(1).map_err(|error| error.to_string()).unwrap();
     assert_eq!((amina.source.as_str(), amina.external_id, amina.folder), ("internal", None, None));
     assert_eq!((amina.link_state, amina.image_count), (None, 0));

@@ -265,8 +265,7 @@ fn polling_mode_is_announced_and_syncs() {
 fn a_vanished_root_is_reported_and_recovered_without_restart() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
-    let away = clinic.dir.path().join("unplugged");
-    std::fs::rename(&clinic.root, &away).unwrap();
+    let away = clinic.unplug_nanopix();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
     std::fs::rename(&away, &clinic.root).unwrap();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
@@ -298,8 +297,7 @@ fn a_root_replaced_by_a_copy_under_its_name_is_watched_again() {
 fn a_root_that_comes_back_as_another_copy_is_synced_from_that_copy() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
-    let away = clinic.dir.path().join("unplugged");
-    std::fs::rename(&clinic.root, &away).unwrap();
+    let away = clinic.unplug_nanopix();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
     copy_tree(&away, &clinic.root);
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));

@@ -812,7 +812,7 @@ fn no_delete_request_is_listed_while_nanopix_is_unplugged() {
     let clinic = Clinic::new("v29");
     let sync = clinic.open_without_automatic_work();
     sync.reconcile().unwrap();
-    std::fs::rename(&clinic.root, clinic.dir.path().join("unplugged")).unwrap();
+    clinic.unplug_nanopix();
     assert_eq!(sync.delete_requests().map_err(|error| error.to_string()), Ok(Vec::new()));
 }
 

@@ -203,6 +203,14 @@ impl Clinic {
         statement.query_map((), map).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
+    /// Takes NanoPix's `PatientData` folder away, as an unplugged share does; returns where it
+    /// went, to plug it back.
+    pub fn unplug_nanopix(&self) -> PathBuf {
+        let away = self.dir.path().join("unplugged");
+        std::fs::rename(&self.root, &away).unwrap();
+        away
+    }
+
     /// Runs a query on the NanoPix database.
     pub fn nanopix_rows<T>(&self, sql: &str, map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
         let conn = Connection::open(self.nanopix_db()).unwrap();
