@@ -355,12 +355,13 @@ impl DentalIndex {
         group.into_iter().flatten().copied().filter(same)
     }
 
-    /// The entries with both names born on `born` whose first or last name is `name`; of a
-    /// crowded birth date, only the newest [`MAX_ONE_NAME_COMPARISONS`] are compared.
+    /// The entries with both names born on `born` whose first or last name is `name`, by id; of
+    /// a crowded birth date, only the newest [`MAX_ONE_NAME_COMPARISONS`] are compared.
     pub(super) fn named_on(&self, name: &str, born: NaiveDate) -> impl Iterator<Item = usize> {
-        let bucket = self.born_on(born).iter().take(MAX_ONE_NAME_COMPARISONS);
+        let bucket = self.born_on(born);
+        let newest = bucket.get(..MAX_ONE_NAME_COMPARISONS).unwrap_or(bucket);
         let named = move |entry: &usize| self.person(*entry).is_some_and(|p| p.first == name || p.last == name);
-        bucket.map(|member| member.entry).filter(named)
+        newest.iter().rev().map(|member| member.entry).filter(named)
     }
 
     /// The patients born on `born`, newest first.

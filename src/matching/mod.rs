@@ -230,7 +230,8 @@ impl Matcher {
 
     /// The entries `wanted` accepts born on `born` with the normalised names `first` and `last`
     /// (not both empty), or with one name left out on either side and the other the same, as
-    /// [`DuplicateReason::MissingName`] compares them; at most [`MAX_CANDIDATES`] (see [`gather`]).
+    /// [`DuplicateReason::MissingName`] compares them; at most [`MAX_CANDIDATES`] of each lookup
+    /// (see [`gather_each`]).
     fn same_person_born_on(
         &self,
         first: &str,
@@ -240,13 +241,17 @@ impl Matcher {
     ) -> Vec<usize> {
         let index = &self.dentaltid;
         match (first.is_empty(), last.is_empty()) {
-            (false, false) => {
-                let one_named = index.one_named(first, born).chain(index.one_named(last, born));
-                gather(index.exact(first, last, born).chain(one_named), wanted)
-            }
+            (false, false) => gather_each(
+                [
+                    &mut index.exact(first, last, born),
+                    &mut index.one_named(first, born),
+                    &mut index.one_named(last, born),
+                ],
+                wanted,
+            ),
             _ => {
                 let name = if first.is_empty() { last } else { first };
-                gather(index.one_named(name, born).chain(index.named_on(name, born)), wanted)
+                gather_each([&mut index.one_named(name, born), &mut index.named_on(name, born)], wanted)
             }
         }
     }
@@ -390,10 +395,14 @@ impl Matcher {
         let born = born.filter(|_| !doubtful_birth_date)?;
         let index = &self.dentaltid;
         let found = match (first.is_empty(), last.is_empty()) {
-            (false, false) => gather(index.one_named(first, born).chain(index.one_named(last, born)), |_| true),
+            (false, false) => {
+                gather_each([&mut index.one_named(first, born), &mut index.one_named(last, born)], |_| true)
+            }
             (true, true) => return None,
-            (true, false) => gather(index.one_named(last, born).chain(index.named_on(last, born)), |_| true),
-            (false, true) => gather(index.one_named(first, born).chain(index.named_on(first, born)), |_| true),
+            (true, false) => gather_each([&mut index.one_named(last, born), &mut index.named_on(last, born)], |_| true),
+            (false, true) => {
+                gather_each([&mut index.one_named(first, born), &mut index.named_on(first, born)], |_| true)
+            }
         };
         (!found.is_empty()).then_some((DuplicateReason::MissingName, found))
     }
@@ -404,6 +413,16 @@ impl Matcher {
 /// more than that, and deciding one crowd beside another stays linear.
 fn gather(entries: impl Iterator<Item = usize>, wanted: impl Fn(&usize) -> bool) -> Vec<usize> {
     entries.filter(wanted).take(MAX_CANDIDATES).collect()
+}
+
+/// What [`gather`] takes of each of `lookups`, one after the other. Each lookup lists its entries
+/// by id, so together they hold the [`MAX_CANDIDATES`] lowest ids of all the lookups find, which a
+/// report names once they are sorted by id.
+fn gather_each<const LOOKUPS: usize>(
+    lookups: [&mut dyn Iterator<Item = usize>; LOOKUPS],
+    wanted: impl Fn(&usize) -> bool,
+) -> Vec<usize> {
+    lookups.into_iter().flat_map(|lookup| gather(lookup, &wanted)).collect()
 }
 
 #[cfg(test)]
@@ -639,6 +658,25 @@ mod tests {
         dentaltid.push(dental(9_999, "Zoe", "Lefebvre", visit_day));
         let decision = decide_one(nanopix(1, "", "Lefebvre", visit_day), &dentaltid);
         assert_eq!(decision, duplicate(DuplicateReason::MissingName, &[9_999]));
+    }
+
+    /// Thirty patients born the same day bear the one name a NanoPix patient was given, some
+    /// with both names and some with that one only: her report names the twenty with the lowest
+    /// ids, as a report beside any crowd does, not the newest of those with both names. So does an
+    /// export beside as many linked patients of the same names and birth date.
+    #[test]
+    fn a_name_left_out_beside_a_crowd_names_the_patients_with_the_lowest_ids() {
+        let day = born(1990, 5, 6);
+        let mut dentaltid: Vec<Patient> = (1..=25).map(|id| dental(id, "Karim", "Benali", day)).collect();
+        dentaltid.extend((26..=30).map(|id| dental(id, "", "Benali", day)));
+        let lowest: Vec<i64> = (1..=20).collect();
+        let decision = decide_one(nanopix(1, "", "Benali", day), &dentaltid);
+        assert_eq!(decision, duplicate(DuplicateReason::MissingName, &lowest));
+        let mut linked_crowd: Vec<Patient> = (30..=50).map(|id| linked(dental(id, "Nadia", "Saidi", day))).collect();
+        linked_crowd.push(linked(dental(1, "Nadia", "", day)));
+        let nadia = matcher_over(&linked_crowd, true).linked_twins(("Nadia", "Saidi", day), 9, &Default::default());
+        let named: Vec<i64> = nadia.unwrap().candidates.iter().map(|c| c.patient_id).collect();
+        assert_eq!(named, [1].into_iter().chain(30..=48).collect::<Vec<_>>());
     }
 
     /// A typo born the same day comes first, but the same names without a birth date, and the
