@@ -28,9 +28,8 @@ impl Engine {
 
     /// The delete requests announced whose delete still stands (see [`Engine::delete_stands`]),
     /// oldest NanoPix id first. Without any, NanoPix is not looked at: there is nothing to judge,
-    /// also while its folder cannot be reached (an unplugged share). With any, the sync's indexes
-    /// are built first, as for an announcement (and just as a failure to build them only makes
-    /// the checks slower).
+    /// also while its folder cannot be reached (an unplugged share). It only reads: the checks
+    /// use the sync's indexes, which the announcement of the first request built.
     pub fn delete_requests(&mut self) -> Result<Vec<DeleteRequest>> {
         self.dentaltid.check_still_open_file()?;
         let requests = self.dentaltid.delete_requests()?;
@@ -38,7 +37,6 @@ impl Engine {
             return Ok(Vec::new());
         }
         self.ready_to_judge_deletes()?;
-        let _ = self.ensure_indexes();
         let ids: Vec<NanoPixId> = requests.iter().map(|(id, _)| *id).collect();
         let imported = self.dentaltid.imported_under(&ids)?;
         let mut standing = Vec::new();
