@@ -383,6 +383,19 @@ uint32_t nps_possible_duplicates(const NpsHandle *handle, char **duplicates_json
 uint32_t nps_delete_requests(const NpsHandle *handle, char **requests_json);
 
 /**
+ * Takes the delete request of NanoPix patient `external_id` off the list `nps_delete_requests`
+ * gives, once the user chose to keep the patient in NanoPix (kept across closing); on success
+ * writes whether one was listed to `*dismissed`. `nps_delete_in_nanopix` still deletes the
+ * patient if asked; another DentalTID patient later deleted while linked to it lists it again.
+ * Any thread may call it.
+ *
+ * # Safety
+ * `handle` is NULL or a live handle; `external_id` is NULL or a NUL-terminated string;
+ * `dismissed` is NULL or writable.
+ */
+uint32_t nps_dismiss_delete_request(NpsHandle *handle, const char *external_id, bool *dismissed);
+
+/**
  * Takes DentalTID patient `patient_id`'s possible duplicate off the review list, once the user
  * has dealt with it; on success writes whether one was listed to `*dismissed`. Any thread may
  * call it.

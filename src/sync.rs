@@ -246,9 +246,20 @@ impl NanoPixSync {
     /// delete it unless NanoPix holds records for it. A request stays listed until then, kept
     /// across closing and crashes: a host that missed the event (it was closed, or another
     /// program using the library synced the deletion) finds it here. A request not sent yet
-    /// is not listed; it comes as an event once the work that found it ends well.
+    /// is not listed; it comes as an event once the work that found it ends well. A request the
+    /// host dismissed ([`NanoPixSync::dismiss_delete_request`]) is not listed either.
     pub fn delete_requests(&self) -> Result<Vec<DeleteRequest>> {
         self.call(|engine| engine.delete_requests())
+    }
+
+    /// Takes the delete request of NanoPix patient `external_id` off the list
+    /// [`NanoPixSync::delete_requests`] gives, once the user chose to keep the patient in NanoPix
+    /// (kept across closing). Returns whether one was listed. `delete_in_nanopix` still deletes
+    /// the patient if asked; another DentalTID patient later deleted while linked to it lists it
+    /// again.
+    pub fn dismiss_delete_request(&self, external_id: &str) -> Result<bool> {
+        let external_id = external_id.to_owned();
+        self.call(move |engine| engine.dismiss_delete_request(&external_id))
     }
 
     /// DentalTID patients, as the patients screen filters them.

@@ -803,6 +803,36 @@ fn a_delete_request_the_host_missed_stays_listed_until_the_nanopix_patient_is_de
     assert_eq!(sync.delete_requests().unwrap(), [], "NanoPix's patient is deleted");
 }
 
+/// The user keeps in NanoPix a patient deleted in DentalTID: the host dismisses the request, which
+/// stays off the list after closing, until another DentalTID patient linked to the NanoPix
+/// patient is deleted. The delete is still carried out if the host asks for it later.
+#[test]
+fn a_dismissed_delete_request_stays_off_the_list_until_another_holder_is_deleted() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let mut first = clinic.open();
+    first.reconcile().unwrap();
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid.execute("DELETE FROM patients WHERE external_id = '20250122_091500'", []).unwrap();
+    first.reconcile().unwrap();
+    assert_eq!(first.delete_requests().unwrap().len(), 1);
+    assert!(!first.dismiss_delete_request("20250121_152638").unwrap(), "nothing asked for the fixture patient");
+    assert!(first.dismiss_delete_request("20250122_091500").unwrap(), "the user keeps Yacine in NanoPix");
+    assert!(!first.dismiss_delete_request("20250122_091500").unwrap(), "dismissed already");
+    first.close();
+
+    let sync = clinic.open();
+    assert_eq!(sync.delete_requests().unwrap(), [], "dismissed, also after closing");
+    let again = clinic.add_dentaltid("Yacine", "Mansouri", Some("2001-05-19"));
+    sync.export_patient(again).unwrap();
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [again]).unwrap();
+    sync.reconcile().unwrap();
+    let listed = sync.delete_requests().unwrap();
+    let asked: Vec<i64> = listed.iter().flat_map(|request| request.patient_ids.clone()).collect();
+    assert_eq!(asked, [again], "the patient deleted since is asked about: {listed:?}");
+    sync.delete_in_nanopix("20250122_091500").unwrap();
+}
+
 /// The share that holds NanoPix's folder is unplugged while the handle is open, in a clinic
 /// where no linked patient was ever deleted: a host listing the delete requests gets none, not
 /// an error, since no request waits to be judged against NanoPix.

@@ -114,6 +114,31 @@ impl DentalTid {
         Ok(by_id)
     }
 
+    /// The delete requests the host dismissed, as the deleted patient and the NanoPix id its
+    /// link asked to delete.
+    pub fn dismissed_deletes(&self) -> Result<HashSet<(i64, String)>> {
+        let read = || -> rusqlite::Result<HashSet<(i64, String)>> {
+            let mut rows =
+                self.conn.prepare_cached("SELECT patient_id, external_id FROM nanopix_sync_dismissed_deletes")?;
+            let dismissed = rows.query_map([], |row| Ok((integer_at(row, 0)?, text_at(row, 1)?)))?;
+            let pairs = dismissed.filter_map(|pair| pair.map(|(patient_id, id)| patient_id.zip(id)).transpose());
+            pairs.collect()
+        };
+        read().map_err(Error::db(&self.path, "reading the delete requests dismissed"))
+    }
+
+    /// Notes the delete requests of `patient_ids` for NanoPix id `external_id` dismissed.
+    pub fn dismiss_delete_requests(&mut self, external_id: NanoPixId, patient_ids: &[i64]) -> Result<()> {
+        self.write("dismissing a delete request", |tx| {
+            let sql = "INSERT OR REPLACE INTO nanopix_sync_dismissed_deletes(patient_id, external_id) VALUES (?1, ?2)";
+            let mut dismiss = tx.prepare_cached(sql)?;
+            for patient_id in patient_ids {
+                dismiss.execute(params![patient_id, external_id.to_string()])?;
+            }
+            Ok(())
+        })
+    }
+
     /// Whether a `delete_requested` link records this NanoPix id, and no DentalTID patient holds
     /// NanoPix's row under it, created at `row_created`: none shows the id any more
     /// ([`DentalTid::shows_external_id`]) nor keeps a link to it (one whose `external_id`

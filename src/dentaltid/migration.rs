@@ -104,6 +104,7 @@ const OWN_TABLES: &str = "
         patient_id INTEGER PRIMARY KEY,
         through_row INTEGER NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS nanopix_sync_dismissed_deletes(patient_id INTEGER PRIMARY KEY, external_id TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_external_id ON nanopix_sync_links(external_id);
     CREATE INDEX IF NOT EXISTS nanopix_sync_links_delete_requested ON nanopix_sync_links(external_id)
         WHERE state = 'delete_requested';
@@ -131,7 +132,7 @@ const OWN_INDEX_OBJECTS: [(&str, &str); 2] =
     [("index", "nanopix_sync_patients_external_id"), ("index", "nanopix_sync_patients_date_of_birth")];
 
 /// The tables and the index [`OWN_TABLES`] creates, as `(type, name)` in `sqlite_master`.
-const OWN_OBJECTS: [(&str, &str); 12] = [
+const OWN_OBJECTS: [(&str, &str); 13] = [
     ("table", "nanopix_sync_state"),
     ("table", "nanopix_sync_links"),
     ("table", "nanopix_sync_exports"),
@@ -142,6 +143,7 @@ const OWN_OBJECTS: [(&str, &str); 12] = [
     ("table", "nanopix_sync_linked_rows"),
     ("table", "nanopix_sync_possible_duplicates"),
     ("table", "nanopix_sync_dismissed_duplicates"),
+    ("table", "nanopix_sync_dismissed_deletes"),
     ("index", "nanopix_sync_links_external_id"),
     ("index", "nanopix_sync_links_delete_requested"),
 ];
@@ -439,6 +441,13 @@ mod tests {
         assert!(schema_object_exists(&dentaltid.conn, "table", "nanopix_sync_imports").unwrap());
         let links: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
         assert_eq!(links, [1]);
+    }
+
+    #[test]
+    fn a_file_migrated_before_delete_requests_could_be_dismissed_gains_their_table() {
+        let (_dir, path, dentaltid) = migrated_again_after("DROP TABLE nanopix_sync_dismissed_deletes");
+        assert!(schema_object_exists(&dentaltid.conn, "table", "nanopix_sync_dismissed_deletes").unwrap());
+        assert_a_second_open_writes_nothing(dentaltid, &path);
     }
 
     #[test]

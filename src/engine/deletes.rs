@@ -27,7 +27,8 @@ impl Engine {
     }
 
     /// The delete requests announced whose delete still stands (see [`Engine::delete_stands`]),
-    /// oldest NanoPix id first. Without any, NanoPix is not looked at: there is nothing to judge,
+    /// oldest NanoPix id first, each with the deleted patients whose requests were not dismissed
+    /// (one with none left is not listed). Without any, NanoPix is not looked at: there is nothing to judge,
     /// also while its folder cannot be reached (an unplugged share). It only reads: the checks
     /// use the sync's indexes, which the announcement of the first request built.
     pub fn delete_requests(&mut self) -> Result<Vec<DeleteRequest>> {
@@ -39,13 +40,28 @@ impl Engine {
         self.ready_to_judge_deletes()?;
         let ids: Vec<NanoPixId> = requests.iter().map(|(id, _)| *id).collect();
         let imported = self.dentaltid.imported_under(&ids)?;
+        let dismissed = self.dentaltid.dismissed_deletes()?;
         let mut standing = Vec::new();
-        for (id, patient_ids) in requests {
-            if !self.unannounced(id) && self.delete_stands(id, &imported)? {
-                standing.push(DeleteRequest { external_id: id.to_string(), patient_ids });
+        for (id, mut patient_ids) in requests {
+            let external_id = id.to_string();
+            patient_ids.retain(|&patient_id| !dismissed.contains(&(patient_id, external_id.clone())));
+            if !patient_ids.is_empty() && !self.unannounced(id) && self.delete_stands(id, &imported)? {
+                standing.push(DeleteRequest { external_id, patient_ids });
             }
         }
         Ok(standing)
+    }
+
+    /// Takes the delete request of NanoPix patient `external_id` off the list
+    /// [`Engine::delete_requests`] gives, once the user chose to keep the patient in NanoPix;
+    /// returns whether one was listed. Another DentalTID patient later deleted while linked to it
+    /// lists it again.
+    pub fn dismiss_delete_request(&mut self, external_id: &str) -> Result<bool> {
+        let id = NanoPixId::parse(external_id)?;
+        let listed = self.delete_requests()?.into_iter().find(|request| request.external_id == id.to_string());
+        let Some(request) = listed else { return Ok(false) };
+        self.dentaltid.dismiss_delete_requests(id, &request.patient_ids)?;
+        Ok(true)
     }
 
     /// Readies both connections to judge delete requests: a NanoPix.db3 replaced meanwhile (a

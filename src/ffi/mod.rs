@@ -312,6 +312,30 @@ pub unsafe extern "C" fn nps_delete_requests(handle: *const NpsHandle, requests_
     unsafe { json_call(handle, requests_json, "requests_json", |sync| sync.delete_requests()) }
 }
 
+/// Takes the delete request of NanoPix patient `external_id` off the list `nps_delete_requests`
+/// gives, once the user chose to keep the patient in NanoPix (kept across closing); on success
+/// writes whether one was listed to `*dismissed`. `nps_delete_in_nanopix` still deletes the
+/// patient if asked; another DentalTID patient later deleted while linked to it lists it again.
+/// Any thread may call it.
+///
+/// # Safety
+/// `handle` is NULL or a live handle; `external_id` is NULL or a NUL-terminated string;
+/// `dismissed` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nps_dismiss_delete_request(
+    handle: *mut NpsHandle,
+    external_id: *const c_char,
+    dismissed: *mut bool,
+) -> u32 {
+    let dismiss = |sync: &NanoPixSync| -> Result<bool, FfiError> {
+        // SAFETY: the caller promises a NULL or NUL-terminated string.
+        let external_id = unsafe { str_arg(external_id, "external_id") }?;
+        Ok(sync.dismiss_delete_request(external_id)?)
+    };
+    // SAFETY: forwarded caller promises.
+    unsafe { value_call(handle, dismissed, "dismissed", dismiss) }
+}
+
 /// Takes DentalTID patient `patient_id`'s possible duplicate off the review list, once the user
 /// has dealt with it; on success writes whether one was listed to `*dismissed`. Any thread may
 /// call it.

@@ -32,6 +32,7 @@ def load(path):
         "nps_reconcile": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
         "nps_possible_duplicates": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
         "nps_delete_requests": (ctypes.c_uint32, [Handle, ctypes.POINTER(String)]),
+        "nps_dismiss_delete_request": (ctypes.c_uint32, [Handle, ctypes.c_char_p, ctypes.POINTER(ctypes.c_bool)]),
         "nps_dismiss_possible_duplicate": (ctypes.c_uint32, [Handle, ctypes.c_int64, ctypes.POINTER(ctypes.c_bool)]),
         "nps_next_event": (ctypes.c_uint32, [Handle, ctypes.c_uint32, ctypes.POINTER(String)]),
         "nps_last_error_message": (String, []),
@@ -153,6 +154,12 @@ class Smoke:
         asked = [{"external_id": "20250122_091500", "patient_ids": [patient_id]}]
         self.check("delete asked", self.delete_requests(handle) == asked, self.delete_requests(handle))
         self.check("null requests", self.lib.nps_delete_requests(handle, None) == NPS_NULL_ARGUMENT)
+        dismissed = ctypes.c_bool()
+        for expected in (True, False):
+            code = self.lib.nps_dismiss_delete_request(handle, b"20250122_091500", ctypes.byref(dismissed))
+            self.check("dismiss the delete", code == NPS_OK and dismissed.value == expected, f"{code} {dismissed.value}")
+        self.check("null id", self.lib.nps_dismiss_delete_request(handle, None, ctypes.byref(dismissed)) == NPS_NULL_ARGUMENT)
+        self.check("none left to ask", self.delete_requests(handle) == [])
         self.lib.nps_free(handle)
 
     def delete_requests(self, handle):
