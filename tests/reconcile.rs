@@ -846,6 +846,24 @@ fn no_delete_request_is_listed_while_nanopix_is_unplugged() {
     assert_eq!(sync.delete_requests().map_err(|error| error.to_string()), Ok(Vec::new()));
 }
 
+/// As above, in a clinic whose only delete request the user answered by keeping the patient in
+/// NanoPix: a request dismissed leaves nothing to judge either, so the list is empty, not an
+/// error, while the share is unplugged.
+#[cfg(unix)]
+#[test]
+fn no_delete_request_is_listed_while_nanopix_is_unplugged_once_every_request_was_dismissed() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    another_program(&clinic.dentaltid)
+        .execute("DELETE FROM patients WHERE external_id = '20250121_152638'", [])
+        .unwrap();
+    sync.reconcile().unwrap();
+    assert!(sync.dismiss_delete_request("20250121_152638").unwrap(), "the user keeps the fixture patient");
+    clinic.unplug_nanopix();
+    assert_eq!(sync.delete_requests().map_err(|error| error.to_string()), Ok(Vec::new()));
+}
+
 /// A `delete_in_nanopix` cut short after deleting the row (the process killed, or the folder
 /// held open by another program) leaves the folder: asked again, it removes the folder, if
 /// empty, instead of refusing for good.

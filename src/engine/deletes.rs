@@ -28,28 +28,39 @@ impl Engine {
 
     /// The delete requests announced whose delete still stands (see [`Engine::delete_stands`]),
     /// oldest NanoPix id first, each with the deleted patients whose requests were not dismissed
-    /// (one with none left is not listed). Without any, NanoPix is not looked at: there is nothing to judge,
-    /// also while its folder cannot be reached (an unplugged share). It only reads: the checks
+    /// (one with none left is not listed). Without any left, NanoPix is not looked at: there is
+    /// nothing to judge, also while its folder cannot be reached (an unplugged share). It only reads: the checks
     /// use the sync's indexes, which the announcement of the first request built.
     pub fn delete_requests(&mut self) -> Result<Vec<DeleteRequest>> {
         self.dentaltid.check_still_open_file()?;
-        let requests = self.dentaltid.delete_requests()?;
+        let requests = self.undismissed_delete_requests()?;
         if requests.is_empty() {
             return Ok(Vec::new());
         }
         self.ready_to_judge_deletes()?;
         let ids: Vec<NanoPixId> = requests.iter().map(|(id, _)| *id).collect();
         let imported = self.dentaltid.imported_under(&ids)?;
-        let dismissed = self.dentaltid.dismissed_deletes()?;
         let mut standing = Vec::new();
-        for (id, mut patient_ids) in requests {
-            let external_id = id.to_string();
-            patient_ids.retain(|&patient_id| !dismissed.contains(&(patient_id, external_id.clone())));
-            if !patient_ids.is_empty() && !self.unannounced(id) && self.delete_stands(id, &imported)? {
-                standing.push(DeleteRequest { external_id, patient_ids });
+        for (id, patient_ids) in requests {
+            if !self.unannounced(id) && self.delete_stands(id, &imported)? {
+                standing.push(DeleteRequest { external_id: id.to_string(), patient_ids });
             }
         }
         Ok(standing)
+    }
+
+    /// The delete requests DentalTID records, by NanoPix id, each with the deleted patients whose
+    /// requests the host did not dismiss; a NanoPix id with none left is left out, so it is
+    /// neither read from DentalTID's import batches nor looked up in NanoPix.
+    fn undismissed_delete_requests(&self) -> Result<Vec<(NanoPixId, Vec<i64>)>> {
+        let dismissed = self.dentaltid.dismissed_deletes()?;
+        let mut requests = self.dentaltid.delete_requests()?;
+        for (id, patient_ids) in &mut requests {
+            let external_id = id.to_string();
+            patient_ids.retain(|&patient_id| !dismissed.contains(&(patient_id, external_id.clone())));
+        }
+        requests.retain(|(_, patient_ids)| !patient_ids.is_empty());
+        Ok(requests)
     }
 
     /// Takes the delete request of NanoPix patient `external_id` off the list
