@@ -833,6 +833,37 @@ fn a_dismissed_delete_request_stays_off_the_list_until_another_holder_is_deleted
     sync.delete_in_nanopix("20250122_091500").unwrap();
 }
 
+/// DentalTID refuses for a moment to note a delete request sent (a write of its own held the file
+/// too long), so the request is to be sent again after the next `open`; the user answered it
+/// meanwhile by keeping the patient in NanoPix, and the host dismissed it: it is not sent again.
+#[test]
+fn a_dismissed_delete_request_is_not_sent_again_after_the_next_open() {
+    let clinic = Clinic::new("v29");
+    let mut sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let dentaltid = another_program(&clinic.dentaltid);
+    dentaltid
+        .execute_batch(
+            "CREATE TRIGGER dentaltid_busy BEFORE DELETE ON nanopix_sync_unannounced_deletes
+                 BEGIN SELECT RAISE(ABORT, 'database is busy'); END;
+             DELETE FROM patients WHERE external_id = '20250121_152638';",
+        )
+        .unwrap();
+    sync.reconcile().unwrap();
+    let sent = drain(&sync).into_iter().any(|e| matches!(e.kind, EventKind::DeleteRequested { .. }));
+    assert!(sent, "the fixture patient's delete request");
+    dentaltid.execute_batch("DROP TRIGGER dentaltid_busy").unwrap();
+    assert!(sync.dismiss_delete_request("20250121_152638").unwrap(), "the user keeps the fixture patient");
+    sync.close();
+
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let asked: Vec<EventKind> =
+        drain(&sync).into_iter().map(|e| e.kind).filter(|e| matches!(e, EventKind::DeleteRequested { .. })).collect();
+    assert_eq!(asked, [], "the request dismissed is not sent again");
+    assert_eq!(sync.delete_requests().unwrap(), []);
+}
+
 /// The share that holds NanoPix's folder is unplugged while the handle is open, in a clinic
 /// where no linked patient was ever deleted: a host listing the delete requests gets none, not
 /// an error, since no request waits to be judged against NanoPix.

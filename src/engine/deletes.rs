@@ -108,7 +108,8 @@ impl Engine {
     /// for all of them (see [`crate::dentaltid::DentalTid::imported_under`]). A NanoPix patient
     /// several of them name (patients who held one id, deleted before the same pass) is asked for
     /// once, for the last of them. Then DentalTID notes them all announced; if it cannot, they are
-    /// announced again after the next `open`, which is better than never.
+    /// announced again after the next `open`, which is better than never, unless the host
+    /// dismissed them meanwhile ([`Engine::dismiss_delete_request`]).
     fn announce_held_deletes(&mut self) {
         let held = std::mem::take(&mut self.unannounced_deletes);
         if held.is_empty() {
@@ -122,7 +123,10 @@ impl Engine {
         let ids: Vec<NanoPixId> =
             held.iter().filter_map(|(_, external_id)| NanoPixId::parse(external_id).ok()).collect();
         let imported = self.dentaltid.imported_under(&ids);
-        for (patient_id, external_id) in last_for_each_id(held) {
+        // One the host dismissed was sent before: noting it sent failed then.
+        let dismissed = self.dentaltid.dismissed_deletes().unwrap_or_default();
+        let undismissed = held.into_iter().filter(|request| !dismissed.contains(request)).collect();
+        for (patient_id, external_id) in last_for_each_id(undismissed) {
             let stands = match (NanoPixId::parse(&external_id), &imported) {
                 (Ok(id), Ok(imported)) => self.delete_stands(id, imported),
                 _ => Ok(true),
