@@ -14,8 +14,9 @@ use crate::{Error, NanoPixId, Result};
 
 impl Engine {
     /// Deletes a NanoPix patient's row and empty folder once DentalTID asked for it: a
-    /// `delete_requested` was sent and no DentalTID patient holds the id again. The live cursor is dropped: NanoPix may give the deleted row's `pk` to its next patient,
-    /// which a read past the cursor would miss, so the next live pass reconciles fully.
+    /// `delete_requested` was sent and no DentalTID patient holds the id again. The live cursor
+    /// is dropped: NanoPix may give the deleted row's `pk` to its next patient, which a read past
+    /// the cursor would miss, so the next live pass reconciles fully.
     pub fn delete_in_nanopix(&mut self, external_id: &str) -> Result<()> {
         let id = NanoPixId::parse(external_id)?;
         self.ready_to_judge_deletes()?;
@@ -29,8 +30,8 @@ impl Engine {
     /// The delete requests announced whose delete still stands (see [`Engine::delete_stands`]),
     /// oldest NanoPix id first, each with the deleted patients whose requests were not dismissed
     /// (one with none left is not listed). Without any left, NanoPix is not looked at: there is
-    /// nothing to judge, also while its folder cannot be reached (an unplugged share). It only reads: the checks
-    /// use the sync's indexes, which the announcement of the first request built.
+    /// nothing to judge, also while its folder cannot be reached (an unplugged share). It only
+    /// reads: the checks use the sync's indexes, which the announcement of the first request built.
     pub fn delete_requests(&mut self) -> Result<Vec<DeleteRequest>> {
         self.dentaltid.check_still_open_file()?;
         let requests = self.undismissed_delete_requests()?;
