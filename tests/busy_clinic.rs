@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::{
-    Clinic, Hook, HookedClock, another_program, assert_nadia_once_on_each_side, clinic_morning, until, wait_for,
+    Clinic, Hook, HookedClock, another_program, assert_nadia_once_on_each_side, clinic_morning, insert_nanopix_patient,
+    until, wait_for,
 };
 use nanopix_sync::{Clock, EventKind, NanoPixSync, ReconcileReport};
 use rusqlite::Connection;
@@ -397,14 +398,7 @@ fn the_same_person_saved_in_nanopix_while_her_export_waits_for_nanopixs_lock_get
     // NanoPix saves the same person: its transaction is open, the row written, not committed.
     let nanopix = another_program(&clinic.nanopix_db());
     nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES ('20250122_095950', 'Saidi', 'Nadia', 'Female', '1982-04-09',
-                     '2025-01-22 09:59:58', '2025-01-22 09:59:58')",
-            [],
-        )
-        .unwrap();
+    insert_nanopix_patient(&nanopix, "20250122_095950", ("Saidi", "Nadia"), Some("1982-04-09"), "2025-01-22 09:59:58");
     let exported = std::thread::scope(|scope| {
         let exporting = scope.spawn(|| sync.export_patient(nadia));
         until(Duration::from_secs(30), "the export is journaled", || exports_in_flight(&clinic) > 0);
@@ -445,13 +439,7 @@ fn the_same_person_saved_in_nanopix_while_the_repair_of_her_export_waits_for_nan
     assert!(matches!(refused, Err(nanopix_sync::Error::Busy { .. })), "{refused:?}");
     assert_eq!(reserved_id(&clinic).as_deref(), Some(same_second), "the export waits in the journal");
     std::fs::create_dir(clinic.root.join(same_second)).unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', '2025-01-22 10:00:08', '2025-01-22 10:00:08')",
-            [same_second],
-        )
-        .unwrap();
+    insert_nanopix_patient(&nanopix, same_second, ("Saidi", "Nadia"), Some("1982-04-09"), "2025-01-22 10:00:08");
     // Reads the journal as another program would, waiting out the sync's own writes to it.
     let journal = another_program(&clinic.dentaltid);
     let reserved = || journal.query_row("SELECT external_id FROM nanopix_sync_exports", [], |r| r.get::<_, String>(0));
@@ -834,13 +822,7 @@ fn an_export_waiting_for_nanopixs_lock_never_takes_a_folder_nanopix_made_meanwhi
     let same_second = "20250122_100000";
     let nanopix = another_program(&clinic.nanopix_db());
     nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
-    nanopix
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, 'Haddad', 'Lina', 'Female', '1990-04-02', '2025-01-22 10:00:00', '2025-01-22 10:00:00')",
-            [same_second],
-        )
-        .unwrap();
+    insert_nanopix_patient(&nanopix, same_second, ("Haddad", "Lina"), Some("1990-04-02"), "2025-01-22 10:00:00");
     let folder = clinic.root.join(same_second);
     let (exported, moved) = std::thread::scope(|scope| {
         let exporting = scope.spawn(|| sync.export_patient(nadia));

@@ -1025,13 +1025,7 @@ fn an_export_never_links_to_a_patient_nanopix_saved_at_its_id_meanwhile() {
     let (exported, reserved) = std::thread::scope(|scope| {
         let export = scope.spawn(|| sync.export_patient(patient));
         let reserved = wait_for_journal(&clinic);
-        nanopix
-            .execute(
-                "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-                 VALUES (?1, 'Stranger', 'Someone', 'Male', NULL, '2025-01-22 10:00:00', '2025-01-22 10:00:00')",
-                [&reserved],
-            )
-            .unwrap();
+        common::insert_nanopix_patient(&nanopix, &reserved, ("Stranger", "Someone"), None, "2025-01-22 10:00:00");
         nanopix.execute_batch("COMMIT").unwrap();
         (export.join().unwrap().unwrap().to_string(), reserved)
     });

@@ -114,12 +114,7 @@ impl Clinic {
         conn.busy_timeout(Duration::from_secs(30)).unwrap();
         let created =
             format!("{}-{}-{} {}:{}:{}", &id[0..4], &id[4..6], &id[6..8], &id[9..11], &id[11..13], &id[13..15]);
-        conn.execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, ?2, ?3, 'Female', ?4, ?5, ?5)",
-            (id, last, first, birthdate, &created),
-        )
-        .unwrap();
+        insert_nanopix_patient(&conn, id, (last, first), birthdate, &created);
     }
 
     /// Replaces NanoPix patient `id` with another person, Lina, in one transaction, as NanoPix
@@ -286,14 +281,26 @@ pub fn insert_dentaltid_patient(conn: &Connection, first: &str, last: &str, birt
 pub fn nanopix_saves_nadia_under(clinic: &Clinic, id: &str) {
     let opened = NaiveDateTime::parse_from_str(id, "%Y%m%d_%H%M%S").unwrap();
     let saved = (opened + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S").to_string();
-    another_program(&clinic.nanopix_db())
-        .execute(
-            "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
-             VALUES (?1, 'Saidi', 'Nadia', 'Female', '1982-04-09', ?2, ?2)",
-            (id, &saved),
-        )
-        .unwrap();
+    insert_nanopix_patient(&another_program(&clinic.nanopix_db()), id, ("Saidi", "Nadia"), Some("1982-04-09"), &saved);
     std::fs::create_dir(clinic.root.join(id)).unwrap();
+}
+
+/// Inserts a NanoPix patient's row as NanoPix saves one, on `conn` (NanoPix's connection, maybe
+/// in a transaction of its own): `(last, first)` names, `birthdate` `YYYY-MM-DD`, created and
+/// updated at `saved` (`YYYY-MM-DD HH:MM:SS`).
+pub fn insert_nanopix_patient(
+    conn: &Connection,
+    id: &str,
+    (last, first): (&str, &str),
+    birthdate: Option<&str>,
+    saved: &str,
+) {
+    conn.execute(
+        "INSERT INTO Patient(id, last_name, first_name, sex, birthdate, created_datetime, updated_datetime)
+         VALUES (?1, ?2, ?3, 'Female', ?4, ?5, ?5)",
+        (id, last, first, birthdate, saved),
+    )
+    .unwrap();
 }
 
 /// The NanoPix ids of every NanoPix patient with these names.
