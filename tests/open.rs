@@ -216,3 +216,28 @@ fn a_lock_file_the_sync_may_only_read_still_lets_one_sync_open_at_a_time() {
     drop(first);
     assert_eq!(clinic.open_without_automatic_work().reconcile().unwrap().imported, 1);
 }
+
+/// `dentaltid.db` sits in a folder the sync may read but not write to (its rights, a share that
+/// lets this user only read), and no sync ever made the lock file there: `open` cannot make it,
+/// and must say it was refused. "No such file or directory" would send support staff looking for
+/// a file that only the sync itself makes, instead of at the folder's rights.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_lock_file_the_folder_refuses_to_make_is_reported_as_refused_not_as_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    common::obey_file_modes_on_this_thread();
+    let clinic = Clinic::new("v29");
+    let folder = clinic.dir.path();
+    let set_mode = |mode| std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mode(0o555);
+    let error = open_error(&clinic);
+    set_mode(0o755);
+    let lock = folder.join("dentaltid.db.nanopix-sync.lock");
+    assert!(
+        matches!(&error, Error::Io { path, source, .. }
+            if *path == lock && source.kind() == std::io::ErrorKind::PermissionDenied),
+        "{error}"
+    );
+    assert_eq!(error.code(), "io");
+    assert_eq!(clinic.open().reconcile().unwrap().imported, 1, "the folder writable again, the sync opens");
+}

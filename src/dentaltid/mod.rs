@@ -277,10 +277,16 @@ fn take_sync_lock(database: &Path) -> Result<File> {
 /// Opens the lock file at `path`, creating it (empty) if missing, for writing: over NFS, Linux
 /// takes an exclusive lock only on a file open for writing. A lock file the sync may not write
 /// (made by a run under another account, or given a read-only attribute) is opened for reading,
-/// which every other file system locks all the same.
+/// which every other file system locks all the same. A missing one that its folder refuses to
+/// make (a folder this user may only read) gives that refusal, not the missing file.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
     match lock_file_options().create(true).truncate(false).write(true).open(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => lock_file_options().read(true).open(path),
+        Err(refused) if refused.kind() == std::io::ErrorKind::PermissionDenied => {
+            lock_file_options().read(true).open(path).map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => refused,
+                _ => error,
+            })
+        }
         opened => opened,
     }
 }
