@@ -456,7 +456,7 @@ impl Engine {
             external_id,
             folder: ours.map(|id| self.nanopix.folder_path(id)),
             nanopix_created: nanopix_patient.and_then(|p| p.created).map(crate::patient::nanopix_datetime),
-            synced_at: link.as_ref().map(|l| crate::patient::dart_timestamp(l.synced_at)),
+            synced_at: link.as_ref().and_then(|l| l.synced_at).map(crate::patient::dart_timestamp),
             link_state: link.map(|l| l.state),
             image_count: contents.studies,
         })

@@ -34,7 +34,8 @@ pub struct SourceInfo {
     pub folder: Option<PathBuf>,
     /// NanoPix's `created_datetime`, `YYYY-MM-DD HH:MM:SS`, if NanoPix has the patient.
     pub nanopix_created: Option<String>,
-    /// When the sync linked, imported or exported the patient (Dart's format).
+    /// When the sync linked, imported or exported the patient (Dart's format); none when the time
+    /// it recorded cannot be read (edited by hand).
     pub synced_at: Option<String>,
     /// The state of the link, if the sync recorded one.
     pub link_state: Option<LinkState>,

@@ -723,6 +723,34 @@ fn deleting_a_linked_patient_in_dentaltid_asks_and_never_deletes() {
     assert_eq!(error.code(), "not_empty", "it holds an image");
 }
 
+/// Support staff edit the time a first sync imported NanoPix's patients at into something the sync
+/// cannot read: the time only dates the links, so a patient of that import deleted in DentalTID
+/// still asks for her delete, and her NanoPix patient is not imported back.
+#[test]
+fn a_patient_whose_import_time_was_edited_unreadable_is_asked_about_not_imported_back() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(4);
+    let sync = clinic.open_without_automatic_work();
+    assert_eq!(sync.reconcile().unwrap().imported, 5, "the fixture patient and four more, in one batch");
+    let dentaltid = another_program(&clinic.dentaltid);
+    assert_eq!(dentaltid.execute("UPDATE nanopix_sync_imports SET synced_at = 'last Tuesday'", []).unwrap(), 1);
+    dentaltid.execute("DELETE FROM patients WHERE external_id = '20230101_000002'", []).unwrap();
+    drain(&sync);
+
+    let report = sync.reconcile().unwrap();
+    assert_eq!(report.imported, 0, "the deleted patient is not imported back");
+    let asked: Vec<String> = drain(&sync)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::DeleteRequested { external_id, .. } => Some(external_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, ["20230101_000002"]);
+    let synced_at = sync.patients(PatientFilter::AllByExternal).unwrap().into_iter().map(|p| sync.source_info(p.id));
+    assert!(synced_at.map(|info| info.unwrap().synced_at).all(|at| at.is_none()), "no time is made up");
+}
+
 /// The sync's indexes on `patients`, by name.
 fn own_indexes(clinic: &Clinic) -> Vec<String> {
     let sql =

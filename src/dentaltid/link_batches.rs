@@ -7,7 +7,8 @@
 //! instead (see [`super::links`]), and a readable link row overrides a batch entry for the same
 //! patient. Of batch rows that overlap, the one starting last covers the patients from its start.
 //!
-//! Batch rows and entries this library cannot read back are skipped, never fatal.
+//! Batch rows and entries this library cannot read back are skipped, never fatal. A batch row's
+//! `synced_at` only dates its links: one that cannot be read leaves them undated, not unlinked.
 
 use std::fmt::Write;
 use std::ops::ControlFlow;
@@ -281,15 +282,15 @@ struct Batch<'row> {
     first: i64,
     /// The patient of the last id.
     last: i64,
-    /// When the batch was imported (local time).
-    synced_at: NaiveDateTime,
+    /// When the batch was imported (local time), when readable.
+    synced_at: Option<NaiveDateTime>,
     /// The NanoPix ids, [`ID_LEN`] bytes each, one per patient of `first ..= last`.
     external_ids: &'row [u8],
 }
 
 impl<'row> Batch<'row> {
     /// A batch, when `external_ids` holds exactly one id's length per patient of `first ..= last`.
-    fn new(first: i64, last: i64, synced_at: NaiveDateTime, external_ids: &'row str) -> Option<Self> {
+    fn new(first: i64, last: i64, synced_at: Option<NaiveDateTime>, external_ids: &'row str) -> Option<Self> {
         let patients = usize::try_from(last.checked_sub(first)?.checked_add(1)?).ok()?;
         let fits = patients.checked_mul(ID_LEN)? == external_ids.len();
         fits.then_some(Self { first, last, synced_at, external_ids: external_ids.as_bytes() })
@@ -333,10 +334,10 @@ fn entry_at(entries: &[u8], place: usize, len: usize) -> Option<&str> {
 }
 
 /// Reads a row of [`BATCH_COLUMNS`] and hands it to `use_batch`; `None`, without calling it,
-/// when the row is not one this library writes.
+/// when its range or ids are not ones this library writes.
 fn read_batch<T>(row: &Row<'_>, use_batch: impl FnOnce(Batch<'_>) -> T) -> rusqlite::Result<Option<T>> {
     let (Some(first), Some(last)) = (integer_at(row, 0)?, integer_at(row, 1)?) else { return Ok(None) };
-    let Some(synced_at) = read_text(row, 2, |text| text.and_then(parse_dart_timestamp))? else { return Ok(None) };
+    let synced_at = read_text(row, 2, |text| text.and_then(parse_dart_timestamp))?;
     read_text(row, 3, |text| text.and_then(|ids| Batch::new(first, last, synced_at, ids)).map(use_batch))
 }
 
@@ -504,7 +505,7 @@ mod tests {
         let sql = "INSERT INTO nanopix_sync_links VALUES
             (7, '20230303_030303', 'matched', 'missing', '2025-02-01T08:00:00.000')";
         dentaltid.conn.execute_batch(sql).unwrap();
-        let (origin, state, synced_at) = (LinkOrigin::Matched, LinkState::Missing, at(2025, 2, 1, 8, 0));
+        let (origin, state, synced_at) = (LinkOrigin::Matched, LinkState::Missing, Some(at(2025, 2, 1, 8, 0)));
         let recorded = Link { patient_id: 7, external_id: "20230303_030303".to_owned(), origin, state, synced_at };
         assert_eq!(dentaltid.link(7).unwrap(), Some(recorded.clone()));
         let batch = [imported(8, "20240603_090501"), imported(9, "20240603_090502"), imported(10, "20240603_090503")];
@@ -512,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_batch_rows_and_entries_are_skipped() {
+    fn unreadable_batch_rows_and_entries_are_skipped_and_an_unreadable_time_leaves_links_undated() {
         let (_dir, dentaltid) = sample_database();
         let sql = "INSERT INTO nanopix_sync_imports(first_patient_id, last_patient_id, synced_at, external_ids) VALUES
             (10, 12, '2025-01-21T12:00:00.000', '20240101_000000../../etc/passw20240101_000002'),
@@ -524,11 +525,16 @@ mod tests {
             (70, 71, '2025-01-21T12:00:00.000', '20240101_000000202401é1_00000'),
             (80, 80, '2025-01-21T12:00:00.000', X'3230323430313031' || '_000000')";
         dentaltid.conn.execute_batch(sql).unwrap();
-        let expected =
-            [imported(10, "20240101_000000"), imported(12, "20240101_000002"), imported(70, "20240101_000000")];
-        assert_eq!(dentaltid.links().unwrap()[..3], expected);
+        let undated = Link { synced_at: None, ..imported(60, "20240101_000000") };
+        let expected = [
+            imported(10, "20240101_000000"),
+            imported(12, "20240101_000002"),
+            undated,
+            imported(70, "20240101_000000"),
+        ];
+        assert_eq!(dentaltid.links().unwrap()[..4], expected);
         let listed: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
-        assert_eq!(listed, [10, 12, 70, 80]);
+        assert_eq!(listed, [10, 12, 60, 70, 80]);
         assert_link_agrees_with_links(&dentaltid, 0..=90);
     }
 

@@ -218,7 +218,7 @@ mod tests {
             external_id: id.to_string(),
             origin: super::super::LinkOrigin::Imported,
             state: super::super::LinkState::Linked,
-            synced_at: NaiveDateTime::MIN,
+            synced_at: None,
         };
         let recorded =
             LinkedRows([(1, first), (2, second)].into_iter().filter_map(|(p, c)| Some((p, (id, c?)))).collect());

@@ -9,7 +9,8 @@
 //! same patient. A delete request stays noted in `nanopix_sync_unannounced_deletes` until it is
 //! announced.
 //!
-//! Rows this library cannot read back are skipped, never fatal. Nothing here deletes a patient.
+//! Rows this library cannot read back are skipped, never fatal; a `synced_at` only dates its link,
+//! so one that cannot be read leaves the link undated, not unlinked. Nothing here deletes a patient.
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
@@ -301,7 +302,9 @@ impl DentalTid {
             for &(patient_id, state) in changes {
                 if update.execute(params![state.as_str(), patient_id])? == 0 {
                     let Some(link) = batch_link(tx, patient_id)? else { continue };
-                    let (origin, synced_at) = (link.origin.as_str(), dart_timestamp(link.synced_at));
+                    // An undated batch gives an undated link row: `''` reads back as no time.
+                    let (origin, synced_at) = (link.origin.as_str(), link.synced_at.map(dart_timestamp));
+                    let synced_at = synced_at.unwrap_or_default();
                     let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
                     tx.prepare_cached(ADOPT_LINK)?.execute(values)?;
                 }
@@ -398,13 +401,14 @@ fn merge_links(recorded: Vec<Link>, imported: Vec<Link>) -> Vec<Link> {
     merged
 }
 
-/// Reads a row of [`LINK_COLUMNS`]; `None` when a value is not one this library writes.
+/// Reads a row of [`LINK_COLUMNS`]; `None` when a value but `synced_at` is not one this library
+/// writes.
 fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Link>> {
     let (Some(patient_id), Some(external_id)) = (integer_at(row, 0)?, text_at(row, 1)?) else { return Ok(None) };
     let origin = read_text(row, 2, |text| text.and_then(LinkOrigin::from_column))?;
     let state = read_text(row, 3, |text| text.and_then(LinkState::from_column))?;
     let synced_at = read_text(row, 4, |text| text.and_then(parse_dart_timestamp))?;
-    let (Some(origin), Some(state), Some(synced_at)) = (origin, state, synced_at) else { return Ok(None) };
+    let (Some(origin), Some(state)) = (origin, state) else { return Ok(None) };
     Ok(Some(Link { patient_id, external_id, origin, state, synced_at }))
 }
 
@@ -534,15 +538,17 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_link_rows_are_skipped() {
+    fn unreadable_link_rows_are_skipped_and_an_unreadable_time_leaves_a_link_undated() {
         let (_dir, dentaltid) = sample_database();
         let sql = "INSERT INTO nanopix_sync_links VALUES
             (1, '20250121_152638', 'imported', 'linked', '2025-01-21T12:00:00.000'),
             (2, '20250121_152639', 'teleported', 'linked', '2025-01-21T12:00:00.000'),
             (3, '20250121_152640', 'matched', 'linked', 'someday')";
         dentaltid.conn.execute_batch(sql).unwrap();
-        let ids: Vec<i64> = dentaltid.links().unwrap().iter().map(|l| l.patient_id).collect();
-        assert_eq!(ids, [1]);
+        let read: Vec<(i64, Option<NaiveDateTime>)> =
+            dentaltid.links().unwrap().iter().map(|l| (l.patient_id, l.synced_at)).collect();
+        assert_eq!(read, [(1, Some(at(2025, 1, 21, 12, 0))), (3, None)]);
+        assert_eq!(dentaltid.link(3).unwrap().map(|link| link.external_id).as_deref(), Some("20250121_152640"));
     }
 
     /// Without AUTOINCREMENT (no `sqlite_sequence` row), SQLite would give the ids of the deleted

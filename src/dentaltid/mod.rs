@@ -119,8 +119,9 @@ pub(crate) struct Link {
     pub origin: LinkOrigin,
     /// Whether both sides still exist.
     pub state: LinkState,
-    /// When the link was recorded (local time).
-    pub synced_at: NaiveDateTime,
+    /// When the link was recorded (local time); `None` when the time stored cannot be read (edited
+    /// by hand): it only dates the link, which holds all the same.
+    pub synced_at: Option<NaiveDateTime>,
 }
 
 /// A row of the export journal, `nanopix_sync_exports`: an export that has not finished yet.
