@@ -751,6 +751,30 @@ fn a_patient_whose_import_time_was_edited_unreadable_is_asked_about_not_imported
     assert!(synced_at.map(|info| info.unwrap().synced_at).all(|at| at.is_none()), "no time is made up");
 }
 
+/// Support staff edit how an exported patient's link came to be into a word the sync never writes:
+/// it only describes the link, so the patient deleted in DentalTID still asks for her delete, and
+/// her NanoPix patient is not imported back.
+#[test]
+fn a_patient_whose_link_origin_was_edited_unreadable_is_asked_about_not_imported_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    let dentaltid = another_program(&clinic.dentaltid);
+    let edit = "UPDATE nanopix_sync_links SET origin = 'manual' WHERE patient_id = ?1";
+    assert_eq!(dentaltid.execute(edit, [nadia]).unwrap(), 1);
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [nadia]).unwrap();
+    drain(&sync);
+
+    assert_eq!(sync.reconcile().unwrap().imported, 0, "Nadia is not imported back");
+    let asked = drain(&sync).into_iter().find_map(|e| match e.kind {
+        EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
+        _ => None,
+    });
+    assert_eq!(asked, Some((nadia, external_id)));
+}
+
 /// The sync's indexes on `patients`, by name.
 fn own_indexes(clinic: &Clinic) -> Vec<String> {
     let sql =

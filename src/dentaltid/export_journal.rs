@@ -252,7 +252,7 @@ mod tests {
         let link = dentaltid.link(3).unwrap().unwrap();
         assert_eq!(
             (link.origin, link.state, link.synced_at),
-            (LinkOrigin::Exported, LinkState::Linked, Some(at(2025, 1, 21, 15, 27)))
+            (Some(LinkOrigin::Exported), LinkState::Linked, Some(at(2025, 1, 21, 15, 27)))
         );
     }
 

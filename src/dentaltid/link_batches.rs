@@ -322,7 +322,7 @@ impl<'row> Batch<'row> {
     fn entry_link(&self, patient_id: i64, entry: &[u8]) -> Option<Link> {
         let external_id = std::str::from_utf8(entry).ok()?;
         NanoPixId::parse(external_id).ok()?;
-        let (origin, state, synced_at) = (LinkOrigin::Imported, LinkState::Linked, self.synced_at);
+        let (origin, state, synced_at) = (Some(LinkOrigin::Imported), LinkState::Linked, self.synced_at);
         Some(Link { patient_id, external_id: external_id.to_owned(), origin, state, synced_at })
     }
 }
@@ -446,7 +446,7 @@ mod tests {
         link_one(&mut dentaltid, 2, "20250121_152638", at(2025, 1, 21, 12, 0));
         import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501"]);
         import_ids(&mut dentaltid, &["20240101_000000"]);
-        let matched = Link { origin: LinkOrigin::Matched, ..imported(2, "20250121_152638") };
+        let matched = Link { origin: Some(LinkOrigin::Matched), ..imported(2, "20250121_152638") };
         let expected =
             [matched, imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(9, "20240101_000000")];
         assert_eq!(dentaltid.links().unwrap(), expected);
@@ -505,7 +505,7 @@ mod tests {
         let sql = "INSERT INTO nanopix_sync_links VALUES
             (7, '20230303_030303', 'matched', 'missing', '2025-02-01T08:00:00.000')";
         dentaltid.conn.execute_batch(sql).unwrap();
-        let (origin, state, synced_at) = (LinkOrigin::Matched, LinkState::Missing, Some(at(2025, 2, 1, 8, 0)));
+        let (origin, state, synced_at) = (Some(LinkOrigin::Matched), LinkState::Missing, Some(at(2025, 2, 1, 8, 0)));
         let recorded = Link { patient_id: 7, external_id: "20230303_030303".to_owned(), origin, state, synced_at };
         assert_eq!(dentaltid.link(7).unwrap(), Some(recorded.clone()));
         let batch = [imported(8, "20240603_090501"), imported(9, "20240603_090502"), imported(10, "20240603_090503")];

@@ -216,7 +216,7 @@ mod tests {
         let link = |patient_id| Link {
             patient_id,
             external_id: id.to_string(),
-            origin: super::super::LinkOrigin::Imported,
+            origin: Some(super::super::LinkOrigin::Imported),
             state: super::super::LinkState::Linked,
             synced_at: None,
         };

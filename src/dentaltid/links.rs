@@ -9,8 +9,9 @@
 //! same patient. A delete request stays noted in `nanopix_sync_unannounced_deletes` until it is
 //! announced.
 //!
-//! Rows this library cannot read back are skipped, never fatal; a `synced_at` only dates its link,
-//! so one that cannot be read leaves the link undated, not unlinked. Nothing here deletes a patient.
+//! Rows this library cannot read back are skipped, never fatal; an `origin` or a `synced_at` only
+//! describes its link, so one that cannot be read leaves that unknown, not the patient unlinked.
+//! Nothing here deletes a patient.
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
@@ -302,9 +303,9 @@ impl DentalTid {
             for &(patient_id, state) in changes {
                 if update.execute(params![state.as_str(), patient_id])? == 0 {
                     let Some(link) = batch_link(tx, patient_id)? else { continue };
-                    // An undated batch gives an undated link row: `''` reads back as no time.
-                    let (origin, synced_at) = (link.origin.as_str(), link.synced_at.map(dart_timestamp));
-                    let synced_at = synced_at.unwrap_or_default();
+                    // What the batch does not tell is written `''`, which reads back as unknown.
+                    let origin = link.origin.map_or("", LinkOrigin::as_str);
+                    let synced_at = link.synced_at.map(dart_timestamp).unwrap_or_default();
                     let values = params![patient_id, link.external_id, origin, state.as_str(), synced_at];
                     tx.prepare_cached(ADOPT_LINK)?.execute(values)?;
                 }
@@ -401,14 +402,14 @@ fn merge_links(recorded: Vec<Link>, imported: Vec<Link>) -> Vec<Link> {
     merged
 }
 
-/// Reads a row of [`LINK_COLUMNS`]; `None` when a value but `synced_at` is not one this library
-/// writes.
+/// Reads a row of [`LINK_COLUMNS`]; `None` when its patient, NanoPix id or state is not one this
+/// library writes.
 fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Link>> {
     let (Some(patient_id), Some(external_id)) = (integer_at(row, 0)?, text_at(row, 1)?) else { return Ok(None) };
     let origin = read_text(row, 2, |text| text.and_then(LinkOrigin::from_column))?;
     let state = read_text(row, 3, |text| text.and_then(LinkState::from_column))?;
     let synced_at = read_text(row, 4, |text| text.and_then(parse_dart_timestamp))?;
-    let (Some(origin), Some(state)) = (origin, state) else { return Ok(None) };
+    let Some(state) = state else { return Ok(None) };
     Ok(Some(Link { patient_id, external_id, origin, state, synced_at }))
 }
 
@@ -516,11 +517,11 @@ mod tests {
         ];
         dentaltid.adopt_links(&adopt, at(2025, 1, 22, 8, 0)).unwrap();
         let links = dentaltid.links().unwrap();
-        let summary: Vec<(i64, &str, LinkOrigin)> =
+        let summary: Vec<(i64, &str, Option<LinkOrigin>)> =
             links.iter().map(|l| (l.patient_id, l.external_id.as_str(), l.origin)).collect();
         assert_eq!(
             summary,
-            [(1, "20250121_152638", LinkOrigin::Matched), (2, "20250102_000000", LinkOrigin::Imported)]
+            [(1, "20250121_152638", Some(LinkOrigin::Matched)), (2, "20250102_000000", Some(LinkOrigin::Imported))]
         );
         assert!(links.iter().all(|l| l.state == LinkState::Linked));
     }
@@ -538,16 +539,19 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_link_rows_are_skipped_and_an_unreadable_time_leaves_a_link_undated() {
+    fn unreadable_link_rows_are_skipped_and_an_unreadable_origin_or_time_leaves_a_link_linked() {
         let (_dir, dentaltid) = sample_database();
         let sql = "INSERT INTO nanopix_sync_links VALUES
             (1, '20250121_152638', 'imported', 'linked', '2025-01-21T12:00:00.000'),
             (2, '20250121_152639', 'teleported', 'linked', '2025-01-21T12:00:00.000'),
-            (3, '20250121_152640', 'matched', 'linked', 'someday')";
+            (3, '20250121_152640', 'matched', 'linked', 'someday'),
+            (4, '20250121_152641', 'matched', 'archived', '2025-01-21T12:00:00.000')";
         dentaltid.conn.execute_batch(sql).unwrap();
-        let read: Vec<(i64, Option<NaiveDateTime>)> =
-            dentaltid.links().unwrap().iter().map(|l| (l.patient_id, l.synced_at)).collect();
-        assert_eq!(read, [(1, Some(at(2025, 1, 21, 12, 0))), (3, None)]);
+        let read: Vec<(i64, Option<LinkOrigin>, Option<NaiveDateTime>)> =
+            dentaltid.links().unwrap().iter().map(|l| (l.patient_id, l.origin, l.synced_at)).collect();
+        let synced_at = Some(at(2025, 1, 21, 12, 0));
+        let matched = Some(LinkOrigin::Matched);
+        assert_eq!(read, [(1, Some(LinkOrigin::Imported), synced_at), (2, None, synced_at), (3, matched, None)]);
         assert_eq!(dentaltid.link(3).unwrap().map(|link| link.external_id).as_deref(), Some("20250121_152640"));
     }
 

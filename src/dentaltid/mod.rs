@@ -115,8 +115,9 @@ pub(crate) struct Link {
     pub patient_id: i64,
     /// The NanoPix id, as stored.
     pub external_id: String,
-    /// How the link came to be.
-    pub origin: LinkOrigin,
+    /// How the link came to be; `None` when the value stored is not one this library writes
+    /// (edited by hand): it only describes the link, which holds all the same.
+    pub origin: Option<LinkOrigin>,
     /// Whether both sides still exist.
     pub state: LinkState,
     /// When the link was recorded (local time); `None` when the time stored cannot be read (edited

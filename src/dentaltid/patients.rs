@@ -585,7 +585,7 @@ mod tests {
         assert_eq!(value("typeof(payment) || ' ' || payment"), "real 0.0");
         assert_eq!(value("source || ' ' || external_id || ' ' || age"), "nanopix 20240603_090500 40");
         let link = dentaltid.link(7).unwrap().unwrap();
-        assert_eq!((link.origin, link.state), (LinkOrigin::Imported, LinkState::Linked));
+        assert_eq!((link.origin, link.state), (Some(LinkOrigin::Imported), LinkState::Linked));
         assert_eq!((link.external_id.as_str(), link.synced_at), ("20240603_090500", Some(at(2025, 1, 21, 12, 0))));
     }
 
@@ -788,7 +788,7 @@ mod tests {
         let amina = dentaltid.patient(1).unwrap().unwrap();
         assert_eq!((amina.source, amina.external_id.as_deref()), (Source::Internal, Some("20250121_152638")));
         let link = dentaltid.link(1).unwrap().unwrap();
-        assert_eq!((link.origin, link.state), (LinkOrigin::Matched, LinkState::Linked));
+        assert_eq!((link.origin, link.state), (Some(LinkOrigin::Matched), LinkState::Linked));
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub(super) fn import_ids(dentaltid: &mut DentalTid, external_ids: &[&str]) -> Ve
 
 /// The link an import at 2025-01-21 12:00 gives `patient_id`.
 pub(super) fn imported(patient_id: i64, external_id: &str) -> Link {
-    let (origin, state, synced_at) = (LinkOrigin::Imported, LinkState::Linked, Some(at(2025, 1, 21, 12, 0)));
+    let (origin, state, synced_at) = (Some(LinkOrigin::Imported), LinkState::Linked, Some(at(2025, 1, 21, 12, 0)));
     Link { patient_id, external_id: external_id.to_owned(), origin, state, synced_at }
 }
 

@@ -339,7 +339,7 @@ mod tests {
     fn link(state: LinkState) -> Link {
         let (patient_id, external_id) = (7, "20250122_100000".to_owned());
         let synced_at = chrono::NaiveDate::from_ymd_opt(2025, 1, 22).and_then(|d| d.and_hms_opt(10, 0, 1));
-        Link { patient_id, external_id, origin: LinkOrigin::Exported, state, synced_at }
+        Link { patient_id, external_id, origin: Some(LinkOrigin::Exported), state, synced_at }
     }
 
     /// The state `link_change` moves a link in `state` to, if any.
