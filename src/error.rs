@@ -116,9 +116,13 @@ pub enum Error {
     )]
     DeleteNotRequested(String),
 
-    /// A path built from data would leave the `PatientData` root or pass through a symlink, or
-    /// `NanoPix.db3` resolves (through a symlink) to a place outside the root.
-    #[error("refusing path outside the NanoPix data folder: {0}")]
+    /// A path built from data would leave the `PatientData` root or pass through a symlink, a
+    /// file stands where a patient folder belongs, or `NanoPix.db3` resolves (through a symlink)
+    /// to a place outside the root.
+    #[error(
+        "refusing path {0}: it leaves the NanoPix data folder, passes through a symlink, or a file stands where a \
+         folder belongs"
+    )]
     UnsafePath(PathBuf),
 
     /// No free NanoPix id was found for a new patient.

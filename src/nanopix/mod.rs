@@ -996,7 +996,9 @@ pub(crate) mod tests {
         let nanopix = open(&root);
         fs::write(root.join("20250301_093000"), b"not a folder").unwrap();
         let result = nanopix.create_folder(id("20250301_093000"), &[]);
-        assert!(matches!(result, Err(Error::UnsafePath(p)) if p == root.join("20250301_093000")));
+        assert!(matches!(&result, Err(Error::UnsafePath(p)) if *p == root.join("20250301_093000")));
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("a file stands where a folder belongs"), "{message}");
         assert_eq!(fs::read(root.join("20250301_093000")).unwrap(), b"not a folder");
     }
 
