@@ -169,6 +169,12 @@
 #define NPS_ID_SHARED 116
 
 /**
+ * A write found no room: the disk that holds `dentaltid.db`, `PatientData` or SQLite's
+ * temporary folder is full (`disk_full`).
+ */
+#define NPS_DISK_FULL 117
+
+/**
  * An open sync, as C hosts see it: an opaque pointer from `nps_open`, released by `nps_free`.
  */
 typedef struct NpsHandle NpsHandle;

@@ -221,6 +221,8 @@ impl Error {
             Error::UnsafePath(_) => "unsafe_path",
             Error::NoFreeId(_) => "no_free_id",
             Error::Busy { .. } | Error::KeptChanging { .. } => "busy",
+            Error::Database { source, .. } if is_full(source) => "disk_full",
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => "disk_full",
             Error::Database { .. } => "database",
             Error::Io { .. } => "io",
             Error::Watcher { .. } => "watcher",
@@ -286,7 +288,39 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
+/// Whether SQLite found no room to write: the disk of the database file or of SQLite's temporary
+/// folder is full (or, rarely, the file reached the largest size or row id SQLite allows).
+fn is_full(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
 /// Whether SQLite gave up because another connection held a lock.
 pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use super::Error;
+
+    /// A database that cannot grow, as on a full disk, and a write to a full device give
+    /// `disk_full`, which a host can put in its user's language; other failures keep their kinds.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(x); PRAGMA max_page_count = 2;").unwrap();
+        let full = conn.execute("INSERT INTO t VALUES (zeroblob(100000))", []).unwrap_err();
+        assert_eq!(Error::db(Path::new("x.db"), "write")(full).code(), "disk_full");
+        let refused = conn.execute("INSERT INTO missing VALUES (1)", []).unwrap_err();
+        assert_eq!(Error::db(Path::new("x.db"), "write")(refused).code(), "database");
+        let device = Path::new("/dev/full");
+        assert_eq!(Error::io(device, "write")(std::fs::write(device, b"x").unwrap_err()).code(), "disk_full");
+        let missing = Path::new("/nonexistent/x");
+        assert_eq!(Error::io(missing, "write")(std::fs::write(missing, b"x").unwrap_err()).code(), "io");
+    }
 }

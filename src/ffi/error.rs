@@ -66,6 +66,9 @@ pub const NPS_IN_USE: u32 = 114;
 pub const NPS_DELETE_NOT_REQUESTED: u32 = 115;
 /// `nps_delete_in_nanopix` found several NanoPix rows with the patient's id (`id_shared`).
 pub const NPS_ID_SHARED: u32 = 116;
+/// A write found no room: the disk that holds `dentaltid.db`, `PatientData` or SQLite's
+/// temporary folder is full (`disk_full`).
+pub const NPS_DISK_FULL: u32 = 117;
 
 /// A failed C call: its result code and a message for people.
 #[derive(Debug)]
@@ -109,6 +112,7 @@ fn code_of(kind: &str) -> u32 {
         "in_use" => NPS_IN_USE,
         "delete_not_requested" => NPS_DELETE_NOT_REQUESTED,
         "id_shared" => NPS_ID_SHARED,
+        "disk_full" => NPS_DISK_FULL,
         _ => NPS_INTERNAL,
     }
 }
@@ -160,6 +164,7 @@ mod tests {
             Error::Busy { path: path.clone(), step: "x" },
             Error::Database { path: path.clone(), step: "x", source: rusqlite::Error::InvalidQuery },
             Error::Io { path: path.clone(), step: "x", source: std::io::Error::other("x") },
+            Error::Io { path: path.clone(), step: "x", source: std::io::ErrorKind::StorageFull.into() },
             Error::Watcher { path, source: notify::Error::generic("x") },
             Error::InvalidConfig("x".into()),
             Error::InUse(PathBuf::from("x")),
