@@ -223,8 +223,7 @@ impl Hints {
         if parent == layout.root && adds_or_removes(kind) {
             self.patient_folders = true;
             // Only a patient folder going matters: a stray file's does not call for a full reconcile.
-            let patient_folder =
-                path.file_name().and_then(|name| name.to_str()).is_some_and(|name| NanoPixId::parse(name).is_ok());
+            let patient_folder = path.file_name().and_then(|name| name.to_str()).is_some_and(may_be_patient_folder);
             self.entry_gone |= patient_folder && removes_or_renames(kind);
         }
         if parent == layout.dentaltid_folder
@@ -233,6 +232,25 @@ impl Hints {
             self.dentaltid_db = true;
         }
     }
+}
+
+/// Whether an entry named `name` directly under the root may be a patient folder: named by its
+/// id, or by the short (8.3) name Windows gives such a folder (`202501~1`, or a hashed alias
+/// such as `20A1B2~1`): Windows reports an entry by the name it was reached through, so a folder
+/// a program removed or renamed through its short name comes by that name.
+fn may_be_patient_folder(name: &str) -> bool {
+    NanoPixId::parse(name).is_ok() || is_short_folder_name(name)
+}
+
+/// Whether `name` has the shape of a short (8.3) name of a folder without an extension: at most
+/// eight characters, letters or digits, then `~` and digits.
+fn is_short_folder_name(name: &str) -> bool {
+    let Some((stem, number)) = name.rsplit_once('~') else { return false };
+    name.len() <= 8
+        && !stem.is_empty()
+        && stem.bytes().all(|byte| byte.is_ascii_alphanumeric())
+        && !number.is_empty()
+        && number.bytes().all(|byte| byte.is_ascii_digit())
 }
 
 /// Whether an event can mean a change: opening or reading a file (our own probes do) cannot.
@@ -319,6 +337,24 @@ mod tests {
         for stray in ["/clinic/PatientData/~backup.lock", "/clinic/PatientData/20250122_0900"] {
             let hints = hints(vec![event(EventKind::Remove(notify::event::RemoveKind::Any), stray)]);
             assert!(hints.patient_folders && !hints.entry_gone, "{stray}");
+        }
+    }
+
+    /// Windows reports an entry by the name it was reached through, long or short (8.3): a patient
+    /// folder a program removed through its short name comes as `202501~1`, or, once a few
+    /// folders share those first characters, as a hashed alias such as `20A1B2~1`. Such a
+    /// patient folder gone must still call for the full reconcile that reports her removed.
+    #[test]
+    fn a_patient_folder_removed_under_its_short_name_is_an_entry_gone() {
+        let renamed = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::From));
+        let removed = EventKind::Remove(notify::event::RemoveKind::Any);
+        for alias in ["/clinic/PatientData/202501~1", "/clinic/PatientData/20A1B2~1"] {
+            assert!(hints(vec![event(removed, alias)]).entry_gone, "{alias} removed");
+            assert!(hints(vec![event(renamed, alias)]).entry_gone, "{alias} renamed");
+        }
+        for stray in ["/clinic/PatientData/~backup.lock", "/clinic/PatientData/NOTES~1.TXT", "/clinic/PatientData/a~b"]
+        {
+            assert!(!hints(vec![event(removed, stray)]).entry_gone, "{stray}");
         }
     }
 
