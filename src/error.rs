@@ -299,7 +299,7 @@ pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::path::Path;
 
@@ -309,7 +309,6 @@ mod tests {
 
     /// A database that cannot grow, as on a full disk, and a write to a full device give
     /// `disk_full`, which a host can put in its user's language; other failures keep their kinds.
-    #[cfg(target_os = "linux")]
     #[test]
     fn a_full_disk_is_told_apart_from_other_failures() {
         let conn = Connection::open_in_memory().unwrap();
