@@ -168,8 +168,8 @@ impl LiveLoop {
         self.next_full_reconcile.into_iter().chain(self.retry.as_ref().map(|retry| retry.at)).min()
     }
 
-    /// Runs the full reconcile when it is due, else tries the failed pass again (a live pass:
-    /// after a failed full reconcile, it reconciles fully).
+    /// Runs the full reconcile when it is due, else tries the failed pass again (a live pass,
+    /// which reconciles fully after any pass that failed: see [`Engine::sync_changes`]).
     fn on_timer(&mut self) {
         if self.next_full_reconcile.is_some_and(|at| at <= Instant::now()) {
             self.full_reconcile();

@@ -1444,6 +1444,30 @@ fn a_full_reconcile_that_failed_opening_nanopix_is_tried_again_as_a_full_reconci
     let nanopix = another_program(&clinic.nanopix_db());
     nanopix.execute_batch("BEGIN EXCLUSIVE").unwrap();
     std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
+    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
+    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+}
+
+/// Polling, where a patient folder removed on its own calls only for a live pass: that pass fails
+/// on `NanoPix.db3` held locked past the busy timeout. The pass tried again reconciles fully,
+/// opening `NanoPix.db3` afresh (a connection a share's reconnection left dead is never used
+/// again), and so reports the removal without waiting for the hourly reconcile.
+#[test]
+fn a_live_pass_that_failed_is_tried_again_as_a_full_reconcile() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config();
+    (config.watch_mode, config.poll_interval) = (WatchMode::Polling, Duration::from_millis(50));
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.set_live_sync(true).unwrap();
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+    let nanopix = another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
     nanopix.execute_batch("ROLLBACK").unwrap();
     let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));

@@ -48,8 +48,20 @@ impl Engine {
     /// NanoPix row added below the cursor (SQLite picks a random `pk` once the largest is taken),
     /// another id in NanoPix's row at the cursor (NanoPix gave a deleted last row's `pk` to a new
     /// patient), or a whole page of new NanoPix rows (a bulk import, which a full reconcile
-    /// writes in short transactions) leads to a full reconcile instead.
+    /// writes in short transactions) leads to a full reconcile instead. After a pass that failed,
+    /// the next pass reconciles fully, opening `NanoPix.db3` afresh: on Windows a share that
+    /// dropped and came back leaves the old connection failing for good, in a file that was never
+    /// replaced.
     pub fn sync_changes(&mut self) -> Result<ReconcileReport> {
+        let pass = self.sync_changes_from_cursor();
+        if pass.is_err() {
+            self.cursor = None;
+        }
+        pass
+    }
+
+    /// The work of [`Engine::sync_changes`].
+    fn sync_changes_from_cursor(&mut self) -> Result<ReconcileReport> {
         self.ready_connections()?;
         self.ensure_indexes()?;
         let Some(cursor) = self.cursor.clone().filter(|_| !self.nanopix.replaced()) else { return self.reconcile() };
