@@ -5,12 +5,12 @@
 //! INTEGER, a blob or bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
 //! `None` for the rest. They never panic and never write. The data version, which every connection
 //! to either database reads to notice other programs' commits, and the shape of a table are read
-//! here too.
+//! here too, and the parameters of reads that look up many values at once are laid out here.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Row};
 
 /// Every character Rust's `str::trim` removes (Unicode's `White_Space`), for SQLite's
@@ -51,6 +51,23 @@ pub(crate) fn starting_with(prefix: String) -> (String, String) {
         to.push(char::from_u32(u32::from(last) + 1).unwrap_or(last));
     }
     (prefix, to)
+}
+
+/// How many values one read that looks up many (NanoPix ids, patient ids) names at most: a
+/// read per so many values instead of one per value, each holding its database's lock only
+/// briefly.
+pub(crate) const IDS_PER_READ: usize = 100;
+
+/// The SQL parameters `?first` to `?(first + count - 1)`, for a statement that names up to
+/// `count` values; [`padded_with_null`] binds the places left over to NULL.
+pub(crate) fn numbered_places(first: usize, count: usize) -> Vec<String> {
+    (first..first.saturating_add(count)).map(|place| format!("?{place}")).collect()
+}
+
+/// `values` and then NULL up to `count` values in all: one statement serves any number of values
+/// up to `count`, as no value equals NULL (nor compares with it).
+pub(crate) fn padded_with_null(values: impl IntoIterator<Item = Value>, count: usize) -> Vec<Value> {
+    values.into_iter().chain(std::iter::repeat(Value::Null)).take(count).collect()
 }
 
 /// The cell at `index` as text: numbers are written out, invalid UTF-8 is replaced, NULL is `None`.

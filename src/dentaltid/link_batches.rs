@@ -10,6 +10,7 @@
 //! Batch rows and entries this library cannot read back are skipped, never fatal. A batch row's
 //! `synced_at` only dates its links: one that cannot be read leaves them undated, not unlinked.
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::ops::ControlFlow;
 
@@ -56,6 +57,14 @@ const INSERT_BATCH: &str =
 /// Forgets the rows recorded for links of patients `?1 ..= ?2` that have none: left by patients
 /// deleted before their ids were used again, they would hide the rows a new batch records.
 const FORGET_ROWS_OF_RANGE: &str = "DELETE FROM nanopix_sync_linked_rows WHERE patient_id BETWEEN ?1 AND ?2";
+
+/// Selects every batch row, as [`BATCH_COLUMNS`] and `created_times`, in patient id order; the
+/// ids and times only of those whose range reaches some patient of `?1 ..= ?2` (one whose range
+/// cannot be read is read in full).
+const BATCH_LINKED_ROWS: &str = "SELECT first_patient_id, last_patient_id, synced_at,
+        CASE WHEN first_patient_id <= ?2 AND last_patient_id >= ?1 THEN external_ids END,
+        CASE WHEN first_patient_id <= ?2 AND last_patient_id >= ?1 THEN created_times END
+    FROM nanopix_sync_imports ORDER BY first_patient_id";
 
 /// Selects the batch row that covers patient `?1`, if any: the one starting last at or before it.
 const COVERING_BATCH: &str =
@@ -223,13 +232,46 @@ pub(super) fn batch_link(conn: &Connection, patient_id: i64) -> rusqlite::Result
     Ok(link.flatten().flatten())
 }
 
-/// The rows import batches record their links were made with, as `(patient id, NanoPix id,
-/// creation time)` in patient id order: every entry with a valid NanoPix id and a creation time,
-/// of the batch rows that cover it (as [`DentalTid::links`] reads them).
-pub(super) fn batch_linked_rows(conn: &Connection) -> rusqlite::Result<Vec<(i64, NanoPixId, NaiveDateTime)>> {
-    let sql = format!("SELECT {BATCH_COLUMNS}, created_times FROM nanopix_sync_imports ORDER BY first_patient_id");
-    let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query([])?;
+/// The patients a read of import batches is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum BatchPatients<'a> {
+    /// Every patient a batch covers.
+    Every,
+    /// Only these: the ids and times of a batch row whose range lies outside theirs, from the
+    /// lowest to the highest, are not read (a batch holds up to 5,000 entries, and the first a
+    /// whole first sync).
+    Among(&'a BTreeSet<i64>),
+}
+
+impl BatchPatients<'_> {
+    /// The lowest and the highest of the patients.
+    fn bounds(self) -> (i64, i64) {
+        match self {
+            Self::Every => (i64::MIN, i64::MAX),
+            Self::Among(patients) => {
+                (patients.first().copied().unwrap_or(i64::MAX), patients.last().copied().unwrap_or(i64::MIN))
+            }
+        }
+    }
+
+    /// Whether `patient_id` is one of the patients.
+    fn holds(self, patient_id: i64) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Among(patients) => patients.contains(&patient_id),
+        }
+    }
+}
+
+/// The rows import batches record the links of `patients` were made with, as `(patient id,
+/// NanoPix id, creation time)` in patient id order: every entry with a valid NanoPix id and a
+/// creation time, of the batch rows that cover it (as [`DentalTid::links`] reads them).
+pub(super) fn batch_linked_rows(
+    conn: &Connection,
+    patients: BatchPatients<'_>,
+) -> rusqlite::Result<Vec<(i64, NanoPixId, NaiveDateTime)>> {
+    let mut statement = conn.prepare_cached(BATCH_LINKED_ROWS)?;
+    let mut rows = statement.query(patients.bounds())?;
     let mut linked: Vec<(i64, NanoPixId, NaiveDateTime)> = Vec::new();
     while let Some(row) = rows.next()? {
         if let Some(first) = integer_at(row, 0)? {
@@ -237,7 +279,7 @@ pub(super) fn batch_linked_rows(conn: &Connection) -> rusqlite::Result<Vec<(i64,
         }
         let expanded = read_batch(row, |batch| -> rusqlite::Result<()> {
             let Some(times) = created_times(row, &batch)? else { return Ok(()) };
-            let entries = (batch.first..=batch.last).zip(0..);
+            let entries = (batch.first..=batch.last).zip(0..).filter(|&(patient_id, _)| patients.holds(patient_id));
             linked.extend(entries.filter_map(|(patient_id, place)| {
                 let (id, created) = batch.linked_row(place, times)?;
                 Some((patient_id, id, created))

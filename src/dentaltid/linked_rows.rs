@@ -11,14 +11,17 @@
 //! version, or by DentalTID itself). A row without a creation time is recorded as nothing, and
 //! nothing tells it apart. Rows this library cannot read back count as not recorded.
 
+use std::collections::BTreeSet;
+
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, Rows, params_from_iter};
 
-use super::link_batches::{batch_linked_row, batch_linked_rows};
-use super::{DentalTid, Link, PatientRef, PendingExport};
+use super::link_batches::{BatchPatients, batch_linked_row, batch_linked_rows};
+use super::{DentalTid, ImportedUnder, Link, PatientRef, PendingExport};
 use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
-use crate::values::{integer_at, text_at};
+use crate::values::{IDS_PER_READ, integer_at, numbered_places, padded_with_null, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// Records the row patient `?1`'s link to NanoPix id `?2` was made with, created at `?3`.
@@ -110,6 +113,20 @@ pub(super) fn record_linked_rows(
     Ok(())
 }
 
+/// Adds the readable rows of `nanopix_sync_linked_rows` that `rows` gives (`patient_id,
+/// external_id, created`) to `recorded`, by patient.
+fn recorded_rows_into(
+    mut rows: Rows<'_>,
+    recorded: &mut HashMap<i64, (NanoPixId, NaiveDateTime)>,
+) -> rusqlite::Result<()> {
+    while let Some(row) = rows.next()? {
+        if let (Some(patient_id), Some(linked_row)) = (integer_at(row, 0)?, linked_row_at(row, [1, 2])?) {
+            recorded.insert(patient_id, linked_row);
+        }
+    }
+    Ok(())
+}
+
 /// Reads a linked row's NanoPix id and creation time from the columns at `[external_id,
 /// created]`; `None` when either is not one this library writes.
 fn linked_row_at(row: &Row<'_>, [id, created]: [usize; 2]) -> rusqlite::Result<Option<(NanoPixId, NaiveDateTime)>> {
@@ -124,15 +141,36 @@ impl DentalTid {
         let read = || {
             let mut statement =
                 self.conn.prepare_cached("SELECT patient_id, external_id, created FROM nanopix_sync_linked_rows")?;
-            let mut rows = statement.query([])?;
             let mut recorded = HashMap::default();
-            while let Some(row) = rows.next()? {
-                if let (Some(patient_id), Some(linked_row)) = (integer_at(row, 0)?, linked_row_at(row, [1, 2])?) {
-                    recorded.insert(patient_id, linked_row);
-                }
-            }
-            for (patient_id, id, created) in batch_linked_rows(&self.conn)? {
+            recorded_rows_into(statement.query([])?, &mut recorded)?;
+            for (patient_id, id, created) in batch_linked_rows(&self.conn, BatchPatients::Every)? {
                 recorded.entry(patient_id).or_insert((id, created));
+            }
+            Ok(LinkedRows(recorded))
+        };
+        read().map_err(Error::db(&self.path, "reading the rows links were made with"))
+    }
+
+    /// The rows recorded for the links of `patients`, as [`DentalTid::linked_rows`] reads them:
+    /// those of `nanopix_sync_linked_rows` a few reads of [`IDS_PER_READ`] patients each, and
+    /// those of import batches, in one pass, for the patients left.
+    pub(super) fn linked_rows_among(&self, patients: &BTreeSet<i64>) -> Result<LinkedRows> {
+        let read = || {
+            let places = numbered_places(1, IDS_PER_READ).join(", ");
+            let sql = format!(
+                "SELECT patient_id, external_id, created FROM nanopix_sync_linked_rows WHERE patient_id IN ({places})"
+            );
+            let mut statement = self.conn.prepare_cached(&sql)?;
+            let mut recorded = HashMap::default();
+            for some in patients.iter().copied().collect::<Vec<i64>>().chunks(IDS_PER_READ) {
+                let named = padded_with_null(some.iter().copied().map(Value::Integer), IDS_PER_READ);
+                recorded_rows_into(statement.query(params_from_iter(named))?, &mut recorded)?;
+            }
+            let left: BTreeSet<i64> = patients.iter().copied().filter(|id| !recorded.contains_key(id)).collect();
+            if !left.is_empty() {
+                for (patient_id, id, created) in batch_linked_rows(&self.conn, BatchPatients::Among(&left))? {
+                    recorded.entry(patient_id).or_insert((id, created));
+                }
             }
             Ok(LinkedRows(recorded))
         };
@@ -141,13 +179,9 @@ impl DentalTid {
 
     /// When the rows were created that the links to NanoPix id `external_id` were made with, one
     /// per patient showing it (see [`DentalTid::patients_showing`]) or with a link row to it
-    /// (`None` where not recorded).
+    /// (`None` where not recorded): see [`super::IdHolders::linked_rows_of`].
     pub fn linked_rows_of(&self, external_id: NanoPixId) -> Result<Vec<Option<NaiveDateTime>>> {
-        let mut holders = self.patients_showing(external_id)?;
-        holders.extend(self.link_rows_naming(external_id)?);
-        holders.sort_unstable();
-        holders.dedup();
-        holders.into_iter().map(|patient_id| self.linked_row(patient_id, external_id)).collect()
+        Ok(self.id_holders(&[external_id], &ImportedUnder::default())?.linked_rows_of(external_id))
     }
 
     /// When the row was created that patient `patient_id`'s link to `external_id` was made with,

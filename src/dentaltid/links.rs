@@ -15,14 +15,15 @@
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
-use rusqlite::{Row, Transaction, params};
+use rusqlite::types::Value;
+use rusqlite::{Row, Transaction, params, params_from_iter};
 
 use super::awaited_folders::note_unsettled_links;
 use super::link_batches::{ImportedUnder, batch_key, batch_link};
 use super::patients::patients_sequence;
 use super::{DentalTid, Link, LinkOrigin, LinkState};
 use crate::patient::{dart_timestamp, parse_dart_timestamp};
-use crate::values::{integer_at, read_text, text_at};
+use crate::values::{IDS_PER_READ, integer_at, numbered_places, padded_with_null, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`link_from_row`] reads, in its order.
@@ -142,61 +143,38 @@ impl DentalTid {
     }
 
     /// Whether a `delete_requested` link records this NanoPix id, and no DentalTID patient holds
-    /// NanoPix's row under it, created at `row_created`: none shows the id any more
-    /// ([`DentalTid::shows_external_id`]) nor keeps a link to it (one whose `external_id`
-    /// DentalTID cleared), except those whose link was made with another person's row (see
-    /// [`super::linked_rows`]). Only then may the NanoPix patient be deleted. `imported` holds the
-    /// patients import batches give the id to, read by [`DentalTid::imported_under`] once for
-    /// many requests: reading them takes a pass over every batch, whose first holds a whole first
-    /// sync.
+    /// NanoPix's row under it, created at `row_created` (see [`super::IdHolders::delete_requested`]).
+    /// Only then may the NanoPix patient be deleted. `imported` holds the patients import batches
+    /// give the id to, read by [`DentalTid::imported_under`] once for many requests: reading them
+    /// takes a pass over every batch, whose first holds a whole first sync.
     pub fn delete_requested(
         &self,
         external_id: NanoPixId,
         row_created: Option<NaiveDateTime>,
         imported: &ImportedUnder,
     ) -> Result<bool> {
-        let sql = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1 AND state = ?2)";
-        let requested = LinkState::DeleteRequested.as_str();
-        let found = self.conn.query_row(sql, params![external_id.to_string(), requested], |row| row.get(0));
-        let found: bool = found.map_err(Error::db(&self.path, "looking up a delete request"))?;
-        if !found {
-            return Ok(false);
-        }
-        let mut holders = self.patients_showing(external_id)?;
-        holders.extend(self.kept_linked(external_id, imported)?);
-        for patient_id in holders {
-            if !self.linked_to_another_row(patient_id, external_id, row_created)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self.id_holders(&[external_id], imported)?.delete_requested(external_id, row_created))
     }
 
-    /// The patients still there that keep a link to this NanoPix id that asks for no delete, as
-    /// [`DentalTid::link`] finds it: the patients a link row or an import batch (as `imported`
-    /// gives them) names with it are looked up one by one.
-    fn kept_linked(&self, external_id: NanoPixId, imported: &ImportedUnder) -> Result<Vec<i64>> {
-        let text = external_id.to_string();
-        let mut named = self.link_rows_naming(external_id)?;
-        named.extend(imported.0.get(&external_id).into_iter().flatten());
-        let mut kept = Vec::new();
-        for patient_id in named {
-            let keeps = self
-                .link(patient_id)?
-                .is_some_and(|link| link.external_id == text && link.state != LinkState::DeleteRequested);
-            if keeps && self.patient(patient_id)?.is_some() {
-                kept.push(patient_id);
+    /// The link rows naming any of `ids`, whatever their state: a read per [`IDS_PER_READ`]
+    /// ids, found by the index on `external_id`.
+    pub(super) fn link_rows_naming_any(&self, ids: &[NanoPixId]) -> Result<Vec<NamingRow>> {
+        let read = || {
+            let places = numbered_places(1, IDS_PER_READ).join(", ");
+            let sql = format!(
+                "SELECT {LINK_COLUMNS}, state = ?{} FROM nanopix_sync_links WHERE external_id IN ({places})",
+                IDS_PER_READ + 1
+            );
+            let mut statement = self.conn.prepare_cached(&sql)?;
+            let mut naming = Vec::new();
+            for some in ids.chunks(IDS_PER_READ) {
+                let named = some.iter().map(|id| Value::Text(id.to_string()));
+                let mut values = padded_with_null(named, IDS_PER_READ);
+                values.push(Value::Text(LinkState::DeleteRequested.as_str().to_owned()));
+                let rows = statement.query_map(params_from_iter(values), naming_row)?;
+                naming.extend(rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()?);
             }
-        }
-        Ok(kept)
-    }
-
-    /// The patients whose link row names NanoPix id `external_id`, whatever its state.
-    pub(super) fn link_rows_naming(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
-        let read = || -> rusqlite::Result<Vec<i64>> {
-            let mut rows =
-                self.conn.prepare_cached("SELECT patient_id FROM nanopix_sync_links WHERE external_id = ?1")?;
-            rows.query_map([external_id.to_string()], |row| row.get(0))?.collect()
+            Ok(naming)
         };
         read().map_err(Error::db(&self.path, "looking up the links to an id"))
     }
@@ -386,6 +364,27 @@ pub(super) fn id_past_links(tx: &Transaction<'_>) -> rusqlite::Result<Option<i64
         Some(linked) if highest.is_none_or(|highest| linked > highest) => Ok(linked.checked_add(1)),
         _ => Ok(None),
     }
+}
+
+/// A link row naming one of the NanoPix ids [`DentalTid::link_rows_naming_any`] looked up.
+pub(super) struct NamingRow {
+    /// The patient the row links.
+    pub patient_id: i64,
+    /// The NanoPix id it names.
+    pub external_id: NanoPixId,
+    /// Its link, when the row is readable (see [`link_from_row`]).
+    pub link: Option<Link>,
+    /// Whether its state asks for a delete.
+    pub requested: bool,
+}
+
+/// Reads a row of [`LINK_COLUMNS`] and whether it asks for a delete as a [`NamingRow`]; `None`
+/// for a NanoPix id this library does not write.
+fn naming_row(row: &Row<'_>) -> rusqlite::Result<Option<NamingRow>> {
+    let Some(Ok(external_id)) = text_at(row, 1)?.as_deref().map(NanoPixId::parse) else { return Ok(None) };
+    let (patient_id, link) = (row.get(0)?, link_from_row(row)?);
+    let requested = row.get::<_, Option<bool>>(5)?.unwrap_or(false);
+    Ok(Some(NamingRow { patient_id, external_id, link, requested }))
 }
 
 /// Link rows and batch links, each in patient id order, merged in that order; a link row wins

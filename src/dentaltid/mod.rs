@@ -19,6 +19,7 @@ use crate::{Error, NanoPixId, Result};
 mod awaited_folders;
 mod candidates;
 mod export_journal;
+mod id_holders;
 mod last_names;
 mod link_batches;
 mod linked_rows;
@@ -30,6 +31,7 @@ mod state;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use id_holders::IdHolders;
 pub use last_names::LastNames;
 pub use link_batches::ImportedUnder;
 pub use linked_rows::{LinkedRows, is_another_person, other_people};
@@ -215,6 +217,12 @@ impl DentalTid {
     #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The connection to the database file.
+    #[cfg(test)]
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Runs `work` in one `BEGIN IMMEDIATE` transaction and commits it; rolls back on any error.

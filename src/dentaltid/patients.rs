@@ -5,11 +5,16 @@
 //! every column `Patient.fromJson` needs, so a row the sync writes never breaks DentalTID's
 //! screen. Nothing here deletes a patient or changes a patient's `source`.
 
+use std::iter;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
-use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params};
+use foldhash::HashMap;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{
+    Connection, OptionalExtension, Params, Row, Rows, Transaction, TransactionBehavior, params, params_from_iter,
+};
 
 use super::awaited_folders::note_unsettled_links;
 use super::candidates::{still_fits, unlinked_keys_after};
@@ -20,7 +25,9 @@ use super::possible_duplicates::{Report, record_possible_duplicates};
 use super::{DentalTid, LinkOrigin, LinkState, PatientRef};
 use crate::matching::{MatchKey, MatchedLink, PossibleDuplicate};
 use crate::patient::{BirthDate, NewDentalPatient, Patient, PatientFilter, Source, dart_date, dart_timestamp};
-use crate::values::{WHITESPACE, data_version, integer_at, read_text, starting_with, text_at};
+use crate::values::{
+    IDS_PER_READ, WHITESPACE, data_version, integer_at, padded_with_null, read_text, starting_with, text_at,
+};
 use crate::{Error, NanoPixId, Result};
 
 /// The columns [`patient_from_row`] reads, in its order.
@@ -357,14 +364,38 @@ impl DentalTid {
     /// The patients whose `external_id` shows this NanoPix id, as
     /// [`DentalTid::shows_external_id`] reads it.
     pub fn patients_showing(&self, external_id: NanoPixId) -> Result<Vec<i64>> {
-        let sql = "SELECT id FROM patients WHERE external_id >= ?1 AND external_id < ?2 AND trim(external_id, ?3) = ?1
-                   UNION SELECT id FROM patients WHERE external_id < '0' AND trim(external_id, ?3) = ?1
-                   UNION SELECT id FROM patients WHERE external_id >= ':' AND trim(external_id, ?3) = ?1";
-        let (id, next) = starting_with(external_id.to_string());
-        let showing = |conn: &Connection| -> rusqlite::Result<Vec<i64>> {
-            conn.prepare_cached(sql)?.query_map((&id, &next, WHITESPACE), |row| row.get(0))?.collect()
+        Ok(self.patients_showing_any(&[external_id])?.remove(&external_id).unwrap_or_default())
+    }
+
+    /// The patients whose `external_id` shows one of `ids`, as
+    /// [`DentalTid::shows_external_id`] reads it, by id: the texts that start with one of them, a
+    /// read of index ranges per [`IDS_PER_READ`] ids, and those that start with anything but a
+    /// digit, in one read for all.
+    pub(super) fn patients_showing_any(&self, ids: &[NanoPixId]) -> Result<HashMap<NanoPixId, Vec<i64>>> {
+        if ids.is_empty() {
+            return Ok(HashMap::default());
+        }
+        let by_text: HashMap<String, NanoPixId> = ids.iter().map(|&id| (id.to_string(), id)).collect();
+        let read = || {
+            let mut statement = self.conn.prepare_cached(&showing_any_sql())?;
+            let mut showing = HashMap::default();
+            for some in ids.chunks(IDS_PER_READ) {
+                let bounds = some.iter().flat_map(|id| {
+                    let (from, to) = starting_with(id.to_string());
+                    [Value::Text(from), Value::Text(to)]
+                });
+                let values = padded_with_null(
+                    iter::once(Value::Text(WHITESPACE.to_owned())).chain(bounds),
+                    1 + 2 * IDS_PER_READ,
+                );
+                showing_into(statement.query(params_from_iter(values))?, &by_text, &mut showing)?;
+            }
+            let odd = "SELECT id, trim(external_id, ?1) FROM patients WHERE external_id < '0'
+                UNION ALL SELECT id, trim(external_id, ?1) FROM patients WHERE external_id >= ':'";
+            showing_into(self.conn.prepare_cached(odd)?.query([WHITESPACE])?, &by_text, &mut showing)?;
+            Ok(showing)
         };
-        showing(&self.conn).map_err(Error::db(&self.path, "looking up an external id"))
+        read().map_err(Error::db(&self.path, "looking up an external id"))
     }
 
     /// Whether a patient holds exactly this NanoPix id.
@@ -554,6 +585,31 @@ pub(super) fn patients_sequence(conn: &Connection) -> rusqlite::Result<Option<i6
     // The row names the table as it was declared: `Patients` is DentalTID's `patients` too.
     let sql = "SELECT seq FROM sqlite_sequence WHERE name = 'patients' COLLATE NOCASE";
     Ok(conn.query_row(sql, [], |row| integer_at(row, 0)).optional()?.flatten())
+}
+
+/// Selects `id, trim(external_id, ?1)` of the patients whose `external_id` starts with one of
+/// up to [`IDS_PER_READ`] NanoPix ids, each given as the bounds [`starting_with`] gives it in
+/// `?2` and `?3`, `?4` and `?5`, and so on (NULL bounds hold none).
+fn showing_any_sql() -> String {
+    let ranges: Vec<String> = (0..IDS_PER_READ)
+        .map(|n| format!("(external_id >= ?{} AND external_id < ?{})", 2 * n + 2, 2 * n + 3))
+        .collect();
+    format!("SELECT id, trim(external_id, ?1) FROM patients WHERE {}", ranges.join(" OR "))
+}
+
+/// Adds to `showing` the patients of `rows` (`id, trim(external_id)`) whose trimmed
+/// `external_id` is the text of one of the NanoPix ids of `by_text`.
+fn showing_into(
+    mut rows: Rows<'_>,
+    by_text: &HashMap<String, NanoPixId>,
+    showing: &mut HashMap<NanoPixId, Vec<i64>>,
+) -> rusqlite::Result<()> {
+    while let Some(row) = rows.next()? {
+        let ValueRef::Text(text) = row.get_ref(1)? else { continue };
+        let Some(&id) = std::str::from_utf8(text).ok().and_then(|text| by_text.get(text)) else { continue };
+        showing.entry(id).or_default().push(row.get(0)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::iter;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, Trans
 
 use super::{IdRows, OddRow, PatientRows, RECORD_TABLES, RowStamp};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient, WrittenRow};
-use crate::values::{column_is_rowid, lossy_text, table_columns, text_at};
+use crate::values::{column_is_rowid, lossy_text, numbered_places, padded_with_null, table_columns, text_at};
 use crate::{Error, NanoPixId, Result};
 
 /// Each foreign key that names a `Patient` column: the table, its column, and the `Patient` column
@@ -38,7 +37,7 @@ const READ_COLUMNS: [&str; 8] =
 
 /// How many ids one read of [`Selection::WithIds`] names at most: each read holds NanoPix's
 /// lock only briefly.
-pub(super) const IDS_PER_READ: usize = 100;
+pub(super) use crate::values::IDS_PER_READ;
 
 /// Which `Patient` rows to read.
 #[derive(Debug, Clone, Copy)]
@@ -211,12 +210,9 @@ pub(super) fn read_patients(
         // One statement for any number of ids up to the limit: the places left over hold NULL,
         // which no id equals.
         Selection::WithIds(ids) => {
-            let places = (1..=IDS_PER_READ).map(|n| format!("?{n}")).collect::<Vec<_>>().join(", ");
+            let places = numbered_places(1, IDS_PER_READ).join(", ");
             let named = ids.iter().map(|id| Value::Text(id.to_string()));
-            (
-                format!("WHERE id IN ({places}) ORDER BY {pk}"),
-                named.chain(iter::repeat(Value::Null)).take(IDS_PER_READ).collect(),
-            )
+            (format!("WHERE id IN ({places}) ORDER BY {pk}"), padded_with_null(named, IDS_PER_READ))
         }
     };
     let select: Vec<&str> = READ_COLUMNS.iter().map(|&column| selected(columns, column)).collect();

@@ -318,6 +318,12 @@ impl NanoPix {
         &self.db_path
     }
 
+    /// The connection to `NanoPix.db3`.
+    #[cfg(test)]
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The `pk` and id of every row, in `pk` order: what a reconcile needs when nothing changed;
     /// with their creation times when `with_created` (a first sync has no link to compare them
     /// with, and keeps the memory).
@@ -363,13 +369,24 @@ impl NanoPix {
     /// gives it, in `pk` order within each read of [`database::IDS_PER_READ`] ids: one short
     /// read per so many ids instead of one per id.
     pub fn patients_with_ids(&self, ids: &[NanoPixId]) -> Result<Vec<NanoPixPatient>> {
+        Ok(self.rows_with_ids(ids)?.0)
+    }
+
+    /// The rows with these ids that exist and are readable, as [`NanoPix::patients_with_ids`]
+    /// gives them, and those of `ids` that any row has, readable or not (as
+    /// [`NanoPix::id_exists`] finds them), in the same reads.
+    pub fn rows_with_ids(&self, ids: &[NanoPixId]) -> Result<(Vec<NanoPixPatient>, HashSet<NanoPixId>)> {
         let mut seen = HashSet::new();
         let mut found = Vec::new();
+        let mut unreadable = HashSet::new();
         for some in ids.chunks(database::IDS_PER_READ) {
-            let rows = self.select(Selection::WithIds(some))?.patients;
-            found.extend(rows.into_iter().filter(|patient| seen.insert(patient.id)));
+            let rows = self.select(Selection::WithIds(some))?;
+            let odd_ids = rows.odd_rows.iter().filter_map(|odd| NanoPixId::parse(odd.raw_id.as_deref()?).ok());
+            unreadable.extend(odd_ids);
+            found.extend(rows.patients.into_iter().filter(|patient| seen.insert(patient.id)));
         }
-        Ok(found)
+        seen.extend(unreadable);
+        Ok((found, seen))
     }
 
     /// The row with this `pk` (see [`IdRows::last_row`]), if there is one.
