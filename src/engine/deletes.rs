@@ -290,24 +290,7 @@ mod tests {
     /// beside 20,000 requests), and dismissing them one by one took hours.
     #[test]
     fn dismissing_a_delete_request_judges_only_that_request() {
-        let (_dir, db, mut engine, _signals) = clinic_engine();
-        let root = engine.config.nanopix_root.clone();
-        let nanopix = Connection::open(root.join("database/NanoPix.db3")).unwrap();
-        for n in 0..30 {
-            let id = format!("20250122_0900{n:02}");
-            nanopix
-                .execute(
-                    "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime, updated_datetime)
-                     VALUES (?1, ?2, 'Yacine', '2001-05-19', '2025-01-22 09:00:30', '2025-01-22 09:00:30')",
-                    (&id, format!("Mansouri{n}")),
-                )
-                .unwrap();
-            std::fs::create_dir(root.join(&id)).unwrap();
-        }
-        engine.reconcile().unwrap();
-        let dentaltid = Connection::open(&db).unwrap();
-        dentaltid.execute_batch("DELETE FROM patients WHERE familyName LIKE 'Mansouri%'").unwrap();
-        engine.reconcile().unwrap();
+        let (_dir, mut engine) = clinic_keeping_deleted_patients(30);
         assert_eq!(engine.delete_requests().unwrap().len(), 30);
         JUDGED.with(|judged| judged.set(0));
         assert!(engine.dismiss_delete_request("20250122_090007").unwrap());
