@@ -739,13 +739,7 @@ fn a_patient_whose_import_time_was_edited_unreadable_is_asked_about_not_imported
 
     let report = sync.reconcile().unwrap();
     assert_eq!(report.imported, 0, "the deleted patient is not imported back");
-    let asked: Vec<String> = drain(&sync)
-        .into_iter()
-        .filter_map(|e| match e.kind {
-            EventKind::DeleteRequested { external_id, .. } => Some(external_id),
-            _ => None,
-        })
-        .collect();
+    let asked: Vec<String> = delete_requests(&sync).into_iter().map(|(_, external_id)| external_id).collect();
     assert_eq!(asked, ["20230101_000002"]);
     let synced_at = sync.patients(PatientFilter::AllByExternal).unwrap().into_iter().map(|p| sync.source_info(p.id));
     assert!(synced_at.map(|info| info.unwrap().synced_at).all(|at| at.is_none()), "no time is made up");
@@ -768,11 +762,7 @@ fn a_patient_whose_link_origin_was_edited_unreadable_is_asked_about_not_imported
     drain(&sync);
 
     assert_eq!(sync.reconcile().unwrap().imported, 0, "Nadia is not imported back");
-    let asked = drain(&sync).into_iter().find_map(|e| match e.kind {
-        EventKind::DeleteRequested { patient_id, external_id } => Some((patient_id, external_id)),
-        _ => None,
-    });
-    assert_eq!(asked, Some((nadia, external_id)));
+    assert_eq!(delete_requests(&sync), [(nadia, external_id)]);
 }
 
 /// The sync's indexes on `patients`, by name.
