@@ -12,10 +12,26 @@ use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn live(clinic: &Clinic) -> NanoPixSync {
-    let sync = clinic.open();
+    live_watching(clinic, false)
+}
+
+/// A handle with Live Sync on and its first reconcile done, polling every 50 ms if `polling`.
+fn live_watching(clinic: &Clinic, polling: bool) -> NanoPixSync {
+    let mut config = clinic.config();
+    if polling {
+        (config.watch_mode, config.poll_interval) = (WatchMode::Polling, Duration::from_millis(50));
+    }
+    let sync = NanoPixSync::open(config).unwrap();
     sync.set_live_sync(true).unwrap();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
     sync
+}
+
+/// Waits for the fixture patient's folder to be reported removed.
+fn fixture_folder_removal_reported(sync: &NanoPixSync) {
+    let removed = wait_for(sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
+    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
+    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
 }
 
 fn imported(sync: &NanoPixSync, external: &str) -> i64 {
@@ -288,9 +304,7 @@ fn a_root_replaced_by_a_copy_under_its_name_is_watched_again() {
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::WatcherMode { .. }));
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
     std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
-    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
-    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
-    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+    fixture_folder_removal_reported(&sync);
 }
 
 #[test]
@@ -517,9 +531,7 @@ fn a_patient_folder_removed_while_watching_is_reported_without_waiting_for_the_h
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
     std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
-    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
-    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
-    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+    fixture_folder_removal_reported(&sync);
 }
 
 /// NanoPix may save a new patient's row before it makes the folder: a full reconcile in
@@ -809,13 +821,7 @@ fn replace_nanopix_db_by_rename(clinic: &Clinic, id: &str) {
 fn a_nanopix_db_replaced_under_its_name_is_synced_from_the_new_file() {
     for polling in [false, true] {
         let clinic = Clinic::new("v29");
-        let mut config = clinic.config();
-        if polling {
-            (config.watch_mode, config.poll_interval) = (WatchMode::Polling, Duration::from_millis(50));
-        }
-        let sync = NanoPixSync::open(config).unwrap();
-        sync.set_live_sync(true).unwrap();
-        wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
+        let sync = live_watching(&clinic, polling);
         replace_nanopix_db_by_rename(&clinic, "20250122_091500");
         imported(&sync, "20250122_091500");
         clinic.add_nanopix("20250122_091600", "Haddad", "Sami", Some("1999-09-09"));
@@ -1434,45 +1440,24 @@ fn live_sync_switched_on_runs_even_when_dentaltid_is_locked_right_after_the_swit
 }
 
 /// A patient folder removed while NanoPix holds its database exclusively (a long commit) past the
-/// busy timeout: the full reconcile the removal calls for fails opening `NanoPix.db3`, and is tried
-/// again as a full reconcile once the lock is gone, so the removal is reported without waiting
-/// for the hourly reconcile.
+/// busy timeout. Watching natively, the full reconcile the removal calls for fails opening
+/// `NanoPix.db3`; polling, where a folder removed on its own calls only for a live pass, that
+/// pass fails. Either is tried again as a full reconcile once the lock is gone, opening
+/// `NanoPix.db3` afresh (a connection a share's reconnection left dead is never used again), so
+/// the removal is reported without waiting for the hourly reconcile.
 #[test]
-fn a_full_reconcile_that_failed_opening_nanopix_is_tried_again_as_a_full_reconcile() {
-    let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
-    let nanopix = another_program(&clinic.nanopix_db());
-    nanopix.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+fn a_pass_that_failed_on_a_locked_nanopix_is_tried_again_as_a_full_reconcile() {
+    for polling in [false, true] {
+        let clinic = Clinic::new("v29");
+        let sync = live_watching(&clinic, polling);
+        let nanopix = another_program(&clinic.nanopix_db());
+        nanopix.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
 
-    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
-    nanopix.execute_batch("ROLLBACK").unwrap();
-    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
-    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
-    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
-}
-
-/// Polling, where a patient folder removed on its own calls only for a live pass: that pass fails
-/// on `NanoPix.db3` held locked past the busy timeout. The pass tried again reconciles fully,
-/// opening `NanoPix.db3` afresh (a connection a share's reconnection left dead is never used
-/// again), and so reports the removal without waiting for the hourly reconcile.
-#[test]
-fn a_live_pass_that_failed_is_tried_again_as_a_full_reconcile() {
-    let clinic = Clinic::new("v29");
-    let mut config = clinic.config();
-    (config.watch_mode, config.poll_interval) = (WatchMode::Polling, Duration::from_millis(50));
-    let sync = NanoPixSync::open(config).unwrap();
-    sync.set_live_sync(true).unwrap();
-    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
-    let nanopix = another_program(&clinic.nanopix_db());
-    nanopix.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
-
-    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
-    nanopix.execute_batch("ROLLBACK").unwrap();
-    let removed = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::ExternalPatientRemoved { .. }));
-    let EventKind::ExternalPatientRemoved { external_id, missing, .. } = removed.kind else { unreachable!() };
-    assert_eq!((external_id.as_str(), missing.as_str()), ("20250121_152638", "folder"));
+        wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { code, .. } if code == "busy"));
+        nanopix.execute_batch("ROLLBACK").unwrap();
+        fixture_folder_removal_reported(&sync);
+    }
 }
 
 /// Whether `event` reports the entry `name` of `PatientData` as odd.
