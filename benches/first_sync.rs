@@ -1,6 +1,7 @@
 //! First sync, steady-state reconcile, the review list of possible duplicates and one-by-one
 //! exports at clinic scale (100,000 patients on each side), the exports also beside thousands of
-//! delete requests, each against a bare-rusqlite baseline measured in the same run.
+//! delete requests, and the list of those requests, each against a bare-rusqlite baseline
+//! measured in the same run.
 //!
 //! The generated clinic is made once; every run that writes gets its own copy of the DentalTID
 //! file (copying is not measured). Run with `cargo bench --bench first_sync`.
@@ -275,9 +276,45 @@ fn exports(clinic: &Clinic, synced: &FileCopy) {
     let requests = delete_imported_patients(&synced.path, DELETED);
     let sync = NanoPixSync::open(clinic.config(&synced.path, &clock)).expect("open");
     sync.reconcile().expect("reconcile");
+    list_delete_requests(&sync, clinic, &synced.path, requests);
     drop(sync);
     let library = timed_exports(clinic, synced, &clock);
     print_exports(&format!("export_patient x1000 at 100k, {requests} delete requests held"), library, baseline);
+}
+
+/// (f) Lists the `requests` delete requests [`exports`] left standing with `delete_requests()`, as
+/// a host does at each start, [`SAMPLES`] times, against a bare read of their link rows and of
+/// NanoPix's row under each id; each run must list every request.
+fn list_delete_requests(sync: &NanoPixSync, clinic: &Clinic, dentaltid: &Path, requests: usize) {
+    let library: Vec<Duration> = (0..SAMPLES)
+        .map(|_| {
+            let start = Instant::now();
+            let listed = sync.delete_requests().expect("delete requests").len();
+            let elapsed = start.elapsed();
+            assert_eq!(listed, requests, "every delete request listed");
+            elapsed
+        })
+        .collect();
+    let baseline: Vec<Duration> = (0..SAMPLES).map(|_| bare_delete_requests(clinic, dentaltid, requests)).collect();
+    let name = format!("delete_requests() with {requests} standing");
+    println!("{}", clinic::ratio_line(&name, &library, &baseline, "no budget set"));
+}
+
+/// One bare read of the delete requests' link rows, then of NanoPix's row under each id; checks
+/// that it finds all `requests`.
+fn bare_delete_requests(clinic: &Clinic, dentaltid: &Path, requests: usize) -> Duration {
+    let dentaltid = Connection::open(dentaltid).expect("open DentalTID");
+    let nanopix = Connection::open(clinic.nanopix_db()).expect("open NanoPix");
+    let start = Instant::now();
+    let sql = "SELECT external_id FROM nanopix_sync_links WHERE state = 'delete_requested' ORDER BY external_id";
+    let mut links = dentaltid.prepare(sql).expect("prepare");
+    let ids: Vec<String> =
+        links.query_map([], |row| row.get(0)).expect("query").collect::<Result<_, _>>().expect("ids");
+    let mut row = nanopix.prepare("SELECT created_datetime FROM Patient WHERE id = ?1").expect("prepare");
+    let found = ids.iter().filter(|id| row.exists([id]).expect("lookup")).count();
+    let elapsed = start.elapsed();
+    assert_eq!(found, requests, "every delete request read");
+    elapsed
 }
 
 /// Exports the first [`EXPORTS`] DentalTID patients without a link one by one, a second apart;
