@@ -24,6 +24,25 @@ fn a_missing_nanopix_database_is_named() {
     assert!(!clinic.nanopix_db().exists(), "open never creates NanoPix.db3");
 }
 
+/// `nanopix_root` one folder off `PatientData`: its `database` folder, a patient folder, or the
+/// folder that holds it. The message names the folder to give instead: "NanoPix database not
+/// found" at a `database/database/NanoPix.db3` that was never there would send support staff
+/// looking for a file that is in its place.
+#[test]
+fn a_nanopix_folder_one_level_off_is_refused_naming_the_patientdata_folder_to_give() {
+    let clinic = Clinic::new("v29");
+    let before = std::fs::read(&clinic.dentaltid).unwrap();
+    for given in [clinic.root.join("database"), clinic.root.join("20250121_152638"), clinic.dir.path().to_path_buf()] {
+        let mut config = clinic.config();
+        config.nanopix_root = given.clone();
+        let error = NanoPixSync::open(config).unwrap_err();
+        assert_eq!(error.code(), "invalid_config", "{error}");
+        let hint = format!("give {}", clinic.root.display());
+        assert!(error.to_string().contains(&hint), "{given:?}: {error}");
+    }
+    assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before, "not even migrated");
+}
+
 #[test]
 fn a_nanopix_database_without_last_name_is_refused() {
     let clinic = Clinic::new("v29");

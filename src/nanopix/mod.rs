@@ -252,7 +252,8 @@ pub(crate) struct NanoPix {
 /// The path of `NanoPix.db3` under `root`, once the folder and the file are there. A missing one
 /// is [`Error::NanoPixRootMissing`] or [`Error::NanoPixDatabaseMissing`]; one the system refuses
 /// to look into (access denied) is an [`Error::Io`], not a missing one; a file at the root's
-/// path is an [`Error::InvalidConfig`].
+/// path, or a root one folder off `PatientData` (see [`one_level_off`]), is an
+/// [`Error::InvalidConfig`].
 pub(crate) fn database_under(root: &Path) -> Result<PathBuf> {
     if root.is_file() {
         let named = format!("nanopix_root names a file, not the PatientData folder: {}", root.display());
@@ -265,9 +266,28 @@ pub(crate) fn database_under(root: &Path) -> Result<PathBuf> {
     let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
     if !db_path.is_file() {
         crate::error::refused_access(&db_path, "looking for the NanoPix database")?;
-        return Err(Error::NanoPixDatabaseMissing(db_path));
+        return Err(one_level_off(root).unwrap_or(Error::NanoPixDatabaseMissing(db_path)));
     }
     Ok(db_path)
+}
+
+/// The [`Error::InvalidConfig`] naming the folder to give instead when `root`, which holds no
+/// `database/NanoPix.db3`, is one folder off `PatientData`: a folder inside it (its `database`
+/// folder, a patient folder), or the folder that holds it.
+fn one_level_off(root: &Path) -> Option<Error> {
+    let inner = root.join("PatientData");
+    let (what, patient_data) = match root.parent() {
+        Some(outer) if holds_database(outer) => ("a folder inside PatientData", outer),
+        _ if holds_database(&inner) => ("the folder that holds PatientData", inner.as_path()),
+        _ => return None,
+    };
+    let (given, wanted) = (root.display(), patient_data.display());
+    Some(Error::InvalidConfig(format!("nanopix_root names {what}, not PatientData itself: {given}; give {wanted}")))
+}
+
+/// Whether `folder` holds `database/NanoPix.db3`, as `PatientData` does.
+fn holds_database(folder: &Path) -> bool {
+    folder.join(DATABASE_FOLDER).join(DATABASE_FILE).is_file()
 }
 
 impl NanoPix {
