@@ -277,6 +277,19 @@ pub(crate) fn refused_access(path: &std::path::Path, step: &'static str) -> Resu
     }
 }
 
+/// Refuses the database file at `path` when it is empty (0 bytes), as a copy cut short or a
+/// restore that failed leaves it, like any other file that is not a database ([`Error::Database`]):
+/// SQLite would open it as a database without tables, and a missing table would send support
+/// staff looking for another program's or another version's file instead of a backup.
+pub(crate) fn refuse_empty(path: &std::path::Path, step: &'static str) -> Result<()> {
+    if !std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
+        return Ok(());
+    }
+    let empty = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB);
+    let message = "the file is empty (0 bytes), as a copy cut short leaves it: put back a backup".to_owned();
+    Err(Error::db(path, step)(rusqlite::Error::SqliteFailure(empty, Some(message))))
+}
+
 /// The text of a panic, when it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(text) = payload.downcast_ref::<&str>() {

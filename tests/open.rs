@@ -115,6 +115,32 @@ fn a_dentaltid_file_without_patients_in_wal_mode_is_refused_and_left_byte_for_by
     assert!(std::fs::read(&clinic.dentaltid).unwrap() == before, "the file's bytes changed");
 }
 
+/// A `dentaltid.db` or `NanoPix.db3` of 0 bytes, as a copy cut short or a restore that failed
+/// leaves it, is said to be empty, like any file that is not a database: "table missing" would
+/// send support staff looking for another program's or another version's file instead of a
+/// backup. Nothing is written to it or beside it.
+#[test]
+fn an_empty_database_file_is_refused_as_empty_not_as_missing_a_table() {
+    let listing = |folder: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(folder).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let dentaltid = Clinic::new("v29");
+    std::fs::write(&dentaltid.dentaltid, b"").unwrap();
+    let nanopix = Clinic::new("v29");
+    std::fs::write(nanopix.nanopix_db(), b"").unwrap();
+    for (clinic, empty) in [(&dentaltid, dentaltid.dentaltid.clone()), (&nanopix, nanopix.nanopix_db())] {
+        let before = listing(empty.parent().unwrap());
+        let error = open_error(clinic);
+        assert_eq!(error.code(), "database", "{error}");
+        assert!(error.to_string().contains("is empty (0 bytes)"), "{error}");
+        assert_eq!(error.path(), Some(empty.as_path()));
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "{empty:?} is left empty");
+        assert_eq!(listing(empty.parent().unwrap()), before, "nothing is added beside {empty:?}");
+    }
+}
+
 #[test]
 fn a_missing_dentaltid_file_is_not_created() {
     let clinic = Clinic::new("v29");

@@ -240,8 +240,10 @@ impl DentalTid {
 }
 
 /// Opens `path` for reading and writing (SQLite falls back to reading only when it may not
-/// write), with `busy_timeout`, and checks its `patients` table before anything is written.
+/// write), with `busy_timeout`, and checks its `patients` table before anything is written; an
+/// empty file (0 bytes) is refused (see [`crate::error::refuse_empty`]).
 fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    crate::error::refuse_empty(path, "opening the database")?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
     conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;

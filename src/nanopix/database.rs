@@ -83,8 +83,10 @@ pub(super) struct DeletedRows {
     rows: Vec<Vec<Value>>,
 }
 
-/// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout.
+/// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout; an empty
+/// one (0 bytes) is refused (see [`crate::error::refuse_empty`]).
 pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    crate::error::refuse_empty(db_path, "open NanoPix database")?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(db_path, flags).map_err(Error::db(db_path, "open NanoPix database"))?;
     conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, "set busy timeout"))?;
