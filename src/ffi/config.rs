@@ -59,6 +59,7 @@ pub(crate) fn parse_config(json: &str) -> Result<Config, FfiError> {
     Ok(config)
 }
 
+/// The interval the field `name` gives in milliseconds, if any; 0 is refused.
 fn interval(millis: Option<u64>, name: &str) -> Result<Option<Duration>, FfiError> {
     match millis {
         Some(0) => Err(FfiError::new(NPS_INVALID_CONFIG, format!("configuration JSON: `{name}` must be at least 1"))),
