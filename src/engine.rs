@@ -142,7 +142,7 @@ impl Engine {
     pub fn open(config: Config, bus: Arc<EventBus>, signals: Arc<Signals>) -> Result<Self> {
         config.check()?;
         let config = config.anchored()?;
-        let nanopix = NanoPix::open(&config.nanopix_root, config.busy_timeout)?;
+        let nanopix = NanoPix::open_configured(&config.nanopix_root, config.busy_timeout)?;
         let dentaltid = DentalTid::open(&config.dentaltid_db, config.busy_timeout)?;
         let live_stored = dentaltid.live_sync()?;
         signals.live.store(live_stored, Ordering::Relaxed);

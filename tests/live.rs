@@ -289,6 +289,28 @@ fn a_vanished_root_is_reported_and_recovered_without_restart() {
     imported(&sync, "20250122_091500");
 }
 
+/// The clinic keeps a copy of NanoPix's `database` folder beside `PatientData` (made before an
+/// update), and NanoPix's own `database` folder is gone for a moment (a restore under way). The
+/// root was `PatientData` when the sync opened it: its database is missing (`not_found`, as on an
+/// unplugged share), and the sync goes on once it is back. Taking the root for a folder inside
+/// `PatientData` would tell support staff to point the sync at the copy, an old database.
+#[test]
+fn a_nanopix_database_gone_for_a_moment_is_missing_not_a_sign_of_the_wrong_root() {
+    let clinic = Clinic::new("v29");
+    let sync = live_watching(&clinic, true);
+    copy_tree(&clinic.root.join("database"), &clinic.dir.path().join("database"));
+    let restoring = clinic.dir.path().join("restoring");
+    std::fs::rename(clinic.root.join("database"), &restoring).unwrap();
+    let reported = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::SyncError { .. }));
+    let EventKind::SyncError { code, message, .. } = reported.kind else { unreachable!() };
+    assert_eq!(code, "not_found", "{message}");
+    let error = sync.reconcile().unwrap_err();
+    assert_eq!(error.code(), "not_found", "{error}");
+    std::fs::rename(&restoring, clinic.root.join("database")).unwrap();
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    imported(&sync, "20250122_091500");
+}
+
 /// The root replaced by a copy under its name faster than the watcher looks (a restore, data
 /// moved back from another disk): the watcher starts watching the copy, so a patient folder
 /// removed from it is reported without waiting for the hourly reconcile.

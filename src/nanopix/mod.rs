@@ -252,8 +252,7 @@ pub(crate) struct NanoPix {
 /// The path of `NanoPix.db3` under `root`, once the folder and the file are there. A missing one
 /// is [`Error::NanoPixRootMissing`] or [`Error::NanoPixDatabaseMissing`]; one the system refuses
 /// to look into (access denied) is an [`Error::Io`], not a missing one; a file at the root's
-/// path, or a root one folder off `PatientData` (see [`one_level_off`]), is an
-/// [`Error::InvalidConfig`].
+/// path is an [`Error::InvalidConfig`].
 pub(crate) fn database_under(root: &Path) -> Result<PathBuf> {
     if root.is_file() {
         let named = format!("nanopix_root names a file, not the PatientData folder: {}", root.display());
@@ -266,7 +265,7 @@ pub(crate) fn database_under(root: &Path) -> Result<PathBuf> {
     let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
     if !db_path.is_file() {
         crate::error::refused_access(&db_path, "looking for the NanoPix database")?;
-        return Err(one_level_off(root).unwrap_or(Error::NanoPixDatabaseMissing(db_path)));
+        return Err(Error::NanoPixDatabaseMissing(db_path));
     }
     Ok(db_path)
 }
@@ -303,6 +302,18 @@ impl NanoPix {
         let (records, birth_dates) = (RecordIds::default(), BirthDates::default());
         let root = root.to_path_buf();
         Ok(Self { root, db_path, identity, conn, busy_timeout, patient_columns, records, birth_dates })
+    }
+
+    /// [`NanoPix::open`] for the root the configuration gives, as the handle opens: a root that
+    /// holds no `database/NanoPix.db3` and is one folder off `PatientData` (see [`one_level_off`])
+    /// is an [`Error::InvalidConfig`] naming the folder to give. Once open, the root was
+    /// `PatientData`: its database missing later (a restore under way, an unplugged share) is
+    /// missing, whatever lies beside the root.
+    pub fn open_configured(root: &Path, busy_timeout: Duration) -> Result<Self> {
+        Self::open(root, busy_timeout).map_err(|error| match error {
+            Error::NanoPixDatabaseMissing(_) => one_level_off(root).unwrap_or(error),
+            error => error,
+        })
     }
 
     /// Whether `NanoPix.db3` now names another file than the one opened (a restore, a copy
