@@ -277,8 +277,8 @@ pub(crate) fn refused_access(path: &std::path::Path, step: &'static str) -> Resu
     }
 }
 
-/// Refuses the database file at `path` when it is empty (0 bytes), as a copy cut short or a
-/// restore that failed leaves it, like any other file that is not a database ([`Error::Database`]):
+/// Refuses the database file at `path` when it is empty (0 bytes), as a copy under way, one cut
+/// short or a restore that failed leaves it, like any other file that is not a database ([`Error::Database`]):
 /// SQLite would open it as a database without tables, and a missing table would send support
 /// staff looking for another program's or another version's file instead of a backup.
 pub(crate) fn refuse_empty(path: &std::path::Path, step: &'static str) -> Result<()> {
@@ -286,7 +286,9 @@ pub(crate) fn refuse_empty(path: &std::path::Path, step: &'static str) -> Result
         return Ok(());
     }
     let empty = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB);
-    let message = "the file is empty (0 bytes), as a copy cut short leaves it: put back a backup".to_owned();
+    let message =
+        "the file is empty (0 bytes), as a copy under way or cut short leaves it: if it stays so, put back a backup"
+            .to_owned();
     Err(Error::db(path, step)(rusqlite::Error::SqliteFailure(empty, Some(message))))
 }
 
