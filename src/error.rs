@@ -222,7 +222,7 @@ impl Error {
             Error::NoFreeId(_) => "no_free_id",
             Error::Busy { .. } | Error::KeptChanging { .. } => "busy",
             Error::Database { source, .. } if is_full(source) => "disk_full",
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => "disk_full",
+            Error::Io { source, .. } if is_out_of_room(source) => "disk_full",
             Error::Database { .. } => "database",
             Error::Io { .. } => "io",
             Error::Watcher { .. } => "watcher",
@@ -309,6 +309,11 @@ fn is_full(error: &rusqlite::Error) -> bool {
     error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
+/// Whether the system found no room for a write: a full disk, or a full quota of the user's.
+fn is_out_of_room(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
 /// Whether SQLite gave up because another connection held a lock.
 pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
@@ -334,6 +339,8 @@ mod tests {
         assert_eq!(Error::db(Path::new("x.db"), "write")(refused).code(), "database");
         let device = Path::new("/dev/full");
         assert_eq!(Error::io(device, "write")(std::fs::write(device, b"x").unwrap_err()).code(), "disk_full");
+        let quota = std::io::Error::from_raw_os_error(122);
+        assert_eq!(Error::io(Path::new("x"), "create folder")(quota).code(), "disk_full", "EDQUOT, a full quota");
         let missing = Path::new("/nonexistent/x");
         assert_eq!(Error::io(missing, "write")(std::fs::write(missing, b"x").unwrap_err()).code(), "io");
     }
