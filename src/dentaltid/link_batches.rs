@@ -474,9 +474,12 @@ mod tests {
         let imported = dentaltid.imported_under(&ids).unwrap();
         let named = |id| imported.0.get(&id).cloned().unwrap_or_default();
         assert_eq!(ids.map(named), [vec![8], vec![9, 12], vec![10], vec![]]);
-        let at_once: Vec<bool> =
-            ids.iter().map(|&id| dentaltid.delete_requested(id, None, &imported).unwrap()).collect();
-        let alone = |id| dentaltid.delete_requested(id, None, &dentaltid.imported_under(&[id]).unwrap()).unwrap();
+        let holders = dentaltid.id_holders(&ids, &imported).unwrap();
+        let at_once: Vec<bool> = ids.iter().map(|&id| holders.delete_requested(id, None)).collect();
+        let alone = |id| {
+            let imported = dentaltid.imported_under(&[id]).unwrap();
+            dentaltid.id_holders(&[id], &imported).unwrap().delete_requested(id, None)
+        };
         let one_by_one: Vec<bool> = ids.iter().map(|&id| alone(id)).collect();
         assert_eq!(at_once, [true, false, false, false], "patient 12 keeps the second id; the third is no request");
         assert_eq!(at_once, one_by_one);

@@ -19,7 +19,7 @@ use rusqlite::types::Value;
 use rusqlite::{Row, Transaction, params, params_from_iter};
 
 use super::awaited_folders::note_unsettled_links;
-use super::link_batches::{ImportedUnder, batch_key, batch_link};
+use super::link_batches::{batch_key, batch_link};
 use super::patients::patients_sequence;
 use super::{DentalTid, Link, LinkOrigin, LinkState};
 use crate::patient::{dart_timestamp, parse_dart_timestamp};
@@ -140,20 +140,6 @@ impl DentalTid {
             }
             Ok(())
         })
-    }
-
-    /// Whether a `delete_requested` link records this NanoPix id, and no DentalTID patient holds
-    /// NanoPix's row under it, created at `row_created` (see [`super::IdHolders::delete_requested`]).
-    /// Only then may the NanoPix patient be deleted. `imported` holds the patients import batches
-    /// give the id to, read by [`DentalTid::imported_under`] once for many requests: reading them
-    /// takes a pass over every batch, whose first holds a whole first sync.
-    pub fn delete_requested(
-        &self,
-        external_id: NanoPixId,
-        row_created: Option<NaiveDateTime>,
-        imported: &ImportedUnder,
-    ) -> Result<bool> {
-        Ok(self.id_holders(&[external_id], imported)?.delete_requested(external_id, row_created))
     }
 
     /// The link rows naming any of `ids`, whatever their state: a read per [`IDS_PER_READ`]

@@ -115,11 +115,12 @@ impl Engine {
         let requests: Vec<NanoPixId> = self.dentaltid.delete_requests()?.into_iter().map(|(id, _)| id).collect();
         let born = self.nanopix.born_on(&requests, &dates)?;
         let imported = self.dentaltid.imported_under(&born)?;
+        let holders = self.dentaltid.id_holders(&born, &imported)?;
         let mut left = Vec::new();
         for id in born {
             let Some(patient) = self.nanopix.patient(id)? else { continue };
             if patient.birth_date.is_some_and(|born| dates.contains(&born))
-                && self.dentaltid.delete_requested(id, patient.created, &imported)?
+                && holders.delete_requested(id, patient.created)
             {
                 left.push(patient);
             }
