@@ -239,6 +239,10 @@ impl DentalTid {
     }
 }
 
+/// How many prepared statements the connection to DentalTID keeps: more than the sync runs there,
+/// so that none is parsed again on every use (some look up a hundred values at once).
+const CACHED_STATEMENTS: usize = 96;
+
 /// Opens `path` for reading and writing (SQLite falls back to reading only when it may not
 /// write), with `busy_timeout`, and checks its `patients` table before anything is written; an
 /// empty file (0 bytes) is refused (see [`crate::error::refuse_empty`]).
@@ -247,6 +251,7 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(Error::db(path, "opening the database"))?;
     conn.busy_timeout(busy_timeout).map_err(Error::db(path, "setting the busy timeout"))?;
+    conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
     // Lets SQLite's sorter use one more core for large sorts, such as building the sync's
     // indexes after a first sync, which then holds DentalTID's write lock for less time.
     conn.pragma_update(None, "threads", 1).map_err(Error::db(path, "setting the sorter's threads"))?;
