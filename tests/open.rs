@@ -82,14 +82,7 @@ fn a_dentaltid_file_without_patients_is_refused_and_left_byte_for_byte() {
         .unwrap()
         .execute_batch("PRAGMA user_version = 29; CREATE TABLE other(x);")
         .unwrap();
-    let folder = || {
-        let mut names: Vec<_> = std::fs::read_dir(clinic.dentaltid.parent().unwrap())
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
-        names.sort();
-        names
-    };
+    let folder = || listing(clinic.dentaltid.parent().unwrap());
     let (before, before_folder) = (std::fs::read(&clinic.dentaltid).unwrap(), folder());
     assert!(matches!(open_error(&clinic), Error::MissingTable { table: "patients", .. }));
     assert_eq!(std::fs::read(&clinic.dentaltid).unwrap(), before);
@@ -121,11 +114,6 @@ fn a_dentaltid_file_without_patients_in_wal_mode_is_refused_and_left_byte_for_by
 /// backup. Nothing is written to it or beside it.
 #[test]
 fn an_empty_database_file_is_refused_as_empty_not_as_missing_a_table() {
-    let listing = |folder: &std::path::Path| {
-        let mut names: Vec<_> = std::fs::read_dir(folder).unwrap().map(|entry| entry.unwrap().file_name()).collect();
-        names.sort();
-        names
-    };
     let dentaltid = Clinic::new("v29");
     std::fs::write(&dentaltid.dentaltid, b"").unwrap();
     let nanopix = Clinic::new("v29");
@@ -285,4 +273,11 @@ fn a_lock_file_the_folder_refuses_to_make_is_reported_as_refused_not_as_missing(
     );
     assert_eq!(error.code(), "io");
     assert_eq!(clinic.open().reconcile().unwrap().imported, 1, "the folder writable again, the sync opens");
+}
+
+/// The names in `folder`, sorted.
+fn listing(folder: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(folder).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    names.sort();
+    names
 }
