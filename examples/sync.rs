@@ -86,7 +86,15 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Request, Strin
             config.automatic_work = command == "watch";
             Ok(Request::Run(Invocation { config, command }))
         }
-        _ => Err(USAGE.into()),
+        (nanopix, dentaltid, command) => {
+            let given = [
+                (nanopix.is_some(), "--nanopix"),
+                (dentaltid.is_some(), "--dentaltid"),
+                (command.is_some(), "a command"),
+            ];
+            let missing: Vec<&str> = given.into_iter().filter_map(|(given, what)| (!given).then_some(what)).collect();
+            Err(format!("missing {}; {USAGE}", missing.join(" and ")))
+        }
     }
 }
 

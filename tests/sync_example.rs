@@ -252,7 +252,7 @@ fn missing_arguments_are_a_usage_error_on_stderr() {
     assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("sync: usage: sync"), "{stderr}");
+    assert!(stderr.starts_with("sync: missing --nanopix and --dentaltid; usage: sync"), "{stderr}");
 }
 
 /// `sync once 2>&1 | head -1` whose reader went away before the runner failed: the reason is
