@@ -16,7 +16,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, Trans
 
 use super::{IdRows, OddRow, PatientRows, RECORD_TABLES, RowStamp};
 use crate::patient::{self, NanoPixPatient, NewNanoPixPatient, WrittenRow};
-use crate::values::{column_is_rowid, lossy_text, numbered_places, padded_with_null, table_columns, text_at};
+use crate::values::{
+    IDS_PER_READ, column_is_rowid, lossy_text, numbered_places, padded_with_null, table_columns, text_at,
+};
 use crate::{Error, NanoPixId, Result};
 
 /// Each foreign key that names a `Patient` column: the table, its column, and the `Patient` column
@@ -34,10 +36,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The columns read from `Patient`, in the order [`patient_from_row`] expects them.
 const READ_COLUMNS: [&str; 8] =
     ["pk", "id", "last_name", "first_name", "sex", "birthdate", "phone", "created_datetime"];
-
-/// How many ids one read of [`Selection::WithIds`] names at most: each read holds NanoPix's
-/// lock only briefly.
-pub(super) use crate::values::IDS_PER_READ;
 
 /// Which `Patient` rows to read.
 #[derive(Debug, Clone, Copy)]

@@ -397,7 +397,7 @@ impl NanoPix {
     }
 
     /// The rows with these ids that exist and are readable, each id's as [`NanoPix::patient`]
-    /// gives it, in `pk` order within each read of [`database::IDS_PER_READ`] ids: one short
+    /// gives it, in `pk` order within each read of [`crate::values::IDS_PER_READ`] ids: one short
     /// read per so many ids instead of one per id.
     pub fn patients_with_ids(&self, ids: &[NanoPixId]) -> Result<Vec<NanoPixPatient>> {
         Ok(self.rows_with_ids(ids)?.0)
@@ -410,7 +410,7 @@ impl NanoPix {
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         let mut unreadable = HashSet::new();
-        for some in ids.chunks(database::IDS_PER_READ) {
+        for some in ids.chunks(crate::values::IDS_PER_READ) {
             let rows = self.select(Selection::WithIds(some))?;
             let odd_ids = rows.odd_rows.iter().filter_map(|odd| NanoPixId::parse(odd.raw_id.as_deref()?).ok());
             unreadable.extend(odd_ids);
