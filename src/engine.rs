@@ -33,6 +33,7 @@ mod live_pass;
 mod odd_findings;
 mod snapshot;
 
+use exports::OpenRepairs;
 use live_pass::LiveCursor;
 use odd_findings::OddFindings;
 use snapshot::Snapshot;
@@ -127,6 +128,8 @@ pub(crate) struct Engine {
     /// the pass leaves no cursor, so the next pass reconciles fully and decides it again. Each
     /// pass starts from none.
     left_for_exports: bool,
+    /// What `open` did repairing interrupted exports, until the first reconcile reports it.
+    open_repairs: Option<OpenRepairs>,
 }
 
 impl Signals {
@@ -173,8 +176,9 @@ impl Engine {
             journaled: None,
             refused_links: HashMap::default(),
             left_for_exports: false,
+            open_repairs: None,
         };
-        engine.repair_exports(&[], &mut ReconcileReport::default())?;
+        engine.repair_at_open()?;
         Ok(engine)
     }
 
@@ -208,16 +212,18 @@ impl Engine {
         self.check_links(snapshot, &folders, linked_now, report)
     }
 
-    /// Full reconcile ("Sync Now"): repair, import, link, report removals, export.
+    /// Full reconcile ("Sync Now"): repair, import, link, report removals, export. The first one
+    /// after `open` counts the repairs `open` did as its own (see [`Engine::take_open_repairs`]).
     ///
     /// NanoPix is opened afresh first: its folder may have come back as other files (a drive
     /// plugged in again, a share mounted again, a restore), which the old connection cannot see.
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
-        self.reconcile_after(ReconcileReport::default(), &[])
+        let (begun, tried) = self.take_open_repairs();
+        self.reconcile_after(begun, &tried)
     }
 
-    /// [`Engine::reconcile`], going on from the work `begun` reports: a live pass's, whose
-    /// repairs of the exports of patients `tried` were just tried and are not tried again.
+    /// [`Engine::reconcile`], going on from the work `begun` reports: a live pass's (or `open`'s),
+    /// whose repairs of the exports of patients `tried` were just tried and are not tried again.
     fn reconcile_after(&mut self, begun: ReconcileReport, tried: &[i64]) -> Result<ReconcileReport> {
         if self.cancelled() {
             // Rows behind the cursor may wait for this reconcile: the next pass reconciles fully.

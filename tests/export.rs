@@ -215,6 +215,79 @@ fn a_patient_whose_export_wrote_no_row_is_linked_to_the_same_person_nanopix_save
     assert_eq!(written, Vec::<String>::new(), "no second NanoPix patient for Amina Benali");
 }
 
+/// An export cut short after its NanoPix row is ended by `open`: the first reconcile after it
+/// counts that repair in its report (and its `reconciled` event), as the host's "repaired" count
+/// would otherwise never show it; the next reconcile counts none.
+#[test]
+fn the_repair_open_does_counts_in_the_first_reconcile_report() {
+    let clinic = Clinic::new("v29");
+    crash_export_after(&clinic, "row");
+    let sync = clinic.open_without_automatic_work();
+    assert!(sync.source_info(1).unwrap().external_id.is_some(), "repaired at open");
+    let first = sync.reconcile().unwrap();
+    let reported =
+        common::wait_for(&sync, std::time::Duration::from_secs(10), |e| matches!(e, EventKind::Reconciled(_)));
+    assert_eq!((first.repaired, first.errors), (1, 0), "{first:?}");
+    assert!(matches!(reported.kind, EventKind::Reconciled(report) if report == first));
+    assert_eq!(sync.reconcile().unwrap().repaired, 0, "counted once");
+}
+
+/// Opens a handle on `clinic` without automatic work, with NanoPix refusing every new patient
+/// (as on a full disk), and leaves the export of patient 1 in the journal, refused; closes it.
+/// NanoPix still refuses on return.
+fn leave_export_of_patient_1_refused(clinic: &Clinic, live_sync: bool) {
+    block_nanopix_inserts(clinic, true);
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(live_sync).unwrap();
+    assert!(sync.export_patient(1).is_err(), "NanoPix refuses her row");
+    assert_eq!(journaled_exports(clinic), 1);
+}
+
+/// How many `sync_error` events about patient 1 `kind` is: 1 or 0.
+fn refusal_of_patient_1(kind: &EventKind) -> usize {
+    usize::from(matches!(kind, EventKind::SyncError { patient_id: Some(1), .. }))
+}
+
+/// With Live Sync on, `open` tries the repair of an export NanoPix refused, which NanoPix still
+/// refuses (its disk still full, say), and the reconcile Live Sync starts with follows at once:
+/// the refusal is reported once, by `open`, and counted in that first `reconciled`.
+#[test]
+fn a_repair_refused_at_open_is_reported_once_by_the_reconcile_live_sync_starts_with() {
+    let clinic = Clinic::new("v29");
+    leave_export_of_patient_1_refused(&clinic, true);
+    let sync = clinic.open();
+    let mut refusals = 0;
+    let first = common::wait_for(&sync, std::time::Duration::from_secs(10), |e| {
+        refusals += refusal_of_patient_1(e);
+        matches!(e, EventKind::Reconciled(_))
+    });
+    let EventKind::Reconciled(report) = first.kind else { unreachable!() };
+    assert_eq!((refusals, report.errors), (1, 1), "one refusal, reported once: {report:?}");
+    assert_eq!(journaled_exports(&clinic), 1, "the export still waits");
+}
+
+/// A "Sync Now" right after `open` leaves alone the export whose repair `open` saw refused; one
+/// an hour later (Live Sync off, so nothing tried it since) tries it again, and ends it once
+/// NanoPix takes patients again.
+#[test]
+fn a_reconcile_long_after_open_tries_again_the_repair_refused_there() {
+    let clinic = Clinic::new("v29");
+    leave_export_of_patient_1_refused(&clinic, false);
+    let sync = clinic.open_without_automatic_work();
+    let right_after = sync.reconcile().unwrap();
+    let refusals: usize = common::drain(&sync).iter().map(|e| refusal_of_patient_1(&e.kind)).sum();
+    assert_eq!((refusals, right_after.errors, right_after.repaired), (1, 1, 0), "{right_after:?}");
+    drop(sync);
+
+    let sync = clinic.open_without_automatic_work();
+    block_nanopix_inserts(&clinic, false);
+    clinic.clock.advance(chrono::Duration::hours(1));
+    let later = sync.reconcile().unwrap();
+    assert_eq!((later.repaired, later.errors), (1, 1), "ended now, refused at open: {later:?}");
+    assert_eq!(journaled_exports(&clinic), 0);
+    assert!(sync.source_info(1).unwrap().external_id.is_some());
+}
+
 /// Makes every insert into NanoPix's `Patient` table fail, or lets them through again, so an
 /// export's repair fails until told otherwise.
 fn block_nanopix_inserts(clinic: &Clinic, blocked: bool) {
@@ -1552,9 +1625,10 @@ fn a_live_pass_leaves_the_same_person_nanopix_saved_after_her_export_failed_agai
 }
 
 /// Nine exports NanoPix refuses wait in the journal, Nadia Saidi's last (see
-/// [`with_stuck_exports`]). A full reconcile tries them all, and the X-ray assistant saves Nadia
-/// in NanoPix as it reports her export refused (NanoPix still refusing the sync's inserts): the
-/// reconcile leaves NanoPix's Nadia undecided. The next pass, the live pass the catch-up of
+/// [`with_stuck_exports`]). A full reconcile tries them all (not the first one after `open`, which
+/// leaves alone those `open` just saw refused), and the X-ray assistant saves Nadia in NanoPix as
+/// it reports her export refused (NanoPix still refusing the sync's inserts): the reconcile
+/// leaves NanoPix's Nadia undecided. The next pass, the live pass the catch-up of
 /// another export runs, tries only eight exports, not hers, and reads no new NanoPix row: it must
 /// still come back to NanoPix's Nadia, as a full reconcile (the one before left no cursor past
 /// her), whose repair of her export gives way to her, and which links the two.
@@ -1568,6 +1642,7 @@ fn a_nanopix_patient_left_for_an_export_is_decided_by_the_next_pass_even_when_it
     let nadia = clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Nadia'", |r| r.get::<_, i64>(0))[0];
     let clock = common::HookedClock::of_the_engine();
     let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
     // As the engine reports the last of the nine repairs refused, hers.
     at_the_engines_ask(clock.clone(), reserved.len(), nanopix_saves_nadia(&clinic, true));
 

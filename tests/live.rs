@@ -800,6 +800,33 @@ fn an_export_refused_by_a_busy_nanopix_is_tried_again_once_the_lock_is_gone() {
     );
 }
 
+/// NanoPix holds its write lock past the sync's busy timeout from before `open` until after the
+/// reconcile Live Sync starts with, then lets go without committing. The export `open` found
+/// waiting in the journal is refused while locked at `open`, and left alone by that reconcile,
+/// which comes right after: it is still tried again on its own once the lock is gone.
+#[test]
+fn a_repair_refused_by_a_busy_nanopix_at_open_is_tried_again_once_the_lock_is_gone() {
+    let clinic = Clinic::new("v29");
+    let nanopix = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    assert!(matches!(sync.export_patient(1), Err(nanopix_sync::Error::Busy { .. })));
+    drop(sync);
+    let sync = clinic.open();
+    let mut refusals = 0;
+    wait_for(&sync, DEADLINE, |e| {
+        refusals += usize::from(matches!(e, EventKind::SyncError { code, patient_id: Some(1), .. } if code == "busy"));
+        matches!(e, EventKind::Reconciled(_))
+    });
+    assert_eq!(refusals, 1, "refused at open, left alone by the reconcile right after");
+    // Passes woken meanwhile fail the same way while the lock is held: wait until 3 s pass
+    // without an event.
+    while !events_within(&sync, Duration::from_secs(3)).is_empty() {}
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    wait_for(&sync, Duration::from_secs(15), |e| matches!(e, EventKind::PatientExported { patient_id: 1, .. }));
+}
+
 #[test]
 fn a_nanopix_row_added_back_restores_its_link_live_and_a_folder_put_back_at_the_next_reconcile() {
     let clinic = Clinic::new("v29");

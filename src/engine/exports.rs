@@ -22,6 +22,7 @@ mod repairs;
 mod twins;
 
 use ids::{IdsFrom, past_ids_from};
+pub(super) use repairs::OpenRepairs;
 use twins::{Twins, linked_twins_of};
 
 /// How many ids one export tries before giving up, when other NanoPix patients keep taking them first.

@@ -1,6 +1,10 @@
-//! Repairs: the exports a crash or an error interrupted, ended or dropped from the journal, by a
-//! full reconcile or, a few at a time, by a live pass.
+//! Repairs: the exports a crash or an error interrupted, ended or dropped from the journal, by
+//! `open` (the first reconcile after it reports what it did), by a full reconcile or, a few at a
+//! time, by a live pass.
 
+use std::path::PathBuf;
+
+use chrono::{NaiveDateTime, TimeDelta};
 use foldhash::HashSet;
 
 use super::{Exported, IdsFrom, Twins, new_nanopix_row};
@@ -17,6 +21,36 @@ const REPAIRS_PER_LIVE_PASS: usize = 8;
 /// NanoPix rows read at a time when a repair looks for a patient NanoPix saved itself.
 const TWIN_PAGE: u32 = 5_000;
 
+/// How long after `open` its repairs stand for those of the first reconcile: one that begins
+/// sooner (the automatic one at start, the `sync` runner's `once`, a host's "Sync Now" at start)
+/// does not try again the exports whose repair `open` saw fail, which would report each failure
+/// twice. One that begins later ("Sync Now" long after, with Live Sync off) tries them again.
+const OPEN_REPAIRS_STAND_FOR: TimeDelta = TimeDelta::seconds(5);
+
+/// What the repairs of interrupted exports at `open` did, kept for the first reconcile after it,
+/// whose report counts them (see [`Engine::take_open_repairs`]).
+#[derive(Debug)]
+pub(in crate::engine) struct OpenRepairs {
+    /// What they did: the exports they completed, the errors they reported, and so on.
+    report: ReconcileReport,
+    /// The patients whose repair failed (each reported in a `sync_error`).
+    failed: Vec<i64>,
+    /// When they ended, by the handle's clock.
+    ended: NaiveDateTime,
+    /// The database that refused one of them while it stayed locked past the busy timeout, if
+    /// one did: automatic work tries again soon what such a database refused.
+    refused_while_busy: Option<PathBuf>,
+}
+
+/// What [`Engine::repair_each`] found besides what its report counts.
+#[derive(Debug, Default)]
+struct RepairsTried {
+    /// Whether a repair left the id its export reserved (see [`Engine::repair_each`]).
+    left_a_reserved_id: bool,
+    /// The patients whose repair failed.
+    failed: Vec<i64>,
+}
+
 /// The interrupted exports a live pass tried to end (see [`Engine::repair_some_exports`]).
 #[derive(Debug, Default)]
 pub(in crate::engine) struct LiveRepairs {
@@ -30,13 +64,43 @@ pub(in crate::engine) struct LiveRepairs {
 
 impl Engine {
     /// Finishes exports a crash or an error interrupted, using the journal, but those of patients
-    /// `tried`: the live pass that goes on as this reconcile tried them a moment ago, and reported
-    /// each failure.
-    pub(in crate::engine) fn repair_exports(&mut self, tried: &[i64], report: &mut ReconcileReport) -> Result<()> {
+    /// `tried`: the live pass that goes on as this reconcile tried them a moment ago, or `open`
+    /// just before, and reported each failure. Returns the patients whose repair failed.
+    pub(in crate::engine) fn repair_exports(
+        &mut self,
+        tried: &[i64],
+        report: &mut ReconcileReport,
+    ) -> Result<Vec<i64>> {
         let mut pending = self.dentaltid.pending_exports()?;
         pending.retain(|pending| !tried.contains(&pending.patient_id));
-        self.repair_each(pending, report);
+        Ok(self.repair_each(pending, report).failed)
+    }
+
+    /// Finishes the exports a crash or an error interrupted, as `open` does, and keeps what it
+    /// did for the first reconcile after it (see [`Engine::take_open_repairs`]).
+    pub(in crate::engine) fn repair_at_open(&mut self) -> Result<()> {
+        let mut report = ReconcileReport::default();
+        let failed = self.repair_exports(&[], &mut report)?;
+        let refused_while_busy = self.refused_while_busy.take();
+        self.open_repairs = Some(OpenRepairs { report, failed, ended: self.config.clock.now(), refused_while_busy });
         Ok(())
+    }
+
+    /// What the first reconcile after `open` starts from: the report of the repairs `open` did,
+    /// and the patients whose exports it leaves alone, those whose repair `open` saw fail, when it
+    /// begins within [`OPEN_REPAIRS_STAND_FOR`] of them (none otherwise, nor when the clock went
+    /// back since: they are tried again). It then still notes a database that refused one of them
+    /// while locked, for automatic work to try again soon. Later reconciles start from nothing.
+    pub(in crate::engine) fn take_open_repairs(&mut self) -> (ReconcileReport, Vec<i64>) {
+        let Some(open) = self.open_repairs.take() else { return (ReconcileReport::default(), Vec::new()) };
+        let since = self.config.clock.now().signed_duration_since(open.ended);
+        if since < TimeDelta::zero() || since > OPEN_REPAIRS_STAND_FOR {
+            return (open.report, Vec::new());
+        }
+        if let Some(path) = open.refused_while_busy {
+            self.refused_while_busy = Some(path);
+        }
+        (open.report, open.failed)
     }
 
     /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
@@ -54,7 +118,7 @@ impl Engine {
         let untried = pending.split_off(pending.len().min(REPAIRS_PER_LIVE_PASS));
         self.next_repair = start + pending.len();
         let tried = pending.iter().map(|pending| pending.patient_id).collect();
-        let left_a_reserved_id = self.repair_each(pending, report);
+        let left_a_reserved_id = self.repair_each(pending, report).left_a_reserved_id;
         Ok(LiveRepairs {
             tried,
             untried: untried.iter().map(|pending| pending.patient_id).collect(),
@@ -98,25 +162,26 @@ impl Engine {
 
     /// Ends or drops each of the interrupted exports `pending` records, reporting each failure
     /// with the NanoPix id the journal holds once it failed: a repair may have moved the export
-    /// off an id another NanoPix patient took meanwhile. Returns whether a repair left the id its
-    /// export reserved, moved or dropped: a NanoPix row there is no export's any more, and a live
-    /// pass that read it before may have skipped it as one.
-    fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) -> bool {
-        let mut left_a_reserved_id = false;
+    /// off an id another NanoPix patient took meanwhile. Returns the patients whose repair failed,
+    /// and whether a repair left the id its export reserved, moved or dropped: a NanoPix row
+    /// there is no export's any more, and a live pass that read it before may have skipped it as one.
+    fn repair_each(&mut self, pending: Vec<PendingExport>, report: &mut ReconcileReport) -> RepairsTried {
+        let mut tried = RepairsTried::default();
         for pending in pending {
             self.journaled = Some((pending.patient_id, pending.external_id));
             let repaired = self.repair_export(&pending, report);
-            left_a_reserved_id |= self.left_reserved_id(&pending) || matches!(repaired, Ok(false));
+            tried.left_a_reserved_id |= self.left_reserved_id(&pending) || matches!(repaired, Ok(false));
             match repaired {
                 Ok(true) => report.repaired += 1,
                 Ok(false) => {}
                 Err(error) => {
                     let external_id = self.journaled_id(pending.patient_id);
-                    self.report_error(&error, external_id, Some(pending.patient_id), report)
+                    self.report_error(&error, external_id, Some(pending.patient_id), report);
+                    tried.failed.push(pending.patient_id);
                 }
             }
         }
-        left_a_reserved_id
+        tried
     }
 
     /// Completes or drops one interrupted export, reporting in `report` the linked twins of a
