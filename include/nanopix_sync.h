@@ -87,7 +87,8 @@
 #define NPS_NOT_FOUND 100
 
 /**
- * A table or column is missing, or not what the program's own schema makes it (`schema`).
+ * A table or column is missing, or not what the program's own schema makes it, or the database
+ * is the other program's (`schema`).
  */
 #define NPS_SCHEMA 101
 

@@ -54,6 +54,22 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// The file given as DentalTID's database is NanoPix's: it holds NanoPix's `Patient` table
+    /// and no `patients`. Its code is `schema`, as for any missing table.
+    #[error(
+        "{0} is NanoPix's database, not DentalTID's: it holds NanoPix's `Patient` table and no `patients`; give \
+         DentalTID's own database file, dentaltid.db"
+    )]
+    NanoPixDatabaseAsDentalTid(PathBuf),
+
+    /// NanoPix's `database/NanoPix.db3` is a DentalTID database: it holds DentalTID's
+    /// `patients` table and no `Patient`. Its code is `schema`, as for any missing table.
+    #[error(
+        "{0} is a DentalTID database, not NanoPix's: it holds DentalTID's `patients` table and no `Patient`; give \
+         the PatientData folder whose database/NanoPix.db3 is NanoPix's own, or put NanoPix's own file back there"
+    )]
+    DentalTidDatabaseAsNanoPix(PathBuf),
+
     /// A string is not a valid NanoPix patient id (`YYYYMMDD_HHMMSS`, a real date and time).
     #[error("invalid NanoPix patient id {0:?}")]
     InvalidNanoPixId(String),
@@ -211,7 +227,11 @@ impl Error {
             Error::NanoPixRootMissing(_) | Error::NanoPixDatabaseMissing(_) | Error::DentalTidDatabaseMissing(_) => {
                 "not_found"
             }
-            Error::MissingTable { .. } | Error::MissingColumn { .. } | Error::UnexpectedColumn { .. } => "schema",
+            Error::MissingTable { .. }
+            | Error::MissingColumn { .. }
+            | Error::UnexpectedColumn { .. }
+            | Error::NanoPixDatabaseAsDentalTid(_)
+            | Error::DentalTidDatabaseAsNanoPix(_) => "schema",
             Error::InvalidNanoPixId(_) => "invalid_id",
             Error::PatientNotFound(_) | Error::NanoPixPatientNotFound(_) => "no_such_patient",
             Error::AlreadyLinked { .. } => "already_linked",
@@ -239,6 +259,8 @@ impl Error {
             Error::NanoPixRootMissing(path)
             | Error::NanoPixDatabaseMissing(path)
             | Error::DentalTidDatabaseMissing(path)
+            | Error::NanoPixDatabaseAsDentalTid(path)
+            | Error::DentalTidDatabaseAsNanoPix(path)
             | Error::UnsafePath(path)
             | Error::InUse(path)
             | Error::MissingTable { path, .. }

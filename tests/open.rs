@@ -89,6 +89,39 @@ fn a_dentaltid_file_without_patients_is_refused_and_left_byte_for_byte() {
     assert_eq!(folder(), before_folder, "nothing is added beside it either");
 }
 
+/// NanoPix's own `NanoPix.db3` given as DentalTID's database, and a DentalTID database in the
+/// place of `NanoPix.db3`: "table `patients` is missing" (or `Patient`) would send support staff
+/// looking for another version of the program, when the file is the other program's. The message
+/// says whose file it is and what to give instead; the code stays `schema`, and the file and its
+/// folder are left as they were.
+#[test]
+fn the_other_programs_database_is_refused_naming_whose_it_is() {
+    let nanopix_given = Clinic::new("v29");
+    let mut config = nanopix_given.config();
+    config.dentaltid_db = nanopix_given.nanopix_db();
+    let dentaltid_in_place = Clinic::new("v29");
+    std::fs::copy(&dentaltid_in_place.dentaltid, dentaltid_in_place.nanopix_db()).unwrap();
+    let cases = [
+        (config, nanopix_given.nanopix_db(), "is NanoPix's database, not DentalTID's", "give DentalTID's own"),
+        (
+            dentaltid_in_place.config(),
+            dentaltid_in_place.nanopix_db(),
+            "is a DentalTID database, not NanoPix's",
+            "give the PatientData folder",
+        ),
+    ];
+    for (config, file, whose, give) in cases {
+        let folder = || listing(file.parent().unwrap());
+        let (before, before_folder) = (std::fs::read(&file).unwrap(), folder());
+        let error = NanoPixSync::open(config).unwrap_err();
+        assert_eq!(error.code(), "schema", "{error}");
+        assert!(error.to_string().contains(whose) && error.to_string().contains(give), "{error}");
+        assert_eq!(error.path(), Some(file.as_path()));
+        assert!(std::fs::read(&file).unwrap() == before, "{file:?}: the file's bytes changed");
+        assert_eq!(folder(), before_folder, "nothing is added beside {file:?}");
+    }
+}
+
 /// The same file in WAL mode, its last write still in the WAL (DentalTID closed without a
 /// checkpoint): refusing it must not move that write into the file either.
 #[test]

@@ -289,6 +289,20 @@ fn a_fatal_error_gives_one_line_and_a_non_zero_exit() {
     assert!(stderr.contains("NanoPix data folder not found"), "{stderr}");
 }
 
+/// NanoPix's `NanoPix.db3` given as `--dentaltid`: the one-line reason says it is NanoPix's
+/// database and to give DentalTID's, not that a table is missing.
+#[test]
+fn nanopix_s_database_given_as_dentaltid_s_is_named_in_the_one_line_reason() {
+    let mut clinic = Clinic::new("v29");
+    clinic.dentaltid = clinic.nanopix_db();
+    let output = runner(&clinic, "status").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is NanoPix's database, not DentalTID's"), "{stderr}");
+    assert!(stderr.contains("give DentalTID's own database file, dentaltid.db"), "{stderr}");
+}
+
 /// With Live Sync on, `once` is still one full reconcile, exports included: no watcher and no
 /// automatic reconcile before its own, so its one `reconciled` line counts all it did.
 #[test]

@@ -205,6 +205,9 @@ impl DentalTid {
 pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()> {
     let step = "checking the patients table";
     if !schema_object_exists(conn, "table", "patients").map_err(Error::db(path, step))? {
+        if holds_nanopix_patients(conn).map_err(Error::db(path, step))? {
+            return Err(Error::NanoPixDatabaseAsDentalTid(path.to_path_buf()));
+        }
         return Err(Error::MissingTable { path: path.to_path_buf(), table: "patients" });
     }
     let columns = table_columns(conn, "patients").map_err(Error::db(path, step))?;
@@ -217,6 +220,13 @@ pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()>
         return Err(Error::UnexpectedColumn { path: path.to_path_buf(), table: "patients", column: "id", expected });
     }
     Ok(())
+}
+
+/// Whether the database holds NanoPix's `Patient` table, with its `id` and `last_name`: a
+/// `NanoPix.db3` given for DentalTID's database.
+fn holds_nanopix_patients(conn: &Connection) -> rusqlite::Result<bool> {
+    let columns = table_columns(conn, "Patient")?;
+    Ok(columns.contains("id") && columns.contains("last_name"))
 }
 
 /// Whether both columns, every table of [`OWN_TABLES`] and every column of

@@ -158,7 +158,8 @@ impl DentalTid {
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
     /// [`Error::Io`] if the system refuses to say whether it exists (access denied),
     /// [`Error::InvalidConfig`] if the path names a folder, [`Error::MissingTable`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
-    /// `patients` is not DentalTID's table (the file and its folder are then left untouched),
+    /// `patients` is not DentalTID's table, [`Error::NanoPixDatabaseAsDentalTid`] if the file is
+    /// NanoPix's database (the file and its folder are then left untouched),
     /// [`Error::InUse`] if another sync handle has it open.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self> {
         if path.is_dir() {

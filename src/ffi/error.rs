@@ -32,7 +32,8 @@ pub const NPS_WRONG_THREAD: u32 = 8;
 pub const NPS_NO_HANDLE: u32 = 9;
 /// A folder or file does not exist (`not_found`).
 pub const NPS_NOT_FOUND: u32 = 100;
-/// A table or column is missing, or not what the program's own schema makes it (`schema`).
+/// A table or column is missing, or not what the program's own schema makes it, or the database
+/// is the other program's (`schema`).
 pub const NPS_SCHEMA: u32 = 101;
 /// A string is not a valid NanoPix id (`invalid_id`).
 pub const NPS_INVALID_ID: u32 = 102;

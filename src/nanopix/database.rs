@@ -91,12 +91,16 @@ pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connecti
     Ok(conn)
 }
 
-/// The lower-cased column names of `Patient`, after checking that `id` and `last_name` exist.
+/// The lower-cased column names of `Patient`, after checking that `id` and `last_name` exist
+/// (a file without `Patient` that holds DentalTID's `patients` is named as DentalTID's).
 /// A `pk` that is not the table's `rowid` (a plain column, which may hold NULL, text or
 /// repeats) is left out: rows are then read in `rowid` order, and written without it.
 pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashSet<String>> {
     let mut columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "read Patient columns"))?;
     if columns.is_empty() {
+        if holds_dentaltid_patients(conn).map_err(Error::db(db_path, "read Patient columns"))? {
+            return Err(Error::DentalTidDatabaseAsNanoPix(db_path.to_path_buf()));
+        }
         return Err(Error::MissingTable { path: db_path.to_path_buf(), table: "Patient" });
     }
     for column in ["id", "last_name"] {
@@ -114,6 +118,12 @@ pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashS
         columns.remove("pk");
     }
     Ok(columns)
+}
+
+/// Whether the database holds DentalTID's `patients` table, with its `familyName`: a
+/// `dentaltid.db` in the place of `NanoPix.db3`.
+fn holds_dentaltid_patients(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(table_columns(conn, "patients")?.contains("familyname"))
 }
 
 /// Runs `work` in a short `BEGIN IMMEDIATE` transaction, retrying with a growing pause while

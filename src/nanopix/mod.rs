@@ -292,7 +292,8 @@ fn holds_database(folder: &Path) -> bool {
 impl NanoPix {
     /// Opens `root` (`PatientData`), checks `database/NanoPix.db3` and its `Patient` table
     /// (`id` and `last_name` must exist), without writing anything. A folder or file the system
-    /// refuses to look into (access denied) is an [`Error::Io`], not a missing one.
+    /// refuses to look into (access denied) is an [`Error::Io`], not a missing one; a DentalTID
+    /// database there is an [`Error::DentalTidDatabaseAsNanoPix`].
     pub fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
         let db_path = database_under(root)?;
         ensure_inside(root, &db_path)?;
