@@ -5,13 +5,19 @@
 //! INTEGER, a blob or bytes that are not UTF-8. These helpers convert what they can (lossily for text) and give
 //! `None` for the rest. They never panic and never write. The data version, which every connection
 //! to either database reads to notice other programs' commits, and the shape of a table are read
-//! here too, and the parameters of reads that look up many values at once are laid out here.
+//! here too, and the parameters of reads that look up many values at once are laid out here. The
+//! checks `open` makes of either database file run here with closing set not to checkpoint, so a
+//! file they refuse is left byte for byte.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::path::Path;
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Row};
+
+use crate::{Error, Result};
 
 /// Every character Rust's `str::trim` removes (Unicode's `White_Space`), for SQLite's
 /// `trim(X, Y)`: SQL then finds a value blank exactly when Rust does.
@@ -21,6 +27,24 @@ pub(crate) const WHITESPACE: &str = "\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{200
 /// connection's own writes (a read; nothing here sets a PRAGMA).
 pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
+
+/// Runs `check` on `conn`, just connected to the database file at `path`, with closing set not
+/// to checkpoint: a file the check refuses is left byte for byte, where closing would move a WAL
+/// another program left into it. Closing checkpoints again once the check passes.
+pub(crate) fn check_without_checkpoint<T>(
+    conn: &Connection,
+    path: &Path,
+    check: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let checkpoint_on_close = |on: bool| {
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, !on)
+            .map_err(Error::db(path, "setting the checkpoint on close"))
+    };
+    checkpoint_on_close(false)?;
+    let checked = check(conn)?;
+    checkpoint_on_close(true)?;
+    Ok(checked)
 }
 
 /// The column names of `table`, lower-cased (SQLite compares them without case); none when the

@@ -122,23 +122,40 @@ fn the_other_programs_database_is_refused_naming_whose_it_is() {
     }
 }
 
+/// Replaces the database at `path` with one in WAL mode that `sql` makes, as a program that
+/// closed it without a checkpoint leaves it: what `sql` wrote is still in the WAL.
+fn replace_with_wal_database(path: &std::path::Path, sql: &str) {
+    std::fs::remove_file(path).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; {sql}")).unwrap();
+    drop(conn);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(std::fs::metadata(wal).unwrap().len() > 0, "the tables are still in the WAL");
+}
+
 /// The same file in WAL mode, its last write still in the WAL (DentalTID closed without a
 /// checkpoint): refusing it must not move that write into the file either.
 #[test]
 fn a_dentaltid_file_without_patients_in_wal_mode_is_refused_and_left_byte_for_byte() {
     let clinic = Clinic::new("v29");
-    std::fs::remove_file(&clinic.dentaltid).unwrap();
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    dentaltid.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
-    dentaltid
-        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE other(x);")
-        .unwrap();
-    drop(dentaltid);
-    let wal = clinic.dentaltid.with_extension("db-wal");
-    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the table is still in the WAL");
+    replace_with_wal_database(&clinic.dentaltid, "CREATE TABLE other(x);");
     let before = std::fs::read(&clinic.dentaltid).unwrap();
     assert!(matches!(open_error(&clinic), Error::MissingTable { table: "patients", .. }));
     assert!(std::fs::read(&clinic.dentaltid).unwrap() == before, "the file's bytes changed");
+}
+
+/// A DentalTID database in WAL mode, its last write still in the WAL, in the place of
+/// `NanoPix.db3`: refusing it must not move that write into the file.
+#[test]
+fn a_dentaltid_database_in_wal_mode_in_the_place_of_nanopix_s_is_refused_and_left_byte_for_byte() {
+    let clinic = Clinic::new("v29");
+    let schema = std::fs::read_to_string(common::fixtures().join("dentaltid/schema_v29.sql")).unwrap();
+    replace_with_wal_database(&clinic.nanopix_db(), &schema);
+    let before = std::fs::read(clinic.nanopix_db()).unwrap();
+    assert!(matches!(open_error(&clinic), Error::DentalTidDatabaseAsNanoPix(_)));
+    assert!(std::fs::read(clinic.nanopix_db()).unwrap() == before, "the file's bytes changed");
 }
 
 /// A `dentaltid.db` or `NanoPix.db3` of 0 bytes, as a copy cut short or a restore that failed

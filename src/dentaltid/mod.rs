@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::file_identity::FileIdentity;
@@ -256,14 +255,7 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     // Lets SQLite's sorter use one more core for large sorts, such as building the sync's
     // indexes after a first sync, which then holds DentalTID's write lock for less time.
     conn.pragma_update(None, "threads", 1).map_err(Error::db(path, "setting the sorter's threads"))?;
-    // A file refused here is left byte for byte: closing would move a WAL DentalTID left into it.
-    let checkpoint_on_close = |on: bool| {
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, !on)
-            .map_err(Error::db(path, "setting the checkpoint on close"))
-    };
-    checkpoint_on_close(false)?;
-    migration::check_patients_table(&conn, path)?;
-    checkpoint_on_close(true)?;
+    crate::values::check_without_checkpoint(&conn, path, |conn| migration::check_patients_table(conn, path))?;
     Ok(conn)
 }
 

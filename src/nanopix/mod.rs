@@ -293,13 +293,15 @@ impl NanoPix {
     /// Opens `root` (`PatientData`), checks `database/NanoPix.db3` and its `Patient` table
     /// (`id` and `last_name` must exist), without writing anything. A folder or file the system
     /// refuses to look into (access denied) is an [`Error::Io`], not a missing one; a DentalTID
-    /// database there is an [`Error::DentalTidDatabaseAsNanoPix`].
+    /// database there is an [`Error::DentalTidDatabaseAsNanoPix`]. A file refused is left byte
+    /// for byte.
     pub fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
         let db_path = database_under(root)?;
         ensure_inside(root, &db_path)?;
         let identity = FileIdentity::of(&db_path);
         let conn = database::connect(&db_path, busy_timeout)?;
-        let patient_columns = database::patient_columns(&conn, &db_path)?;
+        let patient_columns =
+            crate::values::check_without_checkpoint(&conn, &db_path, |conn| database::patient_columns(conn, &db_path))?;
         let (records, birth_dates) = (RecordIds::default(), BirthDates::default());
         let root = root.to_path_buf();
         Ok(Self { root, db_path, identity, conn, busy_timeout, patient_columns, records, birth_dates })
