@@ -285,15 +285,24 @@ fn take_sync_lock(database: &Path) -> Result<File> {
 }
 
 /// Opens the lock file at `path`, creating it (empty) if missing, for writing: over NFS, Linux
-/// takes an exclusive lock only on a file open for writing. A lock file the sync may not write
-/// (made by a run under another account, or given a read-only attribute) is opened for reading,
-/// which every other file system locks all the same. A missing one that its folder refuses to
-/// make (a folder this user may only read) gives that refusal, not the missing file.
+/// takes an exclusive lock only on a file open for writing; or else for reading (see
+/// [`or_for_reading`]).
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    match lock_file_options().create(true).truncate(false).write(true).open(path) {
-        Err(refused) if refused.kind() == std::io::ErrorKind::PermissionDenied => {
+    or_for_reading(path, lock_file_options().create(true).truncate(false).write(true).open(path))
+}
+
+/// `for_writing`, the lock file at `path` opened for writing, or the lock file opened for reading
+/// when writing was refused: the sync may not write it (made by a run under another account, or
+/// given a read-only attribute), or the file system is mounted read-only (a backup support staff
+/// look into). Every file system but NFS locks a file open for reading all the same. A missing
+/// one its folder refuses to make (a folder this user may only read, a read-only file system)
+/// gives that refusal, not the missing file.
+fn or_for_reading(path: &Path, for_writing: std::io::Result<File>) -> std::io::Result<File> {
+    use std::io::ErrorKind::{NotFound, PermissionDenied, ReadOnlyFilesystem};
+    match for_writing {
+        Err(refused) if matches!(refused.kind(), PermissionDenied | ReadOnlyFilesystem) => {
             lock_file_options().read(true).open(path).map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => refused,
+                NotFound => refused,
                 _ => error,
             })
         }
@@ -315,4 +324,30 @@ fn lock_file_options() -> OpenOptions {
         options.share_mode(SHARE_READ_AND_WRITE);
     }
     options
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use super::*;
+
+    /// On a file system mounted read-only (a backup support staff run `status` on), opening the
+    /// lock file for writing is refused with `ReadOnlyFilesystem`, not `PermissionDenied`: the
+    /// lock file an earlier run made there is opened for reading, and locks; a missing one gives
+    /// that refusal. A test cannot mount a file system read-only portably, so the refusal is the
+    /// system's answer as it comes; the files and the lock are real.
+    #[test]
+    fn a_lock_file_on_a_read_only_file_system_is_opened_for_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("dentaltid.db.nanopix-sync.lock");
+        let read_only = || Err(std::io::Error::from(ErrorKind::ReadOnlyFilesystem));
+        let missing = or_for_reading(&lock, read_only()).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::ReadOnlyFilesystem, "{missing}");
+        File::create(&lock).unwrap();
+        let opened = or_for_reading(&lock, read_only()).unwrap();
+        opened.try_lock().unwrap();
+        let second = File::open(&lock).unwrap();
+        assert!(matches!(second.try_lock(), Err(TryLockError::WouldBlock)), "one holder at a time");
+    }
 }
