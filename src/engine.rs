@@ -268,7 +268,7 @@ impl Engine {
         self.repair_exports(tried, &mut report)?;
         let mut snapshot = self.snapshot(&mut report)?;
         let adopted = self.adopt_existing_links(&mut snapshot)?;
-        let unsettled = snapshot.links.iter().filter(|link| unsettled.contains(link.patient_id));
+        let unsettled = snapshot.links.readable.iter().filter(|link| unsettled.contains(link.patient_id));
         let unsettled = unsettled.filter_map(|link| NanoPixId::parse(&link.external_id).ok());
         let linked_now: Vec<NanoPixId> = snapshot.unknown.iter().copied().chain(adopted).chain(unsettled).collect();
         if let Err(error) = self.import_and_check_links(&mut snapshot, &linked_now, &mut report) {
@@ -292,7 +292,7 @@ impl Engine {
             true => None,
             false => {
                 let extent = snapshot.dentaltid_extent();
-                let checked = snapshot.links.iter().map(|link| link.patient_id).fold(extent.0, i64::max);
+                let checked = snapshot.links.patient_ids().fold(extent.0, i64::max);
                 let nanopix_row = self.with_creation_time(snapshot.nanopix_row.take())?;
                 self.dentaltid_cursor_after(extent, checked)?.map(|(dentaltid, links_checked_up_to)| LiveCursor {
                     nanopix_row,

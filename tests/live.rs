@@ -6,7 +6,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Clinic, HookedClock, another_program, copy_tree, drain, numbered_nanopix_id, until, wait_for};
+use common::{
+    Clinic, HookedClock, another_program, archive_link_then, copy_tree, drain, numbered_nanopix_id,
+    reports_unreadable_link, until, wait_for,
+};
 use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -521,6 +524,29 @@ fn a_linked_patient_deleted_in_dentaltid_is_noticed_live() {
     let patient_id = delete_the_imported_patient(&clinic, &sync);
     let asked = wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::DeleteRequested { .. }));
     assert_eq!(asked.kind, EventKind::DeleteRequested { patient_id, external_id: "20250121_152638".into() });
+}
+
+/// Support staff edit the state of the imported patient's link into a word the sync never writes
+/// (or a newer version wrote it), and the patient is deleted in DentalTID while Live Sync runs:
+/// the pass that notices the deletion and "Sync Now" after it agree, as a live pass that reads the
+/// id does, and leave her NanoPix patient alone, neither imported back nor asked to be deleted.
+#[test]
+fn a_deleted_patient_whose_link_state_was_edited_unreadable_is_left_alone_by_live_sync() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    archive_link_then(&clinic.dentaltid, patient_id, "DELETE FROM patients WHERE id = ?1");
+    let mut seen = Vec::new();
+    let imported_back = |e: &EventKind| matches!(e, EventKind::PatientImported { .. });
+    record_until(&sync, &mut seen, |e| reports_unreadable_link(e, patient_id) || imported_back(e));
+    record_until(&sync, &mut seen, |e| matches!(e, EventKind::Reconciled(_)));
+    let sync_now = sync.reconcile().unwrap();
+    seen.extend(drain(&sync).into_iter().map(|event| event.kind));
+
+    let touched: Vec<&EventKind> =
+        seen.iter().filter(|e| imported_back(e) || matches!(e, EventKind::DeleteRequested { .. })).collect();
+    assert!(touched.is_empty(), "{touched:#?}");
+    assert_eq!((sync_now.imported, sync_now.errors), (0, 1), "Sync Now reports the row again");
 }
 
 /// A patient deleted by mistake in DentalTID, whose NanoPix patient holds an image so it stays,

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{Clinic, another_program, drain, numbered_nanopix_id};
+use common::{
+    Clinic, another_program, archive_link_then, drain, link_row, numbered_nanopix_id, reports_unreadable_link,
+};
 use nanopix_sync::{DeleteRequest, DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
 use rusqlite::Connection;
 
@@ -763,6 +765,30 @@ fn a_patient_whose_link_origin_was_edited_unreadable_is_asked_about_not_imported
 
     assert_eq!(sync.reconcile().unwrap().imported, 0, "Nadia is not imported back");
     assert_eq!(delete_requests(&sync), [(nadia, external_id)]);
+}
+
+/// Support staff edit the state of an imported patient's link into a word the sync never writes
+/// (or a newer version wrote it), and the patient is deleted in DentalTID. The sync cannot tell
+/// what the row asks for, so it leaves the row as it is and respects it, as a live pass does:
+/// her NanoPix patient is not imported back, no delete is asked for, and every "Sync Now"
+/// reports the row for support staff.
+#[test]
+fn a_deleted_patient_whose_link_state_was_edited_unreadable_is_not_imported_back() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    let row = archive_link_then(&clinic.dentaltid, patient_id, "DELETE FROM patients WHERE id = ?1");
+    drain(&sync);
+
+    for reconcile in ["the reconcile after the edit", "the next one"] {
+        let report = sync.reconcile().unwrap();
+        let events = kinds(&sync);
+        assert_eq!(report.imported, 0, "{reconcile} imports her back: {events:#?}");
+        assert!(!events.iter().any(|e| matches!(e, EventKind::DeleteRequested { .. })), "{reconcile}: {events:#?}");
+        assert!(events.iter().any(|e| reports_unreadable_link(e, patient_id)), "{reconcile}: {events:#?}");
+    }
+    assert_eq!(link_row(&another_program(&clinic.dentaltid), patient_id), row, "the row is left as it is");
 }
 
 /// The sync's indexes on `patients`, by name.

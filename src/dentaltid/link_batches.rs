@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(count(&dentaltid, "nanopix_sync_imports"), 0, "no batch row per pass");
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 3);
         let expected = [imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(9, "20240603_090502")];
-        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_eq!(dentaltid.links().unwrap().readable, expected);
         assert_link_agrees_with_links(&dentaltid, 6..=10);
         let ids = [nanopix_id("20240603_090500"), nanopix_id("20240603_090502"), nanopix_id("20240101_000000")];
         let recorded = dentaltid.recorded_links(&ids).unwrap();
@@ -494,7 +494,7 @@ mod tests {
         let matched = Link { origin: Some(LinkOrigin::Matched), ..imported(2, "20250121_152638") };
         let expected =
             [matched, imported(7, "20240603_090500"), imported(8, "20240603_090501"), imported(9, "20240101_000000")];
-        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_eq!(dentaltid.links().unwrap().readable, expected);
         assert_eq!(dentaltid.link(8).unwrap(), Some(imported(8, "20240603_090501")));
         assert_eq!(dentaltid.link(9).unwrap(), Some(imported(9, "20240101_000000")));
         assert_eq!(dentaltid.link(10).unwrap(), None);
@@ -520,7 +520,7 @@ mod tests {
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
         let expected: Vec<Link> =
             ids.iter().zip(external_ids).map(|(&id, external_id)| imported(id, external_id)).collect();
-        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_eq!(dentaltid.links().unwrap().readable, expected);
         assert_link_agrees_with_links(&dentaltid, 6..=22);
     }
 
@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(dentaltid.link(8).unwrap(), Some(missing.clone()));
         let expected =
             [imported(7, "20240603_090500"), missing, imported(9, "20240603_090502"), imported(10, "20240603_090503")];
-        assert_eq!(dentaltid.links().unwrap(), expected);
+        assert_eq!(dentaltid.links().unwrap().readable, expected);
         dentaltid.set_link_states(&[(8, LinkState::DeleteRequested)]).unwrap();
         assert_eq!(dentaltid.link(8).unwrap().map(|link| link.state), Some(LinkState::DeleteRequested));
         assert_eq!(count(&dentaltid, "nanopix_sync_links"), 1);
@@ -554,7 +554,7 @@ mod tests {
         let recorded = Link { patient_id: 7, external_id: "20230303_030303".to_owned(), origin, state, synced_at };
         assert_eq!(dentaltid.link(7).unwrap(), Some(recorded.clone()));
         let batch = [imported(8, "20240603_090501"), imported(9, "20240603_090502"), imported(10, "20240603_090503")];
-        assert_eq!(dentaltid.links().unwrap(), [[recorded].as_slice(), &batch].concat());
+        assert_eq!(dentaltid.links().unwrap().readable, [[recorded].as_slice(), &batch].concat());
     }
 
     #[test]
@@ -577,8 +577,8 @@ mod tests {
             undated,
             imported(70, "20240101_000000"),
         ];
-        assert_eq!(dentaltid.links().unwrap()[..4], expected);
-        let listed: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
+        assert_eq!(dentaltid.links().unwrap().readable[..4], expected);
+        let listed: Vec<i64> = dentaltid.links().unwrap().readable.iter().map(|link| link.patient_id).collect();
         assert_eq!(listed, [10, 12, 60, 70, 80]);
         assert_link_agrees_with_links(&dentaltid, 0..=90);
     }
@@ -591,7 +591,7 @@ mod tests {
             (11, 11, '2025-01-21T12:00:00.000', '20240202_000011')";
         dentaltid.conn.execute_batch(sql).unwrap();
         let listed: Vec<(i64, String)> =
-            dentaltid.links().unwrap().into_iter().map(|link| (link.patient_id, link.external_id)).collect();
+            dentaltid.links().unwrap().readable.into_iter().map(|link| (link.patient_id, link.external_id)).collect();
         assert_eq!(listed, [(10, "20240101_000010".to_owned()), (11, "20240202_000011".to_owned())]);
         assert_link_agrees_with_links(&dentaltid, 9..=14);
     }
@@ -603,7 +603,7 @@ mod tests {
         dentaltid.conn.execute_batch("DELETE FROM patients WHERE id = 8").unwrap();
         assert_eq!(dentaltid.patient(8).unwrap(), None);
         assert_eq!(dentaltid.link(8).unwrap(), Some(imported(8, "20240603_090501")));
-        let listed: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
+        let listed: Vec<i64> = dentaltid.links().unwrap().readable.iter().map(|link| link.patient_id).collect();
         assert_eq!(listed, [7, 8, 9]);
     }
 

@@ -19,7 +19,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, Rows, params_from_iter};
 
 use super::link_batches::{BatchPatients, batch_linked_row, batch_linked_rows};
-use super::{DentalTid, ImportedUnder, Link, PatientRef, PendingExport};
+use super::{DentalTid, ImportedUnder, PatientRef, PendingExport, RecordedLinks};
 use crate::patient::{nanopix_datetime, parse_nanopix_datetime};
 use crate::values::{IDS_PER_READ, integer_at, numbered_places, padded_with_null, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -56,17 +56,16 @@ fn same_second(a: NaiveDateTime, b: NaiveDateTime) -> bool {
 }
 
 /// The NanoPix ids whose row, created at the time `created` gives, is another person than the
-/// patients holding the id (see [`is_another_person`]). `links` are every link; a patient of
-/// `patients` showing an id in its `external_id`, or exporting under it (`pending`), counts as
-/// not recorded unless one of `links` is its link to that id.
+/// patients holding the id (see [`is_another_person`]). `links` are every link, readable or not;
+/// a patient of `patients` showing an id in its `external_id`, or exporting under it
+/// (`pending`), counts as not recorded unless one of `links` is its link to that id.
 pub fn other_people(
-    links: &[Link],
+    links: &RecordedLinks,
     recorded: &LinkedRows,
     created: &HashMap<NanoPixId, NaiveDateTime>,
     (patients, pending): (&[PatientRef], &[PendingExport]),
 ) -> HashSet<NanoPixId> {
-    let links: Vec<(i64, NanoPixId)> =
-        links.iter().filter_map(|link| Some((link.patient_id, NanoPixId::parse(&link.external_id).ok()?))).collect();
+    let links: Vec<(i64, NanoPixId)> = links.pairs().collect();
     // The few ids a link was made to with another row than NanoPix holds, and their holders' rows.
     let mut rows_of: HashMap<NanoPixId, Vec<Option<NaiveDateTime>>> = HashMap::default();
     for &(patient_id, id) in &links {
@@ -224,6 +223,7 @@ impl DentalTid {
 mod tests {
     use super::*;
     use crate::dentaltid::testing::{at as at_time, nanopix_id, new_patient, sample_database};
+    use crate::dentaltid::{Link, UnreadableLink};
 
     fn at(text: &str) -> Option<NaiveDateTime> {
         parse_nanopix_datetime(text)
@@ -263,16 +263,24 @@ mod tests {
             external_id: Some(id),
             birth_date_unreadable: false,
         };
-        let others = |links: &[Link], patients: &[PatientRef]| {
+        let readable = |links: &[Link]| RecordedLinks { readable: links.to_vec(), unreadable: Vec::new() };
+        let others = |links: &RecordedLinks, patients: &[PatientRef]| {
             other_people(links, &recorded, &created, (patients, &[])).contains(&id)
         };
-        assert!(others(&[link(1)], &[showing(1)]), "the one link was made with another row");
-        assert!(!others(&[link(1), link(2)], &[]), "the second link was made with this row");
-        assert!(!others(&[link(1)], &[showing(7)]), "patient 7 holds the id without a link");
-        assert!(!others(&[link(3)], &[]), "patient 3's row is not recorded");
+        assert!(others(&readable(&[link(1)]), &[showing(1)]), "the one link was made with another row");
+        assert!(!others(&readable(&[link(1), link(2)]), &[]), "the second link was made with this row");
+        assert!(!others(&readable(&[link(1)]), &[showing(7)]), "patient 7 holds the id without a link");
+        assert!(!others(&readable(&[link(3)]), &[]), "patient 3's row is not recorded");
+        let archived = UnreadableLink {
+            patient_id: Some(2),
+            external_id: Some(id.to_string()),
+            state: Some("archived".to_owned()),
+        };
+        let with_unreadable = RecordedLinks { unreadable: vec![archived], ..readable(&[link(1)]) };
+        assert!(!others(&with_unreadable, &[]), "a link row that cannot be read was made with this row");
         let exporting = PendingExport { patient_id: 8, external_id: id, written: None };
         assert!(
-            !other_people(&[link(1)], &recorded, &created, (&[], &[exporting])).contains(&id),
+            !other_people(&readable(&[link(1)]), &recorded, &created, (&[], &[exporting])).contains(&id),
             "an export in flight"
         );
     }

@@ -9,9 +9,11 @@
 //! same patient. A delete request stays noted in `nanopix_sync_unannounced_deletes` until it is
 //! announced.
 //!
-//! Rows this library cannot read back are skipped, never fatal; an `origin` or a `synced_at` only
-//! describes its link, so one that cannot be read leaves that unknown, not the patient unlinked.
-//! Nothing here deletes a patient.
+//! Rows this library cannot read back are never fatal, and never rewritten: a row whose state,
+//! patient or NanoPix id cannot be read is set apart (see [`UnreadableLink`]) and still links
+//! what it names, overriding a batch entry as a readable row does; an `origin` or a `synced_at`
+//! only describes its link, so one that cannot be read leaves that unknown, not the patient
+//! unlinked. Nothing here deletes a patient.
 
 use chrono::NaiveDateTime;
 use foldhash::{HashMap, HashSet};
@@ -21,7 +23,7 @@ use rusqlite::{Row, Transaction, params, params_from_iter};
 use super::awaited_folders::note_unsettled_links;
 use super::link_batches::{batch_key, batch_link};
 use super::patients::patients_sequence;
-use super::{DentalTid, Link, LinkOrigin, LinkState};
+use super::{DentalTid, Link, LinkOrigin, LinkState, RecordedLinks, UnreadableLink};
 use crate::patient::{dart_timestamp, parse_dart_timestamp};
 use crate::values::{IDS_PER_READ, integer_at, numbered_places, padded_with_null, read_text, text_at};
 use crate::{Error, NanoPixId, Result};
@@ -43,17 +45,19 @@ const NOTE_UNANNOUNCED_DELETE: &str = "INSERT OR REPLACE INTO nanopix_sync_unann
 const FEW_PATIENTS: usize = 256;
 
 impl DentalTid {
-    /// Every link, in patient id order: link rows and the links of imported batches.
-    pub fn links(&self) -> Result<Vec<Link>> {
-        let recorded = self.query_links("reading links", "ORDER BY patient_id", [])?;
+    /// Every link, in patient id order: readable link rows and the links of imported batches,
+    /// read with the link rows that cannot be read, in the same pass.
+    pub fn links(&self) -> Result<RecordedLinks> {
+        let mut links = self.query_links("reading links", "ORDER BY patient_id", [])?;
         let imported = self.batch_links().map_err(Error::db(&self.path, "reading the links of imports"))?;
-        Ok(merge_links(recorded, imported))
+        links.readable = merge_links(std::mem::take(&mut links.readable), imported, &links.unreadable);
+        Ok(links)
     }
 
     /// The links to this NanoPix id that are marked missing (DentalTID may hold it twice).
     pub fn missing_links(&self, external_id: NanoPixId) -> Result<Vec<Link>> {
         let tail = "WHERE external_id = ?1 AND state = 'missing'";
-        self.query_links("reading missing links", tail, [external_id.to_string()])
+        Ok(self.query_links("reading missing links", tail, [external_id.to_string()])?.readable)
     }
 
     /// Whether any link is recorded, in a link row or a batch row.
@@ -229,11 +233,23 @@ impl DentalTid {
         Ok(maybe)
     }
 
-    /// The link of one patient, if any: its link row, or else its batch entry.
+    /// The link of one patient, if any: its link row, or else its batch entry. A row that cannot
+    /// be read gives none: it overrides the batch entry all the same.
     pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
-        match self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?.pop() {
-            Some(link) => Ok(Some(link)),
-            None => batch_link(&self.conn, patient_id).map_err(Error::db(&self.path, "reading the link of an import")),
+        Ok(self.recorded_link(patient_id)?.and_then(LinkRow::readable))
+    }
+
+    /// The link row of one patient, readable or not, or else its batch entry.
+    fn recorded_link(&self, patient_id: i64) -> Result<Option<LinkRow>> {
+        let RecordedLinks { mut readable, mut unreadable } =
+            self.query_links("reading a link", "WHERE patient_id = ?1", [patient_id])?;
+        match (readable.pop(), unreadable.pop()) {
+            (Some(link), _) => Ok(Some(LinkRow::Readable(link))),
+            (None, Some(row)) => Ok(Some(LinkRow::Unreadable(row))),
+            (None, None) => {
+                let batch = batch_link(&self.conn, patient_id);
+                Ok(batch.map_err(Error::db(&self.path, "reading the link of an import"))?.map(LinkRow::Readable))
+            }
         }
     }
 
@@ -303,13 +319,21 @@ impl DentalTid {
         })
     }
 
-    /// Runs `SELECT <link columns> FROM nanopix_sync_links <tail>`, skipping unreadable rows.
-    fn query_links(&self, step: &'static str, tail: &str, params: impl rusqlite::Params) -> Result<Vec<Link>> {
+    /// Runs `SELECT <link columns> FROM nanopix_sync_links <tail>`, setting the rows that cannot
+    /// be read apart.
+    fn query_links(&self, step: &'static str, tail: &str, params: impl rusqlite::Params) -> Result<RecordedLinks> {
         let read = || {
             let sql = format!("SELECT {LINK_COLUMNS} FROM nanopix_sync_links {tail}");
             let mut statement = self.conn.prepare_cached(&sql)?;
-            let rows = statement.query_map(params, link_from_row)?;
-            rows.filter_map(|row| row.transpose()).collect::<rusqlite::Result<Vec<_>>>()
+            let mut rows = statement.query(params)?;
+            let mut links = RecordedLinks::default();
+            while let Some(row) = rows.next()? {
+                match link_from_row(row)? {
+                    LinkRow::Readable(link) => links.readable.push(link),
+                    LinkRow::Unreadable(row) => links.unreadable.push(row),
+                }
+            }
+            Ok(links)
         };
         read().map_err(Error::db(&self.path, step))
     }
@@ -368,14 +392,19 @@ pub(super) struct NamingRow {
 /// for a NanoPix id this library does not write.
 fn naming_row(row: &Row<'_>) -> rusqlite::Result<Option<NamingRow>> {
     let Some(Ok(external_id)) = text_at(row, 1)?.as_deref().map(NanoPixId::parse) else { return Ok(None) };
-    let (patient_id, link) = (row.get(0)?, link_from_row(row)?);
+    let (patient_id, link) = (row.get(0)?, link_from_row(row)?.readable());
     let requested = row.get::<_, Option<bool>>(5)?.unwrap_or(false);
     Ok(Some(NamingRow { patient_id, external_id, link, requested }))
 }
 
 /// Link rows and batch links, each in patient id order, merged in that order; a link row wins
-/// over the batch entry of the same patient.
-fn merge_links(recorded: Vec<Link>, imported: Vec<Link>) -> Vec<Link> {
+/// over the batch entry of the same patient, and so does a row that cannot be read
+/// (`unreadable`): that patient's batch entry is left out.
+fn merge_links(recorded: Vec<Link>, mut imported: Vec<Link>, unreadable: &[UnreadableLink]) -> Vec<Link> {
+    if !unreadable.is_empty() {
+        let overridden: HashSet<i64> = unreadable.iter().filter_map(|row| row.patient_id).collect();
+        imported.retain(|entry| !overridden.contains(&entry.patient_id));
+    }
     let mut merged = Vec::with_capacity(recorded.len() + imported.len());
     let mut imported = imported.into_iter().peekable();
     for link in recorded {
@@ -387,15 +416,39 @@ fn merge_links(recorded: Vec<Link>, imported: Vec<Link>) -> Vec<Link> {
     merged
 }
 
-/// Reads a row of [`LINK_COLUMNS`]; `None` when its patient, NanoPix id or state is not one this
-/// library writes.
-fn link_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Link>> {
-    let (Some(patient_id), Some(external_id)) = (integer_at(row, 0)?, text_at(row, 1)?) else { return Ok(None) };
-    let origin = read_text(row, 2, |text| text.and_then(LinkOrigin::from_column))?;
+/// A link row (or a batch entry), as this version reads it.
+enum LinkRow {
+    /// A link it can read.
+    Readable(Link),
+    /// A row it cannot read.
+    Unreadable(UnreadableLink),
+}
+
+impl LinkRow {
+    /// The link, if it can be read.
+    fn readable(self) -> Option<Link> {
+        match self {
+            Self::Readable(link) => Some(link),
+            Self::Unreadable(_) => None,
+        }
+    }
+}
+
+/// Reads a row of [`LINK_COLUMNS`]; unreadable when its patient, NanoPix id or state is not one
+/// this library writes.
+fn link_from_row(row: &Row<'_>) -> rusqlite::Result<LinkRow> {
+    let (patient_id, external_id) = (integer_at(row, 0)?, text_at(row, 1)?);
     let state = read_text(row, 3, |text| text.and_then(LinkState::from_column))?;
-    let synced_at = read_text(row, 4, |text| text.and_then(parse_dart_timestamp))?;
-    let Some(state) = state else { return Ok(None) };
-    Ok(Some(Link { patient_id, external_id, origin, state, synced_at }))
+    match (patient_id, external_id, state) {
+        (Some(patient_id), Some(external_id), Some(state)) => {
+            let origin = read_text(row, 2, |text| text.and_then(LinkOrigin::from_column))?;
+            let synced_at = read_text(row, 4, |text| text.and_then(parse_dart_timestamp))?;
+            Ok(LinkRow::Readable(Link { patient_id, external_id, origin, state, synced_at }))
+        }
+        (patient_id, external_id, _) => {
+            Ok(LinkRow::Unreadable(UnreadableLink { patient_id, external_id, state: text_at(row, 3)? }))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -501,7 +554,7 @@ mod tests {
             (2, nanopix_id("20250102_000000"), LinkOrigin::Imported),
         ];
         dentaltid.adopt_links(&adopt, at(2025, 1, 22, 8, 0)).unwrap();
-        let links = dentaltid.links().unwrap();
+        let links = dentaltid.links().unwrap().readable;
         let summary: Vec<(i64, &str, Option<LinkOrigin>)> =
             links.iter().map(|l| (l.patient_id, l.external_id.as_str(), l.origin)).collect();
         assert_eq!(
@@ -533,11 +586,39 @@ mod tests {
             (4, '20250121_152641', 'matched', 'archived', '2025-01-21T12:00:00.000')";
         dentaltid.conn.execute_batch(sql).unwrap();
         let read: Vec<(i64, Option<LinkOrigin>, Option<NaiveDateTime>)> =
-            dentaltid.links().unwrap().iter().map(|l| (l.patient_id, l.origin, l.synced_at)).collect();
+            dentaltid.links().unwrap().readable.iter().map(|l| (l.patient_id, l.origin, l.synced_at)).collect();
         let synced_at = Some(at(2025, 1, 21, 12, 0));
         let matched = Some(LinkOrigin::Matched);
         assert_eq!(read, [(1, Some(LinkOrigin::Imported), synced_at), (2, None, synced_at), (3, matched, None)]);
         assert_eq!(dentaltid.link(3).unwrap().map(|link| link.external_id).as_deref(), Some("20250121_152640"));
+    }
+
+    /// A link row whose state support staff (or a newer version) wrote is set apart with what it
+    /// names, never dropped: its patient stays linked, as does an imported patient's whose batch
+    /// entry it overrides, as a readable row does, and its NanoPix id stays named.
+    #[test]
+    fn a_link_row_that_cannot_be_read_still_links_what_it_names_and_overrides_its_batch_entry() {
+        let (_dir, mut dentaltid) = sample_database();
+        let ids =
+            import_ids(&mut dentaltid, &["20240603_090500", "20240603_090501", "20240603_090502", "20240603_090503"]);
+        let archived = format!(
+            "INSERT INTO nanopix_sync_links VALUES
+             (1, '20250121_152641', 'matched', 'archived', '2025-01-21T12:00:00.000'),
+             ({}, '20240603_090501', 'imported', 'archived', '2025-01-21T12:00:00.000')",
+            ids[1]
+        );
+        dentaltid.conn.execute_batch(&archived).unwrap();
+        let links = dentaltid.links().unwrap();
+        let readable: Vec<i64> = links.readable.iter().map(|link| link.patient_id).collect();
+        assert_eq!(readable, [ids[0], ids[2], ids[3]]);
+        let named: Vec<(Option<i64>, Option<NanoPixId>)> =
+            links.unreadable.iter().map(|row| (row.patient_id, row.nanopix_id())).collect();
+        assert_eq!(
+            named,
+            [(Some(1), Some(nanopix_id("20250121_152641"))), (Some(ids[1]), Some(nanopix_id("20240603_090501")))]
+        );
+        assert_eq!(dentaltid.link(ids[1]).unwrap(), None, "the row overrides the batch entry");
+        assert_link_agrees_with_links(&dentaltid, 1..=ids[3]);
     }
 
     /// Without AUTOINCREMENT (no `sqlite_sequence` row), SQLite would give the ids of the deleted
@@ -549,7 +630,7 @@ mod tests {
         // Only a patient with a birth date links.
         dentaltid.conn.execute("UPDATE patients SET dateOfBirth = '1990-01-01T00:00:00.000' WHERE id = 6", []).unwrap();
         link_one(&mut dentaltid, 6, "20230303_030303", at(2025, 1, 21, 12, 0));
-        let mut links = dentaltid.links().unwrap();
+        let mut links = dentaltid.links().unwrap().readable;
         let forget = "DELETE FROM patients WHERE id >= 6; DELETE FROM sqlite_sequence WHERE name = 'patients'";
         dentaltid.conn.execute_batch(forget).unwrap();
         let ids = import_ids(&mut dentaltid, &["20250505_050505", "20250505_050506", "20250505_050507"]);
@@ -559,7 +640,7 @@ mod tests {
             imported(10, "20250505_050506"),
             imported(11, "20250505_050507"),
         ]);
-        assert_eq!(dentaltid.links().unwrap(), links);
+        assert_eq!(dentaltid.links().unwrap().readable, links);
         assert_link_agrees_with_links(&dentaltid, 5..=12);
     }
 }

@@ -449,7 +449,7 @@ mod tests {
             VALUES (1, '20250121_152638', 'matched', 'linked', '2025-01-21T12:00:00.000')";
         let (_dir, _, dentaltid) = migrated_again_after(older);
         assert!(schema_object_exists(&dentaltid.conn, "table", "nanopix_sync_imports").unwrap());
-        let links: Vec<i64> = dentaltid.links().unwrap().iter().map(|link| link.patient_id).collect();
+        let links: Vec<i64> = dentaltid.links().unwrap().readable.iter().map(|link| link.patient_id).collect();
         assert_eq!(links, [1]);
     }
 
@@ -481,7 +481,7 @@ mod tests {
             INSERT INTO nanopix_sync_imports VALUES (1, 1, '2025-01-21T12:00:00.000', '20250121_152638')";
         let (_dir, path, dentaltid) = migrated_again_after(older);
         let links: Vec<(i64, String)> =
-            dentaltid.links().unwrap().into_iter().map(|link| (link.patient_id, link.external_id)).collect();
+            dentaltid.links().unwrap().readable.into_iter().map(|link| (link.patient_id, link.external_id)).collect();
         assert_eq!(links, [(1, "20250121_152638".to_owned())]);
         assert_eq!(dentaltid.linked_rows().unwrap().created(1, nanopix_id("20250121_152638")), None, "not recorded");
         assert_a_second_open_writes_nothing(dentaltid, &path);

@@ -126,6 +126,58 @@ pub(crate) struct Link {
     pub synced_at: Option<NaiveDateTime>,
 }
 
+/// A row of `nanopix_sync_links` this version cannot read back: its state is not one this
+/// library writes (edited by hand, or written by a newer version), or it names no patient or no
+/// NanoPix id at all (a table made before this library's). The sync never rewrites it, and a
+/// full reconcile takes what it names for linked: its NanoPix id is not imported again, and its
+/// patient not matched to another NanoPix patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnreadableLink {
+    /// The DentalTID patient it names, if it names one.
+    pub patient_id: Option<i64>,
+    /// The NanoPix id it names, as stored.
+    pub external_id: Option<String>,
+    /// Its state, as stored.
+    pub state: Option<String>,
+}
+
+impl UnreadableLink {
+    /// The NanoPix id it names, if the text stored is one.
+    pub fn nanopix_id(&self) -> Option<NanoPixId> {
+        self.external_id.as_deref().and_then(|text| NanoPixId::parse(text).ok())
+    }
+}
+
+/// The links the sync recorded, as [`DentalTid::links`] reads them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct RecordedLinks {
+    /// The links it can read, in patient id order.
+    pub readable: Vec<Link>,
+    /// The link rows it cannot read (see [`UnreadableLink`]).
+    pub unreadable: Vec<UnreadableLink>,
+}
+
+impl RecordedLinks {
+    /// The patients of every link, readable or not.
+    pub fn patient_ids(&self) -> impl Iterator<Item = i64> {
+        let unreadable = self.unreadable.iter().filter_map(|row| row.patient_id);
+        self.readable.iter().map(|link| link.patient_id).chain(unreadable)
+    }
+
+    /// The NanoPix ids of every link, readable or not.
+    pub fn nanopix_ids(&self) -> impl Iterator<Item = NanoPixId> {
+        let unreadable = self.unreadable.iter().filter_map(UnreadableLink::nanopix_id);
+        self.readable.iter().filter_map(|link| NanoPixId::parse(&link.external_id).ok()).chain(unreadable)
+    }
+
+    /// The patient and the NanoPix id of every link, readable or not, that names both.
+    pub fn pairs(&self) -> impl Iterator<Item = (i64, NanoPixId)> {
+        let readable =
+            self.readable.iter().filter_map(|link| Some((link.patient_id, NanoPixId::parse(&link.external_id).ok()?)));
+        readable.chain(self.unreadable.iter().filter_map(|row| Some((row.patient_id?, row.nanopix_id()?))))
+    }
+}
+
 /// A row of the export journal, `nanopix_sync_exports`: an export that has not finished yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingExport {

@@ -187,7 +187,7 @@ impl Engine {
         let awaited = self.awaited_folders(&folders.patient_folders, &rows, linked_now)?;
         let (mut changes, mut made_with) = (Vec::new(), Vec::new());
         self.missing_folders.clear();
-        for link in &snapshot.links {
+        for link in &snapshot.links.readable {
             let Ok(id) = NanoPixId::parse(&link.external_id) else { continue };
             // Another person's row under the id is not the link's.
             let (recorded, created) =

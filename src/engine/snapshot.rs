@@ -1,14 +1,14 @@
 //! The snapshot a full reconcile starts from: what both sides hold, read at once (NanoPix's ids
 //! and folders on threads of their own, DentalTID's patients, links and journal on the engine's),
 //! which NanoPix patients the sync does not know yet, the links DentalTID holds that the sync
-//! has not recorded yet, and the odd rows and folder entries the reading finds.
+//! has not recorded yet, and the odd rows, link rows and folder entries the reading finds.
 
 use chrono::NaiveDateTime;
 use crossbeam_channel::Receiver;
 use foldhash::{HashMap, HashSet};
 
 use super::{Engine, LINKS_PER_TRANSACTION, PAGE};
-use crate::dentaltid::{DentalTid, Link, LinkOrigin, LinkedRows, PatientRef, other_people};
+use crate::dentaltid::{DentalTid, LinkOrigin, LinkedRows, PatientRef, RecordedLinks, UnreadableLink, other_people};
 use crate::events::{EventKind, ReconcileReport};
 use crate::matching::Matcher;
 use crate::nanopix::{FolderListing, FolderScan, IdRows, OddRow, RowStamp};
@@ -38,7 +38,8 @@ pub(super) struct Snapshot {
     /// The highest `patients.id` DentalTID had issued just before the snapshot read its
     /// patients: a patient with a higher id was added since.
     dentaltid_issued: i64,
-    pub(super) links: Vec<Link>,
+    /// Every link, and the link rows the sync cannot read, which still link what they name.
+    pub(super) links: RecordedLinks,
     /// The NanoPix ids the sync does not know yet: neither linked, recorded, nor being exported.
     /// A pass imports or links only these: a row NanoPix saves during the pass is the next one's.
     pub(super) unknown: Vec<NanoPixId>,
@@ -81,6 +82,7 @@ impl Engine {
         let (mut snapshot, odd_rows) = snapshot?;
         self.report_odd_rows(odd_rows, report);
         self.report_unreadable_birth_dates(&snapshot.dentaltid, report);
+        self.report_unreadable_links(&snapshot.links.unreadable, report);
         snapshot.folders = folders;
         Ok(snapshot)
     }
@@ -100,7 +102,7 @@ impl Engine {
     /// links, so this pass checks them too (a NanoPix patient gone already is reported now);
     /// returns their NanoPix ids.
     pub(super) fn adopt_existing_links(&mut self, snapshot: &mut Snapshot) -> Result<Vec<NanoPixId>> {
-        let recorded: HashSet<i64> = snapshot.links.iter().map(|l| l.patient_id).collect();
+        let recorded: HashSet<i64> = snapshot.links.patient_ids().collect();
         let adopt: Vec<(i64, NanoPixId, LinkOrigin)> = snapshot
             .dentaltid
             .iter()
@@ -142,6 +144,26 @@ impl Engine {
                 patient.id
             );
             self.report_odd("odd_row", message, (None, Some(patient.id), Some(database.clone())), report);
+        }
+    }
+
+    /// Reports the link rows the sync cannot read (see [`UnreadableLink`]), which it leaves as
+    /// they are and takes for links, so support staff can correct them.
+    fn report_unreadable_links(&mut self, rows: &[UnreadableLink], report: &mut ReconcileReport) {
+        let database = self.config.dentaltid_db.display().to_string();
+        for row in rows {
+            let named = |text: Option<String>| text.unwrap_or_else(|| "(none)".to_owned());
+            let message = format!(
+                "the sync's link row of DentalTID patient {} to NanoPix patient {} cannot be read (state {}), as a \
+                 newer version of the sync or an edit may leave it: left as it is and taken for a link, so the NanoPix \
+                 patient is not imported again, the DentalTID patient neither linked again nor exported, and no delete \
+                 is asked for",
+                named(row.patient_id.map(|id| id.to_string())),
+                named(row.external_id.clone()),
+                named(row.state.as_ref().map(|state| format!("'{state}'"))),
+            );
+            let names = (row.external_id.clone(), row.patient_id, Some(database.clone()));
+            self.report_odd("odd_row", message, names, report);
         }
     }
 
@@ -193,7 +215,7 @@ fn read_dentaltid(
     };
     let (links, pending, linked_rows) = (dentaltid.links()?, dentaltid.pending_exports()?, dentaltid.linked_rows()?);
     let mut known: HashSet<NanoPixId> = patients.iter().filter_map(|p| p.external_id).collect();
-    known.extend(links.iter().filter_map(|l| NanoPixId::parse(&l.external_id).ok()));
+    known.extend(links.nanopix_ids());
     known.extend(pending.iter().map(|p| p.external_id));
     let rows = rows.recv().map_err(|_| Error::Internal("NanoPix's ids were not read".into()))?;
     let nanopix_row = rows.last_row();
@@ -211,7 +233,7 @@ fn read_dentaltid(
     };
     // A patient whose export waits in the journal is not linked: a link to her is left for the
     // export to end (see [`Engine::without_pending_exports`]), unless it wrote her row already.
-    let linked: HashSet<i64> = links.iter().map(|l| l.patient_id).chain(written.iter().copied()).collect();
+    let linked: HashSet<i64> = links.patient_ids().chain(written.iter().copied()).collect();
     let matcher = index.map(|index| Matcher::new(index, &linked, auto_link));
     let snapshot = Snapshot {
         nanopix_row,

@@ -262,6 +262,30 @@ pub fn within(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Edits patient `patient_id`'s link row into a state the sync never writes (`archived`, as
+/// support staff, or a newer version, might) and then runs `then` (a delete, say), in one
+/// DentalTID transaction; returns the link row as it then stands (see [`link_row`]).
+pub fn archive_link_then(dentaltid: &Path, patient_id: i64, then: &str) -> Vec<String> {
+    let mut conn = another_program(dentaltid);
+    let tx = conn.transaction().unwrap();
+    let archived = tx.execute("UPDATE nanopix_sync_links SET state = 'archived' WHERE patient_id = ?1", [patient_id]);
+    assert_eq!(archived.unwrap(), 1, "patient {patient_id} has a link row");
+    tx.execute(then, [patient_id]).unwrap();
+    tx.commit().unwrap();
+    link_row(&conn, patient_id)
+}
+
+/// Patient `patient_id`'s link row, each column's type and value (empty without a row).
+pub fn link_row(conn: &Connection, patient_id: i64) -> Vec<String> {
+    let sql = "SELECT patient_id, external_id, origin, state, synced_at FROM nanopix_sync_links WHERE patient_id = ?1";
+    let mut statement = conn.prepare(sql).unwrap();
+    let mut rows = statement.query([patient_id]).unwrap();
+    let Some(row) = rows.next().unwrap() else { return Vec::new() };
+    (0..5)
+        .map(|column| row.get::<_, rusqlite::types::Value>(column).map(|value| format!("{value:?}")).unwrap())
+        .collect()
+}
+
 /// Inserts a patient as DentalTID does, on `conn` (DentalTID's connection, maybe in a
 /// transaction of its own); returns its id.
 pub fn insert_dentaltid_patient(conn: &Connection, first: &str, last: &str, birth: Option<&str>) -> i64 {
@@ -330,6 +354,12 @@ pub fn assert_nadia_once_on_each_side(clinic: &Clinic, nadia: i64, what: &str) {
         "Nadia Saidi is in NanoPix {in_nanopix:?} and in DentalTID {in_dentaltid:?} ({what})"
     );
     assert_eq!(in_dentaltid[0], (nadia, Some("20250122_095950".to_owned())));
+}
+
+/// Whether `event` reports patient `patient_id`'s link row as one the sync cannot read.
+pub fn reports_unreadable_link(event: &EventKind, patient_id: i64) -> bool {
+    matches!(event, EventKind::SyncError { code, patient_id: Some(p), path: Some(path), .. }
+        if code == "odd_row" && *p == patient_id && path.ends_with("dentaltid.db"))
 }
 
 /// Every event queued so far.
