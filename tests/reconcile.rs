@@ -3,7 +3,8 @@
 mod common;
 
 use common::{
-    Clinic, another_program, archive_link_then, drain, link_row, numbered_nanopix_id, reports_unreadable_link,
+    Clinic, another_program, archive_link_then, drain, link_row, nanopix_ids_named, numbered_nanopix_id,
+    reports_unreadable_link,
 };
 use nanopix_sync::{DeleteRequest, DuplicateReason, EventKind, LinkState, NanoPixSync, PatientFilter, Source};
 use rusqlite::Connection;
@@ -789,6 +790,59 @@ fn a_deleted_patient_whose_link_state_was_edited_unreadable_is_not_imported_back
         assert!(events.iter().any(|e| reports_unreadable_link(e, patient_id)), "{reconcile}: {events:#?}");
     }
     assert_eq!(link_row(&another_program(&clinic.dentaltid), patient_id), row, "the row is left as it is");
+}
+
+/// Support staff clear an imported patient's `external_id` and edit her link's state into a word
+/// the sync never writes; NanoPix then registers the same person again. The link the sync cannot
+/// read still links her: the new NanoPix patient is imported apart and reported, never linked to
+/// her, both when a full reconcile matches every unknown NanoPix patient at once and when it looks
+/// its few new patients up (`more` NanoPix patients beside them).
+#[test]
+fn a_patient_whose_link_state_was_edited_unreadable_is_never_linked_to_another_nanopix_patient() {
+    for more in [0, 20] {
+        let clinic = Clinic::new("v29");
+        let sync = clinic.open_without_automatic_work();
+        sync.reconcile().unwrap();
+        clinic.add_bulk_nanopix(more);
+        sync.reconcile().unwrap();
+        let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+        let clear = "UPDATE patients SET external_id = NULL WHERE id = ?1";
+        let row = archive_link_then(&clinic.dentaltid, patient_id, clear);
+        // The fixture patient, registered again in NanoPix.
+        clinic.add_nanopix("20250122_093000", "DSSSSFSFS", "FSFFS", Some("2025-01-21"));
+        drain(&sync);
+
+        sync.reconcile().unwrap();
+        let events = kinds(&sync);
+        assert_eq!(linked_to(&events, "20250122_093000"), None, "{more} more: {events:#?}");
+        assert!(imported(&events, "20250122_093000"), "{more} more: {events:#?}");
+        assert!(!imported(&events, "20250121_152638"), "{more} more: {events:#?}");
+        assert_eq!(
+            duplicate_reason(&events, "20250122_093000"),
+            Some((DuplicateReason::AlreadyLinked, vec![patient_id]))
+        );
+        assert_eq!(link_row(&another_program(&clinic.dentaltid), patient_id), row, "{more} more");
+    }
+}
+
+/// An exported patient whose `external_id` DentalTID cleared, and whose link's state support
+/// staff edited into a word the sync never writes, is still linked: neither `export_patient` nor
+/// `export_existing` gives her a second NanoPix patient.
+#[test]
+fn a_patient_whose_link_state_was_edited_unreadable_is_never_exported_again() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    archive_link_then(&clinic.dentaltid, nadia, "UPDATE patients SET external_id = NULL WHERE id = ?1");
+
+    let again = sync.export_patient(nadia);
+    let refused =
+        matches!(&again, Err(nanopix_sync::Error::AlreadyLinked { external_id: id, .. }) if *id == external_id);
+    assert!(refused, "{again:?}");
+    sync.export_existing().unwrap();
+    assert_eq!(nanopix_ids_named(&clinic, "Nadia", "Saidi"), [external_id]);
 }
 
 /// The sync's indexes on `patients`, by name.

@@ -169,30 +169,31 @@ impl DentalTid {
         read().map_err(Error::db(&self.path, "looking up the links to an id"))
     }
 
-    /// Those of `patient_ids` the sync recorded a link for, whatever its state, as
-    /// [`DentalTid::link`] finds it: many are first narrowed to those a link row or an import
-    /// batch names.
+    /// Those of `patient_ids` the sync recorded a link for, whatever its state, and whether or
+    /// not its row can be read (see [`DentalTid::linked_id`]): many are first narrowed to those a
+    /// link row or an import batch names.
     pub fn linked_patients(&self, patient_ids: &[i64]) -> Result<HashSet<i64>> {
         if patient_ids.len() > FEW_PATIENTS {
             return self.linked_among_all(patient_ids);
         }
         let mut linked = HashSet::default();
         for &patient_id in patient_ids {
-            if self.link(patient_id)?.is_some() {
+            if self.recorded_link(patient_id)?.is_some() {
                 linked.insert(patient_id);
             }
         }
         Ok(linked)
     }
 
-    /// Those of `patient_ids` that [`DentalTid::link`] finds a link for. Only those a link row
-    /// names or a batch row's range holds can have one: those few are then looked up one by one.
+    /// Those of `patient_ids` that [`DentalTid::linked_id`] finds a link for. Only those a link
+    /// row names or a batch row's range holds can have one: those few are then looked up one by
+    /// one.
     fn linked_among_all(&self, patient_ids: &[i64]) -> Result<HashSet<i64>> {
         let wanted: HashSet<i64> = patient_ids.iter().copied().collect();
         let maybe = self.maybe_linked(&wanted).map_err(Error::db(&self.path, "looking up links"))?;
         let mut linked = HashSet::default();
         for id in maybe {
-            if self.link(id)?.is_some() {
+            if self.recorded_link(id)?.is_some() {
                 linked.insert(id);
             }
         }
@@ -234,9 +235,16 @@ impl DentalTid {
     }
 
     /// The link of one patient, if any: its link row, or else its batch entry. A row that cannot
-    /// be read gives none: it overrides the batch entry all the same.
+    /// be read gives none, though the patient is linked (see [`DentalTid::linked_id`]).
     pub fn link(&self, patient_id: i64) -> Result<Option<Link>> {
         Ok(self.recorded_link(patient_id)?.and_then(LinkRow::readable))
+    }
+
+    /// The NanoPix id, as stored, of the link the sync recorded for one patient, whatever its
+    /// state, also when its row cannot be read (see [`UnreadableLink`]): such a patient is linked
+    /// all the same. `None` without a link.
+    pub fn linked_id(&self, patient_id: i64) -> Result<Option<String>> {
+        Ok(self.recorded_link(patient_id)?.map(LinkRow::external_id))
     }
 
     /// The link row of one patient, readable or not, or else its batch entry.
@@ -432,6 +440,14 @@ impl LinkRow {
             Self::Unreadable(_) => None,
         }
     }
+
+    /// The NanoPix id it names, as stored (empty for none).
+    fn external_id(self) -> String {
+        match self {
+            Self::Readable(link) => link.external_id,
+            Self::Unreadable(row) => row.external_id.unwrap_or_default(),
+        }
+    }
 }
 
 /// Reads a row of [`LINK_COLUMNS`]; unreadable when its patient, NanoPix id or state is not one
@@ -542,7 +558,8 @@ mod tests {
             found.contains(&imported[10]) && !found.contains(&imported[11]),
             "the later batch covers from its start"
         );
-        assert!(!found.contains(&imported[150]) && !found.contains(&(last + 1)));
+        assert!(!found.contains(&imported[150]));
+        assert!(found.contains(&(last + 1)), "a link row of unknown state still links its patient");
     }
 
     #[test]
@@ -618,6 +635,9 @@ mod tests {
             [(Some(1), Some(nanopix_id("20250121_152641"))), (Some(ids[1]), Some(nanopix_id("20240603_090501")))]
         );
         assert_eq!(dentaltid.link(ids[1]).unwrap(), None, "the row overrides the batch entry");
+        assert_eq!(dentaltid.linked_id(ids[1]).unwrap().as_deref(), Some("20240603_090501"));
+        let linked = dentaltid.linked_patients(&[1, 2, ids[1]]).unwrap();
+        assert_eq!(linked, [1, ids[1]].into_iter().collect());
         assert_link_agrees_with_links(&dentaltid, 1..=ids[3]);
     }
 

@@ -128,9 +128,9 @@ pub(crate) struct Link {
 
 /// A row of `nanopix_sync_links` this version cannot read back: its state is not one this
 /// library writes (edited by hand, or written by a newer version), or it names no patient or no
-/// NanoPix id at all (a table made before this library's). The sync never rewrites it, and a
-/// full reconcile takes what it names for linked: its NanoPix id is not imported again, and its
-/// patient not matched to another NanoPix patient.
+/// NanoPix id at all (a table made before this library's). The sync never rewrites it, and what
+/// it names stays linked: its patient is never matched or exported again, and its NanoPix id
+/// never imported or given again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnreadableLink {
     /// The DentalTID patient it names, if it names one.

@@ -58,7 +58,7 @@ impl Engine {
         // The patient is looked for in the file `dentaltid.db` names, not in one replaced since.
         self.dentaltid.check_still_open_file()?;
         let patient = self.dentaltid.patient(patient_id)?.ok_or(Error::PatientNotFound(patient_id))?;
-        let recorded = self.dentaltid.link(patient_id)?.map(|link| link.external_id);
+        let recorded = self.dentaltid.linked_id(patient_id)?;
         if let Some(external_id) = patient.external_id.clone().or(recorded) {
             return Err(Error::AlreadyLinked { patient_id, external_id });
         }
@@ -292,13 +292,13 @@ impl Engine {
         self.without_recorded_link(created_here.collect())
     }
 
-    /// Those of `patients` with no NanoPix id and no recorded link. A patient whose
-    /// `external_id` DentalTID cleared keeps its link row: exporting it again would give the
-    /// person a second NanoPix patient, and the first would come back as an import.
+    /// Those of `patients` with no NanoPix id and no recorded link, readable or not. A patient
+    /// whose `external_id` DentalTID cleared keeps its link row: exporting it again would give
+    /// the person a second NanoPix patient, and the first would come back as an import.
     fn without_recorded_link(&self, patients: Vec<Patient>) -> Result<Vec<Patient>> {
         let mut unlinked = Vec::with_capacity(patients.len());
         for patient in patients.into_iter().filter(|p| p.external_id.is_none()) {
-            if self.dentaltid.link(patient.id)?.is_none() {
+            if self.dentaltid.linked_id(patient.id)?.is_none() {
                 unlinked.push(patient);
             }
         }
