@@ -845,6 +845,25 @@ fn a_patient_whose_link_state_was_edited_unreadable_is_never_exported_again() {
     assert_eq!(nanopix_ids_named(&clinic, "Nadia", "Saidi"), [external_id]);
 }
 
+/// A possible duplicate settled in DentalTID (see [`settled_duplicate`]), which asks for no
+/// delete. Later DentalTID clears Yacine's `external_id` and support staff edit his link's state
+/// into a word the sync never writes: the link still holds the NanoPix patient for Yacine, who is
+/// still there, so the delete the copy's deletion asked for does not stand.
+#[test]
+fn delete_in_nanopix_refuses_while_a_patient_keeps_an_unreadable_link_to_the_id() {
+    let clinic = Clinic::new("v29");
+    let (sync, _dentaltid, yacine) = settled_duplicate(&clinic, Clinic::open);
+    sync.reconcile().unwrap();
+    archive_link_then(&clinic.dentaltid, yacine, "UPDATE patients SET external_id = NULL WHERE id = ?1");
+    sync.reconcile().unwrap();
+
+    assert_eq!(sync.delete_requests().unwrap(), []);
+    let deleted = sync.delete_in_nanopix("20250122_091500");
+    assert!(matches!(deleted, Err(nanopix_sync::Error::DeleteNotRequested(_))), "{deleted:?}");
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE id = '20250122_091500'", |r| r.get(0));
+    assert_eq!(rows, [1]);
+}
+
 /// The sync's indexes on `patients`, by name.
 fn own_indexes(clinic: &Clinic) -> Vec<String> {
     let sql =

@@ -81,8 +81,9 @@ impl DentalTid {
 
     /// The patients still there that keep a link to each of `ids` that asks for no delete, as
     /// [`DentalTid::link`] finds it, among those whose link row names the id (`named`, their
-    /// links as `links` gives them) or whom an import batch gives it to (`imported`). Only those
-    /// whose link row could not be read, or names no such id, are looked up one by one.
+    /// links as `links` gives them) or whom an import batch gives it to (`imported`). A link row
+    /// that cannot be read asks for nothing the sync can tell, so it keeps the id it names. Only
+    /// those whose link row names no such id are looked up one by one.
     fn kept_linked(
         &self,
         ids: &[NanoPixId],
@@ -97,7 +98,8 @@ impl DentalTid {
             for &patient_id in of(named, id).iter().chain(imported.0.get(&id).into_iter().flatten()) {
                 let keeps = match links.get(&patient_id) {
                     Some(Some(link)) => keeps(link),
-                    _ => self.link(patient_id)?.is_some_and(|link| keeps(&link)),
+                    Some(None) => of(named, id).contains(&patient_id),
+                    None => self.link(patient_id)?.is_some_and(|link| keeps(&link)),
                 };
                 if keeps && self.patient(patient_id)?.is_some() {
                     kept.entry(id).or_default().push(patient_id);

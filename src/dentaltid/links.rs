@@ -397,10 +397,11 @@ pub(super) struct NamingRow {
 }
 
 /// Reads a row of [`LINK_COLUMNS`] and whether it asks for a delete as a [`NamingRow`]; `None`
-/// for a NanoPix id this library does not write.
+/// for a NanoPix id this library does not write, or a row naming no patient.
 fn naming_row(row: &Row<'_>) -> rusqlite::Result<Option<NamingRow>> {
     let Some(Ok(external_id)) = text_at(row, 1)?.as_deref().map(NanoPixId::parse) else { return Ok(None) };
-    let (patient_id, link) = (row.get(0)?, link_from_row(row)?.readable());
+    let Some(patient_id) = integer_at(row, 0)? else { return Ok(None) };
+    let link = link_from_row(row)?.readable();
     let requested = row.get::<_, Option<bool>>(5)?.unwrap_or(false);
     Ok(Some(NamingRow { patient_id, external_id, link, requested }))
 }
@@ -639,6 +640,30 @@ mod tests {
         let linked = dentaltid.linked_patients(&[1, 2, ids[1]]).unwrap();
         assert_eq!(linked, [1, ids[1]].into_iter().collect());
         assert_link_agrees_with_links(&dentaltid, 1..=ids[3]);
+    }
+
+    /// A table made before this library's, without its primary key, may hold a link row that
+    /// names no patient: it names no holder of its NanoPix id, and judging that id goes on.
+    #[test]
+    fn a_link_row_naming_no_patient_is_no_holder_of_its_id() {
+        let (_dir, dentaltid) = sample_database();
+        dentaltid
+            .conn
+            .execute_batch(
+                "DROP TABLE nanopix_sync_links;
+                 CREATE TABLE nanopix_sync_links(patient_id, external_id, origin, state, synced_at);
+                 INSERT INTO nanopix_sync_links VALUES
+                 ('someone', '20250121_152638', 'matched', 'linked', '2025-01-21T12:00:00.000'),
+                 (42, '20250121_152638', 'imported', 'delete_requested', '2025-01-21T12:00:00.000')",
+            )
+            .unwrap();
+        let id = nanopix_id("20250121_152638");
+        let holders = dentaltid.id_holders(&[id], &super::super::ImportedUnder::default()).unwrap();
+        assert!(holders.delete_requested(id, None), "deleted patient 42 asks for it, and no patient holds it");
+        let links = dentaltid.links().unwrap();
+        let unreadable: Vec<Option<i64>> = links.unreadable.iter().map(|row| row.patient_id).collect();
+        assert_eq!(unreadable, [None]);
+        assert_eq!(links.nanopix_ids().collect::<Vec<_>>(), [id, id]);
     }
 
     /// Without AUTOINCREMENT (no `sqlite_sequence` row), SQLite would give the ids of the deleted

@@ -130,7 +130,7 @@ pub(crate) struct Link {
 /// library writes (edited by hand, or written by a newer version), or it names no patient or no
 /// NanoPix id at all (a table made before this library's). The sync never rewrites it, and what
 /// it names stays linked: its patient is never matched or exported again, and its NanoPix id
-/// never imported or given again.
+/// never imported or given again, nor deleted while that patient is there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnreadableLink {
     /// The DentalTID patient it names, if it names one.
