@@ -110,7 +110,7 @@ impl Config {
     /// path is taken from the current folder once, here.
     pub(crate) fn anchored(mut self) -> Result<Self> {
         for path in [&mut self.nanopix_root, &mut self.dentaltid_db] {
-            *path = std::path::absolute(&*path).map_err(Error::io(path, "make the path absolute"))?;
+            *path = std::path::absolute(&*path).map_err(Error::io(path, "making the path absolute"))?;
         }
         Ok(self)
     }

@@ -84,10 +84,11 @@ pub(super) struct DeletedRows {
 /// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout; an empty
 /// one (0 bytes) is refused (see [`crate::error::refuse_empty`]).
 pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connection> {
-    crate::error::refuse_empty(db_path, "open NanoPix database")?;
+    crate::error::refuse_empty(db_path, "opening the NanoPix database")?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(db_path, flags).map_err(Error::db(db_path, "open NanoPix database"))?;
-    conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, "set busy timeout"))?;
+    let conn =
+        Connection::open_with_flags(db_path, flags).map_err(Error::db(db_path, "opening the NanoPix database"))?;
+    conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, "setting the busy timeout"))?;
     Ok(conn)
 }
 
@@ -96,9 +97,9 @@ pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connecti
 /// A `pk` that is not the table's `rowid` (a plain column, which may hold NULL, text or
 /// repeats) is left out: rows are then read in `rowid` order, and written without it.
 pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashSet<String>> {
-    let mut columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "read Patient columns"))?;
+    let mut columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "reading the Patient columns"))?;
     if columns.is_empty() {
-        if holds_dentaltid_patients(conn).map_err(Error::db(db_path, "read Patient columns"))? {
+        if holds_dentaltid_patients(conn).map_err(Error::db(db_path, "reading the Patient columns"))? {
             return Err(Error::DentalTidDatabaseAsNanoPix(db_path.to_path_buf()));
         }
         return Err(Error::MissingTable { path: db_path.to_path_buf(), table: "Patient" });
@@ -114,7 +115,9 @@ pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashS
     if !columns.contains("pk") && !has_rowid {
         return Err(Error::MissingColumn { path: db_path.to_path_buf(), table: "Patient", column: "pk" });
     }
-    if has_rowid && !column_is_rowid(conn, "Patient", "pk").map_err(Error::db(db_path, "read Patient columns"))? {
+    if has_rowid
+        && !column_is_rowid(conn, "Patient", "pk").map_err(Error::db(db_path, "reading the Patient columns"))?
+    {
         columns.remove("pk");
     }
     Ok(columns)

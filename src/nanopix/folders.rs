@@ -94,7 +94,7 @@ fn ensure_real_dir(path: &Path) -> Result<()> {
                 Err(Error::UnsafePath(path.to_path_buf()))
             }
         }
-        Err(error) => Err(Error::io(path, "create patient folder")(error)),
+        Err(error) => Err(Error::io(path, "creating the patient folder")(error)),
     }
 }
 
@@ -102,7 +102,7 @@ fn ensure_real_dir(path: &Path) -> Result<()> {
 /// is neither). A listing that fails part of the way (a network share going away) fails as a
 /// whole, so that no patient folder is ever taken for a missing one.
 pub(super) fn scan(root: &Path) -> Result<FolderScan> {
-    let failed = || Error::io(root, "list patient folders");
+    let failed = || Error::io(root, "listing the patient folders");
     let mut found = FolderScan::default();
     for entry in fs::read_dir(root).map_err(failed())? {
         let entry = entry.map_err(failed())?;
@@ -140,7 +140,7 @@ pub(super) fn count_entries(folder: &Path, subfolders: &[String]) -> Result<u64>
     if !is_real_dir(folder) {
         return Ok(u64::from(fs::symlink_metadata(folder).is_ok()));
     }
-    let entries = fs::read_dir(folder).map_err(Error::io(folder, "list patient folder"))?;
+    let entries = fs::read_dir(folder).map_err(Error::io(folder, "listing a patient folder"))?;
     let ours = |entry: &DirEntry| {
         subfolders.iter().any(|name| entry.file_name() == OsStr::new(name)) && is_empty_real_dir(&entry.path())
     };
@@ -163,11 +163,11 @@ pub(super) fn remove_empty_folder(folder: &Path, subfolders: &[String]) -> Resul
     let mut remove = || {
         for subfolder in subfolders.iter().map(|name| folder.join(name)) {
             if is_empty_real_dir(&subfolder) {
-                fs::remove_dir(&subfolder).map_err(Error::io(&subfolder, "remove patient subfolder"))?;
+                fs::remove_dir(&subfolder).map_err(Error::io(&subfolder, "removing a patient subfolder"))?;
                 removed.push(subfolder);
             }
         }
-        fs::remove_dir(folder).map_err(Error::io(folder, "remove patient folder"))
+        fs::remove_dir(folder).map_err(Error::io(folder, "removing the patient folder"))
     };
     let outcome = remove();
     if outcome.is_err() {

@@ -362,7 +362,8 @@ impl NanoPix {
     /// with their creation times when `with_created` (a first sync has no link to compare them
     /// with, and keeps the memory).
     pub fn patient_ids(&self, with_created: bool) -> Result<IdRows> {
-        database::read_ids(&self.conn, &self.patient_columns, with_created).map_err(self.sql_error("read patient ids"))
+        database::read_ids(&self.conn, &self.patient_columns, with_created)
+            .map_err(self.sql_error("reading patient ids"))
     }
 
     /// Those of `ids` whose row was born on one of `dates`, from the birth dates read since
@@ -425,23 +426,23 @@ impl NanoPix {
 
     /// The row with this `pk` (see [`IdRows::last_row`]), if there is one.
     pub fn row_at(&self, pk: i64) -> Result<Option<RowStamp>> {
-        database::row_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("read a patient id"))
+        database::row_at(&self.conn, &self.patient_columns, pk).map_err(self.sql_error("reading a patient id"))
     }
 
     /// A number that changes whenever another program (NanoPix) commits to `NanoPix.db3`, and
     /// never for this connection's own writes.
     pub fn data_version(&self) -> Result<i64> {
-        crate::values::data_version(&self.conn).map_err(self.sql_error("read the data version"))
+        crate::values::data_version(&self.conn).map_err(self.sql_error("reading the data version"))
     }
 
     /// How many rows `Patient` holds.
     pub fn patient_count(&self) -> Result<u64> {
-        database::patient_count(&self.conn).map_err(self.sql_error("count patients"))
+        database::patient_count(&self.conn).map_err(self.sql_error("counting patients"))
     }
 
     /// Whether a row with this id exists.
     pub fn id_exists(&self, id: NanoPixId) -> Result<bool> {
-        database::id_exists(&self.conn, id).map_err(self.sql_error("look up patient id"))
+        database::id_exists(&self.conn, id).map_err(self.sql_error("looking up a patient id"))
     }
 
     /// Inserts a patient row, unless a row with its id already exists (so repair can repeat it),
@@ -467,7 +468,7 @@ impl NanoPix {
         let inserted = database::write_while(
             &self.conn,
             (&self.db_path, self.busy_timeout),
-            "insert patient",
+            "inserting a patient",
             (&still_free, &still_free),
             |conn| database::insert_patient(conn, &self.patient_columns, patient, unchanged_since),
         )?;
@@ -478,7 +479,7 @@ impl NanoPix {
     /// columns that identify it and that exist holds exactly the text written.
     pub fn holds_written_row(&self, id: NanoPixId, written: &WrittenRow) -> Result<bool> {
         database::holds_written_row(&self.conn, &self.patient_columns, id, written)
-            .map_err(self.sql_error("compare a patient row with the one written"))
+            .map_err(self.sql_error("comparing a patient row with the one written"))
     }
 
     /// The folder of a patient: `PatientData/<id>`.
@@ -518,7 +519,7 @@ impl NanoPix {
             return Ok(());
         }
         let mut ids = foldhash::HashSet::default();
-        database::record_ids(&self.conn, &mut ids).map_err(self.sql_error("read the ids records name"))?;
+        database::record_ids(&self.conn, &mut ids).map_err(self.sql_error("reading the ids records name"))?;
         self.records = RecordIds { ids, version: Some(version) };
         Ok(())
     }
@@ -533,9 +534,11 @@ impl NanoPix {
     /// The `Study` and `Report` rows that name this id, and the rows of other tables whose
     /// foreign keys name its `Patient` row.
     fn records(&self, id: NanoPixId) -> Result<(u64, u64, u64)> {
-        let studies = database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("count studies"))?;
-        let reports = database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("count reports"))?;
-        let others = database::count_other_records(&self.conn, id).map_err(self.sql_error("count other records"))?;
+        let studies =
+            database::count_for_patient(&self.conn, "Study", id).map_err(self.sql_error("counting studies"))?;
+        let reports =
+            database::count_for_patient(&self.conn, "Report", id).map_err(self.sql_error("counting reports"))?;
+        let others = database::count_other_records(&self.conn, id).map_err(self.sql_error("counting other records"))?;
         Ok((studies, reports, others))
     }
 
@@ -576,7 +579,7 @@ impl NanoPix {
         let deletion = database::write_while(
             &self.conn,
             (&self.db_path, self.busy_timeout),
-            "delete patient",
+            "deleting a patient",
             (empty, folder_empty),
             |conn| database::delete_patient(conn, &self.patient_columns, id),
         )?;
@@ -609,13 +612,14 @@ impl NanoPix {
         if contents.files == 0 {
             return Err(error);
         }
-        let step = "put back a patient NanoPix saved a file for while it was deleted";
+        let step = "putting back a patient NanoPix saved a file for while it was deleted";
         database::write(&self.conn, &self.db_path, step, |conn| database::put_back(conn, rows))?;
         Err(not_empty(id, contents))
     }
 
     fn select(&self, selection: Selection) -> Result<PatientRows> {
-        database::read_patients(&self.conn, &self.patient_columns, selection).map_err(self.sql_error("read patients"))
+        database::read_patients(&self.conn, &self.patient_columns, selection)
+            .map_err(self.sql_error("reading patients"))
     }
 
     fn sql_error(&self, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -1238,7 +1242,7 @@ pub(crate) mod tests {
         let result = nanopix.insert_patient(&new_patient("20250301_093000"), None, || false);
         let db_path = root.join(DATABASE_FOLDER).join(DATABASE_FILE);
         assert!(
-            matches!(result, Err(Error::Busy { ref path, step: "insert patient" }) if *path == db_path),
+            matches!(result, Err(Error::Busy { ref path, step: "inserting a patient" }) if *path == db_path),
             "{result:?}"
         );
         assert_eq!(nanopix.patients_after(None, u32::MAX).unwrap().patients.len(), 1);

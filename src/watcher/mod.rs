@@ -82,7 +82,7 @@ impl Watcher {
         let thread = std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || context.run_guarded())
-            .map_err(Error::io(&config.nanopix_root, "start the watcher thread"))?;
+            .map_err(Error::io(&config.nanopix_root, "starting the watcher thread"))?;
         // A thread that ends early drops its sender, which ends the wait as well.
         let _ = first_look.recv_timeout(FIRST_LOOK_TIMEOUT);
         Ok(Self { stop, thread })
