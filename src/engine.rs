@@ -6,7 +6,7 @@
 //! [`crate::dentaltid`] and [`crate::nanopix`]. The engine never deletes a patient on its own.
 //! A full reconcile starts from a [`snapshot`] of both sides; a live pass ([`live_pass`]) reads
 //! only what is new. Both go on through [`imports`], [`links`] and [`deletes`]; exports, the ids
-//! they get and their repair are in [`exports`].
+//! they get and their repair are in [`exports`]. Bulk work leaves DentalTID [`turns`] to save.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
@@ -32,11 +32,13 @@ mod links;
 mod live_pass;
 mod odd_findings;
 mod snapshot;
+mod turns;
 
 use exports::OpenRepairs;
 use live_pass::LiveCursor;
 use odd_findings::OddFindings;
 use snapshot::Snapshot;
+use turns::Turns;
 
 /// Most links one transaction writes or changes, so DentalTID never waits long to save a patient.
 const LINKS_PER_TRANSACTION: usize = 2_000;

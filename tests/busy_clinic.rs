@@ -1093,3 +1093,47 @@ fn export_existing_exports_a_patient_refused_while_dentaltid_held_its_lock_or_fa
         "export_existing gave {result:?}, yet DentalTID patients {unexported:?} have no NanoPix patient"
     );
 }
+
+/// NanoPix patients the clinic imported and then deleted in DentalTID all at once: the sync asks
+/// for their deletes in several transactions.
+const DELETED_AT_ONCE: i64 = 10_000;
+
+/// How many of the sync's links in DentalTID's file ask for a delete, read on `conn`.
+fn delete_requests_written(conn: &Connection) -> usize {
+    let sql = "SELECT count(*) FROM nanopix_sync_links WHERE state = 'delete_requested'";
+    conn.query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+/// Staff delete thousands of imported patients in DentalTID at once, and "Sync Now" writes their
+/// delete requests, a transaction after another. The receptionist saves a patient meanwhile:
+/// DentalTID waits for the write lock as SQLite does, trying again after sleeps of up to 100 ms,
+/// and gets it only if it is free at one of its tries. Her save must go in between two of the
+/// sync's transactions, not wait until the sync has written them all.
+#[test]
+fn a_patient_dentaltid_saves_while_the_sync_writes_thousands_of_delete_requests_goes_in_before_they_are_all_written() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(DELETED_AT_ONCE);
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let dentaltid = another_program(&clinic.dentaltid);
+    let deleted = dentaltid.execute("DELETE FROM patients WHERE source = 'nanopix'", []).unwrap();
+    let saved_patient: i64 = dentaltid.query_row("SELECT min(id) FROM patients", [], |row| row.get(0)).unwrap();
+    let written_before_the_save = std::thread::scope(|scope| {
+        let reconciling = scope.spawn(|| sync.reconcile());
+        until(Duration::from_secs(60), "the sync wrote its first delete requests", || {
+            delete_requests_written(&dentaltid) > 0
+        });
+        // As sqflite saves a patient: BEGIN IMMEDIATE, the change, COMMIT.
+        dentaltid.execute_batch("BEGIN IMMEDIATE").unwrap();
+        dentaltid.execute("UPDATE patients SET phoneNumber = '0550123456' WHERE id = ?1", [saved_patient]).unwrap();
+        let written = delete_requests_written(&dentaltid);
+        dentaltid.execute_batch("COMMIT").unwrap();
+        reconciling.join().unwrap().unwrap();
+        written
+    });
+    assert_eq!(delete_requests_written(&dentaltid), deleted, "every deleted patient asks for its delete");
+    assert!(
+        written_before_the_save < deleted,
+        "DentalTID's save waited until the sync had written all {deleted} delete requests"
+    );
+}

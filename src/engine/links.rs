@@ -4,7 +4,7 @@
 
 use foldhash::{HashMap, HashSet};
 
-use super::{Engine, LINKS_PER_TRANSACTION, Snapshot};
+use super::{Engine, LINKS_PER_TRANSACTION, Snapshot, Turns};
 use crate::dentaltid::{Link, LinkOutcome, LinkState, is_another_person};
 use crate::events::{EventKind, ReconcileReport};
 use crate::matching::{MatchedLink, Matcher};
@@ -260,14 +260,16 @@ impl Engine {
         Ok(change.filter(|(_, state, _)| *state == LinkState::Linked))
     }
 
-    /// Writes link state `changes`, [`LINKS_PER_TRANSACTION`] per transaction, and reports
-    /// each once it is written.
+    /// Writes link state `changes`, [`LINKS_PER_TRANSACTION`] per transaction, with turns for
+    /// DentalTID between transactions (see [`Turns`]), and reports each once it is written.
     pub(super) fn change_links(
         &mut self,
         changes: &[(i64, LinkState, EventKind)],
         report: &mut ReconcileReport,
     ) -> Result<()> {
+        let mut turns = Turns::begin();
         for chunk in changes.chunks(LINKS_PER_TRANSACTION) {
+            turns.between_units();
             let states: Vec<(i64, LinkState)> =
                 chunk.iter().map(|(patient_id, state, _)| (*patient_id, *state)).collect();
             self.dentaltid.set_link_states(&states)?;
