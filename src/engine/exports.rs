@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use chrono::{NaiveDate, NaiveDateTime};
 use foldhash::{HashMap, HashSet};
 
-use super::{Engine, crash_point};
+use super::{Engine, Turns, crash_point};
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
 use crate::matching::MatchedLink;
@@ -309,6 +309,7 @@ impl Engine {
     /// among those that failed or were deferred (see [`Exported::Deferred`]). With ids from their creation, patients are taken in that order,
     /// so each id is looked for after the last one given; else in the order given. A patient the
     /// matching links to a NanoPix patient a deleted one left behind is linked to it instead.
+    /// Between two patients, DentalTID gets a turn to save now and then (see [`Turns`]).
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
         // Work cut short may have skipped links the matching held: giving back or exporting now
         // could give a person a second NanoPix patient.
@@ -335,7 +336,9 @@ impl Engine {
         });
         let mut exported_now = HashSet::default();
         let mut lowest_failed: Option<i64> = None;
+        let mut turns = Turns::begin();
         for patient in ordered {
+            turns.between_units();
             if self.cancelled() {
                 break;
             }

@@ -1,6 +1,6 @@
-//! Turns for DentalTID: bulk work that writes to `dentaltid.db` one unit after another (changes
-//! of link states) pauses now and then, long enough for DentalTID, waiting to save a patient, to
-//! get the write lock.
+//! Turns for DentalTID: bulk work that writes to `dentaltid.db` one unit after another (exports,
+//! changes of link states) pauses now and then, long enough for DentalTID, waiting to save a
+//! patient, to get the write lock.
 //!
 //! SQLite keeps no queue of writers. One that finds the database locked sleeps in its busy
 //! handler and tries again: after 1 ms, then 2, 5, 10, 15, 20 and 25 ms, 50 ms once it has waited
