@@ -99,7 +99,7 @@ pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connecti
 pub(super) fn patient_columns(conn: &Connection, db_path: &Path) -> Result<HashSet<String>> {
     let mut columns = table_columns(conn, "Patient").map_err(Error::db(db_path, "reading the Patient columns"))?;
     if columns.is_empty() {
-        if holds_dentaltid_patients(conn).map_err(Error::db(db_path, "reading the Patient columns"))? {
+        if holds_dentaltid_patients(conn).map_err(Error::db(db_path, "looking for DentalTID's patients table"))? {
             return Err(Error::DentalTidDatabaseAsNanoPix(db_path.to_path_buf()));
         }
         return Err(Error::MissingTable { path: db_path.to_path_buf(), table: "Patient" });
