@@ -11,7 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
@@ -513,11 +513,18 @@ impl Engine {
 }
 
 /// Stops the process at a named step (of an export, or of a reconcile) when
-/// `NANOPIX_SYNC_CRASH_AT` names it.
+/// `NANOPIX_SYNC_CRASH_AT` names it: the first time the step is reached, or, for `step#n`, the
+/// n-th time.
 ///
 /// Only in debug builds: the crash-repair tests run the work in a child process and let it die here.
 fn crash_point(step: &str) {
-    if cfg!(debug_assertions) && std::env::var("NANOPIX_SYNC_CRASH_AT").is_ok_and(|at| at == step) {
+    static REACHED: AtomicU32 = AtomicU32::new(0);
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Ok(at) = std::env::var("NANOPIX_SYNC_CRASH_AT") else { return };
+    let (named, nth) = at.split_once('#').map_or((at.as_str(), Some(1)), |(named, nth)| (named, nth.parse().ok()));
+    if named == step && nth == Some(REACHED.fetch_add(1, Ordering::Relaxed) + 1) {
         std::process::abort();
     }
 }

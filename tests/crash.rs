@@ -4,8 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Clinic;
 use nanopix_sync::{DuplicateReason, ReconcileReport};
@@ -19,9 +18,21 @@ const LINKABLE: u32 = 4_500;
 /// DentalTID patients exported in the export test.
 const EXPORTS: usize = 300;
 
-/// Starts this test binary's child, which opens the sync on `clinic` and does `work` there.
-fn start_child(clinic: &Clinic, work: &str) -> Child {
-    common::child_process("killed_sync_child", clinic).env("NPS_TEST_WORK", work).spawn().unwrap()
+/// Runs this test binary's child, which opens the sync on `clinic` and does `work` there, and
+/// which must abort at the crash point `at` (see `NANOPIX_SYNC_CRASH_AT`) rather than end.
+fn aborted_at(clinic: &Clinic, work: &str, at: &str) {
+    let status = common::child_process("killed_sync_child", clinic)
+        .env("NPS_TEST_WORK", work)
+        .env("NANOPIX_SYNC_CRASH_AT", at)
+        .status()
+        .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "{work}: aborted at {at}, not ended: {status:?}");
+    }
+    #[cfg(not(unix))]
+    assert!(!status.success(), "{work}: aborted at {at}, not ended");
 }
 
 #[test]
@@ -33,10 +44,6 @@ fn killed_sync_child() {
         "export_existing" => drop(sync.export_existing().unwrap()),
         work => panic!("unknown work {work}"),
     }
-    // Only the kill ends this process, so the test knows its work was cut short.
-    loop {
-        std::thread::park();
-    }
 }
 
 /// Reads one number from `database` as another program would, waiting out the sync's locks;
@@ -45,26 +52,6 @@ fn count(database: &Path, sql: &str) -> i64 {
     let conn = Connection::open(database).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn.query_row(sql, [], |row| row.get(0)).unwrap_or(0)
-}
-
-/// Waits up to a minute until `sql` on `database` counts more than `above`, then kills `child`
-/// at once; the child must not have ended on its own.
-fn kill_once(mut child: Child, database: &Path, sql: &str, above: i64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(database, sql) <= above {
-        assert!(Instant::now() < deadline, "`{sql}` never went past {above}");
-        assert!(child.try_wait().unwrap().is_none(), "the child ended before the kill");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "killed, not ended: {status:?}");
-    }
-    #[cfg(not(unix))]
-    assert!(!status.success());
 }
 
 /// Asserts that `database` passes SQLite's integrity check.
@@ -94,14 +81,15 @@ fn ids_not_held_once(clinic: &Clinic) -> Vec<(String, i64)> {
 fn a_first_sync_killed_mid_import_or_mid_link_leaves_each_patient_once_after_the_next_sync() {
     let imported = "SELECT count(*) FROM patients WHERE source = 'nanopix'";
     let linked = "SELECT count(*) FROM nanopix_sync_links WHERE origin = 'matched'";
-    for (stage, sql, all) in [("import", imported, NEW + 1), ("link", linked, i64::from(LINKABLE))] {
+    let stages = [("imports_committed", imported, NEW + 1), ("links_committed", linked, i64::from(LINKABLE))];
+    for (stage, sql, all) in stages {
         let clinic = Clinic::new("v29");
         clinic.add_bulk_nanopix(NEW);
         clinic.add_linkable_pairs(LINKABLE);
         let dentaltid_before = count(&clinic.dentaltid, "SELECT count(*) FROM patients");
-        kill_once(start_child(&clinic, "reconcile"), &clinic.dentaltid, sql, 0);
+        aborted_at(&clinic, "reconcile", stage);
         let done = count(&clinic.dentaltid, sql);
-        assert!(done < all, "{stage}: killed midway, with {done} of {all} done");
+        assert!(0 < done && done < all, "{stage}: killed midway, with {done} of {all} done");
 
         let report = clinic.open().reconcile().unwrap();
         assert_eq!(report.errors, 0, "{stage}");
@@ -120,15 +108,10 @@ fn export_existing_killed_midway_exports_each_patient_once_after_the_next_sync()
     let added: Vec<i64> =
         (0..EXPORTS).map(|i| clinic.add_dentaltid(&format!("Given{i}"), "Exported", Some("1990-05-06"))).collect();
     let nanopix_before = count(&clinic.nanopix_db(), "SELECT count(*) FROM Patient");
-    let exported = i64::try_from(EXPORTS / 3).unwrap();
-    kill_once(
-        start_child(&clinic, "export_existing"),
-        &clinic.nanopix_db(),
-        "SELECT count(*) FROM Patient",
-        nanopix_before + exported,
-    );
+    let exported = EXPORTS / 3;
+    aborted_at(&clinic, "export_existing", &format!("linked#{exported}"));
     let nanopix_cut = count(&clinic.nanopix_db(), "SELECT count(*) FROM Patient");
-    assert!(nanopix_cut < nanopix_before + i64::try_from(EXPORTS).unwrap(), "killed midway at {nanopix_cut} rows");
+    assert_eq!(nanopix_cut, nanopix_before + i64::try_from(exported).unwrap(), "killed after the {exported}th export");
 
     let sync = clinic.open();
     sync.reconcile().unwrap();
@@ -149,23 +132,6 @@ fn export_existing_killed_midway_exports_each_patient_once_after_the_next_sync()
     assert_sound(&clinic.nanopix_db());
 }
 
-/// Runs a reconcile on `clinic` in a child process that aborts once its imports are committed,
-/// before it records the folders it awaits (`NANOPIX_SYNC_CRASH_AT=imported`).
-fn reconcile_aborted_after_its_imports(clinic: &Clinic) {
-    let status = common::child_process("killed_sync_child", clinic)
-        .env("NPS_TEST_WORK", "reconcile")
-        .env("NANOPIX_SYNC_CRASH_AT", "imported")
-        .status()
-        .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(6), "aborted at the crash point: {status:?}");
-    }
-    #[cfg(not(unix))]
-    assert!(!status.success());
-}
-
 /// A sync killed after committing its imports and links, before it recorded the folders it
 /// awaits (NanoPix saved the rows and has not made their folders yet): the next sync still
 /// awaits them, and reports no patient removed; a folder made, then removed, is.
@@ -174,7 +140,7 @@ fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_after
     let clinic = Clinic::new("v29");
     clinic.add_bulk_nanopix(3);
     clinic.add_linkable_pairs(2);
-    reconcile_aborted_after_its_imports(&clinic);
+    aborted_at(&clinic, "reconcile", "imported");
     let imported = "SELECT count(*) FROM patients WHERE source = 'nanopix'";
     assert_eq!(count(&clinic.dentaltid, imported), 4, "the bulk and the fixture were imported before the kill");
 
@@ -193,7 +159,7 @@ fn a_sync_killed_before_recording_the_folders_it_awaits_reports_no_removal_after
 fn a_possible_duplicate_reported_before_a_crash_stays_on_the_review_list() {
     let clinic = Clinic::new("v29");
     clinic.add_nanopix("20250122_091500", "Amina", "Benali", Some("1985-03-12"));
-    reconcile_aborted_after_its_imports(&clinic);
+    aborted_at(&clinic, "reconcile", "imported");
 
     let sync = clinic.open_without_automatic_work();
     let listed = sync.possible_duplicates().unwrap();
@@ -217,7 +183,7 @@ fn a_sync_killed_after_adopting_a_link_reports_no_removal_afterwards() {
     let bob = clinic.add_dentaltid("Bob", "Ray", None);
     let dentaltid = Connection::open(&clinic.dentaltid).unwrap();
     dentaltid.execute("UPDATE patients SET external_id = '20250122_093000' WHERE id = ?1", [bob]).unwrap();
-    reconcile_aborted_after_its_imports(&clinic);
+    aborted_at(&clinic, "reconcile", "imported");
     assert_eq!(count(&clinic.dentaltid, "SELECT count(*) FROM nanopix_sync_links"), 1, "the link was adopted");
 
     let sync = clinic.open_without_automatic_work();

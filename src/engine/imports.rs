@@ -9,7 +9,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foldhash::HashSet;
 
-use super::{Engine, MAX_CANDIDATE_DATES, PAGE, Snapshot};
+use super::{Engine, MAX_CANDIDATE_DATES, PAGE, Snapshot, crash_point};
 use crate::dentaltid::{DentalTid, Importing, LastNames};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::{DentalIndex, Import, MatchKey, Matcher, PossibleDuplicate};
@@ -274,6 +274,7 @@ fn write_pages(
             }
             Err(RecvTimeoutError::Timeout) => {
                 importing.commit()?;
+                crash_point("imports_committed");
                 report_imported(bus, written.drain(..), report);
             }
             Err(RecvTimeoutError::Disconnected) => break,

@@ -4,7 +4,7 @@
 
 use foldhash::{HashMap, HashSet};
 
-use super::{Engine, LINKS_PER_TRANSACTION, Snapshot, Turns};
+use super::{Engine, LINKS_PER_TRANSACTION, Snapshot, Turns, crash_point};
 use crate::dentaltid::{Link, LinkOutcome, LinkState, is_another_person};
 use crate::events::{EventKind, ReconcileReport};
 use crate::matching::{MatchedLink, Matcher};
@@ -94,6 +94,7 @@ impl Engine {
         links.sort_by_key(|link| link.patient_id);
         for chunk in links.chunks(LINKS_PER_TRANSACTION) {
             let outcomes = self.dentaltid.link_all(chunk, self.config.clock.now(), (new_to_sync, read_at))?;
+            crash_point("links_committed");
             for (link, outcome) in chunk.iter().zip(outcomes) {
                 let (patient_id, external_id) = (link.patient_id, link.external_id.to_string());
                 match outcome {
