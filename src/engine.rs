@@ -531,10 +531,37 @@ fn crash_point(step: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use chrono::NaiveDate;
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
     use tempfile::TempDir;
 
     use super::*;
+
+    thread_local! {
+        /// The SQL of each statement the connections [`statements_run`] traces started on this thread.
+        static STATEMENTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `work` on `engine`; returns what it returned, with the SQL of each statement it
+    /// started on either database, in order.
+    pub(super) fn statements_run<T>(engine: &mut Engine, work: impl FnOnce(&mut Engine) -> T) -> (Vec<String>, T) {
+        let traced: fn(TraceEvent<'_>) = |event| {
+            if let TraceEvent::Stmt(_, sql) = event {
+                STATEMENTS.with(|started| started.borrow_mut().push(sql.to_owned()));
+            }
+        };
+        for conn in [engine.dentaltid.connection(), engine.nanopix.connection()] {
+            conn.trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(traced));
+        }
+        STATEMENTS.with(|started| started.borrow_mut().clear());
+        let done = work(engine);
+        for conn in [engine.dentaltid.connection(), engine.nanopix.connection()] {
+            conn.trace_v2(TraceEventCodes::empty(), None);
+        }
+        (STATEMENTS.with(RefCell::take), done)
+    }
 
     /// An engine on a copy of the NanoPix fixture and a DentalTID database with the sample
     /// patients, with Live Sync on, its clock on the morning of 2025-01-22; the folder, the

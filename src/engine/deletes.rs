@@ -214,26 +214,14 @@ mod tests {
     use std::cell::Cell;
 
     use rusqlite::Connection;
-    use rusqlite::trace::{TraceEvent, TraceEventCodes};
     use tempfile::TempDir;
 
     use crate::engine::Engine;
-    use crate::engine::tests::clinic_engine;
+    use crate::engine::tests::{clinic_engine, statements_run};
 
     thread_local! {
         /// How many delete requests [`super::DeleteJudging::stands`] judged on this thread.
         pub(super) static JUDGED: Cell<usize> = const { Cell::new(0) };
-        /// How many SQL statements the connections [`count_statements`] traces started on this
-        /// thread.
-        static STATEMENTS: Cell<usize> = const { Cell::new(0) };
-    }
-
-    /// Counts each statement `engine`'s connections to both databases start on this thread.
-    fn count_statements(engine: &Engine) {
-        let counted: fn(TraceEvent<'_>) = |_| STATEMENTS.with(|started| started.set(started.get() + 1));
-        for conn in [engine.dentaltid.connection(), engine.nanopix.connection()] {
-            conn.trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(counted));
-        }
     }
 
     /// A clinic where `count` NanoPix patients, imported in one batch, were deleted in DentalTID
@@ -262,10 +250,8 @@ mod tests {
 
     /// The number of statements `delete_requests` ran, and the requests it listed.
     fn statements_listing(engine: &mut Engine) -> (usize, usize) {
-        count_statements(engine);
-        STATEMENTS.with(|started| started.set(0));
-        let listed = engine.delete_requests().unwrap().len();
-        (STATEMENTS.with(Cell::get), listed)
+        let (statements, listed) = statements_run(engine, |engine| engine.delete_requests().unwrap().len());
+        (statements.len(), listed)
     }
 
     /// Years of patients deleted in DentalTID whose NanoPix patients the clinic keeps leave
