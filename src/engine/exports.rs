@@ -412,7 +412,8 @@ impl Engine {
     /// written is the patient as DentalTID holds it when the journal row is written: one DentalTID
     /// changed since `patient` was read is read again, up to [`EXPORT_ATTEMPTS`] times. The NanoPix
     /// row is written only if no other program wrote to NanoPix since the sync last read it;
-    /// else the journal row goes and the export is deferred.
+    /// else the export is deferred, with nothing written (its journal row goes, should NanoPix
+    /// change once it is written).
     ///
     /// # Failure
     /// [`Error::Database`], writing nothing, for a patient whose link to the NanoPix patient it
@@ -422,6 +423,11 @@ impl Engine {
             return Err(link_refused(&self.config.dentaltid_db, patient.id, external_id));
         }
         let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
+        // NanoPix would refuse the row (see `complete_export`): no journal row is written and
+        // dropped for it, nor NanoPix's write lock taken, for each patient a bulk export has left.
+        if self.nanopix.data_version()? != read {
+            return Ok(Exported::Deferred);
+        }
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
             let row = self.planned_row(&patient, from)?;
@@ -539,5 +545,47 @@ fn new_nanopix_row(patient: &Patient, id: NanoPixId, now: NaiveDateTime) -> NewN
         birth_date: patient.date_of_birth,
         phone: Some(patient.phone.trim().to_owned()).filter(|phone| !phone.is_empty()),
         created: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::engine::tests::{clinic_engine, statements_run};
+
+    /// NanoPix saves an image while `export_existing` exports a clinic's old patients: the export
+    /// that finds NanoPix changed since the sync read it is deferred, and so is every export after
+    /// it, until the sync has read NanoPix again. None of them may write anything: each wrote a
+    /// journal row, took NanoPix's write lock and dropped the journal row again, for every patient
+    /// left (at 100,000 patients, minutes of DentalTID and NanoPix kept locked for nothing).
+    #[test]
+    fn exports_after_nanopix_changed_write_nothing_until_it_is_read_again() {
+        let (_dir, db, mut engine, _signals) = clinic_engine();
+        engine.reconcile().unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
+                 INSERT INTO patients(name, familyName, age, healthState, diagnosis, treatment, createdAt)
+                 SELECT 'Given' || i, 'Family' || i, 0, '', '', '', '2024-03-0' || (i % 9 + 1) || 'T09:00:00.000'
+                 FROM n;",
+            )
+            .unwrap();
+        let unlinked = engine.without_recorded_link(engine.dentaltid.all_patients().unwrap()).unwrap();
+        let old: Vec<Patient> =
+            unlinked.into_iter().filter(|patient| patient.last_name.starts_with("Family")).collect();
+        assert_eq!(old.len(), 20);
+        let nanopix = Connection::open(engine.config.nanopix_root.join("database/NanoPix.db3")).unwrap();
+        nanopix.execute("UPDATE Patient SET updated_datetime = '2025-01-22 10:00:01' WHERE pk = 1", []).unwrap();
+
+        let mut report = ReconcileReport::default();
+        let (statements, failed) =
+            statements_run(&mut engine, |engine| engine.export_each(&old, IdsFrom::Creation, &mut report));
+        let journaled = statements.iter().filter(|sql| sql.contains("INSERT INTO nanopix_sync_exports")).count();
+        assert_eq!(journaled, 0, "journal rows written for exports NanoPix would refuse");
+        assert_eq!(failed, old.iter().map(|patient| patient.id).min(), "every export waits for the next pass");
+        assert_eq!((report.exported, report.errors), (0, 0));
     }
 }
