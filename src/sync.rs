@@ -218,8 +218,9 @@ impl NanoPixSync {
     /// [`Error::Closed`] when the handle closes (or is stopped) before every patient was exported:
     /// `export_existing` on the next handle exports those left. [`Error::KeptChanging`] when
     /// NanoPix kept changing, and some patients were held back each time, or [`Error::Busy`] when
-    /// a database stayed locked past the busy timeout on some patient's export each time (calling
-    /// again exports those left).
+    /// a database stayed locked past the busy timeout on some patient's export each time, for
+    /// three tries in a row that exported nobody (calling again exports those left): a try cut
+    /// short by a change that exported someone is followed by another.
     pub fn export_existing(&self) -> Result<u64> {
         self.call(Engine::export_existing)
     }

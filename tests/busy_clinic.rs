@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -505,14 +505,17 @@ fn the_same_person_dentaltid_saves_during_a_first_sync_is_linked_not_imported_an
 /// The clinic's clock, in a busy X-ray room: once `saving` is on, each time the sync asks the
 /// time (as it does to plan each export's id, after it read NanoPix and before it writes the row)
 /// NanoPix has just saved something (a short write transaction of another program, as saving an
-/// image's `Study` row is, that changes NanoPix's data version). A save that would have to wait
-/// for the sync's own lock is skipped.
+/// image's `Study` row is, that changes NanoPix's data version); in a quieter room, only when the
+/// sync made a patient folder since the last save. A save that would have to wait for the sync's
+/// own lock is skipped.
 #[derive(Clone)]
 struct BusyXrayRoomClock {
     now: NaiveDateTime,
     nanopix_db: PathBuf,
     saving: Arc<AtomicBool>,
     saves: Arc<AtomicU32>,
+    /// In a quieter room, `PatientData` and how many entries it held at the last save.
+    quieter: Option<(PathBuf, Arc<AtomicUsize>)>,
 }
 
 impl std::fmt::Debug for BusyXrayRoomClock {
@@ -522,20 +525,38 @@ impl std::fmt::Debug for BusyXrayRoomClock {
 }
 
 impl BusyXrayRoomClock {
-    /// The clock of `clinic`'s X-ray room, quiet until `saving` is set.
+    /// The clock of `clinic`'s X-ray room, quiet until `saving` is set, then saving each time.
     fn of(clinic: &Clinic) -> Self {
         Self {
             now: clinic_morning(),
             nanopix_db: clinic.nanopix_db(),
             saving: Arc::new(AtomicBool::new(false)),
             saves: Arc::new(AtomicU32::new(0)),
+            quieter: None,
         }
+    }
+
+    /// The clock of `clinic`'s quieter X-ray room, quiet until `saving` is set, then saving each
+    /// time it is asked once the sync made a patient folder since the last save (or since then).
+    fn quieter(clinic: &Clinic) -> Self {
+        let folders = std::fs::read_dir(&clinic.root).unwrap().count();
+        Self { quieter: Some((clinic.root.clone(), Arc::new(AtomicUsize::new(folders)))), ..Self::of(clinic) }
+    }
+
+    /// Whether the X-ray room saves as the sync asks the time now.
+    fn saves_now(&self) -> bool {
+        if !self.saving.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some((root, seen)) = &self.quieter else { return true };
+        let folders = std::fs::read_dir(root).unwrap().count();
+        seen.swap(folders, Ordering::SeqCst) < folders
     }
 }
 
 impl Clock for BusyXrayRoomClock {
     fn now(&self) -> NaiveDateTime {
-        if self.saving.load(Ordering::SeqCst) {
+        if self.saves_now() {
             let nanopix = Connection::open(&self.nanopix_db).unwrap();
             nanopix.busy_timeout(Duration::ZERO).unwrap();
             let saved = self.saves.load(Ordering::SeqCst) + 1;
@@ -587,6 +608,35 @@ fn export_existing_that_nanopix_keeps_deferring_reports_every_patient_it_did_not
         "export_existing gave {result:?} after NanoPix saved {saves} times, yet DentalTID patients {silent:?} \
          have no NanoPix patient and no sync_error names them; events: {kinds:#?}"
     );
+}
+
+/// `export_existing` of a clinic's old patients while the X-ray room saves an image now and
+/// then (here, as soon as the sync made a patient folder since the last save): each save defers
+/// the exports left in that round, until the sync has read NanoPix again. The exports go on round
+/// after round as long as each round exports someone: a clinic's 100,000 patients take minutes,
+/// during which NanoPix saves many times, and giving up after the third save left most of them
+/// unexported, with `busy`.
+#[test]
+fn export_existing_goes_on_while_nanopix_saves_now_and_then() {
+    let clinic = Clinic::new("v29");
+    let clock = BusyXrayRoomClock::quieter(&clinic);
+    let mut config = clinic.config_without_automatic_work();
+    config.clock = Arc::new(clock.clone());
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    for n in 0..60 {
+        clinic.add_dentaltid(&format!("Amina{n}"), "Benali", Some("1985-03-12"));
+    }
+    clock.saving.store(true, Ordering::SeqCst);
+    let exported = sync.export_existing();
+    clock.saving.store(false, Ordering::SeqCst);
+
+    let saves = clock.saves.load(Ordering::SeqCst);
+    let unexported: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id IS NULL ORDER BY id", |r| r.get(0));
+    assert_eq!(unexported, Vec::<i64>::new(), "export_existing gave {exported:?} after {saves} saves");
+    assert!(matches!(exported, Ok(count) if count >= 60), "{exported:?}");
+    assert!(saves > 3, "NanoPix saved {saves} times, no more often than the rounds tried before");
 }
 
 /// The X-ray room keeps saving while Nadia Saidi's export waits for NanoPix to be still: the

@@ -151,11 +151,15 @@ impl Engine {
     }
 
     /// Exports every patient without a NanoPix link, catching up with NanoPix first, and again
-    /// while NanoPix changes meanwhile (see [`Engine::export_existing`]).
+    /// while NanoPix changes meanwhile (see [`Engine::export_existing`]), as long as one of the
+    /// last [`EXPORT_ATTEMPTS`] tries exported someone: NanoPix saves now and then during the
+    /// minutes a clinic's old patients take.
     fn export_unlinked(&mut self) -> Result<u64> {
         let mut report = ReconcileReport::default();
         let mut refused_by = None;
-        for _ in 0..EXPORT_ATTEMPTS {
+        let mut fruitless = 0;
+        while fruitless < EXPORT_ATTEMPTS {
+            let exported_before = report.exported;
             // The exports the catch-up ended (or made, with Live Sync on) are this call's too.
             let catch_up = self.catch_up_with_nanopix()?;
             report.exported += catch_up.exported + catch_up.repaired;
@@ -180,6 +184,7 @@ impl Engine {
                 self.extend_cursor_past_exports();
                 return Ok(report.exported);
             }
+            fruitless = if report.exported > exported_before { 0 } else { fruitless + 1 };
         }
         self.extend_cursor_past_exports();
         // Live Sync would never export them: they are older than its cursor.
