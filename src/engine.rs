@@ -117,6 +117,9 @@ pub(crate) struct Engine {
     /// The linked twins the last export to finish kept on the review list, with its patient:
     /// what the export reports.
     kept_twins: Option<(i64, PossibleDuplicate)>,
+    /// While exports are made one after another, those whose links wait to be recorded together
+    /// (see [`exports::LinksDue`]).
+    links_due: Option<exports::LinksDue>,
     /// The patient of the export under way, with the NanoPix id its journal row holds, as this
     /// handle last wrote or read it: what a failed export reports, without reading the journal
     /// again (a database locked past the busy timeout would refuse that read too).
@@ -175,6 +178,7 @@ impl Engine {
             unborn_names: None,
             odd_findings: OddFindings::default(),
             kept_twins: None,
+            links_due: None,
             journaled: None,
             refused_links: HashMap::default(),
             left_for_exports: false,

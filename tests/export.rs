@@ -2131,9 +2131,9 @@ fn a_twin_deleted_during_its_twins_export_is_not_reported() {
 }
 
 /// `export_existing` reads the patients and their twins once; DentalTID renames and re-dates the
-/// typed Nadia while an older patient is exported (a trigger stands for it). Her export writes her
-/// new names, and names the imported Nadia, whom she no longer resembles, neither in an event nor
-/// on the review list.
+/// typed Nadia while an older patient is exported (a trigger on the older patient's journal row
+/// stands for it). Her export writes her new names, and names the imported Nadia, whom she no
+/// longer resembles, neither in an event nor on the review list.
 #[test]
 fn a_patient_renamed_during_an_export_call_is_not_reported_beside_her_old_twin() {
     for (first, last) in [("Nadia", "Saidi"), ("Nadia", "Saydi")] {
@@ -2144,7 +2144,7 @@ fn a_patient_renamed_during_an_export_call_is_not_reported_beside_her_old_twin()
         dentaltid.execute("UPDATE patients SET createdAt = '2020-06-01T09:00:00.000' WHERE id = ?1", [older]).unwrap();
         dentaltid
             .execute_batch(&format!(
-                "CREATE TRIGGER rename_typed AFTER UPDATE OF external_id ON patients WHEN NEW.id = {older}
+                "CREATE TRIGGER rename_typed AFTER INSERT ON nanopix_sync_exports WHEN NEW.patient_id = {older}
                  BEGIN UPDATE patients SET name = 'Omar', familyName = 'Haddad',
                        dateOfBirth = '1985-01-01T00:00:00.000' WHERE id = {typed}; END;"
             ))

@@ -13,7 +13,7 @@ use super::candidates::still_named_as;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
 use super::possible_duplicates::{Report, record_possible_duplicates, reported_together};
 use super::state::add_exports_due;
-use super::{DentalTid, LinkOrigin, LinkState, PendingExport};
+use super::{DentalTid, ExportToFinish, LinkOrigin, LinkState, PendingExport};
 use crate::events::DuplicateCandidate;
 use crate::matching::PossibleDuplicate;
 use crate::patient::{NewNanoPixPatient, Patient, WrittenRow, dart_timestamp};
@@ -120,18 +120,8 @@ impl DentalTid {
         })
     }
 
-    /// Finishes an export in one transaction: sets `external_id`, records the link and the row it
-    /// is made with (see [`super::linked_rows`]), keeps the patient's linked twins on the review
-    /// list, and clears the journal row. `twins` gives the patient's `createdAt`, the patient with
-    /// the names and birth date the twins were found for, and them, if any: those kept are the
-    /// twins DentalTID still holds with the names and birth date they were found with, while the
-    /// patient still has those it was found for (one renamed or given another birth date since
-    /// may be another person), less those whose own report names the patient already (listed
-    /// or dismissed: the pair was put to review). Returns them, for the export to report just
-    /// what the list holds.
-    ///
-    /// The patient may have been deleted meanwhile: the link is still recorded, so the engine
-    /// can report the deletion.
+    /// Finishes an export in one transaction: see [`DentalTid::finish_exports`]. Returns its linked
+    /// twins kept on the review list.
     pub fn finish_export(
         &mut self,
         patient_id: i64,
@@ -139,27 +129,27 @@ impl DentalTid {
         synced_at: NaiveDateTime,
         twins: Option<(&str, &DuplicateCandidate, &PossibleDuplicate)>,
     ) -> Result<Option<PossibleDuplicate>> {
-        let (id, synced_at) = (external_id.to_string(), dart_timestamp(synced_at));
-        self.write("finishing an export", |tx| {
-            tx.execute(SET_EXTERNAL_ID, params![id, patient_id, WHITESPACE])?;
-            let (origin, state) = (LinkOrigin::Exported.as_str(), LinkState::Linked.as_str());
-            tx.execute(UPSERT_LINK, params![patient_id, id, origin, state, synced_at])?;
-            tx.execute(RECORD_EXPORTED_ROW, params![patient_id, id])?;
-            let mut kept = None;
-            if let Some((created_at, found_for, found)) = twins {
-                kept = twins_still_alike(tx, found_for, found)?;
-                let reported = kept.as_ref().map(|kept| Report {
-                    patient_id,
-                    created_at,
-                    external_id,
-                    reason: kept.reason,
-                    candidates: &kept.candidates,
-                });
-                record_possible_duplicates(tx, reported)?;
-            }
-            tx.execute(DROP_JOURNAL_ROW, [patient_id])?;
-            Ok(kept)
-        })
+        let export = ExportToFinish { patient_id, external_id, twins };
+        self.finish_exports(&[export], synced_at).map(|mut kept| kept.pop().flatten())
+    }
+
+    /// Finishes `exports` in one transaction: for each, sets `external_id`, records the link and
+    /// the row it is made with (see [`super::linked_rows`]), keeps the patient's linked twins on the
+    /// review list, and clears the journal row. The twins kept are those DentalTID still holds
+    /// with the names and birth date they were found with, while the patient still has those it
+    /// was found for (one renamed or given another birth date since may be another person), less
+    /// those whose own report names the patient already (listed or dismissed: the pair was put to
+    /// review). Returns them for each export, in order, for it to report just what the list holds.
+    ///
+    /// A patient may have been deleted meanwhile: the link is still recorded, so the engine
+    /// can report the deletion.
+    pub fn finish_exports(
+        &mut self,
+        exports: &[ExportToFinish<'_>],
+        synced_at: NaiveDateTime,
+    ) -> Result<Vec<Option<PossibleDuplicate>>> {
+        let synced_at = dart_timestamp(synced_at);
+        self.write("finishing an export", |tx| exports.iter().map(|export| finish_in(tx, export, &synced_at)).collect())
     }
 
     /// Drops a journal row whose export cannot go on (the patient was deleted before NanoPix was written).
@@ -178,6 +168,35 @@ impl DentalTid {
             add_exports_due(tx, &[patient_id])
         })
     }
+}
+
+/// Finishes `export` in `tx`, its link recorded at `synced_at` (see [`DentalTid::finish_exports`]);
+/// returns its linked twins kept on the review list.
+fn finish_in(
+    tx: &Connection,
+    export: &ExportToFinish<'_>,
+    synced_at: &str,
+) -> rusqlite::Result<Option<PossibleDuplicate>> {
+    let (patient_id, external_id) = (export.patient_id, export.external_id);
+    let id = external_id.to_string();
+    tx.prepare_cached(SET_EXTERNAL_ID)?.execute(params![id, patient_id, WHITESPACE])?;
+    let (origin, state) = (LinkOrigin::Exported.as_str(), LinkState::Linked.as_str());
+    tx.prepare_cached(UPSERT_LINK)?.execute(params![patient_id, id, origin, state, synced_at])?;
+    tx.prepare_cached(RECORD_EXPORTED_ROW)?.execute(params![patient_id, id])?;
+    let mut kept = None;
+    if let Some((created_at, found_for, found)) = export.twins {
+        kept = twins_still_alike(tx, found_for, found)?;
+        let reported = kept.as_ref().map(|kept| Report {
+            patient_id,
+            created_at,
+            external_id,
+            reason: kept.reason,
+            candidates: &kept.candidates,
+        });
+        record_possible_duplicates(tx, reported)?;
+    }
+    tx.prepare_cached(DROP_JOURNAL_ROW)?.execute([patient_id])?;
+    Ok(kept)
 }
 
 /// Reads a journal row of [`JOURNAL_COLUMNS`]; `None` when its id is no valid NanoPix id.

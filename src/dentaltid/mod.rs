@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::events::DuplicateCandidate;
 use crate::file_identity::FileIdentity;
+use crate::matching::PossibleDuplicate;
 use crate::patient::{Source, WrittenRow};
 use crate::{Error, NanoPixId, Result};
 
@@ -188,6 +190,18 @@ pub(crate) struct PendingExport {
     /// What the export writes to NanoPix's row, by which its row is recognised; `None` in a
     /// journal row written by a version that did not record it.
     pub written: Option<WrittenRow>,
+}
+
+/// An export whose NanoPix row and folder are made, for [`DentalTid::finish_exports`] to link.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExportToFinish<'a> {
+    /// The DentalTID patient exported.
+    pub patient_id: i64,
+    /// The NanoPix id it was written under.
+    pub external_id: NanoPixId,
+    /// The patient's `createdAt`, the patient with the names and birth date its linked twins
+    /// were found for, and them, if any (see [`DentalTid::finish_exports`]).
+    pub twins: Option<(&'a str, &'a DuplicateCandidate, &'a PossibleDuplicate)>,
 }
 
 /// An open, migrated DentalTID database.

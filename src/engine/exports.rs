@@ -12,16 +12,18 @@ use foldhash::{HashMap, HashSet};
 use super::{Engine, Turns, crash_point};
 use crate::dentaltid::PendingExport;
 use crate::events::{EventKind, ReconcileReport};
-use crate::matching::MatchedLink;
+use crate::matching::{MatchedLink, Matcher};
 use crate::nanopix::Insertion;
 use crate::patient::{NewNanoPixPatient, Patient, Source};
 use crate::{Error, NanoPixId, Result};
 
 mod ids;
+mod linking;
 mod repairs;
 mod twins;
 
 use ids::{IdsFrom, past_ids_from};
+pub(super) use linking::LinksDue;
 pub(super) use repairs::OpenRepairs;
 use twins::{Twins, linked_twins_of};
 
@@ -311,10 +313,10 @@ impl Engine {
     }
 
     /// Exports `patients` with ids `from`, reporting each failure; returns the lowest patient id
-    /// among those that failed or were deferred (see [`Exported::Deferred`]). With ids from their creation, patients are taken in that order,
-    /// so each id is looked for after the last one given; else in the order given. A patient the
-    /// matching links to a NanoPix patient a deleted one left behind is linked to it instead.
-    /// Between two patients, DentalTID gets a turn to save now and then (see [`Turns`]).
+    /// among those that failed or were deferred (see [`Exported::Deferred`]). With ids from their
+    /// creation, patients are taken in that order, so each id is looked for after the last one
+    /// given; else in the order given. A patient the matching links to a NanoPix patient a deleted
+    /// one left behind is linked to it instead.
     fn export_each(&mut self, patients: &[Patient], from: IdsFrom, report: &mut ReconcileReport) -> Option<i64> {
         // Work cut short may have skipped links the matching held: giving back or exporting now
         // could give a person a second NanoPix patient.
@@ -339,39 +341,49 @@ impl Engine {
             self.report_error(&error, None, None, report);
             None
         });
+        let ordered = ordered.into_iter().filter(|patient| !given_back.contains_key(&patient.id));
+        self.export_in_order(ordered, from, twins.as_ref(), report)
+    }
+
+    /// Exports `patients` in their order, with ids `from`, reporting each failure, their links
+    /// recorded many at a time (see [`Engine::link_due_exports`]); returns the lowest patient id
+    /// among those that failed or were deferred. `twins` finds the linked twins of each. Between
+    /// two patients, DentalTID gets a turn to save now and then (see [`Turns`]).
+    fn export_in_order<'a>(
+        &mut self,
+        patients: impl Iterator<Item = &'a Patient>,
+        from: IdsFrom,
+        twins: Option<&Matcher>,
+        report: &mut ReconcileReport,
+    ) -> Option<i64> {
         let mut exported_now = HashSet::default();
-        let mut lowest_failed: Option<i64> = None;
+        let mut lowest_failed = None;
         let mut turns = Turns::begin();
-        for patient in ordered {
+        self.link_exports_together();
+        for patient in patients {
             turns.between_units();
             if self.cancelled() {
                 break;
             }
-            if given_back.contains_key(&patient.id) {
-                continue;
-            }
-            let found = linked_twins_of(twins.as_ref(), patient, &exported_now);
-            let exported = self.export_or_resume(patient, from, found.as_ref());
-            if !matches!(exported, Ok(Exported::Written(_) | Exported::Deleted)) {
-                lowest_failed = Some(lowest_failed.map_or(patient.id, |lowest| lowest.min(patient.id)));
-            }
-            match exported {
-                Ok(Exported::Written(external_id)) => {
-                    report.exported += 1;
-                    self.report_twins(patient.id, external_id, report);
+            let found = linked_twins_of(twins, patient, &exported_now);
+            match self.export_or_resume(patient, from, found.as_ref()) {
+                Ok(Exported::Written(_)) => {
                     exported_now.insert(patient.id);
                 }
-                // A deferred export is the next pass's, once it has read NanoPix: no failure.
-                Ok(Exported::Deleted | Exported::Deferred) => {}
+                Ok(Exported::Deleted) => {}
+                // A deferred export is the next pass's, once it has read NanoPix: no failure to report.
+                Ok(Exported::Deferred) => lowest_failed = lowest(lowest_failed, Some(patient.id)),
                 Err(error) => {
                     // A patient left alone for its refused link names the NanoPix patient it matches.
                     let matched = self.refused_links.get(&patient.id).map(NanoPixId::to_string);
                     let external_id = self.journaled_id(patient.id).or(matched);
                     self.report_error(&error, external_id, Some(patient.id), report);
+                    lowest_failed = lowest(lowest_failed, Some(patient.id));
                 }
             }
+            lowest_failed = lowest(lowest_failed, self.link_due_exports(false, report));
         }
-        lowest_failed
+        lowest(lowest_failed, self.link_due_exports(true, report))
     }
 
     /// Records in the journal that the export of `patient_id` now writes `row`, and remembers its
@@ -512,22 +524,6 @@ impl Engine {
         }
         Ok(inserted)
     }
-
-    /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
-    /// (with the patient's linked `twins` on the review list, while it has the names and birth
-    /// date they were found for) and reports the export.
-    fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: Option<&Twins>) -> Result<()> {
-        let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
-        crash_point("folder");
-        let patient_id = patient.id;
-        let twins = twins.map(|twins| (patient.created_at.as_str(), &twins.found_for, &twins.found));
-        let kept = self.dentaltid.finish_export(patient_id, id, self.config.clock.now(), twins)?;
-        self.kept_twins = kept.map(|found| (patient_id, found));
-        crash_point("linked");
-        let (external_id, folder) = (id.to_string(), folder.display().to_string());
-        self.bus.emit(EventKind::PatientExported { patient_id, external_id, folder });
-        Ok(())
-    }
 }
 
 /// Why patient `patient_id` of the DentalTID database at `path` is not exported: DentalTID
@@ -539,6 +535,11 @@ fn link_refused(path: &std::path::Path, patient_id: i64, external_id: NanoPixId)
     );
     let refused = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT);
     Error::db(path, "exporting a patient")(rusqlite::Error::SqliteFailure(refused, Some(message)))
+}
+
+/// The lower of two patient ids, either of which may be missing.
+fn lowest(one: Option<i64>, other: Option<i64>) -> Option<i64> {
+    one.into_iter().chain(other).min()
 }
 
 /// The NanoPix row an export of `patient` writes with `id`, created `now`.
@@ -560,6 +561,15 @@ mod tests {
     use super::*;
     use crate::engine::tests::{clinic_engine, statements_run};
 
+    /// Adds `count` patients to the DentalTID database at `db`, created in DentalTID last year.
+    fn add_old_patients(db: &std::path::Path, count: u32) {
+        let conn = Connection::open(db).unwrap();
+        let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+            INSERT INTO patients(name, familyName, age, healthState, diagnosis, treatment, createdAt)
+            SELECT 'Given' || i, 'Family' || i, 0, '', '', '', '2024-03-0' || (i % 9 + 1) || 'T09:00:00.000' FROM n";
+        conn.execute(sql, [count]).unwrap();
+    }
+
     /// NanoPix saves an image while `export_existing` exports a clinic's old patients: the export
     /// that finds NanoPix changed since the sync read it is deferred, and so is every export after
     /// it, until the sync has read NanoPix again. None of them may write anything: each wrote a
@@ -569,15 +579,7 @@ mod tests {
     fn exports_after_nanopix_changed_write_nothing_until_it_is_read_again() {
         let (_dir, db, mut engine, _signals) = clinic_engine();
         engine.reconcile().unwrap();
-        Connection::open(&db)
-            .unwrap()
-            .execute_batch(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
-                 INSERT INTO patients(name, familyName, age, healthState, diagnosis, treatment, createdAt)
-                 SELECT 'Given' || i, 'Family' || i, 0, '', '', '', '2024-03-0' || (i % 9 + 1) || 'T09:00:00.000'
-                 FROM n;",
-            )
-            .unwrap();
+        add_old_patients(&db, 20);
         let unlinked = engine.without_recorded_link(engine.dentaltid.all_patients().unwrap()).unwrap();
         let old: Vec<Patient> =
             unlinked.into_iter().filter(|patient| patient.last_name.starts_with("Family")).collect();
@@ -592,5 +594,30 @@ mod tests {
         assert_eq!(journaled, 0, "journal rows written for exports NanoPix would refuse");
         assert_eq!(failed, old.iter().map(|patient| patient.id).min(), "every export waits for the next pass");
         assert_eq!((report.exported, report.errors), (0, 0));
+    }
+
+    /// `export_existing` of a clinic's old patients records their links in DentalTID many at a
+    /// time: a transaction of its own for each link (each waits for the disk) was one of the three
+    /// commits each export waited for, and kept DentalTID locked most of the time, DentalTID's own
+    /// saves waiting up to seconds behind them.
+    #[test]
+    fn export_existing_records_the_links_of_many_exports_in_one_transaction() {
+        let (_dir, db, mut engine, _signals) = clinic_engine();
+        engine.reconcile().unwrap();
+        add_old_patients(&db, 30);
+        let (statements, exported) = statements_run(&mut engine, |engine| engine.export_existing().unwrap());
+        let mut linking = Vec::new();
+        let mut links_in_transaction = 0;
+        for sql in &statements {
+            if sql.starts_with("BEGIN") {
+                links_in_transaction = 0;
+            } else if sql.starts_with("UPDATE patients SET external_id") {
+                links_in_transaction += 1;
+            } else if sql.starts_with("COMMIT") && links_in_transaction > 0 {
+                linking.push(links_in_transaction);
+            }
+        }
+        assert_eq!(exported, 36, "the six sample patients and the thirty old ones");
+        assert_eq!(linking, [36], "links recorded by each transaction that recorded some");
     }
 }

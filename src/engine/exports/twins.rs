@@ -83,7 +83,7 @@ pub(super) fn linked_twins_of(
 }
 
 /// The linked twins found for a patient an export writes, and that patient as then read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Twins {
     /// The patient, with the names and birth date the twins were found for.
     pub(super) found_for: DuplicateCandidate,
