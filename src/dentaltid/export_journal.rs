@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::candidates::still_named_as;
 use super::patients::{SET_EXTERNAL_ID, UPSERT_LINK, patient_in};
-use super::possible_duplicates::{Report, record_possible_duplicates, reported_together};
+use super::possible_duplicates::{Report, ReportsOn, record_possible_duplicates};
 use super::state::add_exports_due;
 use super::{DentalTid, ExportToFinish, LinkOrigin, LinkState, PendingExport};
 use crate::events::DuplicateCandidate;
@@ -149,7 +149,12 @@ impl DentalTid {
         synced_at: NaiveDateTime,
     ) -> Result<Vec<Option<PossibleDuplicate>>> {
         let synced_at = dart_timestamp(synced_at);
-        self.write("finishing an export", |tx| exports.iter().map(|export| finish_in(tx, export, &synced_at)).collect())
+        let twins = exports.iter().filter_map(|export| export.twins).flat_map(|(_, _, found)| &found.candidates);
+        let twins = twins.map(|twin| twin.patient_id).collect();
+        self.write("finishing an export", |tx| {
+            let mut reports_on_twins = ReportsOn::read(tx, twins)?;
+            exports.iter().map(|export| finish_in(tx, export, &synced_at, &mut reports_on_twins)).collect()
+        })
     }
 
     /// Drops a journal row whose export cannot go on (the patient was deleted before NanoPix was written).
@@ -171,11 +176,13 @@ impl DentalTid {
 }
 
 /// Finishes `export` in `tx`, its link recorded at `synced_at` (see [`DentalTid::finish_exports`]);
-/// returns its linked twins kept on the review list.
+/// returns its linked twins kept on the review list. `reports_on_twins` holds the latest reports
+/// on its twins, and is told of the report it keeps.
 fn finish_in(
     tx: &Connection,
     export: &ExportToFinish<'_>,
     synced_at: &str,
+    reports_on_twins: &mut ReportsOn,
 ) -> rusqlite::Result<Option<PossibleDuplicate>> {
     let (patient_id, external_id) = (export.patient_id, export.external_id);
     let id = external_id.to_string();
@@ -185,7 +192,7 @@ fn finish_in(
     tx.prepare_cached(RECORD_EXPORTED_ROW)?.execute(params![patient_id, id])?;
     let mut kept = None;
     if let Some((created_at, found_for, found)) = export.twins {
-        kept = twins_still_alike(tx, found_for, found)?;
+        kept = twins_still_alike(tx, found_for, found, reports_on_twins)?;
         let reported = kept.as_ref().map(|kept| Report {
             patient_id,
             created_at,
@@ -193,7 +200,9 @@ fn finish_in(
             reason: kept.reason,
             candidates: &kept.candidates,
         });
-        record_possible_duplicates(tx, reported)?;
+        if let Some(row) = record_possible_duplicates(tx, reported)? {
+            reports_on_twins.kept_in(tx, row)?;
+        }
     }
     tx.prepare_cached(DROP_JOURNAL_ROW)?.execute([patient_id])?;
     Ok(kept)
@@ -219,19 +228,21 @@ fn written_from_row(row: &Row<'_>) -> rusqlite::Result<Option<WrittenRow>> {
 }
 
 /// Those of `found`, the linked twins of the patient `found_for` names, that DentalTID still holds
-/// with the names and birth date they were found with and whose own report does not name the
-/// patient, while the patient still has those it was found for; `None` when none is left.
+/// with the names and birth date they were found with and whose own report (as `reports` holds
+/// it) does not name the patient, while the patient still has those it was found for; `None`
+/// when none is left.
 fn twins_still_alike(
     conn: &Connection,
     found_for: &DuplicateCandidate,
     found: &PossibleDuplicate,
+    reports: &ReportsOn,
 ) -> rusqlite::Result<Option<PossibleDuplicate>> {
     if !still_named_as(conn, found_for)? {
         return Ok(None);
     }
     let mut candidates = Vec::with_capacity(found.candidates.len());
     for twin in &found.candidates {
-        if still_named_as(conn, twin)? && !reported_together(conn, twin.patient_id, found_for.patient_id)? {
+        if still_named_as(conn, twin)? && !reports.name_together(conn, twin.patient_id, found_for.patient_id)? {
             candidates.push(twin.clone());
         }
     }

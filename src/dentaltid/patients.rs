@@ -153,7 +153,7 @@ impl Importing<'_> {
         }
         let path = &self.dentaltid.path;
         let tx = Self::transaction(&mut self.open, &self.dentaltid.conn, path)?;
-        record_possible_duplicates(tx, reported).map_err(Error::db(path, "recording possible duplicates"))
+        record_possible_duplicates(tx, reported).map(drop).map_err(Error::db(path, "recording possible duplicates"))
     }
 
     /// The open transaction, begun if none is open.

@@ -34,6 +34,9 @@ const RECORD: &str = "INSERT INTO nanopix_sync_possible_duplicates(reports) VALU
 /// Every page of reports, oldest first.
 const STORED: &str = "SELECT id, reports FROM nanopix_sync_possible_duplicates ORDER BY id";
 
+/// One page of reports.
+const STORED_IN: &str = "SELECT id, reports FROM nanopix_sync_possible_duplicates WHERE id = ?1";
+
 /// A patient as a report shows it: names, birth date, and the `createdAt` that tells it apart.
 const AS_CANDIDATE: &str = "SELECT name, familyName, dateOfBirth, createdAt FROM patients WHERE id = ?1";
 
@@ -77,8 +80,8 @@ pub struct Report<'a, E> {
     pub candidates: &'a [DuplicateCandidate],
 }
 
-/// Keeps `reports` as one row, in the open transaction on `conn`; writes nothing without any.
-/// In a `patients` table without AUTOINCREMENT, which gives a deleted last id again, each
+/// Keeps `reports` as one row, in the open transaction on `conn`, and returns its id; writes
+/// nothing without any. In a `patients` table without AUTOINCREMENT, which gives a deleted last id again, each
 /// candidate is kept with its `createdAt` as DentalTID holds it now, and one DentalTID no longer
 /// holds is left out: a patient given its id later is someone else. With AUTOINCREMENT (a
 /// `sqlite_sequence` row, as DentalTID's own table has), no id is given twice, and the ids alone
@@ -86,7 +89,7 @@ pub struct Report<'a, E> {
 pub(super) fn record_possible_duplicates<'a, E: Display>(
     conn: &Connection,
     reports: impl IntoIterator<Item = Report<'a, E>>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<i64>> {
     let mut created = match patients_sequence(conn)? {
         Some(_) => None,
         None => Some(conn.prepare_cached(CANDIDATE_CREATED)?),
@@ -99,10 +102,11 @@ pub(super) fn record_possible_duplicates<'a, E: Display>(
         let _ =
             writeln!(text, "{patient_id} {external_id} {reason} {} {}", entries.join(","), one_line(report.created_at));
     }
-    if !text.is_empty() {
-        conn.prepare_cached(RECORD)?.execute([text])?;
+    if text.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    conn.prepare_cached(RECORD)?.execute([text])?;
+    Ok(Some(conn.last_insert_rowid()))
 }
 
 /// The entries of `candidates` in a kept line: each id alone, or with its `createdAt` read by
@@ -174,7 +178,7 @@ fn listed(conn: &Connection, awaiting: BTreeMap<i64, StoredReport>) -> rusqlite:
         .values()
         .flat_map(|stored| [stored.patient_id].into_iter().chain(stored.candidates.iter().map(|(id, _)| *id)));
     let held = held_patients(conn, named.collect())?;
-    Ok(awaiting.into_values().filter_map(|stored| stored.into_review(&held)).collect())
+    Ok(awaiting.values().filter_map(|stored| stored.review(&held)).collect())
 }
 
 /// A report as it is stored, with the row holding it.
@@ -193,7 +197,7 @@ struct StoredReport {
 impl StoredReport {
     /// The report as the list shows it, with the candidates `held` holds; `None` when `held`
     /// lacks its patient (with the `createdAt` it had) or holds none of its candidates.
-    fn into_review(self, held: &HashMap<i64, HeldPatient>) -> Option<DuplicateToReview> {
+    fn review(&self, held: &HashMap<i64, HeldPatient>) -> Option<DuplicateToReview> {
         let patient = held.get(&self.patient_id)?;
         if self.created_at.as_ref().is_some_and(|created_at| *created_at != one_line(&patient.created_at)) {
             return None;
@@ -207,7 +211,7 @@ impl StoredReport {
                 same.then(|| patient.candidate.clone())
             })
             .collect();
-        let Self { patient_id, external_id, reason, .. } = self;
+        let (patient_id, external_id, reason) = (self.patient_id, self.external_id.clone(), self.reason);
         (!candidates.is_empty()).then_some(DuplicateToReview { patient_id, external_id, reason, candidates })
     }
 
@@ -237,13 +241,42 @@ fn parse_candidate(entry: &str) -> Option<(i64, Option<String>)> {
     }
 }
 
-/// Whether the latest report kept on patient `reported`, listed or dismissed, names patient
-/// `candidate`, both still the patients the report was kept for: the pair was put to review
-/// already.
-pub(super) fn reported_together(conn: &Connection, reported: i64, candidate: i64) -> rusqlite::Result<bool> {
-    let Some(stored) = latest_reports(conn, Some(reported))?.remove(&reported) else { return Ok(false) };
-    let held = held_patients(conn, BTreeSet::from([reported, candidate]))?;
-    Ok(stored.into_review(&held).is_some_and(|review| review.candidates.iter().any(|c| c.patient_id == candidate)))
+/// The latest reports kept on some patients, listed or dismissed, read once for many look-ups
+/// ([`ReportsOn::name_together`]) in one transaction, and told of the reports it keeps meanwhile
+/// ([`ReportsOn::kept_in`]): reading the whole list for each look-up made each export of a patient
+/// with linked twins read it all, megabytes once a first sync of a large clinic has reported
+/// thousands of possible duplicates.
+pub(super) struct ReportsOn {
+    patients: BTreeSet<i64>,
+    latest: BTreeMap<i64, StoredReport>,
+}
+
+impl ReportsOn {
+    /// Reads the latest report on each of `patients`, in one pass over the list (none without
+    /// patients).
+    pub(super) fn read(conn: &Connection, patients: BTreeSet<i64>) -> rusqlite::Result<Self> {
+        let latest = if patients.is_empty() { BTreeMap::new() } else { latest_reports(conn, Some(&patients))? };
+        Ok(Self { patients, latest })
+    }
+
+    /// Whether the latest report kept on patient `reported` (one of those read) names patient
+    /// `candidate`, both still the patients the report was kept for: the pair was put to review
+    /// already.
+    pub(super) fn name_together(&self, conn: &Connection, reported: i64, candidate: i64) -> rusqlite::Result<bool> {
+        let Some(stored) = self.latest.get(&reported) else { return Ok(false) };
+        let held = held_patients(conn, BTreeSet::from([reported, candidate]))?;
+        Ok(stored.review(&held).is_some_and(|review| review.candidates.iter().any(|c| c.patient_id == candidate)))
+    }
+
+    /// Takes in the reports on the patients read that row `row` keeps, kept since they were read.
+    pub(super) fn kept_in(&mut self, conn: &Connection, row: i64) -> rusqlite::Result<()> {
+        let mut statement = conn.prepare_cached(STORED_IN)?;
+        let mut rows = statement.query([row])?;
+        while let Some(row) = rows.next()? {
+            take_latest(row, Some(&Wanted::of(&self.patients)), &mut self.latest)?;
+        }
+        Ok(())
+    }
 }
 
 /// The latest report on each patient that is not dismissed, by patient id; on patient `only`
@@ -254,33 +287,73 @@ fn awaiting_review(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTr
         .query_map([], |row| Ok((row.get(0).ok(), row.get(1).ok())))?
         .filter_map(|read| read.map(|(patient_id, through)| patient_id.zip(through)).transpose())
         .collect::<rusqlite::Result<_>>()?;
-    let mut latest = latest_reports(conn, only)?;
+    let mut latest = latest_reports(conn, only.map(|patient_id| BTreeSet::from([patient_id])).as_ref())?;
     latest.retain(|patient_id, stored| dismissed.get(patient_id).is_none_or(|&through| through < stored.row));
     Ok(latest)
 }
 
-/// The latest report on each patient, dismissed or not, by patient id; on patient `only` alone,
-/// when given (only its lines are read whole, so looking at one patient's report does not parse
-/// the whole list).
-fn latest_reports(conn: &Connection, only: Option<i64>) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
+/// The latest report on each patient, dismissed or not, by patient id; on the patients `only`
+/// names alone, when given (only their lines are read whole, so looking at a few patients'
+/// reports does not parse the whole list).
+fn latest_reports(conn: &Connection, only: Option<&BTreeSet<i64>>) -> rusqlite::Result<BTreeMap<i64, StoredReport>> {
     let mut latest = BTreeMap::new();
-    let on_only = only.map(LinesOn::new);
+    let wanted = only.map(Wanted::of);
     let mut statement = conn.prepare_cached(STORED)?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        let (Ok(id), Some(reports)) = (row.get::<_, i64>(0), row.get_ref(1)?.as_bytes_or_null().ok().flatten()) else {
-            continue;
-        };
-        if on_only.as_ref().is_some_and(|on_only| !on_only.may_be_in(reports)) {
-            continue;
-        }
-        let lines = reports.split(|&byte| byte == b'\n');
-        let wanted = lines.filter(|line| only.is_none() || StoredReport::patient_of(line) == only);
-        for stored in wanted.filter_map(|line| StoredReport::parse(id, line)) {
-            latest.insert(stored.patient_id, stored);
-        }
+        take_latest(row, wanted.as_ref(), &mut latest)?;
     }
     Ok(latest)
+}
+
+/// Takes into `latest` the reports a row of [`STORED`]'s columns keeps, on the patients `only`
+/// wants alone when given, each over any earlier one on its patient.
+fn take_latest(
+    row: &rusqlite::Row<'_>,
+    only: Option<&Wanted<'_>>,
+    latest: &mut BTreeMap<i64, StoredReport>,
+) -> rusqlite::Result<()> {
+    let (Ok(id), Some(reports)) = (row.get::<_, i64>(0), row.get_ref(1)?.as_bytes_or_null().ok().flatten()) else {
+        return Ok(());
+    };
+    if only.is_some_and(|only| !only.may_be_in(reports)) {
+        return Ok(());
+    }
+    let lines = reports.split(|&byte| byte == b'\n');
+    let wanted = lines.filter(|line| only.is_none_or(|only| only.wants(line)));
+    for stored in wanted.filter_map(|line| StoredReport::parse(id, line)) {
+        latest.insert(stored.patient_id, stored);
+    }
+    Ok(())
+}
+
+/// Up to how many patients a read of the list looks for their lines in each row (see
+/// [`LinesOn`]) before it reads the row; for more, it reads every row line by line, once.
+const SEARCHED_PATIENTS: usize = 8;
+
+/// The patients a read of the list takes the reports on, with a quick search for the lines of
+/// each when they are few.
+struct Wanted<'a> {
+    patients: &'a BTreeSet<i64>,
+    searches: Option<Vec<LinesOn>>,
+}
+
+impl<'a> Wanted<'a> {
+    /// The reports on `patients`.
+    fn of(patients: &'a BTreeSet<i64>) -> Self {
+        let few = patients.len() <= SEARCHED_PATIENTS;
+        Self { patients, searches: few.then(|| patients.iter().map(|&patient_id| LinesOn::new(patient_id)).collect()) }
+    }
+
+    /// Whether `reports`, a row of the list, may hold a line on one of the patients.
+    fn may_be_in(&self, reports: &[u8]) -> bool {
+        self.searches.as_ref().is_none_or(|searches| searches.iter().any(|search| search.may_be_in(reports)))
+    }
+
+    /// Whether `line` reports on one of the patients.
+    fn wants(&self, line: &[u8]) -> bool {
+        StoredReport::patient_of(line).is_some_and(|patient_id| self.patients.contains(&patient_id))
+    }
 }
 
 /// A quick search for the lines of one patient's reports in a row of the list, so that looking

@@ -620,4 +620,43 @@ mod tests {
         assert_eq!(exported, 36, "the six sample patients and the thirty old ones");
         assert_eq!(linking, [36], "links recorded by each transaction that recorded some");
     }
+
+    /// A clinic typed again into DentalTID people whose NanoPix patients a first sync imported
+    /// (thousands of them in a large clinic, whose first sync also leaves thousands of reports on
+    /// the review list). Each export of one finds the imported patient as a linked twin, and
+    /// looks on the review list whether that pair was put to review already: the list is read
+    /// once for the exports whose links one transaction records, not once for each.
+    #[test]
+    fn exports_of_patients_with_linked_twins_read_the_review_list_once_together() {
+        let (_dir, db, mut engine, _signals) = clinic_engine();
+        let root = engine.config.nanopix_root.clone();
+        let nanopix = Connection::open(root.join("database/NanoPix.db3")).unwrap();
+        let people =
+            ["Ouali", "Ferhat", "Lounes", "Djebbar", "Mebarki", "Rahmani", "Slimani", "Yahiaoui", "Ziani", "Bouzid"];
+        for (n, last_name) in people.into_iter().enumerate() {
+            let id = format!("20250121_09{n:02}00");
+            nanopix
+                .execute(
+                    "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime, updated_datetime)
+                     VALUES (?1, ?2, 'Yacine', ?3, '2025-01-21 09:00:30', '2025-01-21 09:00:30')",
+                    (&id, last_name, format!("19{}-05-19", 50 + n)),
+                )
+                .unwrap();
+            std::fs::create_dir(root.join(&id)).unwrap();
+        }
+        engine.reconcile().unwrap();
+        let dentaltid = Connection::open(&db).unwrap();
+        let typed_again = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,
+                                                createdAt)
+            SELECT name, familyName, age, dateOfBirth, '', '', '', '2024-03-01T09:00:00.000' FROM patients
+            WHERE source = 'nanopix' AND name = 'Yacine'";
+        assert_eq!(dentaltid.execute(typed_again, []).unwrap(), 10);
+
+        let (statements, exported) = statements_run(&mut engine, |engine| engine.export_existing().unwrap());
+        let list_reads = statements.iter().filter(|sql| sql.contains("FROM nanopix_sync_possible_duplicates ORDER BY"));
+        assert_eq!(exported, 16, "the six sample patients and the ten typed again");
+        assert_eq!(list_reads.count(), 1, "reads of the whole review list");
+        let reported = engine.possible_duplicates().unwrap();
+        assert_eq!(reported.iter().filter(|report| report.candidates.len() == 1).count(), 10, "{reported:#?}");
+    }
 }
