@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use crate::dentaltid::{DentalTid, LastNames, Link, LinkState};
 use crate::events::{EventBus, EventKind, ReconcileReport};
@@ -120,6 +120,9 @@ pub(crate) struct Engine {
     /// While exports are made one after another, those whose links wait to be recorded together
     /// (see [`exports::LinksDue`]).
     links_due: Option<exports::LinksDue>,
+    /// While exports are made one after another, the NanoPix ids import batches record, read once
+    /// for all the ids they try: only imports write batches, and none runs meanwhile.
+    ids_in_batches: Option<HashSet<NanoPixId>>,
     /// The patient of the export under way, with the NanoPix id its journal row holds, as this
     /// handle last wrote or read it: what a failed export reports, without reading the journal
     /// again (a database locked past the busy timeout would refuse that read too).
@@ -179,6 +182,7 @@ impl Engine {
             odd_findings: OddFindings::default(),
             kept_twins: None,
             links_due: None,
+            ids_in_batches: None,
             journaled: None,
             refused_links: HashMap::default(),
             left_for_exports: false,

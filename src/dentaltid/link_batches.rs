@@ -122,6 +122,23 @@ impl DentalTid {
         Ok(())
     }
 
+    /// Every NanoPix id an import batch records, read in one pass: for a run of exports, whose
+    /// every id tried would read all the batches (see [`DentalTid::recorded_links`]).
+    pub fn ids_in_batches(&self) -> Result<HashSet<NanoPixId>> {
+        let read = || {
+            let mut ids = HashSet::default();
+            let mut batches = self.conn.prepare_cached("SELECT external_ids FROM nanopix_sync_imports")?;
+            let mut rows = batches.query([])?;
+            while let Some(row) = rows.next()? {
+                let ValueRef::Text(entries) = row.get_ref(0)? else { continue };
+                let valid = entries.chunks_exact(ID_LEN).filter_map(|entry| std::str::from_utf8(entry).ok());
+                ids.extend(valid.filter_map(|entry| NanoPixId::parse(entry).ok()));
+            }
+            Ok(ids)
+        };
+        read().map_err(Error::db(&self.path, "looking up links"))
+    }
+
     /// The patients import batches give each of the NanoPix `ids` to, in one pass over the
     /// batches (see [`DentalTid::walk_batches`]).
     pub fn imported_under(&self, ids: &[NanoPixId]) -> Result<ImportedUnder> {

@@ -44,6 +44,9 @@ const NOTE_UNANNOUNCED_DELETE: &str = "INSERT OR REPLACE INTO nanopix_sync_unann
 /// row or an import batch names, then looks those up one by one.
 const FEW_PATIENTS: usize = 256;
 
+/// Whether a link row records NanoPix id `?1`.
+const LINK_ROW_OF_ID: &str = "SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)";
+
 impl DentalTid {
     /// Every link, in patient id order: readable link rows and the links of imported batches,
     /// read with the link rows that cannot be read, in the same pass.
@@ -71,14 +74,20 @@ impl DentalTid {
         Ok(self.recorded_links(&[external_id])?.contains(&external_id))
     }
 
+    /// Whether a link row records this NanoPix id (see [`DentalTid::recorded_links`], which also
+    /// reads the import batches).
+    pub fn has_link_row(&self, external_id: NanoPixId) -> Result<bool> {
+        let read = || self.conn.prepare_cached(LINK_ROW_OF_ID)?.query_row([external_id.to_string()], |row| row.get(0));
+        read().map_err(Error::db(&self.path, "looking up links"))
+    }
+
     /// Those of `ids` the sync recorded a link to, in a link row or an import batch, whatever
     /// became of the patient: a patient deleted in DentalTID after its import, or while its
     /// export finished, still counts, so its NanoPix patient is never imported back and its id
     /// never given again. Link rows are found by index; the batches are read once for all `ids`.
     pub fn recorded_links(&self, ids: &[NanoPixId]) -> Result<HashSet<NanoPixId>> {
         let read = || {
-            let mut in_rows =
-                self.conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM nanopix_sync_links WHERE external_id = ?1)")?;
+            let mut in_rows = self.conn.prepare_cached(LINK_ROW_OF_ID)?;
             let mut found = HashSet::default();
             let mut rest = HashMap::default();
             for &id in ids {

@@ -133,7 +133,17 @@ impl Engine {
             || self.nanopix.records_name(id)
             || self.nanopix.id_exists(id)?
             || self.dentaltid.shows_external_id(id)?
-            || self.dentaltid.has_recorded_link(id)?)
+            || self.has_recorded_link(id)?)
+    }
+
+    /// Whether the sync recorded a link to `id` (see
+    /// [`crate::dentaltid::DentalTid::recorded_links`]), from the ids in import batches read for
+    /// the run of exports under way, if one is.
+    fn has_recorded_link(&self, id: NanoPixId) -> Result<bool> {
+        match &self.ids_in_batches {
+            Some(in_batches) => Ok(in_batches.contains(&id) || self.dentaltid.has_link_row(id)?),
+            None => self.dentaltid.has_recorded_link(id),
+        }
     }
 
     /// The NanoPix ids of exports in flight (in the journal).
