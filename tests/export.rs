@@ -2270,6 +2270,30 @@ fn export_existing_cut_short_by_closing_does_not_report_success() {
     );
 }
 
+/// The handle is stopped while `export_existing` works through a clinic's old patients, as the
+/// sync plans the ids of the next exports, which it journals together before it writes them.
+/// Of those, only the export it was writing when it stopped may stay in the journal: the repair
+/// at the next start would write the others, patients the stopped call never reached (and look
+/// through every NanoPix patient for each, for the same person saved meanwhile).
+#[test]
+fn export_existing_stopped_leaves_in_the_journal_only_the_export_it_was_writing() {
+    let clinic = Clinic::new("v29");
+    for i in 0..40 {
+        add_created(&clinic, &format!("Old{i:03}"), "2024-06-01T09:00:00.000");
+    }
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    // The call asks the time to order the patients, then to plan the ids of the first ones.
+    let (planning, stopper) = (clock.clone(), sync.stopper());
+    clock.arm(Box::new(move || planning.arm(Box::new(move || stopper.stop()))));
+    let result = sync.export_existing();
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    assert!(clock.ran(), "stopped as it planned the first exports");
+    let journaled = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get::<_, i64>(0));
+    assert!(journaled[0] <= 1, "{} exports journaled and not written", journaled[0]);
+}
+
 /// Someone edits the sync's export journal by hand (a database browser, a backup of another
 /// version): a patient's row holds an id that is no NanoPix id. No export wrote NanoPix anything
 /// under it, so it must not keep that patient out of NanoPix for ever.

@@ -72,28 +72,16 @@ impl DentalTid {
     /// longer holds `patient` as given: deleted, or changed since it was read, so `row` would
     /// not be what the patient is now.
     pub fn begin_export(&mut self, patient: &Patient, row: &NewNanoPixPatient, at: NaiveDateTime) -> Result<bool> {
-        let (external_id, at, written) = (row.id.to_string(), dart_timestamp(at), row.written());
+        let at = dart_timestamp(at);
+        self.write("recording an export", |tx| begin_in(tx, patient, row, &at))
+    }
+
+    /// Records the intent to export each of `planned` in one transaction, as
+    /// [`DentalTid::begin_export`] does, each started at the creation time its row writes;
+    /// returns, in order, whether each was recorded.
+    pub fn begin_exports(&mut self, planned: &[(&Patient, &NewNanoPixPatient)]) -> Result<Vec<bool>> {
         self.write("recording an export", |tx| {
-            if patient_in(tx, patient.id)?.as_ref() != Some(patient) {
-                return Ok(false);
-            }
-            // A journal row whose id is no valid NanoPix id (edited by hand) is never read as an
-            // export in flight, and no export wrote NanoPix anything under it: it gives way.
-            let journaled =
-                tx.prepare_cached(JOURNALED_ID)?.query_row([patient.id], |row| text_at(row, 0)).optional()?;
-            if journaled.is_some_and(|id| id.is_none_or(|id| NanoPixId::parse(&id).is_err())) {
-                tx.prepare_cached(DROP_JOURNAL_ROW)?.execute([patient.id])?;
-            }
-            let values = params![
-                patient.id,
-                external_id,
-                at,
-                written.last_name,
-                written.first_name,
-                written.birthdate,
-                written.created
-            ];
-            tx.execute(BEGIN_EXPORT, values).map(|_| true)
+            planned.iter().map(|(patient, row)| begin_in(tx, patient, row, &dart_timestamp(row.created))).collect()
         })
     }
 
@@ -159,7 +147,16 @@ impl DentalTid {
 
     /// Drops a journal row whose export cannot go on (the patient was deleted before NanoPix was written).
     pub fn abandon_export(&mut self, patient_id: i64) -> Result<()> {
-        self.write("abandoning an export", |tx| tx.execute(DROP_JOURNAL_ROW, [patient_id]).map(drop))
+        self.abandon_exports(&[patient_id])
+    }
+
+    /// Drops the journal rows of the exports of `patient_ids` in one transaction: exports that
+    /// wrote nothing to NanoPix and do not go on.
+    pub fn abandon_exports(&mut self, patient_ids: &[i64]) -> Result<()> {
+        self.write("abandoning an export", |tx| {
+            let mut drop_row = tx.prepare_cached(DROP_JOURNAL_ROW)?;
+            patient_ids.iter().try_for_each(|&patient_id| drop_row.execute([patient_id]).map(drop))
+        })
     }
 
     /// Drops the journal row of the export of `patient_id`, which gives way to a link with the
@@ -173,6 +170,31 @@ impl DentalTid {
             add_exports_due(tx, &[patient_id])
         })
     }
+}
+
+/// Records in `tx` the intent to export `patient` as `row`, started `at` (see
+/// [`DentalTid::begin_export`]); returns whether it was recorded.
+fn begin_in(tx: &Connection, patient: &Patient, row: &NewNanoPixPatient, at: &str) -> rusqlite::Result<bool> {
+    if patient_in(tx, patient.id)?.as_ref() != Some(patient) {
+        return Ok(false);
+    }
+    // A journal row whose id is no valid NanoPix id (edited by hand) is never read as an
+    // export in flight, and no export wrote NanoPix anything under it: it gives way.
+    let journaled = tx.prepare_cached(JOURNALED_ID)?.query_row([patient.id], |row| text_at(row, 0)).optional()?;
+    if journaled.is_some_and(|id| id.is_none_or(|id| NanoPixId::parse(&id).is_err())) {
+        tx.prepare_cached(DROP_JOURNAL_ROW)?.execute([patient.id])?;
+    }
+    let written = row.written();
+    let values = params![
+        patient.id,
+        row.id.to_string(),
+        at,
+        written.last_name,
+        written.first_name,
+        written.birthdate,
+        written.created
+    ];
+    tx.prepare_cached(BEGIN_EXPORT)?.execute(values).map(|_| true)
 }
 
 /// Finishes `export` in `tx`, its link recorded at `synced_at` (see [`DentalTid::finish_exports`]);

@@ -17,6 +17,7 @@ use crate::nanopix::Insertion;
 use crate::patient::{NewNanoPixPatient, Patient, Source};
 use crate::{Error, NanoPixId, Result};
 
+mod ahead;
 mod ids;
 mod linking;
 mod repairs;
@@ -341,17 +342,17 @@ impl Engine {
             self.report_error(&error, None, None, report);
             None
         });
-        let ordered = ordered.into_iter().filter(|patient| !given_back.contains_key(&patient.id));
-        self.export_in_order(ordered, from, twins.as_ref(), report)
+        ordered.retain(|patient| !given_back.contains_key(&patient.id));
+        self.export_in_order(&ordered, from, twins.as_ref(), report)
     }
 
     /// Exports `patients` in their order, with ids `from`, reporting each failure, their links
     /// recorded many at a time (see [`Engine::link_due_exports`]); returns the lowest patient id
     /// among those that failed or were deferred. `twins` finds the linked twins of each. Between
     /// two patients, DentalTID gets a turn to save now and then (see [`Turns`]).
-    fn export_in_order<'a>(
+    fn export_in_order(
         &mut self,
-        patients: impl Iterator<Item = &'a Patient>,
+        patients: &[&Patient],
         from: IdsFrom,
         twins: Option<&Matcher>,
         report: &mut ReconcileReport,
@@ -362,11 +363,12 @@ impl Engine {
         self.link_exports_together();
         // Unread, each id tried reads the batches itself, and meets the same error if any.
         self.ids_in_batches = self.dentaltid.ids_in_batches().ok();
-        for patient in patients {
+        for (place, &patient) in patients.iter().enumerate() {
             turns.between_units();
             if self.cancelled() {
                 break;
             }
+            self.journal_ahead(&patients[place..], from);
             let found = linked_twins_of(twins, patient, &exported_now);
             match self.export_or_resume(patient, from, found.as_ref()) {
                 Ok(Exported::Written(_)) => {
@@ -385,6 +387,7 @@ impl Engine {
             }
             lowest_failed = lowest(lowest_failed, self.link_due_exports(false, report));
         }
+        self.drop_journaled_ahead(report);
         self.ids_in_batches = None;
         lowest(lowest_failed, self.link_due_exports(true, report))
     }
@@ -411,6 +414,9 @@ impl Engine {
     /// again, before a next try writes the person a second NanoPix patient.
     fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
         self.journaled = None;
+        if self.journaled_ahead.contains_key(&patient.id) {
+            return self.export_journaled(patient, from, twins);
+        }
         let Some(pending) = self.dentaltid.pending_export(patient.id)? else {
             return self.export(patient, from, twins);
         };
@@ -420,6 +426,13 @@ impl Engine {
             self.cursor = None;
         }
         resumed
+    }
+
+    /// NanoPix's data version as the sync last read it, while NanoPix is still so: an export may
+    /// write its row. `None` when another program wrote to NanoPix since, or it was never read.
+    fn unchanged_nanopix_read(&self) -> Result<Option<i64>> {
+        let Some(read) = self.nanopix_read else { return Ok(None) };
+        Ok((self.nanopix.data_version()? == read).then_some(read))
     }
 
     /// Whether the journal moved the export `pending` records off the id it reserved, as the
@@ -442,12 +455,9 @@ impl Engine {
         if let Some(&external_id) = self.refused_links.get(&patient.id) {
             return Err(link_refused(&self.config.dentaltid_db, patient.id, external_id));
         }
-        let Some(read) = self.nanopix_read else { return Ok(Exported::Deferred) };
         // NanoPix would refuse the row (see `complete_export`): no journal row is written and
         // dropped for it, nor NanoPix's write lock taken, for each patient a bulk export has left.
-        if self.nanopix.data_version()? != read {
-            return Ok(Exported::Deferred);
-        }
+        let Some(read) = self.unchanged_nanopix_read()? else { return Ok(Exported::Deferred) };
         let mut patient = patient.clone();
         for _ in 0..EXPORT_ATTEMPTS {
             let row = self.planned_row(&patient, from)?;
@@ -693,5 +703,29 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert!(exported_ids.iter().all(|id| !id.starts_with("20250121_09")), "{exported_ids:?}");
+    }
+
+    /// `export_existing` of a clinic's old patients journals its exports many at a time: a
+    /// transaction of its own for each journal row (each waits for the disk) was one of the three
+    /// an export waited for, and kept DentalTID locked between them.
+    #[test]
+    fn export_existing_journals_many_exports_in_one_transaction() {
+        let (_dir, db, mut engine, _signals) = clinic_engine();
+        engine.reconcile().unwrap();
+        add_old_patients(&db, 30);
+        let (statements, exported) = statements_run(&mut engine, |engine| engine.export_existing().unwrap());
+        let mut journaling = Vec::new();
+        let mut journaled_in_transaction = 0;
+        for sql in &statements {
+            if sql.starts_with("BEGIN") {
+                journaled_in_transaction = 0;
+            } else if sql.starts_with("INSERT INTO nanopix_sync_exports") {
+                journaled_in_transaction += 1;
+            } else if sql.starts_with("COMMIT") && journaled_in_transaction > 0 {
+                journaling.push(journaled_in_transaction);
+            }
+        }
+        assert_eq!(exported, 36, "the six sample patients and the thirty old ones");
+        assert_eq!(journaling, [16, 16, 4], "exports journaled by each transaction that journaled some");
     }
 }

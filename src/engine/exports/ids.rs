@@ -54,9 +54,22 @@ impl Engine {
     /// [`Error::NoFreeId`] when none of these seconds is free; see [`Engine::export_time`].
     pub(super) fn planned_row(&mut self, patient: &Patient, from: IdsFrom) -> Result<NewNanoPixPatient> {
         let now = self.export_time()?;
+        self.planned_row_besides(patient, from, &HashSet::default(), now)
+    }
+
+    /// [`Engine::planned_row`] at `now` (see [`Engine::export_time`]), besides the ids `reserved`
+    /// for the exports journaled with it.
+    pub(super) fn planned_row_besides(
+        &mut self,
+        patient: &Patient,
+        from: IdsFrom,
+        reserved: &HashSet<NanoPixId>,
+        now: NaiveDateTime,
+    ) -> Result<NewNanoPixPatient> {
         self.ensure_indexes()?;
         self.nanopix.refresh_record_ids()?;
-        let in_flight = self.in_flight_ids()?;
+        let mut in_flight = self.in_flight_ids()?;
+        in_flight.extend(reserved);
         let mut id = match from {
             IdsFrom::Creation => self.free_past_id(PastRun::Creation, past_ids_from(patient, now), now, &in_flight)?,
             IdsFrom::Now => None,
