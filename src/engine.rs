@@ -21,7 +21,7 @@ use crate::dentaltid::{DentalTid, LastNames, Link, LinkState};
 use crate::events::{EventBus, EventKind, ReconcileReport};
 use crate::matching::PossibleDuplicate;
 use crate::nanopix::NanoPix;
-use crate::patient::{NewNanoPixPatient, Patient, PatientFilter};
+use crate::patient::{Patient, PatientFilter};
 use crate::sync::SourceInfo;
 use crate::{Config, DuplicateToReview, Error, NanoPixId, Result};
 
@@ -120,9 +120,9 @@ pub(crate) struct Engine {
     /// While exports are made one after another, those whose links wait to be recorded together
     /// (see [`exports::LinksDue`]).
     links_due: Option<exports::LinksDue>,
-    /// While exports are made one after another, those journaled ahead and not written yet, with
-    /// the row each journal row records (see [`exports`]).
-    journaled_ahead: HashMap<i64, NewNanoPixPatient>,
+    /// While exports are made one after another, those journaled ahead of their turn, by patient
+    /// (see [`exports::JournaledAhead`]).
+    journaled_ahead: HashMap<i64, exports::JournaledAhead>,
     /// While exports are made one after another, the NanoPix ids import batches record, read once
     /// for all the ids they try: only imports write batches, and none runs meanwhile.
     ids_in_batches: Option<HashSet<NanoPixId>>,

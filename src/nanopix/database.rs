@@ -164,21 +164,34 @@ pub(super) fn write_while<T>(
 ) -> Result<Option<T>> {
     let (deadline, mut pause) = (Instant::now() + busy_timeout * WRITE_ATTEMPTS, Duration::from_millis(1));
     loop {
-        if !still()? {
-            return Ok(None);
-        }
-        conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
-        let attempt = immediate_while(conn, &mut still_under_lock, &mut work);
-        conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
-        match attempt {
-            Err(error) if crate::error::is_busy(&error) && Instant::now() < deadline => {
+        let checks = (&mut still, &mut still_under_lock);
+        match write_once_while(conn, (db_path, busy_timeout), step, checks, &mut work) {
+            Err(Error::Busy { .. }) if Instant::now() < deadline => {
                 thread::sleep(pause);
                 pause = (pause * 2).min(FIRST_BACKOFF);
             }
-            Err(error) => return Err(Error::db(db_path, step)(error)),
-            Ok(checked) => return checked,
+            written => return written,
         }
     }
+}
+
+/// One try of [`write_while`], which never waits for the lock: [`Error::Busy`] when the database
+/// is busy, taking the write lock or committing. `busy_timeout` is the connection's own, put back
+/// after the try.
+pub(super) fn write_once_while<T>(
+    conn: &Connection,
+    (db_path, busy_timeout): (&Path, Duration),
+    step: &'static str,
+    (mut still, mut still_under_lock): (impl FnMut() -> Result<bool>, impl FnMut() -> Result<bool>),
+    mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+) -> Result<Option<T>> {
+    if !still()? {
+        return Ok(None);
+    }
+    conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
+    let attempt = immediate_while(conn, &mut still_under_lock, &mut work);
+    conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;
+    attempt.map_err(Error::db(db_path, step))?
 }
 
 /// One try of [`write_while`]: `work` in a `BEGIN IMMEDIATE` transaction, committed only when
@@ -375,8 +388,27 @@ pub(super) fn insert_patient(
         insert_values(patient).into_iter().filter(|(name, _)| columns.contains(*name)).unzip();
     let placeholders: Vec<String> = (1..=names.len()).map(|index| format!("?{index}")).collect();
     let sql = format!("INSERT INTO Patient ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
-    conn.execute(&sql, params_from_iter(values))?;
+    conn.prepare_cached(&sql)?.execute(params_from_iter(values))?;
     Ok(Insertion::Inserted)
+}
+
+/// Inserts each of `patients` as [`insert_patient`] does, in the one transaction it runs in;
+/// returns whether each was inserted (one whose id exists is not). `None`, having written
+/// nothing, when another program wrote to NanoPix since its data version was `unchanged_since`.
+pub(super) fn insert_patients(
+    conn: &Connection,
+    columns: &HashSet<String>,
+    patients: &[&NewNanoPixPatient],
+    unchanged_since: i64,
+) -> rusqlite::Result<Option<Vec<bool>>> {
+    if crate::values::data_version(conn)? != unchanged_since {
+        return Ok(None);
+    }
+    let inserted = patients.iter().map(|patient| insert_patient(conn, columns, patient, None));
+    inserted
+        .map(|insertion| insertion.map(|insertion| insertion == Insertion::Inserted))
+        .collect::<rusqlite::Result<_>>()
+        .map(Some)
 }
 
 /// Every column the sync may fill, with the value NanoPix itself would write: its form saves

@@ -475,6 +475,37 @@ impl NanoPix {
         Ok(inserted.unwrap_or(Insertion::IdTaken))
     }
 
+    /// Inserts the rows of `patients` in one transaction, as [`NanoPix::insert_patient`] inserts
+    /// one (the folder of each looked for before and under the lock, `stopping` heeded), but
+    /// tries once: while NanoPix is busy, each row is better written on its own, by an export that
+    /// waits for it. Returns whether each was written (a row with its id there already is left
+    /// alone). `None`, with nothing written, when the folder of one of them is there (another
+    /// NanoPix patient's, made meanwhile), or another program wrote to NanoPix since
+    /// [`NanoPix::data_version`] gave `unchanged_since`.
+    ///
+    /// # Failure
+    /// [`Error::Busy`], with nothing written, when NanoPix was busy.
+    pub fn insert_patients(
+        &self,
+        patients: &[&NewNanoPixPatient],
+        unchanged_since: i64,
+        stopping: impl Fn() -> bool,
+    ) -> Result<Option<Vec<bool>>> {
+        let folders: Vec<PathBuf> = patients.iter().map(|patient| self.folder_path(patient.id)).collect();
+        let all_free = || match stopping() {
+            true => Err(Error::Closed),
+            false => Ok(folders.iter().all(|folder| folder.symlink_metadata().is_err())),
+        };
+        let inserted = database::write_once_while(
+            &self.conn,
+            (&self.db_path, self.busy_timeout),
+            "insert patients",
+            (&all_free, &all_free),
+            |conn| database::insert_patients(conn, &self.patient_columns, patients, unchanged_since),
+        )?;
+        Ok(inserted.flatten())
+    }
+
     /// Whether the row with this id is one the sync wrote with `written`'s values: each of the
     /// columns that identify it and that exist holds exactly the text written.
     pub fn holds_written_row(&self, id: NanoPixId, written: &WrittenRow) -> Result<bool> {

@@ -1,11 +1,15 @@
-//! Exports journaled ahead: exports made one after another ([`Engine::export_each`]) record the
-//! journal rows of the next patients many at a time, in one DentalTID transaction, instead of a
-//! transaction per export (each waits for the disk, and kept DentalTID locked). Each export then
-//! writes its NanoPix row as its journal row records it, while DentalTID still holds the patient
-//! as it was read; one DentalTID changed or deleted since starts again from the patient as she is
-//! now. The journal rows of the exports the run does not write (it stops, or NanoPix changed
-//! meanwhile) are dropped together when it ends; a crash leaves them to the repair, as any export
-//! it cuts short.
+//! Exports written ahead: exports made one after another ([`Engine::export_each`]) record the
+//! journal rows of the next patients many at a time, in one DentalTID transaction, then write
+//! their NanoPix rows in one NanoPix transaction, instead of a transaction of each per export
+//! (each waits for the disk, and kept both databases locked nearly all the time: NanoPix's own
+//! reads waited up to a second). Each export then makes its folder and link in turn. A row that
+//! could not be written with the others (its id taken meanwhile, a folder of one of them made,
+//! NanoPix changed or busy) is written by its own export, while DentalTID still holds the patient
+//! as journaled (else her export starts again from her as she is now). The journal rows of the
+//! exports that wrote nothing when the run ends (it stops, or NanoPix changed meanwhile) are
+//! dropped together; a crash leaves them, and the rows written, to the repair.
+
+use std::sync::atomic::Ordering;
 
 use foldhash::HashSet;
 
@@ -15,25 +19,55 @@ use crate::events::ReconcileReport;
 use crate::patient::{NewNanoPixPatient, Patient};
 use crate::{NanoPixId, Result};
 
-/// Most exports journaled in one transaction: a crash leaves at most this many exports that
-/// wrote nothing yet for the repair at the next start, each of which reads every NanoPix
-/// patient to look for the same person saved meanwhile.
-const JOURNALED_AT_ONCE: usize = 16;
+/// Most exports journaled, and written to NanoPix, in one transaction: a crash leaves at most
+/// this many exports that wrote nothing yet for the repair at the next start, each of which
+/// reads every NanoPix patient to look for the same person saved meanwhile.
+const WRITTEN_AT_ONCE: usize = 16;
+
+/// An export journaled ahead of its turn.
+#[derive(Debug)]
+pub(in crate::engine) struct JournaledAhead {
+    /// The NanoPix row its journal row records.
+    row: NewNanoPixPatient,
+    /// Whether that row is written to NanoPix.
+    written: bool,
+}
 
 impl Engine {
-    /// Journals the exports of the first [`JOURNALED_AT_ONCE`] of `upcoming`, taken in their
-    /// order, that are to be written now, unless the first of them is journaled already or
-    /// NanoPix changed since the sync read it. A patient whose row cannot be planned, or whose
-    /// journal row cannot be written, is left out: her own export meets the error and reports it.
-    pub(super) fn journal_ahead(&mut self, upcoming: &[&Patient], from: IdsFrom) {
+    /// Journals the exports of the first [`WRITTEN_AT_ONCE`] of `upcoming`, taken in their
+    /// order, that are to be written now, then writes their NanoPix rows, unless the first of
+    /// them is journaled already, or the work is stopped, or NanoPix changed since the sync read
+    /// it. A patient whose row cannot be planned or journaled is left out, and rows that cannot
+    /// be written together are left to each export: each meets the error and reports it.
+    pub(super) fn write_ahead(&mut self, upcoming: &[&Patient], from: IdsFrom) {
         let first_waits = upcoming.first().is_some_and(|first| self.journaled_ahead.contains_key(&first.id));
-        if first_waits || !matches!(self.unchanged_nanopix_read(), Ok(Some(_))) {
+        let Ok(Some(read)) = self.unchanged_nanopix_read() else { return };
+        if first_waits || self.cancelled() {
             return;
         }
-        let Ok(now) = self.export_time() else { return };
-        let mut planned: Vec<(&Patient, NewNanoPixPatient)> = Vec::with_capacity(JOURNALED_AT_ONCE);
+        let journaled = self.journal_ahead(upcoming, from);
+        let rows: Vec<&NewNanoPixPatient> = journaled.iter().map(|(_, row)| row).collect();
+        let closing = &self.signals.closing;
+        let written = match rows.is_empty() {
+            true => None,
+            false => self.nanopix.insert_patients(&rows, read, || closing.load(Ordering::Relaxed)).ok().flatten(),
+        };
+        if written.as_ref().is_some_and(|written| written.contains(&true)) {
+            crash_point("row");
+        }
+        let written = written.unwrap_or_else(|| vec![false; journaled.len()]);
+        for ((patient_id, row), written) in journaled.into_iter().zip(written) {
+            self.journaled_ahead.insert(patient_id, JournaledAhead { row, written });
+        }
+    }
+
+    /// Journals the exports of the first [`WRITTEN_AT_ONCE`] of `upcoming` that may be, in one
+    /// transaction; returns those journaled, by patient, with their rows.
+    fn journal_ahead(&mut self, upcoming: &[&Patient], from: IdsFrom) -> Vec<(i64, NewNanoPixPatient)> {
+        let Ok(now) = self.export_time() else { return Vec::new() };
+        let mut planned: Vec<(&Patient, NewNanoPixPatient)> = Vec::with_capacity(WRITTEN_AT_ONCE);
         let mut reserved: HashSet<NanoPixId> = HashSet::default();
-        for &patient in upcoming.iter().take(JOURNALED_AT_ONCE) {
+        for &patient in upcoming.iter().take(WRITTEN_AT_ONCE) {
             if !self.journals_ahead(patient) {
                 continue;
             }
@@ -43,13 +77,10 @@ impl Engine {
             }
         }
         let rows: Vec<(&Patient, &NewNanoPixPatient)> = planned.iter().map(|(patient, row)| (*patient, row)).collect();
-        let Ok(begun) = self.dentaltid.begin_exports(&rows) else { return };
+        let Ok(begun) = self.dentaltid.begin_exports(&rows) else { return Vec::new() };
         crash_point("journal");
-        for ((patient, row), begun) in planned.into_iter().zip(begun) {
-            if begun {
-                self.journaled_ahead.insert(patient.id, row);
-            }
-        }
+        let journaled = planned.into_iter().zip(begun).filter(|(_, begun)| *begun);
+        journaled.map(|((patient, row), _)| (patient.id, row)).collect()
     }
 
     /// Whether the export of `patient` may be journaled ahead: not journaled yet, and not left
@@ -60,20 +91,45 @@ impl Engine {
             && matches!(self.dentaltid.pending_export(patient.id), Ok(None))
     }
 
-    /// Writes the export of `patient` that [`Engine::journal_ahead`] journaled (as
-    /// [`Engine::export`] goes on once its journal row is written), while NanoPix is unchanged
-    /// since the sync read it and DentalTID holds the patient as read; else the export is
-    /// deferred, its journal row left to be dropped with the others not written, or, for a
-    /// patient DentalTID changed, started again.
+    /// Whether the NanoPix row of the export of `patient_id` is written ahead of its turn.
+    pub(super) fn written_ahead(&self, patient_id: i64) -> bool {
+        self.journaled_ahead.get(&patient_id).is_some_and(|ahead| ahead.written)
+    }
+
+    /// Goes on with the export of `patient` that [`Engine::write_ahead`] journaled: its folder
+    /// and link once its NanoPix row is written, else that row first (see
+    /// [`Engine::write_journaled`]).
     pub(super) fn export_journaled(
         &mut self,
         patient: &Patient,
         from: IdsFrom,
         twins: Option<&Twins>,
     ) -> Result<Exported> {
-        let Some(read) = self.unchanged_nanopix_read()? else { return Ok(Exported::Deferred) };
-        let Some(row) = self.journaled_ahead.remove(&patient.id) else { return self.export(patient, from, twins) };
-        self.journaled = Some((patient.id, row.id));
+        let Some(ahead) = self.journaled_ahead.remove(&patient.id) else { return self.export(patient, from, twins) };
+        self.journaled = Some((patient.id, ahead.row.id));
+        if !ahead.written {
+            return self.write_journaled(patient, ahead.row, from, twins);
+        }
+        self.link_export(patient, ahead.row.id, twins)?;
+        Ok(Exported::Written(ahead.row.id))
+    }
+
+    /// Writes `row`, which the journal records for the export of `patient` and which could not be
+    /// written with the others, as [`Engine::export`] goes on once its journal row is written:
+    /// only while NanoPix is unchanged since the sync read it (else the export is deferred, its
+    /// journal row left to be dropped with the others not written), and DentalTID holds the
+    /// patient as journaled (else her export starts again from her as she is now).
+    fn write_journaled(
+        &mut self,
+        patient: &Patient,
+        row: NewNanoPixPatient,
+        from: IdsFrom,
+        twins: Option<&Twins>,
+    ) -> Result<Exported> {
+        let Some(read) = self.unchanged_nanopix_read()? else {
+            self.journaled_ahead.insert(patient.id, JournaledAhead { row, written: false });
+            return Ok(Exported::Deferred);
+        };
         if self.dentaltid.patient(patient.id)?.as_ref() != Some(patient) {
             self.dentaltid.abandon_export(patient.id)?;
             return self.export(patient, from, twins);
@@ -87,10 +143,16 @@ impl Engine {
         }
     }
 
-    /// Drops together the journal rows of the exports journaled ahead that were not written;
-    /// an error doing so goes to `report`, and the repair ends them later.
+    /// Drops together the journal rows of the exports journaled ahead that wrote nothing to
+    /// NanoPix; an error doing so goes to `report`, and the repair ends them later. An export
+    /// whose row is written keeps its journal row, for the repair to make its folder and link.
     pub(super) fn drop_journaled_ahead(&mut self, report: &mut ReconcileReport) {
-        let unwritten: Vec<i64> = self.journaled_ahead.drain().map(|(patient_id, _)| patient_id).collect();
+        let unwritten: Vec<i64> = self
+            .journaled_ahead
+            .drain()
+            .filter(|(_, ahead)| !ahead.written)
+            .map(|(patient_id, _)| patient_id)
+            .collect();
         if unwritten.is_empty() {
             return;
         }
