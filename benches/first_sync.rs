@@ -1,7 +1,7 @@
 //! First sync, steady-state reconcile, the review list of possible duplicates and one-by-one
 //! exports at clinic scale (100,000 patients on each side), the exports also beside thousands of
-//! delete requests, and the list of those requests, each against a bare-rusqlite baseline
-//! measured in the same run.
+//! delete requests, the list of those requests, and `export_existing` beside 100,000 imported
+//! NanoPix patients, each against a bare-rusqlite baseline measured in the same run.
 //!
 //! The generated clinic is made once; every run that writes gets its own copy of the DentalTID
 //! file (copying is not measured). Run with `cargo bench --bench first_sync`.
@@ -24,6 +24,8 @@ const SCALE: usize = 100_000;
 const EXPORTS: usize = 1_000;
 /// Imported patients deleted in DentalTID before the second round of exports.
 const DELETED: usize = 5_000;
+/// DentalTID patients of the clinic whose old patients `export_existing` exports at once.
+const EXISTING: usize = 1_000;
 /// Criterion's smallest sample count; each sample of the first sync is a single run.
 const SAMPLES: usize = 10;
 
@@ -382,6 +384,42 @@ fn baseline_exports(clinic: &Clinic) -> Vec<Duration> {
     durations
 }
 
+/// (g) `export_existing` once a first sync imported 100,000 NanoPix patients (their ids in import
+/// batches, thousands of reports on the review list) into a DentalTID file of [`EXISTING`]
+/// patients: it exports those the first sync did not link, against as many bare NanoPix inserts
+/// (each its own commit) and `create_dir`s, per export.
+fn export_existing() {
+    let clinic = Clinic::generate(SCALE, EXISTING);
+    let dentaltid = clinic.copy_dentaltid();
+    let (sync, first) = open_and_reconcile(&clinic, &dentaltid.path);
+    let events = sync.events();
+    let _ = events.try_iter().count();
+    let start = Instant::now();
+    let exported = sync.export_existing().expect("export_existing");
+    let library = start.elapsed();
+    let errors = events.try_iter().filter(|event| matches!(event.kind, EventKind::SyncError { .. })).count();
+    assert_eq!(errors, 0, "export_existing without errors");
+    println!("{}", export_existing_line(exported, first.linked, library, &baseline_exports(&clinic)));
+}
+
+/// The line (g) prints: the library's time for `exported` exports (`linked` patients were linked
+/// by the first sync instead), and the bare inserts', per export, and their ratio.
+fn export_existing_line(exported: u64, linked: u64, library: Duration, baseline: &[Duration]) -> String {
+    let per_export = library.div_f64(exported.max(1) as f64);
+    let baseline_total: Duration = baseline.iter().sum();
+    let per_insert = baseline_total.div_f64(baseline.len().max(1) as f64);
+    let ratio = per_export.as_secs_f64() / per_insert.as_secs_f64().max(f64::MIN_POSITIVE);
+    format!(
+        "export_existing of {exported} at 100k ({linked} linked by the first sync): library {} ({} per export); \
+         baseline {} bare inserts + folders {} ({} each); ratio per export {ratio:.2}x (no budget set)",
+        ms(library),
+        ms(per_export),
+        baseline.len(),
+        ms(baseline_total),
+        ms(per_insert),
+    )
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     let started = Instant::now();
@@ -393,6 +431,9 @@ fn main() {
     review_list(&mut criterion, &clinic, &synced);
     if clinic::filter_allows("export_patient") {
         exports(&clinic, &synced);
+    }
+    if clinic::filter_allows("export_existing") {
+        export_existing();
     }
     criterion.final_summary();
 }
