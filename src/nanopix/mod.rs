@@ -499,7 +499,7 @@ impl NanoPix {
         let inserted = database::write_once_while(
             &self.conn,
             (&self.db_path, self.busy_timeout),
-            "insert patients",
+            "inserting patients",
             (&all_free, &all_free),
             |conn| database::insert_patients(conn, &self.patient_columns, patients, unchanged_since),
         )?;
