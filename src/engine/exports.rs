@@ -714,11 +714,12 @@ mod tests {
         assert!(exported_ids.iter().all(|id| !id.starts_with("20250121_09")), "{exported_ids:?}");
     }
 
-    /// `export_existing` of a clinic's old patients journals its exports many at a time: a
-    /// transaction of its own for each journal row (each waits for the disk) was one of the three
-    /// an export waited for, and kept DentalTID locked between them.
+    /// `export_existing` of a clinic's old patients journals its exports, and writes their NanoPix
+    /// rows, many at a time: a transaction of each for each export (each waits for the disk) kept
+    /// DentalTID locked between them, and NanoPix locked nearly all the time once the rest of an
+    /// export cost little, so that NanoPix's own reads of its patients waited up to a second.
     #[test]
-    fn export_existing_journals_many_exports_in_one_transaction() {
+    fn export_existing_journals_and_writes_many_exports_in_one_transaction() {
         let (_dir, db, mut engine, _signals) = clinic_engine();
         engine.reconcile().unwrap();
         add_old_patients(&db, 30);
@@ -726,19 +727,6 @@ mod tests {
         assert_eq!(exported, 36, "the six sample patients and the thirty old ones");
         let journaling = per_transaction(&statements, "INSERT INTO nanopix_sync_exports");
         assert_eq!(journaling, [16, 16, 4], "exports journaled by each transaction that journaled some");
-    }
-
-    /// `export_existing` writes the NanoPix rows of its exports many at a time: a NanoPix
-    /// transaction for each row (each waits for the disk, holding NanoPix's lock) kept NanoPix
-    /// locked nearly all the time once the rest of an export cost little, and NanoPix's own reads
-    /// of its patients waited up to a second.
-    #[test]
-    fn export_existing_writes_many_nanopix_rows_in_one_transaction() {
-        let (_dir, db, mut engine, _signals) = clinic_engine();
-        engine.reconcile().unwrap();
-        add_old_patients(&db, 30);
-        let (statements, exported) = statements_run(&mut engine, |engine| engine.export_existing().unwrap());
-        assert_eq!(exported, 36, "the six sample patients and the thirty old ones");
         let writing = per_transaction(&statements, "INSERT INTO Patient");
         assert_eq!(writing, [16, 16, 4], "NanoPix rows written by each transaction that wrote some");
     }
