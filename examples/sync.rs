@@ -16,6 +16,7 @@ use std::io::{BufWriter, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use nanopix_sync::{Config, Event, EventKind, NanoPixSync, PatientFilter, Stopper};
@@ -104,7 +105,7 @@ fn print_usage() -> Result<(), String> {
 
 fn run(invocation: Invocation) -> Result<(), String> {
     let (signalled, stopper) = stop_on_signal()?;
-    let mut sync = NanoPixSync::open(invocation.config).map_err(|error| error.to_string())?;
+    let Some(mut sync) = open(&invocation, &signalled)? else { return Ok(()) };
     let _ = stopper.set(sync.stopper());
     // A signal while the files were opened (a locked database makes that wait) stops all now.
     if !signalled.is_empty() {
@@ -123,6 +124,30 @@ fn run(invocation: Invocation) -> Result<(), String> {
         return Err(STOPPED.into());
     }
     printed?.check(&invocation.command)
+}
+
+/// The longest wait of `watch` before it tries again to open databases that stayed locked.
+const LONGEST_OPEN_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the sync for `invocation`. `watch`, which runs unattended, does not give up on a database
+/// that stays locked past the busy timeout while it opens (another program's long write, a
+/// backup): it says so on stderr, one line each time, and tries again after 1 s, then 2 s, 4 s
+/// and so on up to a minute, until it opens the files; `None` when a signal ends it first. Any
+/// other command, and any other error, fails at once.
+fn open(invocation: &Invocation, signalled: &Receiver<()>) -> Result<Option<NanoPixSync>, String> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match NanoPixSync::open(invocation.config.clone()) {
+            Err(error) if invocation.command == "watch" && error.code() == "busy" => {
+                let _ = writeln!(std::io::stderr(), "sync: {error}; trying again in {} s", wait.as_secs());
+                if !signalled.is_empty() || signalled.recv_timeout(wait).is_ok() {
+                    return Ok(None);
+                }
+                wait = (wait * 2).min(LONGEST_OPEN_WAIT);
+            }
+            opened => return opened.map(Some).map_err(|error| error.to_string()),
+        }
+    }
 }
 
 /// Why a command a signal cut short failed.

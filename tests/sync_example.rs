@@ -51,13 +51,17 @@ fn types_of(events: &[serde_json::Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 
-/// A running `sync` command whose stdout lines are parsed on a thread; killed when dropped.
+/// A running `sync` command whose stdout lines are parsed, and stderr lines read, on threads;
+/// killed when dropped.
 #[cfg(unix)]
 struct Running {
     child: Child,
     events: mpsc::Receiver<serde_json::Value>,
     /// Every event received so far.
     seen: std::cell::RefCell<Vec<serde_json::Value>>,
+    stderr: mpsc::Receiver<String>,
+    /// Every stderr line received so far.
+    stderr_seen: std::cell::RefCell<Vec<String>>,
 }
 
 #[cfg(unix)]
@@ -71,7 +75,29 @@ impl Running {
                 let _ = send.send(serde_json::from_str(&line).expect(&line));
             }
         });
-        Self { child, events, seen: Default::default() }
+        let stderr = child.stderr.take().unwrap();
+        let (send_line, stderr_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = send_line.send(line);
+            }
+        });
+        Self { child, events, seen: Default::default(), stderr: stderr_lines, stderr_seen: Default::default() }
+    }
+
+    /// Waits up to `deadline` for a line on stderr that `wanted` accepts; panics with the lines
+    /// that came otherwise.
+    fn wait_for_stderr(&self, what: &str, deadline: Duration, wanted: impl Fn(&str) -> bool) {
+        let until = Instant::now() + deadline;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.stderr.recv_timeout(left) else { break };
+            let found = wanted(&line);
+            self.stderr_seen.borrow_mut().push(line);
+            if found {
+                return;
+            }
+        }
+        panic!("{what}: not within {deadline:?}; stderr {:?}", self.stderr_seen.borrow());
     }
 
     /// Waits up to `deadline` for an event `wanted` accepts, unless one came already; panics
@@ -100,9 +126,9 @@ impl Running {
     /// Waits for the command to end; its exit status and what it wrote on stderr.
     fn finish(mut self) -> (std::process::ExitStatus, String) {
         let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
+        let mut lines = self.stderr_seen.take();
+        lines.extend(self.stderr.iter());
+        (status, lines.iter().map(|line| format!("{line}\n")).collect())
     }
 }
 
@@ -753,6 +779,26 @@ fn export_existing_that_exported_nothing_because_of_an_error_exits_1() {
     assert!(!errors.is_empty(), "the error is reported: {events:?}");
     assert_eq!(unexported(&clinic), before, "nothing was exported, Nadia {again} included");
     assert_eq!(output.status.code(), Some(1), "exit code with nothing exported; stderr {stderr:?}, errors {errors:?}");
+}
+
+/// A backup copies `dentaltid.db` under a lock for longer than the busy timeout as the clinic's
+/// PC starts `sync watch` as a service: `watch` says so on stderr and tries again, and syncs once
+/// the lock is gone, where it ended with exit code 1 and needed someone to start it again.
+#[cfg(unix)]
+#[test]
+fn watch_waits_out_a_database_locked_while_it_opens() {
+    let clinic = Clinic::new("v29");
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let watch = Running::start(runner(&clinic, "watch"));
+    let again = |line: &str| line.starts_with("sync: ") && line.ends_with("; trying again in 1 s");
+    watch.wait_for_stderr("a try refused by the lock", Duration::from_secs(30), again);
+    dentaltid.execute_batch("ROLLBACK").unwrap();
+    watch.wait_for("the first reconcile once the lock is gone", Duration::from_secs(30), of_type("reconciled"));
+    watch.signal("TERM");
+    let (status, stderr) = watch.finish();
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}, stderr {stderr:?}");
+    assert!(stderr.lines().all(|line| line.contains("trying again")), "{stderr:?}");
 }
 
 /// README: "SIGINT or SIGTERM during any command but `watch`" is a failure: exit code 1 with a
