@@ -2334,6 +2334,79 @@ fn export_existing_stopped_leaves_in_the_journal_only_the_export_it_was_writing(
     assert!(journaled[0] <= 1, "{} exports journaled and not written", journaled[0]);
 }
 
+/// Arms `clock` to call `stop` the first time the engine asks it the time once NanoPix's
+/// database at `nanopix_db` holds more than `rows` patients (the rows of exports written ahead
+/// are committed); until then, each time it is asked, it is armed again.
+fn stop_once_nanopix_holds_more_than(
+    clock: common::HookedClock,
+    nanopix_db: std::path::PathBuf,
+    rows: i64,
+    stop: Box<dyn FnOnce() + Send>,
+) {
+    let again = clock.clone();
+    clock.arm(Box::new(move || {
+        let conn = common::another_program(&nanopix_db);
+        let held: i64 = conn.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+        if held > rows {
+            stop();
+        } else {
+            stop_once_nanopix_holds_more_than(again, nanopix_db, rows, stop);
+        }
+    }));
+}
+
+/// Two old patients' exports wait in the journal (an older version's rows, which record no
+/// values), and `export_existing` takes them first; it journals the next ones and writes their
+/// NanoPix rows together ahead of them. The handle is stopped while the first waiting export is
+/// ended: the rows written ahead still get their folders and links before the call returns (the
+/// second waiting export, not reached, notwithstanding), so NanoPix holds no patient without its
+/// folder, and none DentalTID does not know, until some later reconcile repairs them.
+#[test]
+fn export_existing_stopped_makes_the_folders_and_links_of_every_row_it_wrote_ahead() {
+    let clinic = Clinic::new("v29");
+    add_created(&clinic, "Waiting1", "2024-05-01T09:00:00.000");
+    add_created(&clinic, "Waiting2", "2024-05-01T10:00:00.000");
+    for i in 0..10 {
+        add_created(&clinic, &format!("Old{i:03}"), "2024-06-01T09:00:00.000");
+    }
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    let waiting: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE familyName LIKE 'Waiting%' ORDER BY id", |r| r.get(0));
+    common::another_program(&clinic.dentaltid)
+        .execute(
+            "INSERT INTO nanopix_sync_exports(patient_id, external_id, started_at)
+             VALUES (?1, '20240501_090000', '2025-01-22T08:00:00.000'), (?2, '20240501_100000', '2025-01-22T08:00:00.000')",
+            (waiting[0], waiting[1]),
+        )
+        .unwrap();
+    let before: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
+    let stopper = sync.stopper();
+    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before[0], Box::new(move || stopper.stop()));
+    let result = sync.export_existing();
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    assert!(clock.ran(), "stopped once rows were written ahead");
+
+    let rows: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+    assert!(rows.len() as i64 > before[0] + 1, "rows written ahead: {rows:?}");
+    let held: HashSet<String> = clinic
+        .dentaltid_rows("SELECT external_id FROM patients WHERE external_id IS NOT NULL", |r| r.get(0))
+        .into_iter()
+        .collect();
+    let without_folder: Vec<&String> = rows.iter().filter(|id| !clinic.root.join(id).is_dir()).collect();
+    assert_eq!(without_folder, Vec::<&String>::new(), "NanoPix patients without a folder");
+    let unlinked: Vec<&String> = rows.iter().filter(|id| !held.contains(*id)).collect();
+    assert_eq!(unlinked, Vec::<&String>::new(), "NanoPix patients no DentalTID patient holds");
+    drop(sync);
+
+    let sync = clinic.open_without_automatic_work();
+    sync.export_existing().unwrap();
+    let rows: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+    let patients: Vec<i64> = clinic.dentaltid_rows("SELECT count(*) FROM patients", |r| r.get(0));
+    assert_eq!(rows.len() as i64, patients[0], "each patient once on each side: {rows:?}");
+}
+
 /// Someone edits the sync's export journal by hand (a database browser, a backup of another
 /// version): a patient's row holds an id that is no NanoPix id. No export wrote NanoPix anything
 /// under it, so it must not keep that patient out of NanoPix for ever.

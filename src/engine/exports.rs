@@ -367,8 +367,12 @@ impl Engine {
         self.ids_in_batches = self.dentaltid.ids_in_batches().ok();
         for (place, &patient) in patients.iter().enumerate() {
             turns.between_units();
-            // Stopped, the exports whose NanoPix rows are written still get their folders and links.
+            // Stopped, the exports whose NanoPix rows are written still get their folders and links,
+            // also those of patients after one that was not written ahead.
             if self.cancelled() && !self.written_ahead(patient.id) {
+                if self.any_written_ahead() {
+                    continue;
+                }
                 break;
             }
             self.write_ahead(&patients[place..], from);

@@ -96,6 +96,12 @@ impl Engine {
         self.journaled_ahead.get(&patient_id).is_some_and(|ahead| ahead.written)
     }
 
+    /// Whether the NanoPix row of some export journaled ahead is written, its folder and link
+    /// still to be made.
+    pub(super) fn any_written_ahead(&self) -> bool {
+        self.journaled_ahead.values().any(|ahead| ahead.written)
+    }
+
     /// Goes on with the export of `patient` that [`Engine::write_ahead`] journaled: its folder
     /// and link once its NanoPix row is written, else that row first (see
     /// [`Engine::write_journaled`]).
