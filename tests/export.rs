@@ -177,6 +177,72 @@ fn export_existing_interrupted_after_each_step_is_repaired() {
     }
 }
 
+/// `export_existing` crashes once it has written the NanoPix rows of its first exports, journaled
+/// and written sixteen at a time, before any of their folders. Before the next start, DentalTID
+/// deletes one of those patients and renames another, and NanoPix saves a third one again under
+/// an id of its own. The next start ends each of those exports on the row it wrote: every row
+/// gets its folder and its patient (the deleted patient's link asks for its delete), the renamed
+/// patient keeps her row, the person NanoPix saved again is imported beside her twin, and nobody
+/// is exported twice or comes back as an import.
+#[test]
+fn export_existing_crashed_after_writing_rows_ahead_ends_each_export_on_its_row() {
+    let clinic = Clinic::new("v29");
+    let add = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                    createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+               VALUES ('P', ?1, 0, '1980-01-01T00:00:00.000', '', '', '', 0.0, '2024-06-01T09:00:00.000', 0,
+                       'EmergencySeverity.low', '', '', 0)";
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    for i in 0..20 {
+        dentaltid.execute(add, [format!("Old{i:03}")]).unwrap();
+    }
+    crash_child_after(&clinic, "crashing_export_existing_child", "row");
+    let journaled: Vec<(i64, String, String)> = clinic.dentaltid_rows(
+        "SELECT patient_id, nanopix_sync_exports.external_id, familyName FROM nanopix_sync_exports JOIN patients ON patients.id = patient_id
+         ORDER BY patient_id",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    );
+    assert_eq!(journaled.len(), 16, "journaled together: {journaled:?}");
+    for (_, id, _) in &journaled {
+        assert_eq!(nanopix_row(&clinic, id).len(), 1, "row of {id} written ahead");
+        assert!(!clinic.root.join(id).exists(), "no folder for {id} yet");
+    }
+    let [(deleted, deleted_id, _), (renamed, renamed_id, renamed_name), (typed, typed_id, typed_name), ..] =
+        &journaled[..]
+    else {
+        unreachable!()
+    };
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted]).unwrap();
+    dentaltid.execute("UPDATE patients SET familyName = 'Renamed' WHERE id = ?1", [renamed]).unwrap();
+    clinic.add_nanopix("20250122_094500", typed_name, "P", Some("1980-01-01"));
+
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    sync.export_existing().unwrap();
+    let held: Vec<(i64, Option<String>, String)> = clinic
+        .dentaltid_rows("SELECT id, external_id, source FROM patients ORDER BY id", |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        });
+    let holder = |id: &str| held.iter().filter(|(_, held, _)| held.as_deref() == Some(id)).count();
+    let rows: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+    for id in &rows {
+        assert!(clinic.root.join(id).is_dir(), "folder of {id}");
+        assert_eq!(holder(id), usize::from(id != deleted_id), "DentalTID patients holding {id}");
+    }
+    assert!(held.iter().all(|(_, id, _)| id.is_some()), "every patient exported or imported: {held:?}");
+    assert_eq!(rows.len(), held.len() + 1, "each patient once in NanoPix, and the deleted one's row");
+    assert_eq!(held.iter().find(|(id, ..)| id == renamed).and_then(|(_, id, _)| id.as_deref()), Some(&renamed_id[..]));
+    assert_eq!(nanopix_row(&clinic, renamed_id)[0].1, *renamed_name, "NanoPix keeps the name it was given");
+    assert_eq!(held.iter().find(|(id, ..)| id == typed).and_then(|(_, id, _)| id.as_deref()), Some(&typed_id[..]));
+    let saved_again: Vec<&str> =
+        held.iter().filter(|(_, _, source)| source == "nanopix").filter_map(|(_, id, _)| id.as_deref()).collect();
+    assert!(saved_again.contains(&"20250122_094500"), "NanoPix's own patient imported: {saved_again:?}");
+    let requests = sync.delete_requests().unwrap();
+    assert_eq!(
+        requests.iter().map(|request| (request.external_id.as_str(), request.patient_ids.clone())).collect::<Vec<_>>(),
+        [(&deleted_id[..], vec![*deleted])]
+    );
+}
+
 /// Crashes an export of patient 1 right after `step`; returns the id it reserved.
 fn reserved_by_an_export_crashed_after(clinic: &Clinic, step: &str) -> String {
     crash_export_after(clinic, step);
