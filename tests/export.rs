@@ -2562,6 +2562,65 @@ fn a_nanopix_patient_alike_a_patient_whose_export_wrote_its_row_is_imported_whil
     assert!(in_dentaltid.contains(&(nadia, Some(written[0].clone()))), "{in_dentaltid:?}");
 }
 
+/// Live Sync catches up on five patients DentalTID added at once, whose links it records in one
+/// transaction, and DentalTID refuses the link of one of them (a trigger of its own). The others
+/// are linked all the same; the one refused is reported once, her NanoPix row waits in the
+/// journal (not imported back), and the first reconcile after DentalTID takes the link links her
+/// to that row: each of the five once in NanoPix.
+#[test]
+fn live_sync_links_the_others_of_a_batch_when_dentaltid_refuses_one_link() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open_without_automatic_work();
+    sync.set_live_sync(true).unwrap();
+    sync.reconcile().unwrap();
+    let added: Vec<i64> =
+        (0..5).map(|i| clinic.add_dentaltid(&format!("Amina{i}"), "Benali", Some("1985-03-12"))).collect();
+    let refused = added[2];
+    let refuse = format!(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE OF external_id ON patients WHEN NEW.id = {refused}
+         BEGIN SELECT RAISE(ABORT, 'this patient may not be linked'); END"
+    );
+    common::another_program(&clinic.dentaltid).execute_batch(&refuse).unwrap();
+    common::drain(&sync);
+
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.exported, report.imported, report.errors), (4, 0, 1), "{report:?}");
+    let events = common::drain(&sync);
+    let errors = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::SyncError { patient_id: Some(patient), .. } if *patient == refused));
+    assert_eq!(errors.count(), 1, "her refused link reported once");
+    let mut announced: Vec<i64> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::PatientExported { patient_id, .. } => Some(patient_id),
+            _ => None,
+        })
+        .collect();
+    announced.sort_unstable();
+    let others: Vec<i64> = added.iter().copied().filter(|&patient| patient != refused).collect();
+    assert_eq!(announced, others, "each other export announced once");
+    let written: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Benali'", |r| r.get(0));
+    assert_eq!(written.len(), 5, "{written:?}");
+    assert!(written.iter().all(|id| clinic.root.join(id).is_dir()), "{written:?}: folders");
+    let journaled: Vec<String> = clinic.dentaltid_rows("SELECT external_id FROM nanopix_sync_exports", |r| r.get(0));
+    assert_eq!(journaled.len(), 1, "her export waits on its row: {journaled:?}");
+
+    common::another_program(&clinic.dentaltid).execute_batch("DROP TRIGGER refuse_one").unwrap();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (0, 0), "{report:?}");
+    assert_eq!(sync.source_info(refused).unwrap().external_id.as_deref(), Some(journaled[0].as_str()));
+    let held: HashSet<String> = clinic
+        .dentaltid_rows("SELECT external_id FROM patients WHERE familyName = 'Benali' AND name LIKE 'Amina_'", |r| {
+            r.get(0)
+        })
+        .into_iter()
+        .collect();
+    assert_eq!(held, written.into_iter().collect(), "each of the five once in NanoPix");
+    let again = sync.reconcile().unwrap();
+    assert_eq!((again.imported, again.linked, again.exported), (0, 0, 0), "{again:?}");
+}
+
 /// DentalTID cannot store the links of two patients to the NanoPix patients they match exactly
 /// (a trigger of its own fails those writes, as a full disk would): one typed into both programs
 /// while Live Sync is on, and an older one. Neither is exported meanwhile, by Live Sync,
