@@ -243,6 +243,56 @@ fn export_existing_crashed_after_writing_rows_ahead_ends_each_export_on_its_row(
     );
 }
 
+/// NanoPix's own program saves a person as `export_existing` works through a clinic's old
+/// patients, once the rows of its first sixteen exports are written ahead of their folders and
+/// links: the same person as one of the next exports, typed into both programs. The exports
+/// journaled after that save write nothing until the sync has read NanoPix again, and that
+/// patient is linked to NanoPix's, not exported a second time; every other export ends once.
+#[test]
+fn export_existing_links_a_patient_nanopix_saved_after_it_wrote_rows_ahead() {
+    let clinic = Clinic::new("v29");
+    let add = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                    createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+               VALUES ('Karim', ?1, 0, '1980-01-01T00:00:00.000', '', '', '', 0.0, '2024-06-01T09:00:00.000', 0,
+                       'EmergencySeverity.low', '', '', 0)";
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    for i in 0..20 {
+        dentaltid.execute(add, [format!("Old{i:03}")]).unwrap();
+    }
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    let before: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
+    let (root, nanopix_db) = (clinic.root.clone(), clinic.nanopix_db());
+    let saved_by_nanopix = move || {
+        common::another_program(&nanopix_db)
+            .execute(
+                "INSERT INTO Patient(id, last_name, first_name, birthdate, created_datetime, updated_datetime)
+                 VALUES ('20250122_095500', 'Old018', 'Karim', '1980-01-01', '2025-01-22 09:56:10',
+                         '2025-01-22 09:56:10')",
+                [],
+            )
+            .unwrap();
+        std::fs::create_dir(root.join("20250122_095500")).unwrap();
+    };
+    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before[0], Box::new(saved_by_nanopix));
+    let exported = sync.export_existing();
+    assert!(clock.ran(), "NanoPix saved the patient during the exports");
+    assert_eq!(exported.map_err(|error| error.to_string()), Ok(25), "the six sample patients and 19 old ones");
+
+    let old018: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient WHERE last_name = 'Old018'", |r| r.get(0));
+    assert_eq!(old018, ["20250122_095500"], "the patient NanoPix saved, once");
+    let held: Vec<Option<String>> =
+        clinic.dentaltid_rows("SELECT external_id FROM patients WHERE familyName = 'Old018'", |r| r.get(0));
+    assert_eq!(held, [Some("20250122_095500".to_owned())], "linked to NanoPix's patient");
+    let rows: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+    let patients: Vec<i64> = clinic.dentaltid_rows("SELECT count(*) FROM patients", |r| r.get(0));
+    assert_eq!(rows.len() as i64, patients[0], "each patient once on each side: {rows:?}");
+    assert!(rows.iter().all(|id| clinic.root.join(id).is_dir()), "folders of {rows:?}");
+    let journaled: Vec<i64> = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_exports", |r| r.get(0));
+    assert_eq!(journaled, [0], "no export left in the journal");
+}
+
 /// Crashes an export of patient 1 right after `step`; returns the id it reserved.
 fn reserved_by_an_export_crashed_after(clinic: &Clinic, step: &str) -> String {
     crash_export_after(clinic, step);
