@@ -187,14 +187,8 @@ fn export_existing_interrupted_after_each_step_is_repaired() {
 #[test]
 fn export_existing_crashed_after_writing_rows_ahead_ends_each_export_on_its_row() {
     let clinic = Clinic::new("v29");
-    let add = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
-                                    createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
-               VALUES ('P', ?1, 0, '1980-01-01T00:00:00.000', '', '', '', 0.0, '2024-06-01T09:00:00.000', 0,
-                       'EmergencySeverity.low', '', '', 0)";
+    add_twenty_old(&clinic, "P");
     let dentaltid = common::another_program(&clinic.dentaltid);
-    for i in 0..20 {
-        dentaltid.execute(add, [format!("Old{i:03}")]).unwrap();
-    }
     crash_child_after(&clinic, "crashing_export_existing_child", "row");
     let journaled: Vec<(i64, String, String)> = clinic.dentaltid_rows(
         "SELECT patient_id, nanopix_sync_exports.external_id, familyName FROM nanopix_sync_exports JOIN patients ON patients.id = patient_id
@@ -251,14 +245,7 @@ fn export_existing_crashed_after_writing_rows_ahead_ends_each_export_on_its_row(
 #[test]
 fn export_existing_links_a_patient_nanopix_saved_after_it_wrote_rows_ahead() {
     let clinic = Clinic::new("v29");
-    let add = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
-                                    createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
-               VALUES ('Karim', ?1, 0, '1980-01-01T00:00:00.000', '', '', '', 0.0, '2024-06-01T09:00:00.000', 0,
-                       'EmergencySeverity.low', '', '', 0)";
-    let dentaltid = common::another_program(&clinic.dentaltid);
-    for i in 0..20 {
-        dentaltid.execute(add, [format!("Old{i:03}")]).unwrap();
-    }
+    add_twenty_old(&clinic, "Karim");
     let clock = common::HookedClock::of_the_engine();
     let sync = clinic.open_without_automatic_work_on(&clock);
     sync.reconcile().unwrap();
@@ -1080,6 +1067,19 @@ fn add_created(clinic: &Clinic, last: &str, created: &str) {
                                     createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
                VALUES ('P', ?1, 0, NULL, '', '', '', 0.0, ?2, 0, 'EmergencySeverity.low', '', '', 0)";
     rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute(sql, (last, created)).unwrap();
+}
+
+/// Adds twenty DentalTID patients called `first` `Old000` to `Old019`, born on 1 January 1980 and
+/// created on 1 June 2024 (as DentalTID stores them): old patients, whom only `export_existing` exports.
+fn add_twenty_old(clinic: &Clinic, first: &str) {
+    let sql = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment, payment,
+                                    createdAt, isEmergency, severity, healthAlerts, phoneNumber, isBlacklisted)
+               VALUES (?1, ?2, 0, '1980-01-01T00:00:00.000', '', '', '', 0.0, '2024-06-01T09:00:00.000', 0,
+                       'EmergencySeverity.low', '', '', 0)";
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    for i in 0..20 {
+        dentaltid.execute(sql, (first, format!("Old{i:03}"))).unwrap();
+    }
 }
 
 /// The NanoPix ids DentalTID patients whose family name is like `pattern` were given, in order.
