@@ -41,10 +41,10 @@ impl Engine {
     /// be written together are left to each export: each meets the error and reports it.
     pub(super) fn write_ahead(&mut self, upcoming: &[&Patient], from: IdsFrom) {
         let first_waits = upcoming.first().is_some_and(|first| self.journaled_ahead.contains_key(&first.id));
-        let Ok(Some(read)) = self.unchanged_nanopix_read() else { return };
         if first_waits || self.cancelled() {
             return;
         }
+        let Ok(Some(read)) = self.unchanged_nanopix_read() else { return };
         let journaled = self.journal_ahead(upcoming, from);
         let rows: Vec<&NewNanoPixPatient> = journaled.iter().map(|(_, row)| row).collect();
         let closing = &self.signals.closing;
