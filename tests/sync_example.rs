@@ -68,36 +68,17 @@ struct Running {
 impl Running {
     fn start(mut runner: Command) -> Self {
         let mut child = runner.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (send, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = send.send(serde_json::from_str(&line).expect(&line));
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let (send_line, stderr_lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = send_line.send(line);
-            }
-        });
-        Self { child, events, seen: Default::default(), stderr: stderr_lines, stderr_seen: Default::default() }
+        let events = read_lines(child.stdout.take().unwrap(), |line| serde_json::from_str(&line).expect(&line));
+        let stderr = read_lines(child.stderr.take().unwrap(), |line| line);
+        Self { child, events, seen: Default::default(), stderr, stderr_seen: Default::default() }
     }
 
     /// Waits up to `deadline` for a line on stderr that `wanted` accepts; panics with the lines
     /// that came otherwise.
     fn wait_for_stderr(&self, what: &str, deadline: Duration, wanted: impl Fn(&str) -> bool) {
-        let until = Instant::now() + deadline;
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.stderr.recv_timeout(left) else { break };
-            let found = wanted(&line);
-            self.stderr_seen.borrow_mut().push(line);
-            if found {
-                return;
-            }
+        if !receive_until(&self.stderr, &self.stderr_seen, deadline, |line: &String| wanted(line)) {
+            panic!("{what}: not within {deadline:?}; stderr {:?}", self.stderr_seen.borrow());
         }
-        panic!("{what}: not within {deadline:?}; stderr {:?}", self.stderr_seen.borrow());
     }
 
     /// Waits up to `deadline` for an event `wanted` accepts, unless one came already; panics
@@ -106,16 +87,9 @@ impl Running {
         if self.seen.borrow().iter().any(&wanted) {
             return;
         }
-        let until = Instant::now() + deadline;
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            let Ok(event) = self.events.recv_timeout(left) else { break };
-            let found = wanted(&event);
-            self.seen.borrow_mut().push(event);
-            if found {
-                return;
-            }
+        if !receive_until(&self.events, &self.seen, deadline, wanted) {
+            panic!("{what}: not within {deadline:?}; saw {:?}", types_of(&self.seen.borrow()));
         }
-        panic!("{what}: not within {deadline:?}; saw {:?}", types_of(&self.seen.borrow()));
     }
 
     fn signal(&self, signal: &str) {
@@ -130,6 +104,42 @@ impl Running {
         lines.extend(self.stderr.iter());
         (status, lines.iter().map(|line| format!("{line}\n")).collect())
     }
+}
+
+/// Reads `pipe` line by line on a thread of its own, sending each line as `parse` makes it.
+#[cfg(unix)]
+fn read_lines<T: Send + 'static>(
+    pipe: impl std::io::Read + Send + 'static,
+    parse: impl Fn(String) -> T + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = send.send(parse(line));
+        }
+    });
+    lines
+}
+
+/// Receives from `channel` into `seen` until one that `wanted` accepts comes, for up to
+/// `deadline`; whether one came.
+#[cfg(unix)]
+fn receive_until<T>(
+    channel: &mpsc::Receiver<T>,
+    seen: &std::cell::RefCell<Vec<T>>,
+    deadline: Duration,
+    wanted: impl Fn(&T) -> bool,
+) -> bool {
+    let until = Instant::now() + deadline;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(received) = channel.recv_timeout(left) else { break };
+        let found = wanted(&received);
+        seen.borrow_mut().push(received);
+        if found {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(unix)]
