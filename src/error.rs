@@ -30,6 +30,16 @@ pub enum Error {
         table: &'static str,
     },
 
+    /// A table the sync needs is a view in the database: the sync can neither migrate it nor
+    /// write to it as to the program's own table.
+    #[error("`{table}` in {path} is a view, not a table: the program's own `{table}` table must be there")]
+    TableIsAView {
+        /// The database file.
+        path: PathBuf,
+        /// The table that was expected.
+        table: &'static str,
+    },
+
     /// A column the sync needs is missing from a table.
     #[error("column `{column}` is missing from table `{table}` in {path}")]
     MissingColumn {
@@ -228,6 +238,7 @@ impl Error {
                 "not_found"
             }
             Error::MissingTable { .. }
+            | Error::TableIsAView { .. }
             | Error::MissingColumn { .. }
             | Error::UnexpectedColumn { .. }
             | Error::NanoPixDatabaseAsDentalTid(_)
@@ -264,6 +275,7 @@ impl Error {
             | Error::UnsafePath(path)
             | Error::InUse(path)
             | Error::MissingTable { path, .. }
+            | Error::TableIsAView { path, .. }
             | Error::MissingColumn { path, .. }
             | Error::UnexpectedColumn { path, .. }
             | Error::Busy { path, .. }

@@ -208,6 +208,9 @@ pub(super) fn check_patients_table(conn: &Connection, path: &Path) -> Result<()>
         if holds_nanopix_patients(conn).map_err(Error::db(path, step))? {
             return Err(Error::NanoPixDatabaseAsDentalTid(path.to_path_buf()));
         }
+        if schema_object_exists(conn, "view", "patients").map_err(Error::db(path, step))? {
+            return Err(Error::TableIsAView { path: path.to_path_buf(), table: "patients" });
+        }
         return Err(Error::MissingTable { path: path.to_path_buf(), table: "patients" });
     }
     let columns = table_columns(conn, "patients").map_err(Error::db(path, step))?;
@@ -352,6 +355,22 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(error, Error::MissingColumn { column: "dateOfBirth", .. }), "{error:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    /// A `patients` view over another table is not DentalTID's table (the migration cannot add a
+    /// column to it): refused as a view, never as missing, which a look at the file would belie.
+    #[test]
+    fn a_patients_view_is_refused_as_a_view_and_left_untouched() {
+        let dir = TempDir::new().unwrap();
+        let path = build_database(&dir, SCHEMA_V24, true);
+        let view = "ALTER TABLE patients RENAME TO old_patients; CREATE VIEW patients AS SELECT * FROM old_patients;";
+        Connection::open(&path).unwrap().execute_batch(view).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(error, Error::TableIsAView { table: "patients", .. }), "{error:?}");
+        assert_eq!(error.code(), "schema");
+        assert!(error.to_string().contains("is a view, not a table"), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 

@@ -222,7 +222,8 @@ impl DentalTid {
     /// # Failure
     /// [`Error::DentalTidDatabaseMissing`] if the file does not exist (it is never created),
     /// [`Error::Io`] if the system refuses to say whether it exists (access denied),
-    /// [`Error::InvalidConfig`] if the path names a folder, [`Error::MissingTable`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
+    /// [`Error::InvalidConfig`] if the path names a folder, [`Error::MissingTable`],
+    /// [`Error::TableIsAView`], [`Error::MissingColumn`] or [`Error::UnexpectedColumn`] if
     /// `patients` is not DentalTID's table, [`Error::NanoPixDatabaseAsDentalTid`] if the file is
     /// NanoPix's database (the file and its folder are then left untouched),
     /// [`Error::InUse`] if another sync handle has it open.
