@@ -1,7 +1,7 @@
 //! The C API from real C and from Python: the header compiles as C11 and C++, matches the
-//! symbols the cdylib exports, and a C host, the callback's promises around close and
-//! replacement (`tests/c/callbacks.c`) and a ctypes smoke test run against the library. They
-//! build with gcc against `libnanopix_sync.so`, so they run on Unix only.
+//! symbols the cdylib exports, and a C host, the callbacks' promises around close, replacement
+//! and calls back into the library (`tests/c/callbacks.c`) and a ctypes smoke test run against
+//! the library. They build with gcc against `libnanopix_sync.so`, so they run on Unix only.
 #![cfg(unix)]
 
 mod common;
@@ -190,6 +190,11 @@ fn setting_the_wakeup_callback_takes_no_event_from_the_event_callback() {
 #[test]
 fn close_wakes_a_callback_waiting_in_next_event_while_another_thread_clears_it() {
     assert_callback_scenario_holds("wait_in_callback_during_clear_and_close");
+}
+
+#[test]
+fn callbacks_call_the_library_back_but_never_close_free_or_set_callbacks() {
+    assert_callback_scenario_holds("call_back_from_callbacks");
 }
 
 /// Adds `count` DentalTID patients, none of them linked, as DentalTID writes them.

@@ -1,9 +1,11 @@
-/* The event callback's promises around close and replacement, from a real C host.
+/* The callbacks' promises around close, replacement and calls back into the library, from a real
+ * C host.
  *
  * Usage: callbacks <scenario> <PatientData> <dentaltid.db>, where the scenario is one of
  * clear_during_close, drain_during_close, new_callback_gets_later_events,
- * wakeup_leaves_event_callback_whole or wait_in_callback_during_clear_and_close. Prints one line
- * per broken promise and exits 1 if any; exits 0 otherwise. */
+ * wakeup_leaves_event_callback_whole, wait_in_callback_during_clear_and_close or
+ * call_back_from_callbacks. Prints one line per broken promise and exits 1 if any; exits 0
+ * otherwise. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <pthread.h>
@@ -264,6 +266,81 @@ static void wait_in_callback_during_clear_and_close(const char *root, const char
     nps_free(waiting_handle);
 }
 
+/* call_back_from_callbacks: both callbacks may call the library back (a reconcile, the patients
+ * list, Live Sync, the queue), while closing, freeing and setting callbacks from inside one give
+ * NPS_WRONG_THREAD (nps_free only sets the last error) and leave the handle open. */
+enum { CALLS_BACK = 8 };
+static NpsHandle *calling_handle;
+static uint32_t event_calls[CALLS_BACK], wakeup_calls[2];
+static int freed_message_set;
+static atomic_int event_called_back, wakeup_called_back;
+static struct flag event_done = FLAG_INIT, wakeup_done = FLAG_INIT;
+
+static void calling_back_callback(void *userdata, const char *json) {
+    (void)userdata;
+    (void)json;
+    if (atomic_exchange(&event_called_back, 1)) return;
+    char *text = NULL;
+    bool enabled = false;
+    event_calls[0] = nps_reconcile(calling_handle, &text);
+    nps_string_free(text);
+    text = NULL;
+    event_calls[1] = nps_patients(calling_handle, NPS_FILTER_ALL, &text);
+    nps_string_free(text);
+    text = NULL;
+    event_calls[2] = nps_set_live_sync(calling_handle, false);
+    event_calls[3] = nps_next_event(calling_handle, 0, &text);
+    nps_string_free(text);
+    event_calls[4] = nps_close(calling_handle);
+    event_calls[5] = nps_set_event_callback(calling_handle, NULL, NULL);
+    event_calls[6] = nps_set_wakeup_callback(calling_handle, NULL, NULL);
+    nps_free(calling_handle);
+    char *message = nps_last_error_message();
+    freed_message_set = message != NULL && strstr(message, "nps_free") != NULL;
+    nps_string_free(message);
+    event_calls[7] = nps_live_sync(calling_handle, &enabled);
+    raise_flag(&event_done);
+}
+
+static void calling_back_wakeup(void *userdata) {
+    (void)userdata;
+    if (atomic_exchange(&wakeup_called_back, 1)) return;
+    char *report = NULL;
+    wakeup_calls[0] = nps_reconcile(calling_handle, &report);
+    nps_string_free(report);
+    wakeup_calls[1] = nps_close(calling_handle);
+    raise_flag(&wakeup_done);
+}
+
+static void call_back_from_callbacks(const char *root, const char *db) {
+    calling_handle = open_clinic(root, db, 100);
+    expect(nps_set_event_callback(calling_handle, calling_back_callback, NULL) == NPS_OK, "the callback is set");
+    expect(nps_set_live_sync(calling_handle, true) == NPS_OK, "Live Sync switches on, an event");
+    expect(wait_flag(&event_done, 30000), "the event callback's calls back all return");
+    expect(nps_set_event_callback(calling_handle, NULL, NULL) == NPS_OK, "the event callback is cleared");
+    expect(nps_set_wakeup_callback(calling_handle, calling_back_wakeup, NULL) == NPS_OK, "the wakeup is set");
+    expect(nps_set_live_sync(calling_handle, true) == NPS_OK, "Live Sync switches on again, an event");
+    expect(wait_flag(&wakeup_done, 30000), "the wakeup callback's calls back all return");
+    expect(nps_set_wakeup_callback(calling_handle, NULL, NULL) == NPS_OK, "the wakeup is cleared");
+    printf("from the event callback: reconcile %u, patients %u, live sync off %u, next event %u, close %u,"
+           " set event callback %u, set wakeup %u, live sync read %u; from the wakeup: reconcile %u, close %u\n",
+           (unsigned)event_calls[0], (unsigned)event_calls[1], (unsigned)event_calls[2], (unsigned)event_calls[3],
+           (unsigned)event_calls[4], (unsigned)event_calls[5], (unsigned)event_calls[6], (unsigned)event_calls[7],
+           (unsigned)wakeup_calls[0], (unsigned)wakeup_calls[1]);
+    expect(event_calls[0] == NPS_OK && event_calls[1] == NPS_OK && event_calls[2] == NPS_OK,
+           "a reconcile, the patients list and switching Live Sync off work from inside the event callback");
+    expect(event_calls[3] == NPS_OK || event_calls[3] == NPS_TIMEOUT, "the queue answers inside the event callback");
+    expect(event_calls[4] == NPS_WRONG_THREAD && event_calls[5] == NPS_WRONG_THREAD &&
+               event_calls[6] == NPS_WRONG_THREAD,
+           "closing and setting callbacks from inside the event callback give NPS_WRONG_THREAD");
+    expect(freed_message_set && event_calls[7] == NPS_OK,
+           "nps_free from inside the event callback only sets the last error: the handle stays open");
+    expect(wakeup_calls[0] == NPS_OK && wakeup_calls[1] == NPS_WRONG_THREAD,
+           "a reconcile works from inside the wakeup callback, and closing there gives NPS_WRONG_THREAD");
+    expect(nps_close(calling_handle) == NPS_OK, "the handle closes");
+    nps_free(calling_handle);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s <scenario> <PatientData> <dentaltid.db>\n", argv[0]);
@@ -280,6 +357,8 @@ int main(int argc, char **argv) {
         wakeup_leaves_event_callback_whole(root, db);
     } else if (strcmp(scenario, "wait_in_callback_during_clear_and_close") == 0) {
         wait_in_callback_during_clear_and_close(root, db);
+    } else if (strcmp(scenario, "call_back_from_callbacks") == 0) {
+        call_back_from_callbacks(root, db);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
