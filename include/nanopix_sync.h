@@ -77,7 +77,7 @@
 #define NPS_WRONG_THREAD 8
 
 /**
- * `nps_find_open_handle` found no handle that is still open.
+ * `nps_find_open_handle` found no handle: every handle opened in this process has been freed.
  */
 #define NPS_NO_HANDLE 9
 

@@ -28,7 +28,7 @@ pub const NPS_CLOSED: u32 = 6;
 pub const NPS_TIMEOUT: u32 = 7;
 /// The call is not allowed on this thread (for example `nps_close` from inside a callback).
 pub const NPS_WRONG_THREAD: u32 = 8;
-/// `nps_find_open_handle` found no handle that is still open.
+/// `nps_find_open_handle` found no handle: every handle opened in this process has been freed.
 pub const NPS_NO_HANDLE: u32 = 9;
 /// A folder or file does not exist (`not_found`).
 pub const NPS_NOT_FOUND: u32 = 100;
