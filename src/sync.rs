@@ -151,7 +151,9 @@ impl NanoPixSync {
 
     /// Sets (or, with `None`, clears) a callback that receives every later event on a library
     /// thread. Returns once no call of the previous callback is in flight. A slow callback delays
-    /// delivery, never the sync.
+    /// delivery, never the sync. From inside a callback of another handle it waits for this
+    /// handle's callback, as [`NanoPixSync::close`] does: two handles whose callbacks set each
+    /// other's callback or close each other wait for each other forever.
     pub fn set_callback(&self, callback: Option<EventCallback>) {
         self.dispatcher.set(callback);
     }
