@@ -220,6 +220,25 @@ fn near_misses_are_imported_and_reported() {
     assert!(events.iter().all(|e| !matches!(e, EventKind::PatientLinked { .. })));
 }
 
+/// A host that lists patients as their `patient_imported` comes, and marks them on
+/// `possible_duplicate`, knows the patient a report names: the import is sent first, as an
+/// export's `patient_exported` is sent before its report.
+#[test]
+fn a_possible_duplicate_follows_the_import_of_the_patient_it_names() {
+    let clinic = clinic_with_near_misses();
+    let (_sync, events) = reconcile_with(&clinic);
+    let position = |wanted: &dyn Fn(&EventKind) -> bool| events.iter().position(wanted);
+    for external in ["20250122_091500", "20250122_091600", "20250122_091700"] {
+        let imported =
+            position(&|kind| matches!(kind, EventKind::PatientImported { external_id, .. } if external_id == external));
+        let reported = position(
+            &|kind| matches!(kind, EventKind::PossibleDuplicate { external_id, .. } if external_id == external),
+        );
+        let (imported, reported) = (imported.expect("imported"), reported.expect("reported"));
+        assert!(imported < reported, "{external} is announced before its report: {events:#?}");
+    }
+}
+
 /// A possible duplicate as the review list shows it: the reported patient, its NanoPix id, the
 /// reason and the candidates' ids.
 type Listed = (i64, String, DuplicateReason, Vec<i64>);

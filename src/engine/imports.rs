@@ -338,8 +338,8 @@ fn insert_page(importing: &mut Importing<'_>, now: NaiveDateTime, (rows, duplica
     Ok((rows, duplicates, ids))
 }
 
-/// Reports committed imports, and the possible duplicates among them; a patient DentalTID
-/// refused gets a `sync_error`, and is tried again at the next full reconcile.
+/// Reports committed imports, each followed by its `possible_duplicate`, if any; a patient
+/// DentalTID refused gets a `sync_error`, and is tried again at the next full reconcile.
 fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, report: &mut ReconcileReport) {
     for (rows, duplicates, ids) in written {
         for ((row, duplicate), patient_id) in rows.into_iter().zip(duplicates).zip(ids) {
@@ -353,6 +353,14 @@ fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, r
                 }
             };
             report.imported += 1;
+            let unreadable_name = row.first_name.contains(char::REPLACEMENT_CHARACTER)
+                || row.last_name.contains(char::REPLACEMENT_CHARACTER);
+            bus.emit(EventKind::PatientImported {
+                patient_id,
+                external_id: external_id.clone(),
+                first_name: row.first_name,
+                last_name: row.last_name,
+            });
             if let Some(duplicate) = duplicate {
                 report.possible_duplicates += 1;
                 bus.emit(EventKind::PossibleDuplicate {
@@ -362,14 +370,6 @@ fn report_imported(bus: &EventBus, written: impl IntoIterator<Item = Written>, r
                     candidates: duplicate.candidates,
                 });
             }
-            let unreadable_name = row.first_name.contains(char::REPLACEMENT_CHARACTER)
-                || row.last_name.contains(char::REPLACEMENT_CHARACTER);
-            bus.emit(EventKind::PatientImported {
-                patient_id,
-                external_id: external_id.clone(),
-                first_name: row.first_name,
-                last_name: row.last_name,
-            });
             if unreadable_name {
                 report_unreadable_name(bus, external_id, patient_id, report);
             }
