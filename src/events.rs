@@ -238,8 +238,9 @@ pub struct ReconcileReport {
     pub errors: u64,
     /// How long it took, in milliseconds.
     pub duration_ms: u64,
-    /// Whether it stopped before it was done: the handle was closing, or Live Sync was switched
-    /// off during automatic work. What it left is done by the next reconcile.
+    /// Whether it stopped before it was done: the handle was closing or stopped (its
+    /// [`crate::Stopper`]), or Live Sync was switched off during automatic work. What it left is
+    /// done by the next reconcile.
     pub stopped_early: bool,
 }
 
