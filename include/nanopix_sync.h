@@ -394,7 +394,7 @@ uint32_t nps_delete_requests(const NpsHandle *handle, char **requests_json);
  * gives, once the user chose to keep the patient in NanoPix (kept across closing); on success
  * writes whether one was listed to `*dismissed`. `nps_delete_in_nanopix` still deletes the
  * patient if asked; another DentalTID patient later deleted while linked to it lists it again.
- * Any thread may call it.
+ * Fails with NPS_INVALID_ID if `external_id` is not a NanoPix id. Any thread may call it.
  *
  * # Safety
  * `handle` is NULL or a live handle; `external_id` is NULL or a NUL-terminated string;

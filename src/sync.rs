@@ -238,7 +238,8 @@ impl NanoPixSync {
     /// save another person under the id since; [`Error::NanoPixPatientNotEmpty`] if NanoPix holds
     /// any image, study, report, file or other record for it (a row of another table whose foreign
     /// key names it); [`Error::NanoPixIdShared`] if several NanoPix rows hold its id (nothing is
-    /// deleted); [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left.
+    /// deleted); [`Error::NanoPixPatientNotFound`] when neither its row nor its folder is left;
+    /// [`Error::InvalidNanoPixId`] for a text that is no NanoPix id.
     pub fn delete_in_nanopix(&self, external_id: &str) -> Result<()> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.delete_in_nanopix(&external_id))
@@ -261,6 +262,9 @@ impl NanoPixSync {
     /// (kept across closing). Returns whether one was listed. `delete_in_nanopix` still deletes
     /// the patient if asked; another DentalTID patient later deleted while linked to it lists it
     /// again.
+    ///
+    /// # Failure
+    /// [`Error::InvalidNanoPixId`] for a text that is no NanoPix id (nothing is listed under it).
     pub fn dismiss_delete_request(&self, external_id: &str) -> Result<bool> {
         let external_id = external_id.to_owned();
         self.call(move |engine| engine.dismiss_delete_request(&external_id))
