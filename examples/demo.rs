@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nanopix_sync::{Config, EventKind, NanoPixSync, PatientFilter, Source};
+use nanopix_sync::{Config, DuplicateReason, EventKind, NanoPixSync, PatientFilter, ReconcileReport, Source};
 use rusqlite::Connection;
 
 const NANOPIX_DB: &[u8] = include_bytes!("../../shared/fixtures/nanopix/PatientData/database/NanoPix.db3");
@@ -70,7 +70,7 @@ fn demo() -> Result<(), Box<dyn Error>> {
 /// Runs "Sync Now" and prints its report and what it did (its `reconciled` event is the report).
 fn sync_now(sync: &NanoPixSync, out: &mut impl Write) -> Result<(), Box<dyn Error>> {
     let report = sync.reconcile()?;
-    writeln!(out, "\n== Sync Now: {report:?}\n")?;
+    writeln!(out, "\n== Sync Now: {}\n", summary(&report))?;
     for event in sync.events().try_iter().filter(|event| !matches!(event.kind, EventKind::Reconciled(_))) {
         writeln!(out, "{}", describe(&event.kind))?;
     }
@@ -140,23 +140,52 @@ fn add_dentaltid_patient(dentaltid: &Path) -> Result<(), Box<dyn Error>> {
 
 fn describe(kind: &EventKind) -> String {
     match kind {
-        EventKind::PatientImported { external_id, first_name, last_name, .. } => {
-            format!("imported   NanoPix {external_id} -> DentalTID patient {first_name} {last_name}")
+        EventKind::PatientImported { patient_id, external_id, first_name, last_name } => {
+            format!("imported   NanoPix {external_id} -> DentalTID #{patient_id} {first_name} {last_name}")
         }
         EventKind::PatientLinked { patient_id, external_id, .. } => {
             format!("linked     NanoPix {external_id} = DentalTID #{patient_id} (same person)")
         }
         EventKind::PossibleDuplicate { external_id, reason, candidates, .. } => {
             let ids: Vec<String> = candidates.iter().map(|c| format!("#{}", c.patient_id)).collect();
-            format!("duplicate? NanoPix {external_id} looks like DentalTID {} ({reason:?})", ids.join(", "))
+            format!("duplicate? NanoPix {external_id} looks like DentalTID {} ({})", ids.join(", "), in_words(*reason))
         }
         EventKind::PatientExported { patient_id, external_id, .. } => {
             format!("exported   DentalTID #{patient_id} -> NanoPix {external_id}")
         }
         EventKind::LiveSyncChanged { enabled } => format!("Live Sync  {}", if *enabled { "on" } else { "off" }),
         EventKind::WatcherMode { mode, reason } => format!("watching   {mode} ({reason})"),
-        EventKind::Reconciled(report) => format!("reconciled {report:?}"),
+        EventKind::Reconciled(report) => format!("reconciled {}", summary(report)),
         other => format!("{other:?}"),
+    }
+}
+
+/// A report in a support person's words.
+fn summary(report: &ReconcileReport) -> String {
+    format!(
+        "{} imported, {} linked, {} exported, {} possible duplicate(s), {} removed in NanoPix, {} repaired, \
+         {} error(s), in {} ms",
+        report.imported,
+        report.linked,
+        report.exported,
+        report.possible_duplicates,
+        report.removed,
+        report.repaired,
+        report.errors,
+        report.duration_ms
+    )
+}
+
+/// Why a person should look at a possible duplicate, in words.
+fn in_words(reason: DuplicateReason) -> &'static str {
+    match reason {
+        DuplicateReason::AutoLinkOff => "same names and birth date; auto-linking is off",
+        DuplicateReason::SeveralCandidates => "same names and birth date, more than one patient",
+        DuplicateReason::AlreadyLinked => "same names and birth date, already linked to another",
+        DuplicateReason::SwappedNames => "first and last names swapped",
+        DuplicateReason::SimilarNames => "names a letter or two apart",
+        DuplicateReason::MissingBirthDate => "same names, a birth date missing",
+        DuplicateReason::MissingName => "one name missing",
     }
 }
 
@@ -185,7 +214,7 @@ fn show_review_list(sync: &NanoPixSync, out: &mut impl Write) -> Result<(), Box<
             .iter()
             .map(|c| format!("#{} {} {}", c.patient_id, c.first_name.trim(), c.last_name.trim()))
             .collect();
-        writeln!(out, "#{:<3} may be {} ({:?})", review.patient_id, names.join(", "), review.reason)?;
+        writeln!(out, "#{:<3} may be {} ({})", review.patient_id, names.join(", "), in_words(review.reason))?;
     }
     Ok(())
 }
