@@ -41,7 +41,7 @@ mod watcher;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, WatchMode};
-pub use dentaltid::{DuplicateToReview, LinkOrigin, LinkState};
+pub use dentaltid::{DuplicateToReview, LinkState};
 pub use dispatch::EventCallback;
 pub use error::{Error, Result};
 pub use events::{DuplicateCandidate, DuplicateReason, Event, EventKind, ReconcileReport};
