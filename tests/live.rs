@@ -100,7 +100,7 @@ fn a_dentaltid_patient_reaches_nanopix_without_a_host_call() {
 }
 
 #[test]
-fn a_burst_of_500_arrives_once_each_in_few_passes() {
+fn a_burst_of_500_arrives_once_each() {
     let clinic = Clinic::new("v29");
     let sync = live(&clinic);
     drain(&sync);
