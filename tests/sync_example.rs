@@ -743,7 +743,7 @@ fn the_demo_reports_what_sync_now_did_then_what_live_sync_did() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let sync_now = stdout.lines().find(|line| line.starts_with("== Sync Now")).expect("a Sync Now line");
-    assert!(sync_now.contains("imported: 3, linked: 1,"), "{sync_now}");
+    assert!(sync_now.contains(": 3 imported, 1 linked,"), "{sync_now}");
     assert!(stdout.contains("imported   NanoPix 20250122_101000"), "the demo imports patients: {stdout}");
     let (_, live) = stdout.split_once("== Live Sync on").expect("a Live Sync part");
     assert!(live.contains("exported   DentalTID #10 -> NanoPix "), "Live Sync exports the new patient: {live}");
