@@ -850,22 +850,198 @@ mod tests {
         assert_eq!(typo, duplicate(DuplicateReason::SimilarNames, &[9_999]));
     }
 
-    fn any_patients() -> impl Strategy<Value = (Vec<NanoPixPatient>, Vec<Patient>)> {
-        let names = prop::sample::select(vec!["Zoe", "zoé ", "Doe", "DOE", "Dou", "Lefevre", "Lefebvre", "", " "]);
-        let date = prop::option::of(prop::sample::select(vec![born(1990, 5, 6), born(1991, 1, 1)]));
-        let person = (names.clone(), names, date.prop_map(Option::flatten));
-        let nanopix_side = prop::collection::vec(person.clone(), 0..8).prop_map(|people| {
+    /// Clinics of `sizes` patients a side, each with two of `names` and a birth date from `date`;
+    /// a DentalTID patient is linked at the odds `linked_odds`.
+    fn clinic(
+        names: impl Strategy<Value = &'static str> + Clone,
+        date: impl Strategy<Value = Option<NaiveDate>> + Clone,
+        linked_odds: f64,
+        sizes: std::ops::Range<usize>,
+    ) -> impl Strategy<Value = (Vec<NanoPixPatient>, Vec<Patient>)> {
+        let person = (names.clone(), names, date);
+        let nanopix_side = prop::collection::vec(person.clone(), sizes.clone()).prop_map(|people| {
             let to_patient = |(pk, (f, l, b)): (usize, (&str, &str, _))| nanopix(pk as i64, f, l, b);
             people.into_iter().enumerate().map(to_patient).collect()
         });
-        let dental_side = prop::collection::vec((person, any::<bool>()), 0..8).prop_map(|people| {
-            let to_patient = |(id, ((f, l, b), is_linked)): (usize, ((&str, &str, _), bool))| {
-                let patient = dental(id as i64, f, l, b);
-                if is_linked { linked(patient) } else { patient }
-            };
-            people.into_iter().enumerate().map(to_patient).collect()
-        });
+        let dental_side =
+            prop::collection::vec((person, prop::bool::weighted(linked_odds)), sizes).prop_map(|people| {
+                let to_patient = |(id, ((f, l, b), is_linked)): (usize, ((&str, &str, _), bool))| {
+                    let patient = dental(id as i64, f, l, b);
+                    if is_linked { linked(patient) } else { patient }
+                };
+                people.into_iter().enumerate().map(to_patient).collect()
+            });
         (nanopix_side, dental_side)
+    }
+
+    fn any_patients() -> impl Strategy<Value = (Vec<NanoPixPatient>, Vec<Patient>)> {
+        let names = prop::sample::select(vec!["Zoe", "zoé ", "Doe", "DOE", "Dou", "Lefevre", "Lefebvre", "", " "]);
+        let date = prop::option::of(prop::sample::select(vec![born(1990, 5, 6), born(1991, 1, 1)]));
+        clinic(names, date.prop_map(Option::flatten), 0.5, 0..8)
+    }
+
+    /// Spellings of a few names: some normalise alike (accents, case, spaces, compatibility
+    /// forms, harakat, tatweel), some are a letter or two away, some normalise to nothing.
+    const COLLIDING_NAMES: [&[&str]; 8] = [
+        &["Zoe", "zoé ", "\u{FF3A}\u{FF4F}\u{FF45}", "ZOU", "Zui", "Al"],
+        &["Doe", " DOE", "Dou", "Do"],
+        &["Lefevre", "LEFÈVRE", "Le  Fevre", "Lefebvre"],
+        &["Amina", "Amína", "AMINE", "Benali", "Benalli"],
+        &["Strauß", "STRAUSS", "Straus"],
+        &["مُحَمَّد", "محمد", "مـحـمد", "محمود"],
+        &["علي", "عـلي", " على "],
+        &["", " ", "-", "\u{0640}"],
+    ];
+
+    /// Clinics of up to nine patients a side named from one to three of [`COLLIDING_NAMES`],
+    /// born on one of two days, on the NanoPix patients' registration day, or on none. In half
+    /// of them DentalTID also holds a crowd born on each of those days, named unlike them all,
+    /// so that each day's patients are looked up by block rather than scanned whole.
+    fn colliding_clinics() -> impl Strategy<Value = (Vec<NanoPixPatient>, Vec<Patient>)> {
+        let days = [born(1990, 5, 6), born(1991, 1, 1), born(2025, 1, 21)];
+        let clinics = prop::sample::subsequence(COLLIDING_NAMES.to_vec(), 1..=3).prop_flat_map(move |pools| {
+            let date = prop::option::weighted(0.75, prop::sample::select(days.to_vec())).prop_map(Option::flatten);
+            clinic(prop::sample::select(pools.concat()), date, 0.3, 0..10)
+        });
+        (clinics, any::<bool>()).prop_map(move |((nanopix, mut dentaltid), crowded)| {
+            let crowd = (0..=similar::SMALL_BUCKET).flat_map(|n| days.map(|day| (n, day))).enumerate();
+            let unlike = |(id, (n, day)): (usize, (usize, _))| {
+                dental(100 + id as i64, "Karim", &format!("{}addad", char::from(b'a' + (n % 26) as u8)), day)
+            };
+            if crowded {
+                dentaltid.extend(crowd.map(unlike));
+            }
+            (nanopix, dentaltid)
+        })
+    }
+
+    /// Both names, normalised.
+    fn names_of(first_name: &str, last_name: &str) -> [String; 2] {
+        [normalise_name(first_name), normalise_name(last_name)]
+    }
+
+    /// What the rules of the README decide for each NanoPix patient, found by comparing it with
+    /// every DentalTID patient, and with every other NanoPix patient for the one rule that looks
+    /// at them: only a key no other NanoPix patient of the pass has links.
+    fn by_the_rules(nanopix: &[NanoPixPatient], dentaltid: &[Patient], auto_link: bool) -> Vec<Decision> {
+        let key = |p: &NanoPixPatient| (names_of(&p.first_name, &p.last_name), p.birth_date);
+        let decide = |patient: &NanoPixPatient| {
+            let (names, born) = key(patient);
+            let twins: Vec<&Patient> = dentaltid
+                .iter()
+                .filter(|d| both_named(&names) && born.is_some() && d.date_of_birth == born)
+                .filter(|d| names_of(&d.first_name, &d.last_name) == names)
+                .collect();
+            let alone = nanopix.iter().filter(|other| key(other) == key(patient)).count() == 1;
+            let reason = match twins.as_slice() {
+                [] => {
+                    // NanoPix's form fills in the registration day: a birth date nobody may have typed.
+                    let typed = born.filter(|_| !patient.born_on_registration_day());
+                    let everyone: Vec<&Patient> = dentaltid.iter().collect();
+                    return Decision::import(look_alikes_by_the_rules((&names, born, typed), &everyone, false));
+                }
+                _ if !auto_link => DuplicateReason::AutoLinkOff,
+                [twin] if twin.external_id.is_some() => DuplicateReason::AlreadyLinked,
+                [twin] if alone => return Decision::Link { patient_id: twin.id },
+                _ => DuplicateReason::SeveralCandidates,
+            };
+            Decision::import(Some((reason, twins.iter().map(|twin| twin.id).collect())))
+        };
+        nanopix.iter().map(decide).collect()
+    }
+
+    fn both_named(names: &[String; 2]) -> bool {
+        names.iter().all(|name| !name.is_empty())
+    }
+
+    /// A person as the rules compare one: both names normalised, the birth date, and the birth
+    /// date as typed (none where it may be a registration day nobody typed).
+    type Compared<'p> = (&'p [String; 2], Option<NaiveDate>, Option<NaiveDate>);
+
+    /// The look-alikes among `others` the README's rules report beside a person: the reason of the
+    /// first rule that finds one, with every patient any rule finds, by id (the clinics compared
+    /// are too small for the cap of 20 to cut any). An export's rules start with the same person
+    /// already linked.
+    fn look_alikes_by_the_rules(
+        (names, born, typed): Compared<'_>,
+        others: &[&Patient],
+        exported: bool,
+    ) -> Option<(DuplicateReason, Vec<i64>)> {
+        let swapped = [names[1].clone(), names[0].clone()];
+        let born = born.filter(|_| both_named(names));
+        let same_day = |day: Option<NaiveDate>| born.is_some() && day == born;
+        let undated = |day: Option<NaiveDate>| both_named(names) && (day.is_none() || typed.is_none());
+        let one_name_left_out_on =
+            |other: &[String; 2], day| typed.is_some() && day == typed && one_name_left_out(names, other);
+        type Rule<'r> = &'r dyn Fn(&[String; 2], Option<NaiveDate>) -> bool;
+        let rules: [(DuplicateReason, Rule<'_>); 6] = [
+            (DuplicateReason::AlreadyLinked, &|other, day| {
+                exported && ((same_day(day) && other == names) || one_name_left_out_on(other, day))
+            }),
+            (DuplicateReason::SwappedNames, &|other, day| same_day(day) && *other == swapped),
+            (DuplicateReason::SimilarNames, &|other, day| same_day(day) && similar_by_the_rules(names, other)),
+            (DuplicateReason::MissingBirthDate, &|other, day| undated(day) && other == names),
+            (DuplicateReason::SwappedNames, &|other, day| undated(day) && *other == swapped),
+            (DuplicateReason::MissingName, &|other, day| one_name_left_out_on(other, day)),
+        ];
+        let found = rules.iter().flat_map(|(reason, applies)| {
+            let look_alikes =
+                others.iter().filter(|d| applies(&names_of(&d.first_name, &d.last_name), d.date_of_birth));
+            look_alikes.map(|d| (*reason, d.id))
+        });
+        let found: Vec<(DuplicateReason, i64)> = found.collect();
+        let mut ids: Vec<i64> = found.iter().map(|&(_, id)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some((found.first()?.0, ids))
+    }
+
+    /// Both names of both people given, not all the same, at most two edits apart over both
+    /// names, and six characters or more in the longer.
+    fn similar_by_the_rules(a: &[String; 2], b: &[String; 2]) -> bool {
+        let edits: usize = a.iter().zip(b).map(|(x, y)| strsim::levenshtein(x, y)).sum();
+        let chars = |names: &[String; 2]| names.iter().map(|name| name.chars().count()).sum::<usize>();
+        both_named(a) && both_named(b) && a != b && edits <= 2 && chars(a).max(chars(b)) >= 6
+    }
+
+    /// One side has only one name, which the other has as its first or last name.
+    fn one_name_left_out(a: &[String; 2], b: &[String; 2]) -> bool {
+        let sole = |[first, last]: &[String; 2]| match (first.is_empty(), last.is_empty()) {
+            (false, true) => Some(first.clone()),
+            (true, false) => Some(last.clone()),
+            _ => None,
+        };
+        sole(a).is_some_and(|name| b.contains(&name)) || sole(b).is_some_and(|name| a.contains(&name))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        /// The indexes decide every NanoPix patient of a clinic full of look-alikes as comparing
+        /// every pair by the README's rules does.
+        #[test]
+        fn the_matcher_decides_as_comparing_every_pair_does(
+            (nanopix, dentaltid) in colliding_clinics(),
+            auto_link in prop::bool::weighted(0.8),
+        ) {
+            prop_assert_eq!(decide(&nanopix, &dentaltid, auto_link), by_the_rules(&nanopix, &dentaltid, auto_link));
+        }
+
+        /// An export of each DentalTID patient of such a clinic names the linked patients that
+        /// comparing it with every other linked patient by the README's rules names.
+        #[test]
+        fn an_export_finds_the_linked_twins_comparing_every_pair_does((_, dentaltid) in colliding_clinics()) {
+            let matcher = matcher_over(&dentaltid, true);
+            for patient in &dentaltid {
+                let person = (patient.first_name.as_str(), patient.last_name.as_str(), patient.date_of_birth);
+                let twins = matcher.linked_twins(person, patient.id, &foldhash::HashSet::default());
+                let found = twins.map(|twins| (twins.reason, twins.candidates.iter().map(|c| c.patient_id).collect()));
+                let linked_others: Vec<&Patient> =
+                    dentaltid.iter().filter(|d| d.external_id.is_some() && d.id != patient.id).collect();
+                let names = names_of(&patient.first_name, &patient.last_name);
+                let born = patient.date_of_birth;
+                prop_assert_eq!(found, look_alikes_by_the_rules((&names, born, born), &linked_others, true));
+            }
+        }
     }
 
     proptest! {
