@@ -677,6 +677,13 @@ fn deleted(parent: &std::path::Path) -> crossbeam_channel::Receiver<()> {
     common::first_inotify_event(parent, 0x200)
 }
 
+/// Sends once a write to NanoPix's database begins, from now on: its rollback journal is created
+/// in `database/`, as inotify reports it (`IN_CREATE`).
+#[cfg(target_os = "linux")]
+fn nanopix_write_begun(clinic: &Clinic) -> crossbeam_channel::Receiver<()> {
+    common::first_inotify_event(&clinic.root.join("database"), 0x100)
+}
+
 /// DESIGN.md's safety rules (not negotiable): every NanoPix write is a short `BEGIN IMMEDIATE`
 /// transaction, with "no file I/O while holding a write lock". NanoPix itself must be able to
 /// save an X-ray at any time; a folder operation on the share NanoPix's data often sits on can
@@ -756,23 +763,14 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_commit_keeps_its
     let reading = Connection::open(clinic.nanopix_db()).unwrap();
     reading.execute_batch("BEGIN").unwrap();
     let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
-    // Tells whether someone holds NanoPix's write lock (a read holds none in rollback-journal mode).
-    let probe = Connection::open(clinic.nanopix_db()).unwrap();
-    probe.busy_timeout(Duration::ZERO).unwrap();
-    let write_lock_held = || match probe.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => {
-            probe.execute_batch("ROLLBACK").unwrap();
-            false
-        }
-        Err(error) => {
-            assert_eq!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{error}");
-            true
-        }
-    };
+    let writing = nanopix_write_begun(&clinic);
     let deleted = std::thread::scope(|scope| {
         let deleting = scope.spawn(|| sync.delete_in_nanopix(&external_id));
-        // The delete looked into the empty folder and took the lock: its commit now waits for the read.
-        until(Duration::from_secs(20), "the delete takes NanoPix's write lock", write_lock_held);
+        // The delete looked into the empty folder, took the lock and deleted the row: its commit
+        // cannot end before the read does.
+        writing
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the delete takes NanoPix's write lock and deletes the row");
         std::fs::write(folder.join("20250122_100500.iosb"), b"image").unwrap();
         std::fs::write(folder.join("20250122_100500_thumbnail.jpg"), b"thumbnail").unwrap();
         reading.execute_batch("COMMIT").unwrap();
@@ -1024,8 +1022,7 @@ fn an_export_waiting_for_its_commit_never_takes_a_folder_nanopix_made_meanwhile(
     let reading = Connection::open(clinic.nanopix_db()).unwrap();
     reading.execute_batch("BEGIN").unwrap();
     let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
-    // Tells when a write to NanoPix's database has begun: its rollback journal is created (IN_CREATE).
-    let writing = common::first_inotify_event(&clinic.root.join("database"), 0x100);
+    let writing = nanopix_write_begun(&clinic);
     let folder = clinic.root.join(same_second);
     let exported = std::thread::scope(|scope| {
         let exporting = scope.spawn(|| sync.export_patient(nadia));
