@@ -10,7 +10,7 @@ use common::{
     Clinic, HookedClock, another_program, archive_link_then, copy_tree, drain, numbered_nanopix_id,
     reports_unreadable_link, until, wait_for,
 };
-use nanopix_sync::{EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
+use nanopix_sync::{Config, EventKind, LinkState, NanoPixSync, PatientFilter, WatchMode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -24,6 +24,18 @@ fn live_watching(clinic: &Clinic, polling: bool) -> NanoPixSync {
     if polling {
         (config.watch_mode, config.poll_interval) = (WatchMode::Polling, Duration::from_millis(50));
     }
+    live_with(config)
+}
+
+/// A handle like [`live`]'s whose engine runs `clock`'s hook.
+fn live_on(clinic: &Clinic, clock: &HookedClock) -> NanoPixSync {
+    let mut config = clinic.config();
+    config.clock = Arc::new(clock.clone());
+    live_with(config)
+}
+
+/// A handle on `config` with Live Sync on and its first reconcile done.
+fn live_with(config: Config) -> NanoPixSync {
     let sync = NanoPixSync::open(config).unwrap();
     sync.set_live_sync(true).unwrap();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::Reconciled(_)));
@@ -1105,8 +1117,16 @@ fn an_imported_patient_deleted_before_its_live_pass_ends_gets_a_delete_requested
 
 /// Holds NanoPix's write lock (NanoPix saving a study in a long transaction, say) while
 /// DentalTID adds Nadia Cherif, and waits until Live Sync journaled her export, which then waits
-/// for that lock. Returns the lock holder (roll it back to let the export go on) and her id.
-fn export_waiting_for_nanopix(clinic: &Clinic) -> (rusqlite::Connection, i64) {
+/// for that lock. Then lets the export go on, and has DentalTID run `meanwhile` once the export
+/// has written her NanoPix row, when the engine asks `clock` the time to record her link: a
+/// change DentalTID makes while the export waits, made where the export can no longer see it
+/// before it writes (one seen before is another case: the export starts again from the patient
+/// as she is). Returns her id.
+fn export_waiting_for_nanopix(
+    clinic: &Clinic,
+    clock: &HookedClock,
+    meanwhile: impl FnOnce(&rusqlite::Connection, i64) + Send + 'static,
+) -> i64 {
     let nanopix = another_program(&clinic.nanopix_db());
     nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
     let dentaltid = another_program(&clinic.dentaltid);
@@ -1115,21 +1135,28 @@ fn export_waiting_for_nanopix(clinic: &Clinic) -> (rusqlite::Connection, i64) {
     until(DEADLINE, "the export is journaled", || {
         dentaltid.query_row(journaled, [patient], |r| r.get::<_, i64>(0)).unwrap() == 1
     });
-    (nanopix, patient)
+    let path = clinic.dentaltid.clone();
+    clock.arm(Box::new(move || meanwhile(&another_program(&path), patient)));
+    nanopix.execute_batch("ROLLBACK").unwrap();
+    patient
 }
 
-/// DentalTID deletes a patient while Live Sync's export of it waits for NanoPix's lock. The
-/// export ends on the NanoPix row it writes (as documented), so NanoPix holds a patient whose
-/// DentalTID patient is gone: the host must get `delete_requested`, as a full reconcile gives it
-/// at once (`sync.reconcile()` here sends it), not an hour later.
+/// Deletes DentalTID patient `patient_id`.
+fn delete_patient(dentaltid: &rusqlite::Connection, patient_id: i64) {
+    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [patient_id]).unwrap();
+}
+
+/// DentalTID deletes a patient while Live Sync's export of it, held up by NanoPix's lock, writes
+/// her row. The export ends on the NanoPix row it writes (as documented), so NanoPix holds a
+/// patient whose DentalTID patient is gone: the host must get `delete_requested`, as a full
+/// reconcile gives it at once (`sync.reconcile()` here sends it), not an hour later.
 #[test]
 fn a_patient_deleted_while_its_live_export_waits_for_nanopix_gets_a_delete_requested() {
     let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
+    let clock = HookedClock::of_the_engine();
+    let sync = live_on(&clinic, &clock);
     drain(&sync);
-    let (nanopix_lock, patient) = export_waiting_for_nanopix(&clinic);
-    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [patient]).unwrap();
-    nanopix_lock.execute_batch("ROLLBACK").unwrap();
+    let patient = export_waiting_for_nanopix(&clinic, &clock, delete_patient);
     let exported = wait_for(
         &sync,
         DEADLINE,
@@ -1149,14 +1176,17 @@ fn a_patient_deleted_while_its_live_export_waits_for_nanopix_gets_a_delete_reque
 #[test]
 fn a_patient_deleted_and_added_again_while_her_export_waits_gets_one_nanopix_patient() {
     let clinic = Clinic::new("v29");
-    let sync = live(&clinic);
+    let clock = HookedClock::of_the_engine();
+    let sync = live_on(&clinic, &clock);
     drain(&sync);
-    let (nanopix_lock, first) = export_waiting_for_nanopix(&clinic);
-    let dentaltid = another_program(&clinic.dentaltid);
-    dentaltid.execute("DELETE FROM patients WHERE id = ?1", [first]).unwrap();
-    let again = common::insert_dentaltid_patient(&dentaltid, "Nadia", "Cherif", Some("1992-02-14"));
-    nanopix_lock.execute_batch("ROLLBACK").unwrap();
+    let (added_again, again) = std::sync::mpsc::channel();
+    let first = export_waiting_for_nanopix(&clinic, &clock, move |dentaltid, first| {
+        delete_patient(dentaltid, first);
+        let id = common::insert_dentaltid_patient(dentaltid, "Nadia", "Cherif", Some("1992-02-14"));
+        added_again.send(id).unwrap();
+    });
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientExported { patient_id, .. } if *patient_id == first));
+    let again = again.recv_timeout(DEADLINE).unwrap();
     wait_for(&sync, DEADLINE, |e| {
         matches!(e, EventKind::PatientExported { patient_id, .. } | EventKind::PatientLinked { patient_id, .. }
             if *patient_id == again)
