@@ -616,6 +616,41 @@ mod tests {
         assert_eq!((report.exported, report.errors), (0, 0));
     }
 
+    /// Two exports are journaled ahead while NanoPix saves a study (its write lock held, so their
+    /// rows wait for their own exports); before those begin, the receptionist deletes one patient
+    /// and corrects the other's name. The first export writes nothing and drops its journal row;
+    /// the second starts again from the patient as she is now, and NanoPix gets her corrected name.
+    #[test]
+    fn exports_journaled_ahead_follow_what_dentaltid_did_before_they_write() {
+        let (_dir, db, mut engine, _signals) = clinic_engine();
+        engine.reconcile().unwrap();
+        let dentaltid = Connection::open(&db).unwrap();
+        let [deleted, corrected] = [("Nadia", "Cherif"), ("Amine", "Belkacem")].map(|(first, last)| {
+            let sql = "INSERT INTO patients(name, familyName, age, dateOfBirth, healthState, diagnosis, treatment,
+                                            createdAt)
+                VALUES (?1, ?2, 30, '1992-02-14T00:00:00.000', '', '', '', '2025-01-22T09:00:00.000')";
+            dentaltid.execute(sql, [first, last]).unwrap();
+            engine.dentaltid.patient(dentaltid.last_insert_rowid()).unwrap().unwrap()
+        });
+        let nanopix = Connection::open(engine.config.nanopix_root.join("database/NanoPix.db3")).unwrap();
+        nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+        engine.write_ahead(&[&deleted, &corrected], IdsFrom::Now);
+        nanopix.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(engine.dentaltid.pending_exports().unwrap().len(), 2, "both exports journaled ahead");
+        dentaltid.execute("DELETE FROM patients WHERE id = ?1", [deleted.id]).unwrap();
+        dentaltid.execute("UPDATE patients SET name = 'Amina' WHERE id = ?1", [corrected.id]).unwrap();
+
+        assert_eq!(engine.export_or_resume(&deleted, IdsFrom::Now, None).unwrap(), Exported::Deleted);
+        let Exported::Written(id) = engine.export_or_resume(&corrected, IdsFrom::Now, None).unwrap() else {
+            panic!("the corrected patient is not exported")
+        };
+        let written = engine.nanopix.patient(id).unwrap().unwrap();
+        assert_eq!((written.first_name.as_str(), written.last_name.as_str()), ("Amina", "Belkacem"));
+        let named = "SELECT COUNT(*) FROM Patient WHERE first_name IN ('Nadia', 'Amine')";
+        assert_eq!(nanopix.query_row(named, [], |row| row.get::<_, i64>(0)).unwrap(), 0, "rows as journaled");
+        assert!(engine.dentaltid.pending_exports().unwrap().is_empty(), "journal rows left");
+    }
+
     /// How many of `statements` start with `prefix` in each transaction that runs one or more,
     /// in order.
     fn per_transaction(statements: &[String], prefix: &str) -> Vec<usize> {
