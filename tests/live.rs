@@ -1195,14 +1195,18 @@ fn a_patient_deleted_and_added_again_while_her_export_waits_gets_one_nanopix_pat
     assert_eq!(in_nanopix.len(), 1, "Nadia Cherif is in NanoPix {in_nanopix:?}");
 }
 
-/// Removes the fixture's NanoPix patient, row and folder, from NanoPix, and waits for the end of
-/// the full reconcile that reports it; returns the DentalTID patient it was imported as.
+/// Removes the fixture's NanoPix patient, row and folder, from NanoPix while Live Sync is off,
+/// switches it on again and waits for the end of the full reconcile that reports the patient
+/// gone; returns the DentalTID patient it was imported as. Removed while watched, the row and
+/// the folder may wake two full reconciles, the second at a moment the test cannot tell.
 fn remove_the_nanopix_patient(clinic: &Clinic, sync: &NanoPixSync) -> i64 {
     let id = "20250121_152638";
     let patient: i64 =
         clinic.dentaltid_rows(&format!("SELECT id FROM patients WHERE external_id = '{id}'"), |r| r.get(0))[0];
+    sync.set_live_sync(false).unwrap();
     another_program(&clinic.nanopix_db()).execute("DELETE FROM Patient WHERE id = ?1", [id]).unwrap();
     std::fs::remove_dir_all(clinic.root.join(id)).unwrap();
+    sync.set_live_sync(true).unwrap();
     wait_for(
         sync,
         DEADLINE,
