@@ -381,6 +381,10 @@ fn exports_and_imports_never_echo() {
     assert_eq!((nanopix, dentaltid), (vec![3], vec![9]));
 }
 
+/// NanoPix rows enough for a first sync that goes on for seconds after its first import, even
+/// on an idle machine: a test stopping it there never finds it ended.
+const MANY: u32 = 100_000;
+
 /// Adds `count` NanoPix rows in one transaction, enough for a pass that takes a while.
 fn add_many_nanopix_rows(clinic: &Clinic, count: u32) {
     let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
@@ -396,10 +400,13 @@ fn add_many_nanopix_rows(clinic: &Clinic, count: u32) {
     conn.execute_batch("COMMIT").unwrap();
 }
 
+/// Closing in the middle of a first sync of [`MANY`] NanoPix patients cuts it short: its
+/// `reconciled` says it stopped early, and `closed` comes last. What the close did is checked,
+/// not how long it took: on a loaded machine that tells too little.
 #[test]
-fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
+fn close_mid_reconcile_cuts_it_short_and_ends_with_closed() {
     let clinic = Clinic::new("v29");
-    add_many_nanopix_rows(&clinic, 20_000);
+    add_many_nanopix_rows(&clinic, MANY);
     let mut sync = clinic.open();
     let events = sync.events();
     sync.set_live_sync(true).unwrap();
@@ -407,7 +414,7 @@ fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
     let started = Instant::now();
     sync.close();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "close took {took:?}");
+    assert!(took < DEADLINE, "close took {took:?}");
     let after: Vec<EventKind> = events.try_iter().map(|event| event.kind).collect();
     assert_eq!(after.last(), Some(&EventKind::Closed));
     let cut_short = after.iter().find_map(|kind| match kind {
@@ -417,19 +424,21 @@ fn close_mid_reconcile_joins_within_a_second_and_ends_with_closed() {
     assert_eq!(cut_short, Some(true), "the reconcile says it stopped early");
 }
 
+/// Switching Live Sync off in the middle of its first sync of [`MANY`] NanoPix patients returns
+/// with that sync cut short, not run to its end.
 #[test]
-fn switching_live_sync_off_mid_pass_returns_promptly() {
+fn switching_live_sync_off_mid_pass_cuts_the_pass_short() {
     let clinic = Clinic::new("v29");
-    add_many_nanopix_rows(&clinic, 20_000);
+    add_many_nanopix_rows(&clinic, MANY);
     let sync = clinic.open();
     sync.set_live_sync(true).unwrap();
     wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientImported { .. }));
     let started = Instant::now();
     sync.set_live_sync(false).unwrap();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "switching off took {took:?}");
+    assert!(took < DEADLINE, "switching off took {took:?}");
     let imported = sync.patients(PatientFilter::AllByExternal).unwrap().len();
-    assert!(imported < 20_000, "the automatic pass stopped early ({imported} imported)");
+    assert!(imported < MANY as usize, "the automatic pass stopped early ({imported} imported)");
 }
 
 #[test]
