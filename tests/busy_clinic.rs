@@ -784,6 +784,7 @@ fn an_image_nanopix_saves_while_delete_in_nanopix_waits_for_its_commit_keeps_its
 /// DESIGN.md: every NanoPix write is a short `BEGIN IMMEDIATE` transaction with a busy timeout,
 /// retried when busy. A NanoPix read that outlasts one busy timeout keeps the delete from
 /// committing for that long: the delete tries again, and gets through once the read ends.
+#[cfg(target_os = "linux")]
 #[test]
 fn delete_in_nanopix_tries_again_when_a_read_outlasts_one_busy_timeout() {
     let clinic = Clinic::new("v29");
@@ -796,10 +797,12 @@ fn delete_in_nanopix_tries_again_when_a_read_outlasts_one_busy_timeout() {
     let reading = Connection::open(clinic.nanopix_db()).unwrap();
     reading.execute_batch("BEGIN").unwrap();
     let _: i64 = reading.query_row("SELECT count(*) FROM Patient", [], |r| r.get(0)).unwrap();
+    let writing = nanopix_write_begun(&clinic);
     let deleted = std::thread::scope(|scope| {
-        let started = std::time::Instant::now();
         let deleting = scope.spawn(|| sync.delete_in_nanopix(&external_id));
-        until(Duration::from_secs(5), "the read outlasts one busy timeout", || {
+        writing.recv_timeout(Duration::from_secs(30)).expect("the delete begins its write");
+        let started = std::time::Instant::now();
+        until(Duration::from_secs(5), "the read outlasts one busy timeout of the delete's", || {
             started.elapsed() > Duration::from_millis(450)
         });
         reading.execute_batch("COMMIT").unwrap();
