@@ -325,6 +325,7 @@ fn a_patient_renamed_in_dentaltid_during_export_existing_is_exported_with_the_na
 
 /// Exports Nadia Saidi, then deletes her in DentalTID: the sync asks for her NanoPix patient's
 /// delete. Returns her NanoPix id.
+#[cfg(target_os = "linux")]
 fn nadia_asked_to_delete(clinic: &Clinic, sync: &NanoPixSync) -> String {
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
     let external_id = sync.export_patient(nadia).unwrap().to_string();
