@@ -474,7 +474,7 @@ impl Engine {
             patient_id,
             source: patient.source,
             external_id,
-            folder: ours.map(|id| self.nanopix.folder_path(id)),
+            folder: ours.and_then(|id| self.nanopix.folder_to_show(id)),
             nanopix_created: nanopix_patient.and_then(|p| p.created).map(crate::patient::nanopix_datetime),
             synced_at: link.as_ref().and_then(|l| l.synced_at).map(crate::patient::dart_timestamp),
             link_state: link.map(|l| l.state),

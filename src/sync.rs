@@ -29,8 +29,9 @@ pub struct SourceInfo {
     /// The linked NanoPix id, if any: the patient's `external_id`, or, when DentalTID cleared
     /// that column, the id of the link the sync recorded while both sides exist.
     pub external_id: Option<String>,
-    /// The patient's NanoPix folder, if linked; none while another person's row holds the id
-    /// (see the README's "Deletes").
+    /// The patient's NanoPix folder, if linked, whether it is there or not (see `link_state`);
+    /// none while another person's row holds the id (see the README's "Deletes"), or while a
+    /// symlink or a file sits where the folder belongs: the sync never follows one.
     pub folder: Option<PathBuf>,
     /// NanoPix's `created_datetime`, `YYYY-MM-DD HH:MM:SS`, if NanoPix has the patient.
     pub nanopix_created: Option<String>,

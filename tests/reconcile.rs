@@ -1720,6 +1720,28 @@ fn source_info_names_the_link_of_a_patient_whose_external_id_dentaltid_cleared()
     assert_eq!(info.image_count, 1, "the fixture patient's one image, in two files");
 }
 
+/// A symlink put where a linked patient's folder belongs leads out of `PatientData`: the sync
+/// never follows it, and source info gives no path a host would follow. A folder that is only
+/// missing keeps its path (`link_state` says it is missing).
+#[cfg(unix)]
+#[test]
+fn source_info_gives_no_folder_path_where_a_symlink_sits() {
+    let clinic = Clinic::new("v29");
+    let sync = clinic.open();
+    sync.reconcile().unwrap();
+    let ids =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250121_152638'", |r| r.get::<_, i64>(0));
+    let folder = clinic.root.join("20250121_152638");
+    std::fs::rename(&folder, clinic.dir.path().join("elsewhere")).unwrap();
+    sync.reconcile().unwrap();
+    let missing = sync.source_info(ids[0]).unwrap();
+    assert_eq!((missing.link_state, missing.folder), (Some(LinkState::Missing), Some(folder.clone())));
+    std::os::unix::fs::symlink(clinic.dir.path().join("elsewhere"), &folder).unwrap();
+    let linked_out = sync.source_info(ids[0]).unwrap();
+    assert_eq!(linked_out.external_id.as_deref(), Some("20250121_152638"));
+    assert_eq!(linked_out.folder, None, "{linked_out:?}");
+}
+
 /// A clinic whose DentalTID table runs `refusal` (a `RAISE`) `timing` (`BEFORE` or `AFTER`) the
 /// insert of a patient without a first name; NanoPix holds one such patient, then Lina.
 fn clinic_refusing_nameless_patients(timing: &str, refusal: &str) -> Clinic {

@@ -37,6 +37,11 @@ pub(super) fn is_real_dir(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
 }
 
+/// Whether something other than a real folder (a symlink, a file) sits at `path`.
+pub(super) fn holds_other_than_folder(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|metadata| !metadata.is_dir())
+}
+
 /// Creates `root/<id>` and its `subfolders` where missing; returns the patient folder.
 pub(super) fn create_patient_folder(root: &Path, id: NanoPixId, subfolders: &[String]) -> Result<PathBuf> {
     for name in subfolders {

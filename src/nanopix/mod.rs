@@ -518,6 +518,13 @@ impl NanoPix {
         folders::patient_folder(&self.root, id)
     }
 
+    /// The patient's folder path, whether the folder is there or not; none when a symlink or a
+    /// file sits where it belongs: the sync never follows one, and a host given the path would.
+    pub fn folder_to_show(&self, id: NanoPixId) -> Option<PathBuf> {
+        let path = self.folder_path(id);
+        (!folders::holds_other_than_folder(&path)).then_some(path)
+    }
+
     /// Whether the patient's folder is there (a real folder, not a symlink).
     pub fn has_folder(&self, id: NanoPixId) -> bool {
         folders::is_real_dir(&self.folder_path(id))
