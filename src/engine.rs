@@ -262,20 +262,7 @@ impl Engine {
     /// It goes on from `begun`, and leaves alone the exports of patients `tried` (see
     /// [`Engine::reconcile_after`]).
     fn reconcile_fully(&mut self, begun: ReconcileReport, tried: &[i64]) -> Result<ReconcileReport> {
-        // The cursor described the file opened before; only a whole reconcile gives a new one.
-        // Dropped first, so that a reconcile failing even to open NanoPix (locked, gone for a
-        // moment) is tried again as a full one, not as a live pass that never looks at folders.
-        self.cursor = None;
-        self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
-        self.ready_connections()?;
-        self.last_names = None;
-        self.unborn_names = None;
-        self.odd_findings.full_reconcile_began();
-        // The unknown NanoPix patients are all decided again, and their links tried again.
-        self.refused_links.clear();
-        self.left_for_exports = false;
-        let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
-        self.nanopix_read = Some(nanopix_version);
+        let versions = self.begin_full_reconcile()?;
         let mut report = begun;
         // Left by a pass that crashed or failed before it recorded the folders it awaits.
         let unsettled = self.dentaltid.unsettled_links()?;
@@ -299,29 +286,45 @@ impl Engine {
             }
         }
         // A pass stopped early, or that left NanoPix patients for exports to end, leaves no
-        // cursor, so the next live pass reconciles fully. The DentalTID extent is the snapshot's
-        // moved past the rows added since, so a patient deleted during the pass is still found
-        // gone by the next live pass.
+        // cursor, so the next live pass reconciles fully.
         self.cursor = match self.cancelled() || self.left_for_exports {
             true => None,
-            false => {
-                let extent = snapshot.dentaltid_extent();
-                let checked = snapshot.links.patient_ids().fold(extent.0, i64::max);
-                let nanopix_row = self.with_creation_time(snapshot.nanopix_row.take())?;
-                self.dentaltid_cursor_after(extent, checked)?.map(|(dentaltid, links_checked_up_to)| LiveCursor {
-                    nanopix_row,
-                    nanopix_rows: snapshot.nanopix_rows,
-                    nanopix_version,
-                    dentaltid,
-                    links_checked_up_to,
-                    dentaltid_version,
-                })
-            }
+            false => self.cursor_after_snapshot(&mut snapshot, versions)?,
         };
         if !self.cancelled() {
             self.odd_findings.full_reconcile_ended();
         }
         Ok(report)
+    }
+
+    /// Opens `NanoPix.db3` afresh and forgets what passes kept of either side, for a full
+    /// reconcile; returns NanoPix's and DentalTID's data versions, read before it reads anything.
+    fn begin_full_reconcile(&mut self) -> Result<(i64, i64)> {
+        // The cursor described the file opened before; only a whole reconcile gives a new one.
+        // Dropped first, so that a reconcile failing even to open NanoPix (locked, gone for a
+        // moment) is tried again as a full one, not as a live pass that never looks at folders.
+        self.cursor = None;
+        self.nanopix = NanoPix::open(&self.config.nanopix_root, self.config.busy_timeout)?;
+        self.ready_connections()?;
+        self.last_names = None;
+        self.unborn_names = None;
+        self.odd_findings.full_reconcile_began();
+        // The unknown NanoPix patients are all decided again, and their links tried again.
+        self.refused_links.clear();
+        self.left_for_exports = false;
+        let versions = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
+        self.nanopix_read = Some(versions.0);
+        Ok(versions)
+    }
+
+    /// The live cursor a full reconcile leaves, from its `snapshot` and the data `versions` read
+    /// before it: the DentalTID extent is the snapshot's moved past the rows added since, so a
+    /// patient deleted during the pass is still found gone by the next live pass.
+    fn cursor_after_snapshot(&self, snapshot: &mut Snapshot, versions: (i64, i64)) -> Result<Option<LiveCursor>> {
+        let extent = snapshot.dentaltid_extent();
+        let checked = snapshot.links.patient_ids().fold(extent.0, i64::max);
+        let nanopix_row = self.with_creation_time(snapshot.nanopix_row.take())?;
+        self.cursor_at((nanopix_row, snapshot.nanopix_rows), (extent, checked), versions)
     }
 
     /// Whether Live Sync is on, as the DentalTID file the handle opened says: fails once that

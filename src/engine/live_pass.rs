@@ -8,7 +8,7 @@ use foldhash::HashSet;
 use super::{Engine, PAGE};
 use crate::dentaltid::is_another_person;
 use crate::events::ReconcileReport;
-use crate::nanopix::RowStamp;
+use crate::nanopix::{PatientRows, RowStamp};
 use crate::patient::NanoPixPatient;
 use crate::{NanoPixId, Result};
 
@@ -69,8 +69,8 @@ impl Engine {
         if self.dentaltid.has_unsettled_links()? {
             return self.reconcile();
         }
-        let (nanopix_version, dentaltid_version) = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
-        self.nanopix_read = Some(nanopix_version);
+        let versions = (self.nanopix.data_version()?, self.dentaltid.data_version()?);
+        self.nanopix_read = Some(versions.0);
         self.left_for_exports = false;
         let mut report = ReconcileReport::default();
         // A NanoPix row at an id a repair left may be behind the cursor: skipped as an export's.
@@ -80,11 +80,7 @@ impl Engine {
         }
         let rows = self.nanopix.patients_after(Some(cursor.nanopix_pk()), PAGE)?;
         let read = (rows.patients.len() + rows.odd_rows.len()) as u64;
-        if read >= u64::from(PAGE)
-            || self.nanopix.patient_count()? != cursor.nanopix_rows + read
-            || self.rows_changed_behind(&cursor)?
-            || self.dentaltid_lost_rows(&cursor)?
-        {
+        if read >= u64::from(PAGE) || self.changed_behind(&cursor, read)? {
             return self.reconcile_after(report, &repairs.tried);
         }
         let nanopix_row = match rows.last_row() {
@@ -92,45 +88,86 @@ impl Engine {
             _ => cursor.nanopix_row,
         };
         let (unheld, recorded) = self.unheld(rows.patients.clone())?;
-        // A deleted patient's NanoPix patient given back asks for a delete, and another person
-        // under a linked id is imported apart: a full reconcile's to decide.
-        if self.gives_back_a_deleted_patient(&rows.patients, &recorded)? || self.holds_another_person(&rows.patients)? {
+        if self.left_to_decide_fully(&rows.patients, &recorded, &repairs.untried)? {
             return self.reconcile_after(report, &repairs.tried);
         }
-        // The same person as a patient whose export waits its turn: a full reconcile tries it.
-        if self.saves_a_patient_left_to_repair(&rows.patients, &repairs.untried)? {
-            return self.reconcile_after(report, &repairs.tried);
-        }
-        self.report_odd_rows(rows.odd_rows, &mut report);
-        self.restore_links(&rows.patients, &mut report)?;
-        let unknown = not_recorded(unheld, &recorded);
-        let new_ids: Vec<NanoPixId> = unknown.iter().map(|patient| patient.id).collect();
-        self.link_or_import(unknown, None, &mut report)?;
-        self.await_folders(&new_ids)?;
-        self.restore_put_back_folders(&mut report)?;
-        if self.dentaltid.live_sync()? {
-            self.export_new(&mut report)?;
-        }
+        self.take_in(rows, not_recorded(unheld, &recorded), &mut report)?;
         if self.cancelled() {
             self.cursor = None;
             report.stopped_early = true;
             return Ok(report);
         }
         // NanoPix patients left for exports to end are behind the rows read: a full reconcile's.
-        if self.left_for_exports {
-            self.cursor = None;
-            return Ok(report);
+        self.cursor = match self.left_for_exports {
+            true => None,
+            false => {
+                let dentaltid = (cursor.dentaltid, cursor.links_checked_up_to);
+                self.cursor_at((nanopix_row, cursor.nanopix_rows + read), dentaltid, versions)?
+            }
+        };
+        Ok(report)
+    }
+
+    /// Whether NanoPix or DentalTID changed behind the `cursor` in a way a live pass cannot
+    /// follow: NanoPix holds another number of rows than the cursor's and the `read` past it, its
+    /// row at the cursor is another one, or DentalTID lost a row.
+    fn changed_behind(&self, cursor: &LiveCursor, read: u64) -> Result<bool> {
+        Ok(self.nanopix.patient_count()? != cursor.nanopix_rows + read
+            || self.rows_changed_behind(cursor)?
+            || self.dentaltid_lost_rows(cursor)?)
+    }
+
+    /// Whether the rows `read` past the cursor hold a patient only a full reconcile decides: a
+    /// deleted patient's NanoPix patient given back asks for a delete, another person under a
+    /// linked id is imported apart (`recorded`, see [`Engine::unheld`]), and the same person as
+    /// a patient whose export waits its turn (`untried`) has her export tried first.
+    fn left_to_decide_fully(
+        &self,
+        read: &[NanoPixPatient],
+        recorded: &HashSet<NanoPixId>,
+        untried: &[i64],
+    ) -> Result<bool> {
+        Ok(self.gives_back_a_deleted_patient(read, recorded)?
+            || self.holds_another_person(read)?
+            || self.saves_a_patient_left_to_repair(read, untried)?)
+    }
+
+    /// Takes in the `rows` a live pass read: reports the odd ones, restores the links of
+    /// patients back in NanoPix, links or imports the `unknown` patients and awaits their
+    /// folders, restores the links whose folder is back, and, while Live Sync is on, exports
+    /// DentalTID's new patients.
+    fn take_in(&mut self, rows: PatientRows, unknown: Vec<NanoPixPatient>, report: &mut ReconcileReport) -> Result<()> {
+        self.report_odd_rows(rows.odd_rows, report);
+        self.restore_links(&rows.patients, report)?;
+        let new_ids: Vec<NanoPixId> = unknown.iter().map(|patient| patient.id).collect();
+        self.link_or_import(unknown, None, report)?;
+        self.await_folders(&new_ids)?;
+        self.restore_put_back_folders(report)?;
+        if self.dentaltid.live_sync()? {
+            self.export_new(report)?;
         }
-        let dentaltid = self.dentaltid_cursor_after(cursor.dentaltid, cursor.links_checked_up_to)?;
-        self.cursor = dentaltid.map(|(dentaltid, links_checked_up_to)| LiveCursor {
+        Ok(())
+    }
+
+    /// The live cursor after a pass: at NanoPix's `(row, rows)` up to it, with DentalTID's
+    /// `(extent, links checked up to)` as the pass began, moved on (see
+    /// [`Engine::dentaltid_cursor_after`]), and the data `versions` read before the pass read
+    /// either side. `None` when DentalTID's side cannot move on.
+    pub(super) fn cursor_at(
+        &self,
+        (nanopix_row, nanopix_rows): (Option<RowStamp>, u64),
+        (extent, checked): ((i64, u64), i64),
+        (nanopix_version, dentaltid_version): (i64, i64),
+    ) -> Result<Option<LiveCursor>> {
+        let dentaltid = self.dentaltid_cursor_after(extent, checked)?;
+        Ok(dentaltid.map(|(dentaltid, links_checked_up_to)| LiveCursor {
             nanopix_row,
-            nanopix_rows: cursor.nanopix_rows + read,
+            nanopix_rows,
             nanopix_version,
             dentaltid,
             links_checked_up_to,
             dentaltid_version,
-        });
-        Ok(report)
+        }))
     }
 
     /// Moves the live cursor's DentalTID extent past the rows added since, after an export made
@@ -153,11 +190,7 @@ impl Engine {
     /// its new highest id. `None` when a patient the sync linked, imported or exported past
     /// `checked` is gone already: the extent cannot count it, so only a full reconcile would
     /// find it deleted, and the next pass is then one.
-    pub(super) fn dentaltid_cursor_after(
-        &self,
-        previous: (i64, u64),
-        checked: i64,
-    ) -> Result<Option<((i64, u64), i64)>> {
+    fn dentaltid_cursor_after(&self, previous: (i64, u64), checked: i64) -> Result<Option<((i64, u64), i64)>> {
         let extent = self.dentaltid.extent_after(previous)?;
         Ok((!self.dentaltid.lost_linked_after(checked)?).then_some((extent, checked.max(extent.0))))
     }
