@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 use crate::dentaltid::{DentalTid, LastNames, Link, LinkState};
 use crate::events::{EventBus, EventKind, ReconcileReport};
@@ -117,15 +117,9 @@ pub(crate) struct Engine {
     /// The linked twins the last export to finish kept on the review list, with its patient:
     /// what the export reports.
     kept_twins: Option<(i64, PossibleDuplicate)>,
-    /// While exports are made one after another, those whose links wait to be recorded together
-    /// (see [`exports::LinksDue`]).
-    links_due: Option<exports::LinksDue>,
-    /// While exports are made one after another, those journaled ahead of their turn, by patient
-    /// (see [`exports::JournaledAhead`]).
-    journaled_ahead: HashMap<i64, exports::JournaledAhead>,
-    /// While exports are made one after another, the NanoPix ids import batches record, read once
-    /// for all the ids they try: only imports write batches, and none runs meanwhile.
-    ids_in_batches: Option<HashSet<NanoPixId>>,
+    /// While exports are made one after another, what they share (see [`exports::ExportRun`]):
+    /// set as their run begins, taken as it ends.
+    export_run: Option<exports::ExportRun>,
     /// The patient of the export under way, with the NanoPix id its journal row holds, as this
     /// handle last wrote or read it: what a failed export reports, without reading the journal
     /// again (a database locked past the busy timeout would refuse that read too).
@@ -184,9 +178,7 @@ impl Engine {
             unborn_names: None,
             odd_findings: OddFindings::default(),
             kept_twins: None,
-            links_due: None,
-            ids_in_batches: None,
-            journaled_ahead: HashMap::default(),
+            export_run: None,
             journaled: None,
             refused_links: HashMap::default(),
             left_for_exports: false,

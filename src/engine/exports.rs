@@ -24,9 +24,9 @@ mod linking;
 mod repairs;
 mod twins;
 
-pub(super) use ahead::JournaledAhead;
+use ahead::JournaledAhead;
 use ids::{IdsFrom, past_ids_from};
-pub(super) use linking::LinksDue;
+use linking::LinksDue;
 pub(super) use repairs::OpenRepairs;
 use twins::{Twins, linked_twins_of};
 
@@ -41,6 +41,19 @@ pub(super) enum PastRun {
     Creation = 0,
     /// From the start of the [`ids::PAST_IDS`], once no other second is free.
     DayBefore = 1,
+}
+
+/// What exports made one after another share while their run lasts (see
+/// [`Engine::export_in_order`]): set up as the run begins, taken as it ends.
+#[derive(Debug, Default)]
+pub(super) struct ExportRun {
+    /// The exports whose links wait to be recorded together (see [`LinksDue`]).
+    links_due: LinksDue,
+    /// The exports journaled ahead of their turn, by patient (see [`JournaledAhead`]).
+    journaled_ahead: HashMap<i64, JournaledAhead>,
+    /// The NanoPix ids import batches record, read once for all the ids the exports try: only
+    /// imports write batches, and none runs meanwhile. `None` when they could not be read.
+    ids_in_batches: Option<HashSet<NanoPixId>>,
 }
 
 /// What became of one patient's export.
@@ -348,10 +361,11 @@ impl Engine {
         self.export_in_order(&ordered, from, twins.as_ref(), report)
     }
 
-    /// Exports `patients` in their order, with ids `from`, reporting each failure, their links
-    /// recorded many at a time (see [`Engine::link_due_exports`]); returns the lowest patient id
-    /// among those that failed or were deferred. `twins` finds the linked twins of each. Between
-    /// two patients, DentalTID gets a turn to save now and then (see [`Turns`]).
+    /// Exports `patients` in their order, with ids `from`, in one run (see [`ExportRun`]),
+    /// reporting each failure, their links recorded many at a time (see
+    /// [`Engine::link_due_exports`]); returns the lowest patient id among those that failed or
+    /// were deferred. `twins` finds the linked twins of each. Between two patients, DentalTID
+    /// gets a turn to save now and then (see [`Turns`]).
     fn export_in_order(
         &mut self,
         patients: &[&Patient],
@@ -362,9 +376,7 @@ impl Engine {
         let mut exported_now = HashSet::default();
         let mut lowest_failed = None;
         let mut turns = Turns::begin();
-        self.link_exports_together();
-        // Unread, each id tried reads the batches itself, and meets the same error if any.
-        self.ids_in_batches = self.dentaltid.ids_in_batches().ok();
+        self.begin_export_run();
         for (place, &patient) in patients.iter().enumerate() {
             turns.between_units();
             // Stopped, the exports whose NanoPix rows are written still get their folders and links,
@@ -392,11 +404,29 @@ impl Engine {
                     lowest_failed = lowest(lowest_failed, Some(patient.id));
                 }
             }
-            lowest_failed = lowest(lowest_failed, self.link_due_exports(false, report));
+            lowest_failed = lowest(lowest_failed, self.link_due_exports(report));
         }
+        lowest(lowest_failed, self.end_export_run(report))
+    }
+
+    /// Begins a run of exports: from now on [`Engine::link_export`] leaves links to be recorded
+    /// together, and [`Engine::id_taken`] looks for ids in the import batches as read now. The
+    /// exports that a run cut short by a panic left journaled ahead stay, for this run to end.
+    fn begin_export_run(&mut self) {
+        let run = self.export_run.get_or_insert_default();
+        run.links_due = LinksDue::default();
+        // Unread, each id tried reads the batches itself, and meets the same error if any.
+        run.ids_in_batches = self.dentaltid.ids_in_batches().ok();
+    }
+
+    /// Ends the run of exports: drops the journal rows of the exports journaled ahead that wrote
+    /// nothing (see [`Engine::drop_journaled_ahead`]), then records the links that still wait;
+    /// links are recorded at once again from then on. Returns the lowest patient id among those
+    /// whose link failed.
+    fn end_export_run(&mut self, report: &mut ReconcileReport) -> Option<i64> {
         self.drop_journaled_ahead(report);
-        self.ids_in_batches = None;
-        lowest(lowest_failed, self.link_due_exports(true, report))
+        let run = self.export_run.take()?;
+        self.record_links(run.links_due, report)
     }
 
     /// Records in the journal that the export of `patient_id` now writes `row`, and remembers its
@@ -421,7 +451,7 @@ impl Engine {
     /// again, before a next try writes the person a second NanoPix patient.
     fn export_or_resume(&mut self, patient: &Patient, from: IdsFrom, twins: Option<&Twins>) -> Result<Exported> {
         self.journaled = None;
-        if self.journaled_ahead.contains_key(&patient.id) {
+        if self.journaled_ahead(patient.id).is_some() {
             return self.export_journaled(patient, from, twins);
         }
         let Some(pending) = self.dentaltid.pending_export(patient.id)? else {
@@ -633,6 +663,7 @@ mod tests {
             engine.dentaltid.patient(dentaltid.last_insert_rowid()).unwrap().unwrap()
         });
         let nanopix = Connection::open(engine.config.nanopix_root.join("database/NanoPix.db3")).unwrap();
+        engine.begin_export_run();
         nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
         engine.write_ahead(&[&deleted, &corrected], IdsFrom::Now);
         nanopix.execute_batch("ROLLBACK").unwrap();
@@ -644,6 +675,7 @@ mod tests {
         let Exported::Written(id) = engine.export_or_resume(&corrected, IdsFrom::Now, None).unwrap() else {
             panic!("the corrected patient is not exported")
         };
+        assert_eq!(engine.end_export_run(&mut ReconcileReport::default()), None);
         let written = engine.nanopix.patient(id).unwrap().unwrap();
         assert_eq!((written.first_name.as_str(), written.last_name.as_str()), ("Amina", "Belkacem"));
         let named = "SELECT COUNT(*) FROM Patient WHERE first_name IN ('Nadia', 'Amine')";

@@ -35,12 +35,14 @@ pub(in crate::engine) struct JournaledAhead {
 
 impl Engine {
     /// Journals the exports of the first [`WRITTEN_AT_ONCE`] of `upcoming`, taken in their
-    /// order, that are to be written now, then writes their NanoPix rows, unless the first of
-    /// them is journaled already, or the work is stopped, or NanoPix changed since the sync read
-    /// it. A patient whose row cannot be planned or journaled is left out, and rows that cannot
-    /// be written together are left to each export: each meets the error and reports it.
+    /// order, that are to be written now, then writes their NanoPix rows, unless no run of
+    /// exports is under way, or the first of them is journaled already, or the work is stopped,
+    /// or NanoPix changed since the sync read it. A patient whose row cannot be planned or
+    /// journaled is left out, and rows that cannot be written together are left to each export:
+    /// each meets the error and reports it.
     pub(super) fn write_ahead(&mut self, upcoming: &[&Patient], from: IdsFrom) {
-        let first_waits = upcoming.first().is_some_and(|first| self.journaled_ahead.contains_key(&first.id));
+        let Some(run) = &self.export_run else { return };
+        let first_waits = upcoming.first().is_some_and(|first| run.journaled_ahead.contains_key(&first.id));
         if first_waits || self.cancelled() {
             return;
         }
@@ -56,8 +58,9 @@ impl Engine {
             crash_point("row");
         }
         let written = written.unwrap_or_else(|| vec![false; journaled.len()]);
+        let Some(run) = &mut self.export_run else { return };
         for ((patient_id, row), written) in journaled.into_iter().zip(written) {
-            self.journaled_ahead.insert(patient_id, JournaledAhead { row, written });
+            run.journaled_ahead.insert(patient_id, JournaledAhead { row, written });
         }
     }
 
@@ -86,20 +89,26 @@ impl Engine {
     /// Whether the export of `patient` may be journaled ahead: not journaled yet, and not left
     /// alone for the link DentalTID refused her.
     fn journals_ahead(&self, patient: &Patient) -> bool {
-        !self.journaled_ahead.contains_key(&patient.id)
+        self.journaled_ahead(patient.id).is_none()
             && !self.refused_links.contains_key(&patient.id)
             && matches!(self.dentaltid.pending_export(patient.id), Ok(None))
     }
 
+    /// The export of `patient_id` journaled ahead of its turn in the run of exports under way,
+    /// if it is.
+    pub(super) fn journaled_ahead(&self, patient_id: i64) -> Option<&JournaledAhead> {
+        self.export_run.as_ref()?.journaled_ahead.get(&patient_id)
+    }
+
     /// Whether the NanoPix row of the export of `patient_id` is written ahead of its turn.
     pub(super) fn written_ahead(&self, patient_id: i64) -> bool {
-        self.journaled_ahead.get(&patient_id).is_some_and(|ahead| ahead.written)
+        self.journaled_ahead(patient_id).is_some_and(|ahead| ahead.written)
     }
 
     /// Whether the NanoPix row of some export journaled ahead is written, its folder and link
     /// still to be made.
     pub(super) fn any_written_ahead(&self) -> bool {
-        self.journaled_ahead.values().any(|ahead| ahead.written)
+        self.export_run.as_ref().is_some_and(|run| run.journaled_ahead.values().any(|ahead| ahead.written))
     }
 
     /// Goes on with the export of `patient` that [`Engine::write_ahead`] journaled: its folder
@@ -111,7 +120,9 @@ impl Engine {
         from: IdsFrom,
         twins: Option<&Twins>,
     ) -> Result<Exported> {
-        let Some(ahead) = self.journaled_ahead.remove(&patient.id) else { return self.export(patient, from, twins) };
+        let Some(ahead) = self.export_run.as_mut().and_then(|run| run.journaled_ahead.remove(&patient.id)) else {
+            return self.export(patient, from, twins);
+        };
         self.journaled = Some((patient.id, ahead.row.id));
         if !ahead.written {
             return self.write_journaled(patient, ahead.row, from, twins);
@@ -133,7 +144,9 @@ impl Engine {
         twins: Option<&Twins>,
     ) -> Result<Exported> {
         let Some(read) = self.unchanged_nanopix_read()? else {
-            self.journaled_ahead.insert(patient.id, JournaledAhead { row, written: false });
+            if let Some(run) = &mut self.export_run {
+                run.journaled_ahead.insert(patient.id, JournaledAhead { row, written: false });
+            }
             return Ok(Exported::Deferred);
         };
         if self.dentaltid.patient(patient.id)?.as_ref() != Some(patient) {
@@ -153,12 +166,9 @@ impl Engine {
     /// NanoPix; an error doing so goes to `report`, and the repair ends them later. An export
     /// whose row is written keeps its journal row, for the repair to make its folder and link.
     pub(super) fn drop_journaled_ahead(&mut self, report: &mut ReconcileReport) {
-        let unwritten: Vec<i64> = self
-            .journaled_ahead
-            .drain()
-            .filter(|(_, ahead)| !ahead.written)
-            .map(|(patient_id, _)| patient_id)
-            .collect();
+        let Some(run) = &mut self.export_run else { return };
+        let unwritten: Vec<i64> =
+            run.journaled_ahead.drain().filter(|(_, ahead)| !ahead.written).map(|(patient_id, _)| patient_id).collect();
         if unwritten.is_empty() {
             return;
         }

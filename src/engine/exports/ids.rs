@@ -153,7 +153,7 @@ impl Engine {
     /// [`crate::dentaltid::DentalTid::recorded_links`]), from the ids in import batches read for
     /// the run of exports under way, if one is.
     fn has_recorded_link(&self, id: NanoPixId) -> Result<bool> {
-        match &self.ids_in_batches {
+        match self.export_run.as_ref().and_then(|run| run.ids_in_batches.as_ref()) {
             Some(in_batches) => Ok(in_batches.contains(&id) || self.dentaltid.has_link_row(id)?),
             None => self.dentaltid.has_recorded_link(id),
         }

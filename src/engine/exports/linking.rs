@@ -51,7 +51,8 @@ impl Engine {
     /// Creates the folder of an exported patient whose row NanoPix holds, then records the link
     /// (with the patient's linked `twins` on the review list, while it has the names and birth
     /// date they were found for) and reports the export; while exports are made one after
-    /// another, the link waits for [`Engine::link_due_exports`] instead.
+    /// another, the link waits to be recorded with others instead (see
+    /// [`Engine::link_due_exports`]).
     pub(super) fn link_export(&mut self, patient: &Patient, id: NanoPixId, twins: Option<&Twins>) -> Result<()> {
         let folder = self.nanopix.create_folder(id, &self.config.patient_subfolders)?;
         crash_point("folder");
@@ -62,8 +63,8 @@ impl Engine {
             folder,
             twins: twins.cloned(),
         };
-        if let Some(due) = &mut self.links_due {
-            due.made.push(made);
+        if let Some(run) = &mut self.export_run {
+            run.links_due.made.push(made);
             return Ok(());
         }
         let kept =
@@ -72,19 +73,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Has [`Engine::link_export`] leave links to [`Engine::link_due_exports`] from now on.
-    pub(super) fn link_exports_together(&mut self) {
-        self.links_due = Some(LinksDue::default());
+    /// Records the links that wait in the run of exports under way, once [`LINKS_AT_ONCE`] wait
+    /// (see [`Engine::record_links`]); those left are recorded as the run ends. Returns the
+    /// lowest patient id among those whose link failed.
+    pub(super) fn link_due_exports(&mut self, report: &mut ReconcileReport) -> Option<i64> {
+        let due = self.export_run.as_mut().and_then(|run| take_if_due(&mut run.links_due))?;
+        self.record_links(due, report)
     }
 
-    /// Records the links of the exports made since [`Engine::link_exports_together`]: of all of
-    /// them when `all` (and links are recorded at once again from then on), else once
-    /// [`LINKS_AT_ONCE`] wait. Reports each export (its
-    /// `patient_exported` and linked twins, counted in `report`), or the failure of its link;
-    /// returns the lowest patient id among those whose link failed. An export whose link failed
-    /// stays in the journal, for the next pass to link it.
-    pub(super) fn link_due_exports(&mut self, all: bool, report: &mut ReconcileReport) -> Option<i64> {
-        let due = if all { self.links_due.take() } else { self.links_due.as_mut().and_then(take_if_due) }?;
+    /// Records the links of the exports `due` holds. Reports each export (its `patient_exported`
+    /// and linked twins, counted in `report`), or the failure of its link; returns the lowest
+    /// patient id among those whose link failed. An export whose link failed stays in the
+    /// journal, for the next pass to link it.
+    pub(super) fn record_links(&mut self, due: LinksDue, report: &mut ReconcileReport) -> Option<i64> {
         if due.made.is_empty() {
             return None;
         }
