@@ -81,6 +81,19 @@ pub(super) struct DeletedRows {
     rows: Vec<Vec<Value>>,
 }
 
+/// A step that writes to `NanoPix.db3` without waiting for its lock (see [`write_while`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WriteStep<'a> {
+    /// The connection the step writes through.
+    pub conn: &'a Connection,
+    /// The database's path, which its errors name.
+    pub db_path: &'a Path,
+    /// The connection's own busy timeout, put back after each try (which waits for nothing).
+    pub busy_timeout: Duration,
+    /// What the step does, which its errors name.
+    pub step: &'static str,
+}
+
 /// Opens an existing `NanoPix.db3` read-write, never creating it, with a busy timeout; an empty
 /// one (0 bytes) is refused (see [`crate::error::refuse_empty`]).
 pub(super) fn connect(db_path: &Path, busy_timeout: Duration) -> Result<Connection> {
@@ -153,19 +166,18 @@ pub(super) fn write<T>(
 /// lock, after `work` and just before the commit, so that what another program did on disk
 /// meanwhile is seen (a try it says no to then rolls back). A try that finds the database busy,
 /// taking the write lock or committing (while another program reads), rolls back; the tries go
-/// on, with short pauses, for as long as [`write()`] would wait in all (`busy_timeout` for each of
-/// its attempts). `Ok(None)` when `still` said no; [`Error::Busy`] when no try got through.
+/// on, with short pauses, for as long as [`write()`] would wait in all (the connection's
+/// `busy_timeout` for each of its attempts). `Ok(None)` when `still` said no; [`Error::Busy`]
+/// when no try got through.
 pub(super) fn write_while<T>(
-    conn: &Connection,
-    (db_path, busy_timeout): (&Path, Duration),
-    step: &'static str,
+    write: WriteStep<'_>,
     (mut still, mut still_under_lock): (impl FnMut() -> Result<bool>, impl FnMut() -> Result<bool>),
     mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
 ) -> Result<Option<T>> {
-    let (deadline, mut pause) = (Instant::now() + busy_timeout * WRITE_ATTEMPTS, Duration::from_millis(1));
+    let (deadline, mut pause) = (Instant::now() + write.busy_timeout * WRITE_ATTEMPTS, Duration::from_millis(1));
     loop {
         let checks = (&mut still, &mut still_under_lock);
-        match write_once_while(conn, (db_path, busy_timeout), step, checks, &mut work) {
+        match write_once_while(write, checks, &mut work) {
             Err(Error::Busy { .. }) if Instant::now() < deadline => {
                 thread::sleep(pause);
                 pause = (pause * 2).min(FIRST_BACKOFF);
@@ -176,18 +188,17 @@ pub(super) fn write_while<T>(
 }
 
 /// One try of [`write_while`], which never waits for the lock: [`Error::Busy`] when the database
-/// is busy, taking the write lock or committing. `busy_timeout` is the connection's own, put back
-/// after the try.
+/// is busy, taking the write lock or committing. The connection's own `busy_timeout` is put
+/// back after the try.
 pub(super) fn write_once_while<T>(
-    conn: &Connection,
-    (db_path, busy_timeout): (&Path, Duration),
-    step: &'static str,
+    write: WriteStep<'_>,
     (mut still, mut still_under_lock): (impl FnMut() -> Result<bool>, impl FnMut() -> Result<bool>),
     mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
 ) -> Result<Option<T>> {
     if !still()? {
         return Ok(None);
     }
+    let WriteStep { conn, db_path, busy_timeout, step } = write;
     conn.busy_timeout(Duration::ZERO).map_err(Error::db(db_path, step))?;
     let attempt = immediate_while(conn, &mut still_under_lock, &mut work);
     conn.busy_timeout(busy_timeout).map_err(Error::db(db_path, step))?;

@@ -465,13 +465,10 @@ impl NanoPix {
     ) -> Result<Insertion> {
         let folder = self.folder_path(patient.id);
         let still_free = || if stopping() { Err(Error::Closed) } else { Ok(folder.symlink_metadata().is_err()) };
-        let inserted = database::write_while(
-            &self.conn,
-            (&self.db_path, self.busy_timeout),
-            "inserting a patient",
-            (&still_free, &still_free),
-            |conn| database::insert_patient(conn, &self.patient_columns, patient, unchanged_since),
-        )?;
+        let inserted =
+            database::write_while(self.write_step("inserting a patient"), (&still_free, &still_free), |conn| {
+                database::insert_patient(conn, &self.patient_columns, patient, unchanged_since)
+            })?;
         Ok(inserted.unwrap_or(Insertion::IdTaken))
     }
 
@@ -496,13 +493,10 @@ impl NanoPix {
             true => Err(Error::Closed),
             false => Ok(folders.iter().all(|folder| folder.symlink_metadata().is_err())),
         };
-        let inserted = database::write_once_while(
-            &self.conn,
-            (&self.db_path, self.busy_timeout),
-            "inserting patients",
-            (&all_free, &all_free),
-            |conn| database::insert_patients(conn, &self.patient_columns, patients, unchanged_since),
-        )?;
+        let inserted =
+            database::write_once_while(self.write_step("inserting patients"), (&all_free, &all_free), |conn| {
+                database::insert_patients(conn, &self.patient_columns, patients, unchanged_since)
+            })?;
         Ok(inserted.flatten())
     }
 
@@ -614,13 +608,9 @@ impl NanoPix {
         let empty = || self.contents(id, subfolders).map(|contents| contents == PatientContents::default());
         // Under the lock the delete itself has just counted the records: only the folder is left.
         let folder_empty = || folders::count_entries(&self.folder_path(id), subfolders).map(|files| files == 0);
-        let deletion = database::write_while(
-            &self.conn,
-            (&self.db_path, self.busy_timeout),
-            "deleting a patient",
-            (empty, folder_empty),
-            |conn| database::delete_patient(conn, &self.patient_columns, id),
-        )?;
+        let deletion = database::write_while(self.write_step("deleting a patient"), (empty, folder_empty), |conn| {
+            database::delete_patient(conn, &self.patient_columns, id)
+        })?;
         match deletion {
             None => Err(not_empty(id, self.contents(id, subfolders)?)),
             Some(Deletion::Deleted(rows)) => match folders::remove_empty_folder(&self.folder_path(id), subfolders) {
@@ -658,6 +648,12 @@ impl NanoPix {
     fn select(&self, selection: Selection) -> Result<PatientRows> {
         database::read_patients(&self.conn, &self.patient_columns, selection)
             .map_err(self.sql_error("reading patients"))
+    }
+
+    /// `step`, as a write to the database that never waits for its lock (see
+    /// [`database::write_while`]).
+    fn write_step(&self, step: &'static str) -> database::WriteStep<'_> {
+        database::WriteStep { conn: &self.conn, db_path: &self.db_path, busy_timeout: self.busy_timeout, step }
     }
 
     fn sql_error(&self, step: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
