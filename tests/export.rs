@@ -1069,6 +1069,43 @@ fn add_created(clinic: &Clinic, last: &str, created: &str) {
     rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute(sql, (last, created)).unwrap();
 }
 
+/// A panic in the middle of `export_existing` (a bug: here the clock breaks once the first rows
+/// are written ahead) fails that call and ends its run of exports: the next `export_patient` records its
+/// link and reports the export at once, instead of leaving its link to a run that is over.
+#[test]
+fn an_export_after_a_panic_in_a_run_of_exports_records_its_link() {
+    let clinic = Clinic::new("v29");
+    add_twenty_old(&clinic, "Karim");
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    let before: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
+    let broken = Box::new(|| panic!("the clock broke"));
+    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before[0], broken);
+    let failed = sync.export_existing();
+    assert!(clock.ran() && matches!(failed, Err(Error::Internal(_))), "{failed:?}");
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    common::drain(&sync);
+    let external_id = sync.export_patient(nadia).unwrap().to_string();
+    let held: Vec<Option<String>> =
+        clinic.dentaltid_rows(&format!("SELECT external_id FROM patients WHERE id = {nadia}"), |r| r.get(0));
+    assert_eq!(held, [Some(external_id.clone())], "her link is recorded");
+    let reported = common::drain(&sync).into_iter().any(|event| {
+        matches!(event.kind, EventKind::PatientExported { patient_id, external_id: ref id, .. }
+            if patient_id == nadia && *id == external_id)
+    });
+    assert!(reported, "her export is reported");
+    sync.reconcile().unwrap();
+    assert_eq!(journaled_exports(&clinic), 0, "the exports the run left are ended");
+    let linked = clinic
+        .dentaltid_rows("SELECT count(*) FROM patients WHERE name = 'Karim' AND external_id IS NOT NULL", |r| {
+            r.get::<_, i64>(0)
+        });
+    let written =
+        clinic.nanopix_rows("SELECT count(*) FROM Patient WHERE first_name = 'Karim'", |r| r.get::<_, i64>(0));
+    assert!(linked[0] > 0 && linked == written, "each row written linked once: {linked:?} {written:?}");
+}
+
 /// Adds twenty DentalTID patients called `first` `Old000` to `Old019`, born on 1 January 1980 and
 /// created on 1 June 2024 (as DentalTID stores them): old patients, whom only `export_existing` exports.
 fn add_twenty_old(clinic: &Clinic, first: &str) {

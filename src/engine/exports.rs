@@ -4,6 +4,7 @@
 //! interrupted in [`repairs`], and how exports made one after another share their transactions
 //! in [`ahead`] (journal and NanoPix rows) and [`linking`] (folders and links).
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -364,9 +365,28 @@ impl Engine {
     /// Exports `patients` in their order, with ids `from`, in one run (see [`ExportRun`]),
     /// reporting each failure, their links recorded many at a time (see
     /// [`Engine::link_due_exports`]); returns the lowest patient id among those that failed or
-    /// were deferred. `twins` finds the linked twins of each. Between two patients, DentalTID
-    /// gets a turn to save now and then (see [`Turns`]).
+    /// were deferred. `twins` finds the linked twins of each. A panic (a bug) ends the run as it
+    /// stands: links are recorded at once again, and the exports it journaled are the repair's.
     fn export_in_order(
+        &mut self,
+        patients: &[&Patient],
+        from: IdsFrom,
+        twins: Option<&Matcher>,
+        report: &mut ReconcileReport,
+    ) -> Option<i64> {
+        self.begin_export_run();
+        match catch_unwind(AssertUnwindSafe(|| self.export_each_in_run(patients, from, twins, report))) {
+            Ok(lowest_failed) => lowest(lowest_failed, self.end_export_run(report)),
+            Err(panic) => {
+                self.export_run = None;
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    /// The exports of [`Engine::export_in_order`], in the run it began. Between two patients,
+    /// DentalTID gets a turn to save now and then (see [`Turns`]).
+    fn export_each_in_run(
         &mut self,
         patients: &[&Patient],
         from: IdsFrom,
@@ -376,7 +396,6 @@ impl Engine {
         let mut exported_now = HashSet::default();
         let mut lowest_failed = None;
         let mut turns = Turns::begin();
-        self.begin_export_run();
         for (place, &patient) in patients.iter().enumerate() {
             turns.between_units();
             // Stopped, the exports whose NanoPix rows are written still get their folders and links,
@@ -406,17 +425,15 @@ impl Engine {
             }
             lowest_failed = lowest(lowest_failed, self.link_due_exports(report));
         }
-        lowest(lowest_failed, self.end_export_run(report))
+        lowest_failed
     }
 
     /// Begins a run of exports: from now on [`Engine::link_export`] leaves links to be recorded
-    /// together, and [`Engine::id_taken`] looks for ids in the import batches as read now. The
-    /// exports that a run cut short by a panic left journaled ahead stay, for this run to end.
+    /// together, and [`Engine::id_taken`] looks for ids in the import batches as read now.
     fn begin_export_run(&mut self) {
-        let run = self.export_run.get_or_insert_default();
-        run.links_due = LinksDue::default();
         // Unread, each id tried reads the batches itself, and meets the same error if any.
-        run.ids_in_batches = self.dentaltid.ids_in_batches().ok();
+        let ids_in_batches = self.dentaltid.ids_in_batches().ok();
+        self.export_run = Some(ExportRun { ids_in_batches, ..ExportRun::default() });
     }
 
     /// Ends the run of exports: drops the journal rows of the exports journaled ahead that wrote
