@@ -816,6 +816,9 @@ mod tests {
         assert_eq!(typed, duplicate(DuplicateReason::MissingBirthDate, &[6]), "a typed date: only the unborn one");
         let same_day = [dental(7, "Amina", "Benali", registered)];
         assert_eq!(decide_one(nanopix(4, "Amina", "Benali", registered), &same_day), Decision::Link { patient_id: 7 });
+        let near_same_day = [dental(8, "Amina", "Benaly", registered)];
+        let near = decide_one(nanopix(5, "Amina", "Benali", registered), &near_same_day);
+        assert_eq!(near, duplicate(DuplicateReason::SimilarNames, &[8]), "a small edit away, born that very day");
     }
 
     #[test]
