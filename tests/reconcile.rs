@@ -2156,6 +2156,25 @@ fn held_delete_request_then_another_person_under_its_id(sql: &str) -> Vec<EventK
     reconcile_with(&clinic).1
 }
 
+/// A delete request noted but not sent, its NanoPix id edited by hand into a text that is no id:
+/// it names no NanoPix patient, so no `delete_requested` carries it, and it is not kept either.
+#[test]
+fn a_held_delete_request_noted_with_no_nanopix_id_is_not_sent() {
+    let clinic = Clinic::new("v29");
+    let first = reconcile_with(&clinic).0.patients(PatientFilter::AllByExternal).unwrap()[0].id;
+    another_program(&clinic.dentaltid)
+        .execute_batch(&format!(
+            "DELETE FROM patients WHERE id = {first};
+             INSERT OR REPLACE INTO nanopix_sync_links VALUES ({first}, 'not an id', 'imported', 'delete_requested', '');
+             INSERT INTO nanopix_sync_unannounced_deletes VALUES ({first}, 'not an id');"
+        ))
+        .unwrap();
+    let events = reconcile_with(&clinic).1;
+    assert!(!events.iter().any(|e| matches!(e, EventKind::DeleteRequested { .. })), "{events:#?}");
+    let noted = clinic.dentaltid_rows("SELECT count(*) FROM nanopix_sync_unannounced_deletes", |r| r.get::<_, i64>(0));
+    assert_eq!(noted, [0], "the note is dropped");
+}
+
 /// A link row hand-edited to name a patient id near the end of SQLite's range (no such patient
 /// was ever issued: `sqlite_sequence` is far below it). The next import must not take an id past
 /// it: DentalTID's table declares AUTOINCREMENT, which then fails every later insert ("database

@@ -122,8 +122,9 @@ impl Engine {
     /// Announces the delete requests written since the last announcement whose delete still
     /// stands, of a NanoPix patient NanoPix still holds: a NanoPix patient given back meanwhile to
     /// a patient added again asks for none, nor does one deleted meanwhile (by the host, say,
-    /// after the same request was announced before a restart). One whose standing cannot be
-    /// read is announced: `delete_in_nanopix` checks it again. The import batches are read once
+    /// after the same request was announced before a restart), nor one noted with a text that is
+    /// no NanoPix id. One whose standing cannot be read is announced: `delete_in_nanopix` checks
+    /// it again. The import batches are read once
     /// for all of them (see [`crate::dentaltid::DentalTid::imported_under`]). A NanoPix patient
     /// several of them name (patients who held one id, deleted before the same pass) is asked for
     /// once, for the last of them. Then DentalTID notes them all announced; if it cannot, they are
@@ -146,9 +147,11 @@ impl Engine {
         let dismissed = self.dentaltid.dismissed_deletes().unwrap_or_default();
         let undismissed = held.into_iter().filter(|request| !dismissed.contains(request)).collect();
         for (patient_id, external_id) in last_for_each_id(undismissed) {
+            // A noted id that is no NanoPix id (edited by hand) names no NanoPix patient.
             let stands = match (NanoPixId::parse(&external_id), &judging) {
                 (Ok(id), Ok(judging)) => judging.stands(id),
-                _ => true,
+                (Ok(_), Err(_)) => true,
+                (Err(_), _) => false,
             };
             if stands {
                 self.bus.emit(EventKind::DeleteRequested { patient_id, external_id });
