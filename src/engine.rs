@@ -219,13 +219,19 @@ impl Engine {
     }
 
     /// Full reconcile ("Sync Now"): repair, import, link, report removals, export. The first one
-    /// after `open` counts the repairs `open` did as its own (see [`Engine::take_open_repairs`]).
+    /// after `open` to succeed counts the repairs `open` did as its own (see
+    /// [`Engine::repairs_at_open`]).
     ///
     /// NanoPix is opened afresh first: its folder may have come back as other files (a drive
     /// plugged in again, a share mounted again, a restore), which the old connection cannot see.
     pub fn reconcile(&mut self) -> Result<ReconcileReport> {
-        let (begun, tried) = self.take_open_repairs();
-        self.reconcile_after(begun, &tried)
+        let (begun, tried) = self.repairs_at_open();
+        let reconciled = self.reconcile_after(begun, &tried);
+        // One that failed reported nothing: the next one counts what `open` did.
+        if reconciled.is_ok() {
+            self.open_repairs = None;
+        }
+        reconciled
     }
 
     /// [`Engine::reconcile`], going on from the work `begun` reports: a live pass's (or `open`'s),

@@ -375,6 +375,25 @@ fn the_repair_open_does_counts_in_the_first_reconcile_report() {
     assert_eq!(sync.reconcile().unwrap().repaired, 0, "counted once");
 }
 
+/// The same repair, while DentalTID is locked past the busy timeout when the first reconcile
+/// begins: that reconcile fails and reports nothing, so the next one, which succeeds, counts it.
+#[test]
+fn the_repair_open_does_counts_in_the_first_reconcile_that_succeeds() {
+    let clinic = Clinic::new("v29");
+    crash_export_after(&clinic, "row");
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = std::time::Duration::from_millis(50);
+    let sync = nanopix_sync::NanoPixSync::open(config).unwrap();
+    let dentaltid = common::another_program(&clinic.dentaltid);
+    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refused = sync.reconcile();
+    assert!(matches!(refused, Err(Error::Busy { .. })), "{refused:?}");
+    dentaltid.execute_batch("ROLLBACK").unwrap();
+    let first = sync.reconcile().unwrap();
+    assert_eq!((first.repaired, first.errors), (1, 0), "{first:?}");
+    assert_eq!(sync.reconcile().unwrap().repaired, 0, "counted once");
+}
+
 /// Opens a handle on `clinic` without automatic work, with NanoPix refusing every new patient
 /// (as on a full disk), and leaves the export of patient 1 in the journal, refused; closes it.
 /// NanoPix still refuses on return.

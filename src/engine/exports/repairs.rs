@@ -28,7 +28,7 @@ const TWIN_PAGE: u32 = 5_000;
 const OPEN_REPAIRS_STAND_FOR: TimeDelta = TimeDelta::seconds(5);
 
 /// What the repairs of interrupted exports at `open` did, kept for the first reconcile after it,
-/// whose report counts them (see [`Engine::take_open_repairs`]).
+/// whose report counts them (see [`Engine::repairs_at_open`]).
 #[derive(Debug)]
 pub(in crate::engine) struct OpenRepairs {
     /// What they did: the exports they completed, the errors they reported, and so on.
@@ -77,7 +77,7 @@ impl Engine {
     }
 
     /// Finishes the exports a crash or an error interrupted, as `open` does, and keeps what it
-    /// did for the first reconcile after it (see [`Engine::take_open_repairs`]).
+    /// did for the first reconcile after it that succeeds (see [`Engine::repairs_at_open`]).
     pub(in crate::engine) fn repair_at_open(&mut self) -> Result<()> {
         let mut report = ReconcileReport::default();
         let failed = self.repair_exports(&[], &mut report)?;
@@ -86,21 +86,22 @@ impl Engine {
         Ok(())
     }
 
-    /// What the first reconcile after `open` starts from: the report of the repairs `open` did,
-    /// and the patients whose exports it leaves alone, those whose repair `open` saw fail, when it
-    /// begins within [`OPEN_REPAIRS_STAND_FOR`] of them (none otherwise, nor when the clock went
-    /// back since: they are tried again). It then still notes a database that refused one of them
-    /// while locked, for automatic work to try again soon. Later reconciles start from nothing.
-    pub(in crate::engine) fn take_open_repairs(&mut self) -> (ReconcileReport, Vec<i64>) {
-        let Some(open) = self.open_repairs.take() else { return (ReconcileReport::default(), Vec::new()) };
+    /// What the first reconcile after `open` to succeed starts from: the report of the repairs
+    /// `open` did, and the patients whose exports it leaves alone, those whose repair `open` saw
+    /// fail, when it begins within [`OPEN_REPAIRS_STAND_FOR`] of them (none otherwise, nor when
+    /// the clock went back since: they are tried again). It then still notes a database that
+    /// refused one of them while locked, for automatic work to try again soon. Once a reconcile
+    /// succeeds, later ones start from nothing (see [`Engine::reconcile`]).
+    pub(in crate::engine) fn repairs_at_open(&mut self) -> (ReconcileReport, Vec<i64>) {
+        let Some(open) = &self.open_repairs else { return (ReconcileReport::default(), Vec::new()) };
         let since = self.config.clock.now().signed_duration_since(open.ended);
         if since < TimeDelta::zero() || since > OPEN_REPAIRS_STAND_FOR {
-            return (open.report, Vec::new());
+            return (open.report.clone(), Vec::new());
         }
-        if let Some(path) = open.refused_while_busy {
-            self.refused_while_busy = Some(path);
+        if let Some(path) = &open.refused_while_busy {
+            self.refused_while_busy = Some(path.clone());
         }
-        (open.report, open.failed)
+        (open.report.clone(), open.failed.clone())
     }
 
     /// Finishes up to [`REPAIRS_PER_LIVE_PASS`] interrupted exports, taking up where the last
