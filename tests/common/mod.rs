@@ -99,7 +99,7 @@ impl Clinic {
     }
 
     pub fn nanopix_db(&self) -> PathBuf {
-        self.root.join("database/NanoPix.db3")
+        self.root.join("database").join("NanoPix.db3")
     }
 
     /// Adds a NanoPix patient as NanoPix does: the row, then the folder.
