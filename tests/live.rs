@@ -163,6 +163,10 @@ fn switching_live_sync_off_stops_automatic_work_and_on_resumes_it() {
 /// `watcher_mode` of a root replaced by a copy. The watcher is held there until the switch
 /// returns, or for two seconds: a switch that returns only once the watcher is joined returns
 /// after the watcher's last event.
+///
+/// Unix only: on Windows the watcher does not tell a folder from another under its name (README,
+/// "Live Sync"), so it sees no root replaced by a copy.
+#[cfg(unix)]
 #[test]
 fn switching_live_sync_off_returns_once_the_watcher_has_made_its_last_event() {
     let clinic = Clinic::new("v29");
