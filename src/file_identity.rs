@@ -1,8 +1,16 @@
 //! Which file a path names now, so that a database file replaced under the same name (a
 //! restore, a copy renamed over it) is told from the one a connection opened, which a
-//! connection keeps reading after the name moved on.
+//! connection keeps reading after the name moved on; and which names in one folder name the
+//! same file.
 
+use std::ffi::OsStr;
 use std::path::Path;
+
+/// Whether `name` and `other`, names of entries in one folder, name the same entry: on Windows,
+/// whose names ignore case, also when spelled in another case (`Database`, `DentalTID.db`).
+pub(crate) fn same_entry_name(name: &OsStr, other: &OsStr) -> bool {
+    if cfg!(windows) { name.eq_ignore_ascii_case(other) } else { name == other }
+}
 
 /// A file's identity: its device and inode, unique among the files that exist at one time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

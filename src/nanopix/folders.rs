@@ -10,6 +10,7 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use super::{DATABASE_FOLDER, FolderScan};
+use crate::file_identity::same_entry_name;
 use crate::{Error, NanoPixId, Result};
 
 /// Characters refused in a subfolder name: path separators, and those Windows does not allow in
@@ -134,7 +135,7 @@ fn sort_entry(entry: &DirEntry, is_dir: bool, found: &mut FolderScan) {
 /// Whether `name` is NanoPix's database folder: on Windows, whose names ignore case, also when
 /// spelled in another case (`Database`), since `NanoPix.db3` is found through it all the same.
 fn is_database_folder(name: &OsStr) -> bool {
-    if cfg!(windows) { name.eq_ignore_ascii_case(DATABASE_FOLDER) } else { name == DATABASE_FOLDER }
+    same_entry_name(name, OsStr::new(DATABASE_FOLDER))
 }
 
 /// Entries in a real folder (0 when it is missing) besides the empty real `subfolders` the sync

@@ -18,6 +18,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use super::probe::{Change, Probes};
 use super::{Context, End, Trigger, polling};
 use crate::events::EventKind as BusEvent;
+use crate::file_identity::same_entry_name;
 use crate::{Error, NanoPixId};
 
 /// How long a burst must stay quiet before its triggers are sent.
@@ -227,7 +228,9 @@ impl Hints {
             self.entry_gone |= patient_folder && removes_or_renames(kind);
         }
         if parent == layout.dentaltid_folder
-            && path.file_name().is_some_and(|name| layout.dentaltid_names.iter().any(|known| known == name))
+            && path
+                .file_name()
+                .is_some_and(|name| layout.dentaltid_names.iter().any(|known| same_entry_name(name, known)))
         {
             self.dentaltid_db = true;
         }
@@ -401,6 +404,14 @@ mod tests {
         assert!(journal.dentaltid_db);
         let other = hints(vec![event(EventKind::Modify(ModifyKind::Any), "/clinic/DentalTid/settings.json")]);
         assert!(!other.dentaltid_db);
+    }
+
+    /// Windows reports a file by its name on disk, which may differ in case from the configured
+    /// `dentaltid_db`: there it is the same file; elsewhere another one.
+    #[test]
+    fn a_dentaltid_file_named_in_another_case_counts_where_names_ignore_case() {
+        let written = hints(vec![event(EventKind::Modify(ModifyKind::Any), "/clinic/DentalTid/DentalTID.db")]);
+        assert_eq!(written.dentaltid_db, cfg!(windows));
     }
 
     #[test]
