@@ -133,7 +133,7 @@ pub(crate) struct Engine {
     /// the pass leaves no cursor, so the next pass reconciles fully and decides it again. Each
     /// pass starts from none.
     left_for_exports: bool,
-    /// What `open` did repairing interrupted exports, until the first reconcile reports it.
+    /// What `open` did repairing interrupted exports, until a reconcile that succeeds reports it.
     open_repairs: Option<OpenRepairs>,
 }
 

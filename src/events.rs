@@ -230,11 +230,11 @@ pub struct ReconcileReport {
     pub possible_duplicates: u64,
     /// Linked NanoPix patients newly found missing.
     pub removed: u64,
-    /// Interrupted exports completed; the first reconcile after `open` also counts those `open`
-    /// completed.
+    /// Interrupted exports completed; the first reconcile after `open` to succeed also counts
+    /// those `open` completed.
     pub repaired: u64,
-    /// `sync_error` events sent; the first reconcile after `open` also counts those of the
-    /// repairs `open` tried.
+    /// `sync_error` events sent; the first reconcile after `open` to succeed also counts those of
+    /// the repairs `open` tried.
     pub errors: u64,
     /// How long it took, in milliseconds.
     pub duration_ms: u64,

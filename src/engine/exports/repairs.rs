@@ -1,6 +1,6 @@
 //! Repairs: the exports a crash or an error interrupted, ended or dropped from the journal, by
-//! `open` (the first reconcile after it reports what it did), by a full reconcile or, a few at a
-//! time, by a live pass.
+//! `open` (the first reconcile after it to succeed reports what it did), by a full reconcile
+//! or, a few at a time, by a live pass.
 
 use std::path::PathBuf;
 
@@ -27,8 +27,8 @@ const TWIN_PAGE: u32 = 5_000;
 /// twice. One that begins later ("Sync Now" long after, with Live Sync off) tries them again.
 const OPEN_REPAIRS_STAND_FOR: TimeDelta = TimeDelta::seconds(5);
 
-/// What the repairs of interrupted exports at `open` did, kept for the first reconcile after it,
-/// whose report counts them (see [`Engine::repairs_at_open`]).
+/// What the repairs of interrupted exports at `open` did, kept for the first reconcile after it
+/// to succeed, whose report counts them (see [`Engine::repairs_at_open`]).
 #[derive(Debug)]
 pub(in crate::engine) struct OpenRepairs {
     /// What they did: the exports they completed, the errors they reported, and so on.
