@@ -118,9 +118,10 @@ impl Engine {
     }
 
     /// Whether the rows `read` past the cursor hold a patient only a full reconcile decides: a
-    /// deleted patient's NanoPix patient given back asks for a delete, another person under a
-    /// linked id is imported apart (`recorded`, see [`Engine::unheld`]), and the same person as
-    /// a patient whose export waits its turn (`untried`) has her export tried first.
+    /// deleted patient's NanoPix patient given back, or one under an id a recorded link names
+    /// (`recorded`, see [`Engine::unheld`]), asks for a delete; another person under a linked id
+    /// is imported apart; and the same person as a patient whose export waits its turn
+    /// (`untried`) has her export tried first.
     fn left_to_decide_fully(
         &self,
         read: &[NanoPixPatient],
