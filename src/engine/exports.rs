@@ -375,8 +375,12 @@ impl Engine {
         report: &mut ReconcileReport,
     ) -> Option<i64> {
         self.begin_export_run();
-        match catch_unwind(AssertUnwindSafe(|| self.export_each_in_run(patients, from, twins, report))) {
-            Ok(lowest_failed) => lowest(lowest_failed, self.end_export_run(report)),
+        let run = || {
+            let lowest_failed = self.export_each_in_run(patients, from, twins, report);
+            lowest(lowest_failed, self.end_export_run(report))
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(lowest_failed) => lowest_failed,
             Err(panic) => {
                 self.export_run = None;
                 resume_unwind(panic)
