@@ -244,12 +244,7 @@ fn export_existing_crashed_after_writing_rows_ahead_ends_each_export_on_its_row(
 /// patient is linked to NanoPix's, not exported a second time; every other export ends once.
 #[test]
 fn export_existing_links_a_patient_nanopix_saved_after_it_wrote_rows_ahead() {
-    let clinic = Clinic::new("v29");
-    add_twenty_old(&clinic, "Karim");
-    let clock = common::HookedClock::of_the_engine();
-    let sync = clinic.open_without_automatic_work_on(&clock);
-    sync.reconcile().unwrap();
-    let before: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
+    let (clinic, clock, sync) = twenty_old_on_a_hooked_clock("Karim");
     let (root, nanopix_db) = (clinic.root.clone(), clinic.nanopix_db());
     let saved_by_nanopix = move || {
         common::another_program(&nanopix_db)
@@ -262,7 +257,7 @@ fn export_existing_links_a_patient_nanopix_saved_after_it_wrote_rows_ahead() {
             .unwrap();
         std::fs::create_dir(root.join("20250122_095500")).unwrap();
     };
-    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before[0], Box::new(saved_by_nanopix));
+    once_rows_are_written_ahead(&clock, &clinic, Box::new(saved_by_nanopix));
     let exported = sync.export_existing();
     assert!(clock.ran(), "NanoPix saved the patient during the exports");
     assert_eq!(exported.map_err(|error| error.to_string()), Ok(25), "the six sample patients and 19 old ones");
@@ -1093,14 +1088,8 @@ fn add_created(clinic: &Clinic, last: &str, created: &str) {
 /// link and reports the export at once, instead of leaving its link to a run that is over.
 #[test]
 fn an_export_after_a_panic_in_a_run_of_exports_records_its_link() {
-    let clinic = Clinic::new("v29");
-    add_twenty_old(&clinic, "Karim");
-    let clock = common::HookedClock::of_the_engine();
-    let sync = clinic.open_without_automatic_work_on(&clock);
-    sync.reconcile().unwrap();
-    let before: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
-    let broken = Box::new(|| panic!("the clock broke"));
-    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before[0], broken);
+    let (clinic, clock, sync) = twenty_old_on_a_hooked_clock("Karim");
+    once_rows_are_written_ahead(&clock, &clinic, Box::new(|| panic!("the clock broke")));
     let failed = sync.export_existing();
     assert!(clock.ran() && matches!(failed, Err(Error::Internal(_))), "{failed:?}");
     let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
@@ -2531,6 +2520,26 @@ fn stop_once_nanopix_holds_more_than(
     }));
 }
 
+/// Arms `clock` to run `then` once the rows of exports written ahead are committed to
+/// `clinic`'s NanoPix (see [`stop_once_nanopix_holds_more_than`]); returns how many patients
+/// NanoPix holds before.
+fn once_rows_are_written_ahead(clock: &common::HookedClock, clinic: &Clinic, then: common::Hook) -> i64 {
+    let before: i64 = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0))[0];
+    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before, then);
+    before
+}
+
+/// A clinic with twenty old DentalTID patients named `first` (see [`add_twenty_old`]), opened
+/// without automatic work on a [`common::HookedClock`] of the engine, and reconciled once.
+fn twenty_old_on_a_hooked_clock(first: &str) -> (Clinic, common::HookedClock, NanoPixSync) {
+    let clinic = Clinic::new("v29");
+    add_twenty_old(&clinic, first);
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    (clinic, clock, sync)
+}
+
 /// Two old patients' exports wait in the journal (an older version's rows, which record no
 /// values), and `export_existing` takes them first; it journals the next ones and writes their
 /// NanoPix rows together ahead of them. The handle is stopped while the first waiting export is
@@ -2557,15 +2566,14 @@ fn export_existing_stopped_makes_the_folders_and_links_of_every_row_it_wrote_ahe
             (waiting[0], waiting[1]),
         )
         .unwrap();
-    let before: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
     let stopper = sync.stopper();
-    stop_once_nanopix_holds_more_than(clock.clone(), clinic.nanopix_db(), before[0], Box::new(move || stopper.stop()));
+    let before = once_rows_are_written_ahead(&clock, &clinic, Box::new(move || stopper.stop()));
     let result = sync.export_existing();
     assert!(matches!(result, Err(Error::Closed)), "{result:?}");
     assert!(clock.ran(), "stopped once rows were written ahead");
 
     let rows: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
-    assert!(rows.len() as i64 > before[0] + 1, "rows written ahead: {rows:?}");
+    assert!(rows.len() as i64 > before + 1, "rows written ahead: {rows:?}");
     let held: HashSet<String> = clinic
         .dentaltid_rows("SELECT external_id FROM patients WHERE external_id IS NOT NULL", |r| r.get(0))
         .into_iter()
