@@ -233,6 +233,26 @@ fn a_second_sync_on_the_same_dentaltid_database_waits_for_the_first_to_close() {
     assert_eq!(second.reconcile().unwrap().imported, 1);
 }
 
+/// A handle that lets the sync's lock go while another one opens (a host closing its handle as it
+/// opens a new one, or a process it started holding the lock file a moment after the close): the
+/// new handle waits for it and opens, instead of failing with `in_use`.
+#[cfg(target_os = "linux")]
+#[test]
+fn open_waits_a_moment_for_a_sync_lock_let_go_meanwhile() {
+    const IN_OPEN: u32 = 0x20;
+    let clinic = Clinic::new("v29");
+    let first = clinic.open_without_automatic_work();
+    let lock = clinic.dentaltid.with_file_name("dentaltid.db.nanopix-sync.lock");
+    let opening = common::first_inotify_event(&lock, IN_OPEN);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| NanoPixSync::open(clinic.config_without_automatic_work()));
+        opening.recv_timeout(std::time::Duration::from_secs(10)).expect("the second handle opens the lock file");
+        drop(first);
+        let opened = second.join().unwrap();
+        assert!(opened.is_ok(), "{:?}", opened.err());
+    });
+}
+
 #[cfg(unix)]
 #[test]
 fn a_second_sync_on_the_same_dentaltid_database_through_a_symlink_is_refused() {

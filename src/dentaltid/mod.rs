@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -331,11 +331,17 @@ fn is_read_only(conn: &Connection) -> bool {
     conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false)
 }
 
+/// How long `open` waits for the sync's lock that another holder has: a handle closed just
+/// before has let it go, but a process the host started meanwhile (on Unix, between its fork
+/// and its exec) may still hold the lock file's description a moment longer.
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Locks `<database>.nanopix-sync.lock`, created beside the database file (its path resolved
 /// where the system can, so a symlink or another spelling of the path finds the same lock) if
 /// missing, for as long as
 /// the returned file stays open: the operating system lets only one handle hold it at a time,
-/// and frees it when the holder closes it or dies. Two syncs on one database could both import
+/// and frees it when the holder closes it or dies; a holder that keeps it past
+/// [`LOCK_PATIENCE`] makes it [`Error::InUse`]. Two syncs on one database could both import
 /// the same new NanoPix patient. The file is never removed: another process may be about to lock
 /// it, and removing it could then let two holders in.
 fn take_sync_lock(database: &Path) -> Result<File> {
@@ -344,10 +350,17 @@ fn take_sync_lock(database: &Path) -> Result<File> {
     name.push(".nanopix-sync.lock");
     let path = resolved.with_file_name(name);
     let file = open_lock_file(&path).map_err(Error::io(&path, "opening the sync's lock file"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::InUse(database.to_path_buf())),
-        Err(TryLockError::Error(error)) => Err(Error::io(&path, "locking the sync's lock file")(error)),
+    let (deadline, mut pause) = (Instant::now() + LOCK_PATIENCE, Duration::from_millis(1));
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(TryLockError::WouldBlock) => return Err(Error::InUse(database.to_path_buf())),
+            Err(TryLockError::Error(error)) => return Err(Error::io(&path, "locking the sync's lock file")(error)),
+        }
     }
 }
 
