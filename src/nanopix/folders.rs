@@ -139,16 +139,18 @@ fn is_database_folder(name: &OsStr) -> bool {
 }
 
 /// Entries in a real folder (0 when it is missing) besides the empty real `subfolders` the sync
-/// makes in every patient folder; an entry that cannot be read still counts. Anything else in
-/// the folder's place (a symlink, a file) counts as one entry: what it holds is not looked
-/// into, so it is never taken for empty.
+/// makes in every patient folder (on Windows, named in any case); an entry that cannot be read
+/// still counts. Anything else in the folder's place (a symlink, a file) counts as one entry:
+/// what it holds is not looked into, so it is never taken for empty.
 pub(super) fn count_entries(folder: &Path, subfolders: &[String]) -> Result<u64> {
     if !is_real_dir(folder) {
         return Ok(u64::from(fs::symlink_metadata(folder).is_ok()));
     }
     let entries = fs::read_dir(folder).map_err(Error::io(folder, "listing a patient folder"))?;
     let ours = |entry: &DirEntry| {
-        subfolders.iter().any(|name| entry.file_name() == OsStr::new(name)) && is_empty_real_dir(&entry.path())
+        let name = entry.file_name();
+        subfolders.iter().any(|subfolder| same_entry_name(&name, OsStr::new(subfolder)))
+            && is_empty_real_dir(&entry.path())
     };
     Ok(entries.filter(|entry| !entry.as_ref().is_ok_and(ours)).count() as u64)
 }
@@ -205,6 +207,15 @@ mod tests {
         assert!(is_database_folder(OsStr::new("database")));
         assert_eq!(is_database_folder(OsStr::new("Database")), cfg!(windows));
         assert!(!is_database_folder(OsStr::new("databases")));
+    }
+
+    #[test]
+    fn an_empty_subfolder_named_in_another_case_is_ours_where_names_ignore_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("20250122_100000");
+        fs::create_dir_all(folder.join("Images")).unwrap();
+        let entries = count_entries(&folder, &["images".to_owned()]).unwrap();
+        assert_eq!(entries, u64::from(!cfg!(windows)));
     }
 
     #[test]
