@@ -9,9 +9,10 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, Sender, select};
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
@@ -39,6 +40,8 @@ pub(super) struct NativeWatch {
     /// Kept for as long as events are wanted; dropping it ends the watches.
     watcher: Option<RecommendedWatcher>,
     events: Receiver<notify::Result<Event>>,
+    /// The thread that let go of the queue's sender, where the system tells (Linux).
+    notify_thread: Arc<OnceLock<PathBuf>>,
     layout: Layout,
 }
 
@@ -47,13 +50,11 @@ impl NativeWatch {
     pub(super) fn start(context: &Context) -> crate::Result<Self> {
         let layout = Layout::new(context);
         let (sender, events) = crossbeam_channel::unbounded();
-        let handler = move |event| {
-            // The receiver only goes away with the session, which drops this watcher too.
-            let _ = sender.send(event);
-        };
+        let notify_thread = Arc::default();
+        let handler = QueueEnd { sender, dropped_on: Arc::clone(&notify_thread) };
         let watcher = RecommendedWatcher::new(handler, notify::Config::default())
             .map_err(|source| Error::Watcher { path: layout.root.clone(), source })?;
-        let mut watch = Self { watcher: Some(watcher), events, layout };
+        let mut watch = Self { watcher: Some(watcher), events, notify_thread, layout };
         watch.watch_folders()?;
         Ok(watch)
     }
@@ -72,11 +73,55 @@ impl NativeWatch {
 
 impl Drop for NativeWatch {
     /// Ends the watches, then waits (for at most [`TEARDOWN`]) until notify's own thread lets go
-    /// of the queue as it ends: a host may unload the library once `close` returns.
+    /// of the queue as it ends, and on Linux until that thread is gone: a host may unload the
+    /// library once `close` returns.
     fn drop(&mut self) {
         drop(self.watcher.take());
         let deadline = Instant::now() + TEARDOWN;
         while self.events.recv_deadline(deadline).is_ok() {}
+        if let Some(thread) = self.notify_thread.get() {
+            wait_until_gone(thread, deadline);
+        }
+    }
+}
+
+/// notify's end of the queue, which notify's thread drops as it ends.
+struct QueueEnd {
+    sender: Sender<notify::Result<Event>>,
+    /// Where the thread that drops this end is listed, noted as it does.
+    dropped_on: Arc<OnceLock<PathBuf>>,
+}
+
+impl notify::EventHandler for QueueEnd {
+    fn handle_event(&mut self, event: notify::Result<Event>) {
+        // The receiver only goes away with the session, which drops this watcher too.
+        let _ = self.sender.send(event);
+    }
+}
+
+impl Drop for QueueEnd {
+    /// Notes the thread before the sender goes, so that the note is there once the queue ends.
+    fn drop(&mut self) {
+        if let Some(thread) = this_thread() {
+            let _ = self.dropped_on.set(thread);
+        }
+    }
+}
+
+/// Where the system lists the calling thread while it runs: `/proc/<pid>/task/<tid>` on Linux.
+fn this_thread() -> Option<PathBuf> {
+    let thread = std::fs::read_link("/proc/thread-self").ok()?;
+    Some(Path::new("/proc").join(thread))
+}
+
+/// Waits, until `deadline` at most, for `thread` to end; a thread that is the caller's own, or
+/// was never listed, is not waited for.
+fn wait_until_gone(thread: &Path, deadline: Instant) {
+    if this_thread().as_deref() == Some(thread) {
+        return;
+    }
+    while thread.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
