@@ -49,3 +49,8 @@ pub use id::NanoPixId;
 pub use matching::normalise_name;
 pub use patient::{Patient, PatientFilter, Source};
 pub use sync::{DeleteRequest, NanoPixSync, SourceInfo, Stopper};
+
+/// The README, whose Rust example `cargo test` compiles, so that it keeps up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct Readme;
