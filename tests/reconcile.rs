@@ -2208,3 +2208,45 @@ fn a_hand_edited_huge_link_id_leaves_dentaltid_able_to_add_patients() {
     );
     assert!(added.is_ok(), "DentalTID adds a patient: {added:?}");
 }
+
+/// The host stops the handle's work (`Stopper::stop`, say from a signal handler) and makes more
+/// calls before it closes it: a "Sync Now" returns at once with `stopped_early` (and a
+/// `reconciled` saying so), importing nobody; the exports fail with `closed`, writing nothing to
+/// NanoPix; and the calls that sync nothing still do their work: the patients list, the switch of
+/// Live Sync, and the delete in NanoPix the host was asked for.
+#[test]
+fn a_stopped_handle_syncs_nothing_and_still_lists_switches_and_deletes() {
+    let clinic = Clinic::new("v29");
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let sync = clinic.open_without_automatic_work();
+    sync.reconcile().unwrap();
+    let yacine: Vec<i64> =
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091500'", |r| r.get(0));
+    another_program(&clinic.dentaltid).execute("DELETE FROM patients WHERE id = ?1", [yacine[0]]).unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(delete_requests(&sync).len(), 1, "his delete is asked for");
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    clinic.add_nanopix("20250122_091600", "Haddad", "Sami", Some("1999-09-09"));
+    let before: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+
+    sync.stopper().stop();
+    let report = sync.reconcile().unwrap();
+    assert!(report.stopped_early && report.imported == 0, "{report:?}");
+    let reconciled: Vec<EventKind> =
+        drain(&sync).into_iter().map(|e| e.kind).filter(|kind| matches!(kind, EventKind::Reconciled(_))).collect();
+    assert!(matches!(reconciled.as_slice(), [EventKind::Reconciled(said)] if said.stopped_early), "{reconciled:?}");
+    assert_eq!(sync.export_patient(nadia).map_err(|error| error.code()), Err("closed"));
+    assert_eq!(sync.export_existing().map_err(|error| error.code()), Err("closed"));
+    let after: Vec<String> = clinic.nanopix_rows("SELECT id FROM Patient ORDER BY id", |r| r.get(0));
+    assert_eq!(after, before, "nothing written to NanoPix");
+    assert_eq!(nanopix_ids_named(&clinic, "Sami", "Haddad"), ["20250122_091600"]);
+    assert!(clinic.dentaltid_rows("SELECT id FROM patients WHERE name = 'Sami'", |r| r.get::<_, i64>(0)).is_empty());
+
+    let listed = sync.patients(PatientFilter::All).unwrap();
+    assert!(listed.iter().any(|patient| patient.id == nadia), "the patients list still works");
+    sync.set_live_sync(true).unwrap();
+    assert!(sync.live_sync().unwrap(), "the switch is stored");
+    sync.delete_in_nanopix("20250122_091500").unwrap();
+    assert_eq!(nanopix_ids_named(&clinic, "Yacine", "Mansouri"), Vec::<String>::new());
+    assert!(!clinic.root.join("20250122_091500").exists(), "his folder went with his row");
+}
