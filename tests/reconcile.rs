@@ -529,16 +529,45 @@ fn a_folder_a_live_pass_saw_made_is_a_removal_once_gone() {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn a_dentaltid_file_read_only_at_open_is_synced_once_it_is_writable_again() {
-    use std::os::unix::fs::PermissionsExt;
     let clinic = Clinic::new("v29");
-    drop(clinic.open_without_automatic_work());
-    let set_mode = |mode| std::fs::set_permissions(&clinic.dentaltid, std::fs::Permissions::from_mode(mode)).unwrap();
-    common::obey_file_modes_on_this_thread();
-    set_mode(0o444);
-    let sync = clinic.open_without_automatic_work();
+    let sync = open_on_a_read_only_dentaltid(&clinic);
     assert!(sync.reconcile().is_err(), "a read-only file takes no import");
-    set_mode(0o644);
+    set_dentaltid_mode(&clinic, 0o644);
     assert_eq!(sync.reconcile().unwrap().imported, 1);
+}
+
+/// Opens `clinic`, migrated, without automatic work on a `dentaltid.db` the sync can only read:
+/// file modes bind this thread from then on.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn open_on_a_read_only_dentaltid(clinic: &Clinic) -> NanoPixSync {
+    drop(clinic.open_without_automatic_work());
+    common::obey_file_modes_on_this_thread();
+    set_dentaltid_mode(clinic, 0o444);
+    clinic.open_without_automatic_work()
+}
+
+/// Sets the file mode of `clinic`'s `dentaltid.db`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn set_dentaltid_mode(clinic: &Clinic, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&clinic.dentaltid, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A `dentaltid.db` the sync could only open read-only: switching Live Sync on fails while it
+/// stays so, and works once it is writable again, without closing the handle; the next handle
+/// finds it on.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_dentaltid_file_read_only_at_open_takes_the_switch_of_live_sync_once_it_is_writable_again() {
+    let clinic = Clinic::new("v29");
+    let sync = open_on_a_read_only_dentaltid(&clinic);
+    assert!(sync.set_live_sync(true).is_err(), "a read-only file takes no switch");
+    assert!(!sync.live_sync().unwrap());
+    set_dentaltid_mode(&clinic, 0o644);
+    sync.set_live_sync(true).unwrap();
+    assert!(sync.live_sync().unwrap());
+    drop(sync);
+    assert!(clinic.open_without_automatic_work().live_sync().unwrap(), "stored in the file");
 }
 
 /// A handle that opened `dentaltid.db` read-only connects again once it is writable: the
