@@ -515,6 +515,28 @@ fn a_rust_callback_that_closed_its_handle_may_still_clear_itself() {
     assert!(matches!(sync.live_sync(), Err(nanopix_sync::Error::Closed)), "the handle is closed");
 }
 
+/// The host's callback switches Live Sync off as it hears of a patient Live Sync imported: the
+/// switch returns (the watcher never waits for the callback's thread), and the watcher is off.
+#[test]
+fn a_rust_callback_may_switch_live_sync_off() {
+    let clinic = Clinic::new("v29");
+    let sync = Arc::new(live(&clinic));
+    let (switched, switches) = crossbeam_channel::bounded(1);
+    let inside = Arc::downgrade(&sync);
+    sync.set_callback(Some(Box::new(move |event| {
+        if let (EventKind::PatientImported { .. }, Some(sync)) = (&event.kind, inside.upgrade()) {
+            let _ = switched.try_send(sync.set_live_sync(false).map_err(|error| error.code()));
+        }
+    })));
+    clinic.add_nanopix("20250122_091500", "Mansouri", "Yacine", Some("2001-05-19"));
+    let switch = switches.recv_timeout(DEADLINE).expect("the switch inside the callback returns");
+    assert_eq!(switch, Ok(()));
+    assert!(!sync.live_sync().unwrap());
+    drain(&sync);
+    clinic.add_nanopix("20250122_091600", "Haddad", "Sami", Some("1999-09-09"));
+    assert_eq!(sync.reconcile().unwrap().imported, 1, "nothing synced Sami while Live Sync was off");
+}
+
 #[test]
 fn a_live_pass_links_exact_matches_and_reports_near_misses() {
     let clinic = Clinic::new("v29");
