@@ -158,6 +158,19 @@ fn switching_live_sync_off_stops_automatic_work_and_on_resumes_it() {
     assert!(clinic.open().live_sync().unwrap(), "the toggle is kept across restarts");
 }
 
+/// A patient folder removed while Live Sync is off makes no event the watcher sees once it is on
+/// again: switching Live Sync on starts with a full reconcile, which reports the removal.
+#[test]
+fn switching_live_sync_on_starts_with_a_full_reconcile() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    sync.set_live_sync(false).unwrap();
+    std::fs::remove_dir_all(clinic.root.join("20250121_152638")).unwrap();
+    drain(&sync);
+    sync.set_live_sync(true).unwrap();
+    fixture_folder_removal_reported(&sync);
+}
+
 /// Live Sync stored off behind the handle's back (a `dentaltid.db` put back from a backup, say),
 /// so that switching it off makes no event of its own, while the watcher stamps the
 /// `watcher_mode` of a root replaced by a copy. The watcher is held there until the switch
