@@ -1309,6 +1309,37 @@ fn an_export_never_links_to_a_patient_nanopix_saved_at_its_id_meanwhile() {
     assert_eq!(nanopix_row(&clinic, &reserved)[0].1, "Stranger", "the other patient is left as it was");
 }
 
+/// An installation configured with patient subfolders: an export makes them inside the new
+/// patient folder; once the patient is deleted in DentalTID, `delete_in_nanopix` refuses while one
+/// of them holds a file, and removes the folder with its empty subfolders once it holds none.
+#[test]
+fn an_export_makes_the_configured_subfolders_and_the_delete_removes_them_only_empty() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config_without_automatic_work();
+    config.patient_subfolders = vec!["images".to_owned(), "Reports 2025".to_owned()];
+    let sync = NanoPixSync::open(config).unwrap();
+    let external_id = sync.export_patient(1).unwrap().to_string();
+    let folder = clinic.root.join(&external_id);
+    let mut made: Vec<String> =
+        std::fs::read_dir(&folder).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+    made.sort();
+    assert_eq!(made, ["Reports 2025", "images"]);
+    assert!(made.iter().all(|name| folder.join(name).is_dir()), "{made:?} are folders");
+
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE id = 1");
+    sync.reconcile().unwrap();
+    let image = folder.join("images").join("20250122_110000.iosb");
+    std::fs::write(&image, b"an image").unwrap();
+    let refused = sync.delete_in_nanopix(&external_id);
+    assert!(matches!(refused, Err(Error::NanoPixPatientNotEmpty { files: 1, .. })), "{refused:?}");
+    assert_eq!(nanopix_row(&clinic, &external_id).len(), 1, "the row stays");
+    assert!(image.is_file(), "the image stays");
+    std::fs::remove_file(&image).unwrap();
+    sync.delete_in_nanopix(&external_id).unwrap();
+    assert!(nanopix_row(&clinic, &external_id).is_empty(), "the row is deleted");
+    assert!(!folder.exists(), "the folder is removed with its empty subfolders");
+}
+
 #[cfg(unix)]
 #[test]
 fn delete_in_nanopix_refuses_a_patient_whose_folder_is_a_link() {
