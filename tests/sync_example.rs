@@ -17,6 +17,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Clinic, another_program};
+#[cfg(unix)]
+use nanopix_sync::NanoPixSync;
 
 /// `target/<profile>/examples/sync`, built by `cargo test` alongside the tests.
 fn sync_binary() -> PathBuf {
@@ -98,11 +100,20 @@ impl Running {
     }
 
     /// Waits for the command to end; its exit status and what it wrote on stderr.
-    fn finish(mut self) -> (std::process::ExitStatus, String) {
+    fn finish(self) -> (std::process::ExitStatus, String) {
+        let (status, stderr, _) = self.finish_printing();
+        (status, stderr)
+    }
+
+    /// Waits for the command to end; its exit status, what it wrote on stderr and every event it
+    /// printed.
+    fn finish_printing(mut self) -> (std::process::ExitStatus, String, Vec<serde_json::Value>) {
         let status = self.child.wait().unwrap();
         let mut lines = self.stderr_seen.take();
         lines.extend(self.stderr.iter());
-        (status, lines.iter().map(|line| format!("{line}\n")).collect())
+        let mut events = self.seen.take();
+        events.extend(self.events.iter());
+        (status, lines.iter().map(|line| format!("{line}\n")).collect(), events)
     }
 }
 
@@ -216,6 +227,7 @@ fn once_prints_every_event_of_a_first_sync_larger_than_the_event_queue() {
     assert_eq!(events.last().map(|e| &e["type"]), Some(&serde_json::json!("closed")), "closed comes last");
 }
 
+/// `status` prints its fields "and nothing else, so scripts can read it whole".
 #[test]
 fn status_prints_one_object() {
     let clinic = Clinic::new("v29");
@@ -225,6 +237,17 @@ fn status_prints_one_object() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["live_sync"], false);
     assert_eq!(lines[0]["patients"], 6);
+    let fields: Vec<&str> = lines[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let documented = [
+        "delete_requests",
+        "from_nanopix",
+        "live_sync",
+        "patients",
+        "possible_duplicates",
+        "today",
+        "today_by_external",
+    ];
+    assert_eq!(fields, documented, "the fields the README lists, and no other");
 }
 
 #[test]
@@ -365,6 +388,38 @@ fn enable_stores_live_sync_on_and_syncs_nothing() {
     let imported: Vec<i64> =
         clinic.dentaltid_rows("SELECT count(*) FROM patients WHERE source = 'nanopix'", |r| r.get(0));
     assert_eq!(imported, [0], "the fixture patient waits for `once` or `watch`");
+}
+
+/// `enable` and `disable` print `live_sync_changed` only when they change the setting, and store
+/// what they name.
+#[test]
+fn enable_and_disable_print_live_sync_changed_only_when_they_change_the_setting() {
+    let clinic = Clinic::new("v29");
+    let steps = [
+        ("enable", Some(true), true),
+        ("enable", None, true),
+        ("disable", Some(false), false),
+        ("disable", None, false),
+    ];
+    for (command, changed, stored) in steps {
+        let events = printed(runner(&clinic, command));
+        let expected: Vec<serde_json::Value> = changed
+            .map(|enabled| serde_json::json!({"type": "live_sync_changed", "enabled": enabled}))
+            .into_iter()
+            .chain([serde_json::json!({"type": "closed"})])
+            .collect();
+        let without_stamps: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|mut event| {
+                let fields = event.as_object_mut().unwrap();
+                fields.remove("seq");
+                fields.remove("at");
+                event
+            })
+            .collect();
+        assert_eq!(without_stamps, expected, "{command} with Live Sync {}", !stored);
+        assert_eq!(printed(runner(&clinic, "status"))[0]["live_sync"], stored, "after {command}");
+    }
 }
 
 /// A `PatientData` folder whose name is not UTF-8 (a Latin-1 name on a Linux box or a mounted
@@ -809,6 +864,48 @@ fn watch_waits_out_a_database_locked_while_it_opens() {
     let (status, stderr) = watch.finish();
     assert!(status.success(), "exit 0 after SIGTERM: {status:?}, stderr {stderr:?}");
     assert!(stderr.lines().all(|line| line.contains("trying again")), "{stderr:?}");
+}
+
+/// A service stopped while `watch` waits out a locked database (a backup copying it): the runner
+/// ends with exit code 0 and prints no event, as it opened nothing.
+#[cfg(unix)]
+#[test]
+fn a_signal_while_watch_waits_out_a_locked_database_ends_it_with_0_and_no_events() {
+    let clinic = Clinic::new("v29");
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let watch = Running::start(runner(&clinic, "watch"));
+    let again = |line: &str| line.starts_with("sync: ") && line.ends_with("; trying again in 1 s");
+    watch.wait_for_stderr("a try refused by the lock", Duration::from_secs(30), again);
+    watch.signal("TERM");
+    let (status, stderr, events) = watch.finish_printing();
+    dentaltid.execute_batch("ROLLBACK").unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}, stderr {stderr:?}");
+    assert!(events.is_empty(), "{events:?}");
+    assert!(stderr.lines().all(|line| line.contains("trying again")), "{stderr:?}");
+}
+
+/// `sync watch | head`: once nobody reads its output, `watch` stops at the next event it cannot
+/// print, closes the sync and exits with 0, instead of syncing on unseen.
+#[cfg(unix)]
+#[test]
+fn watch_with_a_closed_stdout_closes_the_sync_and_exits_0() {
+    let clinic = Clinic::new("v29");
+    let mut child = runner(&clinic, "watch").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let pid = child.id();
+    let (ended, output) = mpsc::channel();
+    std::thread::spawn(move || ended.send(child.wait_with_output()));
+    let Ok(output) = output.recv_timeout(Duration::from_secs(60)) else {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        panic!("watch went on with nobody reading its output");
+    };
+    let output = output.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "{stderr}");
+    let reopened = NanoPixSync::open(clinic.config()).expect("the runner let go of the sync lock");
+    assert!(reopened.live_sync().unwrap(), "watch switched Live Sync on before it stopped");
 }
 
 /// README: "SIGINT or SIGTERM during any command but `watch`" is a failure: exit code 1 with a
