@@ -2279,3 +2279,50 @@ fn a_stopped_handle_syncs_nothing_and_still_lists_switches_and_deletes() {
     assert_eq!(nanopix_ids_named(&clinic, "Yacine", "Mansouri"), Vec::<String>::new());
     assert!(!clinic.root.join("20250122_091500").exists(), "his folder went with his row");
 }
+
+/// DentalTID renames the patient a NanoPix patient was matched to as the sync links them, and
+/// gives a second patient those names: the NanoPix patient is decided again and matches the second
+/// patient, whom DentalTID renames too before that link. The sync reports `patient_changed` and
+/// leaves the NanoPix patient to the next reconcile, which imports it once: it never links a
+/// patient that no longer has the names it was matched on.
+#[test]
+fn a_nanopix_patient_whose_match_dentaltid_changes_twice_while_linking_is_left_to_the_next_reconcile() {
+    let clinic = Clinic::new("v29");
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    clinic.add_nanopix("20250122_091600", "Kaci", "Samira", Some("1991-02-03"));
+    let matched = clinic.add_dentaltid("Samira", "Kaci", Some("1991-02-03"));
+    let second = clinic.add_dentaltid("Samra", "Kaci", Some("1991-02-03"));
+    drain(&sync);
+    let dentaltid = clinic.dentaltid.clone();
+    let again = clock.clone();
+    // The engine's first ask of the time in this reconcile is for its links, then for the links of
+    // the second decision.
+    clock.arm(Box::new(move || {
+        another_program(&dentaltid)
+            .execute("UPDATE patients SET familyName = 'Kacimi' WHERE id = ?1", [matched])
+            .unwrap();
+        another_program(&dentaltid).execute("UPDATE patients SET name = 'Samira' WHERE id = ?1", [second]).unwrap();
+        again.arm(Box::new(move || {
+            another_program(&dentaltid).execute("UPDATE patients SET name = 'Samra' WHERE id = ?1", [second]).unwrap();
+        }));
+    }));
+    let report = sync.reconcile().unwrap();
+    let events = kinds(&sync);
+    assert!(clock.ran(), "DentalTID renamed both patients");
+    let changed = |kind: &EventKind| {
+        matches!(kind, EventKind::SyncError { code, external_id, patient_id, .. }
+            if code == "patient_changed" && external_id.as_deref() == Some("20250122_091600") && *patient_id == Some(second))
+    };
+    assert!(events.iter().any(changed), "{events:?}");
+    assert_eq!((report.linked, report.imported, report.errors), (0, 0, 1), "{events:?}");
+    let holders = |clinic: &Clinic| {
+        clinic.dentaltid_rows("SELECT id FROM patients WHERE external_id = '20250122_091600'", |r| r.get::<_, i64>(0))
+    };
+    assert_eq!(holders(&clinic), Vec::<i64>::new(), "neither patient holds the NanoPix id");
+    let next = sync.reconcile().unwrap();
+    assert_eq!((next.linked, next.imported), (0, 1), "{:?}", kinds(&sync));
+    let imported = holders(&clinic);
+    assert!(imported.len() == 1 && ![matched, second].contains(&imported[0]), "{imported:?}");
+}
