@@ -846,6 +846,18 @@ fn export_existing_that_exported_nothing_because_of_an_error_exits_1() {
     assert_eq!(output.status.code(), Some(1), "exit code with nothing exported; stderr {stderr:?}, errors {errors:?}");
 }
 
+/// `sync watch` started while another program holds `dentaltid.db` locked, once it has said on
+/// stderr that it tries again in 1 s; the connection holding the lock.
+#[cfg(unix)]
+fn watch_refused_by_a_locked_dentaltid(clinic: &Clinic) -> (rusqlite::Connection, Running) {
+    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
+    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let watch = Running::start(runner(clinic, "watch"));
+    let again = |line: &str| line.starts_with("sync: ") && line.ends_with("; trying again in 1 s");
+    watch.wait_for_stderr("a try refused by the lock", Duration::from_secs(30), again);
+    (dentaltid, watch)
+}
+
 /// A backup copies `dentaltid.db` under a lock for longer than the busy timeout as the clinic's
 /// PC starts `sync watch` as a service: `watch` says so on stderr and tries again, and syncs once
 /// the lock is gone, where it ended with exit code 1 and needed someone to start it again.
@@ -853,11 +865,7 @@ fn export_existing_that_exported_nothing_because_of_an_error_exits_1() {
 #[test]
 fn watch_waits_out_a_database_locked_while_it_opens() {
     let clinic = Clinic::new("v29");
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let watch = Running::start(runner(&clinic, "watch"));
-    let again = |line: &str| line.starts_with("sync: ") && line.ends_with("; trying again in 1 s");
-    watch.wait_for_stderr("a try refused by the lock", Duration::from_secs(30), again);
+    let (dentaltid, watch) = watch_refused_by_a_locked_dentaltid(&clinic);
     dentaltid.execute_batch("ROLLBACK").unwrap();
     watch.wait_for("the first reconcile once the lock is gone", Duration::from_secs(30), of_type("reconciled"));
     watch.signal("TERM");
@@ -872,11 +880,7 @@ fn watch_waits_out_a_database_locked_while_it_opens() {
 #[test]
 fn a_signal_while_watch_waits_out_a_locked_database_ends_it_with_0_and_no_events() {
     let clinic = Clinic::new("v29");
-    let dentaltid = rusqlite::Connection::open(&clinic.dentaltid).unwrap();
-    dentaltid.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let watch = Running::start(runner(&clinic, "watch"));
-    let again = |line: &str| line.starts_with("sync: ") && line.ends_with("; trying again in 1 s");
-    watch.wait_for_stderr("a try refused by the lock", Duration::from_secs(30), again);
+    let (dentaltid, watch) = watch_refused_by_a_locked_dentaltid(&clinic);
     watch.signal("TERM");
     let (status, stderr, events) = watch.finish_printing();
     dentaltid.execute_batch("ROLLBACK").unwrap();
