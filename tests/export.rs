@@ -423,14 +423,15 @@ fn a_repair_refused_at_open_is_reported_once_by_the_reconcile_live_sync_starts_w
     assert_eq!(journaled_exports(&clinic), 1, "the export still waits");
 }
 
-/// A "Sync Now" right after `open` leaves alone the export whose repair `open` saw refused; one
-/// an hour later (Live Sync off, so nothing tried it since) tries it again, and ends it once
-/// NanoPix takes patients again.
+/// A "Sync Now" right after `open` (as late as five seconds after) leaves alone the export whose
+/// repair `open` saw refused; one an hour later (Live Sync off, so nothing tried it since) tries
+/// it again, and ends it once NanoPix takes patients again.
 #[test]
 fn a_reconcile_long_after_open_tries_again_the_repair_refused_there() {
     let clinic = Clinic::new("v29");
     leave_export_of_patient_1_refused(&clinic, false);
     let sync = clinic.open_without_automatic_work();
+    clinic.clock.advance(chrono::Duration::seconds(5));
     let right_after = sync.reconcile().unwrap();
     let refusals: usize = common::drain(&sync).iter().map(|e| refusal_of_patient_1(&e.kind)).sum();
     assert_eq!((refusals, right_after.errors, right_after.repaired), (1, 1, 0), "{right_after:?}");
