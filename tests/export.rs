@@ -353,6 +353,23 @@ fn a_patient_whose_export_wrote_no_row_is_linked_to_the_same_person_nanopix_save
     assert_eq!(written, Vec::<String>::new(), "no second NanoPix patient for Amina Benali");
 }
 
+/// As in `a_patient_whose_export_wrote_no_row_is_linked_to_the_same_person_nanopix_saved_meanwhile`,
+/// in a NanoPix that holds more patients than a repair reads at a time: the same person, saved
+/// after all of them, is still found, and NanoPix holds her once.
+#[test]
+fn a_repair_finds_the_same_person_nanopix_saved_after_thousands_of_patients() {
+    let clinic = Clinic::new("v29");
+    clinic.add_bulk_nanopix(6_000);
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
+    clinic.add_nanopix("20250122_091500", "Benali", "Amina", Some("1985-03-12"));
+
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.linked, report.repaired), (1, 0), "{report:?}");
+    assert_eq!(sync.source_info(1).unwrap().external_id.as_deref(), Some("20250122_091500"));
+    assert_eq!(common::nanopix_ids_named(&clinic, "Amina", "Benali"), ["20250122_091500"], "not {reserved}");
+}
+
 /// An export cut short after its NanoPix row is ended by `open`: the first reconcile after it
 /// counts that repair in its report (and its `reconciled` event), as the host's "repaired" count
 /// would otherwise never show it; the next reconcile counts none.
