@@ -523,6 +523,28 @@ fn a_name_corrected_before_the_repair_ends_the_export_on_its_first_row() {
     assert_export_ended_on(&clinic, &reserved);
 }
 
+/// An export cut short before its row; the receptionist then corrects the patient's names and
+/// birth date, and the repair at the next start, which writes her row as she is now, is cut
+/// short in turn right after that row. The journal holds the values the repair wrote: the start
+/// after that ends the export on that row, also with auto-linking off, and never writes her a
+/// second NanoPix patient.
+#[test]
+fn a_repair_cut_short_after_writing_a_corrected_patient_ends_the_export_on_that_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "journal");
+    let corrected = "familyName = 'Benalli', name = 'Aminah', dateOfBirth = '1985-03-21T00:00:00.000'";
+    edit_dentaltid(&clinic, &format!("UPDATE patients SET {corrected} WHERE id = 1"));
+    crash_export_after(&clinic, "row");
+    assert_eq!(nanopix_row(&clinic, &reserved)[0].1, "Benalli", "the repair wrote her row as she is now");
+
+    let mut config = clinic.config_without_automatic_work();
+    config.auto_link = false;
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    assert_eq!(sync.source_info(1).unwrap().external_id, Some(reserved.clone()));
+    assert_eq!(common::nanopix_ids_named(&clinic, "Aminah", "Benalli"), [reserved], "NanoPix holds her once");
+}
+
 #[test]
 fn a_birth_date_nanopix_reads_as_unknown_still_ends_the_export_on_its_first_row() {
     let clinic = Clinic::new("v29");
