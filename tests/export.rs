@@ -578,6 +578,28 @@ fn a_journal_row_of_an_older_version_still_ends_the_export_on_its_first_row() {
     assert_export_ended_on(&clinic, &reserved);
 }
 
+/// An export of an older version, whose journal row records no values, cut short before its
+/// row; NanoPix then gave its reserved id to her twin sister (the same family name and birth
+/// date). The repair tells her sister's row from hers by the first name: it never links the
+/// patient to it, and exports her again under a new id.
+#[test]
+fn a_journal_row_of_an_older_version_never_ends_the_export_on_her_twin_sisters_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = &reserved_by_an_export_crashed_after(&clinic, "journal");
+    edit_dentaltid(
+        &clinic,
+        "UPDATE nanopix_sync_exports
+         SET written_last_name = NULL, written_first_name = NULL, written_birthdate = NULL, written_created = NULL",
+    );
+    clinic.add_nanopix(reserved, "Benali", "Yasmine", Some("1985-03-12"));
+
+    let sync = clinic.open();
+    let external = sync.source_info(1).unwrap().external_id.expect("exported again at open");
+    assert_ne!(&external, reserved, "never linked to her sister's row");
+    assert_eq!(nanopix_row(&clinic, &external)[0].2.as_deref(), Some("Amina"), "the export has its own row");
+    assert_eq!(nanopix_row(&clinic, reserved)[0].2.as_deref(), Some("Yasmine"), "left as it was");
+}
+
 #[test]
 fn a_nanopix_patient_at_the_id_of_a_deleted_patients_export_is_imported_and_never_deleted() {
     let clinic = Clinic::new("v29");
