@@ -335,15 +335,19 @@ mod tests {
         writer.execute_batch("ROLLBACK").unwrap();
     }
 
+    /// Another program's `Patient` table without `last_name` is not NanoPix's: the file is
+    /// refused for lacking `patients`, as one without any such table.
     #[test]
     fn a_file_without_patients_is_refused_and_left_untouched() {
-        let dir = TempDir::new().unwrap();
-        let path = dir.path().join("dentaltid.db");
-        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 29; CREATE TABLE other(x);").unwrap();
-        let before = std::fs::read(&path).unwrap();
-        let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(error, Error::MissingTable { table: "patients", .. }), "{error:?}");
-        assert_eq!(std::fs::read(&path).unwrap(), before);
+        for other in ["CREATE TABLE other(x);", "CREATE TABLE Patient(id INTEGER PRIMARY KEY, name TEXT);"] {
+            let dir = TempDir::new().unwrap();
+            let path = dir.path().join("dentaltid.db");
+            Connection::open(&path).unwrap().execute_batch(&format!("PRAGMA user_version = 29; {other}")).unwrap();
+            let before = std::fs::read(&path).unwrap();
+            let error = DentalTid::open(&path, Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(error, Error::MissingTable { table: "patients", .. }), "{other}: {error:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), before, "{other}");
+        }
     }
 
     #[test]
