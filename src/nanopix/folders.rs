@@ -235,6 +235,16 @@ mod tests {
     }
 
     #[test]
+    fn a_patient_folder_under_a_root_that_is_gone_is_an_io_error_not_an_unsafe_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("PatientData");
+        let id = NanoPixId::parse("20250122_100000").unwrap();
+        let result = create_patient_folder(&gone, id, &[]);
+        assert!(matches!(result, Err(Error::Io { .. })), "{result:?}");
+        assert!(!gone.exists());
+    }
+
+    #[test]
     fn subfolder_names_systems_cannot_hold_as_given_are_refused() {
         let refused =
             ["CON", "nul", "Aux.txt", "com1", "LPT9.log", "COM¹", "con .txt", "images.", "images ", "a<b", "a>b"];
