@@ -426,8 +426,11 @@ mod tests {
         let rows = [
             new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000"),
             new_patient("B", at(2025, 1, 2, 0, 0), "20250102_000000"),
+            new_patient("C", at(2025, 1, 3, 0, 0), "20250103_000000"),
+            new_patient("D", at(2025, 1, 4, 0, 0), "20250104_000000"),
         ];
         let ids = dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap();
+        assert_eq!((count(&dentaltid, "nanopix_sync_imports"), count(&dentaltid, "nanopix_sync_links")), (1, 0));
         dentaltid.conn.execute("DELETE FROM patients WHERE id = ?1", [ids[1]]).unwrap();
         assert!(!dentaltid.holds_external_id(nanopix_id("20250102_000000")).unwrap());
         assert!(dentaltid.has_recorded_link(nanopix_id("20250102_000000")).unwrap(), "never imported back");
