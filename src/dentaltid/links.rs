@@ -576,11 +576,15 @@ mod tests {
     fn adopted_links_never_replace_recorded_ones() {
         let (_dir, mut dentaltid) = sample_database();
         link_one(&mut dentaltid, 1, "20250121_152638", at(2025, 1, 21, 12, 0));
+        let first_unsettled = dentaltid.unsettled_links().unwrap().contains(1);
         let adopt = [
             (1, nanopix_id("20250101_000000"), LinkOrigin::Imported),
             (2, nanopix_id("20250102_000000"), LinkOrigin::Imported),
         ];
         dentaltid.adopt_links(&adopt, at(2025, 1, 22, 8, 0)).unwrap();
+        let unsettled = dentaltid.unsettled_links().unwrap();
+        assert!(unsettled.contains(2), "an adopted link awaits the record of its folder");
+        assert_eq!(unsettled.contains(1), first_unsettled, "a link kept as it was is not adopted");
         let links = dentaltid.links().unwrap().readable;
         let summary: Vec<(i64, &str, Option<LinkOrigin>)> =
             links.iter().map(|l| (l.patient_id, l.external_id.as_str(), l.origin)).collect();
