@@ -793,6 +793,20 @@ mod tests {
         }
     }
 
+    /// A table without AUTOINCREMENT whose links name only patients below its newest one: the
+    /// next import takes the id SQLite gives, past the newest patient, never one just past a link.
+    #[test]
+    fn without_autoincrement_an_import_takes_the_id_past_the_newest_patient_when_links_name_older_ones() {
+        let (_dir, mut dentaltid) = sample_database();
+        let link = "INSERT INTO nanopix_sync_links VALUES (3, '20250121_152638', 'imported', 'linked', '')";
+        dentaltid.conn.execute_batch(&format!("{link}; DELETE FROM sqlite_sequence")).unwrap();
+        let rows = [
+            new_patient("A", at(2025, 1, 1, 0, 0), "20250101_000000"),
+            new_patient("B", at(2025, 1, 2, 0, 0), "20250102_000000"),
+        ];
+        assert_eq!(dentaltid.import(&rows, at(2025, 1, 21, 12, 0)).unwrap(), [7, 8]);
+    }
+
     /// DentalTID's `patients` declared `Patients`, as `sqlite_sequence` then names it: patient 5
     /// was imported and deleted, patient 6 deleted, so the next import takes 7, as SQLite gives
     /// it, never the id of a patient DentalTID deleted.
