@@ -144,6 +144,19 @@ fn first_sync_while_deciding(clinic: &Clinic, while_deciding: Hook) -> (NanoPixS
     (sync, report)
 }
 
+/// Nadia Saidi in both programs, an exact match, and a first "Sync Now" during which, once it
+/// matched them, NanoPix runs `sql`; returns her DentalTID id, the handle and the report.
+fn first_sync_of_nadia_while_nanopix_runs(clinic: &Clinic, sql: &'static str) -> (i64, NanoPixSync, ReconcileReport) {
+    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
+    clinic.add_nanopix("20250301_093000", "Saidi", "Nadia", Some("1982-04-09"));
+    let nanopix_db = clinic.nanopix_db();
+    let hook: Hook = Box::new(move || {
+        another_program(&nanopix_db).execute(sql, []).unwrap();
+    });
+    let (sync, report) = first_sync_while_deciding(clinic, hook);
+    (nadia, sync, report)
+}
+
 /// NanoPix's Nadia Saidi matches DentalTID's exactly. While the clinic's first "Sync Now" runs,
 /// after it read NanoPix's patients and matched them, and before it writes its links, the X-ray
 /// assistant corrects that NanoPix patient: she is Yasmine Kaci (her form was filled in with the
@@ -153,23 +166,32 @@ fn first_sync_while_deciding(clinic: &Clinic, while_deciding: Hook) -> (NanoPixS
 #[test]
 fn a_nanopix_patient_renamed_during_a_first_sync_is_not_linked_to_the_dentaltid_patient_it_no_longer_matches() {
     let clinic = Clinic::new("v29");
-    let nadia = clinic.add_dentaltid("Nadia", "Saidi", Some("1982-04-09"));
-    clinic.add_nanopix("20250301_093000", "Saidi", "Nadia", Some("1982-04-09"));
-    let nanopix_db = clinic.nanopix_db();
-    let hook: Hook = Box::new(move || {
-        another_program(&nanopix_db)
-            .execute(
-                "UPDATE Patient SET first_name = 'Yasmine', last_name = 'Kaci', updated_datetime = '2025-01-22 10:00:00'
-                 WHERE id = '20250301_093000'",
-                [],
-            )
-            .unwrap();
-    });
-    let (sync, report) = first_sync_while_deciding(&clinic, hook);
+    let (nadia, sync, report) = first_sync_of_nadia_while_nanopix_runs(
+        &clinic,
+        "UPDATE Patient SET first_name = 'Yasmine', last_name = 'Kaci', updated_datetime = '2025-01-22 10:00:00'
+         WHERE id = '20250301_093000'",
+    );
     let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|event| event.kind).collect();
     let held = holders(&clinic, "20250301_093000");
     assert_eq!(held.len(), 1, "NanoPix's patient is in DentalTID once: {held:?}, {report:?}, {events:#?}");
     assert_ne!(held[0].0, nadia, "DentalTID's Nadia Saidi is linked to NanoPix's Yasmine Kaci: {events:#?}");
+}
+
+/// NanoPix's Nadia Saidi matches DentalTID's exactly. While the clinic's first "Sync Now" runs,
+/// after it matched them and before it writes its links, the X-ray assistant saves another
+/// patient in NanoPix: Nadia, unchanged, is still linked by that sync, with no error.
+#[test]
+fn a_nanopix_patient_saved_during_a_first_sync_leaves_the_unchanged_ones_linked() {
+    let clinic = Clinic::new("v29");
+    let (nadia, sync, report) = first_sync_of_nadia_while_nanopix_runs(
+        &clinic,
+        "INSERT INTO Patient(id, last_name, first_name, birthdate)
+         VALUES ('20250301_094500', 'Kaci', 'Yasmine', '1990-05-06')",
+    );
+    let events: Vec<EventKind> = common::drain(&sync).into_iter().map(|event| event.kind).collect();
+    assert_eq!((report.linked, report.errors), (1, 0), "{report:?}, {events:#?}");
+    let held = holders(&clinic, "20250301_093000");
+    assert_eq!(held.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(), [nadia], "{held:?}");
 }
 
 /// NanoPix saves a new patient's row before it makes its folder. A patient NanoPix saves while a
