@@ -58,6 +58,24 @@ fn export_existing_gives_valid_distinct_ids_rows_and_folders() {
     assert_eq!(karim[0].3, None, "no birth date stays NULL");
 }
 
+/// The phone number DentalTID holds is written to NanoPix's row, trimmed; a blank one is written
+/// empty, as NanoPix's own form writes a field left blank.
+#[test]
+fn an_export_writes_the_phone_number_trimmed() {
+    let clinic = Clinic::new("v29");
+    let nadia = clinic.add_dentaltid("Nadia", "Cherif", Some("1992-02-14"));
+    let karim = clinic.add_dentaltid("Karim", "Haddad", None);
+    edit_dentaltid(&clinic, &format!("UPDATE patients SET phoneNumber = ' 0555 12 34 56 ' WHERE id = {nadia}"));
+    edit_dentaltid(&clinic, &format!("UPDATE patients SET phoneNumber = '  ' WHERE id = {karim}"));
+    let sync = clinic.open_without_automatic_work();
+    let phone = |patient| {
+        let id = sync.export_patient(patient).unwrap();
+        clinic.nanopix_rows(&format!("SELECT phone FROM Patient WHERE id = '{id}'"), |r| r.get::<_, Option<String>>(0))
+    };
+    assert_eq!(phone(nadia), [Some("0555 12 34 56".to_owned())]);
+    assert_eq!(phone(karim), [Some(String::new())]);
+}
+
 #[test]
 fn exports_never_come_back_as_imports() {
     let clinic = Clinic::new("v29");
