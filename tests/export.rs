@@ -424,6 +424,31 @@ fn the_repair_open_does_counts_in_the_first_reconcile_that_succeeds() {
     assert_eq!(sync.reconcile().unwrap().repaired, 0, "counted once");
 }
 
+/// NanoPix holds its write lock (saving a long series of images) through a whole
+/// `export_existing`: every export is refused, and `export_existing` gives up after its tries
+/// with `busy`, NanoPix untouched, instead of trying again for as long as the lock lasts.
+#[test]
+fn export_existing_gives_up_with_busy_while_nanopix_stays_locked() {
+    let clinic = Clinic::new("v29");
+    let mut config = clinic.config_without_automatic_work();
+    config.busy_timeout = std::time::Duration::from_millis(50);
+    let sync = NanoPixSync::open(config).unwrap();
+    sync.reconcile().unwrap();
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (ended, end) = std::sync::mpsc::channel();
+    let refused = std::thread::scope(|scope| {
+        let sync = &sync;
+        scope.spawn(move || ended.send(sync.export_existing().map_err(|error| error.code())));
+        let refused = end.recv_timeout(std::time::Duration::from_secs(60));
+        nanopix.execute_batch("ROLLBACK").unwrap();
+        refused
+    });
+    assert_eq!(refused, Ok(Err("busy")), "export_existing ends while NanoPix is still locked");
+    let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
+    assert_eq!(rows, [1], "only the fixture patient");
+}
+
 /// Opens a handle on `clinic` without automatic work, with NanoPix refusing every new patient
 /// (as on a full disk), and leaves the export of patient 1 in the journal, refused; closes it.
 /// NanoPix still refuses on return.
