@@ -1586,7 +1586,8 @@ fn an_unreadable_export_cursor_is_reported_and_taken_again() {
     sync.set_live_sync(true).unwrap();
     sync.reconcile().unwrap();
     edit_dentaltid(&clinic, "UPDATE nanopix_sync_state SET value = 'x' WHERE key = 'export_cursor'");
-    sync.reconcile().unwrap();
+    let lost = sync.reconcile().unwrap();
+    assert_eq!(lost.errors, 1, "the reconcile's report counts the lost cursor: {lost:?}");
     let reported = common::drain(&sync)
         .into_iter()
         .any(|e| matches!(e.kind, EventKind::SyncError { ref code, .. } if code == "export_cursor"));
