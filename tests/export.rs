@@ -541,7 +541,12 @@ fn leave_exports_stuck(clinic: &Clinic, sync: &NanoPixSync) -> Vec<String> {
 
 /// Runs SQL on the DentalTID database, as DentalTID itself would.
 fn edit_dentaltid(clinic: &Clinic, sql: &str) {
-    rusqlite::Connection::open(&clinic.dentaltid).unwrap().execute_batch(sql).unwrap();
+    edit_dentaltid_at(&clinic.dentaltid, sql);
+}
+
+/// Runs SQL on the DentalTID database at `dentaltid`, as DentalTID itself would.
+fn edit_dentaltid_at(dentaltid: &std::path::Path, sql: &str) {
+    rusqlite::Connection::open(dentaltid).unwrap().execute_batch(sql).unwrap();
 }
 
 /// Opens and reconciles; checks that the export of patient 1 ended on the row it wrote at
@@ -1576,6 +1581,47 @@ fn export_existing_writes_into_a_nanopix_db_restored_while_it_runs() {
     assert_eq!(exported, Ok(6));
     let rows: Vec<i64> = clinic.nanopix_rows("SELECT COUNT(*) FROM Patient", |r| r.get(0));
     assert_eq!(rows, [7], "the fixture patient and the six exported");
+}
+
+/// Arms `clock` to run `then` the first time the engine asks the time once the export journal
+/// of the DentalTID database at `dentaltid` holds the export of patient `patient_id`.
+fn once_journaled(clock: common::HookedClock, dentaltid: std::path::PathBuf, patient_id: i64, then: common::Hook) {
+    let again = clock.clone();
+    clock.arm(Box::new(move || {
+        let sql = "SELECT count(*) FROM nanopix_sync_exports WHERE patient_id = ?1";
+        let journal = rusqlite::Connection::open(&dentaltid).unwrap();
+        match journal.query_row(sql, [patient_id], |r| r.get::<_, i64>(0)).unwrap() {
+            0 => once_journaled(again, dentaltid, patient_id, then),
+            _ => then(),
+        }
+    }));
+}
+
+/// NanoPix refuses the row of Amina Benali, the first patient `export_existing` takes, so the rows
+/// journaled ahead with hers are not written together; as her export fails, the receptionist
+/// corrects the family name of the patient after her. That patient's export must write her
+/// NanoPix row as DentalTID holds her now, not as her journal row planned it before.
+#[test]
+fn a_patient_corrected_while_her_export_waits_its_turn_is_written_as_corrected() {
+    let clinic = Clinic::new("v29");
+    let block = "CREATE TRIGGER block_amina BEFORE INSERT ON Patient WHEN NEW.first_name = 'Amina'
+                 BEGIN SELECT RAISE(ABORT, 'blocked'); END";
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(block).unwrap();
+    let clock = common::HookedClock::of_the_engine();
+    let sync = clinic.open_without_automatic_work_on(&clock);
+    sync.reconcile().unwrap();
+    let first_name =
+        clinic.dentaltid_rows("SELECT name FROM patients WHERE id = 2", |r| r.get::<_, String>(0)).remove(0);
+    let dentaltid = clinic.dentaltid.clone();
+    let correct =
+        Box::new(move || edit_dentaltid_at(&dentaltid, "UPDATE patients SET familyName = 'Corrected' WHERE id = 2"));
+    once_journaled(clock.clone(), clinic.dentaltid.clone(), 2, correct);
+    let exported = sync.export_existing().map_err(|error| error.code());
+    assert_eq!(exported, Ok(5), "all but Amina");
+    assert!(clock.ran(), "the patient was corrected during the export");
+    assert_eq!(common::nanopix_ids_named(&clinic, &first_name, "Corrected").len(), 1, "written as corrected");
+    let written: Vec<i64> = clinic.nanopix_rows("SELECT count(*) FROM Patient", |r| r.get(0));
+    assert_eq!(written, [6], "the fixture patient and the five exported");
 }
 
 #[test]
