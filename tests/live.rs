@@ -567,6 +567,30 @@ fn a_live_pass_links_exact_matches_and_reports_near_misses() {
     assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), vec![6]);
 }
 
+/// DentalTID saves a linked patient from a stale model, clearing her `external_id`; then NanoPix
+/// registers her again. The live pass that finds the new NanoPix patient counts her as linked,
+/// as a full reconcile does: it reports her beside the new patient instead of linking her to it.
+#[test]
+fn a_live_pass_never_links_a_patient_whose_external_id_dentaltid_cleared_to_another_nanopix_patient() {
+    let clinic = Clinic::new("v29");
+    let sync = live(&clinic);
+    clinic.add_nanopix("20250122_091500", "BENALI", "Amina", Some("1985-03-12"));
+    wait_for(&sync, DEADLINE, |e| matches!(e, EventKind::PatientLinked { patient_id: 1, .. }));
+    another_program(&clinic.dentaltid).execute("UPDATE patients SET external_id = NULL WHERE id = 1", []).unwrap();
+    clinic.add_nanopix("20250122_093000", "Benali", "Amina", Some("1985-03-12"));
+    let reported = wait_for(
+        &sync,
+        DEADLINE,
+        |e| matches!(e, EventKind::PossibleDuplicate { external_id, .. } if external_id == "20250122_093000"),
+    );
+    let EventKind::PossibleDuplicate { reason, candidates, .. } = reported.kind else { unreachable!() };
+    assert_eq!(reason, nanopix_sync::DuplicateReason::AlreadyLinked);
+    assert_eq!(candidates.iter().map(|c| c.patient_id).collect::<Vec<_>>(), vec![1]);
+    let links = clinic
+        .dentaltid_rows("SELECT external_id FROM nanopix_sync_links WHERE patient_id = 1", |r| r.get::<_, String>(0));
+    assert_eq!(links, ["20250122_091500"]);
+}
+
 /// Deletes in DentalTID the patient the fixture's NanoPix patient was imported as; returns its id.
 fn delete_the_imported_patient(clinic: &Clinic, sync: &NanoPixSync) -> i64 {
     let patient_id = sync.patients(PatientFilter::AllByExternal).unwrap()[0].id;
