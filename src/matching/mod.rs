@@ -705,6 +705,20 @@ mod tests {
         assert_eq!(decision, duplicate(DuplicateReason::SimilarNames, &named));
     }
 
+    /// A typo born on a day hundreds of newer patients share (a visit day NanoPix stored as the
+    /// birth date), none of them named like her: her block finds her, however many of the others
+    /// a lookup may compare.
+    #[test]
+    fn a_typo_born_on_a_crowded_day_is_found_behind_hundreds_of_newer_patients() {
+        let day = born(2024, 3, 4);
+        let mut dentaltid = vec![dental(1, "Amina", "Benalli", day)];
+        let crowd =
+            (0..600).map(|n| dental(100 + n, "Karim", &format!("{}addad", char::from(b'c' + (n % 20) as u8)), day));
+        dentaltid.extend(crowd);
+        let decision = decide_one(nanopix(1, "Amina", "Benali", day), &dentaltid);
+        assert_eq!(decision, duplicate(DuplicateReason::SimilarNames, &[1]));
+    }
+
     #[test]
     fn candidate_lists_are_capped() {
         let dentaltid: Vec<Patient> = (0..30).rev().map(|id| dental(id, "Zoe", "Doe", born(1990, 5, 6))).collect();
