@@ -1463,6 +1463,24 @@ fn a_patient_table_whose_pk_is_a_plain_column_is_read_in_rowid_order() {
     assert_eq!(sync.reconcile().unwrap().imported, 0, "nothing more to do");
 }
 
+/// A `Patient` table without `pk` is read in `rowid` order: every patient is imported.
+#[test]
+fn a_patient_table_without_pk_is_read_in_rowid_order() {
+    let clinic = Clinic::new("v29");
+    let rows: String = (0..3)
+        .map(|i| {
+            let id = numbered_nanopix_id(i);
+            format!("INSERT INTO Patient(id, last_name, first_name) VALUES ('{id}', 'Nopk', 'P{i}');")
+        })
+        .collect();
+    clinic.replace_nanopix(&format!(
+        "CREATE TABLE Patient (id VARCHAR(250), last_name VARCHAR(250), first_name VARCHAR(250)); {rows}"
+    ));
+    let sync = clinic.open_without_automatic_work();
+    let report = sync.reconcile().unwrap();
+    assert_eq!((report.imported, report.errors), (3, 0), "{report:?}");
+}
+
 /// `(external_id, holders)` of every NanoPix id DentalTID holds.
 fn holders_per_external_id(clinic: &Clinic) -> Vec<(String, i64)> {
     clinic.dentaltid_rows(
