@@ -571,6 +571,18 @@ fn a_name_corrected_before_the_repair_ends_the_export_on_its_first_row() {
     assert_export_ended_on(&clinic, &reserved);
 }
 
+/// An export cut short right after its row; the X-ray assistant then corrects the birth date on
+/// that row in NanoPix. Its creation second and names still hold what the export wrote: the
+/// repair ends the export on it and writes no second row.
+#[test]
+fn a_birth_date_corrected_in_nanopix_before_the_repair_ends_the_export_on_its_first_row() {
+    let clinic = Clinic::new("v29");
+    let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
+    let nanopix = common::another_program(&clinic.nanopix_db());
+    nanopix.execute("UPDATE Patient SET birthdate = '1985-03-21' WHERE id = ?1", [&reserved]).unwrap();
+    assert_export_ended_on(&clinic, &reserved);
+}
+
 /// An export cut short before its row; the receptionist then corrects the patient's names and
 /// birth date, and the repair at the next start, which writes her row as she is now, is cut
 /// short in turn right after that row. The journal holds the values the repair wrote: the start
