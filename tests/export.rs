@@ -617,11 +617,22 @@ fn a_birth_date_nanopix_reads_as_unknown_still_ends_the_export_on_its_first_row(
 
 #[test]
 fn a_nanopix_without_first_name_or_birthdate_still_ends_the_export_on_its_first_row() {
+    assert_export_ended_on_its_first_row_without(&["first_name", "birthdate"]);
+}
+
+/// A NanoPix whose `Patient` has no `created_datetime`: the repair tells the export's row by
+/// the values it wrote alone, ends the export on it and writes no second row.
+#[test]
+fn a_nanopix_without_created_datetime_still_ends_the_export_on_its_first_row() {
+    assert_export_ended_on_its_first_row_without(&["created_datetime"]);
+}
+
+/// Drops `columns` from NanoPix's `Patient`, cuts an export short right after its row, and
+/// checks that the repair ends the export on that row.
+fn assert_export_ended_on_its_first_row_without(columns: &[&str]) {
     let clinic = Clinic::new("v29");
-    let conn = rusqlite::Connection::open(clinic.nanopix_db()).unwrap();
-    conn.execute_batch("ALTER TABLE Patient DROP COLUMN first_name; ALTER TABLE Patient DROP COLUMN birthdate")
-        .unwrap();
-    drop(conn);
+    let drops: String = columns.iter().map(|column| format!("ALTER TABLE Patient DROP COLUMN {column};")).collect();
+    rusqlite::Connection::open(clinic.nanopix_db()).unwrap().execute_batch(&drops).unwrap();
     let reserved = reserved_by_an_export_crashed_after(&clinic, "row");
     assert_export_ended_on(&clinic, &reserved);
 }
