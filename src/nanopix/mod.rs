@@ -1267,6 +1267,59 @@ pub(crate) mod tests {
         assert_eq!(other_connection(&root).query_row(kept, [], |row| row.get::<_, i64>(0)).unwrap(), 2);
     }
 
+    /// The count the delete makes under the write lock, on its own (NanoPix may save a record
+    /// after the check before the lock): any one study, report or other record keeps the row.
+    #[test]
+    fn the_delete_under_the_lock_keeps_a_patient_any_one_record_names() {
+        let records = [
+            ("INSERT INTO Study (patient_id, modality) VALUES ('20250301_093000', 'IO')", (1, 0, 0)),
+            ("INSERT INTO Report (patient_id, project_name) VALUES ('20250301_093000', 'x')", (0, 1, 0)),
+            (
+                "CREATE TABLE Implant (pk INTEGER PRIMARY KEY, patient_id VARCHAR REFERENCES Patient(id));
+                 INSERT INTO Implant (patient_id) VALUES ('20250301_093000')",
+                (0, 0, 1),
+            ),
+        ];
+        for (record, (studies, reports, other_records)) in records {
+            let (_temp, root) = fixture_copy();
+            let nanopix = open(&root);
+            let new_id = id("20250301_093000");
+            nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+            other_connection(&root).execute_batch(record).unwrap();
+            let deletion = database::delete_patient(&nanopix.conn, &nanopix.patient_columns, new_id).unwrap();
+            assert_eq!(deletion, database::Deletion::Holds { studies, reports, other_records }, "{record}");
+            assert!(nanopix.id_exists(new_id).unwrap(), "{record}");
+        }
+    }
+
+    /// A deleted patient put back (NanoPix saved a file for her during the delete) holds every
+    /// value she had.
+    #[test]
+    fn a_deleted_patient_put_back_holds_every_value_she_had() {
+        use rusqlite::OptionalExtension;
+
+        let (_temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        let row = |conn: &Connection| {
+            let sql = "SELECT id, last_name, first_name, sex, birthdate, phone, created_datetime, updated_datetime
+                       FROM Patient WHERE id = '20250301_093000'";
+            let values = |r: &rusqlite::Row<'_>| (0..8).map(|i| r.get::<_, Option<String>>(i)).collect();
+            conn.query_row(sql, [], values).optional().unwrap()
+        };
+        let before: Option<Vec<Option<String>>> = row(&other_connection(&root));
+        assert!(before.is_some());
+        let database::Deletion::Deleted(rows) =
+            database::delete_patient(&nanopix.conn, &nanopix.patient_columns, new_id).unwrap()
+        else {
+            panic!("the empty patient is deleted");
+        };
+        assert_eq!(row(&other_connection(&root)), None);
+        database::put_back(&nanopix.conn, &rows).unwrap();
+        assert_eq!(row(&other_connection(&root)), before);
+    }
+
     #[test]
     fn a_write_while_nanopix_holds_the_lock_is_busy_until_released() {
         let (_temp, root) = fixture_copy();
