@@ -788,6 +788,22 @@ fn an_id_dentaltid_still_holds_is_never_given_again() {
     assert_eq!(holders, [2], "patients 2 and 3, one id each");
 }
 
+/// A patient exported by `export_existing`, then deleted in NanoPix (row and folder) and in
+/// DentalTID: her link row still holds her id. The next `export_existing` (a run of exports, which
+/// reads the links its own way) never gives that id to a patient created in the same second.
+#[test]
+fn export_existing_never_gives_again_the_id_a_deleted_patients_link_row_holds() {
+    let clinic = Clinic::new("v29");
+    add_created(&clinic, "Deleted", "2024-06-01T09:00:00.000");
+    clinic.open().export_existing().unwrap();
+    assert_eq!(ids_given(&clinic, "Deleted"), ["20240601_090000"]);
+    remove_from_nanopix(&clinic, "20240601_090000");
+    edit_dentaltid(&clinic, "DELETE FROM patients WHERE familyName = 'Deleted'");
+    add_created(&clinic, "SameSecond", "2024-06-01T09:00:00.000");
+    clinic.open().export_existing().unwrap();
+    assert_eq!(ids_given(&clinic, "SameSecond"), ["20240601_090001"], "the deleted patient's link row holds 090000");
+}
+
 #[test]
 fn an_export_now_takes_the_current_second_or_the_next_two_then_a_past_id() {
     let clinic = Clinic::new("v29");
