@@ -194,14 +194,9 @@ mod tests {
     }
 
     /// A data import put 300 patients into DentalTID in one second, two hours and 100 seconds
-    /// ago: the 100 seconds from then up to the recent hours are soon taken, and the 200
-    /// patients left get ids from the day before. Each of those must not probe those 100
-    /// seconds again: a run that fills its hours would cost the square of its length (20,000
-    /// patients created three hours and a half before `export_existing` took minutes more).
-    #[test]
-    fn export_existing_does_not_probe_again_the_seconds_a_run_filled() {
+    /// before `now`: an engine at `now` on a copy of the NanoPix fixture, and that copy's root.
+    fn engine_after_an_import(now: NaiveDateTime) -> (tempfile::TempDir, std::path::PathBuf, Engine) {
         let (dir, root) = crate::nanopix::tests::fixture_copy();
-        let now = NaiveDate::from_ymd_opt(2025, 6, 2).and_then(|day| day.and_hms_opt(10, 0, 0)).unwrap();
         let db = build_database(&dir, SCHEMA_V29, false);
         let conn = Connection::open(&db).unwrap();
         let created = (now - RECENT_IDS - chrono::Duration::seconds(100)).format("%Y-%m-%dT%H:%M:%S.000").to_string();
@@ -217,16 +212,54 @@ mod tests {
             .unwrap();
         }
         drop(conn);
-        let clock = ManualClock::new(now);
         let mut config = Config::new(&root, &db);
-        config.clock = Arc::new(clock.clone());
+        config.clock = Arc::new(ManualClock::new(now));
         let (bus, _events) = EventBus::new(config.clock.clone());
-        let mut engine = Engine::open(config, Arc::new(bus), Arc::new(Signals::default())).unwrap();
+        let engine = Engine::open(config, Arc::new(bus), Arc::new(Signals::default())).unwrap();
+        (dir, root, engine)
+    }
+
+    /// How many ids `export_existing` on `engine` looked up, having exported its 300 patients.
+    fn probes_of_export_existing(engine: &mut Engine) -> usize {
         ID_PROBES.with(|probes| probes.set(0));
         assert_eq!(engine.export_existing().unwrap(), 300);
-        let probes = ID_PROBES.with(Cell::get);
+        ID_PROBES.with(Cell::get)
+    }
+
+    /// The time these exports are made at.
+    fn ten_o_clock() -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(2025, 6, 2).and_then(|day| day.and_hms_opt(10, 0, 0)).unwrap()
+    }
+
+    /// A data import put 300 patients into DentalTID in one second, two hours and 100 seconds
+    /// ago: the 100 seconds from then up to the recent hours are soon taken, and the 200
+    /// patients left get ids from the day before. Each of those must not probe those 100
+    /// seconds again: a run that fills its hours would cost the square of its length (20,000
+    /// patients created three hours and a half before `export_existing` took minutes more).
+    #[test]
+    fn export_existing_does_not_probe_again_the_seconds_a_run_filled() {
+        let (_dir, _root, mut engine) = engine_after_an_import(ten_o_clock());
+        let probes = probes_of_export_existing(&mut engine);
         // The 100 seconds once, and for each of the 200 others the seconds near now (three,
         // all taken) and one from the day before: about 900 in all, against 20,000 and more.
         assert!(probes <= 1_000, "{probes} ids looked up for 300 exports");
+    }
+
+    /// As above, with NanoPix already holding a folder at each of the 100 seconds from the
+    /// import up to the recent hours: the first patient finds them all taken, and none of the
+    /// 299 others may probe them again.
+    #[test]
+    fn export_existing_does_not_probe_again_the_seconds_it_found_taken() {
+        let now = ten_o_clock();
+        let (_dir, root, mut engine) = engine_after_an_import(now);
+        let mut second = now - RECENT_IDS - chrono::Duration::seconds(100);
+        while second < now - RECENT_IDS {
+            std::fs::create_dir(root.join(NanoPixId::from_datetime(second).to_string())).unwrap();
+            second += chrono::Duration::seconds(1);
+        }
+        let probes = probes_of_export_existing(&mut engine);
+        // The 100 seconds once, then for each patient the seconds near now and about one from
+        // the day before: about 1,300 in all, against 30,000 and more.
+        assert!(probes <= 2_000, "{probes} ids looked up for 300 exports");
     }
 }
