@@ -727,6 +727,16 @@ pub(crate) mod tests {
         NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap()
     }
 
+    /// A copy of the fixture holding a new patient saved at 2025-03-01 09:30:00 (no folder), as
+    /// `(temp dir, root, NanoPix opened on it, her id)`.
+    fn fixture_with_new_patient() -> (TempDir, PathBuf, NanoPix, NanoPixId) {
+        let (temp, root) = fixture_copy();
+        let nanopix = open(&root);
+        let new_id = id("20250301_093000");
+        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        (temp, root, nanopix, new_id)
+    }
+
     fn new_patient(id_text: &str) -> NewNanoPixPatient {
         NewNanoPixPatient {
             id: id(id_text),
@@ -1163,10 +1173,7 @@ pub(crate) mod tests {
 
     #[test]
     fn delete_removes_an_empty_exported_patient_and_its_folder() {
-        let (_temp, root) = fixture_copy();
-        let nanopix = open(&root);
-        let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        let (_temp, root, nanopix, new_id) = fixture_with_new_patient();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         assert_eq!(nanopix.contents(new_id, &[]).unwrap(), PatientContents::default());
         nanopix.delete_patient(new_id, &[]).unwrap();
@@ -1227,10 +1234,7 @@ pub(crate) mod tests {
 
     #[test]
     fn delete_refuses_a_patient_with_a_file_or_a_report() {
-        let (_temp, root) = fixture_copy();
-        let nanopix = open(&root);
-        let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        let (_temp, root, nanopix, new_id) = fixture_with_new_patient();
         let folder = nanopix.create_folder(new_id, &[]).unwrap();
         fs::write(folder.join("20250301_094000_thumbnail.jpg"), b"jpeg").unwrap();
         assert!(matches!(nanopix.delete_patient(new_id, &[]), Err(Error::NanoPixPatientNotEmpty { files: 1, .. })));
@@ -1246,10 +1250,7 @@ pub(crate) mod tests {
 
     #[test]
     fn delete_refuses_a_patient_another_nanopix_table_names_and_keeps_its_rows() {
-        let (_temp, root) = fixture_copy();
-        let nanopix = open(&root);
-        let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        let (_temp, root, nanopix, new_id) = fixture_with_new_patient();
         nanopix.create_folder(new_id, &[]).unwrap();
         other_connection(&root)
             .execute_batch(
@@ -1281,10 +1282,7 @@ pub(crate) mod tests {
             ),
         ];
         for (record, (studies, reports, other_records)) in records {
-            let (_temp, root) = fixture_copy();
-            let nanopix = open(&root);
-            let new_id = id("20250301_093000");
-            nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+            let (_temp, root, nanopix, new_id) = fixture_with_new_patient();
             other_connection(&root).execute_batch(record).unwrap();
             let deletion = database::delete_patient(&nanopix.conn, &nanopix.patient_columns, new_id).unwrap();
             assert_eq!(deletion, database::Deletion::Holds { studies, reports, other_records }, "{record}");
@@ -1298,10 +1296,7 @@ pub(crate) mod tests {
     fn a_deleted_patient_put_back_holds_every_value_she_had() {
         use rusqlite::OptionalExtension;
 
-        let (_temp, root) = fixture_copy();
-        let nanopix = open(&root);
-        let new_id = id("20250301_093000");
-        nanopix.insert_patient(&new_patient("20250301_093000"), None, || false).unwrap();
+        let (_temp, root, nanopix, new_id) = fixture_with_new_patient();
         let row = |conn: &Connection| {
             let sql = "SELECT id, last_name, first_name, sex, birthdate, phone, created_datetime, updated_datetime
                        FROM Patient WHERE id = '20250301_093000'";
