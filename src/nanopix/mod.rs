@@ -727,7 +727,7 @@ pub(crate) mod tests {
         NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap()
     }
 
-    /// A copy of the fixture holding a new patient saved at 2025-03-01 09:30:00 (no folder), as
+    /// A copy of the fixture holding a new patient, `20250301_093000`, without a folder, as
     /// `(temp dir, root, NanoPix opened on it, her id)`.
     fn fixture_with_new_patient() -> (TempDir, PathBuf, NanoPix, NanoPixId) {
         let (temp, root) = fixture_copy();
