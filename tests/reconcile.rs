@@ -1463,9 +1463,9 @@ fn a_patient_table_whose_pk_is_a_plain_column_is_read_in_rowid_order() {
     assert_eq!(sync.reconcile().unwrap().imported, 0, "nothing more to do");
 }
 
-/// A `Patient` table without `pk` is read in `rowid` order: every patient is imported.
+/// A `Patient` table without `pk`, read page by page by `rowid`: every patient is imported.
 #[test]
-fn a_patient_table_without_pk_is_read_in_rowid_order() {
+fn a_patient_table_without_pk_has_every_patient_imported() {
     let clinic = Clinic::new("v29");
     let rows: String = (0..3)
         .map(|i| {
